@@ -1,0 +1,336 @@
+"""The async client: publish tasks, work on the ones you subscribe to."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from taskhub.client.connection import Connection, Message
+from taskhub.client.task import Handle, TaskContext
+from taskhub.errors import ConnectionClosed, TaskHubError
+from taskhub.names import validate_action
+
+log = logging.getLogger("taskhub.client")
+Handler = Callable[[TaskContext], Any]
+_UNSET: Any = object()
+
+
+class Subscription:
+    """A subscription; calling it calls the handler, awaiting it waits for the hub's answer."""
+
+    def __init__(self, client: Client, action: str, handler: Handler, *, group: str | None,
+                 concurrency: int, observe: bool, durable: bool) -> None:
+        self.client = client
+        self.action = action
+        self.handler = handler
+        self.group = group
+        self.concurrency = concurrency
+        self.observe = observe
+        self.durable = durable
+        self.slots = asyncio.Semaphore(concurrency)
+        self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def message(self) -> Message:
+        msg: Message = {"op": "sub", "action": self.action, "concurrency": self.concurrency}
+        if self.group:
+            msg["group"] = self.group
+        if self.observe:
+            msg["observe"] = True
+        if self.durable:
+            msg["durable"] = True
+        return msg
+
+    def __call__(self, task: TaskContext) -> Any:
+        return self.handler(task)
+
+    def __await__(self) -> Any:
+        return asyncio.shield(self.confirmed).__await__()
+
+
+class Client:
+    """A connection to a hub as service ``name``.
+
+    ``url`` may be a list: the client connects to the first that answers and, when the
+    connection drops, reconnects (with backoff) to the next, re-subscribing and following its
+    unfinished tasks again.
+    """
+
+    def __init__(
+        self,
+        url: str | list[str] = "ws://127.0.0.1:8080",
+        *,
+        name: str = "anonymous",
+        key: str = "",
+        max_backoff: float = 5.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float = 5.0,
+        ssl: Any = None,
+    ) -> None:
+        self.name = name
+        self._conn = Connection(
+            [url] if isinstance(url, str) else list(url),
+            name=name,
+            key=key,
+            on_message=self._on_message,
+            on_connect=self._restore,
+            max_backoff=max_backoff,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            ssl=ssl,
+        )
+        self._subs: dict[str, Subscription] = {}
+        self._handles: dict[str, Handle] = {}
+        self._unaccepted: set[Handle] = set()
+        self._working: dict[str, TaskContext] = {}
+        self._running: set[asyncio.Task[Any]] = set()
+
+    # --- life --------------------------------------------------------------------------------
+    async def connect(self) -> Client:
+        await self._conn.open()
+        return self
+
+    async def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await self._conn.close()
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn.connected.is_set()
+
+    async def _restore(self) -> None:
+        """After (re)connecting: subscribe again and catch up with followed tasks."""
+        for handle in list(self._unaccepted):
+            handle._lost()
+        self._unaccepted.clear()
+        for sub in self._subs.values():
+            self._send_sub(sub)
+        for task_id, handle in list(self._handles.items()):
+            fut = self._conn.request({"op": "follow", "task": task_id})
+            fut.add_done_callback(lambda f, h=handle: self._followed(h, f))
+
+    def _followed(self, handle: Handle, fut: asyncio.Future[Message]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        handle._snapshot(fut.result()["task"])
+
+    # --- subscribing -------------------------------------------------------------------------
+    def sub(
+        self,
+        action: str,
+        handler: Handler | None = None,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+    ) -> Any:
+        """Work on tasks of ``action``: ``client.sub(action, handler)`` or as a decorator.
+
+        ``concurrency`` is the credit: how many of these tasks run here at once. ``group``
+        (default: the service name) decides who competes for a task. ``observe=True`` sees
+        every task without the hub waiting for this service. The returned
+        :class:`Subscription` can be awaited to learn whether the hub accepted it.
+        """
+        validate_action(action)
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+
+        def register(fn: Handler) -> Subscription:
+            if action in self._subs:
+                raise ValueError(f"this client already subscribes to {action!r}")
+            sub = Subscription(self, action, fn, group=group, concurrency=concurrency,
+                               observe=observe, durable=durable)
+            self._subs[action] = sub
+            if self.connected:
+                self._send_sub(sub)
+            return sub
+
+        return register if handler is None else register(handler)
+
+    def _send_sub(self, sub: Subscription) -> None:
+        fut = self._conn.request(sub.message())
+
+        def done(f: asyncio.Future[Message]) -> None:
+            if sub.confirmed.done() or f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                sub.confirmed.set_result(None)
+            elif not isinstance(exc, ConnectionClosed):
+                log.error("subscribing to %s failed: %s", sub.action, exc)
+                self._subs.pop(sub.action, None)
+                sub.confirmed.set_exception(exc)
+
+        fut.add_done_callback(done)
+
+    async def unsub(self, action: str) -> None:
+        if self._subs.pop(action, None) is not None and self.connected:
+            await self._conn.request({"op": "unsub", "action": action})
+
+    # --- publishing --------------------------------------------------------------------------
+    def pub(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = _UNSET,
+        start_timeout: float | None = _UNSET,
+        delay: float | dt.timedelta | None = None,
+        at: dt.datetime | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        retries: int = _UNSET,
+        max_attempts: int = _UNSET,
+    ) -> Handle:
+        """Publish a task and return its :class:`Handle` at once.
+
+        ``timeout`` is the end timeout (seconds after a worker started it), ``start_timeout``
+        how long it may wait for a worker; ``None`` means forever, unset the hub default.
+        """
+        validate_action(action)
+        options: dict[str, Any] = {}
+        if timeout is not _UNSET:
+            options["timeout"] = timeout
+        if start_timeout is not _UNSET:
+            options["start_timeout"] = start_timeout
+        if retries is not _UNSET:
+            options["retries"] = retries
+        if max_attempts is not _UNSET:
+            options["max_attempts"] = max_attempts
+        if priority:
+            options["priority"] = priority
+        if key is not None:
+            options["key"] = key
+        if delay is not None:
+            options["delay"] = delay.total_seconds() if isinstance(delay, dt.timedelta) else (
+                float(delay))
+        if at is not None:
+            if at.tzinfo is None:
+                raise ValueError("at= needs a timezone-aware datetime")
+            options["at"] = at.timestamp()
+        msg: Message = {"op": "pub", "action": action, "payload": payload}
+        if options:
+            msg["options"] = options
+        return self._publish(action, msg)
+
+    def _publish(self, action: str, msg: Message) -> Handle:
+        handle = Handle(self, action)
+        if not self.connected:
+            handle._refuse(ConnectionClosed("not connected to a hub"))
+            return handle
+        self._unaccepted.add(handle)
+        fut = self._conn.request(msg)
+
+        def done(f: asyncio.Future[Message]) -> None:
+            self._unaccepted.discard(handle)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                handle._refuse(exc)
+                return
+            reply = f.result()
+            task_id = reply["task"]
+            self._handles[task_id] = handle
+            handle._accept(task_id)
+            if reply.get("created") is False:
+                # The same key was published before: catch up with that task.
+                follow = self._conn.request({"op": "follow", "task": task_id})
+                follow.add_done_callback(lambda f2: self._followed(handle, f2))
+
+        fut.add_done_callback(done)
+        return handle
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        """A task as the hub has it now."""
+        reply = await self._conn.request({"op": "get", "task": task_id})
+        task: dict[str, Any] = reply["task"]
+        return task
+
+    async def cancel(self, task_id: str) -> None:
+        await self._conn.request({"op": "cancel", "task": task_id})
+
+    # --- messages from the hub ---------------------------------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        op = msg.get("op")
+        if op == "offer":
+            self._offered(msg)
+        elif op == "event":
+            task_id = msg["task"]
+            handle = self._handles.get(task_id)
+            if handle is not None:
+                handle._event(msg)
+            ctx = self._working.get(task_id)
+            if ctx is not None:
+                ctx._event(msg)
+        elif op == "revoke":
+            ctx = self._working.get(msg["task"])
+            if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
+                ctx._revoke(str(msg.get("reason", "revoked")))
+        elif op == "error":
+            log.warning("the hub reported: %s (%s)", msg.get("message"), msg.get("code"))
+
+    def _offered(self, msg: Message) -> None:
+        sub = self._subs.get(msg["action"])
+        ctx = TaskContext(self, msg)
+        if sub is None:  # unsubscribed meanwhile: give it back at once
+            self._conn.send({"op": "drop", "task": ctx.id, "attempt": ctx.attempt})
+            return
+        if not ctx.observe:
+            self._conn.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
+        self._working[ctx.id] = ctx
+        runner = asyncio.ensure_future(self._work(sub, ctx))
+        ctx._runner = runner
+        self._running.add(runner)
+        runner.add_done_callback(self._running.discard)
+
+    async def _work(self, sub: Subscription, ctx: TaskContext) -> None:
+        try:
+            async with sub.slots:
+                if ctx.revoked:
+                    return
+                if not ctx.observe:
+                    ctx.picked_up = True
+                    self._conn.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
+                try:
+                    result = sub.handler(ctx)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except asyncio.CancelledError:
+                    if ctx.revoked:
+                        return  # the hub took it away (cancelled, timed out): nothing to say
+                    raise
+                except TaskHubError as exc:
+                    if not ctx.observe and not ctx.dropped:
+                        self._send_fail(ctx, exc)
+                    return
+                except Exception as exc:
+                    if ctx.observe:
+                        log.exception("observer of %s raised", ctx.action)
+                    else:
+                        self._send_fail(ctx, exc)
+                    return
+                if ctx.dropped or ctx.observe or ctx.revoked:
+                    return
+                self._conn.send({"op": "return", "task": ctx.id, "attempt": ctx.attempt,
+                                 "result": result})
+        finally:
+            if self._working.get(ctx.id) is ctx:
+                del self._working[ctx.id]
+
+    def _send_fail(self, ctx: TaskContext, exc: BaseException) -> None:
+        self._conn.send({"op": "fail", "task": ctx.id, "attempt": ctx.attempt,
+                         "error": {"type": type(exc).__name__, "message": str(exc)}})
+

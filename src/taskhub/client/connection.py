@@ -1,0 +1,234 @@
+"""One logical connection to a hub: reconnects with backoff, batches outgoing messages.
+
+Messages sent in one event-loop turn leave as one frame. Requests that want an answer carry a
+``ref`` and get a future; when the connection drops, those futures fail with
+:class:`ConnectionClosed` and the owner (the :class:`Client`) restores its subscriptions and
+followed tasks on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WsClosed
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from taskhub.errors import AuthenticationFailed, ConnectionClosed, TaskHubError, from_wire
+from taskhub.protocol import WS_PATH
+
+log = logging.getLogger("taskhub.client")
+Message = dict[str, Any]
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def ws_url(url: str) -> str:
+    """Accept ``ws://host:port``, ``http://host:port`` or a URL that already has the path."""
+    if url.startswith("http://"):
+        url = "ws://" + url[7:]
+    elif url.startswith("https://"):
+        url = "wss://" + url[8:]
+    if not url.rstrip("/").endswith(WS_PATH):
+        url = url.rstrip("/") + WS_PATH
+    return url
+
+
+class Connection:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        name: str,
+        key: str,
+        on_message: Callable[[Message], None],
+        on_connect: Callable[[], Awaitable[None]],
+        max_backoff: float = 5.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float = 5.0,
+        max_frame: int = 16 * 1024 * 1024,
+        ssl: Any = None,
+    ) -> None:
+        self.urls = [ws_url(u) for u in urls]
+        self.name = name
+        self.key = key
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.max_backoff = max_backoff
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.max_frame = max_frame
+        self.ssl = ssl
+        self.welcome: Message = {}
+        self.connected = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._outbox: list[Message] = []
+        self._flush_scheduled = False
+        self._refs = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._url_index = 0
+
+    # --- life --------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect once (raising what went wrong), then keep reconnecting in the background."""
+        deadline = asyncio.get_running_loop().time() + self.connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                ws = await self._dial()
+                break
+            except AuthenticationFailed:
+                raise
+            except TaskHubError:
+                raise
+            except (OSError, InvalidHandshake, WsClosed, TimeoutError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise ConnectionClosed(
+                        f"could not connect to {', '.join(self.urls)}: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        self._runner = asyncio.create_task(self._run(ws), name="taskhub-client")
+        await self.connected.wait()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._flush()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        self._fail_pending(ConnectionClosed("the client was closed"))
+
+    async def _dial(self) -> ClientConnection:
+        url = self.urls[self._url_index % len(self.urls)]
+        self._url_index += 1
+        try:
+            ws = await connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {self.name}:{self.key}"},
+                max_size=self.max_frame,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_interval,
+                open_timeout=self.connect_timeout,
+                ssl=self.ssl,
+                compression=None,
+            )
+        except InvalidStatus as exc:
+            raise ConnectionClosed(f"{url} refused the WebSocket handshake: {exc}") from None
+        try:
+            first = _decoder.decode(await ws.recv(decode=False))
+        except WsClosed as exc:
+            raise ConnectionClosed(f"{url} closed the connection: {exc}") from None
+        if isinstance(first, dict) and first.get("op") == "error":
+            await ws.close()
+            raise from_wire(first)
+        if not (isinstance(first, dict) and first.get("op") == "welcome"):
+            await ws.close()
+            raise ConnectionClosed(f"{url} did not greet with a welcome message: {first!r}")
+        self.welcome = first
+        return ws
+
+    async def _run(self, ws: ClientConnection | None) -> None:
+        delay = 0.05
+        while not self._closing:
+            if ws is None:
+                try:
+                    ws = await self._dial()
+                    delay = 0.05
+                except (TaskHubError, OSError, InvalidHandshake, WsClosed, TimeoutError) as exc:
+                    log.warning("reconnect failed (%s); next try in %.2fs", exc, delay)
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self.max_backoff)
+                    continue
+            self._ws = ws
+            try:
+                await self.on_connect()
+            except Exception:
+                log.exception("restoring state after connecting failed")
+            self.connected.set()
+            self._flush()
+            try:
+                async for frame in ws:
+                    self._dispatch(frame)
+            except WsClosed:
+                pass
+            self.connected.clear()
+            self._ws = None
+            ws = None
+            self._fail_pending(ConnectionClosed("the connection to the hub was lost"))
+            if not self._closing:
+                log.warning("connection to the hub lost; reconnecting")
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            data = _decoder.decode(frame)
+        except msgspec.DecodeError:
+            log.error("the hub sent a frame that is not JSON; ignored")
+            return
+        for msg in data if isinstance(data, list) else (data,):
+            ref = msg.get("ref")
+            if ref is not None and msg.get("op") in ("ok", "error"):
+                fut = self._pending.pop(ref, None)
+                if fut is not None and not fut.done():
+                    if msg["op"] == "ok":
+                        fut.set_result(msg)
+                    else:
+                        fut.set_exception(from_wire(msg))
+                    continue
+            try:
+                self.on_message(msg)
+            except Exception:
+                log.exception("handling %s from the hub failed", msg.get("op"))
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._outbox = [m for m in self._outbox if "ref" not in m]
+
+    # --- sending -----------------------------------------------------------------------------
+    def send(self, msg: Message) -> None:
+        """Queue a message; everything queued in one loop turn leaves as one frame."""
+        self._outbox.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def request(self, msg: Message) -> asyncio.Future[Message]:
+        """Send with a ``ref``; the future gets the hub's ``ok`` or raises its ``error``."""
+        if not self.connected.is_set() and self._closing:
+            raise ConnectionClosed("the client is closed")
+        ref = next(self._refs)
+        msg["ref"] = ref
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = fut
+        self.send(msg)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        ws = self._ws
+        if not self._outbox or ws is None or not self.connected.is_set():
+            return
+        out, self._outbox = self._outbox, []
+        frame = _encoder.encode(out[0] if len(out) == 1 else out)
+        task = asyncio.ensure_future(ws.send(frame.decode()))
+        task.add_done_callback(_ignore_closed)
+
+
+def _ignore_closed(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a lost connection is handled by the reader; nothing to do here

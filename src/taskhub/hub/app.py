@@ -1,0 +1,28 @@
+"""The ASGI application: the WebSocket endpoint and the HTTP API on one port."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+
+from taskhub import __version__
+from taskhub.hub.hub import Hub
+from taskhub.hub.ws import serve_connection
+from taskhub.protocol import WS_PATH
+
+
+def create_app(hub: Hub) -> FastAPI:
+    app = FastAPI(title="TaskHub", version=__version__,
+                  description="Send it tasks, watch them as they happen.")
+    app.state.hub = hub
+
+    @app.websocket(WS_PATH)
+    async def ws_endpoint(ws: WebSocket) -> None:
+        await serve_connection(ws, hub)
+
+    @app.get("/healthz", tags=["operation"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "hub": hub.name, "store": hub.store.url}
+
+    return app

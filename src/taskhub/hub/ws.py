@@ -1,0 +1,112 @@
+"""The WebSocket endpoint: authenticate, then feed frames to the hub and write its answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from taskhub import protocol as p
+from taskhub.errors import (
+    AuthenticationFailed,
+    FrameTooLarge,
+    ProtocolError,
+    TaskHubError,
+    TooManyConnections,
+)
+from taskhub.hub.auth import parse_bearer
+from taskhub.hub.hub import Hub, welcome
+from taskhub.ids import new_id
+from taskhub.lifecycle import Peer
+
+log = logging.getLogger("taskhub.ws")
+
+# Close codes in the private range, so a client can tell why it was turned away.
+CLOSE_AUTH = 4401
+CLOSE_TOO_MANY = 4429
+CLOSE_TOO_SLOW = 4008
+
+
+async def _refuse(ws: WebSocket, exc: TaskHubError, code: int) -> None:
+    await ws.accept()
+    await ws.send_text(p.encode([p.error_msg(exc)]).decode())
+    await ws.close(code=code, reason=exc.message[:120])
+
+
+async def serve_connection(ws: WebSocket, hub: Hub) -> None:
+    try:
+        name, key = parse_bearer(ws.headers.get("authorization"))
+        creds = await asyncio.to_thread(hub.registry.authenticate, name, key)
+        hub.registry.claim_connection(creds)
+    except AuthenticationFailed as exc:
+        log.info("refused a connection: %s", exc.message)
+        await _refuse(ws, exc, CLOSE_AUTH)
+        return
+    except TooManyConnections as exc:
+        log.info("refused a connection: %s", exc.message)
+        await _refuse(ws, exc, CLOSE_TOO_MANY)
+        return
+
+    await ws.accept()
+    peer = Peer(new_id(), creds)
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+    limits = hub.limits
+
+    def send(frame: bytes) -> None:
+        if frames.qsize() >= limits.max_send_queue:
+            log.warning("connection %s (%s) reads too slowly; closing it", peer.id, peer.service)
+            frames.put_nowait(None)
+            return
+        frames.put_nowait(frame)
+
+    async def writer() -> None:
+        while True:
+            frame = await frames.get()
+            if frame is None:
+                await ws.close(code=CLOSE_TOO_SLOW, reason="reader too slow")
+                return
+            await ws.send_text(frame.decode())
+
+    hub.attach(peer, send)
+    hub.lc.send(peer, welcome(hub, peer))
+    hub.kick()
+    log.debug("connection %s opened for %s", peer.id, peer.service)
+    write_task = asyncio.create_task(writer())
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data: bytes | str | None = message.get("bytes") or message.get("text")
+            if data is None:
+                continue
+            if len(data) > limits.max_frame:
+                err = FrameTooLarge(f"frame of {len(data)} bytes is over the limit of "
+                                    f"{limits.max_frame}; none of its messages were applied")
+                hub.lc.send(peer, p.error_msg(err))
+                hub.kick()
+                continue
+            try:
+                msgs = p.decode_frame(data)
+            except ProtocolError as exc:
+                hub.lc.send(peer, p.error_msg(exc))
+                hub.kick()
+                continue
+            for msg in msgs:
+                pending = hub.handle(peer, msg)
+                if pending is not None:
+                    await pending
+            hub.kick()
+    except Exception:  # a transport failure: the connection is over, the hub goes on
+        log.debug("connection %s failed", peer.id, exc_info=True)
+    finally:
+        hub.detach(peer)
+        write_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await write_task
+        if ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        log.debug("connection %s closed", peer.id)

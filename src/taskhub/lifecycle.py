@@ -1,0 +1,819 @@
+"""The task lifecycle as a pure state machine: no sockets, no database, an injected clock.
+
+The hub feeds it what connections say (:meth:`Lifecycle.publish`, :meth:`Lifecycle.pickup`, ...)
+and the passing of time (:meth:`Lifecycle.advance`). It answers with messages queued on each
+:class:`Peer` and with records to write (:meth:`Lifecycle.take_writes`). The hub must make the
+writes durable *before* it sends the queued messages: nothing leaves the hub before the state
+that caused it is stored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from taskhub.errors import (
+    InvalidOption,
+    NotHolding,
+    PermissionDenied,
+    StaleAttempt,
+    TaskNotFound,
+)
+from taskhub.names import allowed, validate_action
+from taskhub.store.base import (
+    TERMINAL_STATES,
+    DeliveryRecord,
+    EventRecord,
+    TaskRecord,
+    WriteBatch,
+)
+
+Clock = Callable[[], float]
+Message = dict[str, Any]
+_ENDED = frozenset({"done", "dropped", "failed"})
+_json = msgspec.json.Encoder()
+
+
+@dataclass
+class Defaults:
+    """Hub-wide defaults; a task's own options override the first five."""
+
+    task_start_timeout: float | None = None  # None: wait forever for a worker (durable queue)
+    task_end_timeout: float | None = 60.0
+    retries: int = 0  # re-offers after a handler failure
+    max_attempts: int = 5  # started attempts (lost or failed) before the delivery fails
+    retry_backoff: float = 1.0  # first retry delay, doubled each time, with jitter
+    retry_backoff_max: float = 300.0
+    pickup_window: float = 10.0  # an offer neither acked nor picked up goes elsewhere after this
+    inline_payload_limit: int = 64 * 1024  # larger payloads are fetched by the worker on demand
+    idempotency_window: float = 3600.0  # how long a pub `key` keeps returning the same task
+
+
+@dataclass(eq=False)
+class Credentials:
+    name: str
+    sub_permissions: tuple[str, ...] = ("*",)
+    pub_permissions: tuple[str, ...] = ("*",)
+    max_connections: int | None = None
+
+
+@dataclass(eq=False)
+class Peer:
+    """A connection as the lifecycle sees it: who it is and what it is owed."""
+
+    id: str
+    creds: Credentials
+    out: list[Message] = field(default_factory=list)
+    subs: dict[str, Subscription] = field(default_factory=dict)  # by action
+    holding: dict[str, Delivery] = field(default_factory=dict)  # by task id
+    following: set[str] = field(default_factory=set)
+    observing: set[str] = field(default_factory=set)
+    open: bool = True
+    queued: bool = False  # already in the lifecycle's list of peers with output
+
+    @property
+    def service(self) -> str:
+        return self.creds.name
+
+
+@dataclass(eq=False)
+class Subscription:
+    peer: Peer
+    action: str
+    group: str
+    concurrency: int
+    observe: bool
+    inflight: int = 0
+
+
+@dataclass(eq=False)
+class Queue:
+    """One group's deliveries of one action, waiting for a worker with free credit."""
+
+    action: str
+    group: str
+    durable: bool = False
+    workers: list[Subscription] = field(default_factory=list)
+    waiting: list[tuple[int, int, Delivery]] = field(default_factory=list)  # heap
+    rr: int = 0
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.workers) or self.durable
+
+
+@dataclass(eq=False)
+class Delivery:
+    task: Task
+    rec: DeliveryRecord
+    holder: Subscription | None = None
+    acked: bool = False
+
+
+@dataclass(eq=False)
+class Task:
+    rec: TaskRecord
+    seq: int  # heap tie-breaker: publish order
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+    followers: set[Peer] = field(default_factory=set)
+    observers: set[Peer] = field(default_factory=set)
+    payload_size: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.rec.id
+
+    @property
+    def ended(self) -> bool:
+        return self.rec.state in TERMINAL_STATES
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, msgspec.Raw):
+        return len(value)
+    return len(_json.encode(value))
+
+
+def _opt(value: Any, default: Any) -> Any:
+    return default if value is msgspec.UNSET else value
+
+
+class Lifecycle:
+    """Every rule of the task lifecycle, over in-memory state."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        defaults: Defaults | None = None,
+        new_id: Callable[[], str],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock = clock
+        self.defaults = defaults or Defaults()
+        self.new_id = new_id
+        self.rng = rng or random.Random()
+        self.tasks: dict[str, Task] = {}  # every task not yet ended
+        self.queues: dict[tuple[str, str], Queue] = {}
+        self.by_action: dict[str, list[Queue]] = {}
+        self.observers: dict[str, list[Subscription]] = {}
+        self.pooled: dict[str, list[Task]] = {}  # published while no group subscribed
+        self.keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (task id, time)
+        self.listeners: list[Callable[[Task, EventRecord], None]] = []
+        self._timers: list[tuple[float, int, str, str, str, int]] = []
+        self._seq = 0
+        self._dirty: dict[str, TaskRecord] = {}
+        self._events: list[EventRecord] = []
+        self._deleted: list[str] = []
+        self._outgoing: list[Peer] = []
+
+    # --- output ------------------------------------------------------------------------------
+    def send(self, peer: Peer, msg: Message) -> None:
+        if not peer.open:
+            return
+        peer.out.append(msg)
+        if not peer.queued:
+            peer.queued = True
+            self._outgoing.append(peer)
+
+    def take_output(self) -> list[tuple[Peer, list[Message]]]:
+        """Messages queued since the last call, per peer, in order."""
+        out = []
+        for peer in self._outgoing:
+            peer.queued = False
+            if peer.out:
+                out.append((peer, peer.out))
+                peer.out = []
+        self._outgoing = []
+        return out
+
+    def take_writes(self) -> WriteBatch:
+        batch = WriteBatch(list(self._dirty.values()), self._events, self._deleted)
+        self._dirty = {}
+        self._events = []
+        self._deleted = []
+        return batch
+
+    def _touch(self, task: Task) -> None:
+        self._dirty[task.rec.id] = task.rec
+
+    def _event(
+        self,
+        task: Task,
+        type_: str,
+        *,
+        group: str | None = None,
+        service: str | None = None,
+        data: Any = None,
+        notify: bool = True,
+    ) -> EventRecord:
+        rec = task.rec
+        rec.seq += 1
+        ev = EventRecord(rec.id, rec.seq, self.clock(), type_, group, service, data)
+        self._events.append(ev)
+        self._touch(task)
+        if notify and task.followers:
+            msg = self._event_msg(task, ev)
+            for peer in task.followers:
+                self.send(peer, msg)
+        for listener in self.listeners:
+            listener(task, ev)
+        return ev
+
+    @staticmethod
+    def _event_msg(task: Task, ev: EventRecord) -> Message:
+        msg: Message = {
+            "op": "event",
+            "task": ev.task_id,
+            "type": ev.type,
+            "state": task.rec.state,
+            "at": ev.at,
+        }
+        if ev.data is not None:
+            msg["data"] = ev.data
+        if ev.group is not None:
+            msg["group"] = ev.group
+        if ev.service is not None:
+            msg["service"] = ev.service
+        return msg
+
+    # --- timers ------------------------------------------------------------------------------
+    def _arm(self, at: float, kind: str, task_id: str, group: str = "", attempt: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (at, self._seq, kind, task_id, group, attempt))
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def advance(self, now: float | None = None) -> None:
+        """Fire every timer due by ``now`` (default: the clock)."""
+        now = self.clock() if now is None else now
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, task_id, group, attempt = heapq.heappop(self._timers)
+            if kind == "keys":
+                self._prune_keys(now)
+                continue
+            task = self.tasks.get(task_id)
+            if task is None:
+                continue  # ended meanwhile: timers are cancelled lazily
+            if kind == "start" and task.rec.state == "init":
+                self._finish(task, "fail", error={"reason": "start_timeout",
+                             "message": "no worker started the task in time"})
+            elif kind == "end":
+                self._finish(task, "fail", error={"reason": "timeout",
+                             "message": "the task did not finish in time"})
+            elif kind == "due":
+                self._route(task)
+            elif kind == "retry":
+                d = task.deliveries.get(group)
+                if d is not None and d.rec.state == "pending" and d.rec.attempt == attempt:
+                    self._enqueue(d)
+            elif kind == "pickup":
+                d = task.deliveries.get(group)
+                if (d is not None and d.rec.state == "offered" and not d.acked
+                        and d.rec.attempt == attempt):
+                    self._take_back(d, "pickup_window", count_try=False)
+
+    # --- publish -----------------------------------------------------------------------------
+    def publish(
+        self,
+        creds: Credentials,
+        action: str,
+        payload: Any,
+        options: Any = None,
+        *,
+        peer: Peer | None = None,
+    ) -> tuple[Task | str, bool]:
+        """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``.
+
+        A repeated key of a task that has already ended answers with that task's id only: its
+        record is in the store.
+        """
+        validate_action(action)
+        if not allowed(creds.pub_permissions, action):
+            raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
+        d = self.defaults
+        now = self.clock()
+        opts = self._options(options, d, now)
+        key = opts.get("key")
+        if key is not None:
+            known = self.keys.get(f"{action}\x00{key}")
+            if known is not None and now - known[1] < d.idempotency_window:
+                task = self.tasks.get(known[0])
+                if task is not None:
+                    if peer is not None:
+                        self._follow(peer, task)
+                    return task, False
+                return known[0], False
+        rec = TaskRecord(
+            id=self.new_id(),
+            action=action,
+            publisher=creds.name,
+            created_at=now,
+            payload=payload,
+            options=opts,
+            not_before=opts.pop("not_before", 0.0),
+        )
+        task = self._add(rec)
+        task.payload_size = _size(payload)
+        if key is not None:
+            if not self.keys:
+                self._arm(now + d.idempotency_window, "keys", "")
+            self.keys[f"{action}\x00{key}"] = (rec.id, now)
+        if peer is not None:
+            self._follow(peer, task)
+        self._event(task, "init", service=creds.name, notify=False)
+        start_timeout = opts["start_timeout"]
+        if start_timeout is not None:
+            self._arm(max(now, rec.not_before) + start_timeout, "start", rec.id)
+        if rec.not_before > now:
+            self._arm(rec.not_before, "due", rec.id)
+        else:
+            self._route(task)
+        return task, True
+
+    def _options(self, options: Any, d: Defaults, now: float) -> dict[str, Any]:
+        def get(name: str, default: Any) -> Any:
+            return _opt(getattr(options, name, msgspec.UNSET), default)
+
+        opts: dict[str, Any] = {
+            "timeout": get("timeout", d.task_end_timeout),
+            "start_timeout": get("start_timeout", d.task_start_timeout),
+            "retries": get("retries", d.retries),
+            "max_attempts": get("max_attempts", d.max_attempts),
+            "priority": get("priority", 0),
+        }
+        for name in ("timeout", "start_timeout"):
+            if opts[name] is not None and opts[name] < 0:
+                raise InvalidOption(f"option {name!r} must be >= 0 seconds or null", option=name)
+        if opts["retries"] < 0:
+            raise InvalidOption("option 'retries' must be >= 0", option="retries")
+        if opts["max_attempts"] < 1:
+            raise InvalidOption("option 'max_attempts' must be >= 1", option="max_attempts")
+        key = get("key", None)
+        if key is not None:
+            opts["key"] = key
+        delay = get("delay", 0.0) or 0.0
+        at = get("at", None)
+        if delay < 0:
+            raise InvalidOption("option 'delay' must be >= 0 seconds", option="delay")
+        not_before = at if at is not None else (now + delay if delay else 0.0)
+        if not_before:
+            opts["not_before"] = not_before
+        return opts
+
+    def _add(self, rec: TaskRecord) -> Task:
+        self._seq += 1
+        task = Task(rec, self._seq)
+        self.tasks[rec.id] = task
+        self._touch(task)
+        return task
+
+    def _route(self, task: Task) -> None:
+        """Give the task to every subscribed group of its action, or pool it."""
+        action = task.rec.action
+        queues = [q for q in self.by_action.get(action, ()) if q.subscribed]
+        for sub in self.observers.get(action, ()):
+            self._observe(task, sub)
+        if not queues:
+            self.pooled.setdefault(action, []).append(task)
+            return
+        for q in queues:
+            rec = DeliveryRecord(q.group)
+            task.rec.deliveries.append(rec)
+            d = Delivery(task, rec)
+            task.deliveries[q.group] = d
+            self._enqueue(d, q)
+        self._touch(task)
+
+    def _observe(self, task: Task, sub: Subscription) -> None:
+        peer = sub.peer
+        if peer in task.observers:
+            return
+        task.observers.add(peer)
+        peer.observing.add(task.id)
+        self.send(peer, self._offer_msg(task, sub.group, 0, observe=True))
+
+    def _offer_msg(self, task: Task, group: str, attempt: int, *, observe: bool = False) -> Message:
+        rec = task.rec
+        msg: Message = {
+            "op": "offer",
+            "task": rec.id,
+            "attempt": attempt,
+            "action": rec.action,
+            "group": group,
+            "publisher": rec.publisher,
+            "created_at": rec.created_at,
+        }
+        if task.payload_size <= self.defaults.inline_payload_limit:
+            msg["payload"] = rec.payload
+        else:
+            msg["payload_size"] = task.payload_size
+        if observe:
+            msg["observe"] = True
+        prev = rec.options.get("previous_result", msgspec.UNSET)
+        if prev is not msgspec.UNSET:
+            msg["previous_result"] = prev
+        return msg
+
+    # --- queues and credit -------------------------------------------------------------------
+    def _queue(self, action: str, group: str) -> Queue:
+        q = self.queues.get((action, group))
+        if q is None:
+            q = self.queues[(action, group)] = Queue(action, group)
+            self.by_action.setdefault(action, []).append(q)
+        return q
+
+    def _enqueue(self, d: Delivery, q: Queue | None = None) -> None:
+        q = q or self._queue(d.task.rec.action, d.rec.group)
+        d.rec.state = "pending"
+        prio = -int(d.task.rec.options.get("priority", 0))
+        heapq.heappush(q.waiting, (prio, d.task.seq, d))
+        self._dispatch(q)
+
+    def _dispatch(self, q: Queue) -> None:
+        while q.waiting and q.workers:
+            sub = self._free_worker(q)
+            if sub is None:
+                return
+            _, _, d = heapq.heappop(q.waiting)
+            if d.task.ended or d.rec.state != "pending" or d.task.deliveries.get(q.group) is not d:
+                continue  # stale heap entry
+            self._offer(d, sub)
+
+    @staticmethod
+    def _free_worker(q: Queue) -> Subscription | None:
+        n = len(q.workers)
+        for i in range(n):
+            sub = q.workers[(q.rr + i) % n]
+            if sub.inflight < sub.concurrency:
+                q.rr = (q.rr + i + 1) % n
+                return sub
+        return None
+
+    def _offer(self, d: Delivery, sub: Subscription) -> None:
+        rec = d.rec
+        rec.attempt += 1
+        rec.state = "offered"
+        d.holder = sub
+        d.acked = False
+        sub.inflight += 1
+        sub.peer.holding[d.task.id] = d
+        self.send(sub.peer, self._offer_msg(d.task, rec.group, rec.attempt))
+        self._event(d.task, "offer", group=rec.group, service=sub.peer.service,
+                    data={"attempt": rec.attempt}, notify=False)
+        self._arm(self.clock() + self.defaults.pickup_window, "pickup", d.task.id, rec.group,
+                  rec.attempt)
+
+    def _release(self, d: Delivery) -> None:
+        """The delivery's holder no longer holds it: give its credit back."""
+        sub = d.holder
+        if sub is None:
+            return
+        d.holder = None
+        sub.inflight -= 1
+        if sub.peer.holding.get(d.task.id) is d:
+            del sub.peer.holding[d.task.id]
+        q = self.queues.get((sub.action, sub.group))
+        if q is not None and sub.peer.open:
+            self._dispatch(q)
+
+    def _take_back(self, d: Delivery, reason: str, *, count_try: bool) -> None:
+        """Offer the delivery again to its group (at-least-once), or fail it when out of tries."""
+        holder = d.holder
+        if holder is not None:
+            self.send(holder.peer, {"op": "revoke", "task": d.task.id,
+                                    "attempt": d.rec.attempt, "reason": reason})
+        self._release(d)
+        if count_try:
+            d.rec.tries += 1
+            if d.rec.tries >= int(d.task.rec.options.get("max_attempts", 1)):
+                self._delivery_failed(d, {"reason": "attempts", "type": "AttemptsExhausted",
+                                          "message": f"gave up after {d.rec.tries} attempts "
+                                                     f"(last: {reason})"})
+                return
+        self._event(d.task, "requeue", group=d.rec.group, data={"reason": reason},
+                    notify=False)
+        self._enqueue(d)
+
+    # --- subscriptions -----------------------------------------------------------------------
+    def subscribe(self, peer: Peer, action: str, *, group: str | None = None,
+                  concurrency: int = 1, observe: bool = False, durable: bool = False) -> None:
+        validate_action(action)
+        if not allowed(peer.creds.sub_permissions, action):
+            raise PermissionDenied(f"{peer.service!r} may not subscribe to {action!r}",
+                                   action=action)
+        if concurrency < 1:
+            raise InvalidOption("concurrency must be >= 1", option="concurrency")
+        group = group or peer.service
+        existing = peer.subs.get(action)
+        if existing is not None:
+            if existing.group != group or existing.observe != observe:
+                raise InvalidOption(
+                    f"this connection already subscribes to {action!r} as "
+                    f"{'observer' if existing.observe else 'group ' + repr(existing.group)}; "
+                    "unsubscribe first", option="group")
+            existing.concurrency = concurrency  # a new credit
+            q = self.queues.get((action, group))
+            if q is not None:
+                self._dispatch(q)
+            return
+        sub = Subscription(peer, action, group, concurrency, observe)
+        peer.subs[action] = sub
+        if observe:
+            self.observers.setdefault(action, []).append(sub)
+            return
+        q = self._queue(action, group)
+        q.durable = q.durable or durable
+        q.workers.append(sub)
+        pooled = self.pooled.pop(action, None)
+        if pooled:
+            for task in pooled:
+                if not task.ended and not task.deliveries:
+                    task.rec.deliveries = []
+                    self._route(task)
+        self._dispatch(q)
+
+    def unsubscribe(self, peer: Peer, action: str) -> None:
+        sub = peer.subs.pop(action, None)
+        if sub is None:
+            return
+        if sub.observe:
+            self.observers[action].remove(sub)
+            return
+        q = self.queues[(action, sub.group)]
+        q.workers.remove(sub)
+        # What it holds stays with it until it answers or disconnects: it is working on it.
+
+    # --- worker steps ------------------------------------------------------------------------
+    def _held(self, peer: Peer, task_id: str, attempt: int) -> Delivery:
+        d = peer.holding.get(task_id)
+        if d is not None and d.rec.attempt == attempt:
+            return d
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise NotHolding(f"task {task_id} has ended or does not exist", task=task_id)
+        sub = peer.subs.get(task.rec.action)
+        mine = task.deliveries.get(sub.group) if sub else None
+        if mine is not None and attempt < mine.rec.attempt:
+            raise StaleAttempt(
+                f"attempt {attempt} of task {task_id} was offered again (now attempt "
+                f"{mine.rec.attempt}); this step is not counted", task=task_id)
+        raise NotHolding(f"this connection does not hold task {task_id} (attempt {attempt})",
+                         task=task_id)
+
+    def ack(self, peer: Peer, task_id: str, attempt: int) -> None:
+        self._held(peer, task_id, attempt).acked = True
+
+    def pickup(self, peer: Peer, task_id: str, attempt: int) -> None:
+        self._start(self._held(peer, task_id, attempt))
+
+    def _start(self, d: Delivery) -> None:
+        d.acked = True
+        if d.rec.state != "offered":
+            return  # idempotent
+        d.rec.state = "started"
+        task = d.task
+        service = d.holder.peer.service if d.holder else None
+        if task.rec.state == "init":
+            task.rec.state = "start"
+            task.rec.started_at = self.clock()
+            timeout = task.rec.options.get("timeout")
+            if timeout is not None:
+                self._arm(task.rec.started_at + timeout, "end", task.id)
+            self._event(task, "start", group=d.rec.group, service=service)
+        else:
+            self._event(task, "pickup", group=d.rec.group, service=service, notify=False)
+
+    def update(self, peer: Peer, task_id: str, attempt: int, data: Any) -> None:
+        task = self.tasks.get(task_id)
+        if attempt == 0 and task is not None and peer in task.observers:
+            pass  # observers may update without holding a delivery
+        else:
+            d = self._held(peer, task_id, attempt)
+            self._start(d)
+            task = d.task
+        task.rec.updates += 1
+        task.rec.last_update = data
+        ev = self._event(task, "update", service=peer.service, data=data)
+        self._tell_holders(task, self._event_msg(task, ev), but=peer)
+
+    def _tell_holders(self, task: Task, msg: Message, *, but: Peer | None = None) -> None:
+        for d in task.deliveries.values():
+            if d.holder is not None and d.holder.peer is not but:
+                self.send(d.holder.peer, msg)
+        for peer in task.observers:
+            if peer is not but:
+                self.send(peer, msg)
+
+    def complete(self, peer: Peer, task_id: str, attempt: int, result: Any) -> None:
+        """A ``return``: the first one wins; later ones (any attempt) are ignored."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return  # already ended: a late return is not an error
+        d = peer.holding.get(task_id)
+        if d is not None and d.rec.attempt == attempt:
+            self._start(d)
+        elif peer not in task.observers:
+            sub = peer.subs.get(task.rec.action)
+            mine = task.deliveries.get(sub.group) if sub else None
+            if mine is None or attempt > mine.rec.attempt or attempt < 1:
+                raise NotHolding(f"this connection was never offered task {task_id} "
+                                 f"(attempt {attempt})", task=task_id)
+            d = mine  # a stale attempt's return still completes the task: first wins
+        if d is not None:
+            self._release(d)
+            d.rec.state = "done"
+        self._finish(task, "success", result=result, by=peer)
+
+    def drop(self, peer: Peer, task_id: str, attempt: int) -> None:
+        d = self._held(peer, task_id, attempt)
+        self._release(d)
+        d.rec.state = "dropped"
+        self._event(d.task, "drop", group=d.rec.group, service=peer.service)
+        self._check_end(d.task)
+
+    def fail(self, peer: Peer, task_id: str, attempt: int, error: dict[str, Any],
+             *, retry: bool = True) -> None:
+        d = self._held(peer, task_id, attempt)
+        task = d.task
+        self._release(d)
+        d.rec.tries += 1
+        d.rec.error = error
+        opts = task.rec.options
+        failures = d.rec.tries
+        if retry and failures <= int(opts.get("retries", 0)) and failures < int(
+                opts.get("max_attempts", 1)):
+            backoff = min(self.defaults.retry_backoff_max,
+                          self.defaults.retry_backoff * 2 ** (failures - 1))
+            backoff *= 0.5 + self.rng.random() / 2  # jitter: spread a burst of retries
+            d.rec.state = "pending"
+            d.rec.not_before = self.clock() + backoff
+            self._event(task, "retry", group=d.rec.group, service=peer.service,
+                        data={"error": error, "in": round(backoff, 3), "tries": failures})
+            self._arm(d.rec.not_before, "retry", task.id, d.rec.group, d.rec.attempt)
+            return
+        reason = "attempts" if retry and failures >= int(opts.get("max_attempts", 1)) else "error"
+        self._delivery_failed(d, {"reason": reason, **error})
+
+    def _delivery_failed(self, d: Delivery, error: dict[str, Any]) -> None:
+        d.rec.state = "failed"
+        d.rec.error = error
+        self._event(d.task, "delivery_fail", group=d.rec.group, data=error, notify=False)
+        self._check_end(d.task)
+
+    def _check_end(self, task: Task) -> None:
+        if task.ended or any(d.rec.state not in _ENDED for d in task.deliveries.values()):
+            return
+        failed = [d for d in task.deliveries.values() if d.rec.state == "failed"]
+        if failed:
+            self._finish(task, "fail", error=failed[0].rec.error or {"reason": "error"})
+        else:
+            self._finish(task, "end")
+
+    def cancel(self, creds: Credentials, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"no running task {task_id}", task=task_id)
+        if creds.name != task.rec.publisher and not allowed(creds.pub_permissions,
+                                                            task.rec.action):
+            raise PermissionDenied(f"{creds.name!r} may not cancel task {task_id}",
+                                   action=task.rec.action)
+        self._finish(task, "fail", error={"reason": "cancelled", "message":
+                                          f"cancelled by {creds.name}"})
+        return task
+
+    def _finish(self, task: Task, state: str, *, result: Any = None,
+                error: dict[str, Any] | None = None, by: Peer | None = None) -> None:
+        rec = task.rec
+        rec.state = state
+        rec.ended_at = self.clock()
+        rec.result = result
+        rec.error = error
+        del self.tasks[rec.id]
+        reason = (error or {}).get("reason")
+        for d in task.deliveries.values():
+            holder = d.holder
+            if holder is None:
+                if d.rec.state == "pending":
+                    d.rec.state = "done"
+                continue
+            self._release(d)
+            d.rec.state = "done"
+            if state != "success":
+                self.send(holder.peer, {"op": "revoke", "task": rec.id,
+                                        "attempt": d.rec.attempt, "reason": reason or state})
+        data = result if state == "success" else error
+        ev = self._event(task, state, service=by.service if by else None, data=data)
+        msg = self._event_msg(task, ev)
+        if state == "success":
+            self._tell_holders(task, msg, but=by)
+        for peer in task.observers:
+            peer.observing.discard(rec.id)
+            if state != "success" and peer is not by:
+                self.send(peer, msg)
+        for peer in task.followers:
+            peer.following.discard(rec.id)
+
+    # --- reading and following ---------------------------------------------------------------
+    def get(self, task_id: str) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def follow(self, peer: Peer, task_id: str) -> Task | None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            self._follow(peer, task)
+        return task
+
+    def _follow(self, peer: Peer, task: Task) -> None:
+        task.followers.add(peer)
+        peer.following.add(task.id)
+
+    def may_read(self, creds: Credentials, rec: TaskRecord) -> bool:
+        return (creds.name == rec.publisher or allowed(creds.sub_permissions, rec.action)
+                or allowed(creds.pub_permissions, rec.action))
+
+    # --- connections -------------------------------------------------------------------------
+    def connect(self, peer: Peer) -> None:
+        peer.open = True
+
+    def disconnect(self, peer: Peer) -> None:
+        """A connection is gone: its deliveries go back to their groups (at-least-once)."""
+        peer.open = False
+        for action in list(peer.subs):
+            self.unsubscribe(peer, action)
+        for d in list(peer.holding.values()):
+            self._take_back(d, "connection_lost", count_try=d.rec.state == "started")
+        for task_id in peer.following:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task.followers.discard(peer)
+        peer.following.clear()
+        for task_id in peer.observing:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task.observers.discard(peer)
+        peer.observing.clear()
+
+    # --- recovery ----------------------------------------------------------------------------
+    def restore(self, records: Iterable[TaskRecord]) -> int:
+        """Take back the unfinished tasks of a previous run (after a crash or restart).
+
+        Deliveries that were offered or started go back to their groups: the hub cannot know
+        whether their workers are still alive. A started one counts as a try.
+        """
+        now = self.clock()
+        n = 0
+        for rec in records:
+            task = self._add(rec)
+            task.payload_size = _size(rec.payload)
+            n += 1
+            key = rec.options.get("key")
+            if key is not None:
+                self.keys[f"{rec.action}\x00{key}"] = (rec.id, rec.created_at)
+            opts = rec.options
+            if rec.state == "init" and opts.get("start_timeout") is not None:
+                self._arm(max(rec.created_at, rec.not_before) + opts["start_timeout"],
+                          "start", rec.id)
+            if rec.state == "start" and opts.get("timeout") is not None and rec.started_at:
+                self._arm(rec.started_at + opts["timeout"], "end", rec.id)
+            if not rec.deliveries:
+                if rec.not_before > now:
+                    self._arm(rec.not_before, "due", rec.id)
+                else:
+                    self.pooled.setdefault(rec.action, []).append(task)
+                continue
+            for drec in rec.deliveries:
+                d = Delivery(task, drec)
+                task.deliveries[drec.group] = d
+                if drec.state in ("offered", "started"):
+                    if drec.state == "started":
+                        drec.tries += 1
+                    if drec.tries >= int(opts.get("max_attempts", 1)):
+                        drec.state = "failed"
+                        drec.error = {"reason": "attempts", "type": "AttemptsExhausted",
+                                      "message": "gave up after a hub restart"}
+                        continue
+                    drec.state = "pending"
+                if drec.state == "pending" and drec.not_before > now:
+                    self._arm(drec.not_before, "retry", rec.id, drec.group, drec.attempt)
+                elif drec.state == "pending":
+                    q = self._queue(rec.action, drec.group)
+                    heapq.heappush(q.waiting, (-int(opts.get("priority", 0)), task.seq, d))
+            self._check_end(task)
+        return n
+
+    def _prune_keys(self, now: float) -> None:
+        window = self.defaults.idempotency_window
+        for k, (_, at) in list(self.keys.items()):
+            if now - at >= window:
+                del self.keys[k]
+            else:
+                break  # insertion order is time order
+        if self.keys:
+            self._arm(now + window / 4, "keys", "")

@@ -1,0 +1,193 @@
+"""The WebSocket wire protocol, version 1: message shapes and frame encoding.
+
+A frame is one JSON text message: either one message object or an array of them (clients and
+the hub batch). Every message has an ``op``. See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from taskhub.errors import ProtocolError, UnknownOperation
+
+PROTOCOL_VERSION = 1
+WS_PATH = "/v1/ws"
+
+
+class _Msg(msgspec.Struct, tag_field="op", forbid_unknown_fields=False):
+    pass
+
+
+class PubOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-task options. UNSET means "the hub default"; ``None`` timeouts mean "forever"."""
+
+    timeout: float | None | UnsetType = UNSET  # end timeout, seconds after start
+    start_timeout: float | None | UnsetType = UNSET
+    priority: int = 0
+    key: str | None = None
+    retries: int | UnsetType = UNSET
+    max_attempts: int | UnsetType = UNSET
+    delay: float = 0.0  # seconds; human intervals are parsed by the client
+    at: float | None = None  # epoch seconds
+
+
+class Pub(_Msg, tag="pub"):
+    action: str
+    payload: Any = None
+    options: PubOptions | None = None
+    ref: int | None = None
+
+
+class Sub(_Msg, tag="sub"):
+    action: str
+    group: str | None = None
+    concurrency: int = 1
+    observe: bool = False
+    durable: bool = False
+    ref: int | None = None
+
+
+class Unsub(_Msg, tag="unsub"):
+    action: str
+    group: str | None = None
+    ref: int | None = None
+
+
+class _Step(_Msg):
+    task: str
+    attempt: int
+    ref: int | None = None
+
+
+class Ack(_Step, tag="ack"):
+    pass
+
+
+class Pickup(_Step, tag="pickup"):
+    pass
+
+
+class Update(_Step, tag="update"):
+    data: Any = None
+
+
+class Return(_Step, tag="return"):
+    result: Any = None
+
+
+class Drop(_Step, tag="drop"):
+    pass
+
+
+class ErrorInfo(msgspec.Struct):
+    type: str = "Error"
+    message: str = ""
+
+
+class Fail(_Step, tag="fail"):
+    error: ErrorInfo = msgspec.field(default_factory=ErrorInfo)
+    retry: bool = True  # False: do not retry even if retries remain
+
+
+class Cancel(_Msg, tag="cancel"):
+    task: str
+    ref: int | None = None
+
+
+class GetPayload(_Msg, tag="payload"):
+    task: str
+    ref: int | None = None
+
+
+class Get(_Msg, tag="get"):
+    task: str
+    ref: int | None = None
+
+
+class Follow(_Msg, tag="follow"):
+    """Receive this task's events (a publisher re-attaching after a reconnect)."""
+
+    task: str
+    ref: int | None = None
+
+
+Inbound = Pub | Sub | Unsub | Ack | Pickup | Update | Return | Drop | Fail | Cancel | GetPayload | Get | Follow
+OPS = frozenset(
+    c.__struct_config__.tag  # type: ignore[attr-defined]
+    for c in (Pub, Sub, Unsub, Ack, Pickup, Update, Return, Drop, Fail, Cancel, GetPayload, Get, Follow)
+)
+
+_frame_decoder = msgspec.json.Decoder(list[Inbound] | Inbound)  # type: ignore[arg-type]
+_one_decoder = msgspec.json.Decoder(Inbound)  # type: ignore[arg-type]
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_any_decoder = msgspec.json.Decoder()
+encoder = msgspec.json.Encoder()
+
+
+class Bad(msgspec.Struct):
+    """A message in a frame that could not be decoded: answered with an error, others go on."""
+
+    error: ProtocolError
+    ref: int | None = None
+
+
+def decode_frame(data: bytes | str) -> list[Inbound | Bad]:
+    """Decode a frame into messages; a bad message becomes :class:`Bad`, the rest survive.
+
+    Raises :class:`ProtocolError` if the frame is not JSON at all.
+    """
+    try:
+        out = _frame_decoder.decode(data)
+    except msgspec.ValidationError:
+        pass  # at least one message is bad: decode one by one below to name it
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    else:
+        return out if isinstance(out, list) else [out]
+    text = data.lstrip() if isinstance(data, bytes) else data.lstrip().encode()
+    raws = _raw_list_decoder.decode(text) if text[:1] == b"[" else [msgspec.Raw(text)]
+    msgs: list[Inbound | Bad] = []
+    for i, raw in enumerate(raws):
+        try:
+            msgs.append(_one_decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            msgs.append(_explain(raw, i, str(exc)))
+    return msgs
+
+
+def _explain(raw: msgspec.Raw, index: int, why: str) -> Bad:
+    try:
+        obj = _any_decoder.decode(raw)
+    except msgspec.DecodeError:  # pragma: no cover
+        obj = None
+    where = f"message {index}"
+    if not isinstance(obj, dict):
+        return Bad(ProtocolError(f"{where}: a message must be a JSON object with an 'op'"))
+    ref = obj.get("ref") if isinstance(obj.get("ref"), int) else None
+    op = obj.get("op")
+    if op is None:
+        return Bad(ProtocolError(f"{where}: missing field 'op'"), ref)
+    if op not in OPS:
+        return Bad(
+            UnknownOperation(f"{where}: unknown op {op!r}; known ops: {', '.join(sorted(OPS))}"),
+            ref,
+        )
+    return Bad(ProtocolError(f"{where} ({op}): {why}"), ref)
+
+
+def encode(msgs: list[dict[str, Any]]) -> bytes:
+    """One frame: a single object when there is one message, else an array."""
+    return encoder.encode(msgs[0] if len(msgs) == 1 else msgs)
+
+
+def error_msg(err: Exception, ref: int | None = None, **extra: Any) -> dict[str, Any]:
+    from taskhub.errors import TaskHubError
+
+    body = err.to_wire() if isinstance(err, TaskHubError) else {"code": "internal", "message": str(err)}
+    msg: dict[str, Any] = {"op": "error", **body, **extra}
+    if ref is not None:
+        msg["ref"] = ref
+    return msg

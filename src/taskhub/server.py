@@ -1,0 +1,172 @@
+"""``Server``: the public way to run a hub in process (``taskhub serve`` uses it too)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import Any
+
+import uvicorn
+
+from taskhub.errors import InvalidOption
+from taskhub.hub.app import create_app
+from taskhub.hub.auth import Registry
+from taskhub.hub.hub import Hub, Limits
+from taskhub.lifecycle import Clock, Defaults
+from taskhub.protocol import WS_PATH
+from taskhub.store import open_store
+
+log = logging.getLogger("taskhub.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    """A hub listening for WebSocket and HTTP on one port.
+
+    ``task_start_timeout`` (None: wait forever) and ``task_end_timeout`` are the defaults a
+    task's own ``start_timeout`` and ``timeout`` override. Without credentials the hub only
+    serves loopback, and says so at start.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        store: str = "sqlite:///taskhub.db",
+        task_start_timeout: float | None = None,
+        task_end_timeout: float | None = 60.0,
+        *,
+        max_frame: int = 1024 * 1024,
+        pickup_window: float = 10.0,
+        retries: int = 0,
+        max_attempts: int = 5,
+        retry_backoff: float = 1.0,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 5.0,
+        clock: Clock = time.time,
+        name: str = "hub",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.store_url = store
+        self.defaults = Defaults(
+            task_start_timeout=task_start_timeout,
+            task_end_timeout=task_end_timeout,
+            retries=retries,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            pickup_window=pickup_window,
+        )
+        self.limits = Limits(max_frame=max_frame, ping_interval=ping_interval,
+                             ping_timeout=ping_timeout)
+        self.registry = Registry()
+        self.clock = clock
+        self.name = name
+        self.hub: Hub | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+
+    def add_credentials(
+        self,
+        name: str,
+        key: str | None = None,
+        *,
+        key_hash: str | None = None,
+        sub_permissions: list[str] | tuple[str, ...] = (),
+        pub_permissions: list[str] | tuple[str, ...] = (),
+        max_connections: int | None = None,
+    ) -> None:
+        """Accept connections as ``name``; the key is kept only as a scrypt hash."""
+        self.registry.add(name, key=key, key_hash=key_hash, sub_permissions=sub_permissions,
+                          pub_permissions=pub_permissions, max_connections=max_connections)
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL clients connect to."""
+        return f"ws://{self._display_host()}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._display_host()}:{self.port}"
+
+    def _display_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else (
+            f"[{self.host}]" if ":" in self.host else self.host)
+
+    async def start(self) -> None:
+        """Open the store, take back unfinished tasks, and start listening."""
+        if self.registry.open_access:
+            if not is_loopback(self.host):
+                raise InvalidOption(
+                    f"refusing to listen on {self.host}: no credentials are configured, so the "
+                    "hub may only serve loopback (add credentials to listen elsewhere)")
+            log.warning("no credentials configured: serving loopback only, every connection "
+                        "gets every permission")
+        store = open_store(self.store_url)
+        self.hub = Hub(store, registry=self.registry, defaults=self.defaults,
+                       limits=self.limits, clock=self.clock, name=self.name)
+        await self.hub.start()
+        config = uvicorn.Config(
+            create_app(self.hub),
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            ws_max_size=self.limits.max_frame * 4 + 1024,
+            ws_ping_interval=self.limits.ping_interval,
+            ws_ping_timeout=self.limits.ping_timeout,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._serve_task = asyncio.create_task(self._uvicorn.serve())
+        while not self._uvicorn.started:
+            if self._serve_task.done():
+                await self._serve_task
+                raise OSError(f"could not listen on {self.host}:{self.port}")
+            await asyncio.sleep(0.01)
+        for server in self._uvicorn.servers:
+            for sock in server.sockets:
+                self.port = sock.getsockname()[1]
+                break
+        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
+
+    async def stop(self) -> None:
+        if self._uvicorn is not None and self._serve_task is not None:
+            self._uvicorn.should_exit = True
+            await self._serve_task
+            self._serve_task = None
+        if self.hub is not None:
+            await self.hub.stop()
+            self.hub = None
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    def run(self) -> None:
+        """Block, serving until interrupted (Ctrl-C or SIGTERM)."""
+        from taskhub.runtime import run
+
+        run(self.serve_forever())

@@ -1,0 +1,105 @@
+"""The store interface every engine implements, and the records it keeps.
+
+The hub keeps live task state in memory and writes every change through the store in
+batches (group commit): :meth:`Store.apply` returns only once the batch is durable, and the
+hub answers a ``pub`` only after the batch holding that task has been applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+TERMINAL_STATES = frozenset({"success", "fail", "end"})
+TASK_STATES = ("init", "start", "success", "fail", "end")
+
+
+class DeliveryRecord(msgspec.Struct, omit_defaults=True):
+    """One group's copy of a task."""
+
+    group: str
+    # pending | offered | started | done | dropped | failed
+    state: str = "pending"
+    attempt: int = 0  # offer sequence number; fences stale workers
+    tries: int = 0  # started attempts that were lost or failed
+    not_before: float = 0.0  # retry backoff: not offered again before this time
+    error: dict[str, Any] | None = None
+
+
+class TaskRecord(msgspec.Struct, omit_defaults=True):
+    id: str
+    action: str
+    publisher: str
+    created_at: float
+    payload: Any = None
+    options: dict[str, Any] = {}
+    state: str = "init"
+    started_at: float | None = None
+    ended_at: float | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None  # {"reason", "type", "message"}
+    last_update: Any = None
+    updates: int = 0
+    deliveries: list[DeliveryRecord] = []
+    not_before: float = 0.0  # delayed tasks are not offered before this time
+    seq: int = 0  # seq of the task's last event, so events stay ordered across restarts
+
+
+class EventRecord(msgspec.Struct, omit_defaults=True):
+    """A task event: one lifecycle change, stored with the task and streamed to watchers."""
+
+    task_id: str
+    seq: int
+    at: float
+    type: str  # init | offer | pickup | update | drop | return | success | fail | end | ...
+    group: str | None = None
+    service: str | None = None
+    data: Any = None
+
+
+class WriteBatch(msgspec.Struct):
+    tasks: list[TaskRecord] = []  # upserts (whole records)
+    events: list[EventRecord] = []  # appends
+    deleted: list[str] = []  # task ids to remove with their events
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.events or self.deleted)
+
+
+class Store(Protocol):
+    """What the hub needs from storage. Engines: memory, sqlite (redis later)."""
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """Make the whole batch durable (one transaction where the engine has them).
+
+        The hub keeps mutating these record objects after calling ``apply``: an engine must
+        take what it needs from them (copy or encode) before its first ``await``.
+        """
+
+    async def load_active(self) -> list[TaskRecord]:
+        """Every task not in a terminal state, oldest first (hub recovery at start)."""
+
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    async def get_events(self, task_id: str) -> list[EventRecord]:
+        """The task's events in ``seq`` order."""
+
+    async def list_tasks(
+        self,
+        *,
+        action: str | None = None,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskRecord]:
+        """Tasks by id (creation order), filtered; ``after`` is the last id of the previous page."""
+
+    async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
+        """Delete up to ``limit`` terminal tasks ended before ``at``; return their ids."""
