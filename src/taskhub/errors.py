@@ -83,8 +83,9 @@ class TaskFailed(TaskHubError):
 
     code = "task_failed"
 
-    def __init__(self, message: str = "", *, reason: str = "error", error_type: str = "",
-                 task_id: str = "") -> None:
+    def __init__(
+        self, message: str = "", *, reason: str = "error", error_type: str = "", task_id: str = ""
+    ) -> None:
         super().__init__(message, reason=reason, error_type=error_type, task_id=task_id)
         self.reason = reason
         self.error_type = error_type

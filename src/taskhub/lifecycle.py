@@ -113,6 +113,7 @@ class Delivery:
     rec: DeliveryRecord
     holder: Subscription | None = None
     acked: bool = False
+    avoid: Peer | None = None  # let its pickup window lapse: offer elsewhere if possible
 
 
 @dataclass(eq=False)
@@ -262,11 +263,20 @@ class Lifecycle:
             if task is None:
                 continue  # ended meanwhile: timers are cancelled lazily
             if kind == "start" and task.rec.state == "init":
-                self._finish(task, "fail", error={"reason": "start_timeout",
-                             "message": "no worker started the task in time"})
+                self._finish(
+                    task,
+                    "fail",
+                    error={
+                        "reason": "start_timeout",
+                        "message": "no worker started the task in time",
+                    },
+                )
             elif kind == "end":
-                self._finish(task, "fail", error={"reason": "timeout",
-                             "message": "the task did not finish in time"})
+                self._finish(
+                    task,
+                    "fail",
+                    error={"reason": "timeout", "message": "the task did not finish in time"},
+                )
             elif kind == "due":
                 self._route(task)
             elif kind == "retry":
@@ -275,8 +285,12 @@ class Lifecycle:
                     self._enqueue(d)
             elif kind == "pickup":
                 d = task.deliveries.get(group)
-                if (d is not None and d.rec.state == "offered" and not d.acked
-                        and d.rec.attempt == attempt):
+                if (
+                    d is not None
+                    and d.rec.state == "offered"
+                    and not d.acked
+                    and d.rec.attempt == attempt
+                ):
                     self._take_back(d, "pickup_window", count_try=False)
 
     # --- publish -----------------------------------------------------------------------------
@@ -444,14 +458,17 @@ class Lifecycle:
             _, _, d = heapq.heappop(q.waiting)
             if d.task.ended or d.rec.state != "pending" or d.task.deliveries.get(q.group) is not d:
                 continue  # stale heap entry
+            if d.avoid is not None and sub.peer is d.avoid:
+                sub = self._free_worker(q, avoid=d.avoid) or sub
+            d.avoid = None
             self._offer(d, sub)
 
     @staticmethod
-    def _free_worker(q: Queue) -> Subscription | None:
+    def _free_worker(q: Queue, avoid: Peer | None = None) -> Subscription | None:
         n = len(q.workers)
         for i in range(n):
             sub = q.workers[(q.rr + i) % n]
-            if sub.inflight < sub.concurrency:
+            if sub.inflight < sub.concurrency and sub.peer is not avoid:
                 q.rr = (q.rr + i + 1) % n
                 return sub
         return None
@@ -465,10 +482,17 @@ class Lifecycle:
         sub.inflight += 1
         sub.peer.holding[d.task.id] = d
         self.send(sub.peer, self._offer_msg(d.task, rec.group, rec.attempt))
-        self._event(d.task, "offer", group=rec.group, service=sub.peer.service,
-                    data={"attempt": rec.attempt}, notify=False)
-        self._arm(self.clock() + self.defaults.pickup_window, "pickup", d.task.id, rec.group,
-                  rec.attempt)
+        self._event(
+            d.task,
+            "offer",
+            group=rec.group,
+            service=sub.peer.service,
+            data={"attempt": rec.attempt},
+            notify=False,
+        )
+        self._arm(
+            self.clock() + self.defaults.pickup_window, "pickup", d.task.id, rec.group, rec.attempt
+        )
 
     def _release(self, d: Delivery) -> None:
         """The delivery's holder no longer holds it: give its credit back."""
@@ -487,27 +511,44 @@ class Lifecycle:
         """Offer the delivery again to its group (at-least-once), or fail it when out of tries."""
         holder = d.holder
         if holder is not None:
-            self.send(holder.peer, {"op": "revoke", "task": d.task.id,
-                                    "attempt": d.rec.attempt, "reason": reason})
+            self.send(
+                holder.peer,
+                {"op": "revoke", "task": d.task.id, "attempt": d.rec.attempt, "reason": reason},
+            )
+            if reason == "pickup_window":
+                d.avoid = holder.peer  # "goes to another connection of its group"
         self._release(d)
         if count_try:
             d.rec.tries += 1
             if d.rec.tries >= int(d.task.rec.options.get("max_attempts", 1)):
-                self._delivery_failed(d, {"reason": "attempts", "type": "AttemptsExhausted",
-                                          "message": f"gave up after {d.rec.tries} attempts "
-                                                     f"(last: {reason})"})
+                self._delivery_failed(
+                    d,
+                    {
+                        "reason": "attempts",
+                        "type": "AttemptsExhausted",
+                        "message": f"gave up after {d.rec.tries} attempts (last: {reason})",
+                    },
+                )
                 return
-        self._event(d.task, "requeue", group=d.rec.group, data={"reason": reason},
-                    notify=False)
+        self._event(d.task, "requeue", group=d.rec.group, data={"reason": reason}, notify=False)
         self._enqueue(d)
 
     # --- subscriptions -----------------------------------------------------------------------
-    def subscribe(self, peer: Peer, action: str, *, group: str | None = None,
-                  concurrency: int = 1, observe: bool = False, durable: bool = False) -> None:
+    def subscribe(
+        self,
+        peer: Peer,
+        action: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+    ) -> None:
         validate_action(action)
         if not allowed(peer.creds.sub_permissions, action):
-            raise PermissionDenied(f"{peer.service!r} may not subscribe to {action!r}",
-                                   action=action)
+            raise PermissionDenied(
+                f"{peer.service!r} may not subscribe to {action!r}", action=action
+            )
         if concurrency < 1:
             raise InvalidOption("concurrency must be >= 1", option="concurrency")
         group = group or peer.service
@@ -517,7 +558,9 @@ class Lifecycle:
                 raise InvalidOption(
                     f"this connection already subscribes to {action!r} as "
                     f"{'observer' if existing.observe else 'group ' + repr(existing.group)}; "
-                    "unsubscribe first", option="group")
+                    "unsubscribe first",
+                    option="group",
+                )
             existing.concurrency = concurrency  # a new credit
             q = self.queues.get((action, group))
             if q is not None:
@@ -533,6 +576,8 @@ class Lifecycle:
         q.workers.append(sub)
         pooled = self.pooled.pop(action, None)
         if pooled:
+            # in priority order: each routed task is offered at once while credit lasts
+            pooled.sort(key=lambda t: (-int(t.rec.options.get("priority", 0)), t.seq))
             for task in pooled:
                 if not task.ended and not task.deliveries:
                     task.rec.deliveries = []
@@ -563,15 +608,20 @@ class Lifecycle:
         if mine is not None and attempt < mine.rec.attempt:
             raise StaleAttempt(
                 f"attempt {attempt} of task {task_id} was offered again (now attempt "
-                f"{mine.rec.attempt}); this step is not counted", task=task_id)
-        raise NotHolding(f"this connection does not hold task {task_id} (attempt {attempt})",
-                         task=task_id)
+                f"{mine.rec.attempt}); this step is not counted",
+                task=task_id,
+            )
+        raise NotHolding(
+            f"this connection does not hold task {task_id} (attempt {attempt})", task=task_id
+        )
 
     def ack(self, peer: Peer, task_id: str, attempt: int) -> None:
-        self._held(peer, task_id, attempt).acked = True
+        if task_id in self.tasks:  # an ack racing the task's end is harmless
+            self._held(peer, task_id, attempt).acked = True
 
     def pickup(self, peer: Peer, task_id: str, attempt: int) -> None:
-        self._start(self._held(peer, task_id, attempt))
+        if task_id in self.tasks:  # so is a pickup: the worker will hear how it ended
+            self._start(self._held(peer, task_id, attempt))
 
     def _start(self, d: Delivery) -> None:
         d.acked = True
@@ -619,16 +669,22 @@ class Lifecycle:
         d = peer.holding.get(task_id)
         if d is not None and d.rec.attempt == attempt:
             self._start(d)
-        elif peer not in task.observers:
+        elif peer in task.observers:
+            raise NotHolding(
+                f"observers cannot return a result for task {task_id}; the hub "
+                "does not wait for them",
+                task=task_id,
+            )
+        else:
             sub = peer.subs.get(task.rec.action)
             mine = task.deliveries.get(sub.group) if sub else None
             if mine is None or attempt > mine.rec.attempt or attempt < 1:
-                raise NotHolding(f"this connection was never offered task {task_id} "
-                                 f"(attempt {attempt})", task=task_id)
-            d = mine  # a stale attempt's return still completes the task: first wins
-        if d is not None:
-            self._release(d)
-            d.rec.state = "done"
+                raise NotHolding(
+                    f"this connection was never offered task {task_id} (attempt {attempt})",
+                    task=task_id,
+                )
+            # A stale attempt's return still completes the task (first wins); the current
+            # holder, if any, hears `success` from _finish like every other holder.
         self._finish(task, "success", result=result, by=peer)
 
     def drop(self, peer: Peer, task_id: str, attempt: int) -> None:
@@ -638,8 +694,9 @@ class Lifecycle:
         self._event(d.task, "drop", group=d.rec.group, service=peer.service)
         self._check_end(d.task)
 
-    def fail(self, peer: Peer, task_id: str, attempt: int, error: dict[str, Any],
-             *, retry: bool = True) -> None:
+    def fail(
+        self, peer: Peer, task_id: str, attempt: int, error: dict[str, Any], *, retry: bool = True
+    ) -> None:
         d = self._held(peer, task_id, attempt)
         task = d.task
         self._release(d)
@@ -647,15 +704,24 @@ class Lifecycle:
         d.rec.error = error
         opts = task.rec.options
         failures = d.rec.tries
-        if retry and failures <= int(opts.get("retries", 0)) and failures < int(
-                opts.get("max_attempts", 1)):
-            backoff = min(self.defaults.retry_backoff_max,
-                          self.defaults.retry_backoff * 2 ** (failures - 1))
+        if (
+            retry
+            and failures <= int(opts.get("retries", 0))
+            and failures < int(opts.get("max_attempts", 1))
+        ):
+            backoff = min(
+                self.defaults.retry_backoff_max, self.defaults.retry_backoff * 2 ** (failures - 1)
+            )
             backoff *= 0.5 + self.rng.random() / 2  # jitter: spread a burst of retries
             d.rec.state = "pending"
             d.rec.not_before = self.clock() + backoff
-            self._event(task, "retry", group=d.rec.group, service=peer.service,
-                        data={"error": error, "in": round(backoff, 3), "tries": failures})
+            self._event(
+                task,
+                "retry",
+                group=d.rec.group,
+                service=peer.service,
+                data={"error": error, "in": round(backoff, 3), "tries": failures},
+            )
             self._arm(d.rec.not_before, "retry", task.id, d.rec.group, d.rec.attempt)
             return
         reason = "attempts" if retry and failures >= int(opts.get("max_attempts", 1)) else "error"
@@ -680,16 +746,24 @@ class Lifecycle:
         task = self.tasks.get(task_id)
         if task is None:
             raise TaskNotFound(f"no running task {task_id}", task=task_id)
-        if creds.name != task.rec.publisher and not allowed(creds.pub_permissions,
-                                                            task.rec.action):
-            raise PermissionDenied(f"{creds.name!r} may not cancel task {task_id}",
-                                   action=task.rec.action)
-        self._finish(task, "fail", error={"reason": "cancelled", "message":
-                                          f"cancelled by {creds.name}"})
+        if creds.name != task.rec.publisher and not allowed(creds.pub_permissions, task.rec.action):
+            raise PermissionDenied(
+                f"{creds.name!r} may not cancel task {task_id}", action=task.rec.action
+            )
+        self._finish(
+            task, "fail", error={"reason": "cancelled", "message": f"cancelled by {creds.name}"}
+        )
         return task
 
-    def _finish(self, task: Task, state: str, *, result: Any = None,
-                error: dict[str, Any] | None = None, by: Peer | None = None) -> None:
+    def _finish(
+        self,
+        task: Task,
+        state: str,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        by: Peer | None = None,
+    ) -> None:
         rec = task.rec
         rec.state = state
         rec.ended_at = self.clock()
@@ -697,6 +771,11 @@ class Lifecycle:
         rec.error = error
         del self.tasks[rec.id]
         reason = (error or {}).get("reason")
+        data = result if state == "success" else error
+        ev = self._event(task, state, service=by.service if by else None, data=data)
+        msg = self._event_msg(task, ev)
+        if state == "success":
+            self._tell_holders(task, msg, but=by)  # before their credit is given back below
         for d in task.deliveries.values():
             holder = d.holder
             if holder is None:
@@ -706,13 +785,15 @@ class Lifecycle:
             self._release(d)
             d.rec.state = "done"
             if state != "success":
-                self.send(holder.peer, {"op": "revoke", "task": rec.id,
-                                        "attempt": d.rec.attempt, "reason": reason or state})
-        data = result if state == "success" else error
-        ev = self._event(task, state, service=by.service if by else None, data=data)
-        msg = self._event_msg(task, ev)
-        if state == "success":
-            self._tell_holders(task, msg, but=by)
+                self.send(
+                    holder.peer,
+                    {
+                        "op": "revoke",
+                        "task": rec.id,
+                        "attempt": d.rec.attempt,
+                        "reason": reason or state,
+                    },
+                )
         for peer in task.observers:
             peer.observing.discard(rec.id)
             if state != "success" and peer is not by:
@@ -735,8 +816,11 @@ class Lifecycle:
         peer.following.add(task.id)
 
     def may_read(self, creds: Credentials, rec: TaskRecord) -> bool:
-        return (creds.name == rec.publisher or allowed(creds.sub_permissions, rec.action)
-                or allowed(creds.pub_permissions, rec.action))
+        return (
+            creds.name == rec.publisher
+            or allowed(creds.sub_permissions, rec.action)
+            or allowed(creds.pub_permissions, rec.action)
+        )
 
     # --- connections -------------------------------------------------------------------------
     def connect(self, peer: Peer) -> None:
@@ -778,8 +862,9 @@ class Lifecycle:
                 self.keys[f"{rec.action}\x00{key}"] = (rec.id, rec.created_at)
             opts = rec.options
             if rec.state == "init" and opts.get("start_timeout") is not None:
-                self._arm(max(rec.created_at, rec.not_before) + opts["start_timeout"],
-                          "start", rec.id)
+                self._arm(
+                    max(rec.created_at, rec.not_before) + opts["start_timeout"], "start", rec.id
+                )
             if rec.state == "start" and opts.get("timeout") is not None and rec.started_at:
                 self._arm(rec.started_at + opts["timeout"], "end", rec.id)
             if not rec.deliveries:
@@ -796,8 +881,11 @@ class Lifecycle:
                         drec.tries += 1
                     if drec.tries >= int(opts.get("max_attempts", 1)):
                         drec.state = "failed"
-                        drec.error = {"reason": "attempts", "type": "AttemptsExhausted",
-                                      "message": "gave up after a hub restart"}
+                        drec.error = {
+                            "reason": "attempts",
+                            "type": "AttemptsExhausted",
+                            "message": "gave up after a hub restart",
+                        }
                         continue
                     drec.state = "pending"
                 if drec.state == "pending" and drec.not_before > now:

@@ -24,8 +24,8 @@ class _Msg(msgspec.Struct, tag_field="op", forbid_unknown_fields=False):
 class PubOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Per-task options. UNSET means "the hub default"; ``None`` timeouts mean "forever"."""
 
-    timeout: float | None | UnsetType = UNSET  # end timeout, seconds after start
-    start_timeout: float | None | UnsetType = UNSET
+    timeout: float | UnsetType | None = UNSET  # end timeout, seconds after start
+    start_timeout: float | UnsetType | None = UNSET
     priority: int = 0
     key: str | None = None
     retries: int | UnsetType = UNSET
@@ -114,14 +114,42 @@ class Follow(_Msg, tag="follow"):
     ref: int | None = None
 
 
-Inbound = Pub | Sub | Unsub | Ack | Pickup | Update | Return | Drop | Fail | Cancel | GetPayload | Get | Follow
-OPS = frozenset(
-    c.__struct_config__.tag  # type: ignore[attr-defined]
-    for c in (Pub, Sub, Unsub, Ack, Pickup, Update, Return, Drop, Fail, Cancel, GetPayload, Get, Follow)
+Inbound = (
+    Pub
+    | Sub
+    | Unsub
+    | Ack
+    | Pickup
+    | Update
+    | Return
+    | Drop
+    | Fail
+    | Cancel
+    | GetPayload
+    | Get
+    | Follow
+)
+OPS: frozenset[str] = frozenset(
+    str(c.__struct_config__.tag)
+    for c in (
+        Pub,
+        Sub,
+        Unsub,
+        Ack,
+        Pickup,
+        Update,
+        Return,
+        Drop,
+        Fail,
+        Cancel,
+        GetPayload,
+        Get,
+        Follow,
+    )
 )
 
-_frame_decoder = msgspec.json.Decoder(list[Inbound] | Inbound)  # type: ignore[arg-type]
-_one_decoder = msgspec.json.Decoder(Inbound)  # type: ignore[arg-type]
+_frame_decoder = msgspec.json.Decoder(list[Inbound] | Inbound)
+_one_decoder = msgspec.json.Decoder(Inbound)
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _any_decoder = msgspec.json.Decoder()
 encoder = msgspec.json.Encoder()
@@ -186,7 +214,11 @@ def encode(msgs: list[dict[str, Any]]) -> bytes:
 def error_msg(err: Exception, ref: int | None = None, **extra: Any) -> dict[str, Any]:
     from taskhub.errors import TaskHubError
 
-    body = err.to_wire() if isinstance(err, TaskHubError) else {"code": "internal", "message": str(err)}
+    body = (
+        err.to_wire()
+        if isinstance(err, TaskHubError)
+        else {"code": "internal", "message": str(err)}
+    )
     msg: dict[str, Any] = {"op": "error", **body, **extra}
     if ref is not None:
         msg["ref"] = ref

@@ -16,5 +16,5 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return asyncio.run(main)
     with contextlib.suppress(KeyboardInterrupt):
-        return uvloop.run(main)  # type: ignore[no-any-return]
+        return uvloop.run(main)
     raise SystemExit(130)

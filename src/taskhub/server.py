@@ -67,8 +67,9 @@ class Server:
             retry_backoff=retry_backoff,
             pickup_window=pickup_window,
         )
-        self.limits = Limits(max_frame=max_frame, ping_interval=ping_interval,
-                             ping_timeout=ping_timeout)
+        self.limits = Limits(
+            max_frame=max_frame, ping_interval=ping_interval, ping_timeout=ping_timeout
+        )
         self.registry = Registry()
         self.clock = clock
         self.name = name
@@ -87,8 +88,14 @@ class Server:
         max_connections: int | None = None,
     ) -> None:
         """Accept connections as ``name``; the key is kept only as a scrypt hash."""
-        self.registry.add(name, key=key, key_hash=key_hash, sub_permissions=sub_permissions,
-                          pub_permissions=pub_permissions, max_connections=max_connections)
+        self.registry.add(
+            name,
+            key=key,
+            key_hash=key_hash,
+            sub_permissions=sub_permissions,
+            pub_permissions=pub_permissions,
+            max_connections=max_connections,
+        )
 
     @property
     def url(self) -> str:
@@ -100,8 +107,11 @@ class Server:
         return f"http://{self._display_host()}:{self.port}"
 
     def _display_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else (
-            f"[{self.host}]" if ":" in self.host else self.host)
+        return (
+            "127.0.0.1"
+            if self.host in ("0.0.0.0", "")
+            else (f"[{self.host}]" if ":" in self.host else self.host)
+        )
 
     async def start(self) -> None:
         """Open the store, take back unfinished tasks, and start listening."""
@@ -109,12 +119,21 @@ class Server:
             if not is_loopback(self.host):
                 raise InvalidOption(
                     f"refusing to listen on {self.host}: no credentials are configured, so the "
-                    "hub may only serve loopback (add credentials to listen elsewhere)")
-            log.warning("no credentials configured: serving loopback only, every connection "
-                        "gets every permission")
+                    "hub may only serve loopback (add credentials to listen elsewhere)"
+                )
+            log.warning(
+                "no credentials configured: serving loopback only, every connection "
+                "gets every permission"
+            )
         store = open_store(self.store_url)
-        self.hub = Hub(store, registry=self.registry, defaults=self.defaults,
-                       limits=self.limits, clock=self.clock, name=self.name)
+        self.hub = Hub(
+            store,
+            registry=self.registry,
+            defaults=self.defaults,
+            limits=self.limits,
+            clock=self.clock,
+            name=self.name,
+        )
         await self.hub.start()
         config = uvicorn.Config(
             create_app(self.hub),
@@ -129,7 +148,6 @@ class Server:
             timeout_graceful_shutdown=5,
         )
         self._uvicorn = uvicorn.Server(config)
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._serve_task = asyncio.create_task(self._uvicorn.serve())
         while not self._uvicorn.started:
             if self._serve_task.done():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -22,8 +23,17 @@ _UNSET: Any = object()
 class Subscription:
     """A subscription; calling it calls the handler, awaiting it waits for the hub's answer."""
 
-    def __init__(self, client: Client, action: str, handler: Handler, *, group: str | None,
-                 concurrency: int, observe: bool, durable: bool) -> None:
+    def __init__(
+        self,
+        client: Client,
+        action: str,
+        handler: Handler,
+        *,
+        group: str | None,
+        concurrency: int,
+        observe: bool,
+        durable: bool,
+    ) -> None:
         self.client = client
         self.action = action
         self.handler = handler
@@ -118,7 +128,7 @@ class Client:
             self._send_sub(sub)
         for task_id, handle in list(self._handles.items()):
             fut = self._conn.request({"op": "follow", "task": task_id})
-            fut.add_done_callback(lambda f, h=handle: self._followed(h, f))
+            fut.add_done_callback(functools.partial(self._followed, handle))
 
     def _followed(self, handle: Handle, fut: asyncio.Future[Message]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -150,8 +160,15 @@ class Client:
         def register(fn: Handler) -> Subscription:
             if action in self._subs:
                 raise ValueError(f"this client already subscribes to {action!r}")
-            sub = Subscription(self, action, fn, group=group, concurrency=concurrency,
-                               observe=observe, durable=durable)
+            sub = Subscription(
+                self,
+                action,
+                fn,
+                group=group,
+                concurrency=concurrency,
+                observe=observe,
+                durable=durable,
+            )
             self._subs[action] = sub
             if self.connected:
                 self._send_sub(sub)
@@ -214,8 +231,9 @@ class Client:
         if key is not None:
             options["key"] = key
         if delay is not None:
-            options["delay"] = delay.total_seconds() if isinstance(delay, dt.timedelta) else (
-                float(delay))
+            options["delay"] = (
+                delay.total_seconds() if isinstance(delay, dt.timedelta) else (float(delay))
+            )
         if at is not None:
             if at.tzinfo is None:
                 raise ValueError("at= needs a timezone-aware datetime")
@@ -324,13 +342,19 @@ class Client:
                     return
                 if ctx.dropped or ctx.observe or ctx.revoked:
                     return
-                self._conn.send({"op": "return", "task": ctx.id, "attempt": ctx.attempt,
-                                 "result": result})
+                self._conn.send(
+                    {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
+                )
         finally:
             if self._working.get(ctx.id) is ctx:
                 del self._working[ctx.id]
 
     def _send_fail(self, ctx: TaskContext, exc: BaseException) -> None:
-        self._conn.send({"op": "fail", "task": ctx.id, "attempt": ctx.attempt,
-                         "error": {"type": type(exc).__name__, "message": str(exc)}})
-
+        self._conn.send(
+            {
+                "op": "fail",
+                "task": ctx.id,
+                "attempt": ctx.attempt,
+                "error": {"type": type(exc).__name__, "message": str(exc)},
+            }
+        )

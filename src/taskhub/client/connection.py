@@ -21,7 +21,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from taskhub.errors import AuthenticationFailed, ConnectionClosed, TaskHubError, from_wire
+from taskhub.errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    FrameTooLarge,
+    TaskHubError,
+    from_wire,
+)
 from taskhub.protocol import WS_PATH
 
 log = logging.getLogger("taskhub.client")
@@ -93,7 +99,8 @@ class Connection:
             except (OSError, InvalidHandshake, WsClosed, TimeoutError) as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise ConnectionClosed(
-                        f"could not connect to {', '.join(self.urls)}: {exc}") from None
+                        f"could not connect to {', '.join(self.urls)}: {exc}"
+                    ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
         self._runner = asyncio.create_task(self._run(ws), name="taskhub-client")
@@ -224,9 +231,29 @@ class Connection:
         if not self._outbox or ws is None or not self.connected.is_set():
             return
         out, self._outbox = self._outbox, []
-        frame = _encoder.encode(out[0] if len(out) == 1 else out)
-        task = asyncio.ensure_future(ws.send(frame.decode()))
-        task.add_done_callback(_ignore_closed)
+        limit = int(self.welcome.get("max_frame", self.max_frame))
+        for frame in self._frames(out, limit):
+            task = asyncio.ensure_future(ws.send(frame.decode()))
+            task.add_done_callback(_ignore_closed)
+
+    def _frames(self, msgs: list[Message], limit: int) -> list[bytes]:
+        """Encode as few frames as fit the hub's ``max_frame``; refuse a message too big alone."""
+        frame = _encoder.encode(msgs[0] if len(msgs) == 1 else msgs)
+        if len(frame) <= limit:
+            return [frame]
+        if len(msgs) > 1:
+            half = len(msgs) // 2
+            return self._frames(msgs[:half], limit) + self._frames(msgs[half:], limit)
+        exc = FrameTooLarge(
+            f"{msgs[0].get('op')} message of {len(frame)} bytes is over the "
+            f"hub's frame limit of {limit} bytes; it was not sent"
+        )
+        fut = self._pending.pop(msgs[0].get("ref", -1), None)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+        else:
+            log.error("%s", exc)
+        return []
 
 
 def _ignore_closed(task: asyncio.Future[None]) -> None:

@@ -98,8 +98,7 @@ class TaskContext(_Emitter):
 
     async def _step(self, op: str, **fields: Any) -> None:
         attempt = 0 if self.observe else self.attempt
-        await self._client._conn.request({"op": op, "task": self.id, "attempt": attempt,
-                                          **fields})
+        await self._client._conn.request({"op": op, "task": self.id, "attempt": attempt, **fields})
 
     def _event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -172,7 +171,8 @@ class Handle(_Emitter):
             cls = TaskCancelled
         etype = str(err.get("type", ""))
         text = f"task {self.id} ({self.action}) failed: " + (
-            f"{etype}: {message}" if etype else message)
+            f"{etype}: {message}" if etype else message
+        )
         return cls(text, reason=reason, error_type=etype, task_id=self.id or "")
 
     async def cancel(self) -> None:
@@ -225,9 +225,12 @@ class Handle(_Emitter):
 
     def _lost(self) -> None:
         if not self._accepted.done():
-            self._refuse(ConnectionClosed(
-                f"the connection dropped before the hub confirmed the {self.action} task; it "
-                "may or may not have been accepted (publish with key= to retry safely)"))
+            self._refuse(
+                ConnectionClosed(
+                    f"the connection dropped before the hub confirmed the {self.action} task; it "
+                    "may or may not have been accepted (publish with key= to retry safely)"
+                )
+            )
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -13,8 +13,11 @@ from taskhub.protocol import WS_PATH
 
 
 def create_app(hub: Hub) -> FastAPI:
-    app = FastAPI(title="TaskHub", version=__version__,
-                  description="Send it tasks, watch them as they happen.")
+    app = FastAPI(
+        title="TaskHub",
+        version=__version__,
+        description="Send it tasks, watch them as they happen.",
+    )
     app.state.hub = hub
 
     @app.websocket(WS_PATH)

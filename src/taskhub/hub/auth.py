@@ -33,8 +33,7 @@ def _verify(key: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    digest = hashlib.scrypt(key.encode(), salt=bytes.fromhex(salt_hex), n=_N, r=_R, p=_P,
-                            dklen=32)
+    digest = hashlib.scrypt(key.encode(), salt=bytes.fromhex(salt_hex), n=_N, r=_R, p=_P, dklen=32)
     return hmac.compare_digest(digest, bytes.fromhex(digest_hex))
 
 
@@ -106,7 +105,8 @@ class Registry:
         if creds.max_connections is not None and n >= creds.max_connections:
             raise TooManyConnections(
                 f"{creds.name!r} already has {n} connection(s), its max_connections is "
-                f"{creds.max_connections}")
+                f"{creds.max_connections}"
+            )
         self.connections[creds.name] = n + 1
 
     def release_connection(self, creds: Credentials) -> None:

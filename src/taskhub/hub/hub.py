@@ -9,6 +9,7 @@ of a task that a crash could lose (group commit: many frames share one store tra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskhub import protocol as p
-from taskhub.errors import PermissionDenied, TaskHubError, TaskNotFound
+from taskhub.errors import PermissionDenied, StoreUnavailable, TaskHubError, TaskNotFound
 from taskhub.hub.auth import Registry
 from taskhub.ids import new_id
 from taskhub.lifecycle import Clock, Defaults, Lifecycle, Message, Peer, Task
@@ -88,6 +89,7 @@ class Hub:
         self._flushed = asyncio.Condition()
         self._generation = 0  # batches fully written
         self._closing = False
+        self._in_round = False
         self.clock = clock
 
     # --- life --------------------------------------------------------------------------------
@@ -104,10 +106,8 @@ class Hub:
         await self.flush()
         if self._flusher is not None:
             self._flusher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-            except asyncio.CancelledError:
-                pass
         if self._timer is not None:
             self._timer.cancel()
         await self.store.close()
@@ -134,6 +134,7 @@ class Hub:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._in_round = True
             batch = self.lc.take_writes()
             output = self.lc.take_output()
             if batch:
@@ -143,6 +144,7 @@ class Hub:
                 if sender is not None:
                     sender(p.encode(msgs))
             self._generation += 1
+            self._in_round = False
             async with self._flushed:
                 self._flushed.notify_all()
 
@@ -163,7 +165,8 @@ class Hub:
         """Wait until everything the lifecycle has produced so far is written and sent."""
         if self._flusher is None or self._flusher.done():
             return
-        target = self._generation + 2  # the round in progress may have started before now
+        # A round in progress may have taken its batch before now: then wait for the next.
+        target = self._generation + (2 if self._in_round else 1)
         self.kick()
         async with self._flushed:
             await self._flushed.wait_for(lambda: self._generation >= target)
@@ -209,11 +212,11 @@ class Hub:
                 lc.complete(peer, msg.task, msg.attempt, msg.result)
                 self._ok(peer, msg.ref)
             case p.Pub():
-                task, created = lc.publish(peer.creds, msg.action, msg.payload, msg.options,
-                                           peer=peer)
+                task, created = lc.publish(
+                    peer.creds, msg.action, msg.payload, msg.options, peer=peer
+                )
                 if isinstance(task, Task):
-                    self._ok(peer, msg.ref, task=task.id, state=task.rec.state,
-                             created=created)
+                    self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
                 else:
                     self._ok(peer, msg.ref, task=task, created=False)
             case p.Pickup():
@@ -230,8 +233,14 @@ class Hub:
                 lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry)
                 self._ok(peer, msg.ref)
             case p.Sub():
-                lc.subscribe(peer, msg.action, group=msg.group, concurrency=msg.concurrency,
-                             observe=msg.observe, durable=msg.durable)
+                lc.subscribe(
+                    peer,
+                    msg.action,
+                    group=msg.group,
+                    concurrency=msg.concurrency,
+                    observe=msg.observe,
+                    durable=msg.durable,
+                )
                 self._ok(peer, msg.ref)
             case p.Unsub():
                 lc.unsubscribe(peer, msg.action)
@@ -254,10 +263,15 @@ class Hub:
             rec = await self.find(msg.task)
             if rec is None:
                 raise TaskNotFound(f"no task {msg.task}", task=msg.task)
-            if not self.lc.may_read(peer.creds, rec) and msg.task not in peer.holding and (
-                    msg.task not in peer.observing):
-                raise PermissionDenied(f"{peer.service!r} may not read task {msg.task} "
-                                       f"({rec.action})", action=rec.action)
+            if (
+                not self.lc.may_read(peer.creds, rec)
+                and msg.task not in peer.holding
+                and (msg.task not in peer.observing)
+            ):
+                raise PermissionDenied(
+                    f"{peer.service!r} may not read task {msg.task} ({rec.action})",
+                    action=rec.action,
+                )
             if isinstance(msg, p.GetPayload):
                 self._ok(peer, msg.ref, payload=rec.payload)
             else:
@@ -266,6 +280,10 @@ class Hub:
                 self._ok(peer, msg.ref, task=task_view(rec))
         except TaskHubError as exc:
             self.lc.send(peer, p.error_msg(exc, msg.ref, task=msg.task))
+        except Exception:  # the store failed: say so, keep the connection
+            log.exception("reading task %s failed", msg.task)
+            err = StoreUnavailable(f"could not read task {msg.task} from the store; try again")
+            self.lc.send(peer, p.error_msg(err, msg.ref, task=msg.task))
         self.kick()
 
 

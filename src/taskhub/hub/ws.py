@@ -49,15 +49,23 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
         await _refuse(ws, exc, CLOSE_TOO_MANY)
         return
 
-    await ws.accept()
     peer = Peer(new_id(), creds)
+    try:
+        await ws.accept()
+    except Exception:
+        hub.registry.release_connection(creds)
+        raise
     frames: asyncio.Queue[bytes | None] = asyncio.Queue()
     limits = hub.limits
 
     def send(frame: bytes) -> None:
         if frames.qsize() >= limits.max_send_queue:
-            log.warning("connection %s (%s) reads too slowly; closing it", peer.id, peer.service)
-            frames.put_nowait(None)
+            if peer.open:  # once: the writer stops at the marker, nothing more is queued
+                log.warning(
+                    "connection %s (%s) reads too slowly; closing it", peer.id, peer.service
+                )
+                peer.open = False
+                frames.put_nowait(None)
             return
         frames.put_nowait(frame)
 
@@ -82,9 +90,11 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
             data: bytes | str | None = message.get("bytes") or message.get("text")
             if data is None:
                 continue
-            if len(data) > limits.max_frame:
-                err = FrameTooLarge(f"frame of {len(data)} bytes is over the limit of "
-                                    f"{limits.max_frame}; none of its messages were applied")
+            if len(data) > limits.max_frame:  # text frames are measured in characters
+                err = FrameTooLarge(
+                    f"frame of {len(data)} bytes/characters is over the limit "
+                    f"of {limits.max_frame}; none of its messages were applied"
+                )
                 hub.lc.send(peer, p.error_msg(err))
                 hub.kick()
                 continue

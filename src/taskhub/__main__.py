@@ -1,0 +1,3 @@
+from taskhub.cli import main
+
+main()

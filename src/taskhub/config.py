@@ -1,0 +1,109 @@
+"""Hub configuration: a TOML file, then ``TASKHUB_*`` environment variables, then flags.
+
+```toml
+[server]
+host = "127.0.0.1"
+port = 8080
+store = "sqlite:///taskhub.db"
+task_start_timeout = 30      # omit for "wait forever"
+task_end_timeout = 60
+
+[[credentials]]
+name = "emailer"
+key_hash = "scrypt$..."      # from `taskhub creds hash`; `key = "..."` is accepted too
+sub_permissions = ["email/bulk:send"]
+pub_permissions = ["email:send", "weather"]
+max_connections = 1
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from taskhub.errors import InvalidOption
+from taskhub.server import Server
+
+_SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "host": str,
+    "port": int,
+    "store": str,
+    "task_start_timeout": (int, float),
+    "task_end_timeout": (int, float),
+    "max_frame": int,
+    "pickup_window": (int, float),
+    "retries": int,
+    "max_attempts": int,
+    "retry_backoff": (int, float),
+    "ping_interval": (int, float),
+    "ping_timeout": (int, float),
+    "name": str,
+}
+_CRED_KEYS = {"name", "key", "key_hash", "sub_permissions", "pub_permissions", "max_connections"}
+
+
+def load(
+    path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any
+) -> Server:
+    """Build a :class:`Server` from a config file, the environment and explicit overrides."""
+    settings: dict[str, Any] = {}
+    creds: list[dict[str, Any]] = []
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InvalidOption(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidOption(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        unknown = set(data) - {"server", "credentials"}
+        if unknown:
+            raise InvalidOption(
+                f"config file: unknown section(s) {sorted(unknown)}; known: server, credentials"
+            )
+        settings.update(data.get("server", {}))
+        creds = list(data.get("credentials", []))
+    source = os.environ if env is None else env
+    for key in _SERVER_KEYS:
+        value = source.get(f"TASKHUB_{key.upper()}")
+        if value is not None:
+            settings[key] = _from_env(key, value)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in settings.items():
+        expected = _SERVER_KEYS.get(key)
+        if expected is None:
+            raise InvalidOption(
+                f"[server] has an unknown setting {key!r}; known: {', '.join(sorted(_SERVER_KEYS))}"
+            )
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise InvalidOption(f"[server] {key} has the wrong type: {value!r}")
+    server = Server(**settings)
+    for i, entry in enumerate(creds):
+        unknown = set(entry) - _CRED_KEYS
+        if unknown:
+            raise InvalidOption(f"[[credentials]] #{i + 1}: unknown key(s) {sorted(unknown)}")
+        if "name" not in entry:
+            raise InvalidOption(f"[[credentials]] #{i + 1} has no name")
+        server.add_credentials(
+            entry["name"],
+            entry.get("key"),
+            key_hash=entry.get("key_hash"),
+            sub_permissions=entry.get("sub_permissions", []),
+            pub_permissions=entry.get("pub_permissions", []),
+            max_connections=entry.get("max_connections"),
+        )
+    return server
+
+
+def _from_env(key: str, value: str) -> Any:
+    expected = _SERVER_KEYS[key]
+    try:
+        if expected is int:
+            return int(value)
+        if expected == (int, float):
+            return float(value)
+    except ValueError:
+        raise InvalidOption(f"TASKHUB_{key.upper()}={value!r} is not a number") from None
+    return value

@@ -1,0 +1,53 @@
+"""Shared fixtures: real hubs on loopback (port 0) and clients connected to them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from taskhub import Client, Server
+
+ServerFactory = Callable[..., Awaitable[Server]]
+ClientFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    servers: list[Server] = []
+
+    async def make(creds: list[dict[str, Any]] | None = None, **kwargs: Any) -> Server:
+        kwargs.setdefault("store", "memory://")
+        kwargs.setdefault("port", 0)
+        server = Server(**kwargs)
+        for c in creds or []:
+            server.add_credentials(**c)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server(pickup_window=1.0)
+
+
+@pytest.fixture
+async def make_client(server: Server) -> AsyncIterator[ClientFactory]:
+    clients: list[Client] = []
+
+    async def make(name: str = "svc", url: str | list[str] | None = None, **kwargs: Any) -> Client:
+        kwargs.setdefault("connect_timeout", 5)
+        client = Client(url or server.url, name=name, **kwargs)
+        await client.connect()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in reversed(clients):
+        await client.close()

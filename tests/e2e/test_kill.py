@@ -1,0 +1,94 @@
+"""A hub killed with SIGKILL loses no accepted task (SQLite), and clients carry on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskhub import Client
+from tests.e2e.hubproc import HubProcess
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
+    proc = HubProcess(f"sqlite:///{tmp_path / 'hub.db'}").start()
+    yield proc
+    proc.stop()
+
+
+async def test_accepted_tasks_survive_kill_9(hub: HubProcess) -> None:
+    n = 200
+    async with Client(hub.url, name="publisher") as pub:
+        handles = [pub.pub("order:ship", i) for i in range(n)]
+        ids = [await h.accepted() for h in handles]  # the hub has answered: it promised
+    hub.kill()
+    hub.start()
+    seen: dict[str, Any] = {}
+    async with Client(hub.url, name="shipper") as worker:
+        done = asyncio.Event()
+
+        async def ship(task: Any) -> Any:
+            seen[task.id] = await task.get_payload()
+            if len(seen) == n:
+                done.set()
+            return "shipped"
+
+        await worker.sub("order:ship", ship, concurrency=16)
+        await asyncio.wait_for(done.wait(), 20)
+    assert sorted(seen) == sorted(ids)
+    assert sorted(seen.values()) == list(range(n))
+
+
+async def test_started_task_is_offered_again_after_kill_9(hub: HubProcess) -> None:
+    started = asyncio.Event()
+    async with Client(hub.url, name="publisher") as pub:
+        handle = pub.pub("video:encode", "cat.mp4")
+        async with Client(hub.url, name="encoder") as first:
+
+            async def hang(task: Any) -> Any:
+                await task.update("working")  # answered only once the start is stored
+                started.set()
+                await asyncio.sleep(60)
+
+            await first.sub("video:encode", hang)
+            await asyncio.wait_for(started.wait(), 10)
+            hub.kill()
+        task_id = await handle.accepted()
+    hub.start()
+    async with Client(hub.url, name="encoder") as second:
+
+        async def encode(task: Any) -> Any:
+            return {"attempt": task.attempt, "file": await task.get_payload()}
+
+        await second.sub("video:encode", encode)
+        async with Client(hub.url, name="publisher") as pub:
+            for _ in range(100):
+                task = await pub.get(task_id)
+                if task["state"] == "success":
+                    break
+                await asyncio.sleep(0.05)
+    assert task["state"] == "success"
+    assert task["result"]["file"] == "cat.mp4"
+    assert task["deliveries"][0]["tries"] == 1  # the lost attempt was counted
+
+
+async def test_clients_reconnect_and_resubscribe_after_a_restart(hub: HubProcess) -> None:
+    async with (
+        Client(hub.url, name="w", max_backoff=0.2) as worker,
+        Client(hub.url, name="p", max_backoff=0.2) as pub,
+    ):
+        await worker.sub("echo:say", lambda t: t.id)
+        assert await pub.pub("echo:say").get_result(timeout=5)
+        hub.kill()
+        hub.start()
+        for _ in range(100):
+            if worker.connected and pub.connected:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # let the worker's subscription land
+        handle = pub.pub("echo:say")
+        assert await handle.get_result(timeout=10) == handle.id
