@@ -165,6 +165,7 @@ class Lifecycle:
         self.observers: dict[str, list[Subscription]] = {}
         self.pooled: dict[str, list[Task]] = {}  # published while no group subscribed
         self.keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (task id, time)
+        self._keys_armed = False
         self.listeners: list[Callable[[Task, EventRecord], None]] = []
         self._timers: list[tuple[float, int, str, str, str, int]] = []
         self._seq = 0
@@ -336,8 +337,7 @@ class Lifecycle:
         task = self._add(rec)
         task.payload_size = _size(payload)
         if key is not None:
-            if not self.keys:
-                self._arm(now + d.idempotency_window, "keys", "")
+            self._keys_timer(now)
             self.keys[f"{action}\x00{key}"] = (rec.id, now)
         if peer is not None:
             self._follow(peer, task)
@@ -894,7 +894,14 @@ class Lifecycle:
                     q = self._queue(rec.action, drec.group)
                     heapq.heappush(q.waiting, (-int(opts.get("priority", 0)), task.seq, d))
             self._check_end(task)
+        if self.keys:
+            self._keys_timer(now)
         return n
+
+    def _keys_timer(self, now: float) -> None:
+        if not self._keys_armed:
+            self._keys_armed = True
+            self._arm(now + self.defaults.idempotency_window / 4, "keys", "")
 
     def _prune_keys(self, now: float) -> None:
         window = self.defaults.idempotency_window
@@ -903,5 +910,6 @@ class Lifecycle:
                 del self.keys[k]
             else:
                 break  # insertion order is time order
+        self._keys_armed = False
         if self.keys:
-            self._arm(now + window / 4, "keys", "")
+            self._keys_timer(now)

@@ -176,21 +176,21 @@ def decode_frame(data: bytes | str) -> list[Inbound | Bad]:
     else:
         return out if isinstance(out, list) else [out]
     text = data.lstrip() if isinstance(data, bytes) else data.lstrip().encode()
-    raws = _raw_list_decoder.decode(text) if text[:1] == b"[" else [msgspec.Raw(text)]
-    msgs: list[Inbound | Bad] = []
-    for i, raw in enumerate(raws):
-        try:
-            msgs.append(_one_decoder.decode(raw))
-        except msgspec.ValidationError as exc:
-            msgs.append(_explain(raw, i, str(exc)))
+    try:
+        raws = _raw_list_decoder.decode(text) if text[:1] == b"[" else [msgspec.Raw(text)]
+        msgs: list[Inbound | Bad] = []
+        for i, raw in enumerate(raws):
+            try:
+                msgs.append(_one_decoder.decode(raw))
+            except msgspec.ValidationError as exc:
+                msgs.append(_explain(raw, i, str(exc)))
+    except msgspec.DecodeError as exc:  # malformed JSON after the first invalid message
+        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
     return msgs
 
 
 def _explain(raw: msgspec.Raw, index: int, why: str) -> Bad:
-    try:
-        obj = _any_decoder.decode(raw)
-    except msgspec.DecodeError:  # pragma: no cover
-        obj = None
+    obj = _any_decoder.decode(raw)  # a DecodeError here means the frame is not JSON
     where = f"message {index}"
     if not isinstance(obj, dict):
         return Bad(ProtocolError(f"{where}: a message must be a JSON object with an 'op'"))
