@@ -1,0 +1,362 @@
+"""SQLite store engine: one file, WAL, every batch one transaction on a dedicated thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from taskhub.errors import StoreUnavailable
+from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+# Terminal states spelled out for SQL; the partial indexes and the queries must use the very
+# same expressions for SQLite to pick the indexes.
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
+_ACTIVE_WHERE = f"state NOT IN ({_TERMINAL_SQL})"
+_ENDED_WHERE = f"state IN ({_TERMINAL_SQL})"
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS tasks (
+        id TEXT PRIMARY KEY,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        ended_at REAL,
+        record BLOB NOT NULL
+    )""",
+    # Small: holds only live tasks, which is all that recovery at start reads.
+    f"CREATE INDEX IF NOT EXISTS tasks_active ON tasks(id) WHERE {_ACTIVE_WHERE}",
+    "CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, id)",
+    "CREATE INDEX IF NOT EXISTS tasks_action ON tasks(action, id)",
+    # Only finished tasks, in removal order, so retention never scans or sorts the rest.
+    f"CREATE INDEX IF NOT EXISTS tasks_ended ON tasks(ended_at, id) WHERE {_ENDED_WHERE}",
+    """CREATE TABLE IF NOT EXISTS events (
+        task_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    )""",
+]
+
+_UPSERT_TASK = """
+    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT(id) DO UPDATE SET
+        action = excluded.action,
+        state = excluded.state,
+        created_at = excluded.created_at,
+        ended_at = excluded.ended_at,
+        record = excluded.record
+"""
+# REPLACE, so applying the same batch twice (a retry after an unclear failure) is harmless.
+_INSERT_EVENT = "INSERT OR REPLACE INTO events (task_id, seq, at, record) VALUES (?, ?, ?, ?)"
+
+# Left to itself the planner probes tasks_state for each terminal state and sorts them all;
+# the partial index gives the rows already in removal order.
+_SELECT_ENDED = (
+    f"SELECT id FROM tasks INDEXED BY tasks_ended WHERE {_ENDED_WHERE} AND ended_at < ?"
+    " ORDER BY ended_at, id LIMIT ?"
+)
+
+_TaskRow = tuple[str, str, str, float, float | None, bytes]
+_EventRow = tuple[str, int, float, bytes]
+
+
+def _path_from_url(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``, ``sqlite:////abs.db`` -> ``/abs.db``."""
+    if url in ("sqlite://:memory:", "sqlite:///:memory:"):
+        return ":memory:"
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix) or "?" in url:
+        raise ValueError(
+            f"bad sqlite store URL {url!r}: use sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db or sqlite://:memory:"
+        )
+    return url[len(prefix) :]
+
+
+class SqliteStore:
+    """Every call runs on one worker thread that owns the connection.
+
+    One thread means one connection and calls run in the order they were made, so there is
+    no locking to get wrong and the event loop never waits on disk. Records are encoded on
+    the caller's thread when :meth:`apply` is called, so the batch is a snapshot taken at
+    that moment even if the hub keeps changing its live records while the write runs.
+    """
+
+    def __init__(self, path: str, url: str | None = None) -> None:
+        self.path = path
+        self.url = url if url is not None else f"sqlite:///{path}"
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        self._closed = False
+        self._encoder = msgspec.msgpack.Encoder()
+        # Used only on the worker thread: no decoder is shared between threads.
+        self._task_decoder = msgspec.msgpack.Decoder(TaskRecord)
+        self._event_decoder = msgspec.msgpack.Decoder(EventRecord)
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        return cls(_path_from_url(url), url)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            what = "closed" if self._closed else "not open yet (call open() first)"
+            raise StoreUnavailable(f"sqlite store {self.path!r} is {what}", url=self.url)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(f"sqlite store {self.path!r} is closed", url=self.url)
+        try:
+            return fn(conn)
+        except sqlite3.DatabaseError as exc:
+            # Disk full, I/O error, locked past busy_timeout, read-only or corrupt file: the
+            # store is unusable, not the batch wrong. Integrity or programming errors are
+            # bugs and stay as they are.
+            if not (
+                isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError)
+                or type(exc) is sqlite3.DatabaseError
+            ):
+                raise
+            raise StoreUnavailable(
+                f"sqlite store {self.path!r} failed: {exc}", url=self.url
+            ) from exc
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(
+                f"sqlite store {self.path!r} was closed and cannot be opened again",
+                url=self.url,
+            )
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskhub-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, self._connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        if self._closed:  # close() was called while we were opening
+            await loop.run_in_executor(executor, conn.close)
+            executor.shutdown(wait=False)
+            raise StoreUnavailable(f"sqlite store {self.path!r} was closed while opening")
+        self._conn = conn
+        self._executor = executor
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly
+            # one transaction whatever the Python version's implicit-transaction rules.
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
+            ) from exc
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL loses no committed transaction when the process dies
+            # (kill -9 included), which is the durability we promise; only a power cut or OS
+            # crash can drop the last commits. FULL would fsync every batch for that.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._migrate(conn)
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            conn.close()
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(
+                f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
+            ) from exc
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"sqlite store {self.path!r} has schema version {version}, newer than the "
+                f"{SCHEMA_VERSION} this TaskHub knows; upgrade TaskHub",
+                url=self.url,
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with _transaction(conn):
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        """Waits for calls already made, then closes; later calls raise StoreUnavailable."""
+        executor = self._executor
+        self._closed = True
+        self._executor = None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            # Queued behind every call already submitted, so those finish first.
+            await loop.run_in_executor(executor, self._close_conn)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            # SQLite's advice for long-lived connections: refresh planner statistics on close.
+            conn.execute("PRAGMA optimize")
+        finally:
+            conn.close()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """One transaction: upserts, then event appends, then deletes (with their events).
+
+        Once the write has started it completes even if the caller is cancelled meanwhile.
+        """
+        if not batch:
+            await self._run(_nothing)  # still refuses when not open, like any other call
+            return
+        encode = self._encoder.encode
+        tasks: list[_TaskRow] = [
+            (t.id, t.action, t.state, t.created_at, t.ended_at, encode(t)) for t in batch.tasks
+        ]
+        events: list[_EventRow] = [(e.task_id, e.seq, e.at, encode(e)) for e in batch.events]
+        deleted = [(task_id,) for task_id in batch.deleted]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                if tasks:
+                    conn.executemany(_UPSERT_TASK, tasks)
+                if events:
+                    conn.executemany(_INSERT_EVENT, events)
+                if deleted:
+                    conn.executemany("DELETE FROM events WHERE task_id = ?", deleted)
+                    conn.executemany("DELETE FROM tasks WHERE id = ?", deleted)
+
+        await self._run(write)
+
+    async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
+        """Oldest ended first; a terminal task without ``ended_at`` is never removed."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+
+        def remove(conn: sqlite3.Connection) -> list[str]:
+            with _transaction(conn):
+                ids = [row[0] for row in conn.execute(_SELECT_ENDED, (at, limit))]
+                params = [(task_id,) for task_id in ids]
+                conn.executemany("DELETE FROM events WHERE task_id = ?", params)
+                conn.executemany("DELETE FROM tasks WHERE id = ?", params)
+            return ids
+
+        return await self._run(remove)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def load_active(self) -> list[TaskRecord]:
+        decode = self._task_decoder.decode
+
+        def load(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(f"SELECT record FROM tasks WHERE {_ACTIVE_WHERE} ORDER BY id")
+            return [decode(row[0]) for row in rows]
+
+        return await self._run(load)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        decode = self._task_decoder.decode
+
+        def get(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute("SELECT record FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else decode(row[0])
+
+        return await self._run(get)
+
+    async def get_events(self, task_id: str) -> list[EventRecord]:
+        decode = self._event_decoder.decode
+
+        def get(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                "SELECT record FROM events WHERE task_id = ? ORDER BY seq", (task_id,)
+            )
+            return [decode(row[0]) for row in rows]
+
+        return await self._run(get)
+
+    async def list_tasks(
+        self,
+        *,
+        action: str | None = None,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskRecord]:
+        if limit < 0:
+            # SQLite reads a negative LIMIT as "no limit"; refuse rather than surprise.
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        where: list[str] = []
+        params: list[object] = []
+        if action is not None:
+            where.append("action = ?")
+            params.append(action)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        sql = "SELECT record FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        decode = self._task_decoder.decode
+
+        def query(conn: sqlite3.Connection) -> list[TaskRecord]:
+            return [decode(row[0]) for row in conn.execute(sql, params)]
+
+        return await self._run(query)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error."""
+    # IMMEDIATE takes the write lock up front, so a busy database fails here (after
+    # busy_timeout) rather than half way through the batch.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself after some errors (disk full, for one); a second
+        # ROLLBACK would then fail and hide the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
