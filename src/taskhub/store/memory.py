@@ -35,9 +35,9 @@ class MemoryStore:
         self._events: dict[str, dict[int, bytes]] = {}
         self._state = "new"  # new | open | closed
         # Same codec as the sqlite engine, so both normalize values identically.
-        self._encoder = msgspec.msgpack.Encoder()
-        self._task_decoder = msgspec.msgpack.Decoder(TaskRecord)
-        self._event_decoder = msgspec.msgpack.Decoder(EventRecord)
+        self._encoder = msgspec.json.Encoder()
+        self._task_decoder = msgspec.json.Decoder(TaskRecord)
+        self._event_decoder = msgspec.json.Decoder(EventRecord)
 
     async def open(self) -> None:
         if self._state == "closed":

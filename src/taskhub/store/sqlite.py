@@ -102,10 +102,10 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
         self._closed = False
-        self._encoder = msgspec.msgpack.Encoder()
+        self._encoder = msgspec.json.Encoder()
         # Used only on the worker thread: no decoder is shared between threads.
-        self._task_decoder = msgspec.msgpack.Decoder(TaskRecord)
-        self._event_decoder = msgspec.msgpack.Decoder(EventRecord)
+        self._task_decoder = msgspec.json.Decoder(TaskRecord)
+        self._event_decoder = msgspec.json.Decoder(EventRecord)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
