@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskhub.client.connection import Connection, Message
 from taskhub.client.task import Handle, TaskContext
+from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
-from taskhub.names import validate_action
+from taskhub.names import topic_matches, validate_action, validate_topic
 
 log = logging.getLogger("taskhub.client")
 Handler = Callable[[TaskContext], Any]
+EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
+# A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
+Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
+CHAIN_ACTION = "taskhub:chain"
+GROUP_ACTION = "taskhub:group"
 _UNSET: Any = object()
 
 
@@ -98,6 +105,8 @@ class Client:
         self._unaccepted: set[Handle] = set()
         self._working: dict[str, TaskContext] = {}
         self._running: set[asyncio.Task[Any]] = set()
+        self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
+        self._watches: dict[str, list[Watch]] = {}
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -126,6 +135,11 @@ class Client:
         self._unaccepted.clear()
         for sub in self._subs.values():
             self._send_sub(sub)
+        for topic in self._topics:
+            fut = self._conn.request({"op": "subscribe", "topic": topic})
+            fut.add_done_callback(functools.partial(_log_refusal, f"subscribing to {topic}"))
+        for pattern in self._watches:
+            self._send_watch(pattern)
         for task_id, handle in list(self._handles.items()):
             fut = self._conn.request({"op": "follow", "task": task_id})
             fut.add_done_callback(functools.partial(self._followed, handle))
@@ -249,26 +263,25 @@ class Client:
             handle._refuse(ConnectionClosed("not connected to a hub"))
             return handle
         self._unaccepted.add(handle)
-        fut = self._conn.request(msg)
 
-        def done(f: asyncio.Future[Message]) -> None:
+        def answered(reply: Message) -> None:  # runs before the rest of the reply's frame
             self._unaccepted.discard(handle)
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if exc is not None:
-                handle._refuse(exc)
-                return
-            reply = f.result()
+            if reply["op"] != "ok":
+                return  # the future below raises the error into the handle
             task_id = reply["task"]
             self._handles[task_id] = handle
             handle._accept(task_id)
             if reply.get("created") is False:
                 # The same key was published before: catch up with that task.
                 follow = self._conn.request({"op": "follow", "task": task_id})
-                follow.add_done_callback(lambda f2: self._followed(handle, f2))
+                follow.add_done_callback(functools.partial(self._followed, handle))
 
-        fut.add_done_callback(done)
+        def failed(f: asyncio.Future[Message]) -> None:
+            self._unaccepted.discard(handle)
+            if not f.cancelled() and f.exception() is not None:
+                handle._refuse(f.exception())  # type: ignore[arg-type]
+
+        self._conn.request(msg, answered).add_done_callback(failed)
         return handle
 
     async def get(self, task_id: str) -> dict[str, Any]:
@@ -280,11 +293,154 @@ class Client:
     async def cancel(self, task_id: str) -> None:
         await self._conn.request({"op": "cancel", "task": task_id})
 
+    # --- chains and groups -------------------------------------------------------------------
+    def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
+        """Run ``steps`` one after another; the handle's result is the last step's result.
+
+        Each step is ``(action, payload)`` or ``(action, payload, options)`` with ``options``
+        as in the wire ``pub`` (``timeout``, ``retries``, ...). A step whose payload is
+        ``None`` gets the previous step's result; every step sees it as
+        ``task.previous_result``. With ``merge_input`` a dict payload gets the previous dict
+        result merged over it. The hub runs the chain: it goes on if this client leaves. A
+        failing step fails the chain, with the step's index and action in the error.
+        """
+        msg = self._chain_msg(steps, "chain")
+        if merge_input:
+            msg["merge_input"] = True
+        return self._publish(CHAIN_ACTION, msg)
+
+    def group(self, steps: Sequence[Step]) -> Handle:
+        """Run ``steps`` at once; the handle's result is the list of their results, in order.
+
+        The first step that fails fails the group and cancels the steps still running.
+        """
+        return self._publish(GROUP_ACTION, self._chain_msg(steps, "group"))
+
+    @staticmethod
+    def _chain_msg(steps: Sequence[Step], mode: str) -> Message:
+        out = []
+        for step in steps:
+            action, payload = step[0], step[1]
+            validate_action(action)
+            item: Message = {"action": action, "payload": payload}
+            if len(step) > 2:
+                item["options"] = step[2]
+            out.append(item)
+        return {"op": "chain", "mode": mode, "steps": out}
+
+    # --- broadcast events --------------------------------------------------------------------
+    async def subscribe(self, topic: str, handler: EventHandler) -> None:
+        """Call ``handler(data, topic)`` (sync or async) for every event on ``topic``.
+
+        ``topic`` may be a pattern: ``*`` stands for one segment and a trailing ``>`` for the
+        rest (``orders:*``, ``orders/>``). Events sent by this very client are not delivered
+        back to it. Raises :class:`PermissionDenied` without sub permission for the topic.
+        """
+        validate_topic(topic, pattern=True)
+        handlers = self._topics.setdefault(topic, [])
+        handlers.append(handler)
+        if len(handlers) > 1:
+            return
+        try:
+            await self._conn.request({"op": "subscribe", "topic": topic})
+        except ConnectionClosed:
+            pass  # kept: sent again when the connection is back
+        except TaskHubError:
+            self._topics.pop(topic, None)
+            raise
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop every handler of ``topic`` (the same string given to :meth:`subscribe`)."""
+        if self._topics.pop(topic, None) is not None and self.connected:
+            await self._conn.request({"op": "unsubscribe", "topic": topic})
+
+    async def emit(self, topic: str, data: Any = None) -> int:
+        """Broadcast ``data`` to every other connection subscribed to ``topic``.
+
+        Events are not stored: only connections subscribed now receive them. Returns how
+        many connections the hub queued it for.
+        """
+        validate_topic(topic)
+        reply = await self._conn.request({"op": "emit", "topic": topic, "data": data})
+        return int(reply.get("receivers", 0))
+
+    def _broadcast(self, msg: Message) -> None:
+        topic = str(msg.get("topic", ""))
+        data = msg.get("data")
+        for pattern, handlers in list(self._topics.items()):
+            if not topic_matches(pattern, topic):
+                continue
+            for handler in handlers:
+                try:
+                    out = handler(data, topic)
+                except Exception:
+                    log.exception("the handler of event %s raised", topic)
+                    continue
+                if inspect.isawaitable(out):
+                    runner = asyncio.ensure_future(out)
+                    self._running.add(runner)
+                    runner.add_done_callback(self._running.discard)
+                    runner.add_done_callback(functools.partial(_log_failure, topic))
+
+    # --- watching task events ----------------------------------------------------------------
+    def watch(self, pattern: str) -> Watch:
+        """Every task event of the actions matching ``pattern`` (``*``/``>`` wildcards).
+
+        ``async for event in client.watch("email:*")`` or ``async with client.watch(p) as
+        w: ...``. Needs pub or sub permission covering the pattern.
+        """
+        validate_topic(pattern, pattern=True)
+        w = Watch(self, pattern)
+        watches = self._watches.setdefault(pattern, [])
+        watches.append(w)
+        if self.connected:
+            self._send_watch(pattern)
+        return w
+
+    def _send_watch(self, pattern: str) -> None:
+        fut = self._conn.request({"op": "watch", "pattern": pattern})
+
+        def done(f: asyncio.Future[Message]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if isinstance(exc, ConnectionClosed):
+                return  # sent again on reconnect
+            watches = self._watches.get(pattern, [])
+            if exc is not None:
+                self._watches.pop(pattern, None)
+            for w in watches:
+                w._confirm(exc)
+
+        fut.add_done_callback(done)
+
+    async def _unwatch(self, w: Watch) -> None:
+        watches = self._watches.get(w.pattern)
+        if watches is None or w not in watches:
+            return
+        watches.remove(w)
+        if not watches:
+            del self._watches[w.pattern]
+            if self.connected:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._conn.request({"op": "unwatch", "pattern": w.pattern})
+
+    def _watched(self, msg: Message) -> None:
+        action = str(msg.get("action", ""))
+        for pattern, watches in self._watches.items():
+            if topic_matches(pattern, action):
+                for w in watches:
+                    w._deliver(msg)
+
     # --- messages from the hub ---------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
         op = msg.get("op")
         if op == "offer":
             self._offered(msg)
+        elif op == "broadcast":
+            self._broadcast(msg)
+        elif op == "event" and msg.get("watched"):
+            self._watched(msg)
         elif op == "event":
             task_id = msg["task"]
             handle = self._handles.get(task_id)
@@ -358,3 +514,16 @@ class Client:
                 "error": {"type": type(exc).__name__, "message": str(exc)},
             }
         )
+
+
+def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None and not isinstance(exc, ConnectionClosed):
+        log.error("%s failed: %s", what, exc)
+
+
+def _log_failure(topic: str, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("the handler of event %s raised", topic, exc_info=fut.exception())

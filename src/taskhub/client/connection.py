@@ -79,6 +79,7 @@ class Connection:
         self._flush_scheduled = False
         self._refs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._on_reply: dict[int, Callable[[Message], None]] = {}
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._url_index = 0
@@ -188,6 +189,12 @@ class Connection:
             ref = msg.get("ref")
             if ref is not None and msg.get("op") in ("ok", "error"):
                 fut = self._pending.pop(ref, None)
+                hook = self._on_reply.pop(ref, None)
+                if hook is not None:
+                    try:
+                        hook(msg)
+                    except Exception:
+                        log.exception("handling the answer to request %s failed", ref)
                 if fut is not None and not fut.done():
                     if msg["op"] == "ok":
                         fut.set_result(msg)
@@ -201,6 +208,7 @@ class Connection:
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
+        self._on_reply = {}
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -214,14 +222,23 @@ class Connection:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def request(self, msg: Message) -> asyncio.Future[Message]:
-        """Send with a ``ref``; the future gets the hub's ``ok`` or raises its ``error``."""
+    def request(
+        self, msg: Message, on_reply: Callable[[Message], None] | None = None
+    ) -> asyncio.Future[Message]:
+        """Send with a ``ref``; the future gets the hub's ``ok`` or raises its ``error``.
+
+        ``on_reply`` runs synchronously as the answer is read, before the rest of its frame:
+        a ``pub`` answer and the task's first events can share one frame, and the handle must
+        be known before those events are dispatched (a future's callbacks run a turn later).
+        """
         if not self.connected.is_set() and self._closing:
             raise ConnectionClosed("the client is closed")
         ref = next(self._refs)
         msg["ref"] = ref
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[ref] = fut
+        if on_reply is not None:
+            self._on_reply[ref] = on_reply
         self.send(msg)
         return fut
 

@@ -1,0 +1,80 @@
+"""Celery (Redis broker and result backend), one worker process.
+
+Worker: ``celery worker --pool=solo`` (one process, runs tasks one after another; prefork
+would add child processes), prefetch multiplier 64, no gossip/mingle/heartbeat, JSON
+serializer. Results are read with ``AsyncResult.get()`` (the Redis backend's pub/sub).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from celery import Celery
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+
+PREFETCH = 64
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+app = Celery("celery_bench", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_default_queue="bench",
+    worker_prefetch_multiplier=PREFETCH,
+    broker_connection_retry_on_startup=True,
+    result_expires=600,
+)
+
+
+@app.task(name="bench.echo")
+def echo(data: Any) -> Any:
+    return data
+
+
+def main() -> None:
+    args = peer_args(__doc__)
+    app.conf.broker_url = args.redis_url
+    app.conf.result_backend = args.redis_url
+    worker = peer_worker(
+        [
+            bin_of("celery"),
+            "-A",
+            "celery_bench",
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--prefetch-multiplier={PREFETCH}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-Q",
+            "bench",
+            "--loglevel=WARNING",
+        ],
+        args.log,
+    )
+    try:
+        result = drive(
+            lambda i: echo.apply_async((payload(i),)),
+            lambda h, t: h.get(timeout=t),
+            n=args.n,
+            seq=args.seq,
+            warmup=args.warmup,
+            timeout=args.timeout,
+        )
+        result["settings"] = (
+            f"1 worker process, --pool=solo, prefetch multiplier {PREFETCH}, "
+            "Redis broker + Redis result backend, json"
+        )
+        emit("result", **result)
+    finally:
+        stop(worker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The benchmark suite runs end to end in smoke mode; speed is never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+@pytest.mark.timeout(60)
+def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    for name in ("taskhub-memory", "taskhub-sqlite"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        assert row["throughput"] > 0
+        assert row["collected"] == row["n"] > 0
+        assert row["errors"] == 0
+    assert rows["limit"]["status"] == "ok"
