@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -51,3 +53,15 @@ async def make_client(server: Server) -> AsyncIterator[ClientFactory]:
     yield make
     for client in reversed(clients):
         await client.close()
+
+
+async def until(check: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy; return that."""
+    for _ in range(int(timeout / step) + 1):
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(step)
+    raise TimeoutError(f"condition not met within {timeout}s")

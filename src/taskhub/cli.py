@@ -1,7 +1,8 @@
-"""The ``taskhub`` command line: run a hub, publish a task."""
+"""The ``taskhub`` command line: run a hub, publish a task, watch task events."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from taskhub.errors import TaskHubError
 
@@ -23,7 +25,7 @@ out = Console()
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(1)
 
 
@@ -110,6 +112,62 @@ async def _pub(
             return 2
         sys.stdout.write(json.dumps(result) + "\n")
         return 0
+
+
+@app.command()
+def watch(
+    pattern: Annotated[str, typer.Argument(help="Actions to watch: email:send, email:*, >")],
+    url: Annotated[str, typer.Option(envvar="TASKHUB_URL")] = "ws://127.0.0.1:8080",
+    name: Annotated[str, typer.Option(envvar="TASKHUB_NAME")] = "cli",
+    key: Annotated[str, typer.Option(envvar="TASKHUB_KEY")] = "",
+) -> None:
+    """Show task events live: time, task, action, event, state, service, data."""
+    from taskhub.names import validate_topic
+    from taskhub.runtime import run
+
+    try:
+        validate_topic(pattern, pattern=True)  # before connecting: say what is wrong with it
+        run(_watch(url, name, key, pattern))
+    except TaskHubError as exc:
+        _fail(str(exc))
+
+
+async def _watch(url: str, name: str, key: str, pattern: str) -> None:
+    from taskhub import Client
+
+    async with (
+        Client(url, name=name, key=key, connect_timeout=5) as client,
+        client.watch(pattern) as events,
+    ):
+        err.print(f"watching {pattern} on {url} (Ctrl-C to stop)", highlight=False)
+        async for event in events:
+            out.print(_event_line(event), soft_wrap=True, highlight=False)
+
+
+_TYPE_STYLE = {"success": "green", "fail": "red", "end": "yellow", "retry": "yellow"}
+
+
+def _event_line(event: dict[str, Any]) -> Text:
+    at = dt.datetime.fromtimestamp(float(event.get("at", 0))).strftime("%H:%M:%S.%f")[:-3]
+    kind = str(event.get("type", ""))
+    data = json.dumps(event["data"], default=str) if "data" in event else ""
+    if len(data) > 60:
+        data = data[:59] + "…"
+    return Text.assemble(
+        (at, "dim"),
+        " ",
+        (str(event.get("task", "")), "bold"),
+        " ",
+        (str(event.get("action", "")), "cyan"),
+        " ",
+        (f"{kind:<8}", _TYPE_STYLE.get(kind, "")),
+        " ",
+        f"{event.get('state', ''):<7}",
+        " ",
+        (str(event.get("service") or "-"), "magenta"),
+        " ",
+        data,
+    )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from taskhub.errors import (
     StaleAttempt,
     TaskNotFound,
 )
-from taskhub.names import allowed, validate_action
+from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.store.base import (
     TERMINAL_STATES,
     DeliveryRecord,
@@ -37,6 +38,7 @@ Clock = Callable[[], float]
 Message = dict[str, Any]
 _ENDED = frozenset({"done", "dropped", "failed"})
 _json = msgspec.json.Encoder()
+HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
 
 
 @dataclass
@@ -101,6 +103,10 @@ class Queue:
     workers: list[Subscription] = field(default_factory=list)
     waiting: list[tuple[int, int, Delivery]] = field(default_factory=list)  # heap
     rr: int = 0
+    # partition_key -> the delivery that owns it (offered first, not yet ended); later ones of
+    # the key wait in `parked`, in the order the heap gave them out.
+    partitions: dict[str, Delivery] = field(default_factory=dict)
+    parked: dict[str, deque[tuple[int, int, Delivery]]] = field(default_factory=dict)
 
     @property
     def subscribed(self) -> bool:
@@ -303,6 +309,7 @@ class Lifecycle:
         options: Any = None,
         *,
         peer: Peer | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Task | str, bool]:
         """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``.
 
@@ -310,11 +317,13 @@ class Lifecycle:
         record is in the store.
         """
         validate_action(action)
-        if not allowed(creds.pub_permissions, action):
+        if not allowed(creds.pub_permissions, action) or reserved_action(action):
             raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
         d = self.defaults
         now = self.clock()
         opts = self._options(options, d, now)
+        if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
+            opts.update(extra)
         key = opts.get("key")
         if key is not None:
             known = self.keys.get(f"{action}\x00{key}")
@@ -372,6 +381,9 @@ class Lifecycle:
         key = get("key", None)
         if key is not None:
             opts["key"] = key
+        partition_key = get("partition_key", None)  # only the HTTP API sets it so far
+        if partition_key is not None:
+            opts["partition_key"] = str(partition_key)
         delay = get("delay", 0.0) or 0.0
         at = get("at", None)
         if delay < 0:
@@ -455,13 +467,51 @@ class Lifecycle:
             sub = self._free_worker(q)
             if sub is None:
                 return
-            _, _, d = heapq.heappop(q.waiting)
+            entry = heapq.heappop(q.waiting)
+            d = entry[2]
             if d.task.ended or d.rec.state != "pending" or d.task.deliveries.get(q.group) is not d:
                 continue  # stale heap entry
+            if not self._partition_free(q, d, entry):
+                continue  # parked until its partition key's delivery in flight ends
             if d.avoid is not None and sub.peer is d.avoid:
                 sub = self._free_worker(q, avoid=d.avoid) or sub
             d.avoid = None
             self._offer(d, sub)
+
+    # Partition keys: within a group, the tasks of one `partition_key` are worked one at a time,
+    # in the order the queue gives them out (publish order within a priority). The first one
+    # offered owns the key until its delivery ends, so a retry or a re-offer after a lost
+    # worker keeps its place ahead of the later tasks of the key.
+    def _partition_free(self, q: Queue, d: Delivery, entry: tuple[int, int, Delivery]) -> bool:
+        key = d.task.rec.options.get("partition_key")
+        if key is None:
+            return True
+        owner = q.partitions.get(key)
+        if owner is None or owner is d:
+            q.partitions[key] = d
+            return True
+        q.parked.setdefault(key, deque()).append(entry)
+        return False
+
+    def _partition_done(self, d: Delivery) -> None:
+        """``d`` ended (done, dropped or failed): the next parked delivery of its key may go."""
+        key = d.task.rec.options.get("partition_key")
+        if key is None:
+            return
+        q = self.queues.get((d.task.rec.action, d.rec.group))
+        if q is None or q.partitions.get(key) is not d:
+            return
+        del q.partitions[key]
+        parked = q.parked.get(key)
+        while parked:
+            entry = parked.popleft()
+            nd = entry[2]
+            if not nd.task.ended and nd.task.deliveries.get(q.group) is nd:
+                heapq.heappush(q.waiting, entry)
+                break
+        if parked is not None and not parked:
+            del q.parked[key]
+        self._dispatch(q)
 
     @staticmethod
     def _free_worker(q: Queue, avoid: Peer | None = None) -> Subscription | None:
@@ -692,6 +742,7 @@ class Lifecycle:
         self._release(d)
         d.rec.state = "dropped"
         self._event(d.task, "drop", group=d.rec.group, service=peer.service)
+        self._partition_done(d)
         self._check_end(d.task)
 
     def fail(
@@ -731,6 +782,7 @@ class Lifecycle:
         d.rec.state = "failed"
         d.rec.error = error
         self._event(d.task, "delivery_fail", group=d.rec.group, data=error, notify=False)
+        self._partition_done(d)
         self._check_end(d.task)
 
     def _check_end(self, task: Task) -> None:
@@ -800,6 +852,56 @@ class Lifecycle:
                 self.send(peer, msg)
         for peer in task.followers:
             peer.following.discard(rec.id)
+        for d in task.deliveries.values():
+            self._partition_done(d)
+
+    # --- tasks the hub drives itself (chains.py) ----------------------------------------------
+    def hold(
+        self,
+        creds: Credentials,
+        action: str,
+        payload: Any,
+        options: dict[str, Any],
+        *,
+        peer: Peer | None = None,
+    ) -> Task:
+        """Store a task that no worker is offered: a chain, run by the hub step by step.
+
+        It is followed, watched, read, cancelled and restored like any task; ``options[HELD]``
+        keeps :meth:`restore` from pooling it. Its state is ``start`` from the outset.
+        """
+        now = self.clock()
+        rec = TaskRecord(
+            id=self.new_id(),
+            action=action,
+            publisher=creds.name,
+            created_at=now,
+            payload=payload,
+            options={HELD: {}, **options},
+            state="start",
+            started_at=now,
+        )
+        task = self._add(rec)
+        if peer is not None:
+            self._follow(peer, task)
+        self._event(task, "init", service=creds.name, notify=False)
+        return task
+
+    def record(self, task: Task, type_: str, data: Any = None) -> None:
+        """Record (and stream to followers and watchers) an event of a held task."""
+        self._event(task, type_, data=data)
+
+    def finish(
+        self,
+        task: Task,
+        state: str,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """End a held task (``success``, ``fail`` or ``end``); a no-op once it has ended."""
+        if not task.ended:
+            self._finish(task, state, result=result, error=error)
 
     # --- reading and following ---------------------------------------------------------------
     def get(self, task_id: str) -> Task | None:
@@ -844,6 +946,13 @@ class Lifecycle:
                 task.observers.discard(peer)
         peer.observing.clear()
 
+    def take_back(
+        self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
+    ) -> None:
+        """Give one delivery ``peer`` holds back to its group, as a closed connection would (a
+        pull consumer's lease ran out, or it stopped). Raises NotHolding or StaleAttempt."""
+        self._take_back(self._held(peer, task_id, attempt), reason, count_try=count_try)
+
     # --- recovery ----------------------------------------------------------------------------
     def restore(self, records: Iterable[TaskRecord]) -> int:
         """Take back the unfinished tasks of a previous run (after a crash or restart).
@@ -867,6 +976,8 @@ class Lifecycle:
                 )
             if rec.state == "start" and opts.get("timeout") is not None and rec.started_at:
                 self._arm(rec.started_at + opts["timeout"], "end", rec.id)
+            if HELD in opts:
+                continue  # the hub drives it (chains.py); offering it would be a bug
             if not rec.deliveries:
                 if rec.not_before > now:
                     self._arm(rec.not_before, "due", rec.id)

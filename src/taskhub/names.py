@@ -149,3 +149,32 @@ def topic_matches(pattern: str, topic: str) -> bool:
     if "*" not in pattern and ">" not in pattern:
         return False
     return _pattern_re(pattern).match(topic) is not None
+
+
+def pattern_allowed(perms: Iterable[str], pattern: str) -> bool:
+    """May a credential with ``perms`` subscribe to (or watch) ``pattern``?
+
+    An exact topic needs a permission that permits it. A pattern with wildcards needs one that
+    permits *every* topic it can match: one that permits its literal prefix up to and including
+    the separator before the first wildcard (``email`` covers ``email:*`` and ``email/>``; it
+    does not cover ``email.*``, whose topics it would not permit either). A pattern that starts
+    with a wildcard (``>``, ``*:send``) needs ``*``.
+    """
+    perms = tuple(perms)
+    start = 0
+    for m in _SPLIT.finditer(pattern + "/"):
+        seg = pattern[start : m.start()]
+        if seg in ("*", ">"):
+            prefix = pattern[:start]
+            if not prefix:
+                return "*" in perms
+            return allowed(perms, prefix)
+        start = m.end()
+    return allowed(perms, pattern)
+
+
+RESERVED_NOUN = "taskhub"  # actions the hub itself uses (taskhub:chain); nobody may pub them
+
+
+def reserved_action(action: str) -> bool:
+    return action.startswith(RESERVED_NOUN) and action[len(RESERVED_NOUN)] in "/:"

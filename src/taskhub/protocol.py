@@ -6,7 +6,7 @@ the hub batch). Every message has an ``op``. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -114,6 +114,53 @@ class Follow(_Msg, tag="follow"):
     ref: int | None = None
 
 
+class Subscribe(_Msg, tag="subscribe"):
+    """Receive broadcast events on ``topic`` (a pattern: ``*`` segments, trailing ``>``)."""
+
+    topic: str
+    ref: int | None = None
+
+
+class Unsubscribe(_Msg, tag="unsubscribe"):
+    topic: str
+    ref: int | None = None
+
+
+class Emit(_Msg, tag="emit"):
+    """Broadcast ``data`` to every other connection subscribed to a matching pattern."""
+
+    topic: str
+    data: Any = None
+    ref: int | None = None
+
+
+class Watch(_Msg, tag="watch"):
+    """Receive every task event of the tasks whose action matches ``pattern``."""
+
+    pattern: str
+    ref: int | None = None
+
+
+class Unwatch(_Msg, tag="unwatch"):
+    pattern: str
+    ref: int | None = None
+
+
+class ChainStep(msgspec.Struct, forbid_unknown_fields=True):
+    action: str
+    payload: Any = None  # None in a chain: the previous step's result
+    options: PubOptions | None = None
+
+
+class Chain(_Msg, tag="chain"):
+    """Run steps one after another (``mode="chain"``) or all at once (``"group"``)."""
+
+    steps: list[ChainStep]
+    mode: Literal["chain", "group"] = "chain"
+    merge_input: bool = False  # chain: merge the previous result over a dict payload
+    ref: int | None = None
+
+
 Inbound = (
     Pub
     | Sub
@@ -128,6 +175,12 @@ Inbound = (
     | GetPayload
     | Get
     | Follow
+    | Subscribe
+    | Unsubscribe
+    | Emit
+    | Watch
+    | Unwatch
+    | Chain
 )
 OPS: frozenset[str] = frozenset(
     str(c.__struct_config__.tag)
@@ -145,6 +198,12 @@ OPS: frozenset[str] = frozenset(
         GetPayload,
         Get,
         Follow,
+        Subscribe,
+        Unsubscribe,
+        Emit,
+        Watch,
+        Unwatch,
+        Chain,
     )
 )
 

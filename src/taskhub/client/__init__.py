@@ -2,5 +2,6 @@
 
 from taskhub.client.client import Client, Subscription
 from taskhub.client.task import Handle, TaskContext
+from taskhub.client.watch import Watch
 
-__all__ = ["Client", "Handle", "Subscription", "TaskContext"]
+__all__ = ["Client", "Handle", "Subscription", "TaskContext", "Watch"]

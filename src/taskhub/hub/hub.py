@@ -16,12 +16,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from taskhub import protocol as p
-from taskhub.errors import PermissionDenied, StoreUnavailable, TaskHubError, TaskNotFound
+from taskhub.chains import Chains, Mode
+from taskhub.errors import (
+    InvalidOption,
+    PermissionDenied,
+    StoreUnavailable,
+    TaskHubError,
+    TaskNotFound,
+)
 from taskhub.hub.auth import Registry
+from taskhub.hub.events import Router
 from taskhub.ids import new_id
-from taskhub.lifecycle import Clock, Defaults, Lifecycle, Message, Peer, Task
+from taskhub.lifecycle import Clock, Credentials, Defaults, Lifecycle, Message, Peer, Task
+from taskhub.names import allowed, pattern_allowed, validate_topic
 from taskhub.store import Store, TaskRecord, WriteBatch
+from taskhub.store.base import EventRecord
 
 log = logging.getLogger("taskhub.hub")
 
@@ -80,6 +92,11 @@ class Hub:
         self.limits = limits or Limits()
         self.name = name
         self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=new_id)
+        self.topics: Router[Peer] = Router()  # broadcast event subscriptions
+        self.watches: Router[Peer] = Router()  # task-event watches, by action pattern
+        # Watchers first: they see a step's end before the chain publishes the next step.
+        self.lc.listeners.append(self._watched)
+        self.chains = Chains(self.lc)
         self.senders: dict[Peer, Sender] = {}
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -96,6 +113,8 @@ class Hub:
     async def start(self) -> None:
         await self.store.open()
         restored = self.lc.restore(await self.store.load_active())
+        for chain, index, task_id in self.chains.orphans():
+            self.chains.step_ended(chain, index, await self.store.get_task(task_id))
         if restored:
             log.info("restored %d unfinished task(s) from %s", restored, self.store.url)
         self._flusher = asyncio.create_task(self._flush_loop(), name="taskhub-flusher")
@@ -151,14 +170,29 @@ class Hub:
     async def _apply(self, batch: WriteBatch) -> None:
         self._applying = {rec.id: rec for rec in batch.tasks}
         delay = 0.05
+        failures = 0
         while True:
             try:
                 await self.store.apply(batch)
                 break
-            except Exception:  # the store is down: keep the batch, retry, never drop it
+            except (StoreUnavailable, OSError, ConnectionError):
+                # The store is down: keep the batch and retry; nothing is answered meanwhile.
                 log.exception("store write failed; retrying in %.2fs", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except Exception:
+                # Not the store's health but the batch itself: retrying forever would stall
+                # every connection, so after a few tries it is given up, loudly.
+                failures += 1
+                if failures >= 3:
+                    log.critical(
+                        "giving up writing a batch of %d task(s): %s",
+                        len(batch.tasks),
+                        [rec.id for rec in batch.tasks],
+                        exc_info=True,
+                    )
+                    break
+                log.exception("store write failed; retrying in %.2fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
         self._applying = {}
 
     async def flush(self) -> None:
@@ -178,6 +212,8 @@ class Hub:
 
     def detach(self, peer: Peer) -> None:
         self.senders.pop(peer, None)
+        self.topics.remove_all(peer)
+        self.watches.remove_all(peer)
         self.lc.disconnect(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
@@ -191,6 +227,14 @@ class Hub:
         if rec is not None:
             return rec
         return await self.store.get_task(task_id)
+
+    def unwritten(self) -> dict[str, TaskRecord]:
+        """Records newer than the store's copy, by id: the batch being written, the batch
+        waiting, and the live tasks (freshest last). Listings merge them over a store page."""
+        out = dict(self._applying)
+        out.update(self.lc._dirty)
+        out.update((t.id, t.rec) for t in self.lc.tasks.values())
+        return out
 
     # --- messages from a WebSocket connection ------------------------------------------------
     def handle(self, peer: Peer, msg: p.Inbound | p.Bad) -> Awaitable[None] | None:
@@ -250,9 +294,118 @@ class Hub:
                 self._ok(peer, msg.ref)
             case p.Get() | p.Follow() | p.GetPayload():
                 return self._read(peer, msg)
+            case p.Subscribe():
+                self.subscribe(peer, msg.topic)
+                self._ok(peer, msg.ref)
+            case p.Unsubscribe():
+                self.topics.remove(peer, msg.topic)
+                self._ok(peer, msg.ref)
+            case p.Emit():
+                n = self.emit(peer.creds, msg.topic, msg.data, sender=peer)
+                self._ok(peer, msg.ref, receivers=n)
+            case p.Watch():
+                self.watch(peer, msg.pattern)
+                self._ok(peer, msg.ref)
+            case p.Unwatch():
+                self.watches.remove(peer, msg.pattern)
+                self._ok(peer, msg.ref)
+            case p.Chain():
+                chain = self.chains.start(
+                    peer.creds,
+                    msg.steps,
+                    mode=msg.mode,
+                    merge_input=msg.merge_input,
+                    peer=peer,
+                    begin=False,
+                )
+                self._ok(peer, msg.ref, task=chain.id, state=chain.rec.state)
+                self.chains.begin(chain)  # after the ok: its events follow the chain's id
             case p.Bad():
                 raise msg.error
         return None
+
+    # --- broadcast events, watches and chains (also called by the HTTP API) -------------------
+    def emit(self, creds: Credentials, topic: str, data: Any, *, sender: Peer | None = None) -> int:
+        """Broadcast ``data`` on ``topic`` to every subscribed connection but ``sender``.
+
+        Needs pub permission for the topic. Not stored: connections subscribed right now get
+        it, through their bounded send queue (a reader too far behind is disconnected, it
+        does not slow the others). Returns how many connections it was queued for.
+        """
+        validate_topic(topic)
+        if not allowed(creds.pub_permissions, topic):
+            raise PermissionDenied(f"{creds.name!r} may not emit on {topic!r}", topic=topic)
+        msg: Message = {"op": "broadcast", "topic": topic, "data": data, "from": creds.name}
+        n = 0
+        for peer in self.topics.match(topic):
+            if peer is not sender and peer.open:  # not open: closing as too slow a reader
+                self.lc.send(peer, msg)
+                n += 1
+        if n:
+            self.kick()
+        return n
+
+    def subscribe(self, peer: Peer, pattern: str) -> None:
+        """Receive broadcasts on ``pattern``; needs sub permission covering all it matches."""
+        validate_topic(pattern, pattern=True)
+        if not pattern_allowed(peer.creds.sub_permissions, pattern):
+            raise PermissionDenied(
+                f"{peer.service!r} may not subscribe to {pattern!r}", topic=pattern
+            )
+        self.topics.add(peer, pattern)
+
+    def watch(self, peer: Peer, pattern: str) -> None:
+        """Receive the task events of every action matching ``pattern``: allowed when the
+        credential may publish or subscribe to everything the pattern matches."""
+        validate_topic(pattern, pattern=True)
+        creds = peer.creds
+        if not (
+            pattern_allowed(creds.pub_permissions, pattern)
+            or pattern_allowed(creds.sub_permissions, pattern)
+        ):
+            raise PermissionDenied(f"{peer.service!r} may not watch {pattern!r}", action=pattern)
+        self.watches.add(peer, pattern)
+
+    def _watched(self, task: Task, ev: EventRecord) -> None:
+        """Lifecycle listener: stream every task event to the connections watching it."""
+        if not self.watches:
+            return
+        msg: Message | None = None
+        for peer in self.watches.match(task.rec.action):
+            if msg is None:
+                msg = self.lc._event_msg(task, ev)
+                msg["action"] = task.rec.action
+                msg["watched"] = True  # tells it apart from the events of a followed task
+            self.lc.send(peer, msg)
+
+    def add_chain(
+        self,
+        creds: Credentials,
+        steps: list[dict[str, Any]] | list[p.ChainStep],
+        *,
+        merge_input: bool = False,
+        mode: Mode = "chain",
+    ) -> str:
+        """Start a chain (or with ``mode="group"`` a group) and return its task id.
+
+        ``steps`` are ``{"action", "payload", "options"}`` dicts (``options`` as in ``pub``).
+        With ``merge_input`` each step's dict payload gets the previous step's dict result
+        merged over it (seed 000's ``POST /add``). A malformed step raises
+        :class:`InvalidOption`, :class:`InvalidAction` or :class:`PermissionDenied` whose
+        message and ``details["step"]`` name it; then nothing is stored.
+        """
+        parsed: list[p.ChainStep] = []
+        for i, step in enumerate(steps):
+            if isinstance(step, p.ChainStep):
+                parsed.append(step)
+                continue
+            try:
+                parsed.append(msgspec.convert(step, p.ChainStep))
+            except msgspec.ValidationError as exc:
+                raise InvalidOption(f"step {i}: {exc}", step=i) from None
+        chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input)
+        self.kick()
+        return chain.id
 
     def _ok(self, peer: Peer, ref: int | None, **fields: Any) -> None:
         if ref is not None:

@@ -1,0 +1,223 @@
+"""Chains and groups of tasks, run by the hub on top of the pure lifecycle (no I/O).
+
+A chain is itself a stored task (action ``taskhub:chain``, or ``taskhub:group``) that no worker
+is offered: :meth:`Lifecycle.hold`. Its payload is the plan (the steps) and
+``options["chain"]`` its progress, so it is written with every step and survives the
+publisher leaving and a hub restart. Each step is an ordinary task whose options name its
+chain (``chain_task``, ``chain_step``); when a step ends, the lifecycle's listener hook lands
+here and the next step is published in the same synchronous turn, hence in the same store
+batch as the step's end: a crash cannot lose the hand-over.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError
+from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task
+from taskhub.names import allowed, reserved_action, validate_action
+from taskhub.protocol import ChainStep, PubOptions
+from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
+
+CHAIN_ACTION = "taskhub:chain"
+GROUP_ACTION = "taskhub:group"
+MAX_STEPS = 1000  # the whole plan is one stored record (and one frame)
+Mode = Literal["chain", "group"]
+
+
+def step_payload(declared: Any, previous: Any, *, merge: bool) -> Any:
+    """A chain step's input: ``None`` takes the previous result; with ``merge`` a dict input
+    gets the previous result (a dict) merged over it, as seed 000's ``POST /add`` does."""
+    if declared is None:
+        return previous
+    if merge and isinstance(declared, dict) and isinstance(previous, dict):
+        return {**declared, **previous}
+    return declared
+
+
+def _named(exc: TaskHubError, index: int, action: object) -> TaskHubError:
+    """The same error, its message naming the step (a malformed plan is refused whole)."""
+    details = {**exc.details, "step": index}
+    return type(exc)(f"step {index} ({action}): {exc.message}", **details)
+
+
+class Chains:
+    """Starts chains and groups and moves them on as their steps end."""
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        lc.listeners.append(self._on_event)
+
+    # --- starting ----------------------------------------------------------------------------
+    def start(
+        self,
+        creds: Credentials,
+        steps: list[ChainStep],
+        *,
+        mode: Mode = "chain",
+        merge_input: bool = False,
+        peer: Peer | None = None,
+        begin: bool = True,
+    ) -> Task:
+        """Check every step (action, permission, options) and start the chain or group.
+
+        Raises the first problem, naming the step; nothing is stored then. With
+        ``begin=False`` the first steps wait for :meth:`begin`, so the hub can answer the
+        publisher (with the chain's id) before the chain's first events reach it.
+        """
+        if mode not in ("chain", "group"):
+            raise InvalidOption(f"mode must be 'chain' or 'group', not {mode!r}", option="mode")
+        if not steps:
+            raise InvalidOption(f"a {mode} needs at least one step", option="steps")
+        if len(steps) > MAX_STEPS:
+            raise InvalidOption(f"a {mode} has at most {MAX_STEPS} steps", option="steps")
+        if merge_input and mode == "group":
+            raise InvalidOption("merge_input applies to chains only", option="merge_input")
+        for i, step in enumerate(steps):
+            self._check(creds, i, step)
+        plan = [
+            {
+                "action": s.action,
+                "payload": s.payload,
+                "options": msgspec.to_builtins(s.options) if s.options else None,
+            }
+            for s in steps
+        ]
+        n = len(steps)
+        state: dict[str, Any] = {
+            "mode": mode,
+            "merge": merge_input,
+            "tasks": [None] * n,  # each step's task id, once published
+            "states": [None] * n,  # each step's final state
+            "results": [None] * n,
+        }
+        action = CHAIN_ACTION if mode == "chain" else GROUP_ACTION
+        parent = self.lc.hold(creds, action, plan, {HELD: state}, peer=peer)
+        if begin:
+            self.begin(parent)
+        return parent
+
+    def begin(self, parent: Task) -> None:
+        """Publish a new chain's first step, or every step of a group."""
+        state = parent.rec.options[HELD]
+        for i in range(1 if state["mode"] == "chain" else len(state["tasks"])):
+            self._publish(parent, i, None)
+
+    def _check(self, creds: Credentials, i: int, step: ChainStep) -> None:
+        try:
+            validate_action(step.action)
+            if reserved_action(step.action) or not allowed(creds.pub_permissions, step.action):
+                raise PermissionDenied(
+                    f"{creds.name!r} may not publish {step.action!r}", action=step.action
+                )
+            if step.options is not None and step.options.key is not None:
+                raise InvalidOption("chain steps take no idempotency 'key'", option="key")
+            self.lc._options(step.options, self.lc.defaults, self.lc.clock())  # pub's checks
+        except TaskHubError as exc:
+            raise _named(exc, i, step.action) from None
+
+    def _publish(self, parent: Task, i: int, previous: Any) -> None:
+        state = parent.rec.options[HELD]
+        plan = parent.rec.payload[i]
+        extra: dict[str, Any] = {"chain_task": parent.id, "chain_step": i}
+        payload = plan["payload"]
+        if state["mode"] == "chain" and i > 0:
+            extra["previous_result"] = previous
+            payload = step_payload(payload, previous, merge=bool(state["merge"]))
+        options = msgspec.convert(plan["options"], PubOptions) if plan["options"] else None
+        # Every step's permission was checked when the chain started; the publisher may have
+        # gone since, so the step is published in its name with that check already made.
+        creds = Credentials(parent.rec.publisher, pub_permissions=("*",))
+        try:
+            task, _ = self.lc.publish(creds, plan["action"], payload, options, extra=extra)
+        except TaskHubError as exc:  # e.g. an `at` that was fine at the start: fail, named
+            self._fail(parent, i, {"reason": "error", "type": type(exc).__name__}, exc.message)
+            return
+        assert isinstance(task, Task)  # steps carry no key, so publish always creates one
+        state["tasks"][i] = task.id
+        self.lc.record(parent, "step", {"index": i, "action": plan["action"], "task": task.id})
+
+    # --- moving on ---------------------------------------------------------------------------
+    def _on_event(self, task: Task, ev: EventRecord) -> None:
+        if ev.type not in TERMINAL_STATES:
+            return
+        opts = task.rec.options
+        parent_id = opts.get("chain_task")
+        if parent_id is not None:
+            parent = self.lc.tasks.get(parent_id)
+            if parent is not None:  # else the chain has ended already (failed, cancelled)
+                self.step_ended(parent, int(opts["chain_step"]), task.rec)
+        elif HELD in opts and ev.type != "success":
+            self._stop_steps(task)
+
+    def step_ended(self, parent: Task, i: int, rec: TaskRecord | None) -> None:
+        """Step ``i`` of a running chain ended as ``rec`` says (None: its task was lost)."""
+        state = parent.rec.options[HELD]
+        plan = parent.rec.payload
+        if state["states"][i] is not None:
+            return
+        if rec is None or rec.state == "fail":
+            err = (rec.error if rec else None) or {"reason": "error", "message": "task lost"}
+            state["states"][i] = "fail"
+            self._fail(parent, i, err, str(err.get("message") or err.get("reason", "")))
+            return
+        # `end` (every delivery dropped) is not a failure: the step simply has no result.
+        result = rec.result if rec.state == "success" else None
+        state["states"][i] = rec.state
+        state["results"][i] = result
+        data = {"index": i, "action": plan[i]["action"], "task": rec.id, "state": rec.state}
+        self.lc.record(parent, "step", data)  # also writes the parent: its progress is durable
+        if state["mode"] == "group":
+            if all(s is not None for s in state["states"]):
+                self.lc.finish(parent, "success", result=list(state["results"]))
+        elif i + 1 < len(plan):
+            self._publish(parent, i + 1, result)
+        else:
+            self.lc.finish(parent, "success", result=result)
+
+    def _fail(self, parent: Task, i: int, err: dict[str, Any], message: str) -> None:
+        action = parent.rec.payload[i]["action"]
+        error: dict[str, Any] = {
+            "reason": err.get("reason", "error"),
+            "message": f"step {i} ({action}) failed: {message}",
+            "step": i,
+            "action": action,
+        }
+        if err.get("type"):
+            error["type"] = err["type"]
+        task_id = parent.rec.options[HELD]["tasks"][i]
+        if task_id is not None:
+            error["task"] = task_id
+        self.lc.finish(parent, "fail", error=error)
+
+    def _stop_steps(self, parent: Task) -> None:
+        """The chain failed or was cancelled: its steps still running are cancelled too."""
+        why = (parent.rec.error or {}).get("message", "it ended")
+        for task_id in parent.rec.options[HELD]["tasks"]:
+            step = self.lc.tasks.get(task_id) if task_id else None
+            if step is not None:
+                self.lc.finish(
+                    step,
+                    "fail",
+                    error={"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"},
+                )
+
+    # --- recovery ----------------------------------------------------------------------------
+    def orphans(self) -> list[tuple[Task, int, str]]:
+        """Steps of restored chains whose task is no longer live: (chain, index, task id).
+
+        The hub reads those tasks from the store and hands them to :meth:`step_ended`. With a
+        transactional store the step's end and the chain's hand-over share one batch, so this
+        only matters for an engine that lost part of a batch.
+        """
+        out = []
+        for task in self.lc.tasks.values():
+            state = task.rec.options.get(HELD)
+            if not state:
+                continue
+            for i, task_id in enumerate(state["tasks"]):
+                if task_id and state["states"][i] is None and task_id not in self.lc.tasks:
+                    out.append((task, i, task_id))
+        return out

@@ -1,0 +1,301 @@
+"""Pull consumers (seed 002): services that fetch work over HTTP instead of holding a socket.
+
+A consumer is a lifecycle :class:`Peer` like a WebSocket connection, with the same groups and
+credit; the hub's messages for it go into a buffer that ``fetch`` reads instead of a socket.
+Fetching an offer picks the delivery up and turns it into a *lease*. A lease not committed in
+time goes back to its group and counts a try, as if a worker had died (at-least-once); a
+consumer not heard from for ``idle_leases`` times its lease is stopped.
+
+Memory per consumer: the offers buffered for it (at most ``concurrency`` live ones, each with
+its payload inline up to the hub's ``inline_payload_limit``) plus one small entry per lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from taskhub.errors import (
+    AuthenticationFailed,
+    InvalidOption,
+    NotHolding,
+    PermissionDenied,
+    TaskHubError,
+)
+from taskhub.hub.hub import Hub
+from taskhub.ids import new_id
+from taskhub.lifecycle import Credentials, Message, Peer
+
+log = logging.getLogger("taskhub.consumers")
+
+MAX_LEASE = 24 * 3600.0
+_REMEMBERED = 1024  # lapsed leases whose late commit is still accepted (first return wins)
+
+
+class ConsumerNotFound(TaskHubError, LookupError):
+    code = "consumer_not_found"
+
+
+@dataclass(eq=False)
+class Lease:
+    task_id: str
+    attempt: int
+    expires_at: float
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class Consumer:
+    id: str
+    token: str
+    peer: Peer
+    group: str
+    actions: tuple[str, ...]
+    concurrency: int
+    lease: float  # seconds a fetched task is leased for
+    last_seen: float
+    offers: deque[Message] = field(default_factory=deque)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)  # task -> attempt last leased
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    fetching: int = 0
+    stopped: bool = False
+    idle_timer: asyncio.TimerHandle | None = None
+
+    def deliver(self, frame: bytes) -> None:
+        """The hub's sender for this peer: called after the state behind ``frame`` is stored."""
+        decoded = msgspec.json.decode(frame)
+        for msg in decoded if isinstance(decoded, list) else [decoded]:
+            op = msg.get("op")
+            if op == "offer" and msg.get("attempt", 0) > 0:
+                self.offers.append(msg)
+                self.arrived.set()
+            elif op == "revoke" or (op == "event" and msg.get("type") == "success"):
+                # The lease is over (timed out, cancelled, or someone else returned first).
+                lease = self.leases.get(msg["task"])
+                if lease is not None and (op == "event" or lease.attempt == msg["attempt"]):
+                    self._end_lease(lease)
+
+    def _end_lease(self, lease: Lease) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+        self.leases.pop(lease.task_id, None)
+
+
+class Consumers:
+    """Every pull consumer of one hub, with their lease and idle timers."""
+
+    def __init__(self, hub: Hub, *, idle_leases: float = 3.0) -> None:
+        self.hub = hub
+        self.idle_leases = idle_leases
+        self.by_id: dict[str, Consumer] = {}
+
+    # --- start and stop ----------------------------------------------------------------------
+    def start(
+        self,
+        creds: Credentials,
+        actions: list[str],
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        lease: float = 30.0,
+    ) -> Consumer:
+        if not 0 < lease <= MAX_LEASE:
+            raise InvalidOption(f"lease must be > 0 and <= {MAX_LEASE:g} seconds", option="lease")
+        hub = self.hub
+        peer = Peer(new_id(), creds)
+        hub.registry.claim_connection(creds)  # a consumer counts as a connection of its service
+        c = Consumer(
+            id=peer.id,
+            token=secrets.token_urlsafe(32),
+            peer=peer,
+            group=group or creds.name,
+            actions=tuple(dict.fromkeys(actions)),
+            concurrency=concurrency,
+            lease=lease,
+            last_seen=hub.clock(),
+        )
+        hub.attach(peer, c.deliver)
+        try:
+            for action in c.actions:
+                hub.lc.subscribe(peer, action, group=c.group, concurrency=concurrency)
+        except TaskHubError:
+            hub.detach(peer)  # unsubscribes what succeeded, releases the connection
+            raise
+        self.by_id[c.id] = c
+        self._arm_idle(c, self._idle_after(c))
+        hub.kick()
+        log.info("pull consumer %s started for %s (group %s)", c.id, creds.name, c.group)
+        return c
+
+    def stop(self, c: Consumer) -> int:
+        """Stop ``c``: its leases and buffered offers go back to the group, uncounted."""
+        c.stopped = True
+        self.by_id.pop(c.id, None)
+        if c.idle_timer is not None:
+            c.idle_timer.cancel()
+        for action in c.actions:  # first, so what it hands back is not offered to it again
+            self.hub.lc.unsubscribe(c.peer, action)
+        handed_back = 0
+        for lease in list(c.leases.values()):
+            c._end_lease(lease)
+            with contextlib.suppress(TaskHubError):  # ended or re-offered meanwhile
+                self.hub.lc.take_back(
+                    c.peer, lease.task_id, lease.attempt, "consumer_stopped", count_try=False
+                )
+                handed_back += 1
+        self.hub.detach(c.peer)  # unsubscribes; offers not yet fetched go back too
+        c.arrived.set()  # wake its long polls: they answer 404
+        return handed_back
+
+    def get(self, consumer_id: str, token: str | None, creds: Credentials) -> Consumer:
+        """The consumer, if ``token`` is its token and ``creds`` the service that started it."""
+        c = self.by_id.get(consumer_id)
+        if c is None:
+            raise ConsumerNotFound(f"no consumer {consumer_id}", consumer=consumer_id)
+        if not token or not hmac.compare_digest(token.encode(), c.token.encode()):
+            raise AuthenticationFailed(
+                f"missing or wrong X-Consumer-Token for consumer {consumer_id}"
+            )
+        if creds.name != c.peer.service:
+            raise PermissionDenied(
+                f"consumer {consumer_id} belongs to {c.peer.service!r}, not {creds.name!r}"
+            )
+        c.last_seen = self.hub.clock()
+        return c
+
+    # --- fetch -------------------------------------------------------------------------------
+    async def fetch(self, c: Consumer, wait: float) -> tuple[Lease, dict[str, Any]] | None:
+        """Lease the next offered task, waiting up to ``wait`` seconds for one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        c.fetching += 1
+        try:
+            while True:
+                if c.stopped:
+                    raise ConsumerNotFound(f"consumer {c.id} was stopped", consumer=c.id)
+                got = self._lease_next(c)
+                if got is not None:
+                    return got
+                c.arrived.clear()  # the buffer is empty now: wait for the next offer
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(c.arrived.wait(), remaining)
+        finally:
+            c.fetching -= 1
+            c.last_seen = self.hub.clock()
+
+    def _lease_next(self, c: Consumer) -> tuple[Lease, dict[str, Any]] | None:
+        lc = self.hub.lc
+        while c.offers:
+            msg = c.offers.popleft()
+            task_id, attempt = msg["task"], msg["attempt"]
+            d = c.peer.holding.get(task_id)
+            if d is None or d.rec.attempt != attempt or d.rec.state != "offered":
+                continue  # revoked (pickup window) or ended since it was offered
+            lc.pickup(c.peer, task_id, attempt)
+            self.hub.kick()
+            lease = Lease(task_id, attempt, self.hub.clock() + c.lease)
+            c.leases[task_id] = lease
+            c.attempts.pop(task_id, None)
+            c.attempts[task_id] = attempt
+            if len(c.attempts) > _REMEMBERED:
+                del c.attempts[next(iter(c.attempts))]
+            self._arm_lease(c, lease, c.lease)
+            view = {
+                "task_id": task_id,
+                "attempt": attempt,
+                "action": msg["action"],
+                "group": msg["group"],
+                "publisher": msg["publisher"],
+                "created_at": msg["created_at"],
+                "payload": d.task.rec.payload,  # also when too large to ride in the offer
+                "lease_expires_at": lease.expires_at,
+            }
+            if "previous_result" in msg:
+                view["previous_result"] = msg["previous_result"]
+            return lease, view
+        return None
+
+    # --- steps on a lease --------------------------------------------------------------------
+    def _attempt(self, c: Consumer, task_id: str) -> int:
+        lease = c.leases.get(task_id)
+        if lease is not None:
+            return lease.attempt
+        attempt = c.attempts.get(task_id)
+        if attempt is None:
+            raise NotHolding(f"consumer {c.id} never leased task {task_id}", task=task_id)
+        return attempt  # a lapsed lease: the lifecycle decides (a late commit still wins)
+
+    def _done(self, c: Consumer, task_id: str) -> None:
+        lease = c.leases.get(task_id)
+        if lease is not None:
+            c._end_lease(lease)
+        c.attempts.pop(task_id, None)
+        self.hub.kick()
+
+    def commit(self, c: Consumer, task_id: str, result: Any) -> None:
+        self.hub.lc.complete(c.peer, task_id, self._attempt(c, task_id), result)
+        self._done(c, task_id)
+
+    def update(self, c: Consumer, task_id: str, data: Any) -> None:
+        self.hub.lc.update(c.peer, task_id, self._attempt(c, task_id), data)
+        lease = c.leases.get(task_id)
+        if lease is not None:  # progress is a heartbeat: the lease starts over
+            lease.expires_at = self.hub.clock() + c.lease
+        self.hub.kick()
+
+    def fail(self, c: Consumer, task_id: str, error: dict[str, Any], *, retry: bool) -> None:
+        self.hub.lc.fail(c.peer, task_id, self._attempt(c, task_id), error, retry=retry)
+        self._done(c, task_id)
+
+    def drop(self, c: Consumer, task_id: str) -> None:
+        self.hub.lc.drop(c.peer, task_id, self._attempt(c, task_id))
+        self._done(c, task_id)
+
+    # --- timers (the event loop's, measured with the hub's clock) -----------------------------
+    def _arm_lease(self, c: Consumer, lease: Lease, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        lease.timer = loop.call_later(max(0.0, delay), self._lease_due, c, lease)
+
+    def _lease_due(self, c: Consumer, lease: Lease) -> None:
+        if c.stopped or c.leases.get(lease.task_id) is not lease:
+            return
+        left = lease.expires_at - self.hub.clock()
+        if left > 0:  # renewed by an update
+            self._arm_lease(c, lease, left)
+            return
+        c._end_lease(lease)
+        with contextlib.suppress(TaskHubError):  # ended or re-offered meanwhile
+            self.hub.lc.take_back(
+                c.peer, lease.task_id, lease.attempt, "lease_expired", count_try=True
+            )
+            log.info("lease of task %s by consumer %s expired", lease.task_id, c.id)
+        self.hub.kick()
+
+    def _idle_after(self, c: Consumer) -> float:
+        return self.idle_leases * c.lease
+
+    def _arm_idle(self, c: Consumer, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        c.idle_timer = loop.call_later(max(0.0, delay), self._idle_due, c)
+
+    def _idle_due(self, c: Consumer) -> None:
+        if c.stopped:
+            return
+        quiet = self.hub.clock() - c.last_seen
+        if c.fetching or quiet < self._idle_after(c):
+            self._arm_idle(c, self._idle_after(c) - (0 if c.fetching else quiet))
+            return
+        log.info("pull consumer %s not heard from for %.1fs; stopping it", c.id, quiet)
+        self.stop(c)

@@ -1,0 +1,274 @@
+"""The /v1 HTTP API over real loopback HTTP: tasks, results, events, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from taskhub import Server
+from tests.conftest import ClientFactory, ServerFactory
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as client:
+        yield client
+
+
+async def _sse(http: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
+    """Read a task's event stream to its end, as a browser's EventSource would."""
+    events: list[dict[str, Any]] = []
+    async with http.stream("GET", f"/v1/tasks/{task_id}/events") as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in resp.aiter_lines():
+            if line == "":
+                if fields:
+                    events.append(
+                        {"id": int(fields["id"]), "event": fields["event"]}
+                        | json.loads(fields["data"])
+                    )
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return events
+
+
+async def test_ws_worker_serves_an_http_task(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    worker = await make_client("geo")
+
+    @worker.sub("geo:geocode")
+    async def geocode(task: Any) -> Any:
+        await task.update({"step": 1})
+        return {"city": (await task.get_payload())["q"]}
+
+    await geocode
+    r = await http.post("/v1/tasks", json={"action": "geo:geocode", "payload": {"q": "Oslo"}})
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["state"] == "init" and task["publisher"] == "anonymous"
+    r = await http.get(f"/v1/tasks/{task['id']}/result", params={"wait": 5})
+    assert r.status_code == 200
+    assert r.json() == {"id": task["id"], "state": "success", "result": {"city": "Oslo"}}
+    r = await http.get(f"/v1/tasks/{task['id']}")
+    assert r.json()["state"] == "success" and r.json()["last_update"] == {"step": 1}
+
+
+async def test_sse_streams_stored_then_live_events_to_the_end(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    r = await http.post("/v1/tasks", json={"action": "slow:run"})
+    task_id = r.json()["id"]
+    reader = asyncio.create_task(_sse(http, task_id))
+    await asyncio.sleep(0.2)  # the stream is open and waiting: what follows is live
+    assert not reader.done()
+    worker = await make_client("slow")
+
+    async def run(task: Any) -> Any:
+        await task.update({"half": True})
+        return "ok"
+
+    await worker.sub("slow:run", run)
+    events = await asyncio.wait_for(reader, 10)
+    types = [e["event"] for e in events]
+    assert types[0] == "init" and types[-1] == "success"
+    assert {"offer", "start", "update"} <= set(types)
+    assert [e["id"] for e in events] == sorted({e["id"] for e in events})  # no repeats
+    assert events[-1]["data"] == "ok" and events[-1]["task"] == task_id
+    # An ended task's stream replays from the store and ends at once.
+    assert [e["event"] for e in await _sse(http, task_id)] == types
+
+
+async def test_result_long_poll_running_failed_cancelled(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    r = await http.post("/v1/tasks", json={"action": "idle:wait"})
+    task_id = r.json()["id"]
+    r = await http.get(f"/v1/tasks/{task_id}/result", params={"wait": 0.2})
+    assert r.status_code == 202 and r.json()["state"] == "init"
+
+    r = await http.delete(f"/v1/tasks/{task_id}")
+    assert r.status_code == 200 and r.json()["state"] == "fail"
+    assert r.json()["error"]["reason"] == "cancelled"
+    r = await http.get(f"/v1/tasks/{task_id}/result")
+    assert r.status_code == 409 and r.json()["code"] == "task_cancelled"
+
+    worker = await make_client("boom")
+
+    async def explode(task: Any) -> Any:
+        raise ValueError("no good")
+
+    await worker.sub("boom:run", explode)
+    task_id = (await http.post("/v1/tasks", json={"action": "boom:run"})).json()["id"]
+    r = await http.get(f"/v1/tasks/{task_id}/result", params={"wait": 5})
+    assert r.status_code == 409
+    body = r.json()
+    assert body["code"] == "task_failed" and body["message"] == "no good"
+    assert body["details"]["error"]["type"] == "ValueError"
+
+
+async def test_options_and_idempotency_key(http: httpx.AsyncClient) -> None:
+    body = {
+        "action": "mail:send",
+        "payload": [1],
+        "options": {"key": "k1", "timeout": None, "priority": 3, "partition_key": "p"},
+    }
+    first = await http.post("/v1/tasks", json=body)
+    again = await http.post("/v1/tasks", json=body)
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    opts = first.json()["options"]
+    assert opts["timeout"] is None and opts["priority"] == 3 and opts["partition_key"] == "p"
+    assert opts["max_attempts"] == 5  # left out: the hub default
+
+
+async def test_list_pages_through_live_and_stored_tasks(http: httpx.AsyncClient) -> None:
+    ids = [
+        (await http.post("/v1/tasks", json={"action": "list:me", "payload": i})).json()["id"]
+        for i in range(5)
+    ]
+    other = (await http.post("/v1/tasks", json={"action": "list:other"})).json()["id"]
+    await http.delete(f"/v1/tasks/{ids[1]}")
+    seen: list[str] = []
+    after = None
+    for _ in range(10):
+        params: dict[str, Any] = {"action": "list:me", "limit": 2}
+        if after:
+            params["after"] = after
+        page = (await http.get("/v1/tasks", params=params)).json()
+        assert len(page["tasks"]) <= 2
+        seen += [t["id"] for t in page["tasks"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == ids and other not in seen
+    failed = (await http.get("/v1/tasks", params={"state": "fail"})).json()
+    assert [t["id"] for t in failed["tasks"]] == [ids[1]] and failed["next"] is None
+
+
+# --- errors --------------------------------------------------------------------------------
+CREDS: list[dict[str, Any]] = [
+    {"name": "web", "key": "webkey", "pub_permissions": ["email"], "sub_permissions": []},
+    {"name": "ops", "key": "opskey", "pub_permissions": ["*"], "sub_permissions": ["*"]},
+]
+
+
+@pytest.fixture
+async def secured(make_server: ServerFactory) -> AsyncIterator[httpx.AsyncClient]:
+    server = await make_server(creds=CREDS, max_frame=10_000)
+    async with httpx.AsyncClient(
+        base_url=server.http_url, headers={"Authorization": "Bearer web:webkey"}, timeout=10
+    ) as client:
+        yield client
+
+
+def _err(r: httpx.Response, status: int, code: str, words: str = "") -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body: dict[str, Any] = r.json()
+    assert body["code"] == code, body
+    assert words in body["message"], body
+    return body
+
+
+async def test_401_without_or_with_wrong_credentials(secured: httpx.AsyncClient) -> None:
+    r = await secured.get("/v1/tasks", headers={"Authorization": ""})
+    _err(r, 401, "auth_failed", "Authorization")
+    assert r.headers["www-authenticate"] == "Bearer"
+    _err(
+        await secured.get("/v1/tasks", headers={"Authorization": "Bearer web:nope"}),
+        401,
+        "auth_failed",
+        "web",
+    )
+    _err(
+        await secured.get("/v1/tasks", headers={"Authorization": "Basic eA=="}), 401, "auth_failed"
+    )
+    assert (await secured.get("/v1/tasks")).status_code == 200
+
+
+async def test_403_names_the_action(secured: httpx.AsyncClient) -> None:
+    r = await secured.post("/v1/tasks", json={"action": "geo:geocode"})
+    body = _err(r, 403, "forbidden", "geo:geocode")
+    assert body["details"] == {"action": "geo:geocode"}
+    ops = {"Authorization": "Bearer ops:opskey"}
+    task_id = (await secured.post("/v1/tasks", json={"action": "geo:x"}, headers=ops)).json()["id"]
+    _err(await secured.get(f"/v1/tasks/{task_id}"), 403, "forbidden", "geo:x")
+    _err(await secured.delete(f"/v1/tasks/{task_id}"), 403, "forbidden", task_id)
+    r = await secured.post("/v1/consumers", json={"actions": ["email:send"]})
+    _err(r, 403, "forbidden", "email:send")
+
+
+async def test_404_409_and_the_body_limit(secured: httpx.AsyncClient) -> None:
+    _err(await secured.get("/v1/tasks/nope"), 404, "task_not_found", "nope")
+    _err(await secured.get("/v1/tasks/nope/result"), 404, "task_not_found")
+    _err(await secured.get("/v1/tasks/nope/events"), 404, "task_not_found")
+    _err(await secured.delete("/v1/tasks/nope"), 404, "task_not_found")
+    _err(await secured.get("/v1/nothing/here"), 404, "not_found")
+    task_id = (await secured.post("/v1/tasks", json={"action": "email:send"})).json()["id"]
+    assert (await secured.delete(f"/v1/tasks/{task_id}")).status_code == 200
+    _err(await secured.delete(f"/v1/tasks/{task_id}"), 409, "task_ended", task_id)
+
+    big = {"action": "email:send", "payload": "x" * 20_000}
+    _err(await secured.post("/v1/tasks", json=big), 413, "frame_too_large", "10000")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(30):
+            yield b"x" * 1000
+
+    _err(await secured.post("/v1/tasks", content=chunks()), 413, "frame_too_large", "10000")
+    assert (await secured.post("/v1/tasks", json={"action": "email:send"})).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "words"),
+    [
+        (b"{not json", 400, "bad_message", "not valid JSON"),
+        (b"", 400, "bad_message", "body"),
+        (b"[1, 2]", 400, "bad_message", "body"),
+        (b'{"payload": 1}', 400, "bad_message", "'action'"),
+        (b'{"action": "a:b", "options": {"priority": "high"}}', 400, "bad_message", "priority"),
+        (b'{"action": "a:b", "options": {"colour": 1}}', 400, "bad_message", "colour"),
+        (b'{"action": "email:se nd"}', 422, "invalid_action", "' '"),
+        (
+            b'{"action": "email:send", "payload": 18446744073709551616}',
+            400,
+            "bad_message",
+            "payload",
+        ),
+        (b'{"action": "email:send", "options": {"timeout": -1}}', 422, "invalid_option", "timeout"),
+    ],
+)
+async def test_bad_input_is_named(
+    secured: httpx.AsyncClient, body: bytes, status: int, code: str, words: str
+) -> None:
+    r = await secured.post("/v1/tasks", content=body, headers={"Content-Type": "application/json"})
+    _err(r, status, code, words)
+
+
+async def test_bad_query_and_emit(http: httpx.AsyncClient, server: Server) -> None:
+    _err(await http.get("/v1/tasks", params={"limit": 0}), 400, "bad_message", "limit")
+    _err(await http.get("/v1/tasks", params={"state": "done"}), 400, "bad_message", "state")
+    r = await http.post("/v1/events/news:sport", json={"score": 1})
+    if getattr(server.hub, "emit", None) is None:  # broadcast events not merged yet
+        _err(r, 501, "not_implemented", "broadcast")
+        return
+    assert r.status_code == 202 and r.json() == {"topic": "news:sport", "delivered": 0}
+    _err(await http.post("/v1/events/news:sp ort", json=1), 422, "invalid_action", "' '")
+
+
+async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    for path in ("/v1/tasks", "/v1/tasks/{task_id}/events", "/v1/consumers/{consumer_id}/fetch"):
+        assert path in spec["paths"]
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert (await http.get("/docs")).status_code == 200
