@@ -170,5 +170,199 @@ def _event_line(event: dict[str, Any]) -> Text:
     )
 
 
+# --- schedules, queues, dead letters (docs/scheduling.md) --------------------------------------
+schedules_app = typer.Typer(no_args_is_help=True, help="Cron schedules: ls, add, rm.")
+queues_app = typer.Typer(no_args_is_help=True, help="Group queues: ls, show, purge.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: ls, show, requeue.")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(queues_app, name="queues")
+app.add_typer(dlq_app, name="dlq")
+
+Url = Annotated[str, typer.Option("--url", envvar="TASKHUB_URL")]
+Name = Annotated[str, typer.Option("--name", envvar="TASKHUB_NAME")]
+Key = Annotated[str, typer.Option("--key", envvar="TASKHUB_KEY")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+_WS = "ws://127.0.0.1:8080"
+
+
+def _call(url: str, name: str, key: str, fn: Any) -> Any:
+    """Connect, run ``await fn(client)``, print errors the way every command does."""
+    from taskhub import Client
+    from taskhub.runtime import run
+
+    async def go() -> Any:
+        async with Client(url, name=name, key=key, connect_timeout=5) as client:
+            return await fn(client)
+
+    try:
+        return run(go())
+    except (TaskHubError, ValueError, TypeError) as exc:
+        _fail(str(exc))
+
+
+def _when(at: Any) -> str:
+    if at is None:
+        return "-"
+    return dt.datetime.fromtimestamp(float(at)).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(*columns, box=None, pad_edge=False)
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            if col.endswith("_at") or col == "last_slot":
+                cells.append(_when(value))
+            elif isinstance(value, dict | list):
+                cells.append(json.dumps(value, default=str))
+            else:
+                cells.append("-" if value is None else str(value))
+        table.add_row(*cells)
+    out.print(table)
+
+
+@schedules_app.command("ls")
+def schedules_ls(
+    url: Url = _WS, name: Name = "cli", key: Key = "", as_json: AsJson = False
+) -> None:
+    """List schedules with their next slot."""
+    rows = _call(url, name, key, lambda c: c.schedules())
+    cols = ["name", "cron", "timezone", "action", "next_at", "last_slot", "source"]
+    _table(rows, cols, as_json)
+
+
+@schedules_app.command("add")
+def schedules_add(
+    schedule: Annotated[str, typer.Argument(help="Schedule name")],
+    cron: Annotated[str, typer.Argument(help="e.g. '*/5 * * * *' (quote it)")],
+    action: Annotated[str, typer.Argument(help="Action to publish at every slot")],
+    payload: Annotated[str, typer.Argument(help="JSON payload")] = "null",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the cron")] = "UTC",
+    timeout: Annotated[float | None, typer.Option(help="End timeout, seconds")] = None,
+    retries: Annotated[int | None, typer.Option(help="Retries after a failure")] = None,
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+) -> None:
+    """Create or replace a schedule."""
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _fail(f"payload is not valid JSON: {exc}")
+    options: dict[str, Any] = {}
+    if timeout is not None:
+        options["timeout"] = timeout
+    if retries is not None:
+        options["retries"] = retries
+    got = _call(
+        url,
+        name,
+        key,
+        lambda c: c.schedule(schedule, cron, action, data, timezone=timezone, **options),
+    )
+    err.print(f"schedule {schedule} saved; next slot {_when(got.get('next_at'))}", highlight=False)
+
+
+@schedules_app.command("rm")
+def schedules_rm(
+    schedule: Annotated[str, typer.Argument(help="Schedule name")],
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+) -> None:
+    """Remove a schedule."""
+    _call(url, name, key, lambda c: c.unschedule(schedule))
+    err.print(f"schedule {schedule} removed", highlight=False)
+
+
+_QUEUE_COLS = ["action", "group", "durable", "workers", "credit", "waiting", "in_flight"]
+
+
+@queues_app.command("ls")
+def queues_ls(url: Url = _WS, name: Name = "cli", key: Key = "", as_json: AsJson = False) -> None:
+    """List group queues with their counts."""
+    _table(_call(url, name, key, lambda c: c.queues()), _QUEUE_COLS, as_json)
+
+
+@queues_app.command("show")
+def queues_show(
+    action: Annotated[str, typer.Argument()],
+    group: Annotated[str, typer.Argument()],
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+) -> None:
+    """Show one group queue (JSON)."""
+
+    async def one(c: Any) -> dict[str, Any]:
+        for q in await c.queues():
+            if q["action"] == action and q["group"] == group:
+                return dict(q)
+        raise ValueError(f"no queue for group {group!r} of {action!r}")
+
+    sys.stdout.write(json.dumps(_call(url, name, key, one), indent=2) + "\n")
+
+
+@queues_app.command("purge")
+def queues_purge(
+    action: Annotated[str, typer.Argument()],
+    group: Annotated[str, typer.Argument()],
+    forget: Annotated[
+        bool, typer.Option("--forget", help="Also remove the durable subscription")
+    ] = False,
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+) -> None:
+    """Fail the group's waiting deliveries (reason 'purged')."""
+    n = _call(url, name, key, lambda c: c.purge(action, group, forget=forget))
+    err.print(f"purged {n} deliveries" + (", forgot the group" if forget else ""), highlight=False)
+
+
+@dlq_app.command("ls")
+def dlq_ls(
+    action: Annotated[str | None, typer.Option(help="Only this action")] = None,
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+    as_json: AsJson = False,
+) -> None:
+    """List dead letters, oldest first."""
+    rows = _call(url, name, key, lambda c: c.dead_letters(action))
+    for row in rows:
+        row["reason"] = (row.get("error") or {}).get("reason")
+        row["message"] = (row.get("error") or {}).get("message")
+    _table(rows, ["id", "action", "ended_at", "reason", "message"], as_json)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    task_id: Annotated[str, typer.Argument()],
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+) -> None:
+    """Show one dead letter with its payload (JSON)."""
+    entry = _call(url, name, key, lambda c: c.dead_letter(task_id))
+    sys.stdout.write(json.dumps(entry, indent=2, default=str) + "\n")
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(
+    task_id: Annotated[str, typer.Argument()],
+    url: Url = _WS,
+    name: Name = "cli",
+    key: Key = "",
+) -> None:
+    """Publish a fresh copy of a dead letter; print the new task id."""
+    print(_call(url, name, key, lambda c: c.requeue(task_id)), flush=True)
+
+
 def main() -> None:
     app()

@@ -14,7 +14,25 @@ key_hash = "scrypt$..."      # from `taskhub creds hash`; `key = "..."` is accep
 sub_permissions = ["email/bulk:send"]
 pub_permissions = ["email:send", "weather"]
 max_connections = 1
+
+[[actions]]                  # per-action option defaults (docs/scheduling.md)
+name = "email:send"
+retries = 3
+backoff = 2                  # seconds (or "2s"), doubled per retry, with jitter
+backoff_max = "5m"
+max_attempts = 5
+
+[[schedules]]                # cron schedules; removed from the file -> removed from the hub
+name = "nightly-report"
+cron = "0 3 * * *"
+action = "report:build"
+payload = {kind = "daily"}
+timezone = "Europe/Oslo"
 ```
+
+``[server]`` also takes ``retention`` (ended tasks kept, seconds or an interval such as
+``"7 days"``), ``archive`` (a JSON-lines file removed tasks go to first),
+``idempotency_window`` and ``retry_backoff_max``.
 """
 
 from __future__ import annotations
@@ -25,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from taskhub.errors import InvalidOption
+from taskhub.intervals import parse_interval
 from taskhub.server import Server
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -41,7 +60,12 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "ping_interval": (int, float),
     "ping_timeout": (int, float),
     "name": str,
+    "retry_backoff_max": (int, float),
+    "idempotency_window": (int, float, str),  # strings: intervals ("1h")
+    "retention": (int, float, str),
+    "archive": str,
 }
+_INTERVAL_KEYS = ("idempotency_window", "retention")
 _CRED_KEYS = {"name", "key", "key_hash", "sub_permissions", "pub_permissions", "max_connections"}
 
 
@@ -58,13 +82,19 @@ def load(
             raise InvalidOption(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise InvalidOption(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-        unknown = set(data) - {"server", "credentials"}
+        unknown = set(data) - {"server", "credentials", "actions", "schedules"}
         if unknown:
             raise InvalidOption(
-                f"config file: unknown section(s) {sorted(unknown)}; known: server, credentials"
+                f"config file: unknown section(s) {sorted(unknown)}; known: server, "
+                "credentials, actions, schedules"
             )
         settings.update(data.get("server", {}))
         creds = list(data.get("credentials", []))
+        actions = _actions(data.get("actions", []))
+        if actions:
+            settings["action_defaults"] = actions
+        if data.get("schedules"):
+            settings["schedules"] = list(data["schedules"])
     source = os.environ if env is None else env
     for key in _SERVER_KEYS:
         value = source.get(f"TASKHUB_{key.upper()}")
@@ -72,6 +102,8 @@ def load(
             settings[key] = _from_env(key, value)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     for key, value in settings.items():
+        if key in ("action_defaults", "schedules"):
+            continue  # sections, checked by Server
         expected = _SERVER_KEYS.get(key)
         if expected is None:
             raise InvalidOption(
@@ -79,6 +111,9 @@ def load(
             )
         if not isinstance(value, expected) or isinstance(value, bool):
             raise InvalidOption(f"[server] {key} has the wrong type: {value!r}")
+    for key in _INTERVAL_KEYS:
+        if isinstance(settings.get(key), str):
+            settings[key] = parse_interval(settings[key], option=f"[server] {key}")
     server = Server(**settings)
     for i, entry in enumerate(creds):
         unknown = set(entry) - _CRED_KEYS
@@ -97,8 +132,20 @@ def load(
     return server
 
 
+def _actions(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        if "name" not in entry:
+            raise InvalidOption(f"[[actions]] #{i + 1} has no name (the action)")
+        options = {k: v for k, v in entry.items() if k != "name"}
+        out[str(entry["name"])] = options
+    return out
+
+
 def _from_env(key: str, value: str) -> Any:
     expected = _SERVER_KEYS[key]
+    if key in _INTERVAL_KEYS:
+        return value  # parsed with the file's values: "7 days" or seconds
     try:
         if expected is int:
             return int(value)

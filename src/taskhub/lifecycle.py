@@ -25,11 +25,13 @@ from taskhub.errors import (
     StaleAttempt,
     TaskNotFound,
 )
+from taskhub.intervals import parse_interval
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.store.base import (
     TERMINAL_STATES,
     DeliveryRecord,
     EventRecord,
+    MetaRecord,
     TaskRecord,
     WriteBatch,
 )
@@ -39,6 +41,30 @@ Message = dict[str, Any]
 _ENDED = frozenset({"done", "dropped", "failed"})
 _json = msgspec.json.Encoder()
 HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
+# Metadata kinds (store.base.MetaRecord) the lifecycle owns.
+QUEUE_META = "queue"  # durable group subscriptions, key "<action> <group>"
+DEAD_META = "dead"  # the dead-letter list, key: task id
+# Failure reasons that put a task into the dead-letter list: it ran out of attempts, or its
+# handler failed after its retries. Cancelled, timed-out and purged tasks were ended on purpose
+# or by a deadline the publisher chose, so they are not "dead letters".
+DEAD_REASONS = frozenset({"attempts", "error"})
+# Options an [[actions]] entry may default (per action, between the task's and the hub's).
+ACTION_OPTIONS = frozenset(
+    {"timeout", "start_timeout", "retries", "max_attempts", "backoff", "backoff_max", "priority"}
+)
+# Options a re-queued dead letter keeps: not `key` (its window would hand back the dead task),
+# nor delay/once_every (they were spent).
+_REQUEUE_KEEP = (
+    "timeout",
+    "start_timeout",
+    "retries",
+    "max_attempts",
+    "priority",
+    "backoff",
+    "backoff_max",
+    "partition_key",
+)
+TimerHandler = Callable[[str, float], None]
 
 
 @dataclass
@@ -54,6 +80,10 @@ class Defaults:
     pickup_window: float = 10.0  # an offer neither acked nor picked up goes elsewhere after this
     inline_payload_limit: int = 64 * 1024  # larger payloads are fetched by the worker on demand
     idempotency_window: float = 3600.0  # how long a pub `key` keeps returning the same task
+    # Per-action option defaults ([[actions]] in the config): action -> {option: value}; a
+    # task's own option wins, then these, then the hub-wide defaults above.
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dead_letters: bool = True  # keep exhausted tasks in the dead-letter list
 
 
 @dataclass(eq=False)
@@ -150,6 +180,44 @@ def _opt(value: Any, default: Any) -> Any:
     return default if value is msgspec.UNSET else value
 
 
+def dead_letter(rec: TaskRecord) -> dict[str, Any]:
+    """A dead-letter entry: a copy of what re-queueing needs and what an operator inspects.
+
+    A copy, not a reference: retention removes the task record itself in time, the entry
+    stays until it is re-queued or deleted.
+    """
+    return {
+        "id": rec.id,
+        "action": rec.action,
+        "publisher": rec.publisher,
+        "payload": rec.payload,
+        "options": {k: v for k, v in rec.options.items() if k != "previous_result"},
+        "error": rec.error,
+        "created_at": rec.created_at,
+        "ended_at": rec.ended_at,
+        "deliveries": [
+            {"group": d.group, "state": d.state, "tries": d.tries, "error": d.error}
+            for d in rec.deliveries
+        ],
+    }
+
+
+def queue_key(action: str, group: str) -> str:
+    """The metadata key of a durable group: a space cannot occur in an action."""
+    return f"{action} {group}"
+
+
+def _queue_order(q: Queue) -> tuple[str, str]:
+    return (q.action, q.group)
+
+
+class _Options:
+    """Stored options read back like a PubOptions (the lifecycle reads options by name)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
 class Lifecycle:
     """Every rule of the task lifecycle, over in-memory state."""
 
@@ -179,6 +247,12 @@ class Lifecycle:
         self._events: list[EventRecord] = []
         self._deleted: list[str] = []
         self._outgoing: list[Peer] = []
+        self._meta: dict[tuple[str, str], Any] = {}  # metadata writes of this batch
+        self._meta_deleted: set[tuple[str, str]] = set()
+        # Extra timer kinds (schedules.py): kind -> fn(key, now). Their timers sit in the same
+        # heap, so one clock drives everything and a fake clock tests it all.
+        self.timer_handlers: dict[str, TimerHandler] = {}
+        self.debounce: dict[str, str] = {}  # once_every "<action>\0<key>" -> waiting task id
 
     # --- output ------------------------------------------------------------------------------
     def send(self, peer: Peer, msg: Message) -> None:
@@ -202,10 +276,30 @@ class Lifecycle:
 
     def take_writes(self) -> WriteBatch:
         batch = WriteBatch(list(self._dirty.values()), self._events, self._deleted)
+        if self._meta or self._meta_deleted:
+            batch.meta = [MetaRecord(k, key, v) for (k, key), v in self._meta.items()]
+            batch.meta_deleted = sorted(self._meta_deleted)
+            self._meta = {}
+            self._meta_deleted = set()
         self._dirty = {}
         self._events = []
         self._deleted = []
         return batch
+
+    def put_meta(self, kind: str, key: str, value: Any) -> None:
+        """Store a metadata entry in the next batch, with the task writes it goes with."""
+        self._meta_deleted.discard((kind, key))
+        self._meta[(kind, key)] = value
+
+    def delete_meta(self, kind: str, key: str) -> None:
+        self._meta.pop((kind, key), None)
+        self._meta_deleted.add((kind, key))
+
+    def pending_meta(self, kind: str) -> tuple[dict[str, Any], set[str]]:
+        """This kind's metadata not yet taken for writing: (puts by key, deleted keys). A read
+        of the store merges them over what it got, like ``Hub.unwritten`` for tasks."""
+        puts = {key: v for (k, key), v in self._meta.items() if k == kind}
+        return puts, {key for k, key in self._meta_deleted if k == kind}
 
     def _touch(self, task: Task) -> None:
         self._dirty[task.rec.id] = task.rec
@@ -255,6 +349,13 @@ class Lifecycle:
         self._seq += 1
         heapq.heappush(self._timers, (at, self._seq, kind, task_id, group, attempt))
 
+    def arm(self, at: float, kind: str, key: str) -> None:
+        """Arm a timer of a kind registered in :attr:`timer_handlers`; when it fires the
+        handler gets ``(key, now)``. Cancel lazily: the handler checks the key is still due."""
+        if kind not in self.timer_handlers:
+            raise ValueError(f"no handler for timer kind {kind!r}")
+        self._arm(at, kind, key)
+
     def next_deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
@@ -265,6 +366,10 @@ class Lifecycle:
             _, _, kind, task_id, group, attempt = heapq.heappop(self._timers)
             if kind == "keys":
                 self._prune_keys(now)
+                continue
+            handler = self.timer_handlers.get(kind)
+            if handler is not None:
+                handler(task_id, now)
                 continue
             task = self.tasks.get(task_id)
             if task is None:
@@ -321,11 +426,21 @@ class Lifecycle:
             raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
         d = self.defaults
         now = self.clock()
-        opts = self._options(options, d, now)
+        opts = self._options(options, d, now, action)
         if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
             opts.update(extra)
         key = opts.get("key")
-        if key is not None:
+        debounce_key = None
+        if "once_every" in opts:
+            # Debounce: a task of this action and key still waiting for a worker stands for
+            # this pub too. The key is a debounce key here, not an idempotency key.
+            debounce_key = f"{action}\x00{'' if key is None else key}"
+            waiting = self._debounced(debounce_key)
+            if waiting is not None:
+                if peer is not None:
+                    self._follow(peer, waiting)
+                return waiting, False
+        elif key is not None:
             known = self.keys.get(f"{action}\x00{key}")
             if known is not None and now - known[1] < d.idempotency_window:
                 task = self.tasks.get(known[0])
@@ -345,7 +460,9 @@ class Lifecycle:
         )
         task = self._add(rec)
         task.payload_size = _size(payload)
-        if key is not None:
+        if debounce_key is not None:
+            self.debounce[debounce_key] = rec.id
+        elif key is not None:
             self._keys_timer(now)
             self.keys[f"{action}\x00{key}"] = (rec.id, now)
         if peer is not None:
@@ -360,9 +477,13 @@ class Lifecycle:
             self._route(task)
         return task, True
 
-    def _options(self, options: Any, d: Defaults, now: float) -> dict[str, Any]:
+    def _options(
+        self, options: Any, d: Defaults, now: float, action: str | None = None
+    ) -> dict[str, Any]:
+        per_action = d.actions.get(action, {}) if action is not None else {}
+
         def get(name: str, default: Any) -> Any:
-            return _opt(getattr(options, name, msgspec.UNSET), default)
+            return _opt(getattr(options, name, msgspec.UNSET), per_action.get(name, default))
 
         opts: dict[str, Any] = {
             "timeout": get("timeout", d.task_end_timeout),
@@ -371,6 +492,14 @@ class Lifecycle:
             "max_attempts": get("max_attempts", d.max_attempts),
             "priority": get("priority", 0),
         }
+        # Backoff is stored only when the task or its action sets it: most tasks use the
+        # hub's, and every stored option costs bytes in every task record.
+        for name in ("backoff", "backoff_max"):
+            value = get(name, None)
+            if value is not None:
+                if value < 0:
+                    raise InvalidOption(f"option {name!r} must be >= 0 seconds", option=name)
+                opts[name] = float(value)
         for name in ("timeout", "start_timeout"):
             if opts[name] is not None and opts[name] < 0:
                 raise InvalidOption(f"option {name!r} must be >= 0 seconds or null", option=name)
@@ -385,13 +514,43 @@ class Lifecycle:
         if partition_key is not None:
             opts["partition_key"] = str(partition_key)
         delay = get("delay", 0.0) or 0.0
+        if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
+            delay = parse_interval(delay, option="delay")
         at = get("at", None)
         if delay < 0:
             raise InvalidOption("option 'delay' must be >= 0 seconds", option="delay")
         not_before = at if at is not None else (now + delay if delay else 0.0)
+        once_every = get("once_every", None)
+        if once_every is not None:
+            if isinstance(once_every, str):
+                once_every = parse_interval(once_every, option="once_every")
+            if once_every < 0:
+                raise InvalidOption("option 'once_every' must be >= 0 seconds", option="once_every")
+            opts["once_every"] = float(once_every)
+            not_before = max(not_before, now + once_every)
         if not_before:
             opts["not_before"] = not_before
         return opts
+
+    def _debounced(self, debounce_key: str) -> Task | None:
+        """The task still waiting (not started) under this once_every key, if any."""
+        task_id = self.debounce.get(debounce_key)
+        if task_id is None:
+            return None
+        task = self.tasks.get(task_id)
+        if task is not None and task.rec.state == "init":
+            return task
+        del self.debounce[debounce_key]
+        return None
+
+    def _undebounce(self, task: Task) -> None:
+        """The task started or ended: a later pub with its key makes a new one."""
+        opts = task.rec.options
+        if "once_every" in opts:
+            key = opts.get("key")
+            dkey = f"{task.rec.action}\x00{'' if key is None else key}"
+            if self.debounce.get(dkey) == task.id:
+                del self.debounce[dkey]
 
     def _add(self, rec: TaskRecord) -> Task:
         self._seq += 1
@@ -622,7 +781,10 @@ class Lifecycle:
             self.observers.setdefault(action, []).append(sub)
             return
         q = self._queue(action, group)
-        q.durable = q.durable or durable
+        if durable and not q.durable:
+            q.durable = True
+            # Stored, so the group exists again after a restart and keeps accumulating.
+            self.put_meta(QUEUE_META, queue_key(action, group), {"action": action, "group": group})
         q.workers.append(sub)
         pooled = self.pooled.pop(action, None)
         if pooled:
@@ -683,6 +845,7 @@ class Lifecycle:
         if task.rec.state == "init":
             task.rec.state = "start"
             task.rec.started_at = self.clock()
+            self._undebounce(task)
             timeout = task.rec.options.get("timeout")
             if timeout is not None:
                 self._arm(task.rec.started_at + timeout, "end", task.id)
@@ -761,7 +924,8 @@ class Lifecycle:
             and failures < int(opts.get("max_attempts", 1))
         ):
             backoff = min(
-                self.defaults.retry_backoff_max, self.defaults.retry_backoff * 2 ** (failures - 1)
+                float(opts.get("backoff_max", self.defaults.retry_backoff_max)),
+                float(opts.get("backoff", self.defaults.retry_backoff)) * 2 ** (failures - 1),
             )
             backoff *= 0.5 + self.rng.random() / 2  # jitter: spread a burst of retries
             d.rec.state = "pending"
@@ -822,6 +986,14 @@ class Lifecycle:
         rec.result = result
         rec.error = error
         del self.tasks[rec.id]
+        self._undebounce(task)
+        if (
+            state == "fail"
+            and self.defaults.dead_letters
+            and (error or {}).get("reason") in DEAD_REASONS
+            and HELD not in rec.options
+        ):
+            self.put_meta(DEAD_META, rec.id, dead_letter(rec))
         reason = (error or {}).get("reason")
         data = result if state == "success" else error
         ev = self._event(task, state, service=by.service if by else None, data=data)
@@ -978,9 +1150,14 @@ class Lifecycle:
                 self._arm(rec.started_at + opts["timeout"], "end", rec.id)
             if HELD in opts:
                 continue  # the hub drives it (chains.py); offering it would be a bug
+            if "once_every" in opts and rec.state == "init":
+                key = opts.get("key")
+                self.debounce[f"{rec.action}\x00{'' if key is None else key}"] = rec.id
             if not rec.deliveries:
                 if rec.not_before > now:
                     self._arm(rec.not_before, "due", rec.id)
+                elif any(q.subscribed for q in self.by_action.get(rec.action, ())):
+                    self._route(task)  # a durable group (restore_queues) takes it now
                 else:
                     self.pooled.setdefault(rec.action, []).append(task)
                 continue
@@ -1008,6 +1185,90 @@ class Lifecycle:
         if self.keys:
             self._keys_timer(now)
         return n
+
+    def restore_queues(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Mark the stored durable groups subscribed again; call before :meth:`restore`, so
+        restored tasks that were waiting for a group are routed to them."""
+        for entry in entries:
+            self._queue(str(entry["action"]), str(entry["group"])).durable = True
+
+    # --- durable queues and dead letters (operations: docs/scheduling.md) ---------------------
+    def queue_views(self) -> list[dict[str, Any]]:
+        """Every group queue the hub knows, with its counts (admin listings)."""
+        return [self.queue_view(q) for q in sorted(self.queues.values(), key=_queue_order)]
+
+    def queue_view(self, q: Queue) -> dict[str, Any]:
+        waiting = in_flight = 0
+        for task in self.tasks.values():
+            d = task.deliveries.get(q.group)
+            if d is None or task.rec.action != q.action:
+                continue
+            if d.rec.state == "pending":
+                waiting += 1
+            elif d.rec.state in ("offered", "started"):
+                in_flight += 1
+        return {
+            "action": q.action,
+            "group": q.group,
+            "durable": q.durable,
+            "workers": len(q.workers),
+            "credit": sum(s.concurrency for s in q.workers),
+            "waiting": waiting,
+            "in_flight": in_flight,
+        }
+
+    def find_queue(self, action: str, group: str) -> Queue:
+        q = self.queues.get((action, group))
+        if q is None:
+            raise TaskNotFound(f"no queue for group {group!r} of {action!r}", action=action)
+        return q
+
+    def purge(self, creds: Credentials, action: str, group: str, *, forget: bool = False) -> int:
+        """Fail the group's waiting deliveries (reason ``purged``); with ``forget`` the group
+        also stops being durable (its stored subscription is removed). Needs sub permission
+        for the action. Deliveries a worker holds are left alone: it is working on them.
+        Returns how many deliveries were purged."""
+        validate_action(action)
+        if not allowed(creds.sub_permissions, action):
+            raise PermissionDenied(f"{creds.name!r} may not purge {action!r}", action=action)
+        q = self.find_queue(action, group)
+        # Every pending delivery of the group: in the heap, parked behind its partition key,
+        # or waiting out a retry backoff (not in the heap yet).
+        error = {"reason": "purged", "type": "Purged", "message": f"purged by {creds.name}"}
+        purged = [
+            d
+            for task in self.tasks.values()
+            if task.rec.action == action
+            and (d := task.deliveries.get(group)) is not None
+            and d.rec.state == "pending"
+        ]
+        q.waiting = []
+        q.parked.clear()
+        for d in purged:
+            self._delivery_failed(d, dict(error))
+        if forget and q.durable:
+            q.durable = False
+            self.delete_meta(QUEUE_META, queue_key(action, group))
+        if forget and not q.workers and not q.partitions:
+            del self.queues[(action, group)]
+            self.by_action[action].remove(q)
+        return len(purged)
+
+    def requeue(self, creds: Credentials, entry: dict[str, Any]) -> Task:
+        """Publish a fresh copy of a dead letter (a new task id, ``requeued_from`` the dead
+        one) and remove the entry in the same batch. Needs pub permission for the action."""
+        options = entry.get("options") or {}
+        kept = {k: options[k] for k in _REQUEUE_KEEP if k in options}
+        task, _ = self.publish(
+            Credentials(creds.name, pub_permissions=creds.pub_permissions),
+            str(entry["action"]),
+            entry.get("payload"),
+            _Options(kept),
+            extra={"requeued_from": entry["id"]},
+        )
+        assert isinstance(task, Task)  # no key, no once_every: always a new task
+        self.delete_meta(DEAD_META, str(entry["id"]))
+        return task
 
     def _keys_timer(self, now: float) -> None:
         if not self._keys_armed:

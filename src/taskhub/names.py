@@ -84,6 +84,15 @@ def permits(perm: str, name: str) -> bool:
 
 
 def allowed(perms: Iterable[str], name: str) -> bool:
+    if isinstance(perms, tuple):  # credentials keep tuples: the answer can be cached
+        return _allowed_cached(perms, name)
+    return any(permits(p, name) for p in perms)
+
+
+@lru_cache(maxsize=16384)
+def _allowed_cached(perms: tuple[str, ...], name: str) -> bool:
+    # Checked on every publish and subscribe; a credential has few permissions and a hub
+    # sees few distinct actions, so the cache stays small and saves the hot path a scan.
     return any(permits(p, name) for p in perms)
 
 

@@ -32,6 +32,10 @@ class PubOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     max_attempts: int | UnsetType = UNSET
     delay: float = 0.0  # seconds; human intervals are parsed by the client
     at: float | None = None  # epoch seconds
+    # Debounce (seconds): a task of the same action and key still waiting stands for this pub.
+    once_every: float | None = None
+    backoff: float | UnsetType = UNSET  # first retry delay, doubled per retry (with jitter)
+    backoff_max: float | UnsetType = UNSET  # cap of the retry delay
 
 
 class Pub(_Msg, tag="pub"):
@@ -161,6 +165,66 @@ class Chain(_Msg, tag="chain"):
     ref: int | None = None
 
 
+class Schedule(_Msg, tag="schedule"):
+    """Create or replace the recurring schedule ``name`` (docs/scheduling.md)."""
+
+    name: str
+    cron: str
+    action: str
+    payload: Any = None
+    options: PubOptions | None = None
+    timezone: str = "UTC"
+    ref: int | None = None
+
+
+class Unschedule(_Msg, tag="unschedule"):
+    name: str
+    ref: int | None = None
+
+
+class Schedules(_Msg, tag="schedules"):
+    """List the schedules this credential may see."""
+
+    ref: int | None = None
+
+
+class Queues(_Msg, tag="queues"):
+    """List the group queues (durable or not) this credential may see."""
+
+    ref: int | None = None
+
+
+class Purge(_Msg, tag="purge"):
+    """Fail the group's waiting deliveries (reason ``purged``); ``forget`` also removes its
+    durable subscription."""
+
+    action: str
+    group: str
+    forget: bool = False
+    ref: int | None = None
+
+
+class DeadLetters(_Msg, tag="dead_letters"):
+    action: str | None = None
+    ref: int | None = None
+
+
+class DeadLetter(_Msg, tag="dead_letter"):
+    """One dead letter, with its payload."""
+
+    task: str
+    ref: int | None = None
+
+
+class Requeue(_Msg, tag="requeue"):
+    """Publish a fresh copy of a dead letter; answers with the new task's id."""
+
+    task: str
+    ref: int | None = None
+
+
+Admin = Schedule | Unschedule | Schedules | Queues | Purge | DeadLetters | DeadLetter | Requeue
+
 Inbound = (
     Pub
     | Sub
@@ -181,6 +245,14 @@ Inbound = (
     | Watch
     | Unwatch
     | Chain
+    | Schedule
+    | Unschedule
+    | Schedules
+    | Queues
+    | Purge
+    | DeadLetters
+    | DeadLetter
+    | Requeue
 )
 OPS: frozenset[str] = frozenset(
     str(c.__struct_config__.tag)
@@ -204,6 +276,14 @@ OPS: frozenset[str] = frozenset(
         Watch,
         Unwatch,
         Chain,
+        Schedule,
+        Unschedule,
+        Schedules,
+        Queues,
+        Purge,
+        DeadLetters,
+        DeadLetter,
+        Requeue,
     )
 )
 

@@ -8,14 +8,17 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 import uvicorn
 
 from taskhub.errors import InvalidOption
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
 from taskhub.hub.hub import Hub, Limits
-from taskhub.lifecycle import Clock, Defaults
+from taskhub.hub.retention import DEFAULT_RETENTION
+from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.protocol import WS_PATH
+from taskhub.schedules import Schedule
 from taskhub.store import open_store
 
 log = logging.getLogger("taskhub.server")
@@ -55,7 +58,18 @@ class Server:
         ping_timeout: float = 5.0,
         clock: Clock = time.time,
         name: str = "hub",
+        retry_backoff_max: float = 300.0,
+        idempotency_window: float = 3600.0,
+        retention: float | None = DEFAULT_RETENTION,
+        archive: str | None = None,
+        action_defaults: dict[str, dict[str, Any]] | None = None,
+        schedules: list[dict[str, Any]] | None = None,
     ) -> None:
+        """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
+        (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
+        how long a ``key`` returns the same task, ``action_defaults`` per-action option
+        defaults (``{"email:send": {"retries": 3}}``), ``schedules`` cron schedules
+        (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``)."""
         self.host = host
         self.port = port
         self.store_url = store
@@ -65,8 +79,18 @@ class Server:
             retries=retries,
             max_attempts=max_attempts,
             retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
             pickup_window=pickup_window,
+            idempotency_window=idempotency_window,
+            actions=_action_defaults(action_defaults or {}),
         )
+        if idempotency_window <= 0:
+            raise InvalidOption("idempotency_window must be > 0 seconds")
+        if retention is not None and retention < 0:
+            raise InvalidOption("retention must be >= 0 seconds (or None: keep forever)")
+        self.retention = retention
+        self.archive = archive
+        self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
         self.limits = Limits(
             max_frame=max_frame, ping_interval=ping_interval, ping_timeout=ping_timeout
         )
@@ -133,6 +157,9 @@ class Server:
             limits=self.limits,
             clock=self.clock,
             name=self.name,
+            retention=self.retention,
+            archive=self.archive,
+            schedules=[msgspec.convert(s, Schedule) for s in self.schedules],
         )
         await self.hub.start()
         config = uvicorn.Config(
@@ -188,3 +215,45 @@ class Server:
         from taskhub.runtime import run
 
         run(self.serve_forever())
+
+
+def _action_defaults(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Check ``action_defaults``: known option names of valid actions, intervals as seconds."""
+    from taskhub.intervals import parse_interval
+    from taskhub.names import validate_action
+
+    out: dict[str, dict[str, Any]] = {}
+    for action, options in entries.items():
+        validate_action(action)
+        unknown = set(options) - ACTION_OPTIONS
+        if unknown:
+            raise InvalidOption(
+                f"action defaults of {action!r}: unknown option(s) {sorted(unknown)}; known: "
+                f"{', '.join(sorted(ACTION_OPTIONS))}"
+            )
+        checked = dict(options)
+        for name in ("timeout", "start_timeout", "backoff", "backoff_max"):
+            if checked.get(name) is not None:
+                checked[name] = parse_interval(checked[name], option=f"{action} {name}")
+        for name in ("retries", "max_attempts", "priority"):
+            value = checked.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise InvalidOption(f"action defaults of {action!r}: {name} must be an integer")
+        out[action] = checked
+    return out
+
+
+_SCHEDULE_KEYS = {"name", "cron", "action", "payload", "timezone", "options"}
+
+
+def _schedule(index: int, entry: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(entry) - _SCHEDULE_KEYS
+    missing = {"name", "cron", "action"} - set(entry)
+    if unknown or missing:
+        what = f"unknown key(s) {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"
+        raise InvalidOption(f"schedule #{index + 1}: {what}; keys: {sorted(_SCHEDULE_KEYS)}")
+    from taskhub.hub.admin import pub_options
+
+    out = dict(entry)
+    out["options"] = pub_options(entry.get("options"))
+    return out

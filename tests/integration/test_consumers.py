@@ -122,9 +122,27 @@ async def test_an_expired_lease_is_offered_again(http: httpx.AsyncClient) -> Non
     assert again is not None and again["task_id"] == task_id and again["attempt"] == 2
     task = (await http.get(f"/v1/tasks/{task_id}")).json()
     assert task["deliveries"][0]["tries"] == 1  # a lapsed lease counts as a try
-    # progress on the lapsed attempt is refused; the current lease commits
     r = await puller.call("commit", task_id=task_id, result="late but fine")
     assert r.json()["state"] == "success"
+
+
+async def test_a_lapsed_lease_cannot_report_progress_but_can_still_win(
+    http: httpx.AsyncClient,
+) -> None:
+    a = await Puller(http, {"actions": ["lap:job"], "group": "g", "lease": 0.3}).start()
+    b = await Puller(http, {"actions": ["lap:job"], "group": "g", "lease": 30}).start()
+    task_id = (await http.post("/v1/tasks", json={"action": "lap:job"})).json()["id"]
+    first = await a.fetch(wait=2)  # round robin: the first worker of the group gets it
+    assert first is not None and first["task_id"] == task_id
+    await asyncio.sleep(0.5)  # a's lease lapses; round robin offers the task to b
+    again = await b.fetch(wait=2)
+    assert again is not None and again["attempt"] == 2
+    r = await a.call("update", task_id=task_id, data=1)
+    assert r.status_code == 409 and r.json()["code"] == "stale_attempt"
+    r = await a.call("commit", task_id=task_id, result="late")  # the first return wins
+    assert r.status_code == 200 and r.json()["state"] == "success"
+    r = await b.call("update", task_id=task_id, data=2)
+    assert r.status_code == 409 and r.json()["code"] == "not_holding"
 
 
 async def test_updates_renew_the_lease(http: httpx.AsyncClient) -> None:

@@ -21,6 +21,7 @@ from taskhub.store.base import (
     TERMINAL_STATES,
     DeliveryRecord,
     EventRecord,
+    MetaRecord,
     Store,
     TaskRecord,
     WriteBatch,
@@ -734,3 +735,111 @@ async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
 def test_engine_matches_model(engine: str, tmp_path: Path, ops: list[Any]) -> None:
     # The model keeps the generated records themselves: nothing mutates them afterwards.
     asyncio.run(run_against_model(engine, tmp_path / uuid.uuid4().hex, ops))
+
+
+# --- metadata (schedules, durable queues, dead letters) and archiving reads ---------------------
+def put_meta(kind: str, key: str, value: Any) -> MetaRecord:
+    return MetaRecord(kind, key, value)
+
+
+async def test_meta_put_list_get_delete(store: Store) -> None:
+    assert await store.list_meta("schedule") == {}
+    assert await store.get_meta("schedule", "nope") is None
+    await store.apply(
+        WriteBatch(
+            meta=[
+                put_meta("schedule", "b", {"cron": "* * * * *", "n": [1, 2]}),
+                put_meta("schedule", "a", {"cron": "0 * * * *"}),
+                put_meta("queue", "email:send g", {"action": "email:send", "group": "g"}),
+            ]
+        )
+    )
+    assert await store.list_meta("schedule") == {
+        "a": {"cron": "0 * * * *"},
+        "b": {"cron": "* * * * *", "n": [1, 2]},
+    }
+    assert list(await store.list_meta("schedule")) == ["a", "b"]  # ordered by key
+    assert await store.get_meta("queue", "email:send g") == {"action": "email:send", "group": "g"}
+    await store.apply(WriteBatch(meta=[put_meta("schedule", "a", {"v": 2})]))  # upsert
+    assert await store.get_meta("schedule", "a") == {"v": 2}
+    await store.apply(WriteBatch(meta_deleted=[("schedule", "a"), ("schedule", "missing")]))
+    assert list(await store.list_meta("schedule")) == ["b"]
+    assert await store.list_meta("dead") == {}
+
+
+async def test_meta_commits_with_task_writes_all_or_nothing(store: Store) -> None:
+    bad = task("t1", payload={"x": object()})  # unencodable: the whole batch fails
+    with pytest.raises(Exception):  # noqa: B017 - engines raise their codec's error
+        await store.apply(WriteBatch(tasks=[bad], meta=[put_meta("dead", "t1", {"id": "t1"})]))
+    assert await store.list_meta("dead") == {}
+    await store.apply(WriteBatch(tasks=[task("t1")], meta=[put_meta("dead", "t1", 1)]))
+    assert await store.get_meta("dead", "t1") == 1
+    assert await store.get_task("t1") is not None
+
+
+async def test_meta_delete_after_put_in_one_batch_deletes(store: Store) -> None:
+    await store.apply(WriteBatch(meta=[put_meta("k", "x", 1)], meta_deleted=[("k", "x")]))
+    assert await store.get_meta("k", "x") is None
+
+
+async def test_meta_values_and_keys_unicode(store: Store) -> None:
+    await store.apply(WriteBatch(meta=[put_meta("schedule", "ñ/日本:x", {"p": "ü" * 1000})]))
+    assert await store.list_meta("schedule") == {"ñ/日本:x": {"p": "ü" * 1000}}
+
+
+async def test_list_ended_before_matches_remove_order(store: Store) -> None:
+    await apply(
+        store,
+        ended("t3", 30.0),
+        ended("t1", 10.0, state="fail"),
+        ended("t2", 10.0, state="end"),
+        ended("t4", 99.0),
+        task("t5"),
+    )
+    listed = await store.list_ended_before(50.0, limit=2)
+    assert [r.id for r in listed] == ["t1", "t2"]
+    assert listed[0].state == "fail"
+    assert [r.id for r in await store.list_ended_before(50.0)] == ["t1", "t2", "t3"]
+    assert await store.remove_ended_before(50.0, limit=2) == ["t1", "t2"]  # nothing consumed
+    assert [r.id for r in await store.list_ended_before(50.0)] == ["t3"]
+
+
+async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "hub.db")
+    raw.execute(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, action TEXT NOT NULL, state TEXT NOT NULL,"
+        " created_at REAL NOT NULL, ended_at REAL, record BLOB NOT NULL)"
+    )
+    raw.execute(
+        "CREATE TABLE events (task_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,"
+        " record BLOB NOT NULL, PRIMARY KEY (task_id, seq))"
+    )
+    record = msgspec.json.encode(task("old"))
+    raw.execute(
+        "INSERT INTO tasks VALUES ('old', 'img.resize', 'init', 1000.0, NULL, ?)", (record,)
+    )
+    raw.execute("PRAGMA user_version=1")
+    raw.commit()
+    raw.close()
+    store = SqliteStore.from_url(sqlite_url(tmp_path))
+    await store.open()
+    try:
+        assert [r.id for r in await store.load_active()] == ["old"]
+        await store.apply(WriteBatch(meta=[put_meta("queue", "q", {"a": 1})]))
+        assert await store.list_meta("queue") == {"q": {"a": 1}}
+        assert await store.list_ended_before(1e12) == []
+    finally:
+        await store.close()
+    raw = sqlite3.connect(tmp_path / "hub.db")
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    raw.close()
+
+
+async def test_memory_retention_index_skips_rewritten_and_deleted_tasks(tmp_path: Path) -> None:
+    store = await make_store("memory", tmp_path)
+    await apply(store, ended("a", 10.0), ended("b", 20.0), ended("c", 30.0))
+    await apply(store, deleted=["a"])
+    await apply(store, ended("b", 40.0))  # ended again later: its old entry is stale
+    assert await store.remove_ended_before(35.0) == ["c"]
+    assert await store.remove_ended_before(50.0) == ["b"]
+    await store.close()

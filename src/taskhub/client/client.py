@@ -15,6 +15,7 @@ from taskhub.client.connection import Connection, Message
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
+from taskhub.intervals import parse_interval
 from taskhub.names import topic_matches, validate_action, validate_topic
 
 log = logging.getLogger("taskhub.client")
@@ -218,44 +219,113 @@ class Client:
         *,
         timeout: float | None = _UNSET,
         start_timeout: float | None = _UNSET,
-        delay: float | dt.timedelta | None = None,
+        delay: float | dt.timedelta | str | None = None,
         at: dt.datetime | None = None,
         priority: int = 0,
         key: str | None = None,
         retries: int = _UNSET,
         max_attempts: int = _UNSET,
+        backoff: float = _UNSET,
+        backoff_max: float = _UNSET,
+        once_every: float | dt.timedelta | str | None = None,
     ) -> Handle:
         """Publish a task and return its :class:`Handle` at once.
 
         ``timeout`` is the end timeout (seconds after a worker started it), ``start_timeout``
         how long it may wait for a worker; ``None`` means forever, unset the hub default.
+        ``delay`` and ``once_every`` take seconds, a ``timedelta`` or an interval string
+        (``"7 days"``, ``"1h30m"``, ``"PT1H30M"``); ``at`` a timezone-aware datetime.
+        See docs/scheduling.md for ``retries``/``backoff``/``max_attempts`` and ``once_every``.
         """
         validate_action(action)
-        options: dict[str, Any] = {}
-        if timeout is not _UNSET:
-            options["timeout"] = timeout
-        if start_timeout is not _UNSET:
-            options["start_timeout"] = start_timeout
-        if retries is not _UNSET:
-            options["retries"] = retries
-        if max_attempts is not _UNSET:
-            options["max_attempts"] = max_attempts
-        if priority:
-            options["priority"] = priority
-        if key is not None:
-            options["key"] = key
-        if delay is not None:
-            options["delay"] = (
-                delay.total_seconds() if isinstance(delay, dt.timedelta) else (float(delay))
-            )
-        if at is not None:
-            if at.tzinfo is None:
-                raise ValueError("at= needs a timezone-aware datetime")
-            options["at"] = at.timestamp()
+        options = pub_options(
+            timeout=timeout,
+            start_timeout=start_timeout,
+            delay=delay,
+            at=at,
+            priority=priority,
+            key=key,
+            retries=retries,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            backoff_max=backoff_max,
+            once_every=once_every,
+        )
         msg: Message = {"op": "pub", "action": action, "payload": payload}
         if options:
             msg["options"] = options
         return self._publish(action, msg)
+
+    # --- schedules, queues, dead letters (docs/scheduling.md) -------------------------------
+    async def schedule(
+        self,
+        name: str,
+        cron: str,
+        action: str,
+        payload: Any = None,
+        *,
+        timezone: str = "UTC",
+        **pub_options: Any,
+    ) -> dict[str, Any]:
+        """Create or replace the schedule ``name``: publish ``action`` at every slot of
+        ``cron`` (5 fields, in ``timezone``) with ``payload`` and the given ``pub`` options.
+        Returns the schedule, with ``next_at``."""
+        validate_action(action)
+        msg: Message = {
+            "op": "schedule",
+            "name": name,
+            "cron": cron,
+            "action": action,
+            "payload": payload,
+            "timezone": timezone,
+        }
+        options = _pub_options_from(pub_options)
+        if options:
+            msg["options"] = options
+        reply = await self._conn.request(msg)
+        out: dict[str, Any] = reply["schedule"]
+        return out
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        reply = await self._conn.request({"op": "schedules"})
+        out: list[dict[str, Any]] = reply["schedules"]
+        return out
+
+    async def unschedule(self, name: str) -> None:
+        await self._conn.request({"op": "unschedule", "name": name})
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every group queue: action, group, durable, workers, waiting, in_flight."""
+        reply = await self._conn.request({"op": "queues"})
+        out: list[dict[str, Any]] = reply["queues"]
+        return out
+
+    async def purge(self, action: str, group: str, *, forget: bool = False) -> int:
+        """Fail the group's waiting deliveries (reason ``purged``); ``forget=True`` also
+        removes its durable subscription. Returns how many were purged."""
+        msg: Message = {"op": "purge", "action": action, "group": group, "forget": forget}
+        reply = await self._conn.request(msg)
+        return int(reply["purged"])
+
+    async def dead_letters(self, action: str | None = None) -> list[dict[str, Any]]:
+        """The dead-letter list (without payloads), oldest first."""
+        msg: Message = {"op": "dead_letters"}
+        if action is not None:
+            msg["action"] = action
+        reply = await self._conn.request(msg)
+        out: list[dict[str, Any]] = reply["dead_letters"]
+        return out
+
+    async def dead_letter(self, task_id: str) -> dict[str, Any]:
+        """One dead letter, with its payload and the error of each delivery."""
+        reply = await self._conn.request({"op": "dead_letter", "task": task_id})
+        out: dict[str, Any] = reply["dead_letter"]
+        return out
+
+    async def requeue(self, task_id: str) -> str:
+        """Publish a fresh copy of a dead letter; returns the new task's id."""
+        reply = await self._conn.request({"op": "requeue", "task": task_id})
+        return str(reply["task"])
 
     def _publish(self, action: str, msg: Message) -> Handle:
         handle = Handle(self, action)
@@ -514,6 +584,59 @@ class Client:
                 "error": {"type": type(exc).__name__, "message": str(exc)},
             }
         )
+
+
+def pub_options(
+    *,
+    timeout: float | None = _UNSET,
+    start_timeout: float | None = _UNSET,
+    delay: float | dt.timedelta | str | None = None,
+    at: dt.datetime | None = None,
+    priority: int = 0,
+    key: str | None = None,
+    retries: int = _UNSET,
+    max_attempts: int = _UNSET,
+    backoff: float = _UNSET,
+    backoff_max: float = _UNSET,
+    once_every: float | dt.timedelta | str | None = None,
+) -> dict[str, Any]:
+    """The wire ``options`` of a ``pub``: intervals parsed to seconds, ``at`` to epoch
+    seconds; options left out are absent (the hub's or the action's defaults apply)."""
+    options: dict[str, Any] = {}
+    for name, value in (
+        ("timeout", timeout),
+        ("start_timeout", start_timeout),
+        ("retries", retries),
+        ("max_attempts", max_attempts),
+        ("backoff", backoff),
+        ("backoff_max", backoff_max),
+    ):
+        if value is not _UNSET:
+            options[name] = value
+    if priority:
+        options["priority"] = priority
+    if key is not None:
+        options["key"] = key
+    if delay is not None:
+        options["delay"] = parse_interval(delay, option="delay")
+    if once_every is not None:
+        options["once_every"] = parse_interval(once_every, option="once_every")
+    if at is not None:
+        if not isinstance(at, dt.datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(
+                f"at= needs a timezone-aware datetime, got {at!r}; e.g. "
+                "datetime.now(timezone.utc) + timedelta(hours=1)"
+            )
+        options["at"] = at.timestamp()
+    return options
+
+
+def _pub_options_from(kwargs: dict[str, Any]) -> dict[str, Any]:
+    known = set(inspect.signature(pub_options).parameters)
+    unknown = set(kwargs) - known
+    if unknown:
+        raise TypeError(f"unknown pub option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return pub_options(**kwargs)
 
 
 def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,7 +48,7 @@ from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
 
 log = logging.getLogger("taskhub.http")
 
-MAX_WAIT = 300.0  # longest long poll, seconds
+MAX_WAIT = 300.0  # longest long poll a request may ask for; a hub may cap it lower (Limits)
 SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 _DRAIN = 8  # an oversized body is read and discarded up to this many max_frames, then closed
 # For the OpenAPI only: the hub's own checks enforce these and name the bad character (422).
@@ -57,6 +57,15 @@ ACTION_SCHEMA: JsonDict = {
     "maxLength": 255,
 }
 TOPIC_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z0-9_\-]+([/:.][A-Za-z0-9_\-]+)*$", "maxLength": 255}
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's number and integer: no `false` or "5" for a number, and 5.0 is an integer.
+Number = Annotated[float, Field(strict=True)]
+Integer = Annotated[int, BeforeValidator(_whole), Field(strict=True)]
 TaskState = Literal["init", "start", "success", "fail", "end"]
 DeliveryState = Literal["pending", "offered", "started", "done", "dropped", "failed"]
 
@@ -106,25 +115,40 @@ class TaskOptions(BaseModel):
     "forever"."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    timeout: float | None = Field(
+    timeout: Number | None = Field(
         None, description="End timeout: seconds after start.", json_schema_extra={"minimum": 0}
     )
-    start_timeout: float | None = Field(
+    start_timeout: Number | None = Field(
         None, description="Seconds to wait for a worker.", json_schema_extra={"minimum": 0}
     )
-    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # what MessagePack keeps
+    priority: Integer = Field(0, ge=-(2**31), le=2**31)
     key: str | None = Field(None, description="Idempotency key: a repeat returns the task.")
-    retries: int | None = Field(
-        None,
+    retries: Integer | None = Field(
+        None,  # null or left out: the hub default
         le=2**31,
         description="Re-offers after a handler failure.",
-        json_schema_extra={"minimum": 0},
+        json_schema_extra={"minimum": 0, "maximum": 2**31},
     )
-    max_attempts: int | None = Field(None, le=2**31, json_schema_extra={"minimum": 1})
-    delay: float = Field(
-        0.0, description="Seconds before the task is offered.", json_schema_extra={"minimum": 0}
+    max_attempts: Integer | None = Field(
+        None, le=2**31, json_schema_extra={"minimum": 1, "maximum": 2**31}
     )
-    at: float | None = Field(None, description="Epoch seconds before which it is not offered.")
+    delay: Number | str = Field(
+        0.0,
+        description='Before the task is offered: seconds, or an interval such as `"7 days"`, '
+        '`"1h30m"` or `"PT1H30M"` (docs/scheduling.md).',
+    )
+    once_every: Number | str | None = Field(
+        None,
+        description="Debounce: while a task of this action and `key` is still waiting, return "
+        "it; otherwise the new task is offered after this interval.",
+    )
+    backoff: Number | None = Field(
+        None, description="First retry delay, seconds.", json_schema_extra={"minimum": 0}
+    )
+    backoff_max: Number | None = Field(
+        None, description="Longest retry delay, seconds.", json_schema_extra={"minimum": 0}
+    )
+    at: Number | None = Field(None, description="Epoch seconds before which it is not offered.")
     partition_key: str | None = Field(
         None,
         description="Within each group, tasks of one partition key are worked one at a time, "
@@ -185,10 +209,13 @@ class ConsumerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     group: str | None = Field(None, description="Named queue; default: the service name.")
     actions: list[Annotated[str, Field(json_schema_extra=ACTION_SCHEMA)]] = Field(min_length=1)
-    concurrency: int = Field(
-        1, le=2**31, description="Tasks leased at once (credit).", json_schema_extra={"minimum": 1}
+    concurrency: Integer = Field(
+        1,
+        le=2**31,
+        description="Tasks leased at once (credit).",
+        json_schema_extra={"minimum": 1, "maximum": 2**31},
     )
-    lease: float = Field(
+    lease: Number = Field(
         json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_LEASE},
         default=30.0,
         description=f"Seconds to commit a task (0 < lease <= {MAX_LEASE:g})",
@@ -368,7 +395,14 @@ def _storable(field: str, value: Any) -> None:
 
 def _options(options: TaskOptions | None) -> SimpleNamespace | None:
     # The lifecycle reads options with getattr: a field left out must be absent, not None.
-    return None if options is None else SimpleNamespace(**options.model_dump(exclude_unset=True))
+    if options is None:
+        return None
+    fields = options.model_dump(exclude_unset=True)
+    for name in ("retries", "max_attempts", "backoff", "backoff_max", "once_every"):
+        # null: the hub default (no "forever" here)
+        if name in fields and fields[name] is None:
+            del fields[name]
+    return SimpleNamespace(**fields)
 
 
 def _failure(rec: TaskRecord) -> JSONResponse:
@@ -438,6 +472,17 @@ async def _event_stream(
                 if ev.type in TERMINAL_STATES:
                     return
 
+
+_SSE_EVENT: JsonDict = {
+    "type": "object",
+    "description": "One event: `id` is its seq, `event` its type, `data` a JSON object "
+    "{task, seq, type, at, group, service, data}.",
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+    },
+}
 
 # --- routes ---------------------------------------------------------------------------------
 router = APIRouter(prefix="/v1")
@@ -546,6 +591,7 @@ async def get_result(
 ) -> Any:
     """200 with the result once the task succeeded; 409 with its error once it failed or
     ended without a result; 202 with the task if it is still running after `wait` seconds."""
+    wait = min(wait, hub.limits.max_wait)
     rec = await _readable(hub, creds, task_id)
     if rec.state not in TERMINAL_STATES and wait > 0:
         ended = asyncio.Event()
@@ -600,7 +646,7 @@ async def cancel_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
         200: {
             "description": "`text/event-stream`: the stored events, then live ones, ending "
             "after the terminal event (`success`, `fail` or `end`).",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
         **_responses(_403="May not read the task's action.", _404="Unknown task."),
     },
@@ -703,7 +749,7 @@ async def fetch(
 ) -> Any:
     """At most `concurrency` tasks are leased at once; commit (or drop, or fail) one before
     `lease_expires_at`, or it is offered again (at-least-once)."""
-    got = await consumers.fetch(consumer, wait)
+    got = await consumers.fetch(consumer, min(wait, consumers.hub.limits.max_wait))
     if got is None:
         return Response(status_code=204)
     return got[1]

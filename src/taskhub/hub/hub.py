@@ -27,11 +27,23 @@ from taskhub.errors import (
     TaskHubError,
     TaskNotFound,
 )
+from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.events import Router
+from taskhub.hub.retention import DEFAULT_RETENTION, Retention
 from taskhub.ids import new_id
-from taskhub.lifecycle import Clock, Credentials, Defaults, Lifecycle, Message, Peer, Task
+from taskhub.lifecycle import (
+    QUEUE_META,
+    Clock,
+    Credentials,
+    Defaults,
+    Lifecycle,
+    Message,
+    Peer,
+    Task,
+)
 from taskhub.names import allowed, pattern_allowed, validate_topic
+from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.store import Store, TaskRecord, WriteBatch
 from taskhub.store.base import EventRecord
 
@@ -49,6 +61,7 @@ class Limits:
     max_send_queue: int = 1024  # frames; a reader this far behind is disconnected
     ping_interval: float = 5.0  # a dead peer is noticed within ping_interval + ping_timeout
     ping_timeout: float = 5.0
+    max_wait: float = 300.0  # longest HTTP long poll (task result, consumer fetch), seconds
 
 
 def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:
@@ -86,7 +99,12 @@ class Hub:
         limits: Limits | None = None,
         clock: Clock = time.time,
         name: str = "hub",
+        retention: float | None = DEFAULT_RETENTION,
+        archive: str | None = None,
+        schedules: list[Schedule] | None = None,
     ) -> None:
+        """``retention``: seconds ended tasks are kept (None: forever), ``archive``: a JSON-lines
+        file they are appended to before removal, ``schedules``: the config file's schedules."""
         self.store = store
         self.registry = registry or Registry()
         self.limits = limits or Limits()
@@ -97,6 +115,15 @@ class Hub:
         # Watchers first: they see a step's end before the chain publishes the next step.
         self.lc.listeners.append(self._watched)
         self.chains = Chains(self.lc)
+        self.scheduler = Scheduler(self.lc)
+        self.admin = Admin(self)
+        self.config_schedules = list(schedules or [])
+        self.retention = (
+            None
+            if retention is None
+            else Retention(store, retention=retention, archive=archive, clock=clock)
+        )
+        self._sweeper: asyncio.Task[None] | None = None
         self.senders: dict[Peer, Sender] = {}
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -112,16 +139,28 @@ class Hub:
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.store.open()
+        # Durable groups first: restored tasks waiting for a group are routed to them.
+        self.lc.restore_queues((await self.store.list_meta(QUEUE_META)).values())
         restored = self.lc.restore(await self.store.load_active())
+        caught_up = self.scheduler.restore((await self.store.list_meta(SCHEDULE_META)).values())
+        self.scheduler.configure(self.config_schedules)
+        if caught_up:
+            log.info("fired %d schedule slot(s) missed while the hub was down", caught_up)
         for chain, index, task_id in self.chains.orphans():
             self.chains.step_ended(chain, index, await self.store.get_task(task_id))
         if restored:
             log.info("restored %d unfinished task(s) from %s", restored, self.store.url)
         self._flusher = asyncio.create_task(self._flush_loop(), name="taskhub-flusher")
+        if self.retention is not None:
+            self._sweeper = asyncio.create_task(self.retention.run(), name="taskhub-retention")
         self.kick()
 
     async def stop(self) -> None:
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self.flush()
         if self._flusher is not None:
             self._flusher.cancel()
@@ -320,6 +359,17 @@ class Hub:
                 )
                 self._ok(peer, msg.ref, task=chain.id, state=chain.rec.state)
                 self.chains.begin(chain)  # after the ok: its events follow the chain's id
+            case (
+                p.Schedule()
+                | p.Unschedule()
+                | p.Schedules()
+                | p.Queues()
+                | p.Purge()
+                | p.DeadLetters()
+                | p.DeadLetter()
+                | p.Requeue()
+            ):
+                return self.admin.answer(peer, msg)
             case p.Bad():
                 raise msg.error
         return None

@@ -58,17 +58,36 @@ class EventRecord(msgspec.Struct, omit_defaults=True):
     data: Any = None
 
 
+class MetaRecord(msgspec.Struct):
+    """One entry of the small metadata store: schedules, durable queues, dead letters.
+
+    ``kind`` groups entries (``schedule``, ``queue``, ``dead``); ``key`` is unique within a
+    kind; ``value`` is any JSON-able value. Kept beside the tasks so that a change to both
+    (a schedule firing: its task and its last fired slot) commits in one transaction.
+    """
+
+    kind: str
+    key: str
+    value: Any = None
+
+
 class WriteBatch(msgspec.Struct):
     tasks: list[TaskRecord] = []  # upserts (whole records)
     events: list[EventRecord] = []  # appends
     deleted: list[str] = []  # task ids to remove with their events
+    meta: list[MetaRecord] = []  # metadata upserts, applied after the task writes
+    meta_deleted: list[tuple[str, str]] = []  # (kind, key) to remove, applied last
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.events or self.deleted)
+        return bool(self.tasks or self.events or self.deleted or self.meta or self.meta_deleted)
 
 
 class Store(Protocol):
-    """What the hub needs from storage. Engines: memory, sqlite (redis later)."""
+    """What the hub needs from storage. Engines: memory, sqlite (redis later).
+
+    Metadata (:class:`MetaRecord`) is written only through :meth:`apply`, in the same
+    transaction as the batch's task writes; it is read with :meth:`list_meta`/:meth:`get_meta`.
+    """
 
     url: str
 
@@ -103,3 +122,13 @@ class Store(Protocol):
 
     async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
         """Delete up to ``limit`` terminal tasks ended before ``at``; return their ids."""
+
+    async def list_ended_before(self, at: float, limit: int = 1000) -> list[TaskRecord]:
+        """The terminal tasks :meth:`remove_ended_before` would remove next, in the same order
+        (oldest ``ended_at`` first): read to archive them before they are removed."""
+
+    async def list_meta(self, kind: str) -> dict[str, Any]:
+        """Every metadata value of ``kind``, by key (empty when there is none)."""
+
+    async def get_meta(self, kind: str, key: str) -> Any:
+        """One metadata value, or ``None`` when there is no such entry."""

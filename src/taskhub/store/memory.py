@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -33,11 +35,16 @@ class MemoryStore:
     def __init__(self) -> None:
         self._tasks: dict[str, _Row] = {}
         self._events: dict[str, dict[int, bytes]] = {}
+        self._meta: dict[str, dict[str, bytes]] = {}  # kind -> key -> encoded value
+        # (ended_at, id) of ended tasks, oldest first, so a retention sweep costs what it
+        # removes rather than a scan of every task; entries whose row changed are skipped.
+        self._ended: list[tuple[float, str]] = []
         self._state = "new"  # new | open | closed
         # Same codec as the sqlite engine, so both normalize values identically.
         self._encoder = msgspec.json.Encoder()
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
         self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._any_decoder = msgspec.json.Decoder()
 
     async def open(self) -> None:
         if self._state == "closed":
@@ -60,13 +67,20 @@ class MemoryStore:
         encode = self._encoder.encode
         rows = [(t.id, _Row(t.action, t.state, t.ended_at, encode(t))) for t in batch.tasks]
         events = [(e.task_id, e.seq, encode(e)) for e in batch.events]
+        meta = [(m.kind, m.key, encode(m.value)) for m in batch.meta]
         for task_id, row in rows:
             self._tasks[task_id] = row
+            if row.state in TERMINAL_STATES and row.ended_at is not None:
+                heapq.heappush(self._ended, (row.ended_at, task_id))
         for task_id, seq, blob in events:
             self._events.setdefault(task_id, {})[seq] = blob
         for task_id in batch.deleted:
             self._tasks.pop(task_id, None)
             self._events.pop(task_id, None)
+        for kind, key, blob in meta:
+            self._meta.setdefault(kind, {})[key] = blob
+        for kind, key in batch.meta_deleted:
+            self._meta.get(kind, {}).pop(key, None)
 
     async def load_active(self) -> list[TaskRecord]:
         self._check_open()
@@ -118,13 +132,43 @@ class MemoryStore:
         self._check_open()
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        candidates = sorted(
-            (row.ended_at, task_id)
-            for task_id, row in self._tasks.items()
-            if row.state in TERMINAL_STATES and row.ended_at is not None and row.ended_at < at
-        )
-        removed = [task_id for _, task_id in candidates[:limit]]
+        removed = [task_id for _, task_id in self._pop_ended(at, limit)]
         for task_id in removed:
             del self._tasks[task_id]
             self._events.pop(task_id, None)
         return removed
+
+    def _pop_ended(self, at: float, limit: int) -> list[tuple[float, str]]:
+        """Take up to ``limit`` live entries ended before ``at`` off the heap, dropping
+        stale ones (the task was removed, or rewritten since) on the way."""
+        out: list[tuple[float, str]] = []
+        heap = self._ended
+        while heap and len(out) < limit and heap[0][0] < at:
+            ended_at, task_id = heapq.heappop(heap)
+            row = self._tasks.get(task_id)
+            if row is None or row.ended_at != ended_at or row.state not in TERMINAL_STATES:
+                continue
+            if out and out[-1] == (ended_at, task_id):
+                continue  # written twice with the same end: one heap entry per write
+            out.append((ended_at, task_id))
+        return out
+
+    async def list_ended_before(self, at: float, limit: int = 1000) -> list[TaskRecord]:
+        self._check_open()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        entries = self._pop_ended(at, limit)
+        for entry in entries:  # only looking: they stay until removed
+            heapq.heappush(self._ended, entry)
+        decode = self._task_decoder.decode
+        return [decode(self._tasks[task_id].record) for _, task_id in entries]
+
+    async def list_meta(self, kind: str) -> dict[str, Any]:
+        self._check_open()
+        decode = self._any_decoder.decode
+        return {key: decode(blob) for key, blob in sorted(self._meta.get(kind, {}).items())}
+
+    async def get_meta(self, kind: str, key: str) -> Any:
+        self._check_open()
+        blob = self._meta.get(kind, {}).get(key)
+        return None if blob is None else self._any_decoder.decode(blob)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -17,7 +17,7 @@ from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBa
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: tasks, events; 2: + meta
 BUSY_TIMEOUT_MS = 5000
 
 # Terminal states spelled out for SQL; the partial indexes and the queries must use the very
@@ -49,6 +49,23 @@ _SCHEMA = [
         PRIMARY KEY (task_id, seq)
     )""",
 ]
+# Version 2: the metadata store (schedules, durable queues, dead letters). Each entry of this
+# list upgrades a file from version i + 1 to i + 2; a new file runs them all.
+_MIGRATIONS = [
+    [
+        """CREATE TABLE IF NOT EXISTS meta (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+    ],
+]
+_UPSERT_META = "INSERT OR REPLACE INTO meta (kind, key, value) VALUES (?, ?, ?)"
+_SELECT_ENDED_RECORDS = (
+    f"SELECT record FROM tasks INDEXED BY tasks_ended WHERE {_ENDED_WHERE} AND ended_at < ?"
+    " ORDER BY ended_at, id LIMIT ?"
+)
 
 _UPSERT_TASK = """
     INSERT INTO tasks (id, action, state, created_at, ended_at, record)
@@ -106,6 +123,7 @@ class SqliteStore:
         # Used only on the worker thread: no decoder is shared between threads.
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
         self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._any_decoder = msgspec.json.Decoder()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -203,8 +221,13 @@ class SqliteStore:
         if version == SCHEMA_VERSION:
             return
         with _transaction(conn):
+            # Every statement of version 1 is IF NOT EXISTS: rerunning them repairs a file
+            # that lost an index and costs nothing on a sound one.
             for statement in _SCHEMA:
                 conn.execute(statement)
+            for statements in _MIGRATIONS[max(version, 1) - 1 :]:
+                for statement in statements:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     async def close(self) -> None:
@@ -247,6 +270,8 @@ class SqliteStore:
         ]
         events: list[_EventRow] = [(e.task_id, e.seq, e.at, encode(e)) for e in batch.events]
         deleted = [(task_id,) for task_id in batch.deleted]
+        meta = [(m.kind, m.key, encode(m.value)) for m in batch.meta]
+        meta_deleted = [(kind, key) for kind, key in batch.meta_deleted]
 
         def write(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
@@ -257,6 +282,10 @@ class SqliteStore:
                 if deleted:
                     conn.executemany("DELETE FROM events WHERE task_id = ?", deleted)
                     conn.executemany("DELETE FROM tasks WHERE id = ?", deleted)
+                if meta:
+                    conn.executemany(_UPSERT_META, meta)
+                if meta_deleted:
+                    conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", meta_deleted)
 
         await self._run(write)
 
@@ -275,7 +304,37 @@ class SqliteStore:
 
         return await self._run(remove)
 
+    async def list_ended_before(self, at: float, limit: int = 1000) -> list[TaskRecord]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        decode = self._task_decoder.decode
+
+        def query(conn: sqlite3.Connection) -> list[TaskRecord]:
+            return [decode(row[0]) for row in conn.execute(_SELECT_ENDED_RECORDS, (at, limit))]
+
+        return await self._run(query)
+
     # -- reads ----------------------------------------------------------------------------
+
+    async def list_meta(self, kind: str) -> dict[str, Any]:
+        decode = self._any_decoder.decode
+
+        def query(conn: sqlite3.Connection) -> dict[str, Any]:
+            rows = conn.execute("SELECT key, value FROM meta WHERE kind = ? ORDER BY key", (kind,))
+            return {key: decode(value) for key, value in rows}
+
+        return await self._run(query)
+
+    async def get_meta(self, kind: str, key: str) -> Any:
+        decode = self._any_decoder.decode
+
+        def query(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(
+                "SELECT value FROM meta WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+            return None if row is None else decode(row[0])
+
+        return await self._run(query)
 
     async def load_active(self) -> list[TaskRecord]:
         decode = self._task_decoder.decode

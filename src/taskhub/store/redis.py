@@ -1,0 +1,591 @@
+"""Redis store engine: several hubs share one Redis (or a Redis Cluster, or a managed Redis).
+
+Key layout (``P`` is the prefix, ``taskhub`` unless the URL says ``?prefix=NAME``)::
+
+    {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action
+    {P}:ev:<id>               hash: <seq> -> encoded EventRecord (a replayed seq overwrites)
+    {P}:all                   zset, every score 0: task ids in byte (= code point) order
+    {P}:active                zset: ids of tasks not in a terminal state (recovery at start)
+    {P}:state:<state>         zset: ids by state
+    {P}:action:<action>       zset: ids by action
+    {P}:sa:<state>:<action>   zset: ids by both, so a doubly filtered page is one range read
+    {P}:ended                 zset scored by ended_at: terminal tasks, in removal order
+    {P}:meta:<kind>           hash: key -> encoded metadata value
+    {P}:lock:<name>           string with a TTL: a lock's owner token (:meth:`acquire_lock`)
+    {P}:hb:<name>             string with a TTL: a heartbeat (:meth:`heartbeat`)
+
+The braces make ``{P}`` a Redis Cluster *hash tag*: every key of one TaskHub hashes to the
+same slot, so one Lua script can read and write all of them atomically on a Cluster too. The
+price is that one TaskHub's data is not spread over the Cluster's nodes: it lives on one
+shard (and its replicas). Run several TaskHubs with different prefixes to use several shards.
+
+Every write of a batch is one Lua script call (``EVALSHA``), so a batch is atomic: Redis runs
+a script to the end before serving anyone else, and the script checks everything that could
+make it fail (the fence) before its first write. The scripts compute key names from the
+prefix they are given; that is allowed on Cluster because all of them share the hash tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+
+log = logging.getLogger("taskhub.store.redis")
+
+DEFAULT_PREFIX = "taskhub"
+# load_active reads the active set in pages, so no single script holds Redis for long or
+# builds one huge reply.
+LOAD_PAGE = 1000
+_FENCED = "TASKHUB_FENCED"
+# Replies that mean the server cannot serve writes now (out of memory, a read-only replica
+# after a failover, a failed RDB save, loading, a busy script, bad credentials): the store is
+# unavailable, not the batch wrong.
+_UNAVAILABLE_CODES = (
+    "OOM",
+    "READONLY",
+    "MISCONF",
+    "LOADING",
+    "BUSY",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MOVED",
+    "ASK",
+)
+
+# Shared by the scripts that remove or reindex a task. ARGV[1] is always the "{P}:" prefix.
+_LUA_COMMON = """
+local P = ARGV[1]
+local function unindex(id)
+  local tkey = P .. 't:' .. id
+  local old = redis.call('HMGET', tkey, 's', 'a')
+  if old[1] then
+    redis.call('ZREM', P .. 'state:' .. old[1], id)
+    if old[2] then
+      redis.call('ZREM', P .. 'action:' .. old[2], id)
+      redis.call('ZREM', P .. 'sa:' .. old[1] .. ':' .. old[2], id)
+    end
+  end
+  redis.call('ZREM', P .. 'active', id)
+  redis.call('ZREM', P .. 'ended', id)
+  return tkey
+end
+local function remove(id)
+  local tkey = unindex(id)
+  redis.call('ZREM', P .. 'all', id)
+  redis.call('DEL', tkey, P .. 'ev:' .. id)
+end
+local function check_fence(key, token)
+  -- Before any write: a fenced-out writer changes nothing at all.
+  if key ~= '' and redis.call('GET', key) ~= token then
+    return redis.error_reply('TASKHUB_FENCED the fence ' .. key .. ' is held by another owner')
+  end
+  return nil
+end
+"""
+
+# KEYS[1] = {P}:all (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
+# token, then counted groups: tasks (id, state, action, ended score or '', active '1'/'0',
+# record), events (task id, seq, record), deleted ids, meta (kind, key, value), meta deletes
+# (kind, key). Order as in the other engines: upserts, events, deletes, meta, meta deletes.
+_APPLY = (
+    _LUA_COMMON
+    + """
+local err = check_fence(ARGV[2], ARGV[3])
+if err then return err end
+local i = 4
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local id, state, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local ended, active, record = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  -- Reindex from what is stored, so a state change moves the id between index sets.
+  local tkey = unindex(id)
+  redis.call('HSET', tkey, 'r', record, 's', state, 'a', action)
+  redis.call('ZADD', P .. 'all', 0, id)
+  redis.call('ZADD', P .. 'state:' .. state, 0, id)
+  redis.call('ZADD', P .. 'action:' .. action, 0, id)
+  redis.call('ZADD', P .. 'sa:' .. state .. ':' .. action, 0, id)
+  if active == '1' then redis.call('ZADD', P .. 'active', 0, id) end
+  if ended ~= '' then redis.call('ZADD', P .. 'ended', ended, id) end
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', P .. 'ev:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  remove(ARGV[i])
+  i = i + 1
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', P .. 'meta:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HDEL', P .. 'meta:' .. ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return 1
+"""
+)
+
+# KEYS[1] = {P}:ended. ARGV: prefix, fence key, fence token, "(<at>" (exclusive), limit.
+_REMOVE_ENDED = (
+    _LUA_COMMON
+    + """
+local err = check_fence(ARGV[2], ARGV[3])
+if err then return err end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, ARGV[5])
+for _, id in ipairs(ids) do remove(id) end
+return ids
+"""
+)
+
+# One read, so a page never holds an id whose record was removed between two round trips.
+# KEYS[1] = the index zset. ARGV: prefix, lex min, limit.
+_LIST = """
+local P = ARGV[1]
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local r = redis.call('HGET', P .. 't:' .. id, 'r')
+  if r then out[#out + 1] = r end
+end
+return out
+"""
+
+# KEYS[1] = {P}:ended. ARGV: prefix, "(<at>", limit.
+_LIST_ENDED = """
+local P = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local r = redis.call('HGET', P .. 't:' .. id, 'r')
+  if r then out[#out + 1] = r end
+end
+return out
+"""
+
+# KEYS[1] = the lock. ARGV: token, ttl ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob characters, so the prefix is matched literally by SCAN MATCH."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _score(value: float) -> str:
+    # repr round-trips a float exactly, and Redis parses it with strtod: no precision lost.
+    return repr(float(value))
+
+
+class RedisStore:
+    """A :class:`~taskhub.store.base.Store` on Redis, plus the lock and heartbeat primitives
+    that several hubs sharing the store coordinate with.
+
+    Records are encoded (msgspec JSON, as in the other engines) when :meth:`apply` is called,
+    before its first ``await``, so the batch is a snapshot even though the hub keeps changing
+    its live records while the script runs.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        url: str | None = None,
+        socket_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        health_check_interval: int = 15,
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            # A brace would end or restart the hash tag: keys of one store would scatter.
+            raise ValueError(f"bad redis key prefix {prefix!r}: non-empty, without braces")
+        self.prefix = prefix
+        self.url = _safe_url(url if url is not None else redis_url)
+        self._redis_url = redis_url
+        self._tag = "{" + prefix + "}:"
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            # Pings a connection idle this long before reusing it, so a connection the
+            # server or a load balancer dropped is noticed before a batch is sent on it.
+            "health_check_interval": health_check_interval,
+            # A timed-out or dropped call is retried a few times: every script here is
+            # idempotent (a replayed batch rewrites the same records and events).
+            "retry_on_timeout": True,
+            "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+            "decode_responses": False,
+        }
+        self._client: aioredis.Redis | None = None
+        self._closed = False
+        self._fence_key = ""
+        self._fence_token = ""
+        self._encoder = msgspec.json.Encoder()
+        self._task_decoder = msgspec.json.Decoder(TaskRecord)
+        self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._any_decoder = msgspec.json.Decoder()
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """``redis://[[user]:password@]host[:port][/db][?prefix=NAME]``, or ``rediss://`` for
+        TLS. Other query parameters are passed to redis-py (``ssl_ca_certs=...`` and so on)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(
+                f"bad redis store URL {_safe_url(url)!r}: use redis://host:port/db or "
+                "rediss://host:port/db (TLS), optionally with ?prefix=NAME"
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [value for key, value in query if key == "prefix"]
+        rest = [(key, value) for key, value in query if key != "prefix"]
+        redis_url = urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
+        prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+        return cls(redis_url, prefix=prefix, url=url)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """A key of this store: ``{prefix}:part:part``."""
+        return self._tag + ":".join(parts)
+
+    def lock_key(self, name: str) -> str:
+        """The key that holds lock ``name``; pass it to :meth:`set_fence`."""
+        return self.key("lock", name)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _redis(self) -> aioredis.Redis:
+        client = self._client
+        if client is None:
+            what = "closed" if self._closed else "not open yet (call open() first)"
+            raise StoreUnavailable(f"redis store {self.url} is {what}", url=self.url)
+        return client
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"redis store {self.url} is unavailable: {exc}", url=self.url)
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._redis()
+        script = self._scripts[name]
+        try:
+            # EVALSHA; redis-py loads the script and retries when the server lacks it
+            # (a restarted Redis, a failover, SCRIPT FLUSH).
+            return await script(keys=keys, args=args, client=client)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        except ResponseError as exc:
+            raise self._response_error(exc) from exc
+
+    def _response_error(self, exc: ResponseError) -> Exception:
+        message = str(exc)
+        if _FENCED in message:
+            return StoreFenced(
+                f"redis store {self.url}: write refused, this writer was fenced out "
+                f"({self._fence_key} no longer holds its token)",
+                url=self.url,
+                fence=self._fence_key,
+            )
+        if message.split(" ", 1)[0] in _UNAVAILABLE_CODES:
+            return self._unavailable(exc)
+        return exc
+
+    async def _call(self, command: Any) -> Any:
+        """Await one redis-py command, turning connection trouble into StoreUnavailable."""
+        try:
+            return await command
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        except ResponseError as exc:
+            raise self._response_error(exc) from exc
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and check the server answers; StoreUnavailable names the URL if not."""
+        if self._closed:
+            raise StoreUnavailable(
+                f"redis store {self.url} was closed and cannot be opened again", url=self.url
+            )
+        if self._client is not None:
+            return
+        try:
+            client = aioredis.Redis.from_url(self._redis_url, **self._options)
+        except ValueError as exc:  # redis-py's URL parsing (a bad db number, say)
+            raise ValueError(f"bad redis store URL {self.url!r}: {exc}") from exc
+        try:
+            await client.ping()
+        except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+            await client.aclose()
+            raise StoreUnavailable(
+                f"cannot reach redis store {self.url}: {exc}", url=self.url
+            ) from exc
+        if self._closed:  # close() was called while we were connecting
+            await client.aclose()
+            raise StoreUnavailable(f"redis store {self.url} was closed while opening")
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("apply", _APPLY),
+                ("remove_ended", _REMOVE_ENDED),
+                ("list", _LIST),
+                ("list_ended", _LIST_ENDED),
+                ("renew", _RENEW),
+                ("release", _RELEASE),
+            )
+        }
+        self._client = client
+        await self._check_eviction(client)
+
+    async def _check_eviction(self, client: aioredis.Redis) -> None:
+        """Warn when Redis may evict keys under memory pressure: it would drop tasks."""
+        try:
+            config = await client.config_get("maxmemory-policy")
+        except (ResponseError, RedisConnectionError, RedisTimeoutError):
+            return  # managed services often disable CONFIG; docs/redis.md says what to set
+        policy = config.get(b"maxmemory-policy", b"noeviction")
+        if policy != b"noeviction":
+            log.warning(
+                "redis store %s has maxmemory-policy %s: Redis may silently evict tasks; "
+                "set maxmemory-policy noeviction",
+                self.url,
+                policy.decode(errors="replace"),
+            )
+
+    async def close(self) -> None:
+        """Close the connection pool; later calls raise StoreUnavailable."""
+        client, self._client = self._client, None
+        self._closed = True
+        if client is not None:
+            await client.aclose()
+
+    def set_fence(self, key: str | None, token: str | None) -> None:
+        """Write only while ``GET key == token`` (``None`` turns fencing off).
+
+        Every write (:meth:`apply`, :meth:`remove_ended_before`) checks the fence atomically
+        with its writes and raises :class:`~taskhub.errors.StoreFenced` (writing nothing)
+        when another owner holds it. ``key`` is normally :meth:`lock_key` of the leader lock;
+        it must be a key of this store (same hash tag) so the check runs on the same shard.
+        """
+        if key is None or token is None:
+            self._fence_key = self._fence_token = ""
+            return
+        if not key.startswith(self._tag):
+            raise ValueError(f"fence key {key!r} is not a key of this store ({self._tag}...)")
+        self._fence_key, self._fence_token = key, token
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """One atomic script call: upserts, event writes, deletes, meta upserts, meta deletes.
+
+        Fenced stores check the fence first and write nothing when it does not hold.
+        """
+        if not batch:
+            self._redis()  # still refuses when not open or closed, like any other call
+            return
+        # Everything is encoded here, before the first await: this is the snapshot.
+        encode = self._encoder.encode
+        args: list[Any] = [self._tag, self._fence_key, self._fence_token, len(batch.tasks)]
+        for t in batch.tasks:
+            terminal = t.state in TERMINAL_STATES
+            ended = _score(t.ended_at) if terminal and t.ended_at is not None else ""
+            args += [t.id, t.state, t.action, ended, "0" if terminal else "1", encode(t)]
+        args.append(len(batch.events))
+        for e in batch.events:
+            args += [e.task_id, str(e.seq), encode(e)]
+        args.append(len(batch.deleted))
+        args += batch.deleted
+        args.append(len(batch.meta))
+        for m in batch.meta:
+            args += [m.kind, m.key, encode(m.value)]
+        args.append(len(batch.meta_deleted))
+        for kind, key in batch.meta_deleted:
+            args += [kind, key]
+        await self._script("apply", [self.key("all")], args)
+
+    async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
+        """Oldest ended first (ties by id); a terminal task without ``ended_at`` is kept."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._redis()
+        if limit == 0 or math.isnan(at):
+            return []
+        args = [self._tag, self._fence_key, self._fence_token, "(" + _score(at), limit]
+        ids = await self._script("remove_ended", [self.key("ended")], args)
+        return [i.decode() for i in ids]
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def list_ended_before(self, at: float, limit: int = 1000) -> list[TaskRecord]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._redis()
+        if limit == 0 or math.isnan(at):
+            return []
+        args = [self._tag, "(" + _score(at), limit]
+        blobs = await self._script("list_ended", [self.key("ended")], args)
+        decode = self._task_decoder.decode
+        return [decode(blob) for blob in blobs]
+
+    async def load_active(self) -> list[TaskRecord]:
+        out: list[TaskRecord] = []
+        after: str | None = None
+        while True:
+            page = await self._page(self.key("active"), after, LOAD_PAGE)
+            out += page
+            if len(page) < LOAD_PAGE:
+                return out
+            after = page[-1].id
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        blob = await self._call(self._redis().hget(self.key("t", task_id), "r"))
+        return None if blob is None else self._task_decoder.decode(blob)
+
+    async def get_events(self, task_id: str) -> list[EventRecord]:
+        by_seq = await self._call(self._redis().hgetall(self.key("ev", task_id)))
+        decode = self._event_decoder.decode
+        return [decode(by_seq[seq]) for seq in sorted(by_seq, key=int)]
+
+    async def list_tasks(
+        self,
+        *,
+        action: str | None = None,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskRecord]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if action is not None and state is not None:
+            index = self.key("sa", state, action)
+        elif action is not None:
+            index = self.key("action", action)
+        elif state is not None:
+            index = self.key("state", state)
+        else:
+            index = self.key("all")
+        self._redis()
+        if limit == 0:
+            return []
+        return await self._page(index, after, limit)
+
+    async def _page(self, index: str, after: str | None, limit: int) -> list[TaskRecord]:
+        # All scores are 0, so the set is in byte order of the ids: UTF-8 byte order is code
+        # point order, the order the other engines list in.
+        start = "-" if after is None else "(" + after
+        blobs = await self._script("list", [index], [self._tag, start, limit])
+        decode = self._task_decoder.decode
+        return [decode(blob) for blob in blobs]
+
+    async def list_meta(self, kind: str) -> dict[str, Any]:
+        raw = await self._call(self._redis().hgetall(self.key("meta", kind)))
+        decode = self._any_decoder.decode
+        entries = {key.decode(): value for key, value in raw.items()}
+        return {key: decode(entries[key]) for key in sorted(entries)}
+
+    async def get_meta(self, kind: str, key: str) -> Any:
+        blob = await self._call(self._redis().hget(self.key("meta", kind), key))
+        return None if blob is None else self._any_decoder.decode(blob)
+
+    # -- coordination between hubs ----------------------------------------------------------
+
+    async def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take lock ``name`` for ``ttl_ms`` if nobody holds it (``SET NX PX``); True if
+        taken. Holding it again with the same token also answers False: use renew_lock."""
+        done = await self._call(
+            self._redis().set(self.lock_key(name), token, nx=True, px=ttl_ms)
+        )
+        return bool(done)
+
+    async def renew_lock(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lock to ``ttl_ms`` from now if ``token`` still holds it; False when
+        it expired or another owner took it (the caller must stop acting as the owner)."""
+        done = await self._script("renew", [self.lock_key(name)], [token, ttl_ms])
+        return bool(done)
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Delete the lock if ``token`` holds it (never someone else's); True if it did."""
+        done = await self._script("release", [self.lock_key(name)], [token])
+        return bool(done)
+
+    async def lock_owner(self, name: str) -> str | None:
+        """The token holding lock ``name``, or None when it is free."""
+        value = await self._call(self._redis().get(self.lock_key(name)))
+        return None if value is None else bytes(value).decode()
+
+    async def heartbeat(self, name: str, value: str, ttl_ms: int) -> None:
+        """Say ``name`` is alive for ``ttl_ms`` more, with ``value`` (a URL, a load...)."""
+        await self._call(self._redis().set(self.key("hb", name), value, px=ttl_ms))
+
+    async def alive(self, pattern: str = "*") -> dict[str, str]:
+        """The heartbeats whose name matches the glob ``pattern`` and have not expired, by name.
+
+        Uses SCAN, so it costs a walk of the keyspace: meant for a handful of hubs polled
+        every few seconds, not for a hot path.
+        """
+        client = self._redis()
+        head = self.key("hb", "")
+        match = _glob_escape(head) + pattern
+        keys: list[bytes] = []
+        try:
+            async for k in client.scan_iter(match=match, count=1000):
+                keys.append(k)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        if not keys:
+            return {}
+        values = await self._call(client.mget(keys))
+        return {
+            k.decode()[len(head) :]: v.decode()
+            for k, v in zip(keys, values, strict=True)
+            if v is not None  # expired between the scan and the read
+        }
