@@ -36,6 +36,8 @@ class PubOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     once_every: float | None = None
     backoff: float | UnsetType = UNSET  # first retry delay, doubled per retry (with jitter)
     backoff_max: float | UnsetType = UNSET  # cap of the retry delay
+    # Tasks with the same key are worked one at a time per group, in publish order.
+    partition_key: str | None = None
 
 
 class Pub(_Msg, tag="pub"):

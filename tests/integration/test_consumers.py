@@ -265,3 +265,25 @@ async def test_partition_key_orders_work_within_a_group(http: httpx.AsyncClient)
         nxt = await puller.fetch()
         assert nxt is not None and nxt["task_id"] == expected
         got[0] = nxt
+
+
+async def test_websocket_publisher_can_set_a_partition_key(make_client: Any) -> None:
+    """Tasks of one partition run one at a time in publish order, even with spare credit."""
+    running: list[int] = []
+    order: list[int] = []
+
+    async def work(task: Any) -> Any:
+        n = await task.get_payload()
+        running.append(n)
+        assert len(running) == 1, "two tasks of one partition ran at once"
+        await asyncio.sleep(0.01)
+        order.append(n)
+        running.remove(n)
+        return n
+
+    worker = await make_client("w")
+    await worker.sub("acct:post", work, concurrency=8)
+    pub = await make_client("p")
+    handles = [pub.pub("acct:post", i, partition_key="acct-1") for i in range(6)]
+    assert [await h.get_result(timeout=10) for h in handles] == list(range(6))
+    assert order == list(range(6))

@@ -228,6 +228,7 @@ class Client:
         backoff: float = _UNSET,
         backoff_max: float = _UNSET,
         once_every: float | dt.timedelta | str | None = None,
+        partition_key: str | None = None,
     ) -> Handle:
         """Publish a task and return its :class:`Handle` at once.
 
@@ -250,6 +251,7 @@ class Client:
             backoff=backoff,
             backoff_max=backoff_max,
             once_every=once_every,
+            partition_key=partition_key,
         )
         msg: Message = {"op": "pub", "action": action, "payload": payload}
         if options:
@@ -599,6 +601,7 @@ def pub_options(
     backoff: float = _UNSET,
     backoff_max: float = _UNSET,
     once_every: float | dt.timedelta | str | None = None,
+    partition_key: str | None = None,
 ) -> dict[str, Any]:
     """The wire ``options`` of a ``pub``: intervals parsed to seconds, ``at`` to epoch
     seconds; options left out are absent (the hub's or the action's defaults apply)."""
@@ -617,6 +620,8 @@ def pub_options(
         options["priority"] = priority
     if key is not None:
         options["key"] = key
+    if partition_key is not None:
+        options["partition_key"] = partition_key
     if delay is not None:
         options["delay"] = parse_interval(delay, option="delay")
     if once_every is not None:
