@@ -60,6 +60,8 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "ping_interval": (int, float),
     "ping_timeout": (int, float),
     "name": str,
+    "advertise_url": str,
+    "lease": (int, float),
     "retry_backoff_max": (int, float),
     "idempotency_window": (int, float, str),  # strings: intervals ("1h")
     "retention": (int, float, str),

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import uvicorn
@@ -19,7 +19,10 @@ from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.protocol import WS_PATH
 from taskhub.schedules import Schedule
-from taskhub.store import open_store
+from taskhub.store import Store, open_store
+
+if TYPE_CHECKING:
+    from taskhub.hub.cluster import Cluster
 
 log = logging.getLogger("taskhub.server")
 
@@ -64,12 +67,18 @@ class Server:
         archive: str | None = None,
         action_defaults: dict[str, dict[str, Any]] | None = None,
         schedules: list[dict[str, Any]] | None = None,
+        advertise_url: str | None = None,
+        lease: float = 3.0,
     ) -> None:
         """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
         (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
         how long a ``key`` returns the same task, ``action_defaults`` per-action option
         defaults (``{"email:send": {"retries": 3}}``), ``schedules`` cron schedules
-        (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``)."""
+        (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``).
+
+        With a ``redis://`` store several hubs form a cluster (docs/deployment.md):
+        ``advertise_url`` is the base URL other hubs reach this one at (default: the URL it
+        listens on), ``lease`` the seconds a leader holds the lock between renewals."""
         self.host = host
         self.port = port
         self.store_url = store
@@ -98,6 +107,9 @@ class Server:
         self.clock = clock
         self.name = name
         self.hub: Hub | None = None
+        self.cluster: Cluster | None = None
+        self.advertise_url = advertise_url
+        self.lease = lease
         self._uvicorn: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
 
@@ -149,8 +161,15 @@ class Server:
                 "no credentials configured: serving loopback only, every connection "
                 "gets every permission"
             )
-        store = open_store(self.store_url)
-        self.hub = Hub(
+        if self.store_url.startswith(("redis://", "rediss://")):
+            await self._start_clustered()
+            return
+        self.hub = self._make_hub(open_store(self.store_url))
+        await self.hub.start()
+        await self._listen(create_app(self.hub))
+
+    def _make_hub(self, store: Store) -> Hub:
+        return Hub(
             store,
             registry=self.registry,
             defaults=self.defaults,
@@ -161,9 +180,29 @@ class Server:
             archive=self.archive,
             schedules=[msgspec.convert(s, Schedule) for s in self.schedules],
         )
-        await self.hub.start()
+
+    async def _start_clustered(self) -> None:
+        """Several hubs over one Redis: listen first (the lock advertises our URL), then
+        lead or relay to the leader (docs/deployment.md)."""
+        from taskhub.hub.cluster import Cluster
+
+        self.cluster = Cluster(
+            self.store_url,
+            make_hub=self._make_hub,
+            make_app=create_app,
+            lease=self.lease,
+        )
+        await self._listen(self.cluster)
+        await self.cluster.start(self.advertise_url or self.http_url)
+
+    @property
+    def leading(self) -> Hub | None:
+        """The hub's lifecycle, if this process runs it (always, unless clustered)."""
+        return self.cluster.hub if self.cluster is not None else self.hub
+
+    async def _listen(self, app: Any) -> None:
         config = uvicorn.Config(
-            create_app(self.hub),
+            app,
             host=self.host,
             port=self.port,
             log_level="warning",
@@ -188,6 +227,9 @@ class Server:
         log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
         if self._uvicorn is not None and self._serve_task is not None:
             self._uvicorn.should_exit = True
             await self._serve_task

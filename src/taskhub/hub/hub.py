@@ -23,6 +23,7 @@ from taskhub.chains import Chains, Mode
 from taskhub.errors import (
     InvalidOption,
     PermissionDenied,
+    StoreFenced,
     StoreUnavailable,
     TaskHubError,
     TaskNotFound,
@@ -50,6 +51,7 @@ from taskhub.store.base import EventRecord
 log = logging.getLogger("taskhub.hub")
 
 Sender = Callable[[bytes], None]
+Closer = Callable[[int, str], Awaitable[None]]
 
 
 @dataclass
@@ -132,6 +134,8 @@ class Hub:
         self._applying: dict[str, TaskRecord] = {}  # records of the batch being written
         self._flushed = asyncio.Condition()
         self._generation = 0  # batches fully written
+        self.closers: dict[Peer, Closer] = {}
+        self.fenced = False  # set once the store refused a write: another hub leads
         self._closing = False
         self._in_round = False
         self.clock = clock
@@ -195,8 +199,8 @@ class Hub:
             self._in_round = True
             batch = self.lc.take_writes()
             output = self.lc.take_output()
-            if batch:
-                await self._apply(batch)
+            if batch and not await self._apply(batch):
+                output = []  # fenced: this state was never stored, so it must not be told
             for peer, msgs in output:
                 sender = self.senders.get(peer)
                 if sender is not None:
@@ -206,7 +210,8 @@ class Hub:
             async with self._flushed:
                 self._flushed.notify_all()
 
-    async def _apply(self, batch: WriteBatch) -> None:
+    async def _apply(self, batch: WriteBatch) -> bool:
+        """Write ``batch``; False if this hub may no longer write (another hub leads)."""
         self._applying = {rec.id: rec for rec in batch.tasks}
         delay = 0.05
         failures = 0
@@ -214,6 +219,11 @@ class Hub:
             try:
                 await self.store.apply(batch)
                 break
+            except StoreFenced:
+                log.error("another hub leads the cluster now; this hub's writes are refused")
+                self._applying = {}
+                self.fenced = True
+                return False
             except (StoreUnavailable, OSError, ConnectionError):
                 # The store is down: keep the batch and retry; nothing is answered meanwhile.
                 log.exception("store write failed; retrying in %.2fs", delay)
@@ -233,6 +243,7 @@ class Hub:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
         self._applying = {}
+        return True
 
     async def flush(self) -> None:
         """Wait until everything the lifecycle has produced so far is written and sent."""
@@ -245,12 +256,21 @@ class Hub:
             await self._flushed.wait_for(lambda: self._generation >= target)
 
     # --- connections -------------------------------------------------------------------------
-    def attach(self, peer: Peer, sender: Sender) -> None:
+    def attach(self, peer: Peer, sender: Sender, closer: Closer | None = None) -> None:
         self.senders[peer] = sender
+        if closer is not None:
+            self.closers[peer] = closer
         self.lc.connect(peer)
+
+    async def close_connections(self, *, code: int = 1012, reason: str = "") -> None:
+        """Close every WebSocket connection (their clients reconnect, maybe elsewhere)."""
+        for closer in list(self.closers.values()):
+            with contextlib.suppress(Exception):
+                await closer(code, reason)
 
     def detach(self, peer: Peer) -> None:
         self.senders.pop(peer, None)
+        self.closers.pop(peer, None)
         self.topics.remove_all(peer)
         self.watches.remove_all(peer)
         self.lc.disconnect(peer)

@@ -77,7 +77,10 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
                 return
             await ws.send_text(frame.decode())
 
-    hub.attach(peer, send)
+    async def close(code: int, reason: str) -> None:
+        await ws.close(code=code, reason=reason)
+
+    hub.attach(peer, send, close)
     hub.lc.send(peer, welcome(hub, peer))
     hub.kick()
     log.debug("connection %s opened for %s", peer.id, peer.service)
