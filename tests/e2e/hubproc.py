@@ -19,7 +19,10 @@ def free_port() -> int:
 
 
 class HubProcess:
-    def __init__(self, store: str, port: int | None = None, *extra: str) -> None:
+    def __init__(
+        self, store: str, port: int | None = None, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.store = store
         self.port = port or free_port()
         self.extra = extra
@@ -43,7 +46,7 @@ class HubProcess:
             *self.extra,
         ]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

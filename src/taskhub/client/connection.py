@@ -138,7 +138,8 @@ class Connection:
         try:
             first = _decoder.decode(await ws.recv(decode=False))
         except WsClosed as exc:
-            raise ConnectionClosed(f"{url} closed the connection: {exc}") from None
+            # e.g. 1013 "try again later" from a hub whose cluster has no leader yet
+            raise ConnectionRefusedError(f"{url} closed the connection: {exc}") from None
         if isinstance(first, dict) and first.get("op") == "error":
             await ws.close()
             raise from_wire(first)

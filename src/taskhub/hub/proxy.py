@@ -147,6 +147,7 @@ class Relay:
             return
         base = self.leader()
         if base is None:
+            await send({"type": "websocket.accept"})  # so the client reads why, not a 403
             await send(
                 {
                     "type": "websocket.close",
@@ -172,6 +173,7 @@ class Relay:
             )
         except (OSError, InvalidStatus, TimeoutError) as exc:
             log.warning("relay to leader %s failed: %s", base, exc)
+            await send({"type": "websocket.accept"})  # so the client reads why, not a 403
             await send(
                 {
                     "type": "websocket.close",

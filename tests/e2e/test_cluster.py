@@ -1,0 +1,192 @@
+"""Several real hub processes over one real Redis (docs/deployment.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from taskhub import Client, TaskTimeout, TooManyConnections
+from tests.e2e.hubproc import HubProcess
+from tests.redisproc import RedisProcess
+
+LEASE = {"TASKHUB_LEASE": "1"}
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisProcess]:
+    proc = RedisProcess().start()
+    yield proc
+    proc.cleanup()
+
+
+def _store(redis: RedisProcess) -> str:
+    return f"{redis.url}?prefix=c{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def hubs(redis: RedisProcess) -> Iterator[list[HubProcess]]:
+    store = _store(redis)
+    procs = [HubProcess(store, env=LEASE).start() for _ in range(3)]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+async def _role(hub: HubProcess) -> str:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{hub.port}/healthz")
+        return str(r.json().get("role", "leader"))
+
+
+async def test_tasks_events_and_credit_cross_hubs(hubs: list[HubProcess]) -> None:
+    a, b, c = hubs
+    roles = [await _role(h) for h in hubs]
+    assert roles.count("leader") == 1 and roles.count("follower") == 2
+    served: dict[str, int] = {"b": 0, "c": 0}
+
+    def worker(label: str) -> Any:
+        async def handler(task: Any) -> Any:
+            served[label] += 1
+            await task.update(f"{label} working")
+            await asyncio.sleep(0.01)
+            return label
+
+        return handler
+
+    heard: list[Any] = []
+    async with (
+        Client(b.url, name="w") as wb,
+        Client(c.url, name="w") as wc,
+        Client(a.url, name="p") as pub,
+    ):
+        await wb.sub("img:resize", worker("b"), concurrency=2)
+        await wc.sub("img:resize", worker("c"), concurrency=2)
+        await wc.subscribe("news:*", lambda data, topic: heard.append((topic, data)))
+        updates: list[Any] = []
+        handles = [
+            pub.pub("img:resize", i).on("update", lambda h: updates.append(h.last_update))
+            for i in range(20)
+        ]
+        results = [await h.get_result(timeout=20) for h in handles]
+        assert sorted(set(results)) == ["b", "c"]  # round robin across hubs
+        assert served["b"] + served["c"] == 20 and served["b"] and served["c"]
+        assert len(updates) == 20
+        await asyncio.sleep(0.2)
+        assert await pub.emit("news:today", {"n": 1}) == 1
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [("news:today", {"n": 1})]
+
+
+async def test_a_timeout_fires_once(hubs: list[HubProcess]) -> None:
+    a, b, _ = hubs
+    async with Client(a.url, name="p") as pub, Client(b.url, name="watcher") as watcher:
+        async with watcher.watch("lonely:*") as events:
+            await asyncio.sleep(0.2)
+            handle = pub.pub("lonely:task", start_timeout=0.5)
+            with pytest.raises(TaskTimeout):
+                await handle.get_result(timeout=10)
+            seen: list[str] = []
+
+            async def collect() -> None:
+                async for ev in events:
+                    seen.append(ev["type"])
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(collect(), 1.0)
+        assert seen.count("fail") == 1
+        task = await pub.get(handle.id or "")
+        assert task["state"] == "fail" and task["error"]["reason"] == "start_timeout"
+
+
+async def test_max_connections_counts_every_hub(redis: RedisProcess, tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[[credentials]]\nname = "solo"\nkey = "k"\nsub_permissions = ["*"]\n'
+        'pub_permissions = ["*"]\nmax_connections = 1\n'
+    )
+    store = _store(redis)
+    a = HubProcess(store, None, "--config", str(config), env=LEASE).start()
+    b = HubProcess(store, None, "--config", str(config), env=LEASE).start()
+    try:
+        async with Client(a.url, name="solo", key="k"):
+            with pytest.raises(TooManyConnections):
+                await Client(b.url, name="solo", key="k", connect_timeout=3).connect()
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_killing_the_leader_loses_no_accepted_task(redis: RedisProcess) -> None:
+    store = _store(redis)
+    first = HubProcess(store, env=LEASE).start()
+    second = HubProcess(store, env=LEASE).start()
+    assert await _role(first) == "leader"
+    urls = [first.url, second.url]
+    n = 60
+    done: dict[str, Any] = {}
+    try:
+        async with Client(urls, name="w", max_backoff=0.3) as worker:
+
+            async def work(task: Any) -> Any:
+                await asyncio.sleep(0.05)
+                done[task.id] = await task.get_payload()
+                return "ok"
+
+            await worker.sub("job:run", work, concurrency=4)
+            async with Client(second.url, name="p") as pub:
+                ids = [await pub.pub("job:run", i).accepted() for i in range(n)]
+            await asyncio.sleep(0.2)  # some are running, some wait
+            first.kill()
+            for _ in range(300):
+                if len(done) >= n:
+                    break
+                await asyncio.sleep(0.05)
+        assert set(ids) <= set(done)  # every accepted task was worked (at least once)
+        assert await _role(second) == "leader"
+        async with Client(second.url, name="p") as pub:
+            states = {(await pub.get(i))["state"] for i in ids}
+        assert states == {"success"}
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_hubs_carry_on_after_redis_restarts(redis: RedisProcess) -> None:
+    store = _store(redis)
+    a = HubProcess(store, env=LEASE).start()
+    b = HubProcess(store, env=LEASE).start()
+    try:
+        async with Client(b.url, name="p", max_backoff=0.3) as pub:
+            before = await pub.pub("late:job", "kept").accepted()
+        redis.stop()
+        await asyncio.sleep(1.5)
+        redis.start()
+        async with Client([a.url, b.url], name="w", max_backoff=0.3) as worker:
+            got: list[Any] = []
+
+            async def work(task: Any) -> Any:
+                got.append(await task.get_payload())
+                return "done"
+
+            await worker.sub("late:job", work)
+            async with Client([b.url, a.url], name="p", max_backoff=0.3) as pub:
+                after = pub.pub("late:job", "new")
+                assert await after.get_result(timeout=20) == "done"
+                for _ in range(100):
+                    if (await pub.get(before))["state"] == "success":
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await pub.get(before))["state"] == "success"
+        assert sorted(got) == ["kept", "new"]
+    finally:
+        a.stop()
+        b.stop()
