@@ -168,7 +168,7 @@ async def test_hubs_carry_on_after_redis_restarts(redis: RedisProcess) -> None:
         async with Client(b.url, name="p", max_backoff=0.3) as pub:
             before = await pub.pub("late:job", "kept").accepted()
         redis.stop()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.5)  # longer than the lease: the leader steps down
         redis.start()
         async with Client([a.url, b.url], name="w", max_backoff=0.3) as worker:
             got: list[Any] = []

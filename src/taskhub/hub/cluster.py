@@ -124,7 +124,7 @@ class Cluster:
         if hub is None:
             return
         await hub.close_connections(code=1012, reason="hub leadership changed; reconnect")
-        await hub.stop()
+        await hub.stop(flush_timeout=self.lease)
         if release:
             with contextlib.suppress(Exception):
                 await self._lock_store.release_lock(LOCK, self.token)

@@ -159,13 +159,19 @@ class Hub:
             self._sweeper = asyncio.create_task(self.retention.run(), name="taskhub-retention")
         self.kick()
 
-    async def stop(self) -> None:
+    async def stop(self, *, flush_timeout: float = 10.0) -> None:
+        """Write what is pending (waiting at most ``flush_timeout`` for a store that is down:
+        what was not written was never acknowledged) and close the store."""
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await self.flush()
+        if not self.fenced:
+            try:
+                await asyncio.wait_for(self.flush(), flush_timeout)
+            except TimeoutError:
+                log.error("the store did not take the last writes within %.0fs", flush_timeout)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
