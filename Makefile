@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	bash scripts/ensure-redis.sh
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -1,12 +1,14 @@
 """Time ``Store.apply`` of batches of new tasks on each engine and print tasks/s medians.
 
-Run: ``.venv/bin/python benchmarks/store_bench.py [--repeats N]``.
+Run: ``.venv/bin/python benchmarks/store_bench.py [--repeats N]``; set ``TASKHUB_BENCH_REDIS``
+to a Redis URL to time the redis engine too (it writes keys under a ``bench-*`` prefix).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -66,6 +68,11 @@ async def main(repeats: int) -> None:
             "memory": lambda size: "memory://",
             "sqlite": lambda size: f"sqlite:///{Path(tmp) / f'bench-{size}.db'}",
         }
+        redis_url = os.environ.get("TASKHUB_BENCH_REDIS")  # e.g. redis://127.0.0.1:6379/15
+        if redis_url:
+            sep = "&" if "?" in redis_url else "?"
+            # A fresh prefix per run and size, so runs never collide with each other's ids.
+            engines["redis"] = lambda size: f"{redis_url}{sep}prefix=bench-{os.getpid()}-{size}"
         print(f"apply() of new tasks (each with one event), median of {repeats} repeats")
         print(f"{'engine':<8} {'batch':>6} {'tasks/s':>12}")
         for name, url_for in engines.items():

@@ -118,6 +118,13 @@ class StoreUnavailable(TaskHubError):
     code = "store_unavailable"
 
 
+class StoreFenced(StoreUnavailable):
+    """A write refused because this writer no longer holds the store's fence (another hub
+    took over the lead): nothing of the refused write was stored."""
+
+    code = "store_fenced"
+
+
 _BY_CODE: dict[str, type[TaskHubError]] = {}
 
 

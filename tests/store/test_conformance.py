@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -27,9 +28,10 @@ from taskhub.store.base import (
     WriteBatch,
 )
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
+from tests import redisproc
 
 # A new engine joins the suite by adding its name here and a URL in store_url().
-ENGINES = ["memory", "sqlite"]
+ENGINES = ["memory", "sqlite", "redis"]
 
 
 def store_url(engine: str, folder: Path) -> str:
@@ -37,6 +39,11 @@ def store_url(engine: str, folder: Path) -> str:
         return "memory://"
     if engine == "sqlite":
         return f"sqlite:///{folder / 'store.db'}"  # folder is absolute: sqlite:////...
+    if engine == "redis":
+        # One server for the session; a prefix per folder keeps tests (and hypothesis
+        # examples) apart, and the same folder opens the same data, as with sqlite.
+        prefix = "t" + hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+        return f"{redisproc.shared().url}?prefix={prefix}"
     raise AssertionError(f"no URL for engine {engine!r}")
 
 

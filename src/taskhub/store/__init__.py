@@ -8,7 +8,8 @@ __all__ = ["DeliveryRecord", "EventRecord", "Store", "TaskRecord", "WriteBatch",
 
 
 def open_store(url: str) -> Store:
-    """``memory://``, ``sqlite:///path/to/file.db`` (or ``sqlite://:memory:``)."""
+    """``memory://``, ``sqlite:///path/to/file.db`` (or ``sqlite://:memory:``),
+    ``redis://[:password@]host:port/db[?prefix=NAME]`` (``rediss://`` for TLS)."""
     if url.startswith("memory:"):
         from taskhub.store.memory import MemoryStore
 
@@ -17,4 +18,11 @@ def open_store(url: str) -> Store:
         from taskhub.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    raise ValueError(f"unknown store URL {url!r}: use memory:// or sqlite:///path")
+    if url.startswith(("redis:", "rediss:")):
+        from taskhub.store.redis import RedisStore
+
+        return RedisStore.from_url(url)
+    raise ValueError(
+        f"unknown store URL {url.split('@')[-1]!r}: use memory://, sqlite:///path, "
+        "redis://host:port/db or rediss://host:port/db"
+    )

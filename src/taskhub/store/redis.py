@@ -323,7 +323,10 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
-            raise self._response_error(exc) from exc
+            mapped = self._response_error(exc)
+            if mapped is exc:
+                raise  # a real error (a bug, a wrong key type): keep it as it is
+            raise mapped from exc
 
     def _response_error(self, exc: ResponseError) -> Exception:
         message = str(exc)
@@ -345,7 +348,10 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
-            raise self._response_error(exc) from exc
+            mapped = self._response_error(exc)
+            if mapped is exc:
+                raise  # a real error (a bug, a wrong key type): keep it as it is
+            raise mapped from exc
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -388,7 +394,7 @@ class RedisStore:
     async def _check_eviction(self, client: aioredis.Redis) -> None:
         """Warn when Redis may evict keys under memory pressure: it would drop tasks."""
         try:
-            config = await client.config_get("maxmemory-policy")
+            config: dict[Any, Any] = await client.config_get("maxmemory-policy")
         except (ResponseError, RedisConnectionError, RedisTimeoutError):
             return  # managed services often disable CONFIG; docs/redis.md says what to set
         policy = config.get(b"maxmemory-policy", b"noeviction")
@@ -541,9 +547,7 @@ class RedisStore:
     async def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take lock ``name`` for ``ttl_ms`` if nobody holds it (``SET NX PX``); True if
         taken. Holding it again with the same token also answers False: use renew_lock."""
-        done = await self._call(
-            self._redis().set(self.lock_key(name), token, nx=True, px=ttl_ms)
-        )
+        done = await self._call(self._redis().set(self.lock_key(name), token, nx=True, px=ttl_ms))
         return bool(done)
 
     async def renew_lock(self, name: str, token: str, ttl_ms: int) -> bool:

@@ -1,0 +1,17 @@
+"""Store test fixtures: one real redis-server for the session (see tests/redisproc.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import redisproc
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[redisproc.RedisProcess]:
+    """The session's shared redis-server; fails (never skips) when it cannot be started."""
+    server = redisproc.shared()
+    yield server
+    server.cleanup()

@@ -1,0 +1,381 @@
+"""Redis engine only: fencing, locks, heartbeats, key layout, restarts and outages.
+
+The behaviour every engine shares is tested in test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.store import open_store
+from taskhub.store.base import EventRecord, MetaRecord, TaskRecord, WriteBatch
+from taskhub.store.redis import RedisStore
+from tests.redisproc import RedisProcess, cluster_args, free_port
+
+
+def task(task_id: str, **fields: object) -> TaskRecord:
+    fields.setdefault("action", "img.resize")
+    fields.setdefault("publisher", "svc-a")
+    fields.setdefault("created_at", 1000.0)
+    return TaskRecord(id=task_id, **fields)  # type: ignore[arg-type]
+
+
+def event(task_id: str, seq: int) -> EventRecord:
+    return EventRecord(task_id=task_id, seq=seq, at=1.0 + seq, type="update")
+
+
+def url_for(server: RedisProcess, prefix: str | None = None) -> str:
+    return f"{server.url}?prefix={prefix or 'r' + uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(redis_server: RedisProcess) -> AsyncIterator[RedisStore]:
+    s = RedisStore.from_url(url_for(redis_server))
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def keys_of(raw: aioredis.Redis, store: RedisStore) -> set[str]:
+    pattern = "{" + store.prefix + "}:*"
+    return {k.decode() async for k in raw.scan_iter(match=pattern.replace("{", "\\{"))}
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def test_url_forms() -> None:
+    s = RedisStore.from_url("redis://h:6390/2")
+    assert s.prefix == "taskhub" and s.key("t", "x") == "{taskhub}:t:x"
+    s = RedisStore.from_url("redis://u:secret@h:6390/2?prefix=app1&ssl_cert_reqs=none")
+    assert s.prefix == "app1"
+    assert "secret" not in s.url and s.url.startswith("redis://u:***@h:6390/2")
+    assert s._redis_url == "redis://u:secret@h:6390/2?ssl_cert_reqs=none"
+    assert RedisStore.from_url("rediss://:pw@h/0").url == "rediss://:***@h/0"
+    assert isinstance(open_store("redis://h/0"), RedisStore)
+    assert isinstance(open_store("rediss://h/0?prefix=x"), RedisStore)
+    for bad in ["redis://", "http://h/0", "redis://h/0?prefix=", "redis://h/0?prefix=a{b}"]:
+        with pytest.raises(ValueError):
+            RedisStore.from_url(bad)
+    with pytest.raises(ValueError) as info:
+        open_store("postgres://u:pw@h/db")
+    assert "pw" not in str(info.value)
+
+
+# -- key layout -------------------------------------------------------------------------------
+
+
+async def test_every_key_is_under_the_hash_tag_and_one_slot(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await store.apply(
+        WriteBatch(
+            tasks=[task("a", state="start"), task("b", state="success", ended_at=5.0)],
+            events=[event("a", 0)],
+            meta=[MetaRecord("schedule", "s1", {"x": 1})],
+        )
+    )
+    await store.acquire_lock("leader", "tok", 10_000)
+    await store.heartbeat("hub1", "ws://h1", 10_000)
+    keys = await keys_of(raw, store)
+    tag = "{" + store.prefix + "}:"
+    assert all(k.startswith(tag) for k in keys)
+    assert len({key_slot(k.encode()) for k in keys}) == 1  # one slot: Cluster-safe scripts
+    want = {
+        "t:a",
+        "t:b",
+        "ev:a",
+        "all",
+        "active",
+        "ended",
+        "state:start",
+        "state:success",
+        "action:img.resize",
+        "sa:start:img.resize",
+        "sa:success:img.resize",
+        "meta:schedule",
+        "lock:leader",
+        "hb:hub1",
+    }
+    assert keys == {tag + k for k in want}
+
+
+async def test_state_change_moves_the_task_between_indexes(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await store.apply(WriteBatch(tasks=[task("a", state="start", action="x")]))
+    await store.apply(WriteBatch(tasks=[task("a", state="fail", action="y", ended_at=9.0)]))
+    assert await raw.zrange(store.key("state", "start"), 0, -1) == []
+    assert await raw.zrange(store.key("state", "fail"), 0, -1) == [b"a"]
+    assert await raw.zrange(store.key("action", "x"), 0, -1) == []
+    assert await raw.zrange(store.key("sa", "fail", "y"), 0, -1) == [b"a"]
+    assert await raw.zrange(store.key("active"), 0, -1) == []
+    assert await raw.zrange(store.key("ended"), 0, -1, withscores=True) == [(b"a", 9.0)]
+    # Back to a live state (a retried task, say): out of the ended set again.
+    await store.apply(WriteBatch(tasks=[task("a", state="start", action="y")]))
+    assert await raw.zrange(store.key("ended"), 0, -1) == []
+    assert await raw.zrange(store.key("active"), 0, -1) == [b"a"]
+    await store.apply(WriteBatch(deleted=["a"]))
+    assert await keys_of(raw, store) == set()  # a delete leaves no index entry behind
+
+
+async def test_two_prefixes_on_one_server_are_independent(redis_server: RedisProcess) -> None:
+    one = RedisStore.from_url(url_for(redis_server))
+    two = RedisStore.from_url(url_for(redis_server))
+    await one.open()
+    await two.open()
+    try:
+        await one.apply(WriteBatch(tasks=[task("a")]))
+        assert await two.get_task("a") is None
+        assert await two.list_tasks() == []
+    finally:
+        await one.close()
+        await two.close()
+
+
+# -- fencing ----------------------------------------------------------------------------------
+
+
+async def test_fenced_batch_writes_nothing(store: RedisStore, raw: aioredis.Redis) -> None:
+    await store.apply(
+        WriteBatch(
+            tasks=[task("kept", payload=1), task("old", state="success", ended_at=1.0)],
+            events=[event("kept", 0)],
+            meta=[MetaRecord("q", "k", 1)],
+        )
+    )
+    assert await store.acquire_lock("leader", "other-hub", 10_000)
+    before = {k: await raw.dump(k) for k in await keys_of(raw, store)}
+    store.set_fence(store.lock_key("leader"), "this-hub")
+    batch = WriteBatch(
+        tasks=[task("new"), task("kept", payload=2, state="fail", ended_at=2.0)],
+        events=[event("kept", 1), event("new", 0)],
+        deleted=["old"],
+        meta=[MetaRecord("q", "k2", 2)],
+        meta_deleted=[("q", "k")],
+    )
+    with pytest.raises(StoreFenced, match="fenced") as info:
+        await store.apply(batch)
+    assert isinstance(info.value, StoreUnavailable)  # callers that handle outages handle this
+    assert info.value.code == "store_fenced"
+    with pytest.raises(StoreFenced):
+        await store.remove_ended_before(100.0)
+    after = {k: await raw.dump(k) for k in await keys_of(raw, store)}
+    assert after == before  # byte for byte: not one key written
+
+    # The fence holds for the lock's owner, and only while it holds the lock.
+    store.set_fence(store.lock_key("leader"), "other-hub")
+    await store.apply(batch)
+    assert await store.get_task("new") is not None
+    assert await store.release_lock("leader", "other-hub")
+    with pytest.raises(StoreFenced):  # an expired or released lock fences too
+        await store.apply(WriteBatch(tasks=[task("later")]))
+    store.set_fence(None, None)
+    await store.apply(WriteBatch(tasks=[task("later")]))
+    assert await store.get_task("later") is not None
+
+
+def test_fence_key_must_belong_to_the_store() -> None:
+    store = RedisStore.from_url("redis://h/0?prefix=a")
+    store.set_fence(store.lock_key("leader"), "t")
+    with pytest.raises(ValueError, match="not a key of this store"):
+        store.set_fence("{b}:lock:leader", "t")
+
+
+async def test_a_hub_that_lost_its_lease_cannot_overwrite_its_successor(
+    redis_server: RedisProcess,
+) -> None:
+    url = url_for(redis_server)
+    old, new = RedisStore.from_url(url), RedisStore.from_url(url)
+    await old.open()
+    await new.open()
+    try:
+        assert await old.acquire_lock("leader", "old", 50)
+        old.set_fence(old.lock_key("leader"), "old")
+        await old.apply(WriteBatch(tasks=[task("t", state="start")]))
+        await asyncio.sleep(0.1)  # the old leader stalls past its lease
+        assert await new.acquire_lock("leader", "new", 10_000)
+        new.set_fence(new.lock_key("leader"), "new")
+        await new.apply(WriteBatch(tasks=[task("t", state="success", ended_at=3.0)]))
+        with pytest.raises(StoreFenced):
+            await old.apply(WriteBatch(tasks=[task("t", state="start", payload="stale")]))
+        got = await new.get_task("t")
+        assert got is not None and got.state == "success"
+    finally:
+        await old.close()
+        await new.close()
+
+
+# -- locks and heartbeats ---------------------------------------------------------------------
+
+
+async def test_lock_acquire_renew_release(store: RedisStore) -> None:
+    assert await store.lock_owner("l") is None
+    assert await store.acquire_lock("l", "a", 10_000)
+    assert await store.lock_owner("l") == "a"
+    assert not await store.acquire_lock("l", "b", 10_000)  # held: no one else takes it
+    assert not await store.acquire_lock("l", "a", 10_000)  # not re-entrant: renew instead
+    assert await store.renew_lock("l", "a", 10_000)
+    assert not await store.renew_lock("l", "b", 10_000)  # only the owner renews
+    assert not await store.release_lock("l", "b")  # nor releases someone else's lock
+    assert await store.lock_owner("l") == "a"
+    assert await store.release_lock("l", "a")
+    assert await store.lock_owner("l") is None
+    assert not await store.release_lock("l", "a")  # twice is harmless
+    assert not await store.renew_lock("l", "a", 10_000)  # a released lock is not revived
+    assert await store.acquire_lock("l", "b", 10_000)
+
+
+async def test_lock_expires_and_renew_extends(store: RedisStore, raw: aioredis.Redis) -> None:
+    assert await store.acquire_lock("l", "a", 200)
+    assert await store.renew_lock("l", "a", 5_000)
+    assert 1_000 < await raw.pttl(store.lock_key("l")) <= 5_000
+    assert await store.acquire_lock("short", "a", 30)
+    await asyncio.sleep(0.1)
+    assert await store.lock_owner("short") is None
+    assert not await store.renew_lock("short", "a", 5_000)  # too late: the lease is gone
+    assert await store.acquire_lock("short", "b", 5_000)
+
+
+async def test_heartbeats(store: RedisStore) -> None:
+    assert await store.alive() == {}
+    await store.heartbeat("hub-1", "ws://a:1", 10_000)
+    await store.heartbeat("hub-2", "ws://b:2", 10_000)
+    await store.heartbeat("other*[x]", "v", 10_000)
+    await store.heartbeat("brief", "gone soon", 30)
+    await asyncio.sleep(0.1)
+    assert await store.alive() == {"hub-1": "ws://a:1", "hub-2": "ws://b:2", "other*[x]": "v"}
+    assert await store.alive("hub-*") == {"hub-1": "ws://a:1", "hub-2": "ws://b:2"}
+    await store.heartbeat("hub-1", "ws://a:9", 10_000)  # a beat replaces the value
+    assert (await store.alive("hub-1")) == {"hub-1": "ws://a:9"}
+
+
+# -- durability and outages -------------------------------------------------------------------
+
+
+async def test_data_survives_a_redis_restart_with_aof(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis", appendfsync="always").start()
+    url = f"{server.url}?prefix=durable"
+    try:
+        store = RedisStore.from_url(url)
+        await store.open()
+        await store.apply(
+            WriteBatch(
+                tasks=[task("a", state="start"), task("b", state="success", ended_at=2.0)],
+                events=[event("a", 0), event("a", 1)],
+                meta=[MetaRecord("schedule", "s", {"cron": "* * * * *"})],
+            )
+        )
+        server.stop()  # graceful: AOF flushed
+        server.start()
+        # The same store object carries on: the pool reconnects and the scripts, gone with
+        # the old process, are loaded again.
+        assert [t.id for t in await store.load_active()] == ["a"]
+        await store.apply(WriteBatch(tasks=[task("c")], events=[event("a", 2)]))
+        await store.close()
+
+        server.kill()  # a crash: with appendfsync always every acknowledged write is on disk
+        server.start()
+        again = RedisStore.from_url(url)
+        await again.open()
+        try:
+            assert [t.id for t in await again.load_active()] == ["a", "c"]
+            assert [e.seq for e in await again.get_events("a")] == [0, 1, 2]
+            assert await again.get_meta("schedule", "s") == {"cron": "* * * * *"}
+            assert await again.remove_ended_before(10.0) == ["b"]
+        finally:
+            await again.close()
+    finally:
+        server.cleanup()
+
+
+async def test_unreachable_redis_raises_store_unavailable_naming_the_url() -> None:
+    port = free_port()  # nothing listens there
+    store = RedisStore.from_url(f"redis://:hunter2@127.0.0.1:{port}/0?prefix=x")
+    with pytest.raises(StoreUnavailable) as info:
+        await store.open()
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message and "hunter2" not in message
+    assert info.value.details["url"] == f"redis://:***@127.0.0.1:{port}/0?prefix=x"
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await store.get_task("t")
+
+
+async def test_redis_going_down_raises_store_unavailable(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis").start()
+    store = RedisStore.from_url(f"{server.url}?prefix=x")
+    try:
+        await store.open()
+        await store.apply(WriteBatch(tasks=[task("a")]))
+        server.kill()
+        for call in (
+            store.get_task("a"),
+            store.apply(WriteBatch(tasks=[task("b")])),
+            store.list_tasks(),
+            store.acquire_lock("l", "t", 1000),
+            store.renew_lock("l", "t", 1000),
+            store.alive(),
+        ):
+            with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{server.port}"):
+                await call
+        server.start()  # and it recovers by itself once Redis is back
+        assert await store.get_task("a") is not None
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+async def test_works_on_a_cluster_mode_server(tmp_path: Path) -> None:
+    """A one-node Redis Cluster owning every slot: the scripts and commands run in cluster
+    mode. (Redis does not refuse a legacy script's undeclared keys of another slot on the node
+    that owns it, so the one-slot layout itself is checked by the key_slot test above.)"""
+    server = RedisProcess(
+        tmp_path / "cluster",
+        extra_args=cluster_args(),
+    ).start()
+    try:
+        raw = aioredis.Redis.from_url(server.url)
+        await raw.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        for _ in range(200):
+            info = await raw.execute_command("CLUSTER", "INFO")
+            if b"cluster_state:ok" in info:
+                break
+            await asyncio.sleep(0.05)
+        await raw.aclose()
+        store = RedisStore.from_url(f"{server.url}?prefix=c")
+        await store.open()
+        try:
+            await store.apply(
+                WriteBatch(
+                    tasks=[task("a", state="start"), task("b", state="end", ended_at=1.0)],
+                    events=[event("a", 0)],
+                    deleted=["zz"],
+                    meta=[MetaRecord("k", "x", 1)],
+                )
+            )
+            assert [t.id for t in await store.list_tasks(state="start")] == ["a"]
+            assert [t.id for t in await store.list_ended_before(5.0)] == ["b"]
+            assert await store.remove_ended_before(5.0) == ["b"]
+            assert await store.acquire_lock("l", "t", 1000)
+            store.set_fence(store.lock_key("l"), "t")
+            await store.apply(WriteBatch(tasks=[task("c")]))
+            assert [t.id for t in await store.load_active()] == ["a", "c"]
+        finally:
+            await store.close()
+    finally:
+        server.cleanup()
