@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/run.py                 # everything (make bench)
     .venv/bin/python benchmarks/run.py --smoke         # TaskHub memory+sqlite and the limit
     .venv/bin/python benchmarks/run.py --only taskhub,celery --n 2000
+    .venv/bin/python benchmarks/run.py --only cluster --n 4000   # 1, 2, 3 hubs on one Redis
 
 Every system runs in processes of its own: the hub (or redis-server), one worker process, one
 publisher process. The workload is N no-op tasks with a ~100-byte JSON payload that the worker
-returns as the result; the publisher collects every result. See docs/performance.md.
+returns as the result; the publisher collects every result. The cluster rows start k hubs on
+one Redis instead (one leads, the others relay to it), see "Several hubs" in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,7 +55,15 @@ PY = sys.executable  # the project's venv: TaskHub, websockets, uvloop, rich
 
 TASKHUB_TARGETS = ["taskhub-memory", "taskhub-sqlite", "taskhub-redis"]
 PEER_TARGETS = ["celery", "dramatiq", "arq", "rq"]
-ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, "limit"]
+#: k hubs on one Redis: with one worker process per hub, and with one worker process in all.
+CLUSTER_TARGETS = [
+    "taskhub-redis-1hub",
+    "taskhub-redis-2hubs",
+    "taskhub-redis-3hubs",
+    "taskhub-redis-2hubs-1worker",
+    "taskhub-redis-3hubs-1worker",
+]
+ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, "limit", *CLUSTER_TARGETS]
 SMOKE_TARGETS = ["taskhub-memory", "taskhub-sqlite", "limit"]
 WORKER_CONCURRENCY = 64  # TaskHub worker's credit (tasks it runs at once)
 STEPS = 3  # progress steps per target: warm, sequential, burst
@@ -272,6 +285,43 @@ def project_versions() -> dict[str, str]:
     return out
 
 
+HUB_ENV = {"TASKHUB_LOG": "warning"}
+
+
+def hub_args(port: int, store: str) -> list[str]:
+    """The command line of a hub on loopback ``port`` with ``store``."""
+    cli = os.path.join(os.path.dirname(PY), "taskhub")
+    if os.path.exists(cli):
+        return [cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store]
+    return [PY, os.path.join(HERE, "taskhub_hub.py"), "--port", str(port), "--store", store]
+
+
+def hub_role(port: int) -> str:
+    """``leader``, ``follower`` (GET /healthz says so) or ``down``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError):
+        return "down"
+    return str(body.get("role", "leader"))
+
+
+def hub_roles(ports: list[int]) -> list[str]:
+    return [hub_role(p) for p in ports]
+
+
+def wait_roles(ports: list[int], timeout: float) -> list[str]:
+    """Wait until exactly one of the hubs leads and the others follow; their roles."""
+    deadline = time.monotonic() + timeout
+    roles = hub_roles(ports)
+    while time.monotonic() < deadline:
+        if roles.count("leader") == 1 and roles.count("follower") == len(ports) - 1:
+            return roles
+        time.sleep(0.1)
+        roles = hub_roles(ports)
+    raise Failed(f"no single leader among the hubs after {timeout:.0f}s: {roles}")
+
+
 # --- the targets -----------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace, progress: Progress, bar: Any) -> None:
@@ -319,29 +369,8 @@ class Bench:
             else:
                 store = self.redis_store(stack, target)
             port = free_port()
-            cli = os.path.join(os.path.dirname(PY), "taskhub")
-            if os.path.exists(cli):
-                hub_args = [
-                    cli,
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--store",
-                    store,
-                ]
-            else:
-                hub_args = [
-                    PY,
-                    os.path.join(HERE, "taskhub_hub.py"),
-                    "--port",
-                    str(port),
-                    "--store",
-                    store,
-                ]
             hub = stack.enter_context(
-                started(hub_args, self.log(f"{target}-hub"), env={"TASKHUB_LOG": "warning"})
+                started(hub_args(port, store), self.log(f"{target}-hub"), env=HUB_ENV)
             )
             wait_port(port, 20, hub)
             url = f"ws://127.0.0.1:{port}"
@@ -373,14 +402,93 @@ class Bench:
             return row
 
     def redis_store(self, stack: contextlib.ExitStack, target: str) -> str:
-        from taskhub.store import open_store
-
+        """A fresh loopback redis-server for this target; the hub's store URL on it."""
         try:
-            open_store("redis://127.0.0.1:6379/0")
-        except Exception as exc:
-            raise Skipped(f"no redis:// store in TaskHub yet ({exc})") from None
+            import taskhub.store.redis  # noqa: F401
+        except ImportError as exc:
+            raise Skipped(f"no redis:// store in TaskHub ({exc})") from None
         url, _ = stack.enter_context(redis_server(self.redis(), self.log(f"{target}-redis")))
-        return url
+        return f"{url}?prefix=bench{uuid.uuid4().hex[:8]}"
+
+    def cluster(self, target: str) -> dict[str, Any]:
+        """k hubs on one Redis; workers and the publisher's connections spread over them."""
+        words = target.split("-")  # taskhub-redis-2hubs[-1worker]
+        k = int(words[2].rstrip("hubs"))
+        one_worker = words[-1] == "1worker"
+        with contextlib.ExitStack() as stack:
+            store = self.redis_store(stack, target)
+            ports: list[int] = []
+            hubs: list[subprocess.Popen[Any]] = []
+            for h in range(k):
+                port = free_port()
+                hub = stack.enter_context(
+                    started(hub_args(port, store), self.log(f"{target}-hub{h}"), env=HUB_ENV)
+                )
+                wait_port(port, 20, hub)
+                if h == 0:  # the first hub takes the lead, so the others find a leader
+                    wait_roles([port], 20)
+                ports.append(port)
+                hubs.append(hub)
+            roles = wait_roles(ports, 20)
+            leader = roles.index("leader")
+            urls = [f"ws://127.0.0.1:{p}" for p in ports]
+            script = os.path.join(HERE, "taskhub_bench.py")
+            # One worker process per hub, all in one group; or one in all, on the last hub
+            # (a follower as soon as there are two), so its traffic is relayed.
+            worker_hubs = [k - 1] if one_worker else list(range(k))
+            for h in worker_hubs:
+                worker = stack.enter_context(
+                    started(
+                        [
+                            PY,
+                            script,
+                            "worker",
+                            "--url",
+                            urls[h],
+                            "--concurrency",
+                            str(WORKER_CONCURRENCY),
+                            "--group",
+                            "bench",
+                        ],
+                        self.log(f"{target}-worker{h}"),
+                        stdout=subprocess.PIPE,
+                    )
+                )
+                wait_ready(worker, 20)
+            pub_args = [PY, script, "publish", "--url", ",".join(urls)]
+            pub = stack.enter_context(
+                started(
+                    [*pub_args, *self.common_args(self.args.n)],
+                    self.log(f"{target}-publisher"),
+                    stdout=subprocess.PIPE,
+                )
+            )
+            row = read_result(pub, self.args.timeout + 30, self.events(target))
+            dead = [h for h, hub in enumerate(hubs) if hub.poll() is not None]
+            if dead:
+                raise Failed(f"hub(s) {dead} exited during the run")
+            after = hub_roles(ports)
+            if after != roles:
+                row["note"] = f"roles changed during the run: {roles} -> {after}"
+            row["hubs"] = k
+            row["worker_processes"] = len(worker_hubs)
+            row["worker_hubs"] = worker_hubs
+            row["publisher_connections"] = k
+            row["leader"] = leader
+            row["leader_port"] = ports[leader]
+            row["hub_rss_mb"] = [peak_rss_mb(hub.pid) for hub in hubs]
+            row["peak_rss_mb"] = row["hub_rss_mb"][leader]
+            row["rss_of"] = "leader hub"
+            if "seq_p50_ms_by_url" in row:
+                by_url = row.pop("seq_p50_ms_by_url")
+                row["seq_p50_ms_by_hub"] = [by_url.get(u) for u in urls]
+            row["settings"] = (
+                f"{k} hub process(es) on one redis-server (hub {leader} led), "
+                f"{len(worker_hubs)} worker process(es) on hub(s) {worker_hubs} "
+                f"(concurrency={WORKER_CONCURRENCY} each, group 'bench'), 1 publisher process "
+                f"with one connection per hub, tasks round robin over them"
+            )
+            return row
 
     def redis(self) -> str:
         if self.redis_bin is None:
@@ -442,6 +550,8 @@ class Bench:
             return row
 
     def run(self, target: str) -> dict[str, Any]:
+        if target in CLUSTER_TARGETS:
+            return self.cluster(target)
         if target.startswith("taskhub-"):
             return self.taskhub(target)
         if target == "limit":
@@ -534,6 +644,76 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+CLUSTER_COLUMNS = (
+    "run",
+    "hubs",
+    "worker procs",
+    "N",
+    "tasks/s",
+    "seq p50 ms",
+    "seq p99 ms",
+    "load p50 ms",
+    "load p99 ms",
+    "seq p50 ms per hub",
+    "leader",
+    "leader RSS MiB",
+)
+
+
+def cluster_cells(r: dict[str, Any]) -> list[str]:
+    per_hub = " / ".join(fmt(v, 2) for v in r.get("seq_p50_ms_by_hub") or [r["seq_p50_ms"]])
+    return [
+        r["name"],
+        str(r["hubs"]),
+        f"{r['worker_processes']} (on hub {', '.join(map(str, r['worker_hubs']))})",
+        str(r["n"]),
+        fmt(r["throughput"], 0),
+        fmt(r["seq_p50_ms"], 2),
+        fmt(r["seq_p99_ms"], 2),
+        fmt(r["load_p50_ms"], 0),
+        fmt(r["load_p99_ms"], 0),
+        per_hub,
+        f"hub {r['leader']}",
+        fmt(r.get("peak_rss_mb")),
+    ]
+
+
+def cluster_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Several hubs on one Redis (one publisher process, a connection per hub)")
+    for col in (*CLUSTER_COLUMNS, "note"):
+        t.add_column(
+            col,
+            justify="left" if col in ("run", "worker procs", "note") else "right",
+            no_wrap=col == "run",
+        )
+    for r in rows:
+        if r.get("status") != "ok":
+            t.add_row(
+                r["name"],
+                *["-"] * (len(CLUSTER_COLUMNS) - 1),
+                f"{r['status']}: {r.get('note', '')}",
+            )
+            continue
+        t.add_row(*cluster_cells(r), r.get("note", ""))
+    return t
+
+
+def cluster_markdown(rows: list[dict[str, Any]]) -> str:
+    cols = [*CLUSTER_COLUMNS, "note"]
+    right = {"hubs", "N", "tasks/s", "seq p50 ms", "seq p99 ms", "load p50 ms", "load p99 ms"}
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---:" if c in right else "---" for c in cols) + "|",
+    ]
+    for r in rows:
+        if r.get("status") != "ok":
+            cells = [r["name"], *[""] * (len(cols) - 2), f"{r['status']}: {r.get('note', '')}"]
+        else:
+            cells = [*cluster_cells(r), r.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ratio_lines(rat: dict[str, Any]) -> list[str]:
     out = []
     for name in TASKHUB_TARGETS:
@@ -580,7 +760,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=200, help="sequential tasks [200]")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up tasks [200]")
     parser.add_argument(
-        "--only", default="", help="comma list of: taskhub, " + ", ".join(ALL_TARGETS)
+        "--only",
+        default="",
+        help="comma list of: taskhub, cluster, " + ", ".join(ALL_TARGETS),
     )
     parser.add_argument(
         "--smoke",
@@ -605,10 +787,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             word = word.strip()
             if word == "taskhub":
                 wanted += TASKHUB_TARGETS
+            elif word == "cluster":
+                wanted += CLUSTER_TARGETS
             elif word in ALL_TARGETS:
                 wanted.append(word)
             elif word:
-                parser.error(f"unknown target {word!r}: use taskhub, {', '.join(ALL_TARGETS)}")
+                parser.error(
+                    f"unknown target {word!r}: use taskhub, cluster, {', '.join(ALL_TARGETS)}"
+                )
         targets = [t for t in targets if t in wanted]
     args.targets = targets
     return args
@@ -648,8 +834,13 @@ def main(argv: list[str] | None = None) -> int:
             row["wall_seconds"] = round(time.monotonic() - t0, 1)
             rows.append(row)
             progress.update(bar, completed=(i + 1) * STEPS, description=f"{target}: done")
+    cluster_rows = [r for r in rows if r["name"] in CLUSTER_TARGETS]
+    rows = [r for r in rows if r["name"] not in CLUSTER_TARGETS]
     rat = ratios(rows)
-    console.print(table(rows))
+    if rows:
+        console.print(table(rows))
+    if cluster_rows:
+        console.print(cluster_table(cluster_rows))
     for line in ratio_lines(rat):
         console.print(line, highlight=False)
     report: dict[str, Any] = {
@@ -667,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
         "ratios": rat,
+        "cluster_rows": cluster_rows,
     }
     if any(t in PEER_TARGETS for t in args.targets) and os.path.exists(PEERS_VENV):
         report["versions"].update(peer_versions(os.path.join(PEERS_VENV, "bin", "python")))
@@ -678,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         write_docs(report)
-    failed = [r["name"] for r in rows if r["status"] == "failed"]
+    failed = [r["name"] for r in rows + cluster_rows if r["status"] == "failed"]
     if failed:
         console.print(
             f"[red]failed:[/red] {', '.join(failed)} (logs in {os.path.relpath(bench.logs)})"
@@ -686,39 +878,74 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def replace_block(text: str, name: str, block: str, heading: str = "") -> str:
+    """Put ``block`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``text``
+    (appended, after ``heading``, if the markers are not there yet)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    return text + ("\n" if text else "") + heading + block + "\n"
+
+
+def measured_line(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    return (
+        f"Measured {report['started_at']} with `{report['command']}` on {m['nproc']} CPU(s), "
+        f"{m['cpu']}, {m['memory']} RAM, Python {m['python']} ({m['platform']})."
+    )
+
+
 def write_docs(report: dict[str, Any]) -> None:
+    """Rewrite the parts of docs/performance.{md,json,png} this run measured: the main table
+    (and chart) if it ran any of the single-hub targets, the "Several hubs" table if it ran
+    the cluster; the other part, and its figures in the JSON, stay as they were."""
     os.makedirs(DOCS, exist_ok=True)
     json_path = os.path.join(DOCS, "performance.json")
+    old: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
+        old = json.load(fh)
+    cluster_rows = report.pop("cluster_rows", [])
+    doc = dict(report) if report["rows"] else {k: v for k, v in old.items() if k != "cluster"}
+    if cluster_rows:
+        doc["cluster"] = {
+            "started_at": report["started_at"],
+            "command": report["command"],
+            "machine": report["machine"],
+            "versions": report["versions"],
+            "settings": report["settings"],
+            "rows": cluster_rows,
+        }
+    elif "cluster" in old:
+        doc["cluster"] = old["cluster"]
     with open(json_path, "w") as fh:
-        json.dump(report, fh, indent=2)
-    problem = chart(json_path, os.path.join(DOCS, "performance.png"))
-    if problem:
-        console.print(f"[yellow]no chart:[/yellow] {problem}")
+        json.dump(doc, fh, indent=2)
+    if report["rows"]:
+        problem = chart(json_path, os.path.join(DOCS, "performance.png"))
+        if problem:
+            console.print(f"[yellow]no chart:[/yellow] {problem}")
     path = os.path.join(DOCS, "performance.md")
     text = ""
     if os.path.exists(path):
         with open(path) as fh:
             text = fh.read()
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    m = report["machine"]
-    block = "\n".join(
-        [
-            begin,
-            f"Measured {report['started_at']} with `{report['command']}` on {m['nproc']} CPU(s), "
-            f"{m['cpu']}, {m['memory']} RAM, Python {m['python']} ({m['platform']}).",
-            "",
-            markdown_table(report["rows"]),
-            "",
-            *[f"- {line}" for line in ratio_lines(report["ratios"])],
-            "",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
-            end,
-        ]
-    )
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
+    versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "."
+    if report["rows"]:
+        block = "\n".join(
+            [
+                measured_line(report),
+                "",
+                markdown_table(report["rows"]),
+                "",
+                *[f"- {line}" for line in ratio_lines(report["ratios"])],
+                "",
+                versions,
+            ]
+        )
+        text = replace_block(text, "bench", block)
+    if cluster_rows:
+        block = "\n".join([measured_line(report), "", cluster_markdown(cluster_rows), "", versions])
+        text = replace_block(text, "cluster", block, "## Several hubs\n\n")
     with open(path, "w") as fh:
         fh.write(text)
     console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")

@@ -2,17 +2,21 @@
 
     python benchmarks/taskhub_bench.py worker  --url ws://127.0.0.1:P --concurrency 64
     python benchmarks/taskhub_bench.py publish --url ws://127.0.0.1:P --n 5000
+    python benchmarks/taskhub_bench.py publish --url ws://127.0.0.1:P,ws://127.0.0.1:Q --n 5000
 
 The worker prints ``{"kind": "event", "event": "ready"}`` once its subscription is confirmed,
 then works until it is terminated. The publisher warms up, runs tasks one at a time (sequential
 latency), then publishes all N at once and collects every result (throughput, latency under
-load), and prints one ``{"kind": "result", ...}`` line.
+load), and prints one ``{"kind": "result", ...}`` line. Given several URLs (hubs of one
+cluster) the publisher opens one connection to each and spreads its tasks over them round
+robin, the sequential ones too (their latency is also reported per URL).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -22,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import emit, figures, payload, payload_size
+from common import emit, figures, payload, payload_size, percentile
 
 from taskhub import Client
 
@@ -70,7 +74,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-async def worker(url: str, concurrency: int) -> None:
+async def worker(url: str, concurrency: int, group: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,7 +84,7 @@ async def worker(url: str, concurrency: int) -> None:
         return await task.get_payload()
 
     async with Client(url, name="bench-worker") as client:
-        await client.sub(ACTION, echo, concurrency=concurrency)
+        await client.sub(ACTION, echo, group=group, concurrency=concurrency)
         emit("event", event="ready")
         await stop.wait()
 
@@ -94,14 +98,16 @@ async def _one(client: Client, i: int, timeout: float) -> tuple[float, bool]:
 
 
 async def _burst(
-    client: Client, n: int, offset: int, timeout: float
+    clients: list[Client], n: int, offset: int, timeout: float
 ) -> tuple[float, list[float], int]:
-    """Publish n tasks at once; (seconds first publish → last result, latencies, errors)."""
+    """Publish n tasks at once (round robin over the clients); (seconds first publish → last
+    result, latencies, errors)."""
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
     handles = []
     for i in range(offset, offset + n):
+        client = clients[i % len(clients)]
         handles.append((time.perf_counter(), client.pub(ACTION, payload(i)), i))
 
     async def collect(sent: float, handle: Any, i: int) -> None:
@@ -121,21 +127,33 @@ async def _burst(
 
 
 async def publish(
-    url: str, n: int, seq: int, warmup: int, timeout: float, workaround: bool
+    urls: list[str], n: int, seq: int, warmup: int, timeout: float, workaround: bool
 ) -> None:
-    async with Client(url, name="bench-publisher") as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(Client(url, name="bench-publisher")) for url in urls
+        ]
         if workaround:
-            defer_early_events(client)
-        await _burst(client, warmup, 0, timeout)
+            for client in clients:
+                defer_early_events(client)
+        await _burst(clients, warmup, 0, timeout)
         emit("event", event="warm")
         seq_lat: list[float] = []
+        by_url: list[list[float]] = [[] for _ in urls]
         errors = 0
         for i in range(seq):
-            seconds, ok = await _one(client, 10_000_000 + i, timeout)
+            seconds, ok = await _one(clients[i % len(clients)], 10_000_000 + i, timeout)
             seq_lat.append(seconds)
+            by_url[i % len(clients)].append(seconds)
             errors += not ok
         emit("event", event="sequential done")
-        seconds, load_lat, burst_errors = await _burst(client, n, 20_000_000, timeout)
+        seconds, load_lat, burst_errors = await _burst(clients, n, 20_000_000, timeout)
+        extra: dict[str, Any] = {}
+        if len(urls) > 1:
+            extra["seq_p50_ms_by_url"] = {
+                url: round(percentile(lat, 50) * 1000, 3)
+                for url, lat in zip(urls, by_url, strict=True)
+            }
         emit(
             "result",
             **figures(
@@ -148,6 +166,7 @@ async def publish(
                 payload_bytes=payload_size(),
                 late_events=LATE_EVENTS,
                 workaround=workaround,
+                **extra,
             ),
         )
 
@@ -155,8 +174,11 @@ async def publish(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("role", choices=["worker", "publish"])
-    parser.add_argument("--url", required=True)
+    parser.add_argument(
+        "--url", required=True, help="the hub; the publisher takes a comma list of hubs"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--group", default="bench", help="the worker's group")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seq", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=200)
@@ -169,9 +191,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.role == "worker":
-        run(worker(args.url, args.concurrency))
+        run(worker(args.url, args.concurrency, args.group))
     else:
-        run(publish(args.url, args.n, args.seq, args.warmup, args.timeout, args.workaround))
+        urls = [u.strip() for u in args.url.split(",") if u.strip()]
+        run(publish(urls, args.n, args.seq, args.warmup, args.timeout, args.workaround))
 
 
 if __name__ == "__main__":
