@@ -4,37 +4,40 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
+from taskhub.cli_common import CliError, err, one_line, out
+from taskhub.cli_creds import creds_app
+from taskhub.cli_tasks import tasks_app
 from taskhub.errors import TaskHubError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,  # errors are one line (main), never a traceback
     help="TaskHub: send it tasks, watch them as they happen.",
 )
-err = Console(stderr=True)
-out = Console()
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(creds_app, name="creds")
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line
+    err.print(f"[red]error:[/red] {one_line(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("TASKHUB_LOG", "info").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from taskhub import logs
+
+    try:
+        logs.setup()  # TASKHUB_LOG, TASKHUB_LOG_FORMAT (docs/operations.md)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -70,47 +73,64 @@ def pub(
     payload: Annotated[str, typer.Argument(help="JSON payload")] = "null",
     url: Annotated[str, typer.Option(envvar="TASKHUB_URL")] = "ws://127.0.0.1:8080",
     name: Annotated[str, typer.Option(envvar="TASKHUB_NAME")] = "cli",
-    key: Annotated[str, typer.Option(envvar="TASKHUB_KEY")] = "",
-    wait: Annotated[bool, typer.Option("--wait", help="Print updates, then the result")] = False,
-    timeout: Annotated[float | None, typer.Option(help="End timeout, seconds")] = None,
+    key: Annotated[str, typer.Option(envvar="TASKHUB_KEY", help="Credential key")] = "",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show the task live, then print its result as JSON")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="End timeout: seconds after a worker starts it")
+    ] = None,
+    start_timeout: Annotated[
+        float | None, typer.Option("--start-timeout", help="Seconds to wait for a worker")
+    ] = None,
+    delay: Annotated[
+        str | None, typer.Option(help="Deliver later: seconds or an interval (5m, 1h30m)")
+    ] = None,
+    task_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="A repeat with this key returns the same task"),
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher first")] = 0,
 ) -> None:
-    """Publish a task; print its id, or with --wait its updates and result."""
+    """Publish a task; print its id, or with --wait show it live and print its result.
+
+    With --wait the exit status is 0 on success, 2 if the task failed or timed out, 3 if it
+    ended without a result.
+    """
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         _fail(f"payload is not valid JSON: {exc}")
     from taskhub.runtime import run
 
+    options: dict[str, Any] = {"priority": priority}
+    for option, value in (
+        ("timeout", timeout),
+        ("start_timeout", start_timeout),
+        ("delay", delay),
+        ("key", task_key),
+    ):
+        if value is not None:
+            options[option] = value
     try:
-        code = run(_pub(url, name, key, action, data, wait, timeout))
-    except TaskHubError as exc:
+        code = run(_pub(url, name, key, action, data, wait, options))
+    except (TaskHubError, ValueError) as exc:
         _fail(str(exc))
         return
     raise typer.Exit(code)
 
 
 async def _pub(
-    url: str, name: str, key: str, action: str, payload: Any, wait: bool, timeout: float | None
+    url: str, name: str, key: str, action: str, payload: Any, wait: bool, options: dict[str, Any]
 ) -> int:
     from taskhub import Client
+    from taskhub.cli_live import wait_for_result
 
     async with Client(url, name=name, key=key, connect_timeout=5) as client:
-        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        handle = client.pub(action, payload, **kwargs)
-        task_id = await handle.accepted()
-        if not wait:
-            print(task_id, flush=True)
-            return 0
-        err.print(f"task {task_id} published", highlight=False)
-        handle.on(
-            "update", lambda h: err.print(f"update: {json.dumps(h.last_update)}", highlight=False)
-        )
-        try:
-            result = await handle.get_result()
-        except TaskHubError as exc:
-            err.print(f"[red]{type(exc).__name__}:[/red] {exc}", highlight=False)
-            return 2
-        sys.stdout.write(json.dumps(result) + "\n")
+        handle = client.pub(action, payload, **options)
+        if wait:
+            return await wait_for_result(handle, live=err.is_terminal)
+        print(await handle.accepted(), flush=True)
         return 0
 
 
@@ -120,26 +140,39 @@ def watch(
     url: Annotated[str, typer.Option(envvar="TASKHUB_URL")] = "ws://127.0.0.1:8080",
     name: Annotated[str, typer.Option(envvar="TASKHUB_NAME")] = "cli",
     key: Annotated[str, typer.Option(envvar="TASKHUB_KEY")] = "",
+    lines: Annotated[
+        bool, typer.Option("--lines", help="One line per event instead of the live table")
+    ] = False,
+    rows: Annotated[
+        int | None, typer.Option(min=1, help="Tasks in the live table [terminal height]")
+    ] = None,
 ) -> None:
-    """Show task events live: time, task, action, event, state, service, data."""
+    """Show task events live: a table of the latest tasks, updating in place (on a terminal),
+    or with --lines (and whenever stdout is not a terminal) one line per event."""
     from taskhub.names import validate_topic
     from taskhub.runtime import run
 
+    table = out.is_terminal and not lines
+    height = rows or max(5, out.size.height - 4)
     try:
         validate_topic(pattern, pattern=True)  # before connecting: say what is wrong with it
-        run(_watch(url, name, key, pattern))
+        run(_watch(url, name, key, pattern, height if table else None))
     except TaskHubError as exc:
         _fail(str(exc))
 
 
-async def _watch(url: str, name: str, key: str, pattern: str) -> None:
+async def _watch(url: str, name: str, key: str, pattern: str, rows: int | None) -> None:
     from taskhub import Client
+    from taskhub.cli_live import watch_table
 
     async with (
         Client(url, name=name, key=key, connect_timeout=5) as client,
         client.watch(pattern) as events,
     ):
         err.print(f"watching {pattern} on {url} (Ctrl-C to stop)", highlight=False)
+        if rows is not None:
+            await watch_table(events, pattern, rows)
+            return
         async for event in events:
             out.print(_event_line(event), soft_wrap=True, highlight=False)
 
@@ -365,4 +398,23 @@ def dlq_requeue(
 
 
 def main() -> None:
-    app()
+    """The ``taskhub`` entry point: any error is one ``error: ...`` line and exit status 1
+    (``TASKHUB_DEBUG=1`` shows the traceback instead)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TASKHUB_DEBUG"):
+            raise
+        err.print(f"[red]error:[/red] {_describe(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, CliError | TaskHubError | ValueError):
+        return one_line(str(exc))
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return one_line(f"{where}{exc.strerror or exc}")
+    return one_line(f"{type(exc).__name__}: {exc}")

@@ -365,6 +365,11 @@ class Client:
     async def cancel(self, task_id: str) -> None:
         await self._conn.request({"op": "cancel", "task": task_id})
 
+    async def payload(self, task_id: str) -> Any:
+        """A task's payload (the task view leaves it out); read rules as for :meth:`get`."""
+        reply = await self._conn.request({"op": "payload", "task": task_id})
+        return reply.get("payload")
+
     # --- chains and groups -------------------------------------------------------------------
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` one after another; the handle's result is the last step's result.
