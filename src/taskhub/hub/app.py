@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket
 
 from taskhub import __version__
-from taskhub.hub import http, schedules_http
+from taskhub.hub import dashboard, http, metrics, schedules_http
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
@@ -30,5 +30,7 @@ def create_app(hub: Hub) -> FastAPI:
         return {"status": "ok", "hub": hub.name, "store": hub.store.url}
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
+    metrics.install(app, hub)  # /metrics (Prometheus) and /readyz
     app.include_router(schedules_http.router)  # schedules, queues, dead letters
+    dashboard.install(app, hub)  # the web dashboard at / and its JSON under /v1/dashboard
     return app
