@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from taskhub import cli_bench
 from taskhub.cli_common import CliError, err, one_line, out
 from taskhub.cli_creds import creds_app
 from taskhub.cli_tasks import tasks_app
@@ -210,6 +211,7 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: ls, show, requeu
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(queues_app, name="queues")
 app.add_typer(dlq_app, name="dlq")
+app.command("bench")(cli_bench.bench)
 
 Url = Annotated[str, typer.Option("--url", envvar="TASKHUB_URL")]
 Name = Annotated[str, typer.Option("--name", envvar="TASKHUB_NAME")]

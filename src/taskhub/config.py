@@ -32,7 +32,9 @@ timezone = "Europe/Oslo"
 
 ``[server]`` also takes ``retention`` (ended tasks kept, seconds or an interval such as
 ``"7 days"``), ``archive`` (a JSON-lines file removed tasks go to first),
-``idempotency_window`` and ``retry_backoff_max``.
+``idempotency_window`` and ``retry_backoff_max``; and for operation (docs/operations.md)
+``tls_cert``/``tls_key`` (PEM files: wss:// and https://) and ``shutdown_grace`` (seconds or an
+interval; how long a SIGTERM lets started tasks finish, default 10).
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "idempotency_window": (int, float, str),  # strings: intervals ("1h")
     "retention": (int, float, str),
     "archive": str,
+    "tls_cert": str,  # PEM files: serve wss:// and https:// (docs/operations.md)
+    "tls_key": str,
+    "shutdown_grace": (int, float, str),  # seconds (or "30s") started tasks get on SIGTERM
 }
-_INTERVAL_KEYS = ("idempotency_window", "retention")
+_INTERVAL_KEYS = ("idempotency_window", "retention", "shutdown_grace")
 _CRED_KEYS = {"name", "key", "key_hash", "sub_permissions", "pub_permissions", "max_connections"}
 
 

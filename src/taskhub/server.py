@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
+import ssl
 import time
+from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,6 +22,7 @@ from taskhub.hub.auth import Registry
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
+from taskhub.logs import log_task_event
 from taskhub.protocol import WS_PATH
 from taskhub.schedules import Schedule
 from taskhub.store import Store, open_store
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
     from taskhub.hub.cluster import Cluster
 
 log = logging.getLogger("taskhub.server")
+DEFAULT_SHUTDOWN_GRACE = 10.0
+CLOSE_RESTART = 1012  # WebSocket "service restart": the client reconnects, maybe elsewhere
 
 
 def is_loopback(host: str) -> bool:
@@ -69,6 +77,9 @@ class Server:
         schedules: list[dict[str, Any]] | None = None,
         advertise_url: str | None = None,
         lease: float = 3.0,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     ) -> None:
         """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
         (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
@@ -78,7 +89,18 @@ class Server:
 
         With a ``redis://`` store several hubs form a cluster (docs/deployment.md):
         ``advertise_url`` is the base URL other hubs reach this one at (default: the URL it
-        listens on), ``lease`` the seconds a leader holds the lock between renewals."""
+        listens on), ``lease`` the seconds a leader holds the lock between renewals.
+
+        Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
+        and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
+        :meth:`run`/``taskhub serve``) lets started tasks finish."""
+        if (tls_cert is None) != (tls_key is None):
+            raise InvalidOption("tls_cert and tls_key go together: give both or neither")
+        if shutdown_grace < 0:
+            raise InvalidOption("shutdown_grace must be >= 0 seconds")
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.shutdown_grace = float(shutdown_grace)
         self.host = host
         self.port = port
         self.store_url = store
@@ -110,8 +132,13 @@ class Server:
         self.cluster: Cluster | None = None
         self.advertise_url = advertise_url
         self.lease = lease
-        self._uvicorn: uvicorn.Server | None = None
+        self._uvicorn: _Uvicorn | None = None
         self._serve_task: asyncio.Task[None] | None = None
+        self._handle_signals = False  # set by serve_forever(): SIGTERM/SIGINT stop gracefully
+        self._stopping: asyncio.Future[None] | None = None
+        self._stopped = asyncio.Event()
+        self._force = asyncio.Event()  # a second signal: skip the rest of the grace period
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add_credentials(
         self,
@@ -135,12 +162,14 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The WebSocket URL clients connect to."""
-        return f"ws://{self._display_host()}:{self.port}"
+        """The WebSocket URL clients connect to (wss:// with TLS)."""
+        scheme = "wss" if self.tls_cert else "ws"
+        return f"{scheme}://{self._display_host()}:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self._display_host()}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self._display_host()}:{self.port}"
 
     def _display_host(self) -> str:
         return (
@@ -151,6 +180,11 @@ class Server:
 
     async def start(self) -> None:
         """Open the store, take back unfinished tasks, and start listening."""
+        self._check_tls()
+        self._loop = asyncio.get_running_loop()
+        self._stopping = None
+        self._stopped = asyncio.Event()
+        self._force = asyncio.Event()
         if self.registry.open_access:
             if not is_loopback(self.host):
                 raise InvalidOption(
@@ -168,7 +202,25 @@ class Server:
         await self.hub.start()
         await self._listen(create_app(self.hub))
 
+    def _check_tls(self) -> None:
+        """Fail at start with the file names, not deep inside uvicorn."""
+        if self.tls_cert is None or self.tls_key is None:
+            return
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                self.tls_cert, self.tls_key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidOption(
+                f"cannot load TLS certificate {self.tls_cert!r} with key {self.tls_key!r}: {exc}"
+            ) from None
+
     def _make_hub(self, store: Store) -> Hub:
+        hub = self._new_hub(store)
+        hub.lc.listeners.append(log_task_event)  # debug lines per task event (logs.py)
+        return hub
+
+    def _new_hub(self, store: Store) -> Hub:
         return Hub(
             store,
             registry=self.registry,
@@ -212,8 +264,11 @@ class Server:
             ws_ping_timeout=self.limits.ping_timeout,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            ssl_certfile=self.tls_cert,
+            ssl_keyfile=self.tls_key,
+            log_config=None,  # logging is the process's business (logs.setup in `serve`)
         )
-        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn = _Uvicorn(config, self._on_signal if self._handle_signals else None)
         self._serve_task = asyncio.create_task(self._uvicorn.serve())
         while not self._uvicorn.started:
             if self._serve_task.done():
@@ -226,17 +281,77 @@ class Server:
                 break
         log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Shut down gracefully: stop taking connections and offering work, give started
+        tasks up to ``grace`` seconds to finish (their returns are accepted), then close the
+        remaining connections (their deliveries go back to their groups), flush the store.
+
+        A second call waits for the first. ``taskhub serve`` and :meth:`run` stop with
+        ``shutdown_grace`` on SIGTERM/SIGINT; a second signal skips what is left of the grace.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
+        hub = self.leading
+        if hub is not None and self._uvicorn is not None:
+            hub.drain()
+            # New connections: refused at the socket (listeners closed) and, for a request
+            # already in flight on a kept-alive connection, by ws.py while draining.
+            for listener in self._uvicorn.servers:
+                listener.close()
+            await self._wait_idle(hub, grace)
+            await hub.flush()  # what finished work caused reaches its connections first
+            await hub.close_connections(code=CLOSE_RESTART, reason="hub shutting down")
         if self.cluster is not None:
             await self.cluster.stop()
             self.cluster = None
         if self._uvicorn is not None and self._serve_task is not None:
+            # uvicorn waits (up to 5 s) for the connection handlers, whose `finally` detaches
+            # each peer: its held deliveries are taken back before the hub's last flush.
             self._uvicorn.should_exit = True
             await self._serve_task
             self._serve_task = None
         if self.hub is not None:
-            await self.hub.stop()
+            await self.hub.stop()  # writes the last batch, closes the store
             self.hub = None
+            log.info("hub stopped; the store is flushed and closed")
+        self._stopped.set()
+
+    async def _wait_idle(self, hub: Hub, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if hub.busy():
+            log.info("draining: %d delivery(ies) held; waiting up to %.1fs", hub.busy(), grace)
+        while hub.busy() and not self._force.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            # Polling: the lifecycle has no "a delivery was released" signal, and 50 ms is
+            # nothing next to a grace period of seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._force.wait(), min(left, 0.05))
+        if hub.busy():
+            log.warning(
+                "shutdown grace over: handing %d running delivery(ies) back to their groups",
+                hub.busy(),
+            )
+
+    def _on_signal(self, sig: int) -> None:
+        """SIGTERM/SIGINT, from uvicorn's handler: hand over to the loop at once (a signal
+        handler must not log or take locks; it interrupts whatever the thread was doing)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._signalled, signal.Signals(sig).name)
+
+    def _signalled(self, name: str) -> None:
+        """Start the graceful stop; a second signal cuts the grace period short."""
+        if self._stopping is None:
+            log.info("%s: shutting down (grace %.1fs)", name, self.shutdown_grace)
+            self._stopping = asyncio.ensure_future(self._stop(self.shutdown_grace))
+        else:
+            log.warning("%s again: stopping without waiting for running tasks", name)
+            self._force.set()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -246,17 +361,39 @@ class Server:
         await self.stop()
 
     async def serve_forever(self) -> None:
+        """Serve until stopped: :meth:`stop`, or SIGTERM/SIGINT (graceful, ``shutdown_grace``);
+        returns normally then, so ``taskhub serve`` exits 0."""
+        self._handle_signals = True
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await self._stopped.wait()
         finally:
-            await self.stop()
+            await self.stop(self.shutdown_grace)
 
     def run(self) -> None:
         """Block, serving until interrupted (Ctrl-C or SIGTERM)."""
         from taskhub.runtime import run
 
         run(self.serve_forever())
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, except that SIGTERM/SIGINT start the hub's graceful stop.
+
+    uvicorn's own handling would close every connection at once, and after serving it raises
+    the signal again so that it ends the process (exit status 143/130). With ``on_signal`` the
+    signal is handled, not recorded, so ``taskhub serve`` finishes its shutdown and exits 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[int], None] | None) -> None:
+        super().__init__(config)
+        self.on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.on_signal is None:
+            super().handle_exit(sig, frame)
+        else:
+            self.on_signal(sig)
 
 
 def _action_defaults(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

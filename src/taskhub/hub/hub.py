@@ -139,6 +139,11 @@ class Hub:
         self._closing = False
         self._in_round = False
         self.clock = clock
+        # Operation (server.py, hub/metrics.py): draining stops offers before a shutdown;
+        # apply_hooks see every written batch and how long the store took (metrics).
+        self.draining = False
+        self.store_ok = True  # False while a batch write is failing and being retried
+        self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,7 +228,10 @@ class Hub:
         failures = 0
         while True:
             try:
+                started = time.perf_counter()
                 await self.store.apply(batch)
+                self.store_ok = True
+                self._applied(batch, time.perf_counter() - started)
                 break
             except StoreFenced:
                 log.error("another hub leads the cluster now; this hub's writes are refused")
@@ -232,6 +240,7 @@ class Hub:
                 return False
             except (StoreUnavailable, OSError, ConnectionError):
                 # The store is down: keep the batch and retry; nothing is answered meanwhile.
+                self.store_ok = False
                 log.exception("store write failed; retrying in %.2fs", delay)
             except Exception:
                 # Not the store's health but the batch itself: retrying forever would stall
@@ -250,6 +259,50 @@ class Hub:
             delay = min(delay * 2, 2.0)
         self._applying = {}
         return True
+
+    def _applied(self, batch: WriteBatch, seconds: float) -> None:
+        for hook in self.apply_hooks:
+            try:
+                hook(batch, seconds)
+            except Exception:  # an observer must never stop the commit pipeline
+                log.exception("an apply hook failed")
+
+    @property
+    def ready(self) -> bool:
+        """Serving: the flusher runs, the store takes writes, not draining or fenced."""
+        return (
+            self._flusher is not None
+            and not self._flusher.done()
+            and not self._closing
+            and not self.draining
+            and not self.fenced
+            and self.store_ok
+        )
+
+    def drain(self) -> None:
+        """Stop offering work before a shutdown; running deliveries may still finish.
+
+        Dispatch lives in the lifecycle: it offers a group's waiting deliveries to the
+        group's subscribed workers. Unsubscribing every connection (WebSocket and pull
+        consumer) empties the groups' worker lists, so nothing new is offered, while what a
+        connection holds stays with it (``Lifecycle.unsubscribe`` keeps held deliveries) and
+        its ``return`` is still accepted. Offers not yet started go back to their groups at
+        once (not counted as a try), so they wait, stored, for the next hub. ``sub`` messages
+        are then answered ``ok`` without subscribing: the client keeps the subscription and
+        sends it again to the hub it reconnects to.
+        """
+        self.draining = True
+        for peer in list(self.senders):
+            for action in list(peer.subs):
+                self.lc.unsubscribe(peer, action)
+            for task_id, d in list(peer.holding.items()):
+                if d.rec.state == "offered":
+                    self.lc.take_back(peer, task_id, d.rec.attempt, "draining", count_try=False)
+        self.kick()
+
+    def busy(self) -> int:
+        """Deliveries connections still hold (started or offered): what a drain waits for."""
+        return sum(len(peer.holding) for peer in self.senders)
 
     async def flush(self) -> None:
         """Wait until everything the lifecycle has produced so far is written and sent."""
@@ -342,14 +395,15 @@ class Hub:
                 lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry)
                 self._ok(peer, msg.ref)
             case p.Sub():
-                lc.subscribe(
-                    peer,
-                    msg.action,
-                    group=msg.group,
-                    concurrency=msg.concurrency,
-                    observe=msg.observe,
-                    durable=msg.durable,
-                )
+                if not self.draining:  # draining: ok, but no offers (see drain())
+                    lc.subscribe(
+                        peer,
+                        msg.action,
+                        group=msg.group,
+                        concurrency=msg.concurrency,
+                        observe=msg.observe,
+                        durable=msg.durable,
+                    )
                 self._ok(peer, msg.ref)
             case p.Unsub():
                 lc.unsubscribe(peer, msg.action)

@@ -36,6 +36,9 @@ async def _refuse(ws: WebSocket, exc: TaskHubError, code: int) -> None:
 
 
 async def serve_connection(ws: WebSocket, hub: Hub) -> None:
+    if hub.draining:  # shutting down (server.py): refused, the client retries elsewhere/later
+        await ws.close(code=1012)
+        return
     try:
         name, key = parse_bearer(ws.headers.get("authorization"))
         creds = await asyncio.to_thread(hub.registry.authenticate, name, key)

@@ -1,0 +1,233 @@
+"""Prometheus metrics (``GET /metrics``) and the health endpoints (``/healthz``, ``/readyz``).
+
+Each hub has its own :class:`~prometheus_client.CollectorRegistry`, not the process-global one,
+so several hubs in one process (tests, embedded use) each report their own numbers. Counters
+and histograms are fed by a lifecycle listener and a store-apply hook; gauges (live tasks,
+queue depths, connections) are read from the hub's in-memory state at scrape time, so they cost
+nothing between scrapes. Labels are action, event type, group and service: names bounded by
+the credentials' permissions, never task ids (one series per task would grow without bound).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from taskhub.hub.hub import Hub
+from taskhub.lifecycle import Queue, Task
+from taskhub.store import WriteBatch
+from taskhub.store.base import EventRecord
+
+# Task latencies span milliseconds (an echo) to hours (a durable queue waiting for its worker).
+TASK_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
+)  # fmt: skip
+APPLY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+_TERMINAL = frozenset({"success", "fail", "end"})
+_LIVE_STATES = ("init", "start")
+
+_installed: weakref.WeakKeyDictionary[Hub, Metrics] = weakref.WeakKeyDictionary()
+
+
+class Metrics:
+    """The metrics of one hub. Create it with :func:`for_hub` (once per hub)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter(
+            "taskhub_task_events",
+            "Task events (init, offer, start, update, success, fail, end, ...) by action",
+            ["action", "type"],
+            registry=r,
+        )
+        self.wait = Histogram(
+            "taskhub_task_wait_seconds",
+            "From publish to the first start, by action",
+            ["action"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.run = Histogram(
+            "taskhub_task_run_seconds",
+            "From the first start to the end (success, fail or end), by action",
+            ["action"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.total = Histogram(
+            "taskhub_task_duration_seconds",
+            "From publish to the end (success, fail or end), by action",
+            ["action"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.apply = Histogram(
+            "taskhub_store_apply_seconds",
+            "Time the store took to make one batch durable (one transaction where it has them)",
+            buckets=APPLY_BUCKETS,
+            registry=r,
+        )
+        self.batch_tasks = Histogram(
+            "taskhub_store_batch_tasks",
+            "Task records per written batch (group commit: many frames share one batch)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "taskhub_store_batch_events",
+            "Task events per written batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        r.register(_StateCollector(hub))
+        hub.lc.listeners.append(self._on_event)
+        hub.apply_hooks.append(self._on_apply)
+
+    def _on_event(self, task: Task, ev: EventRecord) -> None:
+        rec = task.rec
+        self.events.labels(rec.action, ev.type).inc()
+        if ev.type == "start" and rec.started_at is not None:
+            self.wait.labels(rec.action).observe(max(0.0, rec.started_at - rec.created_at))
+        elif ev.type in _TERMINAL and rec.ended_at is not None:
+            if rec.started_at is not None:
+                self.run.labels(rec.action).observe(max(0.0, rec.ended_at - rec.started_at))
+            self.total.labels(rec.action).observe(max(0.0, rec.ended_at - rec.created_at))
+
+    def _on_apply(self, batch: WriteBatch, seconds: float) -> None:
+        self.apply.observe(seconds)
+        self.batch_tasks.observe(len(batch.tasks))
+        self.batch_events.observe(len(batch.events))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Gauges computed from the hub's live state at scrape time."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed sample set: never collected at registration
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        lc = hub.lc
+        tasks = GaugeMetricFamily("taskhub_tasks", "Unfinished tasks by state", labels=["state"])
+        counts = dict.fromkeys(_LIVE_STATES, 0)
+        for task in lc.tasks.values():
+            counts[task.rec.state] = counts.get(task.rec.state, 0) + 1
+        for state, n in counts.items():
+            tasks.add_metric([state], n)
+        yield tasks
+
+        pooled = GaugeMetricFamily(
+            "taskhub_pooled_tasks",
+            "Tasks waiting for any group to subscribe to their action",
+            labels=["action"],
+        )
+        for action, waiting in lc.pooled.items():
+            pooled.add_metric([action], sum(1 for t in waiting if not t.ended))
+        yield pooled
+
+        depth = GaugeMetricFamily(
+            "taskhub_queue_depth",
+            "Deliveries waiting in a group's queue for a worker with free credit",
+            labels=["action", "group"],
+        )
+        workers = GaugeMetricFamily(
+            "taskhub_queue_workers",
+            "Worker subscriptions (connections or pull consumers) of a group",
+            labels=["action", "group"],
+        )
+        inflight = GaugeMetricFamily(
+            "taskhub_queue_inflight",
+            "Deliveries a group's workers hold (offered or started)",
+            labels=["action", "group"],
+        )
+        for (action, group), q in sorted(lc.queues.items()):
+            depth.add_metric([action, group], _depth(q))
+            workers.add_metric([action, group], len(q.workers))
+            inflight.add_metric([action, group], sum(s.inflight for s in q.workers))
+        yield depth
+        yield workers
+        yield inflight
+
+        conns = GaugeMetricFamily(
+            "taskhub_connections",
+            "Open connections (WebSocket and pull consumers) by service",
+            labels=["service"],
+        )
+        by_service: dict[str, int] = {}
+        for peer in hub.senders:
+            by_service[peer.service] = by_service.get(peer.service, 0) + 1
+        for service, n in sorted(by_service.items()):
+            conns.add_metric([service], n)
+        yield conns
+
+        yield GaugeMetricFamily("taskhub_ready", "1 when /readyz answers 200", value=hub.ready)
+        yield GaugeMetricFamily(
+            "taskhub_draining", "1 while shutting down gracefully", value=hub.draining
+        )
+
+
+def _depth(q: Queue) -> int:
+    """Live entries of the queue's heap (it drops ended or re-routed entries lazily), plus
+    deliveries parked behind their partition key."""
+    n = sum(
+        1
+        for _, _, d in q.waiting
+        if not d.task.ended and d.rec.state == "pending" and d.task.deliveries.get(q.group) is d
+    )
+    return n + sum(len(parked) for parked in q.parked.values())
+
+
+def for_hub(hub: Hub) -> Metrics:
+    """The hub's metrics, created on first use (once: a second listener would count twice)."""
+    metrics = _installed.get(hub)
+    if metrics is None:
+        metrics = _installed[hub] = Metrics(hub)
+    return metrics
+
+
+def install(app: FastAPI, hub: Hub) -> None:
+    """Add ``GET /metrics`` and ``GET /readyz`` to the hub's app."""
+    metrics = for_hub(hub)
+
+    @app.get(
+        "/metrics",
+        tags=["operation"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def get_metrics() -> Response:
+        """Prometheus text exposition of this hub's metrics (docs/operations.md)."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/readyz",
+        tags=["operation"],
+        responses={503: {"description": "Not ready: starting, draining, or the store failing"}},
+    )
+    async def readyz() -> Any:
+        """200 when the hub takes work: store open and writable, flusher running, not
+        draining. Load balancers should route by this, liveness probes by /healthz."""
+        body = {
+            "ready": hub.ready,
+            "draining": hub.draining,
+            "store_ok": hub.store_ok,
+            "fenced": hub.fenced,
+        }
+        return JSONResponse(body, status_code=200 if hub.ready else 503)
