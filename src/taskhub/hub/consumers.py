@@ -28,6 +28,7 @@ from taskhub.errors import (
     InvalidOption,
     NotHolding,
     PermissionDenied,
+    StoreUnavailable,
     TaskHubError,
 )
 from taskhub.hub.hub import Hub
@@ -111,6 +112,8 @@ class Consumers:
         if not 0 < lease <= MAX_LEASE:
             raise InvalidOption(f"lease must be > 0 and <= {MAX_LEASE:g} seconds", option="lease")
         hub = self.hub
+        if hub.draining:  # shutting down: new work must go to another hub
+            raise StoreUnavailable("this hub is shutting down; start the consumer elsewhere")
         peer = Peer(new_id(), creds)
         hub.registry.claim_connection(creds)  # a consumer counts as a connection of its service
         c = Consumer(

@@ -16,8 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -45,12 +45,10 @@ class Metrics:
         self.hub = hub
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.events = Counter(
-            "taskhub_task_events",
-            "Task events (init, offer, start, update, success, fail, end, ...) by action",
-            ["action", "type"],
-            registry=r,
-        )
+        # Counted in a plain dict and exported at scrape time: this runs for every task event,
+        # and a labelled prometheus child costs a lookup and a lock per increment.
+        self.event_counts: dict[tuple[str, str], int] = {}
+        r.register(_EventCollector(self.event_counts))
         self.wait = Histogram(
             "taskhub_task_wait_seconds",
             "From publish to the first start, by action",
@@ -90,19 +88,29 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self._children: dict[tuple[int, str], Any] = {}
         r.register(_StateCollector(hub))
         hub.lc.listeners.append(self._on_event)
         hub.apply_hooks.append(self._on_apply)
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
         rec = task.rec
-        self.events.labels(rec.action, ev.type).inc()
+        key = (rec.action, ev.type)
+        counts = self.event_counts
+        counts[key] = counts.get(key, 0) + 1
         if ev.type == "start" and rec.started_at is not None:
-            self.wait.labels(rec.action).observe(max(0.0, rec.started_at - rec.created_at))
+            self._child(self.wait, rec.action).observe(max(0.0, rec.started_at - rec.created_at))
         elif ev.type in _TERMINAL and rec.ended_at is not None:
             if rec.started_at is not None:
-                self.run.labels(rec.action).observe(max(0.0, rec.ended_at - rec.started_at))
-            self.total.labels(rec.action).observe(max(0.0, rec.ended_at - rec.created_at))
+                self._child(self.run, rec.action).observe(max(0.0, rec.ended_at - rec.started_at))
+            self._child(self.total, rec.action).observe(max(0.0, rec.ended_at - rec.created_at))
+
+    def _child(self, histogram: Histogram, action: str) -> Any:
+        key = (id(histogram), action)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = histogram.labels(action)
+        return child
 
     def _on_apply(self, batch: WriteBatch, seconds: float) -> None:
         self.apply.observe(seconds)
@@ -111,6 +119,24 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EventCollector(Collector):
+    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
+        self.counts = counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "taskhub_task_events",
+            "Task events (init, offer, start, update, success, fail, end, ...) by action",
+            labels=["action", "type"],
+        )
+        for (action, type_), n in list(self.counts.items()):
+            family.add_metric([action, type_], n)
+        yield family
 
 
 class _StateCollector(Collector):
