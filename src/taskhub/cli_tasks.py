@@ -27,22 +27,14 @@ from taskhub.cli_common import (
     when,
     ws_call,
 )
+from taskhub.lifecycle import REQUEUE_OPTIONS
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Tasks: ls, show, cancel, retry.")
 
 STATE_STYLE = {"init": "", "start": "cyan", "success": "green", "fail": "red", "end": "yellow"}
 # The options a retry copies (as dead-letter re-queue does); key, delay, at and once_every
 # were spent on the first task, and schedule/slot/requeued_from describe where it came from.
-RETRY_OPTIONS = (
-    "timeout",
-    "start_timeout",
-    "retries",
-    "max_attempts",
-    "priority",
-    "backoff",
-    "backoff_max",
-    "partition_key",
-)
+RETRY_OPTIONS = REQUEUE_OPTIONS
 TaskId = Annotated[str, typer.Argument(help="Task id")]
 
 

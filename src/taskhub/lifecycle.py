@@ -64,6 +64,7 @@ _REQUEUE_KEEP = (
     "backoff_max",
     "partition_key",
 )
+REQUEUE_OPTIONS = _REQUEUE_KEEP  # public: `taskhub tasks retry` copies the same options
 TimerHandler = Callable[[str, float], None]
 
 
