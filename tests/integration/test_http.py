@@ -272,3 +272,103 @@ async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
         assert path in spec["paths"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert (await http.get("/docs")).status_code == 200
+
+
+# --- POST /add (seed 000's batch form) -------------------------------------------------------
+async def test_add_starts_chains_merging_each_output_over_the_next_input(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    worker = await make_client("calc")
+
+    @worker.sub("calc:step")
+    async def step(task: Any) -> Any:
+        seen = await task.get_payload()
+        return {"last": seen.get("n"), "seen": seen}
+
+    await step
+    r = await http.post(
+        "/add",
+        json=[
+            {"tasks": [{"task": "calc:step", "input": {"n": 1}}, {"task": "calc:step"}]},
+            {
+                "tasks": [
+                    {"task": "calc:step", "input": {"n": 10, "last": 0}},
+                    {"task": "calc:step", "input": {"n": 20, "last": 0, "extra": True}},
+                ]
+            },
+        ],
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["accepted"] == 4 and len(body["chains"]) == 2
+    first, second = body["chains"]
+    r = await http.get(f"/v1/tasks/{second}/result", params={"wait": 5})
+    assert r.status_code == 200, r.text
+    # the second step's declared input, with the first step's output merged over it
+    seen = r.json()["result"]["seen"]
+    assert seen["n"] == 20 and seen["last"] == 10 and seen["extra"] is True
+    r = await http.get(f"/v1/tasks/{first}/result", params={"wait": 5})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["seen"]["last"] == 1  # no declared input: the previous output
+
+    # one chain, not in a list
+    r = await http.post("/add", json={"tasks": [{"task": "calc:step", "input": {"n": 5}}]})
+    assert r.status_code == 201 and r.json()["accepted"] == 1, r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        ([{"tasks": [{"task": "email:a"}]}, {"tasks": [{"input": 1}]}], "bad_message", "chains.1"),
+        ({"tasks": [{"task": "email:a"}, {"task": "nope"}]}, "bad_message", "chain.tasks.1"),
+        ({"tasks": []}, "bad_message", "chain.tasks"),
+        ({"tasks": [{"task": "email:a", "colour": 1}]}, "bad_message", "colour"),
+        ({"tasks": [{"task": "email:a", "input": 2**64}]}, "bad_message", "chain.tasks.0.input"),
+        ([{"tasks": [{"task": "email:a"}]}, {"tasks": [{"task": "geo:x"}]}], "forbidden", "geo:x"),
+        ({"tasks": [{"task": "taskhub:chain"}]}, "forbidden", "chain.tasks.0"),
+        ("tasks", "bad_message", "chain"),
+    ],
+)
+async def test_add_refuses_a_malformed_workload_whole_naming_the_step(
+    secured: httpx.AsyncClient, body: Any, code: str, words: str
+) -> None:
+    r = await secured.post("/add", json=body)
+    _err(r, 403 if code == "forbidden" else 400, code, words)
+    # nothing was started, not even the chains before the bad one
+    listed = await secured.get("/v1/tasks", headers={"Authorization": "Bearer ops:opskey"})
+    assert listed.json()["tasks"] == []
+
+
+async def test_add_needs_credentials_and_keeps_the_body_limit(secured: httpx.AsyncClient) -> None:
+    r = await secured.post("/add", json={"tasks": []}, headers={"Authorization": ""})
+    _err(r, 401, "auth_failed", "Authorization")
+    big = {"tasks": [{"task": "email:send", "input": "x" * 20_000}]}
+    _err(await secured.post("/add", json=big), 413, "frame_too_large", "10000")
+
+
+async def test_admin_routes_check_the_shape_their_schema_states(
+    secured: httpx.AsyncClient,
+) -> None:
+    ops = {"Authorization": "Bearer ops:opskey"}
+    r = await secured.put("/v1/schedules/s", json={"cron": "", "action": "email:a"}, headers=ops)
+    _err(r, 400, "bad_message", "cron")
+    body = {"cron": "* * * * *", "action": "email:a", "options": {"colour": 1}}
+    _err(await secured.put("/v1/schedules/s", json=body, headers=ops), 400, "bad_message", "colour")
+    body = {"cron": "* * * * *", "action": "email:a", "options": {"key": "k"}}
+    _err(await secured.put("/v1/schedules/s", json=body, headers=ops), 422, "invalid_option", "key")
+    body = {"cron": "* * * * *", "action": "email:a", "options": {"priority": 3, "delay": "1m"}}
+    r = await secured.put("/v1/schedules/s", json=body, headers=ops)
+    assert r.status_code == 200 and r.json()["options"] == {"priority": 3, "delay": 60.0}, r.text
+    _err(await secured.delete("/v1/queues/0/0", headers=ops), 422, "invalid_action", "'0'")
+    _err(await secured.get("/v1/queues", headers={"Authorization": ""}), 401, "auth_failed")
+
+
+async def test_openapi_documents_every_answer_in_the_error_model(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    assert "/add" in spec["paths"]
+    assert "HTTPValidationError" not in json.dumps(spec)  # malformed input gets a 400 ErrorBody
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/") or path == "/v1/dashboard/logout":
+            continue
+        for method, operation in operations.items():
+            assert {"400", "401", "500"} <= operation["responses"].keys(), (method, path)

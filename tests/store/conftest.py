@@ -15,3 +15,11 @@ def redis_server() -> Iterator[redisproc.RedisProcess]:
     server = redisproc.shared()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[redisproc.RedisCluster]:
+    """The session's shared 3-primary Redis Cluster (the conformance suite uses it too)."""
+    cluster = redisproc.shared_cluster()
+    yield cluster
+    cluster.cleanup()

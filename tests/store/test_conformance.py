@@ -31,7 +31,9 @@ from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests import redisproc
 
 # A new engine joins the suite by adding its name here and a URL in store_url().
-ENGINES = ["memory", "sqlite", "redis"]
+# "redis-cluster" is the same engine on a real 3-primary Redis Cluster with the cluster-aware
+# client (redis+cluster://): prefixes (one per test) land on different primaries.
+ENGINES = ["memory", "sqlite", "redis", "redis-cluster"]
 
 
 def store_url(engine: str, folder: Path) -> str:
@@ -44,6 +46,9 @@ def store_url(engine: str, folder: Path) -> str:
         # examples) apart, and the same folder opens the same data, as with sqlite.
         prefix = "t" + hashlib.sha1(str(folder).encode()).hexdigest()[:16]
         return f"{redisproc.shared().url}?prefix={prefix}"
+    if engine == "redis-cluster":
+        prefix = "t" + hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+        return f"{redisproc.shared_cluster().url}?prefix={prefix}"
     raise AssertionError(f"no URL for engine {engine!r}")
 
 

@@ -18,7 +18,7 @@ from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.store import open_store
 from taskhub.store.base import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store.redis import RedisStore
-from tests.redisproc import RedisProcess, cluster_args, free_port
+from tests.redisproc import RedisProcess, cluster_args, free_port, make_tls_files
 
 
 def task(task_id: str, **fields: object) -> TaskRecord:
@@ -75,6 +75,26 @@ def test_url_forms() -> None:
     with pytest.raises(ValueError) as info:
         open_store("postgres://u:pw@h/db")
     assert "pw" not in str(info.value)
+    # Secrets in the query are masked too.
+    s = RedisStore.from_url("rediss://h/0?ssl_keyfile=/k.pem&ssl_password=pw&prefix=p")
+    assert s.url == "rediss://h/0?ssl_keyfile=/k.pem&ssl_password=***&prefix=p"
+    assert "ssl_password=pw" in s._redis_url
+
+
+def test_cluster_url_forms() -> None:
+    s = RedisStore.from_url("redis+cluster://u:pw@h:7000?prefix=app")
+    assert s.cluster and s.prefix == "app" and s.url == "redis+cluster://u:***@h:7000?prefix=app"
+    assert s._redis_url == "redis://u:pw@h:7000"  # what redis-py's cluster client parses
+    s = RedisStore.from_url("rediss+cluster://h:7000/0?ssl_ca_certs=/ca.pem")
+    assert s.cluster and s._redis_url == "rediss://h:7000?ssl_ca_certs=%2Fca.pem"
+    assert not RedisStore.from_url("redis://h:7000").cluster
+    for url in ("redis+cluster://h:7000", "rediss+cluster://h:7000?prefix=x"):
+        store = open_store(url)
+        assert isinstance(store, RedisStore) and store.cluster
+    with pytest.raises(ValueError, match="database 0 only"):
+        RedisStore.from_url("redis+cluster://h:7000/2")
+    with pytest.raises(ValueError, match="redis\\+cluster://"):
+        RedisStore.from_url("redis://h:7000?cluster=true")
 
 
 # -- key layout -------------------------------------------------------------------------------
@@ -337,6 +357,69 @@ async def test_redis_going_down_raises_store_unavailable(tmp_path: Path) -> None
         assert await store.get_task("a") is not None
     finally:
         await store.close()
+        server.cleanup()
+
+
+async def test_oom_and_readonly_replies_raise_store_unavailable(tmp_path: Path) -> None:
+    """redis-py strips the code from the replies it has a class for: mapped by status_code."""
+    server = RedisProcess(tmp_path / "redis").start()
+    store = RedisStore.from_url(f"{server.url}?prefix=x")
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await store.open()
+        await raw.config_set("maxmemory", 1)  # noeviction: new keys are refused
+        with pytest.raises(StoreUnavailable, match="unavailable: OOM command not allowed"):
+            await store.acquire_lock("l", "t", 1000)
+        await raw.config_set("maxmemory", 0)
+        await raw.replicaof("127.0.0.1", free_port())  # a read-only replica, as after a failover
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            await store.apply(WriteBatch(tasks=[task("a")]))
+    finally:
+        await raw.aclose()
+        await store.close()
+        server.cleanup()
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+async def test_rediss_round_trip_over_tls(tmp_path: Path) -> None:
+    """A TLS-only redis-server (no plain-text port) with a certificate from a throwaway CA."""
+    tls = make_tls_files(tmp_path / "tls")
+    server = RedisProcess(tmp_path / "redis", tls=tls)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        if "tls" in str(exc).lower() and "bad directive" in str(exc).lower():
+            pytest.skip(f"this redis-server was built without TLS support: {exc}")
+        raise
+    base = f"rediss://127.0.0.1:{server.port}"
+    try:
+        store = open_store(f"{base}?prefix=x&ssl_ca_certs={tls.ca}")
+        assert isinstance(store, RedisStore)
+        await store.open()
+        try:
+            await store.apply(
+                WriteBatch(tasks=[task("a", payload={"over": "tls"})], events=[event("a", 0)])
+            )
+            got = await store.get_task("a")
+            assert got is not None and got.payload == {"over": "tls"}
+            assert [e.seq for e in await store.get_events("a")] == [0]
+            assert [t.id for t in await store.load_active()] == ["a"]
+            assert await store.acquire_lock("l", "me", 10_000)
+            assert await store.release_lock("l", "me")
+        finally:
+            await store.close()
+
+        # The certificate is verified: without the CA the handshake fails.
+        unverified = RedisStore.from_url(f"{base}?prefix=x")
+        with pytest.raises(StoreUnavailable, match="certificate verify failed"):
+            await unverified.open()
+        # Nor does plain text reach a TLS port.
+        plain = RedisStore.from_url(f"redis://127.0.0.1:{server.port}?prefix=x")
+        with pytest.raises(StoreUnavailable):
+            await plain.open()
+    finally:
         server.cleanup()
 
 

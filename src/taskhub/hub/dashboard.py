@@ -416,7 +416,10 @@ MonitorDep = Annotated[Monitor, Depends(_monitor)]
 OPERATOR = Credentials("dashboard")  # reads on behalf of an admin: every action
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
-_ADMIN_ERRORS = {"_403": "Not an admin (no 'admin' or '*' permission)."}
+_ADMIN_ERRORS = {
+    "_403": "Not an admin (no 'admin' or '*' permission), or a change made with the session "
+    f"cookie without the {CSRF_HEADER} header.",
+}
 
 
 @router.post(
@@ -445,7 +448,12 @@ async def login(body: Login, request: Request, response: Response, hub: HubDep) 
     return {"name": creds.name, "open_access": False, "expires_at": hub.clock() + sessions.ttl}
 
 
-@router.post("/logout", status_code=204, summary="Log out (clears the session cookie)")
+@router.post(
+    "/logout",
+    status_code=204,
+    summary="Log out (clears the session cookie)",
+    responses={413: _responses()[413], 500: _responses()[500]},
+)
 async def logout() -> Response:
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")

@@ -1,4 +1,5 @@
-"""The HTTP API under ``/v1``: tasks, their results and events, pull consumers, broadcast events.
+"""The HTTP API under ``/v1`` (and seed 000's ``POST /add``): tasks, their results and events,
+pull consumers, broadcast events.
 
 Same hub, same rules as the WebSocket: every call runs the lifecycle and answers once what it
 changed is stored. Errors are ``{"code", "message", "details"?}`` with the code of the
@@ -21,11 +22,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from pydantic.config import JsonDict
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskhub.chains import MAX_STEPS
 from taskhub.errors import (
     AuthenticationFailed,
     FrameTooLarge,
@@ -44,6 +46,7 @@ from taskhub.hub.auth import parse_bearer
 from taskhub.hub.consumers import MAX_LEASE, Consumer, ConsumerNotFound, Consumers
 from taskhub.hub.hub import Hub, task_view
 from taskhub.lifecycle import Credentials, Task
+from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
 
 log = logging.getLogger("taskhub.http")
@@ -56,6 +59,9 @@ ACTION_SCHEMA: JsonDict = {
     "pattern": r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)?:[A-Za-z0-9_.\-]+$",
     "maxLength": 255,
 }
+# The action alphabet as a regular expression, for a route that refuses a bad name as a shape
+# error (400): POST /add, whose workload is refused whole.
+ACTION_PATTERN = str(ACTION_SCHEMA["pattern"])
 TOPIC_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z0-9_\-]+([/:.][A-Za-z0-9_\-]+)*$", "maxLength": 255}
 
 
@@ -282,6 +288,44 @@ class ConsumerStopped(BaseModel):
     handed_back: int = Field(description="Leases given back to the group.")
 
 
+class AddStep(BaseModel):
+    """One step of a seed-000 chain."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(
+        description="The step's action, `<noun>:<verb>`.",
+        max_length=255,
+        pattern=ACTION_PATTERN,
+    )
+    input: Any = Field(
+        None,
+        description="The declared input; the previous step's output (an object) is merged "
+        "over it (null: the previous output as it is).",
+    )
+
+
+class AddChain(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[AddStep] = Field(min_length=1, max_length=MAX_STEPS)
+
+
+def _add_shape(value: Any) -> str:
+    return "chains" if isinstance(value, list) else "chain"
+
+
+# One chain, or a list of them: the tag names the branch, so an error names the bad step as
+# `chain.tasks.1.task` or `chains.2.tasks.0.input` (and not both branches of a plain union).
+AddWorkload = Annotated[
+    Annotated[AddChain, Tag("chain")] | Annotated[list[AddChain], Tag("chains")],
+    Discriminator(_add_shape),
+]
+
+
+class AddAccepted(BaseModel):
+    accepted: int = Field(description="Tasks accepted: the steps of every chain.")
+    chains: list[str] = Field(description="Each chain's id (a task: GET /v1/tasks/{id}).")
+
+
 _ERR = {"model": ErrorBody}
 _COMMON: dict[int | str, dict[str, Any]] = {
     400: {**_ERR, "description": "Malformed JSON or a field of the wrong shape (named)."},
@@ -289,6 +333,7 @@ _COMMON: dict[int | str, dict[str, Any]] = {
     413: {**_ERR, "description": "Body over the hub's max_frame."},
     "4XX": _ERR,
     500: {**_ERR, "description": "Unexpected error (logged by the hub)."},
+    503: {**_ERR, "description": "The store could not be reached, or the hub is stopping."},
 }
 
 
@@ -827,6 +872,49 @@ async def stop_consumer(consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
     return {"consumer_id": consumer.id, "handed_back": handed_back}
 
 
+# --- seed 000's batch form ------------------------------------------------------------------
+batch_router = APIRouter()
+
+
+@batch_router.post(
+    "/add",
+    status_code=201,
+    response_model=AddAccepted,
+    tags=["tasks"],
+    summary="Start chains of tasks (seed 000's batch form)",
+    responses=_responses(
+        _400="A malformed workload (the bad step is named); nothing is started.",
+        _403="No pub permission for a step's action (the step is named); nothing is started.",
+    ),
+)
+async def add(body: Annotated[AddWorkload, Body()], hub: HubDep, creds: Caller) -> Any:
+    """One `{tasks: [{task, input}, ...]}` chain or a list of them. The steps of a chain run
+    one after another; each step's input is its declared input with the previous step's
+    output merged over it. Every step of every chain is checked before any chain starts, so a
+    bad workload is refused whole. Answers once the chains are stored."""
+    chains = body if isinstance(body, list) else [body]
+    for c, chain in enumerate(chains):
+        for i, step in enumerate(chain.tasks):
+            where = f"chains.{c}.tasks.{i}" if isinstance(body, list) else f"chain.tasks.{i}"
+            _storable(f"{where}.input", step.input)
+            try:
+                validate_action(step.task)
+            except InvalidAction as exc:  # the schema's pattern says as much: a shape error
+                raise ProtocolError(f"{where}.task: {exc.message}", field=where) from None
+            if reserved_action(step.task) or not allowed(creds.pub_permissions, step.task):
+                raise PermissionDenied(
+                    f"{where}: {creds.name!r} may not publish {step.task!r}", action=step.task
+                )
+    ids = [
+        hub.add_chain(
+            creds, [{"action": s.task, "payload": s.input} for s in chain.tasks], merge_input=True
+        )
+        for chain in chains
+    ]
+    await hub.flush()
+    return {"accepted": sum(len(chain.tasks) for chain in chains), "chains": ids}
+
+
 # --- errors and limits ----------------------------------------------------------------------
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
@@ -883,7 +971,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuses a ``/v1`` request body over the hub's ``max_frame`` with 413, by its
+    """Refuses a ``/v1`` (or ``/add``) request body over the hub's ``max_frame`` with 413, by its
     Content-Length or, without one, by what actually arrives (so at most ``max_frame`` bytes
     are ever buffered for one request)."""
 
@@ -892,7 +980,8 @@ class BodyLimit:
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/add"):
             await self.app(scope, receive, send)
             return
         limit = self.hub.limits.max_frame
@@ -949,11 +1038,35 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
+def _openapi_without_fastapi_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 ``HTTPValidationError`` on every route with parameters, but
+    the hub answers a malformed request with a 400 :class:`ErrorBody` (``_on_validation_error``)
+    and keeps 422 for the rules the routes document themselves: drop FastAPI's."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    answers = operation.get("responses", {})
+                    if "HTTPValidationError" in str(answers.get("422", "")):
+                        del answers["422"]
+            schemas = schema.get("components", {}).get("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+        return app.openapi_schema or {}
+
+    return openapi
+
+
 def install(app: FastAPI, hub: Hub) -> None:
     """Add the ``/v1`` HTTP API, its error model and its body limit to ``app``."""
     app.state.consumers = Consumers(hub)
     app.state.task_events = TaskEvents(hub)
     app.include_router(router)
+    app.include_router(batch_router)
+    app.openapi = _openapi_without_fastapi_422(app)  # type: ignore[method-assign]
     app.add_exception_handler(TaskHubError, _on_taskhub_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)

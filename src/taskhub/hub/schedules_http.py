@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from taskhub.hub.admin import Admin
-from taskhub.hub.http import ACTION_SCHEMA, Caller, _responses
+from taskhub.hub.http import ACTION_SCHEMA, Caller, TaskOptions, _options, _responses
 
 router = APIRouter(prefix="/v1")
 
@@ -24,19 +25,36 @@ def _admin(request: Request) -> Admin:
 
 
 AdminDep = Annotated[Admin, Depends(_admin)]
+# For the OpenAPI only, as ACTION_SCHEMA: the scheduler checks the name and names it (422).
+SCHEDULE_NAME_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z0-9_.:/\-]{1,200}$", "maxLength": 200}
+# A group in a queue's path is its last segment: it cannot hold a '/'.
+GROUP_SCHEMA: JsonDict = {"pattern": r"^[^/]+$"}
+ScheduleName = Annotated[str, Path(json_schema_extra=SCHEDULE_NAME_SCHEMA)]
+QueueAction = Annotated[str, Path(json_schema_extra=ACTION_SCHEMA)]
+QueueGroup = Annotated[str, Path(json_schema_extra=GROUP_SCHEMA)]
 
 
 class ScheduleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cron: str = Field(description="Five fields: minute hour day-of-month month day-of-week.")
+    cron: str = Field(
+        min_length=1,
+        max_length=255,
+        description="Five fields: minute hour day-of-month month day-of-week (a cron the "
+        "scheduler cannot read gets 422).",
+    )
     action: str = Field(json_schema_extra=ACTION_SCHEMA)
     payload: Any = None
-    options: dict[str, Any] | None = Field(
+    options: TaskOptions | None = Field(
         None,
         description="`pub` options for every task (timeout, priority, retries, ...); "
-        "`delay`/`once_every` may be interval strings; not `key` or `at`.",
+        "`delay`/`once_every` may be interval strings; not `key` or `at` (422).",
     )
-    timezone: str = Field("UTC", description="IANA time zone the cron is read in.")
+    timezone: str = Field(
+        "UTC",
+        min_length=1,
+        max_length=255,
+        description="IANA time zone the cron is read in (an unknown one gets 422).",
+    )
 
 
 class ScheduleView(BaseModel):
@@ -86,7 +104,9 @@ class Requeued(BaseModel):
 
 
 # --- schedules ------------------------------------------------------------------------------
-@router.get("/schedules", response_model=list[ScheduleView], tags=["schedules"])
+@router.get(
+    "/schedules", response_model=list[ScheduleView], tags=["schedules"], responses=_responses()
+)
 async def list_schedules(admin: AdminDep, creds: Caller) -> Any:
     """The schedules whose action the caller may publish or subscribe to, or that it made."""
     return admin.schedules(creds)
@@ -98,7 +118,7 @@ async def list_schedules(admin: AdminDep, creds: Caller) -> Any:
     tags=["schedules"],
     responses=_responses(_404="No such schedule."),
 )
-async def get_schedule(name: str, admin: AdminDep, creds: Caller) -> Any:
+async def get_schedule(name: ScheduleName, admin: AdminDep, creds: Caller) -> Any:
     return admin.schedule(creds, name)
 
 
@@ -107,13 +127,23 @@ async def get_schedule(name: str, admin: AdminDep, creds: Caller) -> Any:
     response_model=ScheduleView,
     tags=["schedules"],
     responses=_responses(
-        _403="No pub permission for the action.", _422="Bad cron, time zone or option (named)."
+        _403="No pub permission for the action, or the schedule is another's.",
+        _422="Bad name, cron, time zone, action or option (named).",
     ),
 )
-async def put_schedule(name: str, body: ScheduleBody, admin: AdminDep, creds: Caller) -> Any:
+async def put_schedule(
+    name: ScheduleName, body: ScheduleBody, admin: AdminDep, creds: Caller
+) -> Any:
     """Create or replace a schedule; answers once it is stored."""
+    options = _options(body.options)
     return await admin.put_schedule(
-        creds, name, body.cron, body.action, body.payload, body.options, body.timezone
+        creds,
+        name,
+        body.cron,
+        body.action,
+        body.payload,
+        vars(options) if options is not None else None,
+        body.timezone,
     )
 
 
@@ -121,14 +151,17 @@ async def put_schedule(name: str, body: ScheduleBody, admin: AdminDep, creds: Ca
     "/schedules/{name:path}",
     response_model=ScheduleView,
     tags=["schedules"],
-    responses=_responses(_404="No such schedule."),
+    responses=_responses(
+        _403="The schedule is another's, and no pub permission for its action.",
+        _404="No such schedule.",
+    ),
 )
-async def delete_schedule(name: str, admin: AdminDep, creds: Caller) -> Any:
+async def delete_schedule(name: ScheduleName, admin: AdminDep, creds: Caller) -> Any:
     return await admin.remove_schedule(creds, name)
 
 
 # --- group queues ---------------------------------------------------------------------------
-@router.get("/queues", response_model=list[QueueView], tags=["queues"])
+@router.get("/queues", response_model=list[QueueView], tags=["queues"], responses=_responses())
 async def list_queues(admin: AdminDep, creds: Caller) -> Any:
     """Every group queue of an action the caller may publish or subscribe to."""
     return admin.queues(creds)
@@ -138,9 +171,9 @@ async def list_queues(admin: AdminDep, creds: Caller) -> Any:
     "/queues/{action:path}/{group}",
     response_model=QueueView,
     tags=["queues"],
-    responses=_responses(_404="No such queue."),
+    responses=_responses(_403="May not see the action.", _404="No such queue."),
 )
-async def get_queue(action: str, group: str, admin: AdminDep, creds: Caller) -> Any:
+async def get_queue(action: QueueAction, group: QueueGroup, admin: AdminDep, creds: Caller) -> Any:
     return admin.queue(creds, action, group)
 
 
@@ -148,11 +181,15 @@ async def get_queue(action: str, group: str, admin: AdminDep, creds: Caller) -> 
     "/queues/{action:path}/{group}",
     response_model=Purged,
     tags=["queues"],
-    responses=_responses(_403="No sub permission for the action.", _404="No such queue."),
+    responses=_responses(
+        _403="No sub permission for the action.",
+        _404="No such queue.",
+        _422="Bad action name (the bad character is named).",
+    ),
 )
 async def purge_queue(
-    action: str,
-    group: str,
+    action: QueueAction,
+    group: QueueGroup,
     admin: AdminDep,
     creds: Caller,
     forget: Annotated[
@@ -166,7 +203,12 @@ async def purge_queue(
 
 
 # --- dead letters ---------------------------------------------------------------------------
-@router.get("/dead-letters", response_model=list[DeadLetter], tags=["dead letters"])
+@router.get(
+    "/dead-letters",
+    response_model=list[DeadLetter],
+    tags=["dead letters"],
+    responses=_responses(),
+)
 async def list_dead_letters(admin: AdminDep, creds: Caller, action: str | None = None) -> Any:
     """Tasks that ran out of attempts or failed after their retries, oldest first (no
     payloads)."""
@@ -177,7 +219,7 @@ async def list_dead_letters(admin: AdminDep, creds: Caller, action: str | None =
     "/dead-letters/{task_id}",
     response_model=DeadLetter,
     tags=["dead letters"],
-    responses=_responses(_404="No such dead letter."),
+    responses=_responses(_403="May not see the action.", _404="No such dead letter."),
 )
 async def get_dead_letter(task_id: str, admin: AdminDep, creds: Caller) -> Any:
     return await admin.dead_letter(creds, task_id)
@@ -188,7 +230,10 @@ async def get_dead_letter(task_id: str, admin: AdminDep, creds: Caller) -> Any:
     response_model=Requeued,
     status_code=201,
     tags=["dead letters"],
-    responses=_responses(_403="No pub permission for the action.", _404="No such dead letter."),
+    responses=_responses(
+        _403="May not see the dead letter, or no pub permission for its action.",
+        _404="No such dead letter.",
+    ),
 )
 async def requeue_dead_letter(task_id: str, admin: AdminDep, creds: Caller) -> Any:
     """Publish a fresh copy (a new task id, `options.requeued_from` the dead one) and remove

@@ -9,7 +9,8 @@ __all__ = ["DeliveryRecord", "EventRecord", "Store", "TaskRecord", "WriteBatch",
 
 def open_store(url: str) -> Store:
     """``memory://``, ``sqlite:///path/to/file.db`` (or ``sqlite://:memory:``),
-    ``redis://[:password@]host:port/db[?prefix=NAME]`` (``rediss://`` for TLS)."""
+    ``redis://[:password@]host:port/db[?prefix=NAME]`` (``rediss://`` for TLS),
+    ``redis+cluster://host:port[?prefix=NAME]`` (``rediss+cluster://``) for a Redis Cluster."""
     if url.startswith("memory:"):
         from taskhub.store.memory import MemoryStore
 
@@ -18,11 +19,11 @@ def open_store(url: str) -> Store:
         from taskhub.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    if url.startswith(("redis:", "rediss:")):
+    if url.startswith(("redis:", "rediss:", "redis+cluster:", "rediss+cluster:")):
         from taskhub.store.redis import RedisStore
 
         return RedisStore.from_url(url)
     raise ValueError(
         f"unknown store URL {url.split('@')[-1]!r}: use memory://, sqlite:///path, "
-        "redis://host:port/db or rediss://host:port/db"
+        "redis://host:port/db, rediss://host:port/db or redis+cluster://host:port"
     )

@@ -19,6 +19,12 @@ same slot, so one Lua script can read and write all of them atomically on a Clus
 price is that one TaskHub's data is not spread over the Cluster's nodes: it lives on one
 shard (and its replicas). Run several TaskHubs with different prefixes to use several shards.
 
+``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) connects with redis-py's
+cluster client: it learns the slot map from that seed node, sends every command and script
+to the primary that owns the prefix's slot, and follows ``MOVED``/``ASK`` redirects when
+slots move. Every script is called with a key of the store as ``KEYS[1]``: that key is what
+routes it.
+
 Every write of a batch is one Lua script call (``EVALSHA``), so a batch is atomic: Redis runs
 a script to the end before serving anyone else, and the script checks everything that could
 make it fail (the fence) before its first write. The scripts compute key names from the
@@ -29,22 +35,39 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 log = logging.getLogger("taskhub.store.redis")
+
+# The two clients: one server (or a proxy in front of a cluster), or a Redis Cluster.
+Client: TypeAlias = aioredis.Redis | RedisCluster
+# Scheme of the store URL -> (scheme redis-py parses, cluster client?).
+_SCHEMES = {
+    "redis": ("redis", False),
+    "rediss": ("rediss", False),
+    "redis+cluster": ("redis", True),
+    "rediss+cluster": ("rediss", True),
+}
+# Query parameters whose value is a secret: masked like the password in messages and logs.
+_SECRET_PARAMS = ("password", "ssl_password")
+# Connection trouble, on either client: the store is unavailable. The cluster client raises
+# ClusterError (CLUSTERDOWN, too many redirects) and RedisClusterException (no node of the
+# cluster reachable, a slot not covered) where the single-node client raises ConnectionError.
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException)
 
 DEFAULT_PREFIX = "taskhub"
 # load_active reads the active set in pages, so no single script holds Redis for long or
@@ -203,8 +226,14 @@ return 0
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (nor ``password``/``ssl_password`` query values), for
+    messages and logs."""
     parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key in _SECRET_PARAMS for key, _ in query):
+        masked = [(key, "***" if key in _SECRET_PARAMS else value) for key, value in query]
+        parts = parts._replace(query=urlencode(masked, quote_via=quote, safe="*/"))
+        url = urlunsplit(parts)
     if parts.password is None:
         return url
     host = parts.hostname or ""
@@ -244,6 +273,7 @@ class RedisStore:
         socket_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         health_check_interval: int = 15,
+        cluster: bool = False,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             # A brace would end or restart the hash tag: keys of one store would scatter.
@@ -251,6 +281,7 @@ class RedisStore:
         self.prefix = prefix
         self.url = _safe_url(url if url is not None else redis_url)
         self._redis_url = redis_url
+        self.cluster = cluster
         self._tag = "{" + prefix + "}:"
         self._options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
@@ -264,7 +295,11 @@ class RedisStore:
             "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
             "decode_responses": False,
         }
-        self._client: aioredis.Redis | None = None
+        if cluster:
+            # The cluster client retries timeouts and connection errors itself (after
+            # refreshing its slot map) as often as ``retry`` says; it has no such option.
+            del self._options["retry_on_timeout"]
+        self._client: Client | None = None
         self._closed = False
         self._fence_key = ""
         self._fence_token = ""
@@ -277,19 +312,34 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
         """``redis://[[user]:password@]host[:port][/db][?prefix=NAME]``, or ``rediss://`` for
-        TLS. Other query parameters are passed to redis-py (``ssl_ca_certs=...`` and so on)."""
+        TLS; ``redis+cluster://host:port[?prefix=NAME]`` (``rediss+cluster://``) for a Redis
+        Cluster, any one of its nodes as the seed. Other query parameters are passed to
+        redis-py (``ssl_ca_certs=...`` and so on)."""
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        if parts.scheme not in _SCHEMES or not parts.hostname:
             raise ValueError(
-                f"bad redis store URL {_safe_url(url)!r}: use redis://host:port/db or "
-                "rediss://host:port/db (TLS), optionally with ?prefix=NAME"
+                f"bad redis store URL {_safe_url(url)!r}: use redis://host:port/db, "
+                "rediss://host:port/db (TLS) or redis+cluster://host:port (a Redis Cluster), "
+                "optionally with ?prefix=NAME"
             )
+        scheme, cluster = _SCHEMES[parts.scheme]
         query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key == "cluster" for key, _ in query):
+            raise ValueError(
+                f"bad redis store URL {_safe_url(url)!r}: for a Redis Cluster write "
+                "redis+cluster://host:port (rediss+cluster:// with TLS), not ?cluster="
+            )
+        if cluster and parts.path.strip("/") not in ("", "0"):
+            raise ValueError(
+                f"bad redis store URL {_safe_url(url)!r}: a Redis Cluster has database 0 only"
+            )
         prefixes = [value for key, value in query if key == "prefix"]
         rest = [(key, value) for key, value in query if key != "prefix"]
-        redis_url = urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
+        parts = parts._replace(scheme=scheme, query=urlencode(rest, quote_via=quote))
+        if cluster:
+            parts = parts._replace(path="")
         prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
-        return cls(redis_url, prefix=prefix, url=url)
+        return cls(urlunsplit(parts), prefix=prefix, url=url, cluster=cluster)
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -303,7 +353,7 @@ class RedisStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _redis(self) -> aioredis.Redis:
+    def _redis(self) -> Client:
         client = self._client
         if client is None:
             what = "closed" if self._closed else "not open yet (call open() first)"
@@ -320,7 +370,7 @@ class RedisStore:
             # EVALSHA; redis-py loads the script and retries when the server lacks it
             # (a restarted Redis, a failover, SCRIPT FLUSH).
             return await script(keys=keys, args=args, client=client)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
             mapped = self._response_error(exc)
@@ -337,15 +387,22 @@ class RedisStore:
                 url=self.url,
                 fence=self._fence_key,
             )
-        if message.split(" ", 1)[0] in _UNAVAILABLE_CODES:
-            return self._unavailable(exc)
+        # redis-py strips the code of the errors it has a class for (OOM, READONLY, MOVED...)
+        # from the message and keeps it as status_code.
+        code = getattr(exc, "status_code", None) or message.split(" ", 1)[0]
+        if code in _UNAVAILABLE_CODES:
+            if not message.startswith(code):
+                message = f"{code} {message}"
+            return StoreUnavailable(
+                f"redis store {self.url} is unavailable: {message}", url=self.url
+            )
         return exc
 
     async def _call(self, command: Any) -> Any:
         """Await one redis-py command, turning connection trouble into StoreUnavailable."""
         try:
             return await command
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
             mapped = self._response_error(exc)
@@ -363,13 +420,20 @@ class RedisStore:
             )
         if self._client is not None:
             return
+        client: Client
         try:
-            client = aioredis.Redis.from_url(self._redis_url, **self._options)
-        except ValueError as exc:  # redis-py's URL parsing (a bad db number, say)
+            if self.cluster:
+                client = RedisCluster.from_url(self._redis_url, **self._options)
+            else:
+                client = aioredis.Redis.from_url(self._redis_url, **self._options)
+        except (ValueError, TypeError, RedisClusterException) as exc:
+            # redis-py's URL parsing (a bad db number, an option the client does not take)
             raise ValueError(f"bad redis store URL {self.url!r}: {exc}") from exc
         try:
+            # The cluster client first learns the slot map from the seed node (CLUSTER
+            # SLOTS), then pings every node.
             await client.ping()
-        except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+        except (*_CONNECTION_ERRORS, ResponseError) as exc:
             await client.aclose()
             raise StoreUnavailable(
                 f"cannot reach redis store {self.url}: {exc}", url=self.url
@@ -391,11 +455,18 @@ class RedisStore:
         self._client = client
         await self._check_eviction(client)
 
-    async def _check_eviction(self, client: aioredis.Redis) -> None:
+    async def _check_eviction(self, client: Client) -> None:
         """Warn when Redis may evict keys under memory pressure: it would drop tasks."""
         try:
-            config: dict[Any, Any] = await client.config_get("maxmemory-policy")
-        except (ResponseError, RedisConnectionError, RedisTimeoutError):
+            if isinstance(client, RedisCluster):
+                # The primary that holds this store's slot.
+                node = client.get_node_from_key(self.key("all"))
+                config: dict[Any, Any] = await client.config_get(
+                    "maxmemory-policy", target_nodes=node
+                )
+            else:
+                config = await client.config_get("maxmemory-policy")
+        except (ResponseError, *_CONNECTION_ERRORS):
             return  # managed services often disable CONFIG; docs/redis.md says what to set
         policy = config.get(b"maxmemory-policy", b"noeviction")
         if policy != b"noeviction":
@@ -583,7 +654,7 @@ class RedisStore:
         try:
             async for k in client.scan_iter(match=match, count=1000):
                 keys.append(k)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from exc
         if not keys:
             return {}
