@@ -6,6 +6,8 @@ import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
+_SHIFTS = tuple(range(120, -1, -10))
 
 
 class UlidFactory:
@@ -26,11 +28,8 @@ class UlidFactory:
             rand = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
         self._last_ms, self._last_rand = ms, rand
         value = (ms << 80) | (rand & ((1 << 80) - 1))
-        out = []
-        for _ in range(26):
-            out.append(_ALPHABET[value & 31])
-            value >>= 5
-        return "".join(reversed(out))
+        # 26 digits (130 bits, the top two zero), two digits (10 bits) per table lookup.
+        return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 new_id = UlidFactory()

@@ -181,6 +181,17 @@ def _opt(value: Any, default: Any) -> Any:
     return default if value is msgspec.UNSET else value
 
 
+def _check_options(opts: dict[str, Any]) -> None:
+    """The checks every task's timeouts, retries and attempts pass (``Lifecycle._options``)."""
+    for name in ("timeout", "start_timeout"):
+        if opts[name] is not None and opts[name] < 0:
+            raise InvalidOption(f"option {name!r} must be >= 0 seconds or null", option=name)
+    if opts["retries"] < 0:
+        raise InvalidOption("option 'retries' must be >= 0", option="retries")
+    if opts["max_attempts"] < 1:
+        raise InvalidOption("option 'max_attempts' must be >= 1", option="max_attempts")
+
+
 def dead_letter(rec: TaskRecord) -> dict[str, Any]:
     """A dead-letter entry: a copy of what re-queueing needs and what an operator inspects.
 
@@ -482,11 +493,23 @@ class Lifecycle:
         self, options: Any, d: Defaults, now: float, action: str | None = None
     ) -> dict[str, Any]:
         per_action = d.actions.get(action, {}) if action is not None else {}
+        if options is None and not per_action:
+            # The common case (a pub without options, an action without defaults): the
+            # hub-wide defaults, with the same checks as below and nothing else to read.
+            opts: dict[str, Any] = {
+                "timeout": d.task_end_timeout,
+                "start_timeout": d.task_start_timeout,
+                "retries": d.retries,
+                "max_attempts": d.max_attempts,
+                "priority": 0,
+            }
+            _check_options(opts)
+            return opts
 
         def get(name: str, default: Any) -> Any:
             return _opt(getattr(options, name, msgspec.UNSET), per_action.get(name, default))
 
-        opts: dict[str, Any] = {
+        opts = {
             "timeout": get("timeout", d.task_end_timeout),
             "start_timeout": get("start_timeout", d.task_start_timeout),
             "retries": get("retries", d.retries),
@@ -501,13 +524,7 @@ class Lifecycle:
                 if value < 0:
                     raise InvalidOption(f"option {name!r} must be >= 0 seconds", option=name)
                 opts[name] = float(value)
-        for name in ("timeout", "start_timeout"):
-            if opts[name] is not None and opts[name] < 0:
-                raise InvalidOption(f"option {name!r} must be >= 0 seconds or null", option=name)
-        if opts["retries"] < 0:
-            raise InvalidOption("option 'retries' must be >= 0", option="retries")
-        if opts["max_attempts"] < 1:
-            raise InvalidOption("option 'max_attempts' must be >= 1", option="max_attempts")
+        _check_options(opts)
         key = get("key", None)
         if key is not None:
             opts["key"] = key

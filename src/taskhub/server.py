@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -364,6 +365,12 @@ class Server:
         """Serve until stopped: :meth:`stop`, or SIGTERM/SIGINT (graceful, ``shutdown_grace``);
         returns normally then, so ``taskhub serve`` exits 0."""
         self._handle_signals = True
+        # The process is the hub's: move what is loaded by now (modules: FastAPI, pydantic,
+        # uvicorn, ...) out of the cyclic garbage collector's way. They live as long as the
+        # process, and every full collection would walk them again, which cost ~15 % of the
+        # hub's CPU under load (docs/performance.md). Before start(), so that tasks it
+        # restores can still be collected once they end.
+        gc.freeze()
         await self.start()
         try:
             await self._stopped.wait()

@@ -50,6 +50,7 @@ class Subscription:
         self.observe = observe
         self.durable = durable
         self.slots = asyncio.Semaphore(concurrency)
+        self.claimed = 0  # offers taken whose handler has not finished (running or waiting)
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -539,8 +540,12 @@ class Client:
         if sub is None:  # unsubscribed meanwhile: give it back at once
             self._conn.send({"op": "drop", "task": ctx.id, "attempt": ctx.attempt})
             return
-        if not ctx.observe:
+        if not ctx.observe and sub.claimed >= sub.concurrency:
+            # No free slot: the handler waits, so receipt is acknowledged now (the pickup
+            # window no longer applies). With a free slot `_work` sends `pickup` on the next
+            # loop turn instead, which acknowledges it too: one message less per task.
             self._conn.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
+        sub.claimed += 1
         self._working[ctx.id] = ctx
         runner = asyncio.ensure_future(self._work(sub, ctx))
         ctx._runner = runner
@@ -579,6 +584,7 @@ class Client:
                     {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
                 )
         finally:
+            sub.claimed -= 1
             if self._working.get(ctx.id) is ctx:
                 del self._working[ctx.id]
 
@@ -611,6 +617,21 @@ def pub_options(
     """The wire ``options`` of a ``pub``: intervals parsed to seconds, ``at`` to epoch
     seconds; options left out are absent (the hub's or the action's defaults apply)."""
     options: dict[str, Any] = {}
+    if (
+        timeout is _UNSET
+        and start_timeout is _UNSET
+        and retries is _UNSET
+        and max_attempts is _UNSET
+        and backoff is _UNSET
+        and backoff_max is _UNSET
+        and not priority
+        and key is None
+        and partition_key is None
+        and delay is None
+        and once_every is None
+        and at is None
+    ):
+        return options  # the common case: all defaults
     for name, value in (
         ("timeout", timeout),
         ("start_timeout", start_timeout),

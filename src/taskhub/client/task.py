@@ -22,19 +22,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskhub.client")
 _MISSING: Any = object()
+_NO_TASKS: set[asyncio.Task[Any]] = set()  # stands for the empty set until on() is called
 
 
 class _Emitter:
     def __init__(self) -> None:
-        self._listeners: dict[str, list[Callable[[Any], Any]]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        # Made on first use: most handles never get a callback, and a publisher may hold
+        # many thousands of handles (fewer objects for the garbage collector to walk).
+        self._listeners: dict[str, list[Callable[[Any], Any]]] | None = None
+        self._background: set[asyncio.Task[Any]] = _NO_TASKS
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> Any:
         """Call ``callback(self)`` on ``event``; returns ``self`` so calls chain."""
+        if self._listeners is None:
+            self._listeners = {}
+            self._background = set()
         self._listeners.setdefault(event, []).append(callback)
         return self
 
     def _emit(self, event: str) -> None:
+        if self._listeners is None:
+            return
         for cb in self._listeners.get(event, ()):
             try:
                 out = cb(self)
@@ -143,8 +151,13 @@ class Handle(_Emitter):
         """The result. Raises :class:`TaskFailed`, :class:`TaskTimeout`, :class:`NoResult`,
         or returns ``default`` instead when one is given."""
         try:
-            await self.accepted()
-            await asyncio.wait_for(asyncio.shield(self._done), timeout)
+            if timeout is None:
+                # One wait: a refused or lost task fails `_done` with the same exception as
+                # `_accepted`, and `_done` only ends after the task was accepted.
+                await asyncio.shield(self._done)
+            else:
+                await self.accepted()
+                await asyncio.wait_for(asyncio.shield(self._done), timeout)
         except (TaskHubError, TimeoutError):
             if default is not _MISSING:
                 return default

@@ -10,16 +10,25 @@ the credentials' permissions, never task ids (one series per task would grow wit
 
 from __future__ import annotations
 
+import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
 
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Queue, Task
@@ -49,27 +58,21 @@ class Metrics:
         # and a labelled prometheus child costs a lookup and a lock per increment.
         self.event_counts: dict[tuple[str, str], int] = {}
         r.register(_EventCollector(self.event_counts))
-        self.wait = Histogram(
-            "taskhub_task_wait_seconds",
-            "From publish to the first start, by action",
-            ["action"],
-            buckets=TASK_BUCKETS,
-            registry=r,
+        # The per-task histograms likewise: bucket counts in plain lists, exported at scrape
+        # time (a prometheus Histogram child takes a lock per bucket, sum and count).
+        self.wait = _TaskHistogram(
+            "taskhub_task_wait_seconds", "From publish to the first start, by action"
         )
-        self.run = Histogram(
+        self.run = _TaskHistogram(
             "taskhub_task_run_seconds",
             "From the first start to the end (success, fail or end), by action",
-            ["action"],
-            buckets=TASK_BUCKETS,
-            registry=r,
         )
-        self.total = Histogram(
+        self.total = _TaskHistogram(
             "taskhub_task_duration_seconds",
             "From publish to the end (success, fail or end), by action",
-            ["action"],
-            buckets=TASK_BUCKETS,
-            registry=r,
         )
+        for histogram in (self.wait, self.run, self.total):
+            r.register(histogram)
         self.apply = Histogram(
             "taskhub_store_apply_seconds",
             "Time the store took to make one batch durable (one transaction where it has them)",
@@ -88,7 +91,6 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self._children: dict[tuple[int, str], Any] = {}
         r.register(_StateCollector(hub))
         hub.lc.listeners.append(self._on_event)
         hub.apply_hooks.append(self._on_apply)
@@ -99,18 +101,11 @@ class Metrics:
         counts = self.event_counts
         counts[key] = counts.get(key, 0) + 1
         if ev.type == "start" and rec.started_at is not None:
-            self._child(self.wait, rec.action).observe(max(0.0, rec.started_at - rec.created_at))
+            self.wait.observe(rec.action, max(0.0, rec.started_at - rec.created_at))
         elif ev.type in _TERMINAL and rec.ended_at is not None:
             if rec.started_at is not None:
-                self._child(self.run, rec.action).observe(max(0.0, rec.ended_at - rec.started_at))
-            self._child(self.total, rec.action).observe(max(0.0, rec.ended_at - rec.created_at))
-
-    def _child(self, histogram: Histogram, action: str) -> Any:
-        key = (id(histogram), action)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = histogram.labels(action)
-        return child
+                self.run.observe(rec.action, max(0.0, rec.ended_at - rec.started_at))
+            self.total.observe(rec.action, max(0.0, rec.ended_at - rec.created_at))
 
     def _on_apply(self, batch: WriteBatch, seconds: float) -> None:
         self.apply.observe(seconds)
@@ -119,6 +114,47 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Series:
+    """One action's series of a :class:`_TaskHistogram`."""
+
+    __slots__ = ("buckets", "created", "sum")
+
+    def __init__(self, created: float) -> None:
+        self.buckets = [0] * (len(TASK_BUCKETS) + 1)  # per bucket, not cumulative; last: +Inf
+        self.sum = 0.0
+        self.created = created
+
+
+class _TaskHistogram(Collector):
+    """A histogram by action over :data:`TASK_BUCKETS`, exported like a prometheus
+    ``Histogram`` with an ``action`` label (buckets, count, sum, created)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.series: dict[str, _Series] = {}
+        self._bounds = [float(b) for b in TASK_BUCKETS]
+        self._le = [repr(b) for b in self._bounds] + ["+Inf"]  # as prometheus writes them
+
+    def observe(self, action: str, value: float) -> None:
+        series = self.series.get(action)
+        if series is None:
+            series = self.series[action] = _Series(time.time())
+        series.buckets[bisect_left(self._bounds, value)] += 1  # a bucket counts value <= le
+        series.sum += value
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=["action"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["action"])
+        for action, series in list(self.series.items()):
+            cumulative = list(accumulate(series.buckets))
+            family.add_metric([action], list(zip(self._le, cumulative, strict=True)), series.sum)
+            family.add_sample(self.name + "_created", {"action": action}, series.created)
+        yield family
 
 
 class _EventCollector(Collector):
@@ -228,6 +264,13 @@ def for_hub(hub: Hub) -> Metrics:
     return metrics
 
 
+class Readiness(BaseModel):
+    ready: bool = Field(description="Takes work: store open and writable, not draining.")
+    draining: bool
+    store_ok: bool
+    fenced: bool = Field(description="The store refused a write: another hub leads.")
+
+
 def install(app: FastAPI, hub: Hub) -> None:
     """Add ``GET /metrics`` and ``GET /readyz`` to the hub's app."""
     metrics = for_hub(hub)
@@ -245,7 +288,13 @@ def install(app: FastAPI, hub: Hub) -> None:
     @app.get(
         "/readyz",
         tags=["operation"],
-        responses={503: {"description": "Not ready: starting, draining, or the store failing"}},
+        response_model=Readiness,
+        responses={
+            503: {
+                "model": Readiness,
+                "description": "Not ready: starting, draining, or the store failing.",
+            }
+        },
     )
     async def readyz() -> Any:
         """200 when the hub takes work: store open and writable, flusher running, not
