@@ -27,21 +27,30 @@ very loop it blocks; such a call raises ``RuntimeError`` instead of hanging).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
+import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
+from taskhub.client.client import Step
+from taskhub.client.watch import Event
+from taskhub.client.watch import Watch as AsyncWatch
 
 T = TypeVar("T")
 SyncHandler = Callable[["Task"], Any]
+SyncEventHandler = Callable[[Any, str], Any]  # (data, topic)
 _MISSING: Any = object()
+WATCH_QUEUE = 1000  # events a sync watch holds for its reader before dropping the oldest
 
-__all__ = ["Client", "Handle", "Task"]
+log = logging.getLogger("taskhub.sync")
+
+__all__ = ["Client", "Handle", "Task", "Watch"]
 
 
 class _Loop:
@@ -98,6 +107,8 @@ class Client:
         self._runner: _Loop | None = None
         self._client: AsyncClient | None = None
         self._pools: list[concurrent.futures.ThreadPoolExecutor] = []
+        self._topic_pools: dict[str, list[concurrent.futures.ThreadPoolExecutor]] = {}
+        self._watches: set[Watch] = set()
 
     # --- life --------------------------------------------------------------------------------
     def connect(self) -> Client:
@@ -133,6 +144,10 @@ class Client:
             for pool in self._pools:
                 pool.shutdown(wait=False, cancel_futures=True)
             self._pools.clear()
+            self._topic_pools.clear()
+            for w in list(self._watches):
+                w._end()  # a reader blocked in next() gets StopIteration
+            self._watches.clear()
 
     def __enter__(self) -> Client:
         return self.connect()
@@ -163,13 +178,26 @@ class Client:
         ``max_attempts``, ``once_every``, ...
         """
         client = self._async()
+        return self._accepted(lambda: client.pub(action, payload, **options))
 
-        async def publish() -> AsyncHandle:
-            handle = client.pub(action, payload, **options)
+    def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
+        """Run ``steps`` (``(action, payload[, options])``) one after another, as the async
+        ``chain``; the result is the last step's. Returns once the hub has stored it."""
+        client = self._async()
+        return self._accepted(lambda: client.chain(steps, merge_input=merge_input))
+
+    def group(self, steps: Sequence[Step]) -> Handle:
+        """Run ``steps`` at once, as the async ``group``; the result is the list of theirs."""
+        client = self._async()
+        return self._accepted(lambda: client.group(steps))
+
+    def _accepted(self, publish: Callable[[], AsyncHandle]) -> Handle:
+        async def accepted() -> AsyncHandle:
+            handle = publish()  # on the loop: the async handle binds futures to it
             await handle.accepted()
             return handle
 
-        return Handle(self, self._call(publish()))
+        return Handle(self, self._call(accepted()))
 
     def get(self, task_id: str) -> dict[str, Any]:
         """The task as the hub has it (state, result, error, deliveries, ...)."""
@@ -181,6 +209,114 @@ class Client:
     def emit(self, topic: str, data: Any = None) -> int:
         """Broadcast an event; returns how many connections it was sent to."""
         return self._call(self._async().emit(topic, data))
+
+    def payload(self, task_id: str) -> Any:
+        """A task's payload (``get`` leaves it out)."""
+        return self._call(self._async().payload(task_id))
+
+    # --- schedules, queues, dead letters -----------------------------------------------------
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        action: str,
+        payload: Any = None,
+        *,
+        timezone: str = "UTC",
+        **pub_options: Any,
+    ) -> dict[str, Any]:
+        """Create or replace the schedule ``name`` (as the async ``schedule``); returns it,
+        with ``next_at``."""
+        client = self._async()
+        return self._call(
+            client.schedule(name, cron, action, payload, timezone=timezone, **pub_options)
+        )
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._call(self._async().schedules())
+
+    def unschedule(self, name: str) -> None:
+        self._call(self._async().unschedule(name))
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every group queue: action, group, durable, workers, waiting, in_flight."""
+        return self._call(self._async().queues())
+
+    def purge(self, action: str, group: str, *, forget: bool = False) -> int:
+        """Fail the group's waiting deliveries; ``forget`` also drops a durable queue.
+        Returns how many were purged."""
+        return self._call(self._async().purge(action, group, forget=forget))
+
+    def dead_letters(self, action: str | None = None) -> list[dict[str, Any]]:
+        """The dead-letter list (without payloads), oldest first."""
+        return self._call(self._async().dead_letters(action))
+
+    def dead_letter(self, task_id: str) -> dict[str, Any]:
+        """One dead letter, with its payload."""
+        return self._call(self._async().dead_letter(task_id))
+
+    def requeue(self, task_id: str) -> str:
+        """Publish a fresh copy of a dead letter; returns the new task's id."""
+        return self._call(self._async().requeue(task_id))
+
+    # --- broadcast events and watching -------------------------------------------------------
+    def subscribe(self, topic: str, handler: SyncEventHandler) -> None:
+        """Call ``handler(data, topic)`` for every event on ``topic`` (``*``/``>`` patterns),
+        in a thread of its own, in order. Returns once the hub has accepted (raises e.g.
+        ``PermissionDenied``). A handler's exception is logged."""
+        client = self._async()
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"taskhub-event-{topic}"
+        )
+
+        def relay(data: Any, event_topic: str) -> None:  # in the loop thread: hand it over
+            try:
+                future = pool.submit(handler, data, event_topic)
+            except RuntimeError:
+                return  # unsubscribed while the event was on its way
+            future.add_done_callback(functools.partial(_log_event_failure, event_topic))
+
+        try:
+            self._call(client.subscribe(topic, relay))
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        self._pools.append(pool)
+        self._topic_pools.setdefault(topic, []).append(pool)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop every handler of ``topic`` (the string given to :meth:`subscribe`); events
+        already handed to a handler's thread still run."""
+        self._call(self._async().unsubscribe(topic))
+        for pool in self._topic_pools.pop(topic, []):
+            pool.shutdown(wait=False)
+            self._pools.remove(pool)
+
+    def watch(self, pattern: str, *, maxsize: int = WATCH_QUEUE) -> Watch:
+        """Every task event of the actions matching ``pattern``, as a blocking iterator;
+        returns once the hub has accepted the watch (raises e.g. ``PermissionDenied``).
+
+        ``with client.watch("email:*") as events: for event in events: ...``; leaving the
+        block (or :meth:`Watch.close`) unwatches. At most ``maxsize`` events wait for the
+        reader: past that the oldest are dropped (counted in ``Watch.dropped``).
+        """
+        client = self._async()
+        sync_watch = Watch(self, pattern, maxsize)
+
+        async def start() -> AsyncWatch:
+            w = client.watch(pattern)  # on the loop: the watch binds its queue to it
+            try:
+                await w.started()
+            except BaseException:
+                await w.aclose()
+                raise
+            pump = asyncio.ensure_future(_pump(w, sync_watch))
+            sync_watch._pump = pump  # referenced: a bare task may be garbage-collected
+            return w
+
+        sync_watch._watch = self._call(start())
+        self._watches.add(sync_watch)
+        return sync_watch
 
     # --- working -----------------------------------------------------------------------------
     def sub(
@@ -352,6 +488,84 @@ class Task:
         relay = functools.partial(_relay, callback, self)
         runner.loop.call_soon_threadsafe(self._ctx.on, event, relay)
         return self
+
+
+class Watch:
+    """What :meth:`Client.watch` returns: a blocking iterator of event dicts (``task``,
+    ``action``, ``type``, ``state``, ``at``, and when set ``data``, ``group``, ``service``) and
+    a context manager that unwatches on exit. Live only, as the async watch."""
+
+    def __init__(self, client: Client, pattern: str, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self._client = client
+        self.pattern = pattern
+        self.dropped = 0  # events dropped because the reader fell ``maxsize`` behind
+        self._maxsize = maxsize
+        self._events: collections.deque[Event] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False  # no event comes after the ones queued
+        self._watch: AsyncWatch | None = None
+        self._pump: asyncio.Future[None] | None = None
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Event:
+        return self.get()
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event; ``TimeoutError`` after ``timeout`` seconds, ``StopIteration`` once
+        the watch is closed and the events queued before that are read."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._events or self._closed, timeout):
+                raise TimeoutError(f"no event of {self.pattern!r} within {timeout}s")
+            if self._events:
+                return self._events.popleft()
+            raise StopIteration
+
+    def close(self) -> None:
+        """Stop watching (idempotent); a reader gets the events already queued, then the end."""
+        w, self._watch = self._watch, None
+        self._client._watches.discard(self)
+        if w is None:
+            return
+        if self._client._runner is not None:
+            self._client._call(w.aclose())  # the pump then ends the queue
+        else:
+            self._end()
+
+    def _put(self, event: Event) -> None:
+        with self._cond:
+            if len(self._events) >= self._maxsize:
+                self._events.popleft()
+                self.dropped += 1
+            self._events.append(event)
+            self._cond.notify()
+
+    def _end(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+async def _pump(w: AsyncWatch, sync_watch: Watch) -> None:
+    try:
+        async for event in w:
+            sync_watch._put(event)
+    finally:
+        sync_watch._end()
+
+
+def _log_event_failure(topic: str, future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("the handler of event %s raised", topic, exc_info=future.exception())
 
 
 def _relay(callback: Callable[[Any], Any], target: Any, _source: Any) -> Any:

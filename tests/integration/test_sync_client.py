@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from taskhub import Server, TaskCancelled, TaskFailed
-from taskhub.sync import Client, Task
+from taskhub.errors import TaskNotFound
+from taskhub.sync import Client, Handle, Task
 
 
 async def test_blocking_worker_and_sync_publisher(server: Server) -> None:
@@ -145,3 +146,143 @@ def test_not_connected_is_a_clear_error() -> None:
     c = Client("ws://127.0.0.1:1", name="x")
     with pytest.raises(RuntimeError, match="not connected"):
         c.get("01")
+
+
+async def test_chain_and_group(server: Server) -> None:
+    def scenario() -> None:
+        with Client(server.url, name="svc") as c:
+            c.sub("num:double", lambda task: task.payload * 2)
+            c.sub("kv:merge", lambda task: task.payload)
+            chained = c.chain([("num:double", 3), ("num:double", None)])
+            assert isinstance(chained, Handle) and chained.id
+            assert chained.get_result(timeout=5) == 12
+            merged = c.chain([("kv:merge", {"a": 1}), ("kv:merge", {"b": 2})], merge_input=True)
+            assert merged.get_result(timeout=5) == {"a": 1, "b": 2}
+            grouped = c.group([("num:double", 1), ("num:double", 2), ("num:double", 5)])
+            assert isinstance(grouped, Handle)
+            assert grouped.get_result(timeout=5) == [2, 4, 10]
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_subscribe_emit_unsubscribe(server: Server) -> None:
+    def scenario() -> None:
+        got: list[tuple[Any, str, str]] = []
+        arrived = threading.Event()
+        with Client(server.url, name="a") as listener, Client(server.url, name="b") as emitter:
+
+            def on_order(data: Any, topic: str) -> None:
+                if data == "bad":
+                    raise ValueError("a failing handler is logged, not fatal")
+                got.append((data, topic, threading.current_thread().name))
+                if len(got) == 2:
+                    arrived.set()
+
+            listener.subscribe("orders:*", on_order)
+            assert emitter.emit("orders:new", "bad") == 1
+            assert emitter.emit("orders:new", {"id": 1}) == 1
+            assert emitter.emit("orders:paid", {"id": 1}) == 1
+            assert emitter.emit("users:new", "not matched") == 0
+            assert arrived.wait(5)
+            assert [(d, t) for d, t, _ in got] == [
+                ({"id": 1}, "orders:new"),
+                ({"id": 1}, "orders:paid"),
+            ]
+            assert all(name.startswith("taskhub-event-orders:*") for _, _, name in got)
+            listener.unsubscribe("orders:*")
+            assert emitter.emit("orders:new", {"id": 2}) == 0
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_watch_is_a_blocking_iterator(server: Server) -> None:
+    def scenario() -> None:
+        with Client(server.url, name="ops") as watcher, Client(server.url, name="w") as worker:
+
+            def send(task: Task) -> Any:
+                task.update("half")
+                return "sent"
+
+            worker.sub("email:send", send)
+            worker.sub("sms:send", lambda task: "ok")
+            with watcher.watch("email:*") as events:
+                handle = worker.pub("email:send", {"to": "a"})
+                assert worker.pub("sms:send").get_result(timeout=5) == "ok"  # not watched
+                assert handle.get_result(timeout=5) == "sent"
+                got = [events.get(timeout=5) for _ in range(5)]
+                with pytest.raises(TimeoutError):
+                    events.get(timeout=0.1)
+            assert [e["type"] for e in got] == ["init", "offer", "start", "update", "success"]
+            assert {e["task"] for e in got} == {handle.id}
+            assert got[4]["data"] == "sent"
+            assert list(events) == []  # closed: the iteration ends
+            assert not watcher._async()._watches  # unwatched on exit
+
+            small = watcher.watch("email:send", maxsize=2)
+            assert worker.pub("email:send").get_result(timeout=5) == "sent"
+            for _ in range(500):  # the last events may trail the result
+                if small.dropped == 3:
+                    break
+                time.sleep(0.01)
+            small.close()
+            kept = list(small)
+            assert [e["type"] for e in kept] == ["update", "success"]  # the newest are kept
+            assert small.dropped == 3
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_schedule_round_trip(server: Server) -> None:
+    def scenario() -> None:
+        with Client(server.url, name="ops") as c:
+            got = c.schedule("reports/nightly", "0 3 * * *", "report:build", {"k": 1}, priority=2)
+            assert got["options"] == {"priority": 2} and got["next_at"] > time.time()
+            [listed] = c.schedules()
+            assert listed["name"] == "reports/nightly" and listed["owner"] == "ops"
+            c.unschedule("reports/nightly")
+            assert c.schedules() == []
+            with pytest.raises(TaskNotFound):
+                c.unschedule("reports/nightly")
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_dead_letter_requeue_payload_queues_purge(server: Server) -> None:
+    def scenario() -> None:
+        calls: list[int] = []
+        with Client(server.url, name="svc") as c:
+
+            def flaky(task: Task) -> Any:
+                calls.append(1)
+                if len(calls) <= 2:
+                    raise RuntimeError(f"boom {len(calls)}")
+                return "fine"
+
+            c.sub("job:flaky", flaky)
+            h = c.pub("job:flaky", {"n": 7}, retries=1, backoff=0.05)
+            with pytest.raises(TaskFailed, match="boom 2"):
+                h.get_result(timeout=5)
+            [entry] = c.dead_letters()
+            assert entry["id"] == h.id and "payload" not in entry
+            assert c.dead_letters("other:action") == []
+            assert c.dead_letter(h.id)["payload"] == {"n": 7}
+            new_id = c.requeue(h.id)
+            assert new_id != h.id and c.dead_letters() == []
+            for _ in range(500):
+                if c.get(new_id)["state"] == "success":
+                    break
+                time.sleep(0.01)
+            assert c.get(new_id)["result"] == "fine"
+            assert c.payload(new_id) == {"n": 7}
+
+            c.sub("job:batch", lambda task: None, group="batchers", durable=True)
+            c.unsub("job:batch")
+            handles = [c.pub("job:batch", i) for i in range(3)]
+            [q] = [q for q in c.queues() if q["group"] == "batchers"]
+            assert q["waiting"] == 3 and q["durable"] and q["workers"] == 0
+            assert c.purge("job:batch", "batchers", forget=True) == 3
+            with pytest.raises(TaskFailed, match="purged"):
+                handles[0].get_result(timeout=5)
+            assert not any(q["group"] == "batchers" for q in c.queues())
+
+    await asyncio.to_thread(scenario)

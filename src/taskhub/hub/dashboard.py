@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections import Counter, OrderedDict, deque
+from collections import deque
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -93,101 +93,158 @@ class Sessions:
 
 
 # --- what the page shows --------------------------------------------------------------------
-def _summary(rec: TaskRecord) -> dict[str, Any]:
+# An ended task as the recent list keeps it: id, action, state, publisher, created_at,
+# started_at, ended_at, updates, error, and (group, delivery state) per delivery. Taken when
+# the terminal event fires; the row dict is only built when the task list is read.
+Snapshot = tuple[
+    str,
+    str,
+    str,
+    str,
+    float,
+    float | None,
+    float | None,
+    int,
+    dict[str, Any] | None,
+    list[tuple[str, str]],
+]
+
+
+def _snapshot(rec: TaskRecord) -> Snapshot:
+    return (
+        rec.id,
+        rec.action,
+        rec.state,
+        rec.publisher,
+        rec.created_at,
+        rec.started_at,
+        rec.ended_at,
+        rec.updates,
+        rec.error,  # replaced on change, never mutated: the reference is a snapshot
+        [(d.group, d.state) for d in rec.deliveries],
+    )
+
+
+def _row(snap: Snapshot) -> dict[str, Any]:
     """A task list row: no payload, result or update data, so the recent list stays small."""
-    error = rec.error
+    task_id, action, state, publisher, created_at, started_at, ended_at, updates, error, ds = snap
     if error is not None:  # a handler's message can be long: the task page has all of it
         error = {k: (v[:200] if isinstance(v, str) else v) for k, v in error.items()}
     return {
-        "id": rec.id,
-        "action": rec.action,
-        "state": rec.state,
-        "publisher": rec.publisher,
-        "created_at": rec.created_at,
-        "started_at": rec.started_at,
-        "ended_at": rec.ended_at,
-        "updates": rec.updates,
+        "id": task_id,
+        "action": action,
+        "state": state,
+        "publisher": publisher,
+        "created_at": created_at,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "updates": updates,
         "error": error,
-        "groups": {d.group: _delivery_state(rec, d.state) for d in rec.deliveries},
+        "groups": {group: _delivery_state(state, d_state) for group, d_state in ds},
     }
 
 
-def _delivery_state(rec: TaskRecord, state: str) -> str:
+def _summary(rec: TaskRecord) -> dict[str, Any]:
+    return _row(_snapshot(rec))
+
+
+def _delivery_state(task_state: str, state: str) -> str:
     # The terminal event comes before the lifecycle closes the deliveries: close them here
     # as it is about to (whatever was still pending, offered or started becomes done).
-    if rec.state in TERMINAL_STATES and state in ("pending", "offered", "started"):
+    if task_state in TERMINAL_STATES and state in ("pending", "offered", "started"):
         return "done"
     return state
+
+
+# The rate kinds, in the order of a bucket's count lists.
+KINDS = ("published", "started", "succeeded", "failed", "ended")
+# Event type -> (index in KINDS, counted per group, terminal); other types are not counted.
+_COUNTED: dict[str, tuple[int, bool, bool]] = {
+    "init": (0, False, False),
+    "start": (1, True, False),  # a task's first pickup
+    "pickup": (1, True, False),  # any later one: each is one delivery picked up by its group
+    "delivery_fail": (3, True, False),
+    "success": (2, False, True),
+    "fail": (3, False, True),
+    "end": (4, False, True),
+}
+# One second's counts: action -> group (None: the action's own row) -> counts per KINDS.
+Bucket = dict[str, dict[str | None, list[int]]]
 
 
 class Monitor:
     """Counts the lifecycle's task events as they happen: per-second buckets for the rates,
     totals of ended tasks, and the most recent ended tasks.
 
-    Memory: at most ``RATE_WINDOW + 1`` counters of (kind, action, group) keys, plus
-    ``RECENT_TASKS`` summaries of about half a KiB each.
+    It runs for every event of every task, so it is kept cheap: one dict lookup for the
+    events it does not count, no allocation for the ones it does (beyond the first of each
+    action and group in a second), and a small tuple per ended task.
+
+    Memory: at most ``RATE_WINDOW + 1`` buckets of (action, group) counters, plus
+    ``RECENT_TASKS`` snapshots of a few hundred bytes each.
     """
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self._clock = hub.clock
         self.started_at = hub.clock()
-        self.ended: Counter[str] = Counter()  # terminal state -> tasks since the hub started
-        self._buckets: deque[tuple[int, Counter[tuple[str, str, str | None]]]] = deque()
-        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.ended: dict[str, int] = {"success": 0, "fail": 0, "end": 0}  # since the start
+        self._second = -1  # the second of the newest bucket
+        self._bucket: Bucket = {}  # the newest bucket
+        self._buckets: deque[tuple[int, Bucket]] = deque()
+        self.recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
         hub.lc.listeners.append(self._on_event)
 
-    def _count(self, kind: str, action: str, group: str | None) -> None:
-        now = int(self.hub.clock())
-        if not self._buckets or self._buckets[-1][0] != now:
-            self._buckets.append((now, Counter()))
-            while self._buckets[0][0] <= now - RATE_WINDOW:
-                self._buckets.popleft()
-        self._buckets[-1][1][(kind, action, group)] += 1
+    def _rotate(self, now: int) -> Bucket:
+        buckets = self._buckets
+        bucket: Bucket = {}
+        buckets.append((now, bucket))
+        while buckets[0][0] <= now - RATE_WINDOW:
+            buckets.popleft()
+        self._second = now
+        self._bucket = bucket
+        return bucket
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
-        action = task.rec.action
-        match ev.type:
-            case "init":
-                self._count("published", action, None)
-            case "pickup" | "start" if ev.group is not None:
-                # "start" is the task's first pickup, "pickup" any later one: each is one
-                # delivery picked up by its group.
-                self._count("started", action, ev.group)
-            case "delivery_fail" if ev.group is not None:
-                self._count("failed", action, ev.group)
-            case "success" | "fail" | "end":
-                self._count(
-                    {"success": "succeeded", "fail": "failed"}.get(ev.type, "ended"), action, None
-                )
-                self.ended[ev.type] += 1
-                self.recent[task.id] = _summary(task.rec)
-                self.recent.move_to_end(task.id)
-                while len(self.recent) > RECENT_TASKS:
-                    self.recent.popitem(last=False)
+        counted = _COUNTED.get(ev.type)
+        if counted is None:
+            return
+        kind, per_group, terminal = counted
+        group = ev.group if per_group else None
+        if per_group and group is None:
+            return
+        rec = task.rec
+        now = int(self._clock())
+        bucket = self._bucket if now == self._second else self._rotate(now)
+        rows = bucket.get(rec.action)
+        if rows is None:
+            rows = bucket[rec.action] = {}
+        counts = rows.get(group)
+        if counts is None:
+            counts = rows[group] = [0, 0, 0, 0, 0]
+        counts[kind] += 1
+        if terminal:
+            self.ended[ev.type] += 1
+            self.recent.append(_snapshot(rec))
 
     def rates(self) -> list[dict[str, Any]]:
         """Per action (group null) and per action and group: events in the last minute."""
-        since = int(self.hub.clock()) - RATE_WINDOW
-        total: Counter[tuple[str, str, str | None]] = Counter()
-        for second, counts in self._buckets:
-            if second > since:
-                total.update(counts)
-        rows: dict[tuple[str, str | None], dict[str, Any]] = {}
-        for (kind, action, group), n in total.items():
-            row = rows.setdefault(
-                (action, group),
-                {
-                    "action": action,
-                    "group": group,
-                    "published": 0,
-                    "started": 0,
-                    "succeeded": 0,
-                    "failed": 0,
-                    "ended": 0,
-                },
-            )
-            row[kind] += n
-        return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] or ""))]
+        since = int(self._clock()) - RATE_WINDOW
+        total: dict[tuple[str, str | None], list[int]] = {}
+        for second, bucket in self._buckets:
+            if second <= since:
+                continue
+            for action, rows in bucket.items():
+                for group, counts in rows.items():
+                    sums = total.setdefault((action, group), [0, 0, 0, 0, 0])
+                    for i, n in enumerate(counts):
+                        sums[i] += n
+        out: list[dict[str, Any]] = []
+        for action, group in sorted(total, key=lambda k: (k[0], k[1] or "")):
+            row: dict[str, Any] = {"action": action, "group": group}
+            row.update(zip(KINDS, total[action, group], strict=True))
+            out.append(row)
+        return out
 
     def live(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """Live task counts and every group queue, in one pass over the live tasks (the
@@ -246,8 +303,9 @@ class Monitor:
     def tasks(self, action: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first: the live tasks, then the recently ended ones."""
         rows = {t.id: _summary(t.rec) for t in self.hub.lc.tasks.values()}
-        for task_id, row in self.recent.items():
-            rows.setdefault(task_id, row)
+        for snap in reversed(self.recent):  # newest first: a task's last snapshot wins
+            if snap[0] not in rows:
+                rows[snap[0]] = _row(snap)
         picked = [
             row
             for row in rows.values()
