@@ -822,11 +822,6 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"name": target, "status": "ok", **bench.run(target)}
                 if row.get("collected") != row.get("n") or row.get("errors"):
                     row["note"] = f"{row['n'] - row['collected']} missing, {row['errors']} errors"
-                if row.get("late_events"):
-                    row["note"] = (
-                        row.get("note", "") + f" {row['late_events']} early events "
-                        "deferred (client race, see docs)"
-                    ).strip()
             except Skipped as exc:
                 row = {"name": target, "status": "skipped", "note": str(exc)}
             except (Failed, OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:

@@ -32,38 +32,6 @@ from taskhub import Client
 
 ACTION = "bench:echo"
 
-#: Task events that arrived before the ``ok`` that names their task had been handled.
-LATE_EVENTS = 0
-
-
-def defer_early_events(client: Client) -> None:
-    """Work around a client race (found by this benchmark, reported in docs/performance.md).
-
-    ``Connection._dispatch`` resolves a ``pub``'s reply future, whose done-callback (which
-    registers the handle under its task id) only runs on a later loop turn; a task event for
-    that task in a frame read before then finds no handle and is dropped, and the publisher's
-    ``get_result()`` never returns. Here such an event is handed back to the loop once, after
-    the pending callbacks. With the race fixed in the client this does nothing.
-    """
-    original = client._on_message
-    loop = asyncio.get_running_loop()
-
-    def on_message(msg: dict[str, Any], _again: bool = False) -> None:
-        global LATE_EVENTS
-        if (
-            not _again
-            and msg.get("op") == "event"
-            and msg.get("task") not in client._handles
-            and client._unaccepted
-        ):
-            LATE_EVENTS += 1
-            loop.call_soon(on_message, msg, True)
-            return
-        original(msg)
-
-    client._on_message = on_message  # type: ignore[method-assign]
-    client._conn.on_message = on_message
-
 
 def run(main: Coroutine[Any, Any, None]) -> None:
     try:
@@ -126,16 +94,11 @@ async def _burst(
     return time.perf_counter() - start, latencies, errors
 
 
-async def publish(
-    urls: list[str], n: int, seq: int, warmup: int, timeout: float, workaround: bool
-) -> None:
+async def publish(urls: list[str], n: int, seq: int, warmup: int, timeout: float) -> None:
     async with contextlib.AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(Client(url, name="bench-publisher")) for url in urls
         ]
-        if workaround:
-            for client in clients:
-                defer_early_events(client)
         await _burst(clients, warmup, 0, timeout)
         emit("event", event="warm")
         seq_lat: list[float] = []
@@ -164,8 +127,6 @@ async def publish(
                 seq_latencies=seq_lat,
                 errors=errors + burst_errors,
                 payload_bytes=payload_size(),
-                late_events=LATE_EVENTS,
-                workaround=workaround,
                 **extra,
             ),
         )
@@ -183,18 +144,12 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=240.0)
-    parser.add_argument(
-        "--no-workaround",
-        dest="workaround",
-        action="store_false",
-        help="do not defer early task events (see defer_early_events)",
-    )
     args = parser.parse_args()
     if args.role == "worker":
         run(worker(args.url, args.concurrency, args.group))
     else:
         urls = [u.strip() for u in args.url.split(",") if u.strip()]
-        run(publish(urls, args.n, args.seq, args.warmup, args.timeout, args.workaround))
+        run(publish(urls, args.n, args.seq, args.warmup, args.timeout))
 
 
 if __name__ == "__main__":

@@ -147,14 +147,7 @@ class Relay:
             return
         base = self.leader()
         if base is None:
-            await send({"type": "websocket.accept"})  # so the client reads why, not a 403
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": CLOSE_TRY_AGAIN,
-                    "reason": "no hub leads the cluster right now; retry shortly",
-                }
-            )
+            await _try_again(send, "no hub leads the cluster right now; retry shortly")
             return
         url = base.replace("http", "ws", 1) + scope["path"]
         headers = {
@@ -173,14 +166,7 @@ class Relay:
             )
         except (OSError, InvalidStatus, TimeoutError) as exc:
             log.warning("relay to leader %s failed: %s", base, exc)
-            await send({"type": "websocket.accept"})  # so the client reads why, not a 403
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": CLOSE_TRY_AGAIN,
-                    "reason": "the leading hub did not answer; retry shortly",
-                }
-            )
+            await _try_again(send, "the leading hub did not answer; retry shortly")
             return
         await send({"type": "websocket.accept"})
 
@@ -223,6 +209,12 @@ class Relay:
                     await t
             with contextlib.suppress(Exception):
                 await upstream.close()
+
+
+async def _try_again(send: Send, reason: str) -> None:
+    """Refuse a WebSocket with 1013: accepted first, so the client reads why (not a 403)."""
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN, "reason": reason})
 
 
 async def _json(send: Send, status: int, body: bytes) -> None:
