@@ -35,6 +35,7 @@ from taskhub.store.base import (
     TaskRecord,
     WriteBatch,
 )
+from taskhub.timers import Timers
 
 Clock = Callable[[], float]
 Message = dict[str, Any]
@@ -253,7 +254,7 @@ class Lifecycle:
         self.keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (task id, time)
         self._keys_armed = False
         self.listeners: list[Callable[[Task, EventRecord], None]] = []
-        self._timers: list[tuple[float, int, str, str, str, int]] = []
+        self.timers = Timers()
         self._seq = 0
         self._dirty: dict[str, TaskRecord] = {}
         self._events: list[EventRecord] = []
@@ -358,8 +359,7 @@ class Lifecycle:
 
     # --- timers ------------------------------------------------------------------------------
     def _arm(self, at: float, kind: str, task_id: str, group: str = "", attempt: int = 0) -> None:
-        self._seq += 1
-        heapq.heappush(self._timers, (at, self._seq, kind, task_id, group, attempt))
+        self.timers.at(at, kind, task_id, group, attempt)
 
     def arm(self, at: float, kind: str, key: str) -> None:
         """Arm a timer of a kind registered in :attr:`timer_handlers`; when it fires the
@@ -369,13 +369,12 @@ class Lifecycle:
         self._arm(at, kind, key)
 
     def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        return self.timers.next_deadline()
 
     def advance(self, now: float | None = None) -> None:
         """Fire every timer due by ``now`` (default: the clock)."""
         now = self.clock() if now is None else now
-        while self._timers and self._timers[0][0] <= now:
-            _, _, kind, task_id, group, attempt = heapq.heappop(self._timers)
+        for kind, task_id, group, attempt in self.timers.pop_due(now):
             if kind == "keys":
                 self._prune_keys(now)
                 continue
@@ -717,8 +716,8 @@ class Lifecycle:
             data={"attempt": rec.attempt},
             notify=False,
         )
-        self._arm(
-            self.clock() + self.defaults.pickup_window, "pickup", d.task.id, rec.group, rec.attempt
+        self.timers.after(
+            self.clock(), self.defaults.pickup_window, "pickup", d.task.id, rec.group, rec.attempt
         )
 
     def _release(self, d: Delivery) -> None:
@@ -726,6 +725,8 @@ class Lifecycle:
         sub = d.holder
         if sub is None:
             return
+        if not d.acked:  # its pickup window is over too
+            self.timers.cancel("pickup", self.defaults.pickup_window, d.task.id, d.rec.group)
         d.holder = None
         sub.inflight -= 1
         if sub.peer.holding.get(d.task.id) is d:
@@ -847,14 +848,22 @@ class Lifecycle:
 
     def ack(self, peer: Peer, task_id: str, attempt: int) -> None:
         if task_id in self.tasks:  # an ack racing the task's end is harmless
-            self._held(peer, task_id, attempt).acked = True
+            d = self._held(peer, task_id, attempt)
+            if not d.acked:
+                self._picked(d)
+
+    def _picked(self, d: Delivery) -> None:
+        """The offer was acked (or given up): its pickup window no longer runs."""
+        d.acked = True
+        self.timers.cancel("pickup", self.defaults.pickup_window, d.task.id, d.rec.group)
 
     def pickup(self, peer: Peer, task_id: str, attempt: int) -> None:
         if task_id in self.tasks:  # so is a pickup: the worker will hear how it ended
             self._start(self._held(peer, task_id, attempt))
 
     def _start(self, d: Delivery) -> None:
-        d.acked = True
+        if not d.acked:
+            self._picked(d)
         if d.rec.state != "offered":
             return  # idempotent
         d.rec.state = "started"
@@ -866,7 +875,7 @@ class Lifecycle:
             self._undebounce(task)
             timeout = task.rec.options.get("timeout")
             if timeout is not None:
-                self._arm(task.rec.started_at + timeout, "end", task.id)
+                self.timers.after(task.rec.started_at, timeout, "end", task.id)
             self._event(task, "start", group=d.rec.group, service=service)
         else:
             self._event(task, "pickup", group=d.rec.group, service=service, notify=False)
@@ -1005,6 +1014,9 @@ class Lifecycle:
         rec.error = error
         del self.tasks[rec.id]
         self._undebounce(task)
+        timeout = rec.options.get("timeout")
+        if timeout is not None and rec.started_at is not None:
+            self.timers.cancel("end", timeout, rec.id)
         if (
             state == "fail"
             and self.defaults.dead_letters
@@ -1044,6 +1056,9 @@ class Lifecycle:
             peer.following.discard(rec.id)
         for d in task.deliveries.values():
             self._partition_done(d)
+        # Deliveries point back at their task: without this cycle an ended task is freed
+        # as soon as nothing else holds it, instead of waiting for the garbage collector.
+        task.deliveries = {}
 
     # --- tasks the hub drives itself (chains.py) ----------------------------------------------
     def hold(

@@ -1098,3 +1098,63 @@ def test_disconnected_observer_is_forgotten() -> None:
     h.lc.update(w, task.id, 1, "x")
     assert obs not in task.observers
     assert h.msgs(obs, "event") == []
+
+
+# --- what a finished task leaves behind (issue #7: memory and the garbage collector) ---------
+
+
+def test_finished_tasks_leave_no_timers_behind() -> None:
+    """Pickup windows and end timeouts are removed when the task no longer needs them, not
+    kept until their deadline (at 10k tasks/s a 60 s timeout left 600k dead timers)."""
+    h = Hub(task_end_timeout=60.0)
+    w = h.worker("a", concurrency=100)
+    tasks = [h.pub(payload=i) for i in range(50)]
+    assert len(h.lc.timers) == 50  # one pickup window per offer
+    for task, attempt in h.offers(w):
+        h.lc.pickup(w, task, attempt)
+    assert len(h.lc.timers) == 50  # pickup windows gone, end timeouts armed
+    for task in tasks[:25]:
+        h.lc.complete(w, task.id, 1, "ok")
+    for task in tasks[25:]:
+        h.lc.fail(w, task.id, 1, {"type": "E", "message": "no"}, retry=False)
+    assert len(h.lc.timers) == 0
+    h.tick(120)  # and nothing fires later
+    assert all(h.stored(t).state in ("success", "fail") for t in tasks)
+
+
+def test_an_acked_offer_drops_its_pickup_window_and_a_lapsed_one_still_fires() -> None:
+    h = Hub()
+    a = h.worker("a")
+    b = h.worker("a")
+    t1 = h.pub()
+    [(task_id, attempt)] = h.offers(a) + h.offers(b)
+    holder = a if task_id in a.holding else b
+    h.lc.ack(holder, task_id, attempt)
+    assert len(h.lc.timers) == 0
+    t2 = h.pub()
+    h.drain()
+    h.tick(10.0)  # t2's offer was neither acked nor picked up: it goes back to the group
+    assert h.stored(t2).deliveries[0].attempt == 2
+    assert h.stored(t1).deliveries[0].attempt == 1
+
+
+def test_an_ended_task_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle outlives a task: with the collector off, it is freed at once."""
+    import gc
+    import weakref
+
+    h = Hub()
+    pub = h.peer("publisher")
+    w = h.worker("a")
+    task = h.pub(payload={"x": 1}, peer=pub)
+    ref = weakref.ref(task)
+    [(task_id, attempt)] = h.offers(w)
+    h.lc.pickup(w, task_id, attempt)
+    del task
+    gc.disable()
+    try:
+        h.lc.complete(w, task_id, attempt, {"ok": True})
+        h.drain()
+        assert ref() is None
+    finally:
+        gc.enable()

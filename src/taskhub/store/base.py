@@ -14,8 +14,12 @@ import msgspec
 TERMINAL_STATES = frozenset({"success", "fail", "end"})
 TASK_STATES = ("init", "start", "success", "fail", "end")
 
+# Records hold JSON values and other records only, so they cannot be part of a reference
+# cycle: gc=False keeps them out of the garbage collector, whose full collections would
+# otherwise walk every record of every task in flight (issue #7, docs/performance.md).
 
-class DeliveryRecord(msgspec.Struct, omit_defaults=True):
+
+class DeliveryRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One group's copy of a task."""
 
     group: str
@@ -27,7 +31,7 @@ class DeliveryRecord(msgspec.Struct, omit_defaults=True):
     error: dict[str, Any] | None = None
 
 
-class TaskRecord(msgspec.Struct, omit_defaults=True):
+class TaskRecord(msgspec.Struct, omit_defaults=True, gc=False):
     id: str
     action: str
     publisher: str
@@ -46,7 +50,7 @@ class TaskRecord(msgspec.Struct, omit_defaults=True):
     seq: int = 0  # seq of the task's last event, so events stay ordered across restarts
 
 
-class EventRecord(msgspec.Struct, omit_defaults=True):
+class EventRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """A task event: one lifecycle change, stored with the task and streamed to watchers."""
 
     task_id: str

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -12,9 +11,10 @@ from taskhub.errors import StoreUnavailable
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 
-@dataclass(slots=True)
-class _Row:
+class _Row(msgspec.Struct, gc=False):
     # The query columns are kept beside the encoded record so filters need no decode.
+    # Not tracked by the garbage collector (nothing in it can form a cycle): a store of
+    # many rows would otherwise make every full collection walk them all.
     action: str
     state: str
     ended_at: float | None

@@ -1,0 +1,132 @@
+"""CPU per task of the hub's own work, without sockets: frames in, frames out.
+
+    .venv/bin/python benchmarks/hub_cpu_bench.py --n 20000 --rounds 5
+
+Builds a real hub (memory:// store unless --store says otherwise) with every listener the
+server installs (dashboard, metrics, HTTP waiters, logs), feeds it the frames a publisher and
+a worker would send (a burst of pubs, then the worker's pickups and returns in frames of 64),
+runs the commit pipeline, and reports the hub's CPU microseconds per task (process time,
+median of the rounds). The WebSocket layer is left out on purpose: this isolates the part of
+the hub the lifecycle, the store and the listeners cost, so changes to them can be compared
+on a busy 2-core machine (CPU time barely depends on what else runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from taskhub import protocol as p
+from taskhub.hub.app import create_app
+from taskhub.hub.hub import Hub
+from taskhub.ids import new_id
+from taskhub.lifecycle import Credentials, Peer
+from taskhub.logs import log_task_event
+from taskhub.store import open_store
+
+ACTION = "bench:echo"
+_enc = msgspec.json.Encoder()
+
+
+def _payload(i: int) -> dict[str, Any]:
+    return {"id": i, "to": "someone@example.com", "subject": "hello", "n": [1, 2, 3]}
+
+
+async def one_round(store_url: str, n: int) -> float:
+    hub = Hub(open_store(store_url))
+    hub.lc.listeners.append(log_task_event)
+    create_app(hub)  # installs the listeners the server has (dashboard, metrics, waiters)
+    await hub.start()
+    frames: dict[Peer, list[bytes]] = {}
+    publisher = Peer(new_id(), Credentials("publisher"))
+    worker = Peer(new_id(), Credentials("worker"))
+    for peer in (publisher, worker):
+        frames[peer] = []
+        hub.attach(peer, frames[peer].append)
+    sub = {"op": "sub", "action": ACTION, "ref": 1, "concurrency": 64}
+    hub.handle(worker, p.decode_frame(_enc.encode(sub))[0])
+    await hub.flush()
+    frames[worker].clear()
+    pubs = _enc.encode(
+        [{"op": "pub", "action": ACTION, "payload": _payload(i), "ref": i + 2} for i in range(n)]
+    )
+    dec = msgspec.json.Decoder()
+    gc.collect()
+    started = time.process_time()
+    for msg in p.decode_frame(pubs):
+        hub.handle(publisher, msg)
+    hub.kick()
+    await hub.flush()
+    done = 0
+    worker_side = 0.0  # time spent playing the worker: decoding offers, encoding replies
+    while done < n:
+        t0 = time.process_time()
+        out = frames[worker]
+        frames[worker] = []
+        hub.senders[worker] = frames[worker].append
+        offers = []
+        for frame in out:
+            got = dec.decode(frame)
+            for m in got if isinstance(got, list) else [got]:
+                if m["op"] == "offer":
+                    offers.append(m)
+        if not offers:
+            await hub.flush()
+            continue
+        batches = []
+        for i in range(0, len(offers), 64):
+            reply = []
+            for m in offers[i : i + 64]:
+                reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
+                reply.append(
+                    {
+                        "op": "return",
+                        "task": m["task"],
+                        "attempt": m["attempt"],
+                        "result": m["payload"],
+                        "ref": 1,
+                    }
+                )
+            batches.append(_enc.encode(reply))
+        done += len(offers)
+        worker_side += time.process_time() - t0
+        for frame in batches:
+            for msg in p.decode_frame(frame):
+                hub.handle(worker, msg)
+            hub.kick()
+        await hub.flush()
+    seconds = time.process_time() - started - worker_side
+    await hub.stop()
+    return seconds * 1e6 / n
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--store", default="memory://")
+    args = parser.parse_args()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)  # as `taskhub serve` (server.py)
+    figures = [await one_round(args.store, args.n) for _ in range(args.rounds)]
+    print(
+        f"hub CPU per task ({args.store}, n={args.n}): median {statistics.median(figures):.1f} us "
+        f"(rounds: {', '.join(f'{f:.1f}' for f in figures)})"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+    sys.exit(0)
