@@ -399,8 +399,10 @@ class TaskEvents:
         hub.lc.listeners.append(self._on_event)
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
-        for fn in tuple(self._waiting.get(ev.task_id, ())):
-            fn(ev)
+        fns = self._waiting.get(ev.task_id)
+        if fns:  # nearly always None: one lookup per event on the hot path
+            for fn in tuple(fns):
+                fn(ev)
 
     @contextlib.contextmanager
     def watch(self, task_id: str, fn: Callable[[EventRecord], None]) -> Iterator[None]:
