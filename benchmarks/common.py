@@ -258,3 +258,15 @@ def peer_args(description: str | None) -> Any:
     args = parser.parse_args()
     os.environ["BENCH_REDIS_URL"] = args.redis_url  # the worker process reads it
     return args
+
+
+def rss_mb(pid: int) -> float | None:
+    """Current resident set size (VmRSS) of a live process, in MiB; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 2)
+    except OSError:
+        return None
+    return None

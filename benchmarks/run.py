@@ -4,12 +4,15 @@
     .venv/bin/python benchmarks/run.py --smoke         # TaskHub memory+sqlite and the limit
     .venv/bin/python benchmarks/run.py --only taskhub,celery --n 2000
     .venv/bin/python benchmarks/run.py --only cluster --n 4000   # 1, 2, 3 hubs on one Redis
+    .venv/bin/python benchmarks/run.py --only inflight --k 100000 # hub memory, tasks in flight
 
 Every system runs in processes of its own: the hub (or redis-server), one worker process, one
 publisher process. The workload is N no-op tasks with a ~100-byte JSON payload that the worker
 returns as the result; the publisher collects every result. The cluster rows start k hubs on
 one Redis instead (one leads, the others relay to it), see "Several hubs" in
-docs/performance.md.
+docs/performance.md. The inflight rows (after the others) measure the hub's memory with K tasks
+accepted and waiting for a worker, then drain them: benchmarks/inflight_bench.py, "Tasks in
+flight" in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+# inflight_bench imports this module as `run`: let it find this one when run as a script, not
+# load a second copy (whose Failed this module's `except Failed` would not catch).
+sys.modules.setdefault("run", sys.modules[__name__])
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DOCS = os.path.join(ROOT, "docs")
@@ -63,8 +70,11 @@ CLUSTER_TARGETS = [
     "taskhub-redis-2hubs-1worker",
     "taskhub-redis-3hubs-1worker",
 ]
-ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, "limit", *CLUSTER_TARGETS]
-SMOKE_TARGETS = ["taskhub-memory", "taskhub-sqlite", "limit"]
+#: hub memory with K tasks in flight (no worker), then their drain: benchmarks/inflight_bench.py
+INFLIGHT_TARGETS = ["inflight-memory", "inflight-sqlite", "inflight-redis"]
+ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, "limit", *CLUSTER_TARGETS, *INFLIGHT_TARGETS]
+SMOKE_TARGETS = ["taskhub-memory", "taskhub-sqlite", "limit", "inflight-memory", "inflight-sqlite"]
+SMOKE_K = 500  # tasks in flight in --smoke
 WORKER_CONCURRENCY = 64  # TaskHub worker's credit (tasks it runs at once)
 STEPS = 3  # progress steps per target: warm, sequential, burst
 
@@ -549,9 +559,25 @@ class Bench:
             )
             return row
 
+    def inflight(self, target: str) -> dict[str, Any]:
+        import inflight_bench
+
+        return inflight_bench.measure(
+            target.split("-", 1)[1],
+            k=self.args.k,
+            chunk=self.args.inflight_chunk,
+            timeout=self.args.timeout,
+            settle=0.2 if self.args.smoke else 1.0,
+            log=self.log,
+            redis_bin=self.redis,
+            on_event=self.events(target),
+        )
+
     def run(self, target: str) -> dict[str, Any]:
         if target in CLUSTER_TARGETS:
             return self.cluster(target)
+        if target in INFLIGHT_TARGETS:
+            return self.inflight(target)
         if target.startswith("taskhub-"):
             return self.taskhub(target)
         if target == "limit":
@@ -762,7 +788,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of: taskhub, cluster, " + ", ".join(ALL_TARGETS),
+        help="comma list of: taskhub, cluster, inflight, " + ", ".join(ALL_TARGETS),
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=100_000,
+        help="tasks in flight in the inflight rows [100000; 500 with --smoke]",
+    )
+    parser.add_argument(
+        "--inflight-chunk",
+        type=int,
+        default=5000,
+        help="the inflight rows publish in chunks of this many [5000]",
     )
     parser.add_argument(
         "--smoke",
@@ -779,6 +817,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.seq, args.warmup, args.timeout = min(args.n, 300), 30, 20, 20.0
+        args.k = min(args.k, SMOKE_K)
         args.no_docs = True
     targets = list(SMOKE_TARGETS if args.smoke else ALL_TARGETS)
     if args.only:
@@ -789,11 +828,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 wanted += TASKHUB_TARGETS
             elif word == "cluster":
                 wanted += CLUSTER_TARGETS
+            elif word == "inflight":
+                wanted += INFLIGHT_TARGETS
             elif word in ALL_TARGETS:
                 wanted.append(word)
             elif word:
                 parser.error(
-                    f"unknown target {word!r}: use taskhub, cluster, {', '.join(ALL_TARGETS)}"
+                    f"unknown target {word!r}: use taskhub, cluster, inflight, "
+                    f"{', '.join(ALL_TARGETS)}"
                 )
         targets = [t for t in targets if t in wanted]
     args.targets = targets
@@ -830,12 +872,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             progress.update(bar, completed=(i + 1) * STEPS, description=f"{target}: done")
     cluster_rows = [r for r in rows if r["name"] in CLUSTER_TARGETS]
-    rows = [r for r in rows if r["name"] not in CLUSTER_TARGETS]
+    inflight_rows = [r for r in rows if r["name"] in INFLIGHT_TARGETS]
+    rows = [r for r in rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS]
     rat = ratios(rows)
     if rows:
         console.print(table(rows))
     if cluster_rows:
         console.print(cluster_table(cluster_rows))
+    if inflight_rows:
+        import inflight_bench
+
+        console.print(inflight_bench.table(inflight_rows))
     for line in ratio_lines(rat):
         console.print(line, highlight=False)
     report: dict[str, Any] = {
@@ -854,7 +901,10 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "ratios": rat,
         "cluster_rows": cluster_rows,
+        "inflight_rows": inflight_rows,
     }
+    if inflight_rows:
+        report["settings"].update(k=args.k, inflight_chunk=args.inflight_chunk)
     if any(t in PEER_TARGETS for t in args.targets) and os.path.exists(PEERS_VENV):
         report["versions"].update(peer_versions(os.path.join(PEERS_VENV, "bin", "python")))
     if bench.redis_bin:
@@ -865,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         write_docs(report)
-    failed = [r["name"] for r in rows + cluster_rows if r["status"] == "failed"]
+    failed = [r["name"] for r in rows + cluster_rows + inflight_rows if r["status"] == "failed"]
     if failed:
         console.print(
             f"[red]failed:[/red] {', '.join(failed)} (logs in {os.path.relpath(bench.logs)})"
@@ -901,6 +951,7 @@ def write_docs(report: dict[str, Any]) -> None:
     with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
         old = json.load(fh)
     cluster_rows = report.pop("cluster_rows", [])
+    inflight_rows = report.pop("inflight_rows", [])
     doc = dict(report) if report["rows"] else {k: v for k, v in old.items() if k != "cluster"}
     if cluster_rows:
         doc["cluster"] = {
@@ -913,6 +964,17 @@ def write_docs(report: dict[str, Any]) -> None:
         }
     elif "cluster" in old:
         doc["cluster"] = old["cluster"]
+    inflight: dict[str, Any] | None = None
+    if inflight_rows:
+        import inflight_bench
+
+        settings = report["settings"]
+        inflight = inflight_bench.section(
+            report, inflight_rows, settings["k"], settings["inflight_chunk"]
+        )
+        doc["inflight"] = inflight
+    elif "inflight" in old:
+        doc["inflight"] = old["inflight"]
     with open(json_path, "w") as fh:
         json.dump(doc, fh, indent=2)
     if report["rows"]:
@@ -941,6 +1003,10 @@ def write_docs(report: dict[str, Any]) -> None:
     if cluster_rows:
         block = "\n".join([measured_line(report), "", cluster_markdown(cluster_rows), "", versions])
         text = replace_block(text, "cluster", block, "## Several hubs\n\n")
+    if inflight is not None:
+        text = replace_block(
+            text, "inflight", inflight_bench.markdown_block(inflight), inflight_bench.HEADING
+        )
     with open(path, "w") as fh:
         fh.write(text)
     console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")

@@ -33,3 +33,14 @@ def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
         assert row["collected"] == row["n"] > 0
         assert row["errors"] == 0
     assert rows["limit"]["status"] == "ok"
+    # Tasks in flight (benchmarks/inflight_bench.py), K=500: every task accepted while no worker
+    # was subscribed, then every one drained; the memory figures are reported, never asserted.
+    inflight = {row["name"]: row for row in report["inflight_rows"]}
+    for name in ("inflight-memory", "inflight-sqlite"):
+        row = inflight[name]
+        assert row["status"] == "ok", row
+        assert row["accepted"] == row["collected"] == row["k"] == 500
+        assert row["errors"] == 0
+        assert row["rss_idle_mb"] > 0 and row["rss_inflight_mb"] > 0
+        assert isinstance(row["mb_per_100k"], float)
+        assert row["drain_rate"] > 0
