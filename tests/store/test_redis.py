@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.store import open_store
@@ -378,6 +379,127 @@ async def test_oom_and_readonly_replies_raise_store_unavailable(tmp_path: Path) 
         await raw.aclose()
         await store.close()
         server.cleanup()
+
+
+def oom_batch(n: int) -> WriteBatch:
+    """Batch ``n`` of the fill below: ten new 4 KiB tasks, a change to task ``keep`` (a new
+    payload and event), a delete of a task and a meta entry of batch ``n - 1``, a meta entry."""
+    return WriteBatch(
+        tasks=[task(f"n{n}-{i}", payload="x" * 4096) for i in range(10)]
+        + [task("keep", state="progress", payload=n)],
+        events=[event("keep", n + 1)],
+        deleted=[f"n{n - 1}-0"] if n else [],
+        meta=[MetaRecord("batch", str(n), n)],
+        meta_deleted=[("batch", str(n - 1))] if n else [],
+    )
+
+
+async def test_a_full_redis_refuses_a_whole_batch_with_oom(tmp_path: Path) -> None:
+    """maxmemory + noeviction: once Redis is full, a batch is refused whole with OOM.
+
+    The batch script declares script flags (Redis 7+), so Redis checks memory before it runs
+    any of it. Without flags Redis checks only at a script's first write that may grow memory,
+    and the batch script's first writes are ZREMs: batches kept being applied past maxmemory.
+    """
+    args = ["--maxmemory-policy", "noeviction"]
+    server = RedisProcess(tmp_path / "redis", extra_args=args).start()
+    store = RedisStore.from_url(f"{server.url}?prefix=x")
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await store.open()
+        if not store.script_flags:
+            pytest.skip("this redis-server (< 7) has no script flags: batches are not refused")
+        await store.apply(
+            WriteBatch(
+                tasks=[task("keep", state="start"), task("old", state="success", ended_at=1.0)],
+                events=[event("keep", 0)],
+            )
+        )
+        used = (await raw.info("memory"))["used_memory"]
+        limit = used + 256 * 1024
+        await raw.config_set("maxmemory", limit)
+        refused: int | None = None
+        for n in range(200):  # 200 batches of 40+ KiB: 8 MiB, far more than the 256 KiB left
+            try:
+                await store.apply(oom_batch(n))
+            except StoreUnavailable as exc:
+                assert f"127.0.0.1:{server.port}" in str(exc)
+                assert "unavailable: OOM" in str(exc) and "maxmemory" in str(exc)
+                refused = n
+                break
+        assert refused is not None, "a full Redis (noeviction) kept taking batches"
+        assert refused > 0  # some were applied first, so the refused one has deletes too
+        # Each accepted batch started under the limit: at most one batch (~50 KiB) past it.
+        assert (await raw.info("memory"))["used_memory"] < limit + 200 * 1024
+
+        # Nothing of the refused batch was written; the last accepted one is all there.
+        last = refused - 1
+        for i in range(10):
+            assert await store.get_task(f"n{refused}-{i}") is None
+        kept = await store.get_task("keep")
+        assert kept is not None and kept.payload == last
+        assert [e.seq for e in await store.get_events("keep")] == list(range(refused + 1))
+        assert await store.get_task(f"n{last}-0") is not None  # its delete did not happen
+        assert await store.get_meta("batch", str(refused)) is None
+        assert await store.get_meta("batch", str(last)) == last  # nor its meta delete
+        assert "keep" in [t.id for t in await store.list_tasks(state="progress")]
+
+        # Firmly full: batches are refused, retention still frees memory (it only deletes).
+        await raw.config_set("maxmemory", 1)
+        with pytest.raises(StoreUnavailable, match="OOM"):
+            await store.apply(WriteBatch(tasks=[task("tiny")]))
+        assert await store.get_task("tiny") is None
+        assert await store.remove_ended_before(10.0) == ["old"]
+
+        # With room again, the same batch goes through.
+        await raw.config_set("maxmemory", limit + 64 * 1024 * 1024)
+        await store.apply(oom_batch(refused))
+        assert all([await store.get_task(f"n{refused}-{i}") for i in range(10)])
+        kept = await store.get_task("keep")
+        assert kept is not None and kept.payload == refused
+        assert await store.get_task(f"n{last}-0") is None
+        assert await store.list_meta("batch") == {str(refused): refused}
+    finally:
+        await raw.aclose()
+        await store.close()
+        server.cleanup()
+
+
+async def test_without_script_flags_the_batch_script_has_no_shebang(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis < 7 cannot compile a script that starts with ``#!``: the store sees that at open
+    and runs its batch script without the shebang (and so without the up-front OOM check)."""
+    real_load = aioredis.Redis.script_load
+
+    async def redis6_script_load(self: aioredis.Redis, script: str | bytes) -> str:
+        text = script.decode() if isinstance(script, bytes) else script
+        if text.startswith("#!"):  # what Redis 6.2 answers
+            raise ResponseError(
+                "Error compiling script (new function): user_script:1: unexpected symbol near '#'"
+            )
+        return str(await real_load(self, script))
+
+    monkeypatch.setattr(aioredis.Redis, "script_load", redis6_script_load)
+    store = RedisStore.from_url(url_for(redis_server))
+    await store.open()
+    try:
+        assert not store.script_flags
+        assert not str(store._scripts["apply"].script).startswith("#!")
+        await store.apply(WriteBatch(tasks=[task("a")], events=[event("a", 0)]))
+        assert [t.id for t in await store.load_active()] == ["a"]
+    finally:
+        await store.close()
+    monkeypatch.undo()
+    store = RedisStore.from_url(url_for(redis_server))
+    raw = aioredis.Redis.from_url(redis_server.url)
+    await store.open()
+    try:
+        version = (await raw.info("server"))["redis_version"]
+        assert store.script_flags == (int(str(version).split(".")[0]) >= 7)
+    finally:
+        await raw.aclose()
+        await store.close()
 
 
 # -- TLS --------------------------------------------------------------------------------------

@@ -29,12 +29,19 @@ Every write of a batch is one Lua script call (``EVALSHA``), so a batch is atomi
 a script to the end before serving anyone else, and the script checks everything that could
 make it fail (the fence) before its first write. The scripts compute key names from the
 prefix they are given; that is allowed on Cluster because all of them share the hash tag.
+
+The batch script declares Redis 7 script flags (a ``#!lua`` first line, no flags listed: it
+writes and may not run out of memory), so a full Redis with ``noeviction`` refuses the whole
+batch with ``OOM`` before running any of it. Redis 6 cannot compile that line: :meth:`open`
+notices and falls back to the script without it (checked by Redis only at its first write
+that may grow memory, which comes after ``ZREM``s: a full Redis 6 still takes batches).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -75,10 +82,11 @@ DEFAULT_PREFIX = "taskhub"
 LOAD_PAGE = 1000
 _FENCED = "TASKHUB_FENCED"
 # Replies that mean the server cannot serve writes now (out of memory, a read-only replica
-# after a failover, a failed RDB save, loading, a busy script, bad credentials): the store is
-# unavailable, not the batch wrong.
+# after a failover, a failed RDB save, loading, a busy script, bad credentials, too few
+# replicas for min-replicas-to-write): the store is unavailable, not the batch wrong.
 _UNAVAILABLE_CODES = (
     "OOM",
+    "NOREPLICAS",
     "READONLY",
     "MISCONF",
     "LOADING",
@@ -92,6 +100,10 @@ _UNAVAILABLE_CODES = (
     "MOVED",
     "ASK",
 )
+# Redis < 7 wraps the error a command inside a script got: "Error running script (call to
+# f_<sha>): @user_script:13: @user_script: 13: -READONLY You can't write against a read only
+# replica." (Redis 7 replies with the command's own error.)
+_WRAPPED = re.compile(r"Error running script .*?: -([A-Z]+) (.*)", re.DOTALL)
 
 # Shared by the scripts that remove or reindex a task. ARGV[1] is always the "{P}:" prefix.
 _LUA_COMMON = """
@@ -123,6 +135,15 @@ local function check_fence(key, token)
   return nil
 end
 """
+
+# A first line that declares script flags (Redis 7+). With none listed, the script is one that
+# writes and may not run out of memory, so Redis refuses it with OOM up front, before any of it
+# runs, when used memory is over maxmemory (noeviction). A script without the line is checked
+# only at its first write that may grow memory, and the batch script starts with ZREMs: a full
+# Redis would take the batch (and grow past maxmemory). Flagged scripts must also keep to the
+# slot of their KEYS on a Cluster, which the hash tag already ensures. Redis 6 cannot compile
+# the line: open() then falls back to the script without it.
+_SHEBANG = "#!lua\n"
 
 # KEYS[1] = {P}:all (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
 # token, then counted groups: tasks (id, state, action, ended score or '', active '1'/'0',
@@ -174,6 +195,7 @@ return 1
 )
 
 # KEYS[1] = {P}:ended. ARGV: prefix, fence key, fence token, "(<at>" (exclusive), limit.
+# Without flags on purpose: it only deletes, so it runs on a full Redis too and frees memory.
 _REMOVE_ENDED = (
     _LUA_COMMON
     + """
@@ -308,6 +330,8 @@ class RedisStore:
         self._event_decoder = msgspec.json.Decoder(EventRecord)
         self._any_decoder = msgspec.json.Decoder()
         self._scripts: dict[str, AsyncScript] = {}
+        # Whether the batch script declares script flags (Redis 7+): known after open().
+        self.script_flags = False
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -390,6 +414,9 @@ class RedisStore:
         # redis-py strips the code of the errors it has a class for (OOM, READONLY, MOVED...)
         # from the message and keeps it as status_code.
         code = getattr(exc, "status_code", None) or message.split(" ", 1)[0]
+        wrapped = _WRAPPED.match(message)
+        if wrapped is not None:
+            code, message = wrapped[1], f"{wrapped[1]} {wrapped[2]}"
         if code in _UNAVAILABLE_CODES:
             if not message.startswith(code):
                 message = f"{code} {message}"
@@ -438,13 +465,28 @@ class RedisStore:
             raise StoreUnavailable(
                 f"cannot reach redis store {self.url}: {exc}", url=self.url
             ) from exc
+        try:
+            flags = await self._knows_script_flags(client)
+        except _CONNECTION_ERRORS as exc:
+            await client.aclose()
+            raise StoreUnavailable(
+                f"cannot reach redis store {self.url}: {exc}", url=self.url
+            ) from exc
         if self._closed:  # close() was called while we were connecting
             await client.aclose()
             raise StoreUnavailable(f"redis store {self.url} was closed while opening")
+        if not flags:
+            log.warning(
+                "redis store %s: this Redis has no script flags (Redis < 7): when it is full "
+                "(maxmemory, noeviction) it still takes batches and grows past maxmemory; "
+                "Redis 7 or later refuses them with OOM",
+                self.url,
+            )
+        self.script_flags = flags
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
-                ("apply", _APPLY),
+                ("apply", _SHEBANG + _APPLY if flags else _APPLY),
                 ("remove_ended", _REMOVE_ENDED),
                 ("list", _LIST),
                 ("list_ended", _LIST_ENDED),
@@ -454,6 +496,24 @@ class RedisStore:
         }
         self._client = client
         await self._check_eviction(client)
+
+    async def _knows_script_flags(self, client: Client) -> bool:
+        """Whether Redis runs the batch script with its ``#!lua`` line (Redis 7+).
+
+        Loads it (``SCRIPT LOAD``, on every primary of a Cluster). Redis 6 fails to compile
+        it; then, if the same script without the line loads, the server lacks script flags.
+        When neither loads, the trouble is elsewhere (ACLs...): the calls will report it.
+        """
+        try:
+            await client.script_load(_SHEBANG + _APPLY)
+            return True
+        except ResponseError as flagged:
+            try:
+                await client.script_load(_APPLY)
+            except ResponseError:
+                return True
+            log.debug("redis store %s refused the #!lua line: %s", self.url, flagged)
+            return False
 
     async def _check_eviction(self, client: Client) -> None:
         """Warn when Redis may evict keys under memory pressure: it would drop tasks."""
