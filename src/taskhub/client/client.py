@@ -103,8 +103,7 @@ class Client:
             ssl=ssl,
         )
         self._subs: dict[str, Subscription] = {}
-        self._handles: dict[str, Handle] = {}
-        self._unaccepted: set[Handle] = set()
+        self._handles: dict[str, Handle] = {}  # accepted, unfinished: followed again on reconnect
         self._working: dict[str, TaskContext] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
@@ -132,9 +131,6 @@ class Client:
 
     async def _restore(self) -> None:
         """After (re)connecting: subscribe again and catch up with followed tasks."""
-        for handle in list(self._unaccepted):
-            handle._lost()
-        self._unaccepted.clear()
         for sub in self._subs.values():
             self._send_sub(sub)
         for topic in self._topics:
@@ -143,8 +139,12 @@ class Client:
         for pattern in self._watches:
             self._send_watch(pattern)
         for task_id, handle in list(self._handles.items()):
-            fut = self._conn.request({"op": "follow", "task": task_id})
-            fut.add_done_callback(functools.partial(self._followed, handle))
+            self._follow(task_id, handle)
+
+    def _follow(self, task_id: str, handle: Handle) -> None:
+        """Follow a task (again) and bring its handle up to date with the hub's view."""
+        fut = self._conn.request({"op": "follow", "task": task_id})
+        fut.add_done_callback(functools.partial(self._followed, handle))
 
     def _followed(self, handle: Handle, fut: asyncio.Future[Message]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -332,29 +332,12 @@ class Client:
 
     def _publish(self, action: str, msg: Message) -> Handle:
         handle = Handle(self, action)
-        if not self.connected:
+        if self._conn.connected.is_set():
+            # The handle itself gets the answer (Handle._answer) or the loss (Handle._fail):
+            # no future, closure or callback per task.
+            self._conn.post(msg, handle)
+        else:
             handle._refuse(ConnectionClosed("not connected to a hub"))
-            return handle
-        self._unaccepted.add(handle)
-
-        def answered(reply: Message) -> None:  # runs before the rest of the reply's frame
-            self._unaccepted.discard(handle)
-            if reply["op"] != "ok":
-                return  # the future below raises the error into the handle
-            task_id = reply["task"]
-            self._handles[task_id] = handle
-            handle._accept(task_id)
-            if reply.get("created") is False:
-                # The same key was published before: catch up with that task.
-                follow = self._conn.request({"op": "follow", "task": task_id})
-                follow.add_done_callback(functools.partial(self._followed, handle))
-
-        def failed(f: asyncio.Future[Message]) -> None:
-            self._unaccepted.discard(handle)
-            if not f.cancelled() and f.exception() is not None:
-                handle._refuse(f.exception())  # type: ignore[arg-type]
-
-        self._conn.request(msg, answered).add_done_callback(failed)
         return handle
 
     async def get(self, task_id: str) -> dict[str, Any]:
@@ -513,13 +496,10 @@ class Client:
     # --- messages from the hub ---------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
         op = msg.get("op")
-        if op == "offer":
-            self._offered(msg)
-        elif op == "broadcast":
-            self._broadcast(msg)
-        elif op == "event" and msg.get("watched"):
-            self._watched(msg)
-        elif op == "event":
+        if op == "event":
+            if msg.get("watched"):
+                self._watched(msg)
+                return
             task_id = msg["task"]
             handle = self._handles.get(task_id)
             if handle is not None:
@@ -527,6 +507,10 @@ class Client:
             ctx = self._working.get(task_id)
             if ctx is not None:
                 ctx._event(msg)
+        elif op == "offer":
+            self._offered(msg)
+        elif op == "broadcast":
+            self._broadcast(msg)
         elif op == "revoke":
             ctx = self._working.get(msg["task"])
             if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):

@@ -1,9 +1,10 @@
 """One logical connection to a hub: reconnects with backoff, batches outgoing messages.
 
 Messages sent in one event-loop turn leave as one frame. Requests that want an answer carry a
-``ref`` and get a future; when the connection drops, those futures fail with
-:class:`ConnectionClosed` and the owner (the :class:`Client`) restores its subscriptions and
-followed tasks on the next connection.
+``ref`` and get a future (:meth:`Connection.request`), or name an object that is told of the
+answer (:meth:`Connection.post`, what a ``pub`` uses: no future and no callback per task);
+when the connection drops, those fail with :class:`ConnectionClosed` and the owner (the
+:class:`Client`) restores its subscriptions and followed tasks on the next connection.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -34,6 +35,16 @@ log = logging.getLogger("taskhub.client")
 Message = dict[str, Any]
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+
+
+class Receiver(Protocol):
+    """What :meth:`Connection.post` tells of the answer to a request."""
+
+    def _answer(self, reply: Message) -> None:
+        """The hub's ``ok`` or ``error``, called as it is read (before the rest of its frame)."""
+
+    def _fail(self, exc: BaseException) -> None:
+        """No answer will come: the connection dropped, the client closed, or it was not sent."""
 
 
 def ws_url(url: str) -> str:
@@ -73,13 +84,17 @@ class Connection:
         self.max_frame = max_frame
         self.ssl = ssl
         self.welcome: Message = {}
+        # The loop the connection runs on, known from open(): asyncio.get_running_loop() costs
+        # a getpid() system call, too much to pay for every publish.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
         self._ws: ClientConnection | None = None
-        self._outbox: list[Message] = []
+        # Messages are encoded as they are queued: the bytes hold no references, so a burst of
+        # publishes leaves nothing behind for the garbage collector until the next flush.
+        self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._refs = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._on_reply: dict[int, Callable[[Message], None]] = {}
+        self._pending: dict[int, asyncio.Future[Message] | Receiver] = {}
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._url_index = 0
@@ -87,7 +102,8 @@ class Connection:
     # --- life --------------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect once (raising what went wrong), then keep reconnecting in the background."""
-        deadline = asyncio.get_running_loop().time() + self.connect_timeout
+        self.loop = asyncio.get_running_loop()
+        deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
         while True:
             try:
@@ -169,8 +185,8 @@ class Connection:
             self.connected.set()
             self._flush()
             try:
-                async for frame in ws:
-                    self._dispatch(frame)
+                while True:  # frames as bytes: JSON needs no str in between
+                    self._dispatch(await ws.recv(decode=False))
             except WsClosed:
                 pass
             self.connected.clear()
@@ -186,21 +202,23 @@ class Connection:
         except msgspec.DecodeError:
             log.error("the hub sent a frame that is not JSON; ignored")
             return
+        pending = self._pending
         for msg in data if isinstance(data, list) else (data,):
             ref = msg.get("ref")
-            if ref is not None and msg.get("op") in ("ok", "error"):
-                fut = self._pending.pop(ref, None)
-                hook = self._on_reply.pop(ref, None)
-                if hook is not None:
+            if ref is not None and ((op := msg.get("op")) == "ok" or op == "error"):
+                waiter = pending.pop(ref, None)
+                if isinstance(waiter, asyncio.Future):
+                    if not waiter.done():
+                        if op == "ok":
+                            waiter.set_result(msg)
+                        else:
+                            waiter.set_exception(from_wire(msg))
+                        continue
+                elif waiter is not None:
                     try:
-                        hook(msg)
+                        waiter._answer(msg)
                     except Exception:
                         log.exception("handling the answer to request %s failed", ref)
-                if fut is not None and not fut.done():
-                    if msg["op"] == "ok":
-                        fut.set_result(msg)
-                    else:
-                        fut.set_exception(from_wire(msg))
                     continue
             try:
                 self.on_message(msg)
@@ -209,39 +227,42 @@ class Connection:
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
-        self._on_reply = {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._outbox = [m for m in self._outbox if "ref" not in m]
+        # Requests still queued are failed below: they must not go out on the next connection.
+        self._outbox = [part for part in self._outbox if "ref" not in _decoder.decode(part)]
+        for waiter in pending.values():
+            _fail(waiter, exc)
 
     # --- sending -----------------------------------------------------------------------------
     def send(self, msg: Message) -> None:
-        """Queue a message; everything queued in one loop turn leaves as one frame."""
-        self._outbox.append(msg)
+        """Queue a message; everything queued in one loop turn leaves as one frame. Raises
+        (``TypeError``) at once if ``msg`` cannot be encoded as JSON."""
+        self._queue(_encoder.encode(msg))
+
+    def _queue(self, part: bytes) -> None:
+        self._outbox.append(part)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
 
-    def request(
-        self, msg: Message, on_reply: Callable[[Message], None] | None = None
-    ) -> asyncio.Future[Message]:
-        """Send with a ``ref``; the future gets the hub's ``ok`` or raises its ``error``.
+    def request(self, msg: Message) -> asyncio.Future[Message]:
+        """Send with a ``ref``; the future gets the hub's ``ok`` or raises its ``error``."""
+        fut: asyncio.Future[Message] = (self.loop or asyncio.get_running_loop()).create_future()
+        self.post(msg, fut)
+        return fut
 
-        ``on_reply`` runs synchronously as the answer is read, before the rest of its frame:
-        a ``pub`` answer and the task's first events can share one frame, and the handle must
-        be known before those events are dispatched (a future's callbacks run a turn later).
-        """
-        if not self.connected.is_set() and self._closing:
+    def post(self, msg: Message, waiter: asyncio.Future[Message] | Receiver) -> None:
+        """Send with a ``ref``; the answer goes to ``waiter``: a future (as :meth:`request`), or
+        a :class:`Receiver`, told synchronously as the answer is read, before the rest of its
+        frame: a ``pub`` answer and the task's first events can share one frame, and the
+        handle must be known before those events are dispatched (a future's callbacks run a
+        loop turn later)."""
+        if self._closing and not self.connected.is_set():
             raise ConnectionClosed("the client is closed")
         ref = next(self._refs)
         msg["ref"] = ref
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[ref] = fut
-        if on_reply is not None:
-            self._on_reply[ref] = on_reply
-        self.send(msg)
-        return fut
+        part = _encoder.encode(msg)  # first: a message that cannot be encoded is not pending
+        self._pending[ref] = waiter
+        self._queue(part)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -251,27 +272,57 @@ class Connection:
         out, self._outbox = self._outbox, []
         limit = int(self.welcome.get("max_frame", self.max_frame))
         for frame in self._frames(out, limit):
-            task = asyncio.ensure_future(ws.send(frame.decode()))
+            # JSON is UTF-8: sent as a text frame as it is, without a str in between.
+            task = asyncio.ensure_future(ws.send(frame, text=True))
             task.add_done_callback(_ignore_closed)
 
-    def _frames(self, msgs: list[Message], limit: int) -> list[bytes]:
-        """Encode as few frames as fit the hub's ``max_frame``; refuse a message too big alone."""
-        frame = _encoder.encode(msgs[0] if len(msgs) == 1 else msgs)
-        if len(frame) <= limit:
-            return [frame]
-        if len(msgs) > 1:
-            half = len(msgs) // 2
-            return self._frames(msgs[:half], limit) + self._frames(msgs[half:], limit)
+    def _frames(self, parts: list[bytes], limit: int) -> list[bytes]:
+        """Pack the encoded messages, in order, into as few frames as fit the hub's
+        ``max_frame``; refuse a message too big alone."""
+        if sum(map(len, parts)) + len(parts) + 1 <= limit:
+            return [_join(parts)]  # the common case
+        frames: list[bytes] = []
+        chunk: list[bytes] = []
+        size = 1  # of the frame `[a,b,...]` so far: 2 brackets, a comma between two parts
+        for part in parts:
+            if len(part) > limit:
+                self._too_large(part, limit)
+                continue
+            if chunk and size + len(part) + 1 > limit:
+                frames.append(_join(chunk))
+                chunk, size = [], 1
+            chunk.append(part)
+            size += len(part) + 1
+        if chunk:
+            frames.append(_join(chunk))
+        return frames
+
+    def _too_large(self, part: bytes, limit: int) -> None:
+        msg = _decoder.decode(part)
         exc = FrameTooLarge(
-            f"{msgs[0].get('op')} message of {len(frame)} bytes is over the "
+            f"{msg.get('op')} message of {len(part)} bytes is over the "
             f"hub's frame limit of {limit} bytes; it was not sent"
         )
-        fut = self._pending.pop(msgs[0].get("ref", -1), None)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
-        else:
+        waiter = self._pending.pop(msg.get("ref", -1), None)
+        if waiter is None or (isinstance(waiter, asyncio.Future) and waiter.done()):
             log.error("%s", exc)
-        return []
+        else:
+            _fail(waiter, exc)
+
+
+def _join(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"[" + b",".join(parts) + b"]"
+
+
+def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> None:
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            waiter.set_exception(exc)
+        return
+    try:
+        waiter._fail(exc)
+    except Exception:
+        log.exception("failing a request without an answer failed")
 
 
 def _ignore_closed(task: asyncio.Future[None]) -> None:

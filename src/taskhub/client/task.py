@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
-from collections.abc import Callable
+from asyncio import get_running_loop
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from taskhub.errors import (
@@ -15,6 +17,7 @@ from taskhub.errors import (
     TaskFailed,
     TaskHubError,
     TaskTimeout,
+    from_wire,
 )
 
 if TYPE_CHECKING:
@@ -22,21 +25,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskhub.client")
 _MISSING: Any = object()
-_NO_TASKS: set[asyncio.Task[Any]] = set()  # stands for the empty set until on() is called
 
 
 class _Emitter:
+    __slots__ = ("_background", "_listeners")
+
     def __init__(self) -> None:
         # Made on first use: most handles never get a callback, and a publisher may hold
         # many thousands of handles (fewer objects for the garbage collector to walk).
         self._listeners: dict[str, list[Callable[[Any], Any]]] | None = None
-        self._background: set[asyncio.Task[Any]] = _NO_TASKS
+        # Tasks running async callbacks (kept referenced until done); made for the first.
+        self._background: set[asyncio.Task[Any]] | None = None
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> Any:
         """Call ``callback(self)`` on ``event``; returns ``self`` so calls chain."""
         if self._listeners is None:
             self._listeners = {}
-            self._background = set()
         self._listeners.setdefault(event, []).append(callback)
         return self
 
@@ -48,6 +52,8 @@ class _Emitter:
                 out = cb(self)
                 if inspect.isawaitable(out):
                     t = asyncio.ensure_future(out)
+                    if self._background is None:
+                        self._background = set()
                     self._background.add(t)
                     t.add_done_callback(self._background.discard)
             except Exception:
@@ -126,11 +132,39 @@ class TaskContext(_Emitter):
             self._runner.cancel()
 
 
+_FINAL = frozenset(("success", "fail", "end"))
+# Futures made for waiting calls: none, one (the common case), or a list of them.
+_Waiters = asyncio.Future[Any] | list[asyncio.Future[Any]] | None
+
+
 class Handle(_Emitter):
-    """A published task: its id once accepted, its events, and its result."""
+    """A published task: its id once accepted, its events, and its result.
+
+    Cheap to hold by the thousand: a handle refers to nothing that refers back to it (it is
+    freed by reference counting once its task has ended and you drop it), and a future is
+    made only for a call that actually has to wait, one per waiting call, so cancelling that
+    call (a time-out, a cancelled task) never touches the handle itself.
+    """
+
+    __slots__ = (
+        "__dict__",  # made only if an application sets attributes of its own
+        "__weakref__",
+        "_accept_waiters",
+        "_client",
+        "_end_waiters",
+        "_ended",
+        "_refused",
+        "action",
+        "error",
+        "id",
+        "last_update",
+        "result",
+        "state",
+    )
 
     def __init__(self, client: Client, action: str) -> None:
-        super().__init__()
+        self._listeners = None  # _Emitter's, set here to spare a call per handle
+        self._background = None
         self._client = client
         self.action = action
         self.id: str | None = None
@@ -138,38 +172,46 @@ class Handle(_Emitter):
         self.last_update: Any = None
         self.result: Any = None
         self.error: dict[str, Any] | None = None
-        self._accepted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._accepted.add_done_callback(_consume)
-        self._done.add_done_callback(_consume)
+        self._refused: BaseException | None = None  # the hub refused it, or its answer was lost
+        self._ended = False  # a final event (or snapshot) arrived
+        self._accept_waiters: _Waiters = None  # woken with the task id
+        self._end_waiters: _Waiters = None  # woken with the result, or raise the failure
 
     async def accepted(self) -> str:
         """The task id, once the hub has stored the task."""
-        return await asyncio.shield(self._accepted)
+        if self.id is not None:
+            return self.id
+        if self._refused is not None:
+            raise self._refusal()
+        fut: asyncio.Future[str] = (self._client._conn.loop or get_running_loop()).create_future()
+        self._accept_waiters = _add(self._accept_waiters, fut)
+        return await fut
 
     async def get_result(self, default: Any = _MISSING, *, timeout: float | None = None) -> Any:
         """The result. Raises :class:`TaskFailed`, :class:`TaskTimeout`, :class:`NoResult`,
         or returns ``default`` instead when one is given."""
         try:
+            if self._ended or self._refused is not None:
+                return self._outcome()
             if timeout is None:
-                # One wait: a refused or lost task fails `_done` with the same exception as
-                # `_accepted`, and `_done` only ends after the task was accepted.
-                await asyncio.shield(self._done)
-            else:
-                await self.accepted()
-                await asyncio.wait_for(asyncio.shield(self._done), timeout)
+                # One wait: a refused or lost task raises the refusal into it, and the task
+                # only ends after it was accepted.
+                return await self._wait_end()
+            if self.id is None:
+                await self.accepted()  # the time-out counts from acceptance
+                if self._ended:  # it may have ended in the answer's very frame
+                    return self._outcome()
+            return await asyncio.wait_for(self._wait_end(), timeout)
         except (TaskHubError, TimeoutError):
             if default is not _MISSING:
                 return default
             raise
-        if self.state == "success":
-            return self.result
-        if default is not _MISSING:
-            return default
-        raise self.exception()
 
-    def __await__(self) -> Any:
-        return self.get_result().__await__()
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await handle``: as ``await handle.get_result()``, with one object less per wait."""
+        if self._ended or self._refused is not None:
+            return self.get_result().__await__()
+        return self._wait_end().__await__()
 
     def exception(self) -> TaskHubError:
         if self.state == "end":
@@ -194,18 +236,77 @@ class Handle(_Emitter):
 
     @property
     def done(self) -> bool:
-        return self._done.done()
+        return self._ended or self._refused is not None
+
+    def _wait_end(self) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = (self._client._conn.loop or get_running_loop()).create_future()
+        self._end_waiters = _add(self._end_waiters, fut)
+        return fut
+
+    def _outcome(self) -> Any:
+        """The result of a finished or refused handle, or raise why there is none."""
+        if self._refused is not None:
+            raise self._refusal()
+        if self.state == "success":
+            return self.result
+        raise self.exception()
+
+    def _refusal(self) -> BaseException:
+        """A fresh copy of the refusal to raise: the stored one, once raised, would hold a
+        traceback whose frames hold this handle (a reference cycle only the collector frees)."""
+        exc = self._refused
+        assert exc is not None
+        try:
+            fresh: BaseException = copy.copy(exc)
+        except Exception:
+            return exc.with_traceback(None)
+        return fresh
+
+    # --- fed by the client and its connection ------------------------------------------------
+    def _answer(self, reply: dict[str, Any]) -> None:
+        """The hub's answer to the ``pub`` (``ok`` or ``error``), read before the rest of its
+        frame: the task's first events may follow in the same frame."""
+        if reply["op"] != "ok":
+            self._refuse(from_wire(reply))
+            return
+        task_id: str = reply["task"]
+        client = self._client
+        client._handles[task_id] = self
+        self._accept(task_id)
+        if reply.get("created") is False:
+            client._follow(task_id, self)  # the same key was published before: catch up
+
+    def _fail(self, exc: BaseException) -> None:
+        """The ``pub`` will get no answer: the connection dropped, the client was closed, or
+        the message could not be sent."""
+        if isinstance(exc, ConnectionClosed):
+            exc = ConnectionClosed(
+                f"{exc} before the hub confirmed the {self.action} task; it may or may not "
+                "have been accepted (publish with key= to retry safely)"
+            )
+        self._refuse(exc)
 
     def _accept(self, task_id: str) -> None:
         self.id = task_id
-        if not self._accepted.done():
-            self._accepted.set_result(task_id)
+        waiters = self._accept_waiters
+        if waiters is not None:
+            self._accept_waiters = None
+            for fut in waiters if isinstance(waiters, list) else (waiters,):
+                if not fut.done():
+                    fut.set_result(task_id)
 
     def _refuse(self, exc: BaseException) -> None:
-        if not self._accepted.done():
-            self._accepted.set_exception(exc)
-        if not self._done.done():
-            self._done.set_exception(exc)
+        if self._refused is not None or self._ended:
+            return
+        self._refused = exc
+        waiters = (self._accept_waiters, self._end_waiters)
+        self._accept_waiters = self._end_waiters = None
+        for some in waiters:
+            if some is None:
+                continue
+            for fut in some if isinstance(some, list) else (some,):
+                if not fut.done():
+                    fut.set_exception(self._refusal())
 
     def _event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type", "")
@@ -216,8 +317,9 @@ class Handle(_Emitter):
             self.result = msg.get("data")
         elif kind == "fail":
             self.error = msg.get("data")
-        self._emit(kind)
-        if self.state in ("success", "fail", "end"):
+        if self._listeners is not None:
+            self._emit(kind)
+        if self.state in _FINAL:
             self._finish()
 
     def _snapshot(self, view: dict[str, Any]) -> None:
@@ -227,25 +329,32 @@ class Handle(_Emitter):
             self.last_update = view["last_update"]
         self.result = view.get("result")
         self.error = view.get("error")
-        if self.state in ("success", "fail", "end"):
+        if self.state in _FINAL:
             self._emit(self.state)
             self._finish()
 
     def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
+        self._ended = True
+        waiters = self._end_waiters
+        if waiters is not None:
+            self._end_waiters = None
+            for fut in waiters if isinstance(waiters, list) else (waiters,):
+                if fut.done():
+                    continue  # its caller gave up waiting
+                if self.state == "success":
+                    fut.set_result(self.result)
+                else:
+                    fut.set_exception(self.exception())
         self._client._handles.pop(self.id or "", None)
 
-    def _lost(self) -> None:
-        if not self._accepted.done():
-            self._refuse(
-                ConnectionClosed(
-                    f"the connection dropped before the hub confirmed the {self.action} task; it "
-                    "may or may not have been accepted (publish with key= to retry safely)"
-                )
-            )
 
-
-def _consume(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()  # retrieved: an unawaited handle must not log "never retrieved"
+def _add(waiters: _Waiters, fut: asyncio.Future[Any]) -> _Waiters:
+    """``waiters`` with ``fut`` added; waiters that gave up (time-outs) are dropped."""
+    if waiters is None:
+        return fut
+    if not isinstance(waiters, list):
+        return fut if waiters.done() else [waiters, fut]
+    if len(waiters) >= 8:
+        waiters[:] = [f for f in waiters if not f.done()]
+    waiters.append(fut)
+    return waiters

@@ -1,0 +1,337 @@
+"""The publisher's :class:`Handle`: waiting, cancelled waiters, refusals, lost answers,
+reconnects, repeated keys, and that a finished handle is freed by reference counting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from taskhub import Client, ConnectionClosed, NoResult, PermissionDenied, TaskFailed
+from taskhub.errors import FrameTooLarge
+from tests.conftest import ClientFactory, ServerFactory, until
+
+
+async def _echo_worker(make_client: ClientFactory, action: str = "echo:say") -> Client:
+    worker = await make_client("worker")
+    await worker.sub(action, lambda t: t.id, concurrency=8)
+    return worker
+
+
+async def test_every_way_to_wait_gives_the_result(make_client: ClientFactory) -> None:
+    await _echo_worker(make_client)
+    pub = await make_client("pub")
+    handle = pub.pub("echo:say")
+    first, second = handle.get_result(), handle.get_result(timeout=5)
+    assert await handle.accepted() == handle.id
+    results = await asyncio.gather(first, second, handle, handle.get_result("unused"))
+    assert results == [handle.id] * 4
+    assert handle.done and handle.state == "success" and handle.result == handle.id
+    # Once done, every form answers at once, again and again.
+    assert await handle == handle.id
+    assert await handle.get_result(timeout=0) == handle.id
+    assert await handle.accepted() == handle.id
+
+
+async def test_a_cancelled_or_timed_out_waiter_leaves_the_handle_alone(
+    make_client: ClientFactory,
+) -> None:
+    release = asyncio.Event()
+    worker = await make_client("worker")
+
+    async def slow(task: Any) -> Any:
+        await release.wait()
+        return "late"
+
+    await worker.sub("slow:run", slow)
+    pub = await make_client("pub")
+    handle = pub.pub("slow:run")
+    with pytest.raises(TimeoutError):
+        await handle.get_result(timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(handle.get_result(), 0.05)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(handle.accepted(), 0)  # the waiter dies; acceptance does not
+    assert await handle.get_result("default", timeout=0.05) == "default"
+    waiter = asyncio.ensure_future(handle)
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not handle.done
+    assert await handle.accepted() == handle.id
+    for _ in range(20):  # polling: the waiters that gave up are not kept
+        assert await handle.get_result(None, timeout=0) is None
+    waiters = handle._end_waiters
+    assert not isinstance(waiters, list) or len(waiters) <= 8
+    several = [handle.get_result(None, timeout=0.01) for _ in range(12)]
+    assert await asyncio.gather(*several) == [None] * 12
+    assert isinstance(handle._end_waiters, list) and len(handle._end_waiters) == 12
+    assert await handle.get_result(None, timeout=0) is None
+    assert isinstance(handle._end_waiters, list) and len(handle._end_waiters) == 1
+    handle.note = "an attribute of the application's own"  # type: ignore[attr-defined]
+    release.set()
+    assert await handle.get_result(timeout=5) == "late"
+    assert handle.note == "an attribute of the application's own"  # type: ignore[attr-defined]
+
+
+async def test_events_and_callbacks(make_client: ClientFactory) -> None:
+    worker = await make_client("worker")
+
+    async def work(task: Any) -> Any:
+        await task.update(1)
+        await task.update(2)
+        return "done"
+
+    await worker.sub("job:run", work)
+    pub = await make_client("pub")
+    seen: list[tuple[str, Any]] = []
+    handle = pub.pub("job:run")
+    handle.on("start", lambda h: seen.append(("start", h.state)))
+    handle.on("update", lambda h: seen.append(("update", h.last_update)))
+
+    async def on_success(h: Any) -> None:
+        await asyncio.sleep(0)
+        seen.append(("success", h.result))
+
+    handle.on("success", on_success)
+    assert await handle == "done"
+    await until(lambda: ("success", "done") in seen)
+    assert seen == [("start", "start"), ("update", 1), ("update", 2), ("success", "done")]
+
+
+async def test_failures_and_refusals(make_server: ServerFactory) -> None:
+    server = await make_server(creds=[{"name": "pub", "key": "k", "pub_permissions": ["allowed"]}])
+    async with (
+        Client(server.url, name="pub", key="k") as pub,
+        Client(server.url, name="pub", key="k") as peer,
+    ):
+        refused = pub.pub("secret:read")
+        with pytest.raises(PermissionDenied):
+            await refused.accepted()
+        with pytest.raises(PermissionDenied):
+            await refused.get_result()
+        with pytest.raises(PermissionDenied):
+            await refused.get_result(timeout=1)
+        with pytest.raises(PermissionDenied):
+            await refused
+        assert await refused.get_result("fallback") == "fallback"
+        assert refused.done and refused.id is None
+        with pytest.raises(PermissionDenied):
+            await refused.cancel()
+
+        failing = pub.pub("allowed:run")
+        failing.on("fail", lambda h: None)
+        await failing.accepted()
+        assert failing.id is not None
+        await peer.cancel(failing.id)
+        with pytest.raises(TaskFailed, match="cancel"):
+            await failing.get_result()
+        assert await failing.get_result(None) is None
+        assert failing.error is not None and failing.exception().reason == "cancelled"
+
+        gc.collect()
+        gc.disable()
+        try:  # a refused handle is freed by reference counting too
+            refused = pub.pub("secret:read")
+            gone = weakref.ref(refused)
+            assert await refused.get_result(None) is None
+            del refused
+            await asyncio.sleep(0)  # the loop lets go of the future that woke this test
+            assert gone() is None
+        finally:
+            gc.enable()
+
+
+async def test_no_result_when_every_worker_drops(make_client: ClientFactory) -> None:
+    worker = await make_client("worker")
+
+    async def drop(task: Any) -> None:
+        await task.drop()
+
+    await worker.sub("job:drop", drop)
+    pub = await make_client("pub")
+    with pytest.raises(NoResult):
+        await pub.pub("job:drop").get_result(timeout=5)
+
+
+async def test_a_repeated_key_follows_the_first_task(make_client: ClientFactory) -> None:
+    await _echo_worker(make_client)
+    pub = await make_client("pub")
+    first = pub.pub("echo:say", key="once")
+    result = await first.get_result(timeout=5)
+    again = pub.pub("echo:say", key="once")  # created=False: the task has already ended
+    assert await again.get_result(timeout=5) == result == first.id == again.id
+    assert again.state == "success"
+
+
+async def test_a_finished_handle_is_freed_by_reference_counting(
+    make_client: ClientFactory,
+) -> None:
+    await _echo_worker(make_client)
+    pub = await make_client("pub")
+    await pub.pub("echo:say").get_result(timeout=5)  # warm: the subscription is in place
+    gc.collect()
+    gc.disable()
+    try:
+        refs = []
+        for wait in ("get_result", "await", "accepted+timeout"):
+            handle = pub.pub("echo:say")
+            refs.append(weakref.ref(handle))
+            if wait == "get_result":
+                assert await handle.get_result() == handle.id
+            elif wait == "await":
+                assert await handle == handle.id
+            else:
+                await handle.accepted()
+                assert await handle.get_result(timeout=5) == handle.id
+            del handle
+        await asyncio.sleep(0)
+        assert [r() for r in refs] == [None] * len(refs)
+        assert pub._handles == {}
+    finally:
+        gc.enable()
+
+
+# --- a scripted hub: what a real hub cannot be made to do on cue ---------------------------
+Script = Callable[[ServerConnection, int, dict[str, Any]], Any]
+
+
+@contextlib.asynccontextmanager
+async def _scripted_hub(script: Script) -> AsyncIterator[tuple[str, list[int]]]:
+    """A WebSocket server that greets like a hub and hands every message it reads, with the
+    number of the connection (from 1), to ``script``."""
+    connections: list[int] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        connections.append(len(connections) + 1)
+        number = len(connections)
+        await ws.send(json.dumps({"op": "welcome", "protocol": 1, "max_frame": 1 << 20}))
+        async for frame in ws:
+            data = json.loads(frame)
+            for msg in data if isinstance(data, list) else [data]:
+                await script(ws, number, msg)
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}", connections
+
+
+async def test_a_pub_whose_answer_was_lost_fails_with_connection_closed() -> None:
+    async def script(ws: ServerConnection, number: int, msg: dict[str, Any]) -> None:
+        if msg["op"] != "pub":
+            return
+        if number == 1:
+            await ws.close()  # the answer never comes
+            return
+        # Later connections answer, with the task's events in the same frame.
+        task = f"T{msg['ref']}"
+        ok = {"op": "ok", "ref": msg["ref"], "task": task, "state": "init", "created": True}
+        start = {"op": "event", "task": task, "type": "start", "state": "start", "at": 1.0}
+        done = {"op": "event", "task": task, "type": "success", "state": "success", "at": 2.0}
+        await ws.send(json.dumps([ok, start, dict(done, data={"n": msg["payload"]})]))
+
+    async with (
+        _scripted_hub(script) as (url, connections),
+        Client(url, name="pub", max_backoff=0.05) as pub,
+    ):
+        lost = [pub.pub("a:b", i) for i in range(3)]
+        for handle in lost:
+            with pytest.raises(ConnectionClosed, match="may or may not have been accepted"):
+                await handle.accepted()
+            with pytest.raises(ConnectionClosed):
+                await handle.get_result()
+            assert await handle.get_result("gone") == "gone"
+            assert handle.done and handle.id is None
+        await until(lambda: pub.connected and len(connections) == 2)
+        handle = pub.pub("a:b", 7)
+        assert await handle.get_result(timeout=5) == {"n": 7}
+        assert pub._conn._pending == {}
+
+
+async def test_a_followed_handle_catches_up_after_a_reconnect(
+    make_client: ClientFactory,
+) -> None:
+    release = asyncio.Event()
+    worker = await make_client("worker")
+
+    async def slow(task: Any) -> Any:
+        await release.wait()
+        return "while you were away"
+
+    await worker.sub("slow:run", slow)
+    pub = await make_client("pub", max_backoff=0.05)
+    gate = asyncio.Event()
+    dial = pub._conn._dial
+
+    async def gated_dial() -> Any:
+        await gate.wait()
+        return await dial()
+
+    pub._conn._dial = gated_dial  # type: ignore[method-assign]
+    handle = pub.pub("slow:run")
+    seen: list[str] = []
+    handle.on("success", lambda h: seen.append(h.state))
+    task_id = await handle.accepted()
+    await until(lambda: task_id in worker._working)
+    assert pub._conn._ws is not None
+    await pub._conn._ws.close()
+    await until(lambda: not pub.connected)
+    release.set()  # the task ends while the publisher is away
+    reader = await make_client("reader")
+    await until(lambda: _state(reader, task_id), timeout=5)
+    assert not handle.done
+    gate.set()
+    assert await handle.get_result(timeout=5) == "while you were away"
+    assert seen == ["success"]
+    assert pub._handles == {}
+
+
+def _state(client: Client, task_id: str) -> Any:
+    async def check() -> bool:
+        task = await client.get(task_id)
+        return bool(task["state"] == "success")
+
+    return check()
+
+
+async def test_a_burst_over_the_frame_limit_is_sent_in_several_frames(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(max_frame=10_000)
+    async with Client(server.url, name="pub") as pub:
+        sent: list[bytes] = []
+        conn = pub._conn
+        assert conn._ws is not None
+        send = conn._ws.send
+
+        async def spy(message: Any, text: bool | None = None) -> None:
+            sent.append(message)
+            await send(message, text=text)
+
+        conn._ws.send = spy  # type: ignore[method-assign]
+        handles = [pub.pub("a:b", {"n": i, "pad": "x" * 100}) for i in range(200)]
+        too_big = pub.pub("a:b", "x" * 20_000)  # refused alone, the others go
+        handles += [pub.pub("a:b", i) for i in range(5)]
+        with pytest.raises(FrameTooLarge, match="10000"):
+            await too_big.accepted()
+        ids = await asyncio.gather(*(h.accepted() for h in handles))
+        assert len(set(ids)) == len(handles)
+        assert len(sent) > 1 and all(len(frame) <= 10_000 for frame in sent)
+        assert [json.loads(f) for f in sent if f.startswith(b"[")]  # batches, not one by one
+
+
+async def test_a_payload_that_is_not_json_raises_at_pub(make_client: ClientFactory) -> None:
+    await _echo_worker(make_client)
+    pub = await make_client("pub")
+    with pytest.raises(TypeError):
+        pub.pub("echo:say", object())  # raised here, not lost in the next flush
+    assert pub._conn._pending == {}
+    assert await pub.pub("echo:say").get_result(timeout=5)
