@@ -335,3 +335,26 @@ async def test_a_payload_that_is_not_json_raises_at_pub(make_client: ClientFacto
         pub.pub("echo:say", object())  # raised here, not lost in the next flush
     assert pub._conn._pending == {}
     assert await pub.pub("echo:say").get_result(timeout=5)
+
+
+async def test_the_same_key_twice_in_flight_finishes_both_handles(
+    make_client: ClientFactory,
+) -> None:
+    """The second pub of a key answers with the first task (created=False) while it still
+    runs: both handles are that task's, and both get its result."""
+    release = asyncio.Event()
+
+    async def slow(task: Any) -> str:
+        await release.wait()
+        return "done"
+
+    worker = await make_client("worker")
+    await worker.sub("job:slow", slow)
+    pub = await make_client("pub")
+    first = pub.pub("job:slow", key="k")
+    second = pub.pub("job:slow", key="k")
+    assert await first.accepted() == await second.accepted()
+    release.set()
+    assert await second.get_result(timeout=5) == "done"
+    assert await first.get_result(timeout=5) == "done"
+    assert pub._handles == {} and pub._same_task == {}

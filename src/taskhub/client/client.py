@@ -104,6 +104,9 @@ class Client:
         )
         self._subs: dict[str, Subscription] = {}
         self._handles: dict[str, Handle] = {}  # accepted, unfinished: followed again on reconnect
+        # Further handles of a task already in _handles: a repeated key= while the first
+        # publish of that key is still in flight. Rare, so kept apart from the hot path.
+        self._same_task: dict[str, list[Handle]] = {}
         self._working: dict[str, TaskContext] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
@@ -140,6 +143,9 @@ class Client:
             self._send_watch(pattern)
         for task_id, handle in list(self._handles.items()):
             self._follow(task_id, handle)
+        for task_id, others in list(self._same_task.items()):
+            for handle in others:
+                self._follow(task_id, handle)
 
     def _follow(self, task_id: str, handle: Handle) -> None:
         """Follow a task (again) and bring its handle up to date with the hub's view."""
@@ -504,6 +510,9 @@ class Client:
             handle = self._handles.get(task_id)
             if handle is not None:
                 handle._event(msg)
+                if self._same_task:
+                    for other in tuple(self._same_task.get(task_id, ())):
+                        other._event(msg)
             ctx = self._working.get(task_id)
             if ctx is not None:
                 ctx._event(msg)

@@ -271,7 +271,11 @@ class Handle(_Emitter):
             return
         task_id: str = reply["task"]
         client = self._client
-        client._handles[task_id] = self
+        known = client._handles.get(task_id)
+        if known is None or known is self:
+            client._handles[task_id] = self
+        else:  # the same key= twice in flight: both handles hear the task's events
+            client._same_task.setdefault(task_id, []).append(self)
         self._accept(task_id)
         if reply.get("created") is False:
             client._follow(task_id, self)  # the same key was published before: catch up
@@ -345,7 +349,15 @@ class Handle(_Emitter):
                     fut.set_result(self.result)
                 else:
                     fut.set_exception(self.exception())
-        self._client._handles.pop(self.id or "", None)
+        client = self._client
+        task_id = self.id or ""
+        if client._handles.get(task_id) is self:
+            del client._handles[task_id]
+        others = client._same_task.get(task_id)
+        if others is not None and self in others:
+            others.remove(self)
+            if not others:
+                del client._same_task[task_id]
 
 
 def _add(waiters: _Waiters, fut: asyncio.Future[Any]) -> _Waiters:
