@@ -1,243 +1,46 @@
-"""The task lifecycle as a pure state machine: no sockets, no database, an injected clock.
-
-The hub feeds it what connections say (:meth:`Lifecycle.publish`, :meth:`Lifecycle.pickup`, ...)
-and the passing of time (:meth:`Lifecycle.advance`). It answers with messages queued on each
-:class:`Peer` and with records to write (:meth:`Lifecycle.take_writes`). The hub must make the
-writes durable *before* it sends the queued messages: nothing leaves the hub before the state
-that caused it is stored.
-"""
+"""The rules of a task's life over in-memory state: publish, offer, credit and round robin,
+worker steps, timers, the end, and the messages and writes each step causes."""
 
 from __future__ import annotations
 
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from taskhub.errors import (
-    InvalidOption,
-    NotHolding,
-    PermissionDenied,
-    StaleAttempt,
-    TaskNotFound,
+from taskhub.errors import InvalidOption, NotHolding, PermissionDenied, StaleAttempt, TaskNotFound
+from taskhub.lifecycle.options import resolve_options
+from taskhub.lifecycle.state import (
+    _ENDED,
+    DEAD_META,
+    DEAD_REASONS,
+    HELD,
+    QUEUE_META,
+    Clock,
+    Credentials,
+    Defaults,
+    Delivery,
+    Message,
+    Peer,
+    Queue,
+    Subscription,
+    Task,
+    TimerHandler,
+    _size,
+    dead_letter,
+    queue_key,
 )
-from taskhub.intervals import parse_interval
 from taskhub.names import allowed, reserved_action, validate_action
-from taskhub.store.base import (
-    TERMINAL_STATES,
-    DeliveryRecord,
-    EventRecord,
-    MetaRecord,
-    TaskRecord,
-    WriteBatch,
-)
+from taskhub.store.base import DeliveryRecord, EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.timers import Timers
 
-Clock = Callable[[], float]
-Message = dict[str, Any]
-_ENDED = frozenset({"done", "dropped", "failed"})
-_json = msgspec.json.Encoder()
-HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
-# Metadata kinds (store.base.MetaRecord) the lifecycle owns.
-QUEUE_META = "queue"  # durable group subscriptions, key "<action> <group>"
-DEAD_META = "dead"  # the dead-letter list, key: task id
-# Failure reasons that put a task into the dead-letter list: it ran out of attempts, or its
-# handler failed after its retries. Cancelled, timed-out and purged tasks were ended on purpose
-# or by a deadline the publisher chose, so they are not "dead letters".
-DEAD_REASONS = frozenset({"attempts", "error"})
-# Options an [[actions]] entry may default (per action, between the task's and the hub's).
-ACTION_OPTIONS = frozenset(
-    {"timeout", "start_timeout", "retries", "max_attempts", "backoff", "backoff_max", "priority"}
-)
-# Options a re-queued dead letter keeps: not `key` (its window would hand back the dead task),
-# nor delay/once_every (they were spent).
-_REQUEUE_KEEP = (
-    "timeout",
-    "start_timeout",
-    "retries",
-    "max_attempts",
-    "priority",
-    "backoff",
-    "backoff_max",
-    "partition_key",
-)
-REQUEUE_OPTIONS = _REQUEUE_KEEP  # public: `taskhub tasks retry` copies the same options
-TimerHandler = Callable[[str, float], None]
 
-
-@dataclass
-class Defaults:
-    """Hub-wide defaults; a task's own options override the first five."""
-
-    task_start_timeout: float | None = None  # None: wait forever for a worker (durable queue)
-    task_end_timeout: float | None = 60.0
-    retries: int = 0  # re-offers after a handler failure
-    max_attempts: int = 5  # started attempts (lost or failed) before the delivery fails
-    retry_backoff: float = 1.0  # first retry delay, doubled each time, with jitter
-    retry_backoff_max: float = 300.0
-    pickup_window: float = 10.0  # an offer neither acked nor picked up goes elsewhere after this
-    inline_payload_limit: int = 64 * 1024  # larger payloads are fetched by the worker on demand
-    idempotency_window: float = 3600.0  # how long a pub `key` keeps returning the same task
-    # Per-action option defaults ([[actions]] in the config): action -> {option: value}; a
-    # task's own option wins, then these, then the hub-wide defaults above.
-    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dead_letters: bool = True  # keep exhausted tasks in the dead-letter list
-
-
-@dataclass(eq=False)
-class Credentials:
-    name: str
-    sub_permissions: tuple[str, ...] = ("*",)
-    pub_permissions: tuple[str, ...] = ("*",)
-    max_connections: int | None = None
-
-
-@dataclass(eq=False)
-class Peer:
-    """A connection as the lifecycle sees it: who it is and what it is owed."""
-
-    id: str
-    creds: Credentials
-    out: list[Message] = field(default_factory=list)
-    subs: dict[str, Subscription] = field(default_factory=dict)  # by action
-    holding: dict[str, Delivery] = field(default_factory=dict)  # by task id
-    following: set[str] = field(default_factory=set)
-    observing: set[str] = field(default_factory=set)
-    open: bool = True
-    queued: bool = False  # already in the lifecycle's list of peers with output
-
-    @property
-    def service(self) -> str:
-        return self.creds.name
-
-
-@dataclass(eq=False)
-class Subscription:
-    peer: Peer
-    action: str
-    group: str
-    concurrency: int
-    observe: bool
-    inflight: int = 0
-
-
-@dataclass(eq=False)
-class Queue:
-    """One group's deliveries of one action, waiting for a worker with free credit."""
-
-    action: str
-    group: str
-    durable: bool = False
-    workers: list[Subscription] = field(default_factory=list)
-    waiting: list[tuple[int, int, Delivery]] = field(default_factory=list)  # heap
-    rr: int = 0
-    # partition_key -> the delivery that owns it (offered first, not yet ended); later ones of
-    # the key wait in `parked`, in the order the heap gave them out.
-    partitions: dict[str, Delivery] = field(default_factory=dict)
-    parked: dict[str, deque[tuple[int, int, Delivery]]] = field(default_factory=dict)
-
-    @property
-    def subscribed(self) -> bool:
-        return bool(self.workers) or self.durable
-
-
-@dataclass(eq=False, slots=True)
-class Delivery:
-    task: Task
-    rec: DeliveryRecord
-    holder: Subscription | None = None
-    acked: bool = False
-    avoid: Peer | None = None  # let its pickup window lapse: offer elsewhere if possible
-
-
-# Most tasks are followed by their publisher only and observed by nobody: they share this
-# empty set until someone is added (two empty sets a task were ~430 B of ~2 KB in flight).
-_NOBODY: frozenset[Peer] = frozenset()
-
-
-@dataclass(eq=False, slots=True, weakref_slot=True)  # weakref: tests check tasks are freed
-class Task:
-    rec: TaskRecord
-    seq: int  # heap tie-breaker: publish order
-    deliveries: dict[str, Delivery] = field(default_factory=dict)
-    followers: set[Peer] | frozenset[Peer] = _NOBODY
-    observers: set[Peer] | frozenset[Peer] = _NOBODY
-    payload_size: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.rec.id
-
-    @property
-    def ended(self) -> bool:
-        return self.rec.state in TERMINAL_STATES
-
-
-def _size(value: Any) -> int:
-    if isinstance(value, msgspec.Raw):
-        return len(value)
-    return len(_json.encode(value))
-
-
-def _opt(value: Any, default: Any) -> Any:
-    return default if value is msgspec.UNSET else value
-
-
-def _check_options(opts: dict[str, Any]) -> None:
-    """The checks every task's timeouts, retries and attempts pass (``Lifecycle._options``)."""
-    for name in ("timeout", "start_timeout"):
-        if opts[name] is not None and opts[name] < 0:
-            raise InvalidOption(f"option {name!r} must be >= 0 seconds or null", option=name)
-    if opts["retries"] < 0:
-        raise InvalidOption("option 'retries' must be >= 0", option="retries")
-    if opts["max_attempts"] < 1:
-        raise InvalidOption("option 'max_attempts' must be >= 1", option="max_attempts")
-
-
-def dead_letter(rec: TaskRecord) -> dict[str, Any]:
-    """A dead-letter entry: a copy of what re-queueing needs and what an operator inspects.
-
-    A copy, not a reference: retention removes the task record itself in time, the entry
-    stays until it is re-queued or deleted.
-    """
-    return {
-        "id": rec.id,
-        "action": rec.action,
-        "publisher": rec.publisher,
-        "payload": rec.payload,
-        "options": {k: v for k, v in rec.options.items() if k != "previous_result"},
-        "error": rec.error,
-        "created_at": rec.created_at,
-        "ended_at": rec.ended_at,
-        "deliveries": [
-            {"group": d.group, "state": d.state, "tries": d.tries, "error": d.error}
-            for d in rec.deliveries
-        ],
-    }
-
-
-def queue_key(action: str, group: str) -> str:
-    """The metadata key of a durable group: a space cannot occur in an action."""
-    return f"{action} {group}"
-
-
-def _queue_order(q: Queue) -> tuple[str, str]:
-    return (q.action, q.group)
-
-
-class _Options:
-    """Stored options read back like a PubOptions (the lifecycle reads options by name)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
-
-
-class Lifecycle:
-    """Every rule of the task lifecycle, over in-memory state."""
+class LifecycleCore:
+    """Every rule of a task's life, over in-memory state (:class:`Lifecycle` adds recovery
+    and the operator's tools)."""
 
     def __init__(
         self,
@@ -496,63 +299,7 @@ class Lifecycle:
     def _options(
         self, options: Any, d: Defaults, now: float, action: str | None = None
     ) -> dict[str, Any]:
-        per_action = d.actions.get(action, {}) if action is not None else {}
-        if options is None and not per_action:
-            # The common case (a pub without options, an action without defaults): the
-            # hub-wide defaults, with the same checks as below and nothing else to read.
-            opts: dict[str, Any] = {
-                "timeout": d.task_end_timeout,
-                "start_timeout": d.task_start_timeout,
-                "retries": d.retries,
-                "max_attempts": d.max_attempts,
-                "priority": 0,
-            }
-            _check_options(opts)
-            return opts
-
-        def get(name: str, default: Any) -> Any:
-            return _opt(getattr(options, name, msgspec.UNSET), per_action.get(name, default))
-
-        opts = {
-            "timeout": get("timeout", d.task_end_timeout),
-            "start_timeout": get("start_timeout", d.task_start_timeout),
-            "retries": get("retries", d.retries),
-            "max_attempts": get("max_attempts", d.max_attempts),
-            "priority": get("priority", 0),
-        }
-        # Backoff is stored only when the task or its action sets it: most tasks use the
-        # hub's, and every stored option costs bytes in every task record.
-        for name in ("backoff", "backoff_max"):
-            value = get(name, None)
-            if value is not None:
-                if value < 0:
-                    raise InvalidOption(f"option {name!r} must be >= 0 seconds", option=name)
-                opts[name] = float(value)
-        _check_options(opts)
-        key = get("key", None)
-        if key is not None:
-            opts["key"] = key
-        partition_key = get("partition_key", None)  # only the HTTP API sets it so far
-        if partition_key is not None:
-            opts["partition_key"] = str(partition_key)
-        delay = get("delay", 0.0) or 0.0
-        if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
-            delay = parse_interval(delay, option="delay")
-        at = get("at", None)
-        if delay < 0:
-            raise InvalidOption("option 'delay' must be >= 0 seconds", option="delay")
-        not_before = at if at is not None else (now + delay if delay else 0.0)
-        once_every = get("once_every", None)
-        if once_every is not None:
-            if isinstance(once_every, str):
-                once_every = parse_interval(once_every, option="once_every")
-            if once_every < 0:
-                raise InvalidOption("option 'once_every' must be >= 0 seconds", option="once_every")
-            opts["once_every"] = float(once_every)
-            not_before = max(not_before, now + once_every)
-        if not_before:
-            opts["not_before"] = not_before
-        return opts
+        return resolve_options(options, d, now, action)
 
     def _debounced(self, debounce_key: str) -> Task | None:
         """The task still waiting (not started) under this once_every key, if any."""
@@ -1168,151 +915,6 @@ class Lifecycle:
         """Give one delivery ``peer`` holds back to its group, as a closed connection would (a
         pull consumer's lease ran out, or it stopped). Raises NotHolding or StaleAttempt."""
         self._take_back(self._held(peer, task_id, attempt), reason, count_try=count_try)
-
-    # --- recovery ----------------------------------------------------------------------------
-    def restore(self, records: Iterable[TaskRecord]) -> int:
-        """Take back the unfinished tasks of a previous run (after a crash or restart).
-
-        Deliveries that were offered or started go back to their groups: the hub cannot know
-        whether their workers are still alive. A started one counts as a try.
-        """
-        now = self.clock()
-        n = 0
-        for rec in records:
-            task = self._add(rec)
-            task.payload_size = _size(rec.payload)
-            n += 1
-            key = rec.options.get("key")
-            if key is not None:
-                self.keys[f"{rec.action}\x00{key}"] = (rec.id, rec.created_at)
-            opts = rec.options
-            if rec.state == "init" and opts.get("start_timeout") is not None:
-                self._arm(
-                    max(rec.created_at, rec.not_before) + opts["start_timeout"], "start", rec.id
-                )
-            if rec.state == "start" and opts.get("timeout") is not None and rec.started_at:
-                self._arm(rec.started_at + opts["timeout"], "end", rec.id)
-            if HELD in opts:
-                continue  # the hub drives it (chains.py); offering it would be a bug
-            if "once_every" in opts and rec.state == "init":
-                key = opts.get("key")
-                self.debounce[f"{rec.action}\x00{'' if key is None else key}"] = rec.id
-            if not rec.deliveries:
-                if rec.not_before > now:
-                    self._arm(rec.not_before, "due", rec.id)
-                elif any(q.subscribed for q in self.by_action.get(rec.action, ())):
-                    self._route(task)  # a durable group (restore_queues) takes it now
-                else:
-                    self.pooled.setdefault(rec.action, []).append(task)
-                continue
-            for drec in rec.deliveries:
-                d = Delivery(task, drec)
-                task.deliveries[drec.group] = d
-                if drec.state in ("offered", "started"):
-                    if drec.state == "started":
-                        drec.tries += 1
-                    if drec.tries >= int(opts.get("max_attempts", 1)):
-                        drec.state = "failed"
-                        drec.error = {
-                            "reason": "attempts",
-                            "type": "AttemptsExhausted",
-                            "message": "gave up after a hub restart",
-                        }
-                        continue
-                    drec.state = "pending"
-                if drec.state == "pending" and drec.not_before > now:
-                    self._arm(drec.not_before, "retry", rec.id, drec.group, drec.attempt)
-                elif drec.state == "pending":
-                    q = self._queue(rec.action, drec.group)
-                    heapq.heappush(q.waiting, (-int(opts.get("priority", 0)), task.seq, d))
-            self._check_end(task)
-        if self.keys:
-            self._keys_timer(now)
-        return n
-
-    def restore_queues(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Mark the stored durable groups subscribed again; call before :meth:`restore`, so
-        restored tasks that were waiting for a group are routed to them."""
-        for entry in entries:
-            self._queue(str(entry["action"]), str(entry["group"])).durable = True
-
-    # --- durable queues and dead letters (operations: docs/scheduling.md) ---------------------
-    def queue_views(self) -> list[dict[str, Any]]:
-        """Every group queue the hub knows, with its counts (admin listings)."""
-        return [self.queue_view(q) for q in sorted(self.queues.values(), key=_queue_order)]
-
-    def queue_view(self, q: Queue) -> dict[str, Any]:
-        waiting = in_flight = 0
-        for task in self.tasks.values():
-            d = task.deliveries.get(q.group)
-            if d is None or task.rec.action != q.action:
-                continue
-            if d.rec.state == "pending":
-                waiting += 1
-            elif d.rec.state in ("offered", "started"):
-                in_flight += 1
-        return {
-            "action": q.action,
-            "group": q.group,
-            "durable": q.durable,
-            "workers": len(q.workers),
-            "credit": sum(s.concurrency for s in q.workers),
-            "waiting": waiting,
-            "in_flight": in_flight,
-        }
-
-    def find_queue(self, action: str, group: str) -> Queue:
-        q = self.queues.get((action, group))
-        if q is None:
-            raise TaskNotFound(f"no queue for group {group!r} of {action!r}", action=action)
-        return q
-
-    def purge(self, creds: Credentials, action: str, group: str, *, forget: bool = False) -> int:
-        """Fail the group's waiting deliveries (reason ``purged``); with ``forget`` the group
-        also stops being durable (its stored subscription is removed). Needs sub permission
-        for the action. Deliveries a worker holds are left alone: it is working on them.
-        Returns how many deliveries were purged."""
-        validate_action(action)
-        if not allowed(creds.sub_permissions, action):
-            raise PermissionDenied(f"{creds.name!r} may not purge {action!r}", action=action)
-        q = self.find_queue(action, group)
-        # Every pending delivery of the group: in the heap, parked behind its partition key,
-        # or waiting out a retry backoff (not in the heap yet).
-        error = {"reason": "purged", "type": "Purged", "message": f"purged by {creds.name}"}
-        purged = [
-            d
-            for task in self.tasks.values()
-            if task.rec.action == action
-            and (d := task.deliveries.get(group)) is not None
-            and d.rec.state == "pending"
-        ]
-        q.waiting = []
-        q.parked.clear()
-        for d in purged:
-            self._delivery_failed(d, dict(error))
-        if forget and q.durable:
-            q.durable = False
-            self.delete_meta(QUEUE_META, queue_key(action, group))
-        if forget and not q.workers and not q.partitions:
-            del self.queues[(action, group)]
-            self.by_action[action].remove(q)
-        return len(purged)
-
-    def requeue(self, creds: Credentials, entry: dict[str, Any]) -> Task:
-        """Publish a fresh copy of a dead letter (a new task id, ``requeued_from`` the dead
-        one) and remove the entry in the same batch. Needs pub permission for the action."""
-        options = entry.get("options") or {}
-        kept = {k: options[k] for k in _REQUEUE_KEEP if k in options}
-        task, _ = self.publish(
-            Credentials(creds.name, pub_permissions=creds.pub_permissions),
-            str(entry["action"]),
-            entry.get("payload"),
-            _Options(kept),
-            extra={"requeued_from": entry["id"]},
-        )
-        assert isinstance(task, Task)  # no key, no once_every: always a new task
-        self.delete_meta(DEAD_META, str(entry["id"]))
-        return task
 
     def _keys_timer(self, now: float) -> None:
         if not self._keys_armed:

@@ -1,0 +1,116 @@
+"""Publish options: what a task may set, how its own, its action's and the hub's defaults
+combine, and the checks every task's options pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from taskhub.errors import InvalidOption
+from taskhub.intervals import parse_interval
+from taskhub.lifecycle.state import Defaults
+
+# Options an [[actions]] entry may default (per action, between the task's and the hub's).
+ACTION_OPTIONS = frozenset(
+    {"timeout", "start_timeout", "retries", "max_attempts", "backoff", "backoff_max", "priority"}
+)
+# Options a re-queued dead letter keeps: not `key` (its window would hand back the dead task),
+# nor delay/once_every (they were spent).
+_REQUEUE_KEEP = (
+    "timeout",
+    "start_timeout",
+    "retries",
+    "max_attempts",
+    "priority",
+    "backoff",
+    "backoff_max",
+    "partition_key",
+)
+REQUEUE_OPTIONS = _REQUEUE_KEEP  # public: `taskhub tasks retry` copies the same options
+
+
+def _opt(value: Any, default: Any) -> Any:
+    return default if value is msgspec.UNSET else value
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    """The checks every task's timeouts, retries and attempts pass (``Lifecycle._options``)."""
+    for name in ("timeout", "start_timeout"):
+        if opts[name] is not None and opts[name] < 0:
+            raise InvalidOption(f"option {name!r} must be >= 0 seconds or null", option=name)
+    if opts["retries"] < 0:
+        raise InvalidOption("option 'retries' must be >= 0", option="retries")
+    if opts["max_attempts"] < 1:
+        raise InvalidOption("option 'max_attempts' must be >= 1", option="max_attempts")
+
+
+class _Options:
+    """Stored options read back like a PubOptions (the lifecycle reads options by name)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def resolve_options(
+    options: Any, d: Defaults, now: float, action: str | None = None
+) -> dict[str, Any]:
+    """A task's stored options: its own, then its action's ([[actions]]), then the hub's.
+    Raises InvalidOption naming the option that is wrong."""
+    per_action = d.actions.get(action, {}) if action is not None else {}
+    if options is None and not per_action:
+        # The common case (a pub without options, an action without defaults): the
+        # hub-wide defaults, with the same checks as below and nothing else to read.
+        opts: dict[str, Any] = {
+            "timeout": d.task_end_timeout,
+            "start_timeout": d.task_start_timeout,
+            "retries": d.retries,
+            "max_attempts": d.max_attempts,
+            "priority": 0,
+        }
+        _check_options(opts)
+        return opts
+
+    def get(name: str, default: Any) -> Any:
+        return _opt(getattr(options, name, msgspec.UNSET), per_action.get(name, default))
+
+    opts = {
+        "timeout": get("timeout", d.task_end_timeout),
+        "start_timeout": get("start_timeout", d.task_start_timeout),
+        "retries": get("retries", d.retries),
+        "max_attempts": get("max_attempts", d.max_attempts),
+        "priority": get("priority", 0),
+    }
+    # Backoff is stored only when the task or its action sets it: most tasks use the
+    # hub's, and every stored option costs bytes in every task record.
+    for name in ("backoff", "backoff_max"):
+        value = get(name, None)
+        if value is not None:
+            if value < 0:
+                raise InvalidOption(f"option {name!r} must be >= 0 seconds", option=name)
+            opts[name] = float(value)
+    _check_options(opts)
+    key = get("key", None)
+    if key is not None:
+        opts["key"] = key
+    partition_key = get("partition_key", None)  # only the HTTP API sets it so far
+    if partition_key is not None:
+        opts["partition_key"] = str(partition_key)
+    delay = get("delay", 0.0) or 0.0
+    if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
+        delay = parse_interval(delay, option="delay")
+    at = get("at", None)
+    if delay < 0:
+        raise InvalidOption("option 'delay' must be >= 0 seconds", option="delay")
+    not_before = at if at is not None else (now + delay if delay else 0.0)
+    once_every = get("once_every", None)
+    if once_every is not None:
+        if isinstance(once_every, str):
+            once_every = parse_interval(once_every, option="once_every")
+        if once_every < 0:
+            raise InvalidOption("option 'once_every' must be >= 0 seconds", option="once_every")
+        opts["once_every"] = float(once_every)
+        not_before = max(not_before, now + once_every)
+    if not_before:
+        opts["not_before"] = not_before
+    return opts

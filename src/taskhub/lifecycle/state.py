@@ -1,0 +1,172 @@
+"""The lifecycle's in-memory state: connections, subscriptions, group queues, deliveries
+and tasks, with the names and constants the rest of the hub shares."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from taskhub.store.base import TERMINAL_STATES, DeliveryRecord, TaskRecord
+
+Clock = Callable[[], float]
+Message = dict[str, Any]
+_ENDED = frozenset({"done", "dropped", "failed"})
+_json = msgspec.json.Encoder()
+HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
+# Metadata kinds (store.base.MetaRecord) the lifecycle owns.
+QUEUE_META = "queue"  # durable group subscriptions, key "<action> <group>"
+DEAD_META = "dead"  # the dead-letter list, key: task id
+# Failure reasons that put a task into the dead-letter list: it ran out of attempts, or its
+# handler failed after its retries. Cancelled, timed-out and purged tasks were ended on purpose
+# or by a deadline the publisher chose, so they are not "dead letters".
+DEAD_REASONS = frozenset({"attempts", "error"})
+TimerHandler = Callable[[str, float], None]
+
+
+@dataclass
+class Defaults:
+    """Hub-wide defaults; a task's own options override the first five."""
+
+    task_start_timeout: float | None = None  # None: wait forever for a worker (durable queue)
+    task_end_timeout: float | None = 60.0
+    retries: int = 0  # re-offers after a handler failure
+    max_attempts: int = 5  # started attempts (lost or failed) before the delivery fails
+    retry_backoff: float = 1.0  # first retry delay, doubled each time, with jitter
+    retry_backoff_max: float = 300.0
+    pickup_window: float = 10.0  # an offer neither acked nor picked up goes elsewhere after this
+    inline_payload_limit: int = 64 * 1024  # larger payloads are fetched by the worker on demand
+    idempotency_window: float = 3600.0  # how long a pub `key` keeps returning the same task
+    # Per-action option defaults ([[actions]] in the config): action -> {option: value}; a
+    # task's own option wins, then these, then the hub-wide defaults above.
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dead_letters: bool = True  # keep exhausted tasks in the dead-letter list
+
+
+@dataclass(eq=False)
+class Credentials:
+    name: str
+    sub_permissions: tuple[str, ...] = ("*",)
+    pub_permissions: tuple[str, ...] = ("*",)
+    max_connections: int | None = None
+
+
+@dataclass(eq=False)
+class Peer:
+    """A connection as the lifecycle sees it: who it is and what it is owed."""
+
+    id: str
+    creds: Credentials
+    out: list[Message] = field(default_factory=list)
+    subs: dict[str, Subscription] = field(default_factory=dict)  # by action
+    holding: dict[str, Delivery] = field(default_factory=dict)  # by task id
+    following: set[str] = field(default_factory=set)
+    observing: set[str] = field(default_factory=set)
+    open: bool = True
+    queued: bool = False  # already in the lifecycle's list of peers with output
+
+    @property
+    def service(self) -> str:
+        return self.creds.name
+
+
+@dataclass(eq=False)
+class Subscription:
+    peer: Peer
+    action: str
+    group: str
+    concurrency: int
+    observe: bool
+    inflight: int = 0
+
+
+@dataclass(eq=False)
+class Queue:
+    """One group's deliveries of one action, waiting for a worker with free credit."""
+
+    action: str
+    group: str
+    durable: bool = False
+    workers: list[Subscription] = field(default_factory=list)
+    waiting: list[tuple[int, int, Delivery]] = field(default_factory=list)  # heap
+    rr: int = 0
+    # partition_key -> the delivery that owns it (offered first, not yet ended); later ones of
+    # the key wait in `parked`, in the order the heap gave them out.
+    partitions: dict[str, Delivery] = field(default_factory=dict)
+    parked: dict[str, deque[tuple[int, int, Delivery]]] = field(default_factory=dict)
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.workers) or self.durable
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    task: Task
+    rec: DeliveryRecord
+    holder: Subscription | None = None
+    acked: bool = False
+    avoid: Peer | None = None  # let its pickup window lapse: offer elsewhere if possible
+
+
+# Most tasks are followed by their publisher only and observed by nobody: they share this
+# empty set until someone is added (two empty sets a task were ~430 B of ~2 KB in flight).
+_NOBODY: frozenset[Peer] = frozenset()
+
+
+@dataclass(eq=False, slots=True, weakref_slot=True)  # weakref: tests check tasks are freed
+class Task:
+    rec: TaskRecord
+    seq: int  # heap tie-breaker: publish order
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+    followers: set[Peer] | frozenset[Peer] = _NOBODY
+    observers: set[Peer] | frozenset[Peer] = _NOBODY
+    payload_size: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.rec.id
+
+    @property
+    def ended(self) -> bool:
+        return self.rec.state in TERMINAL_STATES
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, msgspec.Raw):
+        return len(value)
+    return len(_json.encode(value))
+
+
+def dead_letter(rec: TaskRecord) -> dict[str, Any]:
+    """A dead-letter entry: a copy of what re-queueing needs and what an operator inspects.
+
+    A copy, not a reference: retention removes the task record itself in time, the entry
+    stays until it is re-queued or deleted.
+    """
+    return {
+        "id": rec.id,
+        "action": rec.action,
+        "publisher": rec.publisher,
+        "payload": rec.payload,
+        "options": {k: v for k, v in rec.options.items() if k != "previous_result"},
+        "error": rec.error,
+        "created_at": rec.created_at,
+        "ended_at": rec.ended_at,
+        "deliveries": [
+            {"group": d.group, "state": d.state, "tries": d.tries, "error": d.error}
+            for d in rec.deliveries
+        ],
+    }
+
+
+def queue_key(action: str, group: str) -> str:
+    """The metadata key of a durable group: a space cannot occur in an action."""
+    return f"{action} {group}"
+
+
+def _queue_order(q: Queue) -> tuple[str, str]:
+    return (q.action, q.group)
