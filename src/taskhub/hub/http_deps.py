@@ -1,0 +1,119 @@
+"""What the route modules of the ``/v1`` HTTP API share: the hub and the caller's credentials
+as FastAPI dependencies, the field shapes the OpenAPI states, the documented error answers, and
+a task read on the caller's behalf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic.config import JsonDict
+
+from taskhub.errors import (
+    AuthenticationFailed,
+    PermissionDenied,
+    ProtocolError,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from taskhub.hub.auth import parse_bearer
+from taskhub.hub.hub import Hub
+from taskhub.lifecycle import Credentials
+from taskhub.store.base import TaskRecord
+
+log = logging.getLogger("taskhub.http")
+
+MAX_WAIT = 300.0  # longest long poll a request may ask for; a hub may cap it lower (Limits)
+# For the OpenAPI only: the hub's own checks enforce these and name the bad character (422).
+ACTION_SCHEMA: JsonDict = {
+    "pattern": r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)?:[A-Za-z0-9_.\-]+$",
+    "maxLength": 255,
+}
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's number and integer: no `false` or "5" for a number, and 5.0 is an integer.
+Number = Annotated[float, Field(strict=True)]
+Integer = Annotated[int, BeforeValidator(_whole), Field(strict=True)]
+TaskState = Literal["init", "start", "success", "fail", "end"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine code, as on the WebSocket (protocol.md §7).")
+    message: str = Field(description="Human text naming the culprit.")
+    details: dict[str, Any] | None = None
+
+
+_ERR = {"model": ErrorBody}
+_COMMON: dict[int | str, dict[str, Any]] = {
+    400: {**_ERR, "description": "Malformed JSON or a field of the wrong shape (named)."},
+    401: {**_ERR, "description": "Missing or wrong credentials."},
+    413: {**_ERR, "description": "Body over the hub's max_frame."},
+    "4XX": _ERR,
+    500: {**_ERR, "description": "Unexpected error (logged by the hub)."},
+    503: {**_ERR, "description": "The store could not be reached, or the hub is stopping."},
+}
+
+
+def _responses(**extra: str) -> dict[int | str, dict[str, Any]]:
+    out = dict(_COMMON)
+    for status, text in extra.items():
+        out[int(status.lstrip("_"))] = {**_ERR, "description": text}
+    return out
+
+
+# --- dependencies ---------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="`Bearer <name>:<key>`")
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+async def _caller(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+) -> Credentials:
+    hub = _hub(request)
+    header = request.headers.get("authorization")
+    if not header and not hub.registry.open_access:
+        raise AuthenticationFailed("missing 'Authorization: Bearer <name>:<key>'")
+    name, key = parse_bearer(header)
+    # scrypt takes tens of ms the first time: keep it off the event loop
+    return await asyncio.to_thread(hub.registry.authenticate, name, key)
+
+
+HubDep = Annotated[Hub, Depends(_hub)]
+Caller = Annotated[Credentials, Depends(_caller)]
+
+
+async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
+    try:
+        rec = await hub.find(task_id)
+    except Exception as exc:
+        log.exception("reading task %s failed", task_id)
+        raise StoreUnavailable(f"could not read task {task_id} from the store") from exc
+    if rec is None:
+        raise TaskNotFound(f"no task {task_id}", task=task_id)
+    if not hub.lc.may_read(creds, rec):
+        raise PermissionDenied(
+            f"{creds.name!r} may not read task {task_id} ({rec.action})", action=rec.action
+        )
+    return rec
+
+
+def _storable(field: str, value: Any) -> None:
+    """Refuse what the store could not write (MessagePack keeps 64-bit integers): accepted, such
+    a value would stall the commit pipeline for everyone."""
+    try:
+        msgspec.msgpack.encode(value)
+    except (OverflowError, TypeError) as exc:
+        raise ProtocolError(f"field {field!r} cannot be stored: {exc}", field=field) from None

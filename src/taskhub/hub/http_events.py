@@ -1,0 +1,192 @@
+"""Events over the ``/v1`` HTTP API: a task's events as Server-Sent Events (the stored ones,
+then live ones) and broadcast events emitted to a topic. :class:`TaskEvents` hands the
+lifecycle's task events to the requests waiting on a task (this stream, the result long poll,
+the dashboard)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from pydantic.config import JsonDict
+
+from taskhub.errors import TaskHubError
+from taskhub.hub.http_deps import Caller, HubDep, _readable, _responses
+from taskhub.hub.hub import Hub
+from taskhub.lifecycle import Task
+from taskhub.store.base import TERMINAL_STATES, EventRecord
+
+SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+TOPIC_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z0-9_\-]+([/:.][A-Za-z0-9_\-]+)*$", "maxLength": 255}
+
+
+class NotImplementedYet(TaskHubError):
+    code = "not_implemented"
+
+
+class EmitAccepted(BaseModel):
+    topic: str
+    delivered: int = Field(description="Connections it was queued for.")
+
+
+class TaskEvents:
+    """Hands the lifecycle's task events to the HTTP requests waiting on that task."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._waiting: dict[str, set[Callable[[EventRecord], None]]] = {}
+        hub.lc.listeners.append(self._on_event)
+
+    def _on_event(self, task: Task, ev: EventRecord) -> None:
+        fns = self._waiting.get(ev.task_id)
+        if fns:  # nearly always None: one lookup per event on the hot path
+            for fn in tuple(fns):
+                fn(ev)
+
+    @contextlib.contextmanager
+    def watch(self, task_id: str, fn: Callable[[EventRecord], None]) -> Iterator[None]:
+        fns = self._waiting.setdefault(task_id, set())
+        fns.add(fn)
+        try:
+            yield
+        finally:
+            fns.discard(fn)
+            if not fns:
+                self._waiting.pop(task_id, None)
+
+
+def _events(request: Request) -> TaskEvents:
+    events: TaskEvents = request.app.state.task_events
+    return events
+
+
+def _sse(ev: EventRecord) -> bytes:
+    data = msgspec.json.encode(
+        {
+            "task": ev.task_id,
+            "seq": ev.seq,
+            "type": ev.type,
+            "at": ev.at,
+            "group": ev.group,
+            "service": ev.service,
+            "data": ev.data,
+        }
+    )
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (ev.seq, ev.type.encode(), data)
+
+
+async def _event_stream(
+    hub: Hub, events: TaskEvents, task_id: str, after: int
+) -> AsyncIterator[bytes]:
+    live: asyncio.Queue[EventRecord] = asyncio.Queue()
+    seq = after
+    with events.watch(task_id, live.put_nowait):
+        # Listening first, then reading the store after a flush: no event falls in between;
+        # the live ones already stored are skipped by seq.
+        await hub.flush()
+        for ev in await hub.store.get_events(task_id):
+            if ev.seq > seq:
+                seq = ev.seq
+                yield _sse(ev)
+            if ev.type in TERMINAL_STATES:
+                return
+        if hub.lc.get(task_id) is None:
+            return  # ended, and its terminal event is not stored (removed by retention)
+        while True:
+            try:
+                first = await asyncio.wait_for(live.get(), SSE_KEEPALIVE)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            batch = [first]
+            while not live.empty():
+                batch.append(live.get_nowait())
+            await hub.flush()  # like the WebSocket: nothing is streamed before it is stored
+            for ev in batch:
+                if ev.seq <= seq:
+                    continue
+                seq = ev.seq
+                yield _sse(ev)
+                if ev.type in TERMINAL_STATES:
+                    return
+
+
+_SSE_EVENT: JsonDict = {
+    "type": "object",
+    "description": "One event: `id` is its seq, `event` its type, `data` a JSON object "
+    "{task, seq, type, at, group, service, data}.",
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+    },
+}
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    tags=["tasks"],
+    summary="Stream a task's events (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: the stored events, then live ones, ending "
+            "after the terminal event (`success`, `fail` or `end`).",
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+        },
+        **_responses(_403="May not read the task's action.", _404="Unknown task."),
+    },
+)
+async def task_events(
+    task_id: str,
+    request: Request,
+    hub: HubDep,
+    creds: Caller,
+    events: Annotated[TaskEvents, Depends(_events)],
+) -> StreamingResponse:
+    await _readable(hub, creds, task_id)
+    last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else 0
+    return StreamingResponse(
+        _event_stream(hub, events, task_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post(
+    "/events/{topic}",
+    status_code=202,
+    response_model=EmitAccepted,
+    tags=["events"],
+    summary="Emit a broadcast event",
+    responses=_responses(
+        _403="No permission for the topic.",
+        _422="Bad topic name.",
+        _501="This hub has no broadcast events yet.",
+    ),
+)
+async def emit_event(
+    topic: Annotated[str, Path(json_schema_extra=TOPIC_SCHEMA)],
+    hub: HubDep,
+    creds: Caller,
+    data: Annotated[Any, Body()] = None,
+) -> Any:
+    """The JSON body is the event's data; it goes to every connection subscribed to the topic."""
+    # Broadcast events are being added to the Hub separately: use them when they are there.
+    emit = getattr(hub, "emit", None)
+    if emit is None:
+        raise NotImplementedYet("broadcast events are not available on this hub yet")
+    outcome = emit(creds, topic, data)
+    if inspect.isawaitable(outcome):
+        outcome = await outcome
+    hub.kick()
+    return {"topic": topic, "delivered": outcome if isinstance(outcome, int) else 0}

@@ -1,0 +1,310 @@
+"""Task routes of the ``/v1`` HTTP API: publish, list, get and cancel a task, and wait for its
+result (long poll). A task's event stream is in :mod:`taskhub.hub.http_events`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskhub.errors import TaskHubError, TaskNotFound
+from taskhub.hub.http_deps import (
+    ACTION_SCHEMA,
+    MAX_WAIT,
+    Caller,
+    HubDep,
+    Integer,
+    Number,
+    TaskState,
+    _readable,
+    _responses,
+    _storable,
+)
+from taskhub.hub.http_events import TaskEvents, _events
+from taskhub.hub.hub import task_view
+from taskhub.lifecycle import Task
+from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
+
+DeliveryState = Literal["pending", "offered", "started", "done", "dropped", "failed"]
+
+
+class TaskEnded(TaskHubError):
+    """The task has already ended, so it cannot be changed (for example, cancelled)."""
+
+    code = "task_ended"
+
+
+class TaskOptions(BaseModel):
+    """Per-task options. A field left out takes the hub default; ``null`` timeouts mean
+    "forever"."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    timeout: Number | None = Field(
+        None, description="End timeout: seconds after start.", json_schema_extra={"minimum": 0}
+    )
+    start_timeout: Number | None = Field(
+        None, description="Seconds to wait for a worker.", json_schema_extra={"minimum": 0}
+    )
+    priority: Integer = Field(0, ge=-(2**31), le=2**31)
+    key: str | None = Field(None, description="Idempotency key: a repeat returns the task.")
+    retries: Integer | None = Field(
+        None,  # null or left out: the hub default
+        le=2**31,
+        description="Re-offers after a handler failure.",
+        json_schema_extra={"minimum": 0, "maximum": 2**31},
+    )
+    max_attempts: Integer | None = Field(
+        None, le=2**31, json_schema_extra={"minimum": 1, "maximum": 2**31}
+    )
+    delay: Number | str = Field(
+        0.0,
+        description='Before the task is offered: seconds, or an interval such as `"7 days"`, '
+        '`"1h30m"` or `"PT1H30M"` (docs/scheduling.md).',
+    )
+    once_every: Number | str | None = Field(
+        None,
+        description="Debounce: while a task of this action and `key` is still waiting, return "
+        "it; otherwise the new task is offered after this interval.",
+    )
+    backoff: Number | None = Field(
+        None, description="First retry delay, seconds.", json_schema_extra={"minimum": 0}
+    )
+    backoff_max: Number | None = Field(
+        None, description="Longest retry delay, seconds.", json_schema_extra={"minimum": 0}
+    )
+    at: Number | None = Field(None, description="Epoch seconds before which it is not offered.")
+    partition_key: str | None = Field(
+        None,
+        description="Within each group, tasks of one partition key are worked one at a time, "
+        "in publish order.",
+    )
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: str = Field(
+        description="`<noun>:<verb>` or `<noun>/<sub.noun>:<verb>`.",
+        json_schema_extra=ACTION_SCHEMA,
+    )
+    payload: Any = None
+    options: TaskOptions | None = None
+
+
+class DeliveryView(BaseModel):
+    group: str
+    state: DeliveryState
+    attempt: int
+    tries: int
+
+
+class TaskView(BaseModel):
+    id: str
+    action: str
+    state: TaskState
+    publisher: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    options: dict[str, Any]
+    updates: int
+    last_update: Any
+    result: Any
+    error: dict[str, Any] | None
+    deliveries: list[DeliveryView]
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskView]
+    next: str | None = Field(description="Pass as `after` for the next page; null at the end.")
+
+
+class TaskResult(BaseModel):
+    id: str
+    state: Literal["success"]
+    result: Any
+
+
+def _options(options: TaskOptions | None) -> SimpleNamespace | None:
+    # The lifecycle reads options with getattr: a field left out must be absent, not None.
+    if options is None:
+        return None
+    fields = options.model_dump(exclude_unset=True)
+    for name in ("retries", "max_attempts", "backoff", "backoff_max", "once_every"):
+        # null: the hub default (no "forever" here)
+        if name in fields and fields[name] is None:
+            del fields[name]
+    return SimpleNamespace(**fields)
+
+
+def _failure(rec: TaskRecord) -> JSONResponse:
+    """A task that ended without a result, as the error the Python client would raise."""
+    error = rec.error or {}
+    reason = str(error.get("reason", ""))
+    if rec.state == "end":
+        code, message = "no_result", f"task {rec.id} ended without a result (all dropped)"
+    else:
+        code = {
+            "timeout": "task_timeout",
+            "start_timeout": "task_timeout",
+            "cancelled": "task_cancelled",
+        }.get(reason, "task_failed")
+        message = str(error.get("message") or f"task {rec.id} failed ({reason})")
+    details = {"task": rec.id, "state": rec.state, **({"error": error} if error else {})}
+    return JSONResponse({"code": code, "message": message, "details": details}, status_code=409)
+
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    response_model=TaskView,
+    tags=["tasks"],
+    summary="Publish a task",
+    responses={
+        200: {"model": TaskView, "description": "A repeated `key`: the task published before."},
+        **_responses(
+            _403="No pub permission for the action (named).",
+            _422="Bad action name or option (named).",
+        ),
+    },
+)
+async def create_task(body: TaskCreate, hub: HubDep, creds: Caller, response: Response) -> Any:
+    """Answers once the task is stored (durable): 201, or 200 for a repeated `options.key`."""
+    _storable("payload", body.payload)
+    task, created = hub.lc.publish(creds, body.action, body.payload, _options(body.options))
+    hub.kick()
+    await hub.flush()
+    rec = task.rec if isinstance(task, Task) else await _readable(hub, creds, task)
+    if not created:
+        response.status_code = 200
+    return task_view(rec)
+
+
+@router.get(
+    "/tasks",
+    response_model=TaskPage,
+    tags=["tasks"],
+    summary="List tasks, oldest first",
+    responses=_responses(),
+)
+async def list_tasks(
+    hub: HubDep,
+    creds: Caller,
+    action: str | None = None,
+    state: TaskState | None = None,
+    after: Annotated[str | None, Query(description="The `next` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """Tasks by id (creation order) that the caller may read. A page may hold fewer than
+    `limit` tasks and still have a `next`: keep going until `next` is null."""
+    rows = await hub.store.list_tasks(action=action, state=state, after=after, limit=limit + 1)
+    # The store may lag the hub by a batch: overlay the fresher in-memory records, then filter
+    # again. Only ids up to the store page's last one are complete, so stop there.
+    bound = rows[-1].id if len(rows) > limit else None
+    merged = {rec.id: rec for rec in rows}
+    for rec in hub.unwritten().values():
+        if (
+            (after is None or rec.id > after)
+            and (bound is None or rec.id <= bound)
+            and (action is None or rec.action == action)
+        ):
+            merged[rec.id] = rec
+    found = sorted(
+        (
+            rec
+            for rec in merged.values()
+            if (state is None or rec.state == state) and hub.lc.may_read(creds, rec)
+        ),
+        key=lambda rec: rec.id,
+    )
+    page = found[:limit]
+    next_id = page[-1].id if len(found) > limit else bound
+    return {"tasks": [task_view(rec) for rec in page], "next": next_id}
+
+
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskView,
+    tags=["tasks"],
+    summary="Get a task",
+    responses=_responses(_403="May not read the task's action.", _404="Unknown task."),
+)
+async def get_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
+    return task_view(await _readable(hub, creds, task_id))
+
+
+@router.get(
+    "/tasks/{task_id}/result",
+    response_model=TaskResult,
+    tags=["tasks"],
+    summary="Wait for a task's result (long poll)",
+    responses={
+        202: {"model": TaskView, "description": "Still running after `wait`: the task so far."},
+        **_responses(
+            _403="May not read the task's action.",
+            _404="Unknown task.",
+            _409="The task failed (`task_failed`, `task_timeout`, `task_cancelled`) or ended "
+            "without a result (`no_result`).",
+        ),
+    },
+)
+async def get_result(
+    task_id: str,
+    hub: HubDep,
+    creds: Caller,
+    events: Annotated[TaskEvents, Depends(_events)],
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait.")] = 0.0,
+) -> Any:
+    """200 with the result once the task succeeded; 409 with its error once it failed or
+    ended without a result; 202 with the task if it is still running after `wait` seconds."""
+    wait = min(wait, hub.limits.max_wait)
+    rec = await _readable(hub, creds, task_id)
+    if rec.state not in TERMINAL_STATES and wait > 0:
+        ended = asyncio.Event()
+
+        def on_event(ev: EventRecord) -> None:
+            if ev.type in TERMINAL_STATES:
+                ended.set()
+
+        with events.watch(task_id, on_event):
+            if hub.lc.get(task_id) is None:
+                ended.set()  # it ended while we looked it up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), wait)
+        rec = await _readable(hub, creds, task_id)
+    if rec.state not in TERMINAL_STATES:
+        return JSONResponse(task_view(rec), status_code=202)
+    await hub.flush()  # answer only once the outcome is stored
+    if rec.state == "success":
+        return {"id": rec.id, "state": "success", "result": rec.result}
+    return _failure(rec)
+
+
+@router.delete(
+    "/tasks/{task_id}",
+    response_model=TaskView,
+    tags=["tasks"],
+    summary="Cancel a task",
+    responses=_responses(
+        _403="Neither the publisher nor allowed to publish the action.",
+        _404="Unknown task.",
+        _409="The task has already ended.",
+    ),
+)
+async def cancel_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
+    """The task fails with reason `cancelled`; its workers are told to stop."""
+    try:
+        task = hub.lc.cancel(creds, task_id)
+    except TaskNotFound:
+        rec = await _readable(hub, creds, task_id)  # 404 if it never existed
+        raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
+    hub.kick()
+    await hub.flush()
+    return task_view(task.rec)
