@@ -137,3 +137,36 @@ async def test_readyz_is_503_until_the_hub_runs() -> None:
         finally:
             await hub.stop()
         assert (await http.get("/readyz")).status_code == 503
+
+
+_HUB_FREED = """
+import asyncio, gc, weakref
+from taskhub.hub.hub import Hub
+from taskhub.hub.metrics import for_hub
+from taskhub.store import open_store
+
+async def main():
+    hub = Hub(open_store("memory://"))
+    assert for_hub(hub) is for_hub(hub)  # once per hub: a second listener would count twice
+    await hub.start()
+    await hub.stop()
+    return weakref.ref(hub)
+
+ref = asyncio.run(main())
+gc.collect()
+print("alive" if ref() is not None else "freed")
+"""
+
+
+def test_a_stopped_hub_is_not_kept_alive_by_its_metrics() -> None:
+    """The metrics live on the hub: nothing module-wide holds a hub once it is dropped (a map
+    keyed by hub whose value referred back to it kept every hub of a process alive). In a
+    process of its own: the test runner's event loop keeps references of its own."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _HUB_FREED], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "freed"

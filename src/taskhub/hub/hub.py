@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -47,6 +47,9 @@ from taskhub.names import allowed, pattern_allowed, validate_topic
 from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.store import Store, TaskRecord, WriteBatch
 from taskhub.store.base import EventRecord
+
+if TYPE_CHECKING:
+    from taskhub.hub.metrics import Metrics
 
 log = logging.getLogger("taskhub.hub")
 
@@ -144,6 +147,7 @@ class Hub:
         self.draining = False
         self.store_ok = True  # False while a batch write is failing and being retried
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
+        self.metrics: Metrics | None = None  # hub/metrics.py, once installed
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -11,7 +11,6 @@ the credentials' permissions, never task ids (one series per task would grow wit
 from __future__ import annotations
 
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
@@ -43,8 +42,6 @@ APPLY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 _TERMINAL = frozenset({"success", "fail", "end"})
 _LIVE_STATES = ("init", "start")
-
-_installed: weakref.WeakKeyDictionary[Hub, Metrics] = weakref.WeakKeyDictionary()
 
 
 class Metrics:
@@ -258,9 +255,12 @@ def _depth(q: Queue) -> int:
 
 def for_hub(hub: Hub) -> Metrics:
     """The hub's metrics, created on first use (once: a second listener would count twice)."""
-    metrics = _installed.get(hub)
+    # Kept on the hub, not in a module-level map keyed by it: a map's value would hold the
+    # hub and keep every stopped hub alive (a WeakKeyDictionary whose value refers to its key).
+    metrics = hub.metrics
     if metrics is None:
-        metrics = _installed[hub] = Metrics(hub)
+        metrics = Metrics(hub)
+        hub.metrics = metrics
     return metrics
 
 
