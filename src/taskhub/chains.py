@@ -16,7 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError
-from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task
+from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task, resolve_options
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
@@ -114,7 +114,7 @@ class Chains:
                 )
             if step.options is not None and step.options.key is not None:
                 raise InvalidOption("chain steps take no idempotency 'key'", option="key")
-            self.lc._options(step.options, self.lc.defaults, self.lc.clock())  # pub's checks
+            resolve_options(step.options, self.lc.defaults, self.lc.clock())  # pub's checks
         except TaskHubError as exc:
             raise _named(exc, i, step.action) from None
 

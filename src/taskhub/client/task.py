@@ -292,12 +292,9 @@ class Handle(_Emitter):
 
     def _accept(self, task_id: str) -> None:
         self.id = task_id
-        waiters = self._accept_waiters
-        if waiters is not None:
-            self._accept_waiters = None
-            for fut in waiters if isinstance(waiters, list) else (waiters,):
-                if not fut.done():
-                    fut.set_result(task_id)
+        waiters, self._accept_waiters = self._accept_waiters, None
+        for fut in _waiting(waiters):
+            fut.set_result(task_id)
 
     def _refuse(self, exc: BaseException) -> None:
         if self._refused is not None or self._ended:
@@ -306,11 +303,8 @@ class Handle(_Emitter):
         waiters = (self._accept_waiters, self._end_waiters)
         self._accept_waiters = self._end_waiters = None
         for some in waiters:
-            if some is None:
-                continue
-            for fut in some if isinstance(some, list) else (some,):
-                if not fut.done():
-                    fut.set_exception(self._refusal())
+            for fut in _waiting(some):
+                fut.set_exception(self._refusal())
 
     def _event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type", "")
@@ -339,16 +333,12 @@ class Handle(_Emitter):
 
     def _finish(self) -> None:
         self._ended = True
-        waiters = self._end_waiters
-        if waiters is not None:
-            self._end_waiters = None
-            for fut in waiters if isinstance(waiters, list) else (waiters,):
-                if fut.done():
-                    continue  # its caller gave up waiting
-                if self.state == "success":
-                    fut.set_result(self.result)
-                else:
-                    fut.set_exception(self.exception())
+        waiters, self._end_waiters = self._end_waiters, None
+        for fut in _waiting(waiters):
+            if self.state == "success":
+                fut.set_result(self.result)
+            else:
+                fut.set_exception(self.exception())
         client = self._client
         task_id = self.id or ""
         if client._handles.get(task_id) is self:
@@ -358,6 +348,15 @@ class Handle(_Emitter):
             others.remove(self)
             if not others:
                 del client._same_task[task_id]
+
+
+def _waiting(waiters: _Waiters) -> list[asyncio.Future[Any]]:
+    """The futures still waiting (a caller that gave up, by a time-out, is skipped)."""
+    if waiters is None:
+        return []
+    if isinstance(waiters, list):
+        return [fut for fut in waiters if not fut.done()]
+    return [] if waiters.done() else [waiters]
 
 
 def _add(waiters: _Waiters, fut: asyncio.Future[Any]) -> _Waiters:

@@ -31,6 +31,7 @@ from taskhub.lifecycle.state import (
     TimerHandler,
     _size,
     dead_letter,
+    joined,
     queue_key,
 )
 from taskhub.names import allowed, reserved_action, validate_action
@@ -245,7 +246,7 @@ class LifecycleCore:
             raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
         d = self.defaults
         now = self.clock()
-        opts = self._options(options, d, now, action)
+        opts = resolve_options(options, d, now, action)
         if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
             opts.update(extra)
         key = opts.get("key")
@@ -296,11 +297,6 @@ class LifecycleCore:
             self._route(task)
         return task, True
 
-    def _options(
-        self, options: Any, d: Defaults, now: float, action: str | None = None
-    ) -> dict[str, Any]:
-        return resolve_options(options, d, now, action)
-
     def _debounced(self, debounce_key: str) -> Task | None:
         """The task still waiting (not started) under this once_every key, if any."""
         task_id = self.debounce.get(debounce_key)
@@ -349,10 +345,7 @@ class LifecycleCore:
         peer = sub.peer
         if peer in task.observers:
             return
-        if isinstance(task.observers, set):
-            task.observers.add(peer)
-        else:
-            task.observers = {peer}
+        task.observers = joined(task.observers, peer)
         peer.observing.add(task.id)
         self.send(peer, self._offer_msg(task, sub.group, 0, observe=True))
 
@@ -480,8 +473,8 @@ class LifecycleCore:
         sub = d.holder
         if sub is None:
             return
-        if not d.acked:  # its pickup window is over too
-            self.timers.cancel("pickup", self.defaults.pickup_window, d.task.id, d.rec.group)
+        if not d.acked:
+            self._close_pickup_window(d)
         d.holder = None
         sub.inflight -= 1
         if sub.peer.holding.get(d.task.id) is d:
@@ -608,8 +601,11 @@ class LifecycleCore:
                 self._picked(d)
 
     def _picked(self, d: Delivery) -> None:
-        """The offer was acked (or given up): its pickup window no longer runs."""
+        """The offer was acked: its pickup window no longer runs."""
         d.acked = True
+        self._close_pickup_window(d)
+
+    def _close_pickup_window(self, d: Delivery) -> None:
         self.timers.cancel("pickup", self.defaults.pickup_window, d.task.id, d.rec.group)
 
     def pickup(self, peer: Peer, task_id: str, attempt: int) -> None:
@@ -874,10 +870,7 @@ class LifecycleCore:
         return task
 
     def _follow(self, peer: Peer, task: Task) -> None:
-        if isinstance(task.followers, set):
-            task.followers.add(peer)
-        else:
-            task.followers = {peer}
+        task.followers = joined(task.followers, peer)
         peer.following.add(task.id)
 
     def may_read(self, creds: Credentials, rec: TaskRecord) -> bool:

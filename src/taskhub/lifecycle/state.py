@@ -117,6 +117,14 @@ class Delivery:
 _NOBODY: frozenset[Peer] = frozenset()
 
 
+def joined(members: set[Peer] | frozenset[Peer], peer: Peer) -> set[Peer]:
+    """``members`` with ``peer`` added; the shared empty set becomes a set of the task's own."""
+    if isinstance(members, set):
+        members.add(peer)
+        return members
+    return {peer}
+
+
 @dataclass(eq=False, slots=True, weakref_slot=True)  # weakref: tests check tasks are freed
 class Task:
     rec: TaskRecord
