@@ -18,7 +18,7 @@ import msgspec
 from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError
 from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task, resolve_options
 from taskhub.names import allowed, reserved_action, validate_action
-from taskhub.protocol import ChainStep, PubOptions
+from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
 
 CHAIN_ACTION = "taskhub:chain"
@@ -32,8 +32,10 @@ def step_payload(declared: Any, previous: Any, *, merge: bool) -> Any:
     gets the previous result (a dict) merged over it, as seed 000's ``POST /add`` does."""
     if declared is None:
         return previous
-    if merge and isinstance(declared, dict) and isinstance(previous, dict):
-        return {**declared, **previous}
+    if merge and isinstance(declared, dict):
+        previous = plain(previous)  # a worker's result is still its JSON (protocol.kept)
+        if isinstance(previous, dict):
+            return {**declared, **previous}
     return declared
 
 

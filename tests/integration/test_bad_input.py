@@ -46,6 +46,13 @@ async def _answer(ws: ClientConnection, frame: str) -> list[dict[str, Any]]:
         ('{"op": "update", "task": "nope", "attempt": 1, "ref": 8}', "not_holding", "nope"),
         ('{"op": "get", "task": "nope", "ref": 9}', "task_not_found", "nope"),
         ("[1, 2]", "bad_message", "JSON object"),
+        # JSON the hub keeps undecoded must still decode, or no store could read it back
+        ('{"op": "pub", "action": "a:b", "payload": [1e400], "ref": 10}', "bad_message", "payload"),
+        (
+            '{"op": "return", "task": "x", "attempt": 1, "result": 1e999, "ref": 11}',
+            "bad_message",
+            "result",
+        ),
     ],
 )
 async def test_bad_message_is_named(

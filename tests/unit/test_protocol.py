@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -25,7 +26,40 @@ def test_single_message() -> None:
 def test_single_message_from_str() -> None:
     [msg] = p.decode_frame(json.dumps({"op": "return", "task": "t", "attempt": 2, "result": [1]}))
     assert isinstance(msg, p.Return)
-    assert msg.result == [1]
+    assert p.plain(msg.result) == [1]
+
+
+def test_payload_and_result_pass_through_as_written() -> None:
+    """The hub keeps a pub's payload and a return's result as their JSON text, copied out of
+    the frame (which may then be freed), with null as None."""
+    data = b'[{"op":"pub","action":"a:b","payload":{"k": [1, 2.50, "\\u00e9"]}},' + (
+        b'{"op":"return","task":"t","attempt":1,"result":null},{"op":"pub","action":"a:b"}]'
+    )
+    refs = sys.getrefcount(data)
+    pub, ret, bare = p.decode_frame(data)
+    assert isinstance(pub, p.Pub) and isinstance(ret, p.Return) and isinstance(bare, p.Pub)
+    assert sys.getrefcount(data) > refs  # the decoded Raw is a view into the frame
+    kept = p.kept(pub.payload, "payload")
+    result, none = p.kept(ret.result, "result"), p.kept(bare.payload, "payload")
+    del pub, ret
+    assert sys.getrefcount(data) == refs  # the kept copy does not hold the frame
+    assert bytes(kept) == b'{"k": [1, 2.50, "\\u00e9"]}'  # not re-encoded: spacing, 2.50
+    assert p.plain(kept) == {"k": [1, 2.5, "\u00e9"]}
+    assert result is None and none is None
+    # Raw nested in what the hub builds (a group's results) decodes too.
+    assert p.plain([kept, None, {"r": kept}]) == [
+        {"k": [1, 2.5, "\u00e9"]},
+        None,
+        {"r": {"k": [1, 2.5, "\u00e9"]}},
+    ]
+
+
+def test_payload_that_cannot_be_decoded_is_refused() -> None:
+    """1e400 is JSON and passes as Raw, but no store could read the task back."""
+    [pub] = p.decode_frame(b'{"op":"pub","action":"a:b","payload":{"x":[1e400]}}')
+    assert isinstance(pub, p.Pub)
+    with pytest.raises(ProtocolError, match=r"payload cannot be read as JSON: Number out of"):
+        p.kept(pub.payload, "payload")
 
 
 def test_array_of_messages_keeps_order() -> None:
@@ -39,7 +73,7 @@ def test_array_of_messages_keeps_order() -> None:
     )
     assert [type(m) for m in msgs] == [p.Pub, p.Sub, p.Update, p.Fail]
     pub, sub, upd, fail = msgs
-    assert isinstance(pub, p.Pub) and pub.ref == 1 and pub.payload == {"x": 1}
+    assert isinstance(pub, p.Pub) and pub.ref == 1 and p.plain(pub.payload) == {"x": 1}
     assert isinstance(sub, p.Sub) and sub.concurrency == 4 and sub.observe is False
     assert isinstance(upd, p.Update) and upd.data == "half"
     assert isinstance(fail, p.Fail) and fail.error.type == "KeyError" and fail.retry is True

@@ -34,6 +34,7 @@ from taskhub.errors import (
 from taskhub.hub.hub import Hub
 from taskhub.ids import new_id
 from taskhub.lifecycle import Credentials, Message, Peer
+from taskhub.protocol import plain
 
 log = logging.getLogger("taskhub.consumers")
 
@@ -222,11 +223,11 @@ class Consumers:
                 "group": msg["group"],
                 "publisher": msg["publisher"],
                 "created_at": msg["created_at"],
-                "payload": d.task.rec.payload,  # also when too large to ride in the offer
+                "payload": plain(d.task.rec.payload),  # also when too large to ride in the offer
                 "lease_expires_at": lease.expires_at,
             }
             if "previous_result" in msg:
-                view["previous_result"] = msg["previous_result"]
+                view["previous_result"] = plain(msg["previous_result"])
             return lease, view
         return None
 

@@ -28,6 +28,7 @@ from taskhub.hub.http_deps import (
 from taskhub.hub.http_events import TaskEvents, _events
 from taskhub.hub.hub import task_view
 from taskhub.lifecycle import Task
+from taskhub.protocol import plain
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
 
 DeliveryState = Literal["pending", "offered", "started", "done", "dropped", "failed"]
@@ -283,7 +284,7 @@ async def get_result(
         return JSONResponse(task_view(rec), status_code=202)
     await hub.flush()  # answer only once the outcome is stored
     if rec.state == "success":
-        return {"id": rec.id, "state": "success", "result": rec.result}
+        return {"id": rec.id, "state": "success", "result": plain(rec.result)}
     return _failure(rec)
 
 

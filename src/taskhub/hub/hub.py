@@ -79,10 +79,10 @@ def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:
         "created_at": rec.created_at,
         "started_at": rec.started_at,
         "ended_at": rec.ended_at,
-        "options": {k: v for k, v in rec.options.items() if k != "previous_result"},
+        "options": p.plain({k: v for k, v in rec.options.items() if k != "previous_result"}),
         "updates": rec.updates,
         "last_update": rec.last_update,
-        "result": rec.result,
+        "result": p.plain(rec.result),
         "error": rec.error,
         "deliveries": [
             {"group": d.group, "state": d.state, "attempt": d.attempt, "tries": d.tries}
@@ -90,7 +90,7 @@ def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:
         ],
     }
     if payload:
-        out["payload"] = rec.payload
+        out["payload"] = p.plain(rec.payload)
     return out
 
 
@@ -375,11 +375,11 @@ class Hub:
             case p.Ack():
                 lc.ack(peer, msg.task, msg.attempt)
             case p.Return():
-                lc.complete(peer, msg.task, msg.attempt, msg.result)
+                lc.complete(peer, msg.task, msg.attempt, p.kept(msg.result, "result"))
                 self._ok(peer, msg.ref)
             case p.Pub():
                 task, created = lc.publish(
-                    peer.creds, msg.action, msg.payload, msg.options, peer=peer
+                    peer.creds, msg.action, p.kept(msg.payload, "payload"), msg.options, peer=peer
                 )
                 if isinstance(task, Task):
                     self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)

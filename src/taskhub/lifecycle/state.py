@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from taskhub.protocol import plain
 from taskhub.store.base import TERMINAL_STATES, DeliveryRecord, TaskRecord
 
 Clock = Callable[[], float]
@@ -159,7 +160,7 @@ def dead_letter(rec: TaskRecord) -> dict[str, Any]:
         "id": rec.id,
         "action": rec.action,
         "publisher": rec.publisher,
-        "payload": rec.payload,
+        "payload": plain(rec.payload),  # read back by views that cannot encode Raw
         "options": {k: v for k, v in rec.options.items() if k != "previous_result"},
         "error": rec.error,
         "created_at": rec.created_at,
