@@ -76,6 +76,30 @@ async def test_pull_consumer_serves_a_websocket_task(
     assert await puller.fetch(wait=0) is None  # nothing left: 204
 
 
+async def test_a_websocket_result_reaches_a_pull_consumer_as_json(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    """The hub keeps a WebSocket worker's result as the JSON it sent; the next chain step's
+    HTTP lease still shows it (payload and previous_result) as plain JSON, merged or not."""
+    worker = await make_client("geo")
+    await worker.sub("geo:locate", lambda t: {"lat": 59.9, "city": "Oslo"})
+    puller = await Puller(http, {"actions": ["weather:get"]}).start()
+    publisher = await make_client("web")
+    for merge, declared, expected in [
+        (False, None, {"lat": 59.9, "city": "Oslo"}),
+        (True, {"units": "C"}, {"units": "C", "lat": 59.9, "city": "Oslo"}),
+    ]:
+        handle = publisher.chain(
+            [("geo:locate", {"q": "Oslo"}), ("weather:get", declared)], merge_input=merge
+        )
+        lease = await puller.fetch()
+        assert lease is not None
+        assert lease["payload"] == expected
+        assert lease["previous_result"] == {"lat": 59.9, "city": "Oslo"}
+        await puller.call("commit", task_id=lease["task_id"], result={"t": 4})
+        assert await handle.get_result(timeout=5) == {"t": 4}
+
+
 async def test_pull_consumer_and_websocket_worker_share_a_group(
     http: httpx.AsyncClient, make_client: ClientFactory
 ) -> None:
