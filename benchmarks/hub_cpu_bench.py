@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import statistics
 import sys
 import time
@@ -28,7 +29,7 @@ from taskhub.hub.app import create_app
 from taskhub.hub.hub import Hub
 from taskhub.ids import new_id
 from taskhub.lifecycle import Credentials, Peer
-from taskhub.logs import log_task_event
+from taskhub.logs import events_log, log_task_event
 from taskhub.store import open_store
 
 ACTION = "bench:echo"
@@ -41,7 +42,8 @@ def _payload(i: int) -> dict[str, Any]:
 
 async def one_round(store_url: str, n: int) -> float:
     hub = Hub(open_store(store_url))
-    hub.lc.listeners.append(log_task_event)
+    if events_log.isEnabledFor(logging.DEBUG):  # as Server._make_hub
+        hub.lc.listeners.append(log_task_event)
     create_app(hub)  # installs the listeners the server has (dashboard, metrics, waiters)
     await hub.start()
     frames: dict[Peer, list[bytes]] = {}

@@ -19,7 +19,7 @@ from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError
 from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task, resolve_options
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
+from taskhub.store.base import EventRecord, TaskRecord
 
 CHAIN_ACTION = "taskhub:chain"
 GROUP_ACTION = "taskhub:group"
@@ -50,7 +50,7 @@ class Chains:
 
     def __init__(self, lc: Lifecycle) -> None:
         self.lc = lc
-        lc.listeners.append(self._on_event)
+        lc.end_listeners.append(self._on_end)
 
     # --- starting ----------------------------------------------------------------------------
     def start(
@@ -142,9 +142,7 @@ class Chains:
         self.lc.record(parent, "step", {"index": i, "action": plan["action"], "task": task.id})
 
     # --- moving on ---------------------------------------------------------------------------
-    def _on_event(self, task: Task, ev: EventRecord) -> None:
-        if ev.type not in TERMINAL_STATES:
-            return
+    def _on_end(self, task: Task, ev: EventRecord) -> None:
         opts = task.rec.options
         parent_id = opts.get("chain_task")
         if parent_id is not None:

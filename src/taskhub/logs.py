@@ -3,10 +3,11 @@
 ``TASKHUB_LOG`` sets the level: ``debug``, ``info`` (default), ``warning``, ``error``. Seed 003's
 ``DEBUG=wrkr:*`` habit works too: ``DEBUG=taskhub:*`` (or ``taskhub*``) means debug.
 
-At debug level the hub logs every task event (:func:`log_task_event`, a lifecycle listener)
-with its task id, action, type, state, group and service. Never payloads, results, update data
-or keys: logs are shipped and kept where task data must not go. Extra fields passed with
-``extra={...}`` become keys of the line.
+At debug level the hub logs every task event (:func:`log_task_event`, a lifecycle listener the
+server installs only if ``taskhub.events`` is at debug when the hub starts) with its task id,
+action, type, state, group and service. Never payloads, results, update data or keys: logs
+are shipped and kept where task data must not go. Extra fields passed with ``extra={...}``
+become keys of the line.
 """
 
 from __future__ import annotations

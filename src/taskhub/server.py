@@ -23,7 +23,7 @@ from taskhub.hub.auth import Registry
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
-from taskhub.logs import log_task_event
+from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
 from taskhub.schedules import Schedule
 from taskhub.store import Store, open_store
@@ -218,7 +218,8 @@ class Server:
 
     def _make_hub(self, store: Store) -> Hub:
         hub = self._new_hub(store)
-        hub.lc.listeners.append(log_task_event)  # debug lines per task event (logs.py)
+        if events_log.isEnabledFor(logging.DEBUG):  # decided at start: a call per event
+            hub.lc.listeners.append(log_task_event)  # debug lines per task event (logs.py)
         return hub
 
     def _new_hub(self, store: Store) -> Hub:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from taskhub import Server
-from tests.conftest import ClientFactory, ServerFactory
+from tests.conftest import ClientFactory, ServerFactory, until
 
 
 @pytest.fixture
@@ -86,6 +86,29 @@ async def test_sse_streams_stored_then_live_events_to_the_end(
     assert events[-1]["data"] == "ok" and events[-1]["task"] == task_id
     # An ended task's stream replays from the store and ends at once.
     assert [e["event"] for e in await _sse(http, task_id)] == types
+
+
+async def test_waiting_requests_listen_to_task_events_only_while_they_wait(
+    server: Server, http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    """A long poll or an SSE stream hears its task's events through a lifecycle listener that
+    is there only while some request waits: otherwise every event would pay a call."""
+    assert server.hub is not None
+    listeners = server.hub.lc.listeners
+    baseline = list(listeners)
+    task_id = (await http.post("/v1/tasks", json={"action": "slow:job"})).json()["id"]
+    polls = [
+        asyncio.create_task(http.get(f"/v1/tasks/{task_id}/result", params={"wait": 5}))
+        for _ in range(2)
+    ]
+    stream = asyncio.create_task(_sse(http, task_id))
+    await until(lambda: len(listeners) == len(baseline) + 1)  # one for every waiting request
+    worker = await make_client("slow")
+    await worker.sub("slow:job", lambda t: "done")
+    for poll in polls:
+        assert (await poll).json()["result"] == "done"
+    assert [e["event"] for e in await stream][-1] == "success"
+    await until(lambda: listeners == baseline)
 
 
 async def test_result_long_poll_running_failed_cancelled(

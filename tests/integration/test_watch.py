@@ -137,3 +137,33 @@ def test_cli_watch_reports_errors_in_one_line() -> None:
     )
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: could not connect")
+
+
+async def test_the_hub_listens_for_watchers_only_while_there_are_any(
+    server: Server, make_client: ClientFactory
+) -> None:
+    """Every task event would call the watchers' listener: it is in the lifecycle's list from
+    the first watch to the last unwatch or disconnect, and only then."""
+    hub = server.hub
+    assert hub is not None
+    listeners = hub.lc.listeners
+    assert hub._watched not in listeners
+    a, b, worker = await make_client("a"), await make_client("b"), await make_client("w")
+    await worker.sub("job:run", lambda t: "done")
+    async with a.watch("job:*") as events:
+        assert hub._watched in listeners
+        async with b.watch(">"):
+            assert listeners.count(hub._watched) == 1
+        assert hub._watched in listeners  # a still watches
+        await a.pub("job:run").get_result()
+        assert [e["type"] for e in await next_events(events, 4)] == [
+            "init",
+            "offer",
+            "start",
+            "success",
+        ]
+    await until(lambda: hub._watched not in listeners)
+    async with b.watch(">"):
+        assert hub._watched in listeners
+        await b.close()  # a dropped connection ends its watches too
+        await until(lambda: hub._watched not in listeners)

@@ -214,7 +214,7 @@ class Monitor:
         if per_group and group is None:
             return
         rec = task.rec
-        now = int(self._clock())
+        now = int(ev.at)  # the event's time is the hub clock's "now": no second call
         bucket = self._bucket if now == self._second else self._rotate(now)
         rows = bucket.get(rec.action)
         if rows is None:

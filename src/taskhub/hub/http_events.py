@@ -41,16 +41,19 @@ class TaskEvents:
 
     def __init__(self, hub: Hub) -> None:
         self._waiting: dict[str, set[Callable[[EventRecord], None]]] = {}
-        hub.lc.listeners.append(self._on_event)
+        # A lifecycle listener only while some request waits: most events have no waiter.
+        self._listeners = hub.lc.listeners
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
         fns = self._waiting.get(ev.task_id)
-        if fns:  # nearly always None: one lookup per event on the hot path
+        if fns:
             for fn in tuple(fns):
                 fn(ev)
 
     @contextlib.contextmanager
     def watch(self, task_id: str, fn: Callable[[EventRecord], None]) -> Iterator[None]:
+        if not self._waiting:
+            self._listeners.append(self._on_event)
         fns = self._waiting.setdefault(task_id, set())
         fns.add(fn)
         try:
@@ -59,6 +62,8 @@ class TaskEvents:
             fns.discard(fn)
             if not fns:
                 self._waiting.pop(task_id, None)
+                if not self._waiting:
+                    self._listeners.remove(self._on_event)
 
 
 def _events(request: Request) -> TaskEvents:

@@ -117,8 +117,8 @@ class Hub:
         self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=new_id)
         self.topics: Router[Peer] = Router()  # broadcast event subscriptions
         self.watches: Router[Peer] = Router()  # task-event watches, by action pattern
-        # Watchers first: they see a step's end before the chain publishes the next step.
-        self.lc.listeners.append(self._watched)
+        # `_watched` is a lifecycle listener while anyone watches (_watching). Listeners run
+        # before end listeners: watchers see a step's end before the chain publishes the next.
         self.chains = Chains(self.lc)
         self.scheduler = Scheduler(self.lc)
         self.admin = Admin(self)
@@ -336,6 +336,7 @@ class Hub:
         self.closers.pop(peer, None)
         self.topics.remove_all(peer)
         self.watches.remove_all(peer)
+        self._watching()
         self.lc.disconnect(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
@@ -431,6 +432,7 @@ class Hub:
                 self._ok(peer, msg.ref)
             case p.Unwatch():
                 self.watches.remove(peer, msg.pattern)
+                self._watching()
                 self._ok(peer, msg.ref)
             case p.Chain():
                 chain = self.chains.start(
@@ -499,11 +501,19 @@ class Hub:
         ):
             raise PermissionDenied(f"{peer.service!r} may not watch {pattern!r}", action=pattern)
         self.watches.add(peer, pattern)
+        self._watching()
+
+    def _watching(self) -> None:
+        """Listen to task events while some connection watches, and only then."""
+        listeners = self.lc.listeners
+        if not self.watches:
+            if self._watched in listeners:
+                listeners.remove(self._watched)
+        elif self._watched not in listeners:
+            listeners.append(self._watched)
 
     def _watched(self, task: Task, ev: EventRecord) -> None:
         """Lifecycle listener: stream every task event to the connections watching it."""
-        if not self.watches:
-            return
         msg: Message | None = None
         for peer in self.watches.match(task.rec.action):
             if msg is None:

@@ -62,7 +62,12 @@ class LifecycleCore:
         self.pooled: dict[str, list[Task]] = {}  # published while no group subscribed
         self.keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (task id, time)
         self._keys_armed = False
+        # Called with every task event. Each costs a call per event (four per task at least),
+        # so a listener with nothing to do should not be in the list: the hub adds its
+        # watchers' and HTTP waiters' listeners only while there are any.
         self.listeners: list[Callable[[Task, EventRecord], None]] = []
+        # Called once per task, with its terminal event (success, fail, end), after the above.
+        self.end_listeners: list[Callable[[Task, EventRecord], None]] = []
         self.timers = Timers()
         self._seq = 0
         self._dirty: dict[str, TaskRecord] = {}
@@ -778,6 +783,8 @@ class LifecycleCore:
         reason = (error or {}).get("reason")
         data = result if state == "success" else error
         ev = self._event(task, state, service=by.service if by else None, data=data)
+        for listener in self.end_listeners:
+            listener(task, ev)
         msg = self._event_msg(task, ev)
         if state == "success":
             self._tell_holders(task, msg, but=by)  # before their credit is given back below
