@@ -58,6 +58,12 @@ def ws_url(url: str) -> str:
     return url
 
 
+# A long burst of messages in one loop turn leaves in frames of about this size while it is
+# still being made, rather than all when the turn ends: the hub starts on the first frames while
+# the caller goes on (publishing, or creating a task per handle to collect the results).
+EARLY_SEND = 64 * 1024
+
+
 class Connection:
     def __init__(
         self,
@@ -92,6 +98,7 @@ class Connection:
         # Messages are encoded as they are queued: the bytes hold no references, so a burst of
         # publishes leaves nothing behind for the garbage collector until the next flush.
         self._outbox: list[bytes] = []
+        self._outbox_size = 0
         self._flush_scheduled = False
         self._refs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message] | Receiver] = {}
@@ -229,6 +236,7 @@ class Connection:
         pending, self._pending = self._pending, {}
         # Requests still queued are failed below: they must not go out on the next connection.
         self._outbox = [part for part in self._outbox if "ref" not in _decoder.decode(part)]
+        self._outbox_size = sum(map(len, self._outbox))
         for waiter in pending.values():
             _fail(waiter, exc)
 
@@ -240,7 +248,10 @@ class Connection:
 
     def _queue(self, part: bytes) -> None:
         self._outbox.append(part)
-        if not self._flush_scheduled:
+        self._outbox_size += len(part)
+        if self._outbox_size >= EARLY_SEND:
+            self._send_out()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
 
@@ -266,10 +277,14 @@ class Connection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._send_out()
+
+    def _send_out(self) -> None:
         ws = self._ws
         if not self._outbox or ws is None or not self.connected.is_set():
             return
         out, self._outbox = self._outbox, []
+        self._outbox_size = 0
         limit = int(self.welcome.get("max_frame", self.max_frame))
         for frame in self._frames(out, limit):
             # JSON is UTF-8: sent as a text frame as it is, without a str in between.

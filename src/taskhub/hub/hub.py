@@ -69,6 +69,10 @@ class Limits:
     max_wait: float = 300.0  # longest HTTP long poll (task result, consumer fetch), seconds
 
 
+# A store write this quick (seconds) is cheap enough to make mid-frame (Hub.commit_now).
+QUICK_APPLY = 0.0005
+
+
 def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:
     """The public shape of a task (protocol, HTTP and CLI)."""
     out: dict[str, Any] = {
@@ -141,6 +145,8 @@ class Hub:
         self.fenced = False  # set once the store refused a write: another hub leads
         self._closing = False
         self._in_round = False
+        self._last_apply = 0.0  # seconds the last store write took
+        self.quick_apply = QUICK_APPLY
         self.clock = clock
         # Operation (server.py, hub/metrics.py): draining stops offers before a shutdown;
         # apply_hooks see every written batch and how long the store took (metrics).
@@ -225,6 +231,15 @@ class Hub:
             async with self._flushed:
                 self._flushed.notify_all()
 
+    @property
+    def commit_now(self) -> bool:
+        """Whether a reader in the middle of a long frame should let the flusher commit and
+        send what it has applied so far: yes when the flusher is idle and the last write took
+        under :attr:`quick_apply` seconds (memory://). For sqlite:// and redis:// a write costs a
+        transaction and a thread or network round trip, and more, smaller ones measured
+        slower than one for the whole frame."""
+        return not self._in_round and self._last_apply < self.quick_apply
+
     async def _apply(self, batch: WriteBatch) -> bool:
         """Write ``batch``; False if this hub may no longer write (another hub leads)."""
         self._applying = {rec.id: rec for rec in batch.tasks}
@@ -235,7 +250,8 @@ class Hub:
                 started = time.perf_counter()
                 await self.store.apply(batch)
                 self.store_ok = True
-                self._applied(batch, time.perf_counter() - started)
+                self._last_apply = time.perf_counter() - started
+                self._applied(batch, self._last_apply)
                 break
             except StoreFenced:
                 log.error("another hub leads the cluster now; this hub's writes are refused")

@@ -27,6 +27,8 @@ log = logging.getLogger("taskhub.ws")
 CLOSE_AUTH = 4401
 CLOSE_TOO_MANY = 4429
 CLOSE_TOO_SLOW = 4008
+# Messages of one frame applied before the flusher gets a turn (see serve_connection).
+CHUNK = 32
 
 
 async def _refuse(ws: WebSocket, exc: TaskHubError, code: int) -> None:
@@ -110,10 +112,16 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
                 hub.lc.send(peer, p.error_msg(exc))
                 hub.kick()
                 continue
-            for msg in msgs:
+            for i, msg in enumerate(msgs, 1):
                 pending = hub.handle(peer, msg)
                 if pending is not None:
                     await pending
+                if i % CHUNK == 0 and i < len(msgs) and hub.commit_now:
+                    # Let the flusher commit and send what this much caused before going on:
+                    # a worker gets the offers its first returns freed while the hub is still
+                    # applying the rest, instead of hub and worker taking turns being idle.
+                    hub.kick()
+                    await asyncio.sleep(0)
             hub.kick()
     except Exception:  # a transport failure: the connection is over, the hub goes on
         log.debug("connection %s failed", peer.id, exc_info=True)
