@@ -1,4 +1,5 @@
-"""How a long frame is applied: in chunks, with the answers of each sent before the next."""
+"""Long frames: the hub applies one in chunks and answers each before the next; the client
+sends a long burst in frames as it is made."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
 
-from taskhub import Server
+from taskhub import Client, Server
+from taskhub.client.connection import EARLY_SEND
 from taskhub.hub.ws import CHUNK
 
 
@@ -59,3 +62,33 @@ async def test_a_long_frame_is_committed_in_chunks_when_writes_are_quick(
     assert sorted(a["ref"] for a in answers if a["op"] == "ok") == list(range(n))
     await worker.close()
     await publisher.close()
+
+
+async def test_a_long_burst_leaves_the_client_while_it_is_being_made() -> None:
+    """The client sends a frame once EARLY_SEND bytes are queued instead of one frame at the
+    end of the loop turn: the hub can start on a burst while the publisher is still in it."""
+    frames: list[list[dict[str, Any]]] = []
+    sizes: list[int] = []
+    got_all = asyncio.Event()
+    n = 2000
+
+    async def hub(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"op": "welcome", "protocol": 1, "max_frame": 1 << 20}))
+        async for frame in ws:
+            frames.append(_msgs(frame))
+            sizes.append(len(frame))
+            if sum(map(len, frames)) >= n:
+                got_all.set()
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}", name="p") as client:
+            before = len(frames)
+            for i in range(n):  # one loop turn: ~130 KiB of pubs
+                client.pub("burst:run", {"i": i, "pad": "x" * 40})
+            async with asyncio.timeout(5):
+                await got_all.wait()
+    burst = frames[before:]
+    # About EARLY_SEND each: the message that crossed it, and the commas between messages.
+    assert len(burst) >= 2 and max(sizes[before:]) < EARLY_SEND + 2048
+    assert [m["payload"]["i"] for f in burst for m in f] == list(range(n))
