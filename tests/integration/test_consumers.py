@@ -100,6 +100,38 @@ async def test_a_websocket_result_reaches_a_pull_consumer_as_json(
         assert await handle.get_result(timeout=5) == {"t": 4}
 
 
+@pytest.mark.parametrize("durable", [True, False])
+async def test_a_durable_consumer_group_keeps_its_tasks_while_no_consumer_runs(
+    http: httpx.AsyncClient, make_client: ClientFactory, durable: bool
+) -> None:
+    """With another group subscribed a task is not pooled: only a durable group gets its copy
+    while none of its consumers is running, and a consumer started later fetches it."""
+    release = asyncio.Event()
+    worker = await make_client("indexer")
+
+    async def index(task: Any) -> Any:
+        await release.wait()  # holds the task: it stays live for the other group
+        return "indexed"
+
+    await worker.sub("doc:new", index)
+    body = {"actions": ["doc:new"], "group": "archive", "durable": durable}
+    first = await Puller(http, body).start()
+    assert (await first.stop()).status_code == 200
+    publisher = await make_client("web")
+    handle = publisher.pub("doc:new", {"n": 1})
+    await handle.accepted()
+    later = await Puller(http, {"actions": ["doc:new"], "group": "archive"}).start()
+    lease = await later.fetch(wait=0.3)
+    if durable:
+        assert lease is not None and lease["payload"] == {"n": 1} and lease["group"] == "archive"
+    else:
+        assert lease is None  # routed while the group had no consumer: only "indexer" got it
+    release.set()
+    assert await handle.get_result(timeout=5) == "indexed"
+    r = await http.post("/v1/consumers", json={**body, "durable": "yes"})
+    assert r.status_code == 400 and "durable" in r.text  # not a boolean: refused, named
+
+
 async def test_pull_consumer_and_websocket_worker_share_a_group(
     http: httpx.AsyncClient, make_client: ClientFactory
 ) -> None:

@@ -109,6 +109,7 @@ class Consumers:
         group: str | None = None,
         concurrency: int = 1,
         lease: float = 30.0,
+        durable: bool = False,
     ) -> Consumer:
         if not 0 < lease <= MAX_LEASE:
             raise InvalidOption(f"lease must be > 0 and <= {MAX_LEASE:g} seconds", option="lease")
@@ -130,7 +131,9 @@ class Consumers:
         hub.attach(peer, c.deliver)
         try:
             for action in c.actions:
-                hub.lc.subscribe(peer, action, group=c.group, concurrency=concurrency)
+                hub.lc.subscribe(
+                    peer, action, group=c.group, concurrency=concurrency, durable=durable
+                )
         except TaskHubError:
             hub.detach(peer)  # unsubscribes what succeeded, releases the connection
             raise

@@ -13,6 +13,7 @@ from taskhub.hub.consumers import MAX_LEASE, Consumer, Consumers
 from taskhub.hub.http_deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
+    Boolean,
     Caller,
     Integer,
     Number,
@@ -40,6 +41,11 @@ class ConsumerCreate(BaseModel):
         default=30.0,
         description=f"Seconds to commit a task (0 < lease <= {MAX_LEASE:g})",
     )
+    durable: Boolean = Field(
+        False,
+        description="Store the group's subscription: its tasks accumulate while no consumer or "
+        "worker of the group is connected (a durable queue, as `sub(..., durable=True)`).",
+    )
 
 
 class ConsumerView(BaseModel):
@@ -49,6 +55,7 @@ class ConsumerView(BaseModel):
     actions: list[str]
     concurrency: int
     lease: float
+    durable: bool
 
 
 class LeaseView(BaseModel):
@@ -84,7 +91,9 @@ class FailBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task_id: str
     error: ErrorInfo = Field(default_factory=ErrorInfo)
-    retry: bool = Field(True, description="false: fail the delivery now, even with retries left.")
+    retry: Boolean = Field(
+        True, description="false: fail the delivery now, even with retries left."
+    )
 
 
 class DropBody(BaseModel):
@@ -139,7 +148,12 @@ router = APIRouter(prefix="/v1")
 )
 async def start_consumer(body: ConsumerCreate, creds: Caller, consumers: ConsumersDep) -> Any:
     c = consumers.start(
-        creds, body.actions, group=body.group, concurrency=body.concurrency, lease=body.lease
+        creds,
+        body.actions,
+        group=body.group,
+        concurrency=body.concurrency,
+        lease=body.lease,
+        durable=body.durable,
     )
     return {
         "consumer_id": c.id,
@@ -148,6 +162,7 @@ async def start_consumer(body: ConsumerCreate, creds: Caller, consumers: Consume
         "actions": list(c.actions),
         "concurrency": c.concurrency,
         "lease": c.lease,
+        "durable": body.durable,
     }
 
 

@@ -42,6 +42,7 @@ def _whole(value: Any) -> Any:
 
 # JSON Schema's number and integer: no `false` or "5" for a number, and 5.0 is an integer.
 Number = Annotated[float, Field(strict=True)]
+Boolean = Annotated[bool, Field(strict=True)]  # JSON true/false only, not "yes" or 1
 Integer = Annotated[int, BeforeValidator(_whole), Field(strict=True)]
 TaskState = Literal["init", "start", "success", "fail", "end"]
 
