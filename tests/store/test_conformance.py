@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -575,6 +576,46 @@ async def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> N
     store = SqliteStore.from_url(sqlite_url(tmp_path))
     with pytest.raises(StoreUnavailable, match=r"hub\.db"):
         await store.open()
+
+
+async def test_sqlite_file_serves_one_hub_at_a_time(tmp_path: Path) -> None:
+    """A second store on the same file (another hub) is refused, naming why, until the first
+    closes or its process dies; the sqlite3 shell can still read it meanwhile."""
+    first = SqliteStore.from_url(sqlite_url(tmp_path))
+    await first.open()
+    await apply(first, task("t1"))
+    second = SqliteStore.from_url(sqlite_url(tmp_path))
+    with pytest.raises(StoreUnavailable, match="in use by another hub"):
+        await second.open()
+    with sqlite3.connect(tmp_path / "hub.db") as raw:
+        assert raw.execute("SELECT id FROM tasks").fetchall() == [("t1",)]
+    await first.close()
+    third = SqliteStore.from_url(sqlite_url(tmp_path))
+    await third.open()
+    assert (await third.get_task("t1")) is not None
+    await third.close()
+    # A hub killed with SIGKILL leaves no lock behind: the kernel drops it with the process.
+    code = (
+        "import asyncio, os, sys\n"
+        "from taskhub.store.sqlite import SqliteStore\n"
+        "async def main():\n"
+        f"    await SqliteStore.from_url({sqlite_url(tmp_path)!r}).open()\n"
+        "    print('open', flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"open\n"
+    with pytest.raises(StoreUnavailable, match="in use by another hub"):
+        await SqliteStore.from_url(sqlite_url(tmp_path)).open()
+    proc.kill()
+    await proc.wait()
+    fourth = SqliteStore.from_url(sqlite_url(tmp_path))
+    await fourth.open()
+    await fourth.close()
 
 
 async def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,7 +87,7 @@ class WriteBatch(msgspec.Struct):
 
 
 class Store(Protocol):
-    """What the hub needs from storage. Engines: memory, sqlite (redis later).
+    """What the hub needs from storage. Engines: memory, sqlite, redis.
 
     Metadata (:class:`MetaRecord`) is written only through :meth:`apply`, in the same
     transaction as the batch's task writes; it is read with :meth:`list_meta`/:meth:`get_meta`.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +120,7 @@ class SqliteStore:
         self.url = url if url is not None else f"sqlite:///{path}"
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        self._lock: int | None = None  # fd holding the file's flock while open (_claim)
         self._closed = False
         self._encoder = msgspec.json.Encoder()
         # Used only on the worker thread: no decoder is shared between threads.
@@ -194,6 +197,11 @@ class SqliteStore:
                 f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
             ) from exc
         try:
+            self._claim()
+        except StoreUnavailable:
+            conn.close()
+            raise
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             # In WAL mode NORMAL loses no committed transaction when the process dies
             # (kill -9 included), which is the durability we promise; only a power cut or OS
@@ -203,12 +211,38 @@ class SqliteStore:
             self._migrate(conn)
         except (sqlite3.Error, StoreUnavailable) as exc:
             conn.close()
+            self._release()
             if isinstance(exc, StoreUnavailable):
                 raise
             raise StoreUnavailable(
                 f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
             ) from exc
         return conn
+
+    def _claim(self) -> None:
+        """One hub per file: hold an exclusive flock on it while open. Two hubs on one file
+        would each run their own lifecycle and offer the same restored tasks twice; several
+        hubs share a redis:// store instead. SQLite locks with fcntl, which flock does not
+        touch, so the sqlite3 shell can still read the file; the kernel drops the lock when the
+        process dies, so a killed hub does not keep its file locked."""
+        if self.path == ":memory:":
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreUnavailable(
+                f"sqlite store {self.path!r} is in use by another hub (a sqlite file serves one "
+                "hub; several hubs share a redis:// store)",
+                url=self.url,
+            ) from None
+        self._lock = fd
+
+    def _release(self) -> None:
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            os.close(fd)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -253,6 +287,7 @@ class SqliteStore:
             conn.execute("PRAGMA optimize")
         finally:
             conn.close()
+            self._release()
 
     # -- writes ---------------------------------------------------------------------------
 
