@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskhub.server")
 DEFAULT_SHUTDOWN_GRACE = 10.0
 CLOSE_RESTART = 1012  # WebSocket "service restart": the client reconnects, maybe elsewhere
+# Store URLs whose hubs form a cluster (taskhub.hub.cluster): every scheme of the Redis store,
+# a Redis Cluster included. Any other store is a hub's own, so it runs its lifecycle alone.
+CLUSTERED_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
 
 
 def is_loopback(host: str) -> bool:
@@ -88,7 +91,8 @@ class Server:
         defaults (``{"email:send": {"retries": 3}}``), ``schedules`` cron schedules
         (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``).
 
-        With a ``redis://`` store several hubs form a cluster (docs/deployment.md):
+        With a Redis store (``redis://``, ``rediss://``, ``redis+cluster://``,
+        ``rediss+cluster://``) several hubs form a cluster (docs/deployment.md):
         ``advertise_url`` is the base URL other hubs reach this one at (default: the URL it
         listens on), ``lease`` the seconds a leader holds the lock between renewals.
 
@@ -196,7 +200,7 @@ class Server:
                 "no credentials configured: serving loopback only, every connection "
                 "gets every permission"
             )
-        if self.store_url.startswith(("redis://", "rediss://")):
+        if self.store_url.startswith(CLUSTERED_SCHEMES):
             await self._start_clustered()
             return
         self.hub = self._make_hub(open_store(self.store_url))
@@ -236,8 +240,8 @@ class Server:
         )
 
     async def _start_clustered(self) -> None:
-        """Several hubs over one Redis: listen first (the lock advertises our URL), then
-        lead or relay to the leader (docs/deployment.md)."""
+        """Several hubs over one Redis or Redis Cluster: listen first (the lock advertises
+        our URL), then lead or relay to the leader (docs/deployment.md)."""
         from taskhub.hub.cluster import Cluster
 
         self.cluster = Cluster(

@@ -1,4 +1,4 @@
-"""Several real hub processes over one real Redis (docs/deployment.md)."""
+"""Several real hub processes over one real Redis or Redis Cluster (docs/deployment.md)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from taskhub import Client, TaskTimeout, TooManyConnections
+from tests import redisproc
 from tests.e2e.hubproc import HubProcess
-from tests.redisproc import RedisProcess
+from tests.redisproc import RedisCluster, RedisProcess
 
 LEASE = {"TASKHUB_LEASE": "1"}
 
@@ -190,3 +191,100 @@ async def test_hubs_carry_on_after_redis_restarts(redis: RedisProcess) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+# --- on a Redis Cluster (redis+cluster://) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """The session's shared 3-primary Redis Cluster (as in tests/store/conftest.py)."""
+    cluster = redisproc.shared_cluster()
+    yield cluster
+    cluster.cleanup()
+
+
+async def _roles(hubs: list[HubProcess], timeout: float = 10.0) -> list[str]:
+    """The hubs' roles once exactly one leads (a hub answers /healthz before it has tried
+    the lock); the last roles seen when that does not happen in time."""
+    roles: list[str] = []
+    for _ in range(int(timeout / 0.05)):
+        roles = [await _role(h) for h in hubs]
+        if roles.count("leader") == 1 and roles.count("follower") == len(hubs) - 1:
+            break
+        await asyncio.sleep(0.05)
+    return roles
+
+
+async def test_hubs_on_a_redis_cluster_elect_one_leader(redis_cluster: RedisCluster) -> None:
+    prefix = f"c{uuid.uuid4().hex[:8]}"
+    store = f"{redis_cluster.url}?prefix={prefix}"
+    a = HubProcess(store, env=LEASE).start()
+    b = HubProcess(store, env=LEASE).start()
+    try:
+        roles = await _roles([a, b])
+        assert sorted(roles) == ["follower", "leader"], roles
+        leader, follower = (a, b) if roles[0] == "leader" else (b, a)
+        # The leader lock lives in the prefix's slot, on the primary that owns it, and names
+        # the leader's URL: that is how the follower finds it.
+        node = redis_cluster.client(redis_cluster.owner_of("{" + prefix + "}"))
+        try:
+            owner = node.get("{" + prefix + "}:lock:leader")
+        finally:
+            node.close()
+        assert isinstance(owner, bytes)
+        assert owner.decode().endswith(f" http://127.0.0.1:{leader.port}")
+
+        async def work(task: Any) -> Any:
+            return {"doubled": 2 * await task.get_payload()}
+
+        for pub_hub, worker_hub in ((follower, leader), (leader, follower)):
+            async with (
+                Client(worker_hub.url, name="w") as worker,
+                Client(pub_hub.url, name="p") as pub,
+            ):
+                await worker.sub("cluster:job", work)
+                handle = pub.pub("cluster:job", 21)
+                assert await handle.get_result(timeout=20) == {"doubled": 42}
+                task = await pub.get(handle.id or "")
+                assert task["state"] == "success"
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_new_leader_on_a_redis_cluster_restores_unfinished_tasks(
+    redis_cluster: RedisCluster,
+) -> None:
+    store = f"{redis_cluster.url}?prefix=c{uuid.uuid4().hex[:8]}"
+    first = HubProcess(store, env=LEASE).start()
+    second = HubProcess(store, env=LEASE).start()
+    try:
+        assert await _roles([first, second]) == ["leader", "follower"]
+        async with Client(second.url, name="p") as pub:
+            ids = [await pub.pub("later:job", i).accepted() for i in range(5)]
+        first.kill()  # no worker yet: every task waits, in Redis only
+        for _ in range(100):
+            if await _role(second) == "leader":
+                break
+            await asyncio.sleep(0.05)
+        assert await _role(second) == "leader"
+        got: list[Any] = []
+
+        async def work(task: Any) -> Any:
+            got.append(await task.get_payload())
+            return "done"
+
+        async with Client(second.url, name="w", max_backoff=0.3) as worker:
+            await worker.sub("later:job", work)
+            async with Client(second.url, name="p") as pub:
+                for _ in range(200):
+                    states = {(await pub.get(i))["state"] for i in ids}
+                    if states == {"success"}:
+                        break
+                    await asyncio.sleep(0.05)
+                assert states == {"success"}
+        assert sorted(got) == list(range(5))
+    finally:
+        first.kill()
+        second.stop()
