@@ -13,7 +13,7 @@ with Client("ws://127.0.0.1:8080", name="emailer", key="...") as client:
     @client.sub("email:send", concurrency=4)
     def send(task):                 # runs in a worker thread
         task.update({"sent": 0})    # blocks until the hub has it
-        return {"sent": len(task.payload)}
+        return {"sent": len(task.payload)}   # or: task.success(result)
 
     handle = client.pub("email:send", ["a@example.com"])
     print(handle.get_result(timeout=30))
@@ -331,7 +331,8 @@ class Client:
     ) -> Any:
         """Work on tasks of ``action`` with a plain function: ``client.sub(action, fn)`` or
         ``@client.sub(action)``. The function gets a :class:`Task` and runs in a thread pool
-        of ``concurrency`` threads; its return value is the result, an exception fails the
+        of ``concurrency`` threads; its return value is the result (or ``task.success(result)``
+        sends it earlier, and the return value is then ignored), an exception fails the
         delivery. Returns once the hub has accepted the subscription (raises if refused).
 
         A function cannot be interrupted: when the hub takes the task away (cancelled, timed
@@ -469,8 +470,16 @@ class Task:
         """Progress: blocks until the hub has stored and relayed it."""
         self._client._call(self._ctx.update(data))
 
+    def success(self, result: Any = None) -> None:
+        """Done, with ``result``: blocks until the hub has it. The function's return value
+        is then ignored, and an exception it raises afterwards is logged, not sent as a
+        failure. At most once: a second call, or one after :meth:`drop`, raises
+        ``NotHolding`` and sends nothing."""
+        self._client._call(self._ctx.success(result))
+
     def drop(self) -> None:
-        """Done without a result; the function's return value is then ignored."""
+        """Done without a result; the function's return value is then ignored (raises
+        ``NotHolding`` after :meth:`success`)."""
         self._client._call(self._ctx.drop())
 
     def pickup(self) -> None:

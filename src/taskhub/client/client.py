@@ -562,17 +562,21 @@ class Client:
                         return  # the hub took it away (cancelled, timed out): nothing to say
                     raise
                 except TaskHubError as exc:
-                    if not ctx.observe and not ctx.dropped:
+                    if ctx.returned:
+                        _log_after_success(ctx)
+                    elif not ctx.observe and not ctx.dropped:
                         self._send_fail(ctx, exc)
                     return
                 except Exception as exc:
                     if ctx.observe:
                         log.exception("observer of %s raised", ctx.action)
+                    elif ctx.returned:
+                        _log_after_success(ctx)
                     else:
                         self._send_fail(ctx, exc)
                     return
-                if ctx.dropped or ctx.observe or ctx.revoked:
-                    return
+                if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
+                    return  # nothing (more) to send: the return value is ignored
                 self._conn.send(
                     {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
                 )
@@ -669,6 +673,18 @@ def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
     exc = fut.exception()
     if exc is not None and not isinstance(exc, ConnectionClosed):
         log.error("%s failed: %s", what, exc)
+
+
+def _log_after_success(ctx: TaskContext) -> None:
+    """A handler raised after ``task.success()``: the task already has its result, so the
+    exception is logged (from inside the ``except`` block), never sent as a failure."""
+    log.exception(
+        "the handler of %s (task %s, attempt %d) raised after task.success(); the result "
+        "stands, the exception is not sent",
+        ctx.action,
+        ctx.id,
+        ctx.attempt,
+    )
 
 
 def _log_failure(topic: str, fut: asyncio.Future[Any]) -> None:

@@ -1,4 +1,10 @@
-"""What a handler gets (:class:`TaskContext`) and what a publisher holds (:class:`Handle`)."""
+"""What a handler gets (:class:`TaskContext`) and what a publisher holds (:class:`Handle`).
+
+A handler ends its delivery in one of three ways: it returns a value (sent as the result), it
+calls ``await task.success(result)`` (the result is sent at once; the later return value is
+ignored), or it calls ``await task.drop()`` (done without a result). Raising fails the delivery,
+unless ``success()`` already sent a result: then the exception is only logged.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from taskhub.errors import (
     ConnectionClosed,
     NoResult,
+    NotHolding,
     TaskCancelled,
     TaskFailed,
     TaskHubError,
@@ -61,7 +68,12 @@ class _Emitter:
 
 
 class TaskContext(_Emitter):
-    """One delivery of a task to this worker (or a copy for an observer)."""
+    """One delivery of a task to this worker (or a copy for an observer).
+
+    Steps: :meth:`pickup` (alias ``start``), :meth:`get_payload`, :meth:`update`, and one of
+    :meth:`success` (a result) or :meth:`drop` (no result) to end the delivery before the
+    handler returns; otherwise the handler's return value is the result.
+    """
 
     def __init__(self, client: Client, offer: dict[str, Any]) -> None:
         super().__init__()
@@ -78,6 +90,7 @@ class TaskContext(_Emitter):
         self.revoked: str | None = None  # why the hub took the task away, if it did
         self.succeeded = False  # another service returned a result
         self.dropped = False
+        self.returned = False  # success() sent this delivery's result
         self.picked_up = False
         self._has_payload = "payload" in offer
         self._payload: Any = offer.get("payload")
@@ -104,8 +117,38 @@ class TaskContext(_Emitter):
         """Progress: relayed to the publisher and the other services holding the task."""
         await self._step("update", data=data)
 
+    async def success(self, result: Any = None) -> None:
+        """Done, with ``result``: sent at once, as a returned value would be (the first
+        result of any service completes the task). The handler's return value is then
+        ignored, and an exception it raises afterwards is logged, not sent as a failure.
+
+        At most once per delivery: a second call, or a call after :meth:`drop`, raises
+        :class:`~taskhub.errors.NotHolding` and sends nothing. An observer cannot return a
+        result (the hub refuses it with ``NotHolding``).
+        """
+        if self.returned or self.dropped:
+            done = "success() was already called" if self.returned else "it was dropped"
+            raise NotHolding(
+                f"task {self.id} ({self.action}): {done} for this delivery (attempt "
+                f"{self.attempt}); success() sends nothing more",
+                task=self.id,
+            )
+        if not self.observe:
+            self.returned = True  # before the await: a return racing it is not sent too
+        await self._step("return", result=result)
+
     async def drop(self) -> None:
-        """Done, without a result; the handler's return value is then ignored."""
+        """Done, without a result; the handler's return value is then ignored.
+
+        Raises :class:`~taskhub.errors.NotHolding` after :meth:`success` (the delivery
+        already returned its result).
+        """
+        if self.returned:
+            raise NotHolding(
+                f"task {self.id} ({self.action}): success() was already called for this "
+                f"delivery (attempt {self.attempt}); drop() sends nothing more",
+                task=self.id,
+            )
         self.dropped = True
         if not self.observe:
             await self._step("drop")
