@@ -60,7 +60,7 @@ class Server:
         self,
         host: str = "127.0.0.1",
         port: int = 8080,
-        store: str = "sqlite:///taskhub.db",
+        store: str | Store = "sqlite:///taskhub.db",
         task_start_timeout: float | None = None,
         task_end_timeout: float | None = 60.0,
         *,
@@ -91,6 +91,10 @@ class Server:
         defaults (``{"email:send": {"retries": 3}}``), ``schedules`` cron schedules
         (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``).
 
+        ``store`` is a URL (:func:`taskhub.store.open_store`) or a store object: any other
+        engine that implements :class:`taskhub.store.Store` (docs/architecture.md), which
+        then serves this hub alone.
+
         With a Redis store (``redis://``, ``rediss://``, ``redis+cluster://``,
         ``rediss+cluster://``) several hubs form a cluster (docs/deployment.md):
         ``advertise_url`` is the base URL other hubs reach this one at (default: the URL it
@@ -108,7 +112,9 @@ class Server:
         self.shutdown_grace = float(shutdown_grace)
         self.host = host
         self.port = port
-        self.store_url = store
+        # A store object (a custom engine) is used as it is; a URL is opened at start.
+        self._store = None if isinstance(store, str) else store
+        self.store_url = store if isinstance(store, str) else store.url
         self.defaults = Defaults(
             task_start_timeout=task_start_timeout,
             task_end_timeout=task_end_timeout,
@@ -200,10 +206,10 @@ class Server:
                 "no credentials configured: serving loopback only, every connection "
                 "gets every permission"
             )
-        if self.store_url.startswith(CLUSTERED_SCHEMES):
+        if self._store is None and self.store_url.startswith(CLUSTERED_SCHEMES):
             await self._start_clustered()
             return
-        self.hub = self._make_hub(open_store(self.store_url))
+        self.hub = self._make_hub(self._store or open_store(self.store_url))
         await self.hub.start()
         await self._listen(create_app(self.hub))
 
