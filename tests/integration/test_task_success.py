@@ -171,6 +171,31 @@ async def test_an_exception_after_success_is_logged_not_sent(
     assert isinstance(record.exc_info[1], expected)
 
 
+async def test_an_exception_after_drop_is_logged_not_sent(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As after success(): the delivery is over, so a later exception is logged, and no fail
+    goes to the hub (which would only refuse it). The task ends without a result."""
+    worker = await make_client("w")
+    sent = record_sent(worker._conn)
+
+    @worker.sub("mail:skip")
+    async def skip(task: Any) -> Any:
+        await task.drop()
+        raise RuntimeError("cleanup failed")
+
+    await skip
+    pub = await make_client("web")
+    with caplog.at_level(logging.ERROR, logger="taskhub.client"):
+        handle = pub.pub("mail:skip")
+        with pytest.raises(NoResult):
+            await handle.get_result(timeout=5)
+        await settled(worker)
+    assert endings(sent, handle.id or "") == ["drop"]  # no fail
+    (record,) = [r for r in caplog.records if "after task.drop()" in r.getMessage()]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
 async def test_sync_task_success(server: Server, caplog: pytest.LogCaptureFixture) -> None:
     def scenario() -> tuple[list[dict[str, Any]], list[BaseException], dict[str, str]]:
         refused: list[BaseException] = []

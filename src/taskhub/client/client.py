@@ -561,17 +561,11 @@ class Client:
                     if ctx.revoked:
                         return  # the hub took it away (cancelled, timed out): nothing to say
                     raise
-                except TaskHubError as exc:
-                    if ctx.returned:
-                        _log_after_success(ctx)
-                    elif not ctx.observe and not ctx.dropped:
-                        self._send_fail(ctx, exc)
-                    return
                 except Exception as exc:
                     if ctx.observe:
                         log.exception("observer of %s raised", ctx.action)
-                    elif ctx.returned:
-                        _log_after_success(ctx)
+                    elif ctx.returned or ctx.dropped:
+                        _log_after_end(ctx)
                     else:
                         self._send_fail(ctx, exc)
                     return
@@ -675,15 +669,17 @@ def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
         log.error("%s failed: %s", what, exc)
 
 
-def _log_after_success(ctx: TaskContext) -> None:
-    """A handler raised after ``task.success()``: the task already has its result, so the
-    exception is logged (from inside the ``except`` block), never sent as a failure."""
+def _log_after_end(ctx: TaskContext) -> None:
+    """A handler raised after ``task.success()`` or ``task.drop()``: its delivery is already
+    over, so the exception is logged (from inside the ``except`` block), never sent as a
+    failure the hub would only refuse."""
     log.exception(
-        "the handler of %s (task %s, attempt %d) raised after task.success(); the result "
-        "stands, the exception is not sent",
+        "the handler of %s (task %s, attempt %d) raised after task.%s(); the delivery "
+        "already ended, the exception is not sent",
         ctx.action,
         ctx.id,
         ctx.attempt,
+        "success" if ctx.returned else "drop",
     )
 
 

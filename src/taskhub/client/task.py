@@ -3,7 +3,7 @@
 A handler ends its delivery in one of three ways: it returns a value (sent as the result), it
 calls ``await task.success(result)`` (the result is sent at once; the later return value is
 ignored), or it calls ``await task.drop()`` (done without a result). Raising fails the delivery,
-unless ``success()`` already sent a result: then the exception is only logged.
+unless ``success()`` or ``drop()`` already ended it: then the exception is only logged.
 """
 
 from __future__ import annotations
