@@ -42,7 +42,7 @@ def hubs(redis: RedisProcess) -> Iterator[list[HubProcess]]:
 async def _role(hub: HubProcess) -> str:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"http://127.0.0.1:{hub.port}/healthz")
-        return str(r.json().get("role", "leader"))
+        return str(r.json()["role"])  # "leader" or "follower" (a hub alone says "standalone")
 
 
 async def test_tasks_events_and_credit_cross_hubs(hubs: list[HubProcess]) -> None:

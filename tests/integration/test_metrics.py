@@ -113,7 +113,14 @@ async def test_two_hubs_in_one_process_have_their_own_numbers(make_server: Serve
 async def test_healthz_and_readyz(make_server: ServerFactory) -> None:
     server = await make_server()
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        assert (await http.get("/healthz")).status_code == 200
+        r = await http.get("/healthz")
+        assert r.status_code == 200
+        assert r.json() == {
+            "status": "ok",
+            "hub": "hub",
+            "store": "memory://",
+            "role": "standalone",
+        }
         r = await http.get("/readyz")
         assert r.status_code == 200
         assert r.json()["ready"] is True

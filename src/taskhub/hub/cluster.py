@@ -105,6 +105,7 @@ class Cluster:
         store = RedisStore.from_url(self.store_url)
         store.set_fence(self._lock_store.lock_key(LOCK), self.token)
         hub = self.make_hub(store)
+        hub.role = "leader"
         try:
             await hub.start()  # restores what the previous leader left unfinished
         except Exception:

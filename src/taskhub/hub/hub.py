@@ -147,6 +147,9 @@ class Hub:
         self._in_round = False
         self._last_apply = 0.0  # seconds the last store write took
         self.quick_apply = QUICK_APPLY
+        # "standalone", or "leader" of a cluster of hubs (hub/cluster.py; followers run no
+        # Hub and answer /healthz themselves): reported by GET /healthz.
+        self.role = "standalone"
         self.clock = clock
         # Operation (server.py, hub/metrics.py): draining stops offers before a shutdown;
         # apply_hooks see every written batch and how long the store took (metrics).
