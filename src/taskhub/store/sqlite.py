@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -15,6 +14,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from taskhub.errors import StoreUnavailable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock: one hub per file is on the user
+    fcntl = None  # type: ignore[assignment]
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 T = TypeVar("T")
@@ -225,7 +229,7 @@ class SqliteStore:
         hubs share a redis:// store instead. SQLite locks with fcntl, which flock does not
         touch, so the sqlite3 shell can still read the file; the kernel drops the lock when the
         process dies, so a killed hub does not keep its file locked."""
-        if self.path == ":memory:":
+        if self.path == ":memory:" or fcntl is None:
             return
         fd = os.open(self.path, os.O_RDONLY)
         try:
