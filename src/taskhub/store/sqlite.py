@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 import msgspec
 
 from taskhub.errors import StoreUnavailable
+from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no flock: one hub per file is on the user
     fcntl = None  # type: ignore[assignment]
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 T = TypeVar("T")
 
