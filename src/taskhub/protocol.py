@@ -6,7 +6,7 @@ the hub batch). Every message has an ``op``. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -299,6 +299,7 @@ OPS: frozenset[str] = frozenset(
 _frame_decoder = msgspec.json.Decoder(list[Inbound] | Inbound)
 _one_decoder = msgspec.json.Decoder(Inbound)
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
 _any_decoder = msgspec.json.Decoder()
 encoder = msgspec.json.Encoder()
 
@@ -313,45 +314,77 @@ class Bad(msgspec.Struct):
 def decode_frame(data: bytes | str) -> list[Inbound | Bad]:
     """Decode a frame into messages; a bad message becomes :class:`Bad`, the rest survive.
 
-    Raises :class:`ProtocolError` if the frame is not JSON at all.
+    Raises :class:`ProtocolError` if the frame is not JSON at all, or nests deeper than
+    msgspec decodes (~1000 levels): then no message of it can be told from the next.
     """
     try:
         out = _frame_decoder.decode(data)
     except msgspec.ValidationError:
         pass  # at least one message is bad: decode one by one below to name it
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    except msgspec.DecodeError:
+        pass  # not JSON, or JSON msgspec cannot read in one message (1e400): see below
+    except RecursionError:
+        raise ProtocolError(_TOO_DEEP) from None
     else:
         return out if isinstance(out, list) else [out]
     text = data.lstrip() if isinstance(data, bytes) else data.lstrip().encode()
     try:
-        raws = _raw_list_decoder.decode(text) if text[:1] == b"[" else [msgspec.Raw(text)]
-        msgs: list[Inbound | Bad] = []
-        for i, raw in enumerate(raws):
-            try:
-                msgs.append(_one_decoder.decode(raw))
-            except msgspec.ValidationError as exc:
-                msgs.append(_explain(raw, i, str(exc)))
-    except msgspec.DecodeError as exc:  # malformed JSON after the first invalid message
+        # Raw checks the JSON's syntax (not what msgspec can decode from it, such as 1e400).
+        raws = _raw_list_decoder.decode(text) if text[:1] == b"[" else [_raw_decoder.decode(text)]
+    except msgspec.DecodeError as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(_TOO_DEEP) from None
+    msgs: list[Inbound | Bad] = []
+    for i, raw in enumerate(raws):
+        try:
+            msgs.append(_one_decoder.decode(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            msgs.append(_explain(raw, i, str(exc)))
+        except RecursionError:
+            msgs.append(_explain(raw, i, _TOO_DEEP))
     return msgs
 
 
+T = TypeVar("T")
+_TOO_DEEP = "JSON nested too deeply (msgspec reads at most ~1000 levels)"
+# Only a message's top level, its values left as they are: what names a bad message (its op
+# and ref) is read even when some other field holds JSON msgspec cannot decode.
+_top_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
 def _explain(raw: msgspec.Raw, index: int, why: str) -> Bad:
-    obj = _any_decoder.decode(raw)  # a DecodeError here means the frame is not JSON
     where = f"message {index}"
-    if not isinstance(obj, dict):
+    try:
+        top = _top_decoder.decode(raw)
+    except msgspec.ValidationError:
         return Bad(ProtocolError(f"{where}: a message must be a JSON object with an 'op'"))
-    ref = obj.get("ref") if isinstance(obj.get("ref"), int) else None
-    op = obj.get("op")
+    except (msgspec.DecodeError, RecursionError):
+        return Bad(ProtocolError(f"{where}: {why}"))
+    ref = _field(top, "ref", int)
+    op = top.get("op")
     if op is None:
         return Bad(ProtocolError(f"{where}: missing field 'op'"), ref)
-    if op not in OPS:
+    name = _field(top, "op", str)
+    if name is None:
+        return Bad(ProtocolError(f"{where}: 'op' must be a string"), ref)
+    if name not in OPS:
         return Bad(
-            UnknownOperation(f"{where}: unknown op {op!r}; known ops: {', '.join(sorted(OPS))}"),
+            UnknownOperation(f"{where}: unknown op {name!r}; known ops: {', '.join(sorted(OPS))}"),
             ref,
         )
-    return Bad(ProtocolError(f"{where} ({op}): {why}"), ref)
+    return Bad(ProtocolError(f"{where} ({name}): {why}"), ref)
+
+
+def _field(top: dict[str, msgspec.Raw], key: str, kind: type[T]) -> T | None:
+    """``top[key]`` decoded as ``kind`` (strictly: ``true`` is no int), or None."""
+    value = top.get(key)
+    if value is None:
+        return None
+    try:
+        return msgspec.json.decode(value, type=kind)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
 
 
 def kept(raw: msgspec.Raw, what: str) -> Any:
@@ -368,6 +401,8 @@ def kept(raw: msgspec.Raw, what: str) -> Any:
         _any_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"{what} cannot be read as JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(f"{what}: {_TOO_DEEP}") from None
     return raw.copy()
 
 

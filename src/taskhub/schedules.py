@@ -51,7 +51,7 @@ class Schedule(msgspec.Struct, omit_defaults=True):
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         raise InvalidOption(
             f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Oslo'",
             option="timezone",

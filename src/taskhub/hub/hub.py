@@ -387,6 +387,12 @@ class Hub:
         except TaskHubError as exc:
             self.lc.send(peer, p.error_msg(exc, ref, **_task_of(msg)))
             return None
+        except Exception:
+            # A bug, not bad input: said loudly here, answered without its details (as the
+            # HTTP API's 500), and the connection and the rest of its frame go on.
+            log.exception("handling a %s message from %s failed", type(msg).__name__, peer.service)
+            self.lc.send(peer, p.error_msg(RuntimeError("internal error; the hub logged it"), ref))
+            return None
         return result
 
     def _handle(self, peer: Peer, msg: p.Inbound | p.Bad) -> Awaitable[None] | None:
