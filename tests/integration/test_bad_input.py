@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -116,3 +117,43 @@ async def test_client_validates_action_names(make_client: ClientFactory) -> None
         client.pub("email:send!", None)
     with pytest.raises(InvalidAction):
         client.sub("no-verb", lambda t: None)
+
+
+async def test_a_hub_bug_answers_internal_and_the_connection_goes_on(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not bad input but a bug while applying a message: logged with its traceback, answered
+    `internal` without details, and the rest of the frame and the connection carry on."""
+    hub = server.hub
+    assert hub is not None
+    real = hub._handle
+
+    def buggy(peer: Any, msg: Any) -> Any:
+        if getattr(msg, "topic", None) == "boom.now":
+            raise KeyError("a bug")
+        return real(peer, msg)
+
+    monkeypatch.setattr(hub, "_handle", buggy)
+    ws = await _raw(server)
+    with caplog.at_level(logging.ERROR, logger="taskhub"):
+        replies = await _answer(
+            ws,
+            json.dumps(
+                [
+                    {"op": "subscribe", "topic": "boom.now", "ref": 1},
+                    {"op": "subscribe", "topic": "fine.now", "ref": 2},
+                ]
+            ),
+        )
+    assert replies[0] == {
+        "op": "error",
+        "code": "internal",
+        "message": "internal error; the hub logged it",
+        "ref": 1,
+    }
+    assert replies[1] == {"op": "ok", "ref": 2}
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
+    [ok] = await _answer(ws, '{"op": "pub", "action": "a:b", "ref": 3}')
+    assert ok["op"] == "ok"
+    await ws.close()
