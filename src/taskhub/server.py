@@ -26,7 +26,7 @@ from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
 from taskhub.schedules import Schedule
-from taskhub.store import Store, open_store
+from taskhub.store import REDIS_SCHEMES, Store, open_store
 
 if TYPE_CHECKING:
     from taskhub.hub.cluster import Cluster
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskhub.server")
 DEFAULT_SHUTDOWN_GRACE = 10.0
 CLOSE_RESTART = 1012  # WebSocket "service restart": the client reconnects, maybe elsewhere
-# Store URLs whose hubs form a cluster (taskhub.hub.cluster): every scheme of the Redis store,
-# a Redis Cluster included. Any other store is a hub's own, so it runs its lifecycle alone.
-CLUSTERED_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
 
 
 def is_loopback(host: str) -> bool:
@@ -206,7 +203,9 @@ class Server:
                 "no credentials configured: serving loopback only, every connection "
                 "gets every permission"
             )
-        if self._store is None and self.store_url.startswith(CLUSTERED_SCHEMES):
+        # Hubs on one Redis (or Redis Cluster) form a cluster (taskhub.hub.cluster); any other
+        # store is a hub's own, so it runs its lifecycle alone.
+        if self._store is None and self.store_url.startswith(REDIS_SCHEMES):
             await self._start_clustered()
             return
         self.hub = self._make_hub(self._store or open_store(self.store_url))

@@ -284,17 +284,17 @@ class Connection:
         if not self._outbox or ws is None or not self.connected.is_set():
             return
         out, self._outbox = self._outbox, []
-        self._outbox_size = 0
+        size, self._outbox_size = self._outbox_size, 0
         limit = int(self.welcome.get("max_frame", self.max_frame))
-        for frame in self._frames(out, limit):
+        for frame in self._frames(out, size, limit):
             # JSON is UTF-8: sent as a text frame as it is, without a str in between.
             task = asyncio.ensure_future(ws.send(frame, text=True))
             task.add_done_callback(_ignore_closed)
 
-    def _frames(self, parts: list[bytes], limit: int) -> list[bytes]:
-        """Pack the encoded messages, in order, into as few frames as fit the hub's
-        ``max_frame``; refuse a message too big alone."""
-        if sum(map(len, parts)) + len(parts) + 1 <= limit:
+    def _frames(self, parts: list[bytes], size: int, limit: int) -> list[bytes]:
+        """Pack the encoded messages (``size`` bytes in all), in order, into as few frames as
+        fit the hub's ``max_frame``; refuse a message too big alone."""
+        if size + len(parts) + 1 <= limit:
             return [_join(parts)]  # the common case
         frames: list[bytes] = []
         chunk: list[bytes] = []

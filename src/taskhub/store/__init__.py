@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from taskhub.store.base import DeliveryRecord, EventRecord, Store, TaskRecord, WriteBatch
 
-__all__ = ["DeliveryRecord", "EventRecord", "Store", "TaskRecord", "WriteBatch", "open_store"]
+__all__ = [
+    "REDIS_SCHEMES",
+    "DeliveryRecord",
+    "EventRecord",
+    "Store",
+    "TaskRecord",
+    "WriteBatch",
+    "open_store",
+]
+
+# Every URL scheme of the redis engine: a single Redis or a Redis Cluster, plain or TLS.
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
 
 
 def open_store(url: str) -> Store:
@@ -19,7 +30,7 @@ def open_store(url: str) -> Store:
         from taskhub.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    if url.startswith(("redis:", "rediss:", "redis+cluster:", "rediss+cluster:")):
+    if url.startswith(REDIS_SCHEMES):
         from taskhub.store.redis import RedisStore
 
         return RedisStore.from_url(url)
