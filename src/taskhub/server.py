@@ -22,6 +22,7 @@ from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
+from taskhub.hub.ws_protocol import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
@@ -274,6 +275,7 @@ class Server:
             ws_ping_interval=self.limits.ping_interval,
             ws_ping_timeout=self.limits.ping_timeout,
             lifespan="off",
+            ws=HubWebSocketProtocol,
             timeout_graceful_shutdown=5,
             ssl_certfile=self.tls_cert,
             ssl_keyfile=self.tls_key,

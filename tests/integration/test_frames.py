@@ -14,11 +14,16 @@ from websockets.asyncio.server import ServerConnection, serve
 from taskhub import Client, Server
 from taskhub.client.connection import EARLY_SEND
 from taskhub.hub.ws import CHUNK
+from taskhub.hub.ws_protocol import HubWebSocketProtocol
+from taskhub.ids import new_id
+from taskhub.store.base import TaskRecord
+from taskhub.store.memory import MemoryStore
+from tests.conftest import ServerFactory, until
 
 
-async def _raw(server: Server, name: str) -> ClientConnection:
+async def _raw(server: Server, name: str, **kwargs: Any) -> ClientConnection:
     ws = await connect(
-        server.url + "/v1/ws", additional_headers={"Authorization": f"Bearer {name}:"}
+        server.url + "/v1/ws", additional_headers={"Authorization": f"Bearer {name}:"}, **kwargs
     )
     assert json.loads(await ws.recv())["op"] == "welcome"
     return ws
@@ -92,3 +97,57 @@ async def test_a_long_burst_leaves_the_client_while_it_is_being_made() -> None:
     # About EARLY_SEND each: the message that crossed it, and the commas between messages.
     assert len(burst) >= 2 and max(sizes[before:]) < EARLY_SEND + 2048
     assert [m["payload"]["i"] for f in burst for m in f] == list(range(n))
+
+
+class StallingStore(MemoryStore):
+    """The memory engine, with task reads that wait until the test lets them go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        await self.go.wait()
+        return await super().get_task(task_id)
+
+
+async def test_the_hub_reads_ahead_a_bounded_number_of_frames(
+    make_server: ServerFactory,
+) -> None:
+    """Frames are not read one at a time (no pause and resume per frame), but a client that
+    sends faster than the hub applies is held at the socket: the hub stops reading once
+    ``ws_max_queue`` frames wait, and loses none of them."""
+    store = StallingStore()
+    server = await make_server(store=store)
+    ws = await _raw(server, "flood", compression=None)
+    n, pad = 400, 50_000  # 20 MB in all: more than the socket buffers hold
+    ids = [new_id() for _ in range(n + 1)]
+
+    async def flood() -> None:
+        for i in range(1, n + 1):  # each `get` of an unknown task reads the (stalled) store
+            await ws.send(json.dumps({"op": "get", "task": ids[i], "ref": i}) + " " * pad)
+
+    sender = asyncio.create_task(flood())
+    try:
+        assert server._uvicorn is not None
+        [proto] = [
+            c
+            for c in server._uvicorn.server_state.connections
+            if isinstance(c, HubWebSocketProtocol)
+        ]
+        await until(lambda: proto.read_paused)
+        await asyncio.sleep(0.2)  # had it gone on reading, more frames would queue meanwhile
+        # What one read of the socket (up to 256 KiB) brings is parsed before the pause.
+        assert proto.queue.qsize() <= server._uvicorn.config.ws_max_queue + 256 * 1024 // pad
+        assert not sender.done()  # the client is held back by full socket buffers
+    finally:
+        store.go.set()
+    refs: list[int] = []
+    async with asyncio.timeout(20):
+        while len(refs) < n:
+            for msg in _msgs(await ws.recv()):
+                assert msg["op"] == "error" and msg["code"] == "task_not_found", msg
+                refs.append(msg["ref"])
+        await sender
+    assert refs == list(range(1, n + 1))
+    await ws.close()

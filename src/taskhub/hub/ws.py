@@ -18,6 +18,7 @@ from taskhub.errors import (
 )
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub, welcome
+from taskhub.hub.ws_protocol import EXTENSION
 from taskhub.ids import new_id
 from taskhub.lifecycle import Peer
 
@@ -62,8 +63,14 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
         raise
     frames: asyncio.Queue[bytes | None] = asyncio.Queue()
     limits = hub.limits
+    # Under taskhub's own uvicorn protocol a frame is written at once, in the flusher's turn;
+    # the writer task only takes over while frames wait (the socket is full, or closing).
+    direct = ws.scope.get("extensions", {}).get(EXTENSION)
+    writing = False  # the writer holds a frame: later ones must queue behind it
 
     def send(frame: bytes) -> None:
+        if direct is not None and not writing and frames.empty() and direct.write_text(frame):
+            return
         if frames.qsize() >= limits.max_send_queue:
             if peer.open:  # once: the writer stops at the marker, nothing more is queued
                 log.warning(
@@ -75,12 +82,15 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
         frames.put_nowait(frame)
 
     async def writer() -> None:
+        nonlocal writing
         while True:
             frame = await frames.get()
             if frame is None:
                 await ws.close(code=CLOSE_TOO_SLOW, reason="reader too slow")
                 return
+            writing = True
             await ws.send_text(frame.decode())
+            writing = False
 
     async def close(code: int, reason: str) -> None:
         await ws.close(code=code, reason=reason)

@@ -1,0 +1,62 @@
+"""uvicorn's WebSocket protocol (websockets, sans-I/O), tuned for a hub's traffic.
+
+Two changes, both measured (docs/performance.md, "Fourth pass"):
+
+- uvicorn stops reading the socket after every message until the app has taken it, then reads
+  again: two ``epoll_ctl`` calls per frame. Here reading stops only when ``ws_max_queue``
+  messages wait (flow control is kept: a client that outruns the hub still fills its socket
+  buffer, not the hub's memory).
+- :meth:`write_text` writes a text frame to the socket at once, without a coroutine and a
+  writer task in between. :mod:`taskhub.hub.ws` finds it in the ASGI scope's extensions
+  (``"taskhub.ws"``) and falls back to ``websocket.send`` where it is missing (another server,
+  or before the handshake).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+EXTENSION = "taskhub.ws"
+
+
+class HubWebSocketProtocol(WebSocketsSansIOProtocol):
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope: Any = getattr(self, "scope", None)
+        if scope is not None:  # the handshake was accepted; the ASGI task has not run yet
+            scope["extensions"][EXTENSION] = self
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn pauses reading after each message unless it is already paused: say it is, then
+        # pause only once the queue is long.
+        paused = self.read_paused
+        self.read_paused = True
+        try:
+            super().send_receive_event_to_app()
+        finally:
+            self.read_paused = paused
+        if not paused and self.queue.qsize() >= self.config.ws_max_queue:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def write_text(self, data: bytes) -> bool:
+        """Write ``data`` (UTF-8 JSON) as one text frame now; False if the connection cannot
+        take it synchronously (closing, or the transport asked us to wait), and the caller
+        sends it the ASGI way instead."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+        ):
+            return False
+        try:
+            self.conn.send_text(data)
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
