@@ -99,6 +99,36 @@ async def test_a_long_burst_leaves_the_client_while_it_is_being_made() -> None:
     assert [m["payload"]["i"] for f in burst for m in f] == list(range(n))
 
 
+async def test_frames_keep_their_order_while_the_socket_is_full() -> None:
+    """A frame is written at once while the socket takes data and through websockets' send()
+    once it does not; frames made after that wait behind the queued ones, never overtake them."""
+    received: list[int] = []
+    reading = asyncio.Event()
+    n, turns = 40, 60
+
+    async def hub(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"op": "welcome", "protocol": 1, "max_frame": 1 << 24}))
+        await reading.wait()  # nothing is read meanwhile: the client's socket fills up
+        async for frame in ws:
+            received.extend(m["payload"]["i"] for m in _msgs(frame))
+
+    async with serve(hub, "127.0.0.1", 0, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}", name="p") as client:
+            conn = client._conn
+            held = 0
+            for turn in range(turns):  # a frame of ~1.2 MB per loop turn
+                for i in range(turn * n, (turn + 1) * n):
+                    client.pub("burst:run", {"i": i, "pad": "x" * 30_000})
+                await asyncio.sleep(0)
+                held = max(held, conn._sending)
+                if turn == turns // 2:  # full by now; the socket drains while more are made
+                    assert held > 0
+                    reading.set()
+            await until(lambda: len(received) >= n * turns, timeout=20)
+    assert received == list(range(n * turns))
+
+
 class StallingStore(MemoryStore):
     """The memory engine, with task reads that wait until the test lets them go."""
 

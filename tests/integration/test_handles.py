@@ -310,13 +310,14 @@ async def test_a_burst_over_the_frame_limit_is_sent_in_several_frames(
         sent: list[bytes] = []
         conn = pub._conn
         assert conn._ws is not None
-        send = conn._ws.send
+        protocol = conn._ws.protocol  # every text frame passes here, sent at once or queued
+        send_text = protocol.send_text
 
-        async def spy(message: Any, text: bool | None = None) -> None:
-            sent.append(message)
-            await send(message, text=text)
+        def spy(data: bytes, fin: bool = True) -> None:
+            sent.append(data)
+            send_text(data, fin)
 
-        conn._ws.send = spy  # type: ignore[method-assign]
+        protocol.send_text = spy  # type: ignore[method-assign]
         handles = [pub.pub("a:b", {"n": i, "pad": "x" * 100}) for i in range(200)]
         too_big = pub.pub("a:b", "x" * 20_000)  # refused alone, the others go
         handles += [pub.pub("a:b", i) for i in range(5)]
