@@ -15,13 +15,14 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
-from websockets.protocol import State
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
 
 from taskhub.errors import (
     AuthenticationFailed,
@@ -65,6 +66,28 @@ def ws_url(url: str) -> str:
 EARLY_SEND = 64 * 1024
 
 
+class _HubConnection(ClientConnection):
+    """websockets' client connection, handing each whole text frame to :attr:`on_frame` as it
+    is parsed rather than through ``recv()`` a loop turn later (docs/performance.md). Anything
+    else (binary or fragmented messages, which a hub does not send) goes the usual way, and so
+    does any frame that arrives while ``recv()`` still holds one, so that none overtakes
+    another; ``recv()`` also reports the end of the connection."""
+
+    on_frame: Callable[[bytes | bytearray | memoryview], None] | None = None
+
+    def process_event(self, event: Event) -> None:
+        if (
+            self.on_frame is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.TEXT
+            and event.fin
+            and not len(self.recv_messages.frames)
+        ):
+            self.on_frame(event.data)
+            return
+        super().process_event(event)
+
+
 class Connection:
     def __init__(
         self,
@@ -95,7 +118,7 @@ class Connection:
         # a getpid() system call, too much to pay for every publish.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
-        self._ws: ClientConnection | None = None
+        self._ws: _HubConnection | None = None
         # Messages are encoded as they are queued: the bytes hold no references, so a burst of
         # publishes leaves nothing behind for the garbage collector until the next flush.
         self._outbox: list[bytes] = []
@@ -144,19 +167,24 @@ class Connection:
                 await self._runner
         self._fail_pending(ConnectionClosed("the client was closed"))
 
-    async def _dial(self) -> ClientConnection:
+    async def _dial(self) -> _HubConnection:
         url = self.urls[self._url_index % len(self.urls)]
         self._url_index += 1
         try:
-            ws = await connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {self.name}:{self.key}"},
-                max_size=self.max_frame,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_interval,
-                open_timeout=self.connect_timeout,
-                ssl=self.ssl,
-                compression=None,
+            # create_connection: the connection is a _HubConnection
+            ws = cast(
+                _HubConnection,
+                await connect(
+                    url,
+                    additional_headers={"Authorization": f"Bearer {self.name}:{self.key}"},
+                    max_size=self.max_frame,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_interval,
+                    open_timeout=self.connect_timeout,
+                    ssl=self.ssl,
+                    compression=None,
+                    create_connection=_HubConnection,
+                ),
             )
         except InvalidStatus as exc:
             raise ConnectionClosed(f"{url} refused the WebSocket handshake: {exc}") from None
@@ -174,7 +202,7 @@ class Connection:
         self.welcome = first
         return ws
 
-    async def _run(self, ws: ClientConnection | None) -> None:
+    async def _run(self, ws: _HubConnection | None) -> None:
         delay = 0.05
         while not self._closing:
             if ws is None:
@@ -187,6 +215,8 @@ class Connection:
                     delay = min(delay * 2, self.max_backoff)
                     continue
             self._ws = ws
+            if isinstance(ws, _HubConnection):
+                ws.on_frame = self._dispatch
             try:
                 await self.on_connect()
             except Exception:
@@ -205,7 +235,7 @@ class Connection:
             if not self._closing:
                 log.warning("connection to the hub lost; reconnecting")
 
-    def _dispatch(self, frame: str | bytes) -> None:
+    def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         try:
             data = _decoder.decode(frame)
         except msgspec.DecodeError:
