@@ -35,7 +35,7 @@ from taskhub.hub.http import (
 )
 from taskhub.hub.hub import Hub, task_view
 from taskhub.hub.schedules_http import Requeued
-from taskhub.lifecycle import Credentials, Task
+from taskhub.lifecycle import Credentials, EventKey, Task
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
 
 COOKIE = "taskhub_session"
@@ -158,29 +158,27 @@ def _delivery_state(task_state: str, state: str) -> str:
 
 # The rate kinds, in the order of a bucket's count lists.
 KINDS = ("published", "started", "succeeded", "failed", "ended")
-# Event type -> (index in KINDS, counted per group, terminal); other types are not counted.
-_COUNTED: dict[str, tuple[int, bool, bool]] = {
-    "init": (0, False, False),
-    "start": (1, True, False),  # a task's first pickup
-    "pickup": (1, True, False),  # any later one: each is one delivery picked up by its group
-    "delivery_fail": (3, True, False),
-    "success": (2, False, True),
-    "fail": (3, False, True),
-    "end": (4, False, True),
+# Event type -> (index in KINDS, counted per group); other types are not counted.
+_COUNTED: dict[str, tuple[int, bool]] = {
+    "init": (0, False),
+    "start": (1, True),  # a task's first pickup
+    "pickup": (1, True),  # any later one: each is one delivery picked up by its group
+    "delivery_fail": (3, True),
+    "success": (2, False),
+    "fail": (3, False),
+    "end": (4, False),
 }
-# One second's counts: action -> group (None: the action's own row) -> counts per KINDS.
-Bucket = dict[str, dict[str | None, list[int]]]
 
 
 class Monitor:
-    """Counts the lifecycle's task events as they happen: per-second buckets for the rates,
-    totals of ended tasks, and the most recent ended tasks.
+    """Keeps what the dashboard shows of the past: the lifecycle's event counts of the last
+    ``RATE_WINDOW`` seconds (for the rates), totals of ended tasks, and the most recent ended
+    tasks.
 
-    It runs for every event of every task, so it is kept cheap: one dict lookup for the
-    events it does not count, no allocation for the ones it does (beyond the first of each
-    action and group in a second), and a small tuple per ended task.
+    It adds nothing per event: the lifecycle counts events per second (``lc.counts``) and hands
+    each complete second here; ended tasks come through ``lc.end_listeners``, one call per task.
 
-    Memory: at most ``RATE_WINDOW + 1`` buckets of (action, group) counters, plus
+    Memory: at most ``RATE_WINDOW + 1`` seconds of (action, event type, group) counters, plus
     ``RECENT_TASKS`` snapshots of a few hundred bytes each.
     """
 
@@ -189,56 +187,43 @@ class Monitor:
         self._clock = hub.clock
         self.started_at = hub.clock()
         self.ended: dict[str, int] = {"success": 0, "fail": 0, "end": 0}  # since the start
-        self._second = -1  # the second of the newest bucket
-        self._bucket: Bucket = {}  # the newest bucket
-        self._buckets: deque[tuple[int, Bucket]] = deque()
+        self._seconds: deque[tuple[int, dict[EventKey, int]]] = deque()
         self.recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
-        hub.lc.listeners.append(self._on_event)
+        hub.lc.second_listeners.append(self._on_second)
+        hub.lc.end_listeners.append(self._on_end)
 
-    def _rotate(self, now: int) -> Bucket:
-        buckets = self._buckets
-        bucket: Bucket = {}
-        buckets.append((now, bucket))
-        while buckets[0][0] <= now - RATE_WINDOW:
-            buckets.popleft()
-        self._second = now
-        self._bucket = bucket
-        return bucket
+    def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
+        seconds = self._seconds
+        seconds.append((second, counts))
+        since = int(self._clock()) - RATE_WINDOW  # no window from now on reaches back further
+        while seconds and seconds[0][0] <= since:
+            seconds.popleft()
 
-    def _on_event(self, task: Task, ev: EventRecord) -> None:
-        counted = _COUNTED.get(ev.type)
-        if counted is None:
-            return
-        kind, per_group, terminal = counted
-        group = ev.group if per_group else None
-        if per_group and group is None:
-            return
-        rec = task.rec
-        now = int(ev.at)  # the event's time is the hub clock's "now": no second call
-        bucket = self._bucket if now == self._second else self._rotate(now)
-        rows = bucket.get(rec.action)
-        if rows is None:
-            rows = bucket[rec.action] = {}
-        counts = rows.get(group)
-        if counts is None:
-            counts = rows[group] = [0, 0, 0, 0, 0]
-        counts[kind] += 1
-        if terminal:
-            self.ended[ev.type] += 1
-            self.recent.append(_snapshot(rec))
+    def _on_end(self, task: Task, ev: EventRecord) -> None:
+        self.ended[ev.type] += 1
+        self.recent.append(_snapshot(task.rec))
 
     def rates(self) -> list[dict[str, Any]]:
         """Per action (group null) and per action and group: events in the last minute."""
         since = int(self._clock()) - RATE_WINDOW
+        lc = self.hub.lc
         total: dict[tuple[str, str | None], list[int]] = {}
-        for second, bucket in self._buckets:
+        for second, counts in (*self._seconds, (lc.counts_second, lc.counts)):
             if second <= since:
                 continue
-            for action, rows in bucket.items():
-                for group, counts in rows.items():
-                    sums = total.setdefault((action, group), [0, 0, 0, 0, 0])
-                    for i, n in enumerate(counts):
-                        sums[i] += n
+            for (action, type_, group), n in counts.items():
+                counted = _COUNTED.get(type_)
+                if counted is None:
+                    continue
+                kind, per_group = counted
+                if not per_group:
+                    group = None
+                elif group is None:
+                    continue
+                sums = total.get((action, group))
+                if sums is None:
+                    sums = total[action, group] = [0, 0, 0, 0, 0]
+                sums[kind] += n
         out: list[dict[str, Any]] = []
         for action, group in sorted(total, key=lambda k: (k[0], k[1] or "")):
             row: dict[str, Any] = {"action": action, "group": group}

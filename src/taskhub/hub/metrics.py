@@ -2,10 +2,11 @@
 
 Each hub has its own :class:`~prometheus_client.CollectorRegistry`, not the process-global one,
 so several hubs in one process (tests, embedded use) each report their own numbers. Counters
-and histograms are fed by a lifecycle listener and a store-apply hook; gauges (live tasks,
-queue depths, connections) are read from the hub's in-memory state at scrape time, so they cost
-nothing between scrapes. Labels are action, event type, group and service: names bounded by
-the credentials' permissions, never task ids (one series per task would grow without bound).
+and histograms are fed by the lifecycle's per-second event counts, its start and end listeners
+and a store-apply hook; gauges (live tasks, queue depths, connections) are read from the hub's
+in-memory state at scrape time, so they cost nothing between scrapes. Labels are action, event
+type, group and service: names bounded by the credentials' permissions, never task ids (one
+series per task would grow without bound).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from taskhub.hub.hub import Hub
-from taskhub.lifecycle import Queue, Task
+from taskhub.lifecycle import EventKey, Queue, Task
 from taskhub.store import WriteBatch
 from taskhub.store.base import EventRecord
 
@@ -40,7 +41,6 @@ TASK_BUCKETS = (
 )  # fmt: skip
 APPLY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
-_TERMINAL = frozenset({"success", "fail", "end"})
 _LIVE_STATES = ("init", "start")
 
 
@@ -51,10 +51,11 @@ class Metrics:
         self.hub = hub
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        # Counted in a plain dict and exported at scrape time: this runs for every task event,
-        # and a labelled prometheus child costs a lookup and a lock per increment.
+        # Task events are counted by the lifecycle, per second (``lc.counts``); complete
+        # seconds are added up here and the current one at scrape time. A labelled
+        # prometheus child would cost a lookup and a lock per event.
         self.event_counts: dict[tuple[str, str], int] = {}
-        r.register(_EventCollector(self.event_counts))
+        r.register(_EventCollector(self))
         # The per-task histograms likewise: bucket counts in plain lists, exported at scrape
         # time (a prometheus Histogram child takes a lock per bucket, sum and count).
         self.wait = _TaskHistogram(
@@ -89,17 +90,22 @@ class Metrics:
             registry=r,
         )
         r.register(_StateCollector(hub))
-        hub.lc.listeners.append(self._on_event)
+        hub.lc.second_listeners.append(self._on_second)
+        hub.lc.start_listeners.append(self._on_start)
+        hub.lc.end_listeners.append(self._on_end)
         hub.apply_hooks.append(self._on_apply)
 
-    def _on_event(self, task: Task, ev: EventRecord) -> None:
+    def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
+        add_counts(self.event_counts, counts)
+
+    def _on_start(self, task: Task, ev: EventRecord) -> None:
         rec = task.rec
-        key = (rec.action, ev.type)
-        counts = self.event_counts
-        counts[key] = counts.get(key, 0) + 1
-        if ev.type == "start" and rec.started_at is not None:
+        if rec.started_at is not None:
             self.wait.observe(rec.action, max(0.0, rec.started_at - rec.created_at))
-        elif ev.type in _TERMINAL and rec.ended_at is not None:
+
+    def _on_end(self, task: Task, ev: EventRecord) -> None:
+        rec = task.rec
+        if rec.ended_at is not None:
             if rec.started_at is not None:
                 self.run.observe(rec.action, max(0.0, rec.ended_at - rec.started_at))
             self.total.observe(rec.action, max(0.0, rec.ended_at - rec.created_at))
@@ -154,9 +160,15 @@ class _TaskHistogram(Collector):
         yield family
 
 
+def add_counts(into: dict[tuple[str, str], int], counts: dict[EventKey, int]) -> None:
+    """Add a second's event counts into totals per (action, type): groups summed."""
+    for (action, type_, _group), n in counts.items():
+        into[action, type_] = into.get((action, type_), 0) + n
+
+
 class _EventCollector(Collector):
-    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
-        self.counts = counts
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def describe(self) -> list[Metric]:
         return []
@@ -167,7 +179,9 @@ class _EventCollector(Collector):
             "Task events (init, offer, start, update, success, fail, end, ...) by action",
             labels=["action", "type"],
         )
-        for (action, type_), n in list(self.counts.items()):
+        counts = dict(self.metrics.event_counts)
+        add_counts(counts, self.metrics.hub.lc.counts)  # the second under way
+        for (action, type_), n in counts.items():
             family.add_metric([action, type_], n)
         yield family
 

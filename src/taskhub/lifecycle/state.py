@@ -26,6 +26,8 @@ DEAD_META = "dead"  # the dead-letter list, key: task id
 # or by a deadline the publisher chose, so they are not "dead letters".
 DEAD_REASONS = frozenset({"attempts", "error"})
 TimerHandler = Callable[[str, float], None]
+# (action, event type, group or None): what the lifecycle counts task events by.
+EventKey = tuple[str, str, str | None]
 
 
 @dataclass
