@@ -215,8 +215,7 @@ class Connection:
                     delay = min(delay * 2, self.max_backoff)
                     continue
             self._ws = ws
-            if isinstance(ws, _HubConnection):
-                ws.on_frame = self._dispatch
+            ws.on_frame = self._dispatch  # from now on; the welcome was read by _dial
             try:
                 await self.on_connect()
             except Exception:
