@@ -930,8 +930,38 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     raw = sqlite3.connect(tmp_path / "hub.db")
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     raw.close()
+
+
+async def test_sqlite_migrates_a_version_2_file_off_its_live_task_index(tmp_path: Path) -> None:
+    """Version 3 drops the partial index of live tasks: recovery reads them through
+    tasks_state (a range per live state), and no write keeps a second copy of them."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore.from_url(sqlite_url(tmp_path))
+    await store.open()
+    await apply(store, task("b"), task("a", state="start"), ended("c", 5.0))
+    await store.close()
+    raw = sqlite3.connect(path)  # as version 2 left a file
+    raw.execute(
+        "CREATE INDEX tasks_active ON tasks(id) WHERE state NOT IN ('end','fail','success')"
+    )
+    raw.execute("PRAGMA user_version=2")
+    raw.commit()
+    raw.close()
+    store = SqliteStore.from_url(sqlite_url(tmp_path))
+    await store.open()
+    try:
+        assert [r.id for r in await store.load_active()] == ["a", "b"]
+    finally:
+        await store.close()
+    raw = sqlite3.connect(path)
+    try:
+        indexes = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "tasks_active" not in indexes and "tasks_state" in indexes
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        raw.close()
 
 
 async def test_memory_retention_index_skips_rewritten_and_deleted_tasks(tmp_path: Path) -> None:
