@@ -584,3 +584,25 @@ async def test_works_on_a_cluster_mode_server(tmp_path: Path) -> None:
             await store.close()
     finally:
         server.cleanup()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f00d", 1, "{tq}:all", b"\x00\xffbytes", 42, -7, 1.5, "", "ünïcode"),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),  # a command of two words, as redis-py sends
+        (b"CONFIG GET", "maxmemory"),
+        ("SET", "k", memoryview(b"view"), bytearray(b"array")),
+    ],
+)
+def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> None:
+    """The store packs commands with hiredis (C) instead of redis-py's Python packer: the
+    bytes on the wire must be the same."""
+    from redis.asyncio.connection import Connection
+
+    from taskhub.store.redis import _packing
+
+    plain = Connection()
+    fast = _packing(Connection)()
+    assert type(fast).pack_command is not Connection.pack_command
+    assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
