@@ -593,6 +593,7 @@ async def test_works_on_a_cluster_mode_server(tmp_path: Path) -> None:
         ("CLIENT SETINFO", "LIB-NAME", "redis-py"),  # a command of two words, as redis-py sends
         (b"CONFIG GET", "maxmemory"),
         ("SET", "k", memoryview(b"view"), bytearray(b"array")),
+        ("EVALSHA", "f00d", 0, *(f"v{i}" for i in range(20_001))),  # over HIREDIS_MAX_ARGS
     ],
 )
 def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> None:

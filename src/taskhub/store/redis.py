@@ -729,12 +729,22 @@ class RedisStore:
         }
 
 
+# hiredis packs a command into one buffer, grown as it goes; redis-py's packer into a list of
+# ~6 KB chunks. For a huge batch (a subscription that routes 100,000 waiting tasks at once) the
+# one buffer raised the hub's peak memory by ~150 MiB, so commands with more arguments than
+# this (~700 tasks) are packed by redis-py.
+HIREDIS_MAX_ARGS = 20_000
+
+
 class _HiredisPacking:
     """Commands packed by hiredis, in C. redis-py's asyncio connection packs in Python, a
     few steps per argument, and a batch's script call carries ~30 arguments per task: that
     was ~15 % of a hub's CPU per task on redis:// (docs/performance.md)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
+        if len(args) > HIREDIS_MAX_ARGS:
+            packed_by_redis_py: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+            return packed_by_redis_py
         # As redis-py's packer: a first argument such as "CLIENT SETINFO" is several words.
         if isinstance(args[0], str):
             args = tuple(args[0].encode().split()) + args[1:]
