@@ -42,7 +42,7 @@ class TaskEvents:
     def __init__(self, hub: Hub) -> None:
         self._waiting: dict[str, set[Callable[[EventRecord], None]]] = {}
         # A lifecycle listener only while some request waits: most events have no waiter.
-        self._listeners = hub.lc.listeners
+        self._lc = hub.lc
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
         fns = self._waiting.get(ev.task_id)
@@ -52,18 +52,16 @@ class TaskEvents:
 
     @contextlib.contextmanager
     def watch(self, task_id: str, fn: Callable[[EventRecord], None]) -> Iterator[None]:
-        if not self._waiting:
-            self._listeners.append(self._on_event)
         fns = self._waiting.setdefault(task_id, set())
         fns.add(fn)
+        self._lc.listen(self._on_event, True)
         try:
             yield
         finally:
             fns.discard(fn)
             if not fns:
                 self._waiting.pop(task_id, None)
-                if not self._waiting:
-                    self._listeners.remove(self._on_event)
+                self._lc.listen(self._on_event, bool(self._waiting))
 
 
 def _events(request: Request) -> TaskEvents:

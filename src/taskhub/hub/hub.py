@@ -530,12 +530,7 @@ class Hub:
 
     def _watching(self) -> None:
         """Listen to task events while some connection watches, and only then."""
-        listeners = self.lc.listeners
-        if not self.watches:
-            if self._watched in listeners:
-                listeners.remove(self._watched)
-        elif self._watched not in listeners:
-            listeners.append(self._watched)
+        self.lc.listen(self._watched, bool(self.watches))
 
     def _watched(self, task: Task, ev: EventRecord) -> None:
         """Lifecycle listener: stream every task event to the connections watching it."""

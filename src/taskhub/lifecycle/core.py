@@ -171,6 +171,15 @@ class LifecycleCore:
             listener(task, ev)
         return ev
 
+    def listen(self, listener: Callable[[Task, EventRecord], None], on: bool) -> None:
+        """Have ``listener`` in :attr:`listeners` while ``on`` (idempotent): for a listener
+        that has work only while someone is interested (watchers, waiting requests)."""
+        if on:
+            if listener not in self.listeners:
+                self.listeners.append(listener)
+        elif listener in self.listeners:
+            self.listeners.remove(listener)
+
     def _next_second(self, second: int) -> None:
         done, self.counts = self.counts, {}
         previous, self.counts_second = self.counts_second, second
