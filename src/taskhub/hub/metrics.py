@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -58,37 +58,39 @@ class Metrics:
         r.register(_EventCollector(self))
         # The per-task histograms likewise: bucket counts in plain lists, exported at scrape
         # time (a prometheus Histogram child takes a lock per bucket, sum and count).
-        self.wait = _TaskHistogram(
-            "taskhub_task_wait_seconds", "From publish to the first start, by action"
+        self.wait = _Histogram(
+            "taskhub_task_wait_seconds", "From publish to the first start, by action", TASK_BUCKETS
         )
-        self.run = _TaskHistogram(
+        self.run = _Histogram(
             "taskhub_task_run_seconds",
             "From the first start to the end (success, fail or end), by action",
+            TASK_BUCKETS,
         )
-        self.total = _TaskHistogram(
+        self.total = _Histogram(
             "taskhub_task_duration_seconds",
             "From publish to the end (success, fail or end), by action",
+            TASK_BUCKETS,
         )
         for histogram in (self.wait, self.run, self.total):
             r.register(histogram)
-        self.apply = Histogram(
+        # The store's per-batch histograms too: a sequential hub writes a batch per message.
+        self.apply = _Histogram(
             "taskhub_store_apply_seconds",
             "Time the store took to make one batch durable (one transaction where it has them)",
-            buckets=APPLY_BUCKETS,
-            registry=r,
+            APPLY_BUCKETS,
+            label=None,
         )
-        self.batch_tasks = Histogram(
+        self.batch_tasks = _Histogram(
             "taskhub_store_batch_tasks",
             "Task records per written batch (group commit: many frames share one batch)",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            BATCH_BUCKETS,
+            label=None,
         )
-        self.batch_events = Histogram(
-            "taskhub_store_batch_events",
-            "Task events per written batch",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.batch_events = _Histogram(
+            "taskhub_store_batch_events", "Task events per written batch", BATCH_BUCKETS, label=None
         )
+        for histogram in (self.apply, self.batch_tasks, self.batch_events):
+            r.register(histogram)
         r.register(_StateCollector(hub))
         hub.lc.second_listeners.append(self._on_second)
         hub.lc.start_listeners.append(self._on_start)
@@ -111,52 +113,65 @@ class Metrics:
             self.total.observe(rec.action, max(0.0, rec.ended_at - rec.created_at))
 
     def _on_apply(self, batch: WriteBatch, seconds: float) -> None:
-        self.apply.observe(seconds)
-        self.batch_tasks.observe(len(batch.tasks))
-        self.batch_events.observe(len(batch.events))
+        self.apply.observe("", seconds)
+        self.batch_tasks.observe("", len(batch.tasks))
+        self.batch_events.observe("", len(batch.events))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _Series:
-    """One action's series of a :class:`_TaskHistogram`."""
+    """One label value's series of a :class:`_Histogram`."""
 
     __slots__ = ("buckets", "created", "sum")
 
-    def __init__(self, created: float) -> None:
-        self.buckets = [0] * (len(TASK_BUCKETS) + 1)  # per bucket, not cumulative; last: +Inf
+    def __init__(self, size: int, created: float) -> None:
+        self.buckets = [0] * size  # per bucket, not cumulative; the last one is +Inf
         self.sum = 0.0
         self.created = created
 
 
-class _TaskHistogram(Collector):
-    """A histogram by action over :data:`TASK_BUCKETS`, exported like a prometheus
-    ``Histogram`` with an ``action`` label (buckets, count, sum, created)."""
+class _Histogram(Collector):
+    """A histogram counted in plain lists and exported at scrape time like a prometheus
+    ``Histogram`` (buckets, count, sum, created), by one label (``action``) or none."""
 
-    def __init__(self, name: str, documentation: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: tuple[float, ...],
+        label: str | None = "action",
+    ) -> None:
         self.name = name
         self.documentation = documentation
+        self.labels = [label] if label else []
         self.series: dict[str, _Series] = {}
-        self._bounds = [float(b) for b in TASK_BUCKETS]
+        self._bounds = [float(b) for b in buckets]
         self._le = [repr(b) for b in self._bounds] + ["+Inf"]  # as prometheus writes them
+        if label is None:  # exported from the start, zeros included, as prometheus does
+            self.series[""] = _Series(len(self._le), time.time())
 
-    def observe(self, action: str, value: float) -> None:
-        series = self.series.get(action)
+    def observe(self, key: str, value: float) -> None:
+        """Count ``value`` in the series of label value ``key`` ("" without a label)."""
+        series = self.series.get(key)
         if series is None:
-            series = self.series[action] = _Series(time.time())
+            series = self.series[key] = _Series(len(self._le), time.time())
         series.buckets[bisect_left(self._bounds, value)] += 1  # a bucket counts value <= le
         series.sum += value
 
     def describe(self) -> list[Metric]:
-        return [HistogramMetricFamily(self.name, self.documentation, labels=["action"])]
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labels)]
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=["action"])
-        for action, series in list(self.series.items()):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, series in list(self.series.items()):
+            values = [key] if self.labels else []
             cumulative = list(accumulate(series.buckets))
-            family.add_metric([action], list(zip(self._le, cumulative, strict=True)), series.sum)
-            family.add_sample(self.name + "_created", {"action": action}, series.created)
+            family.add_metric(values, list(zip(self._le, cumulative, strict=True)), series.sum)
+            family.add_sample(
+                self.name + "_created", dict(zip(self.labels, values, strict=True)), series.created
+            )
         yield family
 
 
