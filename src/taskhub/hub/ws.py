@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Awaitable
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -18,9 +20,10 @@ from taskhub.errors import (
 )
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub, welcome
-from taskhub.hub.ws_protocol import EXTENSION
+from taskhub.hub.ws_protocol import EXTENSION, HubWebSocketProtocol
 from taskhub.ids import new_id
 from taskhub.lifecycle import Peer
+from taskhub.protocol import Bad, Inbound
 
 log = logging.getLogger("taskhub.ws")
 
@@ -30,6 +33,105 @@ CLOSE_TOO_MANY = 4429
 CLOSE_TOO_SLOW = 4008
 # Messages of one frame applied before the flusher gets a turn (see serve_connection).
 CHUNK = 32
+
+
+class FrameFeed:
+    """Applies one connection's frames in order: at once, in the protocol's callback, while
+    none waits; behind the one that waits otherwise (a message that reads the store, or the
+    flusher's turn between chunks of a long frame). While frames wait it holds the socket
+    once ``max_queue`` of them have come, as uvicorn's own queue would."""
+
+    def __init__(
+        self, hub: Hub, peer: Peer, proto: HubWebSocketProtocol | None, max_queue: int
+    ) -> None:
+        self.hub = hub
+        self.peer = peer
+        self.proto = proto
+        self.max_queue = max_queue
+        self.backlog: deque[str | bytes] = deque()  # frames that came while one waits
+        self.resuming: asyncio.Task[None] | None = None  # applies the rest, then the backlog
+
+    def __call__(self, data: str | bytes) -> None:
+        if self.resuming is not None:
+            self.backlog.append(data)
+            if self.proto is not None and len(self.backlog) >= self.max_queue:
+                self.proto.hold()
+            return
+        msgs = self._parse(data)
+        if msgs is None:
+            return
+        stop = self._apply(msgs, 0)
+        if stop is not None:
+            self.resuming = asyncio.get_running_loop().create_task(self._resume(msgs, *stop))
+
+    async def finish(self) -> None:
+        """Wait until every frame received so far is applied."""
+        if self.resuming is not None:
+            await asyncio.shield(self.resuming)
+
+    def cancel(self) -> None:
+        if self.resuming is not None:
+            self.resuming.cancel()
+
+    def _parse(self, data: str | bytes) -> list[Inbound | Bad] | None:
+        hub = self.hub
+        if len(data) > hub.limits.max_frame:  # text frames are measured in characters
+            err = FrameTooLarge(
+                f"frame of {len(data)} bytes/characters is over the limit "
+                f"of {hub.limits.max_frame}; none of its messages were applied"
+            )
+            hub.lc.send(self.peer, p.error_msg(err))
+            hub.kick()
+            return None
+        try:
+            return p.decode_frame(data)
+        except ProtocolError as exc:
+            hub.lc.send(self.peer, p.error_msg(exc))
+            hub.kick()
+            return None
+
+    def _apply(
+        self, msgs: list[Inbound | Bad], i: int
+    ) -> tuple[int, Awaitable[None] | None] | None:
+        """Apply ``msgs[i:]`` until one needs the store, or a chunk ends with more to come:
+        where to go on and what to wait for first; None once the frame is applied."""
+        hub, peer, n = self.hub, self.peer, len(msgs)
+        while i < n:
+            pending = hub.handle(peer, msgs[i])
+            i += 1
+            if pending is not None:
+                return i, pending
+            if i % CHUNK == 0 and i < n and hub.commit_now:
+                # Let the flusher commit and send what this much caused before going on:
+                # a worker gets the offers its first returns freed while the hub is still
+                # applying the rest, instead of hub and worker taking turns being idle.
+                return i, None
+        hub.kick()
+        return None
+
+    async def _resume(
+        self, msgs: list[Inbound | Bad], i: int, pending: Awaitable[None] | None
+    ) -> None:
+        try:
+            while True:
+                if pending is not None:
+                    await pending
+                else:
+                    self.hub.kick()
+                    await asyncio.sleep(0)
+                stop = self._apply(msgs, i)
+                while stop is None and self.backlog:
+                    parsed = self._parse(self.backlog.popleft())
+                    if parsed is not None:
+                        msgs = parsed
+                        stop = self._apply(msgs, 0)
+                if stop is None:
+                    return
+                i, pending = stop
+        finally:
+            self.resuming = None
+            if self.proto is not None:
+                self.proto.release()
 
 
 async def _refuse(ws: WebSocket, exc: TaskHubError, code: int) -> None:
@@ -100,42 +202,24 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
     hub.kick()
     log.debug("connection %s opened for %s", peer.id, peer.service)
     write_task = asyncio.create_task(writer())
+    feed = FrameFeed(hub, peer, direct, direct.config.ws_max_queue if direct is not None else 32)
+    if direct is not None:
+        direct.receiver = feed  # frames from now on skip the ASGI queue
     try:
         while True:
-            message = await ws.receive()
+            message = await ws.receive()  # frames that came before, then the disconnect
             if message["type"] == "websocket.disconnect":
                 break
             data: bytes | str | None = message.get("bytes") or message.get("text")
-            if data is None:
-                continue
-            if len(data) > limits.max_frame:  # text frames are measured in characters
-                err = FrameTooLarge(
-                    f"frame of {len(data)} bytes/characters is over the limit "
-                    f"of {limits.max_frame}; none of its messages were applied"
-                )
-                hub.lc.send(peer, p.error_msg(err))
-                hub.kick()
-                continue
-            try:
-                msgs = p.decode_frame(data)
-            except ProtocolError as exc:
-                hub.lc.send(peer, p.error_msg(exc))
-                hub.kick()
-                continue
-            for i, msg in enumerate(msgs, 1):
-                pending = hub.handle(peer, msg)
-                if pending is not None:
-                    await pending
-                if i % CHUNK == 0 and i < len(msgs) and hub.commit_now:
-                    # Let the flusher commit and send what this much caused before going on:
-                    # a worker gets the offers its first returns freed while the hub is still
-                    # applying the rest, instead of hub and worker taking turns being idle.
-                    hub.kick()
-                    await asyncio.sleep(0)
-            hub.kick()
+            if data is not None:
+                feed(data)
+        await feed.finish()  # what came before the close is applied, as it was read
     except Exception:  # a transport failure: the connection is over, the hub goes on
         log.debug("connection %s failed", peer.id, exc_info=True)
     finally:
+        if direct is not None:
+            direct.receiver = None
+        feed.cancel()
         hub.detach(peer)
         write_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

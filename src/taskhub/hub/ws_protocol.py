@@ -1,6 +1,6 @@
 """uvicorn's WebSocket protocol (websockets, sans-I/O), tuned for a hub's traffic.
 
-Two changes, both measured (docs/performance.md, "Fourth pass"):
+Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"):
 
 - uvicorn stops reading the socket after every message until the app has taken it, then reads
   again: two ``epoll_ctl`` calls per frame. Here reading stops only when ``ws_max_queue``
@@ -10,10 +10,16 @@ Two changes, both measured (docs/performance.md, "Fourth pass"):
   writer task in between. :mod:`taskhub.hub.ws` finds it in the ASGI scope's extensions
   (``"taskhub.ws"``) and falls back to ``websocket.send`` where it is missing (another server,
   or before the handshake).
+- Once :mod:`taskhub.hub.ws` sets :attr:`receiver`, each whole data frame is handed to it as
+  it is parsed, instead of going through an :class:`asyncio.Queue`, an event and a coroutine
+  resumption (uvicorn's ``receive``, then Starlette's) a loop turn later. The receiver keeps
+  the frames in order itself and calls :meth:`hold` / :meth:`release` for flow control;
+  ``websocket.disconnect`` still arrives through ``receive``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -24,6 +30,9 @@ EXTENSION = "taskhub.ws"
 
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
+    receiver: Callable[[str | bytes], None] | None = None  # takes each data frame once set
+    held = False  # the receiver stopped reading (see hold)
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope: Any = getattr(self, "scope", None)
@@ -31,6 +40,22 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][EXTENSION] = self
 
     def send_receive_event_to_app(self) -> None:
+        receiver = self.receiver
+        if receiver is not None and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            if self.curr_msg_data_type == "text":
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    pass  # uvicorn's way below: logged, and the connection closed with 1007
+                else:
+                    self.frames = []
+                    receiver(text)
+                    return
+            else:
+                self.frames = []
+                receiver(data)
+                return
         # uvicorn pauses reading after each message unless it is already paused: say it is, then
         # pause only once the queue is long.
         paused = self.read_paused
@@ -42,6 +67,22 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if not paused and self.queue.qsize() >= self.config.ws_max_queue:
             self.read_paused = True
             self.transport.pause_reading()
+
+    def hold(self) -> None:
+        """Stop reading the socket: the receiver has frames enough waiting."""
+        if not self.held:
+            self.held = True
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+
+    def release(self) -> None:
+        """Read again, after :meth:`hold`."""
+        if self.held:
+            self.held = False
+            if self.read_paused and self.queue.empty():
+                self.read_paused = False
+                self.transport.resume_reading()
 
     def write_text(self, data: bytes) -> bool:
         """Write ``data`` (UTF-8 JSON) as one text frame now; False if the connection cannot
