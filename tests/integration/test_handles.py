@@ -359,3 +359,61 @@ async def test_the_same_key_twice_in_flight_finishes_both_handles(
     assert await second.get_result(timeout=5) == "done"
     assert await first.get_result(timeout=5) == "done"
     assert pub._handles == {} and pub._same_task == {}
+
+
+async def test_done_callbacks_fire_once_for_every_way_a_handle_ends(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``add_done_callback``: called once per callback when the task succeeds, fails or is
+    refused, in a later loop turn when the handle is already done; ``outcome()`` then gives
+    what ``get_result()`` would. A callback that raises is logged and spares the others."""
+    server = await make_server(
+        creds=[
+            {"name": "pub", "key": "k", "pub_permissions": ["ok"]},
+            {"name": "worker", "key": "w", "sub_permissions": ["ok"]},
+        ]
+    )
+    async with (
+        Client(server.url, name="worker", key="w") as worker,
+        Client(server.url, name="pub", key="k") as pub,
+    ):
+
+        async def run(task: Any) -> Any:
+            payload = await task.get_payload()
+            if payload == "boom":
+                raise ValueError("boom")
+            return payload
+
+        await worker.sub("ok:run", run)
+        calls: list[tuple[str, Any]] = []
+
+        def record(handle: Any) -> None:
+            try:
+                calls.append(("result", handle.outcome()))
+            except Exception as exc:
+                calls.append((type(exc).__name__, handle.action))
+
+        def broken(handle: Any) -> None:
+            raise RuntimeError("a bug in a callback")
+
+        good, bad, refused = pub.pub("ok:run", "fine"), pub.pub("ok:run", "boom"), pub.pub("no:run")
+        with pytest.raises(asyncio.InvalidStateError):
+            good.outcome()
+        for handle in (good, bad, refused):
+            handle.add_done_callback(broken)
+            handle.add_done_callback(record)
+        with caplog.at_level("ERROR", logger="taskhub"):
+            await until(lambda: len(calls) == 3)
+        assert sorted(calls) == [
+            ("PermissionDenied", "no:run"),
+            ("TaskFailed", "ok:run"),
+            ("result", "fine"),
+        ]
+        assert sum("done callback" in r.getMessage() for r in caplog.records) == 3
+        # Already done: called in a later loop turn, not from add_done_callback itself.
+        good.add_done_callback(record)
+        assert len(calls) == 3
+        await until(lambda: len(calls) == 4)
+        assert calls[-1] == ("result", "fine")
+        await asyncio.sleep(0.05)
+        assert len(calls) == 4  # each callback once

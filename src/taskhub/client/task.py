@@ -194,6 +194,7 @@ class Handle(_Emitter):
         "__weakref__",
         "_accept_waiters",
         "_client",
+        "_done_callbacks",
         "_end_waiters",
         "_ended",
         "_refused",
@@ -219,6 +220,7 @@ class Handle(_Emitter):
         self._ended = False  # a final event (or snapshot) arrived
         self._accept_waiters: _Waiters = None  # woken with the task id
         self._end_waiters: _Waiters = None  # woken with the result, or raise the failure
+        self._done_callbacks: list[Callable[[Handle], Any]] | None = None
 
     async def accepted(self) -> str:
         """The task id, once the hub has stored the task."""
@@ -235,7 +237,7 @@ class Handle(_Emitter):
         or returns ``default`` instead when one is given."""
         try:
             if self._ended or self._refused is not None:
-                return self._outcome()
+                return self.outcome()
             if timeout is None:
                 # One wait: a refused or lost task raises the refusal into it, and the task
                 # only ends after it was accepted.
@@ -243,7 +245,7 @@ class Handle(_Emitter):
             if self.id is None:
                 await self.accepted()  # the time-out counts from acceptance
                 if self._ended:  # it may have ended in the answer's very frame
-                    return self._outcome()
+                    return self.outcome()
             return await asyncio.wait_for(self._wait_end(), timeout)
         except (TaskHubError, TimeoutError):
             if default is not _MISSING:
@@ -255,6 +257,31 @@ class Handle(_Emitter):
         if self._ended or self._refused is not None:
             return self.get_result().__await__()
         return self._wait_end().__await__()
+
+    def add_done_callback(self, fn: Callable[[Handle], Any]) -> None:
+        """Call ``fn(handle)`` once the handle is :attr:`done`: the task ended, or the hub
+        refused it, or the connection was lost before the hub confirmed it. Then
+        :meth:`outcome` returns the result or raises why there is none. Called in the loop
+        turn that made the handle done (in a later one if it already is), like
+        :meth:`asyncio.Future.add_done_callback`. Collecting thousands of results this way
+        costs no task or coroutine per handle, as ``asyncio.gather(*handles)`` does."""
+        if self.done:
+            (self._client._conn.loop or get_running_loop()).call_soon(fn, self)
+        elif self._done_callbacks is None:
+            self._done_callbacks = [fn]
+        else:
+            self._done_callbacks.append(fn)
+
+    def outcome(self) -> Any:
+        """The result of a :attr:`done` handle, or raise why there is none (as
+        :meth:`get_result` would). Raises :class:`asyncio.InvalidStateError` before."""
+        if self._refused is not None:
+            raise self._refusal()
+        if not self._ended:
+            raise asyncio.InvalidStateError(f"the {self.action} task has not ended yet")
+        if self.state == "success":
+            return self.result
+        raise self.exception()
 
     def exception(self) -> TaskHubError:
         if self.state == "end":
@@ -285,14 +312,6 @@ class Handle(_Emitter):
         fut: asyncio.Future[Any] = (self._client._conn.loop or get_running_loop()).create_future()
         self._end_waiters = _add(self._end_waiters, fut)
         return fut
-
-    def _outcome(self) -> Any:
-        """The result of a finished or refused handle, or raise why there is none."""
-        if self._refused is not None:
-            raise self._refusal()
-        if self.state == "success":
-            return self.result
-        raise self.exception()
 
     def _refusal(self) -> BaseException:
         """A fresh copy of the refusal to raise: the stored one, once raised, would hold a
@@ -348,6 +367,7 @@ class Handle(_Emitter):
         for some in waiters:
             for fut in _waiting(some):
                 fut.set_exception(self._refusal())
+        self._call_done()
 
     def _event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type", "")
@@ -391,6 +411,15 @@ class Handle(_Emitter):
             others.remove(self)
             if not others:
                 del client._same_task[task_id]
+        self._call_done()
+
+    def _call_done(self) -> None:
+        callbacks, self._done_callbacks = self._done_callbacks, None
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:
+                log.exception("a done callback of a %s task raised", self.action)
 
 
 def _waiting(waiters: _Waiters) -> list[asyncio.Future[Any]]:
