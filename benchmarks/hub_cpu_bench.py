@@ -4,8 +4,9 @@
 
 Builds a real hub (memory:// store unless --store says otherwise) with every listener the
 server installs (dashboard, metrics, HTTP waiters, logs), feeds it the frames a publisher and
-a worker would send (a burst of pubs, then the worker's pickups and returns in frames of 64),
-runs the commit pipeline, and reports the hub's CPU microseconds per task (process time,
+a worker would send (a burst of pubs, then the worker's returns in frames of 64; with
+--pickup a pickup before each, as the client sends when a handler waits), runs the commit
+pipeline, and reports the hub's CPU microseconds per task (process time,
 median of the rounds). The WebSocket layer is left out on purpose: this isolates the part of
 the hub the lifecycle, the store and the listeners cost, so changes to them can be compared
 on a busy 2-core machine (CPU time barely depends on what else runs).
@@ -40,7 +41,7 @@ def _payload(i: int) -> dict[str, Any]:
     return {"id": i, "to": "someone@example.com", "subject": "hello", "n": [1, 2, 3]}
 
 
-async def one_round(store_url: str, n: int) -> float:
+async def one_round(store_url: str, n: int, pickup: bool = False) -> float:
     hub = Hub(open_store(store_url))
     if events_log.isEnabledFor(logging.DEBUG):  # as Server._make_hub
         hub.lc.listeners.append(log_task_event)
@@ -86,7 +87,8 @@ async def one_round(store_url: str, n: int) -> float:
         for i in range(0, len(offers), 64):
             reply = []
             for m in offers[i : i + 64]:
-                reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
+                if pickup:  # the Python client leaves it out when the handler is done at once
+                    reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
                 reply.append(
                     {
                         "op": "return",
@@ -114,10 +116,15 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--store", default="memory://")
+    parser.add_argument(
+        "--pickup",
+        action="store_true",
+        help="send pickup + return per task, as a worker whose handler waits does",
+    )
     args = parser.parse_args()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)  # as `taskhub serve` (server.py)
-    figures = [await one_round(args.store, args.n) for _ in range(args.rounds)]
+    figures = [await one_round(args.store, args.n, args.pickup) for _ in range(args.rounds)]
     print(
         f"hub CPU per task ({args.store}, n={args.n}): median {statistics.median(figures):.1f} us "
         f"(rounds: {', '.join(f'{f:.1f}' for f in figures)})"

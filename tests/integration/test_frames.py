@@ -184,3 +184,49 @@ async def test_the_hub_reads_ahead_a_bounded_number_of_frames(
         await sender
     assert refs == list(range(1, n + 1))
     await ws.close()
+
+
+async def test_a_return_in_the_pickups_frame_takes_its_place(
+    server: Server, make_client: Any
+) -> None:
+    """A handler done in the loop turn that sent its ``pickup`` sends only ``return`` (a
+    return picks up too); one that waits first, or sends a step of its own, keeps both, in
+    order. The hub stores the same events either way: start, then success."""
+    hub = server.hub
+    assert hub is not None
+    worker = await make_client("worker")
+    seen: list[tuple[str, str]] = []  # (op, payload tag) of what the worker sent
+    tags: dict[str, str] = {}
+    handle_msg = hub.handle
+
+    def spy(peer: Any, msg: Any) -> Any:
+        if peer.service == "worker" and hasattr(msg, "task"):
+            seen.append((type(msg).__name__.lower(), tags.get(msg.task, "?")))
+        return handle_msg(peer, msg)
+
+    hub.handle = spy  # type: ignore[method-assign]
+
+    async def run(task: Any) -> Any:
+        tag = await task.get_payload()  # inline: no wait
+        tags[task.id] = tag
+        if tag == "waits":
+            await asyncio.sleep(0.02)
+        elif tag == "updates":
+            await task.update(1)
+        return tag
+
+    await worker.sub("job:run", run, concurrency=4)
+    pub = await make_client("publisher")
+    for tag in ("instant", "waits", "updates"):
+        handle = pub.pub("job:run", tag)
+        assert await handle.get_result(timeout=5) == tag
+        events = await hub.store.get_events(await handle.accepted())
+        assert [e.type for e in events if e.type in ("start", "success")] == ["start", "success"]
+    assert seen == [
+        ("return", "instant"),
+        ("pickup", "waits"),
+        ("return", "waits"),
+        ("pickup", "updates"),
+        ("update", "updates"),
+        ("return", "updates"),
+    ]

@@ -550,9 +550,12 @@ class Client:
             async with sub.slots:
                 if ctx.revoked:
                     return
+                pickup = None
                 if not ctx.observe:
                     ctx.picked_up = True
-                    self._conn.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
+                    pickup = self._conn.send_replaceable(
+                        {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
+                    )
                 try:
                     result = sub.handler(ctx)
                     if inspect.isawaitable(result):
@@ -571,9 +574,13 @@ class Client:
                     return
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
-                self._conn.send(
-                    {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
-                )
+                ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
+                if pickup is not None:
+                    # A handler done within the loop turn that sent its pickup: the return
+                    # takes the pickup's place (a return picks up too), one message less.
+                    self._conn.replace(pickup, ret)
+                else:
+                    self._conn.send(ret)
         finally:
             sub.claimed -= 1
             if self._working.get(ctx.id) is ctx:
