@@ -128,6 +128,11 @@ class FrameFeed:
                 if stop is None:
                     return
                 i, pending = stop
+        except Exception:  # a bug: say so and end the connection, rather than lose frames
+            log.exception("applying frames from %s failed; closing it", self.peer.service)
+            self.backlog.clear()
+            if self.proto is not None:
+                self.proto.transport.close()
         finally:
             self.resuming = None
             if self.proto is not None:
