@@ -230,3 +230,64 @@ async def test_a_return_in_the_pickups_frame_takes_its_place(
         ("update", "updates"),
         ("return", "updates"),
     ]
+
+
+async def test_the_hub_serves_under_uvicorns_own_websocket_protocol() -> None:
+    """Mounted in a server without taskhub's protocol (here uvicorn's stock sans-I/O one), the
+    hub reads frames through ASGI ``receive()``: tasks still make the round trip, frames that
+    wait for the store are answered in order, and a flood is held at the socket by that
+    server's own queue (the hub takes a frame only once the one before is applied)."""
+    import uvicorn
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from taskhub.hub.app import create_app
+    from taskhub.hub.hub import Hub
+
+    store = StallingStore()
+    hub = Hub(store)
+    await hub.start()
+    config = uvicorn.Config(
+        create_app(hub), host="127.0.0.1", port=0, ws="websockets-sansio", lifespan="off"
+    )
+    config.log_config = None
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}"
+        async with Client(url, name="worker") as worker, Client(url, name="pub") as pub:
+            await worker.sub("echo:say", lambda t: t.id)
+            handle = pub.pub("echo:say")
+            assert await handle.get_result(timeout=5) == handle.id
+        ws = await connect(
+            url + "/v1/ws", additional_headers={"Authorization": "Bearer raw:"}, compression=None
+        )
+        assert json.loads(await ws.recv())["op"] == "welcome"
+        n, pad = 400, 50_000  # 20 MB: more than the socket buffers hold
+
+        async def flood() -> None:
+            for i in range(n):  # each `get` of an unknown task waits for the stalled store
+                await ws.send(json.dumps({"op": "get", "task": new_id(), "ref": i}) + " " * pad)
+
+        sender = asyncio.create_task(flood())
+        [proto] = [
+            c for c in server.server_state.connections if isinstance(c, WebSocketsSansIOProtocol)
+        ]
+        await until(lambda: proto.read_paused)  # uvicorn's queue filled: the socket is held
+        await asyncio.sleep(0.2)
+        assert proto.queue.qsize() <= config.ws_max_queue + 256 * 1024 // pad
+        assert not sender.done()
+        store.go.set()
+        refs: list[int] = []
+        async with asyncio.timeout(20):
+            while len(refs) < n:
+                refs += [m["ref"] for m in _msgs(await ws.recv()) if m["op"] == "error"]
+            await sender
+        assert refs == list(range(n))
+        await ws.close()
+    finally:
+        store.go.set()
+        server.should_exit = True
+        await serving
+        await hub.stop()

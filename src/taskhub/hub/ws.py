@@ -218,6 +218,9 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
             data: bytes | str | None = message.get("bytes") or message.get("text")
             if data is not None:
                 feed(data)
+                # Under another server the next frame is taken only once this one is applied,
+                # so that server's own queue fills and holds the socket, as before the feed.
+                await feed.finish()
         await feed.finish()  # what came before the close is applied, as it was read
     except Exception:  # a transport failure: the connection is over, the hub goes on
         log.debug("connection %s failed", peer.id, exc_info=True)
