@@ -381,19 +381,19 @@ class Hub:
     # --- messages from a WebSocket connection ------------------------------------------------
     def handle(self, peer: Peer, msg: p.Inbound | p.Bad) -> Awaitable[None] | None:
         """Apply one message. Returns an awaitable when it needs the store (reads)."""
-        ref = getattr(msg, "ref", None)
         try:
-            result = self._handle(peer, msg)
+            return self._handle(peer, msg)
         except TaskHubError as exc:
+            ref = getattr(msg, "ref", None)
             self.lc.send(peer, p.error_msg(exc, ref, **_task_of(msg)))
             return None
         except Exception:
             # A bug, not bad input: said loudly here, answered without its details (as the
             # HTTP API's 500), and the connection and the rest of its frame go on.
             log.exception("handling a %s message from %s failed", type(msg).__name__, peer.service)
+            ref = getattr(msg, "ref", None)
             self.lc.send(peer, p.error_msg(RuntimeError("internal error; the hub logged it"), ref))
             return None
-        return result
 
     def _handle(self, peer: Peer, msg: p.Inbound | p.Bad) -> Awaitable[None] | None:
         lc = self.lc
@@ -408,7 +408,17 @@ class Hub:
                     peer.creds, msg.action, p.kept(msg.payload, "payload"), msg.options, peer=peer
                 )
                 if isinstance(task, Task):
-                    self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
+                    if msg.ref is not None:  # _ok, inline: once per task
+                        lc.send(
+                            peer,
+                            {
+                                "op": "ok",
+                                "ref": msg.ref,
+                                "task": task.id,
+                                "state": task.rec.state,
+                                "created": created,
+                            },
+                        )
                 else:
                     self._ok(peer, msg.ref, task=task, created=False)
             case p.Pickup():

@@ -162,7 +162,7 @@ class LifecycleCore:
         counts = self.counts
         key = (rec.action, type_, group)
         counts[key] = counts.get(key, 0) + 1
-        self._touch(task)
+        self._dirty[rec.id] = rec  # as _touch, inline: four or more events per task
         if notify and task.followers:
             msg = self._event_msg(task, ev)
             for peer in task.followers:
@@ -357,7 +357,7 @@ class LifecycleCore:
 
     def _add(self, rec: TaskRecord) -> Task:
         self._seq += 1
-        task = Task(rec, self._seq)
+        task = Task(rec.id, rec, self._seq)
         self.tasks[rec.id] = task
         self._touch(task)
         return task
@@ -661,7 +661,8 @@ class LifecycleCore:
         if task.rec.state == "init":
             task.rec.state = "start"
             task.rec.started_at = self.clock()
-            self._undebounce(task)
+            if self.debounce:  # only once_every tasks are there
+                self._undebounce(task)
             timeout = task.rec.options.get("timeout")
             if timeout is not None:
                 self.timers.after(task.rec.started_at, timeout, "end", task.id)
@@ -804,7 +805,8 @@ class LifecycleCore:
         rec.result = result
         rec.error = error
         del self.tasks[rec.id]
-        self._undebounce(task)
+        if self.debounce:  # only once_every tasks are there
+            self._undebounce(task)
         timeout = rec.options.get("timeout")
         if timeout is not None and rec.started_at is not None:
             self.timers.cancel("end", timeout, rec.id)
