@@ -408,17 +408,7 @@ class Hub:
                     peer.creds, msg.action, p.kept(msg.payload, "payload"), msg.options, peer=peer
                 )
                 if isinstance(task, Task):
-                    if msg.ref is not None:  # _ok, inline: once per task
-                        lc.send(
-                            peer,
-                            {
-                                "op": "ok",
-                                "ref": msg.ref,
-                                "task": task.id,
-                                "state": task.rec.state,
-                                "created": created,
-                            },
-                        )
+                    self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
                 else:
                     self._ok(peer, msg.ref, task=task, created=False)
             case p.Pickup():

@@ -74,18 +74,16 @@ class FrameFeed:
             self.resuming.cancel()
 
     def _parse(self, data: str | bytes) -> list[Inbound | Bad] | None:
+        """The frame's messages; None, with the error sent, if none can be read."""
         hub = self.hub
-        if len(data) > hub.limits.max_frame:  # text frames are measured in characters
-            err = FrameTooLarge(
-                f"frame of {len(data)} bytes/characters is over the limit "
-                f"of {hub.limits.max_frame}; none of its messages were applied"
-            )
-            hub.lc.send(self.peer, p.error_msg(err))
-            hub.kick()
-            return None
         try:
+            if len(data) > hub.limits.max_frame:  # text frames are measured in characters
+                raise FrameTooLarge(
+                    f"frame of {len(data)} bytes/characters is over the limit "
+                    f"of {hub.limits.max_frame}; none of its messages were applied"
+                )
             return p.decode_frame(data)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # FrameTooLarge is one too
             hub.lc.send(self.peer, p.error_msg(exc))
             hub.kick()
             return None
