@@ -6,7 +6,7 @@ the hub batch). Every message has an ``op``. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -326,7 +326,8 @@ def decode_frame(data: bytes | str) -> list[Inbound | Bad]:
     except RecursionError:
         raise ProtocolError(_TOO_DEEP) from None
     else:
-        return out if isinstance(out, list) else [out]
+        # A list of good messages is a list[Inbound | Bad] that holds no Bad yet.
+        return cast("list[Inbound | Bad]", out) if isinstance(out, list) else [out]
     text = data.lstrip() if isinstance(data, bytes) else data.lstrip().encode()
     try:
         # Raw checks the JSON's syntax (not what msgspec can decode from it, such as 1e400).
