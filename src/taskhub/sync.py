@@ -19,9 +19,10 @@ with Client("ws://127.0.0.1:8080", name="emailer", key="...") as client:
     print(handle.get_result(timeout=30))
 ```
 
-Callbacks given to :meth:`Handle.on` and :meth:`Task.on` run in the client's loop thread: they
-must return quickly and must not call this client's blocking methods (that would wait on the
-very loop it blocks; such a call raises ``RuntimeError`` instead of hanging).
+Callbacks given to :meth:`Handle.on`, :meth:`Handle.add_done_callback` and :meth:`Task.on`
+run in the client's loop thread: they must return quickly and must not call this client's
+blocking methods (that would wait on the very loop it blocks; such a call raises
+``RuntimeError`` instead of hanging).
 """
 
 from __future__ import annotations
@@ -414,23 +415,46 @@ class Handle:
 
         The callback runs in the client's loop thread: keep it short and non-blocking.
         """
+        relay = functools.partial(_relay, callback, self)
+        self._on_loop(lambda: self._handle.on(event, relay))
+        return self
+
+    def add_done_callback(self, fn: Callable[[Handle], Any]) -> None:
+        """Call ``fn(handle)`` once the handle is :attr:`done` (the task ended, the hub refused
+        it, or the connection was lost before the hub confirmed it); :meth:`outcome` then
+        gives the result or raises why there is none. As with :meth:`on`, ``fn`` runs in the
+        client's loop thread: keep it short, and hand slow work to a queue or a pool. Many
+        results are collected this way without a blocked thread per handle."""
+        relay = functools.partial(_relay, fn, self)
+        self._on_loop(lambda: self._handle.add_done_callback(relay))
+
+    def outcome(self) -> Any:
+        """The result of a :attr:`done` handle, or raise why there is none (as
+        :meth:`get_result` would); never blocks. Raises :class:`asyncio.InvalidStateError`
+        before the handle is done."""
+        return self._handle.outcome()
+
+    def _on_loop(self, register: Callable[[], None]) -> None:
+        """Run ``register`` on the client's loop thread, where the async handle lives, and
+        return once it ran."""
         runner = self._client._runner
         if runner is None:
             raise RuntimeError("the client is not connected")
-        relay = functools.partial(_relay, callback, self)
         if threading.current_thread() is runner.thread:
-            self._handle.on(event, relay)
-        else:
-            # Registered on the loop thread, like every other touch of the async handle.
-            done = threading.Event()
+            register()
+            return
+        ran: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-            def register() -> None:
-                self._handle.on(event, relay)
-                done.set()
+        def call() -> None:
+            try:
+                register()
+            except BaseException as exc:  # raised again in the caller's thread
+                ran.set_exception(exc)
+            else:
+                ran.set_result(None)
 
-            runner.loop.call_soon_threadsafe(register)
-            done.wait()
-        return self
+        runner.loop.call_soon_threadsafe(call)
+        ran.result()
 
     def cancel(self) -> None:
         self._client._call(self._handle.cancel())

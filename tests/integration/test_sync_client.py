@@ -7,6 +7,7 @@ The hub runs on the test's event loop, so the blocking code runs in a thread
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from typing import Any
@@ -78,6 +79,51 @@ async def test_decorator_failures_default_and_timeout(server: Server) -> None:
                 pooled.get_result(timeout=0.2)
             assert pooled.get_result(default="nothing yet", timeout=0.2) == "nothing yet"
             assert c.get(pooled.id)["state"] == "init"
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_done_callbacks_collect_results_without_blocking(server: Server) -> None:
+    """``add_done_callback`` on a sync handle: called once, in the loop thread, with the sync
+    handle, for successes and failures alike and for a handle already done; ``outcome()``
+    then gives the result or raises, and raises ``InvalidStateError`` before."""
+
+    def scenario() -> None:
+        with Client(server.url, name="svc") as c:
+            go = threading.Event()
+
+            def div(task: Task) -> Any:
+                go.wait(5)
+                return task.payload[0] // task.payload[1]
+
+            c.sub("math:idiv", div, concurrency=4)
+            done: queue.Queue[tuple[Handle, str, Any]] = queue.Queue()
+
+            def collect(handle: Handle) -> None:
+                try:
+                    done.put((handle, threading.current_thread().name, handle.outcome()))
+                except TaskFailed as exc:
+                    done.put((handle, threading.current_thread().name, exc))
+
+            handles = [c.pub("math:idiv", [10 * i, 2 if i != 3 else 0]) for i in range(8)]
+            with pytest.raises(asyncio.InvalidStateError, match="not ended"):
+                handles[0].outcome()
+            for h in handles:
+                h.add_done_callback(collect)
+            go.set()
+            got = {}
+            for _ in handles:
+                handle, thread, outcome = done.get(timeout=5)
+                assert isinstance(handle, Handle) and thread != threading.current_thread().name
+                got[handle.id] = outcome
+            assert done.empty()  # once per callback
+            assert [got[h.id] for h in handles if h is not handles[3]] == [0, 5, 10, 20, 25, 30, 35]
+            assert isinstance(got[handles[3].id], TaskFailed)
+            assert "ZeroDivisionError" in str(got[handles[3].id])
+            handles[0].add_done_callback(collect)  # already done: called all the same
+            assert done.get(timeout=5)[2] == 0
+            with pytest.raises(TaskFailed):
+                handles[3].outcome()
 
     await asyncio.to_thread(scenario)
 
