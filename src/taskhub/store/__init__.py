@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from taskhub.store.base import DeliveryRecord, EventRecord, Store, TaskRecord, WriteBatch
+from taskhub.store.base import (
+    REDIS_URL_SCHEMES,
+    DeliveryRecord,
+    EventRecord,
+    Store,
+    TaskRecord,
+    WriteBatch,
+)
 
 __all__ = [
     "REDIS_SCHEMES",
@@ -15,7 +22,7 @@ __all__ = [
 ]
 
 # Every URL scheme of the redis engine: a single Redis or a Redis Cluster, plain or TLS.
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+REDIS_SCHEMES = tuple(f"{scheme}://" for scheme in REDIS_URL_SCHEMES)
 
 
 def open_store(url: str) -> Store:

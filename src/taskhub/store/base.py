@@ -13,6 +13,15 @@ import msgspec
 
 TERMINAL_STATES = frozenset({"success", "fail", "end"})
 TASK_STATES = ("init", "start", "success", "fail", "end")
+# The redis engine's URL schemes -> (the scheme redis-py parses, a Redis Cluster client?):
+# one server or a cluster, plain or TLS. Here, not in store/redis.py, so that telling a redis
+# URL apart needs no import of redis-py.
+REDIS_URL_SCHEMES = {
+    "redis": ("redis", False),
+    "rediss": ("rediss", False),
+    "redis+cluster": ("redis", True),
+    "rediss+cluster": ("rediss", True),
+}
 
 # Records hold JSON values and other records only, so they cannot be part of a reference
 # cycle: gc=False keeps them out of the garbage collector, whose full collections would

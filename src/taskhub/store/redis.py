@@ -58,19 +58,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.store.base import (
+    REDIS_URL_SCHEMES,
+    TERMINAL_STATES,
+    EventRecord,
+    TaskRecord,
+    WriteBatch,
+)
 
 log = logging.getLogger("taskhub.store.redis")
 
 # The two clients: one server (or a proxy in front of a cluster), or a Redis Cluster.
 Client: TypeAlias = aioredis.Redis | RedisCluster
-# Scheme of the store URL -> (scheme redis-py parses, cluster client?).
-_SCHEMES = {
-    "redis": ("redis", False),
-    "rediss": ("rediss", False),
-    "redis+cluster": ("redis", True),
-    "rediss+cluster": ("rediss", True),
-}
 # Query parameters whose value is a secret: masked like the password in messages and logs.
 _SECRET_PARAMS = ("password", "ssl_password")
 # Connection trouble, on either client: the store is unavailable. The cluster client raises
@@ -342,13 +341,13 @@ class RedisStore:
         Cluster, any one of its nodes as the seed. Other query parameters are passed to
         redis-py (``ssl_ca_certs=...`` and so on)."""
         parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
+        if parts.scheme not in REDIS_URL_SCHEMES or not parts.hostname:
             raise ValueError(
                 f"bad redis store URL {_safe_url(url)!r}: use redis://host:port/db, "
                 "rediss://host:port/db (TLS) or redis+cluster://host:port (a Redis Cluster), "
                 "optionally with ?prefix=NAME"
             )
-        scheme, cluster = _SCHEMES[parts.scheme]
+        scheme, cluster = REDIS_URL_SCHEMES[parts.scheme]
         query = parse_qsl(parts.query, keep_blank_values=True)
         if any(key == "cluster" for key, _ in query):
             raise ValueError(
