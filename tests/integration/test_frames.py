@@ -101,10 +101,21 @@ async def test_a_long_burst_leaves_the_client_while_it_is_being_made() -> None:
 
 async def test_frames_keep_their_order_while_the_socket_is_full() -> None:
     """A frame is written at once while the socket takes data and through websockets' send()
-    once it does not; frames made after that wait behind the queued ones, never overtake them."""
+    once it does not; frames made after that wait behind the queued ones, never overtake them.
+
+    The narrowest window is forced on purpose: when the socket takes data again, a frame
+    handed to send() in that same turn has not been written yet (its task starts a turn
+    later), and a frame made right after must still go behind it."""
     received: list[int] = []
     reading = asyncio.Event()
     n, turns = 40, 60
+    made = 0
+
+    def publish(client: Client) -> None:
+        nonlocal made
+        for i in range(made, made + n):
+            client.pub("burst:run", {"i": i, "pad": "x" * 30_000})
+        made += n
 
     async def hub(ws: ServerConnection) -> None:
         await ws.send(json.dumps({"op": "welcome", "protocol": 1, "max_frame": 1 << 24}))
@@ -116,17 +127,34 @@ async def test_frames_keep_their_order_while_the_socket_is_full() -> None:
         port = server.sockets[0].getsockname()[1]
         async with Client(f"ws://127.0.0.1:{port}", name="p") as client:
             conn = client._conn
+            ws = conn._ws
+            assert ws is not None
+            resume = ws.resume_writing
+            forced = []
+
+            def resume_writing() -> None:
+                if not forced:  # the first time the full socket takes data again
+                    publish(client)
+                    conn._send_out()  # still paused: a send() task, not started yet
+                    forced.append(conn._sending)
+                resume()
+                if len(forced) == 1:
+                    publish(client)
+                    conn._send_out()  # the socket takes data, but the frame before waits
+                    forced.append(conn._sending)
+
+            ws.resume_writing = resume_writing  # type: ignore[method-assign]
             held = 0
             for turn in range(turns):  # a frame of ~1.2 MB per loop turn
-                for i in range(turn * n, (turn + 1) * n):
-                    client.pub("burst:run", {"i": i, "pad": "x" * 30_000})
+                publish(client)
                 await asyncio.sleep(0)
                 held = max(held, conn._sending)
                 if turn == turns // 2:  # full by now; the socket drains while more are made
                     assert held > 0
                     reading.set()
-            await until(lambda: len(received) >= n * turns, timeout=20)
-    assert received == list(range(n * turns))
+            await until(lambda: len(received) >= made, timeout=20)
+    assert received == list(range(made))
+    assert len(forced) == 2 and forced[1] > forced[0] > 0  # the window was forced
 
 
 class StallingStore(MemoryStore):
