@@ -20,8 +20,9 @@ def main(src: str, dst: str) -> None:
         report: dict[str, Any] = json.load(fh)
     rows = [r for r in report["rows"] if r.get("status") == "ok"]
     names = [r["name"] for r in rows]
+    bounds = ("limit", "relay")  # the echo and the relay, read against as bounds
     colors = [
-        "#2b7bba" if n.startswith("taskhub") else "#999999" if n == "limit" else "#e07b39"
+        "#2b7bba" if n.startswith("taskhub") else "#999999" if n in bounds else "#e07b39"
         for n in names
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))

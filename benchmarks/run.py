@@ -72,8 +72,17 @@ CLUSTER_TARGETS = [
 ]
 #: hub memory with K tasks in flight (no worker), then their drain: benchmarks/inflight_bench.py
 INFLIGHT_TARGETS = ["inflight-memory", "inflight-sqlite", "inflight-redis"]
-ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, "limit", *CLUSTER_TARGETS, *INFLIGHT_TARGETS]
-SMOKE_TARGETS = ["taskhub-memory", "taskhub-sqlite", "limit", "inflight-memory", "inflight-sqlite"]
+#: "limit": a bare WebSocket echo; "relay": TaskHub's clients against a hub that only relays
+#: (benchmarks/relay_hub.py): the two bounds a TaskHub row is read against.
+BOUND_TARGETS = ["limit", "relay"]
+ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, *BOUND_TARGETS, *CLUSTER_TARGETS, *INFLIGHT_TARGETS]
+SMOKE_TARGETS = [
+    "taskhub-memory",
+    "taskhub-sqlite",
+    *BOUND_TARGETS,
+    "inflight-memory",
+    "inflight-sqlite",
+]
 SMOKE_K = 500  # tasks in flight in --smoke
 WORKER_CONCURRENCY = 64  # TaskHub worker's credit (tasks it runs at once)
 STEPS = 3  # progress steps per target: warm, sequential, burst
@@ -368,6 +377,22 @@ class Bench:
             str(a.timeout),
         ]
 
+    def clients(self, target: str, url: str) -> dict[str, Any]:
+        """Run TaskHub's benchmark worker, then its publisher, against ``url``: its result."""
+        script = os.path.join(HERE, "taskhub_bench.py")
+        with started(
+            [PY, script, "worker", "--url", url, "--concurrency", str(WORKER_CONCURRENCY)],
+            self.log(f"{target}-worker"),
+            stdout=subprocess.PIPE,
+        ) as worker:
+            wait_ready(worker, 20)
+            with started(
+                [PY, script, "publish", "--url", url, *self.common_args(self.args.n)],
+                self.log(f"{target}-publisher"),
+                stdout=subprocess.PIPE,
+            ) as pub:
+                return read_result(pub, self.args.timeout + 30, self.events(target))
+
     def taskhub(self, target: str) -> dict[str, Any]:
         kind = target.split("-", 1)[1]
         with contextlib.ExitStack() as stack:
@@ -383,24 +408,7 @@ class Bench:
                 started(hub_args(port, store), self.log(f"{target}-hub"), env=HUB_ENV)
             )
             wait_port(port, 20, hub)
-            url = f"ws://127.0.0.1:{port}"
-            script = os.path.join(HERE, "taskhub_bench.py")
-            worker = stack.enter_context(
-                started(
-                    [PY, script, "worker", "--url", url, "--concurrency", str(WORKER_CONCURRENCY)],
-                    self.log(f"{target}-worker"),
-                    stdout=subprocess.PIPE,
-                )
-            )
-            wait_ready(worker, 20)
-            pub = stack.enter_context(
-                started(
-                    [PY, script, "publish", "--url", url, *self.common_args(self.args.n)],
-                    self.log(f"{target}-publisher"),
-                    stdout=subprocess.PIPE,
-                )
-            )
-            row = read_result(pub, self.args.timeout + 30, self.events(target))
+            row = self.clients(target, f"ws://127.0.0.1:{port}")
             row["peak_rss_mb"] = peak_rss_mb(hub.pid)
             row["rss_of"] = "hub process"
             if hub.poll() is not None:
@@ -408,6 +416,24 @@ class Bench:
             row["settings"] = (
                 f"hub process ({store.split(':')[0]} store), 1 worker process "
                 f"(concurrency={WORKER_CONCURRENCY}), 1 publisher process"
+            )
+            return row
+
+    def relay(self, target: str) -> dict[str, Any]:
+        """TaskHub's worker and publisher against benchmarks/relay_hub.py."""
+        port = free_port()
+        with started(
+            [PY, os.path.join(HERE, "relay_hub.py"), "--port", str(port)],
+            self.log(f"{target}-server"),
+            stdout=subprocess.PIPE,
+        ) as server:
+            wait_ready(server, 20)
+            row = self.clients(target, f"ws://127.0.0.1:{port}")
+            row["peak_rss_mb"] = peak_rss_mb(server.pid)
+            row["rss_of"] = "relay process"
+            row["settings"] = (
+                "TaskHub's worker and publisher against a hub that only relays: offers with "
+                "credit, results as events; no store, no lifecycle (benchmarks/relay_hub.py)"
             )
             return row
 
@@ -582,6 +608,8 @@ class Bench:
             return self.taskhub(target)
         if target == "limit":
             return self.limit(target)
+        if target == "relay":
+            return self.relay(target)
         return self.peer(target)
 
 
@@ -614,6 +642,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry["vs_celery"] = round(tput / ok["celery"]["throughput"], 2)
         if "limit" in ok:
             entry["of_limit"] = round(tput / ok["limit"]["throughput"], 3)
+        if "relay" in ok:
+            entry["of_relay"] = round(tput / ok["relay"]["throughput"], 3)
         out[name] = entry
     return out
 
@@ -753,6 +783,8 @@ def ratio_lines(rat: dict[str, Any]) -> list[str]:
             parts.append(f"{entry['vs_celery']}x Celery")
         if "of_limit" in entry:
             parts.append(f"{entry['of_limit'] * 100:.0f}% of the bare WebSocket echo")
+        if "of_relay" in entry:
+            parts.append(f"{entry['of_relay'] * 100:.0f}% of the bare relay")
         out.append(f"{name}: " + ", ".join(parts))
     return out
 

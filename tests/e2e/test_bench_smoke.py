@@ -33,6 +33,10 @@ def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
         assert row["collected"] == row["n"] > 0
         assert row["errors"] == 0
     assert rows["limit"]["status"] == "ok"
+    # TaskHub's own clients against the bare relay (benchmarks/relay_hub.py): every result back.
+    relay = rows["relay"]
+    assert relay["status"] == "ok", relay
+    assert relay["collected"] == relay["n"] > 0 and relay["errors"] == 0
     # Tasks in flight (benchmarks/inflight_bench.py), K=500: every task accepted while no worker
     # was subscribed, then every one drained; the memory figures are reported, never asserted.
     inflight = {row["name"]: row for row in report["inflight_rows"]}
