@@ -29,7 +29,7 @@ def main(src: str, dst: str) -> None:
     panels = [
         ("throughput", "tasks/s (burst, higher is better)", False),
         ("seq_p50_ms", "sequential latency p50, ms (log)", True),
-        ("peak_rss_mb", "peak RSS MiB (hub / redis-server / echo server)", False),
+        ("peak_rss_mb", "peak RSS MiB (hub / redis-server / echo server / relay)", False),
     ]
     for ax, (key, title, log) in zip(axes, panels, strict=True):
         values = [float(r.get(key) or 0.0) for r in rows]
