@@ -1,7 +1,7 @@
-"""TaskHub against Celery, RQ, Dramatiq and arq, and against a bare WebSocket echo.
+"""TaskHub against Celery, RQ, Dramatiq and arq, a bare WebSocket echo and a bare relay.
 
     .venv/bin/python benchmarks/run.py                 # everything (make bench)
-    .venv/bin/python benchmarks/run.py --smoke         # TaskHub memory+sqlite and the limit
+    .venv/bin/python benchmarks/run.py --smoke         # TaskHub memory+sqlite, echo, relay
     .venv/bin/python benchmarks/run.py --only taskhub,celery --n 2000
     .venv/bin/python benchmarks/run.py --only cluster --n 4000   # 1, 2, 3 hubs on one Redis
     .venv/bin/python benchmarks/run.py --only inflight --k 100000 # hub memory, tasks in flight
@@ -837,7 +837,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny N, TaskHub memory+sqlite and the limit only, no peers",
+        help="tiny N, TaskHub memory+sqlite, the echo and the relay only, no peers",
     )
     parser.add_argument(
         "--timeout", type=float, default=240.0, help="seconds a target's run may take [240]"
