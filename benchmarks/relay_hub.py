@@ -7,10 +7,11 @@ with free credit (the rest wait in a queue, as a hub must keep them), and sends 
 ``return``'s result to the publisher as the ``success`` event. Nothing more: no store, no
 task record, no timers, no ``start`` event, no listeners. Messages are decoded into a struct
 with the payload and the result kept as raw JSON, and a connection's answers of one loop turn
-go out as one frame, as the hub does. Same libraries as the hub's hot path (websockets,
-msgspec, uvloop). The benchmark's worker and publisher (taskhub_bench.py) run against it
-unchanged, so its rate bounds what any Python hub could reach with these clients on this
-machine: the rest of a TaskHub row's gap to it is the lifecycle and the store.
+go out as one frame, written at once while the socket takes data, as the hub does. Same
+libraries as the hub's hot path (websockets, msgspec, uvloop). The benchmark's worker and
+publisher (taskhub_bench.py) run against it unchanged, so its rate bounds what any Python hub
+could reach with these clients on this machine: the rest of a TaskHub row's gap to it is the
+lifecycle and the store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import msgspec
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,6 +156,8 @@ class Relay:
             out, conn.out = conn.out, []
             if out:
                 frame = out[0] if len(out) == 1 else b"[" + b",".join(out) + b"]"
+                if not self.sending and _write_now(conn.ws, frame):
+                    continue
                 sending = asyncio.ensure_future(_send(conn.ws, frame))
                 self.sending.add(sending)
                 sending.add_done_callback(self.sending.discard)
@@ -187,6 +191,16 @@ class Relay:
             for workers in self.workers.values():
                 if conn in workers:
                     workers.remove(conn)
+
+
+def _write_now(ws: ServerConnection, frame: bytes) -> bool:
+    """Write a text frame at once while nothing makes it wait, as TaskHub's hub and client do
+    (a task per frame otherwise); False: send() it."""
+    if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+        return False
+    ws.protocol.send_text(frame)
+    ws.send_data()
+    return True
 
 
 async def _send(ws: ServerConnection, frame: bytes) -> None:
