@@ -317,6 +317,7 @@ class Server:
             await self._wait_idle(hub, grace)
             await hub.flush()  # what finished work caused reaches its connections first
             await hub.close_connections(code=CLOSE_RESTART, reason="hub shutting down")
+            hub.end_waits()  # long polls and event streams answer now, before uvicorn stops
         if self.cluster is not None:
             await self.cluster.stop()
             self.cluster = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,6 +110,39 @@ async def test_waiting_requests_listen_to_task_events_only_while_they_wait(
         assert (await poll).json()["result"] == "done"
     assert [e["event"] for e in await stream][-1] == "success"
     await until(lambda: listeners == baseline)
+
+
+async def test_a_shutdown_answers_long_polls_and_ends_event_streams(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping the hub answers the requests that would wait minutes, rather than leaving
+    uvicorn to cancel them after its own timeout: the result poll gets 202 with the task so
+    far, the pull consumer's fetch 204, the event stream its stored events and a clean end."""
+    server = await make_server()
+    assert server.hub is not None
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as http:
+        task_id = (await http.post("/v1/tasks", json={"action": "idle:job"})).json()["id"]
+        r = await http.post("/v1/consumers", json={"actions": ["other:job"]})
+        assert r.status_code == 201, r.text
+        consumer = r.json()
+        poll = asyncio.create_task(http.get(f"/v1/tasks/{task_id}/result", params={"wait": 120}))
+        fetch = asyncio.create_task(
+            http.post(
+                f"/v1/consumers/{consumer['consumer_id']}/fetch",
+                params={"wait": 120},
+                headers={"X-Consumer-Token": consumer["consumer_token"]},
+            )
+        )
+        stream = asyncio.create_task(_sse(http, task_id))
+        await until(lambda: len(server.hub._wakers) == 3)  # all three are waiting
+        with caplog.at_level(logging.ERROR):
+            await asyncio.wait_for(server.stop(), 30)
+        r = await poll
+        assert r.status_code == 202 and r.json()["id"] == task_id
+        assert r.json()["state"] == "init"
+        assert (await fetch).status_code == 204
+        assert [e["event"] for e in await stream] == ["init"]
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
 
 async def test_result_long_poll_running_failed_cancelled(

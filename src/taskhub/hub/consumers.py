@@ -194,9 +194,12 @@ class Consumers:
                     return got
                 c.arrived.clear()  # the buffer is empty now: wait for the next offer
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self.hub.waits_ended:  # or shutting down: answer now
                     return None
-                with contextlib.suppress(TimeoutError):
+                with (
+                    self.hub.long_wait(c.arrived.set),
+                    contextlib.suppress(TimeoutError),
+                ):
                     await asyncio.wait_for(c.arrived.wait(), remaining)
         finally:
             c.fetching -= 1

@@ -87,9 +87,10 @@ def _sse(ev: EventRecord) -> bytes:
 async def _event_stream(
     hub: Hub, events: TaskEvents, task_id: str, after: int
 ) -> AsyncIterator[bytes]:
-    live: asyncio.Queue[EventRecord] = asyncio.Queue()
+    live: asyncio.Queue[EventRecord | None] = asyncio.Queue()  # None: the hub shuts down
     seq = after
-    with events.watch(task_id, live.put_nowait):
+    # On a shutdown the stream ends; an EventSource reconnects with Last-Event-ID.
+    with events.watch(task_id, live.put_nowait), hub.long_wait(lambda: live.put_nowait(None)):
         # Listening first, then reading the store after a flush: no event falls in between;
         # the live ones already stored are skipped by seq.
         await hub.flush()
@@ -107,10 +108,12 @@ async def _event_stream(
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
-            batch = [first]
+            got = [first]
             while not live.empty():
-                batch.append(live.get_nowait())
-            await hub.flush()  # like the WebSocket: nothing is streamed before it is stored
+                got.append(live.get_nowait())
+            batch = [ev for ev in got if ev is not None]
+            if batch:
+                await hub.flush()  # like the WebSocket: nothing is streamed before it is stored
             for ev in batch:
                 if ev.seq <= seq:
                     continue
@@ -118,6 +121,8 @@ async def _event_stream(
                 yield _sse(ev)
                 if ev.type in TERMINAL_STATES:
                     return
+            if len(batch) < len(got):
+                return  # the hub shuts down
 
 
 _SSE_EVENT: JsonDict = {

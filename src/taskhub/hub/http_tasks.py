@@ -274,7 +274,8 @@ async def get_result(
             if ev.type in TERMINAL_STATES:
                 ended.set()
 
-        with events.watch(task_id, on_event):
+        # Woken early by the hub shutting down too: then 202 with the task so far.
+        with events.watch(task_id, on_event), hub.long_wait(ended.set):
             if hub.lc.get(task_id) is None:
                 ended.set()  # it ended while we looked it up
             with contextlib.suppress(TimeoutError):

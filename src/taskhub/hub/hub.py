@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +157,9 @@ class Hub:
         self.store_ok = True  # False while a batch write is failing and being retried
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
         self.metrics: Metrics | None = None  # hub/metrics.py, once installed
+        # HTTP long polls and event streams under way (long_wait), woken by end_waits().
+        self.waits_ended = False
+        self._wakers: set[Callable[[], None]] = set()
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -181,6 +184,7 @@ class Hub:
         """Write what is pending (waiting at most ``flush_timeout`` for a store that is down:
         what was not written was never acknowledged) and close the store."""
         self._closing = True
+        self.end_waits()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -322,6 +326,26 @@ class Hub:
                 if d.rec.state == "offered":
                     self.lc.take_back(peer, task_id, d.rec.attempt, "draining", count_try=False)
         self.kick()
+
+    @contextlib.contextmanager
+    def long_wait(self, wake: Callable[[], None]) -> Iterator[None]:
+        """Around an HTTP long poll or event stream: ``wake()`` is called when the hub shuts
+        down (:meth:`end_waits`), at once if it already has. The request then answers with
+        what it has (a task still running, nothing leased, the end of a stream), so a shutdown
+        is not held up by requests that may wait minutes, and none is cut off mid-answer."""
+        self._wakers.add(wake)
+        try:
+            if self.waits_ended:
+                wake()
+            yield
+        finally:
+            self._wakers.discard(wake)
+
+    def end_waits(self) -> None:
+        """Shutting down: every long poll and event stream answers now, and new ones at once."""
+        self.waits_ended = True
+        for wake in list(self._wakers):
+            wake()
 
     def busy(self) -> int:
         """Deliveries connections still hold (started or offered): what a drain waits for."""
