@@ -126,6 +126,44 @@ async def test_max_connections_counts_every_hub(redis: RedisProcess, tmp_path: P
         b.stop()
 
 
+async def test_a_follower_that_stops_ends_what_it_relays_cleanly(redis: RedisProcess) -> None:
+    """SIGTERM to a follower: an event stream it relays ends as a response (the client
+    reconnects elsewhere with Last-Event-ID), a long poll it relays gets 503 shutting_down,
+    and its log has no error (uvicorn's "returned without completing response" was one)."""
+    store = _store(redis)
+    a = HubProcess(store, env=LEASE).start()
+    b = HubProcess(store, env=LEASE).start()
+    try:
+        assert [await _role(a), await _role(b)] == ["leader", "follower"]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b.port}", timeout=30) as http:
+            task_id = (await http.post("/v1/tasks", json={"action": "idle:job"})).json()["id"]
+            got: list[str] = []
+            streaming = asyncio.Event()
+
+            async def stream() -> None:
+                async with http.stream("GET", f"/v1/tasks/{task_id}/events") as resp:
+                    assert resp.status_code == 200
+                    async for line in resp.aiter_lines():
+                        if line.startswith("event: "):
+                            got.append(line.removeprefix("event: "))
+                            streaming.set()
+
+            streamer = asyncio.create_task(stream())
+            poll = asyncio.create_task(http.get(f"/v1/tasks/{task_id}/result", params={"wait": 60}))
+            await asyncio.wait_for(streaming.wait(), 10)
+            await asyncio.sleep(0.3)  # the poll has reached the leader by now
+            await asyncio.to_thread(b.stop)
+            await asyncio.wait_for(streamer, 10)  # ended, not broken off: no exception
+            assert got == ["init"]
+            r = await asyncio.wait_for(poll, 10)
+            assert r.status_code == 503 and r.json()["code"] == "shutting_down", r.text
+        log = b.log.read_text()
+        assert "level=error" not in log, log[-2000:]
+    finally:
+        a.stop()
+        b.stop()
+
+
 async def test_killing_the_leader_loses_no_accepted_task(redis: RedisProcess) -> None:
     store = _store(redis)
     first = HubProcess(store, env=LEASE).start()

@@ -52,8 +52,10 @@ class Relay:
             timeout=httpx.Timeout(None, connect=5.0), verify=ssl if ssl is not None else True
         )
         self.sockets: set[asyncio.Task[None]] = set()
+        self.closing = False  # this hub stops: a relay cut off now is not the leader's fault
 
     async def close(self) -> None:
+        self.closing = True
         await self.drop_all()
         await self._http.aclose()
 
@@ -98,13 +100,22 @@ class Relay:
             )
             resp = await self._http.send(req, stream=True)
         except httpx.HTTPError as exc:
-            log.warning("relay to leader %s failed: %s", base, exc)
+            if self.closing:
+                await _json(
+                    send,
+                    503,
+                    b'{"code":"shutting_down","message":"this hub is shutting down; retry, '
+                    b'at another hub of the cluster"}',
+                )
+                return
+            log.warning("relay to leader %s failed: %r", base, exc)
             await _json(
                 send,
                 503,
                 b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}',
             )
             return
+        started = False
         try:
             out_headers = [
                 (k.encode("latin-1"), v.encode("latin-1"))
@@ -114,13 +125,18 @@ class Relay:
             await send(
                 {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
             )
+            started = True
             async for chunk in resp.aiter_raw():  # streams SSE and long polls as they come
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (httpx.HTTPError, OSError):
             log.info("relayed response from %s broke off", base)
         finally:
             await resp.aclose()
+        if started:
+            # Ended, or broke off (this hub or the leader stopping): end it as a response
+            # (an event stream's client reconnects with Last-Event-ID), not as a dropped one.
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # --- WebSocket ---------------------------------------------------------------------------
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
