@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from taskhub import cli_bench
-from taskhub.cli_common import CliError, err, one_line, out
+from taskhub.cli_common import CliError, err, fail, one_line, out, print_error
 from taskhub.cli_creds import creds_app
 from taskhub.cli_tasks import tasks_app
 from taskhub.errors import TaskHubError
@@ -27,18 +27,13 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(creds_app, name="creds")
 
 
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {one_line(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 def _setup_logging() -> None:
     from taskhub import logs
 
     try:
         logs.setup()  # TASKHUB_LOG, TASKHUB_LOG_FORMAT (docs/operations.md)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -60,12 +55,12 @@ def serve(
             config or os.environ.get("TASKHUB_CONFIG"), host=host, port=port, store=store
         )
     except (TaskHubError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     try:
         run(server.serve_forever())
     except (TaskHubError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -101,7 +96,7 @@ def pub(
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
-        _fail(f"payload is not valid JSON: {exc}")
+        fail(f"payload is not valid JSON: {exc}")
     from taskhub.runtime import run
 
     options: dict[str, Any] = {"priority": priority}
@@ -116,7 +111,7 @@ def pub(
     try:
         code = run(_pub(url, name, key, action, data, wait, options))
     except (TaskHubError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     raise typer.Exit(code)
 
@@ -159,7 +154,7 @@ def watch(
         validate_topic(pattern, pattern=True)  # before connecting: say what is wrong with it
         run(_watch(url, name, key, pattern, height if table else None))
     except TaskHubError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 async def _watch(url: str, name: str, key: str, pattern: str, rows: int | None) -> None:
@@ -232,7 +227,7 @@ def _call(url: str, name: str, key: str, fn: Any) -> Any:
     try:
         return run(go())
     except (TaskHubError, ValueError, TypeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _when(at: Any) -> str:
@@ -289,7 +284,7 @@ def schedules_add(
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
-        _fail(f"payload is not valid JSON: {exc}")
+        fail(f"payload is not valid JSON: {exc}")
     options: dict[str, Any] = {}
     if timeout is not None:
         options["timeout"] = timeout
@@ -409,7 +404,7 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("TASKHUB_DEBUG"):
             raise
-        err.print(f"[red]error:[/red] {_describe(exc)}", highlight=False, soft_wrap=True)
+        print_error(_describe(exc))
         sys.exit(1)
 
 

@@ -14,10 +14,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-err = Console(stderr=True)
+# No console markup: what is printed holds the hub's data (actions, error messages, config
+# keys such as "[server]"), which rich would otherwise read as style tags and drop. Colour is
+# given as Text styles instead.
+err = Console(stderr=True, markup=False)
 # Piped output is for scripts and grep: do not wrap tables at 80 columns there.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 240)
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 240, markup=False)
 
 WS_DEFAULT = "ws://127.0.0.1:8080"
 Url = Annotated[str, typer.Option("--url", envvar="TASKHUB_URL", help="Hub URL (ws:// or http://)")]
@@ -34,10 +38,13 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split()) or "unknown error"
 
 
+def print_error(message: str) -> None:
+    """One ``error: ...`` line on stderr."""
+    err.print(Text.assemble(("error:", "red"), " ", one_line(message)), soft_wrap=True)
+
+
 def fail(message: str) -> NoReturn:
-    err.print(
-        f"[red]error:[/red] {one_line(message)}", highlight=False, soft_wrap=True, markup=True
-    )
+    print_error(message)
     raise typer.Exit(1)
 
 

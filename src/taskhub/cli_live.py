@@ -111,12 +111,16 @@ async def wait_for_result(handle: Any, *, live: bool) -> int:
     took = span(time.monotonic() - started)
     code, result, problem = outcome
     if code == 0:
-        err.print(f"[green]success[/green] {task_id} in {took}", highlight=False)
+        err.print(Text.assemble(("success", "green"), f" {task_id} in {took}"), highlight=False)
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
     else:
         label = "no result" if code == 3 else str(handle.state)
-        err.print(f"[red]{label}:[/red] {problem} (after {took})", highlight=False, soft_wrap=True)
+        err.print(
+            Text.assemble((f"{label}:", "red"), f" {problem} (after {took})"),
+            highlight=False,
+            soft_wrap=True,
+        )
     return code
 
 

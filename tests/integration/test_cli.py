@@ -104,13 +104,13 @@ async def test_pub_wait_exit_codes(server: Server, make_client: ClientFactory) -
     async def work(task: Any) -> Any:
         kind = await task.get_payload()
         if kind == "fail":
-            raise RuntimeError("it broke")
+            raise RuntimeError("it broke at [step] 2")  # brackets are text, not markup
         await task.drop()
 
     await worker.sub("job:run", work)
     failed = await cli("pub", "job:run", '"fail"', "--wait", "--url", server.url)
     assert failed.code == 2 and failed.stdout == ""
-    assert "RuntimeError: it broke" in failed.stderr
+    assert "RuntimeError: it broke at [step] 2" in failed.stderr
     dropped = await cli("pub", "job:run", '"drop"', "--wait", "--url", server.url)
     assert dropped.code == 3 and dropped.stdout == ""
     assert "without a result" in dropped.stderr
@@ -457,6 +457,10 @@ async def test_errors_are_one_line(make_server: ServerFactory, tmp_path: Path) -
         "not valid TOML" in (await cli("creds", "add", "x", "--config", str(bad))).one_error_line()
     )
     assert "not valid TOML" in (await cli("serve", "--config", str(bad))).one_error_line()
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[server]\nportt = 5\n")
+    unknown = (await cli("serve", "--config", str(typo))).one_error_line()
+    assert "[server] has an unknown setting 'portt'" in unknown  # not eaten as markup
     missing = await cli("creds", "ls", "--config", str(tmp_path / "none.toml"))
     assert "does not exist" in missing.one_error_line()
     # bad input
