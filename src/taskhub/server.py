@@ -211,7 +211,12 @@ class Server:
             return
         self.hub = self._make_hub(self._store or open_store(self.store_url))
         await self.hub.start()
-        await self._listen(create_app(self.hub))
+        try:
+            await self._listen(create_app(self.hub))
+        except BaseException:
+            await self.hub.stop()  # the store is closed (and a sqlite file unlocked) again
+            self.hub = None
+            raise
 
     def _check_tls(self) -> None:
         """Fail at start with the file names, not deep inside uvicorn."""
@@ -282,7 +287,7 @@ class Server:
             log_config=None,  # logging is the process's business (logs.setup in `serve`)
         )
         self._uvicorn = _Uvicorn(config, self._on_signal if self._handle_signals else None)
-        self._serve_task = asyncio.create_task(self._uvicorn.serve())
+        self._serve_task = asyncio.create_task(self._serve_uvicorn(self._uvicorn))
         while not self._uvicorn.started:
             if self._serve_task.done():
                 await self._serve_task
@@ -293,6 +298,22 @@ class Server:
                 self.port = sock.getsockname()[1]
                 break
         log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
+
+    async def _serve_uvicorn(self, server: _Uvicorn) -> None:
+        """uvicorn's ``serve()``, except that a failed start (a port in use, say), which
+        uvicorn logs and answers with ``sys.exit``, raises an OSError naming the address and
+        the reason. A SystemExit would leave the task and stop the event loop itself."""
+        reason = _StartupError(server)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(reason)
+        try:
+            await server.serve()
+        except SystemExit:
+            raise OSError(
+                f"could not listen on {self.host}:{self.port}: {reason.message or 'see the log'}"
+            ) from None
+        finally:
+            uvicorn_log.removeFilter(reason)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Shut down gracefully: stop taking connections and offering work, give started
@@ -401,6 +422,23 @@ class Server:
         from taskhub.runtime import run
 
         run(self.serve_forever())
+
+
+class _StartupError(logging.Filter):
+    """Until uvicorn has started, keeps an error it logs (why it could not start) rather than
+    letting it through: the hub raises it in an OSError, which `taskhub serve` prints as its
+    one ``error:`` line. Once started, uvicorn's errors are logged as usual."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        super().__init__()
+        self.server = server
+        self.message = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.server.started or record.levelno < logging.ERROR:
+            return True
+        self.message = record.getMessage()
+        return False
 
 
 class _Uvicorn(uvicorn.Server):

@@ -426,6 +426,24 @@ async def test_creds_add_creates_the_file_and_hash_reads_stdin(tmp_path: Path) -
 
 
 # --- errors: one line on stderr, exit status 1 ------------------------------------------------
+async def test_a_port_in_use_is_one_error_line_and_frees_the_store(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """uvicorn answers a port in use with sys.exit: the CLI says which address and why, in
+    one line with status 1, and an embedded Server raises OSError with its store closed."""
+    busy = await make_server()
+    run = await cli("serve", "--store", "memory://", "--port", str(busy.port))
+    assert run.code == 1 and "Traceback" not in run.stderr, run.stderr
+    last = run.stderr.splitlines()[-1]  # after the hub's start-up warning (no credentials)
+    assert last.startswith(f"error: could not listen on 127.0.0.1:{busy.port}: "), last
+    assert "address already in use" in last
+    assert "uvicorn.error" not in run.stderr  # said once, in the error line
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    with pytest.raises(OSError, match=f"could not listen on 127.0.0.1:{busy.port}"):
+        await Server(store=db, port=busy.port).start()
+    await make_server(store=db)  # the file's lock was given back: another hub may open it
+
+
 async def test_errors_are_one_line(make_server: ServerFactory, tmp_path: Path) -> None:
     # connection refused: over HTTP and over the WebSocket
     refused = await cli("tasks", "ls", "--url", "ws://127.0.0.1:9")
