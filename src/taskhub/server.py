@@ -290,7 +290,8 @@ class Server:
         self._serve_task = asyncio.create_task(self._serve_uvicorn(self._uvicorn))
         while not self._uvicorn.started:
             if self._serve_task.done():
-                await self._serve_task
+                failed, self._serve_task, self._uvicorn = self._serve_task, None, None
+                await failed  # raises why (_serve_uvicorn); a later stop() has nothing to stop
                 raise OSError(f"could not listen on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
         for server in self._uvicorn.servers:

@@ -439,8 +439,10 @@ async def test_a_port_in_use_is_one_error_line_and_frees_the_store(
     assert "address already in use" in last
     assert "uvicorn.error" not in run.stderr  # said once, in the error line
     db = f"sqlite:///{tmp_path / 'hub.db'}"
+    failed = Server(store=db, port=busy.port)
     with pytest.raises(OSError, match=f"could not listen on 127.0.0.1:{busy.port}"):
-        await Server(store=db, port=busy.port).start()
+        await failed.start()
+    await failed.stop()  # nothing to stop, and no error raised again
     await make_server(store=db)  # the file's lock was given back: another hub may open it
 
 
