@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from taskhub import Client, InvalidAction, Server
+from taskhub import Client, InvalidAction, Server, TaskFailed
 from taskhub.errors import FrameTooLarge
 from tests.conftest import ClientFactory, ServerFactory
 
@@ -92,6 +92,58 @@ async def test_one_bad_message_in_a_batch_spares_the_others(server: Server) -> N
     by_ref = {r["ref"]: r for r in replies}
     assert by_ref[1]["op"] == "ok" and by_ref[3]["op"] == "ok"
     assert by_ref[2]["op"] == "error" and "priority" in by_ref[2]["message"]
+    await ws.close()
+
+
+async def test_a_result_that_cannot_be_sent_or_kept_fails_the_task_at_once(
+    server: Server, make_client: ClientFactory
+) -> None:
+    """A result the worker cannot send (not JSON, over the frame limit) or the hub cannot keep
+    (JSON msgspec cannot read, from another client) fails its delivery at once, saying why,
+    instead of leaving the task started until its end timeout (60 s by default)."""
+
+    class Opaque:
+        pass
+
+    worker = await make_client("worker")
+    publisher = await make_client("publisher")
+
+    async def handler(task: Any) -> Any:
+        kind = await task.get_payload()
+        if kind == "opaque":
+            return Opaque()
+        if kind == "huge":
+            return "x" * (2 << 20)  # over the 1 MiB frame limit
+        if kind == "cyclic":
+            looped: dict[str, Any] = {}
+            looped["self"] = looped
+            await task.success(looped)  # raises: nothing was sent, so the delivery fails
+        return "fine"
+
+    await worker.sub("res:make", handler, concurrency=1)  # one stuck task would block the rest
+    for kind, words in [
+        ("opaque", "TypeError: its result could not be sent: Encoding objects of type Opaque"),
+        ("huge", "FrameTooLarge: its result could not be sent: return message of"),
+        ("cyclic", "RecursionError"),
+    ]:
+        with pytest.raises(TaskFailed, match=words):
+            await publisher.pub("res:make", kind).get_result(timeout=5)
+    assert await publisher.pub("res:make", "ok").get_result(timeout=5) == "fine"
+
+    # A raw worker returns a number no JSON reader keeps (1e400), without a ref.
+    ws = await _raw(server, "rawworker")
+    [ok] = await _answer(ws, '{"op": "sub", "action": "raw:job", "ref": 1}')
+    assert ok["op"] == "ok"
+    handle = publisher.pub("raw:job")
+    offer = json.loads(await ws.recv())
+    offer = offer[0] if isinstance(offer, list) else offer
+    assert offer["op"] == "offer"
+    ret = {"op": "return", "task": offer["task"], "attempt": offer["attempt"]}
+    [error] = await _answer(ws, json.dumps(ret)[:-1] + ', "result": 1e400}')
+    assert error["op"] == "error" and error["code"] == "bad_message"
+    assert "result" in error["message"]
+    with pytest.raises(TaskFailed, match="result cannot be read as JSON"):
+        await handle.get_result(timeout=5)
     await ws.close()
 
 

@@ -14,11 +14,13 @@ from typing import Any
 from taskhub.client.connection import Connection, Message
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
-from taskhub.errors import ConnectionClosed, TaskHubError
+from taskhub.errors import ConnectionClosed, FrameTooLarge, TaskHubError
 from taskhub.intervals import parse_interval
 from taskhub.names import topic_matches, validate_action, validate_topic
 
 log = logging.getLogger("taskhub.client")
+# A handler's error message is cut to this many characters: a fail must fit in a frame.
+MAX_ERROR_MESSAGE = 64 * 1024
 Handler = Callable[[TaskContext], Any]
 EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
 # A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
@@ -575,26 +577,37 @@ class Client:
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
                 ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
-                if pickup is not None:
-                    # A handler done within the loop turn that sent its pickup: the return
-                    # takes the pickup's place (a return picks up too), one message less.
-                    self._conn.replace(pickup, ret)
-                else:
-                    self._conn.send(ret)
+                try:
+                    if pickup is not None:
+                        # A handler done within the loop turn that sent its pickup: the return
+                        # takes the pickup's place (a return picks up too), one message less.
+                        self._conn.replace(pickup, ret)
+                    else:
+                        self._conn.send(ret)
+                except (TypeError, ValueError, RecursionError, FrameTooLarge) as exc:
+                    # Not JSON, or too large: the result cannot go, so the delivery fails
+                    # with why (at once, not at its end timeout). Retrying would not help.
+                    self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
         finally:
             sub.claimed -= 1
             if self._working.get(ctx.id) is ctx:
                 del self._working[ctx.id]
 
-    def _send_fail(self, ctx: TaskContext, exc: BaseException) -> None:
-        self._conn.send(
-            {
-                "op": "fail",
-                "task": ctx.id,
-                "attempt": ctx.attempt,
-                "error": {"type": type(exc).__name__, "message": str(exc)},
-            }
-        )
+    def _send_fail(
+        self, ctx: TaskContext, exc: BaseException, *, what: str = "", retry: bool = True
+    ) -> None:
+        message = what + str(exc)
+        if len(message) > MAX_ERROR_MESSAGE:  # it must fit in a frame, whatever the handler did
+            message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters in all)"
+        msg: Message = {
+            "op": "fail",
+            "task": ctx.id,
+            "attempt": ctx.attempt,
+            "error": {"type": type(exc).__name__, "message": message},
+        }
+        if not retry:
+            msg["retry"] = False
+        self._conn.send(msg)
 
 
 def pub_options(

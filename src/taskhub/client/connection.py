@@ -275,16 +275,28 @@ class Connection:
 
     # --- sending -----------------------------------------------------------------------------
     def send(self, msg: Message) -> None:
-        """Queue a message; everything queued in one loop turn leaves as one frame. Raises
-        (``TypeError``) at once if ``msg`` cannot be encoded as JSON."""
-        self._queue(_encoder.encode(msg))
+        """Queue a message; everything queued in one loop turn leaves as one frame. Raises at
+        once, sending nothing, if ``msg`` cannot be encoded as JSON (``TypeError``) or is too
+        large for the hub's frames (:class:`FrameTooLarge`): nobody waits for an answer to
+        it, so later would be too late to say so."""
+        self._queue(self._encode_alone(msg))
 
     def send_replaceable(self, msg: Message) -> Queued:
         """As :meth:`send`; until it leaves, :meth:`replace` can put another in its place."""
-        part = _encoder.encode(msg)
+        part = self._encode_alone(msg)
         queued = (self._outbox, len(self._outbox), part)
         self._queue(part)
         return queued
+
+    def _encode_alone(self, msg: Message) -> bytes:
+        part = _encoder.encode(msg)
+        limit = int(self.welcome.get("max_frame", self.max_frame))
+        if len(part) > limit:
+            raise FrameTooLarge(
+                f"{msg.get('op')} message of {len(part)} bytes is over the hub's frame limit "
+                f"of {limit} bytes; it was not sent"
+            )
+        return part
 
     def replace(self, queued: Queued, msg: Message) -> None:
         """Send ``msg`` in place of the ``queued`` message if that one has not left yet, else
@@ -293,7 +305,7 @@ class Connection:
         hub's answer), so nothing is overtaken that matters."""
         box, i, part = queued
         if box is self._outbox and i < len(box) and box[i] is part:
-            new = _encoder.encode(msg)
+            new = self._encode_alone(msg)
             box[i] = new
             self._outbox_size += len(new) - len(part)
             if self._outbox_size >= EARLY_SEND:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskhub.errors import (
     ConnectionClosed,
+    FrameTooLarge,
     NoResult,
     NotHolding,
     TaskCancelled,
@@ -135,7 +136,13 @@ class TaskContext(_Emitter):
             )
         if not self.observe:
             self.returned = True  # before the await: a return racing it is not sent too
-        await self._step("return", result=result)
+        try:
+            await self._step("return", result=result)
+        except (TypeError, ValueError, RecursionError, FrameTooLarge):
+            # Not sent (not JSON, or too large): the delivery has not returned, so the
+            # handler's exception goes to the hub as a fail, not to the log.
+            self.returned = False
+            raise
 
     async def drop(self) -> None:
         """Done, without a result; the handler's return value is then ignored.

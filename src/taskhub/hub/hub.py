@@ -23,6 +23,7 @@ from taskhub.chains import Chains, Mode
 from taskhub.errors import (
     InvalidOption,
     PermissionDenied,
+    ProtocolError,
     StoreFenced,
     StoreUnavailable,
     TaskHubError,
@@ -425,7 +426,7 @@ class Hub:
             case p.Ack():
                 lc.ack(peer, msg.task, msg.attempt)
             case p.Return():
-                lc.complete(peer, msg.task, msg.attempt, p.kept(msg.result, "result"))
+                lc.complete(peer, msg.task, msg.attempt, self._result(peer, msg))
                 self._ok(peer, msg.ref)
             case p.Pub():
                 task, created = lc.publish(
@@ -594,6 +595,20 @@ class Hub:
         chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input)
         self.kick()
         return chain.id
+
+    def _result(self, peer: Peer, msg: p.Return) -> Any:
+        """A ``return``'s result as the hub keeps it. One it cannot keep (JSON msgspec cannot
+        read, such as an integer beyond 64 bits) fails the delivery with why, as a handler's
+        error would, before the worker is told: a return usually has no ``ref``, and the task
+        would otherwise wait, started, for its end timeout."""
+        try:
+            return p.kept(msg.result, "result")
+        except ProtocolError as exc:
+            # Not this worker's delivery (any more): then there is nothing to fail.
+            with contextlib.suppress(TaskHubError):
+                error = {"type": "ProtocolError", "message": exc.message}
+                self.lc.fail(peer, msg.task, msg.attempt, error, retry=False)
+            raise
 
     def _ok(self, peer: Peer, ref: int | None, **fields: Any) -> None:
         if ref is not None:
