@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from taskhub.client.connection import Connection, Message
+from taskhub.client.connection import UNSENDABLE, Connection, Message
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
-from taskhub.errors import ConnectionClosed, FrameTooLarge, TaskHubError
+from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.intervals import parse_interval
 from taskhub.names import topic_matches, validate_action, validate_topic
 
@@ -584,7 +584,7 @@ class Client:
                         self._conn.replace(pickup, ret)
                     else:
                         self._conn.send(ret)
-                except (TypeError, ValueError, RecursionError, FrameTooLarge) as exc:
+                except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.
                     self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)

@@ -290,13 +290,14 @@ class Connection:
 
     def _encode_alone(self, msg: Message) -> bytes:
         part = _encoder.encode(msg)
-        limit = int(self.welcome.get("max_frame", self.max_frame))
+        limit = self._frame_limit()
         if len(part) > limit:
-            raise FrameTooLarge(
-                f"{msg.get('op')} message of {len(part)} bytes is over the hub's frame limit "
-                f"of {limit} bytes; it was not sent"
-            )
+            raise _not_sent(msg.get("op"), len(part), limit)
         return part
+
+    def _frame_limit(self) -> int:
+        """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
+        return int(self.welcome.get("max_frame", self.max_frame))
 
     def replace(self, queued: Queued, msg: Message) -> None:
         """Send ``msg`` in place of the ``queued`` message if that one has not left yet, else
@@ -352,7 +353,7 @@ class Connection:
             return
         out, self._outbox = self._outbox, []
         size, self._outbox_size = self._outbox_size, 0
-        limit = int(self.welcome.get("max_frame", self.max_frame))
+        limit = self._frame_limit()
         for frame in self._frames(out, size, limit):
             if self._sending == 0 and _write_now(ws, frame):
                 continue
@@ -388,15 +389,24 @@ class Connection:
 
     def _too_large(self, part: bytes, limit: int) -> None:
         msg = _decoder.decode(part)
-        exc = FrameTooLarge(
-            f"{msg.get('op')} message of {len(part)} bytes is over the "
-            f"hub's frame limit of {limit} bytes; it was not sent"
-        )
+        exc = _not_sent(msg.get("op"), len(part), limit)
         waiter = self._pending.pop(msg.get("ref", -1), None)
         if waiter is None or (isinstance(waiter, asyncio.Future) and waiter.done()):
             log.error("%s", exc)
         else:
             _fail(waiter, exc)
+
+
+# What sending a message raises when it cannot go at all (Connection.send): not JSON
+# (TypeError, ValueError, RecursionError for a cyclic value), or too large for a frame.
+UNSENDABLE = (TypeError, ValueError, RecursionError, FrameTooLarge)
+
+
+def _not_sent(op: Any, size: int, limit: int) -> FrameTooLarge:
+    return FrameTooLarge(
+        f"{op} message of {size} bytes is over the hub's frame limit of {limit} bytes; "
+        "it was not sent"
+    )
 
 
 def _write_now(ws: ClientConnection, frame: bytes) -> bool:

@@ -16,9 +16,9 @@ from asyncio import get_running_loop
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from taskhub.client.connection import UNSENDABLE
 from taskhub.errors import (
     ConnectionClosed,
-    FrameTooLarge,
     NoResult,
     NotHolding,
     TaskCancelled,
@@ -138,7 +138,7 @@ class TaskContext(_Emitter):
             self.returned = True  # before the await: a return racing it is not sent too
         try:
             await self._step("return", result=result)
-        except (TypeError, ValueError, RecursionError, FrameTooLarge):
+        except UNSENDABLE:
             # Not sent (not JSON, or too large): the delivery has not returned, so the
             # handler's exception goes to the hub as a fail, not to the log.
             self.returned = False

@@ -598,7 +598,7 @@ class Hub:
 
     def _result(self, peer: Peer, msg: p.Return) -> Any:
         """A ``return``'s result as the hub keeps it. One it cannot keep (JSON msgspec cannot
-        read, such as an integer beyond 64 bits) fails the delivery with why, as a handler's
+        read, such as the number ``1e400``) fails the delivery with why, as a handler's
         error would, before the worker is told: a return usually has no ``ref``, and the task
         would otherwise wait, started, for its end timeout."""
         try:
