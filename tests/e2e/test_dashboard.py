@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+import taskhub
 from taskhub import Client, Server
 from taskhub.lifecycle import Credentials
 from tests.conftest import ServerFactory, until
@@ -71,7 +73,14 @@ async def test_stats_needs_an_admin(http: httpx.AsyncClient) -> None:
     ok = await http.get("/v1/dashboard/stats", headers=ADMIN)
     assert ok.status_code == 200
     body = ok.json()
-    assert body["counts"] == {"waiting": 0, "running": 0, "success": 0, "fail": 0, "end": 0}
+    assert body["counts"] == {
+        "waiting": 0,
+        "running": 0,
+        "success": 0,
+        "fail": 0,
+        "end": 0,
+        "chains": 0,
+    }
     assert body["window"] == 60
 
 
@@ -109,11 +118,18 @@ async def test_stats_count_tasks_rates_queues_and_connections(
         ]
         [conn] = body["connections"]
         assert conn["service"] == "svc" and conn["kind"] == "websocket"
+        # the client's hello: this very process
+        assert conn["host"] == socket.gethostname() and conn["pid"] == os.getpid()
+        assert conn["client"] == "taskhub-python" and conn["version"] == taskhub.__version__
+        assert conn["remote"] == "127.0.0.1" and conn["uptime"] >= 0
+        assert conn["holding"] == 1 and conn["current"][0]["task"] == task_id
+        assert conn["current"][0]["state"] == "started"
         assert conn["subscriptions"] == [
             {"action": "job:run", "group": "svc", "concurrency": 3, "inflight": 1, "observe": False}
         ]
         assert body["services"] == {"svc": 1}
-        assert (await http.get("/v1/dashboard/connections", headers=ADMIN)).json() == [conn]
+        [again] = (await http.get("/v1/dashboard/connections", headers=ADMIN)).json()
+        assert again["id"] == conn["id"] and again["subscriptions"] == conn["subscriptions"]
 
         release.set()
 
@@ -122,12 +138,15 @@ async def test_stats_count_tasks_rates_queues_and_connections(
             return body if body["counts"]["success"] == 1 else None
 
         body = await until(succeeded)
-        rates = {(r["action"], r["group"]): r for r in body["rates"]}
-        assert rates["job:run", None]["published"] == 1
-        assert rates["job:run", None]["succeeded"] == 1
-        assert rates["job:run", "svc"]["started"] == 1
+        # one row per action, its groups inside it (no row repeating another)
+        [rate] = body["rates"]
+        assert rate["action"] == "job:run"
+        assert (rate["published"], rate["started"], rate["succeeded"]) == (1, 1, 1)
+        assert rate["groups"] == [{"group": "svc", "started": 1, "failed": 0}]
+        [conn] = body["connections"]
+        assert (conn["processed"], conn["succeeded"], conn["failed"]) == (1, 1, 0)
 
-    rows = (await http.get("/v1/dashboard/tasks?state=success", headers=ADMIN)).json()
+    rows = (await http.get("/v1/dashboard/tasks?state=success", headers=ADMIN)).json()["tasks"]
     assert [r["id"] for r in rows] == [task_id]
     assert rows[0]["groups"] == {"svc": "done"}
     detail = (await http.get(f"/v1/dashboard/tasks/{task_id}", headers=ADMIN)).json()

@@ -717,10 +717,12 @@ class LifecycleCore:
                 )
             # A stale attempt's return still completes the task (first wins); the current
             # holder, if any, hears `success` from _finish like every other holder.
+        peer.succeeded += 1
         self._finish(task, "success", result=result, by=peer)
 
     def drop(self, peer: Peer, task_id: str, attempt: int) -> None:
         d = self._held(peer, task_id, attempt)
+        peer.dropped += 1
         self._release(d)
         d.rec.state = "dropped"
         self._event(d.task, "drop", group=d.rec.group, service=peer.service)
@@ -731,6 +733,7 @@ class LifecycleCore:
         self, peer: Peer, task_id: str, attempt: int, error: dict[str, Any], *, retry: bool = True
     ) -> None:
         d = self._held(peer, task_id, attempt)
+        peer.failed += 1
         task = d.task
         self._release(d)
         d.rec.tries += 1
