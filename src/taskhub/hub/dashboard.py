@@ -165,7 +165,7 @@ class QueueStats(BaseModel):
 class GroupRate(BaseModel):
     group: str
     started: int = Field(description="Deliveries picked up.")
-    failed: int = Field(description="Deliveries failed (each try that failed).")
+    failed: int = Field(description="Tries that failed (retried or not).")
 
 
 class RateRow(BaseModel):
@@ -175,7 +175,7 @@ class RateRow(BaseModel):
     succeeded: int
     failed: int = Field(description="Tasks failed.")
     ended: int = Field(description="Tasks ended without a result.")
-    delivery_failed: int = Field(description="Deliveries failed, all groups.")
+    failed_tries: int = Field(description="Tries that failed, all groups.")
     groups: list[GroupRate]
 
 

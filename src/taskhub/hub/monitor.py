@@ -265,7 +265,8 @@ _COUNTED: dict[str, tuple[int, bool]] = {
     "init": (0, False),
     "start": (1, True),  # a task's first pickup
     "pickup": (1, True),  # any later one: each is one delivery picked up by its group
-    "delivery_fail": (3, True),
+    "retry": (3, True),  # a try failed and will be retried
+    "delivery_fail": (3, True),  # a try failed for good
     "success": (2, False),
     "fail": (3, False),
     "end": (4, False),
@@ -339,14 +340,14 @@ class Monitor:
         for action, group in sorted(total, key=lambda k: (k[0], k[1] or "")):
             r = rows.setdefault(
                 action,
-                {"action": action, **dict.fromkeys(KINDS, 0), "delivery_failed": 0, "groups": []},
+                {"action": action, **dict.fromkeys(KINDS, 0), "failed_tries": 0, "groups": []},
             )
             published, started, succeeded, failed, ended = total[action, group]
             if group is None:
                 r.update(published=published, succeeded=succeeded, failed=failed, ended=ended)
             else:
                 r["started"] += started
-                r["delivery_failed"] += failed
+                r["failed_tries"] += failed
                 r["groups"].append({"group": group, "started": started, "failed": failed})
         return list(rows.values())
 
