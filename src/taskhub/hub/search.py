@@ -9,6 +9,7 @@ cursor to go on from (docs/http.md, "Listing and searching tasks").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +31,20 @@ def id_at(ms: int, rand: int) -> str:
     return "".join(_ALPHABET[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+# An id and its task's created_at are read from the clock at nearly the same instant; the id
+# bounds of a time range give this much room, and created_at itself is checked exactly.
+ID_MARGIN_MS = 1000
+
+
 def first_id_at(t: float) -> str:
-    """An id just below every id created at time ``t`` (seconds) or later."""
-    ms = int(t * 1000)
+    """An id below every id of a task created at time ``t`` (seconds) or later."""
+    ms = math.floor(t * 1000) - ID_MARGIN_MS
     return id_at(ms - 1, (1 << 80) - 1) if ms > 0 else ""
 
 
 def last_id_at(t: float) -> str:
-    """The largest id created at time ``t`` (seconds) or earlier."""
-    return id_at(int(t * 1000), (1 << 80) - 1)
+    """An id above every id of a task created at time ``t`` (seconds) or earlier."""
+    return id_at(math.floor(t * 1000) + ID_MARGIN_MS, (1 << 80) - 1)
 
 
 @dataclass(frozen=True)
