@@ -465,4 +465,3 @@ def connection_view(peer: Peer, now: float, consumer: Any = None) -> dict[str, A
         view["last_seen"] = consumer.last_seen
         view["leases"] = len(consumer.leases)
     return view
-
