@@ -120,15 +120,22 @@ class Series:
             b.run[run] += 1
 
     def view(
-        self, now: float, span: int, live: tuple[int, int, int, int] | None = None
+        self,
+        now: float,
+        span: int,
+        live: tuple[int, int, int, int] | None = None,
+        since: float | None = None,
     ) -> dict[str, Any]:
-        """Columns for a chart of the last ``span`` seconds: one point a second up to 15
-        minutes, one a minute beyond. Counts are per second (a minute's divided by 60).
-        ``live`` is (second, published, succeeded, failed) of the second still being counted."""
+        """Columns for a chart of the last ``span`` seconds, from ``since`` at the earliest
+        (the hub's start: nothing was counted before): one point a second up to 15 minutes,
+        one a minute beyond. Counts are per second (a minute's divided by 60). ``live`` is
+        (second, published, succeeded, failed) of the second still being counted."""
         step = 1 if span <= SECOND_POINTS else 60
         ring = self.seconds if step == 1 else self.minutes
         last = int(now) // step
         first = last - span // step + 1
+        if since is not None:
+            first = min(last, max(first, int(since) // step))
         cols: dict[str, list[Any]] = {
             k: []
             for k in (
@@ -312,7 +319,7 @@ class Monitor:
     def chart(self, span: int) -> dict[str, Any]:
         lc = self.hub.lc
         live = (lc.counts_second, *series_counts(lc.counts)) if lc.counts_second >= 0 else None
-        return self.series.view(self._clock(), span, live)
+        return self.series.view(self._clock(), span, live, since=self.started_at)
 
     def rates(self) -> list[dict[str, Any]]:
         """One row per action: its tasks published, succeeded, failed and ended in the last
