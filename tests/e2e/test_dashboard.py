@@ -209,8 +209,19 @@ async def test_page_and_openapi_are_served(http: httpx.AsyncClient) -> None:
     script = await http.get("/static/js/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     paths = (await http.get("/openapi.json")).json()["paths"]
-    for path in ("/v1/dashboard/stats", "/v1/dashboard/connections", "/v1/dashboard/login"):
+    for path in (
+        "/v1/dashboard/stats",
+        "/v1/dashboard/connections",
+        "/v1/dashboard/login",
+        "/v1/dashboard/series",
+        "/v1/dashboard/tasks/{task_id}/cancel",
+        "/v1/dashboard/tasks/{task_id}/retry",
+        "/v1/dashboard/queues/{action}/{group}/purge",
+    ):
         assert path in paths
+    vendored = await http.get("/static/vendor/uplot/uPlot.iife.min.js")  # no CDN
+    assert vendored.status_code == 200 and "uPlot" in vendored.text[:200]
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
     assert "/" not in paths
 
 

@@ -15,7 +15,8 @@ export function workers(main, _params, ctx) {
   return poll(async () => {
     const conns = await api("/connections");
     replace(list, table(
-      [["Service"], ["Host / pid"], ["Client"], ["Up"], ["Subscriptions (in flight / credit)"],
+      [["Service"], ["Host / pid"], ["Client", "nowrap"], ["Up", "nowrap"],
+       ["Subscriptions (in flight / credit)"],
        ["Processed", "num"], ["Failed", "num"], ["Current tasks"]],
       conns.map((c) => ({
         attrs: { "data-connection": c.id, "data-service": c.service, "data-kind": c.kind },
