@@ -160,6 +160,7 @@ class Connection:
     async def close(self) -> None:
         self._closing = True
         self._flush()
+        self.connected.clear()  # from now on post() refuses at once
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()
