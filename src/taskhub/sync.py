@@ -467,7 +467,11 @@ class Handle:
     def on(self, event: str, callback: Callable[[Handle], Any]) -> Handle:
         """Call ``callback(handle)`` on ``event`` (``update``, ``success``, ``fail``, ...).
 
-        The callback runs in the client's loop thread: keep it short and non-blocking.
+        :meth:`Client.pub` returns once the task is stored, so updates may arrive before this
+        call: a listener added late is called at once for what already happened (``update``
+        once, with the latest in ``last_update``; a final event if it is the one that
+        happened), then for every later event. The callback runs in the client's loop
+        thread: keep it short and non-blocking.
         """
         relay = functools.partial(_relay, callback, self)
         self._on_loop(lambda: self._handle.on(event, relay))
