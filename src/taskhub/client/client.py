@@ -588,13 +588,18 @@ class Client:
             async with sub.slots:
                 if ctx.revoked:
                     return
-                pickup = None
-                if not ctx.observe:
-                    ctx.picked_up = True
-                    pickup = self._conn.send_replaceable(
-                        {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
-                    )
                 try:
+                    if not ctx.observe:
+                        ctx.picked_up = True
+                        self._conn.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
+                        # One loop turn, in which the queued pickups leave (the flush was
+                        # scheduled first; the pickups of a burst of offers share a frame),
+                        # before the handler's code runs: a handler that blocks the event loop
+                        # is then known to the hub as started, and if its connection is lost
+                        # (the keepalive went unanswered) that counts a try toward
+                        # max_attempts (issue 15, item 11). Flushed only after the handler's
+                        # first step, it never left, and the task was offered again forever.
+                        await asyncio.sleep(0)
                     result = sub.handler(ctx)
                     if inspect.isawaitable(result):
                         result = await result
@@ -614,12 +619,7 @@ class Client:
                     return  # nothing (more) to send: the return value is ignored
                 ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
                 try:
-                    if pickup is not None:
-                        # A handler done within the loop turn that sent its pickup: the return
-                        # takes the pickup's place (a return picks up too), one message less.
-                        self._conn.replace(pickup, ret)
-                    else:
-                        self._conn.send(ret)
+                    self._conn.send(ret)
                 except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.

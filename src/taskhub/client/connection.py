@@ -36,8 +36,6 @@ from taskhub.protocol import WS_PATH
 
 log = logging.getLogger("taskhub.client")
 Message = dict[str, Any]
-# A message waiting in an outbox: (that outbox, its index there, its encoded bytes).
-Queued = tuple[list[bytes], int, bytes]
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -283,13 +281,6 @@ class Connection:
         it, so later would be too late to say so."""
         self._queue(self._encode_alone(msg))
 
-    def send_replaceable(self, msg: Message) -> Queued:
-        """As :meth:`send`; until it leaves, :meth:`replace` can put another in its place."""
-        part = self._encode_alone(msg)
-        queued = (self._outbox, len(self._outbox), part)
-        self._queue(part)
-        return queued
-
     def _encode_alone(self, msg: Message) -> bytes:
         part = encode(msg)
         limit = self._frame_limit()
@@ -300,21 +291,6 @@ class Connection:
     def _frame_limit(self) -> int:
         """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
         return int(self.welcome.get("max_frame", self.max_frame))
-
-    def replace(self, queued: Queued, msg: Message) -> None:
-        """Send ``msg`` in place of the ``queued`` message if that one has not left yet, else
-        after everything queued. Only the outbox the message went into counts: anything
-        queued meanwhile for the same task would have had to leave first (a step awaits the
-        hub's answer), so nothing is overtaken that matters."""
-        box, i, part = queued
-        if box is self._outbox and i < len(box) and box[i] is part:
-            new = self._encode_alone(msg)
-            box[i] = new
-            self._outbox_size += len(new) - len(part)
-            if self._outbox_size >= EARLY_SEND:
-                self._send_out()
-        else:
-            self.send(msg)
 
     def _queue(self, part: bytes) -> None:
         self._outbox.append(part)
