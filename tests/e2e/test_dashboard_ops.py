@@ -262,3 +262,41 @@ async def test_chains_are_shown_as_chains(hub_server: Server, http: httpx.AsyncC
         assert any(v is not None for v in series["run_p50"])
         bad = await http.get("/v1/dashboard/series?span=2w", headers=ADMIN)
         assert bad.status_code == 400 and "span" in bad.text
+
+
+async def test_pull_consumers_are_listed_like_workers(
+    hub_server: Server, http: httpx.AsyncClient
+) -> None:
+    started = await http.post(
+        "/v1/consumers",
+        json={"actions": ["job:render"], "group": "renderers", "concurrency": 2},
+        headers={**SVC, "User-Agent": "render-farm/1.2"},
+    )
+    assert started.status_code == 201, started.text
+    consumer = started.json()
+    token = {**SVC, "X-Consumer-Token": consumer["consumer_token"]}
+    task_id = (await http.post("/v1/tasks", json={"action": "job:render"}, headers=SVC)).json()[
+        "id"
+    ]
+    lease = await http.post(f"/v1/consumers/{consumer['consumer_id']}/fetch?wait=5", headers=token)
+    assert lease.json()["task_id"] == task_id
+
+    [conn] = (await http.get("/v1/dashboard/connections", headers=ADMIN)).json()
+    assert conn["id"] == consumer["consumer_id"] and conn["kind"] == "pull"
+    assert conn["client"] == "render-farm/1.2" and conn["remote"] == "127.0.0.1"
+    assert conn["host"] is None and conn["pid"] is None  # HTTP has no hello
+    assert conn["leases"] == 1 and conn["last_seen"] > 0
+    assert conn["subscriptions"] == [
+        {"action": "job:render", "group": "renderers", "concurrency": 2, "inflight": 1,
+         "observe": False}
+    ]  # fmt: skip
+    assert [t["task"] for t in conn["current"]] == [task_id]
+
+    done = await http.post(
+        f"/v1/consumers/{consumer['consumer_id']}/commit",
+        json={"task_id": task_id, "result": "ok"},
+        headers=token,
+    )
+    assert done.status_code == 200
+    [conn] = (await http.get("/v1/dashboard/connections", headers=ADMIN)).json()
+    assert (conn["processed"], conn["succeeded"], conn["leases"]) == (1, 1, 0)
