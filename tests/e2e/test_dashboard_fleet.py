@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -205,6 +206,15 @@ async def test_search_finds_a_task_by_its_error_text(
     await page.fill("#search input[name=error]", "")
     await page.fill("#search input[name=publisher]", "svc")
     await page.select_option("#search select[name=state]", "fail")
+    await expect(rows).to_have_count(3)
+    # and by the time they were created (the browser's local time)
+    hour_ago = (datetime.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    await page.fill("#search input[name=until]", hour_ago)
+    await page.click("#search button[type=submit]")
+    await expect(rows).to_have_count(0)
+    await page.fill("#search input[name=until]", "")
+    await page.fill("#search input[name=since]", hour_ago)
+    await page.click("#search button[type=submit]")
     await expect(rows).to_have_count(3)
     await page.click("#search button[type=button]")
     await expect(page.locator("#list-mode")).to_contain_text("Live and recently ended")
