@@ -60,6 +60,8 @@ export function task(main, params, ctx) {
       h("section", {}, h("h2", {}, "Result / error"), outcome)),
     triesHead, tries, updatesHead, updates, h("h2", {}, "Timeline"), timeline, status);
   replace(tries, h("p", { class: "muted" }, "None."));
+  const noUpdates = h("li", { class: "muted" }, "None.");
+  updates.append(noUpdates);
   let first = null;
   let pending = null;
   let current = null;
@@ -152,13 +154,16 @@ export function task(main, params, ctx) {
       ? `try ${d.tries} failed (${d.error.type || ""}: ${d.error.message || ""}), again in ${d.in} s`
       : ev.type === "step" && d && d.task
         ? `step ${d.index} (${d.action}) ${d.task} ${d.state ? `ended: ${d.state}` : "published"}`
-        : d !== null && d !== undefined ? short(d, 160) : "";
+        : (ev.type === "fail" || ev.type === "delivery_fail") && d && typeof d === "object"
+          ? short(`${[d.type, d.reason && `(${d.reason})`].filter(Boolean).join(" ")}: ${d.message || ""}`, 160)
+          : d !== null && d !== undefined ? short(d, 160) : "";
     timeline.append(h("li", { "data-type": ev.type },
       h("span", { class: "mono" }, time(ev.at)),
       h("span", { class: "muted mono" }, `+${Math.round((ev.at - first) * 1000)} ms`),
       h("span", { class: `ev-${ev.type}` }, ev.type),
       h("span", {}, who, data ? ` ${data}` : "")));
     if (ev.type === "update") {
+      noUpdates.remove();
       const p = progressOf(ev.data);
       updates.append(h("li", {}, h("span", { class: "mono" }, time(ev.at)),
         h("span", {}, p ? `${Math.round((p.done / p.total) * 100)} %` : ""),
