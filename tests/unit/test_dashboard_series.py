@@ -3,11 +3,13 @@ pure bookkeeping, no hub."""
 
 from __future__ import annotations
 
+import random
 import time
 
 from taskhub.hub.monitor import (
     BINS,
     MINUTE_POINTS,
+    SAMPLE,
     SECOND_POINTS,
     Series,
     bin_upper,
@@ -122,3 +124,21 @@ def test_a_young_hub_charts_only_its_own_time() -> None:
     view = s.view(T0 + 10.5, 300, since=T0 + 0.7)
     assert view["t"] == list(range(T0, T0 + 11))
     assert s.view(T0 + 7200, 3600, since=T0)["t"][0] == T0 + 3660  # an hour back, by minute
+
+
+def test_a_busy_second_is_sampled_with_weights() -> None:
+    s = Series(rng=random.Random(7))
+    n = 20 * SAMPLE
+    for i in range(n):  # one second; every 20th task is slow (100 ms), the rest take 1 ms
+        run = 0.1 if i % 20 == 0 else 0.001
+        s.add_task(_task(T0 + 0.1, T0 + 0.1, T0 + 0.1 + run))
+    bucket = s.seconds[T0]
+    assert bucket.run is not None
+    total = sum(bucket.run)
+    assert 0.9 * n <= total <= 1.1 * n  # each sample stands for the tasks it skipped
+    view = s.view(T0 + 1, 5)
+    p50, p90, p99 = view["run_p50"][-2], view["run_p90"][-2], view["run_p99"][-2]
+    assert p50 is not None and 0.001 <= p50 < 0.0015
+    assert p90 is not None and 0.001 <= p90 < 0.0015
+    assert p99 is not None and 0.1 <= p99 < 0.15
+    assert s.minutes[T0 // 60].run == bucket.run  # the minute got the same weights
