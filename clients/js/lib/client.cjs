@@ -256,6 +256,7 @@ class Client {
       for (const h of [...this._unconfirmed]) h._refuse(err);
       for (const sub of this._subs.values()) sub._confirm(err);
       for (const watches of this._watches.values()) for (const w of watches) w._end(err);
+      for (const entry of this._topics.values()) for (const w of entry.waiters.splice(0)) w.reject(err);
       this._local.emit('close');
     })();
     return this._closedPromise;
@@ -265,20 +266,20 @@ class Client {
   _restore() {
     // After (re)connecting: subscribe again and catch up with the tasks we wait on.
     for (const sub of this._subs.values()) this._sendSub(sub);
-    for (const topic of this._topics.keys()) {
-      quiet(this._conn.request({ op: 'subscribe', topic }), this._log, `subscribing to ${topic}`);
-    }
+    for (const topic of this._topics.keys()) this._sendSubscribe(topic);
     for (const pattern of this._watches.keys()) this._sendWatch(pattern);
     for (const handles of this._handles.values()) for (const h of handles) this._follow(h);
     queueMicrotask(() => this._local.emit('connect', this._conn.welcome));
   }
 
   _lost(fatal) {
+    for (const entry of this._topics.values()) entry.confirmed = false;
     if (fatal) {
       // The first connection failed for good: nothing more will happen.
       for (const sub of this._subs.values()) sub._confirm(fatal);
       for (const watches of this._watches.values()) for (const w of watches) w._end(fatal);
       for (const h of [...this._unconfirmed]) h._refuse(fatal);
+      for (const entry of this._topics.values()) for (const w of entry.waiters.splice(0)) w.reject(fatal);
       this._closed = true;
     }
     // Handlers keep running: a `return` after the reconnect is still accepted (fencing).
@@ -427,20 +428,36 @@ class Client {
   async subscribe(topic, handler) {
     validateTopic(topic, true);
     if (typeof handler !== 'function') throw new TypeError(`subscribe('${topic}', handler): handler must be a function`);
-    const handlers = this._topics.get(topic);
-    if (handlers) {
-      handlers.push(handler);
-      return;
+    if (this._closing) throw new ConnectionClosed('the client is closed');
+    let entry = this._topics.get(topic);
+    if (entry) {
+      entry.handlers.push(handler);
+    } else {
+      entry = { handlers: [handler], waiters: [] };
+      this._topics.set(topic, entry);
+      if (this._conn.connected) this._sendSubscribe(topic);
     }
-    this._topics.set(topic, [handler]);
-    if (!this._conn.connected) return; // sent with the (re)connection
-    try {
-      await this._conn.request({ op: 'subscribe', topic });
-    } catch (err) {
-      if (err instanceof ConnectionClosed && !this._closing) return; // sent again on reconnect
-      this._topics.delete(topic);
-      throw err;
-    }
+    if (entry.confirmed) return;
+    // Resolved once the hub accepted it: at once if connected, else with the (re)connection.
+    await new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }));
+  }
+
+  _sendSubscribe(topic) {
+    this._conn.request({ op: 'subscribe', topic }).then(
+      () => {
+        const entry = this._topics.get(topic);
+        if (!entry) return;
+        entry.confirmed = true;
+        for (const w of entry.waiters.splice(0)) w.resolve();
+      },
+      (err) => {
+        if (err instanceof ConnectionClosed && !this._closing) return; // sent again on reconnect
+        const entry = this._topics.get(topic);
+        if (!entry) return;
+        this._log.error(`taskhub: subscribing to ${topic} failed: ${err.message}`);
+        this._topics.delete(topic);
+        for (const w of entry.waiters.splice(0)) w.reject(err);
+      });
   }
 
   /** Stop every handler of `topic` (the same string given to subscribe). */
@@ -460,9 +477,9 @@ class Client {
   _broadcast(msg) {
     const topic = String(msg.topic || '');
     const data = msg.data === undefined ? null : msg.data;
-    for (const [pattern, handlers] of this._topics) {
+    for (const [pattern, entry] of this._topics) {
       if (!topicMatches(pattern, topic)) continue;
-      for (const handler of [...handlers]) {
+      for (const handler of [...entry.handlers]) {
         try {
           const out = handler(data, topic, msg.from);
           if (out && typeof out.then === 'function') {
