@@ -87,6 +87,9 @@ class Subscription {
     this._settled = false;
   }
 
+  /** Resolves once the hub accepted the subscription (rejects e.g. with PermissionDenied). */
+  get ready() { return this._confirmed; }
+
   /** `await client.sub(...)` waits for the hub to accept it (rejects e.g. with PermissionDenied). */
   then(onResolved, onRejected) { return this._confirmed.then(onResolved, onRejected); }
 

@@ -242,10 +242,6 @@ class Handle {
     return valueIfError === MISSING ? wait : wait.catch(() => valueIfError);
   }
 
-  then(onResolved, onRejected) { return this.getResult().then(onResolved, onRejected); }
-
-  catch(onRejected) { return this.getResult().catch(onRejected); }
-
   /** The error getResult() rejects with, once the task failed or ended without a result. */
   exception() {
     if (this._refused) return this._refused;
