@@ -238,7 +238,8 @@ class Client {
     this._closedPromise = (async () => {
       if (this._conn.connected) {
         for (const action of this._subs.keys()) {
-          quiet(this._conn.request({ op: 'unsub', action }), this._log, `unsub ${action}`);
+          // Answered before the close, or lost with it: either way nothing more is offered.
+          this._conn.request({ op: 'unsub', action }).catch(() => {});
         }
       }
       for (const sub of this._subs.values()) sub.waiting.splice(0); // never started: the hub offers them again
