@@ -10,6 +10,7 @@
 // run.py's: ~100-byte JSON payloads that the worker returns as the result; the publisher warms
 // up with 200 tasks, then publishes all N at once and collects every result.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,7 +46,25 @@ async function worker() {
   const c = await client('bench-worker');
   await c.sub(ACTION, (task) => task.getPayload(), { concurrency: Number(args.concurrency), group: 'bench' });
   console.log(JSON.stringify({ kind: 'event', event: 'ready' }));
-  process.on('SIGTERM', () => c.close({ grace: 0 }).then(() => process.exit(0)));
+  process.on('SIGTERM', () => c.close({ grace: 0 }).then(() => {
+    console.log(JSON.stringify({ kind: 'cpu', seconds: cpuSeconds() }));
+    process.exit(0);
+  }));
+}
+
+function cpuSeconds() {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+}
+
+/** CPU seconds a process used so far (Linux /proc; clock ticks are 100 Hz there). */
+function procCpu(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
 }
 
 async function burst(c, n, offset) {
@@ -62,8 +81,10 @@ async function publisher() {
   const c = await client('bench-publisher');
   await burst(c, Number(args.warmup), 0);
   const n = Number(args.n);
+  const cpu0 = cpuSeconds();
   const { seconds, errors } = await burst(c, n, 20_000_000);
-  console.log(JSON.stringify({ kind: 'result', n, seconds, tasks_per_s: n / seconds, errors }));
+  const cpu = cpuSeconds() - cpu0;
+  console.log(JSON.stringify({ kind: 'result', n, seconds, tasks_per_s: n / seconds, errors, cpu_seconds: cpu }));
   await c.close();
 }
 
@@ -75,8 +96,13 @@ function freePort() {
   });
 }
 
+const children = new Set();
+process.on('exit', () => { for (const c of children) if (c.exitCode === null) c.kill('SIGKILL'); });
+
 function start(cmd, argv, env = {}) {
   const proc = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
   proc.lines = [];
   let buf = '';
   proc.stdout.on('data', (d) => {
@@ -117,15 +143,23 @@ async function round(label, workerCmd, publisherCmd) {
   const h = await hub();
   const w = start(...workerCmd(h.url));
   await until(w, (l) => l.event === 'ready');
+  const hubCpu0 = procCpu(h.proc.pid);
+  const workerCpu0 = procCpu(w.pid);
   const p = start(...publisherCmd(h.url));
   const result = await until(p, (l) => l.kind === 'result');
+  // Whole-run CPU of the hub and the worker (warm-up included), next to the burst's wall time.
+  const hubCpu = procCpu(h.proc.pid) - hubCpu0;
+  const workerCpu = procCpu(w.pid) - workerCpu0;
+  const pubCpu = procCpu(p.pid);
   await p.exited;
   w.kill('SIGTERM');
   await w.exited;
   h.proc.kill('SIGTERM');
   await h.proc.exited;
   const rate = Math.round(result.tasks_per_s ?? result.throughput);
-  console.log(`${label.padEnd(34)} N=${result.n}  ${rate.toLocaleString('en')} tasks/s  errors=${result.errors ?? 0}`);
+  const wall = result.seconds ?? result.burst_seconds;
+  console.log(`${label.padEnd(34)} N=${result.n}  ${rate.toLocaleString('en')} tasks/s  errors=${result.errors ?? 0}  ` +
+    `CPU s: hub ${hubCpu.toFixed(2)}, worker ${workerCpu.toFixed(2)}, publisher ${pubCpu.toFixed(2)}; burst wall ${wall.toFixed(2)} s`);
   return rate;
 }
 
@@ -144,4 +178,9 @@ async function main() {
 }
 
 const roles = { main, worker, publish: publisher };
-await roles[args.role]();
+try {
+  await roles[args.role]();
+} catch (err) {
+  console.error(err);
+  process.exit(1); // the 'exit' handler stops the hub and workers this run started
+}

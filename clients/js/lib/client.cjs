@@ -658,12 +658,16 @@ class Client {
   }
 
   async _work(sub, task) {
-    let pickup = null;
     if (!task.observe) {
       task.pickedUp = true;
       try {
-        pickup = this._conn.sendReplaceable({ op: 'pickup', task: task.id, attempt: task.attempt });
+        this._conn.send({ op: 'pickup', task: task.id, attempt: task.attempt });
       } catch { /* closed: the hub takes the delivery back */ }
+      // Let the pickup leave before the handler runs: a handler that blocks the event loop
+      // would otherwise keep it queued, and the hub would not count the run as a try when the
+      // connection dies of it (docs/decisions.md, "The pickup leaves before the handler runs").
+      await new Promise((resolve) => setImmediate(resolve));
+      if (task.revoked) return;
     }
     let result;
     try {
@@ -677,13 +681,11 @@ class Client {
       return;
     }
     if (task.dropped || task.returned || task.observe || task.revoked) return;
-    const ret = { op: 'return', task: task.id, attempt: task.attempt, result: result === undefined ? null : result };
     try {
-      // A handler done before its pickup left: the return takes its place (a return picks up too).
-      if (pickup) this._conn.replace(pickup, ret); else this._conn.send(ret);
+      this._conn.send({ op: 'return', task: task.id, attempt: task.attempt, result: result === undefined ? null : result });
     } catch (err) {
       if (err instanceof ConnectionClosed) return;
-      // Not JSON, or too large: the delivery fails with why, at once; a retry would not help.
+      // Not plain JSON, or too large: the delivery fails with why, at once; a retry would not help.
       this._sendFail(task, err, 'its result could not be sent: ', false);
     }
   }

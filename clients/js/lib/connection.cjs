@@ -3,11 +3,16 @@
 // for `welcome`, batches what is sent in one event-loop turn into one frame, matches `ok`/`error`
 // answers to requests by `ref`, pings the hub, and reconnects with jittered backoff.
 const WebSocket = require('ws');
+const { checkPlain } = require('./plain.cjs');
 const {
   TaskHubError, ConnectionClosed, FrameTooLarge, fromWire,
 } = require('./errors.cjs');
 
 const WS_PATH = '/v1/ws';
+// A long burst of messages in one loop turn leaves in frames of about this size while it is
+// still being made, as the Python client does: the hub starts on the first frames while the
+// caller goes on publishing.
+const EARLY_SEND = 64 * 1024;
 
 /** Accept ws://host:port, http://host:port, or a URL that already ends with /v1/ws. */
 function wsUrl(url) {
@@ -40,6 +45,7 @@ class Connection {
     this.closed = false;
     this.ws = null;
     this.outbox = []; // encoded messages (strings), in order
+    this.outboxSize = 0;
     this.flushScheduled = false;
     this.nextRef = 1;
     this.pending = new Map(); // ref -> receiver {_answer(msg), _fail(err)}
@@ -210,6 +216,7 @@ class Connection {
     // Requests still queued fail here, so they must not go out on the next connection; other
     // messages (worker steps) still go: a `return` of an older attempt is accepted (fencing).
     this.outbox = everything ? [] : this.outbox.filter((part) => !('ref' in JSON.parse(part)));
+    this.outboxSize = this.outbox.reduce((n, part) => n + part.length, 0);
     for (const receiver of pending.values()) {
       try { receiver._fail(err); } catch (e) { this.log.error(`taskhub: ${e.stack || e}`); }
     }
@@ -241,7 +248,8 @@ class Connection {
   // --- sending --------------------------------------------------------------------------------
   /** Encode a message alone; throws (sending nothing) if it is not JSON or too large. */
   encode(msg) {
-    const part = JSON.stringify(msg); // TypeError for a cycle or a BigInt
+    checkPlain(msg, `${msg.op} message`, '');
+    const part = JSON.stringify(msg); // TypeError for a cycle
     const limit = this.frameLimit();
     if (part.length > limit) {
       throw new FrameTooLarge(
@@ -258,21 +266,6 @@ class Connection {
   send(msg) {
     if (this.closed) throw new ConnectionClosed('the client is closed');
     this.queue(this.encode(msg));
-  }
-
-  /** As send(); until it leaves, replace() can put another message in its place. */
-  sendReplaceable(msg) {
-    const part = this.encode(msg);
-    const box = this.outbox;
-    const index = box.length;
-    this.queue(part);
-    return { box, index, part };
-  }
-
-  replace(queued, msg) {
-    const { box, index, part } = queued;
-    if (box === this.outbox && box[index] === part) box[index] = this.encode(msg);
-    else this.send(msg);
   }
 
   /** Send with a ref; the receiver's _answer gets the ok/error, or _fail why none will come. */
@@ -297,6 +290,11 @@ class Connection {
 
   queue(part) {
     this.outbox.push(part);
+    this.outboxSize += part.length;
+    if (this.outboxSize >= EARLY_SEND && this.connected) {
+      this.flush();
+      return;
+    }
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(() => { this.flushScheduled = false; this.flush(); });
@@ -308,6 +306,7 @@ class Connection {
     if (!this.outbox.length || !ws || !this.connected || ws.readyState !== WebSocket.OPEN) return;
     const parts = this.outbox;
     this.outbox = [];
+    this.outboxSize = 0;
     const limit = this.frameLimit();
     let chunk = [];
     let size = 1;

@@ -248,6 +248,26 @@ describe('against a hub', { timeout: 60000 }, () => {
     assert.throws(() => c.watch('a:*x'), InvalidAction);
   });
 
+  it('values JSON cannot carry are refused where they are sent, naming the path', async () => {
+    const c = client('plain');
+    assert.throws(() => c.pub('a:b', { at: new Date(0) }),
+      (e) => e instanceof TypeError && /payload\.at is a Date.*toISOString/.test(e.message));
+    assert.throws(() => c.pub('a:b', { n: [1, NaN] }), (e) => e instanceof TypeError && /payload\.n\[1\] is NaN/.test(e.message));
+    await assert.rejects(c.emit('orders:new', new Map()), (e) => e instanceof TypeError && /data is a Map/.test(e.message));
+    const w = client('plain-worker');
+    let updateErr;
+    const refused = new Promise((resolve) => { updateErr = resolve; });
+    await w.sub('plain:work', async (task) => {
+      updateErr(await task.update({ big: 10n }).catch((e) => e));
+      return { when: new Date(0) };
+    });
+    const err = await c.pub('plain:work', null, { retries: 3 }).getResult().catch((e) => e);
+    assert.ok(err instanceof TaskFailed);
+    assert.equal(err.errorType, 'TypeError');
+    assert.match(err.message, /its result could not be sent: .*result\.when is a Date/);
+    assert.match((await refused).message, /data\.big is a bigint/);
+  });
+
   it('task.success() sends at once; a second call is refused', async () => {
     const w = client('explicit');
     let second;
