@@ -144,6 +144,8 @@ export declare class Handle<R = any> {
   readonly state: 'init' | 'start' | 'success' | 'fail' | 'end';
   readonly lastUpdate: any;
   readonly updates: number;
+  /** A worker started it. */
+  readonly started: boolean;
   readonly result: R | null;
   readonly error: TaskError | null;
   /** Ended, refused, or lost with the connection. */

@@ -328,7 +328,7 @@ class Client {
       throw new InvalidOption('group must be a string', { option: 'group' });
     }
     if (this._subs.has(action)) throw new InvalidOption(`this client already subscribes to '${action}'`, { option: 'action' });
-    if (this._closing) throw new ConnectionClosed('the client is closed');
+    if (this._closing || this._conn.closed) throw new ConnectionClosed('the client is closed');
     const sub = new Subscription(this, action, handler, { ...options, concurrency });
     this._subs.set(action, sub);
     if (this._conn.connected) this._sendSub(sub);
@@ -432,7 +432,7 @@ class Client {
   async subscribe(topic, handler) {
     validateTopic(topic, true);
     if (typeof handler !== 'function') throw new TypeError(`subscribe('${topic}', handler): handler must be a function`);
-    if (this._closing) throw new ConnectionClosed('the client is closed');
+    if (this._closing || this._conn.closed) throw new ConnectionClosed('the client is closed');
     let entry = this._topics.get(topic);
     if (entry) {
       entry.handlers.push(handler);
@@ -501,7 +501,7 @@ class Client {
   watch(pattern) {
     validateTopic(pattern, true);
     const w = new Watch(this, pattern);
-    if (this._closing) {
+    if (this._closing || this._conn.closed) {
       w._end(new ConnectionClosed('the client is closed'));
       return w;
     }

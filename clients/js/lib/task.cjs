@@ -198,6 +198,7 @@ class Handle {
     this.state = 'init';
     this.lastUpdate = null;
     this.updates = 0;
+    this.started = false; // a worker started it (a 'start' event, or the view's started_at)
     this.result = null;
     this.error = null; // {reason, message, type?} once failed
     this._refused = null; // the hub refused it, or its answer was lost
@@ -213,7 +214,7 @@ class Handle {
   on(event, cb) {
     this._listeners.add(event, cb);
     if (event === 'update' && this.updates > 0) this._listeners.call(cb, event, this.lastUpdate);
-    else if (event === 'start' && this.state !== 'init') this._listeners.call(cb, event, null);
+    else if (event === 'start' && this.started) this._listeners.call(cb, event, null);
     else if (this._ended && event === this.state) {
       this._listeners.call(cb, event, this.state === 'success' ? this.result : this.state === 'fail' ? this.error : null);
     }
@@ -302,6 +303,7 @@ class Handle {
     const kind = msg.type;
     const data = msg.data === undefined ? null : msg.data;
     if (msg.state) this.state = msg.state;
+    if (kind === 'start') this.started = true;
     if (kind === 'update') {
       this.lastUpdate = data;
       this.updates += 1;
@@ -314,14 +316,16 @@ class Handle {
   /** The hub's view of the task (after a reconnect, or a repeated key): catch up. */
   _snapshot(view) {
     if (this._ended) return;
-    const before = this.state;
     this.state = view.state;
     if ((view.updates || 0) > this.updates) {
       this.updates = view.updates;
       this.lastUpdate = view.last_update === undefined ? null : view.last_update;
       this._listeners.emit('update', this.lastUpdate);
     }
-    if (before === 'init' && this.state !== 'init') this._listeners.emit('start', null);
+    if (!this.started && view.started_at) {
+      this.started = true;
+      this._listeners.emit('start', null);
+    }
     this.result = view.result === undefined ? null : view.result;
     this.error = view.error || null;
     if (FINAL.has(this.state)) {

@@ -88,9 +88,13 @@ describe('against a hub', { timeout: 60000 }, () => {
   it('timeouts: no worker in time gives getResult(default); a hung handler is revoked', async () => {
     const pub = client('p4');
     assert.equal(await pub.pub('nobody:home', null, { startTimeout: 200 }).getResult('default'), 'default');
-    const err = await pub.pub('nobody:home', null, { startTimeout: 100 }).getResult().catch((e) => e);
+    const never = pub.pub('nobody:home', null, { startTimeout: 100 });
+    const err = await never.getResult().catch((e) => e);
     assert.ok(err instanceof TaskTimeout);
     assert.equal(err.reason, 'start_timeout');
+    const late = [];
+    never.on('start', () => late.push('start')).on('fail', (error) => late.push(error.reason));
+    assert.deepEqual(late, ['start_timeout']); // told at once; it never started
 
     const worker = client('hung');
     let revoked;
