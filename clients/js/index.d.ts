@@ -198,6 +198,8 @@ export type Step = [string, any?, PubOptions?] | { action: string; payload?: any
 
 export declare class Client {
   constructor(url?: string | string[], options?: ClientOptions);
+  /** Seed 004's form: new Client({ url, clientName, key }). */
+  constructor(options: ClientOptions & { url?: string | string[]; clientName?: string });
   readonly name: string;
   readonly connected: boolean;
   /** The hub's welcome message (hub, connection, service, max_frame). */

@@ -183,6 +183,20 @@ class Client {
    * @param {object} options  name, key, maxBackoff, connectTimeout, pingInterval (ms), logger, wsOptions
    */
   constructor(url = 'ws://127.0.0.1:8080', options = {}) {
+    if (url !== null && typeof url === 'object' && !Array.isArray(url)) {
+      // Seed 004's form: new Client({ url, clientName, key }).
+      options = { ...url };
+      url = options.url === undefined ? 'ws://127.0.0.1:8080' : options.url;
+      delete options.url;
+      if (options.clientName !== undefined) {
+        if (options.name !== undefined) throw new InvalidOption('give name or clientName, not both', { option: 'clientName' });
+        options.name = options.clientName;
+        delete options.clientName;
+      }
+    }
+    if (typeof url !== 'string' && !(Array.isArray(url) && url.length && url.every((u) => typeof u === 'string'))) {
+      throw new InvalidOption('url must be a ws:// URL or a non-empty array of them', { option: 'url' });
+    }
     checkKeys(options, ['name', 'key', 'maxBackoff', 'connectTimeout', 'pingInterval', 'maxFrame', 'logger', 'wsOptions'], 'Client');
     this.name = options.name || 'anonymous';
     this._log = options.logger === undefined ? console : options.logger || { warn() {}, error() {} };

@@ -42,6 +42,13 @@ describe('credentials', { timeout: 60000 }, () => {
     assert.deepEqual(await web.pub('mail/bulk:send', ['a', 'b']).getResult(), { sent: 2 });
   });
 
+  it("seed 004's constructor form: new Client({url, clientName, key})", async () => {
+    const c = new Client({ url: hub.url, clientName: 'web', key: 'web-secret', logger: quiet });
+    clients.push(c);
+    await c.connect();
+    assert.equal(c.welcome.service, 'web');
+  });
+
   it('a wrong key is refused at connect, and what was queued rejects with it', async () => {
     const bad = client('web', 'wrong');
     const handle = bad.pub('mail/bulk:send', []);

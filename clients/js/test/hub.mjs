@@ -11,6 +11,15 @@ export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const PYTHON = process.env.TASKHUB_PYTHON || path.join(REPO, '.venv/bin/python');
 const TASKHUB = process.env.TASKHUB_BIN || path.join(REPO, '.venv/bin/taskhub');
 
+const LIVE = new Set();
+function reap() {
+  for (const proc of LIVE) if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+}
+process.once('exit', reap);
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+  process.once(sig, () => { reap(); process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGHUP' ? 1 : 15)); });
+}
+
 export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = createServer();
@@ -49,6 +58,11 @@ export class Hub {
     const env = { ...process.env };
     for (const k of Object.keys(env)) if (k.startsWith('TASKHUB_')) delete env[k];
     this.proc = spawn(TASKHUB, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // A test run that ends without stop() (a timed-out test, a crash, the runner's signal)
+    // must not leave it running.
+    const proc = this.proc;
+    LIVE.add(proc);
+    proc.once('exit', () => LIVE.delete(proc));
     this.proc.stdout.on('data', (d) => { this.log += d; });
     this.proc.stderr.on('data', (d) => { this.log += d; });
     const exited = new Promise((resolve) => this.proc.once('exit', (code) => resolve(code)));
