@@ -388,9 +388,10 @@ class Client {
       handle._refuse(new ConnectionClosed('the client is closed'));
       return handle;
     }
-    this._unconfirmed.add(handle);
-    // Queued while (re)connecting: it leaves with the next connection.
+    // Queued while (re)connecting: it leaves with the next connection. Throws, sending nothing,
+    // if the message is not plain JSON or too large.
     this._conn.post(msg, handle);
+    this._unconfirmed.add(handle);
     return handle;
   }
 

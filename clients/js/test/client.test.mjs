@@ -36,6 +36,12 @@ describe('against a hub', { timeout: 60000 }, () => {
     assert.deepEqual(result, { sent: 2, publisher: 'web' });
   });
 
+  it('calls made before the connection is up wait for it (the seeds never await a connect)', async () => {
+    const c = client('eager');
+    c.sub('eager:work', (task) => task.getPayload().then((p) => p + 1));
+    assert.equal(await c.pub('eager:work', 41).getResult(), 42);
+  });
+
   it('progress updates reach the publisher, and a late listener hears the latest at once', async () => {
     const worker = client('progress');
     await worker.sub('report:build', async (task) => {

@@ -42,8 +42,11 @@ describe('reconnect after the hub restarts', { timeout: 90000 }, () => {
     await hub.stop();
     await disconnected;
     const back = [nextConnect(worker), nextConnect(pub)];
+    // Published while the hub is down: queued, and sent with the new connection.
+    const queued = pub.pub('img:resize', 'd.png');
     await hub.start();
     await Promise.all(back);
+    assert.equal(await queued.getResult(), 'resized d.png');
 
     // The worker's subscription was restored: a new task reaches it.
     assert.equal(await pub.pub('img:resize', 'c.png').getResult(), 'resized c.png');
