@@ -79,12 +79,18 @@ class Task {
     this.pickedUp = false;
     this._hasPayload = 'payload' in offer;
     this._payload = offer.payload === undefined ? null : offer.payload;
-    this._abort = new AbortController();
+    this._abort = null; // made when `signal` is first read: most handlers never look
     this._listeners = new Listeners(this, client._log);
   }
 
   /** Aborted when the hub revokes the delivery (timeout, cancel) or the client closes. */
-  get signal() { return this._abort.signal; }
+  get signal() {
+    if (this._abort === null) {
+      this._abort = new AbortController();
+      if (this.revoked) this._abort.abort(new Error(`task ${this.id} was revoked: ${this.revoked}`));
+    }
+    return this._abort.signal;
+  }
 
   /** "I am working on it, wait for me" (idempotent; the library does it when the handler starts). */
   pickup() {
@@ -184,7 +190,7 @@ class Task {
   _revoke(reason) {
     if (this.revoked) return;
     this.revoked = reason;
-    this._abort.abort(new Error(`task ${this.id} was revoked: ${reason}`));
+    if (this._abort !== null) this._abort.abort(new Error(`task ${this.id} was revoked: ${reason}`));
     this._listeners.emit('revoke', reason);
   }
 }
