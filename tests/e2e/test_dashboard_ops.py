@@ -248,6 +248,8 @@ async def test_chains_are_shown_as_chains(hub_server: Server, http: httpx.AsyncC
         ]
         chains = (await http.get("/v1/dashboard/tasks?kind=chain", headers=ADMIN)).json()
         assert [(r["id"], r["kind"]) for r in chains["tasks"]] == [(chain_id, "chain")]
+        by_id = await http.get("/v1/dashboard/tasks", params={"id": chain_id}, headers=ADMIN)
+        assert [r["kind"] for r in by_id.json()["tasks"]] == ["chain"]  # an id finds it anyway
         both = (await http.get("/v1/dashboard/tasks?kind=all", headers=ADMIN)).json()
         assert len(both["tasks"]) == 3
         stats = (await http.get("/v1/dashboard/stats", headers=ADMIN)).json()

@@ -1,7 +1,9 @@
 """The web dashboard: a static page at ``/`` and the JSON it reads under ``/v1/dashboard``.
 
-The page (``hub/static``: plain HTML, CSS and JavaScript modules, no build step) polls
-``/v1/dashboard/stats`` once a second and streams a task's events over Server-Sent Events.
+The page (``hub/static``: plain HTML, CSS and JavaScript modules, no build step, uPlot
+vendored for the charts) polls ``/v1/dashboard/stats`` and ``/series`` and streams a task's
+events over Server-Sent Events; it can cancel, retry, re-queue and purge. What it shows of
+the past is kept by ``hub/monitor.py``; its search is ``hub/search.py``.
 Every data route needs *admin* rights (:func:`is_admin`): a Bearer header, or the session
 cookie ``POST /v1/dashboard/login`` sets, because a browser's EventSource cannot send a header.
 docs/dashboard.md describes the page and the routes.
@@ -40,7 +42,6 @@ from taskhub.hub.monitor import (
     RATE_WINDOW,
     RECENT_TASKS,
     Monitor,
-    kind_matches,
     summary,
 )
 from taskhub.hub.schedules_http import Requeued
@@ -463,13 +464,13 @@ async def recent_tasks(
     after: Annotated[str | None, Query(description="Search: the `next` of the last page.")] = None,
     limit: Annotated[int, Query(ge=1, le=RECENT_TASKS)] = 100,
 ) -> Any:
-    """Without `id`, `publisher`, `since`, `until`, `error` or `after`: the live tasks and the
-    last tasks this hub saw end (at most 1000), newest first, from memory. With any of them:
-    a search of the stored tasks, oldest first, paged like `GET /v1/tasks` (`next`)."""
-    if id is not None:
+    """With `id`: that task or chain (or nothing). Without `publisher`, `since`, `until`,
+    `error` or `after`: the live tasks and the last tasks this hub saw end (at most 1000),
+    newest first, from memory. With any of them: a search of the stored tasks, oldest first,
+    paged like `GET /v1/tasks` (`next`)."""
+    if id is not None:  # one task or chain, whatever the other filters say
         rec = await hub.find(id)
-        found = [rec] if rec is not None and kind_matches(kind, rec.action) else []
-        return {"tasks": [summary(r) for r in found], "next": None}
+        return {"tasks": [summary(rec)] if rec is not None else [], "next": None}
     f = TaskFilter(
         action=action,
         state=state,
