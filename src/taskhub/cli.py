@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sys
 from typing import Annotated, Any
@@ -180,13 +181,18 @@ async def _pub(
     url: str, name: str, key: str, action: str, payload: Any, wait: bool, options: dict[str, Any]
 ) -> int:
     from taskhub import Client
-    from taskhub.cli_live import wait_for_result
+    from taskhub.cli_live import say_if_pooled, wait_for_result
 
+    # The CLI says it in its own words (say_if_pooled), so not the client's log line too.
+    logging.getLogger("taskhub.client").addFilter(
+        lambda record: record.funcName != "_nobody_subscribed"
+    )
     async with Client(url, name=name, key=key, connect_timeout=5) as client:
         handle = client.pub(action, payload, **options)
         if wait:
             return await wait_for_result(handle, live=err.is_terminal)
         print(await handle.accepted(), flush=True)
+        say_if_pooled(handle)
         return 0
 
 
