@@ -23,6 +23,7 @@ lint: $(STAMP)
 test: lint
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-haproxy.sh
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
