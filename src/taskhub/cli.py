@@ -115,6 +115,13 @@ def serve(
             port=port,
             store=store,
         )
+    except ModuleNotFoundError as exc:  # the [cli] extra without the [server] one
+        if (exc.name or "taskhub").startswith("taskhub"):
+            raise
+        fail(
+            f"taskhub serve needs the hub's dependencies ({exc.name} is not installed): "
+            "pip install 'taskhub-server[server]'"
+        )
     except (TaskHubError, ValueError) as exc:
         fail(str(exc))
         return

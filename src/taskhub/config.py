@@ -49,11 +49,13 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskhub.errors import InvalidOption
 from taskhub.intervals import parse_interval
-from taskhub.server import Server
+
+if TYPE_CHECKING:
+    from taskhub.server import Server
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str,
@@ -125,6 +127,9 @@ def load(
 
     Credentials come from the file's ``[[credentials]]``, ``credentials_file`` (or
     ``TASKHUB_CREDENTIALS_FILE``) and ``TASKHUB_CREDENTIALS`` (a JSON list)."""
+    # Here, not at the top: `taskhub serve --help` reads SETTINGS where only [cli] is installed.
+    from taskhub.server import Server
+
     settings: dict[str, Any] = {}
     creds: list[dict[str, Any]] = []
     if path is not None:

@@ -93,6 +93,19 @@ def test_the_client_runs_without_the_hub_and_says_which_extra_is_missing(
     )
     assert cmd.returncode == 1 and "Traceback" not in cmd.stderr
     assert cmd.stderr.count("\n") == 1 and "pip install 'taskhub-server[cli]'" in cmd.stderr
+    # With the [cli] extra the command runs; `serve` names the [server] extra.
+    context = bin_dir.parent.parent / "src"
+    subprocess.run(
+        [bin_dir / "python", "-m", "pip", "install", "-q", f"{context}[cli]"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    version = subprocess.run([bin_dir / "taskhub", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("taskhub "), version.stderr
+    serve = subprocess.run(
+        [bin_dir / "taskhub", "serve"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert serve.returncode == 1 and serve.stderr.count("\n") == 1, serve.stderr
+    assert "pip install 'taskhub-server[server]'" in serve.stderr
 
 
 def test_importing_the_client_imports_none_of_the_hubs_dependencies() -> None:
