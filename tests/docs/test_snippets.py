@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARK = re.compile(r"<!--\s*(fragment|output|run)\s*-->\s*$")
-ELSEWHERE = re.compile(r"<!--\s*snippets:\s*(\S+)\s*-->")
+ELSEWHERE = re.compile(r"^<!--\s*snippets:\s*(\S+)\s*-->[ \t]*$", re.M)  # a line of its own
 HUB = "127.0.0.1:8080"
 
 
