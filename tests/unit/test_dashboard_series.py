@@ -121,8 +121,10 @@ def test_a_time_is_an_id_range() -> None:
 
 def test_a_young_hub_charts_only_its_own_time() -> None:
     s = Series()
-    view = s.view(T0 + 10.5, 300, since=T0 + 0.7)
-    assert view["t"] == list(range(T0, T0 + 11))
+    view = s.view(T0 + 100.5, 300, since=T0 + 0.7)
+    assert view["t"] == list(range(T0, T0 + 101))
+    # but at least a minute's points, or the time axis would count milliseconds
+    assert s.view(T0 + 10.5, 300, since=T0 + 0.7)["t"] == list(range(T0 - 49, T0 + 11))
     assert s.view(T0 + 7200, 3600, since=T0)["t"][0] == T0 + 3660  # an hour back, by minute
 
 

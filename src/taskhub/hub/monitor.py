@@ -175,15 +175,16 @@ class Series:
         since: float | None = None,
     ) -> dict[str, Any]:
         """Columns for a chart of the last ``span`` seconds, from ``since`` at the earliest
-        (the hub's start: nothing was counted before): one point a second up to 15 minutes,
+        (the hub's start: nothing was counted before) unless that leaves fewer than 60
+        points: one point a second up to 15 minutes,
         one a minute beyond. Counts are per second (a minute's divided by 60). ``live`` is
         (second, published, succeeded, failed) of the second still being counted."""
         step = 1 if span <= SECOND_POINTS else 60
         ring = self.seconds if step == 1 else self.minutes
         last = int(now) // step
         first = last - span // step + 1
-        if since is not None:
-            first = min(last, max(first, int(since) // step))
+        if since is not None:  # a young hub: from its start, but at least a minute's points
+            first = min(max(first, int(since) // step), last - min(span // step, 60) + 1)
         cols: dict[str, list[Any]] = {
             k: []
             for k in (
