@@ -197,11 +197,25 @@ class Hub:
                 log.error("the store did not take the last writes within %.0fs", flush_timeout)
         if self._flusher is not None:
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # A write the flusher was waiting on may not unwind while the store is out of
+            # reach (a partition): what it held was never acknowledged, so do not wait on it.
+            done, _ = await asyncio.wait({self._flusher}, timeout=flush_timeout)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("the commit pipeline had failed", exc_info=task.exception())
+            if not done:
+                log.error(
+                    "the commit pipeline did not stop within %.0fs; left behind", flush_timeout
+                )
         if self._timer is not None:
             self._timer.cancel()
-        await self.store.close()
+        closing = asyncio.ensure_future(self.store.close())
+        done, _ = await asyncio.wait({closing}, timeout=flush_timeout)
+        if not done:
+            log.error("the store did not close within %.0fs; left behind", flush_timeout)
+            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            closing.result()
 
     # --- the commit pipeline -----------------------------------------------------------------
     def kick(self) -> None:
