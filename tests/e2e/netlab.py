@@ -94,6 +94,13 @@ class NetLab:
             self._in(f"{self.tag}-{name}", "iptables", "-I", "INPUT", "-s", addr, "-j", "DROP")
             self._in(f"{self.tag}-{name}", "iptables", "-I", "OUTPUT", "-d", addr, "-j", "DROP")
 
+    def cut_port(self, name: str, port: int) -> None:
+        """Drop every TCP packet between node ``name`` and the test process's port ``port``
+        (one connection of the test's, say), both ways."""
+        ns = f"{self.tag}-{name}"
+        self._in(ns, "iptables", "-I", "INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP")
+        self._in(ns, "iptables", "-I", "OUTPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP")
+
     def heal(self, name: str) -> None:
         """Remove node ``name``'s DROP rules."""
         self._in(f"{self.tag}-{name}", "iptables", "-F", "INPUT")

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from taskhub import Client
 from tests.e2e.hubproc import HubProcess
@@ -204,6 +207,67 @@ async def test_a_follower_cut_from_the_leader_never_delivers_a_stale_offer(
         a.stop()
         if b is not None:
             b.stop()
+
+
+async def test_a_hub_gives_up_a_dead_connection_so_nothing_queued_for_it_arrives_later(
+    lab: NetLab, config: Path
+) -> None:
+    """Item 5 (c), the hub's side. A worker's connection goes dead (cut at the network) while
+    the hub keeps offering it tasks; the hub's keepalive gives it up and the tasks go to
+    another worker, whose results are acknowledged. What the hub had queued for the dead
+    connection must never reach it after the heal. This worker has no keepalive of its own
+    (a follower's relay had none), so only the hub can see to that: it resets the
+    connection instead of closing it, and the kernel drops what it still held."""
+    a = HubProcess("memory://", 8080, "--config", str(config), env=ENV, host=lab.node("a"))
+    a.prefix = lab.prefix("a")
+    a.start()
+    seen: list[tuple[str, str]] = []  # ("offer", id) to the cut worker, ("acked", id)
+    try:
+        raw = await connect(
+            f"{a.url}/v1/ws", additional_headers={"Authorization": "Bearer t:k"}, ping_interval=None
+        )
+        await raw.recv()  # welcome
+        await raw.send('{"op":"sub","action":"held:job","concurrency":100,"ref":1}')
+        await raw.recv()  # ok
+
+        async def read() -> None:
+            try:
+                async for frame in raw:
+                    msgs = msgspec.json.decode(frame)
+                    for msg in msgs if isinstance(msgs, list) else [msgs]:
+                        if msg.get("op") == "offer":
+                            seen.append(("offer", msg["task"]))
+            except ConnectionClosed:
+                pass
+
+        reading = asyncio.create_task(read())
+
+        async def work(task: Any) -> Any:
+            return "done"
+
+        async with (
+            Client(a.url, max_backoff=0.3, **AUTH) as worker,
+            Client(a.url, max_backoff=0.3, **AUTH) as pub,
+        ):
+            await worker.sub("held:job", work, concurrency=4)
+            lab.cut_port("a", raw.local_address[1])
+            try:
+                handles = [pub.pub("held:job", i) for i in range(20)]
+                for h in handles:
+                    h.add_done_callback(lambda h: seen.append(("acked", h.id)))
+                assert {await h.get_result(timeout=30) for h in handles} == {"done"}
+                await asyncio.sleep(8)  # the cut lasts on; TCP would keep retrying
+            finally:
+                lab.heal("a")
+            await asyncio.sleep(6)  # what the hub's kernel still held would arrive now
+        reading.cancel()
+        await raw.close()
+        acked = {task_id for kind, task_id in seen if kind == "acked"}
+        late = [task_id for kind, task_id in seen if kind == "offer" and task_id in acked]
+        print(f"{len(late)} offer(s) of acknowledged tasks reached the cut worker")
+        assert late == []
+    finally:
+        a.stop()
 
 
 async def _role_is(hub: HubProcess, expected: str) -> bool:
