@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.protocol import State
 
 log = logging.getLogger("taskhub.proxy")
 
@@ -247,9 +246,9 @@ class Relay:
 
         async def down() -> None:  # leader -> client
             try:
+                # A link the keepalive gave up is aborted by websockets at once: nothing
+                # that arrives later (stale, after a partition heals) is read.
                 async for frame in upstream:
-                    if upstream.state is not State.OPEN:
-                        break  # given up (keepalive): what still arrives may be stale
                     if isinstance(frame, str):
                         await send({"type": "websocket.send", "text": frame})
                     else:
