@@ -181,10 +181,21 @@ async def test_a_follower_cut_from_the_leader_never_delivers_a_stale_offer(
 
             first = burst(8)
             assert {await h.get_result(timeout=20) for h in first} == {"a", "b"}
+            # A long poll relayed by b, for a task nobody works: it waits at the leader.
+            http = httpx.AsyncClient(base_url=b.http_url, auth=_Bearer(), timeout=90)
+            lonely = (await http.post("/v1/tasks", json={"action": "idle:job"})).json()["id"]
+            poll = asyncio.create_task(http.get(f"/v1/tasks/{lonely}/result", params={"wait": 60}))
+            await asyncio.sleep(0.5)  # it has reached the leader
             lab.cut("a", "b")
             cut_at = time.monotonic()
             mark = len(seen)
             try:
+                # The relayed request's TCP keepalive gives the dead link up: answered
+                # 503 no_leader during the cut, not held for its whole wait (or longer).
+                r = await asyncio.wait_for(poll, 30)
+                assert r.status_code == 503 and r.json()["code"] == "no_leader", r.text
+                await http.aclose()
+
                 # Offers to the worker behind b go into the dead link, until the keepalives
                 # give it up; the worker then works on through its other URL.
                 async def worker_b_works() -> bool:
