@@ -73,6 +73,7 @@ class Cluster:
         self._holding = False  # this process took the lock and has not stepped down since
         self._lease_until = 0.0  # loop time until which the lock surely is ours
         self._lost = asyncio.Event()  # the lease could not be renewed in time
+        self._release = False  # step down releasing the lock (the hub could not start)
         self._keeper: asyncio.Task[None] | None = None
         self._self_named = False  # the lock names our address under another instance (logged)
         self._background: set[asyncio.Task[Any]] = set()
@@ -112,7 +113,7 @@ class Cluster:
         while True:
             if self._holding:
                 await self._lost.wait()
-                await self._step_down(release=False, bound=2 * self.lease + 1.0)
+                await self._step_down(release=self._release, bound=2 * self.lease + 1.0)
                 continue  # find and follow whoever leads now, at once
             try:
                 await self._step()
@@ -159,6 +160,7 @@ class Cluster:
     async def _lead(self) -> None:
         """The lock is ours: keep it alive from now on, restore, then serve as the leader."""
         self._holding = True
+        self._release = False
         self._lost.clear()
         self._keeper = asyncio.create_task(self._keep_lease(), name="taskhub-lease")
         store = RedisStore.from_url(self.store_url)
@@ -170,6 +172,9 @@ class Cluster:
         lost = asyncio.ensure_future(self._lost.wait())
         try:
             await asyncio.wait({starting, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # this hub stops meanwhile
+            self._abandon(starting)
+            raise
         finally:
             lost.cancel()
         if not starting.done():  # the lease ran out first (Redis unreachable)
@@ -177,6 +182,7 @@ class Cluster:
             return  # the role loop steps down
         if starting.exception() is not None:
             log.error("could not take the lead", exc_info=starting.exception())
+            self._release = True  # let another hub try at once
             self._lost.set()
             return
         if self._lost.is_set():
