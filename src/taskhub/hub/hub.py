@@ -61,10 +61,14 @@ Closer = Callable[[int, str], Awaitable[None]]
 @dataclass
 class Limits:
     """Per-connection limits. Memory a connection may hold is about ``max_frame`` (one frame
-    being decoded) plus ``max_send_queue`` encoded frames waiting for a slow reader."""
+    being decoded) plus ``max_send_buffer`` bytes of encoded frames waiting for a slow reader
+    (docs/operations.md, "Slow readers")."""
 
     max_frame: int = 1024 * 1024
-    max_send_queue: int = 1024  # frames; a reader this far behind is disconnected
+    # Bytes of frames waiting for one connection beyond what its socket took; a reader this
+    # far behind is closed (4008) and what waits for it is freed.
+    max_send_buffer: int = 16 * 1024 * 1024
+    max_send_queue: int = 1024  # frames; the same, counted in frames
     ping_interval: float = 5.0  # a dead peer is noticed within ping_interval + ping_timeout
     ping_timeout: float = 5.0
     max_wait: float = 300.0  # longest HTTP long poll (task result, consumer fetch), seconds

@@ -19,6 +19,7 @@ Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -101,3 +102,35 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+    def close_slow(self, code: int, reason: str, grace: float) -> None:
+        """Close a connection whose peer reads too slowly, as uvicorn closes for the ASGI
+        ``websocket.close`` but without waiting for the socket to take more (it never may):
+        the close frame goes behind what the transport holds, the app hears the disconnect at
+        once, and the transport is aborted, freeing its buffer, if it is still open after
+        ``grace`` seconds."""
+        if not self.close_sent and not self.transport.is_closing():
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            with contextlib.suppress(InvalidState):
+                self.conn.send_close(code, reason)
+                self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()  # flushes what it holds, then closes: if the peer reads
+        self.abort_after(grace)
+
+    def keepalive_timeout(self) -> None:
+        """uvicorn closes a connection whose peer did not answer a ping with
+        ``transport.close()``, which waits for the buffered frames to leave: a peer that
+        stopped reading kept its connection, and the memory it holds, for good. Abort it
+        after another ping timeout instead."""
+        super().keepalive_timeout()
+        if self.ping_timeout is not None:
+            self.abort_after(self.ping_timeout)
+
+    def abort_after(self, grace: float) -> None:
+        """Abort the transport in ``grace`` seconds unless the connection is gone by then."""
+        self.loop.call_later(grace, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
