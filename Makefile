@@ -23,7 +23,10 @@ lint: $(STAMP)
 test: lint
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-haproxy.sh
 	$(BIN)/pytest -q
+	bash scripts/ensure-node.sh
+	cd clients/js && npm ci --no-audit --no-fund && npm test
 	bash scripts/test-lowest.sh
 
 # The dependency floors of pyproject.toml, checked: a part of the suite at the lowest versions.

@@ -19,9 +19,9 @@ for req in dev:
         print(req)
 PY
 )
-"$UV" pip install -q --python "$VENV/bin/python" --resolution lowest-direct -e . "${TOOLS[@]}"
+"$UV" pip install -q --python "$VENV/bin/python" --resolution lowest-direct -e '.[server]' "${TOOLS[@]}"
 echo "test-lowest: $("$UV" pip freeze -q --python "$VENV/bin/python" | grep -iE \
-  '^(msgspec|websockets|uvicorn|fastapi|starlette|uvloop|typer|rich|croniter|prometheus-client|httpx|tomlkit|hiredis|redis)==' \
+  '^(msgspec|websockets|uvicorn|fastapi|fastapi-offline|starlette|uvloop|typer|rich|croniter|prometheus-client|httpx|tomlkit|hiredis|redis)==' \
   | tr '\n' ' ')"
 
 # Every dependency's code path at least once: the wire codec and lifecycle (msgspec), the
