@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskhub.errors import (
@@ -129,12 +129,25 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     if exc.status_code == 405:  # every method of the path, not just those of one route
-        methods: set[str] = set()
-        for route in request.app.routes:
-            if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
-                methods |= route.methods or set()
-        response.headers["Allow"] = ", ".join(sorted(methods))
+        response.headers["Allow"] = ", ".join(_methods(request.app, request.scope))
     return response
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods some route answers on the request's path. Asks each route whether it
+    matches (Starlette's public ``matches``), which also sees routes that included routers
+    keep inside themselves rather than in ``app.routes``."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
