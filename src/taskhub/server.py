@@ -294,11 +294,17 @@ class Server:
                 await failed  # raises why (_serve_uvicorn); a later stop() has nothing to stop
                 raise OSError(f"could not listen on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
-        for server in self._uvicorn.servers:
-            for sock in server.sockets:
-                self.port = sock.getsockname()[1]
-                break
-        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
+        bound = [sock.getsockname() for s in self._uvicorn.servers for sock in s.sockets]
+        if bound:
+            self.port = bound[0][1]
+        # The addresses really bound (0.0.0.0 stays 0.0.0.0), not self.url: that is where a
+        # client on this machine dials, 127.0.0.1 for a hub on every address.
+        scheme = "wss" if self.tls_cert else "ws"
+        where = ", ".join(
+            f"{scheme}://{f'[{addr[0]}]' if ':' in addr[0] else addr[0]}:{addr[1]}{WS_PATH}"
+            for addr in bound
+        )
+        log.info("taskhub listening on %s (store %s)", where or self.url, self.store_url)
 
     async def _serve_uvicorn(self, server: _Uvicorn) -> None:
         """uvicorn's ``serve()``, except that a failed start (a port in use, say), which

@@ -9,7 +9,6 @@ docs/dashboard.md describes the page and the routes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -414,6 +413,10 @@ def _monitor(request: Request) -> Monitor:
     return monitor
 
 
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 def _refuse_non_admin(creds: Credentials) -> Credentials:
     if not is_admin(creds):
         raise PermissionDenied(
@@ -433,7 +436,7 @@ async def _admin(request: Request) -> Credentials:
         return Credentials("anonymous")
     if header:
         name, key = parse_bearer(header)
-        creds = await asyncio.to_thread(hub.registry.authenticate, name, key)
+        creds = await hub.registry.authenticate(name, key, _address(request))
         return _refuse_non_admin(creds)
     token = request.cookies.get(COOKIE)
     if token is None:
@@ -476,7 +479,7 @@ async def login(body: Login, request: Request, response: Response, hub: HubDep) 
     SameSite=Strict, signed with a per-process secret, valid for 8 hours)."""
     if hub.registry.open_access:
         return {"name": "anonymous", "open_access": True, "expires_at": None}
-    creds = await asyncio.to_thread(hub.registry.authenticate, body.name, body.key)
+    creds = await hub.registry.authenticate(body.name, body.key, _address(request))
     _refuse_non_admin(creds)
     sessions = _sessions(request)
     response.set_cookie(

@@ -12,6 +12,7 @@ changed is stored. Errors are ``{"code", "message", "details"?}`` with the code 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from taskhub.errors import (
     TooManyConnections,
 )
 from taskhub.hub import http_add, http_consumers, http_events, http_tasks
+from taskhub.hub.auth import AuthThrottled
 from taskhub.hub.consumers import ConsumerNotFound, Consumers
 from taskhub.hub.http_deps import ACTION_SCHEMA, Caller, _caller, _readable, _responses
 from taskhub.hub.http_events import _SSE_EVENT, NotImplementedYet, TaskEvents, _event_stream
@@ -68,6 +70,7 @@ _DRAIN = 8  # an oversized body is read and discarded up to this many max_frames
 _STATUS: tuple[tuple[type[TaskHubError], int], ...] = (
     (FrameTooLarge, 413),
     (ProtocolError, 400),
+    (AuthThrottled, 429),
     (AuthenticationFailed, 401),
     (PermissionDenied, 403),
     (TaskNotFound, 404),
@@ -92,8 +95,13 @@ def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = details.get("retry_after")
+    if isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(math.ceil(retry_after))
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 async def _on_taskhub_error(request: Request, exc: Exception) -> JSONResponse:
