@@ -27,7 +27,8 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/healthz", tags=["operation"])
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "hub": hub.name, "store": hub.store.url, "role": hub.role}
+        """Liveness: anyone may ask, so it tells nothing about the store (paths, hosts)."""
+        return {"status": "ok", "role": hub.role}
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz

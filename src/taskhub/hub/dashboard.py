@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 import time
 from collections import deque
 from typing import Annotated, Any, Literal
@@ -55,10 +56,11 @@ def is_admin(creds: Credentials) -> bool:
 
 # --- signed session cookies -----------------------------------------------------------------
 class Sessions:
-    """Stateless session tokens ``<name>.<expires>.<hmac>`` under a per-process secret.
+    """Session tokens ``<name>.<expires>.<nonce>.<hmac>`` under a per-process secret.
 
-    Nothing is stored per session; the credentials of each admin who logged in are kept by
-    name (at most one entry per configured credential). A restart logs everybody out.
+    Nothing is stored per session but what logout revokes (until the token would expire
+    anyway); the credentials of each admin who logged in are kept by name (at most one entry
+    per configured credential). A restart logs everybody out.
     """
 
     def __init__(self, *, ttl: float = SESSION_TTL, clock: Any = time.time) -> None:
@@ -66,6 +68,7 @@ class Sessions:
         self.ttl = ttl
         self.clock = clock
         self._admins: dict[str, Credentials] = {}
+        self._revoked: dict[str, int] = {}  # signature -> when the token expires
 
     def _sign(self, body: str) -> str:
         return hmac.new(self._secret, body.encode(), hashlib.sha256).hexdigest()
@@ -73,7 +76,8 @@ class Sessions:
     def issue(self, creds: Credentials) -> str:
         self._admins[creds.name] = creds
         name = base64.urlsafe_b64encode(creds.name.encode()).decode().rstrip("=")
-        body = f"{name}.{int(self.clock() + self.ttl)}"
+        # The nonce makes each login's token its own, so a logout revokes that one only.
+        body = f"{name}.{int(self.clock() + self.ttl)}.{secrets.token_urlsafe(8)}"
         return f"{body}.{self._sign(body)}"
 
     def check(self, token: str) -> Credentials | None:
@@ -81,7 +85,10 @@ class Sessions:
         body, _, sig = token.rpartition(".")
         if not body or not hmac.compare_digest(sig.encode(), self._sign(body).encode()):
             return None
-        name_b64, _, expires = body.partition(".")
+        if sig in self._revoked:
+            return None
+        name_b64, _, rest = body.partition(".")
+        expires = rest.partition(".")[0]
         if not expires.isdigit() or int(expires) < self.clock():
             return None
         try:
@@ -89,6 +96,15 @@ class Sessions:
         except ValueError:
             return None
         return self._admins.get(name)
+
+    def revoke(self, token: str) -> None:
+        """End a session (logout): its token is refused from now on, wherever it is kept."""
+        if self.check(token) is None:
+            return  # forged or expired: nothing to remember
+        now = self.clock()
+        self._revoked = {s: exp for s, exp in self._revoked.items() if exp >= now}
+        _, expires, _, sig = token.split(".")
+        self._revoked[sig] = int(expires)
 
 
 # --- what the page shows --------------------------------------------------------------------
@@ -497,10 +513,13 @@ async def login(body: Login, request: Request, response: Response, hub: HubDep) 
 @router.post(
     "/logout",
     status_code=204,
-    summary="Log out (clears the session cookie)",
+    summary="Log out (ends the session and clears its cookie)",
     responses={413: _responses()[413], 500: _responses()[500]},
 )
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    token = request.cookies.get(COOKIE)
+    if token is not None:
+        _sessions(request).revoke(token)
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response

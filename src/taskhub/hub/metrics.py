@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from taskhub.hub.auth import Registry
+from taskhub.hub.http_deps import Caller, _responses
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Queue, Task
 from taskhub.store import WriteBatch
@@ -337,10 +338,16 @@ def install(app: FastAPI, hub: Hub) -> None:
         "/metrics",
         tags=["operation"],
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}},
+            401: _responses()[401],
+            429: _responses()[429],
+        },
     )
-    async def get_metrics() -> Response:
-        """Prometheus text exposition of this hub's metrics (docs/operations.md)."""
+    async def get_metrics(caller: Caller) -> Response:
+        """Prometheus text exposition of this hub's metrics (docs/operations.md). It names
+        every action and service, so on a hub with credentials it needs one (any: a
+        credential without permissions is enough for a scraper)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
