@@ -34,7 +34,9 @@ timezone = "Europe/Oslo"
 ``"7 days"``), ``archive`` (a JSON-lines file removed tasks go to first),
 ``idempotency_window`` and ``retry_backoff_max``; and for operation (docs/operations.md)
 ``tls_cert``/``tls_key`` (PEM files: wss:// and https://) and ``shutdown_grace`` (seconds or an
-interval; how long a SIGTERM lets started tasks finish, default 10).
+interval; how long a SIGTERM lets started tasks finish, default 10); and for exposure
+(docs/operations.md, "Limits") ``allowed_origins``, ``request_timeout``,
+``keepalive_timeout`` and ``max_connections_per_address``.
 """
 
 from __future__ import annotations
@@ -71,8 +73,19 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_cert": str,  # PEM files: serve wss:// and https:// (docs/operations.md)
     "tls_key": str,
     "shutdown_grace": (int, float, str),  # seconds (or "30s") started tasks get on SIGTERM
+    # Exposure (docs/operations.md, "Limits"); the env form of a list is comma-separated.
+    "allowed_origins": list,
+    "request_timeout": (int, float, str),
+    "keepalive_timeout": (int, float, str),
+    "max_connections_per_address": int,
 }
-_INTERVAL_KEYS = ("idempotency_window", "retention", "shutdown_grace")
+_INTERVAL_KEYS = (
+    "idempotency_window",
+    "retention",
+    "shutdown_grace",
+    "request_timeout",
+    "keepalive_timeout",
+)
 _CRED_KEYS = {"name", "key", "key_hash", "sub_permissions", "pub_permissions", "max_connections"}
 
 
@@ -153,6 +166,8 @@ def _from_env(key: str, value: str) -> Any:
     expected = _SERVER_KEYS[key]
     if key in _INTERVAL_KEYS:
         return value  # parsed with the file's values: "7 days" or seconds
+    if expected is list:
+        return [item.strip() for item in value.split(",") if item.strip()]
     try:
         if expected is int:
             return int(value)

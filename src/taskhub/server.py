@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import uvicorn
@@ -20,6 +20,13 @@ import uvicorn
 from taskhub.errors import InvalidOption
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
+from taskhub.hub.http_origin import allowed_origins as parse_origins
+from taskhub.hub.http_protocol import (
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_REQUEST_TIMEOUT,
+    guarded_http_protocol,
+)
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.ws_protocol import HubWebSocketProtocol
@@ -82,6 +89,10 @@ class Server:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        allowed_origins: list[str] | tuple[str, ...] = (),
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
         (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
@@ -100,7 +111,14 @@ class Server:
 
         Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
         and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
-        :meth:`run`/``taskhub serve``) lets started tasks finish."""
+        :meth:`run`/``taskhub serve``) lets started tasks finish.
+
+        Exposure (docs/operations.md, "Limits"): ``allowed_origins`` web pages (origins such
+        as ``"http://localhost:3000"``, or ``"*"``) a hub without credentials answers besides
+        its own; ``request_timeout`` seconds a connection gets to send a whole request head
+        (and body), ``keepalive_timeout`` seconds an idle HTTP connection is kept,
+        ``max_connections_per_address`` HTTP connections one client address may hold open
+        (0 or None: no cap)."""
         if (tls_cert is None) != (tls_key is None):
             raise InvalidOption("tls_cert and tls_key go together: give both or neither")
         if shutdown_grace < 0:
@@ -135,6 +153,14 @@ class Server:
             max_frame=max_frame, ping_interval=ping_interval, ping_timeout=ping_timeout
         )
         self.registry = Registry()
+        self.registry.allowed_origins = parse_origins(allowed_origins)
+        if request_timeout <= 0 or keepalive_timeout <= 0:
+            raise InvalidOption("request_timeout and keepalive_timeout must be > 0 seconds")
+        if max_connections_per_address is not None and max_connections_per_address < 0:
+            raise InvalidOption("max_connections_per_address must be >= 0 (0 or None: no cap)")
+        self.request_timeout = float(request_timeout)
+        self.keepalive_timeout = float(keepalive_timeout)
+        self.max_connections_per_address = max_connections_per_address or None
         self.clock = clock
         self.name = name
         self.hub: Hub | None = None
@@ -281,6 +307,13 @@ class Server:
             ws_ping_timeout=self.limits.ping_timeout,
             lifespan="off",
             ws=HubWebSocketProtocol,
+            http=guarded_http_protocol(
+                request_timeout=self.request_timeout,
+                keepalive_timeout=self.keepalive_timeout,
+                max_per_address=self.max_connections_per_address,
+            ),
+            # uvicorn annotates an int but only hands it to loop.call_later
+            timeout_keep_alive=cast(int, self.keepalive_timeout),
             timeout_graceful_shutdown=5,
             ssl_certfile=self.tls_cert,
             ssl_keyfile=self.tls_key,

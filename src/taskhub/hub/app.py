@@ -8,6 +8,7 @@ from fastapi import FastAPI, WebSocket
 
 from taskhub import __version__
 from taskhub.hub import dashboard, http, metrics, schedules_http
+from taskhub.hub.http_origin import SameOrigin
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
@@ -34,4 +35,6 @@ def create_app(hub: Hub) -> FastAPI:
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz
     app.include_router(schedules_http.router)  # schedules, queues, dead letters
     dashboard.install(app, hub)  # the web dashboard at / and its JSON under /v1/dashboard
+    # Outermost: an open-access hub refuses other web pages before anything else runs.
+    app.add_middleware(SameOrigin, registry=hub.registry)
     return app

@@ -66,9 +66,16 @@ log = logging.getLogger("taskhub.http")
 _DRAIN = 8  # an oversized body is read and discarded up to this many max_frames, then closed
 
 
+class UnsupportedMediaType(ProtocolError):
+    """A body that is not declared JSON (415)."""
+
+    code = "unsupported_media_type"
+
+
 # Most specific first: the first class an error is an instance of gives its status.
 _STATUS: tuple[tuple[type[TaskHubError], int], ...] = (
     (FrameTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (ProtocolError, 400),
     (AuthThrottled, 429),
     (AuthenticationFailed, 401),
@@ -199,7 +206,17 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        data = b"".join(chunks)
+        if data and not _is_json(headers.get(b"content-type", b"")):
+            # A body is JSON here; a web page's cross-site form or text/plain post is not.
+            sent = headers.get(b"content-type", b"").decode("latin-1") or "none"
+            err = UnsupportedMediaType(
+                f"the body must be JSON sent with 'Content-Type: application/json' "
+                f"(the request said {sent!r})"
+            )
+            await _error(415, err.code, err.message)(scope, receive, send)
+            return
+        body = {"type": "http.request", "body": data, "more_body": False}
         await self.app(scope, _replay([body], receive), send)
 
     @staticmethod
@@ -222,6 +239,14 @@ class BodyLimit:
         if more:
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def _is_json(content_type: bytes) -> bool:
+    """``application/json`` or a ``+json`` type such as ``application/merge-patch+json``."""
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
