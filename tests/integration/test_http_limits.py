@@ -160,7 +160,7 @@ async def test_the_uvicorn_internals_the_guard_uses_are_there() -> None:
     config.load()
     proto = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
     assert hasattr(proto, "cycle") and proto.cycle is None
-    for method in ("on_response_complete", "handle_websocket_upgrade", "connection_made"):
+    for method in ("on_response_complete", "handle_websocket_upgrade", "on_headers_complete"):
         assert callable(getattr(HttpToolsProtocol, method))
     assert not inspect.signature(HttpToolsProtocol.handle_websocket_upgrade).parameters.keys() - {
         "self"

@@ -11,9 +11,14 @@ long (a long poll) is not affected: the deadline only closes a connection whose 
 still arriving. WebSocket connections leave this protocol at the upgrade (ws_protocol.py) and
 are bounded by credentials and pings instead.
 
+Many addresses together can still open more connections than the process has descriptors:
+of the connections waiting for a request head, at most half the descriptor limit are kept,
+the one waiting longest is closed first.
+
 This is the one place that uses uvicorn's HTTP internals: ``cycle`` (the request being
-answered: ``response_complete``, ``more_body``), ``on_response_complete`` and
-``handle_websocket_upgrade``. tests/integration/test_http_limits.py checks they are there.
+answered: ``response_complete``, ``more_body``), ``on_response_complete``,
+``handle_websocket_upgrade`` and httptools' ``on_headers_complete`` callback.
+tests/integration/test_http_limits.py checks they are there.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -45,7 +51,16 @@ def guarded_http_protocol(
     Guarded.max_per_address = max_per_address
     Guarded.open_per_address = {}
     Guarded.capped = set()
+    Guarded.waiting = {}
+    Guarded.max_waiting = max_waiting()
     return Guarded
+
+
+def max_waiting() -> int:
+    """Connections that may wait for a request head at once: half the file descriptors the
+    process may open, so that the rest stays for connections that do send requests."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, soft // 2) if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class GuardedHTTPProtocol(HttpToolsProtocol):
@@ -54,6 +69,9 @@ class GuardedHTTPProtocol(HttpToolsProtocol):
     max_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     open_per_address: dict[str, int] = {}  # HTTP connections open per client address
     capped: set[str] = set()  # addresses refused since they were last under the cap (logged once)
+    # Connections waiting for a request head (new, or idle after an answer), oldest first.
+    waiting: dict[GuardedHTTPProtocol, None] = {}
+    max_waiting = 512
 
     _deadline: asyncio.TimerHandle | None = None
     _address: str | None = None  # counted in open_per_address
@@ -70,11 +88,32 @@ class GuardedHTTPProtocol(HttpToolsProtocol):
             self.open_per_address[address] = held + 1
             self._address = address
         self._arm(self.request_timeout)
+        self._wait_for_head()
+
+    def on_headers_complete(self) -> None:
+        self.waiting.pop(self, None)
+        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():  # kept alive: the next request has this long
             self._arm(self.keepalive_timeout + self.request_timeout)
+            if self.cycle is None or self.cycle.response_complete:  # not a pipelined one
+                self._wait_for_head()
+
+    def _wait_for_head(self) -> None:
+        """Count this connection among those waiting for a head; past ``max_waiting`` the
+        one that has waited longest is closed. Many connections from many addresses that
+        send nothing (or half a head) then cost at most half the descriptors, and a client
+        whose request arrives at once is never the oldest."""
+        waiting = self.waiting
+        waiting.pop(self, None)
+        waiting[self] = None
+        while len(waiting) > self.max_waiting:
+            oldest = next(iter(waiting))
+            del waiting[oldest]
+            log.debug("closing the connection that waited longest for a request head")
+            oldest.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
         self._release()  # no longer an HTTP connection of this address
@@ -102,6 +141,7 @@ class GuardedHTTPProtocol(HttpToolsProtocol):
             transport.close()
 
     def _release(self) -> None:
+        self.waiting.pop(self, None)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
