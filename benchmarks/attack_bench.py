@@ -8,12 +8,14 @@ default). Attackers and the legitimate client speak from different loopback addr
 (127.0.0.2 and up, 127.0.0.1): Linux routes all of 127/8 to lo.
 
 - slowloris: open ``--conns`` TCP connections that send half a request head and never finish
-  it; can a legitimate client still get ``/healthz`` and a WebSocket? How many fds does the hub
-  hold then, and ``--linger`` seconds later?
+  it, from one address and then spread over 50; can a legitimate client still get
+  ``/healthz`` and a WebSocket? How many fds does the hub hold then, and ``--linger``
+  seconds later?
 - timing: the answer time of a wrong key for a name that authenticated before, against an
   unknown name (median of ``--tries``, each from its own address so no throttle applies).
-- flood: 16 clients send unknown names in a loop; the handshake latency of a legitimate
-  client (authenticated before) and of a first login, against the same without the flood.
+- flood: 16 clients (another process) send unknown names in a loop; the handshake latency
+  of a legitimate client (authenticated before) and of a first login, against the same
+  without the flood and with the same 16 clients sending a valid key (the load alone).
 - origin: an open-access hub asked with ``Origin: http://evil.example``, ``Host:
   evil.example`` and a ``text/plain`` POST.
 """
@@ -125,13 +127,14 @@ async def ws_handshake(
     return ok, time.perf_counter() - t0
 
 
-async def slowloris(conns: int, linger: float) -> dict[str, Any]:
+async def slowloris(conns: int, linger: float, spread: int) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, conns + 512)), hard))
     with hub(CREDS) as (port, pid):
         socks: list[socket.socket] = []
         for i in range(conns):
             s = socket.socket()
+            s.bind((f"127.0.1.{2 + i % spread}", 0))
             s.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", port))
@@ -153,14 +156,22 @@ async def slowloris(conns: int, linger: float) -> dict[str, Any]:
         ws_ok, _ = await ws_handshake(port, "svc", KEY, timeout=3)
         await asyncio.sleep(linger)
         later = fds(pid)
+        try:
+            async with httpx.AsyncClient(timeout=3) as http:
+                r = await http.get(f"http://127.0.0.1:{port}/healthz")
+                http_later = r.status_code == 200
+        except httpx.HTTPError:
+            http_later = False
         for s in socks:
             s.close()
     return {
         "attack connections": conns,
+        "attacker addresses": spread,
         "hub fds during": held,
         f"hub fds {linger:.0f}s later": later,
         "healthz answered": http_ok,
         "websocket accepted": ws_ok,
+        f"healthz answered {linger:.0f}s later": http_later,
     }
 
 
@@ -196,35 +207,61 @@ async def timing(tries: int) -> dict[str, Any]:
     }
 
 
+async def flooders(port: int, seconds: float, valid: bool) -> None:
+    """16 clients sending unknown names (or, ``valid``, the right key) from 127.0.0.2 for
+    ``seconds``; prints the attempts. Run in a process of its own (``--flooder PORT``), so
+    that its work does not slow the process that measures."""
+    attempts = 0
+    deadline = time.monotonic() + seconds
+
+    async def one(i: int) -> None:
+        nonlocal attempts
+        name, key = ("svc", KEY) if valid else (f"nobody{i}", "x")
+        while time.monotonic() < deadline:
+            await ws_handshake(port, name, key, local="127.0.0.2", timeout=5)
+            attempts += 1
+
+    await asyncio.gather(*(one(i) for i in range(16)))
+    print(attempts)
+
+
+async def _under_flood(
+    port: int, rounds: int, valid: bool
+) -> tuple[list[float], int, tuple[bool, float]]:
+    """Handshake times of the known client while 16 others flood; their attempts/s; a first
+    login (a name that never logged in, from another address) under the flood."""
+    seconds = 8.0
+    cmd = [sys.executable, __file__, "--flooder", str(port), "--seconds", str(seconds)]
+    child = await asyncio.create_subprocess_exec(
+        *cmd, *(["--valid"] if valid else []), stdout=asyncio.subprocess.PIPE
+    )
+    await asyncio.sleep(1.0)
+    times = []
+    for _ in range(rounds):
+        times.append((await ws_handshake(port, "svc", KEY))[1])
+        await asyncio.sleep(0.05)
+    first = await ws_handshake(port, "late", KEY, local="127.0.0.3") if not valid else (True, 0)
+    out, _ = await child.communicate()
+    return times, round(int(out.strip() or 0) / seconds), first
+
+
 async def flood(rounds: int) -> dict[str, Any]:
     with hub(CREDS) as (port, _):
         ok, _ = await ws_handshake(port, "svc", KEY)
         assert ok
         quiet = [(await ws_handshake(port, "svc", KEY))[1] for _ in range(rounds)]
-        stop = asyncio.Event()
-        attempts = 0
-
-        async def flooder(i: int) -> None:
-            nonlocal attempts
-            while not stop.is_set():
-                await ws_handshake(port, f"nobody{i}", "x", local="127.0.0.2", timeout=5)
-                attempts += 1
-
-        tasks = [asyncio.create_task(flooder(i)) for i in range(16)]
-        await asyncio.sleep(1.0)
-        t0 = time.perf_counter()
-        loud = [(await ws_handshake(port, "svc", KEY))[1] for _ in range(rounds)]
-        first_ok, first = await ws_handshake(port, "late", KEY, local="127.0.0.3")
-        rate = attempts / (time.perf_counter() - t0 + 1.0)
-        stop.set()
-        await asyncio.gather(*tasks)
+        loud, rate, (first_ok, first) = await _under_flood(port, rounds, valid=False)
+        # The same 16 clients with the right key: what the load alone costs, auth aside.
+        busy, busy_rate, _ = await _under_flood(port, rounds, valid=True)
     ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     return {
         "handshake, no flood (ms)": ms(quiet),
         "handshake under flood (ms)": ms(loud),
+        "flood attempts/s": rate,
         "first login under flood (ms)": round(first * 1000, 1),
         "first login accepted": first_ok,
-        "flood attempts/s": round(rate),
+        "handshake under 16 clients with a valid key (ms)": ms(busy),
+        "their handshakes/s": busy_rate,
     }
 
 
@@ -259,11 +296,18 @@ async def main() -> None:
     ap.add_argument("--linger", type=float, default=12.0)
     ap.add_argument("--tries", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--flooder", type=int, help=argparse.SUPPRESS)  # internal: flood PORT
+    ap.add_argument("--seconds", type=float, default=8.0, help=argparse.SUPPRESS)
+    ap.add_argument("--valid", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.flooder:
+        await flooders(args.flooder, args.seconds, args.valid)
+        return
     only = args.only.split(",")
     results: dict[str, Any] = {}
     if "slowloris" in only:
-        results["slowloris"] = await slowloris(args.conns, args.linger)
+        results["slowloris, one address"] = await slowloris(args.conns, args.linger, 1)
+        results["slowloris, 50 addresses"] = await slowloris(args.conns, args.linger, 50)
     if "timing" in only:
         results["timing"] = await timing(args.tries)
     if "flood" in only:
