@@ -81,6 +81,11 @@ def hub(config: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, i
             proc.wait(10)
 
 
+def ms(times: list[float]) -> float:
+    """The median, in milliseconds."""
+    return round(statistics.median(times) * 1000, 1)
+
+
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -199,7 +204,6 @@ async def timing(tries: int) -> dict[str, Any]:
             assert s1 == 401 and s2 == 401, (s1, s2)
             known.append(t1)
             unknown.append(t2)
-    ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     return {
         "right key (ms)": ms(right),
         "wrong key, known name (ms)": ms(known),
@@ -253,7 +257,6 @@ async def flood(rounds: int) -> dict[str, Any]:
         loud, rate, (first_ok, first) = await _under_flood(port, rounds, valid=False)
         # The same 16 clients with the right key: what the load alone costs, auth aside.
         busy, busy_rate, _ = await _under_flood(port, rounds, valid=True)
-    ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     return {
         "handshake, no flood (ms)": ms(quiet),
         "handshake under flood (ms)": ms(loud),
