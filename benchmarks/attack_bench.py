@@ -100,11 +100,10 @@ key = "{KEY}"
 pub_permissions = ["*"]
 sub_permissions = ["*"]
 
-[[credentials]]
-name = "late"
-key = "{KEY}"
-pub_permissions = ["*"]
-"""
+""" + "".join(
+    f'\n[[credentials]]\nname = "late{i}"\nkey = "{KEY}"\npub_permissions = ["*"]\n'
+    for i in range(5)
+)
 
 
 async def ws_handshake(
@@ -200,7 +199,7 @@ async def timing(tries: int) -> dict[str, Any]:
         for i in range(tries):
             # One address per attempt: measures the verification, not a throttle.
             s1, t1 = await _http_auth(port, "svc", "wrong", f"127.0.1.{i + 1}")
-            s2, t2 = await _http_auth(port, "nobody", "wrong", f"127.0.2.{i + 1}")
+            s2, t2 = await _http_auth(port, f"nobody{i}", "wrong", f"127.0.2.{i + 1}")
             assert s1 == 401 and s2 == 401, (s1, s2)
             known.append(t1)
             unknown.append(t2)
@@ -244,8 +243,11 @@ async def _under_flood(
     for _ in range(rounds):
         times.append((await ws_handshake(port, "svc", KEY))[1])
         await asyncio.sleep(0.05)
-    first = await ws_handshake(port, "late", KEY, local="127.0.0.3") if not valid else (True, 0)
+    firsts = []
+    for i in range(5 if not valid else 0):
+        firsts.append(await ws_handshake(port, f"late{i}", KEY, local="127.0.0.3"))
     out, _ = await child.communicate()
+    first = (all(ok for ok, _ in firsts), ms([t for _, t in firsts])) if firsts else (True, 0.0)
     return times, round(int(out.strip() or 0) / seconds), first
 
 
@@ -261,7 +263,7 @@ async def flood(rounds: int) -> dict[str, Any]:
         "handshake, no flood (ms)": ms(quiet),
         "handshake under flood (ms)": ms(loud),
         "flood attempts/s": rate,
-        "first login under flood (ms)": round(first * 1000, 1),
+        "first login under flood (ms, median of 5)": first,
         "first login accepted": first_ok,
         "handshake under 16 clients with a valid key (ms)": ms(busy),
         "their handshakes/s": busy_rate,
