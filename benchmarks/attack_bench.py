@@ -113,6 +113,7 @@ async def ws_handshake(
     local: str = "127.0.0.1",
     timeout: float = 30,
     origin: str | None = None,
+    close_timeout: float = 10,
 ) -> tuple[bool, float]:
     """(accepted, seconds) of one WebSocket handshake plus the hub's first message."""
     t0 = time.perf_counter()
@@ -123,6 +124,7 @@ async def ws_handshake(
             local_addr=(local, 0),
             open_timeout=timeout,
             origin=origin,  # type: ignore[arg-type]
+            close_timeout=close_timeout,
         ) as ws:
             first = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             ok = (first[0] if isinstance(first, list) else first).get("op") == "welcome"
@@ -210,35 +212,48 @@ async def timing(tries: int) -> dict[str, Any]:
     }
 
 
-async def flooders(port: int, seconds: float, valid: bool) -> None:
-    """16 clients sending unknown names (or, ``valid``, the right key) from 127.0.0.2 for
-    ``seconds``; prints the attempts. Run in a process of its own (``--flooder PORT``), so
-    that its work does not slow the process that measures."""
+async def flooders(port: int, valid: bool) -> None:
+    """16 clients sending unknown names (or, ``valid``, the right key) from 127.0.0.2 until
+    stdin closes, printing the count of attempts as they go. Run in a process of its own
+    (``--flooder PORT``), so that its work does not slow the process that measures."""
     attempts = 0
-    deadline = time.monotonic() + seconds
+    stop = asyncio.Event()
 
     async def one(i: int) -> None:
         nonlocal attempts
         name, key = ("svc", KEY) if valid else (f"nobody{i}", "x")
-        while time.monotonic() < deadline:
-            await ws_handshake(port, name, key, local="127.0.0.2", timeout=5)
+        while not stop.is_set():
+            # A flooder does not wait for the closing handshake: it only wants the next try.
+            await ws_handshake(port, name, key, local="127.0.0.2", timeout=5, close_timeout=0)
             attempts += 1
 
-    await asyncio.gather(*(one(i) for i in range(16)))
-    print(attempts)
+    async def report() -> None:
+        while not stop.is_set():
+            print(attempts, flush=True)
+            await asyncio.sleep(0.2)
+
+    tasks = [asyncio.create_task(one(i)) for i in range(16)]
+    reporter = asyncio.create_task(report())
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until closed
+    stop.set()
+    await asyncio.gather(*tasks, reporter)
+    print(attempts, flush=True)
 
 
 async def _under_flood(
     port: int, rounds: int, valid: bool
 ) -> tuple[list[float], int, tuple[bool, float]]:
     """Handshake times of the known client while 16 others flood; their attempts/s; a first
-    login (a name that never logged in, from another address) under the flood."""
-    seconds = 8.0
-    cmd = [sys.executable, __file__, "--flooder", str(port), "--seconds", str(seconds)]
+    login (a name that never logged in, from another address) under the flood. The flood
+    runs from before the first measurement to after the last."""
+    cmd = [sys.executable, __file__, "--flooder", str(port), *(["--valid"] if valid else [])]
     child = await asyncio.create_subprocess_exec(
-        *cmd, *(["--valid"] if valid else []), stdout=asyncio.subprocess.PIPE
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
+    assert child.stdout is not None and child.stdin is not None
+    await child.stdout.readline()  # the child has started (imports take a while)
     await asyncio.sleep(1.0)
+    t0 = time.perf_counter()
     times = []
     for _ in range(rounds):
         times.append((await ws_handshake(port, "svc", KEY))[1])
@@ -246,9 +261,11 @@ async def _under_flood(
     firsts = []
     for i in range(5 if not valid else 0):
         firsts.append(await ws_handshake(port, f"late{i}", KEY, local="127.0.0.3"))
+    elapsed = time.perf_counter() - t0 + 1.0
+    child.stdin.close()
     out, _ = await child.communicate()
     first = (all(ok for ok, _ in firsts), ms([t for _, t in firsts])) if firsts else (True, 0.0)
-    return times, round(int(out.strip() or 0) / seconds), first
+    return times, round(int(out.split()[-1]) / elapsed), first
 
 
 async def flood(rounds: int) -> dict[str, Any]:
@@ -302,11 +319,10 @@ async def main() -> None:
     ap.add_argument("--tries", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--flooder", type=int, help=argparse.SUPPRESS)  # internal: flood PORT
-    ap.add_argument("--seconds", type=float, default=8.0, help=argparse.SUPPRESS)
     ap.add_argument("--valid", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.flooder:
-        await flooders(args.flooder, args.seconds, args.valid)
+        await flooders(args.flooder, args.valid)
         return
     only = args.only.split(",")
     results: dict[str, Any] = {}
