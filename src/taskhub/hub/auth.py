@@ -62,6 +62,15 @@ def parse_hash(stored: str) -> tuple[bytes, bytes]:
     return bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
 
 
+def verify_key(key: str, key_hash: str) -> bool:
+    """Whether ``key`` is the key of ``key_hash`` (a :func:`hash_key` string); one scrypt."""
+    try:
+        salt, digest = parse_hash(key_hash)
+    except ValueError:
+        return False
+    return _verify(key, salt, digest)
+
+
 def _verify(key: str, salt: bytes, digest: bytes) -> bool:
     derived = hashlib.scrypt(key.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=_DKLEN)
     return hmac.compare_digest(derived, digest)
