@@ -105,6 +105,15 @@ async def test_allowed_origins_let_a_page_in(make_server: ServerFactory) -> None
         await _ws(server, origin="http://localhost:3001")
     anyone = await make_server(allowed_origins=["*"])
     assert (await _ws(anyone, origin=EVIL))["op"] == "welcome"
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        # The host of an allowed origin may be the Host too (a page served under that name).
+        assert (await http.get("/v1/tasks", headers={"Host": "localhost:3000"})).status_code == 200
+    named = await make_server(allowed_origins=["http://devbox.lan:3000"])
+    async with httpx.AsyncClient(base_url=named.http_url) as http:
+        assert (await http.get("/v1/tasks", headers={"Host": "devbox.lan:3000"})).status_code == 200
+        assert (await http.get("/v1/tasks", headers={"Host": "other.lan"})).status_code == 403
+    async with httpx.AsyncClient(base_url=anyone.http_url) as http:
+        assert (await http.get("/v1/tasks", headers={"Host": "evil.example"})).status_code == 200
 
 
 @pytest.mark.parametrize("origin", ["localhost:3000", "ftp://x", "http://x/path", ""])

@@ -54,12 +54,17 @@ def refusal(
     scheme: str, host: str | None, origin: str | None, allowed_origins: frozenset[str]
 ) -> str | None:
     """Why an open-access hub refuses this request, or None to answer it."""
-    if host is not None and not is_loopback_name(_hostname(host)):
+    if "*" in allowed_origins:
+        return None  # any page, so any name it may have made resolve here
+    if host is not None and not (
+        is_loopback_name(_hostname(host)) or _named(host, allowed_origins)
+    ):
         return (
             f"Host {host!r} is not a loopback name or address: this hub has no credentials, "
-            "so it answers requests for localhost and loopback addresses only"
+            "so it answers requests for localhost and loopback addresses only (and for the "
+            "hosts of its allowed_origins)"
         )
-    if origin is None or "*" in allowed_origins:
+    if origin is None:
         return None
     own = f"{'https' if scheme in ('https', 'wss') else 'http'}://{host}".lower()
     if normalize_origin(origin) in allowed_origins or normalize_origin(origin) == own:
@@ -69,6 +74,16 @@ def refusal(
         "so it answers only its own pages and programs that send no Origin (add the origin "
         "to the hub's allowed_origins to let that page in)"
     )
+
+
+def _named(host: str, allowed_origins: frozenset[str]) -> bool:
+    """Whether ``host`` (``name`` or ``name:port``) is the host of an allowed origin."""
+    host = host.strip().lower()
+    for origin in allowed_origins:
+        netloc = origin.partition("://")[2]
+        if host == netloc or host == _hostname(netloc):
+            return True
+    return False
 
 
 class SameOrigin:
