@@ -131,7 +131,8 @@ async def test_readyz_is_503_until_the_hub_runs() -> None:
     hub = Hub(open_store("memory://"))
     app = create_app(hub)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as http:
+    # A loopback name: an open-access hub refuses other Hosts (DNS rebinding).
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         assert (await http.get("/readyz")).status_code == 503
         await hub.start()
         try:
