@@ -42,7 +42,7 @@ twice is refused.
 ``tls_cert``/``tls_key`` (PEM files: wss:// and https://) and ``shutdown_grace`` (seconds or an
 interval; how long a SIGTERM lets started tasks finish, default 10); and for exposure
 (docs/operations.md, "Limits") ``allowed_origins``, ``request_timeout``,
-``keepalive_timeout`` and ``max_connections_per_address``.
+``keepalive_timeout``, ``max_connections_per_address`` and ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "request_timeout": (int, float, str),
     "keepalive_timeout": (int, float, str),
     "max_connections_per_address": int,
+    "trusted_proxies": list,
 }
 _INTERVAL_KEYS = (
     "idempotency_window",

@@ -95,6 +95,7 @@ class Server:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        trusted_proxies: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
         (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
@@ -120,7 +121,9 @@ class Server:
         its own; ``request_timeout`` seconds a connection gets to send a whole request head
         (and body), ``keepalive_timeout`` seconds an idle HTTP connection is kept,
         ``max_connections_per_address`` HTTP connections one client address may hold open
-        (0 or None: no cap)."""
+        (0 or None: no cap); ``trusted_proxies`` the addresses or networks (``"10.0.0.0/8"``,
+        ``"*"``) whose ``X-Forwarded-For`` names the client (None: uvicorn's default, loopback
+        or ``FORWARDED_ALLOW_IPS``): the address the wrong-key throttle counts by."""
         if (tls_cert is None) != (tls_key is None):
             raise InvalidOption("tls_cert and tls_key go together: give both or neither")
         if shutdown_grace < 0:
@@ -163,6 +166,7 @@ class Server:
         self.request_timeout = float(request_timeout)
         self.keepalive_timeout = float(keepalive_timeout)
         self.max_connections_per_address = max_connections_per_address or None
+        self.trusted_proxies = _trusted_proxies(trusted_proxies)
         self.clock = clock
         self.name = name
         self.hub: Hub | None = None
@@ -316,6 +320,7 @@ class Server:
             ),
             # uvicorn annotates an int but only hands it to loop.call_later
             timeout_keep_alive=cast(int, self.keepalive_timeout),
+            forwarded_allow_ips=self.trusted_proxies,
             timeout_graceful_shutdown=5,
             ssl_certfile=self.tls_cert,
             ssl_keyfile=self.tls_key,
@@ -535,6 +540,22 @@ def _action_defaults(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
                 raise InvalidOption(f"action defaults of {action!r}: {name} must be an integer")
         out[action] = checked
     return out
+
+
+def _trusted_proxies(entries: list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """Check ``trusted_proxies``: ``*``, addresses or networks."""
+    if entries is None:
+        return None
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise InvalidOption(
+                    f"trusted_proxies: {entry!r} is not an address or network "
+                    "(such as 10.0.0.5 or 10.0.0.0/8), nor '*'"
+                ) from None
+    return list(entries)
 
 
 _SCHEDULE_KEYS = {"name", "cron", "action", "payload", "timezone", "options"}

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from taskhub import Client, Server
+from taskhub.errors import InvalidOption
 from tests.conftest import ServerFactory, until
 
 CREDS: list[dict[str, Any]] = [
@@ -169,3 +170,27 @@ async def test_a_flood_does_not_hold_up_a_known_client(
     finally:
         scrypt.gate.set()
         await asyncio.gather(*pending)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "counted"),
+    [(None, "203.0.113.7"), ([], "127.0.0.1"), (["10.0.0.0/8"], "127.0.0.1")],
+)
+async def test_the_throttle_counts_the_client_a_trusted_proxy_names(
+    make_server: ServerFactory, trusted: list[str] | None, counted: str
+) -> None:
+    """Behind a proxy every client has the proxy's address; X-Forwarded-For from a trusted
+    one (loopback by default) names the client, and the throttle counts by that."""
+    server = await make_server(creds=CREDS, trusted_proxies=trusted)
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        forwarded = {"X-Forwarded-For": "203.0.113.7"}
+        for _ in range(5):
+            r = await http.get("/v1/tasks", headers={**_auth("nobody", "x"), **forwarded})
+            assert r.status_code == 401
+        r = await http.get("/v1/tasks", headers={**_auth("nobody", "x"), **forwarded})
+        assert r.status_code == 429 and f"from {counted};" in r.json()["message"]
+
+
+def test_a_bad_trusted_proxy_is_named() -> None:
+    with pytest.raises(InvalidOption, match=r"trusted_proxies: 'proxy\.lan'"):
+        Server(store="memory://", trusted_proxies=["proxy.lan"])
