@@ -109,7 +109,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "sqlite:///taskhub.db",
         "memory://, sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db",
     ),
-    "name": ("hub", "the hub's name in welcome and /healthz"),
+    "name": ("hub", "the hub's name in welcome and the dashboard"),
     "task_start_timeout": ("none: wait forever", "default start timeout, seconds"),
     "task_end_timeout": ("60", "default end timeout, seconds"),
     "pickup_window": ("10", "an offer neither acked nor picked up goes elsewhere after this"),
@@ -128,6 +128,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "tls_cert": ("none", "PEM certificate (chain): serve wss:// and https://"),
     "tls_key": ("none", "PEM private key of tls_cert"),
     "shutdown_grace": ("10", "seconds (or 30s) started tasks get to finish on SIGTERM"),
+    "request_timeout": ("10", "seconds a connection has to send a whole HTTP request"),
+    "keepalive_timeout": ("5", "seconds an idle HTTP connection is kept after an answer"),
+    "max_connections_per_address": (
+        "256",
+        "HTTP connections one client address may hold (0: no cap)",
+    ),
+    "allowed_origins": ("none", "web pages a hub without credentials answers (comma-separated)"),
+    "trusted_proxies": ("127.0.0.1,::1", "proxies whose X-Forwarded-For names the client"),
 }
 
 
