@@ -72,6 +72,7 @@ class Server:
         task_end_timeout: float | None = 60.0,
         *,
         max_frame: int = 1024 * 1024,
+        max_send_buffer: int = 16 * 1024 * 1024,
         pickup_window: float = 10.0,
         retries: int = 0,
         max_attempts: int = 5,
@@ -114,7 +115,9 @@ class Server:
 
         Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
         and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
-        :meth:`run`/``taskhub serve``) lets started tasks finish.
+        :meth:`run`/``taskhub serve``) lets started tasks finish; ``max_send_buffer`` the
+        bytes of frames a connection that reads too slowly may have waiting before it is
+        closed (docs/operations.md, "Slow readers").
 
         Exposure (docs/operations.md, "Limits"): ``allowed_origins`` web pages (origins such
         as ``"http://localhost:3000"``, or ``"*"``) a hub without credentials answers besides
@@ -154,8 +157,13 @@ class Server:
         self.retention = retention
         self.archive = archive
         self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
+        if max_send_buffer < 64 * 1024:
+            raise InvalidOption("max_send_buffer must be at least 65536 bytes")
         self.limits = Limits(
-            max_frame=max_frame, ping_interval=ping_interval, ping_timeout=ping_timeout
+            max_frame=max_frame,
+            max_send_buffer=max_send_buffer,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
         self.registry = Registry()
         self.registry.allowed_origins = parse_origins(allowed_origins)
@@ -292,6 +300,7 @@ class Server:
             make_hub=self._make_hub,
             make_app=create_app,
             lease=self.lease,
+            keepalive=(self.limits.ping_interval, self.limits.ping_timeout),
         )
         await self._listen(self.cluster)
         await self.cluster.start(self.advertise_url or self.http_url)
