@@ -129,6 +129,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "tls_cert": ("none", "PEM certificate (chain): serve wss:// and https://"),
     "tls_key": ("none", "PEM private key of tls_cert"),
     "shutdown_grace": ("10", "seconds (or 30s) started tasks get to finish on SIGTERM"),
+    "max_send_buffer": ("16777216", "bytes waiting for a slow reader before it is closed"),
     "request_timeout": ("10", "seconds a connection has to send a whole HTTP request"),
     "keepalive_timeout": ("5", "seconds an idle HTTP connection is kept after an answer"),
     "max_connections_per_address": (
