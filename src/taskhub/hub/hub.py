@@ -34,6 +34,8 @@ from taskhub.hub.auth import Registry
 from taskhub.hub.events import Router
 from taskhub.hub.retention import DEFAULT_RETENTION, Retention
 from taskhub.ids import new_id
+from taskhub.lifecycle.options import worker_options
+from taskhub.protocol import error_of
 from taskhub.lifecycle import (
     QUEUE_META,
     Clock,
@@ -446,8 +448,14 @@ class Hub:
                 lc.drop(peer, msg.task, msg.attempt)
                 self._ok(peer, msg.ref)
             case p.Fail():
-                err = {"type": msg.error.type, "message": msg.error.message}
-                lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry)
+                err = error_of(msg.error)
+                lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry, delay=msg.delay)
+                self._ok(peer, msg.ref)
+            case p.Release():
+                lc.release(peer, msg.task, msg.attempt)
+                self._ok(peer, msg.ref)
+            case p.Extend():
+                lc.extend(peer, msg.task, msg.attempt, msg.seconds)
                 self._ok(peer, msg.ref)
             case p.Sub():
                 if not self.draining:  # draining: ok, but no offers (see drain())
@@ -458,6 +466,7 @@ class Hub:
                         concurrency=msg.concurrency,
                         observe=msg.observe,
                         durable=msg.durable,
+                        options=worker_options(msg.options),
                     )
                 self._ok(peer, msg.ref)
             case p.Unsub():
