@@ -125,7 +125,6 @@ def test_release_hands_back_without_counting_a_try_to_another_connection() -> No
     h.lc.unsubscribe(w1, ACTION)
     h.lc.release(w1, task.id, 1)
     assert h.offers(w2) == [(task.id, 2)]
-    rec = h.stored(task)
     assert delivery(task, "a").tries == 0
     h.lc.complete(w2, task.id, 2, "ok")
     assert h.stored(task).state == "success"

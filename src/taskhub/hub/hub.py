@@ -34,8 +34,6 @@ from taskhub.hub.auth import Registry
 from taskhub.hub.events import Router
 from taskhub.hub.retention import DEFAULT_RETENTION, Retention
 from taskhub.ids import new_id
-from taskhub.lifecycle.options import worker_options
-from taskhub.protocol import error_of
 from taskhub.lifecycle import (
     QUEUE_META,
     Clock,
@@ -46,6 +44,7 @@ from taskhub.lifecycle import (
     Peer,
     Task,
 )
+from taskhub.lifecycle.options import worker_options
 from taskhub.names import allowed, pattern_allowed, validate_topic
 from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.store import Store, TaskRecord, WriteBatch
@@ -448,7 +447,7 @@ class Hub:
                 lc.drop(peer, msg.task, msg.attempt)
                 self._ok(peer, msg.ref)
             case p.Fail():
-                err = error_of(msg.error)
+                err = p.error_of(msg.error)
                 lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry, delay=msg.delay)
                 self._ok(peer, msg.ref)
             case p.Release():
