@@ -271,7 +271,7 @@ class LifecycleCore:
         timeout = rec.options.get("timeout")
         if timeout is None or rec.started_at is None:
             return False
-        return now >= rec.started_at + timeout - 1e-6
+        return bool(now >= rec.started_at + timeout - 1e-6)
 
     # --- publish -----------------------------------------------------------------------------
     def publish(
