@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
 import inspect
 import logging
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, overload
@@ -33,6 +35,7 @@ Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CHAIN_ACTION = "taskhub:chain"
 GROUP_ACTION = "taskhub:group"
 _UNSET: Any = object()
+UNSET: Any = _UNSET  # "not given": the option is left to the publisher, the hub config or default
 
 
 class Subscription(Generic[R]):
@@ -681,7 +684,7 @@ class Client:
             message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters in all)"
         error: Message = {"type": type(exc).__name__, "message": message}
         if trace:
-            error["traceback"] = bounded_traceback("".join(traceback.format_exception(exc)))
+            error["traceback"] = bounded_traceback(handler_traceback(exc))
         msg: Message = {"op": "fail", "task": ctx.id, "attempt": ctx.attempt, "error": error}
         if not retry:
             msg["retry"] = False
@@ -724,6 +727,26 @@ class Client:
         if replies:
             await asyncio.gather(*replies, return_exceptions=True)
         return len(held)
+
+
+# Frames of these directories lead from the client to the handler: a handler's traceback
+# starts after them (the user's code is what explains a failure).
+_PLUMBING = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # taskhub/
+    os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__)) + os.sep,
+)
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback from the handler's first frame on (with its chained causes,
+    such as a process pool's remote traceback)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
+            break
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def worker_options(

@@ -20,6 +20,10 @@ class Retry(Exception):
         self.delay = parse_interval(delay, option="delay")
         super().__init__(message or f"retry in {self.delay:g}s")
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[float, str]]:
+        # From a process pool's child: rebuilt from its delay, not from its message alone.
+        return (Retry, (self.delay, str(self)))
+
 
 class Reject(Exception):
     """Fail this delivery at once with ``reason``: no further tries, whatever ``retries``
@@ -28,3 +32,6 @@ class Reject(Exception):
     def __init__(self, reason: str = "rejected") -> None:
         self.reason = reason
         super().__init__(reason)
+
+    def __reduce__(self) -> tuple[type[Reject], tuple[str]]:
+        return (Reject, (self.reason,))
