@@ -48,7 +48,7 @@ from types import FrameType
 from typing import Any, Literal, TypeVar
 
 from taskhub.client import Client, TaskContext
-from taskhub.client.client import UNSET, handler_traceback, worker_options
+from taskhub.client.client import UNSET, handler_tb, worker_options
 from taskhub.client.control import Reject, Retry
 from taskhub.intervals import parse_interval
 from taskhub.names import validate_action
@@ -504,13 +504,13 @@ class Worker:
             raise
         except Exception as exc:
             log.error(
-                "%s %s failed after %.3fs (attempt %d, handler %s)\n%s",
+                "%s %s failed after %.3fs (attempt %d, handler %s)",
                 ctx.action,
                 ctx.id,
                 time.monotonic() - started,
                 ctx.attempt,
                 spec.name,
-                handler_traceback(exc).rstrip(),
+                exc_info=(type(exc), exc, handler_tb(exc)),
             )
             raise
         log.info("%s %s succeeded in %.3fs", ctx.action, ctx.id, time.monotonic() - started)

@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import traceback
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -738,15 +739,20 @@ _PLUMBING = (
 )
 
 
-def handler_traceback(exc: BaseException) -> str:
-    """``exc``'s traceback from the handler's first frame on (with its chained causes,
-    such as a process pool's remote traceback)."""
+def handler_tb(exc: BaseException) -> types.TracebackType | None:
+    """``exc``'s traceback from the handler's first frame on."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         if not tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
             break
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    return tb
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback from the handler's first frame on, as text (with its chained
+    causes, such as a process pool's remote traceback)."""
+    return "".join(traceback.format_exception(type(exc), exc, handler_tb(exc)))
 
 
 def worker_options(
