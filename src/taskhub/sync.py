@@ -30,16 +30,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import datetime as dt
 import functools
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
-from taskhub.client.client import Step
+from taskhub.client.client import UNSET, Step
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
 
@@ -50,6 +53,21 @@ _MISSING: Any = object()
 WATCH_QUEUE = 1000  # events a sync watch holds for its reader before dropping the oldest
 
 log = logging.getLogger("taskhub.sync")
+
+# Clients of this process, told when it forks: in the child their loop thread does not exist.
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+# What a forked child's clients let go of: the parent's loop, connection and pools, copied
+# without their threads. Kept, never closed or collected: closing them here would unregister
+# the parent's sockets from the event-poll instance the two processes share.
+_orphans: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["Client", "Handle", "Task", "Watch"]
 
@@ -110,6 +128,7 @@ class Client:
         self._pools: list[concurrent.futures.ThreadPoolExecutor] = []
         self._topic_pools: dict[str, list[concurrent.futures.ThreadPoolExecutor]] = {}
         self._watches: set[Watch] = set()
+        self._reconnect = False  # forked: connect again on first use (in the child)
 
     # --- life --------------------------------------------------------------------------------
     def connect(self) -> Client:
@@ -130,7 +149,21 @@ class Client:
             runner.stop()
             raise
         self._runner = runner
+        _clients.add(self)
         return self
+
+    def _forked(self) -> None:
+        """In a child after ``fork()``: the loop thread was not copied. Forget the parent's
+        connection (without closing it: it is the parent's) and connect on first use.
+        Subscriptions, watches and event handlers stay with the parent."""
+        if self._runner is None:
+            return
+        _orphans.append((self._runner, self._client, self._pools, self._topic_pools))
+        self._runner = self._client = None
+        self._pools = []
+        self._topic_pools = {}
+        self._watches = set()
+        self._reconnect = True
 
     def close(self) -> None:
         """Disconnect; running handlers are cancelled (their threads finish on their own)."""
@@ -161,25 +194,64 @@ class Client:
         return self._client is not None and self._client.connected
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._runner is None and self._reconnect:
+            self._reconnect = False
+            self.connect()
         if self._runner is None:
             coro.close()
             raise RuntimeError("the client is not connected: use `with Client(...)` or connect()")
         return self._runner.call(coro)
 
     def _async(self) -> AsyncClient:
+        if self._client is None and self._reconnect:
+            self._reconnect = False
+            self.connect()  # a forked child's first use
         if self._client is None:
             raise RuntimeError("the client is not connected: use `with Client(...)` or connect()")
         return self._client
 
     # --- publishing and reading --------------------------------------------------------------
-    def pub(self, action: str, payload: Any = None, **options: Any) -> Handle:
+    def pub(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = UNSET,
+        start_timeout: float | None = UNSET,
+        delay: float | dt.timedelta | str | None = None,
+        at: dt.datetime | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float = UNSET,
+        backoff_max: float = UNSET,
+        once_every: float | dt.timedelta | str | None = None,
+        partition_key: str | None = None,
+    ) -> Handle:
         """Publish a task; returns once the hub has stored it (so ``.id`` is set and a refusal
-        such as ``PermissionDenied`` raises here). ``**options`` as in the async ``pub``:
-        ``timeout``, ``start_timeout``, ``delay``, ``at``, ``priority``, ``key``, ``retries``,
-        ``max_attempts``, ``once_every``, ...
+        such as ``PermissionDenied`` raises here). The options are the async ``pub``'s; a
+        misspelt one is a TypeError (and a type-check error).
         """
         client = self._async()
-        return self._accepted(lambda: client.pub(action, payload, **options))
+        return self._accepted(
+            lambda: client.pub(
+                action,
+                payload,
+                timeout=timeout,
+                start_timeout=start_timeout,
+                delay=delay,
+                at=at,
+                priority=priority,
+                key=key,
+                retries=retries,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                once_every=once_every,
+                partition_key=partition_key,
+            )
+        )
 
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` (``(action, payload[, options])``) one after another, as the async
