@@ -37,7 +37,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
@@ -48,6 +48,7 @@ from taskhub.client.watch import Watch as AsyncWatch
 
 T = TypeVar("T")
 SyncHandler = Callable[["Task"], Any]
+H = TypeVar("H", bound=SyncHandler)
 SyncEventHandler = Callable[[Any, str], Any]  # (data, topic)
 _MISSING: Any = object()
 WATCH_QUEUE = 1000  # events a sync watch holds for its reader before dropping the oldest
@@ -392,16 +393,40 @@ class Client:
         return sync_watch
 
     # --- working -----------------------------------------------------------------------------
+    @overload
     def sub(
         self,
         action: str,
-        handler: SyncHandler | None = None,
+        handler: None = None,
         *,
         group: str | None = None,
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-    ) -> Any:
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def sub(
+        self,
+        action: str,
+        handler: H,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+    ) -> H: ...
+
+    def sub(
+        self,
+        action: str,
+        handler: H | None = None,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+    ) -> H | Callable[[H], H]:
         """Work on tasks of ``action`` with a plain function: ``client.sub(action, fn)`` or
         ``@client.sub(action)``. The function gets a :class:`Task` and runs in a thread pool
         of ``concurrency`` threads; its return value is the result (or ``task.success(result)``
@@ -416,7 +441,7 @@ class Client:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
 
-        def register(fn: SyncHandler) -> SyncHandler:
+        def register(fn: H) -> H:
             pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=concurrency, thread_name_prefix=f"taskhub-{action}"
             )
