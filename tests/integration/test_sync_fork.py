@@ -1,0 +1,51 @@
+"""The blocking client after ``fork()`` (gunicorn --preload, uwsgi): the child reconnects on
+first use instead of hanging on the parent's loop thread, which a fork does not copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from taskhub.sync import Client, Task
+from taskhub.testing import running_hub
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_publishes_with_the_parents_client() -> None:
+    with running_hub() as url, Client(url, name="app") as client:
+
+        @client.sub("echo:run")
+        def echo(task: Task) -> object:
+            return {"echo": task.payload, "pid": os.getpid()}
+
+        assert client.pub("echo:run", "parent").get_result(timeout=10)["echo"] == "parent"
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: answer through the pipe, whatever happens
+            code = 0
+            try:
+                result = client.pub("echo:run", "child").get_result(timeout=10)
+                os.write(write, json.dumps({"result": result}).encode())
+            except BaseException as exc:
+                os.write(write, json.dumps({"error": repr(exc)}).encode())
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            answer = json.loads(pipe.read() or "{}")
+        _, status = os.waitpid(pid, 0)
+        assert answer.get("result", answer)["echo"] == "child", answer
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's client was left alone: it still publishes and still works tasks.
+        assert client.pub("echo:run", "again").get_result(timeout=10)["echo"] == "again"
+
+
+def test_sync_pub_refuses_a_misspelt_option_at_run_time() -> None:
+    with running_hub() as url, Client(url, name="app") as client:
+        with pytest.raises(TypeError, match="priorty"):
+            client.pub("a:b", None, priorty=3)  # type: ignore[call-arg]
