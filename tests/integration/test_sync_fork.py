@@ -46,6 +46,9 @@ def test_a_forked_child_publishes_with_the_parents_client() -> None:
 
 
 def test_sync_pub_refuses_a_misspelt_option_at_run_time() -> None:
-    with running_hub() as url, Client(url, name="app") as client:
-        with pytest.raises(TypeError, match="priorty"):
-            client.pub("a:b", None, priorty=3)  # type: ignore[call-arg]
+    with (
+        running_hub() as url,
+        Client(url, name="app") as client,
+        pytest.raises(TypeError, match="priorty"),
+    ):
+        client.pub("a:b", None, priorty=3)  # type: ignore[call-arg]
