@@ -85,11 +85,51 @@ class _Spec:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's where installed (as ``taskhub serve`` and the benchmarks use), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class _Bridge:
+    """Hands calls from one event loop to another in batches: everything queued during one
+    turn of the sending loop crosses in one ``call_soon_threadsafe`` (one wake-up of the
+    other thread), instead of one per task.
+
+    ``put`` may be called from any thread; the list swap and the flag are single bytecode
+    steps under the GIL, and a put that races a drain either lands in the batch being taken
+    or schedules the next drain.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._scheduled = False
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._calls.append((fn, args))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed: the worker is gone
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        calls, self._calls = self._calls, []
+        for fn, args in calls:
+            fn(*args)
+
+
 class _Loop:
     """An event loop running in a daemon thread of its own."""
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
         self.thread.start()
@@ -270,6 +310,8 @@ class Worker:
         self.client: Client | None = None  # while running, on the connection thread
         self._conn: _Loop | None = None
         self._handlers: _Loop | None = None
+        self._to_handlers: _Bridge | None = None  # conn loop -> handler loop, batched
+        self._to_conn: _Bridge | None = None  # and back
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
         self._in_threads: set[concurrent.futures.Future[Any]] = set()  # plain handlers running
         self._processes: multiprocessing.pool.Pool | None = None
@@ -368,6 +410,8 @@ class Worker:
         self._stopped.clear()
         self._conn = _Loop("taskhub-worker-connection")
         self._handlers = _Loop("taskhub-worker-handlers")
+        self._to_handlers = _Bridge(self._handlers.loop)
+        self._to_conn = _Bridge(self._conn.loop)
         self._handlers.run(self._beat())
         try:
             self._conn.call(self._open())
@@ -517,13 +561,45 @@ class Worker:
         return result
 
     async def _run_async(self, spec: _Spec, ctx: TaskContext) -> Any:
-        assert self._handlers is not None and self._conn is not None
+        assert self._to_handlers is not None and self._conn is not None
         task: Task | SyncTask = (
             Task(ctx, self._conn) if spec.is_async else SyncTask(ctx, self._conn)
         )
         name = f"{spec.name} ({ctx.action} {ctx.id})"
-        # Cancelling the wait (the hub revoked it, the worker stops) cancels the handler.
-        return await asyncio.wrap_future(self._handlers.run(_named(name, spec.fn, task)))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        running: list[asyncio.Task[Any]] = []  # the handler's task, once it started
+        self._to_handlers.put(self._start_handler, spec, task, name, done, running)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            # Revoked, or the worker stops past its grace: cancel the handler too.
+            self._to_handlers.put(_cancel_started, running)
+            raise
+
+    def _start_handler(
+        self,
+        spec: _Spec,
+        task: Task | SyncTask,
+        name: str,
+        done: asyncio.Future[Any],
+        running: list[asyncio.Task[Any]],
+    ) -> None:
+        """On the handler loop: run the handler; its outcome crosses back in a batch."""
+        if done.cancelled():
+            return
+        assert self._handlers is not None
+        t = self._handlers.loop.create_task(_call(spec.fn, task), name=name)
+        running.append(t)
+        t.add_done_callback(functools.partial(self._handler_done, done))
+
+    def _handler_done(self, done: asyncio.Future[Any], t: asyncio.Task[Any]) -> None:
+        assert self._to_conn is not None
+        if t.cancelled():
+            self._to_conn.put(done.cancel)
+        elif t.exception() is not None:
+            self._to_conn.put(_settle, done, None, t.exception())
+        else:
+            self._to_conn.put(_settle, done, t.result(), None)
 
     async def _run_thread(
         self, spec: _Spec, executor: concurrent.futures.Executor, ctx: TaskContext
@@ -648,10 +724,13 @@ async def _cancel_all() -> None:
     await asyncio.wait(tasks, timeout=1) if tasks else None
 
 
-async def _named(name: str, fn: Callable[..., Any], task: Any) -> Any:
-    current = asyncio.current_task()
-    if current is not None:
-        current.set_name(name)  # what the watchdog reports when it blocks the loop
+def _cancel_started(running: list[asyncio.Task[Any]]) -> None:
+    for t in running:
+        t.cancel()
+
+
+async def _call(fn: Callable[..., Any], task: Any) -> Any:
+    """A handler's call on the handler loop (its asyncio task is named for the watchdog)."""
     out = fn(task)
     if inspect.isawaitable(out):
         out = await out
