@@ -190,6 +190,13 @@ class _TaskBase:
         """The latest update of the task (from any service)."""
         return self._ctx.last_update
 
+    def on(self, event: str, callback: Callable[[Any], Any]) -> Any:
+        """Call ``callback(task)`` on ``update`` or ``success`` from other services, or on
+        ``revoke``. It runs on the worker's connection thread: keep it short, never block."""
+        relay = functools.partial(_relay, callback, self)
+        self._conn.loop.call_soon_threadsafe(self._ctx.on, event, relay)
+        return self
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.action} {self.id} attempt {self.attempt}>"
 
@@ -722,6 +729,11 @@ async def _cancel_all() -> None:
     for t in tasks:
         t.cancel()
     await asyncio.wait(tasks, timeout=1) if tasks else None
+
+
+def _relay(callback: Callable[[Any], Any], target: Any, _source: Any) -> Any:
+    """Give the callback the handler's task instead of the context it was fired for."""
+    return callback(target)
 
 
 def _cancel_started(running: list[asyncio.Task[Any]]) -> None:
