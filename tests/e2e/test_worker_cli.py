@@ -318,3 +318,29 @@ def test_help_lists_every_flag() -> None:
         "--grace",
     ):
         assert flag in done.stdout
+
+
+def test_concurrency_flag_sets_the_default_credit(
+    tmp_path: Path, hub_url: str, workers: list[WorkerProcess]
+) -> None:
+    mod = module(
+        tmp_path,
+        "barriermod",
+        """
+        import threading
+        from taskhub import Worker
+        worker = Worker(name="b")
+        together = threading.Barrier(3, timeout=20)
+
+        @worker.task("job:together")  # no concurrency of its own: --concurrency applies
+        def meet(task):
+            together.wait()  # returns only once 3 handlers run at the same time
+            return "met"
+        """,
+    )
+    w = WorkerProcess(tmp_path, mod, "--url", hub_url, "--concurrency", "3")
+    workers.append(w)
+    w.wait_for("ready")
+    with Client(hub_url, name="pub") as client:
+        handles = [client.pub("job:together") for _ in range(3)]
+        assert [h.get_result(timeout=30) for h in handles] == ["met"] * 3

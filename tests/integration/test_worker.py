@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 import taskhub.testing
@@ -149,6 +150,9 @@ async def test_a_raising_handler_leaves_its_traceback_in_the_log_and_the_task(
         with pytest.raises(TaskFailed):
             await handle.get_result(timeout=10)
         task = await client.get(await handle.accepted())
+        async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
+            view = (await http.get(f"/v1/tasks/{task['id']}")).json()
+    assert view["error"]["traceback"] == task["error"]["traceback"]  # the HTTP API has it too
     error = task["error"]
     assert "in explode" in error["traceback"]
     assert "KeyError: 'missing 2'" in error["traceback"]
