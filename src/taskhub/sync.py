@@ -450,6 +450,11 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
+        timeout: float | dt.timedelta | str | None = UNSET,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float | dt.timedelta | str = UNSET,
+        backoff_max: float | dt.timedelta | str = UNSET,
     ) -> Callable[[H], H]: ...
 
     @overload
@@ -462,6 +467,11 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
+        timeout: float | dt.timedelta | str | None = UNSET,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float | dt.timedelta | str = UNSET,
+        backoff_max: float | dt.timedelta | str = UNSET,
     ) -> H: ...
 
     def sub(
@@ -473,12 +483,20 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
+        timeout: float | dt.timedelta | str | None = UNSET,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float | dt.timedelta | str = UNSET,
+        backoff_max: float | dt.timedelta | str = UNSET,
     ) -> H | Callable[[H], H]:
         """Work on tasks of ``action`` with a plain function: ``client.sub(action, fn)`` or
         ``@client.sub(action)``. The function gets a :class:`Task` and runs in a thread pool
         of ``concurrency`` threads; its return value is the result (or ``task.success(result)``
         sends it earlier, and the return value is then ignored), an exception fails the
         delivery. Returns once the hub has accepted the subscription (raises if refused).
+
+        ``timeout``, ``retries``, ``max_attempts``, ``backoff`` and ``backoff_max`` are this
+        worker's defaults, as in the async ``sub`` (docs/workers.md).
 
         A function cannot be interrupted: when the hub takes the task away (cancelled, timed
         out) ``task.revoked`` says why and its eventual return is ignored; check it in long
@@ -508,6 +526,11 @@ class Client:
                     concurrency=concurrency,
                     observe=observe,
                     durable=durable,
+                    timeout=timeout,
+                    retries=retries,
+                    max_attempts=max_attempts,
+                    backoff=backoff,
+                    backoff_max=backoff_max,
                 )
 
             try:

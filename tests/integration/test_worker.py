@@ -268,3 +268,21 @@ def test_a_worker_without_tasks_or_with_a_bad_option_says_so() -> None:
 
     with pytest.raises(ValueError, match="already"):
         worker.task("a:b")(one)
+
+
+def test_the_blocking_clients_sub_declares_worker_defaults_too() -> None:
+    from taskhub.sync import Client as SyncClient
+    from taskhub.sync import Task as SyncClientTask
+
+    tries: list[int] = []
+    with taskhub.testing.running_hub() as hub_url, SyncClient(hub_url, name="w") as client:
+
+        @client.sub("job:once", retries=1, backoff=0)
+        def once(task: SyncClientTask) -> str:
+            tries.append(task.attempt)
+            if len(tries) == 1:
+                raise RuntimeError("first try fails")
+            return "second"
+
+        assert client.pub("job:once").get_result(timeout=10) == "second"
+    assert tries == [1, 2]
