@@ -344,3 +344,25 @@ def test_concurrency_flag_sets_the_default_credit(
     with Client(hub_url, name="pub") as client:
         handles = [client.pub("job:together") for _ in range(3)]
         assert [h.get_result(timeout=30) for h in handles] == ["met"] * 3
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    mod = module(tmp_path, "lonelymod", SLOW)
+    done = subprocess.run(
+        [sys.executable, "-m", "taskhub", "worker", mod, "--url", f"ws://127.0.0.1:{port}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: could not connect to ws://127.0.0.1:{port}/v1/ws: [Errno 111] Connection refused"
+    ], done.stderr
+    assert "Traceback" not in done.stderr
