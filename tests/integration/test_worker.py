@@ -286,3 +286,42 @@ def test_the_blocking_clients_sub_declares_worker_defaults_too() -> None:
 
         assert client.pub("job:once").get_result(timeout=10) == "second"
     assert tries == [1, 2]
+
+
+async def test_an_offer_that_arrives_while_draining_is_handed_back_not_dropped(url: str) -> None:
+    # The hub applies a frame in order: the return of t1 frees the credit and t2 is offered
+    # to A before A's unsub (sent in the same frame) is applied. A must hand t2 back.
+    release_t1 = asyncio.Event()
+    ran_on_a: list[str] = []
+    async with Client(url, name="svc") as a, Client(url, name="pub") as publisher:
+
+        async def on_a(task: Any) -> str:
+            ran_on_a.append(task.id)
+            await release_t1.wait()
+            return "a"
+
+        await a.sub("job:drain", on_a)
+        t1 = publisher.pub("job:drain")
+        for _ in range(500):
+            if ran_on_a:
+                break
+            await asyncio.sleep(0.01)
+        t2 = publisher.pub("job:drain")
+        await t2.accepted()
+        release_t1.set()
+        for _ in range(10_000):  # until t1's return is queued
+            if not a.working:
+                break
+            await asyncio.sleep(0)
+        await a.drain()
+        assert await t1.get_result(timeout=10) == "a"
+        async with Client(url, name="svc") as b:
+
+            async def on_b(task: Any) -> str:
+                return "b"
+
+            await b.sub("job:drain", on_b)
+            assert await t2.get_result(timeout=10) == "b"
+            task = await b.get(await t2.accepted())
+    assert len(ran_on_a) == 1
+    assert task["deliveries"][0]["tries"] == 0
