@@ -50,7 +50,6 @@ from typing import Any, Literal, TypeVar
 from taskhub.client import Client, TaskContext
 from taskhub.client.client import UNSET, handler_tb, worker_options
 from taskhub.client.control import Reject, Retry
-from taskhub.intervals import parse_interval
 from taskhub.names import validate_action
 
 log = logging.getLogger("taskhub.worker")
@@ -485,9 +484,16 @@ class Worker:
         name = self.name or os.environ.get("TASKHUB_NAME") or "worker"
         key = self.key if self.key is not None else os.environ.get("TASKHUB_KEY", "")
         self._stop_now = asyncio.Event()
+        n_proc = sum(
+            s.concurrency or self.concurrency
+            for s in self.specs
+            if not s.is_async and (s.pool or self.pool) == "processes"
+        )
+        if n_proc:
+            # spawn, not fork: this process has threads (a fork would copy their locks held).
+            self._processes = multiprocessing.get_context("spawn").Pool(n_proc)
         client = Client(url, name=name, key=key, **self.client_options)
         await client.connect()
-        self.client = client
         subs = []
         for spec in self.specs:
             concurrency = spec.concurrency or self.concurrency
@@ -512,19 +518,12 @@ class Worker:
                     **spec.options,
                 )
             )
-        n_proc = sum(
-            s.concurrency or self.concurrency
-            for s in self.specs
-            if not s.is_async and (s.pool or self.pool) == "processes"
-        )
-        if n_proc:
-            # spawn, not fork: this process has threads (a fork would copy their locks held).
-            self._processes = multiprocessing.get_context("spawn").Pool(n_proc)
         try:
             await asyncio.gather(*subs)
         except BaseException:
             await client.close()
             raise
+        self.client = client  # running: what stopping drains and closes
         asyncio.get_running_loop().call_later(0.25, self._watchdog)
 
     async def _handle(
@@ -756,7 +755,3 @@ def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> 
         fut.set_exception(exc)
     else:
         fut.set_result(value)
-
-
-def parse_grace(value: str | float) -> float:
-    return parse_interval(value, option="grace")
