@@ -366,3 +366,40 @@ def test_a_hub_that_cannot_be_reached_is_one_line_and_exit_1(tmp_path: Path) -> 
         f"error: could not connect to ws://127.0.0.1:{port}/v1/ws: [Errno 111] Connection refused"
     ], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_several_modules_run_in_one_worker(
+    tmp_path: Path, hub_url: str, workers: list[WorkerProcess]
+) -> None:
+    one = module(
+        tmp_path,
+        "onemod",
+        """
+        from taskhub import Worker
+        worker = Worker(name="multi")
+
+        @worker.task("one:run")
+        async def one(task):
+            return 1
+        """,
+    )
+    two = module(
+        tmp_path,
+        "twomod",
+        """
+        from taskhub import Worker
+        jobs = Worker()
+
+        @jobs.task("two:run")
+        def two(task):
+            return 2
+        """,
+    )
+    w = WorkerProcess(tmp_path, one, f"{two}:jobs", "--url", hub_url)
+    workers.append(w)
+    w.wait_for("ready")
+    with Client(hub_url, name="pub") as client:
+        assert client.pub("one:run").get_result(timeout=10) == 1
+        assert client.pub("two:run").get_result(timeout=10) == 2
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0

@@ -325,3 +325,30 @@ async def test_an_offer_that_arrives_while_draining_is_handed_back_not_dropped(u
             task = await b.get(await t2.accepted())
     assert len(ran_on_a) == 1
     assert task["deliveries"][0]["tries"] == 0
+
+
+async def test_where_handlers_run(url: str) -> None:
+    worker = Worker(url, name="w")
+    main_thread = threading.current_thread().name
+
+    @worker.task("where:async")
+    async def in_loop(task: Task) -> str:
+        return threading.current_thread().name
+
+    @worker.task("where:inline", pool="async")
+    def inline(task: SyncTask) -> str:
+        task.update("from the handler loop")  # blocks that loop, never the connection
+        return threading.current_thread().name
+
+    @worker.task("where:thread")
+    def threaded(task: SyncTask) -> str:
+        return threading.current_thread().name
+
+    async with worker, Client(url, name="pub") as client:
+        names = [
+            await client.pub(action).get_result(timeout=10)
+            for action in ("where:async", "where:inline", "where:thread")
+        ]
+    assert names[0] == names[1] == "taskhub-worker-handlers"
+    assert names[2].startswith("taskhub-where:thread")
+    assert main_thread not in names
