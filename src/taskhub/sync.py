@@ -43,7 +43,8 @@ from typing import Any, TypeVar, overload
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
-from taskhub.client.client import UNSET, Step
+from taskhub.client.client import Step
+from taskhub.client.options import UNSET
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
 from taskhub.errors import ConnectionClosed, TaskHubError

@@ -48,8 +48,8 @@ from types import FrameType
 from typing import Any, Literal, TypeVar
 
 from taskhub.client import Client, TaskContext
-from taskhub.client.client import UNSET, handler_tb, worker_options
-from taskhub.client.control import Reject, Retry
+from taskhub.client.control import Reject, Retry, handler_tb
+from taskhub.client.options import UNSET, worker_options
 from taskhub.names import validate_action
 
 log = logging.getLogger("taskhub.worker")

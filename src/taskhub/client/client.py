@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
 import inspect
 import logging
-import os
-import traceback
-import types
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 from taskhub.client.connection import UNSENDABLE, Connection, Message
-from taskhub.client.control import Reject, Retry
+from taskhub.client.control import Reject, Retry, handler_traceback
+from taskhub.client.options import (
+    _UNSET,
+    Duration,
+    pub_options,
+    pub_options_from,
+    worker_options,
+)
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
-from taskhub.errors import ConnectionClosed, InvalidOption, TaskHubError
-from taskhub.intervals import parse_interval
+from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.names import topic_matches, validate_action, validate_topic
 from taskhub.protocol import bounded_traceback
 
@@ -29,14 +31,11 @@ log = logging.getLogger("taskhub.client")
 MAX_ERROR_MESSAGE = 64 * 1024
 Handler = Callable[[TaskContext], Any]
 R = TypeVar("R")
-Duration = float | dt.timedelta | str
 EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
 # A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
 Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CHAIN_ACTION = "taskhub:chain"
 GROUP_ACTION = "taskhub:group"
-_UNSET: Any = object()
-UNSET: Any = _UNSET  # "not given": the option is left to the publisher, the hub config or default
 
 
 class Subscription(Generic[R]):
@@ -389,7 +388,7 @@ class Client:
             "payload": payload,
             "timezone": timezone,
         }
-        options = _pub_options_from(pub_options)
+        options = pub_options_from(pub_options)
         if options:
             msg["options"] = options
         reply = await self._conn.request(msg)
@@ -764,128 +763,6 @@ class Client:
         if replies:
             await asyncio.gather(*replies, return_exceptions=True)
         return len(held)
-
-
-# Frames of these directories lead from the client to the handler: a handler's traceback
-# starts after them (the user's code is what explains a failure).
-_PLUMBING = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # taskhub/
-    os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
-    os.path.dirname(os.path.abspath(concurrent.futures.__file__)) + os.sep,
-)
-
-
-def handler_tb(exc: BaseException) -> types.TracebackType | None:
-    """``exc``'s traceback from the handler's first frame on."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
-            break
-        tb = tb.tb_next
-    return tb
-
-
-def handler_traceback(exc: BaseException) -> str:
-    """``exc``'s traceback from the handler's first frame on, as text (with its chained
-    causes, such as a process pool's remote traceback)."""
-    return "".join(traceback.format_exception(type(exc), exc, handler_tb(exc)))
-
-
-def worker_options(
-    *,
-    timeout: Duration | None = _UNSET,
-    retries: int = _UNSET,
-    max_attempts: int = _UNSET,
-    backoff: Duration = _UNSET,
-    backoff_max: Duration = _UNSET,
-) -> dict[str, Any]:
-    """The wire ``options`` of a ``sub``: a worker's declared defaults, only those given,
-    durations in seconds. Raises ValueError (InvalidOption) naming a bad one."""
-    options: dict[str, Any] = {}
-    if timeout is not _UNSET:
-        options["timeout"] = None if timeout is None else parse_interval(timeout, option="timeout")
-    for name, duration in (("backoff", backoff), ("backoff_max", backoff_max)):
-        if duration is not _UNSET:
-            options[name] = parse_interval(duration, option=name)
-    for name, count, least in (("retries", retries, 0), ("max_attempts", max_attempts, 1)):
-        if count is not _UNSET:
-            if isinstance(count, bool) or not isinstance(count, int) or count < least:
-                raise InvalidOption(
-                    f"{name} must be an integer >= {least}, got {count!r}", option=name
-                )
-            options[name] = count
-    return options
-
-
-def pub_options(
-    *,
-    timeout: float | None = _UNSET,
-    start_timeout: float | None = _UNSET,
-    delay: float | dt.timedelta | str | None = None,
-    at: dt.datetime | None = None,
-    priority: int = 0,
-    key: str | None = None,
-    retries: int = _UNSET,
-    max_attempts: int = _UNSET,
-    backoff: float = _UNSET,
-    backoff_max: float = _UNSET,
-    once_every: float | dt.timedelta | str | None = None,
-    partition_key: str | None = None,
-) -> dict[str, Any]:
-    """The wire ``options`` of a ``pub``: intervals parsed to seconds, ``at`` to epoch
-    seconds; options left out are absent (the hub's or the action's defaults apply)."""
-    options: dict[str, Any] = {}
-    if (
-        timeout is _UNSET
-        and start_timeout is _UNSET
-        and retries is _UNSET
-        and max_attempts is _UNSET
-        and backoff is _UNSET
-        and backoff_max is _UNSET
-        and not priority
-        and key is None
-        and partition_key is None
-        and delay is None
-        and once_every is None
-        and at is None
-    ):
-        return options  # the common case: all defaults
-    for name, value in (
-        ("timeout", timeout),
-        ("start_timeout", start_timeout),
-        ("retries", retries),
-        ("max_attempts", max_attempts),
-        ("backoff", backoff),
-        ("backoff_max", backoff_max),
-    ):
-        if value is not _UNSET:
-            options[name] = value
-    if priority:
-        options["priority"] = priority
-    if key is not None:
-        options["key"] = key
-    if partition_key is not None:
-        options["partition_key"] = partition_key
-    if delay is not None:
-        options["delay"] = parse_interval(delay, option="delay")
-    if once_every is not None:
-        options["once_every"] = parse_interval(once_every, option="once_every")
-    if at is not None:
-        if not isinstance(at, dt.datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ValueError(
-                f"at= needs a timezone-aware datetime, got {at!r}; e.g. "
-                "datetime.now(timezone.utc) + timedelta(hours=1)"
-            )
-        options["at"] = at.timestamp()
-    return options
-
-
-def _pub_options_from(kwargs: dict[str, Any]) -> dict[str, Any]:
-    known = set(inspect.signature(pub_options).parameters)
-    unknown = set(kwargs) - known
-    if unknown:
-        raise TypeError(f"unknown pub option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return pub_options(**kwargs)
 
 
 def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
