@@ -673,6 +673,11 @@ class Task:
         """Progress: blocks until the hub has stored and relayed it."""
         self._client._call(self._ctx.update(data))
 
+    def extend(self, duration: float | dt.timedelta | str) -> None:
+        """The task must now finish within ``duration`` from now (``"10m"``), or by its
+        earlier deadline if later; blocks until the hub has it (docs/workers.md §6)."""
+        self._client._call(self._ctx.extend(duration))
+
     def success(self, result: Any = None) -> None:
         """Done, with ``result``: blocks until the hub has it. The function's return value
         is then ignored, and an exception it raises afterwards is logged, not sent as a

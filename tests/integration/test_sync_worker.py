@@ -1,4 +1,4 @@
-"""The blocking client after ``fork()`` (gunicorn --preload, uwsgi): the child reconnects on
+"""The blocking client for workers (issue 16): after ``fork()`` (gunicorn --preload, uwsgi) the child reconnects on
 first use instead of hanging on the parent's loop thread, which a fork does not copy."""
 
 from __future__ import annotations
@@ -52,3 +52,17 @@ def test_sync_pub_refuses_a_misspelt_option_at_run_time() -> None:
         pytest.raises(TypeError, match="priorty"),
     ):
         client.pub("a:b", None, priorty=3)  # type: ignore[call-arg]
+
+
+def test_a_sync_handler_extends_its_end_timeout() -> None:
+    import time
+
+    with running_hub(task_end_timeout=0.5) as url, Client(url, name="app") as client:
+
+        @client.sub("long:job")
+        def long_job(task: Task) -> str:
+            task.extend("30s")
+            time.sleep(1.0)  # past the hub's 0.5 s end timeout
+            return "done"
+
+        assert client.pub("long:job").get_result(timeout=10) == "done"
