@@ -1,5 +1,6 @@
-"""The blocking client for workers (issue 16): after ``fork()`` (gunicorn --preload, uwsgi) the child reconnects on
-first use instead of hanging on the parent's loop thread, which a fork does not copy."""
+"""The blocking client for workers (issue 16). After ``fork()`` (gunicorn --preload, uwsgi)
+the child reconnects on first use instead of hanging on the parent's loop thread, which a fork
+does not copy; pub() checks option names; a handler extends its end timeout."""
 
 from __future__ import annotations
 
