@@ -403,3 +403,36 @@ def test_several_modules_run_in_one_worker(
         assert client.pub("two:run").get_result(timeout=10) == 2
     w.signal(signal.SIGTERM)
     assert w.wait() == 0
+
+
+def test_sigterm_past_the_grace_with_a_plain_def_in_a_thread_exits_without_waiting_for_it(
+    tmp_path: Path, hub_url: str, workers: list[WorkerProcess]
+) -> None:
+    mod = module(
+        tmp_path,
+        "threadmod",
+        """
+        import pathlib, time
+        from taskhub import Worker
+        worker = Worker(name="t")
+
+        @worker.task("job:sleepy")
+        def sleepy(task):
+            pathlib.Path(task.payload).write_text("started")
+            time.sleep(600)  # a thread cannot be interrupted
+        """,
+    )
+    w = WorkerProcess(tmp_path, mod, "--url", hub_url, "--grace", "0.5")
+    workers.append(w)
+    w.wait_for("ready")
+    marker = tmp_path / "started"
+    with Client(hub_url, name="pub") as client:
+        handle = client.pub("job:sleepy", str(marker))
+        wait_file(marker)
+        w.signal(signal.SIGTERM)
+        assert w.wait(60) == 0  # not 600 s: the thread is left behind
+        assert "handed back 1" in w.output
+        assert "1 handler thread(s) still running" in w.output
+        task = client.get(handle.id)
+    assert task["deliveries"][0]["state"] == "pending"  # waiting for another worker
+    assert task["deliveries"][0]["tries"] == 0
