@@ -7,6 +7,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import ssl
 import time
@@ -28,6 +29,7 @@ from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
 from taskhub.schedules import Schedule
 from taskhub.store import REDIS_SCHEMES, Store, open_store
+from taskhub.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from taskhub.hub.cluster import Cluster
@@ -63,6 +65,7 @@ class Server:
         task_end_timeout: float | None = 60.0,
         *,
         max_frame: int = 1024 * 1024,
+        max_send_buffer: int = 16 * 1024 * 1024,
         pickup_window: float = 10.0,
         retries: int = 0,
         max_attempts: int = 5,
@@ -100,7 +103,9 @@ class Server:
 
         Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
         and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
-        :meth:`run`/``taskhub serve``) lets started tasks finish."""
+        :meth:`run`/``taskhub serve``) lets started tasks finish; ``max_send_buffer`` the
+        bytes of frames a connection that reads too slowly may have waiting before it is
+        closed (docs/operations.md, "Slow readers")."""
         if (tls_cert is None) != (tls_key is None):
             raise InvalidOption("tls_cert and tls_key go together: give both or neither")
         if shutdown_grace < 0:
@@ -131,8 +136,13 @@ class Server:
         self.retention = retention
         self.archive = archive
         self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
+        if max_send_buffer < 64 * 1024:
+            raise InvalidOption("max_send_buffer must be at least 65536 bytes")
         self.limits = Limits(
-            max_frame=max_frame, ping_interval=ping_interval, ping_timeout=ping_timeout
+            max_frame=max_frame,
+            max_send_buffer=max_send_buffer,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
         self.registry = Registry()
         self.clock = clock
@@ -260,6 +270,7 @@ class Server:
             make_hub=self._make_hub,
             make_app=create_app,
             lease=self.lease,
+            keepalive=(self.limits.ping_interval, self.limits.ping_timeout),
         )
         await self._listen(self.cluster)
         await self.cluster.start(self.advertise_url or self.http_url)
@@ -298,7 +309,16 @@ class Server:
             for sock in server.sockets:
                 self.port = sock.getsockname()[1]
                 break
-        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
+        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self._store_where())
+
+    def _store_where(self) -> str:
+        """The store URL, and for a sqlite file the absolute path it opened: three slashes
+        are relative to the working directory (docs/operations.md), which a log must not
+        leave the reader to guess."""
+        store = self.hub.store if self.hub is not None else None
+        if isinstance(store, SqliteStore) and store.path != ":memory:":
+            return f"{self.store_url}, file {os.path.abspath(store.path)}"
+        return self.store_url
 
     async def _serve_uvicorn(self, server: _Uvicorn) -> None:
         """uvicorn's ``serve()``, except that a failed start (a port in use, say), which

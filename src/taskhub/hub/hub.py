@@ -62,10 +62,14 @@ Closer = Callable[[int, str], Awaitable[None]]
 @dataclass
 class Limits:
     """Per-connection limits. Memory a connection may hold is about ``max_frame`` (one frame
-    being decoded) plus ``max_send_queue`` encoded frames waiting for a slow reader."""
+    being decoded) plus ``max_send_buffer`` bytes of encoded frames waiting for a slow reader
+    (docs/operations.md, "Slow readers")."""
 
     max_frame: int = 1024 * 1024
-    max_send_queue: int = 1024  # frames; a reader this far behind is disconnected
+    # Bytes of frames waiting for one connection beyond what its socket took; a reader this
+    # far behind is closed (4008) and what waits for it is freed.
+    max_send_buffer: int = 16 * 1024 * 1024
+    max_send_queue: int = 1024  # frames; the same, counted in frames
     ping_interval: float = 5.0  # a dead peer is noticed within ping_interval + ping_timeout
     ping_timeout: float = 5.0
     max_wait: float = 300.0  # longest HTTP long poll (task result, consumer fetch), seconds
@@ -146,6 +150,11 @@ class Hub:
         self.closers: dict[Peer, Closer] = {}
         self.fenced = False  # set once the store refused a write: another hub leads
         self._closing = False
+        # Set when stop() ends the commit pipeline. The flusher checks it besides being
+        # cancelled: a store client can swallow a cancellation that lands while it waits on
+        # the network (seen with redis-py during a partition), and a flusher that lives on
+        # waiting for a wake-up that never comes held a cluster's step-down forever.
+        self._flusher_stop = False
         self._in_round = False
         self._last_apply = 0.0  # seconds the last store write took
         self.quick_apply = QUICK_APPLY
@@ -178,6 +187,7 @@ class Hub:
         if restored:
             log.info("restored %d unfinished task(s) from %s", restored, self.store.url)
         self._flusher = asyncio.create_task(self._flush_loop(), name="taskhub-flusher")
+        self._flusher.add_done_callback(_flusher_ended)
         if self.retention is not None:
             self._sweeper = asyncio.create_task(self.retention.run(), name="taskhub-retention")
         self.kick()
@@ -197,12 +207,28 @@ class Hub:
             except TimeoutError:
                 log.error("the store did not take the last writes within %.0fs", flush_timeout)
         if self._flusher is not None:
+            self._flusher_stop = True
+            self._wake.set()
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # A write the flusher was waiting on may not unwind while the store is out of
+            # reach (a partition): what it held was never acknowledged, so do not wait on it.
+            done, _ = await asyncio.wait({self._flusher}, timeout=flush_timeout)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("the commit pipeline had failed", exc_info=task.exception())
+            if not done:
+                log.error(
+                    "the commit pipeline did not stop within %.0fs; left behind", flush_timeout
+                )
         if self._timer is not None:
             self._timer.cancel()
-        await self.store.close()
+        closing = asyncio.ensure_future(self.store.close())
+        done, _ = await asyncio.wait({closing}, timeout=flush_timeout)
+        if not done:
+            log.error("the store did not close within %.0fs; left behind", flush_timeout)
+            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            closing.result()
 
     # --- the commit pipeline -----------------------------------------------------------------
     def kick(self) -> None:
@@ -225,20 +251,42 @@ class Hub:
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if self._flusher_stop:
+                return
             self._wake.clear()
             self._in_round = True
-            batch = self.lc.take_writes()
-            output = self.lc.take_output()
-            if batch and not await self._apply(batch):
-                output = []  # fenced: this state was never stored, so it must not be told
-            for peer, msgs in output:
-                sender = self.senders.get(peer)
-                if sender is not None:
-                    sender(p.encode(msgs))
-            self._generation += 1
-            self._in_round = False
+            try:
+                batch = self.lc.take_writes()
+                output = self.lc.take_output()
+                if batch and not await self._apply(batch):
+                    output = []  # fenced: this state was never stored, so it must not be told
+                for peer, msgs in output:
+                    sender = self.senders.get(peer)
+                    if sender is not None:
+                        self._send(peer, sender, msgs)
+            except Exception:
+                # A bug. The flusher must outlive it: without it the hub would take frames
+                # and never answer again, looking alive. Say so, loudly, and go on.
+                log.critical("a commit round failed; the hub goes on", exc_info=True)
+            finally:
+                self._generation += 1
+                self._in_round = False
             async with self._flushed:
                 self._flushed.notify_all()
+
+    def _send(self, peer: Peer, sender: Sender, msgs: list[Message]) -> None:
+        """Hand ``msgs`` to ``peer``'s connection. One that fails (a bug in the transport, or
+        a dependency's API that changed under us) loses its messages, so it is closed (its
+        client reconnects and catches up); the others are still served."""
+        try:
+            sender(p.encode(msgs))
+        except Exception:
+            log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
+            self.senders.pop(peer, None)
+            closer = self.closers.get(peer)
+            if closer is not None:
+                closing = asyncio.ensure_future(closer(1011, "internal error"))
+                closing.add_done_callback(_retrieve)
 
     @property
     def commit_now(self) -> bool:
@@ -270,6 +318,9 @@ class Hub:
             except (StoreUnavailable, OSError, ConnectionError):
                 # The store is down: keep the batch and retry; nothing is answered meanwhile.
                 self.store_ok = False
+                if self._flusher_stop:  # stopping: what was not written was not acknowledged
+                    self._applying = {}
+                    return False
                 log.exception("store write failed; retrying in %.2fs", delay)
             except Exception:
                 # Not the store's health but the batch itself: retrying forever would stall
@@ -434,7 +485,19 @@ class Hub:
                     peer.creds, msg.action, p.kept(msg.payload, "payload"), msg.options, peer=peer
                 )
                 if isinstance(task, Task):
-                    self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
+                    pool = lc.pooled.get(msg.action) if not task.deliveries else None
+                    if pool and pool[-1] is task:  # pooled just now: no group subscribes
+                        # A hint for the publisher (a typo waits forever): docs/protocol.md.
+                        self._ok(
+                            peer,
+                            msg.ref,
+                            task=task.id,
+                            state=task.rec.state,
+                            created=created,
+                            pooled=True,
+                        )
+                    else:
+                        self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
                 else:
                     self._ok(peer, msg.ref, task=task, created=False)
             case p.Pickup():
@@ -665,3 +728,15 @@ def welcome(hub: Hub, peer: Peer) -> Message:
         "service": peer.service,
         "max_frame": hub.limits.max_frame,
     }
+
+
+def _flusher_ended(task: asyncio.Task[None]) -> None:
+    """The flusher ends only when the hub stops; anything else is said at once, not when the
+    task is collected (the hub is then deaf: /readyz answers 503)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the hub's flusher died; the hub no longer answers", exc_info=task.exception())
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # closing a failed connection may fail too: nothing more to do
