@@ -298,3 +298,39 @@ async def test_a_chain_is_shown_as_a_chain(hub_server: Server, svc: Client, page
     # a step links back to its chain
     await steps.nth(1).locator("a").click()
     await expect(page.locator("#task-chain")).to_contain_text(f"step 1 of {chain_id}")
+
+
+@pytest.mark.timeout(90)
+async def test_a_task_page_shows_the_traceback_of_every_try(
+    hub_server: Server, svc: Client, page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    @svc.sub("job:parse")
+    async def parse_rows(task: Any) -> Any:
+        raise ValueError("bad line 3")
+
+    handle = svc.pub("job:parse", {"file": "x.csv"}, retries=1, backoff=0.05)
+    task_id = await handle.accepted()
+    assert await handle.get_result(default="failed", timeout=10) == "failed"
+
+    await login(page, hub_server, "ops", "ops-key")
+    await page.goto(f"{hub_server.http_url}/#/task/{task_id}")
+    await expect(page.locator("#task-state")).to_have_text("failed")
+    tries = page.locator("#tries .try")
+    await expect(tries).to_have_count(2)  # retried once, then failed for good
+    for i in range(2):
+        traceback = tries.nth(i).locator("pre.traceback")
+        await expect(traceback).to_contain_text("in parse_rows")
+        await expect(traceback).to_contain_text('raise ValueError("bad line 3")')
+    final = page.locator("#task-error pre.traceback")
+    await expect(final).to_contain_text("in parse_rows")
+    await page.screenshot(path=ARTIFACTS / "dashboard-traceback.png", full_page=True)
+
+    # the search looks into tracebacks too
+    await page.click("nav a[data-view=tasks]")
+    await page.fill("#search input[name=error]", "in parse_rows")
+    await page.click("#search button[type=submit]")
+    rows = page.locator("#task-list tbody tr[data-task]")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_have_attribute("data-task", task_id)
