@@ -129,8 +129,8 @@ def _path_from_url(url: str) -> str:
 
 
 class SqliteStore:
-    """Calls run on one worker thread, in the order they were made, except a small write
-    made while that thread is idle, which runs at once on the caller's thread
+    """Calls run on one writer thread fed by a queue, in the order they were made, except a
+    small write made while that thread is idle, which runs at once on the caller's thread
     (``INLINE_TASKS``).
 
     One connection used by one call at a time, so there is no locking to get wrong, and the
@@ -155,7 +155,7 @@ class SqliteStore:
         self._busy = 0
         self._inline_run = 0  # inline writes since the last one on the thread
         self._encoder = msgspec.json.Encoder()
-        # Used only on the worker thread: no decoder is shared between threads.
+        # Used only on the writer thread: no decoder is shared between threads.
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
         self._event_decoder = msgspec.json.Decoder(EventRecord)
         self._any_decoder = msgspec.json.Decoder()
@@ -262,7 +262,7 @@ class SqliteStore:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly
             # one transaction whatever the Python version's implicit-transaction rules.
             # check_same_thread=False: small writes run on the caller's thread while the
-            # worker thread is idle (apply); never two threads at once.
+            # writer thread is idle (apply); never two threads at once.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(
