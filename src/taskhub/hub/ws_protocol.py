@@ -20,6 +20,8 @@ Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +71,22 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = True
             self.transport.pause_reading()
 
+    def keepalive_timeout(self) -> None:
+        """The peer stopped answering pings: the hub gives the connection up and offers what
+        it held to other workers. Reset it rather than close it: a close leaves what is still
+        queued for the peer (offers among it) to the kernel, which delivers it if the network
+        heals, long after those tasks went elsewhere (issue #15, a cut between hubs). With
+        ``SO_LINGER`` 0 the kernel drops it and answers the peer with a reset. The abort also
+        frees at once what a peer that stopped reading held: uvicorn's ``transport.close()``
+        waits for a buffer that never drains."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        super().keepalive_timeout()
+        transport.abort()
+
     def hold(self) -> None:
         """Stop reading the socket: the receiver has frames enough waiting."""
         if not self.held:
@@ -117,15 +135,6 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_sent = True
             self.transport.close()  # flushes what it holds, then closes: if the peer reads
         self.abort_after(grace)
-
-    def keepalive_timeout(self) -> None:
-        """uvicorn closes a connection whose peer did not answer a ping with
-        ``transport.close()``, which waits for the buffered frames to leave: a peer that
-        stopped reading kept its connection, and the memory it holds, for good. Abort it
-        after another ping timeout instead."""
-        super().keepalive_timeout()
-        if self.ping_timeout is not None:
-            self.abort_after(self.ping_timeout)
 
     def abort_after(self, grace: float) -> None:
         """Abort the transport in ``grace`` seconds unless the connection is gone by then."""
