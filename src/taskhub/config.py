@@ -122,7 +122,6 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "retention": ("7 days", "how long ended tasks are kept"),
     "archive": ("none", "JSON-lines file removed tasks are appended to first"),
     "max_frame": ("1048576", "largest inbound frame, bytes"),
-    "max_send_buffer": ("16777216", "bytes waiting for a slow reader before it is closed"),
     "ping_interval": ("5", "WebSocket keepalive interval, seconds"),
     "ping_timeout": ("5", "a peer silent this long after a ping is dropped"),
     "advertise_url": ("the listen URL", "where the other hubs of a cluster reach this one"),
