@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
-    consumes,
     invariant,
     precondition,
     rule,
@@ -162,6 +161,9 @@ class LifecycleMachine(RuleBasedStateMachine):
             for tid, t in self.lc.tasks.items()
         }
 
+    def has_workers(self) -> bool:
+        return bool(self.workers())
+
     def workers(self) -> list[Conn]:
         """Open connections that were offered something (a closed one sends nothing more)."""
         return [c for c in self.by_peer.values() if c.open and c.seen]
@@ -183,8 +185,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.drain()
         return conn
 
-    @rule(conn=consumes(conns))
+    @rule(conn=conns)
     def disconnect(self, conn: Conn) -> None:
+        # Not `consumes(conns)`: hypothesis 6.100 (the floor) reports that as Flaky.
+        if not conn.open:
+            return
         self.lc.disconnect(conn.peer)
         conn.open = False
         conn.holds.clear()  # a closed connection holds nothing; nothing reaches it any more
@@ -227,7 +232,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.drain()
 
     # --- worker steps, with any attempt the connection was offered --------------------------
-    @precondition(lambda self: bool(self.workers()))
+    @precondition(lambda self: self.has_workers())
     @rule(data=st.data(), op=st.sampled_from(["ack", "pickup", "update", "drop", "fail"]))
     def worker_step(self, data: st.DataObject, op: str) -> None:
         conn = data.draw(st.sampled_from(self.workers()), label="conn")
@@ -250,7 +255,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             conn.holds.pop(task, None)
         self.drain()
 
-    @precondition(lambda self: bool(self.workers()))
+    @precondition(lambda self: self.has_workers())
     @rule(data=st.data(), result=st.integers(0, 3))
     def complete(self, data: st.DataObject, result: int) -> None:
         conn = data.draw(st.sampled_from(self.workers()), label="conn")
