@@ -28,8 +28,12 @@ echo "test-lowest: $("$UV" pip freeze -q --python "$VENV/bin/python" | grep -iE 
 # hub's uvicorn protocol and the client's websockets protocol, HTTP (fastapi, starlette,
 # httpx), schedules (croniter), metrics (prometheus-client), the CLI (typer, rich, tomlkit),
 # and the stores (redis, hiredis). test_typing.py runs mypy, a dev tool this venv does not have.
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o timeout=60 \
-    tests/unit --ignore=tests/unit/test_typing.py \
+# Warnings are shown here, not errors (pyproject's filterwarnings = error holds for the main
+# run): the floors' own deprecations (redis 7.2's cluster passes its deprecated lib_name) are
+# fixed in the versions the main run installs. The lifecycle state machine (test_lifecycle_
+# machine.py) checks the lifecycle, not a floor, and hypothesis 6.100 runs it for minutes.
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o timeout=60 -W default \
+    tests/unit --ignore=tests/unit/test_typing.py --ignore=tests/unit/test_lifecycle_machine.py \
     tests/store/test_conformance.py tests/store/test_redis.py \
     tests/integration/test_roundtrip.py tests/integration/test_frames.py \
     tests/integration/test_events.py tests/integration/test_watch.py \
