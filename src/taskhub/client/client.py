@@ -8,11 +8,12 @@ import datetime as dt
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskhub.client.connection import UNSENDABLE, Connection, Message
 from taskhub.client.task import Handle, TaskContext
+from taskhub.client.tracing import load as load_tracing
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.intervals import parse_interval
@@ -113,6 +114,7 @@ class Client:
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
         self._watches: dict[str, list[Watch]] = {}
+        self._tracing = load_tracing()  # None: OpenTelemetry is not installed
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -263,6 +265,8 @@ class Client:
             partition_key=partition_key,
         )
         msg: Message = {"op": "pub", "action": action, "payload": payload}
+        if self._tracing is not None:
+            return self._publish_traced(action, msg, options)
         if options:
             msg["options"] = options
         return self._publish(action, msg)
@@ -338,6 +342,19 @@ class Client:
         reply = await self._conn.request({"op": "requeue", "task": task_id})
         return str(reply["task"])
 
+    def _publish_traced(self, action: str, msg: Message, into: Message) -> Handle:
+        """Publish inside a ``publish`` span whose context goes with the task as ``trace``,
+        in ``into``: the pub's options (a step of a chain gets its chain's), or ``msg``."""
+        assert self._tracing is not None
+        span, carrier = self._tracing.publish(action)
+        if carrier:
+            into["trace"] = carrier
+        if into and into is not msg:
+            msg["options"] = into
+        handle = self._publish(action, msg)
+        self._tracing.published(span, handle)
+        return handle
+
     def _publish(self, action: str, msg: Message) -> Handle:
         handle = Handle(self, action)
         if self._conn.connected.is_set():
@@ -376,6 +393,8 @@ class Client:
         msg = self._chain_msg(steps, "chain")
         if merge_input:
             msg["merge_input"] = True
+        if self._tracing is not None:
+            return self._publish_traced(CHAIN_ACTION, msg, msg)
         return self._publish(CHAIN_ACTION, msg)
 
     def group(self, steps: Sequence[Step]) -> Handle:
@@ -383,7 +402,10 @@ class Client:
 
         The first step that fails fails the group and cancels the steps still running.
         """
-        return self._publish(GROUP_ACTION, self._chain_msg(steps, "group"))
+        msg = self._chain_msg(steps, "group")
+        if self._tracing is not None:
+            return self._publish_traced(GROUP_ACTION, msg, msg)
+        return self._publish(GROUP_ACTION, msg)
 
     @staticmethod
     def _chain_msg(steps: Sequence[Step], mode: str) -> Message:
@@ -542,10 +564,22 @@ class Client:
             self._conn.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
         sub.claimed += 1
         self._working[ctx.id] = ctx
-        runner = asyncio.ensure_future(self._work(sub, ctx))
+        work = self._work(sub, ctx)
+        if self._tracing is not None:
+            work = self._traced(work, ctx, msg.get("trace"))
+        runner = asyncio.ensure_future(work)
         ctx._runner = runner
         self._running.add(runner)
         runner.add_done_callback(self._running.discard)
+
+    async def _traced(self, work: Awaitable[None], ctx: TaskContext, trace: Any) -> None:
+        """``work`` inside the delivery's ``process`` span, the child of the offer's ``trace``
+        (the publisher's span); a failure sent for it marks it (``_send_fail``)."""
+        assert self._tracing is not None
+        with self._tracing.process(ctx, trace) as span:
+            await work
+            if ctx.revoked:
+                self._tracing.revoked(span, ctx.revoked)
 
     async def _work(self, sub: Subscription, ctx: TaskContext) -> None:
         try:
@@ -569,6 +603,8 @@ class Client:
                 except Exception as exc:
                     if ctx.observe:
                         log.exception("observer of %s raised", ctx.action)
+                        if self._tracing is not None:
+                            self._tracing.failed(None, exc)
                     elif ctx.returned or ctx.dropped:
                         _log_after_end(ctx)
                     else:
@@ -608,6 +644,8 @@ class Client:
         if not retry:
             msg["retry"] = False
         self._conn.send(msg)
+        if self._tracing is not None:
+            self._tracing.failed(None, exc)  # the delivery's process span is the current one
 
 
 def pub_options(

@@ -15,7 +15,13 @@ that caused it is stored.
 
 from taskhub.lifecycle.core import LifecycleCore
 from taskhub.lifecycle.operations import Lifecycle
-from taskhub.lifecycle.options import ACTION_OPTIONS, REQUEUE_OPTIONS, _Options, resolve_options
+from taskhub.lifecycle.options import (
+    ACTION_OPTIONS,
+    REQUEUE_OPTIONS,
+    _Options,
+    check_trace,
+    resolve_options,
+)
 from taskhub.lifecycle.state import (
     DEAD_META,
     DEAD_REASONS,
@@ -57,6 +63,7 @@ __all__ = [
     "Task",
     "TimerHandler",
     "_Options",
+    "check_trace",
     "dead_letter",
     "queue_key",
     "resolve_options",
