@@ -9,7 +9,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import UNSENDABLE, Connection, Message
 from taskhub.client.task import Handle, TaskContext
@@ -18,6 +18,9 @@ from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.intervals import parse_interval
 from taskhub.names import topic_matches, validate_action, validate_topic
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("taskhub.client")
 # A handler's error message is cut to this many characters: a fail must fit in a frame.
@@ -80,6 +83,9 @@ class Client:
     ``url`` may be a list: the client connects to the first that answers and, when the
     connection drops, reconnects (with backoff) to the next, re-subscribing and following its
     unfinished tasks again.
+
+    With OpenTelemetry's API installed, publishing and handling tasks make spans
+    (docs/tracing.md), from ``tracer_provider`` or else the global tracer provider.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class Client:
         connect_timeout: float = 10.0,
         ping_interval: float = 5.0,
         ssl: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.name = name
         self._conn = Connection(
@@ -114,7 +121,9 @@ class Client:
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
         self._watches: dict[str, list[Watch]] = {}
-        self._tracing = load_tracing()  # None: OpenTelemetry is not installed
+        # None: OpenTelemetry is not installed. A tracer_provider (default: the global one)
+        # makes this client's spans (docs/tracing.md).
+        self._tracing = load_tracing(tracer_provider)
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -566,17 +575,19 @@ class Client:
         self._working[ctx.id] = ctx
         work = self._work(sub, ctx)
         if self._tracing is not None:
-            work = self._traced(work, ctx, msg.get("trace"))
+            span = self._tracing.process(ctx, msg.get("trace"))
+            if span is not None:  # else nothing to record or pass on
+                work = self._traced(work, ctx, span)
         runner = asyncio.ensure_future(work)
         ctx._runner = runner
         self._running.add(runner)
         runner.add_done_callback(self._running.discard)
 
-    async def _traced(self, work: Awaitable[None], ctx: TaskContext, trace: Any) -> None:
+    async def _traced(self, work: Awaitable[None], ctx: TaskContext, span: Span) -> None:
         """``work`` inside the delivery's ``process`` span, the child of the offer's ``trace``
         (the publisher's span); a failure sent for it marks it (``_send_fail``)."""
         assert self._tracing is not None
-        with self._tracing.process(ctx, trace) as span:
+        with self._tracing.current(span):
             await work
             if ctx.revoked:
                 self._tracing.revoked(span, ctx.revoked)

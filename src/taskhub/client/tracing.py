@@ -17,8 +17,7 @@ the publisher received from upstream (an incoming ``traceparent``) is still pass
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,9 @@ SYSTEM = "taskhub"  # messaging.system
 class Tracing:
     """Starts the publish and process spans; one per process (:func:`load`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracer_provider: Any = None) -> None:
         from opentelemetry import propagate, trace
+        from opentelemetry.context import Context
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         from taskhub import __version__
@@ -44,23 +44,24 @@ class Tracing:
         self._kind = SpanKind
         self._status = Status
         self._error = StatusCode.ERROR
-        self.tracer = trace.get_tracer("taskhub", __version__)
+        self._root = Context()  # a process span without a carried trace starts a new one
+        self.tracer = trace.get_tracer("taskhub", __version__, tracer_provider=tracer_provider)
 
     def publish(self, action: str) -> tuple[Span, dict[str, str]]:
         """Start the PRODUCER span of a ``pub`` (in the caller's context); return it with the
         carrier to send as the task's ``trace`` (empty when there is nothing to pass on)."""
-        span = self.tracer.start_span(
-            f"publish {action}",
-            kind=self._kind.PRODUCER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
-                "messaging.destination.name": action,
-                "taskhub.action": action,
-            },
-        )
+        span = self.tracer.start_span(f"publish {action}", kind=self._kind.PRODUCER)
         carrier: dict[str, str] = {}
+        if span.is_recording():  # attributes only for a real span: no cost without an SDK
+            span.set_attributes(
+                {
+                    "messaging.system": SYSTEM,
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "publish",
+                    "messaging.destination.name": action,
+                    "taskhub.action": action,
+                }
+            )
         if span.get_span_context().is_valid:  # a no-op span of no trace has nothing to pass
             self._propagate.inject(carrier, context=self._trace.set_span_in_context(span))
         return span, carrier
@@ -75,11 +76,16 @@ class Tracing:
                 self.failed(span, exc)
         span.end()
 
-    @contextlib.contextmanager
-    def process(self, ctx: TaskContext, trace: Any) -> Iterator[Span]:
-        """The CONSUMER span of one delivery, current while the handler runs. Its parent is
-        the context the offer carried (none: a new trace); the span ends on exit."""
-        parent = self._propagate.extract(trace if isinstance(trace, dict) else {})
+    def process(self, ctx: TaskContext, trace: Any) -> Span | None:
+        """Start the CONSUMER span of one delivery, the child of the context its offer
+        carried (none: a new trace). ``None`` when there is nothing to record or pass on
+        (no SDK, no trace): the handler then runs as it would without OpenTelemetry."""
+        parent = self._propagate.extract(trace) if isinstance(trace, dict) else self._root
+        span = self.tracer.start_span(
+            f"process {ctx.action}", context=parent, kind=self._kind.CONSUMER
+        )
+        if not span.is_recording():
+            return span if span.get_span_context().is_valid else None
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
@@ -94,18 +100,16 @@ class Tracing:
         }
         if ctx.observe:
             attributes["taskhub.observe"] = True
-        span = self.tracer.start_span(
-            f"process {ctx.action}",
-            context=parent,
-            kind=self._kind.CONSUMER,
-            attributes=attributes,
-        )
-        # Exceptions are recorded by the client (failed()): a handler's error is an outcome
-        # the client reports, not an exception that leaves this block.
-        with self._trace.use_span(
+        span.set_attributes(attributes)
+        return span
+
+    def current(self, span: Span) -> AbstractContextManager[Span]:
+        """``span`` as the current span while the handler runs; it ends on exit. A handler's
+        error is recorded by the client (:meth:`failed`): it is an outcome the client
+        reports, not an exception that leaves this block."""
+        return self._trace.use_span(
             span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            yield span
+        )
 
     def failed(self, span: Span | None, exc: BaseException) -> None:
         """Mark ``span`` (None: the current one, a handler's process span) failed by ``exc``:
@@ -120,9 +124,16 @@ class Tracing:
         span.set_status(self._status(self._error, f"revoked: {reason}"))
 
 
+def load(tracer_provider: Any = None) -> Tracing | None:
+    """A client's :class:`Tracing` (spans from ``tracer_provider``, by default the global
+    one), or ``None`` when OpenTelemetry's API is not installed."""
+    if tracer_provider is None:
+        return _global()
+    return Tracing(tracer_provider) if _global() is not None else None
+
+
 @cache
-def load() -> Tracing | None:
-    """The process's :class:`Tracing`, or ``None`` when OpenTelemetry's API is not installed."""
+def _global() -> Tracing | None:
     try:
         return Tracing()
     except ImportError:

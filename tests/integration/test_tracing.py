@@ -1,0 +1,389 @@
+"""OpenTelemetry over a real hub: the publisher's span is the parent of the worker's span.
+
+Each test has its own SDK tracer provider with an in-memory exporter, given to its clients
+(``Client(tracer_provider=...)``): the process-wide provider stays unset, so other tests'
+tasks carry no trace context. The global provider, and a process without OpenTelemetry, are
+tested in subprocesses at the end.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from websockets.asyncio.client import connect
+
+from taskhub import Client, Server, TaskFailed
+from taskhub import sync as taskhub_sync
+from tests.conftest import ClientFactory, ServerFactory, until
+from tests.e2e.hubproc import HubProcess
+
+
+class Spans:
+    """A tracer provider whose finished spans can be read back."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracer = self.provider.get_tracer("test")
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if s.name == name]
+
+    async def wait(self, name: str, n: int = 1) -> list[ReadableSpan]:
+        return list(await until(lambda: len(self.named(name)) >= n and self.named(name)))
+
+
+@pytest.fixture
+def spans() -> Iterator[Spans]:
+    s = Spans()
+    yield s
+    s.provider.shutdown()
+
+
+def ids(span: ReadableSpan) -> tuple[int, int]:
+    ctx = span.get_span_context()
+    assert ctx is not None
+    return ctx.trace_id, ctx.span_id
+
+
+def parent_of(span: ReadableSpan) -> tuple[int, int] | None:
+    return (span.parent.trace_id, span.parent.span_id) if span.parent else None
+
+
+async def test_worker_span_is_the_child_of_the_publish_span(
+    make_client: ClientFactory, spans: Spans
+) -> None:
+    worker = await make_client("mailer", tracer_provider=spans.provider)
+    publisher = await make_client("web", tracer_provider=spans.provider)
+
+    async def send(task: Any) -> str:
+        with spans.tracer.start_as_current_span("smtp"):  # the handler's own span
+            return f"sent to {await task.get_payload()}"
+
+    await worker.sub("email:send", send)
+    with spans.tracer.start_as_current_span("POST /signup"):
+        handle = publisher.pub("email:send", "ada@example.com")
+    assert await handle.get_result(timeout=5) == "sent to ada@example.com"
+
+    [request] = spans.named("POST /signup")
+    [publish] = await spans.wait("publish email:send")
+    [process] = await spans.wait("process email:send")
+    [smtp] = spans.named("smtp")
+    assert publish.kind is SpanKind.PRODUCER and parent_of(publish) == ids(request)
+    assert process.kind is SpanKind.CONSUMER and parent_of(process) == ids(publish)
+    assert parent_of(smtp) == ids(process)
+    assert process.attributes is not None
+    assert process.attributes["taskhub.task.id"] == handle.id
+    assert process.attributes["messaging.message.id"] == handle.id
+    assert process.attributes["taskhub.action"] == "email:send"
+    assert process.attributes["taskhub.attempt"] == 1
+    assert process.attributes["messaging.system"] == "taskhub"
+    assert process.attributes["messaging.consumer.group.name"] == "mailer"
+    assert process.status.status_code is StatusCode.UNSET
+    # Stored with the task: the view shows the W3C context the worker was given.
+    view = await publisher.get(handle.id or "")
+    trace_id = format(ids(publish)[0], "032x")
+    assert view["options"]["trace"]["traceparent"].split("-")[1] == trace_id
+
+
+async def test_a_failing_handler_marks_its_span_and_each_retry_has_one(
+    make_client: ClientFactory, spans: Spans
+) -> None:
+    worker = await make_client("mailer", tracer_provider=spans.provider)
+    publisher = await make_client("web", tracer_provider=spans.provider)
+
+    async def send(task: Any) -> None:
+        raise ValueError(f"no such mailbox (attempt {task.attempt})")
+
+    await worker.sub("email:send", send)
+    handle = publisher.pub("email:send", "nobody@example.com", retries=1, backoff=0)
+    with pytest.raises(TaskFailed):
+        await handle.get_result(timeout=5)
+
+    [publish] = await spans.wait("publish email:send")
+    tries = sorted(
+        await spans.wait("process email:send", 2),
+        key=lambda s: s.attributes["taskhub.attempt"] if s.attributes else 0,
+    )
+    assert [s.attributes["taskhub.attempt"] for s in tries if s.attributes] == [1, 2]
+    for attempt, span in enumerate(tries, 1):
+        assert parent_of(span) == ids(publish)
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == f"ValueError: no such mailbox (attempt {attempt})"
+        [event] = [e for e in span.events if e.name == "exception"]
+        assert event.attributes is not None
+        assert event.attributes["exception.type"] == "ValueError"
+
+
+async def test_chain_steps_are_children_of_the_chain_publisher(
+    make_client: ClientFactory, spans: Spans
+) -> None:
+    worker = await make_client("w", tracer_provider=spans.provider)
+    publisher = await make_client("web", tracer_provider=spans.provider)
+    await worker.sub("geo:geocode", lambda task: {"lat": 59.9})
+    await worker.sub("weather:forecast", lambda task: f"rain at {task.previous_result['lat']}")
+
+    with spans.tracer.start_as_current_span("GET /forecast"):
+        handle = publisher.chain([("geo:geocode", "Oslo"), ("weather:forecast", None)])
+    assert await handle.get_result(timeout=5) == "rain at 59.9"
+    group = publisher.group([("geo:geocode", "Oslo"), ("geo:geocode", "Bergen")])
+    assert await group.get_result(timeout=5) == [{"lat": 59.9}, {"lat": 59.9}]
+
+    [request] = spans.named("GET /forecast")
+    [publish] = await spans.wait("publish taskhub:chain")
+    [publish_group] = await spans.wait("publish taskhub:group")
+    assert publish.kind is SpanKind.PRODUCER and parent_of(publish) == ids(request)
+    [forecast] = await spans.wait("process weather:forecast")
+    geocodes = await spans.wait("process geo:geocode", 3)
+    assert parent_of(forecast) == ids(publish)
+    assert sorted(parent_of(s) or (0, 0) for s in geocodes) == sorted(
+        [ids(publish), ids(publish_group), ids(publish_group)]
+    )
+    assert parent_of(publish_group) is None  # no span was current: a trace of its own
+
+
+async def test_the_trace_survives_a_hub_restart(
+    make_server: ServerFactory, spans: Spans, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'hub.db'}"
+    first = await make_server(store=store)
+    async with Client(first.url, name="web", tracer_provider=spans.provider) as publisher:
+        handle = publisher.pub("email:send", "ada@example.com")
+        await handle.accepted()
+    await first.stop()  # published, never offered: only the store has it now
+
+    second = await make_server(store=store)
+    async with Client(second.url, name="mailer", tracer_provider=spans.provider) as worker:
+        await worker.sub("email:send", lambda task: "sent")
+        [process] = await spans.wait("process email:send")
+    [publish] = spans.named("publish email:send")
+    assert parent_of(process) == ids(publish)
+    assert process.attributes is not None and process.attributes["taskhub.task.id"] == handle.id
+
+
+async def test_sync_client_carries_the_callers_span_both_ways(server: Server, spans: Spans) -> None:
+    def scenario() -> None:
+        with (
+            taskhub_sync.Client(server.url, name="w", tracer_provider=spans.provider) as worker,
+            taskhub_sync.Client(server.url, name="web", tracer_provider=spans.provider) as pub,
+        ):
+
+            def resize(task: taskhub_sync.Task) -> int:
+                with spans.tracer.start_as_current_span("resize pixels"):  # in a pool thread
+                    assert threading.current_thread().name.startswith("taskhub-img:resize")
+                    return int(task.payload) * 2
+
+            worker.sub("img:resize", resize)
+            with spans.tracer.start_as_current_span("view"):  # this thread's context
+                handle = pub.pub("img:resize", 21)
+            assert handle.get_result(timeout=5) == 42
+
+    await asyncio.to_thread(scenario)
+    [view] = spans.named("view")
+    [publish] = spans.named("publish img:resize")
+    [process] = await spans.wait("process img:resize")
+    [inner] = spans.named("resize pixels")
+    assert parent_of(publish) == ids(view)
+    assert parent_of(process) == ids(publish)
+    assert parent_of(inner) == ids(process)
+
+
+async def test_a_cancelled_task_ends_its_span_as_revoked(
+    make_client: ClientFactory, spans: Spans
+) -> None:
+    worker = await make_client("w", tracer_provider=spans.provider)
+    publisher = await make_client("web", tracer_provider=spans.provider)
+    started = asyncio.Event()
+
+    async def forever(task: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await worker.sub("job:run", forever)
+    handle = publisher.pub("job:run")
+    await asyncio.wait_for(started.wait(), 5)
+    await handle.cancel()
+    [process] = await spans.wait("process job:run")
+    assert process.status.status_code is StatusCode.ERROR
+    assert process.status.description == "revoked: cancelled"
+
+
+async def test_without_an_sdk_an_incoming_context_is_passed_on(
+    make_client: ClientFactory,
+) -> None:
+    """Only the API: no spans are recorded, yet a context received from upstream (an
+    incoming request's traceparent) still reaches the worker, as OpenTelemetry's no-op
+    tracer passes it through. With nothing current, no trace option is sent at all."""
+    worker = await make_client("w")  # the global provider: unset, so no-op
+    publisher = await make_client("web")
+    seen: list[Any] = []
+
+    def work(task: Any) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    await worker.sub("job:run", work)
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    token = context.attach(propagate.extract({"traceparent": incoming}))
+    try:
+        handle = publisher.pub("job:run")
+    finally:
+        context.detach(token)
+    await handle.get_result(timeout=5)
+    view = await publisher.get(handle.id or "")
+    assert view["options"]["trace"] == {"traceparent": incoming}
+    assert seen[0].trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+
+    plain = publisher.pub("job:run")
+    await plain.get_result(timeout=5)
+    assert "trace" not in (await publisher.get(plain.id or ""))["options"]
+
+
+async def test_http_publish_takes_the_traceparent_header(
+    make_client: ClientFactory, server: Server, spans: Spans
+) -> None:
+    worker = await make_client("w", tracer_provider=spans.provider)
+    await worker.sub("job:run", lambda task: "ok")
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    base = server.url.replace("ws://", "http://")
+    async with httpx.AsyncClient(base_url=base) as http:
+        answer = await http.post(
+            "/v1/tasks",
+            json={"action": "job:run"},
+            headers={"traceparent": traceparent, "tracestate": "vendor=x"},
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["options"]["trace"] == {
+            "traceparent": traceparent,
+            "tracestate": "vendor=x",
+        }
+        bad = await http.post(
+            "/v1/tasks", json={"action": "job:run", "options": {"trace": {"traceparent": 1}}}
+        )
+        assert bad.status_code == 400 and "trace" in bad.json()["message"], bad.text
+    [process] = await spans.wait("process job:run")
+    assert process.parent is not None and process.parent.span_id == 0x00F067AA0BA902B7
+    assert process.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"trace": {"traceparent": 1}}, "trace"),  # not strings: msgspec names the field
+        ({"trace": {f"k{i}": "v" for i in range(9)}}, "9 fields; at most 8"),
+        ({"trace": {"baggage": "x" * 9000}}, "9007 characters; at most 8192"),
+    ],
+)
+async def test_a_bad_trace_option_is_refused_by_name(
+    server: Server, options: dict[str, Any], words: str
+) -> None:
+    for msg in (
+        {"op": "pub", "action": "job:run", "options": options, "ref": 1},
+        {"op": "chain", "steps": [{"action": "job:run"}], "ref": 1, **options},
+    ):
+        async with connect(
+            server.url + "/v1/ws", additional_headers={"Authorization": "Bearer raw:"}
+        ) as ws:
+            assert json.loads(await ws.recv())["op"] == "welcome"
+            await ws.send(json.dumps(msg))
+            answer = json.loads(await ws.recv())
+            assert answer["op"] == "error" and answer["ref"] == 1
+            assert "trace" in answer["message"] and words in answer["message"], answer
+
+
+# --- in fresh processes --------------------------------------------------------------------
+# The hub runs in a process of its own: FastAPI itself imports OpenTelemetry's API, so only a
+# process that is a client alone can be without it (pip install of the client only).
+
+SCENARIO = """
+import asyncio, sys
+from taskhub import Client
+
+async def main(url):
+    async with Client(url, name="w") as worker, Client(url, name="p") as pub:
+        await worker.sub("job:run", lambda task: task.attempt)
+        handle = pub.chain([("job:run", 1), ("job:run", None)])
+        assert await handle.get_result(timeout=5) == 1
+        first = pub.pub("job:run")
+        assert await first.get_result(timeout=5) == 1
+        view = await pub.get(first.id)
+        print("trace" in view["options"])
+    print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+BLOCK_OPENTELEMETRY = """
+import sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+"""
+
+GLOBAL_PROVIDER = """
+import atexit
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+atexit.register(lambda: print(sorted(s.name for s in exporter.get_finished_spans())))
+"""
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubProcess]:
+    proc = HubProcess("memory://").start()
+    yield proc
+    proc.stop()
+
+
+def run_python(code: str, *args: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_without_opentelemetry_nothing_changes_and_nothing_is_imported(hub: HubProcess) -> None:
+    """As if the extra were not installed: the import fails, the client works as before,
+    its tasks carry no trace, and no OpenTelemetry module was loaded."""
+    assert run_python(BLOCK_OPENTELEMETRY + SCENARIO, hub.url) == ["False", "[]"]
+
+
+def test_the_global_tracer_provider_is_used_by_default(hub: HubProcess) -> None:
+    lines = run_python(GLOBAL_PROVIDER + SCENARIO, hub.url)
+    assert lines[0] == "True"
+    spans = ast.literal_eval(lines[-1])  # the sorted span names, printed at exit
+    assert spans == sorted(
+        [
+            *("publish taskhub:chain", "process job:run", "process job:run"),
+            *("publish job:run", "process job:run"),
+        ]
+    )
