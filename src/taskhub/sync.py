@@ -31,6 +31,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextvars
+import copy
 import functools
 import logging
 import threading
@@ -43,11 +44,14 @@ from taskhub.client import TaskContext
 from taskhub.client.client import Step
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
+from taskhub.errors import ConnectionClosed, TaskHubError
 
 T = TypeVar("T")
 SyncHandler = Callable[["Task"], Any]
 SyncEventHandler = Callable[[Any, str], Any]  # (data, topic)
 _MISSING: Any = object()
+# close() gives the blocking calls of other threads this long to see ConnectionClosed.
+CLOSE_SETTLE = 2.0
 WATCH_QUEUE = 1000  # events a sync watch holds for its reader before dropping the oldest
 
 log = logging.getLogger("taskhub.sync")
@@ -60,6 +64,9 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.calls: set[asyncio.Task[Any]] = set()  # blocking calls running on the loop
+        self.stopped = False
+        self._lock = threading.Lock()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name="taskhub-sync-loop", daemon=True)
         self.thread.start()
@@ -77,11 +84,42 @@ class _Loop:
                 "a blocking taskhub.sync call from the client's own loop thread (an .on() "
                 "callback?) would wait forever; do it from another thread"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        with self._lock:  # nothing is handed to the loop once stop() began
+            if self.stopped:
+                coro.close()
+                raise ConnectionClosed("the client is closed")
+            future = asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
+        return future.result()
+
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro``, known to :meth:`settle` while it runs."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.calls.add(task)
+        try:
+            return await coro
+        finally:
+            self.calls.discard(task)
+
+    async def settle(self, timeout: float) -> None:
+        """Let the blocking calls of other threads finish (a closed client has just failed
+        what they wait for), so that none is left waiting on a stopped loop."""
+        others = self.calls - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        with self._lock:
+            self.stopped = True
+
+        async def finish() -> None:
+            # Every call handed over before is a task by now (they were scheduled first):
+            # let them end, so no thread is left waiting on a stopped loop.
+            await self.settle(CLOSE_SETTLE)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(finish(), self.loop)
+        self.thread.join(10 + CLOSE_SETTLE)
         if not self.thread.is_alive():
             self.loop.close()
 
@@ -111,6 +149,7 @@ class Client:
         self._pools: list[concurrent.futures.ThreadPoolExecutor] = []
         self._topic_pools: dict[str, list[concurrent.futures.ThreadPoolExecutor]] = {}
         self._watches: set[Watch] = set()
+        self._closed = False  # close() was called (a later call raises ConnectionClosed)
 
     # --- life --------------------------------------------------------------------------------
     def connect(self) -> Client:
@@ -131,16 +170,20 @@ class Client:
             runner.stop()
             raise
         self._runner = runner
+        self._closed = False
         return self
 
     def close(self) -> None:
-        """Disconnect; running handlers are cancelled (their threads finish on their own)."""
+        """Disconnect; running handlers are cancelled (their threads finish on their own).
+        Everything other threads wait for ends with ``ConnectionClosed``: ``get_result`` of a
+        task not yet ended, a watch's iteration (after the events already queued)."""
         runner, client = self._runner, self._client
         self._runner = self._client = None
         if runner is None or client is None:
             return
+        self._closed = True
         try:
-            runner.call(client.close())
+            runner.call(client.close())  # fails what other threads wait for: ConnectionClosed
         finally:
             runner.stop()
             for pool in self._pools:
@@ -148,7 +191,8 @@ class Client:
             self._pools.clear()
             self._topic_pools.clear()
             for w in list(self._watches):
-                w._end()  # a reader blocked in next() gets StopIteration
+                # a reader blocked in next() gets ConnectionClosed after the queued events
+                w._end(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
             self._watches.clear()
 
     def __enter__(self) -> Client:
@@ -162,10 +206,13 @@ class Client:
         return self._client is not None and self._client.connected
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._runner is None:
+        runner = self._runner
+        if runner is None:
             coro.close()
+            if self._closed:
+                raise ConnectionClosed("the client is closed")
             raise RuntimeError("the client is not connected: use `with Client(...)` or connect()")
-        return self._runner.call(coro)
+        return runner.call(coro)
 
     def _async(self) -> AsyncClient:
         if self._client is None:
@@ -414,6 +461,13 @@ class Handle:
         ``NoResult`` (or returns ``default`` when given); ``TimeoutError`` after ``timeout``
         seconds unless ``default`` is given."""
         h = self._handle
+        if h.done:  # answered here, without the loop: also once the client is closed
+            try:
+                return h.outcome()
+            except TaskHubError:
+                if default is _MISSING:
+                    raise
+                return default
         if default is _MISSING:
             return self._client._call(h.get_result(timeout=timeout))
         return self._client._call(h.get_result(default, timeout=timeout))
@@ -421,7 +475,11 @@ class Handle:
     def on(self, event: str, callback: Callable[[Handle], Any]) -> Handle:
         """Call ``callback(handle)`` on ``event`` (``update``, ``success``, ``fail``, ...).
 
-        The callback runs in the client's loop thread: keep it short and non-blocking.
+        :meth:`Client.pub` returns once the task is stored, so updates may arrive before this
+        call: a listener added late is called at once for what already happened (``update``
+        once, with the latest in ``last_update``; a final event if it is the one that
+        happened), then for every later event. The callback runs in the client's loop
+        thread: keep it short and non-blocking.
         """
         relay = functools.partial(_relay, callback, self)
         self._on_loop(lambda: self._handle.on(event, relay))
@@ -546,6 +604,7 @@ class Watch:
         self._events: collections.deque[Event] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False  # no event comes after the ones queued
+        self._error: BaseException | None = None  # raised after them (the client closed)
         self._watch: AsyncWatch | None = None
         self._pump: asyncio.Future[None] | None = None
 
@@ -569,6 +628,8 @@ class Watch:
                 raise TimeoutError(f"no event of {self.pattern!r} within {timeout}s")
             if self._events:
                 return self._events.popleft()
+            if self._error is not None:
+                raise copy.copy(self._error)
             raise StopIteration
 
     def close(self) -> None:
@@ -590,18 +651,23 @@ class Watch:
             self._events.append(event)
             self._cond.notify()
 
-    def _end(self) -> None:
+    def _end(self, error: BaseException | None = None) -> None:
         with self._cond:
-            self._closed = True
+            if not self._closed:
+                self._closed = True
+                self._error = error
             self._cond.notify_all()
 
 
 async def _pump(w: AsyncWatch, sync_watch: Watch) -> None:
+    error: BaseException | None = None
     try:
         async for event in w:
             sync_watch._put(event)
+    except ConnectionClosed as exc:
+        error = exc
     finally:
-        sync_watch._end()
+        sync_watch._end(error)
 
 
 def _log_event_failure(topic: str, future: concurrent.futures.Future[Any]) -> None:

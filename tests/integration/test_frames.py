@@ -214,12 +214,10 @@ async def test_the_hub_reads_ahead_a_bounded_number_of_frames(
     await ws.close()
 
 
-async def test_a_return_in_the_pickups_frame_takes_its_place(
-    server: Server, make_client: Any
-) -> None:
-    """A handler done in the loop turn that sent its ``pickup`` sends only ``return`` (a
-    return picks up too); one that waits first, or sends a step of its own, keeps both, in
-    order. The hub stores the same events either way: start, then success."""
+async def test_the_pickup_leaves_before_the_handler_runs(server: Server, make_client: Any) -> None:
+    """Every handler's ``pickup`` leaves before its code runs, so a handler that blocks its
+    event loop is known to have started (issue 15, item 11; test_blocked_handler.py), even
+    one done at once. The hub stores start, then success."""
     hub = server.hub
     assert hub is not None
     worker = await make_client("worker")
@@ -251,6 +249,7 @@ async def test_a_return_in_the_pickups_frame_takes_its_place(
         events = await hub.store.get_events(await handle.accepted())
         assert [e.type for e in events if e.type in ("start", "success")] == ["start", "success"]
     assert seen == [
+        ("pickup", "instant"),
         ("return", "instant"),
         ("pickup", "waits"),
         ("return", "waits"),

@@ -204,6 +204,18 @@ async def test_sync_client_carries_the_callers_span_both_ways(server: Server, sp
     assert parent_of(inner) == ids(process)
 
 
+async def test_a_pub_that_cannot_be_sent_ends_its_span_as_failed(
+    make_client: ClientFactory, spans: Spans
+) -> None:
+    publisher = await make_client("web", tracer_provider=spans.provider)
+    with pytest.raises(TypeError):
+        publisher.pub("job:run", {"when": object()})
+    [publish] = spans.named("publish job:run")  # ended, not left open
+    assert publish.status.status_code is StatusCode.ERROR
+    assert publish.status.description is not None
+    assert publish.status.description.startswith("TypeError: ")
+
+
 async def test_a_cancelled_task_ends_its_span_as_revoked(
     make_client: ClientFactory, spans: Spans
 ) -> None:

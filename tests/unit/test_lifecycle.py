@@ -582,6 +582,31 @@ def test_disconnect_out_of_attempts_fails_with_reason_attempts() -> None:
     assert rec.error is not None and rec.error["reason"] == "attempts"
 
 
+def test_started_runs_lost_with_their_connection_fail_into_the_dead_letters() -> None:
+    """Issue 15, item 11: each started run whose connection is lost (a keepalive that went
+    unanswered, a kill) counts a try, and the last one fails the task (reason ``attempts``)
+    into the dead letters, even when the same service reconnects each time and a stale
+    step of an earlier run arrives late on the new connection."""
+    h = Hub()
+    task = h.pub(max_attempts=2)
+    old = h.worker("w")
+    for attempt in (1, 2):
+        assert h.offers(old) == [(task.id, attempt)]
+        h.lc.pickup(old, task.id, attempt)
+        h.lc.disconnect(old)  # dropped by the keepalive: the handler blocked its loop
+        assert task.rec.deliveries[0].tries == attempt
+        if attempt == 1:
+            old = h.worker("w")  # the same service reconnects
+            with pytest.raises((NotHolding, StaleAttempt)):
+                h.lc.pickup(old, task.id, 1)  # the blocked run's late pickup changes nothing
+    batch = h.lc.take_writes()
+    [rec] = [r for r in batch.tasks if r.id == task.id]
+    assert rec.state == "fail"
+    assert rec.error is not None and rec.error["reason"] == "attempts"
+    assert rec.deliveries[0].tries == 2
+    assert [(m.kind, m.key) for m in batch.meta] == [("dead", task.id)]
+
+
 def test_disconnect_of_an_offered_not_started_worker_does_not_count_a_try() -> None:
     h = Hub()
     a, b = h.worker("g"), h.worker("g")

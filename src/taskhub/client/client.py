@@ -124,6 +124,7 @@ class Client:
         # None: OpenTelemetry is not installed. A tracer_provider (default: the global one)
         # makes this client's spans (docs/tracing.md).
         self._tracing = load_tracing(tracer_provider)
+        self._closed = False  # close() was called: nothing waits any more
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -131,9 +132,39 @@ class Client:
         return self
 
     async def close(self) -> None:
+        """Disconnect. Running handlers are cancelled, and everything still waiting ends with
+        :class:`ConnectionClosed`: results of tasks not yet ended (``get_result``,
+        ``accepted``, ``await handle``, done callbacks), watches (after the events already
+        queued), subscriptions not yet confirmed, requests without an answer."""
+        self._closed = True
         for task in list(self._running):
             task.cancel()
         await self._conn.close()
+        self._end_all()
+
+    def _end_all(self) -> None:
+        """Closed: end every handle, watch and subscription still waiting. Nothing follows
+        them again (that is for a reconnect), so without this they would wait forever."""
+        handles = list(self._handles.values())
+        for others in self._same_task.values():
+            handles.extend(others)
+        self._handles.clear()
+        self._same_task.clear()
+        for handle in handles:
+            handle._refuse(
+                ConnectionClosed(
+                    f"the client was closed before task {handle.id} ({handle.action}) ended"
+                )
+            )
+        watches = [w for ws in self._watches.values() for w in ws]
+        self._watches.clear()
+        for w in watches:
+            w._lost(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
+        for sub in self._subs.values():
+            if not sub.confirmed.done():
+                sub.confirmed.set_exception(
+                    ConnectionClosed(f"the client was closed before the hub confirmed {sub.action}")
+                )
 
     async def __aenter__(self) -> Client:
         return await self.connect()
@@ -205,7 +236,9 @@ class Client:
                 durable=durable,
             )
             self._subs[action] = sub
-            if self.connected:
+            if self._closed:
+                sub.confirmed.set_exception(ConnectionClosed("the client is closed"))
+            elif self.connected:
                 self._send_sub(sub)
             return sub
 
@@ -360,7 +393,12 @@ class Client:
             into["trace"] = carrier
         if into and into is not msg:
             msg["options"] = into
-        handle = self._publish(action, msg)
+        try:
+            handle = self._publish(action, msg)
+        except Exception as exc:  # not sent (a payload that is not JSON): the span says why
+            self._tracing.failed(span, exc)
+            span.end()
+            raise
         self._tracing.published(span, handle)
         return handle
 
@@ -491,6 +529,9 @@ class Client:
         """
         validate_topic(pattern, pattern=True)
         w = Watch(self, pattern)
+        if self._closed:
+            w._lost(ConnectionClosed(f"the client is closed; cannot watch {pattern!r}"))
+            return w
         watches = self._watches.setdefault(pattern, [])
         watches.append(w)
         if self.connected:
@@ -597,13 +638,18 @@ class Client:
             async with sub.slots:
                 if ctx.revoked:
                     return
-                pickup = None
-                if not ctx.observe:
-                    ctx.picked_up = True
-                    pickup = self._conn.send_replaceable(
-                        {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
-                    )
                 try:
+                    if not ctx.observe:
+                        ctx.picked_up = True
+                        self._conn.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
+                        # One loop turn, in which the queued pickups leave (the flush was
+                        # scheduled first; the pickups of a burst of offers share a frame),
+                        # before the handler's code runs: a handler that blocks the event loop
+                        # is then known to the hub as started, and if its connection is lost
+                        # (the keepalive went unanswered) that counts a try toward
+                        # max_attempts (issue 15, item 11). Flushed only after the handler's
+                        # first step, it never left, and the task was offered again forever.
+                        await asyncio.sleep(0)
                     result = sub.handler(ctx)
                     if inspect.isawaitable(result):
                         result = await result
@@ -625,12 +671,7 @@ class Client:
                     return  # nothing (more) to send: the return value is ignored
                 ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
                 try:
-                    if pickup is not None:
-                        # A handler done within the loop turn that sent its pickup: the return
-                        # takes the pickup's place (a return picks up too), one message less.
-                        self._conn.replace(pickup, ret)
-                    else:
-                        self._conn.send(ret)
+                    self._conn.send(ret)
                 except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -35,8 +36,6 @@ from taskhub.protocol import WS_PATH
 
 log = logging.getLogger("taskhub.client")
 Message = dict[str, Any]
-# A message waiting in an outbox: (that outbox, its index there, its encoded bytes).
-Queued = tuple[list[bytes], int, bytes]
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -160,6 +159,7 @@ class Connection:
     async def close(self) -> None:
         self._closing = True
         self._flush()
+        self.connected.clear()  # from now on post() refuses at once
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()
@@ -281,15 +281,8 @@ class Connection:
         it, so later would be too late to say so."""
         self._queue(self._encode_alone(msg))
 
-    def send_replaceable(self, msg: Message) -> Queued:
-        """As :meth:`send`; until it leaves, :meth:`replace` can put another in its place."""
-        part = self._encode_alone(msg)
-        queued = (self._outbox, len(self._outbox), part)
-        self._queue(part)
-        return queued
-
     def _encode_alone(self, msg: Message) -> bytes:
-        part = _encoder.encode(msg)
+        part = encode(msg)
         limit = self._frame_limit()
         if len(part) > limit:
             raise _not_sent(msg.get("op"), len(part), limit)
@@ -298,21 +291,6 @@ class Connection:
     def _frame_limit(self) -> int:
         """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
         return int(self.welcome.get("max_frame", self.max_frame))
-
-    def replace(self, queued: Queued, msg: Message) -> None:
-        """Send ``msg`` in place of the ``queued`` message if that one has not left yet, else
-        after everything queued. Only the outbox the message went into counts: anything
-        queued meanwhile for the same task would have had to leave first (a step awaits the
-        hub's answer), so nothing is overtaken that matters."""
-        box, i, part = queued
-        if box is self._outbox and i < len(box) and box[i] is part:
-            new = self._encode_alone(msg)
-            box[i] = new
-            self._outbox_size += len(new) - len(part)
-            if self._outbox_size >= EARLY_SEND:
-                self._send_out()
-        else:
-            self.send(msg)
 
     def _queue(self, part: bytes) -> None:
         self._outbox.append(part)
@@ -339,7 +317,7 @@ class Connection:
             raise ConnectionClosed("the client is closed")
         ref = next(self._refs)
         msg["ref"] = ref
-        part = _encoder.encode(msg)  # first: a message that cannot be encoded is not pending
+        part = encode(msg)  # first: a message that cannot be encoded is not pending
         self._pending[ref] = waiter
         self._queue(part)
 
@@ -395,6 +373,81 @@ class Connection:
             log.error("%s", exc)
         else:
             _fail(waiter, exc)
+
+
+def encode(msg: Message) -> bytes:
+    """``msg`` as JSON, or raise naming what JSON cannot carry and where (docs/decisions.md,
+    "Payloads are plain JSON"): NaN and infinities (``ValueError``), and any value that is not
+    a dict with string keys, list, tuple, str, int, float, bool or None (``TypeError``), such
+    as a datetime, UUID, Decimal, set or bytes. msgspec would write NaN as null and those
+    types as strings or lists: the data would arrive changed without a word.
+
+    The check costs one decode and one comparison, both in C: a message that comes back
+    equal carried over as it is. Only one that does not is walked, to find what changed (a
+    tuple comes back as a list, which is allowed, as ``json.dumps`` does)."""
+    try:
+        part = _encoder.encode(msg)
+    except TypeError:  # a type msgspec does not know: say where it is
+        _refuse_not_json(msg)
+        raise
+    if _decoder.decode(part) != msg:
+        _refuse_not_json(msg)
+    return part
+
+
+def _refuse_not_json(msg: Message) -> None:
+    problem = _not_json(msg, "")
+    if problem is not None:
+        raise type(problem)(f"{msg.get('op')} message: {problem}; it was not sent") from None
+
+
+def _not_json(value: Any, where: str) -> TypeError | ValueError | None:
+    """What in ``value`` JSON cannot carry, named by its path (``payload['at'][0]``)."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return ValueError(f"{where} is float({str(value)!r}): JSON has no NaN or Infinity")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return TypeError(
+                    f"{where or 'the message'} has the key {k!r} ({type(k).__name__}): "
+                    "JSON object keys are strings"
+                )
+            problem = _not_json(v, f"{where}[{k!r}]" if where else k)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            problem = _not_json(v, f"{where}[{i}]")
+            if problem is not None:
+                return problem
+        return None
+    kind = type(value)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    hint = _HINTS.get(name, "convert it to JSON data (dict, list, str, int, float, bool, None)")
+    return TypeError(f"{where} is a {name}, which JSON cannot carry: {hint}")
+
+
+_HINTS = {
+    "datetime.datetime": "send value.isoformat() (or value.timestamp())",
+    "datetime.date": "send value.isoformat()",
+    "datetime.time": "send value.isoformat()",
+    "datetime.timedelta": "send value.total_seconds()",
+    "uuid.UUID": "send str(value)",
+    "decimal.Decimal": "send str(value) (exact) or float(value)",
+    "set": "send a list, e.g. sorted(value)",
+    "frozenset": "send a list, e.g. sorted(value)",
+    "bytes": "send text, e.g. base64.b64encode(value).decode()",
+    "bytearray": "send text, e.g. base64.b64encode(value).decode()",
+}
 
 
 # What sending a message raises when it cannot go at all (Connection.send): not JSON

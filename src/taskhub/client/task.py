@@ -46,26 +46,42 @@ class _Emitter:
         self._background: set[asyncio.Task[Any]] | None = None
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> Any:
-        """Call ``callback(self)`` on ``event``; returns ``self`` so calls chain."""
+        """Call ``callback(self)`` on ``event``; returns ``self`` so calls chain.
+
+        A listener added late is called at once for what already happened, as the seeds'
+        client does: for ``update`` if an update arrived before (once, with the latest in
+        ``last_update``), for a final event (``success``, ``fail``, ``end``, ``revoke``) if
+        it is the one that happened. So ``h = client.pub(...); h.on("update", cb)`` misses
+        nothing, however fast the updates come.
+        """
         if self._listeners is None:
             self._listeners = {}
         self._listeners.setdefault(event, []).append(callback)
+        if self._happened(event):
+            self._call(event, callback)
         return self
+
+    def _happened(self, event: str) -> bool:
+        """Whether ``event`` already happened, so that a late listener is called at once."""
+        return False
 
     def _emit(self, event: str) -> None:
         if self._listeners is None:
             return
         for cb in self._listeners.get(event, ()):
-            try:
-                out = cb(self)
-                if inspect.isawaitable(out):
-                    t = asyncio.ensure_future(out)
-                    if self._background is None:
-                        self._background = set()
-                    self._background.add(t)
-                    t.add_done_callback(self._background.discard)
-            except Exception:
-                log.exception("a %r callback raised", event)
+            self._call(event, cb)
+
+    def _call(self, event: str, cb: Callable[[Any], Any]) -> None:
+        try:
+            out = cb(self)
+            if inspect.isawaitable(out):
+                t = asyncio.ensure_future(out)
+                if self._background is None:
+                    self._background = set()
+                self._background.add(t)
+                t.add_done_callback(self._background.discard)
+        except Exception:
+            log.exception("a %r callback raised", event)
 
 
 class TaskContext(_Emitter):
@@ -88,6 +104,8 @@ class TaskContext(_Emitter):
         self.observe: bool = bool(offer.get("observe"))
         self.previous_result: Any = offer.get("previous_result")
         self.last_update: Any = None
+        self._updated = False  # an update arrived (its data may be None)
+        self._final: str | None = None  # the final event that arrived: fail or end
         self.revoked: str | None = None  # why the hub took the task away, if it did
         self.succeeded = False  # another service returned a result
         self.dropped = False
@@ -168,12 +186,23 @@ class TaskContext(_Emitter):
         kind = msg.get("type")
         if kind == "update":
             self.last_update = msg.get("data")
+            self._updated = True
             self._emit("update")
         elif kind == "success":
             self.succeeded = True
             self._emit("success")
         elif kind in ("fail", "end"):
+            self._final = kind
             self._emit(kind)
+
+    def _happened(self, event: str) -> bool:
+        if event == "update":
+            return self._updated
+        if event == "success":
+            return self.succeeded
+        if event == "revoke":
+            return self.revoked is not None
+        return event == self._final
 
     def _revoke(self, reason: str) -> None:
         self.revoked = reason
@@ -205,6 +234,7 @@ class Handle(_Emitter):
         "_end_waiters",
         "_ended",
         "_refused",
+        "_updated",
         "action",
         "error",
         "id",
@@ -221,6 +251,7 @@ class Handle(_Emitter):
         self.id: str | None = None
         self.state = "init"
         self.last_update: Any = None
+        self._updated = False  # an update arrived (its data may be None)
         self.result: Any = None
         self.error: dict[str, Any] | None = None
         self._refused: BaseException | None = None  # the hub refused it, or its answer was lost
@@ -381,6 +412,7 @@ class Handle(_Emitter):
         self.state = msg.get("state", self.state)
         if kind == "update":
             self.last_update = msg.get("data")
+            self._updated = True
         elif kind == "success":
             self.result = msg.get("data")
         elif kind == "fail":
@@ -390,11 +422,17 @@ class Handle(_Emitter):
         if self.state in _FINAL:
             self._finish()
 
+    def _happened(self, event: str) -> bool:
+        if event == "update":
+            return self._updated
+        return event in _FINAL and event == self.state
+
     def _snapshot(self, view: dict[str, Any]) -> None:
         """A task as the hub has it (after a reconnect): catch up with what was missed."""
         self.state = view["state"]
         if view.get("last_update") is not None:
             self.last_update = view["last_update"]
+            self._updated = True
         self.result = view.get("result")
         self.error = view.get("error")
         if self.state in _FINAL:

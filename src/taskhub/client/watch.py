@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,13 +19,15 @@ class Watch:
     when set, ``data``, ``group``, ``service``), and an async context manager that stops
     watching on exit. Events are live only: the ones that happen while the connection is
     down are not replayed (read a task with :meth:`Client.get` to catch up). Events wait in
-    an unbounded local queue until you read them.
+    an unbounded local queue until you read them. When the client is closed, an iteration
+    reads the events already queued, then raises :class:`ConnectionClosed`.
     """
 
     def __init__(self, client: Client, pattern: str) -> None:
         self.client = client
         self.pattern = pattern
         self.closed = False
+        self._lost_by: BaseException | None = None  # the client closed: raised at the end
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -44,11 +47,13 @@ class Watch:
         return self
 
     async def __anext__(self) -> Event:
-        if self.closed and self._queue.empty():
-            raise StopAsyncIteration
-        await self.started()
+        if not self.closed or self._confirmed.done():  # not for a watch closed unconfirmed
+            await self.started()
         event = await self._queue.get()
         if event is None:
+            self._queue.put_nowait(None)  # every later call ends too
+            if self._lost_by is not None:
+                raise copy.copy(self._lost_by)
             raise StopAsyncIteration
         return event
 
@@ -63,6 +68,18 @@ class Watch:
     def _deliver(self, event: Event) -> None:
         if not self.closed:
             self._queue.put_nowait(event)
+
+    def _lost(self, exc: BaseException) -> None:
+        """The client was closed: nothing more comes; a reader gets ``exc`` after the events
+        already queued (and a caller of :meth:`started` at once, if not yet confirmed)."""
+        if self._lost_by is not None:
+            return
+        self._lost_by = exc
+        if not self._confirmed.done():
+            self._confirmed.set_exception(exc)
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(None)
 
     def _confirm(self, exc: BaseException | None) -> None:
         if self._confirmed.done():
