@@ -177,6 +177,32 @@ async def test_the_trace_survives_a_hub_restart(
     assert process.attributes is not None and process.attributes["taskhub.task.id"] == handle.id
 
 
+async def test_a_requeued_dead_letter_continues_the_trace(
+    make_client: ClientFactory, spans: Spans
+) -> None:
+    worker = await make_client("w", tracer_provider=spans.provider)
+    publisher = await make_client("web", tracer_provider=spans.provider)
+    runs: list[int] = []
+
+    async def flaky(task: Any) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("down")
+        return "done"
+
+    await worker.sub("job:run", flaky)
+    handle = publisher.pub("job:run", retries=0)
+    with pytest.raises(TaskFailed):
+        await handle.get_result(timeout=5)
+    copy_id = await publisher.requeue(handle.id or "")
+    assert await until(lambda: len(runs) == 2)
+    [publish] = spans.named("publish job:run")
+    tries = await spans.wait("process job:run", 2)
+    assert [parent_of(s) for s in tries] == [ids(publish), ids(publish)]
+    view = await publisher.get(copy_id)
+    assert view["options"]["trace"] == (await publisher.get(handle.id or ""))["options"]["trace"]
+
+
 async def test_sync_client_carries_the_callers_span_both_ways(server: Server, spans: Spans) -> None:
     def scenario() -> None:
         with (
