@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from taskhub import Client, Server, TaskFailed
 from taskhub import sync as taskhub_sync
 from tests.conftest import ClientFactory, ServerFactory, until
 from tests.e2e.hubproc import HubProcess
+from tests.redisproc import RedisProcess
 
 
 class Spans:
@@ -201,6 +203,36 @@ async def test_a_requeued_dead_letter_continues_the_trace(
     assert [parent_of(s) for s in tries] == [ids(publish), ids(publish)]
     view = await publisher.get(copy_id)
     assert view["options"]["trace"] == (await publisher.get(handle.id or ""))["options"]["trace"]
+
+
+async def test_the_trace_reaches_a_worker_of_the_hub_that_takes_over(
+    spans: Spans,
+) -> None:
+    """Two hubs on one Redis: the task is published through the follower, its leader is
+    killed before a worker comes, and the worker of the hub that takes over continues the
+    trace, read back from Redis."""
+    redis = RedisProcess().start()
+    store = f"{redis.url}?prefix=t{uuid.uuid4().hex[:8]}"
+    first = HubProcess(store, env={"TASKHUB_LEASE": "1"}).start()
+    second = HubProcess(store, env={"TASKHUB_LEASE": "1"}).start()
+    try:
+        role = httpx.get(f"http://127.0.0.1:{first.port}/healthz").json()["role"]
+        assert role == "leader"
+        async with Client(second.url, name="web", tracer_provider=spans.provider) as publisher:
+            handle = publisher.pub("job:run")
+            await handle.accepted()
+        first.kill()  # the leader (the first to start) had the task in memory
+        async with Client(second.url, name="w", tracer_provider=spans.provider) as worker:
+            await worker.sub("job:run", lambda task: "ok")
+            [process] = await spans.wait("process job:run")
+        [publish] = spans.named("publish job:run")
+        assert parent_of(process) == ids(publish)
+        assert process.attributes is not None
+        assert process.attributes["taskhub.task.id"] == handle.id
+    finally:
+        first.stop()
+        second.stop()
+        redis.cleanup()
 
 
 async def test_sync_client_carries_the_callers_span_both_ways(server: Server, spans: Spans) -> None:
