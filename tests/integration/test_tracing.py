@@ -216,8 +216,9 @@ async def test_the_trace_reaches_a_worker_of_the_hub_that_takes_over(
     first = HubProcess(store, env={"TASKHUB_LEASE": "1"}).start()
     second = HubProcess(store, env={"TASKHUB_LEASE": "1"}).start()
     try:
-        role = httpx.get(f"http://127.0.0.1:{first.port}/healthz").json()["role"]
-        assert role == "leader"
+        async with httpx.AsyncClient() as http:
+            health = await http.get(f"http://127.0.0.1:{first.port}/healthz")
+        assert health.json()["role"] == "leader"
         async with Client(second.url, name="web", tracer_provider=spans.provider) as publisher:
             handle = publisher.pub("job:run")
             await handle.accepted()
