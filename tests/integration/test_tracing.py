@@ -448,6 +448,35 @@ def test_without_opentelemetry_nothing_changes_and_nothing_is_imported(hub: HubP
     assert run_python(BLOCK_OPENTELEMETRY + SCENARIO, hub.url) == ["False", "[]"]
 
 
+LATE_SET_UP = """
+import asyncio, sys
+from taskhub import Client
+
+async def main(url):
+    async with Client(url, name="w") as worker, Client(url, name="p") as pub:
+        await worker.sub("job:run", lambda task: task.attempt)
+        before = pub.pub("job:run")
+        await before.get_result(timeout=5)
+        print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+        exec(SET_UP, globals())  # the application sets tracing up only now
+        after = pub.pub("job:run")
+        await after.get_result(timeout=5)
+        print(["trace" in (await pub.get(h.id))["options"] for h in (before, after)])
+
+SET_UP = sys.argv[2]
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_tracing_starts_when_the_application_imports_opentelemetry(hub: HubProcess) -> None:
+    """Installed but not imported: the client imports nothing and sends no trace (a process
+    that does not trace pays nothing); set up later, it traces from then on."""
+    lines = run_python(LATE_SET_UP, hub.url, GLOBAL_PROVIDER)
+    assert lines[0] == "[]"
+    assert lines[1] == "[False, True]"
+    assert ast.literal_eval(lines[2]) == ["process job:run", "publish job:run"]
+
+
 def test_the_global_tracer_provider_is_used_by_default(hub: HubProcess) -> None:
     lines = run_python(GLOBAL_PROVIDER + SCENARIO, hub.url)
     assert lines[0] == "True"

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskhub.client import tracing
 from taskhub.client.connection import UNSENDABLE, Connection, Message
 from taskhub.client.task import Handle, TaskContext
-from taskhub.client.tracing import load as load_tracing
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.intervals import parse_interval
@@ -121,9 +121,10 @@ class Client:
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
         self._watches: dict[str, list[Watch]] = {}
-        # None: OpenTelemetry is not installed. A tracer_provider (default: the global one)
-        # makes this client's spans (docs/tracing.md).
-        self._tracing = load_tracing(tracer_provider)
+        # Spans from tracer_provider, by default the global one (docs/tracing.md); None until
+        # the application imports OpenTelemetry (_tracing_found), or if it never does.
+        self._tracer_provider = tracer_provider
+        self._tracing = tracing.load(tracer_provider)
         self._closed = False  # close() was called: nothing waits any more
 
     # --- life --------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ class Client:
             partition_key=partition_key,
         )
         msg: Message = {"op": "pub", "action": action, "payload": payload}
-        if self._tracing is not None:
+        if self._tracing is not None or self._late_tracing() is not None:
             return self._publish_traced(action, msg, options)
         if options:
             msg["options"] = options
@@ -384,6 +385,12 @@ class Client:
         reply = await self._conn.request({"op": "requeue", "task": task_id})
         return str(reply["task"])
 
+    def _late_tracing(self) -> tracing.Tracing | None:
+        """If OpenTelemetry was imported since this client was made: trace from now on."""
+        if tracing.imported():
+            self._tracing = tracing.load(self._tracer_provider)
+        return self._tracing
+
     def _publish_traced(self, action: str, msg: Message, into: Message) -> Handle:
         """Publish inside a ``publish`` span whose context goes with the task as ``trace``,
         in ``into``: the pub's options (a step of a chain gets its chain's), or ``msg``."""
@@ -440,7 +447,7 @@ class Client:
         msg = self._chain_msg(steps, "chain")
         if merge_input:
             msg["merge_input"] = True
-        if self._tracing is not None:
+        if self._tracing is not None or self._late_tracing() is not None:
             return self._publish_traced(CHAIN_ACTION, msg, msg)
         return self._publish(CHAIN_ACTION, msg)
 
@@ -450,7 +457,7 @@ class Client:
         The first step that fails fails the group and cancels the steps still running.
         """
         msg = self._chain_msg(steps, "group")
-        if self._tracing is not None:
+        if self._tracing is not None or self._late_tracing() is not None:
             return self._publish_traced(GROUP_ACTION, msg, msg)
         return self._publish(GROUP_ACTION, msg)
 
@@ -615,8 +622,9 @@ class Client:
         sub.claimed += 1
         self._working[ctx.id] = ctx
         work = self._work(sub, ctx)
-        if self._tracing is not None:
-            span = self._tracing.process(ctx, msg.get("trace"))
+        tracer = self._tracing if self._tracing is not None else self._late_tracing()
+        if tracer is not None:
+            span = tracer.process(ctx, msg.get("trace"))
             if span is not None:  # else nothing to record or pass on
                 work = self._traced(work, ctx, span)
         runner = asyncio.ensure_future(work)
