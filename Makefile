@@ -24,6 +24,8 @@ test: lint
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q
+	bash scripts/ensure-node.sh
+	cd clients/js && npm ci --no-audit --no-fund && npm test
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -1,0 +1,327 @@
+'use strict';
+// One logical connection to a hub (docs/protocol.md): dials the first URL that answers, waits
+// for `welcome`, batches what is sent in one event-loop turn into one frame, matches `ok`/`error`
+// answers to requests by `ref`, pings the hub, and reconnects with jittered backoff.
+const WebSocket = require('ws');
+const { checkPlain } = require('./plain.cjs');
+const {
+  TaskHubError, ConnectionClosed, FrameTooLarge, fromWire,
+} = require('./errors.cjs');
+
+const WS_PATH = '/v1/ws';
+// A long burst of messages in one loop turn leaves in frames of about this size while it is
+// still being made, as the Python client does: the hub starts on the first frames while the
+// caller goes on publishing.
+const EARLY_SEND = 64 * 1024;
+
+/** Accept ws://host:port, http://host:port, or a URL that already ends with /v1/ws. */
+function wsUrl(url) {
+  let u = String(url);
+  if (u.startsWith('http://')) u = 'ws://' + u.slice(7);
+  else if (u.startsWith('https://')) u = 'wss://' + u.slice(8);
+  else if (!/^wss?:\/\//.test(u)) u = 'ws://' + u;
+  u = u.replace(/\/+$/, '');
+  if (!u.endsWith(WS_PATH)) u += WS_PATH;
+  return u;
+}
+
+class Connection {
+  constructor(urls, options) {
+    this.urls = urls.map(wsUrl);
+    this.name = options.name;
+    this.key = options.key;
+    this.onMessage = options.onMessage;
+    this.onConnect = options.onConnect;
+    this.onDisconnect = options.onDisconnect;
+    this.maxBackoff = options.maxBackoff;
+    this.connectTimeout = options.connectTimeout;
+    this.pingInterval = options.pingInterval;
+    this.maxFrame = options.maxFrame;
+    this.wsOptions = options.wsOptions || {};
+    this.log = options.logger;
+    this.welcome = {};
+    this.connected = false;
+    this.closing = false;
+    this.closed = false;
+    this.ws = null;
+    this.outbox = []; // encoded messages (strings), in order
+    this.outboxSize = 0;
+    this.flushScheduled = false;
+    this.nextRef = 1;
+    this.pending = new Map(); // ref -> receiver {_answer(msg), _fail(err)}
+    this.urlIndex = 0;
+    this.everConnected = false;
+    this.wake = null; // resolves the reconnect sleep early (close)
+    this.lost = null; // resolves when the current socket closes
+    this.ready = new Promise((resolve, reject) => { this.readyResolve = resolve; this.readyReject = reject; });
+    this.ready.catch(() => {}); // awaited by whoever wants it; never an unhandled rejection
+    this.loop = this.run();
+  }
+
+  // --- life -----------------------------------------------------------------------------------
+  async run() {
+    let delay = 50;
+    const deadline = Date.now() + this.connectTimeout;
+    while (!this.closing) {
+      let ws;
+      try {
+        ws = await this.dial();
+      } catch (err) {
+        if (this.closing) break;
+        if (!this.everConnected) {
+          // The first connection: refused credentials are final; an unreachable hub is tried
+          // until connectTimeout, as the Python client's connect() does.
+          const final = err instanceof TaskHubError && !(err instanceof ConnectionClosed);
+          if (final || Date.now() + delay > deadline) {
+            const why = final ? err : new ConnectionClosed(
+              `could not connect to ${this.urls.join(', ')}: ${err.message}`);
+            this.log.error(`taskhub: ${why.message}`);
+            this.fatal(why);
+            return;
+          }
+        } else {
+          this.log.warn(`taskhub: reconnect failed (${err.message}); next try in ${delay} ms`);
+        }
+        await this.sleep(delay * (this.everConnected ? 0.5 + Math.random() : 1));
+        delay = Math.min(delay * 2, this.maxBackoff);
+        continue;
+      }
+      delay = 50;
+      await ws.taskhubLost; // attached by dial() as the welcome was read
+      this.detach();
+    }
+  }
+
+  sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => { clearTimeout(timer); resolve(); };
+    });
+  }
+
+  dial() {
+    const url = this.urls[this.urlIndex++ % this.urls.length];
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const settle = (err, value) => {
+        if (settled) return;
+        settled = true;
+        if (err) {
+          ws.removeAllListeners('message');
+          ws.removeAllListeners('close');
+          ws.on('error', () => {});
+          ws.terminate();
+          reject(err);
+        } else resolve(value);
+      };
+      const ws = new WebSocket(url, {
+        headers: { Authorization: `Bearer ${this.name}:${this.key}` },
+        perMessageDeflate: false,
+        maxPayload: this.maxFrame,
+        handshakeTimeout: this.connectTimeout,
+        ...this.wsOptions,
+      });
+      ws.on('error', (err) => settle(err));
+      ws.on('unexpected-response', (req, res) => {
+        settle(new ConnectionClosed(`${url} refused the WebSocket handshake: HTTP ${res.statusCode}`));
+      });
+      ws.on('close', (code, reason) => {
+        settle(new ConnectionClosed(`${url} closed the connection (${code} ${reason})`));
+      });
+      ws.once('message', (data) => {
+        let first;
+        try { first = JSON.parse(data.toString()); } catch { first = null; }
+        if (first && first.op === 'error') settle(fromWire(first));
+        else if (first && first.op === 'welcome') {
+          ws.removeAllListeners('close');
+          ws.removeAllListeners('error');
+          this.welcome = first;
+          // Attached at once, not after an await: the hub's next messages may follow in the
+          // same chunk of the socket, and ws emits them synchronously.
+          this.attach(ws);
+          settle(null, ws);
+        } else settle(new ConnectionClosed(`${url} did not greet with a welcome message`));
+      });
+    });
+  }
+
+  attach(ws) {
+    this.ws = ws;
+    ws.taskhubLost = new Promise((resolve) => { this.lost = resolve; });
+    let alive = true;
+    ws.on('message', (data) => { alive = true; this.dispatch(data); });
+    ws.on('pong', () => { alive = true; });
+    ws.on('error', (err) => this.log.warn(`taskhub: connection error: ${err.message}`));
+    ws.on('close', () => { if (this.lost) this.lost(); });
+    // The hub pings us; we ping it too, so a hub that vanished without a FIN is noticed.
+    this.pinger = setInterval(() => {
+      if (!alive) { ws.terminate(); return; }
+      alive = false;
+      try { ws.ping(); } catch { /* closing */ }
+    }, this.pingInterval);
+    this.everConnected = true;
+    try {
+      this.onConnect(); // queues the restore (sub, subscribe, watch, follow) first
+    } catch (err) {
+      this.log.error(`taskhub: restoring state after connecting failed: ${err.stack || err}`);
+    }
+    this.connected = true;
+    this.readyResolve();
+    this.flush();
+    if (this.closing) ws.close(1000, 'client closed'); // close() came while this one dialled
+  }
+
+  detach() {
+    clearInterval(this.pinger);
+    this.connected = false;
+    this.ws = null;
+    this.lost = null;
+    this.failPending(new ConnectionClosed('the connection to the hub was lost'));
+    if (!this.closing) {
+      this.log.warn('taskhub: connection to the hub lost; reconnecting');
+      this.onDisconnect();
+    }
+  }
+
+  fatal(err) {
+    this.closing = true;
+    this.closed = true;
+    this.readyReject(err);
+    this.failPending(err, true);
+    this.onDisconnect(err);
+  }
+
+  async close() {
+    if (this.closed) return;
+    this.closing = true;
+    this.flush();
+    if (this.wake) this.wake();
+    const ws = this.ws;
+    if (ws) {
+      const gone = new Promise((resolve) => ws.once('close', resolve));
+      ws.close(1000, 'client closed');
+      const timer = setTimeout(() => ws.terminate(), 2000);
+      await gone;
+      clearTimeout(timer);
+    }
+    await this.loop;
+    this.closed = true;
+    this.readyReject(new ConnectionClosed('the client was closed before it connected'));
+    this.failPending(new ConnectionClosed('the client was closed'), true);
+  }
+
+  failPending(err, everything = false) {
+    const pending = this.pending;
+    this.pending = new Map();
+    // Requests still queued fail here, so they must not go out on the next connection; other
+    // messages (worker steps) still go: a `return` of an older attempt is accepted (fencing).
+    this.outbox = everything ? [] : this.outbox.filter((part) => !('ref' in JSON.parse(part)));
+    this.outboxSize = this.outbox.reduce((n, part) => n + part.length, 0);
+    for (const receiver of pending.values()) {
+      try { receiver._fail(err); } catch (e) { this.log.error(`taskhub: ${e.stack || e}`); }
+    }
+  }
+
+  // --- receiving ------------------------------------------------------------------------------
+  dispatch(data) {
+    let frame;
+    try { frame = JSON.parse(data.toString()); } catch {
+      this.log.error('taskhub: the hub sent a frame that is not JSON; ignored');
+      return;
+    }
+    for (const msg of Array.isArray(frame) ? frame : [frame]) {
+      const ref = msg.ref;
+      if (ref !== undefined && ref !== null && (msg.op === 'ok' || msg.op === 'error')) {
+        const receiver = this.pending.get(ref);
+        if (receiver !== undefined) {
+          this.pending.delete(ref);
+          try { receiver._answer(msg); } catch (e) { this.log.error(`taskhub: ${e.stack || e}`); }
+          continue;
+        }
+      }
+      try { this.onMessage(msg); } catch (e) {
+        this.log.error(`taskhub: handling ${msg.op} from the hub failed: ${e.stack || e}`);
+      }
+    }
+  }
+
+  // --- sending --------------------------------------------------------------------------------
+  /** Encode a message alone; throws (sending nothing) if it is not JSON or too large. */
+  encode(msg) {
+    checkPlain(msg, `${msg.op} message`, '');
+    const part = JSON.stringify(msg); // TypeError for a cycle
+    const limit = this.frameLimit();
+    if (part.length > limit) {
+      throw new FrameTooLarge(
+        `${msg.op} message of ${part.length} characters is over the hub's frame limit of ${limit}; it was not sent`);
+    }
+    return part;
+  }
+
+  frameLimit() {
+    return this.welcome.max_frame || this.maxFrame;
+  }
+
+  /** Queue a message without a ref; everything queued in one loop turn leaves as one frame. */
+  send(msg) {
+    if (this.closed) throw new ConnectionClosed('the client is closed');
+    this.queue(this.encode(msg));
+  }
+
+  /** Send with a ref; the receiver's _answer gets the ok/error, or _fail why none will come. */
+  post(msg, receiver) {
+    if (this.closing || this.closed) throw new ConnectionClosed('the client is closed');
+    const ref = this.nextRef++;
+    msg.ref = ref;
+    const part = this.encode(msg);
+    this.pending.set(ref, receiver);
+    this.queue(part);
+  }
+
+  /** Send with a ref; a promise of the hub's `ok` message, rejected with its `error`. */
+  request(msg) {
+    return new Promise((resolve, reject) => {
+      this.post(msg, {
+        _answer: (reply) => (reply.op === 'ok' ? resolve(reply) : reject(fromWire(reply))),
+        _fail: reject,
+      });
+    });
+  }
+
+  queue(part) {
+    this.outbox.push(part);
+    this.outboxSize += part.length;
+    if (this.outboxSize >= EARLY_SEND && this.connected) {
+      this.flush();
+      return;
+    }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => { this.flushScheduled = false; this.flush(); });
+    }
+  }
+
+  flush() {
+    const ws = this.ws;
+    if (!this.outbox.length || !ws || !this.connected || ws.readyState !== WebSocket.OPEN) return;
+    const parts = this.outbox;
+    this.outbox = [];
+    this.outboxSize = 0;
+    const limit = this.frameLimit();
+    let chunk = [];
+    let size = 1;
+    const out = () => { ws.send(chunk.length === 1 ? chunk[0] : '[' + chunk.join(',') + ']'); };
+    for (const part of parts) {
+      if (chunk.length && size + part.length + 1 > limit) {
+        out();
+        chunk = [];
+        size = 1;
+      }
+      chunk.push(part);
+      size += part.length + 1;
+    }
+    if (chunk.length) out();
+  }
+}
+
+module.exports = { Connection, wsUrl };
