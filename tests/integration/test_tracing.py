@@ -352,6 +352,29 @@ async def test_http_publish_takes_the_traceparent_header(
     assert process.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
 
+async def test_a_pull_consumers_lease_carries_the_trace(
+    make_client: ClientFactory, server: Server, spans: Spans
+) -> None:
+    """An HTTP pull consumer gets the context to continue the trace with its own tracer."""
+    publisher = await make_client("web", tracer_provider=spans.provider)
+    base = server.url.replace("ws://", "http://")
+    async with httpx.AsyncClient(base_url=base) as http:
+        consumer = await http.post("/v1/consumers", json={"actions": ["pdf:render"]})
+        assert consumer.status_code == 201, consumer.text
+        url = f"/v1/consumers/{consumer.json()['consumer_id']}/fetch"
+        token = {"X-Consumer-Token": consumer.json()["consumer_token"]}
+        handle = publisher.pub("pdf:render", {"page": 1})
+        lease = await http.post(url, params={"wait": 5}, headers=token)
+        assert lease.status_code == 200, lease.text
+    [publish] = spans.named("publish pdf:render")
+    parent = propagate.extract(lease.json()["trace"])
+    assert ids(publish) == (
+        trace.get_current_span(parent).get_span_context().trace_id,
+        trace.get_current_span(parent).get_span_context().span_id,
+    )
+    assert lease.json()["task_id"] == await handle.accepted()
+
+
 @pytest.mark.parametrize(
     ("options", "words"),
     [
