@@ -23,6 +23,7 @@ lint: $(STAMP)
 test: lint
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-haproxy.sh
 	$(BIN)/pytest -q
 	bash scripts/ensure-node.sh
 	cd clients/js && npm ci --no-audit --no-fund && npm test

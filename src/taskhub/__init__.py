@@ -49,7 +49,15 @@ def __getattr__(name: str) -> Any:
     # publishes or works (`from taskhub import Client`) starts in a fraction of the time, and
     # its garbage collector has ~45,000 fewer long-lived objects to walk.
     if name == "Server":
-        from taskhub.server import Server
-
+        try:
+            from taskhub.server import Server
+        except ModuleNotFoundError as exc:
+            if (exc.name or "taskhub").startswith("taskhub"):
+                raise
+            raise ImportError(
+                f"taskhub.Server needs the hub's dependencies ({exc.name} is not installed): "
+                "pip install 'taskhub-server[server]'",
+                name=exc.name,
+            ) from exc
         return Server
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from taskhub.cli import main
+from taskhub.cli_entry import main
 
 main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sys
 from typing import Annotated, Any
@@ -22,9 +23,30 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,  # errors are one line (main), never a traceback
     help="TaskHub: send it tasks, watch them as they happen.",
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it
 )
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(creds_app, name="creds")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from taskhub import __version__
+
+        print(f"taskhub {__version__} (Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """TaskHub: send it tasks, watch them as they happen."""
 
 
 def _setup_logging() -> None:
@@ -36,14 +58,49 @@ def _setup_logging() -> None:
         fail(str(exc))
 
 
-@app.command()
+def _serve_epilog() -> str:
+    from rich.markup import escape
+
+    from taskhub.config import CREDENTIALS_ENV, CREDENTIALS_FILE_ENV, SETTINGS
+
+    # Paragraphs: typer's help shows each on its own line. Escaped: [server] is not markup.
+    lines = [
+        "Every setting: its key in the TOML file's [server] table, its environment variable, "
+        "its default and meaning. Flags win over the environment, which wins over the file.",
+        *(
+            f"{key} / TASKHUB_{key.upper()} (default {default}): {meaning}"
+            for key, (default, meaning) in SETTINGS.items()
+        ),
+        "Also: TASKHUB_CONFIG (--config); "
+        f"{CREDENTIALS_FILE_ENV} (--credentials-file: a TOML file of [[credentials]]); "
+        f"{CREDENTIALS_ENV} (a JSON list of credentials: "
+        '[{"name": "emailer", "key_hash": "scrypt$...", "pub_permissions": ["email:send"]}]); '
+        "TASKHUB_LOG (level) and TASKHUB_LOG_FORMAT (text or json). See docs/operations.md.",
+    ]
+    return "\n\n".join(escape(line) for line in lines)
+
+
+@app.command(epilog=_serve_epilog())
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [8080]")] = None,
-    store: Annotated[
-        str | None, typer.Option(help="memory://, sqlite:///path.db [sqlite:///taskhub.db]")
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1; TASKHUB_HOST)")
     ] = None,
-    config: Annotated[str | None, typer.Option(help="TOML config file")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080; TASKHUB_PORT)")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="memory://, sqlite:///relative.db, sqlite:////absolute.db, redis://host:port "
+            "(default sqlite:///taskhub.db; TASKHUB_STORE)"
+        ),
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="TOML config file (TASKHUB_CONFIG)")] = None,
+    credentials_file: Annotated[
+        str | None,
+        typer.Option(
+            "--credentials-file",
+            help="TOML file of credentials tables, a mounted secret (TASKHUB_CREDENTIALS_FILE)",
+        ),
+    ] = None,
 ) -> None:
     """Run a hub (WebSocket and HTTP on one port)."""
     from taskhub import config as cfg
@@ -52,7 +109,18 @@ def serve(
     _setup_logging()
     try:
         server = cfg.load(
-            config or os.environ.get("TASKHUB_CONFIG"), host=host, port=port, store=store
+            config or os.environ.get("TASKHUB_CONFIG"),
+            credentials_file=credentials_file,
+            host=host,
+            port=port,
+            store=store,
+        )
+    except ModuleNotFoundError as exc:  # the [cli] extra without the [server] one
+        if (exc.name or "taskhub").startswith("taskhub"):
+            raise
+        fail(
+            f"taskhub serve needs the hub's dependencies ({exc.name} is not installed): "
+            "pip install 'taskhub-server[server]'"
         )
     except (TaskHubError, ValueError) as exc:
         fail(str(exc))
@@ -120,13 +188,18 @@ async def _pub(
     url: str, name: str, key: str, action: str, payload: Any, wait: bool, options: dict[str, Any]
 ) -> int:
     from taskhub import Client
-    from taskhub.cli_live import wait_for_result
+    from taskhub.cli_live import say_if_pooled, wait_for_result
 
+    # The CLI says it in its own words (say_if_pooled), so not the client's log line too.
+    logging.getLogger("taskhub.client").addFilter(
+        lambda record: record.funcName != "_nobody_subscribed"
+    )
     async with Client(url, name=name, key=key, connect_timeout=5) as client:
         handle = client.pub(action, payload, **options)
         if wait:
             return await wait_for_result(handle, live=err.is_terminal)
         print(await handle.accepted(), flush=True)
+        say_if_pooled(handle)
         return 0
 
 
@@ -395,17 +468,33 @@ def dlq_requeue(
 
 
 def main() -> None:
-    """The ``taskhub`` entry point: any error is one ``error: ...`` line and exit status 1
-    (``TASKHUB_DEBUG=1`` shows the traceback instead)."""
+    """The ``taskhub`` entry point: any error is one ``error: ...`` line and exit status 1,
+    a mistyped command or option too (``TASKHUB_DEBUG=1`` shows the traceback instead)."""
     try:
-        app()
+        # Not standalone: click's usage errors come here instead of typer's boxed message.
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # as typer tells it apart
+            sys.exit(exc.exit_code)  # `taskhub tasks` alone: typer printed the group's help
+        print_error(_usage(exc))
+        sys.exit(1)
+    except typer.Abort:
         sys.exit(130)
     except Exception as exc:
         if os.environ.get("TASKHUB_DEBUG"):
             raise
         print_error(_describe(exc))
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage(exc: typer.TyperException) -> str:
+    """``No such option: --bogus (see taskhub pub --help)``: the message and where help is."""
+    path = getattr(getattr(exc, "ctx", None), "command_path", None)
+    where = f" (see {path} --help)" if isinstance(path, str) else ""
+    return one_line(exc.format_message()) + where
 
 
 def _describe(exc: BaseException) -> str:

@@ -60,26 +60,41 @@ class Status:
     def __rich__(self) -> RenderableType:
         state = str(self.handle.state)
         update = self.handle.last_update
+        waiting = state == "init" and self.handle.pooled  # no worker subscribes (yet)
         grid = Table.grid(padding=(0, 1))
         row: list[RenderableType] = [
             self.spinner,
             Text(self.task_id, "dim"),
             Text(span(time.monotonic() - self.started).rjust(7)),
-            Text(f"{state:<7}", STATE_STYLE.get(state, "")),
+            Text(
+                "no worker" if waiting else f"{state:<7}",
+                "yellow" if waiting else STATE_STYLE.get(state, ""),
+            ),
         ]
+        # What the line has left after the fixed cells (and a column of padding each). The
+        # count comes first, then the bar, then the update: at 80 columns the count must not
+        # be cut off by a long update.
+        room = err.size.width - sum(cell_len(c) for c in row) - len(row) - 1
         progress = progress_of(update)
         if progress is not None:
             done, total = progress
-            row.append(ProgressBar(total=total, completed=done, width=30))
-            row.append(
-                Text(f"{done:g}/{total:g}" if total != 1.0 else f"{done * 100:.0f}%", "bold")
-            )
-        if update is not None:
-            row.append(Text(short(update, 50), "dim"))
+            count = Text(f"{done:g}/{total:g}" if total != 1.0 else f"{done * 100:.0f}%", "bold")
+            room -= count.cell_len + 1
+            bar = min(30, room - 1)
+            if bar >= 5:
+                row.append(ProgressBar(total=total, completed=done, width=bar))
+                room -= bar + 1
+            row.append(count)
+        if update is not None and room >= 10:
+            row.append(Text(short(update, min(50, room)), "dim"))
         for _ in row:
             grid.add_column(no_wrap=True)
         grid.add_row(*row)
         return grid
+
+
+def cell_len(cell: RenderableType) -> int:
+    return cell.cell_len if isinstance(cell, Text) else 1  # the spinner: one cell
 
 
 async def wait_for_result(handle: Any, *, live: bool) -> int:
@@ -94,6 +109,9 @@ async def wait_for_result(handle: Any, *, live: bool) -> int:
             lambda h: err.print(f"update: {short(h.last_update, 200)}", highlight=False),
         )
     task_id = await handle.accepted()
+    if not live:
+        err.print(f"task {task_id} published", highlight=False)
+    say_if_pooled(handle)
     if live:
         status = Status(handle, task_id)
         with Live(
@@ -106,7 +124,6 @@ async def wait_for_result(handle: Any, *, live: bool) -> int:
         ):
             outcome = await _outcome(handle)
     else:
-        err.print(f"task {task_id} published", highlight=False)
         outcome = await _outcome(handle)
     took = span(time.monotonic() - started)
     code, result, problem = outcome
@@ -122,6 +139,20 @@ async def wait_for_result(handle: Any, *, live: bool) -> int:
             soft_wrap=True,
         )
     return code
+
+
+def say_if_pooled(handle: Any) -> None:
+    """The hub pooled the task: no worker subscribes to its action (a typo?)."""
+    if handle.pooled:
+        err.print(
+            Text.assemble(
+                ("waiting:", "yellow"),
+                f" no worker subscribes to {handle.action!r}; the task waits until one does"
+                " (is the action spelled right?)",
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 async def _outcome(handle: Any) -> tuple[int, Any, str]:

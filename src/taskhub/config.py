@@ -30,6 +30,12 @@ payload = {kind = "daily"}
 timezone = "Europe/Oslo"
 ```
 
+Credentials can also come from outside the file, for containers (docs/deployment.md):
+``TASKHUB_CREDENTIALS`` holds a JSON list of objects with the ``[[credentials]]`` keys, and
+``TASKHUB_CREDENTIALS_FILE`` (or ``taskhub serve --credentials-file``) names a TOML file of
+``[[credentials]]`` tables (a Docker or Kubernetes secret). All sources add up; a name given
+twice is refused.
+
 ``[server]`` also takes ``retention`` (ended tasks kept, seconds or an interval such as
 ``"7 days"``), ``archive`` (a JSON-lines file removed tasks go to first),
 ``idempotency_window`` and ``retry_backoff_max``; and for operation (docs/operations.md)
@@ -39,14 +45,17 @@ interval; how long a SIGTERM lets started tasks finish, default 10).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskhub.errors import InvalidOption
 from taskhub.intervals import parse_interval
-from taskhub.server import Server
+
+if TYPE_CHECKING:
+    from taskhub.server import Server
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str,
@@ -74,12 +83,53 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _INTERVAL_KEYS = ("idempotency_window", "retention", "shutdown_grace")
 _CRED_KEYS = {"name", "key", "key_hash", "sub_permissions", "pub_permissions", "max_connections"}
+CREDENTIALS_ENV = "TASKHUB_CREDENTIALS"
+CREDENTIALS_FILE_ENV = "TASKHUB_CREDENTIALS_FILE"
+
+# Every [server] setting: (its default, its meaning), for `taskhub serve --help` (each is also
+# TASKHUB_<KEY>). docs/operations.md has the same table.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "host": ("127.0.0.1", "address to listen on; anything but loopback needs credentials"),
+    "port": ("8080", "WebSocket and HTTP on one port (0: any free port)"),
+    "store": (
+        "sqlite:///taskhub.db",
+        "memory://, sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db",
+    ),
+    "name": ("hub", "the hub's name in welcome and /healthz"),
+    "task_start_timeout": ("none: wait forever", "default start timeout, seconds"),
+    "task_end_timeout": ("60", "default end timeout, seconds"),
+    "pickup_window": ("10", "an offer neither acked nor picked up goes elsewhere after this"),
+    "retries": ("0", "default retries after a handler failure"),
+    "max_attempts": ("5", "started attempts (lost or failed) before a delivery fails"),
+    "retry_backoff": ("1", "first retry delay, seconds, doubled per retry, with jitter"),
+    "retry_backoff_max": ("300", "cap of the retry delay, seconds"),
+    "idempotency_window": ("1h", "how long a pub key returns the same task"),
+    "retention": ("7 days", "how long ended tasks are kept"),
+    "archive": ("none", "JSON-lines file removed tasks are appended to first"),
+    "max_frame": ("1048576", "largest inbound frame, bytes"),
+    "ping_interval": ("5", "WebSocket keepalive interval, seconds"),
+    "ping_timeout": ("5", "a peer silent this long after a ping is dropped"),
+    "advertise_url": ("the listen URL", "where the other hubs of a cluster reach this one"),
+    "lease": ("3", "seconds a cluster leader's lock lives without renewal"),
+    "tls_cert": ("none", "PEM certificate (chain): serve wss:// and https://"),
+    "tls_key": ("none", "PEM private key of tls_cert"),
+    "shutdown_grace": ("10", "seconds (or 30s) started tasks get to finish on SIGTERM"),
+}
 
 
 def load(
-    path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any
+    path: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    credentials_file: str | Path | None = None,
+    **overrides: Any,
 ) -> Server:
-    """Build a :class:`Server` from a config file, the environment and explicit overrides."""
+    """Build a :class:`Server` from a config file, the environment and explicit overrides.
+
+    Credentials come from the file's ``[[credentials]]``, ``credentials_file`` (or
+    ``TASKHUB_CREDENTIALS_FILE``) and ``TASKHUB_CREDENTIALS`` (a JSON list)."""
+    # Here, not at the top: `taskhub serve --help` reads SETTINGS where only [cli] is installed.
+    from taskhub.server import Server
+
     settings: dict[str, Any] = {}
     creds: list[dict[str, Any]] = []
     if path is not None:
@@ -103,6 +153,12 @@ def load(
         if data.get("schedules"):
             settings["schedules"] = list(data["schedules"])
     source = os.environ if env is None else env
+    sources = [(f"config file {str(path)!r} [[credentials]]", creds)] if creds else []
+    secrets = credentials_file or source.get(CREDENTIALS_FILE_ENV)
+    if secrets:
+        sources.append((f"credentials file {str(secrets)!r}", _credentials_file(secrets)))
+    if source.get(CREDENTIALS_ENV):
+        sources.append((CREDENTIALS_ENV, _credentials_env(source[CREDENTIALS_ENV])))
     for key in _SERVER_KEYS:
         value = source.get(f"TASKHUB_{key.upper()}")
         if value is not None:
@@ -122,21 +178,89 @@ def load(
         if isinstance(settings.get(key), str):
             settings[key] = parse_interval(settings[key], option=f"[server] {key}")
     server = Server(**settings)
-    for i, entry in enumerate(creds):
-        unknown = set(entry) - _CRED_KEYS
-        if unknown:
-            raise InvalidOption(f"[[credentials]] #{i + 1}: unknown key(s) {sorted(unknown)}")
-        if "name" not in entry:
-            raise InvalidOption(f"[[credentials]] #{i + 1} has no name")
-        server.add_credentials(
-            entry["name"],
-            entry.get("key"),
-            key_hash=entry.get("key_hash"),
-            sub_permissions=entry.get("sub_permissions", []),
-            pub_permissions=entry.get("pub_permissions", []),
-            max_connections=entry.get("max_connections"),
-        )
+    seen: dict[str, str] = {}
+    for where, entries in sources:
+        for i, entry in enumerate(entries):
+            name = _check_credential(f"{where} #{i + 1}", entry)
+            if name in seen:
+                raise InvalidOption(
+                    f"credential {name!r} is given twice: in {seen[name]} and in {where}"
+                )
+            seen[name] = where
+            server.add_credentials(
+                name,
+                entry.get("key"),
+                key_hash=entry.get("key_hash"),
+                sub_permissions=entry.get("sub_permissions", []),
+                pub_permissions=entry.get("pub_permissions", []),
+                max_connections=entry.get("max_connections"),
+            )
     return server
+
+
+def _check_credential(where: str, entry: Any) -> str:
+    """The entry's name, after checking its keys and their types (a string where a list of
+    permissions belongs would otherwise be read letter by letter)."""
+    if not isinstance(entry, dict):
+        raise InvalidOption(f"{where} must be a table/object, not {type(entry).__name__}")
+    unknown = set(entry) - _CRED_KEYS
+    if unknown:
+        raise InvalidOption(
+            f"{where}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(_CRED_KEYS))}"
+        )
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise InvalidOption(f"{where} has no name (a string)")
+    for key in ("key", "key_hash"):
+        if key in entry and not isinstance(entry[key], str):
+            raise InvalidOption(f"{where} ({name}): {key} must be a string")
+    for key in ("sub_permissions", "pub_permissions"):
+        value = entry.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise InvalidOption(f"{where} ({name}): {key} must be a list of strings")
+    limit = entry.get("max_connections")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise InvalidOption(f"{where} ({name}): max_connections must be an integer")
+    return name
+
+
+def _credentials_file(path: str | Path) -> list[Any]:
+    """A TOML file of ``[[credentials]]`` tables: what ``taskhub creds add --config FILE``
+    writes, mounted as a secret."""
+    where = f"credentials file {str(path)!r}"
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InvalidOption(f"{where} does not exist") from None
+    except OSError as exc:
+        raise InvalidOption(f"{where}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidOption(f"{where} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"credentials"}
+    if unknown:
+        raise InvalidOption(
+            f"{where}: unknown section(s) {sorted(unknown)}; it holds only [[credentials]]"
+        )
+    entries = data.get("credentials", [])
+    if not isinstance(entries, list):
+        raise InvalidOption(f"{where}: credentials must be [[credentials]] tables")
+    return entries
+
+
+def _credentials_env(text: str) -> list[Any]:
+    # The value holds keys: errors say where, never echo it.
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidOption(
+            f"{CREDENTIALS_ENV} is not valid JSON ({exc.msg} at character {exc.pos}); expected "
+            '[{"name": "...", "key_hash": "scrypt$...", "pub_permissions": [...]}, ...]'
+        ) from None
+    if isinstance(data, dict):
+        return [data]
+    if not isinstance(data, list):
+        raise InvalidOption(f"{CREDENTIALS_ENV} must be a JSON list of credential objects")
+    return data
 
 
 def _actions(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import ssl
 import time
@@ -28,6 +29,7 @@ from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
 from taskhub.schedules import Schedule
 from taskhub.store import REDIS_SCHEMES, Store, open_store
+from taskhub.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from taskhub.hub.cluster import Cluster
@@ -298,7 +300,16 @@ class Server:
             for sock in server.sockets:
                 self.port = sock.getsockname()[1]
                 break
-        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self.store_url)
+        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self._store_where())
+
+    def _store_where(self) -> str:
+        """The store URL, and for a sqlite file the absolute path it opened: three slashes
+        are relative to the working directory (docs/operations.md), which a log must not
+        leave the reader to guess."""
+        store = self.hub.store if self.hub is not None else None
+        if isinstance(store, SqliteStore) and store.path != ":memory:":
+            return f"{self.store_url}, file {os.path.abspath(store.path)}"
+        return self.store_url
 
     async def _serve_uvicorn(self, server: _Uvicorn) -> None:
         """uvicorn's ``serve()``, except that a failed start (a port in use, say), which

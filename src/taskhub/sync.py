@@ -456,6 +456,12 @@ class Handle:
     def done(self) -> bool:
         return self._handle.done
 
+    @property
+    def pooled(self) -> bool:
+        """No worker group subscribed to the action when the hub stored the task: it waits
+        until one does (the client logs a warning once per action)."""
+        return self._handle.pooled
+
     def get_result(self, default: Any = _MISSING, *, timeout: float | None = None) -> Any:
         """Block for the result. Raises ``TaskFailed``, ``TaskTimeout``, ``TaskCancelled``,
         ``NoResult`` (or returns ``default`` when given); ``TimeoutError`` after ``timeout``

@@ -126,6 +126,20 @@ class Client:
         self._tracer_provider = tracer_provider
         self._tracing = tracing.load(tracer_provider)
         self._closed = False  # close() was called: nothing waits any more
+        self._told_unsubscribed: set[str] = set()  # actions _nobody_subscribed logged
+
+    def _nobody_subscribed(self, action: str, task_id: str) -> None:
+        """The hub pooled a task: say so once per action (a mistyped action otherwise waits
+        in silence until its start timeout, which by default is never)."""
+        if action in self._told_unsubscribed:
+            return
+        self._told_unsubscribed.add(action)
+        log.warning(
+            "no worker subscribes to %r: task %s waits until one does "
+            "(is the action spelled right?) [said once per action]",
+            action,
+            task_id,
+        )
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:

@@ -239,6 +239,7 @@ class Handle(_Emitter):
         "error",
         "id",
         "last_update",
+        "pooled",
         "result",
         "state",
     )
@@ -254,6 +255,8 @@ class Handle(_Emitter):
         self._updated = False  # an update arrived (its data may be None)
         self.result: Any = None
         self.error: dict[str, Any] | None = None
+        # The hub pooled it: no worker group subscribed to the action when it was published.
+        self.pooled = False
         self._refused: BaseException | None = None  # the hub refused it, or its answer was lost
         self._ended = False  # a final event (or snapshot) arrived
         self._accept_waiters: _Waiters = None  # woken with the task id
@@ -377,6 +380,9 @@ class Handle(_Emitter):
         else:  # the same key= twice in flight: both handles hear the task's events
             client._same_task.setdefault(task_id, []).append(self)
         self._accept(task_id)
+        if reply.get("pooled"):
+            self.pooled = True
+            client._nobody_subscribed(self.action, task_id)
         if reply.get("created") is False:
             client._follow(task_id, self)  # the same key was published before: catch up
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
+from fastapi_offline import FastAPIOffline
 
 from taskhub import __version__
 from taskhub.hub import dashboard, http, metrics, schedules_http
@@ -12,12 +13,18 @@ from taskhub.hub.hub import Hub
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
 
+DOCS_ASSETS = "/docs/assets"  # swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js
+
 
 def create_app(hub: Hub) -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from files shipped in fastapi-offline, not
+    # from a CDN: they work on a machine without internet (tests/integration/test_docs_pages.py).
+    app = FastAPIOffline(
         title="TaskHub",
         version=__version__,
         description="Send it tasks, watch them as they happen.",
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     app.state.hub = hub
 

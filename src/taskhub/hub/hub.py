@@ -433,7 +433,19 @@ class Hub:
                     peer.creds, msg.action, p.kept(msg.payload, "payload"), msg.options, peer=peer
                 )
                 if isinstance(task, Task):
-                    self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
+                    pool = lc.pooled.get(msg.action) if not task.deliveries else None
+                    if pool and pool[-1] is task:  # pooled just now: no group subscribes
+                        # A hint for the publisher (a typo waits forever): docs/protocol.md.
+                        self._ok(
+                            peer,
+                            msg.ref,
+                            task=task.id,
+                            state=task.rec.state,
+                            created=created,
+                            pooled=True,
+                        )
+                    else:
+                        self._ok(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
                 else:
                     self._ok(peer, msg.ref, task=task, created=False)
             case p.Pickup():
