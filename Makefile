@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: lint
 	bash scripts/ensure-redis.sh
+	bash scripts/ensure-netlab.sh
 	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-haproxy.sh
 	$(BIN)/pytest -q

@@ -262,6 +262,7 @@ class Server:
             make_hub=self._make_hub,
             make_app=create_app,
             lease=self.lease,
+            keepalive=(self.limits.ping_interval, self.limits.ping_timeout),
         )
         await self._listen(self.cluster)
         await self.cluster.start(self.advertise_url or self.http_url)

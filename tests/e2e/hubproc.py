@@ -20,25 +20,42 @@ def free_port() -> int:
 
 class HubProcess:
     def __init__(
-        self, store: str, port: int | None = None, *extra: str, env: dict[str, str] | None = None
+        self,
+        store: str,
+        port: int | None = None,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
     ) -> None:
+        """``host``: the address it listens on (and advertises); ``prefix``: a command the
+        hub runs under (``ip netns exec NS`` for the partition tests, tests/e2e/netlab.py)."""
         self.env = {**os.environ, **(env or {})}
         self.store = store
+        self.host = host
         self.port = port or free_port()
         self.extra = extra
+        self.prefix = list(prefix or [])
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"taskhub-{self.port}.log"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"taskhub-{host}-{self.port}.log"
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> HubProcess:
         cmd = [
+            *self.prefix,
             sys.executable,
             "-m",
             "taskhub",
             "serve",
+            "--host",
+            self.host,
             "--port",
             str(self.port),
             "--store",
@@ -54,7 +71,7 @@ class HubProcess:
                     f"hub exited with {self.proc.returncode}: {self.log.read_text()}"
                 )
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
@@ -67,8 +84,23 @@ class HubProcess:
             self.proc.wait(10)
             self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stalls as in a long GC pause or a frozen VM."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def fds(self) -> int:
+        """How many file descriptors the hub process has open now."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused hub could not act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(10)

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed as WsClosed
 
 from taskhub import Client, TaskTimeout, TooManyConnections
 from tests import redisproc
@@ -85,6 +87,25 @@ async def test_tasks_events_and_credit_cross_hubs(hubs: list[HubProcess]) -> Non
                 break
             await asyncio.sleep(0.02)
         assert heard == [("news:today", {"n": 1})]
+
+
+async def test_a_relayed_request_is_never_relayed_again(hubs: list[HubProcess]) -> None:
+    """A hub relays only what a client sent it: a request another hub relayed (it took this
+    one for the leader, say during a change of leader) is answered here, 503 no_leader / 1013,
+    so two hubs that each take the other for the leader cannot relay in a loop."""
+    roles = await _roles(hubs)
+    leader = hubs[roles.index("leader")]
+    follower = hubs[roles.index("follower")]
+    relayed = {"X-TaskHub-Relayed": "another-hub"}
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{follower.port}/v1/tasks", headers=relayed)
+        assert r.status_code == 503 and r.json()["code"] == "no_leader", r.text
+        r = await http.get(f"http://127.0.0.1:{leader.port}/v1/tasks", headers=relayed)
+        assert r.status_code == 200
+    async with connect(f"{follower.url}/v1/ws", additional_headers=relayed) as ws:
+        with pytest.raises(WsClosed):
+            await ws.recv()
+        assert ws.close_code == 1013
 
 
 async def test_a_timeout_fires_once(hubs: list[HubProcess]) -> None:

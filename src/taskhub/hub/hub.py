@@ -145,6 +145,11 @@ class Hub:
         self.closers: dict[Peer, Closer] = {}
         self.fenced = False  # set once the store refused a write: another hub leads
         self._closing = False
+        # Set when stop() ends the commit pipeline. The flusher checks it besides being
+        # cancelled: a store client can swallow a cancellation that lands while it waits on
+        # the network (seen with redis-py during a partition), and a flusher that lives on
+        # waiting for a wake-up that never comes held a cluster's step-down forever.
+        self._flusher_stop = False
         self._in_round = False
         self._last_apply = 0.0  # seconds the last store write took
         self.quick_apply = QUICK_APPLY
@@ -196,12 +201,28 @@ class Hub:
             except TimeoutError:
                 log.error("the store did not take the last writes within %.0fs", flush_timeout)
         if self._flusher is not None:
+            self._flusher_stop = True
+            self._wake.set()
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # A write the flusher was waiting on may not unwind while the store is out of
+            # reach (a partition): what it held was never acknowledged, so do not wait on it.
+            done, _ = await asyncio.wait({self._flusher}, timeout=flush_timeout)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("the commit pipeline had failed", exc_info=task.exception())
+            if not done:
+                log.error(
+                    "the commit pipeline did not stop within %.0fs; left behind", flush_timeout
+                )
         if self._timer is not None:
             self._timer.cancel()
-        await self.store.close()
+        closing = asyncio.ensure_future(self.store.close())
+        done, _ = await asyncio.wait({closing}, timeout=flush_timeout)
+        if not done:
+            log.error("the store did not close within %.0fs; left behind", flush_timeout)
+            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            closing.result()
 
     # --- the commit pipeline -----------------------------------------------------------------
     def kick(self) -> None:
@@ -224,6 +245,8 @@ class Hub:
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if self._flusher_stop:
+                return
             self._wake.clear()
             self._in_round = True
             batch = self.lc.take_writes()
@@ -269,6 +292,9 @@ class Hub:
             except (StoreUnavailable, OSError, ConnectionError):
                 # The store is down: keep the batch and retry; nothing is answered meanwhile.
                 self.store_ok = False
+                if self._flusher_stop:  # stopping: what was not written was not acknowledged
+                    self._applying = {}
+                    return False
                 log.exception("store write failed; retrying in %.2fs", delay)
             except Exception:
                 # Not the store's health but the batch itself: retrying forever would stall

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -27,6 +28,17 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Close code for "no leader right now, try again": the client backs off and reconnects.
 CLOSE_TRY_AGAIN = 1013
+# Set on what a follower relays (the value: its instance id). A hub that gets a relayed
+# request while it does not lead answers it itself (no_leader / 1013) instead of relaying
+# again: two hubs that each take the other for the leader, for a moment, cannot loop.
+RELAYED_HEADER = b"x-taskhub-relayed"
+# Seconds the relay waits for the leader's side of a WebSocket close: a relayed link to a
+# stalled leader must not hold the follower up (the leader's side times out by itself).
+RELAY_CLOSE_TIMEOUT = 1.0
+SHUTTING_DOWN = (
+    b'{"code":"shutting_down","message":"this hub is shutting down; retry, '
+    b'at another hub of the cluster"}'
+)
 _HOP_HEADERS = frozenset(
     {
         b"host",
@@ -43,15 +55,39 @@ _HOP_HEADERS = frozenset(
 
 
 class Relay:
-    """Forward to whichever hub leads now (``leader()`` returns its base URL or None)."""
+    """Forward to whichever hub leads now (``leader()`` returns its base URL or None).
 
-    def __init__(self, leader: Callable[[], str | None], *, ssl: Any = None) -> None:
+    A relayed link must notice a leader that stopped answering (a partition, a stall) and
+    let its clients go, rather than relay into a dead link and deliver what the leader sent
+    long ago once it heals (an offer for a task that another worker has finished since).
+    WebSocket links ping the leader every ``keepalive[0]`` seconds and give up after
+    ``keepalive[1]`` more without a pong: the client is closed with 1013 and reconnects.
+    HTTP links use TCP keepalive with the same bounds (a long poll may rightly wait minutes
+    for its answer, so there is no read timeout), and are answered 503 ``no_leader`` when
+    the leader changes.
+    """
+
+    def __init__(
+        self,
+        leader: Callable[[], str | None],
+        *,
+        ssl: Any = None,
+        keepalive: tuple[float | None, float | None] = (5.0, 5.0),
+        via: str = "",
+    ) -> None:
         self.leader = leader
         self.ssl = ssl
+        self.keepalive = keepalive
+        self.via = via  # this hub's instance id, sent in RELAYED_HEADER
+        self.own_url = ""  # this hub's advertised URL: never relayed to
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0), verify=ssl if ssl is not None else True
+            timeout=httpx.Timeout(None, connect=5.0),
+            transport=httpx.AsyncHTTPTransport(
+                verify=ssl if ssl is not None else True, socket_options=_tcp_keepalive(keepalive)
+            ),
         )
         self.sockets: set[asyncio.Task[None]] = set()
+        self.requests: set[asyncio.Task[Any]] = set()  # HTTP relays under way
         self.closing = False  # this hub stops: a relay cut off now is not the leader's fault
 
     async def close(self) -> None:
@@ -60,16 +96,24 @@ class Relay:
         await self._http.aclose()
 
     async def drop_all(self) -> None:
-        """The leader changed: end every relayed connection (clients reconnect)."""
-        for task in list(self.sockets):
+        """The leader changed: end every relayed connection (clients reconnect) and answer
+        every relayed HTTP request that has not begun its answer 503."""
+        tasks = list(self.sockets) + list(self.requests)
+        for task in tasks:
             task.cancel()
-        for task in list(self.sockets):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _target(self) -> str | None:
+        base = self.leader()
+        if base is None or base.rstrip("/") == self.own_url:
+            return None  # never relay to ourselves
+        return base
+
     # --- HTTP --------------------------------------------------------------------------------
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        base = self.leader()
+        base = self._target()
         if base is None:
             await _json(
                 send,
@@ -94,19 +138,26 @@ class Relay:
             for k, v in scope["headers"]
             if k.lower() not in _HOP_HEADERS
         ]
+        headers.append((RELAYED_HEADER.decode(), self.via))
+        req = self._http.build_request(scope["method"], url, headers=headers, content=bytes(body))
+        sending = asyncio.ensure_future(self._http.send(req, stream=True))
+        self.requests.add(sending)
         try:
-            req = self._http.build_request(
-                scope["method"], url, headers=headers, content=bytes(body)
-            )
-            resp = await self._http.send(req, stream=True)
+            resp = await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            if not sending.cancelled():
+                sending.cancel()
+                raise  # this request itself is cancelled (the hub stops)
+            if self.closing:
+                await _json(send, 503, SHUTTING_DOWN)
+            else:
+                await _json(
+                    send, 503, b'{"code":"no_leader","message":"the leading hub changed; retry"}'
+                )
+            return
         except httpx.HTTPError as exc:
             if self.closing:
-                await _json(
-                    send,
-                    503,
-                    b'{"code":"shutting_down","message":"this hub is shutting down; retry, '
-                    b'at another hub of the cluster"}',
-                )
+                await _json(send, 503, SHUTTING_DOWN)
                 return
             log.warning("relay to leader %s failed: %r", base, exc)
             await _json(
@@ -115,6 +166,8 @@ class Relay:
                 b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}',
             )
             return
+        finally:
+            self.requests.discard(sending)
         started = False
         try:
             out_headers = [
@@ -161,7 +214,7 @@ class Relay:
         first = await receive()
         if first["type"] != "websocket.connect":
             return
-        base = self.leader()
+        base = self._target()
         if base is None:
             await _try_again(send, "no hub leads the cluster right now; retry shortly")
             return
@@ -171,13 +224,18 @@ class Relay:
             for k, v in scope["headers"]
             if k.lower() == b"authorization"
         }
+        headers[RELAYED_HEADER.decode()] = self.via
+        interval, timeout = self.keepalive
         try:
             upstream = await connect(
                 url,
                 additional_headers=headers,
                 max_size=None,
                 compression=None,
-                ping_interval=None,
+                ping_interval=interval,
+                ping_timeout=timeout,
+                close_timeout=RELAY_CLOSE_TIMEOUT,
+                open_timeout=5.0,
                 ssl=self.ssl if url.startswith("wss") else None,
             )
         except (OSError, InvalidStatus, TimeoutError) as exc:
@@ -188,6 +246,8 @@ class Relay:
 
         async def down() -> None:  # leader -> client
             try:
+                # A link the keepalive gave up is aborted by websockets at once: nothing
+                # that arrives later (stale, after a partition heals) is read.
                 async for frame in upstream:
                     if isinstance(frame, str):
                         await send({"type": "websocket.send", "text": frame})
@@ -195,16 +255,12 @@ class Relay:
                         await send({"type": "websocket.send", "bytes": frame})
             except ConnectionClosed:
                 pass
-            rcvd = upstream.close_code or 1000
+            rcvd = upstream.close_code
             reason = upstream.close_reason or ""
+            if rcvd is None or rcvd in (1006, 1011):  # dropped, or the keepalive gave up
+                rcvd, reason = CLOSE_TRY_AGAIN, "the leading hub stopped answering; reconnect"
             with contextlib.suppress(Exception):
-                await send(
-                    {
-                        "type": "websocket.close",
-                        "code": rcvd if rcvd != 1006 else CLOSE_TRY_AGAIN,
-                        "reason": reason,
-                    }
-                )
+                await send({"type": "websocket.close", "code": rcvd, "reason": reason})
 
         async def up() -> None:  # client -> leader
             while True:
@@ -225,6 +281,28 @@ class Relay:
                     await t
             with contextlib.suppress(Exception):
                 await upstream.close()
+
+
+def _tcp_keepalive(keepalive: tuple[float | None, float | None]) -> list[Any]:
+    """Socket options that make the kernel drop a connection whose peer stopped answering
+    within about ``interval + timeout`` seconds, whether idle (keepalive probes) or sending
+    (``TCP_USER_TIMEOUT``)."""
+    interval, timeout = keepalive
+    if not interval or not timeout or not hasattr(socket, "TCP_KEEPIDLE"):
+        return []
+    probes = 3
+    step = max(1, round(timeout / probes))
+    options: list[Any] = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(interval))),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, step),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes),
+    ]
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        options.append(
+            (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int((interval + timeout) * 1000))
+        )
+    return options
 
 
 async def _try_again(send: Send, reason: str) -> None:

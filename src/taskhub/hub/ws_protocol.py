@@ -19,6 +19,9 @@ Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +70,20 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if not paused and self.queue.qsize() >= self.config.ws_max_queue:
             self.read_paused = True
             self.transport.pause_reading()
+
+    def keepalive_timeout(self) -> None:
+        """The peer stopped answering pings: the hub gives the connection up and offers what
+        it held to other workers. Reset it rather than close it: a close leaves what is still
+        queued for the peer (offers among it) to the kernel, which delivers it if the network
+        heals, long after those tasks went elsewhere (issue #15, a cut between hubs). With
+        ``SO_LINGER`` 0 the kernel drops it and answers the peer with a reset."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        super().keepalive_timeout()
+        transport.abort()
 
     def hold(self) -> None:
         """Stop reading the socket: the receiver has frames enough waiting."""
