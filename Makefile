@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test test-lowest lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,9 +28,15 @@ test: lint
 	$(BIN)/pytest -q
 	bash scripts/ensure-node.sh
 	cd clients/js && npm ci --no-audit --no-fund && npm test
+	bash scripts/test-lowest.sh
+
+# The dependency floors of pyproject.toml, checked: a part of the suite at the lowest versions.
+test-lowest: $(STAMP)
+	bash scripts/ensure-redis.sh
+	bash scripts/test-lowest.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lowest .pytest_cache .mypy_cache .ruff_cache

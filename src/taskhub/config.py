@@ -64,6 +64,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "task_start_timeout": (int, float),
     "task_end_timeout": (int, float),
     "max_frame": int,
+    "max_send_buffer": int,  # bytes waiting for one slow reader (docs/operations.md)
     "pickup_window": (int, float),
     "retries": int,
     "max_attempts": int,

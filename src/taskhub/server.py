@@ -65,6 +65,7 @@ class Server:
         task_end_timeout: float | None = 60.0,
         *,
         max_frame: int = 1024 * 1024,
+        max_send_buffer: int = 16 * 1024 * 1024,
         pickup_window: float = 10.0,
         retries: int = 0,
         max_attempts: int = 5,
@@ -102,7 +103,9 @@ class Server:
 
         Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
         and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
-        :meth:`run`/``taskhub serve``) lets started tasks finish."""
+        :meth:`run`/``taskhub serve``) lets started tasks finish; ``max_send_buffer`` the
+        bytes of frames a connection that reads too slowly may have waiting before it is
+        closed (docs/operations.md, "Slow readers")."""
         if (tls_cert is None) != (tls_key is None):
             raise InvalidOption("tls_cert and tls_key go together: give both or neither")
         if shutdown_grace < 0:
@@ -133,8 +136,13 @@ class Server:
         self.retention = retention
         self.archive = archive
         self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
+        if max_send_buffer < 64 * 1024:
+            raise InvalidOption("max_send_buffer must be at least 65536 bytes")
         self.limits = Limits(
-            max_frame=max_frame, ping_interval=ping_interval, ping_timeout=ping_timeout
+            max_frame=max_frame,
+            max_send_buffer=max_send_buffer,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
         self.registry = Registry()
         self.clock = clock

@@ -606,4 +606,6 @@ def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> 
     plain = Connection()
     fast = _packing(Connection)()
     assert type(fast).pack_command is not Connection.pack_command
-    assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    # redis-py before 8 refuses a bytearray; the store sends its bytes, as redis-py 8 does.
+    same = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
+    assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*same))

@@ -61,10 +61,14 @@ Closer = Callable[[int, str], Awaitable[None]]
 @dataclass
 class Limits:
     """Per-connection limits. Memory a connection may hold is about ``max_frame`` (one frame
-    being decoded) plus ``max_send_queue`` encoded frames waiting for a slow reader."""
+    being decoded) plus ``max_send_buffer`` bytes of encoded frames waiting for a slow reader
+    (docs/operations.md, "Slow readers")."""
 
     max_frame: int = 1024 * 1024
-    max_send_queue: int = 1024  # frames; a reader this far behind is disconnected
+    # Bytes of frames waiting for one connection beyond what its socket took; a reader this
+    # far behind is closed (4008) and what waits for it is freed.
+    max_send_buffer: int = 16 * 1024 * 1024
+    max_send_queue: int = 1024  # frames; the same, counted in frames
     ping_interval: float = 5.0  # a dead peer is noticed within ping_interval + ping_timeout
     ping_timeout: float = 5.0
     max_wait: float = 300.0  # longest HTTP long poll (task result, consumer fetch), seconds
@@ -182,6 +186,7 @@ class Hub:
         if restored:
             log.info("restored %d unfinished task(s) from %s", restored, self.store.url)
         self._flusher = asyncio.create_task(self._flush_loop(), name="taskhub-flusher")
+        self._flusher.add_done_callback(_flusher_ended)
         if self.retention is not None:
             self._sweeper = asyncio.create_task(self.retention.run(), name="taskhub-retention")
         self.kick()
@@ -249,18 +254,38 @@ class Hub:
                 return
             self._wake.clear()
             self._in_round = True
-            batch = self.lc.take_writes()
-            output = self.lc.take_output()
-            if batch and not await self._apply(batch):
-                output = []  # fenced: this state was never stored, so it must not be told
-            for peer, msgs in output:
-                sender = self.senders.get(peer)
-                if sender is not None:
-                    sender(p.encode(msgs))
-            self._generation += 1
-            self._in_round = False
+            try:
+                batch = self.lc.take_writes()
+                output = self.lc.take_output()
+                if batch and not await self._apply(batch):
+                    output = []  # fenced: this state was never stored, so it must not be told
+                for peer, msgs in output:
+                    sender = self.senders.get(peer)
+                    if sender is not None:
+                        self._send(peer, sender, msgs)
+            except Exception:
+                # A bug. The flusher must outlive it: without it the hub would take frames
+                # and never answer again, looking alive. Say so, loudly, and go on.
+                log.critical("a commit round failed; the hub goes on", exc_info=True)
+            finally:
+                self._generation += 1
+                self._in_round = False
             async with self._flushed:
                 self._flushed.notify_all()
+
+    def _send(self, peer: Peer, sender: Sender, msgs: list[Message]) -> None:
+        """Hand ``msgs`` to ``peer``'s connection. One that fails (a bug in the transport, or
+        a dependency's API that changed under us) loses its messages, so it is closed (its
+        client reconnects and catches up); the others are still served."""
+        try:
+            sender(p.encode(msgs))
+        except Exception:
+            log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
+            self.senders.pop(peer, None)
+            closer = self.closers.get(peer)
+            if closer is not None:
+                closing = asyncio.ensure_future(closer(1011, "internal error"))
+                closing.add_done_callback(_retrieve)
 
     @property
     def commit_now(self) -> bool:
@@ -696,3 +721,15 @@ def welcome(hub: Hub, peer: Peer) -> Message:
         "service": peer.service,
         "max_frame": hub.limits.max_frame,
     }
+
+
+def _flusher_ended(task: asyncio.Task[None]) -> None:
+    """The flusher ends only when the hub stops; anything else is said at once, not when the
+    task is collected (the hub is then deaf: /readyz answers 503)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the hub's flusher died; the hub no longer answers", exc_info=task.exception())
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # closing a failed connection may fail too: nothing more to do

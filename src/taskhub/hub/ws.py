@@ -166,45 +166,78 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
     except Exception:
         hub.registry.release_connection(creds)
         raise
-    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+    frames: asyncio.Queue[bytes] = asyncio.Queue()
     limits = hub.limits
     # Under taskhub's own uvicorn protocol a frame is written at once, in the flusher's turn;
     # the writer task only takes over while frames wait (the socket is full, or closing).
     direct = ws.scope.get("extensions", {}).get(EXTENSION)
     writing = False  # the writer holds a frame: later ones must queue behind it
+    waiting = 0  # bytes of the frames queued for the writer, and the one it is writing
+    slow = False  # closed as too slow: nothing more is queued, the transport may be aborted
 
     def send(frame: bytes) -> None:
+        nonlocal waiting
+        if slow:
+            return
         if direct is not None and not writing and frames.empty() and direct.write_text(frame):
             return
-        if frames.qsize() >= limits.max_send_queue:
-            if peer.open:  # once: the writer stops at the marker, nothing more is queued
-                log.warning(
-                    "connection %s (%s) reads too slowly; closing it", peer.id, peer.service
-                )
-                peer.open = False
-                frames.put_nowait(None)
+        if waiting + len(frame) > limits.max_send_buffer or frames.qsize() >= limits.max_send_queue:
+            too_slow(len(frame))
             return
+        waiting += len(frame)
         frames.put_nowait(frame)
 
+    def too_slow(size: int) -> None:
+        """The peer reads too slowly: free what waits for it and close the connection. The
+        close frame waits behind what its socket already holds, so where the peer does not
+        read at all the transport is aborted after ``ping_timeout`` (docs/operations.md)."""
+        nonlocal slow, waiting
+        slow = True
+        peer.open = False
+        log.warning(
+            "connection %s (%s) reads too slowly (%d bytes in %d frames waiting, %d more to "
+            "send; limits %d bytes, %d frames); closing it",
+            peer.id,
+            peer.service,
+            waiting,
+            frames.qsize(),
+            size,
+            limits.max_send_buffer,
+            limits.max_send_queue,
+        )
+        while not frames.empty():
+            frames.get_nowait()
+        waiting = 0
+        write_task.cancel()  # it may wait forever for the socket to take its frame
+        if direct is not None:
+            direct.close_slow(CLOSE_TOO_SLOW, "reader too slow", limits.ping_timeout)
+        else:
+            closing = asyncio.ensure_future(close_other_server())
+            closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def close_other_server() -> None:
+        # Under another ASGI server the transport is out of reach: close the ASGI way, and
+        # give up waiting after ping_timeout (that server's own keepalive ends the rest).
+        async with asyncio.timeout(limits.ping_timeout):
+            await ws.close(code=CLOSE_TOO_SLOW, reason="reader too slow")
+
     async def writer() -> None:
-        nonlocal writing
+        nonlocal writing, waiting
         while True:
             frame = await frames.get()
-            if frame is None:
-                await ws.close(code=CLOSE_TOO_SLOW, reason="reader too slow")
-                return
             writing = True
             await ws.send_text(frame.decode())
             writing = False
+            waiting -= len(frame)
 
     async def close(code: int, reason: str) -> None:
         await ws.close(code=code, reason=reason)
 
+    write_task = asyncio.create_task(writer())
     hub.attach(peer, send, close)
     hub.lc.send(peer, welcome(hub, peer))
     hub.kick()
     log.debug("connection %s opened for %s", peer.id, peer.service)
-    write_task = asyncio.create_task(writer())
     feed = FrameFeed(hub, peer, direct, direct.config.ws_max_queue if direct is not None else 32)
     if direct is not None:
         direct.receiver = feed  # frames from now on skip the ASGI queue
@@ -230,7 +263,7 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
         write_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await write_task
-        if ws.application_state != WebSocketState.DISCONNECTED:
+        if ws.application_state != WebSocketState.DISCONNECTED and not slow:
             with contextlib.suppress(Exception):
                 await ws.close()
         log.debug("connection %s closed", peer.id)

@@ -76,7 +76,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         it held to other workers. Reset it rather than close it: a close leaves what is still
         queued for the peer (offers among it) to the kernel, which delivers it if the network
         heals, long after those tasks went elsewhere (issue #15, a cut between hubs). With
-        ``SO_LINGER`` 0 the kernel drops it and answers the peer with a reset."""
+        ``SO_LINGER`` 0 the kernel drops it and answers the peer with a reset. The abort also
+        frees at once what a peer that stopped reading held: uvicorn's ``transport.close()``
+        waits for a buffer that never drains."""
         transport = self.transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -118,3 +120,26 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+    def close_slow(self, code: int, reason: str, grace: float) -> None:
+        """Close a connection whose peer reads too slowly, as uvicorn closes for the ASGI
+        ``websocket.close`` but without waiting for the socket to take more (it never may):
+        the close frame goes behind what the transport holds, the app hears the disconnect at
+        once, and the transport is aborted, freeing its buffer, if it is still open after
+        ``grace`` seconds."""
+        if not self.close_sent and not self.transport.is_closing():
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            with contextlib.suppress(InvalidState):
+                self.conn.send_close(code, reason)
+                self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()  # flushes what it holds, then closes: if the peer reads
+        self.abort_after(grace)
+
+    def abort_after(self, grace: float) -> None:
+        """Abort the transport in ``grace`` seconds unless the connection is gone by then."""
+        self.loop.call_later(grace, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
