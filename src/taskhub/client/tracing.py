@@ -64,8 +64,12 @@ class Tracing:
                     "taskhub.action": action,
                 }
             )
-        if span.get_span_context().is_valid:  # a no-op span of no trace has nothing to pass
+        if span.get_span_context().is_valid:
             self._propagate.inject(carrier, context=self._trace.set_span_in_context(span))
+        elif self._trace.get_current_span().get_span_context().is_valid:
+            # No SDK, and an API whose no-op tracer drops the parent (1.20 does): the
+            # context received from upstream is passed on as it came.
+            self._propagate.inject(carrier)
         return span, carrier
 
     def published(self, span: Span, handle: Handle) -> None:
@@ -87,6 +91,10 @@ class Tracing:
             f"process {ctx.action}", context=parent, kind=self._kind.CONSUMER
         )
         if not span.is_recording():
+            if not span.get_span_context().is_valid:  # an older no-op tracer dropped the parent
+                span = self._trace.get_current_span(parent)
+            # No SDK: the carried context is made current, so that what the handler
+            # publishes passes it on; with none, there is nothing to do.
             return span if span.get_span_context().is_valid else None
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
