@@ -32,7 +32,8 @@ SYSTEM = "taskhub"  # messaging.system
 
 
 class Tracing:
-    """Starts the publish and process spans; one per process (:func:`load`)."""
+    """Starts the publish and process spans: one for the global tracer provider, shared by
+    the clients of a process, and one per client given its own (:func:`load`)."""
 
     def __init__(self, tracer_provider: Any = None) -> None:
         from opentelemetry import propagate, trace
