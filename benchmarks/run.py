@@ -75,7 +75,17 @@ INFLIGHT_TARGETS = ["inflight-memory", "inflight-sqlite", "inflight-redis"]
 #: "limit": a bare WebSocket echo; "relay": TaskHub's clients against a hub that only relays
 #: (benchmarks/relay_hub.py): the two bounds a TaskHub row is read against.
 BOUND_TARGETS = ["limit", "relay"]
-ALL_TARGETS = [*TASKHUB_TARGETS, *PEER_TARGETS, *BOUND_TARGETS, *CLUSTER_TARGETS, *INFLIGHT_TARGETS]
+#: the memory:// row with its worker run through taskhub.Worker (connection thread + handler
+#: loop), to read against taskhub-memory (the handler on the connection's loop).
+RUNTIME_TARGETS = ["taskhub-memory-runtime"]
+ALL_TARGETS = [
+    *TASKHUB_TARGETS,
+    *RUNTIME_TARGETS,
+    *PEER_TARGETS,
+    *BOUND_TARGETS,
+    *CLUSTER_TARGETS,
+    *INFLIGHT_TARGETS,
+]
 SMOKE_TARGETS = [
     "taskhub-memory",
     "taskhub-sqlite",
@@ -377,11 +387,20 @@ class Bench:
             str(a.timeout),
         ]
 
-    def clients(self, target: str, url: str) -> dict[str, Any]:
+    def clients(self, target: str, url: str, *worker_args: str) -> dict[str, Any]:
         """Run TaskHub's benchmark worker, then its publisher, against ``url``: its result."""
         script = os.path.join(HERE, "taskhub_bench.py")
         with started(
-            [PY, script, "worker", "--url", url, "--concurrency", str(WORKER_CONCURRENCY)],
+            [
+                PY,
+                script,
+                "worker",
+                "--url",
+                url,
+                "--concurrency",
+                str(WORKER_CONCURRENCY),
+                *worker_args,
+            ],
             self.log(f"{target}-worker"),
             stdout=subprocess.PIPE,
         ) as worker:
@@ -395,6 +414,8 @@ class Bench:
 
     def taskhub(self, target: str) -> dict[str, Any]:
         kind = target.split("-", 1)[1]
+        runtime = kind.endswith("-runtime")
+        kind = kind.removesuffix("-runtime")
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="taskhub-bench-"))
             if kind == "memory":
@@ -408,14 +429,16 @@ class Bench:
                 started(hub_args(port, store), self.log(f"{target}-hub"), env=HUB_ENV)
             )
             wait_port(port, 20, hub)
-            row = self.clients(target, f"ws://127.0.0.1:{port}")
+            worker_args = ("--runtime",) if runtime else ()
+            row = self.clients(target, f"ws://127.0.0.1:{port}", *worker_args)
             row["peak_rss_mb"] = peak_rss_mb(hub.pid)
             row["rss_of"] = "hub process"
             if hub.poll() is not None:
                 raise Failed(f"the hub exited with {hub.returncode} during the run")
             row["settings"] = (
                 f"hub process ({store.split(':')[0]} store), 1 worker process "
-                f"(concurrency={WORKER_CONCURRENCY}), 1 publisher process"
+                f"(concurrency={WORKER_CONCURRENCY}"
+                f"{', run through taskhub.Worker' if runtime else ''}), 1 publisher process"
             )
             return row
 

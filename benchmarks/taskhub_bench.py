@@ -1,6 +1,7 @@
 """TaskHub's worker and publisher for the benchmark (run with the project's venv).
 
     python benchmarks/taskhub_bench.py worker  --url ws://127.0.0.1:P --concurrency 64
+    python benchmarks/taskhub_bench.py worker  --url ws://127.0.0.1:P --runtime  # via Worker
     python benchmarks/taskhub_bench.py publish --url ws://127.0.0.1:P --n 5000
     python benchmarks/taskhub_bench.py publish --url ws://127.0.0.1:P,ws://127.0.0.1:Q --n 5000
 
@@ -56,6 +57,31 @@ async def worker(url: str, concurrency: int, group: str) -> None:
         await client.sub(ACTION, echo, group=group, concurrency=concurrency)
         emit("event", event="ready")
         await stop.wait()
+
+
+def runtime_worker(url: str, concurrency: int, group: str) -> None:
+    """The same echo worker run through ``taskhub.Worker`` (its connection on a thread of its
+    own, the handler on the handler loop): what ``taskhub worker`` users get."""
+    import logging
+    import threading
+
+    from taskhub import Worker
+
+    logging.basicConfig(level=logging.WARNING)
+    w = Worker(url, name="bench-worker")
+
+    @w.task(ACTION, concurrency=concurrency, group=group)
+    async def echo(task: Any) -> Any:
+        return task.payload
+
+    threading.Timer(0.0, _ready_when_started, (w,)).start()
+    w.run(grace=5)
+
+
+def _ready_when_started(w: Any) -> None:
+    while w.client is None:  # set once the subscriptions are confirmed
+        time.sleep(0.01)
+    emit("event", event="ready")
 
 
 async def _one(client: Client, i: int, timeout: float) -> tuple[float, bool]:
@@ -156,8 +182,13 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=240.0)
+    parser.add_argument(
+        "--runtime", action="store_true", help="worker: run the echo through taskhub.Worker"
+    )
     args = parser.parse_args()
-    if args.role == "worker":
+    if args.role == "worker" and args.runtime:
+        runtime_worker(args.url, args.concurrency, args.group)
+    elif args.role == "worker":
         run(worker(args.url, args.concurrency, args.group))
     else:
         urls = [u.strip() for u in args.url.split(",") if u.strip()]

@@ -11,6 +11,9 @@ import pytest
 
 from taskhub import Client, Server
 
+# taskhub.testing's fixture (taskhub_url), as docs/workers.md tells users to load it.
+pytest_plugins = ["taskhub.testing"]
+
 ServerFactory = Callable[..., Awaitable[Server]]
 ClientFactory = Callable[..., Awaitable[Client]]
 

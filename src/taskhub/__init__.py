@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from taskhub.client import Client, Handle, TaskContext
+from taskhub.client.control import Reject, Retry
 from taskhub.errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -23,6 +24,7 @@ from taskhub.errors import (
 
 if TYPE_CHECKING:
     from taskhub.server import Server
+    from taskhub.worker import Worker
 
 __all__ = [
     "AuthenticationFailed",
@@ -32,6 +34,8 @@ __all__ = [
     "InvalidAction",
     "NoResult",
     "PermissionDenied",
+    "Reject",
+    "Retry",
     "Server",
     "StaleAttempt",
     "TaskCancelled",
@@ -40,6 +44,7 @@ __all__ = [
     "TaskHubError",
     "TaskTimeout",
     "TooManyConnections",
+    "Worker",
     "__version__",
 ]
 
@@ -60,4 +65,8 @@ def __getattr__(name: str) -> Any:
                 name=exc.name,
             ) from exc
         return Server
+    if name == "Worker":
+        from taskhub.worker import Worker
+
+        return Worker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

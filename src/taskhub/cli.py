@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from taskhub import cli_bench
+from taskhub import cli_bench, cli_worker
 from taskhub.cli_common import CliError, err, fail, one_line, out, print_error
 from taskhub.cli_creds import creds_app
 from taskhub.cli_tasks import tasks_app
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(creds_app, name="creds")
+app.command("worker")(cli_worker.worker)
 
 
 def _print_version(value: bool) -> None:

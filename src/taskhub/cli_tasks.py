@@ -38,9 +38,26 @@ RETRY_OPTIONS = REQUEUE_OPTIONS
 TaskId = Annotated[str, typer.Argument(help="Task id")]
 
 
+def _without_traceback(error: Any) -> Any:
+    """An error dict without its traceback (shown in full on its own lines)."""
+    if isinstance(error, dict) and "traceback" in error:
+        return {k: v for k, v in error.items() if k != "traceback"}
+    return error
+
+
+def _retry_error(ev: dict[str, Any]) -> bool:
+    data = ev.get("data")
+    return (
+        ev.get("type") == "retry" and isinstance(data, dict) and isinstance(data.get("error"), dict)
+    )
+
+
 def _data(value: Any, width: int = 60) -> str:
     if value is None:
         return ""
+    if isinstance(value, dict) and "error" in value:
+        value = {**value, "error": _without_traceback(value["error"])}
+    value = _without_traceback(value)
     text = json.dumps(value, default=str)
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -133,7 +150,7 @@ def tasks_show(
         ("updates", str(task.get("updates", 0))),
         ("last update", json.dumps(task.get("last_update"), default=str)),
         ("result", json.dumps(task.get("result"), default=str)),
-        ("error", json.dumps(task.get("error"), default=str)),
+        ("error", json.dumps(_without_traceback(task.get("error")), default=str)),
     ]
     for label, value in rows:
         fields.add_row(label, value)
@@ -159,6 +176,15 @@ def tasks_show(
         )
     out.print(Text("\ntimeline", style="bold"))
     out.print(timeline)
+    # Why each try failed: the retries' errors, then the final one, tracebacks in full.
+    tries = [ev["data"]["error"] for ev in events if _retry_error(ev)]
+    final = task.get("error")
+    for i, error in enumerate([*tries, *([final] if final else [])], 1):
+        label = f"try {i}" if i <= len(tries) else "final error"
+        head = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+        out.print(Text(f"\n{label}: ", style="bold") + Text(head))
+        if error.get("traceback"):
+            out.print(Text(str(error["traceback"]).rstrip()), soft_wrap=True)
 
 
 @tasks_app.command("cancel")

@@ -56,12 +56,29 @@ class Pub(_Msg, tag="pub"):
     ref: int | None = None
 
 
+class WorkerOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Defaults a worker declares for the tasks it takes (``sub.options``): they apply to
+    what the publisher did not set (publisher > worker > hub config > hub default)."""
+
+    timeout: float | UnsetType | None = UNSET  # end timeout; None: no end timeout
+    retries: int | UnsetType = UNSET
+    max_attempts: int | UnsetType = UNSET
+    backoff: float | UnsetType = UNSET
+    backoff_max: float | UnsetType = UNSET
+
+
+# The names of WorkerOptions, declared once: the client, the lifecycle and the docs' tests
+# read them from here.
+WORKER_OPTIONS: tuple[str, ...] = WorkerOptions.__struct_fields__
+
+
 class Sub(_Msg, tag="sub"):
     action: str
     group: str | None = None
     concurrency: int = 1
     observe: bool = False
     durable: bool = False
+    options: WorkerOptions | None = None
     ref: int | None = None
 
 
@@ -97,14 +114,34 @@ class Drop(_Step, tag="drop"):
     pass
 
 
-class ErrorInfo(msgspec.Struct):
+class ErrorInfo(msgspec.Struct, omit_defaults=True):
     type: str = "Error"
     message: str = ""
+    traceback: str | None = None  # the handler's, cut by the hub to MAX_TRACEBACK characters
+
+
+# The longest traceback the hub keeps with an error (the last characters are kept: the
+# innermost frames and the exception line are what explains a failure).
+MAX_TRACEBACK = 16 * 1024
 
 
 class Fail(_Step, tag="fail"):
     error: ErrorInfo = msgspec.field(default_factory=ErrorInfo)
     retry: bool = True  # False: do not retry even if retries remain
+    # Seconds: offer again after exactly this delay (the handler raised Retry), as long as
+    # max_attempts allows; `retries` and the backoff do not apply.
+    delay: float | None = None
+
+
+class Release(_Step, tag="release"):
+    """Hand a delivery back unfinished (a worker stopping): it is offered again, to another
+    connection when there is one, without counting a try."""
+
+
+class Extend(_Step, tag="extend"):
+    """Push the task's end deadline to at least ``seconds`` from now."""
+
+    seconds: float = 0.0
 
 
 class Cancel(_Msg, tag="cancel"):
@@ -247,6 +284,8 @@ Inbound = (
     | Return
     | Drop
     | Fail
+    | Release
+    | Extend
     | Cancel
     | GetPayload
     | Get
@@ -278,6 +317,8 @@ OPS: frozenset[str] = frozenset(
         Return,
         Drop,
         Fail,
+        Release,
+        Extend,
         Cancel,
         GetPayload,
         Get,
@@ -437,3 +478,18 @@ def error_msg(err: Exception, ref: int | None = None, **extra: Any) -> dict[str,
     if ref is not None:
         msg["ref"] = ref
     return msg
+
+
+def bounded_traceback(text: str) -> str:
+    """A traceback cut to its last :data:`MAX_TRACEBACK` characters, saying so."""
+    if len(text) <= MAX_TRACEBACK:
+        return text
+    return f"... ({len(text) - MAX_TRACEBACK} characters cut)\n{text[-MAX_TRACEBACK:]}"
+
+
+def error_of(info: ErrorInfo) -> dict[str, Any]:
+    """A ``fail``'s error as the hub stores it: type, message, and a bounded traceback."""
+    err: dict[str, Any] = {"type": info.type, "message": info.message}
+    if info.traceback:
+        err["traceback"] = bounded_traceback(info.traceback)
+    return err

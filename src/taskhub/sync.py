@@ -32,22 +32,27 @@ import collections
 import concurrent.futures
 import contextvars
 import copy
+import datetime as dt
 import functools
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
 from taskhub.client.client import Step
+from taskhub.client.options import UNSET
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
 from taskhub.errors import ConnectionClosed, TaskHubError
 
 T = TypeVar("T")
 SyncHandler = Callable[["Task"], Any]
+H = TypeVar("H", bound=SyncHandler)
 SyncEventHandler = Callable[[Any, str], Any]  # (data, topic)
 _MISSING: Any = object()
 # close() gives the blocking calls of other threads this long to see ConnectionClosed.
@@ -55,6 +60,21 @@ CLOSE_SETTLE = 2.0
 WATCH_QUEUE = 1000  # events a sync watch holds for its reader before dropping the oldest
 
 log = logging.getLogger("taskhub.sync")
+
+# Clients of this process, told when it forks: in the child their loop thread does not exist.
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+# What a forked child's clients let go of: the parent's loop, connection and pools, copied
+# without their threads. Kept, never closed or collected: closing them here would unregister
+# the parent's sockets from the event-poll instance the two processes share.
+_orphans: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["Client", "Handle", "Task", "Watch"]
 
@@ -149,6 +169,7 @@ class Client:
         self._pools: list[concurrent.futures.ThreadPoolExecutor] = []
         self._topic_pools: dict[str, list[concurrent.futures.ThreadPoolExecutor]] = {}
         self._watches: set[Watch] = set()
+        self._reconnect = False  # forked: connect again on first use (in the child)
         self._closed = False  # close() was called (a later call raises ConnectionClosed)
 
     # --- life --------------------------------------------------------------------------------
@@ -170,8 +191,22 @@ class Client:
             runner.stop()
             raise
         self._runner = runner
+        _clients.add(self)
         self._closed = False
         return self
+
+    def _forked(self) -> None:
+        """In a child after ``fork()``: the loop thread was not copied. Forget the parent's
+        connection (without closing it: it is the parent's) and connect on first use.
+        Subscriptions, watches and event handlers stay with the parent."""
+        if self._runner is None:
+            return
+        _orphans.append((self._runner, self._client, self._pools, self._topic_pools))
+        self._runner = self._client = None
+        self._pools = []
+        self._topic_pools = {}
+        self._watches = set()
+        self._reconnect = True
 
     def close(self) -> None:
         """Disconnect; running handlers are cancelled (their threads finish on their own).
@@ -206,6 +241,9 @@ class Client:
         return self._client is not None and self._client.connected
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._runner is None and self._reconnect:
+            self._reconnect = False
+            self.connect()  # a forked child's first use
         runner = self._runner
         if runner is None:
             coro.close()
@@ -215,19 +253,55 @@ class Client:
         return runner.call(coro)
 
     def _async(self) -> AsyncClient:
+        if self._client is None and self._reconnect:
+            self._reconnect = False
+            self.connect()  # a forked child's first use
         if self._client is None:
             raise RuntimeError("the client is not connected: use `with Client(...)` or connect()")
         return self._client
 
     # --- publishing and reading --------------------------------------------------------------
-    def pub(self, action: str, payload: Any = None, **options: Any) -> Handle:
+    def pub(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = UNSET,
+        start_timeout: float | None = UNSET,
+        delay: float | dt.timedelta | str | None = None,
+        at: dt.datetime | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float = UNSET,
+        backoff_max: float = UNSET,
+        once_every: float | dt.timedelta | str | None = None,
+        partition_key: str | None = None,
+    ) -> Handle:
         """Publish a task; returns once the hub has stored it (so ``.id`` is set and a refusal
-        such as ``PermissionDenied`` raises here). ``**options`` as in the async ``pub``:
-        ``timeout``, ``start_timeout``, ``delay``, ``at``, ``priority``, ``key``, ``retries``,
-        ``max_attempts``, ``once_every``, ...
+        such as ``PermissionDenied`` raises here). The options are the async ``pub``'s; a
+        misspelt one is a TypeError (and a type-check error).
         """
         client = self._async()
-        return self._accepted(lambda: client.pub(action, payload, **options))
+        return self._accepted(
+            lambda: client.pub(
+                action,
+                payload,
+                timeout=timeout,
+                start_timeout=start_timeout,
+                delay=delay,
+                at=at,
+                priority=priority,
+                key=key,
+                retries=retries,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                once_every=once_every,
+                partition_key=partition_key,
+            )
+        )
 
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` (``(action, payload[, options])``) one after another, as the async
@@ -372,21 +446,63 @@ class Client:
         return sync_watch
 
     # --- working -----------------------------------------------------------------------------
+    @overload
     def sub(
         self,
         action: str,
-        handler: SyncHandler | None = None,
+        handler: None = None,
         *,
         group: str | None = None,
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-    ) -> Any:
+        timeout: float | dt.timedelta | str | None = UNSET,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float | dt.timedelta | str = UNSET,
+        backoff_max: float | dt.timedelta | str = UNSET,
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def sub(
+        self,
+        action: str,
+        handler: H,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+        timeout: float | dt.timedelta | str | None = UNSET,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float | dt.timedelta | str = UNSET,
+        backoff_max: float | dt.timedelta | str = UNSET,
+    ) -> H: ...
+
+    def sub(
+        self,
+        action: str,
+        handler: H | None = None,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+        timeout: float | dt.timedelta | str | None = UNSET,
+        retries: int = UNSET,
+        max_attempts: int = UNSET,
+        backoff: float | dt.timedelta | str = UNSET,
+        backoff_max: float | dt.timedelta | str = UNSET,
+    ) -> H | Callable[[H], H]:
         """Work on tasks of ``action`` with a plain function: ``client.sub(action, fn)`` or
         ``@client.sub(action)``. The function gets a :class:`Task` and runs in a thread pool
         of ``concurrency`` threads; its return value is the result (or ``task.success(result)``
         sends it earlier, and the return value is then ignored), an exception fails the
         delivery. Returns once the hub has accepted the subscription (raises if refused).
+
+        ``timeout``, ``retries``, ``max_attempts``, ``backoff`` and ``backoff_max`` are this
+        worker's defaults, as in the async ``sub`` (docs/workers.md).
 
         A function cannot be interrupted: when the hub takes the task away (cancelled, timed
         out) ``task.revoked`` says why and its eventual return is ignored; check it in long
@@ -396,7 +512,7 @@ class Client:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
 
-        def register(fn: SyncHandler) -> SyncHandler:
+        def register(fn: H) -> H:
             pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=concurrency, thread_name_prefix=f"taskhub-{action}"
             )
@@ -419,6 +535,11 @@ class Client:
                     concurrency=concurrency,
                     observe=observe,
                     durable=durable,
+                    timeout=timeout,
+                    retries=retries,
+                    max_attempts=max_attempts,
+                    backoff=backoff,
+                    backoff_max=backoff_max,
                 )
 
             try:
@@ -565,6 +686,11 @@ class Task:
     def update(self, data: Any) -> None:
         """Progress: blocks until the hub has stored and relayed it."""
         self._client._call(self._ctx.update(data))
+
+    def extend(self, duration: float | dt.timedelta | str) -> None:
+        """The task must now finish within ``duration`` from now (``"10m"``), or by its
+        earlier deadline if later; blocks until the hub has it (docs/workers.md §6)."""
+        self._client._call(self._ctx.extend(duration))
 
     def success(self, result: Any = None) -> None:
         """Done, with ``result``: blocks until the hub has it. The function's return value

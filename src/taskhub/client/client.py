@@ -9,15 +9,23 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from taskhub.client import tracing
 from taskhub.client.connection import UNSENDABLE, Connection, Message
+from taskhub.client.control import Reject, Retry, handler_traceback
+from taskhub.client.options import (
+    _UNSET,
+    Duration,
+    pub_options,
+    pub_options_from,
+    worker_options,
+)
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
-from taskhub.intervals import parse_interval
 from taskhub.names import topic_matches, validate_action, validate_topic
+from taskhub.protocol import bounded_traceback
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -26,27 +34,28 @@ log = logging.getLogger("taskhub.client")
 # A handler's error message is cut to this many characters: a fail must fit in a frame.
 MAX_ERROR_MESSAGE = 64 * 1024
 Handler = Callable[[TaskContext], Any]
+R = TypeVar("R")
 EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
 # A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
 Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CHAIN_ACTION = "taskhub:chain"
 GROUP_ACTION = "taskhub:group"
-_UNSET: Any = object()
 
 
-class Subscription:
+class Subscription(Generic[R]):
     """A subscription; calling it calls the handler, awaiting it waits for the hub's answer."""
 
     def __init__(
         self,
         client: Client,
         action: str,
-        handler: Handler,
+        handler: Callable[[TaskContext], R],
         *,
         group: str | None,
         concurrency: int,
         observe: bool,
         durable: bool,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.action = action
@@ -55,6 +64,7 @@ class Subscription:
         self.concurrency = concurrency
         self.observe = observe
         self.durable = durable
+        self.options = options or {}  # the worker's declared defaults (sub.options)
         self.slots = asyncio.Semaphore(concurrency)
         self.claimed = 0  # offers taken whose handler has not finished (running or waiting)
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -68,9 +78,11 @@ class Subscription:
             msg["observe"] = True
         if self.durable:
             msg["durable"] = True
+        if self.options:
+            msg["options"] = self.options
         return msg
 
-    def __call__(self, task: TaskContext) -> Any:
+    def __call__(self, task: TaskContext) -> R:
         return self.handler(task)
 
     def __await__(self) -> Any:
@@ -112,7 +124,7 @@ class Client:
             ping_interval=ping_interval,
             ssl=ssl,
         )
-        self._subs: dict[str, Subscription] = {}
+        self._subs: dict[str, Subscription[Any]] = {}
         self._handles: dict[str, Handle] = {}  # accepted, unfinished: followed again on reconnect
         # Further handles of a task already in _handles: a repeated key= while the first
         # publish of that key is still in flight. Rare, so kept apart from the hot path.
@@ -125,6 +137,7 @@ class Client:
         # the application imports OpenTelemetry (_tracing_found), or if it never does.
         self._tracer_provider = tracer_provider
         self._tracing = tracing.load(tracer_provider)
+        self._draining = False  # drain(): no handler starts any more
         self._closed = False  # close() was called: nothing waits any more
         self._told_unsubscribed: set[str] = set()  # actions _nobody_subscribed logged
 
@@ -217,28 +230,79 @@ class Client:
         handle._snapshot(fut.result()["task"])
 
     # --- subscribing -------------------------------------------------------------------------
+    @overload
     def sub(
         self,
         action: str,
-        handler: Handler | None = None,
+        handler: None = None,
         *,
         group: str | None = None,
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-    ) -> Any:
+        timeout: Duration | None = _UNSET,
+        retries: int = _UNSET,
+        max_attempts: int = _UNSET,
+        backoff: Duration = _UNSET,
+        backoff_max: Duration = _UNSET,
+    ) -> Callable[[Callable[[TaskContext], R]], Subscription[R]]: ...
+
+    @overload
+    def sub(
+        self,
+        action: str,
+        handler: Callable[[TaskContext], R],
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+        timeout: Duration | None = _UNSET,
+        retries: int = _UNSET,
+        max_attempts: int = _UNSET,
+        backoff: Duration = _UNSET,
+        backoff_max: Duration = _UNSET,
+    ) -> Subscription[R]: ...
+
+    def sub(
+        self,
+        action: str,
+        handler: Callable[[TaskContext], R] | None = None,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        observe: bool = False,
+        durable: bool = False,
+        timeout: Duration | None = _UNSET,
+        retries: int = _UNSET,
+        max_attempts: int = _UNSET,
+        backoff: Duration = _UNSET,
+        backoff_max: Duration = _UNSET,
+    ) -> Subscription[R] | Callable[[Callable[[TaskContext], R]], Subscription[R]]:
         """Work on tasks of ``action``: ``client.sub(action, handler)`` or as a decorator.
 
         ``concurrency`` is the credit: how many of these tasks run here at once. ``group``
         (default: the service name) decides who competes for a task. ``observe=True`` sees
         every task without the hub waiting for this service. The returned
         :class:`Subscription` can be awaited to learn whether the hub accepted it.
+
+        ``timeout`` (``None``: no end timeout), ``retries``, ``max_attempts``, ``backoff``
+        and ``backoff_max`` are this worker's defaults for the tasks it takes: the hub applies
+        them where the publisher did not set the option (publisher > worker > hub config >
+        hub default; docs/workers.md).
         """
         validate_action(action)
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        options = worker_options(
+            timeout=timeout,
+            retries=retries,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            backoff_max=backoff_max,
+        )
 
-        def register(fn: Handler) -> Subscription:
+        def register(fn: Callable[[TaskContext], R]) -> Subscription[R]:
             if action in self._subs:
                 raise ValueError(f"this client already subscribes to {action!r}")
             sub = Subscription(
@@ -249,6 +313,7 @@ class Client:
                 concurrency=concurrency,
                 observe=observe,
                 durable=durable,
+                options=options,
             )
             self._subs[action] = sub
             if self._closed:
@@ -259,7 +324,7 @@ class Client:
 
         return register if handler is None else register(handler)
 
-    def _send_sub(self, sub: Subscription) -> None:
+    def _send_sub(self, sub: Subscription[Any]) -> None:
         fut = self._conn.request(sub.message())
 
         def done(f: asyncio.Future[Message]) -> None:
@@ -351,7 +416,7 @@ class Client:
             "payload": payload,
             "timezone": timezone,
         }
-        options = _pub_options_from(pub_options)
+        options = pub_options_from(pub_options)
         if options:
             msg["options"] = options
         reply = await self._conn.request(msg)
@@ -625,8 +690,11 @@ class Client:
     def _offered(self, msg: Message) -> None:
         sub = self._subs.get(msg["action"])
         ctx = TaskContext(self, msg)
-        if sub is None:  # unsubscribed meanwhile: give it back at once
-            self._conn.send({"op": "drop", "task": ctx.id, "attempt": ctx.attempt})
+        if sub is None or (self._draining and not ctx.observe):
+            # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
+            # no try counted). An observer's copy needs no answer.
+            if not ctx.observe:
+                self._conn.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
             return
         if not ctx.observe and sub.claimed >= sub.concurrency:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
@@ -655,10 +723,14 @@ class Client:
             if ctx.revoked:
                 self._tracing.revoked(span, ctx.revoked)
 
-    async def _work(self, sub: Subscription, ctx: TaskContext) -> None:
+    async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
         try:
             async with sub.slots:
                 if ctx.revoked:
+                    return
+                if self._draining and not ctx.observe:
+                    ctx.released = True
+                    self._conn.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
                     return
                 try:
                     if not ctx.observe:
@@ -686,8 +758,12 @@ class Client:
                             self._tracing.failed(None, exc)
                     elif ctx.returned or ctx.dropped:
                         _log_after_end(ctx)
+                    elif isinstance(exc, Retry):
+                        self._send_fail(ctx, exc, delay=exc.delay)
+                    elif isinstance(exc, Reject):
+                        self._send_fail(ctx, exc, retry=False)
                     else:
-                        self._send_fail(ctx, exc)
+                        self._send_fail(ctx, exc, trace=True)
                     return
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
@@ -704,93 +780,65 @@ class Client:
                 del self._working[ctx.id]
 
     def _send_fail(
-        self, ctx: TaskContext, exc: BaseException, *, what: str = "", retry: bool = True
+        self,
+        ctx: TaskContext,
+        exc: BaseException,
+        *,
+        what: str = "",
+        retry: bool = True,
+        delay: float | None = None,
+        trace: bool = False,
     ) -> None:
         message = what + str(exc)
         if len(message) > MAX_ERROR_MESSAGE:  # it must fit in a frame, whatever the handler did
             message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters in all)"
-        msg: Message = {
-            "op": "fail",
-            "task": ctx.id,
-            "attempt": ctx.attempt,
-            "error": {"type": type(exc).__name__, "message": message},
-        }
+        error: Message = {"type": type(exc).__name__, "message": message}
+        if trace:
+            error["traceback"] = bounded_traceback(handler_traceback(exc))
+        msg: Message = {"op": "fail", "task": ctx.id, "attempt": ctx.attempt, "error": error}
         if not retry:
             msg["retry"] = False
+        if delay is not None:
+            msg["delay"] = delay
         self._conn.send(msg)
         if self._tracing is not None:
             self._tracing.failed(None, exc)  # the delivery's process span is the current one
 
+    # --- stopping a worker -------------------------------------------------------------------
+    @property
+    def working(self) -> int:
+        """Deliveries this client holds whose handler has not finished (running or waiting
+        for a slot)."""
+        return sum(1 for ctx in self._working.values() if not ctx.observe)
 
-def pub_options(
-    *,
-    timeout: float | None = _UNSET,
-    start_timeout: float | None = _UNSET,
-    delay: float | dt.timedelta | str | None = None,
-    at: dt.datetime | None = None,
-    priority: int = 0,
-    key: str | None = None,
-    retries: int = _UNSET,
-    max_attempts: int = _UNSET,
-    backoff: float = _UNSET,
-    backoff_max: float = _UNSET,
-    once_every: float | dt.timedelta | str | None = None,
-    partition_key: str | None = None,
-) -> dict[str, Any]:
-    """The wire ``options`` of a ``pub``: intervals parsed to seconds, ``at`` to epoch
-    seconds; options left out are absent (the hub's or the action's defaults apply)."""
-    options: dict[str, Any] = {}
-    if (
-        timeout is _UNSET
-        and start_timeout is _UNSET
-        and retries is _UNSET
-        and max_attempts is _UNSET
-        and backoff is _UNSET
-        and backoff_max is _UNSET
-        and not priority
-        and key is None
-        and partition_key is None
-        and delay is None
-        and once_every is None
-        and at is None
-    ):
-        return options  # the common case: all defaults
-    for name, value in (
-        ("timeout", timeout),
-        ("start_timeout", start_timeout),
-        ("retries", retries),
-        ("max_attempts", max_attempts),
-        ("backoff", backoff),
-        ("backoff_max", backoff_max),
-    ):
-        if value is not _UNSET:
-            options[name] = value
-    if priority:
-        options["priority"] = priority
-    if key is not None:
-        options["key"] = key
-    if partition_key is not None:
-        options["partition_key"] = partition_key
-    if delay is not None:
-        options["delay"] = parse_interval(delay, option="delay")
-    if once_every is not None:
-        options["once_every"] = parse_interval(once_every, option="once_every")
-    if at is not None:
-        if not isinstance(at, dt.datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ValueError(
-                f"at= needs a timezone-aware datetime, got {at!r}; e.g. "
-                "datetime.now(timezone.utc) + timedelta(hours=1)"
-            )
-        options["at"] = at.timestamp()
-    return options
+    async def drain(self) -> None:
+        """Take nothing new: unsubscribe every action (the hub stops offering), and hand back
+        at once what arrives meanwhile and what waits for a slot. Running handlers go on."""
+        self._draining = True
+        actions = [a for a, s in self._subs.items() if not s.observe]
+        if self.connected:
+            replies = [self._conn.request({"op": "unsub", "action": a}) for a in actions]
+            await asyncio.gather(*replies, return_exceptions=True)
 
-
-def _pub_options_from(kwargs: dict[str, Any]) -> dict[str, Any]:
-    known = set(inspect.signature(pub_options).parameters)
-    unknown = set(kwargs) - known
-    if unknown:
-        raise TypeError(f"unknown pub option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return pub_options(**kwargs)
+    async def hand_back(self) -> int:
+        """Hand every unfinished delivery back to the hub (offered again elsewhere, no try
+        counted) and stop its handler; returns how many. Called when stopping past the
+        grace: a thread running a plain function cannot be stopped, its result is ignored."""
+        held = [
+            ctx
+            for ctx in self._working.values()
+            if not (ctx.observe or ctx.returned or ctx.dropped or ctx.released or ctx.revoked)
+        ]
+        replies = []
+        for ctx in held:
+            ctx.released = True
+            if self.connected:
+                msg = {"op": "release", "task": ctx.id, "attempt": ctx.attempt}
+                replies.append(self._conn.request(msg))
+            ctx._revoke("released")
+        if replies:
+            await asyncio.gather(*replies, return_exceptions=True)
+        return len(held)
 
 
 def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:

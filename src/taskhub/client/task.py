@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import inspect
 import logging
 from asyncio import get_running_loop
@@ -27,6 +28,7 @@ from taskhub.errors import (
     TaskTimeout,
     from_wire,
 )
+from taskhub.intervals import parse_interval
 
 if TYPE_CHECKING:
     from taskhub.client.client import Client
@@ -111,6 +113,7 @@ class TaskContext(_Emitter):
         self.dropped = False
         self.returned = False  # success() sent this delivery's result
         self.picked_up = False
+        self.released = False  # handed back to the hub (the worker is stopping)
         self._has_payload = "payload" in offer
         self._payload: Any = offer.get("payload")
         self._runner: asyncio.Task[Any] | None = None
@@ -135,6 +138,13 @@ class TaskContext(_Emitter):
     async def update(self, data: Any) -> None:
         """Progress: relayed to the publisher and the other services holding the task."""
         await self._step("update", data=data)
+
+    async def extend(self, duration: float | dt.timedelta | str) -> None:
+        """Push the task's end timeout: it must now finish within ``duration`` (seconds, a
+        ``timedelta`` or ``"10m"``) from now, or its earlier deadline if that is later.
+        A task without an end timeout keeps none (docs/workers.md)."""
+        seconds = parse_interval(duration, option="extend")
+        await self._step("extend", seconds=seconds)
 
     async def success(self, result: Any = None) -> None:
         """Done, with ``result``: sent at once, as a returned value would be (the first

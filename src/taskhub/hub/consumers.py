@@ -267,6 +267,15 @@ class Consumers:
             lease.expires_at = self.hub.clock() + c.lease
         self.hub.kick()
 
+    def extend(self, c: Consumer, task_id: str, seconds: float) -> None:
+        """Push the task's end timeout to at least ``seconds`` from now, and the lease with
+        it (a lease never ends before the time the consumer asked for)."""
+        self.hub.lc.extend(c.peer, task_id, self._attempt(c, task_id), seconds)
+        lease = c.leases.get(task_id)
+        if lease is not None:
+            lease.expires_at = max(lease.expires_at, self.hub.clock() + seconds)
+        self.hub.kick()
+
     def fail(self, c: Consumer, task_id: str, error: dict[str, Any], *, retry: bool) -> None:
         self.hub.lc.fail(c.peer, task_id, self._attempt(c, task_id), error, retry=retry)
         self._done(c, task_id)

@@ -23,7 +23,10 @@ from taskhub.hub.http_deps import (
     _storable,
 )
 from taskhub.hub.hub import Hub
+from taskhub.intervals import parse_interval
 from taskhub.lifecycle import Credentials
+from taskhub.protocol import MAX_TRACEBACK, error_of
+from taskhub.protocol import ErrorInfo as PError
 
 
 class ConsumerCreate(BaseModel):
@@ -88,6 +91,19 @@ class UpdateBody(BaseModel):
 class ErrorInfo(BaseModel):
     type: str = "Error"
     message: str = ""
+    traceback: str | None = Field(
+        default=None,
+        description=f"Kept with the task's error, cut to its last {MAX_TRACEBACK} characters.",
+    )
+
+
+class ExtendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str
+    duration: float | str = Field(
+        description='Seconds, or an interval such as "10m": the task must now finish within '
+        "this time from now (never earlier than before); the lease is kept at least as long."
+    )
 
 
 class FailBody(BaseModel):
@@ -242,8 +258,20 @@ async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDe
     responses=_STEP_ERRORS,
 )
 async def fail(body: FailBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    error = {"type": body.error.type, "message": body.error.message}
-    consumers.fail(consumer, body.task_id, error, retry=body.retry)
+    info = PError(body.error.type, body.error.message, body.error.traceback)
+    consumers.fail(consumer, body.task_id, error_of(info), retry=body.retry)
+    return await _state(consumers.hub, body.task_id)
+
+
+@router.post(
+    "/consumers/{consumer_id}/extend",
+    response_model=StepDone,
+    tags=["consumers"],
+    summary="Push a leased task's end timeout (and its lease)",
+    responses=_STEP_ERRORS,
+)
+async def extend(body: ExtendBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
+    consumers.extend(consumer, body.task_id, parse_interval(body.duration, option="duration"))
     return await _state(consumers.hub, body.task_id)
 
 

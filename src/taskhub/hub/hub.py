@@ -44,6 +44,7 @@ from taskhub.lifecycle import (
     Peer,
     Task,
 )
+from taskhub.lifecycle.options import worker_options
 from taskhub.names import allowed, pattern_allowed, validate_topic
 from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.store import Store, TaskRecord, WriteBatch
@@ -509,8 +510,14 @@ class Hub:
                 lc.drop(peer, msg.task, msg.attempt)
                 self._ok(peer, msg.ref)
             case p.Fail():
-                err = {"type": msg.error.type, "message": msg.error.message}
-                lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry)
+                err = p.error_of(msg.error)
+                lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry, delay=msg.delay)
+                self._ok(peer, msg.ref)
+            case p.Release():
+                lc.release(peer, msg.task, msg.attempt)
+                self._ok(peer, msg.ref)
+            case p.Extend():
+                lc.extend(peer, msg.task, msg.attempt, msg.seconds)
                 self._ok(peer, msg.ref)
             case p.Sub():
                 if not self.draining:  # draining: ok, but no offers (see drain())
@@ -521,6 +528,7 @@ class Hub:
                         concurrency=msg.concurrency,
                         observe=msg.observe,
                         durable=msg.durable,
+                        options=worker_options(msg.options),
                     )
                 self._ok(peer, msg.ref)
             case p.Unsub():

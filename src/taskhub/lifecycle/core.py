@@ -3,6 +3,7 @@ worker steps, timers, the end, and the messages and writes each step causes."""
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from collections import deque
@@ -241,7 +242,7 @@ class LifecycleCore:
                         "message": "no worker started the task in time",
                     },
                 )
-            elif kind == "end":
+            elif kind == "end" and self._end_due(task, now):
                 self._finish(
                     task,
                     "fail",
@@ -262,6 +263,15 @@ class LifecycleCore:
                     and d.rec.attempt == attempt
                 ):
                     self._take_back(d, "pickup_window", count_try=False)
+
+    @staticmethod
+    def _end_due(task: Task, now: float) -> bool:
+        """An end timer fired: still due unless ``extend`` moved the deadline later."""
+        rec = task.rec
+        timeout = rec.options.get("timeout")
+        if timeout is None or rec.started_at is None:
+            return False
+        return bool(now >= rec.started_at + timeout - 1e-6)
 
     # --- publish -----------------------------------------------------------------------------
     def publish(
@@ -534,10 +544,11 @@ class LifecycleCore:
             )
             if reason == "pickup_window":
                 d.avoid = holder.peer  # "goes to another connection of its group"
+        max_attempts = int(self._options_of(d)("max_attempts", 1))
         self._release(d)
         if count_try:
             d.rec.tries += 1
-            if d.rec.tries >= int(d.task.rec.options.get("max_attempts", 1)):
+            if d.rec.tries >= max_attempts:
                 self._delivery_failed(
                     d,
                     {
@@ -560,7 +571,9 @@ class LifecycleCore:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> None:
+        """``options``: the worker's declared defaults (``options.worker_options``)."""
         validate_action(action)
         if not allowed(peer.creds.sub_permissions, action):
             raise PermissionDenied(
@@ -579,11 +592,12 @@ class LifecycleCore:
                     option="group",
                 )
             existing.concurrency = concurrency  # a new credit
+            existing.options = options or {}
             q = self.queues.get((action, group))
             if q is not None:
                 self._dispatch(q)
             return
-        sub = Subscription(peer, action, group, concurrency, observe)
+        sub = Subscription(peer, action, group, concurrency, observe, options=options or {})
         peer.subs[action] = sub
         if observe:
             self.observers.setdefault(action, []).append(sub)
@@ -667,6 +681,11 @@ class LifecycleCore:
             if self.debounce:  # only once_every tasks are there
                 self._undebounce(task)
             timeout = task.rec.options.get("timeout")
+            if d.holder is not None and d.holder.options:
+                # The starting worker's declared timeout, unless the publisher set one: kept
+                # in the record, so views show it and the end timer is cancelled by it.
+                timeout = d.holder.option(task, "timeout", timeout)
+                task.rec.options["timeout"] = timeout
             if timeout is not None:
                 self.timers.after(task.rec.started_at, timeout, "end", task.id)
             ev = self._event(task, "start", group=d.rec.group, service=service)
@@ -731,25 +750,38 @@ class LifecycleCore:
         self._check_end(d.task)
 
     def fail(
-        self, peer: Peer, task_id: str, attempt: int, error: dict[str, Any], *, retry: bool = True
+        self,
+        peer: Peer,
+        task_id: str,
+        attempt: int,
+        error: dict[str, Any],
+        *,
+        retry: bool = True,
+        delay: float | None = None,
     ) -> None:
+        """The handler failed. ``delay`` (the handler raised Retry): offer again after
+        exactly that delay while ``max_attempts`` allows, whatever ``retries`` says."""
         d = self._held(peer, task_id, attempt)
         task = d.task
+        opt = self._options_of(d)
         self._release(d)
         d.rec.tries += 1
         d.rec.error = error
-        opts = task.rec.options
         failures = d.rec.tries
+        max_attempts = int(opt("max_attempts", 1))
         if (
             retry
-            and failures <= int(opts.get("retries", 0))
-            and failures < int(opts.get("max_attempts", 1))
+            and failures < max_attempts
+            and (delay is not None or failures <= int(opt("retries", 0)))
         ):
-            backoff = min(
-                float(opts.get("backoff_max", self.defaults.retry_backoff_max)),
-                float(opts.get("backoff", self.defaults.retry_backoff)) * 2 ** (failures - 1),
-            )
-            backoff *= 0.5 + self.rng.random() / 2  # jitter: spread a burst of retries
+            if delay is not None:
+                backoff = max(0.0, delay)
+            else:
+                backoff = min(
+                    float(opt("backoff_max", self.defaults.retry_backoff_max)),
+                    float(opt("backoff", self.defaults.retry_backoff)) * 2 ** (failures - 1),
+                )
+                backoff *= 0.5 + self.rng.random() / 2  # jitter: spread a burst of retries
             d.rec.state = "pending"
             d.rec.not_before = self.clock() + backoff
             self._event(
@@ -761,8 +793,51 @@ class LifecycleCore:
             )
             self._arm(d.rec.not_before, "retry", task.id, d.rec.group, d.rec.attempt)
             return
-        reason = "attempts" if retry and failures >= int(opts.get("max_attempts", 1)) else "error"
+        reason = "attempts" if retry and failures >= max_attempts else "error"
         self._delivery_failed(d, {"reason": reason, **error})
+
+    @staticmethod
+    def _options_of(d: Delivery) -> Callable[[str, Any], Any]:
+        """How to read ``d``'s options: through its holder's declared defaults if any."""
+        holder = d.holder
+        if holder is not None and holder.options:
+            return functools.partial(holder.option, d.task)
+        return d.task.rec.options.get
+
+    def release(self, peer: Peer, task_id: str, attempt: int) -> None:
+        """The holder hands the delivery back unfinished (it is stopping): offered again, to
+        another connection of the group when there is one, without counting a try."""
+        d = self._held(peer, task_id, attempt)
+        d.avoid = peer
+        self._take_back(d, "released", count_try=False)
+
+    def extend(self, peer: Peer, task_id: str, attempt: int, seconds: float) -> None:
+        """Push the task's end deadline to at least ``seconds`` from now (never earlier);
+        a task without an end timeout keeps none."""
+        if seconds < 0:
+            raise InvalidOption("extend: seconds must be >= 0", option="seconds")
+        d = self._held(peer, task_id, attempt)
+        self._start(d)
+        rec = d.task.rec
+        timeout = rec.options.get("timeout")
+        if timeout is None or rec.started_at is None:
+            return
+        wanted = self.clock() + seconds - rec.started_at
+        if wanted <= timeout:
+            return
+        self.timers.cancel("end", timeout, rec.id)
+        rec.options["timeout"] = wanted
+        # Its own deadline, in the heap: a lane per extended task would crowd out the lanes
+        # of the common timeouts. The old heap entry (if any) is skipped when it fires.
+        self.timers.at(rec.started_at + wanted, "end", rec.id)
+        self._event(
+            d.task,
+            "extend",
+            group=d.rec.group,
+            service=peer.service,
+            data={"timeout": round(wanted, 3)},
+            notify=False,
+        )
 
     def _delivery_failed(self, d: Delivery, error: dict[str, Any]) -> None:
         d.rec.state = "failed"

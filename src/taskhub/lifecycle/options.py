@@ -9,7 +9,8 @@ import msgspec
 
 from taskhub.errors import InvalidOption
 from taskhub.intervals import parse_interval
-from taskhub.lifecycle.state import Defaults
+from taskhub.lifecycle.state import GIVEN, Defaults
+from taskhub.protocol import WORKER_OPTIONS
 
 # Options an [[actions]] entry may default (per action, between the task's and the hub's).
 ACTION_OPTIONS = frozenset(
@@ -64,6 +65,26 @@ def check_trace(trace: Any) -> dict[str, str] | None:
 
 def _opt(value: Any, default: Any) -> Any:
     return default if value is msgspec.UNSET else value
+
+
+def worker_options(options: Any) -> dict[str, Any]:
+    """A subscription's declared defaults (``sub.options``), checked like a task's; only
+    the options it sets."""
+    if options is None:
+        return {}
+    out = {
+        n: getattr(options, n)
+        for n in WORKER_OPTIONS
+        if getattr(options, n, msgspec.UNSET) is not msgspec.UNSET
+    }
+    for name in ("timeout", "backoff", "backoff_max"):
+        if out.get(name) is not None and out[name] < 0:
+            raise InvalidOption(f"worker option {name!r} must be >= 0 seconds", option=name)
+    if out.get("retries", 0) < 0:
+        raise InvalidOption("worker option 'retries' must be >= 0", option="retries")
+    if out.get("max_attempts", 1) < 1:
+        raise InvalidOption("worker option 'max_attempts' must be >= 1", option="max_attempts")
+    return out
 
 
 def _check_options(opts: dict[str, Any]) -> None:
@@ -122,6 +143,11 @@ def resolve_options(
                 raise InvalidOption(f"option {name!r} must be >= 0 seconds", option=name)
             opts[name] = float(value)
     _check_options(opts)
+    # Which of the options a worker may default the publisher set itself: those keep the
+    # publisher's value, the others take the holding worker's when it declares one.
+    given = [n for n in WORKER_OPTIONS if getattr(options, n, msgspec.UNSET) is not msgspec.UNSET]
+    if given:
+        opts[GIVEN] = given
     key = get("key", None)
     if key is not None:
         opts["key"] = key

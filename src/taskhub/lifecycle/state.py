@@ -17,6 +17,9 @@ Clock = Callable[[], float]
 Message = dict[str, Any]
 _ENDED = frozenset({"done", "dropped", "failed"})
 _json = msgspec.json.Encoder()
+# Options key: the names of the worker-defaultable options (protocol.WORKER_OPTIONS) the
+# publisher set itself; absent when it set none (the common case costs no bytes).
+GIVEN = "given"
 HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
 # Metadata kinds (store.base.MetaRecord) the lifecycle owns.
 QUEUE_META = "queue"  # durable group subscriptions, key "<action> <group>"
@@ -84,6 +87,16 @@ class Subscription:
     concurrency: int
     observe: bool
     inflight: int = 0
+    # The worker's declared defaults (protocol.WorkerOptions, only those it set).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, task: Task, name: str, default: Any) -> Any:
+        """``name`` for ``task`` held by this worker: the publisher's value if it set one,
+        else this worker's, else the task's stored one (hub config, hub default)."""
+        opts = task.rec.options
+        if self.options and name in self.options and name not in opts.get(GIVEN, ()):
+            return self.options[name]
+        return opts.get(name, default)
 
 
 @dataclass(eq=False)
