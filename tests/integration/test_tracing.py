@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from websockets.asyncio.client import connect
 
-from taskhub import Client, Server, TaskFailed
+from taskhub import Client, Server, TaskFailed, Worker
 from taskhub import sync as taskhub_sync
 from tests.conftest import ClientFactory, ServerFactory, until
 from tests.e2e.hubproc import HubProcess
@@ -273,6 +273,35 @@ async def test_a_pub_that_cannot_be_sent_ends_its_span_as_failed(
     assert publish.status.status_code is StatusCode.ERROR
     assert publish.status.description is not None
     assert publish.status.description.startswith("TypeError: ")
+
+
+async def test_worker_handlers_run_inside_their_process_span(
+    server: Server, make_client: ClientFactory, spans: Spans
+) -> None:
+    """The worker runtime runs async handlers on a loop of their own and plain functions in
+    threads: the process span is current in both, so the handlers' spans are its children."""
+    worker = Worker(server.url, name="w", tracer_provider=spans.provider)
+
+    @worker.task("img:resize")
+    async def resize(task: Any) -> str:
+        with spans.tracer.start_as_current_span("resize pixels"):
+            return "resized"
+
+    @worker.task("img:upload")
+    def upload(task: Any) -> str:
+        with spans.tracer.start_as_current_span("upload bytes"):
+            return "uploaded"
+
+    publisher = await make_client("web", tracer_provider=spans.provider)
+    async with worker:
+        assert await publisher.pub("img:resize").get_result(timeout=10) == "resized"
+        assert await publisher.pub("img:upload").get_result(timeout=10) == "uploaded"
+    for action, inner in (("img:resize", "resize pixels"), ("img:upload", "upload bytes")):
+        [publish] = spans.named(f"publish {action}")
+        [process] = await spans.wait(f"process {action}")
+        [child] = spans.named(inner)
+        assert parent_of(process) == ids(publish)
+        assert parent_of(child) == ids(process), action
 
 
 async def test_a_cancelled_task_ends_its_span_as_revoked(
