@@ -1,7 +1,7 @@
 """Publishing tasks from a FastAPI app (docs/frameworks.md).
 
     uvicorn examples.fastapi_app.app:app          # the web app
-    python -m examples.fastapi_app.worker         # its worker, beside it
+    TASKHUB_NAME=worker taskhub worker examples.fastapi_app.worker   # its worker, beside it
 
 One async client per process, opened in the app's lifespan and shared by every request: it
 multiplexes any number of publishes and waits over one connection.

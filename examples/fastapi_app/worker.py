@@ -1,50 +1,33 @@
 """The worker of examples/fastapi_app: a process of its own, started beside the web app.
 
-    python -m examples.fastapi_app.worker
+    TASKHUB_NAME=worker taskhub worker examples.fastapi_app.worker
 
-It works until it is stopped (Ctrl-C or SIGTERM); tasks it had not finished go back to the
-hub, which offers them again.
+It reads TASKHUB_URL, TASKHUB_NAME and TASKHUB_KEY (or --url, --name, --key). SIGTERM or
+Ctrl-C stops it gracefully: it takes nothing new, lets running tasks finish within the grace
+(--grace, 30 s) and hands the rest back to the hub, which offers them again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import Any
 
-from taskhub import Client, TaskContext
+from taskhub import Worker
+from taskhub.worker import SyncTask, Task
+
+worker = Worker()
 
 
-async def send_email(task: TaskContext) -> dict[str, Any]:
-    message = await task.get_payload()
+@worker.task("email:send", concurrency=8)
+async def send_email(task: Task) -> dict[str, Any]:
+    message = task.payload
     await asyncio.sleep(0.01)  # an SMTP call would go here
     return {"sent_to": message["to"]}
 
 
-async def make_thumbnail(task: TaskContext) -> str:
-    image = await task.get_payload()
+@worker.task("img:thumbnail", concurrency=2)
+def make_thumbnail(task: SyncTask) -> str:  # a plain def runs in a thread of its own
+    image = task.payload
     if image["width"] <= 0:
         raise ValueError(f"width must be positive, not {image['width']}")
-    await asyncio.sleep(0.01)  # the resizing would go here
-    return f"{image['url']}?w={image['width']}"
-
-
-async def main() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Client(
-        os.environ.get("TASKHUB_URL", "ws://127.0.0.1:8080"),
-        name=os.environ.get("TASKHUB_NAME", "worker"),
-        key=os.environ.get("TASKHUB_KEY", ""),
-    ) as client:
-        await client.sub("email:send", send_email, concurrency=8)
-        await client.sub("img:thumbnail", make_thumbnail, concurrency=2)
-        print("worker ready", flush=True)
-        await stop.wait()
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    return f"{image['url']}?w={image['width']}"  # the resizing would go here

@@ -24,6 +24,8 @@ from tests.e2e.hubproc import HubProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DJANGO_DIR = ROOT / "examples" / "django_app"
+# `taskhub worker`, the command the docs start the workers with (this environment's).
+TASKHUB_WORKER = [str(Path(sys.executable).parent / "taskhub"), "worker"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def hub() -> Iterator[HubProcess]:
     proc.stop()
 
 
-class Worker:
+class WorkerProcess:
     """An example's worker process, started as the docs say; ready once it says so."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
@@ -49,7 +51,7 @@ class Worker:
         lines = []
         for line in self.proc.stdout:  # ends when the worker exits; pytest-timeout bounds it
             lines.append(line)
-            if line.strip() == "worker ready":
+            if " ready: " in line:  # the worker's log line once it is subscribed
                 return
         raise AssertionError(f"the worker exited with {self.proc.wait()}: {''.join(lines)}")
 
@@ -101,9 +103,8 @@ def test_fastapi_app_publishes_and_awaits_results_of_its_worker(
         waiting = late.json()["detail"]
         assert waiting["state"] == "init"
 
-        worker = Worker(
-            [sys.executable, "-m", "examples.fastapi_app.worker"], ROOT, {"TASKHUB_URL": hub.url}
-        )
+        env = {"TASKHUB_URL": hub.url, "TASKHUB_NAME": "worker"}
+        worker = WorkerProcess([*TASKHUB_WORKER, "examples.fastapi_app.worker"], ROOT, env)
         try:
             # The task waited in the hub for a worker; the worker started beside the app did it.
             assert finished(waiting["task"]) == {
@@ -213,7 +214,7 @@ def test_django_views_publish_with_the_blocking_client_and_survive_a_fork(
     late = run_django(DJANGO_BEFORE_THE_WORKER, env)
     assert late["state"] == "init"
 
-    worker = Worker([sys.executable, "-m", "shop.worker"], DJANGO_DIR, env)
+    worker = WorkerProcess([*TASKHUB_WORKER, "shop.worker"], DJANGO_DIR, env)
     try:
         out = run_django(DJANGO_WITH_THE_WORKER, env, late["task"])
     finally:
