@@ -12,13 +12,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from tests.e2e.hubproc import HubProcess
 
@@ -48,12 +48,20 @@ class WorkerProcess:
             text=True,
         )
         assert self.proc.stdout is not None
-        lines = []
+        self.lines: list[str] = []
         for line in self.proc.stdout:  # ends when the worker exits; pytest-timeout bounds it
-            lines.append(line)
+            self.lines.append(line)
             if " ready: " in line:  # the worker's log line once it is subscribed
+                # Read on, so that its log never fills the pipe and blocks it.
+                self.reader = threading.Thread(target=self._read, daemon=True)
+                self.reader.start()
                 return
-        raise AssertionError(f"the worker exited with {self.proc.wait()}: {''.join(lines)}")
+        self.proc.stdout.close()
+        raise AssertionError(f"the worker exited with {self.proc.wait()}: {''.join(self.lines)}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        self.lines.extend(self.proc.stdout)
 
     def stop(self) -> int:
         """SIGTERM, as a process manager stops it: it exits by itself, with 0."""
@@ -64,6 +72,9 @@ class WorkerProcess:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+            self.reader.join(10)
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -78,10 +89,13 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
 # --- FastAPI ------------------------------------------------------------------------------
 
 
+# Starlette's TestClient warns that it will want httpx2 instead of httpx; both drive the app.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_fastapi_app_publishes_and_awaits_results_of_its_worker(
     hub: HubProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from examples.fastapi_app import app as example
+    from fastapi.testclient import TestClient
 
     monkeypatch.setenv("TASKHUB_URL", hub.url)
     monkeypatch.setattr(example, "RESULT_WAIT", 0.5)

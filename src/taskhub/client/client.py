@@ -753,9 +753,7 @@ class Client:
                     raise
                 except Exception as exc:
                     if ctx.observe:
-                        log.exception("observer of %s raised", ctx.action)
-                        if self._tracing is not None:
-                            self._tracing.failed(None, exc)
+                        self._observer_raised(ctx, exc)
                     elif ctx.returned or ctx.dropped:
                         _log_after_end(ctx)
                     elif isinstance(exc, Retry):
@@ -778,6 +776,11 @@ class Client:
             sub.claimed -= 1
             if self._working.get(ctx.id) is ctx:
                 del self._working[ctx.id]
+
+    def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
+        log.exception("observer of %s raised", ctx.action)  # called in the except block
+        if self._tracing is not None:
+            self._tracing.failed(None, exc)  # the observer's process span is the current one
 
     def _send_fail(
         self,

@@ -63,6 +63,12 @@ def check_trace(trace: Any) -> dict[str, str] | None:
     return dict(trace) or None
 
 
+def _trace_option(options: Any) -> dict[str, Any]:
+    """``{"trace": ...}`` when the task carries a trace context, else nothing."""
+    trace = check_trace(getattr(options, "trace", None))
+    return {} if trace is None else {"trace": trace}
+
+
 def _opt(value: Any, default: Any) -> Any:
     return default if value is msgspec.UNSET else value
 
@@ -154,9 +160,7 @@ def resolve_options(
     partition_key = get("partition_key", None)  # only the HTTP API sets it so far
     if partition_key is not None:
         opts["partition_key"] = str(partition_key)
-    trace = check_trace(getattr(options, "trace", None))
-    if trace is not None:
-        opts["trace"] = trace
+    opts.update(_trace_option(options))
     delay = get("delay", 0.0) or 0.0
     if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
         delay = parse_interval(delay, option="delay")
