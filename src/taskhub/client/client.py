@@ -8,9 +8,10 @@ import datetime as dt
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from taskhub.client import tracing
 from taskhub.client.connection import UNSENDABLE, Connection, Message
 from taskhub.client.control import Reject, Retry, handler_traceback
 from taskhub.client.options import (
@@ -25,6 +26,9 @@ from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.names import topic_matches, validate_action, validate_topic
 from taskhub.protocol import bounded_traceback
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("taskhub.client")
 # A handler's error message is cut to this many characters: a fail must fit in a frame.
@@ -91,6 +95,9 @@ class Client:
     ``url`` may be a list: the client connects to the first that answers and, when the
     connection drops, reconnects (with backoff) to the next, re-subscribing and following its
     unfinished tasks again.
+
+    With OpenTelemetry's API installed, publishing and handling tasks make spans
+    (docs/tracing.md), from ``tracer_provider`` or else the global tracer provider.
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class Client:
         connect_timeout: float = 10.0,
         ping_interval: float = 5.0,
         ssl: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.name = name
         self._conn = Connection(
@@ -125,6 +133,10 @@ class Client:
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
         self._watches: dict[str, list[Watch]] = {}
+        # Spans from tracer_provider, by default the global one (docs/tracing.md); None until
+        # the application imports OpenTelemetry (_tracing_found), or if it never does.
+        self._tracer_provider = tracer_provider
+        self._tracing = tracing.load(tracer_provider)
         self._draining = False  # drain(): no handler starts any more
         self._closed = False  # close() was called: nothing waits any more
         self._told_unsubscribed: set[str] = set()  # actions _nobody_subscribed logged
@@ -375,6 +387,8 @@ class Client:
             partition_key=partition_key,
         )
         msg: Message = {"op": "pub", "action": action, "payload": payload}
+        if self._tracing is not None or self._late_tracing() is not None:
+            return self._publish_traced(action, msg, options)
         if options:
             msg["options"] = options
         return self._publish(action, msg)
@@ -450,6 +464,30 @@ class Client:
         reply = await self._conn.request({"op": "requeue", "task": task_id})
         return str(reply["task"])
 
+    def _late_tracing(self) -> tracing.Tracing | None:
+        """If OpenTelemetry was imported since this client was made: trace from now on."""
+        if tracing.imported():
+            self._tracing = tracing.load(self._tracer_provider)
+        return self._tracing
+
+    def _publish_traced(self, action: str, msg: Message, into: Message) -> Handle:
+        """Publish inside a ``publish`` span whose context goes with the task as ``trace``,
+        in ``into``: the pub's options (a step of a chain gets its chain's), or ``msg``."""
+        assert self._tracing is not None
+        span, carrier = self._tracing.publish(action)
+        if carrier:
+            into["trace"] = carrier
+        if into and into is not msg:
+            msg["options"] = into
+        try:
+            handle = self._publish(action, msg)
+        except Exception as exc:  # not sent (a payload that is not JSON): the span says why
+            self._tracing.failed(span, exc)
+            span.end()
+            raise
+        self._tracing.published(span, handle)
+        return handle
+
     def _publish(self, action: str, msg: Message) -> Handle:
         handle = Handle(self, action)
         if self._conn.connected.is_set():
@@ -488,6 +526,8 @@ class Client:
         msg = self._chain_msg(steps, "chain")
         if merge_input:
             msg["merge_input"] = True
+        if self._tracing is not None or self._late_tracing() is not None:
+            return self._publish_traced(CHAIN_ACTION, msg, msg)
         return self._publish(CHAIN_ACTION, msg)
 
     def group(self, steps: Sequence[Step]) -> Handle:
@@ -495,7 +535,10 @@ class Client:
 
         The first step that fails fails the group and cancels the steps still running.
         """
-        return self._publish(GROUP_ACTION, self._chain_msg(steps, "group"))
+        msg = self._chain_msg(steps, "group")
+        if self._tracing is not None or self._late_tracing() is not None:
+            return self._publish_traced(GROUP_ACTION, msg, msg)
+        return self._publish(GROUP_ACTION, msg)
 
     @staticmethod
     def _chain_msg(steps: Sequence[Step], mode: str) -> Message:
@@ -660,10 +703,25 @@ class Client:
             self._conn.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
         sub.claimed += 1
         self._working[ctx.id] = ctx
-        runner = asyncio.ensure_future(self._work(sub, ctx))
+        work = self._work(sub, ctx)
+        tracer = self._tracing if self._tracing is not None else self._late_tracing()
+        if tracer is not None:
+            span = tracer.process(ctx, msg.get("trace"))
+            if span is not None:  # else nothing to record or pass on
+                work = self._traced(work, ctx, span)
+        runner = asyncio.ensure_future(work)
         ctx._runner = runner
         self._running.add(runner)
         runner.add_done_callback(self._running.discard)
+
+    async def _traced(self, work: Awaitable[None], ctx: TaskContext, span: Span) -> None:
+        """``work`` inside the delivery's ``process`` span, the child of the offer's ``trace``
+        (the publisher's span); a failure sent for it marks it (``_send_fail``)."""
+        assert self._tracing is not None
+        with self._tracing.current(span):
+            await work
+            if ctx.revoked:
+                self._tracing.revoked(span, ctx.revoked)
 
     async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
         try:
@@ -695,7 +753,7 @@ class Client:
                     raise
                 except Exception as exc:
                     if ctx.observe:
-                        log.exception("observer of %s raised", ctx.action)
+                        self._observer_raised(ctx, exc)
                     elif ctx.returned or ctx.dropped:
                         _log_after_end(ctx)
                     elif isinstance(exc, Retry):
@@ -719,6 +777,11 @@ class Client:
             if self._working.get(ctx.id) is ctx:
                 del self._working[ctx.id]
 
+    def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
+        log.exception("observer of %s raised", ctx.action)  # called in the except block
+        if self._tracing is not None:
+            self._tracing.failed(None, exc)  # the observer's process span is the current one
+
     def _send_fail(
         self,
         ctx: TaskContext,
@@ -741,6 +804,8 @@ class Client:
         if delay is not None:
             msg["delay"] = delay
         self._conn.send(msg)
+        if self._tracing is not None:
+            self._tracing.failed(None, exc)  # the delivery's process span is the current one
 
     # --- stopping a worker -------------------------------------------------------------------
     @property
