@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import inspect
@@ -13,6 +12,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from taskhub.client.connection import UNSENDABLE, Connection, Message
 from taskhub.client.control import Reject, Retry, handler_traceback
+from taskhub.client.link import Link
 from taskhub.client.options import (
     _UNSET,
     Duration,
@@ -116,31 +116,14 @@ class Client:
             ping_interval=ping_interval,
             ssl=ssl,
         )
+        # The connection and what the client follows, shared with its handles and watches.
+        self._link = Link(self._conn)
         self._subs: dict[str, Subscription[Any]] = {}
-        self._handles: dict[str, Handle] = {}  # accepted, unfinished: followed again on reconnect
-        # Further handles of a task already in _handles: a repeated key= while the first
-        # publish of that key is still in flight. Rare, so kept apart from the hot path.
-        self._same_task: dict[str, list[Handle]] = {}
         self._working: dict[str, TaskContext] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
-        self._watches: dict[str, list[Watch]] = {}
         self._draining = False  # drain(): no handler starts any more
         self._closed = False  # close() was called: nothing waits any more
-        self._told_unsubscribed: set[str] = set()  # actions _nobody_subscribed logged
-
-    def _nobody_subscribed(self, action: str, task_id: str) -> None:
-        """The hub pooled a task: say so once per action (a mistyped action otherwise waits
-        in silence until its start timeout, which by default is never)."""
-        if action in self._told_unsubscribed:
-            return
-        self._told_unsubscribed.add(action)
-        log.warning(
-            "no worker subscribes to %r: task %s waits until one does "
-            "(is the action spelled right?) [said once per action]",
-            action,
-            task_id,
-        )
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -161,21 +144,16 @@ class Client:
     def _end_all(self) -> None:
         """Closed: end every handle, watch and subscription still waiting. Nothing follows
         them again (that is for a reconnect), so without this they would wait forever."""
-        handles = list(self._handles.values())
-        for others in self._same_task.values():
-            handles.extend(others)
-        self._handles.clear()
-        self._same_task.clear()
-        for handle in handles:
-            handle._refuse(
+        for handle in self._link.take_all():
+            handle.feed_lost(
                 ConnectionClosed(
                     f"the client was closed before task {handle.id} ({handle.action}) ended"
                 )
             )
-        watches = [w for ws in self._watches.values() for w in ws]
-        self._watches.clear()
+        watches = [w for ws in self._link.watches.values() for w in ws]
+        self._link.watches.clear()
         for w in watches:
-            w._lost(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
+            w.feed_lost(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
         for sub in self._subs.values():
             if not sub.confirmed.done():
                 sub.confirmed.set_exception(
@@ -199,23 +177,10 @@ class Client:
         for topic in self._topics:
             fut = self._conn.request({"op": "subscribe", "topic": topic})
             fut.add_done_callback(functools.partial(_log_refusal, f"subscribing to {topic}"))
-        for pattern in self._watches:
+        for pattern in self._link.watches:
             self._send_watch(pattern)
-        for task_id, handle in list(self._handles.items()):
-            self._follow(task_id, handle)
-        for task_id, others in list(self._same_task.items()):
-            for handle in others:
-                self._follow(task_id, handle)
-
-    def _follow(self, task_id: str, handle: Handle) -> None:
-        """Follow a task (again) and bring its handle up to date with the hub's view."""
-        fut = self._conn.request({"op": "follow", "task": task_id})
-        fut.add_done_callback(functools.partial(self._followed, handle))
-
-    def _followed(self, handle: Handle, fut: asyncio.Future[Message]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        handle._snapshot(fut.result()["task"])
+        for task_id, handle in self._link.followed():
+            self._link.follow(task_id, handle)
 
     # --- subscribing -------------------------------------------------------------------------
     @overload
@@ -451,13 +416,14 @@ class Client:
         return str(reply["task"])
 
     def _publish(self, action: str, msg: Message) -> Handle:
-        handle = Handle(self, action)
+        handle = Handle(self._link, action)
         if self._conn.connected.is_set():
-            # The handle itself gets the answer (Handle._answer) or the loss (Handle._fail):
+            # The handle itself gets the answer (Handle.feed_answer) or the loss
+            # (Handle.feed_unanswered):
             # no future, closure or callback per task.
             self._conn.post(msg, handle)
         else:
-            handle._refuse(ConnectionClosed("not connected to a hub"))
+            handle.feed_lost(ConnectionClosed("not connected to a hub"))
         return handle
 
     async def get(self, task_id: str) -> dict[str, Any]:
@@ -571,11 +537,11 @@ class Client:
         w: ...``. Needs pub or sub permission covering the pattern.
         """
         validate_topic(pattern, pattern=True)
-        w = Watch(self, pattern)
+        w = Watch(self, self._link, pattern)
         if self._closed:
-            w._lost(ConnectionClosed(f"the client is closed; cannot watch {pattern!r}"))
+            w.feed_lost(ConnectionClosed(f"the client is closed; cannot watch {pattern!r}"))
             return w
-        watches = self._watches.setdefault(pattern, [])
+        watches = self._link.watches.setdefault(pattern, [])
         watches.append(w)
         if self.connected:
             self._send_watch(pattern)
@@ -590,31 +556,20 @@ class Client:
             exc = f.exception()
             if isinstance(exc, ConnectionClosed):
                 return  # sent again on reconnect
-            watches = self._watches.get(pattern, [])
+            watches = self._link.watches.get(pattern, [])
             if exc is not None:
-                self._watches.pop(pattern, None)
+                self._link.watches.pop(pattern, None)
             for w in watches:
-                w._confirm(exc)
+                w.feed_confirm(exc)
 
         fut.add_done_callback(done)
 
-    async def _unwatch(self, w: Watch) -> None:
-        watches = self._watches.get(w.pattern)
-        if watches is None or w not in watches:
-            return
-        watches.remove(w)
-        if not watches:
-            del self._watches[w.pattern]
-            if self.connected:
-                with contextlib.suppress(ConnectionClosed):
-                    await self._conn.request({"op": "unwatch", "pattern": w.pattern})
-
     def _watched(self, msg: Message) -> None:
         action = str(msg.get("action", ""))
-        for pattern, watches in self._watches.items():
+        for pattern, watches in self._link.watches.items():
             if topic_matches(pattern, action):
                 for w in watches:
-                    w._deliver(msg)
+                    w.feed_event(msg)
 
     # --- messages from the hub ---------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
@@ -624,15 +579,16 @@ class Client:
                 self._watched(msg)
                 return
             task_id = msg["task"]
-            handle = self._handles.get(task_id)
+            link = self._link
+            handle = link.handles.get(task_id)
             if handle is not None:
-                handle._event(msg)
-                if self._same_task:
-                    for other in tuple(self._same_task.get(task_id, ())):
-                        other._event(msg)
+                handle.feed_event(msg)
+                if link.same_task:
+                    for other in tuple(link.same_task.get(task_id, ())):
+                        other.feed_event(msg)
             ctx = self._working.get(task_id)
             if ctx is not None:
-                ctx._event(msg)
+                ctx.feed_event(msg)
         elif op == "offer":
             self._offered(msg)
         elif op == "broadcast":
@@ -640,13 +596,13 @@ class Client:
         elif op == "revoke":
             ctx = self._working.get(msg["task"])
             if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
-                ctx._revoke(str(msg.get("reason", "revoked")))
+                ctx.feed_revoke(str(msg.get("reason", "revoked")))
         elif op == "error":
             log.warning("the hub reported: %s (%s)", msg.get("message"), msg.get("code"))
 
     def _offered(self, msg: Message) -> None:
         sub = self._subs.get(msg["action"])
-        ctx = TaskContext(self, msg)
+        ctx = TaskContext(self._link, msg)
         if sub is None or (self._draining and not ctx.observe):
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
@@ -661,7 +617,7 @@ class Client:
         sub.claimed += 1
         self._working[ctx.id] = ctx
         runner = asyncio.ensure_future(self._work(sub, ctx))
-        ctx._runner = runner
+        ctx.runner = runner
         self._running.add(runner)
         runner.add_done_callback(self._running.discard)
 
@@ -773,7 +729,7 @@ class Client:
             if self.connected:
                 msg = {"op": "release", "task": ctx.id, "attempt": ctx.attempt}
                 replies.append(self._conn.request(msg))
-            ctx._revoke("released")
+            ctx.feed_revoke("released")
         if replies:
             await asyncio.gather(*replies, return_exceptions=True)
         return len(held)
