@@ -40,7 +40,9 @@ twice is refused.
 ``"7 days"``), ``archive`` (a JSON-lines file removed tasks go to first),
 ``idempotency_window`` and ``retry_backoff_max``; and for operation (docs/operations.md)
 ``tls_cert``/``tls_key`` (PEM files: wss:// and https://) and ``shutdown_grace`` (seconds or an
-interval; how long a SIGTERM lets started tasks finish, default 10).
+interval; how long a SIGTERM lets started tasks finish, default 10); and for exposure
+(docs/operations.md, "Limits") ``allowed_origins``, ``request_timeout``,
+``keepalive_timeout``, ``max_connections_per_address`` and ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -81,8 +83,20 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_cert": str,  # PEM files: serve wss:// and https:// (docs/operations.md)
     "tls_key": str,
     "shutdown_grace": (int, float, str),  # seconds (or "30s") started tasks get on SIGTERM
+    # Exposure (docs/operations.md, "Limits"); the env form of a list is comma-separated.
+    "allowed_origins": list,
+    "request_timeout": (int, float, str),
+    "keepalive_timeout": (int, float, str),
+    "max_connections_per_address": int,
+    "trusted_proxies": list,
 }
-_INTERVAL_KEYS = ("idempotency_window", "retention", "shutdown_grace")
+_INTERVAL_KEYS = (
+    "idempotency_window",
+    "retention",
+    "shutdown_grace",
+    "request_timeout",
+    "keepalive_timeout",
+)
 _CRED_KEYS = {"name", "key", "key_hash", "sub_permissions", "pub_permissions", "max_connections"}
 CREDENTIALS_ENV = "TASKHUB_CREDENTIALS"
 CREDENTIALS_FILE_ENV = "TASKHUB_CREDENTIALS_FILE"
@@ -96,7 +110,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "sqlite:///taskhub.db",
         "memory://, sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db",
     ),
-    "name": ("hub", "the hub's name in welcome and /healthz"),
+    "name": ("hub", "the hub's name in welcome and the dashboard"),
     "task_start_timeout": ("none: wait forever", "default start timeout, seconds"),
     "task_end_timeout": ("60", "default end timeout, seconds"),
     "pickup_window": ("10", "an offer neither acked nor picked up goes elsewhere after this"),
@@ -115,6 +129,15 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "tls_cert": ("none", "PEM certificate (chain): serve wss:// and https://"),
     "tls_key": ("none", "PEM private key of tls_cert"),
     "shutdown_grace": ("10", "seconds (or 30s) started tasks get to finish on SIGTERM"),
+    "max_send_buffer": ("16777216", "bytes waiting for a slow reader before it is closed"),
+    "request_timeout": ("10", "seconds a connection has to send a whole HTTP request"),
+    "keepalive_timeout": ("5", "seconds an idle HTTP connection is kept after an answer"),
+    "max_connections_per_address": (
+        "256",
+        "HTTP connections one client address may hold (0: no cap)",
+    ),
+    "allowed_origins": ("none", "web pages a hub without credentials answers (comma-separated)"),
+    "trusted_proxies": ("127.0.0.1,::1", "proxies whose X-Forwarded-For names the client"),
 }
 
 
@@ -278,6 +301,8 @@ def _from_env(key: str, value: str) -> Any:
     expected = _SERVER_KEYS[key]
     if key in _INTERVAL_KEYS:
         return value  # parsed with the file's values: "7 days" or seconds
+    if expected is list:
+        return [item.strip() for item in value.split(",") if item.strip()]
     try:
         if expected is int:
             return int(value)

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import uvicorn
@@ -21,6 +21,13 @@ import uvicorn
 from taskhub.errors import InvalidOption
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
+from taskhub.hub.http_origin import allowed_origins as parse_origins
+from taskhub.hub.http_protocol import (
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_REQUEST_TIMEOUT,
+    guarded_http_protocol,
+)
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.ws_protocol import HubWebSocketProtocol
@@ -85,6 +92,11 @@ class Server:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        allowed_origins: list[str] | tuple[str, ...] = (),
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        trusted_proxies: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
         (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
@@ -105,7 +117,16 @@ class Server:
         and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
         :meth:`run`/``taskhub serve``) lets started tasks finish; ``max_send_buffer`` the
         bytes of frames a connection that reads too slowly may have waiting before it is
-        closed (docs/operations.md, "Slow readers")."""
+        closed (docs/operations.md, "Slow readers").
+
+        Exposure (docs/operations.md, "Limits"): ``allowed_origins`` web pages (origins such
+        as ``"http://localhost:3000"``, or ``"*"``) a hub without credentials answers besides
+        its own; ``request_timeout`` seconds a connection gets to send a whole request head
+        (and body), ``keepalive_timeout`` seconds an idle HTTP connection is kept,
+        ``max_connections_per_address`` HTTP connections one client address may hold open
+        (0 or None: no cap); ``trusted_proxies`` the addresses or networks (``"10.0.0.0/8"``,
+        ``"*"``) whose ``X-Forwarded-For`` names the client (None: uvicorn's default, loopback
+        or ``FORWARDED_ALLOW_IPS``): the address the wrong-key throttle counts by."""
         if (tls_cert is None) != (tls_key is None):
             raise InvalidOption("tls_cert and tls_key go together: give both or neither")
         if shutdown_grace < 0:
@@ -145,6 +166,15 @@ class Server:
             ping_timeout=ping_timeout,
         )
         self.registry = Registry()
+        self.registry.allowed_origins = parse_origins(allowed_origins)
+        if request_timeout <= 0 or keepalive_timeout <= 0:
+            raise InvalidOption("request_timeout and keepalive_timeout must be > 0 seconds")
+        if max_connections_per_address is not None and max_connections_per_address < 0:
+            raise InvalidOption("max_connections_per_address must be >= 0 (0 or None: no cap)")
+        self.request_timeout = float(request_timeout)
+        self.keepalive_timeout = float(keepalive_timeout)
+        self.max_connections_per_address = max_connections_per_address or None
+        self.trusted_proxies = _trusted_proxies(trusted_proxies)
         self.clock = clock
         self.name = name
         self.hub: Hub | None = None
@@ -292,6 +322,14 @@ class Server:
             ws_ping_timeout=self.limits.ping_timeout,
             lifespan="off",
             ws=HubWebSocketProtocol,
+            http=guarded_http_protocol(
+                request_timeout=self.request_timeout,
+                keepalive_timeout=self.keepalive_timeout,
+                max_per_address=self.max_connections_per_address,
+            ),
+            # uvicorn annotates an int but only hands it to loop.call_later
+            timeout_keep_alive=cast(int, self.keepalive_timeout),
+            forwarded_allow_ips=self.trusted_proxies,
             timeout_graceful_shutdown=5,
             ssl_certfile=self.tls_cert,
             ssl_keyfile=self.tls_key,
@@ -305,11 +343,17 @@ class Server:
                 await failed  # raises why (_serve_uvicorn); a later stop() has nothing to stop
                 raise OSError(f"could not listen on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
-        for server in self._uvicorn.servers:
-            for sock in server.sockets:
-                self.port = sock.getsockname()[1]
-                break
-        log.info("taskhub listening on %s%s (store %s)", self.url, WS_PATH, self._store_where())
+        bound = [sock.getsockname() for s in self._uvicorn.servers for sock in s.sockets]
+        if bound:
+            self.port = bound[0][1]
+        # The addresses really bound (0.0.0.0 stays 0.0.0.0), not self.url: that is where a
+        # client on this machine dials, 127.0.0.1 for a hub on every address.
+        scheme = "wss" if self.tls_cert else "ws"
+        where = ", ".join(
+            f"{scheme}://{f'[{addr[0]}]' if ':' in addr[0] else addr[0]}:{addr[1]}{WS_PATH}"
+            for addr in bound
+        )
+        log.info("taskhub listening on %s (store %s)", where or self.url, self._store_where())
 
     def _store_where(self) -> str:
         """The store URL, and for a sqlite file the absolute path it opened: three slashes
@@ -505,6 +549,22 @@ def _action_defaults(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
                 raise InvalidOption(f"action defaults of {action!r}: {name} must be an integer")
         out[action] = checked
     return out
+
+
+def _trusted_proxies(entries: list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """Check ``trusted_proxies``: ``*``, addresses or networks."""
+    if entries is None:
+        return None
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise InvalidOption(
+                    f"trusted_proxies: {entry!r} is not an address or network "
+                    "(such as 10.0.0.5 or 10.0.0.0/8), nor '*'"
+                ) from None
+    return list(entries)
 
 
 _SCHEDULE_KEYS = {"name", "cron", "action", "payload", "timezone", "options"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from taskhub import AuthenticationFailed, Client, PermissionDenied, Server, config
-from taskhub.hub.auth import _verify
+from taskhub.hub.auth import verify_key
 from tests.conftest import ClientFactory, ServerFactory
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -417,7 +417,7 @@ async def test_creds_add_creates_the_file_and_hash_reads_stdin(tmp_path: Path) -
     assert run.code == 0 and path.exists()
     assert (path.stat().st_mode & 0o077) == 0  # a new file is private
     hashed = await cli("creds", "hash", stdin="s3cret\n")
-    assert hashed.code == 0 and _verify("s3cret", hashed.stdout.strip())
+    assert hashed.code == 0 and verify_key("s3cret", hashed.stdout.strip())
     assert (await cli("creds", "hash", stdin="")).one_error_line()
     bad_name = await cli("creds", "add", "a:b", "--config", str(path))
     assert "a:b" in bad_name.one_error_line()

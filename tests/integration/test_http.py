@@ -323,6 +323,37 @@ async def test_bad_query_and_emit(http: httpx.AsyncClient, server: Server) -> No
     _err(await http.post("/v1/events/news:sp ort", json=1), 422, "invalid_action", "' '")
 
 
+async def test_emit_takes_a_topic_with_a_slash(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    """The route takes the whole path: ``orders/eu:new`` is one topic, as the client emits it."""
+    got: list[Any] = []
+    listener = await make_client("listener")
+    await listener.subscribe("orders/eu:new", lambda data, topic: got.append(data))
+    r = await http.post("/v1/events/orders/eu:new", json={"n": 1})
+    assert r.status_code == 202 and r.json() == {"topic": "orders/eu:new", "delivered": 1}
+    await until(lambda: got)
+    _err(await http.post("/v1/events/orders/e u:new", json=1), 422, "invalid_action", "' '")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/tasks", "GET, POST"),
+        ("POST", "/v1/tasks/01ABC", "DELETE, GET"),
+        ("GET", "/add", "POST"),
+        ("GET", "/v1/events/orders/eu:new", "POST"),
+        ("DELETE", "/v1/consumers", "POST"),
+    ],
+)
+async def test_405_lists_the_methods_of_the_path(
+    http: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    r = await http.request(method, path)
+    _err(r, 405, "method_not_allowed", "Method Not Allowed")
+    assert r.headers["allow"] == allow
+
+
 async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
     spec = (await http.get("/openapi.json")).json()
     for path in ("/v1/tasks", "/v1/tasks/{task_id}/events", "/v1/consumers/{consumer_id}/fetch"):

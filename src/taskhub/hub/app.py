@@ -9,6 +9,7 @@ from fastapi_offline import FastAPIOffline
 
 from taskhub import __version__
 from taskhub.hub import dashboard, http, metrics, schedules_http
+from taskhub.hub.http_origin import SameOrigin
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
@@ -34,10 +35,13 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/healthz", tags=["operation"])
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "hub": hub.name, "store": hub.store.url, "role": hub.role}
+        """Liveness: anyone may ask, so it tells nothing about the store (paths, hosts)."""
+        return {"status": "ok", "role": hub.role}
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz
     app.include_router(schedules_http.router)  # schedules, queues, dead letters
     dashboard.install(app, hub)  # the web dashboard at / and its JSON under /v1/dashboard
+    # Outermost: an open-access hub refuses other web pages before anything else runs.
+    app.add_middleware(SameOrigin, registry=hub.registry)
     return app

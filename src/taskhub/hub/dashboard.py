@@ -9,11 +9,11 @@ docs/dashboard.md describes the page and the routes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import os
+import secrets
 import time
 from collections import deque
 from typing import Annotated, Any, Literal
@@ -56,10 +56,11 @@ def is_admin(creds: Credentials) -> bool:
 
 # --- signed session cookies -----------------------------------------------------------------
 class Sessions:
-    """Stateless session tokens ``<name>.<expires>.<hmac>`` under a per-process secret.
+    """Session tokens ``<name>.<expires>.<nonce>.<hmac>`` under a per-process secret.
 
-    Nothing is stored per session; the credentials of each admin who logged in are kept by
-    name (at most one entry per configured credential). A restart logs everybody out.
+    Nothing is stored per session but what logout revokes (until the token would expire
+    anyway); the credentials of each admin who logged in are kept by name (at most one entry
+    per configured credential). A restart logs everybody out.
     """
 
     def __init__(self, *, ttl: float = SESSION_TTL, clock: Any = time.time) -> None:
@@ -67,6 +68,7 @@ class Sessions:
         self.ttl = ttl
         self.clock = clock
         self._admins: dict[str, Credentials] = {}
+        self._revoked: dict[str, int] = {}  # signature -> when the token expires
 
     def _sign(self, body: str) -> str:
         return hmac.new(self._secret, body.encode(), hashlib.sha256).hexdigest()
@@ -74,7 +76,8 @@ class Sessions:
     def issue(self, creds: Credentials) -> str:
         self._admins[creds.name] = creds
         name = base64.urlsafe_b64encode(creds.name.encode()).decode().rstrip("=")
-        body = f"{name}.{int(self.clock() + self.ttl)}"
+        # The nonce makes each login's token its own, so a logout revokes that one only.
+        body = f"{name}.{int(self.clock() + self.ttl)}.{secrets.token_urlsafe(8)}"
         return f"{body}.{self._sign(body)}"
 
     def check(self, token: str) -> Credentials | None:
@@ -82,7 +85,10 @@ class Sessions:
         body, _, sig = token.rpartition(".")
         if not body or not hmac.compare_digest(sig.encode(), self._sign(body).encode()):
             return None
-        name_b64, _, expires = body.partition(".")
+        if sig in self._revoked:
+            return None
+        name_b64, _, rest = body.partition(".")
+        expires = rest.partition(".")[0]
         if not expires.isdigit() or int(expires) < self.clock():
             return None
         try:
@@ -90,6 +96,15 @@ class Sessions:
         except ValueError:
             return None
         return self._admins.get(name)
+
+    def revoke(self, token: str) -> None:
+        """End a session (logout): its token is refused from now on, wherever it is kept."""
+        if self.check(token) is None:
+            return  # forged or expired: nothing to remember
+        now = self.clock()
+        self._revoked = {s: exp for s, exp in self._revoked.items() if exp >= now}
+        _, expires, _, sig = token.split(".")
+        self._revoked[sig] = int(expires)
 
 
 # --- what the page shows --------------------------------------------------------------------
@@ -414,6 +429,10 @@ def _monitor(request: Request) -> Monitor:
     return monitor
 
 
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 def _refuse_non_admin(creds: Credentials) -> Credentials:
     if not is_admin(creds):
         raise PermissionDenied(
@@ -433,7 +452,7 @@ async def _admin(request: Request) -> Credentials:
         return Credentials("anonymous")
     if header:
         name, key = parse_bearer(header)
-        creds = await asyncio.to_thread(hub.registry.authenticate, name, key)
+        creds = await hub.registry.authenticate(name, key, _address(request))
         return _refuse_non_admin(creds)
     token = request.cookies.get(COOKIE)
     if token is None:
@@ -476,7 +495,7 @@ async def login(body: Login, request: Request, response: Response, hub: HubDep) 
     SameSite=Strict, signed with a per-process secret, valid for 8 hours)."""
     if hub.registry.open_access:
         return {"name": "anonymous", "open_access": True, "expires_at": None}
-    creds = await asyncio.to_thread(hub.registry.authenticate, body.name, body.key)
+    creds = await hub.registry.authenticate(body.name, body.key, _address(request))
     _refuse_non_admin(creds)
     sessions = _sessions(request)
     response.set_cookie(
@@ -494,10 +513,13 @@ async def login(body: Login, request: Request, response: Response, hub: HubDep) 
 @router.post(
     "/logout",
     status_code=204,
-    summary="Log out (clears the session cookie)",
+    summary="Log out (ends the session and clears its cookie)",
     responses={413: _responses()[413], 500: _responses()[500]},
 )
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    token = request.cookies.get(COOKIE)
+    if token is not None:
+        _sessions(request).revoke(token)
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -12,14 +12,15 @@ changed is stored. Errors are ``{"code", "message", "details"?}`` with the code 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskhub.errors import (
@@ -37,6 +38,7 @@ from taskhub.errors import (
     TooManyConnections,
 )
 from taskhub.hub import http_add, http_consumers, http_events, http_tasks
+from taskhub.hub.auth import AuthThrottled
 from taskhub.hub.consumers import ConsumerNotFound, Consumers
 from taskhub.hub.http_deps import ACTION_SCHEMA, Caller, _caller, _readable, _responses
 from taskhub.hub.http_events import _SSE_EVENT, NotImplementedYet, TaskEvents, _event_stream
@@ -64,10 +66,18 @@ log = logging.getLogger("taskhub.http")
 _DRAIN = 8  # an oversized body is read and discarded up to this many max_frames, then closed
 
 
+class UnsupportedMediaType(ProtocolError):
+    """A body that is not declared JSON (415)."""
+
+    code = "unsupported_media_type"
+
+
 # Most specific first: the first class an error is an instance of gives its status.
 _STATUS: tuple[tuple[type[TaskHubError], int], ...] = (
     (FrameTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (ProtocolError, 400),
+    (AuthThrottled, 429),
     (AuthenticationFailed, 401),
     (PermissionDenied, 403),
     (TaskNotFound, 404),
@@ -92,8 +102,13 @@ def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = details.get("retry_after")
+    if isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(math.ceil(retry_after))
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 async def _on_taskhub_error(request: Request, exc: Exception) -> JSONResponse:
@@ -129,12 +144,25 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     if exc.status_code == 405:  # every method of the path, not just those of one route
-        methods: set[str] = set()
-        for route in request.app.routes:
-            if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
-                methods |= route.methods or set()
-        response.headers["Allow"] = ", ".join(sorted(methods))
+        response.headers["Allow"] = ", ".join(_methods(request.app, request.scope))
     return response
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods some route answers on the request's path. Asks each route whether it
+    matches (Starlette's public ``matches``), which also sees routes that included routers
+    keep inside themselves rather than in ``app.routes``."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -178,7 +206,17 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        data = b"".join(chunks)
+        if data and not _is_json(headers.get(b"content-type", b"")):
+            # A body is JSON here; a web page's cross-site form or text/plain post is not.
+            sent = headers.get(b"content-type", b"").decode("latin-1") or "none"
+            err = UnsupportedMediaType(
+                f"the body must be JSON sent with 'Content-Type: application/json' "
+                f"(the request said {sent!r})"
+            )
+            await _error(415, err.code, err.message)(scope, receive, send)
+            return
+        body = {"type": "http.request", "body": data, "more_body": False}
         await self.app(scope, _replay([body], receive), send)
 
     @staticmethod
@@ -201,6 +239,14 @@ class BodyLimit:
         if more:
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def _is_json(content_type: bytes) -> bool:
+    """``application/json`` or a ``+json`` type such as ``application/merge-patch+json``."""
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -4,7 +4,6 @@ a task read on the caller's behalf."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any, Literal
 
@@ -58,6 +57,11 @@ _COMMON: dict[int | str, dict[str, Any]] = {
     400: {**_ERR, "description": "Malformed JSON or a field of the wrong shape (named)."},
     401: {**_ERR, "description": "Missing or wrong credentials."},
     413: {**_ERR, "description": "Body over the hub's max_frame."},
+    429: {
+        **_ERR,
+        "description": "Too many failed authentications from the caller's address (or the "
+        "hub busy checking keys): wait Retry-After seconds.",
+    },
     "4XX": _ERR,
     500: {**_ERR, "description": "Unexpected error (logged by the hub)."},
     503: {**_ERR, "description": "The store could not be reached, or the hub is stopping."},
@@ -88,8 +92,9 @@ async def _caller(
     if not header and not hub.registry.open_access:
         raise AuthenticationFailed("missing 'Authorization: Bearer <name>:<key>'")
     name, key = parse_bearer(header)
-    # scrypt takes tens of ms the first time: keep it off the event loop
-    return await asyncio.to_thread(hub.registry.authenticate, name, key)
+    return await hub.registry.authenticate(
+        name, key, request.client.host if request.client else None
+    )
 
 
 HubDep = Annotated[Hub, Depends(_hub)]

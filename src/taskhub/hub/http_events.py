@@ -171,7 +171,7 @@ async def task_events(
 
 
 @router.post(
-    "/events/{topic}",
+    "/events/{topic:path}",  # the whole rest of the path: a topic may have a '/'
     status_code=202,
     response_model=EmitAccepted,
     tags=["events"],

@@ -30,6 +30,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
+from taskhub.hub.auth import Registry
+from taskhub.hub.http_deps import Caller, _responses
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Queue, Task
 from taskhub.store import WriteBatch
@@ -92,6 +94,7 @@ class Metrics:
         for histogram in (self.apply, self.batch_tasks, self.batch_events):
             r.register(histogram)
         r.register(_StateCollector(hub))
+        r.register(_AuthCollector(hub.registry))
         hub.lc.second_listeners.append(self._on_second)
         hub.lc.start_listeners.append(self._on_start)
         hub.lc.end_listeners.append(self._on_end)
@@ -201,6 +204,33 @@ class _EventCollector(Collector):
         yield family
 
 
+class _AuthCollector(Collector):
+    """What authentication cost: key checks (scrypt runs), failures, throttled attempts."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.registry.counts
+        for name, text, value in (
+            (
+                "taskhub_auth_key_checks",
+                "Keys checked with scrypt (a cached key is not)",
+                counts.key_checks,
+            ),
+            ("taskhub_auth_failures", "Unknown credential names and wrong keys", counts.failures),
+            (
+                "taskhub_auth_throttled",
+                "Attempts refused without a key check (too many from one address, or the hub busy)",
+                counts.throttled,
+            ),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+
+
 class _StateCollector(Collector):
     """Gauges computed from the hub's live state at scrape time."""
 
@@ -308,10 +338,16 @@ def install(app: FastAPI, hub: Hub) -> None:
         "/metrics",
         tags=["operation"],
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}},
+            401: _responses()[401],
+            429: _responses()[429],
+        },
     )
-    async def get_metrics() -> Response:
-        """Prometheus text exposition of this hub's metrics (docs/operations.md)."""
+    async def get_metrics(caller: Caller) -> Response:
+        """Prometheus text exposition of this hub's metrics (docs/operations.md). It names
+        every action and service, so on a hub with credentials it needs one (any: a
+        credential without permissions is enough for a scraper)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(

@@ -149,7 +149,8 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:
         return
     try:
         name, key = parse_bearer(ws.headers.get("authorization"))
-        creds = await asyncio.to_thread(hub.registry.authenticate, name, key)
+        address = ws.client.host if ws.client else None
+        creds = await hub.registry.authenticate(name, key, address)
         hub.registry.claim_connection(creds)
     except AuthenticationFailed as exc:
         log.info("refused a connection: %s", exc.message)
