@@ -280,7 +280,7 @@ async def test_a_followed_handle_catches_up_after_a_reconnect(
     seen: list[str] = []
     handle.on("success", lambda h: seen.append(h.state))
     task_id = await handle.accepted()
-    await until(lambda: task_id in worker._working)
+    await until(lambda: task_id in worker._handlers.working)
     assert pub._conn._ws is not None
     await pub._conn._ws.close()
     await until(lambda: not pub.connected)

@@ -1,4 +1,7 @@
-"""The async client: publish tasks, work on the ones you subscribe to."""
+"""The async client's façade, :class:`Client`: connect, publish (``pub``, chains, schedules),
+subscribe (``sub``), broadcast events, watch. The worker side (running handlers, credit,
+pickups) is :mod:`taskhub.client.handlers`; publish options are :mod:`taskhub.client.options`;
+what the client's objects share is :mod:`taskhub.client.link`."""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
-from taskhub.client.connection import UNSENDABLE, Connection, Message
-from taskhub.client.control import Reject, Retry, handler_traceback
+from taskhub.client.connection import Connection, Message
+from taskhub.client.handlers import Handlers
 from taskhub.client.link import Link
 from taskhub.client.options import (
     _UNSET,
@@ -24,11 +27,8 @@ from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.names import topic_matches, validate_action, validate_topic
-from taskhub.protocol import bounded_traceback
 
 log = logging.getLogger("taskhub.client")
-# A handler's error message is cut to this many characters: a fail must fit in a frame.
-MAX_ERROR_MESSAGE = 64 * 1024
 Handler = Callable[[TaskContext], Any]
 R = TypeVar("R")
 EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
@@ -118,11 +118,11 @@ class Client:
         )
         # The connection and what the client follows, shared with its handles and watches.
         self._link = Link(self._conn)
-        self._subs: dict[str, Subscription[Any]] = {}
-        self._working: dict[str, TaskContext] = {}
-        self._running: set[asyncio.Task[Any]] = set()
+        # The worker side: subscriptions, the deliveries held, the handlers running them.
+        self._handlers = Handlers(self._link)
+        self._subs = self._handlers.subs  # the same dict: the façade adds and removes
+        self._running: set[asyncio.Task[Any]] = set()  # async event handlers
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
-        self._draining = False  # drain(): no handler starts any more
         self._closed = False  # close() was called: nothing waits any more
 
     # --- life --------------------------------------------------------------------------------
@@ -138,6 +138,7 @@ class Client:
         self._closed = True
         for task in list(self._running):
             task.cancel()
+        self._handlers.cancel_all()
         await self._conn.close()
         self._end_all()
 
@@ -586,153 +587,33 @@ class Client:
                 if link.same_task:
                     for other in tuple(link.same_task.get(task_id, ())):
                         other.feed_event(msg)
-            ctx = self._working.get(task_id)
-            if ctx is not None:
-                ctx.feed_event(msg)
+            self._handlers.event(task_id, msg)
         elif op == "offer":
-            self._offered(msg)
+            self._handlers.offered(msg)
         elif op == "broadcast":
             self._broadcast(msg)
         elif op == "revoke":
-            ctx = self._working.get(msg["task"])
-            if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
-                ctx.feed_revoke(str(msg.get("reason", "revoked")))
+            self._handlers.revoke(msg)
         elif op == "error":
             log.warning("the hub reported: %s (%s)", msg.get("message"), msg.get("code"))
 
-    def _offered(self, msg: Message) -> None:
-        sub = self._subs.get(msg["action"])
-        ctx = TaskContext(self._link, msg)
-        if sub is None or (self._draining and not ctx.observe):
-            # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
-            # no try counted). An observer's copy needs no answer.
-            if not ctx.observe:
-                self._conn.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
-            return
-        if not ctx.observe and sub.claimed >= sub.concurrency:
-            # No free slot: the handler waits, so receipt is acknowledged now (the pickup
-            # window no longer applies). With a free slot `_work` sends `pickup` on the next
-            # loop turn instead, which acknowledges it too: one message less per task.
-            self._conn.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
-        sub.claimed += 1
-        self._working[ctx.id] = ctx
-        runner = asyncio.ensure_future(self._work(sub, ctx))
-        ctx.runner = runner
-        self._running.add(runner)
-        runner.add_done_callback(self._running.discard)
-
-    async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
-        try:
-            async with sub.slots:
-                if ctx.revoked:
-                    return
-                if self._draining and not ctx.observe:
-                    ctx.released = True
-                    self._conn.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
-                    return
-                try:
-                    if not ctx.observe:
-                        ctx.picked_up = True
-                        self._conn.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
-                        # One loop turn, in which the queued pickups leave (the flush was
-                        # scheduled first; the pickups of a burst of offers share a frame),
-                        # before the handler's code runs: a handler that blocks the event loop
-                        # is then known to the hub as started, and if its connection is lost
-                        # (the keepalive went unanswered) that counts a try toward
-                        # max_attempts (issue 15, item 11). Flushed only after the handler's
-                        # first step, it never left, and the task was offered again forever.
-                        await asyncio.sleep(0)
-                    result = sub.handler(ctx)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except asyncio.CancelledError:
-                    if ctx.revoked:
-                        return  # the hub took it away (cancelled, timed out): nothing to say
-                    raise
-                except Exception as exc:
-                    if ctx.observe:
-                        log.exception("observer of %s raised", ctx.action)
-                    elif ctx.returned or ctx.dropped:
-                        _log_after_end(ctx)
-                    elif isinstance(exc, Retry):
-                        self._send_fail(ctx, exc, delay=exc.delay)
-                    elif isinstance(exc, Reject):
-                        self._send_fail(ctx, exc, retry=False)
-                    else:
-                        self._send_fail(ctx, exc, trace=True)
-                    return
-                if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
-                    return  # nothing (more) to send: the return value is ignored
-                ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
-                try:
-                    self._conn.send(ret)
-                except UNSENDABLE as exc:
-                    # Not JSON, or too large: the result cannot go, so the delivery fails
-                    # with why (at once, not at its end timeout). Retrying would not help.
-                    self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
-        finally:
-            sub.claimed -= 1
-            if self._working.get(ctx.id) is ctx:
-                del self._working[ctx.id]
-
-    def _send_fail(
-        self,
-        ctx: TaskContext,
-        exc: BaseException,
-        *,
-        what: str = "",
-        retry: bool = True,
-        delay: float | None = None,
-        trace: bool = False,
-    ) -> None:
-        message = what + str(exc)
-        if len(message) > MAX_ERROR_MESSAGE:  # it must fit in a frame, whatever the handler did
-            message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters in all)"
-        error: Message = {"type": type(exc).__name__, "message": message}
-        if trace:
-            error["traceback"] = bounded_traceback(handler_traceback(exc))
-        msg: Message = {"op": "fail", "task": ctx.id, "attempt": ctx.attempt, "error": error}
-        if not retry:
-            msg["retry"] = False
-        if delay is not None:
-            msg["delay"] = delay
-        self._conn.send(msg)
-
-    # --- stopping a worker -------------------------------------------------------------------
+    # --- stopping a worker (the runtime does it: client/handlers.py) --------------------------
     @property
     def working(self) -> int:
         """Deliveries this client holds whose handler has not finished (running or waiting
         for a slot)."""
-        return sum(1 for ctx in self._working.values() if not ctx.observe)
+        return self._handlers.held()
 
     async def drain(self) -> None:
         """Take nothing new: unsubscribe every action (the hub stops offering), and hand back
         at once what arrives meanwhile and what waits for a slot. Running handlers go on."""
-        self._draining = True
-        actions = [a for a, s in self._subs.items() if not s.observe]
-        if self.connected:
-            replies = [self._conn.request({"op": "unsub", "action": a}) for a in actions]
-            await asyncio.gather(*replies, return_exceptions=True)
+        await self._handlers.drain()
 
     async def hand_back(self) -> int:
         """Hand every unfinished delivery back to the hub (offered again elsewhere, no try
         counted) and stop its handler; returns how many. Called when stopping past the
         grace: a thread running a plain function cannot be stopped, its result is ignored."""
-        held = [
-            ctx
-            for ctx in self._working.values()
-            if not (ctx.observe or ctx.returned or ctx.dropped or ctx.released or ctx.revoked)
-        ]
-        replies = []
-        for ctx in held:
-            ctx.released = True
-            if self.connected:
-                msg = {"op": "release", "task": ctx.id, "attempt": ctx.attempt}
-                replies.append(self._conn.request(msg))
-            ctx.feed_revoke("released")
-        if replies:
-            await asyncio.gather(*replies, return_exceptions=True)
-        return len(held)
+        return await self._handlers.hand_back()
 
 
 def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
@@ -741,20 +622,6 @@ def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
     exc = fut.exception()
     if exc is not None and not isinstance(exc, ConnectionClosed):
         log.error("%s failed: %s", what, exc)
-
-
-def _log_after_end(ctx: TaskContext) -> None:
-    """A handler raised after ``task.success()`` or ``task.drop()``: its delivery is already
-    over, so the exception is logged (from inside the ``except`` block), never sent as a
-    failure the hub would only refuse."""
-    log.exception(
-        "the handler of %s (task %s, attempt %d) raised after task.%s(); the delivery "
-        "already ended, the exception is not sent",
-        ctx.action,
-        ctx.id,
-        ctx.attempt,
-        "success" if ctx.returned else "drop",
-    )
 
 
 def _log_failure(topic: str, fut: asyncio.Future[Any]) -> None:
