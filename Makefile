@@ -19,13 +19,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-netlab.sh
 	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-haproxy.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov --cov-report=term
 	bash scripts/ensure-node.sh
 	cd clients/js && npm ci --no-audit --no-fund && npm test
 	bash scripts/test-lowest.sh

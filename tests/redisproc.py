@@ -128,12 +128,14 @@ def ping(port: int, timeout: float = 0.5, tls: TlsFiles | None = None) -> bool:
     """True when a server on ``port`` answers PING (a raw socket: no client state involved)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-            sock = raw
-            if tls is not None:
-                context = ssl.create_default_context(cafile=str(tls.ca))
-                sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            if tls is None:
+                raw.sendall(b"PING\r\n")
+                return raw.recv(64).startswith(b"+PONG")
+            # The TLS socket takes over the descriptor: closing `raw` would not close it.
+            context = ssl.create_default_context(cafile=str(tls.ca))
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
 

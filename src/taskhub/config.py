@@ -141,7 +141,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
-def load(
+def load(  # noqa: C901  #18: split
     path: str | Path | None = None,
     env: dict[str, str] | None = None,
     credentials_file: str | Path | None = None,

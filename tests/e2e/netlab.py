@@ -127,8 +127,9 @@ class NetRedis:
             raise RuntimeError("redis-server is not installed (bash scripts/ensure-redis.sh)")
         args = [binary, "--bind", self.host, "--port", str(port), "--save", "", "--dir"]
         args += [str(self.dir), "--protected-mode", "no", "--daemonize", "no"]
-        log = (self.dir / "redis.log").open("wb")
-        self.proc = subprocess.Popen([*lab.prefix(node), *args], stdout=log, stderr=log)
+        # The child keeps its own copy of the log's descriptor; ours is closed at once.
+        with (self.dir / "redis.log").open("wb") as log:
+            self.proc = subprocess.Popen([*lab.prefix(node), *args], stdout=log, stderr=log)
         deadline = time.monotonic() + 15
         while True:
             try:

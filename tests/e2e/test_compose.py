@@ -84,10 +84,10 @@ def stack(haproxy: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         cfg = cfg.replace("bind :8080", f"bind 127.0.0.1:{lb}")
         cfg = cfg.replace("bind :8404", f"bind 127.0.0.1:{stats}")
         (tmp_path / "haproxy.cfg").write_text(cfg)
-        log = (tmp_path / "haproxy.log").open("wb")
-        proxy = subprocess.Popen(
-            [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=log, stderr=log
-        )
+        with (tmp_path / "haproxy.log").open("wb") as log:  # the child keeps its own copy
+            proxy = subprocess.Popen(
+                [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=log, stderr=log
+            )
         yield {"lb": lb, "hubs": hubs, "ports": ports, "log": tmp_path / "haproxy.log"}
     finally:
         if proxy is not None:

@@ -303,6 +303,9 @@ async def test_404_409_and_the_body_limit(secured: httpx.AsyncClient) -> None:
             "payload",
         ),
         (b'{"action": "email:send", "options": {"timeout": -1}}', 422, "invalid_option", "timeout"),
+        # JSON has no NaN or Infinity: stored, they would have become null without a word.
+        (b'{"action": "email:send", "payload": {"x": NaN}}', 400, "bad_message", "NaN"),
+        (b'{"action": "email:send", "payload": [-Infinity]}', 400, "bad_message", "-Infinity"),
     ],
 )
 async def test_bad_input_is_named(
@@ -321,6 +324,8 @@ async def test_bad_query_and_emit(http: httpx.AsyncClient, server: Server) -> No
         return
     assert r.status_code == 202 and r.json() == {"topic": "news:sport", "delivered": 0}
     _err(await http.post("/v1/events/news:sp ort", json=1), 422, "invalid_action", "' '")
+    nan = {"content": b'{"score": NaN}', "headers": {"Content-Type": "application/json"}}
+    _err(await http.post("/v1/events/news:sport", **nan), 400, "bad_message", "NaN")  # type: ignore[arg-type]
 
 
 async def test_emit_takes_a_topic_with_a_slash(

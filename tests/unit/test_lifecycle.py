@@ -208,6 +208,26 @@ def test_credit_limits_offers_and_freed_credit_dispatches_the_next() -> None:
     assert h.offers(w) == [(t4.id, 1)]
 
 
+def test_a_revoke_goes_before_the_offer_its_freed_credit_makes() -> None:
+    # Found by tests/unit/test_lifecycle_machine.py: a task that ended by timeout or cancel
+    # gave its holder's credit back (and offered the next task) before revoking it, so the
+    # worker saw two offers held with a credit of 1, then the revoke.
+    h = Hub()
+    w = h.worker("a", concurrency=1)
+    t1, t2 = h.pub(), h.pub()
+    assert h.offers(w) == [(t1.id, 1)]
+    h.lc.cancel(Credentials("publisher"), t1.id)
+    assert [(m["op"], m["task"]) for m in h.msgs(w)] == [("revoke", t1.id), ("offer", t2.id)]
+    t3 = h.pub(start_timeout=5)
+    h.lc.pickup(w, t2.id, 1)
+    h.tick(1)
+    h.lc.drop(w, t2.id, 1)
+    assert h.offers(w) == [(t3.id, 1)]
+    t4 = h.pub()
+    h.tick(10)  # t3's start timeout ends it while it is offered
+    assert [(m["op"], m["task"]) for m in h.msgs(w)] == [("revoke", t3.id), ("offer", t4.id)]
+
+
 def test_resubscribe_with_more_credit_dispatches_waiting() -> None:
     h = Hub()
     w = h.worker("a", concurrency=1)

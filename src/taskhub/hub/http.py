@@ -11,11 +11,13 @@ changed is stored. Errors are ``{"code", "message", "details"?}`` with the code 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -216,6 +218,13 @@ class BodyLimit:
             )
             await _error(415, err.code, err.message)(scope, receive, send)
             return
+        if data and (culprit := _not_plain_json(data)) is not None:
+            bad = ProtocolError(
+                f"the body holds {culprit}, which JSON cannot carry: it would be stored as "
+                "null; send a number or a string instead"
+            )
+            await _error(400, bad.code, bad.message)(scope, receive, send)
+            return
         body = {"type": "http.request", "body": data, "more_body": False}
         await self.app(scope, _replay([body], receive), send)
 
@@ -239,6 +248,29 @@ class BodyLimit:
         if more:
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def _not_plain_json(data: bytes) -> str | None:
+    """``NaN`` or ``Infinity`` where the body is otherwise JSON: Python's parser (FastAPI's)
+    takes them, the hub's encoder writes ``null``, so the user's number would change silently.
+    The strict C decoder answers first; only a body it refuses is read again."""
+    try:
+        msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        pass
+    else:
+        return None
+    found: list[str] = []
+
+    def constant(name: str) -> float:
+        found.append(name)
+        return math.nan
+
+    try:
+        json.loads(data, parse_constant=constant)
+    except ValueError:
+        return None  # malformed JSON: the route answers it as before
+    return found[0] if found else None
 
 
 def _is_json(content_type: bytes) -> bool:

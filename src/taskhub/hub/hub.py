@@ -472,7 +472,7 @@ class Hub:
             self.lc.send(peer, p.error_msg(RuntimeError("internal error; the hub logged it"), ref))
             return None
 
-    def _handle(self, peer: Peer, msg: p.Inbound | p.Bad) -> Awaitable[None] | None:
+    def _handle(self, peer: Peer, msg: p.Inbound | p.Bad) -> Awaitable[None] | None:  # noqa: C901  #18: split
         lc = self.lc
         match msg:
             case p.Ack():

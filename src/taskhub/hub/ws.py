@@ -143,7 +143,7 @@ async def _refuse(ws: WebSocket, exc: TaskHubError, code: int) -> None:
     await ws.close(code=code, reason=exc.message[:120])
 
 
-async def serve_connection(ws: WebSocket, hub: Hub) -> None:
+async def serve_connection(ws: WebSocket, hub: Hub) -> None:  # noqa: C901  #18: split
     if hub.draining:  # shutting down (server.py): refused, the client retries elsewhere/later
         await ws.close(code=1012)
         return

@@ -906,9 +906,9 @@ class LifecycleCore:
                 if d.rec.state == "pending":
                     d.rec.state = "done"
                 continue
-            self._release(d)
-            d.rec.state = "done"
             if state != "success":
+                # Before the credit is given back: the offer it frees must follow the revoke,
+                # or the worker holds one more than its credit until the revoke arrives.
                 self.send(
                     holder.peer,
                     {
@@ -918,6 +918,8 @@ class LifecycleCore:
                         "reason": reason or state,
                     },
                 )
+            self._release(d)
+            d.rec.state = "done"
         for peer in task.observers:
             peer.observing.discard(rec.id)
             if state != "success" and peer is not by:

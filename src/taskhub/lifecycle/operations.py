@@ -30,7 +30,7 @@ class Lifecycle(LifecycleCore):
     tasks and the operator's tools over group queues and the dead-letter list."""
 
     # --- recovery ----------------------------------------------------------------------------
-    def restore(self, records: Iterable[TaskRecord]) -> int:
+    def restore(self, records: Iterable[TaskRecord]) -> int:  # noqa: C901  #18: split
         """Take back the unfinished tasks of a previous run (after a crash or restart).
 
         Deliveries that were offered or started go back to their groups: the hub cannot know
