@@ -4,7 +4,8 @@
 
 Builds a real hub (memory:// store unless --store says otherwise) with every listener the
 server installs (dashboard, metrics, HTTP waiters, logs), feeds it the frames a publisher and
-a worker would send (a burst of pubs, then the worker's returns in frames of 64; with
+a worker would send (a burst of pubs, then the worker's returns in frames of 64, or
+--frame; --flush-each commits after each frame instead of after all that are ready; with
 --pickup a pickup before each, as the client sends when a handler waits), runs the commit
 pipeline, and reports the hub's CPU microseconds per task (process time,
 median of the rounds). The WebSocket layer is left out on purpose: this isolates the part of
@@ -41,7 +42,9 @@ def _payload(i: int) -> dict[str, Any]:
     return {"id": i, "to": "someone@example.com", "subject": "hello", "n": [1, 2, 3]}
 
 
-async def one_round(store_url: str, n: int, pickup: bool = False) -> float:
+async def one_round(
+    store_url: str, n: int, pickup: bool = False, per_frame: int = 64, flush_each: bool = False
+) -> float:
     hub = Hub(open_store(store_url))
     if events_log.isEnabledFor(logging.DEBUG):  # as Server._make_hub
         hub.lc.listeners.append(log_task_event)
@@ -84,9 +87,9 @@ async def one_round(store_url: str, n: int, pickup: bool = False) -> float:
             await hub.flush()
             continue
         batches = []
-        for i in range(0, len(offers), 64):
+        for i in range(0, len(offers), per_frame):
             reply = []
-            for m in offers[i : i + 64]:
+            for m in offers[i : i + per_frame]:
                 if pickup:  # the Python client leaves it out when the handler is done at once
                     reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
                 reply.append(
@@ -105,6 +108,8 @@ async def one_round(store_url: str, n: int, pickup: bool = False) -> float:
             for msg in p.decode_frame(frame):
                 hub.handle(worker, msg)
             hub.kick()
+            if flush_each:  # a commit round per frame, as when the hub keeps up with the worker
+                await hub.flush()
         await hub.flush()
     seconds = time.process_time() - started - worker_side
     await hub.stop()
@@ -121,10 +126,19 @@ async def main() -> None:
         action="store_true",
         help="send pickup + return per task, as a worker whose handler waits does",
     )
+    parser.add_argument("--frame", type=int, default=64, help="worker replies per frame")
+    parser.add_argument(
+        "--flush-each",
+        action="store_true",
+        help="commit after each worker frame (more, smaller batches: the store's per-batch cost)",
+    )
     args = parser.parse_args()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)  # as `taskhub serve` (server.py)
-    figures = [await one_round(args.store, args.n, args.pickup) for _ in range(args.rounds)]
+    figures = [
+        await one_round(args.store, args.n, args.pickup, args.frame, args.flush_each)
+        for _ in range(args.rounds)
+    ]
     print(
         f"hub CPU per task ({args.store}, n={args.n}): median {statistics.median(figures):.1f} us "
         f"(rounds: {', '.join(f'{f:.1f}' for f in figures)})"

@@ -6,7 +6,7 @@ the hub batch). Every message has an ``op``. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -269,6 +269,20 @@ class Requeue(_Msg, tag="requeue"):
     ref: int | None = None
 
 
+_Label = Annotated[str, msgspec.Meta(max_length=255)]
+
+
+class Hello(_Msg, tag="hello"):
+    """Who is connecting, for the dashboard's workers view: every field is optional, and a
+    client that sends no ``hello`` works the same (it is shown without them)."""
+
+    client: _Label | None = None  # the library, e.g. "taskhub-python"
+    version: _Label | None = None  # the library's version
+    host: _Label | None = None  # the machine's host name
+    pid: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    ref: int | None = None
+
+
 Admin = Schedule | Unschedule | Schedules | Queues | Purge | DeadLetters | DeadLetter | Requeue
 
 Inbound = (
@@ -301,6 +315,7 @@ Inbound = (
     | DeadLetters
     | DeadLetter
     | Requeue
+    | Hello
 )
 OPS: frozenset[str] = frozenset(
     str(c.__struct_config__.tag)
@@ -334,6 +349,7 @@ OPS: frozenset[str] = frozenset(
         DeadLetters,
         DeadLetter,
         Requeue,
+        Hello,
     )
 )
 

@@ -8,29 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import taskhub
 from taskhub import Client, Server
 from taskhub.lifecycle import Credentials
 from tests.conftest import ServerFactory, until
+from tests.e2e.browser import ARTIFACTS, login
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CREDS: list[dict[str, Any]] = [
     {"name": "ops", "key": "ops-key", "pub_permissions": ["admin"]},  # admin, nothing else
     {"name": "svc", "key": "svc-key", "sub_permissions": ["job"], "pub_permissions": ["job"]},
@@ -71,7 +61,14 @@ async def test_stats_needs_an_admin(http: httpx.AsyncClient) -> None:
     ok = await http.get("/v1/dashboard/stats", headers=ADMIN)
     assert ok.status_code == 200
     body = ok.json()
-    assert body["counts"] == {"waiting": 0, "running": 0, "success": 0, "fail": 0, "end": 0}
+    assert body["counts"] == {
+        "waiting": 0,
+        "running": 0,
+        "success": 0,
+        "fail": 0,
+        "end": 0,
+        "chains": 0,
+    }
     assert body["window"] == 60
 
 
@@ -109,11 +106,18 @@ async def test_stats_count_tasks_rates_queues_and_connections(
         ]
         [conn] = body["connections"]
         assert conn["service"] == "svc" and conn["kind"] == "websocket"
+        # the client's hello: this very process
+        assert conn["host"] == socket.gethostname() and conn["pid"] == os.getpid()
+        assert conn["client"] == "taskhub-python" and conn["version"] == taskhub.__version__
+        assert conn["remote"] == "127.0.0.1" and conn["uptime"] >= 0
+        assert conn["holding"] == 1 and conn["current"][0]["task"] == task_id
+        assert conn["current"][0]["state"] == "started"
         assert conn["subscriptions"] == [
             {"action": "job:run", "group": "svc", "concurrency": 3, "inflight": 1, "observe": False}
         ]
         assert body["services"] == {"svc": 1}
-        assert (await http.get("/v1/dashboard/connections", headers=ADMIN)).json() == [conn]
+        [again] = (await http.get("/v1/dashboard/connections", headers=ADMIN)).json()
+        assert again["id"] == conn["id"] and again["subscriptions"] == conn["subscriptions"]
 
         release.set()
 
@@ -122,12 +126,15 @@ async def test_stats_count_tasks_rates_queues_and_connections(
             return body if body["counts"]["success"] == 1 else None
 
         body = await until(succeeded)
-        rates = {(r["action"], r["group"]): r for r in body["rates"]}
-        assert rates["job:run", None]["published"] == 1
-        assert rates["job:run", None]["succeeded"] == 1
-        assert rates["job:run", "svc"]["started"] == 1
+        # one row per action, its groups inside it (no row repeating another)
+        [rate] = body["rates"]
+        assert rate["action"] == "job:run"
+        assert (rate["published"], rate["started"], rate["succeeded"]) == (1, 1, 1)
+        assert rate["groups"] == [{"group": "svc", "started": 1, "failed": 0}]
+        [conn] = body["connections"]
+        assert (conn["processed"], conn["succeeded"], conn["failed"]) == (1, 1, 0)
 
-    rows = (await http.get("/v1/dashboard/tasks?state=success", headers=ADMIN)).json()
+    rows = (await http.get("/v1/dashboard/tasks?state=success", headers=ADMIN)).json()["tasks"]
     assert [r["id"] for r in rows] == [task_id]
     assert rows[0]["groups"] == {"svc": "done"}
     detail = (await http.get(f"/v1/dashboard/tasks/{task_id}", headers=ADMIN)).json()
@@ -202,58 +209,30 @@ async def test_page_and_openapi_are_served(http: httpx.AsyncClient) -> None:
     script = await http.get("/static/js/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     paths = (await http.get("/openapi.json")).json()["paths"]
-    for path in ("/v1/dashboard/stats", "/v1/dashboard/connections", "/v1/dashboard/login"):
+    for path in (
+        "/v1/dashboard/stats",
+        "/v1/dashboard/connections",
+        "/v1/dashboard/login",
+        "/v1/dashboard/series",
+        "/v1/dashboard/tasks/{task_id}/cancel",
+        "/v1/dashboard/tasks/{task_id}/retry",
+        "/v1/dashboard/queues/{action}/{group}/purge",
+    ):
         assert path in paths
+    vendored = await http.get("/static/vendor/uplot/uPlot.iife.min.js")  # no CDN
+    assert vendored.status_code == 200 and "uPlot" in vendored.text[:200]
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
     assert "/" not in paths
 
 
-# --- in the browser -----------------------------------------------------------------------
-@pytest.fixture
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: run scripts/ensure-chromium.sh (make test does)"
-        if os.environ.get("CI"):  # CI runs `make test`, which installs it: missing is a bug
-            pytest.fail(message)
-        pytest.skip(message)
-    ARTIFACTS.mkdir(exist_ok=True)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: str) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
-
-
-@pytest.fixture
-async def page(browser: Any) -> AsyncIterator[Any]:
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    await context.close()
-    assert not errors, f"the page raised: {errors}"
-
-
-async def _login(page: Any, server: Server, name: str, key: str) -> None:
-    await page.goto(f"{server.http_url}/")
-    await page.fill("#login input[name=name]", name)
-    await page.fill("#login input[name=key]", key)
-    await page.click("#login button[type=submit]")
-
-
+# --- in the browser (fixtures in tests/e2e/conftest.py) ---------------------------------
 @pytest.mark.timeout(60)
 async def test_a_published_task_appears_completes_and_has_a_timeline(
     hub_server: Server, page: Any
 ) -> None:
     from playwright.async_api import expect
 
-    await _login(page, hub_server, "ops", "ops-key")
+    await login(page, hub_server, "ops", "ops-key")
     await expect(page.locator("h1")).to_have_text("Overview")
 
     release = asyncio.Event()
@@ -271,7 +250,8 @@ async def test_a_published_task_appears_completes_and_has_a_timeline(
         row = page.locator(f'#recent tr[data-task="{task_id}"]')
         await expect(row).to_have_attribute("data-state", "start")
         await expect(page.locator("#count-running .n")).to_have_text("1")
-        await expect(page.get_by_text("job:run [svc] 1 / 2")).to_be_visible()
+        queue = page.locator('#queues tr[data-queue="job:run svc"]')
+        await expect(queue).to_contain_text("1 / 2")
         await expect(page.locator("main")).not_to_contain_text("[object")  # a node as text
         await page.screenshot(path=ARTIFACTS / "dashboard-overview.png", full_page=True)
 
@@ -318,12 +298,13 @@ async def test_a_dead_letter_is_requeued_from_the_page(hub_server: Server, page:
         dead_id = await handle.accepted()
         assert await handle.get_result(default="failed", timeout=10) == "failed"
 
-        await _login(page, hub_server, "ops", "ops-key")
+        await login(page, hub_server, "ops", "ops-key")
         await page.click("nav a[data-view=dead-letters]")
         row = page.locator(f'#dead-list tr[data-task="{dead_id}"]')
         await expect(row).to_contain_text("bad row 7")
         await page.screenshot(path=ARTIFACTS / "dashboard-dead-letters.png", full_page=True)
         await row.get_by_role("button", name="Re-queue").click()
+        await page.click("#confirm-ok")  # every change is confirmed first
 
         note = page.locator("#requeued")
         await expect(note).to_contain_text(f"Re-queued {dead_id} as")
@@ -342,7 +323,7 @@ async def test_a_dead_letter_is_requeued_from_the_page(hub_server: Server, page:
 async def test_a_non_admin_is_refused_with_a_clear_message(hub_server: Server, page: Any) -> None:
     from playwright.async_api import expect
 
-    await _login(page, hub_server, "viewer", "viewer-key")
+    await login(page, hub_server, "viewer", "viewer-key")
     error = page.locator("#login-error")
     await expect(error).to_contain_text("'viewer' may not use the dashboard")
     await expect(error).to_contain_text("'admin' permission")

@@ -15,7 +15,7 @@ import pytest
 
 from taskhub import Server
 from tests.conftest import ServerFactory
-from tests.e2e.test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 # Every URL a page names: attributes, and the strings Swagger UI's and ReDoc's set-up code pass.
 URL = re.compile(

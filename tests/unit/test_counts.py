@@ -3,9 +3,9 @@ metrics' counters and histograms make of them, with a fake clock driven by hand.
 
 from __future__ import annotations
 
-from taskhub.hub.dashboard import RATE_WINDOW, Monitor
 from taskhub.hub.hub import Hub
 from taskhub.hub.metrics import Metrics
+from taskhub.hub.monitor import RATE_WINDOW, Monitor
 from taskhub.lifecycle import Credentials, EventKey, Peer
 from taskhub.store import open_store
 
@@ -67,15 +67,14 @@ def test_rates_count_the_last_window_only() -> None:
     _run(hub, worker, publisher, 2)  # second 2030
     clock.now = 2059.9
     _run(hub, worker, publisher, 1)  # second 2059, still under way
-    rows = {(r["action"], r["group"]): r for r in monitor.rates()}
-    assert rows[ACTION, None]["published"] == 6
-    assert rows[ACTION, None]["succeeded"] == 6
-    assert rows[ACTION, "builder"]["started"] == 6
-    assert rows[ACTION, "builder"]["published"] == 0  # init is counted per action only
+    [row] = monitor.rates()  # one row per action, its groups inside it
+    assert row["action"] == ACTION
+    assert (row["published"], row["started"], row["succeeded"]) == (6, 6, 6)
+    assert row["groups"] == [{"group": "builder", "started": 6, "failed": 0}]
     clock.now = 2000 + RATE_WINDOW + 0.5  # second 2000 has left the window
-    rows = {(r["action"], r["group"]): r for r in monitor.rates()}
-    assert rows[ACTION, None]["published"] == 3
-    assert rows[ACTION, "builder"]["started"] == 3
+    [row] = monitor.rates()
+    assert row["published"] == 3
+    assert row["groups"] == [{"group": "builder", "started": 3, "failed": 0}]
     clock.now = 2059 + RATE_WINDOW + 0.5  # so has everything
     assert monitor.rates() == []
     assert monitor.ended["success"] == 6
@@ -84,6 +83,12 @@ def test_rates_count_the_last_window_only() -> None:
     clock.now = 2100.0
     _run(hub, worker, publisher)
     assert [second for second, _ in monitor._seconds] == [2059]
+    # the charts keep each second, from the hub's start, the second under way included
+    series = monitor.chart(300)
+    assert series["t"][0] == 2000 and series["t"][-1] == 2100
+    published = dict(zip(series["t"], series["published"], strict=True))
+    assert (published[2000], published[2030], published[2059], published[2100]) == (3, 2, 1, 1)
+    assert sum(series["published"]) == 7 and sum(series["succeeded"]) == 7
 
 
 def test_metrics_add_complete_seconds_and_the_one_under_way() -> None:

@@ -14,7 +14,9 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -218,6 +220,7 @@ class Connection:
                     continue
             self._ws = ws
             ws.on_frame = self._dispatch  # from now on; the welcome was read by _dial
+            self.send(hello())  # first on every connection: the hub forgets it on a drop
             try:
                 await self.on_connect()
             except Exception:
@@ -491,3 +494,16 @@ def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> Non
 def _ignore_closed(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()  # a lost connection is handled by the reader; nothing to do here
+
+
+def hello() -> Message:
+    """Who this client is, for the hub's dashboard (the protocol's optional ``hello``)."""
+    from taskhub import __version__  # here: taskhub's __init__ imports this module
+
+    return {
+        "op": "hello",
+        "client": "taskhub-python",
+        "version": __version__,
+        "host": socket.gethostname()[:255],
+        "pid": os.getpid(),
+    }

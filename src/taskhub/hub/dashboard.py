@@ -1,7 +1,9 @@
 """The web dashboard: a static page at ``/`` and the JSON it reads under ``/v1/dashboard``.
 
-The page (``hub/static``: plain HTML, CSS and JavaScript modules, no build step) polls
-``/v1/dashboard/stats`` once a second and streams a task's events over Server-Sent Events.
+The page (``hub/static``: plain HTML, CSS and JavaScript modules, no build step, uPlot
+vendored for the charts) polls ``/v1/dashboard/stats`` and ``/series`` and streams a task's
+events over Server-Sent Events; it can cancel, retry, re-queue and purge. What it shows of
+the past is kept by ``hub/monitor.py``; its search is ``hub/search.py``.
 Every data route needs *admin* rights (:func:`is_admin`): a Bearer header, or the session
 cookie ``POST /v1/dashboard/login`` sets, because a browser's EventSource cannot send a header.
 docs/dashboard.md describes the page and the routes.
@@ -15,7 +17,7 @@ import hmac
 import os
 import secrets
 import time
-from collections import deque
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -23,7 +25,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskhub.errors import AuthenticationFailed, PermissionDenied
+from taskhub.errors import AuthenticationFailed, PermissionDenied, TaskNotFound
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.http import (
     _SSE_EVENT,
@@ -33,15 +35,21 @@ from taskhub.hub.http import (
     _readable,
     _responses,
 )
+from taskhub.hub.http_tasks import TaskEnded
 from taskhub.hub.hub import Hub, task_view
+from taskhub.hub.monitor import (
+    INTERNAL_PREFIX,
+    RATE_WINDOW,
+    RECENT_TASKS,
+    Monitor,
+    summary,
+)
 from taskhub.hub.schedules_http import Requeued
-from taskhub.lifecycle import Credentials, EventKey, Task
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
+from taskhub.hub.search import TaskFilter, search
+from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, Task, _Options
 
 COOKIE = "taskhub_session"
 SESSION_TTL = 8 * 3600.0  # seconds a login lasts; the secret dies with the process anyway
-RATE_WINDOW = 60  # seconds the rates are counted over
-RECENT_TASKS = 1000  # ended tasks kept (as small summaries) for the task list
 # A cookie-authenticated request that changes something must carry this header: a cross-site
 # form cannot set it, and a cross-site script needs a CORS preflight the hub never grants.
 CSRF_HEADER = "x-taskhub-dashboard"
@@ -107,215 +115,6 @@ class Sessions:
         self._revoked[sig] = int(expires)
 
 
-# --- what the page shows --------------------------------------------------------------------
-# An ended task as the recent list keeps it: id, action, state, publisher, created_at,
-# started_at, ended_at, updates, error, and (group, delivery state) per delivery. Taken when
-# the terminal event fires; the row dict is only built when the task list is read.
-Snapshot = tuple[
-    str,
-    str,
-    str,
-    str,
-    float,
-    float | None,
-    float | None,
-    int,
-    dict[str, Any] | None,
-    list[tuple[str, str]],
-]
-
-
-def _snapshot(rec: TaskRecord) -> Snapshot:
-    return (
-        rec.id,
-        rec.action,
-        rec.state,
-        rec.publisher,
-        rec.created_at,
-        rec.started_at,
-        rec.ended_at,
-        rec.updates,
-        rec.error,  # replaced on change, never mutated: the reference is a snapshot
-        [(d.group, d.state) for d in rec.deliveries],
-    )
-
-
-def _row(snap: Snapshot) -> dict[str, Any]:
-    """A task list row: no payload, result or update data, so the recent list stays small."""
-    task_id, action, state, publisher, created_at, started_at, ended_at, updates, error, ds = snap
-    if error is not None:  # a handler's message can be long: the task page has all of it
-        error = {k: (v[:200] if isinstance(v, str) else v) for k, v in error.items()}
-    return {
-        "id": task_id,
-        "action": action,
-        "state": state,
-        "publisher": publisher,
-        "created_at": created_at,
-        "started_at": started_at,
-        "ended_at": ended_at,
-        "updates": updates,
-        "error": error,
-        "groups": {group: _delivery_state(state, d_state) for group, d_state in ds},
-    }
-
-
-def _summary(rec: TaskRecord) -> dict[str, Any]:
-    return _row(_snapshot(rec))
-
-
-def _delivery_state(task_state: str, state: str) -> str:
-    # The terminal event comes before the lifecycle closes the deliveries: close them here
-    # as it is about to (whatever was still pending, offered or started becomes done).
-    if task_state in TERMINAL_STATES and state in ("pending", "offered", "started"):
-        return "done"
-    return state
-
-
-# The rate kinds, in the order of a bucket's count lists.
-KINDS = ("published", "started", "succeeded", "failed", "ended")
-# Event type -> (index in KINDS, counted per group); other types are not counted.
-_COUNTED: dict[str, tuple[int, bool]] = {
-    "init": (0, False),
-    "start": (1, True),  # a task's first pickup
-    "pickup": (1, True),  # any later one: each is one delivery picked up by its group
-    "delivery_fail": (3, True),
-    "success": (2, False),
-    "fail": (3, False),
-    "end": (4, False),
-}
-
-
-class Monitor:
-    """Keeps what the dashboard shows of the past: the lifecycle's event counts of the last
-    ``RATE_WINDOW`` seconds (for the rates), totals of ended tasks, and the most recent ended
-    tasks.
-
-    It adds nothing per event: the lifecycle counts events per second (``lc.counts``) and hands
-    each complete second here; ended tasks come through ``lc.end_listeners``, one call per task.
-
-    Memory: at most ``RATE_WINDOW + 1`` seconds of (action, event type, group) counters, plus
-    ``RECENT_TASKS`` snapshots of a few hundred bytes each.
-    """
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self._clock = hub.clock
-        self.started_at = hub.clock()
-        self.ended: dict[str, int] = {"success": 0, "fail": 0, "end": 0}  # since the start
-        self._seconds: deque[tuple[int, dict[EventKey, int]]] = deque()
-        self.recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
-        hub.lc.second_listeners.append(self._on_second)
-        hub.lc.end_listeners.append(self._on_end)
-
-    def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
-        seconds = self._seconds
-        seconds.append((second, counts))
-        since = int(self._clock()) - RATE_WINDOW  # no window from now on reaches back further
-        while seconds and seconds[0][0] <= since:
-            seconds.popleft()
-
-    def _on_end(self, task: Task, ev: EventRecord) -> None:
-        self.ended[ev.type] += 1
-        self.recent.append(_snapshot(task.rec))
-
-    def rates(self) -> list[dict[str, Any]]:
-        """Per action (group null) and per action and group: events in the last minute."""
-        since = int(self._clock()) - RATE_WINDOW
-        lc = self.hub.lc
-        total: dict[tuple[str, str | None], list[int]] = {}
-        for second, counts in (*self._seconds, (lc.counts_second, lc.counts)):
-            if second <= since:
-                continue
-            for (action, type_, group), n in counts.items():
-                counted = _COUNTED.get(type_)
-                if counted is None:
-                    continue
-                kind, per_group = counted
-                if not per_group:
-                    group = None
-                elif group is None:
-                    continue
-                sums = total.get((action, group))
-                if sums is None:
-                    sums = total[action, group] = [0, 0, 0, 0, 0]
-                sums[kind] += n
-        out: list[dict[str, Any]] = []
-        for action, group in sorted(total, key=lambda k: (k[0], k[1] or "")):
-            row: dict[str, Any] = {"action": action, "group": group}
-            row.update(zip(KINDS, total[action, group], strict=True))
-            out.append(row)
-        return out
-
-    def live(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """Live task counts and every group queue, in one pass over the live tasks (the
-        per-queue view of the lifecycle walks all tasks once per queue)."""
-        lc = self.hub.lc
-        counts = {"waiting": 0, "running": 0}
-        per_queue: dict[tuple[str, str], list[int]] = {}
-        for task in lc.tasks.values():
-            counts["running" if task.rec.state == "start" else "waiting"] += 1
-            for group, d in task.deliveries.items():
-                slot = per_queue.setdefault((task.rec.action, group), [0, 0])
-                if d.rec.state == "pending":
-                    slot[0] += 1
-                elif d.rec.state in ("offered", "started"):
-                    slot[1] += 1
-        queues = []
-        for (action, group), q in sorted(lc.queues.items()):
-            waiting, in_flight = per_queue.get((action, group), (0, 0))
-            queues.append(
-                {
-                    "action": action,
-                    "group": group,
-                    "durable": q.durable,
-                    "workers": len(q.workers),
-                    "credit": sum(s.concurrency for s in q.workers),
-                    "inflight": sum(s.inflight for s in q.workers),
-                    "waiting": waiting,
-                    "in_flight": in_flight,
-                }
-            )
-        return counts, queues
-
-    def connections(self, pull: set[str]) -> list[dict[str, Any]]:
-        out = []
-        for peer in sorted(self.hub.senders, key=lambda p: (p.service, p.id)):
-            out.append(
-                {
-                    "id": peer.id,
-                    "service": peer.service,
-                    "kind": "pull" if peer.id in pull else "websocket",
-                    "holding": len(peer.holding),
-                    "subscriptions": [
-                        {
-                            "action": s.action,
-                            "group": s.group,
-                            "concurrency": s.concurrency,
-                            "inflight": s.inflight,
-                            "observe": s.observe,
-                        }
-                        for s in peer.subs.values()
-                    ],
-                }
-            )
-        return out
-
-    def tasks(self, action: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
-        """Newest first: the live tasks, then the recently ended ones."""
-        rows = {t.id: _summary(t.rec) for t in self.hub.lc.tasks.values()}
-        for snap in reversed(self.recent):  # newest first: a task's last snapshot wins
-            if snap[0] not in rows:
-                rows[snap[0]] = _row(snap)
-        picked = [
-            row
-            for row in rows.values()
-            if (action is None or row["action"] == action)
-            and (state is None or row["state"] == state)
-        ]
-        picked.sort(key=lambda row: row["id"], reverse=True)
-        return picked[:limit]
-
-
 # --- answers (documented in the served OpenAPI) ---------------------------------------------
 class Login(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -337,12 +136,35 @@ class SubscriptionView(BaseModel):
     observe: bool
 
 
+class HeldTask(BaseModel):
+    task: str
+    action: str
+    group: str
+    state: str = Field(description="offered or started")
+    attempt: int
+    started_at: float | None
+
+
 class ConnectionView(BaseModel):
     id: str
     service: str
     kind: Literal["websocket", "pull"]
+    host: str | None = Field(description="From the client's hello; null for older clients.")
+    pid: int | None
+    client: str | None = Field(description="The client library, e.g. taskhub-python.")
+    version: str | None = Field(description="The client library's version.")
+    remote: str | None = Field(description="The address the connection came from.")
+    connected_at: float
+    uptime: float = Field(description="Seconds since it connected.")
+    processed: int = Field(description="Deliveries it finished: succeeded + failed + dropped.")
+    succeeded: int
+    failed: int
+    dropped: int
     holding: int
+    current: list[HeldTask] = Field(description="The deliveries it holds (at most 20).")
     subscriptions: list[SubscriptionView]
+    last_seen: float | None = Field(None, description="Pull consumers: its last call.")
+    leases: int | None = Field(None, description="Pull consumers: tasks it has leased.")
 
 
 class QueueStats(BaseModel):
@@ -356,14 +178,21 @@ class QueueStats(BaseModel):
     in_flight: int
 
 
+class GroupRate(BaseModel):
+    group: str
+    started: int = Field(description="Deliveries picked up.")
+    failed: int = Field(description="Tries that failed (retried or not).")
+
+
 class RateRow(BaseModel):
     action: str
-    group: str | None = Field(description="null: the action's own row (all groups).")
     published: int
-    started: int = Field(description="Deliveries picked up (group rows).")
+    started: int = Field(description="Deliveries picked up, all groups.")
     succeeded: int
-    failed: int = Field(description="Tasks failed (action row) or deliveries failed (group).")
+    failed: int = Field(description="Tasks failed.")
     ended: int = Field(description="Tasks ended without a result.")
+    failed_tries: int = Field(description="Tries that failed, all groups.")
+    groups: list[GroupRate]
 
 
 class Counts(BaseModel):
@@ -372,6 +201,7 @@ class Counts(BaseModel):
     success: int = Field(description="Tasks succeeded since the hub started.")
     fail: int
     end: int
+    chains: int = Field(description="Live chains and groups (not counted as tasks).")
 
 
 class Stats(BaseModel):
@@ -380,10 +210,15 @@ class Stats(BaseModel):
     started_at: float
     window: int = Field(description="Seconds the rates count.")
     counts: Counts
-    rates: list[RateRow] = Field(description="Events per action, and per action and group.")
+    rates: list[RateRow] = Field(description="Events per action, with its groups.")
     queues: list[QueueStats]
     connections: list[ConnectionView]
     services: dict[str, int] = Field(description="Open connections per service.")
+
+
+class ChainRef(BaseModel):
+    task: str
+    step: int
 
 
 class TaskRow(BaseModel):
@@ -397,6 +232,39 @@ class TaskRow(BaseModel):
     updates: int
     error: dict[str, Any] | None
     groups: dict[str, str] = Field(description="Delivery state per group.")
+    kind: Literal["task", "chain", "group"]
+    chain: ChainRef | None = Field(description="The chain this task is a step of.")
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskRow]
+    next: str | None = Field(description="Search: the cursor to go on from (null: done).")
+
+
+class SeriesView(BaseModel):
+    step: int = Field(description="Seconds between points: 1, or 60 beyond 15 minutes.")
+    span: int
+    t: list[int] = Field(description="Each point's start (Unix seconds).")
+    published: list[float] = Field(description="Tasks per second.")
+    succeeded: list[float]
+    failed: list[float]
+    wait_p50: list[float | None] = Field(description="Seconds; null: no task ended then.")
+    wait_p90: list[float | None]
+    wait_p99: list[float | None]
+    run_p50: list[float | None]
+    run_p90: list[float | None]
+    run_p99: list[float | None]
+
+
+class Purged(BaseModel):
+    action: str
+    group: str
+    purged: int = Field(description="Waiting deliveries failed with reason `purged`.")
+
+
+class Retried(BaseModel):
+    task: str = Field(description="The new task's id.")
+    retried_from: str
 
 
 class TaskDetail(TaskView):
@@ -552,42 +420,92 @@ async def stats(request: Request, creds: AdminCaller, hub: HubDep, monitor: Moni
         "counts": {**counts, **{s: monitor.ended[s] for s in ("success", "fail", "end")}},
         "rates": monitor.rates(),
         "queues": queues,
-        "connections": monitor.connections(_pull_ids(request)),
+        "connections": monitor.connections(_pull(request)),
         "services": dict(hub.registry.connections),
     }
 
 
-def _pull_ids(request: Request) -> set[str]:
+def _pull(request: Request) -> dict[str, Any]:
     consumers = getattr(request.app.state, "consumers", None)
-    return set(consumers.by_id) if consumers is not None else set()
+    return dict(consumers.by_id) if consumers is not None else {}
 
 
 @router.get(
     "/connections",
     response_model=list[ConnectionView],
-    summary="Connected services and each subscription's credit",
+    summary="Connected workers and pull consumers, with their host, pid and credit",
     responses=_responses(**_ADMIN_ERRORS),
 )
 async def connections(request: Request, creds: AdminCaller, monitor: MonitorDep) -> Any:
-    return monitor.connections(_pull_ids(request))
+    return monitor.connections(_pull(request))
+
+
+SPANS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
+
+
+@router.get(
+    "/series",
+    response_model=SeriesView,
+    summary="Tasks per second and wait/run percentiles over time (the charts)",
+    responses=_responses(**_ADMIN_ERRORS),
+)
+async def series(
+    creds: AdminCaller,
+    monitor: MonitorDep,
+    span: Literal["5m", "15m", "1h", "6h", "24h"] = "15m",
+) -> Any:
+    """User tasks (chains and groups are counted as their steps) published, succeeded and
+    failed per second, and the 50th, 90th and 99th percentiles of the wait time (publish, or
+    the delay's end, to start) and the run time (start to end) of the tasks that ended at each
+    point. One point a second up to 15 minutes, one a minute up to 24 hours; kept in memory
+    since the hub started."""
+    return monitor.chart(SPANS[span])
 
 
 @router.get(
     "/tasks",
-    response_model=list[TaskRow],
-    summary="Recent tasks, newest first",
+    response_model=TaskPage,
+    summary="Recent tasks, newest first; or a search of the stored tasks",
     responses=_responses(**_ADMIN_ERRORS),
 )
 async def recent_tasks(
     creds: AdminCaller,
+    hub: HubDep,
     monitor: MonitorDep,
+    id: Annotated[str | None, Query(description="One task, by id.")] = None,
     action: str | None = None,
     state: Literal["init", "start", "success", "fail", "end"] | None = None,
+    kind: Annotated[
+        Literal["task", "chain", "all"],
+        Query(description="task: user tasks; chain: chains and groups; all: both."),
+    ] = "task",
+    publisher: str | None = None,
+    since: Annotated[float | None, Query(description="Created at or after (Unix s).")] = None,
+    until: Annotated[float | None, Query(description="Created at or before (Unix s).")] = None,
+    error: Annotated[str | None, Query(min_length=1, max_length=1000)] = None,
+    after: Annotated[str | None, Query(description="Search: the `next` of the last page.")] = None,
     limit: Annotated[int, Query(ge=1, le=RECENT_TASKS)] = 100,
 ) -> Any:
-    """Live tasks and the last tasks this hub saw end (at most 1000); older ones are read by
-    id (`GET /v1/dashboard/tasks/{id}`) or listed with `GET /v1/tasks`."""
-    return monitor.tasks(action, state, limit)
+    """With `id`: that task or chain (or nothing). Without `publisher`, `since`, `until`,
+    `error` or `after`: the live tasks and the last tasks this hub saw end (at most 1000),
+    newest first, from memory. With any of them: a search of the stored tasks, oldest first,
+    paged like `GET /v1/tasks` (`next`)."""
+    if id is not None:  # one task or chain, whatever the other filters say
+        rec = await hub.find(id)
+        return {"tasks": [summary(rec)] if rec is not None else [], "next": None}
+    f = TaskFilter(
+        action=action,
+        state=state,
+        publisher=publisher,
+        since=since,
+        until=until,
+        error=error,
+        kind=None if kind == "all" else kind,
+    )
+    if publisher is None and since is None and until is None and error is None and after is None:
+        return {"tasks": monitor.tasks(action, state, kind, limit), "next": None}
+    found, next_id = await search(hub, OPERATOR, f, after=after, limit=limit)
+    return {"tasks": [summary(rec) for rec in found], "next": next_id}
 
 
 @router.get(
@@ -607,7 +525,8 @@ async def task_detail(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     summary="Stream a task's events (Server-Sent Events)",
     responses={
         200: {
-            "description": "As `GET /v1/tasks/{task_id}/events`, with the session cookie.",
+            "description": "As `GET /v1/tasks/{task_id}/events`, with the session cookie, "
+            "and every event sent as a plain `message` (its type is in its data).",
             "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
         **_responses(**_ADMIN_ERRORS, _404="Unknown task."),
@@ -622,10 +541,88 @@ async def task_events(
     events: TaskEvents = request.app.state.task_events
     last = request.headers.get("last-event-id", "")
     return StreamingResponse(
-        _event_stream(hub, events, task_id, int(last) if last.isdigit() else 0),
+        _unnamed(_event_stream(hub, events, task_id, int(last) if last.isdigit() else 0)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _unnamed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream without its ``event:`` lines: an EventSource hears a named event only with
+    a listener for that name, and the page must show every type, also ones added later."""
+    async for chunk in stream:
+        yield b"".join(line for line in chunk.splitlines(True) if not line.startswith(b"event:"))
+
+
+# --- actions (each needs admin rights, as every route here) -----------------------------------
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=TaskView,
+    summary="Cancel a waiting or running task",
+    responses=_responses(**_ADMIN_ERRORS, _404="Unknown task.", _409="It has already ended."),
+)
+async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
+    """The task fails with reason `cancelled` ("cancelled by <admin>"); its workers are told
+    to stop. A chain or group cancelled this way cancels its running steps too."""
+    try:
+        task = hub.lc.cancel(_operator(creds), task_id)
+    except TaskNotFound:
+        rec = await _readable(hub, OPERATOR, task_id)  # 404 if it never existed
+        raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
+    hub.kick()
+    await hub.flush()
+    return task_view(task.rec)
+
+
+@router.post(
+    "/tasks/{task_id}/retry",
+    response_model=Retried,
+    summary="Publish a fresh copy of a failed task",
+    responses=_responses(
+        **_ADMIN_ERRORS, _404="Unknown task.", _409="The task has not failed (named state)."
+    ),
+)
+async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
+    """Same action, payload and options as the failed task (without its `key`, `delay`, `at`
+    and `once_every`, as a dead-letter re-queue), a new id, `options.retried_from` the failed
+    one, published by the admin. Only a task in state `fail` can be retried; a chain or group
+    cannot (publish it again)."""
+    rec = await _readable(hub, OPERATOR, task_id)
+    if rec.state != "fail":
+        raise TaskEnded(
+            f"task {task_id} is {rec.state}, not failed: only a failed task is retried",
+            task=task_id,
+        )
+    if rec.action.startswith(INTERNAL_PREFIX):
+        raise TaskEnded(f"task {task_id} is a {rec.action}: publish it again", task=task_id)
+    kept = {k: rec.options[k] for k in REQUEUE_OPTIONS if k in rec.options}
+    if kept.get("priority") is None:
+        kept.pop("priority", None)
+    task, _ = hub.lc.publish(
+        _operator(creds), rec.action, rec.payload, _Options(kept), extra={"retried_from": rec.id}
+    )
+    assert isinstance(task, Task)  # no key, no once_every: always a new task
+    hub.kick()
+    await hub.flush()
+    return {"task": task.id, "retried_from": task_id}
+
+
+@router.post(
+    "/queues/{action}/{group}/purge",
+    response_model=Purged,
+    summary="Purge a group queue (its waiting deliveries)",
+    responses=_responses(**_ADMIN_ERRORS, _404="No such queue."),
+)
+async def purge(action: str, group: str, creds: AdminCaller, hub: HubDep) -> Any:
+    """As `DELETE /v1/queues/{action}/{group}`: the group's waiting deliveries fail with
+    reason `purged`; deliveries a worker holds are left to it."""
+    n = await hub.admin.purge(_operator(creds), action, group)
+    return {"action": action, "group": group, "purged": n}
+
+
+def _operator(creds: Credentials) -> Credentials:
+    # An admin acts on every action: cancel, retry and purge whatever the dashboard shows.
+    return Credentials(creds.name, sub_permissions=("*",), pub_permissions=("*",))
 
 
 @router.get(

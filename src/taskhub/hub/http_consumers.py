@@ -162,7 +162,9 @@ router = APIRouter(prefix="/v1")
         _429="The service's max_connections is reached.",
     ),
 )
-async def start_consumer(body: ConsumerCreate, creds: Caller, consumers: ConsumersDep) -> Any:
+async def start_consumer(
+    body: ConsumerCreate, creds: Caller, consumers: ConsumersDep, request: Request
+) -> Any:
     c = consumers.start(
         creds,
         body.actions,
@@ -171,6 +173,11 @@ async def start_consumer(body: ConsumerCreate, creds: Caller, consumers: Consume
         lease=body.lease,
         durable=body.durable,
     )
+    # What the dashboard's workers view shows of it: where it called from, and its HTTP client.
+    c.peer.remote = request.client.host if request.client else None
+    agent = request.headers.get("user-agent")
+    if agent:
+        c.peer.hello = {"client": agent[:255]}
     return {
         "consumer_id": c.id,
         "consumer_token": c.token,

@@ -27,6 +27,7 @@ from taskhub.hub.http_deps import (
 )
 from taskhub.hub.http_events import TaskEvents, _events
 from taskhub.hub.hub import task_view
+from taskhub.hub.search import TaskFilter, search
 from taskhub.lifecycle import Task
 from taskhub.protocol import plain
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
@@ -200,34 +201,31 @@ async def list_tasks(
     creds: Caller,
     action: str | None = None,
     state: TaskState | None = None,
+    publisher: Annotated[str | None, Query(description="Published by this service.")] = None,
+    since: Annotated[float | None, Query(description="Created at or after (Unix seconds).")] = None,
+    until: Annotated[
+        float | None, Query(description="Created at or before (Unix seconds).")
+    ] = None,
+    error: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=1000,
+            description="Text in the task's error or a try's error (type, message, reason, "
+            "traceback), in any case.",
+        ),
+    ] = None,
     after: Annotated[str | None, Query(description="The `next` of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """Tasks by id (creation order) that the caller may read. A page may hold fewer than
-    `limit` tasks and still have a `next`: keep going until `next` is null."""
-    rows = await hub.store.list_tasks(action=action, state=state, after=after, limit=limit + 1)
-    # The store may lag the hub by a batch: overlay the fresher in-memory records, then filter
-    # again. Only ids up to the store page's last one are complete, so stop there.
-    bound = rows[-1].id if len(rows) > limit else None
-    merged = {rec.id: rec for rec in rows}
-    for rec in hub.unwritten().values():
-        if (
-            (after is None or rec.id > after)
-            and (bound is None or rec.id <= bound)
-            and (action is None or rec.action == action)
-        ):
-            merged[rec.id] = rec
-    found = sorted(
-        (
-            rec
-            for rec in merged.values()
-            if (state is None or rec.state == state) and hub.lc.may_read(creds, rec)
-        ),
-        key=lambda rec: rec.id,
+    `limit` tasks and still have a `next`: keep going until `next` is null. A call reads at
+    most 5,000 stored tasks: with `publisher` or `error`, a page can be short or empty."""
+    f = TaskFilter(
+        action=action, state=state, publisher=publisher, since=since, until=until, error=error
     )
-    page = found[:limit]
-    next_id = page[-1].id if len(found) > limit else bound
-    return {"tasks": [task_view(rec) for rec in page], "next": next_id}
+    found, next_id = await search(hub, creds, f, after=after, limit=limit)
+    return {"tasks": [task_view(rec) for rec in found], "next": next_id}
 
 
 @router.get(

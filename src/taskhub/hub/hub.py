@@ -416,6 +416,7 @@ class Hub:
 
     # --- connections -------------------------------------------------------------------------
     def attach(self, peer: Peer, sender: Sender, closer: Closer | None = None) -> None:
+        peer.connected_at = self.clock()
         self.senders[peer] = sender
         if closer is not None:
             self.closers[peer] = closer
@@ -577,6 +578,18 @@ class Hub:
                 | p.Requeue()
             ):
                 return self.admin.answer(peer, msg)
+            case p.Hello():
+                peer.hello = {
+                    k: v
+                    for k, v in (
+                        ("client", msg.client),
+                        ("version", msg.version),
+                        ("host", msg.host),
+                        ("pid", msg.pid),
+                    )
+                    if v is not None
+                }
+                self._ok(peer, msg.ref)
             case p.Bad():
                 raise msg.error
         return None

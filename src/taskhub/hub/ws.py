@@ -162,6 +162,8 @@ async def serve_connection(ws: WebSocket, hub: Hub) -> None:  # noqa: C901  #18:
         return
 
     peer = Peer(new_id(), creds)
+    if ws.client is not None:  # the address it came from, for the dashboard
+        peer.remote = ws.client.host
     try:
         await ws.accept()
     except Exception:

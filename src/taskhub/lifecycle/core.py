@@ -736,10 +736,12 @@ class LifecycleCore:
                 )
             # A stale attempt's return still completes the task (first wins); the current
             # holder, if any, hears `success` from _finish like every other holder.
+        peer.succeeded += 1
         self._finish(task, "success", result=result, by=peer)
 
     def drop(self, peer: Peer, task_id: str, attempt: int) -> None:
         d = self._held(peer, task_id, attempt)
+        peer.dropped += 1
         self._release(d)
         d.rec.state = "dropped"
         self._event(d.task, "drop", group=d.rec.group, service=peer.service)
@@ -759,6 +761,7 @@ class LifecycleCore:
         """The handler failed. ``delay`` (the handler raised Retry): offer again after
         exactly that delay while ``max_attempts`` allows, whatever ``retries`` says."""
         d = self._held(peer, task_id, attempt)
+        peer.failed += 1
         task = d.task
         opt = self._options_of(d)
         self._release(d)

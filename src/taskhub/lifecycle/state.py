@@ -74,6 +74,15 @@ class Peer:
     open: bool = True
     queued: bool = False  # already in the lifecycle's list of peers with output
     service: str = field(init=False)  # the credentials' name (a plain attribute: hot path)
+    # What the dashboard shows of a connection (docs/dashboard.md): its `hello` (host, pid,
+    # client version), the address it came from, when it connected, and how many of its
+    # deliveries it finished, by outcome.
+    hello: dict[str, Any] | None = None
+    remote: str | None = None
+    connected_at: float = 0.0
+    succeeded: int = 0
+    failed: int = 0
+    dropped: int = 0
 
     def __post_init__(self) -> None:
         self.service = self.creds.name

@@ -1,9 +1,12 @@
-// Entry point: the login form, the hash router (#/, #/tasks, #/dead-letters, #/task/ID)
+// Entry point: the login form, the hash router (#/, #/tasks, #/chains, #/workers,
+// #/dead-letters, #/task/ID)
 // and the header. No framework and no build step: the browser loads these modules as is.
 
 import { api, ApiError } from "./api.js";
 import { h, replace } from "./dom.js";
-import { deadLetters, overview, task, tasks } from "./views.js";
+import { task } from "./task.js";
+import { chains, deadLetters, overview, tasks } from "./views.js";
+import { workers } from "./workers.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -23,6 +26,8 @@ function route() {
     return [task, params, "tasks"];
   }
   if (path === "/tasks") return [tasks, params, "tasks"];
+  if (path === "/chains") return [chains, params, "chains"];
+  if (path === "/workers") return [workers, params, "workers"];
   if (path === "/dead-letters") return [deadLetters, params, "dead-letters"];
   return [overview, params, "overview"];
 }

@@ -73,3 +73,51 @@ export function table(headers, rows, empty = "Nothing yet.") {
     : [h("tr", {}, h("td", { class: "empty", colspan: headers.length }, empty))];
   return h("table", {}, h("thead", {}, head), h("tbody", {}, body));
 }
+
+// "3 s", "4 min", "2 h 5 min", "3 d 4 h": an uptime or an age
+export function span(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+// Progress in an update, as the CLI reads it: {done, total} or {progress: 0..1}.
+export function progressOf(update) {
+  if (!update || typeof update !== "object" || Array.isArray(update)) return null;
+  const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+  const done = num(update.done), total = num(update.total);
+  if (done !== null && total !== null && total > 0) {
+    return { done: Math.min(Math.max(done, 0), total), total };
+  }
+  const fraction = num(update.progress);
+  if (fraction !== null && fraction >= 0 && fraction <= 1) return { done: fraction, total: 1 };
+  return null;
+}
+
+export function progressBar(p) {
+  const pct = Math.round((p.done / p.total) * 100);
+  const label = p.total === 1 ? `${pct} %` : `${p.done} / ${p.total} (${pct} %)`;
+  return h("div", { class: "progress", id: "progress", role: "progressbar",
+                    "aria-valuenow": String(pct), "aria-valuemin": "0", "aria-valuemax": "100" },
+    h("div", { class: "bar", style: `width: ${pct}%` }), h("span", {}, label));
+}
+
+// A modal confirmation: resolves true when the user confirms, false otherwise. Every action
+// that changes something (cancel, retry, re-queue, purge) asks first.
+export function confirmAction(title, text, okLabel) {
+  return new Promise((resolve) => {
+    const ok = h("button", { type: "button", class: "danger", id: "confirm-ok" }, okLabel);
+    const no = h("button", { type: "button", id: "confirm-cancel" }, "Keep it");
+    const dialog = h("dialog", { class: "confirm", id: "confirm" },
+      h("strong", {}, title), h("p", {}, text), h("div", { class: "buttons" }, no, ok));
+    const done = (answer) => { dialog.close(); dialog.remove(); resolve(answer); };
+    ok.addEventListener("click", () => done(true));
+    no.addEventListener("click", () => done(false));
+    dialog.addEventListener("cancel", (e) => { e.preventDefault(); done(false); });
+    document.body.append(dialog);
+    dialog.showModal();
+    no.focus();
+  });
+}

@@ -1,16 +1,14 @@
-// The four views. Each takes the <main> element and the route's parameters, draws itself,
-// keeps itself live (polling or a stream) and returns a function that stops that.
+// The list views. Each takes the <main> element and the route's parameters, draws itself,
+// keeps itself live (polling) and returns a function that stops that. The task page is in
+// task.js, the workers in workers.js.
 
 import { api, ApiError, query } from "./api.js";
-import { badge, duration, h, json, replace, short, table, time } from "./dom.js";
-
-const TERMINAL = new Set(["success", "fail", "end"]);
-const EVENT_TYPES = ["init", "offer", "pickup", "start", "update", "requeue", "delivery_fail",
-                     "drop", "success", "fail", "end"];
+import { charts } from "./charts.js";
+import { badge, confirmAction, duration, h, replace, short, table, time } from "./dom.js";
 
 // Runs fn now and then every `every` ms, skipping ticks while the tab is hidden (a dashboard
 // left open in a background tab costs the hub nothing). Errors go to onError.
-function poll(fn, every, onError) {
+export function poll(fn, every, onError) {
   let stopped = false;
   let timer;
   const tick = async () => {
@@ -18,28 +16,34 @@ function poll(fn, every, onError) {
     if (!document.hidden) {
       try { await fn(); } catch (err) { onError(err); }
     }
-    if (!stopped) timer = setTimeout(tick, every);
+    if (!stopped) timer = setTimeout(tick, typeof every === "function" ? every() : every);
   };
   tick();
   return () => { stopped = true; clearTimeout(timer); };
 }
 
-function errorBox(el, ctx) {
+export function errorBox(el, ctx) {
   return (err) => {
     if (err instanceof ApiError && err.status === 401) return ctx.loggedOut();
     replace(el, h("p", { class: "error" }, `Could not load: ${err.message}`));
   };
 }
 
-const taskLink = (id) => h("a", { href: `#/task/${id}`, class: "mono" }, id);
+export const taskLink = (id) => h("a", { href: `#/task/${id}`, class: "mono" }, id);
+
+const KIND_LABEL = { chain: "chain", group: "group" };
 
 function taskRows(tasks) {
   return tasks.map((t) => ({
-    attrs: { "data-task": t.id, "data-state": t.state },
+    attrs: { "data-task": t.id, "data-state": t.state, "data-kind": t.kind },
     cells: [
-      taskLink(t.id), t.action, badge(t.state), t.publisher, time(t.created_at),
+      taskLink(t.id),
+      h("span", {}, KIND_LABEL[t.kind] ? h("span", { class: "tag" }, KIND_LABEL[t.kind]) : t.action,
+        t.chain ? h("a", { class: "tag", href: `#/task/${t.chain.task}`, title: "its chain" },
+                    `step ${t.chain.step}`) : null),
+      badge(t.state), t.publisher, time(t.created_at),
       duration(t.started_at || t.created_at, t.ended_at), String(t.updates),
-      t.error ? short(t.error.message || t.error.reason, 60)
+      t.error ? short(`${t.error.type ? t.error.type + ": " : ""}${t.error.message || t.error.reason}`, 70)
               : Object.entries(t.groups).map(([g, s]) => `${g}: ${s}`).join(", "),
     ],
   }));
@@ -48,95 +52,188 @@ function taskRows(tasks) {
 const TASK_HEADERS = [["Task"], ["Action"], ["State"], ["Publisher"], ["Created"],
                       ["Duration"], ["Updates", "num"], ["Groups / error"]];
 
+async function purgeQueue(flash, q) {
+  const ok = await confirmAction(`Purge ${q.action} [${q.group}]?`,
+    `The ${q.waiting} waiting deliveries of group ${q.group} fail with reason "purged". ` +
+    "Tasks a worker holds are left to it.", "Purge");
+  if (!ok) return;
+  try {
+    const out = await api(`/queues/${encodeURIComponent(q.action)}/${encodeURIComponent(q.group)}/purge`,
+                          { method: "POST" });
+    replace(flash, h("p", { class: "note", id: "purged" },
+      `Purged ${out.purged} waiting deliveries of ${out.action} [${out.group}].`));
+  } catch (err) {
+    replace(flash, h("p", { class: "error" }, `Purge failed: ${err.message}`));
+  }
+}
+
 // --- overview -----------------------------------------------------------------------------
-export function overview(main, _params, ctx) {
+const SPANS = [["5m", "5 minutes"], ["15m", "15 minutes"], ["1h", "1 hour"], ["6h", "6 hours"],
+               ["24h", "24 hours"]];
+
+export function overview(main, params, ctx) {
   const head = h("p", { class: "muted" });
   const cards = h("div", { class: "cards" });
-  const rates = h("div");
-  const queues = h("div");
-  const conns = h("div");
+  const rates = h("div", { id: "rates" });
+  const queues = h("div", { id: "queues" });
+  const flash = h("div");
   const recent = h("div", { id: "recent" });
+  const spanSelect = h("select", { name: "span", id: "span" },
+    SPANS.map(([v, label]) => h("option", { value: v, selected: v === (params.get("span") || "5m") }, label)));
+  const chartBox = h("div", { class: "charts" },
+    h("section", {}, h("h3", {}, "Tasks per second"), h("div", { id: "chart-rates", class: "chart" })),
+    h("section", {}, h("h3", {}, "Wait and run time (tasks that ended)"),
+      h("div", { id: "chart-times", class: "chart" })));
   replace(main, h("h1", {}, "Overview"), head, cards,
-          h("h2", {}, "Rates, last minute"), rates, h("h2", {}, "Queues"), queues,
-          h("h2", {}, "Connected services"), conns,
+          h("h2", {}, "Over time ", spanSelect), chartBox,
+          h("h2", {}, "Rates, last minute"), rates,
+          h("h2", {}, "Queues"), flash, queues,
           h("h2", {}, "Recent tasks ", h("a", { href: "#/tasks" }, "(all)")), recent);
   const card = (n, label, id) =>
     h("div", { class: "card", id }, h("div", { class: "n" }, String(n)),
       h("div", { class: "label" }, label));
-  return poll(async () => {
+  const plot = charts(chartBox);
+  const loadSeries = async () => plot.update(await api(`/series?span=${spanSelect.value}`));
+  spanSelect.addEventListener("change", () => {
+    history.replaceState(null, "", `#/${query({ span: spanSelect.value })}`);
+    loadSeries().catch(errorBox(flash, ctx));
+  });
+  // a point a second up to 15 minutes: redraw every second; a point a minute: every 10 s
+  const stopSeries = poll(loadSeries, () => (["5m", "15m"].includes(spanSelect.value) ? 1000 : 10000),
+                          errorBox(flash, ctx));
+  const stopStats = poll(async () => {
     const [s, tasks] = await Promise.all([api("/stats"), api("/tasks?limit=10")]);
     const c = s.counts;
-    const perMin = s.rates.filter((r) => r.group === null);
-    const sum = (k) => perMin.reduce((n, r) => n + r[k], 0);
+    const sum = (k) => s.rates.reduce((n, r) => n + r[k], 0);
+    const workers = s.connections.filter((cn) => cn.subscriptions.some((x) => !x.observe)).length;
     replace(head, `Hub “${s.hub}” · up since ${new Date(s.started_at * 1000).toLocaleString()}`);
     replace(cards,
       card(c.waiting, "waiting", "count-waiting"), card(c.running, "running", "count-running"),
       card(c.success, "succeeded (since start)", "count-success"),
       card(c.fail, "failed (since start)", "count-fail"),
       card(c.end, "ended, no result", "count-end"),
+      card(c.chains, "chains running", "count-chains"),
       card(sum("published"), "published / min"), card(sum("succeeded"), "succeeded / min"),
-      card(s.connections.length, "connections"));
+      h("a", { href: "#/workers", class: "card-link" }, card(workers, "workers", "count-workers")));
     replace(rates, table(
-      [["Action"], ["Group"], ["Published", "num"], ["Started", "num"], ["Succeeded", "num"],
-       ["Failed", "num"], ["Ended", "num"]],
-      s.rates.map((r) => [r.action, r.group ?? h("span", { class: "muted" }, "all groups"),
-        ...[r.published, r.started, r.succeeded, r.failed, r.ended].map(String)]),
+      [["Action"], ["Published", "num"], ["Started", "num"], ["Succeeded", "num"],
+       ["Failed", "num"], ["Ended", "num"], ["Groups (started · failed tries)"]],
+      s.rates.map((r) => ({
+        attrs: { "data-action": r.action },
+        cells: [r.action, ...[r.published, r.started, r.succeeded, r.failed, r.ended].map(String),
+          r.groups.map((g) => h("div", {}, `${g.group}: ${g.started} · ${g.failed}`))],
+      })),
       "No task events in the last minute."));
     replace(queues, table(
       [["Action"], ["Group"], ["Durable"], ["Workers", "num"], ["In flight / credit", "num"],
-       ["Waiting", "num"]],
-      s.queues.map((q) => [q.action, q.group, q.durable ? "yes" : "no", String(q.workers),
-        `${q.in_flight} / ${q.credit}`, String(q.waiting)]),
+       ["Waiting", "num"], [""]],
+      s.queues.map((q) => ({
+        attrs: { "data-queue": `${q.action} ${q.group}` },
+        cells: [q.action, q.group, q.durable ? "yes" : "no", String(q.workers),
+          `${q.in_flight} / ${q.credit}`, String(q.waiting),
+          h("button", { type: "button", class: "danger small", disabled: q.waiting === 0,
+                        onclick: () => purgeQueue(flash, q) }, "Purge")],
+      })),
       "No group has subscribed yet."));
-    replace(conns, table(
-      [["Service"], ["Connection"], ["Kind"], ["Subscriptions (in flight / credit)"],
-       ["Holding", "num"]],
-      s.connections.map((cn) => [cn.service, h("span", { class: "mono" }, cn.id), cn.kind,
-        cn.subscriptions.length
-          ? cn.subscriptions.map((sub) => h("div", {},
-              `${sub.action} [${sub.group}] ${sub.inflight} / ${sub.concurrency}`,
-              sub.observe ? " (observer)" : ""))
-          : h("span", { class: "muted" }, "none"),
-        String(cn.holding)]),
-      "No service is connected."));
-    replace(recent, table(TASK_HEADERS, taskRows(tasks), "No task yet."));
+    replace(recent, table(TASK_HEADERS, taskRows(tasks.tasks), "No task yet."));
   }, 1000, errorBox(cards, ctx));
+  return () => { stopStats(); stopSeries(); plot.stop(); };
 }
 
-// --- task list ----------------------------------------------------------------------------
+// --- task list and search -----------------------------------------------------------------
 const STATES = [["", "any state"], ["init", "waiting"], ["start", "running"],
                 ["success", "success"], ["fail", "failed"], ["end", "ended"]];
+const KINDS = [["task", "tasks"], ["chain", "chains and groups"], ["all", "tasks and chains"]];
+const SEARCH_FIELDS = ["id", "publisher", "since", "until", "error"];
 
-export function tasks(main, params, ctx) {
-  const action = h("input", { name: "action", placeholder: "action, e.g. email:send",
-                              value: params.get("action") || "", list: "actions" });
+// <input type=datetime-local> speaks local time without a zone; the API speaks Unix seconds.
+const toLocalInput = (t) => {
+  if (!t) return "";
+  const d = new Date(Number(t) * 1000);
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+};
+const fromLocalInput = (v) => (v ? String(new Date(v).getTime() / 1000) : "");
+
+export function tasks(main, params, ctx, { kind: fixedKind } = {}) {
+  const field = (name, attrs) => h("input", { name, value: params.get(name) || "", ...attrs });
+  const id = field("id", { placeholder: "task id", class: "mono", size: 28 });
+  const action = field("action", { placeholder: "action, e.g. email:send", list: "actions" });
+  const publisher = field("publisher", { placeholder: "publisher" });
+  const error = field("error", { placeholder: "error text" });
+  const since = h("input", { name: "since", type: "datetime-local", step: 1,
+                             value: toLocalInput(params.get("since")), title: "created from" });
+  const until = h("input", { name: "until", type: "datetime-local", step: 1,
+                             value: toLocalInput(params.get("until")), title: "created until" });
   const actions = h("datalist", { id: "actions" });
   const state = h("select", { name: "state" },
     STATES.map(([v, label]) => h("option", { value: v, selected: v === (params.get("state") || "") }, label)));
+  const kind = h("select", { name: "kind" },
+    KINDS.map(([v, label]) => h("option", { value: v, selected: v === (fixedKind || params.get("kind") || "task") }, label)));
+  const submit = h("button", { type: "submit", class: "primary" }, "Search");
+  const clear = h("button", { type: "button" }, "Clear");
+  const mode = h("p", { class: "muted", id: "list-mode" });
   const list = h("div", { id: "task-list" });
+  const more = h("button", { type: "button", id: "more", hidden: true }, "More");
+  const form = h("form", { class: "filters", id: "search" },
+    id, action, actions, state, kind, publisher, error,
+    h("label", { class: "muted" }, "from ", since), h("label", { class: "muted" }, "to ", until),
+    submit, clear);
+  const values = () => ({
+    id: id.value.trim(), action: action.value.trim(), state: state.value, kind: kind.value,
+    publisher: publisher.value.trim(), error: error.value.trim(),
+    since: fromLocalInput(since.value), until: fromLocalInput(until.value),
+  });
+  const searching = (v) => SEARCH_FIELDS.some((k) => v[k] !== "");
   const known = new Set();
-  let refresh = () => {};
-  const changed = () => {
-    // keep the filter in the address (linkable) without re-running the router
-    history.replaceState(null, "", `#/tasks${query({ action: action.value.trim(), state: state.value })}`);
-    refresh();
-  };
-  action.addEventListener("input", changed);
-  state.addEventListener("change", changed);
-  replace(main, h("h1", {}, "Tasks"),
-    h("div", { class: "filters" }, action, actions, state,
-      h("span", { class: "muted" }, "Live and recently ended tasks, newest first.")),
-    list);
-  const load = async () => {
-    const rows = await api(`/tasks${query({ action: action.value.trim(), state: state.value, limit: 200 })}`);
+  let rows = [];
+  let next = null;
+  const draw = (v) => {
     for (const t of rows) {
       if (!known.has(t.action)) { known.add(t.action); actions.append(h("option", { value: t.action })); }
     }
+    replace(mode, searching(v)
+      ? `Search of the stored tasks, oldest first: ${rows.length} found${next ? " so far" : ""}.`
+      : "Live and recently ended tasks, newest first (refreshed every second).");
     replace(list, table(TASK_HEADERS, taskRows(rows), "No task matches."));
+    more.hidden = !next;
   };
-  refresh = () => load().catch(errorBox(list, ctx));
-  return poll(load, 1000, errorBox(list, ctx));
+  const load = async (append = false) => {
+    const v = values();
+    const page = await api(`/tasks${query({ ...v, limit: 200, after: append ? next : undefined })}`);
+    rows = append ? rows.concat(page.tasks) : page.tasks;
+    next = page.next;
+    draw(v);
+  };
+  let stopPoll = () => {};
+  const start = () => {
+    stopPoll();
+    const v = values();
+    // keep the filter in the address (linkable) without re-running the router
+    const base = fixedKind ? "#/chains" : "#/tasks";
+    history.replaceState(null, "", base + query(fixedKind ? { ...v, kind: undefined } : v));
+    if (searching(v)) {
+      stopPoll = () => {};
+      load().catch(errorBox(list, ctx));
+    } else {
+      stopPoll = poll(load, 1000, errorBox(list, ctx));
+    }
+  };
+  form.addEventListener("submit", (e) => { e.preventDefault(); start(); });
+  for (const el of [state, kind]) el.addEventListener("change", start);
+  action.addEventListener("change", start);
+  clear.addEventListener("click", () => {
+    for (const el of [id, action, publisher, error, since, until]) el.value = "";
+    state.value = "";
+    start();
+  });
+  more.addEventListener("click", () => load(true).catch(errorBox(list, ctx)));
+  if (fixedKind) kind.hidden = true;
+  replace(main, h("h1", {}, fixedKind ? "Chains and groups" : "Tasks"), form, mode, list, more);
+  start();
+  return () => stopPoll();
 }
+
+export const chains = (main, params, ctx) => tasks(main, params, ctx, { kind: "chain" });
 
 // --- dead letters -------------------------------------------------------------------------
 export function deadLetters(main, _params, ctx) {
@@ -147,6 +244,9 @@ export function deadLetters(main, _params, ctx) {
     flash, list);
   let load;
   const requeue = async (btn, id) => {
+    if (!(await confirmAction(`Re-queue ${id}?`,
+      "A fresh copy (a new id, same action, payload and options) is published, and the dead letter is removed.",
+      "Re-queue"))) return;
     btn.disabled = true;
     try {
       const out = await api(`/dead-letters/${encodeURIComponent(id)}/requeue`, { method: "POST" });
@@ -173,80 +273,4 @@ export function deadLetters(main, _params, ctx) {
       "No dead letters."));
   };
   return poll(load, 3000, errorBox(list, ctx));
-}
-
-// --- one task -----------------------------------------------------------------------------
-export function task(main, params, ctx) {
-  const id = params.get("id");
-  const title = h("h1", {}, "Task ", h("span", { class: "mono" }, id));
-  const meta = h("div");
-  const payload = h("div");
-  const outcome = h("div");
-  const updates = h("ol", { class: "timeline", id: "updates" });
-  const timeline = h("ol", { class: "timeline", id: "timeline" });
-  const status = h("p", { class: "muted" });
-  replace(main, title, meta,
-    h("div", { class: "cols" },
-      h("section", {}, h("h2", {}, "Payload"), payload),
-      h("section", {}, h("h2", {}, "Result / error"), outcome)),
-    h("h2", {}, "Updates"), updates, h("h2", {}, "Timeline"), timeline, status);
-  let first = null;
-  let pending = null;
-
-  const show = (t) => {
-    replace(meta, h("dl", { class: "meta" },
-      h("dt", {}, "Action"), h("dd", {}, t.action),
-      h("dt", {}, "State"), h("dd", { id: "task-state" }, badge(t.state)),
-      h("dt", {}, "Publisher"), h("dd", {}, t.publisher),
-      h("dt", {}, "Created"), h("dd", {}, time(t.created_at)),
-      h("dt", {}, "Started"), h("dd", {}, time(t.started_at)),
-      h("dt", {}, "Ended"), h("dd", {}, `${time(t.ended_at)}  (${duration(t.created_at, t.ended_at)})`),
-      h("dt", {}, "Deliveries"), h("dd", {}, t.deliveries.length
-        ? t.deliveries.map((d) => h("div", {}, `${d.group}: ${d.state}, attempt ${d.attempt}, tries ${d.tries}`))
-        : "none yet"),
-      h("dt", {}, "Options"), h("dd", { class: "mono" }, short(t.options, 200) || "{}")));
-    replace(payload, json(t.payload));
-    if (t.state === "success") replace(outcome, json(t.result));
-    else if (t.error) replace(outcome, h("div", { class: "error" }, short(t.error, 2000)));
-    else replace(outcome, h("p", { class: "muted" }, TERMINAL.has(t.state) ? "No result." : "Not finished."));
-  };
-  const reload = () => {
-    // many events arrive in one burst: read the task once for the lot
-    clearTimeout(pending);
-    pending = setTimeout(() => api(`/tasks/${encodeURIComponent(id)}`).then(show).catch(errorBox(meta, ctx)), 100);
-  };
-  const onEvent = (msg) => {
-    const ev = JSON.parse(msg.data);
-    if (first === null) first = ev.at;
-    const who = [ev.group && `group ${ev.group}`, ev.service && `by ${ev.service}`].filter(Boolean).join(" ");
-    timeline.append(h("li", { "data-type": ev.type },
-      h("span", { class: "mono" }, time(ev.at)),
-      h("span", { class: "muted mono" }, `+${Math.round((ev.at - first) * 1000)} ms`),
-      h("span", { class: `ev-${ev.type}` }, ev.type),
-      h("span", {}, who, ev.data !== null && ev.data !== undefined ? ` ${short(ev.data, 160)}` : "")));
-    if (ev.type === "update") {
-      updates.append(h("li", {}, h("span", { class: "mono" }, time(ev.at)),
-        h("span", {}, ""), h("span", { class: "muted" }, ev.service || ""),
-        h("span", { class: "mono" }, short(ev.data, 400))));
-    }
-    if (TERMINAL.has(ev.type)) {
-      // the stream ends after the terminal event; without close() EventSource would reconnect
-      source.close();
-      replace(status, "The task has ended.");
-    }
-    reload();
-  };
-
-  const source = new EventSource(`/v1/dashboard/tasks/${encodeURIComponent(id)}/events`);
-  api(`/tasks/${encodeURIComponent(id)}`).then(show).catch((err) => {
-    source.close();
-    if (err instanceof ApiError && err.status === 401) return ctx.loggedOut();
-    replace(main, title, h("p", { class: "error" }, err.message));
-  });
-  for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
-  source.onmessage = onEvent; // an event type this page does not know yet
-  source.onerror = () => {
-    if (source.readyState === EventSource.CONNECTING) replace(status, "Reconnecting…");
-  };
-  return () => { source.close(); clearTimeout(pending); };
 }
