@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from taskhub.client import Client, Handle, TaskContext
 from taskhub.client.control import Reject, Retry
 from taskhub.errors import (
@@ -21,6 +19,7 @@ from taskhub.errors import (
     TaskTimeout,
     TooManyConnections,
 )
+from taskhub.version import __version__
 
 if TYPE_CHECKING:
     from taskhub.server import Server

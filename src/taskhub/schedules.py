@@ -22,7 +22,7 @@ import msgspec
 from croniter import croniter
 
 from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError, TaskNotFound
-from taskhub.lifecycle import Credentials, Lifecycle, _Options, resolve_options
+from taskhub.lifecycle import Credentials, Lifecycle, StoredOptions, resolve_options
 from taskhub.names import allowed, reserved_action, validate_action
 
 log = logging.getLogger("taskhub.schedules")
@@ -145,7 +145,7 @@ class Scheduler:
                 option="key" if "key" in spec.options else "at",
             )
         # The pub checks, now rather than at the first slot.
-        resolve_options(_Options(spec.options), self.lc.defaults, 0.0, spec.action)
+        resolve_options(StoredOptions(spec.options), self.lc.defaults, 0.0, spec.action)
 
     def _may_change(self, creds: Credentials, spec: Schedule) -> None:
         if creds.name != spec.owner and not allowed(creds.pub_permissions, spec.action):
@@ -231,7 +231,7 @@ class Scheduler:
                 creds,
                 spec.action,
                 spec.payload,
-                _Options(spec.options),
+                StoredOptions(spec.options),
                 extra={"schedule": spec.name, "slot": slot},
             )
         except TaskHubError as exc:  # checked at put: only a changed hub default gets here

@@ -35,6 +35,7 @@ from taskhub.errors import (
     from_wire,
 )
 from taskhub.protocol import WS_PATH
+from taskhub.version import __version__
 
 log = logging.getLogger("taskhub.client")
 Message = dict[str, Any]
@@ -498,8 +499,6 @@ def _ignore_closed(task: asyncio.Future[None]) -> None:
 
 def hello() -> Message:
     """Who this client is, for the hub's dashboard (the protocol's optional ``hello``)."""
-    from taskhub import __version__  # here: taskhub's __init__ imports this module
-
     return {
         "op": "hello",
         "client": "taskhub-python",

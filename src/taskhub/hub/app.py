@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import FastAPI, WebSocket
 from fastapi_offline import FastAPIOffline
 
-from taskhub import __version__
 from taskhub.hub import dashboard, http, metrics, schedules_http
 from taskhub.hub.http_origin import SameOrigin
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
+from taskhub.version import __version__
 
 DOCS_ASSETS = "/docs/assets"  # swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js
 

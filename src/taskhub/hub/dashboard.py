@@ -46,7 +46,7 @@ from taskhub.hub.monitor import (
 )
 from taskhub.hub.schedules_http import Requeued
 from taskhub.hub.search import TaskFilter, search
-from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, Task, _Options
+from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions, Task
 
 COOKIE = "taskhub_session"
 SESSION_TTL = 8 * 3600.0  # seconds a login lasts; the secret dies with the process anyway
@@ -599,7 +599,11 @@ async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     if kept.get("priority") is None:
         kept.pop("priority", None)
     task, _ = hub.lc.publish(
-        _operator(creds), rec.action, rec.payload, _Options(kept), extra={"retried_from": rec.id}
+        _operator(creds),
+        rec.action,
+        rec.payload,
+        StoredOptions(kept),
+        extra={"retried_from": rec.id},
     )
     assert isinstance(task, Task)  # no key, no once_every: always a new task
     hub.kick()

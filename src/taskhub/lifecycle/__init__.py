@@ -15,7 +15,12 @@ that caused it is stored.
 
 from taskhub.lifecycle.core import LifecycleCore
 from taskhub.lifecycle.operations import Lifecycle
-from taskhub.lifecycle.options import ACTION_OPTIONS, REQUEUE_OPTIONS, _Options, resolve_options
+from taskhub.lifecycle.options import (
+    ACTION_OPTIONS,
+    REQUEUE_OPTIONS,
+    StoredOptions,
+    resolve_options,
+)
 from taskhub.lifecycle.state import (
     DEAD_META,
     DEAD_REASONS,
@@ -53,10 +58,10 @@ __all__ = [
     "Message",
     "Peer",
     "Queue",
+    "StoredOptions",
     "Subscription",
     "Task",
     "TimerHandler",
-    "_Options",
     "dead_letter",
     "queue_key",
     "resolve_options",

@@ -8,7 +8,7 @@ from typing import Any
 
 from taskhub.errors import PermissionDenied, TaskNotFound
 from taskhub.lifecycle.core import LifecycleCore
-from taskhub.lifecycle.options import _REQUEUE_KEEP, _Options
+from taskhub.lifecycle.options import _REQUEUE_KEEP, StoredOptions
 from taskhub.lifecycle.state import (
     DEAD_META,
     HELD,
@@ -167,7 +167,7 @@ class Lifecycle(LifecycleCore):
             Credentials(creds.name, pub_permissions=creds.pub_permissions),
             str(entry["action"]),
             entry.get("payload"),
-            _Options(kept),
+            StoredOptions(kept),
             extra={"requeued_from": entry["id"]},
         )
         assert isinstance(task, Task)  # no key, no once_every: always a new task

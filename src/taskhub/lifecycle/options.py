@@ -66,7 +66,7 @@ def _check_options(opts: dict[str, Any]) -> None:
         raise InvalidOption("option 'max_attempts' must be >= 1", option="max_attempts")
 
 
-class _Options:
+class StoredOptions:
     """Stored options read back like a PubOptions (the lifecycle reads options by name)."""
 
     def __init__(self, values: dict[str, Any]) -> None:
