@@ -146,6 +146,8 @@ export declare class Handle<R = any> {
   readonly updates: number;
   /** A worker started it. */
   readonly started: boolean;
+  /** No worker subscribed to the action when the hub stored it (it waits until one does). */
+  readonly pooled: boolean;
   readonly result: R | null;
   readonly error: TaskError | null;
   /** Ended, refused, or lost with the connection. */

@@ -16,7 +16,15 @@ from typing import Any, Literal
 import msgspec
 
 from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError
-from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task, resolve_options
+from taskhub.lifecycle import (
+    HELD,
+    Credentials,
+    Lifecycle,
+    Peer,
+    Task,
+    check_trace,
+    resolve_options,
+)
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.store.base import EventRecord, TaskRecord
@@ -62,12 +70,15 @@ class Chains:
         merge_input: bool = False,
         peer: Peer | None = None,
         begin: bool = True,
+        trace: dict[str, str] | None = None,
     ) -> Task:
         """Check every step (action, permission, options) and start the chain or group.
 
         Raises the first problem, naming the step; nothing is stored then. With
         ``begin=False`` the first steps wait for :meth:`begin`, so the hub can answer the
-        publisher (with the chain's id) before the chain's first events reach it.
+        publisher (with the chain's id) before the chain's first events reach it. ``trace``
+        (the publisher's trace context) is kept with the chain and given to every step that
+        has none of its own.
         """
         if mode not in ("chain", "group"):
             raise InvalidOption(f"mode must be 'chain' or 'group', not {mode!r}", option="mode")
@@ -79,6 +90,7 @@ class Chains:
             raise InvalidOption("merge_input applies to chains only", option="merge_input")
         for i, step in enumerate(steps):
             self._check(creds, i, step)
+        kept_trace = check_trace(trace)
         plan = [
             {
                 "action": s.action,
@@ -96,7 +108,10 @@ class Chains:
             "results": [None] * n,
         }
         action = CHAIN_ACTION if mode == "chain" else GROUP_ACTION
-        parent = self.lc.hold(creds, action, plan, {HELD: state}, peer=peer)
+        options: dict[str, Any] = {HELD: state}
+        if kept_trace is not None:
+            options["trace"] = kept_trace
+        parent = self.lc.hold(creds, action, plan, options, peer=peer)
         if begin:
             self.begin(parent)
         return parent
@@ -129,6 +144,9 @@ class Chains:
             extra["previous_result"] = previous
             payload = step_payload(payload, previous, merge=bool(state["merge"]))
         options = msgspec.convert(plan["options"], PubOptions) if plan["options"] else None
+        trace = parent.rec.options.get("trace")
+        if trace is not None and (options is None or options.trace is None):
+            extra["trace"] = trace  # the step's span is a child of the chain's publisher
         # Every step's permission was checked when the chain started; the publisher may have
         # gone since, so the step is published in its name with that check already made.
         creds = Credentials(parent.rec.publisher, pub_permissions=("*",))

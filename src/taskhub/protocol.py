@@ -38,6 +38,8 @@ class PubOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     backoff_max: float | UnsetType = UNSET  # cap of the retry delay
     # Tasks with the same key are worked one at a time per group, in publish order.
     partition_key: str | None = None
+    # Trace context carried to the worker (W3C traceparent, tracestate; docs/tracing.md).
+    trace: dict[str, str] | None = None
 
 
 # Payloads and results cross the hub as the JSON the publisher or worker wrote: decoding a
@@ -208,6 +210,7 @@ class Chain(_Msg, tag="chain"):
     steps: list[ChainStep]
     mode: Literal["chain", "group"] = "chain"
     merge_input: bool = False  # chain: merge the previous result over a dict payload
+    trace: dict[str, str] | None = None  # given to every step without one (docs/tracing.md)
     ref: int | None = None
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import copy
 import datetime as dt
 import functools
@@ -314,8 +315,12 @@ class Client:
         return self._accepted(lambda: client.group(steps))
 
     def _accepted(self, publish: Callable[[], AsyncHandle]) -> Handle:
+        # The caller's context variables (its current OpenTelemetry span, the parent of the
+        # publish span) go with the call to the loop thread, which has its own.
+        caller = contextvars.copy_context()
+
         async def accepted() -> AsyncHandle:
-            handle = publish()  # on the loop: the async handle binds futures to it
+            handle = caller.run(publish)  # on the loop: the async handle binds futures to it
             await handle.accepted()
             return handle
 
@@ -517,7 +522,10 @@ class Client:
                 loop = asyncio.get_running_loop()
                 task = Task(self, ctx)
                 await ctx.get_payload()  # fetched here, so task.payload never blocks
-                return await loop.run_in_executor(pool, fn, task)
+                # In the handler's context (its process span is current there), as
+                # asyncio.to_thread does: spans the function starts are that span's children.
+                call = contextvars.copy_context().run
+                return await loop.run_in_executor(pool, call, fn, task)
 
             async def subscribe() -> None:
                 await client.sub(

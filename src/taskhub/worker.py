@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import functools
@@ -574,7 +575,10 @@ class Worker:
         name = f"{spec.name} ({ctx.action} {ctx.id})"
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         running: list[asyncio.Task[Any]] = []  # the handler's task, once it started
-        self._to_handlers.put(self._start_handler, spec, task, name, done, running)
+        # The handler runs in this delivery's context (its process span is current there):
+        # the batched hand-over to the handler loop would otherwise lose it.
+        context = contextvars.copy_context()
+        self._to_handlers.put(self._start_handler, spec, task, name, done, running, context)
         try:
             return await done
         except asyncio.CancelledError:
@@ -589,12 +593,13 @@ class Worker:
         name: str,
         done: asyncio.Future[Any],
         running: list[asyncio.Task[Any]],
+        context: contextvars.Context,
     ) -> None:
         """On the handler loop: run the handler; its outcome crosses back in a batch."""
         if done.cancelled():
             return
         assert self._handlers is not None
-        t = self._handlers.loop.create_task(_call(spec.fn, task), name=name)
+        t = self._handlers.loop.create_task(_call(spec.fn, task), name=name, context=context)
         running.append(t)
         t.add_done_callback(functools.partial(self._handler_done, done))
 
@@ -611,7 +616,9 @@ class Worker:
         self, spec: _Spec, executor: concurrent.futures.Executor, ctx: TaskContext
     ) -> Any:
         assert self._conn is not None
-        running = executor.submit(spec.fn, SyncTask(ctx, self._conn))
+        # In the delivery's context, as asyncio.to_thread does (its process span is current).
+        call = contextvars.copy_context().run
+        running = executor.submit(call, spec.fn, SyncTask(ctx, self._conn))
         self._in_threads.add(running)
         running.add_done_callback(self._in_threads.discard)
         return await asyncio.wrap_future(running)

@@ -2,6 +2,8 @@
 // The client: publish tasks, work on the ones you subscribe to, broadcast events, watch.
 // Speaks the hub's WebSocket protocol (docs/protocol.md) as src/taskhub/client/ does.
 const { EventEmitter } = require('node:events');
+const os = require('node:os');
+const { version: VERSION } = require('../package.json');
 const { Connection } = require('./connection.cjs');
 const { Task, Handle, quiet } = require('./task.cjs');
 const { ConnectionClosed, InvalidOption, TaskHubError } = require('./errors.cjs');
@@ -206,6 +208,7 @@ class Client {
     this._topics = new Map(); // pattern -> [handler]
     this._watches = new Map(); // pattern -> [Watch]
     this._unconfirmed = new Set(); // handles whose pub has no answer yet
+    this._toldUnsubscribed = new Set(); // actions _nobodySubscribed warned about
     this._closing = false;
     this._closed = false;
     // The client's own events: 'connect' (welcome), 'disconnect' (error or null), 'close'.
@@ -282,6 +285,9 @@ class Client {
 
   // --- connection events ---------------------------------------------------------------------
   _restore() {
+    // Who we are, for the hub's dashboard (protocol §1, optional): the first message sent.
+    this._conn.send({ op: 'hello', client: 'taskhub-js', version: VERSION,
+      host: os.hostname().slice(0, 255), pid: process.pid });
     // After (re)connecting: subscribe again and catch up with the tasks we wait on.
     for (const sub of this._subs.values()) this._sendSub(sub);
     for (const topic of this._topics.keys()) this._sendSubscribe(topic);
@@ -380,6 +386,15 @@ class Client {
     const msg = { op: 'pub', action, payload: payload === undefined ? null : payload };
     if (Object.keys(opts).length) msg.options = opts;
     return this._publish(action, msg);
+  }
+
+  _nobodySubscribed(action, taskId) {
+    // The hub pooled the task: say so once per action, since a mistyped action otherwise
+    // waits in silence until its start timeout (by default, never).
+    if (this._toldUnsubscribed.has(action)) return;
+    this._toldUnsubscribed.add(action);
+    this._log.warn(`taskhub: no worker subscribes to '${action}': task ${taskId} waits until one does ` +
+      '(is the action spelled right?) [said once per action]');
   }
 
   _publish(action, msg) {

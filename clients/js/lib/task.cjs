@@ -205,6 +205,7 @@ class Handle {
     this.lastUpdate = null;
     this.updates = 0;
     this.started = false; // a worker started it (a 'start' event, or the view's started_at)
+    this.pooled = false; // no worker subscribed to the action when the hub stored it
     this.result = null;
     this.error = null; // {reason, message, type?} once failed
     this._refused = null; // the hub refused it, or its answer was lost
@@ -284,6 +285,10 @@ class Handle {
     }
     this._client._track(reply.task, this);
     this.id = reply.task;
+    if (reply.pooled) {
+      this.pooled = true;
+      this._client._nobodySubscribed(this.action, this.id);
+    }
     for (const w of this._acceptWaiters.splice(0)) w.resolve(this.id);
     if (reply.created === false) this._client._follow(this); // an earlier task with this key: catch up
   }

@@ -1,6 +1,7 @@
 // The JS client against a real hub (open access on loopback, SQLite store): the seeds' API.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import {
   Client, TaskFailed, TaskTimeout, TaskCancelled, NoResult, ConnectionClosed, InvalidAction,
   InvalidOption, NotHolding,
@@ -34,6 +35,35 @@ describe('against a hub', { timeout: 60000 }, () => {
     const web = client('web');
     const result = await web.pub('mail:send-bulk', ['a@x.org', 'b@x.org'], 30 * 60 * 1000).getResult();
     assert.deepEqual(result, { sent: 2, publisher: 'web' });
+  });
+
+  it('says hello, so the dashboard shows a Node worker\'s host, pid and version', async () => {
+    const worker = client('hello-worker');
+    await worker.sub('hello:job', async () => null);
+    const res = await fetch(`${hub.httpUrl}/v1/dashboard/connections`);
+    assert.equal(res.status, 200);
+    const mine = (await res.json()).filter((c) => c.client === 'taskhub-js' && c.pid === process.pid);
+    assert.ok(mine.length >= 1, 'the worker\'s connection carries its hello');
+    assert.equal(mine[0].version, JSON.parse(readFileSync(new URL('../package.json', import.meta.url))).version);
+  });
+
+  it('says once per action when nobody subscribes (pooled)', async () => {
+    const warnings = [];
+    const web = client('pooler', { logger: { warn: (m) => warnings.push(m), error() {} } });
+    const first = web.pub('nobody/here:listens', 1);
+    const second = web.pub('nobody/here:listens', 2);
+    await first.accepted();
+    await second.accepted();
+    assert.equal(first.pooled, true);
+    assert.equal(second.pooled, true);
+    assert.equal(warnings.filter((m) => m.includes("'nobody/here:listens'")).length, 1);
+    const worker = client('listener');
+    await worker.sub('some:job', async () => 'ok');
+    const served = web.pub('some:job', null);
+    assert.equal(await served.getResult(), 'ok');
+    assert.equal(served.pooled, false);
+    await first.cancel();
+    await second.cancel();
   });
 
   it('calls made before the connection is up wait for it (the seeds never await a connect)', async () => {

@@ -11,8 +11,9 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from taskhub.client import tracing
 from taskhub.client.connection import Connection, Message
 from taskhub.client.handlers import Handlers
 from taskhub.client.link import Link
@@ -27,6 +28,9 @@ from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.names import topic_matches, validate_action, validate_topic
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("taskhub.client")
 Handler = Callable[[TaskContext], Any]
@@ -91,6 +95,9 @@ class Client:
     ``url`` may be a list: the client connects to the first that answers and, when the
     connection drops, reconnects (with backoff) to the next, re-subscribing and following its
     unfinished tasks again.
+
+    With OpenTelemetry's API installed, publishing and handling tasks make spans
+    (docs/tracing.md), from ``tracer_provider`` or else the global tracer provider.
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class Client:
         connect_timeout: float = 10.0,
         ping_interval: float = 5.0,
         ssl: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.name = name
         self._conn = Connection(
@@ -118,8 +126,15 @@ class Client:
         )
         # The connection and what the client follows, shared with its handles and watches.
         self._link = Link(self._conn)
-        # The worker side: subscriptions, the deliveries held, the handlers running them.
-        self._handlers = Handlers(self._link)
+        # Spans from tracer_provider, by default the global one (docs/tracing.md); None until
+        # the application imports OpenTelemetry (_late_tracing), or if it never does.
+        self._tracer_provider = tracer_provider
+        self._tracing = tracing.load(tracer_provider)
+        # The worker side: subscriptions, the deliveries held, the handlers running them. It
+        # traces with the client's tracing (kept in step by _late_tracing).
+        self._handlers = Handlers(
+            self._link, tracing=self._tracing, late_tracing=self._late_tracing
+        )
         self._subs = self._handlers.subs  # the same dict: the façade adds and removes
         self._running: set[asyncio.Task[Any]] = set()  # async event handlers
         self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
@@ -341,6 +356,8 @@ class Client:
             partition_key=partition_key,
         )
         msg: Message = {"op": "pub", "action": action, "payload": payload}
+        if self._tracing is not None or self._late_tracing() is not None:
+            return self._publish_traced(action, msg, options)
         if options:
             msg["options"] = options
         return self._publish(action, msg)
@@ -416,6 +433,30 @@ class Client:
         reply = await self._conn.request({"op": "requeue", "task": task_id})
         return str(reply["task"])
 
+    def _late_tracing(self) -> tracing.Tracing | None:
+        """If OpenTelemetry was imported since this client was made: trace from now on."""
+        if tracing.imported():
+            self._tracing = self._handlers.tracing = tracing.load(self._tracer_provider)
+        return self._tracing
+
+    def _publish_traced(self, action: str, msg: Message, into: Message) -> Handle:
+        """Publish inside a ``publish`` span whose context goes with the task as ``trace``,
+        in ``into``: the pub's options (a step of a chain gets its chain's), or ``msg``."""
+        assert self._tracing is not None
+        span, carrier = self._tracing.publish(action)
+        if carrier:
+            into["trace"] = carrier
+        if into and into is not msg:
+            msg["options"] = into
+        try:
+            handle = self._publish(action, msg)
+        except Exception as exc:  # not sent (a payload that is not JSON): the span says why
+            self._tracing.failed(span, exc)
+            span.end()
+            raise
+        self._tracing.published(span, handle)
+        return handle
+
     def _publish(self, action: str, msg: Message) -> Handle:
         handle = Handle(self._link, action)
         if self._conn.connected.is_set():
@@ -455,6 +496,8 @@ class Client:
         msg = self._chain_msg(steps, "chain")
         if merge_input:
             msg["merge_input"] = True
+        if self._tracing is not None or self._late_tracing() is not None:
+            return self._publish_traced(CHAIN_ACTION, msg, msg)
         return self._publish(CHAIN_ACTION, msg)
 
     def group(self, steps: Sequence[Step]) -> Handle:
@@ -462,7 +505,10 @@ class Client:
 
         The first step that fails fails the group and cancels the steps still running.
         """
-        return self._publish(GROUP_ACTION, self._chain_msg(steps, "group"))
+        msg = self._chain_msg(steps, "group")
+        if self._tracing is not None or self._late_tracing() is not None:
+            return self._publish_traced(GROUP_ACTION, msg, msg)
+        return self._publish(GROUP_ACTION, msg)
 
     @staticmethod
     def _chain_msg(steps: Sequence[Step], mode: str) -> Message:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from taskhub.client import tracing as tracing_
 from taskhub.client.connection import UNSENDABLE, Message
 from taskhub.client.control import Reject, Retry, handler_traceback
 from taskhub.client.link import Link
@@ -20,6 +22,8 @@ from taskhub.client.task import TaskContext
 from taskhub.protocol import bounded_traceback
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from taskhub.client.client import Subscription
 
 log = logging.getLogger("taskhub.client")
@@ -30,8 +34,19 @@ MAX_ERROR_MESSAGE = 64 * 1024
 class Handlers:
     """A client's subscriptions and the handlers running their deliveries."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(
+        self,
+        link: Link,
+        *,
+        tracing: tracing_.Tracing | None = None,
+        late_tracing: Callable[[], tracing_.Tracing | None] | None = None,
+    ) -> None:
         self._link = link
+        # The client's tracing (docs/tracing.md): None while OpenTelemetry is not imported.
+        # The client sets it when it loads tracing late; ``late_tracing`` is the client's
+        # check, made when an offer comes while it is still None.
+        self.tracing = tracing
+        self._late_tracing = late_tracing
         self.subs: dict[str, Subscription[Any]] = {}  # by action
         self.working: dict[str, TaskContext] = {}  # deliveries held, by task id
         self.running: set[asyncio.Task[Any]] = set()
@@ -70,10 +85,28 @@ class Handlers:
             self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
         sub.claimed += 1
         self.working[ctx.id] = ctx
-        runner = asyncio.ensure_future(self._work(sub, ctx))
+        work = self._work(sub, ctx)
+        tracer = self.tracing
+        if tracer is None and self._late_tracing is not None:
+            tracer = self._late_tracing()
+        if tracer is not None:
+            span = tracer.process(ctx, msg.get("trace"))
+            if span is not None:  # else nothing to record or pass on
+                work = self._traced(work, ctx, tracer, span)
+        runner = asyncio.ensure_future(work)
         ctx.runner = runner
         self.running.add(runner)
         runner.add_done_callback(self.running.discard)
+
+    async def _traced(
+        self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
+    ) -> None:
+        """``work`` inside the delivery's ``process`` span, the child of the offer's ``trace``
+        (the publisher's span); a failure sent for it marks it (``_send_fail``)."""
+        with tracer.current(span):
+            await work
+            if ctx.revoked:
+                tracer.revoked(span, ctx.revoked)
 
     async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
         try:
@@ -105,7 +138,7 @@ class Handlers:
                     raise
                 except Exception as exc:
                     if ctx.observe:
-                        log.exception("observer of %s raised", ctx.action)
+                        self._observer_raised(ctx, exc)
                     elif ctx.returned or ctx.dropped:
                         _log_after_end(ctx)
                     elif isinstance(exc, Retry):
@@ -129,6 +162,11 @@ class Handlers:
             if self.working.get(ctx.id) is ctx:
                 del self.working[ctx.id]
 
+    def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
+        log.exception("observer of %s raised", ctx.action)  # called in the except block
+        if self.tracing is not None:
+            self.tracing.failed(None, exc)  # the observer's process span is the current one
+
     def _send_fail(
         self,
         ctx: TaskContext,
@@ -151,6 +189,8 @@ class Handlers:
         if delay is not None:
             msg["delay"] = delay
         self._link.send(msg)
+        if self.tracing is not None:
+            self.tracing.failed(None, exc)  # the delivery's process span is the current one
 
     # --- stopping a worker -------------------------------------------------------------------
     def held(self) -> int:

@@ -234,6 +234,8 @@ class Consumers:
             }
             if "previous_result" in msg:
                 view["previous_result"] = plain(msg["previous_result"])
+            if "trace" in msg:  # the consumer's span continues the publisher's trace
+                view["trace"] = msg["trace"]
             return lease, view
         return None
 

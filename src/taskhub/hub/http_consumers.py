@@ -71,6 +71,9 @@ class LeaseView(BaseModel):
     payload: Any
     lease_expires_at: float = Field(description="Epoch seconds; commit before this.")
     previous_result: Any = None
+    trace: dict[str, str] | None = Field(
+        None, description="The task's trace context (W3C traceparent, tracestate), if it has one."
+    )
 
 
 class CommitBody(BaseModel):

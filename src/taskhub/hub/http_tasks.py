@@ -8,7 +8,7 @@ import contextlib
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +85,11 @@ class TaskOptions(BaseModel):
         description="Within each group, tasks of one partition key are worked one at a time, "
         "in publish order.",
     )
+    trace: dict[str, str] | None = Field(
+        None,
+        description="Trace context for the worker's span (W3C `traceparent`, `tracestate`); "
+        "when left out, the request's `traceparent` and `tracestate` headers (docs/tracing.md).",
+    )
 
 
 class TaskCreate(BaseModel):
@@ -131,11 +136,15 @@ class TaskResult(BaseModel):
     result: Any
 
 
-def _options(options: TaskOptions | None) -> SimpleNamespace | None:
+def _options(
+    options: TaskOptions | None, trace: dict[str, str] | None = None
+) -> SimpleNamespace | None:
     # The lifecycle reads options with getattr: a field left out must be absent, not None.
     if options is None:
-        return None
+        return SimpleNamespace(trace=trace) if trace else None
     fields = options.model_dump(exclude_unset=True)
+    if trace and fields.get("trace") is None:
+        fields["trace"] = trace
     for name in ("retries", "max_attempts", "backoff", "backoff_max", "once_every"):
         # null: the hub default (no "forever" here)
         if name in fields and fields[name] is None:
@@ -177,10 +186,25 @@ router = APIRouter(prefix="/v1")
         ),
     },
 )
-async def create_task(body: TaskCreate, hub: HubDep, creds: Caller, response: Response) -> Any:
-    """Answers once the task is stored (durable): 201, or 200 for a repeated `options.key`."""
+async def create_task(
+    body: TaskCreate,
+    hub: HubDep,
+    creds: Caller,
+    response: Response,
+    traceparent: Annotated[str | None, Header(description="W3C trace context")] = None,
+    tracestate: Annotated[str | None, Header(description="W3C trace context")] = None,
+) -> Any:
+    """Answers once the task is stored (durable): 201, or 200 for a repeated `options.key`.
+
+    An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
     _storable("payload", body.payload)
-    task, created = hub.lc.publish(creds, body.action, body.payload, _options(body.options))
+    # The headers stand for `options.trace` when it is left out (an instrumented HTTP client
+    # sends them by itself); tracestate means nothing without a traceparent.
+    trace = {"traceparent": traceparent} if traceparent else {}
+    if trace and tracestate:
+        trace["tracestate"] = tracestate
+    options = _options(body.options, trace)
+    task, created = hub.lc.publish(creds, body.action, body.payload, options)
     hub.kick()
     await hub.flush()
     rec = task.rec if isinstance(task, Task) else await _readable(hub, creds, task)

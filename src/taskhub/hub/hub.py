@@ -564,6 +564,7 @@ class Hub:
                     merge_input=msg.merge_input,
                     peer=peer,
                     begin=False,
+                    trace=msg.trace,
                 )
                 self._ok(peer, msg.ref, task=chain.id, state=chain.rec.state)
                 self.chains.begin(chain)  # after the ok: its events follow the chain's id

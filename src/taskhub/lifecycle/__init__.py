@@ -19,6 +19,7 @@ from taskhub.lifecycle.options import (
     ACTION_OPTIONS,
     REQUEUE_OPTIONS,
     StoredOptions,
+    check_trace,
     resolve_options,
 )
 from taskhub.lifecycle.state import (
@@ -62,6 +63,7 @@ __all__ = [
     "Subscription",
     "Task",
     "TimerHandler",
+    "check_trace",
     "dead_letter",
     "queue_key",
     "resolve_options",

@@ -417,6 +417,9 @@ class LifecycleCore:
         prev = rec.options.get("previous_result", msgspec.UNSET)
         if prev is not msgspec.UNSET:
             msg["previous_result"] = prev
+        trace = rec.options.get("trace")
+        if trace is not None:
+            msg["trace"] = trace
         return msg
 
     # --- queues and credit -------------------------------------------------------------------

@@ -27,8 +27,46 @@ _REQUEUE_KEEP = (
     "backoff",
     "backoff_max",
     "partition_key",
+    "trace",  # a re-queued copy continues the trace of the task it copies
 )
 REQUEUE_OPTIONS = _REQUEUE_KEEP  # public: `taskhub tasks retry` copies the same options
+
+
+# A task's trace context is stored in its record and sent with every offer: bounded. 8 KiB is
+# W3C baggage's own limit; traceparent takes 55 characters, tracestate at most 512.
+MAX_TRACE_FIELDS = 8
+MAX_TRACE_CHARS = 8192
+
+
+def check_trace(trace: Any) -> dict[str, str] | None:
+    """A ``trace`` option as stored: a copy, ``None`` when empty. The hub does not read it
+    (propagators ignore what they cannot parse); it only bounds it."""
+    if trace is None:
+        return None
+    if not isinstance(trace, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in trace.items()
+    ):
+        raise InvalidOption(
+            "option 'trace' must be an object of strings (a W3C trace context such as "
+            '{"traceparent": "00-...-...-01"})',
+            option="trace",
+        )
+    if len(trace) > MAX_TRACE_FIELDS:
+        raise InvalidOption(
+            f"option 'trace' has {len(trace)} fields; at most {MAX_TRACE_FIELDS}", option="trace"
+        )
+    size = sum(len(k) + len(v) for k, v in trace.items())
+    if size > MAX_TRACE_CHARS:
+        raise InvalidOption(
+            f"option 'trace' has {size} characters; at most {MAX_TRACE_CHARS}", option="trace"
+        )
+    return dict(trace) or None
+
+
+def _trace_option(options: Any) -> dict[str, Any]:
+    """``{"trace": ...}`` when the task carries a trace context, else nothing."""
+    trace = check_trace(getattr(options, "trace", None))
+    return {} if trace is None else {"trace": trace}
 
 
 def _opt(value: Any, default: Any) -> Any:
@@ -122,6 +160,7 @@ def resolve_options(
     partition_key = get("partition_key", None)  # only the HTTP API sets it so far
     if partition_key is not None:
         opts["partition_key"] = str(partition_key)
+    opts.update(_trace_option(options))
     delay = get("delay", 0.0) or 0.0
     if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
         delay = parse_interval(delay, option="delay")
