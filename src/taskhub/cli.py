@@ -193,7 +193,7 @@ async def _pub(
 
     # The CLI says it in its own words (say_if_pooled), so not the client's log line too.
     logging.getLogger("taskhub.client").addFilter(
-        lambda record: record.funcName != "_nobody_subscribed"
+        lambda record: record.funcName != "nobody_subscribed"
     )
     async with Client(url, name=name, key=key, connect_timeout=5) as client:
         handle = client.pub(action, payload, **options)

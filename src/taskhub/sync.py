@@ -669,7 +669,7 @@ class Task:
 
     @property
     def payload(self) -> Any:
-        return self._ctx._payload  # fetched before the handler was called
+        return self._ctx.payload  # fetched before the handler was called
 
     def get_payload(self) -> Any:
         return self.payload

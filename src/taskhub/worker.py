@@ -177,7 +177,7 @@ class _TaskBase:
         self.publisher = ctx.publisher
         self.created_at = ctx.created_at
         self.previous_result = ctx.previous_result
-        self.payload: Any = ctx._payload  # fetched before the handler was called
+        self.payload: Any = ctx.payload  # fetched before the handler was called
 
     @property
     def revoked(self) -> str | None:
@@ -632,7 +632,7 @@ class Worker:
             ctx.group,
             ctx.publisher,
             ctx.created_at,
-            ctx._payload,
+            ctx.payload,
             ctx.previous_result,
         )
         loop = asyncio.get_running_loop()

@@ -195,7 +195,7 @@ async def test_a_finished_handle_is_freed_by_reference_counting(
             del handle
         await asyncio.sleep(0)
         assert [r() for r in refs] == [None] * len(refs)
-        assert pub._handles == {}
+        assert pub._link.handles == {}
     finally:
         gc.enable()
 
@@ -280,7 +280,7 @@ async def test_a_followed_handle_catches_up_after_a_reconnect(
     seen: list[str] = []
     handle.on("success", lambda h: seen.append(h.state))
     task_id = await handle.accepted()
-    await until(lambda: task_id in worker._working)
+    await until(lambda: task_id in worker._handlers.working)
     assert pub._conn._ws is not None
     await pub._conn._ws.close()
     await until(lambda: not pub.connected)
@@ -291,7 +291,7 @@ async def test_a_followed_handle_catches_up_after_a_reconnect(
     gate.set()
     assert await handle.get_result(timeout=5) == "while you were away"
     assert seen == ["success"]
-    assert pub._handles == {}
+    assert pub._link.handles == {}
 
 
 def _state(client: Client, task_id: str) -> Any:
@@ -358,7 +358,7 @@ async def test_the_same_key_twice_in_flight_finishes_both_handles(
     release.set()
     assert await second.get_result(timeout=5) == "done"
     assert await first.get_result(timeout=5) == "done"
-    assert pub._handles == {} and pub._same_task == {}
+    assert pub._link.handles == {} and pub._link.same_task == {}
 
 
 async def test_done_callbacks_fire_once_for_every_way_a_handle_ends(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from taskhub import Client, NoResult, Server, TaskCancelled, TaskFailed, TaskTimeout
+from taskhub import Client, NoResult, Server, TaskCancelled, TaskContext, TaskFailed, TaskTimeout
 from tests.conftest import ClientFactory
 
 
@@ -222,6 +222,31 @@ async def test_large_payload_is_fetched_lazily(make_client: ClientFactory, serve
     assert await pub.pub("blob:size", big).get_result() == len(big)
     assert await pub.pub("blob:size", "small").get_result() == 5
     assert inline == [False, True]
+
+
+async def test_task_payload_is_there_once_fetched_and_says_so_before(
+    make_client: ClientFactory, server: Server
+) -> None:
+    assert server.hub is not None
+    big = "x" * (server.hub.lc.defaults.inline_payload_limit + 10)
+    worker = await make_client("w")
+    seen: list[Any] = []
+
+    async def look(task: TaskContext) -> int:
+        try:
+            seen.append(task.payload)
+        except RuntimeError as exc:  # large, not fetched yet: the error says what to do
+            seen.append(str(exc))
+        fetched = await task.get_payload()
+        assert task.payload is fetched
+        return len(fetched)
+
+    await worker.sub("blob:look", look)
+    pub = await make_client("web")
+    assert await pub.pub("blob:look", "small").get_result() == 5
+    assert await pub.pub("blob:look", big).get_result() == len(big)
+    assert seen[0] == "small"
+    assert "await task.get_payload()" in seen[1]
 
 
 async def test_idempotency_key_returns_the_same_task(make_client: ClientFactory) -> None:

@@ -262,7 +262,7 @@ async def test_watch_is_a_blocking_iterator(server: Server) -> None:
             assert {e["task"] for e in got} == {handle.id}
             assert got[4]["data"] == "sent"
             assert list(events) == []  # closed: the iteration ends
-            assert not watcher._async()._watches  # unwatched on exit
+            assert not watcher._async()._link.watches  # unwatched on exit
 
             small = watcher.watch("email:send", maxsize=2)
             assert worker.pub("email:send").get_result(timeout=5) == "sent"

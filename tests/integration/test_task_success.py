@@ -47,7 +47,7 @@ _RECEIPTS = frozenset(("ack", "pickup"))
 
 async def settled(client: Client) -> None:
     """Every handler has finished and whatever it sends has been queued."""
-    await until(lambda: not client._working)
+    await until(lambda: not client._handlers.working)
 
 
 async def test_success_sends_the_result_at_once_and_the_return_value_is_ignored(
@@ -221,7 +221,7 @@ async def test_sync_task_success(server: Server, caplog: pytest.LogCaptureFixtur
                 ids[payload] = h.id
                 assert pub.get(h.id)["state"] == "success"
             for _ in range(500):  # the handlers' last words are queued after the results
-                if worker._client is not None and not worker._client._working:
+                if worker._client is not None and not worker._client._handlers.working:
                     break
                 time.sleep(0.01)
             return sent, refused, ids

@@ -43,7 +43,7 @@ async def test_watch_streams_every_event_of_matching_actions(make_client: Client
     assert {e["action"] for e in got} == {"email:send"}
     assert got[3]["data"] == "half" and got[4]["data"] == "sent"
     assert got[4]["state"] == "success" and got[2]["service"] == "w"
-    assert not watcher._watches  # unwatched on exit
+    assert not watcher._link.watches  # unwatched on exit
 
 
 async def test_a_watcher_that_also_publishes_gets_both_streams(make_client: ClientFactory) -> None:

@@ -1,19 +1,22 @@
-"""The async client: publish tasks, work on the ones you subscribe to."""
+"""The async client's façade, :class:`Client`: connect, publish (``pub``, chains, schedules),
+subscribe (``sub``), broadcast events, watch. The worker side (running handlers, credit,
+pickups) is :mod:`taskhub.client.handlers`; publish options are :mod:`taskhub.client.options`;
+what the client's objects share is :mod:`taskhub.client.link`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from taskhub.client import tracing
-from taskhub.client.connection import UNSENDABLE, Connection, Message
-from taskhub.client.control import Reject, Retry, handler_traceback
+from taskhub.client.connection import Connection, Message
+from taskhub.client.handlers import Handlers
+from taskhub.client.link import Link
 from taskhub.client.options import (
     _UNSET,
     Duration,
@@ -25,14 +28,11 @@ from taskhub.client.task import Handle, TaskContext
 from taskhub.client.watch import Watch
 from taskhub.errors import ConnectionClosed, TaskHubError
 from taskhub.names import topic_matches, validate_action, validate_topic
-from taskhub.protocol import bounded_traceback
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    pass
 
 log = logging.getLogger("taskhub.client")
-# A handler's error message is cut to this many characters: a fail must fit in a frame.
-MAX_ERROR_MESSAGE = 64 * 1024
 Handler = Callable[[TaskContext], Any]
 R = TypeVar("R")
 EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
@@ -124,35 +124,21 @@ class Client:
             ping_interval=ping_interval,
             ssl=ssl,
         )
-        self._subs: dict[str, Subscription[Any]] = {}
-        self._handles: dict[str, Handle] = {}  # accepted, unfinished: followed again on reconnect
-        # Further handles of a task already in _handles: a repeated key= while the first
-        # publish of that key is still in flight. Rare, so kept apart from the hot path.
-        self._same_task: dict[str, list[Handle]] = {}
-        self._working: dict[str, TaskContext] = {}
-        self._running: set[asyncio.Task[Any]] = set()
-        self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
-        self._watches: dict[str, list[Watch]] = {}
+        # The connection and what the client follows, shared with its handles and watches.
+        self._link = Link(self._conn)
         # Spans from tracer_provider, by default the global one (docs/tracing.md); None until
-        # the application imports OpenTelemetry (_tracing_found), or if it never does.
+        # the application imports OpenTelemetry (_late_tracing), or if it never does.
         self._tracer_provider = tracer_provider
         self._tracing = tracing.load(tracer_provider)
-        self._draining = False  # drain(): no handler starts any more
-        self._closed = False  # close() was called: nothing waits any more
-        self._told_unsubscribed: set[str] = set()  # actions _nobody_subscribed logged
-
-    def _nobody_subscribed(self, action: str, task_id: str) -> None:
-        """The hub pooled a task: say so once per action (a mistyped action otherwise waits
-        in silence until its start timeout, which by default is never)."""
-        if action in self._told_unsubscribed:
-            return
-        self._told_unsubscribed.add(action)
-        log.warning(
-            "no worker subscribes to %r: task %s waits until one does "
-            "(is the action spelled right?) [said once per action]",
-            action,
-            task_id,
+        # The worker side: subscriptions, the deliveries held, the handlers running them. It
+        # traces with the client's tracing (kept in step by _late_tracing).
+        self._handlers = Handlers(
+            self._link, tracing=self._tracing, late_tracing=self._late_tracing
         )
+        self._subs = self._handlers.subs  # the same dict: the façade adds and removes
+        self._running: set[asyncio.Task[Any]] = set()  # async event handlers
+        self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
+        self._closed = False  # close() was called: nothing waits any more
 
     # --- life --------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -167,27 +153,23 @@ class Client:
         self._closed = True
         for task in list(self._running):
             task.cancel()
+        self._handlers.cancel_all()
         await self._conn.close()
         self._end_all()
 
     def _end_all(self) -> None:
         """Closed: end every handle, watch and subscription still waiting. Nothing follows
         them again (that is for a reconnect), so without this they would wait forever."""
-        handles = list(self._handles.values())
-        for others in self._same_task.values():
-            handles.extend(others)
-        self._handles.clear()
-        self._same_task.clear()
-        for handle in handles:
-            handle._refuse(
+        for handle in self._link.take_all():
+            handle.feed_lost(
                 ConnectionClosed(
                     f"the client was closed before task {handle.id} ({handle.action}) ended"
                 )
             )
-        watches = [w for ws in self._watches.values() for w in ws]
-        self._watches.clear()
+        watches = [w for ws in self._link.watches.values() for w in ws]
+        self._link.watches.clear()
         for w in watches:
-            w._lost(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
+            w.feed_lost(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
         for sub in self._subs.values():
             if not sub.confirmed.done():
                 sub.confirmed.set_exception(
@@ -211,23 +193,10 @@ class Client:
         for topic in self._topics:
             fut = self._conn.request({"op": "subscribe", "topic": topic})
             fut.add_done_callback(functools.partial(_log_refusal, f"subscribing to {topic}"))
-        for pattern in self._watches:
+        for pattern in self._link.watches:
             self._send_watch(pattern)
-        for task_id, handle in list(self._handles.items()):
-            self._follow(task_id, handle)
-        for task_id, others in list(self._same_task.items()):
-            for handle in others:
-                self._follow(task_id, handle)
-
-    def _follow(self, task_id: str, handle: Handle) -> None:
-        """Follow a task (again) and bring its handle up to date with the hub's view."""
-        fut = self._conn.request({"op": "follow", "task": task_id})
-        fut.add_done_callback(functools.partial(self._followed, handle))
-
-    def _followed(self, handle: Handle, fut: asyncio.Future[Message]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        handle._snapshot(fut.result()["task"])
+        for task_id, handle in self._link.followed():
+            self._link.follow(task_id, handle)
 
     # --- subscribing -------------------------------------------------------------------------
     @overload
@@ -467,7 +436,7 @@ class Client:
     def _late_tracing(self) -> tracing.Tracing | None:
         """If OpenTelemetry was imported since this client was made: trace from now on."""
         if tracing.imported():
-            self._tracing = tracing.load(self._tracer_provider)
+            self._tracing = self._handlers.tracing = tracing.load(self._tracer_provider)
         return self._tracing
 
     def _publish_traced(self, action: str, msg: Message, into: Message) -> Handle:
@@ -489,13 +458,14 @@ class Client:
         return handle
 
     def _publish(self, action: str, msg: Message) -> Handle:
-        handle = Handle(self, action)
+        handle = Handle(self._link, action)
         if self._conn.connected.is_set():
-            # The handle itself gets the answer (Handle._answer) or the loss (Handle._fail):
+            # The handle itself gets the answer (Handle.feed_answer) or the loss
+            # (Handle.feed_unanswered):
             # no future, closure or callback per task.
             self._conn.post(msg, handle)
         else:
-            handle._refuse(ConnectionClosed("not connected to a hub"))
+            handle.feed_lost(ConnectionClosed("not connected to a hub"))
         return handle
 
     async def get(self, task_id: str) -> dict[str, Any]:
@@ -614,11 +584,11 @@ class Client:
         w: ...``. Needs pub or sub permission covering the pattern.
         """
         validate_topic(pattern, pattern=True)
-        w = Watch(self, pattern)
+        w = Watch(self, self._link, pattern)
         if self._closed:
-            w._lost(ConnectionClosed(f"the client is closed; cannot watch {pattern!r}"))
+            w.feed_lost(ConnectionClosed(f"the client is closed; cannot watch {pattern!r}"))
             return w
-        watches = self._watches.setdefault(pattern, [])
+        watches = self._link.watches.setdefault(pattern, [])
         watches.append(w)
         if self.connected:
             self._send_watch(pattern)
@@ -633,31 +603,20 @@ class Client:
             exc = f.exception()
             if isinstance(exc, ConnectionClosed):
                 return  # sent again on reconnect
-            watches = self._watches.get(pattern, [])
+            watches = self._link.watches.get(pattern, [])
             if exc is not None:
-                self._watches.pop(pattern, None)
+                self._link.watches.pop(pattern, None)
             for w in watches:
-                w._confirm(exc)
+                w.feed_confirm(exc)
 
         fut.add_done_callback(done)
 
-    async def _unwatch(self, w: Watch) -> None:
-        watches = self._watches.get(w.pattern)
-        if watches is None or w not in watches:
-            return
-        watches.remove(w)
-        if not watches:
-            del self._watches[w.pattern]
-            if self.connected:
-                with contextlib.suppress(ConnectionClosed):
-                    await self._conn.request({"op": "unwatch", "pattern": w.pattern})
-
     def _watched(self, msg: Message) -> None:
         action = str(msg.get("action", ""))
-        for pattern, watches in self._watches.items():
+        for pattern, watches in self._link.watches.items():
             if topic_matches(pattern, action):
                 for w in watches:
-                    w._deliver(msg)
+                    w.feed_event(msg)
 
     # --- messages from the hub ---------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
@@ -667,181 +626,40 @@ class Client:
                 self._watched(msg)
                 return
             task_id = msg["task"]
-            handle = self._handles.get(task_id)
+            link = self._link
+            handle = link.handles.get(task_id)
             if handle is not None:
-                handle._event(msg)
-                if self._same_task:
-                    for other in tuple(self._same_task.get(task_id, ())):
-                        other._event(msg)
-            ctx = self._working.get(task_id)
-            if ctx is not None:
-                ctx._event(msg)
+                handle.feed_event(msg)
+                if link.same_task:
+                    for other in tuple(link.same_task.get(task_id, ())):
+                        other.feed_event(msg)
+            self._handlers.event(task_id, msg)
         elif op == "offer":
-            self._offered(msg)
+            self._handlers.offered(msg)
         elif op == "broadcast":
             self._broadcast(msg)
         elif op == "revoke":
-            ctx = self._working.get(msg["task"])
-            if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
-                ctx._revoke(str(msg.get("reason", "revoked")))
+            self._handlers.revoke(msg)
         elif op == "error":
             log.warning("the hub reported: %s (%s)", msg.get("message"), msg.get("code"))
 
-    def _offered(self, msg: Message) -> None:
-        sub = self._subs.get(msg["action"])
-        ctx = TaskContext(self, msg)
-        if sub is None or (self._draining and not ctx.observe):
-            # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
-            # no try counted). An observer's copy needs no answer.
-            if not ctx.observe:
-                self._conn.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
-            return
-        if not ctx.observe and sub.claimed >= sub.concurrency:
-            # No free slot: the handler waits, so receipt is acknowledged now (the pickup
-            # window no longer applies). With a free slot `_work` sends `pickup` on the next
-            # loop turn instead, which acknowledges it too: one message less per task.
-            self._conn.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
-        sub.claimed += 1
-        self._working[ctx.id] = ctx
-        work = self._work(sub, ctx)
-        tracer = self._tracing if self._tracing is not None else self._late_tracing()
-        if tracer is not None:
-            span = tracer.process(ctx, msg.get("trace"))
-            if span is not None:  # else nothing to record or pass on
-                work = self._traced(work, ctx, span)
-        runner = asyncio.ensure_future(work)
-        ctx._runner = runner
-        self._running.add(runner)
-        runner.add_done_callback(self._running.discard)
-
-    async def _traced(self, work: Awaitable[None], ctx: TaskContext, span: Span) -> None:
-        """``work`` inside the delivery's ``process`` span, the child of the offer's ``trace``
-        (the publisher's span); a failure sent for it marks it (``_send_fail``)."""
-        assert self._tracing is not None
-        with self._tracing.current(span):
-            await work
-            if ctx.revoked:
-                self._tracing.revoked(span, ctx.revoked)
-
-    async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
-        try:
-            async with sub.slots:
-                if ctx.revoked:
-                    return
-                if self._draining and not ctx.observe:
-                    ctx.released = True
-                    self._conn.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
-                    return
-                try:
-                    if not ctx.observe:
-                        ctx.picked_up = True
-                        self._conn.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
-                        # One loop turn, in which the queued pickups leave (the flush was
-                        # scheduled first; the pickups of a burst of offers share a frame),
-                        # before the handler's code runs: a handler that blocks the event loop
-                        # is then known to the hub as started, and if its connection is lost
-                        # (the keepalive went unanswered) that counts a try toward
-                        # max_attempts (issue 15, item 11). Flushed only after the handler's
-                        # first step, it never left, and the task was offered again forever.
-                        await asyncio.sleep(0)
-                    result = sub.handler(ctx)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except asyncio.CancelledError:
-                    if ctx.revoked:
-                        return  # the hub took it away (cancelled, timed out): nothing to say
-                    raise
-                except Exception as exc:
-                    if ctx.observe:
-                        self._observer_raised(ctx, exc)
-                    elif ctx.returned or ctx.dropped:
-                        _log_after_end(ctx)
-                    elif isinstance(exc, Retry):
-                        self._send_fail(ctx, exc, delay=exc.delay)
-                    elif isinstance(exc, Reject):
-                        self._send_fail(ctx, exc, retry=False)
-                    else:
-                        self._send_fail(ctx, exc, trace=True)
-                    return
-                if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
-                    return  # nothing (more) to send: the return value is ignored
-                ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
-                try:
-                    self._conn.send(ret)
-                except UNSENDABLE as exc:
-                    # Not JSON, or too large: the result cannot go, so the delivery fails
-                    # with why (at once, not at its end timeout). Retrying would not help.
-                    self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
-        finally:
-            sub.claimed -= 1
-            if self._working.get(ctx.id) is ctx:
-                del self._working[ctx.id]
-
-    def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
-        log.exception("observer of %s raised", ctx.action)  # called in the except block
-        if self._tracing is not None:
-            self._tracing.failed(None, exc)  # the observer's process span is the current one
-
-    def _send_fail(
-        self,
-        ctx: TaskContext,
-        exc: BaseException,
-        *,
-        what: str = "",
-        retry: bool = True,
-        delay: float | None = None,
-        trace: bool = False,
-    ) -> None:
-        message = what + str(exc)
-        if len(message) > MAX_ERROR_MESSAGE:  # it must fit in a frame, whatever the handler did
-            message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters in all)"
-        error: Message = {"type": type(exc).__name__, "message": message}
-        if trace:
-            error["traceback"] = bounded_traceback(handler_traceback(exc))
-        msg: Message = {"op": "fail", "task": ctx.id, "attempt": ctx.attempt, "error": error}
-        if not retry:
-            msg["retry"] = False
-        if delay is not None:
-            msg["delay"] = delay
-        self._conn.send(msg)
-        if self._tracing is not None:
-            self._tracing.failed(None, exc)  # the delivery's process span is the current one
-
-    # --- stopping a worker -------------------------------------------------------------------
+    # --- stopping a worker (the runtime does it: client/handlers.py) --------------------------
     @property
     def working(self) -> int:
         """Deliveries this client holds whose handler has not finished (running or waiting
         for a slot)."""
-        return sum(1 for ctx in self._working.values() if not ctx.observe)
+        return self._handlers.held()
 
     async def drain(self) -> None:
         """Take nothing new: unsubscribe every action (the hub stops offering), and hand back
         at once what arrives meanwhile and what waits for a slot. Running handlers go on."""
-        self._draining = True
-        actions = [a for a, s in self._subs.items() if not s.observe]
-        if self.connected:
-            replies = [self._conn.request({"op": "unsub", "action": a}) for a in actions]
-            await asyncio.gather(*replies, return_exceptions=True)
+        await self._handlers.drain()
 
     async def hand_back(self) -> int:
         """Hand every unfinished delivery back to the hub (offered again elsewhere, no try
         counted) and stop its handler; returns how many. Called when stopping past the
         grace: a thread running a plain function cannot be stopped, its result is ignored."""
-        held = [
-            ctx
-            for ctx in self._working.values()
-            if not (ctx.observe or ctx.returned or ctx.dropped or ctx.released or ctx.revoked)
-        ]
-        replies = []
-        for ctx in held:
-            ctx.released = True
-            if self.connected:
-                msg = {"op": "release", "task": ctx.id, "attempt": ctx.attempt}
-                replies.append(self._conn.request(msg))
-            ctx._revoke("released")
-        if replies:
-            await asyncio.gather(*replies, return_exceptions=True)
-        return len(held)
+        return await self._handlers.hand_back()
 
 
 def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
@@ -850,20 +668,6 @@ def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
     exc = fut.exception()
     if exc is not None and not isinstance(exc, ConnectionClosed):
         log.error("%s failed: %s", what, exc)
-
-
-def _log_after_end(ctx: TaskContext) -> None:
-    """A handler raised after ``task.success()`` or ``task.drop()``: its delivery is already
-    over, so the exception is logged (from inside the ``except`` block), never sent as a
-    failure the hub would only refuse."""
-    log.exception(
-        "the handler of %s (task %s, attempt %d) raised after task.%s(); the delivery "
-        "already ended, the exception is not sent",
-        ctx.action,
-        ctx.id,
-        ctx.attempt,
-        "success" if ctx.returned else "drop",
-    )
 
 
 def _log_failure(topic: str, fut: asyncio.Future[Any]) -> None:

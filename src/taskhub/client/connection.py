@@ -46,10 +46,10 @@ _decoder = msgspec.json.Decoder()
 class Receiver(Protocol):
     """What :meth:`Connection.post` tells of the answer to a request."""
 
-    def _answer(self, reply: Message) -> None:
+    def feed_answer(self, reply: Message) -> None:
         """The hub's ``ok`` or ``error``, called as it is read (before the rest of its frame)."""
 
-    def _fail(self, exc: BaseException) -> None:
+    def feed_unanswered(self, exc: BaseException) -> None:
         """No answer will come: the connection dropped, the client closed, or it was not sent."""
 
 
@@ -260,7 +260,7 @@ class Connection:
                         continue
                 elif waiter is not None:
                     try:
-                        waiter._answer(msg)
+                        waiter.feed_answer(msg)
                     except Exception:
                         log.exception("handling the answer to request %s failed", ref)
                     continue
@@ -487,7 +487,7 @@ def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> Non
             waiter.set_exception(exc)
         return
     try:
-        waiter._fail(exc)
+        waiter.feed_unanswered(exc)
     except Exception:
         log.exception("failing a request without an answer failed")
 

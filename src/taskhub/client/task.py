@@ -13,7 +13,6 @@ import copy
 import datetime as dt
 import inspect
 import logging
-from asyncio import get_running_loop
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from taskhub.errors import (
 from taskhub.intervals import parse_interval
 
 if TYPE_CHECKING:
-    from taskhub.client.client import Client
+    from taskhub.client.link import Link
 
 log = logging.getLogger("taskhub.client")
 _MISSING: Any = object()
@@ -94,9 +93,9 @@ class TaskContext(_Emitter):
     handler returns; otherwise the handler's return value is the result.
     """
 
-    def __init__(self, client: Client, offer: dict[str, Any]) -> None:
+    def __init__(self, link: Link, offer: dict[str, Any]) -> None:
         super().__init__()
-        self._client = client
+        self._link = link
         self.id: str = offer["task"]
         self.action: str = offer["action"]
         self.attempt: int = offer["attempt"]
@@ -116,7 +115,8 @@ class TaskContext(_Emitter):
         self.released = False  # handed back to the hub (the worker is stopping)
         self._has_payload = "payload" in offer
         self._payload: Any = offer.get("payload")
-        self._runner: asyncio.Task[Any] | None = None
+        # The asyncio task running the handler (set by the client): revoking cancels it.
+        self.runner: asyncio.Task[Any] | None = None
 
     async def pickup(self) -> None:
         """Tell the hub this worker is working on it (idempotent; the library does it)."""
@@ -130,9 +130,20 @@ class TaskContext(_Emitter):
     async def get_payload(self) -> Any:
         """The task's payload; a large one is fetched from the hub on first use."""
         if not self._has_payload:
-            reply = await self._client._conn.request({"op": "payload", "task": self.id})
+            reply = await self._link.request({"op": "payload", "task": self.id})
             self._payload = reply.get("payload")
             self._has_payload = True
+        return self._payload
+
+    @property
+    def payload(self) -> Any:
+        """The payload once it is here: always for a small one, after :meth:`get_payload`
+        for a large one (before, this raises: await :meth:`get_payload` instead)."""
+        if not self._has_payload:
+            raise RuntimeError(
+                f"task {self.id} ({self.action}): the payload is large and not fetched yet; "
+                "await task.get_payload()"
+            )
         return self._payload
 
     async def update(self, data: Any) -> None:
@@ -190,9 +201,10 @@ class TaskContext(_Emitter):
 
     async def _step(self, op: str, **fields: Any) -> None:
         attempt = 0 if self.observe else self.attempt
-        await self._client._conn.request({"op": op, "task": self.id, "attempt": attempt, **fields})
+        await self._link.request({"op": op, "task": self.id, "attempt": attempt, **fields})
 
-    def _event(self, msg: dict[str, Any]) -> None:
+    # --- fed by the client (internal) -------------------------------------------------------
+    def feed_event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "update":
             self.last_update = msg.get("data")
@@ -214,11 +226,11 @@ class TaskContext(_Emitter):
             return self.revoked is not None
         return event == self._final
 
-    def _revoke(self, reason: str) -> None:
+    def feed_revoke(self, reason: str) -> None:
         self.revoked = reason
         self._emit("revoke")
-        if self._runner is not None and not self._runner.done():
-            self._runner.cancel()
+        if self.runner is not None and not self.runner.done():
+            self.runner.cancel()
 
 
 _FINAL = frozenset(("success", "fail", "end"))
@@ -239,10 +251,10 @@ class Handle(_Emitter):
         "__dict__",  # made only if an application sets attributes of its own
         "__weakref__",
         "_accept_waiters",
-        "_client",
         "_done_callbacks",
         "_end_waiters",
         "_ended",
+        "_link",
         "_refused",
         "_updated",
         "action",
@@ -254,10 +266,10 @@ class Handle(_Emitter):
         "state",
     )
 
-    def __init__(self, client: Client, action: str) -> None:
+    def __init__(self, link: Link, action: str) -> None:
         self._listeners = None  # _Emitter's, set here to spare a call per handle
         self._background = None
-        self._client = client
+        self._link = link
         self.action = action
         self.id: str | None = None
         self.state = "init"
@@ -279,7 +291,7 @@ class Handle(_Emitter):
             return self.id
         if self._refused is not None:
             raise self._refusal()
-        fut: asyncio.Future[str] = (self._client._conn.loop or get_running_loop()).create_future()
+        fut: asyncio.Future[str] = self._link.future()
         self._accept_waiters = _add(self._accept_waiters, fut)
         return await fut
 
@@ -317,7 +329,7 @@ class Handle(_Emitter):
         :meth:`asyncio.Future.add_done_callback`. Collecting thousands of results this way
         costs no task or coroutine per handle, as ``asyncio.gather(*handles)`` does."""
         if self.done:
-            (self._client._conn.loop or get_running_loop()).call_soon(fn, self)
+            self._link.call_soon(fn, self)
         elif self._done_callbacks is None:
             self._done_callbacks = [fn]
         else:
@@ -353,14 +365,14 @@ class Handle(_Emitter):
 
     async def cancel(self) -> None:
         task_id = await self.accepted()
-        await self._client._conn.request({"op": "cancel", "task": task_id})
+        await self._link.request({"op": "cancel", "task": task_id})
 
     @property
     def done(self) -> bool:
         return self._ended or self._refused is not None
 
     def _wait_end(self) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = (self._client._conn.loop or get_running_loop()).create_future()
+        fut: asyncio.Future[Any] = self._link.future()
         self._end_waiters = _add(self._end_waiters, fut)
         return fut
 
@@ -375,28 +387,19 @@ class Handle(_Emitter):
             return exc.with_traceback(None)
         return fresh
 
-    # --- fed by the client and its connection ------------------------------------------------
-    def _answer(self, reply: dict[str, Any]) -> None:
+    # --- fed by the client and its connection (internal) -------------------------------------
+    def feed_answer(self, reply: dict[str, Any]) -> None:
         """The hub's answer to the ``pub`` (``ok`` or ``error``), read before the rest of its
         frame: the task's first events may follow in the same frame."""
         if reply["op"] != "ok":
-            self._refuse(from_wire(reply))
+            self.feed_lost(from_wire(reply))
             return
         task_id: str = reply["task"]
-        client = self._client
-        known = client._handles.get(task_id)
-        if known is None or known is self:
-            client._handles[task_id] = self
-        else:  # the same key= twice in flight: both handles hear the task's events
-            client._same_task.setdefault(task_id, []).append(self)
+        self.pooled = bool(reply.get("pooled"))
         self._accept(task_id)
-        if reply.get("pooled"):
-            self.pooled = True
-            client._nobody_subscribed(self.action, task_id)
-        if reply.get("created") is False:
-            client._follow(task_id, self)  # the same key was published before: catch up
+        self._link.accepted(self, task_id, reply)
 
-    def _fail(self, exc: BaseException) -> None:
+    def feed_unanswered(self, exc: BaseException) -> None:
         """The ``pub`` will get no answer: the connection dropped, the client was closed, or
         the message could not be sent."""
         if isinstance(exc, ConnectionClosed):
@@ -404,7 +407,7 @@ class Handle(_Emitter):
                 f"{exc} before the hub confirmed the {self.action} task; it may or may not "
                 "have been accepted (publish with key= to retry safely)"
             )
-        self._refuse(exc)
+        self.feed_lost(exc)
 
     def _accept(self, task_id: str) -> None:
         self.id = task_id
@@ -412,7 +415,9 @@ class Handle(_Emitter):
         for fut in _waiting(waiters):
             fut.set_result(task_id)
 
-    def _refuse(self, exc: BaseException) -> None:
+    def feed_lost(self, exc: BaseException) -> None:
+        """No result will come: the hub refused the task, its answer was lost, or the
+        client was closed."""
         if self._refused is not None or self._ended:
             return
         self._refused = exc
@@ -423,7 +428,7 @@ class Handle(_Emitter):
                 fut.set_exception(self._refusal())
         self._call_done()
 
-    def _event(self, msg: dict[str, Any]) -> None:
+    def feed_event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type", "")
         self.state = msg.get("state", self.state)
         if kind == "update":
@@ -443,7 +448,7 @@ class Handle(_Emitter):
             return self._updated
         return event in _FINAL and event == self.state
 
-    def _snapshot(self, view: dict[str, Any]) -> None:
+    def feed_snapshot(self, view: dict[str, Any]) -> None:
         """A task as the hub has it (after a reconnect): catch up with what was missed."""
         self.state = view["state"]
         if view.get("last_update") is not None:
@@ -463,15 +468,7 @@ class Handle(_Emitter):
                 fut.set_result(self.result)
             else:
                 fut.set_exception(self.exception())
-        client = self._client
-        task_id = self.id or ""
-        if client._handles.get(task_id) is self:
-            del client._handles[task_id]
-        others = client._same_task.get(task_id)
-        if others is not None and self in others:
-            others.remove(self)
-            if not others:
-                del client._same_task[task_id]
+        self._link.ended(self)
         self._call_done()
 
     def _call_done(self) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taskhub.client.client import Client
+    from taskhub.client.link import Link
 
 Event = dict[str, Any]
 
@@ -23,8 +24,9 @@ class Watch:
     reads the events already queued, then raises :class:`ConnectionClosed`.
     """
 
-    def __init__(self, client: Client, pattern: str) -> None:
+    def __init__(self, client: Client, link: Link, pattern: str) -> None:
         self.client = client
+        self._link = link
         self.pattern = pattern
         self.closed = False
         self._lost_by: BaseException | None = None  # the client closed: raised at the end
@@ -63,13 +65,14 @@ class Watch:
             return
         self.closed = True
         self._queue.put_nowait(None)
-        await self.client._unwatch(self)
+        await self._link.unwatch(self)
 
-    def _deliver(self, event: Event) -> None:
+    # --- fed by the client (internal) -------------------------------------------------------
+    def feed_event(self, event: Event) -> None:
         if not self.closed:
             self._queue.put_nowait(event)
 
-    def _lost(self, exc: BaseException) -> None:
+    def feed_lost(self, exc: BaseException) -> None:
         """The client was closed: nothing more comes; a reader gets ``exc`` after the events
         already queued (and a caller of :meth:`started` at once, if not yet confirmed)."""
         if self._lost_by is not None:
@@ -81,7 +84,7 @@ class Watch:
             self.closed = True
             self._queue.put_nowait(None)
 
-    def _confirm(self, exc: BaseException | None) -> None:
+    def feed_confirm(self, exc: BaseException | None) -> None:
         if self._confirmed.done():
             return
         if exc is None:

@@ -1,0 +1,242 @@
+"""The worker side of a client: its subscriptions, the deliveries it holds and the handlers
+running them (credit, pickups, results and failures, draining and handing back).
+
+:class:`Client` (client/client.py) owns one :class:`Handlers` and feeds it the hub's offers,
+revokes and task events; the façade's ``sub``, ``drain``, ``hand_back`` and ``working`` call
+it. Internal: applications use :class:`Client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from taskhub.client import tracing as tracing_
+from taskhub.client.connection import UNSENDABLE, Message
+from taskhub.client.control import Reject, Retry, handler_traceback
+from taskhub.client.link import Link
+from taskhub.client.task import TaskContext
+from taskhub.protocol import bounded_traceback
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from taskhub.client.client import Subscription
+
+log = logging.getLogger("taskhub.client")
+# A handler's error message is cut to this many characters: a fail must fit in a frame.
+MAX_ERROR_MESSAGE = 64 * 1024
+
+
+class Handlers:
+    """A client's subscriptions and the handlers running their deliveries."""
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        tracing: tracing_.Tracing | None = None,
+        late_tracing: Callable[[], tracing_.Tracing | None] | None = None,
+    ) -> None:
+        self._link = link
+        # The client's tracing (docs/tracing.md): None while OpenTelemetry is not imported.
+        # The client sets it when it loads tracing late; ``late_tracing`` is the client's
+        # check, made when an offer comes while it is still None.
+        self.tracing = tracing
+        self._late_tracing = late_tracing
+        self.subs: dict[str, Subscription[Any]] = {}  # by action
+        self.working: dict[str, TaskContext] = {}  # deliveries held, by task id
+        self.running: set[asyncio.Task[Any]] = set()
+        self.draining = False  # drain(): no handler starts any more
+
+    def cancel_all(self) -> None:
+        """The client closes: stop every handler."""
+        for task in list(self.running):
+            task.cancel()
+
+    def event(self, task_id: str, msg: Message) -> None:
+        """A task event: the handler holding the task hears it too (``task.on``)."""
+        ctx = self.working.get(task_id)
+        if ctx is not None:
+            ctx.feed_event(msg)
+
+    def revoke(self, msg: Message) -> None:
+        """The hub took a delivery away (cancelled, timed out): stop its handler."""
+        ctx = self.working.get(msg["task"])
+        if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
+            ctx.feed_revoke(str(msg.get("reason", "revoked")))
+
+    def offered(self, msg: Message) -> None:
+        sub = self.subs.get(msg["action"])
+        ctx = TaskContext(self._link, msg)
+        if sub is None or (self.draining and not ctx.observe):
+            # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
+            # no try counted). An observer's copy needs no answer.
+            if not ctx.observe:
+                self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
+            return
+        if not ctx.observe and sub.claimed >= sub.concurrency:
+            # No free slot: the handler waits, so receipt is acknowledged now (the pickup
+            # window no longer applies). With a free slot `_work` sends `pickup` on the next
+            # loop turn instead, which acknowledges it too: one message less per task.
+            self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
+        sub.claimed += 1
+        self.working[ctx.id] = ctx
+        work = self._work(sub, ctx)
+        tracer = self.tracing
+        if tracer is None and self._late_tracing is not None:
+            tracer = self._late_tracing()
+        if tracer is not None:
+            span = tracer.process(ctx, msg.get("trace"))
+            if span is not None:  # else nothing to record or pass on
+                work = self._traced(work, ctx, tracer, span)
+        runner = asyncio.ensure_future(work)
+        ctx.runner = runner
+        self.running.add(runner)
+        runner.add_done_callback(self.running.discard)
+
+    async def _traced(
+        self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
+    ) -> None:
+        """``work`` inside the delivery's ``process`` span, the child of the offer's ``trace``
+        (the publisher's span); a failure sent for it marks it (``_send_fail``)."""
+        with tracer.current(span):
+            await work
+            if ctx.revoked:
+                tracer.revoked(span, ctx.revoked)
+
+    async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
+        try:
+            async with sub.slots:
+                if ctx.revoked:
+                    return
+                if self.draining and not ctx.observe:
+                    ctx.released = True
+                    self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
+                    return
+                try:
+                    if not ctx.observe:
+                        ctx.picked_up = True
+                        self._link.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
+                        # One loop turn, in which the queued pickups leave (the flush was
+                        # scheduled first; the pickups of a burst of offers share a frame),
+                        # before the handler's code runs: a handler that blocks the event loop
+                        # is then known to the hub as started, and if its connection is lost
+                        # (the keepalive went unanswered) that counts a try toward
+                        # max_attempts (issue 15, item 11). Flushed only after the handler's
+                        # first step, it never left, and the task was offered again forever.
+                        await asyncio.sleep(0)
+                    result = sub.handler(ctx)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except asyncio.CancelledError:
+                    if ctx.revoked:
+                        return  # the hub took it away (cancelled, timed out): nothing to say
+                    raise
+                except Exception as exc:
+                    if ctx.observe:
+                        self._observer_raised(ctx, exc)
+                    elif ctx.returned or ctx.dropped:
+                        _log_after_end(ctx)
+                    elif isinstance(exc, Retry):
+                        self._send_fail(ctx, exc, delay=exc.delay)
+                    elif isinstance(exc, Reject):
+                        self._send_fail(ctx, exc, retry=False)
+                    else:
+                        self._send_fail(ctx, exc, trace=True)
+                    return
+                if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
+                    return  # nothing (more) to send: the return value is ignored
+                ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
+                try:
+                    self._link.send(ret)
+                except UNSENDABLE as exc:
+                    # Not JSON, or too large: the result cannot go, so the delivery fails
+                    # with why (at once, not at its end timeout). Retrying would not help.
+                    self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
+        finally:
+            sub.claimed -= 1
+            if self.working.get(ctx.id) is ctx:
+                del self.working[ctx.id]
+
+    def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
+        log.exception("observer of %s raised", ctx.action)  # called in the except block
+        if self.tracing is not None:
+            self.tracing.failed(None, exc)  # the observer's process span is the current one
+
+    def _send_fail(
+        self,
+        ctx: TaskContext,
+        exc: BaseException,
+        *,
+        what: str = "",
+        retry: bool = True,
+        delay: float | None = None,
+        trace: bool = False,
+    ) -> None:
+        message = what + str(exc)
+        if len(message) > MAX_ERROR_MESSAGE:  # it must fit in a frame, whatever the handler did
+            message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters in all)"
+        error: Message = {"type": type(exc).__name__, "message": message}
+        if trace:
+            error["traceback"] = bounded_traceback(handler_traceback(exc))
+        msg: Message = {"op": "fail", "task": ctx.id, "attempt": ctx.attempt, "error": error}
+        if not retry:
+            msg["retry"] = False
+        if delay is not None:
+            msg["delay"] = delay
+        self._link.send(msg)
+        if self.tracing is not None:
+            self.tracing.failed(None, exc)  # the delivery's process span is the current one
+
+    # --- stopping a worker -------------------------------------------------------------------
+    def held(self) -> int:
+        """Deliveries this client holds whose handler has not finished (running or waiting
+        for a slot)."""
+        return sum(1 for ctx in self.working.values() if not ctx.observe)
+
+    async def drain(self) -> None:
+        """Take nothing new: unsubscribe every action (the hub stops offering), and hand back
+        at once what arrives meanwhile and what waits for a slot. Running handlers go on."""
+        self.draining = True
+        actions = [a for a, s in self.subs.items() if not s.observe]
+        if self._link.connected:
+            replies = [self._link.request({"op": "unsub", "action": a}) for a in actions]
+            await asyncio.gather(*replies, return_exceptions=True)
+
+    async def hand_back(self) -> int:
+        """Hand every unfinished delivery back to the hub (offered again elsewhere, no try
+        counted) and stop its handler; returns how many. Called when stopping past the
+        grace: a thread running a plain function cannot be stopped, its result is ignored."""
+        held = [
+            ctx
+            for ctx in self.working.values()
+            if not (ctx.observe or ctx.returned or ctx.dropped or ctx.released or ctx.revoked)
+        ]
+        replies = []
+        for ctx in held:
+            ctx.released = True
+            if self._link.connected:
+                msg = {"op": "release", "task": ctx.id, "attempt": ctx.attempt}
+                replies.append(self._link.request(msg))
+            ctx.feed_revoke("released")
+        if replies:
+            await asyncio.gather(*replies, return_exceptions=True)
+        return len(held)
+
+
+def _log_after_end(ctx: TaskContext) -> None:
+    """A handler raised after ``task.success()`` or ``task.drop()``: its delivery is already
+    over, so the exception is logged (from inside the ``except`` block), never sent as a
+    failure the hub would only refuse."""
+    log.exception(
+        "the handler of %s (task %s, attempt %d) raised after task.%s(); the delivery "
+        "already ended, the exception is not sent",
+        ctx.action,
+        ctx.id,
+        ctx.attempt,
+        "success" if ctx.returned else "drop",
+    )

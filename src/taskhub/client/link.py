@@ -1,0 +1,138 @@
+"""What a :class:`Client`'s objects share: the connection they send on, and the tables of what
+the client follows (published tasks not yet ended, watches).
+
+:class:`Handle`, :class:`TaskContext` and :class:`Watch` talk to their client only through
+this object's public methods, never through the client's private state; the client feeds
+them through their ``feed_*`` methods. Internal: applications use :class:`Client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskhub.client.connection import Connection, Message, Receiver
+from taskhub.errors import ConnectionClosed
+
+if TYPE_CHECKING:
+    from taskhub.client.task import Handle
+    from taskhub.client.watch import Watch
+
+log = logging.getLogger("taskhub.client")
+
+
+class Link:
+    """One client's connection and the tasks and watches it follows."""
+
+    __slots__ = ("_told_unsubscribed", "conn", "handles", "same_task", "watches")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        # Accepted, unfinished: followed again on reconnect, fed the tasks' events.
+        self.handles: dict[str, Handle] = {}
+        # Further handles of a task already in `handles`: a repeated key= while the first
+        # publish of that key is still in flight. Rare, so kept apart from the hot path.
+        self.same_task: dict[str, list[Handle]] = {}
+        self.watches: dict[str, list[Watch]] = {}  # by pattern
+        self._told_unsubscribed: set[str] = set()  # actions nobody_subscribed logged
+
+    # --- sending -----------------------------------------------------------------------------
+    def request(self, msg: Message) -> asyncio.Future[Message]:
+        return self.conn.request(msg)
+
+    def post(self, msg: Message, receiver: Receiver) -> None:
+        self.conn.post(msg, receiver)
+
+    def send(self, msg: Message) -> None:
+        self.conn.send(msg)
+
+    @property
+    def connected(self) -> bool:
+        return self.conn.connected.is_set()
+
+    def future(self) -> asyncio.Future[Any]:
+        """A future on the connection's loop (a handle may be awaited before it connects)."""
+        return (self.conn.loop or asyncio.get_running_loop()).create_future()
+
+    def call_soon(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        (self.conn.loop or asyncio.get_running_loop()).call_soon(fn, arg)
+
+    # --- the table of published tasks --------------------------------------------------------
+    def accepted(self, handle: Handle, task_id: str, reply: Message) -> None:
+        """The hub stored ``handle``'s task: follow its events until it ends."""
+        known = self.handles.get(task_id)
+        if known is None or known is handle:
+            self.handles[task_id] = handle
+        else:  # the same key= twice in flight: both handles hear the task's events
+            self.same_task.setdefault(task_id, []).append(handle)
+        if reply.get("pooled"):
+            self.nobody_subscribed(handle.action, task_id)
+        if reply.get("created") is False:
+            self.follow(task_id, handle)  # the same key was published before: catch up
+
+    def ended(self, handle: Handle) -> None:
+        """``handle``'s task ended: nothing more to follow."""
+        task_id = handle.id or ""
+        if self.handles.get(task_id) is handle:
+            del self.handles[task_id]
+        others = self.same_task.get(task_id)
+        if others is not None and handle in others:
+            others.remove(handle)
+            if not others:
+                del self.same_task[task_id]
+
+    def followed(self) -> list[tuple[str, Handle]]:
+        """Every (task id, handle) followed, to follow again after a reconnect."""
+        out = list(self.handles.items())
+        out.extend((task_id, h) for task_id, hs in self.same_task.items() for h in hs)
+        return out
+
+    def take_all(self) -> list[Handle]:
+        """Empty the table (the client closed) and return what was in it."""
+        handles = list(self.handles.values())
+        for others in self.same_task.values():
+            handles.extend(others)
+        self.handles.clear()
+        self.same_task.clear()
+        return handles
+
+    def follow(self, task_id: str, handle: Handle) -> None:
+        """Follow a task (again) and bring its handle up to date with the hub's view."""
+        fut = self.conn.request({"op": "follow", "task": task_id})
+        fut.add_done_callback(functools.partial(_followed, handle))
+
+    def nobody_subscribed(self, action: str, task_id: str) -> None:
+        """The hub pooled a task: say so once per action (a mistyped action otherwise waits
+        in silence until its start timeout, which by default is never)."""
+        if action in self._told_unsubscribed:
+            return
+        self._told_unsubscribed.add(action)
+        log.warning(
+            "no worker subscribes to %r: task %s waits until one does "
+            "(is the action spelled right?) [said once per action]",
+            action,
+            task_id,
+        )
+
+    # --- the table of watches ----------------------------------------------------------------
+    async def unwatch(self, w: Watch) -> None:
+        """Stop ``w``; the hub stops sending the pattern's events once no watch wants them."""
+        watches = self.watches.get(w.pattern)
+        if watches is None or w not in watches:
+            return
+        watches.remove(w)
+        if not watches:
+            del self.watches[w.pattern]
+            if self.connected:
+                with contextlib.suppress(ConnectionClosed):  # closed meanwhile: nothing to stop
+                    await self.conn.request({"op": "unwatch", "pattern": w.pattern})
+
+
+def _followed(handle: Handle, fut: asyncio.Future[Message]) -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    handle.feed_snapshot(fut.result()["task"])
