@@ -49,7 +49,21 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import emit, free_port, payload, payload_size, peak_rss_mb, rss_mb, stop, wait_port
+import harness
+from common import (
+    emit,
+    fmt,
+    free_port,
+    measured_line,
+    payload,
+    payload_size,
+    peak_rss_mb,
+    replace_block,
+    rss_mb,
+    stop,
+    wait_port,
+)
+from harness import HUB_ENV, Failed, console, hub_args, redis_server, started, wait_ready
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -184,7 +198,7 @@ class Lines:
 
 @contextlib.contextmanager
 def publisher_process(args: list[str], log_path: str) -> Iterator[subprocess.Popen[Any]]:
-    """Like ``run.started``, with a pipe to stdin (the publisher waits for a line there)."""
+    """Like ``harness.started``, with a pipe to stdin (the publisher waits for a line there)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as err:
         proc = subprocess.Popen(
@@ -250,8 +264,6 @@ def measure(
     ``log(name)`` gives the path of a log file, ``redis_bin()`` the redis-server binary.
     ``settle`` seconds pass before each RSS reading (the hub finishes what it was doing).
     """
-    from run import HUB_ENV, hub_args, redis_server, started, wait_ready
-
     name = f"inflight-{kind}"
     row: dict[str, Any] = {"store": kind, "k": k, "n": k, "chunk": chunk}
     with contextlib.ExitStack() as stack:
@@ -402,22 +414,14 @@ COLUMNS = (
 )
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    if isinstance(value, float | int):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
 def outside_cell(r: dict[str, Any]) -> str:
     """Where else the tasks in flight are kept: the sqlite file, the redis-server."""
     if r.get("store") == "sqlite" and "sqlite_disk_inflight_mb" in r:
-        return f"sqlite file {_fmt(r['sqlite_disk_inflight_mb'])} MiB"
+        return f"sqlite file {fmt(r['sqlite_disk_inflight_mb'])} MiB"
     if r.get("store") == "redis" and "redis_rss_inflight_mb" in r:
         return (
-            f"redis-server +{_fmt(r['redis_rss_inflight_mb'])} MiB RSS, "
-            f"+{_fmt(r.get('redis_used_inflight_mb'))} used"
+            f"redis-server +{fmt(r['redis_rss_inflight_mb'])} MiB RSS, "
+            f"+{fmt(r.get('redis_used_inflight_mb'))} used"
         )
     return "-"
 
@@ -426,15 +430,15 @@ def cells(r: dict[str, Any]) -> list[str]:
     return [
         r.get("store", r["name"]),
         f"{r.get('accepted', 0):,}",
-        _fmt(r.get("rss_idle_mb")),
-        _fmt(r.get("rss_inflight_mb")),
-        _fmt(r.get("mb_per_100k")),
-        _fmt(r.get("bytes_per_task"), 0),
-        _fmt(r.get("peak_rss_mb")),
-        _fmt(r.get("peak_mb_per_100k")),
-        _fmt(r.get("publish_rate"), 0),
-        _fmt(r.get("drain_rate"), 0),
-        _fmt(r.get("rss_drained_mb")),
+        fmt(r.get("rss_idle_mb")),
+        fmt(r.get("rss_inflight_mb")),
+        fmt(r.get("mb_per_100k")),
+        fmt(r.get("bytes_per_task"), 0),
+        fmt(r.get("peak_rss_mb")),
+        fmt(r.get("peak_mb_per_100k")),
+        fmt(r.get("publish_rate"), 0),
+        fmt(r.get("drain_rate"), 0),
+        fmt(r.get("rss_drained_mb")),
         outside_cell(r),
     ]
 
@@ -496,8 +500,6 @@ def section(
 
 def markdown_block(sec: dict[str, Any]) -> str:
     """The ``inflight`` block of docs/performance.md."""
-    from run import measured_line
-
     versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in sec["versions"].items()) + "."
     return "\n".join([measured_line(sec), "", markdown_table(sec["rows"]), "", versions])
 
@@ -505,8 +507,6 @@ def markdown_block(sec: dict[str, Any]) -> str:
 def write_docs(sec: dict[str, Any]) -> None:
     """Put ``sec`` under ``inflight`` in docs/performance.json (the rest stays as it was) and
     its table in the ``inflight`` block of docs/performance.md."""
-    from run import replace_block
-
     json_path = os.path.join(DOCS, "performance.json")
     doc: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
@@ -559,8 +559,6 @@ def main(argv: list[str] | None = None) -> int:
         run_publisher(argv[1:])
         return 0
     args = parse_args(argv)
-    import run
-
     started_at = dt.datetime.now(dt.UTC)
     logs = os.path.join(HERE, "results", "logs")
     redis_bin: list[str] = []
@@ -573,16 +571,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def binary() -> str:
         if not redis_bin:
-            redis_bin.append(run.ensure_redis_server())
+            redis_bin.append(harness.ensure_redis_server())
         return redis_bin[0]
 
     def say(name: str, event: str) -> None:
-        run.console.print(f"{name}: {event}")
+        console.print(f"{name}: {event}")
 
     rows: list[dict[str, Any]] = []
     for kind in args.stores:
         name = f"inflight-{kind}"
-        run.console.print(f"{name}: {args.k:,} tasks ...")
+        console.print(f"{name}: {args.k:,} tasks ...")
         t0 = time.monotonic()
         try:
             row = {
@@ -599,30 +597,36 @@ def main(argv: list[str] | None = None) -> int:
                     on_event=functools.partial(say, name),
                 ),
             }
-        except (run.Failed, OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
+        except (
+            Failed,
+            OSError,
+            TimeoutError,
+            RuntimeError,
+            subprocess.SubprocessError,
+        ) as exc:
             row = {"name": name, "status": "failed", "note": str(exc)}
         row["wall_seconds"] = round(time.monotonic() - t0, 1)
         rows.append(row)
-    run.console.print(table(rows))
+    console.print(table(rows))
     report: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "command": " ".join(["benchmarks/inflight_bench.py", *argv]),
-        "machine": run.machine(),
-        "versions": run.project_versions(),
+        "machine": harness.machine(),
+        "versions": harness.project_versions(),
     }
     if redis_bin:
-        report["versions"]["redis-server"] = run.redis_version(redis_bin[0])
+        report["versions"]["redis-server"] = harness.redis_version(redis_bin[0])
     sec = section(report, rows, args.k, args.chunk)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(sec, fh, indent=2)
-    run.console.print(f"raw figures: {os.path.relpath(args.out)}")
+    console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         write_docs(sec)
-        run.console.print("updated docs/performance.md (inflight block), performance.json")
+        console.print("updated docs/performance.md (inflight block), performance.json")
     failed = [r["name"] for r in rows if r["status"] != "ok"]
     if failed:
-        run.console.print(f"[red]failed:[/red] {', '.join(failed)} (logs in {logs})")
+        console.print(f"[red]failed:[/red] {', '.join(failed)} (logs in {logs})")
     return 1 if failed else 0
 
 
