@@ -89,6 +89,15 @@ def wait_ready(proc: subprocess.Popen[Any], timeout: float) -> None:
         raise Failed(f"{os.path.basename(str(proc.args[1]))} did not get ready in {timeout:.0f}s")
 
 
+def fresh_log(folder: str, name: str) -> str:
+    """The path of log ``name`` in ``folder``, its last run's file removed."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.log")
+    with contextlib.suppress(OSError):
+        os.remove(path)
+    return path
+
+
 @contextlib.contextmanager
 def started(args: list[str], log: str, **kw: Any) -> Iterator[subprocess.Popen[Any]]:
     proc = spawn(args, log_path=log, **kw)

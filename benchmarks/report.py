@@ -8,6 +8,7 @@ import os
 import subprocess
 from typing import Any
 
+import inflight_bench
 from common import fmt, measured_line, replace_block
 from harness import HERE, PEERS_VENV, ROOT, console
 from rich.table import Table
@@ -199,11 +200,35 @@ def write_docs(report: dict[str, Any]) -> None:
     the cluster; the other part, and its figures in the JSON, stay as they were."""
     os.makedirs(DOCS, exist_ok=True)
     json_path = os.path.join(DOCS, "performance.json")
+    cluster_rows = report.pop("cluster_rows", [])
+    inflight_rows = report.pop("inflight_rows", [])
+    doc, inflight = json_doc(report, json_path, cluster_rows, inflight_rows)
+    with open(json_path, "w") as fh:
+        json.dump(doc, fh, indent=2)
+    if report["rows"]:
+        problem = chart(json_path, os.path.join(DOCS, "performance.png"))
+        if problem:
+            console.print(f"[yellow]no chart:[/yellow] {problem}")
+    path = os.path.join(DOCS, "performance.md")
+    text = ""
+    if os.path.exists(path):
+        with open(path) as fh:
+            text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(markdown_doc(text, report, cluster_rows, inflight))
+    console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")
+
+
+def json_doc(
+    report: dict[str, Any],
+    json_path: str,
+    cluster_rows: list[dict[str, Any]],
+    inflight_rows: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """docs/performance.json with this run's parts replaced; and its inflight section, if any."""
     old: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
         old = json.load(fh)
-    cluster_rows = report.pop("cluster_rows", [])
-    inflight_rows = report.pop("inflight_rows", [])
     doc = dict(report) if report["rows"] else {k: v for k, v in old.items() if k != "cluster"}
     if cluster_rows:
         doc["cluster"] = {
@@ -218,8 +243,6 @@ def write_docs(report: dict[str, Any]) -> None:
         doc["cluster"] = old["cluster"]
     inflight: dict[str, Any] | None = None
     if inflight_rows:
-        import inflight_bench
-
         settings = report["settings"]
         inflight = inflight_bench.section(
             report, inflight_rows, settings["k"], settings["inflight_chunk"]
@@ -227,17 +250,16 @@ def write_docs(report: dict[str, Any]) -> None:
         doc["inflight"] = inflight
     elif "inflight" in old:
         doc["inflight"] = old["inflight"]
-    with open(json_path, "w") as fh:
-        json.dump(doc, fh, indent=2)
-    if report["rows"]:
-        problem = chart(json_path, os.path.join(DOCS, "performance.png"))
-        if problem:
-            console.print(f"[yellow]no chart:[/yellow] {problem}")
-    path = os.path.join(DOCS, "performance.md")
-    text = ""
-    if os.path.exists(path):
-        with open(path) as fh:
-            text = fh.read()
+    return doc, inflight
+
+
+def markdown_doc(
+    text: str,
+    report: dict[str, Any],
+    cluster_rows: list[dict[str, Any]],
+    inflight: dict[str, Any] | None,
+) -> str:
+    """docs/performance.md's ``text`` with this run's blocks replaced."""
     versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "."
     if report["rows"]:
         block = "\n".join(
@@ -259,6 +281,4 @@ def write_docs(report: dict[str, Any]) -> None:
         text = replace_block(
             text, "inflight", inflight_bench.markdown_block(inflight), inflight_bench.HEADING
         )
-    with open(path, "w") as fh:
-        fh.write(text)
-    console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")
+    return text

@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import inflight_bench
 from harness import (
     PEERS_VENV,
     Failed,
@@ -118,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.n, args.seq, args.warmup, args.timeout = min(args.n, 300), 30, 20, 20.0
         args.k = min(args.k, SMOKE_K)
         args.no_docs = True
+    args.targets = select_targets(parser, args)
+    return args
+
+
+def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The targets to run, in order: --smoke's or all of them, narrowed by --only."""
     targets = list(SMOKE_TARGETS if args.smoke else ALL_TARGETS)
     if args.only:
         wanted: list[str] = []
@@ -137,13 +144,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     f"{', '.join(ALL_TARGETS)}"
                 )
         targets = [t for t in targets if t in wanted]
-    args.targets = targets
-    return args
+    return targets
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started_at = dt.datetime.now(dt.UTC)
+def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Bench]:
+    """Run every target in turn, with a progress bar; their rows and the Bench that ran them."""
     rows: list[dict[str, Any]] = []
     with Progress(
         SpinnerColumn(),
@@ -158,32 +163,34 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, progress, bar)
         for i, target in enumerate(args.targets):
             progress.update(bar, description=f"{target}: starting", completed=i * STEPS)
-            t0 = time.monotonic()
-            try:
-                row = {"name": target, "status": "ok", **bench.run(target)}
-                if row.get("collected") != row.get("n") or row.get("errors"):
-                    row["note"] = f"{row['n'] - row['collected']} missing, {row['errors']} errors"
-            except Skipped as exc:
-                row = {"name": target, "status": "skipped", "note": str(exc)}
-            except (Failed, OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
-                row = {"name": target, "status": "failed", "note": str(exc)}
-            row["wall_seconds"] = round(time.monotonic() - t0, 1)
-            rows.append(row)
+            rows.append(measure_one(bench, target))
             progress.update(bar, completed=(i + 1) * STEPS, description=f"{target}: done")
-    cluster_rows = [r for r in rows if r["name"] in CLUSTER_TARGETS]
-    inflight_rows = [r for r in rows if r["name"] in INFLIGHT_TARGETS]
-    rows = [r for r in rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS]
-    rat = ratios(rows)
-    if rows:
-        console.print(table(rows))
-    if cluster_rows:
-        console.print(cluster_table(cluster_rows))
-    if inflight_rows:
-        import inflight_bench
+    return rows, bench
 
-        console.print(inflight_bench.table(inflight_rows))
-    for line in ratio_lines(rat):
-        console.print(line, highlight=False)
+
+def measure_one(bench: Bench, target: str) -> dict[str, Any]:
+    """One target's row: its figures, or why it was skipped or failed."""
+    t0 = time.monotonic()
+    try:
+        row = {"name": target, "status": "ok", **bench.run(target)}
+        if row.get("collected") != row.get("n") or row.get("errors"):
+            row["note"] = f"{row['n'] - row['collected']} missing, {row['errors']} errors"
+    except Skipped as exc:
+        row = {"name": target, "status": "skipped", "note": str(exc)}
+    except (Failed, OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
+        row = {"name": target, "status": "failed", "note": str(exc)}
+    row["wall_seconds"] = round(time.monotonic() - t0, 1)
+    return row
+
+
+def make_report(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    started_at: dt.datetime,
+    bench: Bench,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The report's head: when, which command, the machine, versions, settings."""
     report: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "command": " ".join(["benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -197,24 +204,41 @@ def main(argv: list[str] | None = None) -> int:
             "taskhub_worker_concurrency": WORKER_CONCURRENCY,
             "payload_bytes": next((r["payload_bytes"] for r in rows if "payload_bytes" in r), None),
         },
-        "rows": rows,
-        "ratios": rat,
-        "cluster_rows": cluster_rows,
-        "inflight_rows": inflight_rows,
     }
-    if inflight_rows:
+    if any(t in INFLIGHT_TARGETS for t in args.targets):
         report["settings"].update(k=args.k, inflight_chunk=args.inflight_chunk)
     if any(t in PEER_TARGETS for t in args.targets) and os.path.exists(PEERS_VENV):
         report["versions"].update(peer_versions(os.path.join(PEERS_VENV, "bin", "python")))
     if bench.redis_bin:
         report["versions"]["redis-server"] = redis_version(bench.redis_bin)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started_at = dt.datetime.now(dt.UTC)
+    all_rows, bench = measure(args)
+    cluster_rows = [r for r in all_rows if r["name"] in CLUSTER_TARGETS]
+    inflight_rows = [r for r in all_rows if r["name"] in INFLIGHT_TARGETS]
+    rows = [r for r in all_rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS]
+    rat = ratios(rows)
+    if rows:
+        console.print(table(rows))
+    if cluster_rows:
+        console.print(cluster_table(cluster_rows))
+    if inflight_rows:
+        console.print(inflight_bench.table(inflight_rows))
+    for line in ratio_lines(rat):
+        console.print(line, highlight=False)
+    report = make_report(args, argv, started_at, bench, rows)
+    report.update(rows=rows, ratios=rat, cluster_rows=cluster_rows, inflight_rows=inflight_rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=2)
     console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         write_docs(report)
-    failed = [r["name"] for r in rows + cluster_rows + inflight_rows if r["status"] == "failed"]
+    failed = [r["name"] for r in all_rows if r["status"] == "failed"]
     if failed:
         console.print(
             f"[red]failed:[/red] {', '.join(failed)} (logs in {os.path.relpath(bench.logs)})"

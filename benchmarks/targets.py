@@ -20,6 +20,7 @@ from harness import (
     Skipped,
     ensure_peers_venv,
     ensure_redis_server,
+    fresh_log,
     hub_args,
     hub_roles,
     read_result,
@@ -65,6 +66,7 @@ SMOKE_TARGETS = [
     "inflight-memory",
     "inflight-sqlite",
 ]
+SCRIPT = os.path.join(HERE, "taskhub_bench.py")  # TaskHub's benchmark worker and publisher
 WORKER_CONCURRENCY = 64  # TaskHub worker's credit (tasks it runs at once)
 
 
@@ -79,10 +81,7 @@ class Bench:
         self.peers_py: str | None = None
 
     def log(self, name: str) -> str:
-        path = os.path.join(self.logs, f"{name}.log")
-        with contextlib.suppress(OSError):
-            os.remove(path)
-        return path
+        return fresh_log(self.logs, name)
 
     def events(self, target: str) -> Callable[[str], None]:
         def on_event(event: str) -> None:
@@ -189,51 +188,27 @@ class Bench:
         """k hubs on one Redis; workers and the publisher's connections spread over them."""
         words = target.split("-")  # taskhub-redis-2hubs[-1worker]
         k = int(words[2].rstrip("hubs"))
-        one_worker = words[-1] == "1worker"
+        # One worker process per hub, all in one group; or one in all, on the last hub (a
+        # follower as soon as there are two), so its traffic is relayed.
+        worker_hubs = [k - 1] if words[-1] == "1worker" else list(range(k))
         with contextlib.ExitStack() as stack:
             store = self.redis_store(stack, target)
-            ports: list[int] = []
-            hubs: list[subprocess.Popen[Any]] = []
-            for h in range(k):
-                port = free_port()
-                hub = stack.enter_context(
-                    started(hub_args(port, store), self.log(f"{target}-hub{h}"), env=HUB_ENV)
-                )
-                wait_port(port, 20, hub)
-                if h == 0:  # the first hub takes the lead, so the others find a leader
-                    wait_roles([port], 20)
-                ports.append(port)
-                hubs.append(hub)
+            hubs, ports = self.cluster_hubs(stack, target, store, k)
             roles = wait_roles(ports, 20)
             leader = roles.index("leader")
             urls = [f"ws://127.0.0.1:{p}" for p in ports]
-            script = os.path.join(HERE, "taskhub_bench.py")
-            # One worker process per hub, all in one group; or one in all, on the last hub
-            # (a follower as soon as there are two), so its traffic is relayed.
-            worker_hubs = [k - 1] if one_worker else list(range(k))
             for h in worker_hubs:
-                worker = stack.enter_context(
-                    started(
-                        [
-                            PY,
-                            script,
-                            "worker",
-                            "--url",
-                            urls[h],
-                            "--concurrency",
-                            str(WORKER_CONCURRENCY),
-                            "--group",
-                            "bench",
-                        ],
-                        self.log(f"{target}-worker{h}"),
-                        stdout=subprocess.PIPE,
-                    )
-                )
-                wait_ready(worker, 20)
-            pub_args = [PY, script, "publish", "--url", ",".join(urls)]
+                self.cluster_worker(stack, target, h, urls[h])
             pub = stack.enter_context(
                 started(
-                    [*pub_args, *self.common_args(self.args.n)],
+                    [
+                        PY,
+                        SCRIPT,
+                        "publish",
+                        "--url",
+                        ",".join(urls),
+                        *self.common_args(self.args.n),
+                    ],
                     self.log(f"{target}-publisher"),
                     stdout=subprocess.PIPE,
                 )
@@ -245,15 +220,17 @@ class Bench:
             after = hub_roles(ports)
             if after != roles:
                 row["note"] = f"roles changed during the run: {roles} -> {after}"
-            row["hubs"] = k
-            row["worker_processes"] = len(worker_hubs)
-            row["worker_hubs"] = worker_hubs
-            row["publisher_connections"] = k
-            row["leader"] = leader
-            row["leader_port"] = ports[leader]
-            row["hub_rss_mb"] = [peak_rss_mb(hub.pid) for hub in hubs]
+            row.update(
+                hubs=k,
+                worker_processes=len(worker_hubs),
+                worker_hubs=worker_hubs,
+                publisher_connections=k,
+                leader=leader,
+                leader_port=ports[leader],
+                hub_rss_mb=[peak_rss_mb(hub.pid) for hub in hubs],
+                rss_of="leader hub",
+            )
             row["peak_rss_mb"] = row["hub_rss_mb"][leader]
-            row["rss_of"] = "leader hub"
             if "seq_p50_ms_by_url" in row:
                 by_url = row.pop("seq_p50_ms_by_url")
                 row["seq_p50_ms_by_hub"] = [by_url.get(u) for u in urls]
@@ -264,6 +241,36 @@ class Bench:
                 f"with one connection per hub, tasks round robin over them"
             )
             return row
+
+    def cluster_hubs(
+        self, stack: contextlib.ExitStack, target: str, store: str, k: int
+    ) -> tuple[list[subprocess.Popen[Any]], list[int]]:
+        """Start k hubs on ``store``, the first one leading; the processes and their ports."""
+        ports: list[int] = []
+        hubs: list[subprocess.Popen[Any]] = []
+        for h in range(k):
+            port = free_port()
+            hub = stack.enter_context(
+                started(hub_args(port, store), self.log(f"{target}-hub{h}"), env=HUB_ENV)
+            )
+            wait_port(port, 20, hub)
+            if h == 0:  # the first hub takes the lead, so the others find a leader
+                wait_roles([port], 20)
+            ports.append(port)
+            hubs.append(hub)
+        return hubs, ports
+
+    def cluster_worker(self, stack: contextlib.ExitStack, target: str, h: int, url: str) -> None:
+        """Start a worker process (group ``bench``) on hub ``h`` and wait until it is ready."""
+        args = [PY, SCRIPT, "worker", "--url", url, "--concurrency", str(WORKER_CONCURRENCY)]
+        worker = stack.enter_context(
+            started(
+                [*args, "--group", "bench"],
+                self.log(f"{target}-worker{h}"),
+                stdout=subprocess.PIPE,
+            )
+        )
+        wait_ready(worker, 20)
 
     def redis(self) -> str:
         if self.redis_bin is None:
