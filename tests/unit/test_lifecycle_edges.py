@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
-from taskhub.errors import InvalidOption
+from taskhub.errors import InvalidOption, NotHolding, StaleAttempt
 from taskhub.lifecycle import Credentials, Task
 from taskhub.protocol import PubOptions
 from taskhub.store.base import EventRecord
@@ -255,3 +256,148 @@ def test_keys_expire_one_by_one_as_their_window_passes() -> None:
     h.tick(60)  # and "young" goes in its turn
     last, created = publish(h, key="young")
     assert created and last is not young
+
+
+# --- recovery after a restart -----------------------------------------------------------------
+def restarted(h: Hub) -> Hub:
+    """A new lifecycle on the same clock that took back what ``h`` had stored."""
+    h.drain()
+    h2 = Hub(clock=h.clock)
+    h2.lc.restore(h.records.values())
+    return h2
+
+
+def test_a_restored_waiting_task_keeps_its_start_timeout() -> None:
+    h = Hub()
+    task = h.pub(start_timeout=30)
+    h.tick(10)
+    h2 = restarted(h)
+    h2.tick(19.9)
+    assert h2.lc.get(task.id) is not None
+    h2.tick(0.1)  # 30 s after it was published, not 30 s after the restart
+    rec = h2.stored(task)
+    assert rec.state == "fail"
+    assert rec.error == {"reason": "start_timeout", "message": "no worker started the task in time"}
+
+
+def test_a_restored_delivery_waiting_for_its_retry_waits_out_its_backoff() -> None:
+    h = Hub()
+    w = h.worker("a")
+    task = h.pub(retries=1, backoff=10)
+    h.lc.pickup(w, task.id, 1)
+    h.lc.fail(w, task.id, 1, {"type": "Boom", "message": "once"})
+    h2 = restarted(h)
+    w2 = h2.worker("a")
+    assert h2.offers(w2) == []
+    h2.tick(9.9)
+    assert h2.offers(w2) == []
+    h2.tick(0.1)
+    assert h2.offers(w2) == [(task.id, 2)]
+
+
+# --- operators' views and tools over group queues ---------------------------------------------
+def test_a_queue_view_counts_waiting_and_in_flight_of_its_own_action_only() -> None:
+    h = Hub()
+    w = h.worker("w", group="g", concurrency=1)
+    h.worker("w", "other:action", group="g", concurrency=5)
+    held = h.pub()
+    h.pub(), h.pub()
+    h.pub("other:action")
+    assert h.offers(w) == [(held.id, 1)]
+    views = {v["action"]: v for v in h.lc.queue_views()}
+    assert (views[ACTION]["waiting"], views[ACTION]["in_flight"]) == (2, 1)
+    assert (views["other:action"]["waiting"], views["other:action"]["in_flight"]) == (0, 1)
+    assert views[ACTION]["credit"] == 1 and views["other:action"]["credit"] == 5
+
+
+def test_purge_with_forget_removes_a_group_nobody_subscribes_to() -> None:
+    h = Hub()
+    w = h.worker("w", group="g", durable=True)
+    h.lc.disconnect(w)
+    h.pub()
+    assert [(v["group"], v["waiting"]) for v in h.lc.queue_views()] == [("g", 1)]
+    assert h.lc.purge(Credentials("ops"), ACTION, "g", forget=True) == 1
+    assert h.lc.queue_views() == []
+    # The group is gone: a new task waits in the pool until a group subscribes.
+    task = h.pub()
+    assert task.rec.deliveries == []
+
+
+# --- options checked when published -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"backoff": -1}, "option 'backoff' must be >= 0 seconds"),
+        ({"backoff_max": -0.5}, "option 'backoff_max' must be >= 0 seconds"),
+        ({"once_every": -1}, "option 'once_every' must be >= 0 seconds"),
+    ],
+)
+def test_negative_durations_are_refused_naming_the_option(
+    options: dict[str, Any], says: str
+) -> None:
+    h = Hub()
+    with pytest.raises(InvalidOption, match=says) as err:
+        h.lc.publish(Credentials("p"), ACTION, None, PubOptions(**options))
+    assert err.value.details == {"option": next(iter(options))}
+    assert h.lc.take_writes().tasks == []
+
+
+def test_a_waiting_once_every_task_cancelled_lets_the_next_pub_make_a_new_one() -> None:
+    h = Hub()
+    task, _ = publish(h, key="user-1", once_every=60)
+    assert isinstance(task, Task)
+    h.lc.cancel(Credentials("publisher"), task.id)
+    assert h.stored(task).state == "fail"
+    later, created = publish(h, key="user-1", once_every=60)
+    assert created and later is not task
+
+
+# --- who holds, who may read -------------------------------------------------------------------
+def test_a_step_on_a_task_the_connection_never_held_is_refused() -> None:
+    h = Hub()
+    h.worker("a")
+    stranger = h.worker("b", "other:action")
+    task = h.pub()
+    with pytest.raises(NotHolding, match=f"does not hold task {task.id} \\(attempt 1\\)"):
+        h.lc.pickup(stranger, task.id, 1)
+    assert task.rec.state == "init"
+
+
+def test_take_back_gives_a_held_delivery_to_another_connection_of_the_group() -> None:
+    h = Hub()
+    a = h.worker("g")
+    task = h.pub()
+    assert h.offers(a) == [(task.id, 1)]
+    b = h.worker("g")
+    h.lc.take_back(a, task.id, 1, "lease_expired", count_try=False)
+    told_a, told_b = h.msgs(a), h.msgs(b)
+    assert told_a[0] == {"op": "revoke", "task": task.id, "attempt": 1, "reason": "lease_expired"}
+    offers = [(m["task"], m["attempt"]) for m in told_a[1:] + told_b if m["op"] == "offer"]
+    assert offers == [(task.id, 2)]  # offered again, to the group
+    assert delivery_tries(h, task) == 0  # not counted as a try
+    with pytest.raises(StaleAttempt):  # attempt 1 is over, whoever holds attempt 2
+        h.lc.take_back(a, task.id, 1, "lease_expired", count_try=False)
+
+
+def delivery_tries(h: Hub, task: Task) -> int:
+    [d] = h.stored(task).deliveries
+    return d.tries
+
+
+def test_a_task_is_readable_by_its_publisher_and_by_who_may_work_on_it() -> None:
+    h = Hub()
+    rec = h.stored(h.pub(creds=Credentials("billing")))
+    assert h.lc.may_read(Credentials("billing", sub_permissions=(), pub_permissions=()), rec)
+    assert h.lc.may_read(Credentials("worker", ("email",), ()), rec)
+    assert h.lc.may_read(Credentials("shop", (), ("email",)), rec)
+    assert not h.lc.may_read(Credentials("other", ("sms",), ("sms",)), rec)
+
+
+def test_a_raw_json_payload_is_measured_as_it_is() -> None:
+    h = Hub(inline_payload_limit=10)
+    w = h.worker("a")
+    raw = msgspec.Raw(b'{"text": "longer than ten bytes"}')
+    task = h.pub(payload=raw)
+    [offer] = h.msgs(w, "offer")
+    assert offer["task"] == task.id
+    assert offer["payload_size"] == len(raw)
