@@ -12,6 +12,7 @@ import pytest
 from taskhub.errors import StoreUnavailable
 from taskhub.store import open_store
 from taskhub.store.base import Store
+from tests.redisproc import free_port
 from tests.store.test_conformance import ENGINES, apply, ended, make_store, store_url, task
 
 
@@ -81,3 +82,20 @@ def test_redis_masks_the_password_of_an_ipv6_host() -> None:
     store = open_store("redis://:s3cret@[::1]:6390/0?prefix=app")
     assert "s3cret" not in store.url
     assert store.url.startswith("redis://:***@[::1]:6390/0")
+
+
+async def test_redis_names_a_bad_url_option_when_opening() -> None:
+    store = open_store("redis://127.0.0.1:1/0?socket_timeout=abc&prefix=x")
+    with pytest.raises(ValueError, match=r"bad redis store URL .*'socket_timeout'"):
+        await store.open()
+    await store.close()
+
+
+async def test_redis_names_a_server_it_cannot_reach() -> None:
+    port = free_port()  # nothing listens there
+    store = open_store(f"redis://127.0.0.1:{port}/0?prefix=x")
+    with pytest.raises(
+        StoreUnavailable, match=f"cannot reach redis store redis://127.0.0.1:{port}"
+    ):
+        await store.open()
+    await store.close()
