@@ -23,7 +23,7 @@ from taskhub.errors import (
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Credentials
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 log = logging.getLogger("taskhub.http")
 

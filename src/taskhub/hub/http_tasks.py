@@ -30,7 +30,7 @@ from taskhub.hub.hub import task_view
 from taskhub.hub.search import TaskFilter, search
 from taskhub.lifecycle import Task
 from taskhub.protocol import plain
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord
 
 DeliveryState = Literal["pending", "offered", "started", "done", "dropped", "failed"]
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from taskhub import protocol as p
-from taskhub.chains import Chains, Mode
 from taskhub.errors import (
     InvalidOption,
     PermissionDenied,
@@ -44,11 +43,12 @@ from taskhub.lifecycle import (
     Peer,
     Task,
 )
+from taskhub.lifecycle.chains import Chains, Mode
 from taskhub.lifecycle.options import worker_options
+from taskhub.lifecycle.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.names import allowed, pattern_allowed, validate_topic
-from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
-from taskhub.store import Store, TaskRecord, WriteBatch
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.store import Store
 
 if TYPE_CHECKING:
     from taskhub.hub.metrics import Metrics

@@ -37,7 +37,7 @@ from taskhub.lifecycle.state import (
     queue_key,
 )
 from taskhub.names import allowed, reserved_action, validate_action
-from taskhub.store.base import DeliveryRecord, EventRecord, MetaRecord, TaskRecord, WriteBatch
+from taskhub.records import DeliveryRecord, EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.timers import Timers
 
 

@@ -22,7 +22,7 @@ from taskhub.lifecycle.state import (
     queue_key,
 )
 from taskhub.names import allowed, validate_action
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 
 class Lifecycle(LifecycleCore):

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from taskhub.protocol import plain
-from taskhub.store.base import TERMINAL_STATES, DeliveryRecord, TaskRecord
+from taskhub.records import TERMINAL_STATES, DeliveryRecord, TaskRecord
 
 Clock = Callable[[], float]
 Message = dict[str, Any]
@@ -21,7 +21,7 @@ _json = msgspec.json.Encoder()
 # publisher set itself; absent when it set none (the common case costs no bytes).
 GIVEN = "given"
 HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
-# Metadata kinds (store.base.MetaRecord) the lifecycle owns.
+# Metadata kinds (records.MetaRecord) the lifecycle owns.
 QUEUE_META = "queue"  # durable group subscriptions, key "<action> <group>"
 DEAD_META = "dead"  # the dead-letter list, key: task id
 # Failure reasons that put a task into the dead-letter list: it ran out of attempts, or its

@@ -27,7 +27,7 @@ from taskhub.lifecycle import (
 )
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
-from taskhub.store.base import EventRecord, TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 
 CHAIN_ACTION = "taskhub:chain"
 GROUP_ACTION = "taskhub:group"
