@@ -4,12 +4,61 @@ stores keep them, and neither imports the other."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-TERMINAL_STATES = frozenset({"success", "fail", "end"})
-TASK_STATES = ("init", "start", "success", "fail", "end")
+
+class TaskState(StrEnum):
+    """A task's state: its value is the word on the wire, in the store, in the HTTP API and
+    on the command line; :attr:`label` is the friendlier word the dashboard shows for it."""
+
+    INIT = "init"  # published, no worker has started it yet (waiting)
+    START = "start"  # a worker started it (running)
+    SUCCESS = "success"  # a worker returned its result
+    FAIL = "fail"  # failed, timed out or cancelled
+    END = "end"  # every group dropped it: ended without a result
+
+    @property
+    def label(self) -> str:
+        return TASK_LABELS[self]
+
+    @classmethod
+    def parse(cls, word: str) -> TaskState:
+        """The state named by ``word``: its value (``init``) or its label (``waiting``)."""
+        state = _BY_WORD.get(word)
+        if state is None:
+            words = ", ".join(f"{s.value} ({s.label})" if s.label != s else s for s in cls)
+            raise ValueError(f"unknown task state {word!r}; one of {words}")
+        return state
+
+
+# The dashboard's words for the states; ``?state=`` accepts them too (docs/http.md).
+TASK_LABELS: dict[TaskState, str] = {
+    TaskState.INIT: "waiting",
+    TaskState.START: "running",
+    TaskState.SUCCESS: "success",
+    TaskState.FAIL: "failed",
+    TaskState.END: "ended",
+}
+_BY_WORD = {**{s.value: s for s in TaskState}, **{w: s for s, w in TASK_LABELS.items()}}
+TASK_STATES = tuple(TaskState)
+TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAIL, TaskState.END})
+
+
+class DeliveryState(StrEnum):
+    """A delivery's state (one group's copy of a task)."""
+
+    PENDING = "pending"  # waiting in its group's queue (or out a retry's backoff)
+    OFFERED = "offered"  # offered to a worker, not started yet
+    STARTED = "started"  # a worker picked it up
+    DONE = "done"  # the task ended (success, or ended elsewhere) while this copy was open
+    DROPPED = "dropped"  # the worker dropped it
+    FAILED = "failed"  # its tries ran out or its handler failed for good
+
+
+ENDED_DELIVERY_STATES = frozenset({DeliveryState.DONE, DeliveryState.DROPPED, DeliveryState.FAILED})
 
 # Records hold JSON values and other records only, so they cannot be part of a reference
 # cycle: gc=False keeps them out of the garbage collector, whose full collections would
@@ -20,8 +69,7 @@ class DeliveryRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One group's copy of a task."""
 
     group: str
-    # pending | offered | started | done | dropped | failed
-    state: str = "pending"
+    state: DeliveryState = DeliveryState.PENDING
     attempt: int = 0  # offer sequence number; fences stale workers
     tries: int = 0  # started attempts that were lost or failed
     not_before: float = 0.0  # retry backoff: not offered again before this time
@@ -35,7 +83,7 @@ class TaskRecord(msgspec.Struct, omit_defaults=True, gc=False):
     created_at: float
     payload: Any = None
     options: dict[str, Any] = {}
-    state: str = "init"
+    state: TaskState = TaskState.INIT
     started_at: float | None = None
     ended_at: float | None = None
     result: Any = None
