@@ -43,6 +43,8 @@ TASK_LABELS: dict[TaskState, str] = {
     TaskState.END: "ended",
 }
 _BY_WORD = {**{s.value: s for s in TaskState}, **{w: s for s, w in TASK_LABELS.items()}}
+# Every word a filter accepts for a task state: the states, then the labels that differ.
+TASK_STATE_WORDS = tuple(_BY_WORD)
 TASK_STATES = tuple(TaskState)
 TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAIL, TaskState.END})
 

@@ -158,10 +158,13 @@ class Ending:
         msg = event_msg(task, ev)
         if state == _SUCCESS:
             self.journal.tell_holders(task, msg, but=by)  # before their credit is given back
-        self._close_deliveries(task, state, (error or {}).get("reason") or state)
-        self._unlink(task, state, msg, by)
+        self._close(task, state, (error.get("reason") if error else None) or state, msg, by)
 
-    def _close_deliveries(self, task: Task, state: TaskState, reason: str) -> None:
+    def _close(
+        self, task: Task, state: TaskState, reason: str, msg: Message, by: Peer | None
+    ) -> None:
+        """The ended task's deliveries are done (their holders revoked unless it succeeded,
+        their credit given back), and its observers and followers let go of it."""
         for d in task.deliveries.values():
             holder = d.holder
             if holder is None:
@@ -177,8 +180,6 @@ class Ending:
                 )
             self.queues.release(d)
             d.rec.state = _DONE
-
-    def _unlink(self, task: Task, state: TaskState, msg: Message, by: Peer | None) -> None:
         for peer in task.observers:
             peer.observing.discard(task.id)
             if state != _SUCCESS and peer is not by:

@@ -109,7 +109,13 @@ class Publishing:
         if peer is not None:
             follow(peer, task)
         self.journal.event(task, "init", service=creds.name, notify=False)
-        self._arm_and_route(task, now)
+        start_timeout = opts["start_timeout"]
+        if start_timeout is not None:
+            self.timers.at(max(now, rec.not_before) + start_timeout, "start", rec.id)
+        if rec.not_before > now:
+            self.timers.at(rec.not_before, "due", rec.id)
+        else:
+            self.queues.route(task)
         return task, True
 
     def _found(self, action: str, key: Any, opts: dict[str, Any], now: float) -> Task | str | None:
@@ -118,16 +124,6 @@ class Publishing:
         if "once_every" in opts:
             return self.keys.debounced(key_of(action, key))
         return self.keys.known(action, key, now)
-
-    def _arm_and_route(self, task: Task, now: float) -> None:
-        rec = task.rec
-        start_timeout = rec.options["start_timeout"]
-        if start_timeout is not None:
-            self.timers.at(max(now, rec.not_before) + start_timeout, "start", rec.id)
-        if rec.not_before > now:
-            self.timers.at(rec.not_before, "due", rec.id)
-        else:
-            self.queues.route(task)
 
     # --- tasks the hub drives itself (chains.py) ----------------------------------------------
     def hold(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +35,18 @@ _STARTED = DeliveryState.STARTED
 Entry = tuple[int, int, Delivery]  # (-priority, publish order, delivery): a heap entry
 
 
+def _nowhere(d: Delivery, sub: Subscription) -> None:
+    raise AssertionError("a queue without an offer callback offered a delivery")
+
+
 @dataclass(eq=False)
 class Queue:
-    """One group's deliveries of one action, waiting for a worker with free credit."""
+    """One group's deliveries of one action, waiting for a worker with free credit: who gets
+    the next one is decided here, and handed to ``offer``."""
 
     action: str
     group: str
+    offer: Callable[[Delivery, Subscription], None] = _nowhere
     durable: bool = False
     workers: list[Subscription] = field(default_factory=list)
     waiting: list[Entry] = field(default_factory=list)  # heap
@@ -73,22 +80,39 @@ class Queue:
                 return sub
         return None
 
-    def take(self) -> Delivery | None:
-        """Pop the first waiting entry: its delivery if it may be offered now, else ``None``
-        (a stale entry, or one parked behind its partition key's delivery in flight)."""
-        entry = heapq.heappop(self.waiting)
+    def dispatch(self) -> None:
+        """Offer waiting deliveries while a worker has free credit: the first in order that
+        may go (stale entries dropped, a partition key's later ones parked)."""
+        waiting = self.waiting
+        while waiting and self.workers:
+            sub = self.free_worker()
+            if sub is None:
+                return
+            entry = heapq.heappop(waiting)
+            d = entry[2]
+            if (
+                d.task.ended
+                or d.rec.state != _PENDING
+                or d.task.deliveries.get(self.group) is not d
+            ):
+                continue  # stale heap entry
+            if d.task.rec.options.get("partition_key") is not None and not self._own(entry):
+                continue  # parked until its partition key's delivery in flight ends
+            if d.avoid is not None and sub.peer is d.avoid:
+                sub = self.free_worker(avoid=d.avoid) or sub
+            d.avoid = None
+            self.offer(d, sub)
+
+    def _own(self, entry: Entry) -> bool:
+        """Whether the entry's delivery owns its partition key (else it is parked)."""
         d = entry[2]
-        if d.task.ended or d.rec.state != _PENDING or d.task.deliveries.get(self.group) is not d:
-            return None  # stale heap entry
-        key = d.task.rec.options.get("partition_key")
-        if key is None:
-            return d
+        key = d.task.rec.options["partition_key"]
         owner = self.partitions.get(key)
         if owner is None or owner is d:
             self.partitions[key] = d
-            return d
+            return True
         self.parked.setdefault(key, deque()).append(entry)
-        return None
+        return False
 
     # Partition keys: within a group, the tasks of one `partition_key` are worked one at a time,
     # in the order the queue gives them out (publish order within a priority). The first one
@@ -143,7 +167,7 @@ class Queues:
         """The group's queue, made on first use."""
         q = self.queues.get((action, group))
         if q is None:
-            q = self.queues[(action, group)] = Queue(action, group)
+            q = self.queues[(action, group)] = Queue(action, group, self.offer)
             self.by_action.setdefault(action, []).append(q)
         return q
 
@@ -223,21 +247,7 @@ class Queues:
         q = q or self.queue(d.task.rec.action, d.rec.group)
         d.rec.state = _PENDING
         q.push(d)
-        self.dispatch(q)
-
-    def dispatch(self, q: Queue) -> None:
-        """Offer waiting deliveries while the group has workers with free credit."""
-        while q.waiting and q.workers:
-            sub = q.free_worker()
-            if sub is None:
-                return
-            d = q.take()
-            if d is None:
-                continue  # stale, or parked behind its partition key
-            if d.avoid is not None and sub.peer is d.avoid:
-                sub = q.free_worker(avoid=d.avoid) or sub
-            d.avoid = None
-            self.offer(d, sub)
+        q.dispatch()
 
     def offer(self, d: Delivery, sub: Subscription) -> None:
         rec = d.rec
@@ -276,7 +286,7 @@ class Queues:
             del sub.peer.holding[d.task.id]
         q = self.queues.get((sub.action, sub.group))
         if q is not None and sub.peer.open:
-            self.dispatch(q)
+            q.dispatch()
 
     def partition_done(self, d: Delivery) -> None:
         """``d`` ended (done, dropped or failed): the next parked delivery of its key may go."""
@@ -285,7 +295,7 @@ class Queues:
             return
         q = self.queues.get((d.task.rec.action, d.rec.group))
         if q is not None and q.free_partition(d, key):
-            self.dispatch(q)
+            q.dispatch()
 
     def view(self, q: Queue, tasks: dict[str, Task]) -> dict[str, Any]:
         """The queue with its counts (admin listings)."""

@@ -22,6 +22,7 @@ _OFFERED = DeliveryState.OFFERED
 _STARTED = DeliveryState.STARTED
 _INIT = TaskState.INIT
 _START = TaskState.START
+_SUCCESS = TaskState.SUCCESS
 
 
 class Steps:
@@ -151,7 +152,7 @@ class Steps:
             # A stale attempt's return still completes the task (first wins); the current
             # holder, if any, hears `success` from finish like every other holder.
         peer.succeeded += 1
-        self.ending.finish(task, TaskState.SUCCESS, result=result, by=peer)
+        self.ending.finish(task, _SUCCESS, result=result, by=peer)
 
     def drop(self, peer: Peer, task_id: str, attempt: int) -> None:
         d = self.held(peer, task_id, attempt)

@@ -63,7 +63,7 @@ class Subscriptions:
             )
         q.workers.append(sub)
         self.queues.route_pooled(action)
-        self.queues.dispatch(q)
+        q.dispatch()
 
     def _resubscribe(
         self,
@@ -85,7 +85,7 @@ class Subscriptions:
         sub.options = options
         q = self.queues.queues.get((sub.action, group))
         if q is not None:
-            self.queues.dispatch(q)
+            q.dispatch()
 
     def unsubscribe(self, peer: Peer, action: str) -> None:
         sub = peer.subs.pop(action, None)
