@@ -66,7 +66,8 @@ def _data(value: Any, width: int = 60) -> str:
 def tasks_ls(
     action: Annotated[str | None, typer.Option(help="Only this action")] = None,
     state: Annotated[
-        str | None, typer.Option(
+        str | None,
+        typer.Option(
             help="Only this state: init, start, success, fail, end (or the labels waiting, "
             "running, failed, ended)"
         ),

@@ -71,7 +71,9 @@ class DeliveryRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One group's copy of a task."""
 
     group: str
-    state: DeliveryState = DeliveryState.PENDING
+    # A DeliveryState's word. Typed str: a store keeps states as opaque words (they decode
+    # as str, and compare equal to the enum's members).
+    state: str = DeliveryState.PENDING
     attempt: int = 0  # offer sequence number; fences stale workers
     tries: int = 0  # started attempts that were lost or failed
     not_before: float = 0.0  # retry backoff: not offered again before this time
@@ -85,7 +87,7 @@ class TaskRecord(msgspec.Struct, omit_defaults=True, gc=False):
     created_at: float
     payload: Any = None
     options: dict[str, Any] = {}
-    state: TaskState = TaskState.INIT
+    state: str = TaskState.INIT  # a TaskState's word (str, as DeliveryRecord.state)
     started_at: float | None = None
     ended_at: float | None = None
     result: Any = None

@@ -39,8 +39,9 @@ def test_records_encode_and_decode_states_as_plain_words() -> None:
     raw = msgspec.json.encode(rec)
     assert b'"state":"start"' in raw and b'"state":"started"' in raw
     back = msgspec.json.decode(raw, type=TaskRecord)
-    assert back.state is TaskState.START and back.deliveries[0].state is DeliveryState.STARTED
-    assert back.state == "start"  # a StrEnum: equal to its word, wherever a str is compared
+    # Decoded as the plain word, equal to the member: a StrEnum compares as its word.
+    assert back.state == TaskState.START and back.deliveries[0].state == DeliveryState.STARTED
+    assert back == rec
 
 
 def test_labels_and_parse() -> None:
