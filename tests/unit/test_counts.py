@@ -3,9 +3,9 @@ metrics' counters and histograms make of them, with a fake clock driven by hand.
 
 from __future__ import annotations
 
+from taskhub.hub.dashboard.monitor import RATE_WINDOW, Monitor
+from taskhub.hub.http.metrics import Metrics
 from taskhub.hub.hub import Hub
-from taskhub.hub.metrics import Metrics
-from taskhub.hub.monitor import RATE_WINDOW, Monitor
 from taskhub.lifecycle import Credentials, EventKey, Peer
 from taskhub.store import open_store
 

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from taskhub.hub.auth import Registry
-from taskhub.hub.http_deps import Caller, _responses
+from taskhub.hub.http.deps import Caller, _responses
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Queue, Task
 from taskhub.store import WriteBatch

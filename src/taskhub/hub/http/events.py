@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from pydantic.config import JsonDict
 
 from taskhub.errors import TaskHubError
-from taskhub.hub.http_deps import Caller, HubDep, _readable, _responses
+from taskhub.hub.http.deps import Caller, HubDep, _readable, _responses
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Task
 from taskhub.store.base import TERMINAL_STATES, EventRecord

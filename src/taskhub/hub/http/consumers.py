@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.hub.consumers import MAX_LEASE, Consumer, Consumers
-from taskhub.hub.http_deps import (
+from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
     Boolean,

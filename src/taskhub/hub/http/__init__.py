@@ -4,9 +4,8 @@ its routes, its error model and its body limit.
 Same hub, same rules as the WebSocket: every call runs the lifecycle and answers once what it
 changed is stored. Errors are ``{"code", "message", "details"?}`` with the code of the
 :class:`TaskHubError` behind them; the status codes are in ``docs/http.md``. The routes are in
-``http_tasks`` (tasks and their results), ``http_events`` (event streams, broadcast events),
-``http_consumers`` (pull consumers) and ``http_add`` (``POST /add``); what they share is in
-``http_deps``.
+``tasks`` (tasks and their results), ``events`` (event streams, broadcast events),
+``consumers`` (pull consumers) and ``add`` (``POST /add``); what they share is in ``deps``.
 """
 
 from __future__ import annotations
@@ -39,12 +38,12 @@ from taskhub.errors import (
     TaskNotFound,
     TooManyConnections,
 )
-from taskhub.hub import http_add, http_consumers, http_events, http_tasks
 from taskhub.hub.auth import AuthThrottled
 from taskhub.hub.consumers import ConsumerNotFound, Consumers
-from taskhub.hub.http_deps import ACTION_SCHEMA, Caller, _caller, _readable, _responses
-from taskhub.hub.http_events import _SSE_EVENT, NotImplementedYet, TaskEvents, _event_stream
-from taskhub.hub.http_tasks import TaskEnded, TaskOptions, TaskView, _options
+from taskhub.hub.http import add, consumers, events, tasks
+from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, _caller, _readable, _responses
+from taskhub.hub.http.events import _SSE_EVENT, NotImplementedYet, TaskEvents, _event_stream
+from taskhub.hub.http.tasks import TaskEnded, TaskOptions, TaskView, _options
 from taskhub.hub.hub import Hub
 
 # install() and the error model, and the names the dashboard and the schedules routes import.
@@ -315,10 +314,10 @@ def install(app: FastAPI, hub: Hub) -> None:
     app.state.consumers = Consumers(hub)
     app.state.task_events = TaskEvents(hub)
     # In this order, so the OpenAPI lists the paths as the API reference does.
-    app.include_router(http_tasks.router)
-    app.include_router(http_events.router)
-    app.include_router(http_consumers.router)
-    app.include_router(http_add.router)
+    app.include_router(tasks.router)
+    app.include_router(events.router)
+    app.include_router(consumers.router)
+    app.include_router(add.router)
     app.openapi = _openapi_without_fastapi_422(app)  # type: ignore[method-assign]
     app.add_exception_handler(TaskHubError, _on_taskhub_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -27,6 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import AuthenticationFailed, PermissionDenied, TaskNotFound
 from taskhub.hub.auth import parse_bearer
+from taskhub.hub.dashboard.monitor import (
+    INTERNAL_PREFIX,
+    RATE_WINDOW,
+    RECENT_TASKS,
+    Monitor,
+    summary,
+)
 from taskhub.hub.http import (
     _SSE_EVENT,
     TaskEvents,
@@ -35,17 +42,10 @@ from taskhub.hub.http import (
     _readable,
     _responses,
 )
-from taskhub.hub.http_tasks import TaskEnded
+from taskhub.hub.http.schedules import Requeued
+from taskhub.hub.http.search import TaskFilter, search
+from taskhub.hub.http.tasks import TaskEnded
 from taskhub.hub.hub import Hub, task_view
-from taskhub.hub.monitor import (
-    INTERNAL_PREFIX,
-    RATE_WINDOW,
-    RECENT_TASKS,
-    Monitor,
-    summary,
-)
-from taskhub.hub.schedules_http import Requeued
-from taskhub.hub.search import TaskFilter, search
 from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions, Task
 
 COOKIE = "taskhub_session"

@@ -1,5 +1,5 @@
 """Task routes of the ``/v1`` HTTP API: publish, list, get and cancel a task, and wait for its
-result (long poll). A task's event stream is in :mod:`taskhub.hub.http_events`."""
+result (long poll). A task's event stream is in :mod:`taskhub.hub.http.events`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import TaskHubError, TaskNotFound
-from taskhub.hub.http_deps import (
+from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
     Caller,
@@ -25,9 +25,9 @@ from taskhub.hub.http_deps import (
     _responses,
     _storable,
 )
-from taskhub.hub.http_events import TaskEvents, _events
+from taskhub.hub.http.events import TaskEvents, _events
+from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
-from taskhub.hub.search import TaskFilter, search
 from taskhub.lifecycle import Task
 from taskhub.protocol import plain
 from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
