@@ -601,7 +601,7 @@ def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> 
     bytes on the wire must be the same."""
     from redis.asyncio.connection import Connection
 
-    from taskhub.store.redis import _packing
+    from taskhub.store.redis.engine import _packing
 
     plain = Connection()
     fast = _packing(Connection)()
