@@ -34,17 +34,11 @@ from taskhub.hub.dashboard.monitor import (
     Monitor,
     summary,
 )
-from taskhub.hub.http import (
-    _SSE_EVENT,
-    TaskEvents,
-    TaskView,
-    _event_stream,
-    _readable,
-    _responses,
-)
+from taskhub.hub.http.deps import error_responses, read_task
+from taskhub.hub.http.events import SSE_EVENT_SCHEMA, TaskEvents, event_stream
 from taskhub.hub.http.schedules import Requeued
 from taskhub.hub.http.search import TaskFilter, search
-from taskhub.hub.http.tasks import TaskEnded
+from taskhub.hub.http.tasks import TaskEnded, TaskView
 from taskhub.hub.hub import Hub, task_view
 from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions, Task
 
@@ -356,7 +350,7 @@ _ADMIN_ERRORS = {
     "/login",
     response_model=SessionView,
     summary="Log in to the dashboard (sets the session cookie)",
-    responses=_responses(_403="The credential has no admin rights."),
+    responses=error_responses(_403="The credential has no admin rights."),
 )
 async def login(body: Login, request: Request, response: Response, hub: HubDep) -> Any:
     """Checks name and key like a Bearer header; only an admin gets the cookie (HttpOnly,
@@ -382,7 +376,7 @@ async def login(body: Login, request: Request, response: Response, hub: HubDep) 
     "/logout",
     status_code=204,
     summary="Log out (ends the session and clears its cookie)",
-    responses={413: _responses()[413], 500: _responses()[500]},
+    responses={413: error_responses()[413], 500: error_responses()[500]},
 )
 async def logout(request: Request) -> Response:
     token = request.cookies.get(COOKIE)
@@ -397,7 +391,7 @@ async def logout(request: Request) -> Response:
     "/session",
     response_model=SessionView,
     summary="Who is logged in",
-    responses=_responses(**_ADMIN_ERRORS),
+    responses=error_responses(**_ADMIN_ERRORS),
 )
 async def session(creds: AdminCaller, hub: HubDep) -> Any:
     return {"name": creds.name, "open_access": hub.registry.open_access}
@@ -407,7 +401,7 @@ async def session(creds: AdminCaller, hub: HubDep) -> Any:
     "/stats",
     response_model=Stats,
     summary="Live counts, rates, queues and connections",
-    responses=_responses(**_ADMIN_ERRORS),
+    responses=error_responses(**_ADMIN_ERRORS),
 )
 async def stats(request: Request, creds: AdminCaller, hub: HubDep, monitor: MonitorDep) -> Any:
     """Cheap enough to poll every second: one pass over the live tasks, no store read."""
@@ -434,7 +428,7 @@ def _pull(request: Request) -> dict[str, Any]:
     "/connections",
     response_model=list[ConnectionView],
     summary="Connected workers and pull consumers, with their host, pid and credit",
-    responses=_responses(**_ADMIN_ERRORS),
+    responses=error_responses(**_ADMIN_ERRORS),
 )
 async def connections(request: Request, creds: AdminCaller, monitor: MonitorDep) -> Any:
     return monitor.connections(_pull(request))
@@ -447,7 +441,7 @@ SPANS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
     "/series",
     response_model=SeriesView,
     summary="Tasks per second and wait/run percentiles over time (the charts)",
-    responses=_responses(**_ADMIN_ERRORS),
+    responses=error_responses(**_ADMIN_ERRORS),
 )
 async def series(
     creds: AdminCaller,
@@ -466,7 +460,7 @@ async def series(
     "/tasks",
     response_model=TaskPage,
     summary="Recent tasks, newest first; or a search of the stored tasks",
-    responses=_responses(**_ADMIN_ERRORS),
+    responses=error_responses(**_ADMIN_ERRORS),
 )
 async def recent_tasks(
     creds: AdminCaller,
@@ -512,10 +506,10 @@ async def recent_tasks(
     "/tasks/{task_id}",
     response_model=TaskDetail,
     summary="A task with its payload",
-    responses=_responses(**_ADMIN_ERRORS, _404="Unknown task."),
+    responses=error_responses(**_ADMIN_ERRORS, _404="Unknown task."),
 )
 async def task_detail(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
-    rec = await _readable(hub, OPERATOR, task_id)
+    rec = await read_task(hub, OPERATOR, task_id)
     return task_view(rec, payload=True)
 
 
@@ -527,9 +521,9 @@ async def task_detail(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
         200: {
             "description": "As `GET /v1/tasks/{task_id}/events`, with the session cookie, "
             "and every event sent as a plain `message` (its type is in its data).",
-            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
-        **_responses(**_ADMIN_ERRORS, _404="Unknown task."),
+        **error_responses(**_ADMIN_ERRORS, _404="Unknown task."),
     },
 )
 async def task_events(
@@ -537,11 +531,11 @@ async def task_events(
 ) -> StreamingResponse:
     # The same stream as the task API's (stored events, then live ones, ending after the
     # terminal event); only the credentials differ, as EventSource cannot send a header.
-    await _readable(hub, OPERATOR, task_id)
+    await read_task(hub, OPERATOR, task_id)
     events: TaskEvents = request.app.state.task_events
     last = request.headers.get("last-event-id", "")
     return StreamingResponse(
-        _unnamed(_event_stream(hub, events, task_id, int(last) if last.isdigit() else 0)),
+        _unnamed(event_stream(hub, events, task_id, int(last) if last.isdigit() else 0)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -559,7 +553,7 @@ async def _unnamed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     "/tasks/{task_id}/cancel",
     response_model=TaskView,
     summary="Cancel a waiting or running task",
-    responses=_responses(**_ADMIN_ERRORS, _404="Unknown task.", _409="It has already ended."),
+    responses=error_responses(**_ADMIN_ERRORS, _404="Unknown task.", _409="It has already ended."),
 )
 async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     """The task fails with reason `cancelled` ("cancelled by <admin>"); its workers are told
@@ -567,7 +561,7 @@ async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     try:
         task = hub.lc.cancel(_operator(creds), task_id)
     except TaskNotFound:
-        rec = await _readable(hub, OPERATOR, task_id)  # 404 if it never existed
+        rec = await read_task(hub, OPERATOR, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
     hub.kick()
     await hub.flush()
@@ -578,7 +572,7 @@ async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     "/tasks/{task_id}/retry",
     response_model=Retried,
     summary="Publish a fresh copy of a failed task",
-    responses=_responses(
+    responses=error_responses(
         **_ADMIN_ERRORS, _404="Unknown task.", _409="The task has not failed (named state)."
     ),
 )
@@ -587,7 +581,7 @@ async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     and `once_every`, as a dead-letter re-queue), a new id, `options.retried_from` the failed
     one, published by the admin. Only a task in state `fail` can be retried; a chain or group
     cannot (publish it again)."""
-    rec = await _readable(hub, OPERATOR, task_id)
+    rec = await read_task(hub, OPERATOR, task_id)
     if rec.state != "fail":
         raise TaskEnded(
             f"task {task_id} is {rec.state}, not failed: only a failed task is retried",
@@ -615,7 +609,7 @@ async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     "/queues/{action}/{group}/purge",
     response_model=Purged,
     summary="Purge a group queue (its waiting deliveries)",
-    responses=_responses(**_ADMIN_ERRORS, _404="No such queue."),
+    responses=error_responses(**_ADMIN_ERRORS, _404="No such queue."),
 )
 async def purge(action: str, group: str, creds: AdminCaller, hub: HubDep) -> Any:
     """As `DELETE /v1/queues/{action}/{group}`: the group's waiting deliveries fail with
@@ -633,7 +627,7 @@ def _operator(creds: Credentials) -> Credentials:
     "/dead-letters",
     response_model=list[DeadLetterRow],
     summary="Every dead letter, oldest first",
-    responses=_responses(**_ADMIN_ERRORS),
+    responses=error_responses(**_ADMIN_ERRORS),
 )
 async def dead_letters(creds: AdminCaller, hub: HubDep) -> Any:
     return await hub.admin.dead_letters(OPERATOR)
@@ -643,7 +637,7 @@ async def dead_letters(creds: AdminCaller, hub: HubDep) -> Any:
     "/dead-letters/{task_id}/requeue",
     response_model=Requeued,
     summary="Re-queue a dead letter",
-    responses=_responses(**_ADMIN_ERRORS, _404="No such dead letter."),
+    responses=error_responses(**_ADMIN_ERRORS, _404="No such dead letter."),
 )
 async def requeue(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     """Publishes a fresh copy (a new id, `options.requeued_from` the dead one), published by

@@ -68,7 +68,7 @@ _COMMON: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _responses(**extra: str) -> dict[int | str, dict[str, Any]]:
+def error_responses(**extra: str) -> dict[int | str, dict[str, Any]]:
     out = dict(_COMMON)
     for status, text in extra.items():
         out[int(status.lstrip("_"))] = {**_ERR, "description": text}
@@ -84,7 +84,7 @@ def _hub(request: Request) -> Hub:
     return hub
 
 
-async def _caller(
+async def caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Credentials:
     hub = _hub(request)
@@ -98,10 +98,10 @@ async def _caller(
 
 
 HubDep = Annotated[Hub, Depends(_hub)]
-Caller = Annotated[Credentials, Depends(_caller)]
+Caller = Annotated[Credentials, Depends(caller)]
 
 
-async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
+async def read_task(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     try:
         rec = await hub.find(task_id)
     except Exception as exc:
@@ -116,7 +116,7 @@ async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     return rec
 
 
-def _storable(field: str, value: Any) -> None:
+def check_storable(field: str, value: Any) -> None:
     """Refuse what the store could not write (MessagePack keeps 64-bit integers): accepted, such
     a value would stall the commit pipeline for everyone."""
     try:

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from taskhub.hub.auth import Registry
-from taskhub.hub.http.deps import Caller, _responses
+from taskhub.hub.http.deps import Caller, error_responses
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Queue, Task
 from taskhub.store import WriteBatch
@@ -340,8 +340,8 @@ def install(app: FastAPI, hub: Hub) -> None:
         response_class=Response,
         responses={
             200: {"content": {CONTENT_TYPE_LATEST: {}}},
-            401: _responses()[401],
-            429: _responses()[429],
+            401: error_responses()[401],
+            429: error_responses()[429],
         },
     )
     async def get_metrics(caller: Caller) -> Response:
