@@ -1,4 +1,4 @@
-"""The dashboard's time series (hub/dashboard/monitor.py) and the search's id bounds
+"""The dashboard's time series (hub/dashboard/series.py) and the search's id bounds
 (hub/http/search.py): pure bookkeeping, no hub."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 
-from taskhub.hub.dashboard.monitor import (
+from taskhub.hub.dashboard.series import (
     BINS,
     MINUTE_POINTS,
     SAMPLE,

@@ -79,7 +79,8 @@ def error_responses(**extra: str) -> dict[int | str, dict[str, Any]]:
 _bearer = HTTPBearer(auto_error=False, description="`Bearer <name>:<key>`")
 
 
-def _hub(request: Request) -> Hub:
+def hub_of(request: Request) -> Hub:
+    """The hub the app serves (FastAPI dependency: `HubDep`)."""
     hub: Hub = request.app.state.hub
     return hub
 
@@ -87,7 +88,7 @@ def _hub(request: Request) -> Hub:
 async def caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Credentials:
-    hub = _hub(request)
+    hub = hub_of(request)
     header = request.headers.get("authorization")
     if not header and not hub.registry.open_access:
         raise AuthenticationFailed("missing 'Authorization: Bearer <name>:<key>'")
@@ -97,7 +98,7 @@ async def caller(
     )
 
 
-HubDep = Annotated[Hub, Depends(_hub)]
+HubDep = Annotated[Hub, Depends(hub_of)]
 Caller = Annotated[Credentials, Depends(caller)]
 
 
