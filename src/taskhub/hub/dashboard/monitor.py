@@ -20,6 +20,7 @@ from taskhub.hub.dashboard.rows import (
     summary,
 )
 from taskhub.hub.dashboard.series import Series, series_counts
+from taskhub.hub.http.metrics import for_hub, live_tasks
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Task
@@ -45,8 +46,9 @@ _COUNTED: dict[str, tuple[int, bool]] = {
 
 class Monitor:
     """Keeps what the dashboard shows of the past: the lifecycle's event counts of the last
-    ``RATE_WINDOW`` seconds (for the rates), the charts' :class:`Series`, totals of ended
-    tasks, and the most recent ended tasks.
+    ``RATE_WINDOW`` seconds (for the rates), the charts' :class:`Series` and the most recent
+    ended tasks. What the hub's metrics already count it reads from them (``metrics``): the
+    totals of ended tasks, the live tasks and their deliveries.
 
     It adds nothing per event: the lifecycle counts events per second (``lc.counts``) and hands
     each complete second here; ended tasks come through ``lc.end_listeners``, one call per task.
@@ -57,9 +59,9 @@ class Monitor:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.metrics = for_hub(hub)
         self._clock = hub.clock
         self.started_at = hub.clock()
-        self.ended: dict[str, int] = {"success": 0, "fail": 0, "end": 0}  # since the start
         self._seconds: deque[tuple[int, dict[EventKey, int]]] = deque()
         self.recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
         self.series = Series()
@@ -74,8 +76,12 @@ class Monitor:
             seconds.popleft()
         self.series.add_counts(second, *series_counts(counts))
 
+    @property
+    def ended(self) -> dict[str, int]:
+        """Tasks ended since the hub started, by how (success, fail, end)."""
+        return self.metrics.ended()
+
     def _on_end(self, task: Task, ev: EventRecord) -> None:
-        self.ended[ev.type] += 1
         self.recent.append(snapshot(task.rec))
         self.series.add_task(task.rec)
 
@@ -122,25 +128,20 @@ class Monitor:
         return list(rows.values())
 
     def live(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """Live task counts and every group queue, in one pass over the live tasks (the
-        per-queue view of the lifecycle walks all tasks once per queue)."""
+        """Live task counts and every group queue, from one pass over the live tasks (the
+        metrics' :func:`live_tasks`; the per-queue view of the lifecycle walks all tasks once
+        per queue)."""
         lc = self.hub.lc
-        counts = {"waiting": 0, "running": 0, "chains": 0}
-        per_queue: dict[tuple[str, str], list[int]] = {}
-        for task in lc.tasks.values():
-            if task.rec.action.startswith(INTERNAL_PREFIX):
-                counts["chains"] += 1
-                continue
-            counts["running" if task.rec.state == "start" else "waiting"] += 1
-            for group, d in task.deliveries.items():
-                slot = per_queue.setdefault((task.rec.action, group), [0, 0])
-                if d.rec.state == "pending":
-                    slot[0] += 1
-                elif d.rec.state in ("offered", "started"):
-                    slot[1] += 1
+        live = live_tasks(lc)
+        running = live.by_state.get("start", 0)
+        counts = {
+            "waiting": sum(live.by_state.values()) - running,
+            "running": running,
+            "chains": sum(live.chains.values()),
+        }
         queues = []
         for (action, group), q in sorted(lc.queues.items()):
-            waiting, in_flight = per_queue.get((action, group), (0, 0))
+            waiting, in_flight = live.deliveries.get((action, group), (0, 0))
             queues.append(
                 {
                     "action": action,
