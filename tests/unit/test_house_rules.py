@@ -22,9 +22,7 @@ ALLOWED_CLASSES: frozenset[tuple[str, str]] = frozenset(
     {
         ("taskhub.client.client", "Client"),  # 571 lines on 2026-12-07
         ("taskhub.hub.hub", "Hub"),  # 622
-        ("taskhub.lifecycle.core", "LifecycleCore"),  # 1010
         ("taskhub.server", "Server"),  # 432
-        ("taskhub.store.redis", "RedisStore"),  # 448
         ("taskhub.sync", "Client"),  # 410
         ("taskhub.worker", "Worker"),  # 442
     }
@@ -39,10 +37,7 @@ ALLOWED_FUNCTIONS: frozenset[tuple[str, str]] = frozenset(
         ("taskhub.hub.hub", "Hub._handle"),  # 121
         ("taskhub.hub.proxy", "Relay._websocket"),  # 71
         ("taskhub.hub.proxy", "Relay.http"),  # 78
-        ("taskhub.hub.search", "search"),  # 61
         ("taskhub.hub.ws", "serve_connection"),  # 127
-        ("taskhub.lifecycle.core", "LifecycleCore._finish"),  # 66
-        ("taskhub.lifecycle.core", "LifecycleCore.publish"),  # 70
         ("taskhub.lifecycle.options", "resolve_options"),  # 68
         ("taskhub.server", "Server.__init__"),  # 125
         ("taskhub.sync", "Client.sub"),  # 71

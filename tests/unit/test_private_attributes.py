@@ -29,8 +29,6 @@ DOCUMENTED = frozenset(
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
         ("taskhub.hub.admin", "_ok"),  # Admin answers through hub._ok (8 calls)
-        ("taskhub.hub.hub", "_dirty"),  # the hub reads the lifecycle's unsaved output
-        ("taskhub.hub.hub", "_event_msg"),  # and builds events with its private method
         ("taskhub.logs", "_taskhub"),  # marks the logging handler setup() installed
     }
 )
