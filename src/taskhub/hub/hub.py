@@ -52,7 +52,7 @@ from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store import Store
 
 if TYPE_CHECKING:
-    from taskhub.hub.metrics import Metrics
+    from taskhub.hub.http.metrics import Metrics
 
 log = logging.getLogger("taskhub.hub")
 
@@ -163,12 +163,12 @@ class Hub:
         # Hub and answer /healthz themselves): reported by GET /healthz.
         self.role = "standalone"
         self.clock = clock
-        # Operation (server.py, hub/metrics.py): draining stops offers before a shutdown;
+        # Operation (server.py, hub/http/metrics.py): draining stops offers before a shutdown;
         # apply_hooks see every written batch and how long the store took (metrics).
         self.draining = False
         self.store_ok = True  # False while a batch write is failing and being retried
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
-        self.metrics: Metrics | None = None  # hub/metrics.py, once installed
+        self.metrics: Metrics | None = None  # hub/http/metrics.py, once installed
         # HTTP long polls and event streams under way (long_wait), woken by end_waits().
         self.waits_ended = False
         self._wakers: set[Callable[[], None]] = set()
