@@ -30,7 +30,7 @@ from taskhub.hub.http_protocol import (
 )
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
-from taskhub.hub.ws_protocol import HubWebSocketProtocol
+from taskhub.hub.ws import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH

@@ -13,8 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from taskhub import Client, Server
 from taskhub.client.connection import EARLY_SEND
-from taskhub.hub.ws import CHUNK, FrameFeed
-from taskhub.hub.ws_protocol import HubWebSocketProtocol
+from taskhub.hub.ws import CHUNK, FrameFeed, HubWebSocketProtocol
 from taskhub.ids import new_id
 from taskhub.store.base import TaskRecord
 from taskhub.store.memory import MemoryStore

@@ -20,7 +20,7 @@ from taskhub.errors import (
 )
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub, welcome
-from taskhub.hub.ws_protocol import EXTENSION, HubWebSocketProtocol
+from taskhub.hub.ws.transport import EXTENSION, HubWebSocketProtocol
 from taskhub.ids import new_id
 from taskhub.lifecycle import Peer
 from taskhub.protocol import Bad, Inbound
