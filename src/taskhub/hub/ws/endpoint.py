@@ -19,10 +19,10 @@ from taskhub.errors import (
     TooManyConnections,
 )
 from taskhub.hub.auth import parse_bearer
-from taskhub.hub.hub import Hub, welcome
+from taskhub.hub.hub import Hub
 from taskhub.hub.ws.transport import EXTENSION, HubWebSocketProtocol
 from taskhub.ids import new_id
-from taskhub.lifecycle import Peer
+from taskhub.lifecycle import Message, Peer
 from taskhub.protocol import Bad, Inbound
 
 log = logging.getLogger("taskhub.ws")
@@ -135,6 +135,18 @@ class FrameFeed:
             self.resuming = None
             if self.proto is not None:
                 self.proto.release()
+
+
+def welcome(hub: Hub, peer: Peer) -> Message:
+    """The first message on a connection: who the hub and the peer are, and the frame limit."""
+    return {
+        "op": "welcome",
+        "protocol": p.PROTOCOL_VERSION,
+        "hub": hub.name,
+        "connection": peer.id,
+        "service": peer.service,
+        "max_frame": hub.limits.max_frame,
+    }
 
 
 async def _refuse(ws: WebSocket, exc: TaskHubError, code: int) -> None:
