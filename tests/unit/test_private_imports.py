@@ -17,8 +17,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 ALLOWED: frozenset[tuple[str, str, str]] = frozenset(
     {
         ("taskhub.client.client", "taskhub.client.options", "_UNSET"),
-        ("taskhub.hub.cluster", "taskhub.hub.proxy", "_json"),
-        ("taskhub.hub.cluster", "taskhub.hub.proxy", "_try_again"),
         ("taskhub.hub.dashboard", "taskhub.hub.http", "_SSE_EVENT"),
         ("taskhub.hub.dashboard", "taskhub.hub.http", "_event_stream"),
         ("taskhub.hub.dashboard", "taskhub.hub.http", "_readable"),

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from taskhub.hub.hub import Hub
-from taskhub.hub.proxy import RELAYED_HEADER, Receive, Relay, Scope, Send, _json, _try_again
+from taskhub.hub.proxy import RELAYED_HEADER, Receive, Relay, Scope, Send, json_response, try_again
 from taskhub.store.redis import RedisStore
 
 log = logging.getLogger("taskhub.cluster")
@@ -282,7 +282,7 @@ class Cluster:
             await app(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/healthz":
             # A follower (or a hub between roles) is healthy on its own account.
-            await _json(send, 200, b'{"status":"ok","role":"follower"}')
+            await json_response(send, 200, b'{"status":"ok","role":"follower"}')
         elif any(k.lower() == RELAYED_HEADER for k, _ in scope.get("headers", ())):
             # Relayed here by a hub that took us for the leader: relaying again could loop.
             await self._refuse(scope, receive, send)
@@ -294,9 +294,9 @@ class Cluster:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             if (await receive())["type"] == "websocket.connect":
-                await _try_again(send, "this hub does not lead the cluster; retry shortly")
+                await try_again(send, "this hub does not lead the cluster; retry shortly")
         else:
-            await _json(
+            await json_response(
                 send,
                 503,
                 b'{"code":"no_leader","message":"no hub leads the cluster right now; '

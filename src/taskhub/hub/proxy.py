@@ -39,6 +39,9 @@ SHUTTING_DOWN = (
     b'{"code":"shutting_down","message":"this hub is shutting down; retry, '
     b'at another hub of the cluster"}'
 )
+NO_LEADER = b'{"code":"no_leader","message":"no hub leads the cluster right now; retry shortly"}'
+LEADER_CHANGED = b'{"code":"no_leader","message":"the leading hub changed; retry"}'
+NO_ANSWER = b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}'
 _HOP_HEADERS = frozenset(
     {
         b"host",
@@ -115,81 +118,43 @@ class Relay:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         base = self._target()
         if base is None:
-            await _json(
-                send,
-                503,
-                b'{"code":"no_leader","message":"no hub leads the cluster '
-                b'right now; retry shortly"}',
-            )
+            await json_response(send, 503, NO_LEADER)
             return
-        body = bytearray()
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        url = (
-            base
-            + scope["path"]
-            + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
-        )
+        body = await _read_body(receive)
+        resp = await self._forward(base, scope, body, send)
+        if resp is not None:
+            await _stream_back(resp, send, base)
+
+    async def _forward(
+        self, base: str, scope: Scope, body: bytes, send: Send
+    ) -> httpx.Response | None:
+        """The leader's response to the request, its body still to read; None once ``send``
+        has answered 503 (the leader changed, did not answer, or this hub stops)."""
+        query = scope.get("query_string")
+        url = base + scope["path"] + (("?" + query.decode()) if query else "")
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in scope["headers"]
             if k.lower() not in _HOP_HEADERS
         ]
         headers.append((RELAYED_HEADER.decode(), self.via))
-        req = self._http.build_request(scope["method"], url, headers=headers, content=bytes(body))
+        req = self._http.build_request(scope["method"], url, headers=headers, content=body)
         sending = asyncio.ensure_future(self._http.send(req, stream=True))
         self.requests.add(sending)
         try:
-            resp = await asyncio.shield(sending)
+            return await asyncio.shield(sending)
         except asyncio.CancelledError:
             if not sending.cancelled():
                 sending.cancel()
                 raise  # this request itself is cancelled (the hub stops)
-            if self.closing:
-                await _json(send, 503, SHUTTING_DOWN)
-            else:
-                await _json(
-                    send, 503, b'{"code":"no_leader","message":"the leading hub changed; retry"}'
-                )
-            return
+            await json_response(send, 503, SHUTTING_DOWN if self.closing else LEADER_CHANGED)
         except httpx.HTTPError as exc:
-            if self.closing:
-                await _json(send, 503, SHUTTING_DOWN)
-                return
-            log.warning("relay to leader %s failed: %r", base, exc)
-            await _json(
-                send,
-                503,
-                b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}',
-            )
-            return
+            if not self.closing:
+                log.warning("relay to leader %s failed: %r", base, exc)
+            await json_response(send, 503, SHUTTING_DOWN if self.closing else NO_ANSWER)
         finally:
             self.requests.discard(sending)
-        started = False
-        try:
-            out_headers = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in resp.headers.multi_items()
-                if k.lower().encode() not in _HOP_HEADERS
-            ]
-            await send(
-                {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
-            )
-            started = True
-            async for chunk in resp.aiter_raw():  # streams SSE and long polls as they come
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.HTTPError, OSError):
-            log.info("relayed response from %s broke off", base)
-        finally:
-            await resp.aclose()
-        if started:
-            # Ended, or broke off (this hub or the leader stopping): end it as a response
-            # (an event stream's client reconnects with Last-Event-ID), not as a dropped one.
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
 
     # --- WebSocket ---------------------------------------------------------------------------
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -216,7 +181,7 @@ class Relay:
             return
         base = self._target()
         if base is None:
-            await _try_again(send, "no hub leads the cluster right now; retry shortly")
+            await try_again(send, "no hub leads the cluster right now; retry shortly")
             return
         url = base.replace("http", "ws", 1) + scope["path"]
         headers = {
@@ -240,7 +205,7 @@ class Relay:
             )
         except (OSError, InvalidStatus, TimeoutError) as exc:
             log.warning("relay to leader %s failed: %s", base, exc)
-            await _try_again(send, "the leading hub did not answer; retry shortly")
+            await try_again(send, "the leading hub did not answer; retry shortly")
             return
         await send({"type": "websocket.accept"})
 
@@ -283,6 +248,41 @@ class Relay:
                 await upstream.close()
 
 
+async def _read_body(receive: Receive) -> bytes:
+    body = bytearray()
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return bytes(body)
+
+
+async def _stream_back(resp: httpx.Response, send: Send, base: str) -> None:
+    """Relay the leader's response as it comes (event streams and long polls too)."""
+    started = False
+    try:
+        out_headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in resp.headers.multi_items()
+            if k.lower().encode() not in _HOP_HEADERS
+        ]
+        await send(
+            {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
+        )
+        started = True
+        async for chunk in resp.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (httpx.HTTPError, OSError):
+        log.info("relayed response from %s broke off", base)
+    finally:
+        await resp.aclose()
+    if started:
+        # Ended, or broke off (this hub or the leader stopping): end it as a response
+        # (an event stream's client reconnects with Last-Event-ID), not as a dropped one.
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _tcp_keepalive(keepalive: tuple[float | None, float | None]) -> list[Any]:
     """Socket options that make the kernel drop a connection whose peer stopped answering
     within about ``interval + timeout`` seconds, whether idle (keepalive probes) or sending
@@ -305,13 +305,14 @@ def _tcp_keepalive(keepalive: tuple[float | None, float | None]) -> list[Any]:
     return options
 
 
-async def _try_again(send: Send, reason: str) -> None:
+async def try_again(send: Send, reason: str) -> None:
     """Refuse a WebSocket with 1013: accepted first, so the client reads why (not a 403)."""
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN, "reason": reason})
 
 
-async def _json(send: Send, status: int, body: bytes) -> None:
+async def json_response(send: Send, status: int, body: bytes) -> None:
+    """Answer an HTTP request with ``status`` and a JSON ``body``."""
     await send(
         {
             "type": "http.response.start",
