@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 log = logging.getLogger("taskhub.proxy")
@@ -183,6 +183,28 @@ class Relay:
         if base is None:
             await try_again(send, "no hub leads the cluster right now; retry shortly")
             return
+        upstream = await self._dial(base, scope, send)
+        if upstream is None:
+            return
+        await send({"type": "websocket.accept"})
+        tasks = [
+            asyncio.create_task(_downstream(upstream, send)),
+            asyncio.create_task(_upstream(receive, upstream)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            with contextlib.suppress(Exception):
+                await upstream.close()
+
+    async def _dial(self, base: str, scope: Scope, send: Send) -> ClientConnection | None:
+        """A WebSocket to the leader, with the client's credentials; None once ``send`` has
+        refused the client with 1013 (the leader did not answer)."""
         url = base.replace("http", "ws", 1) + scope["path"]
         headers = {
             k.decode("latin-1"): v.decode("latin-1")
@@ -192,7 +214,7 @@ class Relay:
         headers[RELAYED_HEADER.decode()] = self.via
         interval, timeout = self.keepalive
         try:
-            upstream = await connect(
+            return await connect(
                 url,
                 additional_headers=headers,
                 max_size=None,
@@ -206,46 +228,37 @@ class Relay:
         except (OSError, InvalidStatus, TimeoutError) as exc:
             log.warning("relay to leader %s failed: %s", base, exc)
             await try_again(send, "the leading hub did not answer; retry shortly")
-            return
-        await send({"type": "websocket.accept"})
+            return None
 
-        async def down() -> None:  # leader -> client
-            try:
-                # A link the keepalive gave up is aborted by websockets at once: nothing
-                # that arrives later (stale, after a partition heals) is read.
-                async for frame in upstream:
-                    if isinstance(frame, str):
-                        await send({"type": "websocket.send", "text": frame})
-                    else:
-                        await send({"type": "websocket.send", "bytes": frame})
-            except ConnectionClosed:
-                pass
-            rcvd = upstream.close_code
-            reason = upstream.close_reason or ""
-            if rcvd is None or rcvd in (1006, 1011):  # dropped, or the keepalive gave up
-                rcvd, reason = CLOSE_TRY_AGAIN, "the leading hub stopped answering; reconnect"
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": rcvd, "reason": reason})
 
-        async def up() -> None:  # client -> leader
-            while True:
-                msg = await receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                data = msg.get("text")
-                await upstream.send(data if data is not None else msg.get("bytes") or b"")
+async def _downstream(upstream: ClientConnection, send: Send) -> None:
+    """Leader -> client, then the leader's close (1013 if it dropped or stopped answering)."""
+    try:
+        # A link the keepalive gave up is aborted by websockets at once: nothing that arrives
+        # later (stale, after a partition heals) is read.
+        async for frame in upstream:
+            if isinstance(frame, str):
+                await send({"type": "websocket.send", "text": frame})
+            else:
+                await send({"type": "websocket.send", "bytes": frame})
+    except ConnectionClosed:
+        pass
+    rcvd = upstream.close_code
+    reason = upstream.close_reason or ""
+    if rcvd is None or rcvd in (1006, 1011):  # dropped, or the keepalive gave up
+        rcvd, reason = CLOSE_TRY_AGAIN, "the leading hub stopped answering; reconnect"
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": rcvd, "reason": reason})
 
-        tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            with contextlib.suppress(Exception):
-                await upstream.close()
+
+async def _upstream(receive: Receive, upstream: ClientConnection) -> None:
+    """Client -> leader, until the client disconnects."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            break
+        data = msg.get("text")
+        await upstream.send(data if data is not None else msg.get("bytes") or b"")
 
 
 async def _read_body(receive: Receive) -> bytes:
