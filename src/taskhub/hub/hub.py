@@ -113,7 +113,7 @@ class Hub:
         self.role = "standalone"
         # Operation (server.py): draining stops offers before a shutdown.
         self.draining = False
-        self.metrics: Metrics | None = None  # hub/metrics.py, once installed
+        self.metrics: Metrics | None = None  # hub/metrics.py (for_hub), once installed
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
