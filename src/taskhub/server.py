@@ -31,9 +31,9 @@ from taskhub.hub.listener import Listener
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.ws import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
+from taskhub.lifecycle.schedules import Schedule
 from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
-from taskhub.schedules import Schedule
 from taskhub.store import REDIS_SCHEMES, Store, open_store
 from taskhub.store.sqlite import SqliteStore
 

@@ -41,11 +41,6 @@ ALLOWED: frozenset[tuple[str, str, str]] = frozenset(
         ("taskhub.hub.metrics", "taskhub.hub.http_deps", "_responses"),
         ("taskhub.hub.schedules_http", "taskhub.hub.http", "_options"),
         ("taskhub.hub.schedules_http", "taskhub.hub.http", "_responses"),
-        ("taskhub.lifecycle.core", "taskhub.lifecycle.state", "_ENDED"),
-        ("taskhub.lifecycle.core", "taskhub.lifecycle.state", "_size"),
-        ("taskhub.lifecycle.operations", "taskhub.lifecycle.options", "_REQUEUE_KEEP"),
-        ("taskhub.lifecycle.operations", "taskhub.lifecycle.state", "_queue_order"),
-        ("taskhub.lifecycle.operations", "taskhub.lifecycle.state", "_size"),
     }
 )
 

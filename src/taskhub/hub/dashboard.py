@@ -35,6 +35,7 @@ from taskhub.hub.http import (
     _readable,
     _responses,
 )
+from taskhub.hub.http_deps import StateFilter
 from taskhub.hub.http_tasks import TaskEnded
 from taskhub.hub.hub import Hub, task_view
 from taskhub.hub.monitor import (
@@ -474,7 +475,7 @@ async def recent_tasks(
     monitor: MonitorDep,
     id: Annotated[str | None, Query(description="One task, by id.")] = None,
     action: str | None = None,
-    state: Literal["init", "start", "success", "fail", "end"] | None = None,
+    state: StateFilter | None = None,
     kind: Annotated[
         Literal["task", "chain", "all"],
         Query(description="task: user tasks; chain: chains and groups; all: both."),

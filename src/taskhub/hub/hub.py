@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from taskhub import protocol as p
-from taskhub.chains import Chains, Mode
 from taskhub.errors import InvalidOption
 from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
@@ -34,8 +33,10 @@ from taskhub.hub.views import task_view
 from taskhub.hub.wakers import Wakers
 from taskhub.ids import new_id
 from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Peer
-from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
-from taskhub.store import Store, TaskRecord, WriteBatch
+from taskhub.lifecycle.chains import Chains, Mode
+from taskhub.lifecycle.schedules import SCHEDULE_META, Schedule, Scheduler
+from taskhub.records import TaskRecord, WriteBatch
+from taskhub.store import Store
 
 if TYPE_CHECKING:
     from taskhub.hub.metrics import Metrics
@@ -282,7 +283,7 @@ class Hub:
         task = self.lc.get(task_id)
         if task is not None:
             return task.rec
-        rec = self.lc._dirty.get(task_id) or self.pipeline.writing(task_id)
+        rec = self.lc.pending(task_id) or self.pipeline.writing(task_id)
         if rec is not None:
             return rec
         return await self.store.get_task(task_id)
@@ -291,7 +292,7 @@ class Hub:
         """Records newer than the store's copy, by id: the batch being written, the batch
         waiting, and the live tasks (freshest last). Listings merge them over a store page."""
         out = self.pipeline.all_writing()
-        out.update(self.lc._dirty)
+        out.update(self.lc.pending_tasks())
         out.update((t.id, t.rec) for t in self.lc.tasks.values())
         return out
 

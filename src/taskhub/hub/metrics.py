@@ -34,8 +34,7 @@ from taskhub.hub.auth import Registry
 from taskhub.hub.http_deps import Caller, _responses
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Queue, Task
-from taskhub.store import WriteBatch
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord, WriteBatch
 
 # Task latencies span milliseconds (an echo) to hours (a durable queue waiting for its worker).
 TASK_BUCKETS = (

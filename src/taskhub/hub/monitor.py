@@ -18,7 +18,7 @@ from typing import Any
 
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Peer, Task
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord
 
 RATE_WINDOW = 60  # seconds the rates are counted over
 RECENT_TASKS = 1000  # ended tasks kept (as small summaries) for the task list

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 
 from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.lifecycle import Clock, Lifecycle, Message, Peer
-from taskhub.store import Store, TaskRecord, WriteBatch
+from taskhub.records import TaskRecord, WriteBatch
+from taskhub.store import Store
 
 log = logging.getLogger("taskhub.hub")
 

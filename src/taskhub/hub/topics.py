@@ -13,9 +13,9 @@ from typing import Any
 
 from taskhub.errors import PermissionDenied
 from taskhub.hub.events import Router
-from taskhub.lifecycle import Credentials, Lifecycle, Message, Peer, Task
+from taskhub.lifecycle import Credentials, Lifecycle, Message, Peer, Task, event_msg
 from taskhub.names import allowed, pattern_allowed, validate_topic
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord
 
 
 class Topics:
@@ -105,7 +105,7 @@ class Watches:
         msg: Message | None = None
         for peer in self.router.match(task.rec.action):
             if msg is None:
-                msg = self.lc._event_msg(task, ev)
+                msg = event_msg(task, ev)
                 msg["action"] = task.rec.action
                 msg["watched"] = True  # tells it apart from the events of a followed task
             self.lc.send(peer, msg)

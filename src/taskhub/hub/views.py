@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskhub import protocol as p
-from taskhub.store import TaskRecord
+from taskhub.records import TaskRecord
 
 
 def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:

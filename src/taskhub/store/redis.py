@@ -58,13 +58,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
-from taskhub.store.base import (
-    REDIS_URL_SCHEMES,
-    TERMINAL_STATES,
-    EventRecord,
-    TaskRecord,
-    WriteBatch,
-)
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.store.urls import REDIS_URL_SCHEMES
 
 log = logging.getLogger("taskhub.store.redis")
 
@@ -279,7 +274,7 @@ def _score(value: float) -> str:
 
 
 class RedisStore:
-    """A :class:`~taskhub.store.base.Store` on Redis, plus the lock and heartbeat primitives
+    """A :class:`~taskhub.store.Store` on Redis, plus the lock and heartbeat primitives
     that several hubs sharing the store coordinate with.
 
     Records are encoded (msgspec JSON, as in the other engines) when :meth:`apply` is called,
