@@ -19,8 +19,8 @@ import uvicorn
 from taskhub.errors import InvalidOption
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
-from taskhub.hub.http_origin import allowed_origins as parse_origins
-from taskhub.hub.http_protocol import (
+from taskhub.hub.http.origin import allowed_origins as parse_origins
+from taskhub.hub.http.protocol import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_REQUEST_TIMEOUT,

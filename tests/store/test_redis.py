@@ -601,10 +601,10 @@ def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> 
     bytes on the wire must be the same."""
     from redis.asyncio.connection import Connection
 
-    from taskhub.store.redis import _packing
+    from taskhub.store.redis.packing import packing
 
     plain = Connection()
-    fast = _packing(Connection)()
+    fast = packing(Connection)()
     assert type(fast).pack_command is not Connection.pack_command
     # redis-py before 8 refuses a bytearray; the store sends its bytes, as redis-py 8 does.
     same = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)

@@ -17,30 +17,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 ALLOWED: frozenset[tuple[str, str, str]] = frozenset(
     {
         ("taskhub.client.client", "taskhub.client.options", "_UNSET"),
-        ("taskhub.hub.dashboard", "taskhub.hub.http", "_SSE_EVENT"),
-        ("taskhub.hub.dashboard", "taskhub.hub.http", "_event_stream"),
-        ("taskhub.hub.dashboard", "taskhub.hub.http", "_readable"),
-        ("taskhub.hub.dashboard", "taskhub.hub.http", "_responses"),
-        ("taskhub.hub.http", "taskhub.hub.http_deps", "_caller"),
-        ("taskhub.hub.http", "taskhub.hub.http_deps", "_readable"),
-        ("taskhub.hub.http", "taskhub.hub.http_deps", "_responses"),
-        ("taskhub.hub.http", "taskhub.hub.http_events", "_SSE_EVENT"),
-        ("taskhub.hub.http", "taskhub.hub.http_events", "_event_stream"),
-        ("taskhub.hub.http", "taskhub.hub.http_tasks", "_options"),
-        ("taskhub.hub.http_add", "taskhub.hub.http_deps", "_responses"),
-        ("taskhub.hub.http_add", "taskhub.hub.http_deps", "_storable"),
-        ("taskhub.hub.http_consumers", "taskhub.hub.http_deps", "_caller"),
-        ("taskhub.hub.http_consumers", "taskhub.hub.http_deps", "_responses"),
-        ("taskhub.hub.http_consumers", "taskhub.hub.http_deps", "_storable"),
-        ("taskhub.hub.http_events", "taskhub.hub.http_deps", "_readable"),
-        ("taskhub.hub.http_events", "taskhub.hub.http_deps", "_responses"),
-        ("taskhub.hub.http_tasks", "taskhub.hub.http_deps", "_readable"),
-        ("taskhub.hub.http_tasks", "taskhub.hub.http_deps", "_responses"),
-        ("taskhub.hub.http_tasks", "taskhub.hub.http_deps", "_storable"),
-        ("taskhub.hub.http_tasks", "taskhub.hub.http_events", "_events"),
-        ("taskhub.hub.metrics", "taskhub.hub.http_deps", "_responses"),
-        ("taskhub.hub.schedules_http", "taskhub.hub.http", "_options"),
-        ("taskhub.hub.schedules_http", "taskhub.hub.http", "_responses"),
     }
 )
 

@@ -39,7 +39,7 @@ from taskhub.records import TaskRecord, WriteBatch
 from taskhub.store import Store
 
 if TYPE_CHECKING:
-    from taskhub.hub.metrics import Metrics
+    from taskhub.hub.http.metrics import Metrics
 
 __all__ = ["Closer", "Hub", "Limits", "Sender", "task_view"]
 
@@ -114,7 +114,7 @@ class Hub:
         self.role = "standalone"
         # Operation (server.py): draining stops offers before a shutdown.
         self.draining = False
-        self.metrics: Metrics | None = None  # hub/metrics.py (for_hub), once installed
+        self.metrics: Metrics | None = None  # hub/http/metrics.py (for_hub), once installed
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -229,7 +229,7 @@ class Hub:
 
     @property
     def apply_hooks(self) -> list[Callable[[WriteBatch, float], None]]:
-        """Called with every written batch and how long the store took (hub/metrics.py)."""
+        """Called with every written batch and how long the store took (hub/http/metrics.py)."""
         return self.pipeline.apply_hooks
 
     # --- HTTP long polls and event streams ---------------------------------------------------

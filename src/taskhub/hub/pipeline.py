@@ -52,7 +52,7 @@ class Pipeline:
         self.quick_apply = QUICK_APPLY
         self.fenced = False  # set once the store refused a write: another hub leads
         self.store_ok = True  # False while a batch write is failing and being retried
-        # See every written batch and how long the store took (hub/metrics.py).
+        # See every written batch and how long the store took (hub/http/metrics.py).
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
 
     def start(self) -> None:

@@ -118,7 +118,7 @@ class Relay:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         base = self._target()
         if base is None:
-            await json_response(send, 503, NO_LEADER)
+            await send_json(send, 503, NO_LEADER)
             return
         body = await _read_body(receive)
         resp = await self._forward(base, scope, body, send)
@@ -147,11 +147,11 @@ class Relay:
             if not sending.cancelled():
                 sending.cancel()
                 raise  # this request itself is cancelled (the hub stops)
-            await json_response(send, 503, SHUTTING_DOWN if self.closing else LEADER_CHANGED)
+            await send_json(send, 503, SHUTTING_DOWN if self.closing else LEADER_CHANGED)
         except httpx.HTTPError as exc:
             if not self.closing:
                 log.warning("relay to leader %s failed: %r", base, exc)
-            await json_response(send, 503, SHUTTING_DOWN if self.closing else NO_ANSWER)
+            await send_json(send, 503, SHUTTING_DOWN if self.closing else NO_ANSWER)
         finally:
             self.requests.discard(sending)
         return None
@@ -324,7 +324,7 @@ async def try_again(send: Send, reason: str) -> None:
     await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN, "reason": reason})
 
 
-async def json_response(send: Send, status: int, body: bytes) -> None:
+async def send_json(send: Send, status: int, body: bytes) -> None:
     """Answer an HTTP request with ``status`` and a JSON ``body``."""
     await send(
         {

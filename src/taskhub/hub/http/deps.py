@@ -87,7 +87,7 @@ _COMMON: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _responses(**extra: str) -> dict[int | str, dict[str, Any]]:
+def error_responses(**extra: str) -> dict[int | str, dict[str, Any]]:
     out = dict(_COMMON)
     for status, text in extra.items():
         out[int(status.lstrip("_"))] = {**_ERR, "description": text}
@@ -98,15 +98,16 @@ def _responses(**extra: str) -> dict[int | str, dict[str, Any]]:
 _bearer = HTTPBearer(auto_error=False, description="`Bearer <name>:<key>`")
 
 
-def _hub(request: Request) -> Hub:
+def hub_of(request: Request) -> Hub:
+    """The hub the app serves (FastAPI dependency: `HubDep`)."""
     hub: Hub = request.app.state.hub
     return hub
 
 
-async def _caller(
+async def caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Credentials:
-    hub = _hub(request)
+    hub = hub_of(request)
     header = request.headers.get("authorization")
     if not header and not hub.registry.open_access:
         raise AuthenticationFailed("missing 'Authorization: Bearer <name>:<key>'")
@@ -116,11 +117,11 @@ async def _caller(
     )
 
 
-HubDep = Annotated[Hub, Depends(_hub)]
-Caller = Annotated[Credentials, Depends(_caller)]
+HubDep = Annotated[Hub, Depends(hub_of)]
+Caller = Annotated[Credentials, Depends(caller)]
 
 
-async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
+async def read_task(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     try:
         rec = await hub.find(task_id)
     except Exception as exc:
@@ -135,7 +136,7 @@ async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     return rec
 
 
-def _storable(field: str, value: Any) -> None:
+def check_storable(field: str, value: Any) -> None:
     """Refuse what the store could not write (MessagePack keeps 64-bit integers): accepted, such
     a value would stall the commit pipeline for everyone."""
     try:
