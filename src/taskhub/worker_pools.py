@@ -1,0 +1,265 @@
+"""Where a :class:`taskhub.Worker`'s handlers run, away from its connection's loop: the
+handler loop (``async def`` handlers, with a watchdog that names one that blocks it), thread
+pools and a process pool (plain ``def`` handlers), and the log lines of every delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import dataclasses
+import functools
+import inspect
+import logging
+import multiprocessing
+import multiprocessing.pool
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from taskhub.client import TaskContext
+from taskhub.client.control import Reject, Retry, handler_tb
+from taskhub.worker_loops import Bridge, LoopThread
+
+log = logging.getLogger("taskhub.worker")
+
+# How long a handler may hold the handler loop before the watchdog names it.
+BLOCKED_AFTER = 1.0
+_BEAT = 0.1  # the handler loop's heartbeat, seconds
+_WATCH = 0.25  # how often the watchdog looks, seconds
+
+
+async def logged(name: str, ctx: TaskContext, run: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one delivery's handler (``run``) with its log lines: received, succeeded (with its
+    duration), retried, rejected, taken away, or failed with the handler's traceback."""
+    log.info("received %s %s (attempt %d)", ctx.action, ctx.id, ctx.attempt)
+    started = time.monotonic()
+    try:
+        await ctx.get_payload()  # so task.payload never blocks
+        result = await run()
+    except asyncio.CancelledError:
+        log.warning(
+            "%s %s was taken away after %.3fs (%s)",
+            ctx.action,
+            ctx.id,
+            time.monotonic() - started,
+            ctx.revoked or "stopped",
+        )
+        raise
+    except Retry as exc:
+        log.info("%s %s asked to be retried in %gs", ctx.action, ctx.id, exc.delay)
+        raise
+    except Reject as exc:
+        log.warning("%s %s rejected: %s", ctx.action, ctx.id, exc.reason)
+        raise
+    except Exception as exc:
+        log.error(
+            "%s %s failed after %.3fs (attempt %d, handler %s)",
+            ctx.action,
+            ctx.id,
+            time.monotonic() - started,
+            ctx.attempt,
+            name,
+            exc_info=(type(exc), exc, handler_tb(exc)),
+        )
+        raise
+    log.info("%s %s succeeded in %.3fs", ctx.action, ctx.id, time.monotonic() - started)
+    return result
+
+
+class HandlerLoop:
+    """The event loop where ``async def`` handlers run (and plain ones with
+    ``pool="async"``), on a thread of its own; :meth:`run` is called on the connection's loop.
+    A watchdog on the connection's loop names a handler that holds this loop over a second."""
+
+    def __init__(self, conn: LoopThread) -> None:
+        self.conn = conn
+        self.thread = LoopThread("taskhub-worker-handlers")
+        self.loop = self.thread.loop
+        self._to_handlers = Bridge(self.loop)  # conn loop -> handler loop, batched
+        self._to_conn = Bridge(conn.loop)  # and back
+        self._beat_at = time.monotonic()
+        self._blocked_warned = False
+        self.thread.run(self._beat())
+        conn.loop.call_soon_threadsafe(conn.loop.call_later, _WATCH, self._watchdog)
+
+    async def run(self, fn: Callable[[Any], Any], name: str, task: Any) -> Any:
+        """``fn(task)`` on the handler loop, as an asyncio task called ``name`` (what the
+        watchdog names); cancelling this cancels the handler too."""
+        done: asyncio.Future[Any] = self.conn.loop.create_future()
+        running: list[asyncio.Task[Any]] = []  # the handler's task, once it started
+        # The handler runs in this delivery's context (its process span is current there):
+        # the batched hand-over to the handler loop would otherwise lose it.
+        context = contextvars.copy_context()
+        self._to_handlers.put(self._start, fn, task, name, done, running, context)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            # Revoked, or the worker stops past its grace: cancel the handler too.
+            self._to_handlers.put(_cancel_started, running)
+            raise
+
+    def _start(
+        self,
+        fn: Callable[[Any], Any],
+        task: Any,
+        name: str,
+        done: asyncio.Future[Any],
+        running: list[asyncio.Task[Any]],
+        context: contextvars.Context,
+    ) -> None:
+        """On the handler loop: run the handler; its outcome crosses back in a batch."""
+        if done.cancelled():
+            return
+        t = self.loop.create_task(_call(fn, task), name=name, context=context)
+        running.append(t)
+        t.add_done_callback(functools.partial(self._done, done))
+
+    def _done(self, done: asyncio.Future[Any], t: asyncio.Task[Any]) -> None:
+        if t.cancelled():
+            self._to_conn.put(done.cancel)
+        elif t.exception() is not None:
+            self._to_conn.put(_settle, done, None, t.exception())
+        else:
+            self._to_conn.put(_settle, done, t.result(), None)
+
+    def _watchdog(self) -> None:
+        """Every 0.25 s on the connection loop: is the handler loop blocked?"""
+        if self.loop.is_closed():
+            return
+        stalled = time.monotonic() - self._beat_at
+        if stalled > BLOCKED_AFTER and not self._blocked_warned:
+            self._blocked_warned = True
+            current = asyncio.current_task(self.loop)
+            who = current.get_name() if current is not None else "a handler"
+            log.warning(
+                "handler %s has blocked the worker's event loop for %.1fs: the other async "
+                "handlers wait meanwhile (the connection does not); await instead, or make "
+                "it a plain def (it then runs in a thread)",
+                who,
+                stalled,
+            )
+        elif stalled <= BLOCKED_AFTER:
+            self._blocked_warned = False
+        asyncio.get_running_loop().call_later(_WATCH, self._watchdog)
+
+    async def _beat(self) -> None:
+        while True:
+            self._beat_at = time.monotonic()
+            await asyncio.sleep(_BEAT)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+
+class ThreadPools:
+    """One thread pool per plain ``def`` task (``pool="threads"``), sized to its concurrency."""
+
+    def __init__(self) -> None:
+        self._pools: list[concurrent.futures.ThreadPoolExecutor] = []
+        self._running: set[concurrent.futures.Future[Any]] = set()
+
+    def pool(self, action: str, size: int) -> concurrent.futures.ThreadPoolExecutor:
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix=f"taskhub-{action}"
+        )
+        self._pools.append(executor)
+        return executor
+
+    async def run(
+        self, executor: concurrent.futures.Executor, fn: Callable[[Any], Any], task: Any
+    ) -> Any:
+        # In the delivery's context, as asyncio.to_thread does (its process span is current).
+        call = contextvars.copy_context().run
+        running = executor.submit(call, fn, task)
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+        return await asyncio.wrap_future(running)
+
+    def lingering(self) -> int:
+        """Plain handlers still running in their threads (a thread cannot be stopped)."""
+        return sum(1 for f in list(self._running) if not f.done())
+
+    def shutdown(self) -> None:
+        for executor in self._pools:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._pools = []
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessTask:
+    """What a plain ``def`` handler gets with ``pool="processes"``: the task by value. It
+    runs in another process, so it has no steps (update, extend): return the result, or
+    raise (``Retry`` and ``Reject`` work as elsewhere)."""
+
+    id: str
+    action: str
+    attempt: int
+    group: str
+    publisher: str
+    created_at: float
+    payload: Any
+    previous_result: Any = None
+
+    def get_payload(self) -> Any:
+        return self.payload
+
+
+class ProcessPool:
+    """One process pool for every ``pool="processes"`` task of a worker, ``size`` processes."""
+
+    def __init__(self, size: int) -> None:
+        # spawn, not fork: this process has threads (a fork would copy their locks held).
+        self._pool: multiprocessing.pool.Pool = multiprocessing.get_context("spawn").Pool(size)
+
+    async def run(self, fn: Callable[[ProcessTask], Any], ctx: TaskContext) -> Any:
+        task = ProcessTask(
+            ctx.id,
+            ctx.action,
+            ctx.attempt,
+            ctx.group,
+            ctx.publisher,
+            ctx.created_at,
+            ctx.payload,
+            ctx.previous_result,
+        )
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def done(value: Any) -> None:
+            loop.call_soon_threadsafe(_settle, fut, value, None)
+
+        def failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, fut, None, exc)
+
+        self._pool.apply_async(_call_in_process, (fn, task), callback=done, error_callback=failed)
+        return await fut
+
+    def terminate(self) -> None:
+        self._pool.terminate()
+
+
+def _call_in_process(fn: Callable[[ProcessTask], Any], task: ProcessTask) -> Any:
+    return fn(task)
+
+
+def _cancel_started(running: list[asyncio.Task[Any]]) -> None:
+    for t in running:
+        t.cancel()
+
+
+async def _call(fn: Callable[..., Any], task: Any) -> Any:
+    """A handler's call on the handler loop (its asyncio task is named for the watchdog)."""
+    out = fn(task)
+    if inspect.isawaitable(out):
+        out = await out
+    return out
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
