@@ -83,15 +83,17 @@ class HandlerLoop:
         self.thread.run(self._beat())
         conn.loop.call_soon_threadsafe(conn.loop.call_later, _WATCH, self._watchdog)
 
-    async def run(self, fn: Callable[[Any], Any], name: str, task: Any) -> Any:
+    async def run(self, fn: Callable[[Any], Any], name: str, task: Any, ctx: TaskContext) -> Any:
         """``fn(task)`` on the handler loop, as an asyncio task called ``name`` (what the
-        watchdog names); cancelling this cancels the handler too."""
+        watchdog names); cancelling this cancels the handler too. Its result leaves from the
+        handler loop's thread at once (``ctx.return_from_thread``); the outcome then crosses
+        back to the connection's loop, which ends the delivery's bookkeeping."""
         done: asyncio.Future[Any] = self.conn.loop.create_future()
         running: list[asyncio.Task[Any]] = []  # the handler's task, once it started
         # The handler runs in this delivery's context (its process span is current there):
         # the batched hand-over to the handler loop would otherwise lose it.
         context = contextvars.copy_context()
-        self._to_handlers.put(self._start, fn, task, name, done, running, context)
+        self._to_handlers.put(self._start, fn, task, name, ctx, done, running, context)
         try:
             return await done
         except asyncio.CancelledError:
@@ -104,6 +106,7 @@ class HandlerLoop:
         fn: Callable[[Any], Any],
         task: Any,
         name: str,
+        ctx: TaskContext,
         done: asyncio.Future[Any],
         running: list[asyncio.Task[Any]],
         context: contextvars.Context,
@@ -113,15 +116,17 @@ class HandlerLoop:
             return
         t = self.loop.create_task(_call(fn, task), name=name, context=context)
         running.append(t)
-        t.add_done_callback(functools.partial(self._done, done))
+        t.add_done_callback(functools.partial(self._done, ctx, done))
 
-    def _done(self, done: asyncio.Future[Any], t: asyncio.Task[Any]) -> None:
+    def _done(self, ctx: TaskContext, done: asyncio.Future[Any], t: asyncio.Task[Any]) -> None:
         if t.cancelled():
             self._to_conn.put(done.cancel)
         elif t.exception() is not None:
             self._to_conn.put(_settle, done, None, t.exception())
         else:
-            self._to_conn.put(_settle, done, t.result(), None)
+            result = t.result()
+            ctx.return_from_thread(result)  # the hub has it before the connection wakes
+            self._to_conn.put(_settle, done, result, None)
 
     def _watchdog(self) -> None:
         """Every 0.25 s on the connection loop: is the handler loop blocked?"""
@@ -167,11 +172,15 @@ class ThreadPools:
         return executor
 
     async def run(
-        self, executor: concurrent.futures.Executor, fn: Callable[[Any], Any], task: Any
+        self,
+        executor: concurrent.futures.Executor,
+        fn: Callable[[Any], Any],
+        task: Any,
+        ctx: TaskContext,
     ) -> Any:
         # In the delivery's context, as asyncio.to_thread does (its process span is current).
         call = contextvars.copy_context().run
-        running = executor.submit(call, fn, task)
+        running = executor.submit(call, _call_and_return, fn, task, ctx)
         self._running.add(running)
         running.add_done_callback(self._running.discard)
         return await asyncio.wrap_future(running)
@@ -226,7 +235,8 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
 
-        def done(value: Any) -> None:
+        def done(value: Any) -> None:  # on the pool's result thread
+            ctx.return_from_thread(value)  # the hub has it before the connection wakes
             loop.call_soon_threadsafe(_settle, fut, value, None)
 
         def failed(exc: BaseException) -> None:
@@ -237,6 +247,13 @@ class ProcessPool:
 
     def terminate(self) -> None:
         self._pool.terminate()
+
+
+def _call_and_return(fn: Callable[[Any], Any], task: Any, ctx: TaskContext) -> Any:
+    """A plain handler in its pool thread; its result leaves from this thread at once."""
+    result = fn(task)
+    ctx.return_from_thread(result)
+    return result
 
 
 def _call_in_process(fn: Callable[[ProcessTask], Any], task: ProcessTask) -> Any:

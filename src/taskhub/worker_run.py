@@ -112,7 +112,7 @@ class Run:
 
             async def in_thread(ctx: TaskContext) -> Any:
                 task = self.make_task(spec, ctx, self.conn)
-                return await self.threads.run(executor, spec.fn, task)
+                return await self.threads.run(executor, spec.fn, task, ctx)
 
             return in_thread
         if not spec.is_async and pool == "processes":
@@ -123,7 +123,7 @@ class Run:
         async def on_handler_loop(ctx: TaskContext) -> Any:
             task = self.make_task(spec, ctx, self.conn)
             name = f"{spec.name} ({ctx.action} {ctx.id})"
-            return await self.handlers.run(spec.fn, name, task)
+            return await self.handlers.run(spec.fn, name, task, ctx)
 
         return on_handler_loop
 

@@ -113,3 +113,64 @@ async def test_a_refused_upgrade_is_one_clear_error() -> None:
         with pytest.raises(ConnectionClosed, match=r"refused the WebSocket handshake.*503"):
             async with Client(url, name="w", connect_timeout=2):
                 pass
+
+
+async def test_frames_written_from_other_threads_stay_whole_when_the_socket_fills() -> None:
+    """``send_now`` (a worker's handler threads sending results) while the hub does not read:
+    a frame the full socket takes only in part is finished before anything else is written,
+    and once the hub reads again every message arrives whole, none lost."""
+    got: list[dict[str, object]] = []
+    reading = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        proto = ServerProtocol()
+        opened = False
+        while data := await reader.read(1 << 20):
+            proto.receive_data(data)
+            for event in proto.events_received():
+                if isinstance(event, Request):
+                    proto.send_response(proto.accept(event))
+                    proto.send_text(WELCOME)
+                    opened = True
+                elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    msgs = json.loads(event.data)
+                    got.extend(msgs if isinstance(msgs, list) else [msgs])
+            for chunk in proto.data_to_send():
+                if chunk:
+                    writer.write(chunk)
+                else:  # the end of the closing handshake
+                    writer.close()
+            if opened:
+                await reading.wait()  # from now on the client's socket fills up
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pad = "y" * 300_000
+    try:
+        async with Client(f"ws://127.0.0.1:{port}", name="w", ping_interval=60) as client:
+            conn = client._conn
+            direct = [0, 0]
+
+            def from_thread(k: int) -> None:
+                for i in range(40):
+                    msg = {"op": "x", "t": k, "i": i, "pad": pad}
+                    if conn.send_now(msg):
+                        direct[k] += 1
+                    else:  # something waits to be written: the loop sends it
+                        client_loop.call_soon_threadsafe(conn.send, msg)
+
+            client_loop = asyncio.get_running_loop()
+            await asyncio.to_thread(from_thread, 0)  # until the socket is full
+            for i in range(20):  # the loop writes too, then another thread
+                conn.send({"op": "x", "t": 2, "i": i, "pad": pad})
+            await asyncio.to_thread(from_thread, 1)
+            await asyncio.sleep(0.2)
+            reading.set()
+            await until(lambda: sum(1 for m in got if m.get("op") == "x") >= 100, timeout=20)
+    finally:
+        server.close()
+    assert sum(direct) > 0  # some went straight from the threads
+    seen = sorted((m["t"], m["i"]) for m in got if m.get("op") == "x")  # type: ignore[type-var]
+    assert seen == sorted([(t, i) for t in (0, 1) for i in range(40)] + [(2, i) for i in range(20)])
+    assert all(m["pad"] == pad for m in got if m.get("op") == "x")

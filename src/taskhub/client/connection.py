@@ -273,6 +273,24 @@ class Connection:
         it, so later would be too late to say so."""
         self._queue(self._encode_alone(msg))
 
+    def send_now(self, msg: Message) -> bool:
+        """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
+        in a frame of its own, without waking the loop (a worker's handler thread sends its
+        result so). Only while nothing made earlier waits to be written (no frame held for a
+        full transport, nothing unwritten in it) and not over TLS; False: nothing was sent,
+        and ``msg`` should go through :meth:`send` on the loop (which also reports what
+        cannot be sent)."""
+        ws = self._ws
+        if ws is None or self._held or not self.connected.is_set():
+            return False
+        try:
+            part = encode(msg)
+        except UNSENDABLE:
+            return False
+        if len(part) > self._frame_limit():
+            return False
+        return ws.send_text_now(part)
+
     def _encode_alone(self, msg: Message) -> bytes:
         part = encode(msg)
         limit = self._frame_limit()

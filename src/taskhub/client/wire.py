@@ -5,6 +5,12 @@ Bytes read go into the protocol and its events come out: each whole text frame i
 :attr:`Wire.on_frame` as it is parsed, pings are answered (the protocol queues the pong) in
 the same call, and what the protocol wants written is written at once. Only websockets'
 public API is used: ``ClientProtocol``, ``Frame``/``Opcode``, ``State``, its exceptions.
+
+Another thread may write a frame too (:meth:`Wire.send_text_now`: a worker's handler thread
+sends its result without waking the connection's loop). Every use of the protocol and every
+write hold :attr:`Wire.lock`, and a frame is written from another thread only while the
+transport holds nothing unwritten (its own writes, from the loop's thread, then happen under
+the lock too), so frames never interleave on the socket.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import logging
 import os
 import ssl as ssl_module
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -61,25 +68,46 @@ class Wire(asyncio.Protocol):
         self.on_resume: Callable[[], None] | None = None
         self._ping: bytes | None = None  # the keepalive ping not answered yet
         self._cut: asyncio.TimerHandle | None = None
+        self.loop = loop
+        self.lock = threading.Lock()  # the protocol and every write (see the module's doc)
+        # For send_text_now: a file descriptor of our own for the socket (a duplicate, so
+        # that it stays valid until we close it, whatever the transport does), and the bytes
+        # of a frame such a write could not finish (written first by whoever writes next).
+        self._fd: int | None = None
+        self._tail = b""
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's or uvloop's (whose transports are not asyncio.Transport subclasses)
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(WRITE_LIMIT)
-        self.protocol.send_request(self._request)
-        self._write_out()
+        sock = transport.get_extra_info("socket")
+        if transport.get_extra_info("sslcontext") is None and sock is not None:
+            self._fd = os.dup(sock.fileno())  # TLS: the loop writes everything
+        with self.lock:
+            self.protocol.send_request(self._request)
+            self._write_out()
 
     def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        self._take_events()
+        with self.lock:
+            self.protocol.receive_data(data)
+            events = self.protocol.events_received()
+            self._write_out()  # a pong, the echo of a close, an EOF
+        self._take_events(events)
 
     def eof_received(self) -> None:
-        self.protocol.receive_eof()
-        self._take_events()
+        with self.lock:
+            self.protocol.receive_eof()
+            events = self.protocol.events_received()
+            self._write_out()
+        self._take_events(events)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.protocol.receive_eof()  # idempotent: the state becomes CLOSED
+        with self.lock:
+            self.protocol.receive_eof()  # idempotent: the state becomes CLOSED
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         if self._cut is not None:
             self._cut.cancel()
         closed = _close_exc(self.protocol)
@@ -97,16 +125,15 @@ class Wire(asyncio.Protocol):
             self.on_resume()
 
     # --- reading -----------------------------------------------------------------------------
-    def _take_events(self) -> None:
+    def _take_events(self, events: list[Any]) -> None:
         protocol = self.protocol
-        for event in protocol.events_received():
+        for event in events:
             if isinstance(event, Frame):
                 self._frame(event)
             elif protocol.handshake_exc is None:  # the handshake's response: accepted
                 _settle(self.opened, None)
         if protocol.handshake_exc is not None:
             _settle(self.opened, protocol.handshake_exc)
-        self._write_out()  # a pong, the echo of a close, an EOF
         if protocol.close_expected() and self._cut is None and self.transport is not None:
             # The hub closes the TCP connection after the closing handshake: cut it if not.
             loop = asyncio.get_running_loop()
@@ -154,14 +181,52 @@ class Wire(asyncio.Protocol):
         return self.protocol.state is State.OPEN
 
     def send_text(self, data: bytes) -> None:
-        """Write ``data`` as one text frame now (JSON is UTF-8: no str in between)."""
-        self.protocol.send_text(data)
-        self._write_out()
+        """Write ``data`` as one text frame now (JSON is UTF-8: no str in between); on the
+        connection's loop."""
+        with self.lock:
+            self.protocol.send_text(data)
+            self._write_out()
+
+    def send_text_now(self, data: bytes) -> bool:
+        """From a thread other than the loop's: write ``data`` as one text frame at once, if
+        nothing waits to be written before it (the transport's buffer is empty, it is not
+        TLS). False: nothing was sent; send it through the loop instead."""
+        with self.lock:
+            fd, transport = self._fd, self.transport
+            if (
+                fd is None
+                or transport is None
+                or self.paused
+                or self._tail
+                or transport.get_write_buffer_size()
+                or not self.open
+            ):
+                return False
+            self.protocol.send_text(data)
+            out = b"".join(self.protocol.data_to_send())
+            try:
+                n = os.write(fd, out)
+            except BlockingIOError:
+                n = 0
+            except OSError:  # the connection is gone: the loop finds out and says so
+                return True
+            if n < len(out):  # the socket is full: the rest goes first when the loop writes
+                self._tail = out[n:]
+                self.loop.call_soon_threadsafe(self._write_tail)
+        return True
+
+    def _write_tail(self) -> None:
+        with self.lock:
+            self._write_out()
 
     def _write_out(self) -> None:
+        """Write what the protocol has for the network (the lock held, on the loop)."""
         transport = self.transport
         if transport is None:
             return
+        if self._tail:
+            tail, self._tail = self._tail, b""
+            transport.write(tail)
         for data in self.protocol.data_to_send():
             if data:
                 transport.write(data)
@@ -179,14 +244,16 @@ class Wire(asyncio.Protocol):
             self.fail(1011, "keepalive ping timeout")
             return False
         self._ping = os.urandom(4)
-        self.protocol.send_ping(self._ping)
-        self._write_out()
+        with self.lock:
+            self.protocol.send_ping(self._ping)
+            self._write_out()
         return True
 
     def fail(self, code: int, reason: str) -> None:
         """End the connection at once (with a close frame, if it is still open)."""
-        self.protocol.fail(code, reason)
-        self._write_out()
+        with self.lock:
+            self.protocol.fail(code, reason)
+            self._write_out()
         if self.transport is not None:
             self.transport.close()  # flushes the close frame, then closes
             loop = asyncio.get_running_loop()
@@ -196,8 +263,9 @@ class Wire(asyncio.Protocol):
         """The closing handshake: send a close frame, wait (at most CLOSE_TIMEOUT) for the hub
         to answer and close the TCP connection, then cut it."""
         if self.protocol.state is State.OPEN:
-            self.protocol.send_close(code)
-            self._write_out()
+            with self.lock:
+                self.protocol.send_close(code)
+                self._write_out()
         elif self.transport is not None and not self.lost.done():
             self.transport.close()
         try:
