@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
+import datetime as dt
 import functools
 import inspect
 import logging
@@ -15,10 +17,12 @@ import multiprocessing
 import multiprocessing.pool
 import time
 from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from taskhub.client import TaskContext
 from taskhub.client.control import Reject, Retry, handler_tb
+from taskhub.errors import TaskHubError
 from taskhub.worker_loops import Bridge, LoopThread
 
 log = logging.getLogger("taskhub.worker")
@@ -197,9 +201,10 @@ class ThreadPools:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessTask:
-    """What a plain ``def`` handler gets with ``pool="processes"``: the task by value. It
-    runs in another process, so it has no steps (update, extend): return the result, or
-    raise (``Retry`` and ``Reject`` work as elsewhere)."""
+    """What a plain ``def`` handler gets with ``pool="processes"``: the task by value, and
+    the steps :meth:`update` and :meth:`extend`, which the worker's own process sends for it
+    (each blocks until the hub has it). Return the result, or raise (``Retry`` and
+    ``Reject`` work as elsewhere)."""
 
     id: str
     action: str
@@ -209,19 +214,47 @@ class ProcessTask:
     created_at: float
     payload: Any
     previous_result: Any = None
+    # This task's line to the worker's process (one pipe per delivery), None outside a pool.
+    steps: Connection | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def get_payload(self) -> Any:
         return self.payload
 
+    def update(self, data: Any) -> None:
+        """Progress, relayed to the publisher; blocks until the hub has stored it."""
+        self._step("update", data)
+
+    def extend(self, duration: float | dt.timedelta | str) -> None:
+        """The task must now finish within ``duration`` from now (``"10m"``), or by its
+        earlier deadline if that is later; blocks until the hub has it."""
+        self._step("extend", duration)
+
+    def _step(self, op: str, arg: Any) -> None:
+        if self.steps is None:
+            raise RuntimeError(
+                f"task.{op}() of a ProcessTask works in a worker's process pool only"
+            )
+        self.steps.send((op, arg))
+        error = self.steps.recv()  # None once the hub has it, else what went wrong
+        if error is not None:
+            raise TaskHubError(f"task.{op}() of {self.action} {self.id}: {error}")
+
 
 class ProcessPool:
-    """One process pool for every ``pool="processes"`` task of a worker, ``size`` processes."""
+    """One process pool for every ``pool="processes"`` task of a worker, ``size`` processes.
+
+    Each delivery gets a pipe to its process: the handler's ``update`` and ``extend`` come
+    back through it to the connection's loop, which sends them and answers once the hub has
+    them (the handler waits for that, so nothing it sends can come after its result)."""
 
     def __init__(self, size: int) -> None:
         # spawn, not fork: this process has threads (a fork would copy their locks held).
-        self._pool: multiprocessing.pool.Pool = multiprocessing.get_context("spawn").Pool(size)
+        self._mp = multiprocessing.get_context("spawn")
+        self._pool: multiprocessing.pool.Pool = self._mp.Pool(size)
 
     async def run(self, fn: Callable[[ProcessTask], Any], ctx: TaskContext) -> Any:
+        """On the connection's loop: ``fn`` on the delivery's task, in a process."""
+        mine, theirs = self._mp.Pipe()
         task = ProcessTask(
             ctx.id,
             ctx.action,
@@ -231,9 +264,11 @@ class ProcessPool:
             ctx.created_at,
             ctx.payload,
             ctx.previous_result,
+            steps=theirs,
         )
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        loop.add_reader(mine.fileno(), _take_step, mine, ctx)
 
         def done(value: Any) -> None:  # on the pool's result thread
             ctx.return_from_thread(value)  # the hub has it before the connection wakes
@@ -243,7 +278,12 @@ class ProcessPool:
             loop.call_soon_threadsafe(_settle, fut, None, exc)
 
         self._pool.apply_async(_call_in_process, (fn, task), callback=done, error_callback=failed)
-        return await fut
+        try:
+            return await fut
+        finally:
+            loop.remove_reader(mine.fileno())
+            mine.close()
+            theirs.close()
 
     def terminate(self) -> None:
         self._pool.terminate()
@@ -254,6 +294,26 @@ def _call_and_return(fn: Callable[[Any], Any], task: Any, ctx: TaskContext) -> A
     result = fn(task)
     ctx.return_from_thread(result)
     return result
+
+
+def _take_step(pipe: Connection, ctx: TaskContext) -> None:
+    """On the connection's loop: a process handler asks for a step; answer once it is done."""
+    try:
+        op, arg = pipe.recv()
+    except (EOFError, OSError):  # the handler's process is gone; run() cleans up
+        return
+    step = ctx.update(arg) if op == "update" else ctx.extend(arg)
+    asyncio.ensure_future(step).add_done_callback(functools.partial(_answer_step, pipe))
+
+
+def _answer_step(pipe: Connection, step: asyncio.Future[None]) -> None:
+    if step.cancelled():
+        answer: str | None = "not sent: the worker is stopping"
+    else:
+        error = step.exception()
+        answer = None if error is None else f"{type(error).__name__}: {error}"
+    with contextlib.suppress(OSError):
+        pipe.send(answer)
 
 
 def _call_in_process(fn: Callable[[ProcessTask], Any], task: ProcessTask) -> Any:
