@@ -28,7 +28,6 @@ DOCUMENTED = frozenset(
 # crossing fails the test, and so does an entry no longer used (delete it).
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        ("taskhub.hub.admin", "_ok"),  # Admin answers through hub._ok (8 calls)
         ("taskhub.logs", "_taskhub"),  # marks the logging handler setup() installed
     }
 )
