@@ -4,8 +4,11 @@ subprocesses against a live hub: what they print, what they change, one-line err
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from taskhub import Server
+import pytest
+
+from taskhub import Server, TaskFailed
 from tests.conftest import ClientFactory
 from tests.integration.test_cli import cli
 
@@ -78,3 +81,29 @@ async def test_queues_ls_show_purge(server: Server, make_client: ClientFactory) 
     assert purged.code == 0 and purged.stderr == "purged 3 deliveries, forgot the group\n"
     after = await cli("queues", "ls", "--json", "--url", server.url)
     assert [q for q in json.loads(after.stdout) if q["group"] == "mailers"] == []
+
+
+async def test_dlq_show_prints_the_dead_letter_with_its_payload(
+    server: Server, make_client: ClientFactory
+) -> None:
+    worker, publisher = await make_client("w"), await make_client("p")
+
+    async def work(task: Any) -> Any:
+        raise RuntimeError("dead on arrival")
+
+    await worker.sub("job:run", work)
+    handle = publisher.pub("job:run", {"order": 7}, retries=0)
+    with pytest.raises(TaskFailed):
+        await handle.get_result()
+    shown = await cli("dlq", "show", handle.id, "--url", server.url)
+    assert shown.code == 0, shown.stderr
+    entry = json.loads(shown.stdout)
+    assert (entry["id"], entry["action"], entry["payload"]) == (handle.id, "job:run", {"order": 7})
+    assert "dead on arrival" in json.dumps(entry)
+    missing = await cli("dlq", "show", "no-such-task", "--url", server.url)
+    assert "no-such-task" in missing.one_error_line()
+
+
+async def test_a_bad_log_level_is_one_error_line() -> None:
+    run = await cli("serve", "--port", "0", TASKHUB_LOG="loud")
+    assert "TASKHUB_LOG='loud': use one of debug, info" in run.one_error_line()
