@@ -32,9 +32,9 @@ from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.ws_protocol import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
+from taskhub.lifecycle.schedules import Schedule
 from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
-from taskhub.schedules import Schedule
 from taskhub.store import REDIS_SCHEMES, Store, open_store
 from taskhub.store.sqlite import SqliteStore
 

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from taskhub.errors import StoreFenced
-from taskhub.store import LeaderLock, WriteBatch, open_leader_lock
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord, WriteBatch
+from taskhub.store import LeaderLock, open_leader_lock
 from tests.redisproc import RedisProcess
 
 

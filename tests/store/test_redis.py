@@ -16,8 +16,8 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import open_store
-from taskhub.store.base import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store.redis import RedisStore
 from tests.redisproc import RedisProcess, cluster_args, free_port, make_tls_files
 

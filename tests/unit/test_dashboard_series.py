@@ -18,7 +18,7 @@ from taskhub.hub.dashboard.series import (
 )
 from taskhub.hub.http.search import first_id_at, last_id_at
 from taskhub.ids import new_id
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 T0 = 1_800_000_000  # a whole minute
 

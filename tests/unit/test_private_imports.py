@@ -17,11 +17,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 ALLOWED: frozenset[tuple[str, str, str]] = frozenset(
     {
         ("taskhub.client.client", "taskhub.client.options", "_UNSET"),
-        ("taskhub.lifecycle.core", "taskhub.lifecycle.state", "_ENDED"),
-        ("taskhub.lifecycle.core", "taskhub.lifecycle.state", "_size"),
-        ("taskhub.lifecycle.operations", "taskhub.lifecycle.options", "_REQUEUE_KEEP"),
-        ("taskhub.lifecycle.operations", "taskhub.lifecycle.state", "_queue_order"),
-        ("taskhub.lifecycle.operations", "taskhub.lifecycle.state", "_size"),
     }
 )
 

@@ -18,8 +18,8 @@ from taskhub.errors import InvalidOption, PermissionDenied, StoreUnavailable, Ta
 from taskhub.errors import TaskNotFound as NotFound
 from taskhub.intervals import parse_interval
 from taskhub.lifecycle import DEAD_META, Credentials, Peer
+from taskhub.lifecycle.schedules import Schedule, view
 from taskhub.names import allowed
-from taskhub.schedules import Schedule, view
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-from taskhub.store.base import (
-    REDIS_URL_SCHEMES,
-    DeliveryRecord,
-    EventRecord,
-    Store,
-    TaskRecord,
-    WriteBatch,
-)
+from taskhub.store.base import Store
 from taskhub.store.lock import LeaderLock
+from taskhub.store.urls import REDIS_SCHEMES
 
-__all__ = [
-    "REDIS_SCHEMES",
-    "DeliveryRecord",
-    "EventRecord",
-    "LeaderLock",
-    "Store",
-    "TaskRecord",
-    "WriteBatch",
-    "open_leader_lock",
-    "open_store",
-]
-
-# Every URL scheme of the redis engine: a single Redis or a Redis Cluster, plain or TLS.
-REDIS_SCHEMES = tuple(f"{scheme}://" for scheme in REDIS_URL_SCHEMES)
+__all__ = ["REDIS_SCHEMES", "LeaderLock", "Store", "open_leader_lock", "open_store"]
 
 
 def open_store(url: str) -> Store:

@@ -24,7 +24,7 @@ from taskhub.hub.http.metrics import for_hub, live_tasks
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Task
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord
 
 RATE_WINDOW = 60  # seconds the rates are counted over
 RECENT_TASKS = 1000  # ended tasks kept (as small summaries) for the task list

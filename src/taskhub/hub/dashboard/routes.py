@@ -29,7 +29,7 @@ from taskhub.hub.dashboard.views import (
     TaskDetail,
     TaskPage,
 )
-from taskhub.hub.http.deps import HubDep, error_responses, read_task
+from taskhub.hub.http.deps import HubDep, StateFilter, error_responses, read_task
 from taskhub.hub.http.events import SSE_EVENT_SCHEMA, TaskEventsDep, event_stream
 from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
@@ -167,7 +167,7 @@ async def recent_tasks(
     monitor: MonitorDep,
     id: Annotated[str | None, Query(description="One task, by id.")] = None,
     action: str | None = None,
-    state: Literal["init", "start", "success", "fail", "end"] | None = None,
+    state: StateFilter | None = None,
     kind: Annotated[
         Literal["task", "chain", "all"],
         Query(description="task: user tasks; chain: chains and groups; all: both."),

@@ -6,7 +6,7 @@ from typing import Any
 
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.lifecycle import Peer
-from taskhub.store.base import TERMINAL_STATES, TaskRecord
+from taskhub.records import TERMINAL_STATES, TaskRecord
 
 # An ended task as the recent list keeps it: id, action, state, publisher, created_at,
 # started_at, ended_at, updates, error, (group, delivery state) per delivery, and its chain

@@ -13,7 +13,7 @@ from typing import Any
 
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.lifecycle import EventKey
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 SECOND_POINTS = 900  # 15 minutes at one point a second
 MINUTE_POINTS = 1440  # 24 hours at one point a minute

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from taskhub.chains import MAX_STEPS
 from taskhub.errors import InvalidAction, PermissionDenied, ProtocolError
 from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, check_storable, error_responses
+from taskhub.lifecycle.chains import MAX_STEPS
 from taskhub.names import allowed, reserved_action, validate_action
 
 # The action alphabet as a regular expression, for a route that refuses a bad name as a shape

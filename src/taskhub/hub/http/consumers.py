@@ -17,7 +17,6 @@ from taskhub.hub.http.deps import (
     Caller,
     Integer,
     Number,
-    TaskState,
     caller,
     check_storable,
     error_responses,
@@ -27,6 +26,7 @@ from taskhub.intervals import parse_interval
 from taskhub.lifecycle import Credentials
 from taskhub.protocol import MAX_TRACEBACK, error_of
 from taskhub.protocol import ErrorInfo as PError
+from taskhub.records import TaskState
 
 
 class ConsumerCreate(BaseModel):

@@ -5,12 +5,12 @@ a task read on the caller's behalf."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 from pydantic.config import JsonDict
 
 from taskhub.errors import (
@@ -23,7 +23,7 @@ from taskhub.errors import (
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Credentials
-from taskhub.store.base import TaskRecord
+from taskhub.records import TASK_STATE_WORDS, TaskRecord, TaskState
 
 log = logging.getLogger("taskhub.http")
 
@@ -43,7 +43,26 @@ def _whole(value: Any) -> Any:
 Number = Annotated[float, Field(strict=True)]
 Boolean = Annotated[bool, Field(strict=True)]  # JSON true/false only, not "yes" or 1
 Integer = Annotated[int, BeforeValidator(_whole), Field(strict=True)]
-TaskState = Literal["init", "start", "success", "fail", "end"]
+
+
+def _state_word(value: Any) -> Any:
+    return TaskState.parse(value) if isinstance(value, str) else value
+
+
+# A task state in a filter (`?state=`): the state (`init`) or the dashboard's label for it
+# (`waiting`), one vocabulary (taskhub.records.TaskState). A bad word is a 400 naming them all.
+StateFilter = Annotated[
+    TaskState,
+    BeforeValidator(_state_word),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": list(TASK_STATE_WORDS),
+            "description": "A task state, or its label: waiting (init), running (start), "
+            "failed (fail), ended (end).",
+        }
+    ),
+]
 
 
 class ErrorBody(BaseModel):

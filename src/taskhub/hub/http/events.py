@@ -21,7 +21,7 @@ from taskhub.errors import TaskHubError
 from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Task
-from taskhub.store.base import TERMINAL_STATES, EventRecord
+from taskhub.records import TERMINAL_STATES, EventRecord
 
 SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 TOPIC_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z0-9_\-]+([/:.][A-Za-z0-9_\-]+)*$", "maxLength": 255}

@@ -36,8 +36,7 @@ from taskhub.hub.http.deps import Caller, error_responses
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import EventKey, Lifecycle, Queue, Task
-from taskhub.store import WriteBatch
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord, WriteBatch
 
 # Task latencies span milliseconds (an echo) to hours (a durable queue waiting for its worker).
 TASK_BUCKETS = (

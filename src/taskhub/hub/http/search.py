@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskhub.lifecycle import Credentials
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub

@@ -20,7 +20,7 @@ from taskhub.hub.http.deps import (
     HubDep,
     Integer,
     Number,
-    TaskState,
+    StateFilter,
     check_storable,
     error_responses,
     read_task,
@@ -30,9 +30,7 @@ from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
 from taskhub.lifecycle import Task
 from taskhub.protocol import plain
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
-
-DeliveryState = Literal["pending", "offered", "started", "done", "dropped", "failed"]
+from taskhub.records import TERMINAL_STATES, DeliveryState, EventRecord, TaskRecord, TaskState
 
 
 class TaskEnded(TaskHubError):
@@ -224,7 +222,7 @@ async def list_tasks(
     hub: HubDep,
     creds: Caller,
     action: str | None = None,
-    state: TaskState | None = None,
+    state: StateFilter | None = None,
     publisher: Annotated[str | None, Query(description="Published by this service.")] = None,
     since: Annotated[float | None, Query(description="Created at or after (Unix seconds).")] = None,
     until: Annotated[

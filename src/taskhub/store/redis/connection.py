@@ -19,9 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
-from taskhub.store.base import REDIS_URL_SCHEMES
 from taskhub.store.redis.packing import pack_with_hiredis
 from taskhub.store.redis.scripts import knows_script_flags
+from taskhub.store.urls import REDIS_URL_SCHEMES
 
 log = logging.getLogger("taskhub.store.redis")
 

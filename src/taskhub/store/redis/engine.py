@@ -48,7 +48,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from taskhub.errors import StoreUnavailable
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 from taskhub.store.redis import scripts
 from taskhub.store.redis.connection import (
     CONNECTION_ERRORS,
