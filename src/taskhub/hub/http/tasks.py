@@ -150,6 +150,16 @@ def publish_options(
     return SimpleNamespace(**fields)
 
 
+def header_trace(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The request's trace headers as a task's ``options.trace``. They stand for it when it is
+    left out (an instrumented HTTP client sends them by itself); tracestate means nothing
+    without a traceparent."""
+    trace = {"traceparent": traceparent} if traceparent else {}
+    if trace and tracestate:
+        trace["tracestate"] = tracestate
+    return trace
+
+
 def _failure(rec: TaskRecord) -> JSONResponse:
     """A task that ended without a result, as the error the Python client would raise."""
     error = rec.error or {}
@@ -196,12 +206,7 @@ async def create_task(
 
     An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
     check_storable("payload", body.payload)
-    # The headers stand for `options.trace` when it is left out (an instrumented HTTP client
-    # sends them by itself); tracestate means nothing without a traceparent.
-    trace = {"traceparent": traceparent} if traceparent else {}
-    if trace and tracestate:
-        trace["tracestate"] = tracestate
-    options = publish_options(body.options, trace)
+    options = publish_options(body.options, header_trace(traceparent, tracestate))
     task, created = hub.lc.publish(creds, body.action, body.payload, options)
     hub.kick()
     await hub.flush()
