@@ -13,8 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from taskhub import Client, Server
 from taskhub.client.connection import EARLY_SEND
-from taskhub.hub.ws import CHUNK, FrameFeed
-from taskhub.hub.ws_protocol import HubWebSocketProtocol
+from taskhub.hub.ws import CHUNK, FrameFeed, HubWebSocketProtocol
 from taskhub.ids import new_id
 from taskhub.records import TaskRecord
 from taskhub.store.memory import MemoryStore
@@ -188,10 +187,10 @@ async def test_the_hub_reads_ahead_a_bounded_number_of_frames(
 
     sender = asyncio.create_task(flood())
     try:
-        assert server._uvicorn is not None
+        assert server.listener is not None
         [proto] = [
             c
-            for c in server._uvicorn.server_state.connections
+            for c in server.listener.uvicorn.server_state.connections
             if isinstance(c, HubWebSocketProtocol)
         ]
         await until(lambda: proto.read_paused)
@@ -200,7 +199,7 @@ async def test_the_hub_reads_ahead_a_bounded_number_of_frames(
         feed = proto.receiver
         assert isinstance(feed, FrameFeed)  # frames skip uvicorn's queue: they wait in its backlog
         waiting = proto.queue.qsize() + len(feed.backlog)
-        assert waiting <= server._uvicorn.config.ws_max_queue + 256 * 1024 // pad
+        assert waiting <= server.listener.uvicorn.config.ws_max_queue + 256 * 1024 // pad
         assert not sender.done()  # the client is held back by full socket buffers
     finally:
         store.go.set()
