@@ -46,12 +46,12 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Unpack
 
 from taskhub.client import Client, TaskContext
 from taskhub.client.control import Reject, Retry, handler_tb
-from taskhub.client.options import UNSET, worker_options
 from taskhub.names import validate_action
+from taskhub.options_table import WorkerArgs, worker_options
 
 log = logging.getLogger("taskhub.worker")
 
@@ -59,7 +59,6 @@ Pool = Literal["async", "threads", "processes"]
 POOLS: tuple[str, ...] = ("async", "threads", "processes")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-_UNSET: Any = UNSET
 # How long a handler may hold the handler loop before the watchdog names it.
 BLOCKED_AFTER = 1.0
 _BEAT = 0.1  # the handler loop's heartbeat, seconds
@@ -336,14 +335,10 @@ class Worker:
         action: str,
         *,
         concurrency: int | None = None,
-        retries: int = _UNSET,
-        backoff: float | dt.timedelta | str = _UNSET,
-        backoff_max: float | dt.timedelta | str = _UNSET,
-        timeout: float | dt.timedelta | str | None = _UNSET,
-        max_attempts: int = _UNSET,
         group: str | None = None,
         durable: bool = False,
         pool: Pool | None = None,
+        **defaults: Unpack[WorkerArgs],
     ) -> Callable[[F], F]:
         """Run the decorated function for tasks of ``action``; the function is returned
         unchanged (call it directly in tests).
@@ -359,13 +354,7 @@ class Worker:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        options = worker_options(
-            timeout=timeout,
-            retries=retries,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            backoff_max=backoff_max,
-        )
+        options = worker_options(defaults)
 
         def register(fn: F) -> F:
             if any(s.action == action for s in self.specs):

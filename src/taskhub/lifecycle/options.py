@@ -7,29 +7,18 @@ from typing import Any
 
 import msgspec
 
+from taskhub import options_table
 from taskhub.errors import InvalidOption
 from taskhub.intervals import parse_interval
 from taskhub.lifecycle.state import GIVEN, Defaults
 from taskhub.protocol import WORKER_OPTIONS
 
-# Options an [[actions]] entry may default (per action, between the task's and the hub's).
-ACTION_OPTIONS = frozenset(
-    {"timeout", "start_timeout", "retries", "max_attempts", "backoff", "backoff_max", "priority"}
-)
-# Options a re-queued dead letter keeps: not `key` (its window would hand back the dead task),
-# nor delay/once_every (they were spent).
-_REQUEUE_KEEP = (
-    "timeout",
-    "start_timeout",
-    "retries",
-    "max_attempts",
-    "priority",
-    "backoff",
-    "backoff_max",
-    "partition_key",
-    "trace",  # a re-queued copy continues the trace of the task it copies
-)
-REQUEUE_OPTIONS = _REQUEUE_KEEP  # public: `taskhub tasks retry` copies the same options
+# Options an [[actions]] entry may default (per action, between the task's and the hub's), and
+# those a re-queued dead letter keeps: not `key` (its window would hand back the dead task), nor
+# delay/once_every (they were spent). Both are columns of the options table.
+ACTION_OPTIONS = options_table.ACTION_OPTIONS
+REQUEUE_OPTIONS = options_table.REQUEUE_OPTIONS  # `taskhub tasks retry` copies the same
+_REQUEUE_KEEP = REQUEUE_OPTIONS
 
 
 # A task's trace context is stored in its record and sent with every offer: bounded. 8 KiB is
@@ -157,7 +146,7 @@ def resolve_options(
     key = get("key", None)
     if key is not None:
         opts["key"] = key
-    partition_key = get("partition_key", None)  # only the HTTP API sets it so far
+    partition_key = get("partition_key", None)
     if partition_key is not None:
         opts["partition_key"] = str(partition_key)
     opts.update(_trace_option(options))
