@@ -295,7 +295,7 @@ class Client:
         ``delay`` and ``once_every`` take seconds, a ``timedelta`` or an interval string
         (``"7 days"``, ``"1h30m"``, ``"PT1H30M"``); ``at`` a timezone-aware datetime. Also
         ``priority``, ``key``, ``retries``, ``max_attempts``, ``backoff``, ``backoff_max`` and
-        ``partition_key``: the table of options is in docs/protocol.md ("pub options"); see
+        ``partition_key``: the table of them is in docs/protocol.md (§3, ``pub``); see
         docs/scheduling.md for retries, backoff and ``once_every``. A misspelt option is a
         TypeError (and a type-check error).
         """
