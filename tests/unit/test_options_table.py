@@ -289,3 +289,12 @@ def test_the_docs_have_the_table_once_and_as_declared() -> None:
                 if line.startswith(f"| `{name}` |") and "| `TASKHUB_" not in line
             }
             assert len(rows) < 3, (page.name, table)
+
+
+def test_the_node_client_s_pub_options_are_the_table_s() -> None:
+    # clients/js/index.d.ts: the same options, in JavaScript's camelCase.
+    text = (ROOT / "clients" / "js" / "index.d.ts").read_text()
+    body = text.split("export interface PubOptions {", 1)[1].split("\n}", 1)[0]
+    names = set(re.findall(r"^\s+(\w+)\?:", body, re.M))
+    camel = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), name) for name in PUB}
+    assert names == camel
