@@ -471,15 +471,7 @@ class Client:
                 max_workers=concurrency, thread_name_prefix=f"taskhub-{action}"
             )
             self._pools.append(pool)
-
-            async def run(ctx: TaskContext) -> Any:
-                loop = asyncio.get_running_loop()
-                task = Task(self, ctx)
-                await ctx.get_payload()  # fetched here, so task.payload never blocks
-                # In the handler's context (its process span is current there), as
-                # asyncio.to_thread does: spans the function starts are that span's children.
-                call = contextvars.copy_context().run
-                return await loop.run_in_executor(pool, call, fn, task)
+            run = _in_threads(self, pool, fn)
 
             async def subscribe() -> None:
                 await client.sub(
@@ -750,6 +742,23 @@ async def _pump(w: AsyncWatch, sync_watch: Watch) -> None:
         error = exc
     finally:
         sync_watch._end(error)
+
+
+def _in_threads(
+    client: Client, pool: concurrent.futures.ThreadPoolExecutor, fn: SyncHandler
+) -> Callable[[TaskContext], Coroutine[Any, Any, Any]]:
+    """The async handler of a blocking ``sub``: ``fn`` called in ``pool`` with a :class:`Task`."""
+
+    async def run(ctx: TaskContext) -> Any:
+        loop = asyncio.get_running_loop()
+        task = Task(client, ctx)
+        await ctx.get_payload()  # fetched here, so task.payload never blocks
+        # In the handler's context (its process span is current there), as
+        # asyncio.to_thread does: spans the function starts are that span's children.
+        call = contextvars.copy_context().run
+        return await loop.run_in_executor(pool, call, fn, task)
+
+    return run
 
 
 def _log_event_failure(topic: str, future: concurrent.futures.Future[Any]) -> None:

@@ -3,6 +3,7 @@ combine, and the checks every task's options pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -150,13 +151,22 @@ def resolve_options(
     if partition_key is not None:
         opts["partition_key"] = str(partition_key)
     opts.update(_trace_option(options))
+    not_before = _not_before(get, now, opts)
+    if not_before:
+        opts["not_before"] = not_before
+    return opts
+
+
+def _not_before(get: Callable[[str, Any], Any], now: float, opts: dict[str, Any]) -> float:
+    """When the task is due (0: at once): ``at``, else now + ``delay``, and with ``once_every``
+    (stored in ``opts``) no earlier than now + ``once_every``."""
     delay = get("delay", 0.0) or 0.0
     if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
         delay = parse_interval(delay, option="delay")
     at = get("at", None)
     if delay < 0:
         raise InvalidOption("option 'delay' must be >= 0 seconds", option="delay")
-    not_before = at if at is not None else (now + delay if delay else 0.0)
+    not_before: float = at if at is not None else (now + delay if delay else 0.0)
     once_every = get("once_every", None)
     if once_every is not None:
         if isinstance(once_every, str):
@@ -165,6 +175,4 @@ def resolve_options(
             raise InvalidOption("option 'once_every' must be >= 0 seconds", option="once_every")
         opts["once_every"] = float(once_every)
         not_before = max(not_before, now + once_every)
-    if not_before:
-        opts["not_before"] = not_before
-    return opts
+    return not_before
