@@ -1,0 +1,31 @@
+"""`taskhub serve` with the config keys older versions named differently: they still work, and
+the hub says at start which key to use instead (issue 18; docs/operations.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import ServerFactory
+from tests.integration.test_cli import cli
+
+
+async def test_serve_reads_an_old_key_and_says_what_to_use(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    busy = await make_server()  # its port is taken: serve stops once it has read the config
+    path = tmp_path / "hub.toml"
+    path.write_text("[server]\nstore = 'memory://'\ntask_end_timeout = 30\n")
+    run = await cli(
+        "serve", "--config", str(path), "--port", str(busy.port), TASKHUB_RETRY_BACKOFF="2"
+    )
+    assert run.code == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "[server] task_end_timeout is deprecated: use [server] timeout" in run.stderr
+    assert "TASKHUB_RETRY_BACKOFF is deprecated: use TASKHUB_BACKOFF" in run.stderr
+    assert run.stderr.splitlines()[-1].startswith("error: could not listen on")
+
+
+async def test_serve_refuses_an_old_and_a_new_key_together(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text("[server]\nstore = 'memory://'\ntask_end_timeout = 30\ntimeout = 20\n")
+    error = (await cli("serve", "--config", str(path))).one_error_line()
+    assert "[server] task_end_timeout and [server] timeout are the same setting" in error
