@@ -1,12 +1,30 @@
-"""`taskhub serve` with the config keys older versions named differently: they still work, and
-the hub says at start which key to use instead (issue 18; docs/operations.md)."""
+"""Publish options and config keys as a running hub serves them (issue 18): the HTTP API's
+task options are the options table's, and `taskhub serve` still reads the config keys older
+versions named differently, saying at start which key to use instead (docs/operations.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+
+from taskhub.options_table import PUB_OPTIONS
 from tests.conftest import ServerFactory
 from tests.integration.test_cli import cli
+
+
+async def test_the_served_task_options_are_the_table_s(make_server: ServerFactory) -> None:
+    server = await make_server()
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        spec = (await http.get("/openapi.json")).json()
+    fields = spec["components"]["schemas"]["TaskOptions"]["properties"]
+    assert set(fields) == {o.name for o in PUB_OPTIONS}
+    for o in PUB_OPTIONS:
+        types = {t.get("type") for t in fields[o.name].get("anyOf", [fields[o.name]])}
+        assert ("string" in types) == (o.convert == "interval" or o.wire.startswith("string")), (
+            o.name,
+            types,
+        )
 
 
 async def test_serve_reads_an_old_key_and_says_what_to_use(

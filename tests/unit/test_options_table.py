@@ -1,7 +1,8 @@
 """Every surface that takes publish options agrees with the one table, taskhub/options_table.py
 (issue 18, item 3): the Python clients' ``pub``/``schedule``/``sub`` and ``Worker.task``, the
-wire structs, the HTTP model, the hub's config keys, ``resolve_options`` and the docs' table.
-Adding an option to one place and not the others fails here."""
+wire structs, the hub's config keys, ``resolve_options``, the Node client's types and the docs'
+table (the HTTP API's, as served: tests/integration/test_config_keys.py). Adding an option to
+one place and not the others fails here."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import pytest
 from taskhub import config, options_table, protocol, sync
 from taskhub.client import Client
 from taskhub.errors import InvalidOption
-from taskhub.hub.http_tasks import TaskOptions
 from taskhub.lifecycle import ACTION_OPTIONS, REQUEUE_OPTIONS, Defaults, resolve_options
 from taskhub.options_table import (
     OPTION,
@@ -133,13 +133,6 @@ def test_the_wire_structs_have_the_table_s_fields() -> None:
     )
     unset = {name for name, value in defaults.items() if value is msgspec.UNSET}
     assert unset == {o.name for o in PUB_OPTIONS if o.config is not None}
-
-
-def test_the_http_model_has_the_table_s_fields() -> None:
-    assert set(TaskOptions.model_fields) == set(NAMES)
-    for name, field in TaskOptions.model_fields.items():
-        if OPTION[name].convert == "interval":  # the HTTP API takes "7 days" too
-            assert "str" in str(field.annotation), name
 
 
 def test_interval_strings_parses_the_options_that_take_intervals() -> None:
