@@ -17,7 +17,7 @@ from typing import Any
 
 from taskhub.hub.dashboard import Monitor
 from taskhub.lifecycle import Task
-from taskhub.store.base import DeliveryRecord, EventRecord, TaskRecord
+from taskhub.records import DeliveryRecord, EventRecord, TaskRecord
 
 ACTIONS = ("email:send", "image:resize", "report:build")
 GROUPS = ("workers", "audit")

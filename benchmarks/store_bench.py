@@ -22,8 +22,8 @@ TASKS_PER_REPEAT = 2000
 
 async def bench_engine(url: str, batch_size: int, repeats: int) -> float:
     """Median tasks/s of applying ``batch_size``-task batches, over ``repeats`` runs."""
+    from taskhub.records import DeliveryRecord, EventRecord, TaskRecord, WriteBatch
     from taskhub.store import open_store
-    from taskhub.store.base import DeliveryRecord, EventRecord, TaskRecord, WriteBatch
 
     store = open_store(url)
     await store.open()

@@ -66,7 +66,11 @@ def _data(value: Any, width: int = 60) -> str:
 def tasks_ls(
     action: Annotated[str | None, typer.Option(help="Only this action")] = None,
     state: Annotated[
-        str | None, typer.Option(help="Only this state: init, start, success, fail, end")
+        str | None,
+        typer.Option(
+            help="Only this state: init, start, success, fail, end (or the labels waiting, "
+            "running, failed, ended)"
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many tasks")] = 50,
     after: Annotated[str | None, typer.Option(help="Tasks after this id (paging)")] = None,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from taskhub.lifecycle import Task
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord
 
 LEVELS = {
     "debug": logging.DEBUG,

@@ -21,8 +21,8 @@ import uvicorn
 from taskhub.errors import InvalidOption
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
-from taskhub.hub.http_origin import allowed_origins as parse_origins
-from taskhub.hub.http_protocol import (
+from taskhub.hub.http.origin import allowed_origins as parse_origins
+from taskhub.hub.http.protocol import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_REQUEST_TIMEOUT,
@@ -32,9 +32,9 @@ from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.ws_protocol import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
+from taskhub.lifecycle.schedules import Schedule
 from taskhub.logs import events_log, log_task_event
 from taskhub.protocol import WS_PATH
-from taskhub.schedules import Schedule
 from taskhub.store import REDIS_SCHEMES, Store, open_store
 from taskhub.store.sqlite import SqliteStore
 

@@ -4,7 +4,7 @@ interface") plugs into a hub."""
 from __future__ import annotations
 
 from taskhub import Client
-from taskhub.store import WriteBatch
+from taskhub.records import WriteBatch
 from taskhub.store.memory import MemoryStore
 from tests.conftest import ServerFactory
 

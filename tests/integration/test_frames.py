@@ -16,7 +16,7 @@ from taskhub.client.connection import EARLY_SEND
 from taskhub.hub.ws import CHUNK, FrameFeed
 from taskhub.hub.ws_protocol import HubWebSocketProtocol
 from taskhub.ids import new_id
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 from taskhub.store.memory import MemoryStore
 from tests.conftest import ServerFactory, until
 

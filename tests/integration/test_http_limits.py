@@ -150,7 +150,7 @@ def test_limits_are_checked() -> None:
 
 
 async def test_the_uvicorn_internals_the_guard_uses_are_there() -> None:
-    """hub/http_protocol.py subclasses uvicorn's httptools protocol and reads these: an
+    """hub/http/protocol.py subclasses uvicorn's httptools protocol and reads these: an
     upgrade of uvicorn that renames them fails here first."""
 
     async def app(scope: object, receive: object, send: object) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from taskhub import Client
 from taskhub.errors import StoreUnavailable
-from taskhub.store import WriteBatch
+from taskhub.records import WriteBatch
 from taskhub.store.memory import MemoryStore
 from tests.conftest import ServerFactory
 

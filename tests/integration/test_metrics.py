@@ -145,7 +145,7 @@ async def test_readyz_is_503_until_the_hub_runs() -> None:
 _HUB_FREED = """
 import asyncio, gc, weakref
 from taskhub.hub.hub import Hub
-from taskhub.hub.metrics import for_hub
+from taskhub.hub.http.metrics import for_hub
 from taskhub.store import open_store
 
 async def main():

@@ -18,17 +18,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from taskhub.errors import StoreUnavailable
-from taskhub.store import open_store
-from taskhub.store.base import (
+from taskhub.records import (
     TASK_STATES,
     TERMINAL_STATES,
     DeliveryRecord,
     EventRecord,
     MetaRecord,
-    Store,
     TaskRecord,
     WriteBatch,
 )
+from taskhub.store import open_store
+from taskhub.store.base import Store
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests import redisproc
 

@@ -16,8 +16,8 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import open_store
-from taskhub.store.base import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store.redis import RedisStore
 from tests.redisproc import RedisProcess, cluster_args, free_port, make_tls_files
 
@@ -601,10 +601,10 @@ def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> 
     bytes on the wire must be the same."""
     from redis.asyncio.connection import Connection
 
-    from taskhub.store.redis import _packing
+    from taskhub.store.redis.packing import packing
 
     plain = Connection()
-    fast = _packing(Connection)()
+    fast = packing(Connection)()
     assert type(fast).pack_command is not Connection.pack_command
     # redis-py before 8 refuses a bytearray; the store sends its bytes, as redis-py 8 does.
     same = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)

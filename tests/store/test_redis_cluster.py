@@ -18,8 +18,8 @@ import redis
 from redis.crc import key_slot
 
 from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import open_store
-from taskhub.store.base import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store.redis import RedisStore
 from tests.redisproc import RedisCluster, free_port
 

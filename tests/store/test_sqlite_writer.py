@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskhub.errors import StoreUnavailable
-from taskhub.store.base import EventRecord, TaskRecord, WriteBatch
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.sqlite import SqliteStore
 
 

@@ -7,9 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from taskhub.chains import CHAIN_ACTION, GROUP_ACTION, Chains, step_payload
 from taskhub.errors import InvalidAction, InvalidOption, PermissionDenied
 from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task
+from taskhub.lifecycle.chains import CHAIN_ACTION, GROUP_ACTION, Chains, step_payload
 from taskhub.protocol import ChainStep, PubOptions
 from tests.unit.test_lifecycle import Counter, FakeClock, Hub, NoJitter
 

@@ -3,9 +3,9 @@ metrics' counters and histograms make of them, with a fake clock driven by hand.
 
 from __future__ import annotations
 
+from taskhub.hub.dashboard.monitor import RATE_WINDOW, Monitor
+from taskhub.hub.http.metrics import Metrics, for_hub
 from taskhub.hub.hub import Hub
-from taskhub.hub.metrics import Metrics
-from taskhub.hub.monitor import RATE_WINDOW, Monitor
 from taskhub.lifecycle import Credentials, EventKey, Peer
 from taskhub.store import open_store
 
@@ -110,3 +110,24 @@ def test_metrics_add_complete_seconds_and_the_one_under_way() -> None:
     assert f'taskhub_task_run_seconds_sum{{action="{ACTION}"}} 4.0' in text
     assert f'taskhub_task_duration_seconds_count{{action="{ACTION}"}} 3.0' in text
     assert f'taskhub_task_duration_seconds_sum{{action="{ACTION}"}} 5.5' in text
+
+
+def test_the_dashboard_reads_what_the_metrics_count() -> None:
+    # One source: the dashboard's totals of ended tasks and its live counts are the metrics'.
+    clock = FakeClock(4000.0)
+    hub, worker, publisher = _hub(clock)
+    monitor = Monitor(hub)
+    assert monitor.metrics is for_hub(hub)  # the hub's one Metrics, not a second feed
+    _run(hub, worker, publisher, 3)
+    task, _ = hub.lc.publish(publisher, ACTION, None)
+    assert not isinstance(task, str)
+    clock.now = 4001.5
+    hub.lc.pickup(worker, task.id, 1)  # running
+    hub.lc.publish(publisher, ACTION, None)  # offered to the worker, not started: waiting
+    assert monitor.ended == monitor.metrics.ended() == {"success": 3, "fail": 0, "end": 0}
+    counts, [queue] = monitor.live()
+    assert counts == {"waiting": 1, "running": 1, "chains": 0}
+    assert (queue["waiting"], queue["in_flight"]) == (0, 2)
+    text = monitor.metrics.exposition().decode()
+    assert 'taskhub_tasks{state="init"} 1.0' in text
+    assert 'taskhub_tasks{state="start"} 1.0' in text

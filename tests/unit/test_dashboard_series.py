@@ -1,12 +1,12 @@
-"""The dashboard's time series (hub/monitor.py) and the search's id bounds (hub/search.py):
-pure bookkeeping, no hub."""
+"""The dashboard's time series (hub/dashboard/series.py) and the search's id bounds
+(hub/http/search.py): pure bookkeeping, no hub."""
 
 from __future__ import annotations
 
 import random
 import time
 
-from taskhub.hub.monitor import (
+from taskhub.hub.dashboard.series import (
     BINS,
     MINUTE_POINTS,
     SAMPLE,
@@ -16,9 +16,9 @@ from taskhub.hub.monitor import (
     duration_bin,
     series_counts,
 )
-from taskhub.hub.search import first_id_at, last_id_at
+from taskhub.hub.http.search import first_id_at, last_id_at
 from taskhub.ids import new_id
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 T0 = 1_800_000_000  # a whole minute
 

@@ -23,7 +23,7 @@ from taskhub.errors import (
 )
 from taskhub.lifecycle import Credentials, Defaults, Lifecycle, Message, Peer, Task
 from taskhub.protocol import PubOptions
-from taskhub.store.base import EventRecord, TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 
 ACTION = "email:send"
 

@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 from taskhub.errors import NotHolding, StaleAttempt
 from taskhub.lifecycle import Credentials, Defaults, Lifecycle, Message, Peer
 from taskhub.protocol import PubOptions
-from taskhub.store.base import EventRecord, TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 
 ACTIONS = ("mail:send",)
 SERVICES = ("alpha", "beta")  # a service's connections form one group (fan-out across them)

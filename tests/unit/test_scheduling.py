@@ -13,8 +13,8 @@ import pytest
 
 from taskhub.errors import InvalidOption, PermissionDenied, TaskNotFound
 from taskhub.lifecycle import DEAD_META, QUEUE_META, Credentials, Lifecycle, Task, queue_key
-from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler, last_slot, next_slot
-from taskhub.store.base import WriteBatch
+from taskhub.lifecycle.schedules import SCHEDULE_META, Schedule, Scheduler, last_slot, next_slot
+from taskhub.records import WriteBatch
 from tests.unit.test_lifecycle import ACTION, Counter, FakeClock, Hub, NoJitter
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()

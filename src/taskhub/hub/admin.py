@@ -17,9 +17,9 @@ from taskhub import protocol as p
 from taskhub.errors import InvalidOption, PermissionDenied, StoreUnavailable, TaskHubError
 from taskhub.errors import TaskNotFound as NotFound
 from taskhub.lifecycle import DEAD_META, Credentials, Peer
+from taskhub.lifecycle.schedules import Schedule, view
 from taskhub.names import allowed
 from taskhub.options_table import interval_strings
-from taskhub.schedules import Schedule, view
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import FastAPI, WebSocket
 from fastapi_offline import FastAPIOffline
 
-from taskhub.hub import dashboard, http, metrics, schedules_http
-from taskhub.hub.http_origin import SameOrigin
+from taskhub.hub import dashboard, http
+from taskhub.hub.http import metrics, schedules
+from taskhub.hub.http.origin import SameOrigin
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
@@ -40,7 +41,7 @@ def create_app(hub: Hub) -> FastAPI:
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz
-    app.include_router(schedules_http.router)  # schedules, queues, dead letters
+    app.include_router(schedules.router)  # schedules, queues, dead letters
     dashboard.install(app, hub)  # the web dashboard at / and its JSON under /v1/dashboard
     # Outermost: an open-access hub refuses other web pages before anything else runs.
     app.add_middleware(SameOrigin, registry=hub.registry)

@@ -217,7 +217,7 @@ class Registry:
         self.throttle = throttle or Throttle()
         self.counts = AuthCounts()
         self._pending = 0  # key checks waiting for or in the scrypt pool
-        # Web pages an open-access hub answers besides its own (hub/http_origin.py).
+        # Web pages an open-access hub answers besides its own (hub/http/origin.py).
         self.allowed_origins: frozenset[str] = frozenset()
 
     @property

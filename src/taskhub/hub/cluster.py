@@ -1,11 +1,12 @@
 """Several hubs over one Redis: one leads (runs the lifecycle), the others relay to it.
 
-Leadership is a Redis lock (``SET NX PX``, renewed by compare-and-``PEXPIRE``) whose value is
+Leadership is the store's leader lock (:class:`~taskhub.store.LeaderLock`, taken through that
+protocol only; on Redis ``SET NX PX``, renewed by compare-and-``PEXPIRE``) whose token is
 ``"<instance id> <advertised URL>"``: the instance id is new for every process, so a hub
 restarted on the same address does not take a dead incarnation's lock for its own, and never
-relays to itself. The leader's store is *fenced* by that lock: a batch is written only while
-the lock still holds the leader's token, so a hub that stalled past its lease cannot overwrite
-what its successor does.
+relays to itself. The leader's store is *fenced* by that lock (``fenced_store``): a batch is
+written only while the lock still holds the leader's token, so a hub that stalled past its
+lease cannot overwrite what its successor does.
 
 The lease is kept by a task of its own from the moment the lock is taken, so nothing the hub
 does while it leads (restoring the unfinished tasks, dropping the connections it relayed,
@@ -27,13 +28,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from taskhub.hub.hub import Hub
-from taskhub.hub.proxy import RELAYED_HEADER, Receive, Relay, Scope, Send, _json, _try_again
-from taskhub.store.redis import RedisStore
+from taskhub.hub.proxy import RELAYED_HEADER, Receive, Relay, Scope, Send, send_json, try_again
+from taskhub.store import Store, open_leader_lock
 
 log = logging.getLogger("taskhub.cluster")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-LOCK = "leader"
 T = TypeVar("T")
 
 
@@ -44,7 +44,7 @@ class Cluster:
         self,
         store_url: str,
         *,
-        make_hub: Callable[[RedisStore], Hub],
+        make_hub: Callable[[Store], Hub],
         make_app: Callable[[Hub], ASGIApp],
         lease: float = 3.0,
         ssl: Any = None,
@@ -65,7 +65,7 @@ class Cluster:
         self.hub: Hub | None = None  # the hub this process leads with, once it serves
         self._own: Hub | None = None  # the hub made when the lock was taken (restoring, serving)
         self._app: ASGIApp | None = None
-        self._lock_store = RedisStore.from_url(store_url)
+        self._lock = open_leader_lock(store_url)
         self._leader: str | None = None  # the leader's base URL, as its lock value says
         self.relay = Relay(lambda: self._leader, ssl=ssl, keepalive=keepalive, via=self.instance)
         self._loop_task: asyncio.Task[None] | None = None
@@ -91,7 +91,7 @@ class Cluster:
         self.advertise_url = advertise_url.rstrip("/")
         self.relay.own_url = self.advertise_url
         self.token = f"{self.instance} {self.advertise_url}"
-        await self._lock_store.open()
+        await self._lock.open()
         with contextlib.suppress(Exception):  # Redis not there yet: the role loop retries
             await self._step()
         self._loop_task = asyncio.create_task(self._run(), name="taskhub-cluster")
@@ -106,7 +106,7 @@ class Cluster:
             await self._step_down(release=True, bound=self.lease + 15.0)
         for task in list(self._background):
             task.cancel()
-        await self._lock_store.close()
+        await self._lock.close()
 
     # --- the role loop -----------------------------------------------------------------------
     async def _run(self) -> None:
@@ -118,7 +118,7 @@ class Cluster:
             try:
                 await self._step()
             except Exception:  # Redis unreachable: nobody known to lead
-                log.warning("cannot reach Redis at %s", self._lock_store.url, exc_info=True)
+                log.warning("cannot reach Redis at %s", self._lock.url, exc_info=True)
                 self._follow(None)
             if not self._holding:
                 await asyncio.sleep(self.lease / 3)
@@ -128,11 +128,11 @@ class Cluster:
         loop = asyncio.get_running_loop()
         sent = loop.time()
         ttl = int(self.lease * 1000)
-        if await _bounded(self._lock_store.acquire_lock(LOCK, self.token, ttl), self.lease):
+        if await _bounded(self._lock.acquire(self.token, ttl), self.lease):
             self._lease_until = sent + self.lease
             await self._lead()
             return
-        owner = await _bounded(self._lock_store.lock_owner(LOCK), self.lease)
+        owner = await _bounded(self._lock.owner(), self.lease)
         self._follow(self._leader_of(owner))
 
     def _leader_of(self, owner: str | None) -> str | None:
@@ -163,9 +163,7 @@ class Cluster:
         self._release = False
         self._lost.clear()
         self._keeper = asyncio.create_task(self._keep_lease(), name="taskhub-lease")
-        store = RedisStore.from_url(self.store_url)
-        store.set_fence(self._lock_store.lock_key(LOCK), self.token)
-        hub = self.make_hub(store)
+        hub = self.make_hub(self._lock.fenced_store(self.token))
         hub.role = "leader"
         self._own = hub
         starting = asyncio.ensure_future(hub.start())  # restores what the last leader left
@@ -212,7 +210,7 @@ class Cluster:
                 self._lose("the lease ran out before it could be renewed")
                 return
             try:
-                kept = await _bounded(self._lock_store.renew_lock(LOCK, self.token, ttl), left)
+                kept = await _bounded(self._lock.renew(self.token, ttl), left)
             except TimeoutError:
                 self._lose("Redis did not answer the lease renewal in time")
                 return
@@ -254,7 +252,7 @@ class Cluster:
         await hub.stop(flush_timeout=self.lease)
         if release:
             with contextlib.suppress(Exception):
-                await _bounded(self._lock_store.release_lock(LOCK, self.token), self.lease)
+                await _bounded(self._lock.release(self.token), self.lease)
 
     def _follow(self, leader: str | None) -> None:
         if leader != self._leader:
@@ -282,7 +280,7 @@ class Cluster:
             await app(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/healthz":
             # A follower (or a hub between roles) is healthy on its own account.
-            await _json(send, 200, b'{"status":"ok","role":"follower"}')
+            await send_json(send, 200, b'{"status":"ok","role":"follower"}')
         elif any(k.lower() == RELAYED_HEADER for k, _ in scope.get("headers", ())):
             # Relayed here by a hub that took us for the leader: relaying again could loop.
             await self._refuse(scope, receive, send)
@@ -294,9 +292,9 @@ class Cluster:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             if (await receive())["type"] == "websocket.connect":
-                await _try_again(send, "this hub does not lead the cluster; retry shortly")
+                await try_again(send, "this hub does not lead the cluster; retry shortly")
         else:
-            await _json(
+            await send_json(
                 send,
                 503,
                 b'{"code":"no_leader","message":"no hub leads the cluster right now; '

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from taskhub import protocol as p
-from taskhub.chains import Chains, Mode
 from taskhub.errors import (
     InvalidOption,
     PermissionDenied,
@@ -43,15 +42,17 @@ from taskhub.lifecycle import (
     Message,
     Peer,
     Task,
+    event_msg,
 )
+from taskhub.lifecycle.chains import Chains, Mode
 from taskhub.lifecycle.options import worker_options
+from taskhub.lifecycle.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.names import allowed, pattern_allowed, validate_topic
-from taskhub.schedules import SCHEDULE_META, Schedule, Scheduler
-from taskhub.store import Store, TaskRecord, WriteBatch
-from taskhub.store.base import EventRecord
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.store import Store
 
 if TYPE_CHECKING:
-    from taskhub.hub.metrics import Metrics
+    from taskhub.hub.http.metrics import Metrics
 
 log = logging.getLogger("taskhub.hub")
 
@@ -162,12 +163,12 @@ class Hub:
         # Hub and answer /healthz themselves): reported by GET /healthz.
         self.role = "standalone"
         self.clock = clock
-        # Operation (server.py, hub/metrics.py): draining stops offers before a shutdown;
+        # Operation (server.py, hub/http/metrics.py): draining stops offers before a shutdown;
         # apply_hooks see every written batch and how long the store took (metrics).
         self.draining = False
         self.store_ok = True  # False while a batch write is failing and being retried
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
-        self.metrics: Metrics | None = None  # hub/metrics.py, once installed
+        self.metrics: Metrics | None = None  # hub/http/metrics.py, once installed
         # HTTP long polls and event streams under way (long_wait), woken by end_waits().
         self.waits_ended = False
         self._wakers: set[Callable[[], None]] = set()
@@ -443,7 +444,7 @@ class Hub:
         task = self.lc.get(task_id)
         if task is not None:
             return task.rec
-        rec = self.lc._dirty.get(task_id) or self._applying.get(task_id)
+        rec = self.lc.pending(task_id) or self._applying.get(task_id)
         if rec is not None:
             return rec
         return await self.store.get_task(task_id)
@@ -452,7 +453,7 @@ class Hub:
         """Records newer than the store's copy, by id: the batch being written, the batch
         waiting, and the live tasks (freshest last). Listings merge them over a store page."""
         out = dict(self._applying)
-        out.update(self.lc._dirty)
+        out.update(self.lc.pending_tasks())
         out.update((t.id, t.rec) for t in self.lc.tasks.values())
         return out
 
@@ -647,7 +648,7 @@ class Hub:
         msg: Message | None = None
         for peer in self.watches.match(task.rec.action):
             if msg is None:
-                msg = self.lc._event_msg(task, ev)
+                msg = event_msg(task, ev)
                 msg["action"] = task.rec.action
                 msg["watched"] = True  # tells it apart from the events of a followed task
             self.lc.send(peer, msg)

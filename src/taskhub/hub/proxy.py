@@ -115,7 +115,7 @@ class Relay:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         base = self._target()
         if base is None:
-            await _json(
+            await send_json(
                 send,
                 503,
                 b'{"code":"no_leader","message":"no hub leads the cluster '
@@ -149,18 +149,18 @@ class Relay:
                 sending.cancel()
                 raise  # this request itself is cancelled (the hub stops)
             if self.closing:
-                await _json(send, 503, SHUTTING_DOWN)
+                await send_json(send, 503, SHUTTING_DOWN)
             else:
-                await _json(
+                await send_json(
                     send, 503, b'{"code":"no_leader","message":"the leading hub changed; retry"}'
                 )
             return
         except httpx.HTTPError as exc:
             if self.closing:
-                await _json(send, 503, SHUTTING_DOWN)
+                await send_json(send, 503, SHUTTING_DOWN)
                 return
             log.warning("relay to leader %s failed: %r", base, exc)
-            await _json(
+            await send_json(
                 send,
                 503,
                 b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}',
@@ -216,7 +216,7 @@ class Relay:
             return
         base = self._target()
         if base is None:
-            await _try_again(send, "no hub leads the cluster right now; retry shortly")
+            await try_again(send, "no hub leads the cluster right now; retry shortly")
             return
         url = base.replace("http", "ws", 1) + scope["path"]
         headers = {
@@ -240,7 +240,7 @@ class Relay:
             )
         except (OSError, InvalidStatus, TimeoutError) as exc:
             log.warning("relay to leader %s failed: %s", base, exc)
-            await _try_again(send, "the leading hub did not answer; retry shortly")
+            await try_again(send, "the leading hub did not answer; retry shortly")
             return
         await send({"type": "websocket.accept"})
 
@@ -305,13 +305,14 @@ def _tcp_keepalive(keepalive: tuple[float | None, float | None]) -> list[Any]:
     return options
 
 
-async def _try_again(send: Send, reason: str) -> None:
+async def try_again(send: Send, reason: str) -> None:
     """Refuse a WebSocket with 1013: accepted first, so the client reads why (not a 403)."""
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN, "reason": reason})
 
 
-async def _json(send: Send, status: int, body: bytes) -> None:
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    """Answer an HTTP request with a JSON ``body`` (already encoded)."""
     await send(
         {
             "type": "http.response.start",

@@ -18,7 +18,8 @@ from typing import Any
 import msgspec
 
 from taskhub.lifecycle import Clock
-from taskhub.store import Store, WriteBatch
+from taskhub.records import WriteBatch
+from taskhub.store import Store
 
 log = logging.getLogger("taskhub.retention")
 

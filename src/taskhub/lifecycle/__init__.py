@@ -6,15 +6,16 @@ and the passing of time (:meth:`Lifecycle.advance`). It answers with messages qu
 writes durable *before* it sends the queued messages: nothing leaves the hub before the state
 that caused it is stored.
 
-- ``state.py``: connections, subscriptions, group queues, deliveries, tasks; shared names.
+- ``core.py``: :class:`Lifecycle`, the one entry, composed of the parts below (its docstring
+  lists them: journal, queues, keys, publishing, subscriptions, steps, ending, deadlines,
+  recovery, operations).
+- ``state.py``: connections, subscriptions, deliveries, tasks; shared names.
 - ``options.py``: publish options and how defaults combine.
-- ``core.py``: the rules of a task's life (publish, offer, credit, worker steps, timers, end).
-- ``operations.py``: :class:`Lifecycle`, adding recovery after a restart, durable queues,
-  purge and dead letters.
+- ``chains.py``, ``schedules.py``: chains and groups, cron schedules, run over the lifecycle.
 """
 
-from taskhub.lifecycle.core import LifecycleCore
-from taskhub.lifecycle.operations import Lifecycle
+from taskhub.lifecycle.core import Lifecycle
+from taskhub.lifecycle.journal import event_msg
 from taskhub.lifecycle.options import (
     ACTION_OPTIONS,
     REQUEUE_OPTIONS,
@@ -22,6 +23,7 @@ from taskhub.lifecycle.options import (
     check_trace,
     resolve_options,
 )
+from taskhub.lifecycle.queues import Queue
 from taskhub.lifecycle.state import (
     DEAD_META,
     DEAD_REASONS,
@@ -34,7 +36,6 @@ from taskhub.lifecycle.state import (
     EventKey,
     Message,
     Peer,
-    Queue,
     Subscription,
     Task,
     TimerHandler,
@@ -55,7 +56,6 @@ __all__ = [
     "Delivery",
     "EventKey",
     "Lifecycle",
-    "LifecycleCore",
     "Message",
     "Peer",
     "Queue",
@@ -65,6 +65,7 @@ __all__ = [
     "TimerHandler",
     "check_trace",
     "dead_letter",
+    "event_msg",
     "queue_key",
     "resolve_options",
 ]

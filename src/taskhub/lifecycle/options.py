@@ -19,7 +19,6 @@ from taskhub.protocol import WORKER_OPTIONS
 # delay/once_every (they were spent). Both are columns of the options table.
 ACTION_OPTIONS = options_table.ACTION_OPTIONS
 REQUEUE_OPTIONS = options_table.REQUEUE_OPTIONS  # `taskhub tasks retry` copies the same
-_REQUEUE_KEEP = REQUEUE_OPTIONS
 
 
 # A task's trace context is stored in its record and sent with every offer: bounded. 8 KiB is

@@ -1,9 +1,9 @@
-"""The lifecycle's in-memory state: connections, subscriptions, group queues, deliveries
-and tasks, with the names and constants the rest of the hub shares."""
+"""The lifecycle's in-memory state: connections, subscriptions, deliveries and tasks, with the
+names and constants the rest of the hub shares (the group queues are in ``queues.py``)."""
 
 from __future__ import annotations
 
-from collections import deque
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,17 +11,16 @@ from typing import Any
 import msgspec
 
 from taskhub.protocol import plain
-from taskhub.store.base import TERMINAL_STATES, DeliveryRecord, TaskRecord
+from taskhub.records import TERMINAL_STATES, DeliveryRecord, TaskRecord
 
 Clock = Callable[[], float]
 Message = dict[str, Any]
-_ENDED = frozenset({"done", "dropped", "failed"})
 _json = msgspec.json.Encoder()
 # Options key: the names of the worker-defaultable options (protocol.WORKER_OPTIONS) the
 # publisher set itself; absent when it set none (the common case costs no bytes).
 GIVEN = "given"
 HELD = "chain"  # options key of a task the hub drives itself (chains.py): never offered
-# Metadata kinds (store.base.MetaRecord) the lifecycle owns.
+# Metadata kinds (records.MetaRecord) the lifecycle owns.
 QUEUE_META = "queue"  # durable group subscriptions, key "<action> <group>"
 DEAD_META = "dead"  # the dead-letter list, key: task id
 # Failure reasons that put a task into the dead-letter list: it ran out of attempts, or its
@@ -108,26 +107,6 @@ class Subscription:
         return opts.get(name, default)
 
 
-@dataclass(eq=False)
-class Queue:
-    """One group's deliveries of one action, waiting for a worker with free credit."""
-
-    action: str
-    group: str
-    durable: bool = False
-    workers: list[Subscription] = field(default_factory=list)
-    waiting: list[tuple[int, int, Delivery]] = field(default_factory=list)  # heap
-    rr: int = 0
-    # partition_key -> the delivery that owns it (offered first, not yet ended); later ones of
-    # the key wait in `parked`, in the order the heap gave them out.
-    partitions: dict[str, Delivery] = field(default_factory=dict)
-    parked: dict[str, deque[tuple[int, int, Delivery]]] = field(default_factory=dict)
-
-    @property
-    def subscribed(self) -> bool:
-        return bool(self.workers) or self.durable
-
-
 @dataclass(eq=False, slots=True)
 class Delivery:
     task: Task
@@ -165,7 +144,8 @@ class Task:
         return self.rec.state in TERMINAL_STATES
 
 
-def _size(value: Any) -> int:
+def payload_size(value: Any) -> int:
+    """A payload's size in JSON bytes (offers carry it inline up to a limit)."""
     if isinstance(value, msgspec.Raw):
         return len(value)
     return len(_json.encode(value))
@@ -198,5 +178,15 @@ def queue_key(action: str, group: str) -> str:
     return f"{action} {group}"
 
 
-def _queue_order(q: Queue) -> tuple[str, str]:
-    return (q.action, q.group)
+def options_of(d: Delivery) -> Callable[[str, Any], Any]:
+    """How to read ``d``'s options: through its holder's declared defaults if any."""
+    holder = d.holder
+    if holder is not None and holder.options:
+        return functools.partial(holder.option, d.task)
+    return d.task.rec.options.get
+
+
+def follow(peer: Peer, task: Task) -> None:
+    """``peer`` hears the task's events until it ends (or ``peer`` disconnects)."""
+    task.followers = joined(task.followers, peer)
+    peer.following.add(task.id)

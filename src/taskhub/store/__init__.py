@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from taskhub.store.base import (
-    REDIS_URL_SCHEMES,
-    DeliveryRecord,
-    EventRecord,
-    Store,
-    TaskRecord,
-    WriteBatch,
-)
+from taskhub.store.base import Store
+from taskhub.store.lock import LeaderLock
+from taskhub.store.urls import REDIS_SCHEMES
 
-__all__ = [
-    "REDIS_SCHEMES",
-    "DeliveryRecord",
-    "EventRecord",
-    "Store",
-    "TaskRecord",
-    "WriteBatch",
-    "open_store",
-]
-
-# Every URL scheme of the redis engine: a single Redis or a Redis Cluster, plain or TLS.
-REDIS_SCHEMES = tuple(f"{scheme}://" for scheme in REDIS_URL_SCHEMES)
+__all__ = ["REDIS_SCHEMES", "LeaderLock", "Store", "open_leader_lock", "open_store"]
 
 
 def open_store(url: str) -> Store:
@@ -44,4 +28,17 @@ def open_store(url: str) -> Store:
     raise ValueError(
         f"unknown store URL {url.split('@')[-1]!r}: use memory://, sqlite:///path, "
         "redis://host:port/db, rediss://host:port/db or redis+cluster://host:port"
+    )
+
+
+def open_leader_lock(url: str) -> LeaderLock:
+    """The leader lock of the store at ``url``, for hubs that share it (taskhub.hub.cluster).
+    Only a Redis store can be shared: ValueError for any other URL."""
+    if url.startswith(REDIS_SCHEMES):
+        from taskhub.store.redis import RedisLeaderLock
+
+        return RedisLeaderLock(url)
+    raise ValueError(
+        f"no leader lock for store URL {url.split('@')[-1]!r}: only a redis store "
+        "(redis://, rediss://, redis+cluster://) can be shared by several hubs"
     )

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from taskhub.errors import StoreUnavailable
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 
 class _Row(msgspec.Struct, gc=False):

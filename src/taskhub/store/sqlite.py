@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from taskhub.errors import StoreUnavailable
-from taskhub.store.base import TASK_STATES, TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.records import TASK_STATES, TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 try:
     import fcntl

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskhub.lifecycle import Credentials
-from taskhub.store.base import TaskRecord
+from taskhub.records import TaskRecord
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
@@ -98,6 +98,18 @@ def error_contains(rec: TaskRecord, needle: str) -> bool:
     return any(needle in text.casefold() for text in texts)
 
 
+def _overlay(
+    rows: list[TaskRecord], unwritten: list[TaskRecord], cursor: str, bound: str | None
+) -> list[TaskRecord]:
+    """A store page with the fresher in-memory records laid over it, by id: those after
+    ``cursor`` and up to ``bound`` (``None``: no bound), where the page is complete."""
+    merged = {rec.id: rec for rec in rows}
+    for rec in unwritten:
+        if rec.id > cursor and (bound is None or rec.id <= bound):
+            merged[rec.id] = rec
+    return sorted(merged.values(), key=lambda rec: rec.id)
+
+
 async def search(
     hub: Hub,
     creds: Credentials,
@@ -139,11 +151,7 @@ async def search(
         done = not full
         if upper is not None and (bound is None or bound >= upper):
             bound, done = upper, True
-        merged = {rec.id: rec for rec in rows}
-        for rec in unwritten:
-            if rec.id > cursor and (bound is None or rec.id <= bound):
-                merged[rec.id] = rec
-        ordered = sorted(merged.values(), key=lambda rec: rec.id)
+        ordered = _overlay(rows, unwritten, cursor, bound)
         for rec in ordered:
             if bound is not None and rec.id > bound:
                 break

@@ -1,5 +1,5 @@
 """Task routes of the ``/v1`` HTTP API: publish, list, get and cancel a task, and wait for its
-result (long poll). A task's event stream is in :mod:`taskhub.hub.http_events`."""
+result (long poll). A task's event stream is in :mod:`taskhub.hub.http.events`."""
 
 from __future__ import annotations
 
@@ -8,31 +8,29 @@ import contextlib
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import TaskHubError, TaskNotFound
-from taskhub.hub.http_deps import (
+from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
     Caller,
     HubDep,
     Integer,
     Number,
-    TaskState,
-    _readable,
-    _responses,
-    _storable,
+    StateFilter,
+    check_storable,
+    error_responses,
+    read_task,
 )
-from taskhub.hub.http_events import TaskEvents, _events
+from taskhub.hub.http.events import TaskEventsDep
+from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
-from taskhub.hub.search import TaskFilter, search
 from taskhub.lifecycle import Task
 from taskhub.protocol import plain
-from taskhub.store.base import TERMINAL_STATES, EventRecord, TaskRecord
-
-DeliveryState = Literal["pending", "offered", "started", "done", "dropped", "failed"]
+from taskhub.records import TERMINAL_STATES, DeliveryState, EventRecord, TaskRecord, TaskState
 
 
 class TaskEnded(TaskHubError):
@@ -136,7 +134,7 @@ class TaskResult(BaseModel):
     result: Any
 
 
-def _options(
+def publish_options(
     options: TaskOptions | None, trace: dict[str, str] | None = None
 ) -> SimpleNamespace | None:
     # The lifecycle reads options with getattr: a field left out must be absent, not None.
@@ -180,7 +178,7 @@ router = APIRouter(prefix="/v1")
     summary="Publish a task",
     responses={
         200: {"model": TaskView, "description": "A repeated `key`: the task published before."},
-        **_responses(
+        **error_responses(
             _403="No pub permission for the action (named).",
             _422="Bad action name or option (named).",
         ),
@@ -197,17 +195,17 @@ async def create_task(
     """Answers once the task is stored (durable): 201, or 200 for a repeated `options.key`.
 
     An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
-    _storable("payload", body.payload)
+    check_storable("payload", body.payload)
     # The headers stand for `options.trace` when it is left out (an instrumented HTTP client
     # sends them by itself); tracestate means nothing without a traceparent.
     trace = {"traceparent": traceparent} if traceparent else {}
     if trace and tracestate:
         trace["tracestate"] = tracestate
-    options = _options(body.options, trace)
+    options = publish_options(body.options, trace)
     task, created = hub.lc.publish(creds, body.action, body.payload, options)
     hub.kick()
     await hub.flush()
-    rec = task.rec if isinstance(task, Task) else await _readable(hub, creds, task)
+    rec = task.rec if isinstance(task, Task) else await read_task(hub, creds, task)
     if not created:
         response.status_code = 200
     return task_view(rec)
@@ -218,13 +216,13 @@ async def create_task(
     response_model=TaskPage,
     tags=["tasks"],
     summary="List tasks, oldest first",
-    responses=_responses(),
+    responses=error_responses(),
 )
 async def list_tasks(
     hub: HubDep,
     creds: Caller,
     action: str | None = None,
-    state: TaskState | None = None,
+    state: StateFilter | None = None,
     publisher: Annotated[str | None, Query(description="Published by this service.")] = None,
     since: Annotated[float | None, Query(description="Created at or after (Unix seconds).")] = None,
     until: Annotated[
@@ -257,10 +255,10 @@ async def list_tasks(
     response_model=TaskView,
     tags=["tasks"],
     summary="Get a task",
-    responses=_responses(_403="May not read the task's action.", _404="Unknown task."),
+    responses=error_responses(_403="May not read the task's action.", _404="Unknown task."),
 )
 async def get_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
-    return task_view(await _readable(hub, creds, task_id))
+    return task_view(await read_task(hub, creds, task_id))
 
 
 @router.get(
@@ -270,7 +268,7 @@ async def get_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
     summary="Wait for a task's result (long poll)",
     responses={
         202: {"model": TaskView, "description": "Still running after `wait`: the task so far."},
-        **_responses(
+        **error_responses(
             _403="May not read the task's action.",
             _404="Unknown task.",
             _409="The task failed (`task_failed`, `task_timeout`, `task_cancelled`) or ended "
@@ -282,13 +280,13 @@ async def get_result(
     task_id: str,
     hub: HubDep,
     creds: Caller,
-    events: Annotated[TaskEvents, Depends(_events)],
+    events: TaskEventsDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait.")] = 0.0,
 ) -> Any:
     """200 with the result once the task succeeded; 409 with its error once it failed or
     ended without a result; 202 with the task if it is still running after `wait` seconds."""
     wait = min(wait, hub.limits.max_wait)
-    rec = await _readable(hub, creds, task_id)
+    rec = await read_task(hub, creds, task_id)
     if rec.state not in TERMINAL_STATES and wait > 0:
         ended = asyncio.Event()
 
@@ -302,7 +300,7 @@ async def get_result(
                 ended.set()  # it ended while we looked it up
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), wait)
-        rec = await _readable(hub, creds, task_id)
+        rec = await read_task(hub, creds, task_id)
     if rec.state not in TERMINAL_STATES:
         return JSONResponse(task_view(rec), status_code=202)
     await hub.flush()  # answer only once the outcome is stored
@@ -316,7 +314,7 @@ async def get_result(
     response_model=TaskView,
     tags=["tasks"],
     summary="Cancel a task",
-    responses=_responses(
+    responses=error_responses(
         _403="Neither the publisher nor allowed to publish the action.",
         _404="Unknown task.",
         _409="The task has already ended.",
@@ -327,7 +325,7 @@ async def cancel_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
     try:
         task = hub.lc.cancel(creds, task_id)
     except TaskNotFound:
-        rec = await _readable(hub, creds, task_id)  # 404 if it never existed
+        rec = await read_task(hub, creds, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
     hub.kick()
     await hub.flush()

@@ -27,7 +27,7 @@ from taskhub.lifecycle import (
 )
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
-from taskhub.store.base import EventRecord, TaskRecord
+from taskhub.records import EventRecord, TaskRecord, TaskState
 
 CHAIN_ACTION = "taskhub:chain"
 GROUP_ACTION = "taskhub:group"
@@ -167,7 +167,7 @@ class Chains:
             parent = self.lc.tasks.get(parent_id)
             if parent is not None:  # else the chain has ended already (failed, cancelled)
                 self.step_ended(parent, int(opts["chain_step"]), task.rec)
-        elif HELD in opts and ev.type != "success":
+        elif HELD in opts and ev.type != TaskState.SUCCESS:
             self._stop_steps(task)
 
     def step_ended(self, parent: Task, i: int, rec: TaskRecord | None) -> None:
@@ -176,24 +176,24 @@ class Chains:
         plan = parent.rec.payload
         if state["states"][i] is not None:
             return
-        if rec is None or rec.state == "fail":
+        if rec is None or rec.state == TaskState.FAIL:
             err = (rec.error if rec else None) or {"reason": "error", "message": "task lost"}
-            state["states"][i] = "fail"
+            state["states"][i] = TaskState.FAIL
             self._fail(parent, i, err, str(err.get("message") or err.get("reason", "")))
             return
         # `end` (every delivery dropped) is not a failure: the step simply has no result.
-        result = rec.result if rec.state == "success" else None
+        result = rec.result if rec.state == TaskState.SUCCESS else None
         state["states"][i] = rec.state
         state["results"][i] = result
         data = {"index": i, "action": plan[i]["action"], "task": rec.id, "state": rec.state}
         self.lc.record(parent, "step", data)  # also writes the parent: its progress is durable
         if state["mode"] == "group":
             if all(s is not None for s in state["states"]):
-                self.lc.finish(parent, "success", result=list(state["results"]))
+                self.lc.finish(parent, TaskState.SUCCESS, result=list(state["results"]))
         elif i + 1 < len(plan):
             self._publish(parent, i + 1, result)
         else:
-            self.lc.finish(parent, "success", result=result)
+            self.lc.finish(parent, TaskState.SUCCESS, result=result)
 
     def _fail(self, parent: Task, i: int, err: dict[str, Any], message: str) -> None:
         action = parent.rec.payload[i]["action"]
@@ -208,7 +208,7 @@ class Chains:
         task_id = parent.rec.options[HELD]["tasks"][i]
         if task_id is not None:
             error["task"] = task_id
-        self.lc.finish(parent, "fail", error=error)
+        self.lc.finish(parent, TaskState.FAIL, error=error)
 
     def _stop_steps(self, parent: Task) -> None:
         """The chain failed or was cancelled: its steps still running are cancelled too."""
@@ -218,7 +218,7 @@ class Chains:
             if step is not None:
                 self.lc.finish(
                     step,
-                    "fail",
+                    TaskState.FAIL,
                     error={"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"},
                 )
 

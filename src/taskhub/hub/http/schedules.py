@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from taskhub.hub.admin import Admin
-from taskhub.hub.http import ACTION_SCHEMA, Caller, TaskOptions, _options, _responses
+from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, error_responses
+from taskhub.hub.http.tasks import TaskOptions, publish_options
 
 router = APIRouter(prefix="/v1")
 
@@ -105,7 +106,7 @@ class Requeued(BaseModel):
 
 # --- schedules ------------------------------------------------------------------------------
 @router.get(
-    "/schedules", response_model=list[ScheduleView], tags=["schedules"], responses=_responses()
+    "/schedules", response_model=list[ScheduleView], tags=["schedules"], responses=error_responses()
 )
 async def list_schedules(admin: AdminDep, creds: Caller) -> Any:
     """The schedules whose action the caller may publish or subscribe to, or that it made."""
@@ -116,7 +117,7 @@ async def list_schedules(admin: AdminDep, creds: Caller) -> Any:
     "/schedules/{name:path}",
     response_model=ScheduleView,
     tags=["schedules"],
-    responses=_responses(_404="No such schedule."),
+    responses=error_responses(_404="No such schedule."),
 )
 async def get_schedule(name: ScheduleName, admin: AdminDep, creds: Caller) -> Any:
     return admin.schedule(creds, name)
@@ -126,7 +127,7 @@ async def get_schedule(name: ScheduleName, admin: AdminDep, creds: Caller) -> An
     "/schedules/{name:path}",
     response_model=ScheduleView,
     tags=["schedules"],
-    responses=_responses(
+    responses=error_responses(
         _403="No pub permission for the action, or the schedule is another's.",
         _422="Bad name, cron, time zone, action or option (named).",
     ),
@@ -135,7 +136,7 @@ async def put_schedule(
     name: ScheduleName, body: ScheduleBody, admin: AdminDep, creds: Caller
 ) -> Any:
     """Create or replace a schedule; answers once it is stored."""
-    options = _options(body.options)
+    options = publish_options(body.options)
     return await admin.put_schedule(
         creds,
         name,
@@ -151,7 +152,7 @@ async def put_schedule(
     "/schedules/{name:path}",
     response_model=ScheduleView,
     tags=["schedules"],
-    responses=_responses(
+    responses=error_responses(
         _403="The schedule is another's, and no pub permission for its action.",
         _404="No such schedule.",
     ),
@@ -161,7 +162,7 @@ async def delete_schedule(name: ScheduleName, admin: AdminDep, creds: Caller) ->
 
 
 # --- group queues ---------------------------------------------------------------------------
-@router.get("/queues", response_model=list[QueueView], tags=["queues"], responses=_responses())
+@router.get("/queues", response_model=list[QueueView], tags=["queues"], responses=error_responses())
 async def list_queues(admin: AdminDep, creds: Caller) -> Any:
     """Every group queue of an action the caller may publish or subscribe to."""
     return admin.queues(creds)
@@ -171,7 +172,7 @@ async def list_queues(admin: AdminDep, creds: Caller) -> Any:
     "/queues/{action:path}/{group}",
     response_model=QueueView,
     tags=["queues"],
-    responses=_responses(_403="May not see the action.", _404="No such queue."),
+    responses=error_responses(_403="May not see the action.", _404="No such queue."),
 )
 async def get_queue(action: QueueAction, group: QueueGroup, admin: AdminDep, creds: Caller) -> Any:
     return admin.queue(creds, action, group)
@@ -181,7 +182,7 @@ async def get_queue(action: QueueAction, group: QueueGroup, admin: AdminDep, cre
     "/queues/{action:path}/{group}",
     response_model=Purged,
     tags=["queues"],
-    responses=_responses(
+    responses=error_responses(
         _403="No sub permission for the action.",
         _404="No such queue.",
         _422="Bad action name (the bad character is named).",
@@ -207,7 +208,7 @@ async def purge_queue(
     "/dead-letters",
     response_model=list[DeadLetter],
     tags=["dead letters"],
-    responses=_responses(),
+    responses=error_responses(),
 )
 async def list_dead_letters(admin: AdminDep, creds: Caller, action: str | None = None) -> Any:
     """Tasks that ran out of attempts or failed after their retries, oldest first (no
@@ -219,7 +220,7 @@ async def list_dead_letters(admin: AdminDep, creds: Caller, action: str | None =
     "/dead-letters/{task_id}",
     response_model=DeadLetter,
     tags=["dead letters"],
-    responses=_responses(_403="May not see the action.", _404="No such dead letter."),
+    responses=error_responses(_403="May not see the action.", _404="No such dead letter."),
 )
 async def get_dead_letter(task_id: str, admin: AdminDep, creds: Caller) -> Any:
     return await admin.dead_letter(creds, task_id)
@@ -230,7 +231,7 @@ async def get_dead_letter(task_id: str, admin: AdminDep, creds: Caller) -> Any:
     response_model=Requeued,
     status_code=201,
     tags=["dead letters"],
-    responses=_responses(
+    responses=error_responses(
         _403="May not see the dead letter, or no pub permission for its action.",
         _404="No such dead letter.",
     ),

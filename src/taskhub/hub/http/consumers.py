@@ -10,23 +10,23 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.hub.consumers import MAX_LEASE, Consumer, Consumers
-from taskhub.hub.http_deps import (
+from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
     Boolean,
     Caller,
     Integer,
     Number,
-    TaskState,
-    _caller,
-    _responses,
-    _storable,
+    caller,
+    check_storable,
+    error_responses,
 )
 from taskhub.hub.hub import Hub
 from taskhub.intervals import parse_interval
 from taskhub.lifecycle import Credentials
 from taskhub.protocol import MAX_TRACEBACK, error_of
 from taskhub.protocol import ErrorInfo as PError
+from taskhub.records import TaskState
 
 
 class ConsumerCreate(BaseModel):
@@ -140,7 +140,7 @@ def _consumers(request: Request) -> Consumers:
 
 async def _consumer(
     consumer_id: str,
-    creds: Annotated[Credentials, Depends(_caller)],
+    creds: Annotated[Credentials, Depends(caller)],
     consumers: Annotated[Consumers, Depends(_consumers)],
     token: Annotated[str | None, Security(_consumer_token)],
 ) -> Consumer:
@@ -159,7 +159,7 @@ router = APIRouter(prefix="/v1")
     response_model=ConsumerView,
     tags=["consumers"],
     summary="Start a pull consumer",
-    responses=_responses(
+    responses=error_responses(
         _403="No sub permission for an action (named).",
         _422="Bad action, concurrency or lease (named).",
         _429="The service's max_connections is reached.",
@@ -197,7 +197,7 @@ _CONSUMER_ERRORS = {
     "_403": "The consumer belongs to another service.",
     "_404": "Unknown or stopped consumer.",
 }
-_STEP_ERRORS = _responses(
+_STEP_ERRORS = error_responses(
     **_CONSUMER_ERRORS,
     _409="Not leased by this consumer, or leased again since (`not_holding`, `stale_attempt`).",
 )
@@ -239,7 +239,7 @@ async def _state(hub: Hub, task_id: str) -> dict[str, Any]:
 async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
     """The first result wins; a commit after the lease ran out still counts if the task has
     not ended."""
-    _storable("result", body.result)
+    check_storable("result", body.result)
     consumers.commit(consumer, body.task_id, body.result)
     return await _state(consumers.hub, body.task_id)
 
@@ -252,7 +252,7 @@ async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDe
     responses=_STEP_ERRORS,
 )
 async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    _storable("data", body.data)
+    check_storable("data", body.data)
     consumers.update(consumer, body.task_id, body.data)
     return await _state(consumers.hub, body.task_id)
 
@@ -299,7 +299,7 @@ async def drop(body: DropBody, consumer: ConsumerDep, consumers: ConsumersDep) -
     response_model=ConsumerStopped,
     tags=["consumers"],
     summary="Stop a pull consumer; its leases go back to the group",
-    responses=_responses(**_CONSUMER_ERRORS),
+    responses=error_responses(**_CONSUMER_ERRORS),
 )
 async def stop_consumer(consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
     handed_back = consumers.stop(consumer)

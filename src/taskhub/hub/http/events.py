@@ -18,10 +18,10 @@ from pydantic import BaseModel, Field
 from pydantic.config import JsonDict
 
 from taskhub.errors import TaskHubError
-from taskhub.hub.http_deps import Caller, HubDep, _readable, _responses
+from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Task
-from taskhub.store.base import TERMINAL_STATES, EventRecord
+from taskhub.records import TERMINAL_STATES, EventRecord
 
 SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 TOPIC_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z0-9_\-]+([/:.][A-Za-z0-9_\-]+)*$", "maxLength": 255}
@@ -69,6 +69,10 @@ def _events(request: Request) -> TaskEvents:
     return events
 
 
+# The app's fan-out (``install`` puts one on ``app.state``), for the routes that wait on a task.
+TaskEventsDep = Annotated[TaskEvents, Depends(_events)]
+
+
 def _sse(ev: EventRecord) -> bytes:
     data = msgspec.json.encode(
         {
@@ -84,7 +88,7 @@ def _sse(ev: EventRecord) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (ev.seq, ev.type.encode(), data)
 
 
-async def _event_stream(
+async def event_stream(
     hub: Hub, events: TaskEvents, task_id: str, after: int
 ) -> AsyncIterator[bytes]:
     live: asyncio.Queue[EventRecord | None] = asyncio.Queue()  # None: the hub shuts down
@@ -125,7 +129,7 @@ async def _event_stream(
                 return  # the hub shuts down
 
 
-_SSE_EVENT: JsonDict = {
+SSE_EVENT_SCHEMA: JsonDict = {
     "type": "object",
     "description": "One event: `id` is its seq, `event` its type, `data` a JSON object "
     "{task, seq, type, at, group, service, data}.",
@@ -148,9 +152,9 @@ router = APIRouter(prefix="/v1")
         200: {
             "description": "`text/event-stream`: the stored events, then live ones, ending "
             "after the terminal event (`success`, `fail` or `end`).",
-            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
-        **_responses(_403="May not read the task's action.", _404="Unknown task."),
+        **error_responses(_403="May not read the task's action.", _404="Unknown task."),
     },
 )
 async def task_events(
@@ -158,13 +162,13 @@ async def task_events(
     request: Request,
     hub: HubDep,
     creds: Caller,
-    events: Annotated[TaskEvents, Depends(_events)],
+    events: TaskEventsDep,
 ) -> StreamingResponse:
-    await _readable(hub, creds, task_id)
+    await read_task(hub, creds, task_id)
     last = request.headers.get("last-event-id", "")
     after = int(last) if last.isdigit() else 0
     return StreamingResponse(
-        _event_stream(hub, events, task_id, after),
+        event_stream(hub, events, task_id, after),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -176,7 +180,7 @@ async def task_events(
     response_model=EmitAccepted,
     tags=["events"],
     summary="Emit a broadcast event",
-    responses=_responses(
+    responses=error_responses(
         _403="No permission for the topic.",
         _422="Bad topic name.",
         _501="This hub has no broadcast events yet.",

@@ -5,12 +5,12 @@ a task read on the caller's behalf."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 from pydantic.config import JsonDict
 
 from taskhub.errors import (
@@ -23,7 +23,7 @@ from taskhub.errors import (
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Credentials
-from taskhub.store.base import TaskRecord
+from taskhub.records import TASK_STATE_WORDS, TaskRecord, TaskState
 
 log = logging.getLogger("taskhub.http")
 
@@ -43,7 +43,26 @@ def _whole(value: Any) -> Any:
 Number = Annotated[float, Field(strict=True)]
 Boolean = Annotated[bool, Field(strict=True)]  # JSON true/false only, not "yes" or 1
 Integer = Annotated[int, BeforeValidator(_whole), Field(strict=True)]
-TaskState = Literal["init", "start", "success", "fail", "end"]
+
+
+def _state_word(value: Any) -> Any:
+    return TaskState.parse(value) if isinstance(value, str) else value
+
+
+# A task state in a filter (`?state=`): the state (`init`) or the dashboard's label for it
+# (`waiting`), one vocabulary (taskhub.records.TaskState). A bad word is a 400 naming them all.
+StateFilter = Annotated[
+    TaskState,
+    BeforeValidator(_state_word),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": list(TASK_STATE_WORDS),
+            "description": "A task state, or its label: waiting (init), running (start), "
+            "failed (fail), ended (end).",
+        }
+    ),
+]
 
 
 class ErrorBody(BaseModel):
@@ -68,7 +87,7 @@ _COMMON: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _responses(**extra: str) -> dict[int | str, dict[str, Any]]:
+def error_responses(**extra: str) -> dict[int | str, dict[str, Any]]:
     out = dict(_COMMON)
     for status, text in extra.items():
         out[int(status.lstrip("_"))] = {**_ERR, "description": text}
@@ -79,15 +98,16 @@ def _responses(**extra: str) -> dict[int | str, dict[str, Any]]:
 _bearer = HTTPBearer(auto_error=False, description="`Bearer <name>:<key>`")
 
 
-def _hub(request: Request) -> Hub:
+def hub_of(request: Request) -> Hub:
+    """The hub the app serves (FastAPI dependency: `HubDep`)."""
     hub: Hub = request.app.state.hub
     return hub
 
 
-async def _caller(
+async def caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Credentials:
-    hub = _hub(request)
+    hub = hub_of(request)
     header = request.headers.get("authorization")
     if not header and not hub.registry.open_access:
         raise AuthenticationFailed("missing 'Authorization: Bearer <name>:<key>'")
@@ -97,11 +117,11 @@ async def _caller(
     )
 
 
-HubDep = Annotated[Hub, Depends(_hub)]
-Caller = Annotated[Credentials, Depends(_caller)]
+HubDep = Annotated[Hub, Depends(hub_of)]
+Caller = Annotated[Credentials, Depends(caller)]
 
 
-async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
+async def read_task(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     try:
         rec = await hub.find(task_id)
     except Exception as exc:
@@ -116,7 +136,7 @@ async def _readable(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     return rec
 
 
-def _storable(field: str, value: Any) -> None:
+def check_storable(field: str, value: Any) -> None:
     """Refuse what the store could not write (MessagePack keeps 64-bit integers): accepted, such
     a value would stall the commit pipeline for everyone."""
     try:

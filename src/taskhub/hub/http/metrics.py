@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
@@ -31,11 +32,11 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from taskhub.hub.auth import Registry
-from taskhub.hub.http_deps import Caller, _responses
+from taskhub.hub.http.deps import Caller, error_responses
+from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
-from taskhub.lifecycle import EventKey, Queue, Task
-from taskhub.store import WriteBatch
-from taskhub.store.base import EventRecord
+from taskhub.lifecycle import EventKey, Lifecycle, Queue, Task
+from taskhub.records import EventRecord, WriteBatch
 
 # Task latencies span milliseconds (an echo) to hours (a durable queue waiting for its worker).
 TASK_BUCKETS = (
@@ -44,6 +45,7 @@ TASK_BUCKETS = (
 APPLY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 _LIVE_STATES = ("init", "start")
+TERMINAL_TYPES = ("success", "fail", "end")  # a task's last event: how it ended
 
 
 class Metrics:
@@ -119,6 +121,21 @@ class Metrics:
         self.apply.observe("", seconds)
         self.batch_tasks.observe("", len(batch.tasks))
         self.batch_events.observe("", len(batch.events))
+
+    def event_totals(self) -> dict[tuple[str, str], int]:
+        """Task events since the hub started, per (action, type), the second under way too."""
+        totals = dict(self.event_counts)
+        add_counts(totals, self.hub.lc.counts)
+        return totals
+
+    def ended(self) -> dict[str, int]:
+        """Tasks ended since the hub started, by how (``success``, ``fail``, ``end``): each
+        task's terminal event is counted once, chains and groups included."""
+        out = dict.fromkeys(TERMINAL_TYPES, 0)
+        for (_action, type_), n in self.event_totals().items():
+            if type_ in out:
+                out[type_] += n
+        return out
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -197,9 +214,7 @@ class _EventCollector(Collector):
             "Task events (init, offer, start, update, success, fail, end, ...) by action",
             labels=["action", "type"],
         )
-        counts = dict(self.metrics.event_counts)
-        add_counts(counts, self.metrics.hub.lc.counts)  # the second under way
-        for (action, type_), n in counts.items():
+        for (action, type_), n in self.metrics.event_totals().items():
             family.add_metric([action, type_], n)
         yield family
 
@@ -231,6 +246,35 @@ class _AuthCollector(Collector):
             yield CounterMetricFamily(name, text, value=value)
 
 
+@dataclass(slots=True)
+class LiveTasks:
+    """The unfinished tasks, counted in one pass: the gauges and the dashboard read these."""
+
+    by_state: dict[str, int]  # user tasks by state (init, start)
+    chains: dict[str, int]  # chains and groups (the hub's own tasks) by state
+    # (action, group) -> [pending, offered or started] deliveries of user tasks
+    deliveries: dict[tuple[str, str], list[int]]
+
+
+def live_tasks(lc: Lifecycle) -> LiveTasks:
+    """Count the unfinished tasks by state and their deliveries by queue and state."""
+    live = LiveTasks(dict.fromkeys(_LIVE_STATES, 0), {}, {})
+    by_state, chains, deliveries = live.by_state, live.chains, live.deliveries
+    for task in lc.tasks.values():
+        rec = task.rec
+        if rec.action.startswith(INTERNAL_PREFIX):
+            chains[rec.state] = chains.get(rec.state, 0) + 1
+            continue
+        by_state[rec.state] = by_state.get(rec.state, 0) + 1
+        for group, d in task.deliveries.items():
+            slot = deliveries.setdefault((rec.action, group), [0, 0])
+            if d.rec.state == "pending":
+                slot[0] += 1
+            elif d.rec.state in ("offered", "started"):
+                slot[1] += 1
+    return live
+
+
 class _StateCollector(Collector):
     """Gauges computed from the hub's live state at scrape time."""
 
@@ -244,9 +288,10 @@ class _StateCollector(Collector):
         hub = self.hub
         lc = hub.lc
         tasks = GaugeMetricFamily("taskhub_tasks", "Unfinished tasks by state", labels=["state"])
-        counts = dict.fromkeys(_LIVE_STATES, 0)
-        for task in lc.tasks.values():
-            counts[task.rec.state] = counts.get(task.rec.state, 0) + 1
+        live = live_tasks(lc)
+        counts = dict(live.by_state)
+        for state, n in live.chains.items():
+            counts[state] = counts.get(state, 0) + n
         for state, n in counts.items():
             tasks.add_metric([state], n)
         yield tasks
@@ -340,8 +385,8 @@ def install(app: FastAPI, hub: Hub) -> None:
         response_class=Response,
         responses={
             200: {"content": {CONTENT_TYPE_LATEST: {}}},
-            401: _responses()[401],
-            429: _responses()[429],
+            401: error_responses()[401],
+            429: error_responses()[429],
         },
     )
     async def get_metrics(caller: Caller) -> Response:

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from taskhub.chains import MAX_STEPS
 from taskhub.errors import InvalidAction, PermissionDenied, ProtocolError
-from taskhub.hub.http_deps import ACTION_SCHEMA, Caller, HubDep, _responses, _storable
+from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, check_storable, error_responses
+from taskhub.lifecycle.chains import MAX_STEPS
 from taskhub.names import allowed, reserved_action, validate_action
 
 # The action alphabet as a regular expression, for a route that refuses a bad name as a shape
@@ -65,7 +65,7 @@ router = APIRouter()
     response_model=AddAccepted,
     tags=["tasks"],
     summary="Start chains of tasks (seed 000's batch form)",
-    responses=_responses(
+    responses=error_responses(
         _400="A malformed workload (the bad step is named); nothing is started.",
         _403="No pub permission for a step's action (the step is named); nothing is started.",
     ),
@@ -79,7 +79,7 @@ async def add(body: Annotated[AddWorkload, Body()], hub: HubDep, creds: Caller) 
     for c, chain in enumerate(chains):
         for i, step in enumerate(chain.tasks):
             where = f"chains.{c}.tasks.{i}" if isinstance(body, list) else f"chain.tasks.{i}"
-            _storable(f"{where}.input", step.input)
+            check_storable(f"{where}.input", step.input)
             try:
                 validate_action(step.task)
             except InvalidAction as exc:  # the schema's pattern says as much: a shape error

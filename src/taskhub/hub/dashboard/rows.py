@@ -1,0 +1,149 @@
+"""A task and a connection as the dashboard's lists show them: small rows, no payload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskhub.hub.http.search import INTERNAL_PREFIX
+from taskhub.lifecycle import Peer
+from taskhub.records import TERMINAL_STATES, TaskRecord
+
+# An ended task as the recent list keeps it: id, action, state, publisher, created_at,
+# started_at, ended_at, updates, error, (group, delivery state) per delivery, and its chain
+# (chain task id and step index) when it is a step. Taken when the terminal event fires; the
+# row dict is only built when the task list is read.
+Snapshot = tuple[
+    str,
+    str,
+    str,
+    str,
+    float,
+    float | None,
+    float | None,
+    int,
+    dict[str, Any] | None,
+    list[tuple[str, str]],
+    tuple[str, int] | None,
+]
+
+
+def _chain_of(rec: TaskRecord) -> tuple[str, int] | None:
+    chain = rec.options.get("chain_task")
+    return (str(chain), int(rec.options.get("chain_step", 0))) if chain else None
+
+
+def snapshot(rec: TaskRecord) -> Snapshot:
+    return (
+        rec.id,
+        rec.action,
+        rec.state,
+        rec.publisher,
+        rec.created_at,
+        rec.started_at,
+        rec.ended_at,
+        rec.updates,
+        rec.error,  # replaced on change, never mutated: the reference is a snapshot
+        [(d.group, d.state) for d in rec.deliveries],
+        _chain_of(rec),
+    )
+
+
+def short_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An error cut for a list row: the task page has all of it (tracebacks too)."""
+    if error is None:
+        return None
+    return {k: (v[:200] if isinstance(v, str) else v) for k, v in error.items() if k != "traceback"}
+
+
+def row(snap: Snapshot) -> dict[str, Any]:
+    """A task list row: no payload, result or update data, so the recent list stays small."""
+    (task_id, action, state, publisher, created_at, started_at, ended_at, updates, error, ds,
+     chain) = snap  # fmt: skip
+    return {
+        "id": task_id,
+        "action": action,
+        "state": state,
+        "publisher": publisher,
+        "created_at": created_at,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "updates": updates,
+        "error": short_error(error),
+        "groups": {group: _delivery_state(state, d_state) for group, d_state in ds},
+        "kind": _kind(action),
+        "chain": {"task": chain[0], "step": chain[1]} if chain else None,
+    }
+
+
+def summary(rec: TaskRecord) -> dict[str, Any]:
+    return row(snapshot(rec))
+
+
+def _kind(action: str) -> str:
+    if action == "taskhub:chain":
+        return "chain"
+    if action == "taskhub:group":
+        return "group"
+    return "task"
+
+
+def _delivery_state(task_state: str, state: str) -> str:
+    # The terminal event comes before the lifecycle closes the deliveries: close them here
+    # as it is about to (whatever was still pending, offered or started becomes done).
+    if task_state in TERMINAL_STATES and state in ("pending", "offered", "started"):
+        return "done"
+    return state
+
+
+def kind_matches(kind: str | None, action: str) -> bool:
+    if kind == "all":
+        return True
+    internal = action.startswith(INTERNAL_PREFIX)
+    return internal if kind == "chain" else not internal
+
+
+def connection_view(peer: Peer, now: float, consumer: Any = None) -> dict[str, Any]:
+    hello = peer.hello or {}
+    holding = sorted(peer.holding.values(), key=lambda d: d.task.id)
+    view: dict[str, Any] = {
+        "id": peer.id,
+        "service": peer.service,
+        "kind": "pull" if consumer is not None else "websocket",
+        "host": hello.get("host"),
+        "pid": hello.get("pid"),
+        "client": hello.get("client"),
+        "version": hello.get("version"),
+        "remote": peer.remote,
+        "connected_at": peer.connected_at,
+        "uptime": max(0.0, now - peer.connected_at),
+        "processed": peer.succeeded + peer.failed + peer.dropped,
+        "succeeded": peer.succeeded,
+        "failed": peer.failed,
+        "dropped": peer.dropped,
+        "holding": len(peer.holding),
+        "current": [
+            {
+                "task": d.task.id,
+                "action": d.task.rec.action,
+                "group": d.rec.group,
+                "state": d.rec.state,
+                "attempt": d.rec.attempt,
+                "started_at": d.task.rec.started_at,
+            }
+            for d in holding[:20]
+        ],
+        "subscriptions": [
+            {
+                "action": s.action,
+                "group": s.group,
+                "concurrency": s.concurrency,
+                "inflight": s.inflight,
+                "observe": s.observe,
+            }
+            for s in peer.subs.values()
+        ],
+    }
+    if consumer is not None:
+        view["last_seen"] = consumer.last_seen
+        view["leases"] = len(consumer.leases)
+    return view

@@ -1,0 +1,178 @@
+"""The lifecycle's output journal: the messages it queued for each peer, and the records it
+changed and the events it recorded, waiting to be taken together by the commit pipeline;
+with the events' per-second counts and the listeners told of each event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from taskhub.lifecycle.state import Clock, EventKey, Message, Peer, Task
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
+
+EventListener = Callable[[Task, EventRecord], None]
+
+
+def event_msg(task: Task, ev: EventRecord) -> Message:
+    """The ``event`` message telling a follower (or a watcher) of ``ev``."""
+    msg: Message = {
+        "op": "event",
+        "task": ev.task_id,
+        "type": ev.type,
+        "state": task.rec.state,
+        "at": ev.at,
+    }
+    if ev.data is not None:
+        msg["data"] = ev.data
+    if ev.group is not None:
+        msg["group"] = ev.group
+    if ev.service is not None:
+        msg["service"] = ev.service
+    return msg
+
+
+class Journal:
+    """What the lifecycle has to say since the commit pipeline last took it: messages per
+    peer (:meth:`take_output`) and writes (:meth:`take_writes`). The hub reads a record not
+    yet written with :meth:`pending`."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._dirty: dict[str, TaskRecord] = {}
+        self._events: list[EventRecord] = []
+        self._outgoing: list[Peer] = []
+        self._meta: dict[tuple[str, str], Any] = {}  # metadata writes of this batch
+        self._meta_deleted: set[tuple[str, str]] = set()
+        # Called with every task event. Each costs a call per event (four per task at least),
+        # so a listener with nothing to do should not be in the list: the hub adds its
+        # watchers' and HTTP waiters' listeners only while there are any.
+        self.listeners: list[EventListener] = []
+        # Called once per task, with its start event (the first pickup), after the above.
+        self.start_listeners: list[EventListener] = []
+        # Called once per task, with its terminal event (success, fail, end), after the above.
+        self.end_listeners: list[EventListener] = []
+        # Task events of one second of the hub clock (``counts_second``), per (action, event
+        # type, group). The dashboard's rates and the metrics' counters are made from these,
+        # so counting an event costs one dict update here instead of a listener call each.
+        self.counts: dict[EventKey, int] = {}
+        self.counts_second = -1
+        # Told (second, its counts) once a second's counts are complete: at the first event
+        # of a later second. Seconds without events are never told.
+        self.second_listeners: list[Callable[[int, dict[EventKey, int]], None]] = []
+
+    # --- messages ----------------------------------------------------------------------------
+    def send(self, peer: Peer, msg: Message) -> None:
+        if not peer.open:
+            return
+        peer.out.append(msg)
+        if not peer.queued:
+            peer.queued = True
+            self._outgoing.append(peer)
+
+    def take_output(self) -> list[tuple[Peer, list[Message]]]:
+        """Messages queued since the last call, per peer, in order."""
+        out = []
+        for peer in self._outgoing:
+            peer.queued = False
+            if peer.out:
+                out.append((peer, peer.out))
+                peer.out = []
+        self._outgoing = []
+        return out
+
+    def tell_holders(self, task: Task, msg: Message, *, but: Peer | None = None) -> None:
+        """Send ``msg`` to the workers holding a delivery of ``task`` and to its observers."""
+        for d in task.deliveries.values():
+            if d.holder is not None and d.holder.peer is not but:
+                self.send(d.holder.peer, msg)
+        for peer in task.observers:
+            if peer is not but:
+                self.send(peer, msg)
+
+    # --- writes ------------------------------------------------------------------------------
+    def take_writes(self) -> WriteBatch:
+        batch = WriteBatch(list(self._dirty.values()), self._events)
+        if self._meta or self._meta_deleted:
+            batch.meta = [MetaRecord(k, key, v) for (k, key), v in self._meta.items()]
+            batch.meta_deleted = sorted(self._meta_deleted)
+            self._meta = {}
+            self._meta_deleted = set()
+        self._dirty = {}
+        self._events = []
+        return batch
+
+    def touch(self, task: Task) -> None:
+        """Write the task's record with the next batch."""
+        self._dirty[task.id] = task.rec
+
+    def pending(self, task_id: str) -> TaskRecord | None:
+        """The task's record if it changed since the last :meth:`take_writes` (not yet
+        taken for writing), else ``None``."""
+        return self._dirty.get(task_id)
+
+    def pending_tasks(self) -> Mapping[str, TaskRecord]:
+        """Every record changed since the last :meth:`take_writes`, by task id (read only)."""
+        return self._dirty
+
+    def put_meta(self, kind: str, key: str, value: Any) -> None:
+        """Store a metadata entry in the next batch, with the task writes it goes with."""
+        self._meta_deleted.discard((kind, key))
+        self._meta[(kind, key)] = value
+
+    def delete_meta(self, kind: str, key: str) -> None:
+        self._meta.pop((kind, key), None)
+        self._meta_deleted.add((kind, key))
+
+    def pending_meta(self, kind: str) -> tuple[dict[str, Any], set[str]]:
+        """This kind's metadata not yet taken for writing: (puts by key, deleted keys). A read
+        of the store merges them over what it got, like ``Hub.unwritten`` for tasks."""
+        puts = {key: v for (k, key), v in self._meta.items() if k == kind}
+        return puts, {key for k, key in self._meta_deleted if k == kind}
+
+    # --- events ------------------------------------------------------------------------------
+    def event(
+        self,
+        task: Task,
+        type_: str,
+        *,
+        group: str | None = None,
+        service: str | None = None,
+        data: Any = None,
+        notify: bool = True,
+    ) -> EventRecord:
+        """Record an event of ``task`` (and write its record), count it, tell its followers
+        (unless ``notify`` is false) and the listeners."""
+        rec = task.rec
+        rec.seq += 1
+        at = self.clock()
+        ev = EventRecord(rec.id, rec.seq, at, type_, group, service, data)
+        self._events.append(ev)
+        if int(at) != self.counts_second:
+            self._next_second(int(at))
+        counts = self.counts
+        key = (rec.action, type_, group)
+        counts[key] = counts.get(key, 0) + 1
+        self._dirty[rec.id] = rec  # as touch, inline: four or more events per task
+        if notify and task.followers:
+            msg = event_msg(task, ev)
+            for peer in task.followers:
+                self.send(peer, msg)
+        for listener in self.listeners:
+            listener(task, ev)
+        return ev
+
+    def listen(self, listener: EventListener, on: bool) -> None:
+        """Have ``listener`` in :attr:`listeners` while ``on`` (idempotent): for a listener
+        that has work only while someone is interested (watchers, waiting requests)."""
+        if on:
+            if listener not in self.listeners:
+                self.listeners.append(listener)
+        elif listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def _next_second(self, second: int) -> None:
+        done, self.counts = self.counts, {}
+        previous, self.counts_second = self.counts_second, second
+        if done:
+            for listener in self.second_listeners:
+                listener(previous, done)

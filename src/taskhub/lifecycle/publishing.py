@@ -1,0 +1,174 @@
+"""Publishing: a task accepted (or found again by its key), stored, timed and routed; and the
+tasks the hub drives itself (chains), which no worker is offered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from taskhub.errors import PermissionDenied
+from taskhub.lifecycle.ending import Ending
+from taskhub.lifecycle.journal import Journal
+from taskhub.lifecycle.keys import Keys, key_of
+from taskhub.lifecycle.options import resolve_options
+from taskhub.lifecycle.queues import Queues
+from taskhub.lifecycle.state import (
+    HELD,
+    Clock,
+    Credentials,
+    Defaults,
+    Peer,
+    Task,
+    follow,
+    payload_size,
+)
+from taskhub.names import allowed, reserved_action, validate_action
+from taskhub.records import TaskRecord, TaskState
+from taskhub.timers import Timers
+
+
+class Publishing:
+    """Accepts tasks: checks, keys, the record, its first event, its timers, its groups."""
+
+    def __init__(
+        self,
+        *,
+        tasks: dict[str, Task],
+        journal: Journal,
+        queues: Queues,
+        keys: Keys,
+        ending: Ending,
+        timers: Timers,
+        defaults: Defaults,
+        clock: Clock,
+        new_id: Callable[[], str],
+    ) -> None:
+        self.tasks = tasks
+        self.journal = journal
+        self.queues = queues
+        self.keys = keys
+        self.ending = ending
+        self.timers = timers
+        self.defaults = defaults
+        self.clock = clock
+        self.new_id = new_id
+        self._seq = 0  # publish order: the queues' tie-breaker within a priority
+
+    def add(self, rec: TaskRecord) -> Task:
+        """Hold ``rec`` as a live task (written with the next batch)."""
+        self._seq += 1
+        task = Task(rec.id, rec, self._seq)
+        self.tasks[rec.id] = task
+        self.journal.touch(task)
+        return task
+
+    def publish(
+        self,
+        creds: Credentials,
+        action: str,
+        payload: Any,
+        options: Any = None,
+        *,
+        peer: Peer | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[Task | str, bool]:
+        """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``.
+
+        A repeated key of a task that has already ended answers with that task's id only: its
+        record is in the store.
+        """
+        validate_action(action)
+        if not allowed(creds.pub_permissions, action) or reserved_action(action):
+            raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
+        now = self.clock()
+        opts = resolve_options(options, self.defaults, now, action)
+        if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
+            opts.update(extra)
+        key = opts.get("key")
+        if key is not None or "once_every" in opts:
+            found = self._found(action, key, opts, now)
+            if found is not None:
+                if peer is not None and isinstance(found, Task):
+                    follow(peer, found)
+                return found, False
+        rec = TaskRecord(
+            id=self.new_id(),
+            action=action,
+            publisher=creds.name,
+            created_at=now,
+            payload=payload,
+            options=opts,
+            not_before=opts.pop("not_before", 0.0),
+        )
+        task = self.add(rec)
+        task.payload_size = payload_size(payload)
+        if "once_every" in opts:
+            self.keys.debounce[key_of(action, key)] = rec.id
+        elif key is not None:
+            self.keys.remember(action, key, rec.id, now)
+        if peer is not None:
+            follow(peer, task)
+        self.journal.event(task, "init", service=creds.name, notify=False)
+        start_timeout = opts["start_timeout"]
+        if start_timeout is not None:
+            self.timers.at(max(now, rec.not_before) + start_timeout, "start", rec.id)
+        if rec.not_before > now:
+            self.timers.at(rec.not_before, "due", rec.id)
+        else:
+            self.queues.route(task)
+        return task, True
+
+    def _found(self, action: str, key: Any, opts: dict[str, Any], now: float) -> Task | str | None:
+        """The task this pub's key stands for, if any. With ``once_every`` the key is a
+        debounce key: a task of this action and key still waiting stands for this pub too."""
+        if "once_every" in opts:
+            return self.keys.debounced(key_of(action, key))
+        return self.keys.known(action, key, now)
+
+    # --- tasks the hub drives itself (chains.py) ----------------------------------------------
+    def hold(
+        self,
+        creds: Credentials,
+        action: str,
+        payload: Any,
+        options: dict[str, Any],
+        *,
+        peer: Peer | None = None,
+    ) -> Task:
+        """Store a task that no worker is offered: a chain, run by the hub step by step.
+
+        It is followed, watched, read, cancelled and restored like any task; ``options[HELD]``
+        keeps recovery from pooling it. Its state is ``start`` from the outset.
+        """
+        now = self.clock()
+        rec = TaskRecord(
+            id=self.new_id(),
+            action=action,
+            publisher=creds.name,
+            created_at=now,
+            payload=payload,
+            options={HELD: {}, **options},
+            state=TaskState.START,
+            started_at=now,
+        )
+        task = self.add(rec)
+        if peer is not None:
+            follow(peer, task)
+        self.journal.event(task, "init", service=creds.name, notify=False)
+        return task
+
+    def record(self, task: Task, type_: str, data: Any = None) -> None:
+        """Record (and stream to followers and watchers) an event of a held task."""
+        self.journal.event(task, type_, data=data)
+
+    def finish(
+        self,
+        task: Task,
+        state: TaskState | str,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """End a held task (``success``, ``fail`` or ``end``); a no-op once it has ended."""
+        if not task.ended:
+            self.ending.finish(task, TaskState(state), result=result, error=error)

@@ -1,0 +1,393 @@
+"""Redis store engine: several hubs share one Redis (or a Redis Cluster, or a managed Redis).
+
+Key layout (``P`` is the prefix, ``taskhub`` unless the URL says ``?prefix=NAME``)::
+
+    {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action
+    {P}:ev:<id>               hash: <seq> -> encoded EventRecord (a replayed seq overwrites)
+    {P}:all                   zset, every score 0: task ids in byte (= code point) order
+    {P}:active                zset: ids of tasks not in a terminal state (recovery at start)
+    {P}:state:<state>         zset: ids by state
+    {P}:action:<action>       zset: ids by action
+    {P}:sa:<state>:<action>   zset: ids by both, so a doubly filtered page is one range read
+    {P}:ended                 zset scored by ended_at: terminal tasks, in removal order
+    {P}:meta:<kind>           hash: key -> encoded metadata value
+    {P}:lock:<name>           string with a TTL: a lock's owner token (:meth:`acquire_lock`)
+    {P}:hb:<name>             string with a TTL: a heartbeat (:meth:`heartbeat`)
+
+The braces make ``{P}`` a Redis Cluster *hash tag*: every key of one TaskHub hashes to the
+same slot, so one Lua script can read and write all of them atomically on a Cluster too. The
+price is that one TaskHub's data is not spread over the Cluster's nodes: it lives on one
+shard (and its replicas). Run several TaskHubs with different prefixes to use several shards.
+
+``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) connects with redis-py's
+cluster client: it learns the slot map from that seed node, sends every command and script
+to the primary that owns the prefix's slot, and follows ``MOVED``/``ASK`` redirects when
+slots move. Every script is called with a key of the store as ``KEYS[1]``: that key is what
+routes it.
+
+Every write of a batch is one Lua script call (``EVALSHA``), so a batch is atomic: Redis runs
+a script to the end before serving anyone else, and the script checks everything that could
+make it fail (the fence) before its first write. The scripts compute key names from the
+prefix they are given; that is allowed on Cluster because all of them share the hash tag.
+
+The batch script declares Redis 7 script flags (a ``#!lua`` first line, no flags listed: it
+writes and may not run out of memory), so a full Redis with ``noeviction`` refuses the whole
+batch with ``OOM`` before running any of it. Redis 6 cannot compile that line: :meth:`open`
+notices and falls back to the script without it (checked by Redis only at its first write
+that may grow memory, which comes after ``ZREM``s: a full Redis 6 still takes batches).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from taskhub.errors import StoreUnavailable
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.store.redis import scripts
+from taskhub.store.redis.connection import (
+    CONNECTION_ERRORS,
+    DEFAULT_PREFIX,
+    Client,
+    check_eviction,
+    client_options,
+    connect,
+    parse_url,
+    safe_url,
+    store_error,
+)
+
+# load_active reads the active set in pages, so no single script holds Redis for long or
+# builds one huge reply.
+LOAD_PAGE = 1000
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob characters, so the prefix is matched literally by SCAN MATCH."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _score(value: float) -> str:
+    # repr round-trips a float exactly, and Redis parses it with strtod: no precision lost.
+    return repr(float(value))
+
+
+class RedisStore:
+    """A :class:`~taskhub.store.base.Store` on Redis, plus the lock and heartbeat primitives
+    that several hubs sharing the store coordinate with.
+
+    Records are encoded (msgspec JSON, as in the other engines) when :meth:`apply` is called,
+    before its first ``await``, so the batch is a snapshot even though the hub keeps changing
+    its live records while the script runs.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        url: str | None = None,
+        socket_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        health_check_interval: int = 15,
+        cluster: bool = False,
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            # A brace would end or restart the hash tag: keys of one store would scatter.
+            raise ValueError(f"bad redis key prefix {prefix!r}: non-empty, without braces")
+        self.prefix = prefix
+        self.url = safe_url(url if url is not None else redis_url)
+        self._redis_url = redis_url
+        self.cluster = cluster
+        self._tag = "{" + prefix + "}:"
+        self._options = client_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            health_check_interval=health_check_interval,
+            cluster=cluster,
+        )
+        self._client: Client | None = None
+        self._closed = False
+        self._fence_key = ""
+        self._fence_token = ""
+        self._encoder = msgspec.json.Encoder()
+        self._task_decoder = msgspec.json.Decoder(TaskRecord)
+        self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._any_decoder = msgspec.json.Decoder()
+        self._scripts: dict[str, AsyncScript] = {}
+        # Whether the batch script declares script flags (Redis 7+): known after open().
+        self.script_flags = False
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """``redis://[[user]:password@]host[:port][/db][?prefix=NAME]``, or ``rediss://`` for
+        TLS; ``redis+cluster://host:port[?prefix=NAME]`` (``rediss+cluster://``) for a Redis
+        Cluster, any one of its nodes as the seed. Other query parameters are passed to
+        redis-py (``ssl_ca_certs=...`` and so on)."""
+        redis_url, prefix, cluster = parse_url(url)
+        return cls(redis_url, prefix=prefix, url=url, cluster=cluster)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """A key of this store: ``{prefix}:part:part``."""
+        return self._tag + ":".join(parts)
+
+    def lock_key(self, name: str) -> str:
+        """The key that holds lock ``name``; pass it to :meth:`set_fence`."""
+        return self.key("lock", name)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _redis(self) -> Client:
+        client = self._client
+        if client is None:
+            what = "closed" if self._closed else "not open yet (call open() first)"
+            raise StoreUnavailable(f"redis store {self.url} is {what}", url=self.url)
+        return client
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"redis store {self.url} is unavailable: {exc}", url=self.url)
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._redis()
+        script = self._scripts[name]
+        try:
+            # EVALSHA; redis-py loads the script and retries when the server lacks it
+            # (a restarted Redis, a failover, SCRIPT FLUSH).
+            return await script(keys=keys, args=args, client=client)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        except ResponseError as exc:
+            mapped = self._response_error(exc)
+            if mapped is exc:
+                raise  # a real error (a bug, a wrong key type): keep it as it is
+            raise mapped from exc
+
+    def _response_error(self, exc: ResponseError) -> Exception:
+        return store_error(exc, self.url, self._fence_key)
+
+    async def _call(self, command: Any) -> Any:
+        """Await one redis-py command, turning connection trouble into StoreUnavailable."""
+        try:
+            return await command
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        except ResponseError as exc:
+            mapped = self._response_error(exc)
+            if mapped is exc:
+                raise  # a real error (a bug, a wrong key type): keep it as it is
+            raise mapped from exc
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and check the server answers; StoreUnavailable names the URL if not."""
+        if self._closed:
+            raise StoreUnavailable(
+                f"redis store {self.url} was closed and cannot be opened again", url=self.url
+            )
+        if self._client is not None:
+            return
+        client, flags = await connect(
+            self._redis_url, self._options, cluster=self.cluster, url=self.url
+        )
+        if self._closed:  # close() was called while we were connecting
+            await client.aclose()
+            raise StoreUnavailable(f"redis store {self.url} was closed while opening")
+        self.script_flags = flags
+        self._scripts = scripts.register(client, flags=flags)
+        self._client = client
+        await check_eviction(client, self.key("all"), self.url)
+
+    async def close(self) -> None:
+        """Close the connection pool; later calls raise StoreUnavailable."""
+        client, self._client = self._client, None
+        self._closed = True
+        if client is not None:
+            await client.aclose()
+
+    def set_fence(self, key: str | None, token: str | None) -> None:
+        """Write only while ``GET key == token`` (``None`` turns fencing off).
+
+        Every write (:meth:`apply`, :meth:`remove_ended_before`) checks the fence atomically
+        with its writes and raises :class:`~taskhub.errors.StoreFenced` (writing nothing)
+        when another owner holds it. ``key`` is normally :meth:`lock_key` of the leader lock;
+        it must be a key of this store (same hash tag) so the check runs on the same shard.
+        """
+        if key is None or token is None:
+            self._fence_key = self._fence_token = ""
+            return
+        if not key.startswith(self._tag):
+            raise ValueError(f"fence key {key!r} is not a key of this store ({self._tag}...)")
+        self._fence_key, self._fence_token = key, token
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """One atomic script call: upserts, event writes, deletes, meta upserts, meta deletes.
+
+        Fenced stores check the fence first and write nothing when it does not hold.
+        """
+        if not batch:
+            self._redis()  # still refuses when not open or closed, like any other call
+            return
+        # Everything is encoded here, before the first await: this is the snapshot.
+        encode = self._encoder.encode
+        args: list[Any] = [self._tag, self._fence_key, self._fence_token, len(batch.tasks)]
+        for t in batch.tasks:
+            terminal = t.state in TERMINAL_STATES
+            ended = _score(t.ended_at) if terminal and t.ended_at is not None else ""
+            args += [t.id, t.state, t.action, ended, "0" if terminal else "1", encode(t)]
+        args.append(len(batch.events))
+        for e in batch.events:
+            args += [e.task_id, str(e.seq), encode(e)]
+        args.append(len(batch.deleted))
+        args += batch.deleted
+        args.append(len(batch.meta))
+        for m in batch.meta:
+            args += [m.kind, m.key, encode(m.value)]
+        args.append(len(batch.meta_deleted))
+        for kind, key in batch.meta_deleted:
+            args += [kind, key]
+        await self._script("apply", [self.key("all")], args)
+
+    async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
+        """Oldest ended first (ties by id); a terminal task without ``ended_at`` is kept."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._redis()
+        if limit == 0 or math.isnan(at):
+            return []
+        args = [self._tag, self._fence_key, self._fence_token, "(" + _score(at), limit]
+        ids = await self._script("remove_ended", [self.key("ended")], args)
+        return [i.decode() for i in ids]
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def list_ended_before(self, at: float, limit: int = 1000) -> list[TaskRecord]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._redis()
+        if limit == 0 or math.isnan(at):
+            return []
+        args = [self._tag, "(" + _score(at), limit]
+        blobs = await self._script("list_ended", [self.key("ended")], args)
+        decode = self._task_decoder.decode
+        return [decode(blob) for blob in blobs]
+
+    async def load_active(self) -> list[TaskRecord]:
+        out: list[TaskRecord] = []
+        after: str | None = None
+        while True:
+            page = await self._page(self.key("active"), after, LOAD_PAGE)
+            out += page
+            if len(page) < LOAD_PAGE:
+                return out
+            after = page[-1].id
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        blob = await self._call(self._redis().hget(self.key("t", task_id), "r"))
+        return None if blob is None else self._task_decoder.decode(blob)
+
+    async def get_events(self, task_id: str) -> list[EventRecord]:
+        by_seq = await self._call(self._redis().hgetall(self.key("ev", task_id)))
+        decode = self._event_decoder.decode
+        return [decode(by_seq[seq]) for seq in sorted(by_seq, key=int)]
+
+    async def list_tasks(
+        self,
+        *,
+        action: str | None = None,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskRecord]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if action is not None and state is not None:
+            index = self.key("sa", state, action)
+        elif action is not None:
+            index = self.key("action", action)
+        elif state is not None:
+            index = self.key("state", state)
+        else:
+            index = self.key("all")
+        self._redis()
+        if limit == 0:
+            return []
+        return await self._page(index, after, limit)
+
+    async def _page(self, index: str, after: str | None, limit: int) -> list[TaskRecord]:
+        # All scores are 0, so the set is in byte order of the ids: UTF-8 byte order is code
+        # point order, the order the other engines list in.
+        start = "-" if after is None else "(" + after
+        blobs = await self._script("list", [index], [self._tag, start, limit])
+        decode = self._task_decoder.decode
+        return [decode(blob) for blob in blobs]
+
+    async def list_meta(self, kind: str) -> dict[str, Any]:
+        raw = await self._call(self._redis().hgetall(self.key("meta", kind)))
+        decode = self._any_decoder.decode
+        entries = {key.decode(): value for key, value in raw.items()}
+        return {key: decode(entries[key]) for key in sorted(entries)}
+
+    async def get_meta(self, kind: str, key: str) -> Any:
+        blob = await self._call(self._redis().hget(self.key("meta", kind), key))
+        return None if blob is None else self._any_decoder.decode(blob)
+
+    # -- coordination between hubs ----------------------------------------------------------
+
+    async def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take lock ``name`` for ``ttl_ms`` if nobody holds it (``SET NX PX``); True if
+        taken. Holding it again with the same token also answers False: use renew_lock."""
+        done = await self._call(self._redis().set(self.lock_key(name), token, nx=True, px=ttl_ms))
+        return bool(done)
+
+    async def renew_lock(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lock to ``ttl_ms`` from now if ``token`` still holds it; False when
+        it expired or another owner took it (the caller must stop acting as the owner)."""
+        done = await self._script("renew", [self.lock_key(name)], [token, ttl_ms])
+        return bool(done)
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Delete the lock if ``token`` holds it (never someone else's); True if it did."""
+        done = await self._script("release", [self.lock_key(name)], [token])
+        return bool(done)
+
+    async def lock_owner(self, name: str) -> str | None:
+        """The token holding lock ``name``, or None when it is free."""
+        value = await self._call(self._redis().get(self.lock_key(name)))
+        return None if value is None else bytes(value).decode()
+
+    async def heartbeat(self, name: str, value: str, ttl_ms: int) -> None:
+        """Say ``name`` is alive for ``ttl_ms`` more, with ``value`` (a URL, a load...)."""
+        await self._call(self._redis().set(self.key("hb", name), value, px=ttl_ms))
+
+    async def alive(self, pattern: str = "*") -> dict[str, str]:
+        """The heartbeats whose name matches the glob ``pattern`` and have not expired, by name.
+
+        Uses SCAN, so it costs a walk of the keyspace: meant for a handful of hubs polled
+        every few seconds, not for a hot path.
+        """
+        client = self._redis()
+        head = self.key("hb", "")
+        match = _glob_escape(head) + pattern
+        keys: list[bytes] = []
+        try:
+            async for k in client.scan_iter(match=match, count=1000):
+                keys.append(k)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        if not keys:
+            return {}
+        values = await self._call(client.mget(keys))
+        return {
+            k.decode()[len(head) :]: v.decode()
+            for k, v in zip(keys, values, strict=True)
+            if v is not None  # expired between the scan and the read
+        }
