@@ -1,7 +1,7 @@
 """Every surface that takes publish options agrees with the one table, taskhub/options_table.py
 (issue 18, item 3): the Python clients' ``pub``/``schedule``/``sub`` and ``Worker.task``, the
 wire structs, the hub's config keys, ``resolve_options``, the Node client's types and the docs'
-table (the HTTP API's, as served: tests/integration/test_config_keys.py). Adding an option to
+table (the HTTP API's, as served: tests/integration/test_options_surfaces.py). Adding an option to
 one place and not the others fails here."""
 
 from __future__ import annotations

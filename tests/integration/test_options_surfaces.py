@@ -47,3 +47,19 @@ async def test_serve_refuses_an_old_and_a_new_key_together(tmp_path: Path) -> No
     path.write_text("[server]\nstore = 'memory://'\ntask_end_timeout = 30\ntimeout = 20\n")
     error = (await cli("serve", "--config", str(path))).one_error_line()
     assert "[server] task_end_timeout and [server] timeout are the same setting" in error
+
+
+async def test_tasks_retry_copies_a_traced_task(make_server: ServerFactory) -> None:
+    # A stored task's options include `trace` (set by a traced publisher); `taskhub tasks
+    # retry` copies the options the Python `pub` takes, so it publishes the copy instead of
+    # failing on an option `pub` does not take.
+    server = await make_server()
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    body = {"action": "nobody:here", "options": {"trace": trace, "priority": 2}}
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        task = (await http.post("/v1/tasks", json=body)).json()
+        await http.delete(f"/v1/tasks/{task['id']}")  # cancelled: failed, so it may be retried
+        run = await cli("tasks", "retry", task["id"], "--url", server.url)
+        assert run.code == 0 and "Traceback" not in run.stderr, run.stderr
+        copy = (await http.get(f"/v1/tasks/{run.stdout.strip()}")).json()
+    assert copy["options"]["priority"] == 2 and "trace" not in copy["options"]
