@@ -270,3 +270,29 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def replace_block(text: str, name: str, block: str, heading: str = "") -> str:
+    """Put ``block`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``text``
+    (appended, after ``heading``, if the markers are not there yet)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    return text + ("\n" if text else "") + heading + block + "\n"
+
+
+def measured_line(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    return (
+        f"Measured {report['started_at']} with `{report['command']}` on {m['nproc']} CPU(s), "
+        f"{m['cpu']}, {m['memory']} RAM, Python {m['python']} ({m['platform']})."
+    )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -49,7 +50,21 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import emit, free_port, payload, payload_size, peak_rss_mb, rss_mb, stop, wait_port
+import harness
+from common import (
+    emit,
+    fmt,
+    free_port,
+    measured_line,
+    payload,
+    payload_size,
+    peak_rss_mb,
+    replace_block,
+    rss_mb,
+    stop,
+    wait_port,
+)
+from harness import HUB_ENV, Failed, console, hub_args, redis_server, started, wait_ready
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -61,6 +76,7 @@ DEFAULT_CHUNK = 5_000
 WORKER_CONCURRENCY = 64  # as run.py's throughput rows
 PER = 100_000  # the figure is MiB per this many tasks in flight
 HEADING = "## Tasks in flight\n\n"
+LOGS = os.path.join(HERE, "results", "logs")
 
 
 # --- the publisher process -------------------------------------------------------------------
@@ -72,10 +88,7 @@ async def publisher(url: str, k: int, chunk: int, timeout: float) -> None:
     (right results), ``errors`` and ``drained_at`` (``time.monotonic()``, comparable with
     the orchestrator's on the same machine) once every result is in or ``timeout`` passed.
     """
-    from taskhub_bench import ACTION  # the worker's action
-
     from taskhub import Client
-    from taskhub.errors import TaskHubError
 
     loop = asyncio.get_running_loop()
     async with Client(url, name="inflight-publisher") as client:
@@ -83,19 +96,7 @@ async def publisher(url: str, k: int, chunk: int, timeout: float) -> None:
         if not (await loop.run_in_executor(None, sys.stdin.readline)).strip():
             return  # the orchestrator went away
         start = time.perf_counter()
-        handles: list[tuple[int, Any]] = []
-        refused = 0
-        for lo in range(0, k, chunk):
-            batch = [(i, client.pub(ACTION, payload(i))) for i in range(lo, min(k, lo + chunk))]
-            answers = await asyncio.wait_for(
-                asyncio.gather(*(h.accepted() for _, h in batch), return_exceptions=True),
-                timeout,
-            )
-            for (i, h), answer in zip(batch, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    refused += 1
-                else:
-                    handles.append((i, h))
+        handles, refused = await publish_all(client, k, chunk, timeout)
         publish_seconds = time.perf_counter() - start
         emit(
             "event",
@@ -104,32 +105,58 @@ async def publisher(url: str, k: int, chunk: int, timeout: float) -> None:
             refused=refused,
             publish_seconds=round(publish_seconds, 3),
         )
-        drained = errors = 0
-
-        async def collect() -> None:
-            nonlocal drained, errors
-            for i, h in handles:  # in publishing order: done when the last result is in
-                try:
-                    result = await h.get_result()
-                except TaskHubError:
-                    errors += 1
-                    continue
-                if isinstance(result, dict) and result.get("id") == i:
-                    drained += 1
-                else:
-                    errors += 1
-
+        counts = {"drained": 0, "errors": 0}
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(collect(), timeout)
+            await asyncio.wait_for(collect(handles, counts), timeout)
         emit(
             "result",
             accepted=len(handles),
             refused=refused,
-            drained=drained,
-            errors=errors + refused,
+            drained=counts["drained"],
+            errors=counts["errors"] + refused,
             publish_seconds=round(publish_seconds, 3),
             drained_at=time.monotonic(),
         )
+
+
+async def publish_all(
+    client: Any, k: int, chunk: int, timeout: float
+) -> tuple[list[tuple[int, Any]], int]:
+    """Publish k tasks, a chunk at a time, each chunk accepted before the next; the accepted
+    (number, handle) pairs and how many were refused."""
+    from taskhub_bench import ACTION  # the worker's action
+
+    handles: list[tuple[int, Any]] = []
+    refused = 0
+    for lo in range(0, k, chunk):
+        batch = [(i, client.pub(ACTION, payload(i))) for i in range(lo, min(k, lo + chunk))]
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(h.accepted() for _, h in batch), return_exceptions=True),
+            timeout,
+        )
+        for (i, h), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, BaseException):
+                refused += 1
+            else:
+                handles.append((i, h))
+    return handles, refused
+
+
+async def collect(handles: list[tuple[int, Any]], counts: dict[str, int]) -> None:
+    """Await every result in publishing order (done when the last is in), counting right ones
+    as ``drained`` and the others as ``errors`` (kept if a timeout cuts this short)."""
+    from taskhub.errors import TaskHubError
+
+    for i, h in handles:
+        try:
+            result = await h.get_result()
+        except TaskHubError:
+            counts["errors"] += 1
+            continue
+        if isinstance(result, dict) and result.get("id") == i:
+            counts["drained"] += 1
+        else:
+            counts["errors"] += 1
 
 
 def run_publisher(argv: list[str]) -> None:
@@ -184,7 +211,7 @@ class Lines:
 
 @contextlib.contextmanager
 def publisher_process(args: list[str], log_path: str) -> Iterator[subprocess.Popen[Any]]:
-    """Like ``run.started``, with a pipe to stdin (the publisher waits for a line there)."""
+    """Like ``harness.started``, with a pipe to stdin (the publisher waits for a line there)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as err:
         proc = subprocess.Popen(
@@ -234,6 +261,26 @@ def _redis_used_mb(url: str) -> float | None:
         return None
 
 
+@dataclasses.dataclass
+class Run:
+    """One store's processes while it is measured, and the row of figures being filled in."""
+
+    kind: str
+    k: int
+    settle: float
+    row: dict[str, Any]
+    hub: subprocess.Popen[Any]
+    db: str
+    redis_url: str = ""
+    redis_proc: subprocess.Popen[Any] | None = None
+
+    def outside(self) -> tuple[float | None, float | None]:
+        """(redis-server RSS, Redis used_memory) in MiB; (None, None) without Redis."""
+        if self.redis_proc is None:
+            return None, None
+        return rss_mb(self.redis_proc.pid), _redis_used_mb(self.redis_url)
+
+
 def measure(
     kind: str,
     *,
@@ -250,15 +297,12 @@ def measure(
     ``log(name)`` gives the path of a log file, ``redis_bin()`` the redis-server binary.
     ``settle`` seconds pass before each RSS reading (the hub finishes what it was doing).
     """
-    from run import HUB_ENV, hub_args, redis_server, started, wait_ready
-
     name = f"inflight-{kind}"
     row: dict[str, Any] = {"store": kind, "k": k, "n": k, "chunk": chunk}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="taskhub-inflight-"))
-        redis_proc: subprocess.Popen[Any] | None = None
-        redis_url = ""
         db = os.path.join(tmp, "inflight.db")
+        redis_url, redis_proc = "", None
         if kind == "memory":
             store = "memory://"
         elif kind == "sqlite":
@@ -270,119 +314,124 @@ def measure(
             store = f"{redis_url}?prefix=inflight{uuid.uuid4().hex[:8]}"
         else:
             raise ValueError(f"unknown store {kind!r}: use {', '.join(STORES)}")
-
-        def outside() -> tuple[float | None, float | None]:
-            """(redis-server RSS, Redis used_memory) in MiB; (None, None) without Redis."""
-            if redis_proc is None:
-                return None, None
-            return rss_mb(redis_proc.pid), _redis_used_mb(redis_url)
-
         port = free_port()
         hub = stack.enter_context(started(hub_args(port, store), log(f"{name}-hub"), env=HUB_ENV))
         wait_port(port, 20, hub)
+        run = Run(kind, k, settle, row, hub, db, redis_url, redis_proc)
         url = f"ws://127.0.0.1:{port}"
+        args = ["--url", url, "--k", str(k), "--chunk", str(chunk), "--timeout", str(timeout)]
         pub = stack.enter_context(
             publisher_process(
-                [
-                    PY,
-                    os.path.abspath(__file__),
-                    "publish",
-                    "--url",
-                    url,
-                    "--k",
-                    str(k),
-                    "--chunk",
-                    str(chunk),
-                    "--timeout",
-                    str(timeout),
-                ],
-                log(f"{name}-publisher"),
+                [PY, os.path.abspath(__file__), "publish", *args], log(f"{name}-publisher")
             )
         )
         lines = Lines(pub)
         lines.wait("connected", 30)
-        time.sleep(settle)
-        idle = rss_mb(hub.pid)
-        row["peak_rss_idle_mb"] = peak_rss_mb(hub.pid)
-        redis_idle, used_idle = outside()
-        assert pub.stdin is not None
-        pub.stdin.write(b"go\n")
-        pub.stdin.flush()
-        msg = lines.wait("in flight", timeout)
-        row["accepted"] = msg["accepted"]
-        row["refused"] = msg["refused"]
-        row["publish_seconds"] = msg["publish_seconds"]
-        row["publish_rate"] = round(k / msg["publish_seconds"], 1) if msg["publish_seconds"] else 0
-        on_event("in flight")
-        time.sleep(settle)
-        inflight = rss_mb(hub.pid)
-        row["peak_rss_inflight_mb"] = peak_rss_mb(hub.pid)
-        redis_inflight, used_inflight = outside()
-        if hub.poll() is not None:
-            raise RuntimeError(f"the hub exited with {hub.returncode} while tasks were in flight")
-        row["rss_idle_mb"] = _mb(idle)
-        row["rss_inflight_mb"] = _mb(inflight)
-        row["inflight_mb"] = _delta(idle, inflight)
-        if row["inflight_mb"] is not None and row["accepted"]:
-            row["mb_per_100k"] = round(row["inflight_mb"] * PER / row["accepted"], 1)
-            row["bytes_per_task"] = round(row["inflight_mb"] * 2**20 / row["accepted"])
-        if kind == "sqlite":
-            row["sqlite_disk_inflight_mb"] = _disk_mb(db)
-        if redis_proc is not None:
-            row["redis_rss_inflight_mb"] = _delta(redis_idle, redis_inflight)
-            row["redis_used_inflight_mb"] = _delta(used_idle, used_inflight)
-
+        idle, inflight = fill(run, pub, lines, timeout, on_event)
+        worker_args = ["worker", "--url", url, "--concurrency", str(WORKER_CONCURRENCY)]
         worker = stack.enter_context(
             started(
-                [
-                    PY,
-                    os.path.join(HERE, "taskhub_bench.py"),
-                    "worker",
-                    "--url",
-                    url,
-                    "--concurrency",
-                    str(WORKER_CONCURRENCY),
-                ],
+                [PY, os.path.join(HERE, "taskhub_bench.py"), *worker_args],
                 log(f"{name}-worker"),
                 stdout=subprocess.PIPE,
             )
         )
         wait_ready(worker, 30)
-        ready_at = time.monotonic()
-        result = lines.wait("result", timeout + 30)
-        on_event("drained")
-        row["collected"] = result["drained"]
-        row["errors"] = result["errors"]
-        row["drain_seconds"] = round(result["drained_at"] - ready_at, 3)
-        row["drain_rate"] = (
-            round(result["drained"] / row["drain_seconds"], 1) if row["drain_seconds"] > 0 else 0
-        )
-        time.sleep(settle)
-        after = rss_mb(hub.pid)
-        row["rss_drained_mb"] = _mb(after)
-        row["drain_released_mb"] = _delta(after, inflight)  # > 0: the RSS went down
-        row["peak_rss_mb"] = peak_rss_mb(hub.pid)
-        peak_over_idle = _delta(idle, row["peak_rss_mb"])
-        if peak_over_idle is not None and row["accepted"]:
-            # The peak comes with the drain's start, not while publishing (docs/performance.md)
-            row["peak_mb_per_100k"] = round(peak_over_idle * PER / row["accepted"], 1)
-        row["rss_of"] = "hub process"
-        if kind == "sqlite":
-            row["sqlite_disk_drained_mb"] = _disk_mb(db)
-        if hub.poll() is not None:
-            raise RuntimeError(f"the hub exited with {hub.returncode} during the drain")
-        row["payload_bytes"] = payload_size()
-        row["settings"] = (
-            f"hub process ({kind} store), 1 publisher process (chunks of {chunk}, no worker "
-            f"until all {k} were accepted), then 1 worker process "
-            f"(concurrency={WORKER_CONCURRENCY})"
-        )
-        if row["accepted"] != k or row["collected"] != k or row["errors"]:
-            row["note"] = (
-                f"{row['accepted']} of {k} accepted, {row['collected']} drained, "
-                f"{row['errors']} errors"
-            )
+        drain(run, lines, timeout, on_event, idle, inflight)
+        describe(row, kind, k, chunk)
     return row
+
+
+def fill(
+    run: Run,
+    pub: subprocess.Popen[Any],
+    lines: Lines,
+    timeout: float,
+    on_event: Callable[[str], None],
+) -> tuple[float | None, float | None]:
+    """Read the idle hub, have the publisher publish K tasks with no worker, read the hub with
+    K in flight; the hub's (RSS idle, RSS in flight)."""
+    row, hub = run.row, run.hub
+    time.sleep(run.settle)
+    idle = rss_mb(hub.pid)
+    row["peak_rss_idle_mb"] = peak_rss_mb(hub.pid)
+    redis_idle, used_idle = run.outside()
+    assert pub.stdin is not None
+    pub.stdin.write(b"go\n")
+    pub.stdin.flush()
+    msg = lines.wait("in flight", timeout)
+    row["accepted"] = msg["accepted"]
+    row["refused"] = msg["refused"]
+    row["publish_seconds"] = msg["publish_seconds"]
+    row["publish_rate"] = round(run.k / msg["publish_seconds"], 1) if msg["publish_seconds"] else 0
+    on_event("in flight")
+    time.sleep(run.settle)
+    inflight = rss_mb(hub.pid)
+    row["peak_rss_inflight_mb"] = peak_rss_mb(hub.pid)
+    redis_inflight, used_inflight = run.outside()
+    if hub.poll() is not None:
+        raise RuntimeError(f"the hub exited with {hub.returncode} while tasks were in flight")
+    row["rss_idle_mb"] = _mb(idle)
+    row["rss_inflight_mb"] = _mb(inflight)
+    row["inflight_mb"] = _delta(idle, inflight)
+    if row["inflight_mb"] is not None and row["accepted"]:
+        row["mb_per_100k"] = round(row["inflight_mb"] * PER / row["accepted"], 1)
+        row["bytes_per_task"] = round(row["inflight_mb"] * 2**20 / row["accepted"])
+    if run.kind == "sqlite":
+        row["sqlite_disk_inflight_mb"] = _disk_mb(run.db)
+    if run.redis_proc is not None:
+        row["redis_rss_inflight_mb"] = _delta(redis_idle, redis_inflight)
+        row["redis_used_inflight_mb"] = _delta(used_idle, used_inflight)
+    return idle, inflight
+
+
+def drain(
+    run: Run,
+    lines: Lines,
+    timeout: float,
+    on_event: Callable[[str], None],
+    idle: float | None,
+    inflight: float | None,
+) -> None:
+    """With a worker ready now: wait until the publisher holds every result, read the hub."""
+    row, hub = run.row, run.hub
+    ready_at = time.monotonic()
+    result = lines.wait("result", timeout + 30)
+    on_event("drained")
+    row["collected"] = result["drained"]
+    row["errors"] = result["errors"]
+    row["drain_seconds"] = round(result["drained_at"] - ready_at, 3)
+    row["drain_rate"] = (
+        round(result["drained"] / row["drain_seconds"], 1) if row["drain_seconds"] > 0 else 0
+    )
+    time.sleep(run.settle)
+    after = rss_mb(hub.pid)
+    row["rss_drained_mb"] = _mb(after)
+    row["drain_released_mb"] = _delta(after, inflight)  # > 0: the RSS went down
+    row["peak_rss_mb"] = peak_rss_mb(hub.pid)
+    peak_over_idle = _delta(idle, row["peak_rss_mb"])
+    if peak_over_idle is not None and row["accepted"]:
+        # The peak comes with the drain's start, not while publishing (docs/performance.md)
+        row["peak_mb_per_100k"] = round(peak_over_idle * PER / row["accepted"], 1)
+    row["rss_of"] = "hub process"
+    if run.kind == "sqlite":
+        row["sqlite_disk_drained_mb"] = _disk_mb(run.db)
+    if hub.poll() is not None:
+        raise RuntimeError(f"the hub exited with {hub.returncode} during the drain")
+
+
+def describe(row: dict[str, Any], kind: str, k: int, chunk: int) -> None:
+    """The row's settings, and a note if a task was refused, lost or failed."""
+    row["payload_bytes"] = payload_size()
+    row["settings"] = (
+        f"hub process ({kind} store), 1 publisher process (chunks of {chunk}, no worker "
+        f"until all {k} were accepted), then 1 worker process "
+        f"(concurrency={WORKER_CONCURRENCY})"
+    )
+    if row["accepted"] != k or row["collected"] != k or row["errors"]:
+        row["note"] = (
+            f"{row['accepted']} of {k} accepted, {row['collected']} drained, {row['errors']} errors"
+        )
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -402,22 +451,14 @@ COLUMNS = (
 )
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    if isinstance(value, float | int):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
 def outside_cell(r: dict[str, Any]) -> str:
     """Where else the tasks in flight are kept: the sqlite file, the redis-server."""
     if r.get("store") == "sqlite" and "sqlite_disk_inflight_mb" in r:
-        return f"sqlite file {_fmt(r['sqlite_disk_inflight_mb'])} MiB"
+        return f"sqlite file {fmt(r['sqlite_disk_inflight_mb'])} MiB"
     if r.get("store") == "redis" and "redis_rss_inflight_mb" in r:
         return (
-            f"redis-server +{_fmt(r['redis_rss_inflight_mb'])} MiB RSS, "
-            f"+{_fmt(r.get('redis_used_inflight_mb'))} used"
+            f"redis-server +{fmt(r['redis_rss_inflight_mb'])} MiB RSS, "
+            f"+{fmt(r.get('redis_used_inflight_mb'))} used"
         )
     return "-"
 
@@ -426,15 +467,15 @@ def cells(r: dict[str, Any]) -> list[str]:
     return [
         r.get("store", r["name"]),
         f"{r.get('accepted', 0):,}",
-        _fmt(r.get("rss_idle_mb")),
-        _fmt(r.get("rss_inflight_mb")),
-        _fmt(r.get("mb_per_100k")),
-        _fmt(r.get("bytes_per_task"), 0),
-        _fmt(r.get("peak_rss_mb")),
-        _fmt(r.get("peak_mb_per_100k")),
-        _fmt(r.get("publish_rate"), 0),
-        _fmt(r.get("drain_rate"), 0),
-        _fmt(r.get("rss_drained_mb")),
+        fmt(r.get("rss_idle_mb")),
+        fmt(r.get("rss_inflight_mb")),
+        fmt(r.get("mb_per_100k")),
+        fmt(r.get("bytes_per_task"), 0),
+        fmt(r.get("peak_rss_mb")),
+        fmt(r.get("peak_mb_per_100k")),
+        fmt(r.get("publish_rate"), 0),
+        fmt(r.get("drain_rate"), 0),
+        fmt(r.get("rss_drained_mb")),
         outside_cell(r),
     ]
 
@@ -496,8 +537,6 @@ def section(
 
 def markdown_block(sec: dict[str, Any]) -> str:
     """The ``inflight`` block of docs/performance.md."""
-    from run import measured_line
-
     versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in sec["versions"].items()) + "."
     return "\n".join([measured_line(sec), "", markdown_table(sec["rows"]), "", versions])
 
@@ -505,8 +544,6 @@ def markdown_block(sec: dict[str, Any]) -> str:
 def write_docs(sec: dict[str, Any]) -> None:
     """Put ``sec`` under ``inflight`` in docs/performance.json (the rest stays as it was) and
     its table in the ``inflight`` block of docs/performance.md."""
-    from run import replace_block
-
     json_path = os.path.join(DOCS, "performance.json")
     doc: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
@@ -553,76 +590,69 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def measure_row(
+    kind: str, args: argparse.Namespace, redis_bin: Callable[[], str]
+) -> dict[str, Any]:
+    """One store's row, with its status: ``ok``, or ``failed`` and why."""
+    name = f"inflight-{kind}"
+    console.print(f"{name}: {args.k:,} tasks ...")
+    t0 = time.monotonic()
+    try:
+        row = {
+            "name": name,
+            "status": "ok",
+            **measure(
+                kind,
+                k=args.k,
+                chunk=args.chunk,
+                timeout=args.timeout,
+                settle=args.settle,
+                log=functools.partial(harness.fresh_log, LOGS),
+                redis_bin=redis_bin,
+                on_event=lambda event: console.print(f"{name}: {event}"),
+            ),
+        }
+    except (Failed, OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
+        row = {"name": name, "status": "failed", "note": str(exc)}
+    row["wall_seconds"] = round(time.monotonic() - t0, 1)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["publish"]:
         run_publisher(argv[1:])
         return 0
     args = parse_args(argv)
-    import run
-
     started_at = dt.datetime.now(dt.UTC)
-    logs = os.path.join(HERE, "results", "logs")
     redis_bin: list[str] = []
-
-    def log(name: str) -> str:
-        path = os.path.join(logs, f"{name}.log")
-        with contextlib.suppress(OSError):
-            os.remove(path)
-        return path
 
     def binary() -> str:
         if not redis_bin:
-            redis_bin.append(run.ensure_redis_server())
+            redis_bin.append(harness.ensure_redis_server())
         return redis_bin[0]
 
-    def say(name: str, event: str) -> None:
-        run.console.print(f"{name}: {event}")
-
-    rows: list[dict[str, Any]] = []
-    for kind in args.stores:
-        name = f"inflight-{kind}"
-        run.console.print(f"{name}: {args.k:,} tasks ...")
-        t0 = time.monotonic()
-        try:
-            row = {
-                "name": name,
-                "status": "ok",
-                **measure(
-                    kind,
-                    k=args.k,
-                    chunk=args.chunk,
-                    timeout=args.timeout,
-                    settle=args.settle,
-                    log=log,
-                    redis_bin=binary,
-                    on_event=functools.partial(say, name),
-                ),
-            }
-        except (run.Failed, OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
-            row = {"name": name, "status": "failed", "note": str(exc)}
-        row["wall_seconds"] = round(time.monotonic() - t0, 1)
-        rows.append(row)
-    run.console.print(table(rows))
+    rows = [measure_row(kind, args, binary) for kind in args.stores]
+    console.print(table(rows))
     report: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "command": " ".join(["benchmarks/inflight_bench.py", *argv]),
-        "machine": run.machine(),
-        "versions": run.project_versions(),
+        "machine": harness.machine(),
+        "versions": harness.project_versions(),
     }
     if redis_bin:
-        report["versions"]["redis-server"] = run.redis_version(redis_bin[0])
+        report["versions"]["redis-server"] = harness.redis_version(redis_bin[0])
     sec = section(report, rows, args.k, args.chunk)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(sec, fh, indent=2)
-    run.console.print(f"raw figures: {os.path.relpath(args.out)}")
+    console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         write_docs(sec)
-        run.console.print("updated docs/performance.md (inflight block), performance.json")
+        console.print("updated docs/performance.md (inflight block), performance.json")
     failed = [r["name"] for r in rows if r["status"] != "ok"]
     if failed:
-        run.console.print(f"[red]failed:[/red] {', '.join(failed)} (logs in {logs})")
+        console.print(f"[red]failed:[/red] {', '.join(failed)} (logs in {LOGS})")
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -26,53 +26,65 @@ class BadTarget(Exception):
     """MODULE[:ATTR] does not name a Worker; the message says why, in one line."""
 
 
+# The command's arguments and flags, declared once here so that its signature reads at a glance.
+Targets = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODULE[:ATTR]...",
+        help="Module(s) declaring tasks; ATTR names the Worker (default: every Worker "
+        "instance in the module). The current directory is on the import path.",
+    ),
+]
+UrlFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Hub URL (default: the Worker's, else $TASKHUB_URL, else ws://127.0.0.1:8080)"
+    ),
+]
+NameFlag = Annotated[
+    str | None, typer.Option(help="Credential name (default: the Worker's, else $TASKHUB_NAME)")
+]
+KeyFlag = Annotated[
+    str | None, typer.Option(help="Credential key (default: the Worker's, else $TASKHUB_KEY)")
+]
+ConcurrencyFlag = Annotated[
+    int | None,
+    typer.Option(min=1, help="Tasks of each action run at once, for tasks that set none"),
+]
+PoolFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Where plain `def` handlers run: threads (default), processes (CPU-bound "
+        "work; payload and result by value) or async (on the handler loop)"
+    ),
+]
+LogLevelFlag = Annotated[
+    str | None,
+    typer.Option(help="debug, info, warning or error (default: $TASKHUB_LOG, else info)"),
+]
+ReloadFlag = Annotated[
+    bool, typer.Option("--reload", help="Restart when a .py file under the cwd changes")
+]
+GraceFlag = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="Seconds running tasks get to finish on SIGTERM / Ctrl-C before they are "
+        "handed back (default: the Worker's, 30)",
+    ),
+]
+
+
 def worker(
-    targets: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="MODULE[:ATTR]...",
-            help="Module(s) declaring tasks; ATTR names the Worker (default: every Worker "
-            "instance in the module). The current directory is on the import path.",
-        ),
-    ],
-    url: Annotated[
-        str | None,
-        typer.Option(
-            help="Hub URL (default: the Worker's, else $TASKHUB_URL, else ws://127.0.0.1:8080)"
-        ),
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Credential name (default: the Worker's, else $TASKHUB_NAME)")
-    ] = None,
-    key: Annotated[
-        str | None, typer.Option(help="Credential key (default: the Worker's, else $TASKHUB_KEY)")
-    ] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(min=1, help="Tasks of each action run at once, for tasks that set none"),
-    ] = None,
-    pool: Annotated[
-        str | None,
-        typer.Option(
-            help="Where plain `def` handlers run: threads (default), processes (CPU-bound "
-            "work; payload and result by value) or async (on the handler loop)"
-        ),
-    ] = None,
-    log_level: Annotated[
-        str | None,
-        typer.Option(help="debug, info, warning or error (default: $TASKHUB_LOG, else info)"),
-    ] = None,
-    reload: Annotated[
-        bool, typer.Option("--reload", help="Restart when a .py file under the cwd changes")
-    ] = False,
-    grace: Annotated[
-        float | None,
-        typer.Option(
-            min=0,
-            help="Seconds running tasks get to finish on SIGTERM / Ctrl-C before they are "
-            "handed back (default: the Worker's, 30)",
-        ),
-    ] = None,
+    targets: Targets,
+    url: UrlFlag = None,
+    name: NameFlag = None,
+    key: KeyFlag = None,
+    concurrency: ConcurrencyFlag = None,
+    pool: PoolFlag = None,
+    log_level: LogLevelFlag = None,
+    reload: ReloadFlag = False,
+    grace: GraceFlag = None,
 ) -> None:
     """Run workers: connect, take tasks until SIGTERM or Ctrl-C (docs/workers.md).
 
@@ -84,38 +96,22 @@ def worker(
     from taskhub.worker import POOLS
 
     if pool is not None and pool not in POOLS:
-        print_error(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        raise typer.Exit(EXIT_USAGE)
+        _usage_error(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     try:
         logs.setup(level=log_level)
     except ValueError as exc:
-        print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
+        _usage_error(str(exc))
     if reload:
         raise typer.Exit(_reload(sys.argv[1:]))
     sys.path.insert(0, os.getcwd())
     try:
-        found = load(targets)
-    except BadTarget as exc:
-        print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
-    main = found[0]
-    for other in found[1:]:
-        try:
-            main.include(other)
-        except ValueError as exc:
-            print_error(str(exc))
-            raise typer.Exit(EXIT_USAGE) from None
-    if url is not None:
-        main.url = url
-    if name is not None:
-        main.name = name
-    if key is not None:
-        main.key = key
-    if concurrency is not None:
-        main.concurrency = concurrency
-    if pool is not None:
-        main.pool = pool  # type: ignore[assignment,unused-ignore]  # checked above
+        main = combined(load(targets))
+    except (BadTarget, ValueError) as exc:
+        _usage_error(str(exc))
+    flags = {"url": url, "name": name, "key": key, "concurrency": concurrency, "pool": pool}
+    for attr, value in flags.items():
+        if value is not None:
+            setattr(main, attr, value)  # the flag wins over the Worker's own setting
     main.run(grace=grace)
     if main.lingering:
         # Plain functions still running in threads cannot be stopped, and the interpreter
@@ -125,6 +121,19 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _usage_error(message: str) -> NoReturn:
+    print_error(message)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def combined(found: list[Any]) -> Any:
+    """One Worker running the tasks of all ``found`` (ValueError: two declare one action)."""
+    main = found[0]
+    for other in found[1:]:
+        main.include(other)
+    return main
 
 
 def load(targets: list[str]) -> list[Any]:

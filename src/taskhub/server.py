@@ -11,8 +11,6 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -29,8 +27,9 @@ from taskhub.hub.http.protocol import (
     guarded_http_protocol,
 )
 from taskhub.hub.hub import Hub, Limits
+from taskhub.hub.listener import Listener
 from taskhub.hub.retention import DEFAULT_RETENTION
-from taskhub.hub.ws_protocol import HubWebSocketProtocol
+from taskhub.hub.ws import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.lifecycle.schedules import Schedule
 from taskhub.logs import events_log, log_task_event
@@ -61,7 +60,42 @@ class Server:
     ``task_start_timeout`` (None: wait forever) and ``task_end_timeout`` are the defaults a
     task's own ``start_timeout`` and ``timeout`` override. Without credentials the hub only
     serves loopback, and says so at start.
+
+    Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
+    (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
+    how long a ``key`` returns the same task, ``action_defaults`` per-action option
+    defaults (``{"email:send": {"retries": 3}}``), ``schedules`` cron schedules
+    (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``).
+
+    ``store`` is a URL (:func:`taskhub.store.open_store`) or a store object: any other
+    engine that implements :class:`taskhub.store.Store` (docs/architecture.md), which
+    then serves this hub alone.
+
+    With a Redis store (``redis://``, ``rediss://``, ``redis+cluster://``,
+    ``rediss+cluster://``) several hubs form a cluster (docs/deployment.md):
+    ``advertise_url`` is the base URL other hubs reach this one at (default: the URL it
+    listens on), ``lease`` the seconds a leader holds the lock between renewals.
+
+    Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
+    and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
+    :meth:`run`/``taskhub serve``) lets started tasks finish; ``max_send_buffer`` the
+    bytes of frames a connection that reads too slowly may have waiting before it is
+    closed (docs/operations.md, "Slow readers").
+
+    Exposure (docs/operations.md, "Limits"): ``allowed_origins`` web pages (origins such
+    as ``"http://localhost:3000"``, or ``"*"``) a hub without credentials answers besides
+    its own; ``request_timeout`` seconds a connection gets to send a whole request head
+    (and body), ``keepalive_timeout`` seconds an idle HTTP connection is kept,
+    ``max_connections_per_address`` HTTP connections one client address may hold open
+    (0 or None: no cap); ``trusted_proxies`` the addresses or networks (``"10.0.0.0/8"``,
+    ``"*"``) whose ``X-Forwarded-For`` names the client (None: uvicorn's default, loopback
+    or ``FORWARDED_ALLOW_IPS``): the address the wrong-key throttle counts by.
     """
+
+    hub: Hub | None = None  # the hub this process runs, unless clustered (see leading)
+    cluster: Cluster | None = None
+    listener: Listener | None = None  # uvicorn, while listening
+    _handle_signals = False  # set by serve_forever(): SIGTERM/SIGINT stop gracefully
 
     def __init__(
         self,
@@ -98,92 +132,27 @@ class Server:
         max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         trusted_proxies: list[str] | tuple[str, ...] | None = None,
     ) -> None:
-        """Scheduling options (docs/scheduling.md): ``retention`` seconds ended tasks are kept
-        (None: forever), ``archive`` a JSON-lines file they go to first, ``idempotency_window``
-        how long a ``key`` returns the same task, ``action_defaults`` per-action option
-        defaults (``{"email:send": {"retries": 3}}``), ``schedules`` cron schedules
-        (``{"name", "cron", "action", "payload"?, "timezone"?, "options"?}``).
-
-        ``store`` is a URL (:func:`taskhub.store.open_store`) or a store object: any other
-        engine that implements :class:`taskhub.store.Store` (docs/architecture.md), which
-        then serves this hub alone.
-
-        With a Redis store (``redis://``, ``rediss://``, ``redis+cluster://``,
-        ``rediss+cluster://``) several hubs form a cluster (docs/deployment.md):
-        ``advertise_url`` is the base URL other hubs reach this one at (default: the URL it
-        listens on), ``lease`` the seconds a leader holds the lock between renewals.
-
-        Operation (docs/operations.md): ``tls_cert`` and ``tls_key`` (PEM files) serve wss://
-        and https://; ``shutdown_grace`` is how long a graceful stop (SIGTERM under
-        :meth:`run`/``taskhub serve``) lets started tasks finish; ``max_send_buffer`` the
-        bytes of frames a connection that reads too slowly may have waiting before it is
-        closed (docs/operations.md, "Slow readers").
-
-        Exposure (docs/operations.md, "Limits"): ``allowed_origins`` web pages (origins such
-        as ``"http://localhost:3000"``, or ``"*"``) a hub without credentials answers besides
-        its own; ``request_timeout`` seconds a connection gets to send a whole request head
-        (and body), ``keepalive_timeout`` seconds an idle HTTP connection is kept,
-        ``max_connections_per_address`` HTTP connections one client address may hold open
-        (0 or None: no cap); ``trusted_proxies`` the addresses or networks (``"10.0.0.0/8"``,
-        ``"*"``) whose ``X-Forwarded-For`` names the client (None: uvicorn's default, loopback
-        or ``FORWARDED_ALLOW_IPS``): the address the wrong-key throttle counts by."""
-        if (tls_cert is None) != (tls_key is None):
-            raise InvalidOption("tls_cert and tls_key go together: give both or neither")
-        if shutdown_grace < 0:
-            raise InvalidOption("shutdown_grace must be >= 0 seconds")
-        self.tls_cert = tls_cert
-        self.tls_key = tls_key
-        self.shutdown_grace = float(shutdown_grace)
-        self.host = host
-        self.port = port
+        """The options are described on the class."""
+        _check(tls_cert, tls_key, shutdown_grace, idempotency_window, retention)
+        self.host, self.port, self.tls_cert, self.tls_key = host, port, tls_cert, tls_key
+        self.shutdown_grace, self.clock, self.name = float(shutdown_grace), clock, name
         # A store object (a custom engine) is used as it is; a URL is opened at start.
         self._store = None if isinstance(store, str) else store
         self.store_url = store if isinstance(store, str) else store.url
-        self.defaults = Defaults(
-            task_start_timeout=task_start_timeout,
-            task_end_timeout=task_end_timeout,
-            retries=retries,
-            max_attempts=max_attempts,
-            retry_backoff=retry_backoff,
-            retry_backoff_max=retry_backoff_max,
-            pickup_window=pickup_window,
-            idempotency_window=idempotency_window,
-            actions=_action_defaults(action_defaults or {}),
-        )
-        if idempotency_window <= 0:
-            raise InvalidOption("idempotency_window must be > 0 seconds")
-        if retention is not None and retention < 0:
-            raise InvalidOption("retention must be >= 0 seconds (or None: keep forever)")
-        self.retention = retention
-        self.archive = archive
+        timeouts = (task_start_timeout, task_end_timeout, pickup_window, idempotency_window)
+        retry = (retries, max_attempts, retry_backoff, retry_backoff_max)
+        self.defaults = _task_defaults(timeouts, retry, action_defaults or {})
+        self.retention, self.archive = retention, archive
         self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
-        if max_send_buffer < 64 * 1024:
-            raise InvalidOption("max_send_buffer must be at least 65536 bytes")
-        self.limits = Limits(
-            max_frame=max_frame,
-            max_send_buffer=max_send_buffer,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-        )
+        self.limits = _limits(max_frame, max_send_buffer, ping_interval, ping_timeout)
         self.registry = Registry()
         self.registry.allowed_origins = parse_origins(allowed_origins)
-        if request_timeout <= 0 or keepalive_timeout <= 0:
-            raise InvalidOption("request_timeout and keepalive_timeout must be > 0 seconds")
-        if max_connections_per_address is not None and max_connections_per_address < 0:
-            raise InvalidOption("max_connections_per_address must be >= 0 (0 or None: no cap)")
-        self.request_timeout = float(request_timeout)
-        self.keepalive_timeout = float(keepalive_timeout)
-        self.max_connections_per_address = max_connections_per_address or None
+        self.request_timeout, self.keepalive_timeout = _http_timeouts(
+            request_timeout, keepalive_timeout
+        )
+        self.max_connections_per_address = _per_address(max_connections_per_address)
         self.trusted_proxies = _trusted_proxies(trusted_proxies)
-        self.clock = clock
-        self.name = name
-        self.hub: Hub | None = None
-        self.cluster: Cluster | None = None
-        self.advertise_url = advertise_url
-        self.lease = lease
-        self._uvicorn: _Uvicorn | None = None
-        self._serve_task: asyncio.Task[None] | None = None
-        self._handle_signals = False  # set by serve_forever(): SIGTERM/SIGINT stop gracefully
+        self.advertise_url, self.lease = advertise_url, lease
         self._stopping: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
         self._force = asyncio.Event()  # a second signal: skip the rest of the grace period
@@ -311,7 +280,26 @@ class Server:
         return self.cluster.hub if self.cluster is not None else self.hub
 
     async def _listen(self, app: Any) -> None:
-        config = uvicorn.Config(
+        on_signal = self._on_signal if self._handle_signals else None
+        self.listener = Listener(self._uvicorn_config(app), on_signal)
+        try:
+            bound = await self.listener.start()
+        except BaseException:
+            self.listener = None  # a later stop() has nothing to stop
+            raise
+        if bound:
+            self.port = bound[0][1]
+        # The addresses really bound (0.0.0.0 stays 0.0.0.0), not self.url: that is where a
+        # client on this machine dials, 127.0.0.1 for a hub on every address.
+        scheme = "wss" if self.tls_cert else "ws"
+        where = ", ".join(
+            f"{scheme}://{f'[{addr[0]}]' if ':' in addr[0] else addr[0]}:{addr[1]}{WS_PATH}"
+            for addr in bound
+        )
+        log.info("taskhub listening on %s (store %s)", where or self.url, self._store_where())
+
+    def _uvicorn_config(self, app: Any) -> uvicorn.Config:
+        return uvicorn.Config(
             app,
             host=self.host,
             port=self.port,
@@ -335,25 +323,6 @@ class Server:
             ssl_keyfile=self.tls_key,
             log_config=None,  # logging is the process's business (logs.setup in `serve`)
         )
-        self._uvicorn = _Uvicorn(config, self._on_signal if self._handle_signals else None)
-        self._serve_task = asyncio.create_task(self._serve_uvicorn(self._uvicorn))
-        while not self._uvicorn.started:
-            if self._serve_task.done():
-                failed, self._serve_task, self._uvicorn = self._serve_task, None, None
-                await failed  # raises why (_serve_uvicorn); a later stop() has nothing to stop
-                raise OSError(f"could not listen on {self.host}:{self.port}")
-            await asyncio.sleep(0.01)
-        bound = [sock.getsockname() for s in self._uvicorn.servers for sock in s.sockets]
-        if bound:
-            self.port = bound[0][1]
-        # The addresses really bound (0.0.0.0 stays 0.0.0.0), not self.url: that is where a
-        # client on this machine dials, 127.0.0.1 for a hub on every address.
-        scheme = "wss" if self.tls_cert else "ws"
-        where = ", ".join(
-            f"{scheme}://{f'[{addr[0]}]' if ':' in addr[0] else addr[0]}:{addr[1]}{WS_PATH}"
-            for addr in bound
-        )
-        log.info("taskhub listening on %s (store %s)", where or self.url, self._store_where())
 
     def _store_where(self) -> str:
         """The store URL, and for a sqlite file the absolute path it opened: three slashes
@@ -363,22 +332,6 @@ class Server:
         if isinstance(store, SqliteStore) and store.path != ":memory:":
             return f"{self.store_url}, file {os.path.abspath(store.path)}"
         return self.store_url
-
-    async def _serve_uvicorn(self, server: _Uvicorn) -> None:
-        """uvicorn's ``serve()``, except that a failed start (a port in use, say), which
-        uvicorn logs and answers with ``sys.exit``, raises an OSError naming the address and
-        the reason. A SystemExit would leave the task and stop the event loop itself."""
-        reason = _StartupError(server)
-        uvicorn_log = logging.getLogger("uvicorn.error")
-        uvicorn_log.addFilter(reason)
-        try:
-            await server.serve()
-        except SystemExit:
-            raise OSError(
-                f"could not listen on {self.host}:{self.port}: {reason.message or 'see the log'}"
-            ) from None
-        finally:
-            uvicorn_log.removeFilter(reason)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Shut down gracefully: stop taking connections and offering work, give started
@@ -394,12 +347,11 @@ class Server:
 
     async def _stop(self, grace: float) -> None:
         hub = self.leading
-        if hub is not None and self._uvicorn is not None:
+        if hub is not None and self.listener is not None:
             hub.drain()
             # New connections: refused at the socket (listeners closed) and, for a request
-            # already in flight on a kept-alive connection, by ws.py while draining.
-            for listener in self._uvicorn.servers:
-                listener.close()
+            # already in flight on a kept-alive connection, by the endpoints while draining.
+            self.listener.close_sockets()
             await self._wait_idle(hub, grace)
             await hub.flush()  # what finished work caused reaches its connections first
             await hub.close_connections(code=CLOSE_RESTART, reason="hub shutting down")
@@ -407,12 +359,10 @@ class Server:
         if self.cluster is not None:
             await self.cluster.stop()
             self.cluster = None
-        if self._uvicorn is not None and self._serve_task is not None:
+        if self.listener is not None:
             # uvicorn waits (up to 5 s) for the connection handlers, whose `finally` detaches
             # each peer: its held deliveries are taken back before the hub's last flush.
-            self._uvicorn.should_exit = True
-            await self._serve_task
-            self._serve_task = None
+            await self.listener.stop()
         if self.hub is not None:
             await self.hub.stop()  # writes the last batch, closes the store
             self.hub = None
@@ -489,40 +439,69 @@ class Server:
         run(self.serve_forever())
 
 
-class _StartupError(logging.Filter):
-    """Until uvicorn has started, keeps an error it logs (why it could not start) rather than
-    letting it through: the hub raises it in an OSError, which `taskhub serve` prints as its
-    one ``error:`` line. Once started, uvicorn's errors are logged as usual."""
+def _check(
+    tls_cert: str | None,
+    tls_key: str | None,
+    shutdown_grace: float,
+    idempotency_window: float,
+    retention: float | None,
+) -> None:
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidOption("tls_cert and tls_key go together: give both or neither")
+    if shutdown_grace < 0:
+        raise InvalidOption("shutdown_grace must be >= 0 seconds")
+    if idempotency_window <= 0:
+        raise InvalidOption("idempotency_window must be > 0 seconds")
+    if retention is not None and retention < 0:
+        raise InvalidOption("retention must be >= 0 seconds (or None: keep forever)")
 
-    def __init__(self, server: uvicorn.Server) -> None:
-        super().__init__()
-        self.server = server
-        self.message = ""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.server.started or record.levelno < logging.ERROR:
-            return True
-        self.message = record.getMessage()
-        return False
+def _task_defaults(
+    timeouts: tuple[float | None, float | None, float, float],
+    retry: tuple[int, int, float, float],
+    actions: dict[str, dict[str, Any]],
+) -> Defaults:
+    """The lifecycle's defaults from Server's options: ``timeouts`` are (task_start_timeout,
+    task_end_timeout, pickup_window, idempotency_window), ``retry`` (retries, max_attempts,
+    retry_backoff, retry_backoff_max), ``actions`` the action_defaults."""
+    start_timeout, end_timeout, pickup_window, idempotency_window = timeouts
+    retries, max_attempts, backoff, backoff_max = retry
+    return Defaults(
+        task_start_timeout=start_timeout,
+        task_end_timeout=end_timeout,
+        retries=retries,
+        max_attempts=max_attempts,
+        retry_backoff=backoff,
+        retry_backoff_max=backoff_max,
+        pickup_window=pickup_window,
+        idempotency_window=idempotency_window,
+        actions=_action_defaults(actions),
+    )
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn, except that SIGTERM/SIGINT start the hub's graceful stop.
+def _limits(
+    max_frame: int, max_send_buffer: int, ping_interval: float, ping_timeout: float
+) -> Limits:
+    if max_send_buffer < 64 * 1024:
+        raise InvalidOption("max_send_buffer must be at least 65536 bytes")
+    return Limits(
+        max_frame=max_frame,
+        max_send_buffer=max_send_buffer,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
 
-    uvicorn's own handling would close every connection at once, and after serving it raises
-    the signal again so that it ends the process (exit status 143/130). With ``on_signal`` the
-    signal is handled, not recorded, so ``taskhub serve`` finishes its shutdown and exits 0.
-    """
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[int], None] | None) -> None:
-        super().__init__(config)
-        self.on_signal = on_signal
+def _http_timeouts(request_timeout: float, keepalive_timeout: float) -> tuple[float, float]:
+    if request_timeout <= 0 or keepalive_timeout <= 0:
+        raise InvalidOption("request_timeout and keepalive_timeout must be > 0 seconds")
+    return float(request_timeout), float(keepalive_timeout)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.on_signal is None:
-            super().handle_exit(sig, frame)
-        else:
-            self.on_signal(sig)
+
+def _per_address(cap: int | None) -> int | None:
+    if cap is not None and cap < 0:
+        raise InvalidOption("max_connections_per_address must be >= 0 (0 or None: no cap)")
+    return cap or None
 
 
 def _action_defaults(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,6 @@ import collections
 import concurrent.futures
 import contextvars
 import copy
-import datetime as dt
 import functools
 import logging
 import os
@@ -45,6 +44,7 @@ from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
 from taskhub.client.client import Step
+from taskhub.client.handler_task import BlockingTask
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
 from taskhub.errors import ConnectionClosed, TaskHubError
@@ -595,72 +595,20 @@ class Handle:
         self._client._call(self._handle.cancel())
 
 
-class Task:
-    """What a sync handler gets: the task's fields and blocking versions of its steps."""
+class Task(BlockingTask):
+    """What a sync handler gets: the task's fields and blocking versions of its steps
+    (``update``, ``extend``, ``success``, ``drop``, ``pickup``); ``on`` callbacks run in the
+    client's loop thread (keep them short)."""
 
     def __init__(self, client: Client, ctx: TaskContext) -> None:
-        self._client = client
-        self._ctx = ctx
-        self.id = ctx.id
-        self.action = ctx.action
-        self.attempt = ctx.attempt
-        self.group = ctx.group
-        self.publisher = ctx.publisher
-        self.created_at = ctx.created_at
-        self.previous_result = ctx.previous_result
+        super().__init__(ctx, functools.partial(_loop_of, client), client._call)
 
-    @property
-    def payload(self) -> Any:
-        return self._ctx.payload  # fetched before the handler was called
 
-    def get_payload(self) -> Any:
-        return self.payload
-
-    @property
-    def revoked(self) -> str | None:
-        """Why the hub took the task away (``cancelled``, ``timeout``, ...), or None."""
-        return self._ctx.revoked
-
-    @property
-    def last_update(self) -> Any:
-        return self._ctx.last_update
-
-    def update(self, data: Any) -> None:
-        """Progress: blocks until the hub has stored and relayed it."""
-        self._client._call(self._ctx.update(data))
-
-    def extend(self, duration: float | dt.timedelta | str) -> None:
-        """The task must now finish within ``duration`` from now (``"10m"``), or by its
-        earlier deadline if later; blocks until the hub has it (docs/workers.md §6)."""
-        self._client._call(self._ctx.extend(duration))
-
-    def success(self, result: Any = None) -> None:
-        """Done, with ``result``: blocks until the hub has it. The function's return value
-        is then ignored, and an exception it raises afterwards is logged, not sent as a
-        failure. At most once: a second call, or one after :meth:`drop`, raises
-        ``NotHolding`` and sends nothing."""
-        self._client._call(self._ctx.success(result))
-
-    def drop(self) -> None:
-        """Done without a result; the function's return value is then ignored (raises
-        ``NotHolding`` after :meth:`success`)."""
-        self._client._call(self._ctx.drop())
-
-    def pickup(self) -> None:
-        """Idempotent: the library picked the task up before calling the function."""
-        self._client._call(self._ctx.pickup())
-
-    start = pickup
-
-    def on(self, event: str, callback: Callable[[Task], Any]) -> Task:
-        """Call ``callback(task)`` on ``update`` or ``success`` from other services; runs in
-        the client's loop thread (keep it short)."""
-        runner = self._client._runner
-        if runner is None:
-            raise RuntimeError("the client is not connected")
-        relay = functools.partial(_relay, callback, self)
-        runner.loop.call_soon_threadsafe(self._ctx.on, event, relay)
-        return self
+def _loop_of(client: Client) -> asyncio.AbstractEventLoop:
+    runner = client._runner
+    if runner is None:
+        raise RuntimeError("the client is not connected")
+    return runner.loop
 
 
 class Watch:

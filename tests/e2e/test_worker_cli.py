@@ -239,6 +239,48 @@ def test_pool_processes_runs_a_cpu_bound_handler_in_another_process(
     assert w.wait() == 0
 
 
+def test_a_process_pool_handler_sends_progress_and_extends_its_timeout(
+    tmp_path: Path, hub_url: str, workers: list[WorkerProcess]
+) -> None:
+    """``task.update`` and ``task.extend`` from a handler running in a child process: the
+    publisher sees the progress, the extended end timeout holds the task alive past its
+    own ``timeout``, and the result comes after them."""
+    mod = module(
+        tmp_path,
+        "procsteps",
+        """
+        import os, time
+        from taskhub import Worker
+        worker = Worker(name="cpu")
+
+        @worker.task("math:warm")
+        def warm(task):  # the first task of a process imports this module
+            return os.getpid()
+
+        @worker.task("math:steps", timeout=2)
+        def steps(task):
+            task.update({"pct": 50, "pid": os.getpid()})
+            task.extend("30s")
+            time.sleep(3)  # past the declared timeout of 2 s: alive thanks to extend
+            task.update({"pct": 100, "pid": os.getpid()})
+            return os.getpid()
+        """,
+    )
+    w = WorkerProcess(tmp_path, f"{mod}:worker", "--url", hub_url, "--pool", "processes")
+    workers.append(w)
+    w.wait_for("ready")
+    seen: list[Any] = []
+    with Client(hub_url, name="pub") as client:
+        client.pub("math:warm").get_result(timeout=30)
+        handle = client.pub("math:steps")
+        handle.on("update", lambda h: seen.append(h.last_update))
+        pid = handle.get_result(timeout=30)  # TaskTimeout without the extend
+    assert pid not in (w.proc.pid, os.getpid())  # it ran in a child process
+    assert seen and seen[-1] == {"pct": 100, "pid": pid}  # progress from that process
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0
+
+
 def test_reload_restarts_the_worker_when_its_code_changes(
     tmp_path: Path, hub_url: str, workers: list[WorkerProcess]
 ) -> None:

@@ -178,14 +178,14 @@ async def test_a_hub_bug_answers_internal_and_the_connection_goes_on(
     `internal` without details, and the rest of the frame and the connection carry on."""
     hub = server.hub
     assert hub is not None
-    real = hub._handle
+    real = hub.topics.subscribe
 
-    def buggy(peer: Any, msg: Any) -> Any:
-        if getattr(msg, "topic", None) == "boom.now":
+    def buggy(peer: Any, pattern: str) -> None:
+        if pattern == "boom.now":
             raise KeyError("a bug")
-        return real(peer, msg)
+        real(peer, pattern)
 
-    monkeypatch.setattr(hub, "_handle", buggy)
+    monkeypatch.setattr(hub.topics, "subscribe", buggy)
     ws = await _raw(server)
     with caplog.at_level(logging.ERROR, logger="taskhub"):
         replies = await _answer(

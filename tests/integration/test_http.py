@@ -134,7 +134,7 @@ async def test_a_shutdown_answers_long_polls_and_ends_event_streams(
             )
         )
         stream = asyncio.create_task(_sse(http, task_id))
-        await until(lambda: len(server.hub._wakers) == 3)  # all three are waiting
+        await until(lambda: len(server.hub.wakers) == 3)  # all three are waiting
         with caplog.at_level(logging.ERROR):
             await asyncio.wait_for(server.stop(), 30)
         r = await poll

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,3 +99,15 @@ async def test_the_openapi_lists_states_and_labels(http: httpx.AsyncClient) -> N
     assert set(words) == {
         "init", "start", "success", "fail", "end", "waiting", "running", "failed", "ended",
     }  # fmt: skip
+
+
+async def test_the_cli_filters_by_a_label_too(server: Server, make_client: ClientFactory) -> None:
+    from tests.integration.test_cli import cli
+
+    c = await make_client("p")
+    ids = [await c.pub("labels:wait", i).accepted() for i in range(2)]
+    for word in ("waiting", "init"):
+        run = await cli("tasks", "ls", "--state", word, "--json", "--url", server.url)
+        assert run.code == 0, run.stderr
+        assert [t["id"] for t in json.loads(run.stdout)["tasks"]] == ids
+        assert {t["state"] for t in json.loads(run.stdout)["tasks"]} == {"init"}

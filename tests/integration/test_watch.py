@@ -147,14 +147,14 @@ async def test_the_hub_listens_for_watchers_only_while_there_are_any(
     hub = server.hub
     assert hub is not None
     listeners = hub.lc.listeners
-    assert hub._watched not in listeners
+    assert hub.watches.on_event not in listeners
     a, b, worker = await make_client("a"), await make_client("b"), await make_client("w")
     await worker.sub("job:run", lambda t: "done")
     async with a.watch("job:*") as events:
-        assert hub._watched in listeners
+        assert hub.watches.on_event in listeners
         async with b.watch(">"):
-            assert listeners.count(hub._watched) == 1
-        assert hub._watched in listeners  # a still watches
+            assert listeners.count(hub.watches.on_event) == 1
+        assert hub.watches.on_event in listeners  # a still watches
         await a.pub("job:run").get_result()
         assert [e["type"] for e in await next_events(events, 4)] == [
             "init",
@@ -162,8 +162,8 @@ async def test_the_hub_listens_for_watchers_only_while_there_are_any(
             "start",
             "success",
         ]
-    await until(lambda: hub._watched not in listeners)
+    await until(lambda: hub.watches.on_event not in listeners)
     async with b.watch(">"):
-        assert hub._watched in listeners
+        assert hub.watches.on_event in listeners
         await b.close()  # a dropped connection ends its watches too
-        await until(lambda: hub._watched not in listeners)
+        await until(lambda: hub.watches.on_event not in listeners)

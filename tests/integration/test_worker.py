@@ -352,3 +352,62 @@ async def test_where_handlers_run(url: str) -> None:
     assert names[0] == names[1] == "taskhub-worker-handlers"
     assert names[2].startswith("taskhub-where:thread")
     assert main_thread not in names
+
+
+@pytest.mark.parametrize("pool", ["async", "threads"])
+async def test_a_result_leaves_while_the_connection_loop_is_busy(url: str, pool: str) -> None:
+    """A handler's result is written from the thread it ran on, at once: the publisher has
+    it even while the worker's connection loop is busy (that loop wakes later only to end
+    the delivery's bookkeeping), so a result costs no wake-up of the connection's thread."""
+    worker = Worker(url, name="w")
+    started, go = threading.Event(), threading.Event()
+
+    @worker.task("busy:async")
+    async def on_the_handler_loop(task: Task) -> str:
+        started.set()
+        await asyncio.to_thread(go.wait, 10)
+        return "done"
+
+    @worker.task("busy:threads")
+    def in_a_thread(task: SyncTask) -> str:
+        started.set()
+        go.wait(10)
+        return "done"
+
+    received, freed = threading.Event(), threading.Event()
+
+    def busy() -> None:  # on the connection's loop: it does nothing else meanwhile
+        go.set()  # the handler returns now
+        received.wait(10)
+        freed.set()
+
+    async with worker, Client(url, name="pub") as client:
+        handle = client.pub(f"busy:{pool}")
+        assert await asyncio.to_thread(started.wait, 10)
+        assert worker._run is not None
+        worker._run.conn.loop.call_soon_threadsafe(busy)
+        try:
+            assert await handle.get_result(timeout=8) == "done"
+            assert not freed.is_set()  # it came while the connection's loop was still busy
+        finally:
+            received.set()
+        assert await client.pub(f"busy:{pool}").get_result(timeout=10) == "done"  # and on
+
+
+async def test_results_written_from_many_threads_at_once_keep_their_frames_whole(
+    url: str,
+) -> None:
+    """Results leave from the handlers' threads, several at a time, large enough that the
+    socket takes them in parts while the connection's loop writes too (pickups, acks): every
+    frame arrives whole (the hub would drop a connection that sent a broken one)."""
+    worker = Worker(url, name="w")
+
+    @worker.task("big:echo", concurrency=8)
+    def echo(task: SyncTask) -> dict[str, Any]:
+        return {"n": task.payload, "pad": "x" * 300_000}
+
+    async with worker, Client(url, name="pub") as client:
+        handles = [client.pub("big:echo", n) for n in range(80)]
+        results = await asyncio.gather(*(h.get_result(timeout=60) for h in handles))
+    assert [r["n"] for r in results] == list(range(80))
+    assert all(len(r["pad"]) == 300_000 for r in results)

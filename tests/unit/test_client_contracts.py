@@ -9,7 +9,21 @@ from pathlib import Path
 import taskhub
 
 SRC = Path(taskhub.__file__).parent
-MODULES = [*sorted((SRC / "client").glob("*.py")), SRC / "sync.py", SRC / "worker.py"]
+MODULES = [
+    *sorted((SRC / "client").glob("*.py")),
+    SRC / "sync.py",
+    *sorted(SRC.glob("worker*.py")),
+]
+# websockets' public API the client builds on (its sans-I/O layer, docs/decisions.md "The
+# client's WebSocket is sans-I/O"): nothing else of websockets, and no private name of it.
+WEBSOCKETS_PUBLIC = {
+    "websockets.client",
+    "websockets.exceptions",
+    "websockets.frames",
+    "websockets.http11",
+    "websockets.protocol",
+    "websockets.uri",
+}
 
 
 def _own_names(tree: ast.AST) -> set[str]:
@@ -46,4 +60,21 @@ def _foreign_private_reads(path: Path) -> list[str]:
 
 def test_no_client_module_reads_another_modules_private_names() -> None:
     found = [hit for path in MODULES for hit in _foreign_private_reads(path)]
+    assert found == [], "\n".join(found)
+
+
+def test_the_client_uses_only_websockets_public_api() -> None:
+    found = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("websockets"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if node.module not in WEBSOCKETS_PUBLIC or private:
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Import):
+                found.extend(
+                    f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node)}"
+                    for a in node.names
+                    if a.name.startswith("websockets")
+                )
     assert found == [], "\n".join(found)

@@ -21,9 +21,7 @@ from taskhub.records import (
     TaskState,
 )
 
-STATIC = (
-    Path(__file__).resolve().parents[2] / "src" / "taskhub" / "hub" / "dashboard" / "static" / "js"
-)
+STATIC = Path(__file__).resolve().parents[2] / "src/taskhub/hub/dashboard/static/js"
 
 
 def test_state_values_are_the_wire_words() -> None:

@@ -18,15 +18,13 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Event, State
 
+from taskhub.client.wire import Wire, dial
 from taskhub.errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -70,28 +68,6 @@ def ws_url(url: str) -> str:
 EARLY_SEND = 64 * 1024
 
 
-class _HubConnection(ClientConnection):
-    """websockets' client connection, handing each whole text frame to :attr:`on_frame` as it
-    is parsed rather than through ``recv()`` a loop turn later (docs/performance.md). Anything
-    else (binary or fragmented messages, which a hub does not send) goes the usual way, and so
-    does any frame that arrives while ``recv()`` still holds one, so that none overtakes
-    another; ``recv()`` also reports the end of the connection."""
-
-    on_frame: Callable[[bytes | bytearray | memoryview], None] | None = None
-
-    def process_event(self, event: Event) -> None:
-        if (
-            self.on_frame is not None
-            and isinstance(event, Frame)
-            and event.opcode is Opcode.TEXT
-            and event.fin
-            and not len(self.recv_messages.frames)
-        ):
-            self.on_frame(event.data)
-            return
-        super().process_event(event)
-
-
 class Connection:
     def __init__(
         self,
@@ -122,13 +98,16 @@ class Connection:
         # a getpid() system call, too much to pay for every publish.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
-        self._ws: _HubConnection | None = None
+        self._ws: Wire | None = None  # the WebSocket while connected
         # Messages are encoded as they are queued: the bytes hold no references, so a burst of
         # publishes leaves nothing behind for the garbage collector until the next flush.
         self._outbox: list[bytes] = []
         self._outbox_size = 0
         self._flush_scheduled = False
-        self._sending = 0  # frames handed to websockets' send() and not yet written
+        # Frames made while the transport was full (Wire.paused), written in order when it
+        # takes data again: a frame made later never overtakes them.
+        self._held: list[bytes] = []
+        self._keepalive: asyncio.TimerHandle | None = None
         self._refs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message] | Receiver] = {}
         self._runner: asyncio.Task[None] | None = None
@@ -163,41 +142,36 @@ class Connection:
         self._closing = True
         self._flush()
         self.connected.clear()  # from now on post() refuses at once
-        if self._ws is not None:
+        ws = self._ws
+        if ws is not None:
+            for frame in self._held if ws.open else ():  # before the close frame, whatever
+                ws.send_text(frame)  # the transport holds
+            self._held = []
             with contextlib.suppress(Exception):
-                await self._ws.close()
+                await ws.close()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
         self._fail_pending(ConnectionClosed("the client was closed"))
 
-    async def _dial(self) -> _HubConnection:
+    async def _dial(self) -> Wire:
         url = self.urls[self._url_index % len(self.urls)]
         self._url_index += 1
         try:
-            # create_connection: the connection is a _HubConnection
-            ws = cast(
-                _HubConnection,
-                await connect(
-                    url,
-                    additional_headers={"Authorization": f"Bearer {self.name}:{self.key}"},
-                    max_size=self.max_frame,
-                    ping_interval=self.ping_interval,
-                    ping_timeout=self.ping_interval,
-                    open_timeout=self.connect_timeout,
-                    ssl=self.ssl,
-                    compression=None,
-                    create_connection=_HubConnection,
-                ),
+            ws, frame = await dial(
+                url,
+                authorization=f"Bearer {self.name}:{self.key}",
+                max_size=self.max_frame,
+                ssl=self.ssl,
+                timeout=self.connect_timeout,
             )
         except InvalidStatus as exc:
             raise ConnectionClosed(f"{url} refused the WebSocket handshake: {exc}") from None
-        try:
-            first = _decoder.decode(await ws.recv(decode=False))
         except WsClosed as exc:
             # e.g. 1013 "try again later" from a hub whose cluster has no leader yet
             raise ConnectionRefusedError(f"{url} closed the connection: {exc}") from None
+        first = _decoder.decode(frame)
         if isinstance(first, dict) and first.get("op") == "error":
             await ws.close()
             raise from_wire(first)
@@ -207,7 +181,7 @@ class Connection:
         self.welcome = first
         return ws
 
-    async def _run(self, ws: _HubConnection | None) -> None:
+    async def _run(self, ws: Wire | None) -> None:
         delay = 0.05
         while not self._closing:
             if ws is None:
@@ -219,26 +193,40 @@ class Connection:
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, self.max_backoff)
                     continue
-            self._ws = ws
-            ws.on_frame = self._dispatch  # from now on; the welcome was read by _dial
-            self.send(hello())  # first on every connection: the hub forgets it on a drop
-            try:
-                await self.on_connect()
-            except Exception:
-                log.exception("restoring state after connecting failed")
-            self.connected.set()
-            self._flush()
-            try:
-                while True:  # frames as bytes: JSON needs no str in between
-                    self._dispatch(await ws.recv(decode=False))
-            except WsClosed:
-                pass
-            self.connected.clear()
-            self._ws = None
+            await self._serve(ws)
             ws = None
             self._fail_pending(ConnectionClosed("the connection to the hub was lost"))
             if not self._closing:
                 log.warning("connection to the hub lost; reconnecting")
+
+    async def _serve(self, ws: Wire) -> None:
+        """Use ``ws`` until it is lost: restore the client's state, send, keep it alive."""
+        loop = asyncio.get_running_loop()
+        self._ws = ws
+        ws.on_resume = self._send_held
+        ws.take_frames(self._dispatch)  # from now on; the welcome was read by _dial
+        self._keepalive = loop.call_later(self.ping_interval, self._ping, ws)
+        self.send(hello())  # first on every connection: the hub forgets it on a drop
+        try:
+            await self.on_connect()
+        except Exception:
+            log.exception("restoring state after connecting failed")
+        self.connected.set()
+        self._flush()
+        try:
+            await asyncio.shield(ws.lost)
+        finally:
+            self._keepalive.cancel()
+            self.connected.clear()
+            self._ws = None
+            self._held = []  # never written: their requests fail with the others
+
+    def _ping(self, ws: Wire) -> None:
+        """The keepalive: a ping every ping_interval; one unanswered by the next fails the
+        connection (it is then dialled again). Pings run here, on the connection's loop."""
+        if ws.keepalive() and not ws.lost.done():
+            loop = asyncio.get_running_loop()
+            self._keepalive = loop.call_later(self.ping_interval, self._ping, ws)
 
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         try:
@@ -284,6 +272,24 @@ class Connection:
         large for the hub's frames (:class:`FrameTooLarge`): nobody waits for an answer to
         it, so later would be too late to say so."""
         self._queue(self._encode_alone(msg))
+
+    def send_now(self, msg: Message) -> bool:
+        """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
+        in a frame of its own, without waking the loop (a worker's handler thread sends its
+        result so). Only while nothing made earlier waits to be written (no frame held for a
+        full transport, nothing unwritten in it) and not over TLS; False: nothing was sent,
+        and ``msg`` should go through :meth:`send` on the loop (which also reports what
+        cannot be sent)."""
+        ws = self._ws
+        if ws is None or self._held or not self.connected.is_set():
+            return False
+        try:
+            part = encode(msg)
+        except UNSENDABLE:
+            return False
+        if len(part) > self._frame_limit():
+            return False
+        return ws.send_text_now(part)
 
     def _encode_alone(self, msg: Message) -> bytes:
         part = encode(msg)
@@ -335,18 +341,21 @@ class Connection:
             return
         out, self._outbox = self._outbox, []
         size, self._outbox_size = self._outbox_size, 0
-        limit = self._frame_limit()
-        for frame in self._frames(out, size, limit):
-            if self._sending == 0 and _write_now(ws, frame):
-                continue
-            # JSON is UTF-8: sent as a text frame as it is, without a str in between.
-            self._sending += 1
-            task = asyncio.ensure_future(ws.send(frame, text=True))
-            task.add_done_callback(self._sent)
+        frames = self._frames(out, size, self._frame_limit())
+        if self._held or ws.paused or not ws.open:
+            self._held.extend(frames)  # behind the frames already waiting
+            return
+        for i, frame in enumerate(frames):
+            ws.send_text(frame)
+            if ws.paused:  # the transport is full now: the rest waits for it to drain
+                self._held.extend(frames[i + 1 :])
+                return
 
-    def _sent(self, task: asyncio.Future[None]) -> None:
-        self._sending -= 1
-        _ignore_closed(task)
+    def _send_held(self) -> None:
+        """The transport takes data again: write the frames that waited, in order."""
+        ws = self._ws
+        while self._held and ws is not None and ws.open and not ws.paused:
+            ws.send_text(self._held.pop(0))
 
     def _frames(self, parts: list[bytes], size: int, limit: int) -> list[bytes]:
         """Pack the encoded messages (``size`` bytes in all), in order, into as few frames as
@@ -466,17 +475,6 @@ def _not_sent(op: Any, size: int, limit: int) -> FrameTooLarge:
     )
 
 
-def _write_now(ws: ClientConnection, frame: bytes) -> bool:
-    """Write ``frame`` as a text frame at once, as ``ws.send`` would, if nothing could make
-    that wait: the connection is open, no fragmented message is going out, the socket takes
-    data. Saves a task and a loop turn per frame (docs/performance.md); False: use send()."""
-    if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
-        return False
-    ws.protocol.send_text(frame)
-    ws.send_data()
-    return True
-
-
 def _join(parts: list[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else b"[" + b",".join(parts) + b"]"
 
@@ -490,11 +488,6 @@ def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> Non
         waiter.feed_unanswered(exc)
     except Exception:
         log.exception("failing a request without an answer failed")
-
-
-def _ignore_closed(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()  # a lost connection is handled by the reader; nothing to do here
 
 
 def hello() -> Message:

@@ -50,6 +50,10 @@ class Link:
     def send(self, msg: Message) -> None:
         self.conn.send(msg)
 
+    def send_now(self, msg: Message) -> bool:
+        """From another thread, at once if nothing waits before it (``Connection.send_now``)."""
+        return self.conn.send_now(msg)
+
     @property
     def connected(self) -> bool:
         return self.conn.connected.is_set()

@@ -199,6 +199,21 @@ class TaskContext(_Emitter):
         if not self.observe:
             await self._step("drop")
 
+    def return_from_thread(self, result: Any) -> bool:
+        """From a thread other than the connection's (a worker's handler loop or pool, as the
+        handler returns): send ``result`` at once, so that the hub has it without waiting
+        for the connection's loop to wake (docs/performance.md). The handler's return is
+        then not sent again. False if it cannot go so (the delivery already ended, frames
+        wait to be written, TLS, not JSON): the connection's loop sends it as usual."""
+        if self.returned or self.dropped or self.observe or self.revoked or self.released:
+            return False
+        self.returned = True  # before the write: the loop, woken later, sends nothing more
+        msg = {"op": "return", "task": self.id, "attempt": self.attempt, "result": result}
+        if self._link.send_now(msg):
+            return True
+        self.returned = False
+        return False
+
     async def _step(self, op: str, **fields: Any) -> None:
         attempt = 0 if self.observe else self.attempt
         await self._link.request({"op": op, "task": self.id, "attempt": attempt, **fields})

@@ -182,22 +182,22 @@ class Admin:
                         msg.options,
                         msg.timezone,
                     )
-                    hub._ok(peer, ref, schedule=out)
+                    hub.answer(peer, ref, schedule=out)
                 case p.Unschedule():
-                    hub._ok(peer, ref, schedule=await self.remove_schedule(creds, msg.name))
+                    hub.answer(peer, ref, schedule=await self.remove_schedule(creds, msg.name))
                 case p.Schedules():
-                    hub._ok(peer, ref, schedules=self.schedules(creds))
+                    hub.answer(peer, ref, schedules=self.schedules(creds))
                 case p.Queues():
-                    hub._ok(peer, ref, queues=self.queues(creds))
+                    hub.answer(peer, ref, queues=self.queues(creds))
                 case p.Purge():
                     n = await self.purge(creds, msg.action, msg.group, forget=msg.forget)
-                    hub._ok(peer, ref, purged=n)
+                    hub.answer(peer, ref, purged=n)
                 case p.DeadLetters():
-                    hub._ok(peer, ref, dead_letters=await self.dead_letters(creds, msg.action))
+                    hub.answer(peer, ref, dead_letters=await self.dead_letters(creds, msg.action))
                 case p.DeadLetter():
-                    hub._ok(peer, ref, dead_letter=await self.dead_letter(creds, msg.task))
+                    hub.answer(peer, ref, dead_letter=await self.dead_letter(creds, msg.task))
                 case p.Requeue():
-                    hub._ok(peer, ref, task=await self.requeue(creds, msg.task))
+                    hub.answer(peer, ref, task=await self.requeue(creds, msg.task))
         except TaskHubError as exc:
             hub.lc.send(peer, p.error_msg(exc, ref))
         except Exception:

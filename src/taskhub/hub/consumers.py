@@ -84,9 +84,10 @@ class Consumer:
                 # The lease is over (timed out, cancelled, or someone else returned first).
                 lease = self.leases.get(msg["task"])
                 if lease is not None and (op == "event" or lease.attempt == msg["attempt"]):
-                    self._end_lease(lease)
+                    self.end_lease(lease)
 
-    def _end_lease(self, lease: Lease) -> None:
+    def end_lease(self, lease: Lease) -> None:
+        """The lease is over: its timer stops and it is forgotten."""
         if lease.timer is not None:
             lease.timer.cancel()
         self.leases.pop(lease.task_id, None)
@@ -153,7 +154,7 @@ class Consumers:
             self.hub.lc.unsubscribe(c.peer, action)
         handed_back = 0
         for lease in list(c.leases.values()):
-            c._end_lease(lease)
+            c.end_lease(lease)
             with contextlib.suppress(TaskHubError):  # ended or re-offered meanwhile
                 self.hub.lc.take_back(
                     c.peer, lease.task_id, lease.attempt, "consumer_stopped", count_try=False
@@ -252,7 +253,7 @@ class Consumers:
     def _done(self, c: Consumer, task_id: str) -> None:
         lease = c.leases.get(task_id)
         if lease is not None:
-            c._end_lease(lease)
+            c.end_lease(lease)
         c.attempts.pop(task_id, None)
         self.hub.kick()
 
@@ -296,7 +297,7 @@ class Consumers:
         if left > 0:  # renewed by an update
             self._arm_lease(c, lease, left)
             return
-        c._end_lease(lease)
+        c.end_lease(lease)
         with contextlib.suppress(TaskHubError):  # ended or re-offered meanwhile
             self.hub.lc.take_back(
                 c.peer, lease.task_id, lease.attempt, "lease_expired", count_try=True

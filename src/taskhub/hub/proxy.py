@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 log = logging.getLogger("taskhub.proxy")
@@ -39,6 +39,9 @@ SHUTTING_DOWN = (
     b'{"code":"shutting_down","message":"this hub is shutting down; retry, '
     b'at another hub of the cluster"}'
 )
+NO_LEADER = b'{"code":"no_leader","message":"no hub leads the cluster right now; retry shortly"}'
+LEADER_CHANGED = b'{"code":"no_leader","message":"the leading hub changed; retry"}'
+NO_ANSWER = b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}'
 _HOP_HEADERS = frozenset(
     {
         b"host",
@@ -115,81 +118,43 @@ class Relay:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         base = self._target()
         if base is None:
-            await send_json(
-                send,
-                503,
-                b'{"code":"no_leader","message":"no hub leads the cluster '
-                b'right now; retry shortly"}',
-            )
+            await send_json(send, 503, NO_LEADER)
             return
-        body = bytearray()
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        url = (
-            base
-            + scope["path"]
-            + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
-        )
+        body = await _read_body(receive)
+        resp = await self._forward(base, scope, body, send)
+        if resp is not None:
+            await _stream_back(resp, send, base)
+
+    async def _forward(
+        self, base: str, scope: Scope, body: bytes, send: Send
+    ) -> httpx.Response | None:
+        """The leader's response to the request, its body still to read; None once ``send``
+        has answered 503 (the leader changed, did not answer, or this hub stops)."""
+        query = scope.get("query_string")
+        url = base + scope["path"] + (("?" + query.decode()) if query else "")
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in scope["headers"]
             if k.lower() not in _HOP_HEADERS
         ]
         headers.append((RELAYED_HEADER.decode(), self.via))
-        req = self._http.build_request(scope["method"], url, headers=headers, content=bytes(body))
+        req = self._http.build_request(scope["method"], url, headers=headers, content=body)
         sending = asyncio.ensure_future(self._http.send(req, stream=True))
         self.requests.add(sending)
         try:
-            resp = await asyncio.shield(sending)
+            return await asyncio.shield(sending)
         except asyncio.CancelledError:
             if not sending.cancelled():
                 sending.cancel()
                 raise  # this request itself is cancelled (the hub stops)
-            if self.closing:
-                await send_json(send, 503, SHUTTING_DOWN)
-            else:
-                await send_json(
-                    send, 503, b'{"code":"no_leader","message":"the leading hub changed; retry"}'
-                )
-            return
+            await send_json(send, 503, SHUTTING_DOWN if self.closing else LEADER_CHANGED)
         except httpx.HTTPError as exc:
-            if self.closing:
-                await send_json(send, 503, SHUTTING_DOWN)
-                return
-            log.warning("relay to leader %s failed: %r", base, exc)
-            await send_json(
-                send,
-                503,
-                b'{"code":"no_leader","message":"the leading hub did not answer; retry shortly"}',
-            )
-            return
+            if not self.closing:
+                log.warning("relay to leader %s failed: %r", base, exc)
+            await send_json(send, 503, SHUTTING_DOWN if self.closing else NO_ANSWER)
         finally:
             self.requests.discard(sending)
-        started = False
-        try:
-            out_headers = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in resp.headers.multi_items()
-                if k.lower().encode() not in _HOP_HEADERS
-            ]
-            await send(
-                {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
-            )
-            started = True
-            async for chunk in resp.aiter_raw():  # streams SSE and long polls as they come
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.HTTPError, OSError):
-            log.info("relayed response from %s broke off", base)
-        finally:
-            await resp.aclose()
-        if started:
-            # Ended, or broke off (this hub or the leader stopping): end it as a response
-            # (an event stream's client reconnects with Last-Event-ID), not as a dropped one.
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
 
     # --- WebSocket ---------------------------------------------------------------------------
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -218,6 +183,28 @@ class Relay:
         if base is None:
             await try_again(send, "no hub leads the cluster right now; retry shortly")
             return
+        upstream = await self._dial(base, scope, send)
+        if upstream is None:
+            return
+        await send({"type": "websocket.accept"})
+        tasks = [
+            asyncio.create_task(_downstream(upstream, send)),
+            asyncio.create_task(_upstream(receive, upstream)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            with contextlib.suppress(Exception):
+                await upstream.close()
+
+    async def _dial(self, base: str, scope: Scope, send: Send) -> ClientConnection | None:
+        """A WebSocket to the leader, with the client's credentials; None once ``send`` has
+        refused the client with 1013 (the leader did not answer)."""
         url = base.replace("http", "ws", 1) + scope["path"]
         headers = {
             k.decode("latin-1"): v.decode("latin-1")
@@ -227,7 +214,7 @@ class Relay:
         headers[RELAYED_HEADER.decode()] = self.via
         interval, timeout = self.keepalive
         try:
-            upstream = await connect(
+            return await connect(
                 url,
                 additional_headers=headers,
                 max_size=None,
@@ -241,46 +228,72 @@ class Relay:
         except (OSError, InvalidStatus, TimeoutError) as exc:
             log.warning("relay to leader %s failed: %s", base, exc)
             await try_again(send, "the leading hub did not answer; retry shortly")
-            return
-        await send({"type": "websocket.accept"})
+            return None
 
-        async def down() -> None:  # leader -> client
-            try:
-                # A link the keepalive gave up is aborted by websockets at once: nothing
-                # that arrives later (stale, after a partition heals) is read.
-                async for frame in upstream:
-                    if isinstance(frame, str):
-                        await send({"type": "websocket.send", "text": frame})
-                    else:
-                        await send({"type": "websocket.send", "bytes": frame})
-            except ConnectionClosed:
-                pass
-            rcvd = upstream.close_code
-            reason = upstream.close_reason or ""
-            if rcvd is None or rcvd in (1006, 1011):  # dropped, or the keepalive gave up
-                rcvd, reason = CLOSE_TRY_AGAIN, "the leading hub stopped answering; reconnect"
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": rcvd, "reason": reason})
 
-        async def up() -> None:  # client -> leader
-            while True:
-                msg = await receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                data = msg.get("text")
-                await upstream.send(data if data is not None else msg.get("bytes") or b"")
+async def _downstream(upstream: ClientConnection, send: Send) -> None:
+    """Leader -> client, then the leader's close (1013 if it dropped or stopped answering)."""
+    try:
+        # A link the keepalive gave up is aborted by websockets at once: nothing that arrives
+        # later (stale, after a partition heals) is read.
+        async for frame in upstream:
+            if isinstance(frame, str):
+                await send({"type": "websocket.send", "text": frame})
+            else:
+                await send({"type": "websocket.send", "bytes": frame})
+    except ConnectionClosed:
+        pass
+    rcvd = upstream.close_code
+    reason = upstream.close_reason or ""
+    if rcvd is None or rcvd in (1006, 1011):  # dropped, or the keepalive gave up
+        rcvd, reason = CLOSE_TRY_AGAIN, "the leading hub stopped answering; reconnect"
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": rcvd, "reason": reason})
 
-        tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            with contextlib.suppress(Exception):
-                await upstream.close()
+
+async def _upstream(receive: Receive, upstream: ClientConnection) -> None:
+    """Client -> leader, until the client disconnects."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            break
+        data = msg.get("text")
+        await upstream.send(data if data is not None else msg.get("bytes") or b"")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = bytearray()
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return bytes(body)
+
+
+async def _stream_back(resp: httpx.Response, send: Send, base: str) -> None:
+    """Relay the leader's response as it comes (event streams and long polls too)."""
+    started = False
+    try:
+        out_headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in resp.headers.multi_items()
+            if k.lower().encode() not in _HOP_HEADERS
+        ]
+        await send(
+            {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
+        )
+        started = True
+        async for chunk in resp.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (httpx.HTTPError, OSError):
+        log.info("relayed response from %s broke off", base)
+    finally:
+        await resp.aclose()
+    if started:
+        # Ended, or broke off (this hub or the leader stopping): end it as a response
+        # (an event stream's client reconnects with Last-Event-ID), not as a dropped one.
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _tcp_keepalive(keepalive: tuple[float | None, float | None]) -> list[Any]:
@@ -312,7 +325,7 @@ async def try_again(send: Send, reason: str) -> None:
 
 
 async def send_json(send: Send, status: int, body: bytes) -> None:
-    """Answer an HTTP request with a JSON ``body`` (already encoded)."""
+    """Answer an HTTP request with ``status`` and a JSON ``body``."""
     await send(
         {
             "type": "http.response.start",

@@ -10,6 +10,9 @@
 - ``deadlines.py``: what each timer does when it fires.
 - ``recovery.py``: a previous run's tasks taken back.
 - ``operations.py``: the operator's tools (queue listings, purge, dead letters).
+
+Every part gets a :class:`~taskhub.lifecycle.shared.Shared` (the live tasks, the clock, the
+defaults, the timers, the journal) and the parts it calls.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from taskhub.lifecycle.operations import Operations
 from taskhub.lifecycle.publishing import Publishing
 from taskhub.lifecycle.queues import Queue, Queues
 from taskhub.lifecycle.recovery import Recovery
+from taskhub.lifecycle.shared import Shared
 from taskhub.lifecycle.state import (
     Clock,
     Credentials,
@@ -60,39 +64,22 @@ class Lifecycle:
         rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
-        self.defaults = d = defaults or Defaults()
+        self.defaults = defaults or Defaults()
         self.new_id = new_id
         self.tasks: dict[str, Task] = {}  # every task not yet ended
-        self.timers = timers = Timers()
-        tasks = self.tasks
+        self.timers = Timers()
         self._journal = journal = Journal(clock)
-        self._keys = keys = Keys(d, timers, tasks)
-        self._queues = queues = Queues(journal, timers, d, clock)
-        self._ending = ending = Ending(
-            tasks=tasks, journal=journal, queues=queues, keys=keys, timers=timers, defaults=d,
-            clock=clock,
-        )  # fmt: skip
-        self._publishing = publishing = Publishing(
-            tasks=tasks, journal=journal, queues=queues, keys=keys, ending=ending, timers=timers,
-            defaults=d, clock=clock, new_id=new_id,
-        )  # fmt: skip
-        self._steps = Steps(
-            tasks=tasks, journal=journal, queues=queues, keys=keys, ending=ending, timers=timers,
-            defaults=d, clock=clock, rng=rng or random.Random(),
-        )  # fmt: skip
-        self._subscriptions = Subscriptions(
-            tasks=tasks, journal=journal, queues=queues, ending=ending
-        )
-        self._deadlines = Deadlines(
-            tasks=tasks, queues=queues, keys=keys, ending=ending, timers=timers, clock=clock
-        )
-        self._recovery = Recovery(
-            publishing=publishing, queues=queues, keys=keys, ending=ending, timers=timers,
-            clock=clock,
-        )  # fmt: skip
-        self._operations = Operations(
-            tasks=tasks, journal=journal, queues=queues, ending=ending, publishing=publishing
-        )
+        shared = Shared(self.tasks, clock, self.defaults, self.timers, journal)
+        # The parts, each given the parts it uses (they depend on each other in one direction).
+        self._keys = keys = Keys(shared)
+        self._queues = queues = Queues(shared)
+        self._ending = ending = Ending(shared, queues, keys)
+        self._publishing = publishing = Publishing(shared, queues, keys, ending, new_id)
+        self._steps = Steps(shared, queues, keys, ending, rng or random.Random())
+        self._subscriptions = Subscriptions(shared, queues, ending)
+        self._deadlines = Deadlines(shared, queues, keys, ending)
+        self._recovery = Recovery(shared, publishing, queues, keys, ending)
+        self._operations = Operations(shared, queues, ending, publishing)
         # The parts' tables, read by the hub's views (never replaced, only changed in place).
         self.queues: dict[tuple[str, str], Queue] = queues.queues
         self.by_action: dict[str, list[Queue]] = queues.by_action
@@ -232,9 +219,14 @@ class Lifecycle:
     ) -> None:
         """``options``: the worker's declared defaults (``options.worker_options``)."""
         self._subscriptions.subscribe(
-            peer, action, group=group, concurrency=concurrency, observe=observe,
-            durable=durable, options=options,
-        )  # fmt: skip
+            peer,
+            action,
+            group=group,
+            concurrency=concurrency,
+            observe=observe,
+            durable=durable,
+            options=options,
+        )
 
     def unsubscribe(self, peer: Peer, action: str) -> None:
         self._subscriptions.unsubscribe(peer, action)

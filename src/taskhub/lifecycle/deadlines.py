@@ -8,30 +8,21 @@ from __future__ import annotations
 from taskhub.lifecycle.ending import Ending
 from taskhub.lifecycle.keys import Keys
 from taskhub.lifecycle.queues import Queues
-from taskhub.lifecycle.state import Clock, Task, TimerHandler
+from taskhub.lifecycle.shared import Shared
+from taskhub.lifecycle.state import Task, TimerHandler
 from taskhub.records import DeliveryState, TaskState
-from taskhub.timers import Timers
 
 
 class Deadlines:
     """Fires the timers that are due, by kind."""
 
-    def __init__(
-        self,
-        *,
-        tasks: dict[str, Task],
-        queues: Queues,
-        keys: Keys,
-        ending: Ending,
-        timers: Timers,
-        clock: Clock,
-    ) -> None:
-        self.tasks = tasks
+    def __init__(self, shared: Shared, queues: Queues, keys: Keys, ending: Ending) -> None:
+        self.tasks = shared.tasks
         self.queues = queues
         self.keys = keys
         self.ending = ending
-        self.timers = timers
-        self.clock = clock
+        self.timers = shared.timers
+        self.clock = shared.clock
         # Extra timer kinds (schedules.py): kind -> fn(key, now). Their timers sit in the same
         # heap, so one clock drives everything and a fake clock tests it all.
         self.handlers: dict[str, TimerHandler] = {}

@@ -3,9 +3,9 @@ and debounce keys (``once_every``: a task still waiting stands for later pubs of
 
 from __future__ import annotations
 
-from taskhub.lifecycle.state import Defaults, Task
+from taskhub.lifecycle.shared import Shared
+from taskhub.lifecycle.state import Task
 from taskhub.records import TaskState
-from taskhub.timers import Timers
 
 _INIT = TaskState.INIT  # bound once: an enum member read through its class is slow on 3.11
 
@@ -19,10 +19,10 @@ class Keys:
     """The idempotency keys of the last ``idempotency_window`` and the debounce keys of the
     tasks still waiting. Keys are pruned by a timer a quarter window apart."""
 
-    def __init__(self, defaults: Defaults, timers: Timers, tasks: dict[str, Task]) -> None:
-        self.defaults = defaults
-        self.timers = timers
-        self.tasks = tasks
+    def __init__(self, shared: Shared) -> None:
+        self.defaults = shared.defaults
+        self.timers = shared.timers
+        self.tasks = shared.tasks
         self.keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (task id, time)
         self.debounce: dict[str, str] = {}  # once_every "<action>\0<key>" -> waiting task id
         self._armed = False

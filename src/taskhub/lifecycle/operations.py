@@ -7,10 +7,10 @@ from typing import Any
 
 from taskhub.errors import PermissionDenied
 from taskhub.lifecycle.ending import Ending
-from taskhub.lifecycle.journal import Journal
 from taskhub.lifecycle.options import REQUEUE_OPTIONS, StoredOptions
 from taskhub.lifecycle.publishing import Publishing
 from taskhub.lifecycle.queues import Queue, Queues
+from taskhub.lifecycle.shared import Shared
 from taskhub.lifecycle.state import DEAD_META, QUEUE_META, Credentials, Task, queue_key
 from taskhub.names import allowed, validate_action
 from taskhub.records import DeliveryState
@@ -20,16 +20,10 @@ class Operations:
     """Durable queues and dead letters, as an operator handles them."""
 
     def __init__(
-        self,
-        *,
-        tasks: dict[str, Task],
-        journal: Journal,
-        queues: Queues,
-        ending: Ending,
-        publishing: Publishing,
+        self, shared: Shared, queues: Queues, ending: Ending, publishing: Publishing
     ) -> None:
-        self.tasks = tasks
-        self.journal = journal
+        self.tasks = shared.tasks
+        self.journal = shared.journal
         self.queues = queues
         self.ending = ending
         self.publishing = publishing

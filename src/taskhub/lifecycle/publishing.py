@@ -8,15 +8,13 @@ from typing import Any
 
 from taskhub.errors import PermissionDenied
 from taskhub.lifecycle.ending import Ending
-from taskhub.lifecycle.journal import Journal
 from taskhub.lifecycle.keys import Keys, key_of
 from taskhub.lifecycle.options import resolve_options
 from taskhub.lifecycle.queues import Queues
+from taskhub.lifecycle.shared import Shared
 from taskhub.lifecycle.state import (
     HELD,
-    Clock,
     Credentials,
-    Defaults,
     Peer,
     Task,
     follow,
@@ -24,33 +22,22 @@ from taskhub.lifecycle.state import (
 )
 from taskhub.names import allowed, reserved_action, validate_action
 from taskhub.records import TaskRecord, TaskState
-from taskhub.timers import Timers
 
 
 class Publishing:
     """Accepts tasks: checks, keys, the record, its first event, its timers, its groups."""
 
     def __init__(
-        self,
-        *,
-        tasks: dict[str, Task],
-        journal: Journal,
-        queues: Queues,
-        keys: Keys,
-        ending: Ending,
-        timers: Timers,
-        defaults: Defaults,
-        clock: Clock,
-        new_id: Callable[[], str],
+        self, shared: Shared, queues: Queues, keys: Keys, ending: Ending, new_id: Callable[[], str]
     ) -> None:
-        self.tasks = tasks
-        self.journal = journal
+        self.tasks = shared.tasks
+        self.journal = shared.journal
         self.queues = queues
         self.keys = keys
         self.ending = ending
-        self.timers = timers
-        self.defaults = defaults
-        self.clock = clock
+        self.timers = shared.timers
+        self.defaults = shared.defaults
+        self.clock = shared.clock
         self.new_id = new_id
         self._seq = 0  # publish order: the queues' tie-breaker within a priority
 

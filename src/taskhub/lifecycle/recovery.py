@@ -11,9 +11,9 @@ from taskhub.lifecycle.ending import Ending
 from taskhub.lifecycle.keys import Keys, key_of
 from taskhub.lifecycle.publishing import Publishing
 from taskhub.lifecycle.queues import Queues
-from taskhub.lifecycle.state import HELD, Clock, Delivery, Task, payload_size
+from taskhub.lifecycle.shared import Shared
+from taskhub.lifecycle.state import HELD, Delivery, Task, payload_size
 from taskhub.records import DeliveryRecord, DeliveryState, TaskRecord, TaskState
-from taskhub.timers import Timers
 
 _LOST = (DeliveryState.OFFERED, DeliveryState.STARTED)
 
@@ -22,21 +22,14 @@ class Recovery:
     """Takes back the unfinished tasks and the durable groups of a previous run."""
 
     def __init__(
-        self,
-        *,
-        publishing: Publishing,
-        queues: Queues,
-        keys: Keys,
-        ending: Ending,
-        timers: Timers,
-        clock: Clock,
+        self, shared: Shared, publishing: Publishing, queues: Queues, keys: Keys, ending: Ending
     ) -> None:
         self.publishing = publishing
         self.queues = queues
         self.keys = keys
         self.ending = ending
-        self.timers = timers
-        self.clock = clock
+        self.timers = shared.timers
+        self.clock = shared.clock
 
     def restore_queues(self, entries: Iterable[dict[str, Any]]) -> None:
         """Mark the stored durable groups subscribed again; call before :meth:`restore`, so

@@ -7,9 +7,9 @@ from typing import Any
 
 from taskhub.errors import InvalidOption, PermissionDenied
 from taskhub.lifecycle.ending import Ending
-from taskhub.lifecycle.journal import Journal
 from taskhub.lifecycle.queues import Queues
-from taskhub.lifecycle.state import QUEUE_META, Peer, Subscription, Task, queue_key
+from taskhub.lifecycle.shared import Shared
+from taskhub.lifecycle.state import QUEUE_META, Peer, Subscription, queue_key
 from taskhub.names import allowed, validate_action
 from taskhub.records import DeliveryState
 
@@ -17,11 +17,9 @@ from taskhub.records import DeliveryState
 class Subscriptions:
     """Who works on (or observes) which action, with how much credit."""
 
-    def __init__(
-        self, *, tasks: dict[str, Task], journal: Journal, queues: Queues, ending: Ending
-    ) -> None:
-        self.tasks = tasks
-        self.journal = journal
+    def __init__(self, shared: Shared, queues: Queues, ending: Ending) -> None:
+        self.tasks = shared.tasks
+        self.journal = shared.journal
         self.queues = queues
         self.ending = ending
 

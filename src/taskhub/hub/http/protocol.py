@@ -8,7 +8,7 @@ of them take every file descriptor of the process. Here a connection must have s
 request (head and body) within ``request_timeout`` seconds of being opened, or of the last
 response plus ``keepalive_timeout``; otherwise it is closed. A request whose handler runs
 long (a long poll) is not affected: the deadline only closes a connection whose request is
-still arriving. WebSocket connections leave this protocol at the upgrade (ws_protocol.py) and
+still arriving. WebSocket connections leave this protocol at the upgrade (ws/transport.py) and
 are bounded by credentials and pings instead.
 
 Many addresses together can still open more connections than the process has descriptors:

@@ -7,14 +7,14 @@ Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"
   messages wait (flow control is kept: a client that outruns the hub still fills its socket
   buffer, not the hub's memory).
 - :meth:`write_text` writes a text frame to the socket at once, without a coroutine and a
-  writer task in between. :mod:`taskhub.hub.ws` finds it in the ASGI scope's extensions
-  (``"taskhub.ws"``) and falls back to ``websocket.send`` where it is missing (another server,
-  or before the handshake).
-- Once :mod:`taskhub.hub.ws` sets :attr:`receiver`, each whole data frame is handed to it as
-  it is parsed, instead of going through an :class:`asyncio.Queue`, an event and a coroutine
-  resumption (uvicorn's ``receive``, then Starlette's) a loop turn later. The receiver keeps
-  the frames in order itself and calls :meth:`hold` / :meth:`release` for flow control;
-  ``websocket.disconnect`` still arrives through ``receive``.
+  writer task in between. :mod:`taskhub.hub.ws.endpoint` finds it in the ASGI scope's
+  extensions (``"taskhub.ws"``) and falls back to ``websocket.send`` where it is missing
+  (another server, or before the handshake).
+- Once :mod:`taskhub.hub.ws.endpoint` sets :attr:`receiver`, each whole data frame is handed
+  to it as it is parsed, instead of going through an :class:`asyncio.Queue`, an event and a
+  coroutine resumption (uvicorn's ``receive``, then Starlette's) a loop turn later. The
+  receiver keeps the frames in order itself and calls :meth:`hold` / :meth:`release` for flow
+  control; ``websocket.disconnect`` still arrives through ``receive``.
 """
 
 from __future__ import annotations

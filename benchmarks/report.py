@@ -1,0 +1,284 @@
+"""run.py's output: the tables on the console, the ratios, and docs/performance.{md,json,png}."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from typing import Any
+
+import inflight_bench
+from common import fmt, measured_line, replace_block
+from harness import HERE, PEERS_VENV, ROOT, console
+from rich.table import Table
+from targets import PEER_TARGETS, TASKHUB_TARGETS
+
+DOCS = os.path.join(ROOT, "docs")
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
+    peers = [ok[name] for name in PEER_TARGETS if name in ok]
+    fastest = max(peers, key=lambda r: r["throughput"]) if peers else None
+    out: dict[str, Any] = {"fastest_peer": fastest["name"] if fastest else None}
+    for name in TASKHUB_TARGETS:
+        if name not in ok:
+            continue
+        tput = ok[name]["throughput"]
+        entry: dict[str, float] = {}
+        if fastest:
+            entry["vs_fastest_peer"] = round(tput / fastest["throughput"], 2)
+        if "celery" in ok:
+            entry["vs_celery"] = round(tput / ok["celery"]["throughput"], 2)
+        if "limit" in ok:
+            entry["of_limit"] = round(tput / ok["limit"]["throughput"], 3)
+        if "relay" in ok:
+            entry["of_relay"] = round(tput / ok["relay"]["throughput"], 3)
+        out[name] = entry
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Round trip: publish → worker → result (one worker process each)")
+    for col in (
+        "system",
+        "N",
+        "tasks/s",
+        "seq p50 ms",
+        "seq p99 ms",
+        "load p50 ms",
+        "load p99 ms",
+        "peak RSS MiB",
+        "RSS of",
+        "note",
+    ):
+        t.add_column(col, justify="left" if col in ("system", "RSS of", "note") else "right")
+    for r in rows:
+        if r.get("status") != "ok":
+            t.add_row(r["name"], *["-"] * 8, f"{r['status']}: {r.get('note', '')}")
+            continue
+        t.add_row(
+            r["name"],
+            str(r["n"]),
+            fmt(r["throughput"], 0),
+            fmt(r["seq_p50_ms"], 2),
+            fmt(r["seq_p99_ms"], 2),
+            fmt(r["load_p50_ms"], 0),
+            fmt(r["load_p99_ms"], 0),
+            fmt(r.get("peak_rss_mb")),
+            r.get("rss_of", ""),
+            r.get("note", ""),
+        )
+    return t
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| system | N | tasks/s | seq p50 ms | seq p99 ms | load p50 ms | load p99 ms "
+        "| peak RSS MiB (of) |\n|---|---:|---:|---:|---:|---:|---:|---|"
+    )
+    lines = [head]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['name']} | {r['n']} | {fmt(r['throughput'], 0)} | {fmt(r['seq_p50_ms'], 2)} "
+            f"| {fmt(r['seq_p99_ms'], 2)} | {fmt(r['load_p50_ms'], 0)} "
+            f"| {fmt(r['load_p99_ms'], 0)} | {fmt(r.get('peak_rss_mb'))} ({r.get('rss_of')}) |"
+        )
+    return "\n".join(lines)
+
+
+CLUSTER_COLUMNS = (
+    "run",
+    "hubs",
+    "worker procs",
+    "N",
+    "tasks/s",
+    "seq p50 ms",
+    "seq p99 ms",
+    "load p50 ms",
+    "load p99 ms",
+    "seq p50 ms per hub",
+    "leader",
+    "leader RSS MiB",
+)
+
+
+def cluster_cells(r: dict[str, Any]) -> list[str]:
+    per_hub = " / ".join(fmt(v, 2) for v in r.get("seq_p50_ms_by_hub") or [r["seq_p50_ms"]])
+    return [
+        r["name"],
+        str(r["hubs"]),
+        f"{r['worker_processes']} (on hub {', '.join(map(str, r['worker_hubs']))})",
+        str(r["n"]),
+        fmt(r["throughput"], 0),
+        fmt(r["seq_p50_ms"], 2),
+        fmt(r["seq_p99_ms"], 2),
+        fmt(r["load_p50_ms"], 0),
+        fmt(r["load_p99_ms"], 0),
+        per_hub,
+        f"hub {r['leader']}",
+        fmt(r.get("peak_rss_mb")),
+    ]
+
+
+def cluster_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Several hubs on one Redis (one publisher process, a connection per hub)")
+    for col in (*CLUSTER_COLUMNS, "note"):
+        t.add_column(
+            col,
+            justify="left" if col in ("run", "worker procs", "note") else "right",
+            no_wrap=col == "run",
+        )
+    for r in rows:
+        if r.get("status") != "ok":
+            t.add_row(
+                r["name"],
+                *["-"] * (len(CLUSTER_COLUMNS) - 1),
+                f"{r['status']}: {r.get('note', '')}",
+            )
+            continue
+        t.add_row(*cluster_cells(r), r.get("note", ""))
+    return t
+
+
+def cluster_markdown(rows: list[dict[str, Any]]) -> str:
+    cols = [*CLUSTER_COLUMNS, "note"]
+    right = {"hubs", "N", "tasks/s", "seq p50 ms", "seq p99 ms", "load p50 ms", "load p99 ms"}
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---:" if c in right else "---" for c in cols) + "|",
+    ]
+    for r in rows:
+        if r.get("status") != "ok":
+            cells = [r["name"], *[""] * (len(cols) - 2), f"{r['status']}: {r.get('note', '')}"]
+        else:
+            cells = [*cluster_cells(r), r.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio_lines(rat: dict[str, Any]) -> list[str]:
+    out = []
+    for name in TASKHUB_TARGETS:
+        entry = rat.get(name)
+        if not entry:
+            continue
+        parts = []
+        if "vs_fastest_peer" in entry:
+            parts.append(f"{entry['vs_fastest_peer']}x the fastest peer ({rat['fastest_peer']})")
+        if "vs_celery" in entry:
+            parts.append(f"{entry['vs_celery']}x Celery")
+        if "of_limit" in entry:
+            parts.append(f"{entry['of_limit'] * 100:.0f}% of the bare WebSocket echo")
+        if "of_relay" in entry:
+            parts.append(f"{entry['of_relay'] * 100:.0f}% of the bare relay")
+        out.append(f"{name}: " + ", ".join(parts))
+    return out
+
+
+def chart(json_path: str, png_path: str) -> str | None:
+    """Draw the PNG with matplotlib from the peers' venv; the reason it could not, or None."""
+    py = os.path.join(PEERS_VENV, "bin", "python")
+    if not os.path.exists(py):
+        return "no peers venv (matplotlib lives there)"
+    proc = subprocess.run(
+        [py, os.path.join(HERE, "chart.py"), json_path, png_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return None if proc.returncode == 0 else proc.stderr.strip()[-500:]
+
+
+def write_docs(report: dict[str, Any]) -> None:
+    """Rewrite the parts of docs/performance.{md,json,png} this run measured: the main table
+    (and chart) if it ran any of the single-hub targets, the "Several hubs" table if it ran
+    the cluster; the other part, and its figures in the JSON, stay as they were."""
+    os.makedirs(DOCS, exist_ok=True)
+    json_path = os.path.join(DOCS, "performance.json")
+    cluster_rows = report.pop("cluster_rows", [])
+    inflight_rows = report.pop("inflight_rows", [])
+    doc, inflight = json_doc(report, json_path, cluster_rows, inflight_rows)
+    with open(json_path, "w") as fh:
+        json.dump(doc, fh, indent=2)
+    if report["rows"]:
+        problem = chart(json_path, os.path.join(DOCS, "performance.png"))
+        if problem:
+            console.print(f"[yellow]no chart:[/yellow] {problem}")
+    path = os.path.join(DOCS, "performance.md")
+    text = ""
+    if os.path.exists(path):
+        with open(path) as fh:
+            text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(markdown_doc(text, report, cluster_rows, inflight))
+    console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")
+
+
+def json_doc(
+    report: dict[str, Any],
+    json_path: str,
+    cluster_rows: list[dict[str, Any]],
+    inflight_rows: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """docs/performance.json with this run's parts replaced; and its inflight section, if any."""
+    old: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
+        old = json.load(fh)
+    doc = dict(report) if report["rows"] else {k: v for k, v in old.items() if k != "cluster"}
+    if cluster_rows:
+        doc["cluster"] = {
+            "started_at": report["started_at"],
+            "command": report["command"],
+            "machine": report["machine"],
+            "versions": report["versions"],
+            "settings": report["settings"],
+            "rows": cluster_rows,
+        }
+    elif "cluster" in old:
+        doc["cluster"] = old["cluster"]
+    inflight: dict[str, Any] | None = None
+    if inflight_rows:
+        settings = report["settings"]
+        inflight = inflight_bench.section(
+            report, inflight_rows, settings["k"], settings["inflight_chunk"]
+        )
+        doc["inflight"] = inflight
+    elif "inflight" in old:
+        doc["inflight"] = old["inflight"]
+    return doc, inflight
+
+
+def markdown_doc(
+    text: str,
+    report: dict[str, Any],
+    cluster_rows: list[dict[str, Any]],
+    inflight: dict[str, Any] | None,
+) -> str:
+    """docs/performance.md's ``text`` with this run's blocks replaced."""
+    versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "."
+    if report["rows"]:
+        block = "\n".join(
+            [
+                measured_line(report),
+                "",
+                markdown_table(report["rows"]),
+                "",
+                *[f"- {line}" for line in ratio_lines(report["ratios"])],
+                "",
+                versions,
+            ]
+        )
+        text = replace_block(text, "bench", block)
+    if cluster_rows:
+        block = "\n".join([measured_line(report), "", cluster_markdown(cluster_rows), "", versions])
+        text = replace_block(text, "cluster", block, "## Several hubs\n\n")
+    if inflight is not None:
+        text = replace_block(
+            text, "inflight", inflight_bench.markdown_block(inflight), inflight_bench.HEADING
+        )
+    return text

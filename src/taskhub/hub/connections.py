@@ -1,0 +1,84 @@
+"""The hub's open connections: how to send each one its messages, and how to close it.
+
+A WebSocket connection registers a sender (writes a frame) and a closer; a pull consumer
+(:mod:`taskhub.hub.consumers`) a sender that buffers instead. The commit pipeline hands each
+round's messages to :meth:`Connections.deliver` once their state is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+
+from taskhub import protocol as p
+from taskhub.lifecycle import Clock, Message, Peer
+
+log = logging.getLogger("taskhub.hub")
+
+Sender = Callable[[bytes], None]
+Closer = Callable[[int, str], Awaitable[None]]
+
+
+class Connections:
+    """Senders and closers by peer. ``senders`` is public: the metrics and the dashboard
+    count and list the connections through it."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.senders: dict[Peer, Sender] = {}
+        self.closers: dict[Peer, Closer] = {}
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(self.senders)
+
+    def __len__(self) -> int:
+        return len(self.senders)
+
+    def add(self, peer: Peer, sender: Sender, closer: Closer | None = None) -> None:
+        peer.connected_at = self.clock()
+        self.senders[peer] = sender
+        if closer is not None:
+            self.closers[peer] = closer
+
+    def remove(self, peer: Peer) -> None:
+        self.senders.pop(peer, None)
+        self.closers.pop(peer, None)
+
+    def busy(self) -> int:
+        """Deliveries connections still hold (started or offered): what a drain waits for."""
+        return sum(len(peer.holding) for peer in self.senders)
+
+    async def close_all(self, *, code: int, reason: str) -> None:
+        """Close every connection that has a closer (their clients reconnect, maybe elsewhere)."""
+        for closer in list(self.closers.values()):
+            with contextlib.suppress(Exception):
+                await closer(code, reason)
+
+    def deliver(self, output: Iterable[tuple[Peer, list[Message]]]) -> None:
+        """Send one commit round's messages, one frame per peer still connected."""
+        senders = self.senders
+        for peer, msgs in output:
+            sender = senders.get(peer)
+            if sender is not None:
+                self.send(peer, sender, msgs)
+
+    def send(self, peer: Peer, sender: Sender, msgs: list[Message]) -> None:
+        """Hand ``msgs`` to ``peer``'s connection. One that fails (a bug in the transport, or
+        a dependency's API that changed under us) loses its messages, so it is closed (its
+        client reconnects and catches up); the others are still served."""
+        try:
+            sender(p.encode(msgs))
+        except Exception:
+            log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
+            self.senders.pop(peer, None)
+            closer = self.closers.get(peer)
+            if closer is not None:
+                closing = asyncio.ensure_future(closer(1011, "internal error"))
+                closing.add_done_callback(_retrieve)
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # closing a failed connection may fail too: nothing more to do

@@ -1,0 +1,255 @@
+"""The WebSocket protocol's messages applied to the hub: one method per kind of message.
+
+Each message runs the lifecycle (or the hub's topics, watches, chains or admin operations)
+synchronously and queues its answer; the commit pipeline sends it once what it changed is
+stored. Reads (``get``, ``follow``, ``payload``) and admin operations may need the store:
+they return an awaitable, and the connection applies its next message after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, get_args
+
+from taskhub import protocol as p
+from taskhub.errors import (
+    PermissionDenied,
+    ProtocolError,
+    StoreUnavailable,
+    TaskHubError,
+    TaskNotFound,
+)
+from taskhub.hub.views import task_view
+from taskhub.lifecycle import Peer, Task
+from taskhub.lifecycle.options import worker_options
+
+if TYPE_CHECKING:
+    from taskhub.hub.hub import Hub
+
+log = logging.getLogger("taskhub.hub")
+
+Msg = p.Inbound | p.Bad
+Op = Callable[[Peer, Any], Awaitable[None] | None]
+
+
+class Dispatcher:
+    """Applies one connection message at a time (:meth:`handle`). An error in the message is
+    answered with its code, a bug with ``internal``; either way the connection goes on."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.lc = hub.lc
+        self.answer = hub.answer
+        # By exact type: a dict lookup instead of a chain of isinstance checks per message.
+        self.ops: dict[type, Op] = {
+            p.Ack: self._ack,
+            p.Return: self._return,
+            p.Pub: self._pub,
+            p.Pickup: self._pickup,
+            p.Update: self._update,
+            p.Drop: self._drop,
+            p.Fail: self._fail,
+            p.Release: self._release,
+            p.Extend: self._extend,
+            p.Sub: self._sub,
+            p.Unsub: self._unsub,
+            p.Cancel: self._cancel,
+            p.Get: self.read,
+            p.Follow: self.read,
+            p.GetPayload: self.read,
+            p.Subscribe: self._subscribe,
+            p.Unsubscribe: self._unsubscribe,
+            p.Emit: self._emit,
+            p.Watch: self._watch,
+            p.Unwatch: self._unwatch,
+            p.Chain: self._chain,
+            p.Hello: self._hello,
+            p.Bad: self._bad,
+        }
+        for admin_op in get_args(p.Admin):
+            self.ops[admin_op] = hub.admin.answer
+
+    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
+        """Apply one message. Returns an awaitable when it needs the store (reads)."""
+        try:
+            op = self.ops.get(type(msg))
+            return None if op is None else op(peer, msg)
+        except TaskHubError as exc:
+            ref = getattr(msg, "ref", None)
+            self.lc.send(peer, p.error_msg(exc, ref, **_task_of(msg)))
+            return None
+        except Exception:
+            # A bug, not bad input: said loudly here, answered without its details (as the
+            # HTTP API's 500), and the connection and the rest of its frame go on.
+            log.exception("handling a %s message from %s failed", type(msg).__name__, peer.service)
+            ref = getattr(msg, "ref", None)
+            self.lc.send(peer, p.error_msg(RuntimeError("internal error; the hub logged it"), ref))
+            return None
+
+    # --- a worker's steps ------------------------------------------------------------------
+    def _ack(self, peer: Peer, msg: p.Ack) -> None:
+        self.lc.ack(peer, msg.task, msg.attempt)
+
+    def _return(self, peer: Peer, msg: p.Return) -> None:
+        self.lc.complete(peer, msg.task, msg.attempt, self._result(peer, msg))
+        self.answer(peer, msg.ref)
+
+    def _pickup(self, peer: Peer, msg: p.Pickup) -> None:
+        self.lc.pickup(peer, msg.task, msg.attempt)
+        self.answer(peer, msg.ref)
+
+    def _update(self, peer: Peer, msg: p.Update) -> None:
+        self.lc.update(peer, msg.task, msg.attempt, msg.data)
+        self.answer(peer, msg.ref)
+
+    def _drop(self, peer: Peer, msg: p.Drop) -> None:
+        self.lc.drop(peer, msg.task, msg.attempt)
+        self.answer(peer, msg.ref)
+
+    def _fail(self, peer: Peer, msg: p.Fail) -> None:
+        err = p.error_of(msg.error)
+        self.lc.fail(peer, msg.task, msg.attempt, err, retry=msg.retry, delay=msg.delay)
+        self.answer(peer, msg.ref)
+
+    def _release(self, peer: Peer, msg: p.Release) -> None:
+        self.lc.release(peer, msg.task, msg.attempt)
+        self.answer(peer, msg.ref)
+
+    def _extend(self, peer: Peer, msg: p.Extend) -> None:
+        self.lc.extend(peer, msg.task, msg.attempt, msg.seconds)
+        self.answer(peer, msg.ref)
+
+    def _result(self, peer: Peer, msg: p.Return) -> Any:
+        """A ``return``'s result as the hub keeps it. One it cannot keep (JSON msgspec cannot
+        read, such as the number ``1e400``) fails the delivery with why, as a handler's
+        error would, before the worker is told: a return usually has no ``ref``, and the task
+        would otherwise wait, started, for its end timeout."""
+        try:
+            return p.kept(msg.result, "result")
+        except ProtocolError as exc:
+            # Not this worker's delivery (any more): then there is nothing to fail.
+            with contextlib.suppress(TaskHubError):
+                error = {"type": "ProtocolError", "message": exc.message}
+                self.lc.fail(peer, msg.task, msg.attempt, error, retry=False)
+            raise
+
+    # --- subscriptions and publishing ------------------------------------------------------
+    def _sub(self, peer: Peer, msg: p.Sub) -> None:
+        if not self.hub.draining:  # draining: ok, but no offers (see Hub.drain)
+            self.lc.subscribe(
+                peer,
+                msg.action,
+                group=msg.group,
+                concurrency=msg.concurrency,
+                observe=msg.observe,
+                durable=msg.durable,
+                options=worker_options(msg.options),
+            )
+        self.answer(peer, msg.ref)
+
+    def _unsub(self, peer: Peer, msg: p.Unsub) -> None:
+        self.lc.unsubscribe(peer, msg.action)
+        self.answer(peer, msg.ref)
+
+    def _pub(self, peer: Peer, msg: p.Pub) -> None:
+        lc = self.lc
+        task, created = lc.publish(
+            peer.creds, msg.action, p.kept(msg.payload, "payload"), msg.options, peer=peer
+        )
+        if not isinstance(task, Task):  # an id: a task ended within its idempotency window
+            self.answer(peer, msg.ref, task=task, created=False)
+            return
+        pool = lc.pooled.get(msg.action) if not task.deliveries else None
+        if pool and pool[-1] is task:  # pooled just now: no group subscribes
+            # A hint for the publisher (a typo waits forever): docs/protocol.md.
+            self.answer(
+                peer, msg.ref, task=task.id, state=task.rec.state, created=created, pooled=True
+            )
+        else:
+            self.answer(peer, msg.ref, task=task.id, state=task.rec.state, created=created)
+
+    def _cancel(self, peer: Peer, msg: p.Cancel) -> None:
+        self.lc.cancel(peer.creds, msg.task)
+        self.answer(peer, msg.ref)
+
+    def _chain(self, peer: Peer, msg: p.Chain) -> None:
+        chains = self.hub.chains
+        chain = chains.start(
+            peer.creds,
+            msg.steps,
+            mode=msg.mode,
+            merge_input=msg.merge_input,
+            peer=peer,
+            begin=False,
+            trace=msg.trace,
+        )
+        self.answer(peer, msg.ref, task=chain.id, state=chain.rec.state)
+        chains.begin(chain)  # after the ok: its events follow the chain's id
+
+    # --- topics and watches ----------------------------------------------------------------
+    def _subscribe(self, peer: Peer, msg: p.Subscribe) -> None:
+        self.hub.topics.subscribe(peer, msg.topic)
+        self.answer(peer, msg.ref)
+
+    def _unsubscribe(self, peer: Peer, msg: p.Unsubscribe) -> None:
+        self.hub.topics.unsubscribe(peer, msg.topic)
+        self.answer(peer, msg.ref)
+
+    def _emit(self, peer: Peer, msg: p.Emit) -> None:
+        n = self.hub.topics.emit(peer.creds, msg.topic, msg.data, sender=peer)
+        self.answer(peer, msg.ref, receivers=n)
+
+    def _watch(self, peer: Peer, msg: p.Watch) -> None:
+        self.hub.watches.watch(peer, msg.pattern)
+        self.answer(peer, msg.ref)
+
+    def _unwatch(self, peer: Peer, msg: p.Unwatch) -> None:
+        self.hub.watches.unwatch(peer, msg.pattern)
+        self.answer(peer, msg.ref)
+
+    # --- the connection itself -------------------------------------------------------------
+    def _hello(self, peer: Peer, msg: p.Hello) -> None:
+        said = {"client": msg.client, "version": msg.version, "host": msg.host, "pid": msg.pid}
+        peer.hello = {k: v for k, v in said.items() if v is not None}
+        self.answer(peer, msg.ref)
+
+    def _bad(self, peer: Peer, msg: p.Bad) -> None:
+        raise msg.error
+
+    # --- reads -----------------------------------------------------------------------------
+    async def read(self, peer: Peer, msg: p.Get | p.Follow | p.GetPayload) -> None:
+        """``get``, ``follow`` or ``payload``: from the lifecycle, the batches not yet
+        written, or the store (:meth:`Hub.find`)."""
+        try:
+            rec = await self.hub.find(msg.task)
+            if rec is None:
+                raise TaskNotFound(f"no task {msg.task}", task=msg.task)
+            if (
+                not self.lc.may_read(peer.creds, rec)
+                and msg.task not in peer.holding
+                and (msg.task not in peer.observing)
+            ):
+                raise PermissionDenied(
+                    f"{peer.service!r} may not read task {msg.task} ({rec.action})",
+                    action=rec.action,
+                )
+            if isinstance(msg, p.GetPayload):
+                self.answer(peer, msg.ref, payload=rec.payload)
+            else:
+                if isinstance(msg, p.Follow):
+                    self.lc.follow(peer, msg.task)
+                self.answer(peer, msg.ref, task=task_view(rec))
+        except TaskHubError as exc:
+            self.lc.send(peer, p.error_msg(exc, msg.ref, task=msg.task))
+        except Exception:  # the store failed: say so, keep the connection
+            log.exception("reading task %s failed", msg.task)
+            err = StoreUnavailable(f"could not read task {msg.task} from the store; try again")
+            self.lc.send(peer, p.error_msg(err, msg.ref, task=msg.task))
+        self.hub.kick()
+
+
+def _task_of(msg: object) -> dict[str, Any]:
+    task = getattr(msg, "task", None)
+    return {"task": task} if isinstance(task, str) else {}

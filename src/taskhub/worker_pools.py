@@ -1,0 +1,342 @@
+"""Where a :class:`taskhub.Worker`'s handlers run, away from its connection's loop: the
+handler loop (``async def`` handlers, with a watchdog that names one that blocks it), thread
+pools and a process pool (plain ``def`` handlers), and the log lines of every delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import datetime as dt
+import functools
+import inspect
+import logging
+import multiprocessing
+import multiprocessing.pool
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from taskhub.client import TaskContext
+from taskhub.client.control import Reject, Retry, handler_tb
+from taskhub.errors import TaskHubError
+from taskhub.worker_loops import Bridge, LoopThread
+
+log = logging.getLogger("taskhub.worker")
+
+# How long a handler may hold the handler loop before the watchdog names it.
+BLOCKED_AFTER = 1.0
+_BEAT = 0.1  # the handler loop's heartbeat, seconds
+_WATCH = 0.25  # how often the watchdog looks, seconds
+
+
+async def logged(name: str, ctx: TaskContext, run: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one delivery's handler (``run``) with its log lines: received, succeeded (with its
+    duration), retried, rejected, taken away, or failed with the handler's traceback."""
+    log.info("received %s %s (attempt %d)", ctx.action, ctx.id, ctx.attempt)
+    started = time.monotonic()
+    try:
+        await ctx.get_payload()  # so task.payload never blocks
+        result = await run()
+    except asyncio.CancelledError:
+        log.warning(
+            "%s %s was taken away after %.3fs (%s)",
+            ctx.action,
+            ctx.id,
+            time.monotonic() - started,
+            ctx.revoked or "stopped",
+        )
+        raise
+    except Retry as exc:
+        log.info("%s %s asked to be retried in %gs", ctx.action, ctx.id, exc.delay)
+        raise
+    except Reject as exc:
+        log.warning("%s %s rejected: %s", ctx.action, ctx.id, exc.reason)
+        raise
+    except Exception as exc:
+        log.error(
+            "%s %s failed after %.3fs (attempt %d, handler %s)",
+            ctx.action,
+            ctx.id,
+            time.monotonic() - started,
+            ctx.attempt,
+            name,
+            exc_info=(type(exc), exc, handler_tb(exc)),
+        )
+        raise
+    log.info("%s %s succeeded in %.3fs", ctx.action, ctx.id, time.monotonic() - started)
+    return result
+
+
+class HandlerLoop:
+    """The event loop where ``async def`` handlers run (and plain ones with
+    ``pool="async"``), on a thread of its own; :meth:`run` is called on the connection's loop.
+    A watchdog on the connection's loop names a handler that holds this loop over a second."""
+
+    def __init__(self, conn: LoopThread) -> None:
+        self.conn = conn
+        self.thread = LoopThread("taskhub-worker-handlers")
+        self.loop = self.thread.loop
+        self._to_handlers = Bridge(self.loop)  # conn loop -> handler loop, batched
+        self._to_conn = Bridge(conn.loop)  # and back
+        self._beat_at = time.monotonic()
+        self._blocked_warned = False
+        self.thread.run(self._beat())
+        conn.loop.call_soon_threadsafe(conn.loop.call_later, _WATCH, self._watchdog)
+
+    async def run(self, fn: Callable[[Any], Any], name: str, task: Any, ctx: TaskContext) -> Any:
+        """``fn(task)`` on the handler loop, as an asyncio task called ``name`` (what the
+        watchdog names); cancelling this cancels the handler too. Its result leaves from the
+        handler loop's thread at once (``ctx.return_from_thread``); the outcome then crosses
+        back to the connection's loop, which ends the delivery's bookkeeping."""
+        done: asyncio.Future[Any] = self.conn.loop.create_future()
+        running: list[asyncio.Task[Any]] = []  # the handler's task, once it started
+        # The handler runs in this delivery's context (its process span is current there):
+        # the batched hand-over to the handler loop would otherwise lose it.
+        context = contextvars.copy_context()
+        self._to_handlers.put(self._start, fn, task, name, ctx, done, running, context)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            # Revoked, or the worker stops past its grace: cancel the handler too.
+            self._to_handlers.put(_cancel_started, running)
+            raise
+
+    def _start(
+        self,
+        fn: Callable[[Any], Any],
+        task: Any,
+        name: str,
+        ctx: TaskContext,
+        done: asyncio.Future[Any],
+        running: list[asyncio.Task[Any]],
+        context: contextvars.Context,
+    ) -> None:
+        """On the handler loop: run the handler; its outcome crosses back in a batch."""
+        if done.cancelled():
+            return
+        t = self.loop.create_task(_call(fn, task), name=name, context=context)
+        running.append(t)
+        t.add_done_callback(functools.partial(self._done, ctx, done))
+
+    def _done(self, ctx: TaskContext, done: asyncio.Future[Any], t: asyncio.Task[Any]) -> None:
+        if t.cancelled():
+            self._to_conn.put(done.cancel)
+        elif t.exception() is not None:
+            self._to_conn.put(_settle, done, None, t.exception())
+        else:
+            result = t.result()
+            ctx.return_from_thread(result)  # the hub has it before the connection wakes
+            self._to_conn.put(_settle, done, result, None)
+
+    def _watchdog(self) -> None:
+        """Every 0.25 s on the connection loop: is the handler loop blocked?"""
+        if self.loop.is_closed():
+            return
+        stalled = time.monotonic() - self._beat_at
+        if stalled > BLOCKED_AFTER and not self._blocked_warned:
+            self._blocked_warned = True
+            current = asyncio.current_task(self.loop)
+            who = current.get_name() if current is not None else "a handler"
+            log.warning(
+                "handler %s has blocked the worker's event loop for %.1fs: the other async "
+                "handlers wait meanwhile (the connection does not); await instead, or make "
+                "it a plain def (it then runs in a thread)",
+                who,
+                stalled,
+            )
+        elif stalled <= BLOCKED_AFTER:
+            self._blocked_warned = False
+        asyncio.get_running_loop().call_later(_WATCH, self._watchdog)
+
+    async def _beat(self) -> None:
+        while True:
+            self._beat_at = time.monotonic()
+            await asyncio.sleep(_BEAT)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+
+class ThreadPools:
+    """One thread pool per plain ``def`` task (``pool="threads"``), sized to its concurrency."""
+
+    def __init__(self) -> None:
+        self._pools: list[concurrent.futures.ThreadPoolExecutor] = []
+        self._running: set[concurrent.futures.Future[Any]] = set()
+
+    def pool(self, action: str, size: int) -> concurrent.futures.ThreadPoolExecutor:
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix=f"taskhub-{action}"
+        )
+        self._pools.append(executor)
+        return executor
+
+    async def run(
+        self,
+        executor: concurrent.futures.Executor,
+        fn: Callable[[Any], Any],
+        task: Any,
+        ctx: TaskContext,
+    ) -> Any:
+        # In the delivery's context, as asyncio.to_thread does (its process span is current).
+        call = contextvars.copy_context().run
+        running = executor.submit(call, _call_and_return, fn, task, ctx)
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+        return await asyncio.wrap_future(running)
+
+    def lingering(self) -> int:
+        """Plain handlers still running in their threads (a thread cannot be stopped)."""
+        return sum(1 for f in list(self._running) if not f.done())
+
+    def shutdown(self) -> None:
+        for executor in self._pools:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._pools = []
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessTask:
+    """What a plain ``def`` handler gets with ``pool="processes"``: the task by value, and
+    the steps :meth:`update` and :meth:`extend`, which the worker's own process sends for it
+    (each blocks until the hub has it). Return the result, or raise (``Retry`` and
+    ``Reject`` work as elsewhere)."""
+
+    id: str
+    action: str
+    attempt: int
+    group: str
+    publisher: str
+    created_at: float
+    payload: Any
+    previous_result: Any = None
+    # This task's line to the worker's process (one pipe per delivery), None outside a pool.
+    steps: Connection | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def get_payload(self) -> Any:
+        return self.payload
+
+    def update(self, data: Any) -> None:
+        """Progress, relayed to the publisher; blocks until the hub has stored it."""
+        self._step("update", data)
+
+    def extend(self, duration: float | dt.timedelta | str) -> None:
+        """The task must now finish within ``duration`` from now (``"10m"``), or by its
+        earlier deadline if that is later; blocks until the hub has it."""
+        self._step("extend", duration)
+
+    def _step(self, op: str, arg: Any) -> None:
+        if self.steps is None:
+            raise RuntimeError(
+                f"task.{op}() of a ProcessTask works in a worker's process pool only"
+            )
+        self.steps.send((op, arg))
+        error = self.steps.recv()  # None once the hub has it, else what went wrong
+        if error is not None:
+            raise TaskHubError(f"task.{op}() of {self.action} {self.id}: {error}")
+
+
+class ProcessPool:
+    """One process pool for every ``pool="processes"`` task of a worker, ``size`` processes.
+
+    Each delivery gets a pipe to its process: the handler's ``update`` and ``extend`` come
+    back through it to the connection's loop, which sends them and answers once the hub has
+    them (the handler waits for that, so nothing it sends can come after its result)."""
+
+    def __init__(self, size: int) -> None:
+        # spawn, not fork: this process has threads (a fork would copy their locks held).
+        self._mp = multiprocessing.get_context("spawn")
+        self._pool: multiprocessing.pool.Pool = self._mp.Pool(size)
+
+    async def run(self, fn: Callable[[ProcessTask], Any], ctx: TaskContext) -> Any:
+        """On the connection's loop: ``fn`` on the delivery's task, in a process."""
+        mine, theirs = self._mp.Pipe()
+        task = ProcessTask(
+            ctx.id,
+            ctx.action,
+            ctx.attempt,
+            ctx.group,
+            ctx.publisher,
+            ctx.created_at,
+            ctx.payload,
+            ctx.previous_result,
+            steps=theirs,
+        )
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        loop.add_reader(mine.fileno(), _take_step, mine, ctx)
+
+        def done(value: Any) -> None:  # on the pool's result thread
+            ctx.return_from_thread(value)  # the hub has it before the connection wakes
+            loop.call_soon_threadsafe(_settle, fut, value, None)
+
+        def failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, fut, None, exc)
+
+        self._pool.apply_async(_call_in_process, (fn, task), callback=done, error_callback=failed)
+        try:
+            return await fut
+        finally:
+            loop.remove_reader(mine.fileno())
+            mine.close()
+            theirs.close()
+
+    def terminate(self) -> None:
+        self._pool.terminate()
+
+
+def _call_and_return(fn: Callable[[Any], Any], task: Any, ctx: TaskContext) -> Any:
+    """A plain handler in its pool thread; its result leaves from this thread at once."""
+    result = fn(task)
+    ctx.return_from_thread(result)
+    return result
+
+
+def _take_step(pipe: Connection, ctx: TaskContext) -> None:
+    """On the connection's loop: a process handler asks for a step; answer once it is done."""
+    try:
+        op, arg = pipe.recv()
+    except (EOFError, OSError):  # the handler's process is gone; run() cleans up
+        return
+    step = ctx.update(arg) if op == "update" else ctx.extend(arg)
+    asyncio.ensure_future(step).add_done_callback(functools.partial(_answer_step, pipe))
+
+
+def _answer_step(pipe: Connection, step: asyncio.Future[None]) -> None:
+    if step.cancelled():
+        answer: str | None = "not sent: the worker is stopping"
+    else:
+        error = step.exception()
+        answer = None if error is None else f"{type(error).__name__}: {error}"
+    with contextlib.suppress(OSError):
+        pipe.send(answer)
+
+
+def _call_in_process(fn: Callable[[ProcessTask], Any], task: ProcessTask) -> Any:
+    return fn(task)
+
+
+def _cancel_started(running: list[asyncio.Task[Any]]) -> None:
+    for t in running:
+        t.cancel()
+
+
+async def _call(fn: Callable[..., Any], task: Any) -> Any:
+    """A handler's call on the handler loop (its asyncio task is named for the watchdog)."""
+    out = fn(task)
+    if inspect.isawaitable(out):
+        out = await out
+    return out
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
