@@ -6,6 +6,7 @@ The behaviour every engine shares is tested in test_conformance.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -609,3 +610,32 @@ def test_hiredis_packing_sends_what_redis_py_would(args: tuple[object, ...]) -> 
     # redis-py before 8 refuses a bytearray; the store sends its bytes, as redis-py 8 does.
     same = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
     assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*same))
+
+
+def eviction_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+
+
+async def test_a_redis_that_may_evict_keys_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, redis_server: RedisProcess
+) -> None:
+    """maxmemory-policy other than noeviction lets Redis drop tasks under memory pressure: the
+    store says so when it opens (docs/redis.md). It never did: redis-py answers CONFIG GET
+    with str, and the check read bytes."""
+    server = RedisProcess(tmp_path / "redis", extra_args=["--maxmemory-policy", "allkeys-lru"])
+    server.start()
+    try:
+        store = open_store(f"{server.url}?prefix=x")
+        with caplog.at_level(logging.WARNING, logger="taskhub"):
+            await store.open()
+        await store.close()
+    finally:
+        server.cleanup()
+    [warning] = eviction_warnings(caplog)
+    assert "has maxmemory-policy allkeys-lru" in warning and "noeviction" in warning
+    caplog.clear()
+    quiet = open_store(f"{redis_server.url}?prefix=y")  # noeviction: nothing to say
+    with caplog.at_level(logging.WARNING, logger="taskhub"):
+        await quiet.open()
+    await quiet.close()
+    assert eviction_warnings(caplog) == []

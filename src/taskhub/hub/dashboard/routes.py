@@ -113,7 +113,7 @@ async def stats(request: Request, creds: AdminCaller, hub: HubDep, monitor: Moni
         "at": hub.clock(),
         "started_at": monitor.started_at,
         "window": RATE_WINDOW,
-        "counts": {**counts, **{s: monitor.ended[s] for s in ("success", "fail", "end")}},
+        "counts": {**counts, **monitor.ended},  # ended: success, fail, end
         "rates": monitor.rates(),
         "queues": queues,
         "connections": monitor.connections(_pull(request)),

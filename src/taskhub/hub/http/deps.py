@@ -88,6 +88,8 @@ _COMMON: dict[int | str, dict[str, Any]] = {
 
 
 def error_responses(**extra: str) -> dict[int | str, dict[str, Any]]:
+    """A route's documented error answers: the common ones, plus ``_404="Unknown task."``
+    and the like (a status after ``_``, and what it means for that route)."""
     out = dict(_COMMON)
     for status, text in extra.items():
         out[int(status.lstrip("_"))] = {**_ERR, "description": text}
@@ -107,6 +109,9 @@ def hub_of(request: Request) -> Hub:
 async def caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Credentials:
+    """The caller's credentials from its Bearer header (FastAPI dependency: ``Caller``); a hub
+    with open access needs no header. The unused second parameter puts the Bearer scheme in
+    the OpenAPI."""
     hub = hub_of(request)
     header = request.headers.get("authorization")
     if not header and not hub.registry.open_access:
@@ -122,6 +127,8 @@ Caller = Annotated[Credentials, Depends(caller)]
 
 
 async def read_task(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
+    """The task, live or stored, if ``creds`` may read it: TaskNotFound, PermissionDenied,
+    or StoreUnavailable when the store cannot be read."""
     try:
         rec = await hub.find(task_id)
     except Exception as exc:

@@ -190,13 +190,16 @@ async def check_eviction(client: Client, key: str, url: str) -> None:
             config = await client.config_get("maxmemory-policy")
     except (ResponseError, *CONNECTION_ERRORS):
         return  # managed services often disable CONFIG; docs/redis.md says what to set
-    policy = config.get(b"maxmemory-policy", b"noeviction")
-    if policy != b"noeviction":
+    # redis-py answers CONFIG GET with str keys and values (it decodes them itself), bytes
+    # only in releases before that: read either.
+    value = config.get("maxmemory-policy", config.get(b"maxmemory-policy", "noeviction"))
+    policy = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    if policy != "noeviction":
         log.warning(
             "redis store %s has maxmemory-policy %s: Redis may silently evict tasks; "
             "set maxmemory-policy noeviction",
             url,
-            policy.decode(errors="replace"),
+            policy,
         )
 
 

@@ -28,7 +28,8 @@ routes it.
 Every write of a batch is one Lua script call (``EVALSHA``), so a batch is atomic: Redis runs
 a script to the end before serving anyone else, and the script checks everything that could
 make it fail (the fence) before its first write. The scripts compute key names from the
-prefix they are given; that is allowed on Cluster because all of them share the hash tag.
+prefix they are given; that is allowed on Cluster because all of them share the hash tag. The
+scripts are the ``*.lua`` files beside this module (:mod:`.scripts` loads them).
 
 The batch script declares Redis 7 script flags (a ``#!lua`` first line, no flags listed: it
 writes and may not run out of memory), so a full Redis with ``noeviction`` refuses the whole
