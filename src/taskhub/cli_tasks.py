@@ -27,14 +27,15 @@ from taskhub.cli_common import (
     when,
     ws_call,
 )
-from taskhub.lifecycle import REQUEUE_OPTIONS
+from taskhub.options_table import PUB_ARGS, REQUEUE_OPTIONS
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Tasks: ls, show, cancel, retry.")
 
 STATE_STYLE = {"init": "", "start": "cyan", "success": "green", "fail": "red", "end": "yellow"}
 # The options a retry copies (as dead-letter re-queue does); key, delay, at and once_every
 # were spent on the first task, and schedule/slot/requeued_from describe where it came from.
-RETRY_OPTIONS = REQUEUE_OPTIONS
+# Only those `pub` takes: a trace context is the publisher's own (its current span, if any).
+RETRY_OPTIONS = tuple(name for name in REQUEUE_OPTIONS if name in PUB_ARGS)
 TaskId = Annotated[str, typer.Argument(help="Task id")]
 
 
