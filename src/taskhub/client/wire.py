@@ -26,7 +26,7 @@ from typing import Any, cast
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake
-from websockets.frames import Close, Frame, Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.uri import parse_uri
@@ -156,7 +156,8 @@ class Wire(asyncio.Protocol):
         elif opcode is Opcode.CLOSE and not self.first.done():
             # Closed before saying anything (1013 from a hub without a cluster leader): said
             # now, not once the hub has closed the TCP connection too.
-            closed = ConnectionClosedError(Close.parse(frame.data), self.protocol.close_sent)
+            p = self.protocol  # it has answered the close frame by now
+            closed = ConnectionClosedError(p.close_rcvd, p.close_sent, p.close_rcvd_then_sent)
             _settle(self.first, closed)
         # PING: the protocol queued the pong. CLOSE: it answered. BINARY: a hub sends none.
 
