@@ -27,14 +27,15 @@ from taskhub.cli_common import (
     when,
     ws_call,
 )
-from taskhub.lifecycle import REQUEUE_OPTIONS
+from taskhub.options_table import PUB_ARGS, REQUEUE_OPTIONS
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Tasks: ls, show, cancel, retry.")
 
 STATE_STYLE = {"init": "", "start": "cyan", "success": "green", "fail": "red", "end": "yellow"}
 # The options a retry copies (as dead-letter re-queue does); key, delay, at and once_every
 # were spent on the first task, and schedule/slot/requeued_from describe where it came from.
-RETRY_OPTIONS = REQUEUE_OPTIONS
+# Only those `pub` takes: a trace context is the publisher's own (its current span, if any).
+RETRY_OPTIONS = tuple(name for name in REQUEUE_OPTIONS if name in PUB_ARGS)
 TaskId = Annotated[str, typer.Argument(help="Task id")]
 
 
@@ -137,6 +138,13 @@ def tasks_show(
     if as_json:
         sys.stdout.write(json.dumps({"task": task, "events": events}, indent=2) + "\n")
         return
+    _print_fields(task)
+    _print_deliveries(task)
+    _print_timeline(task, events)
+    _print_errors(task, events)
+
+
+def _print_fields(task: dict[str, Any]) -> None:
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold")
     fields.add_column()
@@ -159,11 +167,17 @@ def tasks_show(
     for label, value in rows:
         fields.add_row(label, value)
     out.print(fields)
+
+
+def _print_deliveries(task: dict[str, Any]) -> None:
     deliveries = Table("group", "state", "attempt", "tries", box=None, title_justify="left")
     for d in task.get("deliveries") or []:
         deliveries.add_row(str(d["group"]), str(d["state"]), str(d["attempt"]), str(d["tries"]))
     out.print(Text("\ndeliveries", style="bold"))
     out.print(deliveries if task.get("deliveries") else Text("  (none yet)"))
+
+
+def _print_timeline(task: dict[str, Any], events: list[dict[str, Any]]) -> None:
     timeline = Table("seq", "at", "+", "event", "group", "service", "data", box=None)
     start = float(task.get("created_at") or 0)
     for ev in events:
@@ -180,7 +194,10 @@ def tasks_show(
         )
     out.print(Text("\ntimeline", style="bold"))
     out.print(timeline)
-    # Why each try failed: the retries' errors, then the final one, tracebacks in full.
+
+
+def _print_errors(task: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """Why each try failed: the retries' errors, then the final one, tracebacks in full."""
     tries = [ev["data"]["error"] for ev in events if _retry_error(ev)]
     final = task.get("error")
     for i, error in enumerate([*tries, *([final] if final else [])], 1):

@@ -5,8 +5,8 @@
 host = "127.0.0.1"
 port = 8080
 store = "sqlite:///taskhub.db"
-task_start_timeout = 30      # omit for "wait forever"
-task_end_timeout = 60
+start_timeout = 30           # hub defaults of the pub options of the same names; omit
+timeout = 60                 #   start_timeout for "wait forever"
 
 [[credentials]]
 name = "emailer"
@@ -38,7 +38,8 @@ twice is refused.
 
 ``[server]`` also takes ``retention`` (ended tasks kept, seconds or an interval such as
 ``"7 days"``), ``archive`` (a JSON-lines file removed tasks go to first),
-``idempotency_window`` and ``retry_backoff_max``; and for operation (docs/operations.md)
+``idempotency_window``, ``retries``, ``max_attempts``, ``backoff`` and ``backoff_max``; and for
+operation (docs/operations.md)
 ``tls_cert``/``tls_key`` (PEM files: wss:// and https://) and ``shutdown_grace`` (seconds or an
 interval; how long a SIGTERM lets started tasks finish, default 10); and for exposure
 (docs/operations.md, "Limits") ``allowed_origins``, ``request_timeout``,
@@ -48,35 +49,41 @@ interval; how long a SIGTERM lets started tasks finish, default 10); and for exp
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from taskhub.errors import InvalidOption
 from taskhub.intervals import parse_interval
+from taskhub.options_table import CONFIG_KEYS, OLD_CONFIG_KEYS
 
 if TYPE_CHECKING:
     from taskhub.server import Server
+
+log = logging.getLogger("taskhub.config")
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str,
     "port": int,
     "store": str,
-    "task_start_timeout": (int, float),
-    "task_end_timeout": (int, float),
+    # Hub-wide defaults of the pub options of the same names (options_table.CONFIG_KEYS).
+    "start_timeout": (int, float),
+    "timeout": (int, float),
     "max_frame": int,
     "max_send_buffer": int,  # bytes waiting for one slow reader (docs/operations.md)
     "pickup_window": (int, float),
     "retries": int,
     "max_attempts": int,
-    "retry_backoff": (int, float),
+    "backoff": (int, float),
     "ping_interval": (int, float),
     "ping_timeout": (int, float),
     "name": str,
     "advertise_url": str,
     "lease": (int, float),
-    "retry_backoff_max": (int, float),
+    "backoff_max": (int, float),
     "idempotency_window": (int, float, str),  # strings: intervals ("1h")
     "retention": (int, float, str),
     "archive": str,
@@ -111,13 +118,13 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "memory://, sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db",
     ),
     "name": ("hub", "the hub's name in welcome and the dashboard"),
-    "task_start_timeout": ("none: wait forever", "default start timeout, seconds"),
-    "task_end_timeout": ("60", "default end timeout, seconds"),
+    "start_timeout": ("none: wait forever", "default start timeout of a task, seconds"),
+    "timeout": ("60", "default end timeout of a task, seconds after it started"),
     "pickup_window": ("10", "an offer neither acked nor picked up goes elsewhere after this"),
     "retries": ("0", "default retries after a handler failure"),
     "max_attempts": ("5", "started attempts (lost or failed) before a delivery fails"),
-    "retry_backoff": ("1", "first retry delay, seconds, doubled per retry, with jitter"),
-    "retry_backoff_max": ("300", "cap of the retry delay, seconds"),
+    "backoff": ("1", "first retry delay, seconds, doubled per retry, with jitter"),
+    "backoff_max": ("300", "cap of the retry delay, seconds"),
     "idempotency_window": ("1h", "how long a pub key returns the same task"),
     "retention": ("7 days", "how long ended tasks are kept"),
     "archive": ("none", "JSON-lines file removed tasks are appended to first"),
@@ -141,7 +148,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
-def load(  # noqa: C901  #18: split
+def load(
     path: str | Path | None = None,
     env: dict[str, str] | None = None,
     credentials_file: str | Path | None = None,
@@ -150,32 +157,13 @@ def load(  # noqa: C901  #18: split
     """Build a :class:`Server` from a config file, the environment and explicit overrides.
 
     Credentials come from the file's ``[[credentials]]``, ``credentials_file`` (or
-    ``TASKHUB_CREDENTIALS_FILE``) and ``TASKHUB_CREDENTIALS`` (a JSON list)."""
+    ``TASKHUB_CREDENTIALS_FILE``) and ``TASKHUB_CREDENTIALS`` (a JSON list). The keys older
+    versions named differently (``task_end_timeout`` for ``timeout``...) are still read, with
+    a warning naming the key to use."""
     # Here, not at the top: `taskhub serve --help` reads SETTINGS where only [cli] is installed.
     from taskhub.server import Server
 
-    settings: dict[str, Any] = {}
-    creds: list[dict[str, Any]] = []
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InvalidOption(f"config file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidOption(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-        unknown = set(data) - {"server", "credentials", "actions", "schedules"}
-        if unknown:
-            raise InvalidOption(
-                f"config file: unknown section(s) {sorted(unknown)}; known: server, "
-                "credentials, actions, schedules"
-            )
-        settings.update(data.get("server", {}))
-        creds = list(data.get("credentials", []))
-        actions = _actions(data.get("actions", []))
-        if actions:
-            settings["action_defaults"] = actions
-        if data.get("schedules"):
-            settings["schedules"] = list(data["schedules"])
+    settings, creds = _read_file(path) if path is not None else ({}, [])
     source = os.environ if env is None else env
     sources = [(f"config file {str(path)!r} [[credentials]]", creds)] if creds else []
     secrets = credentials_file or source.get(CREDENTIALS_FILE_ENV)
@@ -183,11 +171,73 @@ def load(  # noqa: C901  #18: split
         sources.append((f"credentials file {str(secrets)!r}", _credentials_file(secrets)))
     if source.get(CREDENTIALS_ENV):
         sources.append((CREDENTIALS_ENV, _credentials_env(source[CREDENTIALS_ENV])))
-    for key in _SERVER_KEYS:
+    settings.update(_environment(source))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings.update(_renamed(given, lambda key: f"load({key}=...)"))
+    server = Server(**_server_arguments(settings))
+    _add_credentials(server, sources)
+    return server
+
+
+def _read_file(path: str | Path) -> tuple[dict[str, Any], list[Any]]:
+    """The settings (``[server]``, ``[[actions]]``, ``[[schedules]]``) and the credentials of
+    a TOML config file."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InvalidOption(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidOption(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"server", "credentials", "actions", "schedules"}
+    if unknown:
+        raise InvalidOption(
+            f"config file: unknown section(s) {sorted(unknown)}; known: server, "
+            "credentials, actions, schedules"
+        )
+    settings = _renamed(dict(data.get("server", {})), lambda key: f"[server] {key}")
+    actions = _actions(data.get("actions", []))
+    if actions:
+        settings["action_defaults"] = actions
+    if data.get("schedules"):
+        settings["schedules"] = list(data["schedules"])
+    return settings, list(data.get("credentials", []))
+
+
+def _environment(source: Mapping[str, str]) -> dict[str, Any]:
+    """The ``[server]`` settings given as ``TASKHUB_<KEY>`` variables."""
+    settings: dict[str, Any] = {}
+    for key in (*_SERVER_KEYS, *OLD_CONFIG_KEYS):
         value = source.get(f"TASKHUB_{key.upper()}")
         if value is not None:
             settings[key] = _from_env(key, value)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return _renamed(settings, lambda key: f"TASKHUB_{key.upper()}")
+
+
+def _renamed(settings: dict[str, Any], spell: Callable[[str], str]) -> dict[str, Any]:
+    """``settings`` with the keys older versions named differently (``OLD_CONFIG_KEYS``:
+    ``task_end_timeout``...) under the options' names, each with a warning that says what
+    to use instead. ``spell`` writes a key as its source does (``TASKHUB_TIMEOUT``)."""
+    for old, new in OLD_CONFIG_KEYS.items():
+        if old not in settings:
+            continue
+        if new in settings:
+            raise InvalidOption(
+                f"{spell(old)} and {spell(new)} are the same setting ({spell(old)} is its old, "
+                f"deprecated name): give only {spell(new)}"
+            )
+        log.warning(
+            "%s is deprecated: use %s, named as the pub option it is the default of "
+            "(the old name still works)",
+            spell(old),
+            spell(new),
+        )
+        settings[new] = settings.pop(old)
+    return settings
+
+
+def _server_arguments(settings: dict[str, Any]) -> dict[str, Any]:
+    """Checked settings as :class:`Server`'s arguments: types checked, intervals parsed, the
+    options' defaults under Server's names (``timeout`` -> ``task_end_timeout``)."""
     for key, value in settings.items():
         if key in ("action_defaults", "schedules"):
             continue  # sections, checked by Server
@@ -201,7 +251,11 @@ def load(  # noqa: C901  #18: split
     for key in _INTERVAL_KEYS:
         if isinstance(settings.get(key), str):
             settings[key] = parse_interval(settings[key], option=f"[server] {key}")
-    server = Server(**settings)
+    return {CONFIG_KEYS.get(key, key): value for key, value in settings.items()}
+
+
+def _add_credentials(server: Server, sources: list[tuple[str, list[Any]]]) -> None:
+    """Add every credential of every source; a name given twice is refused."""
     seen: dict[str, str] = {}
     for where, entries in sources:
         for i, entry in enumerate(entries):
@@ -219,7 +273,6 @@ def load(  # noqa: C901  #18: split
                 pub_permissions=entry.get("pub_permissions", []),
                 max_connections=entry.get("max_connections"),
             )
-    return server
 
 
 def _check_credential(where: str, entry: Any) -> str:
@@ -298,7 +351,7 @@ def _actions(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _from_env(key: str, value: str) -> Any:
-    expected = _SERVER_KEYS[key]
+    expected = _SERVER_KEYS[OLD_CONFIG_KEYS.get(key, key)]
     if key in _INTERVAL_KEYS:
         return value  # parsed with the file's values: "7 days" or seconds
     if expected is list:

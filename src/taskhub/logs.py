@@ -94,6 +94,10 @@ def level_from_env(env: Mapping[str, str]) -> int:
     return logging.INFO
 
 
+class TaskhubHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`setup` installs: a later call replaces it, and only it."""
+
+
 def setup(
     level: int | str | None = None,
     fmt: str | None = None,
@@ -116,11 +120,10 @@ def setup(
     fmt = (fmt or source.get("TASKHUB_LOG_FORMAT") or "text").strip().lower()
     if fmt not in FORMATS:
         raise ValueError(f"TASKHUB_LOG_FORMAT={fmt!r}: use text or json")
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = TaskhubHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler._taskhub = True  # type: ignore[attr-defined]  # marks ours for a later setup()
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_taskhub", False)]:
+    for old in [h for h in root.handlers if isinstance(h, TaskhubHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

@@ -555,8 +555,8 @@ def _schedule(index: int, entry: dict[str, Any]) -> dict[str, Any]:
     if unknown or missing:
         what = f"unknown key(s) {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"
         raise InvalidOption(f"schedule #{index + 1}: {what}; keys: {sorted(_SCHEDULE_KEYS)}")
-    from taskhub.hub.admin import pub_options
+    from taskhub.hub.admin import schedule_options
 
     out = dict(entry)
-    out["options"] = pub_options(entry.get("options"))
+    out["options"] = schedule_options(entry.get("options"))
     return out

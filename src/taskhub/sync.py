@@ -32,24 +32,23 @@ import collections
 import concurrent.futures
 import contextvars
 import copy
-import datetime as dt
 import functools
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
 from taskhub.client.client import Step
 from taskhub.client.handler_task import BlockingTask
-from taskhub.client.options import UNSET
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
 from taskhub.errors import ConnectionClosed, TaskHubError
+from taskhub.options_table import PubArgs, WorkerArgs
 
 T = TypeVar("T")
 SyncHandler = Callable[["Task"], Any]
@@ -262,47 +261,13 @@ class Client:
         return self._client
 
     # --- publishing and reading --------------------------------------------------------------
-    def pub(
-        self,
-        action: str,
-        payload: Any = None,
-        *,
-        timeout: float | None = UNSET,
-        start_timeout: float | None = UNSET,
-        delay: float | dt.timedelta | str | None = None,
-        at: dt.datetime | None = None,
-        priority: int = 0,
-        key: str | None = None,
-        retries: int = UNSET,
-        max_attempts: int = UNSET,
-        backoff: float = UNSET,
-        backoff_max: float = UNSET,
-        once_every: float | dt.timedelta | str | None = None,
-        partition_key: str | None = None,
-    ) -> Handle:
+    def pub(self, action: str, payload: Any = None, **options: Unpack[PubArgs]) -> Handle:
         """Publish a task; returns once the hub has stored it (so ``.id`` is set and a refusal
         such as ``PermissionDenied`` raises here). The options are the async ``pub``'s; a
         misspelt one is a TypeError (and a type-check error).
         """
         client = self._async()
-        return self._accepted(
-            lambda: client.pub(
-                action,
-                payload,
-                timeout=timeout,
-                start_timeout=start_timeout,
-                delay=delay,
-                at=at,
-                priority=priority,
-                key=key,
-                retries=retries,
-                max_attempts=max_attempts,
-                backoff=backoff,
-                backoff_max=backoff_max,
-                once_every=once_every,
-                partition_key=partition_key,
-            )
-        )
+        return self._accepted(lambda: client.pub(action, payload, **options))
 
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` (``(action, payload[, options])``) one after another, as the async
@@ -351,13 +316,13 @@ class Client:
         payload: Any = None,
         *,
         timezone: str = "UTC",
-        **pub_options: Any,
+        **options: Unpack[PubArgs],
     ) -> dict[str, Any]:
         """Create or replace the schedule ``name`` (as the async ``schedule``); returns it,
         with ``next_at``."""
         client = self._async()
         return self._call(
-            client.schedule(name, cron, action, payload, timezone=timezone, **pub_options)
+            client.schedule(name, cron, action, payload, timezone=timezone, **options)
         )
 
     def schedules(self) -> list[dict[str, Any]]:
@@ -457,11 +422,7 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-        timeout: float | dt.timedelta | str | None = UNSET,
-        retries: int = UNSET,
-        max_attempts: int = UNSET,
-        backoff: float | dt.timedelta | str = UNSET,
-        backoff_max: float | dt.timedelta | str = UNSET,
+        **defaults: Unpack[WorkerArgs],
     ) -> Callable[[H], H]: ...
 
     @overload
@@ -474,11 +435,7 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-        timeout: float | dt.timedelta | str | None = UNSET,
-        retries: int = UNSET,
-        max_attempts: int = UNSET,
-        backoff: float | dt.timedelta | str = UNSET,
-        backoff_max: float | dt.timedelta | str = UNSET,
+        **defaults: Unpack[WorkerArgs],
     ) -> H: ...
 
     def sub(
@@ -490,11 +447,7 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-        timeout: float | dt.timedelta | str | None = UNSET,
-        retries: int = UNSET,
-        max_attempts: int = UNSET,
-        backoff: float | dt.timedelta | str = UNSET,
-        backoff_max: float | dt.timedelta | str = UNSET,
+        **defaults: Unpack[WorkerArgs],
     ) -> H | Callable[[H], H]:
         """Work on tasks of ``action`` with a plain function: ``client.sub(action, fn)`` or
         ``@client.sub(action)``. The function gets a :class:`Task` and runs in a thread pool
@@ -518,15 +471,7 @@ class Client:
                 max_workers=concurrency, thread_name_prefix=f"taskhub-{action}"
             )
             self._pools.append(pool)
-
-            async def run(ctx: TaskContext) -> Any:
-                loop = asyncio.get_running_loop()
-                task = Task(self, ctx)
-                await ctx.get_payload()  # fetched here, so task.payload never blocks
-                # In the handler's context (its process span is current there), as
-                # asyncio.to_thread does: spans the function starts are that span's children.
-                call = contextvars.copy_context().run
-                return await loop.run_in_executor(pool, call, fn, task)
+            run = _in_threads(self, pool, fn)
 
             async def subscribe() -> None:
                 await client.sub(
@@ -536,11 +481,7 @@ class Client:
                     concurrency=concurrency,
                     observe=observe,
                     durable=durable,
-                    timeout=timeout,
-                    retries=retries,
-                    max_attempts=max_attempts,
-                    backoff=backoff,
-                    backoff_max=backoff_max,
+                    **defaults,
                 )
 
             try:
@@ -749,6 +690,23 @@ async def _pump(w: AsyncWatch, sync_watch: Watch) -> None:
         error = exc
     finally:
         sync_watch._end(error)
+
+
+def _in_threads(
+    client: Client, pool: concurrent.futures.ThreadPoolExecutor, fn: SyncHandler
+) -> Callable[[TaskContext], Coroutine[Any, Any, Any]]:
+    """The async handler of a blocking ``sub``: ``fn`` called in ``pool`` with a :class:`Task`."""
+
+    async def run(ctx: TaskContext) -> Any:
+        loop = asyncio.get_running_loop()
+        task = Task(client, ctx)
+        await ctx.get_payload()  # fetched here, so task.payload never blocks
+        # In the handler's context (its process span is current there), as
+        # asyncio.to_thread does: spans the function starts are that span's children.
+        call = contextvars.copy_context().run
+        return await loop.run_in_executor(pool, call, fn, task)
+
+    return run
 
 
 def _log_event_failure(topic: str, future: concurrent.futures.Future[Any]) -> None:

@@ -36,13 +36,13 @@ import signal
 import threading
 from collections.abc import Callable, Coroutine
 from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Unpack
 
 from taskhub.client import Client, TaskContext
 from taskhub.client.control import Reject, Retry
 from taskhub.client.handler_task import BlockingTask, TaskFields
-from taskhub.client.options import UNSET, worker_options
 from taskhub.names import validate_action
+from taskhub.options_table import WorkerArgs, worker_options
 from taskhub.worker_loops import LoopThread
 from taskhub.worker_pools import ProcessTask
 from taskhub.worker_run import Run, Spec
@@ -53,7 +53,6 @@ Pool = Literal["async", "threads", "processes"]
 POOLS: tuple[str, ...] = ("async", "threads", "processes")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-_UNSET: Any = UNSET
 
 __all__ = ["POOLS", "ProcessTask", "Reject", "Retry", "SyncTask", "Task", "Worker"]
 
@@ -152,14 +151,10 @@ class Worker:
         action: str,
         *,
         concurrency: int | None = None,
-        retries: int = _UNSET,
-        backoff: float | dt.timedelta | str = _UNSET,
-        backoff_max: float | dt.timedelta | str = _UNSET,
-        timeout: float | dt.timedelta | str | None = _UNSET,
-        max_attempts: int = _UNSET,
         group: str | None = None,
         durable: bool = False,
         pool: Pool | None = None,
+        **defaults: Unpack[WorkerArgs],
     ) -> Callable[[F], F]:
         """Run the decorated function for tasks of ``action``; the function is returned
         unchanged (call it directly in tests).
@@ -175,13 +170,7 @@ class Worker:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        options = worker_options(
-            timeout=timeout,
-            retries=retries,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            backoff_max=backoff_max,
-        )
+        options = worker_options(defaults)
 
         def register(fn: F) -> F:
             if any(s.action == action for s in self.specs):

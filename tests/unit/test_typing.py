@@ -1,5 +1,6 @@
-"""Handlers keep their types through the decorators under ``mypy --strict``, and the sync
-client's ``pub`` options are checked by name (issue 16, item 8)."""
+"""Handlers keep their types through the decorators under ``mypy --strict``, and the options of
+``pub``, ``sub`` and ``Worker.task`` are checked by name (issue 16, item 8; issue 18: they are
+typed by the options table's TypedDicts)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ async def main(client: Client, sync: SyncClient) -> None:
 
     reveal_type(sync_handler)
     sync.pub("a:b", None, priorty=3)
+    client.pub("a:b", None, dealy=3)
+    client.sub("e:f", handler, retires=1)
+    worker.task("g:h", tiemout="5m")
 """
 
 
@@ -58,5 +62,8 @@ def test_decorators_keep_the_handler_type_and_pub_checks_option_names(tmp_path: 
         'note: Revealed type is "def (task: taskhub.sync.Task) -> str"',
     ], stdout
     errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, stdout
-    assert 'Unexpected keyword argument "priorty"' in errors[0]
+    for misspelt in ("priorty", "dealy", "retires", "tiemout"):
+        assert any(f'Unexpected keyword argument "{misspelt}"' in e for e in errors), stdout
+    # Nothing else: an overloaded `sub` adds "no overload variant" for its misspelt call.
+    others = [e for e in errors if "Unexpected keyword" not in e]
+    assert len(errors) == 5 and len(others) == 1 and "overload" in others[0], stdout

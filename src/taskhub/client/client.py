@@ -1,45 +1,42 @@
 """The async client's façade, :class:`Client`: connect, publish (``pub``, chains, schedules),
-subscribe (``sub``), broadcast events, watch. The worker side (running handlers, credit,
-pickups) is :mod:`taskhub.client.handlers`; publish options are :mod:`taskhub.client.options`;
-what the client's objects share is :mod:`taskhub.client.link`."""
+subscribe (``sub``), broadcast events, watch. It composes its parts and keeps the public API:
+the worker side (running handlers, credit, pickups) is :mod:`taskhub.client.handlers`,
+publishing :mod:`taskhub.client.publisher`, broadcast events :mod:`taskhub.client.topics`,
+watches :mod:`taskhub.client.watches`; what the parts share is :mod:`taskhub.client.link`.
+Publish options are declared once, in :mod:`taskhub.options_table`."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import functools
-import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, Unpack, overload
 
-from taskhub.client import tracing
 from taskhub.client.connection import Connection, Message
 from taskhub.client.handlers import Handlers
 from taskhub.client.link import Link
-from taskhub.client.options import (
-    _UNSET,
-    Duration,
-    pub_options,
-    pub_options_from,
-    worker_options,
-)
+from taskhub.client.publisher import CHAIN_ACTION, GROUP_ACTION, Publisher, Step
 from taskhub.client.task import Handle, TaskContext
+from taskhub.client.topics import EventHandler, Topics
 from taskhub.client.watch import Watch
-from taskhub.errors import ConnectionClosed, TaskHubError
-from taskhub.names import topic_matches, validate_action, validate_topic
+from taskhub.client.watches import Watches
+from taskhub.errors import ConnectionClosed
+from taskhub.names import validate_action
+from taskhub.options_table import PubArgs, WorkerArgs, pub_options, worker_options
 
-if TYPE_CHECKING:
-    pass
+__all__ = [
+    "CHAIN_ACTION",
+    "GROUP_ACTION",
+    "Client",
+    "EventHandler",
+    "Handler",
+    "Step",
+    "Subscription",
+]
 
 log = logging.getLogger("taskhub.client")
 Handler = Callable[[TaskContext], Any]
 R = TypeVar("R")
-EventHandler = Callable[[Any, str], Any]  # (data, topic); may be async
-# A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
-Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
-CHAIN_ACTION = "taskhub:chain"
-GROUP_ACTION = "taskhub:group"
 
 
 class Subscription(Generic[R]):
@@ -124,20 +121,21 @@ class Client:
             ping_interval=ping_interval,
             ssl=ssl,
         )
-        # The connection and what the client follows, shared with its handles and watches.
+        # The connection and what the client follows, shared with its parts.
         self._link = Link(self._conn)
-        # Spans from tracer_provider, by default the global one (docs/tracing.md); None until
-        # the application imports OpenTelemetry (_late_tracing), or if it never does.
-        self._tracer_provider = tracer_provider
-        self._tracing = tracing.load(tracer_provider)
+        # Publishing, with spans from tracer_provider, by default the global one.
+        self._publisher = Publisher(self._link, tracer_provider)
         # The worker side: subscriptions, the deliveries held, the handlers running them. It
-        # traces with the client's tracing (kept in step by _late_tracing).
+        # traces with the publisher's tracing (kept in step when it is loaded late).
         self._handlers = Handlers(
-            self._link, tracing=self._tracing, late_tracing=self._late_tracing
+            self._link,
+            tracing=self._publisher.tracing,
+            late_tracing=self._publisher.late_tracing,
         )
+        self._publisher.also_traces(self._handlers)
         self._subs = self._handlers.subs  # the same dict: the façade adds and removes
-        self._running: set[asyncio.Task[Any]] = set()  # async event handlers
-        self._topics: dict[str, list[EventHandler]] = {}  # broadcast subscriptions by pattern
+        self._topics = Topics(self._link)  # broadcast subscriptions by pattern
+        self._watches = Watches(self._link)
         self._closed = False  # close() was called: nothing waits any more
 
     # --- life --------------------------------------------------------------------------------
@@ -151,8 +149,7 @@ class Client:
         ``accepted``, ``await handle``, done callbacks), watches (after the events already
         queued), subscriptions not yet confirmed, requests without an answer."""
         self._closed = True
-        for task in list(self._running):
-            task.cancel()
+        self._topics.cancel_all()
         self._handlers.cancel_all()
         await self._conn.close()
         self._end_all()
@@ -166,10 +163,7 @@ class Client:
                     f"the client was closed before task {handle.id} ({handle.action}) ended"
                 )
             )
-        watches = [w for ws in self._link.watches.values() for w in ws]
-        self._link.watches.clear()
-        for w in watches:
-            w.feed_lost(ConnectionClosed(f"the client was closed while watching {w.pattern!r}"))
+        self._watches.end_all()
         for sub in self._subs.values():
             if not sub.confirmed.done():
                 sub.confirmed.set_exception(
@@ -190,11 +184,8 @@ class Client:
         """After (re)connecting: subscribe again and catch up with followed tasks."""
         for sub in self._subs.values():
             self._send_sub(sub)
-        for topic in self._topics:
-            fut = self._conn.request({"op": "subscribe", "topic": topic})
-            fut.add_done_callback(functools.partial(_log_refusal, f"subscribing to {topic}"))
-        for pattern in self._link.watches:
-            self._send_watch(pattern)
+        self._topics.restore()
+        self._watches.restore()
         for task_id, handle in self._link.followed():
             self._link.follow(task_id, handle)
 
@@ -209,11 +200,7 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-        timeout: Duration | None = _UNSET,
-        retries: int = _UNSET,
-        max_attempts: int = _UNSET,
-        backoff: Duration = _UNSET,
-        backoff_max: Duration = _UNSET,
+        **defaults: Unpack[WorkerArgs],
     ) -> Callable[[Callable[[TaskContext], R]], Subscription[R]]: ...
 
     @overload
@@ -226,11 +213,7 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-        timeout: Duration | None = _UNSET,
-        retries: int = _UNSET,
-        max_attempts: int = _UNSET,
-        backoff: Duration = _UNSET,
-        backoff_max: Duration = _UNSET,
+        **defaults: Unpack[WorkerArgs],
     ) -> Subscription[R]: ...
 
     def sub(
@@ -242,11 +225,7 @@ class Client:
         concurrency: int = 1,
         observe: bool = False,
         durable: bool = False,
-        timeout: Duration | None = _UNSET,
-        retries: int = _UNSET,
-        max_attempts: int = _UNSET,
-        backoff: Duration = _UNSET,
-        backoff_max: Duration = _UNSET,
+        **defaults: Unpack[WorkerArgs],
     ) -> Subscription[R] | Callable[[Callable[[TaskContext], R]], Subscription[R]]:
         """Work on tasks of ``action``: ``client.sub(action, handler)`` or as a decorator.
 
@@ -263,13 +242,7 @@ class Client:
         validate_action(action)
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        options = worker_options(
-            timeout=timeout,
-            retries=retries,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            backoff_max=backoff_max,
-        )
+        options = worker_options(defaults)
 
         def register(fn: Callable[[TaskContext], R]) -> Subscription[R]:
             if action in self._subs:
@@ -314,53 +287,63 @@ class Client:
             await self._conn.request({"op": "unsub", "action": action})
 
     # --- publishing --------------------------------------------------------------------------
-    def pub(
-        self,
-        action: str,
-        payload: Any = None,
-        *,
-        timeout: float | None = _UNSET,
-        start_timeout: float | None = _UNSET,
-        delay: float | dt.timedelta | str | None = None,
-        at: dt.datetime | None = None,
-        priority: int = 0,
-        key: str | None = None,
-        retries: int = _UNSET,
-        max_attempts: int = _UNSET,
-        backoff: float = _UNSET,
-        backoff_max: float = _UNSET,
-        once_every: float | dt.timedelta | str | None = None,
-        partition_key: str | None = None,
-    ) -> Handle:
+    def pub(self, action: str, payload: Any = None, **options: Unpack[PubArgs]) -> Handle:
         """Publish a task and return its :class:`Handle` at once.
 
         ``timeout`` is the end timeout (seconds after a worker started it), ``start_timeout``
         how long it may wait for a worker; ``None`` means forever, unset the hub default.
         ``delay`` and ``once_every`` take seconds, a ``timedelta`` or an interval string
-        (``"7 days"``, ``"1h30m"``, ``"PT1H30M"``); ``at`` a timezone-aware datetime.
-        See docs/scheduling.md for ``retries``/``backoff``/``max_attempts`` and ``once_every``.
+        (``"7 days"``, ``"1h30m"``, ``"PT1H30M"``); ``at`` a timezone-aware datetime. Also
+        ``priority``, ``key``, ``retries``, ``max_attempts``, ``backoff``, ``backoff_max`` and
+        ``partition_key``: the table of them is in docs/protocol.md (§3, ``pub``); see
+        docs/scheduling.md for retries, backoff and ``once_every``. A misspelt option is a
+        TypeError (and a type-check error).
         """
-        validate_action(action)
-        options = pub_options(
-            timeout=timeout,
-            start_timeout=start_timeout,
-            delay=delay,
-            at=at,
-            priority=priority,
-            key=key,
-            retries=retries,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            backoff_max=backoff_max,
-            once_every=once_every,
-            partition_key=partition_key,
-        )
-        msg: Message = {"op": "pub", "action": action, "payload": payload}
-        if self._tracing is not None or self._late_tracing() is not None:
-            return self._publish_traced(action, msg, options)
-        if options:
-            msg["options"] = options
-        return self._publish(action, msg)
+        return self._publisher.pub(action, payload, options)
+
+    def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
+        """Run ``steps`` one after another; the handle's result is the last step's result.
+
+        Each step is ``(action, payload)`` or ``(action, payload, options)`` with ``options``
+        as in the wire ``pub`` (``timeout``, ``retries``, ...). A step whose payload is
+        ``None`` gets the previous step's result; every step sees it as
+        ``task.previous_result``. With ``merge_input`` a dict payload gets the previous dict
+        result merged over it. The hub runs the chain: it goes on if this client leaves. A
+        failing step fails the chain, with the step's index and action in the error.
+        """
+        return self._publisher.chain(steps, "chain", merge_input=merge_input)
+
+    def group(self, steps: Sequence[Step]) -> Handle:
+        """Run ``steps`` at once; the handle's result is the list of their results, in order.
+
+        The first step that fails fails the group and cancels the steps still running.
+        """
+        return self._publisher.chain(steps, "group")
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        """A task as the hub has it now."""
+        return await self._record({"op": "get", "task": task_id}, "task")
+
+    async def cancel(self, task_id: str) -> None:
+        await self._conn.request({"op": "cancel", "task": task_id})
+
+    async def payload(self, task_id: str) -> Any:
+        """A task's payload (the task view leaves it out); read rules as for :meth:`get`."""
+        reply = await self._conn.request({"op": "payload", "task": task_id})
+        return reply.get("payload")
+
+    async def _answer(self, msg: Message, field: str) -> Any:
+        """Ask the hub; the ``field`` of its answer."""
+        reply = await self._conn.request(msg)
+        return reply[field]
+
+    async def _record(self, msg: Message, field: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._answer(msg, field)
+        return out
+
+    async def _records(self, msg: Message, field: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self._answer(msg, field)
+        return out
 
     # --- schedules, queues, dead letters (docs/scheduling.md) -------------------------------
     async def schedule(
@@ -371,7 +354,7 @@ class Client:
         payload: Any = None,
         *,
         timezone: str = "UTC",
-        **pub_options: Any,
+        **options: Unpack[PubArgs],
     ) -> dict[str, Any]:
         """Create or replace the schedule ``name``: publish ``action`` at every slot of
         ``cron`` (5 fields, in ``timezone``) with ``payload`` and the given ``pub`` options.
@@ -385,142 +368,41 @@ class Client:
             "payload": payload,
             "timezone": timezone,
         }
-        options = pub_options_from(pub_options)
-        if options:
-            msg["options"] = options
-        reply = await self._conn.request(msg)
-        out: dict[str, Any] = reply["schedule"]
-        return out
+        wire = pub_options(options)
+        if wire:
+            msg["options"] = wire
+        return await self._record(msg, "schedule")
 
     async def schedules(self) -> list[dict[str, Any]]:
-        reply = await self._conn.request({"op": "schedules"})
-        out: list[dict[str, Any]] = reply["schedules"]
-        return out
+        return await self._records({"op": "schedules"}, "schedules")
 
     async def unschedule(self, name: str) -> None:
         await self._conn.request({"op": "unschedule", "name": name})
 
     async def queues(self) -> list[dict[str, Any]]:
         """Every group queue: action, group, durable, workers, waiting, in_flight."""
-        reply = await self._conn.request({"op": "queues"})
-        out: list[dict[str, Any]] = reply["queues"]
-        return out
+        return await self._records({"op": "queues"}, "queues")
 
     async def purge(self, action: str, group: str, *, forget: bool = False) -> int:
         """Fail the group's waiting deliveries (reason ``purged``); ``forget=True`` also
         removes its durable subscription. Returns how many were purged."""
         msg: Message = {"op": "purge", "action": action, "group": group, "forget": forget}
-        reply = await self._conn.request(msg)
-        return int(reply["purged"])
+        return int(await self._answer(msg, "purged"))
 
     async def dead_letters(self, action: str | None = None) -> list[dict[str, Any]]:
         """The dead-letter list (without payloads), oldest first."""
         msg: Message = {"op": "dead_letters"}
         if action is not None:
             msg["action"] = action
-        reply = await self._conn.request(msg)
-        out: list[dict[str, Any]] = reply["dead_letters"]
-        return out
+        return await self._records(msg, "dead_letters")
 
     async def dead_letter(self, task_id: str) -> dict[str, Any]:
         """One dead letter, with its payload and the error of each delivery."""
-        reply = await self._conn.request({"op": "dead_letter", "task": task_id})
-        out: dict[str, Any] = reply["dead_letter"]
-        return out
+        return await self._record({"op": "dead_letter", "task": task_id}, "dead_letter")
 
     async def requeue(self, task_id: str) -> str:
         """Publish a fresh copy of a dead letter; returns the new task's id."""
-        reply = await self._conn.request({"op": "requeue", "task": task_id})
-        return str(reply["task"])
-
-    def _late_tracing(self) -> tracing.Tracing | None:
-        """If OpenTelemetry was imported since this client was made: trace from now on."""
-        if tracing.imported():
-            self._tracing = self._handlers.tracing = tracing.load(self._tracer_provider)
-        return self._tracing
-
-    def _publish_traced(self, action: str, msg: Message, into: Message) -> Handle:
-        """Publish inside a ``publish`` span whose context goes with the task as ``trace``,
-        in ``into``: the pub's options (a step of a chain gets its chain's), or ``msg``."""
-        assert self._tracing is not None
-        span, carrier = self._tracing.publish(action)
-        if carrier:
-            into["trace"] = carrier
-        if into and into is not msg:
-            msg["options"] = into
-        try:
-            handle = self._publish(action, msg)
-        except Exception as exc:  # not sent (a payload that is not JSON): the span says why
-            self._tracing.failed(span, exc)
-            span.end()
-            raise
-        self._tracing.published(span, handle)
-        return handle
-
-    def _publish(self, action: str, msg: Message) -> Handle:
-        handle = Handle(self._link, action)
-        if self._conn.connected.is_set():
-            # The handle itself gets the answer (Handle.feed_answer) or the loss
-            # (Handle.feed_unanswered):
-            # no future, closure or callback per task.
-            self._conn.post(msg, handle)
-        else:
-            handle.feed_lost(ConnectionClosed("not connected to a hub"))
-        return handle
-
-    async def get(self, task_id: str) -> dict[str, Any]:
-        """A task as the hub has it now."""
-        reply = await self._conn.request({"op": "get", "task": task_id})
-        task: dict[str, Any] = reply["task"]
-        return task
-
-    async def cancel(self, task_id: str) -> None:
-        await self._conn.request({"op": "cancel", "task": task_id})
-
-    async def payload(self, task_id: str) -> Any:
-        """A task's payload (the task view leaves it out); read rules as for :meth:`get`."""
-        reply = await self._conn.request({"op": "payload", "task": task_id})
-        return reply.get("payload")
-
-    # --- chains and groups -------------------------------------------------------------------
-    def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
-        """Run ``steps`` one after another; the handle's result is the last step's result.
-
-        Each step is ``(action, payload)`` or ``(action, payload, options)`` with ``options``
-        as in the wire ``pub`` (``timeout``, ``retries``, ...). A step whose payload is
-        ``None`` gets the previous step's result; every step sees it as
-        ``task.previous_result``. With ``merge_input`` a dict payload gets the previous dict
-        result merged over it. The hub runs the chain: it goes on if this client leaves. A
-        failing step fails the chain, with the step's index and action in the error.
-        """
-        msg = self._chain_msg(steps, "chain")
-        if merge_input:
-            msg["merge_input"] = True
-        if self._tracing is not None or self._late_tracing() is not None:
-            return self._publish_traced(CHAIN_ACTION, msg, msg)
-        return self._publish(CHAIN_ACTION, msg)
-
-    def group(self, steps: Sequence[Step]) -> Handle:
-        """Run ``steps`` at once; the handle's result is the list of their results, in order.
-
-        The first step that fails fails the group and cancels the steps still running.
-        """
-        msg = self._chain_msg(steps, "group")
-        if self._tracing is not None or self._late_tracing() is not None:
-            return self._publish_traced(GROUP_ACTION, msg, msg)
-        return self._publish(GROUP_ACTION, msg)
-
-    @staticmethod
-    def _chain_msg(steps: Sequence[Step], mode: str) -> Message:
-        out = []
-        for step in steps:
-            action, payload = step[0], step[1]
-            validate_action(action)
-            item: Message = {"action": action, "payload": payload}
-            if len(step) > 2:
-                item["options"] = step[2]
-            out.append(item)
-        return {"op": "chain", "mode": mode, "steps": out}
+        return str(await self._answer({"op": "requeue", "task": task_id}, "task"))
 
     # --- broadcast events --------------------------------------------------------------------
     async def subscribe(self, topic: str, handler: EventHandler) -> None:
@@ -530,23 +412,11 @@ class Client:
         rest (``orders:*``, ``orders/>``). Events sent by this very client are not delivered
         back to it. Raises :class:`PermissionDenied` without sub permission for the topic.
         """
-        validate_topic(topic, pattern=True)
-        handlers = self._topics.setdefault(topic, [])
-        handlers.append(handler)
-        if len(handlers) > 1:
-            return
-        try:
-            await self._conn.request({"op": "subscribe", "topic": topic})
-        except ConnectionClosed:
-            pass  # kept: sent again when the connection is back
-        except TaskHubError:
-            self._topics.pop(topic, None)
-            raise
+        await self._topics.subscribe(topic, handler)
 
     async def unsubscribe(self, topic: str) -> None:
         """Stop every handler of ``topic`` (the same string given to :meth:`subscribe`)."""
-        if self._topics.pop(topic, None) is not None and self.connected:
-            await self._conn.request({"op": "unsubscribe", "topic": topic})
+        await self._topics.unsubscribe(topic)
 
     async def emit(self, topic: str, data: Any = None) -> int:
         """Broadcast ``data`` to every other connection subscribed to ``topic``.
@@ -554,27 +424,7 @@ class Client:
         Events are not stored: only connections subscribed now receive them. Returns how
         many connections the hub queued it for.
         """
-        validate_topic(topic)
-        reply = await self._conn.request({"op": "emit", "topic": topic, "data": data})
-        return int(reply.get("receivers", 0))
-
-    def _broadcast(self, msg: Message) -> None:
-        topic = str(msg.get("topic", ""))
-        data = msg.get("data")
-        for pattern, handlers in list(self._topics.items()):
-            if not topic_matches(pattern, topic):
-                continue
-            for handler in handlers:
-                try:
-                    out = handler(data, topic)
-                except Exception:
-                    log.exception("the handler of event %s raised", topic)
-                    continue
-                if inspect.isawaitable(out):
-                    runner = asyncio.ensure_future(out)
-                    self._running.add(runner)
-                    runner.add_done_callback(self._running.discard)
-                    runner.add_done_callback(functools.partial(_log_failure, topic))
+        return await self._topics.emit(topic, data)
 
     # --- watching task events ----------------------------------------------------------------
     def watch(self, pattern: str) -> Watch:
@@ -583,47 +433,14 @@ class Client:
         ``async for event in client.watch("email:*")`` or ``async with client.watch(p) as
         w: ...``. Needs pub or sub permission covering the pattern.
         """
-        validate_topic(pattern, pattern=True)
-        w = Watch(self, self._link, pattern)
-        if self._closed:
-            w.feed_lost(ConnectionClosed(f"the client is closed; cannot watch {pattern!r}"))
-            return w
-        watches = self._link.watches.setdefault(pattern, [])
-        watches.append(w)
-        if self.connected:
-            self._send_watch(pattern)
-        return w
-
-    def _send_watch(self, pattern: str) -> None:
-        fut = self._conn.request({"op": "watch", "pattern": pattern})
-
-        def done(f: asyncio.Future[Message]) -> None:
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if isinstance(exc, ConnectionClosed):
-                return  # sent again on reconnect
-            watches = self._link.watches.get(pattern, [])
-            if exc is not None:
-                self._link.watches.pop(pattern, None)
-            for w in watches:
-                w.feed_confirm(exc)
-
-        fut.add_done_callback(done)
-
-    def _watched(self, msg: Message) -> None:
-        action = str(msg.get("action", ""))
-        for pattern, watches in self._link.watches.items():
-            if topic_matches(pattern, action):
-                for w in watches:
-                    w.feed_event(msg)
+        return self._watches.open(self, pattern, closed=self._closed)
 
     # --- messages from the hub ---------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
         op = msg.get("op")
         if op == "event":
             if msg.get("watched"):
-                self._watched(msg)
+                self._watches.feed_event(msg)
                 return
             task_id = msg["task"]
             link = self._link
@@ -637,7 +454,7 @@ class Client:
         elif op == "offer":
             self._handlers.offered(msg)
         elif op == "broadcast":
-            self._broadcast(msg)
+            self._topics.feed_broadcast(msg)
         elif op == "revoke":
             self._handlers.revoke(msg)
         elif op == "error":
@@ -660,16 +477,3 @@ class Client:
         counted) and stop its handler; returns how many. Called when stopping past the
         grace: a thread running a plain function cannot be stopped, its result is ignored."""
         return await self._handlers.hand_back()
-
-
-def _log_refusal(what: str, fut: asyncio.Future[Message]) -> None:
-    if fut.cancelled():
-        return
-    exc = fut.exception()
-    if exc is not None and not isinstance(exc, ConnectionClosed):
-        log.error("%s failed: %s", what, exc)
-
-
-def _log_failure(topic: str, fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("the handler of event %s raised", topic, exc_info=fut.exception())

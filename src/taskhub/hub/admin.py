@@ -16,10 +16,10 @@ import msgspec
 from taskhub import protocol as p
 from taskhub.errors import InvalidOption, PermissionDenied, StoreUnavailable, TaskHubError
 from taskhub.errors import TaskNotFound as NotFound
-from taskhub.intervals import parse_interval
 from taskhub.lifecycle import DEAD_META, Credentials, Peer
 from taskhub.lifecycle.schedules import Schedule, view
 from taskhub.names import allowed
+from taskhub.options_table import interval_strings
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
@@ -27,21 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskhub.admin")
 
 
-def pub_options(options: Any) -> dict[str, Any]:
-    """Validated ``pub`` options as a plain dict (for a stored schedule); ``delay`` and
-    ``once_every`` may be interval strings."""
+def schedule_options(options: Any) -> dict[str, Any]:
+    """A schedule's ``pub`` options, checked as a ``pub``'s, as a plain dict to store;
+    ``delay`` and ``once_every`` may be interval strings (the HTTP API's form)."""
     if options is None:
         return {}
     if isinstance(options, p.PubOptions):
         return dict(msgspec.to_builtins(options))
     if not isinstance(options, dict):
         raise InvalidOption("options must be an object", option="options")
-    raw = dict(options)
-    for name in ("delay", "once_every"):
-        if isinstance(raw.get(name), str):
-            raw[name] = parse_interval(raw[name], option=name)
     try:
-        checked = msgspec.convert(raw, p.PubOptions)
+        checked = msgspec.convert(interval_strings(options), p.PubOptions)
     except msgspec.ValidationError as exc:
         raise InvalidOption(f"options: {exc}", option="options") from None
     return dict(msgspec.to_builtins(checked))
@@ -82,7 +78,7 @@ class Admin:
             cron=cron,
             action=action,
             payload=payload,
-            options=pub_options(options),
+            options=schedule_options(options),
             timezone=timezone,
             owner=creds.name,
             source="api",

@@ -3,33 +3,22 @@ combine, and the checks every task's options pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from taskhub import options_table
 from taskhub.errors import InvalidOption
 from taskhub.intervals import parse_interval
 from taskhub.lifecycle.state import GIVEN, Defaults
 from taskhub.protocol import WORKER_OPTIONS
 
-# Options an [[actions]] entry may default (per action, between the task's and the hub's).
-ACTION_OPTIONS = frozenset(
-    {"timeout", "start_timeout", "retries", "max_attempts", "backoff", "backoff_max", "priority"}
-)
-# Options a re-queued dead letter keeps: not `key` (its window would hand back the dead task),
-# nor delay/once_every (they were spent).
-_REQUEUE_KEEP = (
-    "timeout",
-    "start_timeout",
-    "retries",
-    "max_attempts",
-    "priority",
-    "backoff",
-    "backoff_max",
-    "partition_key",
-    "trace",  # a re-queued copy continues the trace of the task it copies
-)
-REQUEUE_OPTIONS = _REQUEUE_KEEP  # public: `taskhub tasks retry` copies the same options
+# Options an [[actions]] entry may default (per action, between the task's and the hub's), and
+# those a re-queued dead letter keeps: not `key` (its window would hand back the dead task), nor
+# delay/once_every (they were spent). Both are columns of the options table.
+ACTION_OPTIONS = options_table.ACTION_OPTIONS
+REQUEUE_OPTIONS = options_table.REQUEUE_OPTIONS  # `taskhub tasks retry` copies the same
 
 
 # A task's trace context is stored in its record and sent with every offer: bounded. 8 KiB is
@@ -157,17 +146,26 @@ def resolve_options(
     key = get("key", None)
     if key is not None:
         opts["key"] = key
-    partition_key = get("partition_key", None)  # only the HTTP API sets it so far
+    partition_key = get("partition_key", None)
     if partition_key is not None:
         opts["partition_key"] = str(partition_key)
     opts.update(_trace_option(options))
+    not_before = _not_before(get, now, opts)
+    if not_before:
+        opts["not_before"] = not_before
+    return opts
+
+
+def _not_before(get: Callable[[str, Any], Any], now: float, opts: dict[str, Any]) -> float:
+    """When the task is due (0: at once): ``at``, else now + ``delay``, and with ``once_every``
+    (stored in ``opts``) no earlier than now + ``once_every``."""
     delay = get("delay", 0.0) or 0.0
     if isinstance(delay, str):  # "7 days", "PT1H": the HTTP API passes them through
         delay = parse_interval(delay, option="delay")
     at = get("at", None)
     if delay < 0:
         raise InvalidOption("option 'delay' must be >= 0 seconds", option="delay")
-    not_before = at if at is not None else (now + delay if delay else 0.0)
+    not_before: float = at if at is not None else (now + delay if delay else 0.0)
     once_every = get("once_every", None)
     if once_every is not None:
         if isinstance(once_every, str):
@@ -176,6 +174,4 @@ def resolve_options(
             raise InvalidOption("option 'once_every' must be >= 0 seconds", option="once_every")
         opts["once_every"] = float(once_every)
         not_before = max(not_before, now + once_every)
-    if not_before:
-        opts["not_before"] = not_before
-    return opts
+    return not_before
