@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from taskhub.errors import InvalidAction, PermissionDenied, ProtocolError
-from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, check_storable, error_responses
+from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, error_responses
 from taskhub.lifecycle.chains import MAX_STEPS
 from taskhub.names import allowed, reserved_action, validate_action
 
@@ -79,7 +79,6 @@ async def add(body: Annotated[AddWorkload, Body()], hub: HubDep, creds: Caller) 
     for c, chain in enumerate(chains):
         for i, step in enumerate(chain.tasks):
             where = f"chains.{c}.tasks.{i}" if isinstance(body, list) else f"chain.tasks.{i}"
-            check_storable(f"{where}.input", step.input)
             try:
                 validate_action(step.task)
             except InvalidAction as exc:  # the schema's pattern says as much: a shape error
