@@ -263,6 +263,7 @@ class Server:
             archive=self.archive,
             schedules=[msgspec.convert(s, Schedule) for s in self.schedules],
             partitions=self.partitions,
+            partition_stores=_partition_stores(self.store_url, self._store, self.partitions),
         )
 
     async def _start_clustered(self) -> None:
@@ -270,14 +271,7 @@ class Server:
         our URL), then lead or relay to the leader (docs/deployment.md)."""
         from taskhub.hub.cluster import Cluster
 
-        # Every hub of the cluster checks the partition count at start, not only the one that
-        # comes to lead: a follower with another count would otherwise wait for its turn.
-        probe = open_store(self.store_url)
-        await probe.open()
-        try:
-            await check_partition_count(probe, self.partitions)
-        finally:
-            await probe.close()
+        await _clustered_partitions(self.store_url, self.partitions)
         self.cluster = Cluster(
             self.store_url,
             make_hub=self._make_hub,
@@ -509,6 +503,39 @@ def _limits(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
     )
+
+
+def _partition_stores(url: str, store: Store | None, partitions: int) -> list[Store] | None:
+    """Each partition's part of the store at ``url`` (None with one partition: the store is
+    the partition's)."""
+    if partitions == 1:
+        return None
+    if store is not None:
+        raise InvalidOption(
+            f"partitions = {partitions} needs a store URL (each partition opens its own part "
+            "of the store); a store object serves one partition"
+        )
+    return [open_store(url, partition=i, partitions=partitions) for i in range(partitions)]
+
+
+async def _clustered_partitions(url: str, partitions: int) -> None:
+    """Every hub of a cluster checks the partition count at start, not only the one that comes
+    to lead: a follower with another count would otherwise wait for its turn."""
+    probe = open_store(url)
+    await probe.open()
+    try:
+        await check_partition_count(probe, partitions)
+    finally:
+        await probe.close()
+    if partitions > 1:
+        # Until each partition has a lease of its own (issue 19), a Redis store's hubs fence
+        # their writes with one leader lock, which cannot fence the partitions' keys (another
+        # hash tag): refused rather than written unfenced.
+        raise InvalidOption(
+            f"partitions = {partitions} with a Redis store is not available yet (partitions "
+            "need leases of their own); use partitions = 1 with Redis, or several partitions "
+            "with sqlite:// or memory://"
+        )
 
 
 def _registry(allowed_origins: list[str] | tuple[str, ...]) -> Registry:

@@ -37,7 +37,10 @@ def create_app(hub: Hub) -> FastAPI:
     @app.get("/healthz", tags=["operation"])
     async def healthz() -> dict[str, Any]:
         """Liveness: anyone may ask, so it tells nothing about the store (paths, hosts)."""
-        return {"status": "ok", "role": hub.role}
+        if hub.partitions == 1:
+            return {"status": "ok", "role": hub.role}
+        # The partitions this hub leads (docs/deployment.md, "Partitions").
+        return {"status": "ok", "role": hub.role, "partitions": [p.index for p in hub.parts]}
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz

@@ -26,7 +26,7 @@ from taskhub.lifecycle import Peer, Task
 from taskhub.lifecycle.options import worker_options
 
 if TYPE_CHECKING:
-    from taskhub.hub.hub import Hub
+    from taskhub.hub.partition import LocalPartition
 
 log = logging.getLogger("taskhub.hub")
 
@@ -35,10 +35,11 @@ Op = Callable[[Peer, Any], Awaitable[None] | None]
 
 
 class Dispatcher:
-    """Applies one connection message at a time (:meth:`handle`). An error in the message is
-    answered with its code, a bug with ``internal``; either way the connection goes on."""
+    """Applies one connection message at a time (:meth:`handle`) to one partition's lifecycle
+    (with one partition, the hub's). An error in the message is answered with its code, a bug
+    with ``internal``; either way the connection goes on."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: LocalPartition) -> None:
         self.hub = hub
         self.lc = hub.lc
         self.answer = hub.answer
@@ -69,7 +70,10 @@ class Dispatcher:
             p.Bad: self._bad,
         }
         for admin_op in get_args(p.Admin):
-            self.ops[admin_op] = hub.admin.answer
+            self.ops[admin_op] = self._admin
+
+    def _admin(self, peer: Peer, msg: Any) -> Awaitable[None] | None:
+        return self.hub.admin.answer(peer, msg)  # the hub's: built after its partitions
 
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
         """Apply one message. Returns an awaitable when it needs the store (reads)."""

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -25,15 +26,14 @@ from taskhub.errors import InvalidOption
 from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
-from taskhub.hub.dispatch import Dispatcher
+from taskhub.hub.partition import LocalPartition, close_store
 from taskhub.hub.partitioning import check_partition_count
-from taskhub.hub.pipeline import Pipeline
-from taskhub.hub.retention import DEFAULT_RETENTION, Retention
-from taskhub.hub.topics import Topics, Watches
+from taskhub.hub.retention import DEFAULT_RETENTION
+from taskhub.hub.router import Router
+from taskhub.hub.topics import Topics
 from taskhub.hub.views import task_view
 from taskhub.hub.wakers import Wakers
-from taskhub.ids import new_id
-from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Peer
+from taskhub.lifecycle import Clock, Credentials, Defaults, Lifecycle, Peer
 from taskhub.lifecycle.chains import Chains, Mode
 from taskhub.lifecycle.schedules import SCHEDULE_META, Schedule, Scheduler
 from taskhub.records import TaskRecord, WriteBatch
@@ -84,34 +84,42 @@ class Hub:
         archive: str | None = None,
         schedules: list[Schedule] | None = None,
         partitions: int = 1,
+        partition_stores: Sequence[Store] | None = None,
     ) -> None:
         """``retention``: seconds ended tasks are kept (None: forever), ``archive``: a JSON-lines
-        file they are appended to before removal, ``schedules``: the config file's schedules,
-        ``partitions``: the deployment's partition count, checked against the store's."""
-        self.store = store
+        file they are appended to before removal, ``schedules``: the config file's schedules.
+
+        ``partitions`` (docs/deployment.md, "Partitions"): the deployment's partition count,
+        checked against the one ``store`` records. With one, ``store`` is the partition's store;
+        with several, ``store`` holds the cluster-wide records and ``partition_stores`` are the
+        partitions' own (``open_store(url, partition=p, partitions=P)``)."""
+        self.root = store
         self.partitions = partitions
         self.registry = registry or Registry()
         self.limits = limits or Limits()
         self.name = name
         self.clock = clock
-        self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=new_id)
         self.connections = Connections(clock)
-        self.pipeline = Pipeline(self.lc, store, self.connections.deliver, clock)
+        make = partial(
+            LocalPartition, hub=self, defaults=defaults, clock=clock, retention=retention
+        )
+        stores = _partition_stores(store, partitions, partition_stores)
+        self.parts = [make(i, s, archive=archive) for i, s in enumerate(stores)]
+        self.router = Router(self.parts)
+        # Partition 0's parts, and with one partition the hub's (as before partitions).
+        first = self.parts[0]
+        self.store, self.lc, self.pipeline = first.store, first.lc, first.pipeline
+        self.watches, self.retention = first.watches, first.retention
         self.wakers = Wakers()
         self.topics = Topics(self.lc, self.kick)
-        self.watches = Watches(self.lc)
-        self.chains = Chains(self.lc)
-        self.scheduler = Scheduler(self.lc)
+        self.chains = Chains(self.lc, self.router)
+        self.scheduler = Scheduler(self.lc, self.router)
         self.admin = Admin(self)
-        self.dispatcher = Dispatcher(self)
-        self.handle = self.dispatcher.handle  # apply one WebSocket message (bound: per message)
+        self.dispatcher = first.dispatcher
+        # Apply one WebSocket message (bound: per message): in its partition.
+        self.handle = first.dispatcher.handle if partitions == 1 else self.router.handle
+        self._share_pipelines()
         self.config_schedules = list(schedules or [])
-        self.retention = (
-            None
-            if retention is None
-            else Retention(store, retention=retention, archive=archive, clock=clock)
-        )
-        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         # "standalone", or "leader" of a cluster of hubs (hub/cluster.py; followers run no
         # Hub and answer /healthz themselves): reported by GET /healthz.
@@ -120,53 +128,51 @@ class Hub:
         self.draining = False
         self.metrics: Metrics | None = None  # hub/http/metrics.py (for_hub), once installed
 
+    def _share_pipelines(self) -> None:
+        """With several partitions: the metrics see every partition's writes, and a fired
+        timer kicks every partition (its effects, a chain's next step, may land anywhere)."""
+        if self.partitions == 1:
+            return
+        for part in self.parts:
+            part.pipeline.apply_hooks = self.pipeline.apply_hooks
+            part.pipeline.after_timer = self.kick
+
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.store.open()
-        await check_partition_count(self.store, self.partitions)
-        # Durable groups first: restored tasks waiting for a group are routed to them.
-        self.lc.restore_queues((await self.store.list_meta(QUEUE_META)).values())
-        restored = self.lc.restore(await self.store.load_active())
+        # The count first, before anything is restored: the cluster-wide records live in the
+        # root store, which with one partition is the partition's own.
+        await self.root.open()
+        await check_partition_count(self.root, self.partitions)
+        restored = 0
+        for part in self.parts:
+            if part.store is not self.root:
+                await part.store.open()
+            restored += await part.restore()
         caught_up = self.scheduler.restore((await self.store.list_meta(SCHEDULE_META)).values())
         self.scheduler.configure(self.config_schedules)
         if caught_up:
             log.info("fired %d schedule slot(s) missed while the hub was down", caught_up)
         for chain, index, task_id in self.chains.orphans():
-            self.chains.step_ended(chain, index, await self.store.get_task(task_id))
+            self.chains.step_ended(chain, index, await self.find(task_id))
         if restored:
-            log.info("restored %d unfinished task(s) from %s", restored, self.store.url)
-        self.pipeline.start()
-        if self.retention is not None:
-            self._sweeper = asyncio.create_task(self.retention.run(), name="taskhub-retention")
+            log.info("restored %d unfinished task(s) from %s", restored, self.root.url)
+        for part in self.parts:
+            part.start()
 
     async def stop(self, *, flush_timeout: float = 10.0) -> None:
         """Write what is pending (waiting at most ``flush_timeout`` for a store that is down:
         what was not written was never acknowledged) and close the store."""
         self._closing = True
         self.end_waits()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        if not self.fenced:
-            try:
-                await asyncio.wait_for(self.flush(), flush_timeout)
-            except TimeoutError:
-                log.error("the store did not take the last writes within %.0fs", flush_timeout)
-        await self.pipeline.stop(flush_timeout)
-        closing = asyncio.ensure_future(self.store.close())
-        done, _ = await asyncio.wait({closing}, timeout=flush_timeout)
-        if not done:
-            log.error("the store did not close within %.0fs; left behind", flush_timeout)
-            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
-        else:
-            closing.result()
+        await asyncio.gather(*(part.stop(flush_timeout) for part in self.parts))
+        if self.partitions > 1:
+            await close_store(self.root, flush_timeout)
 
     @property
     def ready(self) -> bool:
         """Serving: the flusher runs, the store takes writes, not draining or fenced."""
         return (
-            self.pipeline.running
+            all(part.pipeline.running for part in self.parts)
             and not self._closing
             and not self.draining
             and not self.fenced
@@ -186,26 +192,31 @@ class Hub:
         sends it again to the hub it reconnects to.
         """
         self.draining = True
-        for peer in list(self.connections):
-            for action in list(peer.subs):
-                self.lc.unsubscribe(peer, action)
-            for task_id, d in list(peer.holding.items()):
-                if d.rec.state == "offered":
-                    self.lc.take_back(peer, task_id, d.rec.attempt, "draining", count_try=False)
+        for part in self.parts:
+            part.drain()
         self.kick()
 
     def busy(self) -> int:
         """Deliveries connections still hold (started or offered): what a drain waits for."""
-        return self.connections.busy()
+        return self.connections.busy() + sum(part.held() for part in self.parts[1:])
 
     # --- the commit pipeline -----------------------------------------------------------------
     def kick(self) -> None:
-        """Something changed: write it, then send what it caused; re-arm the timer."""
-        self.pipeline.kick()
+        """Something changed: write it, then send what it caused; re-arm the timer. With
+        several partitions each one is kicked (an input may change more than one: a chain's
+        next step, a watch)."""
+        if self.partitions == 1:
+            self.pipeline.kick()
+            return
+        for part in self.parts:
+            part.kick()
 
     async def flush(self) -> None:
         """Wait until everything the lifecycle has produced so far is written and sent."""
-        await self.pipeline.flush()
+        if self.partitions == 1:
+            await self.pipeline.flush()
+            return
+        await asyncio.gather(*(part.flush() for part in self.parts))
 
     @property
     def commit_now(self) -> bool:
@@ -225,12 +236,12 @@ class Hub:
     @property
     def fenced(self) -> bool:
         """The store refused a write: another hub leads."""
-        return self.pipeline.fenced
+        return any(part.pipeline.fenced for part in self.parts)
 
     @property
     def store_ok(self) -> bool:
         """False while a batch write is failing and being retried."""
-        return self.pipeline.store_ok
+        return all(part.pipeline.store_ok for part in self.parts)
 
     @property
     def apply_hooks(self) -> list[Callable[[WriteBatch, float], None]]:
@@ -272,8 +283,8 @@ class Hub:
     def detach(self, peer: Peer) -> None:
         self.connections.remove(peer)
         self.topics.forget(peer)
-        self.watches.forget(peer)
-        self.lc.disconnect(peer)
+        for part in self.parts:
+            part.detach(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
 
@@ -285,21 +296,29 @@ class Hub:
 
     # --- reading tasks -----------------------------------------------------------------------
     async def find(self, task_id: str) -> TaskRecord | None:
-        task = self.lc.get(task_id)
-        if task is not None:
-            return task.rec
-        rec = self.lc.pending(task_id) or self.pipeline.writing(task_id)
-        if rec is not None:
-            return rec
-        return await self.store.get_task(task_id)
+        """The task's freshest record, from the partition its id names."""
+        return await self.router.partition_of_task(task_id).find(task_id)
 
     def unwritten(self) -> dict[str, TaskRecord]:
         """Records newer than the store's copy, by id: the batch being written, the batch
         waiting, and the live tasks (freshest last). Listings merge them over a store page."""
-        out = self.pipeline.all_writing()
-        out.update(self.lc.pending_tasks())
-        out.update((t.id, t.rec) for t in self.lc.tasks.values())
+        out: dict[str, TaskRecord] = {}
+        for part in self.parts:
+            out.update(part.unwritten())
         return out
+
+    def lc_of(self, task_id: str) -> Lifecycle:
+        """The lifecycle of the partition ``task_id`` was made in."""
+        return self.router.of_task(task_id)
+
+    def lc_for(self, action: str) -> Lifecycle:
+        """The lifecycle of the partition that holds ``action``'s tasks and group queues."""
+        return self.router.for_action(action)
+
+    @property
+    def lifecycles(self) -> tuple[Lifecycle, ...]:
+        """Every partition's lifecycle, in partition order."""
+        return self.router.lifecycles
 
     # --- broadcast events and chains (also called by the HTTP API) ---------------------------
     def emit(self, creds: Credentials, topic: str, data: Any, *, sender: Peer | None = None) -> int:
@@ -337,3 +356,15 @@ class Hub:
         chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input, trace=trace)
         self.kick()
         return chain.id
+
+
+def _partition_stores(
+    store: Store, partitions: int, stores: Sequence[Store] | None
+) -> Sequence[Store]:
+    if stores is None:
+        if partitions != 1:
+            raise ValueError(f"a hub of {partitions} partitions needs a store for each")
+        return [store]
+    if len(stores) != partitions:
+        raise ValueError(f"{len(stores)} partition stores for {partitions} partitions")
+    return stores

@@ -54,6 +54,9 @@ class Pipeline:
         self.store_ok = True  # False while a batch write is failing and being retried
         # See every written batch and how long the store took (hub/http/metrics.py).
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
+        # What a fired timer kicks: this pipeline, or with several partitions the hub's every
+        # pipeline (a timer's effects, a chain's next step, may land in another partition).
+        self.after_timer: Callable[[], None] = self.kick
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_loop(), name="taskhub-flusher")
@@ -98,7 +101,7 @@ class Pipeline:
         self._timer = None
         self._timer_at = None
         self.lc.advance()
-        self.kick()
+        self.after_timer()
 
     async def flush(self) -> None:
         """Wait until everything the lifecycle has produced so far is written and sent."""

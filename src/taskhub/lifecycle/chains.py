@@ -25,6 +25,7 @@ from taskhub.lifecycle import (
     check_trace,
     resolve_options,
 )
+from taskhub.lifecycle.placement import OnePartition, Placement
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.records import EventRecord, TaskRecord, TaskState
@@ -52,11 +53,18 @@ def _named(exc: TaskHubError, index: int, action: object) -> TaskHubError:
 
 
 class Chains:
-    """Starts chains and groups and moves them on as their steps end."""
+    """Starts chains and groups and moves them on as their steps end.
 
-    def __init__(self, lc: Lifecycle) -> None:
-        self.lc = lc
-        lc.end_listeners.append(self._on_end)
+    With several partitions (``placement``) a chain is held in the partition of its first
+    step's action; every step is published in the partition of its own action, and a step's
+    end moves its chain on wherever the chain is held, in the same synchronous turn.
+    """
+
+    def __init__(self, lc: Lifecycle, placement: Placement | None = None) -> None:
+        self.lc = lc  # the defaults and the clock (the same in every partition)
+        self.place = placement or OnePartition(lc)
+        for each in self.place.lifecycles:
+            each.end_listeners.append(self._on_end)
 
     # --- starting ----------------------------------------------------------------------------
     def start(
@@ -109,7 +117,8 @@ class Chains:
         options: dict[str, Any] = {HELD: state}
         if kept_trace is not None:
             options["trace"] = kept_trace
-        parent = self.lc.hold(creds, action, plan, options, peer=peer)
+        home = self.place.for_action(steps[0].action)  # with its first step
+        parent = home.hold(creds, action, plan, options, peer=peer)
         if begin:
             self.begin(parent)
         return parent
@@ -149,20 +158,23 @@ class Chains:
         # gone since, so the step is published in its name with that check already made.
         creds = Credentials(parent.rec.publisher, pub_permissions=("*",))
         try:
-            task, _ = self.lc.publish(creds, plan["action"], payload, options, extra=extra)
+            lc = self.place.for_action(plan["action"])
+            task, _ = lc.publish(creds, plan["action"], payload, options, extra=extra)
         except TaskHubError as exc:  # e.g. an `at` that was fine at the start: fail, named
             self._fail(parent, i, {"reason": "error", "type": type(exc).__name__}, exc.message)
             return
         assert isinstance(task, Task)  # steps carry no key, so publish always creates one
         state["tasks"][i] = task.id
-        self.lc.record(parent, "step", {"index": i, "action": plan["action"], "task": task.id})
+        self._lc(parent).record(
+            parent, "step", {"index": i, "action": plan["action"], "task": task.id}
+        )
 
     # --- moving on ---------------------------------------------------------------------------
     def _on_end(self, task: Task, ev: EventRecord) -> None:
         opts = task.rec.options
         parent_id = opts.get("chain_task")
         if parent_id is not None:
-            parent = self.lc.tasks.get(parent_id)
+            parent = self.place.of_task(parent_id).tasks.get(parent_id)
             if parent is not None:  # else the chain has ended already (failed, cancelled)
                 self.step_ended(parent, int(opts["chain_step"]), task.rec)
         elif HELD in opts and ev.type != TaskState.SUCCESS:
@@ -184,14 +196,15 @@ class Chains:
         state["states"][i] = rec.state
         state["results"][i] = result
         data = {"index": i, "action": plan[i]["action"], "task": rec.id, "state": rec.state}
-        self.lc.record(parent, "step", data)  # also writes the parent: its progress is durable
+        lc = self._lc(parent)
+        lc.record(parent, "step", data)  # also writes the parent: its progress is durable
         if state["mode"] == "group":
             if all(s is not None for s in state["states"]):
-                self.lc.finish(parent, TaskState.SUCCESS, result=list(state["results"]))
+                lc.finish(parent, TaskState.SUCCESS, result=list(state["results"]))
         elif i + 1 < len(plan):
             self._publish(parent, i + 1, result)
         else:
-            self.lc.finish(parent, TaskState.SUCCESS, result=result)
+            lc.finish(parent, TaskState.SUCCESS, result=result)
 
     def _fail(self, parent: Task, i: int, err: dict[str, Any], message: str) -> None:
         action = parent.rec.payload[i]["action"]
@@ -206,15 +219,19 @@ class Chains:
         task_id = parent.rec.options[HELD]["tasks"][i]
         if task_id is not None:
             error["task"] = task_id
-        self.lc.finish(parent, TaskState.FAIL, error=error)
+        self._lc(parent).finish(parent, TaskState.FAIL, error=error)
+
+    def _lc(self, task: Task) -> Lifecycle:
+        """The lifecycle ``task`` lives in."""
+        return self.place.of_task(task.id)
 
     def _stop_steps(self, parent: Task) -> None:
         """The chain failed or was cancelled: its steps still running are cancelled too."""
         why = (parent.rec.error or {}).get("message", "it ended")
         for task_id in parent.rec.options[HELD]["tasks"]:
-            step = self.lc.tasks.get(task_id) if task_id else None
+            step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
             if step is not None:
-                self.lc.finish(
+                self._lc(step).finish(
                     step,
                     TaskState.FAIL,
                     error={"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"},
@@ -229,11 +246,17 @@ class Chains:
         only matters for an engine that lost part of a batch.
         """
         out = []
-        for task in self.lc.tasks.values():
-            state = task.rec.options.get(HELD)
-            if not state:
-                continue
-            for i, task_id in enumerate(state["tasks"]):
-                if task_id and state["states"][i] is None and task_id not in self.lc.tasks:
-                    out.append((task, i, task_id))
+        of_task = self.place.of_task
+        for lc in self.place.lifecycles:
+            for task in lc.tasks.values():
+                state = task.rec.options.get(HELD)
+                if not state:
+                    continue
+                for i, task_id in enumerate(state["tasks"]):
+                    if (
+                        task_id
+                        and state["states"][i] is None
+                        and task_id not in of_task(task_id).tasks
+                    ):
+                        out.append((task, i, task_id))
         return out

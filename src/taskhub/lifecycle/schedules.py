@@ -23,6 +23,7 @@ from croniter import croniter
 
 from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError, TaskNotFound
 from taskhub.lifecycle import Credentials, Lifecycle, StoredOptions, resolve_options
+from taskhub.lifecycle.placement import OnePartition, Placement
 from taskhub.names import allowed, reserved_action, validate_action
 
 log = logging.getLogger("taskhub.schedules")
@@ -89,8 +90,9 @@ def view(s: Schedule, next_at: float | None) -> dict[str, Any]:
 class Scheduler:
     """Every schedule of the hub, each with a timer armed in the lifecycle for its next slot."""
 
-    def __init__(self, lc: Lifecycle) -> None:
-        self.lc = lc
+    def __init__(self, lc: Lifecycle, placement: Placement | None = None) -> None:
+        self.lc = lc  # the schedules' timers and records
+        self.place = placement or OnePartition(lc)  # where their tasks are published
         self.schedules: dict[str, Schedule] = {}
         self.next_at: dict[str, float] = {}
         lc.timer_handlers[TIMER] = self._fire
@@ -227,7 +229,7 @@ class Scheduler:
         self.lc.put_meta(SCHEDULE_META, spec.name, msgspec.to_builtins(spec))
         creds = Credentials(spec.owner, sub_permissions=(), pub_permissions=(spec.action,))
         try:
-            self.lc.publish(
+            self.place.for_action(spec.action).publish(
                 creds,
                 spec.action,
                 spec.payload,

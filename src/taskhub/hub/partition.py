@@ -1,0 +1,235 @@
+"""One partition of the hub's work (docs/deployment.md, "Partitions"): a lifecycle over the
+partition's slice of the store, with its own commit pipeline and timers.
+
+The hub reaches a partition through :class:`Partition`. :class:`LocalPartition` is one this
+process leads; a partition led by another hub (reached over a hub-to-hub link) will implement
+the same methods, so the hub's router (:mod:`taskhub.hub.router`) calls either the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from taskhub.hub.dispatch import Dispatcher, Msg
+from taskhub.hub.pipeline import Pipeline
+from taskhub.hub.retention import Retention
+from taskhub.hub.topics import Watches
+from taskhub.ids import UlidFactory
+from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
+from taskhub.records import TaskRecord
+from taskhub.store import Store
+
+if TYPE_CHECKING:
+    from taskhub.hub.admin import Admin
+    from taskhub.hub.hub import Hub
+    from taskhub.hub.topics import Topics
+    from taskhub.lifecycle.chains import Chains
+
+log = logging.getLogger("taskhub.hub")
+
+
+class Partition(Protocol):
+    """What the hub asks of a partition, wherever it is led."""
+
+    index: int
+
+    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
+        """Apply a message of the hub's connection ``peer``; its answer comes back to
+        ``peer`` once what it changed is stored. An awaitable when it needs the store."""
+
+    def watch(self, peer: Peer, pattern: str) -> None:
+        """Stream the task events of this partition that match ``pattern`` to ``peer``."""
+
+    def unwatch(self, peer: Peer, pattern: str) -> None: ...
+
+    def detach(self, peer: Peer) -> None:
+        """The connection is gone: what it held here goes back to its groups."""
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        """The freshest record of a task of this partition (live, being written, stored)."""
+
+    def kick(self) -> None:
+        """Something changed: write it, then send what it caused."""
+
+    async def flush(self) -> None: ...
+
+
+class LocalPartition:
+    """A partition this process leads: its :class:`Lifecycle` (ids made by
+    ``UlidFactory(partition=index)``), its store, its :class:`Pipeline` and its watches.
+
+    A connection's output is queued in one lifecycle's journal and leaves with that
+    lifecycle's commit, so each partition has a :class:`Peer` of its own for every connection
+    that reaches it (made at its first message here) and hands its output to the hub's
+    connection of the same id. Partition 0 uses the hub's peers themselves: with one
+    partition the hub works exactly as before partitions.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        store: Store,
+        hub: Hub,
+        *,
+        defaults: Defaults | None,
+        clock: Clock,
+        retention: float | None,
+        archive: str | None,
+    ) -> None:
+        self.index = index
+        self.store = store
+        self.hub = hub
+        self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=UlidFactory(partition=index))
+        self.own_peers = index != 0
+        self.peers: dict[str, Peer] = {}  # this partition's peer by connection id
+        self.fronts: dict[str, Peer] = {}  # the hub's peer by connection id
+        deliver = self._deliver if self.own_peers else hub.connections.deliver
+        self.pipeline = Pipeline(self.lc, store, deliver, clock)
+        self.watches = Watches(self.lc)
+        self.dispatcher = Dispatcher(self)
+        self.retention = (
+            None
+            if retention is None
+            else Retention(store, retention=retention, archive=archive, clock=clock)
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- what the dispatcher shares with the hub ---------------------------------------------
+    @property
+    def draining(self) -> bool:
+        return self.hub.draining
+
+    @property
+    def chains(self) -> Chains:
+        return self.hub.chains
+
+    @property
+    def topics(self) -> Topics:
+        return self.hub.topics
+
+    @property
+    def admin(self) -> Admin:
+        return self.hub.admin
+
+    def kick(self) -> None:
+        self.pipeline.kick()
+
+    def answer(self, peer: Peer, ref: int | None, **fields: Any) -> None:
+        """Queue ``ok`` for the request ``ref``: it leaves with this partition's commit."""
+        if ref is not None:
+            self.lc.send(peer, {"op": "ok", "ref": ref, **fields})
+
+    # --- connections -------------------------------------------------------------------------
+    def peer(self, front: Peer) -> Peer:
+        """This partition's peer for the hub's connection ``front``."""
+        if not self.own_peers:
+            return front
+        own = self.peers.get(front.id)
+        if own is None:
+            own = self.peers[front.id] = Peer(front.id, front.creds)
+            own.hello, own.remote = front.hello, front.remote
+            self.fronts[front.id] = front
+            self.lc.connect(own)
+        return own
+
+    def _deliver(self, output: Iterable[tuple[Peer, list[Message]]]) -> None:
+        fronts = self.fronts
+        self.hub.connections.deliver(
+            [(fronts[peer.id], msgs) for peer, msgs in output if peer.id in fronts]
+        )
+
+    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
+        return self.dispatcher.handle(self.peer(peer), msg)
+
+    def watch(self, peer: Peer, pattern: str) -> None:
+        self.watches.watch(self.peer(peer), pattern)
+
+    def unwatch(self, peer: Peer, pattern: str) -> None:
+        if not self.own_peers or peer.id in self.peers:
+            self.watches.unwatch(self.peer(peer), pattern)
+
+    def detach(self, peer: Peer) -> None:
+        if not self.own_peers:
+            self.watches.forget(peer)
+            self.lc.disconnect(peer)
+            return
+        own = self.peers.pop(peer.id, None)
+        self.fronts.pop(peer.id, None)
+        if own is not None:
+            self.watches.forget(own)
+            self.lc.disconnect(own)
+
+    def held(self) -> int:
+        """Deliveries this partition's own peers hold (partition 0's are the hub's)."""
+        return sum(len(peer.holding) for peer in self.peers.values())
+
+    def drain(self) -> None:
+        """Stop offering (Hub.drain): every peer unsubscribed, unstarted offers back."""
+        peers = self.peers.values() if self.own_peers else list(self.hub.connections)
+        for peer in list(peers):
+            for action in list(peer.subs):
+                self.lc.unsubscribe(peer, action)
+            for task_id, d in list(peer.holding.items()):
+                if d.rec.state == "offered":
+                    self.lc.take_back(peer, task_id, d.rec.attempt, "draining", count_try=False)
+
+    # --- reading -----------------------------------------------------------------------------
+    async def find(self, task_id: str) -> TaskRecord | None:
+        task = self.lc.get(task_id)
+        if task is not None:
+            return task.rec
+        rec = self.lc.pending(task_id) or self.pipeline.writing(task_id)
+        if rec is not None:
+            return rec
+        return await self.store.get_task(task_id)
+
+    def unwritten(self) -> dict[str, TaskRecord]:
+        out = self.pipeline.all_writing()
+        out.update(self.lc.pending_tasks())
+        out.update((t.id, t.rec) for t in self.lc.tasks.values())
+        return out
+
+    # --- life --------------------------------------------------------------------------------
+    async def restore(self) -> int:
+        """Take back what the last run left in the (open) store: durable groups first (the
+        restored tasks waiting for a group are routed to them), then the unfinished tasks."""
+        self.lc.restore_queues((await self.store.list_meta(QUEUE_META)).values())
+        return self.lc.restore(await self.store.load_active())
+
+    def start(self) -> None:
+        self.pipeline.start()
+        if self.retention is not None:
+            name = f"taskhub-retention-p{self.index}"
+            self._sweeper = asyncio.create_task(self.retention.run(), name=name)
+
+    async def flush(self) -> None:
+        await self.pipeline.flush()
+
+    async def stop(self, flush_timeout: float) -> None:
+        """Write what is pending (unless fenced), end the pipeline, close the store."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if not self.pipeline.fenced:
+            try:
+                await asyncio.wait_for(self.flush(), flush_timeout)
+            except TimeoutError:
+                log.error("the store did not take the last writes within %.0fs", flush_timeout)
+        await self.pipeline.stop(flush_timeout)
+        await close_store(self.store, flush_timeout)
+
+
+async def close_store(store: Store, timeout: float) -> None:
+    """Close ``store``, leaving it behind (said in the log) if it does not close in time."""
+    closing = asyncio.ensure_future(store.close())
+    done, _ = await asyncio.wait({closing}, timeout=timeout)
+    if not done:
+        log.error("the store did not close within %.0fs; left behind", timeout)
+        closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+    else:
+        closing.result()

@@ -1,0 +1,116 @@
+"""The hub's router: which partition each message of a connection goes to (docs/deployment.md,
+"Partitions").
+
+- Anything about one task (a worker's steps, ``get``, ``follow``, ``payload``, ``cancel``) goes
+  to the partition its id names (:func:`taskhub.partitions.partition_of_id`).
+- ``pub``, ``sub`` and ``unsub`` go to the partition of their action: a task is offered to
+  every group subscribed to its action, so all of an action's group queues live in the
+  partition of ``(action, "")`` (docs/decisions.md, "Partitions by action").
+- A chain or group goes to the partition of its first step (it is held there; its steps are
+  published in their actions' partitions: :class:`~taskhub.lifecycle.chains.Chains`).
+- ``watch`` and ``unwatch`` go to every partition; the rest (``hello``, topics, the operator's
+  messages, bad messages) to partition 0, whose peers are the hub's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from taskhub import protocol as p
+from taskhub.errors import TaskHubError
+from taskhub.hub.dispatch import Msg
+from taskhub.hub.partition import LocalPartition, Partition
+from taskhub.lifecycle import Lifecycle, Peer
+from taskhub.partitions import partition_of, partition_of_id
+
+BY_TASK = (
+    p.Ack,
+    p.Return,
+    p.Pickup,
+    p.Update,
+    p.Drop,
+    p.Fail,
+    p.Release,
+    p.Extend,
+    p.Cancel,
+    p.Get,
+    p.Follow,
+    p.GetPayload,
+)
+BY_ACTION = (p.Pub, p.Sub, p.Unsub)
+
+
+def action_partition(action: str, partitions: int) -> int:
+    """The partition of every group queue of ``action``."""
+    return partition_of(action, "", partitions)
+
+
+def task_partition(task_id: str, partitions: int) -> int:
+    """The partition a task id names; partition 0 for what is not a task id (it answers
+    "no such task" as any partition would)."""
+    try:
+        return partition_of_id(task_id) % partitions
+    except ValueError:
+        return 0
+
+
+class Router:
+    """Routes each message of a connection to its partition (:meth:`handle`), and answers
+    the chains' and schedules' questions of where a task lives (a
+    :class:`~taskhub.lifecycle.placement.Placement`)."""
+
+    def __init__(self, partitions: Sequence[LocalPartition]) -> None:
+        self.partitions = partitions
+        self.count = len(partitions)
+        self.lifecycles = tuple(part.lc for part in partitions)
+        by: dict[type, Callable[[Any], Partition]] = {}
+        by.update(dict.fromkeys(BY_TASK, self._by_task))
+        by.update(dict.fromkeys(BY_ACTION, self._by_action))
+        by[p.Chain] = self._by_chain
+        self.by = by
+
+    def _by_task(self, msg: Any) -> Partition:
+        return self.partitions[task_partition(msg.task, self.count)]
+
+    def _by_action(self, msg: Any) -> Partition:
+        return self.partitions[action_partition(msg.action, self.count)]
+
+    def _by_chain(self, msg: p.Chain) -> Partition:
+        first = msg.steps[0].action if msg.steps else ""
+        return self.partitions[action_partition(first, self.count)]
+
+    # --- Placement ---------------------------------------------------------------------------
+    def of_task(self, task_id: str) -> Lifecycle:
+        return self.lifecycles[task_partition(task_id, self.count)]
+
+    def for_action(self, action: str) -> Lifecycle:
+        return self.lifecycles[action_partition(action, self.count)]
+
+    def partition_of_task(self, task_id: str) -> LocalPartition:
+        return self.partitions[task_partition(task_id, self.count)]
+
+    def partition_for(self, action: str) -> LocalPartition:
+        return self.partitions[action_partition(action, self.count)]
+
+    # --- messages ----------------------------------------------------------------------------
+    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
+        """Apply one message of ``peer`` in the partition it belongs to."""
+        route = self.by.get(type(msg))
+        if route is not None:
+            return route(msg).handle(peer, msg)
+        if isinstance(msg, p.Watch | p.Unwatch):
+            self._everywhere(peer, msg)
+        return self.partitions[0].handle(peer, msg)
+
+    def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
+        """A watch sees every partition: partitions 1.. here; partition 0 answers it (the
+        same permission check, so an error is answered once, from there)."""
+        for part in self.partitions[1:]:
+            try:
+                if isinstance(msg, p.Watch):
+                    part.watch(peer, msg.pattern)
+                else:
+                    part.unwatch(peer, msg.pattern)
+            except TaskHubError:
+                return

@@ -1,0 +1,185 @@
+"""A hub of several partitions (docs/deployment.md, "Partitions"), through the public API:
+tasks spread over the partitions and all complete, chains cross them, a wildcard watch sees
+them all, a timeout fires once, and a restart (sqlite) restores every partition's tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from taskhub import Client, Server, TaskTimeout, TooManyConnections
+from taskhub.partitions import partition_of, partition_of_id
+from tests.conftest import ServerFactory, until
+
+P = 4
+
+
+def actions_in(partitions: set[int], n: int = 1) -> list[str]:
+    """``n`` actions in each of ``partitions`` (of P), found by the documented formula."""
+    out: dict[int, list[str]] = {p: [] for p in partitions}
+    i = 0
+    while any(len(v) < n for v in out.values()):
+        action = f"job{i}:run"
+        where = partition_of(action, "", P)
+        if where in out and len(out[where]) < n:
+            out[where].append(action)
+        i += 1
+    return [a for p in sorted(out) for a in out[p]]
+
+
+@pytest.fixture
+async def hub(make_server: ServerFactory) -> Server:
+    return await make_server(partitions=P, pickup_window=1.0)
+
+
+@pytest.fixture
+async def clients(hub: Server) -> AsyncIterator[list[Client]]:
+    made = [Client(hub.url, name=name, connect_timeout=5) for name in ("worker", "publisher")]
+    for c in made:
+        await c.connect()
+    yield made
+    for c in made:
+        await c.close()
+
+
+async def test_tasks_of_many_actions_spread_and_all_complete(
+    hub: Server, clients: list[Client]
+) -> None:
+    worker, publisher = clients
+    actions = actions_in(set(range(P)), n=3)
+    for action in actions:
+        await worker.sub(action, lambda t, a=action: {"done": a, "n": t.payload}, concurrency=4)
+    handles = [publisher.pub(a, i) for i in range(5) for a in actions]
+    results = await asyncio.gather(*(h.get_result() for h in handles))
+    assert results == [{"done": a, "n": i} for i in range(5) for a in actions]
+    # every task's id names the partition of its action; all four partitions worked
+    assert {partition_of_id(h.id) for h in handles} == set(range(P))
+    for h, a in zip(handles, [a for _ in range(5) for a in actions], strict=True):
+        assert partition_of_id(h.id) == partition_of(a, "", P)
+    # a task of any partition is read back by id
+    got = await publisher.get(handles[-1].id)
+    assert got["state"] == "success"
+
+
+async def test_a_chain_crossing_partitions_completes(hub: Server, clients: list[Client]) -> None:
+    worker, publisher = clients
+    first, second, third = actions_in({0, 2, 3})
+    await worker.sub(first, lambda t: t.payload + 1)
+    await worker.sub(second, lambda t: t.previous_result * 10)
+    await worker.sub(third, lambda t: [t.previous_result, "end"])
+    handle = publisher.chain([(first, 1), (second, None), (third, None)])
+    assert await handle.get_result() == [20, "end"]
+    group = publisher.group([(third, 7), (first, 5), (first, 6)])
+    assert await group.get_result() == [[None, "end"], 6, 7]
+
+
+async def test_a_wildcard_watch_sees_tasks_of_every_partition(
+    hub: Server, clients: list[Client]
+) -> None:
+    worker, publisher = clients
+    actions = actions_in(set(range(P)))
+    for action in actions:
+        await worker.sub(action, lambda t: "ok")
+    seen: dict[str, set[str]] = {}
+    async with publisher.watch(">") as events:
+        handles = [publisher.pub(a) for a in actions]
+        await asyncio.gather(*(h.get_result() for h in handles))
+        async with asyncio.timeout(5):
+            async for ev in events:
+                seen.setdefault(ev["task"], set()).add(ev["type"])
+                if all("success" in seen.get(h.id, ()) for h in handles):
+                    break
+    assert {partition_of_id(t) for t in seen} == set(range(P))
+    # unwatching ends it everywhere: a task of another partition is not streamed any more
+    late = publisher.pub(actions[-1])
+    await late.get_result()
+    assert late.id not in seen
+
+
+async def test_a_timeout_fires_once(hub: Server, clients: list[Client]) -> None:
+    worker, publisher = clients
+    (action,) = actions_in({3})
+    started = asyncio.Event()
+
+    async def stuck(task: Any) -> Any:
+        started.set()
+        await asyncio.sleep(30)
+
+    await worker.sub(action, stuck)
+    fails: list[dict[str, Any]] = []
+    async with publisher.watch(action) as events:
+
+        async def count() -> None:
+            async for ev in events:
+                if ev["type"] == "fail":
+                    fails.append(ev)
+
+        counting = asyncio.ensure_future(count())
+        handle = publisher.pub(action, timeout=0.3)
+        with pytest.raises(TaskTimeout) as info:
+            await handle.get_result()
+        assert info.value.reason == "timeout"
+        await until(lambda: fails)
+        # Another round trip through the same partition: had a second timer fired, its
+        # event would have reached the watch before this task's.
+        await worker.unsub(action)
+        await worker.sub(action, lambda t: "fine")
+        assert await publisher.pub(action).get_result() == "fine"
+        counting.cancel()
+    assert [f["task"] for f in fails] == [handle.id]
+    assert partition_of_id(handle.id) == 3
+
+
+async def test_healthz_lists_the_partitions_and_connections_are_counted_once(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(
+        partitions=P,
+        creds=[{"name": "solo", "key": "k", "pub_permissions": ["*"], "max_connections": 1}],
+    )
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        r = await http.get("/healthz")
+    assert r.json() == {"status": "ok", "role": "standalone", "partitions": [0, 1, 2, 3]}
+    async with Client(server.url, name="solo", key="k") as first:
+        for action in actions_in(set(range(P))):  # its messages reach every partition
+            await first.pub(action).accepted()
+        with pytest.raises(TooManyConnections):
+            await Client(server.url, name="solo", key="k", connect_timeout=5).connect()
+
+
+def db_files(folder: Path) -> list[str]:
+    return sorted(f.name for f in folder.glob("hub*.db"))
+
+
+async def test_a_restart_restores_every_partitions_tasks(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'hub.db'}"
+    actions = actions_in(set(range(P)))
+    first = Server(store=store, port=0, partitions=P)
+    async with first, Client(first.url, name="publisher") as publisher:
+        ids = [await publisher.pub(a, a).accepted() for a in actions]  # nobody subscribed
+    assert db_files(tmp_path) == [
+        "hub.db",
+        "hub.p0.db",
+        "hub.p1.db",
+        "hub.p2.db",
+        "hub.p3.db",
+    ]
+    again = Server(store=store, port=0, partitions=P)
+    async with again, Client(again.url, name="worker") as worker:
+        done: dict[str, str] = {}
+
+        def work(task: Any) -> str:
+            done[task.id] = task.payload
+            return "ok"
+
+        for action in actions:
+            await worker.sub(action, work)
+        await until(lambda: len(done) == len(ids))
+        assert done == dict(zip(ids, actions, strict=True))
+        for task_id in ids:
+            assert (await worker.get(task_id))["state"] in ("start", "success")
