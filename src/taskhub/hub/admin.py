@@ -108,32 +108,37 @@ class Admin:
 
     # --- group queues ------------------------------------------------------------------------
     def queues(self, creds: Credentials) -> list[dict[str, Any]]:
-        return [q for q in self.hub.lc.queue_views() if _sees(creds, q["action"])]
+        views = [q for lc in self.hub.lifecycles for q in lc.queue_views()]
+        return [q for q in views if _sees(creds, q["action"])]
 
     def queue(self, creds: Credentials, action: str, group: str) -> dict[str, Any]:
         if not _sees(creds, action):
             raise PermissionDenied(f"{creds.name!r} may not see {action!r}", action=action)
-        return self.hub.lc.queue_view(self.hub.lc.find_queue(action, group))
+        lc = self.hub.lc_for(action)
+        return lc.queue_view(lc.find_queue(action, group))
 
     async def purge(
         self, creds: Credentials, action: str, group: str, *, forget: bool = False
     ) -> int:
-        n = self.hub.lc.purge(creds, action, group, forget=forget)
+        n = self.hub.lc_for(action).purge(creds, action, group, forget=forget)
         await self._commit()
         return n
 
     # --- dead letters ------------------------------------------------------------------------
     async def _dead(self) -> dict[str, Any]:
         await self.hub.flush()
-        try:
-            entries = await self.hub.store.list_meta(DEAD_META)
-        except Exception as exc:
-            log.exception("reading the dead-letter list failed")
-            raise StoreUnavailable("could not read the dead-letter list; try again") from exc
-        puts, deleted = self.hub.lc.pending_meta(DEAD_META)
-        entries.update(puts)
-        for key in deleted:
-            entries.pop(key, None)
+        entries: dict[str, Any] = {}
+        for part in self.hub.parts:  # each partition keeps the dead letters of its tasks
+            try:
+                stored = await part.store.list_meta(DEAD_META)
+            except Exception as exc:
+                log.exception("reading the dead-letter list failed")
+                raise StoreUnavailable("could not read the dead-letter list; try again") from exc
+            puts, deleted = part.lc.pending_meta(DEAD_META)
+            stored.update(puts)
+            for key in deleted:
+                stored.pop(key, None)
+            entries.update(stored)
         return entries
 
     async def dead_letters(
@@ -161,7 +166,7 @@ class Admin:
         """Publish a fresh copy of the dead letter; returns the new task's id."""
         async with self._requeue:
             entry = await self.dead_letter(creds, task_id)
-            task = self.hub.lc.requeue(creds, entry)
+            task = self.hub.lc_for(entry["action"]).requeue(creds, entry)
             await self._commit()
         return task.id
 

@@ -132,9 +132,8 @@ class Consumers:
         hub.attach(peer, c.deliver)
         try:
             for action in c.actions:
-                hub.lc.subscribe(
-                    peer, action, group=c.group, concurrency=concurrency, durable=durable
-                )
+                lc, own = hub.for_action(peer, action)
+                lc.subscribe(own, action, group=c.group, concurrency=concurrency, durable=durable)
         except TaskHubError:
             hub.detach(peer)  # unsubscribes what succeeded, releases the connection
             raise
@@ -151,14 +150,14 @@ class Consumers:
         if c.idle_timer is not None:
             c.idle_timer.cancel()
         for action in c.actions:  # first, so what it hands back is not offered to it again
-            self.hub.lc.unsubscribe(c.peer, action)
+            lc, own = self.hub.for_action(c.peer, action)
+            lc.unsubscribe(own, action)
         handed_back = 0
         for lease in list(c.leases.values()):
             c.end_lease(lease)
             with contextlib.suppress(TaskHubError):  # ended or re-offered meanwhile
-                self.hub.lc.take_back(
-                    c.peer, lease.task_id, lease.attempt, "consumer_stopped", count_try=False
-                )
+                lc, own = self.hub.for_task(c.peer, lease.task_id)
+                lc.take_back(own, lease.task_id, lease.attempt, "consumer_stopped", count_try=False)
                 handed_back += 1
         self.hub.detach(c.peer)  # unsubscribes; offers not yet fetched go back too
         c.arrived.set()  # wake its long polls: they answer 404
@@ -207,14 +206,14 @@ class Consumers:
             c.last_seen = self.hub.clock()
 
     def _lease_next(self, c: Consumer) -> tuple[Lease, dict[str, Any]] | None:
-        lc = self.hub.lc
         while c.offers:
             msg = c.offers.popleft()
             task_id, attempt = msg["task"], msg["attempt"]
-            d = c.peer.holding.get(task_id)
+            lc, own = self.hub.for_task(c.peer, task_id)
+            d = own.holding.get(task_id)
             if d is None or d.rec.attempt != attempt or d.rec.state != "offered":
                 continue  # revoked (pickup window) or ended since it was offered
-            lc.pickup(c.peer, task_id, attempt)
+            lc.pickup(own, task_id, attempt)
             self.hub.kick()
             lease = Lease(task_id, attempt, self.hub.clock() + c.lease)
             c.leases[task_id] = lease
@@ -258,11 +257,13 @@ class Consumers:
         self.hub.kick()
 
     def commit(self, c: Consumer, task_id: str, result: Any) -> None:
-        self.hub.lc.complete(c.peer, task_id, self._attempt(c, task_id), result)
+        lc, own = self.hub.for_task(c.peer, task_id)
+        lc.complete(own, task_id, self._attempt(c, task_id), result)
         self._done(c, task_id)
 
     def update(self, c: Consumer, task_id: str, data: Any) -> None:
-        self.hub.lc.update(c.peer, task_id, self._attempt(c, task_id), data)
+        lc, own = self.hub.for_task(c.peer, task_id)
+        lc.update(own, task_id, self._attempt(c, task_id), data)
         lease = c.leases.get(task_id)
         if lease is not None:  # progress is a heartbeat: the lease starts over
             lease.expires_at = self.hub.clock() + c.lease
@@ -271,18 +272,21 @@ class Consumers:
     def extend(self, c: Consumer, task_id: str, seconds: float) -> None:
         """Push the task's end timeout to at least ``seconds`` from now, and the lease with
         it (a lease never ends before the time the consumer asked for)."""
-        self.hub.lc.extend(c.peer, task_id, self._attempt(c, task_id), seconds)
+        lc, own = self.hub.for_task(c.peer, task_id)
+        lc.extend(own, task_id, self._attempt(c, task_id), seconds)
         lease = c.leases.get(task_id)
         if lease is not None:
             lease.expires_at = max(lease.expires_at, self.hub.clock() + seconds)
         self.hub.kick()
 
     def fail(self, c: Consumer, task_id: str, error: dict[str, Any], *, retry: bool) -> None:
-        self.hub.lc.fail(c.peer, task_id, self._attempt(c, task_id), error, retry=retry)
+        lc, own = self.hub.for_task(c.peer, task_id)
+        lc.fail(own, task_id, self._attempt(c, task_id), error, retry=retry)
         self._done(c, task_id)
 
     def drop(self, c: Consumer, task_id: str) -> None:
-        self.hub.lc.drop(c.peer, task_id, self._attempt(c, task_id))
+        lc, own = self.hub.for_task(c.peer, task_id)
+        lc.drop(own, task_id, self._attempt(c, task_id))
         self._done(c, task_id)
 
     # --- timers (the event loop's, measured with the hub's clock) -----------------------------
@@ -299,9 +303,8 @@ class Consumers:
             return
         c.end_lease(lease)
         with contextlib.suppress(TaskHubError):  # ended or re-offered meanwhile
-            self.hub.lc.take_back(
-                c.peer, lease.task_id, lease.attempt, "lease_expired", count_try=True
-            )
+            lc, own = self.hub.for_task(c.peer, lease.task_id)
+            lc.take_back(own, lease.task_id, lease.attempt, "lease_expired", count_try=True)
             log.info("lease of task %s by consumer %s expired", lease.task_id, c.id)
         self.hub.kick()
 

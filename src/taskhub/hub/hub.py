@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -307,9 +308,38 @@ class Hub:
             out.update(part.unwritten())
         return out
 
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of stored tasks by id (:meth:`Store.list_tasks`), over every partition."""
+        if self.partitions == 1:
+            return await self.store.list_tasks(action=action, state=state, after=after, limit=limit)
+        pages = await asyncio.gather(
+            *(
+                part.store.list_tasks(action=action, state=state, after=after, limit=limit)
+                for part in self.parts
+            )
+        )
+        return heapq.nsmallest(limit, (rec for page in pages for rec in page), key=lambda r: r.id)
+
+    def for_task(self, peer: Peer, task_id: str) -> tuple[Lifecycle, Peer]:
+        """The lifecycle of ``task_id``'s partition and ``peer`` as that partition knows it
+        (a connection has a peer of its own in each partition it reaches)."""
+        part = self.router.partition_of_task(task_id)
+        return part.lc, part.peer(peer)
+
+    def for_action(self, peer: Peer, action: str) -> tuple[Lifecycle, Peer]:
+        """The lifecycle of ``action``'s partition and ``peer`` as that partition knows it."""
+        part = self.router.partition_for(action)
+        return part.lc, part.peer(peer)
+
     def lc_of(self, task_id: str) -> Lifecycle:
         """The lifecycle of the partition ``task_id`` was made in."""
         return self.router.of_task(task_id)
+
+    def store_of(self, task_id: str) -> Store:
+        """The store of the partition ``task_id`` was made in."""
+        return self.router.partition_of_task(task_id).store
 
     def lc_for(self, action: str) -> Lifecycle:
         """The lifecycle of the partition that holds ``action``'s tasks and group queues."""

@@ -42,7 +42,7 @@ async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     """The task fails with reason `cancelled` ("cancelled by <admin>"); its workers are told
     to stop. A chain or group cancelled this way cancels its running steps too."""
     try:
-        task = hub.lc.cancel(_operator(creds), task_id)
+        task = hub.lc_of(task_id).cancel(_operator(creds), task_id)
     except TaskNotFound:
         rec = await read_task(hub, OPERATOR, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
@@ -75,7 +75,7 @@ async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     kept = {k: rec.options[k] for k in REQUEUE_OPTIONS if k in rec.options}
     if kept.get("priority") is None:
         kept.pop("priority", None)
-    task, _ = hub.lc.publish(
+    task, _ = hub.lc_for(rec.action).publish(
         _operator(creds),
         rec.action,
         rec.payload,

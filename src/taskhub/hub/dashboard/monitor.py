@@ -65,8 +65,9 @@ class Monitor:
         self._seconds: deque[tuple[int, dict[EventKey, int]]] = deque()
         self.recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
         self.series = Series()
-        hub.lc.second_listeners.append(self._on_second)
-        hub.lc.end_listeners.append(self._on_end)
+        for lc in hub.lifecycles:  # every partition's
+            lc.second_listeners.append(self._on_second)
+            lc.end_listeners.append(self._on_end)
 
     def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
         seconds = self._seconds

@@ -95,7 +95,7 @@ async def create_tasks(
     # No await between the checks and the last publish: nothing else runs in between, and the
     # commit pipeline takes every task of the batch in one write.
     published = [
-        hub.lc.publish(creds, item.action, item.payload, opts)
+        hub.lc_for(item.action).publish(creds, item.action, item.payload, opts)
         for item, opts in zip(body.tasks, options, strict=True)
     ]
     hub.kick()

@@ -42,7 +42,7 @@ class TaskEvents:
     def __init__(self, hub: Hub) -> None:
         self._waiting: dict[str, set[Callable[[EventRecord], None]]] = {}
         # A lifecycle listener only while some request waits: most events have no waiter.
-        self._lc = hub.lc
+        self._lcs = hub.lifecycles
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
         fns = self._waiting.get(ev.task_id)
@@ -54,14 +54,16 @@ class TaskEvents:
     def watch(self, task_id: str, fn: Callable[[EventRecord], None]) -> Iterator[None]:
         fns = self._waiting.setdefault(task_id, set())
         fns.add(fn)
-        self._lc.listen(self._on_event, True)
+        for lc in self._lcs:
+            lc.listen(self._on_event, True)
         try:
             yield
         finally:
             fns.discard(fn)
             if not fns:
                 self._waiting.pop(task_id, None)
-                self._lc.listen(self._on_event, bool(self._waiting))
+                for lc in self._lcs:
+                    lc.listen(self._on_event, bool(self._waiting))
 
 
 def _events(request: Request) -> TaskEvents:
@@ -98,13 +100,13 @@ async def event_stream(
         # Listening first, then reading the store after a flush: no event falls in between;
         # the live ones already stored are skipped by seq.
         await hub.flush()
-        for ev in await hub.store.get_events(task_id):
+        for ev in await hub.store_of(task_id).get_events(task_id):
             if ev.seq > seq:
                 seq = ev.seq
                 yield _sse(ev)
             if ev.type in TERMINAL_STATES:
                 return
-        if hub.lc.get(task_id) is None:
+        if hub.lc_of(task_id).get(task_id) is None:
             return  # ended, and its terminal event is not stored (removed by retention)
         while True:
             try:

@@ -97,9 +97,10 @@ class Metrics:
             r.register(histogram)
         r.register(_StateCollector(hub))
         r.register(_AuthCollector(hub.registry))
-        hub.lc.second_listeners.append(self._on_second)
-        hub.lc.start_listeners.append(self._on_start)
-        hub.lc.end_listeners.append(self._on_end)
+        for lc in hub.lifecycles:  # every partition's
+            lc.second_listeners.append(self._on_second)
+            lc.start_listeners.append(self._on_start)
+            lc.end_listeners.append(self._on_end)
         hub.apply_hooks.append(self._on_apply)
 
     def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
@@ -125,7 +126,8 @@ class Metrics:
     def event_totals(self) -> dict[tuple[str, str], int]:
         """Task events since the hub started, per (action, type), the second under way too."""
         totals = dict(self.event_counts)
-        add_counts(totals, self.hub.lc.counts)
+        for lc in self.hub.lifecycles:
+            add_counts(totals, lc.counts)
         return totals
 
     def ended(self) -> dict[str, int]:

@@ -142,7 +142,7 @@ async def search(
         # Only the store's indexes asked for: every row (nearly) matches, read what is needed.
         want = limit - len(found) + 1 if f.store_side() else PAGE
         size = max(1, min(PAGE, want, budget - scanned))
-        rows = await hub.store.list_tasks(
+        rows = await hub.list_tasks(
             action=f.action, state=f.state, after=cursor or None, limit=size
         )
         scanned += len(rows)

@@ -205,7 +205,7 @@ async def create_task(
 
     An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
     options = publish_options(body.options, header_trace(traceparent, tracestate))
-    task, created = hub.lc.publish(creds, body.action, body.payload, options)
+    task, created = hub.lc_for(body.action).publish(creds, body.action, body.payload, options)
     hub.kick()
     await hub.flush()
     rec = task.rec if isinstance(task, Task) else await read_task(hub, creds, task)
@@ -299,7 +299,7 @@ async def get_result(
 
         # Woken early by the hub shutting down too: then 202 with the task so far.
         with events.watch(task_id, on_event), hub.long_wait(ended.set):
-            if hub.lc.get(task_id) is None:
+            if hub.lc_of(task_id).get(task_id) is None:
                 ended.set()  # it ended while we looked it up
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), wait)
@@ -326,7 +326,7 @@ async def get_result(
 async def cancel_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
     """The task fails with reason `cancelled`; its workers are told to stop."""
     try:
-        task = hub.lc.cancel(creds, task_id)
+        task = hub.lc_of(task_id).cancel(creds, task_id)
     except TaskNotFound:
         rec = await read_task(hub, creds, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
