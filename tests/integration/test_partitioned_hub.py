@@ -183,3 +183,61 @@ async def test_a_restart_restores_every_partitions_tasks(tmp_path: Path) -> None
         assert done == dict(zip(ids, actions, strict=True))
         for task_id in ids:
             assert (await worker.get(task_id))["state"] in ("start", "success")
+
+
+async def test_the_http_api_routes_by_partition(hub: Server, clients: list[Client]) -> None:
+    """Publishing, reading, waiting for, listing, cancelling; queues and dead letters; a pull
+    consumer: over HTTP too, every partition is reached."""
+    worker, _ = clients
+    actions = actions_in(set(range(P)))
+    for action in actions[:2]:
+        await worker.sub(action, lambda t: t.payload * 2)
+
+    async def boom(task: Any) -> None:
+        raise ValueError("nope")
+
+    await worker.sub(actions[2], boom, group="g", durable=True)
+    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        ids = []
+        for i, action in enumerate(actions):
+            r = await http.post("/v1/tasks", json={"action": action, "payload": i})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        assert [partition_of_id(i) for i in ids] == [partition_of(a, "", P) for a in actions]
+        for i, task_id in enumerate(ids[:2]):
+            r = await http.get(f"/v1/tasks/{task_id}/result", params={"wait": 5})
+            assert r.json()["result"] == i * 2
+        r = await http.post("/v1/tasks:batch", json={"tasks": [{"action": a} for a in actions]})
+        assert r.status_code == 201
+        assert (await http.get(f"/v1/tasks/{ids[2]}/result", params={"wait": 5})).status_code == 409
+        # the list holds every partition's tasks, in id order
+        listed = [
+            t["id"] for t in (await http.get("/v1/tasks", params={"limit": 100})).json()["tasks"]
+        ]
+        assert set(ids) <= set(listed) and listed == sorted(listed)
+        # nobody takes actions[3]: cancel it, in its partition
+        r = await http.delete(f"/v1/tasks/{ids[3]}")
+        assert r.status_code == 200 and r.json()["state"] == "fail"
+        # the operator's views: queues and dead letters of every partition
+        queues = {(q["action"], q["group"]) for q in (await http.get("/v1/queues")).json()}
+        assert (actions[2], "g") in queues and (actions[0], "worker") in queues
+        dead = {d["id"] for d in (await http.get("/v1/dead-letters")).json()}
+        assert ids[2] in dead
+        # a pull consumer of an action of partition 3
+        r = await http.post("/v1/consumers", json={"actions": [actions[3]], "group": "pull"})
+        assert r.status_code == 201
+        consumer, headers = (
+            r.json()["consumer_id"],
+            {"X-Consumer-Token": r.json()["consumer_token"]},
+        )
+        r = await http.post(f"/v1/consumers/{consumer}/fetch", params={"wait": 5}, headers=headers)
+        assert r.status_code == 200 and r.json()["action"] == actions[3]  # the batch's
+        task_id = r.json()["task_id"]
+        r = await http.post(
+            f"/v1/consumers/{consumer}/commit",
+            json={"task_id": task_id, "result": "y"},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        r = await http.get(f"/v1/tasks/{task_id}/result", params={"wait": 5})
+        assert r.json()["result"] == "y"
