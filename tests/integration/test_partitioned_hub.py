@@ -223,6 +223,9 @@ async def test_the_http_api_routes_by_partition(hub: Server, clients: list[Clien
         assert (actions[2], "g") in queues and (actions[0], "worker") in queues
         dead = {d["id"] for d in (await http.get("/v1/dead-letters")).json()}
         assert ids[2] in dead
+        metrics = (await http.get("/metrics")).text  # the gauges count every partition
+        for action in actions[:3]:
+            assert f'taskhub_queue_workers{{action="{action}"' in metrics, action
         # a pull consumer of an action of partition 3
         r = await http.post("/v1/consumers", json={"actions": [actions[3]], "group": "pull"})
         assert r.status_code == 201

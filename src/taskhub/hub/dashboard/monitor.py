@@ -95,9 +95,9 @@ class Monitor:
         """One row per action: its tasks published, succeeded, failed and ended in the last
         minute, and its deliveries started and failed, in all and per group."""
         since = int(self._clock()) - RATE_WINDOW
-        lc = self.hub.lc
+        current = [(lc.counts_second, lc.counts) for lc in self.hub.lifecycles]
         total: dict[tuple[str, str | None], list[int]] = {}
-        for second, counts in (*self._seconds, (lc.counts_second, lc.counts)):
+        for second, counts in (*self._seconds, *current):
             if second <= since:
                 continue
             for (action, type_, group), n in counts.items():
@@ -132,8 +132,8 @@ class Monitor:
         """Live task counts and every group queue, from one pass over the live tasks (the
         metrics' :func:`live_tasks`; the per-queue view of the lifecycle walks all tasks once
         per queue)."""
-        lc = self.hub.lc
-        live = live_tasks(lc)
+        lcs = self.hub.lifecycles
+        live = live_tasks(*lcs)
         running = live.by_state.get("start", 0)
         counts = {
             "waiting": sum(live.by_state.values()) - running,
@@ -141,7 +141,7 @@ class Monitor:
             "chains": sum(live.chains.values()),
         }
         queues = []
-        for (action, group), q in sorted(lc.queues.items()):
+        for (action, group), q in sorted(kv for lc in lcs for kv in lc.queues.items()):
             waiting, in_flight = live.deliveries.get((action, group), (0, 0))
             queues.append(
                 {
@@ -170,7 +170,7 @@ class Monitor:
     ) -> list[dict[str, Any]]:
         """Newest first: the live tasks, then the recently ended ones. ``kind`` is ``task``
         (the default: user tasks), ``chain`` (chains and groups) or ``all``."""
-        rows = {t.id: summary(t.rec) for t in self.hub.lc.tasks.values()}
+        rows = {t.id: summary(t.rec) for lc in self.hub.lifecycles for t in lc.tasks.values()}
         for snap in reversed(self.recent):  # newest first: a task's last snapshot wins
             if snap[0] not in rows:
                 rows[snap[0]] = row(snap)

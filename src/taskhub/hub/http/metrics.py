@@ -258,11 +258,12 @@ class LiveTasks:
     deliveries: dict[tuple[str, str], list[int]]
 
 
-def live_tasks(lc: Lifecycle) -> LiveTasks:
-    """Count the unfinished tasks by state and their deliveries by queue and state."""
+def live_tasks(*lcs: Lifecycle) -> LiveTasks:
+    """Count the unfinished tasks by state and their deliveries by queue and state (of every
+    partition's lifecycle given)."""
     live = LiveTasks(dict.fromkeys(_LIVE_STATES, 0), {}, {})
     by_state, chains, deliveries = live.by_state, live.chains, live.deliveries
-    for task in lc.tasks.values():
+    for task in (t for lc in lcs for t in lc.tasks.values()):
         rec = task.rec
         if rec.action.startswith(INTERNAL_PREFIX):
             chains[rec.state] = chains.get(rec.state, 0) + 1
@@ -288,9 +289,9 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
-        lc = hub.lc
+        lcs = hub.lifecycles
         tasks = GaugeMetricFamily("taskhub_tasks", "Unfinished tasks by state", labels=["state"])
-        live = live_tasks(lc)
+        live = live_tasks(*lcs)
         counts = dict(live.by_state)
         for state, n in live.chains.items():
             counts[state] = counts.get(state, 0) + n
@@ -303,7 +304,7 @@ class _StateCollector(Collector):
             "Tasks waiting for any group to subscribe to their action",
             labels=["action"],
         )
-        for action, waiting in lc.pooled.items():
+        for action, waiting in (kv for lc in lcs for kv in lc.pooled.items()):
             pooled.add_metric([action], sum(1 for t in waiting if not t.ended))
         yield pooled
 
@@ -322,7 +323,7 @@ class _StateCollector(Collector):
             "Deliveries a group's workers hold (offered or started)",
             labels=["action", "group"],
         )
-        for (action, group), q in sorted(lc.queues.items()):
+        for (action, group), q in sorted(kv for lc in lcs for kv in lc.queues.items()):
             depth.add_metric([action, group], _depth(q))
             workers.add_metric([action, group], len(q.workers))
             inflight.add_metric([action, group], sum(s.inflight for s in q.workers))
