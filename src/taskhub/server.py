@@ -336,7 +336,7 @@ class Server:
         """The store URL, and for a sqlite file the absolute path it opened: three slashes
         are relative to the working directory (docs/operations.md), which a log must not
         leave the reader to guess."""
-        store = self.hub.store if self.hub is not None else None
+        store = self.hub.root if self.hub is not None else None
         if isinstance(store, SqliteStore) and store.path != ":memory:":
             return f"{self.store_url}, file {os.path.abspath(store.path)}"
         return self.store_url

@@ -244,3 +244,13 @@ async def test_the_http_api_routes_by_partition(hub: Server, clients: list[Clien
         assert r.status_code == 200, r.text
         r = await http.get(f"/v1/tasks/{task_id}/result", params={"wait": 5})
         assert r.json()["result"] == "y"
+
+
+async def test_several_partitions_need_a_store_url() -> None:
+    from taskhub.errors import InvalidOption
+    from taskhub.store.memory import MemoryStore
+
+    server = Server(store=MemoryStore(), port=0, partitions=2)
+    with pytest.raises(InvalidOption, match="partitions = 2 needs a store URL"):
+        await server.start()
+    await server.stop()

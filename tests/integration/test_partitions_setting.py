@@ -103,14 +103,20 @@ async def test_one_partition_records_nothing_and_its_work_is_not_left_behind(
 
 
 async def test_redis_hubs_check_the_count_before_joining_the_cluster() -> None:
+    """Every hub on a Redis store checks the count, follower or not. Several partitions on
+    Redis need a lease per partition, which is not there yet: refused, after the count is
+    recorded and checked (docs/deployment.md, "Partitions")."""
     url = f"{redisproc.shared().url}?prefix=partcount{id(object())}"
     first = Server(store=url, port=0, partitions=3)
-    await first.start()
-    try:
-        other = Server(store=url, port=0, partitions=5)
-        with pytest.raises(PartitionsMismatch, match=r"set up with 3 partition.* started with 5"):
-            await other.start()
-        await other.stop()
-    finally:
-        await first.stop()
+    with pytest.raises(InvalidOption, match="partitions = 3 with a Redis store is not available"):
+        await first.start()
+    await first.stop()
     assert await recorded(url) == 3
+    other = Server(store=url, port=0, partitions=5)
+    with pytest.raises(PartitionsMismatch, match=r"set up with 3 partition.* started with 5"):
+        await other.start()
+    await other.stop()
+    one = Server(store=url, port=0)
+    with pytest.raises(PartitionsMismatch, match=r"set up with 3 partition.* started with 1"):
+        await one.start()
+    await one.stop()
