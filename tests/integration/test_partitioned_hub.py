@@ -254,3 +254,31 @@ async def test_several_partitions_need_a_store_url() -> None:
     with pytest.raises(InvalidOption, match="partitions = 2 needs a store URL"):
         await server.start()
     await server.stop()
+
+
+async def test_a_chain_crossing_partitions_survives_a_restart(tmp_path: Path) -> None:
+    """The chain is held in its first step's partition, its waiting second step in another:
+    after a restart each partition restores its part and the chain completes."""
+    store = f"sqlite:///{tmp_path / 'hub.db'}"
+    first_action, second_action = actions_in({1, 3})
+    one = Server(store=store, port=0, partitions=P)
+    async with one, Client(one.url, name="a") as client:
+        await client.sub(first_action, lambda t: t.payload + 1)
+        handle = client.chain([(first_action, 1), (second_action, None)])
+        await handle.accepted()
+        # wait until the first step is done and the second is published (no one takes it)
+        async with httpx.AsyncClient(base_url=one.http_url) as http:
+
+            async def second_waits() -> bool:
+                r = await http.get("/v1/tasks", params={"action": second_action})
+                return bool(r.json()["tasks"])
+
+            await until(second_waits)
+        chain_id = handle.id
+    assert partition_of_id(chain_id) == 1
+    again = Server(store=store, port=0, partitions=P)
+    async with again, Client(again.url, name="b") as client:
+        await client.sub(second_action, lambda t: [t.previous_result, "done"])
+        async with httpx.AsyncClient(base_url=again.http_url) as http:
+            r = await http.get(f"/v1/tasks/{chain_id}/result", params={"wait": 10})
+        assert r.json()["result"] == [2, "done"], r.text
