@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -115,6 +115,21 @@ _Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 _EventRow = tuple[str, int, float, bytes]
 
 
+class WriteFence(Protocol):
+    """What a fenced store writes under (a partition's lease, :mod:`taskhub.store.sqlite_leases`).
+
+    ``check`` raises :class:`~taskhub.errors.StoreFenced` once this writer no longer holds the
+    fence; the store calls it inside every write transaction, after that transaction took the
+    file's write lock, so a writer whose check passed commits before a successor's store has
+    opened: opening a fenced store takes the write lock once (a barrier) before anything is
+    read. ``close`` is called when the store closes.
+    """
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def _path_from_url(url: str) -> str:
     """``sqlite:///rel.db`` -> ``rel.db``, ``sqlite:////abs.db`` -> ``/abs.db``."""
     if url in ("sqlite://:memory:", "sqlite:///:memory:"):
@@ -154,6 +169,7 @@ class SqliteStore:
         # the connection look idle while the thread still uses it.
         self._busy = 0
         self._inline_run = 0  # inline writes since the last one on the thread
+        self._fence: WriteFence | None = None  # set_fence
         self._encoder = msgspec.json.Encoder()
         # Used only on the writer thread: no decoder is shared between threads.
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
@@ -163,6 +179,18 @@ class SqliteStore:
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
         return cls(_path_from_url(url), url)
+
+    def set_fence(self, fence: WriteFence | None) -> None:
+        """Write only while ``fence`` holds (before :meth:`open`). A fenced store does not take
+        the file's flock: the fence (a lease) decides who writes, and a writer that lost it
+        (a paused process) must not keep its successor from opening the file."""
+        if self._jobs is not None:
+            raise RuntimeError(f"sqlite store {self.path!r} is open: set its fence before")
+        self._fence = fence
+
+    def _check_fence(self) -> None:
+        if self._fence is not None:
+            self._fence.check()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -269,7 +297,8 @@ class SqliteStore:
                 f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
             ) from exc
         try:
-            self._claim()
+            if self._fence is None:
+                self._claim()
         except StoreUnavailable:
             conn.close()
             raise
@@ -281,6 +310,9 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._migrate(conn)
+            if self._fence is not None:
+                with _transaction(conn):  # the barrier (WriteFence)
+                    pass
         except (sqlite3.Error, StoreUnavailable) as exc:
             conn.close()
             self._release()
@@ -359,6 +391,8 @@ class SqliteStore:
         finally:
             conn.close()
             self._release()
+            if self._fence is not None:
+                self._fence.close()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -381,6 +415,7 @@ class SqliteStore:
 
         def write(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
+                self._check_fence()
                 if tasks:
                     conn.executemany(_UPSERT_TASK, tasks)
                 if events:
@@ -413,6 +448,7 @@ class SqliteStore:
 
         def remove(conn: sqlite3.Connection) -> list[str]:
             with _transaction(conn):
+                self._check_fence()
                 ids = [row[0] for row in conn.execute(_SELECT_ENDED, (at, limit))]
                 params = [(task_id,) for task_id in ids]
                 conn.executemany("DELETE FROM events WHERE task_id = ?", params)
