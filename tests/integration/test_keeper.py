@@ -177,8 +177,9 @@ async def test_a_keeper_that_could_not_renew_in_time_steps_down(
         assert hubs[0].held() == set()  # leads() answers by the clock at once
         await hubs[0].keeper.tick()
         assert {p for what, p in hubs[0].log if what == "lost"} == mine
-        # Nobody took them meanwhile: it let them go and took them again with new tokens.
-        assert hubs[0].held() == mine
+        # Nobody took them meanwhile: it let them go and took them again with new tokens
+        # (on SQLite, whose expiry reads the same fake clock, b's too: b looks dead).
+        assert mine <= hubs[0].held()
         assert hubs[0].keeper.tokens[min(mine)] != token
         with pytest.raises(StoreFenced):  # the old tenure's store writes no more
             await store.apply(WriteBatch(tasks=[task]))

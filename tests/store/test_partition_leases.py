@@ -13,7 +13,7 @@ import pytest
 
 from taskhub.errors import StoreFenced
 from taskhub.records import TaskRecord, WriteBatch
-from taskhub.store import Member, PartitionLeases, open_partition_leases
+from taskhub.store import Member, PartitionLeases, open_partition_leases, open_store
 from taskhub.store.lock import Token
 from taskhub.store.redis.leases import RedisPartitionLeases
 from taskhub.store.sqlite_leases import SqlitePartitionLeases
@@ -125,31 +125,33 @@ async def test_a_partition_outside_the_count_is_refused(open_leases: Open) -> No
             leases.fenced_store(bad, "1 ia http://a")
 
 
+@pytest.mark.parametrize(("partitions", "p"), [(1, 0), (4, 3)])
 async def test_the_fenced_store_writes_only_while_its_token_holds_the_lease(
-    open_leases: Open,
+    open_leases: Open, store_url: str, partitions: int, p: int
 ) -> None:
-    # One partition: the store is the URL's (today's layout), fenced by partition:0's lease.
-    a, b = await open_leases(1), await open_leases(1)
-    first = await a.take(0, "ia http://a", 10_000)
+    # One partition: the store is the URL's (today's layout), fenced by partition:0's lease;
+    # several: partition p's own namespace (open_store(url, partition=p, partitions=P)).
+    a, b = await open_leases(partitions), await open_leases(partitions)
+    first = await a.take(p, "ia http://a", 10_000)
     assert first is not None
-    store = a.fenced_store(0, first)
+    store = a.fenced_store(p, first)
     await store.open()
     try:
         await store.apply(WriteBatch(tasks=[task("t1")]))
-        assert await a.release(0, first)
+        assert await a.release(p, first)
         with pytest.raises(StoreFenced):  # nobody holds it: no write
             await store.apply(WriteBatch(tasks=[task("t1", "success")]))
         # The same hub takes it again: a new token, and the old tenure's store stays fenced.
-        again = await a.take(0, "ia http://a", 10_000)
+        again = await a.take(p, "ia http://a", 10_000)
         assert again is not None and again != first
         with pytest.raises(StoreFenced):
             await store.apply(WriteBatch(tasks=[task("t1", "success")]))
         with pytest.raises(StoreFenced):
             await store.remove_ended_before(1e12)
-        assert await a.release(0, again)
-        successor = await b.take(0, "ib http://b", 10_000)
+        assert await a.release(p, again)
+        successor = await b.take(p, "ib http://b", 10_000)
         assert successor is not None
-        theirs = b.fenced_store(0, successor)
+        theirs = b.fenced_store(p, successor)
         await theirs.open()
         try:
             await theirs.apply(WriteBatch(tasks=[task("t2")]))
@@ -162,6 +164,12 @@ async def test_the_fenced_store_writes_only_while_its_token_holds_the_lease(
             await theirs.close()
     finally:
         await store.close()
+    plain = open_store(store_url, partition=p, partitions=partitions)
+    await plain.open()
+    try:  # the writes went to the partition's own namespace
+        assert [t.id for t in await plain.list_tasks()] == ["t1", "t2"]
+    finally:
+        await plain.close()
 
 
 async def test_sqlite_partitions_are_files_beside_the_main_one(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.store import partition_path
 from taskhub.store.lock import Member, check_member, lease_name
 from taskhub.store.sqlite import BUSY_TIMEOUT_MS, SqliteStore
 
@@ -41,15 +42,6 @@ _SCHEMA = [
     )""",
 ]
 _HOLDER = "SELECT token FROM leases WHERE name = ? AND token IS NOT NULL AND expires_at > ?"
-
-
-def partition_path(path: str, partition: int, partitions: int) -> str:
-    """Partition ``partition``'s file: ``path`` itself with one partition, else
-    ``dir/name.p<p>.db`` beside it."""
-    if partitions == 1:
-        return path
-    file = Path(path)
-    return str(file.with_name(f"{file.stem}.p{partition}{file.suffix}"))
 
 
 class SqlitePartitionLeases:
@@ -182,7 +174,7 @@ class SqlitePartitionLeases:
 
     def fenced_store(self, partition: int, token: str) -> SqliteStore:
         name = self._check(partition)
-        path = partition_path(self.path, partition, self.partitions)
+        path = self.path if self.partitions == 1 else partition_path(self.path, partition)
         store = SqliteStore(path, f"sqlite:///{path}")
         store.set_fence(LeaseFence(self.path, name, token, self.clock))
         return store

@@ -62,23 +62,15 @@ def check_partition(partition: int, partitions: int) -> None:
 
 class RedisPartitionLeases:
     """The partition leases and members of the Redis store at ``store_url``, split in
-    ``partitions``. ``store_of(p)`` makes partition p's store (not open); by default
-    :func:`taskhub.store.open_store` for that partition."""
+    ``partitions``."""
 
-    def __init__(
-        self,
-        store_url: str,
-        partitions: int,
-        *,
-        store_of: Callable[[int], RedisStore] | None = None,
-    ) -> None:
+    def __init__(self, store_url: str, partitions: int) -> None:
         if not 1 <= partitions <= 1024:
             raise ValueError(f"partitions must be between 1 and 1024, got {partitions}")
         self.store_url = store_url
         self.partitions = partitions
         self.url = safe_url(store_url)
         self._redis_url, self.prefix, self.cluster = parse_url(store_url)
-        self._store_of = store_of
         self._client: Client | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._global = "{" + self.prefix + "}:"
@@ -162,17 +154,9 @@ class RedisPartitionLeases:
         return store
 
     def _partition_store(self, partition: int) -> RedisStore:
-        if self._store_of is not None:
-            return self._store_of(partition)
-        if self.partitions == 1:
-            return RedisStore.from_url(self.store_url)
-        # The partition's namespace is open_store's (docs/partition-design, store namespaces).
-        from taskhub.store import open_store
-
-        opener: Callable[..., object] = open_store
-        store = opener(self.store_url, partition=partition, partitions=self.partitions)
-        assert isinstance(store, RedisStore)  # a redis:// URL opens the Redis engine
-        return store
+        # The partition's own namespace (taskhub.store.open_store); one partition: the URL's.
+        own = partition if self.partitions > 1 else None
+        return RedisStore.from_url(self.store_url, partition=own)
 
     # -- members --------------------------------------------------------------------------
 
