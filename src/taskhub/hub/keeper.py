@@ -1,7 +1,8 @@
 """Keeps this hub's share of the partitions: the leases it should hold, and only those.
 
-Every ``lease / 3`` the keeper heartbeats its member record, lists the live members, computes
-the assignment (:mod:`taskhub.hub.assign`, the same in every hub), and then
+Every ``interval`` (a third of the lease by default) the keeper heartbeats its member record,
+lists the live members, computes the assignment (:mod:`taskhub.hub.assign`, the same in every
+hub), and then
 
 - renews the leases it holds; a lease refused, or not renewed before it runs out by the
   keeper's own clock (counted from when the last successful renewal was *sent*), is lost:
@@ -51,15 +52,22 @@ class PartitionKeeper:
         instance: str,
         url: str,
         lease: float = 3.0,
+        interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_gained: Gained = _nothing,
         on_release: Changed = _nothing,
         on_lost: Changed = _nothing,
     ) -> None:
-        """``lease``: seconds a lease (and the member record) lasts without renewal; renewed
-        every third of it. ``clock``: monotonic seconds (a test's fake clock)."""
+        """``lease``: seconds a lease (and the member record) lasts without renewal.
+        ``interval``: seconds between rounds (:meth:`start`), ``lease / 3`` by default; less
+        than the lease, so a renewal can fail and be retried before it runs out. ``clock``:
+        monotonic seconds (a test's fake clock)."""
         if lease <= 0:
             raise ValueError(f"lease must be > 0 seconds, got {lease}")
+        interval = lease / 3 if interval is None else interval
+        if not 0 < interval < lease:
+            raise ValueError(f"interval must be > 0 and < the lease ({lease}s), got {interval}")
+        self.interval = interval
         self.leases = leases
         self.member = Member(instance, url.rstrip("/"))
         self.holder = f"{instance} {self.member.url}"
@@ -95,7 +103,7 @@ class PartitionKeeper:
     # -- running --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run :meth:`tick` every ``lease / 3`` in a task until :meth:`stop`."""
+        """Run :meth:`tick` every ``interval`` seconds in a task until :meth:`stop`."""
         self._task = asyncio.create_task(self._run(), name="taskhub-partition-keeper")
 
     async def _run(self) -> None:
@@ -104,7 +112,7 @@ class PartitionKeeper:
                 await self.tick()
             except StoreUnavailable as exc:  # the leases lapse by the clock meanwhile
                 log.warning("cannot reach the partition leases: %s", exc)
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
         """Leave the member list and hand off every partition (on_release, then release)."""
