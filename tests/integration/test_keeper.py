@@ -18,6 +18,7 @@ from taskhub.records import TaskRecord, WriteBatch
 from taskhub.store import PartitionLeases, open_partition_leases
 from taskhub.store.sqlite_leases import SqlitePartitionLeases
 from tests import redisproc
+from tests.conftest import until
 
 P = 12
 
@@ -211,3 +212,33 @@ async def test_a_dead_keeper_s_partitions_are_taken_after_its_lease(tmp_path: Pa
     finally:
         for hub in [*hubs, dead]:
             await hub.leases.close()
+
+
+async def test_started_keepers_keep_their_share_on_their_own(tmp_path: Path) -> None:
+    # start(): rounds every interval on the real clock, until stop() hands everything off.
+    url = f"sqlite:///{tmp_path}/hub.db"
+    leases = [open_partition_leases(url, P) for _ in range(2)]
+    keepers = [
+        PartitionKeeper(lz, instance=name, url=f"http://{name}", lease=5.0, interval=0.05)
+        for lz, name in zip(leases, ("a", "b"), strict=True)
+    ]
+    for lz, keeper in zip(leases, keepers, strict=True):
+        await lz.open()
+        keeper.start()
+    try:
+        await until(lambda: sorted(len(k.led()) for k in keepers) == [6, 6], timeout=30.0)
+        await keepers[0].stop()
+        assert keepers[0].led() == []
+        await until(lambda: len(keepers[1].led()) == P, timeout=30.0)
+    finally:
+        for lz, keeper in zip(leases, keepers, strict=True):
+            await keeper.stop()
+            await lz.close()
+
+
+def test_a_lease_and_interval_that_cannot_work_are_refused() -> None:
+    leases = open_partition_leases("sqlite:///unused.db", P)
+    with pytest.raises(ValueError, match="lease must be > 0 seconds, got 0"):
+        PartitionKeeper(leases, instance="a", url="http://a", lease=0)
+    with pytest.raises(ValueError, match=r"interval must be > 0 and < the lease \(3.0s\)"):
+        PartitionKeeper(leases, instance="a", url="http://a", lease=3.0, interval=3.0)

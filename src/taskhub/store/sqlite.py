@@ -154,7 +154,7 @@ class SqliteStore:
     if the hub keeps changing its live records while the write runs.
     """
 
-    def __init__(self, path: str, url: str | None = None) -> None:
+    def __init__(self, path: str, url: str | None = None, fence: WriteFence | None = None) -> None:
         self.path = path
         self.url = url if url is not None else f"sqlite:///{path}"
         # The writer: one thread fed by a queue. An executor's submit costs a concurrent Future,
@@ -169,7 +169,9 @@ class SqliteStore:
         # the connection look idle while the thread still uses it.
         self._busy = 0
         self._inline_run = 0  # inline writes since the last one on the thread
-        self._fence: WriteFence | None = None  # set_fence
+        # Writes only while the fence holds; no flock then (a writer that lost the fence
+        # must not keep its successor out).
+        self._fence = fence
         self._encoder = msgspec.json.Encoder()
         # Used only on the writer thread: no decoder is shared between threads.
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
@@ -179,18 +181,6 @@ class SqliteStore:
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
         return cls(_path_from_url(url), url)
-
-    def set_fence(self, fence: WriteFence | None) -> None:
-        """Write only while ``fence`` holds (before :meth:`open`). A fenced store does not take
-        the file's flock: the fence (a lease) decides who writes, and a writer that lost it
-        (a paused process) must not keep its successor from opening the file."""
-        if self._jobs is not None:
-            raise RuntimeError(f"sqlite store {self.path!r} is open: set its fence before")
-        self._fence = fence
-
-    def _check_fence(self) -> None:
-        if self._fence is not None:
-            self._fence.check()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -310,9 +300,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._migrate(conn)
-            if self._fence is not None:
-                with _transaction(conn):  # the barrier (WriteFence)
-                    pass
+            _barrier(conn, self._fence)
         except (sqlite3.Error, StoreUnavailable) as exc:
             conn.close()
             self._release()
@@ -414,8 +402,7 @@ class SqliteStore:
         meta_deleted = [(kind, key) for kind, key in batch.meta_deleted]
 
         def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                self._check_fence()
+            with _transaction(conn, self._fence):
                 if tasks:
                     conn.executemany(_UPSERT_TASK, tasks)
                 if events:
@@ -447,8 +434,7 @@ class SqliteStore:
             raise ValueError(f"limit must be >= 0, got {limit}")
 
         def remove(conn: sqlite3.Connection) -> list[str]:
-            with _transaction(conn):
-                self._check_fence()
+            with _transaction(conn, self._fence):
                 ids = [row[0] for row in conn.execute(_SELECT_ENDED, (at, limit))]
                 params = [(task_id,) for task_id in ids]
                 conn.executemany("DELETE FROM events WHERE task_id = ?", params)
@@ -570,13 +556,23 @@ def _without_checkpoint(
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
 
 
+def _barrier(conn: sqlite3.Connection, fence: WriteFence | None) -> None:
+    """Take and drop the write lock: a fenced store's first step (WriteFence)."""
+    if fence is not None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
+
+
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error."""
+def _transaction(conn: sqlite3.Connection, fence: WriteFence | None = None) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error;
+    ``fence`` is checked first, under the write lock."""
     # IMMEDIATE takes the write lock up front, so a busy database fails here (after
     # busy_timeout) rather than half way through the batch.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if fence is not None:
+            fence.check()
         yield
         conn.execute("COMMIT")
     except BaseException:

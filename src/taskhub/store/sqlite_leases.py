@@ -175,9 +175,8 @@ class SqlitePartitionLeases:
     def fenced_store(self, partition: int, token: str) -> SqliteStore:
         name = self._check(partition)
         path = self.path if self.partitions == 1 else partition_path(self.path, partition)
-        store = SqliteStore(path, f"sqlite:///{path}")
-        store.set_fence(LeaseFence(self.path, name, token, self.clock))
-        return store
+        fence = LeaseFence(self.path, name, token, self.clock)
+        return SqliteStore(path, f"sqlite:///{path}", fence=fence)
 
     # -- members --------------------------------------------------------------------------
 
