@@ -77,19 +77,12 @@ class RedisPartitionLeases:
 
     def lease_key(self, partition: int) -> str:
         """The key holding ``partition``'s lease (the fence of its store)."""
-        check_partition(partition, self.partitions)
-        return (
-            partition_tag(self.prefix, partition, self.partitions)
-            + "lock:"
-            + (lease_name(partition))
-        )
+        return self._key("lock", partition)
 
-    def _epoch_key(self, partition: int) -> str:
-        return (
-            partition_tag(self.prefix, partition, self.partitions)
-            + "epoch:"
-            + (lease_name(partition))
-        )
+    def _key(self, kind: str, partition: int) -> str:
+        check_partition(partition, self.partitions)
+        tag = partition_tag(self.prefix, partition, self.partitions)
+        return f"{tag}{kind}:{lease_name(partition)}"
 
     async def open(self) -> None:
         if self._client is not None:
@@ -132,7 +125,7 @@ class RedisPartitionLeases:
     # -- leases ---------------------------------------------------------------------------
 
     async def take(self, partition: int, holder: str, ttl_ms: int) -> str | None:
-        keys = [self.lease_key(partition), self._epoch_key(partition)]
+        keys = [self.lease_key(partition), self._key("epoch", partition)]
         token = await self._run("take", keys, [holder, ttl_ms])
         return None if token is None else bytes(token).decode()
 
