@@ -6,10 +6,19 @@ from pathlib import Path
 
 from taskhub.partitions import check_partitions
 from taskhub.store.base import Store
-from taskhub.store.lock import LeaderLock
+from taskhub.store.lock import LeaderLock, Member, PartitionLeases
 from taskhub.store.urls import REDIS_SCHEMES
 
-__all__ = ["REDIS_SCHEMES", "LeaderLock", "Store", "open_leader_lock", "open_store"]
+__all__ = [
+    "REDIS_SCHEMES",
+    "LeaderLock",
+    "Member",
+    "PartitionLeases",
+    "Store",
+    "open_leader_lock",
+    "open_partition_leases",
+    "open_store",
+]
 
 
 def open_store(url: str, *, partition: int | None = None, partitions: int = 1) -> Store:
@@ -67,4 +76,22 @@ def open_leader_lock(url: str) -> LeaderLock:
     raise ValueError(
         f"no leader lock for store URL {url.split('@')[-1]!r}: only a redis store "
         "(redis://, rediss://, redis+cluster://) can be shared by several hubs"
+    )
+
+
+def open_partition_leases(url: str, partitions: int) -> PartitionLeases:
+    """The partition leases and members of the store at ``url`` split in ``partitions``
+    (docs/deployment.md, "Partition leases"): a Redis store (hubs on any machines) or a SQLite
+    file (hub processes on one machine). ValueError for any other URL."""
+    if url.startswith(REDIS_SCHEMES):
+        from taskhub.store.redis.leases import RedisPartitionLeases
+
+        return RedisPartitionLeases(url, partitions)
+    if url.startswith("sqlite:"):
+        from taskhub.store.sqlite_leases import SqlitePartitionLeases
+
+        return SqlitePartitionLeases(url, partitions)
+    raise ValueError(
+        f"no partition leases for store URL {url.split('@')[-1]!r}: hubs share a redis store "
+        "(redis://, rediss://, redis+cluster://) or, on one machine, a sqlite:///file.db"
     )
