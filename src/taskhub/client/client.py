@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
 
 from taskhub.client.connection import Connection, Message
 from taskhub.client.handlers import Handlers
 from taskhub.client.link import Link
-from taskhub.client.publisher import CHAIN_ACTION, GROUP_ACTION, Publisher, Step
+from taskhub.client.publisher import CHAIN_ACTION, GROUP_ACTION, PubItem, Publisher, Step
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.topics import EventHandler, Topics
 from taskhub.client.watch import Watch
@@ -30,6 +30,7 @@ __all__ = [
     "Client",
     "EventHandler",
     "Handler",
+    "PubItem",
     "Step",
     "Subscription",
 ]
@@ -301,6 +302,18 @@ class Client:
         """
         return self._publisher.pub(action, payload, options)
 
+    def pub_many(self, items: Iterable[PubItem]) -> list[Handle]:
+        """Publish a list of tasks; their :class:`Handle` objects at once, in order.
+
+        Each item is ``(action, payload)`` or ``(action, payload, options)``, ``options`` a
+        dict of :meth:`pub`'s keyword arguments (typed as :class:`taskhub.PubArgs`). Every
+        item is checked first (action name, options, JSON payload, size): a bad one raises
+        (its class as :meth:`pub` would raise it) naming the item's index, and nothing is
+        sent. The tasks leave in batched messages; the hub answers each on its own, so one
+        it refuses (``PermissionDenied``, say) fails only its own handle.
+        """
+        return self._publisher.pub_many(items)
+
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` one after another; the handle's result is the last step's result.
 
@@ -451,6 +464,10 @@ class Client:
                     for other in tuple(link.same_task.get(task_id, ())):
                         other.feed_event(msg)
             self._handlers.event(task_id, msg)
+        elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
+            offered = self._handlers.offered
+            for item in msg["items"]:
+                offered(item)
         elif op == "offer":
             self._handlers.offered(msg)
         elif op == "broadcast":
