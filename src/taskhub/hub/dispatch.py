@@ -237,6 +237,7 @@ class Dispatcher:
             except Exception as exc:
                 err = _item_error(exc, i, peer, type(item).__name__.lower())
                 self.lc.send(peer, p.error_msg(err, item.ref, **_task_of(item)))
+        self.answer(peer, msg.ref)  # the batch itself, after its items' own answers
 
     # --- topics and watches ----------------------------------------------------------------
     def _subscribe(self, peer: Peer, msg: p.Subscribe) -> None:
