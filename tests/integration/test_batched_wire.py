@@ -109,6 +109,9 @@ async def test_a_refused_item_fails_only_its_own_handle(make_server: ServerFacto
 
 
 async def test_pub_many_checks_every_item_before_sending_any(make_client: ClientFactory) -> None:
+    worker = await make_client("worker")
+    seen: list[Any] = []
+    await worker.sub("batch:none", lambda task: seen.append(task.payload))
     publisher = await make_client("publisher")
     items: list[Any] = [("batch:none", 0), ("batch:none", 1), ("batch none", 2)]
     with pytest.raises(InvalidAction, match=r"pub_many item 2 \('batch none'\).*nothing was sent"):
@@ -117,7 +120,8 @@ async def test_pub_many_checks_every_item_before_sending_any(make_client: Client
         publisher.pub_many([("batch:none", 0), ("batch:none", 1, {"colour": "red"})])
     with pytest.raises(ValueError, match=r"pub_many item 0.*NaN"):
         publisher.pub_many([("batch:none", float("nan"))])
-    assert await publisher.queues() == []  # nothing was published: not even a pooled task
+    await publisher.pub("batch:none", "barrier").get_result(None)  # after what went before
+    assert seen == ["barrier"]  # nothing of the refused lists was published
 
 
 async def test_the_blocking_pub_many_returns_every_handle_answered(server: Server) -> None:
