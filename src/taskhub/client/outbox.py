@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from taskhub.client.connection import Message, Receiver, Waiter
@@ -110,48 +110,46 @@ def take(
     room = limit - _OVERHEAD
     while i < n:
         entry = entries[i]
-        if isinstance(entry, QueuedPub):
-            j, size = i + 1, len(entry.part)
+        j = i + 1
+        if type(entry) is QueuedPub:
+            size = len(entry.part)
             while j < n and j - i < batch:
                 nxt = entries[j]
-                if not isinstance(nxt, QueuedPub) or size + len(nxt.part) + 1 > room:
+                if type(nxt) is not QueuedPub:
                     break
                 size += len(nxt.part) + 1
+                if size > room:
+                    break
                 j += 1
-            run: list[Any] = entries[i:j]
-            out.append(_pubs(run, refs, pending))
+            out.append(_pubs(entries[i:j], refs, pending))  # type: ignore[arg-type]
             i = j
             continue
-        kind = _STEPS.get(entry[: entry.find(b",") + 1]) if batch > 1 else None
-        if kind is None:
+        assert isinstance(entry, bytes)
+        prefix = entry[: entry.find(b",") + 1] if batch > 1 else b""  # '{"op":"return",'
+        kind = _STEPS.get(prefix)
+        if kind is not None:
+            size = len(entry)
+            while j < n and j - i < batch:
+                nxt = entries[j]
+                if type(nxt) is not bytes or not nxt.startswith(prefix):
+                    break
+                size += len(nxt) + 1
+                if size > room:
+                    break
+                j += 1
+        if kind is None or j == i + 1:
             out.append(entry)
-            i += 1
-            continue
-        j, size = i + 1, len(entry)
-        while j < n and j - i < batch:
-            nxt = entries[j]
-            if isinstance(nxt, QueuedPub) or size + len(nxt) + 1 > room or not _same(nxt, entry):
-                break
-            size += len(nxt) + 1
-            j += 1
-        out.append(entry if j == i + 1 else _batched(kind, entries[i:j]))  # type: ignore[arg-type]
+        else:  # the items: each message from its first field on, after a '{' of its own
+            cut = len(prefix)
+            items = b",{".join([part[cut:] for part in entries[i:j]])  # type: ignore[index]
+            out.append(b'{"op":"' + kind + b'","items":[{' + items + b"]}")
         i = j
     return out
-
-
-def _same(part: bytes, first: bytes) -> bool:
-    """Whether ``part`` is a message of ``first``'s kind (its op, with the comma after it)."""
-    cut = first.find(b",") + 1
-    return part[:cut] == first[:cut]
 
 
 def _item(part: bytes) -> bytes:
     """A message's JSON without its leading ``"op":...,``: an item of a batched message."""
     return b"{" + part[part.find(b",") + 1 :]
-
-
-def _batched(kind: bytes, parts: list[bytes]) -> bytes:
-    return b'{"op":"' + kind + b'","items":[' + b",".join(map(_item, parts)) + b"]}"
 
 
 def _pubs(
