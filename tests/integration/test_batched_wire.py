@@ -291,6 +291,7 @@ async def test_the_client_sends_a_loop_turns_pubs_as_one_batch(batching: bool) -
 async def test_a_worker_runs_each_batched_offer_once_and_returns_in_a_batch() -> None:
     ran: list[str] = []
     returned: list[dict[str, Any]] = []
+    ops: list[str] = []
     done = asyncio.Event()
 
     async def script(ws: ServerConnection) -> None:
@@ -315,6 +316,7 @@ async def test_a_worker_runs_each_batched_offer_once_and_returns_in_a_batch() ->
                     )
                     await ws.send(json.dumps({"op": "offers", "items": items[5:]}))
                 elif m["op"] == "returns":
+                    ops.append("returns")
                     returned.extend(m["items"])
                 elif m["op"] == "return":
                     returned.append(m)
@@ -332,6 +334,37 @@ async def test_a_worker_runs_each_batched_offer_once_and_returns_in_a_batch() ->
             await client.sub("a:b", handler, concurrency=10)
             await asyncio.wait_for(done.wait(), 5)
     assert sorted(ran) == [f"T{i}" for i in range(6)]  # each once
+    # The first frame's five offers start five handlers in one loop turn: their results
+    # leave together, as one batched message.
+    assert "returns" in ops
     assert sorted((r["task"], r["result"]) for r in returned) == [
         (f"T{i}", i * 10) for i in range(6)
     ]
+
+
+async def test_the_items_of_a_long_frame_count_toward_its_chunks(server: Server) -> None:
+    """The hub commits and sends between chunks of a long frame (tests/integration/
+    test_frames.py) counting each item of a batched message as a message: a frame of three
+    pubs of 40 items reaches the worker as several frames of offers, not one."""
+    assert server.hub is not None
+    server.hub.quick_apply = 1.0  # every write counts as quick, as memory:// writes are
+    worker, publisher = await _raw(server, "worker"), await _raw(server, "publisher")
+    sub = {"op": "sub", "action": "batch:chunks", "concurrency": 1000, "ref": 1}
+    await worker.send(json.dumps(sub))
+    await _until(worker, lambda m: m.get("ref") == 1)
+    batches = [
+        {
+            "op": "pubs",
+            "items": [{"action": "batch:chunks", "payload": b * 40 + i} for i in range(40)],
+        }
+        for b in range(3)
+    ]
+    await publisher.send(json.dumps(batches))
+    frames: list[list[dict[str, Any]]] = []
+    async with asyncio.timeout(5):
+        while sum(len(f) for f in frames) < 120:
+            frames.append([m for m in _msgs(await worker.recv()) if m["op"] == "offer"])
+    assert [m["payload"] for f in frames for m in f] == list(range(120))  # each once, in order
+    assert len(frames) > 1
+    await worker.close()
+    await publisher.close()
