@@ -11,15 +11,13 @@ from taskhub.client.connection import UNSENDABLE, Message, encode
 from taskhub.client.link import Link
 from taskhub.client.task import Handle
 from taskhub.errors import ConnectionClosed, FrameTooLarge, TaskHubError
-from taskhub.names import validate_action
+from taskhub.names import CHAIN_ACTION, GROUP_ACTION, validate_action
 from taskhub.options_table import PubArgs, pub_options
 
 # A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
 Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 # An item of pub_many: (action, payload) or (action, payload, the pub keyword arguments).
 PubItem = tuple[str, Any] | tuple[str, Any, PubArgs]
-CHAIN_ACTION = "taskhub:chain"
-GROUP_ACTION = "taskhub:group"
 
 
 class Traced(Protocol):

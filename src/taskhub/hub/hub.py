@@ -309,6 +309,7 @@ class Hub:
         *,
         merge_input: bool = False,
         mode: Mode = "chain",
+        trace: dict[str, str] | None = None,
     ) -> str:
         """Start a chain (or with ``mode="group"`` a group) and return its task id.
 
@@ -316,7 +317,8 @@ class Hub:
         With ``merge_input`` each step's dict payload gets the previous step's dict result
         merged over it (seed 000's ``POST /add``). A malformed step raises
         :class:`InvalidOption`, :class:`InvalidAction` or :class:`PermissionDenied` whose
-        message and ``details["step"]`` name it; then nothing is stored.
+        message and ``details["step"]`` name it; then nothing is stored. ``trace`` (a W3C
+        trace context) is kept with the chain and given to every step.
         """
         parsed: list[p.ChainStep] = []
         for i, step in enumerate(steps):
@@ -327,6 +329,6 @@ class Hub:
                 parsed.append(msgspec.convert(step, p.ChainStep))
             except msgspec.ValidationError as exc:
                 raise InvalidOption(f"step {i}: {exc}", step=i) from None
-        chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input)
+        chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input, trace=trace)
         self.kick()
         return chain.id
