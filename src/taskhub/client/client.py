@@ -303,15 +303,8 @@ class Client:
         return self._publisher.pub(action, payload, options)
 
     def pub_many(self, items: Iterable[PubItem]) -> list[Handle]:
-        """Publish a list of tasks; their :class:`Handle` objects at once, in order.
-
-        Each item is ``(action, payload)`` or ``(action, payload, options)``, ``options`` a
-        dict of :meth:`pub`'s keyword arguments (typed as :class:`taskhub.PubArgs`). Every
-        item is checked first (action name, options, JSON payload, size): a bad one raises
-        (its class as :meth:`pub` would raise it) naming the item's index, and nothing is
-        sent. The tasks leave in batched messages; the hub answers each on its own, so one
-        it refuses (``PermissionDenied``, say) fails only its own handle.
-        """
+        """Publish ``(action, payload[, options as pub's keywords])`` items; their handles, in
+        order. All are checked first (a bad one raises, naming its index, nothing is sent)."""
         return self._publisher.pub_many(items)
 
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
@@ -465,9 +458,8 @@ class Client:
                         other.feed_event(msg)
             self._handlers.event(task_id, msg)
         elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
-            offered = self._handlers.offered
             for item in msg["items"]:
-                offered(item)
+                self._handlers.offered(item)
         elif op == "offer":
             self._handlers.offered(msg)
         elif op == "broadcast":
