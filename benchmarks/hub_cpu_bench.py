@@ -63,30 +63,41 @@ def _frame(msgs: list[dict[str, Any]], batched: bool, ref: bool = False) -> byte
 def _replies(
     offers: list[dict[str, Any]], per_frame: int, pickup: bool, batched: bool
 ) -> list[bytes]:
-    """The worker's frames for ``offers``: per ``per_frame`` of them, (pickups and) returns."""
+    """The worker's frames for ``offers``: per ``per_frame`` of them, (pickups and) returns,
+    as the Python client sends them (batched: a run of pickups, then one of returns)."""
     frames = []
     for i in range(0, len(offers), per_frame):
         chunk = offers[i : i + per_frame]
-        picks = [{"op": "pickup", "task": m["task"], "attempt": m["attempt"]} for m in chunk]
-        rets = [
-            {"op": "return", "task": m["task"], "attempt": m["attempt"], "result": m["payload"]}
-            for m in chunk
-        ]
-        if batched:  # the Python client: a run of pickups, then one of returns, each batched
-            parts = [_frame(picks, True)] if pickup else []
-            parts.append(_frame(rets, True))
-            frames.append(b"[" + b",".join(part[1:-1] for part in parts) + b"]")
+        if batched:
+            msgs: list[dict[str, Any]] = []
+            if pickup:
+                picks = [{"task": m["task"], "attempt": m["attempt"]} for m in chunk]
+                msgs.append({"op": "pickups", "items": picks})
+            rets = [
+                {"task": m["task"], "attempt": m["attempt"], "result": m["payload"]} for m in chunk
+            ]
+            msgs.append({"op": "returns", "items": rets})
+            frames.append(_enc.encode(msgs))
             continue
         reply = []
-        for pick, ret in zip(picks, rets, strict=True):
+        for m in chunk:
             if pickup:  # the Python client leaves it out when the handler is done at once
-                reply.append(pick)
-            reply.append({**ret, "ref": 1})
+                reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
+            reply.append(
+                {
+                    "op": "return",
+                    "task": m["task"],
+                    "attempt": m["attempt"],
+                    "result": m["payload"],
+                    "ref": 1,
+                }
+            )
         frames.append(_enc.encode(reply))
     return frames
 
 
 def _offers(got: Any) -> list[dict[str, Any]]:
+    """The offers in a decoded frame to the worker: single, or the items of ``offers``."""
     msgs = got if isinstance(got, list) else [got]
     out = [m for m in msgs if m["op"] == "offer"]
     for m in msgs:
