@@ -28,6 +28,7 @@ BATCH_ITEMS = 64
 # The room a batch's own bytes take besides its items: {"op":"pubs","ref":N,"items":[...]}.
 _OVERHEAD = 64
 
+_PUB = b'{"op":"pub",'  # how a pub's JSON starts (the clients put op first)
 # The single kinds a worker sends in runs, by the bytes their messages start with.
 _STEPS: dict[bytes, bytes] = {
     b'{"op":"ack",': b"acks",
@@ -147,11 +148,6 @@ def take(
     return out
 
 
-def _item(part: bytes) -> bytes:
-    """A message's JSON without its leading ``"op":...,``: an item of a batched message."""
-    return b"{" + part[part.find(b",") + 1 :]
-
-
 def _pubs(
     run: list[QueuedPub], refs: itertools.count[int], pending: MutableMapping[int, Waiter]
 ) -> bytes:
@@ -161,5 +157,6 @@ def _pubs(
         pending[ref] = item.receiver
         return item.part[:-1] + b',"ref":%d}' % ref
     pending[ref] = BatchAnswer([item.receiver for item in run])
-    items = b",".join(_item(item.part) for item in run)
-    return b'{"op":"pubs","ref":%d,"items":[' % ref + items + b"]}"
+    cut = len(_PUB)  # each item from its first field on, after a '{' of its own
+    items = b",{".join([item.part[cut:] for item in run])
+    return b'{"op":"pubs","ref":%d,"items":[{' % ref + items + b"]}"
