@@ -611,8 +611,8 @@ async def test_sqlite_writes_small_batches_at_once_and_big_ones_on_its_thread(
 
 async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
     """Writes on the caller's thread run without SQLite's automatic checkpoint (it would run
-    on the event loop); every INLINE_RUN-th small write goes to the store's thread, where SQLite
-    checkpoints. The WAL stays near SQLite's own size however the writes come."""
+    on the event loop); after a run of them the next small write goes to the store's thread,
+    where SQLite checkpoints. The WAL stays near SQLite's own size however the writes come."""
     store = SqliteStore.from_url(sqlite_url(tmp_path))
     await store.open()
     wal = tmp_path / "hub.db-wal"
@@ -639,6 +639,7 @@ async def test_sqlite_schema_and_pragmas(tmp_path: Path) -> None:
     try:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 16384  # a new file's
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"tasks", "events"} <= tables
         row = raw.execute("SELECT id, action, state, created_at, ended_at FROM tasks").fetchone()

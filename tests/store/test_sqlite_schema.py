@@ -60,6 +60,7 @@ async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables - {"sqlite_stat1"} == {"tasks", "events", "meta", "journal"}
+        assert raw.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
         columns = [r[1] for r in raw.execute("PRAGMA table_info(events)")]
         assert columns == ["pack", "task_id", "records"]
     store = SqliteStore(str(path))  # and opens again as it is

@@ -22,7 +22,15 @@ FOLD_RECORDS = 4096
 # ... and a second after a write at the latest, so the tables do not lag behind for long.
 FOLD_AFTER = 1.0
 
-TaskRow = tuple[str, str, str, float, float | None, bytes]
+# A batch as apply takes it: task columns, task records, events, deletes, metadata.
+Entry = tuple[
+    list[tuple[Any, Any, Any, Any, Any]],
+    list[bytes],
+    list[tuple[Any, bytes]],
+    list[Any],
+    list[tuple[Any, Any, bytes]],
+    list[tuple[Any, Any]],
+]
 
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
 _UPSERT_TASK = """
@@ -45,35 +53,44 @@ class Journal:
 
     def __init__(self) -> None:
         self._json = msgspec.json.Encoder()
+        # Used with the connection only, so by one thread at a time.
         self._pack = msgspec.msgpack.Encoder()
-        self._unpack = msgspec.msgpack.Decoder()  # used on the connection's side only
+        self._unpack = msgspec.msgpack.Decoder()
         self.pending = 0  # records appended and not folded yet
 
-    def entry(self, batch: WriteBatch) -> tuple[bytes, int]:
-        """The batch as one journal row, and how many records it holds.
-
-        Records are encoded now, so the row is a snapshot of this moment. Every column value
-        is checked here: a row the fold could not write would stop every later fold."""
+    def entry(self, batch: WriteBatch) -> Entry:
+        """The batch's values, taken now (its records encoded): a snapshot, whatever the
+        caller changes afterwards. Only this part runs on the caller's thread."""
         encode = self._json.encode
-        tasks = [_task_row(t.id, t.action, t.state, t.created_at, t.ended_at) for t in batch.tasks]
-        records = [encode(t) for t in batch.tasks]
-        events = [(_text(e.task_id, "event task_id"), encode(e)) for e in batch.events]
-        deleted = [_text(task_id, "deleted task id") for task_id in batch.deleted]
-        meta = [
-            (_text(m.kind, "meta kind"), _text(m.key, "meta key"), encode(m.value))
-            for m in batch.meta
-        ]
-        meta_deleted = [
-            (_text(kind, "meta kind"), _text(key, "meta key")) for kind, key in batch.meta_deleted
-        ]
-        row = self._pack.encode((tasks, records, events, deleted, meta, meta_deleted))
-        return row, len(tasks) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
+        tasks = batch.tasks
+        return (
+            [(t.id, t.action, t.state, t.created_at, t.ended_at) for t in tasks],
+            [encode(t) for t in tasks],
+            [(e.task_id, encode(e)) for e in batch.events],
+            list(batch.deleted),
+            [(m.kind, m.key, encode(m.value)) for m in batch.meta],
+            list(batch.meta_deleted),
+        )
 
-    def append(self, conn: sqlite3.Connection, row: bytes, records: int) -> None:
-        """One transaction: the batch is durable when this returns."""
+    def append(self, conn: sqlite3.Connection, entry: Entry) -> None:
+        """One transaction: the batch is durable when this returns.
+
+        Every column value is checked first: a row the fold could not write would stop every
+        later fold, so what the tables would refuse is refused here, naming the field."""
+        tasks, records, events, deleted, meta, meta_deleted = entry
+        row = self._pack.encode(
+            (
+                [_task_row(*t) for t in tasks],
+                records,
+                [(_text(task_id, "event task_id"), event) for task_id, event in events],
+                [_text(task_id, "deleted task id") for task_id in deleted],
+                [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
+                [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
+            )
+        )
         with transaction(conn):
             conn.execute(_APPEND, (row,))
-        self.pending += records
+        self.pending += len(tasks) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
     def fold(self, conn: sqlite3.Connection) -> None:
         """Move every journal entry into the tables, in one transaction."""
