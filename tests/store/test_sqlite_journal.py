@@ -123,3 +123,27 @@ async def test_a_journal_left_by_a_killed_hub_is_folded_at_open(tmp_path: Path) 
         assert await store.get_task("t1") == _task("t1")
     finally:
         await store.close()
+
+
+async def test_a_fold_that_fails_at_close_still_closes_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    await store.apply(WriteBatch(tasks=[_task("t1")]))
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TRIGGER broken BEFORE INSERT ON tasks BEGIN SELECT * FROM gone; END")
+    with caplog.at_level(logging.WARNING, logger="taskhub.store.sqlite"):
+        await store.close()
+    assert "the journal stays for the next open: " in caplog.text
+    assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TRIGGER broken")
+    again = SqliteStore(str(path))  # the file was closed and unlocked
+    await again.open()
+    try:
+        assert await again.get_task("t1") == _task("t1")
+    finally:
+        await again.close()

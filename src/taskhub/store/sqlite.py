@@ -290,9 +290,14 @@ class SqliteStore:
         if conn is None:
             return
         try:
-            # The tables hold everything once closed (for the sqlite3 shell, say); the next
-            # open would fold the journal otherwise.
-            self._call(self._fold)
+            # The tables hold everything once closed (for the sqlite3 shell, say). If that
+            # fails the journal stays, whole, for the next open: no reason not to close.
+            try:
+                self._call(self._fold)
+            except StoreUnavailable as exc:
+                log.warning(
+                    "sqlite store %r: the journal stays for the next open: %s", self.path, exc
+                )
             # SQLite's advice for long-lived connections: refresh planner statistics on close.
             conn.execute("PRAGMA optimize")
         finally:
