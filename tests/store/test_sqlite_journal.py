@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskhub.errors import StoreUnavailable
+from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.sqlite import SqliteStore
 from taskhub.store.sqlite_journal import FOLD_RECORDS
@@ -147,3 +147,38 @@ async def test_a_fold_that_fails_at_close_still_closes_and_loses_nothing(
         assert await again.get_task("t1") == _task("t1")
     finally:
         await again.close()
+
+
+class _Fence:
+    """A WriteFence held until ``lost`` is set (the partition lease's role, simplified)."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def check(self) -> None:
+        if self.lost:
+            raise StoreFenced("another writer holds this file's fence")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_fenced_store_appends_nothing_and_still_reads(tmp_path: Path) -> None:
+    """Journal appends and folds are write transactions under the fence; once it is lost a
+    write is refused whole, and reads go on (the tables, as the file's new writer keeps them)."""
+    path = tmp_path / "hub.db"
+    fence = _Fence()
+    store = SqliteStore(str(path), fence=fence)
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1")]))
+        assert await store.get_task("t1") == _task("t1")  # folded
+        await store.apply(WriteBatch(tasks=[_task("t2")]))
+        fence.lost = True
+        with pytest.raises(StoreFenced):
+            await store.apply(WriteBatch(tasks=[_task("t3")]))
+        assert [t.id for t in await store.list_tasks()] == ["t1"]  # t2 waits in the journal
+        assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    finally:
+        await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -12,13 +13,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from taskhub.errors import StoreUnavailable
+from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.sqlite_journal import FOLD_AFTER, FOLD_RECORDS, Journal
 from taskhub.store.sqlite_schema import (
     ACTIVE_SQL,
     ENDED_WHERE,
     SCHEMA_VERSION,
+    WriteFence,
     migrate,
     transaction,
 )
@@ -32,7 +34,7 @@ except ImportError:  # pragma: no cover - Windows has no flock: one hub per file
 T = TypeVar("T")
 
 log = logging.getLogger("taskhub.store.sqlite")
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "WriteFence"]
 
 BUSY_TIMEOUT_MS = 5000
 # SQLite's default is 4 KiB. A journal row holds a whole batch and a fold rewrites many rows
@@ -91,7 +93,7 @@ class SqliteStore:
     ``FOLD_RECORDS`` records, before every read, at open and at close.
     """
 
-    def __init__(self, path: str, url: str | None = None) -> None:
+    def __init__(self, path: str, url: str | None = None, fence: WriteFence | None = None) -> None:
         self.path = path
         self.url = url if url is not None else f"sqlite:///{path}"
         self._writer: Writer | None = None
@@ -99,9 +101,12 @@ class SqliteStore:
         self._lock: int | None = None  # fd holding the file's flock while open (_claim)
         self._closed = False
         self._inline_run = 0  # inline writes since the last one on the thread
+        # Writes only while the fence holds; no flock then (a writer that lost the fence
+        # must not keep its successor out).
+        self._fence = fence
         self._wal_pages = 1000  # set from the file's page size at open (WAL_BYTES)
         self._inline_runs = 250
-        self._journal = Journal()
+        self._journal = Journal(fence)
         self._folding = False  # a fold is queued on the thread (_fold_soon)
         # Seconds after a write before the journal is folded anyway, so that the tables (what
         # the sqlite3 shell reads) lag the hub by about that much when nothing reads.
@@ -129,7 +134,9 @@ class SqliteStore:
         """A read (or retention) on the thread, after the journal is folded into the tables."""
 
         def read(conn: sqlite3.Connection) -> T:
-            self._fold(conn)
+            # Fenced: another writer leads this file now; the tables are as it folds them.
+            with contextlib.suppress(StoreFenced):
+                self._fold(conn)
             return fn(conn)
 
         return await self._run(read)
@@ -211,7 +218,8 @@ class SqliteStore:
                 f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
             ) from exc
         try:
-            self._claim()
+            if self._fence is None:
+                self._claim()
         except StoreUnavailable:
             conn.close()
             raise
@@ -229,6 +237,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             migrate(conn, self.path, self.url)
+            _barrier(conn, self._fence)
             # What the last run appended and did not fold (it was killed, say) goes to the
             # tables now; reads would fold it anyway.
             self._journal.pending = 1
@@ -304,6 +313,8 @@ class SqliteStore:
             self._conn = None
             conn.close()
             self._release()
+            if self._fence is not None:
+                self._fence.close()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -348,7 +359,7 @@ class SqliteStore:
             raise ValueError(f"limit must be >= 0, got {limit}")
 
         def remove(conn: sqlite3.Connection) -> list[str]:
-            with transaction(conn):
+            with transaction(conn, self._fence):
                 ids = [row[0] for row in conn.execute(_SELECT_ENDED, (at, limit))]
                 params = [(task_id,) for task_id in ids]
                 conn.executemany("DELETE FROM events WHERE task_id = ?", params)
@@ -464,6 +475,13 @@ class SqliteStore:
 
 def _nothing(conn: sqlite3.Connection) -> None:
     return None
+
+
+def _barrier(conn: sqlite3.Connection, fence: WriteFence | None) -> None:
+    """Take and drop the write lock: a fenced store's first step (WriteFence)."""
+    if fence is not None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
 
 
 def _without_checkpoint(

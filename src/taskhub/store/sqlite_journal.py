@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from taskhub.records import WriteBatch
-from taskhub.store.sqlite_schema import transaction
+from taskhub.store.sqlite_schema import WriteFence, transaction
 
 # Fold once the journal holds this many records (task writes, events, deletes, metadata).
 # Bounds the journal, the memory a fold reads at once and the work of the fold a restart does.
@@ -51,7 +51,8 @@ class Journal:
     """Entries made on the caller's thread (:meth:`entry`); :meth:`append` and :meth:`fold`
     run with the store's connection, one call at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, fence: WriteFence | None = None) -> None:
+        self._fence = fence  # checked in every transaction (a partition's lease)
         self._json = msgspec.json.Encoder()
         # Used with the connection only, so by one thread at a time.
         self._pack = msgspec.msgpack.Encoder()
@@ -88,13 +89,13 @@ class Journal:
                 [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
             )
         )
-        with transaction(conn):
+        with transaction(conn, self._fence):
             conn.execute(_APPEND, (row,))
         self.pending += len(tasks) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
     def fold(self, conn: sqlite3.Connection) -> None:
         """Move every journal entry into the tables, in one transaction."""
-        with transaction(conn):
+        with transaction(conn, self._fence):
             folded = _Folded()
             for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
                 folded.add(*self._unpack.decode(row))

@@ -5,9 +5,26 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from taskhub.errors import StoreUnavailable
 from taskhub.records import TASK_STATES, TERMINAL_STATES
+
+
+class WriteFence(Protocol):
+    """What a fenced store writes under (a partition's lease, :mod:`taskhub.store.sqlite_leases`).
+
+    ``check`` raises :class:`~taskhub.errors.StoreFenced` once this writer no longer holds the
+    fence; the store calls it inside every write transaction, after that transaction took the
+    file's write lock, so a writer whose check passed commits before a successor's store has
+    opened: opening a fenced store takes the write lock once (a barrier) before anything is
+    read. ``close`` is called when the store closes.
+    """
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
 
 # 1: tasks, events; 2: + meta; 3: - tasks_active (tasks_state serves); 4: events packed, one
 # row per task per fold, and the journal the writes go to first (store/sqlite_journal.py)
@@ -100,12 +117,15 @@ def migrate(conn: sqlite3.Connection, path: str, url: str) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error."""
+def transaction(conn: sqlite3.Connection, fence: WriteFence | None = None) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error;
+    ``fence`` is checked first, under the write lock."""
     # IMMEDIATE takes the write lock up front, so a busy database fails here (after
     # busy_timeout) rather than half way through the batch.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if fence is not None:
+            fence.check()
         yield
         conn.execute("COMMIT")
     except BaseException:
