@@ -32,7 +32,7 @@ from taskhub.store import open_store
 from taskhub.store.base import Store
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests import redisproc
-from tests.store.test_sqlite_schema import V3_FILE
+from tests.store.data.make_sqlite_v3 import FILE as V3_FILE
 
 # A new engine joins the suite by adding its name here and a URL in store_url().
 # "redis-cluster" is the same engine on a real 3-primary Redis Cluster with the cluster-aware

@@ -11,7 +11,7 @@ from taskhub.store.memory import MemoryStore
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.store.data import make_sqlite_v3
 
-V3_FILE = Path(make_sqlite_v3.__file__).parent / "sqlite_v3.db"
+V3_FILE = make_sqlite_v3.FILE
 IDS = [f"t{i}" for i in range(7)]
 
 

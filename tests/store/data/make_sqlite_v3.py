@@ -13,7 +13,7 @@ from pathlib import Path
 
 from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 
-HERE = Path(__file__).parent
+FILE = Path(__file__).parent / "sqlite_v3.db"
 
 
 def contents() -> list[WriteBatch]:
@@ -53,6 +53,6 @@ async def main(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "sqlite_v3.db"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else FILE
     out.unlink(missing_ok=True)
     asyncio.run(main(out))
