@@ -196,18 +196,23 @@ def target_rows(rows: list[dict[str, Any]], cpu: dict[str, Any]) -> list[dict[st
 
 
 # --- output ----------------------------------------------------------------------------------
+def load_note(section: dict[str, Any]) -> str:
+    """The load average at the start, and a warning when it was above the CPU count."""
+    load, cpus = section.get("loadavg"), section.get("machine", {}).get("nproc")
+    if not load:
+        return ""
+    note = f"; load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    if cpus and load[0] > cpus:  # shared machine: the figures are a busy machine's
+        note += f" on {cpus} CPUs: a loaded machine, slower and costlier than a quiet one"
+    return note
+
+
 def caption(section: dict[str, Any]) -> str:
     n = next((c.get("n") for c in section["cpu"].values() if "n" in c), None)
-    load = section.get("loadavg")
     return (
         f"CPU per task: medians of {CPU_RUNS} runs of benchmarks/burst_cpu.py per store "
         f"(N={fmt(n, 0)}); round trips: this run's rows; TaskHub's worker concurrency "
-        f"{WORKER_CONCURRENCY}"
-        + (
-            f"; load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
-            if load
-            else ""
-        )
+        f"{WORKER_CONCURRENCY}" + load_note(section)
     )
 
 

@@ -175,7 +175,7 @@ def test_docs_get_the_section_and_keep_it_when_a_run_has_no_table(tmp_path: Path
         "| memory:// hub CPU ≤ 15 µs per task | 57.0 µs (runs: 62.7, 57.0, 51.3) | not met |"
         in (text)
     )
-    assert "load average at the start 7.9 / 7.6 / 7.3" in text
+    assert "load average at the start 7.9 / 7.6 / 7.3 on 2 CPUs: a loaded machine" in text
     path = tmp_path / "performance.json"
     path.write_text(json.dumps({"rows": [], "issue19": sec}))
     doc, _ = report.json_doc(dict(head), str(path), [], [])
