@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,8 @@ def test_docs_get_the_section_and_keep_it_when_a_run_has_no_table(tmp_path: Path
     assert "load average at the start 7.9 / 7.6 / 7.3 on 2 CPUs: a loaded machine" in text
     path = tmp_path / "performance.json"
     path.write_text(json.dumps({"rows": [], "issue19": sec}))
-    doc, _ = report.json_doc(dict(head), str(path), [], [])
+    only_taskhub = {**head, "rows": [trip("taskhub-memory", 20000)]}  # run.py --only taskhub
+    doc, _ = report.json_doc(only_taskhub, str(path), [], [])
     assert doc["issue19"] == sec  # a run without the table keeps the last one's
     again = report.markdown_doc(text, head, [], None)
     assert again == text
@@ -194,3 +196,28 @@ def test_burst_cpu_json_is_what_the_table_reads() -> None:
     row = issue19.cpu_row({"memory": res}, *issue19.CPU_GOALS[0])
     assert row["status"] in ("met", "not met")
     assert re.fullmatch(r"[\d.]+ µs \(runs: [\d.]+\)", row["figure"]), row["figure"]
+
+
+def test_which_runs_make_the_table() -> None:
+    import run
+
+    quick = run.parse_args(["--targets"])
+    assert quick.issue19 and quick.targets == [
+        "taskhub-memory",
+        "taskhub-sqlite",
+        "taskhub-redis",
+        "celery",
+        "dramatiq",
+        "arq",
+        "rq",
+    ]
+    assert run.parse_args([]).issue19  # make bench
+    assert not run.parse_args(["--only", "taskhub"]).issue19
+    assert not run.parse_args(["--smoke"]).issue19
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--targets", "--only", "taskhub"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--targets runs its own set" in proc.stderr
