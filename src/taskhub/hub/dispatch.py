@@ -200,19 +200,22 @@ class Dispatcher:
     def _pubs(self, peer: Peer, msg: p.Pubs) -> None:
         """Each item published as a ``pub`` would be; one ``ok`` answers them all, in order,
         each with its task or its own error (the others are published all the same)."""
-        items = _batch_items(msg)
-        answers: list[dict[str, Any]] = []
-        for i, item in enumerate(items):
-            try:
-                if isinstance(item, p.Bad):
-                    raise item.error
-                answers.append(self._publish(peer, item))
-            except Exception as exc:
-                err = _item_error(exc, i, peer, "pub")
-                if msg.ref is None:  # no ok to carry it: the item's error is said on its own
-                    self.lc.send(peer, p.error_msg(err))
-                answers.append({"error": err.to_wire()})
+        items = batch_items(msg)
+        answers = [self.pub_item(peer, item, i, msg.ref) for i, item in enumerate(items)]
         self.answer(peer, msg.ref, items=answers)
+
+    def pub_item(self, peer: Peer, item: p.Pub | p.Bad, i: int, ref: int | None) -> dict[str, Any]:
+        """Item ``i`` of a ``pubs`` published: its answer, or its error (said on its own when
+        the batch has no ``ref`` whose ``ok`` would carry it)."""
+        try:
+            if isinstance(item, p.Bad):
+                raise item.error
+            return self._publish(peer, item)
+        except Exception as exc:
+            err = _item_error(exc, i, peer, "pub")
+            if ref is None:
+                self.lc.send(peer, p.error_msg(err))
+            return {"error": err.to_wire()}
 
     def _publish(self, peer: Peer, item: p.Pub) -> dict[str, Any]:
         """One item of ``pubs`` published: its answer (as a ``pub``'s ``ok``, without op)."""
@@ -231,17 +234,20 @@ class Dispatcher:
     def _steps(self, peer: Peer, msg: p.Acks | p.Pickups | p.Returns) -> None:
         """Each item applied as its single message would be, with its own answer: an error
         names the item's index (``details.index``) besides its task and ``ref``."""
-        items = _batch_items(msg)
-        ops = self.ops
-        for i, item in enumerate(items):
-            try:
-                if isinstance(item, p.Bad):
-                    raise item.error
-                ops[type(item)](peer, item)
-            except Exception as exc:
-                err = _item_error(exc, i, peer, type(item).__name__.lower())
-                self.lc.send(peer, p.error_msg(err, item.ref, **_task_of(item)))
+        for i, item in enumerate(batch_items(msg)):
+            self.step_item(peer, item, i)
         self.answer(peer, msg.ref)  # the batch itself, after its items' own answers
+
+    def step_item(self, peer: Peer, item: Any, i: int) -> None:
+        """Item ``i`` of an ``acks``, ``pickups`` or ``returns``, applied as its single
+        message would be; an error names the item's index besides its task and ``ref``."""
+        try:
+            if isinstance(item, p.Bad):
+                raise item.error
+            self.ops[type(item)](peer, item)
+        except Exception as exc:
+            err = _item_error(exc, i, peer, type(item).__name__.lower())
+            self.lc.send(peer, p.error_msg(err, item.ref, **_task_of(item)))
 
     # --- topics and watches ----------------------------------------------------------------
     def _subscribe(self, peer: Peer, msg: p.Subscribe) -> None:
@@ -306,7 +312,7 @@ class Dispatcher:
         self.hub.kick()
 
 
-def _batch_items(msg: p.Pubs | p.Acks | p.Pickups | p.Returns) -> list[Any]:
+def batch_items(msg: p.Pubs | p.Acks | p.Pickups | p.Returns) -> list[Any]:
     """The items of a batched message (some may be :class:`~taskhub.protocol.Bad`); a batch
     over the limit is refused whole, naming the limit."""
     items: list[Any] = msg.items

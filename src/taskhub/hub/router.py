@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskhub import protocol as p
 from taskhub.errors import TaskHubError
-from taskhub.hub.dispatch import Msg
+from taskhub.hub.dispatch import Msg, batch_items
 from taskhub.hub.partition import LocalPartition, Partition
 from taskhub.lifecycle import Lifecycle, Peer
 from taskhub.partitions import partition_of, partition_of_id
@@ -69,6 +70,16 @@ class Router:
         by.update(dict.fromkeys(BY_ACTION, self._by_action))
         by[p.Chain] = self._by_chain
         self.by = by
+        self.batches: dict[type, Callable[[Any], int]] = dict.fromkeys(
+            (p.Acks, p.Pickups, p.Returns), self._task_index
+        )
+        self.batches[p.Pubs] = self._action_index
+
+    def _task_index(self, item: Any) -> int:
+        return task_partition(item.task, self.count) if hasattr(item, "task") else 0
+
+    def _action_index(self, item: Any) -> int:
+        return action_partition(item.action, self.count) if hasattr(item, "action") else 0
 
     def _by_task(self, msg: Any) -> Partition:
         return self.partitions[task_partition(msg.task, self.count)]
@@ -99,9 +110,43 @@ class Router:
         route = self.by.get(type(msg))
         if route is not None:
             return route(msg).handle(peer, msg)
+        index = self.batches.get(type(msg))
+        if index is not None:
+            return self._batch(peer, msg, index)
         if isinstance(msg, p.Watch | p.Unwatch):
             self._everywhere(peer, msg)
         return self.partitions[0].handle(peer, msg)
+
+    def _batch(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> Awaitable[None] | None:
+        """A batched message: whole to its partition when its items share one (or when it is
+        refused whole, over the limit); else item by item, each in its own partition, and the
+        batch's ``ok`` once every partition it touched has stored what it changed."""
+        where = {index(item) for item in msg.items}
+        if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
+            return self.partitions[min(where, default=0)].handle(peer, msg)
+        parts = [self.partitions[i] for i in sorted(where)]
+        answers = []
+        for i, item in enumerate(batch_items(msg)):
+            part = self.partitions[index(item)]
+            own = part.peer(peer)
+            if isinstance(msg, p.Pubs):
+                answers.append(part.dispatcher.pub_item(own, item, i, msg.ref))
+            else:
+                part.dispatcher.step_item(own, item, i)
+        if msg.ref is None:
+            return None
+        fields = {"items": answers} if isinstance(msg, p.Pubs) else {}
+        return self._answer_stored(parts, peer, msg.ref, fields)
+
+    async def _answer_stored(
+        self, parts: list[LocalPartition], peer: Peer, ref: int, fields: dict[str, Any]
+    ) -> None:
+        """Answer ``ref`` once every partition in ``parts`` has written what it was given."""
+        for part in parts:
+            part.kick()
+        await asyncio.gather(*(part.flush() for part in parts))
+        self.partitions[0].answer(peer, ref, **fields)
+        self.partitions[0].kick()
 
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
         """A watch sees every partition: partitions 1.. here; partition 0 answers it (the
