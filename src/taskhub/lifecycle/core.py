@@ -121,7 +121,8 @@ class Lifecycle:
         return self._journal.take_output()
 
     def take_writes(self) -> WriteBatch:
-        """The records changed and the events recorded since the last call."""
+        """The records changed and the events recorded since the last call, sealed: the
+        lifecycle never changes what it handed over (a store may keep the objects)."""
         return self._journal.take_writes()
 
     def pending(self, task_id: str) -> TaskRecord | None:

@@ -7,10 +7,32 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskhub.lifecycle.state import Clock, EventKey, Message, Peer, Task
-from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
+import msgspec
+
+from taskhub.lifecycle.state import HELD, Clock, EventKey, Message, Peer, Task
+from taskhub.records import (
+    TERMINAL_STATES,
+    EventRecord,
+    MetaRecord,
+    TaskRecord,
+    WriteBatch,
+)
 
 EventListener = Callable[[Task, EventRecord], None]
+_replace = msgspec.structs.replace  # with no changes: a shallow copy
+
+
+def sealed_copy(rec: TaskRecord) -> TaskRecord:
+    """A copy of ``rec`` that the lifecycle's later changes cannot reach: the record's own
+    fields, its deliveries, its options (changed at the top level: ``timeout``) and a
+    chain's progress (``options[HELD]``, lists changed in place) are copied; the rest
+    (payload, result, errors, updates) the lifecycle replaces but never changes in place,
+    so they are shared. tests/unit/test_sealed.py holds the lifecycle to that."""
+    options = rec.options.copy()
+    progress = options.get(HELD)
+    if progress:
+        options[HELD] = {k: v.copy() if isinstance(v, list) else v for k, v in progress.items()}
+    return _replace(rec, deliveries=list(map(_replace, rec.deliveries)), options=options)
 
 
 def event_msg(task: Task, ev: EventRecord) -> Message:
@@ -91,7 +113,19 @@ class Journal:
 
     # --- writes ------------------------------------------------------------------------------
     def take_writes(self) -> WriteBatch:
-        batch = WriteBatch(list(self._dirty.values()), self._events)
+        """The records changed and the events recorded since the last call, as a sealed
+        batch: nothing in it is changed afterwards, so a store may keep it as it is. An ended
+        task's record goes as it is (the lifecycle is done with it); a live one's goes as a
+        copy of what the lifecycle changes in place (:func:`sealed_copy`), one per batch the
+        task is in, which costs less than encoding it (docs/performance.md)."""
+        batch = WriteBatch(
+            [
+                rec if rec.state in TERMINAL_STATES else sealed_copy(rec)
+                for rec in self._dirty.values()
+            ],
+            self._events,
+            sealed=True,
+        )
         if self._meta or self._meta_deleted:
             batch.meta = [MetaRecord(k, key, v) for (k, key), v in self._meta.items()]
             batch.meta_deleted = sorted(self._meta_deleted)
