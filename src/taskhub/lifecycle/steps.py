@@ -101,8 +101,7 @@ class Steps:
         if timeout is not None:
             self.timers.after(task.rec.started_at, timeout, "end", task.id)
         ev = self.journal.event(task, "start", group=d.rec.group, service=service)
-        for listener in self.journal.start_listeners:
-            listener(task, ev)
+        self.journal.task_started(task, ev)
 
     def update(self, peer: Peer, task_id: str, attempt: int, data: Any) -> None:
         task = self.tasks.get(task_id)
