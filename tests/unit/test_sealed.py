@@ -50,12 +50,12 @@ class Sealing(Hub):
 
 def _work(h: Sealing, task: Task) -> None:
     """Every step that changes a record in place, each after a batch took the record."""
-    w = h.worker("emailer")
+    w = h.worker("emailer", options={"timeout": 45.0})  # its declared timeout: on start
     [offer] = h.msgs(w, "offer")
     attempt = offer["attempt"]
     h.lc.ack(w, task.id, attempt)
     h.drain()
-    h.lc.pickup(w, task.id, attempt)  # state, started_at, delivery state
+    h.lc.pickup(w, task.id, attempt)  # state, started_at, delivery state, options["timeout"]
     h.drain()
     h.lc.update(w, task.id, attempt, {"progress": [1, 2]})  # updates, last_update
     h.drain()
@@ -109,7 +109,7 @@ async def test_the_memory_store_returns_the_earlier_write_after_the_task_moved_o
     assert got.options["timeout"] == 600
 
 
-def test_a_chains_progress_is_copied_with_the_chain() -> None:
+def test_a_chains_progress_is_replaced_not_changed_in_place() -> None:
     h = Sealing()
     geo, wx = h.worker("geo", "geo:geocode"), h.worker("wx", "weather:forecast")
     plan = [ChainStep("geo:geocode", "Oslo"), ChainStep("weather:forecast", None)]

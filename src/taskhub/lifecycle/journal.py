@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from taskhub.lifecycle.state import HELD, Clock, EventKey, Message, Peer, Task
+from taskhub.lifecycle.state import Clock, EventKey, Message, Peer, Task
 from taskhub.records import (
     TERMINAL_STATES,
     EventRecord,
@@ -26,15 +26,11 @@ _replace = msgspec.structs.replace  # with no changes: a shallow copy
 
 def sealed_copy(rec: TaskRecord) -> TaskRecord:
     """A copy of ``rec`` that the lifecycle's later changes cannot reach: the record's own
-    fields, its deliveries, its options (changed at the top level: ``timeout``) and a
-    chain's progress (``options[HELD]``, lists changed in place) are copied; the rest
-    (payload, result, errors, updates) the lifecycle replaces but never changes in place,
-    so they are shared. tests/unit/test_sealed.py holds the lifecycle to that."""
-    options = rec.options.copy()
-    progress = options.get(HELD)
-    if progress:
-        options[HELD] = {k: v.copy() if isinstance(v, list) else v for k, v in progress.items()}
-    return _replace(rec, deliveries=list(map(_replace, rec.deliveries)), options=options)
+    fields and its deliveries are copied (both changed in place); the rest (options, a
+    chain's progress in them, payload, result, errors, updates) the lifecycle replaces but
+    never changes in place, so they are shared. tests/unit/test_sealed.py and the lifecycle
+    state machine hold the lifecycle to that."""
+    return _replace(rec, deliveries=list(map(_replace, rec.deliveries)))
 
 
 def event_msg(task: Task, ev: EventRecord) -> Message:
