@@ -31,6 +31,7 @@ SOURCES = {
     "apply": ("common", "apply"),
     "remove_ended": ("common", "remove_ended"),
     "list": ("list",),
+    "events": ("events",),
     "list_ended": ("list_ended",),
     "renew": ("renew",),
     "release": ("release",),
