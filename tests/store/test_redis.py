@@ -152,6 +152,49 @@ async def test_state_change_moves_the_task_between_indexes(
     assert await keys_of(raw, store) == set()  # a delete leaves no index entry behind
 
 
+async def test_a_state_outside_taskstate_is_listed_and_restored(store: RedisStore) -> None:
+    # Pages merge the sets of TaskState's states; others are remembered in {P}:states.
+    await store.apply(WriteBatch(tasks=[task("a", state="progress"), task("b", state="init")]))
+    assert [t.id for t in await store.list_tasks()] == ["a", "b"]
+    assert [t.id for t in await store.list_tasks(action="img.resize")] == ["a", "b"]
+    assert [t.id for t in await store.load_active()] == ["a", "b"]
+
+
+async def commands_run(raw: aioredis.Redis) -> int:
+    """Commands redis-server ran so far, those that scripts called included (not EVALSHA)."""
+    stats = await raw.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_evalsha",))
+
+
+async def test_a_task_costs_redis_few_commands(store: RedisStore, raw: aioredis.Redis) -> None:
+    # The batch script's work is counted in commands (each costs redis-server ~1-3 µs, see
+    # docs/performance.md): a task published, started and finished in three batches, with
+    # four events, is one HMGET and one HSET per write plus the index moves of its two
+    # state changes. Layout 1 ran 45 per task here.
+    n = 10
+    names = [f"t{i:02d}" for i in range(n)]
+    before = await commands_run(raw)
+    await store.apply(
+        WriteBatch(
+            tasks=[task(i, state="init") for i in names], events=[event(i, 0) for i in names]
+        )
+    )
+    await store.apply(
+        WriteBatch(
+            tasks=[task(i, state="start") for i in names],
+            events=[e for i in names for e in (event(i, 1), event(i, 2))],
+        )
+    )
+    await store.apply(
+        WriteBatch(
+            tasks=[task(i, state="success", ended_at=9.0) for i in names],
+            events=[event(i, 3) for i in names],
+        )
+    )
+    ran = await commands_run(raw) - before - 1  # the INFO that read the count
+    assert ran <= 19 * n, ran / n
+
+
 async def test_two_prefixes_on_one_server_are_independent(redis_server: RedisProcess) -> None:
     one = RedisStore.from_url(url_for(redis_server))
     two = RedisStore.from_url(url_for(redis_server))
