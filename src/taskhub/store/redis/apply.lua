@@ -1,27 +1,52 @@
 -- One batch of writes, atomically (RedisStore.apply). Loaded after common.lua.
 -- KEYS[1] = {P}:ended (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
--- token, the known states (TaskState, space-separated), then counted groups: tasks (id,
--- state, action, ended score or '', record, event count, then seq and record per event),
--- events of tasks not upserted here (task id, event count, seq and record per event), deleted
--- ids, meta (kind, key, value), meta deletes (kind, key). Order as in the other engines:
--- upserts, events, deletes, meta, meta deletes.
+-- token, terminal states, then counted groups: tasks (each id once: id, state, action, ended
+-- score or '', record, event count, then seq and record per event), events of tasks not
+-- upserted here (task id, event count, seq and record per event), deleted ids, meta (kind,
+-- key, value), meta deletes (kind, key). Order as in the other engines: upserts, events,
+-- deletes, meta, meta deletes.
 --
--- Per task one HMGET and one HSET (record, index fields and the batch's events together);
--- the index sets are touched only when the state (or ended score) changed.
+-- Each Redis call a script makes costs ~1 us besides its work, so the index sets are written
+-- with one call per set for the whole batch, and a task's stored state is read only when the
+-- active set cannot tell it: live tasks are in {P}:active alone, terminal ones in their
+-- state and state+action sets. A task is then one HSET (record, index fields and events).
 local err = check_fence(ARGV[2], ARGV[3])
 if err then return err end
-local known = {}
-for s in string.gmatch(ARGV[4], '%S+') do known[s] = true end
--- HSET in slices: unpack() of a huge table would overflow Lua's C stack.
+-- Calls with many arguments in slices: unpack() of a huge table overflows Lua's C stack.
 local SLICE = 512
-local function hset(key, fields)
-  for first = 1, #fields, SLICE do
-    redis.call('HSET', key, unpack(fields, first, math.min(first + SLICE - 1, #fields)))
+local function sliced(command, key, args)
+  local out = {}
+  for first = 1, #args, SLICE do
+    local reply = redis.call(command, key, unpack(args, first, math.min(first + SLICE - 1, #args)))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do out[#out + 1] = v end
+    end
   end
+  return out
 end
+
+-- Once, on a store layout 1 wrote: its live tasks leave the sets layout 2 does not keep for
+-- live tasks (layout 1's terminal tasks leave theirs when they are removed).
+if redis.call('EXISTS', P .. 'all') == 1 then
+  for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
+    local tkey = task_key(id)
+    local state, action, _, layout = stored(tkey)
+    if state and not layout then
+      redis.call('ZREM', state_key(state), id)
+      if action then
+        redis.call('ZREM', sa_key(state, action), id)
+        redis.call('ZREM', P .. 'action:' .. action, id)
+      end
+      redis.call('HSET', tkey, 'v', LAYOUT)
+    end
+  end
+  redis.call('UNLINK', P .. 'all')
+end
+
 local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
+local ids, writes = {}, {}
+for t = 1, n do
   local id, state, action, ended = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local fields = {'r', ARGV[i + 4], 's', state, 'a', action, 'e', ended, 'v', LAYOUT}
   local k = tonumber(ARGV[i + 5])
@@ -31,31 +56,88 @@ for _ = 1, n do
     fields[#fields + 1] = ARGV[i + 1]
     i = i + 2
   end
-  local tkey = task_key(id)
-  local old_state, old_action, old_ended, layout = stored(tkey)
-  if old_state and not layout then
-    unindex_layout1(id, old_state, old_action)
-    old_state, old_action, old_ended = false, false, false
+  ids[t] = id
+  writes[t] = fields
+end
+
+-- The index writes of the batch, one call per set.
+local adds, order = {}, {}
+local function add(key, score, id)
+  local members = adds[key]
+  if members == nil then
+    members = {}
+    adds[key] = members
+    order[#order + 1] = key
   end
-  if old_state ~= state or old_action ~= action then
-    if old_state then
+  members[#members + 1] = score
+  members[#members + 1] = id
+end
+local gone = {} -- ids leaving the active set
+local function index_terminal(id, state, action, ended)
+  add(state_key(state), 0, id)
+  add(sa_key(state, action), 0, id)
+  if ended ~= '' then add(ENDED, ended, id) end
+end
+
+if n > 0 then
+  local live = sliced('ZMSCORE', ACTIVE, ids)
+  -- Tasks not live: new, or terminal already. Only when some of them exist is each read.
+  local others, keys = {}, {}
+  for t = 1, n do
+    local id, state = ids[t], writes[t][4]
+    if live[t] then
+      if TERMINAL[state] then
+        gone[#gone + 1] = id
+        index_terminal(id, state, writes[t][6], writes[t][8])
+      end
+    else
+      others[#others + 1] = t
+      keys[#keys + 1] = task_key(id)
+    end
+  end
+  local existing = 0
+  for first = 1, #keys, SLICE do
+    existing = existing + redis.call('EXISTS', unpack(keys, first, math.min(first + SLICE - 1, #keys)))
+  end
+  for j, t in ipairs(others) do
+    local id, state, action, ended = ids[t], writes[t][4], writes[t][6], writes[t][8]
+    local old_state, old_action, old_ended = false, false, false
+    if existing > 0 then
+      local layout
+      old_state, old_action, old_ended, layout = stored(keys[j])
+      if old_state and not layout then
+        unindex_layout1(id, old_state, old_action)
+        old_state, old_action, old_ended = false, false, false
+      end
+    end
+    local same = old_state == state and old_action == action
+    if old_state and not same then
       redis.call('ZREM', state_key(old_state), id)
       redis.call('ZREM', sa_key(old_state, old_action), id)
     end
-    redis.call('ZADD', state_key(state), 0, id)
-    redis.call('ZADD', sa_key(state, action), 0, id)
-    -- States outside TaskState are remembered, so that listing every task finds them.
-    if not known[state] then redis.call('SADD', P .. 'states', state) end
-  end
-  if ended ~= (old_ended or '') then
-    if ended ~= '' then
-      redis.call('ZADD', ENDED, ended, id)
-    else
+    if old_ended and old_ended ~= '' and (ended == '' or not TERMINAL[state]) then
       redis.call('ZREM', ENDED, id)
     end
+    if not TERMINAL[state] then
+      add(ACTIVE, 0, id)
+    elseif not same then
+      index_terminal(id, state, action, ended)
+    elseif ended ~= '' and ended ~= old_ended then
+      add(ENDED, ended, id)
+    end
   end
-  hset(tkey, fields)
+  if #gone > 0 then sliced('ZREM', ACTIVE, gone) end
+  for _, key in ipairs(order) do sliced('ZADD', key, adds[key]) end
+  for t = 1, n do
+    local key, fields = task_key(ids[t]), writes[t]
+    if #fields <= SLICE then
+      redis.call('HSET', key, unpack(fields))
+    else
+      sliced('HSET', key, fields)
+    end
+  end
 end
+
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local tkey, k = task_key(ARGV[i]), tonumber(ARGV[i + 1])
@@ -66,7 +148,7 @@ for _ = 1, n do
     fields[#fields + 1] = ARGV[i + 1]
     i = i + 2
   end
-  hset(tkey, fields)
+  sliced('HSET', tkey, fields)
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do

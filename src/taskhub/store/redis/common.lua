@@ -1,13 +1,17 @@
 -- Shared by the scripts that write or remove tasks (apply.lua, remove_ended.lua): loaded in
--- front of them. ARGV[1] is always the "{P}:" prefix. Key names: store/redis/keys.py.
+-- front of them. ARGV[1] is always the "{P}:" prefix, ARGV[4] the terminal states (space-
+-- separated). Key names: store/redis/keys.py.
 local P = ARGV[1]
+local TERMINAL = {}
+for s in string.gmatch(ARGV[4], '%S+') do TERMINAL[s] = true end
+local ACTIVE, ENDED = P .. 'active', P .. 'ended'
+local LAYOUT = '2'
 local function task_key(id) return P .. 't:' .. id end
 local function state_key(state) return P .. 'state:' .. state end
 local function sa_key(state, action) return P .. 'sa:' .. state .. ':' .. action end
-local ENDED = P .. 'ended'
-local LAYOUT = '2'
--- A task's index entries as stored: state, action, ended score ('' while live; false when
--- never written), layout (false: layout 1, which also kept the all, active and action sets).
+-- A task's index fields as stored: state, action, ended score ('' while live; false when
+-- never written), layout (false: layout 1, which also kept the all and action sets, and the
+-- state sets of live states).
 local function stored(tkey)
   return unpack(redis.call('HMGET', tkey, 's', 'a', 'e', 'v'))
 end
@@ -18,7 +22,7 @@ local function unindex_layout1(id, state, action)
     redis.call('ZREM', P .. 'action:' .. action, id)
     redis.call('ZREM', sa_key(state, action), id)
   end
-  redis.call('ZREM', P .. 'active', id)
+  redis.call('ZREM', ACTIVE, id)
   redis.call('ZREM', ENDED, id)
   redis.call('ZREM', P .. 'all', id)
 end
@@ -27,10 +31,12 @@ local function remove(id)
   local state, action, ended, layout = stored(tkey)
   if state and not layout then
     unindex_layout1(id, state, action)
-  elseif state then
+  elseif state and TERMINAL[state] then
     redis.call('ZREM', state_key(state), id)
     redis.call('ZREM', sa_key(state, action), id)
-    if ended ~= '' then redis.call('ZREM', ENDED, id) end
+    if ended and ended ~= '' then redis.call('ZREM', ENDED, id) end
+  elseif state then
+    redis.call('ZREM', ACTIVE, id)
   end
   redis.call('DEL', tkey, P .. 'ev:' .. id)
 end

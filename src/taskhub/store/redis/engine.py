@@ -49,7 +49,7 @@ from taskhub.store.redis.connection import (
     safe_url,
     store_error,
 )
-from taskhub.store.redis.keys import LIVE_STATES, STATES, Keys
+from taskhub.store.redis.keys import TERMINAL_ORDER, Keys
 
 # load_active reads the active set in pages, so no single script holds Redis for long or
 # builds one huge reply.
@@ -61,8 +61,12 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-# What apply.lua is told are the states: it remembers any other in {P}:states for list.lua.
-_KNOWN_STATES = " ".join(STATES)
+# The terminal states, as the scripts are told them (common.lua, list.lua).
+_TERMINAL = " ".join(TERMINAL_ORDER)
+# list.lua reads at most this many live tasks per call when it filters them by state or
+# action (each one HMGET, ~1-2 us), so a page of rare tasks never holds Redis for long: the
+# engine calls it again from where it stopped.
+LIVE_SCAN_BUDGET = 2000
 _NONE: list[Any] = []
 
 
@@ -241,9 +245,10 @@ class RedisStore:
             if pairs is None:
                 pairs = events[e.task_id] = []
             pairs += (str(e.seq), encode(e))
-        args: list[Any] = [self._tag, self._fence_key, self._fence_token, _KNOWN_STATES]
-        args.append(len(batch.tasks))
-        for t in batch.tasks:
+        # Each task once (its last record), as the script reads every stored state first.
+        tasks = {t.id: t for t in batch.tasks}.values() if batch.tasks else ()
+        args: list[Any] = [self._tag, self._fence_key, self._fence_token, _TERMINAL, len(tasks)]
+        for t in tasks:
             ended = (
                 _score(t.ended_at) if t.ended_at is not None and t.state in TERMINAL_STATES else ""
             )
@@ -271,7 +276,7 @@ class RedisStore:
         self._redis()
         if limit == 0 or math.isnan(at):
             return []
-        args = [self._tag, self._fence_key, self._fence_token, "(" + _score(at), limit]
+        args = [self._tag, self._fence_key, self._fence_token, _TERMINAL, "(" + _score(at), limit]
         ids = await self._script("remove_ended", [self.keys.ended()], args)
         return [i.decode() for i in ids]
 
@@ -292,7 +297,7 @@ class RedisStore:
         out: list[TaskRecord] = []
         after: str | None = None
         while True:
-            page = await self._page(LIVE_STATES, None, after, LOAD_PAGE, others=True)
+            page = await self._page(None, None, after, LOAD_PAGE, live=True)
             out += page
             if len(page) < LOAD_PAGE:
                 return out
@@ -328,29 +333,35 @@ class RedisStore:
         self._redis()
         if limit == 0:
             return []
-        if state is None:
-            return await self._page(STATES, action, after, limit, others=True)
-        return await self._page((state,), action, after, limit, others=False)
+        return await self._page(state, action, after, limit)
 
     async def _page(
         self,
-        states: tuple[str, ...],
+        state: str | None,
         action: str | None,
         after: str | None,
         limit: int,
         *,
-        others: bool,
+        live: bool = False,
     ) -> list[TaskRecord]:
-        """The first ``limit`` tasks after ``after`` in these states (``others``: and in any
-        state outside TaskState), of ``action`` if given."""
+        """The first ``limit`` tasks after ``after`` in ``state`` (``live``: in any state not
+        terminal), of ``action``, None meaning any: list.lua's pages, until one is complete
+        (a call stops early when it has read its budget of live tasks)."""
         # All scores are 0, so each set is in byte order of the ids, and list.lua merges them
         # in byte order: UTF-8 byte order is code point order, the order the other engines
         # list in.
-        start = "-" if after is None else "(" + after
-        args = [self._tag, start, limit, action or "", "1" if others else "0", *states]
-        blobs = await self._script("list", [self.keys.index(states[0], action)], args)
+        route = [self.keys.index(state or TERMINAL_ORDER[0], action)]
+        out: list[TaskRecord] = []
         decode = self._task_decoder.decode
-        return [decode(blob) for blob in blobs]
+        while True:
+            start = "-" if after is None else "(" + after
+            args = [self._tag, start, limit - len(out), action or "", state or ""]
+            args += ("1" if live else "0", _TERMINAL, LIVE_SCAN_BUDGET)
+            cursor, *blobs = await self._script("list", route, args)
+            out += [decode(blob) for blob in blobs]
+            if not cursor or len(out) >= limit:
+                return out
+            after = cursor.decode()
 
     async def list_meta(self, kind: str) -> dict[str, Any]:
         raw = await self._call(self._redis().hgetall(self.keys.meta(kind)))

@@ -4,24 +4,30 @@ prefix they are given: ``common.lua``'s key functions and ``list.lua``'s callers
 Layout 2 (``P`` is the prefix, ``taskhub`` unless the URL says ``?prefix=NAME``)::
 
     {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action,
-                              e = ended_at score ('' while live), v = '2' (the layout),
+                              e = ended_at score ('' when none), v = '2' (the layout),
                               <seq> = encoded EventRecord (a replayed seq overwrites)
-    {P}:state:<state>         zset, every score 0: ids by state, in byte (= code point) order
-    {P}:sa:<state>:<action>   zset: ids by both, so a doubly filtered page is one range read
+    {P}:active                zset, every score 0: ids of live tasks (any state not terminal)
+    {P}:state:<state>         zset, every score 0: ids of terminal tasks by state, in byte
+                              (= code point) order
+    {P}:sa:<state>:<action>   zset: terminal ids by state and action
     {P}:ended                 zset scored by ended_at: terminal tasks, in removal order
     {P}:meta:<kind>           hash: key -> encoded metadata value
     {P}:lock:<name>           string with a TTL: a lock's owner token
     {P}:hb:<name>             string with a TTL: a heartbeat
 
-Every task is in exactly one ``state:`` set, so "all tasks" is the merge of the five state
-sets, "active tasks" the merge of the live ones, and "tasks of an action" the merge of its
-five ``sa:`` sets (``list.lua``): a write keeps two index sets per task, not five.
+A task is in one set while it lives (``active``) and in three once it ended; its state and
+action sit in its hash, so a page of live tasks of one state or action is a filtered read of
+``active``, and a page of every task the merge of ``active`` with the terminal states' sets
+(``list.lua``). A write then moves a task between sets only when it ends, in one call per set
+for a whole batch (``apply.lua``).
 
-Layout 1 (what taskhub 0.1's engine wrote) also kept ``{P}:all``, ``{P}:active`` and
-``{P}:action:<action>`` zsets, and events in a hash of their own, ``{P}:ev:<id>``. Its state,
-``sa:`` and ended sets are the same, so layout 2 reads a layout-1 store as it is; a layout-1
-task (its hash has ``s`` but no ``v``) leaves the old sets when it is next written or removed,
-and ``ev:<id>`` is read beside the task's hash and deleted with it.
+Layout 1 (taskhub 0.1's engine) also kept ``{P}:all`` and ``{P}:action:<action>``, state and
+state+action sets for live tasks too, and events in a hash of their own, ``{P}:ev:<id>``. Its
+active, terminal and ended sets are layout 2's: layout 2 reads a layout-1 store as it is. The
+first batch written to it takes the live tasks out of the sets layout 2 does not keep and
+drops ``all``; a terminal layout-1 task (its hash has ``s`` but no ``v``) leaves its action
+set when it is written again or removed; ``ev:<id>`` is read beside the task's hash and
+deleted with it.
 """
 
 from __future__ import annotations
@@ -29,9 +35,8 @@ from __future__ import annotations
 from taskhub.records import TERMINAL_STATES, TaskState
 
 LAYOUT = "2"  # the hash field v of a task written in this layout
-# Every state a task can be in, and the live ones: the sets that are merged for a page.
-STATES = tuple(TaskState)
-LIVE_STATES = tuple(s for s in TaskState if s not in TERMINAL_STATES)
+# The terminal states, in a fixed order: each has its index sets; every other state is live.
+TERMINAL_ORDER = tuple(s for s in TaskState if s in TERMINAL_STATES)
 
 
 class Keys:
