@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -161,6 +162,32 @@ async def test_a_state_outside_taskstate_is_listed_and_restored(store: RedisStor
     assert [t.id for t in await store.list_tasks()] == ["a", "b"]
     assert [t.id for t in await store.list_tasks(action="img.resize")] == ["a", "b"]
     assert [t.id for t in await store.load_active()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 2000])
+async def test_pages_are_whole_whatever_the_live_scan_budget(
+    store: RedisStore, budget: int
+) -> None:
+    # Live tasks are filtered in the active set, at most `budget` per script call: the engine
+    # calls again from where a call stopped, so every page is the same.
+    live = [task(f"a{i}", state="start", action="x") for i in range(7)]
+    live += [task("a5y", state="init", action="y"), task("c", state="start", action="y")]
+    ended = [task("a3", state="success", action="y", ended_at=1.0), task("b", state="fail")]
+    await store.apply(WriteBatch(tasks=live + ended))
+    store.live_scan_budget = budget
+
+    async def ids(**query: Any) -> list[str]:
+        return [t.id for t in await store.list_tasks(**query)]
+
+    assert await ids(action="y") == ["a3", "a5y", "c"]
+    assert await ids(action="y", limit=2) == ["a3", "a5y"]
+    assert await ids(action="y", after="a3") == ["a5y", "c"]
+    assert await ids(state="start", action="y") == ["c"]
+    assert await ids(state="init") == ["a5y"]
+    every = ["a0", "a1", "a2", "a3", "a4", "a5", "a5y", "a6", "b", "c"]
+    assert await ids() == every
+    assert await ids(after="a4", limit=3) == every[5:8]
+    assert [t.id for t in await store.load_active()] == [i for i in every if i not in {"a3", "b"}]
 
 
 async def commands_run(raw: aioredis.Redis) -> int:

@@ -121,6 +121,8 @@ class RedisStore:
         self._scripts: dict[str, AsyncScript] = {}
         # Whether the batch script declares script flags (Redis 7+): known after open().
         self.script_flags = False
+        # How many live tasks one list.lua call reads at most when it filters them.
+        self.live_scan_budget = LIVE_SCAN_BUDGET
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -356,7 +358,7 @@ class RedisStore:
         while True:
             start = "-" if after is None else "(" + after
             args = [self._tag, start, limit - len(out), action or "", state or ""]
-            args += ("1" if live else "0", _TERMINAL, LIVE_SCAN_BUDGET)
+            args += ("1" if live else "0", _TERMINAL, self.live_scan_budget)
             cursor, *blobs = await self._script("list", route, args)
             out += [decode(blob) for blob in blobs]
             if not cursor or len(out) >= limit:
