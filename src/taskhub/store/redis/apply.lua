@@ -60,7 +60,8 @@ for t = 1, n do
   writes[t] = fields
 end
 
--- The index writes of the batch, one call per set.
+-- The index writes of the batch, one call per set. Scores are strings: a Lua number would be
+-- formatted with sprintf for every member.
 local adds, order = {}, {}
 local function add(key, score, id)
   local members = adds[key]
@@ -74,8 +75,8 @@ local function add(key, score, id)
 end
 local gone = {} -- ids leaving the active set
 local function index_terminal(id, state, action, ended)
-  add(state_key(state), 0, id)
-  add(sa_key(state, action), 0, id)
+  add(state_key(state), '0', id)
+  add(sa_key(state, action), '0', id)
   if ended ~= '' then add(ENDED, ended, id) end
 end
 
@@ -119,7 +120,7 @@ if n > 0 then
       redis.call('ZREM', ENDED, id)
     end
     if not TERMINAL[state] then
-      add(ACTIVE, 0, id)
+      add(ACTIVE, '0', id)
     elseif not same then
       index_terminal(id, state, action, ended)
     elseif ended ~= '' and ended ~= old_ended then
