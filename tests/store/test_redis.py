@@ -190,6 +190,15 @@ async def test_pages_are_whole_whatever_the_live_scan_budget(
     assert [t.id for t in await store.load_active()] == [i for i in every if i not in {"a3", "b"}]
 
 
+async def test_a_batch_with_hundreds_of_events_per_task(store: RedisStore) -> None:
+    # The script writes a task's fields in slices of 512 arguments (Lua's unpack limit).
+    many = [event("a", seq) for seq in range(700)] + [event("b", seq) for seq in range(600)]
+    await store.apply(WriteBatch(tasks=[task("a", state="start")], events=many))
+    assert [e.seq for e in await store.get_events("a")] == list(range(700))
+    assert [e.seq for e in await store.get_events("b")] == list(range(600))
+    assert await store.get_task("a") == task("a", state="start")
+
+
 async def commands_run(raw: aioredis.Redis) -> int:
     """Commands redis-server ran so far, those that scripts called included (not EVALSHA)."""
     stats = await raw.info("commandstats")

@@ -45,19 +45,13 @@ end
 
 local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
-local ids, writes = {}, {}
+-- Where each task's arguments start in ARGV, its id, and its events' first and last argument.
+local at, ids, first, last = {}, {}, {}, {}
 for t = 1, n do
-  local id, state, action, ended = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local fields = {'r', ARGV[i + 4], 's', state, 'a', action, 'e', ended, 'v', LAYOUT}
-  local k = tonumber(ARGV[i + 5])
-  i = i + 6
-  for _ = 1, k do
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
-    i = i + 2
-  end
-  ids[t] = id
-  writes[t] = fields
+  at[t], ids[t] = i, ARGV[i]
+  first[t] = i + 6
+  i = i + 6 + 2 * tonumber(ARGV[i + 5])
+  last[t] = i - 1
 end
 
 -- The index writes of the batch, one call per set. Scores are strings: a Lua number would be
@@ -85,11 +79,11 @@ if n > 0 then
   -- Tasks not live: new, or terminal already. Only when some of them exist is each read.
   local others, keys = {}, {}
   for t = 1, n do
-    local id, state = ids[t], writes[t][4]
+    local id, state = ids[t], ARGV[at[t] + 1]
     if live[t] then
       if TERMINAL[state] then
         gone[#gone + 1] = id
-        index_terminal(id, state, writes[t][6], writes[t][8])
+        index_terminal(id, state, ARGV[at[t] + 2], ARGV[at[t] + 3])
       end
     else
       others[#others + 1] = t
@@ -101,7 +95,7 @@ if n > 0 then
     existing = existing + redis.call('EXISTS', unpack(keys, first, math.min(first + SLICE - 1, #keys)))
   end
   for j, t in ipairs(others) do
-    local id, state, action, ended = ids[t], writes[t][4], writes[t][6], writes[t][8]
+    local id, state, action, ended = ids[t], ARGV[at[t] + 1], ARGV[at[t] + 2], ARGV[at[t] + 3]
     local old_state, old_action, old_ended = false, false, false
     if existing > 0 then
       local layout
@@ -130,26 +124,26 @@ if n > 0 then
   if #gone > 0 then sliced('ZREM', ACTIVE, gone) end
   for _, key in ipairs(order) do sliced('ZADD', key, adds[key]) end
   for t = 1, n do
-    local key, fields = task_key(ids[t]), writes[t]
-    if #fields <= SLICE then
-      redis.call('HSET', key, unpack(fields))
-    else
-      sliced('HSET', key, fields)
+    local a = at[t]
+    local key = task_key(ids[t])
+    local s, e = first[t], math.min(last[t], first[t] + SLICE - 1)
+    -- The record, the index fields and the first events (ARGV slices: no table built).
+    redis.call('HSET', key, 'r', ARGV[a + 4], 's', ARGV[a + 1], 'a', ARGV[a + 2],
+      'e', ARGV[a + 3], 'v', LAYOUT, unpack(ARGV, s, e))
+    for more = e + 1, last[t], SLICE do
+      redis.call('HSET', key, unpack(ARGV, more, math.min(last[t], more + SLICE - 1)))
     end
   end
 end
 
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  local tkey, k = task_key(ARGV[i]), tonumber(ARGV[i + 1])
+  local key, k = task_key(ARGV[i]), tonumber(ARGV[i + 1])
   i = i + 2
-  local fields = {}
-  for _ = 1, k do
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
-    i = i + 2
+  for more = i, i + 2 * k - 1, SLICE do
+    redis.call('HSET', key, unpack(ARGV, more, math.min(i + 2 * k - 1, more + SLICE - 1)))
   end
-  sliced('HSET', tkey, fields)
+  i = i + 2 * k
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
