@@ -2,6 +2,11 @@
 
 Key layout: :mod:`.keys` (layout 2; a store written in layout 1 is read as it is).
 
+One partition ``n`` of several (docs/deployment.md, "Partitions") has the same keys under
+``P{pn}:`` instead of ``{P}:`` (``taskhub{p3}:t:<id>``): the hash tag is then the partition,
+so each partition's keys share one slot and the partitions spread over a Cluster's primaries.
+The deployment's cluster-wide records stay under ``{P}:``.
+
 The braces make ``{P}`` a Redis Cluster *hash tag*: every key of one TaskHub hashes to the
 same slot, so one Lua script can read and write all of them atomically on a Cluster too. The
 price is that one TaskHub's data is not spread over the Cluster's nodes: it lives on one
@@ -49,7 +54,7 @@ from taskhub.store.redis.connection import (
     safe_url,
     store_error,
 )
-from taskhub.store.redis.keys import TERMINAL_ORDER, Keys
+from taskhub.store.redis.keys import TERMINAL_ORDER, Keys, store_tag
 
 # load_active reads the active set in pages, so no single script holds Redis for long or
 # builds one huge reply.
@@ -94,6 +99,7 @@ class RedisStore:
         connect_timeout: float = 5.0,
         health_check_interval: int = 15,
         cluster: bool = False,
+        partition: int | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             # A brace would end or restart the hash tag: keys of one store would scatter.
@@ -102,7 +108,10 @@ class RedisStore:
         self.url = safe_url(url if url is not None else redis_url)
         self._redis_url = redis_url
         self.cluster = cluster
-        self.keys = Keys(prefix)
+        # One partition of several (docs/deployment.md, "Partitions"): its keys share the
+        # hash tag {p<n>}, so a Redis Cluster spreads partitions over its primaries.
+        self.partition = partition
+        self.keys = Keys(store_tag(prefix, partition))
         self._tag = self.keys.tag
         self._options = client_options(
             socket_timeout=socket_timeout,
@@ -125,18 +134,18 @@ class RedisStore:
         self.live_scan_budget = LIVE_SCAN_BUDGET
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
+    def from_url(cls, url: str, *, partition: int | None = None) -> RedisStore:
         """``redis://[[user]:password@]host[:port][/db][?prefix=NAME]``, or ``rediss://`` for
         TLS; ``redis+cluster://host:port[?prefix=NAME]`` (``rediss+cluster://``) for a Redis
         Cluster, any one of its nodes as the seed. Other query parameters are passed to
-        redis-py (``ssl_ca_certs=...`` and so on)."""
+        redis-py (``ssl_ca_certs=...`` and so on). ``partition``: that partition's keys."""
         redis_url, prefix, cluster = parse_url(url)
-        return cls(redis_url, prefix=prefix, url=url, cluster=cluster)
+        return cls(redis_url, prefix=prefix, url=url, cluster=cluster, partition=partition)
 
     # -- keys -----------------------------------------------------------------------------
 
     def key(self, *parts: str) -> str:
-        """A key of this store: ``{prefix}:part:part``."""
+        """A key of this store: ``{prefix}:part:part`` (a partition's: ``prefix{p3}:part``)."""
         return self.keys.key(*parts)
 
     def lock_key(self, name: str) -> str:

@@ -1,7 +1,8 @@
 """The Redis engine's key names, in one place (the Lua scripts derive the same names from the
 prefix they are given: ``common.lua``'s key functions and ``list.lua``'s callers).
 
-Layout 2 (``P`` is the prefix, ``taskhub`` unless the URL says ``?prefix=NAME``)::
+Layout 2 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL says
+``?prefix=NAME``, or ``prefix{p<n>}:`` for partition ``n`` of several)::
 
     {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action,
                               e = ended_at score ('' when none), v = '2' (the layout),
@@ -39,11 +40,17 @@ LAYOUT = "2"  # the hash field v of a task written in this layout
 TERMINAL_ORDER = tuple(s for s in TaskState if s in TERMINAL_STATES)
 
 
-class Keys:
-    """The key names of the store whose hash tag is ``{prefix}:``."""
+def store_tag(prefix: str, partition: int | None) -> str:
+    """What every key of a store starts with: ``{prefix}:``, or ``prefix{p<n>}:`` for
+    partition ``n`` of several (its own hash tag, docs/deployment.md "Partitions")."""
+    return "{" + prefix + "}:" if partition is None else f"{prefix}{{p{partition}}}:"
 
-    def __init__(self, prefix: str) -> None:
-        self.tag = "{" + prefix + "}:"
+
+class Keys:
+    """The key names of the store whose keys start with ``tag`` (:func:`store_tag`)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
 
     def key(self, *parts: str) -> str:
         """A key of this store: ``{prefix}:part:part``."""
