@@ -28,7 +28,8 @@ The batch script declares Redis 7 script flags (a ``#!lua`` first line, no flags
 writes and may not run out of memory), so a full Redis with ``noeviction`` refuses the whole
 batch with ``OOM`` before running any of it. Redis 6 cannot compile that line: :meth:`open`
 notices and falls back to the script without it (checked by Redis only at its first write
-that may grow memory, which comes after ``ZREM``s: a full Redis 6 still takes batches).
+that may grow memory, and only if the script wrote nothing before it: a batch that starts
+with a ``ZREM`` is taken, so a full Redis 6 still takes batches).
 """
 
 from __future__ import annotations
