@@ -199,6 +199,18 @@ async def test_a_batch_with_hundreds_of_events_per_task(store: RedisStore) -> No
     assert await store.get_task("a") == task("a", state="start")
 
 
+async def test_a_task_written_twice_in_one_batch_is_indexed_by_its_last_record(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    first, again = task("a", state="start"), task("a", state="success", ended_at=3.0)
+    await store.apply(WriteBatch(tasks=[first, task("b"), again], events=[event("a", 0)]))
+    assert await store.get_task("a") == again
+    assert [e.seq for e in await store.get_events("a")] == [0]
+    assert [t.id for t in await store.load_active()] == ["b"]
+    assert [t.id for t in await store.list_tasks(state="success")] == ["a"]
+    assert await raw.zrange(store.key("active"), 0, -1) == [b"b"]
+
+
 async def commands_run(raw: aioredis.Redis) -> int:
     """Commands redis-server ran so far, those that scripts called included (not EVALSHA)."""
     stats = await raw.info("commandstats")

@@ -1,6 +1,6 @@
 -- One batch of writes, atomically (RedisStore.apply). Loaded after common.lua.
 -- KEYS[1] = {P}:ended (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
--- token, terminal states, then counted groups: tasks (each id once: id, state, action, ended
+-- token, terminal states, then counted groups: tasks (id, state, action, ended
 -- score or '', record, event count, then seq and record per event), events of tasks not
 -- upserted here (task id, event count, seq and record per event), deleted ids, meta (kind,
 -- key, value), meta deletes (kind, key). Order as in the other engines: upserts, events,
@@ -45,10 +45,13 @@ end
 
 local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
--- Where each task's arguments start in ARGV, its id, and its events' first and last argument.
-local at, ids, first, last = {}, {}, {}, {}
+-- Where each task's arguments start in ARGV, its id, and its events' first and last argument;
+-- and which of a task's writes is its last (a task given twice is indexed by its last record,
+-- and every write's fields are set in order).
+local at, ids, first, last, latest = {}, {}, {}, {}, {}
 for t = 1, n do
   at[t], ids[t] = i, ARGV[i]
+  latest[ARGV[i]] = t
   first[t] = i + 6
   i = i + 6 + 2 * tonumber(ARGV[i + 5])
   last[t] = i - 1
@@ -80,7 +83,9 @@ if n > 0 then
   local others, keys = {}, {}
   for t = 1, n do
     local id, state = ids[t], ARGV[at[t] + 1]
-    if live[t] then
+    if latest[id] ~= t then
+      -- an earlier write of a task written again in this batch: its fields only
+    elseif live[t] then
       if TERMINAL[state] then
         gone[#gone + 1] = id
         index_terminal(id, state, ARGV[at[t] + 2], ARGV[at[t] + 3])

@@ -250,20 +250,20 @@ class RedisStore:
             return
         # Everything is encoded here, before the first await: this is the snapshot.
         encode = self._encoder.encode
-        # A task's events go into its hash in the same HSET as its record (apply.lua).
+        # A task's events go into its hash in the same HSET as its record (apply.lua); seqs
+        # are sent as ints (hiredis writes them).
         events: dict[str, list[Any]] = {}
         for e in batch.events:
-            pairs = events.get(e.task_id)
-            if pairs is None:
-                pairs = events[e.task_id] = []
-            pairs += (str(e.seq), encode(e))
-        # Each task once (its last record), as the script reads every stored state first.
-        tasks = {t.id: t for t in batch.tasks}.values() if batch.tasks else ()
+            task_id = e.task_id
+            if task_id in events:
+                events[task_id] += (e.seq, encode(e))
+            else:
+                events[task_id] = [e.seq, encode(e)]
+        tasks = batch.tasks  # a task given twice is indexed by its last record (apply.lua)
         args: list[Any] = [self._tag, self._fence_key, self._fence_token, _TERMINAL, len(tasks)]
         for t in tasks:
-            ended = (
-                _score(t.ended_at) if t.ended_at is not None and t.state in TERMINAL_STATES else ""
-            )
+            at = t.ended_at
+            ended = _score(at) if at is not None and t.state in TERMINAL_STATES else ""
             pairs = events.pop(t.id, _NONE)
             args += (t.id, t.state, t.action, ended, encode(t), len(pairs) >> 1)
             args += pairs
