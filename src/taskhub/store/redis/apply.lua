@@ -17,7 +17,8 @@ local SLICE = 512
 local function sliced(command, key, args)
   local out = {}
   for first = 1, #args, SLICE do
-    local reply = redis.call(command, key, unpack(args, first, math.min(first + SLICE - 1, #args)))
+    local upto = math.min(first + SLICE - 1, #args)
+    local reply = redis.call(command, key, unpack(args, first, upto))
     if type(reply) == 'table' then
       for _, v in ipairs(reply) do out[#out + 1] = v end
     end
@@ -97,7 +98,8 @@ if n > 0 then
   end
   local existing = 0
   for first = 1, #keys, SLICE do
-    existing = existing + redis.call('EXISTS', unpack(keys, first, math.min(first + SLICE - 1, #keys)))
+    local upto = math.min(first + SLICE - 1, #keys)
+    existing = existing + redis.call('EXISTS', unpack(keys, first, upto))
   end
   for j, t in ipairs(others) do
     local id, state, action, ended = ids[t], ARGV[at[t] + 1], ARGV[at[t] + 2], ARGV[at[t] + 3]
