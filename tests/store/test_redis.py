@@ -157,7 +157,7 @@ async def test_state_change_moves_the_task_between_indexes(
 
 
 async def test_a_state_outside_taskstate_is_listed_and_restored(store: RedisStore) -> None:
-    # Pages merge the sets of TaskState's states; others are remembered in {P}:states.
+    # A state outside TaskState is not terminal: such a task is live, in the active set.
     await store.apply(WriteBatch(tasks=[task("a", state="progress"), task("b", state="init")]))
     assert [t.id for t in await store.list_tasks()] == ["a", "b"]
     assert [t.id for t in await store.list_tasks(action="img.resize")] == ["a", "b"]
