@@ -121,6 +121,12 @@ async def test_a_layout1_task_written_again_leaves_the_old_sets(
     for index in ("all", "active", "action:img.resize", "state:init", "sa:init:img.resize"):
         assert await raw.zscore(old.key(index), "a") is None, index
     assert await raw.hget(old.keys.task("a"), "v") == b"2"
+    # A terminal layout-1 task written again: out of its layout-1 sets, into its new ones.
+    await old.apply(WriteBatch(tasks=[task("d", "end", ended_at=60.0)]))
+    assert await raw.zscore(old.key("action", "img.resize"), "d") is None
+    assert await raw.zscore(old.key("state", "fail"), "d") is None
+    assert await ids(await old.list_tasks(state="end", action="img.resize")) == ["d"]
+    assert await raw.zscore(old.key("ended"), "d") == 60.0
 
 
 async def test_removing_layout1_tasks_leaves_nothing_of_them(
