@@ -120,7 +120,7 @@ async def test_a_layout1_task_written_again_leaves_the_old_sets(
     assert await ids(await old.list_ended_before(10.0)) == ["c", "a"]
     for index in ("all", "active", "action:img.resize", "state:init", "sa:init:img.resize"):
         assert await raw.zscore(old.key(index), "a") is None, index
-    assert await raw.hget(old.keys.task("a"), "v") == b"2"
+    assert await raw.hget(old.keys.task("a"), "e") == b"7.0"  # layout 2 writes e
     # A terminal layout-1 task written again: out of its layout-1 sets, into its new ones.
     await old.apply(WriteBatch(tasks=[task("d", "end", ended_at=60.0)]))
     assert await raw.zscore(old.key("action", "img.resize"), "d") is None

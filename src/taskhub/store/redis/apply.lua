@@ -31,14 +31,14 @@ end
 if redis.call('EXISTS', P .. 'all') == 1 then
   for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
     local tkey = task_key(id)
-    local state, action, _, layout = stored(tkey)
-    if state and not layout then
+    local state, action, ended = stored(tkey)
+    if state and not ended then
       redis.call('ZREM', state_key(state), id)
       if action then
         redis.call('ZREM', sa_key(state, action), id)
         redis.call('ZREM', P .. 'action:' .. action, id)
       end
-      redis.call('HSET', tkey, 'v', LAYOUT)
+      redis.call('HSET', tkey, 'e', '')
     end
   end
   redis.call('UNLINK', P .. 'all')
@@ -105,9 +105,8 @@ if n > 0 then
     local id, state, action, ended = ids[t], ARGV[at[t] + 1], ARGV[at[t] + 2], ARGV[at[t] + 3]
     local old_state, old_action, old_ended = false, false, false
     if existing > 0 then
-      local layout
-      old_state, old_action, old_ended, layout = stored(keys[j])
-      if old_state and not layout then
+      old_state, old_action, old_ended = stored(keys[j])
+      if old_state and not old_ended then
         unindex_layout1(id, old_state, old_action)
         old_state, old_action, old_ended = false, false, false
       end
@@ -136,7 +135,7 @@ if n > 0 then
     local s, e = first[t], math.min(last[t], first[t] + SLICE - 1)
     -- The record, the index fields and the first events (ARGV slices: no table built).
     redis.call('HSET', key, 'r', ARGV[a + 4], 's', ARGV[a + 1], 'a', ARGV[a + 2],
-      'e', ARGV[a + 3], 'v', LAYOUT, unpack(ARGV, s, e))
+      'e', ARGV[a + 3], unpack(ARGV, s, e))
     for more = e + 1, last[t], SLICE do
       redis.call('HSET', key, unpack(ARGV, more, math.min(last[t], more + SLICE - 1)))
     end

@@ -5,15 +5,14 @@ local P = ARGV[1]
 local TERMINAL = {}
 for s in string.gmatch(ARGV[4], '%S+') do TERMINAL[s] = true end
 local ACTIVE, ENDED = P .. 'active', P .. 'ended'
-local LAYOUT = '2'
 local function task_key(id) return P .. 't:' .. id end
 local function state_key(state) return P .. 'state:' .. state end
 local function sa_key(state, action) return P .. 'sa:' .. state .. ':' .. action end
--- A task's index fields as stored: state, action, ended score ('' while live; false when
--- never written), layout (false: layout 1, which also kept the all and action sets, and the
--- state sets of live states).
+-- A task's index fields as stored: state, action, ended score ('' when none). A hash with a
+-- state but no e field is layout 1's, which also kept the all and action sets, and the state
+-- sets of live states.
 local function stored(tkey)
-  return unpack(redis.call('HMGET', tkey, 's', 'a', 'e', 'v'))
+  return unpack(redis.call('HMGET', tkey, 's', 'a', 'e'))
 end
 -- Take a layout-1 task out of every set layout 1 kept for it.
 local function unindex_layout1(id, state, action)
@@ -28,13 +27,13 @@ local function unindex_layout1(id, state, action)
 end
 local function remove(id)
   local tkey = task_key(id)
-  local state, action, ended, layout = stored(tkey)
-  if state and not layout then
+  local state, action, ended = stored(tkey)
+  if state and not ended then
     unindex_layout1(id, state, action)
   elseif state and TERMINAL[state] then
     redis.call('ZREM', state_key(state), id)
     redis.call('ZREM', sa_key(state, action), id)
-    if ended and ended ~= '' then redis.call('ZREM', ENDED, id) end
+    if ended ~= '' then redis.call('ZREM', ENDED, id) end
   elseif state then
     redis.call('ZREM', ACTIVE, id)
   end

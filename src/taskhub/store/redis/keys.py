@@ -5,7 +5,7 @@ Layout 2 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL
 ``?prefix=NAME``, or ``prefix{p<n>}:`` for partition ``n`` of several)::
 
     {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action,
-                              e = ended_at score ('' when none), v = '2' (the layout),
+                              e = ended_at score ('' when none; layout 1 had no e),
                               <seq> = encoded EventRecord (a replayed seq overwrites)
     {P}:active                zset, every score 0: ids of live tasks (any state not terminal)
     {P}:state:<state>         zset, every score 0: ids of terminal tasks by state, in byte
@@ -26,7 +26,7 @@ Layout 1 (taskhub 0.1's engine) also kept ``{P}:all`` and ``{P}:action:<action>`
 state+action sets for live tasks too, and events in a hash of their own, ``{P}:ev:<id>``. Its
 active, terminal and ended sets are layout 2's: layout 2 reads a layout-1 store as it is. The
 first batch written to it takes the live tasks out of the sets layout 2 does not keep and
-drops ``all``; a terminal layout-1 task (its hash has ``s`` but no ``v``) leaves its action
+drops ``all``; a terminal layout-1 task (its hash has ``s`` but no ``e``) leaves its action
 set when it is written again or removed; ``ev:<id>`` is read beside the task's hash and
 deleted with it.
 """
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from taskhub.records import TERMINAL_STATES, TaskState
 
-LAYOUT = "2"  # the hash field v of a task written in this layout
 # The terminal states, in a fixed order: each has its index sets; every other state is live.
 TERMINAL_ORDER = tuple(s for s in TaskState if s in TERMINAL_STATES)
 
