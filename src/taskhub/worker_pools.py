@@ -15,13 +15,18 @@ import inspect
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection as PipeEnd
 from typing import Any
 
-from taskhub.client import TaskContext
+from taskhub.client import TaskContext, tracing
+from taskhub.client.connection import Connection, Message
 from taskhub.client.control import Reject, Retry, handler_tb
+from taskhub.client.link import Link
+from taskhub.client.wire import Wire
 from taskhub.errors import TaskHubError
 from taskhub.worker_loops import Bridge, LoopThread
 
@@ -29,8 +34,11 @@ log = logging.getLogger("taskhub.worker")
 
 # How long a handler may hold the handler loop before the watchdog names it.
 BLOCKED_AFTER = 1.0
-_BEAT = 0.1  # the handler loop's heartbeat, seconds
-_WATCH = 0.25  # how often the watchdog looks, seconds
+# How long the handler loop may go without turning before the connection's loop reads the
+# socket too (pings, results and acks then never wait for a busy handler loop).
+TAKE_OVER_AFTER = 0.1
+_BEAT = 0.05  # the handler loop's heartbeat, seconds
+_WATCH = 0.05  # how often the watchdog looks, seconds
 
 
 async def logged(name: str, ctx: TaskContext, run: Callable[[], Awaitable[Any]]) -> Any:
@@ -71,10 +79,29 @@ async def logged(name: str, ctx: TaskContext, run: Callable[[], Awaitable[Any]])
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Fast:
+    """A task whose handler runs on the handler loop: what that loop needs to start it
+    itself when it reads the offer."""
+
+    fn: Callable[[Any], Any]
+    name: str  # the handler's, for the watchdog
+    concurrency: int
+    make_task: Callable[[TaskContext], Any]
+
+
 class HandlerLoop:
     """The event loop where ``async def`` handlers run (and plain ones with
-    ``pool="async"``), on a thread of its own; :meth:`run` is called on the connection's loop.
-    A watchdog on the connection's loop names a handler that holds this loop over a second."""
+    ``pool="async"``), on a thread of its own. A watchdog on the connection's loop names a
+    handler that holds this loop over a second.
+
+    While this loop is free it reads the connection's socket itself (a
+    :class:`~taskhub.client.connection.Reader`): an offer for one of its tasks (:attr:`fast`)
+    with a free slot starts the handler at once, on this thread, and the offer then goes on to
+    the connection's loop, which keeps the delivery's books (:meth:`run` adopts the handler).
+    When this loop has not turned for ``TAKE_OVER_AFTER`` (a handler blocks it), the
+    connection's loop reads instead: pings, results, acks and offers keep flowing, and the
+    offers for this loop wait for it (:meth:`run`)."""
 
     def __init__(self, conn: LoopThread) -> None:
         self.conn = conn
@@ -84,20 +111,115 @@ class HandlerLoop:
         self._to_conn = Bridge(conn.loop)  # and back
         self._beat_at = time.monotonic()
         self._blocked_warned = False
+        self.fast: dict[str, Fast] = {}  # by action; set before the connection opens
+        self.taking = True  # False once the worker stops: start nothing more here
+        self._started: dict[int, tuple[asyncio.Future[Any], list[asyncio.Task[Any]]]] = {}
+        self._running: dict[str, int] = {}  # handlers running here, by action (this thread)
+        self._handed: dict[str, int] = {}  # handed over by run() (the connection's thread)
+        self._taken: dict[str, int] = {}  # of those, started (this thread)
+        self._reading: dict[Wire, int] = {}  # our duplicate of each wire's socket (this thread)
+        self._pickups: list[TaskContext] = []  # started by the read being handled
+        self._connection: Connection | None = None  # the connection read (its loop's side)
+        self.link: Link | None = None  # its client's (set before it connects)
+        self._here = False  # the connection's loop reads too (this one is stalled)
         self.thread.run(self._beat())
         conn.loop.call_soon_threadsafe(conn.loop.call_later, _WATCH, self._watchdog)
 
-    async def run(self, fn: Callable[[Any], Any], name: str, task: Any, ctx: TaskContext) -> Any:
-        """``fn(task)`` on the handler loop, as an asyncio task called ``name`` (what the
-        watchdog names); cancelling this cancels the handler too. Its result leaves from the
-        handler loop's thread at once (``ctx.return_from_thread``); the outcome then crosses
-        back to the connection's loop, which ends the delivery's bookkeeping."""
+    # --- reading the socket (Reader) ---------------------------------------------------------
+    def attach(self, conn: Connection, ws: Wire) -> None:
+        """On the connection's loop: read ``ws`` from this loop too, with a duplicate of its
+        socket (this loop closes it)."""
+        self._connection = conn
+        self._here = False
+        fd = ws.fd
+        if fd is not None:
+            with contextlib.suppress(RuntimeError):  # stopping: nothing to read any more
+                self.loop.call_soon_threadsafe(self._attach, conn, ws, os.dup(fd))
+
+    def detach(self, ws: Wire) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._detach, ws)
+
+    def _attach(self, conn: Connection, ws: Wire, fd: int) -> None:
+        self._reading[ws] = fd
+        self.loop.add_reader(fd, self._readable, conn, ws, fd)
+
+    def _detach(self, ws: Wire) -> None:
+        fd = self._reading.pop(ws, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    def _readable(self, conn: Connection, ws: Wire, fd: int) -> None:
+        """The socket has bytes and this loop is free: read them here."""
+        self._beat_at = time.monotonic()
+        if not conn.receive(ws, fd, self._tap):
+            self._detach(ws)
+        pickups, self._pickups = self._pickups, []
+        for ctx in pickups:  # before the handlers' first step (next turn of this loop)
+            msg = {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
+            if not conn.send_now(msg):
+                self._to_conn.put(conn.send, msg)
+
+    def _tap(self, msgs: list[Message]) -> None:
+        """The messages of a frame read here (the wire's lock held): start the handler of
+        each offer for this loop that has a free slot."""
+        for msg in msgs:
+            if msg.get("op") != "offer":
+                continue
+            fast = self.fast.get(msg["action"])
+            if fast is None or not self.taking or "payload" not in msg or msg.get("observe"):
+                continue
+            action = msg["action"]
+            waiting = self._handed.get(action, 0) - self._taken.get(action, 0)
+            if self._running.get(action, 0) + waiting >= fast.concurrency:
+                continue  # no free slot: the connection's loop queues it, as it does
+            if tracing.imported():
+                continue  # traced: the connection's loop starts it inside its span
+            self._start_read(fast, action, msg)
+
+    def _start_read(self, fast: Fast, action: str, msg: Message) -> None:
+        link = self.link
+        assert link is not None
+        ctx = TaskContext(link, msg)
+        ctx.picked_up = True  # the pickup leaves once the read is handled (_readable)
         done: asyncio.Future[Any] = self.conn.loop.create_future()
-        running: list[asyncio.Task[Any]] = []  # the handler's task, once it started
-        # The handler runs in this delivery's context (its process span is current there):
-        # the batched hand-over to the handler loop would otherwise lose it.
-        context = contextvars.copy_context()
-        self._to_handlers.put(self._start, fn, task, name, ctx, done, running, context)
+        running: list[asyncio.Task[Any]] = []
+        name = f"{fast.name} ({ctx.action} {ctx.id})"
+        t = self.loop.create_task(_call(fast.fn, fast.make_task(ctx)), name=name)
+        running.append(t)
+        self._running[action] = self._running.get(action, 0) + 1
+        t.add_done_callback(functools.partial(self._done, ctx, done, action))
+        self._started[id(ctx)] = (done, running)
+        ctx.on("revoke", functools.partial(self._revoked, running))
+        link.started[(ctx.id, ctx.attempt)] = ctx
+        self._pickups.append(ctx)
+    def _revoked(self, running: list[asyncio.Task[Any]], ctx: TaskContext) -> None:
+        """On the connection's loop: the hub took away a delivery started here."""
+        self._to_handlers.put(_cancel_started, running)
+
+    # --- running handlers --------------------------------------------------------------------
+    async def run(
+        self, fn: Callable[[Any], Any], name: str, make_task: Callable[[], Any], ctx: TaskContext
+    ) -> Any:
+        """On the connection's loop: ``fn(make_task())`` on the handler loop, as an asyncio
+        task called ``name`` (what the watchdog names), or the handler this loop started as
+        it read the offer; its outcome. Cancelling this cancels the handler too. Its result
+        leaves from the handler loop's thread at once (``ctx.return_from_thread``); the
+        outcome then crosses back to the connection's loop, which ends the delivery's
+        bookkeeping."""
+        started = self._started.pop(id(ctx), None)
+        if started is not None:
+            done, running = started
+        else:
+            done = self.conn.loop.create_future()
+            running = []  # the handler's task, once it started
+            # The handler runs in this delivery's context (its process span is current
+            # there): the batched hand-over to the handler loop would otherwise lose it.
+            context = contextvars.copy_context()
+            self._handed[ctx.action] = self._handed.get(ctx.action, 0) + 1
+            task = make_task()
+            self._to_handlers.put(self._start, fn, task, name, ctx, done, running, context)
         try:
             return await done
         except asyncio.CancelledError:
@@ -116,13 +238,19 @@ class HandlerLoop:
         context: contextvars.Context,
     ) -> None:
         """On the handler loop: run the handler; its outcome crosses back in a batch."""
+        action = ctx.action
+        self._taken[action] = self._taken.get(action, 0) + 1
         if done.cancelled():
             return
         t = self.loop.create_task(_call(fn, task), name=name, context=context)
         running.append(t)
-        t.add_done_callback(functools.partial(self._done, ctx, done))
+        self._running[action] = self._running.get(action, 0) + 1
+        t.add_done_callback(functools.partial(self._done, ctx, done, action))
 
-    def _done(self, ctx: TaskContext, done: asyncio.Future[Any], t: asyncio.Task[Any]) -> None:
+    def _done(
+        self, ctx: TaskContext, done: asyncio.Future[Any], action: str, t: asyncio.Task[Any]
+    ) -> None:
+        self._running[action] -= 1
         if t.cancelled():
             self._to_conn.put(done.cancel)
         elif t.exception() is not None:
@@ -132,11 +260,27 @@ class HandlerLoop:
             ctx.return_from_thread(result)  # the hub has it before the connection wakes
             self._to_conn.put(_settle, done, result, None)
 
+    # --- the watchdog ------------------------------------------------------------------------
+    def blocking(self) -> None:
+        """From any thread, before it blocks waiting for the connection's loop: if it is this
+        loop's (a plain handler with ``pool="async"`` waits for a step), that loop reads the
+        socket from now on (the answer would otherwise wait for the watchdog)."""
+        if threading.current_thread() is self.thread.thread:
+            with contextlib.suppress(RuntimeError):
+                self.conn.loop.call_soon_threadsafe(self._read_on_conn, True)
+
+    def _read_on_conn(self, on: bool) -> None:
+        if on != self._here and self._connection is not None:
+            self._here = on
+            self._connection.read_here(on)
+
     def _watchdog(self) -> None:
-        """Every 0.25 s on the connection loop: is the handler loop blocked?"""
+        """Every _WATCH s on the connection loop: is the handler loop stalled (then read the
+        socket there too), or blocked for long (then say so)?"""
         if self.loop.is_closed():
             return
         stalled = time.monotonic() - self._beat_at
+        self._read_on_conn(stalled > TAKE_OVER_AFTER)
         if stalled > BLOCKED_AFTER and not self._blocked_warned:
             self._blocked_warned = True
             current = asyncio.current_task(self.loop)
@@ -158,7 +302,14 @@ class HandlerLoop:
             await asyncio.sleep(_BEAT)
 
     def stop(self) -> None:
+        if self.thread.thread.is_alive() and not self.loop.is_closed():
+            with contextlib.suppress(Exception):
+                self.thread.run(self._detach_all()).result(2)
         self.thread.stop()
+
+    async def _detach_all(self) -> None:
+        for ws in list(self._reading):
+            self._detach(ws)
 
 
 class ThreadPools:
@@ -215,7 +366,7 @@ class ProcessTask:
     payload: Any
     previous_result: Any = None
     # This task's line to the worker's process (one pipe per delivery), None outside a pool.
-    steps: Connection | None = dataclasses.field(default=None, repr=False, compare=False)
+    steps: PipeEnd | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def get_payload(self) -> Any:
         return self.payload
@@ -296,7 +447,7 @@ def _call_and_return(fn: Callable[[Any], Any], task: Any, ctx: TaskContext) -> A
     return result
 
 
-def _take_step(pipe: Connection, ctx: TaskContext) -> None:
+def _take_step(pipe: PipeEnd, ctx: TaskContext) -> None:
     """On the connection's loop: a process handler asks for a step; answer once it is done."""
     try:
         op, arg = pipe.recv()
@@ -306,7 +457,7 @@ def _take_step(pipe: Connection, ctx: TaskContext) -> None:
     asyncio.ensure_future(step).add_done_callback(functools.partial(_answer_step, pipe))
 
 
-def _answer_step(pipe: Connection, step: asyncio.Future[None]) -> None:
+def _answer_step(pipe: PipeEnd, step: asyncio.Future[None]) -> None:
     if step.cancelled():
         answer: str | None = "not sent: the worker is stopping"
     else:

@@ -180,6 +180,12 @@ class Client:
     def connected(self) -> bool:
         return self._conn.connected.is_set()
 
+    @property
+    def link(self) -> Link:
+        """The connection and the tables the client's parts share. Internal: the worker
+        runtime (taskhub.worker) reads the connection from its handler loop through it."""
+        return self._link
+
     async def _restore(self) -> None:
         """After (re)connecting: subscribe again and catch up with followed tasks."""
         for sub in self._subs.values():

@@ -5,20 +5,27 @@ Messages sent in one event-loop turn leave as one frame. Requests that want an a
 answer (:meth:`Connection.post`, what a ``pub`` uses: no future and no callback per task);
 when the connection drops, those fail with :class:`ConnectionClosed` and the owner (the
 :class:`Client`) restores its subscriptions and followed tasks on the next connection.
+
+With a :class:`Reader` (:meth:`Connection.share_reading`: a worker's handler loop) another
+thread reads the socket too: what it reads goes through :meth:`Connection.receive`, which
+shows the messages to that thread first, then queues them, in order, for this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import os
 import random
 import socket
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
@@ -49,6 +56,23 @@ class Receiver(Protocol):
 
     def feed_unanswered(self, exc: BaseException) -> None:
         """No answer will come: the connection dropped, the client closed, or it was not sent."""
+
+
+class Reader(Protocol):
+    """Another thread that reads a connection's socket (see :meth:`Connection.share_reading`).
+    Both methods are called on the connection's loop."""
+
+    def attach(self, conn: Connection, ws: Wire) -> None:
+        """Start reading ``ws`` (with ``conn.receive``), from a duplicate of ``ws.fd`` made
+        now, before this call returns."""
+
+    def detach(self, ws: Wire) -> None:
+        """``ws`` was lost: stop reading it."""
+
+
+# Called on the reading thread with the messages of each frame it read, before they are
+# queued for the connection's loop (with the wire's lock held: it must not write).
+Tap = Callable[[list["Message"]], None]
 
 
 def ws_url(url: str) -> str:
@@ -113,11 +137,19 @@ class Connection:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._url_index = 0
+        # Shared reading (share_reading): messages read on any thread, in the order read,
+        # dispatched on this loop; a thread other than this loop's wakes it once per batch.
+        self._reader: Reader | None = None
+        self._shared: Wire | None = None  # the wire read so, while connected
+        self._inbox: deque[Message] = deque()
+        self._drain_scheduled = False
+        self._thread = 0  # this loop's thread, known from open()
 
     # --- life --------------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect once (raising what went wrong), then keep reconnecting in the background."""
         self.loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
         while True:
@@ -205,6 +237,9 @@ class Connection:
         self._ws = ws
         ws.on_resume = self._send_held
         ws.take_frames(self._dispatch)  # from now on; the welcome was read by _dial
+        if self._reader is not None and ws.share_reading():
+            self._shared = ws  # read by the reader, or here when read_here(True) says so
+            self._reader.attach(self, ws)
         self._keepalive = loop.call_later(self.ping_interval, self._ping, ws)
         self.send(hello())  # first on every connection: the hub forgets it on a drop
         try:
@@ -218,6 +253,11 @@ class Connection:
         finally:
             self._keepalive.cancel()
             self.connected.clear()
+            if self._shared is ws:
+                self._shared = None
+                if self._reader is not None:
+                    self._reader.detach(ws)
+                self._drain()  # what was read before the end, before failing what waits
             self._ws = None
             self._held = []  # never written: their requests fail with the others
 
@@ -228,34 +268,90 @@ class Connection:
             loop = asyncio.get_running_loop()
             self._keepalive = loop.call_later(self.ping_interval, self._ping, ws)
 
-    def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
+    # --- shared reading --------------------------------------------------------------------
+    def share_reading(self, reader: Reader) -> None:
+        """Before :meth:`open`: let ``reader`` (another thread) read the socket of every
+        connection from now on, except over TLS (read by this loop only). This loop reads
+        it too while :meth:`read_here` says so (the reader is busy)."""
+        self._reader = reader
+
+    def read_here(self, on: bool) -> None:
+        """On the connection's loop: read the shared socket here too (``on``), or leave it to
+        the reader. Both may read at once: the wire's lock keeps the bytes in order."""
+        ws = self._shared
+        if ws is not None:
+            ws.read_on_loop(functools.partial(self._read_here, ws) if on else None)
+
+    def _read_here(self, ws: Wire) -> None:
+        fd = ws.fd
+        if fd is None or not self.receive(ws, fd, None):
+            ws.read_on_loop(None)
+
+    def receive(self, ws: Wire, fd: int, tap: Tap | None) -> bool:
+        """From any thread, when ``fd`` (a duplicate of ``ws``'s socket) is readable: read,
+        show each frame's messages to ``tap`` (on this thread), queue them for the
+        connection's loop and wake it (or, on that loop, dispatch them now). False once
+        ``ws`` has ended: stop reading it."""
+        with ws.lock:
+            for frame in ws.receive_from(fd):
+                msgs = self._decode(frame)
+                if tap is not None:
+                    tap(msgs)
+                self._inbox.extend(msgs)
+            ended = ws.ended
+        if threading.get_ident() == self._thread:
+            self._drain()
+        elif self._inbox and not self._drain_scheduled:
+            self._drain_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop closed: the client is gone
+                cast(asyncio.AbstractEventLoop, self.loop).call_soon_threadsafe(self._drain)
+        return not ended
+
+    def _drain(self) -> None:
+        """On the connection's loop: dispatch the messages read, in order."""
+        self._drain_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            self._dispatch_one(inbox.popleft())
+
+    # --- messages from the hub ----------------------------------------------------------------
+    @staticmethod
+    def _decode(frame: str | bytes | bytearray | memoryview) -> list[Message]:
         try:
             data = _decoder.decode(frame)
         except msgspec.DecodeError:
             log.error("the hub sent a frame that is not JSON; ignored")
-            return
+            return []
+        return data if isinstance(data, list) else [data]
+
+    def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
+        if self._inbox:  # read elsewhere before: those first
+            self._drain()
+        for msg in self._decode(frame):
+            self._dispatch_one(msg)
+
+    def _dispatch_one(self, msg: Message) -> None:
         pending = self._pending
-        for msg in data if isinstance(data, list) else (data,):
-            ref = msg.get("ref")
-            if ref is not None and ((op := msg.get("op")) == "ok" or op == "error"):
-                waiter = pending.pop(ref, None)
-                if isinstance(waiter, asyncio.Future):
-                    if not waiter.done():
-                        if op == "ok":
-                            waiter.set_result(msg)
-                        else:
-                            waiter.set_exception(from_wire(msg))
-                        continue
-                elif waiter is not None:
-                    try:
-                        waiter.feed_answer(msg)
-                    except Exception:
-                        log.exception("handling the answer to request %s failed", ref)
-                    continue
-            try:
-                self.on_message(msg)
-            except Exception:
-                log.exception("handling %s from the hub failed", msg.get("op"))
+        ref = msg.get("ref")
+        if ref is not None and ((op := msg.get("op")) == "ok" or op == "error"):
+            waiter = pending.pop(ref, None)
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    if op == "ok":
+                        waiter.set_result(msg)
+                    else:
+                        waiter.set_exception(from_wire(msg))
+                    return
+            elif waiter is not None:
+                try:
+                    waiter.feed_answer(msg)
+                except Exception:
+                    log.exception("handling the answer to request %s failed", ref)
+                return
+        try:
+            self.on_message(msg)
+        except Exception:
+            log.exception("handling %s from the hub failed", msg.get("op"))
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
