@@ -119,11 +119,24 @@ class HandlerLoop:
         self._taken: dict[str, int] = {}  # of those, started (this thread)
         self._reading: dict[Wire, int] = {}  # our duplicate of each wire's socket (this thread)
         self._pickups: list[TaskContext] = []  # started by the read being handled
+        self._forwarding = False  # the connection's loop will be told of what was read
         self._connection: Connection | None = None  # the connection read (its loop's side)
         self.link: Link | None = None  # its client's (set before it connects)
+        self.tracer_provider = False  # the worker was given one
         self._here = False  # the connection's loop reads too (this one is stalled)
         self.thread.run(self._beat())
         conn.loop.call_soon_threadsafe(conn.loop.call_later, _WATCH, self._watchdog)
+
+    def traced(self) -> bool:
+        """Whether deliveries may be traced (docs/tracing.md): the worker has a tracer
+        provider, or the global one is an SDK's. Their handlers then start on the
+        connection's loop, inside its ``process`` span."""
+        if self.tracer_provider or not tracing.imported():
+            return self.tracer_provider
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
     # --- reading the socket (Reader) ---------------------------------------------------------
     def attach(self, conn: Connection, ws: Wire) -> None:
@@ -160,6 +173,17 @@ class HandlerLoop:
             msg = {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
             if not conn.send_now(msg):
                 self._to_conn.put(conn.send, msg)
+        if conn.received and not self._forwarding:
+            # The connection's loop hears of what was read two turns of this loop later:
+            # after the handlers just started took their first step (and those that ended
+            # wrote their results). Woken before, its thread would take the GIL from them
+            # while they write, and delay what the publisher waits for.
+            self._forwarding = True
+            self.loop.call_soon(self.loop.call_soon, self._forward, conn)
+
+    def _forward(self, conn: Connection) -> None:
+        self._forwarding = False
+        self._to_conn.put(conn.drain)
 
     def _tap(self, msgs: list[Message]) -> None:
         """The messages of a frame read here (the wire's lock held): start the handler of
@@ -174,7 +198,7 @@ class HandlerLoop:
             waiting = self._handed.get(action, 0) - self._taken.get(action, 0)
             if self._running.get(action, 0) + waiting >= fast.concurrency:
                 continue  # no free slot: the connection's loop queues it, as it does
-            if tracing.imported():
+            if "trace" in msg or self.traced():
                 continue  # traced: the connection's loop starts it inside its span
             self._start_read(fast, action, msg)
 

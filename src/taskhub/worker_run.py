@@ -87,6 +87,7 @@ class Run:
         # The handler loop reads the connection while it is free, and starts its handlers
         # itself as it reads their offers (worker_pools.HandlerLoop).
         self.handlers.link = client.link
+        self.handlers.tracer_provider = w.client_options.get("tracer_provider") is not None
         for spec in w.specs:
             if self._on_handler_loop(spec):
                 self.handlers.fast[spec.action] = Fast(

@@ -25,7 +25,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
@@ -142,7 +142,6 @@ class Connection:
         self._reader: Reader | None = None
         self._shared: Wire | None = None  # the wire read so, while connected
         self._inbox: deque[Message] = deque()
-        self._drain_scheduled = False
         self._thread = 0  # this loop's thread, known from open()
 
     # --- life --------------------------------------------------------------------------------
@@ -257,7 +256,7 @@ class Connection:
                 self._shared = None
                 if self._reader is not None:
                     self._reader.detach(ws)
-                self._drain()  # what was read before the end, before failing what waits
+                self.drain()  # what was read before the end, before failing what waits
             self._ws = None
             self._held = []  # never written: their requests fail with the others
 
@@ -287,11 +286,12 @@ class Connection:
         if fd is None or not self.receive(ws, fd, None):
             ws.read_on_loop(None)
 
-    def receive(self, ws: Wire, fd: int, tap: Tap | None) -> bool:
+    def receive(self, ws: Wire, fd: int, tap: Tap | None = None) -> bool:
         """From any thread, when ``fd`` (a duplicate of ``ws``'s socket) is readable: read,
-        show each frame's messages to ``tap`` (on this thread), queue them for the
-        connection's loop and wake it (or, on that loop, dispatch them now). False once
-        ``ws`` has ended: stop reading it."""
+        show each frame's messages to ``tap`` (on this thread), and queue them for the
+        connection's loop: on that loop they are dispatched now, from another thread the
+        caller then has :meth:`drain` called there (once for several reads, when it suits
+        it). False once ``ws`` has ended: stop reading it."""
         with ws.lock:
             for frame in ws.receive_from(fd):
                 msgs = self._decode(frame)
@@ -300,16 +300,16 @@ class Connection:
                 self._inbox.extend(msgs)
             ended = ws.ended
         if threading.get_ident() == self._thread:
-            self._drain()
-        elif self._inbox and not self._drain_scheduled:
-            self._drain_scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop closed: the client is gone
-                cast(asyncio.AbstractEventLoop, self.loop).call_soon_threadsafe(self._drain)
+            self.drain()
         return not ended
 
-    def _drain(self) -> None:
+    @property
+    def received(self) -> bool:
+        """Messages read on another thread wait for :meth:`drain`."""
+        return bool(self._inbox)
+
+    def drain(self) -> None:
         """On the connection's loop: dispatch the messages read, in order."""
-        self._drain_scheduled = False
         inbox = self._inbox
         while inbox:
             self._dispatch_one(inbox.popleft())
@@ -326,7 +326,7 @@ class Connection:
 
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self._inbox:  # read elsewhere before: those first
-            self._drain()
+            self.drain()
         for msg in self._decode(frame):
             self._dispatch_one(msg)
 
