@@ -87,6 +87,9 @@ class Wire(asyncio.Protocol):
         self.ended = False  # the TCP connection ended (read an EOF, or lost): read no more
         self._collected: list[Data] | None = None  # receive_from's frames, while it reads
         self._reading_on_loop = False  # the loop watches _fd itself (shared reading)
+        # receive_from reads into this one buffer (under the lock): a new bytes object of
+        # READ_SIZE per read would be an mmap and munmap each time.
+        self._buffer = bytearray(READ_SIZE)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -223,19 +226,20 @@ class Wire(asyncio.Protocol):
         if self.ended:
             return []
         protocol = self.protocol
+        buf = self._buffer
         while True:
             try:
-                data = os.read(fd, READ_SIZE)
+                n = os.readv(fd, (buf,))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # reset by the hub: as an end of stream
-                data = b""
-            if not data:
+                n = 0
+            if not n:
                 self.ended = True
                 protocol.receive_eof()
                 break
-            protocol.receive_data(data)
-            if len(data) < READ_SIZE:
+            protocol.receive_data(buf[:n])  # a copy: the protocol keeps what it is given
+            if n < READ_SIZE:
                 break
         events = protocol.events_received()
         self._write_any()
