@@ -18,6 +18,7 @@ import multiprocessing.pool
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection as PipeEnd
 from typing import Any
@@ -79,6 +80,20 @@ async def logged(name: str, ctx: TaskContext, run: Callable[[], Awaitable[Any]])
     return result
 
 
+@dataclasses.dataclass
+class Started:
+    """A handler the handler loop started as it read the offer."""
+
+    done: asyncio.Future[Any]  # its outcome, on the connection's loop
+    at: float  # time.monotonic() when it started
+    running: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+    ended: float | None = None
+
+    @property
+    def took(self) -> float:
+        return (self.ended or time.monotonic()) - self.at
+
+
 @dataclasses.dataclass(frozen=True)
 class Fast:
     """A task whose handler runs on the handler loop: what that loop needs to start it
@@ -113,13 +128,15 @@ class HandlerLoop:
         self._blocked_warned = False
         self.fast: dict[str, Fast] = {}  # by action; set before the connection opens
         self.taking = True  # False once the worker stops: start nothing more here
-        self._started: dict[int, tuple[asyncio.Future[Any], list[asyncio.Task[Any]]]] = {}
+        self._started: dict[int, Started] = {}  # by id() of the TaskContext
         self._running: dict[str, int] = {}  # handlers running here, by action (this thread)
         self._handed: dict[str, int] = {}  # handed over by run() (the connection's thread)
         self._taken: dict[str, int] = {}  # of those, started (this thread)
         self._reading: dict[Wire, int] = {}  # our duplicate of each wire's socket (this thread)
         self._pickups: list[TaskContext] = []  # started by the read being handled
-        self._forwarding = False  # the connection's loop will be told of what was read
+        self._deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()  # _later
+        self._deferring = False
+        self._urgent = False  # the read being handled queued messages for the connection
         self._connection: Connection | None = None  # the connection read (its loop's side)
         self.link: Link | None = None  # its client's (set before it connects)
         self.tracer_provider = False  # the worker was given one
@@ -173,51 +190,106 @@ class HandlerLoop:
             msg = {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
             if not conn.send_now(msg):
                 self._to_conn.put(conn.send, msg)
-        if conn.received and not self._forwarding:
-            # The connection's loop hears of what was read two turns of this loop later:
-            # after the handlers just started took their first step (and those that ended
-            # wrote their results). Woken before, its thread would take the GIL from them
-            # while they write, and delay what the publisher waits for.
-            self._forwarding = True
-            self.loop.call_soon(self.loop.call_soon, self._forward, conn)
+        if self._urgent:
+            # Something the connection's loop must hear of soon (an answer, a revoke...).
+            # Only started deliveries (adopted in order before what follows them): those
+            # wait for its next turn, or the watchdog's (catch_up).
+            self._urgent = False
+            self._later(conn.drain)
 
-    def _forward(self, conn: Connection) -> None:
-        self._forwarding = False
-        self._to_conn.put(conn.drain)
+    def _later(self, fn: Callable[..., Any], *args: Any, lazy: bool = False) -> None:
+        """On this loop: call ``fn(*args)`` on the connection's loop, two turns of this loop
+        from now, in one batch with the others by then: after the handlers just started
+        took their first step, and those that ended wrote their results. Woken before, the
+        connection's thread would take the GIL from them as they write (a system call
+        releases it) and delay what the publisher waits for; so it is woken once, when this
+        loop has done what it had to (or by the watchdog, if this loop stalls first).
+        ``lazy``: no hurry, it goes with the next batch or the watchdog's next look."""
+        self._deferred.append((fn, args))
+        if not lazy and not self._deferring:
+            self._deferring = True
+            self.loop.call_soon(self.loop.call_soon, self._flush_later)
 
-    def _tap(self, msgs: list[Message]) -> None:
+    def _flush_later(self) -> None:
+        self._deferring = False
+        self._to_conn.put(self._run_deferred)
+
+    def _run_deferred(self) -> None:
+        """On the connection's loop: the calls _later queued, in order."""
+        deferred = self._deferred
+        while deferred:
+            fn, args = deferred.popleft()
+            fn(*args)
+
+    def catch_up(self) -> None:
+        """On the connection's loop: take in at once what this loop read and did (the
+        watchdog does it at each look; stopping does it first, so that every delivery
+        started here is known to the client)."""
+        self._run_deferred()
+        if self._connection is not None:
+            self._connection.drain()
+
+    def _tap(self, msgs: list[Message]) -> list[Message | Callable[[], None]]:
         """The messages of a frame read here (the wire's lock held): start the handler of
-        each offer for this loop that has a free slot."""
+        each offer for this loop that has a free slot; the connection's loop then adopts it
+        (_adopt) where it would have dispatched the offer, so that what comes after it
+        (a revoke, an event) finds it known."""
+        out: list[Message | Callable[[], None]] = []
         for msg in msgs:
-            if msg.get("op") != "offer":
-                continue
-            fast = self.fast.get(msg["action"])
-            if fast is None or not self.taking or "payload" not in msg or msg.get("observe"):
-                continue
-            action = msg["action"]
-            waiting = self._handed.get(action, 0) - self._taken.get(action, 0)
-            if self._running.get(action, 0) + waiting >= fast.concurrency:
-                continue  # no free slot: the connection's loop queues it, as it does
-            if "trace" in msg or self.traced():
-                continue  # traced: the connection's loop starts it inside its span
-            self._start_read(fast, action, msg)
+            if msg.get("op") == "offer" and self._can_start(msg):
+                out.append(self._start_read(msg))
+            else:
+                out.append(msg)
+                self._urgent = True
+        return out
 
-    def _start_read(self, fast: Fast, action: str, msg: Message) -> None:
+    def _can_start(self, msg: Message) -> bool:
+        action = msg["action"]
+        fast = self.fast.get(action)
+        if fast is None or not self.taking or "payload" not in msg or msg.get("observe"):
+            return False
+        waiting = self._handed.get(action, 0) - self._taken.get(action, 0)
+        if self._running.get(action, 0) + waiting >= fast.concurrency:
+            return False  # no free slot: the connection's loop queues it, as it does
+        # Traced: the connection's loop starts it inside its span.
+        return "trace" not in msg and not self.traced()
+
+    def _start_read(self, msg: Message) -> Callable[[], None]:
         link = self.link
         assert link is not None
+        fast = self.fast[msg["action"]]
         ctx = TaskContext(link, msg)
         ctx.picked_up = True  # the pickup leaves once the read is handled (_readable)
-        done: asyncio.Future[Any] = self.conn.loop.create_future()
-        running: list[asyncio.Task[Any]] = []
+        started = Started(self.conn.loop.create_future(), time.monotonic())
         name = f"{fast.name} ({ctx.action} {ctx.id})"
         t = self.loop.create_task(_call(fast.fn, fast.make_task(ctx)), name=name)
-        running.append(t)
-        self._running[action] = self._running.get(action, 0) + 1
-        t.add_done_callback(functools.partial(self._done, ctx, done, action))
-        self._started[id(ctx)] = (done, running)
-        ctx.on("revoke", functools.partial(self._revoked, running))
+        started.running.append(t)
+        self._running[ctx.action] = self._running.get(ctx.action, 0) + 1
+        t.add_done_callback(functools.partial(self._done, ctx, started.done, ctx.action))
+        self._started[id(ctx)] = started
+        ctx.on("revoke", functools.partial(self._revoked, started.running))
         link.started[(ctx.id, ctx.attempt)] = ctx
         self._pickups.append(ctx)
+        return functools.partial(self._adopt, ctx, msg)
+
+    def _adopt(self, ctx: TaskContext, msg: Message) -> None:
+        """On the connection's loop, in the offer's place: keep the books of a delivery
+        started on this loop (the client's, as for any offer: run() then adopts its
+        handler), unless it is over already with its result sent, as it mostly is."""
+        started = self._started[id(ctx)]
+        t = started.running[0]
+        if ctx.returned and t.done() and not t.cancelled() and t.exception() is None:
+            del self._started[id(ctx)]
+            if self.link is not None:
+                self.link.started.pop((ctx.id, ctx.attempt), None)
+            if log.isEnabledFor(logging.INFO):
+                log.info("received %s %s (attempt %d)", ctx.action, ctx.id, ctx.attempt)
+                took = started.took
+                log.info("%s %s succeeded in %.3fs", ctx.action, ctx.id, took)
+            return
+        assert self._connection is not None
+        self._connection.on_message(msg)
+
     def _revoked(self, running: list[asyncio.Task[Any]], ctx: TaskContext) -> None:
         """On the connection's loop: the hub took away a delivery started here."""
         self._to_handlers.put(_cancel_started, running)
@@ -234,7 +306,7 @@ class HandlerLoop:
         bookkeeping."""
         started = self._started.pop(id(ctx), None)
         if started is not None:
-            done, running = started
+            done, running = started.done, started.running
         else:
             done = self.conn.loop.create_future()
             running = []  # the handler's task, once it started
@@ -275,14 +347,19 @@ class HandlerLoop:
         self, ctx: TaskContext, done: asyncio.Future[Any], action: str, t: asyncio.Task[Any]
     ) -> None:
         self._running[action] -= 1
+        # Started here and not adopted yet: nobody waits for the outcome (_adopt reads it).
+        started = self._started.get(id(ctx))
+        lazy = started is not None
+        if started is not None:
+            started.ended = time.monotonic()
         if t.cancelled():
-            self._to_conn.put(done.cancel)
+            self._later(done.cancel, lazy=lazy)
         elif t.exception() is not None:
-            self._to_conn.put(_settle, done, None, t.exception())
+            self._later(_settle, done, None, t.exception(), lazy=lazy)
         else:
             result = t.result()
             ctx.return_from_thread(result)  # the hub has it before the connection wakes
-            self._to_conn.put(_settle, done, result, None)
+            self._later(_settle, done, result, None, lazy=lazy)
 
     # --- the watchdog ------------------------------------------------------------------------
     def blocking(self) -> None:
@@ -294,9 +371,10 @@ class HandlerLoop:
                 self.conn.loop.call_soon_threadsafe(self._read_on_conn, True)
 
     def _read_on_conn(self, on: bool) -> None:
-        if on != self._here and self._connection is not None:
+        connection = self._connection
+        if on != self._here and connection is not None:
             self._here = on
-            self._connection.read_here(on)
+            connection.read_here(on)
 
     def _watchdog(self) -> None:
         """Every _WATCH s on the connection loop: is the handler loop stalled (then read the
@@ -305,6 +383,7 @@ class HandlerLoop:
             return
         stalled = time.monotonic() - self._beat_at
         self._read_on_conn(stalled > TAKE_OVER_AFTER)
+        self.catch_up()
         if stalled > BLOCKED_AFTER and not self._blocked_warned:
             self._blocked_warned = True
             current = asyncio.current_task(self.loop)
@@ -493,6 +572,11 @@ def _answer_step(pipe: PipeEnd, step: asyncio.Future[None]) -> None:
 
 def _call_in_process(fn: Callable[[ProcessTask], Any], task: ProcessTask) -> Any:
     return fn(task)
+
+
+def _call_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    for fn, args in calls:
+        fn(*args)
 
 
 def _cancel_started(running: list[asyncio.Task[Any]]) -> None:

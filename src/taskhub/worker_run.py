@@ -160,6 +160,7 @@ class Run:
 
     def _begin_stop(self, now: bool, grace: float) -> None:
         self.handlers.taking = False  # the handler loop starts nothing more as it reads
+        self.handlers.catch_up()  # and the client knows of every delivery it started
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._shutdown(grace))
         if now and self._stop_now is not None:

@@ -70,9 +70,10 @@ class Reader(Protocol):
         """``ws`` was lost: stop reading it."""
 
 
-# Called on the reading thread with the messages of each frame it read, before they are
-# queued for the connection's loop (with the wire's lock held: it must not write).
-Tap = Callable[[list["Message"]], None]
+# Called on the reading thread with the messages of each frame it read (the wire's lock held:
+# it must not write); returns what to queue for the connection's loop, in their place: the
+# messages, or a function to call there instead of dispatching one.
+Tap = Callable[[list["Message"]], list["Message | Callable[[], None]"]]
 
 
 def ws_url(url: str) -> str:
@@ -141,7 +142,7 @@ class Connection:
         # dispatched on this loop; a thread other than this loop's wakes it once per batch.
         self._reader: Reader | None = None
         self._shared: Wire | None = None  # the wire read so, while connected
-        self._inbox: deque[Message] = deque()
+        self._inbox: deque[Message | Callable[[], None]] = deque()
         self._thread = 0  # this loop's thread, known from open()
 
     # --- life --------------------------------------------------------------------------------
@@ -288,16 +289,15 @@ class Connection:
 
     def receive(self, ws: Wire, fd: int, tap: Tap | None = None) -> bool:
         """From any thread, when ``fd`` (a duplicate of ``ws``'s socket) is readable: read,
-        show each frame's messages to ``tap`` (on this thread), and queue them for the
-        connection's loop: on that loop they are dispatched now, from another thread the
-        caller then has :meth:`drain` called there (once for several reads, when it suits
-        it). False once ``ws`` has ended: stop reading it."""
+        show each frame's messages to ``tap`` (on this thread), and queue them (or what
+        ``tap`` puts in their place) for the connection's loop. On that loop they are
+        dispatched now; from another thread the caller has :meth:`drain` called there
+        (once for several reads, when it suits it). False once ``ws`` has ended: stop
+        reading it."""
         with ws.lock:
             for frame in ws.receive_from(fd):
                 msgs = self._decode(frame)
-                if tap is not None:
-                    tap(msgs)
-                self._inbox.extend(msgs)
+                self._inbox.extend(msgs if tap is None else tap(msgs))
             ended = ws.ended
         if threading.get_ident() == self._thread:
             self.drain()
@@ -312,7 +312,11 @@ class Connection:
         """On the connection's loop: dispatch the messages read, in order."""
         inbox = self._inbox
         while inbox:
-            self._dispatch_one(inbox.popleft())
+            item = inbox.popleft()
+            if isinstance(item, dict):
+                self._dispatch_one(item)
+            else:
+                item()
 
     # --- messages from the hub ----------------------------------------------------------------
     @staticmethod
