@@ -87,9 +87,9 @@ class Wire(asyncio.Protocol):
         self.ended = False  # the TCP connection ended (read an EOF, or lost): read no more
         self._collected: list[Data] | None = None  # receive_from's frames, while it reads
         self._reading_on_loop = False  # the loop watches _fd itself (shared reading)
-        # receive_from reads into this one buffer (under the lock): a new bytes object of
-        # READ_SIZE per read would be an mmap and munmap each time.
-        self._buffer = bytearray(READ_SIZE)
+        # receive_from reads into one buffer (under the lock), made on its first read: a new
+        # bytes object of READ_SIZE per read would be an mmap and a munmap each time.
+        self._buffer: bytearray | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -227,6 +227,8 @@ class Wire(asyncio.Protocol):
             return []
         protocol = self.protocol
         buf = self._buffer
+        if buf is None:
+            buf = self._buffer = bytearray(READ_SIZE)
         while True:
             try:
                 n = os.readv(fd, (buf,))
