@@ -16,7 +16,7 @@ from taskhub import cli_bench, cli_worker
 from taskhub.cli_common import CliError, err, fail, one_line, out, print_error
 from taskhub.cli_creds import creds_app
 from taskhub.cli_tasks import tasks_app
-from taskhub.errors import TaskHubError
+from taskhub.errors import PartitionsMismatch, TaskHubError
 
 app = typer.Typer(
     add_completion=False,
@@ -102,8 +102,14 @@ def serve(
             help="TOML file of credentials tables, a mounted secret (TASKHUB_CREDENTIALS_FILE)",
         ),
     ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="Partitions of the work, 1-1024, fixed per store (TASKHUB_PARTITIONS)"),
+    ] = None,
 ) -> None:
-    """Run a hub (WebSocket and HTTP on one port)."""
+    """Run a hub (WebSocket and HTTP on one port).
+
+    Exits 2 when the store was set up with another partition count."""
     from taskhub import config as cfg
     from taskhub.runtime import run
 
@@ -115,6 +121,7 @@ def serve(
             host=host,
             port=port,
             store=store,
+            partitions=partitions,
         )
     except ModuleNotFoundError as exc:  # the [cli] extra without the [server] one
         if (exc.name or "taskhub").startswith("taskhub"):
@@ -128,6 +135,9 @@ def serve(
         return
     try:
         run(server.serve_forever())
+    except PartitionsMismatch as exc:
+        print_error(str(exc))
+        raise typer.Exit(2) from None
     except (TaskHubError, ValueError, OSError) as exc:
         fail(str(exc))
 

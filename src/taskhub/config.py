@@ -43,7 +43,9 @@ operation (docs/operations.md)
 ``tls_cert``/``tls_key`` (PEM files: wss:// and https://) and ``shutdown_grace`` (seconds or an
 interval; how long a SIGTERM lets started tasks finish, default 10); and for exposure
 (docs/operations.md, "Limits") ``allowed_origins``, ``request_timeout``,
-``keepalive_timeout``, ``max_connections_per_address`` and ``trusted_proxies``.
+``keepalive_timeout``, ``max_connections_per_address`` and ``trusted_proxies``; and
+``partitions`` (docs/deployment.md, "Partitions"): how many partitions the work is split
+into, from 1 (the default) to 1024, recorded in the store by the first hub and fixed from then.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "keepalive_timeout": (int, float, str),
     "max_connections_per_address": int,
     "trusted_proxies": list,
+    "partitions": int,  # fixed per deployment (docs/deployment.md, "Partitions")
 }
 _INTERVAL_KEYS = (
     "idempotency_window",
@@ -145,6 +148,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     ),
     "allowed_origins": ("none", "web pages a hub without credentials answers (comma-separated)"),
     "trusted_proxies": ("127.0.0.1,::1", "proxies whose X-Forwarded-For names the client"),
+    "partitions": ("1", "partitions the work is split into, 1-1024; fixed per store"),
 }
 
 

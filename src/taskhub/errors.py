@@ -125,6 +125,13 @@ class StoreFenced(StoreUnavailable):
     code = "store_fenced"
 
 
+class PartitionsMismatch(InvalidOption):
+    """A hub started with another partition count than the one its store was set up with
+    (the count is fixed per deployment: docs/deployment.md, "Partitions")."""
+
+    code = "partitions_mismatch"
+
+
 _BY_CODE: dict[str, type[TaskHubError]] = {}
 
 

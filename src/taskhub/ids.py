@@ -1,24 +1,38 @@
-"""Sortable task ids: ULIDs (48-bit millisecond time + 80 random bits, Crockford base32)."""
+"""Sortable task ids: ULIDs (48-bit millisecond time + 80 random bits, Crockford base32).
+
+The top 10 bits of the random part hold the partition the id was made in
+(:mod:`taskhub.partitions`); the other 70 are random, so ids stay valid ULIDs that sort in
+creation order.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 
+from taskhub.partitions import MAX_PARTITIONS, PARTITION_BITS
+
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 _SHIFTS = tuple(range(120, -1, -10))
-_RAND_MASK = (1 << 80) - 1
+# The random part below the partition's bits: what increments within a millisecond.
+_LOW_BITS = 80 - PARTITION_BITS
+_LOW_MASK = (1 << _LOW_BITS) - 1
 
 
 class UlidFactory:
-    """Monotonic within a millisecond, so ids sort in creation order on one hub."""
+    """Monotonic within a millisecond, so ids sort in creation order on one hub; every id
+    names ``partition`` (:func:`taskhub.partitions.partition_of_id` reads it back)."""
 
-    __slots__ = ("_head", "_head_key", "_last_ms", "_last_rand")
+    __slots__ = ("_head", "_head_key", "_last_ms", "_last_rand", "_top", "partition")
 
-    def __init__(self) -> None:
+    def __init__(self, partition: int = 0) -> None:
+        if not 0 <= partition < MAX_PARTITIONS:
+            raise ValueError(f"partition must be from 0 to {MAX_PARTITIONS - 1}, got {partition}")
+        self.partition = partition
+        self._top = partition << _LOW_BITS
         self._last_ms = -1
-        self._last_rand = 0
+        self._last_rand = self._top
         self._head_key = -1  # (ms << 70) | (rand >> 10) that _head spells
         self._head = ""
 
@@ -26,9 +40,11 @@ class UlidFactory:
         ms = time.time_ns() // 1_000_000
         if ms <= self._last_ms:
             ms = self._last_ms
-            rand = (self._last_rand + 1) & _RAND_MASK
+            # The increment stays below the partition's bits (it has 2**69 of headroom).
+            rand = self._top | ((self._last_rand + 1) & _LOW_MASK)
         else:
-            rand = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
+            # 69 random bits under the partition's; the 70th is zero: headroom for increments.
+            rand = self._top | (int.from_bytes(os.urandom(9), "big") & (_LOW_MASK >> 1))
         self._last_ms, self._last_rand = ms, rand
         # 26 digits (130 bits, the top two zero), two digits (10 bits) per table lookup. In a
         # burst only the last pair changes from one id to the next: the other 12 are reused.

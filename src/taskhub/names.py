@@ -183,6 +183,9 @@ def pattern_allowed(perms: Iterable[str], pattern: str) -> bool:
 
 
 RESERVED_NOUN = "taskhub"  # actions the hub itself uses (taskhub:chain); nobody may pub them
+# The actions of a chain's and a group's parent task, named once for the hub and the clients.
+CHAIN_ACTION = "taskhub:chain"
+GROUP_ACTION = "taskhub:group"
 
 
 def reserved_action(action: str) -> bool:

@@ -28,11 +28,13 @@ from taskhub.hub.http.protocol import (
 )
 from taskhub.hub.hub import Hub, Limits
 from taskhub.hub.listener import Listener
+from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.ws import HubWebSocketProtocol
 from taskhub.lifecycle import ACTION_OPTIONS, Clock, Defaults
 from taskhub.lifecycle.schedules import Schedule
 from taskhub.logs import events_log, log_task_event
+from taskhub.partitions import DEFAULT_PARTITIONS, check_partitions
 from taskhub.protocol import WS_PATH
 from taskhub.store import REDIS_SCHEMES, Store, open_store
 from taskhub.store.sqlite import SqliteStore
@@ -90,6 +92,10 @@ class Server:
     (0 or None: no cap); ``trusted_proxies`` the addresses or networks (``"10.0.0.0/8"``,
     ``"*"``) whose ``X-Forwarded-For`` names the client (None: uvicorn's default, loopback
     or ``FORWARDED_ALLOW_IPS``): the address the wrong-key throttle counts by.
+
+    ``partitions`` (docs/deployment.md, "Partitions"): how many partitions the work is
+    split into, 1 to 1024. The first hub records it in the store; a hub started on that store
+    with another count is refused (:class:`~taskhub.errors.PartitionsMismatch`).
     """
 
     hub: Hub | None = None  # the hub this process runs, unless clustered (see leading)
@@ -131,9 +137,10 @@ class Server:
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         trusted_proxies: list[str] | tuple[str, ...] | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
     ) -> None:
         """The options are described on the class."""
-        _check(tls_cert, tls_key, shutdown_grace, idempotency_window, retention)
+        _check(tls_cert, tls_key, shutdown_grace, idempotency_window, retention, partitions)
         self.host, self.port, self.tls_cert, self.tls_key = host, port, tls_cert, tls_key
         self.shutdown_grace, self.clock, self.name = float(shutdown_grace), clock, name
         # A store object (a custom engine) is used as it is; a URL is opened at start.
@@ -145,14 +152,12 @@ class Server:
         self.retention, self.archive = retention, archive
         self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
         self.limits = _limits(max_frame, max_send_buffer, ping_interval, ping_timeout)
-        self.registry = Registry()
-        self.registry.allowed_origins = parse_origins(allowed_origins)
-        self.request_timeout, self.keepalive_timeout = _http_timeouts(
-            request_timeout, keepalive_timeout
-        )
+        self.registry = _registry(allowed_origins)
+        timing = _http_timeouts(request_timeout, keepalive_timeout)
+        self.request_timeout, self.keepalive_timeout = timing
         self.max_connections_per_address = _per_address(max_connections_per_address)
         self.trusted_proxies = _trusted_proxies(trusted_proxies)
-        self.advertise_url, self.lease = advertise_url, lease
+        self.advertise_url, self.lease, self.partitions = advertise_url, lease, partitions
         self._stopping: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
         self._force = asyncio.Event()  # a second signal: skip the rest of the grace period
@@ -257,6 +262,7 @@ class Server:
             retention=self.retention,
             archive=self.archive,
             schedules=[msgspec.convert(s, Schedule) for s in self.schedules],
+            partitions=self.partitions,
         )
 
     async def _start_clustered(self) -> None:
@@ -264,6 +270,14 @@ class Server:
         our URL), then lead or relay to the leader (docs/deployment.md)."""
         from taskhub.hub.cluster import Cluster
 
+        # Every hub of the cluster checks the partition count at start, not only the one that
+        # comes to lead: a follower with another count would otherwise wait for its turn.
+        probe = open_store(self.store_url)
+        await probe.open()
+        try:
+            await check_partition_count(probe, self.partitions)
+        finally:
+            await probe.close()
         self.cluster = Cluster(
             self.store_url,
             make_hub=self._make_hub,
@@ -445,7 +459,12 @@ def _check(
     shutdown_grace: float,
     idempotency_window: float,
     retention: float | None,
+    partitions: int,
 ) -> None:
+    try:
+        check_partitions(partitions)
+    except ValueError as exc:
+        raise InvalidOption(str(exc)) from None
     if (tls_cert is None) != (tls_key is None):
         raise InvalidOption("tls_cert and tls_key go together: give both or neither")
     if shutdown_grace < 0:
@@ -490,6 +509,12 @@ def _limits(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
     )
+
+
+def _registry(allowed_origins: list[str] | tuple[str, ...]) -> Registry:
+    registry = Registry()
+    registry.allowed_origins = parse_origins(allowed_origins)
+    return registry
 
 
 def _http_timeouts(request_timeout: float, keepalive_timeout: float) -> tuple[float, float]:

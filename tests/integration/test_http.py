@@ -64,6 +64,24 @@ async def test_ws_worker_serves_an_http_task(
     assert r.json()["state"] == "success" and r.json()["last_update"] == {"step": 1}
 
 
+async def test_integers_beyond_64_bits_travel_unchanged_as_over_websocket(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    # The stores write JSON, which keeps any integer: HTTP takes what WebSocket takes.
+    worker = await make_client("worker")
+
+    @worker.sub("big:echo")
+    async def echo(task: Any) -> Any:
+        payload = await task.get_payload()
+        return {"got": payload["n"], "next": payload["n"] + 1}
+
+    await echo
+    r = await http.post("/v1/tasks", json={"action": "big:echo", "payload": {"n": 2**70}})
+    assert r.status_code == 201, r.text
+    r = await http.get(f"/v1/tasks/{r.json()['id']}/result", params={"wait": 5})
+    assert r.json()["result"] == {"got": 2**70, "next": 2**70 + 1}
+
+
 async def test_sse_streams_stored_then_live_events_to_the_end(
     http: httpx.AsyncClient, make_client: ClientFactory
 ) -> None:
@@ -296,12 +314,6 @@ async def test_404_409_and_the_body_limit(secured: httpx.AsyncClient) -> None:
         (b'{"action": "a:b", "options": {"priority": "high"}}', 400, "bad_message", "priority"),
         (b'{"action": "a:b", "options": {"colour": 1}}', 400, "bad_message", "colour"),
         (b'{"action": "email:se nd"}', 422, "invalid_action", "' '"),
-        (
-            b'{"action": "email:send", "payload": 18446744073709551616}',
-            400,
-            "bad_message",
-            "payload",
-        ),
         (b'{"action": "email:send", "options": {"timeout": -1}}', 422, "invalid_option", "timeout"),
         # JSON has no NaN or Infinity: stored, they would have become null without a word.
         (b'{"action": "email:send", "payload": {"x": NaN}}', 400, "bad_message", "NaN"),
@@ -416,7 +428,6 @@ async def test_add_starts_chains_merging_each_output_over_the_next_input(
         ({"tasks": [{"task": "email:a"}, {"task": "nope"}]}, "bad_message", "chain.tasks.1"),
         ({"tasks": []}, "bad_message", "chain.tasks"),
         ({"tasks": [{"task": "email:a", "colour": 1}]}, "bad_message", "colour"),
-        ({"tasks": [{"task": "email:a", "input": 2**64}]}, "bad_message", "chain.tasks.0.input"),
         ([{"tasks": [{"task": "email:a"}]}, {"tasks": [{"task": "geo:x"}]}], "forbidden", "geo:x"),
         ({"tasks": [{"task": "taskhub:chain"}]}, "forbidden", "chain.tasks.0"),
         ("tasks", "bad_message", "chain"),

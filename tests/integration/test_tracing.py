@@ -381,6 +381,27 @@ async def test_http_publish_takes_the_traceparent_header(
     assert process.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
 
+async def test_http_add_gives_the_traceparent_header_to_every_step(
+    make_client: ClientFactory, server: Server, spans: Spans
+) -> None:
+    worker = await make_client("w", tracer_provider=spans.provider)
+    await worker.sub("job:first", lambda task: {"n": 1})
+    await worker.sub("job:second", lambda task: "ok")
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    base = server.url.replace("ws://", "http://")
+    async with httpx.AsyncClient(base_url=base) as http:
+        answer = await http.post(
+            "/add",
+            json={"tasks": [{"task": "job:first"}, {"task": "job:second"}]},
+            headers={"traceparent": traceparent},
+        )
+        assert answer.status_code == 201, answer.text
+    for action in ("job:first", "job:second"):
+        [process] = await spans.wait(f"process {action}")
+        assert process.parent is not None
+        assert process.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
 async def test_a_pull_consumers_lease_carries_the_trace(
     make_client: ClientFactory, server: Server, spans: Spans
 ) -> None:

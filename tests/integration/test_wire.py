@@ -112,6 +112,29 @@ async def test_a_close_before_the_welcome_is_retried_and_named(
     assert not crashed  # the client's side read the close frame without an error
 
 
+async def test_connect_gives_up_at_connect_timeout_however_late_an_attempt_starts() -> None:
+    """The hub says "try again later" five times, then takes the sixth connection and never
+    answers its upgrade. The sixth attempt starts ~0.95 s into a 2 s connect_timeout: it gets
+    what is left, not 2 s more (which made open() take ~2.95 s)."""
+
+    def later_then_silent(proto: ServerProtocol, request: Request) -> None:
+        if hub.connections <= 5:
+            proto.send_response(proto.accept(request))
+            proto.send_close(1013, "no leader yet")
+
+    hub = Hub(later_then_silent)
+    async with scripted_hub(hub) as url:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectionClosed, match="could not connect"):
+            async with Client(url, name="w", connect_timeout=2, max_backoff=0.3):
+                pass
+        elapsed = loop.time() - started
+    # The 2 s deadline plus slack for a loaded machine; the sleeps between the five quick
+    # attempts alone make 0.95 s, so a sixth attempt with a whole 2 s of its own is >= 2.95 s.
+    assert elapsed < 2.8, elapsed
+
+
 async def test_a_refused_upgrade_is_one_clear_error() -> None:
     def refuse(proto: ServerProtocol, request: Request) -> None:
         proto.send_response(proto.reject(503, "try later\n"))

@@ -36,6 +36,10 @@ from tests import redisproc
 # "redis-cluster" is the same engine on a real 3-primary Redis Cluster with the cluster-aware
 # client (redis+cluster://): prefixes (one per test) land on different primaries.
 ENGINES = ["memory", "sqlite", "redis", "redis-cluster"]
+# The namespaces a store can have (docs/deployment.md, "Partitions"): (partition, partitions).
+# (None, 1) is the layout of a hub of one partition, as before partitions; (3, 4) the last of
+# four partitions: a file of its own, keys under a hash tag of their own.
+LAYOUTS = {"p1": (None, 1), "p3of4": (3, 4)}
 
 
 def store_url(engine: str, folder: Path) -> str:
@@ -54,16 +58,19 @@ def store_url(engine: str, folder: Path) -> str:
     raise AssertionError(f"no URL for engine {engine!r}")
 
 
-async def make_store(engine: str, folder: Path) -> Store:
-    store = open_store(store_url(engine, folder))
+async def make_store(
+    engine: str, folder: Path, *, partition: int | None = None, partitions: int = 1
+) -> Store:
+    store = open_store(store_url(engine, folder), partition=partition, partitions=partitions)
     await store.open()
     return store
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=[(e, layout) for e in ENGINES for layout in LAYOUTS], ids="-".join)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    engine: str = request.param
-    s = await make_store(engine, tmp_path)
+    engine, layout = request.param
+    partition, partitions = LAYOUTS[layout]
+    s = await make_store(engine, tmp_path, partition=partition, partitions=partitions)
     yield s
     await s.close()
 

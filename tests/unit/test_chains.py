@@ -9,7 +9,8 @@ import pytest
 
 from taskhub.errors import InvalidAction, InvalidOption, PermissionDenied
 from taskhub.lifecycle import HELD, Credentials, Lifecycle, Peer, Task
-from taskhub.lifecycle.chains import CHAIN_ACTION, GROUP_ACTION, Chains, step_payload
+from taskhub.lifecycle.chains import Chains, step_payload
+from taskhub.names import CHAIN_ACTION, GROUP_ACTION
 from taskhub.protocol import ChainStep, PubOptions
 from tests.unit.test_lifecycle import Counter, FakeClock, Hub, NoJitter
 

@@ -15,13 +15,13 @@ from typing import Any, Generic, TypeVar, Unpack, overload
 from taskhub.client.connection import Connection, Message
 from taskhub.client.handlers import Handlers
 from taskhub.client.link import Link
-from taskhub.client.publisher import CHAIN_ACTION, GROUP_ACTION, Publisher, Step
+from taskhub.client.publisher import Publisher, Step
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.topics import EventHandler, Topics
 from taskhub.client.watch import Watch
 from taskhub.client.watches import Watches
 from taskhub.errors import ConnectionClosed
-from taskhub.names import validate_action
+from taskhub.names import CHAIN_ACTION, GROUP_ACTION, validate_action
 from taskhub.options_table import PubArgs, WorkerArgs, pub_options, worker_options
 
 __all__ = [

@@ -154,7 +154,8 @@ class Connection:
         delay = 0.05
         while True:
             try:
-                ws = await self._dial()
+                # Each attempt gets what is left of the deadline, not a whole connect_timeout.
+                ws = await self._dial(max(0.001, deadline - self.loop.time()))
                 break
             except AuthenticationFailed:
                 raise
@@ -187,7 +188,7 @@ class Connection:
                 await self._runner
         self._fail_pending(ConnectionClosed("the client was closed"))
 
-    async def _dial(self) -> Wire:
+    async def _dial(self, timeout: float | None = None) -> Wire:
         url = self.urls[self._url_index % len(self.urls)]
         self._url_index += 1
         try:
@@ -196,7 +197,7 @@ class Connection:
                 authorization=f"Bearer {self.name}:{self.key}",
                 max_size=self.max_frame,
                 ssl=self.ssl,
-                timeout=self.connect_timeout,
+                timeout=self.connect_timeout if timeout is None else timeout,
             )
         except InvalidStatus as exc:
             raise ConnectionClosed(f"{url} refused the WebSocket handshake: {exc}") from None

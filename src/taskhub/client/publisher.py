@@ -11,13 +11,11 @@ from taskhub.client.connection import Message
 from taskhub.client.link import Link
 from taskhub.client.task import Handle
 from taskhub.errors import ConnectionClosed
-from taskhub.names import validate_action
+from taskhub.names import CHAIN_ACTION, GROUP_ACTION, validate_action
 from taskhub.options_table import pub_options
 
 # A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
 Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
-CHAIN_ACTION = "taskhub:chain"
-GROUP_ACTION = "taskhub:group"
 
 
 class Traced(Protocol):

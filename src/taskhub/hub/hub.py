@@ -26,6 +26,7 @@ from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
 from taskhub.hub.dispatch import Dispatcher
+from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.pipeline import Pipeline
 from taskhub.hub.retention import DEFAULT_RETENTION, Retention
 from taskhub.hub.topics import Topics, Watches
@@ -82,10 +83,13 @@ class Hub:
         retention: float | None = DEFAULT_RETENTION,
         archive: str | None = None,
         schedules: list[Schedule] | None = None,
+        partitions: int = 1,
     ) -> None:
         """``retention``: seconds ended tasks are kept (None: forever), ``archive``: a JSON-lines
-        file they are appended to before removal, ``schedules``: the config file's schedules."""
+        file they are appended to before removal, ``schedules``: the config file's schedules,
+        ``partitions``: the deployment's partition count, checked against the store's."""
         self.store = store
+        self.partitions = partitions
         self.registry = registry or Registry()
         self.limits = limits or Limits()
         self.name = name
@@ -119,6 +123,7 @@ class Hub:
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.store.open()
+        await check_partition_count(self.store, self.partitions)
         # Durable groups first: restored tasks waiting for a group are routed to them.
         self.lc.restore_queues((await self.store.list_meta(QUEUE_META)).values())
         restored = self.lc.restore(await self.store.load_active())
@@ -309,6 +314,7 @@ class Hub:
         *,
         merge_input: bool = False,
         mode: Mode = "chain",
+        trace: dict[str, str] | None = None,
     ) -> str:
         """Start a chain (or with ``mode="group"`` a group) and return its task id.
 
@@ -316,7 +322,8 @@ class Hub:
         With ``merge_input`` each step's dict payload gets the previous step's dict result
         merged over it (seed 000's ``POST /add``). A malformed step raises
         :class:`InvalidOption`, :class:`InvalidAction` or :class:`PermissionDenied` whose
-        message and ``details["step"]`` name it; then nothing is stored.
+        message and ``details["step"]`` name it; then nothing is stored. ``trace`` (a W3C
+        trace context) is kept with the chain and given to every step.
         """
         parsed: list[p.ChainStep] = []
         for i, step in enumerate(steps):
@@ -327,6 +334,6 @@ class Hub:
                 parsed.append(msgspec.convert(step, p.ChainStep))
             except msgspec.ValidationError as exc:
                 raise InvalidOption(f"step {i}: {exc}", step=i) from None
-        chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input)
+        chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input, trace=trace)
         self.kick()
         return chain.id

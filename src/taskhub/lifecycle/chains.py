@@ -25,12 +25,10 @@ from taskhub.lifecycle import (
     check_trace,
     resolve_options,
 )
-from taskhub.names import allowed, reserved_action, validate_action
+from taskhub.names import CHAIN_ACTION, GROUP_ACTION, allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.records import EventRecord, TaskRecord, TaskState
 
-CHAIN_ACTION = "taskhub:chain"
-GROUP_ACTION = "taskhub:group"
 MAX_STEPS = 1000  # the whole plan is one stored record (and one frame)
 Mode = Literal["chain", "group"]
 

@@ -9,11 +9,22 @@ once the lock no longer holds that token, so a hub that stalled past its lease c
 what its successor does. The Redis engine implements it (:mod:`taskhub.store.redis.lock`);
 :func:`taskhub.store.open_leader_lock` picks it by URL. The hub's cluster
 (:mod:`taskhub.hub.cluster`) uses only this protocol.
+
+With several partitions (docs/deployment.md, "Partition leases") each partition has a lease of
+its own, ``partition:<p>``, kept through :class:`PartitionLeases`: a lease is taken with a
+*holder* (``"<instance id> <advertised URL>"``) and answers a *fencing token*
+``"<epoch> <holder>"``, whose epoch the store counts up at every take of that partition, so
+every tenure of a partition has a token of its own (a hub that lost a partition and took it
+again cannot write with its old tenure's stale store). The same object keeps the members:
+every hub heartbeats a :class:`Member` record with a TTL, and the live ones are listed.
+Engines: Redis (:mod:`taskhub.store.redis.leases`) and SQLite
+(:mod:`taskhub.store.sqlite_leases`, for several hub processes on one machine);
+:func:`taskhub.store.open_partition_leases` picks one by URL.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from taskhub.store.base import Store
 
@@ -50,4 +61,97 @@ class LeaderLock(Protocol):
     def fenced_store(self, token: str) -> Store:
         """A new store (not open yet) over the same data whose writes succeed only while
         ``token`` holds this lock; checked atomically with each write."""
+        ...
+
+
+def lease_name(partition: int) -> str:
+    """The lease of ``partition``: ``partition:<p>``."""
+    return f"partition:{partition}"
+
+
+class Member(NamedTuple):
+    """A live hub of the cluster, as its heartbeat says."""
+
+    instance: str  # new for every process (os.urandom), so a restarted hub is a new member
+    url: str  # where the other hubs reach it
+
+
+def check_member(member: Member) -> None:
+    """ValueError naming what is wrong with a member record an engine is asked to keep."""
+    if not member.instance or any(c in member.instance for c in " \t\r\n{}"):
+        raise ValueError(f"bad member instance id {member.instance!r}: no spaces nor braces")
+    if not member.url or any(c.isspace() for c in member.url):
+        raise ValueError(f"bad URL {member.url!r} for member {member.instance}")
+
+
+class Token(NamedTuple):
+    """A fencing token taken apart: ``"<epoch> <instance> <url>"``."""
+
+    epoch: int  # counted up by the store at every take of the partition
+    instance: str
+    url: str
+
+    @classmethod
+    def parse(cls, token: str) -> Token:
+        """ValueError naming the token when it is not ``"<epoch> <instance> <url>"``."""
+        parts = token.split(" ", 2)
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1]:
+            raise ValueError(f"bad fencing token {token!r}: want '<epoch> <instance> <url>'")
+        return cls(int(parts[0]), parts[1], parts[2])
+
+
+class PartitionLeases(Protocol):
+    """One lease per partition (``partition:<p>``, ``0 <= p < partitions``), each held by at
+    most one fencing token at a time, and the cluster's member list.
+
+    Every call that names a partition raises ValueError for one outside ``range(partitions)``.
+    Expiry is the store's: a lease not renewed within its TTL is free (a hub killed with
+    SIGKILL loses its partitions after at most one TTL), and a member not heard of within its
+    TTL is not listed.
+    """
+
+    url: str  # where the leases live, without secrets (for logs)
+    partitions: int
+
+    async def open(self) -> None:
+        """Connect; StoreUnavailable if the store cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def take(self, partition: int, holder: str, ttl_ms: int) -> str | None:
+        """Take the partition's lease for ``ttl_ms`` if it is free; its new fencing token
+        (``"<epoch> <holder>"``, the epoch one more than the last take's), or None when
+        another token holds it. Holding it already also answers None (renew instead)."""
+        ...
+
+    async def renew(self, partition: int, token: str, ttl_ms: int) -> bool:
+        """Extend the lease to ``ttl_ms`` from now if ``token`` still holds it; False when it
+        expired or another token took it (the caller must stop leading the partition)."""
+        ...
+
+    async def release(self, partition: int, token: str) -> bool:
+        """Let the lease go if ``token`` holds it (never another's); True if it did."""
+        ...
+
+    async def holder(self, partition: int) -> str | None:
+        """The token holding the partition's lease, or None when it is free."""
+        ...
+
+    def fenced_store(self, partition: int, token: str) -> Store:
+        """A new store (not open yet) over the partition's data whose writes succeed only
+        while ``token`` holds the partition's lease; checked atomically with each write (a
+        refused write raises StoreFenced and writes nothing)."""
+        ...
+
+    async def heartbeat(self, member: Member, ttl_ms: int) -> None:
+        """Say ``member`` is alive for ``ttl_ms`` more (adds it if it was not listed)."""
+        ...
+
+    async def leave(self, instance: str) -> None:
+        """Take the member off the list at once (a hub that stops)."""
+        ...
+
+    async def members(self) -> list[Member]:
+        """The members whose heartbeat has not expired, by instance id."""
         ...

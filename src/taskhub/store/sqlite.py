@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -115,6 +115,21 @@ _Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 _EventRow = tuple[str, int, float, bytes]
 
 
+class WriteFence(Protocol):
+    """What a fenced store writes under (a partition's lease, :mod:`taskhub.store.sqlite_leases`).
+
+    ``check`` raises :class:`~taskhub.errors.StoreFenced` once this writer no longer holds the
+    fence; the store calls it inside every write transaction, after that transaction took the
+    file's write lock, so a writer whose check passed commits before a successor's store has
+    opened: opening a fenced store takes the write lock once (a barrier) before anything is
+    read. ``close`` is called when the store closes.
+    """
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def _path_from_url(url: str) -> str:
     """``sqlite:///rel.db`` -> ``rel.db``, ``sqlite:////abs.db`` -> ``/abs.db``."""
     if url in ("sqlite://:memory:", "sqlite:///:memory:"):
@@ -139,7 +154,7 @@ class SqliteStore:
     if the hub keeps changing its live records while the write runs.
     """
 
-    def __init__(self, path: str, url: str | None = None) -> None:
+    def __init__(self, path: str, url: str | None = None, fence: WriteFence | None = None) -> None:
         self.path = path
         self.url = url if url is not None else f"sqlite:///{path}"
         # The writer: one thread fed by a queue. An executor's submit costs a concurrent Future,
@@ -154,6 +169,9 @@ class SqliteStore:
         # the connection look idle while the thread still uses it.
         self._busy = 0
         self._inline_run = 0  # inline writes since the last one on the thread
+        # Writes only while the fence holds; no flock then (a writer that lost the fence
+        # must not keep its successor out).
+        self._fence = fence
         self._encoder = msgspec.json.Encoder()
         # Used only on the writer thread: no decoder is shared between threads.
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
@@ -269,7 +287,8 @@ class SqliteStore:
                 f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
             ) from exc
         try:
-            self._claim()
+            if self._fence is None:
+                self._claim()
         except StoreUnavailable:
             conn.close()
             raise
@@ -281,6 +300,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._migrate(conn)
+            _barrier(conn, self._fence)
         except (sqlite3.Error, StoreUnavailable) as exc:
             conn.close()
             self._release()
@@ -359,6 +379,8 @@ class SqliteStore:
         finally:
             conn.close()
             self._release()
+            if self._fence is not None:
+                self._fence.close()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -380,7 +402,7 @@ class SqliteStore:
         meta_deleted = [(kind, key) for kind, key in batch.meta_deleted]
 
         def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with _transaction(conn, self._fence):
                 if tasks:
                     conn.executemany(_UPSERT_TASK, tasks)
                 if events:
@@ -412,7 +434,7 @@ class SqliteStore:
             raise ValueError(f"limit must be >= 0, got {limit}")
 
         def remove(conn: sqlite3.Connection) -> list[str]:
-            with _transaction(conn):
+            with _transaction(conn, self._fence):
                 ids = [row[0] for row in conn.execute(_SELECT_ENDED, (at, limit))]
                 params = [(task_id,) for task_id in ids]
                 conn.executemany("DELETE FROM events WHERE task_id = ?", params)
@@ -534,13 +556,23 @@ def _without_checkpoint(
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
 
 
+def _barrier(conn: sqlite3.Connection, fence: WriteFence | None) -> None:
+    """Take and drop the write lock: a fenced store's first step (WriteFence)."""
+    if fence is not None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
+
+
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error."""
+def _transaction(conn: sqlite3.Connection, fence: WriteFence | None = None) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error;
+    ``fence`` is checked first, under the write lock."""
     # IMMEDIATE takes the write lock up front, so a busy database fails here (after
     # busy_timeout) rather than half way through the batch.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if fence is not None:
+            fence.check()
         yield
         conn.execute("COMMIT")
     except BaseException:

@@ -6,6 +6,7 @@ from typing import Any
 
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.lifecycle import Peer
+from taskhub.names import CHAIN_ACTION, GROUP_ACTION
 from taskhub.records import TERMINAL_STATES, TaskRecord
 
 # An ended task as the recent list keeps it: id, action, state, publisher, created_at,
@@ -80,9 +81,9 @@ def summary(rec: TaskRecord) -> dict[str, Any]:
 
 
 def _kind(action: str) -> str:
-    if action == "taskhub:chain":
+    if action == CHAIN_ACTION:
         return "chain"
-    if action == "taskhub:group":
+    if action == GROUP_ACTION:
         return "group"
     return "task"
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Header
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from taskhub.errors import InvalidAction, PermissionDenied, ProtocolError
-from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, check_storable, error_responses
+from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, error_responses
+from taskhub.hub.http.tasks import header_trace
 from taskhub.lifecycle.chains import MAX_STEPS
 from taskhub.names import allowed, reserved_action, validate_action
 
@@ -70,16 +71,22 @@ router = APIRouter()
         _403="No pub permission for a step's action (the step is named); nothing is started.",
     ),
 )
-async def add(body: Annotated[AddWorkload, Body()], hub: HubDep, creds: Caller) -> Any:
+async def add(
+    body: Annotated[AddWorkload, Body()],
+    hub: HubDep,
+    creds: Caller,
+    traceparent: Annotated[str | None, Header(description="W3C trace context")] = None,
+    tracestate: Annotated[str | None, Header(description="W3C trace context")] = None,
+) -> Any:
     """One `{tasks: [{task, input}, ...]}` chain or a list of them. The steps of a chain run
     one after another; each step's input is its declared input with the previous step's
     output merged over it. Every step of every chain is checked before any chain starts, so a
-    bad workload is refused whole. Answers once the chains are stored."""
+    bad workload is refused whole. Answers once the chains are stored. The request's
+    `traceparent`/`tracestate` headers become every step's trace context."""
     chains = body if isinstance(body, list) else [body]
     for c, chain in enumerate(chains):
         for i, step in enumerate(chain.tasks):
             where = f"chains.{c}.tasks.{i}" if isinstance(body, list) else f"chain.tasks.{i}"
-            check_storable(f"{where}.input", step.input)
             try:
                 validate_action(step.task)
             except InvalidAction as exc:  # the schema's pattern says as much: a shape error
@@ -88,9 +95,13 @@ async def add(body: Annotated[AddWorkload, Body()], hub: HubDep, creds: Caller) 
                 raise PermissionDenied(
                     f"{where}: {creds.name!r} may not publish {step.task!r}", action=step.task
                 )
+    trace = header_trace(traceparent, tracestate) or None
     ids = [
         hub.add_chain(
-            creds, [{"action": s.task, "payload": s.input} for s in chain.tasks], merge_input=True
+            creds,
+            [{"action": s.task, "payload": s.input} for s in chain.tasks],
+            merge_input=True,
+            trace=trace,
         )
         for chain in chains
     ]

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import PermissionDenied, TaskHubError
-from taskhub.hub.http.deps import Caller, HubDep, check_storable, error_responses, read_task
+from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.http.tasks import TaskCreate, TaskView, header_trace, publish_options
 from taskhub.hub.hub import Hub, task_view
 from taskhub.lifecycle import Credentials, Task
@@ -43,7 +43,6 @@ def _check(hub: Hub, creds: Credentials, index: int, item: TaskCreate, options: 
     published, naming the item: its message starts with ``tasks.<index>`` and its details
     carry ``index``."""
     try:
-        check_storable(f"tasks.{index}.payload", item.payload)
         validate_action(item.action)
         if not allowed(creds.pub_permissions, item.action) or reserved_action(item.action):
             raise PermissionDenied(

@@ -18,7 +18,6 @@ from taskhub.hub.http.deps import (
     Integer,
     Number,
     caller,
-    check_storable,
     error_responses,
 )
 from taskhub.hub.hub import Hub
@@ -239,7 +238,6 @@ async def _state(hub: Hub, task_id: str) -> dict[str, Any]:
 async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
     """The first result wins; a commit after the lease ran out still counts if the task has
     not ended."""
-    check_storable("result", body.result)
     consumers.commit(consumer, body.task_id, body.result)
     return await _state(consumers.hub, body.task_id)
 
@@ -252,7 +250,6 @@ async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDe
     responses=_STEP_ERRORS,
 )
 async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    check_storable("data", body.data)
     consumers.update(consumer, body.task_id, body.data)
     return await _state(consumers.hub, body.task_id)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
@@ -16,7 +15,6 @@ from pydantic.config import JsonDict
 from taskhub.errors import (
     AuthenticationFailed,
     PermissionDenied,
-    ProtocolError,
     StoreUnavailable,
     TaskNotFound,
 )
@@ -141,12 +139,3 @@ async def read_task(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
             f"{creds.name!r} may not read task {task_id} ({rec.action})", action=rec.action
         )
     return rec
-
-
-def check_storable(field: str, value: Any) -> None:
-    """Refuse what the store could not write (MessagePack keeps 64-bit integers): accepted, such
-    a value would stall the commit pipeline for everyone."""
-    try:
-        msgspec.msgpack.encode(value)
-    except (OverflowError, TypeError) as exc:
-        raise ProtocolError(f"field {field!r} cannot be stored: {exc}", field=field) from None

@@ -21,7 +21,6 @@ from taskhub.hub.http.deps import (
     Integer,
     Number,
     StateFilter,
-    check_storable,
     error_responses,
     read_task,
 )
@@ -205,7 +204,6 @@ async def create_task(
     """Answers once the task is stored (durable): 201, or 200 for a repeated `options.key`.
 
     An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
-    check_storable("payload", body.payload)
     options = publish_options(body.options, header_trace(traceparent, tracestate))
     task, created = hub.lc.publish(creds, body.action, body.payload, options)
     hub.kick()

@@ -14,6 +14,11 @@ Key layout (``P`` is the prefix, ``taskhub`` unless the URL says ``?prefix=NAME`
     {P}:lock:<name>           string with a TTL: a lock's owner token (:meth:`acquire_lock`)
     {P}:hb:<name>             string with a TTL: a heartbeat (:meth:`heartbeat`)
 
+One partition ``n`` of several (docs/deployment.md, "Partitions") has the same keys under
+``P{pn}:`` instead of ``{P}:`` (``taskhub{p3}:t:<id>``): the hash tag is then the partition,
+so each partition's keys share one slot and the partitions spread over a Cluster's primaries.
+The deployment's cluster-wide records stay under ``{P}:``.
+
 The braces make ``{P}`` a Redis Cluster *hash tag*: every key of one TaskHub hashes to the
 same slot, so one Lua script can read and write all of them atomically on a Cluster too. The
 price is that one TaskHub's data is not spread over the Cluster's nodes: it lives on one
@@ -96,6 +101,7 @@ class RedisStore:
         connect_timeout: float = 5.0,
         health_check_interval: int = 15,
         cluster: bool = False,
+        partition: int | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             # A brace would end or restart the hash tag: keys of one store would scatter.
@@ -104,7 +110,10 @@ class RedisStore:
         self.url = safe_url(url if url is not None else redis_url)
         self._redis_url = redis_url
         self.cluster = cluster
-        self._tag = "{" + prefix + "}:"
+        # One partition of several (docs/deployment.md, "Partitions"): its keys share the
+        # hash tag {p<n>}, so a Redis Cluster spreads partitions over its primaries.
+        self.partition = partition
+        self._tag = "{" + prefix + "}:" if partition is None else f"{prefix}{{p{partition}}}:"
         self._options = client_options(
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
@@ -124,18 +133,18 @@ class RedisStore:
         self.script_flags = False
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
+    def from_url(cls, url: str, *, partition: int | None = None) -> RedisStore:
         """``redis://[[user]:password@]host[:port][/db][?prefix=NAME]``, or ``rediss://`` for
         TLS; ``redis+cluster://host:port[?prefix=NAME]`` (``rediss+cluster://``) for a Redis
         Cluster, any one of its nodes as the seed. Other query parameters are passed to
-        redis-py (``ssl_ca_certs=...`` and so on)."""
+        redis-py (``ssl_ca_certs=...`` and so on). ``partition``: that partition's keys."""
         redis_url, prefix, cluster = parse_url(url)
-        return cls(redis_url, prefix=prefix, url=url, cluster=cluster)
+        return cls(redis_url, prefix=prefix, url=url, cluster=cluster, partition=partition)
 
     # -- keys -----------------------------------------------------------------------------
 
     def key(self, *parts: str) -> str:
-        """A key of this store: ``{prefix}:part:part``."""
+        """A key of this store: ``{prefix}:part:part`` (a partition's: ``prefix{p3}:part``)."""
         return self._tag + ":".join(parts)
 
     def lock_key(self, name: str) -> str:

@@ -1,0 +1,195 @@
+"""Keeps this hub's share of the partitions: the leases it should hold, and only those.
+
+Every ``interval`` (a third of the lease by default) the keeper heartbeats its member record,
+lists the live members, computes the assignment (:mod:`taskhub.hub.assign`, the same in every
+hub), and then
+
+- renews the leases it holds; a lease refused, or not renewed before it runs out by the
+  keeper's own clock (counted from when the last successful renewal was *sent*), is lost:
+  ``on_lost(p)`` at once, and the hub must stop leading p (its fenced store refuses writes by
+  then anyway);
+- hands off a partition another live member should lead: ``on_release(p)`` first (the hub
+  flushes and stops the partition), then the lease is released so the successor takes it
+  at its next round, without waiting for expiry;
+- takes the partitions it should lead whose lease is free: ``on_gained(p, token)`` with the
+  new fencing token (the hub opens the partition's fenced store with it). A dead member's
+  partitions are taken this way once its member record and its leases have expired.
+
+:meth:`stop` takes the member off the list and hands off every partition at once (SIGTERM:
+graceful hand-off). Only the lease protocol is used (:class:`~taskhub.store.PartitionLeases`);
+the clock is injected, so tests drive :meth:`tick` with a fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from taskhub.errors import StoreUnavailable
+from taskhub.hub.assign import assign
+from taskhub.store.lock import Member, PartitionLeases
+
+log = logging.getLogger("taskhub.keeper")
+
+Gained = Callable[[int, str], Awaitable[None]]
+Changed = Callable[[int], Awaitable[None]]
+
+
+async def _nothing(partition: int, token: str = "") -> None:
+    return None
+
+
+class PartitionKeeper:
+    """The leases of one hub process (``instance``, reachable at ``url``)."""
+
+    def __init__(
+        self,
+        leases: PartitionLeases,
+        *,
+        instance: str,
+        url: str,
+        lease: float = 3.0,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_gained: Gained = _nothing,
+        on_release: Changed = _nothing,
+        on_lost: Changed = _nothing,
+    ) -> None:
+        """``lease``: seconds a lease (and the member record) lasts without renewal.
+        ``interval``: seconds between rounds (:meth:`start`), ``lease / 3`` by default; less
+        than the lease, so a renewal can fail and be retried before it runs out. ``clock``:
+        monotonic seconds (a test's fake clock)."""
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, got {lease}")
+        interval = lease / 3 if interval is None else interval
+        if not 0 < interval < lease:
+            raise ValueError(f"interval must be > 0 and < the lease ({lease}s), got {interval}")
+        self.interval = interval
+        self.leases = leases
+        self.member = Member(instance, url.rstrip("/"))
+        self.holder = f"{instance} {self.member.url}"
+        self.lease = lease
+        self.clock = clock
+        self.on_gained = on_gained
+        self.on_release = on_release
+        self.on_lost = on_lost
+        self.tokens: dict[int, str] = {}  # partition -> the token this hub holds it with
+        self._until: dict[int, float] = {}  # partition -> clock time the lease surely lasts
+        self.members: list[Member] = []  # the live members at the last round
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self.lease * 1000)
+
+    def leads(self, partition: int) -> bool:
+        """This hub holds the partition's lease and it has not run out by the keeper's clock."""
+        return partition in self.tokens and self.clock() < self._until[partition]
+
+    def led(self) -> list[int]:
+        """The partitions this hub leads now."""
+        return sorted(p for p in self.tokens if self.leads(p))
+
+    def wanted(self) -> set[int]:
+        """The partitions this hub should lead, by the member list of the last round."""
+        ids = {m.instance for m in self.members} | {self.member.instance}
+        owners = assign(self.leases.partitions, ids)
+        return {p for p, m in owners.items() if m == self.member.instance}
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run :meth:`tick` every ``interval`` seconds in a task until :meth:`stop`."""
+        self._task = asyncio.create_task(self._run(), name="taskhub-partition-keeper")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except StoreUnavailable as exc:  # the leases lapse by the clock meanwhile
+                log.warning("cannot reach the partition leases: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        """Leave the member list and hand off every partition (on_release, then release)."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(StoreUnavailable):
+            await self.leases.leave(self.member.instance)
+        for p in sorted(self.tokens):
+            await self._hand_off(p)
+
+    async def tick(self) -> None:
+        """One round: drop what ran out, heartbeat, renew, hand off, take."""
+        for p in sorted(self.tokens):
+            if self.clock() >= self._until[p]:
+                await self._lose(p, "the lease ran out before it was renewed", release=True)
+        if self._stopped:
+            return
+        await self.leases.heartbeat(self.member, self.ttl_ms)
+        self.members = await self.leases.members()
+        wanted = self.wanted()
+        for p in sorted(self.tokens):
+            await self._renew(p)
+        for p in sorted(set(self.tokens) - wanted):
+            # Another live member should lead it: it takes the lease once it is free.
+            await self._hand_off(p)
+        for p in sorted(wanted - set(self.tokens)):
+            await self._take(p)
+
+    async def _renew(self, p: int) -> None:
+        sent = self.clock()
+        if await self.leases.renew(p, self.tokens[p], self.ttl_ms):
+            self._until[p] = sent + self.lease
+        else:
+            await self._lose(p, "another hub holds the lease now", release=False)
+
+    async def _take(self, p: int) -> None:
+        sent = self.clock()
+        token = await self.leases.take(p, self.holder, self.ttl_ms)
+        if token is None:
+            return  # its holder hands it off or its lease expires: a later round
+        self.tokens[p] = token
+        self._until[p] = sent + self.lease
+        log.info("leading partition %d (%s)", p, token)
+        try:
+            await self.on_gained(p, token)
+        except Exception:
+            log.exception("could not take the lead of partition %d; letting it go", p)
+            await self._forget(p, release=True)
+
+    async def _hand_off(self, p: int) -> None:
+        log.info("handing partition %d off", p)
+        try:
+            await self.on_release(p)
+        finally:
+            await self._forget(p, release=True)
+
+    async def _lose(self, p: int, why: str, *, release: bool) -> None:
+        log.warning("lost partition %d (%s)", p, why)
+        token = self.tokens[p]
+        self._until[p] = 0.0  # leads() is False from now on, whatever the callback does
+        try:
+            await self.on_lost(p)
+        finally:
+            del self.tokens[p], self._until[p]
+            if release:
+                # Still ours in the store if nobody took it: let it go, so it can be taken
+                # again (with a new token) rather than wait for its expiry.
+                with contextlib.suppress(StoreUnavailable):
+                    await self.leases.release(p, token)
+
+    async def _forget(self, p: int, *, release: bool) -> None:
+        token = self.tokens.pop(p)
+        self._until.pop(p, None)
+        if release:
+            with contextlib.suppress(StoreUnavailable):
+                await self.leases.release(p, token)
