@@ -161,10 +161,13 @@ class HandlerLoop:
         socket (this loop closes it)."""
         self._connection = conn
         self._here = False
-        fd = ws.fd
-        if fd is not None:
-            with contextlib.suppress(RuntimeError):  # stopping: nothing to read any more
-                self.loop.call_soon_threadsafe(self._attach, conn, ws, os.dup(fd))
+        if ws.fd is None:
+            return
+        fd = os.dup(ws.fd)
+        try:
+            self.loop.call_soon_threadsafe(self._attach, conn, ws, fd)
+        except RuntimeError:  # this loop closed (stopping): nothing to read any more
+            os.close(fd)
 
     def detach(self, ws: Wire) -> None:
         with contextlib.suppress(RuntimeError):
@@ -185,11 +188,14 @@ class HandlerLoop:
         self._beat_at = time.monotonic()
         if not conn.receive(ws, fd, self._tap):
             self._detach(ws)
-        pickups, self._pickups = self._pickups, []
-        for ctx in pickups:  # before the handlers' first step (next turn of this loop)
-            msg = {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}
-            if not conn.send_now(msg):
-                self._to_conn.put(conn.send, msg)
+        if self._pickups:  # in one frame, before the handlers' first step (next turn)
+            pickups = [
+                {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt} for ctx in self._pickups
+            ]
+            self._pickups = []
+            if not conn.send_all_now(pickups):
+                for msg in pickups:
+                    self._to_conn.put(conn.send, msg)
         if self._urgent:
             # Something the connection's loop must hear of soon (an answer, a revoke...).
             # Only started deliveries (adopted in order before what follows them): those

@@ -381,11 +381,15 @@ class Connection:
         full transport, nothing unwritten in it) and not over TLS; False: nothing was sent,
         and ``msg`` should go through :meth:`send` on the loop (which also reports what
         cannot be sent)."""
+        return self.send_all_now([msg])
+
+    def send_all_now(self, msgs: list[Message]) -> bool:
+        """:meth:`send_now` for several messages, in one frame (all or none)."""
         ws = self._ws
         if ws is None or self._held or not self.connected.is_set():
             return False
         try:
-            part = encode(msg)
+            part = _join([encode(msg) for msg in msgs])
         except UNSENDABLE:
             return False
         if len(part) > self._frame_limit():
