@@ -16,6 +16,7 @@ import pytest
 import taskhub.testing
 from taskhub import Client, Reject, Retry, TaskFailed, TaskTimeout, Worker
 from taskhub.worker import SyncTask, Task
+from tests.conftest import ServerFactory
 
 
 @pytest.fixture
@@ -422,11 +423,14 @@ class _HoldTheConnectionThread(logging.Handler):
         self.action = action
         self.holding = threading.Event()
         self.let_go = threading.Event()
+        self.armed = threading.Event()
+        self.armed.set()
 
     def emit(self, record: logging.LogRecord) -> None:
         if (
             record.threadName == "taskhub-worker-connection"
             and self.action in record.getMessage()
+            and self.armed.is_set()
             and not self.holding.is_set()
         ):
             self.holding.set()
@@ -467,6 +471,45 @@ async def test_an_idle_handler_loop_reads_its_offers_and_runs_them_itself(url: s
             finally:
                 hold.let_go.set()
             assert await client.pub("job:next", 10).get_result(timeout=10) == 11
+    finally:
+        logger.removeHandler(hold)
+        logger.setLevel(level)
+
+
+async def test_after_a_reconnect_the_handler_loop_reads_the_new_connection(
+    make_server: ServerFactory,
+) -> None:
+    """The handler loop reads each connection the worker makes: after the hub it used is gone
+    and it dialled the next one, its tasks still run while the connection thread is held."""
+    first, second = await make_server(), await make_server()
+    worker = Worker([first.url, second.url], name="w", max_backoff=0.2)
+    hold = _HoldTheConnectionThread("job:again")
+    hold.armed.clear()  # not on the first connection
+    logger = logging.getLogger("taskhub.worker")
+    logger.addHandler(hold)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+
+    @worker.task("job:again", concurrency=2)
+    async def again(task: Task) -> int:
+        return int(task.payload) * 2
+
+    try:
+        async with worker:
+            async with Client(first.url, name="pub") as client:
+                assert await client.pub("job:again", 1).get_result(timeout=10) == 2
+            await first.stop()
+            async with Client(second.url, name="pub") as client:
+                assert await client.pub("job:again", 2).get_result(timeout=20) == 4
+                hold.armed.set()  # hold at the next task
+                assert await client.pub("job:again", 3).get_result(timeout=10) == 6
+                assert await asyncio.to_thread(hold.holding.wait, 10)
+                try:
+                    for n in range(4, 7):
+                        assert await client.pub("job:again", n).get_result(timeout=10) == 2 * n
+                    assert not hold.let_go.is_set()
+                finally:
+                    hold.let_go.set()
     finally:
         logger.removeHandler(hold)
         logger.setLevel(level)
