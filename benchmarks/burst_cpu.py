@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--store", default="memory://", help="sqlite:///{tmp}/b.db: a temp dir")
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--seq", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="last line: runs and medians as JSON")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--runtime", action="store_true", help="the worker runs through taskhub.Worker"
@@ -139,6 +140,9 @@ def main() -> None:
         f"median ({args.store}, n={args.n}): "
         + "  ".join(f"{k} {v:,.2f}" for k, v in medians.items())
     )
+    if args.json:  # for benchmarks/run.py (issue 19's targets table)
+        doc = {"store": args.store, "n": args.n, "runs": runs, "median": medians}
+        print(json.dumps(doc), flush=True)
 
 
 if __name__ == "__main__":

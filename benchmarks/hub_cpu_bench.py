@@ -8,6 +8,9 @@ a worker would send (a burst of pubs, then the worker's returns in frames of 64,
 --frame; --flush-each commits after each frame instead of after all that are ready; with
 --pickup a pickup before each, as the client sends when a handler waits), runs the commit
 pipeline, and reports the hub's CPU microseconds per task (process time,
+median of the rounds). With --batched the publisher's pubs go as ``pubs`` messages of 64 and
+the worker's replies as ``returns`` (and ``pickups``), and the worker reads ``offers``
+(docs/protocol.md, "Batched messages"), as TaskHub's clients do (process time,
 median of the rounds). The WebSocket layer is left out on purpose: this isolates the part of
 the hub the lifecycle, the store and the listeners cost, so changes to them can be compared
 on a busy 2-core machine (CPU time barely depends on what else runs).
@@ -42,8 +45,74 @@ def _payload(i: int) -> dict[str, Any]:
     return {"id": i, "to": "someone@example.com", "subject": "hello", "n": [1, 2, 3]}
 
 
+def _frame(msgs: list[dict[str, Any]], batched: bool, ref: bool = False) -> bytes:
+    """``msgs`` (one kind) as a frame: an array, or with --batched batched messages of 64;
+    ``ref``: a ref per message, or per batch."""
+    if not batched:
+        return _enc.encode([{**m, "ref": i + 2} for i, m in enumerate(msgs)] if ref else msgs)
+    out = []
+    for i in range(0, len(msgs), 64):
+        items = [{k: v for k, v in m.items() if k != "op"} for m in msgs[i : i + 64]]
+        batch = {"op": msgs[0]["op"] + "s", "items": items}
+        if ref:
+            batch["ref"] = i + 2
+        out.append(batch)
+    return _enc.encode(out)
+
+
+def _replies(
+    offers: list[dict[str, Any]], per_frame: int, pickup: bool, batched: bool
+) -> list[bytes]:
+    """The worker's frames for ``offers``: per ``per_frame`` of them, (pickups and) returns,
+    as the Python client sends them (batched: a run of pickups, then one of returns)."""
+    frames = []
+    for i in range(0, len(offers), per_frame):
+        chunk = offers[i : i + per_frame]
+        if batched:
+            msgs: list[dict[str, Any]] = []
+            if pickup:
+                picks = [{"task": m["task"], "attempt": m["attempt"]} for m in chunk]
+                msgs.append({"op": "pickups", "items": picks})
+            rets = [
+                {"task": m["task"], "attempt": m["attempt"], "result": m["payload"]} for m in chunk
+            ]
+            msgs.append({"op": "returns", "items": rets})
+            frames.append(_enc.encode(msgs))
+            continue
+        reply = []
+        for m in chunk:
+            if pickup:  # the Python client leaves it out when the handler is done at once
+                reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
+            reply.append(
+                {
+                    "op": "return",
+                    "task": m["task"],
+                    "attempt": m["attempt"],
+                    "result": m["payload"],
+                    "ref": 1,
+                }
+            )
+        frames.append(_enc.encode(reply))
+    return frames
+
+
+def _offers(got: Any) -> list[dict[str, Any]]:
+    """The offers in a decoded frame to the worker: single, or the items of ``offers``."""
+    msgs = got if isinstance(got, list) else [got]
+    out = [m for m in msgs if m["op"] == "offer"]
+    for m in msgs:
+        if m["op"] == "offers":
+            out.extend(m["items"])
+    return out
+
+
 async def one_round(
-    store_url: str, n: int, pickup: bool = False, per_frame: int = 64, flush_each: bool = False
+    store_url: str,
+    n: int,
+    pickup: bool = False,
+    per_frame: int = 64,
+    flush_each: bool = False,
+    batched: bool = False,
 ) -> float:
     hub = Hub(open_store(store_url))
     if events_log.isEnabledFor(logging.DEBUG):  # as Server._make_hub
@@ -56,17 +125,17 @@ async def one_round(
     for peer in (publisher, worker):
         frames[peer] = []
         hub.attach(peer, frames[peer].append)
+    worker.batch = batched  # as its hello would say
     sub = {"op": "sub", "action": ACTION, "ref": 1, "concurrency": 64}
     hub.handle(worker, p.decode_frame(_enc.encode(sub))[0])
     await hub.flush()
     frames[worker].clear()
-    pubs = _enc.encode(
-        [{"op": "pub", "action": ACTION, "payload": _payload(i), "ref": i + 2} for i in range(n)]
-    )
+    pubs = [{"op": "pub", "action": ACTION, "payload": _payload(i)} for i in range(n)]
+    frame = _frame(pubs, batched, ref=True)
     dec = msgspec.json.Decoder()
     gc.collect()
     started = time.process_time()
-    for msg in p.decode_frame(pubs):
+    for msg in p.decode_frame(frame):
         hub.handle(publisher, msg)
     hub.kick()
     await hub.flush()
@@ -78,34 +147,16 @@ async def one_round(
         frames[worker] = []
         hub.senders[worker] = frames[worker].append
         offers = []
-        for frame in out:
-            got = dec.decode(frame)
-            for m in got if isinstance(got, list) else [got]:
-                if m["op"] == "offer":
-                    offers.append(m)
+        for sent in out:
+            offers.extend(_offers(dec.decode(sent)))
         if not offers:
             await hub.flush()
             continue
-        batches = []
-        for i in range(0, len(offers), per_frame):
-            reply = []
-            for m in offers[i : i + per_frame]:
-                if pickup:  # the Python client leaves it out when the handler is done at once
-                    reply.append({"op": "pickup", "task": m["task"], "attempt": m["attempt"]})
-                reply.append(
-                    {
-                        "op": "return",
-                        "task": m["task"],
-                        "attempt": m["attempt"],
-                        "result": m["payload"],
-                        "ref": 1,
-                    }
-                )
-            batches.append(_enc.encode(reply))
+        batches = _replies(offers, per_frame, pickup, batched)
         done += len(offers)
         worker_side += time.process_time() - t0
-        for frame in batches:
-            for msg in p.decode_frame(frame):
+        for reply_frame in batches:
+            for msg in p.decode_frame(reply_frame):
                 hub.handle(worker, msg)
             hub.kick()
             if flush_each:  # a commit round per frame, as when the hub keeps up with the worker
@@ -132,11 +183,16 @@ async def main() -> None:
         action="store_true",
         help="commit after each worker frame (more, smaller batches: the store's per-batch cost)",
     )
+    parser.add_argument(
+        "--batched",
+        action="store_true",
+        help="batched messages (pubs, returns, pickups; offers to the worker), as the clients",
+    )
     args = parser.parse_args()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)  # as `taskhub serve` (server.py)
     figures = [
-        await one_round(args.store, args.n, args.pickup, args.frame, args.flush_each)
+        await one_round(args.store, args.n, args.pickup, args.frame, args.flush_each, args.batched)
         for _ in range(args.rounds)
     ]
     print(

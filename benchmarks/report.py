@@ -9,6 +9,7 @@ import subprocess
 from typing import Any
 
 import inflight_bench
+import issue19
 from common import fmt, measured_line, replace_block
 from harness import HERE, PEERS_VENV, ROOT, console
 from rich.table import Table
@@ -197,7 +198,8 @@ def chart(json_path: str, png_path: str) -> str | None:
 def write_docs(report: dict[str, Any]) -> None:
     """Rewrite the parts of docs/performance.{md,json,png} this run measured: the main table
     (and chart) if it ran any of the single-hub targets, the "Several hubs" table if it ran
-    the cluster; the other part, and its figures in the JSON, stay as they were."""
+    the cluster, "Issue 19's targets" if it made that table; the other parts, and their figures
+    in the JSON, stay as they were."""
     os.makedirs(DOCS, exist_ok=True)
     json_path = os.path.join(DOCS, "performance.json")
     cluster_rows = report.pop("cluster_rows", [])
@@ -250,6 +252,10 @@ def json_doc(
         doc["inflight"] = inflight
     elif "inflight" in old:
         doc["inflight"] = old["inflight"]
+    if "issue19" in report:
+        doc["issue19"] = report["issue19"]
+    elif "issue19" in old:  # a run without the targets table keeps the last one's
+        doc["issue19"] = old["issue19"]
     return doc, inflight
 
 
@@ -281,4 +287,7 @@ def markdown_doc(
         text = replace_block(
             text, "inflight", inflight_bench.markdown_block(inflight), inflight_bench.HEADING
         )
+    if "issue19" in report:
+        block = issue19.markdown_block(report["issue19"])
+        text = replace_block(text, "issue19", block, issue19.HEADING)
     return text

@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/run.py --only taskhub,celery --n 2000
     .venv/bin/python benchmarks/run.py --only cluster --n 4000   # 1, 2, 3 hubs on one Redis
     .venv/bin/python benchmarks/run.py --only inflight --k 100000 # hub memory, tasks in flight
+    .venv/bin/python benchmarks/run.py --targets       # only what issue 19's targets table needs
 
 Every system runs in processes of its own: the hub (or redis-server), one worker process, one
 publisher process. The workload is N no-op tasks with a ~100-byte JSON payload that the worker
@@ -12,7 +13,11 @@ returns as the result; the publisher collects every result. The cluster rows sta
 one Redis instead (one leads, the others relay to it), see "Several hubs" in
 docs/performance.md. The inflight rows (after the others) measure the hub's memory with K tasks
 accepted and waiting for a worker, then drain them: benchmarks/inflight_bench.py, "Tasks in
-flight" in docs/performance.md.
+flight" in docs/performance.md. A full run (and --targets) ends with the table of issue 19's
+targets: benchmarks/burst_cpu.py's CPU per task (medians of 3 runs on memory://, sqlite:// and
+redis://) and this run's round trips against the fastest peer, "Issue 19's targets" in
+docs/performance.md; --targets runs only the TaskHub rows, the peers and burst_cpu.py, and
+rewrites only that section of the docs.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import inflight_bench
+import issue19
 from harness import (
     PEERS_VENV,
     Failed,
@@ -103,6 +109,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the inflight rows publish in chunks of this many [5000]",
     )
     parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only what issue 19's targets table needs: TaskHub's rows, the peers, burst_cpu.py",
+    )
+    parser.add_argument(
+        "--cpu-n",
+        type=int,
+        default=30_000,
+        help="tasks in each burst_cpu.py run of the targets table [30000]",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny N, TaskHub memory+sqlite, the echo and the relay only, no peers",
@@ -115,6 +132,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-docs", action="store_true", help="do not update docs/performance.{md,json,png}"
     )
     args = parser.parse_args(argv)
+    if args.targets and (args.only or args.smoke):
+        parser.error("--targets runs its own set: not with --only or --smoke")
+    # The targets table comes with a full run (make bench) and with --targets.
+    args.issue19 = args.targets or not (args.only or args.smoke)
     if args.smoke:
         args.n, args.seq, args.warmup, args.timeout = min(args.n, 300), 30, 20, 20.0
         args.k = min(args.k, SMOKE_K)
@@ -125,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """The targets to run, in order: --smoke's or all of them, narrowed by --only."""
+    if args.targets:
+        return [*TASKHUB_TARGETS, *PEER_TARGETS]
     targets = list(SMOKE_TARGETS if args.smoke else ALL_TARGETS)
     if args.only:
         wanted: list[str] = []
@@ -147,9 +170,11 @@ def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return targets
 
 
-def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Bench]:
-    """Run every target in turn, with a progress bar; their rows and the Bench that ran them."""
+def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Bench, dict[str, Any]]:
+    """Run every target in turn, then burst_cpu.py if the targets table is wanted, with a
+    progress bar; their rows, the Bench that ran them, and burst_cpu.py's figures."""
     rows: list[dict[str, Any]] = []
+    cpu: dict[str, Any] = {}
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description:<40}"),
@@ -159,13 +184,23 @@ def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Bench]:
         console=console,
         transient=False,
     ) as progress:
-        bar = progress.add_task("starting", total=len(args.targets) * STEPS)
+        steps = len(args.targets) * STEPS
+        bar = progress.add_task("starting", total=steps + (3 if args.issue19 else 0))
         bench = Bench(args, progress, bar)
         for i, target in enumerate(args.targets):
             progress.update(bar, description=f"{target}: starting", completed=i * STEPS)
             rows.append(measure_one(bench, target))
             progress.update(bar, completed=(i + 1) * STEPS, description=f"{target}: done")
-    return rows, bench
+        if args.issue19:
+
+            def on_store(kind: str) -> None:
+                desc = f"burst_cpu.py {kind}:// ({issue19.CPU_RUNS} runs)"
+                progress.update(bar, advance=0 if kind == "memory" else 1, description=desc)
+
+            timeout = args.timeout * issue19.CPU_RUNS
+            cpu = issue19.measure_cpu(args.cpu_n, timeout, bench.redis, bench.log, on_store)
+            progress.update(bar, completed=steps + 3, description="burst_cpu.py: done")
+    return rows, bench, cpu
 
 
 def measure_one(bench: Bench, target: str) -> dict[str, Any]:
@@ -217,7 +252,8 @@ def make_report(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started_at = dt.datetime.now(dt.UTC)
-    all_rows, bench = measure(args)
+    loadavg = [round(x, 2) for x in os.getloadavg()]  # the machine may be shared: say how busy
+    all_rows, bench, cpu = measure(args)
     cluster_rows = [r for r in all_rows if r["name"] in CLUSTER_TARGETS]
     inflight_rows = [r for r in all_rows if r["name"] in INFLIGHT_TARGETS]
     rows = [r for r in all_rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS]
@@ -232,13 +268,18 @@ def main(argv: list[str] | None = None) -> int:
         console.print(line, highlight=False)
     report = make_report(args, argv, started_at, bench, rows)
     report.update(rows=rows, ratios=rat, cluster_rows=cluster_rows, inflight_rows=inflight_rows)
+    if args.issue19:
+        report["issue19"] = issue19.section(report, cpu, loadavg)
+        console.print(issue19.console_table(report["issue19"]))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=2)
     console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
-        write_docs(report)
+        # --targets measured part of the main table only: it rewrites its own section alone.
+        write_docs({**report, "rows": []} if args.targets else report)
     failed = [r["name"] for r in all_rows if r["status"] == "failed"]
+    failed += [f"burst_cpu.py {kind}://" for kind, c in cpu.items() if "error" in c]
     if failed:
         console.print(
             f"[red]failed:[/red] {', '.join(failed)} (logs in {os.path.relpath(bench.logs)})"

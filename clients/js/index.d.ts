@@ -219,6 +219,8 @@ export declare class Client {
   unsub(action: string): Promise<void>;
   /** The third argument: the end timeout in ms, or options. */
   pub<R = any>(action: string, payload?: any, options?: number | PubOptions): Handle<R>;
+  /** Publish a list of tasks: each item [action, payload?, timeoutOrOptions?]; their handles, in order. */
+  pubMany<R = any>(items: Iterable<[string, any?, (number | PubOptions)?] | { action: string; payload?: any; options?: number | PubOptions }>): Handle<R>[];
   chain<R = any>(steps: Step[], options?: { mergeInput?: boolean }): Handle<R>;
   group<R = any[]>(steps: Step[]): Handle<R>;
   get(taskId: string): Promise<TaskView>;

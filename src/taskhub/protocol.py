@@ -283,7 +283,48 @@ class Hello(_Msg, tag="hello"):
     version: _Label | None = None  # the library's version
     host: _Label | None = None  # the machine's host name
     pid: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # True: the client reads batched messages from the hub (``offers``; docs/protocol.md §2).
+    batch: bool = False
     ref: int | None = None
+
+
+# --- batched messages (docs/protocol.md, "Batched messages") ---------------------------------
+# The most items one batched message may carry; the hub says so in its welcome
+# (``max_batch``), and a client that reads it there may send batched messages. The same limit
+# as ``POST /v1/tasks:batch``.
+MAX_BATCH = 1000
+
+
+class _Batch(_Msg):
+    """Several messages of one kind in one: each item is that message without its ``op`` (an
+    ``op`` it carries must be the single kind), applied in order exactly as the single
+    message would be, with its own answer. An item that cannot be decoded is a :class:`Bad`
+    in ``items`` (see :func:`decode_frame`); the others are still applied."""
+
+    ref: int | None = None
+
+
+class Pubs(_Batch, tag="pubs"):
+    """Several ``pub``: the batch's one ``ref`` is answered by one ``ok`` whose ``items``
+    hold each item's answer in order (a task, or the item's error)."""
+
+    items: list[Pub] = msgspec.field(default_factory=list)
+
+
+class Acks(_Batch, tag="acks"):
+    items: list[Ack] = msgspec.field(default_factory=list)
+
+
+class Pickups(_Batch, tag="pickups"):
+    items: list[Pickup] = msgspec.field(default_factory=list)
+
+
+class Returns(_Batch, tag="returns"):
+    items: list[Return] = msgspec.field(default_factory=list)
+
+
+# Each batched kind and the kind of its items.
+BATCHES: dict[type[_Batch], type[_Msg]] = {Pubs: Pub, Acks: Ack, Pickups: Pickup, Returns: Return}
 
 
 Admin = Schedule | Unschedule | Schedules | Queues | Purge | DeadLetters | DeadLetter | Requeue
@@ -319,6 +360,10 @@ Inbound = (
     | DeadLetter
     | Requeue
     | Hello
+    | Pubs
+    | Acks
+    | Pickups
+    | Returns
 )
 OPS: frozenset[str] = frozenset(
     str(c.__struct_config__.tag)
@@ -353,6 +398,10 @@ OPS: frozenset[str] = frozenset(
         DeadLetter,
         Requeue,
         Hello,
+        Pubs,
+        Acks,
+        Pickups,
+        Returns,
     )
 )
 
@@ -401,10 +450,54 @@ def decode_frame(data: bytes | str) -> list[Inbound | Bad]:
         try:
             msgs.append(_one_decoder.decode(raw))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            msgs.append(_explain(raw, i, str(exc)))
+            msgs.append(_batch_by_item(raw, i) or _explain(raw, i, str(exc)))
         except RecursionError:
             msgs.append(_explain(raw, i, _TOO_DEEP))
     return msgs
+
+
+class _LooseBatch(msgspec.Struct):
+    """A batched message with its items not decoded yet: one bad item spoils only itself."""
+
+    op: str
+    items: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    ref: int | None = None
+
+
+_loose_decoder = msgspec.json.Decoder(_LooseBatch)
+_BATCH_TAGS: dict[str, Any] = {str(c.__struct_config__.tag): c for c in BATCHES}
+_item_decoders = {c: msgspec.json.Decoder(kind) for c, kind in BATCHES.items()}
+
+
+def _batch_by_item(raw: msgspec.Raw, index: int) -> Inbound | None:
+    """A batched message whose items are decoded one by one, the bad ones as :class:`Bad`
+    naming the item; None if it is not a batched message or is bad as a whole."""
+    try:
+        loose = _loose_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    kind = _BATCH_TAGS.get(loose.op)
+    if kind is None:
+        return None
+    decoder = _item_decoders[kind]
+    items: list[Any] = []
+    for j, item in enumerate(loose.items):
+        try:
+            items.append(decoder.decode(item))
+        except (msgspec.DecodeError, RecursionError) as exc:
+            why = _TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
+            where = f"message {index} ({loose.op}) item {j}"
+            ref = _item_ref(item) if kind is not Pubs else None  # pubs: the batch's ref
+            items.append(Bad(ProtocolError(f"{where}: {why}", index=j), ref))
+    batch: Inbound = kind(items=items, ref=loose.ref)
+    return batch
+
+
+def _item_ref(raw: msgspec.Raw) -> int | None:
+    try:
+        return _field(_top_decoder.decode(raw), "ref", int)
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 T = TypeVar("T")
@@ -480,6 +573,33 @@ def plain(value: Any) -> Any:
 def encode(msgs: list[dict[str, Any]]) -> bytes:
     """One frame: a single object when there is one message, else an array."""
     return encoder.encode(msgs[0] if len(msgs) == 1 else msgs)
+
+
+def encode_batched(msgs: list[dict[str, Any]]) -> bytes:
+    """One frame for a client that reads batched messages (its ``hello`` said ``batch``):
+    as :func:`encode`, but consecutive ``offer`` messages go as one ``offers`` whose items
+    are the offers without their ``op``.
+
+    The offers are changed in place: the lifecycle makes each one for one connection
+    (``Queues.offer_msg``), and nothing reads it once it is handed to be sent."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] | None = None
+    for msg in msgs:
+        if msg.get("op") == "offer":
+            if run is None:
+                run = []
+                out.append({"op": "offers", "items": run})
+            del msg["op"]
+            run.append(msg)
+        else:
+            run = None
+            out.append(msg)
+    if len(out) == len(msgs):  # no two offers in a row: nothing to gain
+        for i, msg in enumerate(out):
+            if msg.get("op") == "offers":
+                msgs[i] = {"op": "offer", **msg["items"][0]}
+        return encode(msgs)
+    return encoder.encode(out[0] if len(out) == 1 else out)
 
 
 def error_msg(err: Exception, ref: int | None = None, **extra: Any) -> dict[str, Any]:

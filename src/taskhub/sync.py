@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import copy
 import functools
@@ -37,13 +38,13 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar, Unpack, overload
 
 from taskhub.client import Client as AsyncClient
 from taskhub.client import Handle as AsyncHandle
 from taskhub.client import TaskContext
-from taskhub.client.client import Step
+from taskhub.client.client import PubItem, Step
 from taskhub.client.handler_task import BlockingTask
 from taskhub.client.watch import Event
 from taskhub.client.watch import Watch as AsyncWatch
@@ -268,6 +269,24 @@ class Client:
         """
         client = self._async()
         return self._accepted(lambda: client.pub(action, payload, **options))
+
+    def pub_many(self, items: Iterable[PubItem]) -> list[Handle]:
+        """Publish a list of tasks (as the async ``pub_many``: ``(action, payload)`` or
+        ``(action, payload, options)`` items, all checked before any is sent); returns once
+        the hub has answered every one, their handles in order. A task the hub refused
+        (``PermissionDenied``, say) does not raise here: its handle's ``id`` is empty and
+        its ``get_result()`` raises the refusal; the others are published."""
+        client = self._async()
+        caller = contextvars.copy_context()
+
+        async def answered() -> list[AsyncHandle]:
+            handles = caller.run(client.pub_many, items)
+            for handle in handles:
+                with contextlib.suppress(TaskHubError):  # refused: its handle says so
+                    await handle.accepted()
+            return handles
+
+        return [Handle(self, handle) for handle in self._call(answered())]
 
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` (``(action, payload[, options])``) one after another, as the async

@@ -257,6 +257,7 @@ maybe_options = st.one_of(st.none(), options, junk)
 chain_step = st.fixed_dictionaries(
     {"action": action}, optional={"payload": junk, "options": maybe_options}
 )
+step_item = st.fixed_dictionaries({"task": task_id, "attempt": attempt})
 # Every op of docs/protocol.md and plausible values for each of its fields.
 FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "pub": {"action": action, "payload": junk, "options": maybe_options},
@@ -316,6 +317,15 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "dead_letters": {"action": st.one_of(st.none(), action)},
     "dead_letter": {"task": task_id},
     "requeue": {"task": task_id},
+    # Batched messages: items as the single op's fields, some of them bad.
+    "pubs": {"items": st.one_of(st.lists(chain_step, max_size=4), junk)},
+    "acks": {"items": st.one_of(st.lists(step_item, max_size=4), junk)},
+    "pickups": {"items": st.one_of(st.lists(step_item, max_size=4), junk)},
+    "returns": {
+        "items": st.one_of(
+            st.lists(step_item.map(lambda s: {**s, "result": {"ok": 1}}), max_size=4), junk
+        )
+    },
 }
 int_ref = st.sampled_from([Ref()] * 6 + [Ref("negative"), Ref("huge"), Ref("int64")])
 # Any other type makes the message a bad_message answered without a ref (§2).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import sqlite3
 import sys
 import threading
@@ -31,6 +32,7 @@ from taskhub.store import open_store
 from taskhub.store.base import Store
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests import redisproc
+from tests.store.data.make_sqlite_v3 import FILE as V3_FILE
 
 # A new engine joins the suite by adding its name here and a URL in store_url().
 # "redis-cluster" is the same engine on a real 3-primary Redis Cluster with the cluster-aware
@@ -211,6 +213,25 @@ async def test_replaying_a_batch_is_harmless(store: Store) -> None:
     await store.apply(batch)
     assert [e.seq for e in await store.get_events("t1")] == [0, 1]
     assert [t.id for t in await store.list_tasks()] == ["t1"]
+
+
+async def test_an_event_written_again_replaces_only_its_own_seq(store: Store) -> None:
+    """An event is replaced by (task, seq), also when the first one was written long before
+    (a read in between: the sqlite engine has folded it into the tables by then)."""
+    await apply(store, task("t1"), events=[event("t1", s) for s in range(4)])
+    assert [e.seq for e in await store.get_events("t1")] == [0, 1, 2, 3]
+    await apply(store, events=[event("t1", 1, "offer"), event("t1", 4)])
+    await apply(store, events=[event("t1", 3, "success")])
+    got = await store.get_events("t1")
+    assert [(e.seq, e.type) for e in got] == [
+        (0, "update"),
+        (1, "offer"),
+        (2, "update"),
+        (3, "success"),
+        (4, "update"),
+    ]
+    await apply(store, events=[event("t1", 1, "drop")])  # again, after another read
+    assert [e.type for e in await store.get_events("t1")][1] == "drop"
 
 
 # -- load_active ----------------------------------------------------------------------------
@@ -523,31 +544,52 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
 
 
 async def test_sqlite_batch_is_one_transaction(tmp_path: Path) -> None:
+    """A batch is all or nothing: a record SQLite's tables would refuse, anywhere in it, is
+    refused before anything is written; and a fold of the journal into the tables that fails
+    half way leaves the tables as they were and the journal whole, to be folded later."""
     store = SqliteStore.from_url(sqlite_url(tmp_path))
     await store.open()
     try:
         await apply(store, task("kept", payload=1), events=[event("kept", 0)])
-        # Encodes fine, but SQLite refuses the seq when the events are inserted: by then the
-        # task upserts of the same batch have already run inside the transaction.
-        too_big = 2**63
         bad = WriteBatch(
-            tasks=[task("t1"), task("t2"), task("kept", payload=2)],
-            events=[event("t1", 0), event("t2", too_big)],
+            tasks=[task("t1"), task("t2", action=None), task("kept", payload=2)],
+            events=[event("t1", 0)],
         )
-        with pytest.raises(OverflowError):
+        with pytest.raises(TypeError, match="action of task 't2' must be a string"):
             await store.apply(bad)
         assert await store.get_task("t1") is None
-        assert await store.get_task("t2") is None
         assert await store.get_events("t1") == []
         kept = await store.get_task("kept")
         assert kept is not None and kept.payload == 1
+
+        await apply(store, task("t3"), task("t4"), events=[event("t3", 0)], deleted=["kept"])
+        with sqlite3.connect(tmp_path / "hub.db") as raw:
+            # The fold writes the task rows, then the event packs: this fails the second.
+            raw.execute(
+                "CREATE TRIGGER half_way BEFORE INSERT ON events BEGIN"
+                " SELECT * FROM no_such_table; END"
+            )
+        with pytest.raises(StoreUnavailable, match="no_such_table"):
+            await store.get_task("t3")
+        with sqlite3.connect(tmp_path / "hub.db") as raw:
+            assert raw.execute("SELECT id FROM tasks").fetchall() == [("kept",)]
+            assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
+            raw.execute("DROP TRIGGER half_way")
+        assert await store.get_task("t3") == task("t3")
+        assert await store.get_events("t3") == [event("t3", 0)]
+        assert await store.get_task("kept") is None
         # The connection is usable after the rollback.
-        await apply(store, task("t3"))
-        assert [t.id for t in await store.list_tasks()] == ["kept", "t3"]
+        await apply(store, task("t5"))
+        assert [t.id for t in await store.list_tasks()] == ["t3", "t4", "t5"]
     finally:
         await store.close()
-    with sqlite3.connect(tmp_path / "hub.db") as raw:
-        assert raw.execute("SELECT id FROM tasks ORDER BY id").fetchall() == [("kept",), ("t3",)]
+    with sqlite3.connect(tmp_path / "hub.db") as raw:  # close folds: the tables hold it all
+        assert raw.execute("SELECT id FROM tasks ORDER BY id").fetchall() == [
+            ("t3",),
+            ("t4",),
+            ("t5",),
+        ]
+        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
 
 
 async def test_sqlite_writes_small_batches_at_once_and_big_ones_on_its_thread(
@@ -565,7 +607,7 @@ async def test_sqlite_writes_small_batches_at_once_and_big_ones_on_its_thread(
         await apply(store, task("small"), events=[event("small", 0), event("small", 1)])
         assert threads == {threading.get_ident()}
         with sqlite3.connect(tmp_path / "hub.db") as raw:  # committed, seen by another reader
-            assert raw.execute("SELECT id FROM tasks").fetchall() == [("small",)]
+            assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
         threads.clear()
         await apply(store, task("big1"), task("big2"), events=[event("big1", 0)])
         assert threads and threading.get_ident() not in threads
@@ -576,8 +618,8 @@ async def test_sqlite_writes_small_batches_at_once_and_big_ones_on_its_thread(
 
 async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
     """Writes on the caller's thread run without SQLite's automatic checkpoint (it would run
-    on the event loop); every INLINE_RUN-th small write goes to the store's thread, where SQLite
-    checkpoints. The WAL stays near SQLite's own size however the writes come."""
+    on the event loop); after a run of them the next small write goes to the store's thread,
+    where SQLite checkpoints. The WAL stays near SQLite's own size however the writes come."""
     store = SqliteStore.from_url(sqlite_url(tmp_path))
     await store.open()
     wal = tmp_path / "hub.db-wal"
@@ -604,6 +646,7 @@ async def test_sqlite_schema_and_pragmas(tmp_path: Path) -> None:
     try:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 16384  # a new file's
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"tasks", "events"} <= tables
         row = raw.execute("SELECT id, action, state, created_at, ended_at FROM tasks").fetchone()
@@ -640,6 +683,7 @@ async def test_sqlite_file_serves_one_hub_at_a_time(tmp_path: Path) -> None:
     second = SqliteStore.from_url(sqlite_url(tmp_path))
     with pytest.raises(StoreUnavailable, match="in use by another hub"):
         await second.open()
+    assert await first.get_task("t1") is not None  # a read folds the journal into the tables
     with sqlite3.connect(tmp_path / "hub.db") as raw:
         assert raw.execute("SELECT id FROM tasks").fetchall() == [("t1",)]
     await first.close()
@@ -937,7 +981,7 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     raw = sqlite3.connect(tmp_path / "hub.db")
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     raw.close()
 
 
@@ -945,10 +989,7 @@ async def test_sqlite_migrates_a_version_2_file_off_its_live_task_index(tmp_path
     """Version 3 drops the partial index of live tasks: recovery reads them through
     tasks_state (a range per live state), and no write keeps a second copy of them."""
     path = tmp_path / "hub.db"
-    store = SqliteStore.from_url(sqlite_url(tmp_path))
-    await store.open()
-    await apply(store, task("b"), task("a", state="start"), ended("c", 5.0))
-    await store.close()
+    shutil.copy(V3_FILE, path)  # version 3 (t1 started; t0, t4 in init; t2, t3 ended)
     raw = sqlite3.connect(path)  # as version 2 left a file
     raw.execute(
         "CREATE INDEX tasks_active ON tasks(id) WHERE state NOT IN ('end','fail','success')"
@@ -959,14 +1000,14 @@ async def test_sqlite_migrates_a_version_2_file_off_its_live_task_index(tmp_path
     store = SqliteStore.from_url(sqlite_url(tmp_path))
     await store.open()
     try:
-        assert [r.id for r in await store.load_active()] == ["a", "b"]
+        assert [r.id for r in await store.load_active()] == ["t0", "t1", "t4"]
     finally:
         await store.close()
     raw = sqlite3.connect(path)
     try:
         indexes = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "tasks_active" not in indexes and "tasks_state" in indexes
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         raw.close()
 

@@ -287,7 +287,7 @@ class Client {
   _restore() {
     // Who we are, for the hub's dashboard (protocol §1, optional): the first message sent.
     this._conn.send({ op: 'hello', client: 'taskhub-js', version: VERSION,
-      host: os.hostname().slice(0, 255), pid: process.pid });
+      host: os.hostname().slice(0, 255), pid: process.pid, batch: true }); // it reads `offers`
     // After (re)connecting: subscribe again and catch up with the tasks we wait on.
     for (const sub of this._subs.values()) this._sendSub(sub);
     for (const topic of this._topics.keys()) this._sendSubscribe(topic);
@@ -397,15 +397,40 @@ class Client {
       '(is the action spelled right?) [said once per action]');
   }
 
-  _publish(action, msg) {
+  /**
+   * Publish a list of tasks, [[action, payload, options?], ...]; their Handles, in order.
+   * Every item is checked first (action name, options, plain JSON, size): a bad one throws,
+   * naming its index, and nothing is sent. They leave in batched `pubs` messages and the hub
+   * answers each on its own: one it refuses fails only its own handle.
+   */
+  pubMany(items) {
+    const ready = Array.from(items, (item, i) => {
+      const [action, payload, options] = Array.isArray(item) ? item : [item && item.action, item && item.payload, item && item.options];
+      try {
+        validateAction(action);
+        const opts = pubOptions(options);
+        const msg = { op: 'pub', action, payload: payload === undefined ? null : payload };
+        if (Object.keys(opts).length) msg.options = opts;
+        return [action, msg, this._conn.encode(msg, 24)];
+      } catch (err) {
+        err.message = `pubMany item ${i}${typeof action === 'string' ? ` ('${action}')` : ''}: ${err.message}; nothing was sent`;
+        if (err.details) err.details.index = i;
+        throw err;
+      }
+    });
+    return ready.map(([action, msg, part]) => this._publish(action, msg, part));
+  }
+
+  _publish(action, msg, part = undefined) {
     const handle = new Handle(this, action);
     if (this._closing || this._conn.closed) {
       handle._refuse(new ConnectionClosed('the client is closed'));
       return handle;
     }
     // Queued while (re)connecting: it leaves with the next connection. Throws, sending nothing,
-    // if the message is not plain JSON or too large.
-    this._conn.post(msg, handle);
+    // if the message is not plain JSON or too large. A loop turn's pubs leave as one `pubs`.
+    if (msg.op === 'pub') this._conn.postPub(msg, handle, part);
+    else this._conn.post(msg, handle);
     this._unconfirmed.add(handle);
     return handle;
   }
@@ -623,6 +648,9 @@ class Client {
         if (task) task._event(msg);
         return;
       }
+      case 'offers': // several at once (docs/protocol.md, "Batched messages")
+        for (const item of msg.items) this._offered(item);
+        return;
       case 'offer':
         this._offered(msg);
         return;

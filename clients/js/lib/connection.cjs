@@ -13,6 +13,11 @@ const WS_PATH = '/v1/ws';
 // still being made, as the Python client does: the hub starts on the first frames while the
 // caller goes on publishing.
 const EARLY_SEND = 64 * 1024;
+// Items per batched message this client sends (at most the hub's welcome.max_batch), as the
+// Python client: the hub applies a long frame in chunks of 32 messages and never splits one.
+const BATCH_ITEMS = 64;
+// The single kinds a worker sends in runs, by how their JSON starts (op is the first key).
+const STEPS = new Map([['{"op":"ack",', 'acks'], ['{"op":"pickup",', 'pickups'], ['{"op":"return",', 'returns']]);
 
 /** Accept ws://host:port, http://host:port, or a URL that already ends with /v1/ws. */
 function wsUrl(url) {
@@ -44,7 +49,9 @@ class Connection {
     this.closing = false;
     this.closed = false;
     this.ws = null;
-    this.outbox = []; // encoded messages (strings), in order
+    // Encoded messages (strings), in order; a pub is {pub, receiver} until the flush gives it
+    // its ref (its own, or its batch's: docs/protocol.md, "Batched messages").
+    this.outbox = [];
     this.outboxSize = 0;
     this.flushScheduled = false;
     this.nextRef = 1;
@@ -215,9 +222,15 @@ class Connection {
     this.pending = new Map();
     // Requests still queued fail here, so they must not go out on the next connection; other
     // messages (worker steps) still go: a `return` of an older attempt is accepted (fencing).
-    this.outbox = everything ? [] : this.outbox.filter((part) => !('ref' in JSON.parse(part)));
+    const queued = this.outbox;
+    const unsent = []; // pubs queued without a ref yet: they fail with the requests
+    this.outbox = [];
+    for (const part of queued) {
+      if (typeof part !== 'string') unsent.push(part.receiver);
+      else if (!everything && !('ref' in JSON.parse(part))) this.outbox.push(part);
+    }
     this.outboxSize = this.outbox.reduce((n, part) => n + part.length, 0);
-    for (const receiver of pending.values()) {
+    for (const receiver of [...pending.values(), ...unsent]) {
       try { receiver._fail(err); } catch (e) { this.log.error(`taskhub: ${e.stack || e}`); }
     }
   }
@@ -247,10 +260,10 @@ class Connection {
 
   // --- sending --------------------------------------------------------------------------------
   /** Encode a message alone; throws (sending nothing) if it is not JSON or too large. */
-  encode(msg) {
+  encode(msg, room = 0) {
     checkPlain(msg, `${msg.op} message`, '');
     const part = JSON.stringify(msg); // TypeError for a cycle
-    const limit = this.frameLimit();
+    const limit = this.frameLimit() - room; // room: for a ref added later
     if (part.length > limit) {
       throw new FrameTooLarge(
         `${msg.op} message of ${part.length} characters is over the hub's frame limit of ${limit}; it was not sent`);
@@ -278,6 +291,15 @@ class Connection {
     this.queue(part);
   }
 
+  /** Send a `pub`; its receiver is answered as for post(). The pubs of one loop turn leave as
+   * one `pubs` message when the hub's welcome has max_batch; the ref is given at the flush. */
+  postPub(msg, receiver, part = undefined) {
+    if (this.closing || this.closed) throw new ConnectionClosed('the client is closed');
+    const pub = part === undefined ? this.encode(msg, 24) : part;
+    this.outbox.push({ pub, receiver });
+    this.queued(pub.length + 16);
+  }
+
   /** Send with a ref; a promise of the hub's `ok` message, rejected with its `error`. */
   request(msg) {
     return new Promise((resolve, reject) => {
@@ -290,7 +312,11 @@ class Connection {
 
   queue(part) {
     this.outbox.push(part);
-    this.outboxSize += part.length;
+    this.queued(part.length);
+  }
+
+  queued(size) {
+    this.outboxSize += size;
     if (this.outboxSize >= EARLY_SEND && this.connected) {
       this.flush();
       return;
@@ -304,10 +330,10 @@ class Connection {
   flush() {
     const ws = this.ws;
     if (!this.outbox.length || !ws || !this.connected || ws.readyState !== WebSocket.OPEN) return;
-    const parts = this.outbox;
+    const limit = this.frameLimit();
+    const parts = this.batched(this.outbox, limit);
     this.outbox = [];
     this.outboxSize = 0;
-    const limit = this.frameLimit();
     let chunk = [];
     let size = 1;
     const out = () => { ws.send(chunk.length === 1 ? chunk[0] : '[' + chunk.join(',') + ']'); };
@@ -322,6 +348,66 @@ class Connection {
     }
     if (chunk.length) out();
   }
+
+  /** The messages for the queued entries: runs of pubs, acks, pickups or returns as one
+   * batched message each when the hub takes them; every pub given its ref. */
+  batched(entries, limit) {
+    const batch = Math.min(BATCH_ITEMS, this.welcome.max_batch || 0);
+    const room = limit - 64; // a batch's own bytes besides its items
+    const out = [];
+    const item = (part) => '{' + part.slice(part.indexOf(',') + 1);
+    for (let i = 0; i < entries.length;) {
+      const entry = entries[i];
+      const kind = typeof entry === 'string' ? STEPS.get(entry.slice(0, entry.indexOf(',') + 1)) : 'pubs';
+      let j = i + 1;
+      let size = typeof entry === 'string' ? entry.length : entry.pub.length;
+      while (kind && j < entries.length && j - i < batch) {
+        const next = entries[j];
+        const part = typeof next === 'string' ? next : next.pub;
+        const same = kind === 'pubs' ? typeof next !== 'string' : typeof next === 'string' && part.startsWith(entry.slice(0, entry.indexOf(',') + 1));
+        if (!same || size + part.length + 1 > room) break;
+        size += part.length + 1;
+        j += 1;
+      }
+      const run = entries.slice(i, j);
+      i = j;
+      if (kind === 'pubs') {
+        const ref = this.nextRef++;
+        if (run.length === 1) {
+          this.pending.set(ref, run[0].receiver);
+          out.push(`${run[0].pub.slice(0, -1)},"ref":${ref}}`);
+        } else {
+          this.pending.set(ref, batchAnswer(run.map((e) => e.receiver), this.log));
+          out.push(`{"op":"pubs","ref":${ref},"items":[${run.map((e) => item(e.pub)).join(',')}]}`);
+        }
+      } else if (run.length === 1) out.push(entry);
+      else out.push(`{"op":"${kind}","items":[${run.map(item).join(',')}]}`);
+    }
+    return out;
+  }
+}
+
+/** The receiver of a `pubs`: each item's answer (the ok's `items`, in order) to its own
+ * receiver, or the batch's error or loss to every one of them. */
+function batchAnswer(receivers, log) {
+  const tell = (fn) => { try { fn(); } catch (e) { log.error(`taskhub: ${e.stack || e}`); } };
+  return {
+    _answer(reply) {
+      const items = reply.op === 'ok' ? reply.items : undefined;
+      if (!Array.isArray(items)) {
+        for (const r of receivers) tell(() => r._answer(reply));
+        return;
+      }
+      receivers.forEach((r, i) => {
+        const answer = items[i];
+        if (answer === undefined) {
+          tell(() => r._fail(new TaskHubError('the hub\'s answer to a batch of pubs left this one out')));
+        } else if (answer.error) tell(() => r._answer({ op: 'error', ...answer.error }));
+        else tell(() => r._answer({ op: 'ok', ...answer }));
+      });
+    },
+    _fail(err) { for (const r of receivers) tell(() => r._fail(err)); },
+  };
 }
 
 module.exports = { Connection, wsUrl };

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
 
 from taskhub.client.connection import Connection, Message
 from taskhub.client.handlers import Handlers
 from taskhub.client.link import Link
-from taskhub.client.publisher import Publisher, Step
+from taskhub.client.publisher import PubItem, Publisher, Step
 from taskhub.client.task import Handle, TaskContext
 from taskhub.client.topics import EventHandler, Topics
 from taskhub.client.watch import Watch
@@ -30,6 +30,7 @@ __all__ = [
     "Client",
     "EventHandler",
     "Handler",
+    "PubItem",
     "Step",
     "Subscription",
 ]
@@ -307,6 +308,11 @@ class Client:
         """
         return self._publisher.pub(action, payload, options)
 
+    def pub_many(self, items: Iterable[PubItem]) -> list[Handle]:
+        """Publish ``(action, payload[, options as pub's keywords])`` items; their handles, in
+        order. All are checked first (a bad one raises, naming its index, nothing is sent)."""
+        return self._publisher.pub_many(items)
+
     def chain(self, steps: Sequence[Step], *, merge_input: bool = False) -> Handle:
         """Run ``steps`` one after another; the handle's result is the last step's result.
 
@@ -457,6 +463,9 @@ class Client:
                     for other in tuple(link.same_task.get(task_id, ())):
                         other.feed_event(msg)
             self._handlers.event(task_id, msg)
+        elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
+            for item in msg["items"]:
+                self._handlers.offered(item)
         elif op == "offer":
             self._handlers.offered(msg)
         elif op == "broadcast":

@@ -31,6 +31,7 @@ import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from taskhub.client.outbox import BATCH_ITEMS, Entry, QueuedPub, take
 from taskhub.client.wire import Wire, dial
 from taskhub.errors import (
     AuthenticationFailed,
@@ -74,6 +75,7 @@ class Reader(Protocol):
 # it must not write); returns what to queue for the connection's loop, in their place: the
 # messages, or a function to call there instead of dispatching one.
 Tap = Callable[[list["Message"]], list["Message | Callable[[], None]"]]
+Waiter = asyncio.Future[Message] | Receiver
 
 
 def ws_url(url: str) -> str:
@@ -126,7 +128,8 @@ class Connection:
         self._ws: Wire | None = None  # the WebSocket while connected
         # Messages are encoded as they are queued: the bytes hold no references, so a burst of
         # publishes leaves nothing behind for the garbage collector until the next flush.
-        self._outbox: list[bytes] = []
+        # Batchable runs are made into batched messages at the flush (client/outbox.py).
+        self._outbox: list[Entry] = []
         self._outbox_size = 0
         self._flush_scheduled = False
         # Frames made while the transport was full (Wire.paused), written in order when it
@@ -134,7 +137,7 @@ class Connection:
         self._held: list[bytes] = []
         self._keepalive: asyncio.TimerHandle | None = None
         self._refs = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Message] | Receiver] = {}
+        self._pending: dict[int, Waiter] = {}
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._url_index = 0
@@ -361,8 +364,13 @@ class Connection:
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
         # Requests still queued are failed below: they must not go out on the next connection.
-        self._outbox = [part for part in self._outbox if "ref" not in _decoder.decode(part)]
-        self._outbox_size = sum(map(len, self._outbox))
+        queued, self._outbox = self._outbox, []
+        for part in queued:
+            if isinstance(part, QueuedPub):
+                _fail(part.receiver, exc)
+            elif "ref" not in _decoder.decode(part):
+                self._outbox.append(part)
+        self._outbox_size = sum(len(part) for part in self._outbox if isinstance(part, bytes))
         for waiter in pending.values():
             _fail(waiter, exc)
 
@@ -407,9 +415,11 @@ class Connection:
         """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
         return int(self.welcome.get("max_frame", self.max_frame))
 
-    def _queue(self, part: bytes) -> None:
-        self._outbox.append(part)
-        self._outbox_size += len(part)
+    def _queue(self, part: bytes, entry: Entry | None = None) -> None:
+        self._outbox.append(part if entry is None else entry)
+        # A pub queued alone gets its `,"ref":N` at the flush: counted so, a burst's frames
+        # stay near EARLY_SEND (in a batch it takes less).
+        self._outbox_size += len(part) if entry is None else len(part) + 16
         if self._outbox_size >= EARLY_SEND:
             self._send_out()
         elif not self._flush_scheduled:
@@ -436,6 +446,27 @@ class Connection:
         self._pending[ref] = waiter
         self._queue(part)
 
+    def post_pub(self, msg: Message, receiver: Receiver, part: bytes | None = None) -> None:
+        """Send a ``pub`` (``part``: ``msg`` already encoded); its answer goes to
+        ``receiver`` as for :meth:`post`. Several in one loop turn leave as one ``pubs``
+        message when the hub takes batched messages."""
+        if self._closing and not self.connected.is_set():
+            raise ConnectionClosed("the client is closed")
+        if part is None:
+            # Its ref comes at the flush (client/outbox.py); one too large for a frame fails
+            # its receiver there, as a request's does (_too_large).
+            part = encode(msg)
+        self._queue(part, QueuedPub(part, receiver))
+
+    @property
+    def frame_limit(self) -> int:
+        """The largest frame the hub takes (its welcome's ``max_frame``)."""
+        return self._frame_limit()
+
+    def _batch(self) -> int:
+        """Items per batched message the hub takes (its welcome's ``max_batch``); 0: none."""
+        return min(BATCH_ITEMS, int(self.welcome.get("max_batch", 0)))
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._send_out()
@@ -444,9 +475,11 @@ class Connection:
         ws = self._ws
         if not self._outbox or ws is None or not self.connected.is_set():
             return
-        out, self._outbox = self._outbox, []
-        size, self._outbox_size = self._outbox_size, 0
-        frames = self._frames(out, size, self._frame_limit())
+        queued, self._outbox = self._outbox, []
+        self._outbox_size = 0
+        limit = self._frame_limit()
+        out = take(queued, batch=self._batch(), limit=limit, refs=self._refs, pending=self._pending)
+        frames = self._frames(out, sum(map(len, out)), limit)
         if self._held or ws.paused or not ws.open:
             self._held.extend(frames)  # behind the frames already waiting
             return
@@ -603,4 +636,5 @@ def hello() -> Message:
         "version": __version__,
         "host": socket.gethostname()[:255],
         "pid": os.getpid(),
+        "batch": True,  # it reads batched messages (offers)
     }

@@ -60,6 +60,9 @@ class Link:
     def post(self, msg: Message, receiver: Receiver) -> None:
         self.conn.post(msg, receiver)
 
+    def post_pub(self, msg: Message, receiver: Receiver, part: bytes | None = None) -> None:
+        self.conn.post_pub(msg, receiver, part)
+
     def send(self, msg: Message) -> None:
         self.conn.send(msg)
 

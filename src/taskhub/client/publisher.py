@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from taskhub.client import tracing
-from taskhub.client.connection import Message
+from taskhub.client.connection import UNSENDABLE, Message, encode
 from taskhub.client.link import Link
 from taskhub.client.task import Handle
-from taskhub.errors import ConnectionClosed
+from taskhub.errors import ConnectionClosed, FrameTooLarge, TaskHubError
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, validate_action
-from taskhub.options_table import pub_options
+from taskhub.options_table import PubArgs, pub_options
 
 # A chain or group step: (action, payload) or (action, payload, options as in the wire `pub`).
 Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
+# An item of pub_many: (action, payload) or (action, payload, the pub keyword arguments).
+PubItem = tuple[str, Any] | tuple[str, Any, PubArgs]
 
 
 class Traced(Protocol):
@@ -58,6 +60,63 @@ class Publisher:
             msg["options"] = options
         return self._send(action, msg)
 
+    def pub_many(self, items: Iterable[PubItem]) -> list[Handle]:
+        """Publish every item; their handles, in order. Every item is checked (action name,
+        options, JSON payload, size) before any is sent: a bad one raises naming its index,
+        and nothing is sent. The connection sends them as batched ``pubs`` messages, each
+        task with its own answer: one the hub refuses fails only its own handle."""
+        msgs: list[Message] = []
+        for index, item in enumerate(items):
+            try:
+                msgs.append(self._message(item))
+            except (*UNSENDABLE, TaskHubError) as exc:
+                raise _named(exc, index, item) from None
+        spans: list[Any] = []
+        if self.tracing is not None or self.late_tracing() is not None:
+            assert self.tracing is not None
+            for msg in msgs:
+                span, carrier = self.tracing.publish(msg["action"])
+                if carrier:
+                    msg.setdefault("options", {})["trace"] = carrier
+                spans.append(span)
+        parts: list[bytes] = []
+        limit = self.link.conn.frame_limit
+        for index, msg in enumerate(msgs):
+            try:
+                part = encode(msg)
+                if len(part) + 24 > limit:  # its ref, or a batch's, comes at the flush
+                    raise FrameTooLarge(
+                        f"pub message of {len(part)} bytes is over the hub's frame limit "
+                        f"of {limit} bytes"
+                    )
+                parts.append(part)
+            except UNSENDABLE as exc:
+                for span in spans:
+                    self.tracing.failed(span, exc)  # type: ignore[union-attr]
+                    span.end()
+                raise _named(exc, index, (msg["action"],)) from None
+        handles = [
+            self._send(msg["action"], msg, part) for msg, part in zip(msgs, parts, strict=True)
+        ]
+        for span, handle in zip(spans, handles, strict=False):
+            self.tracing.published(span, handle)  # type: ignore[union-attr]
+        return handles
+
+    @staticmethod
+    def _message(item: PubItem) -> Message:
+        """The ``pub`` message of one ``pub_many`` item, checked."""
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise TypeError(
+                f"an item is (action, payload) or (action, payload, options), not {item!r}"
+            )
+        action = item[0]
+        validate_action(action)
+        options = pub_options(item[2] if len(item) == 3 else {})
+        msg: Message = {"op": "pub", "action": action, "payload": item[1]}
+        if options:
+            msg["options"] = options
+        return msg
+
     def chain(self, steps: Sequence[Step], mode: str, *, merge_input: bool = False) -> Handle:
         """Run ``steps`` one after another (``mode="chain"``) or at once (``"group"``)."""
         out = []
@@ -94,12 +153,26 @@ class Publisher:
         self.tracing.published(span, handle)
         return handle
 
-    def _send(self, action: str, msg: Message) -> Handle:
+    def _send(self, action: str, msg: Message, part: bytes | None = None) -> Handle:
         handle = Handle(self.link, action)
         if self.link.connected:
             # The handle itself gets the answer (Handle.feed_answer) or the loss
-            # (Handle.feed_unanswered): no future, closure or callback per task.
-            self.link.post(msg, handle)
+            # (Handle.feed_unanswered): no future, closure or callback per task. Pubs of one
+            # loop turn leave as one batched message (client/outbox.py).
+            if msg["op"] == "pub":
+                self.link.post_pub(msg, handle, part)
+            else:
+                self.link.post(msg, handle)
         else:
             handle.feed_lost(ConnectionClosed("not connected to a hub"))
         return handle
+
+
+def _named(exc: BaseException, index: int, item: Any) -> BaseException:
+    """``exc`` as raised for item ``index`` of a ``pub_many``: the same class, its message
+    naming the item (and, for TaskHub's errors, ``details["index"]``)."""
+    action = item[0] if isinstance(item, tuple) and item else None
+    where = f"pub_many item {index}" + (f" ({action!r})" if isinstance(action, str) else "")
+    if isinstance(exc, TaskHubError):
+        return type(exc)(f"{where}: {exc.message}; nothing was sent", **exc.details, index=index)
+    return type(exc)(f"{where}: {exc}; nothing was sent")

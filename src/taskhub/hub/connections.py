@@ -69,7 +69,7 @@ class Connections:
         a dependency's API that changed under us) loses its messages, so it is closed (its
         client reconnects and catches up); the others are still served."""
         try:
-            sender(p.encode(msgs))
+            sender(p.encode_batched(msgs) if peer.batch else p.encode(msgs))
         except Exception:
             log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
             self.senders.pop(peer, None)

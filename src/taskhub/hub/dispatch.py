@@ -67,6 +67,10 @@ class Dispatcher:
             p.Chain: self._chain,
             p.Hello: self._hello,
             p.Bad: self._bad,
+            p.Pubs: self._pubs,
+            p.Acks: self._steps,
+            p.Pickups: self._steps,
+            p.Returns: self._steps,
         }
         for admin_op in get_args(p.Admin):
             self.ops[admin_op] = hub.admin.answer
@@ -188,6 +192,53 @@ class Dispatcher:
         self.answer(peer, msg.ref, task=chain.id, state=chain.rec.state)
         chains.begin(chain)  # after the ok: its events follow the chain's id
 
+    # --- batched messages (docs/protocol.md, "Batched messages") ---------------------------
+    def _pubs(self, peer: Peer, msg: p.Pubs) -> None:
+        """Each item published as a ``pub`` would be; one ``ok`` answers them all, in order,
+        each with its task or its own error (the others are published all the same)."""
+        items = _batch_items(msg)
+        answers: list[dict[str, Any]] = []
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, p.Bad):
+                    raise item.error
+                answers.append(self._publish(peer, item))
+            except Exception as exc:
+                err = _item_error(exc, i, peer, "pub")
+                if msg.ref is None:  # no ok to carry it: the item's error is said on its own
+                    self.lc.send(peer, p.error_msg(err))
+                answers.append({"error": err.to_wire()})
+        self.answer(peer, msg.ref, items=answers)
+
+    def _publish(self, peer: Peer, item: p.Pub) -> dict[str, Any]:
+        """One item of ``pubs`` published: its answer (as a ``pub``'s ``ok``, without op)."""
+        lc = self.lc
+        task, created = lc.publish(
+            peer.creds, item.action, p.kept(item.payload, "payload"), item.options, peer=peer
+        )
+        if not isinstance(task, Task):  # an id: a task ended within its idempotency window
+            return {"task": task, "created": False}
+        answer = {"task": task.id, "state": task.rec.state, "created": created}
+        pool = lc.pooled.get(item.action) if not task.deliveries else None
+        if pool and pool[-1] is task:  # pooled just now: a hint, as for pub
+            answer["pooled"] = True
+        return answer
+
+    def _steps(self, peer: Peer, msg: p.Acks | p.Pickups | p.Returns) -> None:
+        """Each item applied as its single message would be, with its own answer: an error
+        names the item's index (``details.index``) besides its task and ``ref``."""
+        items = _batch_items(msg)
+        ops = self.ops
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, p.Bad):
+                    raise item.error
+                ops[type(item)](peer, item)
+            except Exception as exc:
+                err = _item_error(exc, i, peer, type(item).__name__.lower())
+                self.lc.send(peer, p.error_msg(err, item.ref, **_task_of(item)))
+        self.answer(peer, msg.ref)  # the batch itself, after its items' own answers
+
     # --- topics and watches ----------------------------------------------------------------
     def _subscribe(self, peer: Peer, msg: p.Subscribe) -> None:
         self.hub.topics.subscribe(peer, msg.topic)
@@ -213,6 +264,7 @@ class Dispatcher:
     def _hello(self, peer: Peer, msg: p.Hello) -> None:
         said = {"client": msg.client, "version": msg.version, "host": msg.host, "pid": msg.pid}
         peer.hello = {k: v for k, v in said.items() if v is not None}
+        peer.batch = msg.batch
         self.answer(peer, msg.ref)
 
     def _bad(self, peer: Peer, msg: p.Bad) -> None:
@@ -248,6 +300,36 @@ class Dispatcher:
             err = StoreUnavailable(f"could not read task {msg.task} from the store; try again")
             self.lc.send(peer, p.error_msg(err, msg.ref, task=msg.task))
         self.hub.kick()
+
+
+def _batch_items(msg: p.Pubs | p.Acks | p.Pickups | p.Returns) -> list[Any]:
+    """The items of a batched message (some may be :class:`~taskhub.protocol.Bad`); a batch
+    over the limit is refused whole, naming the limit."""
+    items: list[Any] = msg.items
+    if len(items) > p.MAX_BATCH:
+        op = msg.__struct_config__.tag
+        raise ProtocolError(
+            f"{op} message of {len(items)} items is over the limit of {p.MAX_BATCH} items "
+            "per batched message (welcome.max_batch); none of them was applied",
+            limit=p.MAX_BATCH,
+        )
+    return items
+
+
+def _item_error(exc: Exception, index: int, peer: Peer, op: str) -> TaskHubError:
+    """The error of one item of a batched message, naming the item (``details.index``)."""
+    if isinstance(exc, TaskHubError):
+        if "index" in exc.details:  # decoding named it already
+            return exc
+        return type(exc)(f"item {index}: {exc.message}", **exc.details, index=index)
+    log.exception("handling item %d of a batched %s from %s failed", index, op, peer.service)
+    return _Internal(f"item {index}: internal error; the hub logged it", index=index)
+
+
+class _Internal(TaskHubError):
+    """A bug while applying one item of a batched message (as ``error_msg`` says of any)."""
+
+    code = "internal"
 
 
 def _task_of(msg: object) -> dict[str, Any]:

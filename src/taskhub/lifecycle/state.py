@@ -77,6 +77,7 @@ class Peer:
     # client version), the address it came from, when it connected, and how many of its
     # deliveries it finished, by outcome.
     hello: dict[str, Any] | None = None
+    batch: bool = False  # it reads batched messages (its hello said so; docs/protocol.md)
     remote: str | None = None
     connected_at: float = 0.0
     succeeded: int = 0

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
-from taskhub.errors import StoreUnavailable
-from taskhub.records import TASK_STATES, TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
+from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.store.sqlite_journal import FOLD_AFTER, FOLD_RECORDS, Journal
+from taskhub.store.sqlite_schema import (
+    ACTIVE_SQL,
+    ENDED_WHERE,
+    SCHEMA_VERSION,
+    WriteFence,
+    migrate,
+    transaction,
+)
+from taskhub.store.sqlite_writer import Writer
 
 try:
     import fcntl
@@ -25,109 +33,38 @@ except ImportError:  # pragma: no cover - Windows has no flock: one hub per file
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 1: tasks, events; 2: + meta; 3: - tasks_active (tasks_state serves)
+log = logging.getLogger("taskhub.store.sqlite")
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "WriteFence"]
+
 BUSY_TIMEOUT_MS = 5000
+# SQLite's default is 4 KiB. A journal row holds a whole batch and a fold rewrites many rows
+# at once: with 16 KiB pages they take a quarter of the WAL frames, each a write system call
+# (a replayed burst: 0.87x the store's CPU per task).
+PAGE_SIZE = 16384
 # A batch of at most this many task records, while the store's thread is idle, is written on
 # the caller's thread (the hub's event loop): a sequential task's commit costs ~0.1 ms of
 # SQLite there, against two thread hand-offs that cost more than that on a busy machine.
 # Bigger batches go to the thread, so the loop goes on applying messages meanwhile.
 INLINE_TASKS = 1
-# SQLite checkpoints the WAL inside the commit that grows it past WAL_PAGES, and a checkpoint
-# copies pages and syncs the file: not for a write on the event loop. Inline writes run with
-# the automatic checkpoint off, and after INLINE_RUN of them in a row the next small write
-# goes to the thread anyway, where SQLite checkpoints if the WAL has grown (a small commit
-# appends ~4 pages, so 250 of them are about SQLite's threshold).
-WAL_PAGES = 1000  # SQLite's default
-INLINE_RUN = 250
+# SQLite checkpoints the WAL inside the commit that grows it past its automatic checkpoint
+# (pages), and a checkpoint copies pages and syncs the file: not for a write on the event
+# loop. Inline writes run with the automatic checkpoint off, and after a run of them the next
+# small write goes to the thread anyway, where SQLite checkpoints if the WAL has grown. Both
+# are set from the file's page size for WAL_BYTES (SQLite's default: 1,000 pages of 4 KiB);
+# a small commit appends about INLINE_FRAMES pages (the journal's last leaf, its parent).
+WAL_BYTES = 4_000_000
+INLINE_FRAMES = 2
 
-# Terminal states spelled out for SQL; the partial indexes and the queries must use the very
-# same expressions for SQLite to pick the indexes.
-_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
-_ACTIVE_SQL = ", ".join(f"'{s}'" for s in TASK_STATES if s not in TERMINAL_STATES)
-_ENDED_WHERE = f"state IN ({_TERMINAL_SQL})"
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS tasks (
-        id TEXT PRIMARY KEY,
-        action TEXT NOT NULL,
-        state TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        ended_at REAL,
-        record BLOB NOT NULL
-    )""",
-    # Also what recovery at start reads the live tasks by (a range per live state).
-    "CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, id)",
-    "CREATE INDEX IF NOT EXISTS tasks_action ON tasks(action, id)",
-    # Only finished tasks, in removal order, so retention never scans or sorts the rest.
-    f"CREATE INDEX IF NOT EXISTS tasks_ended ON tasks(ended_at, id) WHERE {_ENDED_WHERE}",
-    """CREATE TABLE IF NOT EXISTS events (
-        task_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        at REAL NOT NULL,
-        record BLOB NOT NULL,
-        PRIMARY KEY (task_id, seq)
-    )""",
-]
-# Version 2: the metadata store (schedules, durable queues, dead letters). Each entry of this
-# list upgrades a file from version i + 1 to i + 2; a new file runs them all.
-_MIGRATIONS = [
-    [
-        """CREATE TABLE IF NOT EXISTS meta (
-            kind TEXT NOT NULL,
-            key TEXT NOT NULL,
-            value BLOB NOT NULL,
-            PRIMARY KEY (kind, key)
-        )""",
-    ],
-    # Version 3: the partial index of live tasks duplicated tasks_state's ranges of the live
-    # states, and cost every task an insert and a delete (~10 % of a task's writes).
-    ["DROP INDEX IF EXISTS tasks_active"],
-]
-_UPSERT_META = "INSERT OR REPLACE INTO meta (kind, key, value) VALUES (?, ?, ?)"
 _SELECT_ENDED_RECORDS = (
-    f"SELECT record FROM tasks INDEXED BY tasks_ended WHERE {_ENDED_WHERE} AND ended_at < ?"
+    f"SELECT record FROM tasks INDEXED BY tasks_ended WHERE {ENDED_WHERE} AND ended_at < ?"
     " ORDER BY ended_at, id LIMIT ?"
 )
-
-_UPSERT_TASK = """
-    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
-    VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT(id) DO UPDATE SET
-        action = excluded.action,
-        state = excluded.state,
-        created_at = excluded.created_at,
-        ended_at = excluded.ended_at,
-        record = excluded.record
-"""
-# REPLACE, so applying the same batch twice (a retry after an unclear failure) is harmless.
-_INSERT_EVENT = "INSERT OR REPLACE INTO events (task_id, seq, at, record) VALUES (?, ?, ?, ?)"
-
 # Left to itself the planner probes tasks_state for each terminal state and sorts them all;
 # the partial index gives the rows already in removal order.
 _SELECT_ENDED = (
-    f"SELECT id FROM tasks INDEXED BY tasks_ended WHERE {_ENDED_WHERE} AND ended_at < ?"
+    f"SELECT id FROM tasks INDEXED BY tasks_ended WHERE {ENDED_WHERE} AND ended_at < ?"
     " ORDER BY ended_at, id LIMIT ?"
 )
-
-_TaskRow = tuple[str, str, str, float, float | None, bytes]
-# One call for the writer thread: what to run, and the future its caller awaits.
-_Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
-_EventRow = tuple[str, int, float, bytes]
-
-
-class WriteFence(Protocol):
-    """What a fenced store writes under (a partition's lease, :mod:`taskhub.store.sqlite_leases`).
-
-    ``check`` raises :class:`~taskhub.errors.StoreFenced` once this writer no longer holds the
-    fence; the store calls it inside every write transaction, after that transaction took the
-    file's write lock, so a writer whose check passed commits before a successor's store has
-    opened: opening a fenced store takes the write lock once (a barrier) before anything is
-    read. ``close`` is called when the store closes.
-    """
-
-    def check(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _path_from_url(url: str) -> str:
@@ -144,38 +81,40 @@ def _path_from_url(url: str) -> str:
 
 
 class SqliteStore:
-    """Calls run on one writer thread fed by a queue, in the order they were made, except a
-    small write made while that thread is idle, which runs at once on the caller's thread
-    (``INLINE_TASKS``).
+    """Calls run on one writer thread (store/sqlite_writer.py) in the order they were made,
+    except a small write made while that thread is idle, which runs at once on the caller's
+    thread (``INLINE_TASKS``).
 
     One connection used by one call at a time, so there is no locking to get wrong, and the
-    event loop never waits on more than a small write. Records are encoded on the caller's
-    thread when :meth:`apply` is called, so the batch is a snapshot taken at that moment even
-    if the hub keeps changing its live records while the write runs.
+    event loop never waits on more than a small write. A write appends its batch to the
+    journal (store/sqlite_journal.py), encoded on the caller's thread when :meth:`apply` is
+    called, so the batch is a snapshot taken at that moment even if the hub keeps changing its
+    live records while the write runs. The journal is folded into the tables every
+    ``FOLD_RECORDS`` records, before every read, at open and at close.
     """
 
     def __init__(self, path: str, url: str | None = None, fence: WriteFence | None = None) -> None:
         self.path = path
         self.url = url if url is not None else f"sqlite:///{path}"
-        # The writer: one thread fed by a queue. An executor's submit costs a concurrent Future,
-        # its lock and a chained asyncio Future per call; here a call is one put on a C queue
-        # and one call_soon_threadsafe back (37 % of sqlite:// hub CPU was the hand-off).
-        self._jobs: queue.SimpleQueue[_Job | None] | None = None
+        self._writer: Writer | None = None
         self._conn: sqlite3.Connection | None = None  # one call at a time (see the class)
         self._lock: int | None = None  # fd holding the file's flock while open (_claim)
         self._closed = False
-        # Calls handed to the writer thread and not finished there; counted down on the event
-        # loop when the thread reports back, so a caller cancelled meanwhile does not make
-        # the connection look idle while the thread still uses it.
-        self._busy = 0
         self._inline_run = 0  # inline writes since the last one on the thread
         # Writes only while the fence holds; no flock then (a writer that lost the fence
         # must not keep its successor out).
         self._fence = fence
-        self._encoder = msgspec.json.Encoder()
+        self._wal_pages = 1000  # set from the file's page size at open (WAL_BYTES)
+        self._inline_runs = 250
+        self._journal = Journal(fence)
+        self._folding = False  # a fold is queued on the thread (_fold_soon)
+        # Seconds after a write before the journal is folded anyway, so that the tables (what
+        # the sqlite3 shell reads) lag the hub by about that much when nothing reads.
+        self.fold_after = FOLD_AFTER
+        self._fold_timer: asyncio.TimerHandle | None = None
         # Used only on the writer thread: no decoder is shared between threads.
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
-        self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._events_decoder = msgspec.json.Decoder(list[EventRecord])
         self._any_decoder = msgspec.json.Decoder()
 
     @classmethod
@@ -185,46 +124,42 @@ class SqliteStore:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        jobs = self._jobs
-        if jobs is None or self._conn is None:
+        writer = self._writer
+        if writer is None or self._conn is None:
             what = "closed" if self._closed else "not open yet (call open() first)"
             raise StoreUnavailable(f"sqlite store {self.path!r} is {what}", url=self.url)
-        return await self._submit(jobs, lambda: self._call(fn))
+        return await writer.submit(lambda: self._call(fn))
 
-    def _submit(
-        self, jobs: queue.SimpleQueue[_Job | None], fn: Callable[[], T]
-    ) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._busy += 1
-        jobs.put((fn, future))
-        return future
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read (or retention) on the thread, after the journal is folded into the tables."""
 
-    def _writer(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
-        """The writer thread: runs the calls in the order they were made, until ``None``."""
-        while (job := jobs.get()) is not None:
-            fn, future = job
-            result: Any = None
-            error: BaseException | None = None
-            if not future.cancelled():  # as an executor: a call cancelled before it ran is not run
-                try:
-                    result = fn()
-                except BaseException as exc:  # handed to the caller, whatever it is
-                    error = exc
-            # RuntimeError: the loop is closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                future.get_loop().call_soon_threadsafe(self._finished, future, result, error)
-            del job, fn, future, result, error  # drop references while waiting for the next
+        def read(conn: sqlite3.Connection) -> T:
+            # Fenced: another writer leads this file now; the tables are as it folds them.
+            with contextlib.suppress(StoreFenced):
+                self._fold(conn)
+            return fn(conn)
 
-    def _finished(
-        self, future: asyncio.Future[Any], result: Any, error: BaseException | None
-    ) -> None:
-        self._busy -= 1
-        if future.cancelled():
+        return await self._run(read)
+
+    def _fold(self, conn: sqlite3.Connection) -> None:
+        if self._journal.pending:
+            self._journal.fold(conn)
+
+    def _fold_soon(self) -> None:
+        """Queue a fold on the thread, not awaited: the batch just written is answered first."""
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        if self._folding or self._writer is None:
             return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        self._folding = True
+        self._writer.submit(lambda: self._call(self._fold)).add_done_callback(self._folded)
+
+    def _folded(self, future: asyncio.Future[None]) -> None:
+        self._folding = False
+        if not future.cancelled() and (error := future.exception()) is not None:
+            # Nothing is lost: the journal stays, and the next read or fold tries again.
+            log.warning("sqlite store %r: folding the journal failed: %s", self.path, error)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -253,25 +188,21 @@ class SqliteStore:
                 f"sqlite store {self.path!r} was closed and cannot be opened again",
                 url=self.url,
             )
-        if self._jobs is not None:
+        if self._writer is not None:
             return
-        jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        # A daemon: a hub that exits without closing its store must not hang on this thread.
-        # Nothing acknowledged is lost by that: apply returns only after the commit.
-        threading.Thread(
-            target=self._writer, args=(jobs,), name="taskhub-sqlite", daemon=True
-        ).start()
+        writer = Writer("taskhub-sqlite")
         try:
-            conn = await self._submit(jobs, self._connect)
+            conn = await writer.submit(self._connect)
         except BaseException:
-            jobs.put(None)
+            writer.stop()
             raise
         if self._closed:  # close() was called while we were opening
-            await self._submit(jobs, conn.close)
-            jobs.put(None)
+            await writer.submit(conn.close)
+            writer.stop()
+            self._release()
             raise StoreUnavailable(f"sqlite store {self.path!r} was closed while opening")
         self._conn = conn
-        self._jobs = jobs
+        self._writer = writer
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -293,14 +224,24 @@ class SqliteStore:
             conn.close()
             raise
         try:
+            # Before WAL: a new file gets PAGE_SIZE pages, an existing one keeps its own.
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode=WAL")
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            self._wal_pages = max(1, WAL_BYTES // page)
+            self._inline_runs = max(1, self._wal_pages // INLINE_FRAMES)
+            conn.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
             # In WAL mode NORMAL loses no committed transaction when the process dies
             # (kill -9 included), which is the durability we promise; only a power cut or OS
             # crash can drop the last commits. FULL would fsync every batch for that.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._migrate(conn)
+            migrate(conn, self.path, self.url)
             _barrier(conn, self._fence)
+            # What the last run appended and did not fold (it was killed, say) goes to the
+            # tables now; reads would fold it anyway.
+            self._journal.pending = 1
+            self._fold(conn)
         except (sqlite3.Error, StoreUnavailable) as exc:
             conn.close()
             self._release()
@@ -336,47 +277,40 @@ class SqliteStore:
         if fd is not None:
             os.close(fd)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"sqlite store {self.path!r} has schema version {version}, newer than the "
-                f"{SCHEMA_VERSION} this TaskHub knows; upgrade TaskHub",
-                url=self.url,
-            )
-        if version == SCHEMA_VERSION:
-            return
-        with _transaction(conn):
-            # Every statement of version 1 is IF NOT EXISTS: rerunning them repairs a file
-            # that lost an index and costs nothing on a sound one.
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            for statements in _MIGRATIONS[max(version, 1) - 1 :]:
-                for statement in statements:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
     async def close(self) -> None:
-        """Waits for calls already made, then closes; later calls raise StoreUnavailable."""
-        jobs = self._jobs
+        """Waits for calls already made, folds the journal, then closes; later calls raise
+        StoreUnavailable."""
+        writer = self._writer
         self._closed = True
-        self._jobs = None
-        if jobs is None:
+        self._writer = None
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        if writer is None:
             return
         try:
             # Queued behind every call already submitted, so those finish first.
-            await self._submit(jobs, self._close_conn)
+            await writer.submit(self._close_conn)
         finally:
-            jobs.put(None)  # the thread ends after the calls before it
+            writer.stop()  # the thread ends after the calls before it
 
     def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
+        conn = self._conn
         if conn is None:
             return
         try:
+            # The tables hold everything once closed (for the sqlite3 shell, say). If that
+            # fails the journal stays, whole, for the next open: no reason not to close.
+            try:
+                self._call(self._fold)
+            except StoreUnavailable as exc:
+                log.warning(
+                    "sqlite store %r: the journal stays for the next open: %s", self.path, exc
+                )
             # SQLite's advice for long-lived connections: refresh planner statistics on close.
             conn.execute("PRAGMA optimize")
         finally:
+            self._conn = None
             conn.close()
             self._release()
             if self._fence is not None:
@@ -385,48 +319,39 @@ class SqliteStore:
     # -- writes ---------------------------------------------------------------------------
 
     async def apply(self, batch: WriteBatch) -> None:
-        """One transaction: upserts, then event appends, then deletes (with their events).
+        """One transaction: the batch appended to the journal (upserts, then event appends,
+        then deletes with their events, then metadata, when folded).
 
         Once the write has started it completes even if the caller is cancelled meanwhile.
         """
         if not batch:
             await self._run(_nothing)  # still refuses when not open, like any other call
             return
-        encode = self._encoder.encode
-        tasks: list[_TaskRow] = [
-            (t.id, t.action, t.state, t.created_at, t.ended_at, encode(t)) for t in batch.tasks
-        ]
-        events: list[_EventRow] = [(e.task_id, e.seq, e.at, encode(e)) for e in batch.events]
-        deleted = [(task_id,) for task_id in batch.deleted]
-        meta = [(m.kind, m.key, encode(m.value)) for m in batch.meta]
-        meta_deleted = [(kind, key) for kind, key in batch.meta_deleted]
+        journal = self._journal
+        entry = journal.entry(batch)
 
         def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn, self._fence):
-                if tasks:
-                    conn.executemany(_UPSERT_TASK, tasks)
-                if events:
-                    conn.executemany(_INSERT_EVENT, events)
-                if deleted:
-                    conn.executemany("DELETE FROM events WHERE task_id = ?", deleted)
-                    conn.executemany("DELETE FROM tasks WHERE id = ?", deleted)
-                if meta:
-                    conn.executemany(_UPSERT_META, meta)
-                if meta_deleted:
-                    conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", meta_deleted)
+            journal.append(conn, entry)
 
+        writer = self._writer
         if (
-            len(tasks) <= INLINE_TASKS
-            and not deleted
-            and self._busy == 0
-            and self._jobs is not None
-            and self._inline_run < INLINE_RUN
+            len(batch.tasks) <= INLINE_TASKS
+            and not batch.deleted
+            and writer is not None
+            and writer.idle
+            and self._inline_run < self._inline_runs
         ):
             self._inline_run += 1
-            self._call(lambda conn: _without_checkpoint(conn, write))
-            return
-        self._inline_run = 0
-        await self._run(write)
+            self._call(lambda conn: _without_checkpoint(conn, write, self._wal_pages))
+        else:
+            self._inline_run = 0
+            await self._run(write)
+        if journal.pending >= FOLD_RECORDS:
+            self._fold_soon()
+        elif self._fold_timer is None:
+            self._fold_timer = asyncio.get_running_loop().call_later(
+                self.fold_after, self._fold_soon
+            )
 
     async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
         """Oldest ended first; a terminal task without ``ended_at`` is never removed."""
@@ -434,14 +359,14 @@ class SqliteStore:
             raise ValueError(f"limit must be >= 0, got {limit}")
 
         def remove(conn: sqlite3.Connection) -> list[str]:
-            with _transaction(conn, self._fence):
+            with transaction(conn, self._fence):
                 ids = [row[0] for row in conn.execute(_SELECT_ENDED, (at, limit))]
                 params = [(task_id,) for task_id in ids]
                 conn.executemany("DELETE FROM events WHERE task_id = ?", params)
                 conn.executemany("DELETE FROM tasks WHERE id = ?", params)
             return ids
 
-        return await self._run(remove)
+        return await self._read(remove)
 
     async def list_ended_before(self, at: float, limit: int = 1000) -> list[TaskRecord]:
         if limit < 0:
@@ -451,7 +376,7 @@ class SqliteStore:
         def query(conn: sqlite3.Connection) -> list[TaskRecord]:
             return [decode(row[0]) for row in conn.execute(_SELECT_ENDED_RECORDS, (at, limit))]
 
-        return await self._run(query)
+        return await self._read(query)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -462,7 +387,7 @@ class SqliteStore:
             rows = conn.execute("SELECT key, value FROM meta WHERE kind = ? ORDER BY key", (kind,))
             return {key: decode(value) for key, value in rows}
 
-        return await self._run(query)
+        return await self._read(query)
 
     async def get_meta(self, kind: str, key: str) -> Any:
         decode = self._any_decoder.decode
@@ -473,7 +398,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else decode(row[0])
 
-        return await self._run(query)
+        return await self._read(query)
 
     async def load_active(self) -> list[TaskRecord]:
         decode = self._task_decoder.decode
@@ -481,11 +406,11 @@ class SqliteStore:
         def load(conn: sqlite3.Connection) -> list[TaskRecord]:
             rows = conn.execute(
                 "SELECT record FROM tasks INDEXED BY tasks_state"
-                f" WHERE state IN ({_ACTIVE_SQL}) ORDER BY id"
+                f" WHERE state IN ({ACTIVE_SQL}) ORDER BY id"
             )
             return [decode(row[0]) for row in rows]
 
-        return await self._run(load)
+        return await self._read(load)
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         decode = self._task_decoder.decode
@@ -494,18 +419,24 @@ class SqliteStore:
             row = conn.execute("SELECT record FROM tasks WHERE id = ?", (task_id,)).fetchone()
             return None if row is None else decode(row[0])
 
-        return await self._run(get)
+        return await self._read(get)
 
     async def get_events(self, task_id: str) -> list[EventRecord]:
-        decode = self._event_decoder.decode
+        decode = self._events_decoder.decode
 
         def get(conn: sqlite3.Connection) -> list[EventRecord]:
+            # Packs in the order they were written: a later event of the same seq replaces
+            # an earlier one (a batch applied again, say).
+            by_seq: dict[int, EventRecord] = {}
             rows = conn.execute(
-                "SELECT record FROM events WHERE task_id = ? ORDER BY seq", (task_id,)
+                "SELECT records FROM events WHERE task_id = ? ORDER BY pack", (task_id,)
             )
-            return [decode(row[0]) for row in rows]
+            for (records,) in rows:
+                for event in decode(records):
+                    by_seq[event.seq] = event
+            return [by_seq[seq] for seq in sorted(by_seq)]
 
-        return await self._run(get)
+        return await self._read(get)
 
     async def list_tasks(
         self,
@@ -539,21 +470,11 @@ class SqliteStore:
         def query(conn: sqlite3.Connection) -> list[TaskRecord]:
             return [decode(row[0]) for row in conn.execute(sql, params)]
 
-        return await self._run(query)
+        return await self._read(query)
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
     return None
-
-
-def _without_checkpoint(
-    conn: sqlite3.Connection, write: Callable[[sqlite3.Connection], None]
-) -> None:
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    try:
-        write(conn)
-    finally:
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
 
 
 def _barrier(conn: sqlite3.Connection, fence: WriteFence | None) -> None:
@@ -563,21 +484,11 @@ def _barrier(conn: sqlite3.Connection, fence: WriteFence | None) -> None:
         conn.execute("COMMIT")
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection, fence: WriteFence | None = None) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT on the autocommit connection, rolled back on any error;
-    ``fence`` is checked first, under the write lock."""
-    # IMMEDIATE takes the write lock up front, so a busy database fails here (after
-    # busy_timeout) rather than half way through the batch.
-    conn.execute("BEGIN IMMEDIATE")
+def _without_checkpoint(
+    conn: sqlite3.Connection, write: Callable[[sqlite3.Connection], None], wal_pages: int
+) -> None:
+    conn.execute("PRAGMA wal_autocheckpoint=0")
     try:
-        if fence is not None:
-            fence.check()
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        # SQLite rolls back by itself after some errors (disk full, for one); a second
-        # ROLLBACK would then fail and hide the real error.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        write(conn)
+    finally:
+        conn.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")

@@ -33,6 +33,7 @@ def welcome(hub: Hub, peer: Peer) -> Message:
         "connection": peer.id,
         "service": peer.service,
         "max_frame": hub.limits.max_frame,
+        "max_batch": p.MAX_BATCH,  # it takes batched messages of at most this many items
     }
 
 

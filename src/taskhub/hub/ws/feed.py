@@ -12,11 +12,12 @@ from taskhub.errors import FrameTooLarge, ProtocolError
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws.transport import HubWebSocketProtocol
 from taskhub.lifecycle import Peer
-from taskhub.protocol import Bad, Inbound
+from taskhub.protocol import BATCHES, Bad, Inbound
 
 log = logging.getLogger("taskhub.ws")
 
-# Messages of one frame applied before the flusher gets a turn (see FrameFeed).
+# Messages of one frame applied before the flusher gets a turn (see FrameFeed); an item of a
+# batched message counts as one.
 CHUNK = 32
 
 
@@ -79,12 +80,15 @@ class FrameFeed:
         """Apply ``msgs[i:]`` until one needs the store, or a chunk ends with more to come:
         where to go on and what to wait for first; None once the frame is applied."""
         hub, peer, n = self.hub, self.peer, len(msgs)
+        done = 0  # messages applied in this chunk, a batched one counting its items
         while i < n:
-            pending = hub.handle(peer, msgs[i])
+            msg = msgs[i]
+            pending = hub.handle(peer, msg)
             i += 1
             if pending is not None:
                 return i, pending
-            if i % CHUNK == 0 and i < n and hub.commit_now:
+            done += len(msg.items) if type(msg) in BATCHES else 1  # type: ignore[union-attr]
+            if done >= CHUNK and i < n and hub.commit_now:
                 # Let the flusher commit and send what this much caused before going on:
                 # a worker gets the offers its first returns freed while the hub is still
                 # applying the rest, instead of hub and worker taking turns being idle.

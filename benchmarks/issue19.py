@@ -1,0 +1,259 @@
+"""Issue 19's targets, one row each: what the target asks, this run's figure, met or not.
+
+run.py calls ``measure_cpu`` (benchmarks/burst_cpu.py as a subprocess, ``--json``, medians of
+3 runs per store) and ``target_rows`` on the round-trip rows of the same run; report.py prints
+and writes the table. A target that needs what does not exist yet has a row that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from common import fmt, measured_line
+from harness import HERE, PY, Failed, redis_server
+from rich.table import Table
+from targets import PEER_TARGETS, WORKER_CONCURRENCY
+
+BURST = os.path.join(HERE, "burst_cpu.py")
+CPU_RUNS = 3  # the issue asks for medians of 3
+HEADING = "## Issue 19's targets\n\n"
+
+#: How many tasks each peer's worker process runs at once (benchmarks/peers/*_bench.py;
+#: tests/e2e/test_bench_modules.py checks these against the scripts).
+PEER_CONCURRENCY = {
+    "celery": (1, "--pool=solo"),
+    "dramatiq": (8, "8 threads"),
+    "arq": (100, "max_jobs=100"),
+    "rq": (1, "forks per job"),
+}
+
+#: (store, figure of burst_cpu.py's medians, at most µs per task, what the target asks)
+CPU_GOALS = [
+    ("memory", "hub_us", 15.0, "memory:// hub CPU ≤ 15 µs per task"),
+    ("memory", "clients_us", 15.0, "memory:// TaskHub's clients' CPU ≤ 15 µs per task together"),
+    ("sqlite", "hub_us", 40.0, "sqlite:// hub CPU ≤ 40 µs per task"),
+    ("redis", "hub_us", 30.0, "redis:// hub CPU ≤ 30 µs per task"),
+    ("redis", "redis_us", 25.0, "redis:// redis-server CPU ≤ 25 µs per task"),
+]
+#: (round-trip row, at least this many times the fastest peer's tasks/s)
+RATIO_GOALS = [("taskhub-memory", 40.0), ("taskhub-sqlite", 15.0), ("taskhub-redis", 10.0)]
+SEQ_P50_MS = 0.5  # sequential p50 on one hub (memory://), below this
+NOT_YET = [
+    (
+        "two hub processes ≥ 1.4x one process on the same store (thin batched load generator)",
+        "`taskhub serve --processes N` (item 2) and a thin batched load generator in make bench",
+    ),
+    (
+        "k hubs on Redis: CPU per task of each hub and of redis-server flat as k goes 1 → 3",
+        "partitions led by every hub (item 1) and CPU per task per hub in the cluster rows",
+    ),
+    (
+        "adding hubs adds no relay hop for a client whose partition its hub leads",
+        "partitions led by every hub (item 1), so a client's own hub leads its partition",
+    ),
+]
+
+
+# --- measuring -------------------------------------------------------------------------------
+def burst_cpu(store: str, n: int, runs: int, timeout: float) -> dict[str, Any]:
+    """burst_cpu.py's JSON (every run's figures and the medians) for ``store``."""
+    cmd = [PY, BURST, "--store", store, "--n", str(n), "--runs", str(runs), "--json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"burst_cpu.py --store {store}: no result after {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise Failed(
+            f"burst_cpu.py --store {store} exited with {proc.returncode}: "
+            f"{proc.stderr.strip()[-500:]}"
+        )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            doc: dict[str, Any] = json.loads(line)
+            doc["command"] = "benchmarks/burst_cpu.py " + " ".join(cmd[2:])
+            return doc
+    raise Failed(f"burst_cpu.py --store {store} printed no JSON line")
+
+
+def starts_own_redis() -> bool:
+    """Whether this burst_cpu.py starts a throwaway redis-server for ``redis://{redis}/0``."""
+    out = subprocess.run([PY, BURST, "--help"], capture_output=True, text=True, timeout=60)
+    return "{redis}" in out.stdout
+
+
+def measure_cpu(
+    n: int,
+    timeout: float,
+    redis_bin: Callable[[], str],
+    log: Callable[[str], str],
+    on_store: Callable[[str], None],
+) -> dict[str, Any]:
+    """burst_cpu.py on memory://, sqlite:// and redis://: per store its figures, or why not."""
+    out: dict[str, Any] = {}
+    for kind in ("memory", "sqlite", "redis"):
+        on_store(kind)
+        with contextlib.ExitStack() as stack:
+            try:
+                if kind == "memory":
+                    store = "memory://"
+                elif kind == "sqlite":
+                    store = "sqlite:///{tmp}/b.db"  # burst_cpu.py: a temp dir per run
+                elif starts_own_redis():
+                    store = "redis://{redis}/0"
+                else:
+                    url, _ = stack.enter_context(redis_server(redis_bin(), log("burst-redis")))
+                    store = f"{url}?prefix=cpu{uuid.uuid4().hex[:8]}"
+                out[kind] = burst_cpu(store, n, CPU_RUNS, timeout)
+            except (Failed, OSError, ValueError, subprocess.SubprocessError) as exc:
+                out[kind] = {"error": str(exc)}
+    return out
+
+
+# --- the rows --------------------------------------------------------------------------------
+def row(target: str, figure: str, met: bool | None, needs: str = "") -> dict[str, str]:
+    status = f"not measured: needs {needs}" if needs else ("met" if met else "not met")
+    return {"target": target, "figure": figure, "status": status}
+
+
+def cpu_row(cpu: dict[str, Any], kind: str, key: str, limit: float, target: str) -> dict[str, str]:
+    """A CPU-per-task target against the medians of burst_cpu.py's runs on store ``kind``."""
+    res = cpu.get(kind)
+    if not res:
+        return row(target, "", None, f"burst_cpu.py on {kind}:// in this run (run.py --targets)")
+    if "error" in res:
+        return row(target, "", None, f"burst_cpu.py to run on {kind}:// ({res['error']})")
+    runs = res["runs"]
+    if key == "clients_us":  # the worker and the publisher, each run's sum
+        values = [r["worker_us"] + r["publisher_us"] for r in runs]
+    elif all(key in r for r in runs):
+        values = [r[key] for r in runs]
+    else:
+        return row(target, "", None, f"`{key}` in burst_cpu.py's output (branch redislua)")
+    median = statistics.median(values)
+    figure = f"{median:.1f} µs (runs: {', '.join(f'{v:.1f}' for v in values)})"
+    if key == "clients_us":
+        med = res["median"]
+        figure += f"; worker {med['worker_us']:.1f} + publisher {med['publisher_us']:.1f}"
+    return row(target, figure, median <= limit)
+
+
+def fastest_peer(ok: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    peers = [ok[name] for name in PEER_TARGETS if name in ok]
+    return max(peers, key=lambda r: r["throughput"]) if peers else None
+
+
+def ratio_row(ok: dict[str, dict[str, Any]], name: str, at_least: float) -> dict[str, str]:
+    target = f"{name.split('-')[1]}:// round trip ≥ {at_least:g}x the fastest peer"
+    peer = fastest_peer(ok)
+    if name not in ok:
+        return row(target, "", None, f"the {name} row in this run")
+    if peer is None:
+        return row(target, "", None, "the peers (Celery, Dramatiq, arq, RQ) in this run")
+    ratio = ok[name]["throughput"] / peer["throughput"]
+    figure = (
+        f"{ratio:.1f}x {peer['name']} ({fmt(ok[name]['throughput'], 0)} vs "
+        f"{fmt(peer['throughput'], 0)} tasks/s; asks {fmt(peer['throughput'] * at_least, 0)})"
+    )
+    return row(target, figure, ratio >= at_least)
+
+
+def concurrency_row(ok: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The worker concurrency of TaskHub and of each peer that ran: the same, or not."""
+    target = "TaskHub and the peers at the same worker concurrency"
+    ran = [name for name in PEER_TARGETS if name in ok]
+    if not ran:
+        return row(target, f"TaskHub {WORKER_CONCURRENCY}", None, "the peers in this run")
+    parts = [f"TaskHub {WORKER_CONCURRENCY}"]
+    parts += [f"{n} {PEER_CONCURRENCY[n][0]} ({PEER_CONCURRENCY[n][1]})" for n in ran]
+    same = all(PEER_CONCURRENCY[n][0] == WORKER_CONCURRENCY for n in ran)
+    return row(target, ", ".join(parts), same)
+
+
+def target_rows(rows: list[dict[str, Any]], cpu: dict[str, Any]) -> list[dict[str, str]]:
+    """Issue 19's targets, in the issue's order, from one run's round trips and CPU figures."""
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
+    out: list[dict[str, str]] = []
+    for name, at_least in RATIO_GOALS:  # per store: its CPU targets, then its ratio
+        out += [cpu_row(cpu, *goal) for goal in CPU_GOALS if goal[0] == name.split("-")[1]]
+        out.append(ratio_row(ok, name, at_least))
+    out += [row(target, "", None, needs) for target, needs in NOT_YET[:2]]
+    seq = f"sequential p50 < {SEQ_P50_MS} ms on one hub (memory://)"
+    if "taskhub-memory" in ok:
+        p50 = ok["taskhub-memory"]["seq_p50_ms"]
+        out.append(row(seq, f"{p50:.2f} ms", p50 < SEQ_P50_MS))
+    else:
+        out.append(row(seq, "", None, "the taskhub-memory row in this run"))
+    out.append(row(NOT_YET[2][0], "", None, NOT_YET[2][1]))
+    out.append(concurrency_row(ok))
+    return out
+
+
+# --- output ----------------------------------------------------------------------------------
+def load_note(section: dict[str, Any]) -> str:
+    """The load average at the start, and a warning when it was above the CPU count."""
+    load, cpus = section.get("loadavg"), section.get("machine", {}).get("nproc")
+    if not load:
+        return ""
+    note = f"; load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    if cpus and load[0] > cpus:  # shared machine: the figures are a busy machine's
+        note += f" on {cpus} CPUs: a loaded machine, slower and costlier than a quiet one"
+    return note
+
+
+def caption(section: dict[str, Any]) -> str:
+    n = next((c.get("n") for c in section["cpu"].values() if "n" in c), None)
+    return (
+        f"CPU per task: medians of {CPU_RUNS} runs of benchmarks/burst_cpu.py per store "
+        f"(N={fmt(n, 0)}); round trips: this run's rows; TaskHub's worker concurrency "
+        f"{WORKER_CONCURRENCY}" + load_note(section)
+    )
+
+
+def console_table(section: dict[str, Any]) -> Table:
+    t = Table(title="Issue 19's targets", caption=caption(section))
+    for col in ("target", "this run", "met?"):
+        t.add_column(col)
+    for r in section["rows"]:
+        t.add_row(r["target"], r["figure"] or "-", r["status"])
+    return t
+
+
+def markdown_table(section: dict[str, Any]) -> str:
+    lines = ["| target | this run | met? |", "|---|---|---|"]
+    lines += [f"| {r['target']} | {r['figure'] or '-'} | {r['status']} |" for r in section["rows"]]
+    return "\n".join([*lines, "", caption(section) + "."])
+
+
+def section(report: dict[str, Any], cpu: dict[str, Any], loadavg: list[float]) -> dict[str, Any]:
+    """The ``issue19`` entry of the results and of docs/performance.json."""
+    return {
+        "started_at": report["started_at"],
+        "command": report["command"],
+        "machine": report["machine"],
+        "loadavg": loadavg,
+        "cpu": cpu,
+        "rows": target_rows(report["rows"], cpu),
+    }
+
+
+def markdown_block(sec: dict[str, Any]) -> str:
+    """The ``issue19`` block of docs/performance.md."""
+    commands = [c["command"] for c in sec["cpu"].values() if "command" in c]
+    return "\n".join(
+        [
+            measured_line(sec),
+            "",
+            markdown_table(sec),
+            "",
+            "CPU per task from: " + ", ".join(f"`{c}`" for c in commands) + "."
+            if commands
+            else "burst_cpu.py did not run.",
+        ]
+    )

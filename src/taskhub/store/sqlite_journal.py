@@ -1,0 +1,201 @@
+"""The sqlite engine's journal: every batch is appended whole as one row, and folded into the
+tables in bulk later, so a task written several times between two folds is written there once.
+
+A commit then writes one row and a few pages instead of every page the batch's task rows,
+event rows and index entries touch; a fold writes each touched page once for many batches.
+Every read folds first, so readers see exactly what was applied.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from taskhub.records import WriteBatch
+from taskhub.store.sqlite_schema import WriteFence, transaction
+
+# Fold once the journal holds this many records (task writes, events, deletes, metadata).
+# Bounds the journal, the memory a fold reads at once and the work of the fold a restart does.
+FOLD_RECORDS = 4096
+# ... and a second after a write at the latest, so the tables do not lag behind for long.
+FOLD_AFTER = 1.0
+
+# A batch as apply takes it: task columns, task records, events, deletes, metadata.
+Entry = tuple[
+    list[tuple[Any, Any, Any, Any, Any]],
+    list[bytes],
+    list[tuple[Any, bytes]],
+    list[Any],
+    list[tuple[Any, Any, bytes]],
+    list[tuple[Any, Any]],
+]
+
+_APPEND = "INSERT INTO journal (batch) VALUES (?)"
+_UPSERT_TASK = """
+    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT(id) DO UPDATE SET
+        action = excluded.action,
+        state = excluded.state,
+        created_at = excluded.created_at,
+        ended_at = excluded.ended_at,
+        record = excluded.record
+"""
+_INSERT_PACK = "INSERT INTO events (task_id, records) VALUES (?, ?)"
+_UPSERT_META = "INSERT OR REPLACE INTO meta (kind, key, value) VALUES (?, ?, ?)"
+
+
+class Journal:
+    """Entries made on the caller's thread (:meth:`entry`); :meth:`append` and :meth:`fold`
+    run with the store's connection, one call at a time."""
+
+    def __init__(self, fence: WriteFence | None = None) -> None:
+        self._fence = fence  # checked in every transaction (a partition's lease)
+        self._json = msgspec.json.Encoder()
+        # Used with the connection only, so by one thread at a time.
+        self._pack = msgspec.msgpack.Encoder()
+        self._unpack = msgspec.msgpack.Decoder()
+        self.pending = 0  # records appended and not folded yet
+
+    def entry(self, batch: WriteBatch) -> Entry:
+        """The batch's values, taken now (its records encoded): a snapshot, whatever the
+        caller changes afterwards. Only this part runs on the caller's thread."""
+        encode = self._json.encode
+        tasks = batch.tasks
+        return (
+            [(t.id, t.action, t.state, t.created_at, t.ended_at) for t in tasks],
+            [encode(t) for t in tasks],
+            [(e.task_id, encode(e)) for e in batch.events],
+            list(batch.deleted),
+            [(m.kind, m.key, encode(m.value)) for m in batch.meta],
+            list(batch.meta_deleted),
+        )
+
+    def append(self, conn: sqlite3.Connection, entry: Entry) -> None:
+        """One transaction: the batch is durable when this returns.
+
+        Every column value is checked first: a row the fold could not write would stop every
+        later fold, so what the tables would refuse is refused here, naming the field."""
+        tasks, records, events, deleted, meta, meta_deleted = entry
+        row = self._pack.encode(
+            (
+                [_task_row(*t) for t in tasks],
+                records,
+                [(_text(task_id, "event task_id"), event) for task_id, event in events],
+                [_text(task_id, "deleted task id") for task_id in deleted],
+                [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
+                [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
+            )
+        )
+        with transaction(conn, self._fence):
+            conn.execute(_APPEND, (row,))
+        self.pending += len(tasks) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
+
+    def fold(self, conn: sqlite3.Connection) -> None:
+        """Move every journal entry into the tables, in one transaction."""
+        with transaction(conn, self._fence):
+            folded = _Folded()
+            for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
+                folded.add(*self._unpack.decode(row))
+            folded.write(conn)
+            conn.execute("DELETE FROM journal")
+        self.pending = 0
+
+
+class _Folded:
+    """Journal entries replayed in order: the last write of each task, its events in the
+    order written (one pack per task), and what was deleted since the last fold."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, list[Any]] = {}
+        self.events: dict[str, list[bytes]] = {}
+        self.deleted: set[str] = set()
+        self.meta: dict[tuple[str, str], bytes] = {}
+        self.meta_deleted: set[tuple[str, str]] = set()
+
+    def add(
+        self,
+        tasks: list[list[Any]],
+        records: list[bytes],
+        events: list[tuple[str, bytes]],
+        deleted: list[str],
+        meta: list[tuple[str, str, bytes]],
+        meta_deleted: list[tuple[str, str]],
+    ) -> None:
+        """One batch, in the order apply promises: upserts, events, deletes, metadata."""
+        for task, record in zip(tasks, records, strict=True):
+            task.append(record)
+            self.tasks[task[0]] = task
+        for task_id, event in events:
+            if (pack := self.events.get(task_id)) is None:
+                self.events[task_id] = [event]
+            else:
+                pack.append(event)
+        for task_id in deleted:
+            self.tasks.pop(task_id, None)
+            self.events.pop(task_id, None)
+            self.deleted.add(task_id)
+        for kind, key, value in meta:
+            self.meta[kind, key] = value
+        for kind, key in meta_deleted:
+            self.meta.pop((kind, key), None)
+            self.meta_deleted.add((kind, key))
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Deletes first: a task deleted and written again since the last fold keeps only what
+        came after the delete, which is all that is left here."""
+        if self.deleted:
+            gone = [(task_id,) for task_id in self.deleted]
+            conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
+            conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
+        if self.tasks:
+            conn.executemany(_UPSERT_TASK, self.tasks.values())
+        if self.events:
+            packs = [
+                (task_id, b"[" + b",".join(pack) + b"]") for task_id, pack in self.events.items()
+            ]
+            conn.executemany(_INSERT_PACK, packs)
+        if self.meta_deleted:
+            conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", self.meta_deleted)
+        if self.meta:
+            conn.executemany(_UPSERT_META, [(*key, value) for key, value in self.meta.items()])
+
+
+def _task_row(
+    task_id: object, action: object, state: object, created_at: object, ended_at: object
+) -> list[Any]:
+    """The query columns of a task, checked: what the tasks table would refuse, refused now."""
+    if (
+        type(task_id) is str
+        and type(action) is str
+        and isinstance(state, str)
+        and type(created_at) is float
+        and created_at == created_at  # not NaN
+        and (ended_at is None or (type(ended_at) is float and ended_at == ended_at))
+    ):
+        return [task_id, action, state, created_at, ended_at]
+    return [  # the slow way, for an error naming the field, or ints made floats
+        _text(task_id, "task id"),
+        _text(action, f"action of task {task_id!r}"),
+        _text(state, f"state of task {task_id!r}"),
+        _real(created_at, f"created_at of task {task_id!r}"),
+        None if ended_at is None else _real(ended_at, f"ended_at of task {task_id!r}"),
+    ]
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _real(value: object, what: str) -> float:
+    if type(value) is not float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+        value = float(value)
+    if value != value:
+        raise ValueError(f"{what} is NaN")
+    return value

@@ -1,0 +1,184 @@
+"""The sqlite engine's journal: batches appended whole, folded into the tables later."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.store.sqlite import SqliteStore
+from taskhub.store.sqlite_journal import FOLD_RECORDS
+
+
+def _task(task_id: str) -> TaskRecord:
+    return TaskRecord(id=task_id, action="a", publisher="p", created_at=1.0)
+
+
+def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as raw:
+        return raw.execute(sql).fetchall()
+
+
+async def _until(check: object, what: str) -> None:
+    """Poll ``check`` (a no-argument callable) until true; fail naming ``what`` after 20 s."""
+    assert callable(check)
+    for _ in range(400):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_the_journal_is_folded_a_moment_after_a_write_without_any_read(
+    tmp_path: Path,
+) -> None:
+    """The tables (what the sqlite3 shell reads) catch up with the journal by themselves."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 0.05
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1")]))
+        await _until(lambda: _rows(path, "SELECT id FROM tasks") == [("t1",)], "t1 in tasks")
+        assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_a_full_journal_is_folded_without_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0  # only the size can trigger it
+    await store.open()
+    try:
+        tasks = [_task(f"t{i:05d}") for i in range(FOLD_RECORDS // 2 + 1)]
+        events = [EventRecord(task_id=t.id, seq=0, at=1.0, type="init") for t in tasks]
+        await store.apply(WriteBatch(tasks=tasks, events=events))
+        count = "SELECT count(*) FROM tasks"
+        await _until(lambda: _rows(path, count) == [(len(tasks),)], "every task in tasks")
+        assert _rows(path, "SELECT count(*) FROM events") == [(len(tasks),)]  # a pack each
+    finally:
+        await store.close()
+
+
+async def test_a_fold_that_fails_loses_nothing_and_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fold on its own (no caller waiting) that fails is logged; the journal stays whole,
+    a read says the store is unavailable, and once the cause is gone everything is there."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 0.05
+    await store.open()
+    try:
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                "CREATE TRIGGER broken BEFORE INSERT ON tasks BEGIN SELECT * FROM gone; END"
+            )
+        with caplog.at_level(logging.WARNING, logger="taskhub.store.sqlite"):
+            await store.apply(WriteBatch(tasks=[_task("t1")]))
+            await _until(lambda: "folding the journal failed" in caplog.text, "a warning")
+        assert "no such table: main.gone" in caplog.text
+        assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+        with pytest.raises(StoreUnavailable, match="no such table"):
+            await store.get_task("t1")
+        await store.apply(WriteBatch(tasks=[_task("t2")]))  # writes still go to the journal
+        with sqlite3.connect(path) as raw:
+            raw.execute("DROP TRIGGER broken")
+        assert [t.id for t in await store.list_tasks()] == ["t1", "t2"]
+    finally:
+        await store.close()
+
+
+async def test_a_journal_left_by_a_killed_hub_is_folded_at_open(tmp_path: Path) -> None:
+    """What a hub appended and never folded (killed: no close) is in the tables after open."""
+    path = tmp_path / "hub.db"
+    code = (
+        "import asyncio, os\n"
+        "from taskhub.records import TaskRecord, WriteBatch\n"
+        "from taskhub.store.sqlite import SqliteStore\n"
+        "async def main():\n"
+        f"    store = SqliteStore({str(path)!r})\n"
+        "    store.fold_after = 3600.0\n"
+        "    await store.open()\n"
+        "    t = TaskRecord(id='t1', action='a', publisher='p', created_at=1.0)\n"
+        "    await store.apply(WriteBatch(tasks=[t]))\n"
+        "    os._exit(9)  # no close, no fold\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    assert await proc.wait() == 9
+    assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    assert _rows(path, "SELECT count(*) FROM tasks") == [(0,)]
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        assert _rows(path, "SELECT id FROM tasks") == [("t1",)]
+        assert await store.get_task("t1") == _task("t1")
+    finally:
+        await store.close()
+
+
+async def test_a_fold_that_fails_at_close_still_closes_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    await store.apply(WriteBatch(tasks=[_task("t1")]))
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TRIGGER broken BEFORE INSERT ON tasks BEGIN SELECT * FROM gone; END")
+    with caplog.at_level(logging.WARNING, logger="taskhub.store.sqlite"):
+        await store.close()
+    assert "the journal stays for the next open: " in caplog.text
+    assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TRIGGER broken")
+    again = SqliteStore(str(path))  # the file was closed and unlocked
+    await again.open()
+    try:
+        assert await again.get_task("t1") == _task("t1")
+    finally:
+        await again.close()
+
+
+class _Fence:
+    """A WriteFence held until ``lost`` is set (the partition lease's role, simplified)."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def check(self) -> None:
+        if self.lost:
+            raise StoreFenced("another writer holds this file's fence")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_fenced_store_appends_nothing_and_still_reads(tmp_path: Path) -> None:
+    """Journal appends and folds are write transactions under the fence; once it is lost a
+    write is refused whole, and reads go on (the tables, as the file's new writer keeps them)."""
+    path = tmp_path / "hub.db"
+    fence = _Fence()
+    store = SqliteStore(str(path), fence=fence)
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1")]))
+        assert await store.get_task("t1") == _task("t1")  # folded
+        await store.apply(WriteBatch(tasks=[_task("t2")]))
+        fence.lost = True
+        with pytest.raises(StoreFenced):
+            await store.apply(WriteBatch(tasks=[_task("t3")]))
+        assert [t.id for t in await store.list_tasks()] == ["t1"]  # t2 waits in the journal
+        assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    finally:
+        await store.close()

@@ -1,0 +1,71 @@
+"""The sqlite engine's schema: a file written by an older TaskHub opens and reads the same."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.store.memory import MemoryStore
+from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.store.data import make_sqlite_v3
+
+V3_FILE = make_sqlite_v3.FILE
+IDS = [f"t{i}" for i in range(7)]
+
+
+async def _same_answers(store: SqliteStore, model: MemoryStore) -> None:
+    for task_id in IDS:
+        assert await store.get_task(task_id) == await model.get_task(task_id)
+        assert await store.get_events(task_id) == await model.get_events(task_id)
+    assert await store.load_active() == await model.load_active()
+    assert await store.list_tasks() == await model.list_tasks()
+    assert await store.list_tasks(state="start") == await model.list_tasks(state="start")
+    assert await store.list_ended_before(1e12) == await model.list_ended_before(1e12)
+    for kind in ("queue", "dead"):
+        assert await store.list_meta(kind) == await model.list_meta(kind)
+
+
+async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
+    """A file TaskHub wrote with schema 3 (one row per event; tests/store/data) opens as
+    version 4 (packed events, the journal), answers every read as before, and goes on."""
+    path = tmp_path / "hub.db"
+    shutil.copy(V3_FILE, path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (3,)
+        assert raw.execute("SELECT count(*) FROM events").fetchone() == (11,)
+    model = MemoryStore()
+    await model.open()
+    for batch in make_sqlite_v3.contents():
+        await model.apply(batch)
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await _same_answers(store, model)
+        more = WriteBatch(
+            tasks=[TaskRecord(id="t6", action="a", publisher="p", created_at=2000.0)],
+            events=[
+                EventRecord(task_id="t1", seq=1, at=2000.0, type="drop"),  # replaces seq 1
+                EventRecord(task_id="t1", seq=2, at=2001.0, type="offer"),
+            ],
+            deleted=["t4"],
+        )
+        await store.apply(more)
+        await model.apply(more)
+        await _same_answers(store, model)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables - {"sqlite_stat1"} == {"tasks", "events", "meta", "journal"}
+        assert raw.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
+        columns = [r[1] for r in raw.execute("PRAGMA table_info(events)")]
+        assert columns == ["pack", "task_id", "records"]
+    store = SqliteStore(str(path))  # and opens again as it is
+    await store.open()
+    try:
+        await _same_answers(store, model)
+    finally:
+        await store.close()
