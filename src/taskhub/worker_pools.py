@@ -186,7 +186,7 @@ class HandlerLoop:
     def _readable(self, conn: Connection, ws: Wire, fd: int) -> None:
         """The socket has bytes and this loop is free: read them here."""
         self._beat_at = time.monotonic()
-        if not conn.receive(ws, fd, self._tap):
+        if not conn.inbox.receive(ws, fd, self._tap):
             self._detach(ws)
         if self._pickups:  # in one frame, before the handlers' first step (next turn)
             pickups = [
@@ -201,7 +201,7 @@ class HandlerLoop:
             # Only started deliveries (adopted in order before what follows them): those
             # wait for its next turn, or the watchdog's (catch_up).
             self._urgent = False
-            self._later(conn.drain)
+            self._later(conn.inbox.drain)
 
     def _later(self, fn: Callable[..., Any], *args: Any, lazy: bool = False) -> None:
         """On this loop: call ``fn(*args)`` on the connection's loop, two turns of this loop
@@ -233,7 +233,7 @@ class HandlerLoop:
         started here is known to the client)."""
         self._run_deferred()
         if self._connection is not None:
-            self._connection.drain()
+            self._connection.inbox.drain()
 
     def _tap(self, msgs: list[Message]) -> list[Message | Callable[[], None]]:
         """The messages of a frame read here (the wire's lock held): start the handler of

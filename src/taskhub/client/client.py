@@ -122,8 +122,8 @@ class Client:
             ping_interval=ping_interval,
             ssl=ssl,
         )
-        # The connection and what the client follows, shared with its parts.
-        self._link = Link(self._conn)
+        # The connection and what it follows, shared with its parts (and a Worker's loops).
+        self._link = self.link = Link(self._conn)
         # Publishing, with spans from tracer_provider, by default the global one.
         self._publisher = Publisher(self._link, tracer_provider)
         # The worker side: subscriptions, the deliveries held, the handlers running them. It
@@ -180,12 +180,6 @@ class Client:
     @property
     def connected(self) -> bool:
         return self._conn.connected.is_set()
-
-    @property
-    def link(self) -> Link:
-        """The connection and the tables the client's parts share. Internal: the worker
-        runtime (taskhub.worker) reads the connection from its handler loop through it."""
-        return self._link
 
     async def _restore(self) -> None:
         """After (re)connecting: subscribe again and catch up with followed tasks."""

@@ -7,8 +7,8 @@ when the connection drops, those fail with :class:`ConnectionClosed` and the own
 :class:`Client`) restores its subscriptions and followed tasks on the next connection.
 
 With a :class:`Reader` (:meth:`Connection.share_reading`: a worker's handler loop) another
-thread reads the socket too: what it reads goes through :meth:`Connection.receive`, which
-shows the messages to that thread first, then queues them, in order, for this loop.
+thread reads the socket too: what it reads goes through :meth:`Inbox.receive`, which shows
+the messages to that thread first, then queues them, in order, for this loop.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Reader(Protocol):
     Both methods are called on the connection's loop."""
 
     def attach(self, conn: Connection, ws: Wire) -> None:
-        """Start reading ``ws`` (with ``conn.receive``), from a duplicate of ``ws.fd`` made
+        """Start reading ``ws`` (with ``conn.inbox.receive``), from a duplicate of ``ws.fd`` made
         now, before this call returns."""
 
     def detach(self, ws: Wire) -> None:
@@ -76,6 +76,58 @@ class Reader(Protocol):
 # messages, or a function to call there instead of dispatching one.
 Tap = Callable[[list["Message"]], list["Message | Callable[[], None]"]]
 Waiter = asyncio.Future[Message] | Receiver
+
+
+class Inbox:
+    """What is read on any thread (shared reading), in the order read, for the connection's
+    loop: messages dispatched there (``dispatch``), or what a reader's ``tap`` put in their
+    place (called there)."""
+
+    def __init__(self, dispatch: Callable[[Message], None]) -> None:
+        self._dispatch = dispatch
+        self._items: deque[Message | Callable[[], None]] = deque()
+        self.thread = 0  # the connection's loop's, once it opens
+
+    def receive(self, ws: Wire, fd: int, tap: Tap | None = None) -> bool:
+        """From any thread, when ``fd`` (a duplicate of ``ws``'s socket) is readable: read,
+        show each frame's messages to ``tap`` (on this thread), and queue them (or what
+        ``tap`` puts in their place) for the connection's loop. On that loop they are
+        dispatched now; from another thread the caller has :meth:`drain` called there
+        (once for several reads, when it suits it). False once ``ws`` has ended: stop
+        reading it."""
+        with ws.lock:
+            for frame in ws.receive_from(fd):
+                msgs = decode_frame(frame)
+                self._items.extend(msgs if tap is None else tap(msgs))
+            ended = ws.ended
+        if threading.get_ident() == self.thread:
+            self.drain()
+        return not ended
+
+    @property
+    def received(self) -> bool:
+        """Something read on another thread waits for :meth:`drain`."""
+        return bool(self._items)
+
+    def drain(self) -> None:
+        """On the connection's loop: dispatch what was read, in order."""
+        items = self._items
+        while items:
+            item = items.popleft()
+            if isinstance(item, dict):
+                self._dispatch(item)
+            else:
+                item()
+
+
+def decode_frame(frame: str | bytes | bytearray | memoryview) -> list[Message]:
+    """A frame's messages (a frame holds one, or a list of them)."""
+    try:
+        data = _decoder.decode(frame)
+    except msgspec.DecodeError:
+        log.error("the hub sent a frame that is not JSON; ignored")
+        return []
+    return data if isinstance(data, list) else [data]
 
 
 def ws_url(url: str) -> str:
@@ -145,14 +197,13 @@ class Connection:
         # dispatched on this loop; a thread other than this loop's wakes it once per batch.
         self._reader: Reader | None = None
         self._shared: Wire | None = None  # the wire read so, while connected
-        self._inbox: deque[Message | Callable[[], None]] = deque()
-        self._thread = 0  # this loop's thread, known from open()
+        self.inbox = Inbox(self._dispatch_one)
 
     # --- life --------------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect once (raising what went wrong), then keep reconnecting in the background."""
         self.loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
+        self.inbox.thread = threading.get_ident()
         deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
         while True:
@@ -261,7 +312,7 @@ class Connection:
                 self._shared = None
                 if self._reader is not None:
                     self._reader.detach(ws)
-                self.drain()  # what was read before the end, before failing what waits
+                self.inbox.drain()  # what was read before the end, before failing what waits
             self._ws = None
             self._held = []  # never written: their requests fail with the others
 
@@ -288,54 +339,13 @@ class Connection:
 
     def _read_here(self, ws: Wire) -> None:
         fd = ws.fd
-        if fd is None or not self.receive(ws, fd, None):
+        if fd is None or not self.inbox.receive(ws, fd):
             ws.read_on_loop(None)
 
-    def receive(self, ws: Wire, fd: int, tap: Tap | None = None) -> bool:
-        """From any thread, when ``fd`` (a duplicate of ``ws``'s socket) is readable: read,
-        show each frame's messages to ``tap`` (on this thread), and queue them (or what
-        ``tap`` puts in their place) for the connection's loop. On that loop they are
-        dispatched now; from another thread the caller has :meth:`drain` called there
-        (once for several reads, when it suits it). False once ``ws`` has ended: stop
-        reading it."""
-        with ws.lock:
-            for frame in ws.receive_from(fd):
-                msgs = self._decode(frame)
-                self._inbox.extend(msgs if tap is None else tap(msgs))
-            ended = ws.ended
-        if threading.get_ident() == self._thread:
-            self.drain()
-        return not ended
-
-    @property
-    def received(self) -> bool:
-        """Messages read on another thread wait for :meth:`drain`."""
-        return bool(self._inbox)
-
-    def drain(self) -> None:
-        """On the connection's loop: dispatch the messages read, in order."""
-        inbox = self._inbox
-        while inbox:
-            item = inbox.popleft()
-            if isinstance(item, dict):
-                self._dispatch_one(item)
-            else:
-                item()
-
-    # --- messages from the hub ----------------------------------------------------------------
-    @staticmethod
-    def _decode(frame: str | bytes | bytearray | memoryview) -> list[Message]:
-        try:
-            data = _decoder.decode(frame)
-        except msgspec.DecodeError:
-            log.error("the hub sent a frame that is not JSON; ignored")
-            return []
-        return data if isinstance(data, list) else [data]
-
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
-        if self._inbox:  # read elsewhere before: those first
-            self.drain()
-        for msg in self._decode(frame):
+        if self.inbox.received:  # read elsewhere before: those first
+            self.inbox.drain()
+        for msg in decode_frame(frame):
             self._dispatch_one(msg)
 
     def _dispatch_one(self, msg: Message) -> None:
