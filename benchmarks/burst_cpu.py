@@ -14,6 +14,14 @@ machine is too busy for the latency to). The publisher's figure includes its sta
 (imports, connecting): a few µs per task at N=30,000. ``--runtime``: the worker runs the
 echo through ``taskhub.Worker`` (the taskhub-memory-runtime row of run.py).
 
+With a Redis store (``--store 'redis://{redis}/0'`` starts a throwaway loopback redis-server
+per run, without persistence, as run.py does; any other ``redis://`` URL is used as it is), it
+also reads redis-server's CPU time (``INFO cpu``: used_cpu_user + used_cpu_sys) and its
+command counts (``INFO commandstats``, which counts the commands a script calls too) before
+and after, and prints redis-server's CPU µs per task, the commands it ran per task
+(``redis_cmds``) and the script calls per task (``redis_evalsha``, one per store batch).
+``--commands`` prints the per-command counts per task of the last run.
+
 On a shared 2-core machine throughput moves with the neighbours; CPU per task moves much
 less, which is why hub changes are compared with it (interleave the A and B runs).
 """
@@ -21,17 +29,21 @@ less, which is why hub changes are compared with it (interleave the A and B runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import redis
 from common import free_port, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,14 +72,55 @@ def context_switches(pid: int) -> int:
     return total
 
 
+@contextlib.contextmanager
+def redis_server_for(store: str) -> Iterator[str]:
+    """``store`` with ``{redis}`` replaced by a throwaway loopback redis-server's address."""
+    if "{redis}" not in store:
+        yield store
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not on PATH (scripts/ensure-redis.sh installs it)")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 15, proc)
+        yield store.replace("{redis}", f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def redis_counters(client: redis.Redis | None) -> tuple[float, dict[str, int]]:
+    """redis-server's CPU seconds (user + sys) and its calls per command so far."""
+    if client is None:
+        return 0.0, {}
+    cpu = client.info("cpu")
+    stats = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+
 def hub_command(port: int, store: str) -> list[str]:
     cli = os.path.join(os.path.dirname(PY), "taskhub")
     return [cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store]
 
 
+# The commands burst_cpu itself sends to read the counters: not the store's work.
+OWN_COMMANDS = ("info", "ping", "hello", "client|setinfo")
+LAST_COMMANDS: dict[str, float] = {}
+
+
 def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="taskhub-cpu-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="taskhub-cpu-") as tmp,
+        redis_server_for(store) as store,
+    ):
         store = store.replace("{tmp}", tmp)
+        is_redis = store.startswith(("redis://", "rediss://"))
+        rclient = redis.Redis.from_url(store.split("?")[0]) if is_redis else None
         port = free_port()
         url = f"ws://127.0.0.1:{port}"
         script = os.path.join(HERE, "taskhub_bench.py")
@@ -88,6 +141,7 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
             for line in worker.stdout:
                 if '"ready"' in line:
                     break
+            redis0, calls0 = redis_counters(rclient)
             hub0, worker0 = cpu_seconds(hub.pid), cpu_seconds(worker.pid)
             switches0 = context_switches(worker.pid)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -100,7 +154,10 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             hub1, worker1 = cpu_seconds(hub.pid), cpu_seconds(worker.pid)
             switches1 = context_switches(worker.pid)
+            redis1, calls1 = redis_counters(rclient)
         finally:
+            if rclient is not None:
+                rclient.close()
             for proc in (worker, hub):
                 if proc is not None:
                     proc.terminate()
@@ -108,7 +165,7 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
     result = [json.loads(line) for line in out.splitlines() if '"result"' in line][-1]
     tasks = n + seq + 200  # the publisher's warm-up burst is 200 tasks
     publisher = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {
+    row = {
         "tasks_per_s": result["throughput"],
         "seq_p50_ms": result["seq_p50_ms"],
         "hub_us": (hub1 - hub0) / tasks * 1e6,
@@ -116,17 +173,36 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
         "publisher_us": publisher / tasks * 1e6,
         "worker_switches": (switches1 - switches0) / tasks,
     }
+    if is_redis:
+        commands = {
+            name: (count - calls0.get(name, 0)) / tasks
+            for name, count in calls1.items()
+            if name not in OWN_COMMANDS and count > calls0.get(name, 0)
+        }
+        LAST_COMMANDS.clear()
+        LAST_COMMANDS.update(commands)
+        row["redis_us"] = (redis1 - redis0) / tasks * 1e6
+        row["redis_cmds"] = sum(v for k, v in commands.items() if k not in ("evalsha", "eval"))
+        row["redis_evalsha"] = commands.get("evalsha", 0.0)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--store", default="memory://", help="sqlite:///{tmp}/b.db: a temp dir")
+    parser.add_argument(
+        "--store",
+        default="memory://",
+        help="sqlite:///{tmp}/b.db: a temp dir; redis://{redis}/0: a throwaway redis-server",
+    )
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--seq", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="last line: runs and medians as JSON")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--runtime", action="store_true", help="the worker runs through taskhub.Worker"
+    )
+    parser.add_argument(
+        "--commands", action="store_true", help="per-command counts per task (last run)"
     )
     args = parser.parse_args()
     runs = []
@@ -135,6 +211,9 @@ def main() -> None:
         runs.append(row)
         print(f"run {i + 1}: " + "  ".join(f"{k} {v:,.2f}" for k, v in row.items()), flush=True)
         time.sleep(0.5)
+    if args.commands and LAST_COMMANDS:
+        ranked = sorted(LAST_COMMANDS.items(), key=lambda kv: -kv[1])
+        print("redis commands per task: " + "  ".join(f"{k} {v:.2f}" for k, v in ranked))
     medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(
         f"median ({args.store}, n={args.n}): "

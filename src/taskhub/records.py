@@ -125,11 +125,20 @@ class MetaRecord(msgspec.Struct):
 
 
 class WriteBatch(msgspec.Struct):
+    """What the lifecycle hands the store at once (one transaction where the engine has them).
+
+    ``sealed``: the caller never changes these task and event records again, nor anything in
+    them (the lifecycle's batches: it hands over copies of the records it goes on changing,
+    ``Journal.take_writes``), so an engine may keep the objects themselves instead of copies.
+    Unsealed (the default), the caller may change them as soon as ``apply`` has started.
+    """
+
     tasks: list[TaskRecord] = []  # upserts (whole records)
     events: list[EventRecord] = []  # appends
     deleted: list[str] = []  # task ids to remove with their events
     meta: list[MetaRecord] = []  # metadata upserts, applied after the task writes
     meta_deleted: list[tuple[str, str]] = []  # (kind, key) to remove, applied last
+    sealed: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.events or self.deleted or self.meta or self.meta_deleted)

@@ -414,6 +414,28 @@ async def test_store_keeps_copies(store: Store) -> None:
     assert await store.get_events("t1") == [event("t1", 0, data={"k": "v"})]
 
 
+async def test_a_sealed_batch_reads_back_like_any_other(store: Store) -> None:
+    # Sealed: the caller never changes these records again (the hub's batches), so the memory
+    # engine keeps them as they are. What readers get is still a normalized copy each time.
+    rec = task("t1", payload={"pair": (1, 2)}, deliveries=[DeliveryRecord(group="g1")])
+    live = task("t2", state="start", options={"timeout": 5.0})
+    ev = event("t1", 0, data=(3, 4))
+    await store.apply(WriteBatch(tasks=[rec, live], events=[ev], sealed=True))
+    want = task("t1", payload={"pair": [1, 2]}, deliveries=[DeliveryRecord(group="g1")])
+    for _ in range(2):  # the first read and a later one
+        got = await store.get_task("t1")
+        assert got == want
+        assert got is not None and got is not rec
+        got.payload["pair"].append(3)
+        got.deliveries[0].state = "offered"
+        [got_ev] = await store.get_events("t1")
+        assert got_ev == event("t1", 0, data=[3, 4])
+        got_ev.data.append(5)
+    assert [r.id for r in await store.load_active()] == ["t1", "t2"]
+    (await store.list_tasks(state="start"))[0].options["timeout"] = 1.0
+    assert await store.get_task("t2") == live
+
+
 async def test_apply_snapshots_the_batch_when_called(store: Store) -> None:
     rec = task("t1", payload="before")
     pending = asyncio.ensure_future(store.apply(WriteBatch(tasks=[rec])))

@@ -3,8 +3,12 @@ metrics' counters and histograms make of them, with a fake clock driven by hand.
 
 from __future__ import annotations
 
-from taskhub.hub.dashboard.monitor import RATE_WINDOW, Monitor
-from taskhub.hub.http.metrics import Metrics, for_hub
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from taskhub.hub.dashboard.monitor import RATE_WINDOW, RECENT_TASKS, Monitor
+from taskhub.hub.http.metrics import TASK_BUCKETS, Metrics, for_hub
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Credentials, EventKey, Peer
 from taskhub.store import open_store
@@ -131,3 +135,55 @@ def test_the_dashboard_reads_what_the_metrics_count() -> None:
     text = monitor.metrics.exposition().decode()
     assert 'taskhub_tasks{state="init"} 1.0' in text
     assert 'taskhub_tasks{state="start"} 1.0' in text
+
+
+def _samples(registry_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(registry_text)
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_a_burst_in_one_batch_is_counted_as_task_by_task() -> None:
+    # The histograms and the recent list are fed once per batch (lc.batch_listeners); a
+    # burst of tasks of two actions, ended in one batch, must count as observing each task's
+    # times one by one does: a cancelled task has no wait or run time, a clock stepped back
+    # counts as 0, and the recent list keeps the last RECENT_TASKS in order.
+    clock = FakeClock(5000.0)
+    hub, worker, publisher = _hub(clock)
+    hub.lc.subscribe(worker, "report:mail", concurrency=100)
+    monitor = Monitor(hub)
+    # The oracle: prometheus_client's own histograms, fed one task at a time.
+    one_by_one = CollectorRegistry()
+    wait, run = (
+        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=one_by_one)
+        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
+    )
+    ids = []
+    for i in range(RECENT_TASKS + 200):
+        action = ACTION if i % 3 else "report:mail"
+        task, _ = hub.lc.publish(publisher, action, None)
+        assert not isinstance(task, str)
+        ids.append(task.id)
+        if i % 10 == 0:  # cancelled while waiting: a duration, no wait or run time
+            hub.lc.cancel(publisher, task.id)
+            continue
+        clock.now += 0.0007 * (i % 50)
+        hub.lc.pickup(worker, task.id, 1)
+        clock.now += 0.01 * (i % 40) - (0.5 if i % 17 == 0 else 0.0)  # sometimes back
+        hub.lc.complete(worker, task.id, 1, None)
+        rec = task.rec
+        assert rec.started_at is not None and rec.ended_at is not None
+        wait.labels(action).observe(rec.started_at - rec.created_at)
+        run.labels(action).observe(max(0.0, rec.ended_at - rec.started_at))
+    assert len(hub.lc.take_writes().tasks) == len(ids)  # one batch: listeners told once
+    got = _samples(monitor.metrics.exposition().decode())
+    want = _samples(generate_latest(one_by_one).decode())
+    assert len(want) == 2 * 2 * (len(TASK_BUCKETS) + 3)  # 2 histograms, 2 actions
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key  # sums: added in another order
+    durations = {k[1]: v for k, v in got.items() if k[0] == "taskhub_task_duration_seconds_count"}
+    assert durations == {(("action", ACTION),): 800, (("action", "report:mail"),): 400}
+    assert [snap[0] for snap in monitor.recent] == ids[-RECENT_TASKS:]

@@ -144,3 +144,31 @@ def test_a_busy_second_is_sampled_with_weights() -> None:
     assert p90 is not None and 0.001 <= p90 < 0.0015
     assert p99 is not None and 0.1 <= p99 < 0.15
     assert s.minutes[T0 // 60].run == bucket.run  # the minute got the same weights
+
+
+def test_a_batch_is_binned_as_its_tasks_one_by_one() -> None:
+    # The dashboard gets the ended tasks once per batch (Series.add_tasks): stepping over the
+    # sampling's gaps within a batch must bin exactly the tasks add_task would, at the same
+    # weights, whatever the batch sizes and across seconds.
+    one, batched = Series(rng=random.Random(3)), Series(rng=random.Random(3))
+    tasks = []
+    for i in range(12 * SAMPLE):
+        second = T0 + i // (4 * SAMPLE)  # three busy seconds
+        run = 0.1 if i % 7 == 0 else 0.001 * (1 + i % 5)
+        if i % 11 == 0:  # never started: not binned, and no gap drawn for it
+            tasks.append(TaskRecord("x", "a:b", "p", second, state="fail", ended_at=second + 0.5))
+        else:
+            tasks.append(_task(second + 0.1, second + 0.2, second + 0.2 + run))
+    for rec in tasks:
+        one.add_task(rec)
+    sizes = [1, 7, 64, 500, 3, 1000, 2]
+    i = 0
+    while i < len(tasks):
+        size = sizes[i % len(sizes)]
+        batched.add_tasks(tasks[i : i + size])
+        i += size
+    for second in (T0, T0 + 1, T0 + 2):
+        a, b = one.seconds[second], batched.seconds[second]
+        assert (a.wait, a.run) == (b.wait, b.run)
+        assert a.run is not None and sum(a.run) > 2 * SAMPLE  # sampled with weights
+    assert one.minutes[T0 // 60].run == batched.minutes[T0 // 60].run

@@ -11,7 +11,9 @@ that output alone (DESIGN.md "Task lifecycle", docs/protocol.md "Attempts and fe
 - a task ends exactly once: one terminal event, and a task is gone from the lifecycle iff ended;
 - a stale attempt never changes the outcome: ``ack``/``pickup``/``update``/``drop``/``fail``
   naming an older attempt are refused and change nothing; a late step on an ended task changes
-  nothing.
+  nothing;
+- a batch is sealed: no record or event it handed over changes afterwards (the memory store
+  keeps them as they are).
 """
 
 from __future__ import annotations
@@ -79,12 +81,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.published: list[str] = []
         self.records: dict[str, TaskRecord] = {}
         self.terminal: dict[str, list[EventRecord]] = {}
+        self.handed: list[tuple[TaskRecord | EventRecord, bytes]] = []  # (object, its JSON then)
         self.n = 0
 
     # --- output: taken after every step, as the hub's flusher does ---------------------------
     def drain(self) -> tuple[int, int]:
         """Take writes and messages; check them against the rules. Returns (writes, messages)."""
         batch = self.lc.take_writes()
+        assert batch.sealed
+        self.handed += [(r, msgspec.json.encode(r)) for r in (*batch.tasks, *batch.events)]
         for rec in batch.tasks:
             # A copy, as a store would keep: later changes to the live record must show up
             # as a new write, not by aliasing.
@@ -291,6 +296,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             else:
                 assert len(ends) == 1, f"{tid} left the lifecycle with {len(ends)} terminal events"
                 assert self.records[tid].state == ends[0].type
+
+    def teardown(self) -> None:
+        # Once per run rather than an invariant after every step: each check encodes every
+        # record and event handed over so far.
+        for obj, was in self.handed:
+            now = msgspec.json.encode(obj)
+            assert now == was, f"handed over {was.decode()}, then changed to {now.decode()}"
 
     @invariant()
     def credit_is_accounted_per_subscription(self) -> None:

@@ -45,6 +45,20 @@ def step_payload(declared: Any, previous: Any, *, merge: bool) -> Any:
     return declared
 
 
+def _progress(parent: Task, i: int, **columns: Any) -> dict[str, Any]:
+    """Set step ``i`` in the chain's progress columns (``tasks``, ``states``, ``results``).
+
+    The progress and the options holding it are replaced, never changed in place: a sealed
+    batch (records.WriteBatch) may hold the ones written before."""
+    state = dict(parent.rec.options[HELD])
+    for name, value in columns.items():
+        column = list(state[name])
+        column[i] = value
+        state[name] = column
+    parent.rec.options = {**parent.rec.options, HELD: state}
+    return state
+
+
 def _named(exc: TaskHubError, index: int, action: object) -> TaskHubError:
     """The same error, its message naming the step (a malformed plan is refused whole)."""
     details = {**exc.details, "step": index}
@@ -154,7 +168,7 @@ class Chains:
             self._fail(parent, i, {"reason": "error", "type": type(exc).__name__}, exc.message)
             return
         assert isinstance(task, Task)  # steps carry no key, so publish always creates one
-        state["tasks"][i] = task.id
+        _progress(parent, i, tasks=task.id)
         self.lc.record(parent, "step", {"index": i, "action": plan["action"], "task": task.id})
 
     # --- moving on ---------------------------------------------------------------------------
@@ -176,13 +190,12 @@ class Chains:
             return
         if rec is None or rec.state == TaskState.FAIL:
             err = (rec.error if rec else None) or {"reason": "error", "message": "task lost"}
-            state["states"][i] = TaskState.FAIL
+            _progress(parent, i, states=TaskState.FAIL)
             self._fail(parent, i, err, str(err.get("message") or err.get("reason", "")))
             return
         # `end` (every delivery dropped) is not a failure: the step simply has no result.
         result = rec.result if rec.state == TaskState.SUCCESS else None
-        state["states"][i] = rec.state
-        state["results"][i] = result
+        state = _progress(parent, i, states=rec.state, results=result)
         data = {"index": i, "action": plan[i]["action"], "task": rec.id, "state": rec.state}
         self.lc.record(parent, "step", data)  # also writes the parent: its progress is durable
         if state["mode"] == "group":

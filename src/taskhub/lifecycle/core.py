@@ -23,7 +23,7 @@ from typing import Any
 
 from taskhub.lifecycle.deadlines import Deadlines
 from taskhub.lifecycle.ending import Ending
-from taskhub.lifecycle.journal import EventListener, Journal
+from taskhub.lifecycle.journal import BatchListener, EventListener, Journal
 from taskhub.lifecycle.keys import Keys
 from taskhub.lifecycle.operations import Operations
 from taskhub.lifecycle.publishing import Publishing
@@ -91,6 +91,7 @@ class Lifecycle:
         self.listeners: list[EventListener] = journal.listeners
         self.start_listeners: list[EventListener] = journal.start_listeners
         self.end_listeners: list[EventListener] = journal.end_listeners
+        self.batch_listeners: list[BatchListener] = journal.batch_listeners
         self.second_listeners = journal.second_listeners
 
     # --- the parts' state that changes identity ------------------------------------------------
@@ -121,8 +122,14 @@ class Lifecycle:
         return self._journal.take_output()
 
     def take_writes(self) -> WriteBatch:
-        """The records changed and the events recorded since the last call."""
+        """The records changed and the events recorded since the last call, sealed: the
+        lifecycle never changes what it handed over (a store may keep the objects)."""
         return self._journal.take_writes()
+
+    def settle(self) -> None:
+        """Tell :attr:`batch_listeners` now what the batch under way has started and ended
+        so far (:meth:`take_writes` does once per batch): for readers of their figures."""
+        self._journal.settle()
 
     def pending(self, task_id: str) -> TaskRecord | None:
         """The task's record if it changed since the last :meth:`take_writes`."""

@@ -141,8 +141,7 @@ class Ending:
             self.journal.put_meta(DEAD_META, rec.id, dead_letter(rec))
         data = result if state == _SUCCESS else error
         ev = self.journal.event(task, state, service=by.service if by else None, data=data)
-        for listener in self.journal.end_listeners:
-            listener(task, ev)
+        self.journal.task_ended(task, ev)
         msg = event_msg(task, ev)
         if state == _SUCCESS:
             self.journal.tell_holders(task, msg, but=by)  # before their credit is given back

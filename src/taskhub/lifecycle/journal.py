@@ -7,10 +7,30 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from taskhub.lifecycle.state import Clock, EventKey, Message, Peer, Task
-from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
+from taskhub.records import (
+    TERMINAL_STATES,
+    EventRecord,
+    MetaRecord,
+    TaskRecord,
+    WriteBatch,
+)
 
 EventListener = Callable[[Task, EventRecord], None]
+# Told once per batch: the records of the tasks it started (first pickup) and ended, in order.
+BatchListener = Callable[[list[TaskRecord], list[TaskRecord]], None]
+_replace = msgspec.structs.replace  # with no changes: a shallow copy
+
+
+def sealed_copy(rec: TaskRecord) -> TaskRecord:
+    """A copy of ``rec`` that the lifecycle's later changes cannot reach: the record's own
+    fields and its deliveries are copied (both changed in place); the rest (options, a
+    chain's progress in them, payload, result, errors, updates) the lifecycle replaces but
+    never changes in place, so they are shared. tests/unit/test_sealed.py and the lifecycle
+    state machine hold the lifecycle to that."""
+    return _replace(rec, deliveries=list(map(_replace, rec.deliveries)))
 
 
 def event_msg(task: Task, ev: EventRecord) -> Message:
@@ -51,6 +71,12 @@ class Journal:
         self.start_listeners: list[EventListener] = []
         # Called once per task, with its terminal event (success, fail, end), after the above.
         self.end_listeners: list[EventListener] = []
+        # Told the tasks started and ended once per batch (take_writes, or settle): what counts
+        # tasks (the metrics' histograms, the dashboard's charts) then does its work for the
+        # whole batch at once instead of a call per task. Only kept while there are any.
+        self.batch_listeners: list[BatchListener] = []
+        self._started: list[TaskRecord] = []
+        self._ended: list[TaskRecord] = []
         # Task events of one second of the hub clock (``counts_second``), per (action, event
         # type, group). The dashboard's rates and the metrics' counters are made from these,
         # so counting an event costs one dict update here instead of a listener call each.
@@ -91,7 +117,19 @@ class Journal:
 
     # --- writes ------------------------------------------------------------------------------
     def take_writes(self) -> WriteBatch:
-        batch = WriteBatch(list(self._dirty.values()), self._events)
+        """The records changed and the events recorded since the last call, as a sealed
+        batch: nothing in it is changed afterwards, so a store may keep it as it is. An ended
+        task's record goes as it is (the lifecycle is done with it); a live one's goes as a
+        copy of what the lifecycle changes in place (:func:`sealed_copy`), one per batch the
+        task is in, which costs less than encoding it (docs/performance.md)."""
+        batch = WriteBatch(
+            [
+                rec if rec.state in TERMINAL_STATES else sealed_copy(rec)
+                for rec in self._dirty.values()
+            ],
+            self._events,
+            sealed=True,
+        )
         if self._meta or self._meta_deleted:
             batch.meta = [MetaRecord(k, key, v) for (k, key), v in self._meta.items()]
             batch.meta_deleted = sorted(self._meta_deleted)
@@ -99,7 +137,18 @@ class Journal:
             self._meta_deleted = set()
         self._dirty = {}
         self._events = []
+        self.settle()
         return batch
+
+    def settle(self) -> None:
+        """Tell the batch listeners the tasks started and ended since they were last told.
+        :meth:`take_writes` does, once per batch; a reader of their figures calls it first
+        to count the batch under way too (as the event counts of the second under way)."""
+        started, ended = self._started, self._ended
+        if started or ended:
+            self._started, self._ended = [], []
+            for listener in self.batch_listeners:
+                listener(started, ended)
 
     def touch(self, task: Task) -> None:
         """Write the task's record with the next batch."""
@@ -160,6 +209,22 @@ class Journal:
         for listener in self.listeners:
             listener(task, ev)
         return ev
+
+    def task_started(self, task: Task, ev: EventRecord) -> None:
+        """``task`` started (its first pickup, event ``ev``): tell the listeners."""
+        for listener in self.start_listeners:
+            listener(task, ev)
+        if self.batch_listeners:
+            # The live record: what a batch listener reads of it (action, created_at,
+            # started_at, not_before) no longer changes once the task has started.
+            self._started.append(task.rec)
+
+    def task_ended(self, task: Task, ev: EventRecord) -> None:
+        """``task`` ended (its terminal event ``ev``): tell the listeners."""
+        for listener in self.end_listeners:
+            listener(task, ev)
+        if self.batch_listeners:
+            self._ended.append(task.rec)  # sealed: an ended task's record no longer changes
 
     def listen(self, listener: EventListener, on: bool) -> None:
         """Have ``listener`` in :attr:`listeners` while ``on`` (idempotent): for a listener

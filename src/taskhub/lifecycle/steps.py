@@ -97,12 +97,12 @@ class Steps:
             # The starting worker's declared timeout, unless the publisher set one: kept
             # in the record, so views show it and the end timer is cancelled by it.
             timeout = d.holder.option(task, "timeout", timeout)
-            task.rec.options["timeout"] = timeout
+            # A new dict, never a change in place: a sealed batch may share the old one.
+            task.rec.options = {**task.rec.options, "timeout": timeout}
         if timeout is not None:
             self.timers.after(task.rec.started_at, timeout, "end", task.id)
         ev = self.journal.event(task, "start", group=d.rec.group, service=service)
-        for listener in self.journal.start_listeners:
-            listener(task, ev)
+        self.journal.task_started(task, ev)
 
     def update(self, peer: Peer, task_id: str, attempt: int, data: Any) -> None:
         task = self.tasks.get(task_id)
@@ -242,7 +242,7 @@ class Steps:
         if wanted <= timeout:
             return
         self.timers.cancel("end", timeout, rec.id)
-        rec.options["timeout"] = wanted
+        rec.options = {**rec.options, "timeout": wanted}  # replaced: see start()
         # Its own deadline, in the heap: a lane per extended task would crowd out the lanes
         # of the common timeouts. The old heap entry (if any) is skipped when it fires.
         self.timers.at(rec.started_at + wanted, "end", rec.id)

@@ -28,8 +28,10 @@ class Store(Protocol):
     async def apply(self, batch: WriteBatch) -> None:
         """Make the whole batch durable (one transaction where the engine has them).
 
-        The hub keeps mutating these record objects after calling ``apply``: an engine must
-        take what it needs from them (copy or encode) before its first ``await``.
+        Unless ``batch.sealed``, the caller may change these record objects as soon as
+        ``apply`` has started: an engine must take what it needs from them (copy or encode)
+        before its first ``await``. A sealed batch's records (the hub's) never change again,
+        so an engine may keep them as they are (the memory engine does).
         """
 
     async def load_active(self) -> list[TaskRecord]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -12,29 +13,33 @@ from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 
 class _Row(msgspec.Struct, gc=False):
-    # The query columns are kept beside the encoded record so filters need no decode.
+    # The query columns are kept beside the record so filters need no decode.
     # Not tracked by the garbage collector (nothing in it can form a cycle): a store of
     # many rows would otherwise make every full collection walk them all.
     action: str
     state: str
     ended_at: float | None
-    record: bytes
+    record: bytes | TaskRecord  # encoded, or a sealed batch's record until its first read
 
 
 class MemoryStore:
-    """Keeps encoded copies of every record, exactly as a durable engine would.
+    """Keeps what a durable engine would: every read decodes a copy of the stored JSON.
 
-    Records are encoded when :meth:`apply` is called and decoded on every read, so neither
-    the caller mutating a record afterwards nor mutating one it got back changes what is
-    stored; and values come back normalized the same way as from the sqlite engine
-    (tuples as lists, for instance), so tests on this engine do not hide surprises.
+    Records of an unsealed batch are encoded when :meth:`apply` is called, so the caller
+    changing them afterwards changes nothing stored. A sealed batch's records (the hub's:
+    ``WriteBatch.sealed``, never changed again) are kept as they are and encoded on their
+    first read instead, which spares the hub an encoding per write; either way every read
+    decodes, so changing what one got back changes nothing stored, and values come back
+    normalized the same way as from the sqlite engine (tuples as lists, for instance), so
+    tests on this engine do not hide surprises. Memory: a kept record and its events take
+    about as many bytes as their JSON would (~1.3-1.6 KB per small task, docs/performance.md).
     """
 
     url = "memory://"
 
     def __init__(self) -> None:
         self._tasks: dict[str, _Row] = {}
-        self._events: dict[str, dict[int, bytes]] = {}
+        self._events: dict[str, dict[int, bytes | EventRecord]] = {}
         self._meta: dict[str, dict[str, bytes]] = {}  # kind -> key -> encoded value
         # (ended_at, id) of ended tasks, oldest first, so a retention sweep costs what it
         # removes rather than a scan of every task; entries whose row changed are skipped.
@@ -66,11 +71,15 @@ class MemoryStore:
         # the store as it was, like a rolled-back transaction. map() over the C encoder, and
         # one loop per kind below without tuples in between: the Python around the encoding
         # cost as much as the encoding itself (docs/decisions.md, "A cheaper memory store").
+        # A sealed batch's records are kept as they are (its caller never changes them).
         encode = self._encoder.encode
         tasks = batch.tasks
         events = batch.events
-        task_blobs = list(map(encode, tasks))
-        event_blobs = list(map(encode, events))
+        task_blobs: Sequence[bytes | TaskRecord] = tasks
+        event_blobs: Sequence[bytes | EventRecord] = events
+        if not batch.sealed:
+            task_blobs = list(map(encode, tasks))
+            event_blobs = list(map(encode, events))
         meta = [(m.kind, m.key, encode(m.value)) for m in batch.meta] if batch.meta else ()
         rows = self._tasks
         ended = self._ended
@@ -80,11 +89,11 @@ class MemoryStore:
             if ended_at is not None and t.state in TERMINAL_STATES:
                 heapq.heappush(ended, (ended_at, t.id))
         by_task = self._events
-        for e, blob in zip(events, event_blobs, strict=True):
+        for e, event_blob in zip(events, event_blobs, strict=True):
             seqs = by_task.get(e.task_id)
             if seqs is None:
                 seqs = by_task[e.task_id] = {}
-            seqs[e.seq] = blob
+            seqs[e.seq] = event_blob
         for task_id in batch.deleted:
             rows.pop(task_id, None)
             by_task.pop(task_id, None)
@@ -93,11 +102,17 @@ class MemoryStore:
         for kind, key in batch.meta_deleted:
             self._meta.get(kind, {}).pop(key, None)
 
+    def _read(self, row: _Row) -> TaskRecord:
+        """A copy of the row's record, as the sqlite engine would give it back."""
+        blob = row.record
+        if not isinstance(blob, bytes):  # a sealed record: encoded once, on its first read
+            blob = row.record = self._encoder.encode(blob)
+        return self._task_decoder.decode(blob)
+
     async def load_active(self) -> list[TaskRecord]:
         self._check_open()
-        decode = self._task_decoder.decode
         return [
-            decode(row.record)
+            self._read(row)
             for task_id, row in sorted(self._tasks.items())
             if row.state not in TERMINAL_STATES
         ]
@@ -105,13 +120,22 @@ class MemoryStore:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         self._check_open()
         row = self._tasks.get(task_id)
-        return None if row is None else self._task_decoder.decode(row.record)
+        return None if row is None else self._read(row)
 
     async def get_events(self, task_id: str) -> list[EventRecord]:
         self._check_open()
         by_seq = self._events.get(task_id, {})
+        encode = self._encoder.encode
         decode = self._event_decoder.decode
-        return [decode(by_seq[seq]) for seq in sorted(by_seq)]
+        out = []
+        for seq in sorted(by_seq):
+            kept = by_seq[seq]
+            if isinstance(kept, bytes):
+                blob = kept
+            else:  # a sealed event: encoded once, on its first read
+                blob = by_seq[seq] = encode(kept)
+            out.append(decode(blob))
+        return out
 
     async def list_tasks(
         self,
@@ -124,7 +148,6 @@ class MemoryStore:
         self._check_open()
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        decode = self._task_decoder.decode
         out: list[TaskRecord] = []
         if limit == 0:
             return out
@@ -133,7 +156,7 @@ class MemoryStore:
                 continue
             row = self._tasks[task_id]
             if (action is None or row.action == action) and (state is None or row.state == state):
-                out.append(decode(row.record))
+                out.append(self._read(row))
                 if len(out) >= limit:
                     break
         return out
@@ -171,8 +194,7 @@ class MemoryStore:
         entries = self._pop_ended(at, limit)
         for entry in entries:  # only looking: they stay until removed
             heapq.heappush(self._ended, entry)
-        decode = self._task_decoder.decode
-        return [decode(self._tasks[task_id].record) for _, task_id in entries]
+        return [self._read(self._tasks[task_id]) for _, task_id in entries]
 
     async def list_meta(self, kind: str) -> dict[str, Any]:
         self._check_open()

@@ -23,8 +23,8 @@ from taskhub.hub.dashboard.series import Series, series_counts
 from taskhub.hub.http.metrics import for_hub, live_tasks
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
-from taskhub.lifecycle import EventKey, Task
-from taskhub.records import EventRecord
+from taskhub.lifecycle import EventKey
+from taskhub.records import TaskRecord
 
 RATE_WINDOW = 60  # seconds the rates are counted over
 RECENT_TASKS = 1000  # ended tasks kept (as small summaries) for the task list
@@ -51,7 +51,8 @@ class Monitor:
     totals of ended tasks, the live tasks and their deliveries.
 
     It adds nothing per event: the lifecycle counts events per second (``lc.counts``) and hands
-    each complete second here; ended tasks come through ``lc.end_listeners``, one call per task.
+    each complete second here; ended tasks come through ``lc.batch_listeners``, one call per
+    batch (its readers call ``lc.settle()`` first, to see the batch under way too).
 
     Memory: at most ``RATE_WINDOW + 1`` seconds of (action, event type, group) counters, the
     series (at most 1.6 MB), plus ``RECENT_TASKS`` snapshots of a few hundred bytes each.
@@ -63,10 +64,10 @@ class Monitor:
         self._clock = hub.clock
         self.started_at = hub.clock()
         self._seconds: deque[tuple[int, dict[EventKey, int]]] = deque()
-        self.recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
-        self.series = Series()
+        self._recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
+        self._series = Series()
         hub.lc.second_listeners.append(self._on_second)
-        hub.lc.end_listeners.append(self._on_end)
+        hub.lc.batch_listeners.append(self._on_batch)
 
     def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
         seconds = self._seconds
@@ -74,16 +75,30 @@ class Monitor:
         since = int(self._clock()) - RATE_WINDOW  # no window from now on reaches back further
         while seconds and seconds[0][0] <= since:
             seconds.popleft()
-        self.series.add_counts(second, *series_counts(counts))
+        self._series.add_counts(second, *series_counts(counts))
+
+    @property
+    def recent(self) -> deque[Snapshot]:
+        """The most recent ended tasks (``RECENT_TASKS`` at most), oldest first."""
+        self.hub.lc.settle()
+        return self._recent
+
+    @property
+    def series(self) -> Series:
+        """The charts' series, up to the batch under way."""
+        self.hub.lc.settle()
+        return self._series
 
     @property
     def ended(self) -> dict[str, int]:
         """Tasks ended since the hub started, by how (success, fail, end)."""
         return self.metrics.ended()
 
-    def _on_end(self, task: Task, ev: EventRecord) -> None:
-        self.recent.append(snapshot(task.rec))
-        self.series.add_task(task.rec)
+    def _on_batch(self, started: list[TaskRecord], ended: list[TaskRecord]) -> None:
+        if ended:
+            # Only the last RECENT_TASKS of a batch would stay in the list.
+            self._recent.extend(map(snapshot, ended[-RECENT_TASKS:]))
+            self._series.add_tasks(ended)
 
     def chart(self, span: int) -> dict[str, Any]:
         lc = self.hub.lc
@@ -169,8 +184,9 @@ class Monitor:
     ) -> list[dict[str, Any]]:
         """Newest first: the live tasks, then the recently ended ones. ``kind`` is ``task``
         (the default: user tasks), ``chain`` (chains and groups) or ``all``."""
+        recent = self.recent  # first: it settles the batch under way
         rows = {t.id: summary(t.rec) for t in self.hub.lc.tasks.values()}
-        for snap in reversed(self.recent):  # newest first: a task's last snapshot wins
+        for snap in reversed(recent):  # newest first: a task's last snapshot wins
             if snap[0] not in rows:
                 rows[snap[0]] = row(snap)
         picked = [

@@ -9,6 +9,7 @@ import math
 import random
 from array import array
 from bisect import bisect_left
+from collections.abc import Sequence
 from typing import Any
 
 from taskhub.hub.http.search import INTERNAL_PREFIX
@@ -23,7 +24,7 @@ MINUTE_POINTS = 1440  # 24 hours at one point a minute
 BIN_BASE = 0.0001
 BINS = 56
 PERCENTILES = (50, 90, 99)
-SAMPLE = 500  # ended tasks binned a second at each sampling rate (Series.add_task)
+SAMPLE = 500  # ended tasks binned a second at each sampling rate (Series.add_tasks)
 
 
 def bin_upper(b: int) -> float:
@@ -112,20 +113,34 @@ class Series:
             b.failed += failed
 
     def add_task(self, rec: TaskRecord) -> None:
-        """An ended task's wait and run times, in the buckets of the second it ended.
+        """One ended task's wait and run times (see :meth:`add_tasks`)."""
+        self.add_tasks((rec,))
 
-        Called once per ended task, so it bounds its work: in each second the first
+    def add_tasks(self, recs: Sequence[TaskRecord]) -> None:
+        """Ended tasks' wait and run times, each in the buckets of the second it ended.
+
+        Called once per batch of ended tasks, so it bounds its work: in each second the first
         ``SAMPLE`` tasks are binned, then every 2nd for the next ``SAMPLE`` samples, then every
         4th, and so on (on average: the gaps are drawn at random, so a periodic pattern in the
         tasks cannot line up with them), each sample counted with the weight of the tasks it
         stands for. The histograms stay an estimate of all tasks' times (exact below
         ``SAMPLE`` a second), and a busy hub bins about ``SAMPLE * log2(rate / SAMPLE)`` tasks
-        a second. A binned task costs two bisects and four increments (0.7 µs), a passed one
-        a decrement (0.18 µs a task on average at 200,000 tasks in a second).
+        a second. A binned task costs two bisects and four increments; a passed one nothing
+        (the gap is stepped over in the batch).
         """
-        if self._skip:
-            self._skip -= 1
-            return
+        i, n = 0, len(recs)
+        while i < n:
+            skip = self._skip
+            if skip:
+                if skip >= n - i:
+                    self._skip = skip - (n - i)
+                    return
+                i += skip
+                self._skip = 0
+            self._bin(recs[i])
+            i += 1
+
+    def _bin(self, rec: TaskRecord) -> None:
         started, ended = rec.started_at, rec.ended_at
         if started is None or ended is None:
             return  # it never started (start timeout, cancelled while waiting)

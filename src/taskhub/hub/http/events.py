@@ -104,8 +104,10 @@ async def event_stream(
                 yield _sse(ev)
             if ev.type in TERMINAL_STATES:
                 return
-        if hub.lc.get(task_id) is None:
-            return  # ended, and its terminal event is not stored (removed by retention)
+        if hub.lc.get(task_id) is None and live.empty():
+            # Ended before we listened, and its terminal event is not stored (removed by
+            # retention). Had it ended while the store was read, its events would be in `live`.
+            return
         while True:
             try:
                 first = await asyncio.wait_for(live.get(), SSE_KEEPALIVE)

@@ -2,20 +2,21 @@
 
 Each hub has its own :class:`~prometheus_client.CollectorRegistry`, not the process-global one,
 so several hubs in one process (tests, embedded use) each report their own numbers. Counters
-and histograms are fed by the lifecycle's per-second event counts, its start and end listeners
-and a store-apply hook; gauges (live tasks, queue depths, connections) are read from the hub's
-in-memory state at scrape time, so they cost nothing between scrapes. Labels are action, event
-type, group and service: names bounded by the credentials' permissions, never task ids (one
-series per task would grow without bound).
+and histograms are fed by the lifecycle's per-second event counts, the tasks each batch started
+and ended (``lc.batch_listeners``) and a store-apply hook; gauges (live tasks, queue depths,
+connections) are read from the hub's in-memory state at scrape time, so they cost nothing
+between scrapes. Labels are action, event type, group and service: names bounded by the
+credentials' permissions, never task ids (one series per task would grow without bound).
 """
 
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import attrgetter, sub
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,8 +36,8 @@ from taskhub.hub.auth import Registry
 from taskhub.hub.http.deps import Caller, error_responses
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
-from taskhub.lifecycle import EventKey, Lifecycle, Queue, Task
-from taskhub.records import EventRecord, WriteBatch
+from taskhub.lifecycle import EventKey, Lifecycle, Queue
+from taskhub.records import TaskRecord, WriteBatch
 
 # Task latencies span milliseconds (an echo) to hours (a durable queue waiting for its worker).
 TASK_BUCKETS = (
@@ -46,6 +47,10 @@ APPLY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 _LIVE_STATES = ("init", "start")
 TERMINAL_TYPES = ("success", "fail", "end")  # a task's last event: how it ended
+_action = attrgetter("action")
+_created = attrgetter("created_at")
+_started = attrgetter("started_at")
+_ended = attrgetter("ended_at")
 
 
 class Metrics:
@@ -98,24 +103,34 @@ class Metrics:
         r.register(_StateCollector(hub))
         r.register(_AuthCollector(hub.registry))
         hub.lc.second_listeners.append(self._on_second)
-        hub.lc.start_listeners.append(self._on_start)
-        hub.lc.end_listeners.append(self._on_end)
+        hub.lc.batch_listeners.append(self._on_batch)
         hub.apply_hooks.append(self._on_apply)
 
     def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
         add_counts(self.event_counts, counts)
 
-    def _on_start(self, task: Task, ev: EventRecord) -> None:
-        rec = task.rec
-        if rec.started_at is not None:
-            self.wait.observe(rec.action, max(0.0, rec.started_at - rec.created_at))
-
-    def _on_end(self, task: Task, ev: EventRecord) -> None:
-        rec = task.rec
-        if rec.ended_at is not None:
-            if rec.started_at is not None:
-                self.run.observe(rec.action, max(0.0, rec.ended_at - rec.started_at))
-            self.total.observe(rec.action, max(0.0, rec.ended_at - rec.created_at))
+    def _on_batch(self, started: list[TaskRecord], ended: list[TaskRecord]) -> None:
+        """A batch's started and ended tasks into the histograms, with C-level iterators
+        over the whole batch (a listener call per task and an ``observe`` per value cost
+        ~13,500 instructions per task: docs/performance.md)."""
+        if started:
+            waits = _since(map(_started, started), map(_created, started))
+            self.wait.observe_each(list(map(_action, started)), waits)
+        if ended:
+            actions = list(map(_action, ended))
+            ends = list(map(_ended, ended))
+            self.total.observe_each(actions, _since(ends, map(_created, ended)))
+            starts = list(map(_started, ended))
+            if None in starts:  # some never started (cancelled or timed out while waiting)
+                ran = [
+                    (a, e, s)
+                    for a, e, s in zip(actions, ends, starts, strict=True)
+                    if s is not None
+                ]
+                if not ran:
+                    return
+                actions, ends, starts = (list(column) for column in zip(*ran, strict=True))
+            self.run.observe_each(actions, _since(ends, starts))
 
     def _on_apply(self, batch: WriteBatch, seconds: float) -> None:
         self.apply.observe("", seconds)
@@ -138,7 +153,13 @@ class Metrics:
         return out
 
     def exposition(self) -> bytes:
+        self.hub.lc.settle()  # the tasks of the batch under way too
         return generate_latest(self.registry)
+
+
+def _since(later: Iterable[float], earlier: Iterable[float]) -> list[float]:
+    """``later - earlier``, pairwise, without a Python call per pair."""
+    return list(map(sub, later, earlier))
 
 
 class _Series:
@@ -179,6 +200,35 @@ class _Histogram(Collector):
             series = self.series[key] = _Series(len(self._le), time.time())
         series.buckets[bisect_left(self._bounds, value)] += 1  # a bucket counts value <= le
         series.sum += value
+
+    def observe_each(self, keys: list[str], values: list[float]) -> None:
+        """Count each ``values[i]`` in the series of ``keys[i]`` (a negative value as 0): a
+        batch's tasks at once, sorted, then cut at each bucket's bound by bisection: C code
+        per value (the sort) rather than a Python call per value."""
+        if keys.count(keys[0]) == len(keys):  # one action: the common case
+            self._observe_sorted(keys[0], sorted(values))
+            return
+        by_key: dict[str, list[float]] = {}
+        for key, value in zip(keys, values, strict=True):
+            by_key.setdefault(key, []).append(value)
+        for key, group in by_key.items():
+            group.sort()
+            self._observe_sorted(key, group)
+
+    def _observe_sorted(self, key: str, values: list[float]) -> None:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = _Series(len(self._le), time.time())
+        buckets = series.buckets
+        below = 0  # values counted so far: those <= the previous bound
+        for b, bound in enumerate(self._bounds):
+            upto = bisect_right(values, bound, below)
+            buckets[b] += upto - below
+            below = upto
+        buckets[-1] += len(values) - below
+        if values[0] < 0:  # a clock stepped back: counted as 0, as observe() would
+            values = values[bisect_left(values, 0.0) :]
+        series.sum += sum(values)
 
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labels)]

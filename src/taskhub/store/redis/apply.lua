@@ -1,30 +1,155 @@
 -- One batch of writes, atomically (RedisStore.apply). Loaded after common.lua.
--- KEYS[1] = {P}:all (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
--- token, then counted groups: tasks (id, state, action, ended score or '', active '1'/'0',
--- record), events (task id, seq, record), deleted ids, meta (kind, key, value), meta deletes
--- (kind, key). Order as in the other engines: upserts, events, deletes, meta, meta deletes.
+-- KEYS[1] = {P}:ended (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
+-- token, terminal states, then counted groups: tasks (id, state, action, ended
+-- score or '', record, event count, then seq and record per event), events of tasks not
+-- upserted here (task id, event count, seq and record per event), deleted ids, meta (kind,
+-- key, value), meta deletes (kind, key). Order as in the other engines: upserts, events,
+-- deletes, meta, meta deletes.
+--
+-- Each Redis call a script makes costs ~1 us besides its work, so the index sets are written
+-- with one call per set for the whole batch, and a task's stored state is read only when the
+-- active set cannot tell it: live tasks are in {P}:active alone, terminal ones in their
+-- state and state+action sets. A task is then one HSET (record, index fields and events).
 local err = check_fence(ARGV[2], ARGV[3])
 if err then return err end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local id, state, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local ended, active, record = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
-  -- Reindex from what is stored, so a state change moves the id between index sets.
-  local tkey = unindex(id)
-  redis.call('HSET', tkey, 'r', record, 's', state, 'a', action)
-  redis.call('ZADD', P .. 'all', 0, id)
-  redis.call('ZADD', P .. 'state:' .. state, 0, id)
-  redis.call('ZADD', P .. 'action:' .. action, 0, id)
-  redis.call('ZADD', P .. 'sa:' .. state .. ':' .. action, 0, id)
-  if active == '1' then redis.call('ZADD', P .. 'active', 0, id) end
-  if ended ~= '' then redis.call('ZADD', P .. 'ended', ended, id) end
+-- Calls with many arguments in slices: unpack() of a huge table overflows Lua's C stack.
+local SLICE = 512
+local function sliced(command, key, args)
+  local out = {}
+  for first = 1, #args, SLICE do
+    local upto = math.min(first + SLICE - 1, #args)
+    local reply = redis.call(command, key, unpack(args, first, upto))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do out[#out + 1] = v end
+    end
+  end
+  return out
 end
+
+-- Once, on a store layout 1 wrote: its live tasks leave the sets layout 2 does not keep for
+-- live tasks (layout 1's terminal tasks leave theirs when they are removed).
+if redis.call('EXISTS', P .. 'all') == 1 then
+  for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
+    local tkey = task_key(id)
+    local state, action, ended = stored(tkey)
+    if state and not ended then
+      redis.call('ZREM', state_key(state), id)
+      if action then
+        redis.call('ZREM', sa_key(state, action), id)
+        redis.call('ZREM', P .. 'action:' .. action, id)
+      end
+      redis.call('HSET', tkey, 'e', '')
+    end
+  end
+  redis.call('UNLINK', P .. 'all')
+end
+
+local i = 5
+local n = tonumber(ARGV[i]); i = i + 1
+-- Where each task's arguments start in ARGV, its id, and its events' first and last argument;
+-- and which of a task's writes is its last (a task given twice is indexed by its last record,
+-- and every write's fields are set in order).
+local at, ids, first, last, latest = {}, {}, {}, {}, {}
+for t = 1, n do
+  at[t], ids[t] = i, ARGV[i]
+  latest[ARGV[i]] = t
+  first[t] = i + 6
+  i = i + 6 + 2 * tonumber(ARGV[i + 5])
+  last[t] = i - 1
+end
+
+-- The index writes of the batch, one call per set. Scores are strings: a Lua number would be
+-- formatted with sprintf for every member.
+local adds, order = {}, {}
+local function add(key, score, id)
+  local members = adds[key]
+  if members == nil then
+    members = {}
+    adds[key] = members
+    order[#order + 1] = key
+  end
+  members[#members + 1] = score
+  members[#members + 1] = id
+end
+local gone = {} -- ids leaving the active set
+local function index_terminal(id, state, action, ended)
+  add(state_key(state), '0', id)
+  add(sa_key(state, action), '0', id)
+  if ended ~= '' then add(ENDED, ended, id) end
+end
+
+if n > 0 then
+  local live = sliced('ZMSCORE', ACTIVE, ids)
+  -- Tasks not live: new, or terminal already. Only when some of them exist is each read.
+  local others, keys = {}, {}
+  for t = 1, n do
+    local id, state = ids[t], ARGV[at[t] + 1]
+    if latest[id] ~= t then
+      -- an earlier write of a task written again in this batch: its fields only
+    elseif live[t] then
+      if TERMINAL[state] then
+        gone[#gone + 1] = id
+        index_terminal(id, state, ARGV[at[t] + 2], ARGV[at[t] + 3])
+      end
+    else
+      others[#others + 1] = t
+      keys[#keys + 1] = task_key(id)
+    end
+  end
+  local existing = 0
+  for first = 1, #keys, SLICE do
+    local upto = math.min(first + SLICE - 1, #keys)
+    existing = existing + redis.call('EXISTS', unpack(keys, first, upto))
+  end
+  for j, t in ipairs(others) do
+    local id, state, action, ended = ids[t], ARGV[at[t] + 1], ARGV[at[t] + 2], ARGV[at[t] + 3]
+    local old_state, old_action, old_ended = false, false, false
+    if existing > 0 then
+      old_state, old_action, old_ended = stored(keys[j])
+      if old_state and not old_ended then
+        unindex_layout1(id, old_state, old_action)
+        old_state, old_action, old_ended = false, false, false
+      end
+    end
+    local same = old_state == state and old_action == action
+    if old_state and not same then
+      redis.call('ZREM', state_key(old_state), id)
+      redis.call('ZREM', sa_key(old_state, old_action), id)
+    end
+    if old_ended and old_ended ~= '' and (ended == '' or not TERMINAL[state]) then
+      redis.call('ZREM', ENDED, id)
+    end
+    if not TERMINAL[state] then
+      add(ACTIVE, '0', id)
+    elseif not same then
+      index_terminal(id, state, action, ended)
+    elseif ended ~= '' and ended ~= old_ended then
+      add(ENDED, ended, id)
+    end
+  end
+  if #gone > 0 then sliced('ZREM', ACTIVE, gone) end
+  for _, key in ipairs(order) do sliced('ZADD', key, adds[key]) end
+  for t = 1, n do
+    local a = at[t]
+    local key = task_key(ids[t])
+    local s, e = first[t], math.min(last[t], first[t] + SLICE - 1)
+    -- The record, the index fields and the first events (ARGV slices: no table built).
+    redis.call('HSET', key, 'r', ARGV[a + 4], 's', ARGV[a + 1], 'a', ARGV[a + 2],
+      'e', ARGV[a + 3], unpack(ARGV, s, e))
+    for more = e + 1, last[t], SLICE do
+      redis.call('HSET', key, unpack(ARGV, more, math.min(last[t], more + SLICE - 1)))
+    end
+  end
+end
+
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HSET', P .. 'ev:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
+  local key, k = task_key(ARGV[i]), tonumber(ARGV[i + 1])
+  i = i + 2
+  for more = i, i + 2 * k - 1, SLICE do
+    redis.call('HSET', key, unpack(ARGV, more, math.min(i + 2 * k - 1, more + SLICE - 1)))
+  end
+  i = i + 2 * k
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do

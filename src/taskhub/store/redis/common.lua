@@ -1,23 +1,42 @@
--- Shared by the scripts that remove or reindex a task (apply.lua, remove_ended.lua): loaded
--- in front of them. ARGV[1] is always the "{P}:" prefix (store/redis/engine.py: key layout).
+-- Shared by the scripts that write or remove tasks (apply.lua, remove_ended.lua): loaded in
+-- front of them. ARGV[1] is always the "{P}:" prefix, ARGV[4] the terminal states (space-
+-- separated). Key names: store/redis/keys.py.
 local P = ARGV[1]
-local function unindex(id)
-  local tkey = P .. 't:' .. id
-  local old = redis.call('HMGET', tkey, 's', 'a')
-  if old[1] then
-    redis.call('ZREM', P .. 'state:' .. old[1], id)
-    if old[2] then
-      redis.call('ZREM', P .. 'action:' .. old[2], id)
-      redis.call('ZREM', P .. 'sa:' .. old[1] .. ':' .. old[2], id)
-    end
+local TERMINAL = {}
+for s in string.gmatch(ARGV[4], '%S+') do TERMINAL[s] = true end
+local ACTIVE, ENDED = P .. 'active', P .. 'ended'
+local function task_key(id) return P .. 't:' .. id end
+local function state_key(state) return P .. 'state:' .. state end
+local function sa_key(state, action) return P .. 'sa:' .. state .. ':' .. action end
+-- A task's index fields as stored: state, action, ended score ('' when none). A hash with a
+-- state but no e field is layout 1's, which also kept the all and action sets, and the state
+-- sets of live states.
+local function stored(tkey)
+  return unpack(redis.call('HMGET', tkey, 's', 'a', 'e'))
+end
+-- Take a layout-1 task out of every set layout 1 kept for it.
+local function unindex_layout1(id, state, action)
+  redis.call('ZREM', state_key(state), id)
+  if action then
+    redis.call('ZREM', P .. 'action:' .. action, id)
+    redis.call('ZREM', sa_key(state, action), id)
   end
-  redis.call('ZREM', P .. 'active', id)
-  redis.call('ZREM', P .. 'ended', id)
-  return tkey
+  redis.call('ZREM', ACTIVE, id)
+  redis.call('ZREM', ENDED, id)
+  redis.call('ZREM', P .. 'all', id)
 end
 local function remove(id)
-  local tkey = unindex(id)
-  redis.call('ZREM', P .. 'all', id)
+  local tkey = task_key(id)
+  local state, action, ended = stored(tkey)
+  if state and not ended then
+    unindex_layout1(id, state, action)
+  elseif state and TERMINAL[state] then
+    redis.call('ZREM', state_key(state), id)
+    redis.call('ZREM', sa_key(state, action), id)
+    if ended ~= '' then redis.call('ZREM', ENDED, id) end
+  elseif state then
+    redis.call('ZREM', ACTIVE, id)
+  end
   redis.call('DEL', tkey, P .. 'ev:' .. id)
 end
 local function check_fence(key, token)

@@ -1,18 +1,6 @@
 """Redis store engine: several hubs share one Redis (or a Redis Cluster, or a managed Redis).
 
-Key layout (``P`` is the prefix, ``taskhub`` unless the URL says ``?prefix=NAME``)::
-
-    {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action
-    {P}:ev:<id>               hash: <seq> -> encoded EventRecord (a replayed seq overwrites)
-    {P}:all                   zset, every score 0: task ids in byte (= code point) order
-    {P}:active                zset: ids of tasks not in a terminal state (recovery at start)
-    {P}:state:<state>         zset: ids by state
-    {P}:action:<action>       zset: ids by action
-    {P}:sa:<state>:<action>   zset: ids by both, so a doubly filtered page is one range read
-    {P}:ended                 zset scored by ended_at: terminal tasks, in removal order
-    {P}:meta:<kind>           hash: key -> encoded metadata value
-    {P}:lock:<name>           string with a TTL: a lock's owner token (:meth:`acquire_lock`)
-    {P}:hb:<name>             string with a TTL: a heartbeat (:meth:`heartbeat`)
+Key layout: :mod:`.keys` (layout 2; a store written in layout 1 is read as it is).
 
 One partition ``n`` of several (docs/deployment.md, "Partitions") has the same keys under
 ``P{pn}:`` instead of ``{P}:`` (``taskhub{p3}:t:<id>``): the hash tag is then the partition,
@@ -40,7 +28,8 @@ The batch script declares Redis 7 script flags (a ``#!lua`` first line, no flags
 writes and may not run out of memory), so a full Redis with ``noeviction`` refuses the whole
 batch with ``OOM`` before running any of it. Redis 6 cannot compile that line: :meth:`open`
 notices and falls back to the script without it (checked by Redis only at its first write
-that may grow memory, which comes after ``ZREM``s: a full Redis 6 still takes batches).
+that may grow memory, and only if the script wrote nothing before it: a batch that starts
+with a ``ZREM`` is taken, so a full Redis 6 still takes batches).
 """
 
 from __future__ import annotations
@@ -66,6 +55,7 @@ from taskhub.store.redis.connection import (
     safe_url,
     store_error,
 )
+from taskhub.store.redis.keys import TERMINAL_ORDER, Keys, store_tag
 
 # load_active reads the active set in pages, so no single script holds Redis for long or
 # builds one huge reply.
@@ -75,6 +65,15 @@ LOAD_PAGE = 1000
 def _glob_escape(text: str) -> str:
     """Escape Redis glob characters, so the prefix is matched literally by SCAN MATCH."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+# The terminal states, as the scripts are told them (common.lua, list.lua).
+_TERMINAL = " ".join(TERMINAL_ORDER)
+# list.lua reads at most this many live tasks per call when it filters them by state or
+# action (each one HMGET, ~1-2 us), so a page of rare tasks never holds Redis for long: the
+# engine calls it again from where it stopped.
+LIVE_SCAN_BUDGET = 2000
+_NONE: list[Any] = []
 
 
 def _score(value: float) -> str:
@@ -113,7 +112,8 @@ class RedisStore:
         # One partition of several (docs/deployment.md, "Partitions"): its keys share the
         # hash tag {p<n>}, so a Redis Cluster spreads partitions over its primaries.
         self.partition = partition
-        self._tag = "{" + prefix + "}:" if partition is None else f"{prefix}{{p{partition}}}:"
+        self.keys = Keys(store_tag(prefix, partition))
+        self._tag = self.keys.tag
         self._options = client_options(
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
@@ -131,6 +131,8 @@ class RedisStore:
         self._scripts: dict[str, AsyncScript] = {}
         # Whether the batch script declares script flags (Redis 7+): known after open().
         self.script_flags = False
+        # How many live tasks one list.lua call reads at most when it filters them.
+        self.live_scan_budget = LIVE_SCAN_BUDGET
 
     @classmethod
     def from_url(cls, url: str, *, partition: int | None = None) -> RedisStore:
@@ -145,11 +147,11 @@ class RedisStore:
 
     def key(self, *parts: str) -> str:
         """A key of this store: ``{prefix}:part:part`` (a partition's: ``prefix{p3}:part``)."""
-        return self._tag + ":".join(parts)
+        return self.keys.key(*parts)
 
     def lock_key(self, name: str) -> str:
         """The key that holds lock ``name``; pass it to :meth:`set_fence`."""
-        return self.key("lock", name)
+        return self.keys.lock(name)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class RedisStore:
         self.script_flags = flags
         self._scripts = scripts.register(client, flags=flags)
         self._client = client
-        await check_eviction(client, self.key("all"), self.url)
+        await check_eviction(client, self.keys.route(), self.url)
 
     async def close(self) -> None:
         """Close the connection pool; later calls raise StoreUnavailable."""
@@ -248,23 +250,36 @@ class RedisStore:
             return
         # Everything is encoded here, before the first await: this is the snapshot.
         encode = self._encoder.encode
-        args: list[Any] = [self._tag, self._fence_key, self._fence_token, len(batch.tasks)]
-        for t in batch.tasks:
-            terminal = t.state in TERMINAL_STATES
-            ended = _score(t.ended_at) if terminal and t.ended_at is not None else ""
-            args += [t.id, t.state, t.action, ended, "0" if terminal else "1", encode(t)]
-        args.append(len(batch.events))
+        # A task's events go into its hash in the same HSET as its record (apply.lua); seqs
+        # are sent as ints (hiredis writes them).
+        events: dict[str, list[Any]] = {}
         for e in batch.events:
-            args += [e.task_id, str(e.seq), encode(e)]
+            task_id = e.task_id
+            if task_id in events:
+                events[task_id] += (e.seq, encode(e))
+            else:
+                events[task_id] = [e.seq, encode(e)]
+        tasks = batch.tasks  # a task given twice is indexed by its last record (apply.lua)
+        args: list[Any] = [self._tag, self._fence_key, self._fence_token, _TERMINAL, len(tasks)]
+        for t in tasks:
+            at = t.ended_at
+            ended = _score(at) if at is not None and t.state in TERMINAL_STATES else ""
+            pairs = events.pop(t.id, _NONE)
+            args += (t.id, t.state, t.action, ended, encode(t), len(pairs) >> 1)
+            args += pairs
+        args.append(len(events))
+        for task_id, pairs in events.items():
+            args += (task_id, len(pairs) >> 1)
+            args += pairs
         args.append(len(batch.deleted))
         args += batch.deleted
         args.append(len(batch.meta))
         for m in batch.meta:
-            args += [m.kind, m.key, encode(m.value)]
+            args += (m.kind, m.key, encode(m.value))
         args.append(len(batch.meta_deleted))
         for kind, key in batch.meta_deleted:
-            args += [kind, key]
-        await self._script("apply", [self.key("all")], args)
+            args += (kind, key)
+        await self._script("apply", [self.keys.route()], args)
 
     async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
         """Oldest ended first (ties by id); a terminal task without ``ended_at`` is kept."""
@@ -273,8 +288,8 @@ class RedisStore:
         self._redis()
         if limit == 0 or math.isnan(at):
             return []
-        args = [self._tag, self._fence_key, self._fence_token, "(" + _score(at), limit]
-        ids = await self._script("remove_ended", [self.key("ended")], args)
+        args = [self._tag, self._fence_key, self._fence_token, _TERMINAL, "(" + _score(at), limit]
+        ids = await self._script("remove_ended", [self.keys.ended()], args)
         return [i.decode() for i in ids]
 
     # -- reads ----------------------------------------------------------------------------
@@ -286,7 +301,7 @@ class RedisStore:
         if limit == 0 or math.isnan(at):
             return []
         args = [self._tag, "(" + _score(at), limit]
-        blobs = await self._script("list_ended", [self.key("ended")], args)
+        blobs = await self._script("list_ended", [self.keys.ended()], args)
         decode = self._task_decoder.decode
         return [decode(blob) for blob in blobs]
 
@@ -294,20 +309,28 @@ class RedisStore:
         out: list[TaskRecord] = []
         after: str | None = None
         while True:
-            page = await self._page(self.key("active"), after, LOAD_PAGE)
+            page = await self._page(None, None, after, LOAD_PAGE, live=True)
             out += page
             if len(page) < LOAD_PAGE:
                 return out
             after = page[-1].id
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        blob = await self._call(self._redis().hget(self.key("t", task_id), "r"))
+        blob = await self._call(self._redis().hget(self.keys.task(task_id), "r"))
         return None if blob is None else self._task_decoder.decode(blob)
 
     async def get_events(self, task_id: str) -> list[EventRecord]:
-        by_seq = await self._call(self._redis().hgetall(self.key("ev", task_id)))
+        keys = [self.keys.task(task_id), self.keys.legacy_events(task_id)]
+        fields, layout1 = await self._script("events", keys, [])
+        # Flat [field, value, ...] replies; a task's hash also holds r, s, a, e, v. Layout 2's
+        # events come last, so a seq written again since the upgrade wins.
+        by_seq: dict[int, bytes] = {}
+        for flat in (layout1, fields):
+            for j in range(0, len(flat), 2):
+                if flat[j].isdigit():
+                    by_seq[int(flat[j])] = flat[j + 1]
         decode = self._event_decoder.decode
-        return [decode(by_seq[seq]) for seq in sorted(by_seq, key=int)]
+        return [decode(by_seq[seq]) for seq in sorted(by_seq)]
 
     async def list_tasks(
         self,
@@ -319,35 +342,47 @@ class RedisStore:
     ) -> list[TaskRecord]:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        if action is not None and state is not None:
-            index = self.key("sa", state, action)
-        elif action is not None:
-            index = self.key("action", action)
-        elif state is not None:
-            index = self.key("state", state)
-        else:
-            index = self.key("all")
         self._redis()
         if limit == 0:
             return []
-        return await self._page(index, after, limit)
+        return await self._page(state, action, after, limit)
 
-    async def _page(self, index: str, after: str | None, limit: int) -> list[TaskRecord]:
-        # All scores are 0, so the set is in byte order of the ids: UTF-8 byte order is code
-        # point order, the order the other engines list in.
-        start = "-" if after is None else "(" + after
-        blobs = await self._script("list", [index], [self._tag, start, limit])
+    async def _page(
+        self,
+        state: str | None,
+        action: str | None,
+        after: str | None,
+        limit: int,
+        *,
+        live: bool = False,
+    ) -> list[TaskRecord]:
+        """The first ``limit`` tasks after ``after`` in ``state`` (``live``: in any state not
+        terminal), of ``action``, None meaning any: list.lua's pages, until one is complete
+        (a call stops early when it has read its budget of live tasks)."""
+        # All scores are 0, so each set is in byte order of the ids, and list.lua merges them
+        # in byte order: UTF-8 byte order is code point order, the order the other engines
+        # list in.
+        route = [self.keys.index(state or TERMINAL_ORDER[0], action)]
+        out: list[TaskRecord] = []
         decode = self._task_decoder.decode
-        return [decode(blob) for blob in blobs]
+        while True:
+            start = "-" if after is None else "(" + after
+            args = [self._tag, start, limit - len(out), action or "", state or ""]
+            args += ("1" if live else "0", _TERMINAL, self.live_scan_budget)
+            cursor, *blobs = await self._script("list", route, args)
+            out += [decode(blob) for blob in blobs]
+            if not cursor or len(out) >= limit:
+                return out
+            after = cursor.decode()
 
     async def list_meta(self, kind: str) -> dict[str, Any]:
-        raw = await self._call(self._redis().hgetall(self.key("meta", kind)))
+        raw = await self._call(self._redis().hgetall(self.keys.meta(kind)))
         decode = self._any_decoder.decode
         entries = {key.decode(): value for key, value in raw.items()}
         return {key: decode(entries[key]) for key in sorted(entries)}
 
     async def get_meta(self, kind: str, key: str) -> Any:
-        blob = await self._call(self._redis().hget(self.key("meta", kind), key))
+        blob = await self._call(self._redis().hget(self.keys.meta(kind), key))
         return None if blob is None else self._any_decoder.decode(blob)
 
     # -- coordination between hubs ----------------------------------------------------------
@@ -376,7 +411,7 @@ class RedisStore:
 
     async def heartbeat(self, name: str, value: str, ttl_ms: int) -> None:
         """Say ``name`` is alive for ``ttl_ms`` more, with ``value`` (a URL, a load...)."""
-        await self._call(self._redis().set(self.key("hb", name), value, px=ttl_ms))
+        await self._call(self._redis().set(self.keys.heartbeat(name), value, px=ttl_ms))
 
     async def alive(self, pattern: str = "*") -> dict[str, str]:
         """The heartbeats whose name matches the glob ``pattern`` and have not expired, by name.
@@ -385,7 +420,7 @@ class RedisStore:
         every few seconds, not for a hot path.
         """
         client = self._redis()
-        head = self.key("hb", "")
+        head = self.keys.heartbeat("")
         match = _glob_escape(head) + pattern
         keys: list[bytes] = []
         try:

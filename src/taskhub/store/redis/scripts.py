@@ -21,8 +21,9 @@ log = logging.getLogger("taskhub.store.redis")
 # A first line that declares script flags (Redis 7+). With none listed, the script is one that
 # writes and may not run out of memory, so Redis refuses it with OOM up front, before any of it
 # runs, when used memory is over maxmemory (noeviction). A script without the line is checked
-# only at its first write that may grow memory, and the batch script starts with ZREMs: a full
-# Redis would take the batch (and grow past maxmemory). Flagged scripts must also keep to the
+# only at its first write that may grow memory, and not at all once the script wrote (a ZREM
+# of a task leaving the active set): a full Redis would take such a batch (and grow past
+# maxmemory). Flagged scripts must also keep to the
 # slot of their KEYS on a Cluster, which the hash tag already ensures. Redis 6 cannot compile
 # the line: open() then falls back to the script without it.
 SHEBANG = "#!lua\n"
@@ -31,6 +32,7 @@ SOURCES = {
     "apply": ("common", "apply"),
     "remove_ended": ("common", "remove_ended"),
     "list": ("list",),
+    "events": ("events",),
     "list_ended": ("list_ended",),
     "renew": ("renew",),
     "release": ("release",),
