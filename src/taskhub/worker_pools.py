@@ -242,12 +242,24 @@ class HandlerLoop:
         (a revoke, an event) finds it known."""
         out: list[Message | Callable[[], None]] = []
         for msg in msgs:
-            if msg.get("op") == "offer" and self._can_start(msg):
-                out.append(self._start_read(msg))
+            op = msg.get("op")
+            if op == "offers":  # several at once: each as if sent alone (docs/protocol.md)
+                for item in msg["items"]:
+                    item["op"] = "offer"
+                    self._take(item, out)
+            elif op == "offer":
+                self._take(msg, out)
             else:
                 out.append(msg)
                 self._urgent = True
         return out
+
+    def _take(self, offer: Message, out: list[Message | Callable[[], None]]) -> None:
+        if self._can_start(offer):
+            out.append(self._start_read(offer))
+        else:
+            out.append(offer)
+            self._urgent = True
 
     def _can_start(self, msg: Message) -> bool:
         action = msg["action"]

@@ -467,6 +467,10 @@ async def test_an_idle_handler_loop_reads_its_offers_and_runs_them_itself(url: s
             try:
                 for n in range(5):
                     assert await client.pub("job:next", n).get_result(timeout=10) == n + 1
+                # Offered together (an `offers` message), started all the same.
+                handles = [client.pub("job:next", n) for n in range(20)]
+                results = await asyncio.gather(*(h.get_result(timeout=10) for h in handles))
+                assert results == [n + 1 for n in range(20)]
                 assert not hold.let_go.is_set()  # all of that while the thread was held
             finally:
                 hold.let_go.set()
