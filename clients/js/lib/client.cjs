@@ -246,8 +246,8 @@ class Client {
 
   /**
    * Graceful close: take no new tasks, let running handlers finish (up to `grace` ms, default
-   * 10 s) and send their results, then close. Everything still pending then rejects with
-   * ConnectionClosed.
+   * 10 s) and send their results, then close; deliveries not finished by then are handed back
+   * (`release`: no try counted). Everything still pending then rejects with ConnectionClosed.
    */
   async close({ grace = 10000 } = {}) {
     if (this._closing) return this._closedPromise;
@@ -259,7 +259,10 @@ class Client {
           this._conn.request({ op: 'unsub', action }).catch(() => {});
         }
       }
-      for (const sub of this._subs.values()) sub.waiting.splice(0); // never started: the hub offers them again
+      // Never started: handed back at once, offered again elsewhere with no try counted.
+      for (const sub of this._subs.values()) {
+        for (const task of sub.waiting.splice(0)) this._handBack(task);
+      }
       const running = [...this._working.values()].filter((t) => t._running);
       if (running.length && grace > 0) {
         let timer;
@@ -269,7 +272,12 @@ class Client {
         ]);
         clearTimeout(timer);
       }
-      for (const t of this._working.values()) t._revoke('closed');
+      // Past the grace: hand back what still runs (no try counted, as for a waiting one),
+      // rather than let the disconnect count a lost try against max_attempts.
+      for (const t of [...this._working.values()]) {
+        if (!t.observe && t._running) this._handBack(t);
+        t._revoke('closed');
+      }
       await this._conn.close();
       this._closed = true;
       const err = new ConnectionClosed('the client was closed');
@@ -675,9 +683,11 @@ class Client {
   _offered(msg) {
     const sub = this._subs.get(msg.action);
     const task = new Task(this, msg);
-    if (this._closing) return; // not acked: the hub offers it again once this connection is gone
-    if (sub === undefined) { // unsubscribed meanwhile: give it back at once
-      this._conn.send({ op: 'drop', task: task.id, attempt: task.attempt });
+    if (task.observe && (this._closing || sub === undefined)) return; // a copy: no answer
+    if (this._closing || sub === undefined) {
+      // Stopping, or unsubscribed meanwhile: hand it back (offered again elsewhere, no try
+      // counted). A `drop` here would have ended the delivery as done without a result.
+      this._handBack(task);
       return;
     }
     task._sub = sub;
@@ -689,6 +699,10 @@ class Client {
       this._conn.send({ op: 'ack', task: task.id, attempt: task.attempt });
       sub.waiting.push(task);
     }
+  }
+
+  _handBack(task) {
+    if (this._conn.connected) this._conn.send({ op: 'release', task: task.id, attempt: task.attempt });
   }
 
   _release(task) {

@@ -331,6 +331,19 @@ describe('against a hub', { timeout: 60000 }, () => {
     await assert.rejects(c.pub('nobody:ever', 2).getResult(), ConnectionClosed);
   });
 
+  it('close() past its grace hands a running task back without counting a try', async () => {
+    const w = new Client(hub.url, { name: 'handback1', logger: quiet });
+    let started;
+    const running = new Promise((resolve) => { started = resolve; });
+    await w.sub('handback:job', () => { started(); return new Promise(() => {}); });
+    // One try only: had the close counted one, the task would fail instead of running again.
+    const handle = client('p14').pub('handback:job', 1, { maxAttempts: 1 });
+    await running;
+    await w.close({ grace: 50 });
+    await client('handback1').sub('handback:job', () => 'ran elsewhere'); // its group: the name
+    assert.equal(await handle.getResult(), 'ran elsewhere');
+  });
+
   it('close() lets a running handler finish and send its result', async () => {
     const w = new Client(hub.url, { name: 'graceful', logger: quiet });
     let started;
