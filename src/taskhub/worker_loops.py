@@ -62,6 +62,9 @@ class LoopThread:
         self.thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
         self.thread.start()
         ready.wait()
+        # Called on the calling thread before call() blocks it (the worker's handler loop
+        # then lets this loop read for it).
+        self.on_block: Callable[[], None] | None = None
 
     def _main(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
@@ -79,6 +82,8 @@ class LoopThread:
                 "a blocking taskhub call from the worker's connection thread would wait "
                 "forever (a callback given to .on()?); do it from the handler"
             )
+        if self.on_block is not None:
+            self.on_block()
         return self.run(coro).result(timeout)
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskhub.client import Client, TaskContext
 from taskhub.worker_loops import LoopThread
-from taskhub.worker_pools import HandlerLoop, ProcessPool, ThreadPools, logged
+from taskhub.worker_pools import Fast, HandlerLoop, ProcessPool, ThreadPools, logged
 
 if TYPE_CHECKING:
     from taskhub.worker import Worker
@@ -60,6 +60,7 @@ class Run:
         self.lingering = 0  # after the stop: plain handlers still running in their threads
         self.conn = LoopThread("taskhub-worker-connection")
         self.handlers = HandlerLoop(self.conn)
+        self.conn.on_block = self.handlers.blocking
         self.threads = ThreadPools()
         self.processes: ProcessPool | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -83,6 +84,19 @@ class Run:
         if n_proc:
             self.processes = ProcessPool(n_proc)
         client = Client(url, name=name, key=key, **w.client_options)
+        # The handler loop reads the connection while it is free, and starts its handlers
+        # itself as it reads their offers (worker_pools.HandlerLoop).
+        self.handlers.link = client.link
+        self.handlers.tracer_provider = w.client_options.get("tracer_provider") is not None
+        for spec in w.specs:
+            if self._on_handler_loop(spec):
+                self.handlers.fast[spec.action] = Fast(
+                    spec.fn,
+                    spec.name,
+                    spec.concurrency or w.concurrency,
+                    functools.partial(self._make_task, spec),
+                )
+        client.link.conn.share_reading(self.handlers)
         await client.connect()
         subs = []
         for spec in w.specs:
@@ -104,6 +118,12 @@ class Run:
             raise
         self.client = client
 
+    def _on_handler_loop(self, spec: Spec) -> bool:
+        return spec.is_async or (spec.pool or self.worker.pool) == "async"
+
+    def _make_task(self, spec: Spec, ctx: TaskContext) -> Any:
+        return self.make_task(spec, ctx, self.conn)
+
     def _runner(self, spec: Spec, concurrency: int) -> Runner:
         """Where ``spec``'s handler runs: the handler loop, a thread pool or the processes."""
         pool = spec.pool or self.worker.pool
@@ -121,9 +141,9 @@ class Run:
             return functools.partial(processes.run, spec.fn)
 
         async def on_handler_loop(ctx: TaskContext) -> Any:
-            task = self.make_task(spec, ctx, self.conn)
             name = f"{spec.name} ({ctx.action} {ctx.id})"
-            return await self.handlers.run(spec.fn, name, task, ctx)
+            make = functools.partial(self._make_task, spec, ctx)
+            return await self.handlers.run(spec.fn, name, make, ctx)
 
         return on_handler_loop
 
@@ -139,6 +159,8 @@ class Run:
             self.stopped.set()
 
     def _begin_stop(self, now: bool, grace: float) -> None:
+        self.handlers.taking = False  # the handler loop starts nothing more as it reads
+        self.handlers.catch_up()  # and the client knows of every delivery it started
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._shutdown(grace))
         if now and self._stop_now is not None:

@@ -16,6 +16,7 @@ import pytest
 import taskhub.testing
 from taskhub import Client, Reject, Retry, TaskFailed, TaskTimeout, Worker
 from taskhub.worker import SyncTask, Task
+from tests.conftest import ServerFactory
 
 
 @pytest.fixture
@@ -411,3 +412,108 @@ async def test_results_written_from_many_threads_at_once_keep_their_frames_whole
         results = await asyncio.gather(*(h.get_result(timeout=60) for h in handles))
     assert [r["n"] for r in results] == list(range(80))
     assert all(len(r["pad"]) == 300_000 for r in results)
+
+
+class _HoldTheConnectionThread(logging.Handler):
+    """Blocks the worker's connection thread in the first log line it writes about ``action``
+    (its "received" line) until ``let_go`` is set: that thread then does nothing else."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__()
+        self.action = action
+        self.holding = threading.Event()
+        self.let_go = threading.Event()
+        self.armed = threading.Event()
+        self.armed.set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (
+            record.threadName == "taskhub-worker-connection"
+            and self.action in record.getMessage()
+            and self.armed.is_set()
+            and not self.holding.is_set()
+        ):
+            self.holding.set()
+            self.let_go.wait(30)
+
+
+async def test_an_idle_handler_loop_reads_its_offers_and_runs_them_itself(url: str) -> None:
+    """While the handler loop is free it reads the connection itself: an offer for an async
+    handler starts there and its result leaves from there, with no hand-over by the
+    connection's thread (docs/performance.md). Shown by holding that thread: tasks still
+    run, one after another, and their results arrive while it is held."""
+    worker = Worker(url, name="w")
+    hold = _HoldTheConnectionThread("job:first")
+    logger = logging.getLogger("taskhub.worker")
+    logger.addHandler(hold)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+
+    @worker.task("job:first")
+    async def first(task: Task) -> str:
+        return threading.current_thread().name
+
+    @worker.task("job:next", concurrency=4)
+    async def after(task: Task) -> int:
+        await asyncio.sleep(0)
+        return int(task.payload) + 1
+
+    try:
+        async with worker, Client(url, name="pub") as client:
+            assert await client.pub("job:first").get_result(timeout=10) == (
+                "taskhub-worker-handlers"
+            )
+            assert await asyncio.to_thread(hold.holding.wait, 10)  # held from now on
+            try:
+                for n in range(5):
+                    assert await client.pub("job:next", n).get_result(timeout=10) == n + 1
+                # Offered together (an `offers` message), started all the same.
+                handles = [client.pub("job:next", n) for n in range(20)]
+                results = await asyncio.gather(*(h.get_result(timeout=10) for h in handles))
+                assert results == [n + 1 for n in range(20)]
+                assert not hold.let_go.is_set()  # all of that while the thread was held
+            finally:
+                hold.let_go.set()
+            assert await client.pub("job:next", 10).get_result(timeout=10) == 11
+    finally:
+        logger.removeHandler(hold)
+        logger.setLevel(level)
+
+
+async def test_after_a_reconnect_the_handler_loop_reads_the_new_connection(
+    make_server: ServerFactory,
+) -> None:
+    """The handler loop reads each connection the worker makes: after the hub it used is gone
+    and it dialled the next one, its tasks still run while the connection thread is held."""
+    first, second = await make_server(), await make_server()
+    worker = Worker([first.url, second.url], name="w", max_backoff=0.2)
+    hold = _HoldTheConnectionThread("job:again")
+    hold.armed.clear()  # not on the first connection
+    logger = logging.getLogger("taskhub.worker")
+    logger.addHandler(hold)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+
+    @worker.task("job:again", concurrency=2)
+    async def again(task: Task) -> int:
+        return int(task.payload) * 2
+
+    try:
+        async with worker:
+            async with Client(first.url, name="pub") as client:
+                assert await client.pub("job:again", 1).get_result(timeout=10) == 2
+            await first.stop()
+            async with Client(second.url, name="pub") as client:
+                assert await client.pub("job:again", 2).get_result(timeout=20) == 4
+                hold.armed.set()  # hold at the next task
+                assert await client.pub("job:again", 3).get_result(timeout=10) == 6
+                assert await asyncio.to_thread(hold.holding.wait, 10)
+                try:
+                    for n in range(4, 7):
+                        assert await client.pub("job:again", n).get_result(timeout=10) == 2 * n
+                    assert not hold.let_go.is_set()
+                finally:
+                    hold.let_go.set()
+    finally:
+        logger.removeHandler(hold)
+        logger.setLevel(level)

@@ -122,8 +122,8 @@ class Client:
             ping_interval=ping_interval,
             ssl=ssl,
         )
-        # The connection and what the client follows, shared with its parts.
-        self._link = Link(self._conn)
+        # The connection and what it follows, shared with its parts (and a Worker's loops).
+        self._link = self.link = Link(self._conn)
         # Publishing, with spans from tracer_provider, by default the global one.
         self._publisher = Publisher(self._link, tracer_provider)
         # The worker side: subscriptions, the deliveries held, the handlers running them. It

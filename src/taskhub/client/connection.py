@@ -5,18 +5,25 @@ Messages sent in one event-loop turn leave as one frame. Requests that want an a
 answer (:meth:`Connection.post`, what a ``pub`` uses: no future and no callback per task);
 when the connection drops, those fail with :class:`ConnectionClosed` and the owner (the
 :class:`Client`) restores its subscriptions and followed tasks on the next connection.
+
+With a :class:`Reader` (:meth:`Connection.share_reading`: a worker's handler loop) another
+thread reads the socket too: what it reads goes through :meth:`Inbox.receive`, which shows
+the messages to that thread first, then queues them, in order, for this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import os
 import random
 import socket
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -52,7 +59,75 @@ class Receiver(Protocol):
         """No answer will come: the connection dropped, the client closed, or it was not sent."""
 
 
+class Reader(Protocol):
+    """Another thread that reads a connection's socket (see :meth:`Connection.share_reading`).
+    Both methods are called on the connection's loop."""
+
+    def attach(self, conn: Connection, ws: Wire) -> None:
+        """Start reading ``ws`` (with ``conn.inbox.receive``), from a duplicate of ``ws.fd`` made
+        now, before this call returns."""
+
+    def detach(self, ws: Wire) -> None:
+        """``ws`` was lost: stop reading it."""
+
+
+# Called on the reading thread with the messages of each frame it read (the wire's lock held:
+# it must not write); returns what to queue for the connection's loop, in their place: the
+# messages, or a function to call there instead of dispatching one.
+Tap = Callable[[list["Message"]], list["Message | Callable[[], None]"]]
 Waiter = asyncio.Future[Message] | Receiver
+
+
+class Inbox:
+    """What is read on any thread (shared reading), in the order read, for the connection's
+    loop: messages dispatched there (``dispatch``), or what a reader's ``tap`` put in their
+    place (called there)."""
+
+    def __init__(self, dispatch: Callable[[Message], None]) -> None:
+        self._dispatch = dispatch
+        self._items: deque[Message | Callable[[], None]] = deque()
+        self.thread = 0  # the connection's loop's, once it opens
+
+    def receive(self, ws: Wire, fd: int, tap: Tap | None = None) -> bool:
+        """From any thread, when ``fd`` (a duplicate of ``ws``'s socket) is readable: read,
+        show each frame's messages to ``tap`` (on this thread), and queue them (or what
+        ``tap`` puts in their place) for the connection's loop. On that loop they are
+        dispatched now; from another thread the caller has :meth:`drain` called there
+        (once for several reads, when it suits it). False once ``ws`` has ended: stop
+        reading it."""
+        with ws.lock:
+            for frame in ws.receive_from(fd):
+                msgs = decode_frame(frame)
+                self._items.extend(msgs if tap is None else tap(msgs))
+            ended = ws.ended
+        if threading.get_ident() == self.thread:
+            self.drain()
+        return not ended
+
+    @property
+    def received(self) -> bool:
+        """Something read on another thread waits for :meth:`drain`."""
+        return bool(self._items)
+
+    def drain(self) -> None:
+        """On the connection's loop: dispatch what was read, in order."""
+        items = self._items
+        while items:
+            item = items.popleft()
+            if isinstance(item, dict):
+                self._dispatch(item)
+            else:
+                item()
+
+
+def decode_frame(frame: str | bytes | bytearray | memoryview) -> list[Message]:
+    """A frame's messages (a frame holds one, or a list of them)."""
+    try:
+        data = _decoder.decode(frame)
+    except msgspec.DecodeError:
+        log.error("the hub sent a frame that is not JSON; ignored")
+        return []
+    return data if isinstance(data, list) else [data]
 
 
 def ws_url(url: str) -> str:
@@ -118,11 +193,17 @@ class Connection:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._url_index = 0
+        # Shared reading (share_reading): messages read on any thread, in the order read,
+        # dispatched on this loop; a thread other than this loop's wakes it once per batch.
+        self._reader: Reader | None = None
+        self._shared: Wire | None = None  # the wire read so, while connected
+        self.inbox = Inbox(self._dispatch_one)
 
     # --- life --------------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect once (raising what went wrong), then keep reconnecting in the background."""
         self.loop = asyncio.get_running_loop()
+        self.inbox.thread = threading.get_ident()
         deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
         while True:
@@ -211,6 +292,9 @@ class Connection:
         self._ws = ws
         ws.on_resume = self._send_held
         ws.take_frames(self._dispatch)  # from now on; the welcome was read by _dial
+        if self._reader is not None and ws.share_reading():
+            self._shared = ws  # read by the reader, or here when read_here(True) says so
+            self._reader.attach(self, ws)
         self._keepalive = loop.call_later(self.ping_interval, self._ping, ws)
         self.send(hello())  # first on every connection: the hub forgets it on a drop
         try:
@@ -224,6 +308,11 @@ class Connection:
         finally:
             self._keepalive.cancel()
             self.connected.clear()
+            if self._shared is ws:
+                self._shared = None
+                if self._reader is not None:
+                    self._reader.detach(ws)
+                self.inbox.drain()  # what was read before the end, before failing what waits
             self._ws = None
             self._held = []  # never written: their requests fail with the others
 
@@ -234,34 +323,53 @@ class Connection:
             loop = asyncio.get_running_loop()
             self._keepalive = loop.call_later(self.ping_interval, self._ping, ws)
 
+    # --- shared reading --------------------------------------------------------------------
+    def share_reading(self, reader: Reader) -> None:
+        """Before :meth:`open`: let ``reader`` (another thread) read the socket of every
+        connection from now on, except over TLS (read by this loop only). This loop reads
+        it too while :meth:`read_here` says so (the reader is busy)."""
+        self._reader = reader
+
+    def read_here(self, on: bool) -> None:
+        """On the connection's loop: read the shared socket here too (``on``), or leave it to
+        the reader. Both may read at once: the wire's lock keeps the bytes in order."""
+        ws = self._shared
+        if ws is not None:
+            ws.read_on_loop(functools.partial(self._read_here, ws) if on else None)
+
+    def _read_here(self, ws: Wire) -> None:
+        fd = ws.fd
+        if fd is None or not self.inbox.receive(ws, fd):
+            ws.read_on_loop(None)
+
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
-        try:
-            data = _decoder.decode(frame)
-        except msgspec.DecodeError:
-            log.error("the hub sent a frame that is not JSON; ignored")
-            return
+        if self.inbox.received:  # read elsewhere before: those first
+            self.inbox.drain()
+        for msg in decode_frame(frame):
+            self._dispatch_one(msg)
+
+    def _dispatch_one(self, msg: Message) -> None:
         pending = self._pending
-        for msg in data if isinstance(data, list) else (data,):
-            ref = msg.get("ref")
-            if ref is not None and ((op := msg.get("op")) == "ok" or op == "error"):
-                waiter = pending.pop(ref, None)
-                if isinstance(waiter, asyncio.Future):
-                    if not waiter.done():
-                        if op == "ok":
-                            waiter.set_result(msg)
-                        else:
-                            waiter.set_exception(from_wire(msg))
-                        continue
-                elif waiter is not None:
-                    try:
-                        waiter.feed_answer(msg)
-                    except Exception:
-                        log.exception("handling the answer to request %s failed", ref)
-                    continue
-            try:
-                self.on_message(msg)
-            except Exception:
-                log.exception("handling %s from the hub failed", msg.get("op"))
+        ref = msg.get("ref")
+        if ref is not None and ((op := msg.get("op")) == "ok" or op == "error"):
+            waiter = pending.pop(ref, None)
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    if op == "ok":
+                        waiter.set_result(msg)
+                    else:
+                        waiter.set_exception(from_wire(msg))
+                    return
+            elif waiter is not None:
+                try:
+                    waiter.feed_answer(msg)
+                except Exception:
+                    log.exception("handling the answer to request %s failed", ref)
+                return
+        try:
+            self.on_message(msg)
+        except Exception:
+            log.exception("handling %s from the hub failed", msg.get("op"))
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
@@ -291,11 +399,15 @@ class Connection:
         full transport, nothing unwritten in it) and not over TLS; False: nothing was sent,
         and ``msg`` should go through :meth:`send` on the loop (which also reports what
         cannot be sent)."""
+        return self.send_all_now([msg])
+
+    def send_all_now(self, msgs: list[Message]) -> bool:
+        """:meth:`send_now` for several messages, in one frame (all or none)."""
         ws = self._ws
         if ws is None or self._held or not self.connected.is_set():
             return False
         try:
-            part = encode(msg)
+            part = _join([encode(msg) for msg in msgs])
         except UNSENDABLE:
             return False
         if len(part) > self._frame_limit():

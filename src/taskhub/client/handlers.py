@@ -71,14 +71,16 @@ class Handlers:
 
     def offered(self, msg: Message) -> None:
         sub = self.subs.get(msg["action"])
-        ctx = TaskContext(self._link, msg)
-        if sub is None or (self.draining and not ctx.observe):
+        # Picked up already if a worker's handler loop started it as it read the offer: it
+        # runs on, draining or not.
+        ctx = self._link.context(msg)
+        if sub is None or (self.draining and not ctx.observe and not ctx.picked_up):
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
             if not ctx.observe:
                 self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
             return
-        if not ctx.observe and sub.claimed >= sub.concurrency:
+        if not ctx.observe and not ctx.picked_up and sub.claimed >= sub.concurrency:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
             # window no longer applies). With a free slot `_work` sends `pickup` on the next
             # loop turn instead, which acknowledges it too: one message less per task.
@@ -113,12 +115,12 @@ class Handlers:
             async with sub.slots:
                 if ctx.revoked:
                     return
-                if self.draining and not ctx.observe:
+                if self.draining and not ctx.observe and not ctx.picked_up:
                     ctx.released = True
                     self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
                     return
                 try:
-                    if not ctx.observe:
+                    if not ctx.observe and not ctx.picked_up:
                         ctx.picked_up = True
                         self._link.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
                         # One loop turn, in which the queued pickups leave (the flush was

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import Connection, Message, Receiver
+from taskhub.client.task import TaskContext
 from taskhub.errors import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ log = logging.getLogger("taskhub.client")
 class Link:
     """One client's connection and the tasks and watches it follows."""
 
-    __slots__ = ("_told_unsubscribed", "conn", "handles", "same_task", "watches")
+    __slots__ = ("_told_unsubscribed", "conn", "handles", "same_task", "started", "watches")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -39,6 +40,18 @@ class Link:
         self.same_task: dict[str, list[Handle]] = {}
         self.watches: dict[str, list[Watch]] = {}  # by pattern
         self._told_unsubscribed: set[str] = set()  # actions nobody_subscribed logged
+        # Deliveries whose handler another thread started as it read their offer (a worker's
+        # handler loop), by (task id, attempt): the offer is then handled with this context.
+        self.started: dict[tuple[str, int], TaskContext] = {}
+
+    def context(self, offer: Message) -> TaskContext:
+        """The context of the delivery ``offer`` makes: the one its handler got if it was
+        started as the offer was read (``started``), else a new one."""
+        if self.started:
+            ctx = self.started.pop((offer["task"], offer["attempt"]), None)
+            if ctx is not None:
+                return ctx
+        return TaskContext(self, offer)
 
     # --- sending -----------------------------------------------------------------------------
     def request(self, msg: Message) -> asyncio.Future[Message]:

@@ -11,6 +11,12 @@ sends its result without waking the connection's loop). Every use of the protoco
 write hold :attr:`Wire.lock`, and a frame is written from another thread only while the
 transport holds nothing unwritten (its own writes, from the loop's thread, then happen under
 the lock too), so frames never interleave on the socket.
+
+Another thread may also read (:meth:`Wire.receive_from`, a worker's handler loop while it is
+idle: the offer it reads starts its handler with no hand-over between threads). The transport
+then stops reading (:meth:`Wire.share_reading`) and whoever reads does so under the lock, so
+the protocol gets the bytes in order; what the protocol answers (a pong) is written from that
+thread, or, if frames wait in the transport, left for the loop to write first.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ WRITE_LIMIT = 32 * 1024
 # How long a closing handshake (ours or the hub's) may take before the TCP connection is cut.
 CLOSE_TIMEOUT = 10.0
 USER_AGENT = f"taskhub-python/{__version__}"
+# At most this much is read from the socket at a time by receive_from (then again if full).
+READ_SIZE = 256 * 1024
 
 Data = bytes | bytearray | memoryview
 
@@ -75,6 +83,13 @@ class Wire(asyncio.Protocol):
         # of a frame such a write could not finish (written first by whoever writes next).
         self._fd: int | None = None
         self._tail = b""
+        self._thread = threading.get_ident()  # the loop's
+        self.ended = False  # the TCP connection ended (read an EOF, or lost): read no more
+        self._collected: list[Data] | None = None  # receive_from's frames, while it reads
+        self._reading_on_loop = False  # the loop watches _fd itself (shared reading)
+        # receive_from reads into one buffer (under the lock), made on its first read: a new
+        # bytes object of READ_SIZE per read would be an mmap and a munmap each time.
+        self._buffer: bytearray | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,6 +120,8 @@ class Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         with self.lock:
             self.protocol.receive_eof()  # idempotent: the state becomes CLOSED
+            self.ended = True
+            self.read_on_loop(None)
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -162,7 +179,9 @@ class Wire(asyncio.Protocol):
         # PING: the protocol queued the pong. CLOSE: it answered. BINARY: a hub sends none.
 
     def _deliver(self, data: Data) -> None:
-        if self.on_frame is not None:
+        if self._collected is not None:
+            self._collected.append(data)
+        elif self.on_frame is not None:
             self.on_frame(data)
         elif not self.first.done():
             self.first.set_result(bytes(data))
@@ -175,6 +194,115 @@ class Wire(asyncio.Protocol):
         self.on_frame = on_frame
         for data in early:
             on_frame(data)
+
+    # --- reading from any thread -------------------------------------------------------------
+    @property
+    def fd(self) -> int | None:
+        """The wire's own duplicate of the socket (None over TLS, or once closed): readers on
+        other threads duplicate it again for themselves, on the loop."""
+        return self._fd
+
+    def share_reading(self) -> bool:
+        """On the loop, once open: stop the transport's reading; from now on the socket is
+        read with :meth:`receive_from`, from any thread. False (nothing changed) over TLS."""
+        if self._fd is None or self.transport is None:
+            return False
+        self.transport.pause_reading()
+        return True
+
+    def read_on_loop(self, callback: Callable[[], None] | None) -> None:
+        """On the loop: call ``callback`` whenever the socket is readable (None: stop)."""
+        if self._reading_on_loop:
+            self.loop.remove_reader(cast(int, self._fd))
+            self._reading_on_loop = False
+        if callback is not None and self._fd is not None and not self.ended:
+            self.loop.add_reader(self._fd, callback)
+            self._reading_on_loop = True
+
+    def receive_from(self, fd: int) -> list[Data]:
+        """With :attr:`lock` held, from any thread: read what the socket (``fd``, a duplicate
+        of it) holds, feed it to the protocol, write what the protocol answers and return the
+        whole text frames read. Afterwards :attr:`ended` says whether the connection ended."""
+        if self.ended:
+            return []
+        protocol = self.protocol
+        buf = self._buffer
+        if buf is None:
+            buf = self._buffer = bytearray(READ_SIZE)
+        while True:
+            try:
+                n = os.readv(fd, (buf,))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # reset by the hub: as an end of stream
+                n = 0
+            if not n:
+                self.ended = True
+                protocol.receive_eof()
+                break
+            protocol.receive_data(buf[:n])  # a copy: the protocol keeps what it is given
+            if n < READ_SIZE:
+                break
+        events = protocol.events_received()
+        self._write_any()
+        frames: list[Data] = []
+        self._collected = frames
+        try:
+            for event in events:
+                if isinstance(event, Frame):
+                    self._frame(event)
+        finally:
+            self._collected = None
+        if self.ended or protocol.close_expected():
+            self.loop.call_soon_threadsafe(self._closing)
+        return frames
+
+    def _closing(self) -> None:
+        """On the loop: the hub closed (a close frame or the end of the stream, read by
+        receive_from): close the transport, cutting it if the hub does not."""
+        transport = self.transport
+        if transport is None or self.lost.done():
+            return
+        if self.ended:
+            transport.close()
+        if self._cut is None:
+            self._cut = self.loop.call_later(CLOSE_TIMEOUT, transport.abort)
+
+    def _write_any(self) -> None:
+        """Write what the protocol has for the network, the lock held, from any thread: on
+        the loop through the transport; elsewhere straight to the socket if nothing waits in
+        the transport, else behind what waits (the loop is woken to write it)."""
+        if threading.get_ident() == self._thread:
+            self._write_out()
+            return
+        out = [self._tail]
+        eof = False
+        for data in self.protocol.data_to_send():
+            if data:
+                out.append(data)
+            else:
+                eof = True
+        self._tail = b"".join(out)
+        if self._tail:
+            self._write_direct()
+        if eof:  # the protocol's end of stream: written by the loop, after the rest
+            self.loop.call_soon_threadsafe(self._write_eof)
+
+    def _write_direct(self) -> None:
+        """Write ``_tail`` to the socket from this thread if the transport holds nothing
+        (else, or for what the socket does not take, the loop writes it)."""
+        fd, transport = self._fd, self.transport
+        if fd is not None and transport is not None and not transport.get_write_buffer_size():
+            try:
+                n = os.write(fd, self._tail)
+            except BlockingIOError:
+                n = 0
+            except OSError:  # the connection is gone: the loop finds out and says so
+                self._tail = b""
+                return
+            self._tail = self._tail[n:]
+        if self._tail:
+            self.loop.call_soon_threadsafe(self._write_tail)
 
     # --- writing -----------------------------------------------------------------------------
     @property
@@ -204,21 +332,23 @@ class Wire(asyncio.Protocol):
             ):
                 return False
             self.protocol.send_text(data)
-            out = b"".join(self.protocol.data_to_send())
-            try:
-                n = os.write(fd, out)
-            except BlockingIOError:
-                n = 0
-            except OSError:  # the connection is gone: the loop finds out and says so
-                return True
-            if n < len(out):  # the socket is full: the rest goes first when the loop writes
-                self._tail = out[n:]
-                self.loop.call_soon_threadsafe(self._write_tail)
+            self._tail = b"".join(self.protocol.data_to_send())
+            self._write_direct()  # what the socket does not take goes first when the loop writes
         return True
 
     def _write_tail(self) -> None:
         with self.lock:
             self._write_out()
+
+    def _write_eof(self) -> None:
+        with self.lock:
+            self._write_out()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
 
     def _write_out(self) -> None:
         """Write what the protocol has for the network (the lock held, on the loop)."""
