@@ -134,6 +134,8 @@ class HandlerLoop:
         self._taken: dict[str, int] = {}  # of those, started (this thread)
         self._reading: dict[Wire, int] = {}  # our duplicate of each wire's socket (this thread)
         self._pickups: list[TaskContext] = []  # started by the read being handled
+        # Results of handlers that ended in this loop turn, with what settles them (_done).
+        self._returns: list[tuple[TaskContext, Any, asyncio.Future[Any], bool]] = []
         self._deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()  # _later
         self._deferring = False
         self._urgent = False  # the read being handled queued messages for the connection
@@ -375,8 +377,23 @@ class HandlerLoop:
         elif t.exception() is not None:
             self._later(_settle, done, None, t.exception(), lazy=lazy)
         else:
-            result = t.result()
-            ctx.return_from_thread(result)  # the hub has it before the connection wakes
+            # The hub gets it before the connection's loop wakes: written from here at the
+            # end of this turn, in one frame with the others that ended in it.
+            if not self._returns:
+                self.loop.call_soon(self._send_returns)
+            self._returns.append((ctx, t.result(), done, lazy))
+
+    def _send_returns(self) -> None:
+        """The results of one turn's handlers in one frame, as the plain client's flush sends
+        them (a frame per result cost the hub and this process a read and a write each);
+        then, and only then, their outcomes go to the connection's loop, which sends what
+        could not go here."""
+        batch, self._returns = self._returns, []
+        if len(batch) == 1:
+            batch[0][0].return_from_thread(batch[0][1])
+        else:
+            TaskContext.return_all_from_thread([(ctx, result) for ctx, result, _, _ in batch])
+        for _, result, done, lazy in batch:
             self._later(_settle, done, result, None, lazy=lazy)
 
     # --- the watchdog ------------------------------------------------------------------------

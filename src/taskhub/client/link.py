@@ -70,6 +70,10 @@ class Link:
         """From another thread, at once if nothing waits before it (``Connection.send_now``)."""
         return self.conn.send_now(msg)
 
+    def send_all_now(self, msgs: list[Message]) -> bool:
+        """:meth:`send_now` for several messages, in one frame (all or none)."""
+        return self.conn.send_all_now(msgs)
+
     @property
     def connected(self) -> bool:
         return self.conn.connected.is_set()

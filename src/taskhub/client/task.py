@@ -214,6 +214,23 @@ class TaskContext(_Emitter):
         self.returned = False
         return False
 
+    @staticmethod
+    def return_all_from_thread(items: list[tuple[TaskContext, Any]]) -> None:
+        """:meth:`return_from_thread` for several deliveries of one connection in one frame
+        (a worker's handler loop, for the handlers that ended in one turn). Those that
+        cannot go so are left to the connection's loop, as there."""
+        msgs: list[dict[str, Any]] = []
+        taken: list[TaskContext] = []
+        for ctx, result in items:
+            if ctx.returned or ctx.dropped or ctx.observe or ctx.revoked or ctx.released:
+                continue
+            ctx.returned = True  # before the write: the loop, woken later, sends nothing more
+            msgs.append({"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result})
+            taken.append(ctx)
+        if taken and not taken[0]._link.send_all_now(msgs):
+            for ctx in taken:
+                ctx.returned = False
+
     async def _step(self, op: str, **fields: Any) -> None:
         attempt = 0 if self.observe else self.attempt
         await self._link.request({"op": op, "task": self.id, "attempt": attempt, **fields})
