@@ -17,8 +17,9 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client import Client, TaskContext
+from taskhub.worker_handler_loop import Fast, HandlerLoop
 from taskhub.worker_loops import LoopThread
-from taskhub.worker_pools import Fast, HandlerLoop, ProcessPool, ThreadPools, logged
+from taskhub.worker_pools import ProcessPool, ThreadPools, logged
 
 if TYPE_CHECKING:
     from taskhub.worker import Worker
@@ -85,7 +86,7 @@ class Run:
             self.processes = ProcessPool(n_proc)
         client = Client(url, name=name, key=key, **w.client_options)
         # The handler loop reads the connection while it is free, and starts its handlers
-        # itself as it reads their offers (worker_pools.HandlerLoop).
+        # itself as it reads their offers (worker_handler_loop.HandlerLoop).
         self.handlers.link = client.link
         self.handlers.tracer_provider = w.client_options.get("tracer_provider") is not None
         for spec in w.specs:
@@ -141,9 +142,8 @@ class Run:
             return functools.partial(processes.run, spec.fn)
 
         async def on_handler_loop(ctx: TaskContext) -> Any:
-            name = f"{spec.name} ({ctx.action} {ctx.id})"
             make = functools.partial(self._make_task, spec, ctx)
-            return await self.handlers.run(spec.fn, name, make, ctx)
+            return await self.handlers.run(spec.fn, spec.name, make, ctx)
 
         return on_handler_loop
 
@@ -172,6 +172,9 @@ class Run:
             if client is None:
                 return
             await client.drain()
+            # Deliveries the handler loop started as it read their offers until it heard of
+            # the stop are counted from here on (the watchdog also takes them in).
+            self.handlers.catch_up()
             if client.working:
                 log.info("waiting up to %gs for %d running task(s)", grace, client.working)
             deadline = time.monotonic() + grace

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import taskhub.testing
-from taskhub import Client, Reject, Retry, TaskFailed, TaskTimeout, Worker
+from taskhub import Client, Reject, Retry, TaskCancelled, TaskFailed, TaskTimeout, Worker
 from taskhub.worker import SyncTask, Task
 from tests.conftest import ServerFactory
 
@@ -121,6 +121,42 @@ async def test_worker_declared_retries_and_timeout_apply_unless_the_publisher_se
             await client.pub("job:flaky", retries=0).get_result(timeout=10)
         with pytest.raises(TaskTimeout):
             await client.pub("job:slow").get_result(timeout=10)
+
+
+async def test_a_revoke_cancels_a_handler_the_handler_loop_started_itself(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery the handler loop started as it read the offer is not known to the
+    connection's loop while it runs (docs/decisions.md): a revoke read meanwhile still
+    cancels its handler, its listeners hear it, and its slot is free again."""
+    caplog.set_level(logging.INFO, "taskhub.worker")
+    worker = Worker(url, name="w")
+    started, cancelled = threading.Event(), threading.Event()
+    heard: list[str | None] = []
+
+    @worker.task("job:revoked", concurrency=1)
+    async def waits(task: Task) -> str:
+        if task.payload == "quick":
+            return "quick"
+        task.on("revoke", lambda t: heard.append(t.revoked))
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    async with worker, Client(url, name="pub") as client:
+        handle = client.pub("job:revoked", "wait")
+        assert await asyncio.to_thread(started.wait, 10)
+        await handle.cancel()
+        assert await asyncio.to_thread(cancelled.wait, 10)
+        with pytest.raises(TaskCancelled):
+            await handle.get_result(timeout=10)
+        assert await client.pub("job:revoked", "quick").get_result(timeout=10) == "quick"
+    assert heard == ["cancelled"]
+    assert any("taken away" in r.getMessage() for r in caplog.records)
 
 
 async def test_extend_keeps_a_long_task_alive(url: str) -> None:
@@ -414,27 +450,23 @@ async def test_results_written_from_many_threads_at_once_keep_their_frames_whole
     assert all(len(r["pad"]) == 300_000 for r in results)
 
 
-class _HoldTheConnectionThread(logging.Handler):
-    """Blocks the worker's connection thread in the first log line it writes about ``action``
-    (its "received" line) until ``let_go`` is set: that thread then does nothing else."""
+class _HoldTheConnectionThread:
+    """Blocks a running worker's connection thread (a call on its loop that waits until
+    ``let_go`` is set): that thread then does nothing else."""
 
-    def __init__(self, action: str) -> None:
-        super().__init__()
-        self.action = action
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
         self.holding = threading.Event()
         self.let_go = threading.Event()
-        self.armed = threading.Event()
-        self.armed.set()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if (
-            record.threadName == "taskhub-worker-connection"
-            and self.action in record.getMessage()
-            and self.armed.is_set()
-            and not self.holding.is_set()
-        ):
-            self.holding.set()
-            self.let_go.wait(30)
+    def start(self) -> None:
+        run = self.worker._run
+        assert run is not None
+        run.conn.loop.call_soon_threadsafe(self._hold)
+
+    def _hold(self) -> None:
+        self.holding.set()
+        self.let_go.wait(30)
 
 
 async def test_an_idle_handler_loop_reads_its_offers_and_runs_them_itself(url: str) -> None:
@@ -443,11 +475,7 @@ async def test_an_idle_handler_loop_reads_its_offers_and_runs_them_itself(url: s
     connection's thread (docs/performance.md). Shown by holding that thread: tasks still
     run, one after another, and their results arrive while it is held."""
     worker = Worker(url, name="w")
-    hold = _HoldTheConnectionThread("job:first")
-    logger = logging.getLogger("taskhub.worker")
-    logger.addHandler(hold)
-    level = logger.level
-    logger.setLevel(logging.INFO)
+    hold = _HoldTheConnectionThread(worker)
 
     @worker.task("job:first")
     async def first(task: Task) -> str:
@@ -458,26 +486,21 @@ async def test_an_idle_handler_loop_reads_its_offers_and_runs_them_itself(url: s
         await asyncio.sleep(0)
         return int(task.payload) + 1
 
-    try:
-        async with worker, Client(url, name="pub") as client:
-            assert await client.pub("job:first").get_result(timeout=10) == (
-                "taskhub-worker-handlers"
-            )
-            assert await asyncio.to_thread(hold.holding.wait, 10)  # held from now on
-            try:
-                for n in range(5):
-                    assert await client.pub("job:next", n).get_result(timeout=10) == n + 1
-                # Offered together (an `offers` message), started all the same.
-                handles = [client.pub("job:next", n) for n in range(20)]
-                results = await asyncio.gather(*(h.get_result(timeout=10) for h in handles))
-                assert results == [n + 1 for n in range(20)]
-                assert not hold.let_go.is_set()  # all of that while the thread was held
-            finally:
-                hold.let_go.set()
-            assert await client.pub("job:next", 10).get_result(timeout=10) == 11
-    finally:
-        logger.removeHandler(hold)
-        logger.setLevel(level)
+    async with worker, Client(url, name="pub") as client:
+        assert await client.pub("job:first").get_result(timeout=10) == ("taskhub-worker-handlers")
+        hold.start()
+        assert await asyncio.to_thread(hold.holding.wait, 10)  # held from now on
+        try:
+            for n in range(5):
+                assert await client.pub("job:next", n).get_result(timeout=10) == n + 1
+            # Offered together (an `offers` message), started all the same.
+            handles = [client.pub("job:next", n) for n in range(20)]
+            results = await asyncio.gather(*(h.get_result(timeout=10) for h in handles))
+            assert results == [n + 1 for n in range(20)]
+            assert not hold.let_go.is_set()  # all of that while the thread was held
+        finally:
+            hold.let_go.set()
+        assert await client.pub("job:next", 10).get_result(timeout=10) == 11
 
 
 async def test_after_a_reconnect_the_handler_loop_reads_the_new_connection(
@@ -487,33 +510,23 @@ async def test_after_a_reconnect_the_handler_loop_reads_the_new_connection(
     and it dialled the next one, its tasks still run while the connection thread is held."""
     first, second = await make_server(), await make_server()
     worker = Worker([first.url, second.url], name="w", max_backoff=0.2)
-    hold = _HoldTheConnectionThread("job:again")
-    hold.armed.clear()  # not on the first connection
-    logger = logging.getLogger("taskhub.worker")
-    logger.addHandler(hold)
-    level = logger.level
-    logger.setLevel(logging.INFO)
+    hold = _HoldTheConnectionThread(worker)
 
     @worker.task("job:again", concurrency=2)
     async def again(task: Task) -> int:
         return int(task.payload) * 2
 
-    try:
-        async with worker:
-            async with Client(first.url, name="pub") as client:
-                assert await client.pub("job:again", 1).get_result(timeout=10) == 2
-            await first.stop()
-            async with Client(second.url, name="pub") as client:
-                assert await client.pub("job:again", 2).get_result(timeout=20) == 4
-                hold.armed.set()  # hold at the next task
-                assert await client.pub("job:again", 3).get_result(timeout=10) == 6
-                assert await asyncio.to_thread(hold.holding.wait, 10)
-                try:
-                    for n in range(4, 7):
-                        assert await client.pub("job:again", n).get_result(timeout=10) == 2 * n
-                    assert not hold.let_go.is_set()
-                finally:
-                    hold.let_go.set()
-    finally:
-        logger.removeHandler(hold)
-        logger.setLevel(level)
+    async with worker:
+        async with Client(first.url, name="pub") as client:
+            assert await client.pub("job:again", 1).get_result(timeout=10) == 2
+        await first.stop()
+        async with Client(second.url, name="pub") as client:
+            assert await client.pub("job:again", 2).get_result(timeout=20) == 4
+            hold.start()
+            assert await asyncio.to_thread(hold.holding.wait, 10)
+            try:
+                for n in range(3, 7):
+                    assert await client.pub("job:again", n).get_result(timeout=10) == 2 * n
+                assert not hold.let_go.is_set()
+            finally:
+                hold.let_go.set()

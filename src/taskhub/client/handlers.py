@@ -59,13 +59,13 @@ class Handlers:
 
     def event(self, task_id: str, msg: Message) -> None:
         """A task event: the handler holding the task hears it too (``task.on``)."""
-        ctx = self.working.get(task_id)
+        ctx = self.working.get(task_id) or self._link.holding(task_id)
         if ctx is not None:
             ctx.feed_event(msg)
 
     def revoke(self, msg: Message) -> None:
         """The hub took a delivery away (cancelled, timed out): stop its handler."""
-        ctx = self.working.get(msg["task"])
+        ctx = self.working.get(msg["task"]) or self._link.holding(msg["task"])
         if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
             ctx.feed_revoke(str(msg.get("reason", "revoked")))
 

@@ -41,17 +41,24 @@ class Link:
         self.watches: dict[str, list[Watch]] = {}  # by pattern
         self._told_unsubscribed: set[str] = set()  # actions nobody_subscribed logged
         # Deliveries whose handler another thread started as it read their offer (a worker's
-        # handler loop), by (task id, attempt): the offer is then handled with this context.
-        self.started: dict[tuple[str, int], TaskContext] = {}
+        # handler loop), by task id, until their books are kept here (the offer is then
+        # handled with this context) or that thread ended them. Written by both threads,
+        # one dict operation at a time.
+        self.started: dict[str, TaskContext] = {}
 
     def context(self, offer: Message) -> TaskContext:
         """The context of the delivery ``offer`` makes: the one its handler got if it was
         started as the offer was read (``started``), else a new one."""
         if self.started:
-            ctx = self.started.pop((offer["task"], offer["attempt"]), None)
-            if ctx is not None:
+            ctx = self.started.get(offer["task"])
+            if ctx is not None and ctx.attempt == offer["attempt"]:
+                self.started.pop(offer["task"], None)
                 return ctx
         return TaskContext(self, offer)
+
+    def holding(self, task_id: str) -> TaskContext | None:
+        """A delivery of ``task_id`` another thread started and still runs (``started``)."""
+        return self.started.get(task_id) if self.started else None
 
     # --- sending -----------------------------------------------------------------------------
     def request(self, msg: Message) -> asyncio.Future[Message]:

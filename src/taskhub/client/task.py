@@ -14,7 +14,7 @@ import datetime as dt
 import inspect
 import logging
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskhub.client.connection import UNSENDABLE
 from taskhub.errors import (
@@ -85,6 +85,15 @@ class _Emitter:
             log.exception("a %r callback raised", event)
 
 
+class Runner(Protocol):
+    """What runs a delivery's handler (an asyncio task, or a worker's record of a handler
+    running on another loop): a revoke cancels it."""
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+
 class TaskContext(_Emitter):
     """One delivery of a task to this worker (or a copy for an observer).
 
@@ -115,8 +124,9 @@ class TaskContext(_Emitter):
         self.released = False  # handed back to the hub (the worker is stopping)
         self._has_payload = "payload" in offer
         self._payload: Any = offer.get("payload")
-        # The asyncio task running the handler (set by the client): revoking cancels it.
-        self.runner: asyncio.Task[Any] | None = None
+        # What runs the handler (set by the client, or by a worker's handler loop that
+        # started it as it read the offer): revoking cancels it.
+        self.runner: Runner | None = None
 
     async def pickup(self) -> None:
         """Tell the hub this worker is working on it (idempotent; the library does it)."""
@@ -261,8 +271,9 @@ class TaskContext(_Emitter):
     def feed_revoke(self, reason: str) -> None:
         self.revoked = reason
         self._emit("revoke")
-        if self.runner is not None and not self.runner.done():
-            self.runner.cancel()
+        runner = self.runner  # read once: a worker's handler loop may clear it meanwhile
+        if runner is not None and not runner.done():
+            runner.cancel()
 
 
 _FINAL = frozenset(("success", "fail", "end"))
