@@ -220,7 +220,7 @@ class HandlerLoop:
                 {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt} for ctx in self._pickups
             ]
             self._pickups = []
-            if not conn.send_all_now(pickups):
+            if not conn.send_all_now(pickups, own=True):
                 for msg in pickups:
                     self._to_conn.put(conn.send, msg)
         if self._urgent:

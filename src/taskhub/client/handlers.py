@@ -78,13 +78,13 @@ class Handlers:
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
             if not ctx.observe:
-                self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
+                self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
             return
         if not ctx.observe and not ctx.picked_up and sub.claimed >= sub.concurrency:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
             # window no longer applies). With a free slot `_work` sends `pickup` on the next
             # loop turn instead, which acknowledges it too: one message less per task.
-            self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt})
+            self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
         sub.claimed += 1
         self.working[ctx.id] = ctx
         work = self._work(sub, ctx)
@@ -117,12 +117,16 @@ class Handlers:
                     return
                 if self.draining and not ctx.observe and not ctx.picked_up:
                     ctx.released = True
-                    self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt})
+                    self._link.send(
+                        {"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True
+                    )
                     return
                 try:
                     if not ctx.observe and not ctx.picked_up:
                         ctx.picked_up = True
-                        self._link.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt})
+                        self._link.send(
+                            {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True
+                        )
                         # One loop turn, in which the queued pickups leave (the flush was
                         # scheduled first; the pickups of a burst of offers share a frame),
                         # before the handler's code runs: a handler that blocks the event loop

@@ -70,8 +70,8 @@ class Link:
     def post_pub(self, msg: Message, receiver: Receiver, part: bytes | None = None) -> None:
         self.conn.post_pub(msg, receiver, part)
 
-    def send(self, msg: Message) -> None:
-        self.conn.send(msg)
+    def send(self, msg: Message, *, own: bool = False) -> None:
+        self.conn.send(msg, own=own)
 
     def send_now(self, msg: Message) -> bool:
         """From another thread, at once if nothing waits before it (``Connection.send_now``)."""
