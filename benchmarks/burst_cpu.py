@@ -7,12 +7,13 @@ Starts the processes ``run.py`` starts for a TaskHub row (``taskhub serve``, one
 ``taskhub_bench.py worker`` with concurrency 64, one ``taskhub_bench.py publish``), reads the
 hub's and the worker's CPU time (user + system, ``/proc/PID/stat``) before and after the
 publisher's run, and the publisher's own from ``resource``. Prints, per run and as medians:
-tasks/s, sequential p50, CPU microseconds per task of each process, and the worker's
+tasks/s, sequential p50, CPU microseconds per task of each process (``publisher_burst_us``:
+the publisher's in the burst alone, which it measures itself), and the worker's
 context switches per task (all its threads, ``/proc/PID/task/*/status``: each is a thread
 going to sleep or being preempted, so a hand-off between threads shows here even when the
 machine is too busy for the latency to). The publisher's figure includes its start
-(imports, connecting): a few µs per task at N=30,000. ``--runtime``: the worker runs the
-echo through ``taskhub.Worker`` (the taskhub-memory-runtime row of run.py).
+(imports, connecting): ~0.2 s of CPU here, 6-7 µs per task at N=30,000. ``--runtime``: the
+worker runs the echo through ``taskhub.Worker`` (the taskhub-memory-runtime row of run.py).
 
 With a Redis store (``--store 'redis://{redis}/0'`` starts a throwaway loopback redis-server
 per run, without persistence, as run.py does; any other ``redis://`` URL is used as it is), it
@@ -171,6 +172,8 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
         "hub_us": (hub1 - hub0) / tasks * 1e6,
         "worker_us": (worker1 - worker0) / tasks * 1e6,
         "publisher_us": publisher / tasks * 1e6,
+        # Its CPU in the burst only, measured by the publisher itself (no start-up).
+        "publisher_burst_us": result.get("burst_cpu_us", float("nan")),
         "worker_switches": (switches1 - switches0) / tasks,
     }
     if is_redis:

@@ -148,8 +148,11 @@ async def publish(urls: list[str], n: int, seq: int, warmup: int, timeout: float
             by_url[i % len(clients)].append(seconds)
             errors += not ok
         emit("event", event="sequential done")
+        cpu0 = time.process_time()
         seconds, load_lat, burst_errors = await _burst(clients, n, 20_000_000, timeout)
-        extra: dict[str, Any] = {}
+        # This process's CPU in the burst alone (its start-up, imports and connecting, left
+        # out): what burst_cpu.py reports as publisher_burst_us.
+        extra: dict[str, Any] = {"burst_cpu_us": (time.process_time() - cpu0) / max(n, 1) * 1e6}
         if len(urls) > 1:
             extra["seq_p50_ms_by_url"] = {
                 url: round(percentile(lat, 50) * 1000, 3)
