@@ -59,7 +59,9 @@ class Handlers:
 
     def event(self, task_id: str, msg: Message) -> None:
         """A task event: the handler holding the task hears it too (``task.on``)."""
-        ctx = self.working.get(task_id) or self._link.holding(task_id)
+        ctx = self.working.get(task_id)
+        if ctx is None and self._link.started:  # not a worker's handler loop's: no call
+            ctx = self._link.holding(task_id)
         if ctx is not None:
             ctx.feed_event(msg)
 
