@@ -417,3 +417,21 @@ async def test_done_callbacks_fire_once_for_every_way_a_handle_ends(
         assert calls[-1] == ("result", "fine")
         await asyncio.sleep(0.05)
         assert len(calls) == 4  # each callback once
+
+
+async def test_a_revoke_read_with_its_offer_frees_the_slot(make_client: ClientFactory) -> None:
+    """The revoke and the offer of one delivery handled in the same loop turn: its handler's
+    runner is cancelled before its first step, and the slot and its books are freed anyway
+    (a slot kept would make a graceful stop wait its whole grace for nothing)."""
+    worker = await make_client("worker")
+    ran: list[str] = []
+    await worker.sub("slot:free", lambda t: ran.append(t.id), concurrency=1)
+    handlers = worker._handlers
+    offer = {"op": "offer", "task": "01J0000000000000000000000Z", "attempt": 1}
+    offer.update(action="slot:free", group="", publisher="p", created_at=0.0, payload=None)
+    handlers.offered(offer)
+    handlers.revoke({"op": "revoke", "task": offer["task"], "attempt": 1, "reason": "cancelled"})
+    await until(lambda: not handlers.running)
+    assert ran == []
+    assert handlers.working == {}
+    assert handlers.subs["slot:free"].claimed == 0

@@ -9,6 +9,7 @@ it. Internal: applications use :class:`Client`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -100,7 +101,16 @@ class Handlers:
         runner = asyncio.ensure_future(work)
         ctx.runner = runner
         self.running.add(runner)
-        runner.add_done_callback(self.running.discard)
+        runner.add_done_callback(functools.partial(self._ended, sub, ctx))
+
+    def _ended(self, sub: Subscription[Any], ctx: TaskContext, runner: asyncio.Future[Any]) -> None:
+        self.running.discard(runner)
+        # A runner cancelled before its first step (a revoke read in the same loop turn as
+        # the offer) never ran `_work`, so its `finally` did not release the slot: do it here.
+        # `_work` always takes its context out of `working`, so one still there never ran.
+        if self.working.get(ctx.id) is ctx:
+            sub.claimed -= 1
+            del self.working[ctx.id]
 
     async def _traced(
         self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
