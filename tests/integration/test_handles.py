@@ -435,3 +435,32 @@ async def test_a_revoke_read_with_its_offer_frees_the_slot(make_client: ClientFa
     assert ran == []
     assert handlers.working == {}
     assert handlers.subs["slot:free"].claimed == 0
+
+
+async def test_a_sub_sent_again_and_lost_leaves_no_unretrieved_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A subscription is sent again at every reconnect; when that connection is lost before
+    the answer, the request's ConnectionClosed is read, not left for asyncio to log as
+    "Future exception was never retrieved" (seen with a hub-to-hub link closing with 1013)."""
+
+    async def script(ws: ServerConnection, number: int, msg: dict[str, Any]) -> None:
+        if msg["op"] != "sub":
+            return
+        if number == 1:
+            await ws.send(json.dumps({"op": "ok", "ref": msg["ref"]}))
+            await ws.close(1013)
+        elif number <= 3:
+            await ws.close(1013)  # the sub sent again is never answered
+        else:
+            await ws.send(json.dumps({"op": "ok", "ref": msg["ref"]}))
+
+    async with (
+        _scripted_hub(script) as (url, connections),
+        Client(url, name="worker", max_backoff=0.05) as worker,
+    ):
+        await worker.sub("a:b", lambda t: None)
+        await until(lambda: len(connections) >= 4 and worker.connected)
+        gc.collect()
+        await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text

@@ -271,9 +271,13 @@ class Client:
         fut = self._conn.request(sub.message())
 
         def done(f: asyncio.Future[Message]) -> None:
-            if sub.confirmed.done() or f.cancelled():
+            if f.cancelled():
                 return
-            exc = f.exception()
+            exc = f.exception()  # always read: a re-sent sub's loss is not worth a warning
+            if sub.confirmed.done():
+                if exc is not None and not isinstance(exc, ConnectionClosed):
+                    log.error("subscribing to %s again failed: %s", sub.action, exc)
+                return
             if exc is None:
                 sub.confirmed.set_result(None)
             elif not isinstance(exc, ConnectionClosed):
