@@ -416,6 +416,20 @@ async def test_data_survives_a_redis_restart_with_aof(tmp_path: Path) -> None:
         server.cleanup()
 
 
+async def test_scripts_the_server_lost_are_loaded_again(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    """The engine calls its scripts by EVALSHA itself: after SCRIPT FLUSH (or a failover to a
+    replica that never loaded them) each call loads its script again and goes through."""
+    await store.apply(WriteBatch(tasks=[task("a", state="start")], events=[event("a", 1)]))
+    await raw.script_flush()
+    await store.apply(WriteBatch(tasks=[task("b")], events=[event("a", 2)]))
+    await raw.script_flush()
+    assert [t.id for t in await store.load_active()] == ["a", "b"]
+    await raw.script_flush()
+    assert [e.seq for e in await store.get_events("a")] == [1, 2]
+
+
 async def test_unreachable_redis_raises_store_unavailable_naming_the_url() -> None:
     port = free_port()  # nothing listens there
     store = RedisStore.from_url(f"redis://:hunter2@127.0.0.1:{port}/0?prefix=x")
