@@ -16,6 +16,11 @@ counts what scripts call; EVALSHA not counted) and this process's CPU µs per ta
 ``--valgrind`` runs redis-server under ``valgrind --tool=cachegrind`` instead and prints its
 instructions per task: the run of ``--n`` tasks minus a run of a third of them, divided by
 the difference. Deterministic to ~1 %, which CPU time on a shared machine is not.
+
+``--return-after TEXT`` runs the batch script with ``if true then return 1 end`` after its
+first line containing TEXT (common.lua, then apply.lua): what the part before it costs. For
+example ``--valgrind --return-after 'if err then return err end'`` is the cost of receiving
+the batch (the arguments, the fence check), nothing written.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import redis
 from common import free_port, wait_port
 
 from taskhub.records import DeliveryRecord, EventRecord, TaskRecord, WriteBatch
-from taskhub.store.redis import RedisStore
+from taskhub.store.redis import RedisStore, scripts
 
 PAYLOAD = {
     "id": 20003139,
@@ -164,13 +169,35 @@ def instructions(n: int, size: int) -> int:
     return int(found[1].replace(",", ""))
 
 
+def return_after(text: str) -> None:
+    """The batch script, as the engine registers it from now on, returns after its first line
+    containing ``text``."""
+    full = scripts.source
+
+    def source(name: str) -> str:
+        lines = full(name).split("\n")
+        if name != "apply":
+            return "\n".join(lines)
+        at = next((i for i, line in enumerate(lines) if text in line), None)
+        if at is None:
+            raise SystemExit(f"no line of the batch script contains {text!r}")
+        return "\n".join([*lines[: at + 1], "if true then return 1 end", *lines[at + 1 :]])
+
+    scripts.source = source
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=14, help="tasks per batch")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--valgrind", action="store_true", help="instructions per task")
+    parser.add_argument(
+        "--return-after", metavar="TEXT", help="the script returns after its line with TEXT"
+    )
     args = parser.parse_args()
+    if args.return_after:
+        return_after(args.return_after)
     if args.valgrind:
         small = args.n // 3
         per_task = (instructions(args.n, args.batch) - instructions(small, args.batch)) / (

@@ -15,10 +15,11 @@ if err then return err end
 -- Calls with many arguments in slices: unpack() of a huge table overflows Lua's C stack.
 local SLICE = 512
 local function sliced(command, key, args)
+  if #args <= SLICE then return call(command, key, unpack(args)) end
   local out = {}
   for first = 1, #args, SLICE do
     local upto = math.min(first + SLICE - 1, #args)
-    local reply = redis.call(command, key, unpack(args, first, upto))
+    local reply = call(command, key, unpack(args, first, upto))
     if type(reply) == 'table' then
       for _, v in ipairs(reply) do out[#out + 1] = v end
     end
@@ -28,34 +29,36 @@ end
 
 -- Once, on a store layout 1 wrote: its live tasks leave the sets layout 2 does not keep for
 -- live tasks (layout 1's terminal tasks leave theirs when they are removed).
-if redis.call('EXISTS', P .. 'all') == 1 then
-  for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
+if call('EXISTS', P .. 'all') == 1 then
+  for _, id in ipairs(call('ZRANGE', ACTIVE, 0, -1)) do
     local tkey = task_key(id)
     local state, action, ended = stored(tkey)
     if state and not ended then
-      redis.call('ZREM', state_key(state), id)
+      call('ZREM', state_key(state), id)
       if action then
-        redis.call('ZREM', sa_key(state, action), id)
-        redis.call('ZREM', P .. 'action:' .. action, id)
+        call('ZREM', sa_key(state, action), id)
+        call('ZREM', P .. 'action:' .. action, id)
       end
-      redis.call('HSET', tkey, 'e', '')
+      call('HSET', tkey, 'e', '')
     end
   end
-  redis.call('UNLINK', P .. 'all')
+  call('UNLINK', P .. 'all')
 end
 
 local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
--- Where each task's arguments start in ARGV, its id, and its events' first and last argument;
--- and which of a task's writes is its last (a task given twice is indexed by its last record,
--- and every write's fields are set in order).
-local at, ids, first, last, latest = {}, {}, {}, {}, {}
+-- A count as Lua reads it: tonumber() is strtod(), ~1k instructions; most counts are small.
+local COUNT = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6}
+local function count(arg) return COUNT[arg] or tonumber(arg) end
+-- Where each task's arguments start in ARGV (its events' are 6 further on, and their count
+-- is its sixth), its id, and which of a task's writes is its last (a task given twice is
+-- indexed by its last record, and every write's fields are set in order).
+local at, ids, latest = {}, {}, {}
 for t = 1, n do
-  at[t], ids[t] = i, ARGV[i]
-  latest[ARGV[i]] = t
-  first[t] = i + 6
-  i = i + 6 + 2 * tonumber(ARGV[i + 5])
-  last[t] = i - 1
+  local id = ARGV[i]
+  at[t], ids[t] = i, id
+  latest[id] = t
+  i = i + 6 + 2 * count(ARGV[i + 5])
 end
 
 -- The index writes of the batch, one call per set. Scores are strings: a Lua number would be
@@ -72,16 +75,28 @@ local function add(key, score, id)
   members[#members + 1] = id
 end
 local gone = {} -- ids leaving the active set
+-- The batch's terminal index keys, each built once (a concatenation is a new Lua string).
+local state_keys, sa_keys = {}, {}
 local function index_terminal(id, state, action, ended)
-  add(state_key(state), '0', id)
-  add(sa_key(state, action), '0', id)
+  local by_action = sa_keys[state]
+  if by_action == nil then
+    by_action = {}
+    sa_keys[state], state_keys[state] = by_action, state_key(state)
+  end
+  local sa = by_action[action]
+  if sa == nil then
+    sa = sa_key(state, action)
+    by_action[action] = sa
+  end
+  add(state_keys[state], '0', id)
+  add(sa, '0', id)
   if ended ~= '' then add(ENDED, ended, id) end
 end
 
 if n > 0 then
   local live = sliced('ZMSCORE', ACTIVE, ids)
   -- Tasks not live: new, or terminal already. Only when some of them exist is each read.
-  local others, keys = {}, {}
+  local others, keys, tkeys = {}, {}, {}
   for t = 1, n do
     local id, state = ids[t], ARGV[at[t] + 1]
     if latest[id] ~= t then
@@ -92,14 +107,14 @@ if n > 0 then
         index_terminal(id, state, ARGV[at[t] + 2], ARGV[at[t] + 3])
       end
     else
-      others[#others + 1] = t
-      keys[#keys + 1] = task_key(id)
+      local key = task_key(id)
+      others[#others + 1], keys[#keys + 1], tkeys[t] = t, key, key
     end
   end
   local existing = 0
   for first = 1, #keys, SLICE do
     local upto = math.min(first + SLICE - 1, #keys)
-    existing = existing + redis.call('EXISTS', unpack(keys, first, upto))
+    existing = existing + call('EXISTS', unpack(keys, first, upto))
   end
   for j, t in ipairs(others) do
     local id, state, action, ended = ids[t], ARGV[at[t] + 1], ARGV[at[t] + 2], ARGV[at[t] + 3]
@@ -113,11 +128,11 @@ if n > 0 then
     end
     local same = old_state == state and old_action == action
     if old_state and not same then
-      redis.call('ZREM', state_key(old_state), id)
-      redis.call('ZREM', sa_key(old_state, old_action), id)
+      call('ZREM', state_key(old_state), id)
+      call('ZREM', sa_key(old_state, old_action), id)
     end
     if old_ended and old_ended ~= '' and (ended == '' or not TERMINAL[state]) then
-      redis.call('ZREM', ENDED, id)
+      call('ZREM', ENDED, id)
     end
     if not TERMINAL[state] then
       add(ACTIVE, '0', id)
@@ -131,13 +146,14 @@ if n > 0 then
   for _, key in ipairs(order) do sliced('ZADD', key, adds[key]) end
   for t = 1, n do
     local a = at[t]
-    local key = task_key(ids[t])
-    local s, e = first[t], math.min(last[t], first[t] + SLICE - 1)
+    local key = tkeys[t] or task_key(ids[t])
+    local s, last = a + 6, a + 5 + 2 * count(ARGV[a + 5])
+    local e = math.min(last, s + SLICE - 1)
     -- The record, the index fields and the first events (ARGV slices: no table built).
-    redis.call('HSET', key, 'r', ARGV[a + 4], 's', ARGV[a + 1], 'a', ARGV[a + 2],
+    call('HSET', key, 'r', ARGV[a + 4], 's', ARGV[a + 1], 'a', ARGV[a + 2],
       'e', ARGV[a + 3], unpack(ARGV, s, e))
-    for more = e + 1, last[t], SLICE do
-      redis.call('HSET', key, unpack(ARGV, more, math.min(last[t], more + SLICE - 1)))
+    for more = e + 1, last, SLICE do
+      call('HSET', key, unpack(ARGV, more, math.min(last, more + SLICE - 1)))
     end
   end
 end
@@ -147,7 +163,7 @@ for _ = 1, n do
   local key, k = task_key(ARGV[i]), tonumber(ARGV[i + 1])
   i = i + 2
   for more = i, i + 2 * k - 1, SLICE do
-    redis.call('HSET', key, unpack(ARGV, more, math.min(i + 2 * k - 1, more + SLICE - 1)))
+    call('HSET', key, unpack(ARGV, more, math.min(i + 2 * k - 1, more + SLICE - 1)))
   end
   i = i + 2 * k
 end
@@ -158,12 +174,12 @@ for _ = 1, n do
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HSET', P .. 'meta:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  call('HSET', P .. 'meta:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
   i = i + 3
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HDEL', P .. 'meta:' .. ARGV[i], ARGV[i + 1])
+  call('HDEL', P .. 'meta:' .. ARGV[i], ARGV[i + 1])
   i = i + 2
 end
 return 1
