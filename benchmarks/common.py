@@ -255,8 +255,17 @@ def peer_args(description: str | None) -> Any:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=240.0)
     parser.add_argument("--log", default=None, help="the worker's log file")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="tasks the worker side runs at once: threads, jobs or processes, as the peer has [8]",
+    )
     args = parser.parse_args()
+    if args.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, not {args.concurrency}")
     os.environ["BENCH_REDIS_URL"] = args.redis_url  # the worker process reads it
+    os.environ["BENCH_CONCURRENCY"] = str(args.concurrency)  # and this (arq's max_jobs)
     return args
 
 

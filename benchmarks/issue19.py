@@ -19,20 +19,19 @@ from typing import Any
 from common import fmt, measured_line
 from harness import HERE, PY, Failed, redis_server
 from rich.table import Table
-from targets import PEER_TARGETS, WORKER_CONCURRENCY
+from targets import (
+    CONCURRENCY,
+    PEER_SINGLE_TARGETS,
+    PEER_TARGETS,
+    SINGLE_SUFFIX,
+    TASKHUB_SINGLE_TARGETS,
+    TASKHUB_TARGETS,
+    fastest_peer,
+)
 
 BURST = os.path.join(HERE, "burst_cpu.py")
 CPU_RUNS = 3  # the issue asks for medians of 3
 HEADING = "## Issue 19's targets\n\n"
-
-#: How many tasks each peer's worker process runs at once (benchmarks/peers/*_bench.py;
-#: tests/e2e/test_bench_modules.py checks these against the scripts).
-PEER_CONCURRENCY = {
-    "celery": (1, "--pool=solo"),
-    "dramatiq": (8, "8 threads"),
-    "arq": (100, "max_jobs=100"),
-    "rq": (1, "forks per job"),
-}
 
 #: (store, figure of burst_cpu.py's medians, at most µs per task, what the target asks)
 CPU_GOALS = [
@@ -42,7 +41,8 @@ CPU_GOALS = [
     ("redis", "hub_us", 30.0, "redis:// hub CPU ≤ 30 µs per task"),
     ("redis", "redis_us", 25.0, "redis:// redis-server CPU ≤ 25 µs per task"),
 ]
-#: (round-trip row, at least this many times the fastest peer's tasks/s)
+#: (round-trip row, at least this many times the fastest peer's tasks/s at the same worker
+#: concurrency); each is also asked of the row's -c1 twin, against the peers at 1
 RATIO_GOALS = [("taskhub-memory", 40.0), ("taskhub-sqlite", 15.0), ("taskhub-redis", 10.0)]
 SEQ_P50_MS = 0.5  # sequential p50 on one hub (memory://), below this
 NOT_YET = [
@@ -144,18 +144,21 @@ def cpu_row(cpu: dict[str, Any], kind: str, key: str, limit: float, target: str)
     return row(target, figure, median <= limit)
 
 
-def fastest_peer(ok: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    peers = [ok[name] for name in PEER_TARGETS if name in ok]
-    return max(peers, key=lambda r: r["throughput"]) if peers else None
-
-
-def ratio_row(ok: dict[str, dict[str, Any]], name: str, at_least: float) -> dict[str, str]:
-    target = f"{name.split('-')[1]}:// round trip ≥ {at_least:g}x the fastest peer"
-    peer = fastest_peer(ok)
+def ratio_row(
+    ok: dict[str, dict[str, Any]], name: str, at_least: float, concurrency: int
+) -> dict[str, str]:
+    """TaskHub's row ``name`` against the fastest peer that ran at the same concurrency."""
+    target = (
+        f"{name.split('-')[1]}:// round trip ≥ {at_least:g}x the fastest peer, "
+        f"both at worker concurrency {concurrency}"
+    )
     if name not in ok:
         return row(target, "", None, f"the {name} row in this run")
+    peer = fastest_peer(ok, ok[name].get("concurrency", 0))
     if peer is None:
-        return row(target, "", None, "the peers (Celery, Dramatiq, arq, RQ) in this run")
+        return row(
+            target, "", None, f"the peers (Celery, Dramatiq, arq, RQ) at {concurrency} in this run"
+        )
     ratio = ok[name]["throughput"] / peer["throughput"]
     figure = (
         f"{ratio:.1f}x {peer['name']} ({fmt(ok[name]['throughput'], 0)} vs "
@@ -164,25 +167,48 @@ def ratio_row(ok: dict[str, dict[str, Any]], name: str, at_least: float) -> dict
     return row(target, figure, ratio >= at_least)
 
 
+def common_concurrency(ok: dict[str, dict[str, Any]]) -> int:
+    """The common worker concurrency of this run's plain round-trip rows."""
+    for name in (*TASKHUB_TARGETS, *PEER_TARGETS):
+        if name in ok and "concurrency" in ok[name]:
+            return int(ok[name]["concurrency"])
+    return CONCURRENCY
+
+
 def concurrency_row(ok: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The worker concurrency of TaskHub and of each peer that ran: the same, or not."""
+    """The worker concurrency of TaskHub's and each peer's round trip, level by level: met when
+    within each level every row ran at that level and TaskHub has peers to compare with."""
     target = "TaskHub and the peers at the same worker concurrency"
-    ran = [name for name in PEER_TARGETS if name in ok]
-    if not ran:
-        return row(target, f"TaskHub {WORKER_CONCURRENCY}", None, "the peers in this run")
-    parts = [f"TaskHub {WORKER_CONCURRENCY}"]
-    parts += [f"{n} {PEER_CONCURRENCY[n][0]} ({PEER_CONCURRENCY[n][1]})" for n in ran]
-    same = all(PEER_CONCURRENCY[n][0] == WORKER_CONCURRENCY for n in ran)
-    return row(target, ", ".join(parts), same)
+    parts: list[str] = []
+    same = True
+    for level in (TASKHUB_TARGETS + PEER_TARGETS, TASKHUB_SINGLE_TARGETS + PEER_SINGLE_TARGETS):
+        ran = [ok[name] for name in level if name in ok]
+        if not ran:
+            continue
+        taskhub = [r for r in ran if r["name"].startswith("taskhub-")]
+        peers = [r for r in ran if not r["name"].startswith("taskhub-")]
+        values = {r.get("concurrency") for r in ran}
+        same = same and len(values) == 1 and bool(taskhub) and bool(peers)
+        described = [
+            f"{r['name'].removesuffix(SINGLE_SUFFIX)} {r.get('concurrency_how', '?')}"
+            for r in (taskhub[:1] + peers)
+        ]
+        head = "/".join(str(v) for v in sorted(values, key=lambda v: (v is None, v or 0)))
+        parts.append(f"{head}: " + ", ".join(described).replace("taskhub-memory", "TaskHub"))
+    if not parts:
+        return row(target, "", None, "the round trips of TaskHub and the peers in this run")
+    return row(target, "; ".join(parts), same)
 
 
 def target_rows(rows: list[dict[str, Any]], cpu: dict[str, Any]) -> list[dict[str, str]]:
     """Issue 19's targets, in the issue's order, from one run's round trips and CPU figures."""
     ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
     out: list[dict[str, str]] = []
-    for name, at_least in RATIO_GOALS:  # per store: its CPU targets, then its ratio
+    common = common_concurrency(ok)
+    for name, at_least in RATIO_GOALS:  # per store: its CPU targets, then its ratios
         out += [cpu_row(cpu, *goal) for goal in CPU_GOALS if goal[0] == name.split("-")[1]]
-        out.append(ratio_row(ok, name, at_least))
+        out.append(ratio_row(ok, name, at_least, common))
+        out.append(ratio_row(ok, name + SINGLE_SUFFIX, at_least, 1))
     out += [row(target, "", None, needs) for target, needs in NOT_YET[:2]]
     seq = f"sequential p50 < {SEQ_P50_MS} ms on one hub (memory://)"
     if "taskhub-memory" in ok:
@@ -211,8 +237,9 @@ def caption(section: dict[str, Any]) -> str:
     n = next((c.get("n") for c in section["cpu"].values() if "n" in c), None)
     return (
         f"CPU per task: medians of {CPU_RUNS} runs of benchmarks/burst_cpu.py per store "
-        f"(N={fmt(n, 0)}); round trips: this run's rows; TaskHub's worker concurrency "
-        f"{WORKER_CONCURRENCY}" + load_note(section)
+        f"(N={fmt(n, 0)}); round trips: this run's rows, TaskHub and each peer at worker "
+        f"concurrency {section.get('concurrency', '?')} and again at 1 (the -c1 rows)"
+        + load_note(section)
     )
 
 
@@ -239,6 +266,9 @@ def section(report: dict[str, Any], cpu: dict[str, Any], loadavg: list[float]) -
         "machine": report["machine"],
         "loadavg": loadavg,
         "cpu": cpu,
+        "concurrency": common_concurrency(
+            {r["name"]: r for r in report["rows"] if r.get("status") == "ok"}
+        ),
         "rows": target_rows(report["rows"], cpu),
     }
 

@@ -13,37 +13,52 @@ import issue19
 from common import fmt, measured_line, replace_block
 from harness import HERE, PEERS_VENV, ROOT, console
 from rich.table import Table
-from targets import PEER_TARGETS, TASKHUB_TARGETS
+from targets import TASKHUB_SINGLE_TARGETS, TASKHUB_TARGETS, fastest_peer
 
 DOCS = os.path.join(ROOT, "docs")
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each TaskHub row against the fastest peer and Celery at its own worker concurrency, and
+    against the bounds (the echo; the relay, whose worker runs at the common concurrency)."""
     ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
-    peers = [ok[name] for name in PEER_TARGETS if name in ok]
-    fastest = max(peers, key=lambda r: r["throughput"]) if peers else None
-    out: dict[str, Any] = {"fastest_peer": fastest["name"] if fastest else None}
-    for name in TASKHUB_TARGETS:
+    out: dict[str, Any] = {}
+    for name in (*TASKHUB_TARGETS, *TASKHUB_SINGLE_TARGETS):
         if name not in ok:
             continue
-        tput = ok[name]["throughput"]
-        entry: dict[str, float] = {}
+        tput, c = ok[name]["throughput"], ok[name].get("concurrency")
+        fastest = fastest_peer(ok, c) if c else None
+        celery = next(
+            (r for n, r in ok.items() if n.startswith("celery") and r.get("concurrency") == c),
+            None,
+        )
+        entry: dict[str, Any] = {"concurrency": c}
         if fastest:
+            entry["fastest_peer"] = fastest["name"]
             entry["vs_fastest_peer"] = round(tput / fastest["throughput"], 2)
-        if "celery" in ok:
-            entry["vs_celery"] = round(tput / ok["celery"]["throughput"], 2)
+        if celery:
+            entry["vs_celery"] = round(tput / celery["throughput"], 2)
         if "limit" in ok:
             entry["of_limit"] = round(tput / ok["limit"]["throughput"], 3)
-        if "relay" in ok:
+        if "relay" in ok and ok["relay"].get("concurrency") == c:
             entry["of_relay"] = round(tput / ok["relay"]["throughput"], 3)
         out[name] = entry
     return out
 
 
+def concurrency_cell(r: dict[str, Any]) -> str:
+    """A row's worker concurrency and how that system got it (threads, processes, credit)."""
+    if "concurrency" not in r:
+        return "-"
+    how = r.get("concurrency_how")
+    return f"{r['concurrency']} ({how})" if how else str(r["concurrency"])
+
+
 def table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="Round trip: publish → worker → result (one worker process each)")
+    t = Table(title="Round trip: publish → worker → result, at the stated worker concurrency")
     for col in (
         "system",
+        "concurrency",
         "N",
         "tasks/s",
         "seq p50 ms",
@@ -54,13 +69,15 @@ def table(rows: list[dict[str, Any]]) -> Table:
         "RSS of",
         "note",
     ):
-        t.add_column(col, justify="left" if col in ("system", "RSS of", "note") else "right")
+        left = ("system", "concurrency", "RSS of", "note")
+        t.add_column(col, justify="left" if col in left else "right")
     for r in rows:
         if r.get("status") != "ok":
-            t.add_row(r["name"], *["-"] * 8, f"{r['status']}: {r.get('note', '')}")
+            t.add_row(r["name"], *["-"] * 9, f"{r['status']}: {r.get('note', '')}")
             continue
         t.add_row(
             r["name"],
+            concurrency_cell(r),
             str(r["n"]),
             fmt(r["throughput"], 0),
             fmt(r["seq_p50_ms"], 2),
@@ -76,16 +93,17 @@ def table(rows: list[dict[str, Any]]) -> Table:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| system | N | tasks/s | seq p50 ms | seq p99 ms | load p50 ms | load p99 ms "
-        "| peak RSS MiB (of) |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        "| system | worker concurrency | N | tasks/s | seq p50 ms | seq p99 ms | load p50 ms "
+        "| load p99 ms | peak RSS MiB (of) |\n|---|---|---:|---:|---:|---:|---:|---:|---|"
     )
     lines = [head]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} | | | | | | |")
+            lines.append(f"| {r['name']} | | {r['status']}: {r.get('note', '')} | | | | | | |")
             continue
         lines.append(
-            f"| {r['name']} | {r['n']} | {fmt(r['throughput'], 0)} | {fmt(r['seq_p50_ms'], 2)} "
+            f"| {r['name']} | {concurrency_cell(r)} | {r['n']} | {fmt(r['throughput'], 0)} "
+            f"| {fmt(r['seq_p50_ms'], 2)} "
             f"| {fmt(r['seq_p99_ms'], 2)} | {fmt(r['load_p50_ms'], 0)} "
             f"| {fmt(r['load_p99_ms'], 0)} | {fmt(r.get('peak_rss_mb'))} ({r.get('rss_of')}) |"
         )
@@ -164,15 +182,18 @@ def cluster_markdown(rows: list[dict[str, Any]]) -> str:
 
 def ratio_lines(rat: dict[str, Any]) -> list[str]:
     out = []
-    for name in TASKHUB_TARGETS:
+    for name in (*TASKHUB_TARGETS, *TASKHUB_SINGLE_TARGETS):
         entry = rat.get(name)
         if not entry:
             continue
         parts = []
+        at = f"at concurrency {entry['concurrency']}"
         if "vs_fastest_peer" in entry:
-            parts.append(f"{entry['vs_fastest_peer']}x the fastest peer ({rat['fastest_peer']})")
+            parts.append(
+                f"{entry['vs_fastest_peer']}x the fastest peer {at} ({entry['fastest_peer']})"
+            )
         if "vs_celery" in entry:
-            parts.append(f"{entry['vs_celery']}x Celery")
+            parts.append(f"{entry['vs_celery']}x Celery {at}")
         if "of_limit" in entry:
             parts.append(f"{entry['of_limit'] * 100:.0f}% of the bare WebSocket echo")
         if "of_relay" in entry:

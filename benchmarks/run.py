@@ -6,11 +6,17 @@
     .venv/bin/python benchmarks/run.py --only cluster --n 4000   # 1, 2, 3 hubs on one Redis
     .venv/bin/python benchmarks/run.py --only inflight --k 100000 # hub memory, tasks in flight
     .venv/bin/python benchmarks/run.py --targets       # only what issue 19's targets table needs
+    .venv/bin/python benchmarks/run.py --only peers,taskhub --concurrency 16
 
-Every system runs in processes of its own: the hub (or redis-server), one worker process, one
+Every system runs in processes of its own: the hub (or redis-server), the worker side, one
 publisher process. The workload is N no-op tasks with a ~100-byte JSON payload that the worker
-returns as the result; the publisher collects every result. The cluster rows start k hubs on
-one Redis instead (one leads, the others relay to it), see "Several hubs" in
+returns as the result; the publisher collects every result. Every round trip runs at two worker
+concurrencies, the same for TaskHub and each peer: the common level C (--concurrency, 8) under
+the plain row names, and 1 under the names ending in -c1. TaskHub's worker gets C as its
+subscription's credit; Celery a threads pool of C (solo at 1), Dramatiq C threads, arq
+max_jobs=C, RQ C worker processes (an RQ worker runs one job at a time); see
+benchmarks/peers/*.py and "Peers at equal concurrency" in docs/decisions.md. The cluster rows
+start k hubs on one Redis instead (one leads, the others relay to it), see "Several hubs" in
 docs/performance.md. The inflight rows (after the others) measure the hub's memory with K tasks
 accepted and waiting for a worker, then drain them: benchmarks/inflight_bench.py, "Tasks in
 flight" in docs/performance.md. A full run (and --targets) ends with the table of issue 19's
@@ -57,10 +63,13 @@ from targets import (
     ALL_TARGETS,
     BOUND_TARGETS,
     CLUSTER_TARGETS,
+    CONCURRENCY,
     INFLIGHT_TARGETS,
+    PEER_SINGLE_TARGETS,
     PEER_TARGETS,
+    SINGLE_SUFFIX,
+    TASKHUB_SINGLE_TARGETS,
     TASKHUB_TARGETS,
-    WORKER_CONCURRENCY,
     Bench,
 )
 
@@ -92,9 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=200, help="sequential tasks [200]")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up tasks [200]")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"the common worker concurrency of TaskHub and the peers; the -c1 rows run at 1 "
+        f"[{CONCURRENCY}]",
+    )
+    parser.add_argument(
         "--only",
         default="",
-        help="comma list of: taskhub, cluster, inflight, " + ", ".join(ALL_TARGETS),
+        help="comma list of: taskhub, peers, c1 (every -c1 row), cluster, inflight, "
+        + ", ".join(ALL_TARGETS),
     )
     parser.add_argument(
         "--k",
@@ -132,6 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-docs", action="store_true", help="do not update docs/performance.{md,json,png}"
     )
     args = parser.parse_args(argv)
+    if args.concurrency < 2:
+        parser.error(
+            f"--concurrency must be at least 2 (the -c1 rows run at 1), not {args.concurrency}"
+        )
     if args.targets and (args.only or args.smoke):
         parser.error("--targets runs its own set: not with --only or --smoke")
     # The targets table comes with a full run (make bench) and with --targets.
@@ -147,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """The targets to run, in order: --smoke's or all of them, narrowed by --only."""
     if args.targets:
-        return [*TASKHUB_TARGETS, *PEER_TARGETS]
+        return [*TASKHUB_TARGETS, *PEER_TARGETS, *TASKHUB_SINGLE_TARGETS, *PEER_SINGLE_TARGETS]
     targets = list(SMOKE_TARGETS if args.smoke else ALL_TARGETS)
     if args.only:
         wanted: list[str] = []
@@ -155,6 +176,10 @@ def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             word = word.strip()
             if word == "taskhub":
                 wanted += TASKHUB_TARGETS
+            elif word == "peers":
+                wanted += PEER_TARGETS
+            elif word == "c1":
+                wanted += [t for t in ALL_TARGETS if t.endswith(SINGLE_SUFFIX)]
             elif word == "cluster":
                 wanted += CLUSTER_TARGETS
             elif word == "inflight":
@@ -163,7 +188,7 @@ def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                 wanted.append(word)
             elif word:
                 parser.error(
-                    f"unknown target {word!r}: use taskhub, cluster, inflight, "
+                    f"unknown target {word!r}: use taskhub, peers, c1, cluster, inflight, "
                     f"{', '.join(ALL_TARGETS)}"
                 )
         targets = [t for t in targets if t in wanted]
@@ -236,13 +261,14 @@ def make_report(
             "rq_n": args.rq_n,
             "seq": args.seq,
             "warmup": args.warmup,
-            "taskhub_worker_concurrency": WORKER_CONCURRENCY,
+            "worker_concurrency": [args.concurrency, 1],
             "payload_bytes": next((r["payload_bytes"] for r in rows if "payload_bytes" in r), None),
         },
     }
     if any(t in INFLIGHT_TARGETS for t in args.targets):
         report["settings"].update(k=args.k, inflight_chunk=args.inflight_chunk)
-    if any(t in PEER_TARGETS for t in args.targets) and os.path.exists(PEERS_VENV):
+    peers = PEER_TARGETS + PEER_SINGLE_TARGETS
+    if any(t in peers for t in args.targets) and os.path.exists(PEERS_VENV):
         report["versions"].update(peer_versions(os.path.join(PEERS_VENV, "bin", "python")))
     if bench.redis_bin:
         report["versions"]["redis-server"] = redis_version(bench.redis_bin)
