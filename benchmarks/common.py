@@ -150,6 +150,32 @@ def stop(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
                 stream.close()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and of every live descendant (a hub that
+    forks its processes counts them all); 0 for a process that is gone. A descendant that
+    ended between two readings takes its seconds with it: read while they all run."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        # after the name: state, ppid (fields 3, 4), ..., utime, stime (fields 14, 15)
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM) of a live process, in MiB; None if unknown."""
     try:

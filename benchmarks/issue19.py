@@ -19,6 +19,7 @@ from typing import Any
 from common import fmt, measured_line
 from harness import HERE, PY, Failed, redis_server
 from rich.table import Table
+from scale_bench import HUBS_TARGETS, NOT_AVAILABLE, PROCESS_TARGETS
 from targets import (
     CONCURRENCY,
     PEER_SINGLE_TARGETS,
@@ -45,20 +46,18 @@ CPU_GOALS = [
 #: concurrency); each is also asked of the row's -c1 twin, against the peers at 1
 RATIO_GOALS = [("taskhub-memory", 40.0), ("taskhub-sqlite", 15.0), ("taskhub-redis", 10.0)]
 SEQ_P50_MS = 0.5  # sequential p50 on one hub (memory://), below this
-NOT_YET = [
-    (
-        "two hub processes ≥ 1.4x one process on the same store (thin batched load generator)",
-        "`taskhub serve --processes N` (item 2) and a thin batched load generator in make bench",
-    ),
-    (
-        "k hubs on Redis: CPU per task of each hub and of redis-server flat as k goes 1 → 3",
-        "partitions led by every hub (item 1) and CPU per task per hub in the cluster rows",
-    ),
-    (
-        "adding hubs adds no relay hop for a client whose partition its hub leads",
-        "partitions led by every hub (item 1), so a client's own hub leads its partition",
-    ),
-]
+PROCESSES_AT_LEAST = 1.4  # two hub processes against one, tasks/s
+#: "flat": at k = 2 and 3 hubs, the hubs' CPU per task added up, and redis-server's, are at
+#: most this many times k = 1's
+FLAT_WITHIN = 1.25
+PROCESSES_TARGET = (
+    "two hub processes ≥ 1.4x one process on the same store (thin batched load generator)"
+)
+HUBS_TARGET = "k hubs on Redis: CPU per task of each hub and of redis-server flat as k goes 1 → 3"
+NOT_YET = (
+    "adding hubs adds no relay hop for a client whose partition its hub leads",
+    "partitions led by every hub (item 1), so a client's own hub leads its partition",
+)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -120,6 +119,59 @@ def measure_cpu(
 def row(target: str, figure: str, met: bool | None, needs: str = "") -> dict[str, str]:
     status = f"not measured: needs {needs}" if needs else ("met" if met else "not met")
     return {"target": target, "figure": figure, "status": status}
+
+
+def scale_rows_of(
+    scale: list[dict[str, Any]], names: list[str], target: str
+) -> list[dict[str, Any]] | dict[str, str]:
+    """The scale rows ``names`` if every one ran; else the target's row saying why not (the
+    build's own words when it cannot run them: never a figure)."""
+    by = {r["name"]: r for r in scale}
+    missing = [n for n in names if n not in by]
+    if missing:
+        return row(target, "", None, f"the {', '.join(missing)} row(s) in this run")
+    for name in names:
+        r = by[name]
+        if r.get("status") == "skipped" and str(r.get("note", "")).startswith(NOT_AVAILABLE):
+            return {"target": target, "figure": "-", "status": str(r["note"])}
+        if r.get("status") != "ok":
+            return row(target, "", None, f"the {name} row to run ({r.get('note', '')})")
+    return [by[n] for n in names]
+
+
+def processes_row(scale: list[dict[str, Any]]) -> dict[str, str]:
+    """Two hub processes against one on the same store, tasks/s of the thin generator."""
+    target = PROCESSES_TARGET
+    got = scale_rows_of(scale, PROCESS_TARGETS, target)
+    if isinstance(got, dict):
+        return got
+    one, two = got
+    ratio = two["throughput"] / one["throughput"]
+    figure = (
+        f"{ratio:.2f}x ({fmt(two['throughput'], 0)} vs {fmt(one['throughput'], 0)} tasks/s, "
+        f"sqlite://, {one.get('partitions')} partitions)"
+    )
+    return row(target, figure, ratio >= PROCESSES_AT_LEAST)
+
+
+def hubs_row(scale: list[dict[str, Any]]) -> dict[str, str]:
+    """CPU per task of the hubs (added up) and of redis-server as k goes 1 → 3."""
+    target = HUBS_TARGET
+    got = scale_rows_of(scale, HUBS_TARGETS, target)
+    if isinstance(got, dict):
+        return got
+    hubs = [r["hubs_cpu_us"] for r in got]
+    redis = [r["redis_cpu_us"] for r in got]
+    each = " / ".join(fmt(v, 1) for v in got[-1]["hub_cpu_us"])
+    figure = (
+        f"hubs {' → '.join(fmt(v, 1) for v in hubs)} µs per task in all (at k = {len(got)}: "
+        f"{each}), redis-server {' → '.join(fmt(v, 1) for v in redis)} µs; flat = within "
+        f"{FLAT_WITHIN:g}x of k = 1"
+    )
+    flat = all(v <= hubs[0] * FLAT_WITHIN for v in hubs) and all(
+        v <= redis[0] * FLAT_WITHIN for v in redis
+    )
+    return row(target, figure, flat)
 
 
 def cpu_row(cpu: dict[str, Any], kind: str, key: str, limit: float, target: str) -> dict[str, str]:
@@ -200,8 +252,11 @@ def concurrency_row(ok: dict[str, dict[str, Any]]) -> dict[str, str]:
     return row(target, "; ".join(parts), same)
 
 
-def target_rows(rows: list[dict[str, Any]], cpu: dict[str, Any]) -> list[dict[str, str]]:
-    """Issue 19's targets, in the issue's order, from one run's round trips and CPU figures."""
+def target_rows(
+    rows: list[dict[str, Any]], cpu: dict[str, Any], scale: list[dict[str, Any]] | None = None
+) -> list[dict[str, str]]:
+    """Issue 19's targets, in the issue's order, from one run's round trips, CPU figures and
+    scale rows (benchmarks/scale_bench.py)."""
     ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
     out: list[dict[str, str]] = []
     common = common_concurrency(ok)
@@ -209,14 +264,14 @@ def target_rows(rows: list[dict[str, Any]], cpu: dict[str, Any]) -> list[dict[st
         out += [cpu_row(cpu, *goal) for goal in CPU_GOALS if goal[0] == name.split("-")[1]]
         out.append(ratio_row(ok, name, at_least, common))
         out.append(ratio_row(ok, name + SINGLE_SUFFIX, at_least, 1))
-    out += [row(target, "", None, needs) for target, needs in NOT_YET[:2]]
+    out += [processes_row(scale or []), hubs_row(scale or [])]
     seq = f"sequential p50 < {SEQ_P50_MS} ms on one hub (memory://)"
     if "taskhub-memory" in ok:
         p50 = ok["taskhub-memory"]["seq_p50_ms"]
         out.append(row(seq, f"{p50:.2f} ms", p50 < SEQ_P50_MS))
     else:
         out.append(row(seq, "", None, "the taskhub-memory row in this run"))
-    out.append(row(NOT_YET[2][0], "", None, NOT_YET[2][1]))
+    out.append(row(NOT_YET[0], "", None, NOT_YET[1]))
     out.append(concurrency_row(ok))
     return out
 
@@ -269,7 +324,7 @@ def section(report: dict[str, Any], cpu: dict[str, Any], loadavg: list[float]) -
         "concurrency": common_concurrency(
             {r["name"]: r for r in report["rows"] if r.get("status") == "ok"}
         ),
-        "rows": target_rows(report["rows"], cpu),
+        "rows": target_rows(report["rows"], cpu, report.get("scale_rows")),
     }
 
 

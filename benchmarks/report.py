@@ -16,6 +16,7 @@ from rich.table import Table
 from targets import TASKHUB_SINGLE_TARGETS, TASKHUB_TARGETS, fastest_peer
 
 DOCS = os.path.join(ROOT, "docs")
+SCALE_HEADING = "## Hub processes and hubs (thin load generator)\n\n"
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,6 +181,54 @@ def cluster_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SCALE_COLUMNS = (
+    "run",
+    "tasks/s",
+    "hub CPU µs/task (each)",
+    "redis-server µs/task",
+    "generator µs/task",
+    "setup",
+)
+
+
+def scale_cells(r: dict[str, Any]) -> list[str]:
+    """A scale row's cells; a row that did not run says why in its tasks/s cell."""
+    if r.get("status") != "ok":
+        return [r["name"], f"{r['status']}: {r.get('note', '')}", "", "", "", ""]
+    cpu = r.get("cpu_us", {})
+    if "hub_cpu_us" in r:  # k hubs: their sum, and each
+        each = " / ".join(fmt(v, 1) for v in r["hub_cpu_us"])
+        hubs = f"{fmt(r['hubs_cpu_us'], 1)} ({each})"
+    else:
+        hubs = fmt(cpu.get("hubs", cpu.get("relay")), 1)
+    return [
+        r["name"],
+        fmt(r["throughput"], 0),
+        hubs,
+        fmt(r.get("redis_cpu_us"), 1),
+        fmt(r.get("generator_cpu_us"), 1),
+        r.get("setup", ""),
+    ]
+
+
+def scale_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Hub processes and hubs, thin batched load generator (benchmarks/thin_load.py)")
+    for col in SCALE_COLUMNS:
+        t.add_column(col, justify="left" if col in ("run", "setup") else "right")
+    for r in rows:
+        t.add_row(*scale_cells(r))
+    return t
+
+
+def scale_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| " + " | ".join(SCALE_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(SCALE_COLUMNS) - 2) + "---|",
+    ]
+    lines += ["| " + " | ".join(scale_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def ratio_lines(rat: dict[str, Any]) -> list[str]:
     out = []
     for name in (*TASKHUB_TARGETS, *TASKHUB_SINGLE_TARGETS):
@@ -225,7 +274,8 @@ def write_docs(report: dict[str, Any]) -> None:
     json_path = os.path.join(DOCS, "performance.json")
     cluster_rows = report.pop("cluster_rows", [])
     inflight_rows = report.pop("inflight_rows", [])
-    doc, inflight = json_doc(report, json_path, cluster_rows, inflight_rows)
+    scale_rows = report.pop("scale_rows", [])
+    doc, inflight = json_doc(report, json_path, cluster_rows, inflight_rows, scale_rows)
     with open(json_path, "w") as fh:
         json.dump(doc, fh, indent=2)
     if report["rows"]:
@@ -238,7 +288,7 @@ def write_docs(report: dict[str, Any]) -> None:
         with open(path) as fh:
             text = fh.read()
     with open(path, "w") as fh:
-        fh.write(markdown_doc(text, report, cluster_rows, inflight))
+        fh.write(markdown_doc(text, report, cluster_rows, inflight, scale_rows))
     console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")
 
 
@@ -247,12 +297,27 @@ def json_doc(
     json_path: str,
     cluster_rows: list[dict[str, Any]],
     inflight_rows: list[dict[str, Any]],
+    scale_rows: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """docs/performance.json with this run's parts replaced; and its inflight section, if any."""
     old: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
         old = json.load(fh)
-    doc = dict(report) if report["rows"] else {k: v for k, v in old.items() if k != "cluster"}
+    doc = (
+        dict(report)
+        if report["rows"]
+        else {k: v for k, v in old.items() if k not in ("cluster", "scale")}
+    )
+    if scale_rows:
+        doc["scale"] = {
+            "started_at": report["started_at"],
+            "command": report["command"],
+            "machine": report["machine"],
+            "settings": report["settings"],
+            "rows": scale_rows,
+        }
+    elif "scale" in old:
+        doc["scale"] = old["scale"]
     if cluster_rows:
         doc["cluster"] = {
             "started_at": report["started_at"],
@@ -285,6 +350,7 @@ def markdown_doc(
     report: dict[str, Any],
     cluster_rows: list[dict[str, Any]],
     inflight: dict[str, Any] | None,
+    scale_rows: list[dict[str, Any]] | None = None,
 ) -> str:
     """docs/performance.md's ``text`` with this run's blocks replaced."""
     versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "."
@@ -304,6 +370,21 @@ def markdown_doc(
     if cluster_rows:
         block = "\n".join([measured_line(report), "", cluster_markdown(cluster_rows), "", versions])
         text = replace_block(text, "cluster", block, "## Several hubs\n\n")
+    if scale_rows:
+        settings = report["settings"]
+        how = (
+            f"Thin batched load generator (`benchmarks/thin_load.py`): N = "
+            f"{fmt(settings.get('thin_n'), 0)} tasks after a warm-up, "
+            f"{settings.get('thin_connections')} publisher and as many worker connections in one "
+            "process, `pubs` of 100 tasks without `ref` and at most 2,000 unfinished per "
+            "publisher, each worker with credit 1,000 answering a frame's offers with one "
+            "`returns`. CPU per task: user + system time from `/proc` of each hub process (with "
+            "its descendants) and of redis-server over the measured tasks; stores of "
+            f"{settings.get('scale_partitions')} partition(s). A row this build cannot run says "
+            "so, with the hub's own words."
+        )
+        block = "\n".join([measured_line(report), "", scale_markdown(scale_rows), "", how])
+        text = replace_block(text, "scale", block, SCALE_HEADING)
     if inflight is not None:
         text = replace_block(
             text, "inflight", inflight_bench.markdown_block(inflight), inflight_bench.HEADING

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import inflight_bench
 import issue19
+import scale_bench
 from harness import (
     PEERS_VENV,
     Failed,
@@ -51,7 +52,7 @@ from harness import (
     project_versions,
     redis_version,
 )
-from report import cluster_table, ratio_lines, ratios, table, write_docs
+from report import cluster_table, ratio_lines, ratios, scale_table, table, write_docs
 from rich.progress import (
     BarColumn,
     Progress,
@@ -59,6 +60,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from scale_bench import SCALE_TARGETS
 from targets import (
     ALL_TARGETS,
     BOUND_TARGETS,
@@ -110,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of: taskhub, peers, c1 (every -c1 row), cluster, inflight, "
+        help="comma list of: taskhub, peers, c1 (every -c1 row), cluster, scale, inflight, "
         + ", ".join(ALL_TARGETS),
     )
     parser.add_argument(
@@ -137,6 +139,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tasks in each burst_cpu.py run of the targets table [30000]",
     )
     parser.add_argument(
+        "--thin-n",
+        type=int,
+        default=30_000,
+        help="tasks of the thin batched load generator in the scale rows [30000]",
+    )
+    parser.add_argument(
+        "--scale-partitions",
+        type=int,
+        default=scale_bench.PARTITIONS,
+        help="partitions of the scale rows' stores; 1 runs the k hubs as today's cluster "
+        f"(one leader) [{scale_bench.PARTITIONS}]",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny N, TaskHub memory+sqlite, the echo and the relay only, no peers",
@@ -149,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-docs", action="store_true", help="do not update docs/performance.{md,json,png}"
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.scale_partitions <= 1024:
+        parser.error(f"--scale-partitions must be 1-1024, not {args.scale_partitions}")
     if args.concurrency < 2:
         parser.error(
             f"--concurrency must be at least 2 (the -c1 rows run at 1), not {args.concurrency}"
@@ -168,7 +185,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """The targets to run, in order: --smoke's or all of them, narrowed by --only."""
     if args.targets:
-        return [*TASKHUB_TARGETS, *PEER_TARGETS, *TASKHUB_SINGLE_TARGETS, *PEER_SINGLE_TARGETS]
+        return [
+            *TASKHUB_TARGETS,
+            *PEER_TARGETS,
+            *TASKHUB_SINGLE_TARGETS,
+            *PEER_SINGLE_TARGETS,
+            *SCALE_TARGETS,
+        ]
     targets = list(SMOKE_TARGETS if args.smoke else ALL_TARGETS)
     if args.only:
         wanted: list[str] = []
@@ -184,11 +207,13 @@ def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                 wanted += CLUSTER_TARGETS
             elif word == "inflight":
                 wanted += INFLIGHT_TARGETS
+            elif word == "scale":
+                wanted += SCALE_TARGETS
             elif word in ALL_TARGETS:
                 wanted.append(word)
             elif word:
                 parser.error(
-                    f"unknown target {word!r}: use taskhub, peers, c1, cluster, inflight, "
+                    f"unknown target {word!r}: use taskhub, peers, c1, cluster, scale, inflight, "
                     f"{', '.join(ALL_TARGETS)}"
                 )
         targets = [t for t in targets if t in wanted]
@@ -267,6 +292,12 @@ def make_report(
     }
     if any(t in INFLIGHT_TARGETS for t in args.targets):
         report["settings"].update(k=args.k, inflight_chunk=args.inflight_chunk)
+    if any(t in SCALE_TARGETS for t in args.targets):
+        report["settings"].update(
+            thin_n=args.thin_n,
+            scale_partitions=args.scale_partitions,
+            thin_connections=scale_bench.CONNECTIONS,
+        )
     peers = PEER_TARGETS + PEER_SINGLE_TARGETS
     if any(t in peers for t in args.targets) and os.path.exists(PEERS_VENV):
         report["versions"].update(peer_versions(os.path.join(PEERS_VENV, "bin", "python")))
@@ -282,18 +313,29 @@ def main(argv: list[str] | None = None) -> int:
     all_rows, bench, cpu = measure(args)
     cluster_rows = [r for r in all_rows if r["name"] in CLUSTER_TARGETS]
     inflight_rows = [r for r in all_rows if r["name"] in INFLIGHT_TARGETS]
-    rows = [r for r in all_rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS]
+    scale_rows = [r for r in all_rows if r["name"] in SCALE_TARGETS]
+    rows = [
+        r for r in all_rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS + SCALE_TARGETS
+    ]
     rat = ratios(rows)
     if rows:
         console.print(table(rows))
     if cluster_rows:
         console.print(cluster_table(cluster_rows))
+    if scale_rows:
+        console.print(scale_table(scale_rows))
     if inflight_rows:
         console.print(inflight_bench.table(inflight_rows))
     for line in ratio_lines(rat):
         console.print(line, highlight=False)
     report = make_report(args, argv, started_at, bench, rows)
-    report.update(rows=rows, ratios=rat, cluster_rows=cluster_rows, inflight_rows=inflight_rows)
+    report.update(
+        rows=rows,
+        ratios=rat,
+        cluster_rows=cluster_rows,
+        inflight_rows=inflight_rows,
+        scale_rows=scale_rows,
+    )
     if args.issue19:
         report["issue19"] = issue19.section(report, cpu, loadavg)
         console.print(issue19.console_table(report["issue19"]))

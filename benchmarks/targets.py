@@ -32,6 +32,7 @@ from harness import (
 from rich.progress import (
     Progress,
 )
+from scale_bench import SCALE_TARGETS, ScaleBench
 
 #: The round trips run at two worker concurrencies, TaskHub and every peer alike: the common
 #: level (run.py --concurrency, CONCURRENCY by default) under the plain names, and 1 (one task
@@ -66,6 +67,7 @@ ALL_TARGETS = [
     *PEER_SINGLE_TARGETS,
     *BOUND_TARGETS,
     *CLUSTER_TARGETS,
+    *SCALE_TARGETS,
     *INFLIGHT_TARGETS,
 ]
 SMOKE_TARGETS = [
@@ -381,7 +383,26 @@ class Bench:
             on_event=self.events(target),
         )
 
+    def scale(self, target: str) -> dict[str, Any]:
+        """A row of benchmarks/scale_bench.py: hub processes, k hubs, the thin generator."""
+
+        def redis_url(stack: contextlib.ExitStack, name: str) -> tuple[str, int]:
+            url, proc = stack.enter_context(redis_server(self.redis(), self.log(f"{name}-redis")))
+            return url, proc.pid
+
+        bench = ScaleBench(
+            self.args.thin_n,
+            self.args.timeout,
+            self.log,
+            redis_url,
+            self.events,
+            self.args.scale_partitions,
+        )
+        return bench.run(target)
+
     def run(self, target: str) -> dict[str, Any]:
+        if target in SCALE_TARGETS:
+            return self.scale(target)
         if target in CLUSTER_TARGETS:
             return self.cluster(target)
         if target in INFLIGHT_TARGETS:

@@ -251,7 +251,9 @@ def test_which_runs_make_the_table() -> None:
 
     quick = run.parse_args(["--targets"])
     at_n = ["taskhub-memory", "taskhub-sqlite", "taskhub-redis", "celery", "dramatiq", "arq", "rq"]
-    assert quick.issue19 and quick.targets == at_n + [f"{t}-c1" for t in at_n]
+    scale = ["relay-thin", "processes-sqlite-1", "processes-sqlite-2"]
+    scale += ["hubs-redis-1", "hubs-redis-2", "hubs-redis-3"]
+    assert quick.issue19 and quick.targets == at_n + [f"{t}-c1" for t in at_n] + scale
     assert quick.concurrency == 8
     assert run.parse_args(["--only", "peers,c1"]).targets == at_n[3:] + [f"{t}-c1" for t in at_n]
     assert run.parse_args([]).issue19  # make bench
@@ -264,3 +266,96 @@ def test_which_runs_make_the_table() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "--targets runs its own set" in proc.stderr
+
+
+def scale_row(
+    name: str, throughput: float, hubs: list[float] | None = None, redis: float = 0.0
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "status": "ok", "throughput": throughput}
+    out["partitions"] = 8
+    if hubs is not None:
+        out.update(hub_cpu_us=hubs, hubs_cpu_us=sum(hubs), redis_cpu_us=redis)
+    return out
+
+
+PROCESSES = issue19.PROCESSES_TARGET
+HUBS = issue19.HUBS_TARGET
+
+
+def scale_statuses(scale: list[dict[str, Any]]) -> dict[str, str]:
+    rows = issue19.target_rows(RECORDED["rows"], RECORDED["cpu"], scale)
+    return {r["target"]: r["status"] for r in rows}
+
+
+def test_scale_targets_from_the_scale_rows() -> None:
+    at = issue19.PROCESSES_AT_LEAST
+    two = [scale_row("processes-sqlite-1", 10000), scale_row("processes-sqlite-2", 10000 * at)]
+    hubs = [
+        scale_row("hubs-redis-1", 9000, [40.0], 20.0),
+        scale_row("hubs-redis-2", 15000, [25.0, 24.0], 21.0),
+        scale_row("hubs-redis-3", 20000, [17.0, 17.0, 16.0], 22.0),
+    ]
+    got = scale_statuses(two + hubs)
+    assert got[PROCESSES] == "met" and got[HUBS] == "met"
+    two[1]["throughput"] = 10000 * at * 0.99
+    # Today's cluster: one leader does it all and its CPU per task grows with relaying.
+    hubs[2]["hub_cpu_us"], hubs[2]["hubs_cpu_us"] = [75.0, 1.5, 2.0], 78.5
+    got = scale_statuses(two + hubs)
+    assert got[PROCESSES] == "not met" and got[HUBS] == "not met"
+    hubs[2]["hub_cpu_us"], hubs[2]["hubs_cpu_us"], hubs[2]["redis_cpu_us"] = [17.0], 17.0, 30.0
+    assert scale_statuses(two + hubs)[HUBS] == "not met"  # redis-server's grew
+
+
+def test_a_build_without_the_feature_gives_no_figure() -> None:
+    note = "not available in this build: `taskhub serve` has no --processes"
+    skipped = [
+        {"name": "processes-sqlite-1", "status": "skipped", "note": note},
+        {"name": "processes-sqlite-2", "status": "skipped", "note": note},
+    ]
+    rows = issue19.target_rows(RECORDED["rows"], RECORDED["cpu"], skipped)
+    (row,) = [r for r in rows if r["target"] == PROCESSES]
+    assert row == {"target": PROCESSES, "figure": "-", "status": note}
+    got = scale_statuses([{"name": "hubs-redis-1", "status": "failed", "note": "boom"}])
+    assert got[HUBS].startswith("not measured: needs the hubs-redis-2, hubs-redis-3 row(s)")
+    got = scale_statuses(
+        [{"name": f"hubs-redis-{k}", "status": "failed", "note": "boom"} for k in (1, 2, 3)]
+    )
+    assert got[HUBS] == "not measured: needs the hubs-redis-1 row to run (boom)"
+
+
+@pytest.mark.timeout(240)
+def test_scale_rows_run_on_this_build(tmp_path: Path) -> None:
+    # Real processes: the thin generator against the relay, `serve --processes` where the
+    # build has it, and 1-3 hubs on a real redis-server as today's cluster (one partition).
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--only",
+            "scale",
+            "--thin-n",
+            "600",
+            "--scale-partitions",
+            "1",
+            "--timeout",
+            "60",
+            "--no-docs",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["scale_rows"]}
+    assert rows["relay-thin"]["status"] == "ok" and rows["relay-thin"]["n"] == 600
+    for name in ("processes-sqlite-1", "processes-sqlite-2"):
+        r = rows[name]
+        assert r["status"] == "ok" or r["note"].startswith("not available in this build: "), r
+    for k in (1, 2, 3):
+        r = rows[f"hubs-redis-{k}"]
+        assert r["status"] == "ok", r
+        assert len(r["hub_cpu_us"]) == k and r["hubs_cpu_us"] > 0 and r["redis_cpu_us"] >= 0
+        assert r["partitions_led"] == ["leader", *["follower"] * (k - 1)]
