@@ -22,8 +22,9 @@ accepted and waiting for a worker, then drain them: benchmarks/inflight_bench.py
 flight" in docs/performance.md. A full run (and --targets) ends with the table of issue 19's
 targets: benchmarks/burst_cpu.py's CPU per task (medians of 3 runs on memory://, sqlite:// and
 redis://) and this run's round trips against the fastest peer, "Issue 19's targets" in
-docs/performance.md; --targets runs only the TaskHub rows, the peers and burst_cpu.py, and
-rewrites only that section of the docs.
+docs/performance.md; --targets runs only the TaskHub rows, the peers, the scale rows
+(benchmarks/scale_bench.py: hub processes and k hubs under the thin batched load generator)
+and burst_cpu.py, and rewrites only those sections of the docs.
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
+        dest="targets_only",
         action="store_true",
-        help="only what issue 19's targets table needs: TaskHub's rows, the peers, burst_cpu.py",
+        help="only what issue 19's targets table needs: TaskHub's round trips, the peers', "
+        "the scale rows, burst_cpu.py",
     )
     parser.add_argument(
         "--cpu-n",
@@ -170,10 +173,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--concurrency must be at least 2 (the -c1 rows run at 1), not {args.concurrency}"
         )
-    if args.targets and (args.only or args.smoke):
+    if args.targets_only and (args.only or args.smoke):
         parser.error("--targets runs its own set: not with --only or --smoke")
     # The targets table comes with a full run (make bench) and with --targets.
-    args.issue19 = args.targets or not (args.only or args.smoke)
+    args.issue19 = args.targets_only or not (args.only or args.smoke)
     if args.smoke:
         args.n, args.seq, args.warmup, args.timeout = min(args.n, 300), 30, 20, 20.0
         args.k = min(args.k, SMOKE_K)
@@ -183,8 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The targets to run, in order: --smoke's or all of them, narrowed by --only."""
-    if args.targets:
+    """The targets to run, in order: --targets', --smoke's or all of them, narrowed by --only."""
+    if args.targets_only:
         return [
             *TASKHUB_TARGETS,
             *PEER_TARGETS,
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         # --targets measured part of the main table only: it rewrites its own section alone.
-        write_docs({**report, "rows": []} if args.targets else report)
+        write_docs({**report, "rows": []} if args.targets_only else report)
     failed = [r["name"] for r in all_rows if r["status"] == "failed"]
     failed += [f"burst_cpu.py {kind}://" for kind, c in cpu.items() if "error" in c]
     if failed:

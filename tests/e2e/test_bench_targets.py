@@ -256,7 +256,9 @@ def test_which_runs_make_the_table() -> None:
     assert quick.issue19 and quick.targets == at_n + [f"{t}-c1" for t in at_n] + scale
     assert quick.concurrency == 8
     assert run.parse_args(["--only", "peers,c1"]).targets == at_n[3:] + [f"{t}-c1" for t in at_n]
-    assert run.parse_args([]).issue19  # make bench
+    assert quick.targets_only
+    full = run.parse_args([])  # make bench: the table, and every other part of the docs
+    assert full.issue19 and not full.targets_only
     assert not run.parse_args(["--only", "taskhub"]).issue19
     assert not run.parse_args(["--smoke"]).issue19
     proc = subprocess.run(
