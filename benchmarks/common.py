@@ -150,6 +150,26 @@ def stop(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
                 stream.close()
 
 
+def stop_all(procs: Sequence[subprocess.Popen[Any]], grace: float = 3.0) -> None:
+    """Stop a peer's worker processes together, within ``grace`` seconds, then SIGKILL.
+
+    The runner that calls this is itself being stopped (SIGTERM from the orchestrator, which
+    SIGKILLs it 5 s later): SIGTERM is ignored from here on, so it cannot cut the loop short
+    and leave a worker running, and all are signalled at once, so the wait is one grace for
+    all of them, not one each."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        stop(proc, grace=0.0)  # SIGKILL to what is left of each group, streams closed
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` and of every live descendant (a hub that
     forks its processes counts them all); 0 for a process that is gone. A descendant that

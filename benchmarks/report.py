@@ -377,9 +377,10 @@ def markdown_doc(
             f"{fmt(settings.get('thin_n'), 0)} tasks after a warm-up, "
             f"{settings.get('thin_connections')} publisher and as many worker connections in one "
             "process, `pubs` of 100 tasks without `ref` and at most 2,000 unfinished per "
-            "publisher, each worker with credit 1,000 answering a frame's offers with one "
-            "`returns`. CPU per task: user + system time from `/proc` of each hub process (with "
-            "its descendants) and of redis-server over the measured tasks; stores of "
+            "publisher, the tasks round robin over 2 actions in each partition, each worker "
+            "subscribed to all of them with credit 250 each and answering a frame's offers "
+            "with one `returns`. CPU per task: user + system time from `/proc` of each hub "
+            "process (with its descendants) and of redis-server over the measured tasks; stores of "
             f"{settings.get('scale_partitions')} partition(s). A row this build cannot run says "
             "so, with the hub's own words."
         )

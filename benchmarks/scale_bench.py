@@ -115,15 +115,17 @@ def last_line(log: str) -> str:
 
 def thin(
     urls: list[str],
+    partitions: int,
     watch: dict[str, int],
     n: int,
     timeout: float,
     log: str,
     on_event: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Run thin_load.py against ``urls``: its result (CPU per task of the watched pids)."""
+    """Run thin_load.py against ``urls``, its tasks spread evenly over ``partitions``: its
+    result (CPU per task of the watched pids)."""
     cmd = [PY, THIN, "--url", ",".join(urls), "--n", str(n), "--timeout", str(timeout)]
-    cmd += ["--connections", str(CONNECTIONS)]
+    cmd += ["--connections", str(CONNECTIONS), "--partitions", str(partitions)]
     for name, pid in watch.items():
         cmd += ["--watch", f"{name}={pid}"]
     with started(cmd, log, stdout=subprocess.PIPE) as proc:
@@ -165,6 +167,7 @@ class ScaleBench:
             wait_ready(server, 20)
             row = thin(
                 [f"ws://127.0.0.1:{port}"],
+                self.partitions,
                 {"relay": server.pid},
                 self.n,
                 self.timeout,
@@ -197,6 +200,7 @@ class ScaleBench:
                 wait_partitions([port], self.partitions, 60)
             row = thin(
                 [f"ws://127.0.0.1:{port}"],
+                self.partitions,
                 {"hubs": hub.pid},
                 self.n,
                 self.timeout,
@@ -244,6 +248,7 @@ class ScaleBench:
                 wait_partitions(ports, self.partitions, 60)
             row = thin(
                 [f"ws://127.0.0.1:{p}" for p in ports],
+                self.partitions,
                 {**pids, "redis": redis_pid},
                 self.n,
                 self.timeout,

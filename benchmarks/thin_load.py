@@ -17,6 +17,10 @@ no ``max_batch`` (benchmarks/relay_hub.py) it sends arrays of single messages in
 
 Connections go to the URLs round robin (``--connections`` publishers and as many workers);
 with ``taskhub serve --processes N`` on one port the kernel spreads them over the processes.
+A hub puts all of an action's tasks in one partition (docs/deployment.md, "Partitions"), so
+the tasks go round robin over ``--actions-per-partition`` actions in each of ``--partitions``
+partitions, chosen with the documented ``zlib.crc32((action + "\0").encode()) % P``; every
+worker subscribes to all of them, with credit ``--credit`` each.
 A warm-up of ``--warmup`` tasks runs first. ``--watch NAME=PID`` (repeatable) reads the CPU
 time of PID and all its descendants (``/proc``) just before and after the measured tasks and
 reports it per task. Prints one ``{"kind": "result", ...}`` line: tasks/s, CPU µs per task of
@@ -27,20 +31,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import resource
 import sys
 import time
+import zlib
 from typing import Any
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import emit, payload, tree_cpu_seconds
 
-ACTION = "bench:echo"
+
+def balanced_actions(per_partition: int, partitions: int) -> list[str]:
+    """``per_partition`` action names in each of ``partitions`` partitions (the hub's
+    ``partition_of(action, "", P)``, written out as docs/deployment.md gives it)."""
+    found: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    for i in itertools.count():
+        name = f"bench:echo{i}"
+        names = found[zlib.crc32((name + "\x00").encode()) % partitions]
+        if len(names) < per_partition:
+            names.append(name)
+        if all(len(n) == per_partition for n in found.values()):
+            return [name for p in range(partitions) for name in found[p]]
+    raise AssertionError("unreachable")
 
 
 class Item(msgspec.Struct):
@@ -83,11 +102,21 @@ async def open_connection(url: str, hello: bool) -> tuple[ClientConnection, bool
     return ws, welcome.max_batch > 0
 
 
-async def worker(url: str, credit: int, ready: asyncio.Event) -> None:
+async def worker(url: str, actions: list[str], credit: int, ready: asyncio.Event) -> None:
     """A worker connection: returns each offer's payload as its result, a frame's at once."""
     ws, batched = await open_connection(url, hello=True)
-    sub = {"op": "sub", "ref": 1, "action": ACTION, "group": "bench", "concurrency": credit}
-    await ws.send(_encode(sub))
+    subs = [
+        {
+            "op": "sub",
+            "ref": 1 + i,
+            "action": a,
+            "group": "bench",
+            "concurrency": credit,
+        }
+        for i, a in enumerate(actions)
+    ]
+    await ws.send(_encode(subs))
+    confirmed = 0
     async with ws:
         async for frame in ws:
             returns: list[dict[str, Any]] = []
@@ -98,8 +127,10 @@ async def worker(url: str, credit: int, ready: asyncio.Event) -> None:
                     ]
                 elif m.op == "offer":
                     returns.append({"task": m.task, "attempt": m.attempt, "result": m.payload})
-                elif m.op == "ok":  # the sub's (the only message with a ref)
-                    ready.set()
+                elif m.op == "ok":  # a sub's (the only messages with a ref)
+                    confirmed += 1
+                    if confirmed == len(subs):
+                        ready.set()
                 elif m.op == "error":
                     raise RuntimeError(f"worker on {url}: {m.code}: {m.message}")
             if returns:
@@ -112,16 +143,16 @@ async def worker(url: str, credit: int, ready: asyncio.Event) -> None:
 class Publisher:
     """One publishing connection: sends tasks in batches within its window, counts successes."""
 
-    def __init__(self, url: str, ws: ClientConnection, batched: bool) -> None:
-        self.url, self.ws, self.batched = url, ws, batched
+    def __init__(self, url: str, ws: ClientConnection, batched: bool, actions: list[str]) -> None:
+        self.url, self.ws, self.batched, self.actions = url, ws, batched, actions
         self.done = 0  # successes seen on this connection, over every run
         self.changed = asyncio.Event()
         self.reader = asyncio.ensure_future(self.read())
 
     @classmethod
-    async def open(cls, url: str) -> Publisher:
+    async def open(cls, url: str, actions: list[str]) -> Publisher:
         ws, batched = await open_connection(url, hello=False)
-        return cls(url, ws, batched)
+        return cls(url, ws, batched, actions)
 
     async def read(self) -> None:
         async for frame in self.ws:
@@ -150,7 +181,14 @@ class Publisher:
             while sent - (self.done - base) >= window:
                 await self.wait_change()
             k = min(batch, n - sent, window - (sent - (self.done - base)))
-            items = [{"action": ACTION, "payload": payload(first + sent + j)} for j in range(k)]
+            actions, m = self.actions, len(self.actions)
+            items = [
+                {
+                    "action": actions[(first + sent + j) % m],
+                    "payload": payload(first + sent + j),
+                }
+                for j in range(k)
+            ]
             if self.batched:
                 await self.ws.send(_encode({"op": "pubs", "items": items}))
             else:
@@ -180,35 +218,69 @@ def own_cpu() -> float:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return await measure(args)
+    finally:
+        for task in asyncio.all_tasks():
+            if task is asyncio.current_task():
+                continue
+            task.cancel()
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
     urls = [u.strip() for u in args.url.split(",") if u.strip()]
     watched = dict(w.split("=", 1) for w in args.watch)
+    actions = balanced_actions(args.actions_per_partition, args.partitions)
     readies = [asyncio.Event() for _ in range(args.connections)]
-    workers = [
-        asyncio.ensure_future(worker(urls[i % len(urls)], args.credit, readies[i]))
-        for i in range(args.connections)
-    ]
-    subscribed = asyncio.ensure_future(asyncio.gather(*(r.wait() for r in readies)))
+    errors: list[Exception] = []
+    failed = asyncio.Event()
+
+    async def guarded(i: int) -> None:
+        # A worker's error is kept and raised once by the main task, not logged by asyncio.
+        try:
+            await worker(urls[i % len(urls)], actions, args.credit, readies[i])
+        except Exception as exc:
+            errors.append(exc)
+            failed.set()
+
+    async def all_subscribed() -> None:
+        for ready in readies:
+            await ready.wait()
+
+    workers = [asyncio.ensure_future(guarded(i)) for i in range(args.connections)]
+    subscribed = asyncio.ensure_future(all_subscribed())
+    failing = asyncio.ensure_future(failed.wait())
     await asyncio.wait(
-        [subscribed, *workers], timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED
+        [subscribed, failing], timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED
     )
-    for w in workers:
-        if w.done():
-            w.result()  # a worker that ended before subscribing: raise its error
-            raise RuntimeError("a worker's connection closed before it subscribed")
+    if errors:
+        raise errors[0]
     if not subscribed.done():
         raise RuntimeError(f"the workers did not subscribe in {args.timeout:.0f}s")
-    publishers = [await Publisher.open(urls[i % len(urls)]) for i in range(args.connections)]
-    if args.warmup:
-        await asyncio.wait_for(
-            burst(publishers, 0, args.warmup, args.batch, args.window), args.timeout
+    publishers = [
+        await Publisher.open(urls[i % len(urls)], actions) for i in range(args.connections)
+    ]
+
+    async def unless_a_worker_fails(first: int, n: int) -> None:
+        running = asyncio.ensure_future(burst(publishers, first, n, args.batch, args.window))
+        await asyncio.wait(
+            [running, failing],
+            timeout=args.timeout,
+            return_when=asyncio.FIRST_COMPLETED,
         )
+        if errors:
+            raise errors[0]
+        if not running.done():
+            raise TimeoutError(f"{n} tasks not done after {args.timeout:.0f}s")
+        running.result()
+
+    if args.warmup:
+        await unless_a_worker_fails(0, args.warmup)
     emit("event", event="warm")
     before = {name: tree_cpu_seconds(int(pid)) for name, pid in watched.items()}
     mine = own_cpu()
     start = time.perf_counter()
-    await asyncio.wait_for(
-        burst(publishers, 20_000_000, args.n, args.batch, args.window), args.timeout
-    )
+    await unless_a_worker_fails(20_000_000, args.n)
     seconds = time.perf_counter() - start
     mine = own_cpu() - mine
     after = {name: tree_cpu_seconds(int(pid)) for name, pid in watched.items()}
@@ -228,6 +300,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "window": args.window,
         "credit": args.credit,
+        "actions": len(actions),
         "generator_cpu_us": round(mine / args.n * 1e6, 2),
         "cpu_us": cpu,
     }
@@ -241,19 +314,49 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30_000, help="measured tasks [30000]")
     parser.add_argument("--warmup", type=int, default=2000, help="warm-up tasks [2000]")
     parser.add_argument(
-        "--connections", type=int, default=4, help="publisher connections, and worker ones [4]"
+        "--connections",
+        type=int,
+        default=4,
+        help="publisher connections, and worker ones [4]",
     )
     parser.add_argument("--batch", type=int, default=100, help="tasks per pubs message [100]")
     parser.add_argument(
-        "--window", type=int, default=2000, help="unfinished tasks per publisher, at most [2000]"
+        "--window",
+        type=int,
+        default=2000,
+        help="unfinished tasks per publisher, at most [2000]",
     )
-    parser.add_argument("--credit", type=int, default=1000, help="each worker's credit [1000]")
+    parser.add_argument(
+        "--credit", type=int, default=250, help="each worker's credit per action [250]"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=8,
+        help="partitions the actions spread over [8]",
+    )
+    parser.add_argument(
+        "--actions-per-partition",
+        type=int,
+        default=2,
+        help="actions in each partition [2]",
+    )
     parser.add_argument("--timeout", type=float, default=240.0)
     parser.add_argument(
-        "--watch", action="append", default=[], metavar="NAME=PID", help="report PID's CPU"
+        "--watch",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="report PID's CPU",
     )
     args = parser.parse_args()
-    for name, value in (("--n", args.n), ("--connections", args.connections)):
+    for name, value in (
+        ("--n", args.n),
+        ("--connections", args.connections),
+        ("--credit", args.credit),
+        ("--partitions", args.partitions),
+        ("--actions-per-partition", args.actions_per_partition),
+    ):
         if value < 1:
             parser.error(f"{name} must be at least 1, not {value}")
     if not 1 <= args.batch <= 1000:
@@ -266,10 +369,13 @@ def main() -> None:
             parser.error(f"--watch takes NAME=PID, not {w!r}")
     try:
         import uvloop
+
+        result = uvloop.run(main_async(args))
     except ImportError:
         result = asyncio.run(main_async(args))
-    else:
-        result = uvloop.run(main_async(args))
+    except (OSError, RuntimeError, TimeoutError, ConnectionClosed) as exc:
+        # One line, not a traceback: the runner's log and row show it.
+        sys.exit(f"thin_load.py: {type(exc).__name__}: {exc}")
     emit("result", **result)
 
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.jobs import ResultNotFound
-from common import bin_of, emit, figures, payload, payload_size, peer_args, peer_worker, stop
+from common import bin_of, emit, figures, payload, payload_size, peer_args, peer_worker, stop_all
 
 MAX_JOBS = int(os.environ.get("BENCH_CONCURRENCY", "8"))  # peer_args sets it for the worker
 POLL = 0.01
@@ -108,7 +108,7 @@ def main() -> None:
         )
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all([worker])
 
 
 if __name__ == "__main__":

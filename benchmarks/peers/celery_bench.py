@@ -17,7 +17,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from celery import Celery
-from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop_all
 
 PREFETCH = 64
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -88,7 +88,7 @@ def main() -> None:
         )
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all([worker])
 
 
 if __name__ == "__main__":

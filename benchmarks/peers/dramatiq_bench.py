@@ -14,7 +14,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dramatiq
-from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop_all
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
@@ -66,7 +66,7 @@ def main() -> None:
         )
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all([worker])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop_all
 
 
 def echo(data: Any) -> Any:
@@ -75,8 +75,7 @@ def main() -> None:
         result["settings"] = f"{procs}, {kind}, Redis"
         emit("result", **result)
     finally:
-        for worker in workers:
-            stop(worker)
+        stop_all(workers)
 
 
 if __name__ == "__main__":
