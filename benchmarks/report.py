@@ -345,6 +345,13 @@ def json_doc(
     return doc, inflight
 
 
+def busy_note(report: dict[str, Any]) -> str:
+    """ " The load average at the start was ...", with a warning on a loaded machine; "" when
+    the report does not say."""
+    note = issue19.load_note(report).removeprefix("; ")
+    return f" {note[:1].upper()}{note[1:]}." if note else ""
+
+
 def markdown_doc(
     text: str,
     report: dict[str, Any],
@@ -357,7 +364,7 @@ def markdown_doc(
     if report["rows"]:
         block = "\n".join(
             [
-                measured_line(report),
+                measured_line(report) + busy_note(report),
                 "",
                 markdown_table(report["rows"]),
                 "",
@@ -384,7 +391,9 @@ def markdown_doc(
             f"{settings.get('scale_partitions')} partition(s). A row this build cannot run says "
             "so, with the hub's own words."
         )
-        block = "\n".join([measured_line(report), "", scale_markdown(scale_rows), "", how])
+        block = "\n".join(
+            [measured_line(report) + busy_note(report), "", scale_markdown(scale_rows), "", how]
+        )
         text = replace_block(text, "scale", block, SCALE_HEADING)
     if inflight is not None:
         text = replace_block(

@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in ratio_lines(rat):
         console.print(line, highlight=False)
     report = make_report(args, argv, started_at, bench, rows)
+    report["loadavg"] = loadavg
     report.update(
         rows=rows,
         ratios=rat,
