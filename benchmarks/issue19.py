@@ -168,6 +168,9 @@ def hubs_row(scale: list[dict[str, Any]]) -> dict[str, str]:
         f"{each}), redis-server {' → '.join(fmt(v, 1) for v in redis)} µs; flat = within "
         f"{FLAT_WITHIN:g}x of k = 1"
     )
+    if got[0].get("partitions") == 1:  # one leader does every task: flat says nothing
+        needs = "the hubs to lead partitions (run.py --scale-partitions > 1); with one, one hub"
+        return row(target, figure, None, needs + " runs every task and the others relay")
     flat = all(v <= hubs[0] * FLAT_WITHIN for v in hubs) and all(
         v <= redis[0] * FLAT_WITHIN for v in redis
     )

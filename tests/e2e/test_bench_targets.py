@@ -306,6 +306,12 @@ def test_scale_targets_from_the_scale_rows() -> None:
     assert got[PROCESSES] == "not met" and got[HUBS] == "not met"
     hubs[2]["hub_cpu_us"], hubs[2]["hubs_cpu_us"], hubs[2]["redis_cpu_us"] = [17.0], 17.0, 30.0
     assert scale_statuses(two + hubs)[HUBS] == "not met"  # redis-server's grew
+    # One partition: one leader runs every task, the followers relay; flat, and meaningless.
+    leader = [scale_row(f"hubs-redis-{k}", 3000, [74.0] + [2.0] * (k - 1), 30.0) for k in (1, 2, 3)]
+    for r in leader:
+        r["partitions"] = 1
+    got = scale_statuses(leader)[HUBS]
+    assert got.startswith("not measured: needs the hubs to lead partitions"), got
 
 
 def test_a_build_without_the_feature_gives_no_figure() -> None:
