@@ -19,11 +19,14 @@ def main(src: str, dst: str) -> None:
     with open(src) as fh:
         report: dict[str, Any] = json.load(fh)
     rows = [r for r in report["rows"] if r.get("status") == "ok"]
-    names = [r["name"] for r in rows]
     bounds = ("limit", "relay")  # the echo and the relay, read against as bounds
     colors = [
         "#2b7bba" if n.startswith("taskhub") else "#999999" if n in bounds else "#e07b39"
-        for n in names
+        for n in (r["name"] for r in rows)
+    ]
+    # Each round trip ran at a stated worker concurrency: the label says which.
+    names = [
+        f"{r['name']} (c={r['concurrency']})" if "concurrency" in r else r["name"] for r in rows
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     panels = [
@@ -48,7 +51,7 @@ def main(src: str, dst: str) -> None:
             )
     m = report.get("machine", {})
     fig.suptitle(
-        f"TaskHub vs peers, one worker process each — {m.get('nproc')} CPU "
+        f"TaskHub vs peers at equal worker concurrency (c) — {m.get('nproc')} CPU "
         f"{m.get('cpu', '')}, Python {m.get('python', '')}",
         fontsize=11,
     )

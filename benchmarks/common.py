@@ -150,6 +150,52 @@ def stop(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
                 stream.close()
 
 
+def stop_all(procs: Sequence[subprocess.Popen[Any]], grace: float = 3.0) -> None:
+    """Stop a peer's worker processes together, within ``grace`` seconds, then SIGKILL.
+
+    The runner that calls this is itself being stopped (SIGTERM from the orchestrator, which
+    SIGKILLs it 5 s later): SIGTERM is ignored from here on, so it cannot cut the loop short
+    and leave a worker running, and all are signalled at once, so the wait is one grace for
+    all of them, not one each."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        stop(proc, grace=0.0)  # SIGKILL to what is left of each group, streams closed
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and of every live descendant (a hub that
+    forks its processes counts them all); 0 for a process that is gone. A descendant that
+    ended between two readings takes its seconds with it: read while they all run."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        # after the name: state, ppid (fields 3, 4), ..., utime, stime (fields 14, 15)
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM) of a live process, in MiB; None if unknown."""
     try:
@@ -255,8 +301,17 @@ def peer_args(description: str | None) -> Any:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=240.0)
     parser.add_argument("--log", default=None, help="the worker's log file")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="tasks the worker side runs at once: threads, jobs or processes, as the peer has [8]",
+    )
     args = parser.parse_args()
+    if args.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, not {args.concurrency}")
     os.environ["BENCH_REDIS_URL"] = args.redis_url  # the worker process reads it
+    os.environ["BENCH_CONCURRENCY"] = str(args.concurrency)  # and this (arq's max_jobs)
     return args
 
 

@@ -19,20 +19,20 @@ from typing import Any
 from common import fmt, measured_line
 from harness import HERE, PY, Failed, redis_server
 from rich.table import Table
-from targets import PEER_TARGETS, WORKER_CONCURRENCY
+from scale_bench import HUBS_TARGETS, NOT_AVAILABLE, PROCESS_TARGETS
+from targets import (
+    CONCURRENCY,
+    PEER_SINGLE_TARGETS,
+    PEER_TARGETS,
+    SINGLE_SUFFIX,
+    TASKHUB_SINGLE_TARGETS,
+    TASKHUB_TARGETS,
+    fastest_peer,
+)
 
 BURST = os.path.join(HERE, "burst_cpu.py")
 CPU_RUNS = 3  # the issue asks for medians of 3
 HEADING = "## Issue 19's targets\n\n"
-
-#: How many tasks each peer's worker process runs at once (benchmarks/peers/*_bench.py;
-#: tests/e2e/test_bench_modules.py checks these against the scripts).
-PEER_CONCURRENCY = {
-    "celery": (1, "--pool=solo"),
-    "dramatiq": (8, "8 threads"),
-    "arq": (100, "max_jobs=100"),
-    "rq": (1, "forks per job"),
-}
 
 #: (store, figure of burst_cpu.py's medians, at most µs per task, what the target asks)
 CPU_GOALS = [
@@ -42,23 +42,22 @@ CPU_GOALS = [
     ("redis", "hub_us", 30.0, "redis:// hub CPU ≤ 30 µs per task"),
     ("redis", "redis_us", 25.0, "redis:// redis-server CPU ≤ 25 µs per task"),
 ]
-#: (round-trip row, at least this many times the fastest peer's tasks/s)
+#: (round-trip row, at least this many times the fastest peer's tasks/s at the same worker
+#: concurrency); each is also asked of the row's -c1 twin, against the peers at 1
 RATIO_GOALS = [("taskhub-memory", 40.0), ("taskhub-sqlite", 15.0), ("taskhub-redis", 10.0)]
 SEQ_P50_MS = 0.5  # sequential p50 on one hub (memory://), below this
-NOT_YET = [
-    (
-        "two hub processes ≥ 1.4x one process on the same store (thin batched load generator)",
-        "`taskhub serve --processes N` (item 2) and a thin batched load generator in make bench",
-    ),
-    (
-        "k hubs on Redis: CPU per task of each hub and of redis-server flat as k goes 1 → 3",
-        "partitions led by every hub (item 1) and CPU per task per hub in the cluster rows",
-    ),
-    (
-        "adding hubs adds no relay hop for a client whose partition its hub leads",
-        "partitions led by every hub (item 1), so a client's own hub leads its partition",
-    ),
-]
+PROCESSES_AT_LEAST = 1.4  # two hub processes against one, tasks/s
+#: "flat": at k = 2 and 3 hubs, the hubs' CPU per task added up, and redis-server's, are at
+#: most this many times k = 1's
+FLAT_WITHIN = 1.25
+PROCESSES_TARGET = (
+    "two hub processes ≥ 1.4x one process on the same store (thin batched load generator)"
+)
+HUBS_TARGET = "k hubs on Redis: CPU per task of each hub and of redis-server flat as k goes 1 → 3"
+NOT_YET = (
+    "adding hubs adds no relay hop for a client whose partition its hub leads",
+    "partitions led by every hub (item 1), so a client's own hub leads its partition",
+)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -122,6 +121,62 @@ def row(target: str, figure: str, met: bool | None, needs: str = "") -> dict[str
     return {"target": target, "figure": figure, "status": status}
 
 
+def scale_rows_of(
+    scale: list[dict[str, Any]], names: list[str], target: str
+) -> list[dict[str, Any]] | dict[str, str]:
+    """The scale rows ``names`` if every one ran; else the target's row saying why not (the
+    build's own words when it cannot run them: never a figure)."""
+    by = {r["name"]: r for r in scale}
+    missing = [n for n in names if n not in by]
+    if missing:
+        return row(target, "", None, f"the {', '.join(missing)} row(s) in this run")
+    for name in names:
+        r = by[name]
+        if r.get("status") == "skipped" and str(r.get("note", "")).startswith(NOT_AVAILABLE):
+            return {"target": target, "figure": "-", "status": str(r["note"])}
+        if r.get("status") != "ok":
+            return row(target, "", None, f"the {name} row to run ({r.get('note', '')})")
+    return [by[n] for n in names]
+
+
+def processes_row(scale: list[dict[str, Any]]) -> dict[str, str]:
+    """Two hub processes against one on the same store, tasks/s of the thin generator."""
+    target = PROCESSES_TARGET
+    got = scale_rows_of(scale, PROCESS_TARGETS, target)
+    if isinstance(got, dict):
+        return got
+    one, two = got
+    ratio = two["throughput"] / one["throughput"]
+    figure = (
+        f"{ratio:.2f}x ({fmt(two['throughput'], 0)} vs {fmt(one['throughput'], 0)} tasks/s, "
+        f"sqlite://, {one.get('partitions')} partitions)"
+    )
+    return row(target, figure, ratio >= PROCESSES_AT_LEAST)
+
+
+def hubs_row(scale: list[dict[str, Any]]) -> dict[str, str]:
+    """CPU per task of the hubs (added up) and of redis-server as k goes 1 → 3."""
+    target = HUBS_TARGET
+    got = scale_rows_of(scale, HUBS_TARGETS, target)
+    if isinstance(got, dict):
+        return got
+    hubs = [r["hubs_cpu_us"] for r in got]
+    redis = [r["redis_cpu_us"] for r in got]
+    each = " / ".join(fmt(v, 1) for v in got[-1]["hub_cpu_us"])
+    figure = (
+        f"hubs {' → '.join(fmt(v, 1) for v in hubs)} µs per task in all (at k = {len(got)}: "
+        f"{each}), redis-server {' → '.join(fmt(v, 1) for v in redis)} µs; flat = within "
+        f"{FLAT_WITHIN:g}x of k = 1"
+    )
+    if got[0].get("partitions") == 1:  # one leader does every task: flat says nothing
+        needs = "the hubs to lead partitions (run.py --scale-partitions > 1); with one, one hub"
+        return row(target, figure, None, needs + " runs every task and the others relay")
+    flat = all(v <= hubs[0] * FLAT_WITHIN for v in hubs) and all(
+        v <= redis[0] * FLAT_WITHIN for v in redis
+    )
+    return row(target, figure, flat)
+
+
 def cpu_row(cpu: dict[str, Any], kind: str, key: str, limit: float, target: str) -> dict[str, str]:
     """A CPU-per-task target against the medians of burst_cpu.py's runs on store ``kind``."""
     res = cpu.get(kind)
@@ -144,18 +199,21 @@ def cpu_row(cpu: dict[str, Any], kind: str, key: str, limit: float, target: str)
     return row(target, figure, median <= limit)
 
 
-def fastest_peer(ok: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    peers = [ok[name] for name in PEER_TARGETS if name in ok]
-    return max(peers, key=lambda r: r["throughput"]) if peers else None
-
-
-def ratio_row(ok: dict[str, dict[str, Any]], name: str, at_least: float) -> dict[str, str]:
-    target = f"{name.split('-')[1]}:// round trip ≥ {at_least:g}x the fastest peer"
-    peer = fastest_peer(ok)
+def ratio_row(
+    ok: dict[str, dict[str, Any]], name: str, at_least: float, concurrency: int
+) -> dict[str, str]:
+    """TaskHub's row ``name`` against the fastest peer that ran at the same concurrency."""
+    target = (
+        f"{name.split('-')[1]}:// round trip ≥ {at_least:g}x the fastest peer, "
+        f"both at worker concurrency {concurrency}"
+    )
     if name not in ok:
         return row(target, "", None, f"the {name} row in this run")
+    peer = fastest_peer(ok, ok[name].get("concurrency", 0))
     if peer is None:
-        return row(target, "", None, "the peers (Celery, Dramatiq, arq, RQ) in this run")
+        return row(
+            target, "", None, f"the peers (Celery, Dramatiq, arq, RQ) at {concurrency} in this run"
+        )
     ratio = ok[name]["throughput"] / peer["throughput"]
     figure = (
         f"{ratio:.1f}x {peer['name']} ({fmt(ok[name]['throughput'], 0)} vs "
@@ -164,33 +222,59 @@ def ratio_row(ok: dict[str, dict[str, Any]], name: str, at_least: float) -> dict
     return row(target, figure, ratio >= at_least)
 
 
+def common_concurrency(ok: dict[str, dict[str, Any]]) -> int:
+    """The common worker concurrency of this run's plain round-trip rows."""
+    for name in (*TASKHUB_TARGETS, *PEER_TARGETS):
+        if name in ok and "concurrency" in ok[name]:
+            return int(ok[name]["concurrency"])
+    return CONCURRENCY
+
+
 def concurrency_row(ok: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The worker concurrency of TaskHub and of each peer that ran: the same, or not."""
+    """The worker concurrency of TaskHub's and each peer's round trip, level by level: met when
+    within each level every row ran at that level and TaskHub has peers to compare with."""
     target = "TaskHub and the peers at the same worker concurrency"
-    ran = [name for name in PEER_TARGETS if name in ok]
-    if not ran:
-        return row(target, f"TaskHub {WORKER_CONCURRENCY}", None, "the peers in this run")
-    parts = [f"TaskHub {WORKER_CONCURRENCY}"]
-    parts += [f"{n} {PEER_CONCURRENCY[n][0]} ({PEER_CONCURRENCY[n][1]})" for n in ran]
-    same = all(PEER_CONCURRENCY[n][0] == WORKER_CONCURRENCY for n in ran)
-    return row(target, ", ".join(parts), same)
+    parts: list[str] = []
+    same = True
+    for level in (TASKHUB_TARGETS + PEER_TARGETS, TASKHUB_SINGLE_TARGETS + PEER_SINGLE_TARGETS):
+        ran = [ok[name] for name in level if name in ok]
+        if not ran:
+            continue
+        taskhub = [r for r in ran if r["name"].startswith("taskhub-")]
+        peers = [r for r in ran if not r["name"].startswith("taskhub-")]
+        values = {r.get("concurrency") for r in ran}
+        same = same and len(values) == 1 and bool(taskhub) and bool(peers)
+        described = [
+            f"{r['name'].removesuffix(SINGLE_SUFFIX)} {r.get('concurrency_how', '?')}"
+            for r in (taskhub[:1] + peers)
+        ]
+        head = "/".join(str(v) for v in sorted(values, key=lambda v: (v is None, v or 0)))
+        parts.append(f"{head}: " + ", ".join(described).replace("taskhub-memory", "TaskHub"))
+    if not parts:
+        return row(target, "", None, "the round trips of TaskHub and the peers in this run")
+    return row(target, "; ".join(parts), same)
 
 
-def target_rows(rows: list[dict[str, Any]], cpu: dict[str, Any]) -> list[dict[str, str]]:
-    """Issue 19's targets, in the issue's order, from one run's round trips and CPU figures."""
+def target_rows(
+    rows: list[dict[str, Any]], cpu: dict[str, Any], scale: list[dict[str, Any]] | None = None
+) -> list[dict[str, str]]:
+    """Issue 19's targets, in the issue's order, from one run's round trips, CPU figures and
+    scale rows (benchmarks/scale_bench.py)."""
     ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
     out: list[dict[str, str]] = []
-    for name, at_least in RATIO_GOALS:  # per store: its CPU targets, then its ratio
+    common = common_concurrency(ok)
+    for name, at_least in RATIO_GOALS:  # per store: its CPU targets, then its ratios
         out += [cpu_row(cpu, *goal) for goal in CPU_GOALS if goal[0] == name.split("-")[1]]
-        out.append(ratio_row(ok, name, at_least))
-    out += [row(target, "", None, needs) for target, needs in NOT_YET[:2]]
+        out.append(ratio_row(ok, name, at_least, common))
+        out.append(ratio_row(ok, name + SINGLE_SUFFIX, at_least, 1))
+    out += [processes_row(scale or []), hubs_row(scale or [])]
     seq = f"sequential p50 < {SEQ_P50_MS} ms on one hub (memory://)"
     if "taskhub-memory" in ok:
         p50 = ok["taskhub-memory"]["seq_p50_ms"]
         out.append(row(seq, f"{p50:.2f} ms", p50 < SEQ_P50_MS))
     else:
         out.append(row(seq, "", None, "the taskhub-memory row in this run"))
-    out.append(row(NOT_YET[2][0], "", None, NOT_YET[2][1]))
+    out.append(row(NOT_YET[0], "", None, NOT_YET[1]))
     out.append(concurrency_row(ok))
     return out
 
@@ -211,8 +295,9 @@ def caption(section: dict[str, Any]) -> str:
     n = next((c.get("n") for c in section["cpu"].values() if "n" in c), None)
     return (
         f"CPU per task: medians of {CPU_RUNS} runs of benchmarks/burst_cpu.py per store "
-        f"(N={fmt(n, 0)}); round trips: this run's rows; TaskHub's worker concurrency "
-        f"{WORKER_CONCURRENCY}" + load_note(section)
+        f"(N={fmt(n, 0)}); round trips: this run's rows, TaskHub and each peer at worker "
+        f"concurrency {section.get('concurrency', '?')} and again at 1 (the -c1 rows)"
+        + load_note(section)
     )
 
 
@@ -239,7 +324,10 @@ def section(report: dict[str, Any], cpu: dict[str, Any], loadavg: list[float]) -
         "machine": report["machine"],
         "loadavg": loadavg,
         "cpu": cpu,
-        "rows": target_rows(report["rows"], cpu),
+        "concurrency": common_concurrency(
+            {r["name"]: r for r in report["rows"] if r.get("status") == "ok"}
+        ),
+        "rows": target_rows(report["rows"], cpu, report.get("scale_rows")),
     }
 
 

@@ -13,37 +13,53 @@ import issue19
 from common import fmt, measured_line, replace_block
 from harness import HERE, PEERS_VENV, ROOT, console
 from rich.table import Table
-from targets import PEER_TARGETS, TASKHUB_TARGETS
+from targets import TASKHUB_SINGLE_TARGETS, TASKHUB_TARGETS, fastest_peer
 
 DOCS = os.path.join(ROOT, "docs")
+SCALE_HEADING = "## Hub processes and hubs (thin load generator)\n\n"
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each TaskHub row against the fastest peer and Celery at its own worker concurrency, and
+    against the bounds (the echo; the relay, whose worker runs at the common concurrency)."""
     ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
-    peers = [ok[name] for name in PEER_TARGETS if name in ok]
-    fastest = max(peers, key=lambda r: r["throughput"]) if peers else None
-    out: dict[str, Any] = {"fastest_peer": fastest["name"] if fastest else None}
-    for name in TASKHUB_TARGETS:
+    out: dict[str, Any] = {}
+    for name in (*TASKHUB_TARGETS, *TASKHUB_SINGLE_TARGETS):
         if name not in ok:
             continue
-        tput = ok[name]["throughput"]
-        entry: dict[str, float] = {}
+        tput, c = ok[name]["throughput"], ok[name].get("concurrency")
+        fastest = fastest_peer(ok, c) if c else None
+        celery = next(
+            (r for n, r in ok.items() if n.startswith("celery") and r.get("concurrency") == c),
+            None,
+        )
+        entry: dict[str, Any] = {"concurrency": c}
         if fastest:
+            entry["fastest_peer"] = fastest["name"]
             entry["vs_fastest_peer"] = round(tput / fastest["throughput"], 2)
-        if "celery" in ok:
-            entry["vs_celery"] = round(tput / ok["celery"]["throughput"], 2)
+        if celery:
+            entry["vs_celery"] = round(tput / celery["throughput"], 2)
         if "limit" in ok:
             entry["of_limit"] = round(tput / ok["limit"]["throughput"], 3)
-        if "relay" in ok:
+        if "relay" in ok and ok["relay"].get("concurrency") == c:
             entry["of_relay"] = round(tput / ok["relay"]["throughput"], 3)
         out[name] = entry
     return out
 
 
+def concurrency_cell(r: dict[str, Any]) -> str:
+    """A row's worker concurrency and how that system got it (threads, processes, credit)."""
+    if "concurrency" not in r:
+        return "-"
+    how = r.get("concurrency_how")
+    return f"{r['concurrency']} ({how})" if how else str(r["concurrency"])
+
+
 def table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="Round trip: publish → worker → result (one worker process each)")
+    t = Table(title="Round trip: publish → worker → result, at the stated worker concurrency")
     for col in (
         "system",
+        "concurrency",
         "N",
         "tasks/s",
         "seq p50 ms",
@@ -54,13 +70,15 @@ def table(rows: list[dict[str, Any]]) -> Table:
         "RSS of",
         "note",
     ):
-        t.add_column(col, justify="left" if col in ("system", "RSS of", "note") else "right")
+        left = ("system", "concurrency", "RSS of", "note")
+        t.add_column(col, justify="left" if col in left else "right")
     for r in rows:
         if r.get("status") != "ok":
-            t.add_row(r["name"], *["-"] * 8, f"{r['status']}: {r.get('note', '')}")
+            t.add_row(r["name"], *["-"] * 9, f"{r['status']}: {r.get('note', '')}")
             continue
         t.add_row(
             r["name"],
+            concurrency_cell(r),
             str(r["n"]),
             fmt(r["throughput"], 0),
             fmt(r["seq_p50_ms"], 2),
@@ -76,16 +94,17 @@ def table(rows: list[dict[str, Any]]) -> Table:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| system | N | tasks/s | seq p50 ms | seq p99 ms | load p50 ms | load p99 ms "
-        "| peak RSS MiB (of) |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        "| system | worker concurrency | N | tasks/s | seq p50 ms | seq p99 ms | load p50 ms "
+        "| load p99 ms | peak RSS MiB (of) |\n|---|---|---:|---:|---:|---:|---:|---:|---|"
     )
     lines = [head]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} | | | | | | |")
+            lines.append(f"| {r['name']} | | {r['status']}: {r.get('note', '')} | | | | | | |")
             continue
         lines.append(
-            f"| {r['name']} | {r['n']} | {fmt(r['throughput'], 0)} | {fmt(r['seq_p50_ms'], 2)} "
+            f"| {r['name']} | {concurrency_cell(r)} | {r['n']} | {fmt(r['throughput'], 0)} "
+            f"| {fmt(r['seq_p50_ms'], 2)} "
             f"| {fmt(r['seq_p99_ms'], 2)} | {fmt(r['load_p50_ms'], 0)} "
             f"| {fmt(r['load_p99_ms'], 0)} | {fmt(r.get('peak_rss_mb'))} ({r.get('rss_of')}) |"
         )
@@ -162,17 +181,68 @@ def cluster_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SCALE_COLUMNS = (
+    "run",
+    "tasks/s",
+    "hub CPU µs/task (each)",
+    "redis-server µs/task",
+    "generator µs/task",
+    "setup",
+)
+
+
+def scale_cells(r: dict[str, Any]) -> list[str]:
+    """A scale row's cells; a row that did not run says why in its tasks/s cell."""
+    if r.get("status") != "ok":
+        return [r["name"], f"{r['status']}: {r.get('note', '')}", "", "", "", ""]
+    cpu = r.get("cpu_us", {})
+    if "hub_cpu_us" in r:  # k hubs: their sum, and each
+        each = " / ".join(fmt(v, 1) for v in r["hub_cpu_us"])
+        hubs = f"{fmt(r['hubs_cpu_us'], 1)} ({each})"
+    else:
+        hubs = fmt(cpu.get("hubs", cpu.get("relay")), 1)
+    return [
+        r["name"],
+        fmt(r["throughput"], 0),
+        hubs,
+        fmt(r.get("redis_cpu_us"), 1),
+        fmt(r.get("generator_cpu_us"), 1),
+        r.get("setup", ""),
+    ]
+
+
+def scale_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Hub processes and hubs, thin batched load generator (benchmarks/thin_load.py)")
+    for col in SCALE_COLUMNS:
+        t.add_column(col, justify="left" if col in ("run", "setup") else "right")
+    for r in rows:
+        t.add_row(*scale_cells(r))
+    return t
+
+
+def scale_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| " + " | ".join(SCALE_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(SCALE_COLUMNS) - 2) + "---|",
+    ]
+    lines += ["| " + " | ".join(scale_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def ratio_lines(rat: dict[str, Any]) -> list[str]:
     out = []
-    for name in TASKHUB_TARGETS:
+    for name in (*TASKHUB_TARGETS, *TASKHUB_SINGLE_TARGETS):
         entry = rat.get(name)
         if not entry:
             continue
         parts = []
+        at = f"at concurrency {entry['concurrency']}"
         if "vs_fastest_peer" in entry:
-            parts.append(f"{entry['vs_fastest_peer']}x the fastest peer ({rat['fastest_peer']})")
+            parts.append(
+                f"{entry['vs_fastest_peer']}x the fastest peer {at} ({entry['fastest_peer']})"
+            )
         if "vs_celery" in entry:
-            parts.append(f"{entry['vs_celery']}x Celery")
+            parts.append(f"{entry['vs_celery']}x Celery {at}")
         if "of_limit" in entry:
             parts.append(f"{entry['of_limit'] * 100:.0f}% of the bare WebSocket echo")
         if "of_relay" in entry:
@@ -204,7 +274,8 @@ def write_docs(report: dict[str, Any]) -> None:
     json_path = os.path.join(DOCS, "performance.json")
     cluster_rows = report.pop("cluster_rows", [])
     inflight_rows = report.pop("inflight_rows", [])
-    doc, inflight = json_doc(report, json_path, cluster_rows, inflight_rows)
+    scale_rows = report.pop("scale_rows", [])
+    doc, inflight = json_doc(report, json_path, cluster_rows, inflight_rows, scale_rows)
     with open(json_path, "w") as fh:
         json.dump(doc, fh, indent=2)
     if report["rows"]:
@@ -217,7 +288,7 @@ def write_docs(report: dict[str, Any]) -> None:
         with open(path) as fh:
             text = fh.read()
     with open(path, "w") as fh:
-        fh.write(markdown_doc(text, report, cluster_rows, inflight))
+        fh.write(markdown_doc(text, report, cluster_rows, inflight, scale_rows))
     console.print(f"updated {os.path.relpath(path)}, performance.json, performance.png")
 
 
@@ -226,12 +297,27 @@ def json_doc(
     json_path: str,
     cluster_rows: list[dict[str, Any]],
     inflight_rows: list[dict[str, Any]],
+    scale_rows: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """docs/performance.json with this run's parts replaced; and its inflight section, if any."""
     old: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError), open(json_path) as fh:
         old = json.load(fh)
-    doc = dict(report) if report["rows"] else {k: v for k, v in old.items() if k != "cluster"}
+    doc = (
+        dict(report)
+        if report["rows"]
+        else {k: v for k, v in old.items() if k not in ("cluster", "scale")}
+    )
+    if scale_rows:
+        doc["scale"] = {
+            "started_at": report["started_at"],
+            "command": report["command"],
+            "machine": report["machine"],
+            "settings": report["settings"],
+            "rows": scale_rows,
+        }
+    elif "scale" in old:
+        doc["scale"] = old["scale"]
     if cluster_rows:
         doc["cluster"] = {
             "started_at": report["started_at"],
@@ -259,18 +345,26 @@ def json_doc(
     return doc, inflight
 
 
+def busy_note(report: dict[str, Any]) -> str:
+    """ " The load average at the start was ...", with a warning on a loaded machine; "" when
+    the report does not say."""
+    note = issue19.load_note(report).removeprefix("; ")
+    return f" {note[:1].upper()}{note[1:]}." if note else ""
+
+
 def markdown_doc(
     text: str,
     report: dict[str, Any],
     cluster_rows: list[dict[str, Any]],
     inflight: dict[str, Any] | None,
+    scale_rows: list[dict[str, Any]] | None = None,
 ) -> str:
     """docs/performance.md's ``text`` with this run's blocks replaced."""
     versions = "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "."
     if report["rows"]:
         block = "\n".join(
             [
-                measured_line(report),
+                measured_line(report) + busy_note(report),
                 "",
                 markdown_table(report["rows"]),
                 "",
@@ -283,6 +377,24 @@ def markdown_doc(
     if cluster_rows:
         block = "\n".join([measured_line(report), "", cluster_markdown(cluster_rows), "", versions])
         text = replace_block(text, "cluster", block, "## Several hubs\n\n")
+    if scale_rows:
+        settings = report["settings"]
+        how = (
+            f"Thin batched load generator (`benchmarks/thin_load.py`): N = "
+            f"{fmt(settings.get('thin_n'), 0)} tasks after a warm-up, "
+            f"{settings.get('thin_connections')} publisher and as many worker connections in one "
+            "process, `pubs` of 100 tasks without `ref` and at most 2,000 unfinished per "
+            "publisher, the tasks round robin over 2 actions in each partition, each worker "
+            "subscribed to all of them with credit 250 each and answering a frame's offers "
+            "with one `returns`. CPU per task: user + system time from `/proc` of each hub "
+            "process (with its descendants) and of redis-server over the measured tasks; stores of "
+            f"{settings.get('scale_partitions')} partition(s). A row this build cannot run says "
+            "so, with the hub's own words."
+        )
+        block = "\n".join(
+            [measured_line(report) + busy_note(report), "", scale_markdown(scale_rows), "", how]
+        )
+        text = replace_block(text, "scale", block, SCALE_HEADING)
     if inflight is not None:
         text = replace_block(
             text, "inflight", inflight_bench.markdown_block(inflight), inflight_bench.HEADING

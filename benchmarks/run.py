@@ -6,18 +6,25 @@
     .venv/bin/python benchmarks/run.py --only cluster --n 4000   # 1, 2, 3 hubs on one Redis
     .venv/bin/python benchmarks/run.py --only inflight --k 100000 # hub memory, tasks in flight
     .venv/bin/python benchmarks/run.py --targets       # only what issue 19's targets table needs
+    .venv/bin/python benchmarks/run.py --only peers,taskhub --concurrency 16
 
-Every system runs in processes of its own: the hub (or redis-server), one worker process, one
+Every system runs in processes of its own: the hub (or redis-server), the worker side, one
 publisher process. The workload is N no-op tasks with a ~100-byte JSON payload that the worker
-returns as the result; the publisher collects every result. The cluster rows start k hubs on
-one Redis instead (one leads, the others relay to it), see "Several hubs" in
+returns as the result; the publisher collects every result. Every round trip runs at two worker
+concurrencies, the same for TaskHub and each peer: the common level C (--concurrency, 8) under
+the plain row names, and 1 under the names ending in -c1. TaskHub's worker gets C as its
+subscription's credit; Celery a threads pool of C (solo at 1), Dramatiq C threads, arq
+max_jobs=C, RQ C worker processes (an RQ worker runs one job at a time); see
+benchmarks/peers/*.py and "Peers at equal concurrency" in docs/decisions.md. The cluster rows
+start k hubs on one Redis instead (one leads, the others relay to it), see "Several hubs" in
 docs/performance.md. The inflight rows (after the others) measure the hub's memory with K tasks
 accepted and waiting for a worker, then drain them: benchmarks/inflight_bench.py, "Tasks in
 flight" in docs/performance.md. A full run (and --targets) ends with the table of issue 19's
 targets: benchmarks/burst_cpu.py's CPU per task (medians of 3 runs on memory://, sqlite:// and
 redis://) and this run's round trips against the fastest peer, "Issue 19's targets" in
-docs/performance.md; --targets runs only the TaskHub rows, the peers and burst_cpu.py, and
-rewrites only that section of the docs.
+docs/performance.md; --targets runs only the TaskHub rows, the peers, the scale rows
+(benchmarks/scale_bench.py: hub processes and k hubs under the thin batched load generator)
+and burst_cpu.py, and rewrites only those sections of the docs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import inflight_bench
 import issue19
+import scale_bench
 from harness import (
     PEERS_VENV,
     Failed,
@@ -45,7 +53,7 @@ from harness import (
     project_versions,
     redis_version,
 )
-from report import cluster_table, ratio_lines, ratios, table, write_docs
+from report import cluster_table, ratio_lines, ratios, scale_table, table, write_docs
 from rich.progress import (
     BarColumn,
     Progress,
@@ -53,14 +61,18 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from scale_bench import SCALE_TARGETS
 from targets import (
     ALL_TARGETS,
     BOUND_TARGETS,
     CLUSTER_TARGETS,
+    CONCURRENCY,
     INFLIGHT_TARGETS,
+    PEER_SINGLE_TARGETS,
     PEER_TARGETS,
+    SINGLE_SUFFIX,
+    TASKHUB_SINGLE_TARGETS,
     TASKHUB_TARGETS,
-    WORKER_CONCURRENCY,
     Bench,
 )
 
@@ -92,9 +104,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=200, help="sequential tasks [200]")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up tasks [200]")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"the common worker concurrency of TaskHub and the peers; the -c1 rows run at 1 "
+        f"[{CONCURRENCY}]",
+    )
+    parser.add_argument(
         "--only",
         default="",
-        help="comma list of: taskhub, cluster, inflight, " + ", ".join(ALL_TARGETS),
+        help="comma list of: taskhub, peers, c1 (every -c1 row), cluster, scale, inflight, "
+        + ", ".join(ALL_TARGETS),
     )
     parser.add_argument(
         "--k",
@@ -110,14 +130,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
+        dest="targets_only",
         action="store_true",
-        help="only what issue 19's targets table needs: TaskHub's rows, the peers, burst_cpu.py",
+        help="only what issue 19's targets table needs: TaskHub's round trips, the peers', "
+        "the scale rows, burst_cpu.py",
     )
     parser.add_argument(
         "--cpu-n",
         type=int,
         default=30_000,
         help="tasks in each burst_cpu.py run of the targets table [30000]",
+    )
+    parser.add_argument(
+        "--thin-n",
+        type=int,
+        default=30_000,
+        help="tasks of the thin batched load generator in the scale rows [30000]",
+    )
+    parser.add_argument(
+        "--scale-partitions",
+        type=int,
+        default=scale_bench.PARTITIONS,
+        help="partitions of the scale rows' stores; 1 runs the k hubs as today's cluster "
+        f"(one leader) [{scale_bench.PARTITIONS}]",
     )
     parser.add_argument(
         "--smoke",
@@ -132,10 +167,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-docs", action="store_true", help="do not update docs/performance.{md,json,png}"
     )
     args = parser.parse_args(argv)
-    if args.targets and (args.only or args.smoke):
+    if not 1 <= args.scale_partitions <= 1024:
+        parser.error(f"--scale-partitions must be 1-1024, not {args.scale_partitions}")
+    if args.concurrency < 2:
+        parser.error(
+            f"--concurrency must be at least 2 (the -c1 rows run at 1), not {args.concurrency}"
+        )
+    if args.targets_only and (args.only or args.smoke):
         parser.error("--targets runs its own set: not with --only or --smoke")
     # The targets table comes with a full run (make bench) and with --targets.
-    args.issue19 = args.targets or not (args.only or args.smoke)
+    args.issue19 = args.targets_only or not (args.only or args.smoke)
     if args.smoke:
         args.n, args.seq, args.warmup, args.timeout = min(args.n, 300), 30, 20, 20.0
         args.k = min(args.k, SMOKE_K)
@@ -145,9 +186,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The targets to run, in order: --smoke's or all of them, narrowed by --only."""
-    if args.targets:
-        return [*TASKHUB_TARGETS, *PEER_TARGETS]
+    """The targets to run, in order: --targets', --smoke's or all of them, narrowed by --only."""
+    if args.targets_only:
+        return [
+            *TASKHUB_TARGETS,
+            *PEER_TARGETS,
+            *TASKHUB_SINGLE_TARGETS,
+            *PEER_SINGLE_TARGETS,
+            *SCALE_TARGETS,
+        ]
     targets = list(SMOKE_TARGETS if args.smoke else ALL_TARGETS)
     if args.only:
         wanted: list[str] = []
@@ -155,15 +202,21 @@ def select_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             word = word.strip()
             if word == "taskhub":
                 wanted += TASKHUB_TARGETS
+            elif word == "peers":
+                wanted += PEER_TARGETS
+            elif word == "c1":
+                wanted += [t for t in ALL_TARGETS if t.endswith(SINGLE_SUFFIX)]
             elif word == "cluster":
                 wanted += CLUSTER_TARGETS
             elif word == "inflight":
                 wanted += INFLIGHT_TARGETS
+            elif word == "scale":
+                wanted += SCALE_TARGETS
             elif word in ALL_TARGETS:
                 wanted.append(word)
             elif word:
                 parser.error(
-                    f"unknown target {word!r}: use taskhub, cluster, inflight, "
+                    f"unknown target {word!r}: use taskhub, peers, c1, cluster, scale, inflight, "
                     f"{', '.join(ALL_TARGETS)}"
                 )
         targets = [t for t in targets if t in wanted]
@@ -236,13 +289,20 @@ def make_report(
             "rq_n": args.rq_n,
             "seq": args.seq,
             "warmup": args.warmup,
-            "taskhub_worker_concurrency": WORKER_CONCURRENCY,
+            "worker_concurrency": [args.concurrency, 1],
             "payload_bytes": next((r["payload_bytes"] for r in rows if "payload_bytes" in r), None),
         },
     }
     if any(t in INFLIGHT_TARGETS for t in args.targets):
         report["settings"].update(k=args.k, inflight_chunk=args.inflight_chunk)
-    if any(t in PEER_TARGETS for t in args.targets) and os.path.exists(PEERS_VENV):
+    if any(t in SCALE_TARGETS for t in args.targets):
+        report["settings"].update(
+            thin_n=args.thin_n,
+            scale_partitions=args.scale_partitions,
+            thin_connections=scale_bench.CONNECTIONS,
+        )
+    peers = PEER_TARGETS + PEER_SINGLE_TARGETS
+    if any(t in peers for t in args.targets) and os.path.exists(PEERS_VENV):
         report["versions"].update(peer_versions(os.path.join(PEERS_VENV, "bin", "python")))
     if bench.redis_bin:
         report["versions"]["redis-server"] = redis_version(bench.redis_bin)
@@ -256,18 +316,30 @@ def main(argv: list[str] | None = None) -> int:
     all_rows, bench, cpu = measure(args)
     cluster_rows = [r for r in all_rows if r["name"] in CLUSTER_TARGETS]
     inflight_rows = [r for r in all_rows if r["name"] in INFLIGHT_TARGETS]
-    rows = [r for r in all_rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS]
+    scale_rows = [r for r in all_rows if r["name"] in SCALE_TARGETS]
+    rows = [
+        r for r in all_rows if r["name"] not in CLUSTER_TARGETS + INFLIGHT_TARGETS + SCALE_TARGETS
+    ]
     rat = ratios(rows)
     if rows:
         console.print(table(rows))
     if cluster_rows:
         console.print(cluster_table(cluster_rows))
+    if scale_rows:
+        console.print(scale_table(scale_rows))
     if inflight_rows:
         console.print(inflight_bench.table(inflight_rows))
     for line in ratio_lines(rat):
         console.print(line, highlight=False)
     report = make_report(args, argv, started_at, bench, rows)
-    report.update(rows=rows, ratios=rat, cluster_rows=cluster_rows, inflight_rows=inflight_rows)
+    report["loadavg"] = loadavg
+    report.update(
+        rows=rows,
+        ratios=rat,
+        cluster_rows=cluster_rows,
+        inflight_rows=inflight_rows,
+        scale_rows=scale_rows,
+    )
     if args.issue19:
         report["issue19"] = issue19.section(report, cpu, loadavg)
         console.print(issue19.console_table(report["issue19"]))
@@ -277,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"raw figures: {os.path.relpath(args.out)}")
     if not args.no_docs:
         # --targets measured part of the main table only: it rewrites its own section alone.
-        write_docs({**report, "rows": []} if args.targets else report)
+        write_docs({**report, "rows": []} if args.targets_only else report)
     failed = [r["name"] for r in all_rows if r["status"] == "failed"]
     failed += [f"burst_cpu.py {kind}://" for kind, c in cpu.items() if "error" in c]
     if failed:

@@ -32,9 +32,17 @@ from harness import (
 from rich.progress import (
     Progress,
 )
+from scale_bench import SCALE_TARGETS, ScaleBench
 
+#: The round trips run at two worker concurrencies, TaskHub and every peer alike: the common
+#: level (run.py --concurrency, CONCURRENCY by default) under the plain names, and 1 (one task
+#: at a time) under the names with SINGLE_SUFFIX. How each peer gets C: its script's docstring.
+CONCURRENCY = 8
+SINGLE_SUFFIX = "-c1"
 TASKHUB_TARGETS = ["taskhub-memory", "taskhub-sqlite", "taskhub-redis"]
 PEER_TARGETS = ["celery", "dramatiq", "arq", "rq"]
+TASKHUB_SINGLE_TARGETS = [t + SINGLE_SUFFIX for t in TASKHUB_TARGETS]
+PEER_SINGLE_TARGETS = [t + SINGLE_SUFFIX for t in PEER_TARGETS]
 #: k hubs on one Redis: with one worker process per hub, and with one worker process in all.
 CLUSTER_TARGETS = [
     "taskhub-redis-1hub",
@@ -55,8 +63,11 @@ ALL_TARGETS = [
     *TASKHUB_TARGETS,
     *RUNTIME_TARGETS,
     *PEER_TARGETS,
+    *TASKHUB_SINGLE_TARGETS,
+    *PEER_SINGLE_TARGETS,
     *BOUND_TARGETS,
     *CLUSTER_TARGETS,
+    *SCALE_TARGETS,
     *INFLIGHT_TARGETS,
 ]
 SMOKE_TARGETS = [
@@ -67,7 +78,22 @@ SMOKE_TARGETS = [
     "inflight-sqlite",
 ]
 SCRIPT = os.path.join(HERE, "taskhub_bench.py")  # TaskHub's benchmark worker and publisher
-WORKER_CONCURRENCY = 64  # TaskHub worker's credit (tasks it runs at once)
+
+
+def base_name(target: str) -> str:
+    """``target`` without the suffix of the concurrency-1 rows."""
+    return target.removesuffix(SINGLE_SUFFIX)
+
+
+def fastest_peer(ok: dict[str, dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    """The peer row of the most tasks/s among ``ok`` (rows by name) that ran at
+    ``concurrency`` (the row's own ``concurrency``, which the peer's script reports)."""
+    peers = [
+        ok[name]
+        for name in (*PEER_TARGETS, *PEER_SINGLE_TARGETS)
+        if name in ok and ok[name].get("concurrency") == concurrency
+    ]
+    return max(peers, key=lambda r: r["throughput"]) if peers else None
 
 
 class Bench:
@@ -79,6 +105,10 @@ class Bench:
         os.makedirs(self.logs, exist_ok=True)
         self.redis_bin: str | None = None
         self.peers_py: str | None = None
+
+    def concurrency(self, target: str) -> int:
+        """The worker concurrency ``target`` runs at: 1 for the -c1 rows, else the common one."""
+        return 1 if target.endswith(SINGLE_SUFFIX) else int(self.args.concurrency)
 
     def log(self, name: str) -> str:
         return fresh_log(self.logs, name)
@@ -103,8 +133,10 @@ class Bench:
         ]
 
     def clients(self, target: str, url: str, *worker_args: str) -> dict[str, Any]:
-        """Run TaskHub's benchmark worker, then its publisher, against ``url``: its result."""
+        """Run TaskHub's benchmark worker, then its publisher, against ``url``: its result,
+        with the worker's concurrency (its subscription's credit)."""
         script = os.path.join(HERE, "taskhub_bench.py")
+        concurrency = self.concurrency(target)
         with started(
             [
                 PY,
@@ -113,7 +145,7 @@ class Bench:
                 "--url",
                 url,
                 "--concurrency",
-                str(WORKER_CONCURRENCY),
+                str(concurrency),
                 *worker_args,
             ],
             self.log(f"{target}-worker"),
@@ -125,10 +157,13 @@ class Bench:
                 self.log(f"{target}-publisher"),
                 stdout=subprocess.PIPE,
             ) as pub:
-                return read_result(pub, self.args.timeout + 30, self.events(target))
+                row = read_result(pub, self.args.timeout + 30, self.events(target))
+        row["concurrency"] = concurrency
+        row["concurrency_how"] = f"credit {concurrency}"
+        return row
 
     def taskhub(self, target: str) -> dict[str, Any]:
-        kind = target.split("-", 1)[1]
+        kind = base_name(target).split("-", 1)[1]
         runtime = kind.endswith("-runtime")
         kind = kind.removesuffix("-runtime")
         with contextlib.ExitStack() as stack:
@@ -152,7 +187,7 @@ class Bench:
                 raise Failed(f"the hub exited with {hub.returncode} during the run")
             row["settings"] = (
                 f"hub process ({store.split(':')[0]} store), 1 worker process "
-                f"(concurrency={WORKER_CONCURRENCY}"
+                f"(concurrency={row['concurrency']}"
                 f"{', run through taskhub.Worker' if runtime else ''}), 1 publisher process"
             )
             return row
@@ -237,7 +272,7 @@ class Bench:
             row["settings"] = (
                 f"{k} hub process(es) on one redis-server (hub {leader} led), "
                 f"{len(worker_hubs)} worker process(es) on hub(s) {worker_hubs} "
-                f"(concurrency={WORKER_CONCURRENCY} each, group 'bench'), 1 publisher process "
+                f"(concurrency={self.args.concurrency} each, group 'bench'), 1 publisher process "
                 f"with one connection per hub, tasks round robin over them"
             )
             return row
@@ -262,7 +297,7 @@ class Bench:
 
     def cluster_worker(self, stack: contextlib.ExitStack, target: str, h: int, url: str) -> None:
         """Start a worker process (group ``bench``) on hub ``h`` and wait until it is ready."""
-        args = [PY, SCRIPT, "worker", "--url", url, "--concurrency", str(WORKER_CONCURRENCY)]
+        args = [PY, SCRIPT, "worker", "--url", url, "--concurrency", str(self.args.concurrency)]
         worker = stack.enter_context(
             started(
                 [*args, "--group", "bench"],
@@ -280,9 +315,10 @@ class Bench:
     def peer(self, target: str) -> dict[str, Any]:
         if self.peers_py is None:
             self.peers_py = ensure_peers_venv()
-        n = min(self.args.n, self.args.rq_n) if target == "rq" else self.args.n
+        name = base_name(target)
+        n = min(self.args.n, self.args.rq_n) if name == "rq" else self.args.n
         with redis_server(self.redis(), self.log(f"{target}-redis")) as (url, redis):
-            script = os.path.join(HERE, "peers", f"{target}_bench.py")
+            script = os.path.join(HERE, "peers", f"{name}_bench.py")
             with started(
                 [
                     self.peers_py,
@@ -292,6 +328,8 @@ class Bench:
                     *self.common_args(n),
                     "--log",
                     self.log(f"{target}-worker"),
+                    "--concurrency",
+                    str(self.concurrency(target)),
                 ],
                 self.log(f"{target}-publisher"),
                 stdout=subprocess.PIPE,
@@ -345,7 +383,26 @@ class Bench:
             on_event=self.events(target),
         )
 
+    def scale(self, target: str) -> dict[str, Any]:
+        """A row of benchmarks/scale_bench.py: hub processes, k hubs, the thin generator."""
+
+        def redis_url(stack: contextlib.ExitStack, name: str) -> tuple[str, int]:
+            url, proc = stack.enter_context(redis_server(self.redis(), self.log(f"{name}-redis")))
+            return url, proc.pid
+
+        bench = ScaleBench(
+            self.args.thin_n,
+            self.args.timeout,
+            self.log,
+            redis_url,
+            self.events,
+            self.args.scale_partitions,
+        )
+        return bench.run(target)
+
     def run(self, target: str) -> dict[str, Any]:
+        if target in SCALE_TARGETS:
+            return self.scale(target)
         if target in CLUSTER_TARGETS:
             return self.cluster(target)
         if target in INFLIGHT_TARGETS:

@@ -1,8 +1,9 @@
 """arq, one worker process.
 
-Worker: ``arq WorkerSettings`` with ``max_jobs=100`` and ``poll_delay=0.01`` s (arq's
-defaults, 10 jobs and 0.5 s between polls, cap it at about 20 tasks/s); the publisher polls for
-each result every 0.01 s (``Job.result(poll_delay=0.01)``).
+Worker: ``arq WorkerSettings`` with ``max_jobs=C`` for ``--concurrency C`` (jobs run at once
+on the worker's event loop) and ``poll_delay=0.01`` s (arq's defaults, 10 jobs and 0.5 s
+between polls, cap it at about 20 tasks/s); the publisher polls for each result every 0.01 s
+(``Job.result(poll_delay=0.01)``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.jobs import ResultNotFound
-from common import bin_of, emit, figures, payload, payload_size, peer_args, peer_worker, stop
+from common import bin_of, emit, figures, payload, payload_size, peer_args, peer_worker, stop_all
 
-MAX_JOBS = 100
+MAX_JOBS = int(os.environ.get("BENCH_CONCURRENCY", "8"))  # peer_args sets it for the worker
 POLL = 0.01
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -99,12 +100,15 @@ def main() -> None:
     # The worker reads the URL from the environment when it imports this module.
     try:
         result = asyncio.run(workload(args.redis_url, args.n, args.seq, args.warmup, args.timeout))
+        result["concurrency"] = args.concurrency
+        result["concurrency_how"] = f"max_jobs={args.concurrency}"
         result["settings"] = (
-            f"1 worker process, max_jobs={MAX_JOBS}, poll_delay={POLL}s, result poll {POLL}s, Redis"
+            f"1 worker process, max_jobs={args.concurrency}, poll_delay={POLL}s, "
+            f"result poll {POLL}s, Redis"
         )
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all([worker])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Celery (Redis broker and result backend), one worker process.
 
-Worker: ``celery worker --pool=solo`` (one process, runs tasks one after another; prefork
-would add child processes), prefetch multiplier 64, no gossip/mingle/heartbeat, JSON
-serializer. Results are read with ``AsyncResult.get()`` (the Redis backend's pub/sub).
+Worker, by ``--concurrency C``: C = 1 runs ``celery worker --pool=solo`` (tasks one after
+another in the worker process itself); C > 1 runs ``--pool=threads --concurrency=C`` (C threads
+in the one process: Celery's built-in pool for I/O-bound tasks, no extra package; prefork would
+add C child processes on this 2-core machine). Prefetch multiplier 64, no
+gossip/mingle/heartbeat, JSON serializer. Results are read with ``AsyncResult.get()`` (the
+Redis backend's pub/sub).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from celery import Celery
-from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop_all
 
 PREFETCH = 64
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -36,8 +39,19 @@ def echo(data: Any) -> Any:
     return data
 
 
+def pool(concurrency: int) -> tuple[list[str], str]:
+    """The worker's pool flags for ``concurrency``, and how the row says it."""
+    if concurrency == 1:
+        return ["--pool=solo", "--concurrency=1"], "--pool=solo"
+    return [
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+    ], f"--pool=threads, {concurrency} threads"
+
+
 def main() -> None:
     args = peer_args(__doc__)
+    flags, how = pool(args.concurrency)
     app.conf.broker_url = args.redis_url
     app.conf.result_backend = args.redis_url
     worker = peer_worker(
@@ -46,8 +60,7 @@ def main() -> None:
             "-A",
             "celery_bench",
             "worker",
-            "--pool=solo",
-            "--concurrency=1",
+            *flags,
             f"--prefetch-multiplier={PREFETCH}",
             "--without-gossip",
             "--without-mingle",
@@ -67,13 +80,15 @@ def main() -> None:
             warmup=args.warmup,
             timeout=args.timeout,
         )
+        result["concurrency"] = args.concurrency
+        result["concurrency_how"] = how
         result["settings"] = (
-            f"1 worker process, --pool=solo, prefetch multiplier {PREFETCH}, "
+            f"1 worker process, {how}, prefetch multiplier {PREFETCH}, "
             "Redis broker + Redis result backend, json"
         )
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all([worker])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Dramatiq (Redis broker, Results middleware with the Redis backend), one worker process.
 
-Worker: ``dramatiq --processes 1 --threads 8`` (Dramatiq's default prefetch: 2 per thread).
+Worker: ``dramatiq --processes 1 --threads C`` for ``--concurrency C`` (Dramatiq's default is
+8 threads per process; its default prefetch: 2 per thread).
 Results are read with ``Message.get_result(block=True)``.
 """
 
@@ -13,12 +14,11 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dramatiq
-from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop_all
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-THREADS = 8
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 broker = RedisBroker(url=REDIS_URL)
@@ -43,7 +43,7 @@ def main() -> None:
             "--processes",
             "1",
             "--threads",
-            str(THREADS),
+            str(args.concurrency),
             "--queues",
             "bench",
         ],
@@ -58,12 +58,15 @@ def main() -> None:
             warmup=args.warmup,
             timeout=args.timeout,
         )
+        how = f"{args.concurrency} thread{'s' if args.concurrency > 1 else ''}"
+        result["concurrency"] = args.concurrency
+        result["concurrency_how"] = how
         result["settings"] = (
-            f"1 worker process, {THREADS} threads, Redis broker, Results middleware (Redis backend)"
+            f"1 worker process, {how}, Redis broker, Results middleware (Redis backend)"
         )
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all([worker])
 
 
 if __name__ == "__main__":

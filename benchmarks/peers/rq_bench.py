@@ -1,8 +1,10 @@
-"""RQ, one worker process.
+"""RQ: ``--concurrency C`` worker processes on one queue.
 
-Worker: ``rq worker`` with RQ's default ``Worker`` class, which forks a work horse for every
-job (``--worker-class simple`` runs jobs in the worker process itself, RQ's ``SimpleWorker``).
-Results are read with ``Job.latest_result(timeout=...)`` (blocks on the job's result stream).
+An RQ worker runs one job at a time, so C at once takes C ``rq worker`` processes (what a
+supervisor's ``numprocs`` or a systemd template gives an RQ user); C = 1 is one process. Each
+uses RQ's default ``Worker`` class, which forks a work horse for every job (``--worker-class
+simple`` runs jobs in the worker process itself, RQ's ``SimpleWorker``). Results are read with
+``Job.latest_result(timeout=...)`` (blocks on the job's result stream).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop
+from common import bin_of, drive, emit, payload, peer_args, peer_worker, stop_all
 
 
 def echo(data: Any) -> Any:
@@ -40,20 +42,18 @@ def main() -> None:
     from rq import Queue
 
     cls = ["--worker-class", "rq.worker.SimpleWorker"] if known.worker_class == "simple" else []
-    worker = peer_worker(
-        [
-            bin_of("rq"),
-            "worker",
-            "-u",
-            args.redis_url,
-            "--logging_level",
-            "WARNING",
-            "-q",
-            *cls,
-            "bench",
-        ],
-        args.log,
-    )
+    command = [
+        bin_of("rq"),
+        "worker",
+        "-u",
+        args.redis_url,
+        "--logging_level",
+        "WARNING",
+        "-q",
+        *cls,
+        "bench",
+    ]
+    workers = [peer_worker(command, args.log) for _ in range(args.concurrency)]
     try:
         queue = Queue("bench", connection=Redis.from_url(args.redis_url))
         result = drive(
@@ -69,10 +69,13 @@ def main() -> None:
             if known.worker_class == "simple"
             else ("default Worker (forks per job)")
         )
-        result["settings"] = f"1 worker process, {kind}, Redis"
+        procs = f"{args.concurrency} worker process{'es' if args.concurrency > 1 else ''}"
+        result["concurrency"] = args.concurrency
+        result["concurrency_how"] = procs
+        result["settings"] = f"{procs}, {kind}, Redis"
         emit("result", **result)
     finally:
-        stop(worker)
+        stop_all(workers)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,24 @@ def burst(hub: float, worker: float, publisher: float, **more: float) -> dict[st
     return {"store": "memory://", "n": 30000, "runs": runs, "median": runs[1], "command": "x"}
 
 
-def trip(name: str, throughput: float, seq_p50_ms: float = 0.46) -> dict[str, Any]:
-    return {"name": name, "status": "ok", "throughput": throughput, "seq_p50_ms": seq_p50_ms}
+def trip(
+    name: str, throughput: float, seq_p50_ms: float = 0.46, concurrency: int | None = None
+) -> dict[str, Any]:
+    if concurrency is None:
+        concurrency = 1 if name.endswith("-c1") else 8
+    return {
+        "name": name,
+        "status": "ok",
+        "throughput": throughput,
+        "seq_p50_ms": seq_p50_ms,
+        "concurrency": concurrency,
+        "concurrency_how": f"how {concurrency}",
+    }
 
 
-# Recorded: the round trips of the 2026-12-06 05:18 make bench (docs/performance.json) and the
-# CPU per task of burst_cpu.py on this machine under load (2026-12-07, before issue 19's work).
+# Recorded: the round trips of a make bench at worker concurrency 8 and 1 (2026-12-07, a busy
+# machine) and the CPU per task of burst_cpu.py on this machine under load (2026-12-07, before
+# issue 19's work).
 RECORDED: dict[str, Any] = {
     "rows": [
         trip("taskhub-memory", 24055, 0.46),
@@ -44,6 +56,13 @@ RECORDED: dict[str, Any] = {
         trip("dramatiq", 1701),
         trip("arq", 1072),
         {"name": "rq", "status": "failed", "note": "timed out"},
+        trip("taskhub-memory-c1", 3061, 0.61),
+        trip("taskhub-sqlite-c1", 1385, 0.75),
+        trip("taskhub-redis-c1", 1240, 1.65),
+        trip("celery-c1", 545),
+        trip("dramatiq-c1", 266),
+        trip("arq-c1", 884),
+        trip("rq-c1", 50),
     ],
     "cpu": {
         "memory": burst(57.0, 31.0, 22.0),
@@ -59,9 +78,12 @@ THRESHOLDS = {
     "sqlite:// hub CPU ≤ 40 µs per task": 40.0,
     "redis:// hub CPU ≤ 30 µs per task": 30.0,
     "redis:// redis-server CPU ≤ 25 µs per task": 25.0,
-    "memory:// round trip ≥ 40x the fastest peer": 40.0,
-    "sqlite:// round trip ≥ 15x the fastest peer": 15.0,
-    "redis:// round trip ≥ 10x the fastest peer": 10.0,
+    "memory:// round trip ≥ 40x the fastest peer, both at worker concurrency 8": 40.0,
+    "sqlite:// round trip ≥ 15x the fastest peer, both at worker concurrency 8": 15.0,
+    "redis:// round trip ≥ 10x the fastest peer, both at worker concurrency 8": 10.0,
+    "memory:// round trip ≥ 40x the fastest peer, both at worker concurrency 1": 40.0,
+    "sqlite:// round trip ≥ 15x the fastest peer, both at worker concurrency 1": 15.0,
+    "redis:// round trip ≥ 10x the fastest peer, both at worker concurrency 1": 10.0,
     "sequential p50 < 0.5 ms on one hub (memory://)": 0.5,
 }
 NOT_YET = (
@@ -93,18 +115,30 @@ def test_the_recorded_run_meets_what_it_meets() -> None:
     got = statuses(RECORDED)
     assert got["memory:// hub CPU ≤ 15 µs per task"] == "not met"  # 57 µs
     assert got["memory:// TaskHub's clients' CPU ≤ 15 µs per task together"] == "not met"
-    assert got["memory:// round trip ≥ 40x the fastest peer"] == "not met"  # 14.1x dramatiq
+    at8 = "memory:// round trip ≥ 40x the fastest peer, both at worker concurrency 8"
+    assert got[at8] == "not met"  # 14.1x dramatiq
     assert got["sequential p50 < 0.5 ms on one hub (memory://)"] == "met"  # 0.46 ms
     # The recorded burst_cpu.py has no redis-server figure (before branch redislua): said so.
     assert got["redis:// redis-server CPU ≤ 25 µs per task"].startswith("not measured: needs")
-    # Celery --pool=solo, Dramatiq 8 threads, arq 100 against TaskHub's 64: not the same.
-    assert got["TaskHub and the peers at the same worker concurrency"] == "not met"
-    (row,) = [
-        r
-        for r in issue19.target_rows(RECORDED["rows"], RECORDED["cpu"])
-        if r["target"].startswith("memory:// round trip")
-    ]
-    assert row["figure"].startswith("14.1x dramatiq (24,055 vs 1,701 tasks/s")
+    # Every row at 8 ran at 8, every -c1 row at 1: the same, level by level.
+    assert got["TaskHub and the peers at the same worker concurrency"] == "met"
+    rows = {r["target"]: r for r in issue19.target_rows(RECORDED["rows"], RECORDED["cpu"])}
+    assert rows[at8]["figure"].startswith("14.1x dramatiq (24,055 vs 1,701 tasks/s")
+    # At 1 the fastest peer is another one (arq), chosen among the peers at 1 only.
+    at1 = at8.replace("concurrency 8", "concurrency 1")
+    assert rows[at1]["figure"].startswith("3.5x arq-c1 (3,061 vs 884 tasks/s")
+
+
+def test_a_peer_at_another_concurrency_is_never_the_one_compared() -> None:
+    result = copy.deepcopy(RECORDED)
+    # Dramatiq at 100 would be the fastest; it ran at another level than TaskHub's 8.
+    result["rows"].append(trip("dramatiq", 99999, concurrency=100))
+    result["rows"] = [r for r in result["rows"] if r is not result["rows"][4]]
+    rows = {r["target"]: r for r in issue19.target_rows(result["rows"], result["cpu"])}
+    at8 = "memory:// round trip ≥ 40x the fastest peer, both at worker concurrency 8"
+    assert rows[at8]["figure"].startswith("22.4x arq (24,055 vs 1,072 tasks/s")
+    same = rows["TaskHub and the peers at the same worker concurrency"]
+    assert same["status"] == "not met" and "8/100: " in same["figure"]
 
 
 def with_figure(target: str, value: float) -> dict[str, Any]:
@@ -118,6 +152,8 @@ def with_figure(target: str, value: float) -> dict[str, Any]:
         cpu[kind] = burst(57.0, value * 0.6, value * 0.4)
     elif "redis-server" in target:
         cpu[kind] = burst(85.0, 1.0, 1.0, redis_us=value)
+    elif "round trip" in target and target.endswith("concurrency 1"):
+        rows[f"taskhub-{kind}-c1"]["throughput"] = rows["arq-c1"]["throughput"] * value
     elif "round trip" in target:
         rows[f"taskhub-{kind}"]["throughput"] = rows["dramatiq"]["throughput"] * value
     else:
@@ -137,8 +173,11 @@ def test_met_just_inside_the_issues_number_and_not_met_just_outside(target: str)
 def test_missing_parts_are_named_not_left_out() -> None:
     got = statuses({"rows": [trip("taskhub-memory", 20000)], "cpu": {}})
     assert len(got) == len(statuses(RECORDED))
-    assert got["memory:// round trip ≥ 40x the fastest peer"] == (
-        "not measured: needs the peers (Celery, Dramatiq, arq, RQ) in this run"
+    assert got["memory:// round trip ≥ 40x the fastest peer, both at worker concurrency 8"] == (
+        "not measured: needs the peers (Celery, Dramatiq, arq, RQ) at 8 in this run"
+    )
+    assert got["memory:// round trip ≥ 40x the fastest peer, both at worker concurrency 1"] == (
+        "not measured: needs the taskhub-memory-c1 row in this run"
     )
     assert got["sqlite:// hub CPU ≤ 40 µs per task"].startswith(
         "not measured: needs burst_cpu.py on sqlite://"
@@ -148,17 +187,26 @@ def test_missing_parts_are_named_not_left_out() -> None:
     assert "boom" in got["memory:// hub CPU ≤ 15 µs per task"]
 
 
-def test_peer_concurrency_matches_the_peer_scripts() -> None:
-    sources = {n: (BENCH / "peers" / f"{n}_bench.py").read_text() for n in issue19.PEER_CONCURRENCY}
-    assert re.search(r"^THREADS = 8$", sources["dramatiq"], re.M)
-    assert re.search(r"^MAX_JOBS = 100$", sources["arq"], re.M)
-    assert "--pool=solo" in sources["celery"] and "forks per job" in sources["rq"]
-    assert {n: c for n, (c, _) in issue19.PEER_CONCURRENCY.items()} == {
-        "celery": 1,
-        "dramatiq": 8,
-        "arq": 100,
-        "rq": 1,
-    }
+def test_every_peer_script_takes_the_concurrency_and_reports_it() -> None:
+    # The runner passes --concurrency to each peer's script; the script reports what it ran.
+    for name in ("celery", "dramatiq", "arq", "rq"):
+        source = (BENCH / "peers" / f"{name}_bench.py").read_text()
+        assert 'result["concurrency"] = args.concurrency' in source, name
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "peers" / "rq_bench.py"),
+            "--redis-url",
+            "redis://x",
+            "--concurrency",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(BENCH)},
+    )
+    assert proc.returncode == 2 and "--concurrency must be at least 1, not 0" in proc.stderr
 
 
 def test_docs_get_the_section_and_keep_it_when_a_run_has_no_table(tmp_path: Path) -> None:
@@ -202,16 +250,15 @@ def test_which_runs_make_the_table() -> None:
     import run
 
     quick = run.parse_args(["--targets"])
-    assert quick.issue19 and quick.targets == [
-        "taskhub-memory",
-        "taskhub-sqlite",
-        "taskhub-redis",
-        "celery",
-        "dramatiq",
-        "arq",
-        "rq",
-    ]
-    assert run.parse_args([]).issue19  # make bench
+    at_n = ["taskhub-memory", "taskhub-sqlite", "taskhub-redis", "celery", "dramatiq", "arq", "rq"]
+    scale = ["relay-thin", "processes-sqlite-1", "processes-sqlite-2"]
+    scale += ["hubs-redis-1", "hubs-redis-2", "hubs-redis-3"]
+    assert quick.issue19 and quick.targets == at_n + [f"{t}-c1" for t in at_n] + scale
+    assert quick.concurrency == 8
+    assert run.parse_args(["--only", "peers,c1"]).targets == at_n[3:] + [f"{t}-c1" for t in at_n]
+    assert quick.targets_only
+    full = run.parse_args([])  # make bench: the table, and every other part of the docs
+    assert full.issue19 and not full.targets_only
     assert not run.parse_args(["--only", "taskhub"]).issue19
     assert not run.parse_args(["--smoke"]).issue19
     proc = subprocess.run(
@@ -221,3 +268,102 @@ def test_which_runs_make_the_table() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "--targets runs its own set" in proc.stderr
+
+
+def scale_row(
+    name: str, throughput: float, hubs: list[float] | None = None, redis: float = 0.0
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "status": "ok", "throughput": throughput}
+    out["partitions"] = 8
+    if hubs is not None:
+        out.update(hub_cpu_us=hubs, hubs_cpu_us=sum(hubs), redis_cpu_us=redis)
+    return out
+
+
+PROCESSES = issue19.PROCESSES_TARGET
+HUBS = issue19.HUBS_TARGET
+
+
+def scale_statuses(scale: list[dict[str, Any]]) -> dict[str, str]:
+    rows = issue19.target_rows(RECORDED["rows"], RECORDED["cpu"], scale)
+    return {r["target"]: r["status"] for r in rows}
+
+
+def test_scale_targets_from_the_scale_rows() -> None:
+    at = issue19.PROCESSES_AT_LEAST
+    two = [scale_row("processes-sqlite-1", 10000), scale_row("processes-sqlite-2", 10000 * at)]
+    hubs = [
+        scale_row("hubs-redis-1", 9000, [40.0], 20.0),
+        scale_row("hubs-redis-2", 15000, [25.0, 24.0], 21.0),
+        scale_row("hubs-redis-3", 20000, [17.0, 17.0, 16.0], 22.0),
+    ]
+    got = scale_statuses(two + hubs)
+    assert got[PROCESSES] == "met" and got[HUBS] == "met"
+    two[1]["throughput"] = 10000 * at * 0.99
+    # Today's cluster: one leader does it all and its CPU per task grows with relaying.
+    hubs[2]["hub_cpu_us"], hubs[2]["hubs_cpu_us"] = [75.0, 1.5, 2.0], 78.5
+    got = scale_statuses(two + hubs)
+    assert got[PROCESSES] == "not met" and got[HUBS] == "not met"
+    hubs[2]["hub_cpu_us"], hubs[2]["hubs_cpu_us"], hubs[2]["redis_cpu_us"] = [17.0], 17.0, 30.0
+    assert scale_statuses(two + hubs)[HUBS] == "not met"  # redis-server's grew
+    # One partition: one leader runs every task, the followers relay; flat, and meaningless.
+    leader = [scale_row(f"hubs-redis-{k}", 3000, [74.0] + [2.0] * (k - 1), 30.0) for k in (1, 2, 3)]
+    for r in leader:
+        r["partitions"] = 1
+    got = scale_statuses(leader)[HUBS]
+    assert got.startswith("not measured: needs the hubs to lead partitions"), got
+
+
+def test_a_build_without_the_feature_gives_no_figure() -> None:
+    note = "not available in this build: `taskhub serve` has no --processes"
+    skipped = [
+        {"name": "processes-sqlite-1", "status": "skipped", "note": note},
+        {"name": "processes-sqlite-2", "status": "skipped", "note": note},
+    ]
+    rows = issue19.target_rows(RECORDED["rows"], RECORDED["cpu"], skipped)
+    (row,) = [r for r in rows if r["target"] == PROCESSES]
+    assert row == {"target": PROCESSES, "figure": "-", "status": note}
+    got = scale_statuses([{"name": "hubs-redis-1", "status": "failed", "note": "boom"}])
+    assert got[HUBS].startswith("not measured: needs the hubs-redis-2, hubs-redis-3 row(s)")
+    got = scale_statuses(
+        [{"name": f"hubs-redis-{k}", "status": "failed", "note": "boom"} for k in (1, 2, 3)]
+    )
+    assert got[HUBS] == "not measured: needs the hubs-redis-1 row to run (boom)"
+
+
+@pytest.mark.timeout(240)
+def test_scale_rows_run_on_this_build(tmp_path: Path) -> None:
+    # Real processes: the thin generator against the relay, `serve --processes` where the
+    # build has it, and 1-3 hubs on a real redis-server as today's cluster (one partition).
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--only",
+            "scale",
+            "--thin-n",
+            "600",
+            "--scale-partitions",
+            "1",
+            "--timeout",
+            "60",
+            "--no-docs",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["scale_rows"]}
+    assert rows["relay-thin"]["status"] == "ok" and rows["relay-thin"]["n"] == 600
+    for name in ("processes-sqlite-1", "processes-sqlite-2"):
+        r = rows[name]
+        assert r["status"] == "ok" or r["note"].startswith("not available in this build: "), r
+    for k in (1, 2, 3):
+        r = rows[f"hubs-redis-{k}"]
+        assert r["status"] == "ok", r
+        assert len(r["hub_cpu_us"]) == k and r["hubs_cpu_us"] > 0 and r["redis_cpu_us"] >= 0
+        assert r["partitions_led"] == ["leader", *["follower"] * (k - 1)]
