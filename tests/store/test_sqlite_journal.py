@@ -8,6 +8,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from taskhub.errors import StoreFenced, StoreUnavailable
@@ -180,5 +181,31 @@ async def test_a_fenced_store_appends_nothing_and_still_reads(tmp_path: Path) ->
             await store.apply(WriteBatch(tasks=[_task("t3")]))
         assert [t.id for t in await store.list_tasks()] == ["t1"]  # t2 waits in the journal
         assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    finally:
+        await store.close()
+
+
+async def test_a_journal_changed_by_another_writer_is_read_back_before_a_fold(
+    tmp_path: Path,
+) -> None:
+    """A fold writes the rows this store appended as it remembers them, unless the table no
+    longer holds exactly those rows (a successor on the file folded them): then it reads the
+    table, and what it remembered is not written over the other writer's."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1")]))
+        with sqlite3.connect(path) as raw:
+            raw.execute("DELETE FROM journal")
+            other = TaskRecord(id="t1", action="b", publisher="p", created_at=2.0)
+            raw.execute(
+                "INSERT INTO tasks VALUES ('t1', 'b', 'init', 2.0, NULL, ?)",
+                (msgspec.json.encode(other),),
+            )
+        assert await store.get_task("t1") == other
+        await store.apply(WriteBatch(tasks=[_task("t2")]))
+        assert [t.action for t in await store.list_tasks()] == ["b", "a"]
     finally:
         await store.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from taskhub.errors import StoreFenced
 from taskhub.records import WriteBatch
 from taskhub.store.sqlite_schema import WriteFence, transaction
 
@@ -33,6 +34,7 @@ Entry = tuple[
 ]
 
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
+_COUNT = "SELECT count(*), coalesce(max(n), 0) FROM journal"
 _UPSERT_TASK = """
     INSERT INTO tasks (id, action, state, created_at, ended_at, record)
     VALUES (?, ?, ?, ?, ?, ?)
@@ -58,6 +60,14 @@ class Journal:
         self._pack = msgspec.msgpack.Encoder()
         self._unpack = msgspec.msgpack.Decoder()
         self.pending = 0  # records appended and not folded yet
+        # The rows appended since the last fold, replayed as they were appended: a fold
+        # writes this instead of reading the rows back and decoding them. ``_rows`` and
+        # ``_last`` (their count and the last one's key) are checked against the table by
+        # the fold; ``_replay``: read the rows instead (at open, after a fence was lost).
+        self._folded = _Folded()
+        self._rows = 0
+        self._last = 0
+        self._replay = True
 
     def entry(self, batch: WriteBatch) -> Entry:
         """The batch's values, taken now (its records encoded): a snapshot, whatever the
@@ -79,28 +89,43 @@ class Journal:
         Every column value is checked first: a row the fold could not write would stop every
         later fold, so what the tables would refuse is refused here, naming the field."""
         tasks, records, events, deleted, meta, meta_deleted = entry
-        row = self._pack.encode(
-            (
-                [_task_row(*t) for t in tasks],
-                records,
-                [(_text(task_id, "event task_id"), event) for task_id, event in events],
-                [_text(task_id, "deleted task id") for task_id in deleted],
-                [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
-                [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
-            )
+        batch = (
+            [_task_row(*t) for t in tasks],
+            records,
+            [(_text(task_id, "event task_id"), event) for task_id, event in events],
+            [_text(task_id, "deleted task id") for task_id in deleted],
+            [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
+            [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
         )
-        with transaction(conn, self._fence):
-            conn.execute(_APPEND, (row,))
+        row = self._pack.encode(batch)
+        try:
+            with transaction(conn, self._fence):
+                last = conn.execute(_APPEND, (row,)).lastrowid
+        except StoreFenced:
+            self._replay = True  # another writer may change the journal from now on
+            raise
+        self._rows += 1
+        self._last = last or 0
+        self._folded.add(*batch)
         self.pending += len(tasks) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
     def fold(self, conn: sqlite3.Connection) -> None:
         """Move every journal entry into the tables, in one transaction."""
-        with transaction(conn, self._fence):
-            folded = _Folded()
-            for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
-                folded.add(*self._unpack.decode(row))
-            folded.write(conn)
-            conn.execute("DELETE FROM journal")
+        try:
+            with transaction(conn, self._fence):
+                folded = self._folded
+                if self._replay or conn.execute(_COUNT).fetchone() != (self._rows, self._last):
+                    folded = _Folded()
+                    for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
+                        folded.add(*self._unpack.decode(row))
+                folded.write(conn)
+                conn.execute("DELETE FROM journal")
+        except StoreFenced:
+            self._replay = True
+            raise
+        self._folded = _Folded()
+        self._rows = self._last = 0
+        self._replay = False
         self.pending = 0
 
 
