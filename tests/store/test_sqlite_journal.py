@@ -209,3 +209,22 @@ async def test_a_journal_changed_by_another_writer_is_read_back_before_a_fold(
         assert [t.action for t in await store.list_tasks()] == ["b", "a"]
     finally:
         await store.close()
+
+
+async def test_a_task_written_again_with_another_action_is_found_by_its_new_one(
+    tmp_path: Path,
+) -> None:
+    """The fold's upsert leaves the action of a task as it is (the hub never changes it); one
+    whose action did change is written again whole, in the same fold."""
+    store = SqliteStore(str(tmp_path / "hub.db"))
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1"), _task("t2")]))
+        assert [t.id for t in await store.list_tasks(action="a")] == ["t1", "t2"]  # folded
+        moved = TaskRecord(id="t2", action="b", publisher="p", created_at=1.0, state="start")
+        await store.apply(WriteBatch(tasks=[_task("t1"), moved]))
+        assert [t.id for t in await store.list_tasks(action="a")] == ["t1"]
+        assert await store.list_tasks(action="b") == [moved]
+        assert await store.list_tasks(state="start") == [moved]
+    finally:
+        await store.close()

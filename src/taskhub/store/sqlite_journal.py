@@ -45,6 +45,20 @@ _UPSERT_TASK = """
         ended_at = excluded.ended_at,
         record = excluded.record
 """
+# The same for a task whose action is unchanged, which is every task the hub writes: SQLite
+# rewrites an index entry whenever its column is SET, to the same value or not, so leaving
+# action out spares tasks_action a delete and an insert per update. A row whose action did
+# change is left alone here (the WHERE), counted as missing, and written by _UPSERT_TASK.
+_UPSERT_SAME_ACTION = """
+    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT(id) DO UPDATE SET
+        state = excluded.state,
+        created_at = excluded.created_at,
+        ended_at = excluded.ended_at,
+        record = excluded.record
+    WHERE action = excluded.action
+"""
 _INSERT_PACK = "INSERT INTO events (task_id, records) VALUES (?, ?)"
 _UPSERT_META = "INSERT OR REPLACE INTO meta (kind, key, value) VALUES (?, ?, ?)"
 
@@ -176,7 +190,9 @@ class _Folded:
             conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
             conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
         if self.tasks:
-            conn.executemany(_UPSERT_TASK, self.tasks.values())
+            tasks = list(self.tasks.values())
+            if conn.executemany(_UPSERT_SAME_ACTION, tasks).rowcount != len(tasks):
+                conn.executemany(_UPSERT_TASK, tasks)
         if self.events:
             packs = [
                 (task_id, b"[" + b",".join(pack) + b"]") for task_id, pack in self.events.items()
