@@ -48,6 +48,9 @@ async def test_the_journal_is_folded_a_moment_after_a_write_without_any_read(
         await store.apply(WriteBatch(tasks=[_task("t1")]))
         await _until(lambda: _rows(path, "SELECT id FROM tasks") == [("t1",)], "t1 in tasks")
         assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+        # As the sqlite3 shell sees it (the fold binds them otherwise: _NULL, bytearray).
+        columns = "SELECT typeof(ended_at), typeof(record), json_extract(record, '$.id') FROM tasks"
+        assert _rows(path, columns) == [("null", "blob", "t1")]
     finally:
         await store.close()
 

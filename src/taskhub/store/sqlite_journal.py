@@ -8,6 +8,7 @@ Every read folds first, so readers see exactly what was applied.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from typing import Any
 
@@ -32,6 +33,13 @@ Entry = tuple[
     list[tuple[Any, Any, bytes]],
     list[tuple[Any, Any]],
 ]
+
+# Parameters of the fold's statements, by the hundred thousand. The sqlite3 module binds
+# int, float, str and bytearray as they are, and looks every other value (bytes and None
+# too) up in its adapter registry first, which fails through two attribute lookups that
+# each format an AttributeError: ~5,000 instructions for each blob. So the blobs are bound
+# as bytearrays and a missing ended_at as NaN, which SQLite stores as NULL.
+_NULL = math.nan
 
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
 _COUNT = "SELECT count(*), coalesce(max(n), 0) FROM journal"
@@ -190,12 +198,16 @@ class _Folded:
             conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
             conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
         if self.tasks:
-            tasks = list(self.tasks.values())
+            tasks = [
+                (i, action, state, created, _NULL if ended is None else ended, bytearray(record))
+                for i, action, state, created, ended, record in self.tasks.values()
+            ]
             if conn.executemany(_UPSERT_SAME_ACTION, tasks).rowcount != len(tasks):
                 conn.executemany(_UPSERT_TASK, tasks)
         if self.events:
             packs = [
-                (task_id, b"[" + b",".join(pack) + b"]") for task_id, pack in self.events.items()
+                (task_id, bytearray(b"[%b]" % b",".join(pack)))
+                for task_id, pack in self.events.items()
             ]
             conn.executemany(_INSERT_PACK, packs)
         if self.meta_deleted:
