@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import sys
 from pathlib import Path
@@ -229,5 +230,46 @@ async def test_a_task_written_again_with_another_action_is_found_by_its_new_one(
         assert [t.id for t in await store.list_tasks(action="a")] == ["t1"]
         assert await store.list_tasks(action="b") == [moved]
         assert await store.list_tasks(state="start") == [moved]
+    finally:
+        await store.close()
+
+
+def _bad(**fields: object) -> WriteBatch:
+    """A batch of a good task and one with ``fields`` (unchecked, as a caller may build it)."""
+    return WriteBatch(tasks=[_task("t1"), msgspec.structs.replace(_task("t2"), **fields)])
+
+
+@pytest.mark.parametrize(
+    ("batch", "error"),
+    [
+        (_bad(id=7), "task id must be a string"),
+        (_bad(state=3), "state of task 't2' must be a string"),
+        (_bad(created_at=True), "created_at of task 't2' must be a number"),
+        (_bad(created_at=math.nan), "created_at of task 't2' is NaN"),
+        (_bad(ended_at=math.nan), "ended_at of task 't2' is NaN"),
+        (_bad(ended_at="x"), "ended_at of task 't2' must be a number"),
+        (
+            WriteBatch(events=[EventRecord(task_id=None, seq=0, at=1.0, type="init")]),  # type: ignore[arg-type]
+            "event task_id must be a string",
+        ),
+        (WriteBatch(deleted=[b"t1"]), "deleted task id must be a string"),  # type: ignore[list-item]
+    ],
+)
+async def test_a_column_the_tables_would_refuse_is_refused_with_the_whole_batch(
+    tmp_path: Path, batch: WriteBatch, error: str
+) -> None:
+    """Checked a column at a time for the whole batch (the hub's are always right); one
+    wrong value, wherever it is, refuses the batch naming the field, and nothing is kept."""
+    store = SqliteStore(str(tmp_path / "hub.db"))
+    await store.open()
+    try:
+        with pytest.raises((TypeError, ValueError), match=error):
+            await store.apply(batch)
+        assert await store.list_tasks() == []
+        # An int where a float goes is taken (as a float), like the other engines.
+        fine = TaskRecord(id="t3", action="a", publisher="p", created_at=5, ended_at=6)  # type: ignore[arg-type]
+        await store.apply(WriteBatch(tasks=[fine]))
+        assert [t.id for t in await store.list_tasks()] == ["t3"]  # folded
+        assert _rows(tmp_path / "hub.db", "SELECT created_at, ended_at FROM tasks") == [(5.0, 6.0)]
     finally:
         await store.close()
