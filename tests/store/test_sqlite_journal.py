@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from taskhub.errors import StoreFenced, StoreUnavailable
@@ -47,6 +49,9 @@ async def test_the_journal_is_folded_a_moment_after_a_write_without_any_read(
         await store.apply(WriteBatch(tasks=[_task("t1")]))
         await _until(lambda: _rows(path, "SELECT id FROM tasks") == [("t1",)], "t1 in tasks")
         assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+        # As the sqlite3 shell sees it (the fold binds them otherwise: _NULL, bytearray).
+        columns = "SELECT typeof(ended_at), typeof(record), json_extract(record, '$.id') FROM tasks"
+        assert _rows(path, columns) == [("null", "blob", "t1")]
     finally:
         await store.close()
 
@@ -180,5 +185,91 @@ async def test_a_fenced_store_appends_nothing_and_still_reads(tmp_path: Path) ->
             await store.apply(WriteBatch(tasks=[_task("t3")]))
         assert [t.id for t in await store.list_tasks()] == ["t1"]  # t2 waits in the journal
         assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    finally:
+        await store.close()
+
+
+async def test_a_journal_changed_by_another_writer_is_read_back_before_a_fold(
+    tmp_path: Path,
+) -> None:
+    """A fold writes the rows this store appended as it remembers them, unless the table no
+    longer holds exactly those rows (a successor on the file folded them): then it reads the
+    table, and what it remembered is not written over the other writer's."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1")]))
+        with sqlite3.connect(path) as raw:
+            raw.execute("DELETE FROM journal")
+            other = TaskRecord(id="t1", action="b", publisher="p", created_at=2.0)
+            raw.execute(
+                "INSERT INTO tasks VALUES ('t1', 'b', 'init', 2.0, NULL, ?)",
+                (msgspec.json.encode(other),),
+            )
+        assert await store.get_task("t1") == other
+        await store.apply(WriteBatch(tasks=[_task("t2")]))
+        assert [t.action for t in await store.list_tasks()] == ["b", "a"]
+    finally:
+        await store.close()
+
+
+async def test_a_task_written_again_with_another_action_is_found_by_its_new_one(
+    tmp_path: Path,
+) -> None:
+    """The fold's upsert leaves the action of a task as it is (the hub never changes it); one
+    whose action did change is written again whole, in the same fold."""
+    store = SqliteStore(str(tmp_path / "hub.db"))
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1"), _task("t2")]))
+        assert [t.id for t in await store.list_tasks(action="a")] == ["t1", "t2"]  # folded
+        moved = TaskRecord(id="t2", action="b", publisher="p", created_at=1.0, state="start")
+        await store.apply(WriteBatch(tasks=[_task("t1"), moved]))
+        assert [t.id for t in await store.list_tasks(action="a")] == ["t1"]
+        assert await store.list_tasks(action="b") == [moved]
+        assert await store.list_tasks(state="start") == [moved]
+    finally:
+        await store.close()
+
+
+def _bad(**fields: object) -> WriteBatch:
+    """A batch of a good task and one with ``fields`` (unchecked, as a caller may build it)."""
+    return WriteBatch(tasks=[_task("t1"), msgspec.structs.replace(_task("t2"), **fields)])
+
+
+@pytest.mark.parametrize(
+    ("batch", "error"),
+    [
+        (_bad(id=7), "task id must be a string"),
+        (_bad(state=3), "state of task 't2' must be a string"),
+        (_bad(created_at=True), "created_at of task 't2' must be a number"),
+        (_bad(created_at=math.nan), "created_at of task 't2' is NaN"),
+        (_bad(ended_at=math.nan), "ended_at of task 't2' is NaN"),
+        (_bad(ended_at="x"), "ended_at of task 't2' must be a number"),
+        (
+            WriteBatch(events=[EventRecord(task_id=None, seq=0, at=1.0, type="init")]),  # type: ignore[arg-type]
+            "event task_id must be a string",
+        ),
+        (WriteBatch(deleted=[b"t1"]), "deleted task id must be a string"),  # type: ignore[list-item]
+    ],
+)
+async def test_a_column_the_tables_would_refuse_is_refused_with_the_whole_batch(
+    tmp_path: Path, batch: WriteBatch, error: str
+) -> None:
+    """Checked a column at a time for the whole batch (the hub's are always right); one
+    wrong value, wherever it is, refuses the batch naming the field, and nothing is kept."""
+    store = SqliteStore(str(tmp_path / "hub.db"))
+    await store.open()
+    try:
+        with pytest.raises((TypeError, ValueError), match=error):
+            await store.apply(batch)
+        assert await store.list_tasks() == []
+        # An int where a float goes is taken (as a float), like the other engines.
+        fine = TaskRecord(id="t3", action="a", publisher="p", created_at=5, ended_at=6)  # type: ignore[arg-type]
+        await store.apply(WriteBatch(tasks=[fine]))
+        assert [t.id for t in await store.list_tasks()] == ["t3"]  # folded
+        assert _rows(tmp_path / "hub.db", "SELECT created_at, ended_at FROM tasks") == [(5.0, 6.0)]
     finally:
         await store.close()

@@ -9,9 +9,10 @@ from pathlib import Path
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.memory import MemoryStore
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.store.data import make_sqlite_v3
+from tests.store.data import make_sqlite_v3, make_sqlite_v4
 
 V3_FILE = make_sqlite_v3.FILE
+V4_FILE = make_sqlite_v4.FILE
 IDS = [f"t{i}" for i in range(7)]
 
 
@@ -23,6 +24,7 @@ async def _same_answers(store: SqliteStore, model: MemoryStore) -> None:
     assert await store.list_tasks() == await model.list_tasks()
     assert await store.list_tasks(state="start") == await model.list_tasks(state="start")
     assert await store.list_ended_before(1e12) == await model.list_ended_before(1e12)
+    assert await store.list_ended_before(1025.0) == await model.list_ended_before(1025.0)
     for kind in ("queue", "dead"):
         assert await store.list_meta(kind) == await model.list_meta(kind)
 
@@ -57,12 +59,55 @@ async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables - {"sqlite_stat1"} == {"tasks", "events", "meta", "journal"}
         assert raw.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
         columns = [r[1] for r in raw.execute("PRAGMA table_info(events)")]
         assert columns == ["pack", "task_id", "records"]
+    store = SqliteStore(str(path))  # and opens again as it is
+    await store.open()
+    try:
+        await _same_answers(store, model)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_path: Path) -> None:
+    """A file TaskHub wrote with schema 4, killed with a batch still in its journal
+    (tests/store/data), opens as version 5: the journal is folded, every read answers as
+    before, retention finds the ended tasks through the rebuilt index, and it goes on."""
+    path = tmp_path / "hub.db"
+    shutil.copy(V4_FILE, path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (4,)
+        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
+    model = MemoryStore()
+    await model.open()
+    for batch in make_sqlite_v4.contents():
+        await model.apply(batch)
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await _same_answers(store, model)
+        assert [t.id for t in await store.list_ended_before(1e12)] == ["t2", "t3", "t0"]
+        assert await store.remove_ended_before(1025.0) == ["t2", "t3"]
+        assert await model.remove_ended_before(1025.0) == ["t2", "t3"]
+        more = WriteBatch(
+            tasks=[TaskRecord(id="t6", action="a", publisher="p", created_at=2000.0)],
+            events=[EventRecord(task_id="t4", seq=2, at=2000.0, type="success")],
+        )
+        await store.apply(more)
+        await model.apply(more)
+        await _same_answers(store, model)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
+        sql = "SELECT sql FROM sqlite_master WHERE name = 'tasks_ended'"
+        (index,) = raw.execute(sql).fetchone()
+        assert " IN " not in index and "state = 'success'" in index
     store = SqliteStore(str(path))  # and opens again as it is
     await store.open()
     try:

@@ -8,12 +8,17 @@ Every read folds first, so readers see exactly what was applied.
 
 from __future__ import annotations
 
+import math
+import operator
 import sqlite3
+from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 import msgspec
 
-from taskhub.records import WriteBatch
+from taskhub.errors import StoreFenced
+from taskhub.records import TaskState, WriteBatch
 from taskhub.store.sqlite_schema import WriteFence, transaction
 
 # Fold once the journal holds this many records (task writes, events, deletes, metadata).
@@ -22,17 +27,34 @@ FOLD_RECORDS = 4096
 # ... and a second after a write at the latest, so the tables do not lag behind for long.
 FOLD_AFTER = 1.0
 
-# A batch as apply takes it: task columns, task records, events, deletes, metadata.
+# A batch as apply takes it: task columns, task records, event task ids, events, deletes,
+# metadata.
 Entry = tuple[
     list[tuple[Any, Any, Any, Any, Any]],
     list[bytes],
-    list[tuple[Any, bytes]],
+    list[Any],
+    list[bytes],
     list[Any],
     list[tuple[Any, Any, bytes]],
     list[tuple[Any, Any]],
 ]
+_COLUMNS = operator.attrgetter("id", "action", "state", "created_at", "ended_at")
+_TASK_ID = operator.attrgetter("task_id")
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_TEXT = frozenset({str, TaskState})
+_REAL = frozenset({float})
+_REAL_OR_NONE = frozenset({float, type(None)})
+
+# Parameters of the fold's statements, by the hundred thousand. The sqlite3 module binds
+# int, float, str and bytearray as they are, and looks every other value (bytes and None
+# too) up in its adapter registry first, which fails through two attribute lookups that
+# each format an AttributeError: ~5,000 instructions for each blob. So the blobs are bound
+# as bytearrays and a missing ended_at as NaN, which SQLite stores as NULL.
+_NULL = math.nan
 
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
+_COUNT = "SELECT count(*), coalesce(max(n), 0) FROM journal"
 _UPSERT_TASK = """
     INSERT INTO tasks (id, action, state, created_at, ended_at, record)
     VALUES (?, ?, ?, ?, ?, ?)
@@ -42,6 +64,20 @@ _UPSERT_TASK = """
         created_at = excluded.created_at,
         ended_at = excluded.ended_at,
         record = excluded.record
+"""
+# The same for a task whose action is unchanged, which is every task the hub writes: SQLite
+# rewrites an index entry whenever its column is SET, to the same value or not, so leaving
+# action out spares tasks_action a delete and an insert per update. A row whose action did
+# change is left alone here (the WHERE), counted as missing, and written by _UPSERT_TASK.
+_UPSERT_SAME_ACTION = """
+    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT(id) DO UPDATE SET
+        state = excluded.state,
+        created_at = excluded.created_at,
+        ended_at = excluded.ended_at,
+        record = excluded.record
+    WHERE action = excluded.action
 """
 _INSERT_PACK = "INSERT INTO events (task_id, records) VALUES (?, ?)"
 _UPSERT_META = "INSERT OR REPLACE INTO meta (kind, key, value) VALUES (?, ?, ?)"
@@ -58,16 +94,26 @@ class Journal:
         self._pack = msgspec.msgpack.Encoder()
         self._unpack = msgspec.msgpack.Decoder()
         self.pending = 0  # records appended and not folded yet
+        # The rows appended since the last fold, replayed as they were appended: a fold
+        # writes this instead of reading the rows back and decoding them. ``_rows`` and
+        # ``_last`` (their count and the last one's key) are checked against the table by
+        # the fold; ``_replay``: read the rows instead (at open, after a fence was lost).
+        self._folded = _Folded()
+        self._rows = 0
+        self._last = 0
+        self._replay = True
 
     def entry(self, batch: WriteBatch) -> Entry:
         """The batch's values, taken now (its records encoded): a snapshot, whatever the
         caller changes afterwards. Only this part runs on the caller's thread."""
         encode = self._json.encode
         tasks = batch.tasks
+        events = batch.events
         return (
-            [(t.id, t.action, t.state, t.created_at, t.ended_at) for t in tasks],
-            [encode(t) for t in tasks],
-            [(e.task_id, encode(e)) for e in batch.events],
+            list(map(_COLUMNS, tasks)),
+            list(map(encode, tasks)),
+            list(map(_TASK_ID, events)),
+            list(map(encode, events)),
             list(batch.deleted),
             [(m.kind, m.key, encode(m.value)) for m in batch.meta],
             list(batch.meta_deleted),
@@ -78,29 +124,53 @@ class Journal:
 
         Every column value is checked first: a row the fold could not write would stop every
         later fold, so what the tables would refuse is refused here, naming the field."""
-        tasks, records, events, deleted, meta, meta_deleted = entry
-        row = self._pack.encode(
-            (
-                [_task_row(*t) for t in tasks],
-                records,
-                [(_text(task_id, "event task_id"), event) for task_id, event in events],
-                [_text(task_id, "deleted task id") for task_id in deleted],
-                [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
-                [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
-            )
+        plain, records, event_ids, events, deleted, meta, meta_deleted = entry
+        columns: Sequence[Sequence[Any]] = plain
+        if not _plain(plain):
+            columns = [_task_row(*t) for t in plain]
+        if not _texts(event_ids):
+            event_ids = [_text(task_id, "event task_id") for task_id in event_ids]
+        batch = (
+            columns,
+            records,
+            event_ids,
+            events,
+            [_text(task_id, "deleted task id") for task_id in deleted],
+            [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
+            [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
         )
-        with transaction(conn, self._fence):
-            conn.execute(_APPEND, (row,))
-        self.pending += len(tasks) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
+        # The row's layout is schema 4's: events as (task id, event) pairs.
+        row = self._pack.encode(
+            (columns, records, list(zip(event_ids, events, strict=True)), *batch[4:])
+        )
+        try:
+            with transaction(conn, self._fence):
+                last = conn.execute(_APPEND, (row,)).lastrowid
+        except StoreFenced:
+            self._replay = True  # another writer may change the journal from now on
+            raise
+        self._rows += 1
+        self._last = last or 0
+        self._folded.add(*batch)
+        self.pending += len(columns) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
     def fold(self, conn: sqlite3.Connection) -> None:
         """Move every journal entry into the tables, in one transaction."""
-        with transaction(conn, self._fence):
-            folded = _Folded()
-            for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
-                folded.add(*self._unpack.decode(row))
-            folded.write(conn)
-            conn.execute("DELETE FROM journal")
+        try:
+            with transaction(conn, self._fence):
+                folded = self._folded
+                if self._replay or conn.execute(_COUNT).fetchone() != (self._rows, self._last):
+                    folded = _Folded()
+                    for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
+                        folded.add_row(*self._unpack.decode(row))
+                folded.write(conn)
+                conn.execute("DELETE FROM journal")
+        except StoreFenced:
+            self._replay = True
+            raise
+        self._folded = _Folded()
+        self._rows = self._last = 0
+        self._replay = False
         self.pending = 0
 
 
@@ -109,39 +179,53 @@ class _Folded:
     order written (one pack per task), and what was deleted since the last fold."""
 
     def __init__(self) -> None:
-        self.tasks: dict[str, list[Any]] = {}
-        self.events: dict[str, list[bytes]] = {}
+        self.tasks: dict[str, tuple[Sequence[Any], bytes]] = {}  # columns, record
+        self.events: list[tuple[str, bytes]] = []
         self.deleted: set[str] = set()
         self.meta: dict[tuple[str, str], bytes] = {}
         self.meta_deleted: set[tuple[str, str]] = set()
 
     def add(
         self,
-        tasks: list[list[Any]],
+        columns: Sequence[Sequence[Any]],
+        records: list[bytes],
+        event_ids: list[str],
+        events: list[bytes],
+        deleted: list[str],
+        meta: list[tuple[str, str, bytes]],
+        meta_deleted: list[tuple[str, str]],
+    ) -> None:
+        """One batch, in the order apply promises: upserts, events, deletes, metadata.
+        Loops in C (map, zip, update, extend): several records per task, every batch."""
+        self.tasks.update(
+            zip(map(_FIRST, columns), zip(columns, records, strict=True), strict=True)
+        )
+        self.events.extend(zip(event_ids, events, strict=True))
+        if deleted:
+            gone = set(deleted)
+            for task_id in gone:
+                self.tasks.pop(task_id, None)
+            self.events = [e for e in self.events if e[0] not in gone]
+            self.deleted |= gone
+        for kind, key, value in meta:
+            self.meta[kind, key] = value
+        for kind, key in meta_deleted:
+            self.meta.pop((kind, key), None)
+            self.meta_deleted.add((kind, key))
+
+    def add_row(
+        self,
+        columns: list[list[Any]],
         records: list[bytes],
         events: list[tuple[str, bytes]],
         deleted: list[str],
         meta: list[tuple[str, str, bytes]],
         meta_deleted: list[tuple[str, str]],
     ) -> None:
-        """One batch, in the order apply promises: upserts, events, deletes, metadata."""
-        for task, record in zip(tasks, records, strict=True):
-            task.append(record)
-            self.tasks[task[0]] = task
-        for task_id, event in events:
-            if (pack := self.events.get(task_id)) is None:
-                self.events[task_id] = [event]
-            else:
-                pack.append(event)
-        for task_id in deleted:
-            self.tasks.pop(task_id, None)
-            self.events.pop(task_id, None)
-            self.deleted.add(task_id)
-        for kind, key, value in meta:
-            self.meta[kind, key] = value
-        for kind, key in meta_deleted:
-            self.meta.pop((kind, key), None)
-            self.meta_deleted.add((kind, key))
+        """A journal row as the table holds it (read back at open)."""
+        ids = [task_id for task_id, _ in events]
+        blobs = [event for _, event in events]
+        self.add(columns, records, ids, blobs, deleted, meta, meta_deleted)
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Deletes first: a task deleted and written again since the last fold keeps only what
@@ -151,16 +235,45 @@ class _Folded:
             conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
             conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
         if self.tasks:
-            conn.executemany(_UPSERT_TASK, self.tasks.values())
+            # str(state): a TaskState is a str subclass, which the module would adapt.
+            tasks = [
+                (i, action, str(state), at, _NULL if end is None else end, bytearray(record))
+                for (i, action, state, at, end), record in self.tasks.values()
+            ]
+            if conn.executemany(_UPSERT_SAME_ACTION, tasks).rowcount != len(tasks):
+                conn.executemany(_UPSERT_TASK, tasks)
         if self.events:
+            # A stable sort: each task's events stay in the order they were written.
             packs = [
-                (task_id, b"[" + b",".join(pack) + b"]") for task_id, pack in self.events.items()
+                (task_id, bytearray(b"[%b]" % b",".join(map(_SECOND, pack))))
+                for task_id, pack in groupby(sorted(self.events, key=_FIRST), _FIRST)
             ]
             conn.executemany(_INSERT_PACK, packs)
         if self.meta_deleted:
             conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", self.meta_deleted)
         if self.meta:
             conn.executemany(_UPSERT_META, [(*key, value) for key, value in self.meta.items()])
+
+
+def _texts(values: list[Any]) -> bool:
+    return set(map(type, values)) <= _TEXT
+
+
+def _plain(columns: list[tuple[Any, Any, Any, Any, Any]]) -> bool:
+    """Every task's columns are what the tables take as they are (the hub's always are):
+    checked a column at a time in C, instead of a call of _task_row per task."""
+    if not columns:
+        return True
+    ids, actions, states, created, ended = zip(*columns, strict=True)
+    return (
+        _texts(ids)  # type: ignore[arg-type]
+        and _texts(actions)  # type: ignore[arg-type]
+        and _texts(states)  # type: ignore[arg-type]
+        and set(map(type, created)) == _REAL
+        and not any(map(math.isnan, created))
+        and set(map(type, ended)) <= _REAL_OR_NONE
+        and not any(map(math.isnan, filter(None, ended)))
+    )
 
 
 def _task_row(
