@@ -40,6 +40,8 @@ class Publishing:
         self.clock = shared.clock
         self.new_id = new_id
         self._seq = 0  # publish order: the queues' tie-breaker within a priority
+        self._plain_key: tuple[Any, ...] | None = None  # the defaults _plain_opts was made from
+        self._plain_opts: dict[str, Any] = {}
 
     def add(self, rec: TaskRecord) -> Task:
         """Hold ``rec`` as a live task (written with the next batch)."""
@@ -68,9 +70,12 @@ class Publishing:
         if not allowed(creds.pub_permissions, action) or reserved_action(action):
             raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
         now = self.clock()
-        opts = resolve_options(options, self.defaults, now, action)
-        if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
-            opts.update(extra)
+        if options is None and not extra and action not in self.defaults.actions:
+            opts = self._plain()
+        else:
+            opts = resolve_options(options, self.defaults, now, action)
+            if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
+                opts.update(extra)
         key = opts.get("key")
         if key is not None or "once_every" in opts:
             found = self._found(action, key, opts, now)
@@ -104,6 +109,18 @@ class Publishing:
         else:
             self.queues.route(task)
         return task, True
+
+    def _plain(self) -> dict[str, Any]:
+        """The options of a task published without any, of an action without defaults: one
+        dict, shared by every such task. The lifecycle replaces a task's options and never
+        changes them in place (tests/unit/test_sealed.py), so sharing is safe, and it spares
+        a dict and its checks per task (docs/performance.md)."""
+        d = self.defaults
+        key = (d.task_end_timeout, d.task_start_timeout, d.retries, d.max_attempts)
+        if key != self._plain_key:  # the defaults changed (tests do): made again
+            self._plain_opts = resolve_options(None, d, 0.0)
+            self._plain_key = key
+        return self._plain_opts
 
     def _found(self, action: str, key: Any, opts: dict[str, Any], now: float) -> Task | str | None:
         """The task this pub's key stands for, if any. With ``once_every`` the key is a
