@@ -106,13 +106,17 @@ class Journal:
         self._outgoing = []
         return out
 
-    def tell_holders(self, task: Task, msg: Message, *, but: Peer | None = None) -> None:
-        """Send ``msg`` to the workers holding a delivery of ``task`` and to its observers."""
+    def tell_holders(self, task: Task, ev: EventRecord, *, but: Peer | None = None) -> None:
+        """Tell the workers holding a delivery of ``task`` and its observers of ``ev`` (its
+        message made only if someone but ``but`` is told: usually the one holder is ``but``)."""
+        msg = None
         for d in task.deliveries.values():
             if d.holder is not None and d.holder.peer is not but:
+                msg = msg or event_msg(task, ev)
                 self.send(d.holder.peer, msg)
         for peer in task.observers:
             if peer is not but:
+                msg = msg or event_msg(task, ev)
                 self.send(peer, msg)
 
     # --- writes ------------------------------------------------------------------------------
