@@ -89,9 +89,26 @@ class Pipeline:
         if self._timer is not None:
             self._timer.cancel()
 
+    @property
+    def rounds(self) -> int:
+        """Commit rounds done so far (a round takes what the lifecycle has, maybe nothing)."""
+        return self._generation
+
     def kick(self) -> None:
         """Something changed: write it, then send what it caused; re-arm the timer."""
         self._wake.set()
+        self._arm()
+
+    def kick_if_changed(self) -> None:
+        """:meth:`kick` where the lifecycle has something to write or send (else only the
+        timer is re-armed): the hub's kick after an input that may have reached any of its
+        partitions wakes only those it changed."""
+        if self.lc.changed:
+            self._wake.set()
+        self._arm()
+
+    def _arm(self) -> None:
+        """Re-arm the timer if the lifecycle's next deadline is earlier than the armed one."""
         deadline = self.lc.next_deadline()
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:

@@ -119,6 +119,13 @@ class Journal:
                 msg = msg or event_msg(task, ev)
                 self.send(peer, msg)
 
+    @property
+    def changed(self) -> bool:
+        """Whether :meth:`take_writes` or :meth:`take_output` has anything."""
+        return bool(
+            self._dirty or self._events or self._outgoing or self._meta or self._meta_deleted
+        )
+
     # --- writes ------------------------------------------------------------------------------
     def take_writes(self) -> WriteBatch:
         """The records changed and the events recorded since the last call, as a sealed
