@@ -268,8 +268,12 @@ class Queues:
         """The delivery waits in its group's queue, and is offered at once if credit allows."""
         q = q or self.queue(d.task.rec.action, d.rec.group)
         d.rec.state = _PENDING
+        busy = bool(q.lane or q.waiting)
         q.push(d)
-        q.dispatch()
+        # Deliveries already waiting mean no worker has free credit (whatever frees credit or
+        # adds a worker dispatches): then a burst's publishes skip a dispatch call each.
+        if not busy:
+            q.dispatch()
 
     def offer(self, d: Delivery, sub: Subscription) -> None:
         rec = d.rec
