@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from taskhub.errors import PermissionDenied
 from taskhub.lifecycle.ending import Ending
 from taskhub.lifecycle.keys import Keys, key_of
@@ -83,23 +85,23 @@ class Publishing:
                 if peer is not None and isinstance(found, Task):
                     follow(peer, found)
                 return found, False
+        # id, action, publisher, created_at, payload, options (positional: the hot path)
+        not_before = opts.pop("not_before", 0.0)
         rec = TaskRecord(
-            id=self.new_id(),
-            action=action,
-            publisher=creds.name,
-            created_at=now,
-            payload=payload,
-            options=opts,
-            not_before=opts.pop("not_before", 0.0),
+            self.new_id(), action, creds.name, now, payload, opts, not_before=not_before
         )
-        task = self.add(rec)
-        task.payload_size = payload_size(payload)
+        # add() and follow() inline (calls per task on the hot path): the init event below
+        # writes the record with the next batch, and a new task has no followers yet.
+        self._seq += 1
+        size = len(payload) if type(payload) is msgspec.Raw else payload_size(payload)
+        task = self.tasks[rec.id] = Task(rec.id, rec, self._seq, payload_size=size)
         if "once_every" in opts:
             self.keys.debounce[key_of(action, key)] = rec.id
         elif key is not None:
             self.keys.remember(action, key, rec.id, now)
         if peer is not None:
-            follow(peer, task)
+            task.followers = {peer}
+            peer.following.add(rec.id)
         self.journal.event(task, "init", service=creds.name, notify=False)
         start_timeout = opts["start_timeout"]
         if start_timeout is not None:
