@@ -78,6 +78,23 @@ async def test_a_chain_crossing_partitions_completes(hub: Server, clients: list[
     assert await group.get_result() == [[None, "end"], 6, 7]
 
 
+async def test_a_frame_wakes_only_the_partitions_it_changed(
+    hub: Server, clients: list[Client]
+) -> None:
+    worker, publisher = clients
+    (action,) = actions_in({2})
+    await worker.sub(action, lambda t: t.payload)
+    assert await publisher.pub(action, 0).get_result() == 0
+    pipelines = [part.pipeline for part in hub.hub.parts]
+    before = [p.rounds for p in pipelines]
+    for i in range(1, 6):
+        assert await publisher.pub(action, i).get_result() == i
+    woken = [p.rounds - was for p, was in zip(pipelines, before, strict=True)]
+    # Every frame (pub, return) was partition 2's: the other flushers slept through them.
+    assert woken[2] >= 5
+    assert [woken[i] for i in (0, 1, 3)] == [0, 0, 0]
+
+
 async def test_a_wildcard_watch_sees_tasks_of_every_partition(
     hub: Server, clients: list[Client]
 ) -> None:

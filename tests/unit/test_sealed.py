@@ -136,3 +136,23 @@ def test_a_task_of_an_unsubscribed_action_is_sealed_while_pooled() -> None:
     h.drain()  # pooled: written without deliveries
     _work(h, task)  # the subscription routes it: deliveries appended to the record
     h.check()
+
+
+def test_tasks_published_without_options_share_one_dict_that_nothing_changes() -> None:
+    h = Sealing(task_end_timeout=30.0)
+    publisher = h.peer("web")
+    first, _ = h.lc.publish(publisher.creds, ACTION, {"n": 1}, None)
+    second, _ = h.lc.publish(publisher.creds, ACTION, {"n": 2}, None)
+    assert isinstance(first, Task) and isinstance(second, Task)
+    shared = first.rec.options
+    assert second.rec.options is shared  # one dict for every plain task
+    before = dict(shared)
+    h.drain()
+    _work(h, first)  # a worker's declared timeout and an extend: options replaced
+    assert first.rec.options is not shared and first.rec.options["timeout"] > 30.0
+    assert shared == before
+    h.check()
+    h.lc.defaults.task_end_timeout = 90.0  # changed defaults: a new dict from then on
+    third, _ = h.lc.publish(publisher.creds, ACTION, None, None)
+    assert isinstance(third, Task)
+    assert third.rec.options["timeout"] == 90.0 and shared == before

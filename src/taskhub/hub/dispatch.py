@@ -200,9 +200,16 @@ class Dispatcher:
     def _pubs(self, peer: Peer, msg: p.Pubs) -> None:
         """Each item published as a ``pub`` would be; one ``ok`` answers them all, in order,
         each with its task or its own error (the others are published all the same)."""
-        items = batch_items(msg)
-        answers = [self.pub_item(peer, item, i, msg.ref) for i, item in enumerate(items)]
-        self.answer(peer, msg.ref, items=answers)
+        answers = []
+        publish, ref = self._publish, msg.ref
+        for i, item in enumerate(batch_items(msg)):  # pub_item's, inline: a call less per task
+            try:
+                if isinstance(item, p.Bad):
+                    raise item.error
+                answers.append(publish(peer, item))
+            except Exception as exc:
+                answers.append(self._pub_error(peer, exc, i, ref))
+        self.answer(peer, ref, items=answers)
 
     def pub_item(self, peer: Peer, item: p.Pub | p.Bad, i: int, ref: int | None) -> dict[str, Any]:
         """Item ``i`` of a ``pubs`` published: its answer, or its error (said on its own when
@@ -212,10 +219,13 @@ class Dispatcher:
                 raise item.error
             return self._publish(peer, item)
         except Exception as exc:
-            err = _item_error(exc, i, peer, "pub")
-            if ref is None:
-                self.lc.send(peer, p.error_msg(err))
-            return {"error": err.to_wire()}
+            return self._pub_error(peer, exc, i, ref)
+
+    def _pub_error(self, peer: Peer, exc: Exception, i: int, ref: int | None) -> dict[str, Any]:
+        err = _item_error(exc, i, peer, "pub")
+        if ref is None:
+            self.lc.send(peer, p.error_msg(err))
+        return {"error": err.to_wire()}
 
     def _publish(self, peer: Peer, item: p.Pub) -> dict[str, Any]:
         """One item of ``pubs`` published: its answer (as a ``pub``'s ``ok``, without op)."""
@@ -234,8 +244,14 @@ class Dispatcher:
     def _steps(self, peer: Peer, msg: p.Acks | p.Pickups | p.Returns) -> None:
         """Each item applied as its single message would be, with its own answer: an error
         names the item's index (``details.index``) besides its task and ``ref``."""
-        for i, item in enumerate(batch_items(msg)):
-            self.step_item(peer, item, i)
+        ops = self.ops
+        for i, item in enumerate(batch_items(msg)):  # step_item's, inline: a call less per task
+            try:
+                if isinstance(item, p.Bad):
+                    raise item.error
+                ops[type(item)](peer, item)
+            except Exception as exc:
+                self._step_error(peer, exc, item, i)
         self.answer(peer, msg.ref)  # the batch itself, after its items' own answers
 
     def step_item(self, peer: Peer, item: Any, i: int) -> None:
@@ -246,8 +262,11 @@ class Dispatcher:
                 raise item.error
             self.ops[type(item)](peer, item)
         except Exception as exc:
-            err = _item_error(exc, i, peer, type(item).__name__.lower())
-            self.lc.send(peer, p.error_msg(err, item.ref, **_task_of(item)))
+            self._step_error(peer, exc, item, i)
+
+    def _step_error(self, peer: Peer, exc: Exception, item: Any, i: int) -> None:
+        err = _item_error(exc, i, peer, type(item).__name__.lower())
+        self.lc.send(peer, p.error_msg(err, item.ref, **_task_of(item)))
 
     # --- topics and watches ----------------------------------------------------------------
     def _subscribe(self, peer: Peer, msg: p.Subscribe) -> None:

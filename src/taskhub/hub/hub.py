@@ -204,13 +204,14 @@ class Hub:
     # --- the commit pipeline -----------------------------------------------------------------
     def kick(self) -> None:
         """Something changed: write it, then send what it caused; re-arm the timer. With
-        several partitions each one is kicked (an input may change more than one: a chain's
-        next step, a watch)."""
+        several partitions, each one the input changed (it may change more than one: a
+        chain's next step, a watch) and only those: a frame of one partition's messages
+        wakes one flusher, not every partition's."""
         if self.partitions == 1:
             self.pipeline.kick()
             return
         for part in self.parts:
-            part.kick()
+            part.pipeline.kick_if_changed()
 
     async def flush(self) -> None:
         """Wait until everything the lifecycle has produced so far is written and sent."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.lifecycle import Clock, Lifecycle, Message, Peer
@@ -39,7 +39,10 @@ class Pipeline:
         self._flusher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._applying: dict[str, TaskRecord] = {}  # records of the batch being written
+        # The records of the batch being written, indexed by id only when someone reads one
+        # (rare: a `get` of a task in it): an index per batch cost a dict entry per record.
+        self._applying: Sequence[TaskRecord] = ()
+        self._applying_by_id: dict[str, TaskRecord] | None = None
         self._flushed = asyncio.Condition()
         self._generation = 0  # batches fully written
         # Set when stop() ends the pipeline. The flusher checks it besides being cancelled: a
@@ -86,9 +89,26 @@ class Pipeline:
         if self._timer is not None:
             self._timer.cancel()
 
+    @property
+    def rounds(self) -> int:
+        """Commit rounds done so far (a round takes what the lifecycle has, maybe nothing)."""
+        return self._generation
+
     def kick(self) -> None:
         """Something changed: write it, then send what it caused; re-arm the timer."""
         self._wake.set()
+        self._arm()
+
+    def kick_if_changed(self) -> None:
+        """:meth:`kick` where the lifecycle has something to write or send (else only the
+        timer is re-armed): the hub's kick after an input that may have reached any of its
+        partitions wakes only those it changed."""
+        if self.lc.changed:
+            self._wake.set()
+        self._arm()
+
+    def _arm(self) -> None:
+        """Re-arm the timer if the lifecycle's next deadline is earlier than the armed one."""
         deadline = self.lc.next_deadline()
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
@@ -124,11 +144,16 @@ class Pipeline:
 
     def writing(self, task_id: str) -> TaskRecord | None:
         """The record of ``task_id`` in the batch being written, if it is in it."""
-        return self._applying.get(task_id)
+        if not self._applying:
+            return None
+        by_id = self._applying_by_id
+        if by_id is None:
+            by_id = self._applying_by_id = {rec.id: rec for rec in self._applying}
+        return by_id.get(task_id)
 
     def all_writing(self) -> dict[str, TaskRecord]:
         """The records of the batch being written, by id (a copy)."""
-        return dict(self._applying)
+        return {rec.id: rec for rec in self._applying}
 
     async def _flush_loop(self) -> None:
         while True:
@@ -156,7 +181,7 @@ class Pipeline:
     async def _apply(self, batch: WriteBatch) -> bool:
         """Write ``batch``, retrying while the store is down (50 ms, doubling to 2 s; nothing
         is answered meanwhile); False if this hub may no longer write (another hub leads)."""
-        self._applying = {rec.id: rec for rec in batch.tasks}
+        self._applying = batch.tasks
         delay = 0.05
         failures = 0
         try:
@@ -187,7 +212,8 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         finally:
-            self._applying = {}
+            self._applying = ()
+            self._applying_by_id = None
 
     def _applied(self, batch: WriteBatch, seconds: float) -> None:
         for hook in self.apply_hooks:

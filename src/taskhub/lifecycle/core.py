@@ -121,6 +121,11 @@ class Lifecycle:
         """Messages queued since the last call, per peer, in order."""
         return self._journal.take_output()
 
+    @property
+    def changed(self) -> bool:
+        """Whether :meth:`take_writes` or :meth:`take_output` has anything to give."""
+        return self._journal.changed
+
     def take_writes(self) -> WriteBatch:
         """The records changed and the events recorded since the last call, sealed: the
         lifecycle never changes what it handed over (a store may keep the objects)."""

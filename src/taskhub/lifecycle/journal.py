@@ -106,14 +106,25 @@ class Journal:
         self._outgoing = []
         return out
 
-    def tell_holders(self, task: Task, msg: Message, *, but: Peer | None = None) -> None:
-        """Send ``msg`` to the workers holding a delivery of ``task`` and to its observers."""
+    def tell_holders(self, task: Task, ev: EventRecord, *, but: Peer | None = None) -> None:
+        """Tell the workers holding a delivery of ``task`` and its observers of ``ev`` (its
+        message made only if someone but ``but`` is told: usually the one holder is ``but``)."""
+        msg = None
         for d in task.deliveries.values():
             if d.holder is not None and d.holder.peer is not but:
+                msg = msg or event_msg(task, ev)
                 self.send(d.holder.peer, msg)
         for peer in task.observers:
             if peer is not but:
+                msg = msg or event_msg(task, ev)
                 self.send(peer, msg)
+
+    @property
+    def changed(self) -> bool:
+        """Whether :meth:`take_writes` or :meth:`take_output` has anything."""
+        return bool(
+            self._dirty or self._events or self._outgoing or self._meta or self._meta_deleted
+        )
 
     # --- writes ------------------------------------------------------------------------------
     def take_writes(self) -> WriteBatch:

@@ -55,7 +55,7 @@ class Operations:
             and (d := task.deliveries.get(group)) is not None
             and d.rec.state == DeliveryState.PENDING
         ]
-        q.waiting = []
+        q.clear()
         q.parked.clear()
         for d in purged:
             self.ending.delivery_failed(d, dict(error))

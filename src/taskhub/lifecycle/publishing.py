@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from taskhub.errors import PermissionDenied
 from taskhub.lifecycle.ending import Ending
 from taskhub.lifecycle.keys import Keys, key_of
@@ -40,6 +42,8 @@ class Publishing:
         self.clock = shared.clock
         self.new_id = new_id
         self._seq = 0  # publish order: the queues' tie-breaker within a priority
+        self._plain_key: tuple[Any, ...] | None = None  # the defaults _plain_opts was made from
+        self._plain_opts: dict[str, Any] = {}
 
     def add(self, rec: TaskRecord) -> Task:
         """Hold ``rec`` as a live task (written with the next batch)."""
@@ -68,9 +72,12 @@ class Publishing:
         if not allowed(creds.pub_permissions, action) or reserved_action(action):
             raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
         now = self.clock()
-        opts = resolve_options(options, self.defaults, now, action)
-        if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
-            opts.update(extra)
+        if options is None and not extra and action not in self.defaults.actions:
+            opts = self._plain()
+        else:
+            opts = resolve_options(options, self.defaults, now, action)
+            if extra:  # set by the hub, not the publisher: a chain step's parent, previous_result
+                opts.update(extra)
         key = opts.get("key")
         if key is not None or "once_every" in opts:
             found = self._found(action, key, opts, now)
@@ -78,23 +85,23 @@ class Publishing:
                 if peer is not None and isinstance(found, Task):
                     follow(peer, found)
                 return found, False
+        # id, action, publisher, created_at, payload, options (positional: the hot path)
+        not_before = opts.pop("not_before", 0.0)
         rec = TaskRecord(
-            id=self.new_id(),
-            action=action,
-            publisher=creds.name,
-            created_at=now,
-            payload=payload,
-            options=opts,
-            not_before=opts.pop("not_before", 0.0),
+            self.new_id(), action, creds.name, now, payload, opts, not_before=not_before
         )
-        task = self.add(rec)
-        task.payload_size = payload_size(payload)
+        # add() and follow() inline (calls per task on the hot path): the init event below
+        # writes the record with the next batch, and a new task has no followers yet.
+        self._seq += 1
+        size = len(payload) if type(payload) is msgspec.Raw else payload_size(payload)
+        task = self.tasks[rec.id] = Task(rec.id, rec, self._seq, payload_size=size)
         if "once_every" in opts:
             self.keys.debounce[key_of(action, key)] = rec.id
         elif key is not None:
             self.keys.remember(action, key, rec.id, now)
         if peer is not None:
-            follow(peer, task)
+            task.followers = {peer}
+            peer.following.add(rec.id)
         self.journal.event(task, "init", service=creds.name, notify=False)
         start_timeout = opts["start_timeout"]
         if start_timeout is not None:
@@ -104,6 +111,18 @@ class Publishing:
         else:
             self.queues.route(task)
         return task, True
+
+    def _plain(self) -> dict[str, Any]:
+        """The options of a task published without any, of an action without defaults: one
+        dict, shared by every such task. The lifecycle replaces a task's options and never
+        changes them in place (tests/unit/test_sealed.py), so sharing is safe, and it spares
+        a dict and its checks per task (docs/performance.md)."""
+        d = self.defaults
+        key = (d.task_end_timeout, d.task_start_timeout, d.retries, d.max_attempts)
+        if key != self._plain_key:  # the defaults changed (tests do): made again
+            self._plain_opts = resolve_options(None, d, 0.0)
+            self._plain_key = key
+        return self._plain_opts
 
     def _found(self, action: str, key: Any, opts: dict[str, Any], now: float) -> Task | str | None:
         """The task this pub's key stands for, if any. With ``once_every`` the key is a

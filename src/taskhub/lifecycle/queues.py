@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,11 @@ class Queue:
     offer: Callable[[Delivery, Subscription], None] = _nowhere
     durable: bool = False
     workers: list[Subscription] = field(default_factory=list)
+    # Deliveries waiting, in two parts that give them out in one order (priority, then
+    # publish order): `lane`, the common case (priority 0, pushed in publish order), a FIFO;
+    # `waiting`, a heap of the rest (other priorities, re-queued ones). A heap pop costs
+    # log n comparisons: with a burst of 30,000 waiting, ~4 % of the hub's CPU per task.
+    lane: deque[Entry] = field(default_factory=deque)
     waiting: list[Entry] = field(default_factory=list)  # heap
     rr: int = 0
     # partition_key -> the delivery that owns it (offered first, not yet ended); later ones of
@@ -64,7 +69,23 @@ class Queue:
 
     def push(self, d: Delivery) -> None:
         """Wait for a worker: by priority (higher first), then publish order."""
-        heapq.heappush(self.waiting, (-int(d.task.rec.options.get("priority", 0)), d.task.seq, d))
+        task = d.task
+        priority = -int(task.rec.options.get("priority", 0))
+        lane = self.lane
+        if priority == 0 and (not lane or lane[-1][1] < task.seq):
+            lane.append((0, task.seq, d))
+        else:
+            heapq.heappush(self.waiting, (priority, task.seq, d))
+
+    def entries(self) -> Iterator[Entry]:
+        """Every waiting entry, in no particular order (stale ones too: see dispatch)."""
+        yield from self.lane
+        yield from self.waiting
+
+    def clear(self) -> None:
+        """Forget every waiting entry (not the deliveries parked behind a partition key)."""
+        self.lane.clear()
+        self.waiting.clear()
 
     def free_worker(self, avoid: Peer | None = None) -> Subscription | None:
         """The next worker (round robin) with free credit, not ``avoid``'s."""
@@ -80,12 +101,16 @@ class Queue:
     def dispatch(self) -> None:
         """Offer waiting deliveries while a worker has free credit: the first in order that
         may go (stale entries dropped, a partition key's later ones parked)."""
-        waiting = self.waiting
-        while waiting and self.workers:
+        lane, waiting = self.lane, self.waiting
+        while (lane or waiting) and self.workers:
             sub = self.free_worker()
             if sub is None:
                 return
-            entry = heapq.heappop(waiting)
+            # The first in order: the lane's front or the heap's top.
+            if lane and (not waiting or lane[0] < waiting[0]):
+                entry = lane.popleft()
+            else:
+                entry = heapq.heappop(waiting)
             d = entry[2]
             if (
                 d.task.ended
@@ -243,8 +268,12 @@ class Queues:
         """The delivery waits in its group's queue, and is offered at once if credit allows."""
         q = q or self.queue(d.task.rec.action, d.rec.group)
         d.rec.state = _PENDING
+        busy = bool(q.lane or q.waiting)
         q.push(d)
-        q.dispatch()
+        # Deliveries already waiting mean no worker has free credit (whatever frees credit or
+        # adds a worker dispatches): then a burst's publishes skip a dispatch call each.
+        if not busy:
+            q.dispatch()
 
     def offer(self, d: Delivery, sub: Subscription) -> None:
         rec = d.rec

@@ -10,7 +10,6 @@ from typing import Any
 
 from taskhub.errors import InvalidOption, NotHolding, StaleAttempt
 from taskhub.lifecycle.ending import Ending
-from taskhub.lifecycle.journal import event_msg
 from taskhub.lifecycle.keys import Keys
 from taskhub.lifecycle.queues import Queues
 from taskhub.lifecycle.shared import Shared
@@ -76,8 +75,10 @@ class Steps:
         if task_id in self.tasks:  # so is a pickup: the worker will hear how it ended
             self.start(self.held(peer, task_id, attempt))
 
-    def start(self, d: Delivery) -> None:
-        """The holder started the delivery (idempotent); the first start starts the task."""
+    def start(self, d: Delivery, *, ending: bool = False) -> None:
+        """The holder started the delivery (idempotent); the first start starts the task.
+        ``ending``: it ends at once too (a return without a pickup), so no end timer is armed
+        only to be cancelled."""
         if not d.acked:
             self._picked(d)
         if d.rec.state != _OFFERED:
@@ -99,7 +100,7 @@ class Steps:
             timeout = d.holder.option(task, "timeout", timeout)
             # A new dict, never a change in place: a sealed batch may share the old one.
             task.rec.options = {**task.rec.options, "timeout": timeout}
-        if timeout is not None:
+        if timeout is not None and not ending:
             self.timers.after(task.rec.started_at, timeout, "end", task.id)
         ev = self.journal.event(task, "start", group=d.rec.group, service=service)
         self.journal.task_started(task, ev)
@@ -115,7 +116,7 @@ class Steps:
         task.rec.updates += 1
         task.rec.last_update = data
         ev = self.journal.event(task, "update", service=peer.service, data=data)
-        self.journal.tell_holders(task, event_msg(task, ev), but=peer)
+        self.journal.tell_holders(task, ev, but=peer)
 
     def complete(self, peer: Peer, task_id: str, attempt: int, result: Any) -> None:
         """A ``return``: the first one wins; later ones (any attempt) are ignored."""
@@ -124,7 +125,7 @@ class Steps:
             return  # already ended: a late return is not an error
         d = peer.holding.get(task_id)
         if d is not None and d.rec.attempt == attempt:
-            self.start(d)
+            self.start(d, ending=True)
         elif peer in task.observers:
             raise NotHolding(
                 f"observers cannot return a result for task {task_id}; the hub "

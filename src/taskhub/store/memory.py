@@ -13,13 +13,14 @@ from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
 
 
 class _Row(msgspec.Struct, gc=False):
-    # The query columns are kept beside the record so filters need no decode.
+    # The query columns are kept beside the encoded record so filters need no decode (a
+    # sealed batch's record, kept as it is until its first read, has them itself).
     # Not tracked by the garbage collector (nothing in it can form a cycle): a store of
     # many rows would otherwise make every full collection walk them all.
     action: str
     state: str
     ended_at: float | None
-    record: bytes | TaskRecord  # encoded, or a sealed batch's record until its first read
+    record: bytes
 
 
 class MemoryStore:
@@ -38,7 +39,7 @@ class MemoryStore:
     url = "memory://"
 
     def __init__(self) -> None:
-        self._tasks: dict[str, _Row] = {}
+        self._tasks: dict[str, _Row | TaskRecord] = {}  # a sealed record until its first read
         self._events: dict[str, dict[int, bytes | EventRecord]] = {}
         self._meta: dict[str, dict[str, bytes]] = {}  # kind -> key -> encoded value
         # (ended_at, id) of ended tasks, oldest first, so a retention sweep costs what it
@@ -75,17 +76,21 @@ class MemoryStore:
         encode = self._encoder.encode
         tasks = batch.tasks
         events = batch.events
-        task_blobs: Sequence[bytes | TaskRecord] = tasks
         event_blobs: Sequence[bytes | EventRecord] = events
-        if not batch.sealed:
-            task_blobs = list(map(encode, tasks))
+        rows = self._tasks
+        if batch.sealed:
+            kept: Sequence[_Row | TaskRecord] = tasks
+        else:
+            kept = [
+                _Row(t.action, t.state, t.ended_at, b)
+                for t, b in zip(tasks, map(encode, tasks), strict=True)
+            ]
             event_blobs = list(map(encode, events))
         meta = [(m.kind, m.key, encode(m.value)) for m in batch.meta] if batch.meta else ()
-        rows = self._tasks
         ended = self._ended
-        for t, blob in zip(tasks, task_blobs, strict=True):
+        for t, row in zip(tasks, kept, strict=True):
+            rows[t.id] = row
             ended_at = t.ended_at
-            rows[t.id] = _Row(t.action, t.state, ended_at, blob)
             if ended_at is not None and t.state in TERMINAL_STATES:
                 heapq.heappush(ended, (ended_at, t.id))
         by_task = self._events
@@ -102,12 +107,13 @@ class MemoryStore:
         for kind, key in batch.meta_deleted:
             self._meta.get(kind, {}).pop(key, None)
 
-    def _read(self, row: _Row) -> TaskRecord:
+    def _read(self, row: _Row | TaskRecord) -> TaskRecord:
         """A copy of the row's record, as the sqlite engine would give it back."""
-        blob = row.record
-        if not isinstance(blob, bytes):  # a sealed record: encoded once, on its first read
-            blob = row.record = self._encoder.encode(blob)
-        return self._task_decoder.decode(blob)
+        if isinstance(row, TaskRecord):  # a sealed record: encoded once, on its first read
+            blob = self._encoder.encode(row)
+            self._tasks[row.id] = _Row(row.action, row.state, row.ended_at, blob)
+            return self._task_decoder.decode(blob)
+        return self._task_decoder.decode(row.record)
 
     async def load_active(self) -> list[TaskRecord]:
         self._check_open()

@@ -401,11 +401,11 @@ class _StateCollector(Collector):
 
 
 def _depth(q: Queue) -> int:
-    """Live entries of the queue's heap (it drops ended or re-routed entries lazily), plus
+    """Live entries of the queue (it drops ended or re-routed entries lazily), plus
     deliveries parked behind their partition key."""
     n = sum(
         1
-        for _, _, d in q.waiting
+        for _, _, d in q.entries()
         if not d.task.ended and d.rec.state == "pending" and d.task.deliveries.get(q.group) is d
     )
     return n + sum(len(parked) for parked in q.parked.values())
