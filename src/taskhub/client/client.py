@@ -8,6 +8,7 @@ Publish options are declared once, in :mod:`taskhub.options_table`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
@@ -269,23 +270,7 @@ class Client:
 
     def _send_sub(self, sub: Subscription[Any]) -> None:
         fut = self._conn.request(sub.message())
-
-        def done(f: asyncio.Future[Message]) -> None:
-            if f.cancelled():
-                return
-            exc = f.exception()  # always read: a re-sent sub's loss is not worth a warning
-            if sub.confirmed.done():
-                if exc is not None and not isinstance(exc, ConnectionClosed):
-                    log.error("subscribing to %s again failed: %s", sub.action, exc)
-                return
-            if exc is None:
-                sub.confirmed.set_result(None)
-            elif not isinstance(exc, ConnectionClosed):
-                log.error("subscribing to %s failed: %s", sub.action, exc)
-                self._subs.pop(sub.action, None)
-                sub.confirmed.set_exception(exc)
-
-        fut.add_done_callback(done)
+        fut.add_done_callback(functools.partial(_subscribed, sub, self._subs))
 
     async def unsub(self, action: str) -> None:
         if self._subs.pop(action, None) is not None and self.connected:
@@ -490,3 +475,22 @@ class Client:
         counted) and stop its handler; returns how many. Called when stopping past the
         grace: a thread running a plain function cannot be stopped, its result is ignored."""
         return await self._handlers.hand_back()
+
+
+def _subscribed(
+    sub: Subscription[Any], subs: dict[str, Subscription[Any]], f: asyncio.Future[Message]
+) -> None:
+    """The hub's answer to a ``sub``: the first one confirms or refuses the subscription."""
+    if f.cancelled():
+        return
+    exc = f.exception()  # always read: a re-sent sub's lost connection is not worth a warning
+    if sub.confirmed.done():
+        if exc is not None and not isinstance(exc, ConnectionClosed):
+            log.error("subscribing to %s again failed: %s", sub.action, exc)
+        return
+    if exc is None:
+        sub.confirmed.set_result(None)
+    elif not isinstance(exc, ConnectionClosed):
+        log.error("subscribing to %s failed: %s", sub.action, exc)
+        subs.pop(sub.action, None)
+        sub.confirmed.set_exception(exc)
