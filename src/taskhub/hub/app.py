@@ -39,8 +39,12 @@ def create_app(hub: Hub) -> FastAPI:
         """Liveness: anyone may ask, so it tells nothing about the store (paths, hosts)."""
         if hub.partitions == 1:
             return {"status": "ok", "role": hub.role}
-        # The partitions this hub leads (docs/deployment.md, "Partitions").
-        return {"status": "ok", "role": hub.role, "partitions": [p.index for p in hub.parts]}
+        # The partitions this hub leads (docs/deployment.md, "Partitions"), and with leases
+        # who leads each of the others ("" while nobody holds it).
+        out: dict[str, Any] = {"status": "ok", "role": hub.role, "partitions": hub.led}
+        if hub.leased:
+            out["leaders"] = {str(i): url for i, url in sorted(hub.leading.leaders.items())}
+        return out
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz

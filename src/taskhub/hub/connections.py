@@ -50,6 +50,13 @@ class Connections:
         """Deliveries connections still hold (started or offered): what a drain waits for."""
         return sum(len(peer.holding) for peer in self.senders)
 
+    async def close(self, peer: Peer, *, code: int, reason: str) -> None:
+        """Close ``peer``'s connection if it has a closer (its client reconnects)."""
+        closer = self.closers.get(peer)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer(code, reason)
+
     async def close_all(self, *, code: int, reason: str) -> None:
         """Close every connection that has a closer (their clients reconnect, maybe elsewhere)."""
         for closer in list(self.closers.values()):

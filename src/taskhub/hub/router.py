@@ -9,7 +9,8 @@
 - A chain or group goes to the partition of its first step (it is held there; its steps are
   published in their actions' partitions: :class:`~taskhub.lifecycle.chains.Chains`).
 - ``watch`` and ``unwatch`` go to every partition; the rest (``hello``, topics, the operator's
-  messages, bad messages) to partition 0, whose peers are the hub's own.
+  messages, bad messages) to the hub's front: partition 0 when the hub leads every
+  partition (its peers are the hub's own), else a lifecycle of the hub's own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from taskhub import protocol as p
 from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
-from taskhub.hub.partition import LocalPartition, Partition
+from taskhub.hub.partition import LocalPartition, Partition, unavailable
 from taskhub.lifecycle import Lifecycle, Peer
 from taskhub.partitions import partition_of, partition_of_id
 
@@ -59,12 +60,19 @@ def task_partition(task_id: str, partitions: int) -> int:
 class Router:
     """Routes each message of a connection to its partition (:meth:`handle`), and answers
     the chains' and schedules' questions of where a task lives (a
-    :class:`~taskhub.lifecycle.placement.Placement`)."""
+    :class:`~taskhub.lifecycle.placement.Placement`).
 
-    def __init__(self, partitions: Sequence[LocalPartition]) -> None:
-        self.partitions = partitions
-        self.count = len(partitions)
-        self.lifecycles = tuple(part.lc for part in partitions)
+    Its slots change at runtime (:meth:`place`): a partition the hub comes to lead gets its
+    :class:`LocalPartition`, one it hands off or loses a :class:`Partition` that reaches (or
+    names) its leader. ``front`` answers what is the hub's own (``hello``, topics, watches'
+    answers, the operator's messages, bad messages)."""
+
+    def __init__(self, partitions: Sequence[Partition], front: LocalPartition) -> None:
+        self.slots: list[Partition] = list(partitions)
+        self.count = len(self.slots)
+        self.front = front
+        self.lifecycles: tuple[Lifecycle, ...] = ()
+        self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
         by.update(dict.fromkeys(BY_ACTION, self._by_action))
@@ -75,6 +83,31 @@ class Router:
         )
         self.batches[p.Pubs] = self._action_index
 
+    @property
+    def partitions(self) -> Sequence[Partition]:
+        """The slots, in partition order."""
+        return self.slots
+
+    def place(self, index: int, part: Partition) -> None:
+        """Partition ``index`` is served by ``part`` from now on."""
+        if not 0 <= index < self.count:
+            raise ValueError(f"partition must be from 0 to {self.count - 1}, got {index}")
+        self.slots[index] = part
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # Every lifecycle this process runs, in partition order (the metrics, the dashboard
+        # and the chains read them at each call).
+        self.lifecycles = tuple(s.local.lc for s in self.slots if s.local is not None)
+
+    def local(self, index: int) -> LocalPartition:
+        """Partition ``index`` when this process leads it; else
+        :class:`~taskhub.errors.PartitionUnavailable` naming its leader."""
+        slot = self.slots[index]
+        if slot.local is None:
+            raise unavailable(index, slot.leader)
+        return slot.local
+
     def _task_index(self, item: Any) -> int:
         return task_partition(item.task, self.count) if hasattr(item, "task") else 0
 
@@ -82,27 +115,31 @@ class Router:
         return action_partition(item.action, self.count) if hasattr(item, "action") else 0
 
     def _by_task(self, msg: Any) -> Partition:
-        return self.partitions[task_partition(msg.task, self.count)]
+        return self.slots[task_partition(msg.task, self.count)]
 
     def _by_action(self, msg: Any) -> Partition:
-        return self.partitions[action_partition(msg.action, self.count)]
+        return self.slots[action_partition(msg.action, self.count)]
 
     def _by_chain(self, msg: p.Chain) -> Partition:
         first = msg.steps[0].action if msg.steps else ""
-        return self.partitions[action_partition(first, self.count)]
+        return self.slots[action_partition(first, self.count)]
 
     # --- Placement ---------------------------------------------------------------------------
     def of_task(self, task_id: str) -> Lifecycle:
-        return self.lifecycles[task_partition(task_id, self.count)]
+        return self.local(task_partition(task_id, self.count)).lc
 
     def for_action(self, action: str) -> Lifecycle:
-        return self.lifecycles[action_partition(action, self.count)]
+        return self.local(action_partition(action, self.count)).lc
+
+    def slot_of_task(self, task_id: str) -> Partition:
+        """The slot of the partition ``task_id`` names (local or not)."""
+        return self.slots[task_partition(task_id, self.count)]
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
-        return self.partitions[task_partition(task_id, self.count)]
+        return self.local(task_partition(task_id, self.count))
 
     def partition_for(self, action: str) -> LocalPartition:
-        return self.partitions[action_partition(action, self.count)]
+        return self.local(action_partition(action, self.count))
 
     # --- messages ----------------------------------------------------------------------------
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
@@ -115,7 +152,7 @@ class Router:
             return self._batch(peer, msg, index)
         if isinstance(msg, p.Watch | p.Unwatch):
             self._everywhere(peer, msg)
-        return self.partitions[0].handle(peer, msg)
+        return self.front.handle(peer, msg)
 
     def _batch(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> Awaitable[None] | None:
         """A batched message: whole to its partition when its items share one (or when it is
@@ -123,35 +160,36 @@ class Router:
         batch's ``ok`` once every partition it touched has stored what it changed."""
         where = {index(item) for item in msg.items}
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
-            return self.partitions[min(where, default=0)].handle(peer, msg)
-        parts = [self.partitions[i] for i in sorted(where)]
+            return self.slots[min(where, default=0)].handle(peer, msg)
+        parts = [self.slots[i] for i in sorted(where)]
         answers = []
         for i, item in enumerate(batch_items(msg)):
-            part = self.partitions[index(item)]
-            own = part.peer(peer)
+            part = self.slots[index(item)]
             if isinstance(msg, p.Pubs):
-                answers.append(part.dispatcher.pub_item(own, item, i, msg.ref))
+                answers.append(part.pub_item(peer, item, i, msg.ref))
             else:
-                part.dispatcher.step_item(own, item, i)
+                part.step_item(peer, item, i)
         if msg.ref is None:
             return None
         fields = {"items": answers} if isinstance(msg, p.Pubs) else {}
         return self._answer_stored(parts, peer, msg.ref, fields)
 
     async def _answer_stored(
-        self, parts: list[LocalPartition], peer: Peer, ref: int, fields: dict[str, Any]
+        self, parts: list[Partition], peer: Peer, ref: int, fields: dict[str, Any]
     ) -> None:
         """Answer ``ref`` once every partition in ``parts`` has written what it was given."""
         for part in parts:
             part.kick()
         await asyncio.gather(*(part.flush() for part in parts))
-        self.partitions[0].answer(peer, ref, **fields)
-        self.partitions[0].kick()
+        self.front.answer(peer, ref, **fields)
+        self.front.kick()
 
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
-        """A watch sees every partition: partitions 1.. here; partition 0 answers it (the
-        same permission check, so an error is answered once, from there)."""
-        for part in self.partitions[1:]:
+        """A watch sees every partition: the partitions here; the front answers it (the same
+        permission check, so an error is answered once, from there)."""
+        for part in self.slots:
+            if part is self.front:
+                continue
             try:
                 if isinstance(msg, p.Watch):
                     part.watch(peer, msg.pattern)

@@ -11,6 +11,8 @@ batch as the step's end: a crash cannot lose the hand-over.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -29,6 +31,8 @@ from taskhub.lifecycle.placement import OnePartition, Placement
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.records import EventRecord, TaskRecord, TaskState
+
+log = logging.getLogger("taskhub.chains")
 
 MAX_STEPS = 1000  # the whole plan is one stored record (and one frame)
 Mode = Literal["chain", "group"]
@@ -78,7 +82,12 @@ class Chains:
         self.lc = lc  # the defaults and the clock (the same in every partition)
         self.place = placement or OnePartition(lc)
         for each in self.place.lifecycles:
-            each.end_listeners.append(self._on_end)
+            self.attach(each)
+
+    def attach(self, lc: Lifecycle) -> None:
+        """Follow the steps ending in ``lc``: a partition's lifecycle the hub leads from now
+        on (its chains and steps were restored in it)."""
+        lc.end_listeners.append(self._on_end)
 
     # --- starting ----------------------------------------------------------------------------
     def start(
@@ -188,7 +197,11 @@ class Chains:
         opts = task.rec.options
         parent_id = opts.get("chain_task")
         if parent_id is not None:
-            parent = self.place.of_task(parent_id).tasks.get(parent_id)
+            try:
+                parent = self.place.of_task(parent_id).tasks.get(parent_id)
+            except TaskHubError:  # held in a partition another hub leads (no link yet)
+                log.warning("step %s ended; its chain %s is led by another hub", task.id, parent_id)
+                return
             if parent is not None:  # else the chain has ended already (failed, cancelled)
                 self.step_ended(parent, int(opts["chain_step"]), task.rec)
         elif HELD in opts and ev.type != TaskState.SUCCESS:
@@ -242,7 +255,10 @@ class Chains:
         """The chain failed or was cancelled: its steps still running are cancelled too."""
         why = (parent.rec.error or {}).get("message", "it ended")
         for task_id in parent.rec.options[HELD]["tasks"]:
-            step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
+            try:
+                step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
+            except TaskHubError:  # in a partition another hub leads: it runs to its end
+                continue
             if step is not None:
                 self._lc(step).finish(
                     step,
@@ -266,10 +282,15 @@ class Chains:
                 if not state:
                     continue
                 for i, task_id in enumerate(state["tasks"]):
-                    if (
-                        task_id
-                        and state["states"][i] is None
-                        and task_id not in of_task(task_id).tasks
-                    ):
+                    if task_id and state["states"][i] is None and not _live(of_task, task_id):
                         out.append((task, i, task_id))
         return out
+
+
+def _live(of_task: Callable[[str], Lifecycle], task_id: str) -> bool:
+    """Whether ``task_id`` runs in its partition; True when another hub leads that partition
+    (not an orphan this hub can tell)."""
+    try:
+        return task_id in of_task(task_id).tasks
+    except TaskHubError:
+        return True
