@@ -27,6 +27,7 @@ from taskhub.hub.http.protocol import (
     guarded_http_protocol,
 )
 from taskhub.hub.hub import Hub, Limits
+from taskhub.hub.link import HubLinks
 from taskhub.hub.listener import Listener
 from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
@@ -247,6 +248,9 @@ class Server:
 
     def _make_hub(self, store: Store) -> Hub:
         hub = self._new_hub(store)
+        # The hub-to-hub links (docs/deployment.md, "The hub-to-hub link"): its endpoint is
+        # the app's (hub/app.py); its origin side reaches the hubs that lead other partitions.
+        hub.links = HubLinks(hub, keepalive=(self.limits.ping_interval, self.limits.ping_timeout))
         if events_log.isEnabledFor(logging.DEBUG):  # decided at start: a call per event
             hub.lc.listeners.append(log_task_event)  # debug lines per task event (logs.py)
         return hub

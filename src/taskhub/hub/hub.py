@@ -27,7 +27,7 @@ from taskhub.errors import InvalidOption
 from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
-from taskhub.hub.partition import LocalPartition, close_store
+from taskhub.hub.partition import Links, LocalPartition, close_store
 from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.router import Router
@@ -106,7 +106,11 @@ class Hub:
         )
         stores = _partition_stores(store, partitions, partition_stores)
         self.parts = [make(i, s, archive=archive) for i, s in enumerate(stores)]
-        self.router = Router(self.parts)
+        self.router = Router(self.parts, self.connections.deliver, self.connections.hold)
+        # Links to the hubs that lead the partitions this one does not (docs/deployment.md,
+        # "The hub-to-hub link"), installed by the transport (taskhub.hub.link.HubLinks):
+        # links.remote(index, url) makes the router slot of a partition another hub leads.
+        self.links: Links | None = None
         # Partition 0's parts, and with one partition the hub's (as before partitions).
         first = self.parts[0]
         self.store, self.lc, self.pipeline = first.store, first.lc, first.pipeline
@@ -144,6 +148,8 @@ class Hub:
         # root store, which with one partition is the partition's own.
         await self.root.open()
         await check_partition_count(self.root, self.partitions)
+        if self.partitions > 1 and self.links is not None:
+            await self.links.load_secret()
         restored = 0
         for part in self.parts:
             if part.store is not self.root:
@@ -165,6 +171,8 @@ class Hub:
         what was not written was never acknowledged) and close the store."""
         self._closing = True
         self.end_waits()
+        if self.links is not None:
+            await self.links.close()
         await asyncio.gather(*(part.stop(flush_timeout) for part in self.parts))
         if self.partitions > 1:
             await close_store(self.root, flush_timeout)
@@ -286,6 +294,10 @@ class Hub:
         self.topics.forget(peer)
         for part in self.parts:
             part.detach(peer)
+        if self.links is not None:
+            for remote in self.router.remotes():
+                remote.detach(peer)
+            self.links.detach(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
 
@@ -298,7 +310,7 @@ class Hub:
     # --- reading tasks -----------------------------------------------------------------------
     async def find(self, task_id: str) -> TaskRecord | None:
         """The task's freshest record, from the partition its id names."""
-        return await self.router.partition_of_task(task_id).find(task_id)
+        return await self.router.find(task_id)  # over the link where another hub leads it
 
     def unwritten(self) -> dict[str, TaskRecord]:
         """Records newer than the store's copy, by id: the batch being written, the batch

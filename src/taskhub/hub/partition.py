@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from taskhub.hub.dispatch import Dispatcher, Msg
 from taskhub.hub.pipeline import Pipeline
@@ -56,6 +56,33 @@ class Partition(Protocol):
         """Something changed: write it, then send what it caused."""
 
     async def flush(self) -> None: ...
+
+
+@runtime_checkable
+class Linked(Partition, Protocol):
+    """A partition another hub leads, reached over the hub-to-hub link
+    (:class:`taskhub.hub.link.RemotePartition`)."""
+
+    async def apply_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Any:
+        """Apply ``items`` (their index in the batched message ``msg``, the item) there;
+        their answers (``pubs``) once they are stored."""
+
+    def retire(self) -> None:
+        """The partition is led elsewhere now: close the connections that reached it here."""
+
+
+class Links(Protocol):
+    """The hub's links to other hubs (:class:`taskhub.hub.link.HubLinks`): the transport
+    installs them (``Hub.links``); the hub only tells them what concerns them."""
+
+    def remote(self, index: int, leader_url: str) -> Linked:
+        """Partition ``index``, led by the hub at ``leader_url``, as a router slot."""
+
+    def detach(self, peer: Peer) -> None: ...
+
+    async def load_secret(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class LocalPartition:

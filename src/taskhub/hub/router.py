@@ -15,15 +15,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from taskhub import protocol as p
 from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
-from taskhub.hub.partition import LocalPartition, Partition
-from taskhub.lifecycle import Lifecycle, Peer
+from taskhub.hub.partition import Linked, LocalPartition, Partition
+from taskhub.lifecycle import Lifecycle, Message, Peer
 from taskhub.partitions import partition_of, partition_of_id
+from taskhub.records import TaskRecord
 
 BY_TASK = (
     p.Ack,
@@ -56,14 +57,27 @@ def task_partition(task_id: str, partitions: int) -> int:
         return 0
 
 
+Deliver = Callable[[Iterable[tuple[Peer, list[Message]]]], None]
+Hold = Callable[[Peer], Callable[[list[Message]], None]]
+
+
 class Router:
     """Routes each message of a connection to its partition (:meth:`handle`), and answers
     the chains' and schedules' questions of where a task lives (a
-    :class:`~taskhub.lifecycle.placement.Placement`)."""
+    :class:`~taskhub.lifecycle.placement.Placement`).
 
-    def __init__(self, partitions: Sequence[LocalPartition]) -> None:
-        self.partitions = partitions
+    ``partitions`` holds a slot per partition: the hub's :class:`LocalPartition` where it
+    leads it, a :class:`~taskhub.hub.partition.Linked` one where another hub does
+    (:meth:`place`). ``deliver`` sends a connection messages directly, ``hold`` holds what
+    is sent to it until a batch whose items went to several hubs is answered
+    (:meth:`Connections.hold`)."""
+
+    def __init__(self, partitions: Sequence[LocalPartition], deliver: Deliver, hold: Hold) -> None:
+        self.local = tuple(partitions)  # the hub's own, by index (HTTP reads, placement)
+        self.partitions: list[Partition] = list(partitions)
         self.count = len(partitions)
+        self.deliver = deliver
+        self.hold = hold
         self.lifecycles = tuple(part.lc for part in partitions)
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
@@ -74,6 +88,24 @@ class Router:
             (p.Acks, p.Pickups, p.Returns), self._task_index
         )
         self.batches[p.Pubs] = self._action_index
+
+    def place(self, index: int, part: Partition) -> None:
+        """Put ``part`` in partition ``index``'s slot: from now on its messages go there. A
+        :class:`~taskhub.hub.partition.Linked` partition it replaces closes the connections
+        that reached the partition through it (1013: they reconnect and find it where it is
+        led now)."""
+        old = self.partitions[index]
+        self.partitions[index] = part
+        if old is not part and isinstance(old, Linked):
+            old.retire()
+
+    def remotes(self) -> list[Partition]:
+        """The slots another hub leads."""
+        return [part for part in self.partitions if not isinstance(part, LocalPartition)]
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        """The freshest record of ``task_id``, from where its partition is led."""
+        return await self.partitions[task_partition(task_id, self.count)].find(task_id)
 
     def _task_index(self, item: Any) -> int:
         return task_partition(item.task, self.count) if hasattr(item, "task") else 0
@@ -99,10 +131,10 @@ class Router:
         return self.lifecycles[action_partition(action, self.count)]
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
-        return self.partitions[task_partition(task_id, self.count)]
+        return self.local[task_partition(task_id, self.count)]
 
     def partition_for(self, action: str) -> LocalPartition:
-        return self.partitions[action_partition(action, self.count)]
+        return self.local[action_partition(action, self.count)]
 
     # --- messages ----------------------------------------------------------------------------
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
@@ -124,10 +156,13 @@ class Router:
         where = {index(item) for item in msg.items}
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
             return self.partitions[min(where, default=0)].handle(peer, msg)
-        parts = [self.partitions[i] for i in sorted(where)]
+        slots = self.partitions
+        if not all(isinstance(slots[i], LocalPartition) for i in where):
+            return self._batch_linked(peer, msg, index)
+        parts = [self.local[i] for i in sorted(where)]
         answers = []
         for i, item in enumerate(batch_items(msg)):
-            part = self.partitions[index(item)]
+            part = self.local[index(item)]
             own = part.peer(peer)
             if isinstance(msg, p.Pubs):
                 answers.append(part.dispatcher.pub_item(own, item, i, msg.ref))
@@ -138,6 +173,46 @@ class Router:
         fields = {"items": answers} if isinstance(msg, p.Pubs) else {}
         return self._answer_stored(parts, peer, msg.ref, fields)
 
+    async def _batch_linked(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
+        """A batched message whose items fall in partitions of several hubs: each partition
+        applies its items (as :meth:`_batch` does), and the batch's ``ok`` (with the items'
+        answers, in order, for ``pubs``) goes once every one of them has stored them."""
+        by_part: dict[int, list[tuple[int, Any]]] = {}
+        for i, item in enumerate(batch_items(msg)):
+            by_part.setdefault(index(item), []).append((i, item))
+        pubs = isinstance(msg, p.Pubs)
+        answers: list[Any] = [None] * len(msg.items)
+        waits: list[Awaitable[Any]] = []
+        remote: list[tuple[list[tuple[int, Any]], int]] = []
+        for at, items in by_part.items():
+            part = self.partitions[at]
+            if isinstance(part, LocalPartition):
+                own = part.peer(peer)
+                for i, item in items:
+                    if pubs:
+                        answers[i] = part.dispatcher.pub_item(own, item, i, msg.ref)
+                    else:
+                        part.dispatcher.step_item(own, item, i)
+                part.kick()
+                waits.append(part.flush())
+            elif isinstance(part, Linked):
+                remote.append((items, len(waits)))
+                waits.append(part.apply_items(peer, msg, items))
+        release = self.hold(peer)  # the answer first, then its tasks' events
+        try:
+            results = await asyncio.gather(*waits)
+        except BaseException:
+            release([])
+            raise
+        if pubs:
+            for items, at in remote:
+                for (i, _), answer in zip(items, results[at] or (), strict=False):
+                    answers[i] = answer
+        ok: Message = {"op": "ok", "ref": msg.ref}
+        if pubs:
+            ok["items"] = answers
+        release([ok] if msg.ref is not None else [])
+
     async def _answer_stored(
         self, parts: list[LocalPartition], peer: Peer, ref: int, fields: dict[str, Any]
     ) -> None:
@@ -145,8 +220,12 @@ class Router:
         for part in parts:
             part.kick()
         await asyncio.gather(*(part.flush() for part in parts))
-        self.partitions[0].answer(peer, ref, **fields)
-        self.partitions[0].kick()
+        first = self.partitions[0]
+        if isinstance(first, LocalPartition):
+            first.answer(peer, ref, **fields)
+            first.kick()
+        else:
+            self.deliver([(peer, [{"op": "ok", "ref": ref, **fields}])])
 
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
         """A watch sees every partition: partitions 1.. here; partition 0 answers it (the
