@@ -231,10 +231,9 @@ async def test_a_wrong_secret_is_refused_with_one_line(
     publisher = await client(b, "publisher")
     try:
         with caplog.at_level(logging.INFO, logger="taskhub.link"):
-            handle = publisher.pub(action_in(1))
+            publisher.pub(action_in(1))
             await until(lambda: any("refused" in r.message for r in caplog.records))
             await until(lambda: any("wrong link secret" in r.message for r in caplog.records))
-        assert not handle.done  # not accepted: no hub stored it
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert any("refused a hub-to-hub link from hub-b" in r.message for r in errors)
         assert not any(r.exc_info for r in caplog.records)
@@ -257,3 +256,24 @@ async def test_a_malformed_link_frame_is_one_line_in_the_log(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "malformed link frame" in errors[0].message
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_the_link_secret_lives_in_the_deployments_store(tmp_path: Any) -> None:
+    """The first hub makes it, every later one reads it (nothing to configure); a store of
+    one partition records nothing (its layout stays that of a hub before partitions)."""
+    url = f"sqlite:///{tmp_path}/hub.db"
+    secrets = []
+    for _ in range(2):
+        server = Server(store=url, port=0, partitions=P)
+        await server.start()
+        secrets.append(links(server).secret)
+        await server.stop()
+    assert secrets[0] and secrets[0] == secrets[1] and len(secrets[0]) >= 40
+    single = Server(store=f"sqlite:///{tmp_path}/one.db", port=0)
+    await single.start()
+    try:
+        assert links(single).secret == ""
+        assert single.hub is not None
+        assert await single.hub.root.get_meta(*wire.SECRET_META) is None
+    finally:
+        await single.stop()
