@@ -19,7 +19,6 @@ Hub B's slot is placed as the partition leases will place it (``Router.place`` w
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -45,20 +44,16 @@ def serve(port: int, leader: str | None, secret: str) -> None:
     from taskhub.partitions import partition_of
     from taskhub.runtime import run
 
-    async def main() -> None:
-        server = Server(port=port, store="memory://", partitions=P)
-        serving = asyncio.ensure_future(server.serve_forever())
-        while server.hub is None:
-            await asyncio.sleep(0.01)
-        links = server.hub.links
-        assert isinstance(links, HubLinks)
-        links.secret = secret
-        if leader is not None:
-            k = partition_of(ACTION, "", P)
-            server.hub.router.place(k, links.remote(k, leader))
-        await serving
+    class Linked(Server):
+        async def start(self) -> None:
+            await super().start()
+            assert self.hub is not None and isinstance(self.hub.links, HubLinks)
+            self.hub.links.secret = secret
+            if leader is not None:
+                k = partition_of(ACTION, "", P)
+                self.hub.router.place(k, self.hub.links.remote(k, leader))
 
-    run(main())
+    run(Linked(port=port, store="memory://", partitions=P).serve_forever())
 
 
 def hub(port: int, leader: str | None, secret: str) -> subprocess.Popen[bytes]:

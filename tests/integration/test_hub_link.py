@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from taskhub import Client, Server
+from taskhub import Client, Server, TaskFailed
 from taskhub.hub.link import wire
 from taskhub.hub.link.origin import HubLinks
 from taskhub.partitions import partition_of, partition_of_id
@@ -277,3 +277,62 @@ async def test_the_link_secret_lives_in_the_deployments_store(tmp_path: Any) -> 
         assert await single.hub.root.get_meta(*wire.SECRET_META) is None
     finally:
         await single.stop()
+
+
+async def test_a_chain_and_a_group_crossing_hubs_complete(make_server: ServerFactory) -> None:
+    """A leads partition 1, B partition 0: a chain held on B publishes its steps on A and
+    moves on when they end there, and the other way round."""
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(a, 0, b)
+    lead_elsewhere(b, 1, a)
+    zero, one = action_in(0, "z"), action_in(1, "o")
+    wa, wb = await client(a, "wa"), await client(b, "wb")
+    pa, pb = await client(a, "pa"), await client(b, "pb")
+    try:
+        await wa.sub(
+            zero,
+            lambda t: (t.payload or 0) + 1 if t.previous_result is None else t.previous_result + 1,
+        )
+        await wb.sub(
+            one,
+            lambda t: (
+                (t.payload or 0) * 10 if t.previous_result is None else t.previous_result * 10
+            ),
+        )
+        # held on B (its first step's partition, 0), steps in 0 (B), 1 (A), 0 (B)
+        chain = pb.chain([(zero, 1), (one, None), (zero, None)])
+        assert await asyncio.wait_for(chain.get_result(), 10) == 21
+        assert partition_of_id(chain.id) == 0
+        # held on A (partition 1), read from B: every step's id names its own partition
+        chain = pb.chain([(one, 2), (zero, None)])
+        assert await asyncio.wait_for(chain.get_result(), 10) == 21
+        got = await pa.get(chain.id)
+        assert got["state"] == "success" and partition_of_id(chain.id) == 1
+        group = pa.group([(zero, 5), (one, 6), (zero, 7)])
+        assert await asyncio.wait_for(group.get_result(), 10) == [6, 60, 8]
+    finally:
+        for c in (wa, wb, pa, pb):
+            await c.close()
+
+
+async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
+    make_server: ServerFactory,
+) -> None:
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(b, 1, a)
+    assert a.hub is not None
+    # A no longer leads partition 1 (as when its lease moved): B's step is refused there
+    a.hub.router.place(1, links(a).remote(1, b.http_url))
+    zero, one = action_in(0, "z"), action_in(1, "o")
+    wb, pb = await client(b, "wb"), await client(b, "pb")
+    try:
+        await wb.sub(zero, lambda t: "first")
+        chain = pb.chain([(zero, None), (one, None)])
+        with pytest.raises(TaskFailed) as info:
+            await asyncio.wait_for(chain.get_result(), 10)
+        assert "step 1" in str(info.value) and "does not lead partition 1" in str(info.value)
+    finally:
+        for c in (wb, pb):
+            await c.close()

@@ -20,6 +20,7 @@ from taskhub.hub.retention import Retention
 from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
+from taskhub.lifecycle.placement import Elsewhere
 from taskhub.records import TaskRecord
 from taskhub.store import Store
 
@@ -59,7 +60,7 @@ class Partition(Protocol):
 
 
 @runtime_checkable
-class Linked(Partition, Protocol):
+class Linked(Partition, Elsewhere, Protocol):
     """A partition another hub leads, reached over the hub-to-hub link
     (:class:`taskhub.hub.link.RemotePartition`)."""
 

@@ -23,6 +23,7 @@ from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
 from taskhub.hub.partition import Linked, LocalPartition, Partition
 from taskhub.lifecycle import Lifecycle, Message, Peer
+from taskhub.lifecycle.placement import Elsewhere
 from taskhub.partitions import partition_of, partition_of_id
 from taskhub.records import TaskRecord
 
@@ -129,6 +130,14 @@ class Router:
 
     def for_action(self, action: str) -> Lifecycle:
         return self.lifecycles[action_partition(action, self.count)]
+
+    def elsewhere_for(self, action: str) -> Elsewhere | None:
+        slot = self.partitions[action_partition(action, self.count)]
+        return slot if isinstance(slot, Linked) else None
+
+    def elsewhere_of(self, task_id: str) -> Elsewhere | None:
+        slot = self.partitions[task_partition(task_id, self.count)]
+        return slot if isinstance(slot, Linked) else None
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
         return self.local[task_partition(task_id, self.count)]

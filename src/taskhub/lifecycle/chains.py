@@ -171,16 +171,22 @@ class Chains:
         # Every step's permission was checked when the chain started; the publisher may have
         # gone since, so the step is published in its name with that check already made.
         creds = Credentials(parent.rec.publisher, pub_permissions=("*",))
-        try:
-            lc = self.place.for_action(plan["action"])
-            task, _ = lc.publish(creds, plan["action"], payload, options, extra=extra)
-        except TaskHubError as exc:  # e.g. an `at` that was fine at the start: fail, named
-            self._fail(parent, i, {"reason": "error", "type": type(exc).__name__}, exc.message)
-            return
-        assert isinstance(task, Task)  # steps carry no key, so publish always creates one
-        _progress(parent, i, tasks=task.id)
+        elsewhere = self.place.elsewhere_for(plan["action"])
+        if elsewhere is not None:  # another hub leads the step's partition
+            task_id = elsewhere.publish_step(creds.name, plan["action"], payload, options, extra)
+        else:
+            try:
+                lc = self.place.for_action(plan["action"])
+                task, _ = lc.publish(creds, plan["action"], payload, options, extra=extra)
+            except TaskHubError as exc:  # e.g. an `at` that was fine at the start: fail, named
+                why = {"reason": "error", "type": type(exc).__name__}
+                self._fail(parent, i, why, exc.message)
+                return
+            assert isinstance(task, Task)  # steps carry no key, so publish always creates one
+            task_id = task.id
+        _progress(parent, i, tasks=task_id)
         self._lc(parent).record(
-            parent, "step", {"index": i, "action": plan["action"], "task": task.id}
+            parent, "step", {"index": i, "action": plan["action"], "task": task_id}
         )
 
     # --- moving on ---------------------------------------------------------------------------
@@ -188,6 +194,10 @@ class Chains:
         opts = task.rec.options
         parent_id = opts.get("chain_task")
         if parent_id is not None:
+            elsewhere = self.place.elsewhere_of(parent_id)
+            if elsewhere is not None:  # the chain is held by another hub: move it on there
+                elsewhere.step_ended(parent_id, int(opts["chain_step"]), task.rec)
+                return
             parent = self.place.of_task(parent_id).tasks.get(parent_id)
             if parent is not None:  # else the chain has ended already (failed, cancelled)
                 self.step_ended(parent, int(opts["chain_step"]), task.rec)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
@@ -16,13 +17,15 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from taskhub import protocol as p
-from taskhub.errors import ProtocolError, TaskHubError
+from taskhub.errors import ProtocolError, StoreUnavailable, TaskHubError
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
-from taskhub.hub.link.origin import HubLinks
+from taskhub.hub.link.origin import HubLinks, step_ended
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
-from taskhub.lifecycle import Peer
+from taskhub.hub.router import task_partition
+from taskhub.lifecycle import Credentials, Peer
+from taskhub.records import TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
@@ -162,6 +165,12 @@ class LinkServer:
             elif kind is wire.Detach:
                 assert isinstance(entry, wire.Detach)
                 self._drop(entry.conn)
+            elif kind is wire.Step:
+                assert isinstance(entry, wire.Step)
+                self._step(entry, touched)
+            elif kind is wire.StepEnded:
+                assert isinstance(entry, wire.StepEnded)
+                step_ended(self.hub, entry)
             else:
                 assert isinstance(entry, wire.Find | wire.Flush | wire.Items)
                 self._request(entry)
@@ -210,6 +219,40 @@ class LinkServer:
             else:
                 part.unwatch(remote.peer, entry.pattern)
         touched.add(part)
+
+    def _step(self, entry: wire.Step, touched: set[LocalPartition]) -> None:
+        """Publish a chain's step the origin holds the chain of; one that cannot be published
+        here goes back as a failed step (the chain fails, naming it)."""
+        part = self._led("", entry.part)
+        creds = Credentials(entry.publisher, pub_permissions=("*",))
+        try:
+            if part is None:
+                raise StoreUnavailable(f"this hub does not lead partition {entry.part} any more")
+            lc = part.lc
+            lc.publish(
+                creds,
+                entry.action,
+                entry.payload,
+                entry.options,
+                extra=entry.extra,
+                task_id=entry.id,
+            )
+            touched.add(part)
+        except TaskHubError as exc:
+            chain, index = entry.extra.get("chain_task"), entry.extra.get("chain_step")
+            if not isinstance(chain, str) or not isinstance(index, int):
+                log.error("the link from %s sent a chain step without its chain", self.where)
+                return
+            failed = TaskRecord(
+                entry.id,
+                entry.action,
+                entry.publisher,
+                time.time(),
+                state=TaskState.FAIL,
+                error={"reason": "error", "type": type(exc).__name__, "message": exc.message},
+            )
+            at = task_partition(chain, len(self.hub.router.partitions))
+            self.out.add(wire.encode_entry(wire.StepEnded(at, chain, index, failed)))
 
     def _request(self, entry: wire.Find | wire.Flush | wire.Items) -> None:
         task = asyncio.create_task(self._answer(entry))

@@ -22,6 +22,8 @@ from taskhub.errors import ProtocolError, StoreUnavailable
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
+from taskhub.hub.partition import LocalPartition
+from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Peer
 from taskhub.records import MetaRecord, TaskRecord, WriteBatch
 
@@ -214,6 +216,8 @@ class Link:
                         front = fronts.pop(entry.conn, None)
                         if front is not None:
                             _close(self.links.hub, front, entry.code, entry.reason)
+                    elif type(entry) is wire.StepEnded:
+                        step_ended(self.links.hub, entry)
         except ConnectionClosed:
             pass
         code, reason = ws.close_code, ws.close_reason
@@ -252,6 +256,18 @@ class Link:
             await self.task
 
 
+def step_ended(hub: Hub, entry: wire.StepEnded) -> None:
+    """A step of a chain this hub holds ended on another hub: move the chain on."""
+    slots = hub.router.partitions
+    part = slots[entry.part] if 0 <= entry.part < len(slots) else None
+    parent = part.lc.tasks.get(entry.chain) if isinstance(part, LocalPartition) else None
+    if parent is None:  # ended (failed, cancelled) already, or led elsewhere now
+        log.info("step %d of chain %s ended; the chain is not held here", entry.index, entry.chain)
+        return
+    hub.chains.step_ended(parent, entry.index, entry.rec)
+    hub.kick()
+
+
 def _close(hub: Hub, front: Peer, code: int, reason: str) -> None:
     closer = hub.connections.closers.get(front)
     if closer is not None:
@@ -269,6 +285,7 @@ class RemotePartition:
         self.url = url
         self.links = links
         self.users: dict[str, Peer] = {}  # connections that reached it, by id
+        self.new_id = UlidFactory(partition=index)  # the ids of chain steps published there
 
     def _link(self, peer: Peer) -> Link | None:
         """The link for ``peer``'s traffic, ``peer`` opened on it; None for a connection
@@ -339,6 +356,24 @@ class RemotePartition:
         answer = await self.links.link(self.url).request(lambda rid: wire.Flush(rid, self.index))
         if answer.error is not None:
             raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
+
+    # --- chains (Elsewhere) -----------------------------------------------------------------
+    def publish_step(
+        self,
+        publisher: str,
+        action: str,
+        payload: Any,
+        options: p.PubOptions | None,
+        extra: dict[str, Any],
+    ) -> str:
+        task_id = self.new_id()
+        step = wire.Step(self.index, task_id, publisher, action, payload, options, extra)
+        self.links.link(self.url).add(wire.encode_entry(step))
+        return task_id
+
+    def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
+        entry = wire.StepEnded(self.index, chain_id, index, rec)
+        self.links.link(self.url).add(wire.encode_entry(entry))
 
     def retire(self) -> None:
         """Another hub (or this one) leads the partition now: the connections that reached it

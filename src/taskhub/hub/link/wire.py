@@ -17,6 +17,7 @@ import msgspec
 from taskhub import protocol as p
 from taskhub.errors import FrameTooLarge, ProtocolError, UnknownOperation
 from taskhub.lifecycle import Credentials
+from taskhub.records import TaskRecord
 
 LINK_PATH = "/v1/link"
 # The deployment's link secret: a header on the link's handshake, a metadata entry of the
@@ -101,6 +102,29 @@ class Items(_Entry, tag="items"):
     ref: int | None = None
 
 
+class Step(_Entry, tag="step"):
+    """Publish a chain's step, with the id ``id`` made for partition ``part``, in that
+    partition (the chain's hub publishes it; ``extra`` names the chain and the step)."""
+
+    part: int
+    id: str
+    publisher: str
+    action: str
+    payload: Any
+    options: p.PubOptions | None
+    extra: dict[str, Any]
+
+
+class StepEnded(_Entry, tag="ended"):
+    """Step ``index`` of chain ``chain`` (held in partition ``part``) ended as ``rec`` says;
+    either side sends it to the hub that leads the chain's partition."""
+
+    part: int
+    chain: str
+    index: int
+    rec: TaskRecord
+
+
 # --- leader -> origin --------------------------------------------------------------------------
 class Out(_Entry, tag="out"):
     """A frame for connection ``conn``'s client, exactly as the client is sent it."""
@@ -127,8 +151,8 @@ class Close(_Entry, tag="close"):
     reason: str = ""
 
 
-ToLeader = Open | In | WatchIn | Detach | Find | Flush | Items
-ToOrigin = Out | Answer | Close
+ToLeader = Open | In | WatchIn | Detach | Find | Flush | Items | Step | StepEnded
+ToOrigin = Out | Answer | Close | StepEnded
 
 
 def _enc_hook(obj: Any) -> Any:
