@@ -336,3 +336,29 @@ async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
     finally:
         for c in (wb, pb):
             await c.close()
+
+
+async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
+    make_server: ServerFactory,
+) -> None:
+    """Hub A stops: B's worker, which reached A's partition, is closed and reconnects; once
+    B leads the partition itself, the work goes on there."""
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(b, 1, a)
+    assert b.hub is not None
+    action = action_in(1)
+    worker, publisher = await client(b, "worker"), await client(b, "publisher")
+    try:
+        await worker.sub(action, lambda t: "done")
+        assert await publisher.pub(action).get_result() == "done"
+        link = links(b).links[wire.link_url(a.http_url)]
+        await a.stop()
+        await until(lambda: link.broken)
+        assert not links(b).links  # the broken link is gone: the next use dials again
+        b.hub.router.place(1, b.hub.parts[1])  # as the leases would, once A's ran out
+        handle = publisher.pub(action)
+        assert await asyncio.wait_for(handle.get_result(), 10) == "done"
+    finally:
+        await worker.close()
+        await publisher.close()

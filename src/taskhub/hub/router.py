@@ -210,6 +210,9 @@ class Router:
         release = self.hold(peer)  # the answer first, then its tasks' events
         try:
             results = await asyncio.gather(*waits)
+        except TaskHubError as exc:  # a link broke: its connections are being closed (1013)
+            release([p.error_msg(exc, msg.ref)])
+            return
         except BaseException:
             release([])
             raise
