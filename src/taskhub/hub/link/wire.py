@@ -229,12 +229,61 @@ def decode_msg(raw: msgspec.Raw) -> p.Inbound | p.Bad:
     try:
         msg: p.Inbound | _BadMsg = _inbound.decode(raw)
     except (msgspec.DecodeError, RecursionError):
-        # A batch with a bad item: read as a client's frame is, each bad item on its own.
-        return p.decode_frame(bytes(raw))[0]
+        # A batch with a bad item: each item on its own, a bad one with the origin's error.
+        return _batch_by_item(raw) or p.decode_frame(bytes(raw))[0]
     if isinstance(msg, _BadMsg):
         kind = _PROTOCOL_ERRORS.get(msg.code, ProtocolError)
         return p.Bad(kind(msg.message, **msg.details), msg.ref)
     return msg
+
+
+class _WireError(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class _BadItem(msgspec.Struct, forbid_unknown_fields=True):
+    """An item of a batched message the origin could not decode, as :func:`_enc_hook` wrote
+    it: its error, and its ``ref``."""
+
+    error: _WireError
+    ref: int | None = None
+
+
+class _Loose(msgspec.Struct):
+    op: str
+    items: list[msgspec.Raw] = []
+    ref: int | None = None
+
+
+_loose = msgspec.json.Decoder(_Loose)
+_bad_item = msgspec.json.Decoder(_BadItem)
+_BATCH_KINDS: dict[str, Any] = {str(c.__struct_config__.tag): c for c in p.BATCHES}
+_ITEMS = {c: msgspec.json.Decoder(kind) for c, kind in p.BATCHES.items()}
+
+
+def _batch_by_item(raw: msgspec.Raw) -> p.Inbound | None:
+    try:
+        loose = _loose.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    kind = _BATCH_KINDS.get(loose.op)
+    if kind is None:
+        return None
+    items: list[Any] = []
+    for item in loose.items:
+        try:
+            items.append(_ITEMS[kind].decode(item))
+        except (msgspec.DecodeError, RecursionError):
+            try:
+                bad = _bad_item.decode(item)
+            except (msgspec.DecodeError, RecursionError):
+                return None
+            error = _PROTOCOL_ERRORS.get(bad.error.code, ProtocolError)
+            items.append(p.Bad(error(bad.error.message, **bad.error.details), bad.ref))
+    batch: p.Inbound = kind(items=items, ref=loose.ref)
+    return batch
 
 
 _PROTOCOL_ERRORS: dict[str, type[ProtocolError]] = {
