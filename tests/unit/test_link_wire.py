@@ -61,3 +61,13 @@ def test_link_url() -> None:
     assert wire.link_url("http://h:1/") == "ws://h:1/v1/link"
     assert wire.link_url("https://h:1") == "wss://h:1/v1/link"
     assert wire.link_url("ws://h:1") == "ws://h:1/v1/link"
+
+
+def test_the_busiest_entries_joined_by_hand_read_as_their_structs() -> None:
+    msg = wire.encode_msg(p.Ack(task="01M97VJAYP01B8ZGNJKRAYCQDT", attempt=2))
+    frame = b'{"op":"offer","task":"x"}'
+    (entry,) = wire.decode_to_leader(b"[" + wire.in_prefix('c"1', 7) + msg + b"]]")
+    assert isinstance(entry, wire.In) and (entry.conn, entry.part) == ('c"1', 7)
+    assert isinstance(wire.decode_msg(entry.msg), p.Ack)
+    (out,) = wire.decode_to_origin(b"[" + wire.out_prefix("c2") + frame + b"]]")
+    assert isinstance(out, wire.Out) and out.conn == "c2" and bytes(out.frame) == frame

@@ -197,9 +197,10 @@ class LinkServer:
         peer.hello, peer.batch, peer.remote = entry.hello, entry.batch, entry.remote
         self.remotes[entry.conn] = _Remote(peer)
         conn, out = entry.conn, self.out
+        prefix = wire.out_prefix(conn)
 
         def send(frame: bytes) -> None:
-            out.add(_encode(wire.Out(conn, msgspec.Raw(frame))))
+            out.add(prefix + frame + b"]")
 
         async def close(code: int, reason: str) -> None:
             out.add(wire.encode_entry(wire.Close(conn, code, reason)))

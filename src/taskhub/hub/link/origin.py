@@ -285,6 +285,7 @@ class RemotePartition:
         self.url = url
         self.links = links
         self.users: dict[str, Peer] = {}  # connections that reached it, by id
+        self.prefixes: dict[str, bytes] = {}  # their In entries' start (wire.in_prefix)
         self.new_id = UlidFactory(partition=index)  # the ids of chain steps published there
 
     def _link(self, peer: Peer) -> Link | None:
@@ -306,8 +307,10 @@ class RemotePartition:
             peer.batch = msg.batch
         link = self._link(peer)
         if link is not None:
-            raw = msgspec.Raw(wire.encode_msg(msg))
-            link.add(wire.encode_entry(wire.In(peer.id, self.index, raw)))
+            prefix = self.prefixes.get(peer.id)
+            if prefix is None:
+                prefix = self.prefixes[peer.id] = wire.in_prefix(peer.id, self.index)
+            link.add(prefix + wire.encode_msg(msg) + b"]")
         return None
 
     def watch(self, peer: Peer, pattern: str) -> None:
@@ -324,6 +327,7 @@ class RemotePartition:
     def detach(self, peer: Peer) -> None:
         """Forget ``peer`` here; :meth:`HubLinks.detach` tells the leader, once per link."""
         self.users.pop(peer.id, None)
+        self.prefixes.pop(peer.id, None)
 
     async def find(self, task_id: str) -> TaskRecord | None:
         link = self.links.link(self.url)
@@ -387,3 +391,4 @@ class RemotePartition:
             for conn in self.users:
                 link.detach(conn)
         self.users.clear()
+        self.prefixes.clear()

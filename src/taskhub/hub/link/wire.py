@@ -172,6 +172,17 @@ def encode_entry(entry: _Entry) -> bytes:
     return _encoder.encode(entry)
 
 
+def in_prefix(conn: str, part: int) -> bytes:
+    """What an :class:`In` entry of ``conn`` for ``part`` starts with: the entry is this, the
+    message's JSON and ``]`` (the busiest entries, joined without encoding them again)."""
+    return b'["in",' + _encoder.encode(conn) + b",%d," % part
+
+
+def out_prefix(conn: str) -> bytes:
+    """What an :class:`Out` entry of ``conn`` starts with: then the frame, then ``]``."""
+    return b'["out",' + _encoder.encode(conn) + b","
+
+
 def frames(entries: list[bytes]) -> list[bytes]:
     """Encoded entries as link frames (JSON arrays) of about :data:`FRAME_BYTES` at most."""
     out: list[bytes] = []
