@@ -132,12 +132,10 @@ class Router:
         return self.lifecycles[action_partition(action, self.count)]
 
     def elsewhere_for(self, action: str) -> Elsewhere | None:
-        slot = self.partitions[action_partition(action, self.count)]
-        return slot if isinstance(slot, Linked) else None
+        return _linked(self.partitions[action_partition(action, self.count)])
 
     def elsewhere_of(self, task_id: str) -> Elsewhere | None:
-        slot = self.partitions[task_partition(task_id, self.count)]
-        return slot if isinstance(slot, Linked) else None
+        return _linked(self.partitions[task_partition(task_id, self.count)])
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
         return self.local[task_partition(task_id, self.count)]
@@ -250,3 +248,9 @@ class Router:
                     part.unwatch(peer, msg.pattern)
             except TaskHubError:
                 return
+
+
+def _linked(slot: Partition) -> Linked | None:
+    # A local slot first: a runtime protocol check looks at every member (a step of every
+    # chain asks).
+    return None if isinstance(slot, LocalPartition) or not isinstance(slot, Linked) else slot
