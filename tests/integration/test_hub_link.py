@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -359,6 +360,25 @@ async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
         b.hub.router.place(1, b.hub.parts[1])  # as the leases would, once A's ran out
         handle = publisher.pub(action)
         assert await asyncio.wait_for(handle.get_result(), 10) == "done"
+    finally:
+        await worker.close()
+        await publisher.close()
+
+
+async def test_http_reads_on_b_reach_the_partition_a_leads(hubs: tuple[Server, Server]) -> None:
+    a, b = hubs
+    action = action_in(1)
+    worker, publisher = await client(a, "worker"), await client(b, "publisher")
+    try:
+        await worker.sub(action, lambda t: t.payload)
+        handles = [publisher.pub(action, i) for i in range(3)]
+        await asyncio.gather(*(h.get_result() for h in handles))
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+            one = await http.get(f"/v1/tasks/{handles[0].id}")  # Hub.find, over the link
+            assert one.status_code == 200 and one.json()["result"] == 0
+            page = await http.get("/v1/tasks", params={"action": action})  # Hub.list_tasks
+            assert page.status_code == 200
+            assert {t["id"] for t in page.json()["tasks"]} == {h.id for h in handles}
     finally:
         await worker.close()
         await publisher.close()

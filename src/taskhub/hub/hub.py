@@ -329,7 +329,9 @@ class Hub:
         pages = await asyncio.gather(
             *(
                 part.store.list_tasks(action=action, state=state, after=after, limit=limit)
-                for part in self.parts
+                if isinstance(part, LocalPartition)
+                else part.list_tasks(action=action, state=state, after=after, limit=limit)
+                for part in self.router.slots()
             )
         )
         return heapq.nsmallest(limit, (rec for page in pages for rec in page), key=lambda r: r.id)

@@ -71,6 +71,11 @@ class Linked(Partition, Elsewhere, Protocol):
     def retire(self) -> None:
         """The partition is led elsewhere now: close the connections that reached it here."""
 
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of the partition's stored tasks by id, read by its leader."""
+
 
 class Links(Protocol):
     """The hub's links to other hubs (:class:`taskhub.hub.link.HubLinks`): the transport

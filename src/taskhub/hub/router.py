@@ -100,6 +100,13 @@ class Router:
         if old is not part and isinstance(old, Linked):
             old.retire()
 
+    def slots(self) -> list[LocalPartition | Linked]:
+        """Every slot, in partition order, as what it is."""
+        return [
+            part if isinstance(part, LocalPartition) else _as_linked(part)
+            for part in self.partitions
+        ]
+
     def remotes(self) -> list[Partition]:
         """The slots another hub leads."""
         return [part for part in self.partitions if not isinstance(part, LocalPartition)]
@@ -248,6 +255,12 @@ class Router:
                     part.unwatch(peer, msg.pattern)
             except TaskHubError:
                 return
+
+
+def _as_linked(slot: Partition) -> Linked:
+    if not isinstance(slot, Linked):
+        raise TypeError(f"partition {slot.index}'s slot is neither local nor linked: {slot!r}")
+    return slot
 
 
 def _linked(slot: Partition) -> Linked | None:

@@ -172,7 +172,7 @@ class LinkServer:
                 assert isinstance(entry, wire.StepEnded)
                 step_ended(self.hub, entry)
             else:
-                assert isinstance(entry, wire.Find | wire.Flush | wire.Items)
+                assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
                 self._request(entry)
         for part in touched:
             part.kick()
@@ -255,12 +255,12 @@ class LinkServer:
             at = task_partition(chain, len(self.hub.router.partitions))
             self.out.add(wire.encode_entry(wire.StepEnded(at, chain, index, failed)))
 
-    def _request(self, entry: wire.Find | wire.Flush | wire.Items) -> None:
+    def _request(self, entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items) -> None:
         task = asyncio.create_task(self._answer(entry))
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)
 
-    async def _answer(self, entry: wire.Find | wire.Flush | wire.Items) -> None:
+    async def _answer(self, entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items) -> None:
         try:
             part = self._led("", entry.part)
             if part is None:
@@ -270,6 +270,11 @@ class LinkServer:
                 answer = wire.Answer(entry.id, msgspec.Raw(_encode(rec)))
             elif isinstance(entry, wire.Items):
                 answer = await self._items(part, entry)
+            elif isinstance(entry, wire.ListTasks):
+                page = await part.store.list_tasks(
+                    action=entry.action, state=entry.state, after=entry.after, limit=entry.limit
+                )
+                answer = wire.Answer(entry.id, msgspec.Raw(_encode(page)))
             else:
                 busy = [r.resuming for r in self.remotes.values() if r.resuming is not None]
                 if busy:  # what came before the flush is applied first

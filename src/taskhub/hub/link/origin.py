@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskhub.link")
 
 CLOSE_TRY_AGAIN = 1013  # the client backs off and reconnects (as the relay's)
+_records = msgspec.json.Decoder(list[TaskRecord])
 # Seconds to open a link; a leader that does not answer in time is given up (clients 1013).
 OPEN_TIMEOUT = 5.0
 _record = msgspec.json.Decoder(TaskRecord | None)
@@ -71,7 +72,7 @@ class HubLinks:
 
     def remote(self, index: int, leader_url: str) -> RemotePartition:
         """The partition ``index`` led by the hub at ``leader_url`` (its advertised base URL)."""
-        return RemotePartition(index, wire.link_url(leader_url), self)
+        return RemotePartition(index, leader_url, self)
 
     def link(self, url: str) -> Link:
         """The link to ``url``, opened when it is first used (or again after it broke)."""
@@ -280,9 +281,12 @@ class RemotePartition:
     of :class:`~taskhub.hub.partition.Partition`; what they change is applied there, and
     what it sends a connection comes back over the link to the connection's own sender."""
 
-    def __init__(self, index: int, url: str, links: HubLinks) -> None:
+    local: LocalPartition | None = None  # led by another hub
+
+    def __init__(self, index: int, leader: str, links: HubLinks) -> None:
         self.index = index
-        self.url = url
+        self.leader = leader.rstrip("/")  # the leading hub's advertised base URL
+        self.url = wire.link_url(leader)  # its link
         self.links = links
         self.users: dict[str, Peer] = {}  # connections that reached it, by id
         self.prefixes: dict[str, bytes] = {}  # their In entries' start (wire.in_prefix)
@@ -351,6 +355,22 @@ class RemotePartition:
         if answer.error is not None:
             raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
         return msgspec.json.decode(answer.value)
+
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of the partition's stored tasks by id, read by its leader."""
+        link = self.links.link(self.url)
+        answer = await link.request(
+            lambda rid: wire.ListTasks(rid, self.index, action, state, after, limit)
+        )
+        if answer.error is not None:
+            raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
+        return _records.decode(answer.value)
+
+    def unwritten(self) -> dict[str, TaskRecord]:
+        """What the leader has not written yet stays there: listings here see the store's."""
+        return {}
 
     def kick(self) -> None:
         """Nothing to do here: the leader writes and sends what it was given."""

@@ -82,6 +82,17 @@ class Find(_Entry, tag="find"):
     task: str
 
 
+class ListTasks(_Entry, tag="list"):
+    """A request: a page of partition ``part``'s stored tasks (``Store.list_tasks``)."""
+
+    id: int
+    part: int
+    action: str | None
+    state: str | None
+    after: str | None
+    limit: int
+
+
 class Flush(_Entry, tag="flush"):
     """A request: answered once partition ``part`` has written and sent what it was given."""
 
@@ -151,7 +162,7 @@ class Close(_Entry, tag="close"):
     reason: str = ""
 
 
-ToLeader = Open | In | WatchIn | Detach | Find | Flush | Items | Step | StepEnded
+ToLeader = Open | In | WatchIn | Detach | Find | ListTasks | Flush | Items | Step | StepEnded
 ToOrigin = Out | Answer | Close | StepEnded
 
 
