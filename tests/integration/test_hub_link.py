@@ -6,6 +6,7 @@ the public client API."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -382,3 +383,29 @@ async def test_http_reads_on_b_reach_the_partition_a_leads(hubs: tuple[Server, S
     finally:
         await worker.close()
         await publisher.close()
+
+
+async def test_a_raw_batch_across_hubs_answers_each_item_in_order(
+    hubs: tuple[Server, Server],
+) -> None:
+    """A client's ``pubs`` with items in both hubs' partitions and a bad one: one ``ok`` whose
+    items answer each in order, the bad one with its own error."""
+    _, b = hubs
+    here, there = action_in(0), action_in(1)
+    async with connect(b.url + "/v1/ws") as ws:
+        assert json.loads(await ws.recv())["op"] == "welcome"
+        items = [{"action": there}, {"action": 5}, {"action": here}, {"action": there}]
+        await ws.send(
+            json.dumps(
+                [
+                    {"op": "pubs", "ref": 1, "items": items},
+                ]
+            )
+        )
+        ok = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert ok["op"] == "ok" and ok["ref"] == 1
+        first, bad, third, fourth = ok["items"]
+        assert partition_of_id(first["task"]) == 1 and partition_of_id(fourth["task"]) == 1
+        assert partition_of_id(third["task"]) == 0
+        assert bad["error"]["code"] == "bad_message" and bad["error"]["details"]["index"] == 1
+        assert "Expected `str`, got `int`" in bad["error"]["message"]
