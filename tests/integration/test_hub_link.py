@@ -409,3 +409,43 @@ async def test_a_raw_batch_across_hubs_answers_each_item_in_order(
         assert partition_of_id(third["task"]) == 0
         assert bad["error"]["code"] == "bad_message" and bad["error"]["details"]["index"] == 1
         assert "Expected `str`, got `int`" in bad["error"]["message"]
+
+
+async def test_a_failed_group_cancels_its_step_on_the_other_hub(
+    make_server: ServerFactory,
+) -> None:
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(a, 0, b)
+    lead_elsewhere(b, 1, a)
+    zero, one = action_in(0, "z"), action_in(1, "o")
+    wa, wb, pb = await client(a, "wa"), await client(b, "wb"), await client(b, "pb")
+    running: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def slow(task: Any) -> Any:
+        running.set_result(task.id)
+        await release.wait()
+
+    async def broken(task: Any) -> Any:
+        await running  # the other step runs on A by now
+        raise RuntimeError("no")
+
+    try:
+        await wa.sub(one, slow)
+        await wb.sub(zero, broken)
+        group = pb.group([(zero, None), (one, None)])  # held on B (partition 0)
+        with pytest.raises(TaskFailed):
+            await asyncio.wait_for(group.get_result(), 10)
+        step = running.result()
+        assert partition_of_id(step) == 1  # published on A, which leads partition 1
+
+        async def cancelled() -> bool:
+            got = await pb.get(step)
+            return got["state"] == "fail" and got["error"]["reason"] == "cancelled"
+
+        await until(cancelled)
+        release.set()
+    finally:
+        for c in (wa, wb, pb):
+            await c.close()

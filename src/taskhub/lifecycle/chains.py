@@ -251,14 +251,15 @@ class Chains:
     def _stop_steps(self, parent: Task) -> None:
         """The chain failed or was cancelled: its steps still running are cancelled too."""
         why = (parent.rec.error or {}).get("message", "it ended")
+        error = {"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"}
         for task_id in parent.rec.options[HELD]["tasks"]:
+            elsewhere = self.place.elsewhere_of(task_id) if task_id else None
+            if elsewhere is not None:  # running on the hub that leads its partition
+                elsewhere.cancel_step(task_id, error)
+                continue
             step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
             if step is not None:
-                self._lc(step).finish(
-                    step,
-                    TaskState.FAIL,
-                    error={"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"},
-                )
+                self._lc(step).finish(step, TaskState.FAIL, error=error)
 
     # --- recovery ----------------------------------------------------------------------------
     def orphans(self) -> list[tuple[Task, int, str]]:

@@ -34,6 +34,9 @@ class Elsewhere(Protocol):
     def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
         """Step ``index`` of chain ``chain_id``, held there, ended as ``rec`` says."""
 
+    def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
+        """The chain failed: its step ``task_id``, running there, fails with ``error``."""
+
 
 class Placement(Protocol):
     """Which partition's lifecycle holds what."""

@@ -171,6 +171,13 @@ class LinkServer:
             elif kind is wire.StepEnded:
                 assert isinstance(entry, wire.StepEnded)
                 step_ended(self.hub, entry)
+            elif kind is wire.CancelStep:
+                assert isinstance(entry, wire.CancelStep)
+                part = self._led("", entry.part)
+                step = part.lc.tasks.get(entry.task) if part is not None else None
+                if part is not None and step is not None:
+                    part.lc.finish(step, TaskState.FAIL, error=entry.error)
+                    touched.add(part)
             else:
                 assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
                 self._request(entry)

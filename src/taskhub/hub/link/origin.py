@@ -399,6 +399,10 @@ class RemotePartition:
         entry = wire.StepEnded(self.index, chain_id, index, rec)
         self.links.link(self.url).add(wire.encode_entry(entry))
 
+    def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
+        entry = wire.CancelStep(self.index, task_id, error)
+        self.links.link(self.url).add(wire.encode_entry(entry))
+
     def retire(self) -> None:
         """Another hub (or this one) leads the partition now: the connections that reached it
         here are closed with 1013, and reconnect to find it where it is."""

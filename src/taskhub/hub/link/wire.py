@@ -136,6 +136,15 @@ class StepEnded(_Entry, tag="ended"):
     rec: TaskRecord
 
 
+class CancelStep(_Entry, tag="cancel_step"):
+    """The chain of step ``task`` (in partition ``part``) failed: the step fails with
+    ``error`` if it still runs."""
+
+    part: int
+    task: str
+    error: dict[str, Any]
+
+
 # --- leader -> origin --------------------------------------------------------------------------
 class Out(_Entry, tag="out"):
     """A frame for connection ``conn``'s client, exactly as the client is sent it."""
@@ -162,7 +171,9 @@ class Close(_Entry, tag="close"):
     reason: str = ""
 
 
-ToLeader = Open | In | WatchIn | Detach | Find | ListTasks | Flush | Items | Step | StepEnded
+ToLeader = (
+    Open | In | WatchIn | Detach | Find | ListTasks | Flush | Items | Step | StepEnded | CancelStep
+)
 ToOrigin = Out | Answer | Close | StepEnded
 
 
