@@ -317,6 +317,12 @@ class RemotePartition:
             link.add(prefix + wire.encode_msg(msg) + b"]")
         return None
 
+    def step_item(self, peer: Peer, item: Any, i: int) -> None:
+        """Item ``i`` of an ``acks``, ``pickups`` or ``returns`` whose items span hubs, sent as
+        its single message: the leader answers its own ``ref`` (a ``pubs`` item needs its
+        answer back, which :meth:`apply_items` waits for)."""
+        self.handle(peer, item)
+
     def watch(self, peer: Peer, pattern: str) -> None:
         link = self._link(peer)
         if link is not None:
