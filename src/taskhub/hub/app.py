@@ -11,6 +11,8 @@ from taskhub.hub import dashboard, http
 from taskhub.hub.http import metrics, schedules
 from taskhub.hub.http.origin import SameOrigin
 from taskhub.hub.hub import Hub
+from taskhub.hub.link.leader import serve_link
+from taskhub.hub.link.wire import LINK_PATH
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
 from taskhub.version import __version__
@@ -33,6 +35,11 @@ def create_app(hub: Hub) -> FastAPI:
     @app.websocket(WS_PATH)
     async def ws_endpoint(ws: WebSocket) -> None:
         await serve_connection(ws, hub)
+
+    @app.websocket(LINK_PATH)
+    async def link_endpoint(ws: WebSocket) -> None:
+        # Other hubs of the deployment only (docs/deployment.md, "The hub-to-hub link").
+        await serve_link(ws, hub)
 
     @app.get("/healthz", tags=["operation"])
     async def healthz() -> dict[str, Any]:

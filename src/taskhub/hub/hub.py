@@ -28,7 +28,7 @@ from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
 from taskhub.hub.leading import Leading
-from taskhub.hub.partition import LocalPartition, Partition, UnledPartition, close_store
+from taskhub.hub.partition import Links, LocalPartition, Partition, UnledPartition, close_store
 from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.router import Router
@@ -116,7 +116,12 @@ class Hub:
         self._make = partial(self._make, retention=retention, archive=archive)
         self.lifecycle_hooks: list[Callable[[Lifecycle], None]] = []
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
-        self.router = Router(self._slots(store, partition_stores, remote), self.front)
+        # Links to the hubs that lead the partitions this one does not (docs/deployment.md,
+        # "The hub-to-hub link"), installed by the transport (taskhub.hub.link.HubLinks):
+        # links.remote(index, url) makes the router slot of a partition another hub leads.
+        self.links: Links | None = None
+        slots = self._slots(store, partition_stores, remote)
+        self.router = Router(slots, self.front, self.connections.hold)
         first = self.front  # with one partition, partition 0 (as before partitions)
         self.store, self.lc, self.pipeline = first.store, first.lc, first.pipeline
         self.watches, self.retention = first.watches, first.retention
@@ -153,12 +158,19 @@ class Hub:
                 for i, s in enumerate(_partition_stores(store, self.partitions, stores))
             ]
             self.front = self.parts[0]
-        self.remote: Remote = remote or partial(UnledPartition, front=self.front)
+        self.remote: Remote = remote or self._remote
         for part in {*self.parts, self.front}:
             self._share(part)
         if self.leased:
             return [self.remote(i, "") for i in range(self.partitions)]
         return list(self.parts)
+
+    def _remote(self, index: int, leader: str) -> Partition:
+        """The slot of partition ``index`` led by ``leader``: reached over the link to it, or
+        answering why not while no hub holds it (or without links)."""
+        if leader and self.links is not None:
+            return self.links.remote(index, leader)
+        return UnledPartition(index, leader, self.front)
 
     def _share(self, part: LocalPartition) -> None:
         """The metrics see every partition's writes, and with several partitions a fired
@@ -195,6 +207,8 @@ class Hub:
         await self.root.open()
         if not self.leased:
             await check_partition_count(self.root, self.partitions)
+        if self.partitions > 1 and self.links is not None:
+            await self.links.load_secret()
         restored = 0
         for part in self.parts:
             restored += await self.restore(part)
@@ -238,6 +252,8 @@ class Hub:
         what was not written was never acknowledged) and close the store."""
         self._closing = True
         self.end_waits()
+        if self.links is not None:
+            await self.links.close()
         parts = [*self.parts, self.front] if self.leased else self.parts
         await asyncio.gather(*(part.stop(flush_timeout) for part in parts))
         if self.partitions > 1 and not self.leased:
@@ -352,6 +368,10 @@ class Hub:
             part.detach(peer)
         if self.leased:
             self.front.detach(peer)
+        if self.links is not None:
+            for remote in self.router.remotes():
+                remote.detach(peer)
+            self.links.detach(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from taskhub.errors import PartitionUnavailable
 from taskhub.hub.dispatch import Dispatcher, Msg
@@ -21,6 +21,7 @@ from taskhub.hub.retention import Retention
 from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
+from taskhub.lifecycle.placement import Elsewhere
 from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
 from taskhub.store import Store
@@ -96,9 +97,12 @@ def unavailable(index: int, leader: str) -> PartitionUnavailable:
 
 
 class UnledPartition:
-    """A partition this hub does not lead and cannot reach (until the hub-to-hub link): every
-    request of a connection that needs it is answered with :func:`unavailable`, naming the
-    partition and its leader; nothing is dropped without an answer."""
+    """A partition this hub does not lead and cannot reach: no hub holds it right now (its
+    lease ran out, a hub is taking it over), its leader advertised no URL, or the hub has no
+    links (made without a server). Every request of a connection that needs it is answered
+    with :func:`unavailable`, naming the partition and its leader; nothing is dropped
+    without an answer. A partition another hub leads is reached over the hub-to-hub link
+    instead (:class:`~taskhub.hub.link.RemotePartition`)."""
 
     local: LocalPartition | None = None
 
@@ -168,6 +172,38 @@ class Front(Protocol):
     def kick(self) -> None: ...
 
     async def flush(self) -> None: ...
+
+
+@runtime_checkable
+class Linked(Partition, Elsewhere, Protocol):
+    """A partition another hub leads, reached over the hub-to-hub link
+    (:class:`taskhub.hub.link.RemotePartition`)."""
+
+    async def apply_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Any:
+        """Apply ``items`` (their index in the batched message ``msg``, the item) there;
+        their answers (``pubs``) once they are stored."""
+
+    def retire(self) -> None:
+        """The partition is led elsewhere now: close the connections that reached it here."""
+
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of the partition's stored tasks by id, read by its leader."""
+
+
+class Links(Protocol):
+    """The hub's links to other hubs (:class:`taskhub.hub.link.HubLinks`): the transport
+    installs them (``Hub.links``); the hub only tells them what concerns them."""
+
+    def remote(self, index: int, leader_url: str) -> Linked:
+        """Partition ``index``, led by the hub at ``leader_url``, as a router slot."""
+
+    def detach(self, peer: Peer) -> None: ...
+
+    async def load_secret(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class LocalPartition:

@@ -8,8 +8,9 @@
   partition of ``(action, "")`` (docs/decisions.md, "Partitions by action").
 - A chain or group goes to the partition of its first step (it is held there; its steps are
   published in their actions' partitions: :class:`~taskhub.lifecycle.chains.Chains`).
-- ``watch`` and ``unwatch`` go to every partition; the rest (``hello``, topics, the operator's
-  messages, bad messages) to the hub's front: partition 0 when the hub leads every
+- ``watch`` and ``unwatch`` go to every partition; topics and schedules to partition 0's
+  leader (over the link where another hub leads it); the rest (``hello``, the operator's
+  queue messages, bad messages) to the hub's front: partition 0 when the hub leads every
   partition (its peers are the hub's own), else a lifecycle of the hub's own.
 """
 
@@ -22,8 +23,9 @@ from typing import Any
 from taskhub import protocol as p
 from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
-from taskhub.hub.partition import LocalPartition, Partition, unavailable
-from taskhub.lifecycle import Lifecycle, Peer
+from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
+from taskhub.lifecycle import Lifecycle, Message, Peer
+from taskhub.lifecycle.placement import Elsewhere
 from taskhub.partitions import partition_of, partition_of_id
 
 BY_TASK = (
@@ -41,6 +43,9 @@ BY_TASK = (
     p.GetPayload,
 )
 BY_ACTION = (p.Pub, p.Sub, p.Unsub)
+# Hub-wide, kept by partition 0's leader: topics (broadcast to the connections of every hub)
+# and schedules. Where another hub leads partition 0 they go there over the link.
+AT_ZERO = (p.Subscribe, p.Unsubscribe, p.Emit, p.Schedule, p.Unschedule, p.Schedules)
 
 
 def action_partition(action: str, partitions: int) -> int:
@@ -57,25 +62,33 @@ def task_partition(task_id: str, partitions: int) -> int:
         return 0
 
 
+Hold = Callable[[Peer], Callable[[list[Message]], None]]
+
+
 class Router:
     """Routes each message of a connection to its partition (:meth:`handle`), and answers
     the chains' and schedules' questions of where a task lives (a
     :class:`~taskhub.lifecycle.placement.Placement`).
 
     Its slots change at runtime (:meth:`place`): a partition the hub comes to lead gets its
-    :class:`LocalPartition`, one it hands off or loses a :class:`Partition` that reaches (or
-    names) its leader. ``front`` answers what is the hub's own (``hello``, topics, watches'
-    answers, the operator's messages, bad messages)."""
+    :class:`LocalPartition`, one another hub leads a :class:`~taskhub.hub.partition.Linked`
+    one reaching it over the hub-to-hub link, one no hub holds (or while the hub has no link)
+    a :class:`Partition` that names its leader. ``front`` answers what is the hub's own
+    (``hello``, topics, watches' answers, the operator's messages, bad messages). ``hold``
+    holds what is sent to a connection until a batch whose items went to several hubs is
+    answered (:meth:`Connections.hold`)."""
 
-    def __init__(self, partitions: Sequence[Partition], front: LocalPartition) -> None:
+    def __init__(self, partitions: Sequence[Partition], front: LocalPartition, hold: Hold) -> None:
         self.slots: list[Partition] = list(partitions)
         self.count = len(self.slots)
         self.front = front
+        self.hold = hold
         self.lifecycles: tuple[Lifecycle, ...] = ()
         self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
         by.update(dict.fromkeys(BY_ACTION, self._by_action))
+        by.update(dict.fromkeys(AT_ZERO, self._at_zero))
         by[p.Chain] = self._by_chain
         self.by = by
         self.batches: dict[type, Callable[[Any], int]] = dict.fromkeys(
@@ -89,11 +102,18 @@ class Router:
         return self.slots
 
     def place(self, index: int, part: Partition) -> None:
-        """Partition ``index`` is served by ``part`` from now on."""
+        """Partition ``index`` is served by ``part`` from now on. A
+        :class:`~taskhub.hub.partition.Linked` partition it replaces closes the connections
+        that reached the partition through it (1013: they reconnect and find it where it is
+        led now)."""
         if not 0 <= index < self.count:
             raise ValueError(f"partition must be from 0 to {self.count - 1}, got {index}")
+        old = self.slots[index]
         self.slots[index] = part
         self._refresh()
+        if old is not part and _linked(old) is not None:
+            assert isinstance(old, Linked)
+            old.retire()
 
     def _refresh(self) -> None:
         # Every lifecycle this process runs, in partition order (the metrics, the dashboard
@@ -108,6 +128,10 @@ class Router:
             raise unavailable(index, slot.leader)
         return slot.local
 
+    def remotes(self) -> list[Partition]:
+        """The slots another hub leads (or no hub does)."""
+        return [part for part in self.slots if part.local is None]
+
     def _task_index(self, item: Any) -> int:
         return task_partition(item.task, self.count) if hasattr(item, "task") else 0
 
@@ -119,6 +143,10 @@ class Router:
 
     def _by_action(self, msg: Any) -> Partition:
         return self.slots[action_partition(msg.action, self.count)]
+
+    def _at_zero(self, msg: Any) -> Partition:
+        zero = self.slots[0]
+        return zero if _linked(zero) is not None else self.front
 
     def _by_chain(self, msg: p.Chain) -> Partition:
         first = msg.steps[0].action if msg.steps else ""
@@ -134,6 +162,12 @@ class Router:
     def slot_of_task(self, task_id: str) -> Partition:
         """The slot of the partition ``task_id`` names (local or not)."""
         return self.slots[task_partition(task_id, self.count)]
+
+    def elsewhere_for(self, action: str) -> Elsewhere | None:
+        return _linked(self.slots[action_partition(action, self.count)])
+
+    def elsewhere_of(self, task_id: str) -> Elsewhere | None:
+        return _linked(self.slots[task_partition(task_id, self.count)])
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
         return self.local(task_partition(task_id, self.count))
@@ -161,10 +195,13 @@ class Router:
         where = {index(item) for item in msg.items}
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
             return self.slots[min(where, default=0)].handle(peer, msg)
-        parts = [self.slots[i] for i in sorted(where)]
+        slots = self.slots
+        if any(_linked(slots[i]) is not None for i in where):
+            return self._batch_linked(peer, msg, index)
+        parts = [slots[i] for i in sorted(where)]
         answers = []
         for i, item in enumerate(batch_items(msg)):
-            part = self.slots[index(item)]
+            part = slots[index(item)]
             if isinstance(msg, p.Pubs):
                 answers.append(part.pub_item(peer, item, i, msg.ref))
             else:
@@ -173,6 +210,50 @@ class Router:
             return None
         fields = {"items": answers} if isinstance(msg, p.Pubs) else {}
         return self._answer_stored(parts, peer, msg.ref, fields)
+
+    async def _batch_linked(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
+        """A batched message whose items fall in partitions of several hubs: each partition
+        applies its items (as :meth:`_batch` does), and the batch's ``ok`` (with the items'
+        answers, in order, for ``pubs``) goes once every one of them has stored them."""
+        by_part: dict[int, list[tuple[int, Any]]] = {}
+        for i, item in enumerate(batch_items(msg)):
+            by_part.setdefault(index(item), []).append((i, item))
+        pubs = isinstance(msg, p.Pubs)
+        answers: list[Any] = [None] * len(msg.items)
+        waits: list[Awaitable[Any]] = []
+        remote: list[tuple[list[tuple[int, Any]], int]] = []
+        for at, items in by_part.items():
+            part = self.slots[at]
+            linked = _linked(part)
+            if linked is not None:
+                remote.append((items, len(waits)))
+                waits.append(linked.apply_items(peer, msg, items))
+                continue
+            # Led here, or by no hub (its items are answered with why, as in :meth:`_batch`).
+            for i, item in items:
+                if pubs:
+                    answers[i] = part.pub_item(peer, item, i, msg.ref)
+                else:
+                    part.step_item(peer, item, i)
+            part.kick()
+            waits.append(part.flush())
+        release = self.hold(peer)  # the answer first, then its tasks' events
+        try:
+            results = await asyncio.gather(*waits)
+        except TaskHubError as exc:  # a link broke: its connections are being closed (1013)
+            release([p.error_msg(exc, msg.ref)])
+            return
+        except BaseException:
+            release([])
+            raise
+        if pubs:
+            for items, at in remote:
+                for (i, _), answer in zip(items, results[at] or (), strict=False):
+                    answers[i] = answer
+        ok: Message = {"op": "ok", "ref": msg.ref}
+        if pubs:
+            ok["items"] = answers
+        release([ok] if msg.ref is not None else [])
 
     async def _answer_stored(
         self, parts: list[Partition], peer: Peer, ref: int, fields: dict[str, Any]
@@ -197,3 +278,9 @@ class Router:
                     part.unwatch(peer, msg.pattern)
             except TaskHubError:
                 return
+
+
+def _linked(slot: Partition) -> Linked | None:
+    # A local slot first: a runtime protocol check looks at every member (a step of every
+    # chain asks).
+    return None if isinstance(slot, LocalPartition) or not isinstance(slot, Linked) else slot

@@ -58,11 +58,13 @@ class Publishing:
         *,
         peer: Peer | None = None,
         extra: dict[str, Any] | None = None,
+        task_id: str | None = None,
     ) -> tuple[Task | str, bool]:
         """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``.
 
         A repeated key of a task that has already ended answers with that task's id only: its
-        record is in the store.
+        record is in the store. ``task_id``: an id made for this partition elsewhere (a chain's
+        step, published by the hub that holds the chain).
         """
         validate_action(action)
         if not allowed(creds.pub_permissions, action) or reserved_action(action):
@@ -79,7 +81,7 @@ class Publishing:
                     follow(peer, found)
                 return found, False
         rec = TaskRecord(
-            id=self.new_id(),
+            id=task_id or self.new_id(),
             action=action,
             publisher=creds.name,
             created_at=now,
