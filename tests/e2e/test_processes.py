@@ -1,7 +1,8 @@
 """`taskhub serve --processes N` (docs/deployment.md, "Several processes on one machine"): N hub
 processes share one port and split the partitions; a child killed -9 is started again by the
-parent, SIGTERM stops them all gracefully (exit 0), and a store or a partition count they
-cannot share is refused in one line (exit 2)."""
+parent, a publisher and a worker on the shared port complete tasks of every partition
+(whichever child leads it), SIGTERM stops them all gracefully (exit 0), and a store or a
+partition count they cannot share is refused in one line (exit 2)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from taskhub import Client
-from taskhub.partitions import partition_of
+from taskhub.partitions import partition_of, partition_of_id
 from tests.e2e.hubproc import HubProcess, wait_until
 
 P = 4
@@ -83,6 +84,40 @@ async def test_two_processes_share_the_port_and_split_the_partitions(hub: HubPro
         async with Client(url.replace("http://", "ws://"), name="w") as c:
             await c.sub(action, lambda t: t.payload + 1)
             assert await c.pub(action, 41).get_result(timeout=10) == 42
+
+
+async def test_a_publisher_and_a_worker_on_the_shared_port_complete_every_partition(
+    hub: HubProcess,
+) -> None:
+    """Whichever child each connection lands on, it reaches the partitions the other child
+    leads over the hub-to-hub link: tasks of every partition complete."""
+    split(hub)
+
+    def every_leader_named() -> bool:
+        # each child's own URL, read from the other's leaders; each names every leader
+        x = {u for u in health(hub.http_url)["leaders"].values() if u}
+        y = {u for url in x for u in health(url)["leaders"].values() if u}
+        children = x | y
+        return len(children) == 2 and all(
+            len(health(url)["leaders"]) == 2 and all(health(url)["leaders"].values())
+            for url in children
+        )
+
+    wait_until(every_leader_named, 10, hub.log)
+    actions = [
+        next(f"job{i}:run" for i in range(1000) if partition_of(f"job{i}:run", "", P) == p)
+        for p in range(P)
+    ]
+    async with (
+        Client(hub.url, name="worker") as worker,
+        Client(hub.url, name="publisher") as pub,
+    ):
+        for action in actions:
+            await worker.sub(action, lambda t: t.payload + 1, concurrency=8)
+        handles = [pub.pub(actions[i % P], i) for i in range(4 * P)]
+        results = [await h.get_result(timeout=20) for h in handles]
+    assert results == [i + 1 for i in range(4 * P)]
+    assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
 def test_a_child_killed_9_is_started_again(hub: HubProcess) -> None:
