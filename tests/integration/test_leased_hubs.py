@@ -16,7 +16,7 @@ import pytest
 
 from taskhub import Client, Server
 from taskhub.errors import PartitionUnavailable
-from taskhub.partitions import partition_of
+from taskhub.partitions import partition_of, partition_of_id
 from tests import redisproc
 from tests.conftest import until
 
@@ -122,6 +122,38 @@ async def test_a_partition_led_elsewhere_is_reached_over_the_link(make_hub: Any)
     assert answer.json()["code"] == "partition_unavailable"
     assert f"partition {led_one[0]} is led by {one.http_url}" in answer.json()["message"]
     assert answer.headers["retry-after"] == "1"
+
+
+async def test_listings_batches_and_reads_cross_hubs(make_hub: Any) -> None:
+    """With the partitions split between two hubs, hub two's clients see every partition: a
+    batch of pubs spanning both hubs is answered once, in order; the HTTP API reads a task
+    and lists the tasks of every partition over the link. Both hubs read one link secret,
+    made by the first in the deployment's store."""
+    one = await make_hub()
+    two = await make_hub()
+    led_one, led_two = await split(one, two)
+    await until(lambda: _named(two, led_one), timeout=5, step=0.05)
+    await until(lambda: _named(one, led_two), timeout=5, step=0.05)
+    assert one.hub is not None and two.hub is not None
+    assert one.hub.links is not None and two.hub.links is not None
+    secret = one.hub.links.secret  # type: ignore[attr-defined]
+    assert secret and two.hub.links.secret == secret  # type: ignore[attr-defined]
+    actions = [action_in(p) for p in range(P)]
+    async with (
+        Client(two.url, name="w", connect_timeout=5) as w,
+        Client(two.url, name="pub", connect_timeout=5) as c,
+    ):
+        for action in actions:
+            await w.sub(action, lambda t: t.payload * 10)
+        handles = c.pub_many([(actions[i % P], i) for i in range(2 * P)])  # one pubs frame
+        results = [await h.get_result(timeout=10) for h in handles]
+        assert results == [10 * i for i in range(2 * P)]
+    at = next(i for i, h in enumerate(handles) if partition_of_id(h.id) in led_one)
+    async with httpx.AsyncClient() as http:
+        got = (await http.get(f"{two.http_url}/v1/tasks/{handles[at].id}")).json()
+        listed = (await http.get(f"{two.http_url}/v1/tasks", params={"limit": 100})).json()
+    assert got["state"] == "success" and got["result"] == 10 * at
+    assert {t["id"] for t in listed["tasks"]} == {h.id for h in handles}
 
 
 async def test_a_stopping_hub_hands_its_partitions_and_tasks_over(make_hub: Any) -> None:
