@@ -156,3 +156,29 @@ async def test_schedules_live_on_the_leader_of_partition_0(make_hub: Any) -> Non
     assert leader.hub.scheduler.views() == []
     with pytest.raises(PartitionUnavailable):
         other.hub.scheduler  # noqa: B018 - the property raises: no scheduler runs there
+
+
+async def test_a_batch_spanning_partitions_answers_each_item_led_elsewhere_with_the_error(
+    make_hub: Any,
+) -> None:
+    one = await make_hub()
+    two = await make_hub()
+    led_one, led_two = await split(one, two)
+    here, elsewhere = action_in(led_two[0]), action_in(led_one[0])
+    async with Client(two.url, name="pub", connect_timeout=5) as c:
+        handles = c.pub_many([(here, 1), (elsewhere, 2), (here, 3)])
+        assert (await c.get(await handles[0].accepted()))["state"] == "init"
+        with pytest.raises(PartitionUnavailable) as caught:
+            await handles[1].accepted()
+        assert caught.value.details["partition"] == led_one[0]
+        assert (await c.get(await handles[2].accepted()))["state"] == "init"
+        # a task id of a partition led elsewhere: reading it answers the same error
+        with pytest.raises(PartitionUnavailable):
+            await c.get(_id_in(led_one[0]))
+
+
+def _id_in(partition: int) -> str:
+    """A well-formed task id naming ``partition`` (made by that partition's id factory)."""
+    from taskhub.ids import UlidFactory
+
+    return UlidFactory(partition=partition)()
