@@ -83,6 +83,7 @@ class HubProcess:
                     return self
             except OSError:
                 time.sleep(0.05)
+        self.stop()  # not left running behind the failed test
         raise TimeoutError(f"hub did not start: {self.log.read_text()}")
 
     def kill(self) -> None:

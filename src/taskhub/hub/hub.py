@@ -320,6 +320,15 @@ class Hub:
         return self.pipeline.commit_now
 
     @property
+    def quick_apply(self) -> float:
+        """A store write under this many seconds makes :attr:`commit_now` true."""
+        return self.pipeline.quick_apply
+
+    @quick_apply.setter
+    def quick_apply(self, seconds: float) -> None:
+        self.pipeline.quick_apply = seconds
+
+    @property
     def fenced(self) -> bool:
         """The store refused a write: another hub leads."""
         return any(part.pipeline.fenced for part in self.parts)

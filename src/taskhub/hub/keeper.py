@@ -189,10 +189,29 @@ class PartitionKeeper:
         self._until[p] = sent + self.lease
         log.info("leading partition %d (%s)", p, token)
         try:
-            await self.on_gained(p, token)
+            await self._while_alive(self.on_gained(p, token))
         except Exception:
             log.exception("could not take the lead of partition %d; letting it go", p)
-            await self._forget(p, release=True)
+            if p in self.tokens:
+                await self._forget(p, release=True)
+            return
+        if p not in self.tokens:  # its lease was lost while the hub took it: undo
+            await self.on_lost(p)
+
+    async def _while_alive(self, work: Awaitable[None]) -> None:
+        """Await ``work`` (a hub restoring a big partition may take longer than a lease),
+        heartbeating and renewing every lease held, every ``interval``, until it is done."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not (await asyncio.wait({task}, timeout=self.interval))[0]:
+                with contextlib.suppress(StoreUnavailable):  # the leases lapse by the clock
+                    await self.leases.heartbeat(self.member, self.ttl_ms)
+                    for q in sorted(self.tokens):
+                        await self._renew(q)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        task.result()
 
     async def _hand_off(self, p: int) -> None:
         log.info("handing partition %d off", p)
