@@ -24,6 +24,7 @@ from taskhub.hub.link.origin import HubLinks, step_ended
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
 from taskhub.hub.router import task_partition
+from taskhub.hub.ws.transport import EXTENSION
 from taskhub.lifecycle import Credentials, Peer
 from taskhub.records import TaskRecord, TaskState
 
@@ -114,29 +115,49 @@ class LinkServer:
         self.remotes: dict[str, _Remote] = {}
         self.out = Outgoing(ws.send_bytes, self._too_slow)
         self.requests: set[asyncio.Task[None]] = set()
+        self.closing = False  # a malformed frame came: nothing more is applied
 
     async def run(self) -> None:
         log.info("hub-to-hub link from %s opened", self.where)
         self.out.start()
         ws = self.ws
-        while True:
-            try:
-                message = await ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes") or message.get("text")
-            if not data:
-                continue
-            try:
-                entries = wire.decode_to_leader(data)
-            except ProtocolError as exc:
-                log.error("the link from %s sent a %s; closing it", self.where, exc.message)
-                with contextlib.suppress(Exception):
-                    await ws.close(code=wire.CLOSE_MALFORMED, reason="malformed link frame")
-                return
-            self._apply(entries)
+        # Under taskhub's own uvicorn protocol each frame is handed over as it is parsed, as
+        # for client connections (hub/ws/transport.py); applying one never waits, so there is
+        # nothing to hold the socket for. The disconnect (and any frame from before the
+        # switch) still comes through receive().
+        direct = ws.scope.get("extensions", {}).get(EXTENSION)
+        if direct is not None:
+            direct.receiver = self.take
+        try:
+            while not self.closing:
+                try:
+                    message = await ws.receive()
+                except (WebSocketDisconnect, RuntimeError):
+                    return
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes") or message.get("text")
+                if data:
+                    self.take(data)
+        finally:
+            if direct is not None:
+                direct.receiver = None
+
+    def take(self, data: str | bytes) -> None:
+        """One frame from the origin, applied now."""
+        if self.closing:
+            return
+        try:
+            entries = wire.decode_to_leader(data)
+        except ProtocolError as exc:
+            log.error("the link from %s sent a %s; closing it", self.where, exc.message)
+            self.closing = True
+            closing = asyncio.ensure_future(
+                self.ws.close(code=wire.CLOSE_MALFORMED, reason="malformed link frame")
+            )
+            closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return
+        self._apply(entries)
 
     def _apply(self, entries: list[wire.ToLeader]) -> None:
         touched: set[LocalPartition] = set()
