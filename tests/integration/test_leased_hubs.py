@@ -92,7 +92,10 @@ async def test_two_hubs_split_the_partitions_and_name_each_other(make_hub: Any) 
 
 async def _named(server: Server, partitions: list[int]) -> dict[str, Any] | None:
     body = await health(server)
-    return body if set(body["leaders"]) == {str(p) for p in partitions} else None
+    leaders = body["leaders"]
+    # every one named (a partition just handed off has no leader for a round)
+    named = set(leaders) == {str(p) for p in partitions} and all(leaders.values())
+    return body if named else None
 
 
 async def test_a_partition_led_elsewhere_is_reached_over_the_link(make_hub: Any) -> None:
@@ -154,6 +157,35 @@ async def test_listings_batches_and_reads_cross_hubs(make_hub: Any) -> None:
         listed = (await http.get(f"{two.http_url}/v1/tasks", params={"limit": 100})).json()
     assert got["state"] == "success" and got["result"] == 10 * at
     assert {t["id"] for t in listed["tasks"]} == {h.id for h in handles}
+
+
+async def test_a_watch_covers_the_partitions_that_moved_to_another_hub(make_hub: Any) -> None:
+    """A wildcard watch made while its hub led every partition keeps seeing every
+    partition's tasks once a second hub took some of them (over the link)."""
+    one = await make_hub()
+    async with (
+        Client(one.url, name="watcher", connect_timeout=5) as watcher,
+        watcher.watch(">") as events,
+    ):
+        two = await make_hub()
+        _, led_two = await split(one, two)
+        await until(lambda: _named(one, led_two), timeout=5, step=0.05)
+        async with (
+            Client(one.url, name="w", connect_timeout=5) as w,
+            Client(two.url, name="pub", connect_timeout=5) as c,
+        ):
+            for p in range(P):
+                await w.sub(action_in(p), lambda t: t.payload)
+            handles = [c.pub(action_in(p), p) for p in range(P)]
+            assert [await h.get_result(timeout=10) for h in handles] == list(range(P))
+        seen: set[str] = set()
+        async with asyncio.timeout(10):
+            async for ev in events:
+                if ev["type"] == "success":
+                    seen.add(ev["task"])
+                if seen >= {h.id for h in handles}:
+                    break
+    assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
 async def test_a_stopping_hub_hands_its_partitions_and_tasks_over(make_hub: Any) -> None:

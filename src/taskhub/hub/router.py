@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -102,7 +103,8 @@ class Router:
         return self.slots
 
     def place(self, index: int, part: Partition) -> None:
-        """Partition ``index`` is served by ``part`` from now on. A
+        """Partition ``index`` is served by ``part`` from now on; the connections' watches
+        cover it. A
         :class:`~taskhub.hub.partition.Linked` partition it replaces closes the connections
         that reached the partition through it (1013: they reconnect and find it where it is
         led now)."""
@@ -111,6 +113,12 @@ class Router:
         old = self.slots[index]
         self.slots[index] = part
         self._refresh()
+        if part is not self.front:
+            # The watches of the hub's connections cover the partition where it is now led
+            # (the front holds every watch: it answers them).
+            for peer, pattern in self.front.watches.router.pairs():
+                with contextlib.suppress(TaskHubError):
+                    part.watch(peer, pattern)
         if old is not part and _linked(old) is not None:
             assert isinstance(old, Linked)
             old.retire()
