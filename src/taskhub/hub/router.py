@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -72,6 +73,8 @@ class Router:
         self.count = len(self.slots)
         self.front = front
         self.lifecycles: tuple[Lifecycle, ...] = ()
+        # Every connection's watch patterns: a partition placed later (gained) applies them.
+        self.watching: dict[Peer, set[str]] = {}
         self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
@@ -89,11 +92,20 @@ class Router:
         return self.slots
 
     def place(self, index: int, part: Partition) -> None:
-        """Partition ``index`` is served by ``part`` from now on."""
+        """Partition ``index`` is served by ``part`` from now on; the watches made before
+        see it too."""
         if not 0 <= index < self.count:
             raise ValueError(f"partition must be from 0 to {self.count - 1}, got {index}")
         self.slots[index] = part
         self._refresh()
+        for peer, patterns in self.watching.items():
+            for pattern in patterns:
+                with contextlib.suppress(TaskHubError):  # refused when it was made
+                    part.watch(peer, pattern)
+
+    def forget(self, peer: Peer) -> None:
+        """The connection is gone (its watches end with it in each partition)."""
+        self.watching.pop(peer, None)
 
     def _refresh(self) -> None:
         # Every lifecycle this process runs, in partition order (the metrics, the dashboard
@@ -187,6 +199,10 @@ class Router:
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
         """A watch sees every partition: the partitions here; the front answers it (the same
         permission check, so an error is answered once, from there)."""
+        if isinstance(msg, p.Watch):
+            self.watching.setdefault(peer, set()).add(msg.pattern)
+        else:
+            self.watching.get(peer, set()).discard(msg.pattern)
         for part in self.slots:
             if part is self.front:
                 continue
