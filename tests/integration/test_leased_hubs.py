@@ -254,3 +254,19 @@ def _id_in(partition: int) -> str:
     from taskhub.ids import UlidFactory
 
     return UlidFactory(partition=partition)()
+
+
+async def test_a_watch_sees_the_partitions_its_hub_comes_to_lead(make_hub: Any) -> None:
+    one = await make_hub()
+    two = await make_hub()
+    led_one, _ = await split(one, two)
+    moving = action_in(led_one[0])
+    async with Client(two.url, name="ops", connect_timeout=5) as ops, ops.watch(">") as events:
+        await one.stop()  # two takes its partitions over
+        await until(lambda: _all(two), timeout=20, step=0.02)
+        async with Client(two.url, name="pub", connect_timeout=5) as pub:
+            task_id = await pub.pub(moving, 1).accepted()
+        async with asyncio.timeout(10):
+            async for ev in events:
+                if ev["task"] == task_id:
+                    break

@@ -73,10 +73,6 @@ class Router(Generic[S]):
     def patterns(self, sub: S) -> set[str]:
         return set(self._by_sub.get(sub, ()))
 
-    def pairs(self) -> list[tuple[S, str]]:
-        """Every (subscriber, pattern)."""
-        return [(sub, pattern) for sub, mine in self._by_sub.items() for pattern in mine]
-
     def match(self, topic: str) -> Iterable[S]:
         """Every subscriber with a pattern matching ``topic``, once each."""
         exact = self._exact.get(topic)

@@ -373,6 +373,7 @@ class Hub:
     def detach(self, peer: Peer) -> None:
         self.connections.remove(peer)
         self.topics.forget(peer)
+        self.router.forget(peer)
         for part in self.parts:
             part.detach(peer)
         if self.leased:

@@ -85,6 +85,8 @@ class Router:
         self.front = front
         self.hold = hold
         self.lifecycles: tuple[Lifecycle, ...] = ()
+        # Every connection's watch patterns: a partition placed later (gained) applies them.
+        self.watching: dict[Peer, set[str]] = {}
         self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
@@ -103,25 +105,26 @@ class Router:
         return self.slots
 
     def place(self, index: int, part: Partition) -> None:
-        """Partition ``index`` is served by ``part`` from now on; the connections' watches
-        cover it. A
-        :class:`~taskhub.hub.partition.Linked` partition it replaces closes the connections
-        that reached the partition through it (1013: they reconnect and find it where it is
-        led now)."""
+        """Partition ``index`` is served by ``part`` from now on; the watches made before
+        see it too. A :class:`~taskhub.hub.partition.Linked` partition it replaces closes the
+        connections that reached the partition through it (1013: they reconnect and find it
+        where it is led now)."""
         if not 0 <= index < self.count:
             raise ValueError(f"partition must be from 0 to {self.count - 1}, got {index}")
         old = self.slots[index]
         self.slots[index] = part
         self._refresh()
-        if part is not self.front:
-            # The watches of the hub's connections cover the partition where it is now led
-            # (the front holds every watch: it answers them).
-            for peer, pattern in self.front.watches.router.pairs():
-                with contextlib.suppress(TaskHubError):
+        for peer, patterns in self.watching.items():
+            for pattern in patterns:
+                with contextlib.suppress(TaskHubError):  # refused when it was made
                     part.watch(peer, pattern)
         if old is not part and _linked(old) is not None:
             assert isinstance(old, Linked)
             old.retire()
+
+    def forget(self, peer: Peer) -> None:
+        """The connection is gone (its watches end with it in each partition)."""
+        self.watching.pop(peer, None)
 
     def _refresh(self) -> None:
         # Every lifecycle this process runs, in partition order (the metrics, the dashboard
@@ -276,6 +279,10 @@ class Router:
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
         """A watch sees every partition: the partitions here; the front answers it (the same
         permission check, so an error is answered once, from there)."""
+        if isinstance(msg, p.Watch):
+            self.watching.setdefault(peer, set()).add(msg.pattern)
+        else:
+            self.watching.get(peer, set()).discard(msg.pattern)
         for part in self.slots:
             if part is self.front:
                 continue
