@@ -270,15 +270,11 @@ class Server:
 
     def _make_hub(self, store: Store, *, leased: bool = False) -> Hub:
         hub = self._new_hub(store, leased=leased)
-        # The hub-to-hub links (docs/deployment.md, "The hub-to-hub link"): its endpoint is
-        # the app's (hub/app.py); its origin side reaches the hubs that lead other partitions.
-        # Their secret is in the deployment's root store: a leased hub's root is its own
-        # (memory), so it opens the deployment's for a moment when it reads it.
-        hub.links = HubLinks(
-            hub,
-            keepalive=(self.limits.ping_interval, self.limits.ping_timeout),
-            open_root=partial(open_store, self.store_url) if leased else None,
-        )
+        # The hub-to-hub links (docs/deployment.md, "The hub-to-hub link"); a leased hub's
+        # root is its own (memory): it reads their secret in the deployment's for a moment.
+        root = partial(open_store, self.store_url) if leased else None
+        keepalive = (self.limits.ping_interval, self.limits.ping_timeout)
+        hub.links = HubLinks(hub, keepalive=keepalive, open_root=root)
         if events_log.isEnabledFor(logging.DEBUG):  # decided at start: a call per event
             # Debug lines per task event (logs.py), of every partition led here.
             hub.each_lifecycle(lambda lc: lc.listeners.append(log_task_event))

@@ -103,25 +103,20 @@ class Hub:
 
         ``leased`` (docs/deployment.md, "Partition leases"): it leads the partitions it is given
         (:attr:`leading`); ``store`` (memory) serves its own connections. ``remote(p, url)``
-        serves the others (default: :class:`~taskhub.hub.partition.UnledPartition`)."""
-        self.root = store
-        self.partitions = partitions
-        self.leased = leased
+        serves the others (default: over :attr:`links`, else ``UnledPartition``)."""
+        self.root, self.partitions, self.leased = store, partitions, leased
         self.registry = registry or Registry()
         self.limits = limits or Limits()
-        self.name = name
-        self.clock = clock
+        self.name, self.clock = name, clock
         self.connections = Connections(clock)
         self._make = partial(LocalPartition, hub=self, defaults=defaults, clock=clock)
         self._make = partial(self._make, retention=retention, archive=archive)
         self.lifecycle_hooks: list[Callable[[Lifecycle], None]] = []
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
-        # Links to the hubs that lead the partitions this one does not (docs/deployment.md,
-        # "The hub-to-hub link"), installed by the transport (taskhub.hub.link.HubLinks):
-        # links.remote(index, url) makes the router slot of a partition another hub leads.
-        self.links: Links | None = None
-        slots = self._slots(store, partition_stores, remote)
-        self.router = Router(slots, self.front, self.connections.hold)
+        self.links: Links | None = None  # the hub-to-hub links, installed by the server
+        self.router = Router(
+            self._slots(store, partition_stores, remote), self.front, self.connections.hold
+        )
         first = self.front  # with one partition, partition 0 (as before partitions)
         self.store, self.lc, self.pipeline = first.store, first.lc, first.pipeline
         self.watches, self.retention = first.watches, first.retention
@@ -136,8 +131,7 @@ class Hub:
         self.handle = first.dispatcher.handle if partitions == 1 else self.router.handle
         self.leading = Leading(self)  # which partitions it leads, as the leases say
         self.config_schedules, self._closing = list(schedules or []), False
-        # GET /healthz says it: "standalone", "leader" of a cluster (hub/cluster.py), or
-        # "member" leading its share of the partitions by their leases.
+        # GET /healthz: "standalone", "leader" of a cluster (hub/cluster.py), or "member".
         self.role = "member" if leased else "standalone"
         self.draining = False  # server.py: draining stops offers before a shutdown
         self.metrics: Metrics | None = None  # hub/http/metrics.py (for_hub), once installed
@@ -158,31 +152,17 @@ class Hub:
                 for i, s in enumerate(_partition_stores(store, self.partitions, stores))
             ]
             self.front = self.parts[0]
-        self.remote: Remote = remote or self._remote
+        self.remote: Remote = remote or partial(_remote, self)
         for part in {*self.parts, self.front}:
-            self._share(part)
+            _share(self, part)
         if self.leased:
             return [self.remote(i, "") for i in range(self.partitions)]
         return list(self.parts)
 
-    def _remote(self, index: int, leader: str) -> Partition:
-        """The slot of partition ``index`` led by ``leader``: reached over the link to it, or
-        answering why not while no hub holds it (or without links)."""
-        if leader and self.links is not None:
-            return self.links.remote(index, leader)
-        return UnledPartition(index, leader, self.front)
-
-    def _share(self, part: LocalPartition) -> None:
-        """The metrics see every partition's writes, and with several partitions a fired
-        timer kicks every partition (its effects, a chain's next step, may land anywhere)."""
-        part.pipeline.apply_hooks = self.apply_hooks
-        if self.partitions > 1:
-            part.pipeline.after_timer = self.kick
-
     def new_partition(self, index: int, store: Store) -> LocalPartition:
         """A partition this hub is about to lead (:class:`~taskhub.hub.leading.Leading`)."""
         part = self._make(index, store, own_peers=True)
-        self._share(part)
+        _share(self, part)
         return part
 
     def each_lifecycle(self, fn: Callable[[Lifecycle], None]) -> None:
@@ -379,8 +359,6 @@ class Hub:
         if self.leased:
             self.front.detach(peer)
         if self.links is not None:
-            for remote in self.router.remotes():
-                remote.detach(peer)
             self.links.detach(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
@@ -482,6 +460,22 @@ class Hub:
         chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input, trace=trace)
         self.kick()
         return chain.id
+
+
+def _share(hub: Hub, part: LocalPartition) -> None:
+    """The metrics see every partition's writes, and with several partitions a fired timer
+    kicks every partition (its effects, a chain's next step, may land anywhere)."""
+    part.pipeline.apply_hooks = hub.apply_hooks
+    if hub.partitions > 1:
+        part.pipeline.after_timer = hub.kick
+
+
+def _remote(hub: Hub, index: int, leader: str) -> Partition:
+    """The slot of partition ``index`` led by ``leader``: reached over the link to it, or
+    answering why not while no hub holds it (or the hub has no links)."""
+    if leader and hub.links is not None:
+        return hub.links.remote(index, leader)
+    return UnledPartition(index, leader, hub.front)
 
 
 def _partition_stores(

@@ -122,6 +122,8 @@ class HubLinks:
 
     def detach(self, peer: Peer) -> None:
         """The connection is gone: the leaders it reached let go of what it held."""
+        for remote in self.hub.router.remotes():
+            remote.detach(peer)
         self.cut.discard(peer.id)
         for link in self.links.values():
             link.detach(peer.id)
