@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -17,6 +17,9 @@ from taskhub.cli_common import CliError, err, fail, one_line, out, print_error
 from taskhub.cli_creds import creds_app
 from taskhub.cli_tasks import tasks_app
 from taskhub.errors import PartitionsMismatch, TaskHubError
+
+if TYPE_CHECKING:
+    from taskhub.server import Server
 
 app = typer.Typer(
     add_completion=False,
@@ -106,12 +109,19 @@ def serve(
         int | None,
         typer.Option(help="Partitions of the work, 1-1024, fixed per store (TASKHUB_PARTITIONS)"),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            help="Hub processes sharing the port, partitions spread over them (default 1; "
+            "TASKHUB_PROCESSES)"
+        ),
+    ] = None,
 ) -> None:
     """Run a hub (WebSocket and HTTP on one port).
 
-    Exits 2 when the store was set up with another partition count."""
+    Exits 2 when the store was set up with another partition count, or when --processes > 1
+    cannot share the store (memory://, or partitions = 1)."""
     from taskhub import config as cfg
-    from taskhub.runtime import run
 
     _setup_logging()
     try:
@@ -122,6 +132,7 @@ def serve(
             port=port,
             store=store,
             partitions=partitions,
+            processes=processes,
         )
     except ModuleNotFoundError as exc:  # the [cli] extra without the [server] one
         if (exc.name or "taskhub").startswith("taskhub"):
@@ -133,9 +144,23 @@ def serve(
     except (TaskHubError, ValueError) as exc:
         fail(str(exc))
         return
+    _run_server(server)
+
+
+def _run_server(server: Server) -> None:
+    """Serve until SIGTERM/SIGINT: this process, or with ``processes`` > 1 that many
+    children sharing the port (taskhub.processes); a child serves its parent's socket."""
+    from taskhub import processes as procs
+    from taskhub.runtime import run
+
     try:
+        inherited = procs.inherited_fd()
+        if inherited is not None:
+            server.inherit(inherited)
+        elif server.processes > 1:
+            raise typer.Exit(procs.supervise(server, sys.argv[1:]))
         run(server.serve_forever())
-    except PartitionsMismatch as exc:
+    except (PartitionsMismatch, procs.NotShared) as exc:
         print_error(str(exc))
         raise typer.Exit(2) from None
     except (TaskHubError, ValueError, OSError) as exc:

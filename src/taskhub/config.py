@@ -45,7 +45,9 @@ interval; how long a SIGTERM lets started tasks finish, default 10); and for exp
 (docs/operations.md, "Limits") ``allowed_origins``, ``request_timeout``,
 ``keepalive_timeout``, ``max_connections_per_address`` and ``trusted_proxies``; and
 ``partitions`` (docs/deployment.md, "Partitions"): how many partitions the work is split
-into, from 1 (the default) to 1024, recorded in the store by the first hub and fixed from then.
+into, from 1 (the default) to 1024, recorded in the store by the first hub and fixed from then;
+and ``processes``: how many hub processes ``taskhub serve`` runs on this machine, sharing the
+port (default 1; more need ``partitions`` > 1 and a sqlite file or Redis store).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_connections_per_address": int,
     "trusted_proxies": list,
     "partitions": int,  # fixed per deployment (docs/deployment.md, "Partitions")
+    "processes": int,  # hub processes `taskhub serve` runs on this machine
 }
 _INTERVAL_KEYS = (
     "idempotency_window",
@@ -149,6 +152,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "allowed_origins": ("none", "web pages a hub without credentials answers (comma-separated)"),
     "trusted_proxies": ("127.0.0.1,::1", "proxies whose X-Forwarded-For names the client"),
     "partitions": ("1", "partitions the work is split into, 1-1024; fixed per store"),
+    "processes": ("1", "hub processes taskhub serve runs, sharing the port (partitions > 1)"),
 }
 
 

@@ -125,6 +125,15 @@ class StoreFenced(StoreUnavailable):
     code = "store_fenced"
 
 
+class PartitionUnavailable(StoreUnavailable):
+    """The request needs a partition this hub does not lead, and it cannot reach the hub that
+    does (docs/deployment.md, "Partition leases"). Retryable: ``details`` name the
+    ``partition``, its ``leader`` (its advertised URL, "" while no hub holds it) and
+    ``retry_after`` seconds."""
+
+    code = "partition_unavailable"
+
+
 class PartitionsMismatch(InvalidOption):
     """A hub started with another partition count than the one its store was set up with
     (the count is fixed per deployment: docs/deployment.md, "Partitions")."""

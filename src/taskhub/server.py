@@ -11,12 +11,13 @@ import os
 import signal
 import ssl
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import uvicorn
 
-from taskhub.errors import InvalidOption
+from taskhub.errors import InvalidOption, StoreUnavailable
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
 from taskhub.hub.http.origin import allowed_origins as parse_origins
@@ -27,6 +28,7 @@ from taskhub.hub.http.protocol import (
     guarded_http_protocol,
 )
 from taskhub.hub.hub import Hub, Limits
+from taskhub.hub.link import HubLinks
 from taskhub.hub.listener import Listener
 from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
@@ -41,6 +43,8 @@ from taskhub.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from taskhub.hub.cluster import Cluster
+    from taskhub.hub.membership import Membership
+    from taskhub.processes import SharedPort
 
 log = logging.getLogger("taskhub.server")
 DEFAULT_SHUTDOWN_GRACE = 10.0
@@ -95,11 +99,17 @@ class Server:
 
     ``partitions`` (docs/deployment.md, "Partitions"): how many partitions the work is
     split into, 1 to 1024. The first hub records it in the store; a hub started on that store
-    with another count is refused (:class:`~taskhub.errors.PartitionsMismatch`).
+    with another count is refused (:class:`~taskhub.errors.PartitionsMismatch`). With
+    several on a store hubs share (a sqlite file, Redis) the hub leads the partitions whose
+    leases it holds (docs/deployment.md, "Partition leases"). ``processes``: how many hub
+    processes ``taskhub serve`` runs on this machine (:mod:`taskhub.processes`); a Server
+    object is always one.
     """
 
     hub: Hub | None = None  # the hub this process runs, unless clustered (see leading)
     cluster: Cluster | None = None
+    membership: Membership | None = None  # with leased partitions (docs/deployment.md)
+    port_share: SharedPort | None = None  # a process of `serve --processes`
     listener: Listener | None = None  # uvicorn, while listening
     _handle_signals = False  # set by serve_forever(): SIGTERM/SIGINT stop gracefully
 
@@ -138,6 +148,7 @@ class Server:
         max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         trusted_proxies: list[str] | tuple[str, ...] | None = None,
         partitions: int = DEFAULT_PARTITIONS,
+        processes: int = 1,
     ) -> None:
         """The options are described on the class."""
         _check(tls_cert, tls_key, shutdown_grace, idempotency_window, retention, partitions)
@@ -149,7 +160,7 @@ class Server:
         timeouts = (task_start_timeout, task_end_timeout, pickup_window, idempotency_window)
         retry = (retries, max_attempts, retry_backoff, retry_backoff_max)
         self.defaults = _task_defaults(timeouts, retry, action_defaults or {})
-        self.retention, self.archive = retention, archive
+        self.retention, self.archive, self.processes = retention, archive, _processes(processes)
         self.schedules = [_schedule(i, s) for i, s in enumerate(schedules or [])]
         self.limits = _limits(max_frame, max_send_buffer, ping_interval, ping_timeout)
         self.registry = _registry(allowed_origins)
@@ -182,6 +193,13 @@ class Server:
             pub_permissions=pub_permissions,
             max_connections=max_connections,
         )
+
+    def inherit(self, fd: int) -> None:
+        """Serve the socket ``fd`` a ``taskhub serve --processes`` parent bound."""
+        from taskhub.processes import SharedPort
+
+        self.port_share = SharedPort(fd)
+        self.port = self.port_share.port
 
     @property
     def url(self) -> str:
@@ -218,6 +236,11 @@ class Server:
                 "no credentials configured: serving loopback only, every connection "
                 "gets every permission"
             )
+        # Several partitions on a store hubs can share (a sqlite file, Redis): each hub leads
+        # the partitions whose leases it holds (docs/deployment.md, "Partition leases").
+        if self._store is None and self.partitions > 1 and shared_store(self.store_url):
+            await self._start_leased()
+            return
         # Hubs on one Redis (or Redis Cluster) form a cluster (taskhub.hub.cluster); any other
         # store is a hub's own, so it runs its lifecycle alone.
         if self._store is None and self.store_url.startswith(REDIS_SCHEMES):
@@ -245,13 +268,19 @@ class Server:
                 f"cannot load TLS certificate {self.tls_cert!r} with key {self.tls_key!r}: {exc}"
             ) from None
 
-    def _make_hub(self, store: Store) -> Hub:
-        hub = self._new_hub(store)
+    def _make_hub(self, store: Store, *, leased: bool = False) -> Hub:
+        hub = self._new_hub(store, leased=leased)
+        # The hub-to-hub links (docs/deployment.md, "The hub-to-hub link"); a leased hub's
+        # root is its own (memory): it reads their secret in the deployment's for a moment.
+        root = partial(open_store, self.store_url) if leased else None
+        keepalive = (self.limits.ping_interval, self.limits.ping_timeout)
+        hub.links = HubLinks(hub, keepalive=keepalive, open_root=root)
         if events_log.isEnabledFor(logging.DEBUG):  # decided at start: a call per event
-            hub.lc.listeners.append(log_task_event)  # debug lines per task event (logs.py)
+            # Debug lines per task event (logs.py), of every partition led here.
+            hub.each_lifecycle(lambda lc: lc.listeners.append(log_task_event))
         return hub
 
-    def _new_hub(self, store: Store) -> Hub:
+    def _new_hub(self, store: Store, *, leased: bool = False) -> Hub:
         return Hub(
             store,
             registry=self.registry,
@@ -263,8 +292,31 @@ class Server:
             archive=self.archive,
             schedules=[msgspec.convert(s, Schedule) for s in self.schedules],
             partitions=self.partitions,
-            partition_stores=_partition_stores(self.store_url, self._store, self.partitions),
+            partition_stores=None
+            if leased
+            else _partition_stores(self.store_url, self._store, self.partitions),
+            leased=leased,
         )
+
+    async def _start_leased(self) -> None:
+        """Lead the partitions whose leases this process holds: listen first (the leases name
+        our URL), then take a first share before returning (docs/deployment.md)."""
+        from taskhub.hub.membership import Membership
+        from taskhub.store.memory import MemoryStore
+
+        await check_shared_partitions(self.store_url, self.partitions)
+        hub = self.hub = self._make_hub(MemoryStore(), leased=True)
+        await hub.start()
+        self.membership = Membership(hub, self.store_url, lease=self.lease)
+        try:
+            await self._listen(create_app(hub))
+            base = self.advertise_url or self.http_url
+            await self.membership.start(
+                self.port_share.advertised(base) if self.port_share else base
+            )
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _start_clustered(self) -> None:
         """Several hubs over one Redis or Redis Cluster: listen first (the lock advertises
@@ -289,9 +341,10 @@ class Server:
 
     async def _listen(self, app: Any) -> None:
         on_signal = self._on_signal if self._handle_signals else None
-        self.listener = Listener(self._uvicorn_config(app), on_signal)
+        self.listener = Listener(_uvicorn_config(self, app), on_signal)
+        sockets = self.port_share.sockets(self.host) if self.port_share is not None else None
         try:
-            bound = await self.listener.start()
+            bound = await self.listener.start(sockets)
         except BaseException:
             self.listener = None  # a later stop() has nothing to stop
             raise
@@ -305,32 +358,6 @@ class Server:
             for addr in bound
         )
         log.info("taskhub listening on %s (store %s)", where or self.url, self._store_where())
-
-    def _uvicorn_config(self, app: Any) -> uvicorn.Config:
-        return uvicorn.Config(
-            app,
-            host=self.host,
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            ws_max_size=self.limits.max_frame * 4 + 1024,
-            ws_ping_interval=self.limits.ping_interval,
-            ws_ping_timeout=self.limits.ping_timeout,
-            lifespan="off",
-            ws=HubWebSocketProtocol,
-            http=guarded_http_protocol(
-                request_timeout=self.request_timeout,
-                keepalive_timeout=self.keepalive_timeout,
-                max_per_address=self.max_connections_per_address,
-            ),
-            # uvicorn annotates an int but only hands it to loop.call_later
-            timeout_keep_alive=cast(int, self.keepalive_timeout),
-            forwarded_allow_ips=self.trusted_proxies,
-            timeout_graceful_shutdown=5,
-            ssl_certfile=self.tls_cert,
-            ssl_keyfile=self.tls_key,
-            log_config=None,  # logging is the process's business (logs.setup in `serve`)
-        )
 
     def _store_where(self) -> str:
         """The store URL, and for a sqlite file the absolute path it opened: three slashes
@@ -360,13 +387,16 @@ class Server:
             # New connections: refused at the socket (listeners closed) and, for a request
             # already in flight on a kept-alive connection, by the endpoints while draining.
             self.listener.close_sockets()
-            await self._wait_idle(hub, grace)
+            await _wait_idle(hub, grace, self._force)
             await hub.flush()  # what finished work caused reaches its connections first
             await hub.close_connections(code=CLOSE_RESTART, reason="hub shutting down")
             hub.end_waits()  # long polls and event streams answer now, before uvicorn stops
         if self.cluster is not None:
             await self.cluster.stop()
             self.cluster = None
+        if self.membership is not None:
+            await self.membership.stop()  # every partition handed off at once
+            self.membership = None
         if self.listener is not None:
             # uvicorn waits (up to 5 s) for the connection handlers, whose `finally` detaches
             # each peer: its held deliveries are taken back before the hub's last flush.
@@ -376,25 +406,6 @@ class Server:
             self.hub = None
             log.info("hub stopped; the store is flushed and closed")
         self._stopped.set()
-
-    async def _wait_idle(self, hub: Hub, grace: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        if hub.busy():
-            log.info("draining: %d delivery(ies) held; waiting up to %.1fs", hub.busy(), grace)
-        while hub.busy() and not self._force.is_set():
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            # Polling: the lifecycle has no "a delivery was released" signal, and 50 ms is
-            # nothing next to a grace period of seconds.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._force.wait(), min(left, 0.05))
-        if hub.busy():
-            log.warning(
-                "shutdown grace over: handing %d running delivery(ies) back to their groups",
-                hub.busy(),
-            )
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM/SIGINT, from uvicorn's handler: hand over to the loop at once (a signal
@@ -445,6 +456,55 @@ class Server:
         from taskhub.runtime import run
 
         run(self.serve_forever())
+
+
+def _uvicorn_config(self: Server, app: Any) -> uvicorn.Config:
+    """uvicorn serving ``app`` with ``self``'s limits, timeouts and TLS files."""
+    return uvicorn.Config(
+        app,
+        host=self.host,
+        port=self.port,
+        log_level="warning",
+        access_log=False,
+        ws_max_size=self.limits.max_frame * 4 + 1024,
+        ws_ping_interval=self.limits.ping_interval,
+        ws_ping_timeout=self.limits.ping_timeout,
+        lifespan="off",
+        ws=HubWebSocketProtocol,
+        http=guarded_http_protocol(
+            request_timeout=self.request_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            max_per_address=self.max_connections_per_address,
+        ),
+        # uvicorn annotates an int but only hands it to loop.call_later
+        timeout_keep_alive=cast(int, self.keepalive_timeout),
+        forwarded_allow_ips=self.trusted_proxies,
+        timeout_graceful_shutdown=5,
+        ssl_certfile=self.tls_cert,
+        ssl_keyfile=self.tls_key,
+        log_config=None,  # logging is the process's business (logs.setup in `serve`)
+    )
+
+
+async def _wait_idle(hub: Hub, grace: float, force: asyncio.Event) -> None:
+    """Wait up to ``grace`` seconds (or until ``force`` is set) for held deliveries to end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    if hub.busy():
+        log.info("draining: %d delivery(ies) held; waiting up to %.1fs", hub.busy(), grace)
+    while hub.busy() and not force.is_set():
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        # Polling: the lifecycle has no "a delivery was released" signal, and 50 ms is
+        # nothing next to a grace period of seconds.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(force.wait(), min(left, 0.05))
+    if hub.busy():
+        log.warning(
+            "shutdown grace over: handing %d running delivery(ies) back to their groups",
+            hub.busy(),
+        )
 
 
 def _check(
@@ -518,6 +578,14 @@ def _partition_stores(url: str, store: Store | None, partitions: int) -> list[St
     return [open_store(url, partition=i, partitions=partitions) for i in range(partitions)]
 
 
+def shared_store(url: str) -> bool:
+    """Whether several hub processes can share the store at ``url``: Redis, or a sqlite file
+    (not ``sqlite://:memory:``, nor ``memory://``)."""
+    if url.startswith(REDIS_SCHEMES):
+        return True
+    return url.startswith("sqlite:") and SqliteStore.from_url(url).path != ":memory:"
+
+
 async def _clustered_partitions(url: str, partitions: int) -> None:
     """Every hub of a cluster checks the partition count at start, not only the one that comes
     to lead: a follower with another count would otherwise wait for its turn."""
@@ -527,15 +595,27 @@ async def _clustered_partitions(url: str, partitions: int) -> None:
         await check_partition_count(probe, partitions)
     finally:
         await probe.close()
-    if partitions > 1:
-        # Until each partition has a lease of its own (issue 19), a Redis store's hubs fence
-        # their writes with one leader lock, which cannot fence the partitions' keys (another
-        # hash tag): refused rather than written unfenced.
-        raise InvalidOption(
-            f"partitions = {partitions} with a Redis store is not available yet (partitions "
-            "need leases of their own); use partitions = 1 with Redis, or several partitions "
-            "with sqlite:// or memory://"
-        )
+
+
+async def check_shared_partitions(url: str, partitions: int, tries: int = 50) -> None:
+    """The partition count, checked (or recorded) in the deployment's own records before a
+    leased hub starts. A sqlite file is locked while it is read: hub processes starting
+    together wait their turn (0.1 s apart)."""
+    for _ in range(tries - 1):
+        try:
+            await _clustered_partitions(url, partitions)
+            return
+        except StoreUnavailable as exc:
+            if "in use by another hub" not in exc.message:
+                raise
+            await asyncio.sleep(0.1)
+    await _clustered_partitions(url, partitions)
+
+
+def _processes(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidOption(f"processes must be an integer >= 1, got {n!r}")
+    return n
 
 
 def _registry(allowed_origins: list[str] | tuple[str, ...]) -> Registry:

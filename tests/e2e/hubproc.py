@@ -1,7 +1,11 @@
-"""Run a real hub as a subprocess (``python -m taskhub serve``) for kill and restart tests."""
+"""Run a real hub as a subprocess (``python -m taskhub serve``) for kill and restart tests,
+and what those tests share: waiting for a hub to lead its partitions, draining the tasks a
+killed hub accepted."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -9,7 +13,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+from taskhub import Client
 
 
 def free_port() -> int:
@@ -75,6 +83,7 @@ class HubProcess:
                     return self
             except OSError:
                 time.sleep(0.05)
+        self.stop()  # not left running behind the failed test
         raise TimeoutError(f"hub did not start: {self.log.read_text()}")
 
     def kill(self) -> None:
@@ -108,3 +117,59 @@ class HubProcess:
                 self.proc.kill()
                 self.proc.wait(5)
             self.proc = None
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: the role and, with several partitions, those the hub leads."""
+        with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=2) as answer:
+            body: dict[str, Any] = json.loads(answer.read())
+            return body
+
+    def restart(self, leads: Iterable[int] | None = None) -> HubProcess:
+        """kill -9, then start again; with ``leads``, wait until it leads those partitions
+        (a killed hub's leases run out first: at most one lease)."""
+        self.kill()
+        self.start()
+        if leads is not None:
+            self.wait_leading(leads)
+        return self
+
+    def wait_leading(self, partitions: Iterable[int], timeout: float = 15.0) -> None:
+        """Wait until ``/healthz`` lists exactly ``partitions``."""
+        want = sorted(partitions)
+        wait_until(lambda: self.health().get("partitions") == want, timeout, self.log)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"not within {timeout}s" + (f": {log.read_text()}" if log else ""))
+
+
+async def consume(
+    url: str, actions: Iterable[str], n: int, timeout: float = 20.0
+) -> dict[str, Any]:
+    """Subscribe to ``actions`` at ``url`` and run tasks until ``n`` of them (payload < n)
+    have run; their payloads by task id. A chain's later steps (payload None) return the
+    previous result plus one."""
+    seen: dict[str, Any] = {}
+    done = asyncio.Event()
+    async with Client(url, name="drainer") as worker:
+
+        async def run(task: Any) -> Any:
+            payload = await task.get_payload()
+            if payload is not None and payload < n:
+                seen[task.id] = payload
+                if len(seen) == n:
+                    done.set()
+            return (payload if payload is not None else task.previous_result) + 1
+
+        for action in actions:
+            await worker.sub(action, run, concurrency=8)
+        await asyncio.wait_for(done.wait(), timeout)
+    return seen

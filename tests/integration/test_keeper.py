@@ -5,6 +5,7 @@ expire, and step down from a partition whose lease they could not renew in time.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -234,6 +235,32 @@ async def test_started_keepers_keep_their_share_on_their_own(tmp_path: Path) -> 
         for lz, keeper in zip(leases, keepers, strict=True):
             await keeper.stop()
             await lz.close()
+
+
+async def test_a_gain_slower_than_the_lease_keeps_every_lease(tmp_path: Path) -> None:
+    # A hub restoring a big partition may take longer than a lease: the keeper heartbeats
+    # and renews meanwhile, so neither that partition nor the others lapse.
+    url = f"sqlite:///{tmp_path}/hub.db"
+    leases = open_partition_leases(url, 2)
+    await leases.open()
+    gained: list[int] = []
+
+    async def slow(p: int, token: str) -> None:
+        await asyncio.sleep(1.5)  # three leases
+        gained.append(p)
+
+    keeper = PartitionKeeper(leases, instance="a", url="http://a", lease=0.5, on_gained=slow)
+    try:
+        await keeper.tick()
+        assert gained == [0, 1]
+        assert keeper.led() == [0, 1]
+        for p in (0, 1):
+            assert await leases.holder(p) == keeper.tokens[p]
+        await keeper.tick()  # the next round renews: nothing lapsed
+        assert keeper.led() == [0, 1]
+    finally:
+        await keeper.stop()
+        await leases.close()
 
 
 def test_a_lease_and_interval_that_cannot_work_are_refused() -> None:

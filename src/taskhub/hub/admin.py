@@ -128,7 +128,9 @@ class Admin:
     async def _dead(self) -> dict[str, Any]:
         await self.hub.flush()
         entries: dict[str, Any] = {}
-        for part in self.hub.parts:  # each partition keeps the dead letters of its tasks
+        hub = self.hub
+        # Each partition keeps the dead letters of its tasks: the list needs every one.
+        for part in [hub.router.local(i) for i in range(hub.partitions)]:
             try:
                 stored = await part.store.list_meta(DEAD_META)
             except Exception as exc:

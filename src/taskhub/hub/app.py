@@ -11,6 +11,8 @@ from taskhub.hub import dashboard, http
 from taskhub.hub.http import metrics, schedules
 from taskhub.hub.http.origin import SameOrigin
 from taskhub.hub.hub import Hub
+from taskhub.hub.link.leader import serve_link
+from taskhub.hub.link.wire import LINK_PATH
 from taskhub.hub.ws import serve_connection
 from taskhub.protocol import WS_PATH
 from taskhub.version import __version__
@@ -34,13 +36,22 @@ def create_app(hub: Hub) -> FastAPI:
     async def ws_endpoint(ws: WebSocket) -> None:
         await serve_connection(ws, hub)
 
+    @app.websocket(LINK_PATH)
+    async def link_endpoint(ws: WebSocket) -> None:
+        # Other hubs of the deployment only (docs/deployment.md, "The hub-to-hub link").
+        await serve_link(ws, hub)
+
     @app.get("/healthz", tags=["operation"])
     async def healthz() -> dict[str, Any]:
         """Liveness: anyone may ask, so it tells nothing about the store (paths, hosts)."""
         if hub.partitions == 1:
             return {"status": "ok", "role": hub.role}
-        # The partitions this hub leads (docs/deployment.md, "Partitions").
-        return {"status": "ok", "role": hub.role, "partitions": [p.index for p in hub.parts]}
+        # The partitions this hub leads (docs/deployment.md, "Partitions"), and with leases
+        # who leads each of the others ("" while nobody holds it).
+        out: dict[str, Any] = {"status": "ok", "role": hub.role, "partitions": hub.led}
+        if hub.leased:
+            out["leaders"] = {str(i): url for i, url in sorted(hub.leading.leaders.items())}
+        return out
 
     http.install(app, hub)  # the /v1 HTTP API: tasks, pull consumers, events
     metrics.install(app, hub)  # /metrics (Prometheus) and /readyz

@@ -50,6 +50,13 @@ class Connections:
         """Deliveries connections still hold (started or offered): what a drain waits for."""
         return sum(len(peer.holding) for peer in self.senders)
 
+    async def close(self, peer: Peer, *, code: int, reason: str) -> None:
+        """Close ``peer``'s connection if it has a closer (its client reconnects)."""
+        closer = self.closers.get(peer)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer(code, reason)
+
     async def close_all(self, *, code: int, reason: str) -> None:
         """Close every connection that has a closer (their clients reconnect, maybe elsewhere)."""
         for closer in list(self.closers.values()):
@@ -71,12 +78,52 @@ class Connections:
         try:
             sender(p.encode_batched(msgs) if peer.batch else p.encode(msgs))
         except Exception:
-            log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
-            self.senders.pop(peer, None)
-            closer = self.closers.get(peer)
-            if closer is not None:
-                closing = asyncio.ensure_future(closer(1011, "internal error"))
-                closing.add_done_callback(_retrieve)
+            self._failed(peer)
+
+    def send_frame(self, peer: Peer, frame: bytes) -> None:
+        """Hand ``peer``'s connection a frame encoded elsewhere (by the hub that leads a
+        partition, over the hub-to-hub link), as :meth:`send` hands it one it encoded."""
+        sender = self.senders.get(peer)
+        if sender is not None:
+            try:
+                sender(frame)
+            except Exception:
+                self._failed(peer)
+
+    def hold(self, peer: Peer) -> Callable[[list[Message]], None]:
+        """Hold the frames sent to ``peer`` from now on; the function returned sends the
+        messages it is given, then what was held. A batch whose items other hubs store
+        answers first this way: its tasks' events must not reach the client before the
+        answer that names them. Held frames are bounded by the batch's round trip."""
+        sender = self.senders.get(peer)
+        if sender is None:
+            return _nothing
+        held: list[bytes] = []
+        hold = held.append
+        self.senders[peer] = hold
+
+        def release(first: list[Message]) -> None:
+            if self.senders.get(peer) is not hold:  # closed meanwhile
+                return
+            self.senders[peer] = sender
+            if first:
+                self.send(peer, sender, first)
+            for frame in held:
+                self.send_frame(peer, frame)
+
+        return release
+
+    def _failed(self, peer: Peer) -> None:
+        log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
+        self.senders.pop(peer, None)
+        closer = self.closers.get(peer)
+        if closer is not None:
+            closing = asyncio.ensure_future(closer(1011, "internal error"))
+            closing.add_done_callback(_retrieve)
+
+
+def _nothing(msgs: list[Message]) -> None:
+    return None
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:

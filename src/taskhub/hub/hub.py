@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from taskhub import protocol as p
-from taskhub.errors import InvalidOption
+from taskhub.errors import InvalidOption, TaskHubError
 from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
-from taskhub.hub.partition import LocalPartition, close_store
+from taskhub.hub.leading import Leading
+from taskhub.hub.partition import Links, LocalPartition, Partition, UnledPartition, close_store
 from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.router import Router
@@ -43,9 +44,12 @@ from taskhub.store import Store
 if TYPE_CHECKING:
     from taskhub.hub.http.metrics import Metrics
 
-__all__ = ["Closer", "Hub", "Limits", "Sender", "task_view"]
+__all__ = ["Closer", "Hub", "Limits", "Remote", "Sender", "task_view"]
 
 log = logging.getLogger("taskhub.hub")
+
+# Makes the slot of a partition another hub leads: (partition, the leader's URL or "").
+Remote = Callable[[int, str], Partition]
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Hub:
         schedules: list[Schedule] | None = None,
         partitions: int = 1,
         partition_stores: Sequence[Store] | None = None,
+        leased: bool = False,
+        remote: Remote | None = None,
     ) -> None:
         """``retention``: seconds ended tasks are kept (None: forever), ``archive``: a JSON-lines
         file they are appended to before removal, ``schedules``: the config file's schedules.
@@ -93,80 +99,144 @@ class Hub:
         ``partitions`` (docs/deployment.md, "Partitions"): the deployment's partition count,
         checked against the one ``store`` records. With one, ``store`` is the partition's store;
         with several, ``store`` holds the cluster-wide records and ``partition_stores`` are the
-        partitions' own (``open_store(url, partition=p, partitions=P)``)."""
-        self.root = store
-        self.partitions = partitions
+        partitions' own (``open_store(url, partition=p, partitions=P)``).
+
+        ``leased`` (docs/deployment.md, "Partition leases"): it leads the partitions it is given
+        (:attr:`leading`); ``store`` (memory) serves its own connections. ``remote(p, url)``
+        serves the others (default: over :attr:`links`, else ``UnledPartition``)."""
+        self.root, self.partitions, self.leased = store, partitions, leased
         self.registry = registry or Registry()
         self.limits = limits or Limits()
-        self.name = name
-        self.clock = clock
+        self.name, self.clock = name, clock
         self.connections = Connections(clock)
-        make = partial(
-            LocalPartition, hub=self, defaults=defaults, clock=clock, retention=retention
+        self._make = partial(LocalPartition, hub=self, defaults=defaults, clock=clock)
+        self._make = partial(self._make, retention=retention, archive=archive)
+        self.lifecycle_hooks: list[Callable[[Lifecycle], None]] = []
+        self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
+        self.links: Links | None = None  # the hub-to-hub links, installed by the server
+        self.router = Router(
+            self._slots(store, partition_stores, remote), self.front, self.connections.hold
         )
-        stores = _partition_stores(store, partitions, partition_stores)
-        self.parts = [make(i, s, archive=archive) for i, s in enumerate(stores)]
-        self.router = Router(self.parts)
-        # Partition 0's parts, and with one partition the hub's (as before partitions).
-        first = self.parts[0]
+        first = self.front  # with one partition, partition 0 (as before partitions)
         self.store, self.lc, self.pipeline = first.store, first.lc, first.pipeline
         self.watches, self.retention = first.watches, first.retention
         self.wakers = Wakers()
         self.topics = Topics(self.lc, self.kick)
         self.chains = Chains(self.lc, self.router)
-        self.scheduler = Scheduler(self.lc, self.router)
+        if not leased:
+            self.parts[0].scheduler = Scheduler(self.parts[0].lc, self.router)
         self.admin = Admin(self)
         self.dispatcher = first.dispatcher
-        # Apply one WebSocket message (bound: per message): in its partition.
+        # Apply one WebSocket message in its partition (bound: a lookup saved per message).
         self.handle = first.dispatcher.handle if partitions == 1 else self.router.handle
-        self._share_pipelines()
-        self.config_schedules = list(schedules or [])
-        self._closing = False
-        # "standalone", or "leader" of a cluster of hubs (hub/cluster.py; followers run no
-        # Hub and answer /healthz themselves): reported by GET /healthz.
-        self.role = "standalone"
-        # Operation (server.py): draining stops offers before a shutdown.
-        self.draining = False
+        self.leading = Leading(self)  # which partitions it leads, as the leases say
+        self.config_schedules, self._closing = list(schedules or []), False
+        # GET /healthz: "standalone", "leader" of a cluster (hub/cluster.py), or "member".
+        self.role = "member" if leased else "standalone"
+        self.draining = False  # server.py: draining stops offers before a shutdown
         self.metrics: Metrics | None = None  # hub/http/metrics.py (for_hub), once installed
 
-    def _share_pipelines(self) -> None:
-        """With several partitions: the metrics see every partition's writes, and a fired
-        timer kicks every partition (its effects, a chain's next step, may land anywhere)."""
-        if self.partitions == 1:
-            return
-        for part in self.parts:
-            part.pipeline.apply_hooks = self.pipeline.apply_hooks
-            part.pipeline.after_timer = self.kick
+    def _slots(
+        self, store: Store, stores: Sequence[Store] | None, remote: Remote | None
+    ) -> list[Partition]:
+        """The router's slots at start, and the hub's front and led partitions."""
+        if self.leased:
+            if stores is not None:
+                raise ValueError("a leased hub opens each partition's store when it leads it")
+            # The hub's own connections' lifecycle: welcome, errors, topics, operator answers.
+            self.front = self._make(0, store, own_peers=False, retention=None, archive=None)
+            self.parts: list[LocalPartition] = []
+        else:
+            self.parts = [
+                self._make(i, s)
+                for i, s in enumerate(_partition_stores(store, self.partitions, stores))
+            ]
+            self.front = self.parts[0]
+        self.remote: Remote = remote or partial(_remote, self)
+        for part in {*self.parts, self.front}:
+            _share(self, part)
+        if self.leased:
+            return [self.remote(i, "") for i in range(self.partitions)]
+        return list(self.parts)
+
+    def new_partition(self, index: int, store: Store) -> LocalPartition:
+        """A partition this hub is about to lead (:class:`~taskhub.hub.leading.Leading`)."""
+        part = self._make(index, store, own_peers=True)
+        _share(self, part)
+        return part
+
+    def each_lifecycle(self, fn: Callable[[Lifecycle], None]) -> None:
+        """Call ``fn`` with every partition's lifecycle this hub runs, now and whenever it
+        comes to lead another (listeners: metrics, the dashboard, the events log)."""
+        self.lifecycle_hooks.append(fn)
+        for lc in self.router.lifecycles:
+            fn(lc)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The schedules: partition 0's (PartitionUnavailable when another hub leads it)."""
+        part = self.router.local(0)
+        assert part.scheduler is not None  # made when partition 0 is led
+        return part.scheduler
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> None:
         # The count first, before anything is restored: the cluster-wide records live in the
-        # root store, which with one partition is the partition's own.
+        # root store, which with one partition is the partition's own. A leased hub's count
+        # is checked by the server before it starts (its root is its own).
         await self.root.open()
-        await check_partition_count(self.root, self.partitions)
+        if not self.leased:
+            await check_partition_count(self.root, self.partitions)
+        if self.partitions > 1 and self.links is not None:
+            await self.links.load_secret()
         restored = 0
         for part in self.parts:
-            if part.store is not self.root:
-                await part.store.open()
-            restored += await part.restore()
-        caught_up = self.scheduler.restore((await self.store.list_meta(SCHEDULE_META)).values())
-        self.scheduler.configure(self.config_schedules)
-        if caught_up:
-            log.info("fired %d schedule slot(s) missed while the hub was down", caught_up)
-        for chain, index, task_id in self.chains.orphans():
-            self.chains.step_ended(chain, index, await self.find(task_id))
+            restored += await self.restore(part)
+        await self.orphans()
         if restored:
             log.info("restored %d unfinished task(s) from %s", restored, self.root.url)
+        if self.leased:
+            self.front.start()
         for part in self.parts:
             part.start()
+
+    async def restore(self, part: LocalPartition) -> int:
+        """Open ``part``'s store and take back what it holds (partition 0: the schedules)."""
+        if part.store is not self.root:
+            await part.store.open()
+        restored = await part.restore()
+        if part.scheduler is not None:
+            meta = (await part.store.list_meta(SCHEDULE_META)).values()
+            caught_up = part.scheduler.restore(meta)
+            part.scheduler.configure(self.config_schedules)
+            if caught_up:
+                log.info("fired %d schedule slot(s) missed while the hub was down", caught_up)
+        return restored
+
+    async def orphans(self) -> None:
+        """Steps of restored chains whose task is no longer live: ended, read from its store."""
+        for chain, index, task_id in self.chains.orphans():
+            try:
+                rec = await self.find(task_id)
+            except TaskHubError:  # in a partition another hub leads: its end is not ours
+                continue
+            self.chains.step_ended(chain, index, rec)
+
+    @property
+    def led(self) -> list[int]:
+        """The partitions this hub leads now."""
+        return [part.index for part in self.parts]
 
     async def stop(self, *, flush_timeout: float = 10.0) -> None:
         """Write what is pending (waiting at most ``flush_timeout`` for a store that is down:
         what was not written was never acknowledged) and close the store."""
         self._closing = True
         self.end_waits()
-        await asyncio.gather(*(part.stop(flush_timeout) for part in self.parts))
-        if self.partitions > 1:
+        if self.links is not None:
+            await self.links.close()
+        parts = [*self.parts, self.front] if self.leased else self.parts
+        await asyncio.gather(*(part.stop(flush_timeout) for part in parts))
+        if self.partitions > 1 and not self.leased:
             await close_store(self.root, flush_timeout)
 
     @property
@@ -174,6 +244,7 @@ class Hub:
         """Serving: the flusher runs, the store takes writes, not draining or fenced."""
         return (
             all(part.pipeline.running for part in self.parts)
+            and self.front.pipeline.running
             and not self._closing
             and not self.draining
             and not self.fenced
@@ -199,7 +270,7 @@ class Hub:
 
     def busy(self) -> int:
         """Deliveries connections still hold (started or offered): what a drain waits for."""
-        return self.connections.busy() + sum(part.held() for part in self.parts[1:])
+        return self.connections.busy() + sum(part.held() for part in self.parts if part.own_peers)
 
     # --- the commit pipeline -----------------------------------------------------------------
     def kick(self) -> None:
@@ -212,13 +283,16 @@ class Hub:
             return
         for part in self.parts:
             part.pipeline.kick_if_changed()
+        if self.leased:
+            self.front.pipeline.kick_if_changed()
 
     async def flush(self) -> None:
         """Wait until everything the lifecycle has produced so far is written and sent."""
         if self.partitions == 1:
             await self.pipeline.flush()
             return
-        await asyncio.gather(*(part.flush() for part in self.parts))
+        parts = [*self.parts, self.front] if self.leased else self.parts
+        await asyncio.gather(*(part.flush() for part in parts))
 
     @property
     def commit_now(self) -> bool:
@@ -244,11 +318,6 @@ class Hub:
     def store_ok(self) -> bool:
         """False while a batch write is failing and being retried."""
         return all(part.pipeline.store_ok for part in self.parts)
-
-    @property
-    def apply_hooks(self) -> list[Callable[[WriteBatch, float], None]]:
-        """Called with every written batch and how long the store took (hub/http/metrics.py)."""
-        return self.pipeline.apply_hooks
 
     # --- HTTP long polls and event streams ---------------------------------------------------
     @contextlib.contextmanager
@@ -285,8 +354,13 @@ class Hub:
     def detach(self, peer: Peer) -> None:
         self.connections.remove(peer)
         self.topics.forget(peer)
+        self.router.forget(peer)
         for part in self.parts:
             part.detach(peer)
+        if self.leased:
+            self.front.detach(peer)
+        if self.links is not None:
+            self.links.detach(peer)
         self.registry.release_connection(peer.creds)
         self.kick()
 
@@ -299,13 +373,13 @@ class Hub:
     # --- reading tasks -----------------------------------------------------------------------
     async def find(self, task_id: str) -> TaskRecord | None:
         """The task's freshest record, from the partition its id names."""
-        return await self.router.partition_of_task(task_id).find(task_id)
+        return await self.router.slot_of_task(task_id).find(task_id)
 
     def unwritten(self) -> dict[str, TaskRecord]:
         """Records newer than the store's copy, by id: the batch being written, the batch
         waiting, and the live tasks (freshest last). Listings merge them over a store page."""
         out: dict[str, TaskRecord] = {}
-        for part in self.parts:
+        for part in self.router.slots:
             out.update(part.unwritten())
         return out
 
@@ -317,8 +391,8 @@ class Hub:
             return await self.store.list_tasks(action=action, state=state, after=after, limit=limit)
         pages = await asyncio.gather(
             *(
-                part.store.list_tasks(action=action, state=state, after=after, limit=limit)
-                for part in self.parts
+                part.list_tasks(action=action, state=state, after=after, limit=limit)
+                for part in self.router.slots
             )
         )
         return heapq.nsmallest(limit, (rec for page in pages for rec in page), key=lambda r: r.id)
@@ -387,6 +461,22 @@ class Hub:
         chain = self.chains.start(creds, parsed, mode=mode, merge_input=merge_input, trace=trace)
         self.kick()
         return chain.id
+
+
+def _share(hub: Hub, part: LocalPartition) -> None:
+    """The metrics see every partition's writes, and with several partitions a fired timer
+    kicks every partition (its effects, a chain's next step, may land anywhere)."""
+    part.pipeline.apply_hooks = hub.apply_hooks
+    if hub.partitions > 1:
+        part.pipeline.after_timer = hub.kick
+
+
+def _remote(hub: Hub, index: int, leader: str) -> Partition:
+    """The slot of partition ``index`` led by ``leader``: reached over the link to it, or
+    answering why not while no hub holds it (or the hub has no links)."""
+    if leader and hub.links is not None:
+        return hub.links.remote(index, leader)
+    return UnledPartition(index, leader, hub.front)
 
 
 def _partition_stores(

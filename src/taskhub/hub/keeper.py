@@ -13,7 +13,9 @@ hub), and then
   at its next round, without waiting for expiry;
 - takes the partitions it should lead whose lease is free: ``on_gained(p, token)`` with the
   new fencing token (the hub opens the partition's fenced store with it). A dead member's
-  partitions are taken this way once its member record and its leases have expired.
+  partitions are taken this way once its member record and its leases have expired;
+- reads who holds each partition it does not lead: ``on_leader(p, url)`` when that changed
+  (the leader's advertised URL, "" while nobody holds it), so the hub can name or reach it.
 
 :meth:`stop` takes the member off the list and hands off every partition at once (SIGTERM:
 graceful hand-off). Only the lease protocol is used (:class:`~taskhub.store.PartitionLeases`);
@@ -30,15 +32,20 @@ from collections.abc import Awaitable, Callable
 
 from taskhub.errors import StoreUnavailable
 from taskhub.hub.assign import assign
-from taskhub.store.lock import Member, PartitionLeases
+from taskhub.store.lock import Member, PartitionLeases, Token
 
 log = logging.getLogger("taskhub.keeper")
 
 Gained = Callable[[int, str], Awaitable[None]]
 Changed = Callable[[int], Awaitable[None]]
+Leader = Callable[[int, str], None]
 
 
 async def _nothing(partition: int, token: str = "") -> None:
+    return None
+
+
+def _ignore(partition: int, url: str) -> None:
     return None
 
 
@@ -57,6 +64,7 @@ class PartitionKeeper:
         on_gained: Gained = _nothing,
         on_release: Changed = _nothing,
         on_lost: Changed = _nothing,
+        on_leader: Leader = _ignore,
     ) -> None:
         """``lease``: seconds a lease (and the member record) lasts without renewal.
         ``interval``: seconds between rounds (:meth:`start`), ``lease / 3`` by default; less
@@ -76,6 +84,8 @@ class PartitionKeeper:
         self.on_gained = on_gained
         self.on_release = on_release
         self.on_lost = on_lost
+        self.on_leader = on_leader
+        self.leaders: dict[int, str] = {}  # partitions led elsewhere -> the leader's URL
         self.tokens: dict[int, str] = {}  # partition -> the token this hub holds it with
         self._until: dict[int, float] = {}  # partition -> clock time the lease surely lasts
         self.members: list[Member] = []  # the live members at the last round
@@ -107,7 +117,9 @@ class PartitionKeeper:
         self._task = asyncio.create_task(self._run(), name="taskhub-partition-keeper")
 
     async def _run(self) -> None:
-        while True:
+        # Checked besides the cancellation: a store client may swallow a cancellation that
+        # lands while it waits on the network (redis-py does), and the loop must end anyway.
+        while not self._stopped:
             try:
                 await self.tick()
             except StoreUnavailable as exc:  # the leases lapse by the clock meanwhile
@@ -144,6 +156,22 @@ class PartitionKeeper:
             await self._hand_off(p)
         for p in sorted(wanted - set(self.tokens)):
             await self._take(p)
+        await self._look()
+
+    async def _look(self) -> None:
+        """Who leads each partition this hub does not (``on_leader`` when it changed)."""
+        for p in range(self.leases.partitions):
+            if p in self.tokens:
+                self.leaders.pop(p, None)
+                continue
+            token = await self.leases.holder(p)
+            try:
+                url = Token.parse(token).url if token else ""
+            except ValueError:
+                url = ""  # not a token this version writes: nobody it can name
+            if self.leaders.get(p) != url:
+                self.leaders[p] = url
+                self.on_leader(p, url)
 
     async def _renew(self, p: int) -> None:
         sent = self.clock()
@@ -161,10 +189,29 @@ class PartitionKeeper:
         self._until[p] = sent + self.lease
         log.info("leading partition %d (%s)", p, token)
         try:
-            await self.on_gained(p, token)
+            await self._while_alive(self.on_gained(p, token))
         except Exception:
             log.exception("could not take the lead of partition %d; letting it go", p)
-            await self._forget(p, release=True)
+            if p in self.tokens:
+                await self._forget(p, release=True)
+            return
+        if p not in self.tokens:  # its lease was lost while the hub took it: undo
+            await self.on_lost(p)
+
+    async def _while_alive(self, work: Awaitable[None]) -> None:
+        """Await ``work`` (a hub restoring a big partition may take longer than a lease),
+        heartbeating and renewing every lease held, every ``interval``, until it is done."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not (await asyncio.wait({task}, timeout=self.interval))[0]:
+                with contextlib.suppress(StoreUnavailable):  # the leases lapse by the clock
+                    await self.leases.heartbeat(self.member, self.ttl_ms)
+                    for q in sorted(self.tokens):
+                        await self._renew(q)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        task.result()
 
     async def _hand_off(self, p: int) -> None:
         log.info("handing partition %d off", p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from types import FrameType
 
@@ -26,9 +27,10 @@ class Listener:
         self.where = f"{config.host}:{config.port}"
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> list[tuple[str, int]]:
-        """Listen; returns the addresses bound. Raises :class:`OSError` if it cannot."""
-        self._task = asyncio.create_task(self._serve())
+    async def start(self, sockets: list[socket.socket] | None = None) -> list[tuple[str, int]]:
+        """Listen (on ``sockets``, bound already, instead of the config's address); returns
+        the addresses bound. Raises :class:`OSError` if it cannot."""
+        self._task = asyncio.create_task(self._serve(sockets))
         while not self.uvicorn.started:
             if self._task.done():
                 failed, self._task = self._task, None
@@ -50,12 +52,12 @@ class Listener:
             await self._task
             self._task = None
 
-    async def _serve(self) -> None:
+    async def _serve(self, sockets: list[socket.socket] | None) -> None:
         reason = _StartupError(self.uvicorn)
         uvicorn_log = logging.getLogger("uvicorn.error")
         uvicorn_log.addFilter(reason)
         try:
-            await self.uvicorn.serve()
+            await self.uvicorn.serve(sockets)
         except SystemExit:
             # A SystemExit would leave the task and stop the event loop itself.
             raise OSError(

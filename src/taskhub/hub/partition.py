@@ -12,14 +12,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from taskhub.errors import PartitionUnavailable
 from taskhub.hub.dispatch import Dispatcher, Msg
 from taskhub.hub.pipeline import Pipeline
 from taskhub.hub.retention import Retention
 from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
+from taskhub.lifecycle.placement import Elsewhere
+from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
 from taskhub.store import Store
 
@@ -28,18 +31,30 @@ if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
     from taskhub.hub.topics import Topics
     from taskhub.lifecycle.chains import Chains
+    from taskhub.lifecycle.schedules import Scheduler
 
 log = logging.getLogger("taskhub.hub")
 
 
 class Partition(Protocol):
-    """What the hub asks of a partition, wherever it is led."""
+    """What the hub asks of a partition, wherever it is led: the router, the HTTP API and the
+    operator's listings call a partition only through these members."""
 
     index: int
+    # The partition when this process leads it, else None (requests that run the pure core
+    # in process, as the HTTP API's, need it: :func:`unavailable` names the leader then).
+    local: LocalPartition | None
+    leader: str  # the leader's advertised URL ("" when no hub holds the partition)
 
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
         """Apply a message of the hub's connection ``peer``; its answer comes back to
         ``peer`` once what it changed is stored. An awaitable when it needs the store."""
+
+    def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
+        """Item ``i`` of a ``pubs`` whose items span partitions: its answer or its error."""
+
+    def step_item(self, peer: Peer, item: Any, i: int) -> None:
+        """Item ``i`` of an ``acks``, ``pickups`` or ``returns`` spanning partitions."""
 
     def watch(self, peer: Peer, pattern: str) -> None:
         """Stream the task events of this partition that match ``pattern`` to ``peer``."""
@@ -52,10 +67,143 @@ class Partition(Protocol):
     async def find(self, task_id: str) -> TaskRecord | None:
         """The freshest record of a task of this partition (live, being written, stored)."""
 
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of this partition's stored tasks by id (:meth:`Store.list_tasks`)."""
+
+    def unwritten(self) -> dict[str, TaskRecord]:
+        """Records newer than the store's copy, by id (the listings merge them)."""
+
     def kick(self) -> None:
         """Something changed: write it, then send what it caused."""
 
     async def flush(self) -> None: ...
+
+
+def unavailable(index: int, leader: str) -> PartitionUnavailable:
+    """The error of a request that needs partition ``index``, led by ``leader`` (its URL, ""
+    when nobody holds it), which this hub cannot reach."""
+    if leader:
+        why = f"partition {index} is led by {leader}; this hub cannot reach it yet"
+    else:
+        why = f"partition {index} has no leader right now (a hub is taking it over)"
+    return PartitionUnavailable(
+        f"{why}: try again, or connect to its leader",
+        partition=index,
+        leader=leader,
+        retry_after=1,
+    )
+
+
+class UnledPartition:
+    """A partition this hub does not lead and cannot reach: no hub holds it right now (its
+    lease ran out, a hub is taking it over), its leader advertised no URL, or the hub has no
+    links (made without a server). Every request of a connection that needs it is answered
+    with :func:`unavailable`, naming the partition and its leader; nothing is dropped
+    without an answer. A partition another hub leads is reached over the hub-to-hub link
+    instead (:class:`~taskhub.hub.link.RemotePartition`)."""
+
+    local: LocalPartition | None = None
+
+    def __init__(self, index: int, leader: str, front: Front) -> None:
+        self.index = index
+        self.leader = leader
+        self.front = front  # where the answers are queued: the hub's own peers
+
+    def error(self) -> PartitionUnavailable:
+        return unavailable(self.index, self.leader)
+
+    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
+        ref = getattr(msg, "ref", None)
+        task = getattr(msg, "task", None)
+        extra = {"task": task} if isinstance(task, str) else {}
+        self.front.lc.send(peer, error_msg(self.error(), ref, **extra))
+        self.front.kick()
+        return None
+
+    def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
+        err = self.error()
+        err.details["index"] = i
+        if ref is None:
+            self.front.lc.send(peer, error_msg(err))
+        return {"error": err.to_wire()}
+
+    def step_item(self, peer: Peer, item: Any, i: int) -> None:
+        err = self.error()
+        err.details["index"] = i
+        task = getattr(item, "task", None)
+        extra = {"task": task} if isinstance(task, str) else {}
+        self.front.lc.send(peer, error_msg(err, getattr(item, "ref", None), **extra))
+
+    def watch(self, peer: Peer, pattern: str) -> None:
+        """A watch sees the partitions this hub leads (docs/deployment.md)."""
+
+    def unwatch(self, peer: Peer, pattern: str) -> None:
+        return None
+
+    def detach(self, peer: Peer) -> None:
+        return None
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        raise self.error()
+
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        raise self.error()
+
+    def unwritten(self) -> dict[str, TaskRecord]:
+        return {}
+
+    def kick(self) -> None:
+        self.front.kick()
+
+    async def flush(self) -> None:
+        await self.front.flush()
+
+
+class Front(Protocol):
+    """Where a hub queues what it says to its own connections (partition 0 when the hub leads
+    every partition, else a lifecycle of its own: :class:`~taskhub.hub.hub.Hub`)."""
+
+    lc: Lifecycle
+
+    def kick(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@runtime_checkable
+class Linked(Partition, Elsewhere, Protocol):
+    """A partition another hub leads, reached over the hub-to-hub link
+    (:class:`taskhub.hub.link.RemotePartition`)."""
+
+    async def apply_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Any:
+        """Apply ``items`` (their index in the batched message ``msg``, the item) there;
+        their answers (``pubs``) once they are stored."""
+
+    def retire(self) -> None:
+        """The partition is led elsewhere now: close the connections that reached it here."""
+
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of the partition's stored tasks by id, read by its leader."""
+
+
+class Links(Protocol):
+    """The hub's links to other hubs (:class:`taskhub.hub.link.HubLinks`): the transport
+    installs them (``Hub.links``); the hub only tells them what concerns them."""
+
+    def remote(self, index: int, leader_url: str) -> Linked:
+        """Partition ``index``, led by the hub at ``leader_url``, as a router slot."""
+
+    def detach(self, peer: Peer) -> None: ...
+
+    async def load_secret(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class LocalPartition:
@@ -65,9 +213,12 @@ class LocalPartition:
     A connection's output is queued in one lifecycle's journal and leaves with that
     lifecycle's commit, so each partition has a :class:`Peer` of its own for every connection
     that reaches it (made at its first message here) and hands its output to the hub's
-    connection of the same id. Partition 0 uses the hub's peers themselves: with one
-    partition the hub works exactly as before partitions.
+    connection of the same id. When the hub leads every partition, partition 0 uses the
+    hub's peers themselves (``own_peers=False``): with one partition the hub works exactly as
+    before partitions. Partition 0 also keeps the schedules (:attr:`scheduler`).
     """
+
+    leader = ""
 
     def __init__(
         self,
@@ -77,14 +228,19 @@ class LocalPartition:
         *,
         defaults: Defaults | None,
         clock: Clock,
-        retention: float | None,
-        archive: str | None,
+        retention: float | None = None,
+        archive: str | None = None,
+        own_peers: bool | None = None,
     ) -> None:
+        """``own_peers``: a peer of its own for each connection (default: all but partition
+        0, whose peers are the hub's)."""
         self.index = index
         self.store = store
         self.hub = hub
+        self.local: LocalPartition | None = self
         self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=UlidFactory(partition=index))
-        self.own_peers = index != 0
+        self.own_peers = index != 0 if own_peers is None else own_peers
+        self.scheduler: Scheduler | None = None  # partition 0's, once the hub made it
         self.peers: dict[str, Peer] = {}  # this partition's peer by connection id
         self.fronts: dict[str, Peer] = {}  # the hub's peer by connection id
         deliver = self._deliver if self.own_peers else hub.connections.deliver
@@ -145,6 +301,12 @@ class LocalPartition:
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
         return self.dispatcher.handle(self.peer(peer), msg)
 
+    def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
+        return self.dispatcher.pub_item(self.peer(peer), item, i, ref)
+
+    def step_item(self, peer: Peer, item: Any, i: int) -> None:
+        self.dispatcher.step_item(self.peer(peer), item, i)
+
     def watch(self, peer: Peer, pattern: str) -> None:
         self.watches.watch(self.peer(peer), pattern)
 
@@ -167,6 +329,16 @@ class LocalPartition:
         """Deliveries this partition's own peers hold (partition 0's are the hub's)."""
         return sum(len(peer.holding) for peer in self.peers.values())
 
+    def engaged(self) -> list[str]:
+        """The connections (by id) with work in this partition: subscriptions, deliveries,
+        followed or observed tasks. When the partition moves to another hub they must
+        reconnect (and subscribe again) to be served by it."""
+        return [
+            peer.id
+            for peer in self.peers.values()
+            if peer.subs or peer.holding or peer.following or peer.observing
+        ]
+
     def drain(self) -> None:
         """Stop offering (Hub.drain): every peer unsubscribed, unstarted offers back."""
         peers = self.peers.values() if self.own_peers else list(self.hub.connections)
@@ -186,6 +358,11 @@ class LocalPartition:
         if rec is not None:
             return rec
         return await self.store.get_task(task_id)
+
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        return await self.store.list_tasks(action=action, state=state, after=after, limit=limit)
 
     def unwritten(self) -> dict[str, TaskRecord]:
         out = self.pipeline.all_writing()
@@ -209,13 +386,14 @@ class LocalPartition:
     async def flush(self) -> None:
         await self.pipeline.flush()
 
-    async def stop(self, flush_timeout: float) -> None:
-        """Write what is pending (unless fenced), end the pipeline, close the store."""
+    async def stop(self, flush_timeout: float, *, write: bool = True) -> None:
+        """Write what is pending (unless fenced, or ``write`` is False: the partition was
+        lost, its store refuses writes anyway), end the pipeline, close the store."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if not self.pipeline.fenced:
+        if write and not self.pipeline.fenced:
             try:
                 await asyncio.wait_for(self.flush(), flush_timeout)
             except TimeoutError:

@@ -8,21 +8,25 @@
   partition of ``(action, "")`` (docs/decisions.md, "Partitions by action").
 - A chain or group goes to the partition of its first step (it is held there; its steps are
   published in their actions' partitions: :class:`~taskhub.lifecycle.chains.Chains`).
-- ``watch`` and ``unwatch`` go to every partition; the rest (``hello``, topics, the operator's
-  messages, bad messages) to partition 0, whose peers are the hub's own.
+- ``watch`` and ``unwatch`` go to every partition; topics and schedules to partition 0's
+  leader (over the link where another hub leads it); the rest (``hello``, the operator's
+  queue messages, bad messages) to the hub's front: partition 0 when the hub leads every
+  partition (its peers are the hub's own), else a lifecycle of the hub's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskhub import protocol as p
 from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
-from taskhub.hub.partition import LocalPartition, Partition
-from taskhub.lifecycle import Lifecycle, Peer
+from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
+from taskhub.lifecycle import Lifecycle, Message, Peer
+from taskhub.lifecycle.placement import Elsewhere
 from taskhub.partitions import partition_of, partition_of_id
 
 BY_TASK = (
@@ -40,6 +44,9 @@ BY_TASK = (
     p.GetPayload,
 )
 BY_ACTION = (p.Pub, p.Sub, p.Unsub)
+# Hub-wide, kept by partition 0's leader: topics (broadcast to the connections of every hub)
+# and schedules. Where another hub leads partition 0 they go there over the link.
+AT_ZERO = (p.Subscribe, p.Unsubscribe, p.Emit, p.Schedule, p.Unschedule, p.Schedules)
 
 
 def action_partition(action: str, partitions: int) -> int:
@@ -56,24 +63,85 @@ def task_partition(task_id: str, partitions: int) -> int:
         return 0
 
 
+Hold = Callable[[Peer], Callable[[list[Message]], None]]
+
+
 class Router:
     """Routes each message of a connection to its partition (:meth:`handle`), and answers
     the chains' and schedules' questions of where a task lives (a
-    :class:`~taskhub.lifecycle.placement.Placement`)."""
+    :class:`~taskhub.lifecycle.placement.Placement`).
 
-    def __init__(self, partitions: Sequence[LocalPartition]) -> None:
-        self.partitions = partitions
-        self.count = len(partitions)
-        self.lifecycles = tuple(part.lc for part in partitions)
+    Its slots change at runtime (:meth:`place`): a partition the hub comes to lead gets its
+    :class:`LocalPartition`, one another hub leads a :class:`~taskhub.hub.partition.Linked`
+    one reaching it over the hub-to-hub link, one no hub holds (or while the hub has no link)
+    a :class:`Partition` that names its leader. ``front`` answers what is the hub's own
+    (``hello``, topics, watches' answers, the operator's messages, bad messages). ``hold``
+    holds what is sent to a connection until a batch whose items went to several hubs is
+    answered (:meth:`Connections.hold`)."""
+
+    def __init__(self, partitions: Sequence[Partition], front: LocalPartition, hold: Hold) -> None:
+        self.slots: list[Partition] = list(partitions)
+        self.count = len(self.slots)
+        self.front = front
+        self.hold = hold
+        self.lifecycles: tuple[Lifecycle, ...] = ()
+        # Every connection's watch patterns: a partition placed later (gained) applies them.
+        self.watching: dict[Peer, set[str]] = {}
+        self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
         by.update(dict.fromkeys(BY_ACTION, self._by_action))
+        by.update(dict.fromkeys(AT_ZERO, self._at_zero))
         by[p.Chain] = self._by_chain
         self.by = by
         self.batches: dict[type, Callable[[Any], int]] = dict.fromkeys(
             (p.Acks, p.Pickups, p.Returns), self._task_index
         )
         self.batches[p.Pubs] = self._action_index
+
+    @property
+    def partitions(self) -> Sequence[Partition]:
+        """The slots, in partition order."""
+        return self.slots
+
+    def place(self, index: int, part: Partition) -> None:
+        """Partition ``index`` is served by ``part`` from now on; the watches made before
+        see it too. A :class:`~taskhub.hub.partition.Linked` partition it replaces closes the
+        connections that reached the partition through it (1013: they reconnect and find it
+        where it is led now)."""
+        if not 0 <= index < self.count:
+            raise ValueError(f"partition must be from 0 to {self.count - 1}, got {index}")
+        old = self.slots[index]
+        self.slots[index] = part
+        self._refresh()
+        for peer, patterns in self.watching.items():
+            for pattern in patterns:
+                with contextlib.suppress(TaskHubError):  # refused when it was made
+                    part.watch(peer, pattern)
+        if old is not part and _linked(old) is not None:
+            assert isinstance(old, Linked)
+            old.retire()
+
+    def forget(self, peer: Peer) -> None:
+        """The connection is gone (its watches end with it in each partition)."""
+        self.watching.pop(peer, None)
+
+    def _refresh(self) -> None:
+        # Every lifecycle this process runs, in partition order (the metrics, the dashboard
+        # and the chains read them at each call).
+        self.lifecycles = tuple(s.local.lc for s in self.slots if s.local is not None)
+
+    def local(self, index: int) -> LocalPartition:
+        """Partition ``index`` when this process leads it; else
+        :class:`~taskhub.errors.PartitionUnavailable` naming its leader."""
+        slot = self.slots[index]
+        if slot.local is None:
+            raise unavailable(index, slot.leader)
+        return slot.local
+
+    def remotes(self) -> list[Partition]:
+        """The slots another hub leads (or no hub does)."""
+        return [part for part in self.slots if part.local is None]
 
     def _task_index(self, item: Any) -> int:
         return task_partition(item.task, self.count) if hasattr(item, "task") else 0
@@ -82,27 +150,41 @@ class Router:
         return action_partition(item.action, self.count) if hasattr(item, "action") else 0
 
     def _by_task(self, msg: Any) -> Partition:
-        return self.partitions[task_partition(msg.task, self.count)]
+        return self.slots[task_partition(msg.task, self.count)]
 
     def _by_action(self, msg: Any) -> Partition:
-        return self.partitions[action_partition(msg.action, self.count)]
+        return self.slots[action_partition(msg.action, self.count)]
+
+    def _at_zero(self, msg: Any) -> Partition:
+        zero = self.slots[0]
+        return zero if _linked(zero) is not None else self.front
 
     def _by_chain(self, msg: p.Chain) -> Partition:
         first = msg.steps[0].action if msg.steps else ""
-        return self.partitions[action_partition(first, self.count)]
+        return self.slots[action_partition(first, self.count)]
 
     # --- Placement ---------------------------------------------------------------------------
     def of_task(self, task_id: str) -> Lifecycle:
-        return self.lifecycles[task_partition(task_id, self.count)]
+        return self.local(task_partition(task_id, self.count)).lc
 
     def for_action(self, action: str) -> Lifecycle:
-        return self.lifecycles[action_partition(action, self.count)]
+        return self.local(action_partition(action, self.count)).lc
+
+    def slot_of_task(self, task_id: str) -> Partition:
+        """The slot of the partition ``task_id`` names (local or not)."""
+        return self.slots[task_partition(task_id, self.count)]
+
+    def elsewhere_for(self, action: str) -> Elsewhere | None:
+        return _linked(self.slots[action_partition(action, self.count)])
+
+    def elsewhere_of(self, task_id: str) -> Elsewhere | None:
+        return _linked(self.slots[task_partition(task_id, self.count)])
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
-        return self.partitions[task_partition(task_id, self.count)]
+        return self.local(task_partition(task_id, self.count))
 
     def partition_for(self, action: str) -> LocalPartition:
-        return self.partitions[action_partition(action, self.count)]
+        return self.local(action_partition(action, self.count))
 
     # --- messages ----------------------------------------------------------------------------
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
@@ -115,7 +197,7 @@ class Router:
             return self._batch(peer, msg, index)
         if isinstance(msg, p.Watch | p.Unwatch):
             self._everywhere(peer, msg)
-        return self.partitions[0].handle(peer, msg)
+        return self.front.handle(peer, msg)
 
     def _batch(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> Awaitable[None] | None:
         """A batched message: whole to its partition when its items share one (or when it is
@@ -123,35 +205,87 @@ class Router:
         batch's ``ok`` once every partition it touched has stored what it changed."""
         where = {index(item) for item in msg.items}
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
-            return self.partitions[min(where, default=0)].handle(peer, msg)
-        parts = [self.partitions[i] for i in sorted(where)]
+            return self.slots[min(where, default=0)].handle(peer, msg)
+        slots = self.slots
+        if any(_linked(slots[i]) is not None for i in where):
+            return self._batch_linked(peer, msg, index)
+        parts = [slots[i] for i in sorted(where)]
         answers = []
         for i, item in enumerate(batch_items(msg)):
-            part = self.partitions[index(item)]
-            own = part.peer(peer)
+            part = slots[index(item)]
             if isinstance(msg, p.Pubs):
-                answers.append(part.dispatcher.pub_item(own, item, i, msg.ref))
+                answers.append(part.pub_item(peer, item, i, msg.ref))
             else:
-                part.dispatcher.step_item(own, item, i)
+                part.step_item(peer, item, i)
         if msg.ref is None:
             return None
         fields = {"items": answers} if isinstance(msg, p.Pubs) else {}
         return self._answer_stored(parts, peer, msg.ref, fields)
 
+    async def _batch_linked(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
+        """A batched message whose items fall in partitions of several hubs: each partition
+        applies its items (as :meth:`_batch` does), and the batch's ``ok`` (with the items'
+        answers, in order, for ``pubs``) goes once every one of them has stored them."""
+        by_part: dict[int, list[tuple[int, Any]]] = {}
+        for i, item in enumerate(batch_items(msg)):
+            by_part.setdefault(index(item), []).append((i, item))
+        pubs = isinstance(msg, p.Pubs)
+        answers: list[Any] = [None] * len(msg.items)
+        waits: list[Awaitable[Any]] = []
+        remote: list[tuple[list[tuple[int, Any]], int]] = []
+        for at, items in by_part.items():
+            part = self.slots[at]
+            linked = _linked(part)
+            if linked is not None:
+                remote.append((items, len(waits)))
+                waits.append(linked.apply_items(peer, msg, items))
+                continue
+            # Led here, or by no hub (its items are answered with why, as in :meth:`_batch`).
+            for i, item in items:
+                if pubs:
+                    answers[i] = part.pub_item(peer, item, i, msg.ref)
+                else:
+                    part.step_item(peer, item, i)
+            part.kick()
+            waits.append(part.flush())
+        release = self.hold(peer)  # the answer first, then its tasks' events
+        try:
+            results = await asyncio.gather(*waits)
+        except TaskHubError as exc:  # a link broke: its connections are being closed (1013)
+            release([p.error_msg(exc, msg.ref)])
+            return
+        except BaseException:
+            release([])
+            raise
+        if pubs:
+            for items, at in remote:
+                for (i, _), answer in zip(items, results[at] or (), strict=False):
+                    answers[i] = answer
+        ok: Message = {"op": "ok", "ref": msg.ref}
+        if pubs:
+            ok["items"] = answers
+        release([ok] if msg.ref is not None else [])
+
     async def _answer_stored(
-        self, parts: list[LocalPartition], peer: Peer, ref: int, fields: dict[str, Any]
+        self, parts: list[Partition], peer: Peer, ref: int, fields: dict[str, Any]
     ) -> None:
         """Answer ``ref`` once every partition in ``parts`` has written what it was given."""
         for part in parts:
             part.kick()
         await asyncio.gather(*(part.flush() for part in parts))
-        self.partitions[0].answer(peer, ref, **fields)
-        self.partitions[0].kick()
+        self.front.answer(peer, ref, **fields)
+        self.front.kick()
 
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
-        """A watch sees every partition: partitions 1.. here; partition 0 answers it (the
-        same permission check, so an error is answered once, from there)."""
-        for part in self.partitions[1:]:
+        """A watch sees every partition: the partitions here; the front answers it (the same
+        permission check, so an error is answered once, from there)."""
+        if isinstance(msg, p.Watch):
+            self.watching.setdefault(peer, set()).add(msg.pattern)
+        else:
+            self.watching.get(peer, set()).discard(msg.pattern)
+        for part in self.slots:
+            if part is self.front:
+                continue
             try:
                 if isinstance(msg, p.Watch):
                     part.watch(peer, msg.pattern)
@@ -159,3 +293,9 @@ class Router:
                     part.unwatch(peer, msg.pattern)
             except TaskHubError:
                 return
+
+
+def _linked(slot: Partition) -> Linked | None:
+    # A local slot first: a runtime protocol check looks at every member (a step of every
+    # chain asks).
+    return None if isinstance(slot, LocalPartition) or not isinstance(slot, Linked) else slot

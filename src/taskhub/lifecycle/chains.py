@@ -11,6 +11,8 @@ batch as the step's end: a crash cannot lose the hand-over.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -29,6 +31,8 @@ from taskhub.lifecycle.placement import OnePartition, Placement
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.records import EventRecord, TaskRecord, TaskState
+
+log = logging.getLogger("taskhub.chains")
 
 MAX_STEPS = 1000  # the whole plan is one stored record (and one frame)
 Mode = Literal["chain", "group"]
@@ -78,7 +82,12 @@ class Chains:
         self.lc = lc  # the defaults and the clock (the same in every partition)
         self.place = placement or OnePartition(lc)
         for each in self.place.lifecycles:
-            each.end_listeners.append(self._on_end)
+            self.attach(each)
+
+    def attach(self, lc: Lifecycle) -> None:
+        """Follow the steps ending in ``lc``: a partition's lifecycle the hub leads from now
+        on (its chains and steps were restored in it)."""
+        lc.end_listeners.append(self._on_end)
 
     # --- starting ----------------------------------------------------------------------------
     def start(
@@ -171,16 +180,22 @@ class Chains:
         # Every step's permission was checked when the chain started; the publisher may have
         # gone since, so the step is published in its name with that check already made.
         creds = Credentials(parent.rec.publisher, pub_permissions=("*",))
-        try:
-            lc = self.place.for_action(plan["action"])
-            task, _ = lc.publish(creds, plan["action"], payload, options, extra=extra)
-        except TaskHubError as exc:  # e.g. an `at` that was fine at the start: fail, named
-            self._fail(parent, i, {"reason": "error", "type": type(exc).__name__}, exc.message)
-            return
-        assert isinstance(task, Task)  # steps carry no key, so publish always creates one
-        _progress(parent, i, tasks=task.id)
+        elsewhere = self.place.elsewhere_for(plan["action"])
+        if elsewhere is not None:  # another hub leads the step's partition
+            task_id = elsewhere.publish_step(creds.name, plan["action"], payload, options, extra)
+        else:
+            try:
+                lc = self.place.for_action(plan["action"])
+                task, _ = lc.publish(creds, plan["action"], payload, options, extra=extra)
+            except TaskHubError as exc:  # e.g. an `at` that was fine at the start: fail, named
+                why = {"reason": "error", "type": type(exc).__name__}
+                self._fail(parent, i, why, exc.message)
+                return
+            assert isinstance(task, Task)  # steps carry no key, so publish always creates one
+            task_id = task.id
+        _progress(parent, i, tasks=task_id)
         self._lc(parent).record(
-            parent, "step", {"index": i, "action": plan["action"], "task": task.id}
+            parent, "step", {"index": i, "action": plan["action"], "task": task_id}
         )
 
     # --- moving on ---------------------------------------------------------------------------
@@ -188,7 +203,16 @@ class Chains:
         opts = task.rec.options
         parent_id = opts.get("chain_task")
         if parent_id is not None:
-            parent = self.place.of_task(parent_id).tasks.get(parent_id)
+            elsewhere = self.place.elsewhere_of(parent_id)
+            if elsewhere is not None:  # the chain is held by another hub: move it on there
+                elsewhere.step_ended(parent_id, int(opts["chain_step"]), task.rec)
+                return
+            try:
+                parent = self.place.of_task(parent_id).tasks.get(parent_id)
+            except TaskHubError:  # no hub holds the chain's partition right now: the hub that
+                # takes it finds the step ended when it restores the chain (orphans)
+                log.warning("step %s ended; no hub leads its chain %s now", task.id, parent_id)
+                return
             if parent is not None:  # else the chain has ended already (failed, cancelled)
                 self.step_ended(parent, int(opts["chain_step"]), task.rec)
         elif HELD in opts and ev.type != TaskState.SUCCESS:
@@ -241,14 +265,18 @@ class Chains:
     def _stop_steps(self, parent: Task) -> None:
         """The chain failed or was cancelled: its steps still running are cancelled too."""
         why = (parent.rec.error or {}).get("message", "it ended")
+        error = {"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"}
         for task_id in parent.rec.options[HELD]["tasks"]:
-            step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
+            elsewhere = self.place.elsewhere_of(task_id) if task_id else None
+            if elsewhere is not None:  # running on the hub that leads its partition
+                elsewhere.cancel_step(task_id, error)
+                continue
+            try:
+                step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
+            except TaskHubError:  # in a partition no hub leads now: it runs to its end
+                continue
             if step is not None:
-                self._lc(step).finish(
-                    step,
-                    TaskState.FAIL,
-                    error={"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"},
-                )
+                self._lc(step).finish(step, TaskState.FAIL, error=error)
 
     # --- recovery ----------------------------------------------------------------------------
     def orphans(self) -> list[tuple[Task, int, str]]:
@@ -266,10 +294,15 @@ class Chains:
                 if not state:
                     continue
                 for i, task_id in enumerate(state["tasks"]):
-                    if (
-                        task_id
-                        and state["states"][i] is None
-                        and task_id not in of_task(task_id).tasks
-                    ):
+                    if task_id and state["states"][i] is None and not _live(of_task, task_id):
                         out.append((task, i, task_id))
         return out
+
+
+def _live(of_task: Callable[[str], Lifecycle], task_id: str) -> bool:
+    """Whether ``task_id`` runs in its partition; True when another hub leads that partition
+    (not an orphan this hub can tell)."""
+    try:
+        return task_id in of_task(task_id).tasks
+    except TaskHubError:
+        return True

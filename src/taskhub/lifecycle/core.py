@@ -182,10 +182,14 @@ class Lifecycle:
         *,
         peer: Peer | None = None,
         extra: dict[str, Any] | None = None,
+        task_id: str | None = None,
     ) -> tuple[Task | str, bool]:
         """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``
-        (then the task, or the id of one that has ended)."""
-        return self._publishing.publish(creds, action, payload, options, peer=peer, extra=extra)
+        (then the task, or the id of one that has ended). ``task_id``: an id made for this
+        partition elsewhere (a chain's step published by the hub that holds its chain)."""
+        return self._publishing.publish(
+            creds, action, payload, options, peer=peer, extra=extra, task_id=task_id
+        )
 
     def hold(
         self,

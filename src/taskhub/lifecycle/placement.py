@@ -9,9 +9,33 @@ lifecycle (:class:`OnePartition`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from taskhub.lifecycle.core import Lifecycle
+from taskhub.protocol import PubOptions
+from taskhub.records import TaskRecord
+
+
+class Elsewhere(Protocol):
+    """A partition another hub leads, as chains reach it (the hub-to-hub link): a step is
+    published there, and a step that ended here moves its chain on there."""
+
+    def publish_step(
+        self,
+        publisher: str,
+        action: str,
+        payload: Any,
+        options: PubOptions | None,
+        extra: dict[str, Any],
+    ) -> str:
+        """Publish a chain's step there; its task id (made here for that partition). A step
+        that cannot be published there comes back as ended, failed, with why."""
+
+    def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
+        """Step ``index`` of chain ``chain_id``, held there, ended as ``rec`` says."""
+
+    def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
+        """The chain failed: its step ``task_id``, running there, fails with ``error``."""
 
 
 class Placement(Protocol):
@@ -27,6 +51,12 @@ class Placement(Protocol):
     def for_action(self, action: str) -> Lifecycle:
         """The lifecycle of the partition that holds ``action``'s group queues."""
 
+    def elsewhere_for(self, action: str) -> Elsewhere | None:
+        """``action``'s partition where another hub leads it; None where this hub does."""
+
+    def elsewhere_of(self, task_id: str) -> Elsewhere | None:
+        """``task_id``'s partition where another hub leads it; None where this hub does."""
+
 
 class OnePartition:
     """One lifecycle holds everything."""
@@ -40,3 +70,9 @@ class OnePartition:
 
     def for_action(self, action: str) -> Lifecycle:
         return self.lc
+
+    def elsewhere_for(self, action: str) -> Elsewhere | None:
+        return None
+
+    def elsewhere_of(self, task_id: str) -> Elsewhere | None:
+        return None

@@ -62,11 +62,13 @@ class Publishing:
         *,
         peer: Peer | None = None,
         extra: dict[str, Any] | None = None,
+        task_id: str | None = None,
     ) -> tuple[Task | str, bool]:
         """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``.
 
         A repeated key of a task that has already ended answers with that task's id only: its
-        record is in the store.
+        record is in the store. ``task_id``: an id made for this partition elsewhere (a chain's
+        step, published by the hub that holds the chain).
         """
         validate_action(action)
         if not allowed(creds.pub_permissions, action) or reserved_action(action):
@@ -88,7 +90,7 @@ class Publishing:
         # id, action, publisher, created_at, payload, options (positional: the hot path)
         not_before = opts.pop("not_before", 0.0)
         rec = TaskRecord(
-            self.new_id(), action, creds.name, now, payload, opts, not_before=not_before
+            task_id or self.new_id(), action, creds.name, now, payload, opts, not_before=not_before
         )
         # add() and follow() inline (calls per task on the hot path): the init event below
         # writes the record with the next batch, and a new task has no followers yet.

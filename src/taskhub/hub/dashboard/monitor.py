@@ -23,7 +23,7 @@ from taskhub.hub.dashboard.series import Series, series_counts
 from taskhub.hub.http.metrics import for_hub, live_tasks
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.hub import Hub
-from taskhub.lifecycle import EventKey
+from taskhub.lifecycle import EventKey, Lifecycle
 from taskhub.records import TaskRecord
 
 RATE_WINDOW = 60  # seconds the rates are counted over
@@ -66,9 +66,11 @@ class Monitor:
         self._seconds: deque[tuple[int, dict[EventKey, int]]] = deque()
         self._recent: deque[Snapshot] = deque(maxlen=RECENT_TASKS)
         self._series = Series()
-        for lc in hub.lifecycles:  # every partition's
-            lc.second_listeners.append(self._on_second)
-            lc.batch_listeners.append(self._on_batch)
+        hub.each_lifecycle(self._listen)  # every partition's, as it comes to be led here
+
+    def _listen(self, lc: Lifecycle) -> None:
+        lc.second_listeners.append(self._on_second)
+        lc.batch_listeners.append(self._on_batch)
 
     def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
         seconds = self._seconds

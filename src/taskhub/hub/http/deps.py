@@ -14,8 +14,10 @@ from pydantic.config import JsonDict
 
 from taskhub.errors import (
     AuthenticationFailed,
+    PartitionUnavailable,
     PermissionDenied,
     StoreUnavailable,
+    TaskHubError,
     TaskNotFound,
 )
 from taskhub.hub.auth import parse_bearer
@@ -129,6 +131,11 @@ async def read_task(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     or StoreUnavailable when the store cannot be read."""
     try:
         rec = await hub.find(task_id)
+    except PartitionUnavailable:  # no hub leads its partition now: retryable, said as is
+        raise
+    except TaskHubError as exc:  # e.g. the link to its partition's hub broke: one line
+        log.warning("reading task %s failed: %s", task_id, exc.message)
+        raise StoreUnavailable(f"could not read task {task_id} from the store") from exc
     except Exception as exc:
         log.exception("reading task %s failed", task_id)
         raise StoreUnavailable(f"could not read task {task_id} from the store") from exc

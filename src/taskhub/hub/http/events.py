@@ -20,7 +20,7 @@ from pydantic.config import JsonDict
 from taskhub.errors import TaskHubError
 from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.hub import Hub
-from taskhub.lifecycle import Task
+from taskhub.lifecycle import Lifecycle, Task
 from taskhub.records import TERMINAL_STATES, EventRecord
 
 SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing a quiet stream
@@ -42,7 +42,11 @@ class TaskEvents:
     def __init__(self, hub: Hub) -> None:
         self._waiting: dict[str, set[Callable[[EventRecord], None]]] = {}
         # A lifecycle listener only while some request waits: most events have no waiter.
-        self._lcs = hub.lifecycles
+        self._hub = hub
+
+    @property
+    def _lcs(self) -> tuple[Lifecycle, ...]:
+        return self._hub.lifecycles  # the partitions led here now
 
     def _on_event(self, task: Task, ev: EventRecord) -> None:
         fns = self._waiting.get(ev.task_id)

@@ -102,10 +102,12 @@ class Metrics:
             r.register(histogram)
         r.register(_StateCollector(hub))
         r.register(_AuthCollector(hub.registry))
-        for lc in hub.lifecycles:  # every partition's
-            lc.second_listeners.append(self._on_second)
-            lc.batch_listeners.append(self._on_batch)
+        hub.each_lifecycle(self._listen)  # every partition's, as it comes to be led here
         hub.apply_hooks.append(self._on_apply)
+
+    def _listen(self, lc: Lifecycle) -> None:
+        lc.second_listeners.append(self._on_second)
+        lc.batch_listeners.append(self._on_batch)
 
     def _on_second(self, second: int, counts: dict[EventKey, int]) -> None:
         add_counts(self.event_counts, counts)

@@ -1,0 +1,104 @@
+"""Which partitions a leased hub leads, changed at runtime (docs/deployment.md, "Partition
+leases"): the server's :class:`~taskhub.hub.keeper.PartitionKeeper` calls :meth:`lead` when
+the hub takes a partition's lease, :meth:`hand_off` before it lets one go, :meth:`lose` when a
+lease ran out, and :meth:`follow` with the leader of a partition it does not lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from taskhub.hub.partition import LocalPartition, close_store
+from taskhub.lifecycle.schedules import Scheduler
+from taskhub.store import Store
+
+if TYPE_CHECKING:
+    from taskhub.hub.hub import Hub
+
+log = logging.getLogger("taskhub.hub")
+
+CLOSE_MOVED = 1012  # WebSocket "service restart": the client reconnects and subscribes again
+
+
+class Leading:
+    """Puts partitions in and out of one hub's router as their leases come and go."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.leaders: dict[int, str] = {}  # partitions led elsewhere -> the leader's URL
+
+    async def lead(self, index: int, store: Store) -> None:
+        """Lead partition ``index`` from now on over ``store`` (not open yet, fenced by the
+        partition's lease): restore what it holds, start it, route its messages here."""
+        hub = self.hub
+        part = hub.new_partition(index, store)
+        if index == 0:
+            part.scheduler = Scheduler(part.lc, hub.router)  # schedules fire where 0 is led
+        try:
+            restored = await hub.restore(part)
+        except BaseException:
+            await close_store(store, 5.0)
+            raise
+        hub.chains.attach(part.lc)
+        for fn in hub.lifecycle_hooks:  # the metrics, the dashboard, the events log
+            fn(part.lc)
+        hub.parts = sorted([*hub.parts, part], key=lambda p: p.index)
+        self.leaders.pop(index, None)
+        hub.router.place(index, part)
+        await hub.orphans()
+        part.start()
+        if hub.draining:
+            part.drain()
+        hub.kick()
+        log.info("partition %d: restored %d unfinished task(s), serving", index, restored)
+
+    async def hand_off(self, index: int, *, flush_timeout: float = 10.0) -> None:
+        """Stop leading partition ``index`` gracefully (another hub takes it): stop offering
+        there, write what is pending, stop. Connections with work in it are closed (1012) so
+        their clients reconnect and subscribe again where it is led now."""
+        part = self._unlead(index)
+        if part is None:
+            return
+        part.drain()
+        part.kick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(part.flush(), flush_timeout)
+        await part.stop(flush_timeout)
+        await self._close_engaged(part, f"partition {index} moved to another hub")
+
+    async def lose(self, index: int) -> None:
+        """Partition ``index``'s lease is lost (another hub may lead it already): stop it at
+        once, writing nothing (its store refuses writes anyway). Every connection that reached
+        it is closed (1012): what it was owed there was never stored, so never answered."""
+        part = self._unlead(index)
+        if part is None:
+            return
+        await part.stop(1.0, write=False)
+        await self._close_engaged(part, f"partition {index} was lost", every=True)
+
+    def follow(self, index: int, leader: str) -> None:
+        """Partition ``index``, not led here, is led at ``leader`` ("" when nobody holds it)."""
+        hub = self.hub
+        if hub.router.slots[index].local is not None or self.leaders.get(index) == leader:
+            return
+        self.leaders[index] = leader
+        hub.router.place(index, hub.remote(index, leader))
+
+    def _unlead(self, index: int) -> LocalPartition | None:
+        hub = self.hub
+        part = hub.router.slots[index].local
+        if part is None or part is hub.front:
+            return None
+        hub.parts = [p for p in hub.parts if p is not part]
+        self.leaders[index] = ""
+        hub.router.place(index, hub.remote(index, ""))
+        return part
+
+    async def _close_engaged(self, part: LocalPartition, reason: str, every: bool = False) -> None:
+        ids = set(part.peers) if every else set(part.engaged())
+        connections = self.hub.connections
+        for peer in [peer for peer in connections if peer.id in ids]:
+            await connections.close(peer, code=CLOSE_MOVED, reason=reason)

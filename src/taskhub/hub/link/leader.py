@@ -1,0 +1,375 @@
+"""The leader's side of the hub-to-hub links: the endpoint (``/v1/link``) other hubs of the
+deployment open, where each of their connections becomes a :class:`Peer` of this hub whose
+output goes back over the link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from taskhub import protocol as p
+from taskhub.errors import ProtocolError, StoreUnavailable, TaskHubError
+from taskhub.hub.dispatch import Msg
+from taskhub.hub.link import wire
+from taskhub.hub.link.origin import HubLinks, step_ended
+from taskhub.hub.link.outgoing import Outgoing
+from taskhub.hub.partition import LocalPartition
+from taskhub.hub.router import task_partition
+from taskhub.hub.ws.transport import EXTENSION
+from taskhub.lifecycle import Credentials, Peer
+from taskhub.records import TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from taskhub.hub.hub import Hub
+
+log = logging.getLogger("taskhub.link")
+
+CLOSE_TRY_AGAIN = 1013
+_encode = msgspec.json.Encoder().encode
+
+
+async def serve_link(ws: WebSocket, hub: Hub) -> None:
+    """Serve one link from another hub of the deployment until it closes."""
+    where = f"{ws.headers.get(wire.FROM_HEADER, '?')} at {ws.client.host if ws.client else '?'}"
+    if hub.draining:
+        await ws.close(code=1012)
+        return
+    if not await _admitted(ws, hub):
+        log.error(
+            "refused a hub-to-hub link from %s: wrong link secret (hubs of one deployment read "
+            "it from their shared store)",
+            where,
+        )
+        await ws.accept()
+        await ws.close(code=wire.CLOSE_REFUSED, reason="wrong link secret")
+        return
+    await ws.accept()
+    served = LinkServer(ws, hub, where)
+    try:
+        await served.run()
+    finally:
+        await served.end()
+
+
+async def _admitted(ws: WebSocket, hub: Hub) -> bool:
+    given = ws.headers.get(wire.SECRET_HEADER, "")
+    links = hub.links
+    if not isinstance(links, HubLinks):
+        return False
+    if links.secret and hmac.compare_digest(given, links.secret):
+        return True
+    # The secret may have been replaced by a hub that started at the same moment as this
+    # one (the last write wins): read it again before refusing.
+    await links.refresh_secret()
+    return bool(links.secret) and hmac.compare_digest(given, links.secret)
+
+
+class _Remote:
+    """One of the origin's connections, as this hub serves it: its messages are applied in
+    order, the next one waiting while one reads the store."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.backlog: deque[tuple[LocalPartition, Msg]] = deque()
+        self.resuming: asyncio.Task[None] | None = None
+
+    def apply(self, part: LocalPartition, msg: Msg) -> None:
+        if self.resuming is not None:
+            self.backlog.append((part, msg))
+            return
+        pending = part.handle(self.peer, msg)
+        if pending is not None:
+            self.resuming = asyncio.create_task(self._resume(pending))
+
+    async def _resume(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+            while self.backlog:
+                part, msg = self.backlog.popleft()
+                more = part.handle(self.peer, msg)
+                part.kick()
+                if more is not None:
+                    await more
+        except Exception:  # a bug: said, and the rest of this connection's messages go on
+            log.exception("applying a linked message of %s failed", self.peer.service)
+        finally:
+            self.resuming = None
+
+
+class LinkServer:
+    """One link from one origin hub."""
+
+    def __init__(self, ws: WebSocket, hub: Hub, where: str) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.where = where
+        self.remotes: dict[str, _Remote] = {}
+        self.out = Outgoing(ws.send_bytes, self._too_slow)
+        self.requests: set[asyncio.Task[None]] = set()
+        self.closing = False  # a malformed frame came: nothing more is applied
+
+    async def run(self) -> None:
+        log.info("hub-to-hub link from %s opened", self.where)
+        self.out.start()
+        ws = self.ws
+        # Under taskhub's own uvicorn protocol each frame is handed over as it is parsed, as
+        # for client connections (hub/ws/transport.py); applying one never waits, so there is
+        # nothing to hold the socket for. The disconnect (and any frame from before the
+        # switch) still comes through receive().
+        direct = ws.scope.get("extensions", {}).get(EXTENSION)
+        if direct is not None:
+            direct.receiver = self.take
+        try:
+            while not self.closing:
+                try:
+                    message = await ws.receive()
+                except (WebSocketDisconnect, RuntimeError):
+                    return
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes") or message.get("text")
+                if data:
+                    self.take(data)
+        finally:
+            if direct is not None:
+                direct.receiver = None
+
+    def take(self, data: str | bytes) -> None:
+        """One frame from the origin, applied now."""
+        if self.closing:
+            return
+        try:
+            entries = wire.decode_to_leader(data)
+        except ProtocolError as exc:
+            log.error("the link from %s sent a %s; closing it", self.where, exc.message)
+            self.closing = True
+            closing = asyncio.ensure_future(
+                self.ws.close(code=wire.CLOSE_MALFORMED, reason="malformed link frame")
+            )
+            closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return
+        self._apply(entries)
+
+    def _apply(self, entries: list[wire.ToLeader]) -> None:
+        touched: set[LocalPartition] = set()
+        remotes = self.remotes
+        for entry in entries:
+            kind = type(entry)
+            if kind is wire.In:
+                assert isinstance(entry, wire.In)
+                remote = remotes.get(entry.conn)
+                part = self._led(entry.conn, entry.part)
+                if remote is None or part is None:
+                    continue
+                try:
+                    msg = wire.decode_msg(entry.msg)
+                except ProtocolError as exc:
+                    log.error("the link from %s sent a %s", self.where, exc.message)
+                    continue
+                remote.apply(part, msg)
+                touched.add(part)
+            elif kind is wire.Open:
+                assert isinstance(entry, wire.Open)
+                self._open(entry)
+            elif kind is wire.WatchIn:
+                assert isinstance(entry, wire.WatchIn)
+                self._watch(entry, touched)
+            elif kind is wire.Detach:
+                assert isinstance(entry, wire.Detach)
+                self._drop(entry.conn)
+            elif kind is wire.Step:
+                assert isinstance(entry, wire.Step)
+                self._step(entry, touched)
+            elif kind is wire.StepEnded:
+                assert isinstance(entry, wire.StepEnded)
+                step_ended(self.hub, entry)
+            elif kind is wire.CancelStep:
+                assert isinstance(entry, wire.CancelStep)
+                part = self._led("", entry.part)
+                step = part.lc.tasks.get(entry.task) if part is not None else None
+                if part is not None and step is not None:
+                    part.lc.finish(step, TaskState.FAIL, error=entry.error)
+                    touched.add(part)
+            else:
+                assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
+                self._request(entry)
+        for part in touched:
+            part.kick()
+
+    def _led(self, conn: str, index: int) -> LocalPartition | None:
+        """This hub's partition ``index``; None, with the connection ended, if another hub
+        leads it now (the origin's client reconnects and finds it there)."""
+        slots = self.hub.router.partitions
+        part = slots[index] if 0 <= index < len(slots) else None
+        if isinstance(part, LocalPartition):
+            return part
+        if conn in self.remotes:
+            reason = f"this hub does not lead partition {index} (any more); reconnect"
+            self.out.add(wire.encode_entry(wire.Close(conn, CLOSE_TRY_AGAIN, reason)))
+            self._drop(conn)
+        return None
+
+    def _open(self, entry: wire.Open) -> None:
+        if entry.conn in self.remotes:
+            return
+        peer = Peer(entry.conn, wire.credentials(entry))
+        peer.hello, peer.batch, peer.remote = entry.hello, entry.batch, entry.remote
+        self.remotes[entry.conn] = _Remote(peer)
+        conn, out = entry.conn, self.out
+        prefix = wire.out_prefix(conn)
+
+        def send(frame: bytes) -> None:
+            out.add(prefix + frame + b"]")
+
+        async def close(code: int, reason: str) -> None:
+            out.add(wire.encode_entry(wire.Close(conn, code, reason)))
+            self._drop(conn)
+
+        self.hub.attach(peer, send, close)
+
+    def _watch(self, entry: wire.WatchIn, touched: set[LocalPartition]) -> None:
+        remote = self.remotes.get(entry.conn)
+        part = self._led(entry.conn, entry.part)
+        if remote is None or part is None:
+            return
+        # Partition 0 answers the watch (and says why it is refused): here it only streams.
+        with contextlib.suppress(TaskHubError):
+            if entry.on:
+                part.watch(remote.peer, entry.pattern)
+            else:
+                part.unwatch(remote.peer, entry.pattern)
+        touched.add(part)
+
+    def _step(self, entry: wire.Step, touched: set[LocalPartition]) -> None:
+        """Publish a chain's step the origin holds the chain of; one that cannot be published
+        here goes back as a failed step (the chain fails, naming it)."""
+        part = self._led("", entry.part)
+        creds = Credentials(entry.publisher, pub_permissions=("*",))
+        try:
+            if part is None:
+                raise StoreUnavailable(f"this hub does not lead partition {entry.part} any more")
+            lc = part.lc
+            lc.publish(
+                creds,
+                entry.action,
+                entry.payload,
+                entry.options,
+                extra=entry.extra,
+                task_id=entry.id,
+            )
+            touched.add(part)
+        except TaskHubError as exc:
+            chain, index = entry.extra.get("chain_task"), entry.extra.get("chain_step")
+            if not isinstance(chain, str) or not isinstance(index, int):
+                log.error("the link from %s sent a chain step without its chain", self.where)
+                return
+            failed = TaskRecord(
+                entry.id,
+                entry.action,
+                entry.publisher,
+                time.time(),
+                state=TaskState.FAIL,
+                error={"reason": "error", "type": type(exc).__name__, "message": exc.message},
+            )
+            at = task_partition(chain, len(self.hub.router.partitions))
+            self.out.add(wire.encode_entry(wire.StepEnded(at, chain, index, failed)))
+
+    def _request(self, entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items) -> None:
+        task = asyncio.create_task(self._answer(entry))
+        self.requests.add(task)
+        task.add_done_callback(self.requests.discard)
+
+    async def _answer(self, entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items) -> None:
+        try:
+            part = self._led("", entry.part)
+            if part is None:
+                raise TaskHubError(f"this hub does not lead partition {entry.part}")
+            if isinstance(entry, wire.Find):
+                rec = await part.find(entry.task)
+                answer = wire.Answer(entry.id, msgspec.Raw(_encode(rec)))
+            elif isinstance(entry, wire.Items):
+                answer = await self._items(part, entry)
+            elif isinstance(entry, wire.ListTasks):
+                page = await part.store.list_tasks(
+                    action=entry.action, state=entry.state, after=entry.after, limit=entry.limit
+                )
+                answer = wire.Answer(entry.id, msgspec.Raw(_encode(page)))
+            else:
+                busy = [r.resuming for r in self.remotes.values() if r.resuming is not None]
+                if busy:  # what came before the flush is applied first
+                    await asyncio.wait(busy)
+                part.kick()
+                await part.flush()
+                answer = wire.Answer(entry.id)
+        except Exception as exc:
+            if not isinstance(exc, TaskHubError):
+                log.exception("answering a linked %s failed", type(entry).__name__.lower())
+            answer = wire.Answer(entry.id, error=str(exc))
+        self.out.add(wire.encode_entry(answer))
+
+    async def _items(self, part: LocalPartition, entry: wire.Items) -> wire.Answer:
+        """Some items of a client's batched message, applied as the hub's router applies a
+        batch that spans its partitions (:meth:`Router._batch`)."""
+        remote = self.remotes.get(entry.conn)
+        if remote is None:
+            raise TaskHubError(f"no connection {entry.conn} on this link")
+        if remote.resuming is not None:  # its earlier messages first
+            await asyncio.wait([remote.resuming])
+        msg = wire.decode_msg(entry.msg)
+        items = getattr(msg, "items", None)
+        if not isinstance(items, list) or len(items) != len(entry.at):
+            raise ProtocolError("a linked batch whose items do not match their places")
+        own, dispatcher = part.peer(remote.peer), part.dispatcher
+        answers = None
+        if isinstance(msg, p.Pubs):
+            answers = [
+                dispatcher.pub_item(own, it, i, entry.ref)
+                for i, it in zip(entry.at, items, strict=True)
+            ]
+        else:
+            for i, it in zip(entry.at, items, strict=True):
+                dispatcher.step_item(own, it, i)
+        part.kick()
+        await part.flush()
+        return wire.Answer(entry.id, msgspec.Raw(_encode(answers)))
+
+    def _drop(self, conn: str) -> None:
+        """The connection is gone: what it held here goes back to its groups."""
+        remote = self.remotes.pop(conn, None)
+        if remote is None:
+            return
+        if remote.resuming is not None:
+            remote.resuming.cancel()
+        hub, peer = self.hub, remote.peer
+        hub.connections.remove(peer)
+        hub.topics.forget(peer)
+        for part in hub.parts:
+            part.detach(peer)
+        if hub.leased:  # the hub's own lifecycle, apart from the partitions it leads
+            hub.front.detach(peer)
+        hub.kick()
+
+    def _too_slow(self, waiting: int) -> None:
+        log.warning(
+            "the link from %s reads too slowly (%d bytes waiting); closing it", self.where, waiting
+        )
+        closing = asyncio.ensure_future(self.ws.close(code=CLOSE_TRY_AGAIN, reason="too slow"))
+        closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def end(self) -> None:
+        """The link is over: every connection it carried is detached here."""
+        for conn in list(self.remotes):
+            self._drop(conn)
+        for task in list(self.requests):
+            task.cancel()
+        await self.out.stop()
+        log.info("hub-to-hub link from %s closed", self.where)

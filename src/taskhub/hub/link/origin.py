@@ -1,0 +1,470 @@
+"""The origin's side of the hub-to-hub links: :class:`HubLinks` (one per hub process, one
+link per leading hub, opened when first used) and :class:`RemotePartition`, the
+:class:`~taskhub.hub.partition.Partition` of a partition another hub leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+from taskhub import protocol as p
+from taskhub.errors import ProtocolError, StoreUnavailable
+from taskhub.hub.dispatch import Msg
+from taskhub.hub.link import wire
+from taskhub.hub.link.outgoing import Outgoing
+from taskhub.hub.partition import LocalPartition
+from taskhub.ids import UlidFactory
+from taskhub.lifecycle import Peer
+from taskhub.records import MetaRecord, TaskRecord, WriteBatch
+from taskhub.store import Store
+
+if TYPE_CHECKING:
+    from taskhub.hub.hub import Hub
+
+log = logging.getLogger("taskhub.link")
+
+CLOSE_TRY_AGAIN = 1013  # the client backs off and reconnects (as the relay's)
+_records = msgspec.json.Decoder(list[TaskRecord])
+# Seconds to open a link; a leader that does not answer in time is given up (clients 1013).
+OPEN_TIMEOUT = 5.0
+_record = msgspec.json.Decoder(TaskRecord | None)
+
+
+class HubLinks:
+    """This hub's links to the hubs that lead partitions it does not: one WebSocket per
+    leading hub, whatever the number of connections and partitions it carries."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        keepalive: tuple[float, float] = (5.0, 5.0),
+        open_root: Callable[[], Store] | None = None,
+    ) -> None:
+        """``open_root``: opens the deployment's root store where the secret lives, when it
+        is not the hub's own (a hub leading by leases: its root is its own, in memory)."""
+        self.hub = hub
+        self.keepalive = keepalive
+        self.open_root = open_root
+        # The deployment's link secret (wire.SECRET_META), set when the hub starts.
+        self.secret = ""
+        self.links: dict[str, Link] = {}  # by the leader's link URL
+        # Connections whose link broke: being closed, nothing more of theirs is forwarded.
+        self.cut: set[str] = set()
+        self.ssl: Any = None  # an SSLContext for wss:// leaders (None: the default)
+
+    async def load_secret(self) -> None:
+        """Read the deployment's link secret from its root store, making it if no hub has yet
+        (every hub reads the store at start: nothing to configure)."""
+        await self._with_root(self._load)
+
+    async def refresh_secret(self) -> None:
+        """Read the secret again (another hub that started at the same moment may have
+        replaced it: the last write wins)."""
+        await self._with_root(self._read)
+
+    async def _load(self, root: Store) -> None:
+        await self._read(root)
+        if self.secret:
+            return
+        kind, key = wire.SECRET_META
+        made = secrets.token_urlsafe(32)
+        await root.apply(WriteBatch(meta=[MetaRecord(kind, key, made)]))
+        await self._read(root)  # two hubs starting at once: the last write counts
+
+    async def _read(self, root: Store) -> None:
+        kind, key = wire.SECRET_META
+        stored = await root.get_meta(kind, key)
+        if isinstance(stored, str) and stored:
+            self.secret = stored
+
+    async def _with_root(self, use: Callable[[Store], Awaitable[None]]) -> None:
+        if self.open_root is None:
+            await use(self.hub.root)
+            return
+        # A sqlite file is locked while a process has it open: hubs starting together wait
+        # their turn (0.1 s apart, as the partition count's check).
+        for attempt in range(50):
+            root = self.open_root()
+            try:
+                await root.open()
+            except StoreUnavailable as exc:
+                if "in use by another hub" not in exc.message or attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await use(root)
+            finally:
+                await root.close()
+            return
+
+    def remote(self, index: int, leader_url: str) -> RemotePartition:
+        """The partition ``index`` led by the hub at ``leader_url`` (its advertised base URL)."""
+        return RemotePartition(index, leader_url, self)
+
+    def link(self, url: str) -> Link:
+        """The link to ``url``, opened when it is first used (or again after it broke)."""
+        link = self.links.get(url)
+        if link is None:
+            link = self.links[url] = Link(self, url)
+        return link
+
+    def detach(self, peer: Peer) -> None:
+        """The connection is gone: the leaders it reached let go of what it held."""
+        for remote in self.hub.router.remotes():
+            remote.detach(peer)
+        self.cut.discard(peer.id)
+        for link in self.links.values():
+            link.detach(peer.id)
+
+    def forget(self, link: Link) -> None:
+        if self.links.get(link.url) is link:
+            del self.links[link.url]
+
+    async def close(self) -> None:
+        """This hub stops: every link is closed (the leaders detach its connections)."""
+        for link in list(self.links.values()):
+            await link.close()
+
+
+class Link:
+    """One WebSocket to one leading hub, carrying every connection of this hub that reaches
+    a partition it leads. It breaks as a whole: every connection that used it is closed with
+    1013 (its client reconnects and resubscribes; what was accepted is stored)."""
+
+    def __init__(self, links: HubLinks, url: str) -> None:
+        self.links = links
+        self.url = url
+        self.fronts: dict[str, Peer] = {}  # connections opened on the leader, by id
+        self.out = Outgoing(self._send, self._too_slow)
+        self.requests: dict[int, asyncio.Future[wire.Answer]] = {}
+        self.ids = itertools.count(1)
+        self.ws: ClientConnection | None = None
+        self.broken = False
+        self.task = asyncio.create_task(self._run(), name=f"taskhub-link {url}")
+
+    # --- sending -------------------------------------------------------------------------
+    def open_for(self, peer: Peer) -> None:
+        """Tell the leader who ``peer`` is, the first time it reaches it over this link."""
+        if peer.id in self.fronts:
+            return
+        self.fronts[peer.id] = peer
+        creds = peer.creds
+        self.out.add(
+            wire.encode_entry(
+                wire.Open(
+                    peer.id,
+                    creds.name,
+                    creds.sub_permissions,
+                    creds.pub_permissions,
+                    peer.hello,
+                    peer.batch,
+                    peer.remote,
+                )
+            )
+        )
+
+    def add(self, entry: bytes) -> None:
+        self.out.add(entry)
+
+    def detach(self, conn: str) -> None:
+        if self.fronts.pop(conn, None) is not None:
+            self.out.add(wire.encode_entry(wire.Detach(conn)))
+
+    async def request(self, make: Any) -> wire.Answer:
+        """Send the request ``make(id)`` and wait for its answer."""
+        if self.broken:
+            raise StoreUnavailable(f"the link to {self.url} is down; retry")
+        rid = next(self.ids)
+        fut: asyncio.Future[wire.Answer] = asyncio.get_running_loop().create_future()
+        self.requests[rid] = fut
+        self.out.add(wire.encode_entry(make(rid)))
+        return await fut
+
+    async def _send(self, frame: bytes) -> None:
+        assert self.ws is not None
+        await self.ws.send(frame)
+
+    def _too_slow(self, waiting: int) -> None:
+        self._break(f"{waiting} bytes wait for a leader that does not take them")
+
+    # --- running -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        why = "closed"
+        try:
+            self.ws = await self._dial()
+            self.out.start()
+            why = await self._read(self.ws)
+        except asyncio.CancelledError:
+            why = "this hub closed it"
+            raise
+        except (OSError, TimeoutError, InvalidStatus, InvalidURI) as exc:
+            why = f"could not open it: {exc}"
+        except ProtocolError as exc:
+            log.error("the link to %s sent a %s; closing it", self.url, exc.message)
+            why = "the leader sent a malformed frame"
+        finally:
+            self._break(why)
+            await self.out.stop()
+            if self.ws is not None:
+                with contextlib.suppress(Exception):
+                    await self.ws.close()
+
+    async def _dial(self) -> ClientConnection:
+        links = self.links
+        interval, timeout = links.keepalive
+        return await connect(
+            self.url,
+            additional_headers={
+                wire.SECRET_HEADER: links.secret,
+                wire.FROM_HEADER: links.hub.name,
+            },
+            max_size=None,  # the leader cuts its frames (wire.FRAME_BYTES)
+            compression=None,
+            ping_interval=interval,
+            ping_timeout=timeout,
+            close_timeout=1.0,
+            open_timeout=OPEN_TIMEOUT,
+            ssl=links.ssl if self.url.startswith("wss") else None,
+        )
+
+    async def _read(self, ws: ClientConnection) -> str:
+        """Apply the leader's frames until the link closes; why it closed."""
+        connections = self.links.hub.connections
+        fronts, requests = self.fronts, self.requests
+        try:
+            async for data in ws:
+                for entry in wire.decode_to_origin(data):
+                    if type(entry) is wire.Out:
+                        front = fronts.get(entry.conn)
+                        if front is not None:
+                            connections.send_frame(front, bytes(entry.frame))
+                    elif type(entry) is wire.Answer:
+                        fut = requests.pop(entry.id, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(entry)
+                    elif type(entry) is wire.Close:
+                        front = fronts.pop(entry.conn, None)
+                        if front is not None:
+                            _close(self.links.hub, front, entry.code, entry.reason)
+                    elif type(entry) is wire.StepEnded:
+                        step_ended(self.links.hub, entry)
+        except ConnectionClosed:
+            pass
+        code, reason = ws.close_code, ws.close_reason
+        if code == wire.CLOSE_REFUSED:
+            log.error("the hub at %s refused the link: %s", self.url, reason)
+        return f"closed ({code} {reason})".strip()
+
+    def _break(self, why: str) -> None:
+        """The link is over: its connections are closed with 1013, its requests fail."""
+        if self.broken:
+            return
+        self.broken = True
+        self.links.forget(self)
+        if self.fronts:
+            log.warning(
+                "link to %s %s: closing its %d connection(s) with 1013",
+                self.url,
+                why,
+                len(self.fronts),
+            )
+        else:
+            log.info("link to %s %s", self.url, why)
+        hub = self.links.hub
+        for front in self.fronts.values():
+            self.links.cut.add(front.id)
+            _close(hub, front, CLOSE_TRY_AGAIN, "the link to the partition's hub broke; reconnect")
+        self.fronts.clear()
+        for fut in self.requests.values():
+            if not fut.done():
+                fut.set_exception(StoreUnavailable(f"the link to {self.url} broke; retry"))
+        self.requests.clear()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def step_ended(hub: Hub, entry: wire.StepEnded) -> None:
+    """A step of a chain this hub holds ended on another hub: move the chain on."""
+    slots = hub.router.partitions
+    part = slots[entry.part] if 0 <= entry.part < len(slots) else None
+    parent = part.lc.tasks.get(entry.chain) if isinstance(part, LocalPartition) else None
+    if parent is None:  # ended (failed, cancelled) already, or led elsewhere now
+        log.info("step %d of chain %s ended; the chain is not held here", entry.index, entry.chain)
+        return
+    hub.chains.step_ended(parent, entry.index, entry.rec)
+    hub.kick()
+
+
+def _close(hub: Hub, front: Peer, code: int, reason: str) -> None:
+    closer = hub.connections.closers.get(front)
+    if closer is not None:
+        closing = asyncio.ensure_future(closer(code, reason))
+        closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class RemotePartition:
+    """A partition another hub leads, reached over the link to it. Its methods are those
+    of :class:`~taskhub.hub.partition.Partition`; what they change is applied there, and
+    what it sends a connection comes back over the link to the connection's own sender."""
+
+    local: LocalPartition | None = None  # led by another hub
+
+    def __init__(self, index: int, leader: str, links: HubLinks) -> None:
+        self.index = index
+        self.leader = leader.rstrip("/")  # the leading hub's advertised base URL
+        self.url = wire.link_url(leader)  # its link
+        self.links = links
+        self.users: dict[str, Peer] = {}  # connections that reached it, by id
+        self.prefixes: dict[str, bytes] = {}  # their In entries' start (wire.in_prefix)
+        self.new_id = UlidFactory(partition=index)  # the ids of chain steps published there
+
+    def _link(self, peer: Peer) -> Link | None:
+        """The link for ``peer``'s traffic, ``peer`` opened on it; None for a connection
+        whose link broke (it is being closed)."""
+        links = self.links
+        if peer.id in links.cut:
+            return None
+        link = links.link(self.url)
+        link.open_for(peer)
+        self.users[peer.id] = peer
+        return link
+
+    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
+        if type(msg) is p.Hello:
+            # The connection's own sender encodes what local partitions send it.
+            said = {"client": msg.client, "version": msg.version, "host": msg.host, "pid": msg.pid}
+            peer.hello = {k: v for k, v in said.items() if v is not None}
+            peer.batch = msg.batch
+        link = self._link(peer)
+        if link is not None:
+            prefix = self.prefixes.get(peer.id)
+            if prefix is None:
+                prefix = self.prefixes[peer.id] = wire.in_prefix(peer.id, self.index)
+            link.add(prefix + wire.encode_msg(msg) + b"]")
+        return None
+
+    def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
+        """Never called: the router hands a batch that reaches another hub to
+        :meth:`apply_items`, whose answers come back from the leader once stored."""
+        raise AssertionError("a pubs item for another hub goes through apply_items")
+
+    def step_item(self, peer: Peer, item: Any, i: int) -> None:
+        """Item ``i`` of an ``acks``, ``pickups`` or ``returns`` whose items span hubs, sent as
+        its single message: the leader answers its own ``ref`` (a ``pubs`` item needs its
+        answer back, which :meth:`apply_items` waits for)."""
+        self.handle(peer, item)
+
+    def watch(self, peer: Peer, pattern: str) -> None:
+        link = self._link(peer)
+        if link is not None:
+            link.add(wire.encode_entry(wire.WatchIn(peer.id, self.index, pattern, True)))
+
+    def unwatch(self, peer: Peer, pattern: str) -> None:
+        if peer.id in self.users:
+            link = self._link(peer)
+            if link is not None:
+                link.add(wire.encode_entry(wire.WatchIn(peer.id, self.index, pattern, False)))
+
+    def detach(self, peer: Peer) -> None:
+        """Forget ``peer`` here; :meth:`HubLinks.detach` tells the leader, once per link."""
+        self.users.pop(peer.id, None)
+        self.prefixes.pop(peer.id, None)
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        link = self.links.link(self.url)
+        answer = await link.request(lambda rid: wire.Find(rid, self.index, task_id))
+        if answer.error is not None:
+            raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
+        return _record.decode(answer.value)
+
+    async def apply_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Any:
+        """Apply ``items`` (index in ``msg``, item) of the batched message ``msg`` here; their
+        answers (``pubs``) once the leader has stored them."""
+        link = self._link(peer)
+        if link is None:
+            raise StoreUnavailable(f"the link to {self.url} broke; retry")
+        part = type(msg)(items=[item for _, item in items], ref=None)
+        raw = msgspec.Raw(wire.encode_msg(part))
+        at = [i for i, _ in items]
+        answer = await link.request(
+            lambda rid: wire.Items(rid, peer.id, self.index, raw, at, msg.ref)
+        )
+        if answer.error is not None:
+            raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
+        return msgspec.json.decode(answer.value)
+
+    async def list_tasks(
+        self, *, action: str | None, state: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of the partition's stored tasks by id, read by its leader."""
+        link = self.links.link(self.url)
+        answer = await link.request(
+            lambda rid: wire.ListTasks(rid, self.index, action, state, after, limit)
+        )
+        if answer.error is not None:
+            raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
+        return _records.decode(answer.value)
+
+    def unwritten(self) -> dict[str, TaskRecord]:
+        """What the leader has not written yet stays there: listings here see the store's."""
+        return {}
+
+    def kick(self) -> None:
+        """Nothing to do here: the leader writes and sends what it was given."""
+
+    async def flush(self) -> None:
+        """Wait until the leader has written and sent what it was given so far."""
+        answer = await self.links.link(self.url).request(lambda rid: wire.Flush(rid, self.index))
+        if answer.error is not None:
+            raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
+
+    # --- chains (Elsewhere) -----------------------------------------------------------------
+    def publish_step(
+        self,
+        publisher: str,
+        action: str,
+        payload: Any,
+        options: p.PubOptions | None,
+        extra: dict[str, Any],
+    ) -> str:
+        task_id = self.new_id()
+        step = wire.Step(self.index, task_id, publisher, action, payload, options, extra)
+        self.links.link(self.url).add(wire.encode_entry(step))
+        return task_id
+
+    def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
+        entry = wire.StepEnded(self.index, chain_id, index, rec)
+        self.links.link(self.url).add(wire.encode_entry(entry))
+
+    def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
+        entry = wire.CancelStep(self.index, task_id, error)
+        self.links.link(self.url).add(wire.encode_entry(entry))
+
+    def retire(self) -> None:
+        """Another hub (or this one) leads the partition now: the connections that reached it
+        here are closed with 1013, and reconnect to find it where it is."""
+        hub = self.links.hub
+        for peer in self.users.values():
+            self.links.cut.add(peer.id)
+            _close(hub, peer, CLOSE_TRY_AGAIN, "the partition's leading hub changed; reconnect")
+        link = self.links.links.get(self.url)
+        if link is not None:
+            for conn in self.users:
+                link.detach(conn)
+        self.users.clear()
+        self.prefixes.clear()

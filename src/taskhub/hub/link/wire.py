@@ -1,0 +1,338 @@
+"""The hub-to-hub link's frames (docs/deployment.md, "The hub-to-hub link").
+
+A link is one WebSocket from a hub (the *origin*, which serves the clients) to the hub that
+leads some of the partitions those clients reach (the *leader*). Every frame is a JSON array
+of entries, each an array whose first item names its kind; one frame carries what all the
+origin's connections had to send in one turn of its event loop, and likewise back. A
+client's messages cross as the JSON msgspec encodes from the decoded message, its output as
+the very frame its connection is sent (the origin writes it as it comes, without decoding it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from taskhub import protocol as p
+from taskhub.errors import FrameTooLarge, ProtocolError, UnknownOperation
+from taskhub.lifecycle import Credentials
+from taskhub.records import TaskRecord
+
+LINK_PATH = "/v1/link"
+# The deployment's link secret: a header on the link's handshake, a metadata entry of the
+# deployment's root store (read by every hub at start).
+SECRET_HEADER = "x-taskhub-link-secret"
+FROM_HEADER = "x-taskhub-link-from"  # the origin's name, for the leader's log
+SECRET_META = ("cluster", "link_secret")
+CLOSE_REFUSED = 4403  # the leader refused the link: a wrong secret
+CLOSE_MALFORMED = 4400  # a side sent a frame it could not read: a bug, or another version
+# A frame is cut after the entry that takes it past this many bytes: a link frame is read
+# whole, and the leader's WebSocket takes frames up to 4 x max_frame (1 MiB by default).
+FRAME_BYTES = 512 * 1024
+
+
+class _Entry(msgspec.Struct, array_like=True, tag_field="k"):
+    pass
+
+
+# --- origin -> leader --------------------------------------------------------------------------
+class Open(_Entry, tag="open"):
+    """A client connection reaches the leader for the first time: who it is (the origin
+    authenticated it; the leader applies the same permissions) and what its hello said."""
+
+    conn: str
+    name: str
+    sub: tuple[str, ...]
+    pub: tuple[str, ...]
+    hello: dict[str, Any] | None = None
+    batch: bool = False
+    remote: str | None = None
+
+
+class In(_Entry, tag="in"):
+    """One message of connection ``conn`` for the leader's partition ``part``."""
+
+    conn: str
+    part: int
+    msg: msgspec.Raw
+
+
+class WatchIn(_Entry, tag="watch"):
+    """``watch`` (``on``) or ``unwatch`` of ``pattern`` in partition ``part``; partition 0,
+    wherever it is, answers the client."""
+
+    conn: str
+    part: int
+    pattern: str
+    on: bool
+
+
+class Detach(_Entry, tag="detach"):
+    """Connection ``conn`` is gone: what it held on the leader goes back to its groups."""
+
+    conn: str
+
+
+class Find(_Entry, tag="find"):
+    """A request: the freshest record of ``task`` in partition ``part``."""
+
+    id: int
+    part: int
+    task: str
+
+
+class ListTasks(_Entry, tag="list"):
+    """A request: a page of partition ``part``'s stored tasks (``Store.list_tasks``)."""
+
+    id: int
+    part: int
+    action: str | None
+    state: str | None
+    after: str | None
+    limit: int
+
+
+class Flush(_Entry, tag="flush"):
+    """A request: answered once partition ``part`` has written and sent what it was given."""
+
+    id: int
+    part: int
+
+
+class Items(_Entry, tag="items"):
+    """A request: apply the items of connection ``conn``'s batched message ``msg`` that fall
+    in partition ``part`` (``at``: their places in the client's batch, which the batch's
+    ``ref`` answers); answered once stored, for ``pubs`` with the items' answers."""
+
+    id: int
+    conn: str
+    part: int
+    msg: msgspec.Raw
+    at: list[int]
+    ref: int | None = None
+
+
+class Step(_Entry, tag="step"):
+    """Publish a chain's step, with the id ``id`` made for partition ``part``, in that
+    partition (the chain's hub publishes it; ``extra`` names the chain and the step)."""
+
+    part: int
+    id: str
+    publisher: str
+    action: str
+    payload: Any
+    options: p.PubOptions | None
+    extra: dict[str, Any]
+
+
+class StepEnded(_Entry, tag="ended"):
+    """Step ``index`` of chain ``chain`` (held in partition ``part``) ended as ``rec`` says;
+    either side sends it to the hub that leads the chain's partition."""
+
+    part: int
+    chain: str
+    index: int
+    rec: TaskRecord
+
+
+class CancelStep(_Entry, tag="cancel_step"):
+    """The chain of step ``task`` (in partition ``part``) failed: the step fails with
+    ``error`` if it still runs."""
+
+    part: int
+    task: str
+    error: dict[str, Any]
+
+
+# --- leader -> origin --------------------------------------------------------------------------
+class Out(_Entry, tag="out"):
+    """A frame for connection ``conn``'s client, exactly as the client is sent it."""
+
+    conn: str
+    frame: msgspec.Raw
+
+
+class Answer(_Entry, tag="answer"):
+    """The answer to request ``id``: ``value`` (a task record, or null), or ``error``."""
+
+    id: int
+    value: msgspec.Raw = p.NULL
+    error: str | None = None
+
+
+class Close(_Entry, tag="close"):
+    """The leader ends connection ``conn`` (it shuts down, the connection read too slowly,
+    or it no longer leads a partition the connection reached): the origin closes the client
+    with ``code``."""
+
+    conn: str
+    code: int
+    reason: str = ""
+
+
+ToLeader = (
+    Open | In | WatchIn | Detach | Find | ListTasks | Flush | Items | Step | StepEnded | CancelStep
+)
+ToOrigin = Out | Answer | Close | StepEnded
+
+
+def _enc_hook(obj: Any) -> Any:
+    # An item of a batched message the origin could not decode (a Bad in its items): it
+    # crosses as its error, and the leader reads the batch item by item (decode_msg).
+    if isinstance(obj, ProtocolError):
+        return obj.to_wire()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__} on a link")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_to_leader = msgspec.json.Decoder(list[ToLeader])
+_to_origin = msgspec.json.Decoder(list[ToOrigin])
+
+
+def encode_entry(entry: _Entry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def in_prefix(conn: str, part: int) -> bytes:
+    """What an :class:`In` entry of ``conn`` for ``part`` starts with: the entry is this, the
+    message's JSON and ``]`` (the busiest entries, joined without encoding them again)."""
+    return b'["in",' + _encoder.encode(conn) + b",%d," % part
+
+
+def out_prefix(conn: str) -> bytes:
+    """What an :class:`Out` entry of ``conn`` starts with: then the frame, then ``]``."""
+    return b'["out",' + _encoder.encode(conn) + b","
+
+
+def frames(entries: list[bytes]) -> list[bytes]:
+    """Encoded entries as link frames (JSON arrays) of about :data:`FRAME_BYTES` at most."""
+    out: list[bytes] = []
+    start, size = 0, 0
+    for i, entry in enumerate(entries):
+        size += len(entry) + 1
+        if size >= FRAME_BYTES:
+            out.append(b"[" + b",".join(entries[start : i + 1]) + b"]")
+            start, size = i + 1, 0
+    if start < len(entries):
+        out.append(b"[" + b",".join(entries[start:]) + b"]")
+    return out
+
+
+def decode_to_leader(data: bytes | str) -> list[ToLeader]:
+    """A frame from an origin; :class:`ProtocolError` naming what is wrong with it."""
+    try:
+        return _to_leader.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed link frame: {exc}") from None
+
+
+def decode_to_origin(data: bytes | str) -> list[ToOrigin]:
+    """A frame from a leader; :class:`ProtocolError` naming what is wrong with it."""
+    try:
+        return _to_origin.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed link frame: {exc}") from None
+
+
+# A client message the origin could not decode crosses with its error, so the leader answers
+# it exactly as it would have answered it from its own client.
+class _BadMsg(msgspec.Struct, tag_field="op", tag="x-bad"):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+    ref: int | None = None
+
+
+_inbound = msgspec.json.Decoder(p.Inbound | _BadMsg)
+
+
+def encode_msg(msg: p.Inbound | p.Bad) -> bytes:
+    """A client message as it crosses the link."""
+    if isinstance(msg, p.Bad):
+        wire = msg.error.to_wire()
+        return _encoder.encode(
+            _BadMsg(wire["code"], wire["message"], wire.get("details") or {}, msg.ref)
+        )
+    return _encoder.encode(msg)
+
+
+def decode_msg(raw: msgspec.Raw) -> p.Inbound | p.Bad:
+    """A client message from the link; :class:`ProtocolError` if it cannot be read."""
+    try:
+        msg: p.Inbound | _BadMsg = _inbound.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        # A batch with a bad item: each item on its own, a bad one with the origin's error.
+        return _batch_by_item(raw) or p.decode_frame(bytes(raw))[0]
+    if isinstance(msg, _BadMsg):
+        kind = _PROTOCOL_ERRORS.get(msg.code, ProtocolError)
+        return p.Bad(kind(msg.message, **msg.details), msg.ref)
+    return msg
+
+
+class _WireError(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class _BadItem(msgspec.Struct, forbid_unknown_fields=True):
+    """An item of a batched message the origin could not decode, as :func:`_enc_hook` wrote
+    it: its error, and its ``ref``."""
+
+    error: _WireError
+    ref: int | None = None
+
+
+class _Loose(msgspec.Struct):
+    op: str
+    items: list[msgspec.Raw] = []
+    ref: int | None = None
+
+
+_loose = msgspec.json.Decoder(_Loose)
+_bad_item = msgspec.json.Decoder(_BadItem)
+_BATCH_KINDS: dict[str, Any] = {str(c.__struct_config__.tag): c for c in p.BATCHES}
+_ITEMS = {c: msgspec.json.Decoder(kind) for c, kind in p.BATCHES.items()}
+
+
+def _batch_by_item(raw: msgspec.Raw) -> p.Inbound | None:
+    try:
+        loose = _loose.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    kind = _BATCH_KINDS.get(loose.op)
+    if kind is None:
+        return None
+    items: list[Any] = []
+    for item in loose.items:
+        try:
+            items.append(_ITEMS[kind].decode(item))
+        except (msgspec.DecodeError, RecursionError):
+            try:
+                bad = _bad_item.decode(item)
+            except (msgspec.DecodeError, RecursionError):
+                return None
+            error = _PROTOCOL_ERRORS.get(bad.error.code, ProtocolError)
+            items.append(p.Bad(error(bad.error.message, **bad.error.details), bad.ref))
+    batch: p.Inbound = kind(items=items, ref=loose.ref)
+    return batch
+
+
+_PROTOCOL_ERRORS: dict[str, type[ProtocolError]] = {
+    c.code: c for c in (ProtocolError, FrameTooLarge, UnknownOperation)
+}
+
+
+def credentials(entry: Open) -> Credentials:
+    # max_connections is counted where the connection is, on the origin: none here.
+    return Credentials(entry.name, entry.sub, entry.pub, None)
+
+
+def link_url(base: str) -> str:
+    """The link's WebSocket URL at a hub whose base URL (http(s) or ws(s)) is ``base``."""
+    base = base.rstrip("/")
+    for plain, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if base.startswith(plain):
+            base = ws + base[len(plain) :]
+    return base + LINK_PATH

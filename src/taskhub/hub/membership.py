@@ -1,0 +1,64 @@
+"""A hub's membership of a deployment whose partitions are led by their leases
+(docs/deployment.md, "Partition leases"): the store's leases, this process's
+:class:`~taskhub.hub.keeper.PartitionKeeper`, and its callbacks wired to the hub's
+:class:`~taskhub.hub.leading.Leading`. :class:`~taskhub.server.Server` runs one for a hub of
+several partitions on a store hubs share (a sqlite file, Redis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from taskhub.errors import StoreUnavailable
+from taskhub.hub.hub import Hub
+from taskhub.hub.keeper import PartitionKeeper
+from taskhub.store import open_partition_leases
+
+log = logging.getLogger("taskhub.keeper")
+
+
+class Membership:
+    """The leases of one hub process over the store at ``store_url``."""
+
+    def __init__(self, hub: Hub, store_url: str, *, lease: float) -> None:
+        self.hub = hub
+        self.leases = open_partition_leases(store_url, hub.partitions)
+        self.lease = lease
+        self.keeper: PartitionKeeper | None = None
+
+    async def start(self, url: str) -> None:
+        """Join as ``url`` (where the other hubs reach this one): take a first share of the
+        partitions before returning, then keep it every ``lease / 3`` seconds."""
+        leases, leading = self.leases, self.hub.leading
+        await leases.open()
+
+        async def gained(p: int, token: str) -> None:
+            await leading.lead(p, leases.fenced_store(p, token))
+
+        self.keeper = PartitionKeeper(
+            leases,
+            instance=os.urandom(8).hex(),  # a new member for every process
+            url=url,
+            lease=self.lease,
+            on_gained=gained,
+            on_release=leading.hand_off,
+            on_lost=leading.lose,
+            on_leader=leading.follow,
+        )
+        with contextlib.suppress(StoreUnavailable):  # the keeper's rounds retry
+            await self.keeper.tick()
+        self.keeper.start()
+
+    async def stop(self) -> None:
+        """SIGTERM's graceful hand-off: every partition flushed and released at once, so the
+        other hubs take them at their next round, without waiting for expiry."""
+        keeper, self.keeper = self.keeper, None
+        try:
+            if keeper is not None:
+                await keeper.stop()
+        except Exception:  # the hub stops all the same; what was not released expires
+            log.exception("handing the partitions off failed")
+        finally:
+            await self.leases.close()

@@ -1,0 +1,285 @@
+"""Hub processes (`taskhub serve`) that lead partitions by their leases (docs/deployment.md,
+"Partition leases") over one real SQLite file (and a real Redis): they split the partitions and
+say so on /healthz, a third rebalances, every hub serves every partition over the hub-to-hub
+link (a publisher on one hub and a worker on the other, chains crossing hubs, a wildcard
+watch), a hub killed -9 loses no accepted task and its partitions move while the other hub's
+clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its lease
+is fenced and leads again only what it is given, and a timeout fires once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskhub import Client
+from taskhub.partitions import partition_of, partition_of_id
+from taskhub.store import open_partition_leases
+from tests import redisproc
+from tests.conftest import until
+from tests.e2e.hubproc import HubProcess, wait_until
+
+P = 4
+LEASE = "1"  # seconds: TASKHUB_LEASE of every hub here, unless a test says otherwise
+
+
+def action_in(partition: int) -> str:
+    i = 0
+    while partition_of(f"job{i}:run", "", P) != partition:
+        i += 1
+    return f"job{i}:run"
+
+
+class Hubs:
+    """Hub processes on one store, stopped at the end."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.made: list[HubProcess] = []
+
+    def start(self, lease: str = LEASE) -> HubProcess:
+        env = {"TASKHUB_LEASE": lease, "TASKHUB_LOG": "info"}
+        hub = HubProcess(self.store, None, "--partitions", str(P), env=env).start()
+        self.made.append(hub)
+        return hub
+
+    def stop(self) -> None:
+        for hub in self.made:
+            hub.stop()
+
+
+def led(hub: HubProcess) -> list[int]:
+    partitions: list[int] = hub.health()["partitions"]
+    return partitions
+
+
+def settled(*hubs: HubProcess, timeout: float = 20.0) -> list[list[int]]:
+    """Wait until ``hubs`` lead every partition between them, each its fair share (the
+    assignment's bound: P // k or P // k + 1), none twice; their shares."""
+    shares: list[list[int]] = []
+
+    def fair() -> bool:
+        shares[:] = [led(hub) for hub in hubs]
+        every = sorted(p for share in shares for p in share)
+        k = len(hubs)
+        return every == list(range(P)) and all(P // k <= len(s) <= -(-P // k) for s in shares)
+
+    wait_until(fair, timeout)
+    return shares
+
+
+def knows(hub: HubProcess, partitions: list[int]) -> None:
+    """Wait until ``hub`` names a leader for each of ``partitions`` (it reaches them over the
+    link from then on; a partition just handed off has no leader for a round)."""
+
+    def named() -> bool:
+        leaders = hub.health()["leaders"]
+        return set(leaders) == {str(p) for p in partitions} and all(leaders.values())
+
+    wait_until(named, 10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hubs]:
+    if request.param == "sqlite":
+        made = Hubs(f"sqlite:///{tmp_path / 'hub.db'}")
+    else:
+        made = Hubs(f"{redisproc.shared().url}?prefix=e2eleased{id(tmp_path)}")
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def sqlite_hubs(tmp_path: Path) -> Iterator[Hubs]:
+    made = Hubs(f"sqlite:///{tmp_path / 'hub.db'}")
+    yield made
+    made.stop()
+
+
+def test_two_hubs_split_the_partitions_and_a_third_rebalances(hubs: Hubs) -> None:
+    one, two = hubs.start(), hubs.start()
+    first, second = settled(one, two)
+    assert len(first) == len(second) == 2
+    # each names the other as the leader of the partitions it does not lead
+    wait_until(lambda: set(two.health()["leaders"]) == {str(p) for p in first}, 10)
+    body = two.health()
+    assert body["role"] == "member"
+    assert body["leaders"] == {str(p): one.http_url for p in first}
+    three = hubs.start()
+    shares = settled(one, two, three)
+    assert sorted(len(s) for s in shares) == [1, 1, 2]
+
+
+async def test_a_hub_killed_9_loses_no_accepted_task_and_its_partitions_move(
+    sqlite_hubs: Hubs,
+) -> None:
+    """A publisher and a worker on hub two use hub one's partitions over the link; hub one is
+    killed -9 with tasks accepted and deliveries held: the link breaks, two's clients are
+    closed with 1013 and reconnect, two takes the partitions over once their leases ran out,
+    and every accepted task completes."""
+    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    first, second = settled(one, two)
+    knows(two, first)
+    knows(one, second)
+    n = 40
+    gate = asyncio.Event()
+    ran: dict[str, int] = {}
+
+    async def work(task: Any) -> int:
+        ran[task.id] = task.payload
+        await gate.wait()  # held until hub one is dead: its deliveries are in flight
+        return int(task.payload) + 1
+
+    async with (
+        Client(two.url, name="worker", max_backoff=0.2) as worker,
+        Client(two.url, name="publisher", max_backoff=0.2) as pub,
+    ):
+        for p in range(P):
+            await worker.sub(action_in(p), work, concurrency=n)
+        handles = [pub.pub(action_in(i % P), i) for i in range(n)]
+        ids = [await h.accepted() for h in handles]
+        assert {partition_of_id(i) for i in ids} == set(range(P))
+        # deliveries of both hubs' partitions are held by the worker
+        await until(lambda: {partition_of_id(i) for i in ran} == set(range(P)), timeout=10)
+        one.kill()
+        gate.set()
+        # once the killed hub's leases ran out (waited in a thread: the clients run meanwhile)
+        await asyncio.to_thread(two.wait_leading, range(P))
+        results = await asyncio.wait_for(asyncio.gather(*(h.get_result() for h in handles)), 30)
+    assert results == [i + 1 for i in range(n)]
+    assert "with 1013" in two.log.read_text()  # the link broke: its connections reconnected
+
+
+async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_partition(
+    hubs: Hubs,
+) -> None:
+    """Two hubs, P = 4: a worker on hub two and a publisher on hub one complete tasks of
+    every partition, whichever hub leads it, with progress and results; a wildcard watch on
+    hub two sees the tasks of every partition."""
+    one, two = hubs.start(), hubs.start()
+    first, second = settled(one, two)
+    knows(two, first)
+    knows(one, second)
+
+    async def work(task: Any) -> Any:
+        await task.update({"half": task.payload})
+        return {"double": task.payload * 2}
+
+    async with (
+        Client(two.url, name="worker") as worker,
+        Client(one.url, name="publisher") as pub,
+        Client(two.url, name="watcher") as watcher,
+    ):
+        for p in range(P):
+            await worker.sub(action_in(p), work, concurrency=8)
+        seen: dict[str, set[str]] = {}
+        async with watcher.watch(">") as events:
+            progress: dict[int, list[Any]] = {}
+            handles = []
+            for i in range(4 * P):
+                handle = pub.pub(action_in(i % P), i)
+                handle.on("update", lambda h, i=i: progress.setdefault(i, []).append(h.last_update))
+                handles.append(handle)
+            results = await asyncio.wait_for(asyncio.gather(*(h.get_result() for h in handles)), 20)
+            async with asyncio.timeout(10):
+                async for ev in events:
+                    seen.setdefault(ev["task"], set()).add(ev["type"])
+                    if all("success" in seen.get(h.id, ()) for h in handles):
+                        break
+    assert results == [{"double": 2 * i} for i in range(4 * P)]
+    assert progress == {i: [{"half": i}] for i in range(4 * P)}
+    assert {partition_of_id(h.id) for h in handles} == set(range(P))
+
+
+async def test_a_chain_whose_steps_fall_on_both_hubs_completes(sqlite_hubs: Hubs) -> None:
+    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    first, second = settled(one, two)
+    knows(two, first)
+    knows(one, second)
+    a, b = action_in(first[0]), action_in(second[0])  # led by one, by two
+
+    def step(task: Any) -> Any:
+        base = task.payload if task.previous_result is None else task.previous_result
+        return [*base, task.action]
+
+    async with (
+        Client(one.url, name="worker-one") as w1,
+        Client(two.url, name="worker-two") as w2,
+        Client(two.url, name="publisher") as pub,
+    ):
+        await w1.sub(a, step)  # each step run by a worker of the other hub than its leader's
+        await w2.sub(b, step)
+        chain = pub.chain([(a, []), (b, None), (a, None), (b, None)])
+        result = await asyncio.wait_for(chain.get_result(), 20)
+        assert result == [a, b, a, b]
+        assert partition_of_id(chain.id) == first[0]  # held by hub one, published from two
+        assert (await pub.get(chain.id))["state"] == "success"
+
+
+async def test_sigterm_hands_the_partitions_off_at_once(sqlite_hubs: Hubs) -> None:
+    one, two = sqlite_hubs.start(lease="6"), sqlite_hubs.start(lease="6")
+    first, _ = settled(one, two)
+    one.stop()  # SIGTERM: a graceful hand-off, then the process exits
+    # Its leases are released, not left to expire (6 s): free, or taken by the other hub.
+    leases = open_partition_leases(sqlite_hubs.store, P)
+    await leases.open()
+    try:
+        holders = [await leases.holder(p) for p in first]
+    finally:
+        await leases.close()
+    assert all(h is None or h.endswith(two.http_url) for h in holders), holders
+    two.wait_leading(range(P))
+
+
+async def test_a_paused_hub_is_fenced_and_leads_again_only_what_it_is_given(
+    sqlite_hubs: Hubs,
+) -> None:
+    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    first, _ = settled(one, two)
+    one.pause()  # SIGSTOP past its lease: the other takes everything over
+    two.wait_leading(range(P))
+    async with Client(two.url, name="publisher") as pub:
+        moved = await pub.pub(action_in(first[0]), "after").accepted()
+    one.resume()
+    shares = settled(one, two)  # it rejoins with its share again, none led twice
+    assert sorted(shares[0] + shares[1]) == list(range(P))
+    log = one.log.read_text()
+    assert "lost partition" in log  # it stepped down from what it had, on resuming
+    leader = one if partition_of_id(moved) in shares[0] else two
+    async with Client(leader.url, name="reader") as reader:
+        assert (await reader.get(moved))["state"] == "init"  # kept across the move, waiting
+
+
+async def test_a_timeout_fires_once(sqlite_hubs: Hubs) -> None:
+    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    first, _ = settled(one, two)
+    async with Client(one.url, name="publisher") as pub:
+        handle = pub.pub(action_in(first[0]), 1, start_timeout=0.3)
+        task_id = await handle.accepted()
+        for _ in range(100):
+            task = await pub.get(task_id)
+            if task["state"] == "fail":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # time for a second timer, were there one, to fire
+        task = await pub.get(task_id)
+    assert task["state"] == "fail"
+    assert task["error"]["reason"] == "start_timeout"
+    # The stored events, streamed (SSE): one end, from the one hub whose timer fired.
+    ends = [e for e in await _event_types(one, task_id) if e in ("fail", "success", "end")]
+    assert ends == ["fail"]
+
+
+async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.get(f"{hub.http_url}/v1/tasks/{task_id}/events")
+    return [
+        line.removeprefix("event:").strip()
+        for line in answer.text.splitlines()
+        if line.startswith("event:")
+    ]

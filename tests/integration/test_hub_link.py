@@ -1,0 +1,452 @@
+"""The hub-to-hub link (docs/deployment.md, "The hub-to-hub link"), with two real hubs on
+loopback: hub B's slot for a partition is the partition hub A leads (``Router.place`` with
+``hub.links.remote``), as the partition leases will place it. Everything is asserted through
+the public client API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from taskhub import Client, Server, TaskFailed
+from taskhub.hub.link import wire
+from taskhub.hub.link.origin import HubLinks
+from taskhub.partitions import partition_of, partition_of_id
+from tests.conftest import ServerFactory, until
+
+P = 2
+
+
+def action_in(partition: int, prefix: str = "job") -> str:
+    i = 0
+    while partition_of(f"{prefix}{i}:run", "", P) != partition:
+        i += 1
+    return f"{prefix}{i}:run"
+
+
+def links(server: Server) -> HubLinks:
+    assert server.hub is not None and isinstance(server.hub.links, HubLinks)
+    return server.hub.links
+
+
+def lead_elsewhere(origin: Server, index: int, leader: Server) -> None:
+    """``origin`` reaches partition ``index`` at ``leader`` (both hubs of one deployment:
+    the same link secret, which hubs on one store read from it)."""
+    links(origin).secret = links(leader).secret
+    assert origin.hub is not None
+    origin.hub.router.place(index, links(origin).remote(index, leader.http_url))
+
+
+@pytest.fixture
+async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(b, 1, a)  # B's clients reach partition 1 at A
+    return a, b
+
+
+async def client(server: Server, name: str) -> Client:
+    return await Client(server.url, name=name, connect_timeout=5, max_backoff=0.2).connect()
+
+
+async def test_a_publisher_on_b_and_a_worker_on_a(hubs: tuple[Server, Server]) -> None:
+    a, b = hubs
+    action = action_in(1)
+    worker, publisher = await client(a, "worker"), await client(b, "publisher")
+    try:
+        progress: list[Any] = []
+
+        async def work(task: Any) -> Any:
+            await task.update({"half": task.payload})
+            return {"double": task.payload * 2}
+
+        await worker.sub(action, work)
+        handle = publisher.pub(action, 21)
+        handle.on("update", lambda h: progress.append(h.last_update))
+        assert await handle.get_result() == {"double": 42}
+        assert partition_of_id(handle.id) == 1
+        assert progress == [{"half": 21}]
+        got = await publisher.get(handle.id)  # read over the link, from the leader
+        assert got["state"] == "success" and got["result"] == {"double": 42}
+        # B's own partition 0 still works locally beside it
+        local = action_in(0)
+        await worker.sub(local, lambda t: "a")  # on A: B's partition 0 has no worker
+        other = await client(b, "worker-b")
+        try:
+            await other.sub(local, lambda t: "b")
+            assert await publisher.pub(local).get_result() == "b"
+        finally:
+            await other.close()
+    finally:
+        await worker.close()
+        await publisher.close()
+
+
+async def test_a_worker_on_b_gets_offers_of_a_partition_a_leads(
+    hubs: tuple[Server, Server],
+) -> None:
+    a, b = hubs
+    action = action_in(1)
+    worker, publisher, watcher = (
+        await client(b, "worker"),
+        await client(a, "publisher"),
+        await client(b, "watcher"),
+    )
+    try:
+        await worker.sub(action, lambda t: [t.payload, "from b"], concurrency=4)
+        seen: dict[str, set[str]] = {}
+        async with watcher.watch(">") as events:
+            handles = [publisher.pub(action, i) for i in range(20)]
+            results = await asyncio.gather(*(h.get_result() for h in handles))
+            assert results == [[i, "from b"] for i in range(20)]
+            async with asyncio.timeout(5):
+                async for ev in events:
+                    seen.setdefault(ev["task"], set()).add(ev["type"])
+                    if all("success" in seen.get(h.id, ()) for h in handles):
+                        break
+        # the tasks live on A (partition 1, led there); B's worker and watcher reached them
+        assert a.hub is not None and b.hub is not None
+        for h in handles:
+            assert (await a.hub.parts[1].find(h.id)) is not None
+            assert (await b.hub.parts[1].find(h.id)) is None
+        # one link, whatever the number of connections
+        assert list(links(b).links) == [wire.link_url(a.http_url)]
+    finally:
+        for c in (worker, publisher, watcher):
+            await c.close()
+
+
+async def test_batches_across_hubs(hubs: tuple[Server, Server]) -> None:
+    """A frame whose pubs fall in partitions of both hubs: one answer, every task done."""
+    a, b = hubs
+    here, there = action_in(0), action_in(1)
+    worker_a, worker_b = await client(a, "wa"), await client(b, "wb")
+    publisher = await client(b, "publisher")
+    try:
+        await worker_a.sub(there, lambda t: ("there", t.payload), concurrency=8)
+        await worker_b.sub(here, lambda t: ("here", t.payload), concurrency=8)
+        handles = [publisher.pub(here if i % 2 else there, i) for i in range(40)]
+        results = await asyncio.gather(*(h.get_result() for h in handles))
+        assert results == [["here" if i % 2 else "there", i] for i in range(40)]
+        assert {partition_of_id(h.id) for h in handles} == {0, 1}
+    finally:
+        for c in (worker_a, worker_b, publisher):
+            await c.close()
+
+
+async def test_partition_zero_led_elsewhere(make_server: ServerFactory) -> None:
+    """The reverse: A reaches partition 0 (hello, topics, watches' answers) at B."""
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(a, 0, b)
+    lead_elsewhere(b, 1, a)
+    action0, action1 = action_in(0), action_in(1)
+    wa, pa, wb = await client(a, "wa"), await client(a, "pa"), await client(b, "wb")
+    try:
+        await wa.sub(action0, lambda t: "zero")  # over the link to B
+        await wb.sub(action1, lambda t: "one")  # over the link to A
+        assert await pa.pub(action0).get_result() == "zero"
+        assert await pa.pub(action1).get_result() == "one"
+        got: list[Any] = []
+        await wb.subscribe("news.*", lambda data, topic: got.append((topic, data)))
+        await pa.emit("news.today", {"n": 1})  # from A, over the link to partition 0's hub
+        await until(lambda: got)
+        assert got == [("news.today", {"n": 1})]
+    finally:
+        for c in (wa, pa, wb):
+            await c.close()
+
+
+async def test_a_broken_link_closes_its_connections_and_nothing_is_lost(
+    hubs: tuple[Server, Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = hubs
+    action = action_in(1)
+    worker, publisher = await client(b, "worker"), await client(a, "publisher")
+    started = asyncio.Event()
+    release = asyncio.Event()
+    attempts: list[int] = []
+
+    async def work(task: Any) -> Any:
+        attempts.append(task.attempt)
+        if len(attempts) == 1:
+            started.set()
+            await release.wait()  # cut off with its connection
+        return "done"
+
+    try:
+        # concurrency 2: the first handler still runs in the worker (cut off from its hub)
+        await worker.sub(action, work, concurrency=2)
+        handle = publisher.pub(action)
+        await started.wait()
+        link = links(b).links[wire.link_url(a.http_url)]
+        assert link.ws is not None
+        with caplog.at_level(logging.WARNING, logger="taskhub.link"):
+            await link.ws.close()  # the link breaks
+            # the worker's connection was closed (1013); it reconnects, subscribes again
+            # (a new link), and the task, given back to its group on A, runs again
+            assert await asyncio.wait_for(handle.get_result(), 10) == "done"
+        assert attempts[-1] == 2
+        assert any("closing its 1 connection(s) with 1013" in r.message for r in caplog.records)
+        assert not any(r.exc_info for r in caplog.records)
+        release.set()
+    finally:
+        await worker.close()
+        await publisher.close()
+
+
+async def test_a_new_leader_closes_the_connections_that_used_the_old_one(
+    hubs: tuple[Server, Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, b = hubs
+    assert b.hub is not None
+    action = action_in(1)
+    worker = await client(b, "worker")
+    publisher = await client(b, "publisher")
+    try:
+        await worker.sub(action, lambda t: "led by b now")
+        # B leads partition 1 itself from now on: the worker is closed with 1013, reconnects,
+        # and subscribes to B's own partition 1
+        with caplog.at_level(logging.WARNING):
+            b.hub.router.place(1, b.hub.parts[1])
+            handle = publisher.pub(action)
+            assert await asyncio.wait_for(handle.get_result(), 10) == "led by b now"
+        assert (await b.hub.parts[1].find(handle.id)) is not None  # B's own partition 1
+        lost = [r for r in caplog.records if "connection to the hub lost" in r.message]
+        assert len(lost) == 1  # the worker's; the publisher never reached partition 1 at A
+    finally:
+        await worker.close()
+        await publisher.close()
+
+
+async def test_a_wrong_secret_is_refused_with_one_line(
+    hubs: tuple[Server, Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, b = hubs
+    links(b).secret = "not the deployment's"
+    publisher = await client(b, "publisher")
+    try:
+        with caplog.at_level(logging.INFO, logger="taskhub.link"):
+            publisher.pub(action_in(1))
+            await until(lambda: any("refused" in r.message for r in caplog.records))
+            await until(lambda: any("wrong link secret" in r.message for r in caplog.records))
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("refused a hub-to-hub link from hub-b" in r.message for r in errors)
+        assert not any(r.exc_info for r in caplog.records)
+    finally:
+        await publisher.close()
+
+
+async def test_a_malformed_link_frame_is_one_line_in_the_log(
+    hubs: tuple[Server, Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _ = hubs
+    url = wire.link_url(a.http_url)
+    headers = {wire.SECRET_HEADER: links(a).secret, wire.FROM_HEADER: "prober"}
+    with caplog.at_level(logging.INFO, logger="taskhub.link"):
+        async with connect(url, additional_headers=headers) as ws:
+            await ws.send(b'[["in", "x", 0, {"op": "pub"}], ["nonsense"]]')
+            with pytest.raises(Exception):  # noqa: B017 - closed by the hub: any close
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == wire.CLOSE_MALFORMED
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "malformed link frame" in errors[0].message
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_the_link_secret_lives_in_the_deployments_store(tmp_path: Any) -> None:
+    """The first hub makes it, every later one reads it (nothing to configure); a store of
+    one partition records nothing (its layout stays that of a hub before partitions)."""
+    url = f"sqlite:///{tmp_path}/hub.db"
+    secrets = []
+    for _ in range(2):
+        server = Server(store=url, port=0, partitions=P)
+        await server.start()
+        secrets.append(links(server).secret)
+        await server.stop()
+    assert secrets[0] and secrets[0] == secrets[1] and len(secrets[0]) >= 40
+    single = Server(store=f"sqlite:///{tmp_path}/one.db", port=0)
+    await single.start()
+    try:
+        assert links(single).secret == ""
+        assert single.hub is not None
+        assert await single.hub.root.get_meta(*wire.SECRET_META) is None
+    finally:
+        await single.stop()
+
+
+async def test_a_chain_and_a_group_crossing_hubs_complete(make_server: ServerFactory) -> None:
+    """A leads partition 1, B partition 0: a chain held on B publishes its steps on A and
+    moves on when they end there, and the other way round."""
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(a, 0, b)
+    lead_elsewhere(b, 1, a)
+    zero, one = action_in(0, "z"), action_in(1, "o")
+    wa, wb = await client(a, "wa"), await client(b, "wb")
+    pa, pb = await client(a, "pa"), await client(b, "pb")
+    try:
+        await wa.sub(
+            zero,
+            lambda t: (t.payload or 0) + 1 if t.previous_result is None else t.previous_result + 1,
+        )
+        await wb.sub(
+            one,
+            lambda t: (
+                (t.payload or 0) * 10 if t.previous_result is None else t.previous_result * 10
+            ),
+        )
+        # held on B (its first step's partition, 0), steps in 0 (B), 1 (A), 0 (B)
+        chain = pb.chain([(zero, 1), (one, None), (zero, None)])
+        assert await asyncio.wait_for(chain.get_result(), 10) == 21
+        assert partition_of_id(chain.id) == 0
+        # held on A (partition 1), read from B: every step's id names its own partition
+        chain = pb.chain([(one, 2), (zero, None)])
+        assert await asyncio.wait_for(chain.get_result(), 10) == 21
+        got = await pa.get(chain.id)
+        assert got["state"] == "success" and partition_of_id(chain.id) == 1
+        group = pa.group([(zero, 5), (one, 6), (zero, 7)])
+        assert await asyncio.wait_for(group.get_result(), 10) == [6, 60, 8]
+    finally:
+        for c in (wa, wb, pa, pb):
+            await c.close()
+
+
+async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
+    make_server: ServerFactory,
+) -> None:
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(b, 1, a)
+    assert a.hub is not None
+    # A no longer leads partition 1 (as when its lease moved): B's step is refused there
+    a.hub.router.place(1, links(a).remote(1, b.http_url))
+    zero, one = action_in(0, "z"), action_in(1, "o")
+    wb, pb = await client(b, "wb"), await client(b, "pb")
+    try:
+        await wb.sub(zero, lambda t: "first")
+        chain = pb.chain([(zero, None), (one, None)])
+        with pytest.raises(TaskFailed) as info:
+            await asyncio.wait_for(chain.get_result(), 10)
+        assert "step 1" in str(info.value) and "does not lead partition 1" in str(info.value)
+    finally:
+        for c in (wb, pb):
+            await c.close()
+
+
+async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
+    make_server: ServerFactory,
+) -> None:
+    """Hub A stops: B's worker, which reached A's partition, is closed and reconnects; once
+    B leads the partition itself, the work goes on there."""
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(b, 1, a)
+    assert b.hub is not None
+    action = action_in(1)
+    worker, publisher = await client(b, "worker"), await client(b, "publisher")
+    try:
+        await worker.sub(action, lambda t: "done")
+        assert await publisher.pub(action).get_result() == "done"
+        link = links(b).links[wire.link_url(a.http_url)]
+        await a.stop()
+        await until(lambda: link.broken)
+        # (meanwhile the worker reconnects, subscribes again and is closed again (1013): a
+        # new link is dialled at each use, and fails while A is down)
+        b.hub.router.place(1, b.hub.parts[1])  # as the leases would, once A's ran out
+        handle = publisher.pub(action)
+        assert await asyncio.wait_for(handle.get_result(), 10) == "done"
+    finally:
+        await worker.close()
+        await publisher.close()
+
+
+async def test_http_reads_on_b_reach_the_partition_a_leads(hubs: tuple[Server, Server]) -> None:
+    a, b = hubs
+    action = action_in(1)
+    worker, publisher = await client(a, "worker"), await client(b, "publisher")
+    try:
+        await worker.sub(action, lambda t: t.payload)
+        handles = [publisher.pub(action, i) for i in range(3)]
+        await asyncio.gather(*(h.get_result() for h in handles))
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+            one = await http.get(f"/v1/tasks/{handles[0].id}")  # Hub.find, over the link
+            assert one.status_code == 200 and one.json()["result"] == 0
+            page = await http.get("/v1/tasks", params={"action": action})  # Hub.list_tasks
+            assert page.status_code == 200
+            assert {t["id"] for t in page.json()["tasks"]} == {h.id for h in handles}
+    finally:
+        await worker.close()
+        await publisher.close()
+
+
+async def test_a_raw_batch_across_hubs_answers_each_item_in_order(
+    hubs: tuple[Server, Server],
+) -> None:
+    """A client's ``pubs`` with items in both hubs' partitions and a bad one: one ``ok`` whose
+    items answer each in order, the bad one with its own error."""
+    _, b = hubs
+    here, there = action_in(0), action_in(1)
+    async with connect(b.url + "/v1/ws") as ws:
+        assert json.loads(await ws.recv())["op"] == "welcome"
+        items = [{"action": there}, {"action": 5}, {"action": here}, {"action": there}]
+        await ws.send(
+            json.dumps(
+                [
+                    {"op": "pubs", "ref": 1, "items": items},
+                ]
+            )
+        )
+        ok = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert ok["op"] == "ok" and ok["ref"] == 1
+        first, bad, third, fourth = ok["items"]
+        assert partition_of_id(first["task"]) == 1 and partition_of_id(fourth["task"]) == 1
+        assert partition_of_id(third["task"]) == 0
+        assert bad["error"]["code"] == "bad_message" and bad["error"]["details"]["index"] == 1
+        assert "Expected `str`, got `int`" in bad["error"]["message"]
+
+
+async def test_a_failed_group_cancels_its_step_on_the_other_hub(
+    make_server: ServerFactory,
+) -> None:
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(a, 0, b)
+    lead_elsewhere(b, 1, a)
+    zero, one = action_in(0, "z"), action_in(1, "o")
+    wa, wb, pb = await client(a, "wa"), await client(b, "wb"), await client(b, "pb")
+    running: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def slow(task: Any) -> Any:
+        running.set_result(task.id)
+        await release.wait()
+
+    async def broken(task: Any) -> Any:
+        await running  # the other step runs on A by now
+        raise RuntimeError("no")
+
+    try:
+        await wa.sub(one, slow)
+        await wb.sub(zero, broken)
+        group = pb.group([(zero, None), (one, None)])  # held on B (partition 0)
+        with pytest.raises(TaskFailed):
+            await asyncio.wait_for(group.get_result(), 10)
+        step = running.result()
+        assert partition_of_id(step) == 1  # published on A, which leads partition 1
+
+        async def cancelled() -> bool:
+            got = await pb.get(step)
+            return got["state"] == "fail" and got["error"]["reason"] == "cancelled"
+
+        await until(cancelled)
+        release.set()
+    finally:
+        for c in (wa, wb, pb):
+            await c.close()
