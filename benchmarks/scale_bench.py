@@ -192,21 +192,30 @@ class ScaleBench:
     def processes(self, target: str, processes: int) -> dict[str, Any]:
         if not serve_has("--processes"):
             raise Skipped(f"{NOT_AVAILABLE}: `taskhub serve` has no --processes")
+        # Several processes share partitions, so both rows run at least 2 (one process then
+        # leads both): the same store layout with one process and with two.
+        partitions = max(self.partitions, 2)
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="taskhub-bench-"))
             store = f"sqlite:///{tmp}/bench.db"
             port = free_port()
-            args = [*hub_args(port, store), "--processes", str(processes), *self.partition_args()]
+            args = [
+                *hub_args(port, store),
+                "--processes",
+                str(processes),
+                "--partitions",
+                str(partitions),
+            ]
             log = self.log(f"{target}-hub")
             hub = stack.enter_context(started(args, log, env=HUB_ENV))
             try:
                 wait_port(port, 30, hub)
             except RuntimeError:
                 raise Failed(f"the hub exited: {last_line(log)}") from None
-            listed = self.partitions == 1 or wait_partitions([port], self.partitions, 60)
+            listed = partitions == 1 or wait_partitions([port], partitions, 60)
             row = thin(
                 [f"ws://127.0.0.1:{port}"],
-                self.partitions,
+                partitions,
                 {"hubs": hub.pid},
                 self.n,
                 self.timeout,
@@ -215,15 +224,15 @@ class ScaleBench:
             )
             if hub.poll() is not None:
                 raise Failed(f"the hub exited with {hub.returncode} during the run")
-        row.update(processes=processes, partitions=self.partitions)
+        row.update(processes=processes, partitions=partitions)
         if not listed:
             row["note"] = "/healthz lists no partitions: measured without waiting for them"
         row["settings"] = (
-            f"taskhub serve --processes {processes} --partitions {self.partitions} on one "
+            f"taskhub serve --processes {processes} --partitions {partitions} on one "
             f"sqlite:// store, thin batched load generator ({CONNECTIONS} publisher and "
             f"{CONNECTIONS} worker connections on the one port)"
         )
-        row["setup"] = f"serve --processes {processes}, sqlite://, {self.partitions} partition(s)"
+        row["setup"] = f"serve --processes {processes}, sqlite://, {partitions} partition(s)"
         return row
 
     def hubs(self, target: str, k: int) -> dict[str, Any]:
