@@ -1,0 +1,150 @@
+"""The operator's listings and actions over every partition, whichever hub is asked
+(docs/deployment.md, "The hub-to-hub link"): group queues, purge, dead letters and their
+re-queue, over the WebSocket, HTTP and the CLI, with two real hubs on loopback. Hub B's slot
+for partition 1 is the partition hub A leads, as the partition leases place it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from taskhub import Client, Server, TaskFailed
+from taskhub.errors import PartitionUnavailable, TaskNotFound
+from taskhub.hub.partition import UnledPartition
+from taskhub.partitions import partition_of_id
+from tests.conftest import ServerFactory, until
+from tests.integration.test_cli import cli
+from tests.integration.test_hub_link import action_in, lead_elsewhere
+
+P = 2
+
+
+@pytest.fixture
+async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(b, 1, a)  # partition 1 of B's deployment is led by A
+    return a, b
+
+
+async def client(server: Server, name: str) -> Client:
+    return await Client(server.url, name=name, connect_timeout=5, max_backoff=0.2).connect()
+
+
+async def failing(server: Server, action: str, payload: Any) -> str:
+    """A task of ``action`` published and failed for good on ``server``: a dead letter."""
+    c = await client(server, "flaky")
+    try:
+        await c.sub(action, lambda t: 1 / 0)
+        handle = c.pub(action, payload)
+        with pytest.raises(TaskFailed):
+            await handle.get_result(timeout=10)
+        return await handle.accepted()
+    finally:
+        await c.close()
+
+
+async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
+    hubs: tuple[Server, Server],
+) -> None:
+    a, b = hubs
+    there, here = action_in(1), action_in(0)
+    on_a = await failing(a, there, {"on": "a"})  # partition 1: kept by A
+    on_b = await failing(b, here, {"on": "b"})  # partition 0: B's own
+    assert partition_of_id(on_a) == 1 and partition_of_id(on_b) == 0
+    ops = await client(b, "ops")
+    try:
+        listed = await ops.dead_letters()
+        assert [d["id"] for d in listed] == sorted([on_a, on_b])
+        assert all("payload" not in d for d in listed)
+        assert [d["id"] for d in await ops.dead_letters(there)] == [on_a]
+        full = await ops.dead_letter(on_a)  # read by A, with its payload
+        assert full["payload"] == {"on": "a"} and full["action"] == there
+        with pytest.raises(TaskNotFound):  # A's 404 is B's 404
+            await ops.dead_letter(on_a[:-1] + ("0" if on_a[-1] != "0" else "1"))
+
+        worker = await client(a, "worker")
+        try:
+            await worker.sub(there, lambda t: ["fixed", t.payload])
+            copy = await ops.requeue(on_a)  # published by A, in partition 1
+            assert partition_of_id(copy) == 1
+            done = await until(lambda: _ended(ops, copy), timeout=10)
+            assert done["result"] == ["fixed", {"on": "a"}]
+            assert done["options"]["requeued_from"] == on_a
+        finally:
+            await worker.close()
+        assert [d["id"] for d in await ops.dead_letters()] == [on_b]
+        with pytest.raises(TaskNotFound):
+            await ops.requeue(on_a)  # requeued already
+    finally:
+        await ops.close()
+
+    async with httpx.AsyncClient(base_url=b.http_url) as http:
+        assert [d["id"] for d in (await http.get("/v1/dead-letters")).json()] == [on_b]
+        missing = await http.get(f"/v1/dead-letters/{on_a}")
+        assert missing.status_code == 404 and missing.json()["code"] == "task_not_found"
+    async with httpx.AsyncClient(base_url=a.http_url) as http:
+        # A answers for its own deployment (its partition 0 is its own): B's letter is not there
+        assert (await http.get("/v1/dead-letters")).json() == []
+
+
+async def _ended(c: Client, task_id: str) -> Any:
+    task = await c.get(task_id)
+    return task if task["state"] in ("success", "fail") else None
+
+
+async def test_queues_listed_shown_and_purged_across_hubs(hubs: tuple[Server, Server]) -> None:
+    a, b = hubs
+    there, here = action_in(1), action_in(0)
+    worker = await client(a, "mailer")  # durable groups, then nobody to work
+    await worker.sub(there, lambda t: None, group="far", durable=True)
+    await worker.sub(here, lambda t: None, group="near", durable=True)
+    await worker.close()
+    publisher = await client(b, "publisher")
+    try:
+        for i in range(3):
+            await publisher.pub(there, i).accepted()
+        await publisher.pub(here).accepted()
+        queues = {(q["action"], q["group"]): q for q in await publisher.queues()}
+        # `here` was subscribed on A, so its group is in A's partition 0, not B's
+        assert set(queues) == {(there, "far")}
+        assert queues[there, "far"]["waiting"] == 3 and queues[there, "far"]["durable"]
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+            one = await http.get(f"/v1/queues/{there}/far")
+            assert one.status_code == 200 and one.json()["waiting"] == 3
+            nope = await http.get(f"/v1/queues/{there}/nobody")
+            assert nope.status_code == 404, nope.text
+            listed = (await http.get("/v1/queues")).json()
+            assert [(q["action"], q["group"]) for q in listed] == [(there, "far")]
+
+        shown = await cli("queues", "ls", "--json", "--url", b.url)
+        assert shown.code == 0, shown.stderr
+        assert [(q["action"], q["group"], q["waiting"]) for q in json.loads(shown.stdout)] == [
+            (there, "far", 3)
+        ]
+        purged = await cli("queues", "purge", there, "far", "--url", b.url)
+        assert purged.code == 0 and purged.stderr == "purged 3 deliveries\n", purged.stderr
+        [q] = await publisher.queues()
+        assert q["waiting"] == 0
+    finally:
+        await publisher.close()
+
+
+async def test_a_partition_without_leader_is_named(hubs: tuple[Server, Server]) -> None:
+    _, b = hubs
+    assert b.hub is not None
+    b.hub.router.place(1, UnledPartition(1, "", b.hub.front))  # as while a lease runs out
+    ops = await client(b, "ops")
+    try:
+        with pytest.raises(PartitionUnavailable, match="partition 1 has no leader"):
+            await ops.dead_letters()
+        with pytest.raises(PartitionUnavailable, match="partition 1"):
+            await ops.queues()
+    finally:
+        await ops.close()
+    async with httpx.AsyncClient(base_url=b.http_url) as http:
+        r = await http.get("/v1/queues")
+        assert r.status_code == 503 and r.json()["code"] == "partition_unavailable"
