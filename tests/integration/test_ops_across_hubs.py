@@ -5,6 +5,7 @@ for partition 1 is the partition hub A leads, as the partition leases place it."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -148,3 +149,69 @@ async def test_a_partition_without_leader_is_named(hubs: tuple[Server, Server]) 
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         r = await http.get("/v1/queues")
         assert r.status_code == 503 and r.json()["code"] == "partition_unavailable"
+
+
+async def test_the_dashboard_and_metrics_cover_every_partition(
+    hubs: tuple[Server, Server],
+) -> None:
+    a, b = hubs
+    there = action_in(1)  # led by A
+    release = asyncio.Event()
+
+    async def slow(task: Any) -> Any:
+        await release.wait()
+        return task.payload
+
+    worker, publisher = await client(b, "worker"), await client(b, "publisher")
+    try:
+        await worker.sub(there, slow, group="g", concurrency=1)
+        handles = [publisher.pub(there, i) for i in range(3)]
+        for h in handles:
+            await h.accepted()
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+
+            async def running() -> Any:
+                body = (await http.get("/v1/dashboard/stats")).json()
+                return body if body["counts"]["running"] == 1 else None
+
+            stats = await until(running, timeout=10)
+            assert stats["counts"]["waiting"] == 2
+            assert stats["hubs"] == [
+                {"name": "hub-b", "partitions": [0]},
+                {"name": "hub-a", "partitions": [1]},
+            ]
+            assert stats["missing"] == []
+            [queue] = stats["queues"]
+            assert (queue["action"], queue["group"], queue["waiting"], queue["inflight"]) == (
+                there,
+                "g",
+                2,
+                1,
+            )
+            conns = {c["service"]: c for c in stats["connections"]}
+            assert set(conns) == {"worker", "publisher"}  # once each, though A serves them too
+            w = conns["worker"]
+            assert w["hub"] == "hub-b" and w["holding"] == 1
+            assert [(s["action"], s["inflight"]) for s in w["subscriptions"]] == [(there, 1)]
+            assert [t["task"] for t in w["current"]] == [handles[0].id]
+            listed = (await http.get("/v1/dashboard/connections")).json()
+            assert {c["id"] for c in listed} == {c["id"] for c in stats["connections"]}
+            rows = (await http.get("/v1/dashboard/tasks")).json()["tasks"]
+            assert [r["id"] for r in rows] == sorted((h.id for h in handles), reverse=True)
+
+            text_b = (await http.get("/metrics")).text
+        async with httpx.AsyncClient(base_url=a.http_url) as http:
+            text_a = (await http.get("/metrics")).text
+        # Each hub exports its own: the queue where its partition is led, the connections
+        # where their clients are.
+        assert f'taskhub_queue_inflight{{action="{there}",group="g"}} 1.0' in text_a
+        assert f'action="{there}"' not in text_b.split("taskhub_queue_depth")[1]
+        assert 'taskhub_connections{service="worker"} 1.0' in text_b
+        assert 'taskhub_connections{service="worker"}' not in text_a
+        assert "taskhub_partitions_led 1.0" in text_b and "taskhub_partitions_led 2.0" in text_a
+        release.set()
+        assert await asyncio.gather(*(h.get_result() for h in handles)) == [0, 1, 2]
+    finally:
+        release.set()
+        await worker.close()
+        await publisher.close()

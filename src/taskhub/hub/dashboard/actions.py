@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from taskhub.errors import TaskNotFound
-from taskhub.hub.dashboard.routes import OPERATOR
+from taskhub.hub.dashboard.deployment import OPERATOR
 from taskhub.hub.dashboard.sessions import ADMIN_ERRORS, AdminCaller
 from taskhub.hub.dashboard.views import DeadLetterRow, Purged, Retried
 from taskhub.hub.http.deps import HubDep, error_responses, read_task

@@ -238,6 +238,7 @@ class LinkServer:
             self._drop(conn)
 
         self.hub.attach(peer, send, close)
+        self.hub.connections.linked.add(peer)
 
     def _watch(self, entry: wire.WatchIn, touched: set[LocalPartition]) -> None:
         remote = self.remotes.get(entry.conn)
