@@ -19,6 +19,11 @@ from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
 from tests.integration.test_cli import cli
 from tests.integration.test_hub_link import action_in, lead_elsewhere
+from tests.integration.test_leased_hubs import P as LEASED_P
+from tests.integration.test_leased_hubs import _named, make_hub, split
+from tests.integration.test_leased_hubs import action_in as leased_action
+
+__all__ = ["make_hub"]  # a fixture of the leased hubs' tests (a sqlite file, Redis)
 
 P = 2
 
@@ -215,3 +220,29 @@ async def test_the_dashboard_and_metrics_cover_every_partition(
         release.set()
         await worker.close()
         await publisher.close()
+
+
+async def test_leased_hubs_list_and_act_on_each_others_partitions(make_hub: Any) -> None:
+    """Two hubs that split the partitions by their leases (a sqlite file, Redis): either
+    one lists every dead letter and group queue and shows every hub's numbers."""
+    one = await make_hub()
+    two = await make_hub()
+    led_one, led_two = await split(one, two)
+    await until(lambda: _named(two, led_one), timeout=20, step=0.05)
+    await until(lambda: _named(one, led_two), timeout=20, step=0.05)
+    far, near = leased_action(led_one[0]), leased_action(led_two[0])
+    dead = [await failing(two, far, "far"), await failing(two, near, "near")]
+    async with Client(two.url, name="ops", connect_timeout=5) as ops:
+        assert [d["id"] for d in await ops.dead_letters()] == sorted(dead)
+        assert (await ops.dead_letter(dead[0]))["payload"] == "far"
+        assert {q["action"] for q in await ops.queues()} == {far, near}
+        copy = await ops.requeue(dead[0])  # kept and published by hub one
+        assert partition_of_id(copy) == led_one[0]
+        assert [d["id"] for d in await ops.dead_letters()] == [dead[1]]
+    async with httpx.AsyncClient(base_url=one.http_url) as http:
+        assert [d["id"] for d in (await http.get("/v1/dead-letters")).json()] == [dead[1]]
+        stats = (await http.get("/v1/dashboard/stats")).json()
+    assert stats["missing"] == []
+    assert sorted(p for h in stats["hubs"] for p in h["partitions"]) == list(range(LEASED_P))
+    assert stats["counts"]["fail"] == 2  # each hub counted the one it led
+    assert {q["action"] for q in stats["queues"]} == {far, near}
