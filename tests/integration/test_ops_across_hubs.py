@@ -204,6 +204,16 @@ async def test_the_dashboard_and_metrics_cover_every_partition(
             rows = (await http.get("/v1/dashboard/tasks")).json()["tasks"]
             assert [r["id"] for r in rows] == sorted((h.id for h in handles), reverse=True)
 
+            # the dashboard's cancel and retry of a task A leads, asked of B
+            cancelled = await http.post(f"/v1/dashboard/tasks/{handles[2].id}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["state"] == "fail"
+            again = await http.post(f"/v1/dashboard/tasks/{handles[2].id}/cancel")
+            assert again.status_code == 409 and again.json()["code"] == "task_ended"
+            retried = await http.post(f"/v1/dashboard/tasks/{handles[2].id}/retry")
+            assert retried.status_code == 200, retried.text
+            copy = retried.json()["task"]
+            assert partition_of_id(copy) == 1 and retried.json()["retried_from"] == handles[2].id
             text_b = (await http.get("/metrics")).text
         async with httpx.AsyncClient(base_url=a.http_url) as http:
             text_a = (await http.get("/metrics")).text
@@ -215,7 +225,11 @@ async def test_the_dashboard_and_metrics_cover_every_partition(
         assert 'taskhub_connections{service="worker"}' not in text_a
         assert "taskhub_partitions_led 1.0" in text_b and "taskhub_partitions_led 2.0" in text_a
         release.set()
-        assert await asyncio.gather(*(h.get_result() for h in handles)) == [0, 1, 2]
+        assert await asyncio.gather(*(h.get_result() for h in handles[:2])) == [0, 1]
+        with pytest.raises(TaskFailed, match="cancelled"):
+            await handles[2].get_result()
+        done = await until(lambda: _ended(publisher, copy), timeout=10)
+        assert done["result"] == 2 and done["options"]["retried_from"] == handles[2].id
     finally:
         release.set()
         await worker.close()
