@@ -154,6 +154,10 @@ async def test_a_partition_without_leader_is_named(hubs: tuple[Server, Server]) 
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         r = await http.get("/v1/queues")
         assert r.status_code == 503 and r.json()["code"] == "partition_unavailable"
+        stats = await http.get("/v1/dashboard/stats")  # the page names what it left out
+        assert stats.status_code == 200 and stats.json()["missing"] == [1]
+        assert stats.json()["hubs"] == [{"name": "hub-b", "partitions": [0]}]
+        assert (await http.get("/metrics")).text.count("taskhub_partitions_leaderless 1.0") == 1
 
 
 async def test_the_dashboard_and_metrics_cover_every_partition(

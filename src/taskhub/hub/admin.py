@@ -49,6 +49,14 @@ def schedule_options(options: Any) -> dict[str, Any]:
     return dict(msgspec.to_builtins(checked))
 
 
+async def _within(asking: Awaitable[Any], timeout: float | None, url: str) -> Any:
+    """``asking``'s answer, or :class:`StoreUnavailable` after ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(asking, timeout)
+    except TimeoutError:
+        raise StoreUnavailable(f"the hub at {url} did not answer within {timeout}s") from None
+
+
 def _sees(creds: Credentials, action: str) -> bool:
     return allowed(creds.pub_permissions, action) or allowed(creds.sub_permissions, action)
 
@@ -130,12 +138,14 @@ class Admin:
         args: dict[str, Any] | None = None,
         *,
         partial: bool = False,
+        timeout: float | None = None,
     ) -> tuple[list[Any], list[int]]:
         """Run ``op`` (:attr:`ops`) over every partition of the deployment: here over the
         partitions this hub leads, at each other leading hub (over the link, one request per
         hub) over the partitions it leads. Returns each hub's result (this hub's first) and
         the partitions left out: none unless ``partial``, which leaves out a partition no hub
-        holds or whose hub did not answer instead of raising (the dashboard's numbers)."""
+        holds or whose hub did not answer (within ``timeout`` seconds, or before its link
+        broke) instead of raising (the dashboard's numbers)."""
         hub, args = self.hub, args or {}
         here: list[LocalPartition] = []
         there: dict[str, list[int]] = {}
@@ -150,7 +160,11 @@ class Admin:
             else:
                 raise unavailable(slot.index, slot.leader)
         links = hub.links
-        asks = [links.ask(url, op, creds, parts, args) for url, parts in there.items() if links]
+        asks = [
+            _within(links.ask(url, op, creds, parts, args), timeout, url)
+            for url, parts in there.items()
+            if links
+        ]
         answers = await asyncio.gather(
             self.ops[op](creds, here, args), *asks, return_exceptions=partial
         )

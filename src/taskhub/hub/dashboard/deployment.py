@@ -22,6 +22,9 @@ from taskhub.hub.router import task_partition
 from taskhub.lifecycle import Credentials, Peer
 
 OPERATOR = Credentials("dashboard")  # the operations read every action
+# Seconds another hub has to answer before the page leaves its partitions out (`missing`): a
+# stalled hub's link breaks only after ping_interval + ping_timeout (10 s by default).
+ASK_TIMEOUT = 2.0
 _COUNTED = ("published", "started", "succeeded", "failed", "ended", "failed_tries")
 
 # The pull consumers by connection id (the HTTP API's, when it is installed).
@@ -94,7 +97,9 @@ async def stats(hub: Hub, monitor: Monitor, pull: dict[str, Any]) -> dict[str, A
         shares = [share(hub, monitor, hub.parts, pull)]
         missing: list[int] = []
     else:
-        shares, missing = await hub.admin.everywhere("dashboard", OPERATOR, partial=True)
+        shares, missing = await hub.admin.everywhere(
+            "dashboard", OPERATOR, partial=True, timeout=ASK_TIMEOUT
+        )
     counts: dict[str, int] = {}
     services: dict[str, int] = {}
     for s in shares:
@@ -153,7 +158,9 @@ async def tasks(
     if hub.partitions == 1:
         return monitor.tasks(action, state, kind, limit)
     args = {"action": action, "state": state, "kind": kind, "limit": limit}
-    shares, _ = await hub.admin.everywhere("dashboard_tasks", OPERATOR, args, partial=True)
+    shares, _ = await hub.admin.everywhere(
+        "dashboard_tasks", OPERATOR, args, partial=True, timeout=ASK_TIMEOUT
+    )
     rows: dict[str, dict[str, Any]] = {}
     for row in (r for share in shares for r in share):
         rows.setdefault(row["id"], row)
