@@ -1,4 +1,4 @@
-"""What the dashboard shows of the past and of the connections (docs/dashboard.md).
+"""What the dashboard shows of the past and of the live tasks (docs/dashboard.md).
 
 :class:`Monitor` keeps the rates of the last minute and the most recent ended tasks, feeds the
 charts' :class:`~taskhub.hub.dashboard.series.Series`, and reads the rest from the hub's
@@ -14,7 +14,6 @@ from typing import Any
 
 from taskhub.hub.dashboard.rows import (
     Snapshot,
-    connection_view,
     kind_matches,
     row,
     snapshot,
@@ -179,14 +178,6 @@ class Monitor:
                 }
             )
         return counts, queues
-
-    def connections(self, pull: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every connection: WebSocket clients and pull consumers (``pull``: by id)."""
-        now = self._clock()
-        return [
-            connection_view(peer, now, pull.get(peer.id))
-            for peer in sorted(self.hub.senders, key=lambda p: (p.service, p.id))
-        ]
 
     def tasks(
         self,
