@@ -264,3 +264,57 @@ async def test_leased_hubs_list_and_act_on_each_others_partitions(make_hub: Any)
     assert sorted(p for h in stats["hubs"] for p in h["partitions"]) == list(range(LEASED_P))
     assert stats["counts"]["fail"] == 2  # each hub counted the one it led
     assert {q["action"] for q in stats["queues"]} == {far, near}
+
+
+async def test_the_task_page_streams_the_events_of_a_task_another_hub_leads(
+    hubs: tuple[Server, Server],
+) -> None:
+    a, b = hubs
+    there = action_in(1)
+    release = asyncio.Event()
+
+    async def work(task: Any) -> Any:
+        await task.update({"half": True})
+        await release.wait()
+        return "done"
+
+    worker, publisher = await client(a, "worker"), await client(b, "publisher")
+    try:
+        await worker.sub(there, work)
+        handle = publisher.pub(there)
+        task_id = await handle.accepted()
+        await until(lambda: _updated(publisher, task_id), timeout=10)
+        types: list[str] = []
+        seqs: list[int] = []
+        async with (
+            httpx.AsyncClient(base_url=b.http_url, timeout=15) as http,
+            http.stream("GET", f"/v1/dashboard/tasks/{task_id}/events") as stream,
+        ):
+            assert stream.status_code == 200
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    raise AssertionError("the dashboard's stream names no event")
+                if line.startswith("data:"):
+                    ev = json.loads(line[5:])
+                    types.append(ev["type"])
+                    seqs.append(ev["seq"])
+                    if ev["type"] == "update":
+                        release.set()  # the rest comes as A stores it
+                    if ev["type"] == "success":
+                        break
+        assert types[0] == "init" and types[-1] == "success" and "update" in types
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        async with httpx.AsyncClient(base_url=b.http_url, timeout=15) as http:
+            again = await http.get(  # resumed after its last event: nothing more
+                f"/v1/dashboard/tasks/{task_id}/events",
+                headers={"Last-Event-ID": str(seqs[-1])},
+            )
+        assert again.status_code == 200 and "data:" not in again.text
+    finally:
+        release.set()
+        await worker.close()
+        await publisher.close()
+
+
+async def _updated(c: Client, task_id: str) -> bool:
+    return bool((await c.get(task_id)).get("updates"))

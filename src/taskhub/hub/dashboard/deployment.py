@@ -11,20 +11,28 @@ than failing the page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
+
+from taskhub.errors import TaskHubError
 from taskhub.hub.dashboard.monitor import Monitor
 from taskhub.hub.dashboard.rows import IDLE, connection_view, with_work, work
 from taskhub.hub.hub import Hub
-from taskhub.hub.partition import LocalPartition
+from taskhub.hub.partition import Linked, LocalPartition
 from taskhub.hub.router import task_partition
 from taskhub.lifecycle import Credentials, Peer
+from taskhub.records import TERMINAL_STATES, EventRecord
 
 OPERATOR = Credentials("dashboard")  # the operations read every action
 # Seconds another hub has to answer before the page leaves its partitions out (`missing`): a
 # stalled hub's link breaks only after ping_interval + ping_timeout (10 s by default).
 ASK_TIMEOUT = 2.0
+# Seconds between two reads of a task's events that another hub stores (its task page).
+EVENTS_POLL = 0.5
 _COUNTED = ("published", "started", "succeeded", "failed", "ended", "failed_tries")
 
 # The pull consumers by connection id (the HTTP API's, when it is installed).
@@ -53,8 +61,32 @@ def install(hub: Hub, monitor: Monitor, pull: Pull) -> None:
         count = hub.partitions
         return [r for r in rows if task_partition(r["id"], count) in led]
 
+    async def dashboard_events(
+        creds: Credentials, parts: list[LocalPartition], args: dict[str, Any]
+    ) -> dict[str, Any]:
+        task_id, after, part = str(args["task"]), int(args["after"]), parts[0]
+        await part.flush()  # what it has applied so far is stored: the events are all there
+        stored = await part.store.get_events(task_id)
+        return {
+            "events": [_event(ev) for ev in stored if ev.seq > after],
+            "live": part.lc.get(task_id) is not None,
+        }
+
     hub.admin.ops["dashboard"] = dashboard
     hub.admin.ops["dashboard_tasks"] = dashboard_tasks
+    hub.admin.ops["dashboard_events"] = dashboard_events
+
+
+def _event(ev: EventRecord) -> dict[str, Any]:
+    return {
+        "task": ev.task_id,
+        "seq": ev.seq,
+        "type": ev.type,
+        "at": ev.at,
+        "group": ev.group,
+        "service": ev.service,
+        "data": ev.data,
+    }
 
 
 def _peers(hub: Hub, part: LocalPartition) -> list[Peer]:
@@ -167,4 +199,35 @@ async def tasks(
     return sorted(rows.values(), key=lambda r: r["id"], reverse=True)[:limit]
 
 
-__all__ = ["install", "share", "stats", "tasks"]
+def led_elsewhere(hub: Hub, task_id: str) -> int | None:
+    """The partition of ``task_id`` when another hub leads it (reached over the link)."""
+    slot = hub.router.slot_of_task(task_id)
+    return slot.index if slot.local is None and isinstance(slot, Linked) else None
+
+
+async def remote_events(hub: Hub, index: int, task_id: str, after: int) -> AsyncIterator[bytes]:
+    """The event stream of a task partition ``index`` holds on another hub: its stored events
+    after ``after``, then what it stores, asked for every :data:`EVENTS_POLL` seconds, until
+    its terminal event. It ends when the hub shuts down or the other hub cannot be asked (an
+    EventSource reconnects with ``Last-Event-ID``)."""
+    seq, ended = after, asyncio.Event()
+    with hub.long_wait(ended.set):
+        while not ended.is_set():
+            try:
+                got = await hub.admin.at(
+                    index, "dashboard_events", OPERATOR, {"task": task_id, "after": seq}
+                )
+            except TaskHubError:
+                return
+            for ev in got["events"]:
+                seq = max(seq, int(ev["seq"]))
+                yield b"id: %d\ndata: %s\n\n" % (ev["seq"], msgspec.json.encode(ev))
+                if ev["type"] in TERMINAL_STATES:
+                    return
+            if not got["live"] and not got["events"]:
+                return  # ended, and its terminal event is no longer stored (retention)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), EVENTS_POLL)
+
+
+__all__ = ["install", "led_elsewhere", "remote_events", "share", "stats", "tasks"]

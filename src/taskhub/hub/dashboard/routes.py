@@ -229,11 +229,19 @@ async def task_events(
     task_id: str, request: Request, creds: AdminCaller, hub: HubDep, events: TaskEventsDep
 ) -> StreamingResponse:
     # The same stream as the task API's (stored events, then live ones, ending after the
-    # terminal event); only the credentials differ, as EventSource cannot send a header.
+    # terminal event); only the credentials differ, as EventSource cannot send a header. A
+    # task another hub leads: its events as that hub stores them, asked for over the link.
     await read_task(hub, OPERATOR, task_id)
     last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else 0
+    elsewhere = deployment.led_elsewhere(hub, task_id)
+    stream = (
+        _unnamed(event_stream(hub, events, task_id, after))
+        if elsewhere is None
+        else deployment.remote_events(hub, elsewhere, task_id, after)
+    )
     return StreamingResponse(
-        _unnamed(event_stream(hub, events, task_id, int(last) if last.isdigit() else 0)),
+        stream,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
