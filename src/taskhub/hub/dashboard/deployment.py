@@ -50,16 +50,17 @@ def install(hub: Hub, monitor: Monitor, pull: Pull) -> None:
     async def dashboard_tasks(
         creds: Credentials, parts: list[LocalPartition], args: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        led = {part.index for part in parts}
+        led, count = {part.index for part in parts}, hub.partitions
+        # The recent list keeps what ended in any partition this hub led: the ones it leads
+        # now first, then the limit (the hub that leads the others answers for them).
         rows = monitor.tasks(
             args.get("action"),
             args.get("state"),
             args.get("kind"),
-            int(args["limit"]),
+            None,
             lcs=[part.lc for part in parts],
         )
-        count = hub.partitions
-        return [r for r in rows if task_partition(r["id"], count) in led]
+        return [r for r in rows if task_partition(r["id"], count) in led][: int(args["limit"])]
 
     async def dashboard_events(
         creds: Credentials, parts: list[LocalPartition], args: dict[str, Any]

@@ -184,12 +184,12 @@ class Monitor:
         action: str | None,
         state: str | None,
         kind: str | None,
-        limit: int,
+        limit: int | None,
         lcs: Sequence[Lifecycle] | None = None,
     ) -> list[dict[str, Any]]:
         """Newest first: the live tasks (of ``lcs``, default every partition this hub leads),
-        then the recently ended ones. ``kind`` is ``task`` (the default: user tasks),
-        ``chain`` (chains and groups) or ``all``."""
+        then the recently ended ones, ``limit`` at most (None: all). ``kind`` is ``task``
+        (the default: user tasks), ``chain`` (chains and groups) or ``all``."""
         recent = self.recent  # first: it settles the batch under way
         lcs = self.hub.lifecycles if lcs is None else lcs
         rows = {t.id: summary(t.rec) for lc in lcs for t in lc.tasks.values()}
