@@ -29,6 +29,9 @@ class Connections:
         self.clock = clock
         self.senders: dict[Peer, Sender] = {}
         self.closers: dict[Peer, Closer] = {}
+        # Connections of other hubs' clients that reach a partition led here over a link
+        # (hub/link/leader.py): served like any, counted and listed by their own hub.
+        self.linked: set[Peer] = set()
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.senders)
@@ -45,6 +48,13 @@ class Connections:
     def remove(self, peer: Peer) -> None:
         self.senders.pop(peer, None)
         self.closers.pop(peer, None)
+        self.linked.discard(peer)
+
+    def clients(self) -> list[Peer]:
+        """The connections of this hub's own clients (WebSocket and pull consumers), not
+        those other hubs' links carry here: what the metrics and the dashboard count."""
+        linked = self.linked
+        return [peer for peer in self.senders if peer not in linked]
 
     def busy(self) -> int:
         """Deliveries connections still hold (started or offered): what a drain waits for."""

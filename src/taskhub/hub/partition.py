@@ -20,7 +20,7 @@ from taskhub.hub.pipeline import Pipeline
 from taskhub.hub.retention import Retention
 from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
-from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
+from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
 from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
@@ -200,6 +200,18 @@ class Links(Protocol):
         """Partition ``index``, led by the hub at ``leader_url``, as a router slot."""
 
     def detach(self, peer: Peer) -> None: ...
+
+    async def ask(
+        self,
+        leader_url: str,
+        op: str,
+        creds: Credentials,
+        parts: list[int],
+        args: dict[str, Any] | None = None,
+    ) -> Any:
+        """The operator's ``op`` (:attr:`Admin.ops <taskhub.hub.admin.Admin.ops>`) run by the
+        hub at ``leader_url`` over the partitions ``parts`` it leads: its result, or its
+        error raised."""
 
     async def load_secret(self) -> None: ...
 

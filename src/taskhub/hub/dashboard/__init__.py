@@ -13,12 +13,13 @@ and ``rows`` (a task or a connection as the lists show it).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from taskhub.hub.dashboard import actions, routes
+from taskhub.hub.dashboard import actions, deployment, routes
 from taskhub.hub.dashboard.monitor import Monitor
 from taskhub.hub.dashboard.sessions import Sessions, is_admin
 from taskhub.hub.hub import Hub
@@ -32,7 +33,15 @@ def install(app: FastAPI, hub: Hub) -> None:
     """Serve the page at ``/`` and ``/static`` and its JSON under ``/v1/dashboard``. Call
     after ``http.install`` (it uses its error model and task event fan-out)."""
     app.state.dashboard_sessions = Sessions()
-    app.state.dashboard_monitor = Monitor(hub)
+    app.state.dashboard_monitor = monitor = Monitor(hub)
+
+    def pull() -> dict[str, Any]:  # the HTTP API's pull consumers, by connection id
+        consumers = getattr(app.state, "consumers", None)
+        return dict(consumers.by_id) if consumers is not None else {}
+
+    # Other hubs of the deployment ask this one for its share of the numbers (over the link).
+    deployment.install(hub, monitor, pull)
+    actions.install(hub)
     app.include_router(routes.router)
     app.include_router(actions.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

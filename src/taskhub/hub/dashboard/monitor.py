@@ -1,4 +1,4 @@
-"""What the dashboard shows of the past and of the connections (docs/dashboard.md).
+"""What the dashboard shows of the past and of the live tasks (docs/dashboard.md).
 
 :class:`Monitor` keeps the rates of the last minute and the most recent ended tasks, feeds the
 charts' :class:`~taskhub.hub.dashboard.series.Series`, and reads the rest from the hub's
@@ -9,11 +9,11 @@ queue numbers come from there, computed once for both. Pure bookkeeping: no I/O.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from taskhub.hub.dashboard.rows import (
     Snapshot,
-    connection_view,
     kind_matches,
     row,
     snapshot,
@@ -147,11 +147,14 @@ class Monitor:
                 r["groups"].append({"group": group, "started": started, "failed": failed})
         return list(rows.values())
 
-    def live(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """Live task counts and every group queue, from one pass over the live tasks (the
+    def live(
+        self, lcs: Sequence[Lifecycle] | None = None
+    ) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """Live task counts and every group queue (of the partitions whose lifecycles are
+        ``lcs``, default all this hub leads), from one pass over the live tasks (the
         metrics' :func:`live_tasks`; the per-queue view of the lifecycle walks all tasks once
         per queue)."""
-        lcs = self.hub.lifecycles
+        lcs = self.hub.lifecycles if lcs is None else lcs
         live = live_tasks(*lcs)
         running = live.by_state.get("start", 0)
         counts = {
@@ -176,21 +179,20 @@ class Monitor:
             )
         return counts, queues
 
-    def connections(self, pull: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every connection: WebSocket clients and pull consumers (``pull``: by id)."""
-        now = self._clock()
-        return [
-            connection_view(peer, now, pull.get(peer.id))
-            for peer in sorted(self.hub.senders, key=lambda p: (p.service, p.id))
-        ]
-
     def tasks(
-        self, action: str | None, state: str | None, kind: str | None, limit: int
+        self,
+        action: str | None,
+        state: str | None,
+        kind: str | None,
+        limit: int | None,
+        lcs: Sequence[Lifecycle] | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first: the live tasks, then the recently ended ones. ``kind`` is ``task``
+        """Newest first: the live tasks (of ``lcs``, default every partition this hub leads),
+        then the recently ended ones, ``limit`` at most (None: all). ``kind`` is ``task``
         (the default: user tasks), ``chain`` (chains and groups) or ``all``."""
         recent = self.recent  # first: it settles the batch under way
-        rows = {t.id: summary(t.rec) for lc in self.hub.lifecycles for t in lc.tasks.values()}
+        lcs = self.hub.lifecycles if lcs is None else lcs
+        rows = {t.id: summary(t.rec) for lc in lcs for t in lc.tasks.values()}
         for snap in reversed(recent):  # newest first: a task's last snapshot wins
             if snap[0] not in rows:
                 rows[snap[0]] = row(snap)

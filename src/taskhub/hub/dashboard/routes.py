@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from taskhub.hub.dashboard import deployment
+from taskhub.hub.dashboard.deployment import OPERATOR
 from taskhub.hub.dashboard.monitor import RATE_WINDOW, RECENT_TASKS, Monitor
 from taskhub.hub.dashboard.rows import summary
 from taskhub.hub.dashboard.sessions import (
@@ -33,9 +35,7 @@ from taskhub.hub.http.deps import HubDep, StateFilter, error_responses, read_tas
 from taskhub.hub.http.events import SSE_EVENT_SCHEMA, TaskEventsDep, event_stream
 from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
-from taskhub.lifecycle import Credentials
 
-OPERATOR = Credentials("dashboard")  # reads on behalf of an admin: every action
 SPANS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
 
 
@@ -106,18 +106,14 @@ async def session(creds: AdminCaller, hub: HubDep) -> Any:
     responses=error_responses(**ADMIN_ERRORS),
 )
 async def stats(request: Request, creds: AdminCaller, hub: HubDep, monitor: MonitorDep) -> Any:
-    """Cheap enough to poll every second: one pass over the live tasks, no store read."""
-    counts, queues = monitor.live()
+    """Cheap enough to poll every second: one pass over the live tasks, no store read; with
+    several hubs, one request to each other hub (docs/dashboard.md, "Several hubs")."""
+    numbers = await deployment.stats(hub, monitor, _pull(request))
     return {
-        "hub": hub.name,
+        **numbers,
         "at": hub.clock(),
         "started_at": monitor.started_at,
         "window": RATE_WINDOW,
-        "counts": {**counts, **monitor.ended},  # ended: success, fail, end
-        "rates": monitor.rates(),
-        "queues": queues,
-        "connections": monitor.connections(_pull(request)),
-        "services": dict(hub.registry.connections),
     }
 
 
@@ -132,8 +128,11 @@ def _pull(request: Request) -> dict[str, Any]:
     summary="Connected workers and pull consumers, with their host, pid and credit",
     responses=error_responses(**ADMIN_ERRORS),
 )
-async def connections(request: Request, creds: AdminCaller, monitor: MonitorDep) -> Any:
-    return monitor.connections(_pull(request))
+async def connections(
+    request: Request, creds: AdminCaller, hub: HubDep, monitor: MonitorDep
+) -> Any:
+    """Every hub's connections, each with what it holds in every partition."""
+    return (await deployment.stats(hub, monitor, _pull(request)))["connections"]
 
 
 @router.get(
@@ -196,7 +195,8 @@ async def recent_tasks(
         kind=None if kind == "all" else kind,
     )
     if publisher is None and since is None and until is None and error is None and after is None:
-        return {"tasks": monitor.tasks(action, state, kind, limit), "next": None}
+        rows = await deployment.tasks(hub, monitor, action, state, kind, limit)
+        return {"tasks": rows, "next": None}
     found, next_id = await search(hub, OPERATOR, f, after=after, limit=limit)
     return {"tasks": [summary(rec) for rec in found], "next": next_id}
 
@@ -229,11 +229,19 @@ async def task_events(
     task_id: str, request: Request, creds: AdminCaller, hub: HubDep, events: TaskEventsDep
 ) -> StreamingResponse:
     # The same stream as the task API's (stored events, then live ones, ending after the
-    # terminal event); only the credentials differ, as EventSource cannot send a header.
+    # terminal event); only the credentials differ, as EventSource cannot send a header. A
+    # task another hub leads: its events as that hub stores them, asked for over the link.
     await read_task(hub, OPERATOR, task_id)
     last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else 0
+    elsewhere = deployment.led_elsewhere(hub, task_id)
+    stream = (
+        _unnamed(event_stream(hub, events, task_id, after))
+        if elsewhere is None
+        else deployment.remote_events(hub, elsewhere, task_id, after)
+    )
     return StreamingResponse(
-        _unnamed(event_stream(hub, events, task_id, int(last) if last.isdigit() else 0)),
+        stream,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

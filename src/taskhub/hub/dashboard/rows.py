@@ -9,6 +9,7 @@ from taskhub.lifecycle import Peer
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION
 from taskhub.records import TERMINAL_STATES, TaskRecord
 
+CURRENT = 20  # a connection's held deliveries listed, at most
 # An ended task as the recent list keeps it: id, action, state, publisher, created_at,
 # started_at, ended_at, updates, error, (group, delivery state) per delivery, and its chain
 # (chain task id and step index) when it is a step. Taken when the terminal event fires; the
@@ -104,8 +105,10 @@ def kind_matches(kind: str | None, action: str) -> bool:
 
 
 def connection_view(peer: Peer, now: float, consumer: Any = None) -> dict[str, Any]:
+    """A connection as the Workers page lists it: who it is (``peer``, the hub's own) and
+    the work ``peer`` holds (:func:`with_work` puts in what its peers of other partitions
+    hold)."""
     hello = peer.hello or {}
-    holding = sorted(peer.holding.values(), key=lambda d: d.task.id)
     view: dict[str, Any] = {
         "id": peer.id,
         "service": peer.service,
@@ -117,7 +120,18 @@ def connection_view(peer: Peer, now: float, consumer: Any = None) -> dict[str, A
         "remote": peer.remote,
         "connected_at": peer.connected_at,
         "uptime": max(0.0, now - peer.connected_at),
-        "processed": peer.succeeded + peer.failed + peer.dropped,
+        **_counts(work(peer)),
+    }
+    if consumer is not None:
+        view["last_seen"] = consumer.last_seen
+        view["leases"] = len(consumer.leases)
+    return view
+
+
+def work(peer: Peer) -> dict[str, Any]:
+    """What a connection's peer in one partition holds and did: its share of the view."""
+    holding = sorted(peer.holding.values(), key=lambda d: d.task.id)
+    return {
         "succeeded": peer.succeeded,
         "failed": peer.failed,
         "dropped": peer.dropped,
@@ -131,7 +145,7 @@ def connection_view(peer: Peer, now: float, consumer: Any = None) -> dict[str, A
                 "attempt": d.rec.attempt,
                 "started_at": d.task.rec.started_at,
             }
-            for d in holding[:20]
+            for d in holding[:CURRENT]
         ],
         "subscriptions": [
             {
@@ -144,7 +158,34 @@ def connection_view(peer: Peer, now: float, consumer: Any = None) -> dict[str, A
             for s in peer.subs.values()
         ],
     }
-    if consumer is not None:
-        view["last_seen"] = consumer.last_seen
-        view["leases"] = len(consumer.leases)
-    return view
+
+
+def add_work(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add one partition's :func:`work` of a connection to another's."""
+    for key in ("succeeded", "failed", "dropped", "holding"):
+        into[key] += more[key]
+    into["current"] = sorted([*into["current"], *more["current"]], key=lambda t: t["task"])
+    del into["current"][CURRENT:]
+    into["subscriptions"] = [*into["subscriptions"], *more["subscriptions"]]
+
+
+def with_work(view: dict[str, Any], works: list[dict[str, Any]]) -> dict[str, Any]:
+    """``view`` with the work of the connection's peers in other partitions added."""
+    if not works:
+        return view
+    total = {k: view[k] for k in ("succeeded", "failed", "dropped", "holding", "current")}
+    total["subscriptions"] = view["subscriptions"]
+    for more in works:
+        add_work(total, more)
+    return {**view, **_counts(total)}
+
+
+def _counts(w: dict[str, Any]) -> dict[str, Any]:
+    return {"processed": w["succeeded"] + w["failed"] + w["dropped"], **w}
+
+
+# The work of a connection that holds nothing and did nothing (yet).
+IDLE: dict[str, Any] = {
+    "processed": 0, "succeeded": 0, "failed": 0, "dropped": 0, "holding": 0, "current": [],
+    "subscriptions": [],
+}  # fmt: skip

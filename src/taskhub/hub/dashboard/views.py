@@ -56,6 +56,9 @@ class ConnectionView(BaseModel):
     holding: int
     current: list[HeldTask] = Field(description="The deliveries it holds (at most 20).")
     subscriptions: list[SubscriptionView]
+    hub: str | None = Field(
+        None, description="The hub it is connected to (its `name`), with several hubs."
+    )
     last_seen: float | None = Field(None, description="Pull consumers: its last call.")
     leases: int | None = Field(None, description="Pull consumers: tasks it has leased.")
 
@@ -91,14 +94,30 @@ class RateRow(BaseModel):
 class Counts(BaseModel):
     waiting: int = Field(description="Live tasks no worker has started (state init).")
     running: int = Field(description="Live tasks a worker has started (state start).")
-    success: int = Field(description="Tasks succeeded since the hub started.")
+    success: int = Field(
+        description="Tasks succeeded since the hub started (with several hubs: added up over "
+        "the hubs, each since it started)."
+    )
     fail: int
     end: int
     chains: int = Field(description="Live chains and groups (not counted as tasks).")
 
 
+class HubShare(BaseModel):
+    name: str
+    partitions: list[int] = Field(description="The partitions it leads.")
+
+
 class Stats(BaseModel):
-    hub: str
+    hub: str = Field(description="The hub that answered.")
+    hubs: list[HubShare] = Field(
+        description="The hubs whose numbers these are: this one first, then each hub that "
+        "leads some partition of the deployment."
+    )
+    missing: list[int] = Field(
+        description="Partitions left out: no hub leads them right now, or their hub did "
+        "not answer (try again in a moment)."
+    )
     at: float
     started_at: float
     window: int = Field(description="Seconds the rates count.")

@@ -384,22 +384,40 @@ class _StateCollector(Collector):
         yield workers
         yield inflight
 
-        conns = GaugeMetricFamily(
-            "taskhub_connections",
-            "Open connections (WebSocket and pull consumers) by service",
-            labels=["service"],
-        )
-        by_service: dict[str, int] = {}
-        for peer in hub.senders:
-            by_service[peer.service] = by_service.get(peer.service, 0) + 1
-        for service, n in sorted(by_service.items()):
-            conns.add_metric([service], n)
-        yield conns
-
+        yield _connections(hub)
+        yield from _partitions(hub)
         yield GaugeMetricFamily("taskhub_ready", "1 when /readyz answers 200", value=hub.ready)
         yield GaugeMetricFamily(
             "taskhub_draining", "1 while shutting down gracefully", value=hub.draining
         )
+
+
+def _connections(hub: Hub) -> Metric:
+    conns = GaugeMetricFamily(
+        "taskhub_connections",
+        "Open connections (WebSocket and pull consumers) by service",
+        labels=["service"],
+    )
+    by_service: dict[str, int] = {}
+    for peer in hub.connections.clients():  # another hub's clients are counted there
+        by_service[peer.service] = by_service.get(peer.service, 0) + 1
+    for service, n in sorted(by_service.items()):
+        conns.add_metric([service], n)
+    return conns
+
+
+def _partitions(hub: Hub) -> Iterator[Metric]:
+    """Each partition's numbers come from the hub that leads it (docs/operations.md): which
+    ones this hub leads, and how many no hub leads as this hub sees them."""
+    slots = hub.router.slots
+    led = sum(1 for s in slots if s.local is not None)
+    yield GaugeMetricFamily("taskhub_partitions_led", "Partitions this hub leads", value=led)
+    leaderless = sum(1 for s in slots if s.local is None and not s.leader)
+    yield GaugeMetricFamily(
+        "taskhub_partitions_leaderless",
+        "Partitions no hub leads right now, as this hub sees the leases",
+        value=leaderless,
+    )
 
 
 def _depth(q: Queue) -> int:

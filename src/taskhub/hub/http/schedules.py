@@ -165,7 +165,7 @@ async def delete_schedule(name: ScheduleName, admin: AdminDep, creds: Caller) ->
 @router.get("/queues", response_model=list[QueueView], tags=["queues"], responses=error_responses())
 async def list_queues(admin: AdminDep, creds: Caller) -> Any:
     """Every group queue of an action the caller may publish or subscribe to."""
-    return admin.queues(creds)
+    return await admin.queues(creds)
 
 
 @router.get(
@@ -175,7 +175,7 @@ async def list_queues(admin: AdminDep, creds: Caller) -> Any:
     responses=error_responses(_403="May not see the action.", _404="No such queue."),
 )
 async def get_queue(action: QueueAction, group: QueueGroup, admin: AdminDep, creds: Caller) -> Any:
-    return admin.queue(creds, action, group)
+    return await admin.queue(creds, action, group)
 
 
 @router.delete(

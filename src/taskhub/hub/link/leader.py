@@ -10,8 +10,8 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -199,6 +199,9 @@ class LinkServer:
                 if part is not None and step is not None:
                     part.lc.finish(step, TaskState.FAIL, error=entry.error)
                     touched.add(part)
+            elif kind is wire.Ops:
+                assert isinstance(entry, wire.Ops)
+                self._spawn(self._operate(entry))
             else:
                 assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
                 self._request(entry)
@@ -235,6 +238,7 @@ class LinkServer:
             self._drop(conn)
 
         self.hub.attach(peer, send, close)
+        self.hub.connections.linked.add(peer)
 
     def _watch(self, entry: wire.WatchIn, touched: set[LocalPartition]) -> None:
         remote = self.remotes.get(entry.conn)
@@ -315,6 +319,37 @@ class LinkServer:
                 log.exception("answering a linked %s failed", type(entry).__name__.lower())
             answer = wire.Answer(entry.id, error=str(exc))
         self.out.add(wire.encode_entry(answer))
+
+    def _spawn(self, answering: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(answering)
+        self.requests.add(task)
+        task.add_done_callback(self.requests.discard)
+
+    async def _operate(self, entry: wire.Ops) -> None:
+        """An operation across hubs (``Admin.ops``) over partitions this hub leads: its
+        result or its error in the answer's value; the answer's error when it cannot run."""
+        parts: list[LocalPartition] = []
+        try:
+            op = self.hub.admin.ops.get(entry.op)
+            if op is None:
+                raise TaskHubError(f"this hub has no operation {entry.op!r} (another version?)")
+            for index in entry.parts:
+                part = self._led("", index)
+                if part is None:
+                    raise TaskHubError(f"this hub does not lead partition {index}")
+                parts.append(part)
+        except TaskHubError as exc:
+            self.out.add(wire.encode_entry(wire.Answer(entry.id, error=exc.message)))
+            return
+        creds = Credentials(entry.name, entry.sub, entry.pub)
+        try:
+            value = wire.op_result(await op(creds, parts, entry.args))
+        except TaskHubError as exc:
+            value = wire.op_result(error=exc)
+        except Exception:
+            log.exception("answering a linked %r operation failed", entry.op)
+            value = wire.op_result(error=StoreUnavailable("the leader could not complete it"))
+        self.out.add(wire.encode_entry(wire.Answer(entry.id, msgspec.Raw(value))))
 
     async def _items(self, part: LocalPartition, entry: wire.Items) -> wire.Answer:
         """Some items of a client's batched message, applied as the hub's router applies a

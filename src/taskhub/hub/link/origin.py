@@ -24,7 +24,7 @@ from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
 from taskhub.ids import UlidFactory
-from taskhub.lifecycle import Peer
+from taskhub.lifecycle import Credentials, Peer
 from taskhub.records import MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import Store
 
@@ -119,6 +119,28 @@ class HubLinks:
         if link is None:
             link = self.links[url] = Link(self, url)
         return link
+
+    async def ask(
+        self,
+        leader_url: str,
+        op: str,
+        creds: Credentials,
+        parts: list[int],
+        args: dict[str, Any] | None = None,
+    ) -> Any:
+        """The operator's ``op`` (``Admin.ops``) run by the hub at ``leader_url`` (its
+        advertised base URL) over the partitions ``parts`` it leads, for ``creds``: its
+        result, or its error raised as the leader raised it. A leader that cannot run it
+        (it no longer leads one of ``parts``, the link broke) is :class:`StoreUnavailable`:
+        retry."""
+        link = self.link(wire.link_url(leader_url))
+        sub, pub = creds.sub_permissions, creds.pub_permissions
+        answer = await link.request(
+            lambda rid: wire.Ops(rid, op, parts, creds.name, sub, pub, args or {})
+        )
+        if answer.error is not None:
+            raise StoreUnavailable(f"the hub at {leader_url.rstrip('/')}: {answer.error}; retry")
+        return wire.read_op_result(answer.value)
 
     def detach(self, peer: Peer) -> None:
         """The connection is gone: the leaders it reached let go of what it held."""

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from taskhub import protocol as p
-from taskhub.errors import FrameTooLarge, ProtocolError, UnknownOperation
+from taskhub.errors import FrameTooLarge, ProtocolError, TaskHubError, UnknownOperation, from_wire
 from taskhub.lifecycle import Credentials
 from taskhub.records import TaskRecord
 
@@ -171,8 +171,56 @@ class Close(_Entry, tag="close"):
     reason: str = ""
 
 
+# --- operations across hubs (origin -> leader) -------------------------------------------------
+# The operator's listings and actions (group queues, dead letters, the dashboard's numbers) over
+# every partition of the deployment, whichever hub is asked: the asking hub runs ``op`` itself
+# on the partitions it leads and sends one request per other hub for the partitions that hub
+# leads (docs/deployment.md, "The hub-to-hub link"; the ops are ``Admin.ops``).
+class Ops(_Entry, tag="ops"):
+    """A request: the operation ``op`` with ``args``, on behalf of the credential (``name``,
+    its permissions ``sub`` and ``pub``), over the partitions ``parts`` this leader leads.
+    Answered with :class:`Answer`: ``value`` is :func:`op_result` (the operation's result or
+    its error, which the asking hub raises as its own); ``error`` says the leader could not
+    run it (it no longer leads a partition, or it does not know ``op``)."""
+
+    id: int
+    op: str
+    parts: list[int]
+    name: str
+    sub: tuple[str, ...]
+    pub: tuple[str, ...]
+    args: dict[str, Any] = {}
+
+
+def op_result(value: Any = None, error: TaskHubError | None = None) -> bytes:
+    """An :class:`Ops` answer's value: ``{"ok": value}`` or ``{"error": <wire error>}``."""
+    return _encoder.encode({"error": error.to_wire()} if error is not None else {"ok": value})
+
+
+def read_op_result(raw: msgspec.Raw | bytes) -> Any:
+    """The result of an :class:`Ops` answer's value; its error raised (as the leader raised
+    it: a 404 stays a 404 on the asking hub)."""
+    body = msgspec.json.decode(raw)
+    if not isinstance(body, dict) or ("ok" not in body and "error" not in body):
+        raise ProtocolError("an operation's answer is neither ok nor an error")
+    if "error" in body:
+        raise from_wire(body["error"])
+    return body["ok"]
+
+
 ToLeader = (
-    Open | In | WatchIn | Detach | Find | ListTasks | Flush | Items | Step | StepEnded | CancelStep
+    Open
+    | In
+    | WatchIn
+    | Detach
+    | Find
+    | ListTasks
+    | Flush
+    | Items
+    | Step
+    | StepEnded
+    | CancelStep
+    | Ops  # operations across hubs
 )
 ToOrigin = Out | Answer | Close | StepEnded
 

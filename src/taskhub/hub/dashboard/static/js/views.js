@@ -106,7 +106,14 @@ export function overview(main, params, ctx) {
     const c = s.counts;
     const sum = (k) => s.rates.reduce((n, r) => n + r[k], 0);
     const workers = s.connections.filter((cn) => cn.subscriptions.some((x) => !x.observe)).length;
-    replace(head, `Hub “${s.hub}” · up since ${new Date(s.started_at * 1000).toLocaleString()}`);
+    // With several hubs the numbers are the deployment's: say whose, and what is left out.
+    const others = s.hubs.length > 1 ? ` · with ${s.hubs.slice(1).map((x) => `“${x.name}”`).join(", ")}` : "";
+    replace(head, `Hub “${s.hub}” · up since ${new Date(s.started_at * 1000).toLocaleString()}${others}`,
+      s.missing.length
+        ? h("div", { id: "missing", class: "error" },
+            `Not counted: partition${s.missing.length > 1 ? "s" : ""} ${s.missing.join(", ")} ` +
+            "(no hub leads them right now, or their hub did not answer)")
+        : null);
     replace(cards,
       card(c.waiting, "waiting", "count-waiting"), card(c.running, "running", "count-running"),
       card(c.success, "succeeded (since start)", "count-success"),

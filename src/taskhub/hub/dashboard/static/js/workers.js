@@ -26,7 +26,8 @@ export function workers(main, _params, ctx) {
           h("div", { class: "host" },
             c.host ? h("span", { class: "mono" }, `${c.host}`) : h("span", { class: "muted" }, "—"),
             c.pid != null ? h("span", { class: "mono pid" }, ` pid ${c.pid}`) : null,
-            c.remote ? h("div", { class: "muted mono" }, c.remote) : null),
+            c.remote ? h("div", { class: "muted mono" }, c.remote) : null,
+            c.hub ? h("div", { class: "muted hub" }, `on hub ${c.hub}`) : null),
           c.kind === "pull"
             ? h("div", {}, "pull consumer",
                 h("div", { class: "muted" }, `${c.leases} leased · last call ${span(Date.now() / 1000 - c.last_seen)} ago`))
