@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from taskhub.errors import StoreUnavailable
+from taskhub.errors import StoreInUse, StoreUnavailable
 from taskhub.records import (
     TASK_STATES,
     TERMINAL_STATES,
@@ -703,7 +703,7 @@ async def test_sqlite_file_serves_one_hub_at_a_time(tmp_path: Path) -> None:
     await first.open()
     await apply(first, task("t1"))
     second = SqliteStore.from_url(sqlite_url(tmp_path))
-    with pytest.raises(StoreUnavailable, match="in use by another hub"):
+    with pytest.raises(StoreInUse, match="in use by another hub"):
         await second.open()
     assert await first.get_task("t1") is not None  # a read folds the journal into the tables
     with sqlite3.connect(tmp_path / "hub.db") as raw:
@@ -728,7 +728,7 @@ async def test_sqlite_file_serves_one_hub_at_a_time(tmp_path: Path) -> None:
     )
     assert proc.stdout is not None
     assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"open\n"
-    with pytest.raises(StoreUnavailable, match="in use by another hub"):
+    with pytest.raises(StoreInUse, match="in use by another hub"):
         await SqliteStore.from_url(sqlite_url(tmp_path)).open()
     proc.kill()
     await proc.wait()
