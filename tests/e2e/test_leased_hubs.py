@@ -1,10 +1,10 @@
 """Hub processes (`taskhub serve`) that lead partitions by their leases (docs/deployment.md,
-"Partition leases") over one real SQLite file (and a real Redis): they split the partitions and
-say so on /healthz, a third rebalances, every hub serves every partition over the hub-to-hub
-link (a publisher on one hub and a worker on the other, chains crossing hubs, a wildcard
-watch), a hub killed -9 loses no accepted task and its partitions move while the other hub's
-clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its lease
-is fenced and leads again only what it is given, and a timeout fires once."""
+"Partition leases"), each test over one real SQLite file and over a real Redis: they split the
+partitions and say so on /healthz, a third rebalances, every hub serves every partition over
+the hub-to-hub link (a publisher on one hub and a worker on the other, chains crossing hubs, a
+wildcard watch), a hub killed -9 loses no accepted task and its partitions move while the other
+hub's clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its
+lease is fenced and leads again only what it is given, and a timeout fires once."""
 
 from __future__ import annotations
 
@@ -92,13 +92,6 @@ def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hubs]:
     made.stop()
 
 
-@pytest.fixture
-def sqlite_hubs(tmp_path: Path) -> Iterator[Hubs]:
-    made = Hubs(f"sqlite:///{tmp_path / 'hub.db'}")
-    yield made
-    made.stop()
-
-
 def test_two_hubs_split_the_partitions_and_a_third_rebalances(hubs: Hubs) -> None:
     one, two = hubs.start(), hubs.start()
     first, second = settled(one, two)
@@ -114,13 +107,13 @@ def test_two_hubs_split_the_partitions_and_a_third_rebalances(hubs: Hubs) -> Non
 
 
 async def test_a_hub_killed_9_loses_no_accepted_task_and_its_partitions_move(
-    sqlite_hubs: Hubs,
+    hubs: Hubs,
 ) -> None:
     """A publisher and a worker on hub two use hub one's partitions over the link; hub one is
     killed -9 with tasks accepted and deliveries held: the link breaks, two's clients are
     closed with 1013 and reconnect, two takes the partitions over once their leases ran out,
     and every accepted task completes."""
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    one, two = hubs.start(), hubs.start()
     first, second = settled(one, two)
     knows(two, first)
     knows(one, second)
@@ -194,8 +187,8 @@ async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_part
     assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
-async def test_a_chain_whose_steps_fall_on_both_hubs_completes(sqlite_hubs: Hubs) -> None:
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+async def test_a_chain_whose_steps_fall_on_both_hubs_completes(hubs: Hubs) -> None:
+    one, two = hubs.start(), hubs.start()
     first, second = settled(one, two)
     knows(two, first)
     knows(one, second)
@@ -219,12 +212,12 @@ async def test_a_chain_whose_steps_fall_on_both_hubs_completes(sqlite_hubs: Hubs
         assert (await pub.get(chain.id))["state"] == "success"
 
 
-async def test_sigterm_hands_the_partitions_off_at_once(sqlite_hubs: Hubs) -> None:
-    one, two = sqlite_hubs.start(lease="6"), sqlite_hubs.start(lease="6")
+async def test_sigterm_hands_the_partitions_off_at_once(hubs: Hubs) -> None:
+    one, two = hubs.start(lease="6"), hubs.start(lease="6")
     first, _ = settled(one, two)
     one.stop()  # SIGTERM: a graceful hand-off, then the process exits
     # Its leases are released, not left to expire (6 s): free, or taken by the other hub.
-    leases = open_partition_leases(sqlite_hubs.store, P)
+    leases = open_partition_leases(hubs.store, P)
     await leases.open()
     try:
         holders = [await leases.holder(p) for p in first]
@@ -235,9 +228,9 @@ async def test_sigterm_hands_the_partitions_off_at_once(sqlite_hubs: Hubs) -> No
 
 
 async def test_a_paused_hub_is_fenced_and_leads_again_only_what_it_is_given(
-    sqlite_hubs: Hubs,
+    hubs: Hubs,
 ) -> None:
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
     one.pause()  # SIGSTOP past its lease: the other takes everything over
     two.wait_leading(range(P))
@@ -253,8 +246,8 @@ async def test_a_paused_hub_is_fenced_and_leads_again_only_what_it_is_given(
         assert (await reader.get(moved))["state"] == "init"  # kept across the move, waiting
 
 
-async def test_a_timeout_fires_once(sqlite_hubs: Hubs) -> None:
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+async def test_a_timeout_fires_once(hubs: Hubs) -> None:
+    one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
     async with Client(one.url, name="publisher") as pub:
         handle = pub.pub(action_in(first[0]), 1, start_timeout=0.3)
