@@ -875,8 +875,9 @@ async def check_against_model(store: Store, model: Model) -> None:
     assert await store.list_tasks(limit=len(IDS)) == ordered
 
 
-async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
-    store = await make_store(engine, folder)
+async def run_against_model(engine: str, layout: str, folder: Path, ops: list[Any]) -> None:
+    partition, partitions = LAYOUTS[layout]
+    store = await make_store(engine, folder, partition=partition, partitions=partitions)
     model = Model()
     try:
         for op in ops:
@@ -894,6 +895,7 @@ async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("engine", ENGINES)
 @settings(
     max_examples=30,
@@ -904,9 +906,9 @@ async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(ops=operations)
-def test_engine_matches_model(engine: str, tmp_path: Path, ops: list[Any]) -> None:
+def test_engine_matches_model(engine: str, layout: str, tmp_path: Path, ops: list[Any]) -> None:
     # The model keeps the generated records themselves: nothing mutates them afterwards.
-    asyncio.run(run_against_model(engine, tmp_path / uuid.uuid4().hex, ops))
+    asyncio.run(run_against_model(engine, layout, tmp_path / uuid.uuid4().hex, ops))
 
 
 # --- metadata (schedules, durable queues, dead letters) and archiving reads ---------------------
