@@ -4,7 +4,8 @@ partitions and say so on /healthz, a third rebalances, every hub serves every pa
 the hub-to-hub link (a publisher on one hub and a worker on the other, chains crossing hubs, a
 wildcard watch), a hub killed -9 loses no accepted task and its partitions move while the other
 hub's clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its
-lease is fenced and leads again only what it is given, and a timeout fires once."""
+lease is fenced and leads again only what it is given (what it was sent meanwhile is stored
+once), and a timeout fires once."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from taskhub import Client
+from taskhub.errors import ConnectionClosed, PartitionUnavailable
 from taskhub.partitions import partition_of, partition_of_id
 from taskhub.store import open_partition_leases
 from tests import redisproc
@@ -246,6 +249,45 @@ async def test_a_paused_hub_is_fenced_and_leads_again_only_what_it_is_given(
         assert (await reader.get(moved))["state"] == "init"  # kept across the move, waiting
 
 
+async def test_what_a_paused_hub_is_sent_is_never_written_by_it(hubs: Hubs) -> None:
+    """A publish (with a key) sent to a hub while it is paused past its lease, for a partition
+    it led: on resuming the hub steps down, and what it is sent is answered with a retryable
+    error or accepted by the partition's leader, never written by the fenced hub. Sent again
+    until accepted, as the errors say, it is stored once and runs once."""
+    one, two = hubs.start(), hubs.start()
+    first, second = settled(one, two)
+    knows(one, second)
+    action = action_in(first[0])
+    runs: list[Any] = []
+    async with (
+        Client(one.url, name="publisher", max_backoff=0.2) as pub,
+        Client(two.url, name="worker", max_backoff=0.2) as worker,
+    ):
+        one.pause()  # SIGSTOP past its lease: two takes every partition over
+        await asyncio.to_thread(two.wait_leading, range(P))
+        handle = pub.pub(action, "paused", key="sent-while-paused")  # in the paused socket
+        await asyncio.sleep(0.2)
+        one.resume()
+        for _ in range(50):
+            try:
+                await asyncio.wait_for(handle.accepted(), 30)
+                break
+            except (PartitionUnavailable, ConnectionClosed):  # both say: try again
+                await asyncio.sleep(0.2)
+                handle = pub.pub(action, "paused", key="sent-while-paused")
+        shares = await asyncio.to_thread(settled, one, two)  # it rejoined with a share
+        await asyncio.to_thread(knows, two, shares[0])
+        await worker.sub(action, lambda t: runs.append(t.id) or "done")
+        assert await asyncio.wait_for(handle.get_result(), 30) == "done"
+        await asyncio.sleep(0.5)  # time for a second run, were there a second task
+        async with httpx.AsyncClient(timeout=10) as http:
+            page = await http.get(f"{two.http_url}/v1/tasks", params={"action": action})
+    stored = [t["id"] for t in page.json()["tasks"]]
+    assert runs == stored == [handle.id]
+    assert partition_of_id(handle.id) == first[0]
+    assert "lost partition" in one.log.read_text()
+
+
 async def test_a_timeout_fires_once(hubs: Hubs) -> None:
     one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
@@ -267,8 +309,6 @@ async def test_a_timeout_fires_once(hubs: Hubs) -> None:
 
 
 async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
-    import httpx
-
     async with httpx.AsyncClient(timeout=10) as http:
         answer = await http.get(f"{hub.http_url}/v1/tasks/{task_id}/events")
     return [
