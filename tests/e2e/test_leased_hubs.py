@@ -5,11 +5,12 @@ the hub-to-hub link (a publisher on one hub and a worker on the other, chains cr
 wildcard watch), a hub killed -9 loses no accepted task and its partitions move while the other
 hub's clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its
 lease is fenced and leads again only what it is given (what it was sent meanwhile is stored
-once), and a timeout fires once."""
+once), and a timeout fires once. On a Redis Cluster the partitions spread over its primaries."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from taskhub.partitions import partition_of, partition_of_id
 from taskhub.store import open_partition_leases
 from tests import redisproc
 from tests.conftest import until
-from tests.e2e.hubproc import HubProcess, wait_until
+from tests.e2e.hubproc import HubProcess, consume, wait_until
 
 P = 4
 LEASE = "1"  # seconds: TASKHUB_LEASE of every hub here, unless a test says otherwise
@@ -316,3 +317,30 @@ async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
         for line in answer.text.splitlines()
         if line.startswith("event:")
     ]
+
+
+async def test_hubs_on_a_redis_cluster_spread_the_partitions_over_its_primaries() -> None:
+    """Two hubs on a real 3-primary Redis Cluster, P = 4: each partition's keys (its lease
+    with them) live on the primary of its hash tag, several primaries in all; tasks of every
+    partition, accepted through either hub, survive a hub killed -9 and run once."""
+    cluster = redisproc.shared_cluster()
+    prefix = f"e2ecl{uuid.uuid4().hex[:8]}"
+    hubs = Hubs(f"{cluster.url}?prefix={prefix}")
+    try:
+        one, two = hubs.start(), hubs.start()
+        _, second = settled(one, two)
+        knows(one, second)  # one publishes into two's partitions over the link
+        owners = {cluster.owner_of(f"{prefix}{{p{p}}}:") for p in range(P)}
+        assert len(owners) > 1, owners
+        actions = [action_in(p) for p in range(P)]
+        n = 4 * P
+        async with Client(one.url, name="publisher", max_backoff=0.2) as pub:
+            ids = [await pub.pub(actions[i % P], i).accepted() for i in range(n)]
+        assert {partition_of_id(i) for i in ids} == set(range(P))
+        one.kill()
+        two.wait_leading(range(P))  # once the killed hub's leases ran out
+        seen = await consume(two.url, actions, n)
+        assert sorted(seen) == sorted(ids)
+        assert sorted(seen.values()) == list(range(n))
+    finally:
+        hubs.stop()
