@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from taskhub import Client
+from tests.conftest import until
 
 
 def free_port() -> int:
@@ -183,3 +184,15 @@ async def consume(
     """`draining`, unsubscribed once the ``n`` tasks have run."""
     async with draining(url, actions, n, timeout) as seen:
         return seen
+
+
+async def ended(url: str, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Task ``task_id``, read at ``url`` once it has ended (success or fail)."""
+    async with Client(url, name="poller") as client:
+
+        async def read() -> dict[str, Any] | None:
+            task = await client.get(task_id)
+            return task if task["state"] in ("success", "fail") else None
+
+        task: dict[str, Any] = await until(read, timeout, 0.05)
+        return task

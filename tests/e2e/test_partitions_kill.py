@@ -3,7 +3,6 @@ no accepted task of any partition, and a chain crossing partitions carries on af
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from taskhub import Client
 from taskhub.partitions import partition_of, partition_of_id
-from tests.e2e.hubproc import HubProcess, draining
+from tests.e2e.hubproc import HubProcess, draining, ended
 
 P = 4
 
@@ -43,12 +42,8 @@ async def test_accepted_tasks_of_every_partition_survive_kill_9(hub: HubProcess)
         chain_id = await chain.accepted()
     assert {partition_of_id(i) for i in ids} == set(range(P))
     hub.restart(leads=range(P))  # once the killed hub's leases ran out
-    async with draining(hub.url, actions, n) as seen, Client(hub.url, name="poller") as pub:
-        for _ in range(200):  # the worker still runs the chain's steps
-            task = await pub.get(chain_id)
-            if task["state"] == "success":
-                break
-            await asyncio.sleep(0.05)
+    async with draining(hub.url, actions, n) as seen:
+        task = await ended(hub.url, chain_id)  # the worker still runs the chain's steps
     assert sorted(seen) == sorted(ids)
     assert sorted(seen.values()) == list(range(n))
     assert task["state"] == "success" and task["result"] == 1002

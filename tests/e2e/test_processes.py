@@ -23,7 +23,7 @@ import pytest
 from taskhub import Client
 from taskhub.partitions import partition_of, partition_of_id
 from tests import redisproc
-from tests.e2e.hubproc import HubProcess, draining, wait_until
+from tests.e2e.hubproc import HubProcess, draining, ended, wait_until
 
 P = 4
 
@@ -177,12 +177,8 @@ async def test_a_child_killed_9_loses_no_accepted_task(any_hub: HubProcess) -> N
     assert "exited with -9; starting it again" in hub.log.read_text()
     split(hub)  # the new child takes its share back once the dead one's leases ran out
     linked(hub)
-    async with draining(hub.url, actions, n) as seen, Client(hub.url, name="poller") as pub:
-        for _ in range(200):  # the worker still runs the chain's steps
-            chain = await pub.get(chain_id)
-            if chain["state"] == "success":
-                break
-            await asyncio.sleep(0.05)
+    async with draining(hub.url, actions, n) as seen:
+        chain = await ended(hub.url, chain_id)  # the worker still runs the chain's steps
     assert sorted(seen) == sorted(ids)
     assert sorted(seen.values()) == list(range(n))
     assert chain["state"] == "success" and chain["result"] == 1002
