@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskhub.errors import PartitionUnavailable
 from taskhub.hub.dispatch import Dispatcher, Msg
@@ -178,7 +178,6 @@ class Front(Protocol):
     async def flush(self) -> None: ...
 
 
-@runtime_checkable
 class Linked(Partition, Elsewhere, Protocol):
     """A partition another hub leads, reached over the hub-to-hub link
     (:class:`taskhub.hub.link.RemotePartition`)."""
