@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from taskhub.errors import PartitionUnavailable
 from taskhub.hub.dispatch import Dispatcher, Msg
@@ -45,9 +45,6 @@ class Partition(Protocol):
     # in process, as the HTTP API's, need it: :func:`unavailable` names the leader then).
     local: LocalPartition | None
     leader: str  # the leader's advertised URL ("" when no hub holds the partition)
-    # The partition as reached over the hub-to-hub link (itself) when another hub leads it,
-    # else None: what the router reads of a slot per chain step and spanning batch.
-    linked: Linked | None
 
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
         """Apply a message of the hub's connection ``peer``; its answer comes back to
@@ -108,7 +105,6 @@ class UnledPartition:
     instead (:class:`~taskhub.hub.link.RemotePartition`)."""
 
     local: LocalPartition | None = None
-    linked: Linked | None = None
 
     def __init__(self, index: int, leader: str, front: Front) -> None:
         self.index = index
@@ -178,6 +174,7 @@ class Front(Protocol):
     async def flush(self) -> None: ...
 
 
+@runtime_checkable
 class Linked(Partition, Elsewhere, Protocol):
     """A partition another hub leads, reached over the hub-to-hub link
     (:class:`taskhub.hub.link.RemotePartition`)."""
@@ -222,7 +219,6 @@ class LocalPartition:
     """
 
     leader = ""
-    linked: Linked | None = None
 
     def __init__(
         self,

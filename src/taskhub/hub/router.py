@@ -24,7 +24,7 @@ from typing import Any
 from taskhub import protocol as p
 from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
-from taskhub.hub.partition import LocalPartition, Partition, unavailable
+from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
 from taskhub.lifecycle import Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
 from taskhub.partitions import partition_of, partition_of_id
@@ -118,8 +118,9 @@ class Router:
             for pattern in patterns:
                 with contextlib.suppress(TaskHubError):  # refused when it was made
                     part.watch(peer, pattern)
-        if old is not part and old.linked is not None:
-            old.linked.retire()
+        if old is not part and _linked(old) is not None:
+            assert isinstance(old, Linked)
+            old.retire()
 
     def forget(self, peer: Peer) -> None:
         """The connection is gone (its watches end with it in each partition)."""
@@ -156,7 +157,7 @@ class Router:
 
     def _at_zero(self, msg: Any) -> Partition:
         zero = self.slots[0]
-        return zero if zero.linked is not None else self.front
+        return zero if _linked(zero) is not None else self.front
 
     def _by_chain(self, msg: p.Chain) -> Partition:
         first = msg.steps[0].action if msg.steps else ""
@@ -174,10 +175,10 @@ class Router:
         return self.slots[task_partition(task_id, self.count)]
 
     def elsewhere_for(self, action: str) -> Elsewhere | None:
-        return self.slots[action_partition(action, self.count)].linked
+        return _linked(self.slots[action_partition(action, self.count)])
 
     def elsewhere_of(self, task_id: str) -> Elsewhere | None:
-        return self.slots[task_partition(task_id, self.count)].linked
+        return _linked(self.slots[task_partition(task_id, self.count)])
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
         return self.local(task_partition(task_id, self.count))
@@ -206,7 +207,7 @@ class Router:
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
             return self.slots[min(where, default=0)].handle(peer, msg)
         slots = self.slots
-        if any(slots[i].linked is not None for i in where):
+        if any(_linked(slots[i]) is not None for i in where):
             return self._batch_linked(peer, msg, index)
         parts = [slots[i] for i in sorted(where)]
         answers = []
@@ -234,7 +235,7 @@ class Router:
         remote: list[tuple[list[tuple[int, Any]], int]] = []
         for at, items in by_part.items():
             part = self.slots[at]
-            linked = part.linked
+            linked = _linked(part)
             if linked is not None:
                 remote.append((items, len(waits)))
                 waits.append(linked.apply_items(peer, msg, items))
@@ -292,3 +293,9 @@ class Router:
                     part.unwatch(peer, msg.pattern)
             except TaskHubError:
                 return
+
+
+def _linked(slot: Partition) -> Linked | None:
+    # A local slot first: a runtime protocol check looks at every member (a step of every
+    # chain asks).
+    return None if isinstance(slot, LocalPartition) or not isinstance(slot, Linked) else slot

@@ -22,7 +22,7 @@ from taskhub.errors import ProtocolError, StoreUnavailable
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
-from taskhub.hub.partition import Linked, LocalPartition
+from taskhub.hub.partition import LocalPartition
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Peer
 from taskhub.records import MetaRecord, TaskRecord, WriteBatch
@@ -332,7 +332,6 @@ class RemotePartition:
         self.users: dict[str, Peer] = {}  # connections that reached it, by id
         self.prefixes: dict[str, bytes] = {}  # their In entries' start (wire.in_prefix)
         self.new_id = UlidFactory(partition=index)  # the ids of chain steps published there
-        self.linked: Linked | None = self
 
     def _link(self, peer: Peer) -> Link | None:
         """The link for ``peer``'s traffic, ``peer`` opened on it; None for a connection
