@@ -289,6 +289,32 @@ async def test_what_a_paused_hub_is_sent_is_never_written_by_it(hubs: Hubs) -> N
     assert "lost partition" in one.log.read_text()
 
 
+async def test_hubs_on_a_redis_cluster_spread_the_partitions_over_its_primaries() -> None:
+    """Two hubs on a real 3-primary Redis Cluster, P = 4: each partition's keys (its lease
+    with them) live on the primary of its hash tag, several primaries in all; tasks of every
+    partition, accepted through either hub, survive a hub killed -9 and run once."""
+    cluster = redisproc.shared_cluster()
+    prefix = f"e2ecl{uuid.uuid4().hex[:8]}"
+    hubs = Hubs(f"{cluster.url}?prefix={prefix}")
+    try:
+        one, two = hubs.start(), hubs.start()
+        _, second = settled(one, two)
+        knows(one, second)  # one publishes into two's partitions over the link
+        owners = {cluster.owner_of(f"{prefix}{{p{p}}}:") for p in range(P)}
+        assert len(owners) > 1, owners
+        actions = [action_in(p) for p in range(P)]
+        n = 4 * P
+        async with Client(one.url, name="publisher", max_backoff=0.2) as pub:
+            ids = [await pub.pub(actions[i % P], i).accepted() for i in range(n)]
+        assert {partition_of_id(i) for i in ids} == set(range(P))
+        one.kill()
+        two.wait_leading(range(P))  # once the killed hub's leases ran out
+        seen = await consume(two.url, actions, n)
+        assert sorted(seen) == sorted(ids)
+        assert sorted(seen.values()) == list(range(n))
+    finally:
+        hubs.stop()
+
 async def test_a_timeout_fires_once(hubs: Hubs) -> None:
     one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
@@ -317,30 +343,3 @@ async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
         for line in answer.text.splitlines()
         if line.startswith("event:")
     ]
-
-
-async def test_hubs_on_a_redis_cluster_spread_the_partitions_over_its_primaries() -> None:
-    """Two hubs on a real 3-primary Redis Cluster, P = 4: each partition's keys (its lease
-    with them) live on the primary of its hash tag, several primaries in all; tasks of every
-    partition, accepted through either hub, survive a hub killed -9 and run once."""
-    cluster = redisproc.shared_cluster()
-    prefix = f"e2ecl{uuid.uuid4().hex[:8]}"
-    hubs = Hubs(f"{cluster.url}?prefix={prefix}")
-    try:
-        one, two = hubs.start(), hubs.start()
-        _, second = settled(one, two)
-        knows(one, second)  # one publishes into two's partitions over the link
-        owners = {cluster.owner_of(f"{prefix}{{p{p}}}:") for p in range(P)}
-        assert len(owners) > 1, owners
-        actions = [action_in(p) for p in range(P)]
-        n = 4 * P
-        async with Client(one.url, name="publisher", max_backoff=0.2) as pub:
-            ids = [await pub.pub(actions[i % P], i).accepted() for i in range(n)]
-        assert {partition_of_id(i) for i in ids} == set(range(P))
-        one.kill()
-        two.wait_leading(range(P))  # once the killed hub's leases ran out
-        seen = await consume(two.url, actions, n)
-        assert sorted(seen) == sorted(ids)
-        assert sorted(seen.values()) == list(range(n))
-    finally:
-        hubs.stop()

@@ -52,15 +52,6 @@ async def _old_file(
     return path, model
 
 
-async def _opens_again_the_same(path: Path, model: MemoryStore) -> None:
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
-        await _same_answers(store, model)
-    finally:
-        await store.close()
-
-
 async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
     """A file TaskHub wrote with schema 3 (one row per event; tests/store/data) opens as
     version 4 (packed events, the journal), answers every read as before, and goes on."""
@@ -89,7 +80,12 @@ async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
         columns = [r[1] for r in raw.execute("PRAGMA table_info(events)")]
         assert columns == ["pack", "task_id", "records"]
-    await _opens_again_the_same(path, model)
+    store = SqliteStore(str(path))  # and opens again as it is
+    await store.open()
+    try:
+        await _same_answers(store, model)
+    finally:
+        await store.close()
 
 
 async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_path: Path) -> None:
@@ -119,4 +115,9 @@ async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_pat
         sql = "SELECT sql FROM sqlite_master WHERE name = 'tasks_ended'"
         (index,) = raw.execute(sql).fetchone()
         assert " IN " not in index and "state = 'success'" in index
-    await _opens_again_the_same(path, model)
+    store = SqliteStore(str(path))  # and opens again as it is
+    await store.open()
+    try:
+        await _same_answers(store, model)
+    finally:
+        await store.close()
