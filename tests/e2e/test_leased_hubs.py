@@ -315,6 +315,7 @@ async def test_hubs_on_a_redis_cluster_spread_the_partitions_over_its_primaries(
     finally:
         hubs.stop()
 
+
 async def test_a_timeout_fires_once(hubs: Hubs) -> None:
     one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
