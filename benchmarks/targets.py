@@ -26,6 +26,7 @@ from harness import (
     read_result,
     redis_server,
     started,
+    started_relay,
     wait_ready,
     wait_roles,
 )
@@ -194,14 +195,8 @@ class Bench:
 
     def relay(self, target: str) -> dict[str, Any]:
         """TaskHub's worker and publisher against benchmarks/relay_hub.py."""
-        port = free_port()
-        with started(
-            [PY, os.path.join(HERE, "relay_hub.py"), "--port", str(port)],
-            self.log(f"{target}-server"),
-            stdout=subprocess.PIPE,
-        ) as server:
-            wait_ready(server, 20)
-            row = self.clients(target, f"ws://127.0.0.1:{port}")
+        with started_relay(self.log(f"{target}-server")) as (server, url):
+            row = self.clients(target, url)
             row["peak_rss_mb"] = peak_rss_mb(server.pid)
             row["rss_of"] = "relay process"
             row["settings"] = (

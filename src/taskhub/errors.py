@@ -125,6 +125,13 @@ class StoreFenced(StoreUnavailable):
     code = "store_fenced"
 
 
+class StoreInUse(StoreUnavailable):
+    """The store is a sqlite file another process holds open (a sqlite file serves one hub at
+    a time; several hubs share a ``redis://`` store): raised when the store is opened."""
+
+    code = "store_in_use"
+
+
 class PartitionUnavailable(StoreUnavailable):
     """The request needs a partition this hub does not lead, and it cannot reach the hub that
     does (docs/deployment.md, "Partition leases"). Retryable: ``details`` name the

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 import uvicorn
 
-from taskhub.errors import InvalidOption, StoreUnavailable
+from taskhub.errors import InvalidOption, StoreInUse
 from taskhub.hub.app import create_app
 from taskhub.hub.auth import Registry
 from taskhub.hub.http.origin import allowed_origins as parse_origins
@@ -605,9 +605,7 @@ async def check_shared_partitions(url: str, partitions: int, tries: int = 50) ->
         try:
             await _clustered_partitions(url, partitions)
             return
-        except StoreUnavailable as exc:
-            if "in use by another hub" not in exc.message:
-                raise
+        except StoreInUse:
             await asyncio.sleep(0.1)
     await _clustered_partitions(url, partitions)
 

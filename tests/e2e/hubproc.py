@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from taskhub import Client
+from tests.conftest import until
 
 
 def free_port() -> int:
@@ -151,12 +153,13 @@ def wait_until(check: Callable[[], bool], timeout: float, log: Path | None = Non
     raise TimeoutError(f"not within {timeout}s" + (f": {log.read_text()}" if log else ""))
 
 
-async def consume(
+@asynccontextmanager
+async def draining(
     url: str, actions: Iterable[str], n: int, timeout: float = 20.0
-) -> dict[str, Any]:
+) -> AsyncIterator[dict[str, Any]]:
     """Subscribe to ``actions`` at ``url`` and run tasks until ``n`` of them (payload < n)
-    have run; their payloads by task id. A chain's later steps (payload None) return the
-    previous result plus one."""
+    have run; yields their payloads by task id, still subscribed inside the ``with`` (for a
+    chain's later steps: payload None, they return the previous result plus one)."""
     seen: dict[str, Any] = {}
     done = asyncio.Event()
     async with Client(url, name="drainer") as worker:
@@ -172,4 +175,24 @@ async def consume(
         for action in actions:
             await worker.sub(action, run, concurrency=8)
         await asyncio.wait_for(done.wait(), timeout)
-    return seen
+        yield seen
+
+
+async def consume(
+    url: str, actions: Iterable[str], n: int, timeout: float = 20.0
+) -> dict[str, Any]:
+    """`draining`, unsubscribed once the ``n`` tasks have run."""
+    async with draining(url, actions, n, timeout) as seen:
+        return seen
+
+
+async def ended(url: str, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Task ``task_id``, read at ``url`` once it has ended (success or fail)."""
+    async with Client(url, name="poller") as client:
+
+        async def read() -> dict[str, Any] | None:
+            task = await client.get(task_id)
+            return task if task["state"] in ("success", "fail") else None
+
+        task: dict[str, Any] = await until(read, timeout, 0.05)
+        return task

@@ -1,26 +1,30 @@
 """Hub processes (`taskhub serve`) that lead partitions by their leases (docs/deployment.md,
-"Partition leases") over one real SQLite file (and a real Redis): they split the partitions and
-say so on /healthz, a third rebalances, every hub serves every partition over the hub-to-hub
-link (a publisher on one hub and a worker on the other, chains crossing hubs, a wildcard
-watch), a hub killed -9 loses no accepted task and its partitions move while the other hub's
-clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its lease
-is fenced and leads again only what it is given, and a timeout fires once."""
+"Partition leases"), each test over one real SQLite file and over a real Redis: they split the
+partitions and say so on /healthz, a third rebalances, every hub serves every partition over
+the hub-to-hub link (a publisher on one hub and a worker on the other, chains crossing hubs, a
+wildcard watch), a hub killed -9 loses no accepted task and its partitions move while the other
+hub's clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its
+lease is fenced and leads again only what it is given (what it was sent meanwhile is stored
+once), and a timeout fires once. On a Redis Cluster the partitions spread over its primaries."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from taskhub import Client
+from taskhub.errors import ConnectionClosed, PartitionUnavailable
 from taskhub.partitions import partition_of, partition_of_id
 from taskhub.store import open_partition_leases
 from tests import redisproc
 from tests.conftest import until
-from tests.e2e.hubproc import HubProcess, wait_until
+from tests.e2e.hubproc import HubProcess, consume, wait_until
 
 P = 4
 LEASE = "1"  # seconds: TASKHUB_LEASE of every hub here, unless a test says otherwise
@@ -92,13 +96,6 @@ def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hubs]:
     made.stop()
 
 
-@pytest.fixture
-def sqlite_hubs(tmp_path: Path) -> Iterator[Hubs]:
-    made = Hubs(f"sqlite:///{tmp_path / 'hub.db'}")
-    yield made
-    made.stop()
-
-
 def test_two_hubs_split_the_partitions_and_a_third_rebalances(hubs: Hubs) -> None:
     one, two = hubs.start(), hubs.start()
     first, second = settled(one, two)
@@ -114,13 +111,13 @@ def test_two_hubs_split_the_partitions_and_a_third_rebalances(hubs: Hubs) -> Non
 
 
 async def test_a_hub_killed_9_loses_no_accepted_task_and_its_partitions_move(
-    sqlite_hubs: Hubs,
+    hubs: Hubs,
 ) -> None:
     """A publisher and a worker on hub two use hub one's partitions over the link; hub one is
     killed -9 with tasks accepted and deliveries held: the link breaks, two's clients are
     closed with 1013 and reconnect, two takes the partitions over once their leases ran out,
     and every accepted task completes."""
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    one, two = hubs.start(), hubs.start()
     first, second = settled(one, two)
     knows(two, first)
     knows(one, second)
@@ -194,8 +191,8 @@ async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_part
     assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
-async def test_a_chain_whose_steps_fall_on_both_hubs_completes(sqlite_hubs: Hubs) -> None:
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+async def test_a_chain_whose_steps_fall_on_both_hubs_completes(hubs: Hubs) -> None:
+    one, two = hubs.start(), hubs.start()
     first, second = settled(one, two)
     knows(two, first)
     knows(one, second)
@@ -219,12 +216,12 @@ async def test_a_chain_whose_steps_fall_on_both_hubs_completes(sqlite_hubs: Hubs
         assert (await pub.get(chain.id))["state"] == "success"
 
 
-async def test_sigterm_hands_the_partitions_off_at_once(sqlite_hubs: Hubs) -> None:
-    one, two = sqlite_hubs.start(lease="6"), sqlite_hubs.start(lease="6")
+async def test_sigterm_hands_the_partitions_off_at_once(hubs: Hubs) -> None:
+    one, two = hubs.start(lease="6"), hubs.start(lease="6")
     first, _ = settled(one, two)
     one.stop()  # SIGTERM: a graceful hand-off, then the process exits
     # Its leases are released, not left to expire (6 s): free, or taken by the other hub.
-    leases = open_partition_leases(sqlite_hubs.store, P)
+    leases = open_partition_leases(hubs.store, P)
     await leases.open()
     try:
         holders = [await leases.holder(p) for p in first]
@@ -235,9 +232,9 @@ async def test_sigterm_hands_the_partitions_off_at_once(sqlite_hubs: Hubs) -> No
 
 
 async def test_a_paused_hub_is_fenced_and_leads_again_only_what_it_is_given(
-    sqlite_hubs: Hubs,
+    hubs: Hubs,
 ) -> None:
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+    one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
     one.pause()  # SIGSTOP past its lease: the other takes everything over
     two.wait_leading(range(P))
@@ -253,8 +250,74 @@ async def test_a_paused_hub_is_fenced_and_leads_again_only_what_it_is_given(
         assert (await reader.get(moved))["state"] == "init"  # kept across the move, waiting
 
 
-async def test_a_timeout_fires_once(sqlite_hubs: Hubs) -> None:
-    one, two = sqlite_hubs.start(), sqlite_hubs.start()
+async def test_what_a_paused_hub_is_sent_is_never_written_by_it(hubs: Hubs) -> None:
+    """A publish (with a key) sent to a hub while it is paused past its lease, for a partition
+    it led: on resuming the hub steps down, and what it is sent is answered with a retryable
+    error or accepted by the partition's leader, never written by the fenced hub. Sent again
+    until accepted, as the errors say, it is stored once and runs once."""
+    one, two = hubs.start(), hubs.start()
+    first, second = settled(one, two)
+    knows(one, second)
+    action = action_in(first[0])
+    runs: list[Any] = []
+    async with (
+        Client(one.url, name="publisher", max_backoff=0.2) as pub,
+        Client(two.url, name="worker", max_backoff=0.2) as worker,
+    ):
+        one.pause()  # SIGSTOP past its lease: two takes every partition over
+        await asyncio.to_thread(two.wait_leading, range(P))
+        handle = pub.pub(action, "paused", key="sent-while-paused")  # in the paused socket
+        await asyncio.sleep(0.2)
+        one.resume()
+        for _ in range(50):
+            try:
+                await asyncio.wait_for(handle.accepted(), 30)
+                break
+            except (PartitionUnavailable, ConnectionClosed):  # both say: try again
+                await asyncio.sleep(0.2)
+                handle = pub.pub(action, "paused", key="sent-while-paused")
+        shares = await asyncio.to_thread(settled, one, two)  # it rejoined with a share
+        await asyncio.to_thread(knows, two, shares[0])
+        await worker.sub(action, lambda t: runs.append(t.id) or "done")
+        assert await asyncio.wait_for(handle.get_result(), 30) == "done"
+        await asyncio.sleep(0.5)  # time for a second run, were there a second task
+        async with httpx.AsyncClient(timeout=10) as http:
+            page = await http.get(f"{two.http_url}/v1/tasks", params={"action": action})
+    stored = [t["id"] for t in page.json()["tasks"]]
+    assert runs == stored == [handle.id]
+    assert partition_of_id(handle.id) == first[0]
+    assert "lost partition" in one.log.read_text()
+
+
+async def test_hubs_on_a_redis_cluster_spread_the_partitions_over_its_primaries() -> None:
+    """Two hubs on a real 3-primary Redis Cluster, P = 4: each partition's keys (its lease
+    with them) live on the primary of its hash tag, several primaries in all; tasks of every
+    partition, accepted through either hub, survive a hub killed -9 and run once."""
+    cluster = redisproc.shared_cluster()
+    prefix = f"e2ecl{uuid.uuid4().hex[:8]}"
+    hubs = Hubs(f"{cluster.url}?prefix={prefix}")
+    try:
+        one, two = hubs.start(), hubs.start()
+        _, second = settled(one, two)
+        knows(one, second)  # one publishes into two's partitions over the link
+        owners = {cluster.owner_of(f"{prefix}{{p{p}}}:") for p in range(P)}
+        assert len(owners) > 1, owners
+        actions = [action_in(p) for p in range(P)]
+        n = 4 * P
+        async with Client(one.url, name="publisher", max_backoff=0.2) as pub:
+            ids = [await pub.pub(actions[i % P], i).accepted() for i in range(n)]
+        assert {partition_of_id(i) for i in ids} == set(range(P))
+        one.kill()
+        two.wait_leading(range(P))  # once the killed hub's leases ran out
+        seen = await consume(two.url, actions, n)
+        assert sorted(seen) == sorted(ids)
+        assert sorted(seen.values()) == list(range(n))
+    finally:
+        hubs.stop()
+
+
+async def test_a_timeout_fires_once(hubs: Hubs) -> None:
+    one, two = hubs.start(), hubs.start()
     first, _ = settled(one, two)
     async with Client(one.url, name="publisher") as pub:
         handle = pub.pub(action_in(first[0]), 1, start_timeout=0.3)
@@ -274,8 +337,6 @@ async def test_a_timeout_fires_once(sqlite_hubs: Hubs) -> None:
 
 
 async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
-    import httpx
-
     async with httpx.AsyncClient(timeout=10) as http:
         answer = await http.get(f"{hub.http_url}/v1/tasks/{task_id}/events")
     return [

@@ -3,16 +3,14 @@ no accepted task of any partition, and a chain crossing partitions carries on af
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from taskhub import Client
 from taskhub.partitions import partition_of, partition_of_id
-from tests.e2e.hubproc import HubProcess
+from tests.e2e.hubproc import HubProcess, draining, ended
 
 P = 4
 
@@ -44,27 +42,8 @@ async def test_accepted_tasks_of_every_partition_survive_kill_9(hub: HubProcess)
         chain_id = await chain.accepted()
     assert {partition_of_id(i) for i in ids} == set(range(P))
     hub.restart(leads=range(P))  # once the killed hub's leases ran out
-    seen: dict[str, Any] = {}
-    async with Client(hub.url, name="shipper") as worker:
-        done = asyncio.Event()
-
-        async def ship(task: Any) -> Any:
-            payload = await task.get_payload()
-            if payload is not None and payload < n:
-                seen[task.id] = payload
-                if len(seen) == n:
-                    done.set()
-            return (payload or task.previous_result) + 1
-
-        for action in actions:
-            await worker.sub(action, ship, concurrency=8)
-        await asyncio.wait_for(done.wait(), 20)
-        async with Client(hub.url, name="publisher") as pub:
-            for _ in range(200):
-                task = await pub.get(chain_id)
-                if task["state"] == "success":
-                    break
-                await asyncio.sleep(0.05)
+    async with draining(hub.url, actions, n) as seen:
+        task = await ended(hub.url, chain_id)  # the worker still runs the chain's steps
     assert sorted(seen) == sorted(ids)
     assert sorted(seen.values()) == list(range(n))
     assert task["state"] == "success" and task["result"] == 1002

@@ -1,12 +1,16 @@
 """`taskhub serve --processes N` (docs/deployment.md, "Several processes on one machine"): N hub
 processes share one port and split the partitions; a child killed -9 is started again by the
-parent, a publisher and a worker on the shared port complete tasks of every partition
-(whichever child leads it), SIGTERM stops them all gracefully (exit 0), and a store or a
+parent and no accepted task is lost (SQLite and Redis), a publisher and a worker on the shared
+port complete tasks of every partition (whichever child leads it) and a wildcard watch sees
+them all (SQLite and Redis), SIGTERM stops them all gracefully (exit 0), and a store or a
 partition count they cannot share is refused in one line (exit 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -18,7 +22,8 @@ import pytest
 
 from taskhub import Client
 from taskhub.partitions import partition_of, partition_of_id
-from tests.e2e.hubproc import HubProcess, wait_until
+from tests import redisproc
+from tests.e2e.hubproc import HubProcess, draining, ended, wait_until
 
 P = 4
 
@@ -62,13 +67,49 @@ def split(hub: HubProcess, timeout: float = 30.0) -> dict[str, list[int]]:
     return seen
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubProcess]:
-    store = f"sqlite:///{tmp_path / 'hub.db'}"
+def serve(store: str) -> Iterator[HubProcess]:
     env = {"TASKHUB_LEASE": "1", "TASKHUB_LOG": "info"}
     proc = HubProcess(store, None, "--partitions", str(P), "--processes", "2", env=env)
     yield proc.start(timeout=60)
     proc.stop()
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
+    yield from serve(f"sqlite:///{tmp_path / 'hub.db'}")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubProcess]:
+    """`serve --processes 2` on a SQLite file, and on a Redis."""
+    if request.param == "sqlite":
+        yield from serve(f"sqlite:///{tmp_path / 'hub.db'}")
+    else:
+        yield from serve(f"{redisproc.shared().url}?prefix=procs{id(tmp_path)}")
+
+
+def linked(hub: HubProcess) -> None:
+    """Wait until each child names the leader of every partition it does not lead (it
+    reaches them over the link from then on)."""
+
+    def every_leader_named() -> bool:
+        # each child's own URL, read from the other's leaders; each names every leader
+        x = {u for u in health(hub.http_url)["leaders"].values() if u}
+        y = {u for url in x for u in health(url)["leaders"].values() if u}
+        children = x | y
+        return len(children) == 2 and all(
+            len(health(url)["leaders"]) == 2 and all(health(url)["leaders"].values())
+            for url in children
+        )
+
+    wait_until(every_leader_named, 10, hub.log)
+
+
+def one_action_per_partition() -> list[str]:
+    return [
+        next(f"job{i}:run" for i in range(1000) if partition_of(f"job{i}:run", "", P) == p)
+        for p in range(P)
+    ]
 
 
 async def test_two_processes_share_the_port_and_split_the_partitions(hub: HubProcess) -> None:
@@ -87,46 +128,60 @@ async def test_two_processes_share_the_port_and_split_the_partitions(hub: HubPro
 
 
 async def test_a_publisher_and_a_worker_on_the_shared_port_complete_every_partition(
-    hub: HubProcess,
+    any_hub: HubProcess,
 ) -> None:
     """Whichever child each connection lands on, it reaches the partitions the other child
-    leads over the hub-to-hub link: tasks of every partition complete."""
+    leads over the hub-to-hub link: tasks of every partition complete, and a wildcard watch
+    sees them all."""
+    hub = any_hub
     split(hub)
-
-    def every_leader_named() -> bool:
-        # each child's own URL, read from the other's leaders; each names every leader
-        x = {u for u in health(hub.http_url)["leaders"].values() if u}
-        y = {u for url in x for u in health(url)["leaders"].values() if u}
-        children = x | y
-        return len(children) == 2 and all(
-            len(health(url)["leaders"]) == 2 and all(health(url)["leaders"].values())
-            for url in children
-        )
-
-    wait_until(every_leader_named, 10, hub.log)
-    actions = [
-        next(f"job{i}:run" for i in range(1000) if partition_of(f"job{i}:run", "", P) == p)
-        for p in range(P)
-    ]
+    linked(hub)
+    actions = one_action_per_partition()
     async with (
         Client(hub.url, name="worker") as worker,
         Client(hub.url, name="publisher") as pub,
+        Client(hub.url, name="watcher") as watcher,
     ):
         for action in actions:
             await worker.sub(action, lambda t: t.payload + 1, concurrency=8)
-        handles = [pub.pub(actions[i % P], i) for i in range(4 * P)]
-        results = [await h.get_result(timeout=20) for h in handles]
+        seen: dict[str, set[str]] = {}
+        async with watcher.watch(">") as events:
+            handles = [pub.pub(actions[i % P], i) for i in range(4 * P)]
+            results = [await h.get_result(timeout=20) for h in handles]
+            async with asyncio.timeout(10):
+                async for ev in events:
+                    seen.setdefault(ev["task"], set()).add(ev["type"])
+                    if all("success" in seen.get(h.id, ()) for h in handles):
+                        break
     assert results == [i + 1 for i in range(4 * P)]
     assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
-def test_a_child_killed_9_is_started_again(hub: HubProcess) -> None:
+async def test_a_child_killed_9_loses_no_accepted_task(any_hub: HubProcess) -> None:
+    """Tasks of every partition and a chain crossing partitions, accepted through the shared
+    port; a child is killed -9: the parent starts it again, the partitions are split again, and
+    every accepted task runs once and the chain completes."""
+    hub = any_hub
     split(hub)
+    linked(hub)
+    actions = one_action_per_partition()
+    n = 40
+    async with Client(hub.url, name="publisher") as pub:
+        handles = [pub.pub(actions[i % P], i) for i in range(n)]
+        ids = [await h.accepted() for h in handles]  # answered: the hubs promised
+        chain_id = await pub.chain([(actions[0], 1000), (actions[3], None)]).accepted()
+    assert {partition_of_id(i) for i in ids} == set(range(P))
     before = children(hub)
-    subprocess.run(["kill", "-9", str(before[0])], check=True)
+    os.kill(before[0], signal.SIGKILL)
     wait_until(lambda: len(children(hub)) == 2 and children(hub) != before, 20, hub.log)
-    split(hub)  # the new child takes its share back once the dead one's leases ran out
     assert "exited with -9; starting it again" in hub.log.read_text()
+    split(hub)  # the new child takes its share back once the dead one's leases ran out
+    linked(hub)
+    async with draining(hub.url, actions, n) as seen:
+        chain = await ended(hub.url, chain_id)  # the worker still runs the chain's steps
+    assert sorted(seen) == sorted(ids)
+    assert sorted(seen.values()) == list(range(n))
+    assert chain["state"] == "success" and chain["result"] == 1002
 
 
 def test_sigterm_stops_every_process_gracefully(hub: HubProcess) -> None:

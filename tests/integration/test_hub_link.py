@@ -43,12 +43,25 @@ def lead_elsewhere(origin: Server, index: int, leader: Server) -> None:
     origin.hub.router.place(index, links(origin).remote(index, leader.http_url))
 
 
-@pytest.fixture
-async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
+async def two_hubs(make_server: ServerFactory, *, both_ways: bool = False) -> tuple[Server, Server]:
+    """Hubs A and B of one deployment: B's clients reach partition 1 at A; ``both_ways``: A's
+    reach partition 0 at B too."""
     a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
     b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(b, 1, a)  # B's clients reach partition 1 at A
+    if both_ways:
+        lead_elsewhere(a, 0, b)
+    lead_elsewhere(b, 1, a)
     return a, b
+
+
+@pytest.fixture
+async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
+    return await two_hubs(make_server)
+
+
+@pytest.fixture
+async def crossed(make_server: ServerFactory) -> tuple[Server, Server]:
+    return await two_hubs(make_server, both_ways=True)
 
 
 async def client(server: Server, name: str) -> Client:
@@ -140,12 +153,9 @@ async def test_batches_across_hubs(hubs: tuple[Server, Server]) -> None:
             await c.close()
 
 
-async def test_partition_zero_led_elsewhere(make_server: ServerFactory) -> None:
+async def test_partition_zero_led_elsewhere(crossed: tuple[Server, Server]) -> None:
     """The reverse: A reaches partition 0 (hello, topics, watches' answers) at B."""
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(a, 0, b)
-    lead_elsewhere(b, 1, a)
+    a, b = crossed
     action0, action1 = action_in(0), action_in(1)
     wa, pa, wb = await client(a, "wa"), await client(a, "pa"), await client(b, "wb")
     try:
@@ -281,13 +291,10 @@ async def test_the_link_secret_lives_in_the_deployments_store(tmp_path: Any) -> 
         await single.stop()
 
 
-async def test_a_chain_and_a_group_crossing_hubs_complete(make_server: ServerFactory) -> None:
+async def test_a_chain_and_a_group_crossing_hubs_complete(crossed: tuple[Server, Server]) -> None:
     """A leads partition 1, B partition 0: a chain held on B publishes its steps on A and
     moves on when they end there, and the other way round."""
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(a, 0, b)
-    lead_elsewhere(b, 1, a)
+    a, b = crossed
     zero, one = action_in(0, "z"), action_in(1, "o")
     wa, wb = await client(a, "wa"), await client(b, "wb")
     pa, pb = await client(a, "pa"), await client(b, "pb")
@@ -319,11 +326,9 @@ async def test_a_chain_and_a_group_crossing_hubs_complete(make_server: ServerFac
 
 
 async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
-    make_server: ServerFactory,
+    hubs: tuple[Server, Server],
 ) -> None:
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(b, 1, a)
+    a, b = hubs
     assert a.hub is not None
     # A no longer leads partition 1 (as when its lease moved): B's step is refused there
     a.hub.router.place(1, links(a).remote(1, b.http_url))
@@ -341,13 +346,11 @@ async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
 
 
 async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
-    make_server: ServerFactory,
+    hubs: tuple[Server, Server],
 ) -> None:
     """Hub A stops: B's worker, which reached A's partition, is closed and reconnects; once
     B leads the partition itself, the work goes on there."""
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(b, 1, a)
+    a, b = hubs
     assert b.hub is not None
     action = action_in(1)
     worker, publisher = await client(b, "worker"), await client(b, "publisher")
@@ -413,12 +416,9 @@ async def test_a_raw_batch_across_hubs_answers_each_item_in_order(
 
 
 async def test_a_failed_group_cancels_its_step_on_the_other_hub(
-    make_server: ServerFactory,
+    crossed: tuple[Server, Server],
 ) -> None:
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(a, 0, b)
-    lead_elsewhere(b, 1, a)
+    a, b = crossed
     zero, one = action_in(0, "z"), action_in(1, "o")
     wa, wb, pb = await client(a, "wa"), await client(b, "wb"), await client(b, "pb")
     running: asyncio.Future[str] = asyncio.get_running_loop().create_future()

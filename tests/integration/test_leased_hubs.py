@@ -7,7 +7,7 @@ tasks, and partition 0's schedules run on its leader only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from taskhub import Client, Server
 from taskhub.errors import PartitionUnavailable, TaskNotFound
 from taskhub.partitions import partition_of, partition_of_id
 from tests import redisproc
-from tests.conftest import until
+from tests.conftest import ServerFactory, until
 
 P = 4
 LEASE = 1.5  # seconds; room for a loaded machine (0.6 lapsed under the whole suite)
@@ -32,22 +32,15 @@ def action_in(partition: int) -> str:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-async def make_hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    made: list[Server] = []
+def make_hub(
+    request: pytest.FixtureRequest, tmp_path: Path, make_server: ServerFactory
+) -> ServerFactory:
+    """conftest's make_server, every hub on one store (a SQLite file, a Redis prefix)."""
     if request.param == "sqlite":
         store = f"sqlite:///{tmp_path / 'hub.db'}"
     else:
         store = f"{redisproc.shared().url}?prefix=leased{id(object())}"
-
-    async def make(**kwargs: Any) -> Server:
-        server = Server(store=store, port=0, partitions=P, lease=LEASE, **kwargs)
-        await server.start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in reversed(made):
-        await server.stop()
+    return functools.partial(make_server, store=store, partitions=P, lease=LEASE)
 
 
 async def health(server: Server) -> dict[str, Any]:
@@ -69,7 +62,7 @@ async def split(*servers: Server) -> list[list[int]]:
     return result
 
 
-async def test_one_hub_leads_every_partition_at_start(make_hub: Any) -> None:
+async def test_one_hub_leads_every_partition_at_start(make_hub: ServerFactory) -> None:
     one = await make_hub()
     body = await health(one)
     assert body == {"status": "ok", "role": "member", "partitions": [0, 1, 2, 3], "leaders": {}}
@@ -78,7 +71,7 @@ async def test_one_hub_leads_every_partition_at_start(make_hub: Any) -> None:
         assert await c.pub(action_in(3), 21).get_result() == 42
 
 
-async def test_two_hubs_split_the_partitions_and_name_each_other(make_hub: Any) -> None:
+async def test_two_hubs_split_the_partitions_and_name_each_other(make_hub: ServerFactory) -> None:
     one = await make_hub()
     two = await make_hub()
     led_one, led_two = await split(one, two)
@@ -98,7 +91,7 @@ async def _named(server: Server, partitions: list[int]) -> dict[str, Any] | None
     return body if named else None
 
 
-async def test_a_partition_led_elsewhere_is_reached_over_the_link(make_hub: Any) -> None:
+async def test_a_partition_led_elsewhere_is_reached_over_the_link(make_hub: ServerFactory) -> None:
     """A publisher on hub two and a worker on hub two both reach a partition hub one leads
     (over the hub-to-hub link); the HTTP API's publishing does not cross it yet: a clear,
     retryable 503 naming the leader."""
@@ -127,7 +120,7 @@ async def test_a_partition_led_elsewhere_is_reached_over_the_link(make_hub: Any)
     assert answer.headers["retry-after"] == "1"
 
 
-async def test_listings_batches_and_reads_cross_hubs(make_hub: Any) -> None:
+async def test_listings_batches_and_reads_cross_hubs(make_hub: ServerFactory) -> None:
     """With the partitions split between two hubs, hub two's clients see every partition: a
     batch of pubs spanning both hubs is answered once, in order; the HTTP API reads a task
     and lists the tasks of every partition over the link. Both hubs read one link secret,
@@ -159,7 +152,9 @@ async def test_listings_batches_and_reads_cross_hubs(make_hub: Any) -> None:
     assert {t["id"] for t in listed["tasks"]} == {h.id for h in handles}
 
 
-async def test_a_watch_covers_the_partitions_that_moved_to_another_hub(make_hub: Any) -> None:
+async def test_a_watch_covers_the_partitions_that_moved_to_another_hub(
+    make_hub: ServerFactory,
+) -> None:
     """A wildcard watch made while its hub led every partition keeps seeing every
     partition's tasks once a second hub took some of them (over the link)."""
     one = await make_hub()
@@ -188,7 +183,7 @@ async def test_a_watch_covers_the_partitions_that_moved_to_another_hub(make_hub:
     assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
-async def test_a_stopping_hub_hands_its_partitions_and_tasks_over(make_hub: Any) -> None:
+async def test_a_stopping_hub_hands_its_partitions_and_tasks_over(make_hub: ServerFactory) -> None:
     one = await make_hub()
     action = action_in(2)
     async with Client(one.url, name="pub") as c:
@@ -220,7 +215,7 @@ async def _all(server: Server) -> list[int] | None:
     return led if led == list(range(P)) else None
 
 
-async def test_schedules_live_on_the_leader_of_partition_0(make_hub: Any) -> None:
+async def test_schedules_live_on_the_leader_of_partition_0(make_hub: ServerFactory) -> None:
     one = await make_hub()
     two = await make_hub()
     led_one, _ = await split(one, two)
@@ -256,7 +251,7 @@ def _id_in(partition: int) -> str:
     return UlidFactory(partition=partition)()
 
 
-async def test_a_watch_sees_the_partitions_its_hub_comes_to_lead(make_hub: Any) -> None:
+async def test_a_watch_sees_the_partitions_its_hub_comes_to_lead(make_hub: ServerFactory) -> None:
     one = await make_hub()
     two = await make_hub()
     led_one, _ = await split(one, two)

@@ -4,13 +4,15 @@ mismatch (docs/deployment.md, "Partitions")."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from taskhub import Client, Server, config
-from taskhub.errors import InvalidOption, PartitionsMismatch
+from taskhub.errors import InvalidOption, PartitionsMismatch, StoreInUse
 from taskhub.hub.partitioning import PARTITIONS_META
+from taskhub.server import check_shared_partitions
 from taskhub.store import open_store
 from tests import redisproc
 from tests.integration.test_cli import cli
@@ -119,3 +121,26 @@ async def test_redis_hubs_check_the_count_before_joining_the_cluster() -> None:
     with pytest.raises(PartitionsMismatch, match=r"set up with 3 partition.* started with 1"):
         await one.start()
     await one.stop()
+
+
+async def test_hubs_starting_together_on_a_sqlite_file_check_the_count_in_turn(
+    tmp_path: Path,
+) -> None:
+    """`serve --processes` children check the count on one file: one that finds it open in
+    another hub (StoreInUse) tries again until it is free, and says why if it never is."""
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    holder = open_store(url)
+    await holder.open()
+    waiting = asyncio.ensure_future(check_shared_partitions(url, 4))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # waits its turn
+    await holder.close()
+    await asyncio.wait_for(waiting, 10)
+    assert await recorded(url) == 4
+    holder = open_store(url)
+    await holder.open()
+    try:
+        with pytest.raises(StoreInUse, match="in use by another hub"):
+            await check_shared_partitions(url, 4, tries=2)
+    finally:
+        await holder.close()

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from taskhub.errors import StoreUnavailable
+from taskhub.errors import StoreInUse, StoreUnavailable
 from taskhub.records import (
     TASK_STATES,
     TERMINAL_STATES,
@@ -703,7 +703,7 @@ async def test_sqlite_file_serves_one_hub_at_a_time(tmp_path: Path) -> None:
     await first.open()
     await apply(first, task("t1"))
     second = SqliteStore.from_url(sqlite_url(tmp_path))
-    with pytest.raises(StoreUnavailable, match="in use by another hub"):
+    with pytest.raises(StoreInUse, match="in use by another hub"):
         await second.open()
     assert await first.get_task("t1") is not None  # a read folds the journal into the tables
     with sqlite3.connect(tmp_path / "hub.db") as raw:
@@ -728,7 +728,7 @@ async def test_sqlite_file_serves_one_hub_at_a_time(tmp_path: Path) -> None:
     )
     assert proc.stdout is not None
     assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"open\n"
-    with pytest.raises(StoreUnavailable, match="in use by another hub"):
+    with pytest.raises(StoreInUse, match="in use by another hub"):
         await SqliteStore.from_url(sqlite_url(tmp_path)).open()
     proc.kill()
     await proc.wait()
@@ -875,8 +875,9 @@ async def check_against_model(store: Store, model: Model) -> None:
     assert await store.list_tasks(limit=len(IDS)) == ordered
 
 
-async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
-    store = await make_store(engine, folder)
+async def run_against_model(engine: str, layout: str, folder: Path, ops: list[Any]) -> None:
+    partition, partitions = LAYOUTS[layout]
+    store = await make_store(engine, folder, partition=partition, partitions=partitions)
     model = Model()
     try:
         for op in ops:
@@ -894,6 +895,7 @@ async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("engine", ENGINES)
 @settings(
     max_examples=30,
@@ -904,9 +906,9 @@ async def run_against_model(engine: str, folder: Path, ops: list[Any]) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(ops=operations)
-def test_engine_matches_model(engine: str, tmp_path: Path, ops: list[Any]) -> None:
+def test_engine_matches_model(engine: str, layout: str, tmp_path: Path, ops: list[Any]) -> None:
     # The model keeps the generated records themselves: nothing mutates them afterwards.
-    asyncio.run(run_against_model(engine, tmp_path / uuid.uuid4().hex, ops))
+    asyncio.run(run_against_model(engine, layout, tmp_path / uuid.uuid4().hex, ops))
 
 
 # --- metadata (schedules, durable queues, dead letters) and archiving reads ---------------------

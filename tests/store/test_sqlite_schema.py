@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
@@ -29,18 +30,32 @@ async def _same_answers(store: SqliteStore, model: MemoryStore) -> None:
         assert await store.list_meta(kind) == await model.list_meta(kind)
 
 
+async def _old_file(
+    tmp_path: Path,
+    source: Path,
+    contents: Callable[[], list[WriteBatch]],
+    version: int,
+    table: str,
+    rows: int,
+) -> tuple[Path, MemoryStore]:
+    """A copy of ``source`` (tests/store/data), checked to be a schema ``version`` file with
+    ``rows`` rows in ``table``, and a MemoryStore holding what it holds."""
+    path = tmp_path / "hub.db"
+    shutil.copy(source, path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (version,)
+        assert raw.execute(f"SELECT count(*) FROM {table}").fetchone() == (rows,)
+    model = MemoryStore()
+    await model.open()
+    for batch in contents():
+        await model.apply(batch)
+    return path, model
+
+
 async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
     """A file TaskHub wrote with schema 3 (one row per event; tests/store/data) opens as
     version 4 (packed events, the journal), answers every read as before, and goes on."""
-    path = tmp_path / "hub.db"
-    shutil.copy(V3_FILE, path)
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (3,)
-        assert raw.execute("SELECT count(*) FROM events").fetchone() == (11,)
-    model = MemoryStore()
-    await model.open()
-    for batch in make_sqlite_v3.contents():
-        await model.apply(batch)
+    path, model = await _old_file(tmp_path, V3_FILE, make_sqlite_v3.contents, 3, "events", 11)
     store = SqliteStore(str(path))
     await store.open()
     try:
@@ -77,15 +92,7 @@ async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_pat
     """A file TaskHub wrote with schema 4, killed with a batch still in its journal
     (tests/store/data), opens as version 5: the journal is folded, every read answers as
     before, retention finds the ended tasks through the rebuilt index, and it goes on."""
-    path = tmp_path / "hub.db"
-    shutil.copy(V4_FILE, path)
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (4,)
-        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
-    model = MemoryStore()
-    await model.open()
-    for batch in make_sqlite_v4.contents():
-        await model.apply(batch)
+    path, model = await _old_file(tmp_path, V4_FILE, make_sqlite_v4.contents, 4, "journal", 1)
     store = SqliteStore(str(path))
     await store.open()
     try:

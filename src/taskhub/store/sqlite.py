@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from taskhub.errors import StoreFenced, StoreUnavailable
+from taskhub.errors import StoreFenced, StoreInUse, StoreUnavailable
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.sqlite_journal import FOLD_AFTER, FOLD_RECORDS, Journal
 from taskhub.store.sqlite_schema import (
@@ -265,7 +265,7 @@ class SqliteStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreUnavailable(
+            raise StoreInUse(
                 f"sqlite store {self.path!r} is in use by another hub (a sqlite file serves one "
                 "hub; several hubs share a redis:// store)",
                 url=self.url,
