@@ -39,12 +39,11 @@ def big_batch(n: int, state: str = "pending") -> WriteBatch:
 
 
 class Crashing(RedisStore):
-    """A store whose writer stops (its call fails) at the ``after``-th call of script ``name``."""
+    """A store whose writer stops (its call fails) at the ``crash_after``-th call of script
+    ``crash_name`` (counted from 0)."""
 
-    def __init__(self, url: str, name: str, after: int) -> None:
-        base = RedisStore.from_url(url)
-        super().__init__(base._redis_url, prefix=base.prefix, url=url)
-        self.crash_name, self.crash_after = name, after
+    crash_name = ""
+    crash_after = 0
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if name == self.crash_name:
@@ -52,6 +51,13 @@ class Crashing(RedisStore):
             if self.crash_after < 0:
                 raise StoreUnavailable("the writer stopped here", url=self.url)
         return await super()._script(name, keys, args)
+
+
+def stopping_at(url: str, name: str, after: int) -> Crashing:
+    store = Crashing.from_url(url)
+    assert isinstance(store, Crashing)
+    store.crash_name, store.crash_after = name, after
+    return store
 
 
 @pytest.fixture
@@ -122,10 +128,10 @@ async def test_a_writer_stopped_after_the_commit_is_finished_by_the_next(
     url: str, raw: aioredis.Redis, opened: Opener
 ) -> None:
     await (await opened(RedisStore.from_url(url))).apply(WriteBatch([task(0, "success")]))
-    crashing = await opened(Crashing(url, "staged", after=3))
+    writer = await opened(stopping_at(url, "staged", after=3))
     batch = big_batch(100, "assigned")
     with pytest.raises(StoreUnavailable):
-        await crashing.apply(batch)
+        await writer.apply(batch)
     reader = await opened(RedisStore.from_url(url))
     # Half written for anyone who reads now...
     assert 0 < len(await reader.list_tasks(state="assigned", limit=1000)) < 100
@@ -141,10 +147,10 @@ async def test_a_writer_stopped_after_the_commit_is_finished_by_the_next(
 async def test_a_writer_stopped_before_the_commit_wrote_nothing(
     url: str, raw: aioredis.Redis, opened: Opener
 ) -> None:
-    crashing = await opened(Crashing(url, "commit", after=0))
+    writer = await opened(stopping_at(url, "commit", after=0))
     with pytest.raises(StoreUnavailable):
-        await crashing.apply(big_batch(100))
-    assert await staging_keys(raw, crashing) != []  # staged, never committed
+        await writer.apply(big_batch(100))
+    assert await staging_keys(raw, writer) != []  # staged, never committed
     successor = await opened(RedisStore.from_url(url))
     assert await successor.load_active() == []
     assert await successor.get_meta("schedule", "nightly") is None
@@ -154,10 +160,10 @@ async def test_a_writer_stopped_before_the_commit_wrote_nothing(
 async def test_the_same_writer_finishes_a_committed_batch_before_its_next(
     url: str, raw: aioredis.Redis, opened: Opener
 ) -> None:
-    store = await opened(Crashing(url, "staged", after=2))
+    store = stopping_at(url, "staged", after=2)
+    await opened(store)
     with pytest.raises(StoreUnavailable):
         await store.apply(big_batch(100))
-    assert isinstance(store, Crashing)
     store.crash_after = 10**9  # the store is back
     # What the hub's pipeline does: the same batch again (a retry, here a small one after it).
     await store.apply(WriteBatch([task(1000, "success")]))
@@ -187,7 +193,7 @@ async def test_a_successor_finishes_a_batch_with_its_own_fence(
     url: str, raw: aioredis.Redis, opened: Opener
 ) -> None:
     """The pieces carry the stager's fence token; the successor applies them under its own."""
-    first = Crashing(url, "staged", after=1)
+    first = stopping_at(url, "staged", after=1)
     lock = first.lock_key("leader")
     await raw.set(lock, "first")
     first.set_fence(lock, "first")
