@@ -120,7 +120,6 @@ class LeaseRenewer:
             return
         lock = self.open_lock()
         try:
-            await lock.open()
             sent = time.monotonic()
             while not self._stopped.is_set():
                 pause = sent + self.lease / 3 - time.monotonic()
@@ -146,8 +145,13 @@ class LeaseRenewer:
         stalled = sent - self._alive_at
         if stalled > self.stall:
             return f"the hub's event loop has not run for {stalled:.1f}s; letting the lease go"
+
+        async def renew() -> bool:
+            await lock.open()  # connects at the first renewal, and again after a failure
+            return await lock.renew(self.token, int(self.lease * 1000))
+
         try:
-            kept = await asyncio.wait_for(lock.renew(self.token, int(self.lease * 1000)), left)
+            kept = await asyncio.wait_for(renew(), left)
         except TimeoutError:
             return "Redis did not answer the lease renewal in time"
         except Exception as exc:  # unreachable for now: retry while the lease lasts
