@@ -30,6 +30,7 @@ from taskhub.records import (
 )
 from taskhub.store import open_store
 from taskhub.store.base import Store
+from taskhub.store.redis import RedisStore
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests import redisproc
 from tests.store.data.make_sqlite_v3 import FILE as V3_FILE
@@ -37,7 +38,10 @@ from tests.store.data.make_sqlite_v3 import FILE as V3_FILE
 # A new engine joins the suite by adding its name here and a URL in store_url().
 # "redis-cluster" is the same engine on a real 3-primary Redis Cluster with the cluster-aware
 # client (redis+cluster://): prefixes (one per test) land on different primaries.
-ENGINES = ["memory", "sqlite", "redis", "redis-cluster"]
+# "redis-pieces" is the Redis engine writing every batch of more than 3 items in pieces (its
+# big-batch path: staged, committed, applied a piece at a time; docs/redis.md, "Big batches").
+ENGINES = ["memory", "sqlite", "redis", "redis-pieces", "redis-cluster"]
+PIECE_ITEMS = 3
 # The namespaces a store can have (docs/deployment.md, "Partitions"): (partition, partitions).
 # (None, 1) is the layout of a hub of one partition, as before partitions; (3, 4) the last of
 # four partitions: a file of its own, keys under a hash tag of their own.
@@ -49,7 +53,7 @@ def store_url(engine: str, folder: Path) -> str:
         return "memory://"
     if engine == "sqlite":
         return f"sqlite:///{folder / 'store.db'}"  # folder is absolute: sqlite:////...
-    if engine == "redis":
+    if engine in ("redis", "redis-pieces"):
         # One server for the session; a prefix per folder keeps tests (and hypothesis
         # examples) apart, and the same folder opens the same data, as with sqlite.
         prefix = "t" + hashlib.sha1(str(folder).encode()).hexdigest()[:16]
@@ -64,6 +68,9 @@ async def make_store(
     engine: str, folder: Path, *, partition: int | None = None, partitions: int = 1
 ) -> Store:
     store = open_store(store_url(engine, folder), partition=partition, partitions=partitions)
+    if engine == "redis-pieces":
+        assert isinstance(store, RedisStore)
+        store.piece_items = PIECE_ITEMS
     await store.open()
     return store
 

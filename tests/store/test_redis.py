@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -461,6 +462,36 @@ async def test_redis_going_down_raises_store_unavailable(tmp_path: Path) -> None
                 await call
         server.start()  # and it recovers by itself once Redis is back
         assert await store.get_task("a") is not None
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+async def test_a_hung_redis_raises_store_unavailable_within_the_timeout(tmp_path: Path) -> None:
+    """A Redis that takes the connection but never answers (SIGSTOP: a frozen VM, a full
+    network queue) must not hang the hub: every call is bounded (``socket_timeout``), and the
+    store works again, on a new connection, once Redis answers."""
+    server = RedisProcess(tmp_path / "redis").start()
+    store = RedisStore(server.url, prefix="x", socket_timeout=0.3)
+    assert server.proc is not None
+    try:
+        await store.open()
+        await store.apply(WriteBatch(tasks=[task("a")]))
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for call in (
+                store.get_task("a"),
+                store.apply(WriteBatch(tasks=[task("b")])),
+                store.renew_lock("l", "t", 1000),
+                store.alive(),
+            ):
+                with pytest.raises(StoreUnavailable, match=r"no answer within 0.3s"):
+                    await asyncio.wait_for(call, 10)  # the bound is the store's, not this
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await store.apply(WriteBatch(tasks=[task("c")]))
+        # ("b" may have been written or not: a write not answered in time may still land.)
+        assert {"a", "c"} <= {t.id for t in await store.list_tasks()}
     finally:
         await store.close()
         server.cleanup()

@@ -8,11 +8,13 @@ relays to itself. The leader's store is *fenced* by that lock (``fenced_store``)
 written only while the lock still holds the leader's token, so a hub that stalled past its
 lease cannot overwrite what its successor does.
 
-The lease is kept by a task of its own from the moment the lock is taken, so nothing the hub
-does while it leads (restoring the unfinished tasks, dropping the connections it relayed,
-stopping) can let it lapse. The leader counts its lease from when it *sent* its last
-successful renewal: once that much time has passed without another, it stops serving as
-the leader at once (Redis may have let the lock go by then), and steps down. A step-down
+The lease is kept from the moment the lock is taken by a thread of its own, over a connection
+of its own (:mod:`taskhub.hub.renewer`), so nothing the hub does while it leads (restoring
+100,000 unfinished tasks, routing them to a worker that subscribes, stopping) can let it
+lapse; a hub whose event loop does not run for ten leases lets it go. The leader counts its
+lease from when it *sent* its last successful renewal: once that much time has passed without
+another, it stops serving as the leader at once (Redis may have let the lock go by then), and
+steps down. A step-down
 is bounded in time, and afterwards the hub always looks for the current leader and follows
 it. Connections to any hub are relayed to the leader (:mod:`taskhub.hub.proxy`); when the
 leader changes, relayed connections are closed and clients reconnect.
@@ -24,11 +26,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from taskhub.hub.hub import Hub
 from taskhub.hub.proxy import RELAYED_HEADER, Receive, Relay, Scope, Send, send_json, try_again
+from taskhub.hub.renewer import LeaseRenewer
 from taskhub.store import Store, open_leader_lock
 
 log = logging.getLogger("taskhub.cluster")
@@ -71,10 +75,10 @@ class Cluster:
         self._loop_task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()  # set at every change of role or leader (tests)
         self._holding = False  # this process took the lock and has not stepped down since
-        self._lease_until = 0.0  # loop time until which the lock surely is ours
+        self._lease_until = 0.0  # time.monotonic() until which the lock surely is ours
         self._lost = asyncio.Event()  # the lease could not be renewed in time
         self._release = False  # step down releasing the lock (the hub could not start)
-        self._keeper: asyncio.Task[None] | None = None
+        self.renewer: LeaseRenewer | None = None  # keeps the lease while this hub leads
         self._self_named = False  # the lock names our address under another instance (logged)
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -84,7 +88,8 @@ class Cluster:
         return self._app is not None and self._lease_valid()
 
     def _lease_valid(self) -> bool:
-        return asyncio.get_running_loop().time() < self._lease_until
+        renewer = self.renewer
+        return renewer.valid if renewer is not None else time.monotonic() < self._lease_until
 
     async def start(self, advertise_url: str) -> None:
         """``advertise_url``: where the other hubs reach this one (its lock value says it)."""
@@ -125,8 +130,7 @@ class Cluster:
 
     async def _step(self) -> None:
         """Not leading: take the lock if it is free, else follow the hub its value names."""
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
+        sent = time.monotonic()
         ttl = int(self.lease * 1000)
         if await _bounded(self._lock.acquire(self.token, ttl), self.lease):
             self._lease_until = sent + self.lease
@@ -162,7 +166,15 @@ class Cluster:
         self._holding = True
         self._release = False
         self._lost.clear()
-        self._keeper = asyncio.create_task(self._keep_lease(), name="taskhub-lease")
+        self.renewer = LeaseRenewer(
+            lambda: open_leader_lock(self.store_url),
+            self.token,
+            lease=self.lease,
+            until=self._lease_until,
+            loop=asyncio.get_running_loop(),
+            on_lost=self._lose,
+        )
+        self.renewer.start()
         hub = self.make_hub(self._lock.fenced_store(self.token))
         hub.role = "leader"
         self._own = hub
@@ -197,31 +209,6 @@ class Cluster:
         )
         self.changed.set()
 
-    async def _keep_lease(self) -> None:
-        """Renew every lease/3. A renewal refused, or not answered before the lease runs out,
-        loses the lead: the hub stops serving as the leader at once."""
-        loop = asyncio.get_running_loop()
-        ttl = int(self.lease * 1000)
-        while True:
-            await asyncio.sleep(self.lease / 3)
-            sent = loop.time()
-            left = self._lease_until - sent
-            if left <= 0:
-                self._lose("the lease ran out before it could be renewed")
-                return
-            try:
-                kept = await _bounded(self._lock.renew(self.token, ttl), left)
-            except TimeoutError:
-                self._lose("Redis did not answer the lease renewal in time")
-                return
-            except Exception as exc:  # unreachable for now: retry while the lease lasts
-                log.warning("cannot renew the leader lease: %s", exc)
-                continue
-            if not kept:
-                self._lose("another hub holds the lock now")
-                return
-            self._lease_until = sent + self.lease
-
     def _lose(self, why: str) -> None:
         log.warning("lost the leader lease (%s); stepping down", why)
         self._app = None  # from now on requests are answered as a follower's
@@ -233,9 +220,9 @@ class Cluster:
         """Stop the hub (at most ``bound`` seconds: a stop stuck on an unreachable Redis is
         left behind, fenced, so the role loop always goes on to follow the next leader)."""
         hub, self._own, self.hub, self._app = self._own, None, None, None
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            keeper.cancel()
+        renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.stop()
         self._lease_until = 0.0
         if hub is not None:
             stopping = asyncio.ensure_future(self._stop_hub(hub, release=release))

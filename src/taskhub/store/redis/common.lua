@@ -1,9 +1,10 @@
 -- Shared by the scripts that write or remove tasks (apply.lua, remove_ended.lua): loaded in
--- front of them. ARGV[1] is always the "{P}:" prefix, ARGV[4] the terminal states (space-
--- separated). Key names: store/redis/keys.py.
+-- front of them, after args.lua or staged.lua (which give ARGS, read here as ARGV).
+-- ARGV[1] is always the "{P}:" prefix, ARGV[4] the terminal states (space-separated). Key
+-- names: store/redis/keys.py.
 -- Globals read through locals: a global is a table lookup each time (~400 instructions a
 -- redis.call, measured with redis_script_bench.py --valgrind).
-local ARGV, call, unpack, tonumber = ARGV, redis.call, unpack, tonumber
+local ARGV, call, unpack, tonumber = ARGS, redis.call, unpack, tonumber
 local P = ARGV[1]
 local TERMINAL = {}
 for s in string.gmatch(ARGV[4], '%S+') do TERMINAL[s] = true end

@@ -121,9 +121,14 @@ def parse_url(url: str) -> StoreUrl:
 
 
 def client_options(
-    *, socket_timeout: float, connect_timeout: float, health_check_interval: int, cluster: bool
+    *,
+    socket_timeout: float | None,
+    connect_timeout: float,
+    health_check_interval: int,
+    cluster: bool,
 ) -> dict[str, Any]:
-    """redis-py's options for the engine's client."""
+    """redis-py's options for the engine's client (``socket_timeout`` None: the caller bounds
+    each call itself)."""
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,

@@ -18,7 +18,8 @@ to the primary that owns the prefix's slot, and follows ``MOVED``/``ASK`` redire
 slots move. Every script is called with a key of the store as ``KEYS[1]``: that key is what
 routes it.
 
-Every write of a batch is one Lua script call (``EVALSHA``), so a batch is atomic: Redis runs
+Every write of a batch is one Lua script call (``EVALSHA``; a big one is staged, committed and
+applied in bounded calls, :mod:`.batches`), so a batch is atomic: Redis runs
 a script to the end before serving anyone else, and the script checks everything that could
 make it fail (the fence) before its first write. The scripts compute key names from the
 prefix they are given; that is allowed on Cluster because all of them share the hash tag. The
@@ -34,7 +35,10 @@ with a ``ZREM`` is taken, so a full Redis 6 still takes batches).
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -42,8 +46,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from taskhub.errors import StoreUnavailable
-from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, WriteBatch
-from taskhub.store.redis import scripts
+from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.store.redis import batches, scripts
 from taskhub.store.redis.connection import (
     CONNECTION_ERRORS,
     DEFAULT_PREFIX,
@@ -73,7 +77,10 @@ _TERMINAL = " ".join(TERMINAL_ORDER)
 # action (each one HMGET, ~1-2 us), so a page of rare tasks never holds Redis for long: the
 # engine calls it again from where it stopped.
 LIVE_SCAN_BUDGET = 2000
-_NONE: list[Any] = []
+
+
+def _joined(numbers: list[int]) -> str:
+    return " ".join(map(str, numbers))
 
 
 def _score(value: float) -> str:
@@ -114,8 +121,13 @@ class RedisStore:
         self.partition = partition
         self.keys = Keys(store_tag(prefix, partition))
         self._tag = self.keys.tag
+        # Every call is bounded by one asyncio.timeout of this many seconds (the call is
+        # abandoned and its connection closed), not by redis-py's socket_timeout: that wraps
+        # each send in asyncio.wait_for and each read in a timeout, ~30 us of the hub's CPU
+        # per call on Python 3.11 (a PING: 71 against 40 us).
+        self.call_timeout = socket_timeout
         self._options = client_options(
-            socket_timeout=socket_timeout,
+            socket_timeout=None,
             connect_timeout=connect_timeout,
             health_check_interval=health_check_interval,
             cluster=cluster,
@@ -133,6 +145,9 @@ class RedisStore:
         self.script_flags = False
         # How many live tasks one list.lua call reads at most when it filters them.
         self.live_scan_budget = LIVE_SCAN_BUDGET
+        # A batch of more items is written in pieces (docs/redis.md, "Big batches").
+        self.piece_items = batches.PIECE_ITEMS
+        self._unfinished: str | None = None  # a big batch committed and not all applied
 
     @classmethod
     def from_url(cls, url: str, *, partition: int | None = None) -> RedisStore:
@@ -163,21 +178,26 @@ class RedisStore:
         return client
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        if type(exc) is TimeoutError:  # asyncio.timeout's, around the call
+            exc = TimeoutError(f"no answer within {self.call_timeout:g}s")
         return StoreUnavailable(f"redis store {self.url} is unavailable: {exc}", url=self.url)
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         client = self._redis()
         script = self._scripts[name]
         try:
-            try:
-                # EVALSHA by hand: AsyncScript's call copies the arguments twice more and
-                # costs ~14 us a call more (a batch is one call, ~20 tasks in a burst).
-                return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                # The server lost it (a restarted Redis, a failover, SCRIPT FLUSH): redis-py's
-                # script object loads it and calls again.
-                return await script(keys=keys, args=args, client=client)
-        except CONNECTION_ERRORS as exc:
+            async with asyncio.timeout(self.call_timeout):
+                try:
+                    # EVALSHA by hand: AsyncScript's call copies the arguments twice more and
+                    # costs ~14 us a call more (a batch is one call, ~20 tasks in a burst).
+                    return await client.execute_command(
+                        "EVALSHA", script.sha, len(keys), *keys, *args
+                    )
+                except NoScriptError:
+                    # The server lost it (a restarted Redis, a failover, SCRIPT FLUSH):
+                    # redis-py's script object loads it and calls again.
+                    return await script(keys=keys, args=args, client=client)
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
             mapped = self._response_error(exc)
@@ -191,8 +211,9 @@ class RedisStore:
     async def _call(self, command: Any) -> Any:
         """Await one redis-py command, turning connection trouble into StoreUnavailable."""
         try:
-            return await command
-        except CONNECTION_ERRORS as exc:
+            async with asyncio.timeout(self.call_timeout):
+                return await command
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
             mapped = self._response_error(exc)
@@ -246,45 +267,61 @@ class RedisStore:
     # -- writes ---------------------------------------------------------------------------
 
     async def apply(self, batch: WriteBatch) -> None:
-        """One atomic script call: upserts, event writes, deletes, meta upserts, meta deletes.
+        """Upserts, event writes, deletes, meta upserts, meta deletes, all or nothing: one
+        script call, or for a batch of more than :attr:`piece_items` items, pieces staged,
+        committed in one call, then applied one call each (docs/redis.md, "Big batches").
 
         Fenced stores check the fence first and write nothing when it does not hold.
         """
         if not batch:
             self._redis()  # still refuses when not open or closed, like any other call
             return
-        # Everything is encoded here, before the first await: this is the snapshot.
-        encode = self._encoder.encode
-        # A task's events go into its hash in the same HSET as its record (apply.lua); seqs
-        # are sent as ints (hiredis writes them).
-        events: dict[str, list[Any]] = {}
-        for e in batch.events:
-            task_id = e.task_id
-            if task_id in events:
-                events[task_id] += (e.seq, encode(e))
-            else:
-                events[task_id] = [e.seq, encode(e)]
-        tasks = batch.tasks  # a task given twice is indexed by its last record (apply.lua)
-        args: list[Any] = [self._tag, self._fence_key, self._fence_token, _TERMINAL, len(tasks)]
-        for t in tasks:
-            at = t.ended_at
-            ended = _score(at) if at is not None and t.state in TERMINAL_STATES else ""
-            pairs = events.pop(t.id, _NONE)
-            args += (t.id, t.state, t.action, ended, encode(t), len(pairs) >> 1)
-            args += pairs
-        args.append(len(events))
-        for task_id, pairs in events.items():
-            args += (task_id, len(pairs) >> 1)
-            args += pairs
-        args.append(len(batch.deleted))
-        args += batch.deleted
-        args.append(len(batch.meta))
-        for m in batch.meta:
-            args += (m.kind, m.key, encode(m.value))
-        args.append(len(batch.meta_deleted))
-        for kind, key in batch.meta_deleted:
-            args += (kind, key)
-        await self._script("apply", [self.keys.route()], args)
+        if self._unfinished is not None:  # a big batch committed but not all applied: first
+            await self._finish(self._unfinished)
+        if batches.size(batch) <= self.piece_items:
+            # Everything is encoded here, before the first await: this is the snapshot.
+            await self._script("apply", [self.keys.route()], self._args(batch))
+        else:
+            await self._apply_pieces(batch)
+
+    def _args(self, batch: WriteBatch) -> list[Any]:
+        head = [self._tag, self._fence_key, self._fence_token, _TERMINAL]
+        return batches.batch_args(batch, head, self._encoder.encode)
+
+    async def _apply_pieces(self, batch: WriteBatch) -> None:
+        """Stage the batch's pieces in a list, commit it (from then on the batch is written
+        whole, by this store or by the next leader's :meth:`load_active`), apply the pieces."""
+        args: Iterable[list[Any]] = map(self._args, batches.pieces(batch, self.piece_items))
+        if not batch.sealed:
+            args = list(args)  # the caller may change the records: encoded before any await
+        batch_id = os.urandom(8).hex()
+        client, stage = self._redis(), self.keys.stage(batch_id)
+        await self._call(client.sadd(self.keys.staging(), batch_id))
+        lengths: list[int] = []
+        for piece in args:  # a sealed batch is encoded a piece at a time, between the calls
+            lengths.append(len(piece))
+            await self._call(client.execute_command("RPUSH", stage, *piece))
+        head = [self._tag, self._fence_key, self._fence_token, batch_id]
+        await self._script("commit", [self.keys.route()], [*head, _joined(lengths), sum(lengths)])
+        await self._finish(batch_id, len(lengths))
+
+    async def _finish(self, batch_id: str, pieces: int | None = None) -> None:
+        """Apply the committed batch's pieces not applied yet, one call each (``pieces``: how
+        many there are, if known; else until the script says none is left)."""
+        self._unfinished = batch_id
+        head = [self._tag, self._fence_key, self._fence_token, batch_id]
+        left = -1 if pieces is None else pieces
+        while left != 0 and await self._script("staged", [self.keys.route()], head):
+            left -= 1
+        self._unfinished = None
+
+    async def _recover(self) -> None:
+        """What a writer left of big batches: drop those staged but not committed, finish
+        those committed (a leader that stopped or lost Redis between their pieces)."""
+        fence = [self._tag, self._fence_key, self._fence_token]
+        await self._script("drop_staged", [self.keys.route()], fence)
+        for batch_id in await self._call(self._redis().hkeys(self.keys.committed())):
+            await self._finish(batch_id.decode())
 
     async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
         """Oldest ended first (ties by id); a terminal task without ``ended_at`` is kept."""
@@ -311,6 +348,10 @@ class RedisStore:
         return [decode(blob) for blob in blobs]
 
     async def load_active(self) -> list[TaskRecord]:
+        """Also finishes (or drops, if not committed) the big batches a previous writer left
+        half written, before reading: the next leader restores every batch whole or not at
+        all."""
+        await self._recover()
         out: list[TaskRecord] = []
         after: str | None = None
         while True:
@@ -429,9 +470,10 @@ class RedisStore:
         match = _glob_escape(head) + pattern
         keys: list[bytes] = []
         try:
-            async for k in client.scan_iter(match=match, count=1000):
-                keys.append(k)
-        except CONNECTION_ERRORS as exc:
+            async with asyncio.timeout(self.call_timeout):
+                async for k in client.scan_iter(match=match, count=1000):
+                    keys.append(k)
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         if not keys:
             return {}

@@ -13,6 +13,10 @@ Layout 2 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL
     {P}:sa:<state>:<action>   zset: terminal ids by state and action
     {P}:ended                 zset scored by ended_at: terminal tasks, in removal order
     {P}:meta:<kind>           hash: key -> encoded metadata value
+    {P}:stage:<id>            list: a big batch's pieces (apply.lua's arguments, one after
+                              the other), staged before it is committed
+    {P}:staging               set: ids of big batches being staged (not committed yet)
+    {P}:committed             hash: id -> the lengths of its pieces not applied yet
     {P}:lock:<name>           string with a TTL: a lock's owner token
     {P}:hb:<name>             string with a TTL: a heartbeat
 
@@ -69,6 +73,16 @@ class Keys:
 
     def ended(self) -> str:
         return self.tag + "ended"
+
+    def stage(self, batch_id: str) -> str:
+        """The list a big batch's pieces are staged in (docs/redis.md, "Big batches")."""
+        return self.tag + "stage:" + batch_id
+
+    def staging(self) -> str:
+        return self.tag + "staging"
+
+    def committed(self) -> str:
+        return self.tag + "committed"
 
     def meta(self, kind: str) -> str:
         return self.tag + "meta:" + kind

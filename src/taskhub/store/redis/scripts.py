@@ -3,8 +3,10 @@
 client, which calls them with ``EVALSHA`` and loads them again when Redis lost them.
 
 ``apply.lua`` and ``remove_ended.lua`` start with ``common.lua`` (the helpers that unindex and
-remove a task, and the fence check). The batch script declares Redis 7 script flags when the
-server knows them (:func:`knows_script_flags`).
+remove a task, and the fence check), after ``args.lua``; ``staged`` is ``apply.lua`` on a
+staged piece of a big batch (``staged.lua`` first), ``commit`` and ``drop_staged`` the rest of
+that protocol (docs/redis.md, "Big batches"). The batch scripts declare Redis 7 script flags
+when the server knows them (:func:`knows_script_flags`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ log = logging.getLogger("taskhub.store.redis")
 SHEBANG = "#!lua\n"
 # The scripts by name: the .lua files each is made of, in order.
 SOURCES = {
-    "apply": ("common", "apply"),
-    "remove_ended": ("common", "remove_ended"),
+    "apply": ("args", "common", "apply"),
+    "staged": ("staged", "common", "apply"),
+    "commit": ("commit",),
+    "drop_staged": ("drop_staged",),
+    "remove_ended": ("args", "common", "remove_ended"),
     "list": ("list",),
     "events": ("events",),
     "list_ended": ("list_ended",),
@@ -46,6 +51,8 @@ def source(name: str) -> str:
 
 
 APPLY = source("apply")
+# The scripts that may grow memory: with script flags, a full Redis refuses them up front.
+FLAGGED = ("apply", "staged")
 
 
 async def knows_script_flags(client: Any, url: str) -> bool:
@@ -73,7 +80,7 @@ def register(client: Any, *, flags: bool) -> dict[str, AsyncScript]:
     scripts: dict[str, AsyncScript] = {}
     for name in SOURCES:
         text = source(name)
-        if name == "apply" and flags:
+        if name in FLAGGED and flags:
             text = SHEBANG + text
         scripts[name] = client.register_script(text)
     return scripts

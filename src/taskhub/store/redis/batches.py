@@ -1,0 +1,101 @@
+"""A batch as the batch script takes it (``apply.lua``'s arguments), and a big batch cut into
+pieces that are staged, committed and then applied one script call each (docs/redis.md, "Big
+batches"), so no single call holds Redis long while the batch stays all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from taskhub.records import TERMINAL_STATES, EventRecord, WriteBatch
+
+# A batch of more items than this (task records, events, deletes, metadata entries) is written
+# in pieces of about this many. redis-server spends ~10 us per task record (~3 under
+# redis_script_bench.py's small batches), so a piece holds Redis ~20-50 ms, and ~20 ms of the
+# hub's loop to encode: far under a lease (3 s) even on a loaded machine, where one call for a
+# subscription that routes 100,000 waiting tasks held it for 2-4 s.
+PIECE_ITEMS = 5000
+_NONE: list[Any] = []
+
+
+def _score(value: float) -> str:
+    # repr round-trips a float exactly, and Redis parses it with strtod: no precision lost.
+    return repr(float(value))
+
+
+def size(batch: WriteBatch) -> int:
+    """The items of ``batch``, as :data:`PIECE_ITEMS` counts them."""
+    return (
+        len(batch.tasks)
+        + len(batch.events)
+        + len(batch.deleted)
+        + len(batch.meta)
+        + len(batch.meta_deleted)
+    )
+
+
+def batch_args(batch: WriteBatch, head: list[Any], encode: Callable[[Any], bytes]) -> list[Any]:
+    """``apply.lua``'s arguments for ``batch`` after ``head`` (prefix, fence key, fence token,
+    terminal states), its records encoded with ``encode``."""
+    # A task's events go into its hash in the same HSET as its record (apply.lua); seqs are
+    # sent as ints (hiredis writes them).
+    events: dict[str, list[Any]] = {}
+    for e in batch.events:
+        task_id = e.task_id
+        if task_id in events:
+            events[task_id] += (e.seq, encode(e))
+        else:
+            events[task_id] = [e.seq, encode(e)]
+    tasks = batch.tasks  # a task given twice is indexed by its last record (apply.lua)
+    args: list[Any] = [*head, len(tasks)]
+    for t in tasks:
+        at = t.ended_at
+        ended = _score(at) if at is not None and t.state in TERMINAL_STATES else ""
+        pairs = events.pop(t.id, _NONE)
+        args += (t.id, t.state, t.action, ended, encode(t), len(pairs) >> 1)
+        args += pairs
+    args.append(len(events))
+    for task_id, pairs in events.items():
+        args += (task_id, len(pairs) >> 1)
+        args += pairs
+    args.append(len(batch.deleted))
+    args += batch.deleted
+    args.append(len(batch.meta))
+    for m in batch.meta:
+        args += (m.kind, m.key, encode(m.value))
+    args.append(len(batch.meta_deleted))
+    for kind, key in batch.meta_deleted:
+        args += (kind, key)
+    return args
+
+
+def pieces(batch: WriteBatch, items: int) -> Iterator[WriteBatch]:
+    """``batch`` as consecutive batches of about ``items`` items each (a task's record goes
+    with its events, so a piece may hold a few more), which written in order write what
+    ``batch`` writes: the script's order is upserts, events, deletes, meta, meta deletes, and
+    each piece keeps it for its part."""
+    by_task: dict[str, list[EventRecord]] = {}
+    for e in batch.events:
+        by_task.setdefault(e.task_id, []).append(e)
+    piece = WriteBatch([], [], sealed=batch.sealed)
+    count = 0
+    for t in batch.tasks:
+        evs = by_task.pop(t.id, _NONE)
+        piece.tasks.append(t)
+        piece.events += evs
+        count += 1 + len(evs)
+        if count >= items:
+            yield piece
+            piece, count = WriteBatch([], [], sealed=batch.sealed), 0
+    rest: list[tuple[str, Any]] = [("events", e) for evs in by_task.values() for e in evs]
+    rest += [("deleted", d) for d in batch.deleted]
+    rest += [("meta", m) for m in batch.meta]
+    rest += [("meta_deleted", m) for m in batch.meta_deleted]
+    for field, item in rest:
+        getattr(piece, field).append(item)
+        count += 1
+        if count >= items:
+            yield piece
+            piece, count = WriteBatch([], [], sealed=batch.sealed), 0
+    if piece:
+        yield piece
