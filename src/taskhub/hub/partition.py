@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from taskhub.errors import PartitionUnavailable
@@ -20,7 +20,7 @@ from taskhub.hub.pipeline import Pipeline
 from taskhub.hub.retention import Retention
 from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
-from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
+from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
 from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
@@ -190,6 +190,22 @@ class Linked(Partition, Elsewhere, Protocol):
         self, *, action: str | None, state: str | None, after: str | None, limit: int
     ) -> list[TaskRecord]:
         """A page of the partition's stored tasks by id, read by its leader."""
+
+    # The HTTP API and the pull consumers (hub/writes.py, hub/consumers.py).
+    async def publish(
+        self, creds: Credentials, items: Sequence[tuple[str, Any, dict[str, Any] | None]]
+    ) -> list[tuple[TaskRecord, bool, bool]]:
+        """Publish ``items`` (action, payload, options) there for ``creds``, answered once
+        stored: per item its record, whether it is new, whether it is an earlier stored task
+        its key found."""
+
+    async def cancel(self, creds: Credentials, task_id: str) -> TaskRecord:
+        """``creds`` cancels ``task_id`` there (``TaskNotFound``: not live there)."""
+
+    def take_back(
+        self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
+    ) -> None:
+        """``peer`` (a pull consumer) gives its delivery back to its group there."""
 
 
 class Links(Protocol):

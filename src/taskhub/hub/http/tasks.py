@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import TaskHubError, TaskNotFound
+from taskhub.hub import writes
 from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
@@ -27,7 +28,6 @@ from taskhub.hub.http.deps import (
 from taskhub.hub.http.events import TaskEventsDep
 from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
-from taskhub.lifecycle import Task
 from taskhub.protocol import plain
 from taskhub.records import TERMINAL_STATES, DeliveryState, EventRecord, TaskRecord, TaskState
 
@@ -205,10 +205,8 @@ async def create_task(
 
     An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
     options = publish_options(body.options, header_trace(traceparent, tracestate))
-    task, created = hub.lc_for(body.action).publish(creds, body.action, body.payload, options)
-    hub.kick()
-    await hub.flush()
-    rec = task.rec if isinstance(task, Task) else await read_task(hub, creds, task)
+    [(got, created)] = await writes.publish(hub, creds, [(body.action, body.payload, options)])
+    rec = got if isinstance(got, TaskRecord) else await read_task(hub, creds, got)
     if not created:
         response.status_code = 200
     return task_view(rec)
@@ -326,10 +324,8 @@ async def get_result(
 async def cancel_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
     """The task fails with reason `cancelled`; its workers are told to stop."""
     try:
-        task = hub.lc_of(task_id).cancel(creds, task_id)
+        rec = await writes.cancel(hub, creds, task_id)  # over the link where led elsewhere
     except TaskNotFound:
         rec = await read_task(hub, creds, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
-    hub.kick()
-    await hub.flush()
-    return task_view(task.rec)
+    return task_view(rec)

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from taskhub import protocol as p
 from taskhub.errors import ProtocolError, StoreUnavailable, TaskHubError
 from taskhub.hub.dispatch import Msg
-from taskhub.hub.link import wire
+from taskhub.hub.link import across, wire
 from taskhub.hub.link.origin import HubLinks, step_ended
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
@@ -199,6 +199,8 @@ class LinkServer:
                 if part is not None and step is not None:
                     part.lc.finish(step, TaskState.FAIL, error=entry.error)
                     touched.add(part)
+            elif isinstance(entry, wire.ACROSS):
+                across.apply(self, entry, touched)
             else:
                 assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
                 self._request(entry)

@@ -1,0 +1,83 @@
+"""The HTTP API's writes of tasks, wherever their partition is led: in process on a partition
+this hub leads, as a request over the hub-to-hub link on one another hub leads
+(docs/deployment.md, "The hub-to-hub link"), the retryable ``partition_unavailable`` while no
+hub leads it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskhub.hub.partition import Linked, Partition, unavailable
+from taskhub.hub.router import action_partition
+from taskhub.lifecycle import Credentials, Task
+from taskhub.records import TaskRecord
+
+if TYPE_CHECKING:
+    from taskhub.hub.hub import Hub
+
+# One task to publish: its action, payload and options (an object the lifecycle reads by
+# attribute, or None).
+Item = tuple[str, Any, Any]
+# A published task: its record, or the id of an earlier stored task its key found (read it on
+# the caller's behalf), and whether it is new.
+Outcome = tuple[TaskRecord | str, bool]
+
+
+def _reachable(slot: Partition) -> Partition:
+    if slot.local is None and not isinstance(slot, Linked):
+        raise unavailable(slot.index, slot.leader)
+    return slot
+
+
+async def publish(hub: Hub, creds: Credentials, items: Sequence[Item]) -> list[Outcome]:
+    """Publish ``items`` in order and answer once all are stored. The items of partitions
+    led here are published with no await between them (one commit); those of another hub's
+    partitions cross the link, one request per partition. Nothing is published when a
+    partition an item needs has no leader."""
+    slots = hub.router.partitions
+    places = [_reachable(slots[action_partition(action, len(slots))]) for action, _, _ in items]
+    tasks: list[Any] = [None] * len(items)
+    created = [False] * len(items)
+    elsewhere: dict[int, list[int]] = {}
+    for i, ((action, payload, options), slot) in enumerate(zip(items, places, strict=True)):
+        if slot.local is None:
+            elsewhere.setdefault(slot.index, []).append(i)
+            continue
+        tasks[i], created[i] = slot.local.lc.publish(creds, action, payload, options)
+    hub.kick()
+    calls = []
+    for at in elsewhere.values():
+        remote = places[at[0]]
+        assert isinstance(remote, Linked)
+        sent = [(items[i][0], items[i][1], _fields(items[i][2])) for i in at]
+        calls.append(remote.publish(creds, sent))
+    answers = await asyncio.gather(*calls)  # the leaders store theirs meanwhile
+    await hub.flush()
+    out: list[Outcome] = []
+    for i, task in enumerate(tasks):
+        out.append((task.rec if isinstance(task, Task) else task, created[i]))
+    for at, answer in zip(elsewhere.values(), answers, strict=True):
+        for i, (rec, new, stored) in zip(at, answer, strict=True):
+            out[i] = (rec.id if stored else rec, new)
+    return out
+
+
+async def cancel(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
+    """``creds`` cancels ``task_id`` (the lifecycle's checks), answered once stored:
+    ``TaskNotFound`` when it is not live (ended, or never was)."""
+    slot = _reachable(hub.router.slot_of_task(task_id))
+    if slot.local is None:
+        assert isinstance(slot, Linked)
+        return await slot.cancel(creds, task_id)
+    task = slot.local.lc.cancel(creds, task_id)
+    hub.kick()
+    await hub.flush()
+    return task.rec
+
+
+def _fields(options: Any) -> dict[str, Any] | None:
+    """Options as they cross the link: the fields given (the leader reads them back by
+    attribute, as the lifecycle reads stored options)."""
+    return None if options is None else dict(vars(options))
