@@ -52,7 +52,6 @@ from taskhub.protocol import plain
 log = logging.getLogger("taskhub.consumers")
 
 MAX_LEASE = 24 * 3600.0
-CLOSE_TRY_AGAIN = 1013  # the close of a connection that reached another hub (hub/link)
 _REMEMBERED = 1024  # lapsed leases whose late commit is still accepted (first return wins)
 
 
@@ -200,10 +199,11 @@ class Consumers:
         )
 
         async def closed(code: int, reason: str) -> None:
-            # 1013: a link it used broke, or a partition it reached moved to another hub: its
-            # subscriptions there are gone, so it is stopped (its caller starts a new one, as
-            # a client reconnects). A hub shutting down (1012) answers its long polls instead.
-            if code != CLOSE_TRY_AGAIN:
+            # A link it used broke, the hub it reached there stops, or a partition it reached
+            # moved: its subscriptions there are gone, so it is stopped (its caller starts a
+            # new one, as a client reconnects). This hub shutting down answers its long polls
+            # instead (Hub.end_waits).
+            if hub.draining:
                 return
             c.cut(reason or "closed")
             if not c.stopped:

@@ -202,6 +202,9 @@ class Linked(Partition, Elsewhere, Protocol):
     async def cancel(self, creds: Credentials, task_id: str) -> TaskRecord:
         """``creds`` cancels ``task_id`` there (``TaskNotFound``: not live there)."""
 
+    async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
+        """The task's record once it ended there (stored), or after ``seconds``."""
+
     def take_back(
         self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
     ) -> None:

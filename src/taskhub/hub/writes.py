@@ -81,3 +81,11 @@ def _fields(options: Any) -> dict[str, Any] | None:
     """Options as they cross the link: the fields given (the leader reads them back by
     attribute, as the lifecycle reads stored options)."""
     return None if options is None else dict(vars(options))
+
+
+async def wait(hub: Hub, task_id: str, seconds: float) -> None:
+    """Wait until ``task_id`` (of a partition another hub leads) has ended there and that is
+    stored, at most ``seconds``: that hub waits, and answers when it is over."""
+    slot = _reachable(hub.router.slot_of_task(task_id))
+    assert isinstance(slot, Linked)
+    await slot.wait(task_id, seconds)

@@ -17,6 +17,7 @@ from taskhub.hub.link import wire
 from taskhub.hub.partition import LocalPartition
 from taskhub.lifecycle import Credentials, Task
 from taskhub.lifecycle.options import StoredOptions
+from taskhub.records import TERMINAL_STATES, EventRecord
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
@@ -47,13 +48,17 @@ def _led(hub: Hub, index: int) -> LocalPartition:
     return part
 
 
-async def _answer(server: LinkServer, entry: wire.Publish | wire.CancelTask) -> None:
+async def _answer(
+    server: LinkServer, entry: wire.Publish | wire.CancelTask | wire.WaitTask
+) -> None:
     try:
         part = _led(server.hub, entry.part)
         if isinstance(entry, wire.Publish):
             value = await _publish(part, entry)
-        else:
+        elif isinstance(entry, wire.CancelTask):
             value = await _cancel(part, entry)
+        else:
+            value = await _wait(server.hub, part, entry)
         reply = wire.Reply(entry.id, msgspec.Raw(value))
     except TaskHubError as exc:
         reply = wire.Reply(entry.id, error=exc.to_wire())
@@ -96,6 +101,28 @@ async def _cancel(part: LocalPartition, entry: wire.CancelTask) -> bytes:
     part.kick()
     await part.flush()
     return _encode(task.rec)
+
+
+async def _wait(hub: Hub, part: LocalPartition, entry: wire.WaitTask) -> bytes:
+    """The task's record once it ended and that is stored, or once the wait is over."""
+    lc, task_id = part.lc, entry.task
+    ended = asyncio.Event()
+
+    def on_event(task: Task, ev: EventRecord) -> None:
+        if ev.task_id == task_id and ev.type in TERMINAL_STATES:
+            ended.set()
+
+    lc.listen(on_event, True)
+    try:
+        with hub.long_wait(ended.set):  # a shutdown answers with the task so far
+            if lc.get(task_id) is None:
+                ended.set()  # ended (or never was) before we listened
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), max(0.0, entry.wait))
+    finally:
+        lc.listen(on_event, False)
+    await part.flush()  # its end is stored before it is told
+    return _encode(await part.find(task_id))
 
 
 def _fire(hub: Hub, entry: wire.Fire, touched: set[LocalPartition]) -> None:

@@ -502,6 +502,13 @@ class RemotePartition:
         assert rec is not None  # the leader answers a record or an error
         return rec
 
+    async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
+        """The task's record once it ended there (stored), or after ``seconds``."""
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.WaitTask(rid, self.index, task_id, seconds)
+        )
+        return _record.decode(_value(reply))
+
     def fire(
         self, owner: str, action: str, payload: Any, options: dict[str, Any], extra: dict[str, Any]
     ) -> None:

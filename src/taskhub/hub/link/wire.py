@@ -214,6 +214,16 @@ class CancelTask(_Entry, tag="cancel_task"):
     task: str
 
 
+class WaitTask(_Entry, tag="wait_task"):
+    """A request: the record of ``task`` of partition ``part`` once it has ended (stored),
+    or after ``wait`` seconds, or at once when the leader shuts down (an HTTP long poll)."""
+
+    id: int
+    part: int
+    task: str
+    wait: float
+
+
 class Fire(_Entry, tag="fire"):
     """A schedule's slot (kept by partition 0's hub) publishes its task in partition ``part``;
     no answer: a task the leader cannot publish is an error in its log, as at home."""
@@ -247,9 +257,9 @@ class Reply(_Entry, tag="reply"):
     error: dict[str, Any] | None = None
 
 
-AcrossToLeader = Publish | CancelTask | Fire | TakeBack
+AcrossToLeader = Publish | CancelTask | WaitTask | Fire | TakeBack
 INTERNAL = "internal"  # a Reply's error code: the request met a bug on the leader (logged there)
-ACROSS = (Publish, CancelTask, Fire, TakeBack)
+ACROSS = (Publish, CancelTask, WaitTask, Fire, TakeBack)
 
 
 def caller_of(creds: Credentials) -> Caller:
