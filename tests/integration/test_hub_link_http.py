@@ -284,3 +284,32 @@ async def test_a_schedule_on_b_fires_into_a_partition_a_leads(
         assert (await stored_on(a, task.id)) is not None  # published on A, partition 1's hub
     finally:
         await worker.close()
+
+
+async def test_post_add_on_b_starts_a_chain_held_on_a(make_server: ServerFactory) -> None:
+    """Seed 000's `POST /add`: a chain whose first step A leads is held there, its next step
+    runs on B; another chain is held on B. Both complete."""
+    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
+    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
+    lead_elsewhere(a, 0, b)  # each hub leads one partition and reaches the other's
+    lead_elsewhere(b, 1, a)
+    wa, wb = await client(a, "wa"), await client(b, "wb")
+    try:
+        await wa.sub(THERE, lambda t: {"n": t.payload["n"] + 1})
+        await wb.sub(HERE, lambda t: {"n": t.payload["n"] * 10})
+        body = [
+            {"tasks": [{"task": THERE, "input": {"n": 1}}, {"task": HERE}]},
+            {"tasks": [{"task": HERE, "input": {"n": 2}}, {"task": THERE}]},
+        ]
+        async with httpx.AsyncClient(base_url=b.http_url, timeout=20) as http:
+            r = await http.post("/add", json=body)
+            assert r.status_code == 201, r.text
+            first, second = r.json()["chains"]
+            assert partition_of_id(first) == 1 and partition_of_id(second) == 0
+            assert (await stored_on(a, first)) is not None  # held by A
+            wait = {"wait": 10}
+            got = [await http.get(f"/v1/tasks/{c}/result", params=wait) for c in (first, second)]
+        assert [g.json()["result"] for g in got] == [{"n": 20}, {"n": 21}]
+    finally:
+        await wa.close()
+        await wb.close()

@@ -202,6 +202,16 @@ class Linked(Partition, Elsewhere, Protocol):
     async def cancel(self, creds: Credentials, task_id: str) -> TaskRecord:
         """``creds`` cancels ``task_id`` there (``TaskNotFound``: not live there)."""
 
+    async def start_chain(
+        self,
+        creds: Credentials,
+        steps: list[dict[str, Any]],
+        *,
+        merge_input: bool,
+        trace: dict[str, str] | None,
+    ) -> str:
+        """Start a chain held there (``Hub.add_chain``'s steps); its id once stored."""
+
     async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
         """The task's record once it ended there (stored), or after ``seconds``."""
 

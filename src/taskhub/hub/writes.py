@@ -49,10 +49,8 @@ async def publish(hub: Hub, creds: Credentials, items: Sequence[Item]) -> list[O
     hub.kick()
     calls = []
     for at in elsewhere.values():
-        remote = places[at[0]]
-        assert isinstance(remote, Linked)
         sent = [(items[i][0], items[i][1], _fields(items[i][2])) for i in at]
-        calls.append(remote.publish(creds, sent))
+        calls.append(_linked(places[at[0]]).publish(creds, sent))
     answers = await asyncio.gather(*calls)  # the leaders store theirs meanwhile
     await hub.flush()
     out: list[Outcome] = []
@@ -69,8 +67,7 @@ async def cancel(hub: Hub, creds: Credentials, task_id: str) -> TaskRecord:
     ``TaskNotFound`` when it is not live (ended, or never was)."""
     slot = _reachable(hub.router.slot_of_task(task_id))
     if slot.local is None:
-        assert isinstance(slot, Linked)
-        return await slot.cancel(creds, task_id)
+        return await _linked(slot).cancel(creds, task_id)
     task = slot.local.lc.cancel(creds, task_id)
     hub.kick()
     await hub.flush()
@@ -86,6 +83,41 @@ def _fields(options: Any) -> dict[str, Any] | None:
 async def wait(hub: Hub, task_id: str, seconds: float) -> None:
     """Wait until ``task_id`` (of a partition another hub leads) has ended there and that is
     stored, at most ``seconds``: that hub waits, and answers when it is over."""
-    slot = _reachable(hub.router.slot_of_task(task_id))
-    assert isinstance(slot, Linked)
-    await slot.wait(task_id, seconds)
+    await _linked(_reachable(hub.router.slot_of_task(task_id))).wait(task_id, seconds)
+
+
+async def add_chains(
+    hub: Hub,
+    creds: Credentials,
+    chains: Sequence[list[dict[str, Any]]],
+    *,
+    merge_input: bool,
+    trace: dict[str, str] | None,
+) -> list[str]:
+    """Start ``chains`` (``Hub.add_chain``'s steps), each held in its first step's partition:
+    here at once, on another hub over the link; their ids, answered once all are stored."""
+    slots = hub.router.partitions
+    places = [
+        _reachable(slots[action_partition(steps[0]["action"] if steps else "", len(slots))])
+        for steps in chains
+    ]
+    ids: list[str] = [""] * len(chains)
+    for i, (steps, slot) in enumerate(zip(chains, places, strict=True)):
+        if slot.local is not None:  # no await in between: one commit
+            ids[i] = hub.add_chain(creds, steps, merge_input=merge_input, trace=trace)
+    elsewhere = [i for i, slot in enumerate(places) if slot.local is None]
+    started = await asyncio.gather(
+        *(
+            _linked(places[i]).start_chain(creds, chains[i], merge_input=merge_input, trace=trace)
+            for i in elsewhere
+        )
+    )
+    await hub.flush()
+    for i, chain_id in zip(elsewhere, started, strict=True):
+        ids[i] = chain_id
+    return ids
+
+
+def _linked(slot: Partition) -> Linked:
+    assert isinstance(slot, Linked)  # _reachable let it through: led elsewhere
+    return slot

@@ -49,7 +49,7 @@ def _led(hub: Hub, index: int) -> LocalPartition:
 
 
 async def _answer(
-    server: LinkServer, entry: wire.Publish | wire.CancelTask | wire.WaitTask
+    server: LinkServer, entry: wire.Publish | wire.CancelTask | wire.StartChain | wire.WaitTask
 ) -> None:
     try:
         part = _led(server.hub, entry.part)
@@ -57,6 +57,8 @@ async def _answer(
             value = await _publish(part, entry)
         elif isinstance(entry, wire.CancelTask):
             value = await _cancel(part, entry)
+        elif isinstance(entry, wire.StartChain):
+            value = await _start_chain(server.hub, entry)
         else:
             value = await _wait(server.hub, part, entry)
         reply = wire.Reply(entry.id, msgspec.Raw(value))
@@ -101,6 +103,14 @@ async def _cancel(part: LocalPartition, entry: wire.CancelTask) -> bytes:
     part.kick()
     await part.flush()
     return _encode(task.rec)
+
+
+async def _start_chain(hub: Hub, entry: wire.StartChain) -> bytes:
+    """The chain held here (its first step's partition), answered once stored."""
+    creds = wire.caller_creds(entry.caller)
+    chain_id = hub.add_chain(creds, entry.steps, merge_input=entry.merge_input, trace=entry.trace)
+    await hub.flush()
+    return _encode(chain_id)
 
 
 async def _wait(hub: Hub, part: LocalPartition, entry: wire.WaitTask) -> bytes:

@@ -502,6 +502,23 @@ class RemotePartition:
         assert rec is not None  # the leader answers a record or an error
         return rec
 
+    async def start_chain(
+        self,
+        creds: Credentials,
+        steps: list[dict[str, Any]],
+        *,
+        merge_input: bool,
+        trace: dict[str, str] | None,
+    ) -> str:
+        """Start a chain whose first step is of this partition there (it holds the chain);
+        its id once stored."""
+        caller = wire.caller_of(creds)
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.StartChain(rid, self.index, caller, steps, merge_input, trace)
+        )
+        chain_id: str = msgspec.json.decode(_value(reply), type=str)
+        return chain_id
+
     async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
         """The task's record once it ended there (stored), or after ``seconds``."""
         reply = await self.links.link(self.url).call(

@@ -214,6 +214,19 @@ class CancelTask(_Entry, tag="cancel_task"):
     task: str
 
 
+class StartChain(_Entry, tag="start_chain"):
+    """A request: ``caller`` starts a chain (``POST /add``) whose first step is of partition
+    ``part``, held there; answered with its id once stored. ``steps``: ``{action, payload,
+    options}`` as ``Hub.add_chain`` takes them."""
+
+    id: int
+    part: int
+    caller: Caller
+    steps: list[dict[str, Any]]
+    merge_input: bool
+    trace: dict[str, str] | None
+
+
 class WaitTask(_Entry, tag="wait_task"):
     """A request: the record of ``task`` of partition ``part`` once it has ended (stored),
     or after ``wait`` seconds, or at once when the leader shuts down (an HTTP long poll)."""
@@ -257,9 +270,9 @@ class Reply(_Entry, tag="reply"):
     error: dict[str, Any] | None = None
 
 
-AcrossToLeader = Publish | CancelTask | WaitTask | Fire | TakeBack
+AcrossToLeader = Publish | CancelTask | StartChain | WaitTask | Fire | TakeBack
 INTERNAL = "internal"  # a Reply's error code: the request met a bug on the leader (logged there)
-ACROSS = (Publish, CancelTask, WaitTask, Fire, TakeBack)
+ACROSS = (Publish, CancelTask, StartChain, WaitTask, Fire, TakeBack)
 
 
 def caller_of(creds: Credentials) -> Caller:
