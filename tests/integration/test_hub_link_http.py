@@ -313,3 +313,59 @@ async def test_post_add_on_b_starts_a_chain_held_on_a(make_server: ServerFactory
     finally:
         await wa.close()
         await wb.close()
+
+
+async def test_a_tasks_event_stream_on_b_follows_it_on_a(
+    hubs: tuple[Server, Server], http: httpx.AsyncClient
+) -> None:
+    a, _ = hubs
+    gate = asyncio.Event()
+    worker = await client(a, "worker")
+    try:
+
+        async def run(task: Any) -> str:
+            await task.update({"pct": 50})
+            await gate.wait()
+            return "done"
+
+        await worker.sub(THERE, run)
+        task_id = (await http.post("/v1/tasks", json={"action": THERE})).json()["id"]
+        seen: list[tuple[str, str]] = []
+        async with http.stream("GET", f"/v1/tasks/{task_id}/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    seen.append(("event", line[7:]))
+                    if line == "event: update":
+                        gate.set()  # the rest comes live, over the link
+                elif line.startswith("id: "):
+                    seen.append(("id", line[4:]))
+        types = [v for k, v in seen if k == "event"]
+        assert types[0] == "init" and "update" in types and types[-1] == "success"
+        ids = [int(v) for k, v in seen if k == "id"]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        # again with Last-Event-ID: only the later events, and it ends (the task ended)
+        again = await http.get(
+            f"/v1/tasks/{task_id}/events", headers={"Last-Event-ID": str(ids[-2])}
+        )
+        assert again.text.count("event: ") == 1 and "event: success" in again.text
+    finally:
+        gate.set()
+        await worker.close()
+
+
+async def test_an_http_broadcast_on_a_reaches_the_topics_at_b(make_server: ServerFactory) -> None:
+    """Partition 0's hub (B) holds the topics: `POST /v1/events/{topic}` on A goes there."""
+    a = await make_server(partitions=P, name="hub-a")
+    b = await make_server(partitions=P, name="hub-b")
+    lead_elsewhere(a, 0, b)
+    listener = await client(a, "listener")  # subscribes through A, at B
+    try:
+        got: list[Any] = []
+        await listener.subscribe("news.*", lambda data, topic: got.append((topic, data)))
+        async with httpx.AsyncClient(base_url=a.http_url, timeout=10) as http:
+            r = await http.post("/v1/events/news.today", json={"n": 1})
+        assert r.status_code == 202 and r.json() == {"topic": "news.today", "delivered": 1}
+        await until(lambda: got)
+        assert got == [("news.today", {"n": 1})]
+    finally:
+        await listener.close()

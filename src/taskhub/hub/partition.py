@@ -23,7 +23,7 @@ from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
 from taskhub.protocol import error_msg
-from taskhub.records import TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 from taskhub.store import Store
 
 if TYPE_CHECKING:
@@ -211,6 +211,15 @@ class Linked(Partition, Elsewhere, Protocol):
         trace: dict[str, str] | None,
     ) -> str:
         """Start a chain held there (``Hub.add_chain``'s steps); its id once stored."""
+
+    async def task_events(
+        self, task_id: str, after: int, wait: float
+    ) -> tuple[list[EventRecord], bool]:
+        """The task's stored events after seq ``after`` there (waiting up to ``wait`` seconds
+        for one while it is live), and whether it is still live."""
+
+    async def emit(self, creds: Credentials, topic: str, data: Any) -> int:
+        """Broadcast from there (partition 0's hub holds the topics)."""
 
     async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
         """The task's record once it ended there (stored), or after ``seconds``."""

@@ -1,5 +1,6 @@
-"""The HTTP API's writes of tasks, wherever their partition is led: in process on a partition
-this hub leads, as a request over the hub-to-hub link on one another hub leads
+"""The HTTP API's calls that run a partition's lifecycle (publish, cancel, start a chain, wait
+for a task, read its events, broadcast), wherever the partition is led: in process on a
+partition this hub leads, as a request over the hub-to-hub link on one another hub leads
 (docs/deployment.md, "The hub-to-hub link"), the retryable ``partition_unavailable`` while no
 hub leads it."""
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from taskhub.hub.partition import Linked, Partition, unavailable
 from taskhub.hub.router import action_partition
 from taskhub.lifecycle import Credentials, Task
-from taskhub.records import TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 
 if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
@@ -84,6 +85,27 @@ async def wait(hub: Hub, task_id: str, seconds: float) -> None:
     """Wait until ``task_id`` (of a partition another hub leads) has ended there and that is
     stored, at most ``seconds``: that hub waits, and answers when it is over."""
     await _linked(_reachable(hub.router.slot_of_task(task_id))).wait(task_id, seconds)
+
+
+async def task_events(
+    hub: Hub, task_id: str, after: int, wait: float
+) -> tuple[list[EventRecord], bool]:
+    """Of a task another hub leads: its stored events after seq ``after`` (that hub waits up
+    to ``wait`` seconds for one while the task is live), and whether it is still live."""
+    return await _linked(_reachable(hub.router.slot_of_task(task_id))).task_events(
+        task_id, after, wait
+    )
+
+
+async def emit(hub: Hub, creds: Credentials, topic: str, data: Any) -> int:
+    """Broadcast ``data`` on ``topic`` from the hub that holds the topics (partition 0's
+    leader: over the link where it is another hub); how many connections it was queued for."""
+    zero = hub.router.partitions[0]
+    if zero.local is None and isinstance(zero, Linked):
+        return await zero.emit(creds, topic, data)
+    n = hub.emit(creds, topic, data)
+    hub.kick()
+    return n
 
 
 async def add_chains(

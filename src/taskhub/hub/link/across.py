@@ -48,17 +48,25 @@ def _led(hub: Hub, index: int) -> LocalPartition:
     return part
 
 
-async def _answer(
-    server: LinkServer, entry: wire.Publish | wire.CancelTask | wire.StartChain | wire.WaitTask
-) -> None:
+Request = (
+    wire.Publish | wire.CancelTask | wire.StartChain | wire.WaitTask | wire.TaskEvents | wire.Emit
+)
+
+
+async def _answer(server: LinkServer, entry: Request) -> None:
     try:
-        part = _led(server.hub, entry.part)
-        if isinstance(entry, wire.Publish):
+        part = _led(server.hub, 0 if isinstance(entry, wire.Emit) else entry.part)
+        if isinstance(entry, wire.Emit):  # partition 0's hub holds the topics
+            creds = wire.caller_creds(entry.caller)
+            value = _encode(server.hub.emit(creds, entry.topic, entry.data))
+        elif isinstance(entry, wire.Publish):
             value = await _publish(part, entry)
         elif isinstance(entry, wire.CancelTask):
             value = await _cancel(part, entry)
         elif isinstance(entry, wire.StartChain):
             value = await _start_chain(server.hub, entry)
+        elif isinstance(entry, wire.TaskEvents):
+            value = await _events(server.hub, part, entry)
         else:
             value = await _wait(server.hub, part, entry)
         reply = wire.Reply(entry.id, msgspec.Raw(value))
@@ -133,6 +141,34 @@ async def _wait(hub: Hub, part: LocalPartition, entry: wire.WaitTask) -> bytes:
         lc.listen(on_event, False)
     await part.flush()  # its end is stored before it is told
     return _encode(await part.find(task_id))
+
+
+async def _events(hub: Hub, part: LocalPartition, entry: wire.TaskEvents) -> bytes:
+    """The task's stored events after ``entry.after``; while there are none and it is live,
+    the first to be stored within the wait."""
+    lc, task_id = part.lc, entry.task
+    arrived = asyncio.Event()
+
+    def on_event(task: Task, ev: EventRecord) -> None:
+        if ev.task_id == task_id:
+            arrived.set()
+
+    lc.listen(on_event, True)  # first: an event stored while the store is read is not missed
+    try:
+        live = lc.get(task_id) is not None  # before reading: a later end sets `arrived`
+        events = await _stored_after(part, task_id, entry.after)
+        if not events and live and entry.wait > 0:
+            with hub.long_wait(arrived.set), contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), entry.wait)
+            events = await _stored_after(part, task_id, entry.after)
+    finally:
+        lc.listen(on_event, False)
+    return _encode((events, bool(events) or lc.get(task_id) is not None))
+
+
+async def _stored_after(part: LocalPartition, task_id: str, after: int) -> list[EventRecord]:
+    await part.flush()  # nothing is streamed before it is stored
+    return [ev for ev in await part.store.get_events(task_id) if ev.seq > after]
 
 
 def _fire(hub: Hub, entry: wire.Fire, touched: set[LocalPartition]) -> None:

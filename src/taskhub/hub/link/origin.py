@@ -25,7 +25,7 @@ from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Credentials, Peer
-from taskhub.records import MetaRecord, TaskRecord, WriteBatch
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import Store
 
 if TYPE_CHECKING:
@@ -519,6 +519,25 @@ class RemotePartition:
         chain_id: str = msgspec.json.decode(_value(reply), type=str)
         return chain_id
 
+    async def task_events(
+        self, task_id: str, after: int, wait: float
+    ) -> tuple[list[EventRecord], bool]:
+        """The task's stored events after seq ``after`` there (waiting up to ``wait`` seconds
+        for one while it is live), and whether it is still live."""
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.TaskEvents(rid, self.index, task_id, after, wait)
+        )
+        return _events.decode(_value(reply))
+
+    async def emit(self, creds: Credentials, topic: str, data: Any) -> int:
+        """Broadcast on ``topic`` from the hub that holds the topics (partition 0's, this
+        one); how many connections it was queued for."""
+        caller = wire.caller_of(creds)
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.Emit(rid, caller, topic, data)
+        )
+        return msgspec.json.decode(_value(reply), type=int)
+
     async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
         """The task's record once it ended there (stored), or after ``seconds``."""
         reply = await self.links.link(self.url).call(
@@ -544,6 +563,7 @@ class RemotePartition:
 
 
 Published = tuple[TaskRecord, bool, bool]
+_events = msgspec.json.Decoder(tuple[list[EventRecord], bool])
 _published = msgspec.json.Decoder(list[Published])
 
 

@@ -237,6 +237,28 @@ class WaitTask(_Entry, tag="wait_task"):
     wait: float
 
 
+class TaskEvents(_Entry, tag="task_events"):
+    """A request: the stored events of ``task`` (partition ``part``) after seq ``after``,
+    waiting up to ``wait`` seconds for one while there are none and the task is live;
+    answered ``[events, live]`` (an HTTP event stream, one request per step)."""
+
+    id: int
+    part: int
+    task: str
+    after: int
+    wait: float
+
+
+class Emit(_Entry, tag="emit"):
+    """A request to partition 0's hub, which holds the topics: ``caller`` broadcasts ``data``
+    on ``topic``; answered with how many connections it was queued for."""
+
+    id: int
+    caller: Caller
+    topic: str
+    data: Any
+
+
 class Fire(_Entry, tag="fire"):
     """A schedule's slot (kept by partition 0's hub) publishes its task in partition ``part``;
     no answer: a task the leader cannot publish is an error in its log, as at home."""
@@ -270,9 +292,9 @@ class Reply(_Entry, tag="reply"):
     error: dict[str, Any] | None = None
 
 
-AcrossToLeader = Publish | CancelTask | StartChain | WaitTask | Fire | TakeBack
+AcrossToLeader = Publish | CancelTask | StartChain | WaitTask | TaskEvents | Emit | Fire | TakeBack
 INTERNAL = "internal"  # a Reply's error code: the request met a bug on the leader (logged there)
-ACROSS = (Publish, CancelTask, StartChain, WaitTask, Fire, TakeBack)
+ACROSS = (Publish, CancelTask, StartChain, WaitTask, TaskEvents, Emit, Fire, TakeBack)
 
 
 def caller_of(creds: Credentials) -> Caller:
