@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from taskhub.errors import TaskNotFound
+from taskhub.hub import writes
 from taskhub.hub.dashboard.routes import OPERATOR
 from taskhub.hub.dashboard.sessions import ADMIN_ERRORS, AdminCaller
 from taskhub.hub.dashboard.views import DeadLetterRow, Purged, Retried
@@ -42,13 +43,11 @@ async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     """The task fails with reason `cancelled` ("cancelled by <admin>"); its workers are told
     to stop. A chain or group cancelled this way cancels its running steps too."""
     try:
-        task = hub.lc_of(task_id).cancel(_operator(creds), task_id)
+        rec = await writes.cancel(hub, _operator(creds), task_id)  # where it is led
     except TaskNotFound:
         rec = await read_task(hub, OPERATOR, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
-    hub.kick()
-    await hub.flush()
-    return task_view(task.rec)
+    return task_view(rec)
 
 
 @router.post(
