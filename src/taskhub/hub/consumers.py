@@ -228,7 +228,7 @@ class Consumers:
         elsewhere: list[Any] = []
         for action in c.actions:
             part = self._of_action(action)
-            if isinstance(part, Linked):
+            if not isinstance(part, LocalPartition):
                 sub = p.Sub(action, c.group, c.concurrency, durable=durable)
                 elsewhere.append(c.ask(part, partial(_with_ref, sub)))
                 continue
@@ -249,7 +249,7 @@ class Consumers:
         for action in c.actions:  # first, so what it hands back is not offered to it again
             with contextlib.suppress(TaskHubError):  # no hub leads it now: nothing there
                 part = self._of_action(action)
-                if isinstance(part, Linked):
+                if not isinstance(part, LocalPartition):
                     part.handle(c.peer, p.Unsub(action, c.group))
                 else:
                     part.lc.unsubscribe(part.peer(c.peer), action)
@@ -266,7 +266,7 @@ class Consumers:
 
     def _take_back(self, c: Consumer, lease: Lease, reason: str, *, count_try: bool) -> None:
         part = self._of_task(lease.task_id)
-        if isinstance(part, Linked):
+        if not isinstance(part, LocalPartition):
             part.take_back(c.peer, lease.task_id, lease.attempt, reason, count_try=count_try)
             return
         own = part.peer(c.peer)
@@ -384,7 +384,7 @@ class Consumers:
         elsewhere once that hub answers ``ok`` (its error raised here)."""
         task_id = getattr(step, "task", "")
         part = self._of_task(task_id)
-        if isinstance(part, Linked):
+        if not isinstance(part, LocalPartition):
             await c.ask(part, lambda ref: _with_ref(step, ref))
             return
         err = part.dispatcher.ops[type(step)](part.peer(c.peer), step)
