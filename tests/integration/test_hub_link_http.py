@@ -281,14 +281,17 @@ async def test_a_schedule_on_b_fires_into_a_partition_a_leads(
 
         await worker.sub(THERE, run)
         async with httpx.AsyncClient(base_url=b.http_url, timeout=10) as http:
-            # its "every minute" slot comes 1.5 s after this (a fake clock, not a minute's wait)
-            shift[0] = math.ceil(time.time() / 60 + 1) * 60 - 1.5 - time.time()
+            # its "every minute" slot comes 4 s after this (a fake clock, not a minute's wait;
+            # room for a loaded machine to take the PUT before the slot)
+            slot = math.ceil(time.time() / 60 + 1) * 60
+            shift[0] = slot - 4 - time.time()
             r = await http.put(
                 "/v1/schedules/minutely",
                 json={"cron": "* * * * *", "action": THERE, "payload": {"from": "b"}},
             )
             assert r.status_code == 200, r.text
-        task = await asyncio.wait_for(got.get(), 10)
+            assert r.json()["next_at"] == slot  # not missed while the PUT was taken
+        task = await asyncio.wait_for(got.get(), 30)
         assert task.payload == {"from": "b"} and partition_of_id(task.id) == 1
         assert (await stored_on(a, task.id)) is not None  # published on A, partition 1's hub
     finally:
