@@ -257,6 +257,19 @@ async def test_a_broken_link_stops_the_consumer_that_used_it(
         assert r == 404
 
 
+async def test_a_consumers_calls_on_another_hub_say_where_it_lives(
+    hubs: tuple[Server, Server], http: httpx.AsyncClient
+) -> None:
+    a, _ = hubs
+    puller = await Puller(http, {"actions": [THERE]}).start()
+    async with httpx.AsyncClient(base_url=a.http_url, timeout=10) as other:
+        r = await other.post(
+            f"/v1/consumers/{puller.id}/fetch", params={"wait": 0}, headers=puller.headers
+        )
+    assert r.status_code == 404 and r.json()["code"] == "consumer_not_found"
+    assert "served by the hub that started it" in r.json()["message"]
+
+
 async def _fetch_status(puller: Puller) -> int | None:
     r = await puller.http.post(
         f"/v1/consumers/{puller.id}/fetch", params={"wait": 0}, headers=puller.headers

@@ -276,7 +276,11 @@ class Consumers:
         """The consumer, if ``token`` is its token and ``creds`` the service that started it."""
         c = self.by_id.get(consumer_id)
         if c is None:
-            raise ConsumerNotFound(f"no consumer {consumer_id}", consumer=consumer_id)
+            raise ConsumerNotFound(
+                f"no consumer {consumer_id} on this hub (a pull consumer is served by the hub "
+                "that started it, until it is stopped)",
+                consumer=consumer_id,
+            )
         if not token or not hmac.compare_digest(token.encode(), c.token.encode()):
             raise AuthenticationFailed(
                 f"missing or wrong X-Consumer-Token for consumer {consumer_id}"
