@@ -394,3 +394,28 @@ async def test_an_http_broadcast_on_a_reaches_the_topics_at_b(make_server: Serve
         assert got == [("news.today", {"n": 1})]
     finally:
         await listener.close()
+
+
+async def test_the_dashboards_cancel_and_retry_on_b_act_on_a(make_server: ServerFactory) -> None:
+    creds = [
+        {"name": "ops", "key": "ops-key", "pub_permissions": ["admin"]},
+        {"name": "svc", "key": "svc-key", "sub_permissions": ["*"], "pub_permissions": ["*"]},
+    ]
+    admin, svc = {"Authorization": "Bearer ops:ops-key"}, {"Authorization": "Bearer svc:svc-key"}
+    a = await make_server(creds, partitions=P, name="hub-a")
+    b = await make_server(creds, partitions=P, name="hub-b")
+    lead_elsewhere(b, 1, a)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=10) as http:
+        waiting = await http.post(
+            "/v1/tasks", json={"action": THERE, "options": {"delay": 600}}, headers=svc
+        )
+        task_id = waiting.json()["id"]
+        out = await http.post(f"/v1/dashboard/tasks/{task_id}/cancel", headers=admin)
+        assert out.status_code == 200, out.text
+        assert out.json()["error"] == {"reason": "cancelled", "message": "cancelled by ops"}
+        retried = await http.post(f"/v1/dashboard/tasks/{task_id}/retry", headers=admin)
+        assert retried.status_code == 200, retried.text
+        copy = retried.json()["task"]
+        assert partition_of_id(copy) == 1 and (await stored_on(a, copy)) is not None
+        got = (await http.get(f"/v1/tasks/{copy}", headers=svc)).json()
+        assert got["options"]["retried_from"] == task_id and got["publisher"] == "ops"

@@ -193,11 +193,15 @@ class Linked(Partition, Elsewhere, Protocol):
 
     # The HTTP API and the pull consumers (hub/writes.py, hub/consumers.py).
     async def publish(
-        self, creds: Credentials, items: Sequence[tuple[str, Any, dict[str, Any] | None]]
+        self,
+        creds: Credentials,
+        items: Sequence[tuple[str, Any, dict[str, Any] | None]],
+        *,
+        extra: dict[str, Any] | None = None,
     ) -> list[tuple[TaskRecord, bool, bool]]:
-        """Publish ``items`` (action, payload, options) there for ``creds``, answered once
-        stored: per item its record, whether it is new, whether it is an earlier stored task
-        its key found."""
+        """Publish ``items`` (action, payload, options; ``extra`` added to their options)
+        there for ``creds``, answered once stored: per item its record, whether it is new,
+        whether it is an earlier stored task its key found."""
 
     async def cancel(self, creds: Credentials, task_id: str) -> TaskRecord:
         """``creds`` cancels ``task_id`` there (``TaskNotFound``: not live there)."""

@@ -32,11 +32,13 @@ def _reachable(slot: Partition) -> Partition:
     return slot
 
 
-async def publish(hub: Hub, creds: Credentials, items: Sequence[Item]) -> list[Outcome]:
+async def publish(
+    hub: Hub, creds: Credentials, items: Sequence[Item], *, extra: dict[str, Any] | None = None
+) -> list[Outcome]:
     """Publish ``items`` in order and answer once all are stored. The items of partitions
     led here are published with no await between them (one commit); those of another hub's
     partitions cross the link, one request per partition. Nothing is published when a
-    partition an item needs has no leader."""
+    partition an item needs has no leader. ``extra``: added to every task's options."""
     slots = hub.router.partitions
     places = [_reachable(slots[action_partition(action, len(slots))]) for action, _, _ in items]
     tasks: list[Any] = [None] * len(items)
@@ -46,12 +48,12 @@ async def publish(hub: Hub, creds: Credentials, items: Sequence[Item]) -> list[O
         if slot.local is None:
             elsewhere.setdefault(slot.index, []).append(i)
             continue
-        tasks[i], created[i] = slot.local.lc.publish(creds, action, payload, options)
+        tasks[i], created[i] = slot.local.lc.publish(creds, action, payload, options, extra=extra)
     hub.kick()
     calls = []
     for at in elsewhere.values():
         sent = [(items[i][0], items[i][1], _fields(items[i][2])) for i in at]
-        calls.append(_linked(places[at[0]]).publish(creds, sent))
+        calls.append(_linked(places[at[0]]).publish(creds, sent, extra=extra))
     answers = await asyncio.gather(*calls)  # the leaders store theirs meanwhile
     await hub.flush()
     out: list[Outcome] = []

@@ -18,7 +18,8 @@ from taskhub.hub.http.schedules import Requeued
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.http.tasks import TaskEnded, TaskView
 from taskhub.hub.hub import task_view
-from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions, Task
+from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions
+from taskhub.records import TaskRecord
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
 
@@ -74,16 +75,14 @@ async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     kept = {k: rec.options[k] for k in REQUEUE_OPTIONS if k in rec.options}
     if kept.get("priority") is None:
         kept.pop("priority", None)
-    task, _ = hub.lc_for(rec.action).publish(
+    # Published where its action's partition is led (over the link on another hub).
+    [(task, _)] = await writes.publish(
+        hub,
         _operator(creds),
-        rec.action,
-        rec.payload,
-        StoredOptions(kept),
+        [(rec.action, rec.payload, StoredOptions(kept))],
         extra={"retried_from": rec.id},
     )
-    assert isinstance(task, Task)  # no key, no once_every: always a new task
-    hub.kick()
-    await hub.flush()
+    assert isinstance(task, TaskRecord)  # no key, no once_every: always a new task
     return {"task": task.id, "retried_from": task_id}
 
 

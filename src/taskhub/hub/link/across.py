@@ -89,6 +89,7 @@ async def _publish(part: LocalPartition, entry: wire.Publish) -> bytes:
             item.action,
             item.payload,
             None if item.options is None else StoredOptions(item.options),
+            extra=item.extra,
         )
         for item in entry.items
     ]

@@ -480,12 +480,12 @@ class RemotePartition:
 
     # --- the HTTP API, schedules and pull consumers (wire.AcrossToLeader) ---------------------
     async def publish(
-        self, creds: Credentials, items: Sequence[tuple[str, Any, dict[str, Any] | None]]
+        self, creds: Credentials, items: Sequence[Item], *, extra: dict[str, Any] | None = None
     ) -> list[Published]:
         """Publish ``items`` (all of this partition) for ``creds`` there; per item its record,
         whether it is new, and whether it is an earlier task read from the store."""
         caller = wire.caller_of(creds)
-        sent = [wire.PubItem(action, payload, options) for action, payload, options in items]
+        sent = [wire.PubItem(action, payload, options, extra) for action, payload, options in items]
         reply = await self.links.link(self.url).call(
             lambda rid: wire.Publish(rid, self.index, caller, sent)
         )
@@ -563,6 +563,7 @@ class RemotePartition:
 
 
 Published = tuple[TaskRecord, bool, bool]
+Item = tuple[str, Any, dict[str, Any] | None]  # a task to publish: action, payload, options
 _events = msgspec.json.Decoder(tuple[list[EventRecord], bool])
 _published = msgspec.json.Decoder(list[Published])
 

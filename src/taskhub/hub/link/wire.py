@@ -186,11 +186,13 @@ class Caller(msgspec.Struct, array_like=True):
 
 
 class PubItem(msgspec.Struct, array_like=True):
-    """One task to publish: its action, payload and ``pub`` options as given (None: none)."""
+    """One task to publish: its action, payload and ``pub`` options as given (None: none),
+    and what the hub adds to its options (``extra``: the dashboard's ``retried_from``)."""
 
     action: str
     payload: Any
     options: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
 
 
 class Publish(_Entry, tag="publish"):
