@@ -344,3 +344,60 @@ async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
         for line in answer.text.splitlines()
         if line.startswith("event:")
     ]
+
+
+async def test_the_http_api_on_one_hub_reaches_the_partitions_the_other_leads(
+    hubs: Hubs,
+) -> None:
+    """An HTTP user behind a load balancer sees one system: hub two publishes (one task, and a
+    batch spanning both hubs), waits for results, cancels and runs a pull consumer of the
+    partitions hub one leads, over the link; a WebSocket worker on hub one does the work."""
+    one, two = hubs.start(), hubs.start()
+    first, second = settled(one, two)
+    knows(two, first)
+    knows(one, second)
+    there, here = action_in(first[0]), action_in(second[0])
+    pulled = action_in(first[1])
+    async with (
+        Client(one.url, name="worker") as worker,
+        httpx.AsyncClient(base_url=two.http_url, timeout=20) as http,
+    ):
+        await worker.sub(there, lambda t: t.payload * 2)
+        await worker.sub(here, lambda t: t.payload * 2)
+        r = await http.post("/v1/tasks", json={"action": there, "payload": 21})
+        assert r.status_code == 201, r.text
+        assert partition_of_id(r.json()["id"]) == first[0]
+        result = await http.get(f"/v1/tasks/{r.json()['id']}/result", params={"wait": 15})
+        assert result.status_code == 200 and result.json()["result"] == 42
+        items = [{"action": [there, here][i % 2], "payload": i} for i in range(6)]
+        batch = await http.post("/v1/tasks:batch", json={"tasks": items})
+        assert batch.status_code == 201, batch.text
+        ids = [t["id"] for t in batch.json()["tasks"]]
+        assert [partition_of_id(i) for i in ids] == [first[0], second[0]] * 3
+        for i, task_id in enumerate(ids):
+            got = await http.get(f"/v1/tasks/{task_id}/result", params={"wait": 15})
+            assert got.json()["result"] == 2 * i
+        # cancel, through two, a task waiting on one
+        waiting = await http.post(
+            "/v1/tasks", json={"action": there, "payload": 0, "options": {"delay": 600}}
+        )
+        cancelled = await http.delete(f"/v1/tasks/{waiting.json()['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "fail"
+        # a pull consumer on two of a partition one leads
+        c = await http.post("/v1/consumers", json={"actions": [pulled]})
+        assert c.status_code == 201, c.text
+        path, token = f"/v1/consumers/{c.json()['consumer_id']}", c.json()["consumer_token"]
+        headers = {"X-Consumer-Token": token}
+        published = await http.post("/v1/tasks", json={"action": pulled, "payload": "p"})
+        lease = await http.post(f"{path}/fetch", params={"wait": 15}, headers=headers)
+        assert lease.status_code == 200, lease.text
+        assert lease.json()["task_id"] == published.json()["id"]
+        assert lease.json()["payload"] == "p"
+        done = await http.post(
+            f"{path}/commit",
+            json={"task_id": lease.json()["task_id"], "result": 1},
+            headers=headers,
+        )
+        assert done.json()["state"] == "success"
+        assert (await http.delete(path, headers=headers)).status_code == 200
+    assert "partition_unavailable" not in two.log.read_text()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from taskhub.errors import PartitionUnavailable
@@ -23,7 +23,7 @@ from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
 from taskhub.protocol import error_msg
-from taskhub.records import TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 from taskhub.store import Store
 
 if TYPE_CHECKING:
@@ -190,6 +190,48 @@ class Linked(Partition, Elsewhere, Protocol):
         self, *, action: str | None, state: str | None, after: str | None, limit: int
     ) -> list[TaskRecord]:
         """A page of the partition's stored tasks by id, read by its leader."""
+
+    # The HTTP API and the pull consumers (hub/writes.py, hub/consumers.py).
+    async def publish(
+        self,
+        creds: Credentials,
+        items: Sequence[tuple[str, Any, dict[str, Any] | None]],
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> list[tuple[TaskRecord, bool, bool]]:
+        """Publish ``items`` (action, payload, options; ``extra`` added to their options)
+        there for ``creds``, answered once stored: per item its record, whether it is new,
+        whether it is an earlier stored task its key found."""
+
+    async def cancel(self, creds: Credentials, task_id: str) -> TaskRecord:
+        """``creds`` cancels ``task_id`` there (``TaskNotFound``: not live there)."""
+
+    async def start_chain(
+        self,
+        creds: Credentials,
+        steps: list[dict[str, Any]],
+        *,
+        merge_input: bool,
+        trace: dict[str, str] | None,
+    ) -> str:
+        """Start a chain held there (``Hub.add_chain``'s steps); its id once stored."""
+
+    async def task_events(
+        self, task_id: str, after: int, wait: float
+    ) -> tuple[list[EventRecord], bool]:
+        """The task's stored events after seq ``after`` there (waiting up to ``wait`` seconds
+        for one while it is live), and whether it is still live."""
+
+    async def emit(self, creds: Credentials, topic: str, data: Any) -> int:
+        """Broadcast from there (partition 0's hub holds the topics)."""
+
+    async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
+        """The task's record once it ended there (stored), or after ``seconds``."""
+
+    def take_back(
+        self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
+    ) -> None:
+        """``peer`` (a pull consumer) gives its delivery back to its group there."""
 
 
 class Links(Protocol):

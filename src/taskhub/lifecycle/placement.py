@@ -17,8 +17,9 @@ from taskhub.records import TaskRecord
 
 
 class Elsewhere(Protocol):
-    """A partition another hub leads, as chains reach it (the hub-to-hub link): a step is
-    published there, and a step that ended here moves its chain on there."""
+    """A partition another hub leads, as chains and schedules reach it (the hub-to-hub link):
+    a step or a schedule's task is published there, and a step that ended here moves its chain
+    on there."""
 
     def publish_step(
         self,
@@ -36,6 +37,12 @@ class Elsewhere(Protocol):
 
     def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
         """The chain failed: its step ``task_id``, running there, fails with ``error``."""
+
+    def fire(
+        self, owner: str, action: str, payload: Any, options: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
+        """A schedule's slot publishes its task there, as ``owner`` with the schedule's stored
+        ``options`` (a task that cannot be published there is said in that hub's log)."""
 
 
 class Placement(Protocol):

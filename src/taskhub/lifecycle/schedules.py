@@ -228,13 +228,14 @@ class Scheduler:
         spec.last_slot = slot
         self.lc.put_meta(SCHEDULE_META, spec.name, msgspec.to_builtins(spec))
         creds = Credentials(spec.owner, sub_permissions=(), pub_permissions=(spec.action,))
+        extra = {"schedule": spec.name, "slot": slot}
         try:
+            elsewhere = self.place.elsewhere_for(spec.action)
+            if elsewhere is not None:  # another hub leads the action's partition: there
+                elsewhere.fire(spec.owner, spec.action, spec.payload, dict(spec.options), extra)
+                return
             self.place.for_action(spec.action).publish(
-                creds,
-                spec.action,
-                spec.payload,
-                StoredOptions(spec.options),
-                extra={"schedule": spec.name, "slot": slot},
+                creds, spec.action, spec.payload, StoredOptions(spec.options), extra=extra
             )
         except TaskHubError as exc:  # checked at put: only a changed hub default gets here
             log.error("schedule %r could not publish %s: %s", spec.name, spec.action, exc)

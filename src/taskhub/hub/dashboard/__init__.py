@@ -41,7 +41,6 @@ def install(app: FastAPI, hub: Hub) -> None:
 
     # Other hubs of the deployment ask this one for its share of the numbers (over the link).
     deployment.install(hub, monitor, pull)
-    actions.install(hub)
     app.include_router(routes.router)
     app.include_router(actions.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from taskhub.errors import TaskNotFound
+from taskhub.hub import writes
 from taskhub.hub.dashboard.deployment import OPERATOR
 from taskhub.hub.dashboard.sessions import ADMIN_ERRORS, AdminCaller
 from taskhub.hub.dashboard.views import DeadLetterRow, Purged, Retried
@@ -17,10 +18,9 @@ from taskhub.hub.http.deps import HubDep, error_responses, read_task
 from taskhub.hub.http.schedules import Requeued
 from taskhub.hub.http.search import INTERNAL_PREFIX
 from taskhub.hub.http.tasks import TaskEnded, TaskView
-from taskhub.hub.hub import Hub, task_view
-from taskhub.hub.partition import LocalPartition
-from taskhub.hub.router import action_partition, task_partition
-from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions, Task
+from taskhub.hub.hub import task_view
+from taskhub.lifecycle import REQUEUE_OPTIONS, Credentials, StoredOptions
+from taskhub.records import TaskRecord
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
 
@@ -57,15 +57,11 @@ async def _cancel_here(
     """Cancel in the partition led here: ``{"task": view}``, or ``{"ended": state}``."""
     task_id, part = str(args["task"]), parts[0]
     try:
-        task = part.lc.cancel(creds, task_id)
+        rec = await writes.cancel(hub, _operator(creds), task_id)  # where it is led
     except TaskNotFound:
-        rec = await part.find(task_id)
-        if rec is None:
-            raise
-        return {"ended": rec.state}
-    hub.kick()
-    await hub.flush()
-    return {"task": task_view(task.rec)}
+        rec = await read_task(hub, OPERATOR, task_id)  # 404 if it never existed
+        raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
+    return task_view(rec)
 
 
 @router.post(
@@ -92,34 +88,15 @@ async def retry(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     kept = {k: rec.options[k] for k in REQUEUE_OPTIONS if k in rec.options}
     if kept.get("priority") is None:
         kept.pop("priority", None)
-    args = {"action": rec.action, "payload": rec.payload, "options": kept, "from": rec.id}
-    at = action_partition(rec.action, hub.partitions)
-    new_id = await hub.admin.at(at, "dashboard_retry", _operator(creds), args)
-    return {"task": new_id, "retried_from": task_id}
-
-
-async def _retry_here(
-    hub: Hub, creds: Credentials, parts: list[LocalPartition], args: dict[str, Any]
-) -> str:
-    """Publish the copy in the action's partition, led here; its id."""
-    task, _ = parts[0].lc.publish(
-        creds,
-        args["action"],
-        args["payload"],
-        StoredOptions(args["options"]),
-        extra={"retried_from": args["from"]},
+    # Published where its action's partition is led (over the link on another hub).
+    [(task, _)] = await writes.publish(
+        hub,
+        _operator(creds),
+        [(rec.action, rec.payload, StoredOptions(kept))],
+        extra={"retried_from": rec.id},
     )
-    assert isinstance(task, Task)  # no key, no once_every: always a new task
-    hub.kick()
-    await hub.flush()
-    return task.id
-
-
-def install(hub: Hub) -> None:
-    """The dashboard's cancel and retry, run by the hub that leads the task's partition
-    (``Admin.ops``: another hub of the deployment asks over the link)."""
-    hub.admin.ops["dashboard_cancel"] = partial(_cancel_here, hub)
-    hub.admin.ops["dashboard_retry"] = partial(_retry_here, hub)
+    assert isinstance(task, TaskRecord)  # no key, no once_every: always a new task
+    return {"task": task.id, "retried_from": task_id}
 
 
 @router.post(

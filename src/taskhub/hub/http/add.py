@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Header
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from taskhub.errors import InvalidAction, PermissionDenied, ProtocolError
+from taskhub.hub import writes
 from taskhub.hub.http.deps import ACTION_SCHEMA, Caller, HubDep, error_responses
 from taskhub.hub.http.tasks import header_trace
 from taskhub.lifecycle.chains import MAX_STEPS
@@ -96,14 +97,7 @@ async def add(
                     f"{where}: {creds.name!r} may not publish {step.task!r}", action=step.task
                 )
     trace = header_trace(traceparent, tracestate) or None
-    ids = [
-        hub.add_chain(
-            creds,
-            [{"action": s.task, "payload": s.input} for s in chain.tasks],
-            merge_input=True,
-            trace=trace,
-        )
-        for chain in chains
-    ]
-    await hub.flush()
+    steps = [[{"action": s.task, "payload": s.input} for s in chain.tasks] for chain in chains]
+    # A chain whose first step another hub leads starts (and is held) there, over the link.
+    ids = await writes.add_chains(hub, creds, steps, merge_input=True, trace=trace)
     return {"accepted": sum(len(chain.tasks) for chain in chains), "chains": ids}

@@ -12,12 +12,14 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import PermissionDenied, TaskHubError
+from taskhub.hub import writes
 from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.http.tasks import TaskCreate, TaskView, header_trace, publish_options
 from taskhub.hub.hub import Hub, task_view
-from taskhub.lifecycle import Credentials, Task
+from taskhub.lifecycle import Credentials
 from taskhub.lifecycle.options import resolve_options
 from taskhub.names import allowed, reserved_action, validate_action
+from taskhub.records import TaskRecord
 
 MAX_BATCH = 1000  # items per call; the body limit (max_frame) applies as well
 
@@ -92,17 +94,14 @@ async def create_tasks(
     options = [publish_options(item.options, trace) for item in body.tasks]
     for index, item in enumerate(body.tasks):
         _check(hub, creds, index, item, options[index])
-    # No await between the checks and the last publish: nothing else runs in between, and the
-    # commit pipeline takes every task of the batch in one write.
-    published = [
-        hub.lc_for(item.action).publish(creds, item.action, item.payload, opts)
-        for item, opts in zip(body.tasks, options, strict=True)
-    ]
-    hub.kick()
-    await hub.flush()
+    # No await between the checks and the last publish here: nothing else runs in between, and
+    # the commit pipeline takes every task of the batch in one write (one per partition; the
+    # items of another hub's partitions cross the link, checked here first all the same).
+    items = [(it.action, it.payload, opts) for it, opts in zip(body.tasks, options, strict=True)]
+    published = await writes.publish(hub, creds, items)
     views = []
-    for task, _ in published:
-        rec = task.rec if isinstance(task, Task) else await read_task(hub, creds, task)
+    for got, _ in published:
+        rec = got if isinstance(got, TaskRecord) else await read_task(hub, creds, got)
         views.append(task_view(rec))
     created = [was_created for _, was_created in published]
     if not any(created):

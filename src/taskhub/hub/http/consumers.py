@@ -23,7 +23,7 @@ from taskhub.hub.http.deps import (
 from taskhub.hub.hub import Hub
 from taskhub.intervals import parse_interval
 from taskhub.lifecycle import Credentials
-from taskhub.protocol import MAX_TRACEBACK, error_of
+from taskhub.protocol import MAX_TRACEBACK
 from taskhub.protocol import ErrorInfo as PError
 from taskhub.records import TaskState
 
@@ -167,19 +167,18 @@ router = APIRouter(prefix="/v1")
 async def start_consumer(
     body: ConsumerCreate, creds: Caller, consumers: ConsumersDep, request: Request
 ) -> Any:
-    c = consumers.start(
+    agent = request.headers.get("user-agent")
+    c = await consumers.start(
         creds,
         body.actions,
         group=body.group,
         concurrency=body.concurrency,
         lease=body.lease,
         durable=body.durable,
+        # What the dashboard's workers view shows of it: where it calls from, its HTTP client.
+        remote=request.client.host if request.client else None,
+        client=agent[:255] if agent else None,
     )
-    # What the dashboard's workers view shows of it: where it called from, and its HTTP client.
-    c.peer.remote = request.client.host if request.client else None
-    agent = request.headers.get("user-agent")
-    if agent:
-        c.peer.hello = {"client": agent[:255]}
     return {
         "consumer_id": c.id,
         "consumer_token": c.token,
@@ -238,7 +237,7 @@ async def _state(hub: Hub, task_id: str) -> dict[str, Any]:
 async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
     """The first result wins; a commit after the lease ran out still counts if the task has
     not ended."""
-    consumers.commit(consumer, body.task_id, body.result)
+    await consumers.commit(consumer, body.task_id, body.result)
     return await _state(consumers.hub, body.task_id)
 
 
@@ -250,7 +249,7 @@ async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDe
     responses=_STEP_ERRORS,
 )
 async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    consumers.update(consumer, body.task_id, body.data)
+    await consumers.update(consumer, body.task_id, body.data)
     return await _state(consumers.hub, body.task_id)
 
 
@@ -263,7 +262,7 @@ async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDe
 )
 async def fail(body: FailBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
     info = PError(body.error.type, body.error.message, body.error.traceback)
-    consumers.fail(consumer, body.task_id, error_of(info), retry=body.retry)
+    await consumers.fail(consumer, body.task_id, info, retry=body.retry)
     return await _state(consumers.hub, body.task_id)
 
 
@@ -275,7 +274,7 @@ async def fail(body: FailBody, consumer: ConsumerDep, consumers: ConsumersDep) -
     responses=_STEP_ERRORS,
 )
 async def extend(body: ExtendBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    consumers.extend(consumer, body.task_id, parse_interval(body.duration, option="duration"))
+    await consumers.extend(consumer, body.task_id, parse_interval(body.duration, option="duration"))
     return await _state(consumers.hub, body.task_id)
 
 
@@ -287,7 +286,7 @@ async def extend(body: ExtendBody, consumer: ConsumerDep, consumers: ConsumersDe
     responses=_STEP_ERRORS,
 )
 async def drop(body: DropBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    consumers.drop(consumer, body.task_id)
+    await consumers.drop(consumer, body.task_id)
     return await _state(consumers.hub, body.task_id)
 
 

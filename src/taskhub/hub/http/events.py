@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, Field
 from pydantic.config import JsonDict
 
 from taskhub.errors import TaskHubError
+from taskhub.hub import writes
 from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.hub import Hub
 from taskhub.lifecycle import Lifecycle, Task
@@ -97,6 +97,10 @@ def _sse(ev: EventRecord) -> bytes:
 async def event_stream(
     hub: Hub, events: TaskEvents, task_id: str, after: int
 ) -> AsyncIterator[bytes]:
+    if hub.router.slot_of_task(task_id).local is None:  # another hub leads it: read there
+        async for chunk in _linked_stream(hub, task_id, after):
+            yield chunk
+        return
     live: asyncio.Queue[EventRecord | None] = asyncio.Queue()  # None: the hub shuts down
     seq = after
     # On a shutdown the stream ends; an EventSource reconnects with Last-Event-ID.
@@ -135,6 +139,38 @@ async def event_stream(
                     return
             if len(batch) < len(got):
                 return  # the hub shuts down
+
+
+async def _linked_stream(hub: Hub, task_id: str, after: int) -> AsyncIterator[bytes]:
+    """The stream of a task another hub leads: one request over the link per step, each
+    answered by that hub with the events stored after the last one sent (waiting up to the
+    keep-alive interval for one)."""
+    seq = after
+    ending = asyncio.Event()
+    with hub.long_wait(ending.set):  # this hub shuts down: the stream ends (as here)
+        while not ending.is_set():
+            asking = asyncio.ensure_future(writes.task_events(hub, task_id, seq, SSE_KEEPALIVE))
+            stopping = asyncio.ensure_future(ending.wait())
+            try:
+                await asyncio.wait({asking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not asking.done():
+                    asking.cancel()
+            if not asking.done() or asking.cancelled() or asking.exception() is not None:
+                return  # this hub shuts down, or the link broke: reconnect (Last-Event-ID)
+            events, live = asking.result()
+            for ev in events:
+                if ev.seq <= seq:
+                    continue
+                seq = ev.seq
+                yield _sse(ev)
+                if ev.type in TERMINAL_STATES:
+                    return
+            if not events:
+                if not live:
+                    return  # ended, and its terminal event is not stored (retention)
+                yield b": keep-alive\n\n"
 
 
 SSE_EVENT_SCHEMA: JsonDict = {
@@ -201,12 +237,5 @@ async def emit_event(
     data: Annotated[Any, Body()] = None,
 ) -> Any:
     """The JSON body is the event's data; it goes to every connection subscribed to the topic."""
-    # Broadcast events are being added to the Hub separately: use them when they are there.
-    emit = getattr(hub, "emit", None)
-    if emit is None:
-        raise NotImplementedYet("broadcast events are not available on this hub yet")
-    outcome = emit(creds, topic, data)
-    if inspect.isawaitable(outcome):
-        outcome = await outcome
-    hub.kick()
-    return {"topic": topic, "delivered": outcome if isinstance(outcome, int) else 0}
+    # From partition 0's hub, which holds the topics (over the link where it is another).
+    return {"topic": topic, "delivered": await writes.emit(hub, creds, topic, data)}

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import TaskHubError, TaskNotFound
+from taskhub.hub import writes
 from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
@@ -24,10 +25,9 @@ from taskhub.hub.http.deps import (
     error_responses,
     read_task,
 )
-from taskhub.hub.http.events import TaskEventsDep
+from taskhub.hub.http.events import TaskEvents, TaskEventsDep
 from taskhub.hub.http.search import TaskFilter, search
-from taskhub.hub.hub import task_view
-from taskhub.lifecycle import Task
+from taskhub.hub.hub import Hub, task_view
 from taskhub.protocol import plain
 from taskhub.records import TERMINAL_STATES, DeliveryState, EventRecord, TaskRecord, TaskState
 
@@ -205,10 +205,8 @@ async def create_task(
 
     An instrumented HTTP client's `traceparent` header makes the worker's span its child."""
     options = publish_options(body.options, header_trace(traceparent, tracestate))
-    task, created = hub.lc_for(body.action).publish(creds, body.action, body.payload, options)
-    hub.kick()
-    await hub.flush()
-    rec = task.rec if isinstance(task, Task) else await read_task(hub, creds, task)
+    [(got, created)] = await writes.publish(hub, creds, [(body.action, body.payload, options)])
+    rec = got if isinstance(got, TaskRecord) else await read_task(hub, creds, got)
     if not created:
         response.status_code = 200
     return task_view(rec)
@@ -291,18 +289,10 @@ async def get_result(
     wait = min(wait, hub.limits.max_wait)
     rec = await read_task(hub, creds, task_id)
     if rec.state not in TERMINAL_STATES and wait > 0:
-        ended = asyncio.Event()
-
-        def on_event(ev: EventRecord) -> None:
-            if ev.type in TERMINAL_STATES:
-                ended.set()
-
-        # Woken early by the hub shutting down too: then 202 with the task so far.
-        with events.watch(task_id, on_event), hub.long_wait(ended.set):
-            if hub.lc_of(task_id).get(task_id) is None:
-                ended.set()  # it ended while we looked it up
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), wait)
+        if hub.router.slot_of_task(task_id).local is None:  # another hub leads it: it waits
+            await writes.wait(hub, task_id, wait)
+        else:
+            await _wait_here(hub, events, task_id, wait)
         rec = await read_task(hub, creds, task_id)
     if rec.state not in TERMINAL_STATES:
         return JSONResponse(task_view(rec), status_code=202)
@@ -310,6 +300,22 @@ async def get_result(
     if rec.state == "success":
         return {"id": rec.id, "state": "success", "result": plain(rec.result)}
     return _failure(rec)
+
+
+async def _wait_here(hub: Hub, events: TaskEvents, task_id: str, wait: float) -> None:
+    """Until the task (of a partition led here) ends, at most ``wait`` seconds."""
+    ended = asyncio.Event()
+
+    def on_event(ev: EventRecord) -> None:
+        if ev.type in TERMINAL_STATES:
+            ended.set()
+
+    # Woken early by the hub shutting down too: then 202 with the task so far.
+    with events.watch(task_id, on_event), hub.long_wait(ended.set):
+        if hub.lc_of(task_id).get(task_id) is None:
+            ended.set()  # it ended while we looked it up
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), wait)
 
 
 @router.delete(
@@ -326,10 +332,8 @@ async def get_result(
 async def cancel_task(task_id: str, hub: HubDep, creds: Caller) -> Any:
     """The task fails with reason `cancelled`; its workers are told to stop."""
     try:
-        task = hub.lc_of(task_id).cancel(creds, task_id)
+        rec = await writes.cancel(hub, creds, task_id)  # over the link where led elsewhere
     except TaskNotFound:
         rec = await read_task(hub, creds, task_id)  # 404 if it never existed
         raise TaskEnded(f"task {task_id} has already ended ({rec.state})", task=task_id) from None
-    hub.kick()
-    await hub.flush()
-    return task_view(task.rec)
+    return task_view(rec)

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from taskhub import protocol as p
 from taskhub.errors import ProtocolError, StoreUnavailable, TaskHubError
 from taskhub.hub.dispatch import Msg
-from taskhub.hub.link import wire
+from taskhub.hub.link import across, wire
 from taskhub.hub.link.origin import HubLinks, step_ended
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
@@ -202,6 +202,8 @@ class LinkServer:
             elif kind is wire.Ops:
                 assert isinstance(entry, wire.Ops)
                 self._spawn(self._operate(entry))
+            elif isinstance(entry, wire.ACROSS):
+                across.apply(self, entry, touched)
             else:
                 assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
                 self._request(entry)

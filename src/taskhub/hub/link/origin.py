@@ -10,7 +10,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,14 +18,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from taskhub import protocol as p
-from taskhub.errors import ProtocolError, StoreUnavailable
+from taskhub.errors import ProtocolError, StoreUnavailable, from_wire
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Credentials, Peer
-from taskhub.records import MetaRecord, TaskRecord, WriteBatch
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import Store
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class Link:
         self.url = url
         self.fronts: dict[str, Peer] = {}  # connections opened on the leader, by id
         self.out = Outgoing(self._send, self._too_slow)
-        self.requests: dict[int, asyncio.Future[wire.Answer]] = {}
+        self.requests: dict[int, asyncio.Future[Any]] = {}  # Answer, or Reply
         self.ids = itertools.count(1)
         self.ws: ClientConnection | None = None
         self.broken = False
@@ -206,10 +206,19 @@ class Link:
 
     async def request(self, make: Any) -> wire.Answer:
         """Send the request ``make(id)`` and wait for its answer."""
+        answer: wire.Answer = await self._ask(make)
+        return answer
+
+    async def call(self, make: Any) -> wire.Reply:
+        """Send the request ``make(id)`` of the HTTP API's kinds and wait for its reply."""
+        reply: wire.Reply = await self._ask(make)
+        return reply
+
+    async def _ask(self, make: Any) -> Any:
         if self.broken:
             raise StoreUnavailable(f"the link to {self.url} is down; retry")
         rid = next(self.ids)
-        fut: asyncio.Future[wire.Answer] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.requests[rid] = fut
         self.out.add(wire.encode_entry(make(rid)))
         return await fut
@@ -272,7 +281,7 @@ class Link:
                         front = fronts.get(entry.conn)
                         if front is not None:
                             connections.send_frame(front, bytes(entry.frame))
-                    elif type(entry) is wire.Answer:
+                    elif type(entry) is wire.Answer or type(entry) is wire.Reply:
                         fut = requests.pop(entry.id, None)
                         if fut is not None and not fut.done():
                             fut.set_result(entry)
@@ -490,3 +499,101 @@ class RemotePartition:
                 link.detach(conn)
         self.users.clear()
         self.prefixes.clear()
+
+    # --- the HTTP API, schedules and pull consumers (wire.AcrossToLeader) ---------------------
+    async def publish(
+        self, creds: Credentials, items: Sequence[Item], *, extra: dict[str, Any] | None = None
+    ) -> list[Published]:
+        """Publish ``items`` (all of this partition) for ``creds`` there; per item its record,
+        whether it is new, and whether it is an earlier task read from the store."""
+        caller = wire.caller_of(creds)
+        sent = [wire.PubItem(action, payload, options, extra) for action, payload, options in items]
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.Publish(rid, self.index, caller, sent)
+        )
+        return _published.decode(_value(reply))
+
+    async def cancel(self, creds: Credentials, task_id: str) -> TaskRecord:
+        """``creds`` cancels ``task_id`` there: its record once stored; ``TaskNotFound`` when
+        it is not live there (ended, or never was)."""
+        caller = wire.caller_of(creds)
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.CancelTask(rid, self.index, caller, task_id)
+        )
+        rec = _record.decode(_value(reply))
+        assert rec is not None  # the leader answers a record or an error
+        return rec
+
+    async def start_chain(
+        self,
+        creds: Credentials,
+        steps: list[dict[str, Any]],
+        *,
+        merge_input: bool,
+        trace: dict[str, str] | None,
+    ) -> str:
+        """Start a chain whose first step is of this partition there (it holds the chain);
+        its id once stored."""
+        caller = wire.caller_of(creds)
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.StartChain(rid, self.index, caller, steps, merge_input, trace)
+        )
+        chain_id: str = msgspec.json.decode(_value(reply), type=str)
+        return chain_id
+
+    async def task_events(
+        self, task_id: str, after: int, wait: float
+    ) -> tuple[list[EventRecord], bool]:
+        """The task's stored events after seq ``after`` there (waiting up to ``wait`` seconds
+        for one while it is live), and whether it is still live."""
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.TaskEvents(rid, self.index, task_id, after, wait)
+        )
+        return _events.decode(_value(reply))
+
+    async def emit(self, creds: Credentials, topic: str, data: Any) -> int:
+        """Broadcast on ``topic`` from the hub that holds the topics (partition 0's, this
+        one); how many connections it was queued for."""
+        caller = wire.caller_of(creds)
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.Emit(rid, caller, topic, data)
+        )
+        return msgspec.json.decode(_value(reply), type=int)
+
+    async def wait(self, task_id: str, seconds: float) -> TaskRecord | None:
+        """The task's record once it ended there (stored), or after ``seconds``."""
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.WaitTask(rid, self.index, task_id, seconds)
+        )
+        return _record.decode(_value(reply))
+
+    def fire(
+        self, owner: str, action: str, payload: Any, options: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
+        """A schedule's slot publishes its task there (the leader logs what it cannot)."""
+        entry = wire.Fire(self.index, owner, action, payload, options, extra)
+        self.links.link(self.url).add(wire.encode_entry(entry))
+
+    def take_back(
+        self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
+    ) -> None:
+        """``peer`` (a pull consumer) gives its delivery back to its group there."""
+        link = self._link(peer)
+        if link is not None:
+            entry = wire.TakeBack(peer.id, self.index, task_id, attempt, reason, count_try)
+            link.add(wire.encode_entry(entry))
+
+
+Published = tuple[TaskRecord, bool, bool]
+Item = tuple[str, Any, dict[str, Any] | None]  # a task to publish: action, payload, options
+_events = msgspec.json.Decoder(tuple[list[EventRecord], bool])
+_published = msgspec.json.Decoder(list[Published])
+
+
+def _value(reply: wire.Reply) -> msgspec.Raw:
+    """The reply's value; its error raised as the leader raised it (same code, same status)."""
+    if reply.error is not None:
+        if reply.error.get("code") == wire.INTERNAL:  # a bug there: a 500 here too
+            raise RuntimeError(str(reply.error.get("message")))
+        raise from_wire(reply.error)
+    return reply.value

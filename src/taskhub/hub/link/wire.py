@@ -208,6 +208,143 @@ def read_op_result(raw: msgspec.Raw | bytes) -> Any:
     return body["ok"]
 
 
+# --- the HTTP API, schedules and pull consumers across hubs -------------------------------------
+# What runs the lifecycle in process on the hub that took it (an HTTP publish or cancel, a
+# schedule's slot, a pull consumer's lapsed lease) reaches a partition another hub leads as
+# one of these (docs/decisions.md, "The HTTP API across hubs"). A request is answered with a
+# :class:`Reply`, whose error keeps its code, so the HTTP answer is the one the leader would
+# have given its own caller.
+class Caller(msgspec.Struct, array_like=True):
+    """The credentials the origin authenticated (the leader applies the same permissions)."""
+
+    name: str
+    sub: tuple[str, ...]
+    pub: tuple[str, ...]
+
+
+class PubItem(msgspec.Struct, array_like=True):
+    """One task to publish: its action, payload and ``pub`` options as given (None: none),
+    and what the hub adds to its options (``extra``: the dashboard's ``retried_from``)."""
+
+    action: str
+    payload: Any
+    options: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+
+
+class Publish(_Entry, tag="publish"):
+    """A request: publish ``items`` (all of partition ``part``) for ``caller``; answered once
+    stored, with ``[record, created, stored]`` per item (``stored``: an earlier task a key
+    found, read from the store)."""
+
+    id: int
+    part: int
+    caller: Caller
+    items: list[PubItem]
+
+
+class CancelTask(_Entry, tag="cancel_task"):
+    """A request: ``caller`` cancels ``task`` of partition ``part``; answered with its record
+    once stored (``task_not_found``: not live there)."""
+
+    id: int
+    part: int
+    caller: Caller
+    task: str
+
+
+class StartChain(_Entry, tag="start_chain"):
+    """A request: ``caller`` starts a chain (``POST /add``) whose first step is of partition
+    ``part``, held there; answered with its id once stored. ``steps``: ``{action, payload,
+    options}`` as ``Hub.add_chain`` takes them."""
+
+    id: int
+    part: int
+    caller: Caller
+    steps: list[dict[str, Any]]
+    merge_input: bool
+    trace: dict[str, str] | None
+
+
+class WaitTask(_Entry, tag="wait_task"):
+    """A request: the record of ``task`` of partition ``part`` once it has ended (stored),
+    or after ``wait`` seconds, or at once when the leader shuts down (an HTTP long poll)."""
+
+    id: int
+    part: int
+    task: str
+    wait: float
+
+
+class TaskEvents(_Entry, tag="task_events"):
+    """A request: the stored events of ``task`` (partition ``part``) after seq ``after``,
+    waiting up to ``wait`` seconds for one while there are none and the task is live;
+    answered ``[events, live]`` (an HTTP event stream, one request per step)."""
+
+    id: int
+    part: int
+    task: str
+    after: int
+    wait: float
+
+
+class Emit(_Entry, tag="emit"):
+    """A request to partition 0's hub, which holds the topics: ``caller`` broadcasts ``data``
+    on ``topic``; answered with how many connections it was queued for."""
+
+    id: int
+    caller: Caller
+    topic: str
+    data: Any
+
+
+class Fire(_Entry, tag="fire"):
+    """A schedule's slot (kept by partition 0's hub) publishes its task in partition ``part``;
+    no answer: a task the leader cannot publish is an error in its log, as at home."""
+
+    part: int
+    owner: str
+    action: str
+    payload: Any
+    options: dict[str, Any]
+    extra: dict[str, Any]
+
+
+class TakeBack(_Entry, tag="take_back"):
+    """Connection ``conn`` (a pull consumer) gives delivery ``task``/``attempt`` back to its
+    group: its lease lapsed (``count_try``) or the consumer stopped."""
+
+    conn: str
+    part: int
+    task: str
+    attempt: int
+    reason: str
+    count_try: bool
+
+
+class Reply(_Entry, tag="reply"):
+    """The answer to one of the requests above: ``value``, or ``error`` (its wire form:
+    code, message, details)."""
+
+    id: int
+    value: msgspec.Raw = p.NULL
+    error: dict[str, Any] | None = None
+
+
+AcrossToLeader = Publish | CancelTask | StartChain | WaitTask | TaskEvents | Emit | Fire | TakeBack
+INTERNAL = "internal"  # a Reply's error code: the request met a bug on the leader (logged there)
+ACROSS = (Publish, CancelTask, StartChain, WaitTask, TaskEvents, Emit, Fire, TakeBack)
+
+
+def caller_of(creds: Credentials) -> Caller:
+    return Caller(creds.name, tuple(creds.sub_permissions), tuple(creds.pub_permissions))
+
+
+def caller_creds(caller: Caller) -> Credentials:
+    # max_connections is counted where the caller is, on the origin: none here.
+    return Credentials(caller.name, caller.sub, caller.pub, None)
+
+
 ToLeader = (
     Open
     | In
@@ -221,8 +358,8 @@ ToLeader = (
     | StepEnded
     | CancelStep
     | Ops  # operations across hubs
-)
-ToOrigin = Out | Answer | Close | StepEnded
+) | AcrossToLeader
+ToOrigin = Out | Answer | Close | StepEnded | Reply
 
 
 def _enc_hook(obj: Any) -> Any:
