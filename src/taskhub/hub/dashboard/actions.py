@@ -4,7 +4,6 @@ whatever the admin's own permissions (it acts as an operator)."""
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -44,18 +43,6 @@ def _requeuer(creds: Credentials) -> Credentials:
 async def cancel(task_id: str, creds: AdminCaller, hub: HubDep) -> Any:
     """The task fails with reason `cancelled` ("cancelled by <admin>"); its workers are told
     to stop. A chain or group cancelled this way cancels its running steps too."""
-    at = task_partition(task_id, hub.partitions)
-    done = await hub.admin.at(at, "dashboard_cancel", _operator(creds), {"task": task_id})
-    if "ended" in done:
-        raise TaskEnded(f"task {task_id} has already ended ({done['ended']})", task=task_id)
-    return done["task"]
-
-
-async def _cancel_here(
-    hub: Hub, creds: Credentials, parts: list[LocalPartition], args: dict[str, Any]
-) -> dict[str, Any]:
-    """Cancel in the partition led here: ``{"task": view}``, or ``{"ended": state}``."""
-    task_id, part = str(args["task"]), parts[0]
     try:
         rec = await writes.cancel(hub, _operator(creds), task_id)  # where it is led
     except TaskNotFound:
