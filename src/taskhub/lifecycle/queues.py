@@ -92,11 +92,15 @@ class Queue:
         workers = self.workers
         n = len(workers)
         rr = self.rr
-        if rr < n:  # the worker whose turn it is, first: usually the one (no loop, no modulo)
-            sub = workers[rr]
-            if sub.inflight < sub.concurrency and sub.peer is not avoid:
-                self.rr = rr + 1 if rr + 1 < n else 0
-                return sub
+        if rr >= n:  # workers left since: where the modulo would have started
+            if not n:
+                return None
+            rr %= n
+        # The worker whose turn it is, first: usually the one (no loop, no modulo).
+        sub = workers[rr]
+        if sub.inflight < sub.concurrency and sub.peer is not avoid:
+            self.rr = rr + 1 if rr + 1 < n else 0
+            return sub
         for i in range(1, n):
             sub = workers[(rr + i) % n]
             if sub.inflight < sub.concurrency and sub.peer is not avoid:
