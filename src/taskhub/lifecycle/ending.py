@@ -142,7 +142,9 @@ class Ending:
         ):
             self.journal.put_meta(DEAD_META, rec.id, dead_letter(rec))
         data = result if state == _SUCCESS else error
-        ev = self.journal.event(task, state, service=by.service if by else None, data=data)
+        ev = self.journal.event(
+            task, state, service=by.service if by else None, data=data, at=rec.ended_at
+        )
         self.journal.task_ended(task, ev)
         if state == _SUCCESS:
             self.journal.tell_holders(task, ev, but=by)  # before their credit is given back

@@ -103,7 +103,9 @@ class Steps:
             task.rec.options = {**task.rec.options, "timeout": timeout}
         if timeout is not None and not ending:
             self.timers.after(task.rec.started_at, timeout, "end", task.id)
-        ev = self.journal.event(task, "start", group=d.rec.group, service=service)
+        ev = self.journal.event(
+            task, "start", group=d.rec.group, service=service, at=task.rec.started_at
+        )
         self.journal.task_started(task, ev)
         return True
 
