@@ -216,7 +216,7 @@ class Queues:
     def route(self, task: Task) -> None:
         """Give the task to every subscribed group of its action, or pool it."""
         action = task.rec.action
-        queues = [q for q in self.by_action.get(action, ()) if q.subscribed]
+        queues = [q for q in self.by_action.get(action, ()) if q.workers or q.durable]
         for sub in self.observers.get(action, ()):
             self.observe(task, sub)
         if not queues:
