@@ -93,6 +93,17 @@ class Lifecycle:
         self.end_listeners: list[EventListener] = journal.end_listeners
         self.batch_listeners: list[BatchListener] = journal.batch_listeners
         self.second_listeners = journal.second_listeners
+        # The steps every task takes, bound straight to the part that does them: a method
+        # here that only called the part was a Python call more per message (four a task).
+        self.send = journal.send  # queue a message for a peer (sent after the next commit)
+        # Accept a task: (task, created); ``created`` is False for a repeated ``key`` (then
+        # the task, or the id of one that has ended). ``task_id``: an id made for this
+        # partition elsewhere (a chain's step published by the hub that holds its chain).
+        self.publish = publishing.publish
+        self.ack = self._steps.ack
+        self.pickup = self._steps.pickup
+        # A ``return``: the first one wins; later ones (any attempt) are ignored.
+        self.complete = self._steps.complete
 
     # --- the parts' state that changes identity ------------------------------------------------
     @property
@@ -114,9 +125,6 @@ class Lifecycle:
         self._steps.rng = rng
 
     # --- output ------------------------------------------------------------------------------
-    def send(self, peer: Peer, msg: Message) -> None:
-        self._journal.send(peer, msg)
-
     def take_output(self) -> list[tuple[Peer, list[Message]]]:
         """Messages queued since the last call, per peer, in order."""
         return self._journal.take_output()
@@ -173,24 +181,6 @@ class Lifecycle:
         self._deadlines.advance(now)
 
     # --- publishing --------------------------------------------------------------------------
-    def publish(
-        self,
-        creds: Credentials,
-        action: str,
-        payload: Any,
-        options: Any = None,
-        *,
-        peer: Peer | None = None,
-        extra: dict[str, Any] | None = None,
-        task_id: str | None = None,
-    ) -> tuple[Task | str, bool]:
-        """Accept a task. Returns (task, created); ``created`` is False for a repeated ``key``
-        (then the task, or the id of one that has ended). ``task_id``: an id made for this
-        partition elsewhere (a chain's step published by the hub that holds its chain)."""
-        return self._publishing.publish(
-            creds, action, payload, options, peer=peer, extra=extra, task_id=task_id
-        )
-
     def hold(
         self,
         creds: Credentials,
@@ -255,18 +245,8 @@ class Lifecycle:
         self._subscriptions.disconnect(peer)
 
     # --- worker steps ------------------------------------------------------------------------
-    def ack(self, peer: Peer, task_id: str, attempt: int) -> None:
-        self._steps.ack(peer, task_id, attempt)
-
-    def pickup(self, peer: Peer, task_id: str, attempt: int) -> None:
-        self._steps.pickup(peer, task_id, attempt)
-
     def update(self, peer: Peer, task_id: str, attempt: int, data: Any) -> None:
         self._steps.update(peer, task_id, attempt, data)
-
-    def complete(self, peer: Peer, task_id: str, attempt: int, result: Any) -> None:
-        """A ``return``: the first one wins; later ones (any attempt) are ignored."""
-        self._steps.complete(peer, task_id, attempt, result)
 
     def drop(self, peer: Peer, task_id: str, attempt: int) -> None:
         self._steps.drop(peer, task_id, attempt)

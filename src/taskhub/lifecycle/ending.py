@@ -118,8 +118,10 @@ class Ending:
         result: Any = None,
         error: dict[str, Any] | None = None,
         by: Peer | None = None,
+        end_timer: bool = True,
     ) -> None:
-        """The task's one end: record it, tell everyone concerned, give the credit back."""
+        """The task's one end: record it, tell everyone concerned, give the credit back.
+        ``end_timer``: False when the caller knows none was armed (nothing to cancel)."""
         rec = task.rec
         rec.state = state
         rec.ended_at = self.clock()
@@ -128,9 +130,10 @@ class Ending:
         del self.tasks[rec.id]
         if self.keys.debounce:  # only once_every tasks are there
             self.keys.undebounce(task)
-        timeout = rec.options.get("timeout")
-        if timeout is not None and rec.started_at is not None:
-            self.timers.cancel("end", timeout, rec.id)
+        if end_timer:
+            timeout = rec.options.get("timeout")
+            if timeout is not None and rec.started_at is not None:
+                self.timers.cancel("end", timeout, rec.id)
         if (
             state == _FAIL
             and self.defaults.dead_letters
@@ -139,7 +142,9 @@ class Ending:
         ):
             self.journal.put_meta(DEAD_META, rec.id, dead_letter(rec))
         data = result if state == _SUCCESS else error
-        ev = self.journal.event(task, state, service=by.service if by else None, data=data)
+        ev = self.journal.event(
+            task, state, service=by.service if by else None, data=data, at=rec.ended_at
+        )
         self.journal.task_ended(task, ev)
         if state == _SUCCESS:
             self.journal.tell_holders(task, ev, but=by)  # before their credit is given back
@@ -173,8 +178,9 @@ class Ending:
                 self.journal.send(peer, msg)
         for peer in task.followers:
             peer.following.discard(task.id)
-        for d in task.deliveries.values():
-            self.queues.partition_done(d)
+        if task.rec.options.get("partition_key") is not None:  # else partition_done has nothing
+            for d in task.deliveries.values():
+                self.queues.partition_done(d)
         # Deliveries point back at their task: without this cycle an ended task is freed
         # as soon as nothing else holds it, instead of waiting for the garbage collector.
         task.deliveries = {}

@@ -199,12 +199,15 @@ class Journal:
         service: str | None = None,
         data: Any = None,
         notify: bool = True,
+        at: float | None = None,
     ) -> EventRecord:
         """Record an event of ``task`` (and write its record), count it, tell its followers
-        (unless ``notify`` is false) and the listeners."""
+        (unless ``notify`` is false) and the listeners. ``at``: the clock's reading the caller
+        just took for the same step (default: the clock now)."""
         rec = task.rec
         rec.seq += 1
-        at = self.clock()
+        if at is None:
+            at = self.clock()
         ev = EventRecord(rec.id, rec.seq, at, type_, group, service, data)
         self._events.append(ev)
         if int(at) != self.counts_second:

@@ -104,7 +104,7 @@ class Publishing:
         if peer is not None:
             task.followers = {peer}
             peer.following.add(rec.id)
-        self.journal.event(task, "init", service=creds.name, notify=False)
+        self.journal.event(task, "init", service=creds.name, notify=False, at=now)
         start_timeout = opts["start_timeout"]
         if start_timeout is not None:
             self.timers.at(max(now, rec.not_before) + start_timeout, "start", rec.id)

@@ -91,10 +91,20 @@ class Queue:
         """The next worker (round robin) with free credit, not ``avoid``'s."""
         workers = self.workers
         n = len(workers)
-        for i in range(n):
-            sub = workers[(self.rr + i) % n]
+        rr = self.rr
+        if rr >= n:  # workers left since: where the modulo would have started
+            if not n:
+                return None
+            rr %= n
+        # The worker whose turn it is, first: usually the one (no loop, no modulo).
+        sub = workers[rr]
+        if sub.inflight < sub.concurrency and sub.peer is not avoid:
+            self.rr = rr + 1 if rr + 1 < n else 0
+            return sub
+        for i in range(1, n):
+            sub = workers[(rr + i) % n]
             if sub.inflight < sub.concurrency and sub.peer is not avoid:
-                self.rr = (self.rr + i + 1) % n
+                self.rr = (rr + i + 1) % n
                 return sub
         return None
 
@@ -206,7 +216,7 @@ class Queues:
     def route(self, task: Task) -> None:
         """Give the task to every subscribed group of its action, or pool it."""
         action = task.rec.action
-        queues = [q for q in self.by_action.get(action, ()) if q.subscribed]
+        queues = [q for q in self.by_action.get(action, ()) if q.workers or q.durable]
         for sub in self.observers.get(action, ()):
             self.observe(task, sub)
         if not queues:
@@ -284,7 +294,7 @@ class Queues:
         sub.inflight += 1
         sub.peer.holding[d.task.id] = d
         self.journal.send(sub.peer, self.offer_msg(d.task, rec.group, rec.attempt))
-        self.journal.event(
+        ev = self.journal.event(
             d.task,
             "offer",
             group=rec.group,
@@ -292,8 +302,9 @@ class Queues:
             data={"attempt": rec.attempt},
             notify=False,
         )
+        # The window runs from the offer event's time: the same instant, a clock reading less.
         self.timers.after(
-            self.clock(), self.defaults.pickup_window, "pickup", d.task.id, rec.group, rec.attempt
+            ev.at, self.defaults.pickup_window, "pickup", d.task.id, rec.group, rec.attempt
         )
 
     def close_pickup_window(self, d: Delivery) -> None:
