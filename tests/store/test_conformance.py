@@ -670,6 +670,9 @@ async def test_sqlite_schema_and_pragmas(tmp_path: Path) -> None:
     store = SqliteStore.from_url(sqlite_url(tmp_path))
     await store.open()
     await apply(store, task("t1"))
+    assert store._conn is not None
+    # Per connection, whatever the build's default (Debian's is ON): 2 is FAST.
+    assert store._conn.execute("PRAGMA secure_delete").fetchone()[0] == 2
     await store.close()
     raw = sqlite3.connect(tmp_path / "hub.db")
     try:
@@ -1012,7 +1015,7 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     raw = sqlite3.connect(tmp_path / "hub.db")
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     raw.close()
 
 

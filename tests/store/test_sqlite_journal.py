@@ -106,7 +106,7 @@ async def test_a_journal_left_by_a_killed_hub_is_folded_at_open(tmp_path: Path) 
     path = tmp_path / "hub.db"
     code = (
         "import asyncio, os\n"
-        "from taskhub.records import TaskRecord, WriteBatch\n"
+        "from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch\n"
         "from taskhub.store.sqlite import SqliteStore\n"
         "async def main():\n"
         f"    store = SqliteStore({str(path)!r})\n"
@@ -114,18 +114,32 @@ async def test_a_journal_left_by_a_killed_hub_is_folded_at_open(tmp_path: Path) 
         "    await store.open()\n"
         "    t = TaskRecord(id='t1', action='a', publisher='p', created_at=1.0)\n"
         "    await store.apply(WriteBatch(tasks=[t]))\n"
+        # The query columns are not in a row: read back, they come from the records.
+        "    t2 = TaskRecord(id='t2', action='b', publisher='p', created_at=2)\n"
+        "    t3 = TaskRecord(id='t3', action='b', publisher='p', created_at=3.0)\n"
+        "    e = EventRecord(task_id='t2', seq=1, at=2.0, type='init')\n"
+        "    m = MetaRecord('queue', 'b/g', {'n': 1})\n"
+        "    await store.apply(WriteBatch(tasks=[t2, t3], events=[e], meta=[m]))\n"
+        "    t2.state, t2.ended_at = 'success', 5.0\n"
+        "    f = EventRecord(task_id='t2', seq=2, at=5.0, type='success')\n"
+        "    await store.apply(WriteBatch(tasks=[t2], events=[f], deleted=['t3']))\n"
         "    os._exit(9)  # no close, no fold\n"
         "asyncio.run(main())\n"
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
     assert await proc.wait() == 9
-    assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
+    assert _rows(path, "SELECT count(*) FROM journal") == [(3,)]
     assert _rows(path, "SELECT count(*) FROM tasks") == [(0,)]
     store = SqliteStore(str(path))
     await store.open()
     try:
-        assert _rows(path, "SELECT id FROM tasks") == [("t1",)]
+        rows = _rows(path, "SELECT id, action, state, created_at, ended_at FROM tasks ORDER BY id")
+        assert rows == [("t1", "a", "init", 1.0, None), ("t2", "b", "success", 2.0, 5.0)]
         assert await store.get_task("t1") == _task("t1")
+        assert [e.type for e in await store.get_events("t2")] == ["init", "success"]
+        assert [t.id for t in await store.list_ended_before(10.0)] == ["t2"]
+        assert await store.get_meta("queue", "b/g") == {"n": 1}
+        assert await store.get_task("t3") is None
     finally:
         await store.close()
 

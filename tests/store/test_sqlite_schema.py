@@ -10,10 +10,11 @@ from pathlib import Path
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.memory import MemoryStore
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.store.data import make_sqlite_v3, make_sqlite_v4
+from tests.store.data import make_sqlite_v3, make_sqlite_v4, make_sqlite_v5
 
 V3_FILE = make_sqlite_v3.FILE
 V4_FILE = make_sqlite_v4.FILE
+V5_FILE = make_sqlite_v5.FILE
 IDS = [f"t{i}" for i in range(7)]
 
 
@@ -74,7 +75,7 @@ async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables - {"sqlite_stat1"} == {"tasks", "events", "meta", "journal"}
         assert raw.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
@@ -110,11 +111,53 @@ async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_pat
     finally:
         await store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
         assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
         sql = "SELECT sql FROM sqlite_master WHERE name = 'tasks_ended'"
         (index,) = raw.execute(sql).fetchone()
         assert " IN " not in index and "state = 'success'" in index
+    store = SqliteStore(str(path))  # and opens again as it is
+    await store.open()
+    try:
+        await _same_answers(store, model)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_migrates_a_version_5_file_with_an_unfolded_journal(tmp_path: Path) -> None:
+    """A file TaskHub wrote with schema 5, killed with a batch still in its journal (a row of
+    the old layout: query columns, events as pairs; tests/store/data), opens as version 6:
+    that row folds (an end, a task written twice, a delete, metadata set and removed), every
+    read answers as before, and rows of the new layout go on from there, across a kill."""
+    path = tmp_path / "hub.db"
+    shutil.copy(V5_FILE, path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (5,)
+        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
+    model = MemoryStore()
+    await model.open()
+    for batch in make_sqlite_v5.contents():
+        await model.apply(batch)
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await _same_answers(store, model)
+        assert await store.get_task("t1") is None
+        assert (await store.get_task("t6")).state == "start"  # type: ignore[union-attr]
+        assert await store.list_meta("dead") == {}
+        more = WriteBatch(
+            tasks=[TaskRecord(id="t0", action="b", publisher="p", created_at=1000.0)],
+            events=[EventRecord(task_id="t6", seq=3, at=2000.0, type="success")],
+        )
+        await store.apply(more)
+        await model.apply(more)
+        await _same_answers(store, model)
+        assert [t.id for t in await store.list_tasks(action="b")] == ["t0"]  # action changed
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
     store = SqliteStore(str(path))  # and opens again as it is
     await store.open()
     try:

@@ -235,6 +235,12 @@ class SqliteStore:
             # (kill -9 included), which is the durability we promise; only a power cut or OS
             # crash can drop the last commits. FULL would fsync every batch for that.
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Some builds (Debian's, for one) default to secure_delete=ON: every freed page is
+            # zeroed and written to the WAL, and the journal frees its pages at every fold.
+            # FAST still zeroes what is deleted from a table's pages (a removed task's record
+            # does not linger there) but writes no free page just to blank it: a fifth of the
+            # bytes written in a burst. Durability is untouched: what commits is the same.
+            conn.execute("PRAGMA secure_delete=FAST")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             migrate(conn, self.path, self.url)
             _barrier(conn, self._fence)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 import operator
 import sqlite3
-from collections.abc import Sequence
-from itertools import groupby
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
 from taskhub.errors import StoreFenced
-from taskhub.records import TaskState, WriteBatch
+from taskhub.records import TaskRecord, TaskState, WriteBatch
 from taskhub.store.sqlite_schema import WriteFence, transaction
 
+# A row buffer grown past this is dropped after use rather than kept.
+_ROW_KEPT = 1 << 20
 # Fold once the journal holds this many records (task writes, events, deletes, metadata).
 # Bounds the journal, the memory a fold reads at once and the work of the fold a restart does.
 FOLD_RECORDS = 4096
@@ -41,7 +42,6 @@ Entry = tuple[
 _COLUMNS = operator.attrgetter("id", "action", "state", "created_at", "ended_at")
 _TASK_ID = operator.attrgetter("task_id")
 _FIRST = operator.itemgetter(0)
-_SECOND = operator.itemgetter(1)
 _TEXT = frozenset({str, TaskState})
 _REAL = frozenset({float})
 _REAL_OR_NONE = frozenset({float, type(None)})
@@ -53,6 +53,11 @@ _REAL_OR_NONE = frozenset({float, type(None)})
 # as bytearrays and a missing ended_at as NaN, which SQLite stores as NULL.
 _NULL = math.nan
 
+# A journal row (msgpack) since schema 6: ``[ROW_LAYOUT, records, event task ids, events,
+# deleted, meta, meta_deleted]``; the query columns are not in it (the records hold them).
+# Schema 4 and 5 wrote ``[columns, records, [[task id, event], ...], deleted, meta,
+# meta_deleted]``, which a fold still reads (a file migrated with a batch in its journal).
+ROW_LAYOUT = 2
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
 _COUNT = "SELECT count(*), coalesce(max(n), 0) FROM journal"
 _UPSERT_TASK = """
@@ -92,6 +97,8 @@ class Journal:
         self._json = msgspec.json.Encoder()
         # Used with the connection only, so by one thread at a time.
         self._pack = msgspec.msgpack.Encoder()
+        self._row = bytearray()  # reused: a row is encoded in place, not grown and copied
+        self._task = msgspec.json.Decoder(TaskRecord)  # a row's columns, when read back
         self._unpack = msgspec.msgpack.Decoder()
         self.pending = 0  # records appended and not folded yet
         # The rows appended since the last fold, replayed as they were appended: a fold
@@ -131,7 +138,7 @@ class Journal:
         if not _texts(event_ids):
             event_ids = [_text(task_id, "event task_id") for task_id in event_ids]
         batch = (
-            columns,
+            ROW_LAYOUT,
             records,
             event_ids,
             events,
@@ -139,10 +146,10 @@ class Journal:
             [(_text(k, "meta kind"), _text(key, "meta key"), v) for k, key, v in meta],
             [(_text(k, "meta kind"), _text(key, "meta key")) for k, key in meta_deleted],
         )
-        # The row's layout is schema 4's: events as (task id, event) pairs.
-        row = self._pack.encode(
-            (columns, records, list(zip(event_ids, events, strict=True)), *batch[4:])
-        )
+        row = self._row
+        self._pack.encode_into(batch, row)
+        if len(row) > _ROW_KEPT:  # a burst's one big batch: not kept for the rest of the run
+            self._row = bytearray()
         try:
             with transaction(conn, self._fence):
                 last = conn.execute(_APPEND, (row,)).lastrowid
@@ -151,7 +158,7 @@ class Journal:
             raise
         self._rows += 1
         self._last = last or 0
-        self._folded.add(*batch)
+        self._folded.add(columns, *batch[1:])
         self.pending += len(columns) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
     def fold(self, conn: sqlite3.Connection) -> None:
@@ -162,7 +169,7 @@ class Journal:
                 if self._replay or conn.execute(_COUNT).fetchone() != (self._rows, self._last):
                     folded = _Folded()
                     for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
-                        folded.add_row(*self._unpack.decode(row))
+                        folded.add_row(self._unpack.decode(row), self._task.decode)
                 folded.write(conn)
                 conn.execute("DELETE FROM journal")
         except StoreFenced:
@@ -180,7 +187,10 @@ class _Folded:
 
     def __init__(self) -> None:
         self.tasks: dict[str, tuple[Sequence[Any], bytes]] = {}  # columns, record
-        self.events: list[tuple[str, bytes]] = []
+        # Events as two lists, extended a batch at a time: no pair made per event until the
+        # fold groups them.
+        self.event_ids: list[str] = []
+        self.events: list[bytes] = []
         self.deleted: set[str] = set()
         self.meta: dict[tuple[str, str], bytes] = {}
         self.meta_deleted: set[tuple[str, str]] = set()
@@ -200,12 +210,15 @@ class _Folded:
         self.tasks.update(
             zip(map(_FIRST, columns), zip(columns, records, strict=True), strict=True)
         )
-        self.events.extend(zip(event_ids, events, strict=True))
+        self.event_ids += event_ids
+        self.events += events
         if deleted:
             gone = set(deleted)
             for task_id in gone:
                 self.tasks.pop(task_id, None)
-            self.events = [e for e in self.events if e[0] not in gone]
+            kept = [i for i, task_id in enumerate(self.event_ids) if task_id not in gone]
+            self.event_ids = [self.event_ids[i] for i in kept]
+            self.events = [self.events[i] for i in kept]
             self.deleted |= gone
         for kind, key, value in meta:
             self.meta[kind, key] = value
@@ -213,19 +226,16 @@ class _Folded:
             self.meta.pop((kind, key), None)
             self.meta_deleted.add((kind, key))
 
-    def add_row(
-        self,
-        columns: list[list[Any]],
-        records: list[bytes],
-        events: list[tuple[str, bytes]],
-        deleted: list[str],
-        meta: list[tuple[str, str, bytes]],
-        meta_deleted: list[tuple[str, str]],
-    ) -> None:
-        """A journal row as the table holds it (read back at open)."""
-        ids = [task_id for task_id, _ in events]
-        blobs = [event for _, event in events]
-        self.add(columns, records, ids, blobs, deleted, meta, meta_deleted)
+    def add_row(self, row: list[Any], decode: Callable[[bytes], TaskRecord]) -> None:
+        """A journal row as the table holds it (read back at open), of either layout."""
+        if row[0] == ROW_LAYOUT:
+            _, records, event_ids, events, *rest = row
+            columns = [_COLUMNS(decode(record)) for record in records]
+        else:  # schema 4 and 5: the columns, events as pairs
+            columns, records, pairs, *rest = row
+            event_ids = [task_id for task_id, _ in pairs]
+            events = [event for _, event in pairs]
+        self.add(columns, records, event_ids, events, *rest)
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Deletes first: a task deleted and written again since the last fold keeps only what
@@ -243,10 +253,16 @@ class _Folded:
             if conn.executemany(_UPSERT_SAME_ACTION, tasks).rowcount != len(tasks):
                 conn.executemany(_UPSERT_TASK, tasks)
         if self.events:
-            # A stable sort: each task's events stay in the order they were written.
+            # Each task's events in the order they were written: a dict of lists, filled in one
+            # pass (a sort of the pairs by task id cost more).
+            by_task: dict[str, list[bytes]] = {}
+            for task_id, event in zip(self.event_ids, self.events, strict=True):
+                if (pack := by_task.get(task_id)) is None:
+                    by_task[task_id] = [event]
+                else:
+                    pack.append(event)
             packs = [
-                (task_id, bytearray(b"[%b]" % b",".join(map(_SECOND, pack))))
-                for task_id, pack in groupby(sorted(self.events, key=_FIRST), _FIRST)
+                (task_id, bytearray(b"[%b]" % b",".join(pack))) for task_id, pack in by_task.items()
             ]
             conn.executemany(_INSERT_PACK, packs)
         if self.meta_deleted:

@@ -28,8 +28,8 @@ class WriteFence(Protocol):
 
 # 1: tasks, events; 2: + meta; 3: - tasks_active (tasks_state serves); 4: events packed, one
 # row per task per fold, and the journal the writes go to first (store/sqlite_journal.py);
-# 5: tasks_ended's condition without IN
-SCHEMA_VERSION = 5
+# 5: tasks_ended's condition without IN; 6: journal rows of layout 2 (sqlite_journal.ROW_LAYOUT)
+SCHEMA_VERSION = 6
 
 # Terminal states spelled out for SQL; the partial indexes and the queries must use the very
 # same expressions for SQLite to pick the indexes.
@@ -101,6 +101,10 @@ _MIGRATIONS = [
         "DROP INDEX tasks_ended",
         f"CREATE INDEX tasks_ended ON tasks(ended_at, id) WHERE {ENDED_WHERE}",
     ],
+    # Version 6: journal rows without the query columns, events as two lists. No SQL: a fold
+    # reads rows of either layout, so a journal left by version 4 or 5 folds as it is; the
+    # version keeps an older TaskHub, which reads only its own layout, off the file.
+    [],
 ]
 
 
