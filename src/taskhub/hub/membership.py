@@ -42,11 +42,15 @@ class Membership:
             instance=os.urandom(8).hex(),  # a new member for every process
             url=url,
             lease=self.lease,
+            poll=min(0.1, self.lease / 30),  # a lease waited for is read this often
             on_gained=gained,
             on_release=leading.hand_off,
             on_lost=leading.lose,
             on_leader=leading.follow,
         )
+        # A message for a partition no hub holds waits up to a lease for its next leader,
+        # which the keeper looks for at once (hub/unled.py).
+        leading.hold, leading.learn = self.lease, self.keeper.look_soon
         with contextlib.suppress(StoreUnavailable):  # the keeper's rounds retry
             await self.keeper.tick()
         self.keeper.start()

@@ -22,7 +22,6 @@ from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Defaults, Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
-from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
 from taskhub.store import Store
 
@@ -94,84 +93,6 @@ def unavailable(index: int, leader: str) -> PartitionUnavailable:
         leader=leader,
         retry_after=1,
     )
-
-
-class UnledPartition:
-    """A partition this hub does not lead and cannot reach: no hub holds it right now (its
-    lease ran out, a hub is taking it over), its leader advertised no URL, or the hub has no
-    links (made without a server). Every request of a connection that needs it is answered
-    with :func:`unavailable`, naming the partition and its leader; nothing is dropped
-    without an answer. A partition another hub leads is reached over the hub-to-hub link
-    instead (:class:`~taskhub.hub.link.RemotePartition`)."""
-
-    local: LocalPartition | None = None
-
-    def __init__(self, index: int, leader: str, front: Front) -> None:
-        self.index = index
-        self.leader = leader
-        self.front = front  # where the answers are queued: the hub's own peers
-
-    def error(self) -> PartitionUnavailable:
-        return unavailable(self.index, self.leader)
-
-    def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
-        ref = getattr(msg, "ref", None)
-        task = getattr(msg, "task", None)
-        extra = {"task": task} if isinstance(task, str) else {}
-        self.front.lc.send(peer, error_msg(self.error(), ref, **extra))
-        self.front.kick()
-        return None
-
-    def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
-        err = self.error()
-        err.details["index"] = i
-        if ref is None:
-            self.front.lc.send(peer, error_msg(err))
-        return {"error": err.to_wire()}
-
-    def step_item(self, peer: Peer, item: Any, i: int) -> None:
-        err = self.error()
-        err.details["index"] = i
-        task = getattr(item, "task", None)
-        extra = {"task": task} if isinstance(task, str) else {}
-        self.front.lc.send(peer, error_msg(err, getattr(item, "ref", None), **extra))
-
-    def watch(self, peer: Peer, pattern: str) -> None:
-        """A watch sees the partitions this hub leads (docs/deployment.md)."""
-
-    def unwatch(self, peer: Peer, pattern: str) -> None:
-        return None
-
-    def detach(self, peer: Peer) -> None:
-        return None
-
-    async def find(self, task_id: str) -> TaskRecord | None:
-        raise self.error()
-
-    async def list_tasks(
-        self, *, action: str | None, state: str | None, after: str | None, limit: int
-    ) -> list[TaskRecord]:
-        raise self.error()
-
-    def unwritten(self) -> dict[str, TaskRecord]:
-        return {}
-
-    def kick(self) -> None:
-        self.front.kick()
-
-    async def flush(self) -> None:
-        await self.front.flush()
-
-
-class Front(Protocol):
-    """Where a hub queues what it says to its own connections (partition 0 when the hub leads
-    every partition, else a lifecycle of its own: :class:`~taskhub.hub.hub.Hub`)."""
-
-    lc: Lifecycle
-
-    def kick(self) -> None: ...
-
-    async def flush(self) -> None: ...
 
 
 @runtime_checkable
