@@ -134,12 +134,16 @@ class PartitionKeeper:
     async def _run(self) -> None:
         # Checked besides the cancellation: a store client may swallow a cancellation that
         # lands while it waits on the network (redis-py does), and the loop must end anyway.
+        loop = asyncio.get_running_loop()
         while not self._stopped:
+            began = loop.time()
             try:
                 await self.tick()
             except StoreUnavailable as exc:  # the leases lapse by the clock meanwhile
                 log.warning("cannot reach the partition leases: %s", exc)
-            await asyncio.sleep(self.interval)
+            # A round's calls wait their turn on a busy hub's event loop (a second or more
+            # under a saturating load): rounds start every interval, however long one took.
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - began)))
 
     async def stop(self) -> None:
         """Leave the member list and hand off every partition (on_release, then release)."""
@@ -168,11 +172,10 @@ class PartitionKeeper:
                 await self._lose(p, "the lease ran out before it was renewed", release=True)
         if self._stopped:
             return
-        await self.leases.heartbeat(self.member, self.ttl_ms)
+        # First, and together: the renewals must not come late.
+        await asyncio.gather(self._renew_all(), self.leases.heartbeat(self.member, self.ttl_ms))
         self.members = await self.leases.members()
         wanted = self.wanted()
-        for p in sorted(self.tokens):
-            await self._renew(p)
         for p in sorted(set(self.tokens) - wanted):
             # Another live member should lead it: it takes the lease once it is free.
             await self._hand_off(p)
@@ -238,12 +241,27 @@ class PartitionKeeper:
             await self._take(p)
         return p in self.tokens if wanted else bool(url)
 
-    async def _renew(self, p: int) -> None:
+    async def _renew_all(self) -> None:
+        """Renew every lease held, all at once. On a busy hub each call waits its turn on
+        the event loop: one after another, the last ones came after their lease ran out."""
+        held = [(p, self.tokens[p]) for p in sorted(self.tokens)]
         sent = self.clock()
-        if await self.leases.renew(p, self.tokens[p], self.ttl_ms):
-            self._until[p] = sent + self.lease
-        else:
-            await self._lose(p, "another hub holds the lease now", release=False)
+        answers = await asyncio.gather(
+            *(self.leases.renew(p, token, self.ttl_ms) for p, token in held),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for (p, token), renewed in zip(held, answers, strict=True):
+            if isinstance(renewed, BaseException):
+                failed = failed or renewed
+            elif self.tokens.get(p) != token:
+                continue  # let go of meanwhile
+            elif renewed:
+                self._until[p] = sent + self.lease
+            else:
+                await self._lose(p, "another hub holds the lease now", release=False)
+        if failed is not None:
+            raise failed
 
     async def _take(self, p: int) -> None:
         sent = self.clock()
@@ -270,9 +288,8 @@ class PartitionKeeper:
         try:
             while not (await asyncio.wait({task}, timeout=self.interval))[0]:
                 with contextlib.suppress(StoreUnavailable):  # the leases lapse by the clock
+                    await self._renew_all()
                     await self.leases.heartbeat(self.member, self.ttl_ms)
-                    for q in sorted(self.tokens):
-                        await self._renew(q)
         except asyncio.CancelledError:
             task.cancel()
             raise
