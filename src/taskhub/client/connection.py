@@ -25,7 +25,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
@@ -631,23 +631,25 @@ def _join(parts: list[bytes]) -> bytes:
 def _answer(conn: Connection, waiter: Waiter, msg: Message, op: str) -> bool:
     """Hand the answer ``msg`` to ``waiter`` (or send its request again: client/retry.py);
     False for a future that has its result already (the message goes on as any other)."""
-    kind = type(waiter)
-    if kind is QueuedPub or kind is Resend:
-        again = cast("QueuedPub | Resend", waiter)
-        if op == "error" and retry.retryable(msg, again.tries):
-            retry.later(conn, again, msg)
+    if isinstance(waiter, QueuedPub):  # a pub's: its receiver is a handle, never a future
+        if op == "error" and retry.retryable(msg, waiter.tries):
+            retry.later(conn, waiter, msg)
             return True
-        waiter = again.receiver if isinstance(again, QueuedPub) else again.waiter
-    elif kind is BatchAnswer:
-        cast(BatchAnswer, waiter).feed_answer(msg, conn)
-        return True
-    if isinstance(waiter, asyncio.Future):
+        waiter = waiter.receiver
+    elif isinstance(waiter, asyncio.Future):
         if waiter.done():
             return False
         if op == "ok":
             waiter.set_result(msg)
         else:
             waiter.set_exception(from_wire(msg))
+        return True
+    elif isinstance(waiter, Resend):
+        if op == "error" and retry.retryable(msg, waiter.tries):
+            retry.later(conn, waiter, msg)
+            return True
+    elif isinstance(waiter, BatchAnswer):
+        waiter.feed_answer(msg, conn)
         return True
     try:
         waiter.feed_answer(msg)

@@ -80,7 +80,7 @@ class BatchAnswer:
             error = item.get("error")
             if error is None:
                 item["op"] = "ok"
-                _tell(receiver, item)
+                _tell(receiver.receiver, item)
             elif conn is not None and retryable(error, receiver.tries):
                 later(conn, receiver, {"op": "error", **error})
             else:
