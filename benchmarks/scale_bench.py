@@ -279,7 +279,8 @@ class ScaleBench:
                 port = free_port()
                 log = self.log(f"{target}-hub{h}")
                 args = [*hub_args(port, store), *self.partition_args()]
-                hub = stack.enter_context(started(args, log, env=LEASE_ENV))
+                env = LEASE_ENV if self.partitions > 1 else HUB_ENV  # one partition: the cluster
+                hub = stack.enter_context(started(args, log, env=env))
                 try:
                     wait_port(port, 30, hub)
                 except RuntimeError:
@@ -322,7 +323,7 @@ class ScaleBench:
         )
         row["settings"] = (
             f"{k} hub process(es) on one redis-server, --partitions {self.partitions} ({mode}), "
-            "lease 15 s, thin batched "
+            f"{'lease 15 s, ' if self.partitions > 1 else ''}thin batched "
             f"load generator ({CONNECTIONS} publisher and {CONNECTIONS} worker connections "
             "spread over the hubs)"
         )
