@@ -160,7 +160,7 @@ class PartitionKeeper:
             await self._hand_off(p)
 
     async def tick(self) -> None:
-        """One round: drop what ran out, heartbeat, renew, hand off, take."""
+        """One round: drop what ran out, renew and heartbeat, hand off, take, look."""
         async with self._turn:
             await self._round()
         for p in sorted(self.wanted() - set(self.tokens)):
