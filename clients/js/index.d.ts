@@ -279,3 +279,5 @@ export declare class NoResult extends TaskHubError {}
 export declare class ConnectionClosed extends TaskHubError {}
 export declare class StoreUnavailable extends TaskHubError {}
 export declare class StoreFenced extends StoreUnavailable {}
+/** A partition no hub leads right now; the client sent the request again first (5 times). */
+export declare class PartitionUnavailable extends StoreUnavailable {}

@@ -27,5 +27,6 @@ export const NoResult = taskhub.NoResult;
 export const ConnectionClosed = taskhub.ConnectionClosed;
 export const StoreUnavailable = taskhub.StoreUnavailable;
 export const StoreFenced = taskhub.StoreFenced;
+export const PartitionUnavailable = taskhub.PartitionUnavailable;
 export const fromWire = taskhub.fromWire;
 export default taskhub;

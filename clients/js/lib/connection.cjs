@@ -18,6 +18,17 @@ const EARLY_SEND = 64 * 1024;
 const BATCH_ITEMS = 64;
 // The single kinds a worker sends in runs, by how their JSON starts (op is the first key).
 const STEPS = new Map([['{"op":"ack",', 'acks'], ['{"op":"pickup",', 'pickups'], ['{"op":"return",', 'returns']]);
+// Requests sent again when the hub answers `partition_unavailable` (as the Python client,
+// docs/workers.md "When a partition has no leader"): the hub answers that code before applying
+// anything, so nothing was stored. After its retry_after (1 s, spread by up to half), at most
+// RETRIES times; then the error goes to the caller. A pub in a batched `pubs` is sent alone.
+const RETRIED = new Set(['pub', 'chain', 'follow', 'get', 'payload', 'sub', 'unsub']);
+const RETRIES = 5;
+
+function retryDelay(reply) {
+  const after = Number((reply.details || {}).retry_after ?? 1);
+  return Math.min(10, Math.max(0, Number.isFinite(after) ? after : 1)) * 1000 * (1 + Math.random() / 2);
+}
 
 /** Accept ws://host:port, http://host:port, or a URL that already ends with /v1/ws. */
 function wsUrl(url) {
@@ -284,6 +295,7 @@ class Connection {
   /** Send with a ref; the receiver's _answer gets the ok/error, or _fail why none will come. */
   post(msg, receiver) {
     if (this.closing || this.closed) throw new ConnectionClosed('the client is closed');
+    if (RETRIED.has(msg.op) && !receiver._again) receiver = this.retrying(msg.op, receiver, (r) => this.post(msg, r));
     const ref = this.nextRef++;
     msg.ref = ref;
     const part = this.encode(msg);
@@ -291,13 +303,40 @@ class Connection {
     this.queue(part);
   }
 
+  /** `receiver`, but a `partition_unavailable` answer makes it call `again(itself)` later. */
+  retrying(op, receiver, again) {
+    let tries = 0;
+    const conn = this;
+    return {
+      _again: true,
+      _answer(reply) {
+        if (reply.op !== 'error' || reply.code !== 'partition_unavailable' || tries >= RETRIES
+            || conn.closing || conn.closed) {
+          receiver._answer(reply);
+          return;
+        }
+        tries += 1;
+        const wait = retryDelay(reply);
+        if (conn.log.info) conn.log.info(`taskhub: ${op} answered partition_unavailable (${reply.message}); sending it again in ${Math.round(wait)} ms (${tries} of ${RETRIES})`);
+        setTimeout(() => {
+          try { again(this); } catch { receiver._answer(reply); } // closed meanwhile
+        }, wait);
+      },
+      _fail(err) { receiver._fail(err); },
+    };
+  }
+
   /** Send a `pub`; its receiver is answered as for post(). The pubs of one loop turn leave as
    * one `pubs` message when the hub's welcome has max_batch; the ref is given at the flush. */
   postPub(msg, receiver, part = undefined) {
     if (this.closing || this.closed) throw new ConnectionClosed('the client is closed');
     const pub = part === undefined ? this.encode(msg, 24) : part;
-    this.outbox.push({ pub, receiver });
-    this.queued(pub.length + 16);
+    const again = (r) => {
+      if (this.closing || this.closed) throw new ConnectionClosed('the client is closed');
+      this.outbox.push({ pub, receiver: r });
+      this.queued(pub.length + 16);
+    };
+    again(this.retrying('pub', receiver, again));
   }
 
   /** Send with a ref; a promise of the hub's `ok` message, rejected with its `error`. */

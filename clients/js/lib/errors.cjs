@@ -32,6 +32,8 @@ const NoResult = define('NoResult', TaskHubError, 'no_result');
 const ConnectionClosed = define('ConnectionClosed', TaskHubError, 'connection_closed');
 const StoreUnavailable = define('StoreUnavailable', TaskHubError, 'store_unavailable');
 const StoreFenced = define('StoreFenced', StoreUnavailable, 'store_fenced');
+// A partition no hub leads right now (the client sends the request again first: connection.cjs).
+const PartitionUnavailable = define('PartitionUnavailable', StoreUnavailable, 'partition_unavailable');
 
 /** The task failed: a handler threw, it ran out of attempts, or it was cancelled. */
 class TaskFailed extends TaskHubError {
@@ -50,7 +52,7 @@ const classes = {
   TaskHubError, ProtocolError, FrameTooLarge, UnknownOperation, InvalidAction, InvalidOption,
   AuthenticationFailed, PermissionDenied, TooManyConnections, TaskNotFound, StaleAttempt,
   NotHolding, TaskFailed, TaskTimeout, TaskCancelled, NoResult, ConnectionClosed,
-  StoreUnavailable, StoreFenced,
+  StoreUnavailable, StoreFenced, PartitionUnavailable,
 };
 const byCode = new Map();
 for (const cls of Object.values(classes)) if (!byCode.has(cls.code)) byCode.set(cls.code, cls);

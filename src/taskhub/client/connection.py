@@ -31,7 +31,9 @@ import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from taskhub.client.outbox import BATCH_ITEMS, Entry, QueuedPub, take
+from taskhub.client import retry
+from taskhub.client.outbox import BATCH_ITEMS, BatchAnswer, Entry, QueuedPub, take
+from taskhub.client.retry import RETRIED, Resend
 from taskhub.client.wire import Wire, dial
 from taskhub.errors import (
     AuthenticationFailed,
@@ -349,22 +351,10 @@ class Connection:
             self._dispatch_one(msg)
 
     def _dispatch_one(self, msg: Message) -> None:
-        pending = self._pending
         ref = msg.get("ref")
         if ref is not None and ((op := msg.get("op")) == "ok" or op == "error"):
-            waiter = pending.pop(ref, None)
-            if isinstance(waiter, asyncio.Future):
-                if not waiter.done():
-                    if op == "ok":
-                        waiter.set_result(msg)
-                    else:
-                        waiter.set_exception(from_wire(msg))
-                    return
-            elif waiter is not None:
-                try:
-                    waiter.feed_answer(msg)
-                except Exception:
-                    log.exception("handling the answer to request %s failed", ref)
+            waiter = self._pending.pop(ref, None)
+            if waiter is not None and _answer(self, waiter, msg, op):
                 return
         try:
             self.on_message(msg)
@@ -453,6 +443,8 @@ class Connection:
         loop turn later)."""
         if self._closing and not self.connected.is_set():
             raise ConnectionClosed("the client is closed")
+        if msg["op"] in RETRIED and type(waiter) is not Resend:  # client/retry.py
+            waiter = Resend(msg, waiter)
         ref = next(self._refs)
         msg["ref"] = ref
         part = encode(msg)  # first: a message that cannot be encoded is not pending
@@ -470,6 +462,12 @@ class Connection:
             # its receiver there, as a request's does (_too_large).
             part = encode(msg)
         self._queue(part, QueuedPub(part, receiver))
+
+    def requeue(self, entry: QueuedPub) -> None:
+        """Queue a ``pub`` again, as :meth:`post_pub` queued it (client/retry.py)."""
+        if self._closing and not self.connected.is_set():
+            raise ConnectionClosed("the client is closed")
+        self._queue(entry.part, entry)
 
     @property
     def frame_limit(self) -> int:
@@ -628,6 +626,36 @@ def _not_sent(op: Any, size: int, limit: int) -> FrameTooLarge:
 
 def _join(parts: list[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else b"[" + b",".join(parts) + b"]"
+
+
+def _answer(conn: Connection, waiter: Waiter, msg: Message, op: str) -> bool:
+    """Hand the answer ``msg`` to ``waiter`` (or send its request again: client/retry.py);
+    False for a future that has its result already (the message goes on as any other)."""
+    if isinstance(waiter, QueuedPub):  # a pub's: its receiver is a handle, never a future
+        if op == "error" and retry.retryable(msg, waiter.tries):
+            retry.later(conn, waiter, msg)
+            return True
+        waiter = waiter.receiver
+    elif isinstance(waiter, asyncio.Future):
+        if waiter.done():
+            return False
+        if op == "ok":
+            waiter.set_result(msg)
+        else:
+            waiter.set_exception(from_wire(msg))
+        return True
+    elif isinstance(waiter, Resend):
+        if op == "error" and retry.retryable(msg, waiter.tries):
+            retry.later(conn, waiter, msg)
+            return True
+    elif isinstance(waiter, BatchAnswer):
+        waiter.feed_answer(msg, conn)
+        return True
+    try:
+        waiter.feed_answer(msg)
+    except Exception:
+        log.exception("handling the answer to request %s failed", msg.get("ref"))
+    return True
 
 
 def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> None:

@@ -15,8 +15,10 @@ import logging
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
+from taskhub.client.retry import later, retryable
+
 if TYPE_CHECKING:
-    from taskhub.client.connection import Message, Receiver, Waiter
+    from taskhub.client.connection import Connection, Message, Receiver, Waiter
 
 log = logging.getLogger("taskhub.client")
 
@@ -38,13 +40,21 @@ _STEPS: dict[bytes, bytes] = {
 
 
 class QueuedPub:
-    """A ``pub`` waiting for the flush: its JSON without a ``ref``, and who gets its answer."""
+    """A ``pub`` waiting for the flush, then for its answer: its JSON without a ``ref``, who
+    gets its answer, and how often it was sent again (client/retry.py)."""
 
-    __slots__ = ("part", "receiver")
+    __slots__ = ("part", "receiver", "tries")
 
     def __init__(self, part: bytes, receiver: Receiver) -> None:
         self.part = part
         self.receiver = receiver
+        self.tries = 0
+
+    def feed_answer(self, reply: Message) -> None:
+        self.receiver.feed_answer(reply)
+
+    def feed_unanswered(self, exc: BaseException) -> None:
+        self.receiver.feed_unanswered(exc)
 
 
 Entry = bytes | QueuedPub
@@ -52,14 +62,15 @@ Entry = bytes | QueuedPub
 
 class BatchAnswer:
     """The receiver of a ``pubs``: hands each item's answer (the ``ok``'s ``items``, in order)
-    to that item's own receiver, or the batch's error or loss to all of them."""
+    to that item's own receiver, or the batch's error or loss to all of them. An item answered
+    ``partition_unavailable`` is sent again, alone (client/retry.py)."""
 
     __slots__ = ("receivers",)
 
-    def __init__(self, receivers: list[Receiver]) -> None:
+    def __init__(self, receivers: list[QueuedPub]) -> None:
         self.receivers = receivers
 
-    def feed_answer(self, reply: Message) -> None:
+    def feed_answer(self, reply: Message, conn: Connection | None = None) -> None:
         items = reply.get("items") if reply.get("op") == "ok" else None
         if not isinstance(items, list):  # the batch was refused as a whole: each hears why
             for receiver in self.receivers:
@@ -69,7 +80,9 @@ class BatchAnswer:
             error = item.get("error")
             if error is None:
                 item["op"] = "ok"
-                _tell(receiver, item)
+                _tell(receiver.receiver, item)
+            elif conn is not None and retryable(error, receiver.tries):
+                later(conn, receiver, {"op": "error", **error})
             else:
                 _tell(receiver, {"op": "error", **error})
         if len(items) != len(self.receivers):  # a hub bug: say so rather than wait forever
@@ -154,9 +167,9 @@ def _pubs(
     ref = next(refs)
     if len(run) == 1:
         item = run[0]
-        pending[ref] = item.receiver
+        pending[ref] = item
         return item.part[:-1] + b',"ref":%d}' % ref
-    pending[ref] = BatchAnswer([item.receiver for item in run])
+    pending[ref] = BatchAnswer(run)
     cut = len(_PUB)  # each item from its first field on, after a '{' of its own
     items = b",{".join([item.part[cut:] for item in run])
     return b'{"op":"pubs","ref":%d,"items":[{' % ref + items + b"]}"

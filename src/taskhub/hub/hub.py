@@ -28,11 +28,12 @@ from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
 from taskhub.hub.leading import Leading
-from taskhub.hub.partition import Links, LocalPartition, Partition, UnledPartition, close_store
+from taskhub.hub.partition import Links, LocalPartition, Partition, close_store
 from taskhub.hub.partitioning import check_partition_count
 from taskhub.hub.retention import DEFAULT_RETENTION
 from taskhub.hub.router import Router
 from taskhub.hub.topics import Topics
+from taskhub.hub.unled import UnledPartition
 from taskhub.hub.views import task_view
 from taskhub.hub.wakers import Wakers
 from taskhub.lifecycle import Clock, Credentials, Defaults, Lifecycle, Peer
@@ -114,6 +115,7 @@ class Hub:
         self.lifecycle_hooks: list[Callable[[Lifecycle], None]] = []
         self.apply_hooks: list[Callable[[WriteBatch, float], None]] = []
         self.links: Links | None = None  # the hub-to-hub links, installed by the server
+        self.leading = Leading(self)  # which partitions it leads, as the leases say
         self.router = Router(
             self._slots(store, partition_stores, remote), self.front, self.connections.hold
         )
@@ -129,7 +131,6 @@ class Hub:
         self.dispatcher = first.dispatcher
         # Apply one WebSocket message in its partition (bound: a lookup saved per message).
         self.handle = first.dispatcher.handle if partitions == 1 else self.router.handle
-        self.leading = Leading(self)  # which partitions it leads, as the leases say
         self.config_schedules, self._closing = list(schedules or []), False
         # GET /healthz: "standalone", "leader" of a cluster (hub/cluster.py), or "member".
         self.role = "member" if leased else "standalone"
@@ -473,10 +474,11 @@ def _share(hub: Hub, part: LocalPartition) -> None:
 
 def _remote(hub: Hub, index: int, leader: str) -> Partition:
     """The slot of partition ``index`` led by ``leader``: reached over the link to it, or
-    answering why not while no hub holds it (or the hub has no links)."""
+    waiting for a leader while no hub holds it (or the hub has no links): a leased hub's
+    learns it from the leases (:class:`~taskhub.hub.unled.UnledPartition`)."""
     if leader and hub.links is not None:
         return hub.links.remote(index, leader)
-    return UnledPartition(index, leader, hub.front)
+    return UnledPartition(index, leader, hub.front, hub.leading if hub.leased else None)
 
 
 def _partition_stores(

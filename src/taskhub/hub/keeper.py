@@ -17,6 +17,11 @@ hub), and then
 - reads who holds each partition it does not lead: ``on_leader(p, url)`` when that changed
   (the leader's advertised URL, "" while nobody holds it), so the hub can name or reach it.
 
+Between rounds :meth:`look_soon` reads one partition's lease every ``poll`` seconds, for at
+most one lease: the hub asks it for a partition no hub holds that a message waits for
+(hub/unled.py), and the keeper itself for one it should lead that another hub still holds
+(so it takes it as soon as that hub hands it off, not a round later).
+
 :meth:`stop` takes the member off the list and hands off every partition at once (SIGTERM:
 graceful hand-off). Only the lease protocol is used (:class:`~taskhub.store.PartitionLeases`);
 the clock is injected, so tests drive :meth:`tick` with a fake one.
@@ -60,6 +65,7 @@ class PartitionKeeper:
         url: str,
         lease: float = 3.0,
         interval: float | None = None,
+        poll: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         on_gained: Gained = _nothing,
         on_release: Changed = _nothing,
@@ -68,14 +74,19 @@ class PartitionKeeper:
     ) -> None:
         """``lease``: seconds a lease (and the member record) lasts without renewal.
         ``interval``: seconds between rounds (:meth:`start`), ``lease / 3`` by default; less
-        than the lease, so a renewal can fail and be retried before it runs out. ``clock``:
-        monotonic seconds (a test's fake clock)."""
+        than the lease, so a renewal can fail and be retried before it runs out. ``poll``:
+        seconds between two reads of a lease :meth:`look_soon` watches (0: it does nothing,
+        the rounds alone read the leases). ``clock``: monotonic seconds (a test's fake
+        clock)."""
         if lease <= 0:
             raise ValueError(f"lease must be > 0 seconds, got {lease}")
         interval = lease / 3 if interval is None else interval
         if not 0 < interval < lease:
             raise ValueError(f"interval must be > 0 and < the lease ({lease}s), got {interval}")
         self.interval = interval
+        if poll < 0:
+            raise ValueError(f"poll must be >= 0 seconds, got {poll}")
+        self.poll = poll
         self.leases = leases
         self.member = Member(instance, url.rstrip("/"))
         self.holder = f"{instance} {self.member.url}"
@@ -91,6 +102,10 @@ class PartitionKeeper:
         self.members: list[Member] = []  # the live members at the last round
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        # One round or lookup at a time: each applies what it read in the order it read it.
+        self._turn = asyncio.Lock()
+        self._asked: dict[int, float] = {}  # partitions look_soon watches -> until (clock)
+        self._looker: asyncio.Task[None] | None = None
 
     @property
     def ttl_ms(self) -> int:
@@ -119,38 +134,48 @@ class PartitionKeeper:
     async def _run(self) -> None:
         # Checked besides the cancellation: a store client may swallow a cancellation that
         # lands while it waits on the network (redis-py does), and the loop must end anyway.
+        loop = asyncio.get_running_loop()
         while not self._stopped:
+            began = loop.time()
             try:
                 await self.tick()
             except StoreUnavailable as exc:  # the leases lapse by the clock meanwhile
                 log.warning("cannot reach the partition leases: %s", exc)
-            await asyncio.sleep(self.interval)
+            # A round's calls wait their turn on a busy hub's event loop (a second or more
+            # under a saturating load): rounds start every interval, however long one took.
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - began)))
 
     async def stop(self) -> None:
         """Leave the member list and hand off every partition (on_release, then release)."""
         self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._looker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._looker = None
         with contextlib.suppress(StoreUnavailable):
             await self.leases.leave(self.member.instance)
         for p in sorted(self.tokens):
             await self._hand_off(p)
 
     async def tick(self) -> None:
-        """One round: drop what ran out, heartbeat, renew, hand off, take."""
+        """One round: drop what ran out, renew and heartbeat, hand off, take, look."""
+        async with self._turn:
+            await self._round()
+        for p in sorted(self.wanted() - set(self.tokens)):
+            self.look_soon(p)  # another hub holds it still: take it once it lets it go
+
+    async def _round(self) -> None:
         for p in sorted(self.tokens):
             if self.clock() >= self._until[p]:
                 await self._lose(p, "the lease ran out before it was renewed", release=True)
         if self._stopped:
             return
-        await self.leases.heartbeat(self.member, self.ttl_ms)
+        # First, and together: the renewals must not come late.
+        await asyncio.gather(self._renew_all(), self.leases.heartbeat(self.member, self.ttl_ms))
         self.members = await self.leases.members()
         wanted = self.wanted()
-        for p in sorted(self.tokens):
-            await self._renew(p)
         for p in sorted(set(self.tokens) - wanted):
             # Another live member should lead it: it takes the lease once it is free.
             await self._hand_off(p)
@@ -164,21 +189,79 @@ class PartitionKeeper:
             if p in self.tokens:
                 self.leaders.pop(p, None)
                 continue
-            token = await self.leases.holder(p)
-            try:
-                url = Token.parse(token).url if token else ""
-            except ValueError:
-                url = ""  # not a token this version writes: nobody it can name
-            if self.leaders.get(p) != url:
-                self.leaders[p] = url
-                self.on_leader(p, url)
+            await self._look_at(p)
 
-    async def _renew(self, p: int) -> None:
+    async def _look_at(self, p: int) -> str:
+        """Read who leads ``p`` (``on_leader`` when it changed); its URL, "" for nobody."""
+        token = await self.leases.holder(p)
+        try:
+            url = Token.parse(token).url if token else ""
+        except ValueError:
+            url = ""  # not a token this version writes: nobody it can name
+        if self.leaders.get(p) != url:
+            self.leaders[p] = url
+            self.on_leader(p, url)
+        return url
+
+    def look_soon(self, partition: int) -> None:
+        """Read ``partition``'s lease now and every :attr:`poll` seconds, for at most one
+        lease, until a hub holds it (``on_leader``), taking it when it is free and this hub
+        should lead it (until this hub holds it, then)."""
+        if self._stopped or not self.poll or not 0 <= partition < self.leases.partitions:
+            return
+        self._asked[partition] = self.clock() + self.lease
+        if self._looker is None or self._looker.done():
+            self._looker = asyncio.create_task(self._watch(), name="taskhub-keeper-look")
+
+    async def _watch(self) -> None:
+        while self._asked and not self._stopped:
+            try:
+                async with self._turn:
+                    for p in sorted(self._asked):
+                        if self._stopped:
+                            return
+                        if self._settled(p) or await self._look_or_take(p):
+                            self._asked.pop(p, None)
+            except StoreUnavailable as exc:  # the next read, or the next round, retries
+                log.warning("cannot read the partition leases: %s", exc)
+            except Exception:  # a bug: said; the rounds go on reading the leases
+                log.exception("looking for the partitions' leaders failed")
+                self._asked.clear()
+            if self._asked:
+                await asyncio.sleep(self.poll)
+
+    def _settled(self, p: int) -> bool:
+        return p in self.tokens or self.clock() >= self._asked[p]
+
+    async def _look_or_take(self, p: int) -> bool:
+        """One read of ``p``'s lease for :meth:`look_soon`: whether it is settled now."""
+        wanted = p in self.wanted()
+        url = await self._look_at(p)
+        if not url and wanted:
+            await self._take(p)
+        return p in self.tokens if wanted else bool(url)
+
+    async def _renew_all(self) -> None:
+        """Renew every lease held, all at once. On a busy hub each call waits its turn on
+        the event loop: one after another, the last ones came after their lease ran out."""
+        held = [(p, self.tokens[p]) for p in sorted(self.tokens)]
         sent = self.clock()
-        if await self.leases.renew(p, self.tokens[p], self.ttl_ms):
-            self._until[p] = sent + self.lease
-        else:
-            await self._lose(p, "another hub holds the lease now", release=False)
+        answers = await asyncio.gather(
+            *(self.leases.renew(p, token, self.ttl_ms) for p, token in held),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for (p, token), renewed in zip(held, answers, strict=True):
+            if isinstance(renewed, BaseException):
+                failed = failed or renewed
+            elif self.tokens.get(p) != token:
+                continue  # let go of meanwhile
+            elif renewed:
+                self._until[p] = sent + self.lease
+            else:
+                await self._lose(p, "another hub holds the lease now", release=False)
+        if failed is not None:
+            raise failed
 
     async def _take(self, p: int) -> None:
         sent = self.clock()
@@ -205,9 +288,8 @@ class PartitionKeeper:
         try:
             while not (await asyncio.wait({task}, timeout=self.interval))[0]:
                 with contextlib.suppress(StoreUnavailable):  # the leases lapse by the clock
+                    await self._renew_all()
                     await self.leases.heartbeat(self.member, self.ttl_ms)
-                    for q in sorted(self.tokens):
-                        await self._renew(q)
         except asyncio.CancelledError:
             task.cancel()
             raise

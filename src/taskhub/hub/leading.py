@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from taskhub.hub.partition import LocalPartition, close_store
@@ -23,12 +24,21 @@ log = logging.getLogger("taskhub.hub")
 CLOSE_MOVED = 1012  # WebSocket "service restart": the client reconnects and subscribes again
 
 
+def _nobody(index: int) -> None:
+    return None
+
+
 class Leading:
     """Puts partitions in and out of one hub's router as their leases come and go."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.leaders: dict[int, str] = {}  # partitions led elsewhere -> the leader's URL
+        # Seconds a message waits for the leader of a partition no hub holds (the lease, set
+        # by the hub's Membership; 0: answered partition_unavailable at once), and how the
+        # slot asks the keeper to find that leader now (hub/unled.py).
+        self.hold = 0.0
+        self.learn: Callable[[int], None] = _nobody
 
     async def lead(self, index: int, store: Store) -> None:
         """Lead partition ``index`` from now on over ``store`` (not open yet, fenced by the
@@ -48,8 +58,8 @@ class Leading:
         hub.parts = sorted([*hub.parts, part], key=lambda p: p.index)
         self.leaders.pop(index, None)
         hub.router.place(index, part)
+        part.start()  # first: what waited for a leader (hub/unled.py) may flush already
         await hub.orphans()
-        part.start()
         if hub.draining:
             part.drain()
         hub.kick()

@@ -27,6 +27,10 @@ class Membership:
         self.leases = open_partition_leases(store_url, hub.partitions)
         self.lease = lease
         self.keeper: PartitionKeeper | None = None
+        # A message for a partition no hub holds waits up to a lease for its next leader,
+        # which the keeper looks for at once (hub/unled.py): from now on, as a child of
+        # `serve --processes` may take connections before its keeper's first round.
+        hub.leading.hold, hub.leading.learn = lease, self.learn
 
     async def start(self, url: str) -> None:
         """Join as ``url`` (where the other hubs reach this one): take a first share of the
@@ -42,6 +46,7 @@ class Membership:
             instance=os.urandom(8).hex(),  # a new member for every process
             url=url,
             lease=self.lease,
+            poll=min(0.1, self.lease / 30),  # a lease waited for is read this often
             on_gained=gained,
             on_release=leading.hand_off,
             on_lost=leading.lose,
@@ -50,6 +55,11 @@ class Membership:
         with contextlib.suppress(StoreUnavailable):  # the keeper's rounds retry
             await self.keeper.tick()
         self.keeper.start()
+
+    def learn(self, partition: int) -> None:
+        """Find ``partition``'s leader now (before the keeper's first round: at that round)."""
+        if self.keeper is not None:
+            self.keeper.look_soon(partition)
 
     async def stop(self) -> None:
         """SIGTERM's graceful hand-off: every partition flushed and released at once, so the

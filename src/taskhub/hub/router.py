@@ -25,6 +25,7 @@ from taskhub import protocol as p
 from taskhub.errors import TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
 from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
+from taskhub.hub.unled import UnledPartition
 from taskhub.lifecycle import Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
 from taskhub.partitions import partition_of, partition_of_id
@@ -121,6 +122,8 @@ class Router:
         if old is not part and _linked(old) is not None:
             assert isinstance(old, Linked)
             old.retire()
+        elif old is not part and isinstance(old, UnledPartition):
+            old.hand_over(part)  # what waited for the partition's leader goes on
 
     def forget(self, peer: Peer) -> None:
         """The connection is gone (its watches end with it in each partition)."""
@@ -175,10 +178,10 @@ class Router:
         return self.slots[task_partition(task_id, self.count)]
 
     def elsewhere_for(self, action: str) -> Elsewhere | None:
-        return _linked(self.slots[action_partition(action, self.count)])
+        return _elsewhere(self.slots[action_partition(action, self.count)])
 
     def elsewhere_of(self, task_id: str) -> Elsewhere | None:
-        return _linked(self.slots[task_partition(task_id, self.count)])
+        return _elsewhere(self.slots[task_partition(task_id, self.count)])
 
     def partition_of_task(self, task_id: str) -> LocalPartition:
         return self.local(task_partition(task_id, self.count))
@@ -207,7 +210,7 @@ class Router:
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
             return self.slots[min(where, default=0)].handle(peer, msg)
         slots = self.slots
-        if any(_linked(slots[i]) is not None for i in where):
+        if any(_elsewhere(slots[i]) is not None for i in where):
             return self._batch_linked(peer, msg, index)
         parts = [slots[i] for i in sorted(where)]
         answers = []
@@ -235,12 +238,12 @@ class Router:
         remote: list[tuple[list[tuple[int, Any]], int]] = []
         for at, items in by_part.items():
             part = self.slots[at]
-            linked = _linked(part)
+            linked = _elsewhere(part)
             if linked is not None:
                 remote.append((items, len(waits)))
                 waits.append(linked.apply_items(peer, msg, items))
                 continue
-            # Led here, or by no hub (its items are answered with why, as in :meth:`_batch`).
+            # Led here, or by no hub reachable (its items are answered with why).
             for i, item in items:
                 if pubs:
                     answers[i] = part.pub_item(peer, item, i, msg.ref)
@@ -293,6 +296,14 @@ class Router:
                     part.unwatch(peer, msg.pattern)
             except TaskHubError:
                 return
+
+
+def _elsewhere(slot: Partition) -> Linked | UnledPartition | None:
+    """The slot when its work goes elsewhere: over the link, or held for the partition's
+    next leader (docs/deployment.md, "Partition leases")."""
+    if isinstance(slot, UnledPartition):
+        return slot if slot.waits else None
+    return _linked(slot)
 
 
 def _linked(slot: Partition) -> Linked | None:

@@ -203,20 +203,53 @@ class Chains:
         opts = task.rec.options
         parent_id = opts.get("chain_task")
         if parent_id is not None:
-            elsewhere = self.place.elsewhere_of(parent_id)
-            if elsewhere is not None:  # the chain is held by another hub: move it on there
-                elsewhere.step_ended(parent_id, int(opts["chain_step"]), task.rec)
-                return
-            try:
-                parent = self.place.of_task(parent_id).tasks.get(parent_id)
-            except TaskHubError:  # no hub holds the chain's partition right now: the hub that
-                # takes it finds the step ended when it restores the chain (orphans)
-                log.warning("step %s ended; no hub leads its chain %s now", task.id, parent_id)
-                return
-            if parent is not None:  # else the chain has ended already (failed, cancelled)
-                self.step_ended(parent, int(opts["chain_step"]), task.rec)
+            self.move_on(parent_id, int(opts["chain_step"]), task.rec)
         elif HELD in opts and ev.type != TaskState.SUCCESS:
             self._stop_steps(task)
+
+    def move_on(self, parent_id: str, i: int, rec: TaskRecord) -> None:
+        """Step ``i`` of chain ``parent_id`` ended as ``rec`` says: move the chain on where
+        it is held (here, or over the link; held for its partition's next leader while no
+        hub leads it)."""
+        elsewhere = self.place.elsewhere_of(parent_id)
+        if elsewhere is not None:
+            elsewhere.step_ended(parent_id, i, rec)
+            return
+        try:
+            parent = self.place.of_task(parent_id).tasks.get(parent_id)
+        except TaskHubError:  # a hub without leases: the hub that takes the chain's
+            # partition finds the step ended when it restores the chain (orphans)
+            log.warning("step %s ended; no hub leads its chain %s now", rec.id, parent_id)
+            return
+        if parent is not None:  # else the chain has ended already (failed, cancelled)
+            self.step_ended(parent, i, rec)
+
+    def place_step(
+        self,
+        publisher: str,
+        action: str,
+        payload: Any,
+        options: PubOptions | None,
+        extra: dict[str, Any],
+        task_id: str,
+    ) -> None:
+        """Publish a chain's step whose id was made for its partition while no hub led it,
+        where the partition is led now; a step that cannot be published fails, moving its
+        chain on (which then fails, naming it)."""
+        elsewhere = self.place.elsewhere_for(action)
+        if elsewhere is not None:
+            elsewhere.publish_step(publisher, action, payload, options, extra, task_id=task_id)
+            return
+        creds = Credentials(publisher, pub_permissions=("*",))
+        try:
+            lc = self.place.for_action(action)
+            lc.publish(creds, action, payload, options, extra=extra, task_id=task_id)
+        except TaskHubError as exc:
+            error = {"reason": "error", "type": type(exc).__name__, "message": exc.message}
+            failed = TaskRecord(
+                task_id, action, publisher, self.lc.clock(), state=TaskState.FAIL, error=error
+            )
+            self.move_on(extra["chain_task"], int(extra["chain_step"]), failed)
 
     def step_ended(self, parent: Task, i: int, rec: TaskRecord | None) -> None:
         """Step ``i`` of a running chain ended as ``rec`` says (None: its task was lost)."""
@@ -267,16 +300,22 @@ class Chains:
         why = (parent.rec.error or {}).get("message", "it ended")
         error = {"reason": "cancelled", "message": f"chain {parent.id} failed: {why}"}
         for task_id in parent.rec.options[HELD]["tasks"]:
-            elsewhere = self.place.elsewhere_of(task_id) if task_id else None
-            if elsewhere is not None:  # running on the hub that leads its partition
-                elsewhere.cancel_step(task_id, error)
-                continue
-            try:
-                step = self.place.of_task(task_id).tasks.get(task_id) if task_id else None
-            except TaskHubError:  # in a partition no hub leads now: it runs to its end
-                continue
-            if step is not None:
-                self._lc(step).finish(step, TaskState.FAIL, error=error)
+            if task_id:
+                self.cancel_step(task_id, error)
+
+    def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
+        """A failed chain's step ``task_id`` fails with ``error`` if it still runs, where it
+        runs (held for its partition's next leader while no hub leads it)."""
+        elsewhere = self.place.elsewhere_of(task_id)
+        if elsewhere is not None:  # on the hub that leads its partition
+            elsewhere.cancel_step(task_id, error)
+            return
+        try:
+            step = self.place.of_task(task_id).tasks.get(task_id)
+        except TaskHubError:  # a hub without leases: the step runs to its end
+            return
+        if step is not None:
+            self._lc(step).finish(step, TaskState.FAIL, error=error)
 
     # --- recovery ----------------------------------------------------------------------------
     def orphans(self) -> list[tuple[Task, int, str]]:

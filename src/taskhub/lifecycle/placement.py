@@ -28,9 +28,12 @@ class Elsewhere(Protocol):
         payload: Any,
         options: PubOptions | None,
         extra: dict[str, Any],
+        *,
+        task_id: str | None = None,
     ) -> str:
-        """Publish a chain's step there; its task id (made here for that partition). A step
-        that cannot be published there comes back as ended, failed, with why."""
+        """Publish a chain's step there; its task id (``task_id``, or one made here for that
+        partition). A step that cannot be published there comes back as ended, failed, with
+        why."""
 
     def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
         """Step ``index`` of chain ``chain_id``, held there, ended as ``rec`` says."""

@@ -20,7 +20,7 @@ from taskhub import protocol as p
 from taskhub.errors import ProtocolError, StoreUnavailable, TaskHubError
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import across, wire
-from taskhub.hub.link.origin import HubLinks, step_ended
+from taskhub.hub.link.origin import HubLinks, forward_once, step_ended
 from taskhub.hub.link.outgoing import Outgoing
 from taskhub.hub.partition import LocalPartition
 from taskhub.hub.router import task_partition
@@ -259,9 +259,16 @@ class LinkServer:
         """Publish a chain's step the origin holds the chain of; one that cannot be published
         here goes back as a failed step (the chain fails, naming it)."""
         part = self._led("", entry.part)
+        if part is None and forward_once(self.hub, f"step {entry.id}"):
+            # Led elsewhere now (or by no hub, for a moment): on to its leader.
+            self.hub.chains.place_step(
+                entry.publisher, entry.action, entry.payload, entry.options, entry.extra, entry.id
+            )
+            self.hub.kick()
+            return
         creds = Credentials(entry.publisher, pub_permissions=("*",))
         try:
-            if part is None:
+            if part is None:  # sent on before, and back: nobody leads it as far as we know
                 raise StoreUnavailable(f"this hub does not lead partition {entry.part} any more")
             lc = part.lc
             lc.publish(

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ CLOSE_TRY_AGAIN = 1013  # the client backs off and reconnects (as the relay's)
 _records = msgspec.json.Decoder(list[TaskRecord])
 # Seconds to open a link; a leader that does not answer in time is given up (clients 1013).
 OPEN_TIMEOUT = 5.0
+FORWARDS_KEPT = 4096  # HubLinks.forwarded
 _record = msgspec.json.Decoder(TaskRecord | None)
 
 
@@ -62,6 +64,19 @@ class HubLinks:
         # Connections whose link broke: being closed, nothing more of theirs is forwarded.
         self.cut: set[str] = set()
         self.ssl: Any = None  # an SSLContext for wss:// leaders (None: the default)
+        # Chain work this hub sent on to a partition's leader as it does not lead it (a step's
+        # end, a step to publish), by key: sent on once at most, so two hubs that each think
+        # the other leads it do not send it back and forth (a bounded memory of the latest).
+        self.forwarded: OrderedDict[str, None] = OrderedDict()
+
+    def forward_once(self, key: str) -> bool:
+        """Whether chain work ``key`` may be sent on: False if this hub sent it on before."""
+        if key in self.forwarded:
+            return False
+        self.forwarded[key] = None
+        if len(self.forwarded) > FORWARDS_KEPT:
+            self.forwarded.popitem(last=False)
+        return True
 
     async def load_secret(self) -> None:
         """Read the deployment's link secret from its root store, making it if no hub has yet
@@ -330,15 +345,32 @@ class Link:
 
 
 def step_ended(hub: Hub, entry: wire.StepEnded) -> None:
-    """A step of a chain this hub holds ended on another hub: move the chain on."""
+    """A step of a chain this hub holds ended on another hub: move the chain on. A chain
+    whose partition another hub leads now (or none, for a moment) goes on to it, or waits
+    for it (hub/unled.py)."""
     slots = hub.router.partitions
     part = slots[entry.part] if 0 <= entry.part < len(slots) else None
-    parent = part.lc.tasks.get(entry.chain) if isinstance(part, LocalPartition) else None
-    if parent is None:  # ended (failed, cancelled) already, or led elsewhere now
-        log.info("step %d of chain %s ended; the chain is not held here", entry.index, entry.chain)
+    if not isinstance(part, LocalPartition):
+        if forward_once(hub, f"end {entry.chain} {entry.index}"):
+            hub.chains.move_on(entry.chain, entry.index, entry.rec)
+            hub.kick()
+        else:  # sent on before, and back: the hub that takes the chain finds it (orphans)
+            log.warning(
+                "step %d of chain %s ended; no hub leads the chain", entry.index, entry.chain
+            )
+        return
+    parent = part.lc.tasks.get(entry.chain)
+    if parent is None:  # ended (failed, cancelled) already
+        log.info("step %d of chain %s ended; the chain has ended", entry.index, entry.chain)
         return
     hub.chains.step_ended(parent, entry.index, entry.rec)
     hub.kick()
+
+
+def forward_once(hub: Hub, key: str) -> bool:
+    """Whether this hub may send chain work ``key`` on (:meth:`HubLinks.forward_once`)."""
+    links = hub.links
+    return not isinstance(links, HubLinks) or links.forward_once(key)
 
 
 def _close(hub: Hub, front: Peer, code: int, reason: str) -> None:
@@ -472,8 +504,10 @@ class RemotePartition:
         payload: Any,
         options: p.PubOptions | None,
         extra: dict[str, Any],
+        *,
+        task_id: str | None = None,
     ) -> str:
-        task_id = self.new_id()
+        task_id = task_id or self.new_id()
         step = wire.Step(self.index, task_id, publisher, action, payload, options, extra)
         self.links.link(self.url).add(wire.encode_entry(step))
         return task_id
