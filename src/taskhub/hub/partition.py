@@ -22,7 +22,6 @@ from taskhub.hub.topics import Watches
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import QUEUE_META, Clock, Credentials, Defaults, Lifecycle, Message, Peer
 from taskhub.lifecycle.placement import Elsewhere
-from taskhub.protocol import error_msg
 from taskhub.records import EventRecord, TaskRecord
 from taskhub.store import Store
 

@@ -227,21 +227,34 @@ class Scheduler:
     def _publish(self, spec: Schedule, slot: float) -> None:
         spec.last_slot = slot
         self.lc.put_meta(SCHEDULE_META, spec.name, msgspec.to_builtins(spec))
-        creds = Credentials(spec.owner, sub_permissions=(), pub_permissions=(spec.action,))
         extra = {"schedule": spec.name, "slot": slot}
-        try:
-            elsewhere = self.place.elsewhere_for(spec.action)
-            if elsewhere is not None:  # another hub leads the action's partition: there
-                elsewhere.fire(spec.owner, spec.action, spec.payload, dict(spec.options), extra)
-                return
-            self.place.for_action(spec.action).publish(
-                creds, spec.action, spec.payload, StoredOptions(spec.options), extra=extra
-            )
-        except TaskHubError as exc:  # checked at put: only a changed hub default gets here
-            log.error("schedule %r could not publish %s: %s", spec.name, spec.action, exc)
+        fire(self.place, spec.owner, spec.action, spec.payload, dict(spec.options), extra)
 
     def views(self) -> list[dict[str, Any]]:
         return [view(s, self.next_at.get(n)) for n, s in sorted(self.schedules.items())]
+
+
+def fire(
+    place: Placement,
+    owner: str,
+    action: str,
+    payload: Any,
+    options: dict[str, Any],
+    extra: dict[str, Any],
+) -> None:
+    """A schedule's slot publishes its task where the action's partition is led: here, or
+    on another hub (over the link), or once a hub leads it (the partition's slot holds it)."""
+    try:
+        elsewhere = place.elsewhere_for(action)
+        if elsewhere is not None:
+            elsewhere.fire(owner, action, payload, options, extra)
+            return
+        creds = Credentials(owner, sub_permissions=(), pub_permissions=(action,))
+        place.for_action(action).publish(
+            creds, action, payload, StoredOptions(options), extra=extra
+        )
+    except TaskHubError as exc:  # checked at put: only a changed hub default gets here
+        log.error("schedule %r could not publish %s: %s", extra.get("schedule"), action, exc)
 
 
 def _settings(s: Schedule) -> tuple[Any, ...]:
