@@ -14,7 +14,7 @@ import pytest
 
 from taskhub import Client, Server, TaskFailed
 from taskhub.errors import PartitionUnavailable, TaskNotFound
-from taskhub.hub.partition import UnledPartition
+from taskhub.hub.unled import UnledPartition
 from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
 from tests.integration.test_cli import cli
