@@ -445,7 +445,9 @@ class Client:
                 if link.same_task:
                     for other in tuple(link.same_task.get(task_id, ())):
                         other.feed_event(msg)
-            self._handlers.event(task_id, msg)
+            handlers = self._handlers
+            if handlers.working or link.started:  # a publisher holds none: no call per event
+                handlers.event(task_id, msg)
         elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
             for item in msg["items"]:
                 self._handlers.offered(item)

@@ -37,16 +37,9 @@ _STEPS: dict[bytes, bytes] = {
 }
 
 
-class QueuedPub:
-    """A ``pub`` waiting for the flush: its JSON without a ``ref``, and who gets its answer."""
-
-    __slots__ = ("part", "receiver")
-
-    def __init__(self, part: bytes, receiver: Receiver) -> None:
-        self.part = part
-        self.receiver = receiver
-
-
+# A ``pub`` waiting for the flush: its JSON without a ``ref``, and who gets its answer. A
+# tuple, not an object of a class: one per published task, made without a Python call.
+QueuedPub = tuple[bytes, "Receiver"]
 Entry = bytes | QueuedPub
 
 
@@ -69,9 +62,12 @@ class BatchAnswer:
             error = item.get("error")
             if error is None:
                 item["op"] = "ok"
-                _tell(receiver, item)
             else:
-                _tell(receiver, {"op": "error", **error})
+                item = {"op": "error", **error}
+            try:
+                receiver.feed_answer(item)
+            except Exception:
+                log.exception("handling the answer to a pub failed")
         if len(items) != len(self.receivers):  # a hub bug: say so rather than wait forever
             log.error("the hub answered %d of %d pubs", len(items), len(self.receivers))
             from taskhub.errors import ProtocolError
@@ -112,20 +108,20 @@ def take(
     while i < n:
         entry = entries[i]
         j = i + 1
-        if type(entry) is QueuedPub:
-            size = len(entry.part)
+        if type(entry) is tuple:
+            size = len(entry[0])
             while j < n and j - i < batch:
                 nxt = entries[j]
-                if type(nxt) is not QueuedPub:
+                if type(nxt) is not tuple:
                     break
-                size += len(nxt.part) + 1
+                size += len(nxt[0]) + 1
                 if size > room:
                     break
                 j += 1
             out.append(_pubs(entries[i:j], refs, pending))  # type: ignore[arg-type]
             i = j
             continue
-        assert isinstance(entry, bytes)
+        assert type(entry) is bytes
         prefix = entry[: entry.find(b",") + 1] if batch > 1 else b""  # '{"op":"return",'
         kind = _STEPS.get(prefix)
         if kind is not None:
@@ -142,7 +138,7 @@ def take(
             out.append(entry)
         else:  # the items: each message from its first field on, after a '{' of its own
             cut = len(prefix)
-            items = b",{".join([part[cut:] for part in entries[i:j]])  # type: ignore[index]
+            items = b",{".join([part[cut:] for part in entries[i:j]])  # type: ignore[misc]
             out.append(b'{"op":"' + kind + b'","items":[{' + items + b"]}")
         i = j
     return out
@@ -153,10 +149,10 @@ def _pubs(
 ) -> bytes:
     ref = next(refs)
     if len(run) == 1:
-        item = run[0]
-        pending[ref] = item.receiver
-        return item.part[:-1] + b',"ref":%d}' % ref
-    pending[ref] = BatchAnswer([item.receiver for item in run])
+        part, receiver = run[0]
+        pending[ref] = receiver
+        return part[:-1] + b',"ref":%d}' % ref
+    pending[ref] = BatchAnswer([receiver for _, receiver in run])
     cut = len(_PUB)  # each item from its first field on, after a '{' of its own
-    items = b",{".join([item.part[cut:] for item in run])
+    items = b",{".join([part[cut:] for part, _ in run])
     return b'{"op":"pubs","ref":%d,"items":[{' % ref + items + b"]}"

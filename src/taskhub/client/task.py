@@ -438,8 +438,11 @@ class Handle(_Emitter):
             self.feed_lost(from_wire(reply))
             return
         task_id: str = reply["task"]
-        self.pooled = bool(reply.get("pooled"))
-        self._accept(task_id)
+        self.id = task_id
+        if self._accept_waiters is not None:
+            self._accept(task_id)
+        if reply.get("pooled"):
+            self.pooled = True
         self._link.accepted(self, task_id, reply)
 
     def feed_unanswered(self, exc: BaseException) -> None:
@@ -473,17 +476,17 @@ class Handle(_Emitter):
 
     def feed_event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type", "")
-        self.state = msg.get("state", self.state)
-        if kind == "update":
+        self.state = state = msg.get("state", self.state)
+        if kind == "success":
+            self.result = msg.get("data")
+        elif kind == "update":
             self.last_update = msg.get("data")
             self._updated = True
-        elif kind == "success":
-            self.result = msg.get("data")
         elif kind == "fail":
             self.error = msg.get("data")
         if self._listeners is not None:
             self._emit(kind)
-        if self.state in _FINAL:
+        if state in _FINAL:
             self._finish()
 
     def _happened(self, event: str) -> bool:
@@ -505,14 +508,17 @@ class Handle(_Emitter):
 
     def _finish(self) -> None:
         self._ended = True
-        waiters, self._end_waiters = self._end_waiters, None
-        for fut in _waiting(waiters):
-            if self.state == "success":
-                fut.set_result(self.result)
-            else:
-                fut.set_exception(self.exception())
+        waiters = self._end_waiters
+        if waiters is not None:
+            self._end_waiters = None
+            for fut in _waiting(waiters):
+                if self.state == "success":
+                    fut.set_result(self.result)
+                else:
+                    fut.set_exception(self.exception())
         self._link.ended(self)
-        self._call_done()
+        if self._done_callbacks is not None:
+            self._call_done()
 
     def _call_done(self) -> None:
         callbacks, self._done_callbacks = self._done_callbacks, None
