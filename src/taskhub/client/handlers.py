@@ -83,22 +83,34 @@ class Handlers:
             if not ctx.observe:
                 self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
             return
-        if not ctx.observe and not ctx.picked_up and sub.claimed >= sub.concurrency:
+        if ctx.observe or ctx.picked_up:
+            pass
+        elif sub.claimed >= sub.concurrency:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
-            # window no longer applies). With a free slot `_work` sends `pickup` on the next
-            # loop turn instead, which acknowledges it too: one message less per task.
+            # window no longer applies); `_work` picks it up when a slot frees.
             self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+        else:
+            # A free slot: picked up now, which acknowledges it too (one message less per
+            # task). The flush of this pickup was scheduled before the handler's first step
+            # (the asyncio task made below), so the pickups of a frame's offers leave in one
+            # message before any of their handlers runs: a handler that blocks the event loop
+            # is known to the hub as started, and if its connection is then lost (the
+            # keepalive went unanswered) that counts a try toward max_attempts (issue 15,
+            # item 11). Without a turn of its own per delivery for that (docs/performance.md).
+            ctx.picked_up = True
+            self._link.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True)
         sub.claimed += 1
         self.working[ctx.id] = ctx
         work = self._work(sub, ctx)
         tracer = self.tracing
-        if tracer is None and self._late_tracing is not None:
+        # The late check only once OpenTelemetry is imported: no calls per task before.
+        if tracer is None and self._late_tracing is not None and tracing_.imported_now():
             tracer = self._late_tracing()
         if tracer is not None:
             span = tracer.process(ctx, msg.get("trace"))
             if span is not None:  # else nothing to record or pass on
                 work = self._traced(work, ctx, tracer, span)
-        runner = asyncio.ensure_future(work)
+        runner = self._link.create_task(work)
         ctx.runner = runner
         self.running.add(runner)
         runner.add_done_callback(functools.partial(self._ended, sub, ctx))
@@ -134,18 +146,15 @@ class Handlers:
                     )
                     return
                 try:
-                    if not ctx.observe and not ctx.picked_up:
+                    if not ctx.observe and not ctx.picked_up:  # it waited for a slot
                         ctx.picked_up = True
                         self._link.send(
                             {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True
                         )
-                        # One loop turn, in which the queued pickups leave (the flush was
-                        # scheduled first; the pickups of a burst of offers share a frame),
-                        # before the handler's code runs: a handler that blocks the event loop
-                        # is then known to the hub as started, and if its connection is lost
-                        # (the keepalive went unanswered) that counts a try toward
-                        # max_attempts (issue 15, item 11). Flushed only after the handler's
-                        # first step, it never left, and the task was offered again forever.
+                        # One loop turn, in which the queued pickups leave, before the
+                        # handler's code runs (as for a delivery picked up when offered). Flushed
+                        # only after the handler's first step, it never left if that step
+                        # blocked, and the task was offered again forever.
                         await asyncio.sleep(0)
                     result = sub.handler(ctx)
                     if inspect.isawaitable(result):

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import Connection, Message, Receiver
@@ -85,6 +85,11 @@ class Link:
     def future(self) -> asyncio.Future[Any]:
         """A future on the connection's loop (a handle may be awaited before it connects)."""
         return (self.conn.loop or asyncio.get_running_loop()).create_future()
+
+    def create_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """An asyncio task on the connection's loop (without ``asyncio.ensure_future``'s
+        checks and loop lookup: a worker makes one per delivery)."""
+        return (self.conn.loop or asyncio.get_running_loop()).create_task(coro)
 
     def call_soon(self, fn: Callable[[Any], Any], arg: Any) -> None:
         (self.conn.loop or asyncio.get_running_loop()).call_soon(fn, arg)

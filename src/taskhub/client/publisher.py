@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -56,9 +55,7 @@ class Publisher:
         options = pub_options(given)
         msg: Message = {"op": "pub", "action": action, "payload": payload}
         # late_tracing's check inline: two calls per task less while nothing traces.
-        if self.tracing is not None or (
-            tracing.API_MODULE in sys.modules and self.late_tracing() is not None
-        ):
+        if self.tracing is not None or (tracing.imported_now() and self.late_tracing() is not None):
             return self._traced(action, msg, options)
         if options:
             msg["options"] = options
