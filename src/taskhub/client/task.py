@@ -103,7 +103,8 @@ class TaskContext(_Emitter):
     """
 
     def __init__(self, link: Link, offer: dict[str, Any]) -> None:
-        super().__init__()
+        self._listeners = None  # _Emitter's, set here to spare a call per delivery
+        self._background = None
         self._link = link
         self.id: str = offer["task"]
         self.action: str = offer["action"]
