@@ -9,7 +9,6 @@ it. Internal: applications use :class:`Client`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -110,19 +109,9 @@ class Handlers:
             span = tracer.process(ctx, msg.get("trace"))
             if span is not None:  # else nothing to record or pass on
                 work = self._traced(work, ctx, tracer, span)
-        runner = self._link.create_task(work)
-        ctx.runner = runner
-        self.running.add(runner)
-        runner.add_done_callback(functools.partial(self._ended, sub, ctx))
-
-    def _ended(self, sub: Subscription[Any], ctx: TaskContext, runner: asyncio.Future[Any]) -> None:
-        self.running.discard(runner)
-        # A runner cancelled before its first step (a revoke read in the same loop turn as
-        # the offer) never ran `_work`, so its `finally` did not release the slot: do it here.
-        # `_work` always takes its context out of `working`, so one still there never ran.
-        if self.working.get(ctx.id) is ctx:
-            sub.claimed -= 1
-            del self.working[ctx.id]
+        # The task becomes ctx's runner at its first step (`_work`), not here: see there.
+        ctx.runner = None
+        self.running.add(self._link.create_task(work))
 
     async def _traced(
         self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
@@ -135,6 +124,12 @@ class Handlers:
                 tracer.revoked(span, ctx.revoked)
 
     async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
+        # What a revoke cancels, from this first step on. A revoke read before it (in the
+        # offer's own loop turn) finds no runner to cancel, so this step runs, sees
+        # ctx.revoked, and the `finally` below ends the delivery's books: a task cancelled
+        # before its first step never runs its coroutine, and so needed a done callback (a
+        # loop callback) per delivery to end them.
+        runner = ctx.runner = asyncio.current_task()
         try:
             async with sub.slots:
                 if ctx.revoked:
@@ -188,6 +183,7 @@ class Handlers:
             sub.claimed -= 1
             if self.working.get(ctx.id) is ctx:
                 del self.working[ctx.id]
+            self.running.discard(runner)
 
     def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
         log.exception("observer of %s raised", ctx.action)  # called in the except block
