@@ -345,8 +345,17 @@ class Connection:
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self.inbox.received:  # read elsewhere before: those first
             self.inbox.drain()
+        on_message = self.on_message
         for msg in decode_frame(frame):
-            self._dispatch_one(msg)
+            # _dispatch_one's steps, without a call per message for what is no answer (the
+            # events, most of what a publisher reads: two per task).
+            if "ref" in msg:
+                self._dispatch_one(msg)
+                continue
+            try:
+                on_message(msg)
+            except Exception:
+                log.exception("handling %s from the hub failed", msg.get("op"))
 
     def _dispatch_one(self, msg: Message) -> None:
         pending = self._pending

@@ -518,8 +518,14 @@ class Handle(_Emitter):
                 else:
                     fut.set_exception(self.exception())
         self._link.ended(self)
-        if self._done_callbacks is not None:
-            self._call_done()
+        callbacks = self._done_callbacks
+        if callbacks is not None:  # _call_done's steps, without a call per task
+            self._done_callbacks = None
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:
+                    log.exception("a done callback of a %s task raised", self.action)
 
     def _call_done(self) -> None:
         callbacks, self._done_callbacks = self._done_callbacks, None
