@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
 
 from taskhub.client.connection import Connection, Message
-from taskhub.client.handlers import Handlers
+from taskhub.client.handlers import Handlers, Slots
 from taskhub.client.link import Link
 from taskhub.client.publisher import PubItem, Publisher, Step
 from taskhub.client.task import Handle, TaskContext
@@ -64,7 +64,7 @@ class Subscription(Generic[R]):
         self.observe = observe
         self.durable = durable
         self.options = options or {}  # the worker's declared defaults (sub.options)
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)
         self.claimed = 0  # offers taken whose handler has not finished (running or waiting)
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())

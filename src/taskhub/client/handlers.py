@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client import tracing as tracing_
@@ -29,6 +31,49 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskhub.client")
 # A handler's error message is cut to this many characters: a fail must fit in a frame.
 MAX_ERROR_MESSAGE = 64 * 1024
+
+
+class Slots:
+    """The handler slots of one subscription: ``concurrency`` handlers run at once, the other
+    deliveries wait for a slot in the order they came. What ``asyncio.Semaphore`` does, but
+    a free slot is taken without a coroutine or a call (:meth:`take`): in a burst every
+    delivery finds one, as the hub offers no more than the subscription's credit. A slot
+    given back goes straight to the first delivery still waiting."""
+
+    __slots__ = ("_waiting", "free")
+
+    def __init__(self, concurrency: int) -> None:
+        self.free = concurrency
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> asyncio.Future[None] | None:
+        """None: a slot is the caller's now. Else the future to pass to :meth:`wait`."""
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        return fut
+
+    async def wait(self, fut: asyncio.Future[None]) -> None:
+        """Until :meth:`give` hands the caller a slot. Cancelled after it was handed one (in
+        the same loop turn), the caller gives it on; cancelled before, it never gets one."""
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give()
+            raise
+
+    def give(self) -> None:
+        """A slot taken is free again: to the first delivery waiting, if one still does."""
+        waiting = self._waiting
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():  # a waiter cancelled meanwhile (a revoke) is skipped
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 class Handlers:
@@ -130,8 +175,12 @@ class Handlers:
         # before its first step never runs its coroutine, and so needed a done callback (a
         # loop callback) per delivery to end them.
         runner = ctx.runner = asyncio.current_task()
+        slots = sub.slots
         try:
-            async with sub.slots:
+            wait = slots.take()  # None: a free slot, taken without a call or an await
+            if wait is not None:
+                await slots.wait(wait)
+            try:
                 if ctx.revoked:
                     return
                 if self.draining and not ctx.observe and not ctx.picked_up:
@@ -152,23 +201,14 @@ class Handlers:
                         # blocked, and the task was offered again forever.
                         await asyncio.sleep(0)
                     result = sub.handler(ctx)
-                    if inspect.isawaitable(result):
+                    if type(result) is CoroutineType or inspect.isawaitable(result):
                         result = await result
                 except asyncio.CancelledError:
                     if ctx.revoked:
                         return  # the hub took it away (cancelled, timed out): nothing to say
                     raise
                 except Exception as exc:
-                    if ctx.observe:
-                        self._observer_raised(ctx, exc)
-                    elif ctx.returned or ctx.dropped:
-                        _log_after_end(ctx)
-                    elif isinstance(exc, Retry):
-                        self._send_fail(ctx, exc, delay=exc.delay)
-                    elif isinstance(exc, Reject):
-                        self._send_fail(ctx, exc, retry=False)
-                    else:
-                        self._send_fail(ctx, exc, trace=True)
+                    self._raised(ctx, exc)
                     return
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
@@ -179,11 +219,26 @@ class Handlers:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.
                     self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
+            finally:
+                slots.give()
         finally:
             sub.claimed -= 1
             if self.working.get(ctx.id) is ctx:
                 del self.working[ctx.id]
             self.running.discard(runner)
+
+    def _raised(self, ctx: TaskContext, exc: Exception) -> None:
+        """The handler raised ``exc`` (called in the except block): what to say of it."""
+        if ctx.observe:
+            self._observer_raised(ctx, exc)
+        elif ctx.returned or ctx.dropped:
+            _log_after_end(ctx)
+        elif isinstance(exc, Retry):
+            self._send_fail(ctx, exc, delay=exc.delay)
+        elif isinstance(exc, Reject):
+            self._send_fail(ctx, exc, retry=False)
+        else:
+            self._send_fail(ctx, exc, trace=True)
 
     def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
         log.exception("observer of %s raised", ctx.action)  # called in the except block
