@@ -401,7 +401,15 @@ class Connection:
         it, so later would be too late to say so. ``own``: the client made ``msg`` of short
         strings and integers only (an ack, a pickup, a release), so it skips those checks
         (:func:`encode`'s costs as much as the encoding)."""
-        self._queue(_encoder.encode(msg) if own else self._encode_alone(msg))
+        part = _encoder.encode(msg) if own else self._encode_alone(msg)
+        # _queue's steps, without a call per message (a pickup and a result per task).
+        self._outbox.append(part)
+        self._outbox_size += len(part)
+        if self._outbox_size >= EARLY_SEND:
+            self._send_out()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def send_now(self, msg: Message) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,

@@ -87,6 +87,8 @@ class Handlers:
         late_tracing: Callable[[], tracing_.Tracing | None] | None = None,
     ) -> None:
         self._link = link
+        # Link.send's own target, without its call per pickup and per result.
+        self._send = link.conn.send
         # The client's tracing (docs/tracing.md): None while OpenTelemetry is not imported.
         # The client sets it when it loads tracing late; ``late_tracing`` is the client's
         # check, made when an offer comes while it is still None.
@@ -125,14 +127,14 @@ class Handlers:
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
             if not ctx.observe:
-                self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+                self._send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
             return
         if ctx.observe or ctx.picked_up:
             pass
         elif sub.claimed >= sub.concurrency:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
             # window no longer applies); `_work` picks it up when a slot frees.
-            self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+            self._send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
         else:
             # A free slot: picked up now, which acknowledges it too (one message less per
             # task). The flush of this pickup was scheduled before the handler's first step
@@ -142,7 +144,7 @@ class Handlers:
             # keepalive went unanswered) that counts a try toward max_attempts (issue 15,
             # item 11). Without a turn of its own per delivery for that (docs/performance.md).
             ctx.picked_up = True
-            self._link.send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+            self._send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True)
         sub.claimed += 1
         self.working[ctx.id] = ctx
         work = self._work(sub, ctx)
@@ -185,14 +187,12 @@ class Handlers:
                     return
                 if self.draining and not ctx.observe and not ctx.picked_up:
                     ctx.released = True
-                    self._link.send(
-                        {"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True
-                    )
+                    self._send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
                     return
                 try:
                     if not ctx.observe and not ctx.picked_up:  # it waited for a slot
                         ctx.picked_up = True
-                        self._link.send(
+                        self._send(
                             {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True
                         )
                         # One loop turn, in which the queued pickups leave, before the
@@ -214,7 +214,7 @@ class Handlers:
                     return  # nothing (more) to send: the return value is ignored
                 ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
                 try:
-                    self._link.send(ret)
+                    self._send(ret)
                 except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.
@@ -266,7 +266,7 @@ class Handlers:
             msg["retry"] = False
         if delay is not None:
             msg["delay"] = delay
-        self._link.send(msg)
+        self._send(msg)
         if self.tracing is not None:
             self.tracing.failed(None, exc)  # the delivery's process span is the current one
 
