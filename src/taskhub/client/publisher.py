@@ -52,7 +52,7 @@ class Publisher:
     def pub(self, action: str, payload: Any, given: Mapping[str, Any]) -> Handle:
         """Publish a task with the ``pub`` keyword arguments ``given``; its handle at once."""
         validate_action(action)
-        options = pub_options(given)
+        options = pub_options(given) if given else {}  # the common case without a call
         msg: Message = {"op": "pub", "action": action, "payload": payload}
         # late_tracing's check inline: two calls per task less while nothing traces.
         if self.tracing is not None or (tracing.imported_now() and self.late_tracing() is not None):
