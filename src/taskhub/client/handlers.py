@@ -96,12 +96,13 @@ class Handlers:
         self._late_tracing = late_tracing
         self.subs: dict[str, Subscription[Any]] = {}  # by action
         self.working: dict[str, TaskContext] = {}  # deliveries held, by task id
-        self.running: set[asyncio.Task[Any]] = set()
+        # The asyncio task running each delivery's handler (kept referenced until it ends).
+        self.running: dict[TaskContext, asyncio.Task[Any]] = {}
         self.draining = False  # drain(): no handler starts any more
 
     def cancel_all(self) -> None:
         """The client closes: stop every handler."""
-        for task in list(self.running):
+        for task in list(self.running.values()):
             task.cancel()
 
     def event(self, task_id: str, msg: Message) -> None:
@@ -122,7 +123,8 @@ class Handlers:
         sub = self.subs.get(msg["action"])
         # Picked up already if a worker's handler loop started it as it read the offer: it
         # runs on, draining or not.
-        ctx = self._link.context(msg)
+        link = self._link
+        ctx = link.context(msg) if link.started else TaskContext(link, msg)  # no call if none
         if sub is None or (self.draining and not ctx.observe and not ctx.picked_up):
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
@@ -158,7 +160,7 @@ class Handlers:
                 work = self._traced(work, ctx, tracer, span)
         # The task becomes ctx's runner at its first step (`_work`), not here: see there.
         ctx.runner = None
-        self.running.add(self._link.create_task(work))
+        self.running[ctx] = link.create_task(work)
 
     async def _traced(
         self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
@@ -176,7 +178,7 @@ class Handlers:
         # ctx.revoked, and the `finally` below ends the delivery's books: a task cancelled
         # before its first step never runs its coroutine, and so needed a done callback (a
         # loop callback) per delivery to end them.
-        runner = ctx.runner = asyncio.current_task()
+        ctx.runner = self.running[ctx]
         slots = sub.slots
         try:
             wait = slots.take()  # None: a free slot, taken without a call or an await
@@ -225,7 +227,7 @@ class Handlers:
             sub.claimed -= 1
             if self.working.get(ctx.id) is ctx:
                 del self.working[ctx.id]
-            self.running.discard(runner)
+            self.running.pop(ctx, None)
 
     def _raised(self, ctx: TaskContext, exc: Exception) -> None:
         """The handler raised ``exc`` (called in the except block): what to say of it."""
