@@ -345,17 +345,8 @@ class Connection:
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self.inbox.received:  # read elsewhere before: those first
             self.inbox.drain()
-        on_message = self.on_message
         for msg in decode_frame(frame):
-            # _dispatch_one's steps, without a call per message for what is no answer (the
-            # events, most of what a publisher reads: two per task).
-            if "ref" in msg:
-                self._dispatch_one(msg)
-                continue
-            try:
-                on_message(msg)
-            except Exception:
-                log.exception("handling %s from the hub failed", msg.get("op"))
+            self._dispatch_one(msg)
 
     def _dispatch_one(self, msg: Message) -> None:
         pending = self._pending
@@ -401,15 +392,7 @@ class Connection:
         it, so later would be too late to say so. ``own``: the client made ``msg`` of short
         strings and integers only (an ack, a pickup, a release), so it skips those checks
         (:func:`encode`'s costs as much as the encoding)."""
-        part = _encoder.encode(msg) if own else self._encode_alone(msg)
-        # _queue's steps, without a call per message (a pickup and a result per task).
-        self._outbox.append(part)
-        self._outbox_size += len(part)
-        if self._outbox_size >= EARLY_SEND:
-            self._send_out()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
+        self._queue(_encoder.encode(msg) if own else self._encode_alone(msg))
 
     def send_now(self, msg: Message) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
