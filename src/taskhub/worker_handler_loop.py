@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 from taskhub.client import TaskContext, tracing
@@ -273,22 +274,22 @@ class HandlerLoop:
         for msg in msgs:
             op = msg.get("op")
             if op == "offers":  # several at once: each as if sent alone (docs/protocol.md)
-                for item in msg["items"]:
+                offers = msg["items"]
+                for item in offers:
                     item["op"] = "offer"
-                    self._take(item, out)
             elif op == "offer":
-                self._take(msg, out)
+                offers = [msg]
             else:
                 out.append(msg)
                 self._urgent = True
+                continue
+            for offer in offers:
+                if self._can_start(offer):
+                    self._start_read(offer)
+                else:
+                    out.append(offer)
+                    self._urgent = True
         return out
-
-    def _take(self, offer: Message, out: list[Message | Callable[[], None]]) -> None:
-        if self._can_start(offer):
-            self._start_read(offer)
-        else:
-            out.append(offer)
-            self._urgent = True
 
     def _can_start(self, msg: Message) -> bool:
         action = msg["action"]
@@ -301,8 +302,11 @@ class HandlerLoop:
         link = self.link
         if link is None or msg["task"] in link.started:
             return False  # another attempt of it is still here: the client sorts it out
-        # Traced: the connection's loop starts it inside its span.
-        return "trace" not in msg and not self.traced()
+        # Traced: the connection's loop starts it inside its span. (traced()'s first check
+        # inline: no call per offer while OpenTelemetry is not imported.)
+        if self.tracer_provider or tracing.imported_now():
+            return "trace" not in msg and not self.traced()
+        return "trace" not in msg
 
     def _start_read(self, msg: Message) -> None:
         link = self.link
@@ -371,7 +375,7 @@ class HandlerLoop:
         """A handler's call on this loop, and what follows its end."""
         try:
             out = rec.fn(task)
-            if inspect.isawaitable(out):
+            if type(out) is CoroutineType or inspect.isawaitable(out):  # no call for a coroutine
                 out = await out
         except asyncio.CancelledError:
             rec.state = CANCELLED
@@ -400,15 +404,17 @@ class HandlerLoop:
             batch[0].ctx.return_from_thread(batch[0].result)
         else:
             TaskContext.return_all_from_thread([(rec.ctx, rec.result) for rec in batch])
+        info = log.isEnabledFor(logging.INFO)  # once per turn, not per delivery
         for rec in batch:
             rec.state = RETURNED
-            self._ended(rec)
+            self._ended(rec, info)
 
-    def _ended(self, rec: Running) -> None:
+    def _ended(self, rec: Running, info: bool | None = None) -> None:
         """On this loop, once a handler ended (and its result went out, if it could): a
         delivery started here and not adopted ends here if nothing is left to say for it;
         otherwise the connection's loop adopts it (a failure to report, a result to send)
-        or, if it did already, settles what it awaits."""
+        or, if it did already, settles what it awaits. ``info``: whether the log takes
+        INFO lines (asked if not given)."""
         ctx = rec.ctx
         if rec.offer is None or self._live.pop(ctx.id, None) is not rec:
             self._later(_settle, rec)  # the connection's loop keeps its books
@@ -420,7 +426,7 @@ class HandlerLoop:
         assert self.link is not None
         self.link.started.pop(ctx.id, None)
         ctx.runner = None  # no cycle left: the delivery is freed as soon as it ends
-        if returned and log.isEnabledFor(logging.INFO):
+        if returned and (log.isEnabledFor(logging.INFO) if info is None else info):
             log.info("received %s %s (attempt %d)", ctx.action, ctx.id, ctx.attempt)
             took = time.monotonic() - rec.at
             log.info("%s %s succeeded in %.3fs", ctx.action, ctx.id, took)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
 
 from taskhub.client.connection import Connection, Message
-from taskhub.client.handlers import Handlers
+from taskhub.client.handlers import Handlers, Slots
 from taskhub.client.link import Link
 from taskhub.client.publisher import PubItem, Publisher, Step
 from taskhub.client.task import Handle, TaskContext
@@ -64,7 +64,7 @@ class Subscription(Generic[R]):
         self.observe = observe
         self.durable = durable
         self.options = options or {}  # the worker's declared defaults (sub.options)
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)
         self.claimed = 0  # offers taken whose handler has not finished (running or waiting)
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -445,7 +445,9 @@ class Client:
                 if link.same_task:
                     for other in tuple(link.same_task.get(task_id, ())):
                         other.feed_event(msg)
-            self._handlers.event(task_id, msg)
+            handlers = self._handlers
+            if handlers.working or link.started:  # a publisher holds none: no call per event
+                handlers.event(task_id, msg)
         elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
             for item in msg["items"]:
                 self._handlers.offered(item)

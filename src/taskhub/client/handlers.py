@@ -9,10 +9,11 @@ it. Internal: applications use :class:`Client`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client import tracing as tracing_
@@ -32,6 +33,49 @@ log = logging.getLogger("taskhub.client")
 MAX_ERROR_MESSAGE = 64 * 1024
 
 
+class Slots:
+    """The handler slots of one subscription: ``concurrency`` handlers run at once, the other
+    deliveries wait for a slot in the order they came. What ``asyncio.Semaphore`` does, but
+    a free slot is taken without a coroutine or a call (:meth:`take`): in a burst every
+    delivery finds one, as the hub offers no more than the subscription's credit. A slot
+    given back goes straight to the first delivery still waiting."""
+
+    __slots__ = ("_waiting", "free")
+
+    def __init__(self, concurrency: int) -> None:
+        self.free = concurrency
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> asyncio.Future[None] | None:
+        """None: a slot is the caller's now. Else the future to pass to :meth:`wait`."""
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        return fut
+
+    async def wait(self, fut: asyncio.Future[None]) -> None:
+        """Until :meth:`give` hands the caller a slot. Cancelled after it was handed one (in
+        the same loop turn), the caller gives it on; cancelled before, it never gets one."""
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give()
+            raise
+
+    def give(self) -> None:
+        """A slot taken is free again: to the first delivery waiting, if one still does."""
+        waiting = self._waiting
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():  # a waiter cancelled meanwhile (a revoke) is skipped
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class Handlers:
     """A client's subscriptions and the handlers running their deliveries."""
 
@@ -43,6 +87,8 @@ class Handlers:
         late_tracing: Callable[[], tracing_.Tracing | None] | None = None,
     ) -> None:
         self._link = link
+        # Link.send's own target, without its call per pickup and per result.
+        self._send = link.conn.send
         # The client's tracing (docs/tracing.md): None while OpenTelemetry is not imported.
         # The client sets it when it loads tracing late; ``late_tracing`` is the client's
         # check, made when an offer comes while it is still None.
@@ -50,12 +96,13 @@ class Handlers:
         self._late_tracing = late_tracing
         self.subs: dict[str, Subscription[Any]] = {}  # by action
         self.working: dict[str, TaskContext] = {}  # deliveries held, by task id
-        self.running: set[asyncio.Task[Any]] = set()
+        # The asyncio task running each delivery's handler (kept referenced until it ends).
+        self.running: dict[TaskContext, asyncio.Task[Any]] = {}
         self.draining = False  # drain(): no handler starts any more
 
     def cancel_all(self) -> None:
         """The client closes: stop every handler."""
-        for task in list(self.running):
+        for task in list(self.running.values()):
             task.cancel()
 
     def event(self, task_id: str, msg: Message) -> None:
@@ -76,41 +123,35 @@ class Handlers:
         sub = self.subs.get(msg["action"])
         # Picked up already if a worker's handler loop started it as it read the offer: it
         # runs on, draining or not.
-        ctx = self._link.context(msg)
+        link = self._link
+        ctx = link.context(msg) if link.started else TaskContext(link, msg)  # no call if none
         if sub is None or (self.draining and not ctx.observe and not ctx.picked_up):
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
             if not ctx.observe:
-                self._link.send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+                self._send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
             return
-        if not ctx.observe and not ctx.picked_up and sub.claimed >= sub.concurrency:
+        if ctx.observe or ctx.picked_up:
+            pass
+        elif sub.claimed >= sub.concurrency:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
-            # window no longer applies). With a free slot `_work` sends `pickup` on the next
-            # loop turn instead, which acknowledges it too: one message less per task.
-            self._link.send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+            # window no longer applies); `_work` picks it up when a slot frees.
+            self._send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
+        # With a free slot `_work` sends `pickup` (an ack too: one message less per task).
         sub.claimed += 1
         self.working[ctx.id] = ctx
         work = self._work(sub, ctx)
         tracer = self.tracing
-        if tracer is None and self._late_tracing is not None:
+        # The late check only once OpenTelemetry is imported: no calls per task before.
+        if tracer is None and self._late_tracing is not None and tracing_.imported_now():
             tracer = self._late_tracing()
         if tracer is not None:
             span = tracer.process(ctx, msg.get("trace"))
             if span is not None:  # else nothing to record or pass on
                 work = self._traced(work, ctx, tracer, span)
-        runner = asyncio.ensure_future(work)
-        ctx.runner = runner
-        self.running.add(runner)
-        runner.add_done_callback(functools.partial(self._ended, sub, ctx))
-
-    def _ended(self, sub: Subscription[Any], ctx: TaskContext, runner: asyncio.Future[Any]) -> None:
-        self.running.discard(runner)
-        # A runner cancelled before its first step (a revoke read in the same loop turn as
-        # the offer) never ran `_work`, so its `finally` did not release the slot: do it here.
-        # `_work` always takes its context out of `working`, so one still there never ran.
-        if self.working.get(ctx.id) is ctx:
-            sub.claimed -= 1
-            del self.working[ctx.id]
+        # The task becomes ctx's runner at its first step (`_work`), not here: see there.
+        ctx.runner = None
+        self.running[ctx] = link.create_task(work)
 
     async def _traced(
         self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
@@ -123,62 +164,74 @@ class Handlers:
                 tracer.revoked(span, ctx.revoked)
 
     async def _work(self, sub: Subscription[Any], ctx: TaskContext) -> None:
+        # What a revoke cancels, from this first step on. A revoke read before it (in the
+        # offer's own loop turn) finds no runner to cancel, so this step runs, sees
+        # ctx.revoked, and the `finally` below ends the delivery's books: a task cancelled
+        # before its first step never runs its coroutine, and so needed a done callback (a
+        # loop callback) per delivery to end them.
+        ctx.runner = self.running[ctx]
+        slots = sub.slots
         try:
-            async with sub.slots:
+            wait = slots.take()  # None: a free slot, taken without a call or an await
+            if wait is not None:
+                await slots.wait(wait)
+            try:
                 if ctx.revoked:
                     return
                 if self.draining and not ctx.observe and not ctx.picked_up:
                     ctx.released = True
-                    self._link.send(
-                        {"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True
-                    )
+                    self._send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
                     return
                 try:
                     if not ctx.observe and not ctx.picked_up:
                         ctx.picked_up = True
-                        self._link.send(
+                        self._send(
                             {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True
                         )
-                        # One loop turn, in which the queued pickups leave (the flush was
-                        # scheduled first; the pickups of a burst of offers share a frame),
-                        # before the handler's code runs: a handler that blocks the event loop
-                        # is then known to the hub as started, and if its connection is lost
-                        # (the keepalive went unanswered) that counts a try toward
-                        # max_attempts (issue 15, item 11). Flushed only after the handler's
-                        # first step, it never left, and the task was offered again forever.
+                        # One loop turn, in which the queued pickups leave, before the
+                        # handler's code runs (as for a delivery picked up when offered). Flushed
+                        # only after the handler's first step, it never left if that step
+                        # blocked, and the task was offered again forever.
                         await asyncio.sleep(0)
                     result = sub.handler(ctx)
-                    if inspect.isawaitable(result):
+                    if type(result) is CoroutineType or inspect.isawaitable(result):
                         result = await result
                 except asyncio.CancelledError:
                     if ctx.revoked:
                         return  # the hub took it away (cancelled, timed out): nothing to say
                     raise
                 except Exception as exc:
-                    if ctx.observe:
-                        self._observer_raised(ctx, exc)
-                    elif ctx.returned or ctx.dropped:
-                        _log_after_end(ctx)
-                    elif isinstance(exc, Retry):
-                        self._send_fail(ctx, exc, delay=exc.delay)
-                    elif isinstance(exc, Reject):
-                        self._send_fail(ctx, exc, retry=False)
-                    else:
-                        self._send_fail(ctx, exc, trace=True)
+                    self._raised(ctx, exc)
                     return
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
                 ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
                 try:
-                    self._link.send(ret)
+                    self._send(ret)
                 except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.
                     self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
+            finally:
+                slots.give()
         finally:
             sub.claimed -= 1
             if self.working.get(ctx.id) is ctx:
                 del self.working[ctx.id]
+            self.running.pop(ctx, None)
+
+    def _raised(self, ctx: TaskContext, exc: Exception) -> None:
+        """The handler raised ``exc`` (called in the except block): what to say of it."""
+        if ctx.observe:
+            self._observer_raised(ctx, exc)
+        elif ctx.returned or ctx.dropped:
+            _log_after_end(ctx)
+        elif isinstance(exc, Retry):
+            self._send_fail(ctx, exc, delay=exc.delay)
+        elif isinstance(exc, Reject):
+            self._send_fail(ctx, exc, retry=False)
+        else:
+            self._send_fail(ctx, exc, trace=True)
 
     def _observer_raised(self, ctx: TaskContext, exc: BaseException) -> None:
         log.exception("observer of %s raised", ctx.action)  # called in the except block
@@ -206,7 +259,7 @@ class Handlers:
             msg["retry"] = False
         if delay is not None:
             msg["delay"] = delay
-        self._link.send(msg)
+        self._send(msg)
         if self.tracing is not None:
             self.tracing.failed(None, exc)  # the delivery's process span is the current one
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import Connection, Message, Receiver
@@ -67,9 +67,6 @@ class Link:
     def post(self, msg: Message, receiver: Receiver) -> None:
         self.conn.post(msg, receiver)
 
-    def post_pub(self, msg: Message, receiver: Receiver, part: bytes | None = None) -> None:
-        self.conn.post_pub(msg, receiver, part)
-
     def send(self, msg: Message, *, own: bool = False) -> None:
         self.conn.send(msg, own=own)
 
@@ -89,18 +86,21 @@ class Link:
         """A future on the connection's loop (a handle may be awaited before it connects)."""
         return (self.conn.loop or asyncio.get_running_loop()).create_future()
 
+    def create_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """An asyncio task on the connection's loop (without ``asyncio.ensure_future``'s
+        checks and loop lookup: a worker makes one per delivery)."""
+        return (self.conn.loop or asyncio.get_running_loop()).create_task(coro)
+
     def call_soon(self, fn: Callable[[Any], Any], arg: Any) -> None:
         (self.conn.loop or asyncio.get_running_loop()).call_soon(fn, arg)
 
     # --- the table of published tasks --------------------------------------------------------
     def accepted(self, handle: Handle, task_id: str, reply: Message) -> None:
         """The hub stored ``handle``'s task: follow its events until it ends."""
-        known = self.handles.get(task_id)
-        if known is None or known is handle:
-            self.handles[task_id] = handle
-        else:  # the same key= twice in flight: both handles hear the task's events
+        known = self.handles.setdefault(task_id, handle)
+        if known is not handle:  # the same key= twice in flight: both handles hear the events
             self.same_task.setdefault(task_id, []).append(handle)
-        if reply.get("pooled"):
+        if handle.pooled:
             self.nobody_subscribed(handle.action, task_id)
         if reply.get("created") is False:
             self.follow(task_id, handle)  # the same key was published before: catch up
@@ -110,7 +110,7 @@ class Link:
         task_id = handle.id or ""
         if self.handles.get(task_id) is handle:
             del self.handles[task_id]
-        others = self.same_task.get(task_id)
+        others = self.same_task.get(task_id) if self.same_task else None
         if others is not None and handle in others:
             others.remove(handle)
             if not others:

@@ -103,7 +103,8 @@ class TaskContext(_Emitter):
     """
 
     def __init__(self, link: Link, offer: dict[str, Any]) -> None:
-        super().__init__()
+        self._listeners = None  # _Emitter's, set here to spare a call per delivery
+        self._background = None
         self._link = link
         self.id: str = offer["task"]
         self.action: str = offer["action"]
@@ -277,6 +278,8 @@ class TaskContext(_Emitter):
 
 
 _FINAL = frozenset(("success", "fail", "end"))
+# A handle's done callbacks: none, one (the common case), or a list of them.
+_Callbacks = Callable[["Handle"], Any] | list[Callable[["Handle"], Any]] | None
 # Futures made for waiting calls: none, one (the common case), or a list of them.
 _Waiters = asyncio.Future[Any] | list[asyncio.Future[Any]] | None
 
@@ -326,7 +329,9 @@ class Handle(_Emitter):
         self._ended = False  # a final event (or snapshot) arrived
         self._accept_waiters: _Waiters = None  # woken with the task id
         self._end_waiters: _Waiters = None  # woken with the result, or raise the failure
-        self._done_callbacks: list[Callable[[Handle], Any]] | None = None
+        # One callback as it is (the common case: no list per handle for the collector to
+        # track while a burst's handles are held), several in a list.
+        self._done_callbacks: _Callbacks = None
 
     async def accepted(self) -> str:
         """The task id, once the hub has stored the task."""
@@ -371,12 +376,15 @@ class Handle(_Emitter):
         turn that made the handle done (in a later one if it already is), like
         :meth:`asyncio.Future.add_done_callback`. Collecting thousands of results this way
         costs no task or coroutine per handle, as ``asyncio.gather(*handles)`` does."""
+        callbacks = self._done_callbacks
         if self.done:
             self._link.call_soon(fn, self)
-        elif self._done_callbacks is None:
-            self._done_callbacks = [fn]
+        elif callbacks is None:
+            self._done_callbacks = fn
+        elif type(callbacks) is list:
+            callbacks.append(fn)
         else:
-            self._done_callbacks.append(fn)
+            self._done_callbacks = [callbacks, fn]  # type: ignore[list-item]
 
     def outcome(self) -> Any:
         """The result of a :attr:`done` handle, or raise why there is none (as
@@ -438,8 +446,11 @@ class Handle(_Emitter):
             self.feed_lost(from_wire(reply))
             return
         task_id: str = reply["task"]
-        self.pooled = bool(reply.get("pooled"))
-        self._accept(task_id)
+        self.id = task_id
+        if self._accept_waiters is not None:
+            self._accept(task_id)
+        if reply.get("pooled"):
+            self.pooled = True
         self._link.accepted(self, task_id, reply)
 
     def feed_unanswered(self, exc: BaseException) -> None:
@@ -473,17 +484,17 @@ class Handle(_Emitter):
 
     def feed_event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type", "")
-        self.state = msg.get("state", self.state)
-        if kind == "update":
+        self.state = state = msg.get("state", self.state)
+        if kind == "success":
+            self.result = msg.get("data")
+        elif kind == "update":
             self.last_update = msg.get("data")
             self._updated = True
-        elif kind == "success":
-            self.result = msg.get("data")
         elif kind == "fail":
             self.error = msg.get("data")
         if self._listeners is not None:
             self._emit(kind)
-        if self.state in _FINAL:
+        if state in _FINAL:
             self._finish()
 
     def _happened(self, event: str) -> bool:
@@ -505,18 +516,33 @@ class Handle(_Emitter):
 
     def _finish(self) -> None:
         self._ended = True
-        waiters, self._end_waiters = self._end_waiters, None
-        for fut in _waiting(waiters):
-            if self.state == "success":
-                fut.set_result(self.result)
-            else:
-                fut.set_exception(self.exception())
+        waiters = self._end_waiters
+        if waiters is not None:
+            self._end_waiters = None
+            for fut in _waiting(waiters):
+                if self.state == "success":
+                    fut.set_result(self.result)
+                else:
+                    fut.set_exception(self.exception())
         self._link.ended(self)
-        self._call_done()
+        callbacks = self._done_callbacks
+        if callbacks is None:
+            return
+        self._done_callbacks = None
+        if type(callbacks) is not list:  # one: _call_done's steps, without a call per task
+            try:
+                callbacks(self)  # type: ignore[operator]
+            except Exception:
+                log.exception("a done callback of a %s task raised", self.action)
+            return
+        self._call_done(callbacks)
 
-    def _call_done(self) -> None:
-        callbacks, self._done_callbacks = self._done_callbacks, None
-        for fn in callbacks or ():
+    def _call_done(self, callbacks: _Callbacks = None) -> None:
+        if callbacks is None:
+            callbacks, self._done_callbacks = self._done_callbacks, None
+        if callbacks is None:
+            return
+        for fn in callbacks if isinstance(callbacks, list) else [callbacks]:
             try:
                 fn(self)
             except Exception:

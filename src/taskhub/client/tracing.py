@@ -18,6 +18,8 @@ the publisher received from upstream (an incoming ``traceparent``) is still pass
 
 from __future__ import annotations
 
+import functools
+import operator
 import sys
 from contextlib import AbstractContextManager
 from functools import cache
@@ -144,6 +146,10 @@ API_MODULE = "opentelemetry.trace"
 def imported() -> bool:
     """Whether the application has imported OpenTelemetry's API (so :func:`load` may work)."""
     return API_MODULE in sys.modules
+
+
+# imported() without a Python call, for the per-task checks: a bound method of sys.modules.
+imported_now = functools.partial(operator.contains, sys.modules, API_MODULE)
 
 
 def load(tracer_provider: Any = None) -> Tracing | None:
