@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from common import free_port, peak_rss_mb, wait_port
@@ -90,6 +90,18 @@ def leases_lost(*logs: str) -> int:
         with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
             lost += sum(LOST in line for line in f)
     return lost
+
+
+@contextlib.contextmanager
+def telling_lost(*logs: str) -> Iterator[None]:
+    """A row that fails within says how many partition leases its hubs lost meanwhile."""
+    try:
+        yield
+    except Failed as exc:
+        lost = leases_lost(*logs)
+        if lost:
+            raise Failed(f"{exc}; the hubs said they lost {lost} partition lease(s)") from None
+        raise
 
 
 def said_lost(row: dict[str, Any], *logs: str) -> None:
@@ -257,15 +269,16 @@ class ScaleBench:
             except RuntimeError:
                 raise Failed(f"the hub exited: {last_line(log)}") from None
             listed = partitions == 1 or wait_partitions([port], partitions, processes, 60)
-            row = thin(
-                [f"ws://127.0.0.1:{port}"],
-                partitions,
-                {"hubs": hub.pid},
-                self.n,
-                self.timeout,
-                self.log(f"{target}-generator"),
-                self.events(target),
-            )
+            with telling_lost(log):
+                row = thin(
+                    [f"ws://127.0.0.1:{port}"],
+                    partitions,
+                    {"hubs": hub.pid},
+                    self.n,
+                    self.timeout,
+                    self.log(f"{target}-generator"),
+                    self.events(target),
+                )
             if hub.poll() is not None:
                 raise Failed(f"the hub exited with {hub.returncode} during the run")
         row.update(processes=processes, partitions=partitions)
@@ -310,15 +323,16 @@ class ScaleBench:
                 raise Skipped(f"{NOT_AVAILABLE}: the hubs' /healthz lists no partitions")
             else:
                 wait_partitions(ports, self.partitions, k, 60)
-            row = thin(
-                [f"ws://127.0.0.1:{p}" for p in ports],
-                self.partitions,
-                {**pids, "redis": redis_pid},
-                self.n,
-                self.timeout,
-                self.log(f"{target}-generator"),
-                self.events(target),
-            )
+            with telling_lost(*logs):
+                row = thin(
+                    [f"ws://127.0.0.1:{p}" for p in ports],
+                    self.partitions,
+                    {**pids, "redis": redis_pid},
+                    self.n,
+                    self.timeout,
+                    self.log(f"{target}-generator"),
+                    self.events(target),
+                )
             led = [healthz(p).get("partitions", healthz(p).get("role")) for p in ports]
         cpu = row["cpu_us"]
         row.update(
