@@ -21,6 +21,7 @@ import pytest
 from taskhub import Client, Server
 from taskhub.hub.keeper import PartitionKeeper
 from taskhub.store import open_leader_lock, open_partition_leases
+from taskhub.store.lock import Token
 from tests import redisproc
 from tests.conftest import until
 
@@ -150,3 +151,19 @@ async def test_a_hub_whose_loop_hangs_lets_its_partitions_go(member: Server) -> 
     async with Client(member.url, name="svc") as client:
         await client.sub("hang:check", lambda task: "ok")
         assert await client.pub("hang:check", 1).get_result(timeout=10) == "ok"
+
+
+async def test_a_lease_taken_from_the_hub_is_lost_and_taken_again(member: Server) -> None:
+    keeper = _keeper(member)
+    token = keeper.tokens[2]
+    leases = open_partition_leases(member.store_url, P)
+    await leases.open()
+    try:
+        assert await leases.release(2, token)  # as another hub's take would, after a stall
+    finally:
+        await leases.close()
+    # The renewal thread's next renewal is refused: the hub stops leading partition 2, then
+    # (the only hub) takes it again in a new tenure; the other partitions keep theirs.
+    await until(lambda: keeper.leads(2) and keeper.tokens[2] != token, timeout=10)
+    assert Token.parse(keeper.tokens[2]).epoch == Token.parse(token).epoch + 1
+    assert keeper.led() == list(range(P))
