@@ -1,16 +1,15 @@
 """Keeps this hub's share of the partitions: the leases it should hold, and only those.
 
-Every ``interval`` (a third of the lease by default) the keeper heartbeats its member record,
-lists the live members, computes the assignment (:mod:`taskhub.hub.assign`, the same in every
-hub), and then
+Every ``interval`` (a third of the lease by default) the keeper lists the live members,
+computes the assignment (:mod:`taskhub.hub.assign`, the same in every hub), and then
 
-- renews the leases it holds, and its member record; a lease refused, or not renewed before
-  it runs out by the keeper's own clock (counted from when the last successful renewal was
-  *sent*), is lost: ``on_lost(p)`` at once, and the hub must stop leading p (its fenced store
-  refuses writes by then anyway). Given ``open_renewal_leases``, the renewals and the
-  heartbeat run apart from the rounds, in a thread of their own over leases of their own
-  (:class:`~taskhub.hub.renewer.PartitionRenewer`), every ``lease / 3`` whatever the hub's
-  event loop does; the rounds then do the rest;
+- renews the leases it holds, and heartbeats its member record; a lease refused, or not
+  renewed before it runs out by the keeper's own clock (counted from when the last successful
+  renewal was *sent*), is lost: ``on_lost(p)`` at once, and the hub must stop leading p
+  (its fenced store refuses writes by then anyway). Given ``open_renewal_leases``, the
+  renewals and the heartbeat run apart from the rounds, in a thread of their own over leases
+  of their own (:class:`~taskhub.hub.renewer.PartitionRenewer`), every ``lease / 3`` whatever
+  the hub's event loop does; the rounds then do the rest;
 - hands off a partition another live member should lead: ``on_release(p)`` first (the hub
   flushes and stops the partition), then the lease is released so the successor takes it
   at its next round, without waiting for expiry;
