@@ -142,11 +142,26 @@ class SqlitePartitionLeases:
 
         def renew(conn: sqlite3.Connection) -> bool:
             now = self.clock()
-            done = conn.execute(
-                "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
-                (now + ttl_ms / 1000, name, token, now),
-            )
-            return done.rowcount == 1
+            return _renew(conn, name, token, now + ttl_ms / 1000, now)
+
+        return await self._run(renew)
+
+    async def renew_many(
+        self, held: list[tuple[int, str]], ttl_ms: int, member: Member | None = None
+    ) -> list[bool]:
+        names = [(self._check(p), token) for p, token in held]
+        if member is not None:
+            check_member(member)
+
+        def renew(conn: sqlite3.Connection) -> list[bool]:
+            now = self.clock()
+            with _immediate(conn):  # one write lock of the main file for all of them
+                kept = [
+                    _renew(conn, name, token, now + ttl_ms / 1000, now) for name, token in names
+                ]
+                if member is not None:
+                    _beat(conn, member, now + ttl_ms / 1000, now)
+            return kept
 
         return await self._run(renew)
 
@@ -186,12 +201,7 @@ class SqlitePartitionLeases:
         def beat(conn: sqlite3.Connection) -> None:
             now = self.clock()
             with _immediate(conn):
-                conn.execute(
-                    "INSERT OR REPLACE INTO members (instance, url, expires_at) VALUES (?, ?, ?)",
-                    (member.instance, member.url, now + ttl_ms / 1000),
-                )
-                # The dead are pruned here, so the table stays as long as the live list.
-                conn.execute("DELETE FROM members WHERE expires_at <= ?", (now,))
+                _beat(conn, member, now + ttl_ms / 1000, now)
 
         await self._run(beat)
 
@@ -209,6 +219,23 @@ class SqlitePartitionLeases:
             return [Member(instance, url) for instance, url in rows]
 
         return await self._run(query)
+
+
+def _renew(conn: sqlite3.Connection, name: str, token: str, until: float, now: float) -> bool:
+    done = conn.execute(
+        "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
+        (until, name, token, now),
+    )
+    return done.rowcount == 1
+
+
+def _beat(conn: sqlite3.Connection, member: Member, until: float, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO members (instance, url, expires_at) VALUES (?, ?, ?)",
+        (member.instance, member.url, until),
+    )
+    # The dead are pruned here, so the table stays as long as the live list.
+    conn.execute("DELETE FROM members WHERE expires_at <= ?", (now,))
 
 
 class LeaseFence:
