@@ -24,6 +24,7 @@ from taskhub.hub.dispatch import Msg
 from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Lifecycle, Peer, schedules
+from taskhub.lifecycle.placement import StepPub
 from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
 
@@ -205,23 +206,12 @@ class UnledPartition:
         await self.front.flush()
 
     # --- chains (Elsewhere, while :attr:`waits`) -----------------------------------------
-    def publish_step(
-        self,
-        publisher: str,
-        action: str,
-        payload: Any,
-        options: p.PubOptions | None,
-        extra: dict[str, Any],
-        *,
-        task_id: str | None = None,
-    ) -> str:
+    def publish_step(self, step: StepPub, *, task_id: str | None = None) -> str:
         """The step gets its id (of this partition) now and is published where the partition
         is led once it is (:meth:`Chains.place_step`)."""
         task_id = task_id or self.new_id()
         chains = self._chains()
-        self._hold_work(
-            partial(chains.place_step, publisher, action, payload, options, extra, task_id)
-        )
+        self._hold_work(partial(chains.place_step, step, task_id))
         return task_id
 
     def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
