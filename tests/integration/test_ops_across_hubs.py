@@ -18,7 +18,7 @@ from taskhub.hub.unled import UnledPartition
 from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
 from tests.integration.test_cli import cli
-from tests.integration.test_hub_link import action_in, lead_elsewhere
+from tests.integration.test_hub_link import action_in, client, clients, two_hubs
 from tests.integration.test_leased_hubs import P as LEASED_P
 from tests.integration.test_leased_hubs import _named, make_hub, split
 from tests.integration.test_leased_hubs import action_in as leased_action
@@ -30,27 +30,17 @@ P = 2
 
 @pytest.fixture
 async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(b, 1, a)  # partition 1 of B's deployment is led by A
-    return a, b
-
-
-async def client(server: Server, name: str) -> Client:
-    return await Client(server.url, name=name, connect_timeout=5, max_backoff=0.2).connect()
+    return await two_hubs(make_server)  # partition 1 of B's deployment is led by A
 
 
 async def failing(server: Server, action: str, payload: Any) -> str:
     """A task of ``action`` published and failed for good on ``server``: a dead letter."""
-    c = await client(server, "flaky")
-    try:
+    async with clients((server, "flaky")) as (c,):
         await c.sub(action, lambda t: 1 / 0)
         handle = c.pub(action, payload)
         with pytest.raises(TaskFailed):
             await handle.get_result(timeout=10)
         return await handle.accepted()
-    finally:
-        await c.close()
 
 
 async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
@@ -61,8 +51,7 @@ async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
     on_a = await failing(a, there, {"on": "a"})  # partition 1: kept by A
     on_b = await failing(b, here, {"on": "b"})  # partition 0: B's own
     assert partition_of_id(on_a) == 1 and partition_of_id(on_b) == 0
-    ops = await client(b, "ops")
-    try:
+    async with clients((b, "ops")) as (ops,):
         listed = await ops.dead_letters()
         assert [d["id"] for d in listed] == sorted([on_a, on_b])
         assert all("payload" not in d for d in listed)
@@ -85,8 +74,6 @@ async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
         assert [d["id"] for d in await ops.dead_letters()] == [on_b]
         with pytest.raises(TaskNotFound):
             await ops.requeue(on_a)  # requeued already
-    finally:
-        await ops.close()
 
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         assert [d["id"] for d in (await http.get("/v1/dead-letters")).json()] == [on_b]
@@ -109,8 +96,7 @@ async def test_queues_listed_shown_and_purged_across_hubs(hubs: tuple[Server, Se
     await worker.sub(there, lambda t: None, group="far", durable=True)
     await worker.sub(here, lambda t: None, group="near", durable=True)
     await worker.close()
-    publisher = await client(b, "publisher")
-    try:
+    async with clients((b, "publisher")) as (publisher,):
         for i in range(3):
             await publisher.pub(there, i).accepted()
         await publisher.pub(here).accepted()
@@ -135,22 +121,17 @@ async def test_queues_listed_shown_and_purged_across_hubs(hubs: tuple[Server, Se
         assert purged.code == 0 and purged.stderr == "purged 3 deliveries\n", purged.stderr
         [q] = await publisher.queues()
         assert q["waiting"] == 0
-    finally:
-        await publisher.close()
 
 
 async def test_a_partition_without_leader_is_named(hubs: tuple[Server, Server]) -> None:
     _, b = hubs
     assert b.hub is not None
     b.hub.router.place(1, UnledPartition(1, "", b.hub.front))  # as while a lease runs out
-    ops = await client(b, "ops")
-    try:
+    async with clients((b, "ops")) as (ops,):
         with pytest.raises(PartitionUnavailable, match="partition 1 has no leader"):
             await ops.dead_letters()
         with pytest.raises(PartitionUnavailable, match="partition 1"):
             await ops.queues()
-    finally:
-        await ops.close()
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         r = await http.get("/v1/queues")
         assert r.status_code == 503 and r.json()["code"] == "partition_unavailable"
