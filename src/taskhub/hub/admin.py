@@ -17,7 +17,7 @@ import msgspec
 from taskhub import protocol as p
 from taskhub.errors import InvalidOption, PermissionDenied, StoreUnavailable, TaskHubError
 from taskhub.errors import TaskNotFound as NotFound
-from taskhub.hub.partition import Linked, LocalPartition, unavailable
+from taskhub.hub.partition import LocalPartition, unavailable
 from taskhub.hub.router import action_partition, task_partition
 from taskhub.lifecycle import DEAD_META, Credentials, Peer
 from taskhub.lifecycle.schedules import Schedule, view
@@ -153,7 +153,7 @@ class Admin:
         for slot in hub.router.slots:
             if slot.local is not None:
                 here.append(slot.local)
-            elif isinstance(slot, Linked) and hub.links is not None:
+            elif slot.linked is not None and hub.links is not None:
                 there.setdefault(slot.leader, []).append(slot.index)
             elif partial:
                 missing.append(slot.index)
@@ -186,7 +186,7 @@ class Admin:
         slot = hub.router.slots[index]
         if slot.local is not None:
             return await self.ops[op](creds, [slot.local], args)
-        if isinstance(slot, Linked) and hub.links is not None:
+        if slot.linked is not None and hub.links is not None:
             return await hub.links.ask(slot.leader, op, creds, [index], args)
         raise unavailable(index, slot.leader)
 

@@ -152,8 +152,8 @@ class Consumers:
         slot: Partition = self.hub.router.partitions[index]
         if slot.local is not None:
             return slot.local
-        if isinstance(slot, Linked):
-            return slot
+        if slot.linked is not None:
+            return slot.linked
         raise unavailable(slot.index, slot.leader)
 
     def _of_action(self, action: str) -> LocalPartition | Linked:

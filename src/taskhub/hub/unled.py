@@ -53,6 +53,7 @@ class UnledPartition:
     over the hub-to-hub link instead (:class:`~taskhub.hub.link.RemotePartition`)."""
 
     local: LocalPartition | None = None  # led by no hub, or by one this hub cannot reach
+    linked: Linked | None = None
 
     def __init__(
         self, index: int, leader: str, front: Front, leading: Leading | None = None
@@ -158,8 +159,9 @@ class UnledPartition:
         applied by the successor once there is one (their answers, for ``pubs``, once it
         stored them), else each answered ``partition_unavailable``."""
         slot = await self._next() if self.hold > 0 else None
-        if isinstance(slot, UnledPartition | Linked):
-            return await slot.apply_items(peer, msg, items)
+        ahead = slot if slot is None or isinstance(slot, UnledPartition) else slot.linked
+        if ahead is not None:
+            return await ahead.apply_items(peer, msg, items)
         part = self if slot is None else slot
         pubs = isinstance(msg, p.Pubs)
         answers = []

@@ -23,7 +23,7 @@ from taskhub.errors import ProtocolError, StoreUnavailable, from_wire
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
-from taskhub.hub.partition import LocalPartition
+from taskhub.hub.partition import Linked, LocalPartition
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Credentials, Peer
 from taskhub.lifecycle.placement import StepPub
@@ -393,6 +393,7 @@ class RemotePartition:
         self.leader = leader.rstrip("/")  # the leading hub's advertised base URL
         self.url = wire.link_url(leader)  # its link
         self.links = links
+        self.linked: Linked | None = self
         self.users: dict[str, Peer] = {}  # connections that reached it, by id
         self.prefixes: dict[str, bytes] = {}  # their In entries' start (wire.in_prefix)
         self.new_id = UlidFactory(partition=index)  # the ids of chain steps published there
