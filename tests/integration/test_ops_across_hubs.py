@@ -22,6 +22,7 @@ from tests.integration.test_hub_link import action_in, client, clients, two_hubs
 from tests.integration.test_leased_hubs import P as LEASED_P
 from tests.integration.test_leased_hubs import _named, make_hub, split
 from tests.integration.test_leased_hubs import action_in as leased_action
+from tests.integration.test_leased_hubs import health as leased_health
 
 __all__ = ["make_hub"]  # a fixture of the leased hubs' tests (a sqlite file, Redis)
 
@@ -315,3 +316,45 @@ async def test_the_task_page_streams_the_events_of_a_task_another_hub_leads(
 
 async def _updated(c: Client, task_id: str) -> bool:
     return bool((await c.get(task_id)).get("updates"))
+
+
+async def test_the_workers_list_asks_the_hubs_that_lead_no_partition(make_hub: Any) -> None:
+    """Three leased hubs over two partitions: one leads none, and its clients are still in
+    the Workers list of a page another hub serves, with the work they hold where it is led."""
+    hubs = [await make_hub(partitions=P, name=f"hub-{i}") for i in range(3)]
+
+    async def settled() -> list[list[int]] | None:
+        led = [(await leased_health(s))["partitions"] for s in hubs]
+        spread = sorted(p for each in led for p in each) == [0, 1]
+        return led if spread and all(len(each) <= 1 for each in led) else None
+
+    led = await until(settled, timeout=30, step=0.05)
+    idle = hubs[led.index([])]
+    leader = hubs[led.index([1])]
+    there = action_in(1)
+    release = asyncio.Event()
+
+    async def slow(task: Any) -> Any:
+        await release.wait()
+        return task.payload
+
+    async with clients((idle, "worker"), (leader, "publisher")) as (worker, publisher):
+        try:
+            await worker.sub(there, slow, group="g", concurrency=1)
+            handle = publisher.pub(there, 7)
+            async with httpx.AsyncClient(base_url=leader.http_url) as http:
+
+                async def listed() -> Any:
+                    body = (await http.get("/v1/dashboard/stats")).json()
+                    rows = [c for c in body["connections"] if c["service"] == "worker"]
+                    return body if rows and rows[0]["holding"] == 1 else None
+
+                stats = await until(listed, timeout=20)
+            [row] = [c for c in stats["connections"] if c["service"] == "worker"]
+            assert row["hub"] == idle.name
+            assert [(s["action"], s["inflight"]) for s in row["subscriptions"]] == [(there, 1)]
+            assert {"name": idle.name, "partitions": []} in stats["hubs"]
+            assert stats["missing"] == []
+        finally:
+            release.set()
+        assert await handle.get_result(timeout=10) == 7

@@ -139,13 +139,16 @@ class Admin:
         *,
         partial: bool = False,
         timeout: float | None = None,
+        every_hub: bool = False,
     ) -> tuple[list[Any], list[int]]:
         """Run ``op`` (:attr:`ops`) over every partition of the deployment: here over the
         partitions this hub leads, at each other leading hub (over the link, one request per
         hub) over the partitions it leads. Returns each hub's result (this hub's first) and
         the partitions left out: none unless ``partial``, which leaves out a partition no hub
         holds or whose hub did not answer (within ``timeout`` seconds, or before its link
-        broke) instead of raising (the dashboard's numbers)."""
+        broke) instead of raising (the dashboard's numbers). ``every_hub``: the other live
+        hubs that lead no partition run it too, over none (for what each hub holds itself,
+        as its connections); one that does not answer is left out, as ``partial`` says."""
         hub, args = self.hub, args or {}
         here: list[LocalPartition] = []
         there: dict[str, list[int]] = {}
@@ -159,6 +162,9 @@ class Admin:
                 missing.append(slot.index)
             else:
                 raise unavailable(slot.index, slot.leader)
+        if every_hub and hub.links is not None:
+            for url in hub.leading.members():
+                there.setdefault(url.rstrip("/"), [])
         links = hub.links
         asks = [
             _within(links.ask(url, op, creds, parts, args), timeout, url)

@@ -31,6 +31,7 @@ class Membership:
         # which the keeper looks for at once (hub/unled.py): from now on, as a child of
         # `serve --processes` may take connections before its keeper's first round.
         hub.leading.hold, hub.leading.learn = lease, self.learn
+        hub.leading.members = self.others
 
     async def start(self, url: str) -> None:
         """Join as ``url`` (where the other hubs reach this one): take a first share of the
@@ -55,6 +56,16 @@ class Membership:
         with contextlib.suppress(StoreUnavailable):  # the keeper's rounds retry
             await self.keeper.tick()
         self.keeper.start()
+
+    def others(self) -> list[str]:
+        """The URLs of the other live hubs, as the keeper's last round read them."""
+        keeper = self.keeper
+        if keeper is None:
+            return []
+        me = keeper.member
+        # Not this hub under an older instance either (a restart at the same URL, whose
+        # heartbeat has not run out yet).
+        return [m.url for m in keeper.members if m.instance != me.instance and m.url != me.url]
 
     def learn(self, partition: int) -> None:
         """Find ``partition``'s leader now (before the keeper's first round: at that round)."""

@@ -131,7 +131,7 @@ async def stats(hub: Hub, monitor: Monitor, pull: dict[str, Any]) -> dict[str, A
         missing: list[int] = []
     else:
         shares, missing = await hub.admin.everywhere(
-            "dashboard", OPERATOR, partial=True, timeout=ASK_TIMEOUT
+            "dashboard", OPERATOR, partial=True, timeout=ASK_TIMEOUT, every_hub=True
         )
     counts: dict[str, int] = {}
     services: dict[str, int] = {}
