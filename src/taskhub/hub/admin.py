@@ -163,7 +163,7 @@ class Admin:
             else:
                 raise unavailable(slot.index, slot.leader)
         if every_hub and hub.links is not None:
-            for url in hub.leading.members():
+            for url in hub.leading.members().values():
                 there.setdefault(url.rstrip("/"), [])
         links = hub.links
         asks = [

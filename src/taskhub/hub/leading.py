@@ -28,8 +28,8 @@ def _nobody(index: int) -> None:
     return None
 
 
-def _no_members() -> list[str]:
-    return []
+def _no_members() -> dict[str, str]:
+    return {}
 
 
 class Leading:
@@ -43,9 +43,11 @@ class Leading:
         # slot asks the keeper to find that leader now (hub/unled.py).
         self.hold = 0.0
         self.learn: Callable[[int], None] = _nobody
-        # The advertised URLs of the deployment's other live hubs, those that lead no
-        # partition included (the hub's Membership: the keeper's last round).
-        self.members: Callable[[], list[str]] = _no_members
+        # This hub's member id in the leases ("" without them), and the deployment's other
+        # live hubs, those that lead no partition included: member id -> advertised URL
+        # (the hub's Membership: the keeper's last round).
+        self.instance = ""
+        self.members: Callable[[], dict[str, str]] = _no_members
 
     async def lead(self, index: int, store: Store) -> None:
         """Lead partition ``index`` from now on over ``store`` (not open yet, fenced by the
