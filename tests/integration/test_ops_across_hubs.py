@@ -347,14 +347,15 @@ async def test_the_workers_list_asks_the_hubs_that_lead_no_partition(make_hub: A
                 async def listed() -> Any:
                     body = (await http.get("/v1/dashboard/stats")).json()
                     rows = [c for c in body["connections"] if c["service"] == "worker"]
-                    return body if rows and rows[0]["holding"] == 1 else None
+                    # whole: a loaded machine's hub may miss ASK_TIMEOUT now and then
+                    whole = body["missing"] == []
+                    return body if whole and rows and rows[0]["holding"] == 1 else None
 
                 stats = await until(listed, timeout=20)
             [row] = [c for c in stats["connections"] if c["service"] == "worker"]
             assert row["hub"] == idle.name
             assert [(s["action"], s["inflight"]) for s in row["subscriptions"]] == [(there, 1)]
             assert {"name": idle.name, "partitions": []} in stats["hubs"]
-            assert stats["missing"] == []
         finally:
             release.set()
         assert await handle.get_result(timeout=10) == 7
