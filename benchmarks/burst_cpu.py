@@ -45,7 +45,7 @@ from collections.abc import Iterator
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import redis
-from common import free_port, wait_port
+from common import bench_worker, free_port, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
@@ -131,17 +131,7 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
         worker = None
         try:
             wait_port(port, 20, hub)
-            worker = subprocess.Popen(
-                [PY, script, "worker", "--url", url, "--concurrency", "64"]
-                + (["--runtime"] if runtime else []),
-                stdout=subprocess.PIPE,
-                stderr=quiet,
-                text=True,
-            )
-            assert worker.stdout is not None
-            for line in worker.stdout:
-                if '"ready"' in line:
-                    break
+            worker = bench_worker(url, runtime=runtime)
             redis0, calls0 = redis_counters(rclient)
             hub0, worker0 = cpu_seconds(hub.pid), cpu_seconds(worker.pid)
             switches0 = context_switches(worker.pid)

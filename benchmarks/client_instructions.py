@@ -27,7 +27,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import free_port, wait_port
+from common import bench_worker, free_port, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
@@ -67,18 +67,7 @@ def one(side: str, n: int, runtime: bool, tmp: str) -> int:
     worker = None
     try:
         wait_port(port, 20, hub)
-        cmd = [PY, SCRIPT, "worker", "--url", url, "--concurrency", "64"]
-        cmd += ["--runtime"] if runtime else []
-        worker = subprocess.Popen(
-            (grind if side == "worker" else []) + cmd,
-            stdout=subprocess.PIPE,
-            stderr=quiet,
-            text=True,
-        )
-        assert worker.stdout is not None
-        for line in worker.stdout:
-            if '"ready"' in line:
-                break
+        worker = bench_worker(url, runtime=runtime, under=grind if side == "worker" else [])
         cmd = [PY, SCRIPT, "publish", "--url", url, "--n", str(n), "--seq", "0"]
         subprocess.run(
             (grind if side == "publisher" else []) + cmd, stdout=quiet, stderr=quiet, check=True

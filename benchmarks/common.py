@@ -273,6 +273,22 @@ def here() -> str:
     return os.path.dirname(os.path.abspath(__file__))
 
 
+def bench_worker(
+    url: str, *, runtime: bool = False, under: Sequence[str] = ()
+) -> subprocess.Popen[str]:
+    """``taskhub_bench.py``'s worker (64 handlers) on ``url``, run under ``under`` (valgrind's
+    command, say), once its subscription is confirmed (its ``ready`` line)."""
+    script = os.path.join(here(), "taskhub_bench.py")
+    cmd = [*under, sys.executable, script, "worker", "--url", url, "--concurrency", "64"]
+    cmd += ["--runtime"] if runtime else []
+    worker = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        if '"ready"' in line:
+            break
+    return worker
+
+
 def peer_worker(args: Sequence[str], log_path: str | None) -> subprocess.Popen[Any]:
     """Start a peer's worker process with benchmarks/ and benchmarks/peers importable.
 

@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from burst_cpu import cpu_seconds
-from common import free_port, wait_port
+from common import bench_worker, free_port, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
@@ -75,17 +75,8 @@ def one_run(layout: str, n: int) -> dict[str, float]:
     b_url = f"ws://127.0.0.1:{b_port}" if b is not None else a_url
     worker_url = a_url if layout in ("direct", "half") else b_url
     script = os.path.join(HERE, "taskhub_bench.py")
-    worker = subprocess.Popen(
-        [PY, script, "worker", "--url", worker_url, "--concurrency", "64"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    worker = bench_worker(worker_url)
     try:
-        assert worker.stdout is not None
-        for line in worker.stdout:
-            if '"ready"' in line:
-                break
         hubs = [proc for proc in (a, b) if proc is not None]
         before = [cpu_seconds(proc.pid) for proc in hubs]
         out = subprocess.run(

@@ -6,8 +6,10 @@ the public client API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -44,8 +46,8 @@ def lead_elsewhere(origin: Server, index: int, leader: Server) -> None:
 
 
 async def two_hubs(make_server: ServerFactory, *, both_ways: bool = False) -> tuple[Server, Server]:
-    """Hubs A and B of one deployment: B's clients reach partition 1 at A; ``both_ways``: A's
-    reach partition 0 at B too."""
+    """Hubs A and B of one deployment of ``P`` partitions: B's clients reach partition 1 at
+    A; ``both_ways``: A's reach partition 0 at B too."""
     a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
     b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
     if both_ways:
@@ -68,11 +70,21 @@ async def client(server: Server, name: str) -> Client:
     return await Client(server.url, name=name, connect_timeout=5, max_backoff=0.2).connect()
 
 
+@contextlib.asynccontextmanager
+async def clients(*named: tuple[Server, str]) -> AsyncIterator[list[Client]]:
+    """A client connected to each (hub, name), in order; all closed when the block ends."""
+    async with contextlib.AsyncExitStack() as stack:
+        connected = []
+        for server, name in named:
+            connected.append(await client(server, name))
+            stack.push_async_callback(connected[-1].close)
+        yield connected
+
+
 async def test_a_publisher_on_b_and_a_worker_on_a(hubs: tuple[Server, Server]) -> None:
     a, b = hubs
     action = action_in(1)
-    worker, publisher = await client(a, "worker"), await client(b, "publisher")
-    try:
+    async with clients((a, "worker"), (b, "publisher")) as (worker, publisher):
         progress: list[Any] = []
 
         async def work(task: Any) -> Any:
@@ -96,9 +108,6 @@ async def test_a_publisher_on_b_and_a_worker_on_a(hubs: tuple[Server, Server]) -
             assert await publisher.pub(local).get_result() == "b"
         finally:
             await other.close()
-    finally:
-        await worker.close()
-        await publisher.close()
 
 
 async def test_a_worker_on_b_gets_offers_of_a_partition_a_leads(
@@ -106,12 +115,11 @@ async def test_a_worker_on_b_gets_offers_of_a_partition_a_leads(
 ) -> None:
     a, b = hubs
     action = action_in(1)
-    worker, publisher, watcher = (
-        await client(b, "worker"),
-        await client(a, "publisher"),
-        await client(b, "watcher"),
-    )
-    try:
+    async with clients((b, "worker"), (a, "publisher"), (b, "watcher")) as (
+        worker,
+        publisher,
+        watcher,
+    ):
         await worker.sub(action, lambda t: [t.payload, "from b"], concurrency=4)
         seen: dict[str, set[str]] = {}
         async with watcher.watch(">") as events:
@@ -130,35 +138,26 @@ async def test_a_worker_on_b_gets_offers_of_a_partition_a_leads(
             assert (await b.hub.parts[1].find(h.id)) is None
         # one link, whatever the number of connections
         assert list(links(b).links) == [wire.link_url(a.http_url)]
-    finally:
-        for c in (worker, publisher, watcher):
-            await c.close()
 
 
 async def test_batches_across_hubs(hubs: tuple[Server, Server]) -> None:
     """A frame whose pubs fall in partitions of both hubs: one answer, every task done."""
     a, b = hubs
     here, there = action_in(0), action_in(1)
-    worker_a, worker_b = await client(a, "wa"), await client(b, "wb")
-    publisher = await client(b, "publisher")
-    try:
+    async with clients((a, "wa"), (b, "wb"), (b, "publisher")) as (worker_a, worker_b, publisher):
         await worker_a.sub(there, lambda t: ("there", t.payload), concurrency=8)
         await worker_b.sub(here, lambda t: ("here", t.payload), concurrency=8)
         handles = [publisher.pub(here if i % 2 else there, i) for i in range(40)]
         results = await asyncio.gather(*(h.get_result() for h in handles))
         assert results == [["here" if i % 2 else "there", i] for i in range(40)]
         assert {partition_of_id(h.id) for h in handles} == {0, 1}
-    finally:
-        for c in (worker_a, worker_b, publisher):
-            await c.close()
 
 
 async def test_partition_zero_led_elsewhere(crossed: tuple[Server, Server]) -> None:
     """The reverse: A reaches partition 0 (hello, topics, watches' answers) at B."""
     a, b = crossed
     action0, action1 = action_in(0), action_in(1)
-    wa, pa, wb = await client(a, "wa"), await client(a, "pa"), await client(b, "wb")
-    try:
+    async with clients((a, "wa"), (a, "pa"), (b, "wb")) as (wa, pa, wb):
         await wa.sub(action0, lambda t: "zero")  # over the link to B
         await wb.sub(action1, lambda t: "one")  # over the link to A
         assert await pa.pub(action0).get_result() == "zero"
@@ -168,9 +167,6 @@ async def test_partition_zero_led_elsewhere(crossed: tuple[Server, Server]) -> N
         await pa.emit("news.today", {"n": 1})  # from A, over the link to partition 0's hub
         await until(lambda: got)
         assert got == [("news.today", {"n": 1})]
-    finally:
-        for c in (wa, pa, wb):
-            await c.close()
 
 
 async def test_a_broken_link_closes_its_connections_and_nothing_is_lost(
@@ -217,9 +213,7 @@ async def test_a_new_leader_closes_the_connections_that_used_the_old_one(
     _, b = hubs
     assert b.hub is not None
     action = action_in(1)
-    worker = await client(b, "worker")
-    publisher = await client(b, "publisher")
-    try:
+    async with clients((b, "worker"), (b, "publisher")) as (worker, publisher):
         await worker.sub(action, lambda t: "led by b now")
         # B leads partition 1 itself from now on: the worker is closed with 1013, reconnects,
         # and subscribes to B's own partition 1
@@ -230,9 +224,6 @@ async def test_a_new_leader_closes_the_connections_that_used_the_old_one(
         assert (await b.hub.parts[1].find(handle.id)) is not None  # B's own partition 1
         lost = [r for r in caplog.records if "connection to the hub lost" in r.message]
         assert len(lost) == 1  # the worker's; the publisher never reached partition 1 at A
-    finally:
-        await worker.close()
-        await publisher.close()
 
 
 async def test_a_wrong_secret_is_refused_with_one_line(
@@ -240,8 +231,7 @@ async def test_a_wrong_secret_is_refused_with_one_line(
 ) -> None:
     _, b = hubs
     links(b).secret = "not the deployment's"
-    publisher = await client(b, "publisher")
-    try:
+    async with clients((b, "publisher")) as (publisher,):
         with caplog.at_level(logging.INFO, logger="taskhub.link"):
             publisher.pub(action_in(1))
             await until(lambda: any("refused" in r.message for r in caplog.records))
@@ -249,8 +239,6 @@ async def test_a_wrong_secret_is_refused_with_one_line(
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert any("refused a hub-to-hub link from hub-b" in r.message for r in errors)
         assert not any(r.exc_info for r in caplog.records)
-    finally:
-        await publisher.close()
 
 
 async def test_a_malformed_link_frame_is_one_line_in_the_log(
@@ -296,9 +284,7 @@ async def test_a_chain_and_a_group_crossing_hubs_complete(crossed: tuple[Server,
     moves on when they end there, and the other way round."""
     a, b = crossed
     zero, one = action_in(0, "z"), action_in(1, "o")
-    wa, wb = await client(a, "wa"), await client(b, "wb")
-    pa, pb = await client(a, "pa"), await client(b, "pb")
-    try:
+    async with clients((a, "wa"), (b, "wb"), (a, "pa"), (b, "pb")) as (wa, wb, pa, pb):
         await wa.sub(
             zero,
             lambda t: (t.payload or 0) + 1 if t.previous_result is None else t.previous_result + 1,
@@ -320,9 +306,6 @@ async def test_a_chain_and_a_group_crossing_hubs_complete(crossed: tuple[Server,
         assert got["state"] == "success" and partition_of_id(chain.id) == 1
         group = pa.group([(zero, 5), (one, 6), (zero, 7)])
         assert await asyncio.wait_for(group.get_result(), 10) == [6, 60, 8]
-    finally:
-        for c in (wa, wb, pa, pb):
-            await c.close()
 
 
 async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
@@ -333,16 +316,12 @@ async def test_a_step_the_other_hub_cannot_publish_fails_its_chain(
     # A no longer leads partition 1 (as when its lease moved): B's step is refused there
     a.hub.router.place(1, links(a).remote(1, b.http_url))
     zero, one = action_in(0, "z"), action_in(1, "o")
-    wb, pb = await client(b, "wb"), await client(b, "pb")
-    try:
+    async with clients((b, "wb"), (b, "pb")) as (wb, pb):
         await wb.sub(zero, lambda t: "first")
         chain = pb.chain([(zero, None), (one, None)])
         with pytest.raises(TaskFailed) as info:
             await asyncio.wait_for(chain.get_result(), 10)
         assert "step 1" in str(info.value) and "does not lead partition 1" in str(info.value)
-    finally:
-        for c in (wb, pb):
-            await c.close()
 
 
 async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
@@ -353,8 +332,7 @@ async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
     a, b = hubs
     assert b.hub is not None
     action = action_in(1)
-    worker, publisher = await client(b, "worker"), await client(b, "publisher")
-    try:
+    async with clients((b, "worker"), (b, "publisher")) as (worker, publisher):
         await worker.sub(action, lambda t: "done")
         assert await publisher.pub(action).get_result() == "done"
         link = links(b).links[wire.link_url(a.http_url)]
@@ -365,16 +343,12 @@ async def test_a_leader_that_stops_sends_its_linked_clients_elsewhere(
         b.hub.router.place(1, b.hub.parts[1])  # as the leases would, once A's ran out
         handle = publisher.pub(action)
         assert await asyncio.wait_for(handle.get_result(), 10) == "done"
-    finally:
-        await worker.close()
-        await publisher.close()
 
 
 async def test_http_reads_on_b_reach_the_partition_a_leads(hubs: tuple[Server, Server]) -> None:
     a, b = hubs
     action = action_in(1)
-    worker, publisher = await client(a, "worker"), await client(b, "publisher")
-    try:
+    async with clients((a, "worker"), (b, "publisher")) as (worker, publisher):
         await worker.sub(action, lambda t: t.payload)
         handles = [publisher.pub(action, i) for i in range(3)]
         await asyncio.gather(*(h.get_result() for h in handles))
@@ -384,9 +358,6 @@ async def test_http_reads_on_b_reach_the_partition_a_leads(hubs: tuple[Server, S
             page = await http.get("/v1/tasks", params={"action": action})  # Hub.list_tasks
             assert page.status_code == 200
             assert {t["id"] for t in page.json()["tasks"]} == {h.id for h in handles}
-    finally:
-        await worker.close()
-        await publisher.close()
 
 
 async def test_a_raw_batch_across_hubs_answers_each_item_in_order(

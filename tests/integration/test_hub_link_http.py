@@ -18,7 +18,7 @@ from taskhub import Client, Server
 from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
 from tests.integration.test_consumers import Puller
-from tests.integration.test_hub_link import action_in, client, lead_elsewhere
+from tests.integration.test_hub_link import action_in, client, clients, lead_elsewhere, two_hubs
 
 P = 2
 THERE = action_in(1)  # led by A, reached from B over the link
@@ -27,10 +27,7 @@ HERE = action_in(0)  # led by B
 
 @pytest.fixture
 async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(b, 1, a)
-    return a, b
+    return await two_hubs(make_server)
 
 
 @pytest.fixture
@@ -49,8 +46,7 @@ async def test_publish_on_b_of_a_partition_a_leads_and_wait_for_its_result(
     hubs: tuple[Server, Server], http: httpx.AsyncClient
 ) -> None:
     a, b = hubs
-    worker = await client(a, "worker")
-    try:
+    async with clients((a, "worker")) as (worker,):
         await worker.sub(THERE, lambda t: {"double": t.payload * 2})
         r = await http.post("/v1/tasks", json={"action": THERE, "payload": 21})
         assert r.status_code == 201, r.text
@@ -61,8 +57,6 @@ async def test_publish_on_b_of_a_partition_a_leads_and_wait_for_its_result(
         # the long poll waits on A, the partition's hub
         got = await http.get(f"/v1/tasks/{task['id']}/result", params={"wait": 5})
         assert got.status_code == 200 and got.json()["result"] == {"double": 42}
-    finally:
-        await worker.close()
 
 
 async def test_a_key_dedupes_across_hubs_and_errors_keep_their_status(
@@ -164,8 +158,7 @@ async def test_a_pull_consumer_on_b_works_a_partition_a_leads(
 ) -> None:
     a, _ = hubs
     puller = await Puller(http, {"actions": [THERE, HERE], "group": "g", "concurrency": 2}).start()
-    publisher = await client(a, "web")
-    try:
+    async with clients((a, "web")) as (publisher,):
         big = "x" * (100 * 1024)  # over the inline payload limit: fetched over the link
         handles = [publisher.pub(THERE, {"n": 1}), publisher.pub(THERE, big)]
         here = (await http.post("/v1/tasks", json={"action": HERE, "payload": "local"})).json()
@@ -196,16 +189,13 @@ async def test_a_pull_consumer_on_b_works_a_partition_a_leads(
         assert stopped.status_code == 200
         assert a.hub is not None
         assert (await stored_on(a, handles[1].id)) == {"state": "fail", "action": THERE}
-    finally:
-        await publisher.close()
 
 
 async def test_a_lapsed_lease_goes_back_on_a_counting_a_try(
     hubs: tuple[Server, Server], http: httpx.AsyncClient
 ) -> None:
     a, _ = hubs
-    publisher = await client(a, "web")
-    try:
+    async with clients((a, "web")) as (publisher,):
         handle = publisher.pub(THERE, 7, max_attempts=5)
         puller = await Puller(http, {"actions": [THERE], "lease": 0.2}).start()
         first = await puller.fetch()
@@ -216,17 +206,13 @@ async def test_a_lapsed_lease_goes_back_on_a_counting_a_try(
         assert second["attempt"] >= 2
         got = (await http.get(f"/v1/tasks/{handle.id}")).json()
         assert got["deliveries"][0]["tries"] >= 1
-    finally:
-        await publisher.close()
 
 
 async def test_a_stopped_consumer_hands_its_lease_back_on_a(
     hubs: tuple[Server, Server], http: httpx.AsyncClient
 ) -> None:
     a, _ = hubs
-    publisher = await client(a, "web")
-    worker = await client(a, "worker")
-    try:
+    async with clients((a, "web"), (a, "worker")) as (publisher, worker):
         handle = publisher.pub(THERE, 7)
         puller = await Puller(http, {"actions": [THERE], "group": "worker"}).start()
         lease = await puller.fetch()
@@ -237,9 +223,6 @@ async def test_a_stopped_consumer_hands_its_lease_back_on_a(
         assert await handle.get_result(timeout=10) == "done"
         got = (await http.get(f"/v1/tasks/{handle.id}")).json()
         assert got["deliveries"][0]["tries"] == 0  # the hand-back counted no try
-    finally:
-        await worker.close()
-        await publisher.close()
 
 
 async def test_a_broken_link_stops_the_consumer_that_used_it(
@@ -314,12 +297,8 @@ async def test_a_schedule_on_b_fires_into_a_partition_a_leads(
 async def test_post_add_on_b_starts_a_chain_held_on_a(make_server: ServerFactory) -> None:
     """Seed 000's `POST /add`: a chain whose first step A leads is held there, its next step
     runs on B; another chain is held on B. Both complete."""
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(a, 0, b)  # each hub leads one partition and reaches the other's
-    lead_elsewhere(b, 1, a)
-    wa, wb = await client(a, "wa"), await client(b, "wb")
-    try:
+    a, b = await two_hubs(make_server, both_ways=True)  # each leads one, reaches the other
+    async with clients((a, "wa"), (b, "wb")) as (wa, wb):
         await wa.sub(THERE, lambda t: {"n": t.payload["n"] + 1})
         await wb.sub(HERE, lambda t: {"n": t.payload["n"] * 10})
         body = [
@@ -335,9 +314,6 @@ async def test_post_add_on_b_starts_a_chain_held_on_a(make_server: ServerFactory
             wait = {"wait": 10}
             got = [await http.get(f"/v1/tasks/{c}/result", params=wait) for c in (first, second)]
         assert [g.json()["result"] for g in got] == [{"n": 20}, {"n": 21}]
-    finally:
-        await wa.close()
-        await wb.close()
 
 
 async def test_a_tasks_event_stream_on_b_follows_it_on_a(
@@ -383,8 +359,7 @@ async def test_an_http_broadcast_on_a_reaches_the_topics_at_b(make_server: Serve
     a = await make_server(partitions=P, name="hub-a")
     b = await make_server(partitions=P, name="hub-b")
     lead_elsewhere(a, 0, b)
-    listener = await client(a, "listener")  # subscribes through A, at B
-    try:
+    async with clients((a, "listener")) as (listener,):
         got: list[Any] = []
         await listener.subscribe("news.*", lambda data, topic: got.append((topic, data)))
         async with httpx.AsyncClient(base_url=a.http_url, timeout=10) as http:
@@ -392,8 +367,6 @@ async def test_an_http_broadcast_on_a_reaches_the_topics_at_b(make_server: Serve
         assert r.status_code == 202 and r.json() == {"topic": "news.today", "delivered": 1}
         await until(lambda: got)
         assert got == [("news.today", {"n": 1})]
-    finally:
-        await listener.close()
 
 
 async def test_the_dashboards_cancel_and_retry_on_b_act_on_a(make_server: ServerFactory) -> None:

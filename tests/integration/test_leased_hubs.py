@@ -263,3 +263,50 @@ async def test_a_watch_sees_the_partitions_its_hub_comes_to_lead(make_hub: Serve
             async for ev in events:
                 if ev["task"] == task_id:
                     break
+
+
+async def test_a_pull_consumers_calls_reach_the_hub_that_started_it(
+    make_hub: ServerFactory,
+) -> None:
+    """Behind a load balancer a consumer's calls land on any hub: the consumer's id names the
+    hub that started it, and another hub runs the call there over the link, with the caller's
+    credentials and the answer (status and body) that hub gives."""
+    from tests.integration.test_consumers import Puller
+
+    one = await make_hub()
+    two = await make_hub()
+    led_one, led_two = await split(one, two)
+    await until(lambda: _named(one, led_two), timeout=20, step=0.05)
+    await until(lambda: _named(two, led_one), timeout=20, step=0.05)
+    action = action_in(1)
+    async with (
+        httpx.AsyncClient(base_url=one.http_url, timeout=10) as at_one,
+        httpx.AsyncClient(base_url=two.http_url, timeout=10) as at_two,
+        Client(two.url, name="web", connect_timeout=5) as publisher,
+    ):
+        started = await Puller(at_one, {"actions": [action], "lease": 30}).start()
+        assert "." in started.id  # <id>.<member id of hub one>
+        puller = Puller(at_two, {})  # every call of it through hub two
+        puller.id, puller.headers = started.id, started.headers
+        handle = publisher.pub(action, {"n": 1})
+        lease = await puller.fetch(wait=10)
+        assert lease is not None and lease["task_id"] == handle.id
+        updated = await puller.call("update", task_id=handle.id, data={"pct": 50})
+        assert updated.status_code == 200 and updated.json()["state"] == "start", updated.text
+        done = await puller.call("commit", task_id=handle.id, result={"ok": 1})
+        assert done.json() == {"task_id": handle.id, "state": "success"}, done.text
+        assert await handle.get_result(timeout=10) == {"ok": 1}
+        # the home hub's own answers, status and code, whichever hub was asked
+        again = await puller.call("commit", task_id=handle.id, result=2)
+        assert again.status_code == 409, again.text
+        wrong = await at_two.post(
+            f"/v1/consumers/{started.id}/fetch", headers={"X-Consumer-Token": "nope"}
+        )
+        assert wrong.status_code == 401 and wrong.json()["code"] == "auth_failed"
+        stopped = await puller.stop()
+        assert stopped.json() == {"consumer_id": started.id, "handed_back": 0}, stopped.text
+        assert (await started.call("drop", task_id=handle.id)).status_code == 404  # at one too
+        # an id naming no live hub: 404, as an unknown consumer
+        gone = f"{started.id.split('.')[0]}.0123456789abcdef"
+        r = await at_two.post(f"/v1/consumers/{gone}/fetch", headers=started.headers)
+        assert r.status_code == 404 and r.json()["code"] == "consumer_not_found"

@@ -18,10 +18,11 @@ from taskhub.hub.unled import UnledPartition
 from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
 from tests.integration.test_cli import cli
-from tests.integration.test_hub_link import action_in, lead_elsewhere
+from tests.integration.test_hub_link import action_in, client, clients, two_hubs
 from tests.integration.test_leased_hubs import P as LEASED_P
 from tests.integration.test_leased_hubs import _named, make_hub, split
 from tests.integration.test_leased_hubs import action_in as leased_action
+from tests.integration.test_leased_hubs import health as leased_health
 
 __all__ = ["make_hub"]  # a fixture of the leased hubs' tests (a sqlite file, Redis)
 
@@ -30,27 +31,17 @@ P = 2
 
 @pytest.fixture
 async def hubs(make_server: ServerFactory) -> tuple[Server, Server]:
-    a = await make_server(partitions=P, pickup_window=1.0, name="hub-a")
-    b = await make_server(partitions=P, pickup_window=1.0, name="hub-b")
-    lead_elsewhere(b, 1, a)  # partition 1 of B's deployment is led by A
-    return a, b
-
-
-async def client(server: Server, name: str) -> Client:
-    return await Client(server.url, name=name, connect_timeout=5, max_backoff=0.2).connect()
+    return await two_hubs(make_server)  # partition 1 of B's deployment is led by A
 
 
 async def failing(server: Server, action: str, payload: Any) -> str:
     """A task of ``action`` published and failed for good on ``server``: a dead letter."""
-    c = await client(server, "flaky")
-    try:
+    async with clients((server, "flaky")) as (c,):
         await c.sub(action, lambda t: 1 / 0)
         handle = c.pub(action, payload)
         with pytest.raises(TaskFailed):
             await handle.get_result(timeout=10)
         return await handle.accepted()
-    finally:
-        await c.close()
 
 
 async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
@@ -61,8 +52,7 @@ async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
     on_a = await failing(a, there, {"on": "a"})  # partition 1: kept by A
     on_b = await failing(b, here, {"on": "b"})  # partition 0: B's own
     assert partition_of_id(on_a) == 1 and partition_of_id(on_b) == 0
-    ops = await client(b, "ops")
-    try:
+    async with clients((b, "ops")) as (ops,):
         listed = await ops.dead_letters()
         assert [d["id"] for d in listed] == sorted([on_a, on_b])
         assert all("payload" not in d for d in listed)
@@ -85,8 +75,6 @@ async def test_dead_letters_of_every_hub_listed_shown_and_requeued(
         assert [d["id"] for d in await ops.dead_letters()] == [on_b]
         with pytest.raises(TaskNotFound):
             await ops.requeue(on_a)  # requeued already
-    finally:
-        await ops.close()
 
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         assert [d["id"] for d in (await http.get("/v1/dead-letters")).json()] == [on_b]
@@ -109,8 +97,7 @@ async def test_queues_listed_shown_and_purged_across_hubs(hubs: tuple[Server, Se
     await worker.sub(there, lambda t: None, group="far", durable=True)
     await worker.sub(here, lambda t: None, group="near", durable=True)
     await worker.close()
-    publisher = await client(b, "publisher")
-    try:
+    async with clients((b, "publisher")) as (publisher,):
         for i in range(3):
             await publisher.pub(there, i).accepted()
         await publisher.pub(here).accepted()
@@ -135,22 +122,17 @@ async def test_queues_listed_shown_and_purged_across_hubs(hubs: tuple[Server, Se
         assert purged.code == 0 and purged.stderr == "purged 3 deliveries\n", purged.stderr
         [q] = await publisher.queues()
         assert q["waiting"] == 0
-    finally:
-        await publisher.close()
 
 
 async def test_a_partition_without_leader_is_named(hubs: tuple[Server, Server]) -> None:
     _, b = hubs
     assert b.hub is not None
     b.hub.router.place(1, UnledPartition(1, "", b.hub.front))  # as while a lease runs out
-    ops = await client(b, "ops")
-    try:
+    async with clients((b, "ops")) as (ops,):
         with pytest.raises(PartitionUnavailable, match="partition 1 has no leader"):
             await ops.dead_letters()
         with pytest.raises(PartitionUnavailable, match="partition 1"):
             await ops.queues()
-    finally:
-        await ops.close()
     async with httpx.AsyncClient(base_url=b.http_url) as http:
         r = await http.get("/v1/queues")
         assert r.status_code == 503 and r.json()["code"] == "partition_unavailable"
@@ -334,3 +316,46 @@ async def test_the_task_page_streams_the_events_of_a_task_another_hub_leads(
 
 async def _updated(c: Client, task_id: str) -> bool:
     return bool((await c.get(task_id)).get("updates"))
+
+
+async def test_the_workers_list_asks_the_hubs_that_lead_no_partition(make_hub: Any) -> None:
+    """Three leased hubs over two partitions: one leads none, and its clients are still in
+    the Workers list of a page another hub serves, with the work they hold where it is led."""
+    hubs = [await make_hub(partitions=P, name=f"hub-{i}") for i in range(3)]
+
+    async def settled() -> list[list[int]] | None:
+        led = [(await leased_health(s))["partitions"] for s in hubs]
+        spread = sorted(p for each in led for p in each) == [0, 1]
+        return led if spread and all(len(each) <= 1 for each in led) else None
+
+    led = await until(settled, timeout=30, step=0.05)
+    idle = hubs[led.index([])]
+    leader = hubs[led.index([1])]
+    there = action_in(1)
+    release = asyncio.Event()
+
+    async def slow(task: Any) -> Any:
+        await release.wait()
+        return task.payload
+
+    async with clients((idle, "worker"), (leader, "publisher")) as (worker, publisher):
+        try:
+            await worker.sub(there, slow, group="g", concurrency=1)
+            handle = publisher.pub(there, 7)
+            async with httpx.AsyncClient(base_url=leader.http_url) as http:
+
+                async def listed() -> Any:
+                    body = (await http.get("/v1/dashboard/stats")).json()
+                    rows = [c for c in body["connections"] if c["service"] == "worker"]
+                    # whole: a loaded machine's hub may miss ASK_TIMEOUT now and then
+                    whole = body["missing"] == []
+                    return body if whole and rows and rows[0]["holding"] == 1 else None
+
+                stats = await until(listed, timeout=20)
+            [row] = [c for c in stats["connections"] if c["service"] == "worker"]
+            assert row["hub"] == idle.name
+            assert [(s["action"], s["inflight"]) for s in row["subscriptions"]] == [(there, 1)]
+            assert {"name": idle.name, "partitions": []} in stats["hubs"]
+        finally:
+            release.set()
+        assert await handle.get_result(timeout=10) == 7

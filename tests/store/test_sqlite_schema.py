@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
@@ -53,13 +54,37 @@ async def _old_file(
     return path, model
 
 
+@contextlib.asynccontextmanager
+async def _opened(path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _goes_on(store: SqliteStore, model: MemoryStore, more: WriteBatch) -> None:
+    """``more`` written to both: every read still answers the same."""
+    await store.apply(more)
+    await model.apply(more)
+    await _same_answers(store, model)
+
+
+async def _reopens_the_same(path: Path, model: MemoryStore) -> None:
+    """Closed, the file is of today's schema, its journal folded, and opens again as it is."""
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
+    async with _opened(path) as store:
+        await _same_answers(store, model)
+
+
 async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
     """A file TaskHub wrote with schema 3 (one row per event; tests/store/data) opens as
     version 4 (packed events, the journal), answers every read as before, and goes on."""
     path, model = await _old_file(tmp_path, V3_FILE, make_sqlite_v3.contents, 3, "events", 11)
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
+    async with _opened(path) as store:
         await _same_answers(store, model)
         more = WriteBatch(
             tasks=[TaskRecord(id="t6", action="a", publisher="p", created_at=2000.0)],
@@ -69,24 +94,14 @@ async def test_sqlite_migrates_a_version_3_file(tmp_path: Path) -> None:
             ],
             deleted=["t4"],
         )
-        await store.apply(more)
-        await model.apply(more)
-        await _same_answers(store, model)
-    finally:
-        await store.close()
+        await _goes_on(store, model, more)
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables - {"sqlite_stat1"} == {"tasks", "events", "meta", "journal"}
         assert raw.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
         columns = [r[1] for r in raw.execute("PRAGMA table_info(events)")]
         assert columns == ["pack", "task_id", "records"]
-    store = SqliteStore(str(path))  # and opens again as it is
-    await store.open()
-    try:
-        await _same_answers(store, model)
-    finally:
-        await store.close()
+    await _reopens_the_same(path, model)
 
 
 async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_path: Path) -> None:
@@ -94,9 +109,7 @@ async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_pat
     (tests/store/data), opens as version 5: the journal is folded, every read answers as
     before, retention finds the ended tasks through the rebuilt index, and it goes on."""
     path, model = await _old_file(tmp_path, V4_FILE, make_sqlite_v4.contents, 4, "journal", 1)
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
+    async with _opened(path) as store:
         await _same_answers(store, model)
         assert [t.id for t in await store.list_ended_before(1e12)] == ["t2", "t3", "t0"]
         assert await store.remove_ended_before(1025.0) == ["t2", "t3"]
@@ -105,23 +118,12 @@ async def test_sqlite_migrates_a_version_4_file_with_an_unfolded_journal(tmp_pat
             tasks=[TaskRecord(id="t6", action="a", publisher="p", created_at=2000.0)],
             events=[EventRecord(task_id="t4", seq=2, at=2000.0, type="success")],
         )
-        await store.apply(more)
-        await model.apply(more)
-        await _same_answers(store, model)
-    finally:
-        await store.close()
+        await _goes_on(store, model, more)
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
-        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
         sql = "SELECT sql FROM sqlite_master WHERE name = 'tasks_ended'"
         (index,) = raw.execute(sql).fetchone()
         assert " IN " not in index and "state = 'success'" in index
-    store = SqliteStore(str(path))  # and opens again as it is
-    await store.open()
-    try:
-        await _same_answers(store, model)
-    finally:
-        await store.close()
+    await _reopens_the_same(path, model)
 
 
 async def test_sqlite_migrates_a_version_5_file_with_an_unfolded_journal(tmp_path: Path) -> None:
@@ -129,18 +131,8 @@ async def test_sqlite_migrates_a_version_5_file_with_an_unfolded_journal(tmp_pat
     the old layout: query columns, events as pairs; tests/store/data), opens as version 6:
     that row folds (an end, a task written twice, a delete, metadata set and removed), every
     read answers as before, and rows of the new layout go on from there, across a kill."""
-    path = tmp_path / "hub.db"
-    shutil.copy(V5_FILE, path)
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (5,)
-        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
-    model = MemoryStore()
-    await model.open()
-    for batch in make_sqlite_v5.contents():
-        await model.apply(batch)
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
+    path, model = await _old_file(tmp_path, V5_FILE, make_sqlite_v5.contents, 5, "journal", 1)
+    async with _opened(path) as store:
         await _same_answers(store, model)
         assert await store.get_task("t1") is None
         assert (await store.get_task("t6")).state == "start"  # type: ignore[union-attr]
@@ -149,18 +141,6 @@ async def test_sqlite_migrates_a_version_5_file_with_an_unfolded_journal(tmp_pat
             tasks=[TaskRecord(id="t0", action="b", publisher="p", created_at=1000.0)],
             events=[EventRecord(task_id="t6", seq=3, at=2000.0, type="success")],
         )
-        await store.apply(more)
-        await model.apply(more)
-        await _same_answers(store, model)
+        await _goes_on(store, model, more)
         assert [t.id for t in await store.list_tasks(action="b")] == ["t0"]  # action changed
-    finally:
-        await store.close()
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
-        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
-    store = SqliteStore(str(path))  # and opens again as it is
-    await store.open()
-    try:
-        await _same_answers(store, model)
-    finally:
-        await store.close()
+    await _reopens_the_same(path, model)

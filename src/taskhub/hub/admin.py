@@ -17,7 +17,7 @@ import msgspec
 from taskhub import protocol as p
 from taskhub.errors import InvalidOption, PermissionDenied, StoreUnavailable, TaskHubError
 from taskhub.errors import TaskNotFound as NotFound
-from taskhub.hub.partition import Linked, LocalPartition, unavailable
+from taskhub.hub.partition import LocalPartition, unavailable
 from taskhub.hub.router import action_partition, task_partition
 from taskhub.lifecycle import DEAD_META, Credentials, Peer
 from taskhub.lifecycle.schedules import Schedule, view
@@ -139,13 +139,16 @@ class Admin:
         *,
         partial: bool = False,
         timeout: float | None = None,
+        every_hub: bool = False,
     ) -> tuple[list[Any], list[int]]:
         """Run ``op`` (:attr:`ops`) over every partition of the deployment: here over the
         partitions this hub leads, at each other leading hub (over the link, one request per
         hub) over the partitions it leads. Returns each hub's result (this hub's first) and
         the partitions left out: none unless ``partial``, which leaves out a partition no hub
         holds or whose hub did not answer (within ``timeout`` seconds, or before its link
-        broke) instead of raising (the dashboard's numbers)."""
+        broke) instead of raising (the dashboard's numbers). ``every_hub``: the other live
+        hubs that lead no partition run it too, over none (for what each hub holds itself,
+        as its connections); one that does not answer is left out, as ``partial`` says."""
         hub, args = self.hub, args or {}
         here: list[LocalPartition] = []
         there: dict[str, list[int]] = {}
@@ -153,12 +156,15 @@ class Admin:
         for slot in hub.router.slots:
             if slot.local is not None:
                 here.append(slot.local)
-            elif isinstance(slot, Linked) and hub.links is not None:
+            elif slot.linked is not None and hub.links is not None:
                 there.setdefault(slot.leader, []).append(slot.index)
             elif partial:
                 missing.append(slot.index)
             else:
                 raise unavailable(slot.index, slot.leader)
+        if every_hub and hub.links is not None:
+            for url in hub.leading.members().values():
+                there.setdefault(url.rstrip("/"), [])
         links = hub.links
         asks = [
             _within(links.ask(url, op, creds, parts, args), timeout, url)
@@ -186,7 +192,7 @@ class Admin:
         slot = hub.router.slots[index]
         if slot.local is not None:
             return await self.ops[op](creds, [slot.local], args)
-        if isinstance(slot, Linked) and hub.links is not None:
+        if slot.linked is not None and hub.links is not None:
             return await hub.links.ask(slot.leader, op, creds, [index], args)
         raise unavailable(index, slot.leader)
 

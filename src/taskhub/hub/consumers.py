@@ -12,6 +12,11 @@ linked connection does (its steps wait for their ``ok``). When the link breaks, 
 it reached moves, the consumer is stopped: its next call answers 404 and the caller starts a new
 one, as a WebSocket client reconnects.
 
+A consumer lives on the hub that started it. With partition leases its id ends with that hub's
+member id (``<id>.<member>``), so a call that reaches another hub of the deployment (behind a
+load balancer) is run there over the link (:meth:`Consumers.call`, the ``consumer_call``
+operation of ``Admin.ops``), with the caller's credentials; a hub that is gone answers 404.
+
 Memory per consumer: the offers buffered for it (at most ``concurrency`` live ones, each with
 its payload inline up to the hub's ``inline_payload_limit``) plus one small entry per lease.
 """
@@ -38,6 +43,7 @@ from taskhub.errors import (
     InvalidOption,
     NotHolding,
     PermissionDenied,
+    ProtocolError,
     StoreUnavailable,
     TaskHubError,
     from_wire,
@@ -146,14 +152,78 @@ class Consumers:
         self.hub = hub
         self.idle_leases = idle_leases
         self.by_id: dict[str, Consumer] = {}
+        hub.admin.ops["consumer_call"] = self._call_here
+
+    # --- one call, on the hub that started the consumer -------------------------------------
+    async def call(
+        self,
+        consumer_id: str,
+        token: str | None,
+        creds: Credentials,
+        step: str,
+        args: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Run ``step`` (``fetch``, ``commit``, ``update``, ``extend``, ``fail``, ``drop``,
+        ``stop``; the HTTP API's calls, their body as ``args``) of the consumer
+        ``consumer_id``: its answer (None: nothing to lease in time). A consumer another live
+        hub of the deployment started is run there, over the link."""
+        home = None if consumer_id in self.by_id else self._home(consumer_id)
+        if home is not None and self.hub.links is not None:
+            call = {"consumer": consumer_id, "token": token, "step": step, "args": args}
+            answer: dict[str, Any] | None = await self.hub.links.ask(
+                home, "consumer_call", creds, [], call
+            )
+            return answer
+        return await self._run(self.get(consumer_id, token, creds), step, args)
+
+    def _home(self, consumer_id: str) -> str | None:
+        """The URL of the other live hub whose member id ``consumer_id`` ends with."""
+        _, dot, member = consumer_id.rpartition(".")
+        leading = self.hub.leading
+        if not dot or not member or member == leading.instance:
+            return None
+        return leading.members().get(member)
+
+    async def _call_here(
+        self, creds: Credentials, parts: list[LocalPartition], call: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        # Asked by another hub (never sent on: a consumer lives on the hub that started it).
+        c = self.get(str(call["consumer"]), call.get("token"), creds)
+        return await self._run(c, str(call["step"]), dict(call["args"]))
+
+    async def _run(self, c: Consumer, step: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        if step == "fetch":
+            got = await self.fetch(c, min(float(args["wait"]), self.hub.limits.max_wait))
+            return None if got is None else got[1]
+        if step == "stop":
+            handed_back = self.stop(c)
+            await self.hub.flush()
+            return {"consumer_id": c.id, "handed_back": handed_back}
+        task_id = str(args["task_id"])
+        if step == "commit":
+            await self.commit(c, task_id, args.get("result"))
+        elif step == "update":
+            await self.update(c, task_id, args.get("data"))
+        elif step == "extend":
+            await self.extend(c, task_id, float(args["seconds"]))
+        elif step == "fail":
+            error = msgspec.convert(args.get("error") or {}, p.ErrorInfo)
+            await self.fail(c, task_id, error, retry=bool(args.get("retry", True)))
+        elif step == "drop":
+            await self.drop(c, task_id)
+        else:
+            raise ProtocolError(f"no pull consumer call {step!r}")
+        await self.hub.flush()  # the step is stored before it is confirmed
+        rec = await self.hub.find(task_id)
+        return {"task_id": task_id, "state": rec.state if rec else "end"}
 
     # --- where its partitions are ------------------------------------------------------------
     def _slot(self, index: int) -> LocalPartition | Linked:
         slot: Partition = self.hub.router.partitions[index]
         if slot.local is not None:
             return slot.local
-        if isinstance(slot, Linked):
-            return slot
+        if slot.linked is not None:
+            return slot.linked
         raise unavailable(slot.index, slot.leader)
 
     def _of_action(self, action: str) -> LocalPartition | Linked:
@@ -182,7 +252,8 @@ class Consumers:
         hub = self.hub
         if hub.draining:  # shutting down: new work must go to another hub
             raise StoreUnavailable("this hub is shutting down; start the consumer elsewhere")
-        peer = Peer(new_id(), creds)
+        member = hub.leading.instance  # the hub that serves it, for the others (_home)
+        peer = Peer(f"{new_id()}.{member}" if member else new_id(), creds)
         peer.remote = remote
         if client:
             peer.hello = {"client": client}

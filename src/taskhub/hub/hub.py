@@ -398,17 +398,6 @@ class Hub:
         )
         return heapq.nsmallest(limit, (rec for page in pages for rec in page), key=lambda r: r.id)
 
-    def for_task(self, peer: Peer, task_id: str) -> tuple[Lifecycle, Peer]:
-        """The lifecycle of ``task_id``'s partition and ``peer`` as that partition knows it
-        (a connection has a peer of its own in each partition it reaches)."""
-        part = self.router.partition_of_task(task_id)
-        return part.lc, part.peer(peer)
-
-    def for_action(self, peer: Peer, action: str) -> tuple[Lifecycle, Peer]:
-        """The lifecycle of ``action``'s partition and ``peer`` as that partition knows it."""
-        part = self.router.partition_for(action)
-        return part.lc, part.peer(peer)
-
     def lc_of(self, task_id: str) -> Lifecycle:
         """The lifecycle of the partition ``task_id`` was made in."""
         return self.router.of_task(task_id)
@@ -416,10 +405,6 @@ class Hub:
     def store_of(self, task_id: str) -> Store:
         """The store of the partition ``task_id`` was made in."""
         return self.router.partition_of_task(task_id).store
-
-    def lc_for(self, action: str) -> Lifecycle:
-        """The lifecycle of the partition that holds ``action``'s tasks and group queues."""
-        return self.router.for_action(action)
 
     @property
     def lifecycles(self) -> tuple[Lifecycle, ...]:

@@ -28,6 +28,10 @@ def _nobody(index: int) -> None:
     return None
 
 
+def _no_members() -> dict[str, str]:
+    return {}
+
+
 class Leading:
     """Puts partitions in and out of one hub's router as their leases come and go."""
 
@@ -39,6 +43,11 @@ class Leading:
         # slot asks the keeper to find that leader now (hub/unled.py).
         self.hold = 0.0
         self.learn: Callable[[int], None] = _nobody
+        # This hub's member id in the leases ("" without them), and the deployment's other
+        # live hubs, those that lead no partition included: member id -> advertised URL
+        # (the hub's Membership: the keeper's last round).
+        self.instance = ""
+        self.members: Callable[[], dict[str, str]] = _no_members
 
     async def lead(self, index: int, store: Store) -> None:
         """Lead partition ``index`` from now on over ``store`` (not open yet, fenced by the

@@ -32,6 +32,8 @@ class Membership:
         # which the keeper looks for at once (hub/unled.py): from now on, as a child of
         # `serve --processes` may take connections before its keeper's first round.
         hub.leading.hold, hub.leading.learn = lease, self.learn
+        self.instance = os.urandom(8).hex()  # a new member for every process
+        hub.leading.instance, hub.leading.members = self.instance, self.others
 
     async def start(self, url: str) -> None:
         """Join as ``url`` (where the other hubs reach this one): take a first share of the
@@ -44,7 +46,7 @@ class Membership:
 
         self.keeper = PartitionKeeper(
             leases,
-            instance=os.urandom(8).hex(),  # a new member for every process
+            instance=self.instance,
             url=url,
             lease=self.lease,
             poll=min(0.1, self.lease / 30),  # a lease waited for is read this often
@@ -59,6 +61,16 @@ class Membership:
         with contextlib.suppress(StoreUnavailable):  # the keeper's rounds retry
             await self.keeper.tick()
         self.keeper.start()
+
+    def others(self) -> dict[str, str]:
+        """The other live hubs (member id -> URL), as the keeper's last round read them."""
+        keeper = self.keeper
+        if keeper is None:
+            return {}
+        me = keeper.member
+        # Not this hub under an older instance either (a restart at the same URL, whose
+        # heartbeat has not run out yet).
+        return {m.instance: m.url for m in keeper.members if m.url != me.url}
 
     def learn(self, partition: int) -> None:
         """Find ``partition``'s leader now (before the keeper's first round: at that round)."""

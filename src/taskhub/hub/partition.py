@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskhub.errors import PartitionUnavailable
 from taskhub.hub.dispatch import Dispatcher, Msg
@@ -43,6 +43,8 @@ class Partition(Protocol):
     # The partition when this process leads it, else None (requests that run the pure core
     # in process, as the HTTP API's, need it: :func:`unavailable` names the leader then).
     local: LocalPartition | None
+    # The partition when another hub leads it and this hub reaches it over the link, else None.
+    linked: Linked | None
     leader: str  # the leader's advertised URL ("" when no hub holds the partition)
 
     def handle(self, peer: Peer, msg: Msg) -> Awaitable[None] | None:
@@ -95,7 +97,6 @@ def unavailable(index: int, leader: str) -> PartitionUnavailable:
     )
 
 
-@runtime_checkable
 class Linked(Partition, Elsewhere, Protocol):
     """A partition another hub leads, reached over the hub-to-hub link
     (:class:`taskhub.hub.link.RemotePartition`)."""
@@ -213,6 +214,7 @@ class LocalPartition:
         self.store = store
         self.hub = hub
         self.local: LocalPartition | None = self
+        self.linked: Linked | None = None
         self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=UlidFactory(partition=index))
         self.own_peers = index != 0 if own_peers is None else own_peers
         self.scheduler: Scheduler | None = None  # partition 0's, once the hub made it

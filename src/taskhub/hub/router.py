@@ -119,9 +119,8 @@ class Router:
             for pattern in patterns:
                 with contextlib.suppress(TaskHubError):  # refused when it was made
                     part.watch(peer, pattern)
-        if old is not part and _linked(old) is not None:
-            assert isinstance(old, Linked)
-            old.retire()
+        if old is not part and old.linked is not None:
+            old.linked.retire()
         elif old is not part and isinstance(old, UnledPartition):
             old.hand_over(part)  # what waited for the partition's leader goes on
 
@@ -160,7 +159,7 @@ class Router:
 
     def _at_zero(self, msg: Any) -> Partition:
         zero = self.slots[0]
-        return zero if _linked(zero) is not None else self.front
+        return zero if zero.linked is not None else self.front
 
     def _by_chain(self, msg: p.Chain) -> Partition:
         first = msg.steps[0].action if msg.steps else ""
@@ -303,10 +302,4 @@ def _elsewhere(slot: Partition) -> Linked | UnledPartition | None:
     next leader (docs/deployment.md, "Partition leases")."""
     if isinstance(slot, UnledPartition):
         return slot if slot.waits else None
-    return _linked(slot)
-
-
-def _linked(slot: Partition) -> Linked | None:
-    # A local slot first: a runtime protocol check looks at every member (a step of every
-    # chain asks).
-    return None if isinstance(slot, LocalPartition) or not isinstance(slot, Linked) else slot
+    return slot.linked

@@ -24,6 +24,7 @@ from taskhub.hub.dispatch import Msg
 from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Lifecycle, Peer, schedules
+from taskhub.lifecycle.placement import StepPub
 from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
 
@@ -52,6 +53,7 @@ class UnledPartition:
     over the hub-to-hub link instead (:class:`~taskhub.hub.link.RemotePartition`)."""
 
     local: LocalPartition | None = None  # led by no hub, or by one this hub cannot reach
+    linked: Linked | None = None
 
     def __init__(
         self, index: int, leader: str, front: Front, leading: Leading | None = None
@@ -157,8 +159,9 @@ class UnledPartition:
         applied by the successor once there is one (their answers, for ``pubs``, once it
         stored them), else each answered ``partition_unavailable``."""
         slot = await self._next() if self.hold > 0 else None
-        if isinstance(slot, UnledPartition | Linked):
-            return await slot.apply_items(peer, msg, items)
+        ahead = slot if slot is None or isinstance(slot, UnledPartition) else slot.linked
+        if ahead is not None:
+            return await ahead.apply_items(peer, msg, items)
         part = self if slot is None else slot
         pubs = isinstance(msg, p.Pubs)
         answers = []
@@ -205,23 +208,12 @@ class UnledPartition:
         await self.front.flush()
 
     # --- chains (Elsewhere, while :attr:`waits`) -----------------------------------------
-    def publish_step(
-        self,
-        publisher: str,
-        action: str,
-        payload: Any,
-        options: p.PubOptions | None,
-        extra: dict[str, Any],
-        *,
-        task_id: str | None = None,
-    ) -> str:
+    def publish_step(self, step: StepPub, *, task_id: str | None = None) -> str:
         """The step gets its id (of this partition) now and is published where the partition
         is led once it is (:meth:`Chains.place_step`)."""
         task_id = task_id or self.new_id()
         chains = self._chains()
-        self._hold_work(
-            partial(chains.place_step, publisher, action, payload, options, extra, task_id)
-        )
+        self._hold_work(partial(chains.place_step, step, task_id))
         return task_id
 
     def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:

@@ -27,7 +27,7 @@ Outcome = tuple[TaskRecord | str, bool]
 
 
 def _reachable(slot: Partition) -> Partition:
-    if slot.local is None and not isinstance(slot, Linked):
+    if slot.local is None and slot.linked is None:
         raise unavailable(slot.index, slot.leader)
     return slot
 
@@ -103,8 +103,8 @@ async def emit(hub: Hub, creds: Credentials, topic: str, data: Any) -> int:
     """Broadcast ``data`` on ``topic`` from the hub that holds the topics (partition 0's
     leader: over the link where it is another hub); how many connections it was queued for."""
     zero = hub.router.partitions[0]
-    if zero.local is None and isinstance(zero, Linked):
-        return await zero.emit(creds, topic, data)
+    if zero.linked is not None:
+        return await zero.linked.emit(creds, topic, data)
     n = hub.emit(creds, topic, data)
     hub.kick()
     return n
@@ -143,5 +143,5 @@ async def add_chains(
 
 
 def _linked(slot: Partition) -> Linked:
-    assert isinstance(slot, Linked)  # _reachable let it through: led elsewhere
-    return slot
+    assert slot.linked is not None  # _reachable let it through: led elsewhere
+    return slot.linked

@@ -27,7 +27,7 @@ from taskhub.lifecycle import (
     check_trace,
     resolve_options,
 )
-from taskhub.lifecycle.placement import OnePartition, Placement
+from taskhub.lifecycle.placement import OnePartition, Placement, StepPub
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, allowed, reserved_action, validate_action
 from taskhub.protocol import ChainStep, PubOptions, plain
 from taskhub.records import EventRecord, TaskRecord, TaskState
@@ -182,7 +182,8 @@ class Chains:
         creds = Credentials(parent.rec.publisher, pub_permissions=("*",))
         elsewhere = self.place.elsewhere_for(plan["action"])
         if elsewhere is not None:  # another hub leads the step's partition
-            task_id = elsewhere.publish_step(creds.name, plan["action"], payload, options, extra)
+            step = StepPub(creds.name, plan["action"], payload, options, extra)
+            task_id = elsewhere.publish_step(step)
         else:
             try:
                 lc = self.place.for_action(plan["action"])
@@ -224,21 +225,14 @@ class Chains:
         if parent is not None:  # else the chain has ended already (failed, cancelled)
             self.step_ended(parent, i, rec)
 
-    def place_step(
-        self,
-        publisher: str,
-        action: str,
-        payload: Any,
-        options: PubOptions | None,
-        extra: dict[str, Any],
-        task_id: str,
-    ) -> None:
+    def place_step(self, step: StepPub, task_id: str) -> None:
         """Publish a chain's step whose id was made for its partition while no hub led it,
         where the partition is led now; a step that cannot be published fails, moving its
         chain on (which then fails, naming it)."""
+        publisher, action, payload, options, extra = step
         elsewhere = self.place.elsewhere_for(action)
         if elsewhere is not None:
-            elsewhere.publish_step(publisher, action, payload, options, extra, task_id=task_id)
+            elsewhere.publish_step(step, task_id=task_id)
             return
         creds = Credentials(publisher, pub_permissions=("*",))
         try:

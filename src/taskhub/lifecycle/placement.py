@@ -9,11 +9,22 @@ lifecycle (:class:`OnePartition`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from taskhub.lifecycle.core import Lifecycle
 from taskhub.protocol import PubOptions
 from taskhub.records import TaskRecord
+
+
+class StepPub(NamedTuple):
+    """A chain's step to publish, in the name of the chain's ``publisher`` (every step's
+    permission was checked when the chain started); ``extra`` names the chain and the step."""
+
+    publisher: str
+    action: str
+    payload: Any
+    options: PubOptions | None
+    extra: dict[str, Any]
 
 
 class Elsewhere(Protocol):
@@ -21,16 +32,7 @@ class Elsewhere(Protocol):
     a step or a schedule's task is published there, and a step that ended here moves its chain
     on there."""
 
-    def publish_step(
-        self,
-        publisher: str,
-        action: str,
-        payload: Any,
-        options: PubOptions | None,
-        extra: dict[str, Any],
-        *,
-        task_id: str | None = None,
-    ) -> str:
+    def publish_step(self, step: StepPub, *, task_id: str | None = None) -> str:
         """Publish a chain's step there; its task id (``task_id``, or one made here for that
         partition). A step that cannot be published there comes back as ended, failed, with
         why."""

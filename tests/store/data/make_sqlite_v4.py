@@ -9,17 +9,14 @@ migration test opens a copy with today's engine and expects :func:`contents` bac
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
-from tests.store.data import make_sqlite_v3
+from tests.store.data import killed_hub, make_sqlite_v3
 
 FILE = Path(__file__).parent / "sqlite_v4.db"
+VERSION = 4
 
 
 def contents() -> list[WriteBatch]:
@@ -40,37 +37,6 @@ def contents() -> list[WriteBatch]:
     return [*make_sqlite_v3.contents(), last]
 
 
-async def _write(path: Path, folded: bool) -> None:
-    from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
-
-    assert SCHEMA_VERSION == 4, f"run with a TaskHub of sqlite schema 4, not {SCHEMA_VERSION}"
-    store = SqliteStore(str(path))
-    store.fold_after = 3600.0
-    await store.open()
-    batches = contents()
-    if folded:
-        for batch in batches[:-1]:
-            await store.apply(batch)
-        await store.close()
-        return
-    await store.apply(batches[-1])
-    os._exit(0)  # killed: no fold, no close
-
-
-def main(out: Path) -> None:
-    out.unlink(missing_ok=True)
-    asyncio.run(_write(out, folded=True))
-    code = (
-        "import asyncio, sys; from pathlib import Path;"
-        "from tests.store.data.make_sqlite_v4 import _write;"
-        "asyncio.run(_write(Path(sys.argv[1]), folded=False))"
-    )
-    subprocess.run([sys.executable, "-c", code, str(out)], check=True)
-    with sqlite3.connect(out) as raw:  # the last connection to close checkpoints the WAL
-        assert raw.execute("SELECT count(*) FROM journal").fetchone() == (1,)
-    raw.close()
-    assert not Path(f"{out}-wal").exists()
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else FILE)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else FILE
+    killed_hub.write(out, "tests.store.data.make_sqlite_v4")

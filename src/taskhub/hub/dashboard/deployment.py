@@ -22,7 +22,7 @@ from taskhub.errors import TaskHubError
 from taskhub.hub.dashboard.monitor import Monitor
 from taskhub.hub.dashboard.rows import IDLE, connection_view, with_work, work
 from taskhub.hub.hub import Hub
-from taskhub.hub.partition import Linked, LocalPartition
+from taskhub.hub.partition import LocalPartition
 from taskhub.hub.router import task_partition
 from taskhub.lifecycle import Credentials, Peer
 from taskhub.records import TERMINAL_STATES, EventRecord
@@ -131,7 +131,7 @@ async def stats(hub: Hub, monitor: Monitor, pull: dict[str, Any]) -> dict[str, A
         missing: list[int] = []
     else:
         shares, missing = await hub.admin.everywhere(
-            "dashboard", OPERATOR, partial=True, timeout=ASK_TIMEOUT
+            "dashboard", OPERATOR, partial=True, timeout=ASK_TIMEOUT, every_hub=True
         )
     counts: dict[str, int] = {}
     services: dict[str, int] = {}
@@ -203,7 +203,7 @@ async def tasks(
 def led_elsewhere(hub: Hub, task_id: str) -> int | None:
     """The partition of ``task_id`` when another hub leads it (reached over the link)."""
     slot = hub.router.slot_of_task(task_id)
-    return slot.index if slot.local is None and isinstance(slot, Linked) else None
+    return slot.index if slot.linked is not None else None
 
 
 async def remote_events(hub: Hub, index: int, task_id: str, after: int) -> AsyncIterator[bytes]:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskhub.hub.consumers import MAX_LEASE, Consumer, Consumers
+from taskhub.hub.consumers import MAX_LEASE, Consumers
 from taskhub.hub.http.deps import (
     ACTION_SCHEMA,
     MAX_WAIT,
@@ -17,14 +17,11 @@ from taskhub.hub.http.deps import (
     Caller,
     Integer,
     Number,
-    caller,
     error_responses,
 )
-from taskhub.hub.hub import Hub
 from taskhub.intervals import parse_interval
 from taskhub.lifecycle import Credentials
 from taskhub.protocol import MAX_TRACEBACK
-from taskhub.protocol import ErrorInfo as PError
 from taskhub.records import TaskState
 
 
@@ -137,17 +134,23 @@ def _consumers(request: Request) -> Consumers:
     return consumers
 
 
-async def _consumer(
-    consumer_id: str,
-    creds: Annotated[Credentials, Depends(caller)],
-    consumers: Annotated[Consumers, Depends(_consumers)],
-    token: Annotated[str | None, Security(_consumer_token)],
-) -> Consumer:
-    return consumers.get(consumer_id, token, creds)
-
-
 ConsumersDep = Annotated[Consumers, Depends(_consumers)]
-ConsumerDep = Annotated[Consumer, Depends(_consumer)]
+TokenDep = Annotated[str | None, Security(_consumer_token)]
+
+
+async def _call(
+    consumers: Consumers,
+    consumer_id: str,
+    token: str | None,
+    creds: Credentials,
+    step: str,
+    args: dict[str, Any],
+) -> Any:
+    """One call of the consumer, on the hub that started it (over the link when that is
+    another hub of the deployment); 204 for a fetch with nothing to lease."""
+    answer = await consumers.call(consumer_id, token, creds, step, args)
+    return Response(status_code=204) if answer is None else answer
+
 
 router = APIRouter(prefix="/v1")
 
@@ -209,22 +212,15 @@ _STEP_ERRORS = error_responses(
     responses={204: {"description": "Nothing to lease within `wait`."}, **_STEP_ERRORS},
 )
 async def fetch(
-    consumer: ConsumerDep,
+    consumer_id: str,
+    creds: Caller,
+    token: TokenDep,
     consumers: ConsumersDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait.")] = 0.0,
 ) -> Any:
     """At most `concurrency` tasks are leased at once; commit (or drop, or fail) one before
     `lease_expires_at`, or it is offered again (at-least-once)."""
-    got = await consumers.fetch(consumer, min(wait, consumers.hub.limits.max_wait))
-    if got is None:
-        return Response(status_code=204)
-    return got[1]
-
-
-async def _state(hub: Hub, task_id: str) -> dict[str, Any]:
-    await hub.flush()  # the step is stored before it is confirmed
-    rec = await hub.find(task_id)
-    return {"task_id": task_id, "state": rec.state if rec else "end"}
+    return await _call(consumers, consumer_id, token, creds, "fetch", {"wait": wait})
 
 
 @router.post(
@@ -234,11 +230,12 @@ async def _state(hub: Hub, task_id: str) -> dict[str, Any]:
     summary="Return a leased task's result",
     responses=_STEP_ERRORS,
 )
-async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
+async def commit(
+    consumer_id: str, body: CommitBody, creds: Caller, token: TokenDep, consumers: ConsumersDep
+) -> Any:
     """The first result wins; a commit after the lease ran out still counts if the task has
     not ended."""
-    await consumers.commit(consumer, body.task_id, body.result)
-    return await _state(consumers.hub, body.task_id)
+    return await _call(consumers, consumer_id, token, creds, "commit", body.model_dump())
 
 
 @router.post(
@@ -248,9 +245,10 @@ async def commit(body: CommitBody, consumer: ConsumerDep, consumers: ConsumersDe
     summary="Report progress on a leased task (renews the lease)",
     responses=_STEP_ERRORS,
 )
-async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    await consumers.update(consumer, body.task_id, body.data)
-    return await _state(consumers.hub, body.task_id)
+async def update(
+    consumer_id: str, body: UpdateBody, creds: Caller, token: TokenDep, consumers: ConsumersDep
+) -> Any:
+    return await _call(consumers, consumer_id, token, creds, "update", body.model_dump())
 
 
 @router.post(
@@ -260,10 +258,10 @@ async def update(body: UpdateBody, consumer: ConsumerDep, consumers: ConsumersDe
     summary="Fail a leased task (retried if it has retries left)",
     responses=_STEP_ERRORS,
 )
-async def fail(body: FailBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    info = PError(body.error.type, body.error.message, body.error.traceback)
-    await consumers.fail(consumer, body.task_id, info, retry=body.retry)
-    return await _state(consumers.hub, body.task_id)
+async def fail(
+    consumer_id: str, body: FailBody, creds: Caller, token: TokenDep, consumers: ConsumersDep
+) -> Any:
+    return await _call(consumers, consumer_id, token, creds, "fail", body.model_dump())
 
 
 @router.post(
@@ -273,9 +271,12 @@ async def fail(body: FailBody, consumer: ConsumerDep, consumers: ConsumersDep) -
     summary="Push a leased task's end timeout (and its lease)",
     responses=_STEP_ERRORS,
 )
-async def extend(body: ExtendBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    await consumers.extend(consumer, body.task_id, parse_interval(body.duration, option="duration"))
-    return await _state(consumers.hub, body.task_id)
+async def extend(
+    consumer_id: str, body: ExtendBody, creds: Caller, token: TokenDep, consumers: ConsumersDep
+) -> Any:
+    seconds = parse_interval(body.duration, option="duration")
+    args = {"task_id": body.task_id, "seconds": seconds}
+    return await _call(consumers, consumer_id, token, creds, "extend", args)
 
 
 @router.post(
@@ -285,9 +286,10 @@ async def extend(body: ExtendBody, consumer: ConsumerDep, consumers: ConsumersDe
     summary="Finish a leased task without a result",
     responses=_STEP_ERRORS,
 )
-async def drop(body: DropBody, consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    await consumers.drop(consumer, body.task_id)
-    return await _state(consumers.hub, body.task_id)
+async def drop(
+    consumer_id: str, body: DropBody, creds: Caller, token: TokenDep, consumers: ConsumersDep
+) -> Any:
+    return await _call(consumers, consumer_id, token, creds, "drop", body.model_dump())
 
 
 @router.delete(
@@ -297,7 +299,7 @@ async def drop(body: DropBody, consumer: ConsumerDep, consumers: ConsumersDep) -
     summary="Stop a pull consumer; its leases go back to the group",
     responses=error_responses(**_CONSUMER_ERRORS),
 )
-async def stop_consumer(consumer: ConsumerDep, consumers: ConsumersDep) -> Any:
-    handed_back = consumers.stop(consumer)
-    await consumers.hub.flush()
-    return {"consumer_id": consumer.id, "handed_back": handed_back}
+async def stop_consumer(
+    consumer_id: str, creds: Caller, token: TokenDep, consumers: ConsumersDep
+) -> Any:
+    return await _call(consumers, consumer_id, token, creds, "stop", {})

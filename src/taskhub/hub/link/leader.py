@@ -26,6 +26,7 @@ from taskhub.hub.partition import LocalPartition
 from taskhub.hub.router import task_partition
 from taskhub.hub.ws.transport import EXTENSION
 from taskhub.lifecycle import Credentials, Peer
+from taskhub.lifecycle.placement import StepPub
 from taskhub.records import TaskRecord, TaskState
 
 if TYPE_CHECKING:
@@ -261,9 +262,8 @@ class LinkServer:
         part = self._led("", entry.part)
         if part is None and forward_once(self.hub, f"step {entry.id}"):
             # Led elsewhere now (or by no hub, for a moment): on to its leader.
-            self.hub.chains.place_step(
-                entry.publisher, entry.action, entry.payload, entry.options, entry.extra, entry.id
-            )
+            step = StepPub(entry.publisher, entry.action, entry.payload, entry.options, entry.extra)
+            self.hub.chains.place_step(step, entry.id)
             self.hub.kick()
             return
         creds = Credentials(entry.publisher, pub_permissions=("*",))

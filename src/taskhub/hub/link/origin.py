@@ -23,9 +23,10 @@ from taskhub.errors import ProtocolError, StoreUnavailable, from_wire
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
-from taskhub.hub.partition import LocalPartition
+from taskhub.hub.partition import Linked, LocalPartition
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Credentials, Peer
+from taskhub.lifecycle.placement import StepPub
 from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import Store
 
@@ -392,6 +393,7 @@ class RemotePartition:
         self.leader = leader.rstrip("/")  # the leading hub's advertised base URL
         self.url = wire.link_url(leader)  # its link
         self.links = links
+        self.linked: Linked | None = self
         self.users: dict[str, Peer] = {}  # connections that reached it, by id
         self.prefixes: dict[str, bytes] = {}  # their In entries' start (wire.in_prefix)
         self.new_id = UlidFactory(partition=index)  # the ids of chain steps published there
@@ -497,19 +499,9 @@ class RemotePartition:
             raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
 
     # --- chains (Elsewhere) -----------------------------------------------------------------
-    def publish_step(
-        self,
-        publisher: str,
-        action: str,
-        payload: Any,
-        options: p.PubOptions | None,
-        extra: dict[str, Any],
-        *,
-        task_id: str | None = None,
-    ) -> str:
+    def publish_step(self, step: StepPub, *, task_id: str | None = None) -> str:
         task_id = task_id or self.new_id()
-        step = wire.Step(self.index, task_id, publisher, action, payload, options, extra)
-        self.links.link(self.url).add(wire.encode_entry(step))
+        self.links.link(self.url).add(wire.encode_entry(wire.Step(self.index, task_id, *step)))
         return task_id
 
     def step_ended(self, chain_id: str, index: int, rec: TaskRecord) -> None:
