@@ -40,7 +40,7 @@ FOLD_AFTER = 1.0
 # at most this many bytes and are at most this old; past either, the oldest are written.
 # Bounds the journal, the memory the carried records take and how long a live task can be
 # missing from the tables (a fold when nothing was written since the last writes them all).
-CARRY_BYTES = 32 << 20
+CARRY_BYTES = 64 << 20
 CARRY_SECONDS = 60.0
 
 # A batch as apply takes it: task columns, task records, event task ids, events, deletes,
