@@ -7,16 +7,20 @@ import logging
 import math
 import sqlite3
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
 
 from taskhub.errors import StoreFenced, StoreUnavailable
-from taskhub.records import EventRecord, TaskRecord, WriteBatch
-from taskhub.store import sqlite_journal
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
+from taskhub.store import sqlite, sqlite_journal
 from taskhub.store.sqlite import SqliteStore
 from taskhub.store.sqlite_journal import FOLD_RECORDS
+from tests.store.test_conformance import Model, check_against_model, operations
 
 
 def _task(task_id: str) -> TaskRecord:
@@ -442,3 +446,45 @@ async def test_a_fold_writes_the_oldest_carried_tasks_past_its_bounds(
         assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
     finally:
         await store.close()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    phases=[phase for phase in Phase if phase is not Phase.explain],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=operations)
+def test_folds_that_carry_tasks_over_match_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any]
+) -> None:
+    """The conformance suite's histories with a carrying fold after every batch, then read
+    by a second writer of the file, which replays the journal's rows and marks at its open
+    (as after a kill): it answers exactly as the model."""
+    monkeypatch.setattr(sqlite, "FOLD_RECORDS", 1)  # every batch makes the store fold
+    asyncio.run(_carrying_against_model(tmp_path / uuid.uuid4().hex, ops))
+
+
+async def _carrying_against_model(folder: Path, ops: list[Any]) -> None:
+    path = str(folder / "store.db")
+    first = SqliteStore(path, fence=_Fence())  # fenced: no flock, so a second can open
+    first.fold_after = 3600.0
+    await first.open()
+    model = Model()
+    try:
+        for op in ops:
+            if isinstance(op, WriteBatch):
+                await first.apply(op)
+                model.apply(op)
+            else:  # a read: folds everything first
+                assert await first.remove_ended_before(*op) == model.remove_ended_before(*op)
+        await first.apply(WriteBatch(meta=[MetaRecord("queue", "q", 1)]))  # after the last fold
+        second = SqliteStore(path, fence=_Fence())
+        await second.open()
+        try:
+            await check_against_model(second, model)
+        finally:
+            await second.close()
+        await check_against_model(first, model)  # it reads what the second folded
+    finally:
+        await first.close()

@@ -168,7 +168,7 @@ class SqliteStore:
         if not future.cancelled() and (error := future.exception()) is not None:
             # Nothing is lost: the journal stays, and the next read or fold tries again.
             log.warning("sqlite store %r: folding the journal failed: %s", self.path, error)
-        if self._journal.dirty:  # tasks carried over: the tables catch up once writes stop
+        elif self._journal.dirty:  # tasks carried over: the tables catch up once writes stop
             self._fold_later()
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
