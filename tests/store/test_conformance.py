@@ -1015,7 +1015,7 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     raw = sqlite3.connect(tmp_path / "hub.db")
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     raw.close()
 
 

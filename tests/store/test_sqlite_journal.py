@@ -7,19 +7,28 @@ import logging
 import math
 import sqlite3
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
 
 from taskhub.errors import StoreFenced, StoreUnavailable
-from taskhub.records import EventRecord, TaskRecord, WriteBatch
+from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
+from taskhub.store import sqlite, sqlite_journal
 from taskhub.store.sqlite import SqliteStore
 from taskhub.store.sqlite_journal import FOLD_RECORDS
+from tests.store.test_conformance import Model, check_against_model, operations
 
 
 def _task(task_id: str) -> TaskRecord:
     return TaskRecord(id=task_id, action="a", publisher="p", created_at=1.0)
+
+
+def _ended(task_id: str, at: float = 2.0) -> TaskRecord:
+    return msgspec.structs.replace(_task(task_id), state="success", ended_at=at)
 
 
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -62,7 +71,8 @@ async def test_a_full_journal_is_folded_without_waiting(tmp_path: Path) -> None:
     store.fold_after = 3600.0  # only the size can trigger it
     await store.open()
     try:
-        tasks = [_task(f"t{i:05d}") for i in range(FOLD_RECORDS // 2 + 1)]
+        # Ended: live tasks would be carried over (test_a_burst_writes_each_task_once).
+        tasks = [_ended(f"t{i:05d}") for i in range(FOLD_RECORDS // 2 + 1)]
         events = [EventRecord(task_id=t.id, seq=0, at=1.0, type="init") for t in tasks]
         await store.apply(WriteBatch(tasks=tasks, events=events))
         count = "SELECT count(*) FROM tasks"
@@ -87,7 +97,8 @@ async def test_a_fold_that_fails_loses_nothing_and_is_tried_again(
                 "CREATE TRIGGER broken BEFORE INSERT ON tasks BEGIN SELECT * FROM gone; END"
             )
         with caplog.at_level(logging.WARNING, logger="taskhub.store.sqlite"):
-            await store.apply(WriteBatch(tasks=[_task("t1")]))
+            # Ended: a live task would be carried over by this fold, not written.
+            await store.apply(WriteBatch(tasks=[_ended("t1")]))
             await _until(lambda: "folding the journal failed" in caplog.text, "a warning")
         assert "no such table: main.gone" in caplog.text
         assert _rows(path, "SELECT count(*) FROM journal") == [(1,)]
@@ -287,3 +298,193 @@ async def test_a_column_the_tables_would_refuse_is_refused_with_the_whole_batch(
         assert _rows(tmp_path / "hub.db", "SELECT created_at, ended_at FROM tasks") == [(5.0, 6.0)]
     finally:
         await store.close()
+
+
+def _burst(prefix: str, state: str = "init", seq: int = 1) -> WriteBatch:
+    """FOLD_RECORDS tasks and an event each: a batch that makes the store fold."""
+    tasks = [
+        msgspec.structs.replace(_task(f"{prefix}{i:05d}"), state=state)
+        for i in range(FOLD_RECORDS // 2)
+    ]
+    events = [EventRecord(task_id=t.id, seq=seq, at=1.0, type=state) for t in tasks]
+    return WriteBatch(tasks=tasks, events=events)
+
+
+async def test_a_burst_writes_each_task_once(tmp_path: Path) -> None:
+    """A fold because the journal is full carries live tasks over (their rows stay in the
+    journal), so a task queued in one fold's window and ended in a later one reaches the
+    tables once: its record once, its events as one pack. Reads see every task meanwhile."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0  # only the size can trigger a fold
+    await store.open()
+    try:
+        queued = _burst("q")
+        await store.apply(queued)
+        # Folded: the batch's row and the fold's mark stay, nothing is in the tables.
+        await _until(lambda: _rows(path, "SELECT count(*) FROM journal") == [(2,)], "a mark")
+        assert _rows(path, "SELECT count(*) FROM tasks") == [(0,)]
+        ended = _burst("q", "success", seq=2)
+        for task in ended.tasks:
+            task.ended_at = 2.0
+        await store.apply(ended)
+        await _until(lambda: _rows(path, "SELECT count(*) FROM journal") == [(0,)], "a fold")
+        n = len(ended.tasks)
+        assert _rows(path, "SELECT count(*), min(state), max(state) FROM tasks") == [
+            (n, "success", "success")
+        ]
+        assert _rows(path, "SELECT count(*) FROM events") == [(n,)]  # one pack per task
+        assert [e.type for e in await store.get_events("q00007")] == ["init", "success"]
+        # Reads see carried tasks too: a read folds everything first.
+        await store.apply(_burst("r"))
+        await _until(lambda: _rows(path, "SELECT count(*) FROM journal") == [(2,)], "a mark")
+        assert await store.get_task("r00003") == _task("r00003")
+        assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_carried_tasks_are_there_after_a_kill_and_written_ones_stay_written(
+    tmp_path: Path,
+) -> None:
+    """A hub killed after folds that carried tasks over: at open the journal's rows replay
+    up to each mark, which drops what that fold wrote, so a task written by a fold is not
+    written again from the older rows kept for others (its events not packed twice), and one
+    deleted since stays deleted."""
+    path = tmp_path / "hub.db"
+    code = (
+        "import asyncio, os\n"
+        "from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch\n"
+        "from taskhub.store.sqlite import SqliteStore\n"
+        "from tests.store.test_sqlite_journal import _burst\n"
+        "async def main():\n"
+        f"    store = SqliteStore({str(path)!r})\n"
+        "    store.fold_after = 3600.0\n"
+        "    await store.open()\n"
+        "    gone = TaskRecord(id='gone', action='a', publisher='p', created_at=1.0)\n"
+        "    first = _burst('a')\n"
+        "    kept = TaskRecord(id='kept', action='a', publisher='p', created_at=1.0)\n"
+        "    first.tasks += [gone, kept]\n"
+        "    first.events.append(EventRecord(task_id='kept', seq=1, at=1.0, type='init'))\n"
+        "    first.meta.append(MetaRecord('queue', 'a/g', {'n': 1}))\n"
+        "    await store.apply(first)\n"  # folded: everything carried
+        "    ended = TaskRecord(id='gone', action='a', publisher='p', created_at=1.0,\n"
+        "                       state='success', ended_at=3.0)\n"
+        "    second = _burst('b')\n"
+        "    kept.state, kept.ended_at = 'success', 3.0\n"
+        "    second.tasks += [ended, kept]\n"
+        "    second.events.append(EventRecord(task_id='kept', seq=2, at=3.0, type='success'))\n"
+        "    second.events.append(EventRecord(task_id='gone', seq=2, at=3.0, type='success'))\n"
+        "    await store.apply(second)\n"  # folded: 'gone' written, the rest carried
+        "    third = _burst('c')\n"
+        "    third.deleted.append('gone')\n"
+        "    third.meta_deleted.append(('queue', 'a/g'))\n"
+        "    await store.apply(third)\n"  # folded: 'gone' deleted from the tables
+        "    await store.apply(WriteBatch(tasks=[ended]))\n"  # waits for the third fold
+        "    await store.apply(WriteBatch(deleted=['gone']))\n"
+        "    os._exit(9)  # no close, no last fold\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=Path(__file__).parents[2]
+    )
+    assert await proc.wait() == 9
+    # 'gone' was written, and deleted; 'kept' written, with one pack of its two events.
+    assert _rows(path, "SELECT id FROM tasks") == [("kept",)]
+    assert _rows(path, "SELECT task_id FROM events") == [("kept",)]
+    assert _rows(path, "SELECT count(*) FROM journal") == [(8,)]  # 3 rows, 3 marks, 2 rows
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        assert await store.get_task("gone") is None
+        assert await store.get_events("gone") == []
+        assert [e.type for e in await store.get_events("kept")] == ["init", "success"]
+        n = FOLD_RECORDS // 2
+        assert _rows(path, "SELECT count(*) FROM tasks") == [(3 * n + 1,)]
+        assert _rows(path, "SELECT count(*) FROM events") == [(3 * n + 1,)]  # 'kept' once
+        for task_id in ("a00000", "b00001", "c00002"):
+            assert await store.get_task(task_id) == _task(task_id)
+            assert [e.type for e in await store.get_events(task_id)] == ["init"]
+        assert await store.get_meta("queue", "a/g") is None
+        assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_carried_tasks_reach_the_tables_once_writes_stop(tmp_path: Path) -> None:
+    """The tables lag a quiet hub by about ``fold_after``, carried tasks included."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 0.2
+    await store.open()
+    try:
+        await store.apply(_burst("q"))
+        n = FOLD_RECORDS // 2
+        count = "SELECT count(*) FROM tasks"
+        await _until(lambda: _rows(path, count) == [(n,)], "the tasks in the tables")
+        assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("bound", ["CARRY_BYTES", "CARRY_SECONDS"])
+async def test_a_fold_writes_the_oldest_carried_tasks_past_its_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str
+) -> None:
+    """Carrying keeps journal rows; past CARRY_BYTES of them, or CARRY_SECONDS, the tasks
+    they keep are written (the journal and the records in memory stay bounded)."""
+    monkeypatch.setattr(sqlite_journal, bound, 0)
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        await store.apply(_burst("q"))
+        n = FOLD_RECORDS // 2
+        count = "SELECT count(*) FROM tasks"
+        await _until(lambda: _rows(path, count) == [(n,)], "the tasks in the tables")
+        assert _rows(path, "SELECT count(*) FROM journal") == [(0,)]
+    finally:
+        await store.close()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    phases=[phase for phase in Phase if phase is not Phase.explain],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=operations)
+def test_folds_that_carry_tasks_over_match_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any]
+) -> None:
+    """The conformance suite's histories with a carrying fold after every batch, then read
+    by a second writer of the file, which replays the journal's rows and marks at its open
+    (as after a kill): it answers exactly as the model."""
+    monkeypatch.setattr(sqlite, "FOLD_RECORDS", 1)  # every batch makes the store fold
+    asyncio.run(_carrying_against_model(tmp_path / uuid.uuid4().hex, ops))
+
+
+async def _carrying_against_model(folder: Path, ops: list[Any]) -> None:
+    path = str(folder / "store.db")
+    first = SqliteStore(path, fence=_Fence())  # fenced: no flock, so a second can open
+    first.fold_after = 3600.0
+    await first.open()
+    model = Model()
+    try:
+        for op in ops:
+            if isinstance(op, WriteBatch):
+                await first.apply(op)
+                model.apply(op)
+            else:  # a read: folds everything first
+                assert await first.remove_ended_before(*op) == model.remove_ended_before(*op)
+        await first.apply(WriteBatch(meta=[MetaRecord("queue", "q", 1)]))  # after the last fold
+        second = SqliteStore(path, fence=_Fence())
+        await second.open()
+        try:
+            await check_against_model(second, model)
+        finally:
+            await second.close()
+        await check_against_model(first, model)  # it reads what the second folded
+    finally:
+        await first.close()

@@ -11,11 +11,12 @@ from pathlib import Path
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.memory import MemoryStore
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.store.data import make_sqlite_v3, make_sqlite_v4, make_sqlite_v5
+from tests.store.data import make_sqlite_v3, make_sqlite_v4, make_sqlite_v5, make_sqlite_v6
 
 V3_FILE = make_sqlite_v3.FILE
 V4_FILE = make_sqlite_v4.FILE
 V5_FILE = make_sqlite_v5.FILE
+V6_FILE = make_sqlite_v6.FILE
 IDS = [f"t{i}" for i in range(7)]
 
 
@@ -74,7 +75,7 @@ async def _goes_on(store: SqliteStore, model: MemoryStore, more: WriteBatch) -> 
 async def _reopens_the_same(path: Path, model: MemoryStore) -> None:
     """Closed, the file is of today's schema, its journal folded, and opens again as it is."""
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
         assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
     async with _opened(path) as store:
         await _same_answers(store, model)
@@ -143,4 +144,21 @@ async def test_sqlite_migrates_a_version_5_file_with_an_unfolded_journal(tmp_pat
         )
         await _goes_on(store, model, more)
         assert [t.id for t in await store.list_tasks(action="b")] == ["t0"]  # action changed
+    await _reopens_the_same(path, model)
+
+
+async def test_sqlite_migrates_a_version_6_file_with_an_unfolded_journal(tmp_path: Path) -> None:
+    """A file TaskHub wrote with schema 6, killed with a batch still in its journal (a row of
+    layout 2; tests/store/data), opens as version 7: that row folds, every read answers as
+    before, and the store goes on, carrying live tasks over from there (mark rows)."""
+    path, model = await _old_file(tmp_path, V6_FILE, make_sqlite_v6.contents, 6, "journal", 1)
+    async with _opened(path) as store:
+        await _same_answers(store, model)
+        assert await store.get_task("t1") is None
+        assert (await store.get_task("t6")).state == "start"  # type: ignore[union-attr]
+        more = WriteBatch(
+            tasks=[TaskRecord(id="t0", action="b", publisher="p", created_at=1000.0)],
+            events=[EventRecord(task_id="t6", seq=3, at=2000.0, type="success")],
+        )
+        await _goes_on(store, model, more)
     await _reopens_the_same(path, model)

@@ -142,24 +142,34 @@ class SqliteStore:
         return await self._run(read)
 
     def _fold(self, conn: sqlite3.Connection) -> None:
-        if self._journal.pending:
+        """Everything into the tables, carried tasks included."""
+        if self._journal.dirty:
             self._journal.fold(conn)
 
     def _fold_soon(self) -> None:
-        """Queue a fold on the thread, not awaited: the batch just written is answered first."""
+        """Queue a fold on the thread, not awaited: the batch just written is answered first.
+        It carries live tasks over, unless nothing was written since the last fold."""
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None
         if self._folding or self._writer is None:
             return
         self._folding = True
-        self._writer.submit(lambda: self._call(self._fold)).add_done_callback(self._folded)
+        fold = self._journal.fold_carrying
+        self._writer.submit(lambda: self._call(fold)).add_done_callback(self._folded)
+
+    def _fold_later(self) -> None:
+        if self._fold_timer is None and self._writer is not None:
+            loop = asyncio.get_running_loop()
+            self._fold_timer = loop.call_later(self.fold_after, self._fold_soon)
 
     def _folded(self, future: asyncio.Future[None]) -> None:
         self._folding = False
         if not future.cancelled() and (error := future.exception()) is not None:
             # Nothing is lost: the journal stays, and the next read or fold tries again.
             log.warning("sqlite store %r: folding the journal failed: %s", self.path, error)
+        elif self._journal.dirty:  # tasks carried over: the tables catch up once writes stop
+            self._fold_later()
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -219,7 +229,7 @@ class SqliteStore:
             ) from exc
         try:
             if self._fence is None:
-                self._claim()
+                self._lock = _claim(self.path, self.url)
         except StoreUnavailable:
             conn.close()
             raise
@@ -257,26 +267,6 @@ class SqliteStore:
                 f"cannot open sqlite store {self.path!r}: {exc}", url=self.url
             ) from exc
         return conn
-
-    def _claim(self) -> None:
-        """One hub per file: hold an exclusive flock on it while open. Two hubs on one file
-        would each run their own lifecycle and offer the same restored tasks twice; several
-        hubs share a redis:// store instead. SQLite locks with fcntl, which flock does not
-        touch, so the sqlite3 shell can still read the file; the kernel drops the lock when the
-        process dies, so a killed hub does not keep its file locked."""
-        if self.path == ":memory:" or fcntl is None:
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreInUse(
-                f"sqlite store {self.path!r} is in use by another hub (a sqlite file serves one "
-                "hub; several hubs share a redis:// store)",
-                url=self.url,
-            ) from None
-        self._lock = fd
 
     def _release(self) -> None:
         fd, self._lock = self._lock, None
@@ -354,10 +344,8 @@ class SqliteStore:
             await self._run(write)
         if journal.pending >= FOLD_RECORDS:
             self._fold_soon()
-        elif self._fold_timer is None:
-            self._fold_timer = asyncio.get_running_loop().call_later(
-                self.fold_after, self._fold_soon
-            )
+        else:
+            self._fold_later()
 
     async def remove_ended_before(self, at: float, limit: int = 1000) -> list[str]:
         """Oldest ended first; a terminal task without ``ended_at`` is never removed."""
@@ -498,3 +486,24 @@ def _without_checkpoint(
         write(conn)
     finally:
         conn.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+
+
+def _claim(path: str, url: str) -> int | None:
+    """One hub per file: an exclusive flock on it, held while open (the fd returned). Two
+    hubs on one file would each run their own lifecycle and offer the same restored tasks
+    twice; several hubs share a redis:// store instead. SQLite locks with fcntl, which flock
+    does not touch, so the sqlite3 shell can still read the file; the kernel drops the lock
+    when the process dies, so a killed hub does not keep its file locked."""
+    if path == ":memory:" or fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUse(
+            f"sqlite store {path!r} is in use by another hub (a sqlite file serves one "
+            "hub; several hubs share a redis:// store)",
+            url=url,
+        ) from None
+    return fd

@@ -4,6 +4,13 @@ tables in bulk later, so a task written several times between two folds is writt
 A commit then writes one row and a few pages instead of every page the batch's task rows,
 event rows and index entries touch; a fold writes each touched page once for many batches.
 Every read folds first, so readers see exactly what was applied.
+
+A fold made because the journal is full (a burst) carries live tasks over: their rows stay in
+the journal and their last record and events wait in memory, so a task queued in one window
+and ended in a later one is written to the tables once, not twice. Such a fold deletes only
+the rows before the oldest carried task's first row and appends a mark row naming the tasks
+it wrote; a replay (at open) drops those tasks at each mark, which leaves exactly what no fold
+wrote.
 """
 
 from __future__ import annotations
@@ -11,13 +18,15 @@ from __future__ import annotations
 import math
 import operator
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 
 from taskhub.errors import StoreFenced
-from taskhub.records import TaskRecord, TaskState, WriteBatch
+from taskhub.records import TERMINAL_STATES, TaskRecord, TaskState, WriteBatch
 from taskhub.store.sqlite_schema import WriteFence, transaction
 
 # A row buffer grown past this is dropped after use rather than kept.
@@ -27,6 +36,12 @@ _ROW_KEPT = 1 << 20
 FOLD_RECORDS = 4096
 # ... and a second after a write at the latest, so the tables do not lag behind for long.
 FOLD_AFTER = 1.0
+# A fold because of FOLD_RECORDS carries live tasks over while the journal rows they keep hold
+# at most this many bytes and are at most this old; past either, the oldest are written.
+# Bounds the journal, the memory the carried records take and how long a live task can be
+# missing from the tables (a fold when nothing was written since the last writes them all).
+CARRY_BYTES = 64 << 20
+CARRY_SECONDS = 60.0
 
 # A batch as apply takes it: task columns, task records, event task ids, events, deletes,
 # metadata.
@@ -58,7 +73,12 @@ _NULL = math.nan
 # Schema 4 and 5 wrote ``[columns, records, [[task id, event], ...], deleted, meta,
 # meta_deleted]``, which a fold still reads (a file migrated with a batch in its journal).
 ROW_LAYOUT = 2
+# A mark row (schema 7): ``[MARK_LAYOUT, task ids]``, appended by a fold that carried tasks
+# over: it wrote the tasks (records and events) named, every delete and all metadata so far.
+MARK_LAYOUT = 3
+_ENDED = frozenset(map(str, TERMINAL_STATES))
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
+_KEEP_FROM = "DELETE FROM journal WHERE n < ?"
 _COUNT = "SELECT count(*), coalesce(max(n), 0) FROM journal"
 _UPSERT_TASK = """
     INSERT INTO tasks (id, action, state, created_at, ended_at, record)
@@ -103,12 +123,20 @@ class Journal:
         self.pending = 0  # records appended and not folded yet
         # The rows appended since the last fold, replayed as they were appended: a fold
         # writes this instead of reading the rows back and decoding them. ``_rows`` and
-        # ``_last`` (their count and the last one's key) are checked against the table by
-        # the fold; ``_replay``: read the rows instead (at open, after a fence was lost).
+        # ``_last`` (the table's row count and the last one's key) are checked against the
+        # table by the fold; ``_replay``: read the rows instead (at open, after a fence was
+        # lost).
         self._folded = _Folded()
         self._rows = 0
         self._last = 0
         self._replay = True
+        self._carry = _Carry()  # live tasks a fold carried over, and the rows they keep
+        self._window = _Segment()  # the rows appended since the last fold
+
+    @property
+    def dirty(self) -> bool:
+        """Something is not in the tables yet: appended since the last fold, or carried."""
+        return bool(self.pending or self._carry.tasks)
 
     def entry(self, batch: WriteBatch) -> Entry:
         """The batch's values, taken now (its records encoded): a snapshot, whatever the
@@ -148,7 +176,8 @@ class Journal:
         )
         row = self._row
         self._pack.encode_into(batch, row)
-        if len(row) > _ROW_KEPT:  # a burst's one big batch: not kept for the rest of the run
+        size = len(row)
+        if size > _ROW_KEPT:  # a burst's one big batch: not kept for the rest of the run
             self._row = bytearray()
         try:
             with transaction(conn, self._fence):
@@ -158,27 +187,173 @@ class Journal:
             raise
         self._rows += 1
         self._last = last or 0
+        window = self._window
+        if not window.rows:
+            window.first = self._last
+        window.rows += 1
+        window.size += size
         self._folded.add(columns, *batch[1:])
         self.pending += len(columns) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
-    def fold(self, conn: sqlite3.Connection) -> None:
-        """Move every journal entry into the tables, in one transaction."""
+    def fold(self, conn: sqlite3.Connection, carry: bool = False) -> None:
+        """Move the journal into the tables, in one transaction; with ``carry``, every entry
+        but the live tasks' (as long as CARRY_BYTES and CARRY_SECONDS allow)."""
         try:
             with transaction(conn, self._fence):
                 folded = self._folded
+                carried = self._carry
                 if self._replay or conn.execute(_COUNT).fetchone() != (self._rows, self._last):
-                    folded = _Folded()
+                    # The table's rows hold whatever was carried (or another writer's).
+                    folded, carried, carry = _Folded(), _Carry(), False
                     for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
                         folded.add_row(self._unpack.decode(row), self._task.decode)
-                folded.write(conn)
-                conn.execute("DELETE FROM journal")
-        except StoreFenced:
+                if carry and self._window.rows:
+                    self._carry_over(conn, folded)
+                else:
+                    carried.merge(folded)
+                    _write(conn, folded.deleted, carried.tasks, carried.events, folded)
+                    conn.execute("DELETE FROM journal")
+                    self._carry = _Carry()
+                    self._rows = self._last = 0
+        except BaseException:
+            # Fenced, or failed half way: the carried state may be half changed; the table's
+            # rows are as they were, and the next fold reads them.
             self._replay = True
             raise
         self._folded = _Folded()
-        self._rows = self._last = 0
+        self._window = _Segment()
         self._replay = False
         self.pending = 0
+
+    def fold_carrying(self, conn: sqlite3.Connection) -> None:
+        """A fold that carries live tasks over, unless nothing was written since the last
+        (then the hub is quiet, and the tables catch up whole)."""
+        if self.dirty:
+            self.fold(conn, carry=self.pending > 0)
+
+    def _carry_over(self, conn: sqlite3.Connection, window: _Folded) -> None:
+        """Write what the window ended, deleted or changed of metadata, and carried tasks too
+        old for CARRY_BYTES or CARRY_SECONDS; keep the rows of the rest and append a mark."""
+        carry = self._carry
+        segment = self._window
+        segment.at = time.monotonic()
+        segment.rows += 1  # its mark
+        carry.segments.append(segment)
+        for task_id in window.deleted:
+            carry.drop(task_id)
+        written: dict[str, tuple[Sequence[Any], bytes]] = {}
+        tasks = carry.tasks
+        since = carry.since
+        for task_id, value in window.tasks.items():
+            if value[0][2] in _ENDED:
+                written[task_id] = value
+                tasks.pop(task_id, None)
+                if (old := since.pop(task_id, None)) is not None:
+                    old.carried -= 1
+            else:
+                tasks[task_id] = value
+                if task_id not in since:
+                    since[task_id] = segment
+                    segment.ids.append(task_id)
+        segment.carried = len(segment.ids)
+        packs = carry.take_events(window, written)
+        carry.expire(segment.at - CARRY_SECONDS, written, packs)
+        segments = carry.segments
+        _write(conn, window.deleted, written, packs, window)
+        if not segments:  # nothing carried after all
+            conn.execute("DELETE FROM journal")
+            self._rows = self._last = 0
+            return
+        conn.execute(_KEEP_FROM, (segments[0].first,))
+        mark = bytearray(self._pack.encode([MARK_LAYOUT, [*written, *packs.keys() - written]]))
+        self._last = conn.execute(_APPEND, (mark,)).lastrowid or 0
+        self._rows = sum(s.rows for s in segments)
+
+
+class _Segment:
+    """The journal rows appended between two folds, and its mark once a fold carried tasks
+    over: ``carried`` of its tasks (``ids``, first written in it) are still carried."""
+
+    __slots__ = ("at", "carried", "first", "ids", "rows", "size")
+
+    def __init__(self) -> None:
+        self.first = 0  # its first row's key
+        self.rows = 0
+        self.size = 0  # bytes of its rows
+        self.at = 0.0  # when it was folded (time.monotonic)
+        self.ids: list[str] = []
+        self.carried = 0
+
+
+class _Carry:
+    """Live tasks carried over by folds: their last record and their events since their last
+    write to the tables, and the segments whose rows hold them (oldest first)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, tuple[Sequence[Any], bytes]] = {}
+        self.events: dict[str, list[bytes]] = {}  # only of carried tasks
+        self.since: dict[str, _Segment] = {}  # the segment each task's entries start in
+        self.segments: deque[_Segment] = deque()
+
+    def drop(self, task_id: str) -> None:
+        """The task was deleted: nothing of it is carried any more."""
+        self.tasks.pop(task_id, None)
+        self.events.pop(task_id, None)
+        if (segment := self.since.pop(task_id, None)) is not None:
+            segment.carried -= 1
+
+    def take_events(
+        self, window: _Folded, written: dict[str, tuple[Sequence[Any], bytes]]
+    ) -> dict[str, list[bytes]]:
+        """The window's events of carried tasks kept; the packs of the rest returned, with
+        what was carried of the ``written`` tasks before them."""
+        tasks = self.tasks
+        events = self.events
+        packs: dict[str, list[bytes]] = {}
+        for task_id, pack in _group(window.event_ids, window.events, {}).items():
+            if task_id in tasks:
+                if (kept := events.get(task_id)) is None:
+                    events[task_id] = pack
+                else:
+                    kept += pack
+            elif (kept := events.pop(task_id, None)) is not None:
+                packs[task_id] = kept + pack
+            else:
+                packs[task_id] = pack
+        for task_id in written:
+            if task_id not in packs and (kept := events.pop(task_id, None)) is not None:
+                packs[task_id] = kept
+        return packs
+
+    def expire(
+        self,
+        before: float,
+        written: dict[str, tuple[Sequence[Any], bytes]],
+        packs: dict[str, list[bytes]],
+    ) -> None:
+        """The tasks of the oldest segments added to ``written`` (and their events to
+        ``packs``) while the segments hold more than CARRY_BYTES or were folded by ``before``;
+        then segments none of whose tasks is carried any more are forgotten."""
+        segments = self.segments
+        size = sum(s.size for s in segments)
+        while segments and (size > CARRY_BYTES or segments[0].at <= before):
+            gone = segments.popleft()
+            size -= gone.size
+            for task_id in gone.ids:
+                if self.since.get(task_id) is gone:
+                    del self.since[task_id]
+                    written[task_id] = self.tasks.pop(task_id)
+                    if (kept := self.events.pop(task_id, None)) is not None:
+                        packs[task_id] = kept
+        while segments and not segments[0].carried:
+            segments.popleft()
+
+    def merge(self, window: _Folded) -> None:
+        """The window's entries after the carried ones: everything, for a fold of it all."""
+        for task_id in window.deleted:
+            self.drop(task_id)
+        self.tasks.update(window.tasks)
+        _group(window.event_ids, window.events, self.events)
 
 
 class _Folded:
@@ -216,9 +391,7 @@ class _Folded:
             gone = set(deleted)
             for task_id in gone:
                 self.tasks.pop(task_id, None)
-            kept = [i for i, task_id in enumerate(self.event_ids) if task_id not in gone]
-            self.event_ids = [self.event_ids[i] for i in kept]
-            self.events = [self.events[i] for i in kept]
+            self._drop_events(gone)
             self.deleted |= gone
         for kind, key, value in meta:
             self.meta[kind, key] = value
@@ -226,8 +399,23 @@ class _Folded:
             self.meta.pop((kind, key), None)
             self.meta_deleted.add((kind, key))
 
+    def _drop_events(self, gone: set[str]) -> None:
+        kept = [i for i, task_id in enumerate(self.event_ids) if task_id not in gone]
+        self.event_ids = [self.event_ids[i] for i in kept]
+        self.events = [self.events[i] for i in kept]
+
     def add_row(self, row: list[Any], decode: Callable[[bytes], TaskRecord]) -> None:
-        """A journal row as the table holds it (read back at open), of either layout."""
+        """A journal row as the table holds it (read back at open), of any layout."""
+        if row[0] == MARK_LAYOUT:
+            # What a fold wrote: those tasks, every delete and all metadata until then.
+            written = set(row[1])
+            for task_id in written:
+                self.tasks.pop(task_id, None)
+            self._drop_events(written)
+            self.deleted.clear()
+            self.meta.clear()
+            self.meta_deleted.clear()
+            return
         if row[0] == ROW_LAYOUT:
             _, records, event_ids, events, *rest = row
             columns = [_COLUMNS(decode(record)) for record in records]
@@ -237,38 +425,51 @@ class _Folded:
             events = [event for _, event in pairs]
         self.add(columns, records, event_ids, events, *rest)
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """Deletes first: a task deleted and written again since the last fold keeps only what
-        came after the delete, which is all that is left here."""
-        if self.deleted:
-            gone = [(task_id,) for task_id in self.deleted]
-            conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
-            conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
-        if self.tasks:
-            # str(state): a TaskState is a str subclass, which the module would adapt.
-            tasks = [
-                (i, action, str(state), at, _NULL if end is None else end, bytearray(record))
-                for (i, action, state, at, end), record in self.tasks.values()
-            ]
-            if conn.executemany(_UPSERT_SAME_ACTION, tasks).rowcount != len(tasks):
-                conn.executemany(_UPSERT_TASK, tasks)
-        if self.events:
-            # Each task's events in the order they were written: a dict of lists, filled in one
-            # pass (a sort of the pairs by task id cost more).
-            by_task: dict[str, list[bytes]] = {}
-            for task_id, event in zip(self.event_ids, self.events, strict=True):
-                if (pack := by_task.get(task_id)) is None:
-                    by_task[task_id] = [event]
-                else:
-                    pack.append(event)
-            packs = [
-                (task_id, bytearray(b"[%b]" % b",".join(pack))) for task_id, pack in by_task.items()
-            ]
-            conn.executemany(_INSERT_PACK, packs)
-        if self.meta_deleted:
-            conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", self.meta_deleted)
-        if self.meta:
-            conn.executemany(_UPSERT_META, [(*key, value) for key, value in self.meta.items()])
+
+def _group(
+    event_ids: list[str], events: list[bytes], by_task: dict[str, list[bytes]]
+) -> dict[str, list[bytes]]:
+    """Each task's events added to its list in ``by_task``, in the order they were written: a
+    dict of lists, filled in one pass (a sort of the pairs by task id cost more)."""
+    for task_id, event in zip(event_ids, events, strict=True):
+        if (pack := by_task.get(task_id)) is None:
+            by_task[task_id] = [event]
+        else:
+            pack.append(event)
+    return by_task
+
+
+def _write(
+    conn: sqlite3.Connection,
+    deleted: Iterable[str],
+    tasks: dict[str, tuple[Sequence[Any], bytes]],
+    packs: dict[str, list[bytes]],
+    window: _Folded,
+) -> None:
+    """Deletes first: a task deleted and written again since the last fold keeps only what
+    came after the delete, which is all that is left here. Then the tasks' last records,
+    their events (one pack a task) and the window's metadata."""
+    if deleted:
+        gone = [(task_id,) for task_id in deleted]
+        conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
+        conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
+    if tasks:
+        # str(state): a TaskState is a str subclass, which the module would adapt.
+        rows = [
+            (i, action, str(state), at, _NULL if end is None else end, bytearray(record))
+            for (i, action, state, at, end), record in tasks.values()
+        ]
+        if conn.executemany(_UPSERT_SAME_ACTION, rows).rowcount != len(rows):
+            conn.executemany(_UPSERT_TASK, rows)
+    if packs:
+        conn.executemany(
+            _INSERT_PACK,
+            [(task_id, bytearray(b"[%b]" % b",".join(pack))) for task_id, pack in packs.items()],
+        )
+    if window.meta_deleted:
+        conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", window.meta_deleted)
+    if window.meta:
+        conn.executemany(_UPSERT_META, [(*key, value) for key, value in window.meta.items()])
 
 
 def _texts(values: list[Any]) -> bool:

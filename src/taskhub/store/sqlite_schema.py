@@ -28,8 +28,9 @@ class WriteFence(Protocol):
 
 # 1: tasks, events; 2: + meta; 3: - tasks_active (tasks_state serves); 4: events packed, one
 # row per task per fold, and the journal the writes go to first (store/sqlite_journal.py);
-# 5: tasks_ended's condition without IN; 6: journal rows of layout 2 (sqlite_journal.ROW_LAYOUT)
-SCHEMA_VERSION = 6
+# 5: tasks_ended's condition without IN; 6: journal rows of layout 2 (sqlite_journal.ROW_LAYOUT);
+# 7: mark rows in the journal (sqlite_journal.MARK_LAYOUT: live tasks carried over by a fold)
+SCHEMA_VERSION = 7
 
 # Terminal states spelled out for SQL; the partial indexes and the queries must use the very
 # same expressions for SQLite to pick the indexes.
@@ -104,6 +105,10 @@ _MIGRATIONS = [
     # Version 6: journal rows without the query columns, events as two lists. No SQL: a fold
     # reads rows of either layout, so a journal left by version 4 or 5 folds as it is; the
     # version keeps an older TaskHub, which reads only its own layout, off the file.
+    [],
+    # Version 7: a fold may keep rows and append a mark naming what it wrote (live tasks
+    # carried over). No SQL: the journal is as version 6 left it; the version keeps version 6,
+    # which would fold the rows a mark says were written over newer writes, off the file.
     [],
 ]
 

@@ -1,6 +1,6 @@
 """Writes a file of an old sqlite schema as a hub killed before its next fold left it: every
 batch but the last folded into the tables, the last one still in the journal. Shared by
-``make_sqlite_v4`` and ``make_sqlite_v5``, run with the TaskHub that had that schema; the
+``make_sqlite_v4``, ``_v5`` and ``_v6``, run with the TaskHub that had that schema; the
 kill is a real one (a subprocess that ends with ``os._exit``, no fold, no close)."""
 
 from __future__ import annotations
