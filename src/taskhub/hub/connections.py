@@ -19,6 +19,16 @@ log = logging.getLogger("taskhub.hub")
 
 Sender = Callable[[bytes], None]
 Closer = Callable[[int, str], Awaitable[None]]
+# Close codes by which the hub sends a connection away of its own accord (going away, service
+# restart, try again later): its client reconnects, and what it held is given back without a
+# try counted (Lifecycle.disconnect, Peer.closed_by_hub).
+GOING_AWAY = frozenset({1001, 1012, 1013})
+
+
+def note_close(peer: Peer, code: int) -> None:
+    """The hub closes ``peer``'s connection with ``code``: note whether it sends it away."""
+    if code in GOING_AWAY:
+        peer.closed_by_hub = True
 
 
 class Connections:
@@ -64,12 +74,14 @@ class Connections:
         """Close ``peer``'s connection if it has a closer (its client reconnects)."""
         closer = self.closers.get(peer)
         if closer is not None:
+            note_close(peer, code)
             with contextlib.suppress(Exception):
                 await closer(code, reason)
 
     async def close_all(self, *, code: int, reason: str) -> None:
         """Close every connection that has a closer (their clients reconnect, maybe elsewhere)."""
-        for closer in list(self.closers.values()):
+        for peer, closer in list(self.closers.items()):
+            note_close(peer, code)
             with contextlib.suppress(Exception):
                 await closer(code, reason)
 
