@@ -254,6 +254,40 @@ async def test_a_schedule_slot_for_a_leaderless_partition_publishes_once_it_is_l
     assert task.payload == {"n": 1} and partition_of_id(task.id) == q
 
 
+async def test_a_worker_keeps_its_subscription_past_a_long_leaderless_gap(
+    deployment: Deployment,
+) -> None:
+    """A worker on the hub that leads its action's partition; the hub loses it to a foreign
+    lease for longer than the client's resends last. The worker is closed with the partition,
+    reconnects, and its subscription, refused meanwhile, is sent again until the partition is
+    led: it then takes a task published there (before, the re-sent sub was given up with an
+    error in the log, and the worker never took that action's tasks again)."""
+    one, two = await deployment.hub(), await deployment.hub()
+    led_one, _ = await until(lambda: split(one, two), timeout=30, step=0.05)
+    q = led_one[0]
+    action = action_in(q, "long")
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def run(task: Any) -> str:
+        got.put_nowait(task)
+        return "ran"
+
+    async with Client(one.url, name="w", connect_timeout=5) as w:
+        await w.sub(action, run)
+        await deployment.steal(one, q, 12.0)  # past TRIES resends of a 1.5 s hold each
+
+        async def led_again() -> bool:
+            body = await health(one)
+            return q in body["partitions"] or bool(body["leaders"].get(str(q)))
+
+        await asyncio.sleep(2 * LEASE)  # the hub has seen it: no leader
+        await until(led_again, timeout=30, step=0.05)
+        async with Client(two.url, name="p", connect_timeout=5) as c:
+            handle = c.pub(action, 7)
+            assert await asyncio.wait_for(handle.get_result(), 30) == "ran"
+        assert (await got.get()).payload == 7
+
+
 async def test_a_keeper_takes_a_partition_as_soon_as_its_holder_lets_it_go(
     tmp_path: Path,
 ) -> None:
