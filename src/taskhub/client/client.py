@@ -21,7 +21,7 @@ from taskhub.client.task import Handle, TaskContext
 from taskhub.client.topics import EventHandler, Topics
 from taskhub.client.watch import Watch
 from taskhub.client.watches import Watches
-from taskhub.errors import ConnectionClosed
+from taskhub.errors import ConnectionClosed, PartitionUnavailable
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, validate_action
 from taskhub.options_table import PubArgs, WorkerArgs, pub_options, worker_options
 
@@ -487,6 +487,12 @@ def _subscribed(
         return
     exc = f.exception()  # always read: a re-sent sub's lost connection is not worth a warning
     if sub.confirmed.done():
+        if isinstance(exc, PartitionUnavailable) and subs.get(sub.action) is sub:
+            # Sent again at a reconnect and refused past the resends (client/retry.py): the
+            # partition is between leaders for longer. The worker keeps its subscription.
+            after = float(exc.details.get("retry_after", 1.0))
+            asyncio.get_running_loop().call_later(after, _sub_again, sub, subs)
+            return
         if exc is not None and not isinstance(exc, ConnectionClosed):
             log.error("subscribing to %s again failed: %s", sub.action, exc)
         return
@@ -496,3 +502,10 @@ def _subscribed(
         log.error("subscribing to %s failed: %s", sub.action, exc)
         subs.pop(sub.action, None)
         sub.confirmed.set_exception(exc)
+
+
+def _sub_again(sub: Subscription[Any], subs: dict[str, Subscription[Any]]) -> None:
+    """Send a subscription refused with ``partition_unavailable`` again, while it stands."""
+    client = sub.client
+    if subs.get(sub.action) is sub and client.connected and not client._closed:
+        client._send_sub(sub)
