@@ -1,8 +1,10 @@
-"""A worker's subscription refused ``partition_unavailable`` (client/retry.py, and past the
-resends ``_sub_again``): at most one ``sub`` of it is in flight at a time. A reconnect sends
-it again itself; neither a send planned before the connection was lost (a resend's delay, or
-the planned send after the resends) may add a second one beside it. The hub is scripted
-(a real WebSocket server on loopback): a real hub cannot be made to refuse on cue."""
+"""What a client sends and reads again around a reconnect. A worker's subscription refused
+``partition_unavailable`` (client/retry.py, and past the resends ``_sub_again``): at most one
+``sub`` of it is in flight at a time. A reconnect sends it again itself; neither a send
+planned before the connection was lost (a resend's delay, or the planned send after the
+resends) may add a second one beside it. A publisher's handle that ended keeps its end when
+a ``follow`` sent at the reconnect is answered late. The hub is scripted (a real WebSocket
+server on loopback): a real hub cannot be made to refuse or answer late on cue."""
 
 from __future__ import annotations
 
@@ -142,3 +144,31 @@ async def test_a_send_planned_past_the_resends_does_not_double_a_reconnects_sub(
         await asyncio.sleep(0.5)  # past the planned send's time
     assert subs.got == {1: 1, 2: 6, 3: 1}, subs.got
     assert subs.most[3] == 1
+
+
+async def test_a_late_snapshot_does_not_undo_a_tasks_end() -> None:
+    """Issue 19's "TaskFailed ... failed: error" in the kill -9 test: the publisher's handle
+    got its task's ``success`` event, then the answer to a ``follow`` (sent at a reconnect)
+    whose view was read before the task ended (state ``init``). The handle took that older
+    state, and ``get_result`` raised TaskFailed "failed: error" for a task that succeeded."""
+    task = "01M98H3AAY01D30Z9DQQBMZ9XJ"
+
+    def event(kind: str, **extra: Any) -> dict[str, Any]:
+        return {"op": "event", "task": task, "type": kind, "state": kind, "at": 1.0, **extra}
+
+    async def script(ws: ServerConnection, number: int, msg: dict[str, Any]) -> None:
+        if msg["op"] == "pub":  # accepted, then the connection is lost
+            ok = {"op": "ok", "ref": msg["ref"], "task": task, "state": "init", "created": True}
+            await ws.send(json.dumps([ok, event("start")]))
+            await ws.close(1013)
+        elif msg["op"] == "follow":  # the end, then the follow's late answer
+            stale = {"id": task, "action": "job:run", "state": "init", "result": None}
+            await ws.send(json.dumps(event("success", data=5)))
+            await ws.send(json.dumps({"op": "ok", "ref": msg["ref"], "task": stale}))
+
+    async with _scripted_hub(script) as url, Client(url, name="p", max_backoff=0.05) as pub:
+        handle = pub.pub("job:run", 4)
+        assert await asyncio.wait_for(handle.get_result(), 5) == 5
+        await asyncio.sleep(0.2)  # the follow's answer has come
+        assert handle.state == "success"
+        assert await handle.get_result() == 5
