@@ -26,7 +26,8 @@ GOING_AWAY = frozenset({1001, 1012, 1013})
 
 
 def note_close(peer: Peer, code: int) -> None:
-    """The hub closes ``peer``'s connection with ``code``: note whether it sends it away."""
+    """The hub sends ``peer``'s connection away with ``code`` (a partition moved, a link
+    broke): note whether that is a going-away close, which counts no try."""
     if code in GOING_AWAY:
         peer.closed_by_hub = True
 
@@ -71,7 +72,8 @@ class Connections:
         return sum(len(peer.holding) for peer in self.senders)
 
     async def close(self, peer: Peer, *, code: int, reason: str) -> None:
-        """Close ``peer``'s connection if it has a closer (its client reconnects)."""
+        """Close ``peer``'s connection if it has a closer (its client reconnects): a partition
+        it has work in moved. At 1012/1013 its started deliveries go back uncounted."""
         closer = self.closers.get(peer)
         if closer is not None:
             note_close(peer, code)
@@ -79,9 +81,11 @@ class Connections:
                 await closer(code, reason)
 
     async def close_all(self, *, code: int, reason: str) -> None:
-        """Close every connection that has a closer (their clients reconnect, maybe elsewhere)."""
-        for peer, closer in list(self.closers.items()):
-            note_close(peer, code)
+        """Close every connection that has a closer (their clients reconnect, maybe elsewhere):
+        the hub stops. A started delivery still held then counts a try, as a lost
+        connection's: its handler had the grace period, and one that never finishes in it
+        must not be handed back at every restart for ever."""
+        for closer in list(self.closers.values()):
             with contextlib.suppress(Exception):
                 await closer(code, reason)
 
