@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,8 +47,8 @@ class Deployment:
         self.servers: list[Server] = []
         self.leases = open_partition_leases(store, P)
 
-    async def hub(self) -> Server:
-        server = Server(store=self.store, port=0, partitions=P, lease=LEASE)
+    async def hub(self, **settings: Any) -> Server:
+        server = Server(store=self.store, port=0, partitions=P, lease=LEASE, **settings)
         await server.start()
         self.servers.append(server)
         return server
@@ -88,6 +89,14 @@ async def health(server: Server) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
         body: dict[str, Any] = (await http.get(f"{server.http_url}/healthz")).json()
         return body
+
+
+async def split(one: Server, two: Server) -> tuple[list[int], list[int]] | None:
+    """The partitions each hub leads once they lead two each and both name every leader."""
+    bodies = [await health(one), await health(two)]
+    a, b = (body["partitions"] for body in bodies)
+    named = all(all(body["leaders"].values()) for body in bodies)
+    return (a, b) if len(a) == len(b) == 2 and named else None
 
 
 async def pub_raw(
@@ -168,14 +177,7 @@ async def test_a_chain_step_ending_while_its_chain_has_no_leader_moves_it_on(
     leads the partition again the chain completes (before, the end was dropped: nobody
     would have moved the chain on)."""
     one, two = await deployment.hub(), await deployment.hub()
-
-    async def split() -> tuple[list[int], list[int]] | None:
-        bodies = [await health(one), await health(two)]
-        a, b = (body["partitions"] for body in bodies)
-        named = all(all(body["leaders"].values()) for body in bodies)
-        return (a, b) if len(a) == len(b) == 2 and named else None
-
-    led_one, led_two = await until(split, timeout=30, step=0.05)
+    led_one, led_two = await until(lambda: split(one, two), timeout=30, step=0.05)
     first, second = action_in(led_one[0], "first"), action_in(led_two[0], "second")
     chain_part = led_one[0]
     started, finish = asyncio.Event(), asyncio.Event()
@@ -202,6 +204,88 @@ async def test_a_chain_step_ending_while_its_chain_has_no_leader_moves_it_on(
         finish.set()  # the step ends on hub two while the chain's partition has no leader
         assert await asyncio.wait_for(chain.get_result(), 20) == 41
     assert chain_part in (await health(one))["partitions"]  # its share again
+
+
+async def test_a_schedule_slot_for_a_leaderless_partition_publishes_once_it_is_led(
+    deployment: Deployment,
+) -> None:
+    """Partition 0's hub keeps the schedules; the schedule's action falls in a partition the
+    other hub leads, which has no leader (a foreign lease) when its slot comes. The slot is
+    held and publishes there once the partition is led again (before, the scheduler met a
+    slot with no way to fire and no task was published)."""
+    shift = [0.0]  # the hubs' clock, moved to a few seconds before a minute's end
+
+    def clock() -> float:
+        return time.time() + shift[0]
+
+    one, two = await deployment.hub(clock=clock), await deployment.hub(clock=clock)
+    led_one, led_two = await until(lambda: split(one, two), timeout=30, step=0.05)
+    keeper, other = (one, two) if 0 in led_one else (two, one)
+    q = (led_two if keeper is one else led_one)[0]
+    action = action_in(q, "tick")
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def run(task: Any) -> str:
+        got.put_nowait(task)
+        return "ran"
+
+    async with httpx.AsyncClient(base_url=keeper.http_url, timeout=10) as http:
+        # its "every minute" slot comes 8 s after this (a fake clock, not a minute's wait)
+        slot = math.ceil(time.time() / 60 + 1) * 60
+        shift[0] = slot - 8 - time.time()
+        r = await http.put(
+            "/v1/schedules/tick",
+            json={"cron": "* * * * *", "action": action, "payload": {"n": 1}},
+        )
+        assert r.status_code == 200, r.text
+    await deployment.steal(other, q, 10.0)  # no leader from before the slot to after it
+
+    async def leader(named: bool) -> bool:
+        return bool((await health(keeper))["leaders"].get(str(q))) is named
+
+    await until(lambda: leader(False), timeout=8, step=0.02)
+    await until(lambda: leader(True), timeout=30, step=0.05)  # past the slot: led again
+    assert clock() >= slot
+    # The worker comes now (a connection reaching the partition meanwhile would be closed
+    # with 1013 when it lost its leader): the slot's task waits for it in its queue.
+    async with Client(keeper.url, name="w", connect_timeout=5) as w:
+        await w.sub(action, run)
+        task = await asyncio.wait_for(got.get(), 30)
+    assert task.payload == {"n": 1} and partition_of_id(task.id) == q
+
+
+async def test_a_worker_keeps_its_subscription_past_a_long_leaderless_gap(
+    deployment: Deployment,
+) -> None:
+    """A worker on the hub that leads its action's partition; the hub loses it to a foreign
+    lease for longer than the client's resends last. The worker is closed with the partition,
+    reconnects, and its subscription, refused meanwhile, is sent again until the partition is
+    led: it then takes a task published there (before, the re-sent sub was given up with an
+    error in the log, and the worker never took that action's tasks again)."""
+    one, two = await deployment.hub(), await deployment.hub()
+    led_one, _ = await until(lambda: split(one, two), timeout=30, step=0.05)
+    q = led_one[0]
+    action = action_in(q, "long")
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def run(task: Any) -> str:
+        got.put_nowait(task)
+        return "ran"
+
+    async with Client(one.url, name="w", connect_timeout=5) as w:
+        await w.sub(action, run)
+        await deployment.steal(one, q, 12.0)  # past TRIES resends of a 1.5 s hold each
+
+        async def led_again() -> bool:
+            body = await health(one)
+            return q in body["partitions"] or bool(body["leaders"].get(str(q)))
+
+        await asyncio.sleep(2 * LEASE)  # the hub has seen it: no leader
+        await until(led_again, timeout=30, step=0.05)
+        async with Client(two.url, name="p", connect_timeout=5) as c:
+            handle = c.pub(action, 7)
+            assert await asyncio.wait_for(handle.get_result(), 30) == "ran"
+        assert (await got.get()).payload == 7
 
 
 async def test_a_keeper_takes_a_partition_as_soon_as_its_holder_lets_it_go(

@@ -71,3 +71,18 @@ def test_the_busiest_entries_joined_by_hand_read_as_their_structs() -> None:
     assert isinstance(wire.decode_msg(entry.msg), p.Ack)
     (out,) = wire.decode_to_origin(b"[" + wire.out_prefix("c2") + frame + b"]]")
     assert isinstance(out, wire.Out) and out.conn == "c2" and bytes(out.frame) == frame
+
+
+def test_a_detach_says_whether_the_connection_was_lost_and_reads_the_old_form() -> None:
+    """``lost`` is false for a connection the origin hub closed (no try counted); a hub of an
+    earlier version sends ``["detach", conn]`` (lost) and reads the new form's extra item as
+    nothing."""
+    (sent,) = wire.decode_to_leader(wire.frames([wire.encode_entry(wire.Detach("c", False))])[0])
+    assert sent == wire.Detach("c", False)
+    (old,) = wire.decode_to_leader(b'[["detach","c"]]')
+    assert old == wire.Detach("c", True)
+
+    class OldDetach(msgspec.Struct, array_like=True, tag_field="k", tag="detach"):
+        conn: str
+
+    assert msgspec.json.decode(b'["detach","c",false]', type=OldDetach) == OldDetach("c")

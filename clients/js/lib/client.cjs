@@ -6,7 +6,7 @@ const os = require('node:os');
 const { version: VERSION } = require('../package.json');
 const { Connection } = require('./connection.cjs');
 const { Task, Handle, quiet } = require('./task.cjs');
-const { ConnectionClosed, InvalidOption, TaskHubError } = require('./errors.cjs');
+const { ConnectionClosed, InvalidOption, PartitionUnavailable, TaskHubError } = require('./errors.cjs');
 const { validateAction, validateTopic, topicMatches } = require('./names.cjs');
 const { toSeconds } = require('./intervals.cjs');
 
@@ -87,6 +87,18 @@ class Subscription {
     this._confirmed = new Promise((resolve, reject) => { this._resolve = resolve; this._reject = reject; });
     this._confirmed.catch(() => {});
     this._settled = false;
+    // The one `sub` in flight (with its resends) and the send planned after a refusal past
+    // those resends: one at most, so that a reconnect's own send and an older one never both
+    // reach the hub.
+    this._sending = null;
+    this._again = null;
+  }
+
+  /** Forget the send in flight and the send planned (a newer send replaces them, or the
+   * subscription is gone): no answer of theirs acts, none is sent again. */
+  _stopSending() {
+    if (this._again) { clearTimeout(this._again); this._again = null; }
+    if (this._sending) { this._sending.wanted = false; this._sending = null; }
   }
 
   /** Resolves once the hub accepted the subscription (rejects e.g. with PermissionDenied). */
@@ -283,7 +295,7 @@ class Client {
       const err = new ConnectionClosed('the client was closed');
       for (const handles of [...this._handles.values()]) for (const h of handles) h._refuse(err);
       for (const h of [...this._unconfirmed]) h._refuse(err);
-      for (const sub of this._subs.values()) sub._confirm(err);
+      for (const sub of this._subs.values()) { sub._stopSending(); sub._confirm(err); }
       for (const watches of this._watches.values()) for (const w of watches) w._end(err);
       for (const entry of this._topics.values()) for (const w of entry.waiters.splice(0)) w.reject(err);
       this._local.emit('close');
@@ -364,10 +376,29 @@ class Client {
   }
 
   _sendSub(sub) {
-    this._conn.request(sub.message()).then(
-      () => sub._confirm(null),
+    sub._stopSending();
+    const sending = { wanted: true };
+    sub._sending = sending;
+    this._conn.request(sub.message(), () => sending.wanted).then(
+      () => {
+        if (!sending.wanted) return;
+        sub._sending = null;
+        sub._confirm(null);
+      },
       (err) => {
+        if (!sending.wanted) return; // replaced by a newer send
+        sub._sending = null;
         if (err instanceof ConnectionClosed) return; // sent again on reconnect
+        if (sub._settled && err instanceof PartitionUnavailable && this._subs.get(sub.action) === sub) {
+          // Sent again at a reconnect and refused past the resends: the partition is between
+          // leaders for longer. The worker keeps its subscription and sends it every retry_after.
+          const after = Number(err.details.retry_after ?? 1);
+          sub._again = setTimeout(() => {
+            sub._again = null;
+            if (this._subs.get(sub.action) === sub && this._conn.connected && !this._closed) this._sendSub(sub);
+          }, 1000 * (Number.isFinite(after) ? Math.min(10, Math.max(0, after)) : 1));
+          return;
+        }
         this._log.error(`taskhub: subscribing to ${sub.action} failed: ${err.message}`);
         if (this._subs.get(sub.action) === sub) this._subs.delete(sub.action);
         sub._confirm(err);
@@ -376,6 +407,8 @@ class Client {
 
   /** Stop taking tasks of `action`; handlers already running finish. */
   async unsub(action) {
+    const sub = this._subs.get(action);
+    if (sub) sub._stopSending();
     if (this._subs.delete(action) && this._conn.connected) {
       await this._conn.request({ op: 'unsub', action });
     }

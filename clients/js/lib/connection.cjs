@@ -319,6 +319,7 @@ class Connection {
         const wait = retryDelay(reply);
         if (conn.log.info) conn.log.info(`taskhub: ${op} answered partition_unavailable (${reply.message}); sending it again in ${Math.round(wait)} ms (${tries} of ${RETRIES})`);
         setTimeout(() => {
+          if (receiver._wanted && !receiver._wanted()) return; // a newer send replaced it
           try { again(this); } catch { receiver._answer(reply); } // closed meanwhile
         }, wait);
       },
@@ -339,12 +340,15 @@ class Connection {
     again(this.retrying('pub', receiver, again));
   }
 
-  /** Send with a ref; a promise of the hub's `ok` message, rejected with its `error`. */
-  request(msg) {
+  /** Send with a ref; a promise of the hub's `ok` message, rejected with its `error`. While
+   * `wanted()` is false, a `partition_unavailable` answer is not sent again (and the promise
+   * never settles): a subscription's older send that a newer one replaced. */
+  request(msg, wanted = undefined) {
     return new Promise((resolve, reject) => {
       this.post(msg, {
         _answer: (reply) => (reply.op === 'ok' ? resolve(reply) : reject(fromWire(reply))),
         _fail: reject,
+        _wanted: wanted,
       });
     });
   }

@@ -21,7 +21,7 @@ from taskhub.client.task import Handle, TaskContext
 from taskhub.client.topics import EventHandler, Topics
 from taskhub.client.watch import Watch
 from taskhub.client.watches import Watches
-from taskhub.errors import ConnectionClosed
+from taskhub.errors import ConnectionClosed, PartitionUnavailable
 from taskhub.names import CHAIN_ACTION, GROUP_ACTION, validate_action
 from taskhub.options_table import PubArgs, WorkerArgs, pub_options, worker_options
 
@@ -68,6 +68,21 @@ class Subscription(Generic[R]):
         self.claimed = 0  # offers taken whose handler has not finished (running or waiting)
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # The one ``sub`` request this subscription has in flight (with the resends of
+        # client/retry.py), and the send planned after a refusal past those resends: one at
+        # most, so that a reconnect's own send and an older one never both reach the hub.
+        self.sending: asyncio.Future[Message] | None = None
+        self.again: asyncio.TimerHandle | None = None
+
+    def stop_sending(self) -> None:
+        """Forget the ``sub`` in flight and the send planned (a newer send replaces them,
+        or the subscription is gone): no answer of theirs acts, none is sent again."""
+        if self.again is not None:
+            self.again.cancel()
+            self.again = None
+        if self.sending is not None:
+            self.sending.cancel()  # its resends stop too (retry.Resend.wanted)
+            self.sending = None
 
     def message(self) -> Message:
         msg: Message = {"op": "sub", "action": self.action, "concurrency": self.concurrency}
@@ -167,6 +182,7 @@ class Client:
             )
         self._watches.end_all()
         for sub in self._subs.values():
+            sub.stop_sending()
             if not sub.confirmed.done():
                 sub.confirmed.set_exception(
                     ConnectionClosed(f"the client was closed before the hub confirmed {sub.action}")
@@ -269,12 +285,16 @@ class Client:
         return register if handler is None else register(handler)
 
     def _send_sub(self, sub: Subscription[Any]) -> None:
-        fut = self._conn.request(sub.message())
+        sub.stop_sending()
+        fut = sub.sending = self._conn.request(sub.message())
         fut.add_done_callback(functools.partial(_subscribed, sub, self._subs))
 
     async def unsub(self, action: str) -> None:
-        if self._subs.pop(action, None) is not None and self.connected:
-            await self._conn.request({"op": "unsub", "action": action})
+        sub = self._subs.pop(action, None)
+        if sub is not None:
+            sub.stop_sending()
+            if self.connected:
+                await self._conn.request({"op": "unsub", "action": action})
 
     # --- publishing --------------------------------------------------------------------------
     def pub(self, action: str, payload: Any = None, **options: Unpack[PubArgs]) -> Handle:
@@ -483,10 +503,19 @@ def _subscribed(
     sub: Subscription[Any], subs: dict[str, Subscription[Any]], f: asyncio.Future[Message]
 ) -> None:
     """The hub's answer to a ``sub``: the first one confirms or refuses the subscription."""
-    if f.cancelled():
+    if f.cancelled():  # replaced by a newer send (Subscription.stop_sending)
         return
     exc = f.exception()  # always read: a re-sent sub's lost connection is not worth a warning
+    if sub.sending is f:
+        sub.sending = None
     if sub.confirmed.done():
+        if isinstance(exc, PartitionUnavailable) and subs.get(sub.action) is sub:
+            # Sent again at a reconnect and refused past the resends (client/retry.py): the
+            # partition is between leaders for longer. The worker keeps its subscription.
+            if sub.sending is None and sub.again is None:  # else a newer send is under way
+                after = float(exc.details.get("retry_after", 1.0))
+                sub.again = asyncio.get_running_loop().call_later(after, _sub_again, sub, subs)
+            return
         if exc is not None and not isinstance(exc, ConnectionClosed):
             log.error("subscribing to %s again failed: %s", sub.action, exc)
         return
@@ -496,3 +525,12 @@ def _subscribed(
         log.error("subscribing to %s failed: %s", sub.action, exc)
         subs.pop(sub.action, None)
         sub.confirmed.set_exception(exc)
+
+
+def _sub_again(sub: Subscription[Any], subs: dict[str, Subscription[Any]]) -> None:
+    """Send a subscription refused with ``partition_unavailable`` again, while it stands
+    (a reconnect meanwhile sent it already: :meth:`Client._restore` cancels this)."""
+    sub.again = None
+    client = sub.client
+    if subs.get(sub.action) is sub and client.connected and not client._closed:
+        client._send_sub(sub)

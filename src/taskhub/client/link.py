@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -133,8 +132,7 @@ class Link:
 
     def follow(self, task_id: str, handle: Handle) -> None:
         """Follow a task (again) and bring its handle up to date with the hub's view."""
-        fut = self.conn.request({"op": "follow", "task": task_id})
-        fut.add_done_callback(functools.partial(_followed, handle))
+        self.conn.post({"op": "follow", "task": task_id}, _Followed(handle))
 
     def nobody_subscribed(self, action: str, task_id: str) -> None:
         """The hub pooled a task: say so once per action (a mistyped action otherwise waits
@@ -163,7 +161,20 @@ class Link:
                     await self.conn.request({"op": "unwatch", "pattern": w.pattern})
 
 
-def _followed(handle: Handle, fut: asyncio.Future[Message]) -> None:
-    if fut.cancelled() or fut.exception() is not None:
-        return
-    handle.feed_snapshot(fut.result()["task"])
+class _Followed:
+    """The answer to a ``follow``: the task's view, given to its handle as it is read. The
+    hub sends the task's next events after it, often in the same frame; a future's callback
+    would run a loop turn later, after those events, and put the older view over them (a
+    ``success`` undone: ``get_result`` raised "failed: error")."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Handle) -> None:
+        self.handle = handle
+
+    def feed_answer(self, reply: Message) -> None:
+        if reply.get("op") == "ok":
+            self.handle.feed_snapshot(reply["task"])
+
+    def feed_unanswered(self, exc: BaseException) -> None:
+        """A lost connection's follow: the next connection follows the task again."""

@@ -60,6 +60,12 @@ class Resend:
         self.waiter = waiter
         self.tries = 0
 
+    def wanted(self) -> bool:
+        """Whether anyone still waits for the answer: a future cancelled meanwhile (a
+        subscription's send that a reconnect's own send replaced) is not sent again."""
+        waiter = self.waiter
+        return not isinstance(waiter, asyncio.Future) or not waiter.done()
+
     def feed_answer(self, reply: Message) -> None:
         waiter = self.waiter
         if not isinstance(waiter, asyncio.Future):
@@ -97,6 +103,8 @@ def later(conn: Connection, waiter: QueuedPub | Resend, reply: Message) -> None:
 
 
 def _again(conn: Connection, waiter: QueuedPub | Resend, reply: Message) -> None:
+    if isinstance(waiter, Resend) and not waiter.wanted():
+        return
     try:
         if isinstance(waiter, Resend):
             conn.post(waiter.msg, waiter)

@@ -483,6 +483,8 @@ class Handle(_Emitter):
         self._call_done()
 
     def feed_event(self, msg: dict[str, Any]) -> None:
+        if self._ended:  # a task ends once: what comes after (a duplicate) changes nothing
+            return
         kind = msg.get("type", "")
         self.state = state = msg.get("state", self.state)
         if kind == "success":
@@ -503,7 +505,12 @@ class Handle(_Emitter):
         return event in _FINAL and event == self.state
 
     def feed_snapshot(self, view: dict[str, Any]) -> None:
-        """A task as the hub has it (after a reconnect): catch up with what was missed."""
+        """A task as the hub has it (after a reconnect): catch up with what was missed. One
+        that ended already keeps its end: a ``follow`` answered late (read from the store
+        before the task ended there, or sent before a reconnect) would otherwise overwrite
+        ``success`` with an older state, and :meth:`outcome` would raise "failed: error"."""
+        if self._ended:
+            return
         self.state = view["state"]
         if view.get("last_update") is not None:
             self.last_update = view["last_update"]

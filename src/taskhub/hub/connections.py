@@ -19,6 +19,17 @@ log = logging.getLogger("taskhub.hub")
 
 Sender = Callable[[bytes], None]
 Closer = Callable[[int, str], Awaitable[None]]
+# Close codes by which the hub sends a connection away of its own accord (going away, service
+# restart, try again later): its client reconnects, and what it held is given back without a
+# try counted (Lifecycle.disconnect, Peer.closed_by_hub).
+GOING_AWAY = frozenset({1001, 1012, 1013})
+
+
+def note_close(peer: Peer, code: int) -> None:
+    """The hub sends ``peer``'s connection away with ``code`` (a partition moved, a link
+    broke): note whether that is a going-away close, which counts no try."""
+    if code in GOING_AWAY:
+        peer.closed_by_hub = True
 
 
 class Connections:
@@ -61,14 +72,19 @@ class Connections:
         return sum(len(peer.holding) for peer in self.senders)
 
     async def close(self, peer: Peer, *, code: int, reason: str) -> None:
-        """Close ``peer``'s connection if it has a closer (its client reconnects)."""
+        """Close ``peer``'s connection if it has a closer (its client reconnects): a partition
+        it has work in moved. At 1012/1013 its started deliveries go back uncounted."""
         closer = self.closers.get(peer)
         if closer is not None:
+            note_close(peer, code)
             with contextlib.suppress(Exception):
                 await closer(code, reason)
 
     async def close_all(self, *, code: int, reason: str) -> None:
-        """Close every connection that has a closer (their clients reconnect, maybe elsewhere)."""
+        """Close every connection that has a closer (their clients reconnect, maybe elsewhere):
+        the hub stops. A started delivery still held then counts a try, as a lost
+        connection's: its handler had the grace period, and one that never finishes in it
+        must not be handed back at every restart for ever."""
         for closer in list(self.closers.values()):
             with contextlib.suppress(Exception):
                 await closer(code, reason)

@@ -299,6 +299,7 @@ class LocalPartition:
         own = self.peers.pop(peer.id, None)
         self.fronts.pop(peer.id, None)
         if own is not None:
+            own.closed_by_hub = peer.closed_by_hub
             self.watches.forget(own)
             self.lc.disconnect(own)
 

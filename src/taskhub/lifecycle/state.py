@@ -71,6 +71,9 @@ class Peer:
     following: set[str] = field(default_factory=set)
     observing: set[str] = field(default_factory=set)
     open: bool = True
+    # The hub closed it (a partition moved, a link broke, the hub stops): not a worker lost,
+    # so what it held goes back to its groups without counting a try.
+    closed_by_hub: bool = False
     queued: bool = False  # already in the lifecycle's list of peers with output
     service: str = field(init=False)  # the credentials' name (a plain attribute: hot path)
     # What the dashboard shows of a connection (docs/dashboard.md): its `hello` (host, pid,

@@ -100,13 +100,18 @@ class Subscriptions:
         peer.open = True
 
     def disconnect(self, peer: Peer) -> None:
-        """A connection is gone: its deliveries go back to their groups (at-least-once)."""
+        """A connection is gone: its deliveries go back to their groups (at-least-once). A
+        started one counts a try when the connection was lost (its worker may have died of
+        it), not when the hub closed it (``peer.closed_by_hub``): one failover may close a
+        worker once per partition that moves, and none of those closes is the task's doing."""
         peer.open = False
         for action in list(peer.subs):
             self.unsubscribe(peer, action)
+        lost = not peer.closed_by_hub
+        reason = "connection_lost" if lost else "closed_by_hub"
         for d in list(peer.holding.values()):
             started = d.rec.state == DeliveryState.STARTED
-            self.ending.take_back(d, "connection_lost", count_try=started)
+            self.ending.take_back(d, reason, count_try=started and lost)
         for task_id in peer.following:
             task = self.tasks.get(task_id)
             if task is not None and isinstance(task.followers, set):

@@ -186,7 +186,7 @@ class LinkServer:
                 self._watch(entry, touched)
             elif kind is wire.Detach:
                 assert isinstance(entry, wire.Detach)
-                self._drop(entry.conn)
+                self._drop(entry.conn, lost=entry.lost)
             elif kind is wire.Step:
                 assert isinstance(entry, wire.Step)
                 self._step(entry, touched)
@@ -221,7 +221,7 @@ class LinkServer:
         if conn in self.remotes:
             reason = f"this hub does not lead partition {index} (any more); reconnect"
             self.out.add(wire.encode_entry(wire.Close(conn, CLOSE_TRY_AGAIN, reason)))
-            self._drop(conn)
+            self._drop(conn, lost=False)
         return None
 
     def _open(self, entry: wire.Open) -> None:
@@ -236,7 +236,7 @@ class LinkServer:
         def send(frame: bytes) -> None:
             out.add(prefix + frame + b"]")
 
-        async def close(code: int, reason: str) -> None:
+        async def close(code: int, reason: str) -> None:  # Connections.close marked the peer
             out.add(wire.encode_entry(wire.Close(conn, code, reason)))
             self._drop(conn)
 
@@ -386,11 +386,14 @@ class LinkServer:
         await part.flush()
         return wire.Answer(entry.id, msgspec.Raw(_encode(answers)))
 
-    def _drop(self, conn: str) -> None:
-        """The connection is gone: what it held here goes back to its groups."""
+    def _drop(self, conn: str, *, lost: bool = True) -> None:
+        """The connection is gone: what it held here goes back to its groups. Not ``lost``:
+        a hub closed it (the origin, or this one), so a started delivery counts no try."""
         remote = self.remotes.pop(conn, None)
         if remote is None:
             return
+        if not lost:
+            remote.peer.closed_by_hub = True
         if remote.resuming is not None:
             remote.resuming.cancel()
         hub, peer = self.hub, remote.peer
@@ -410,9 +413,11 @@ class LinkServer:
         closing.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def end(self) -> None:
-        """The link is over: every connection it carried is detached here."""
+        """The link is over: every connection it carried is detached here. Not lost: the
+        origin hub stopped or the link broke, and the origin closes its clients (1013); a
+        worker that died would have been a connection lost there, and said so."""
         for conn in list(self.remotes):
-            self._drop(conn)
+            self._drop(conn, lost=False)
         for task in list(self.requests):
             task.cancel()
         await self.out.stop()

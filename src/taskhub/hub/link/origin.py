@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from taskhub import protocol as p
 from taskhub.errors import ProtocolError, StoreUnavailable, from_wire
+from taskhub.hub.connections import note_close
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.link import wire
 from taskhub.hub.link.outgoing import Outgoing
@@ -164,7 +165,7 @@ class HubLinks:
             remote.detach(peer)
         self.cut.discard(peer.id)
         for link in self.links.values():
-            link.detach(peer.id)
+            link.detach(peer.id, lost=not peer.closed_by_hub)
 
     def forget(self, link: Link) -> None:
         if self.links.get(link.url) is link:
@@ -216,9 +217,11 @@ class Link:
     def add(self, entry: bytes) -> None:
         self.out.add(entry)
 
-    def detach(self, conn: str) -> None:
+    def detach(self, conn: str, *, lost: bool = True) -> None:
+        """``lost``: the connection was lost, not closed by this hub (a started delivery it
+        held counts a try on the leader)."""
         if self.fronts.pop(conn, None) is not None:
-            self.out.add(wire.encode_entry(wire.Detach(conn)))
+            self.out.add(wire.encode_entry(wire.Detach(conn, lost)))
 
     async def request(self, make: Any) -> wire.Answer:
         """Send the request ``make(id)`` and wait for its answer."""
@@ -375,10 +378,15 @@ def forward_once(hub: Hub, key: str) -> bool:
 
 
 def _close(hub: Hub, front: Peer, code: int, reason: str) -> None:
+    """Close ``front``'s connection: a link that broke, a partition's slot that changed, a
+    leader that ends it. The hub's decision, not a worker lost: at 1012 or 1013 what the
+    connection held is given back without a try counted, here and on every leader it reached
+    (:meth:`HubLinks.detach`)."""
     closer = hub.connections.closers.get(front)
     if closer is not None:
-        closing = asyncio.ensure_future(closer(code, reason))
-        closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        note_close(front, code)
+        closed = asyncio.ensure_future(closer(code, reason))
+        closed.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class RemotePartition:
@@ -522,7 +530,7 @@ class RemotePartition:
         link = self.links.links.get(self.url)
         if link is not None:
             for conn in self.users:
-                link.detach(conn)
+                link.detach(conn, lost=False)
         self.users.clear()
         self.prefixes.clear()
 

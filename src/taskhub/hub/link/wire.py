@@ -69,9 +69,13 @@ class WatchIn(_Entry, tag="watch"):
 
 
 class Detach(_Entry, tag="detach"):
-    """Connection ``conn`` is gone: what it held on the leader goes back to its groups."""
+    """Connection ``conn`` is gone: what it held on the leader goes back to its groups, a
+    started delivery counting a try only when the connection was ``lost`` (not closed by the
+    origin hub: a link that broke, a partition that moved, the hub stopping). A leader of an
+    earlier version reads ``["detach", conn]`` and ignores the extra item."""
 
     conn: str
+    lost: bool = True
 
 
 class Find(_Entry, tag="find"):
