@@ -678,4 +678,5 @@ def hello() -> Message:
         "host": socket.gethostname()[:255],
         "pid": os.getpid(),
         "batch": True,  # it reads batched messages (offers)
+        "starts": True,  # its tasks' start events as one `starts` message (docs/protocol.md)
     }
