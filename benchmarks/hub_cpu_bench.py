@@ -137,6 +137,7 @@ async def one_round(
         frames[peer] = []
         hub.attach(peer, frames[peer].append)
     worker.batch = batched  # as its hello would say
+    publisher.starts = batched  # the Python client's hello says it too (its "starts")
     sub = {"op": "sub", "action": ACTION, "ref": 1, "concurrency": 64}
     hub.handle(worker, p.decode_frame(_enc.encode(sub))[0])
     await hub.flush()

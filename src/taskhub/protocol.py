@@ -285,6 +285,9 @@ class Hello(_Msg, tag="hello"):
     pid: Annotated[int, msgspec.Meta(ge=0)] | None = None
     # True: the client reads batched messages from the hub (``offers``; docs/protocol.md §2).
     batch: bool = False
+    # True: the client takes the ``start`` events of the tasks it follows as one ``starts``
+    # message per frame, naming the tasks (docs/protocol.md, "starts").
+    starts: bool = False
     ref: int | None = None
 
 

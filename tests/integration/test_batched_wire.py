@@ -16,7 +16,7 @@ import taskhub.sync
 from taskhub import Client, InvalidAction, PermissionDenied, Server
 from taskhub.client import TaskContext
 from taskhub.protocol import MAX_BATCH
-from tests.conftest import ClientFactory, ServerFactory
+from tests.conftest import ClientFactory, ServerFactory, until
 
 
 async def _raw(server: Server, name: str, *, batch: bool = False) -> ClientConnection:
@@ -240,6 +240,45 @@ async def test_an_old_client_without_batch_is_served_message_by_message(server: 
             )
         assert await asyncio.gather(*(h.get_result() for h in handles)) == [0, 1, 2]
     await worker.close()
+
+
+async def test_a_publisher_that_said_starts_hears_its_tasks_started_by_id(server: Server) -> None:
+    """``hello`` with ``starts``: the tasks' ``start`` events come as ``starts`` messages
+    naming them (docs/protocol.md, "starts"); a client that did not say it (the Node client)
+    gets the events as before. The Python client says it, and its handle still tells."""
+    plain, quick = await _raw(server, "plain"), await _raw(server, "quick")
+    await quick.send(json.dumps({"op": "hello", "starts": True, "ref": 0}))
+    await _until(quick, lambda m: m.get("ref") == 0)
+    worker = await Client(server.url, name="worker").connect()
+    release = asyncio.Event()
+
+    async def slow(task: TaskContext) -> Any:
+        await release.wait()
+        return task.payload
+
+    await worker.sub("batch:start", slow, concurrency=10)
+    async with Client(server.url, name="python") as python:
+        handle = python.pub("batch:start", "p")
+        for ws in (plain, quick):
+            await ws.send(json.dumps({"op": "pub", "action": "batch:start", "ref": 1}))
+        (a,) = await _until(plain, lambda m: m.get("ref") == 1)
+        (b,) = await _until(quick, lambda m: m.get("ref") == 1)
+        (event,) = await _until(plain, lambda m: m["op"] == "event")
+        assert event["type"] == "start" and event["task"] == a["task"]
+        (starts,) = await _until(quick, lambda m: m["op"] in ("event", "starts"))
+        assert starts == {"op": "starts", "tasks": [b["task"]]}
+        started: list[str] = []
+        handle.on("start", lambda h: started.append(h.state))
+        await until(lambda: handle.state == "start")
+        assert started == []  # a start listener added late is not called (as before)
+        release.set()
+        assert await handle == "p"
+        for ws, task in ((plain, a["task"]), (quick, b["task"])):
+            (end,) = await _until(ws, lambda m: m["op"] in ("event", "starts"))
+            assert end["type"] == "success" and end["task"] == task
+    await worker.close()
+    await plain.close()
+    await quick.close()
 
 
 # --- the client against a hub of its own: what it sends, what it does with what it gets -----

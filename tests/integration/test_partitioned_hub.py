@@ -5,12 +5,14 @@ them all, a timeout fires once, and a restart (sqlite) restores every partition'
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
 from taskhub import Client, Server, TaskTimeout, TooManyConnections
 from taskhub.partitions import partition_of, partition_of_id
@@ -76,6 +78,55 @@ async def test_a_chain_crossing_partitions_completes(hub: Server, clients: list[
     assert await handle.get_result() == [20, "end"]
     group = publisher.group([(third, 7), (first, 5), (first, 6)])
     assert await group.get_result() == [[None, "end"], 6, 7]
+
+
+async def test_a_batch_over_partitions_is_answered_before_its_tasks_events(hub: Server) -> None:
+    """A ``pubs`` whose items fall in several partitions is answered once every one stored
+    them; its tasks' events must not reach the publisher before that answer names them (a
+    client drops events of a task it cannot name yet). The worker returns each task as it is
+    offered, on a raw socket: the events come as fast as they can."""
+    actions = actions_in(set(range(P)))
+    worker, publisher = await _raw(hub, "worker"), await _raw(hub, "publisher")
+    for action in actions:
+        await worker.send(json.dumps({"op": "sub", "action": action, "concurrency": 8}))
+    await worker.send(json.dumps({"op": "sub", "action": actions[-1], "concurrency": 8, "ref": 1}))
+    while not any(m.get("ref") == 1 for m in _msgs(await worker.recv())):
+        pass
+
+    async def work() -> None:
+        while True:
+            for m in _msgs(await worker.recv()):
+                if m["op"] == "offer":
+                    ret = {"op": "return", "task": m["task"], "attempt": m["attempt"]}
+                    await worker.send(json.dumps(ret))
+
+    items = [{"action": a, "payload": i} for i in range(3) for a in actions]
+    working = asyncio.create_task(work())
+    try:
+        await publisher.send(json.dumps({"op": "pubs", "ref": 2, "items": items}))
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while sum(m.get("type") == "success" for m in got) < len(items):
+                got += _msgs(await publisher.recv())
+    finally:
+        working.cancel()
+        await worker.close()
+        await publisher.close()
+    assert got[0]["op"] == "ok" and got[0]["ref"] == 2
+    assert {m["task"] for m in got[1:]} == {item["task"] for item in got[0]["items"]}
+
+
+async def _raw(server: Server, name: str) -> ClientConnection:
+    ws = await connect(
+        server.url + "/v1/ws", additional_headers={"Authorization": f"Bearer {name}:"}
+    )
+    assert json.loads(await ws.recv())["op"] == "welcome"
+    return ws
+
+
+def _msgs(frame: str | bytes) -> list[dict[str, Any]]:
+    data = json.loads(frame)
+    return data if isinstance(data, list) else [data]
 
 
 async def test_a_frame_wakes_only_the_partitions_it_changed(

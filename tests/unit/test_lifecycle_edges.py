@@ -242,6 +242,30 @@ def test_a_follower_that_disconnects_is_no_longer_told() -> None:
     assert [e["type"] for e in h.msgs(pub, "event")] == ["start", "success"]
 
 
+def test_a_follower_that_takes_starts_hears_them_in_one_message_per_output() -> None:
+    """A connection whose hello said ``starts`` hears its tasks started as one ``starts``
+    message per output, where the first start was (docs/protocol.md, "starts"); another
+    follower of the same task still gets the ``start`` event."""
+    h = Hub()
+    w = h.worker("a", concurrency=3)
+    pub, other = h.peer("p"), h.peer("other")
+    pub.starts = True
+    tasks = [h.pub(peer=pub) for _ in range(3)]
+    h.lc.follow(other, tasks[0].id)
+    h.msgs(pub), h.msgs(other), h.msgs(w)
+    h.lc.pickup(w, tasks[0].id, 1)
+    h.lc.complete(w, tasks[0].id, 1, 7)
+    h.lc.pickup(w, tasks[1].id, 1)
+    got = h.msgs(pub)
+    assert [m["op"] for m in got] == ["starts", "event"]
+    assert got[0]["tasks"] == [tasks[0].id, tasks[1].id] and got[1]["type"] == "success"
+    assert [e["type"] for e in h.msgs(other, "event")] == ["start", "success"]
+    h.lc.complete(w, tasks[1].id, 1, 8)
+    h.lc.pickup(w, tasks[2].id, 1)  # the next output: a message of its own
+    got = h.msgs(pub)
+    assert [m["op"] for m in got] == ["event", "starts"] and got[1]["tasks"] == [tasks[2].id]
+
+
 # --- keys are pruned a window after they were made --------------------------------------------
 def test_keys_expire_one_by_one_as_their_window_passes() -> None:
     h = Hub(idempotency_window=100.0)

@@ -468,6 +468,8 @@ class Client:
             handlers = self._handlers
             if handlers.working or link.started:  # a publisher holds none: no call per event
                 handlers.event(task_id, msg)
+        elif op == "starts":  # the start events of a frame, by task id (docs/protocol.md)
+            self._link.started_tasks(msg["tasks"])
         elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
             for item in msg["items"]:
                 self._handlers.offered(item)

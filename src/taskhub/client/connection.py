@@ -347,8 +347,15 @@ class Connection:
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self.inbox.received:  # read elsewhere before: those first
             self.inbox.drain()
+        on_message = self.on_message
         for msg in decode_frame(frame):
-            self._dispatch_one(msg)
+            if "ref" in msg:  # an answer, maybe
+                self._dispatch_one(msg)
+                continue
+            try:  # _dispatch_one's steps, without a call per event (a publisher's most)
+                on_message(msg)
+            except Exception:
+                log.exception("handling %s from the hub failed", msg.get("op"))
 
     def _dispatch_one(self, msg: Message) -> None:
         ref = msg.get("ref")
@@ -678,4 +685,5 @@ def hello() -> Message:
         "host": socket.gethostname()[:255],
         "pid": os.getpid(),
         "batch": True,  # it reads batched messages (offers)
+        "starts": True,  # its tasks' start events as one `starts` message (docs/protocol.md)
     }

@@ -137,7 +137,16 @@ class Handlers:
             # No free slot: the handler waits, so receipt is acknowledged now (the pickup
             # window no longer applies); `_work` picks it up when a slot frees.
             self._send({"op": "ack", "task": ctx.id, "attempt": ctx.attempt}, own=True)
-        # With a free slot `_work` sends `pickup` (an ack too: one message less per task).
+        else:
+            # A free slot: picked up now, which acknowledges it too (one message less per
+            # task). This pickup's flush is scheduled before the handler's first step (the
+            # asyncio task made below), so the pickups of a frame's offers leave in one
+            # message before any of their handlers runs: a handler that blocks the event loop
+            # is known to the hub as started, and if its connection is then lost (the
+            # keepalive went unanswered) that counts a try toward max_attempts (issue 15,
+            # item 11). Without a loop turn of its own per delivery for that.
+            ctx.picked_up = True
+            self._send({"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True)
         sub.claimed += 1
         self.working[ctx.id] = ctx
         work = self._work(sub, ctx)
@@ -183,7 +192,7 @@ class Handlers:
                     self._send({"op": "release", "task": ctx.id, "attempt": ctx.attempt}, own=True)
                     return
                 try:
-                    if not ctx.observe and not ctx.picked_up:
+                    if not ctx.observe and not ctx.picked_up:  # it waited for a slot
                         ctx.picked_up = True
                         self._send(
                             {"op": "pickup", "task": ctx.id, "attempt": ctx.attempt}, own=True

@@ -104,6 +104,19 @@ class Link:
         if reply.get("created") is False:
             self.follow(task_id, handle)  # the same key was published before: catch up
 
+    def started_tasks(self, task_ids: list[str]) -> None:
+        """A ``starts`` message: these tasks started (their ``start`` events, without the
+        fields no handle reads). A worker holding one hears nothing: its context ignores a
+        start event."""
+        handles, same_task = self.handles, self.same_task
+        for task_id in task_ids:
+            handle = handles.get(task_id)
+            if handle is not None:
+                handle.feed_started()
+                if same_task:
+                    for other in tuple(same_task.get(task_id, ())):
+                        other.feed_started()
+
     def ended(self, handle: Handle) -> None:
         """``handle``'s task ended: nothing more to follow."""
         task_id = handle.id or ""

@@ -499,6 +499,12 @@ class Handle(_Emitter):
         if state in _FINAL:
             self._finish()
 
+    def feed_started(self) -> None:
+        """The task started: its ``start`` event, read from a ``starts`` message."""
+        self.state = "start"
+        if self._listeners is not None:
+            self._emit("start")
+
     def _happened(self, event: str) -> bool:
         if event == "update":
             return self._updated

@@ -303,6 +303,7 @@ class Dispatcher:
         said = {"client": msg.client, "version": msg.version, "host": msg.host, "pid": msg.pid}
         peer.hello = {k: v for k, v in said.items() if v is not None}
         peer.batch = msg.batch
+        peer.starts = msg.starts
         self.answer(peer, msg.ref)
 
     def _bad(self, peer: Peer, msg: p.Bad) -> None:

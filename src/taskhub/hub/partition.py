@@ -264,7 +264,7 @@ class LocalPartition:
         own = self.peers.get(front.id)
         if own is None:
             own = self.peers[front.id] = Peer(front.id, front.creds)
-            own.hello, own.remote = front.hello, front.remote
+            own.hello, own.remote, own.starts = front.hello, front.remote, front.starts
             self.fronts[front.id] = front
             self.lc.connect(own)
         return own

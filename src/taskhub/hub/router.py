@@ -221,8 +221,13 @@ class Router:
                 part.step_item(peer, item, i)
         if msg.ref is None:
             return None
-        fields = {"items": answers} if isinstance(msg, p.Pubs) else {}
-        return self._answer_stored(parts, peer, msg.ref, fields)
+        ok: Message = {"op": "ok", "ref": msg.ref}
+        if isinstance(msg, p.Pubs):
+            ok["items"] = answers
+        # Held from now, not from when the answer's coroutine first runs: the partitions
+        # may commit and send meanwhile, and a quick worker's start and success events of
+        # these tasks must not reach the client before the answer that names them.
+        return self._answer_stored(parts, ok, self.hold(peer))
 
     async def _batch_linked(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
         """A batched message whose items fall in partitions of several hubs: each partition
@@ -269,14 +274,18 @@ class Router:
         release([ok] if msg.ref is not None else [])
 
     async def _answer_stored(
-        self, parts: list[Partition], peer: Peer, ref: int, fields: dict[str, Any]
+        self, parts: list[Partition], ok: Message, release: Callable[[list[Message]], None]
     ) -> None:
-        """Answer ``ref`` once every partition in ``parts`` has written what it was given."""
+        """Send ``ok`` once every partition in ``parts`` has written what it was given, then
+        what they sent the connection meanwhile (held by ``release``'s :meth:`hold`)."""
         for part in parts:
             part.kick()
-        await asyncio.gather(*(part.flush() for part in parts))
-        self.front.answer(peer, ref, **fields)
-        self.front.kick()
+        try:
+            await asyncio.gather(*(part.flush() for part in parts))
+        except BaseException:
+            release([])
+            raise
+        release([ok])
 
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
         """A watch sees every partition: the partitions here; the front answers it (the same

@@ -95,11 +95,29 @@ class Journal:
             peer.queued = True
             self._outgoing.append(peer)
 
+    def _tell_started(self, task: Task, ev: EventRecord) -> None:
+        """Tell ``task``'s followers it started: its ``start`` event, or its id in the one
+        ``starts`` message of this output for a follower that takes those (no event message
+        made, encoded and read per task; docs/protocol.md, "starts"). That message goes
+        where the first start of the output went: no earlier message names a task it holds."""
+        msg = None
+        for peer in task.followers:
+            if not peer.starts:
+                msg = msg or event_msg(task, ev)
+                self.send(peer, msg)
+            elif peer.open:
+                starts = peer.starts_msg
+                if starts is None:
+                    peer.starts_msg = starts = {"op": "starts", "tasks": []}
+                    self.send(peer, starts)
+                starts["tasks"].append(ev.task_id)
+
     def take_output(self) -> list[tuple[Peer, list[Message]]]:
         """Messages queued since the last call, per peer, in order."""
         out = []
         for peer in self._outgoing:
             peer.queued = False
+            peer.starts_msg = None
             if peer.out:
                 out.append((peer, peer.out))
                 peer.out = []
@@ -217,9 +235,12 @@ class Journal:
         counts[key] = counts.get(key, 0) + 1
         self._dirty[rec.id] = rec  # as touch, inline: four or more events per task
         if notify and task.followers:
-            msg = event_msg(task, ev)
-            for peer in task.followers:
-                self.send(peer, msg)
+            if type_ == "start":
+                self._tell_started(task, ev)
+            else:
+                msg = event_msg(task, ev)
+                for peer in task.followers:
+                    self.send(peer, msg)
         for listener in self.listeners:
             listener(task, ev)
         return ev

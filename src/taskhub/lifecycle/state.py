@@ -81,6 +81,10 @@ class Peer:
     # deliveries it finished, by outcome.
     hello: dict[str, Any] | None = None
     batch: bool = False  # it reads batched messages (its hello said so; docs/protocol.md)
+    # It takes its followed tasks' start events as one `starts` message (its hello said so):
+    # that message while it is being filled (Journal.started), until the output is taken.
+    starts: bool = False
+    starts_msg: dict[str, Any] | None = None
     remote: str | None = None
     connected_at: float = 0.0
     succeeded: int = 0

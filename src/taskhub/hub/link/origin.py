@@ -423,6 +423,7 @@ class RemotePartition:
             said = {"client": msg.client, "version": msg.version, "host": msg.host, "pid": msg.pid}
             peer.hello = {k: v for k, v in said.items() if v is not None}
             peer.batch = msg.batch
+            peer.starts = msg.starts
         link = self._link(peer)
         if link is not None:
             prefix = self.prefixes.get(peer.id)
