@@ -67,7 +67,7 @@ def batch_args(
     tasks = batch.tasks  # a task given twice is indexed by its last record (apply.lua)
     fields: list[Any] = [len(tasks)]
     values: list[Any] = [*head, b""]  # b"": the header's place, filled in last
-    add_field, add_value = fields.append, values.append
+    add_field, add_value, seq_text = fields.append, values.append, _SEQS.get
     for t in tasks:
         at = t.ended_at
         ended = _score(at) if at is not None and t.state in TERMINAL_STATES else ""
@@ -75,13 +75,13 @@ def batch_args(
         fields += (t.id, t.state, t.action, ended, len(evs))
         add_value(encode(t))
         for e in evs:
-            add_field(_SEQS.get(e.seq) or str(e.seq))
+            add_field(seq_text(e.seq) or str(e.seq))
             add_value(encode(e))
     add_field(len(events))
     for task_id, evs in events.items():
         fields += (task_id, len(evs))
         for e in evs:
-            add_field(_SEQS.get(e.seq) or str(e.seq))
+            add_field(seq_text(e.seq) or str(e.seq))
             add_value(encode(e))
     add_field(len(batch.deleted))
     fields += batch.deleted
