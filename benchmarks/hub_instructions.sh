@@ -33,7 +33,8 @@ for n in 2000 6000; do
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
       >"$tmp/redis.$n" 2>&1 &
     redis_pid=$!
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    "$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); from common import wait_port
+wait_port(int(sys.argv[2]), 15)' "$here" "$port"
     url="redis://127.0.0.1:$port/0"
   fi
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$tmp/cg.$n" \
