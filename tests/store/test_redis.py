@@ -200,6 +200,15 @@ async def test_a_batch_with_hundreds_of_events_per_task(store: RedisStore) -> No
     assert await store.get_task("a") == task("a", state="start")
 
 
+async def test_event_seqs_are_stored_exactly_however_large(store: RedisStore) -> None:
+    # Seqs go to the script as text in the batch header (a Lua number would be exact only up
+    # to 2**53), the usual small ones from a table made once.
+    seqs = [0, 3, 255, 256, 2**53 + 1, 10**18 + 7]
+    await store.apply(WriteBatch(tasks=[task("a")], events=[event("a", seq) for seq in seqs[:3]]))
+    await store.apply(WriteBatch(events=[event("a", seq) for seq in seqs[3:]]))
+    assert [e.seq for e in await store.get_events("a")] == seqs
+
+
 async def test_a_task_written_twice_in_one_batch_is_indexed_by_its_last_record(
     store: RedisStore, raw: aioredis.Redis
 ) -> None:

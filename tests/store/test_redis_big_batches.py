@@ -13,12 +13,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from taskhub.errors import StoreFenced, StoreUnavailable
-from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
+from taskhub.records import TERMINAL_STATES, EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store.redis import RedisStore
+from taskhub.store.redis.keys import TERMINAL_ORDER
 from tests.redisproc import RedisProcess
 
 PIECE = 10
@@ -210,3 +212,74 @@ async def test_a_successor_finishes_a_batch_with_its_own_fence(
     with pytest.raises(StoreFenced):
         await first.apply(WriteBatch([task(999)]))
     assert await second.get_task(task(999).id) is None
+
+
+def args_before_the_header(batch: WriteBatch, head: list[Any]) -> list[Any]:
+    """``batch`` as apply.lua's arguments were before the batch header (taskhub up to this
+    change's parent: every small field an argument of its own), what an older leader staged."""
+    encode = msgspec.json.encode
+    events: dict[str, list[Any]] = {}
+    for e in batch.events:
+        events.setdefault(e.task_id, []).extend((e.seq, encode(e)))
+    args: list[Any] = [*head, len(batch.tasks)]
+    for t in batch.tasks:
+        done = t.ended_at is not None and t.state in TERMINAL_STATES
+        pairs = events.pop(t.id, [])
+        ended = repr(t.ended_at) if done else ""
+        args += [t.id, t.state, t.action, ended, encode(t), len(pairs) // 2, *pairs]
+    args.append(len(events))
+    for task_id, pairs in events.items():
+        args += [task_id, len(pairs) // 2, *pairs]
+    args += [len(batch.deleted), *batch.deleted, len(batch.meta)]
+    for m in batch.meta:
+        args += [m.kind, m.key, encode(m.value)]
+    args.append(len(batch.meta_deleted))
+    for kind, key in batch.meta_deleted:
+        args += [kind, key]
+    return args
+
+
+async def test_a_batch_an_older_leader_committed_is_finished_in_its_own_format(
+    url: str, raw: aioredis.Redis, opened: Opener
+) -> None:
+    """After an upgrade the new leader finishes what the old one committed but did not apply,
+    staged as the old arguments (a count where the header is now)."""
+    store = await opened(RedisStore.from_url(url))
+    gone = task(900, "success")
+    await store.apply(
+        WriteBatch([task(1), gone], [EventRecord(task_id=task(1).id, seq=1, at=1.0, type="init")])
+    )
+    await store.apply(WriteBatch(meta=[MetaRecord("queue", "q2", 2)]))
+    ended = msgspec.structs.replace(task(2, "success"), ended_at=5.0, result={"ok": True})
+    events = [
+        EventRecord(task_id=ended.id, seq=2, at=4.0, type="start"),
+        EventRecord(task_id=ended.id, seq=3, at=5.0, type="success"),
+        EventRecord(task_id=task(1).id, seq=2, at=6.0, type="offer"),
+    ]
+    first = WriteBatch([task(3), ended], events[:2])
+    second = WriteBatch(
+        [],
+        events[2:],
+        deleted=[gone.id],
+        meta=[MetaRecord("schedule", "nightly", {"last": 7})],
+        meta_deleted=[("queue", "q2")],
+    )
+    head = [store.keys.tag, "", "", " ".join(TERMINAL_ORDER)]
+    pieces = [args_before_the_header(first, head), args_before_the_header(second, head)]
+    batch_id = "0123456789abcdef"
+    for piece in pieces:
+        await raw.rpush(store.keys.stage(batch_id), *piece)
+    lengths = " ".join(str(len(piece)) for piece in pieces)
+    await raw.hset(store.keys.committed(), batch_id, lengths)
+
+    successor = await opened(RedisStore.from_url(url))
+    restored = await successor.load_active()
+    assert sorted(t.id for t in restored) == [task(1).id, task(3).id]
+    assert await successor.get_task(ended.id) == ended
+    assert [e.type for e in await successor.get_events(ended.id)] == ["start", "success"]
+    assert [e.type for e in await successor.get_events(task(1).id)] == ["init", "offer"]
+    assert [t.id for t in await successor.list_ended_before(6.0)] == [ended.id]
+    assert await successor.get_task(gone.id) is None
+    assert await successor.get_meta("schedule", "nightly") == {"last": 7}
+    assert await successor.get_meta("queue", "q2") is None
+    assert await staging_keys(raw, successor) == []

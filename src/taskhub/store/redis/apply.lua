@@ -1,10 +1,12 @@
 -- One batch of writes, atomically (RedisStore.apply). Loaded after common.lua.
 -- KEYS[1] = {P}:ended (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
--- token, terminal states, then counted groups: tasks (id, state, action, ended
--- score or '', record, event count, then seq and record per event), events of tasks not
--- upserted here (task id, event count, seq and record per event), deleted ids, meta (kind,
--- key, value), meta deletes (kind, key). Order as in the other engines: upserts, events,
--- deletes, meta, meta deletes.
+-- token, terminal states, the batch's header, then its values (batches.batch_args). The header
+-- is one MessagePack array of the small fields, in counted groups: tasks (id, state, action,
+-- ended score or '', event count, each event's seq), events of tasks not upserted here (task
+-- id, event count, seqs), deleted ids, meta (kind, key), meta deletes (kind, key). The values,
+-- in the header's order: each task's record then its events, the other tasks' events, each
+-- meta entry's value. (staged.lua may hand the header over as a table already.) Order as in
+-- the other engines: upserts, events, deletes, meta, meta deletes.
 --
 -- Each Redis call a script makes costs ~1 us besides its work, so the index sets are written
 -- with one call per set for the whole batch, and a task's stored state is read only when the
@@ -45,20 +47,35 @@ if call('EXISTS', P .. 'all') == 1 then
   call('UNLINK', P .. 'all')
 end
 
-local i = 5
-local n = tonumber(ARGV[i]); i = i + 1
--- A count as Lua reads it: tonumber() is strtod(), ~1k instructions; most counts are small.
-local COUNT = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6}
-local function count(arg) return COUNT[arg] or tonumber(arg) end
--- Where each task's arguments start in ARGV (its events' are 6 further on, and their count
--- is its sixth), its id, and which of a task's writes is its last (a task given twice is
--- indexed by its last record, and every write's fields are set in order).
-local at, ids, latest = {}, {}, {}
+local H = ARGV[5]
+if type(H) == 'string' then H = cmsgpack.unpack(H) end
+local h, v = 2, 6 -- the next header field, the next value
+local n = H[1]
+-- Where each task's fields start in the header (its event count is its fifth, its seqs follow)
+-- and its values in ARGV (its record, then its events), its id, and which of a task's writes
+-- is its last (a task given twice is indexed by its last record, and every write's fields are
+-- set in order).
+local at, vat, ids, latest = {}, {}, {}, {}
 for t = 1, n do
-  local id = ARGV[i]
-  at[t], ids[t] = i, id
+  local id, k = H[h], H[h + 4]
+  at[t], vat[t], ids[t] = h, v, id
   latest[id] = t
-  i = i + 6 + 2 * count(ARGV[i + 5])
+  h = h + 5 + k
+  v = v + 1 + k
+end
+-- A task's events (k seqs from H[s], k values from ARGV[r]) written into its hash after the
+-- fields already in `fields` (m of them), in slices (unpack() of a huge table overflows Lua's
+-- C stack).
+local function write_events(key, s, r, k, fields, m)
+  for j = 0, k - 1 do
+    fields[m + 1], fields[m + 2] = H[s + j], ARGV[r + j]
+    m = m + 2
+    if m >= SLICE then
+      call('HSET', key, unpack(fields, 1, m))
+      m = 0
+    end
+  end
+  if m > 0 then call('HSET', key, unpack(fields, 1, m)) end
 end
 
 -- The index writes of the batch, one call per set. Scores are strings: a Lua number would be
@@ -98,13 +115,13 @@ if n > 0 then
   -- Tasks not live: new, or terminal already. Only when some of them exist is each read.
   local others, keys, tkeys = {}, {}, {}
   for t = 1, n do
-    local id, state = ids[t], ARGV[at[t] + 1]
+    local id, state = ids[t], H[at[t] + 1]
     if latest[id] ~= t then
       -- an earlier write of a task written again in this batch: its fields only
     elseif live[t] then
       if TERMINAL[state] then
         gone[#gone + 1] = id
-        index_terminal(id, state, ARGV[at[t] + 2], ARGV[at[t] + 3])
+        index_terminal(id, state, H[at[t] + 2], H[at[t] + 3])
       end
     else
       local key = task_key(id)
@@ -117,7 +134,8 @@ if n > 0 then
     existing = existing + call('EXISTS', unpack(keys, first, upto))
   end
   for j, t in ipairs(others) do
-    local id, state, action, ended = ids[t], ARGV[at[t] + 1], ARGV[at[t] + 2], ARGV[at[t] + 3]
+    local a = at[t]
+    local id, state, action, ended = ids[t], H[a + 1], H[a + 2], H[a + 3]
     local old_state, old_action, old_ended = false, false, false
     if existing > 0 then
       old_state, old_action, old_ended = stored(keys[j])
@@ -145,41 +163,43 @@ if n > 0 then
   if #gone > 0 then sliced('ZREM', ACTIVE, gone) end
   for _, key in ipairs(order) do sliced('ZADD', key, adds[key]) end
   for t = 1, n do
-    local a = at[t]
+    local a, r = at[t], vat[t]
     local key = tkeys[t] or task_key(ids[t])
-    local s, last = a + 6, a + 5 + 2 * count(ARGV[a + 5])
-    local e = math.min(last, s + SLICE - 1)
-    -- The record, the index fields and the first events (ARGV slices: no table built).
-    call('HSET', key, 'r', ARGV[a + 4], 's', ARGV[a + 1], 'a', ARGV[a + 2],
-      'e', ARGV[a + 3], unpack(ARGV, s, e))
-    for more = e + 1, last, SLICE do
-      call('HSET', key, unpack(ARGV, more, math.min(last, more + SLICE - 1)))
+    local k = H[a + 4]
+    -- The record, the index fields and the task's events: one HSET for a task's usual one
+    -- or two events of a batch.
+    if k == 1 then
+      call('HSET', key, 'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3],
+        H[a + 5], ARGV[r + 1])
+    elseif k == 2 then
+      call('HSET', key, 'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3],
+        H[a + 5], ARGV[r + 1], H[a + 6], ARGV[r + 2])
+    else
+      local fields = {'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3]}
+      write_events(key, a + 5, r + 1, k, fields, 8)
     end
   end
 end
 
-n = tonumber(ARGV[i]); i = i + 1
+n = H[h]; h = h + 1
 for _ = 1, n do
-  local key, k = task_key(ARGV[i]), tonumber(ARGV[i + 1])
-  i = i + 2
-  for more = i, i + 2 * k - 1, SLICE do
-    call('HSET', key, unpack(ARGV, more, math.min(i + 2 * k - 1, more + SLICE - 1)))
-  end
-  i = i + 2 * k
+  local key, k = task_key(H[h]), H[h + 1]
+  write_events(key, h + 2, v, k, {}, 0)
+  h, v = h + 2 + k, v + k
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = H[h]; h = h + 1
 for _ = 1, n do
-  remove(ARGV[i])
-  i = i + 1
+  remove(H[h])
+  h = h + 1
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = H[h]; h = h + 1
 for _ = 1, n do
-  call('HSET', P .. 'meta:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
+  call('HSET', P .. 'meta:' .. H[h], H[h + 1], ARGV[v])
+  h, v = h + 2, v + 1
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = H[h]; h = h + 1
 for _ = 1, n do
-  call('HDEL', P .. 'meta:' .. ARGV[i], ARGV[i + 1])
-  i = i + 2
+  call('HDEL', P .. 'meta:' .. H[h], H[h + 1])
+  h = h + 2
 end
 return 1

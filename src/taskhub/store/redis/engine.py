@@ -137,6 +137,7 @@ class RedisStore:
         self._fence_key = ""
         self._fence_token = ""
         self._encoder = msgspec.json.Encoder()
+        self._packer = msgspec.msgpack.Encoder()  # the batch's header (batches.batch_args)
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
         self._event_decoder = msgspec.json.Decoder(EventRecord)
         self._any_decoder = msgspec.json.Decoder()
@@ -286,7 +287,7 @@ class RedisStore:
 
     def _args(self, batch: WriteBatch) -> list[Any]:
         head = [self._tag, self._fence_key, self._fence_token, _TERMINAL]
-        return batches.batch_args(batch, head, self._encoder.encode)
+        return batches.batch_args(batch, head, self._encoder.encode, self._packer.encode)
 
     async def _apply_pieces(self, batch: WriteBatch) -> None:
         """Stage the batch's pieces in a list, commit it (from then on the batch is written

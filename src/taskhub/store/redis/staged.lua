@@ -22,6 +22,47 @@ else
   redis.call('HSET', committed, id, rest)
   redis.call('LTRIM', stage, n, -1)
 end
+-- A piece staged by taskhub before the batch header (batches.batch_args), which a new leader
+-- may finish after an upgrade: its fifth argument is a decimal count where a header's first
+-- byte is a MessagePack array's. Rebuilt here as the header (a table) and the values.
+local b5 = string.byte(ARGS[5])
+if b5 and b5 >= 48 and b5 <= 57 then
+  local A, H, V, i = ARGS, {}, {ARGS[1], ARGS[2], ARGS[3], ARGS[4], false}, 5
+  local function field(x) H[#H + 1] = x end
+  local function count()
+    local k = tonumber(A[i])
+    field(k)
+    i = i + 1
+    return k
+  end
+  local function events(k) -- seq, record pairs
+    for _ = 1, k do
+      field(A[i])
+      V[#V + 1] = A[i + 1]
+      i = i + 2
+    end
+  end
+  for _ = 1, count() do -- id, state, action, ended, record, event count, events
+    field(A[i]); field(A[i + 1]); field(A[i + 2]); field(A[i + 3])
+    V[#V + 1] = A[i + 4]
+    i = i + 5
+    events(count())
+  end
+  for _ = 1, count() do -- task id, event count, events
+    field(A[i])
+    i = i + 1
+    events(count())
+  end
+  for _ = 1, count() do field(A[i]); i = i + 1 end -- deleted ids
+  for _ = 1, count() do -- kind, key, value
+    field(A[i]); field(A[i + 1])
+    V[#V + 1] = A[i + 2]
+    i = i + 3
+  end
+  for _ = 1, count() do field(A[i]); field(A[i + 1]); i = i + 2 end -- meta deletes
+  V[5] = H
+  ARGS = V
+end
 -- This writer's fence, not the stager's: the next leader finishes what its predecessor
 -- committed.
 ARGS[2], ARGS[3] = fence, token
