@@ -62,6 +62,34 @@ def test_events_are_counted_per_second_and_each_complete_second_is_told() -> Non
     assert hub.lc.counts[ACTION, "init", None] == 1
 
 
+def test_each_event_counts_in_the_second_int_gives_its_time_whichever_way_the_clock_goes() -> None:
+    clock = FakeClock(5.99)
+    hub, worker, publisher = _hub(clock)
+    told: list[tuple[int, dict[EventKey, int]]] = []
+    hub.lc.second_listeners.append(lambda second, counts: told.append((second, dict(counts))))
+    _run(hub, worker, publisher)  # second 5
+    clock.now = 0.5  # a clock set back, to second 0 (which int() gives (-1, 1) to)
+    _run(hub, worker, publisher)
+    clock.now = 0.75  # still second 0
+    _run(hub, worker, publisher)
+    clock.now = 5.0  # back in second 5, a new run of it
+    _run(hub, worker, publisher)
+    clock.now = 6.0  # the first reading of second 6
+    _run(hub, worker, publisher)
+    assert [(second, counts[ACTION, "init", None]) for second, counts in told] == [
+        (5, 1),
+        (0, 2),
+        (5, 1),
+    ]
+    assert hub.lc.counts_second == 6
+    assert hub.lc.counts == {
+        (ACTION, "init", None): 1,
+        (ACTION, "offer", "builder"): 1,
+        (ACTION, "start", "builder"): 1,
+        (ACTION, "success", None): 1,
+    }
+
+
 def test_rates_count_the_last_window_only() -> None:
     clock = FakeClock(2000.5)
     hub, worker, publisher = _hub(clock)

@@ -30,7 +30,9 @@ def sealed_copy(rec: TaskRecord) -> TaskRecord:
     chain's progress in them, payload, result, errors, updates) the lifecycle replaces but
     never changes in place, so they are shared. tests/unit/test_sealed.py and the lifecycle
     state machine hold the lifecycle to that."""
-    return _replace(rec, deliveries=list(map(_replace, rec.deliveries)))
+    ds = rec.deliveries
+    # Most tasks have one delivery: a list display costs half what list(map(...)) does.
+    return _replace(rec, deliveries=[_replace(ds[0])] if len(ds) == 1 else list(map(_replace, ds)))
 
 
 def event_msg(task: Task, ev: EventRecord) -> Message:
@@ -79,9 +81,14 @@ class Journal:
         self._ended: list[TaskRecord] = []
         # Task events of one second of the hub clock (``counts_second``), per (action, event
         # type, group). The dashboard's rates and the metrics' counters are made from these,
-        # so counting an event costs one dict update here instead of a listener call each.
-        self.counts: dict[EventKey, int] = {}
+        # so counting an event costs one dict lookup here instead of a listener call each:
+        # each count is a one-item list, so its key (a tuple) is hashed once, not for a get
+        # and again for a set; :attr:`counts` reads them out as ints.
+        self._cells: dict[EventKey, list[int]] = {}
         self.counts_second = -1
+        # The clock readings of ``counts_second``, [lo, hi): an event's check is two float
+        # comparisons instead of int(at) (an empty range for a second <= 0: int() decides).
+        self._second_lo = self._second_hi = 0.0
         # Told (second, its counts) once a second's counts are complete: at the first event
         # of a later second. Seconds without events are never told.
         self.second_listeners: list[Callable[[int, dict[EventKey, int]], None]] = []
@@ -228,11 +235,13 @@ class Journal:
             at = self.clock()
         ev = EventRecord(rec.id, rec.seq, at, type_, group, service, data)
         self._events.append(ev)
-        if int(at) != self.counts_second:
-            self._next_second(int(at))
-        counts = self.counts
-        key = (rec.action, type_, group)
-        counts[key] = counts.get(key, 0) + 1
+        if not self._second_lo <= at < self._second_hi:
+            self._at_second(at)
+        cell = self._cells.get((rec.action, type_, group))
+        if cell is None:
+            self._cells[(rec.action, type_, group)] = [1]
+        else:
+            cell[0] += 1
         self._dirty[rec.id] = rec  # as touch, inline: four or more events per task
         if notify and task.followers:
             if type_ == "start":
@@ -270,8 +279,24 @@ class Journal:
         elif listener in self.listeners:
             self.listeners.remove(listener)
 
+    @property
+    def counts(self) -> dict[EventKey, int]:
+        """Task events of the second :attr:`counts_second`, per (action, type, group)."""
+        return {key: cell[0] for key, cell in self._cells.items()}
+
+    def _at_second(self, at: float) -> None:
+        """An event at ``at``, outside the range of :attr:`counts_second`'s readings."""
+        second = int(at)
+        if second > 0:
+            self._second_lo, self._second_hi = float(second), float(second + 1)
+        else:  # int() truncates toward zero: [second, second + 1) is not its range here
+            self._second_lo = self._second_hi = 0.0
+        if second != self.counts_second:
+            self._next_second(second)
+
     def _next_second(self, second: int) -> None:
-        done, self.counts = self.counts, {}
+        done = self.counts
+        self._cells = {}
         previous, self.counts_second = self.counts_second, second
         if done:
             for listener in self.second_listeners:

@@ -35,6 +35,7 @@ def _chain_of(rec: TaskRecord) -> tuple[str, int] | None:
 
 
 def snapshot(rec: TaskRecord) -> Snapshot:
+    ds = rec.deliveries
     return (
         rec.id,
         rec.action,
@@ -45,8 +46,9 @@ def snapshot(rec: TaskRecord) -> Snapshot:
         rec.ended_at,
         rec.updates,
         rec.error,  # replaced on change, never mutated: the reference is a snapshot
-        [(d.group, d.state) for d in rec.deliveries],
-        _chain_of(rec),
+        # One delivery (most tasks): a display, not a comprehension (a frame each in 3.11).
+        [(ds[0].group, ds[0].state)] if len(ds) == 1 else [(d.group, d.state) for d in ds],
+        _chain_of(rec) if "chain_task" in rec.options else None,
     )
 
 
