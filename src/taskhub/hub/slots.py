@@ -92,6 +92,12 @@ class SharedSlots:
             except Exception:  # a bug: said; the next change of the service writes it
                 log.exception("writing the connections of %r failed", service)
 
+    async def settle(self) -> None:
+        """Wait until every change so far is written (or given up: :meth:`close`)."""
+        while self._writer is not None and not self._writer.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._writer)
+
     async def _wait_ready(self) -> None:
         await self._ready.wait()
         if self._closed:
