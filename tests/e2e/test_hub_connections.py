@@ -2,12 +2,14 @@
 (docs/deployment.md, "Connections across hubs"), over one real SQLite file and one real
 redis-server: a credential with ``max_connections = 1`` connected to one hub is refused by the
 other, with the same error as on one hub; once that connection closes the other hub takes
-one; a pull consumer counts too; and a hub killed -9 frees its connections' slots within about
-a lease, never holding them for good."""
+one; a pull consumer counts too; a hub killed -9 frees its connections' slots within about
+a lease, never holding them for good; and the children of ``taskhub serve --processes 2``
+count together."""
 
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,19 +49,20 @@ def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[HubPro
             hub.stop()
 
 
-def client(hub: HubProcess) -> Client:
-    return Client(hub.url, name=NAME, key=KEY, connect_timeout=5, max_backoff=0.2)
+def client(hub: HubProcess | str) -> Client:
+    url = hub if isinstance(hub, str) else hub.url
+    return Client(url, name=NAME, key=KEY, connect_timeout=5, max_backoff=0.2)
 
 
-async def refused(hub: HubProcess) -> str:
-    """Connect to ``hub`` expecting the refusal; its message."""
+async def refused(hub: HubProcess | str) -> str:
+    """Connect to ``hub`` (or a URL) expecting the refusal; its message."""
     with pytest.raises(TooManyConnections) as info:
         await client(hub).connect()
     return info.value.message
 
 
-async def connected(hub: HubProcess) -> Client | None:
-    """A connection to ``hub``, or None while it is refused."""
+async def connected(hub: HubProcess | str) -> Client | None:
+    """A connection to ``hub`` (or a URL), or None while it is refused."""
     try:
         return await client(hub).connect()
     except TooManyConnections:
@@ -107,3 +110,41 @@ async def test_a_hub_killed_9_frees_its_connections_within_about_a_lease(
         await again.close()
     finally:
         await held.close()
+
+
+def leaders(url: str) -> set[str]:
+    """The other hubs' URLs that ``url``'s ``/healthz`` names as leaders."""
+    with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+        return {u for u in json.loads(answer.read())["leaders"].values() if u}
+
+
+async def test_the_children_of_serve_processes_count_together(tmp_path: Path) -> None:
+    env = {"TASKHUB_LEASE": str(LEASE), "TASKHUB_CREDENTIALS": json.dumps(CREDENTIALS)}
+    store = f"sqlite:///{tmp_path / 'hub.db'}"
+    serve = HubProcess(store, None, "--partitions", str(P), "--processes", "2", env=env)
+    serve.start(timeout=60)
+    try:
+        # Each child's own URL: the child behind the shared port names the other, which
+        # names the first (once each leads two partitions).
+        own: list[str] = []
+
+        def both() -> bool:
+            other = leaders(serve.http_url)
+            own[:] = [*other, *(leaders(next(iter(other))) if len(other) == 1 else ())]
+            return len(set(own)) == 2
+
+        wait_until(both, 30, serve.log)
+        x, y = (url.replace("http://", "ws://", 1) for url in own)
+        first = await client(x).connect()
+        try:
+            assert await refused(y) == REFUSED
+            assert await refused(serve.url) == REFUSED  # whichever child the kernel picks
+        finally:
+            await first.close()
+        second = await until(lambda: connected(y), timeout=10.0)
+        try:
+            assert await refused(x) == REFUSED
+        finally:
+            await second.close()
+    finally:
+        serve.stop()

@@ -296,5 +296,10 @@ async def test_on_a_cluster_each_lease_lives_with_its_partition(
         assert all([await leases.renew(p, t, 10_000) for p, t in enumerate(tokens) if t])
         await leases.heartbeat(Member("ia", "http://a"), 10_000)
         assert await leases.members() == [Member("ia", "http://a")]
+        # The slot scripts read other members' records by name: one hash tag, one primary.
+        assert await leases.claim_slot("ia", "emailer", 1, 1, 10_000) is None
+        assert await leases.claim_slot("ib", "emailer", 1, 1, 10_000) == 1
+        await leases.set_slots("ia", "emailer", 0, 10_000)
+        assert await leases.claim_slot("ib", "emailer", 1, 1, 10_000) is None
     finally:
         await leases.close()
