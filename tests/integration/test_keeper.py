@@ -16,7 +16,7 @@ from taskhub.errors import StoreFenced
 from taskhub.hub.assign import assign
 from taskhub.hub.keeper import PartitionKeeper
 from taskhub.records import TaskRecord, WriteBatch
-from taskhub.store import PartitionLeases, open_partition_leases
+from taskhub.store import Member, PartitionLeases, open_partition_leases
 from taskhub.store.sqlite_leases import SqlitePartitionLeases
 from tests import redisproc
 from tests.conftest import until
@@ -237,9 +237,11 @@ async def test_started_keepers_keep_their_share_on_their_own(tmp_path: Path) -> 
             await lz.close()
 
 
-async def test_a_gain_slower_than_the_lease_keeps_every_lease(tmp_path: Path) -> None:
-    # A hub restoring a big partition may take longer than a lease: the keeper heartbeats
-    # and renews meanwhile, so neither that partition nor the others lapse.
+@pytest.mark.parametrize("apart", [False, True], ids=["in-rounds", "renewal-thread"])
+async def test_a_gain_slower_than_the_lease_keeps_every_lease(tmp_path: Path, apart: bool) -> None:
+    # A hub restoring a big partition may take longer than a lease: the keeper (or its
+    # renewal thread) heartbeats and renews meanwhile, so neither that partition nor the
+    # others lapse.
     url = f"sqlite:///{tmp_path}/hub.db"
     leases = open_partition_leases(url, 2)
     await leases.open()
@@ -249,13 +251,22 @@ async def test_a_gain_slower_than_the_lease_keeps_every_lease(tmp_path: Path) ->
         await asyncio.sleep(1.5)  # three leases
         gained.append(p)
 
-    keeper = PartitionKeeper(leases, instance="a", url="http://a", lease=0.5, on_gained=slow)
+    keeper = PartitionKeeper(
+        leases,
+        instance="a",
+        url="http://a",
+        lease=0.5,
+        on_gained=slow,
+        open_renewal_leases=(lambda: open_partition_leases(url, 2)) if apart else None,
+    )
     try:
         await keeper.tick()
         assert gained == [0, 1]
         assert keeper.led() == [0, 1]
+        assert (keeper.renewer is not None) == apart
         for p in (0, 1):
             assert await leases.holder(p) == keeper.tokens[p]
+        assert await leases.members() == [Member("a", "http://a")]
         await keeper.tick()  # the next round renews: nothing lapsed
         assert keeper.led() == [0, 1]
     finally:

@@ -4,6 +4,7 @@ fenced store of a partition, the member list, and the members' connection slots.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,6 +80,28 @@ async def test_one_token_holds_a_partition_at_a_time(open_leases: Open) -> None:
     assert await a.holder(2) is None
     second = await b.take(2, "ib http://b", 10_000)
     assert second is not None and Token.parse(second).epoch == 2  # a new tenure, a new token
+
+
+async def test_renew_many_renews_what_each_token_holds_and_heartbeats(
+    open_leases: Open,
+) -> None:
+    """The renewal thread's one call per round (hub/renewer.py): each lease is renewed only
+    for the token that holds it, in the order asked, and the member record is kept."""
+    a, b = await open_leases(4), await open_leases(4)
+    mine = [await a.take(p, "ia http://a", 300) for p in (0, 2, 3)]
+    theirs = await b.take(1, "ib http://b", 10_000)
+    assert all(mine) and theirs is not None
+    held = [(0, mine[0] or ""), (1, "1 ia http://a"), (2, mine[1] or ""), (3, mine[2] or "")]
+    assert await a.renew_many(held, 10_000, Member("ia", "http://a")) == [True, False, True, True]
+    assert await b.members() == [Member("ia", "http://a")]
+    assert await a.release(3, mine[2] or "")
+    # Renewed for 10 s, not the 300 ms taken: still held once the first TTL is long gone.
+    await asyncio.sleep(0.5)
+    assert await b.take(0, "ib http://b", 10_000) is None
+    assert await a.renew_many([(3, mine[2] or ""), (0, mine[0] or "")], 10_000) == [False, True]
+    assert await a.renew_many([], 10_000) == []
+    with pytest.raises(ValueError, match="partition 4 is out of range"):
+        await a.renew_many([(4, "1 ia http://a")], 10_000)
 
 
 async def test_a_lease_not_renewed_expires(open_leases: Open, store_url: str) -> None:
@@ -242,8 +265,11 @@ async def test_connection_slots_expire_with_their_members_heartbeat(open_leases:
     # The heartbeat gives the slots the member's TTL: a hub killed now (no more beats) stops
     # counting once it runs out. Polled, not timed.
     await a.heartbeat(Member("ia", "http://a"), 200)
-    assert await until(lambda: _claimed(b.claim_slot("ib", "emailer", 1, 1, 10_000)), timeout=10.0)
+    assert await until(lambda: _claimed(b.claim_slot("ib", "emailer", 1, 1, 60_000)), timeout=10.0)
     assert await a.claim_slot("ia", "emailer", 1, 1, 10_000) == 1  # b holds it now
+    # The renewal thread's one call per round beats the member too: the same for its slots.
+    await b.renew_many([], 200, Member("ib", "http://b"))
+    assert await until(lambda: _claimed(a.claim_slot("ia", "emailer", 1, 1, 10_000)), timeout=10.0)
 
 
 async def _claimed(claim: Awaitable[int | None]) -> bool:
@@ -294,6 +320,8 @@ async def test_on_a_cluster_each_lease_lives_with_its_partition(
         tokens = [await leases.take(p, "ia http://a", 10_000) for p in range(12)]
         assert all(t is not None for t in tokens)
         assert all([await leases.renew(p, t, 10_000) for p, t in enumerate(tokens) if t])
+        held = [(p, t) for p, t in enumerate(tokens) if t]
+        assert await leases.renew_many(held, 10_000, Member("ia", "http://a")) == [True] * 12
         await leases.heartbeat(Member("ia", "http://a"), 10_000)
         assert await leases.members() == [Member("ia", "http://a")]
         # The slot scripts read other members' records by name: one hash tag, one primary.

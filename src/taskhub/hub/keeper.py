@@ -1,13 +1,15 @@
 """Keeps this hub's share of the partitions: the leases it should hold, and only those.
 
-Every ``interval`` (a third of the lease by default) the keeper heartbeats its member record,
-lists the live members, computes the assignment (:mod:`taskhub.hub.assign`, the same in every
-hub), and then
+Every ``interval`` (a third of the lease by default) the keeper lists the live members,
+computes the assignment (:mod:`taskhub.hub.assign`, the same in every hub), and then
 
-- renews the leases it holds; a lease refused, or not renewed before it runs out by the
-  keeper's own clock (counted from when the last successful renewal was *sent*), is lost:
-  ``on_lost(p)`` at once, and the hub must stop leading p (its fenced store refuses writes by
-  then anyway);
+- renews the leases it holds, and heartbeats its member record; a lease refused, or not
+  renewed before it runs out by the keeper's own clock (counted from when the last successful
+  renewal was *sent*), is lost: ``on_lost(p)`` at once, and the hub must stop leading p
+  (its fenced store refuses writes by then anyway). Given ``open_renewal_leases``, the
+  renewals and the heartbeat run apart from the rounds, in a thread of their own over leases
+  of their own (:class:`~taskhub.hub.renewer.PartitionRenewer`), every ``lease / 3`` whatever
+  the hub's event loop does; the rounds then do the rest;
 - hands off a partition another live member should lead: ``on_release(p)`` first (the hub
   flushes and stops the partition), then the lease is released so the successor takes it
   at its next round, without waiting for expiry;
@@ -37,6 +39,7 @@ from collections.abc import Awaitable, Callable
 
 from taskhub.errors import StoreUnavailable
 from taskhub.hub.assign import assign
+from taskhub.hub.renewer import PartitionRenewer
 from taskhub.store.lock import Member, PartitionLeases, Token
 
 log = logging.getLogger("taskhub.keeper")
@@ -71,13 +74,18 @@ class PartitionKeeper:
         on_release: Changed = _nothing,
         on_lost: Changed = _nothing,
         on_leader: Leader = _ignore,
+        open_renewal_leases: Callable[[], PartitionLeases] | None = None,
+        stall: float | None = None,
     ) -> None:
         """``lease``: seconds a lease (and the member record) lasts without renewal.
         ``interval``: seconds between rounds (:meth:`start`), ``lease / 3`` by default; less
         than the lease, so a renewal can fail and be retried before it runs out. ``poll``:
         seconds between two reads of a lease :meth:`look_soon` watches (0: it does nothing,
         the rounds alone read the leases). ``clock``: monotonic seconds (a test's fake
-        clock)."""
+        clock). ``open_renewal_leases``: new leases over the same store, for a renewal thread
+        (``clock`` must be ``time.monotonic`` then); without it the rounds renew. ``stall``:
+        seconds the hub's loop may not run before that thread lets every lease go (ten
+        leases by default)."""
         if lease <= 0:
             raise ValueError(f"lease must be > 0 seconds, got {lease}")
         interval = lease / 3 if interval is None else interval
@@ -106,6 +114,10 @@ class PartitionKeeper:
         self._turn = asyncio.Lock()
         self._asked: dict[int, float] = {}  # partitions look_soon watches -> until (clock)
         self._looker: asyncio.Task[None] | None = None
+        self.open_renewal_leases = open_renewal_leases
+        self.stall = stall
+        self.renewer: PartitionRenewer | None = None  # the renewal thread, when there is one
+        self._losing: set[asyncio.Task[None]] = set()  # losses the renewer told
 
     @property
     def ttl_ms(self) -> int:
@@ -113,7 +125,12 @@ class PartitionKeeper:
 
     def leads(self, partition: int) -> bool:
         """This hub holds the partition's lease and it has not run out by the keeper's clock."""
-        return partition in self.tokens and self.clock() < self._until[partition]
+        return partition in self.tokens and self.clock() < self._until_of(partition)
+
+    def _until_of(self, partition: int) -> float:
+        if self.renewer is not None:
+            return self.renewer.until(partition)
+        return self._until[partition]
 
     def led(self) -> list[int]:
         """The partitions this hub leads now."""
@@ -154,13 +171,54 @@ class PartitionKeeper:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._looker = None
+        renewer = self.renewer
+        if renewer is not None:
+            await renewer.leave()  # no heartbeat lands after the record is taken off
         with contextlib.suppress(StoreUnavailable):
             await self.leases.leave(self.member.instance)
-        for p in sorted(self.tokens):
-            await self._hand_off(p)
+        try:
+            for p in sorted(self.tokens):
+                await self._hand_off(p)  # the renewer keeps the leases while they flush
+        finally:
+            if renewer is not None:
+                renewer.stop()
+
+    def _renew_apart(self) -> None:
+        """Start the renewal thread, or a new one after the last let the leases go."""
+        if self.open_renewal_leases is None or self._stopped:
+            return
+        if self.renewer is not None and not self.renewer.stopped:
+            return
+        self.renewer = PartitionRenewer(
+            self.open_renewal_leases,
+            self.member,
+            lease=self.lease,
+            loop=asyncio.get_running_loop(),
+            on_lost=self._told_lost,
+            stall=self.stall,
+        )
+        for p, token in self.tokens.items():  # (a stalled thread's are lost already)
+            self.renewer.hold(p, token, self._until[p])
+        self.renewer.start()
+
+    def _told_lost(self, partition: int, token: str, why: str) -> None:
+        """The renewal thread lost ``partition``'s lease held with ``token``."""
+        task = asyncio.ensure_future(self._lost_apart(partition, token, why))
+        self._losing.add(task)
+        task.add_done_callback(self._losing.discard)
+
+    async def _lost_apart(self, p: int, token: str, why: str) -> None:
+        if self.tokens.get(p) != token:
+            return  # handed off, or lost, meanwhile
+        try:
+            # Released in case it is still ours in the store: taken again sooner.
+            await self._lose(p, why, release=True)
+        except Exception:
+            log.exception("stopping partition %d failed", p)
 
     async def tick(self) -> None:
         """One round: drop what ran out, renew and heartbeat, hand off, take, look."""
+        self._renew_apart()
         async with self._turn:
             await self._round()
         for p in sorted(self.wanted() - set(self.tokens)):
@@ -168,12 +226,13 @@ class PartitionKeeper:
 
     async def _round(self) -> None:
         for p in sorted(self.tokens):
-            if self.clock() >= self._until[p]:
+            if p in self.tokens and self.clock() >= self._until_of(p):
                 await self._lose(p, "the lease ran out before it was renewed", release=True)
         if self._stopped:
             return
-        # First, and together: the renewals must not come late.
-        await asyncio.gather(self._renew_all(), self.leases.heartbeat(self.member, self.ttl_ms))
+        if self.renewer is None:
+            # First, and together: the renewals must not come late.
+            await asyncio.gather(self._renew_all(), self.leases.heartbeat(self.member, self.ttl_ms))
         self.members = await self.leases.members()
         wanted = self.wanted()
         for p in sorted(set(self.tokens) - wanted):
@@ -270,6 +329,8 @@ class PartitionKeeper:
             return  # its holder hands it off or its lease expires: a later round
         self.tokens[p] = token
         self._until[p] = sent + self.lease
+        if self.renewer is not None:
+            self.renewer.hold(p, token, sent + self.lease)
         log.info("leading partition %d (%s)", p, token)
         try:
             await self._while_alive(self.on_gained(p, token))
@@ -284,6 +345,9 @@ class PartitionKeeper:
     async def _while_alive(self, work: Awaitable[None]) -> None:
         """Await ``work`` (a hub restoring a big partition may take longer than a lease),
         heartbeating and renewing every lease held, every ``interval``, until it is done."""
+        if self.renewer is not None:  # it renews them whatever the loop does
+            await work
+            return
         task = asyncio.ensure_future(work)
         try:
             while not (await asyncio.wait({task}, timeout=self.interval))[0]:
@@ -303,13 +367,18 @@ class PartitionKeeper:
             await self._forget(p, release=True)
 
     async def _lose(self, p: int, why: str, *, release: bool) -> None:
+        if self._until.get(p) == 0.0 or p not in self.tokens:
+            return  # being lost already (the renewal thread and a round may both find it)
         log.warning("lost partition %d (%s)", p, why)
         token = self.tokens[p]
         self._until[p] = 0.0  # leads() is False from now on, whatever the callback does
+        if self.renewer is not None:
+            self.renewer.drop(p)
         try:
             await self.on_lost(p)
         finally:
-            del self.tokens[p], self._until[p]
+            self.tokens.pop(p, None)  # (a hand-off under way may have forgotten it)
+            self._until.pop(p, None)
             if release:
                 # Still ours in the store if nobody took it: let it go, so it can be taken
                 # again (with a new token) rather than wait for its expiry.
@@ -317,8 +386,12 @@ class PartitionKeeper:
                     await self.leases.release(p, token)
 
     async def _forget(self, p: int, *, release: bool) -> None:
-        token = self.tokens.pop(p)
+        token = self.tokens.pop(p, None)
         self._until.pop(p, None)
+        if token is None:
+            return  # lost meanwhile (the renewal thread told it during the hand-off)
+        if self.renewer is not None:
+            self.renewer.drop(p)
         if release:
             with contextlib.suppress(StoreUnavailable):
                 await self.leases.release(p, token)

@@ -28,6 +28,7 @@ class Membership:
     def __init__(self, hub: Hub, store_url: str, *, lease: float) -> None:
         self.hub = hub
         self.leases = open_partition_leases(store_url, hub.partitions)
+        self.store_url = store_url
         self.lease = lease
         self.keeper: PartitionKeeper | None = None
         self.instance = os.urandom(8).hex()  # a new member for every process
@@ -60,6 +61,9 @@ class Membership:
             on_release=leading.hand_off,
             on_lost=leading.lose,
             on_leader=leading.follow,
+            # The renewals and the heartbeat in a thread over leases of their own: on time
+            # however busy the hub's loop is (hub/renewer.py).
+            open_renewal_leases=lambda: open_partition_leases(self.store_url, self.hub.partitions),
         )
         with contextlib.suppress(StoreUnavailable):  # the keeper's rounds retry
             await self.keeper.tick()

@@ -131,6 +131,14 @@ class PartitionLeases(Protocol):
         expired or another token took it (the caller must stop leading the partition)."""
         ...
 
+    async def renew_many(
+        self, held: list[tuple[int, str]], ttl_ms: int, member: Member | None = None
+    ) -> list[bool]:
+        """:meth:`renew` for every ``(partition, token)`` of ``held``, and :meth:`heartbeat`
+        ``member`` (when given), in one store call where the engine allows (one SQLite
+        transaction, one Redis round trip): whether each lease was renewed, in order."""
+        ...
+
     async def release(self, partition: int, token: str) -> bool:
         """Let the lease go if ``token`` holds it (never another's); True if it did."""
         ...

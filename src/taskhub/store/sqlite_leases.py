@@ -152,11 +152,26 @@ class SqlitePartitionLeases:
 
         def renew(conn: sqlite3.Connection) -> bool:
             now = self.clock()
-            done = conn.execute(
-                "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
-                (now + ttl_ms / 1000, name, token, now),
-            )
-            return done.rowcount == 1
+            return _renew(conn, name, token, now + ttl_ms / 1000, now)
+
+        return await self._run(renew)
+
+    async def renew_many(
+        self, held: list[tuple[int, str]], ttl_ms: int, member: Member | None = None
+    ) -> list[bool]:
+        names = [(self._check(p), token) for p, token in held]
+        if member is not None:
+            check_member(member)
+
+        def renew(conn: sqlite3.Connection) -> list[bool]:
+            now = self.clock()
+            with _immediate(conn):  # one write lock of the main file for all of them
+                kept = [
+                    _renew(conn, name, token, now + ttl_ms / 1000, now) for name, token in names
+                ]
+                if member is not None:
+                    _beat(conn, member, now + ttl_ms / 1000, now)
+            return kept
 
         return await self._run(renew)
 
@@ -196,17 +211,7 @@ class SqlitePartitionLeases:
         def beat(conn: sqlite3.Connection) -> None:
             now = self.clock()
             with _immediate(conn):
-                conn.execute(
-                    "INSERT OR REPLACE INTO members (instance, url, expires_at) VALUES (?, ?, ?)",
-                    (member.instance, member.url, now + ttl_ms / 1000),
-                )
-                conn.execute(
-                    "UPDATE slots SET expires_at = ? WHERE instance = ?",
-                    (now + ttl_ms / 1000, member.instance),
-                )
-                # The dead are pruned here, so the tables stay as long as the live list.
-                conn.execute("DELETE FROM members WHERE expires_at <= ?", (now,))
-                conn.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
+                _beat(conn, member, now + ttl_ms / 1000, now)
 
         await self._run(beat)
 
@@ -269,6 +274,26 @@ def _write_slots(
     else:
         conn.execute("DELETE FROM slots WHERE instance = ? AND service = ?", (instance, service))
     conn.execute("UPDATE slots SET expires_at = ? WHERE instance = ?", (expires_at, instance))
+
+
+def _renew(conn: sqlite3.Connection, name: str, token: str, until: float, now: float) -> bool:
+    done = conn.execute(
+        "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
+        (until, name, token, now),
+    )
+    return done.rowcount == 1
+
+
+def _beat(conn: sqlite3.Connection, member: Member, until: float, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO members (instance, url, expires_at) VALUES (?, ?, ?)",
+        (member.instance, member.url, until),
+    )
+    # The member's connection slots live as long as it does.
+    conn.execute("UPDATE slots SET expires_at = ? WHERE instance = ?", (until, member.instance))
+    # The dead are pruned here, so the tables stay as long as the live list.
+    conn.execute("DELETE FROM members WHERE expires_at <= ?", (now,))
+    conn.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
 
 
 class LeaseFence:

@@ -20,6 +20,7 @@ or closes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -138,6 +139,29 @@ class RedisPartitionLeases:
     async def renew(self, partition: int, token: str, ttl_ms: int) -> bool:
         return bool(await self._run("renew", [self.lease_key(partition)], [token, ttl_ms]))
 
+    async def renew_many(
+        self, held: list[tuple[int, str]], ttl_ms: int, member: Member | None = None
+    ) -> list[bool]:
+        calls = [("renew", [self.lease_key(p)], [token, ttl_ms]) for p, token in held]
+        if member is not None:
+            check_member(member)
+            calls.append(("beat", self._beat_keys(member), [member.instance, member.url, ttl_ms]))
+        if self.cluster:  # the keys live on several primaries: a call to each, at once
+            answers = await asyncio.gather(*(self._run(*call) for call in calls))
+        else:
+            answers = await self._call(lambda c: self._pipelined(c, calls))
+        return [bool(answer) for answer in answers[: len(held)]]
+
+    async def _pipelined(
+        self, client: Client, calls: list[tuple[str, list[str], list[Any]]]
+    ) -> Any:
+        """The script calls ``calls`` in one round trip (the pipeline loads them first)."""
+        async with client.pipeline(transaction=False) as pipe:
+            for name, keys, args in calls:
+                # redis-py documents a pipeline as a script's client; its stubs do not say so.
+                await self._scripts[name](keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            return await pipe.execute()
+
     async def release(self, partition: int, token: str) -> bool:
         return bool(await self._run("release", [self.lease_key(partition)], [token]))
 
@@ -161,12 +185,15 @@ class RedisPartitionLeases:
 
     async def heartbeat(self, member: Member, ttl_ms: int) -> None:
         check_member(member)
-        keys = [
+        await self._run("beat", self._beat_keys(member), [member.instance, member.url, ttl_ms])
+
+    def _beat_keys(self, member: Member) -> list[str]:
+        """``member_beat.lua``'s keys: the member set, its record, its connection slots."""
+        return [
             self._global + "members",
             self._global + "member:" + member.instance,
             self._slots(member.instance),
         ]
-        await self._run("beat", keys, [member.instance, member.url, ttl_ms])
 
     async def leave(self, instance: str) -> None:
         await self._call(lambda c: c.delete(self._global + "member:" + instance))
