@@ -1,6 +1,6 @@
 """Partition leases and members through their protocol (taskhub.store.PartitionLeases), over
 a real redis-server and real SQLite files: take, renew, release, expiry, fencing tokens, the
-fenced store of a partition, and the member list."""
+fenced store of a partition, the member list, and the members' connection slots."""
 
 from __future__ import annotations
 
@@ -242,6 +242,63 @@ async def _one(leases: PartitionLeases) -> bool:
     return len(await leases.members()) == 1
 
 
+async def test_connection_slots_count_every_live_member(open_leases: Open) -> None:
+    a, b = await open_leases(2), await open_leases(2)
+    assert await a.claim_slot("ia", "emailer", 1, 2, 10_000) is None
+    assert await b.claim_slot("ib", "emailer", 1, 2, 10_000) is None
+    assert await b.claim_slot("ib", "emailer", 2, 2, 10_000) == 1  # a holds one: refused
+    assert await b.claim_slot("ib", "mailer", 1, 1, 10_000) is None  # services apart
+    await a.set_slots("ia", "emailer", 0, 10_000)  # a's connection closed
+    assert await b.claim_slot("ib", "emailer", 2, 2, 10_000) is None
+    assert await a.claim_slot("ia", "emailer", 1, 2, 10_000) == 2
+    await b.set_slots("ib", "emailer", 1, 10_000)  # a count, not a step: b holds one now
+    assert await a.claim_slot("ia", "emailer", 1, 2, 10_000) is None
+    await b.leave("ib")  # a member that leaves takes its slots with it
+    assert await a.claim_slot("ia", "emailer", 2, 2, 10_000) is None
+    assert await a.claim_slot("ia", "mailer", 1, 1, 10_000) is None
+
+
+async def test_connection_slots_expire_with_their_members_heartbeat(open_leases: Open) -> None:
+    a, b = await open_leases(2), await open_leases(2)
+    assert await a.claim_slot("ia", "emailer", 1, 1, 10_000) is None
+    assert await b.claim_slot("ib", "emailer", 1, 1, 10_000) == 1
+    # The heartbeat gives the slots the member's TTL: a hub killed now (no more beats) stops
+    # counting once it runs out. Polled, not timed.
+    await a.heartbeat(Member("ia", "http://a"), 200)
+    assert await until(lambda: _claimed(b.claim_slot("ib", "emailer", 1, 1, 60_000)), timeout=10.0)
+    assert await a.claim_slot("ia", "emailer", 1, 1, 10_000) == 1  # b holds it now
+    # The renewal thread's one call per round beats the member too: the same for its slots.
+    await b.renew_many([], 200, Member("ib", "http://b"))
+    assert await until(lambda: _claimed(a.claim_slot("ia", "emailer", 1, 1, 10_000)), timeout=10.0)
+
+
+async def _claimed(claim: Awaitable[int | None]) -> bool:
+    return await claim is None
+
+
+async def test_sqlite_slots_live_as_long_as_the_heartbeat(tmp_path: Path) -> None:
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path}/hub.db"
+    a = SqlitePartitionLeases(url, 3, clock=clock)
+    b = SqlitePartitionLeases(url, 3, clock=clock)
+    await a.open()
+    await b.open()
+    try:
+        assert await a.claim_slot("ia", "emailer", 1, 1, 3000) is None
+        clock.now += 2.9
+        await a.heartbeat(Member("ia", "http://a"), 3000)  # the slots live 3 s from now
+        clock.now += 2.9
+        assert await b.claim_slot("ib", "emailer", 1, 1, 3000) == 1
+        clock.now += 0.2  # a beat no more: its member and its slots ran out
+        assert await b.claim_slot("ib", "emailer", 1, 1, 3000) is None
+        await b.heartbeat(Member("ib", "http://b"), 3000)  # prunes what ran out
+        await a.set_slots("ia", "mailer", 0, 3000)  # nothing held: nothing written
+        assert await a.claim_slot("ia", "emailer", 1, 1, 3000) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
 def test_only_redis_and_sqlite_stores_have_partition_leases() -> None:
     with pytest.raises(ValueError, match="no partition leases for store URL 'memory://'"):
         open_partition_leases("memory://", 4)
@@ -267,5 +324,10 @@ async def test_on_a_cluster_each_lease_lives_with_its_partition(
         assert await leases.renew_many(held, 10_000, Member("ia", "http://a")) == [True] * 12
         await leases.heartbeat(Member("ia", "http://a"), 10_000)
         assert await leases.members() == [Member("ia", "http://a")]
+        # The slot scripts read other members' records by name: one hash tag, one primary.
+        assert await leases.claim_slot("ia", "emailer", 1, 1, 10_000) is None
+        assert await leases.claim_slot("ib", "emailer", 1, 1, 10_000) == 1
+        await leases.set_slots("ia", "emailer", 0, 10_000)
+        assert await leases.claim_slot("ib", "emailer", 1, 1, 10_000) is None
     finally:
         await leases.close()

@@ -22,10 +22,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from taskhub.errors import AuthenticationFailed, InvalidOption, TooManyConnections
 from taskhub.lifecycle import Credentials
 from taskhub.names import validate_permission
+
+if TYPE_CHECKING:
+    from taskhub.hub.slots import SharedSlots
 
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: about 20-90 ms per check, once per credential
 _DKLEN = 32
@@ -208,12 +212,16 @@ class AuthCounts:
 
 
 class Registry:
-    """The credentials a hub accepts and how many connections each has open."""
+    """The credentials a hub accepts and how many connections each has open (here, and with
+    :attr:`shared` on every hub of the deployment)."""
 
     def __init__(self, *, throttle: Throttle | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._secret = os.urandom(32)
-        self.connections: dict[str, int] = {}
+        self.connections: dict[str, int] = {}  # this hub's open connections by service
+        # With hubs sharing a store (hub/membership.py): the connections of a credential with
+        # max_connections are counted across them too.
+        self.shared: SharedSlots | None = None
         self.throttle = throttle or Throttle()
         self.counts = AuthCounts()
         self._pending = 0  # key checks waiting for or in the scrypt pool
@@ -292,14 +300,25 @@ class Registry:
         entry.fast = fast
         return entry.creds
 
-    def claim_connection(self, creds: Credentials) -> None:
-        n = self.connections.get(creds.name, 0)
-        if creds.max_connections is not None and n >= creds.max_connections:
-            raise TooManyConnections(
-                f"{creds.name!r} already has {n} connection(s), its max_connections is "
-                f"{creds.max_connections}"
-            )
-        self.connections[creds.name] = n + 1
+    async def claim_connection(self, creds: Credentials) -> None:
+        """Count a new connection of ``creds``; TooManyConnections past its
+        ``max_connections``: this hub's connections, and with :attr:`shared` every hub's of
+        the deployment (StoreUnavailable when the store cannot count them)."""
+        name, limit = creds.name, creds.max_connections
+        n = self.connections.get(name, 0)
+        if limit is not None and n >= limit:
+            raise _too_many(name, n, limit)
+        self.connections[name] = n + 1
+        if limit is None or self.shared is None:
+            return
+        try:
+            besides = await self.shared.claim(name, limit)
+        except BaseException:
+            self.release_connection(creds)
+            raise
+        if besides is not None:
+            self.release_connection(creds)
+            raise _too_many(name, besides, limit)
 
     def release_connection(self, creds: Credentials) -> None:
         n = self.connections.get(creds.name, 0) - 1
@@ -307,6 +326,18 @@ class Registry:
             self.connections.pop(creds.name, None)
         else:
             self.connections[creds.name] = n
+        if creds.max_connections is not None and self.shared is not None:
+            self.shared.changed(creds.name)
+
+    def held(self, name: str) -> int:
+        """The connections of ``name`` this hub counts now."""
+        return self.connections.get(name, 0)
+
+
+def _too_many(name: str, n: int, limit: int) -> TooManyConnections:
+    return TooManyConnections(
+        f"{name!r} already has {n} connection(s), its max_connections is {limit}"
+    )
 
 
 def parse_bearer(header: str | None) -> tuple[str, str]:

@@ -257,7 +257,7 @@ class Consumers:
         peer.remote = remote
         if client:
             peer.hello = {"client": client}
-        hub.registry.claim_connection(creds)  # a consumer counts as a connection of its service
+        await hub.registry.claim_connection(creds)  # a consumer counts as a connection
         c = Consumer(
             id=peer.id,
             token=secrets.token_urlsafe(32),

@@ -1,8 +1,10 @@
 """A hub's membership of a deployment whose partitions are led by their leases
 (docs/deployment.md, "Partition leases"): the store's leases, this process's
 :class:`~taskhub.hub.keeper.PartitionKeeper`, and its callbacks wired to the hub's
-:class:`~taskhub.hub.leading.Leading`. :class:`~taskhub.server.Server` runs one for a hub of
-several partitions on a store hubs share (a sqlite file, Redis).
+:class:`~taskhub.hub.leading.Leading`; and the member's connection slots
+(:class:`~taskhub.hub.slots.SharedSlots`), so ``max_connections`` counts every hub's.
+:class:`~taskhub.server.Server` runs one for a hub of several partitions on a store hubs share
+(a sqlite file, Redis).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from taskhub.errors import StoreUnavailable
 from taskhub.hub.hub import Hub
 from taskhub.hub.keeper import PartitionKeeper
+from taskhub.hub.slots import SharedSlots
 from taskhub.store import open_partition_leases
 
 log = logging.getLogger("taskhub.keeper")
@@ -28,6 +31,11 @@ class Membership:
         self.store_url = store_url
         self.lease = lease
         self.keeper: PartitionKeeper | None = None
+        self.instance = os.urandom(8).hex()  # a new member for every process
+        # From now on, as connections may come before start() has opened the leases: a
+        # claim waits for them.
+        self.slots = SharedSlots(self.leases, self.instance, lease=lease, held=hub.registry.held)
+        hub.registry.shared = self.slots
         # A message for a partition no hub holds waits up to a lease for its next leader,
         # which the keeper looks for at once (hub/unled.py): from now on, as a child of
         # `serve --processes` may take connections before its keeper's first round.
@@ -40,6 +48,7 @@ class Membership:
         partitions before returning, then keep it every ``lease / 3`` seconds."""
         leases, leading = self.leases, self.hub.leading
         await leases.open()
+        self.slots.opened()
 
         async def gained(p: int, token: str) -> None:
             await leading.lead(p, leases.fenced_store(p, token))
@@ -81,6 +90,9 @@ class Membership:
         """SIGTERM's graceful hand-off: every partition flushed and released at once, so the
         other hubs take them at their next round, without waiting for expiry."""
         keeper, self.keeper = self.keeper, None
+        await self.slots.close()  # its slots go with the member (leave)
+        if self.hub.registry.shared is self.slots:
+            self.hub.registry.shared = None
         try:
             if keeper is not None:
                 await keeper.stop()

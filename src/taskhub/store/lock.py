@@ -16,7 +16,8 @@ its own, ``partition:<p>``, kept through :class:`PartitionLeases`: a lease is ta
 ``"<epoch> <holder>"``, whose epoch the store counts up at every take of that partition, so
 every tenure of a partition has a token of its own (a hub that lost a partition and took it
 again cannot write with its old tenure's stale store). The same object keeps the members:
-every hub heartbeats a :class:`Member` record with a TTL, and the live ones are listed.
+every hub heartbeats a :class:`Member` record with a TTL, and the live ones are listed; each
+member's connection slots (``max_connections`` counted across hubs) live and expire with it.
 Engines: Redis (:mod:`taskhub.store.redis.leases`) and SQLite
 (:mod:`taskhub.store.sqlite_leases`, for several hub processes on one machine);
 :func:`taskhub.store.open_partition_leases` picks one by URL.
@@ -162,4 +163,22 @@ class PartitionLeases(Protocol):
 
     async def members(self) -> list[Member]:
         """The members whose heartbeat has not expired, by instance id."""
+        ...
+
+    # A member's connection slots: how many connections of each service (credential) it
+    # holds, so that ``max_connections`` holds across the hubs of a deployment. Each member's
+    # record lives as long as its member record: :meth:`heartbeat` extends it, :meth:`leave`
+    # removes it, and a member killed with SIGKILL stops counting once it expires.
+
+    async def claim_slot(
+        self, instance: str, service: str, held: int, limit: int, ttl_ms: int
+    ) -> int | None:
+        """Set ``instance``'s count of ``service`` connections to ``held`` (this one
+        included) if the other live members hold at most ``limit - held``, atomically with
+        that count; None when set (its record then lives ``ttl_ms``), else how many the
+        others hold (nothing written)."""
+        ...
+
+    async def set_slots(self, instance: str, service: str, held: int, ttl_ms: int) -> None:
+        """Set ``instance``'s count of ``service`` connections to ``held`` (0 removes it)."""
         ...

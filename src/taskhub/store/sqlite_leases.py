@@ -1,14 +1,16 @@
 """The SQLite engine's :class:`~taskhub.store.lock.PartitionLeases`, for several hub processes
 on one machine sharing ``sqlite:///dir/name.db``.
 
-The leases and the members are tables of the main file (``dir/name.db``); partition p's data
-is ``dir/name.p<p>.db`` (the main file itself with one partition). A lease is a row
-(token, epoch, expiry in wall-clock seconds: every process on the machine reads the same
-clock); taking it is one ``BEGIN IMMEDIATE`` transaction that finds the row free or expired
-and writes a token with the next epoch. A partition's fenced store checks the row inside each
-of its write transactions, after taking its own file's write lock, and takes that lock once
-when it opens (:class:`~taskhub.store.sqlite.WriteFence`): a stale writer's batch either
-commits before its successor has opened the partition, or is refused.
+The leases, the members and the members' connection slots are tables of the main file
+(``dir/name.db``); partition p's data is ``dir/name.p<p>.db`` (the main file itself with one
+partition). A lease is a row (token, epoch, expiry in wall-clock seconds: every process on
+the machine reads the same clock); taking it is one ``BEGIN IMMEDIATE`` transaction that finds
+the row free or expired and writes a token with the next epoch. A partition's fenced store
+checks the row inside each of its write transactions, after taking its own file's write lock,
+and takes that lock once when it opens (:class:`~taskhub.store.sqlite.WriteFence`): a stale
+writer's batch either commits before its successor has opened the partition, or is refused.
+A claim of a connection slot counts the other members' live rows and writes its own in one
+such transaction, so two hubs cannot both take the last slot.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ _SCHEMA = [
         instance TEXT PRIMARY KEY,
         url TEXT NOT NULL,
         expires_at REAL NOT NULL
+    )""",
+    # A member's connections per service (max_connections across hubs); expire with it.
+    """CREATE TABLE IF NOT EXISTS slots (
+        instance TEXT NOT NULL,
+        service TEXT NOT NULL,
+        held INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (instance, service)
     )""",
 ]
 _HOLDER = "SELECT token FROM leases WHERE name = ? AND token IS NOT NULL AND expires_at > ?"
@@ -206,9 +216,12 @@ class SqlitePartitionLeases:
         await self._run(beat)
 
     async def leave(self, instance: str) -> None:
-        await self._run(
-            lambda conn: conn.execute("DELETE FROM members WHERE instance = ?", (instance,))
-        )
+        def leave(conn: sqlite3.Connection) -> None:
+            with _immediate(conn):
+                conn.execute("DELETE FROM members WHERE instance = ?", (instance,))
+                conn.execute("DELETE FROM slots WHERE instance = ?", (instance,))
+
+        await self._run(leave)
 
     async def members(self) -> list[Member]:
         def query(conn: sqlite3.Connection) -> list[Member]:
@@ -219,6 +232,48 @@ class SqlitePartitionLeases:
             return [Member(instance, url) for instance, url in rows]
 
         return await self._run(query)
+
+    # -- connection slots -----------------------------------------------------------------
+
+    async def claim_slot(
+        self, instance: str, service: str, held: int, limit: int, ttl_ms: int
+    ) -> int | None:
+        def claim(conn: sqlite3.Connection) -> int | None:
+            now = self.clock()
+            with _immediate(conn):  # the count and the write in one transaction
+                (others,) = conn.execute(
+                    "SELECT COALESCE(SUM(held), 0) FROM slots"
+                    " WHERE service = ? AND instance != ? AND expires_at > ?",
+                    (service, instance, now),
+                ).fetchone()
+                if others + held > limit:
+                    return int(others)
+                _write_slots(conn, instance, service, held, now + ttl_ms / 1000)
+                return None
+
+        return await self._run(claim)
+
+    async def set_slots(self, instance: str, service: str, held: int, ttl_ms: int) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with _immediate(conn):
+                _write_slots(conn, instance, service, held, self.clock() + ttl_ms / 1000)
+
+        await self._run(write)
+
+
+def _write_slots(
+    conn: sqlite3.Connection, instance: str, service: str, held: int, expires_at: float
+) -> None:
+    """``instance`` holds ``held`` connections of ``service``; its record lives on."""
+    if held > 0:
+        conn.execute(
+            "INSERT OR REPLACE INTO slots (instance, service, held, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            (instance, service, held, expires_at),
+        )
+    else:
+        conn.execute("DELETE FROM slots WHERE instance = ? AND service = ?", (instance, service))
+    conn.execute("UPDATE slots SET expires_at = ? WHERE instance = ?", (expires_at, instance))
 
 
 def _renew(conn: sqlite3.Connection, name: str, token: str, until: float, now: float) -> bool:
@@ -234,8 +289,11 @@ def _beat(conn: sqlite3.Connection, member: Member, until: float, now: float) ->
         "INSERT OR REPLACE INTO members (instance, url, expires_at) VALUES (?, ?, ?)",
         (member.instance, member.url, until),
     )
-    # The dead are pruned here, so the table stays as long as the live list.
+    # The member's connection slots live as long as it does.
+    conn.execute("UPDATE slots SET expires_at = ? WHERE instance = ?", (until, member.instance))
+    # The dead are pruned here, so the tables stay as long as the live list.
     conn.execute("DELETE FROM members WHERE expires_at <= ?", (now,))
+    conn.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
 
 
 class LeaseFence:

@@ -8,7 +8,12 @@ import logging
 from starlette.websockets import WebSocket, WebSocketState
 
 from taskhub import protocol as p
-from taskhub.errors import AuthenticationFailed, TaskHubError, TooManyConnections
+from taskhub.errors import (
+    AuthenticationFailed,
+    StoreUnavailable,
+    TaskHubError,
+    TooManyConnections,
+)
 from taskhub.hub.auth import parse_bearer
 from taskhub.hub.hub import Hub
 from taskhub.hub.ws.feed import FrameFeed
@@ -22,6 +27,7 @@ log = logging.getLogger("taskhub.ws")
 # Close codes in the private range, so a client can tell why it was turned away.
 CLOSE_AUTH = 4401
 CLOSE_TOO_MANY = 4429
+CLOSE_TRY_AGAIN = 1013
 
 
 def welcome(hub: Hub, peer: Peer) -> Message:
@@ -85,7 +91,7 @@ async def _admit(ws: WebSocket, hub: Hub) -> Credentials | None:
         name, key = parse_bearer(ws.headers.get("authorization"))
         address = ws.client.host if ws.client else None
         creds = await hub.registry.authenticate(name, key, address)
-        hub.registry.claim_connection(creds)
+        await hub.registry.claim_connection(creds)
     except AuthenticationFailed as exc:
         log.info("refused a connection: %s", exc.message)
         await _refuse(ws, exc, CLOSE_AUTH)
@@ -93,6 +99,13 @@ async def _admit(ws: WebSocket, hub: Hub) -> Credentials | None:
     except TooManyConnections as exc:
         log.info("refused a connection: %s", exc.message)
         await _refuse(ws, exc, CLOSE_TOO_MANY)
+        return None
+    except StoreUnavailable as exc:
+        # The hubs' count of its connections cannot be read (hub/slots.py): "try again", as
+        # a hub without a leader says, so a client retries even its first connection.
+        log.warning("refused a connection: %s", exc.message)
+        await ws.accept()
+        await ws.close(code=CLOSE_TRY_AGAIN, reason=exc.message[:120])
         return None
     return creds
 

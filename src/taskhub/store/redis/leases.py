@@ -8,10 +8,14 @@ Keys (``P`` the prefix, ``T`` the partition's hash tag: ``{P}:`` when there is o
     T epoch:partition:<p>    counter: the last take's epoch (never expires)
     {P}:members              set: instance ids that heartbeat (pruned when listed)
     {P}:member:<instance>    string with a TTL: the member's advertised URL
+    {P}:slots                set: instance ids with connection slots (pruned when claimed)
+    {P}:slots:<instance>     hash with the member's TTL: service -> connections it holds
 
 A lease shares its partition's hash tag, so on a Redis Cluster it lives on the same primary as
 the partition's data and the batch script checks it (the fence) atomically with its writes.
-The member keys live in the global tag: they are read a few times per lease, never per task.
+The member keys live in the global tag: they are read a few times per lease, never per task;
+so do the slot keys, written when a connection of a credential with ``max_connections`` opens
+or closes.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ _SCRIPTS: dict[str, str | None] = {
     "take": "lease_take",
     "beat": "member_beat",
     "members": "member_list",
+    "claim": "slot_claim",
+    "slots": "slot_set",
 }
 
 
@@ -139,8 +145,7 @@ class RedisPartitionLeases:
         calls = [("renew", [self.lease_key(p)], [token, ttl_ms]) for p, token in held]
         if member is not None:
             check_member(member)
-            keys = [self._global + "members", self._global + "member:" + member.instance]
-            calls.append(("beat", keys, [member.instance, member.url, ttl_ms]))
+            calls.append(("beat", self._beat_keys(member), [member.instance, member.url, ttl_ms]))
         if self.cluster:  # the keys live on several primaries: a call to each, at once
             answers = await asyncio.gather(*(self._run(*call) for call in calls))
         else:
@@ -180,12 +185,20 @@ class RedisPartitionLeases:
 
     async def heartbeat(self, member: Member, ttl_ms: int) -> None:
         check_member(member)
-        keys = [self._global + "members", self._global + "member:" + member.instance]
-        await self._run("beat", keys, [member.instance, member.url, ttl_ms])
+        await self._run("beat", self._beat_keys(member), [member.instance, member.url, ttl_ms])
+
+    def _beat_keys(self, member: Member) -> list[str]:
+        """``member_beat.lua``'s keys: the member set, its record, its connection slots."""
+        return [
+            self._global + "members",
+            self._global + "member:" + member.instance,
+            self._slots(member.instance),
+        ]
 
     async def leave(self, instance: str) -> None:
         await self._call(lambda c: c.delete(self._global + "member:" + instance))
         await self._call(lambda c: c.srem(self._global + "members", instance))
+        await self._call(lambda c: c.delete(self._slots(instance)))
 
     async def members(self) -> list[Member]:
         flat = await self._run("members", [self._global + "members"], [self._global + "member:"])
@@ -194,3 +207,20 @@ class RedisPartitionLeases:
             for i in range(0, len(flat), 2)
         ]
         return sorted(pairs)
+
+    # -- connection slots -----------------------------------------------------------------
+
+    def _slots(self, instance: str) -> str:
+        return self._global + "slots:" + instance
+
+    async def claim_slot(
+        self, instance: str, service: str, held: int, limit: int, ttl_ms: int
+    ) -> int | None:
+        keys = [self._global + "slots", self._slots(instance)]
+        args = [instance, service, held, limit, ttl_ms, self._global + "slots:"]
+        others = await self._run("claim", keys, args)
+        return None if others is None else int(others)
+
+    async def set_slots(self, instance: str, service: str, held: int, ttl_ms: int) -> None:
+        keys = [self._global + "slots", self._slots(instance)]
+        await self._run("slots", keys, [instance, service, held, ttl_ms])
