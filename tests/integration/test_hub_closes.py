@@ -17,23 +17,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from taskhub import Client, Server, TaskFailed
 from taskhub.hub.link import wire
-from taskhub.hub.link.origin import HubLinks
-from taskhub.partitions import partition_of, partition_of_id
+from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
+from tests.integration.test_hub_link import action_in, links
 
 P = 2
-
-
-def action_in(partition: int) -> str:
-    i = 0
-    while partition_of(f"close{i}:run", "", P) != partition:
-        i += 1
-    return f"close{i}:run"
-
-
-def links(server: Server) -> HubLinks:
-    assert server.hub is not None and isinstance(server.hub.links, HubLinks)
-    return server.hub.links
 
 
 @pytest.fixture

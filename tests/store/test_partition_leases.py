@@ -5,6 +5,7 @@ fenced store of a partition, the member list, and the members' connection slots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -115,7 +116,11 @@ async def test_a_lease_not_renewed_expires(open_leases: Open, store_url: str) ->
     assert not await a.release(0, token)
 
 
-async def test_sqlite_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _two_sqlite_hubs(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[FakeClock, SqlitePartitionLeases, SqlitePartitionLeases]]:
+    """Two hubs' leases on one sqlite file, both on one fake clock."""
     clock = FakeClock()
     url = f"sqlite:///{tmp_path}/hub.db"
     a = SqlitePartitionLeases(url, 3, clock=clock)
@@ -123,6 +128,14 @@ async def test_sqlite_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
     await a.open()
     await b.open()
     try:
+        yield clock, a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_sqlite_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
+    async with _two_sqlite_hubs(tmp_path) as (clock, a, b):
         token = await a.take(1, "ia http://a", 3000)
         assert token is not None
         clock.now += 2.9
@@ -134,9 +147,6 @@ async def test_sqlite_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
         assert not await a.renew(1, token, 3000)  # too late
         taken = await b.take(1, "ib http://b", 3000)
         assert taken == "2 ib http://b"
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_partition_outside_the_count_is_refused(open_leases: Open) -> None:
@@ -277,13 +287,7 @@ async def _claimed(claim: Awaitable[int | None]) -> bool:
 
 
 async def test_sqlite_slots_live_as_long_as_the_heartbeat(tmp_path: Path) -> None:
-    clock = FakeClock()
-    url = f"sqlite:///{tmp_path}/hub.db"
-    a = SqlitePartitionLeases(url, 3, clock=clock)
-    b = SqlitePartitionLeases(url, 3, clock=clock)
-    await a.open()
-    await b.open()
-    try:
+    async with _two_sqlite_hubs(tmp_path) as (clock, a, b):
         assert await a.claim_slot("ia", "emailer", 1, 1, 3000) is None
         clock.now += 2.9
         await a.heartbeat(Member("ia", "http://a"), 3000)  # the slots live 3 s from now
@@ -294,9 +298,6 @@ async def test_sqlite_slots_live_as_long_as_the_heartbeat(tmp_path: Path) -> Non
         await b.heartbeat(Member("ib", "http://b"), 3000)  # prunes what ran out
         await a.set_slots("ia", "mailer", 0, 3000)  # nothing held: nothing written
         assert await a.claim_slot("ia", "emailer", 1, 1, 3000) == 1
-    finally:
-        await a.close()
-        await b.close()
 
 
 def test_only_redis_and_sqlite_stores_have_partition_leases() -> None:
