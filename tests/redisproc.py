@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,6 +381,12 @@ def shared() -> RedisProcess:
         _shared = RedisProcess().start()
         atexit.register(_shared.cleanup)
     return _shared
+
+
+def shared_url(name: str) -> str:
+    """The shared server's URL with a key prefix no other test uses: ``name`` and a random
+    part (an ``id()`` is reused once its object is freed, so two tests could share keys)."""
+    return f"{shared().url}?prefix={name}{uuid.uuid4().hex[:12]}"
 
 
 _shared_cluster: RedisCluster | None = None

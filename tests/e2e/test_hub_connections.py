@@ -35,7 +35,7 @@ def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[HubPro
     if request.param == "sqlite":
         store = f"sqlite:///{tmp_path / 'hub.db'}"
     else:
-        store = f"{redisproc.shared().url}?prefix=e2econns{id(tmp_path)}"
+        store = redisproc.shared_url("e2econns")
     env = {"TASKHUB_LEASE": str(LEASE), "TASKHUB_CREDENTIALS": json.dumps(CREDENTIALS)}
     made: list[HubProcess] = []
     try:

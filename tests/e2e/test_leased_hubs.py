@@ -91,7 +91,7 @@ def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hubs]:
     if request.param == "sqlite":
         made = Hubs(f"sqlite:///{tmp_path / 'hub.db'}")
     else:
-        made = Hubs(f"{redisproc.shared().url}?prefix=e2eleased{id(tmp_path)}")
+        made = Hubs(redisproc.shared_url("e2eleased"))
     yield made
     made.stop()
 

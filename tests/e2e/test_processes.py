@@ -85,7 +85,7 @@ def any_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubProce
     if request.param == "sqlite":
         yield from serve(f"sqlite:///{tmp_path / 'hub.db'}")
     else:
-        yield from serve(f"{redisproc.shared().url}?prefix=procs{id(tmp_path)}")
+        yield from serve(redisproc.shared_url("procs"))
 
 
 def linked(hub: HubProcess) -> None:

@@ -39,7 +39,7 @@ def make_hub(
     if request.param == "sqlite":
         store = f"sqlite:///{tmp_path / 'hub.db'}"
     else:
-        store = f"{redisproc.shared().url}?prefix=leased{id(object())}"
+        store = redisproc.shared_url("leased")
     return functools.partial(make_server, store=store, partitions=P, lease=LEASE)
 
 

@@ -107,7 +107,7 @@ async def test_one_partition_records_nothing_and_its_work_is_not_left_behind(
 async def test_redis_hubs_check_the_count_before_joining_the_cluster() -> None:
     """Every hub on a Redis store checks the count, whether it leads partitions by their
     leases (several) or joins the leader/follower cluster (one): docs/deployment.md."""
-    url = f"{redisproc.shared().url}?prefix=partcount{id(object())}"
+    url = redisproc.shared_url("partcount")
     first = Server(store=url, port=0, partitions=3)
     await first.start()
     assert first.hub is not None and first.hub.led == [0, 1, 2]

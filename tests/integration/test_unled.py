@@ -76,7 +76,7 @@ async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     if request.param == "sqlite":
         store = f"sqlite:///{tmp_path / 'hub.db'}"
     else:
-        store = f"{redisproc.shared().url}?prefix=unled{id(object())}"
+        store = redisproc.shared_url("unled")
     made = Deployment(store)
     await made.leases.open()
     yield made
