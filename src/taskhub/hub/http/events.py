@@ -175,6 +175,21 @@ async def _linked_stream(hub: Hub, task_id: str, after: int) -> AsyncIterator[by
                 yield b": keep-alive\n\n"
 
 
+def last_event_id(request: Request) -> int:
+    """The seq an EventSource resumes after (its ``Last-Event-ID``); 0 for none or not a seq."""
+    last = request.headers.get("last-event-id", "")
+    return int(last) if last.isdigit() else 0
+
+
+def sse_response(stream: AsyncIterator[bytes]) -> StreamingResponse:
+    """``stream`` as ``text/event-stream``, neither cached nor buffered by a proxy."""
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 SSE_EVENT_SCHEMA: JsonDict = {
     "type": "object",
     "description": "One event: `id` is its seq, `event` its type, `data` a JSON object "
@@ -211,13 +226,7 @@ async def task_events(
     events: TaskEventsDep,
 ) -> StreamingResponse:
     await read_task(hub, creds, task_id)
-    last = request.headers.get("last-event-id", "")
-    after = int(last) if last.isdigit() else 0
-    return StreamingResponse(
-        event_stream(hub, events, task_id, after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(event_stream(hub, events, task_id, last_event_id(request)))
 
 
 @router.post(
