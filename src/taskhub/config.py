@@ -138,7 +138,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "ping_interval": ("5", "WebSocket keepalive interval, seconds"),
     "ping_timeout": ("5", "a peer silent this long after a ping is dropped"),
     "advertise_url": ("the listen URL", "where the other hubs of a cluster reach this one"),
-    "lease": ("3", "seconds a cluster leader's lock lives without renewal"),
+    "lease": ("3", "seconds a leader's lock or a partition's lease lives unrenewed"),
     "tls_cert": ("none", "PEM certificate (chain): serve wss:// and https://"),
     "tls_key": ("none", "PEM private key of tls_cert"),
     "shutdown_grace": ("10", "seconds (or 30s) started tasks get to finish on SIGTERM"),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +42,23 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def cli(*args: str, stdin: str | None = None, timeout: float = 30, **env: str) -> Run:
-    """Run ``python -m taskhub ARGS`` without blocking the hub's event loop."""
-    proc = await asyncio.create_subprocess_exec(
+async def cli_process(*args: str, stdin: int | None = None, **env: str) -> Process:
+    """Start ``python -m taskhub ARGS`` with its output piped, in ``_env(**env)``."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "taskhub",
         *args,
-        stdin=subprocess.PIPE,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(**env),
     )
+
+
+async def cli(*args: str, stdin: str | None = None, timeout: float = 30, **env: str) -> Run:
+    """Run ``python -m taskhub ARGS`` without blocking the hub's event loop."""
+    proc = await cli_process(*args, stdin=subprocess.PIPE, **env)
     async with asyncio.timeout(timeout):
         out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
     assert proc.returncode is not None
@@ -273,40 +281,36 @@ async def test_dlq_ls_and_requeue(server: Server, make_client: ClientFactory) ->
 
 
 # --- watch ----------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def watching(pattern: str, *args: str, **env: str) -> AsyncIterator[asyncio.StreamReader]:
+    """``taskhub watch PATTERN ARGS`` once it says it watches; its stdout; stopped at the end."""
+    proc = await cli_process("watch", pattern, *args, **env)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(15):
+            assert f"watching {pattern}".encode() in await proc.stderr.readline()
+        yield proc.stdout
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 async def test_watch_live_table_shows_one_row_per_task(
     server: Server, make_client: ClientFactory
 ) -> None:
     worker, p = await make_client("w"), await make_client("p")
     await worker.sub("geo:geocode", lambda t: {"lat": 59.9})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskhub",
-        "watch",
-        "geo:*",
-        "--url",
-        server.url,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(FORCE_COLOR="1", LINES="30"),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
     seen = ""
-    try:
-        async with asyncio.timeout(15):
-            assert b"watching geo:*" in await proc.stderr.readline()
+    async with watching("geo:*", "--url", server.url, FORCE_COLOR="1", LINES="30") as out:
         handles = [p.pub("geo:geocode", "Oslo"), p.pub("geo:geocode", "Bergen")]
         for h in handles:
             await h.get_result()
         async with asyncio.timeout(10):
             while not all(f"{h.id} geo:geocode success" in seen for h in handles):
-                chunk = await proc.stdout.read(4096)
+                chunk = await out.read(4096)
                 assert chunk, "watch ended"
                 seen += chunk.decode()
                 seen = re.sub(r" +", " ", ANSI.sub("", seen))
-    finally:
-        proc.terminate()
-        await proc.wait()
     assert "id action state last event service age" in seen
     assert 'success {"lat": 59.9} w' in seen
     last_frame = seen.rsplit("id action state", 1)[1]
@@ -320,30 +324,13 @@ async def test_watch_lines_keeps_one_line_per_event(
 ) -> None:
     worker, p = await make_client("w"), await make_client("p")
     await worker.sub("geo:geocode", lambda t: 1)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskhub",
-        "watch",
-        "geo:*",
-        "--lines",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(FORCE_COLOR="1", TASKHUB_URL=server.url),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        async with asyncio.timeout(15):
-            await proc.stderr.readline()
+    async with watching("geo:*", "--lines", FORCE_COLOR="1", TASKHUB_URL=server.url) as out:
         handle = p.pub("geo:geocode", "Oslo")
         await handle.get_result()
         lines = []
         async with asyncio.timeout(10):
             while len(lines) < 4:
-                lines.append(ANSI.sub("", (await proc.stdout.readline()).decode()))
-    finally:
-        proc.terminate()
-        await proc.wait()
+                lines.append(ANSI.sub("", (await out.readline()).decode()))
     assert [line.split()[3] for line in lines] == ["init", "offer", "start", "success"]
 
 

@@ -21,10 +21,13 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _sse(http: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
+async def _sse(
+    http: httpx.AsyncClient, task_id: str, last_event_id: int | None = None
+) -> list[dict[str, Any]]:
     """Read a task's event stream to its end, as a browser's EventSource would."""
     events: list[dict[str, Any]] = []
-    async with http.stream("GET", f"/v1/tasks/{task_id}/events") as resp:
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    async with http.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         fields: dict[str, str] = {}
@@ -105,6 +108,24 @@ async def test_sse_streams_stored_then_live_events_to_the_end(
     assert events[-1]["data"] == "ok" and events[-1]["task"] == task_id
     # An ended task's stream replays from the store and ends at once.
     assert [e["event"] for e in await _sse(http, task_id)] == types
+
+
+async def test_a_resumed_stream_sends_what_follows_its_last_event_id_and_ends_with_the_task(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    task_id = (await http.post("/v1/tasks", json={"action": "slow:resume"})).json()["id"]
+    resumed = asyncio.create_task(_sse(http, task_id, last_event_id=1))  # after `init`
+    # Past every event the task will have: nothing to send, but the stream still ends when
+    # the task does (it used to wait for more live events until the hub stopped).
+    beyond = asyncio.create_task(_sse(http, task_id, last_event_id=1000))
+    await asyncio.sleep(0.2)  # both are open and waiting: what follows is live
+    assert not resumed.done() and not beyond.done()
+    worker = await make_client("slow")
+    await worker.sub("slow:resume", lambda t: "ok")
+    events = await asyncio.wait_for(resumed, 10)
+    assert events[0]["id"] > 1 and "init" not in [e["event"] for e in events]
+    assert events[-1]["event"] == "success"
+    assert await asyncio.wait_for(beyond, 10) == []
 
 
 async def test_waiting_requests_listen_to_task_events_only_while_they_wait(

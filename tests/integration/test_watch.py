@@ -12,6 +12,7 @@ import pytest
 
 from taskhub import Client, PermissionDenied, Server
 from tests.conftest import ClientFactory, ServerFactory, until
+from tests.integration.test_cli import watching
 
 
 async def next_events(watch: Any, n: int) -> list[dict[str, Any]]:
@@ -89,35 +90,18 @@ async def test_watch_comes_back_after_a_reconnect(make_client: ClientFactory) ->
 
 
 async def test_cli_watch_prints_one_line_per_event(server: Server) -> None:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskhub",
-        "watch",
-        "geo:*",
-        "--url",
-        server.url,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        async with asyncio.timeout(15):
-            ready = await proc.stderr.readline()
-        assert b"watching geo:*" in ready
-        async with Client(server.url, name="geo") as worker, Client(server.url, name="p") as p:
-            await worker.sub("geo:geocode", lambda t: {"lat": 59.9})
-            handle = p.pub("geo:geocode", "Oslo")
-            await handle.get_result()
-            lines = []
-            async with asyncio.timeout(10):
-                while len(lines) < 4:
-                    lines.append((await proc.stdout.readline()).decode().rstrip("\n"))
-    finally:
-        proc.terminate()
-        await proc.wait()
+    async with (
+        watching("geo:*", "--url", server.url) as out,
+        Client(server.url, name="geo") as worker,
+        Client(server.url, name="p") as p,
+    ):
+        await worker.sub("geo:geocode", lambda t: {"lat": 59.9})
+        handle = p.pub("geo:geocode", "Oslo")
+        await handle.get_result()
+        lines = []
+        async with asyncio.timeout(10):
+            while len(lines) < 4:
+                lines.append((await out.readline()).decode().rstrip("\n"))
     kinds = [line.split()[3] for line in lines]
     assert kinds == ["init", "offer", "start", "success"]
     for line in lines:

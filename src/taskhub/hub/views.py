@@ -1,11 +1,12 @@
-"""The public shape of a task, as the protocol, the HTTP API, the dashboard and the CLI show it."""
+"""The public shape of a task, as the protocol, the HTTP API, the dashboard and the CLI show it,
+and of a task event, as the HTTP event stream and the dashboard show it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from taskhub import protocol as p
-from taskhub.records import TaskRecord
+from taskhub.records import EventRecord, TaskRecord
 
 
 def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:
@@ -31,3 +32,16 @@ def task_view(rec: TaskRecord, *, payload: bool = False) -> dict[str, Any]:
     if payload:
         out["payload"] = p.plain(rec.payload)
     return out
+
+
+def event_view(ev: EventRecord) -> dict[str, Any]:
+    """The public shape of a task event (the HTTP event stream and the dashboard's)."""
+    return {
+        "task": ev.task_id,
+        "seq": ev.seq,
+        "type": ev.type,
+        "at": ev.at,
+        "group": ev.group,
+        "service": ev.service,
+        "data": ev.data,
+    }

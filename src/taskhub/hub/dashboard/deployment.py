@@ -24,8 +24,9 @@ from taskhub.hub.dashboard.rows import IDLE, connection_view, with_work, work
 from taskhub.hub.hub import Hub
 from taskhub.hub.partition import LocalPartition
 from taskhub.hub.router import task_partition
+from taskhub.hub.views import event_view
 from taskhub.lifecycle import Credentials, Peer
-from taskhub.records import TERMINAL_STATES, EventRecord
+from taskhub.records import TERMINAL_STATES
 
 OPERATOR = Credentials("dashboard")  # the operations read every action
 # Seconds another hub has to answer before the page leaves its partitions out (`missing`): a
@@ -69,25 +70,13 @@ def install(hub: Hub, monitor: Monitor, pull: Pull) -> None:
         await part.flush()  # what it has applied so far is stored: the events are all there
         stored = await part.store.get_events(task_id)
         return {
-            "events": [_event(ev) for ev in stored if ev.seq > after],
+            "events": [event_view(ev) for ev in stored if ev.seq > after],
             "live": part.lc.get(task_id) is not None,
         }
 
     hub.admin.ops["dashboard"] = dashboard
     hub.admin.ops["dashboard_tasks"] = dashboard_tasks
     hub.admin.ops["dashboard_events"] = dashboard_events
-
-
-def _event(ev: EventRecord) -> dict[str, Any]:
-    return {
-        "task": ev.task_id,
-        "seq": ev.seq,
-        "type": ev.type,
-        "at": ev.at,
-        "group": ev.group,
-        "service": ev.service,
-        "data": ev.data,
-    }
 
 
 def _peers(hub: Hub, part: LocalPartition) -> list[Peer]:

@@ -32,7 +32,13 @@ from taskhub.hub.dashboard.views import (
     TaskPage,
 )
 from taskhub.hub.http.deps import HubDep, StateFilter, error_responses, read_task
-from taskhub.hub.http.events import SSE_EVENT_SCHEMA, TaskEventsDep, event_stream
+from taskhub.hub.http.events import (
+    SSE_EVENT_SCHEMA,
+    TaskEventsDep,
+    event_stream,
+    last_event_id,
+    sse_response,
+)
 from taskhub.hub.http.search import TaskFilter, search
 from taskhub.hub.hub import task_view
 
@@ -232,19 +238,14 @@ async def task_events(
     # terminal event); only the credentials differ, as EventSource cannot send a header. A
     # task another hub leads: its events as that hub stores them, asked for over the link.
     await read_task(hub, OPERATOR, task_id)
-    last = request.headers.get("last-event-id", "")
-    after = int(last) if last.isdigit() else 0
+    after = last_event_id(request)
     elsewhere = deployment.led_elsewhere(hub, task_id)
     stream = (
         _unnamed(event_stream(hub, events, task_id, after))
         if elsewhere is None
         else deployment.remote_events(hub, elsewhere, task_id, after)
     )
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(stream)
 
 
 async def _unnamed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

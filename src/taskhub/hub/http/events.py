@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 import msgspec
@@ -20,6 +20,7 @@ from taskhub.errors import TaskHubError
 from taskhub.hub import writes
 from taskhub.hub.http.deps import Caller, HubDep, error_responses, read_task
 from taskhub.hub.hub import Hub
+from taskhub.hub.views import event_view
 from taskhub.lifecycle import Lifecycle, Task
 from taskhub.records import TERMINAL_STATES, EventRecord
 
@@ -80,18 +81,27 @@ TaskEventsDep = Annotated[TaskEvents, Depends(_events)]
 
 
 def _sse(ev: EventRecord) -> bytes:
-    data = msgspec.json.encode(
-        {
-            "task": ev.task_id,
-            "seq": ev.seq,
-            "type": ev.type,
-            "at": ev.at,
-            "group": ev.group,
-            "service": ev.service,
-            "data": ev.data,
-        }
-    )
+    data = msgspec.json.encode(event_view(ev))
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (ev.seq, ev.type.encode(), data)
+
+
+class _Sent:
+    """Where one stream is: the seq of the last event it sent, and whether the task ended."""
+
+    def __init__(self, after: int) -> None:
+        self.seq = after
+        self.ended = False
+
+    def sse(self, events: Iterable[EventRecord]) -> Iterator[bytes]:
+        """``events`` not sent yet (a later seq), up to the terminal one; a terminal one
+        already sent (before ``Last-Event-ID``) ends the stream too."""
+        for ev in events:
+            if ev.seq > self.seq:
+                self.seq = ev.seq
+                yield _sse(ev)
+            if ev.type in TERMINAL_STATES:
+                self.ended = True
+                return
 
 
 async def event_stream(
@@ -102,18 +112,16 @@ async def event_stream(
             yield chunk
         return
     live: asyncio.Queue[EventRecord | None] = asyncio.Queue()  # None: the hub shuts down
-    seq = after
+    sent = _Sent(after)
     # On a shutdown the stream ends; an EventSource reconnects with Last-Event-ID.
     with events.watch(task_id, live.put_nowait), hub.long_wait(lambda: live.put_nowait(None)):
         # Listening first, then reading the store after a flush: no event falls in between;
         # the live ones already stored are skipped by seq.
         await hub.flush()
-        for ev in await hub.store_of(task_id).get_events(task_id):
-            if ev.seq > seq:
-                seq = ev.seq
-                yield _sse(ev)
-            if ev.type in TERMINAL_STATES:
-                return
+        for chunk in sent.sse(await hub.store_of(task_id).get_events(task_id)):
+            yield chunk
+        if sent.ended:
+            return
         if hub.lc_of(task_id).get(task_id) is None and live.empty():
             # Ended before we listened, and its terminal event is not stored (removed by
             # retention). Had it ended while the store was read, its events would be in `live`.
@@ -130,26 +138,23 @@ async def event_stream(
             batch = [ev for ev in got if ev is not None]
             if batch:
                 await hub.flush()  # like the WebSocket: nothing is streamed before it is stored
-            for ev in batch:
-                if ev.seq <= seq:
-                    continue
-                seq = ev.seq
-                yield _sse(ev)
-                if ev.type in TERMINAL_STATES:
-                    return
-            if len(batch) < len(got):
-                return  # the hub shuts down
+            for chunk in sent.sse(batch):
+                yield chunk
+            if sent.ended or len(batch) < len(got):
+                return  # the task ended, or the hub shuts down
 
 
 async def _linked_stream(hub: Hub, task_id: str, after: int) -> AsyncIterator[bytes]:
     """The stream of a task another hub leads: one request over the link per step, each
     answered by that hub with the events stored after the last one sent (waiting up to the
     keep-alive interval for one)."""
-    seq = after
+    sent = _Sent(after)
     ending = asyncio.Event()
     with hub.long_wait(ending.set):  # this hub shuts down: the stream ends (as here)
         while not ending.is_set():
-            asking = asyncio.ensure_future(writes.task_events(hub, task_id, seq, SSE_KEEPALIVE))
+            asking = asyncio.ensure_future(
+                writes.task_events(hub, task_id, sent.seq, SSE_KEEPALIVE)
+            )
             stopping = asyncio.ensure_future(ending.wait())
             try:
                 await asyncio.wait({asking, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -160,17 +165,29 @@ async def _linked_stream(hub: Hub, task_id: str, after: int) -> AsyncIterator[by
             if not asking.done() or asking.cancelled() or asking.exception() is not None:
                 return  # this hub shuts down, or the link broke: reconnect (Last-Event-ID)
             events, live = asking.result()
-            for ev in events:
-                if ev.seq <= seq:
-                    continue
-                seq = ev.seq
-                yield _sse(ev)
-                if ev.type in TERMINAL_STATES:
-                    return
+            for chunk in sent.sse(events):
+                yield chunk
+            if sent.ended:
+                return
             if not events:
                 if not live:
                     return  # ended, and its terminal event is not stored (retention)
                 yield b": keep-alive\n\n"
+
+
+def last_event_id(request: Request) -> int:
+    """The seq an EventSource resumes after (its ``Last-Event-ID``); 0 for none or not a seq."""
+    last = request.headers.get("last-event-id", "")
+    return int(last) if last.isdigit() else 0
+
+
+def sse_response(stream: AsyncIterator[bytes]) -> StreamingResponse:
+    """``stream`` as ``text/event-stream``, neither cached nor buffered by a proxy."""
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 SSE_EVENT_SCHEMA: JsonDict = {
@@ -209,13 +226,7 @@ async def task_events(
     events: TaskEventsDep,
 ) -> StreamingResponse:
     await read_task(hub, creds, task_id)
-    last = request.headers.get("last-event-id", "")
-    after = int(last) if last.isdigit() else 0
-    return StreamingResponse(
-        event_stream(hub, events, task_id, after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(event_stream(hub, events, task_id, last_event_id(request)))
 
 
 @router.post(
