@@ -32,13 +32,20 @@ def _store(redis: RedisProcess) -> str:
     return f"{redis.url}?prefix=c{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-def hubs(redis: RedisProcess) -> Iterator[list[HubProcess]]:
+@pytest.fixture(scope="module")
+def hubs() -> Iterator[list[HubProcess]]:
+    """Three hubs on a Redis of their own, shared by the tests that leave them (and their
+    leader) alone, each with actions of its own: starting them was most of each test."""
+    redis = RedisProcess().start()
     store = _store(redis)
-    procs = [HubProcess(store, env=LEASE).start() for _ in range(3)]
-    yield procs
-    for p in procs:
-        p.stop()
+    procs: list[HubProcess] = []
+    try:
+        procs += [HubProcess(store, env=LEASE).start() for _ in range(3)]
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+        redis.cleanup()
 
 
 async def _role(hub: HubProcess) -> str:

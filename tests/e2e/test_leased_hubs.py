@@ -30,11 +30,11 @@ P = 4
 LEASE = "1"  # seconds: TASKHUB_LEASE of every hub here, unless a test says otherwise
 
 
-def action_in(partition: int) -> str:
+def action_in(partition: int, prefix: str = "job") -> str:
     i = 0
-    while partition_of(f"job{i}:run", "", P) != partition:
+    while partition_of(f"{prefix}{i}:run", "", P) != partition:
         i += 1
-    return f"job{i}:run"
+    return f"{prefix}{i}:run"
 
 
 class Hubs:
@@ -86,14 +86,41 @@ def knows(hub: HubProcess, partitions: list[int]) -> None:
     wait_until(named, 10)
 
 
+def _store(kind: str, folder: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{folder / 'hub.db'}"
+    return redisproc.shared_url("e2eleased")
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hubs]:
-    if request.param == "sqlite":
-        made = Hubs(f"sqlite:///{tmp_path / 'hub.db'}")
-    else:
-        made = Hubs(redisproc.shared_url("e2eleased"))
+    made = Hubs(_store(request.param, tmp_path))
     yield made
     made.stop()
+
+
+class Pair:
+    """Two hubs that split the partitions and know each other's (``first``: those hub one
+    leads, ``second``: hub two's)."""
+
+    def __init__(self, hubs: Hubs) -> None:
+        self.one, self.two = hubs.start(), hubs.start()
+        self.first, self.second = settled(self.one, self.two)
+        knows(self.two, self.first)
+        knows(self.one, self.second)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pair]:
+    """One pair for the tests that leave both hubs running and their leases alone (each with
+    actions of its own): starting and settling two hub processes was most of each test."""
+    made = Hubs(_store(request.param, tmp_path_factory.mktemp("pair")))
+    try:
+        yield Pair(made)
+    finally:
+        made.stop()
 
 
 def test_two_hubs_split_the_partitions_and_a_third_rebalances(hubs: Hubs) -> None:
@@ -153,15 +180,13 @@ async def test_a_hub_killed_9_loses_no_accepted_task_and_its_partitions_move(
 
 
 async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_partition(
-    hubs: Hubs,
+    pair: Pair,
 ) -> None:
     """Two hubs, P = 4: a worker on hub two and a publisher on hub one complete tasks of
     every partition, whichever hub leads it, with progress and results; a wildcard watch on
     hub two sees the tasks of every partition."""
-    one, two = hubs.start(), hubs.start()
-    first, second = settled(one, two)
-    knows(two, first)
-    knows(one, second)
+    one, two = pair.one, pair.two
+    actions = [action_in(p, "serve") for p in range(P)]
 
     async def work(task: Any) -> Any:
         await task.update({"half": task.payload})
@@ -172,14 +197,14 @@ async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_part
         Client(one.url, name="publisher") as pub,
         Client(two.url, name="watcher") as watcher,
     ):
-        for p in range(P):
-            await worker.sub(action_in(p), work, concurrency=8)
+        for action in actions:
+            await worker.sub(action, work, concurrency=8)
         seen: dict[str, set[str]] = {}
         async with watcher.watch(">") as events:
             progress: dict[int, list[Any]] = {}
             handles = []
             for i in range(4 * P):
-                handle = pub.pub(action_in(i % P), i)
+                handle = pub.pub(actions[i % P], i)
                 handle.on("update", lambda h, i=i: progress.setdefault(i, []).append(h.last_update))
                 handles.append(handle)
             results = await asyncio.wait_for(asyncio.gather(*(h.get_result() for h in handles)), 20)
@@ -193,12 +218,9 @@ async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_part
     assert {partition_of_id(h.id) for h in handles} == set(range(P))
 
 
-async def test_a_chain_whose_steps_fall_on_both_hubs_completes(hubs: Hubs) -> None:
-    one, two = hubs.start(), hubs.start()
-    first, second = settled(one, two)
-    knows(two, first)
-    knows(one, second)
-    a, b = action_in(first[0]), action_in(second[0])  # led by one, by two
+async def test_a_chain_whose_steps_fall_on_both_hubs_completes(pair: Pair) -> None:
+    one, two, first = pair.one, pair.two, pair.first
+    a, b = action_in(first[0], "chain"), action_in(pair.second[0], "chain")  # led by one, two
 
     def step(task: Any) -> Any:
         base = task.payload if task.previous_result is None else task.previous_result
@@ -318,11 +340,10 @@ async def test_hubs_on_a_redis_cluster_spread_the_partitions_over_its_primaries(
         hubs.stop()
 
 
-async def test_a_timeout_fires_once(hubs: Hubs) -> None:
-    one, two = hubs.start(), hubs.start()
-    first, _ = settled(one, two)
+async def test_a_timeout_fires_once(pair: Pair) -> None:
+    one = pair.one
     async with Client(one.url, name="publisher") as pub:
-        handle = pub.pub(action_in(first[0]), 1, start_timeout=0.3)
+        handle = pub.pub(action_in(pair.first[0], "late"), 1, start_timeout=0.3)
         task_id = await handle.accepted()
         for _ in range(100):
             task = await pub.get(task_id)
@@ -349,17 +370,14 @@ async def _event_types(hub: HubProcess, task_id: str) -> list[str]:
 
 
 async def test_the_http_api_on_one_hub_reaches_the_partitions_the_other_leads(
-    hubs: Hubs,
+    pair: Pair,
 ) -> None:
     """An HTTP user behind a load balancer sees one system: hub two publishes (one task, and a
     batch spanning both hubs), waits for results, cancels and runs a pull consumer of the
     partitions hub one leads, over the link; a WebSocket worker on hub one does the work."""
-    one, two = hubs.start(), hubs.start()
-    first, second = settled(one, two)
-    knows(two, first)
-    knows(one, second)
-    there, here = action_in(first[0]), action_in(second[0])
-    pulled = action_in(first[1])
+    one, two, first, second = pair.one, pair.two, pair.first, pair.second
+    there, here = action_in(first[0], "http"), action_in(second[0], "http")
+    pulled = action_in(first[1], "http")
     async with (
         Client(one.url, name="worker") as worker,
         httpx.AsyncClient(base_url=two.http_url, timeout=20) as http,

@@ -79,13 +79,26 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
     yield from serve(f"sqlite:///{tmp_path / 'hub.db'}")
 
 
+def serve_on(kind: str, folder: Path) -> Iterator[HubProcess]:
+    if kind == "sqlite":
+        yield from serve(f"sqlite:///{folder / 'hub.db'}")
+    else:
+        yield from serve(redisproc.shared_url("procs"))
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def any_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubProcess]:
     """`serve --processes 2` on a SQLite file, and on a Redis."""
-    if request.param == "sqlite":
-        yield from serve(f"sqlite:///{tmp_path / 'hub.db'}")
-    else:
-        yield from serve(redisproc.shared_url("procs"))
+    yield from serve_on(request.param, tmp_path)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def shared_hub(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HubProcess]:
+    """As ``any_hub``, one per store for the tests that leave its processes alone: starting
+    them was most of each test."""
+    yield from serve_on(request.param, tmp_path_factory.mktemp("procs"))
 
 
 def linked(hub: HubProcess) -> None:
@@ -105,14 +118,20 @@ def linked(hub: HubProcess) -> None:
     wait_until(every_leader_named, 10, hub.log)
 
 
-def one_action_per_partition() -> list[str]:
+def one_action_per_partition(prefix: str = "job") -> list[str]:
     return [
-        next(f"job{i}:run" for i in range(1000) if partition_of(f"job{i}:run", "", P) == p)
+        next(
+            f"{prefix}{i}:run" for i in range(1000) if partition_of(f"{prefix}{i}:run", "", P) == p
+        )
         for p in range(P)
     ]
 
 
-async def test_two_processes_share_the_port_and_split_the_partitions(hub: HubProcess) -> None:
+@pytest.mark.parametrize("shared_hub", ["sqlite"], indirect=True)
+async def test_two_processes_share_the_port_and_split_the_partitions(
+    shared_hub: HubProcess,
+) -> None:
+    hub = shared_hub
     seen = split(hub)
     assert len(children(hub)) == 2
     # Each child also serves on a port of its own, which it advertises to the other.
@@ -128,15 +147,15 @@ async def test_two_processes_share_the_port_and_split_the_partitions(hub: HubPro
 
 
 async def test_a_publisher_and_a_worker_on_the_shared_port_complete_every_partition(
-    any_hub: HubProcess,
+    shared_hub: HubProcess,
 ) -> None:
     """Whichever child each connection lands on, it reaches the partitions the other child
     leads over the hub-to-hub link: tasks of every partition complete, and a wildcard watch
     sees them all."""
-    hub = any_hub
+    hub = shared_hub
     split(hub)
     linked(hub)
-    actions = one_action_per_partition()
+    actions = one_action_per_partition("serve")
     async with (
         Client(hub.url, name="worker") as worker,
         Client(hub.url, name="publisher") as pub,

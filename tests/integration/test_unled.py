@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from taskhub import Client, Server
+from taskhub.client import retry
 from taskhub.hub.keeper import PartitionKeeper
 from taskhub.partitions import partition_of, partition_of_id
 from taskhub.store import open_partition_leases
@@ -230,20 +231,21 @@ async def test_a_schedule_slot_for_a_leaderless_partition_publishes_once_it_is_l
         return "ran"
 
     async with httpx.AsyncClient(base_url=keeper.http_url, timeout=10) as http:
-        # its "every minute" slot comes 8 s after this (a fake clock, not a minute's wait)
+        # its "every minute" slot comes 4 s after this (a fake clock, not a minute's wait)
         slot = math.ceil(time.time() / 60 + 1) * 60
-        shift[0] = slot - 8 - time.time()
+        shift[0] = slot - 4 - time.time()
         r = await http.put(
             "/v1/schedules/tick",
             json={"cron": "* * * * *", "action": action, "payload": {"n": 1}},
         )
         assert r.status_code == 200, r.text
-    await deployment.steal(other, q, 10.0)  # no leader from before the slot to after it
+    await deployment.steal(other, q, 6.0)  # no leader from before the slot to after it
 
     async def leader(named: bool) -> bool:
         return bool((await health(keeper))["leaders"].get(str(q))) is named
 
     await until(lambda: leader(False), timeout=8, step=0.02)
+    assert clock() < slot  # the schedules' hub knew of no leader before the slot came
     await until(lambda: leader(True), timeout=30, step=0.05)  # past the slot: led again
     assert clock() >= slot
     # The worker comes now (a connection reaching the partition meanwhile would be closed
@@ -255,13 +257,17 @@ async def test_a_schedule_slot_for_a_leaderless_partition_publishes_once_it_is_l
 
 
 async def test_a_worker_keeps_its_subscription_past_a_long_leaderless_gap(
-    deployment: Deployment,
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker on the hub that leads its action's partition; the hub loses it to a foreign
     lease for longer than the client's resends last. The worker is closed with the partition,
     reconnects, and its subscription, refused meanwhile, is sent again until the partition is
     led: it then takes a task published there (before, the re-sent sub was given up with an
-    error in the log, and the worker never took that action's tasks again)."""
+    error in the log, and the worker never took that action's tasks again).
+
+    One resend instead of retry.TRIES (the same code, its limit reached sooner), so a gap of
+    7 s outlasts the resends, as one of 12 s did with five."""
+    monkeypatch.setattr(retry, "TRIES", 1)
     one, two = await deployment.hub(), await deployment.hub()
     led_one, _ = await until(lambda: split(one, two), timeout=30, step=0.05)
     q = led_one[0]
@@ -274,13 +280,19 @@ async def test_a_worker_keeps_its_subscription_past_a_long_leaderless_gap(
 
     async with Client(one.url, name="w", connect_timeout=5) as w:
         await w.sub(action, run)
-        await deployment.steal(one, q, 12.0)  # past TRIES resends of a 1.5 s hold each
+        # Past the resends: the hub sees the loss (a third of a lease), the worker reconnects,
+        # then two sends are held a lease each with a retry_after (1 to 1.5 s) between them:
+        # ~5 s at most.
+        await deployment.steal(one, q, 7.0)
 
         async def led_again() -> bool:
             body = await health(one)
             return q in body["partitions"] or bool(body["leaders"].get(str(q)))
 
-        await asyncio.sleep(2 * LEASE)  # the hub has seen it: no leader
+        async def unled() -> bool:
+            return not await led_again()
+
+        await until(unled, timeout=10, step=0.02)  # the hub has seen it: no leader
         await until(led_again, timeout=30, step=0.05)
         async with Client(two.url, name="p", connect_timeout=5) as c:
             handle = c.pub(action, 7)
