@@ -77,7 +77,7 @@ class Reader(Protocol):
 # it must not write); returns what to queue for the connection's loop, in their place: the
 # messages, or a function to call there instead of dispatching one.
 Tap = Callable[[list["Message"]], list["Message | Callable[[], None]"]]
-Waiter = asyncio.Future[Message] | Receiver
+Waiter = asyncio.Future[Message] | Receiver | QueuedPub
 
 
 class Inbox:
@@ -175,10 +175,14 @@ class Connection:
         self.max_frame = max_frame
         self.ssl = ssl
         self.welcome: Message = {}
+        # The largest frame the hub takes: its welcome's max_frame, else our own setting
+        # (kept with the welcome, not looked up in it per message sent).
+        self._limit = max_frame
         # The loop the connection runs on, known from open(): asyncio.get_running_loop() costs
         # a getpid() system call, too much to pay for every publish.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
+        self.up = False  # connected.is_set(), read without a call (a publisher's, per task)
         self._ws: Wire | None = None  # the WebSocket while connected
         # Messages are encoded as they are queued: the bytes hold no references, so a burst of
         # publishes leaves nothing behind for the garbage collector until the next flush.
@@ -231,6 +235,7 @@ class Connection:
         self._closing = True
         self._flush()
         self.connected.clear()  # from now on post() refuses at once
+        self.up = False
         ws = self._ws
         if ws is not None:
             for frame in self._held if ws.open else ():  # before the close frame, whatever
@@ -268,6 +273,7 @@ class Connection:
             await ws.close()
             raise ConnectionClosed(f"{url} did not greet with a welcome message: {first!r}")
         self.welcome = first
+        self._limit = int(first.get("max_frame", self.max_frame))
         return ws
 
     async def _run(self, ws: Wire | None) -> None:
@@ -304,12 +310,14 @@ class Connection:
         except Exception:
             log.exception("restoring state after connecting failed")
         self.connected.set()
+        self.up = True
         self._flush()
         try:
             await asyncio.shield(ws.lost)
         finally:
             self._keepalive.cancel()
             self.connected.clear()
+            self.up = False
             if self._shared is ws:
                 self._shared = None
                 if self._reader is not None:
@@ -373,8 +381,8 @@ class Connection:
         # Requests still queued are failed below: they must not go out on the next connection.
         queued, self._outbox = self._outbox, []
         for part in queued:
-            if isinstance(part, QueuedPub):
-                _fail(part.receiver, exc)
+            if isinstance(part, tuple):  # a pub
+                _fail(part[1], exc)
             elif "ref" not in _decoder.decode(part):
                 self._outbox.append(part)
         self._outbox_size = sum(len(part) for part in self._outbox if isinstance(part, bytes))
@@ -389,7 +397,13 @@ class Connection:
         it, so later would be too late to say so. ``own``: the client made ``msg`` of short
         strings and integers only (an ack, a pickup, a release), so it skips those checks
         (:func:`encode`'s costs as much as the encoding)."""
-        self._queue(_encoder.encode(msg) if own else self._encode_alone(msg))
+        if own:
+            part = _encoder.encode(msg)
+        else:  # checked as JSON and against the frame limit (a worker's result, per task)
+            part = encode(msg)
+            if len(part) > self._limit:
+                raise _not_sent(msg.get("op"), len(part), self._limit)
+        self._queue(part)
 
     def send_now(self, msg: Message) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
@@ -410,20 +424,13 @@ class Connection:
             part = _join([_encoder.encode(m) if own else encode(m) for m in msgs])
         except UNSENDABLE:
             return False
-        if len(part) > self._frame_limit():
+        if len(part) > self._limit:
             return False
         return ws.send_text_now(part)
 
-    def _encode_alone(self, msg: Message) -> bytes:
-        part = encode(msg)
-        limit = self._frame_limit()
-        if len(part) > limit:
-            raise _not_sent(msg.get("op"), len(part), limit)
-        return part
-
     def _frame_limit(self) -> int:
         """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
-        return int(self.welcome.get("max_frame", self.max_frame))
+        return self._limit
 
     def _queue(self, part: bytes, entry: Entry | None = None) -> None:
         self._outbox.append(part if entry is None else entry)
@@ -468,13 +475,13 @@ class Connection:
             # Its ref comes at the flush (client/outbox.py); one too large for a frame fails
             # its receiver there, as a request's does (_too_large).
             part = encode(msg)
-        self._queue(part, QueuedPub(part, receiver))
+        self._queue(part, (part, receiver, 0))
 
     def requeue(self, entry: QueuedPub) -> None:
         """Queue a ``pub`` again, as :meth:`post_pub` queued it (client/retry.py)."""
         if self._closing and not self.connected.is_set():
             raise ConnectionClosed("the client is closed")
-        self._queue(entry.part, entry)
+        self._queue(entry[0], entry)
 
     @property
     def frame_limit(self) -> int:
@@ -638,11 +645,11 @@ def _join(parts: list[bytes]) -> bytes:
 def _answer(conn: Connection, waiter: Waiter, msg: Message, op: str) -> bool:
     """Hand the answer ``msg`` to ``waiter`` (or send its request again: client/retry.py);
     False for a future that has its result already (the message goes on as any other)."""
-    if isinstance(waiter, QueuedPub):  # a pub's: its receiver is a handle, never a future
-        if op == "error" and retry.retryable(msg, waiter.tries):
+    if isinstance(waiter, tuple):  # a pub's: its receiver is a handle, never a future
+        if op == "error" and retry.retryable(msg, waiter[2]):
             retry.later(conn, waiter, msg)
             return True
-        waiter = waiter.receiver
+        waiter = waiter[1]
     elif isinstance(waiter, asyncio.Future):
         if waiter.done():
             return False
@@ -665,11 +672,13 @@ def _answer(conn: Connection, waiter: Waiter, msg: Message, op: str) -> bool:
     return True
 
 
-def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> None:
+def _fail(waiter: Waiter, exc: BaseException) -> None:
     if isinstance(waiter, asyncio.Future):
         if not waiter.done():
             waiter.set_exception(exc)
         return
+    if isinstance(waiter, tuple):  # a pub's: its receiver
+        waiter = waiter[1]
     try:
         waiter.feed_unanswered(exc)
     except Exception:
