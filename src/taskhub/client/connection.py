@@ -403,7 +403,11 @@ class Connection:
             part = encode(msg)
             if len(part) > self._limit:
                 raise _not_sent(msg.get("op"), len(part), self._limit)
-        self._queue(part)
+        # _queue's steps, without its call (a worker sends two messages per task)
+        self._outbox.append(part)
+        self._outbox_size += len(part)
+        if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
+            self._queued()
 
     def send_now(self, msg: Message) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
@@ -437,6 +441,12 @@ class Connection:
         # A pub queued alone gets its `,"ref":N` at the flush: counted so, a burst's frames
         # stay near EARLY_SEND (in a batch it takes less).
         self._outbox_size += len(part) if entry is None else len(part) + 16
+        if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
+            self._queued()
+
+    def _queued(self) -> None:
+        """Something was queued: send now if the outbox holds EARLY_SEND bytes, else flush
+        at the end of this loop turn (once per turn)."""
         if self._outbox_size >= EARLY_SEND:
             self._send_out()
         elif not self._flush_scheduled:
@@ -475,7 +485,11 @@ class Connection:
             # Its ref comes at the flush (client/outbox.py); one too large for a frame fails
             # its receiver there, as a request's does (_too_large).
             part = encode(msg)
-        self._queue(part, (part, receiver, 0))
+        # _queue's steps, without its call (per task)
+        self._outbox.append((part, receiver, 0))
+        self._outbox_size += len(part) + 16  # its `,"ref":N` (less in a batch)
+        if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
+            self._queued()
 
     def requeue(self, entry: QueuedPub) -> None:
         """Queue a ``pub`` again, as :meth:`post_pub` queued it (client/retry.py)."""

@@ -160,7 +160,8 @@ class Handlers:
                 work = self._traced(work, ctx, tracer, span)
         # The task becomes ctx's runner at its first step (`_work`), not here: see there.
         ctx.runner = None
-        self.running[ctx] = link.create_task(work)
+        loop = link.conn.loop  # known once connected: Link.create_task's steps without its call
+        self.running[ctx] = link.create_task(work) if loop is None else loop.create_task(work)
 
     async def _traced(
         self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
