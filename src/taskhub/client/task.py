@@ -102,23 +102,6 @@ class TaskContext(_Emitter):
     handler returns; otherwise the handler's return value is the result.
     """
 
-    # A delivery's state as it starts: class attributes, set on the instance only once they
-    # change (fewer stores per delivery).
-    observe = False  # a copy for an observer
-    previous_result: Any = None
-    last_update: Any = None
-    _updated = False  # an update arrived (its data may be None)
-    _final: str | None = None  # the final event that arrived: fail or end
-    revoked: str | None = None  # why the hub took the task away, if it did
-    succeeded = False  # another service returned a result
-    dropped = False
-    returned = False  # success() sent this delivery's result
-    picked_up = False
-    released = False  # handed back to the hub (the worker is stopping)
-    # What runs the handler (set by the client, or by a worker's handler loop that started
-    # it as it read the offer): revoking cancels it.
-    runner: Runner | None = None
-
     def __init__(self, link: Link, offer: dict[str, Any]) -> None:
         self._listeners = None  # _Emitter's, set here to spare a call per delivery
         self._background = None
@@ -129,12 +112,22 @@ class TaskContext(_Emitter):
         self.group: str = offer["group"]
         self.publisher: str = offer["publisher"]
         self.created_at: float = offer["created_at"]
-        if "observe" in offer:
-            self.observe = bool(offer["observe"])
-        if "previous_result" in offer:
-            self.previous_result = offer["previous_result"]
+        self.observe: bool = bool(offer.get("observe"))
+        self.previous_result: Any = offer.get("previous_result")
+        self.last_update: Any = None
+        self._updated = False  # an update arrived (its data may be None)
+        self._final: str | None = None  # the final event that arrived: fail or end
+        self.revoked: str | None = None  # why the hub took the task away, if it did
+        self.succeeded = False  # another service returned a result
+        self.dropped = False
+        self.returned = False  # success() sent this delivery's result
+        self.picked_up = False
+        self.released = False  # handed back to the hub (the worker is stopping)
         self._has_payload = "payload" in offer
         self._payload: Any = offer.get("payload")
+        # What runs the handler (set by the client, or by a worker's handler loop that
+        # started it as it read the offer): revoking cancels it.
+        self.runner: Runner | None = None
 
     async def pickup(self) -> None:
         """Tell the hub this worker is working on it (idempotent; the library does it)."""
