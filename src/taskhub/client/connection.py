@@ -518,7 +518,7 @@ class Connection:
         self._outbox_size = 0
         limit = self._frame_limit()
         out = take(queued, batch=self._batch(), limit=limit, refs=self._refs, pending=self._pending)
-        frames = self._frames(out, sum(map(len, out)), limit)
+        frames = _frames(out, sum(map(len, out)), limit, self._too_large)
         if self._held or ws.paused or not ws.open:
             self._held.extend(frames)  # behind the frames already waiting
             return
@@ -533,27 +533,6 @@ class Connection:
         ws = self._ws
         while self._held and ws is not None and ws.open and not ws.paused:
             ws.send_text(self._held.pop(0))
-
-    def _frames(self, parts: list[bytes], size: int, limit: int) -> list[bytes]:
-        """Pack the encoded messages (``size`` bytes in all), in order, into as few frames as
-        fit the hub's ``max_frame``; refuse a message too big alone."""
-        if size + len(parts) + 1 <= limit:
-            return [_join(parts)]  # the common case
-        frames: list[bytes] = []
-        chunk: list[bytes] = []
-        size = 1  # of the frame `[a,b,...]` so far: 2 brackets, a comma between two parts
-        for part in parts:
-            if len(part) > limit:
-                self._too_large(part, limit)
-                continue
-            if chunk and size + len(part) + 1 > limit:
-                frames.append(_join(chunk))
-                chunk, size = [], 1
-            chunk.append(part)
-            size += len(part) + 1
-        if chunk:
-            frames.append(_join(chunk))
-        return frames
 
     def _too_large(self, part: bytes, limit: int) -> None:
         msg = _decoder.decode(part)
@@ -650,6 +629,30 @@ def _not_sent(op: Any, size: int, limit: int) -> FrameTooLarge:
         f"{op} message of {size} bytes is over the hub's frame limit of {limit} bytes; "
         "it was not sent"
     )
+
+
+def _frames(
+    parts: list[bytes], size: int, limit: int, too_large: Callable[[bytes, int], None]
+) -> list[bytes]:
+    """Pack the encoded messages (``size`` bytes in all), in order, into as few frames as fit
+    the hub's ``max_frame`` (``limit``); a message too big alone goes to ``too_large``."""
+    if size + len(parts) + 1 <= limit:
+        return [_join(parts)]  # the common case
+    frames: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 1  # of the frame `[a,b,...]` so far: 2 brackets, a comma between two parts
+    for part in parts:
+        if len(part) > limit:
+            too_large(part, limit)
+            continue
+        if chunk and size + len(part) + 1 > limit:
+            frames.append(_join(chunk))
+            chunk, size = [], 1
+        chunk.append(part)
+        size += len(part) + 1
+    if chunk:
+        frames.append(_join(chunk))
+    return frames
 
 
 def _join(parts: list[bytes]) -> bytes:

@@ -185,10 +185,8 @@ class Handlers:
         try:
             if slots.free > 0 and not slots.waiting:  # Slots.take's common case, no call
                 slots.free -= 1
-            else:
-                wait = slots.take()
-                if wait is not None:
-                    await slots.wait(wait)
+            elif (wait := slots.take()) is not None:
+                await slots.wait(wait)
             try:
                 if ctx.revoked:
                     return
