@@ -77,7 +77,7 @@ class Reader(Protocol):
 # it must not write); returns what to queue for the connection's loop, in their place: the
 # messages, or a function to call there instead of dispatching one.
 Tap = Callable[[list["Message"]], list["Message | Callable[[], None]"]]
-Waiter = asyncio.Future[Message] | Receiver
+Waiter = asyncio.Future[Message] | Receiver | QueuedPub
 
 
 class Inbox:
@@ -175,10 +175,14 @@ class Connection:
         self.max_frame = max_frame
         self.ssl = ssl
         self.welcome: Message = {}
+        # The largest frame the hub takes: its welcome's max_frame, else our own setting
+        # (kept with the welcome, not looked up in it per message sent).
+        self._limit = max_frame
         # The loop the connection runs on, known from open(): asyncio.get_running_loop() costs
         # a getpid() system call, too much to pay for every publish.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
+        self.up = False  # connected.is_set(), read without a call (a publisher's, per task)
         self._ws: Wire | None = None  # the WebSocket while connected
         # Messages are encoded as they are queued: the bytes hold no references, so a burst of
         # publishes leaves nothing behind for the garbage collector until the next flush.
@@ -231,6 +235,7 @@ class Connection:
         self._closing = True
         self._flush()
         self.connected.clear()  # from now on post() refuses at once
+        self.up = False
         ws = self._ws
         if ws is not None:
             for frame in self._held if ws.open else ():  # before the close frame, whatever
@@ -268,6 +273,7 @@ class Connection:
             await ws.close()
             raise ConnectionClosed(f"{url} did not greet with a welcome message: {first!r}")
         self.welcome = first
+        self._limit = int(first.get("max_frame", self.max_frame))
         return ws
 
     async def _run(self, ws: Wire | None) -> None:
@@ -304,12 +310,14 @@ class Connection:
         except Exception:
             log.exception("restoring state after connecting failed")
         self.connected.set()
+        self.up = True
         self._flush()
         try:
             await asyncio.shield(ws.lost)
         finally:
             self._keepalive.cancel()
             self.connected.clear()
+            self.up = False
             if self._shared is ws:
                 self._shared = None
                 if self._reader is not None:
@@ -373,8 +381,8 @@ class Connection:
         # Requests still queued are failed below: they must not go out on the next connection.
         queued, self._outbox = self._outbox, []
         for part in queued:
-            if isinstance(part, QueuedPub):
-                _fail(part.receiver, exc)
+            if isinstance(part, tuple):  # a pub
+                _fail(part[1], exc)
             elif "ref" not in _decoder.decode(part):
                 self._outbox.append(part)
         self._outbox_size = sum(len(part) for part in self._outbox if isinstance(part, bytes))
@@ -389,7 +397,17 @@ class Connection:
         it, so later would be too late to say so. ``own``: the client made ``msg`` of short
         strings and integers only (an ack, a pickup, a release), so it skips those checks
         (:func:`encode`'s costs as much as the encoding)."""
-        self._queue(_encoder.encode(msg) if own else self._encode_alone(msg))
+        if own:
+            part = _encoder.encode(msg)
+        else:  # checked as JSON and against the frame limit (a worker's result, per task)
+            part = encode(msg)
+            if len(part) > self._limit:
+                raise _not_sent(msg.get("op"), len(part), self._limit)
+        # _queue's steps, without its call (a worker sends two messages per task)
+        self._outbox.append(part)
+        self._outbox_size += len(part)
+        if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
+            self._queued()
 
     def send_now(self, msg: Message) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
@@ -410,26 +428,25 @@ class Connection:
             part = _join([_encoder.encode(m) if own else encode(m) for m in msgs])
         except UNSENDABLE:
             return False
-        if len(part) > self._frame_limit():
+        if len(part) > self._limit:
             return False
         return ws.send_text_now(part)
 
-    def _encode_alone(self, msg: Message) -> bytes:
-        part = encode(msg)
-        limit = self._frame_limit()
-        if len(part) > limit:
-            raise _not_sent(msg.get("op"), len(part), limit)
-        return part
-
     def _frame_limit(self) -> int:
         """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
-        return int(self.welcome.get("max_frame", self.max_frame))
+        return self._limit
 
     def _queue(self, part: bytes, entry: Entry | None = None) -> None:
         self._outbox.append(part if entry is None else entry)
         # A pub queued alone gets its `,"ref":N` at the flush: counted so, a burst's frames
         # stay near EARLY_SEND (in a batch it takes less).
         self._outbox_size += len(part) if entry is None else len(part) + 16
+        if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
+            self._queued()
+
+    def _queued(self) -> None:
+        """Something was queued: send now if the outbox holds EARLY_SEND bytes, else flush
+        at the end of this loop turn (once per turn)."""
         if self._outbox_size >= EARLY_SEND:
             self._send_out()
         elif not self._flush_scheduled:
@@ -468,13 +485,17 @@ class Connection:
             # Its ref comes at the flush (client/outbox.py); one too large for a frame fails
             # its receiver there, as a request's does (_too_large).
             part = encode(msg)
-        self._queue(part, QueuedPub(part, receiver))
+        # _queue's steps, without its call (per task)
+        self._outbox.append((part, receiver, 0))
+        self._outbox_size += len(part) + 16  # its `,"ref":N` (less in a batch)
+        if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
+            self._queued()
 
     def requeue(self, entry: QueuedPub) -> None:
         """Queue a ``pub`` again, as :meth:`post_pub` queued it (client/retry.py)."""
         if self._closing and not self.connected.is_set():
             raise ConnectionClosed("the client is closed")
-        self._queue(entry.part, entry)
+        self._queue(entry[0], entry)
 
     @property
     def frame_limit(self) -> int:
@@ -497,7 +518,7 @@ class Connection:
         self._outbox_size = 0
         limit = self._frame_limit()
         out = take(queued, batch=self._batch(), limit=limit, refs=self._refs, pending=self._pending)
-        frames = self._frames(out, sum(map(len, out)), limit)
+        frames = _frames(out, sum(map(len, out)), limit, self._too_large)
         if self._held or ws.paused or not ws.open:
             self._held.extend(frames)  # behind the frames already waiting
             return
@@ -512,27 +533,6 @@ class Connection:
         ws = self._ws
         while self._held and ws is not None and ws.open and not ws.paused:
             ws.send_text(self._held.pop(0))
-
-    def _frames(self, parts: list[bytes], size: int, limit: int) -> list[bytes]:
-        """Pack the encoded messages (``size`` bytes in all), in order, into as few frames as
-        fit the hub's ``max_frame``; refuse a message too big alone."""
-        if size + len(parts) + 1 <= limit:
-            return [_join(parts)]  # the common case
-        frames: list[bytes] = []
-        chunk: list[bytes] = []
-        size = 1  # of the frame `[a,b,...]` so far: 2 brackets, a comma between two parts
-        for part in parts:
-            if len(part) > limit:
-                self._too_large(part, limit)
-                continue
-            if chunk and size + len(part) + 1 > limit:
-                frames.append(_join(chunk))
-                chunk, size = [], 1
-            chunk.append(part)
-            size += len(part) + 1
-        if chunk:
-            frames.append(_join(chunk))
-        return frames
 
     def _too_large(self, part: bytes, limit: int) -> None:
         msg = _decoder.decode(part)
@@ -631,6 +631,30 @@ def _not_sent(op: Any, size: int, limit: int) -> FrameTooLarge:
     )
 
 
+def _frames(
+    parts: list[bytes], size: int, limit: int, too_large: Callable[[bytes, int], None]
+) -> list[bytes]:
+    """Pack the encoded messages (``size`` bytes in all), in order, into as few frames as fit
+    the hub's ``max_frame`` (``limit``); a message too big alone goes to ``too_large``."""
+    if size + len(parts) + 1 <= limit:
+        return [_join(parts)]  # the common case
+    frames: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 1  # of the frame `[a,b,...]` so far: 2 brackets, a comma between two parts
+    for part in parts:
+        if len(part) > limit:
+            too_large(part, limit)
+            continue
+        if chunk and size + len(part) + 1 > limit:
+            frames.append(_join(chunk))
+            chunk, size = [], 1
+        chunk.append(part)
+        size += len(part) + 1
+    if chunk:
+        frames.append(_join(chunk))
+    return frames
+
+
 def _join(parts: list[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else b"[" + b",".join(parts) + b"]"
 
@@ -638,11 +662,11 @@ def _join(parts: list[bytes]) -> bytes:
 def _answer(conn: Connection, waiter: Waiter, msg: Message, op: str) -> bool:
     """Hand the answer ``msg`` to ``waiter`` (or send its request again: client/retry.py);
     False for a future that has its result already (the message goes on as any other)."""
-    if isinstance(waiter, QueuedPub):  # a pub's: its receiver is a handle, never a future
-        if op == "error" and retry.retryable(msg, waiter.tries):
+    if isinstance(waiter, tuple):  # a pub's: its receiver is a handle, never a future
+        if op == "error" and retry.retryable(msg, waiter[2]):
             retry.later(conn, waiter, msg)
             return True
-        waiter = waiter.receiver
+        waiter = waiter[1]
     elif isinstance(waiter, asyncio.Future):
         if waiter.done():
             return False
@@ -665,11 +689,13 @@ def _answer(conn: Connection, waiter: Waiter, msg: Message, op: str) -> bool:
     return True
 
 
-def _fail(waiter: asyncio.Future[Message] | Receiver, exc: BaseException) -> None:
+def _fail(waiter: Waiter, exc: BaseException) -> None:
     if isinstance(waiter, asyncio.Future):
         if not waiter.done():
             waiter.set_exception(exc)
         return
+    if isinstance(waiter, tuple):  # a pub's: its receiver
+        waiter = waiter[1]
     try:
         waiter.feed_unanswered(exc)
     except Exception:

@@ -40,19 +40,20 @@ class Slots:
     delivery finds one, as the hub offers no more than the subscription's credit. A slot
     given back goes straight to the first delivery still waiting."""
 
-    __slots__ = ("_waiting", "free")
+    __slots__ = ("free", "waiting")
 
     def __init__(self, concurrency: int) -> None:
-        self.free = concurrency
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self.free = concurrency  # slots nobody holds
+        # Deliveries waiting for a slot, in the order they came (:meth:`take`'s futures).
+        self.waiting: deque[asyncio.Future[None]] = deque()
 
     def take(self) -> asyncio.Future[None] | None:
         """None: a slot is the caller's now. Else the future to pass to :meth:`wait`."""
-        if self.free > 0 and not self._waiting:
+        if self.free > 0 and not self.waiting:
             self.free -= 1
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
+        self.waiting.append(fut)
         return fut
 
     async def wait(self, fut: asyncio.Future[None]) -> None:
@@ -67,7 +68,7 @@ class Slots:
 
     def give(self) -> None:
         """A slot taken is free again: to the first delivery waiting, if one still does."""
-        waiting = self._waiting
+        waiting = self.waiting
         while waiting:
             fut = waiting.popleft()
             if not fut.done():  # a waiter cancelled meanwhile (a revoke) is skipped
@@ -160,7 +161,8 @@ class Handlers:
                 work = self._traced(work, ctx, tracer, span)
         # The task becomes ctx's runner at its first step (`_work`), not here: see there.
         ctx.runner = None
-        self.running[ctx] = link.create_task(work)
+        loop = link.conn.loop  # known once connected: Link.create_task's steps without its call
+        self.running[ctx] = link.create_task(work) if loop is None else loop.create_task(work)
 
     async def _traced(
         self, work: Awaitable[None], ctx: TaskContext, tracer: tracing_.Tracing, span: Span
@@ -181,8 +183,9 @@ class Handlers:
         ctx.runner = self.running[ctx]
         slots = sub.slots
         try:
-            wait = slots.take()  # None: a free slot, taken without a call or an await
-            if wait is not None:
+            if slots.free > 0 and not slots.waiting:  # Slots.take's common case, no call
+                slots.free -= 1
+            elif (wait := slots.take()) is not None:
                 await slots.wait(wait)
             try:
                 if ctx.revoked:
@@ -222,7 +225,10 @@ class Handlers:
                     # with why (at once, not at its end timeout). Retrying would not help.
                     self._send_fail(ctx, exc, what="its result could not be sent: ", retry=False)
             finally:
-                slots.give()
+                if slots.waiting:
+                    slots.give()
+                else:  # Slots.give's common case, without its call
+                    slots.free += 1
         finally:
             sub.claimed -= 1
             if self.working.get(ctx.id) is ctx:

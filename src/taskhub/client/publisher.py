@@ -59,7 +59,14 @@ class Publisher:
             return self._traced(action, msg, options)
         if options:
             msg["options"] = options
-        return self._send(action, msg)
+        # _send's steps, without its call (per task)
+        handle = Handle(self.link, action)
+        conn = self.link.conn
+        if conn.up:
+            conn.post_pub(msg, handle)
+        else:
+            handle.feed_lost(ConnectionClosed("not connected to a hub"))
+        return handle
 
     def pub_many(self, items: Iterable[PubItem]) -> list[Handle]:
         """Publish every item; their handles, in order. Every item is checked (action name,
@@ -157,7 +164,7 @@ class Publisher:
     def _send(self, action: str, msg: Message, part: bytes | None = None) -> Handle:
         handle = Handle(self.link, action)
         conn = self.link.conn
-        if conn.connected.is_set():
+        if conn.up:
             # The handle itself gets the answer (Handle.feed_answer) or the loss
             # (Handle.feed_unanswered): no future, closure or callback per task. Pubs of one
             # loop turn leave as one batched message (client/outbox.py).

@@ -86,16 +86,20 @@ class Resend:
 
 def later(conn: Connection, waiter: QueuedPub | Resend, reply: Message) -> None:
     """Send ``waiter``'s request again after :func:`delay` (``reply`` said why)."""
-    waiter.tries += 1
+    if isinstance(waiter, Resend):
+        waiter.tries += 1
+        op, tries = waiter.msg.get("op"), waiter.tries
+    else:  # a queued pub (a tuple): queued again as a new one, its tries counted
+        waiter = (waiter[0], waiter[1], waiter[2] + 1)
+        op, tries = "pub", waiter[2]
     wait = delay(reply)
-    op = waiter.msg.get("op") if isinstance(waiter, Resend) else "pub"
     log.info(
         "%s answered %s (%s); sending it again in %.1fs (%d of %d)",
         op,
         CODE,
         reply.get("message", ""),
         wait,
-        waiter.tries,
+        tries,
         TRIES,
     )
     loop = conn.loop or asyncio.get_running_loop()
@@ -112,4 +116,4 @@ def _again(conn: Connection, waiter: QueuedPub | Resend, reply: Message) -> None
             conn.requeue(waiter)
     except TaskHubError as exc:  # the client was closed meanwhile: the hub's answer stands
         log.debug("not sent again: %s", exc)
-        waiter.feed_answer(reply)
+        (waiter if isinstance(waiter, Resend) else waiter[1]).feed_answer(reply)

@@ -451,7 +451,16 @@ class Handle(_Emitter):
             self._accept(task_id)
         if reply.get("pooled"):
             self.pooled = True
-        self._link.accepted(self, task_id, reply)
+        link = self._link
+        # Link.accepted's common case without its call: a new task (created), not pooled,
+        # the first handle of its id. Anything else is Link.accepted's (its setdefault then
+        # finds this handle, or the other one, as here).
+        if (
+            self.pooled
+            or link.handles.setdefault(task_id, self) is not self
+            or reply.get("created") is False
+        ):
+            link.accepted(self, task_id, reply)
 
     def feed_unanswered(self, exc: BaseException) -> None:
         """The ``pub`` will get no answer: the connection dropped, the client was closed, or
@@ -537,7 +546,11 @@ class Handle(_Emitter):
                     fut.set_result(self.result)
                 else:
                     fut.set_exception(self.exception())
-        self._link.ended(self)
+        link, task_id = self._link, self.id or ""
+        if not link.same_task and link.handles.get(task_id) is self:
+            del link.handles[task_id]  # Link.ended's common case, without its call
+        else:
+            link.ended(self)
         callbacks = self._done_callbacks
         if callbacks is None:
             return
