@@ -102,7 +102,12 @@ class Dispatcher:
         self.lc.ack(peer, msg.task, msg.attempt)
 
     def _return(self, peer: Peer, msg: p.Return) -> None:
-        self.lc.complete(peer, msg.task, msg.attempt, self._result(peer, msg))
+        try:  # _result's kept(), inline: a call less per task
+            result = p.kept(msg.result, "result")
+        except ProtocolError as exc:
+            self._unkept(peer, msg, exc)
+            raise
+        self.lc.complete(peer, msg.task, msg.attempt, result)
         if msg.ref is not None:  # answer()'s, inline (a message per task): two calls less
             self.send(peer, {"op": "ok", "ref": msg.ref})
 
@@ -132,19 +137,15 @@ class Dispatcher:
         self.lc.extend(peer, msg.task, msg.attempt, msg.seconds)
         self.answer(peer, msg.ref)
 
-    def _result(self, peer: Peer, msg: p.Return) -> Any:
-        """A ``return``'s result as the hub keeps it. One it cannot keep (JSON msgspec cannot
-        read, such as the number ``1e400``) fails the delivery with why, as a handler's
-        error would, before the worker is told: a return usually has no ``ref``, and the task
-        would otherwise wait, started, for its end timeout."""
-        try:
-            return p.kept(msg.result, "result")
-        except ProtocolError as exc:
-            # Not this worker's delivery (any more): then there is nothing to fail.
-            with contextlib.suppress(TaskHubError):
-                error = {"type": "ProtocolError", "message": exc.message}
-                self.lc.fail(peer, msg.task, msg.attempt, error, retry=False)
-            raise
+    def _unkept(self, peer: Peer, msg: p.Return, exc: ProtocolError) -> None:
+        """A ``return`` whose result the hub cannot keep (JSON msgspec cannot read, such as
+        the number ``1e400``) fails the delivery with why, as a handler's error would, before
+        the worker is told: a return usually has no ``ref``, and the task would otherwise
+        wait, started, for its end timeout."""
+        # Not this worker's delivery (any more): then there is nothing to fail.
+        with contextlib.suppress(TaskHubError):
+            error = {"type": "ProtocolError", "message": exc.message}
+            self.lc.fail(peer, msg.task, msg.attempt, error, retry=False)
 
     # --- subscriptions and publishing ------------------------------------------------------
     def _sub(self, peer: Peer, msg: p.Sub) -> None:

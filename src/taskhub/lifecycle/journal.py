@@ -160,7 +160,12 @@ class Journal:
         task is in, which costs less than encoding it (docs/performance.md)."""
         batch = WriteBatch(
             [
-                rec if rec.state in TERMINAL_STATES else sealed_copy(rec)
+                rec
+                if rec.state in TERMINAL_STATES
+                # sealed_copy's one-delivery case, inline: a call less per live record.
+                else _replace(rec, deliveries=[_replace(ds[0])])
+                if len(ds := rec.deliveries) == 1
+                else sealed_copy(rec)
                 for rec in self._dirty.values()
             ],
             self._events,

@@ -94,11 +94,10 @@ class MemoryStore:
             if ended_at is not None and t.state in TERMINAL_STATES:
                 heapq.heappush(ended, (ended_at, t.id))
         by_task = self._events
+        # setdefault's spare dict costs less than a get, a test and a second lookup.
+        setdefault = by_task.setdefault
         for e, event_blob in zip(events, event_blobs, strict=True):
-            seqs = by_task.get(e.task_id)
-            if seqs is None:
-                seqs = by_task[e.task_id] = {}
-            seqs[e.seq] = event_blob
+            setdefault(e.task_id, {})[e.seq] = event_blob
         for task_id in batch.deleted:
             rows.pop(task_id, None)
             by_task.pop(task_id, None)
