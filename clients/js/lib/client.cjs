@@ -6,7 +6,7 @@ const os = require('node:os');
 const { version: VERSION } = require('../package.json');
 const { Connection } = require('./connection.cjs');
 const { Task, Handle, quiet } = require('./task.cjs');
-const { ConnectionClosed, InvalidOption, PartitionUnavailable, TaskHubError } = require('./errors.cjs');
+const { ConnectionClosed, InvalidOption, PartitionUnavailable, TaskHubError, fromWire } = require('./errors.cjs');
 const { validateAction, validateTopic, topicMatches } = require('./names.cjs');
 const { toSeconds } = require('./intervals.cjs');
 
@@ -331,9 +331,21 @@ class Client {
   }
 
   _follow(handle) {
-    this._conn.request({ op: 'follow', task: handle.id }).then(
-      (reply) => handle._snapshot(reply.task),
-      (err) => { if (!(err instanceof ConnectionClosed)) handle._refuse(err); });
+    // The answer goes to the handle as it is read, before the rest of its frame: the hub sends
+    // the task's next events after it, often in the same frame, and a promise's callback would
+    // run after them and put the older view over them (docs/protocol.md §2).
+    const receiver = {
+      _answer: (reply) => {
+        if (reply.op === 'ok') handle._snapshot(reply.task);
+        else handle._refuse(fromWire(reply));
+      },
+      _fail: (err) => { if (!(err instanceof ConnectionClosed)) handle._refuse(err); },
+    };
+    try {
+      this._conn.post({ op: 'follow', task: handle.id }, receiver);
+    } catch (err) {
+      receiver._fail(err); // closed: nothing more to follow
+    }
   }
 
   _track(id, handle) {
