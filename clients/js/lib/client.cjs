@@ -307,7 +307,7 @@ class Client {
   _restore() {
     // Who we are, for the hub's dashboard (protocol §1, optional): the first message sent.
     this._conn.send({ op: 'hello', client: 'taskhub-js', version: VERSION,
-      host: os.hostname().slice(0, 255), pid: process.pid, batch: true }); // it reads `offers`
+      host: os.hostname().slice(0, 255), pid: process.pid, batch: true, starts: true }); // it reads `offers` and `starts`
     // After (re)connecting: subscribe again and catch up with the tasks we wait on.
     for (const sub of this._subs.values()) this._sendSub(sub);
     for (const topic of this._topics.keys()) this._sendSubscribe(topic);
@@ -701,6 +701,12 @@ class Client {
         if (task) task._event(msg);
         return;
       }
+      case 'starts': // followed tasks that started, by id, in place of their start events
+        for (const id of msg.tasks) {
+          const handles = this._handles.get(id);
+          if (handles !== undefined) for (const h of handles) h._started();
+        }
+        return;
       case 'offers': // several at once (docs/protocol.md, "Batched messages")
         for (const item of msg.items) this._offered(item);
         return;

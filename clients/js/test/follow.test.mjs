@@ -54,6 +54,13 @@ describe('a follow answered around a reconnect', { timeout: 30000 }, () => {
     assert.equal(starts, 1);
   });
 
+  it("its answer (init) comes before the frame's starts message after it", async () => {
+    const { handle, starts } = await followedAfterReconnect({
+      answerView: view('init'), after: [{ op: 'starts', tasks: [TASK] }], state: 'start' });
+    assert.equal(handle.state, 'start');
+    assert.equal(starts, 1);
+  });
+
   it('an answer read before the start the handle already got does not take it back', async () => {
     const { handle, starts, done } = await followedAfterReconnect({ before: [[event('start')]], answerView: view('init'), state: 'start' });
     assert.equal(handle.state, 'start');
