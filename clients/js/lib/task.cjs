@@ -9,6 +9,7 @@ const {
 } = require('./errors.cjs');
 
 const FINAL = new Set(['success', 'fail', 'end']);
+const MISSING = Symbol('missing');
 // A task's states only move forward (docs/lifecycle.md): init, start, then one final state.
 const RANK = { init: 0, start: 1, success: 2, fail: 2, end: 2 };
 
@@ -16,7 +17,6 @@ const RANK = { init: 0, start: 1, success: 2, fail: 2, end: 2 };
 function older(state, than) {
   return RANK[state] !== undefined && RANK[than] !== undefined && RANK[state] < RANK[than];
 }
-const MISSING = Symbol('missing');
 
 class Listeners {
   constructor(owner, log) {
