@@ -141,6 +141,7 @@ export declare class Handle<R = any> {
   readonly action: string;
   /** Null until the hub accepted the task. */
   readonly id: string | null;
+  /** Only moves forward: init, start, then one final state (an older view read after a reconnect does not take it back). */
   readonly state: 'init' | 'start' | 'success' | 'fail' | 'end';
   readonly lastUpdate: any;
   readonly updates: number;

@@ -6,7 +6,7 @@ const os = require('node:os');
 const { version: VERSION } = require('../package.json');
 const { Connection } = require('./connection.cjs');
 const { Task, Handle, quiet } = require('./task.cjs');
-const { ConnectionClosed, InvalidOption, PartitionUnavailable, TaskHubError } = require('./errors.cjs');
+const { ConnectionClosed, InvalidOption, PartitionUnavailable, TaskHubError, fromWire } = require('./errors.cjs');
 const { validateAction, validateTopic, topicMatches } = require('./names.cjs');
 const { toSeconds } = require('./intervals.cjs');
 
@@ -307,7 +307,7 @@ class Client {
   _restore() {
     // Who we are, for the hub's dashboard (protocol §1, optional): the first message sent.
     this._conn.send({ op: 'hello', client: 'taskhub-js', version: VERSION,
-      host: os.hostname().slice(0, 255), pid: process.pid, batch: true }); // it reads `offers`
+      host: os.hostname().slice(0, 255), pid: process.pid, batch: true, starts: true }); // it reads `offers` and `starts`
     // After (re)connecting: subscribe again and catch up with the tasks we wait on.
     for (const sub of this._subs.values()) this._sendSub(sub);
     for (const topic of this._topics.keys()) this._sendSubscribe(topic);
@@ -331,9 +331,21 @@ class Client {
   }
 
   _follow(handle) {
-    this._conn.request({ op: 'follow', task: handle.id }).then(
-      (reply) => handle._snapshot(reply.task),
-      (err) => { if (!(err instanceof ConnectionClosed)) handle._refuse(err); });
+    // The answer goes to the handle as it is read, before the rest of its frame: the hub sends
+    // the task's next events after it, often in the same frame, and a promise's callback would
+    // run after them and put the older view over them (docs/protocol.md §2).
+    const receiver = {
+      _answer: (reply) => {
+        if (reply.op === 'ok') handle._snapshot(reply.task);
+        else handle._refuse(fromWire(reply));
+      },
+      _fail: (err) => { if (!(err instanceof ConnectionClosed)) handle._refuse(err); },
+    };
+    try {
+      this._conn.post({ op: 'follow', task: handle.id }, receiver);
+    } catch (err) {
+      receiver._fail(err); // closed: nothing more to follow
+    }
   }
 
   _track(id, handle) {
@@ -689,6 +701,12 @@ class Client {
         if (task) task._event(msg);
         return;
       }
+      case 'starts': // followed tasks that started, by id, in place of their start events
+        for (const id of msg.tasks) {
+          const handles = this._handles.get(id);
+          if (handles !== undefined) for (const h of handles) h._started();
+        }
+        return;
       case 'offers': // several at once (docs/protocol.md, "Batched messages")
         for (const item of msg.items) this._offered(item);
         return;

@@ -10,6 +10,13 @@ const {
 
 const FINAL = new Set(['success', 'fail', 'end']);
 const MISSING = Symbol('missing');
+// A task's states only move forward (docs/lifecycle.md): init, start, then one final state.
+const RANK = { init: 0, start: 1, success: 2, fail: 2, end: 2 };
+
+/** Whether `state` is older than `than` (an unknown state is taken as it comes). */
+function older(state, than) {
+  return RANK[state] !== undefined && RANK[than] !== undefined && RANK[state] < RANK[than];
+}
 
 class Listeners {
   constructor(owner, log) {
@@ -312,9 +319,12 @@ class Handle {
   _event(msg) {
     if (this._ended) return;
     const kind = msg.type;
+    if (kind === 'start') {
+      this._started();
+      return;
+    }
     const data = msg.data === undefined ? null : msg.data;
-    if (msg.state) this.state = msg.state;
-    if (kind === 'start') this.started = true;
+    if (msg.state && !older(msg.state, this.state)) this.state = msg.state;
     if (kind === 'update') {
       this.lastUpdate = data;
       this.updates += 1;
@@ -324,22 +334,33 @@ class Handle {
     if (FINAL.has(this.state)) this._finish();
   }
 
-  /** The hub's view of the task (after a reconnect, or a repeated key): catch up. */
+  /** The task started: its `start` event, its id in a `starts` message, or a view's started_at. */
+  _started() {
+    if (this._ended) return;
+    if (this.state === 'init') this.state = 'start';
+    if (this.started) return; // heard once: the view and the event may both tell it
+    this.started = true;
+    this._listeners.emit('start', null);
+  }
+
+  /**
+   * The hub's view of the task (the answer to a `follow`: after a reconnect, or a repeated key):
+   * catch up. A view older than what the handle has seen (read before events it already got)
+   * moves nothing back: it adds only what it knows more of.
+   */
   _snapshot(view) {
     if (this._ended) return;
-    this.state = view.state;
+    const newer = !older(view.state, this.state);
+    if (newer) this.state = view.state;
     if ((view.updates || 0) > this.updates) {
       this.updates = view.updates;
       this.lastUpdate = view.last_update === undefined ? null : view.last_update;
       this._listeners.emit('update', this.lastUpdate);
     }
-    if (!this.started && view.started_at) {
-      this.started = true;
-      this._listeners.emit('start', null);
-    }
-    this.result = view.result === undefined ? null : view.result;
-    this.error = view.error || null;
-    if (FINAL.has(this.state)) {
+    if (view.started_at || this.state === 'start') this._started();
+    if (newer && FINAL.has(this.state)) {
+      this.result = view.result === undefined ? null : view.result;
+      this.error = view.error || null;
       this._listeners.emit(this.state, this.state === 'success' ? this.result : this.state === 'fail' ? this.error : null);
       this._finish();
     }

@@ -7,6 +7,7 @@ import {
   InvalidOption, NotHolding,
 } from '../index.mjs';
 import { Hub } from './hub.mjs';
+import { recordingProxy } from './proxy.mjs';
 
 const quiet = { warn() {}, error() {} };
 
@@ -45,6 +46,31 @@ describe('against a hub', { timeout: 60000 }, () => {
     const mine = (await res.json()).filter((c) => c.client === 'taskhub-js' && c.pid === process.pid);
     assert.ok(mine.length >= 1, 'the worker\'s connection carries its hello');
     assert.equal(mine[0].version, JSON.parse(readFileSync(new URL('../package.json', import.meta.url))).version);
+  });
+
+  it('the start of a followed task comes in a starts message (hello starts: true)', async () => {
+    // Through a recording proxy: what the hub sent the publisher. Every handle starts once,
+    // from the starts messages; the hub sends no start event to this client.
+    const proxy = await recordingProxy(hub.url);
+    const pub = new Client(proxy.url, { name: 'starts-pub', logger: quiet });
+    try {
+      let release;
+      const hold = new Promise((resolve) => { release = resolve; });
+      await client('starts-worker').sub('starts:job', async (task) => { await hold; return task.getPayload(); }, { concurrency: 20 });
+      const handles = pub.pubMany(Array.from({ length: 20 }, (_, i) => ['starts:job', i]));
+      const heard = handles.map(() => 0);
+      await Promise.all(handles.map((h, i) => new Promise((resolve) => h.on('start', () => { heard[i] += 1; resolve(); }))));
+      assert.deepEqual(handles.map((h) => [h.state, h.started]), handles.map(() => ['start', true]));
+      release();
+      assert.deepEqual(await Promise.all(handles.map((h) => h.getResult())), handles.map((_, i) => i));
+      assert.deepEqual(heard, handles.map(() => 1));
+      const named = new Set(proxy.fromHub.filter((m) => m.op === 'starts').flatMap((m) => m.tasks));
+      assert.deepEqual(handles.filter((h) => !named.has(h.id)).map((h) => h.id), []);
+      assert.deepEqual(proxy.fromHub.filter((m) => m.op === 'event' && m.type === 'start'), []);
+    } finally {
+      await pub.close({ grace: 0 });
+      await proxy.close();
+    }
   });
 
   it('says once per action when nobody subscribes (pooled)', async () => {
