@@ -13,7 +13,10 @@ that output alone (DESIGN.md "Task lifecycle", docs/protocol.md "Attempts and fe
   naming an older attempt are refused and change nothing; a late step on an ended task changes
   nothing;
 - a batch is sealed: no record or event it handed over changes afterwards (the memory store
-  keeps them as they are).
+  keeps them as they are);
+- what is written of a task is whole: its events in seq order without a gap, its record's
+  ``seq`` that of its last event written, also while offers wait for the task's next change
+  (``Lifecycle.defer_offers``, :class:`DeferredOffersMachine`).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.terminal: dict[str, list[EventRecord]] = {}
         self.handed: list[tuple[TaskRecord | EventRecord, bytes]] = []  # (object, its JSON then)
         self.n = 0
+        self.written_seq: dict[str, int] = {}  # task -> the seq of its last event written
 
     # --- output: taken after every step, as the hub's flusher does ---------------------------
     def drain(self) -> tuple[int, int]:
@@ -90,6 +94,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         batch = self.lc.take_writes()
         assert batch.sealed
         self.handed += [(r, msgspec.json.encode(r)) for r in (*batch.tasks, *batch.events)]
+        for ev in batch.events:
+            last = self.written_seq.get(ev.task_id, 0)
+            assert ev.seq == last + 1, f"{ev.task_id}: event {ev.seq} written after {last}"
+            self.written_seq[ev.task_id] = ev.seq
+        for rec in batch.tasks:
+            assert rec.seq == self.written_seq.get(rec.id, 0), (
+                f"{rec.id} written with seq {rec.seq}, its events up to "
+                f"{self.written_seq.get(rec.id, 0)}"
+            )
         for rec in batch.tasks:
             # A copy, as a store would keep: later changes to the live record must show up
             # as a new write, not by aliasing.
@@ -323,3 +336,23 @@ LifecycleMachine.TestCase.settings = settings(
     derandomize=False,
 )
 test_lifecycle_rules = LifecycleMachine.TestCase
+
+
+class DeferredOffersMachine(LifecycleMachine):
+    """The same rules with offers written at their task's next change, as the hub runs it;
+    at the end, what :meth:`Lifecycle.write_deferred` writes completes every task's events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lc.defer_offers = True
+
+    def teardown(self) -> None:
+        self.lc.write_deferred()
+        self.drain()
+        for task_id, task in self.lc.tasks.items():
+            assert self.written_seq.get(task_id, 0) == task.rec.seq, task_id
+        super().teardown()
+
+
+DeferredOffersMachine.TestCase.settings = LifecycleMachine.TestCase.settings
+test_lifecycle_rules_with_deferred_offers = DeferredOffersMachine.TestCase

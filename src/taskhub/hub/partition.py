@@ -216,6 +216,9 @@ class LocalPartition:
         self.local: LocalPartition | None = self
         self.linked: Linked | None = None
         self.lc = Lifecycle(clock=clock, defaults=defaults, new_id=UlidFactory(partition=index))
+        # An offer is written with its task's next change (its start, usually): a record write
+        # less per task (docs/decisions.md, "An offer is written with the task's next change").
+        self.lc.defer_offers = True
         self.own_peers = index != 0 if own_peers is None else own_peers
         self.scheduler: Scheduler | None = None  # partition 0's, once the hub made it
         self.peers: dict[str, Peer] = {}  # this partition's peer by connection id
@@ -372,6 +375,7 @@ class LocalPartition:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if write and not self.pipeline.fenced:
+            self.lc.write_deferred()  # the offers' events too: kept with the tasks
             try:
                 await asyncio.wait_for(self.flush(), flush_timeout)
             except TimeoutError:

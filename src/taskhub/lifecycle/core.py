@@ -144,6 +144,25 @@ class Lifecycle:
         so far (:meth:`take_writes` does once per batch): for readers of their figures."""
         self._journal.settle()
 
+    @property
+    def defer_offers(self) -> bool:
+        """Whether an offer is written with its task's next change instead of on its own: a
+        restore offers a delivery offered and not started again anyway (recovery.py), so the
+        offer need not survive a crash. Readers of a task's stored events call
+        :meth:`write_deferred` first."""
+        return self._journal.defer_offers
+
+    @defer_offers.setter
+    def defer_offers(self, on: bool) -> None:
+        self._journal.defer_offers = on
+        if not on:
+            self._journal.write_deferred()
+
+    def write_deferred(self, task_id: str | None = None) -> None:
+        """Write the offers :attr:`defer_offers` deferred (of ``task_id`` only, if given) with
+        the next batch."""
+        self._journal.write_deferred(task_id)
+
     def pending(self, task_id: str) -> TaskRecord | None:
         """The task's record if it changed since the last :meth:`take_writes`."""
         return self._journal.pending(task_id)

@@ -65,6 +65,12 @@ class Journal:
         self._outgoing: list[Peer] = []
         self._meta: dict[tuple[str, str], Any] = {}  # metadata writes of this batch
         self._meta_deleted: set[tuple[str, str]] = set()
+        # Offers whose writing waits for the task's next change (docs/decisions.md, "An offer
+        # is written with the task's next change"): task id -> its record and the deferred
+        # events. Only while :attr:`defer_offers`.
+        self.defer_offers = False
+        self._deferred: dict[str, tuple[TaskRecord, list[EventRecord]]] = {}
+        self._deferred_now = False  # an offer was deferred since the last take_writes
         # Called with every task event. Each costs a call per event (four per task at least),
         # so a listener with nothing to do should not be in the list: the hub adds its
         # watchers' and HTTP waiters' listeners only while there are any.
@@ -158,6 +164,22 @@ class Journal:
         task's record goes as it is (the lifecycle is done with it); a live one's goes as a
         copy of what the lifecycle changes in place (:func:`sealed_copy`), one per batch the
         task is in, which costs less than encoding it (docs/performance.md)."""
+        if self._deferred_now:
+            self._deferred_now = False
+            if not (self._dirty or self._meta or self._meta_deleted):
+                # A batch of nothing else is not written at all, so no fence would be checked
+                # before its offers are sent: a hub another one has fenced out (paused past
+                # its lease) must not hand out tasks. The offers are written then.
+                self.write_deferred()
+        events = self._events
+        deferred = self._deferred
+        if deferred:
+            # A deferred offer goes with its task's next change: its events first (their seqs
+            # are older than any of this batch's for that task).
+            dirty = self._dirty
+            now = [tid for tid in deferred if tid in dirty]
+            if now:
+                events = [e for tid in now for e in deferred.pop(tid)[1]] + events
         batch = WriteBatch(
             [
                 rec
@@ -168,7 +190,7 @@ class Journal:
                 else sealed_copy(rec)
                 for rec in self._dirty.values()
             ],
-            self._events,
+            events,
             sealed=True,
         )
         if self._meta or self._meta_deleted:
@@ -190,6 +212,20 @@ class Journal:
             self._started, self._ended = [], []
             for listener in self.batch_listeners:
                 listener(started, ended)
+
+    def write_deferred(self, task_id: str | None = None) -> None:
+        """Write the deferred offers (of ``task_id`` only, if given) with the next batch: for a
+        reader of the stored events, and before a partition stops."""
+        if task_id is None:
+            items = list(self._deferred.values())
+            self._deferred = {}
+        else:
+            item = self._deferred.pop(task_id, None)
+            items = [] if item is None else [item]
+        for rec, events in items:
+            # Ahead of this batch's events: theirs for the same task have later seqs.
+            self._events[:0] = events
+            self._dirty[rec.id] = rec
 
     def touch(self, task: Task) -> None:
         """Write the task's record with the next batch."""
@@ -230,16 +266,30 @@ class Journal:
         data: Any = None,
         notify: bool = True,
         at: float | None = None,
+        defer: bool = False,
     ) -> EventRecord:
         """Record an event of ``task`` (and write its record), count it, tell its followers
         (unless ``notify`` is false) and the listeners. ``at``: the clock's reading the caller
-        just took for the same step (default: the clock now)."""
+        just took for the same step (default: the clock now). ``defer`` (an offer), with
+        :attr:`defer_offers`: the event and the record are written with the task's next
+        change instead, unless it has changed in this batch already."""
         rec = task.rec
         rec.seq += 1
         if at is None:
             at = self.clock()
         ev = EventRecord(rec.id, rec.seq, at, type_, group, service, data)
-        self._events.append(ev)
+        if defer and self.defer_offers and rec.id not in self._dirty:
+            # Nothing of it needs to survive a crash: a restore offers a delivery that was
+            # offered and not started again, as one still queued (recovery.py).
+            self._deferred_now = True
+            item = self._deferred.get(rec.id)
+            if item is None:
+                self._deferred[rec.id] = (rec, [ev])
+            else:
+                item[1].append(ev)
+        else:
+            self._events.append(ev)
+            self._dirty[rec.id] = rec  # as touch, inline: four or more events per task
         if not self._second_lo <= at < self._second_hi:
             self._at_second(at)
         cell = self._cells.get((rec.action, type_, group))
@@ -247,7 +297,6 @@ class Journal:
             self._cells[(rec.action, type_, group)] = [1]
         else:
             cell[0] += 1
-        self._dirty[rec.id] = rec  # as touch, inline: four or more events per task
         if notify and task.followers:
             if type_ == "start":
                 self._tell_started(task, ev)

@@ -301,6 +301,7 @@ class Queues:
             service=sub.peer.service,
             data={"attempt": rec.attempt},
             notify=False,
+            defer=True,
         )
         # The window runs from the offer event's time: the same instant, a clock reading less.
         self.timers.after(

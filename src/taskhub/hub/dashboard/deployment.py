@@ -67,6 +67,7 @@ def install(hub: Hub, monitor: Monitor, pull: Pull) -> None:
         creds: Credentials, parts: list[LocalPartition], args: dict[str, Any]
     ) -> dict[str, Any]:
         task_id, after, part = str(args["task"]), int(args["after"]), parts[0]
+        part.lc.write_deferred(task_id)  # its offers too (Lifecycle.defer_offers)
         await part.flush()  # what it has applied so far is stored: the events are all there
         stored = await part.store.get_events(task_id)
         return {

@@ -117,6 +117,7 @@ async def event_stream(
     with events.watch(task_id, live.put_nowait), hub.long_wait(lambda: live.put_nowait(None)):
         # Listening first, then reading the store after a flush: no event falls in between;
         # the live ones already stored are skipped by seq.
+        hub.lc_of(task_id).write_deferred(task_id)  # its offers too (Lifecycle.defer_offers)
         await hub.flush()
         for chunk in sent.sse(await hub.store_of(task_id).get_events(task_id)):
             yield chunk

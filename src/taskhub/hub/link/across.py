@@ -168,6 +168,7 @@ async def _events(hub: Hub, part: LocalPartition, entry: wire.TaskEvents) -> byt
 
 
 async def _stored_after(part: LocalPartition, task_id: str, after: int) -> list[EventRecord]:
+    part.lc.write_deferred(task_id)  # its offers too (Lifecycle.defer_offers)
     await part.flush()  # nothing is streamed before it is stored
     return [ev for ev in await part.store.get_events(task_id) if ev.seq > after]
 
