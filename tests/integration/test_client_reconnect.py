@@ -147,10 +147,11 @@ async def test_a_send_planned_past_the_resends_does_not_double_a_reconnects_sub(
     assert subs.most[3] == 1
 
 
-async def _followed_after_reconnect(then: list[str]) -> Any:
+async def _followed_after_reconnect(then: list[str], *, answer_last: bool = False) -> Any:
     """A publisher's task, accepted and started on a connection that is then lost; on the
-    next one the hub answers the ``follow`` with the view it had (state ``start``, as the
-    hub read it) and, in the same frame, the events ``then`` that came after. The handle."""
+    next one the hub answers the ``follow`` with the view it had (state ``init``, as the
+    hub read it) and, in the same frame, the events ``then`` that came after (or, with
+    ``answer_last``, before: the answer read before them but sent last). The handle."""
     task = "01M98H3AAY01D30Z9DQQBMZ9XJ"
 
     def event(kind: str) -> dict[str, Any]:
@@ -165,7 +166,9 @@ async def _followed_after_reconnect(then: list[str]) -> Any:
         elif msg["op"] == "follow":
             view = {"id": task, "action": "job:run", "state": "init", "result": None}
             answer = {"op": "ok", "ref": msg["ref"], "task": view}
-            await ws.send(json.dumps([answer, *(event(kind) for kind in then)]))
+            events = [event(kind) for kind in then]
+            frame = [*events, answer] if answer_last else [answer, *events]
+            await ws.send(json.dumps(frame))
 
     async with _scripted_hub(script) as url, Client(url, name="p", max_backoff=0.05) as pub:
         handle = pub.pub("job:run", 4)
@@ -180,6 +183,13 @@ async def test_a_follows_answer_comes_before_the_events_after_it() -> None:
     is left ``start``. The answer used to be given through a future whose callback ran a loop
     turn after the frame's events, putting ``init`` back over ``start``."""
     handle = await _followed_after_reconnect(["start"])
+    assert handle.state == "start"
+
+
+async def test_a_follows_answer_after_the_start_does_not_take_the_task_back() -> None:
+    """The task's ``start``, then the follow's answer (state ``init``, read before it): the
+    handle stays ``start``, as a task's states only move forward (docs/lifecycle.md)."""
+    handle = await _followed_after_reconnect(["start"], answer_last=True)
     assert handle.state == "start"
 
 

@@ -278,6 +278,13 @@ class TaskContext(_Emitter):
 
 
 _FINAL = frozenset(("success", "fail", "end"))
+# A task's states only move forward (docs/lifecycle.md): init, start, then one final state.
+_RANK = {"init": 0, "start": 1, "success": 2, "fail": 2, "end": 2}
+
+
+def _older(state: str, than: str) -> bool:
+    """Whether ``state`` is older than ``than`` (an unknown state is taken as it comes)."""
+    return _RANK.get(state, 3) < _RANK.get(than, -1)
 # A handle's done callbacks: none, one (the common case), or a list of them.
 _Callbacks = Callable[["Handle"], Any] | list[Callable[["Handle"], Any]] | None
 # Futures made for waiting calls: none, one (the common case), or a list of them.
@@ -495,7 +502,10 @@ class Handle(_Emitter):
         if self._ended:  # a task ends once: what comes after (a duplicate) changes nothing
             return
         kind = msg.get("type", "")
-        self.state = state = msg.get("state", self.state)
+        state = msg.get("state", self.state)
+        if _older(state, self.state):  # sent before what the handle saw (a late follow)
+            state = self.state
+        self.state = state
         if kind == "success":
             self.result = msg.get("data")
         elif kind == "update":
@@ -523,10 +533,12 @@ class Handle(_Emitter):
         """A task as the hub has it (after a reconnect): catch up with what was missed. One
         that ended already keeps its end: a ``follow`` answered late (read from the store
         before the task ended there, or sent before a reconnect) would otherwise overwrite
-        ``success`` with an older state, and :meth:`outcome` would raise "failed: error"."""
+        ``success`` with an older state, and :meth:`outcome` would raise "failed: error"; a
+        running one does not go back to ``init`` either."""
         if self._ended:
             return
-        self.state = view["state"]
+        if not _older(view["state"], self.state):  # read before events the handle has seen
+            self.state = view["state"]
         if view.get("last_update") is not None:
             self.last_update = view["last_update"]
             self._updated = True
