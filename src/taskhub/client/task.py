@@ -285,6 +285,8 @@ _RANK = {"init": 0, "start": 1, "success": 2, "fail": 2, "end": 2}
 def _older(state: str, than: str) -> bool:
     """Whether ``state`` is older than ``than`` (an unknown state is taken as it comes)."""
     return _RANK.get(state, 3) < _RANK.get(than, -1)
+
+
 # A handle's done callbacks: none, one (the common case), or a list of them.
 _Callbacks = Callable[["Handle"], Any] | list[Callable[["Handle"], Any]] | None
 # Futures made for waiting calls: none, one (the common case), or a list of them.
