@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from taskhub.errors import StoreFenced
-from taskhub.records import TERMINAL_STATES, TaskRecord, TaskState, WriteBatch
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, TaskState, WriteBatch
 from taskhub.store.sqlite_schema import WriteFence, transaction
 
 # A row buffer grown past this is dropped after use rather than kept.
@@ -67,7 +67,6 @@ _FIRST = operator.itemgetter(0)
 _TEXT = frozenset({str, TaskState})
 _REAL = frozenset({float})
 _REAL_OR_NONE = frozenset({float, type(None)})
-_INT = frozenset({int})
 
 # Events of a seq up to this go in their task's row, rewritten with it at each fold that writes
 # the task; later ones in packs, so a task with a long history (a progress update a second,
@@ -169,20 +168,11 @@ class Journal:
         tasks = batch.tasks
         events = batch.events
         encoded = list(map(encode, events))
-        if events:
-            seqs = list(map(_SEQ, events))
-            if not set(map(type, seqs)) <= _INT:
-                for event in events:
-                    if type(event.seq) is not int:
-                        raise TypeError(
-                            f"seq of an event of task {event.task_id!r} must be an integer, "
-                            f"got {type(event.seq).__name__}"
-                        )
-            if max(seqs) > ROW_SEQS:
-                encoded = [
-                    _PACKED + e if seq > ROW_SEQS else e
-                    for seq, e in zip(seqs, encoded, strict=True)
-                ]
+        if events and _late(events):
+            encoded = [
+                _PACKED + e if event.seq > ROW_SEQS else e
+                for event, e in zip(events, encoded, strict=True)
+            ]
         return (
             list(map(_COLUMNS, tasks)),
             list(map(encode, tasks)),
@@ -548,6 +538,22 @@ def _write(
         conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", window.meta_deleted)
     if window.meta:
         conn.executemany(_UPSERT_META, [(*key, value) for key, value in window.meta.items()])
+
+
+def _late(events: list[EventRecord]) -> bool:
+    """Some of the events are for packs (seq past ROW_SEQS); a seq that is not an integer is
+    refused, naming its task."""
+    try:
+        return bool(max(map(_SEQ, events)) > ROW_SEQS)
+    except TypeError:  # not comparable: not all integers
+        pass
+    for event in events:
+        if type(event.seq) is not int:
+            raise TypeError(
+                f"seq of an event of task {event.task_id!r} must be an integer, "
+                f"got {type(event.seq).__name__}"
+            )
+    return True  # pragma: no cover - integers always compare
 
 
 def _split(packs: dict[str, list[bytes]]) -> tuple[dict[str, bytearray], dict[str, list[bytes]]]:
