@@ -593,9 +593,10 @@ async def test_sqlite_batch_is_one_transaction(tmp_path: Path) -> None:
 
         await apply(store, task("t3"), task("t4"), events=[event("t3", 0)], deleted=["kept"])
         with sqlite3.connect(tmp_path / "hub.db") as raw:
-            # The fold writes the task rows, then the event packs: this fails the second.
+            # The fold writes the task rows (their events in them) one by one: this fails
+            # the second.
             raw.execute(
-                "CREATE TRIGGER half_way BEFORE INSERT ON events BEGIN"
+                "CREATE TRIGGER half_way BEFORE INSERT ON tasks WHEN NEW.id = 't4' BEGIN"
                 " SELECT * FROM no_such_table; END"
             )
         with pytest.raises(StoreUnavailable, match="no_such_table"):
@@ -1015,7 +1016,7 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     finally:
         await store.close()
     raw = sqlite3.connect(tmp_path / "hub.db")
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     raw.close()
 
 

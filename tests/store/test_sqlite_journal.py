@@ -31,6 +31,11 @@ def _ended(task_id: str, at: float = 2.0) -> TaskRecord:
     return msgspec.structs.replace(_task(task_id), state="success", ended_at=at)
 
 
+# Task rows with events of their own, and how many a row holds (schema 8: ",event,event").
+_WITH_EVENTS = "SELECT count(*) FROM tasks WHERE length(events) > 0"
+_EVENTS_IN_ROW = "json_array_length('[' || substr(events, 2) || ']')"
+
+
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
     with sqlite3.connect(path) as raw:
         return raw.execute(sql).fetchall()
@@ -77,7 +82,9 @@ async def test_a_full_journal_is_folded_without_waiting(tmp_path: Path) -> None:
         await store.apply(WriteBatch(tasks=tasks, events=events))
         count = "SELECT count(*) FROM tasks"
         await _until(lambda: _rows(path, count) == [(len(tasks),)], "every task in tasks")
-        assert _rows(path, "SELECT count(*) FROM events") == [(len(tasks),)]  # a pack each
+        # Each task's events in its row (schema 8), no pack.
+        assert _rows(path, _WITH_EVENTS) == [(len(tasks),)]
+        assert _rows(path, "SELECT count(*) FROM events") == [(0,)]
     finally:
         await store.close()
 
@@ -230,7 +237,7 @@ async def test_a_journal_changed_by_another_writer_is_read_back_before_a_fold(
             raw.execute("DELETE FROM journal")
             other = TaskRecord(id="t1", action="b", publisher="p", created_at=2.0)
             raw.execute(
-                "INSERT INTO tasks VALUES ('t1', 'b', 'init', 2.0, NULL, ?)",
+                "INSERT INTO tasks VALUES ('t1', 'b', 'init', 2.0, NULL, ?, NULL)",
                 (msgspec.json.encode(other),),
             )
         assert await store.get_task("t1") == other
@@ -333,7 +340,8 @@ async def test_a_burst_writes_each_task_once(tmp_path: Path) -> None:
         assert _rows(path, "SELECT count(*), min(state), max(state) FROM tasks") == [
             (n, "success", "success")
         ]
-        assert _rows(path, "SELECT count(*) FROM events") == [(n,)]  # one pack per task
+        assert _rows(path, _WITH_EVENTS) == [(n,)]  # in their rows
+        assert _rows(path, "SELECT count(*) FROM events") == [(0,)]
         assert [e.type for e in await store.get_events("q00007")] == ["init", "success"]
         # Reads see carried tasks too: a read folds everything first.
         await store.apply(_burst("r"))
@@ -389,9 +397,9 @@ async def test_carried_tasks_are_there_after_a_kill_and_written_ones_stay_writte
         sys.executable, "-c", code, cwd=Path(__file__).parents[2]
     )
     assert await proc.wait() == 9
-    # 'gone' was written, and deleted; 'kept' written, with one pack of its two events.
-    assert _rows(path, "SELECT id FROM tasks") == [("kept",)]
-    assert _rows(path, "SELECT task_id FROM events") == [("kept",)]
+    # 'gone' was written, and deleted; 'kept' written, with its two events in its row.
+    assert _rows(path, f"SELECT id, {_EVENTS_IN_ROW} FROM tasks") == [("kept", 2)]
+    assert _rows(path, "SELECT count(*) FROM events") == [(0,)]
     assert _rows(path, "SELECT count(*) FROM journal") == [(8,)]  # 3 rows, 3 marks, 2 rows
     store = SqliteStore(str(path))
     await store.open()
@@ -401,7 +409,9 @@ async def test_carried_tasks_are_there_after_a_kill_and_written_ones_stay_writte
         assert [e.type for e in await store.get_events("kept")] == ["init", "success"]
         n = FOLD_RECORDS // 2
         assert _rows(path, "SELECT count(*) FROM tasks") == [(3 * n + 1,)]
-        assert _rows(path, "SELECT count(*) FROM events") == [(3 * n + 1,)]  # 'kept' once
+        assert _rows(path, _WITH_EVENTS) == [(3 * n + 1,)]
+        kept = f"SELECT {_EVENTS_IN_ROW} FROM tasks WHERE id = 'kept'"
+        assert _rows(path, kept) == [(2,)]  # not appended again from the older rows
         for task_id in ("a00000", "b00001", "c00002"):
             assert await store.get_task(task_id) == _task(task_id)
             assert [e.type for e in await store.get_events(task_id)] == ["init"]
@@ -486,3 +496,99 @@ async def _carrying_against_model(folder: Path, ops: list[Any]) -> None:
         await check_against_model(first, model)  # it reads what the second folded
     finally:
         await first.close()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    phases=[phase for phase in Phase if phase is not Phase.explain],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=operations)
+def test_events_split_between_rows_and_packs_match_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any]
+) -> None:
+    """As above, with the histories' seqs (0-6) on both sides of ROW_SEQS: some events in
+    their task's row, some in packs, events of tasks without a row in packs, written again
+    from either side; the store answers exactly as the model, also replayed by a second."""
+    monkeypatch.setattr(sqlite, "FOLD_RECORDS", 1)
+    monkeypatch.setattr(sqlite_journal, "ROW_SEQS", 3)
+    asyncio.run(_carrying_against_model(tmp_path / uuid.uuid4().hex, ops))
+
+
+def _event(task_id: str, seq: int, type: str = "update") -> EventRecord:
+    return EventRecord(task_id=task_id, seq=seq, at=float(seq), type=type)
+
+
+async def test_a_tasks_events_go_in_its_row_and_late_ones_in_packs(tmp_path: Path) -> None:
+    """Schema 8: events up to ROW_SEQS in the task's row, appended fold after fold; later ones
+    in a pack per fold (a long history is not rewritten with the row); events of a task with
+    no row in a pack, and once it has one, in its row, where they replace the pack's."""
+    path = tmp_path / "hub.db"
+    last = sqlite_journal.ROW_SEQS
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1")], events=[_event("t1", 1, "init")]))
+        await store.apply(WriteBatch(events=[_event("t2", 1, "init"), _event("t2", 2)]))
+        assert len(await store.get_events("t1")) == 1  # a read folds
+        more = [_event("t1", seq) for seq in range(2, last + 3)]
+        await store.apply(WriteBatch(tasks=[_task("t1")], events=more))
+        assert len(await store.get_events("t1")) == last + 2
+        await store.apply(WriteBatch(events=[_event("t1", last + 3), _event("t1", 2, "again")]))
+        await store.apply(WriteBatch(tasks=[_task("t2")], events=[_event("t2", 2, "again")]))
+        got = await store.get_events("t1")
+        assert [e.seq for e in got] == list(range(1, last + 4))
+        assert got[1].type == "again"
+        assert [(e.seq, e.type) for e in await store.get_events("t2")] == [
+            (1, "init"),
+            (2, "again"),
+        ]
+        in_row = f"SELECT id, {_EVENTS_IN_ROW} FROM tasks ORDER BY id"
+        assert _rows(path, in_row) == [("t1", last + 1), ("t2", 1)]  # 1..last, 2 again
+        packs = "SELECT task_id, json_array_length(records) FROM events ORDER BY pack"
+        assert _rows(path, packs) == [("t2", 2), ("t1", 2), ("t1", 1)]
+    finally:
+        await store.close()
+    store = SqliteStore(str(path))  # as they were, and retention removes both
+    await store.open()
+    try:
+        assert [e.seq for e in await store.get_events("t1")] == list(range(1, last + 4))
+        await store.apply(WriteBatch(deleted=["t1", "t2"]))
+        assert await store.get_events("t1") == await store.get_events("t2") == []
+        assert _rows(path, "SELECT count(*) FROM events") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_a_task_whose_action_changed_gets_its_events_once(tmp_path: Path) -> None:
+    """The fold's upsert leaves a row whose action changed to a second statement; the events
+    of the rows the first one wrote are not appended again by it."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await store.apply(WriteBatch(tasks=[_task("t1"), _task("t2")]))
+        assert await store.get_task("t1") == _task("t1")
+        moved = msgspec.structs.replace(_task("t2"), action="b")
+        events = [_event("t1", 1), _event("t2", 1)]
+        await store.apply(WriteBatch(tasks=[_task("t1"), moved], events=events))
+        assert await store.get_task("t2") == moved
+        assert [t.id for t in await store.list_tasks(action="b")] == ["t2"]
+        in_row = f"SELECT id, {_EVENTS_IN_ROW} FROM tasks ORDER BY id"
+        assert _rows(path, in_row) == [("t1", 1), ("t2", 1)]
+    finally:
+        await store.close()
+
+
+async def test_an_event_seq_that_is_not_an_integer_is_refused(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "hub.db"))
+    await store.open()
+    try:
+        bad = EventRecord(task_id="t1", seq="2", at=1.0, type="init")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="seq of an event of task 't1' must be an integer"):
+            await store.apply(WriteBatch(tasks=[_task("t1")], events=[bad]))
+        assert await store.get_task("t1") is None
+    finally:
+        await store.close()

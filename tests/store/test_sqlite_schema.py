@@ -11,12 +11,19 @@ from pathlib import Path
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
 from taskhub.store.memory import MemoryStore
 from taskhub.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.store.data import make_sqlite_v3, make_sqlite_v4, make_sqlite_v5, make_sqlite_v6
+from tests.store.data import (
+    make_sqlite_v3,
+    make_sqlite_v4,
+    make_sqlite_v5,
+    make_sqlite_v6,
+    make_sqlite_v7,
+)
 
 V3_FILE = make_sqlite_v3.FILE
 V4_FILE = make_sqlite_v4.FILE
 V5_FILE = make_sqlite_v5.FILE
 V6_FILE = make_sqlite_v6.FILE
+V7_FILE = make_sqlite_v7.FILE
 IDS = [f"t{i}" for i in range(7)]
 
 
@@ -75,7 +82,7 @@ async def _goes_on(store: SqliteStore, model: MemoryStore, more: WriteBatch) -> 
 async def _reopens_the_same(path: Path, model: MemoryStore) -> None:
     """Closed, the file is of today's schema, its journal folded, and opens again as it is."""
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (8,)
         assert raw.execute("SELECT count(*) FROM journal").fetchone() == (0,)
     async with _opened(path) as store:
         await _same_answers(store, model)
@@ -161,4 +168,35 @@ async def test_sqlite_migrates_a_version_6_file_with_an_unfolded_journal(tmp_pat
             events=[EventRecord(task_id="t6", seq=3, at=2000.0, type="success")],
         )
         await _goes_on(store, model, more)
+    await _reopens_the_same(path, model)
+
+
+async def test_sqlite_migrates_a_version_7_file_with_an_unfolded_journal(tmp_path: Path) -> None:
+    """A file TaskHub wrote with schema 7, killed with a batch still in its journal
+    (tests/store/data), opens as version 8: that row folds, a task's events from then on go
+    in its row, where one written again replaces the one its old packs hold, every read
+    answers as before, and the packs stay where they were."""
+    path, model = await _old_file(tmp_path, V7_FILE, make_sqlite_v7.contents, 7, "journal", 1)
+    packs = "SELECT task_id FROM events ORDER BY pack"
+    with sqlite3.connect(path) as raw:
+        before = raw.execute(packs).fetchall()
+    async with _opened(path) as store:
+        await _same_answers(store, model)
+        assert [e.type for e in await store.get_events("t0")][1] == "start"  # from a pack
+        ended = await store.get_task("t0")
+        assert ended is not None
+        more = WriteBatch(
+            tasks=[ended, TaskRecord(id="t0b", action="b", publisher="p", created_at=1000.0)],
+            events=[
+                EventRecord(task_id="t0", seq=1, at=2000.0, type="again"),
+                EventRecord(task_id="t0b", seq=1, at=2000.0, type="init"),
+            ],
+        )
+        await _goes_on(store, model, more)
+        assert [e.type for e in await store.get_events("t0")][1] == "again"
+    with sqlite3.connect(path) as raw:
+        # The journal's batch deleted t1, with its pack; the others stay.
+        assert raw.execute(packs).fetchall() == [row for row in before if row != ("t1",)]
+        rows = "SELECT id FROM tasks WHERE length(events) > 0 ORDER BY id"
+        assert raw.execute(rows).fetchall() == [("t0",), ("t0b",), ("t4",), ("t6",)]
     await _reopens_the_same(path, model)

@@ -419,13 +419,18 @@ class SqliteStore:
         decode = self._events_decoder.decode
 
         def get(conn: sqlite3.Connection) -> list[EventRecord]:
-            # Packs in the order they were written: a later event of the same seq replaces
+            # Packs in the order they were written, then the task's row, which holds what
+            # came after its packs (sqlite_journal): a later event of the same seq replaces
             # an earlier one (a batch applied again, say).
             by_seq: dict[int, EventRecord] = {}
             rows = conn.execute(
                 "SELECT records FROM events WHERE task_id = ? ORDER BY pack", (task_id,)
             )
-            for (records,) in rows:
+            packs = [records for (records,) in rows]
+            row = conn.execute("SELECT events FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is not None and row[0]:  # ",event,event"
+                packs.append(b"[%b]" % row[0][1:])
+            for records in packs:
                 for event in decode(records):
                     by_seq[event.seq] = event
             return [by_seq[seq] for seq in sorted(by_seq)]

@@ -11,6 +11,12 @@ and ended in a later one is written to the tables once, not twice. Such a fold d
 the rows before the oldest carried task's first row and appends a mark row naming the tasks
 it wrote; a replay (at open) drops those tasks at each mark, which leaves exactly what no fold
 wrote.
+
+A task's events go in its own row (schema 8: ``tasks.events``, each JSON object after a comma),
+appended by the fold that writes its record; those of seq past ``ROW_SEQS`` go in a pack of
+their own instead (an ``events`` row per task and fold, a JSON array), and so do the events of a
+task that has no row yet. Reads take the packs first, then the row: everything in a row was
+written after its task's packs of the same seqs.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import msgspec
 
 from taskhub.errors import StoreFenced
-from taskhub.records import TERMINAL_STATES, TaskRecord, TaskState, WriteBatch
+from taskhub.records import TERMINAL_STATES, EventRecord, TaskRecord, TaskState, WriteBatch
 from taskhub.store.sqlite_schema import WriteFence, transaction
 
 # A row buffer grown past this is dropped after use rather than kept.
@@ -56,10 +62,19 @@ Entry = tuple[
 ]
 _COLUMNS = operator.attrgetter("id", "action", "state", "created_at", "ended_at")
 _TASK_ID = operator.attrgetter("task_id")
+_SEQ = operator.attrgetter("seq")
 _FIRST = operator.itemgetter(0)
 _TEXT = frozenset({str, TaskState})
 _REAL = frozenset({float})
 _REAL_OR_NONE = frozenset({float, type(None)})
+
+# Events of a seq up to this go in their task's row, rewritten with it at each fold that writes
+# the task; later ones in packs, so a task with a long history (a progress update a second,
+# say) does not have all of it rewritten at every fold. The same seq always goes to the same
+# place, so a pack's event and a row's never replace each other out of order.
+ROW_SEQS = 64
+# Marks an event for a pack in the journal (rows and memory); no JSON starts with it.
+_PACKED = b"\x00"
 
 # Parameters of the fold's statements, by the hundred thousand. The sqlite3 module binds
 # int, float, str and bytearray as they are, and looks every other value (bytes and None
@@ -80,31 +95,38 @@ _ENDED = frozenset(map(str, TERMINAL_STATES))
 _APPEND = "INSERT INTO journal (batch) VALUES (?)"
 _KEEP_FROM = "DELETE FROM journal WHERE n < ?"
 _COUNT = "SELECT count(*), coalesce(max(n), 0) FROM journal"
-_UPSERT_TASK = """
-    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
-    VALUES (?, ?, ?, ?, ?, ?)
+# A task's events appended to its row: every statement writing a task row does this.
+_APPEND_SQL = "CAST(coalesce(events, x'') || {} AS BLOB)"
+_ROW_EVENTS = _APPEND_SQL.format("excluded.events")
+_UPSERT_TASK = f"""
+    INSERT INTO tasks (id, action, state, created_at, ended_at, record, events)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET
         action = excluded.action,
         state = excluded.state,
         created_at = excluded.created_at,
         ended_at = excluded.ended_at,
-        record = excluded.record
+        record = excluded.record,
+        events = {_ROW_EVENTS}
 """
 # The same for a task whose action is unchanged, which is every task the hub writes: SQLite
 # rewrites an index entry whenever its column is SET, to the same value or not, so leaving
 # action out spares tasks_action a delete and an insert per update. A row whose action did
 # change is left alone here (the WHERE), counted as missing, and written by _UPSERT_TASK.
-_UPSERT_SAME_ACTION = """
-    INSERT INTO tasks (id, action, state, created_at, ended_at, record)
-    VALUES (?, ?, ?, ?, ?, ?)
+_UPSERT_SAME_ACTION = f"""
+    INSERT INTO tasks (id, action, state, created_at, ended_at, record, events)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET
         state = excluded.state,
         created_at = excluded.created_at,
         ended_at = excluded.ended_at,
-        record = excluded.record
+        record = excluded.record,
+        events = {_ROW_EVENTS}
     WHERE action = excluded.action
 """
 _INSERT_PACK = "INSERT INTO events (task_id, records) VALUES (?, ?)"
+_APPEND_EVENTS = f"UPDATE tasks SET events = {_APPEND_SQL.format('?')} WHERE id = ?"
+_ACTION_OF = "SELECT action FROM tasks WHERE id = ?"
 _UPSERT_META = "INSERT OR REPLACE INTO meta (kind, key, value) VALUES (?, ?, ?)"
 
 
@@ -119,6 +141,7 @@ class Journal:
         self._pack = msgspec.msgpack.Encoder()
         self._row = bytearray()  # reused: a row is encoded in place, not grown and copied
         self._task = msgspec.json.Decoder(TaskRecord)  # a row's columns, when read back
+        self._seq = msgspec.json.Decoder(_Seq)  # an event's seq, when read back
         self._unpack = msgspec.msgpack.Decoder()
         self.pending = 0  # records appended and not folded yet
         # The rows appended since the last fold, replayed as they were appended: a fold
@@ -144,11 +167,17 @@ class Journal:
         encode = self._json.encode
         tasks = batch.tasks
         events = batch.events
+        encoded = list(map(encode, events))
+        if events and _late(events):
+            encoded = [
+                _PACKED + e if event.seq > ROW_SEQS else e
+                for event, e in zip(events, encoded, strict=True)
+            ]
         return (
             list(map(_COLUMNS, tasks)),
             list(map(encode, tasks)),
             list(map(_TASK_ID, events)),
-            list(map(encode, events)),
+            encoded,
             list(batch.deleted),
             [(m.kind, m.key, encode(m.value)) for m in batch.meta],
             list(batch.meta_deleted),
@@ -206,7 +235,9 @@ class Journal:
                     # The table's rows hold whatever was carried (or another writer's).
                     folded, carried, carry = _Folded(), _Carry(), False
                     for (row,) in conn.execute("SELECT batch FROM journal ORDER BY n"):
-                        folded.add_row(self._unpack.decode(row), self._task.decode)
+                        folded.add_row(
+                            self._unpack.decode(row), self._task.decode, self._seq.decode
+                        )
                 if carry and self._window.rows:
                     self._carry_over(conn, folded)
                 else:
@@ -404,8 +435,14 @@ class _Folded:
         self.event_ids = [self.event_ids[i] for i in kept]
         self.events = [self.events[i] for i in kept]
 
-    def add_row(self, row: list[Any], decode: Callable[[bytes], TaskRecord]) -> None:
-        """A journal row as the table holds it (read back at open), of any layout."""
+    def add_row(
+        self,
+        row: list[Any],
+        decode: Callable[[bytes], TaskRecord],
+        seq_of: Callable[[bytes], _Seq],
+    ) -> None:
+        """A journal row as the table holds it (read back at open), of any layout; its events
+        for packs marked again (rows before schema 8 have no marks)."""
         if row[0] == MARK_LAYOUT:
             # What a fold wrote: those tasks, every delete and all metadata until then.
             written = set(row[1])
@@ -423,7 +460,16 @@ class _Folded:
             columns, records, pairs, *rest = row
             event_ids = [task_id for task_id, _ in pairs]
             events = [event for _, event in pairs]
+        events = [
+            e if e[:1] == _PACKED or seq_of(e).seq <= ROW_SEQS else _PACKED + e for e in events
+        ]
         self.add(columns, records, event_ids, events, *rest)
+
+
+class _Seq(msgspec.Struct):
+    """An event's seq, read from its JSON (the rest skipped)."""
+
+    seq: int
 
 
 def _group(
@@ -447,29 +493,86 @@ def _write(
     window: _Folded,
 ) -> None:
     """Deletes first: a task deleted and written again since the last fold keeps only what
-    came after the delete, which is all that is left here. Then the tasks' last records,
-    their events (one pack a task) and the window's metadata."""
+    came after the delete, which is all that is left here. Then the tasks' last records with
+    their events, the events of tasks not written here (to their rows, or packs when they
+    have none), the packs and the window's metadata."""
     if deleted:
         gone = [(task_id,) for task_id in deleted]
         conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
         conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
+    own, packed = _split(packs)
     if tasks:
+        take = own.pop
+        none = bytearray()  # no events for the row this time
         # str(state): a TaskState is a str subclass, which the module would adapt.
         rows = [
-            (i, action, str(state), at, _NULL if end is None else end, bytearray(record))
+            (
+                i,
+                action,
+                str(state),
+                at,
+                _NULL if end is None else end,
+                bytearray(record),
+                take(i, none),
+            )
             for (i, action, state, at, end), record in tasks.values()
         ]
         if conn.executemany(_UPSERT_SAME_ACTION, rows).rowcount != len(rows):
-            conn.executemany(_UPSERT_TASK, rows)
-    if packs:
+            # Rows whose action changed were left alone (the WHERE): only those again, since
+            # the others have their events appended already.
+            for row in rows:
+                if conn.execute(_ACTION_OF, row[:1]).fetchone()[0] != row[1]:
+                    conn.execute(_UPSERT_TASK, row)
+    if own:
+        appends = [(events, task_id) for task_id, events in own.items()]
+        if conn.executemany(_APPEND_EVENTS, appends).rowcount != len(appends):
+            for events, task_id in appends:  # a task without a row: a pack, as other packs
+                if conn.execute(_ACTION_OF, (task_id,)).fetchone() is None:
+                    packed.setdefault(task_id, []).append(bytes(events[1:]))
+    if packed:
         conn.executemany(
             _INSERT_PACK,
-            [(task_id, bytearray(b"[%b]" % b",".join(pack))) for task_id, pack in packs.items()],
+            [(task_id, bytearray(b"[%b]" % b",".join(pack))) for task_id, pack in packed.items()],
         )
     if window.meta_deleted:
         conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", window.meta_deleted)
     if window.meta:
         conn.executemany(_UPSERT_META, [(*key, value) for key, value in window.meta.items()])
+
+
+def _late(events: list[EventRecord]) -> bool:
+    """Some of the events are for packs (seq past ROW_SEQS); a seq that is not an integer is
+    refused, naming its task."""
+    try:
+        return bool(max(map(_SEQ, events)) > ROW_SEQS)
+    except TypeError:  # not comparable: not all integers
+        pass
+    for event in events:
+        if type(event.seq) is not int:
+            raise TypeError(
+                f"seq of an event of task {event.task_id!r} must be an integer, "
+                f"got {type(event.seq).__name__}"
+            )
+    return True  # pragma: no cover - integers always compare
+
+
+def _split(packs: dict[str, list[bytes]]) -> tuple[dict[str, bytearray], dict[str, list[bytes]]]:
+    """Each task's events for its row (``,event,event``) and for a pack (those past
+    ROW_SEQS, marked: rarely any)."""
+    own: dict[str, bytearray] = {}
+    packed: dict[str, list[bytes]] = {}
+    if not packs:
+        return own, packed
+    if min(map(min, packs.values()))[:1] != _PACKED:  # a pass in C over every task's events
+        own.update((task_id, bytearray(b",%b" % b",".join(e))) for task_id, e in packs.items())
+        return own, packed
+    for task_id, events in packs.items():
+        row = [e for e in events if e[:1] != _PACKED]
+        if row:
+            own[task_id] = bytearray(b",%b" % b",".join(row))
+        if len(row) < len(events):
+            packed[task_id] = [e[1:] for e in events if e[:1] == _PACKED]
+    return own, packed
 
 
 def _texts(values: list[Any]) -> bool:

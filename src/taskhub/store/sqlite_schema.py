@@ -29,8 +29,9 @@ class WriteFence(Protocol):
 # 1: tasks, events; 2: + meta; 3: - tasks_active (tasks_state serves); 4: events packed, one
 # row per task per fold, and the journal the writes go to first (store/sqlite_journal.py);
 # 5: tasks_ended's condition without IN; 6: journal rows of layout 2 (sqlite_journal.ROW_LAYOUT);
-# 7: mark rows in the journal (sqlite_journal.MARK_LAYOUT: live tasks carried over by a fold)
-SCHEMA_VERSION = 7
+# 7: mark rows in the journal (sqlite_journal.MARK_LAYOUT: live tasks carried over by a fold);
+# 8: a task's events in its own row (tasks.events), packs only past sqlite_journal.ROW_SEQS
+SCHEMA_VERSION = 8
 
 # Terminal states spelled out for SQL; the partial indexes and the queries must use the very
 # same expressions for SQLite to pick the indexes.
@@ -110,6 +111,11 @@ _MIGRATIONS = [
     # carried over). No SQL: the journal is as version 6 left it; the version keeps version 6,
     # which would fold the rows a mark says were written over newer writes, off the file.
     [],
+    # Version 8: a task's events go in its own row, as JSON objects each after a comma
+    # (sqlite_journal.ROW_SEQS says which); a task without events there has NULL or an empty
+    # blob. The packs a file holds stay where they are: they are older than anything written
+    # to a row, which is what reads rely on (SqliteStore.get_events).
+    ["ALTER TABLE tasks ADD COLUMN events BLOB"],
 ]
 
 
