@@ -82,10 +82,15 @@ class Partition(Protocol):
     async def flush(self) -> None: ...
 
 
-def unavailable(index: int, leader: str) -> PartitionUnavailable:
+def unavailable(index: int, leader: str, *, down: bool = False) -> PartitionUnavailable:
     """The error of a request that needs partition ``index``, led by ``leader`` (its URL, ""
-    when nobody holds it), which this hub cannot reach."""
-    if leader:
+    when nobody holds it), which this hub cannot reach; ``down``: the link to it broke."""
+    if leader and down:
+        why = (
+            f"partition {index}'s leader at {leader} does not answer (a hub takes the "
+            "partition over once its lease runs out)"
+        )
+    elif leader:
         why = f"partition {index} is led by {leader}; this hub cannot reach it yet"
     else:
         why = f"partition {index} has no leader right now (a hub is taking it over)"
@@ -162,6 +167,11 @@ class Links(Protocol):
 
     def remote(self, index: int, leader_url: str) -> Linked:
         """Partition ``index``, led by the hub at ``leader_url``, as a router slot."""
+
+    def reaches(self, leader_url: str) -> bool:
+        """False while the link to the hub at ``leader_url`` is known to be broken (it broke
+        and has not opened again): its partitions wait for a leader instead
+        (:class:`~taskhub.hub.unled.UnledPartition`)."""
 
     def detach(self, peer: Peer) -> None: ...
 
