@@ -79,17 +79,23 @@ class Leading:
 
     async def hand_off(self, index: int, *, flush_timeout: float = 10.0) -> None:
         """Stop leading partition ``index`` gracefully (another hub takes it): stop offering
-        there, write what is pending, stop. Connections with work in it are closed (1012) so
-        their clients reconnect and subscribe again where it is led now."""
+        there, give the started deliveries back without a try (unless the hub stops), write
+        what is pending, stop. Connections with work in it (subscriptions included) are
+        closed (1012) so their clients reconnect and subscribe again where it is led now."""
         part = self._unlead(index)
         if part is None:
             return
+        engaged = set(part.engaged())  # before the drain takes their subscriptions
         part.drain()
+        if not self.hub.draining:
+            # Its workers live on: what they started goes back uncounted. A hub that stops
+            # has closed its connections first, past its grace, and counts one (operations.md).
+            part.hand_back()
         part.kick()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(part.flush(), flush_timeout)
         await part.stop(flush_timeout)
-        await self._close_engaged(part, f"partition {index} moved to another hub")
+        await self._close(engaged, f"partition {index} moved to another hub")
 
     async def lose(self, index: int) -> None:
         """Partition ``index``'s lease is lost (another hub may lead it already): stop it at
@@ -99,7 +105,7 @@ class Leading:
         if part is None:
             return
         await part.stop(1.0, write=False)
-        await self._close_engaged(part, f"partition {index} was lost", every=True)
+        await self._close(set(part.peers), f"partition {index} was lost")
 
     def follow(self, index: int, leader: str) -> None:
         """Partition ``index``, not led here, is led at ``leader`` ("" when nobody holds it)."""
@@ -140,8 +146,8 @@ class Leading:
         hub.router.place(index, hub.remote(index, ""))
         return part
 
-    async def _close_engaged(self, part: LocalPartition, reason: str, every: bool = False) -> None:
-        ids = set(part.peers) if every else set(part.engaged())
+    async def _close(self, ids: set[str], reason: str) -> None:
+        """Close the connections ``ids`` (1012): they reconnect and subscribe again."""
         connections = self.hub.connections
         for peer in [peer for peer in connections if peer.id in ids]:
             await connections.close(peer, code=CLOSE_MOVED, reason=reason)

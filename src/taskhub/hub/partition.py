@@ -337,6 +337,22 @@ class LocalPartition:
                 if d.rec.state == "offered":
                     self.lc.take_back(peer, task_id, d.rec.attempt, "draining", count_try=False)
 
+    def hand_back(self) -> None:
+        """The partition moves to another hub while its workers live (a graceful hand-off):
+        every started delivery goes back to its group without a try (``requeue``, reason
+        ``handed_off``), written with the partition's last batch, so its next leader restores
+        it as pending and counts nothing. The holder is not revoked: its handler goes on, and
+        its ``return``, sent after its connection reconnects, still ends the task there (the
+        first return wins). After a ``kill -9`` nothing says so, and the next leader counts a
+        try (the worker may have died of the task)."""
+        peers = self.peers.values() if self.own_peers else list(self.hub.connections)
+        for peer in list(peers):
+            for task_id, d in list(peer.holding.items()):
+                if d.rec.state == "started":
+                    self.lc.take_back(
+                        peer, task_id, d.rec.attempt, "handed_off", count_try=False, revoke=False
+                    )
+
     # --- reading -----------------------------------------------------------------------------
     async def find(self, task_id: str) -> TaskRecord | None:
         task = self.lc.get(task_id)
