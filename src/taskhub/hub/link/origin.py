@@ -260,6 +260,7 @@ class Link:
                     peer.hello,
                     peer.batch,
                     peer.remote,
+                    peer.starts,
                 )
             )
         )
