@@ -459,11 +459,16 @@ def _share(hub: Hub, part: LocalPartition) -> None:
 
 def _remote(hub: Hub, index: int, leader: str) -> Partition:
     """The slot of partition ``index`` led by ``leader``: reached over the link to it, or
-    waiting for a leader while no hub holds it (or the hub has no links): a leased hub's
-    learns it from the leases (:class:`~taskhub.hub.unled.UnledPartition`)."""
-    if leader and hub.links is not None:
-        return hub.links.remote(index, leader)
-    return UnledPartition(index, leader, hub.front, hub.leading if hub.leased else None)
+    waiting for a leader while no hub holds it, the link to its leader is broken (or the hub
+    has no links): a leased hub's learns it from the leases
+    (:class:`~taskhub.hub.unled.UnledPartition`)."""
+    links, down = hub.links, False
+    if leader and links is not None:
+        if links.reaches(leader):
+            return links.remote(index, leader)
+        down = True
+    leading = hub.leading if hub.leased else None
+    return UnledPartition(index, leader, hub.front, leading, down=down)
 
 
 def _partition_stores(

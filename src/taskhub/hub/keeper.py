@@ -21,8 +21,11 @@ computes the assignment (:mod:`taskhub.hub.assign`, the same in every hub), and 
 
 Between rounds :meth:`look_soon` reads one partition's lease every ``poll`` seconds, for at
 most one lease: the hub asks it for a partition no hub holds that a message waits for
-(hub/unled.py), and the keeper itself for one it should lead that another hub still holds
-(so it takes it as soon as that hub hands it off, not a round later).
+(hub/unled.py), or whose leader's link broke (until the lease names another leader), and the
+keeper itself for one it should lead that another hub still holds (so it takes it as soon as
+that hub hands it off, not a round later). A look that finds a lease free which another hub
+should lead reads the members again: when that hub is the one that died, this hub may be the
+one to take it, now rather than at its next round.
 
 :meth:`stop` takes the member off the list and hands off every partition at once (SIGTERM:
 graceful hand-off). Only the lease protocol is used (:class:`~taskhub.store.PartitionLeases`);
@@ -113,6 +116,7 @@ class PartitionKeeper:
         # One round or lookup at a time: each applies what it read in the order it read it.
         self._turn = asyncio.Lock()
         self._asked: dict[int, float] = {}  # partitions look_soon watches -> until (clock)
+        self._past: dict[int, str] = {}  # ... -> a leader's URL looked past (its link broke)
         self._looker: asyncio.Task[None] | None = None
         self.open_renewal_leases = open_renewal_leases
         self.stall = stall
@@ -262,13 +266,19 @@ class PartitionKeeper:
             self.on_leader(p, url)
         return url
 
-    def look_soon(self, partition: int) -> None:
+    def look_soon(self, partition: int, *, past: str = "") -> None:
         """Read ``partition``'s lease now and every :attr:`poll` seconds, for at most one
         lease, until a hub holds it (``on_leader``), taking it when it is free and this hub
-        should lead it (until this hub holds it, then)."""
+        should lead it (until this hub holds it, then). ``past``: the URL of a leader this hub
+        cannot reach (its link broke): a lease that still names it is looked past, until it
+        runs out or another hub holds the partition."""
         if self._stopped or not self.poll or not 0 <= partition < self.leases.partitions:
             return
         self._asked[partition] = self.clock() + self.lease
+        if past:
+            self._past[partition] = past
+        else:
+            self._past.pop(partition, None)
         if self._looker is None or self._looker.done():
             self._looker = asyncio.create_task(self._watch(), name="taskhub-keeper-look")
 
@@ -281,11 +291,13 @@ class PartitionKeeper:
                             return
                         if self._settled(p) or await self._look_or_take(p):
                             self._asked.pop(p, None)
+                            self._past.pop(p, None)
             except StoreUnavailable as exc:  # the next read, or the next round, retries
                 log.warning("cannot read the partition leases: %s", exc)
             except Exception:  # a bug: said; the rounds go on reading the leases
                 log.exception("looking for the partitions' leaders failed")
                 self._asked.clear()
+                self._past.clear()
             if self._asked:
                 await asyncio.sleep(self.poll)
 
@@ -296,9 +308,16 @@ class PartitionKeeper:
         """One read of ``p``'s lease for :meth:`look_soon`: whether it is settled now."""
         wanted = p in self.wanted()
         url = await self._look_at(p)
+        if not url and not wanted:
+            # Free, and by the last round another hub should take it: if that hub died (its
+            # member record ran out with its leases), this hub may be the one, now.
+            self.members = await self.leases.members()
+            wanted = p in self.wanted()
         if not url and wanted:
             await self._take(p)
-        return p in self.tokens if wanted else bool(url)
+        if wanted:
+            return p in self.tokens
+        return bool(url) and url != self._past.get(p)
 
     async def _renew_all(self) -> None:
         """Renew every lease held, all at once. On a busy hub each call waits its turn on

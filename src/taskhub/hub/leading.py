@@ -1,7 +1,9 @@
 """Which partitions a leased hub leads, changed at runtime (docs/deployment.md, "Partition
 leases"): the server's :class:`~taskhub.hub.keeper.PartitionKeeper` calls :meth:`lead` when
 the hub takes a partition's lease, :meth:`hand_off` before it lets one go, :meth:`lose` when a
-lease ran out, and :meth:`follow` with the leader of a partition it does not lead.
+lease ran out, and :meth:`follow` with the leader of a partition it does not lead; the links
+(:class:`~taskhub.hub.link.HubLinks`) call :meth:`unreachable` when the link to a leader
+broke and :meth:`reachable` when it opens again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger("taskhub.hub")
 CLOSE_MOVED = 1012  # WebSocket "service restart": the client reconnects and subscribes again
 
 
-def _nobody(index: int) -> None:
+def _nobody(index: int, past: str = "") -> None:
     return None
 
 
@@ -40,9 +42,10 @@ class Leading:
         self.leaders: dict[int, str] = {}  # partitions led elsewhere -> the leader's URL
         # Seconds a message waits for the leader of a partition no hub holds (the lease, set
         # by the hub's Membership; 0: answered partition_unavailable at once), and how the
-        # slot asks the keeper to find that leader now (hub/unled.py).
+        # slot asks the keeper to find that leader now, (index, past): until the lease names
+        # another leader than ``past`` (hub/unled.py).
         self.hold = 0.0
-        self.learn: Callable[[int], None] = _nobody
+        self.learn: Callable[[int, str], None] = _nobody
         # This hub's member id in the leases ("" without them), and the deployment's other
         # live hubs, those that lead no partition included: member id -> advertised URL
         # (the hub's Membership: the keeper's last round).
@@ -76,17 +79,23 @@ class Leading:
 
     async def hand_off(self, index: int, *, flush_timeout: float = 10.0) -> None:
         """Stop leading partition ``index`` gracefully (another hub takes it): stop offering
-        there, write what is pending, stop. Connections with work in it are closed (1012) so
-        their clients reconnect and subscribe again where it is led now."""
+        there, give the started deliveries back without a try (unless the hub stops), write
+        what is pending, stop. Connections with work in it (subscriptions included) are
+        closed (1012) so their clients reconnect and subscribe again where it is led now."""
         part = self._unlead(index)
         if part is None:
             return
+        engaged = set(part.engaged())  # before the drain takes their subscriptions
         part.drain()
+        if not self.hub.draining:
+            # Its workers live on: what they started goes back uncounted. A hub that stops
+            # has closed its connections first, past its grace, and counts one (operations.md).
+            part.hand_back()
         part.kick()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(part.flush(), flush_timeout)
         await part.stop(flush_timeout)
-        await self._close_engaged(part, f"partition {index} moved to another hub")
+        await self._close(engaged, f"partition {index} moved to another hub")
 
     async def lose(self, index: int) -> None:
         """Partition ``index``'s lease is lost (another hub may lead it already): stop it at
@@ -96,7 +105,7 @@ class Leading:
         if part is None:
             return
         await part.stop(1.0, write=False)
-        await self._close_engaged(part, f"partition {index} was lost", every=True)
+        await self._close(set(part.peers), f"partition {index} was lost")
 
     def follow(self, index: int, leader: str) -> None:
         """Partition ``index``, not led here, is led at ``leader`` ("" when nobody holds it)."""
@@ -105,6 +114,27 @@ class Leading:
             return
         self.leaders[index] = leader
         hub.router.place(index, hub.remote(index, leader))
+
+    def unreachable(self, leader: str) -> None:
+        """The link to the hub at ``leader`` broke (its clients here were closed once, 1013):
+        the partitions it leads wait as leaderless from now on (hub/unled.py), so a client's
+        messages for them are held for their next leader instead of dialling a hub that may
+        be dead, and being closed again, at every reconnect."""
+        for index, led_by in list(self.leaders.items()):
+            if led_by == leader and self.hub.router.slots[index].linked is not None:
+                self.hub.router.place(index, self.hub.remote(index, leader))
+
+    def reachable(self, leader: str) -> None:
+        """The link to the hub at ``leader`` opened again, which the leases still name: its
+        partitions are reached over it, and what waited for them goes there."""
+        for index, led_by in list(self.leaders.items()):
+            slot = self.hub.router.slots[index]
+            if led_by == leader and slot.local is None and slot.linked is None:
+                self.hub.router.place(index, self.hub.remote(index, leader))
+
+    def names(self, leader: str) -> bool:
+        """Whether the leases name the hub at ``leader`` as a partition's leader."""
+        return leader in self.leaders.values()
 
     def _unlead(self, index: int) -> LocalPartition | None:
         hub = self.hub
@@ -116,8 +146,8 @@ class Leading:
         hub.router.place(index, hub.remote(index, ""))
         return part
 
-    async def _close_engaged(self, part: LocalPartition, reason: str, every: bool = False) -> None:
-        ids = set(part.peers) if every else set(part.engaged())
+    async def _close(self, ids: set[str], reason: str) -> None:
+        """Close the connections ``ids`` (1012): they reconnect and subscribe again."""
         connections = self.hub.connections
         for peer in [peer for peer in connections if peer.id in ids]:
             await connections.close(peer, code=CLOSE_MOVED, reason=reason)

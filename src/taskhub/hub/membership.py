@@ -81,10 +81,11 @@ class Membership:
         # heartbeat has not run out yet).
         return {m.instance: m.url for m in keeper.members if m.url != me.url}
 
-    def learn(self, partition: int) -> None:
-        """Find ``partition``'s leader now (before the keeper's first round: at that round)."""
+    def learn(self, partition: int, past: str = "") -> None:
+        """Find ``partition``'s leader now (before the keeper's first round: at that round);
+        ``past``: a leader whose link broke, looked past until the lease names another."""
         if self.keeper is not None:
-            self.keeper.look_soon(partition)
+            self.keeper.look_soon(partition, past=past)
 
     async def stop(self) -> None:
         """SIGTERM's graceful hand-off: every partition flushed and released at once, so the

@@ -82,10 +82,15 @@ class Partition(Protocol):
     async def flush(self) -> None: ...
 
 
-def unavailable(index: int, leader: str) -> PartitionUnavailable:
+def unavailable(index: int, leader: str, *, down: bool = False) -> PartitionUnavailable:
     """The error of a request that needs partition ``index``, led by ``leader`` (its URL, ""
-    when nobody holds it), which this hub cannot reach."""
-    if leader:
+    when nobody holds it), which this hub cannot reach; ``down``: the link to it broke."""
+    if leader and down:
+        why = (
+            f"partition {index}'s leader at {leader} does not answer (a hub takes the "
+            "partition over once its lease runs out)"
+        )
+    elif leader:
         why = f"partition {index} is led by {leader}; this hub cannot reach it yet"
     else:
         why = f"partition {index} has no leader right now (a hub is taking it over)"
@@ -162,6 +167,11 @@ class Links(Protocol):
 
     def remote(self, index: int, leader_url: str) -> Linked:
         """Partition ``index``, led by the hub at ``leader_url``, as a router slot."""
+
+    def reaches(self, leader_url: str) -> bool:
+        """False while the link to the hub at ``leader_url`` is known to be broken (it broke
+        and has not opened again): its partitions wait for a leader instead
+        (:class:`~taskhub.hub.unled.UnledPartition`)."""
 
     def detach(self, peer: Peer) -> None: ...
 
@@ -329,6 +339,22 @@ class LocalPartition:
             for task_id, d in list(peer.holding.items()):
                 if d.rec.state == "offered":
                     self.lc.take_back(peer, task_id, d.rec.attempt, "draining", count_try=False)
+
+    def hand_back(self) -> None:
+        """The partition moves to another hub while its workers live (a graceful hand-off):
+        every started delivery goes back to its group without a try (``requeue``, reason
+        ``handed_off``), written with the partition's last batch, so its next leader restores
+        it as pending and counts nothing. The holder is not revoked: its handler goes on, and
+        its ``return``, sent after its connection reconnects, still ends the task there (the
+        first return wins). After a ``kill -9`` nothing says so, and the next leader counts a
+        try (the worker may have died of the task)."""
+        peers = self.peers.values() if self.own_peers else list(self.hub.connections)
+        for peer in list(peers):
+            for task_id, d in list(peer.holding.items()):
+                if d.rec.state == "started":
+                    self.lc.take_back(
+                        peer, task_id, d.rec.attempt, "handed_off", count_try=False, revoke=False
+                    )
 
     # --- reading -----------------------------------------------------------------------------
     async def find(self, task_id: str) -> TaskRecord | None:

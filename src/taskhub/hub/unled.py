@@ -1,6 +1,7 @@
 """The router slot of a partition this hub does not lead and cannot reach: no hub holds it
-right now (a hub hands it off or takes it over), its leader advertised no URL, or the hub has
-no links (docs/deployment.md, "Partition leases").
+right now (a hub hands it off or takes it over), the link to its leader broke (the leader may
+be dead, its lease not run out yet), its leader advertised no URL, or the hub has no links
+(docs/deployment.md, "Partition leases").
 
 A hub that learns the leaders from the leases (:class:`~taskhub.hub.leading.Leading`, with a
 keeper) hides that brief gap: a message that needs the partition waits, at most ``hold``
@@ -56,10 +57,19 @@ class UnledPartition:
     linked: Linked | None = None
 
     def __init__(
-        self, index: int, leader: str, front: Front, leading: Leading | None = None
+        self,
+        index: int,
+        leader: str,
+        front: Front,
+        leading: Leading | None = None,
+        *,
+        down: bool = False,
     ) -> None:
+        """``down``: the lease names ``leader``, but the link to it broke (it waits all the
+        same: for the link to open again, or for the leases to name the next leader)."""
         self.index = index
         self.leader = leader
+        self.down = down
         self.front = front  # where the answers are queued: the hub's own peers
         self.leading = leading
         self.successor: asyncio.Future[Partition] | None = None  # made by the first wait
@@ -75,13 +85,14 @@ class UnledPartition:
     @property
     def hold(self) -> float:
         """Seconds a message waits for the successor: the lease when the hub learns leaders
-        from the leases and no hub holds the partition; 0 (answered at once) otherwise."""
-        if self.leading is None or self.leader:
+        from the leases and no hub holds the partition, or its leader's link broke; 0
+        (answered at once) otherwise."""
+        if self.leading is None or (self.leader and not self.down):
             return 0.0
         return self.leading.hold
 
     def error(self) -> PartitionUnavailable:
-        return unavailable(self.index, self.leader)
+        return unavailable(self.index, self.leader, down=self.down)
 
     def hand_over(self, successor: Partition) -> None:
         """The router serves the partition with ``successor`` from now on: what waits goes
@@ -237,9 +248,10 @@ class UnledPartition:
         self.chain_work.append(work)
 
     def _learn(self) -> None:
-        """Ask the keeper to find the partition's leader now (once per wait)."""
+        """Ask the keeper to find the partition's leader now (once per wait): while the lease
+        still names a leader whose link broke, until it names another (or none)."""
         if self.leading is not None:
-            self.leading.learn(self.index)
+            self.leading.learn(self.index, self.leader if self.down else "")
 
     def _chains(self) -> Chains:
         assert self.leading is not None  # the router hands chains' work only when it waits

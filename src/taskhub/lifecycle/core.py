@@ -292,10 +292,18 @@ class Lifecycle:
         self._steps.extend(peer, task_id, attempt, seconds)
 
     def take_back(
-        self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
+        self,
+        peer: Peer,
+        task_id: str,
+        attempt: int,
+        reason: str,
+        *,
+        count_try: bool,
+        revoke: bool = True,
     ) -> None:
-        """Give one delivery ``peer`` holds back to its group, as a closed connection would."""
-        self._steps.take_back(peer, task_id, attempt, reason, count_try=count_try)
+        """Give one delivery ``peer`` holds back to its group, as a closed connection would;
+        ``revoke``: and tell ``peer`` (its handler stops)."""
+        self._steps.take_back(peer, task_id, attempt, reason, count_try=count_try, revoke=revoke)
 
     # --- reading and following ---------------------------------------------------------------
     def get(self, task_id: str) -> Task | None:

@@ -46,10 +46,12 @@ class Ending:
         self.clock = shared.clock
 
     # --- deliveries --------------------------------------------------------------------------
-    def take_back(self, d: Delivery, reason: str, *, count_try: bool) -> None:
-        """Offer the delivery again to its group (at-least-once), or fail it when out of tries."""
+    def take_back(self, d: Delivery, reason: str, *, count_try: bool, revoke: bool = True) -> None:
+        """Offer the delivery again to its group (at-least-once), or fail it when out of tries.
+        ``revoke``: tell the holder (its handler stops); not when its work may go on and its
+        ``return`` still count (a partition handed off to another hub)."""
         holder = d.holder
-        if holder is not None:
+        if holder is not None and revoke:
             self.journal.send(
                 holder.peer,
                 {"op": "revoke", "task": d.task.id, "attempt": d.rec.attempt, "reason": reason},

@@ -228,11 +228,19 @@ class Steps:
         self.ending.take_back(d, "released", count_try=False)
 
     def take_back(
-        self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
+        self,
+        peer: Peer,
+        task_id: str,
+        attempt: int,
+        reason: str,
+        *,
+        count_try: bool,
+        revoke: bool = True,
     ) -> None:
         """Give one delivery ``peer`` holds back to its group, as a closed connection would (a
         pull consumer's lease ran out, or it stopped). Raises NotHolding or StaleAttempt."""
-        self.ending.take_back(self.held(peer, task_id, attempt), reason, count_try=count_try)
+        d = self.held(peer, task_id, attempt)
+        self.ending.take_back(d, reason, count_try=count_try, revoke=revoke)
 
     def extend(self, peer: Peer, task_id: str, attempt: int, seconds: float) -> None:
         """Push the task's end deadline to at least ``seconds`` from now (never earlier);

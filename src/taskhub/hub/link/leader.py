@@ -229,6 +229,7 @@ class LinkServer:
             return
         peer = Peer(entry.conn, wire.credentials(entry))
         peer.hello, peer.batch, peer.remote = entry.hello, entry.batch, entry.remote
+        peer.starts = entry.starts
         self.remotes[entry.conn] = _Remote(peer)
         conn, out = entry.conn, self.out
         prefix = wire.out_prefix(conn)

@@ -41,6 +41,9 @@ _records = msgspec.json.Decoder(list[TaskRecord])
 # Seconds to open a link; a leader that does not answer in time is given up (clients 1013).
 OPEN_TIMEOUT = 5.0
 FORWARDS_KEPT = 4096  # HubLinks.forwarded
+# Seconds between two tries to open the link to a leader whose link broke (HubLinks.broke):
+# the first, doubled at each failure up to the last.
+PROBE_FIRST, PROBE_MAX = 0.1, 1.0
 _record = msgspec.json.Decoder(TaskRecord | None)
 
 
@@ -70,6 +73,10 @@ class HubLinks:
         # end, a step to publish), by key: sent on once at most, so two hubs that each think
         # the other leads it do not send it back and forth (a bounded memory of the latest).
         self.forwarded: OrderedDict[str, None] = OrderedDict()
+        # Leaders (advertised base URLs) whose link broke, each with the task that tries to
+        # open it again: their partitions wait as leaderless meanwhile (a leased hub only).
+        self.down: dict[str, asyncio.Task[None]] = {}
+        self.closed = False
 
     def forward_once(self, key: str) -> bool:
         """Whether chain work ``key`` may be sent on: False if this hub sent it on before."""
@@ -126,6 +133,43 @@ class HubLinks:
                 await root.close()
             return
 
+    def reaches(self, leader_url: str) -> bool:
+        """False while the link to the hub at ``leader_url`` is known to be broken."""
+        return leader_url.rstrip("/") not in self.down
+
+    def broke(self, link: Link) -> None:
+        """``link`` broke (this hub did not close it): on a hub that learns its leaders from
+        the leases, the partitions led at its other end wait as leaderless
+        (:meth:`Leading.unreachable <taskhub.hub.leading.Leading.unreachable>`) until the link
+        opens again (tried every :data:`PROBE_FIRST` to :data:`PROBE_MAX` seconds) or the
+        leases name their next leader. Without this, each reconnecting client dialled a dead
+        leader again and was closed again (1013), until its lease ran out."""
+        hub = self.hub
+        if self.closed or not hub.leased:
+            return
+        leading = hub.leading
+        for leader in {url for url in leading.leaders.values() if url}:
+            if wire.link_url(leader) != link.url or leader in self.down:
+                continue
+            self.down[leader] = asyncio.create_task(
+                self._probe(leader), name=f"taskhub-link-probe {leader}"
+            )
+            leading.unreachable(leader)
+
+    async def _probe(self, leader: str) -> None:
+        """Open the link to ``leader`` again, for as long as the leases name it a leader."""
+        delay, opened = PROBE_FIRST, False
+        try:
+            while not opened and self.hub.leading.names(leader):
+                await asyncio.sleep(delay)
+                opened = await self.link(wire.link_url(leader)).opened()
+                delay = min(2 * delay, PROBE_MAX)
+        finally:
+            self.down.pop(leader, None)
+        if opened:
+            log.info("the link to %s opened again", leader)
+            self.hub.leading.reachable(leader)
+
     def remote(self, index: int, leader_url: str) -> RemotePartition:
         """The partition ``index`` led by the hub at ``leader_url`` (its advertised base URL)."""
         return RemotePartition(index, leader_url, self)
@@ -173,6 +217,9 @@ class HubLinks:
 
     async def close(self) -> None:
         """This hub stops: every link is closed (the leaders detach its connections)."""
+        self.closed = True
+        for probe in list(self.down.values()):
+            probe.cancel()
         for link in list(self.links.values()):
             await link.close()
 
@@ -191,6 +238,9 @@ class Link:
         self.ids = itertools.count(1)
         self.ws: ClientConnection | None = None
         self.broken = False
+        self.closing = False  # this hub closes it (close())
+        # True once the link is open, False if it broke before: what a probe waits for.
+        self.up: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(self._run(), name=f"taskhub-link {url}")
 
     # --- sending -------------------------------------------------------------------------
@@ -210,12 +260,17 @@ class Link:
                     peer.hello,
                     peer.batch,
                     peer.remote,
+                    peer.starts,
                 )
             )
         )
 
     def add(self, entry: bytes) -> None:
         self.out.add(entry)
+
+    async def opened(self) -> bool:
+        """Whether the link opens (True, at once if it is open) or breaks first (False)."""
+        return await asyncio.shield(self.up)
 
     def detach(self, conn: str, *, lost: bool = True) -> None:
         """``lost``: the connection was lost, not closed by this hub (a started delivery it
@@ -254,6 +309,8 @@ class Link:
         why = "closed"
         try:
             self.ws = await self._dial()
+            if not self.up.done():
+                self.up.set_result(True)
             self.out.start()
             why = await self._read(self.ws)
         except asyncio.CancelledError:
@@ -322,6 +379,8 @@ class Link:
         if self.broken:
             return
         self.broken = True
+        if not self.up.done():
+            self.up.set_result(False)
         self.links.forget(self)
         if self.fronts:
             log.warning(
@@ -341,8 +400,11 @@ class Link:
             if not fut.done():
                 fut.set_exception(StoreUnavailable(f"the link to {self.url} broke; retry"))
         self.requests.clear()
+        if not self.closing:
+            self.links.broke(self)
 
     async def close(self) -> None:
+        self.closing = True
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
@@ -524,9 +586,11 @@ class RemotePartition:
     def retire(self) -> None:
         """Another hub (or this one) leads the partition now: the connections that reached it
         here are closed with 1013, and reconnect to find it where it is."""
-        hub = self.links.hub
+        hub, cut = self.links.hub, self.links.cut
         for peer in self.users.values():
-            self.links.cut.add(peer.id)
+            if peer.id in cut:
+                continue  # being closed already: its link broke
+            cut.add(peer.id)
             _close(hub, peer, CLOSE_TRY_AGAIN, "the partition's leading hub changed; reconnect")
         link = self.links.links.get(self.url)
         if link is not None:

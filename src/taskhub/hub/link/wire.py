@@ -39,7 +39,10 @@ class _Entry(msgspec.Struct, array_like=True, tag_field="k"):
 # --- origin -> leader --------------------------------------------------------------------------
 class Open(_Entry, tag="open"):
     """A client connection reaches the leader for the first time: who it is (the origin
-    authenticated it; the leader applies the same permissions) and what its hello said."""
+    authenticated it; the leader applies the same permissions) and what its hello said: who
+    it is, whether it reads batched messages (``batch``) and takes its followed tasks' start
+    events as ``starts`` messages (``starts``; a leader of an earlier version ignores it and
+    sends each ``start`` event, which such a client still takes)."""
 
     conn: str
     name: str
@@ -48,6 +51,7 @@ class Open(_Entry, tag="open"):
     hello: dict[str, Any] | None = None
     batch: bool = False
     remote: str | None = None
+    starts: bool = False
 
 
 class In(_Entry, tag="in"):
