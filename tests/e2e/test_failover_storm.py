@@ -17,38 +17,16 @@ from typing import Any
 import pytest
 
 from taskhub import Client
-from taskhub.partitions import partition_of, partition_of_id
+from taskhub.partitions import partition_of_id
 from tests import redisproc
 from tests.conftest import until
 from tests.e2e.hubproc import HubProcess, wait_until
+from tests.e2e.test_leased_hubs import Hubs, action_in
 
 P = 4
 LEASE = "3"  # the default: the longest a kill -9 leaves a partition without a leader
 WORKERS = 3
 OPENED = re.compile(r'msg="connection \S+ opened for ([^"]+)"')
-
-
-def action_in(partition: int) -> str:
-    i = 0
-    while partition_of(f"job{i}:run", "", P) != partition:
-        i += 1
-    return f"job{i}:run"
-
-
-class Hubs:
-    def __init__(self, store: str) -> None:
-        self.store = store
-        self.made: list[HubProcess] = []
-
-    def start(self, level: str = "info") -> HubProcess:
-        env = {"TASKHUB_LEASE": LEASE, "TASKHUB_LOG": level}
-        hub = HubProcess(self.store, None, "--partitions", str(P), env=env).start()
-        self.made.append(hub)
-        return hub
-
-    def stop(self) -> None:
-        for hub in self.made:
-            hub.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -88,7 +66,7 @@ async def test_a_dead_leader_closes_each_client_at_most_once(hubs: Hubs) -> None
     one had started counts a try (nothing says whether its worker lived: the at-least-once
     rule's guard against a poison task); what hub two's partitions had started does not (hub
     two closed the connections, 1013)."""
-    one, two = hubs.start(), hubs.start(level="debug")
+    one, two = hubs.start(LEASE), hubs.start(LEASE, level="debug")
     first = split(one, two)
     n = 8 * P
     gate = asyncio.Event()

@@ -44,8 +44,8 @@ class Hubs:
         self.store = store
         self.made: list[HubProcess] = []
 
-    def start(self, lease: str = LEASE) -> HubProcess:
-        env = {"TASKHUB_LEASE": lease, "TASKHUB_LOG": "info"}
+    def start(self, lease: str = LEASE, level: str = "info") -> HubProcess:
+        env = {"TASKHUB_LEASE": lease, "TASKHUB_LOG": level}
         hub = HubProcess(self.store, None, "--partitions", str(P), env=env).start()
         self.made.append(hub)
         return hub

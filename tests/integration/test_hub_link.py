@@ -421,3 +421,28 @@ async def test_a_failed_group_cancels_its_step_on_the_other_hub(
     finally:
         for c in (wa, wb, pb):
             await c.close()
+
+
+async def test_what_reaches_a_leader_still_restoring_the_partition_waits_for_it(
+    hubs: tuple[Server, Server],
+) -> None:
+    """The other hubs may learn of a new lease before its hub serves the partition (it is
+    restoring it): what they send it then is held, in order, and applied once it serves the
+    partition, not refused as "does not lead" (a schedule's slot, which has no answer, was
+    lost that way)."""
+    a, b = hubs
+    assert a.hub is not None
+    action = action_in(1)
+    restored = asyncio.Event()
+    async with clients((b, "worker"), (b, "publisher")) as (worker, publisher):
+        ran: list[int] = []
+        await worker.sub(action, lambda t: ran.append(t.payload) or t.payload)
+        await publisher.pub(action, 0).get_result()  # the publisher's link connection is open
+        a.hub.leading.restoring[1] = restored  # as Leading.lead marks it until it serves it
+        first, second = publisher.pub(action, 1), publisher.pub(action, 2)
+        await asyncio.sleep(0.3)
+        assert first.id is None and second.id is None  # held at A, neither refused
+        del a.hub.leading.restoring[1]
+        restored.set()
+        assert [await first.get_result(), await second.get_result()] == [1, 2]
+        assert ran == [0, 1, 2]

@@ -51,10 +51,21 @@ class Leading:
         # (the hub's Membership: the keeper's last round).
         self.instance = ""
         self.members: Callable[[], dict[str, str]] = _no_members
+        # Partitions whose lease this hub took and that it is restoring: set once it serves
+        # them. The other hubs may learn of the lease and send work first (the links hold it).
+        self.restoring: dict[int, asyncio.Event] = {}
 
     async def lead(self, index: int, store: Store) -> None:
         """Lead partition ``index`` from now on over ``store`` (not open yet, fenced by the
         partition's lease): restore what it holds, start it, route its messages here."""
+        restored = self.restoring[index] = asyncio.Event()
+        try:
+            await self._lead(index, store)
+        finally:
+            del self.restoring[index]
+            restored.set()
+
+    async def _lead(self, index: int, store: Store) -> None:
         hub = self.hub
         part = hub.new_partition(index, store)
         if index == 0:

@@ -117,6 +117,9 @@ class LinkServer:
         self.out = Outgoing(ws.send_bytes, self._too_slow)
         self.requests: set[asyncio.Task[None]] = set()
         self.closing = False  # a malformed frame came: nothing more is applied
+        # Entries from one for a partition this hub is still restoring on: applied, in order,
+        # once it serves it (Leading.restoring), not refused as led elsewhere.
+        self.held: deque[wire.ToLeader] | None = None
 
     async def run(self) -> None:
         log.info("hub-to-hub link from %s opened", self.where)
@@ -161,6 +164,18 @@ class LinkServer:
         self._apply(entries)
 
     def _apply(self, entries: list[wire.ToLeader]) -> None:
+        if self.held is not None:
+            self.held.extend(entries)
+            return
+        restoring = self.hub.leading.restoring
+        if restoring:
+            for i in range(len(entries)):
+                if self._hold(entries, i, restoring):
+                    entries = entries[:i]
+                    break
+        self._apply_now(entries)
+
+    def _apply_now(self, entries: list[wire.ToLeader]) -> None:
         touched: set[LocalPartition] = set()
         remotes = self.remotes
         for entry in entries:
@@ -210,6 +225,24 @@ class LinkServer:
                 self._request(entry)
         for part in touched:
             part.kick()
+
+    def _hold(
+        self, entries: list[wire.ToLeader], i: int, restoring: dict[int, asyncio.Event]
+    ) -> bool:
+        """Whether ``entries[i]`` is for a partition being restored here: then it and what
+        follows it are held until that partition is served, and applied then."""
+        restored = restoring.get(getattr(entries[i], "part", -1))
+        if restored is None:
+            return False
+        self.held = deque(entries[i:])
+        self._spawn(self._resume(restored))
+        return True
+
+    async def _resume(self, restored: asyncio.Event) -> None:
+        await restored.wait()
+        held, self.held = self.held, None
+        if held and not self.closing:
+            self._apply(list(held))
 
     def _led(self, conn: str, index: int) -> LocalPartition | None:
         """This hub's partition ``index``; None, with the connection ended, if another hub
