@@ -456,12 +456,16 @@ async def test_a_fold_writes_the_oldest_carried_tasks_past_its_bounds(
     await _burst_reaches_the_tables(store, path)
 
 
-@settings(
+# The model tests' hypothesis settings: each example runs whole histories on a real file.
+_AGAINST_MODEL = settings(
     max_examples=40,
     deadline=None,
     phases=[phase for phase in Phase if phase is not Phase.explain],
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+
+@_AGAINST_MODEL
 @given(ops=operations)
 def test_folds_that_carry_tasks_over_match_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any]
@@ -498,12 +502,7 @@ async def _carrying_against_model(folder: Path, ops: list[Any]) -> None:
         await first.close()
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    phases=[phase for phase in Phase if phase is not Phase.explain],
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@_AGAINST_MODEL
 @given(ops=operations)
 def test_events_split_between_rows_and_packs_match_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any]
