@@ -55,10 +55,10 @@ PROCESSES_TARGET = (
     "two hub processes ≥ 1.4x one process on the same store (thin batched load generator)"
 )
 HUBS_TARGET = "k hubs on Redis: CPU per task of each hub and of redis-server flat as k goes 1 → 3"
-NOT_YET = (
-    "adding hubs adds no relay hop for a client whose partition its hub leads",
-    "partitions led by every hub (item 1), so a client's own hub leads its partition",
-)
+HOP_TARGET = "adding hubs adds no relay hop for a client whose partition its hub leads"
+#: "no hop": at k = 2 and 3 hubs, the sequential p50 of an action its hub leads is at most this
+#: many times k = 1's (benchmarks/hop_probe.py, through hub 0 of each hubs-redis row)
+HOP_WITHIN = 1.25
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -178,6 +178,32 @@ def hubs_row(scale: list[dict[str, Any]]) -> dict[str, str]:
     return row(target, figure, flat)
 
 
+def hop_row(scale: list[dict[str, Any]]) -> dict[str, str]:
+    """Sequential p50 through hub 0 for an action it leads ("own"), as k goes 1 → 3, beside
+    an action another hub leads ("across"): no relay hop when "own" stays k = 1's."""
+    got = scale_rows_of(scale, HUBS_TARGETS, HOP_TARGET)
+    if isinstance(got, dict):
+        return got
+    probes = [r.get("hop") or {} for r in got]
+    failed = [
+        f"k = {k}: {p.get('error', 'no probe')}"
+        for k, p in enumerate(probes, 1)
+        if "own_p50_ms" not in p
+    ]
+    if failed:
+        return row(
+            HOP_TARGET, "", None, "benchmarks/hop_probe.py to run (" + "; ".join(failed) + ")"
+        )
+    own = [p["own_p50_ms"] for p in probes]
+    across = [f"{p['across_p50_ms']:.2f}" for p in probes if "across_p50_ms" in p]
+    figure = (
+        f"sequential p50 through a hub, an action it leads: {' → '.join(f'{v:.2f}' for v in own)}"
+        f" ms (k = 1 → {len(own)}); an action another hub leads: {' / '.join(across) or '-'} ms;"
+        f" no hop = within {HOP_WITHIN:g}x of k = 1"
+    )
+    return row(HOP_TARGET, figure, all(v <= own[0] * HOP_WITHIN for v in own))
+
+
 def cpu_row(cpu: dict[str, Any], kind: str, key: str, limit: float, target: str) -> dict[str, str]:
     """A CPU-per-task target against the medians of burst_cpu.py's runs on store ``kind``."""
     res = cpu.get(kind)
@@ -282,7 +308,7 @@ def target_rows(
         out.append(row(seq, f"{p50:.2f} ms", p50 < SEQ_P50_MS))
     else:
         out.append(row(seq, "", None, "the taskhub-memory row in this run"))
-    out.append(row(NOT_YET[0], "", None, NOT_YET[1]))
+    out.append(hop_row(scale or []))
     out.append(concurrency_row(ok))
     return out
 

@@ -51,6 +51,7 @@ from harness import (
 PARTITIONS = 8
 CONNECTIONS = 6  # publisher (and worker) connections: spread evenly over 1, 2 or 3 hubs
 THIN = os.path.join(HERE, "thin_load.py")
+HOP = os.path.join(HERE, "hop_probe.py")
 NOT_AVAILABLE = "not available in this build"
 
 RELAY_THIN_TARGETS = ["relay-thin"]
@@ -201,6 +202,19 @@ def thin(
         return read_result(proc, timeout + 30, on_event)
 
 
+def hop_probe(port: int, partitions: int, led: list[int], log: str) -> dict[str, Any]:
+    """benchmarks/hop_probe.py through the hub at ``port``: sequential p50 of an action it
+    leads and of one another hub leads (issue 19's "no relay hop" target); its failure is
+    the row's note, not the row's end."""
+    cmd = [PY, HOP, "--url", f"ws://127.0.0.1:{port}", "--partitions", str(partitions)]
+    cmd += ["--led", ",".join(map(str, led))]
+    try:
+        with started(cmd, log, stdout=subprocess.PIPE) as proc:
+            return read_result(proc, 120, lambda _event: None)
+    except Failed as exc:
+        return {"error": str(exc)}
+
+
 class ScaleBench:
     """The scale rows, with the run's logs, redis-server and settings (a targets.Bench)."""
 
@@ -334,6 +348,8 @@ class ScaleBench:
                     self.events(target),
                 )
             led = [healthz(p).get("partitions", healthz(p).get("role")) for p in ports]
+            if self.partitions > 1 and isinstance(led[0], list):
+                row["hop"] = hop_probe(ports[0], self.partitions, led[0], self.log(f"{target}-hop"))
         cpu = row["cpu_us"]
         row.update(
             hubs=k,

@@ -395,3 +395,25 @@ def test_scale_rows_run_on_this_build(tmp_path: Path) -> None:
         assert r["status"] == "ok", r
         assert len(r["hub_cpu_us"]) == k and r["hubs_cpu_us"] > 0 and r["redis_cpu_us"] >= 0
         assert r["partitions_led"] == ["leader", *["follower"] * (k - 1)]
+
+
+HOP = issue19.HOP_TARGET
+
+
+def test_the_relay_hop_target_from_the_probe_through_hub_0() -> None:
+    hubs = [
+        scale_row(f"hubs-redis-{k}", 9000, [40.0] * k, 20.0) | {"hop": {"own_p50_ms": p50}}
+        for k, p50 in ((1, 0.80), (2, 0.84), (3, 0.99))
+    ]
+    for r in hubs[1:]:
+        r["hop"]["across_p50_ms"] = 1.6
+    rows = {r["target"]: r for r in issue19.target_rows(RECORDED["rows"], RECORDED["cpu"], hubs)}
+    assert rows[HOP]["status"] == "met"  # 0.99 is within 1.25x of 0.80
+    assert (
+        "0.80 → 0.84 → 0.99 ms" in rows[HOP]["figure"] and "1.60 / 1.60 ms" in rows[HOP]["figure"]
+    )
+    hubs[2]["hop"]["own_p50_ms"] = 1.01  # past 1.25x of 0.80: a hop (or a slower hub) is back
+    assert scale_statuses(hubs)[HOP] == "not met"
+    hubs[1]["hop"] = {"error": "exited with 1 before reporting a result"}
+    got = scale_statuses(hubs)[HOP]
+    assert got.startswith("not measured: needs benchmarks/hop_probe.py to run (k = 2: exited"), got

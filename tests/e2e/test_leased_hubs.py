@@ -10,6 +10,9 @@ once), and a timeout fires once. On a Redis Cluster the partitions spread over i
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,3 +424,19 @@ async def test_the_http_api_on_one_hub_reaches_the_partitions_the_other_leads(
         assert done.json()["state"] == "success"
         assert (await http.delete(path, headers=headers)).status_code == 200
     assert "partition_unavailable" not in two.log.read_text()
+
+
+def test_the_benchmarks_hop_probe_times_an_own_and_an_across_action(pair: Pair) -> None:
+    """benchmarks/hop_probe.py (issue 19's "no relay hop" row): through hub one, an action
+    whose partition hub one leads and one that hub two leads, each round-tripped."""
+    probe = Path(__file__).resolve().parents[2] / "benchmarks" / "hop_probe.py"
+    led = ",".join(map(str, pair.first))
+    cmd = [sys.executable, str(probe), "--url", pair.one.url, "--partitions", str(P)]
+    cmd += ["--led", led, "--seq", "20", "--warmup", "5"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert partition_of(result["own_action"], "", P) in pair.first
+    assert partition_of(result["across_action"], "", P) in pair.second
+    assert 0 < result["own_p50_ms"] <= result["own_p99_ms"]
+    assert 0 < result["across_p50_ms"] <= result["across_p99_ms"]
