@@ -5,6 +5,12 @@ the flusher and re-arms one asyncio timer for the lifecycle's next deadline. The
 the lifecycle's writes and messages at the same instant, writes the batch to the store, and
 only then hands the messages to their connections: a publisher never hears of a task that a
 crash could lose. While a batch is written, new inputs build the next one (group commit).
+
+A store whose write needs no I/O (memory://, :class:`~taskhub.store.base.AppliesNow`) is
+committed inside :meth:`Pipeline.kick` itself when no round is under way: the input's changes
+are written and sent in the turn that read it, without waking the flusher task a turn later
+(a sequential round trip crosses the hub twice; docs/decisions.md, "A memory store's round
+committed in the input's turn").
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from taskhub.errors import StoreFenced, StoreUnavailable
 from taskhub.lifecycle import Clock, Lifecycle, Message, Peer
 from taskhub.records import TaskRecord, WriteBatch
 from taskhub.store import Store
+from taskhub.store.base import AppliesNow
 
 log = logging.getLogger("taskhub.hub")
 
@@ -43,7 +50,9 @@ class Pipeline:
         # (rare: a `get` of a task in it): an index per batch cost a dict entry per record.
         self._applying: Sequence[TaskRecord] = ()
         self._applying_by_id: dict[str, TaskRecord] | None = None
-        self._flushed = asyncio.Condition()
+        # flush()'s waiters: (the round count that answers it, its future)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._apply_now = _applies_now(store)
         self._generation = 0  # batches fully written
         # Set when stop() ends the pipeline. The flusher checks it besides being cancelled: a
         # store client can swallow a cancellation that lands while it waits on the network
@@ -96,16 +105,54 @@ class Pipeline:
 
     def kick(self) -> None:
         """Something changed: write it, then send what it caused; re-arm the timer."""
-        self._wake.set()
+        if not self._commit_here():
+            self._wake.set()
         self._arm()
 
     def kick_if_changed(self) -> None:
         """:meth:`kick` where the lifecycle has something to write or send (else only the
         timer is re-armed): the hub's kick after an input that may have reached any of its
         partitions wakes only those it changed."""
-        if self.lc.changed:
+        if self.lc.changed and not self._commit_here():
             self._wake.set()
         self._arm()
+
+    def _commit_here(self) -> bool:
+        """Commit and send now, in the caller's turn, where the store writes without I/O
+        and the flusher is idle (no round under way, none woken: what they hold goes
+        first); False where the flusher must do it."""
+        apply_now = self._apply_now
+        if apply_now is None or self._in_round or self._wake.is_set() or not self.running:
+            return False
+        self._in_round = True
+        try:
+            batch = self.lc.take_writes()
+            output = self.lc.take_output()
+            if batch:
+                started = time.perf_counter()
+                apply_now(batch)
+                self._last_apply = time.perf_counter() - started
+                self._applied(batch, self._last_apply)
+            self.deliver(output)
+        except Exception:
+            # As the flusher's round: a bug must not stop the hub from answering.
+            log.critical("a commit round failed; the hub goes on", exc_info=True)
+        finally:
+            self._in_round = False
+            self._round_done()
+        return True
+
+    def _round_done(self) -> None:
+        """Count a finished round and answer the flush() waiters it was for."""
+        self._generation = done = self._generation + 1
+        if self._waiters:
+            waiting = []
+            for target, fut in self._waiters:
+                if done < target:
+                    waiting.append((target, fut))
+                elif not fut.done():
+                    fut.set_result(None)
+            self._waiters = waiting
 
     def _arm(self) -> None:
         """Re-arm the timer if the lifecycle's next deadline is earlier than the armed one."""
@@ -130,8 +177,10 @@ class Pipeline:
         # A round in progress may have taken its batch before now: then wait for the next.
         target = self._generation + (2 if self._in_round else 1)
         self.kick()
-        async with self._flushed:
-            await self._flushed.wait_for(lambda: self._generation >= target)
+        if self._generation < target:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((target, fut))
+            await fut
 
     @property
     def commit_now(self) -> bool:
@@ -173,10 +222,8 @@ class Pipeline:
                 # and never answer again, looking alive. Say so, loudly, and go on.
                 log.critical("a commit round failed; the hub goes on", exc_info=True)
             finally:
-                self._generation += 1
                 self._in_round = False
-            async with self._flushed:
-                self._flushed.notify_all()
+                self._round_done()
 
     async def _apply(self, batch: WriteBatch) -> bool:
         """Write ``batch``, retrying while the store is down (50 ms, doubling to 2 s; nothing
@@ -221,6 +268,17 @@ class Pipeline:
                 hook(batch, seconds)
             except Exception:  # an observer must never stop the commit pipeline
                 log.exception("an apply hook failed")
+
+
+def _applies_now(store: Store) -> Callable[[WriteBatch], None] | None:
+    """``store.apply_now`` where the engine has one and its ``apply`` is still the one
+    written beside it: a subclass that overrides ``apply`` alone (to count or wrap the
+    writes) must see every batch, so it keeps the flusher."""
+    if not isinstance(store, AppliesNow):
+        return None
+    cls = type(store)
+    owner = next(c for c in cls.__mro__ if "apply_now" in vars(c))
+    return store.apply_now if getattr(cls, "apply", None) is getattr(owner, "apply", None) else None
 
 
 def _give_up(batch: WriteBatch, failures: int) -> bool:

@@ -7,9 +7,20 @@ hub answers a ``pub`` only after the batch holding that task has been applied.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
+
+
+@runtime_checkable
+class AppliesNow(Protocol):
+    """An engine whose write needs no I/O (memory): :meth:`apply_now` does what
+    :meth:`Store.apply` does, without an ``await``, so the hub can commit an input's changes
+    and send what they caused in the same event-loop turn as the input. The hub calls it only
+    while ``apply`` is the one defined beside it: a subclass that overrides ``apply`` alone
+    gets every batch through ``apply``."""
+
+    def apply_now(self, batch: WriteBatch) -> None: ...
 
 
 class Store(Protocol):

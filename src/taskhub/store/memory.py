@@ -67,6 +67,10 @@ class MemoryStore:
 
     async def apply(self, batch: WriteBatch) -> None:
         """Upserts, then event appends, then deletes; all or nothing."""
+        self.apply_now(batch)
+
+    def apply_now(self, batch: WriteBatch) -> None:
+        """:meth:`apply` without an ``await`` (:class:`taskhub.store.base.AppliesNow`)."""
         self._check_open()
         # Encode everything before touching the dicts: an unencodable value then leaves
         # the store as it was, like a rolled-back transaction. map() over the C encoder, and
