@@ -123,6 +123,7 @@ async def test_every_key_is_under_the_hash_tag_and_one_slot(
     want = {
         "t:a",  # with its events: layout 2 has no ev:<id>
         "t:b",
+        "writes",  # the batches' counter: each batch's events of a task are one field g<n>
         "active",  # a live task is in no other set
         "ended",
         "state:success",
@@ -198,6 +199,28 @@ async def test_a_batch_with_hundreds_of_events_per_task(store: RedisStore) -> No
     assert [e.seq for e in await store.get_events("a")] == list(range(700))
     assert [e.seq for e in await store.get_events("b")] == list(range(600))
     assert await store.get_task("a") == task("a", state="start")
+
+
+async def test_a_batchs_events_of_a_task_are_one_field_read_in_batch_order(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    # Each batch writes a task's events as one field g<n>, n from the batches' counter; the
+    # reader takes the fields by n as a number (g10 after g9), a later seq replacing an
+    # earlier one.
+    await raw.set(store.keys.writes(), 8)
+    await store.apply(WriteBatch(tasks=[task("a")], events=[event("a", 0), event("a", 1)]))
+    replaced = EventRecord(task_id="a", seq=1, at=9.5, type="offer")
+    await store.apply(WriteBatch(events=[replaced, event("a", 2)]))
+    await store.apply(WriteBatch(tasks=[task("a", state="start")]))  # no events: no field
+    assert sorted(await raw.hkeys(store.keys.task("a"))) == [
+        b"a",
+        b"e",
+        b"g10",
+        b"g9",
+        b"r",
+        b"s",
+    ]
+    assert await store.get_events("a") == [event("a", 0), replaced, event("a", 2)]
 
 
 async def test_event_seqs_are_stored_exactly_however_large(store: RedisStore) -> None:

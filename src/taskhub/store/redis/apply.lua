@@ -1,17 +1,24 @@
 -- One batch of writes, atomically (RedisStore.apply). Loaded after common.lua.
 -- KEYS[1] = {P}:ended (routes the call on Cluster). ARGV: prefix, fence key ('' = none), fence
 -- token, terminal states, the batch's header, then its values (batches.batch_args). The header
--- is one MessagePack array of the small fields, in counted groups: tasks (id, state, action,
--- ended score or '', event count, each event's seq), events of tasks not upserted here (task
--- id, event count, seqs), deleted ids, meta (kind, key), meta deletes (kind, key). The values,
--- in the header's order: each task's record then its events, the other tasks' events, each
--- meta entry's value. (staged.lua may hand the header over as a table already.) Order as in
--- the other engines: upserts, events, deletes, meta, meta deletes.
+-- is one MessagePack array: 'E', then the small fields in counted groups: tasks (id, state,
+-- action, ended score or '', 1 when the task has events here else 0), tasks whose events
+-- come without their record (id), deleted ids, meta (kind, key), meta deletes (kind, key).
+-- The values, in the header's order: each task's record then its events (one JSON array),
+-- the other tasks' events (one array each), each meta entry's value. (staged.lua may hand
+-- the header over as a table already, and a header without the 'E' is an older taskhub's:
+-- regroup below.) Order as in the other engines: upserts, events, deletes, meta, meta
+-- deletes.
 --
 -- Each Redis call a script makes costs ~1 us besides its work, so the index sets are written
 -- with one call per set for the whole batch, and a task's stored state is read only when the
 -- active set cannot tell it: live tasks are in {P}:active alone, terminal ones in their
 -- state and state+action sets. A task is then one HSET (record, index fields and events).
+--
+-- A task's events of one batch are one field of its hash, g<n>, n this batch's number from
+-- the counter {P}:writes: a reader takes the fields in that order and a later event of a seq
+-- replaces an earlier one (RedisStore.get_events). A field and an argument per event cost
+-- redis-server (and the hub's packing) more than the array (docs/performance.md).
 local err = check_fence(ARGV[2], ARGV[3])
 if err then return err end
 -- Calls with many arguments in slices: unpack() of a huge table overflows Lua's C stack.
@@ -49,33 +56,70 @@ end
 
 local H = ARGV[5]
 if type(H) == 'string' then H = cmsgpack.unpack(H) end
-local h, v = 2, 6 -- the next header field, the next value
-local n = H[1]
--- Where each task's fields start in the header (its event count is its fifth, its seqs follow)
--- and its values in ARGV (its record, then its events), its id, and which of a task's writes
--- is its last (a task given twice is indexed by its last record, and every write's fields are
--- set in order).
+
+-- A batch an older taskhub staged (a big batch's piece that a new leader finishes after an
+-- upgrade): its header gives each event a seq and a value of its own. Rebuilt here as this
+-- version's header and values, a task's events as one JSON array.
+local function regroup(old, A)
+  local new, vals, o, w = {'E'}, {A[1], A[2], A[3], A[4], false}, 1, 6
+  local function field(x) new[#new + 1] = x end
+  local function value(x) vals[#vals + 1] = x end
+  local function events(k) -- k events (seqs from old[o], values from A[w]) as one value
+    if k > 0 then value('[' .. table.concat(A, ',', w, w + k - 1) .. ']') end
+    o, w = o + k, w + k
+  end
+  local count = old[o]
+  field(count); o = o + 1
+  for _ = 1, count do -- id, state, action, ended, event count, seqs; record, events
+    local k = old[o + 4]
+    field(old[o]); field(old[o + 1]); field(old[o + 2]); field(old[o + 3])
+    field(k > 0 and 1 or 0)
+    value(A[w])
+    o, w = o + 5, w + 1
+    events(k)
+  end
+  count = old[o]
+  field(count); o = o + 1
+  for _ = 1, count do -- task id, event count, seqs; events
+    local k = old[o + 1]
+    field(old[o])
+    o = o + 2
+    events(k)
+  end
+  count = old[o]
+  field(count); o = o + 1
+  for _ = 1, count do field(old[o]); o = o + 1 end -- deleted ids
+  count = old[o]
+  field(count); o = o + 1
+  for _ = 1, count do field(old[o]); field(old[o + 1]); value(A[w]); o, w = o + 2, w + 1 end
+  count = old[o]
+  field(count); o = o + 1
+  for _ = 1, count do field(old[o]); field(old[o + 1]); o = o + 2 end -- meta deletes
+  vals[5] = new
+  return new, vals
+end
+if H[1] ~= 'E' then H, ARGV = regroup(H, ARGV) end
+
+-- This batch's field for the events of each task it writes, g<n>: n from the counter, taken
+-- at the first task with events (a batch without any leaves the counter alone). An integer,
+-- as the reader orders the fields by it.
+local G = nil
+local function group()
+  if G == nil then G = string.format('g%d', call('INCR', P .. 'writes')) end
+  return G
+end
+local h, v = 3, 6 -- the next header field, the next value
+local n = H[2]
+-- Where each task's fields start in the header and its values in ARGV (its record, then its
+-- events if it has any here), its id, and which of a task's writes is its last (a task given
+-- twice is indexed by its last record, and every write's fields are set in order).
 local at, vat, ids, latest = {}, {}, {}, {}
 for t = 1, n do
-  local id, k = H[h], H[h + 4]
+  local id = H[h]
   at[t], vat[t], ids[t] = h, v, id
   latest[id] = t
-  h = h + 5 + k
-  v = v + 1 + k
-end
--- A task's events (k seqs from H[s], k values from ARGV[r]) written into its hash after the
--- fields already in `fields` (m of them), in slices (unpack() of a huge table overflows Lua's
--- C stack).
-local function write_events(key, s, r, k, fields, m)
-  for j = 0, k - 1 do
-    fields[m + 1], fields[m + 2] = H[s + j], ARGV[r + j]
-    m = m + 2
-    if m >= SLICE then
-      call('HSET', key, unpack(fields, 1, m))
-      m = 0
-    end
-  end
-  if m > 0 then call('HSET', key, unpack(fields, 1, m)) end
+  v = v + 1 + H[h + 4]
+  h = h + 5
 end
 
 -- The index writes of the batch, one call per set. Scores are strings: a Lua number would be
@@ -165,27 +209,20 @@ if n > 0 then
   for t = 1, n do
     local a, r = at[t], vat[t]
     local key = tkeys[t] or task_key(ids[t])
-    local k = H[a + 4]
-    -- The record, the index fields and the task's events: one HSET for a task's usual one
-    -- or two events of a batch.
-    if k == 1 then
+    -- The record, the index fields and the task's events: one HSET.
+    if H[a + 4] == 1 then
       call('HSET', key, 'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3],
-        H[a + 5], ARGV[r + 1])
-    elseif k == 2 then
-      call('HSET', key, 'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3],
-        H[a + 5], ARGV[r + 1], H[a + 6], ARGV[r + 2])
+        G or group(), ARGV[r + 1])
     else
-      local fields = {'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3]}
-      write_events(key, a + 5, r + 1, k, fields, 8)
+      call('HSET', key, 'r', ARGV[r], 's', H[a + 1], 'a', H[a + 2], 'e', H[a + 3])
     end
   end
 end
 
 n = H[h]; h = h + 1
 for _ = 1, n do
-  local key, k = task_key(H[h]), H[h + 1]
-  write_events(key, h + 2, v, k, {}, 0)
-  h, v = h + 2 + k, v + k
+  call('HSET', task_key(H[h]), G or group(), ARGV[v])
+  h, v = h + 1, v + 1
 end
 n = H[h]; h = h + 1
 for _ = 1, n do

@@ -17,9 +17,6 @@ from taskhub.records import TERMINAL_STATES, EventRecord, WriteBatch
 # subscription that routes 100,000 waiting tasks held it for 2-4 s.
 PIECE_ITEMS = 5000
 _NONE: list[Any] = []
-# Seqs go as text: a Lua number given to a Redis command is formatted by redis-server (~1.6k
-# instructions an event), and is exact only up to 2**53. The usual ones are made once.
-_SEQS = {i: str(i) for i in range(256)}
 
 
 def _score(value: float) -> str:
@@ -48,15 +45,17 @@ def batch_args(
     terminal states): the batch's header, packed with ``pack`` (MessagePack), then its values,
     encoded with ``encode``.
 
-    The header is one flat array of the batch's small fields, in counted groups: tasks (id,
-    state, action, ended score or ``''``, event count, each event's seq), events of tasks not
-    upserted here (task id, event count, seqs), deleted ids, meta (kind, key), meta deletes
-    (kind, key). The values follow in the header's order: each task's record and then its
-    events, the other tasks' events, each meta entry's value. One argument for all the small
-    fields costs the hub ~9k instructions per record write less than ~6 arguments of their
-    own (hiredis packs an argument in ~2k), and redis-server less too (docs/performance.md).
+    The header is one flat array: ``"E"`` (this format: a piece staged by an older taskhub has
+    none), then the batch's small fields in counted groups: tasks (id, state, action, ended
+    score or ``''``, 1 if the task has events in the batch else 0), tasks whose events come
+    without their record (id), deleted ids, meta (kind, key), meta deletes (kind, key). The
+    values follow in the header's order: each task's record and then its events (one JSON
+    array), the other tasks' events (an array each), each meta entry's value. One argument
+    for all the small fields, and one for a task's events, cost the hub ~2k instructions an
+    argument less to pack (hiredis), and redis-server less too (docs/performance.md).
     """
-    # A task's events go into its hash in the same HSET as its record (apply.lua).
+    # A task's events go into its hash in the same HSET as its record, as one field
+    # (apply.lua): the list is encoded as it is, a JSON array.
     events: dict[str, list[EventRecord]] = {}
     for e in batch.events:
         task_id = e.task_id
@@ -65,31 +64,30 @@ def batch_args(
         else:
             events[task_id] = [e]
     tasks = batch.tasks  # a task given twice is indexed by its last record (apply.lua)
-    fields: list[Any] = [len(tasks)]
+    fields: list[Any] = ["E", len(tasks)]
     values: list[Any] = [*head, b""]  # b"": the header's place, filled in last
-    add_field, add_value, seq_text = fields.append, values.append, _SEQS.get
+    add_value, pop = values.append, events.pop
     for t in tasks:
         at = t.ended_at
         ended = _score(at) if at is not None and t.state in TERMINAL_STATES else ""
-        evs = events.pop(t.id, _NONE)
-        fields += (t.id, t.state, t.action, ended, len(evs))
         add_value(encode(t))
-        for e in evs:
-            add_field(seq_text(e.seq) or str(e.seq))
-            add_value(encode(e))
-    add_field(len(events))
+        evs = pop(t.id, None)
+        if evs is None:
+            fields += (t.id, t.state, t.action, ended, 0)
+        else:
+            fields += (t.id, t.state, t.action, ended, 1)
+            add_value(encode(evs))
+    fields.append(len(events))
     for task_id, evs in events.items():
-        fields += (task_id, len(evs))
-        for e in evs:
-            add_field(seq_text(e.seq) or str(e.seq))
-            add_value(encode(e))
-    add_field(len(batch.deleted))
+        fields.append(task_id)
+        add_value(encode(evs))
+    fields.append(len(batch.deleted))
     fields += batch.deleted
-    add_field(len(batch.meta))
+    fields.append(len(batch.meta))
     for m in batch.meta:
         fields += (m.kind, m.key)
         add_value(encode(m.value))
-    add_field(len(batch.meta_deleted))
+    fields.append(len(batch.meta_deleted))
     for kind, key in batch.meta_deleted:
         fields += (kind, key)
     values[len(head)] = pack(fields)

@@ -1,6 +1,6 @@
 """Redis store engine: several hubs share one Redis (or a Redis Cluster, or a managed Redis).
 
-Key layout: :mod:`.keys` (layout 2; a store written in layout 1 is read as it is).
+Key layout: :mod:`.keys` (layout 3; a store written in layout 1 or 2 is read as it is).
 
 One partition ``n`` of several (docs/deployment.md, "Partitions") has the same keys under
 ``P{pn}:`` instead of ``{P}:`` (``taskhub{p3}:t:<id>``): the hash tag is then the partition,
@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -86,6 +86,33 @@ def _joined(numbers: list[int]) -> str:
 def _score(value: float) -> str:
     # repr round-trips a float exactly, and Redis parses it with strtod: no precision lost.
     return repr(float(value))
+
+
+def _events(
+    layout1: list[bytes],
+    fields: list[bytes],
+    decode: Callable[[bytes], EventRecord],
+    decode_many: Callable[[bytes], list[EventRecord]],
+) -> list[EventRecord]:
+    """A task's events, in seq order, from flat [field, value, ...] replies: its layout-1
+    event hash's and its hash's (which also holds r, s, a, e). Its events there: g<n> fields,
+    each the JSON array of one batch's (n: the batch's number), and fields named by a seq, one
+    event each, which layout 2 wrote (before any g<n>). Layout 1's come first; later writes
+    replace earlier events of the same seq."""
+    by_seq: dict[int, EventRecord] = {}
+    groups: list[tuple[int, bytes]] = []
+    for flat in (layout1, fields):
+        for j in range(0, len(flat), 2):
+            name = flat[j]
+            if name[:1] == b"g":
+                groups.append((int(name[1:]), flat[j + 1]))
+            elif name.isdigit():
+                by_seq[int(name)] = decode(flat[j + 1])
+    groups.sort()
+    for _, blob in groups:
+        for e in decode_many(blob):
+            by_seq[e.seq] = e
+    return [by_seq[seq] for seq in sorted(by_seq)]
 
 
 class RedisStore:
@@ -140,6 +167,7 @@ class RedisStore:
         self._packer = msgspec.msgpack.Encoder()  # the batch's header (batches.batch_args)
         self._task_decoder = msgspec.json.Decoder(TaskRecord)
         self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._events_decoder = msgspec.json.Decoder(list[EventRecord])
         self._any_decoder = msgspec.json.Decoder()
         self._scripts: dict[str, AsyncScript] = {}
         # Whether the batch script declares script flags (Redis 7+): known after open().
@@ -369,15 +397,7 @@ class RedisStore:
     async def get_events(self, task_id: str) -> list[EventRecord]:
         keys = [self.keys.task(task_id), self.keys.legacy_events(task_id)]
         fields, layout1 = await self._script("events", keys, [])
-        # Flat [field, value, ...] replies; a task's hash also holds r, s, a, e, v. Layout 2's
-        # events come last, so a seq written again since the upgrade wins.
-        by_seq: dict[int, bytes] = {}
-        for flat in (layout1, fields):
-            for j in range(0, len(flat), 2):
-                if flat[j].isdigit():
-                    by_seq[int(flat[j])] = flat[j + 1]
-        decode = self._event_decoder.decode
-        return [decode(by_seq[seq]) for seq in sorted(by_seq)]
+        return _events(layout1, fields, self._event_decoder.decode, self._events_decoder.decode)
 
     async def list_tasks(
         self,

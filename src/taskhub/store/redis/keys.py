@@ -1,12 +1,15 @@
 """The Redis engine's key names, in one place (the Lua scripts derive the same names from the
 prefix they are given: ``common.lua``'s key functions and ``list.lua``'s callers).
 
-Layout 2 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL says
+Layout 3 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL says
 ``?prefix=NAME``, or ``prefix{p<n>}:`` for partition ``n`` of several)::
 
     {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action,
                               e = ended_at score ('' when none; layout 1 had no e),
-                              <seq> = encoded EventRecord (a replayed seq overwrites)
+                              g<n> = the task's events written by batch n, a JSON array
+                              (read in the order of n: a later event of a seq replaces an
+                              earlier one); <seq> = one encoded EventRecord (layout 2's)
+    {P}:writes                counter: the number of the last batch written (its g<n>)
     {P}:active                zset, every score 0: ids of live tasks (any state not terminal)
     {P}:state:<state>         zset, every score 0: ids of terminal tasks by state, in byte
                               (= code point) order
@@ -19,6 +22,9 @@ Layout 2 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL
     {P}:committed             hash: id -> the lengths of its pieces not applied yet
     {P}:lock:<name>           string with a TTL: a lock's owner token
     {P}:hb:<name>             string with a TTL: a heartbeat
+
+Layout 2 (the same, but each event in a field ``<seq>`` of its own) is read as it is: its
+events come before any ``g<n>``, which only a later version writes.
 
 A task is in one set while it lives (``active``) and in three once it ended; its state and
 action sit in its hash, so a page of live tasks of one state or action is a filtered read of
@@ -65,6 +71,10 @@ class Keys:
     def legacy_events(self, task_id: str) -> str:
         """Layout 1's event hash of a task (read and deleted, never written)."""
         return self.tag + "ev:" + task_id
+
+    def writes(self) -> str:
+        """The counter of batches written: batch n writes its events in fields g<n>."""
+        return self.tag + "writes"
 
     def route(self) -> str:
         """The key a batch script is called with: it routes the call to the store's slot on
