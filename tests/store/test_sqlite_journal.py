@@ -561,6 +561,32 @@ async def test_a_tasks_events_go_in_its_row_and_late_ones_in_packs(tmp_path: Pat
         await store.close()
 
 
+async def test_a_late_event_carried_over_goes_to_a_pack_when_a_later_fold_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live task's event past ROW_SEQS is carried by one fold and written by a later one
+    whose own batches hold no such event: it still goes to a pack, the rest to the row."""
+    monkeypatch.setattr(sqlite, "FOLD_RECORDS", 1)  # every batch makes a carrying fold
+    path = tmp_path / "hub.db"
+    last = sqlite_journal.ROW_SEQS
+    store = SqliteStore(str(path))
+    store.fold_after = 3600.0
+    await store.open()
+    try:
+        late = [_event("t1", 1, "init"), _event("t1", last + 1)]
+        await store.apply(WriteBatch(tasks=[_task("t1")], events=late))
+        await _until(lambda: _rows(path, "SELECT count(*) FROM journal") == [(2,)], "a mark")
+        await store.apply(WriteBatch(tasks=[_ended("t1")], events=[_event("t1", 2, "end")]))
+        await _until(lambda: _rows(path, "SELECT count(*) FROM journal") == [(0,)], "a fold")
+        assert _rows(path, f"SELECT {_EVENTS_IN_ROW} FROM tasks") == [(2,)]
+        packs = "SELECT task_id, json_array_length(records) FROM events"
+        assert _rows(path, packs) == [("t1", 1)]
+        got = await store.get_events("t1")
+        assert [(e.seq, e.type) for e in got] == [(1, "init"), (2, "end"), (last + 1, "update")]
+    finally:
+        await store.close()
+
+
 async def test_a_task_whose_action_changed_gets_its_events_once(tmp_path: Path) -> None:
     """The fold's upsert leaves a row whose action changed to a second statement; the events
     of the rows the first one wrote are not appended again by it."""

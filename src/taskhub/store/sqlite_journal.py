@@ -50,7 +50,7 @@ CARRY_BYTES = 64 << 20
 CARRY_SECONDS = 60.0
 
 # A batch as apply takes it: task columns, task records, event task ids, events, deletes,
-# metadata.
+# metadata, and whether some of its events are marked for packs (_PACKED).
 Entry = tuple[
     list[tuple[Any, Any, Any, Any, Any]],
     list[bytes],
@@ -59,6 +59,7 @@ Entry = tuple[
     list[Any],
     list[tuple[Any, Any, bytes]],
     list[tuple[Any, Any]],
+    bool,
 ]
 _COLUMNS = operator.attrgetter("id", "action", "state", "created_at", "ended_at")
 _TASK_ID = operator.attrgetter("task_id")
@@ -168,7 +169,8 @@ class Journal:
         tasks = batch.tasks
         events = batch.events
         encoded = list(map(encode, events))
-        if events and _late(events):
+        late = bool(events) and _late(events)
+        if late:
             encoded = [
                 _PACKED + e if event.seq > ROW_SEQS else e
                 for event, e in zip(events, encoded, strict=True)
@@ -181,6 +183,7 @@ class Journal:
             list(batch.deleted),
             [(m.kind, m.key, encode(m.value)) for m in batch.meta],
             list(batch.meta_deleted),
+            late,
         )
 
     def append(self, conn: sqlite3.Connection, entry: Entry) -> None:
@@ -188,7 +191,7 @@ class Journal:
 
         Every column value is checked first: a row the fold could not write would stop every
         later fold, so what the tables would refuse is refused here, naming the field."""
-        plain, records, event_ids, events, deleted, meta, meta_deleted = entry
+        plain, records, event_ids, events, deleted, meta, meta_deleted, late = entry
         columns: Sequence[Sequence[Any]] = plain
         if not _plain(plain):
             columns = [_task_row(*t) for t in plain]
@@ -221,7 +224,7 @@ class Journal:
             window.first = self._last
         window.rows += 1
         window.size += size
-        self._folded.add(columns, *batch[1:])
+        self._folded.add(columns, *batch[1:], packed=late)
         self.pending += len(columns) + len(events) + len(deleted) + len(meta) + len(meta_deleted)
 
     def fold(self, conn: sqlite3.Connection, carry: bool = False) -> None:
@@ -242,7 +245,9 @@ class Journal:
                     self._carry_over(conn, folded)
                 else:
                     carried.merge(folded)
-                    _write(conn, folded.deleted, carried.tasks, carried.events, folded)
+                    _write(
+                        conn, folded.deleted, carried.tasks, carried.events, folded, carried.packed
+                    )
                     conn.execute("DELETE FROM journal")
                     self._carry = _Carry()
                     self._rows = self._last = 0
@@ -290,7 +295,7 @@ class Journal:
         packs = carry.take_events(window, written)
         carry.expire(segment.at - CARRY_SECONDS, written, packs)
         segments = carry.segments
-        _write(conn, window.deleted, written, packs, window)
+        _write(conn, window.deleted, written, packs, window, carry.packed)
         if not segments:  # nothing carried after all
             conn.execute("DELETE FROM journal")
             self._rows = self._last = 0
@@ -325,6 +330,8 @@ class _Carry:
         self.events: dict[str, list[bytes]] = {}  # only of carried tasks
         self.since: dict[str, _Segment] = {}  # the segment each task's entries start in
         self.segments: deque[_Segment] = deque()
+        # Some of the events taken in (carried or returned for packs) may be marked _PACKED.
+        self.packed = False
 
     def drop(self, task_id: str) -> None:
         """The task was deleted: nothing of it is carried any more."""
@@ -340,6 +347,7 @@ class _Carry:
         what was carried of the ``written`` tasks before them."""
         tasks = self.tasks
         events = self.events
+        self.packed = self.packed or window.packed
         packs: dict[str, list[bytes]] = {}
         for task_id, pack in _group(window.event_ids, window.events, {}).items():
             if task_id in tasks:
@@ -384,6 +392,7 @@ class _Carry:
         for task_id in window.deleted:
             self.drop(task_id)
         self.tasks.update(window.tasks)
+        self.packed = self.packed or window.packed
         _group(window.event_ids, window.events, self.events)
 
 
@@ -400,6 +409,7 @@ class _Folded:
         self.deleted: set[str] = set()
         self.meta: dict[tuple[str, str], bytes] = {}
         self.meta_deleted: set[tuple[str, str]] = set()
+        self.packed = False  # some of the events are marked _PACKED
 
     def add(
         self,
@@ -410,9 +420,13 @@ class _Folded:
         deleted: list[str],
         meta: list[tuple[str, str, bytes]],
         meta_deleted: list[tuple[str, str]],
+        *,
+        packed: bool,
     ) -> None:
-        """One batch, in the order apply promises: upserts, events, deletes, metadata.
-        Loops in C (map, zip, update, extend): several records per task, every batch."""
+        """One batch, in the order apply promises: upserts, events (``packed``: some marked
+        for packs), deletes, metadata. Loops in C (map, zip, update, extend): several records
+        per task, every batch."""
+        self.packed = self.packed or packed
         self.tasks.update(
             zip(map(_FIRST, columns), zip(columns, records, strict=True), strict=True)
         )
@@ -463,7 +477,7 @@ class _Folded:
         events = [
             e if e[:1] == _PACKED or seq_of(e).seq <= ROW_SEQS else _PACKED + e for e in events
         ]
-        self.add(columns, records, event_ids, events, *rest)
+        self.add(columns, records, event_ids, events, *rest, packed=True)
 
 
 class _Seq(msgspec.Struct):
@@ -491,16 +505,18 @@ def _write(
     tasks: dict[str, tuple[Sequence[Any], bytes]],
     packs: dict[str, list[bytes]],
     window: _Folded,
+    packed: bool,
 ) -> None:
     """Deletes first: a task deleted and written again since the last fold keeps only what
     came after the delete, which is all that is left here. Then the tasks' last records with
     their events, the events of tasks not written here (to their rows, or packs when they
-    have none), the packs and the window's metadata."""
+    have none), the packs and the window's metadata. ``packed``: some events in ``packs`` may
+    be marked for packs (``window.packed`` counts too)."""
     if deleted:
         gone = [(task_id,) for task_id in deleted]
         conn.executemany("DELETE FROM events WHERE task_id = ?", gone)
         conn.executemany("DELETE FROM tasks WHERE id = ?", gone)
-    own, packed = _split(packs)
+    own, packed_events = _split(packs, packed or window.packed)
     if tasks:
         take = own.pop
         none = bytearray()  # no events for the row this time
@@ -528,11 +544,14 @@ def _write(
         if conn.executemany(_APPEND_EVENTS, appends).rowcount != len(appends):
             for events, task_id in appends:  # a task without a row: a pack, as other packs
                 if conn.execute(_ACTION_OF, (task_id,)).fetchone() is None:
-                    packed.setdefault(task_id, []).append(bytes(events[1:]))
-    if packed:
+                    packed_events.setdefault(task_id, []).append(bytes(events[1:]))
+    if packed_events:
         conn.executemany(
             _INSERT_PACK,
-            [(task_id, bytearray(b"[%b]" % b",".join(pack))) for task_id, pack in packed.items()],
+            [
+                (task_id, bytearray(b"[%b]" % b",".join(pack)))
+                for task_id, pack in packed_events.items()
+            ],
         )
     if window.meta_deleted:
         conn.executemany("DELETE FROM meta WHERE kind = ? AND key = ?", window.meta_deleted)
@@ -556,16 +575,18 @@ def _late(events: list[EventRecord]) -> bool:
     return True  # pragma: no cover - integers always compare
 
 
-def _split(packs: dict[str, list[bytes]]) -> tuple[dict[str, bytearray], dict[str, list[bytes]]]:
+def _split(
+    packs: dict[str, list[bytes]], marked: bool
+) -> tuple[dict[str, bytearray], dict[str, list[bytes]]]:
     """Each task's events for its row (``,event,event``) and for a pack (those past
-    ROW_SEQS, marked: rarely any)."""
-    own: dict[str, bytearray] = {}
+    ROW_SEQS, marked: rarely any, and only if ``marked``)."""
     packed: dict[str, list[bytes]] = {}
-    if not packs:
-        return own, packed
-    if min(map(min, packs.values()))[:1] != _PACKED:  # a pass in C over every task's events
-        own.update((task_id, bytearray(b",%b" % b",".join(e))) for task_id, e in packs.items())
-        return own, packed
+    if not marked:
+        # One join per task, straight into the bytearray bound: an empty first part makes
+        # the leading comma.
+        join = bytearray(b",").join
+        return {task_id: join((b"", *e)) for task_id, e in packs.items()}, packed
+    own: dict[str, bytearray] = {}
     for task_id, events in packs.items():
         row = [e for e in events if e[:1] != _PACKED]
         if row:
@@ -585,15 +606,14 @@ def _plain(columns: list[tuple[Any, Any, Any, Any, Any]]) -> bool:
     if not columns:
         return True
     ids, actions, states, created, ended = zip(*columns, strict=True)
-    return (
-        _texts(ids)  # type: ignore[arg-type]
-        and _texts(actions)  # type: ignore[arg-type]
-        and _texts(states)  # type: ignore[arg-type]
-        and set(map(type, created)) == _REAL
-        and not any(map(math.isnan, created))
-        and set(map(type, ended)) <= _REAL_OR_NONE
-        and not any(map(math.isnan, filter(None, ended)))
-    )
+    if not set(map(type, ids + actions + states)) <= _TEXT:
+        return False
+    if set(map(type, created)) != _REAL or set(map(type, ended)) - _REAL_OR_NONE:
+        return False
+    # A sum is NaN if any of its floats is (a NaN check per value cost a call each); it is
+    # also NaN for inf - inf, which the slow way then takes as it is.
+    total: float = sum(created) + sum(filter(None, ended))
+    return total == total
 
 
 def _task_row(
