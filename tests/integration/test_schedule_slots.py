@@ -42,11 +42,12 @@ class Keeper:
     def clock(self) -> float:
         return time.time() + self.shift
 
-    async def schedule_soon(self, server: Server, lead: float = 3.0) -> float:
-        """Make the every-minute schedule on ``server``; its first slot, ``lead`` seconds on."""
-        slot = float(math.ceil(time.time() / 60 + 1) * 60)
-        self.shift = slot - lead - time.time()
+    async def schedule_soon(self, server: Server, lead: float = 6.0) -> float:
+        """Make the every-minute schedule on ``server``; its first slot, ``lead`` seconds on
+        (room for a loaded machine to take the PUT before the slot)."""
         async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+            slot = float(math.ceil(time.time() / 60 + 1) * 60)
+            self.shift = slot - lead - time.time()
             r = await http.put(
                 f"/v1/schedules/{NAME}",
                 json={"cron": "* * * * *", "action": THERE, "payload": {"n": 1}},
