@@ -7,6 +7,7 @@ creation order.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -54,6 +55,19 @@ class UlidFactory:
             self._head = "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS[:-1]])
             self._head_key = key
         return self._head + _PAIRS[rand & 1023]
+
+
+def named_id(at: float, name: str, partition: int = 0) -> str:
+    """The id of what ``name`` names at ``at`` (epoch seconds) in ``partition``: the same id
+    wherever and however often it is made, so a copy sent again is known by it (a schedule's
+    slot publishes its task once). A ULID like the others, whose time is ``at``; its 70 bits
+    under the partition's are a hash of ``name``."""
+    if not 0 <= partition < MAX_PARTITIONS:
+        raise ValueError(f"partition must be from 0 to {MAX_PARTITIONS - 1}, got {partition}")
+    ms = max(0, int(at * 1000)) & ((1 << 48) - 1)
+    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=9).digest(), "big")
+    value = (ms << 80) | (partition << _LOW_BITS) | (digest & _LOW_MASK)
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 new_id = UlidFactory()

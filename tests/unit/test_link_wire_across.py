@@ -22,6 +22,7 @@ ENTRIES: list[Any] = [
     wire.TaskEvents(5, 1, "01M97VJAYP01B8ZGNJKRAYCQDT", 4, 15.0),
     wire.Emit(6, CALLER, "news.today", {"n": 1}),
     wire.Fire(2, "config", "a:b", [1], {"timeout": 5}, {"schedule": "s", "slot": 60.0}),
+    wire.Fire(2, "config", "a:b", None, {}, {"schedule": "s", "slot": 60.0}, 9, "01M97VJAYP"),
     wire.TakeBack("conn", 2, "01M97VJAYP01B8ZGNJKRAYCQDT", 3, "lease_expired", True),
 ]
 

@@ -27,6 +27,7 @@ from taskhub.errors import InvalidOption, TaskHubError
 from taskhub.hub.admin import Admin
 from taskhub.hub.auth import Registry
 from taskhub.hub.connections import Closer, Connections, Sender
+from taskhub.hub.firing import Firing
 from taskhub.hub.leading import Leading
 from taskhub.hub.partition import Links, LocalPartition, Partition, close_store
 from taskhub.hub.partitioning import check_partition_count
@@ -125,8 +126,9 @@ class Hub:
         self.wakers = Wakers()
         self.topics = Topics(self.lc, self.kick)
         self.chains = Chains(self.lc, self.router)
+        self.firing = Firing(self)  # schedules' slots whose tasks are in other partitions
         if not leased:
-            self.parts[0].scheduler = Scheduler(self.parts[0].lc, self.router)
+            self.parts[0].scheduler = Scheduler(self.parts[0].lc, self.firing)
         self.admin = Admin(self)
         self.dispatcher = first.dispatcher
         # Apply one WebSocket message in its partition (bound: a lookup saved per message).
@@ -233,6 +235,7 @@ class Hub:
         what was not written was never acknowledged) and close the store."""
         self._closing = True
         self.end_waits()
+        await self.firing.close()
         if self.links is not None:
             await self.links.close()
         parts = [*self.parts, self.front] if self.leased else self.parts

@@ -69,7 +69,7 @@ class Leading:
         hub = self.hub
         part = hub.new_partition(index, store)
         if index == 0:
-            part.scheduler = Scheduler(part.lc, hub.router)  # schedules fire where 0 is led
+            part.scheduler = Scheduler(part.lc, hub.firing)  # schedules fire where 0 is led
         try:
             restored = await hub.restore(part)
         except BaseException:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from taskhub.hub.hub import Hub
     from taskhub.hub.topics import Topics
     from taskhub.lifecycle.chains import Chains
-    from taskhub.lifecycle.schedules import Scheduler
+    from taskhub.lifecycle.schedules import Scheduler, Slot
 
 log = logging.getLogger("taskhub.hub")
 
@@ -159,6 +159,10 @@ class Linked(Partition, Elsewhere, Protocol):
         self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool
     ) -> None:
         """``peer`` (a pull consumer) gives its delivery back to its group there."""
+
+    async def fire(self, slot: Slot, task_id: str) -> None:
+        """Publish a schedule's slot there as ``task_id`` (once, however many copies come),
+        answered once stored (hub/firing.py)."""
 
 
 class Links(Protocol):

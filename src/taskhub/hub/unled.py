@@ -24,7 +24,7 @@ from taskhub.errors import PartitionUnavailable
 from taskhub.hub.dispatch import Msg
 from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
 from taskhub.ids import UlidFactory
-from taskhub.lifecycle import Lifecycle, Peer, schedules
+from taskhub.lifecycle import Lifecycle, Peer
 from taskhub.lifecycle.placement import StepPub
 from taskhub.protocol import error_msg
 from taskhub.records import TaskRecord
@@ -106,6 +106,12 @@ class UnledPartition:
             do()
         if work and self.leading is not None:
             self.leading.hub.kick()
+
+    async def placed(self) -> Partition | None:
+        """The slot that replaces this one, once the router places it within :attr:`hold`
+        seconds of the first wait; None if it does not come in time (or the hub has no
+        leases: at once). A schedule's slot waits so (hub/firing.py), and tries again."""
+        return await self._next() if self.hold > 0 else None
 
     async def _next(self) -> Partition | None:
         """The successor once there is one; None if it does not come within :attr:`hold`
@@ -233,14 +239,6 @@ class UnledPartition:
 
     def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
         self._hold_work(partial(self._chains().cancel_step, task_id, error))
-
-    def fire(
-        self, owner: str, action: str, payload: Any, options: dict[str, Any], extra: dict[str, Any]
-    ) -> None:
-        """A schedule's slot publishes its task once the partition is led, where it is led."""
-        assert self.leading is not None  # as for chains' work: only while it waits
-        router = self.leading.hub.router
-        self._hold_work(partial(schedules.fire, router, owner, action, payload, options, extra))
 
     def _hold_work(self, work: Callable[[], None]) -> None:
         if not self.chain_work:

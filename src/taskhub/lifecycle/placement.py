@@ -1,8 +1,8 @@
 """Where a task lives when the hub runs several partitions (docs/deployment.md, "Partitions").
 
-Chains and schedules run over the lifecycle of one partition but publish steps and tasks whose
-actions may belong to another, and follow steps that live elsewhere: they ask a
-:class:`Placement` which lifecycle that is. With one partition every answer is the one
+Chains run over the lifecycle of one partition but publish steps whose actions may belong to
+another, and follow steps that live elsewhere: they ask a :class:`Placement` which lifecycle
+that is. With one partition every answer is the one
 lifecycle (:class:`OnePartition`).
 """
 
@@ -28,9 +28,9 @@ class StepPub(NamedTuple):
 
 
 class Elsewhere(Protocol):
-    """A partition another hub leads, as chains and schedules reach it (the hub-to-hub link):
-    a step or a schedule's task is published there, and a step that ended here moves its chain
-    on there."""
+    """A partition another hub leads, as chains reach it (the hub-to-hub link): a step is
+    published there, and a step that ended here moves its chain on there. (A schedule's slot
+    goes there through the hub's ``Firing``: lifecycle/schedules.py, ``Fires``.)"""
 
     def publish_step(self, step: StepPub, *, task_id: str | None = None) -> str:
         """Publish a chain's step there; its task id (``task_id``, or one made here for that
@@ -42,12 +42,6 @@ class Elsewhere(Protocol):
 
     def cancel_step(self, task_id: str, error: dict[str, Any]) -> None:
         """The chain failed: its step ``task_id``, running there, fails with ``error``."""
-
-    def fire(
-        self, owner: str, action: str, payload: Any, options: dict[str, Any], extra: dict[str, Any]
-    ) -> None:
-        """A schedule's slot publishes its task there, as ``owner`` with the schedule's stored
-        ``options`` (a task that cannot be published there is said in that hub's log)."""
 
 
 class Placement(Protocol):

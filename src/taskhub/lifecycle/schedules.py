@@ -2,7 +2,10 @@
 
 Pure like the lifecycle it drives: a schedule is a stored metadata entry (kind ``schedule``)
 and one timer in the lifecycle's heap. Firing publishes the task and records the slot it
-fired in the same write batch, so after a crash either both are stored or neither is.
+fired in the same write batch, so after a crash either both are stored or neither is. A task
+whose action another partition holds is published there first (:class:`Fires`, the hub's
+``Firing``), and the slot recorded once it is stored (docs/scheduling.md, "Schedules across
+partitions and hubs").
 
 Catch-up policy (docs/scheduling.md): a hub that was down while slots passed fires **one**
 task for the latest missed slot when it starts, never one per missed slot, and then goes on
@@ -14,8 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -23,7 +27,6 @@ from croniter import croniter
 
 from taskhub.errors import InvalidOption, PermissionDenied, TaskHubError, TaskNotFound
 from taskhub.lifecycle import Credentials, Lifecycle, StoredOptions, resolve_options
-from taskhub.lifecycle.placement import OnePartition, Placement
 from taskhub.names import allowed, reserved_action, validate_action
 
 log = logging.getLogger("taskhub.schedules")
@@ -87,12 +90,55 @@ def view(s: Schedule, next_at: float | None) -> dict[str, Any]:
     return out
 
 
+class Slot(NamedTuple):
+    """A schedule's slot to publish: its task's publisher (the schedule's ``owner``), action,
+    payload and stored ``pub`` options; ``extra`` names the schedule and the slot."""
+
+    owner: str
+    action: str
+    payload: Any
+    options: dict[str, Any]
+    extra: dict[str, Any]
+
+    @property
+    def schedule(self) -> str:
+        return str(self.extra.get("schedule"))
+
+
+class Fires(Protocol):
+    """Where a slot's task is published. ``stored`` records the slot as fired: call it once
+    the task is stored, or in the same turn as the publish when the task goes in ``home``
+    (the schedules' own lifecycle), whose write batch then holds both."""
+
+    def fire(self, home: Lifecycle, slot: Slot, stored: Callable[[], None]) -> None: ...
+
+
+class InPlace:
+    """The schedules' lifecycle holds their tasks too (one partition): the task and its slot
+    go in one write batch."""
+
+    def fire(self, home: Lifecycle, slot: Slot, stored: Callable[[], None]) -> None:
+        stored()
+        try:
+            publish_slot(home, slot)
+        except TaskHubError as exc:  # checked at put: only a changed hub default gets here
+            log.error("schedule %r could not publish %s: %s", slot.schedule, slot.action, exc)
+
+
+def publish_slot(lc: Lifecycle, slot: Slot, task_id: str | None = None) -> None:
+    """Publish ``slot``'s task in ``lc`` (as ``task_id`` when given) with its schedule's
+    credentials; ``TaskHubError`` if the lifecycle refuses it."""
+    creds = Credentials(slot.owner, sub_permissions=(), pub_permissions=(slot.action,))
+    options = StoredOptions(slot.options)
+    lc.publish(creds, slot.action, slot.payload, options, extra=slot.extra, task_id=task_id)
+
+
 class Scheduler:
     """Every schedule of the hub, each with a timer armed in the lifecycle for its next slot."""
 
-    def __init__(self, lc: Lifecycle, placement: Placement | None = None) -> None:
+    def __init__(self, lc: Lifecycle, fires: Fires | None = None) -> None:
         self.lc = lc  # the schedules' timers and records
-        self.place = placement or OnePartition(lc)  # where their tasks are published
+        self.fires = fires or InPlace()  # where their tasks are published
         self.schedules: dict[str, Schedule] = {}
         self.next_at: dict[str, float] = {}
         lc.timer_handlers[TIMER] = self._fire
@@ -225,36 +271,25 @@ class Scheduler:
         self._add(spec, now)
 
     def _publish(self, spec: Schedule, slot: float) -> None:
-        spec.last_slot = slot
-        self.lc.put_meta(SCHEDULE_META, spec.name, msgspec.to_builtins(spec))
         extra = {"schedule": spec.name, "slot": slot}
-        fire(self.place, spec.owner, spec.action, spec.payload, dict(spec.options), extra)
+        fired = Slot(spec.owner, spec.action, spec.payload, dict(spec.options), extra)
+        self.fires.fire(self.lc, fired, partial(self._stored, spec, slot))
+
+    def _stored(self, spec: Schedule, slot: float) -> None:
+        """``slot``'s task is stored (or goes in this write batch): the slot is recorded as
+        fired, unless the schedule was removed or given another timing meanwhile, or a later
+        slot is recorded already. Until then a restart fires it again if it is still the
+        latest missed slot (the same task: docs/scheduling.md)."""
+        now = self.schedules.get(spec.name)
+        if now is None or (now.cron, now.timezone) != (spec.cron, spec.timezone):
+            return
+        if now.last_slot is not None and now.last_slot >= slot:
+            return
+        now.last_slot = slot
+        self.lc.put_meta(SCHEDULE_META, now.name, msgspec.to_builtins(now))
 
     def views(self) -> list[dict[str, Any]]:
         return [view(s, self.next_at.get(n)) for n, s in sorted(self.schedules.items())]
-
-
-def fire(
-    place: Placement,
-    owner: str,
-    action: str,
-    payload: Any,
-    options: dict[str, Any],
-    extra: dict[str, Any],
-) -> None:
-    """A schedule's slot publishes its task where the action's partition is led: here, or
-    on another hub (over the link), or once a hub leads it (the partition's slot holds it)."""
-    try:
-        elsewhere = place.elsewhere_for(action)
-        if elsewhere is not None:
-            elsewhere.fire(owner, action, payload, options, extra)
-            return
-        creds = Credentials(owner, sub_permissions=(), pub_permissions=(action,))
-        place.for_action(action).publish(
-            creds, action, payload, StoredOptions(options), extra=extra
-        )
-    except TaskHubError as exc:  # checked at put: only a changed hub default gets here
-        log.error("schedule %r could not publish %s: %s", extra.get("schedule"), action, exc)
 
 
 def _settings(s: Schedule) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ from taskhub.hub.link import wire
 from taskhub.hub.partition import LocalPartition
 from taskhub.lifecycle import Credentials, Task
 from taskhub.lifecycle.options import StoredOptions
+from taskhub.lifecycle.schedules import Slot
 from taskhub.records import TERMINAL_STATES, EventRecord
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ _encode = msgspec.json.Encoder().encode
 
 def apply(server: LinkServer, entry: Any, touched: set[LocalPartition]) -> None:
     """Apply one entry of ``wire.AcrossToLeader`` from the link ``server`` serves."""
-    if isinstance(entry, wire.Fire):
-        _fire(server.hub, entry, touched)
+    if isinstance(entry, wire.Fire) and entry.id is None:  # from a hub of an earlier version
+        _fire_unanswered(server.hub, entry, touched)
     elif isinstance(entry, wire.TakeBack):
         _take_back(server, entry)
     else:
@@ -49,11 +50,18 @@ def _led(hub: Hub, index: int) -> LocalPartition:
 
 
 Request = (
-    wire.Publish | wire.CancelTask | wire.StartChain | wire.WaitTask | wire.TaskEvents | wire.Emit
+    wire.Publish
+    | wire.CancelTask
+    | wire.StartChain
+    | wire.WaitTask
+    | wire.TaskEvents
+    | wire.Emit
+    | wire.Fire
 )
 
 
 async def _answer(server: LinkServer, entry: Request) -> None:
+    assert entry.id is not None  # a Fire without one is not a request (apply)
     try:
         part = _led(server.hub, 0 if isinstance(entry, wire.Emit) else entry.part)
         if isinstance(entry, wire.Emit):  # partition 0's hub holds the topics
@@ -67,6 +75,8 @@ async def _answer(server: LinkServer, entry: Request) -> None:
             value = await _start_chain(server.hub, entry)
         elif isinstance(entry, wire.TaskEvents):
             value = await _events(server.hub, part, entry)
+        elif isinstance(entry, wire.Fire):
+            value = await _fire(server.hub, part, entry)
         else:
             value = await _wait(server.hub, part, entry)
         reply = wire.Reply(entry.id, msgspec.Raw(value))
@@ -173,8 +183,16 @@ async def _stored_after(part: LocalPartition, task_id: str, after: int) -> list[
     return [ev for ev in await part.store.get_events(task_id) if ev.seq > after]
 
 
-def _fire(hub: Hub, entry: wire.Fire, touched: set[LocalPartition]) -> None:
-    """A schedule's slot, kept by another hub: published here, or said in the log."""
+async def _fire(hub: Hub, part: LocalPartition, entry: wire.Fire) -> bytes:
+    """A schedule's slot, kept by another hub: its task published here once, whatever the
+    copies (``entry.task``, an id made from the schedule and the slot), answered once stored."""
+    slot = Slot(entry.owner, entry.action, entry.payload, entry.options, entry.extra)
+    await hub.firing.publish_once(part, slot, entry.task or part.lc.new_id())
+    return _encode(None)
+
+
+def _fire_unanswered(hub: Hub, entry: wire.Fire, touched: set[LocalPartition]) -> None:
+    """A schedule's slot from a hub of an earlier version: published here, or said in the log."""
     name = entry.extra.get("schedule")
     creds = Credentials(entry.owner, sub_permissions=(), pub_permissions=(entry.action,))
     try:

@@ -28,6 +28,7 @@ from taskhub.hub.partition import Linked, LocalPartition
 from taskhub.ids import UlidFactory
 from taskhub.lifecycle import Credentials, Peer
 from taskhub.lifecycle.placement import StepPub
+from taskhub.lifecycle.schedules import Slot
 from taskhub.records import EventRecord, MetaRecord, TaskRecord, WriteBatch
 from taskhub.store import Store
 
@@ -666,12 +667,14 @@ class RemotePartition:
         )
         return _record.decode(_value(reply))
 
-    def fire(
-        self, owner: str, action: str, payload: Any, options: dict[str, Any], extra: dict[str, Any]
-    ) -> None:
-        """A schedule's slot publishes its task there (the leader logs what it cannot)."""
-        entry = wire.Fire(self.index, owner, action, payload, options, extra)
-        self.links.link(self.url).add(wire.encode_entry(entry))
+    async def fire(self, slot: Slot, task_id: str) -> None:
+        """Publish a schedule's slot there as ``task_id`` (once, however many copies come);
+        return once it is stored. The leader's error raised: ``StoreUnavailable`` when it no
+        longer leads the partition or the link broke (send it again: hub/firing.py)."""
+        reply = await self.links.link(self.url).call(
+            lambda rid: wire.Fire(self.index, *slot, rid, task_id)
+        )
+        _value(reply)
 
     def take_back(
         self, peer: Peer, task_id: str, attempt: int, reason: str, *, count_try: bool

@@ -307,8 +307,11 @@ class Emit(_Entry, tag="emit"):
 
 
 class Fire(_Entry, tag="fire"):
-    """A schedule's slot (kept by partition 0's hub) publishes its task in partition ``part``;
-    no answer: a task the leader cannot publish is an error in its log, as at home."""
+    """A request: a schedule's slot (kept by partition 0's hub) publishes its task in
+    partition ``part`` as ``task`` (an id made from the schedule and the slot: a copy sent
+    again publishes nothing more); answered once stored, with null, so the keeper records the
+    slot as fired (hub/firing.py). Without ``id`` (a hub of an earlier version) it is not
+    answered, and a task the leader cannot publish is an error in its log."""
 
     part: int
     owner: str
@@ -316,6 +319,8 @@ class Fire(_Entry, tag="fire"):
     payload: Any
     options: dict[str, Any]
     extra: dict[str, Any]
+    id: int | None = None
+    task: str | None = None
 
 
 class TakeBack(_Entry, tag="take_back"):
