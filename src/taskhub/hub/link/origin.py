@@ -544,6 +544,17 @@ class RemotePartition:
             raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
         return msgspec.json.decode(answer.value)
 
+    def send_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> None:
+        """Send ``items`` of ``msg``, a batched message without ``ref``, to the leader as one
+        entry (:class:`~taskhub.hub.link.wire.Items` with id 0: no answer), applied there in
+        order with ``peer``'s other messages; nothing waits for it."""
+        link = self._link(peer)
+        if link is None:  # its link broke: the connection is being closed (as handle)
+            return
+        part = msgspec.Raw(wire.encode_msg(type(msg)(items=[item for _, item in items])))
+        at = [i for i, _ in items]
+        link.add(wire.encode_entry(wire.Items(wire.NO_ANSWER, peer.id, self.index, part, at)))
+
     async def list_tasks(
         self, *, action: str | None, state: str | None, after: str | None, limit: int
     ) -> list[TaskRecord]:
