@@ -352,21 +352,30 @@ class Link:
         fronts, requests = self.fronts, self.requests
         try:
             async for data in ws:
+                # A connection's frames of one link frame (the leader's partitions each send
+                # theirs) go to its client as one frame: a write and a frame less each.
+                outs: dict[str, list[bytes]] = {}
                 for entry in wire.decode_to_origin(data):
                     if type(entry) is wire.Out:
-                        front = fronts.get(entry.conn)
-                        if front is not None:
-                            connections.send_frame(front, bytes(entry.frame))
+                        if entry.conn in fronts:
+                            outs.setdefault(entry.conn, []).append(bytes(entry.frame))
                     elif type(entry) is wire.Answer or type(entry) is wire.Reply:
                         fut = requests.pop(entry.id, None)
                         if fut is not None and not fut.done():
-                            fut.set_result(entry)
+                            fut.set_result(entry)  # its waiter runs after the frames below
                     elif type(entry) is wire.Close:
                         front = fronts.pop(entry.conn, None)
                         if front is not None:
+                            held = outs.pop(entry.conn, None)
+                            if held:  # what the leader sent it before it closed it
+                                connections.send_frame(front, wire.joined(held))
                             _close(self.links.hub, front, entry.code, entry.reason)
                     elif type(entry) is wire.StepEnded:
                         step_ended(self.links.hub, entry)
+                for conn, frames in outs.items():
+                    front = fronts.get(conn)
+                    if front is not None:
+                        connections.send_frame(front, wire.joined(frames))
         except ConnectionClosed:
             pass
         code, reason = ws.close_code, ws.close_reason

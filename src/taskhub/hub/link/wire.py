@@ -420,6 +420,15 @@ def frames(entries: list[bytes]) -> list[bytes]:
     return out
 
 
+def joined(frames: list[bytes]) -> bytes:
+    """Frames for one client as one: the messages of each (an object, or an array of them),
+    in order, in one array."""
+    if len(frames) == 1:
+        return frames[0]
+    inner = [f[1:-1] if f[:1] == b"[" else f for f in frames]
+    return b"[" + b",".join([m for m in inner if m]) + b"]"
+
+
 def decode_to_leader(data: bytes | str) -> list[ToLeader]:
     """A frame from an origin; :class:`ProtocolError` naming what is wrong with it."""
     try:
