@@ -446,3 +446,106 @@ async def test_what_reaches_a_leader_still_restoring_the_partition_waits_for_it(
         restored.set()
         assert [await first.get_result(), await second.get_result()] == [1, 2]
         assert ran == [0, 1, 2]
+
+
+async def raw_client(server: Server) -> Any:
+    ws = await connect(server.url + "/v1/ws")
+    assert json.loads(await ws.recv())["op"] == "welcome"
+    await ws.send(json.dumps({"op": "hello", "batch": True, "ref": 1}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"op": "ok", "ref": 1}
+    return ws
+
+
+async def messages_until(ws: Any, done: Any) -> list[dict[str, Any]]:
+    """The messages ``ws`` reads until ``done(messages)`` holds (batched frames flattened)."""
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while not done(got):
+            frame = json.loads(await ws.recv())
+            got += frame if isinstance(frame, list) else [frame]
+    return got
+
+
+async def test_a_batch_without_ref_across_hubs_does_not_hold_the_connection(
+    hubs: tuple[Server, Server],
+) -> None:
+    """A ``pubs`` without ``ref`` whose items fall in both hubs' partitions: no answer to wait
+    for, so the connection's next messages are not held behind the other hub (here A, still
+    restoring partition 1, holds what reaches it). Once A serves it, its items are published
+    there, in order with the connection's later messages for it, and an item's error names
+    its place in the client's batch."""
+    a, b = hubs
+    assert a.hub is not None
+    here, there = action_in(0), action_in(1)
+    restored = asyncio.Event()
+    ws = await raw_client(b)
+    try:
+        # the connection's link to A is open, A serving partition 1
+        await ws.send(json.dumps({"op": "pub", "ref": 2, "action": there}))
+        (first,) = await messages_until(ws, lambda got: got)
+        assert first["op"] == "ok" and partition_of_id(first["task"]) == 1
+        a.hub.leading.restoring[1] = restored  # what reaches A for partition 1 waits now
+        items = [{"action": there}, {"action": here}, {"action": 5}, {"action": there}]
+        await ws.send(json.dumps({"op": "pubs", "items": items}))
+        await ws.send(json.dumps({"op": "pub", "ref": 3, "action": here}))
+        await ws.send(json.dumps({"op": "pub", "ref": 4, "action": there}))
+        # B's own partition answers while A holds partition 1's items; the bad item's error
+        # comes from B (partition 0 decodes it as its own) with its place in the batch
+        got = await messages_until(ws, lambda got: any(m.get("ref") == 3 for m in got))
+        (bad,) = [m for m in got if m["op"] == "error"]
+        assert bad["code"] == "bad_message" and bad["details"]["index"] == 2
+        assert not any(m.get("ref") == 4 for m in got)
+        del a.hub.leading.restoring[1]
+        restored.set()
+        got = await messages_until(ws, lambda got: any(m.get("ref") == 4 for m in got))
+        (last,) = [m for m in got if m.get("ref") == 4]
+        # the batch's two items were published at A after the first pub and before the
+        # later one (a partition's ids grow in the order its tasks are made)
+        live = a.hub.parts[1].unwritten()  # pooled: no worker subscribes
+        ids = sorted(i for i, rec in live.items() if rec.action == there)
+        assert len(ids) == 4 and ids[0] == first["task"] and ids[-1] == last["task"]
+    finally:
+        await ws.close()
+
+
+async def test_returns_without_ref_across_hubs_end_every_task(
+    hubs: tuple[Server, Server],
+) -> None:
+    """A raw worker on B answers offers of both hubs' partitions with one ``returns`` without
+    ``ref``: every task ends with its result, and an item for no delivery of the worker's is
+    answered with its error and its place in the batch (from the hub that leads its task)."""
+    _, b = hubs
+    here, there = action_in(0), action_in(1)
+    worker = await raw_client(b)
+    try:
+        subs = [
+            {"op": "sub", "ref": 10 + i, "action": x, "concurrency": 8}
+            for i, x in enumerate((here, there))
+        ]
+        await worker.send(json.dumps(subs))
+        await messages_until(worker, lambda got: {m.get("ref") for m in got} >= {10, 11})
+        async with clients((b, "publisher")) as (publisher,):
+            handles = [publisher.pub(here if i % 2 else there, i) for i in range(6)]
+            offers = await messages_until(worker, lambda got: len(offered(got)) >= 6)
+            items = offered(offers)
+            assert len(items) == 6
+            returns = [
+                {"task": o["task"], "attempt": o["attempt"], "result": o["payload"]} for o in items
+            ]
+            stranger = next(o["task"] for o in items if partition_of_id(o["task"]) == 1)
+            returns.insert(1, {"task": stranger, "attempt": 7, "result": None})
+            await worker.send(json.dumps({"op": "returns", "items": returns}))
+            results = await asyncio.wait_for(asyncio.gather(*(h.get_result() for h in handles)), 10)
+            assert results == list(range(6))
+            errors = await messages_until(worker, lambda got: got)
+            assert [(e["op"], e["details"]["index"], e["task"]) for e in errors] == [
+                ("error", 1, stranger)
+            ]
+
+    finally:
+        await worker.close()
+
+
+def offered(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The offers among ``msgs`` (alone or items of ``offers``)."""
+    return [o for m in msgs if m["op"] in ("offer", "offers") for o in m.get("items", [m])]

@@ -3,6 +3,8 @@ the bad ones with the origin's own error; frames are cut; a malformed frame is o
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 
@@ -86,3 +88,15 @@ def test_a_detach_says_whether_the_connection_was_lost_and_reads_the_old_form() 
         conn: str
 
     assert msgspec.json.decode(b'["detach","c",false]', type=OldDetach) == OldDetach("c")
+
+
+def test_a_connections_frames_of_one_link_frame_join_in_order() -> None:
+    """The origin writes a client's frames of one link frame as one: the messages of each (an
+    object, or an array of them), in order."""
+    frames = [b'{"op":"offer","task":"a"}', b'[{"op":"ok","ref":1},{"op":"event"}]', b"[]"]
+    assert json.loads(wire.joined(frames)) == [
+        {"op": "offer", "task": "a"},
+        {"op": "ok", "ref": 1},
+        {"op": "event"},
+    ]
+    assert wire.joined(frames[:1]) == frames[0]  # one frame: as it came

@@ -110,6 +110,11 @@ class Linked(Partition, Elsewhere, Protocol):
         """Apply ``items`` (their index in the batched message ``msg``, the item) there;
         their answers (``pubs``) once they are stored."""
 
+    def send_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> None:
+        """Apply ``items`` of the batched message ``msg``, which has no ``ref``, there, in
+        order with ``peer``'s other messages to it; nothing is answered (each item's own
+        answers and errors go to ``peer`` from there)."""
+
     def retire(self) -> None:
         """The partition is led elsewhere now: close the connections that reached it here."""
 

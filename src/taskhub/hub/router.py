@@ -209,7 +209,11 @@ class Router:
         if len(where) <= 1 or len(msg.items) > p.MAX_BATCH:
             return self.slots[min(where, default=0)].handle(peer, msg)
         slots = self.slots
-        if any(_elsewhere(slots[i]) is not None for i in where):
+        away = [_elsewhere(slots[i]) for i in where]
+        if any(a is not None for a in away):
+            if msg.ref is None and not any(isinstance(a, UnledPartition) for a in away):
+                self._batch_sent(peer, msg, index)
+                return None
             return self._batch_linked(peer, msg, index)
         parts = [slots[i] for i in sorted(where)]
         answers = []
@@ -228,6 +232,30 @@ class Router:
         # may commit and send meanwhile, and a quick worker's start and success events of
         # these tasks must not reach the client before the answer that names them.
         return self._answer_stored(parts, ok, self.hold(peer))
+
+    def _batch_sent(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
+        """A batched message without ``ref`` whose items fall in partitions of several hubs:
+        each partition applies its items, the linked ones sent over the link in one entry
+        per partition, and nothing waits (no ``ok`` to send, so no answer to wait for or to
+        hold the connection's frames behind: as :meth:`_batch` without ``ref``). Each item's
+        own answers and errors come from its partition, in order with the connection's other
+        messages there."""
+        by_part: dict[int, list[tuple[int, Any]]] = {}
+        for i, item in enumerate(batch_items(msg)):
+            by_part.setdefault(index(item), []).append((i, item))
+        pubs = isinstance(msg, p.Pubs)
+        for at, items in by_part.items():
+            part = self.slots[at]
+            linked = part.linked
+            if linked is not None:
+                linked.send_items(peer, msg, items)
+                continue
+            for i, item in items:
+                if pubs:
+                    part.pub_item(peer, item, i, None)
+                else:
+                    part.step_item(peer, item, i)
+            part.kick()
 
     async def _batch_linked(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
         """A batched message whose items fall in partitions of several hubs: each partition

@@ -80,22 +80,42 @@ class _Remote:
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
-        self.backlog: deque[tuple[LocalPartition, Msg]] = deque()
+        # A message, or the items of a batch without ``ref`` with their places in it.
+        self.backlog: deque[tuple[LocalPartition, Msg, list[int] | None]] = deque()
         self.resuming: asyncio.Task[None] | None = None
 
-    def apply(self, part: LocalPartition, msg: Msg) -> None:
+    def apply(self, part: LocalPartition, msg: Msg, at: list[int] | None = None) -> None:
         if self.resuming is not None:
-            self.backlog.append((part, msg))
+            self.backlog.append((part, msg, at))
+            return
+        if at is not None:
+            self._items(part, msg, at)
             return
         pending = part.handle(self.peer, msg)
         if pending is not None:
             self.resuming = asyncio.create_task(self._resume(pending))
 
+    def _items(self, part: LocalPartition, msg: Msg, at: list[int]) -> None:
+        """Items of a batch without ``ref`` (their places ``at`` in the client's batch),
+        applied as the origin's router applies a batch that spans its partitions."""
+        own, dispatcher = part.peer(self.peer), part.dispatcher
+        items: list[Any] = getattr(msg, "items", [])
+        if type(msg) is p.Pubs:
+            for i, item in zip(at, items, strict=True):
+                dispatcher.pub_item(own, item, i, None)
+        else:
+            for i, item in zip(at, items, strict=True):
+                dispatcher.step_item(own, item, i)
+
     async def _resume(self, pending: Awaitable[None]) -> None:
         try:
             await pending
             while self.backlog:
-                part, msg = self.backlog.popleft()
+                part, msg, at = self.backlog.popleft()
+                if at is not None:
+                    self._items(part, msg, at)
+                    part.kick()
+                    continue
                 more = part.handle(self.peer, msg)
                 part.kick()
                 if more is not None:
@@ -222,9 +242,27 @@ class LinkServer:
                 across.apply(self, entry, touched)
             else:
                 assert isinstance(entry, wire.Find | wire.ListTasks | wire.Flush | wire.Items)
-                self._request(entry)
+                self._request(entry, touched)
         for part in touched:
             part.kick()
+
+    def _sent_items(self, entry: wire.Items, touched: set[LocalPartition]) -> None:
+        """Items of a client's batch without ``ref`` for partition ``entry.part``: applied in
+        order with the connection's messages, nothing answered (RemotePartition.send_items)."""
+        remote = self.remotes.get(entry.conn)
+        part = self._led(entry.conn, entry.part)
+        if remote is None or part is None:
+            return
+        try:
+            msg = wire.decode_msg(entry.msg)
+            items = getattr(msg, "items", None)
+            if not isinstance(items, list) or len(items) != len(entry.at):
+                raise ProtocolError("a linked batch whose items do not match their places")
+        except ProtocolError as exc:
+            log.error("the link from %s sent a %s", self.where, exc.message)
+            return
+        remote.apply(part, msg, entry.at)
+        touched.add(part)
 
     def _hold(
         self, entries: list[wire.ToLeader], i: int, restoring: dict[int, asyncio.Event]
@@ -330,7 +368,14 @@ class LinkServer:
             at = task_partition(chain, len(self.hub.router.partitions))
             self.out.add(wire.encode_entry(wire.StepEnded(at, chain, index, failed)))
 
-    def _request(self, entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items) -> None:
+    def _request(
+        self,
+        entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items,
+        touched: set[LocalPartition],
+    ) -> None:
+        if isinstance(entry, wire.Items) and entry.id == wire.NO_ANSWER:  # no request
+            self._sent_items(entry, touched)
+            return
         task = asyncio.create_task(self._answer(entry))
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)

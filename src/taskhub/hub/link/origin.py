@@ -353,21 +353,30 @@ class Link:
         fronts, requests = self.fronts, self.requests
         try:
             async for data in ws:
+                # A connection's frames of one link frame (the leader's partitions each send
+                # theirs) go to its client as one frame: a write and a frame less each.
+                outs: dict[str, list[bytes]] = {}
                 for entry in wire.decode_to_origin(data):
                     if type(entry) is wire.Out:
-                        front = fronts.get(entry.conn)
-                        if front is not None:
-                            connections.send_frame(front, bytes(entry.frame))
+                        if entry.conn in fronts:
+                            outs.setdefault(entry.conn, []).append(bytes(entry.frame))
                     elif type(entry) is wire.Answer or type(entry) is wire.Reply:
                         fut = requests.pop(entry.id, None)
                         if fut is not None and not fut.done():
-                            fut.set_result(entry)
+                            fut.set_result(entry)  # its waiter runs after the frames below
                     elif type(entry) is wire.Close:
                         front = fronts.pop(entry.conn, None)
                         if front is not None:
+                            held = outs.pop(entry.conn, None)
+                            if held:  # what the leader sent it before it closed it
+                                connections.send_frame(front, wire.joined(held))
                             _close(self.links.hub, front, entry.code, entry.reason)
                     elif type(entry) is wire.StepEnded:
                         step_ended(self.links.hub, entry)
+                for conn, frames in outs.items():
+                    front = fronts.get(conn)
+                    if front is not None:
+                        connections.send_frame(front, wire.joined(frames))
         except ConnectionClosed:
             pass
         code, reason = ws.close_code, ws.close_reason
@@ -544,6 +553,17 @@ class RemotePartition:
         if answer.error is not None:
             raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
         return msgspec.json.decode(answer.value)
+
+    def send_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> None:
+        """Send ``items`` of ``msg``, a batched message without ``ref``, to the leader as one
+        entry (:class:`~taskhub.hub.link.wire.Items` with id 0: no answer), applied there in
+        order with ``peer``'s other messages; nothing waits for it."""
+        link = self._link(peer)
+        if link is None:  # its link broke: the connection is being closed (as handle)
+            return
+        part = msgspec.Raw(wire.encode_msg(type(msg)(items=[item for _, item in items])))
+        at = [i for i, _ in items]
+        link.add(wire.encode_entry(wire.Items(wire.NO_ANSWER, peer.id, self.index, part, at)))
 
     async def list_tasks(
         self, *, action: str | None, state: str | None, after: str | None, limit: int

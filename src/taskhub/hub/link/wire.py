@@ -111,7 +111,12 @@ class Flush(_Entry, tag="flush"):
 class Items(_Entry, tag="items"):
     """A request: apply the items of connection ``conn``'s batched message ``msg`` that fall
     in partition ``part`` (``at``: their places in the client's batch, which the batch's
-    ``ref`` answers); answered once stored, for ``pubs`` with the items' answers."""
+    ``ref`` answers); answered once stored, for ``pubs`` with the items' answers.
+
+    With ``id`` :data:`NO_ANSWER` (a batch without ``ref``) it is no request: the items are
+    applied at once, in order with the connection's other messages, and nothing is answered
+    (each item's own answers and errors go to the connection). A leader of an earlier
+    version answers it all the same, and the origin drops that answer."""
 
     id: int
     conn: str
@@ -119,6 +124,9 @@ class Items(_Entry, tag="items"):
     msg: msgspec.Raw
     at: list[int]
     ref: int | None = None
+
+
+NO_ANSWER = 0  # an Items "request" that wants no answer (requests are numbered from 1)
 
 
 class Step(_Entry, tag="step"):
@@ -415,6 +423,15 @@ def frames(entries: list[bytes]) -> list[bytes]:
     if start < len(entries):
         out.append(b"[" + b",".join(entries[start:]) + b"]")
     return out
+
+
+def joined(frames: list[bytes]) -> bytes:
+    """Frames for one client as one: the messages of each (an object, or an array of them),
+    in order, in one array."""
+    if len(frames) == 1:
+        return frames[0]
+    inner = [f[1:-1] if f[:1] == b"[" else f for f in frames]
+    return b"[" + b",".join([m for m in inner if m]) + b"]"
 
 
 def decode_to_leader(data: bytes | str) -> list[ToLeader]:
