@@ -165,6 +165,31 @@ async def test_each_item_of_pubs_gets_its_own_answer(server: Server) -> None:
     await publisher.close()
 
 
+async def test_a_pubs_of_one_action_is_answered_item_by_item_in_order(server: Server) -> None:
+    """Items of one action without options are published together (Lifecycle.publish_many):
+    still one answer per item, in order, a pooled hint on each while no group subscribes,
+    and an item whose payload cannot be kept refused alone."""
+    publisher = await _raw(server, "publisher")
+    items = [{"action": "batch:alone", "payload": {"n": i}} for i in range(3)]
+    await publisher.send(json.dumps({"op": "pubs", "items": items, "ref": 1}))
+    (ok,) = await _until(publisher, lambda m: m.get("ref") == 1)
+    assert [a["pooled"] for a in ok["items"]] == [True] * 3
+    assert len({a["task"] for a in ok["items"]}) == 3
+    bad = '{"op":"pubs","ref":2,"items":[{"action":"batch:alone","payload":1},'
+    bad += '{"action":"batch:alone","payload":1e400},{"action":"batch:alone","payload":3}]}'
+    await publisher.send(bad)
+    (ok,) = await _until(publisher, lambda m: m.get("ref") == 2)
+    first, refused, last = ok["items"]
+    assert first["created"] is True and last["created"] is True
+    assert refused["error"]["details"]["index"] == 1 and "item 1" in refused["error"]["message"]
+    worker = await _raw(server, "worker")
+    await worker.send(json.dumps({"op": "sub", "action": "batch:alone", "concurrency": 10}))
+    offers = await _until(worker, lambda m: m["op"] == "offer", 5)
+    assert [o["payload"] for o in offers] == [{"n": 0}, {"n": 1}, {"n": 2}, 1, 3]
+    await worker.close()
+    await publisher.close()
+
+
 async def test_pubs_without_a_ref_say_each_refusal_on_its_own(server: Server) -> None:
     publisher = await _raw(server, "publisher")
     items = [{"action": "batch:run"}, {"action": "bad"}, {"action": "taskhub:x"}]

@@ -210,9 +210,14 @@ class Dispatcher:
     def _pubs(self, peer: Peer, msg: p.Pubs) -> None:
         """Each item published as a ``pub`` would be; one ``ok`` answers them all, in order,
         each with its task or its own error (the others are published all the same)."""
+        items = batch_items(msg)
+        answers = self._pubs_together(peer, items)
+        if answers is not None:
+            self.answer(peer, msg.ref, items=answers)
+            return
         answers = []
         publish, ref = self._publish, msg.ref
-        for i, item in enumerate(batch_items(msg)):  # pub_item's, inline: a call less per task
+        for i, item in enumerate(items):  # pub_item's, inline: a call less per task
             try:
                 if isinstance(item, p.Bad):
                     raise item.error
@@ -220,6 +225,34 @@ class Dispatcher:
             except Exception as exc:
                 answers.append(self._pub_error(peer, exc, i, ref))
         self.answer(peer, ref, items=answers)
+
+    def _pubs_together(self, peer: Peer, items: list[Any]) -> list[dict[str, Any]] | None:
+        """The answers of a ``pubs`` whose items are all of one action, without options and
+        with payloads the hub can keep, published together (``Lifecycle.publish_many``: what
+        is the same for every item done once); None, having published nothing, when its
+        items go one by one (any other batch, or an item that is refused: each then gets its
+        own answer)."""
+        if not items:
+            return None
+        action = items[0].action if type(items[0]) is p.Pub else None
+        for item in items:
+            if type(item) is not p.Pub or item.options is not None or item.action != action:
+                return None
+        assert action is not None
+        try:
+            payloads = [p.kept(item.payload, "payload") for item in items]
+            done = self.lc.publish_many(peer.creds, action, payloads, peer)
+        except TaskHubError:
+            return None  # one by one: each item refused with its index
+        if done is None:
+            return None
+        tasks, routed = done
+        if routed:
+            return [{"task": t.id, "state": t.rec.state, "created": True} for t in tasks]
+        # No group subscribes: pooled, with a hint for the publisher (a typo waits forever).
+        return [
+            {"task": t.id, "state": t.rec.state, "created": True, "pooled": True} for t in tasks
+        ]
 
     def pub_item(self, peer: Peer, item: p.Pub | p.Bad, i: int, ref: int | None) -> dict[str, Any]:
         """Item ``i`` of a ``pubs`` published: its answer, or its error (said on its own when

@@ -100,6 +100,9 @@ class Lifecycle:
         # the task, or the id of one that has ended). ``task_id``: an id made for this
         # partition elsewhere (a chain's step published by the hub that holds its chain).
         self.publish = publishing.publish
+        # Tasks of one action published together without options (a ``pubs``): each as
+        # ``publish`` would; None when they need ``publish`` one by one.
+        self.publish_many = publishing.publish_many
         self.ack = self._steps.ack
         self.pickup = self._steps.pickup
         # A ``return``: the first one wins; later ones (any attempt) are ignored.

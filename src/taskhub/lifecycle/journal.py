@@ -308,6 +308,29 @@ class Journal:
             listener(task, ev)
         return ev
 
+    def inits(self, tasks: list[Task], service: str, at: float) -> None:
+        """The ``init`` events of new tasks of one action published together at ``at``, as
+        :meth:`event` records each (followers not told, as for any publish), counted once."""
+        if not tasks:
+            return
+        if not self._second_lo <= at < self._second_hi:
+            self._at_second(at)
+        key = (tasks[0].rec.action, "init", None)
+        cell = self._cells.get(key)
+        if cell is None:
+            self._cells[key] = [len(tasks)]
+        else:
+            cell[0] += len(tasks)
+        events, dirty, listeners = self._events, self._dirty, self.listeners
+        for task in tasks:
+            rec = task.rec
+            rec.seq += 1
+            ev = EventRecord(rec.id, rec.seq, at, "init", None, service, None)
+            events.append(ev)
+            dirty[rec.id] = rec
+            for listener in listeners:
+                listener(task, ev)
+
     def task_started(self, task: Task, ev: EventRecord) -> None:
         """``task`` started (its first pickup, event ``ev``): tell the listeners."""
         for listener in self.start_listeners:

@@ -114,6 +114,43 @@ class Publishing:
             self.queues.route(task)
         return task, True
 
+    def publish_many(
+        self, creds: Credentials, action: str, payloads: list[Any], peer: Peer
+    ) -> tuple[list[Task], bool] | None:
+        """Accept tasks of one ``action`` published together by ``peer`` without options
+        (a ``pubs`` of such items): each as :meth:`publish` would, in order, with what is the
+        same for all of them checked and looked up once (docs/performance.md, "hub:
+        fourteenth pass"). Returns the tasks and whether a group subscribes (else they were
+        pooled); None, having done nothing, when the items need :meth:`publish` one by one
+        (the action has ``[[actions]]`` defaults); raises as :meth:`publish` before anything
+        is published."""
+        validate_action(action)
+        if not allowed(creds.pub_permissions, action) or reserved_action(action):
+            raise PermissionDenied(f"{creds.name!r} may not publish {action!r}", action=action)
+        if action in self.defaults.actions:
+            return None
+        now = self.clock()
+        opts = self._plain()
+        start_timeout = opts["start_timeout"]
+        tasks, new_id, publisher, live = [], self.new_id, creds.name, self.tasks
+        following = peer.following
+        seq = self._seq
+        for payload in payloads:
+            # publish()'s record and task, for a task without options: no key, not delayed.
+            rec = TaskRecord(new_id(), action, publisher, now, payload, opts)
+            seq += 1
+            size = len(payload) if type(payload) is msgspec.Raw else payload_size(payload)
+            task = live[rec.id] = Task(rec.id, rec, seq, payload_size=size)
+            task.followers = {peer}
+            following.add(rec.id)
+            tasks.append(task)
+        self._seq = seq
+        self.journal.inits(tasks, publisher, now)
+        if start_timeout is not None:
+            for task in tasks:
+                self.timers.at(now + start_timeout, "start", task.id)
+        return tasks, self.queues.route_many(tasks, action)
+
     def _plain(self) -> dict[str, Any]:
         """The options of a task published without any, of an action without defaults: one
         dict, shared by every such task. The lifecycle replaces a task's options and never

@@ -230,6 +230,29 @@ class Queues:
             self.enqueue(d, q)
         self.journal.touch(task)
 
+    def route_many(self, tasks: list[Task], action: str) -> bool:
+        """:meth:`route` for new tasks of ``action`` whose records are already in the batch
+        (their init events): the groups and observers looked up once. False when no group
+        subscribes (the tasks were pooled)."""
+        queues = [q for q in self.by_action.get(action, ()) if q.workers or q.durable]
+        observers = self.observers.get(action, ())
+        if not queues:
+            for task in tasks:
+                for sub in observers:
+                    self.observe(task, sub)
+            self.pooled.setdefault(action, []).extend(tasks)
+            return False
+        enqueue = self.enqueue
+        for task in tasks:
+            for sub in observers:
+                self.observe(task, sub)
+            for q in queues:
+                rec = DeliveryRecord(q.group)
+                task.rec.deliveries.append(rec)
+                d = task.deliveries[q.group] = Delivery(task, rec)
+                enqueue(d, q)
+        return True
+
     def route_pooled(self, action: str) -> None:
         """A group subscribed: the action's pooled tasks go to its groups, in priority order
         (each routed task is offered at once while credit lasts)."""
