@@ -212,6 +212,7 @@ class Connection:
         self.inbox.thread = threading.get_ident()
         deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
+        refused: BaseException | None = None  # the last attempt that got an answer
         while True:
             try:
                 # Each attempt gets what is left of the deadline, not a whole connect_timeout.
@@ -222,9 +223,14 @@ class Connection:
             except TaskHubError:
                 raise
             except (OSError, InvalidHandshake, WsClosed, TimeoutError) as exc:
+                if not isinstance(exc, TimeoutError):
+                    refused = exc
                 if asyncio.get_running_loop().time() + delay > deadline:
+                    # A last attempt that ran out of time says less than what the hub
+                    # answered before it (a 1013 "no leader yet", a refused upgrade).
+                    said = exc if refused is None or refused is exc else f"{refused}; then {exc}"
                     raise ConnectionClosed(
-                        f"could not connect to {', '.join(self.urls)}: {exc}"
+                        f"could not connect to {', '.join(self.urls)}: {said}"
                     ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
