@@ -110,6 +110,11 @@ class Linked(Partition, Elsewhere, Protocol):
         """Apply ``items`` (their index in the batched message ``msg``, the item) there;
         their answers (``pubs``) once they are stored."""
 
+    def ask_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Awaitable[Any]:
+        """Send ``items`` of the batched message ``msg``, which has a ``ref``, there now, to
+        be applied in order with ``peer``'s other messages to it; their answers (``pubs``)
+        once they are stored there."""
+
     def send_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> None:
         """Apply ``items`` of the batched message ``msg``, which has no ``ref``, there, in
         order with ``peer``'s other messages to it; nothing is answered (each item's own
