@@ -39,6 +39,7 @@ PY = sys.executable
 P = 2
 WARMUP = 400
 CALLERS = 64  # --mode callers
+PER_TURN = 8  # --mode stream
 
 
 def actions() -> tuple[str, str]:
@@ -136,7 +137,24 @@ async def publish(url: str, n: int, timeout: float, mode: str) -> None:
         seconds = time.perf_counter() - start
         return seconds, seconds
 
-    run = burst if mode == "burst" else callers
+    async def stream(count: int) -> tuple[float, float]:
+        """``PER_TURN`` pubs a loop turn (one small ``pubs`` spanning both hubs each), the
+        next turn at once: many batches in flight on one connection."""
+        start = time.perf_counter()
+        handles = []
+        for i in range(0, count, PER_TURN):
+            handles += [client.pub(pair[j % 2], payload(j)) for j in range(i, i + PER_TURN)]
+            await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*(h.accepted() for h in handles)), timeout)
+        accepted = time.perf_counter() - start
+        results = await asyncio.wait_for(
+            asyncio.gather(*(h.get_result() for h in handles)), timeout
+        )
+        if results != [payload(i) for i in range(count)]:
+            raise RuntimeError("a task came back with another result")
+        return accepted, time.perf_counter() - start
+
+    run = {"burst": burst, "callers": callers, "stream": stream}[mode]
     await run(WARMUP)
     frames.update(read=0, sent=0)
     accepted, seconds = await run(n)
@@ -162,10 +180,10 @@ def spawn(args: list[str], tree: str | None) -> subprocess.Popen[str]:
 def one_run(n: int, tree: str | None, mode: str) -> dict[str, float]:
     secret = secrets.token_urlsafe(16)
     a_port, b_port = free_port(), free_port()
-    a = spawn(["hub", "--port", str(a_port), "--secret", secret], tree)
+    a = spawn(["hub", "--port", str(a_port), f"--secret={secret}"], tree)
     wait_port(a_port, 20, a)
     leader = f"http://127.0.0.1:{a_port}"
-    b = spawn(["hub", "--port", str(b_port), "--secret", secret, "--leader", leader], tree)
+    b = spawn(["hub", "--port", str(b_port), f"--secret={secret}", "--leader", leader], tree)
     wait_port(b_port, 20, b)
     url = f"ws://127.0.0.1:{b_port}"
     worker = spawn(["worker", "--url", url], tree)
@@ -213,8 +231,9 @@ def main() -> None:
     parser.add_argument(
         "--mode",
         default="burst",
-        choices=["burst", "callers"],
-        help="burst: every pub in one loop turn; callers: 64 coroutines, one task at a time",
+        choices=["burst", "callers", "stream"],
+        help="burst: every pub in one loop turn; callers: 64 coroutines, one task at a time; "
+        "stream: 8 pubs a loop turn",
     )
     parser.add_argument("--trees", default="", help="source trees to compare: a,b")
     args = parser.parse_args()
