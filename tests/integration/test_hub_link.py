@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from taskhub import Client, Server, TaskFailed, TaskHubError
 from taskhub.hub.link import wire
 from taskhub.hub.link.origin import HubLinks
+from taskhub.hub.router import MAX_ANSWERS
 from taskhub.partitions import partition_of, partition_of_id
 from tests.conftest import ServerFactory, until
 
@@ -665,3 +666,37 @@ async def test_a_link_that_breaks_mid_batch_leaves_no_pub_unanswered(
         restored.set()
         await a.hub.parts[1].flush()
         assert len(live_of(a, 1, there)) == 1 + sum(partition_of_id(t) == 1 for t in accepted)
+
+
+async def test_past_its_bound_of_waiting_answers_a_connection_waits(
+    hubs: tuple[Server, Server],
+) -> None:
+    """At most ``MAX_ANSWERS`` batches' answers wait per connection: the batch past that is
+    applied, and the connection's next message waits for its answer (what the hub holds for
+    the connection stays bounded); then every answer comes, in order."""
+    a, b = hubs
+    assert a.hub is not None
+    here, there = action_in(0), action_in(1)
+    restored = asyncio.Event()
+    ws = await raw_client(b)
+    try:
+        await ws.send(json.dumps({"op": "pub", "ref": 2, "action": there}))
+        await messages_until(ws, lambda got: got)
+        a.hub.leading.restoring[1] = restored
+        n = MAX_ANSWERS + 1
+        batches = [
+            {"op": "pubs", "ref": 10 + k, "items": [{"action": there}, {"action": here}]}
+            for k in range(n)
+        ]
+        await ws.send(json.dumps([*batches, {"op": "pub", "ref": 99, "action": here}]))
+        # every batch's item for B is in; the pub after them waits (one frame: applied in
+        # one go, up to the message that waits)
+        await until(lambda: len(live_of(b, 0, here)) == n)
+        assert len(live_of(b, 0, here)) == n
+        del a.hub.leading.restoring[1]
+        restored.set()
+        got = await messages_until(ws, lambda got: any(m.get("ref") == 99 for m in got))
+        assert [m["ref"] for m in got] == [10 + k for k in range(n)] + [99]
+        assert len(live_of(b, 0, here)) == n + 1 and len(live_of(a, 1, there)) == n + 1
+    finally:
+        await ws.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -95,8 +96,7 @@ class Router:
         # Every connection's watch patterns: a partition placed later (gained) applies them.
         self.watching: dict[Peer, set[str]] = {}
         # Answers of batches with ``ref`` that wait, by connection (_batch_answered).
-        self.answering: dict[Peer, int] = {}
-        self.waiting: set[asyncio.Future[None]] = set()
+        self.answering: dict[Peer, set[asyncio.Future[list[Any]]]] = {}
         self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
@@ -136,7 +136,8 @@ class Router:
     def forget(self, peer: Peer) -> None:
         """The connection is gone (its watches end with it in each partition)."""
         self.watching.pop(peer, None)
-        self.answering.pop(peer, None)
+        for answering in self.answering.pop(peer, ()):
+            answering.cancel()  # nobody to answer
 
     def _refresh(self) -> None:
         # Every lifecycle this process runs, in partition order (the metrics, the dashboard
@@ -275,39 +276,31 @@ class Router:
                     part.step_item(peer, item, i)
             part.kick()
             waits.append(part.flush())
-        open_answers = self.answering
-        open_answers[peer] = open_answers.get(peer, 0) + 1
-        answering = asyncio.ensure_future(
-            self._answer_batch(peer, msg, answers, parts, waits, release)
+        answering = asyncio.gather(*waits, return_exceptions=True)
+        waiting = self.answering.setdefault(peer, set())  # what forget() cancels
+        waiting.add(answering)
+        answering.add_done_callback(waiting.discard)
+        answering.add_done_callback(
+            functools.partial(self._answer_batch, msg, answers, parts, release)
         )
-        self.waiting.add(answering)  # a task is kept only weakly by the loop
-        answering.add_done_callback(self.waiting.discard)
-        return answering if open_answers[peer] > MAX_ANSWERS else None
+        return _settled(answering) if len(waiting) > MAX_ANSWERS else None
 
-    async def _answer_batch(
+    def _answer_batch(
         self,
-        peer: Peer,
         msg: Any,
         answers: list[Any],
         parts: list[tuple[Partition, list[tuple[int, Any]]]],
-        waits: list[Awaitable[Any]],
         release: Callable[[list[Message]], None],
+        answering: asyncio.Future[list[Any]],
     ) -> None:
         """Send the ``ok`` of :meth:`_batch_answered` once every partition answered: each item
         its own answer, or, where its partition could not answer (the link to its leader
         broke, its store failed), an error naming the item's place and why: it may have been
         stored there, so it is not ``partition_unavailable`` (which the clients send again)."""
-        try:
-            results = await asyncio.gather(*waits, return_exceptions=True)
-        except BaseException:  # cancelled: the hub stops
+        if answering.cancelled():  # the connection is gone
             release([])
-            raise
-        finally:
-            left = self.answering.get(peer, 1) - 1
-            if left > 0:
-                self.answering[peer] = left
-            else:
-                self.answering.pop(peer, None)
+            return
+        results = answering.result()
         pubs = isinstance(msg, p.Pubs)
         first: list[Message] = []
         for (part, items), got in zip(parts, results, strict=True):
@@ -428,6 +421,11 @@ def _elsewhere(slot: Partition) -> Linked | UnledPartition | None:
     if isinstance(slot, UnledPartition):
         return slot if slot.waits else None
     return slot.linked
+
+
+async def _settled(fut: asyncio.Future[Any]) -> None:
+    """Wait for ``fut`` to end, however it ends (the connection's next message waits so)."""
+    await asyncio.wait([fut])
 
 
 def _task(item: Any) -> dict[str, Any]:
