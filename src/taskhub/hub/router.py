@@ -275,7 +275,8 @@ class Router:
                 else:
                     part.step_item(peer, item, i)
             part.kick()
-            waits.append(part.flush())
+            local = part.local
+            waits.append(part.flush() if local is None else local.stored())
         answering = asyncio.gather(*waits, return_exceptions=True)
         waiting = self.answering.setdefault(peer, set())  # what forget() cancels
         waiting.add(answering)

@@ -299,7 +299,7 @@ class LinkServer:
     ) -> None:
         try:
             part.kick()
-            await part.flush()
+            await part.stored()
             answer = wire.Answer(rid, msgspec.Raw(_encode(answers)))
         except Exception as exc:
             if not isinstance(exc, TaskHubError):

@@ -511,14 +511,14 @@ class RemotePartition:
         return None
 
     def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
-        """Never called: the router hands a batch that reaches another hub to
-        :meth:`apply_items`, whose answers come back from the leader once stored."""
-        raise AssertionError("a pubs item for another hub goes through apply_items")
+        """Never called: the router hands the items of a batch that reaches another hub to
+        :meth:`ask_items` or :meth:`send_items` (one entry per partition)."""
+        raise AssertionError("a pubs item for another hub goes through ask_items")
 
     def step_item(self, peer: Peer, item: Any, i: int) -> None:
         """Item ``i`` of an ``acks``, ``pickups`` or ``returns`` whose items span hubs, sent as
         its single message: the leader answers its own ``ref`` (a ``pubs`` item needs its
-        answer back, which :meth:`apply_items` waits for)."""
+        answer back, which :meth:`ask_items` gets)."""
         self.handle(peer, item)
 
     def watch(self, peer: Peer, pattern: str) -> None:
