@@ -4,9 +4,10 @@ partitions and say so on /healthz, a third rebalances, every hub serves every pa
 the hub-to-hub link (a publisher on one hub and a worker on the other, chains crossing hubs, a
 wildcard watch), a hub killed -9 loses no accepted task and its partitions move while the other
 hub's clients reconnect (1013) and finish (killed among batches spanning both hubs, every pub
-is accepted and completes or is refused with an error), SIGTERM hands off at once, a hub paused past its
-lease is fenced and leads again only what it is given (what it was sent meanwhile is stored
-once), and a timeout fires once. On a Redis Cluster the partitions spread over its primaries."""
+is accepted and completes or is refused with an error), SIGTERM hands off at once, a hub
+paused past its lease is fenced and leads again only what it is given (what it was sent
+meanwhile is stored once), and a timeout fires once. On a Redis Cluster the partitions spread
+over its primaries."""
 
 from __future__ import annotations
 
