@@ -57,7 +57,7 @@ def serve(port: int, leader: str | None, secret: str) -> None:
 
 
 def hub(port: int, leader: str | None, secret: str) -> subprocess.Popen[bytes]:
-    args = [PY, __file__, "hub", "--port", str(port), "--secret", secret]
+    args = [PY, __file__, "hub", "--port", str(port), f"--secret={secret}"]  # may start with -
     if leader is not None:
         args += ["--leader", leader]
     env = {**os.environ, "TASKHUB_LOG": "warning"}

@@ -3,9 +3,11 @@
 partitions and say so on /healthz, a third rebalances, every hub serves every partition over
 the hub-to-hub link (a publisher on one hub and a worker on the other, chains crossing hubs, a
 wildcard watch), a hub killed -9 loses no accepted task and its partitions move while the other
-hub's clients reconnect (1013) and finish, SIGTERM hands off at once, a hub paused past its
-lease is fenced and leads again only what it is given (what it was sent meanwhile is stored
-once), and a timeout fires once. On a Redis Cluster the partitions spread over its primaries."""
+hub's clients reconnect (1013) and finish (killed among batches spanning both hubs, every pub
+is accepted and completes or is refused with an error), SIGTERM hands off at once, a hub
+paused past its lease is fenced and leads again only what it is given (what it was sent
+meanwhile is stored once), and a timeout fires once. On a Redis Cluster the partitions spread
+over its primaries."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import httpx
 import pytest
 
 from taskhub import Client
-from taskhub.errors import ConnectionClosed, PartitionUnavailable
+from taskhub.errors import ConnectionClosed, PartitionUnavailable, TaskHubError
 from taskhub.partitions import partition_of, partition_of_id
 from taskhub.store import open_partition_leases
 from tests import redisproc
@@ -180,6 +182,46 @@ async def test_a_hub_killed_9_loses_no_accepted_task_and_its_partitions_move(
         results = await asyncio.wait_for(asyncio.gather(*(h.get_result() for h in handles)), 30)
     assert results == [i + 1 for i in range(n)]
     assert "with 1013" in two.log.read_text()  # the link broke: its connections reconnected
+
+
+async def test_a_hub_killed_9_mid_batch_leaves_no_pub_unanswered(hubs: Hubs) -> None:
+    """A publisher on hub two sends batches whose items fall on both hubs (its client's
+    ``pubs`` with a ``ref``, eight a loop turn, the connection not held while one waits) and
+    hub one is killed -9 among them: every pub is either accepted, and then completes once
+    two took the partitions over, or refused with an error the caller sees; none waits for
+    ever."""
+    one, two = hubs.start(), hubs.start()
+    first, second = settled(one, two)
+    knows(two, first)
+    knows(one, second)
+    async with (
+        Client(two.url, name="worker", max_backoff=0.2) as worker,
+        Client(two.url, name="publisher", max_backoff=0.2) as pub,
+    ):
+        for p in range(P):
+            await worker.sub(action_in(p), lambda t: t.payload, concurrency=64)
+        handles = []
+        for turn in range(60):
+            handles += [pub.pub(action_in(i % P), i) for i in range(8 * turn, 8 * turn + 8)]
+            if turn == 19:  # the batches so far answered (in order: the last one's ok last)
+                await handles[-1].accepted()
+            elif turn == 20:  # killed while this turn's batch (and later ones) wait
+                one.kill()
+            await asyncio.sleep(0)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(h.accepted() for h in handles), return_exceptions=True), 30
+        )
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(o, TaskHubError) for o in refused), refused
+        accepted = [
+            (i, h)
+            for i, (h, o) in enumerate(zip(handles, outcomes, strict=True))
+            if isinstance(o, str)
+        ]
+        assert [i for i, _ in accepted[:160]] == list(range(160))
+        await asyncio.to_thread(two.wait_leading, range(P))
+        results = await asyncio.wait_for(asyncio.gather(*(h.get_result() for _, h in accepted)), 30)
+    assert results == [i for i, _ in accepted]
 
 
 async def test_a_publisher_on_one_hub_and_a_worker_on_the_other_serve_every_partition(

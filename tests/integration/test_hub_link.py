@@ -16,9 +16,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from taskhub import Client, Server, TaskFailed
+from taskhub import Client, Server, TaskFailed, TaskHubError
 from taskhub.hub.link import wire
 from taskhub.hub.link.origin import HubLinks
+from taskhub.hub.router import MAX_ANSWERS
 from taskhub.partitions import partition_of, partition_of_id
 from tests.conftest import ServerFactory, until
 
@@ -549,3 +550,153 @@ async def test_returns_without_ref_across_hubs_end_every_task(
 def offered(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The offers among ``msgs`` (alone or items of ``offers``)."""
     return [o for m in msgs if m["op"] in ("offer", "offers") for o in m.get("items", [m])]
+
+
+def live_of(server: Server, index: int, action: str) -> list[str]:
+    """The ids of ``action``'s tasks partition ``index`` of ``server`` has made, in order."""
+    assert server.hub is not None
+    return sorted(
+        i for i, rec in server.hub.parts[index].unwritten().items() if rec.action == action
+    )
+
+
+async def test_a_batch_with_ref_across_hubs_does_not_hold_the_connection(
+    hubs: tuple[Server, Server],
+) -> None:
+    """A ``pubs`` with ``ref`` whose items fall in both hubs' partitions: while the other hub
+    has not answered (here A, restoring partition 1, holds what reaches it), the
+    connection's next messages are applied (B's partition publishes the next ``pub``); once
+    A answers, the batch's ``ok`` comes first, each item answered in place, then the later
+    messages' answers, in order, and A applied the batch's items before the connection's
+    later message for its partition."""
+    a, b = hubs
+    assert a.hub is not None
+    here, there = action_in(0), action_in(1)
+    restored = asyncio.Event()
+    ws = await raw_client(b)
+    try:
+        await ws.send(json.dumps({"op": "pub", "ref": 2, "action": there}))
+        (first,) = await messages_until(ws, lambda got: got)
+        assert first["op"] == "ok" and partition_of_id(first["task"]) == 1
+        a.hub.leading.restoring[1] = restored  # what reaches A for partition 1 waits now
+        items = [{"action": there}, {"action": here}, {"action": 5}, {"action": there}]
+        await ws.send(json.dumps({"op": "pubs", "ref": 5, "items": items}))
+        await ws.send(json.dumps({"op": "pub", "ref": 6, "action": here}))
+        await ws.send(json.dumps({"op": "pub", "ref": 7, "action": there}))
+        # the pub after the batch is published on B while A still holds the batch's items
+        await until(lambda: len(live_of(b, 0, here)) == 2)
+        assert live_of(a, 1, there) == [first["task"]]
+        del a.hub.leading.restoring[1]
+        restored.set()
+        got = await messages_until(ws, lambda got: any(m.get("ref") == 7 for m in got))
+        assert [(m["op"], m["ref"]) for m in got] == [("ok", 5), ("ok", 6), ("ok", 7)]
+        one, two, bad, four = got[0]["items"]
+        assert partition_of_id(one["task"]) == 1 and partition_of_id(four["task"]) == 1
+        assert partition_of_id(two["task"]) == 0
+        assert bad["error"]["code"] == "bad_message" and bad["error"]["details"]["index"] == 2
+        # at A: the batch's items after the first pub, before the later one
+        assert live_of(a, 1, there) == [first["task"], one["task"], four["task"], got[2]["task"]]
+        assert live_of(b, 0, here) == [two["task"], got[1]["task"]]
+    finally:
+        await ws.close()
+
+
+async def test_a_batch_across_hubs_answers_the_other_hubs_refusals_in_place(
+    hubs: tuple[Server, Server],
+) -> None:
+    """Items the other hub refuses (a payload it cannot keep) are answered in the batch's
+    ``ok`` at their places, each naming its index, beside the tasks both hubs published;
+    batches sent back to back are answered in order."""
+    _, b = hubs
+    here, there = action_in(0), action_in(1)
+    ws = await raw_client(b)
+    try:
+        # 1e400: JSON the hub reads but cannot keep (docs/protocol.md, "Payloads")
+        items = (
+            f'[{{"action":"{there}"}},{{"action":"{there}","payload":1e400}},'
+            f'{{"action":"{here}"}},{{"action":"{here}","payload":[1e400]}}]'
+        )
+        frames = [f'{{"op":"pubs","ref":{ref},"items":{items}}}' for ref in (5, 6, 7)]
+        for frame in frames:
+            await ws.send(frame)
+        got = await messages_until(ws, lambda got: len(got) == 3)
+        assert [(m["op"], m["ref"]) for m in got] == [("ok", 5), ("ok", 6), ("ok", 7)]
+        for ok in got:
+            published, refused_there, also, refused_here = ok["items"]
+            assert partition_of_id(published["task"]) == 1
+            assert partition_of_id(also["task"]) == 0
+            for refused, index in ((refused_there, 1), (refused_here, 3)):
+                assert refused["error"]["details"]["index"] == index
+                assert refused["error"]["message"].startswith(f"item {index}: ")
+    finally:
+        await ws.close()
+
+
+async def test_a_link_that_breaks_mid_batch_leaves_no_pub_unanswered(
+    hubs: tuple[Server, Server],
+) -> None:
+    """The link breaks while the other hub holds a batch's items: the client hears an error
+    for every pub it was not told was accepted (its connection closed, 1013), none waits for
+    ever, and every pub it was told was accepted is stored."""
+    a, b = hubs
+    assert a.hub is not None and b.hub is not None
+    here, there = action_in(0), action_in(1)
+    restored = asyncio.Event()
+    async with clients((b, "publisher")) as (publisher,):
+        await publisher.pub(there).accepted()  # the publisher's link connection is open
+        a.hub.leading.restoring[1] = restored
+        handles = [publisher.pub(there if i % 2 else here, i) for i in range(8)]
+        await until(lambda: len(live_of(b, 0, here)) == 4)  # B's items are in
+        link = links(b).links[wire.link_url(a.http_url)]
+        assert link.ws is not None
+        await link.ws.close()  # the link breaks before A applied its items
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(h.accepted() for h in handles), return_exceptions=True), 10
+        )
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(o, TaskHubError) for o in refused), refused
+        accepted = [o for o in outcomes if isinstance(o, str)]
+        assert len(accepted) + len(refused) == len(handles) and refused
+        for task_id in accepted:
+            part = a.hub.parts[1] if partition_of_id(task_id) == 1 else b.hub.parts[0]
+            assert await part.find(task_id) is not None
+        # A let go of the connection with the link; what it held for it is not applied
+        await until(lambda: not a.hub.connections.linked)
+        del a.hub.leading.restoring[1]
+        restored.set()
+        await a.hub.parts[1].flush()
+        assert len(live_of(a, 1, there)) == 1 + sum(partition_of_id(t) == 1 for t in accepted)
+
+
+async def test_past_its_bound_of_waiting_answers_a_connection_waits(
+    hubs: tuple[Server, Server],
+) -> None:
+    """At most ``MAX_ANSWERS`` batches' answers wait per connection: the batch past that is
+    applied, and the connection's next message waits for its answer (what the hub holds for
+    the connection stays bounded); then every answer comes, in order."""
+    a, b = hubs
+    assert a.hub is not None
+    here, there = action_in(0), action_in(1)
+    restored = asyncio.Event()
+    ws = await raw_client(b)
+    try:
+        await ws.send(json.dumps({"op": "pub", "ref": 2, "action": there}))
+        await messages_until(ws, lambda got: got)
+        a.hub.leading.restoring[1] = restored
+        n = MAX_ANSWERS + 1
+        batches = [
+            {"op": "pubs", "ref": 10 + k, "items": [{"action": there}, {"action": here}]}
+            for k in range(n)
+        ]
+        await ws.send(json.dumps([*batches, {"op": "pub", "ref": 99, "action": here}]))
+        # every batch's item for B is in; the pub after them waits (one frame: applied in
+        # one go, up to the message that waits)
+        await until(lambda: len(live_of(b, 0, here)) == n)
+        assert len(live_of(b, 0, here)) == n
+        del a.hub.leading.restoring[1]
+        restored.set()
+        got = await messages_until(ws, lambda got: any(m.get("ref") == 99 for m in got))
+        assert [m["ref"] for m in got] == [10 + k for k in range(n)] + [99]
+        assert len(live_of(b, 0, here)) == n + 1 and len(live_of(a, 1, there)) == n + 1
+    finally:
+        await ws.close()

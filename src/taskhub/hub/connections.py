@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from taskhub import protocol as p
@@ -43,6 +44,8 @@ class Connections:
         # Connections of other hubs' clients that reach a partition led here over a link
         # (hub/link/leader.py): served like any, counted and listed by their own hub.
         self.linked: set[Peer] = set()
+        # Connections whose frames are held behind answers that wait (:meth:`hold`).
+        self.gates: dict[Peer, _Gates] = {}
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.senders)
@@ -60,6 +63,7 @@ class Connections:
         self.senders.pop(peer, None)
         self.closers.pop(peer, None)
         self.linked.discard(peer)
+        self.gates.pop(peer, None)
 
     def clients(self) -> list[Peer]:
         """The connections of this hub's own clients (WebSocket and pull consumers), not
@@ -111,41 +115,91 @@ class Connections:
         partition, over the hub-to-hub link), as :meth:`send` hands it one it encoded."""
         sender = self.senders.get(peer)
         if sender is not None:
-            try:
-                sender(frame)
-            except Exception:
-                self._failed(peer)
+            self.send_frame_to(peer, sender, frame)
 
     def hold(self, peer: Peer) -> Callable[[list[Message]], None]:
         """Hold the frames sent to ``peer`` from now on; the function returned sends the
-        messages it is given, then what was held. A batch whose items other hubs store
-        answers first this way: its tasks' events must not reach the client before the
-        answer that names them. Held frames are bounded by the batch's round trip."""
-        sender = self.senders.get(peer)
-        if sender is None:
-            return _nothing
-        held: list[bytes] = []
-        hold = held.append
-        self.senders[peer] = hold
+        messages it is given, then what was held. A batch whose items several partitions
+        store answers first this way: its tasks' events must not reach the client before the
+        answer that names them. Holds overlap (the connection's later batches go on while one
+        waits): each is released in the order it was made, its messages and frames after
+        those of the holds before it, so the connection's answers keep their order. Held
+        frames are bounded by the round trip of the batches that wait (at most
+        :data:`~taskhub.hub.router.MAX_ANSWERS` of them per connection: the router holds the
+        connection's next messages past that)."""
+        gates = self.gates.get(peer)
+        if gates is None:
+            sender = self.senders.get(peer)
+            if sender is None:
+                return _nothing
+            gates = self.gates[peer] = _Gates(sender)
+            self.senders[peer] = gates.sink
+        gate = _Gate()
+        gates.waiting.append(gate)
 
         def release(first: list[Message]) -> None:
-            if self.senders.get(peer) is not hold:  # closed meanwhile
-                return
-            self.senders[peer] = sender
-            if first:
-                self.send(peer, sender, first)
-            for frame in held:
-                self.send_frame(peer, frame)
+            gate.first, gate.ready = first, True
+            waiting = gates.waiting
+            while waiting and waiting[0].ready:
+                if self.gates.get(peer) is not gates:  # closed (or failed) meanwhile
+                    return
+                done = waiting.popleft()
+                if not waiting:  # the last: the connection's own sender from now on
+                    del self.gates[peer]
+                    self.senders[peer] = gates.sender
+                if done.first:
+                    self.send(peer, gates.sender, done.first)
+                for frame in done.held:
+                    self.send_frame_to(peer, gates.sender, frame)
 
         return release
+
+    def holds(self, peer: Peer) -> int:
+        """How many holds of ``peer``'s frames wait for their answer (:meth:`hold`)."""
+        gates = self.gates.get(peer)
+        return 0 if gates is None else len(gates.waiting)
+
+    def send_frame_to(self, peer: Peer, sender: Sender, frame: bytes) -> None:
+        try:
+            sender(frame)
+        except Exception:
+            self._failed(peer)
 
     def _failed(self, peer: Peer) -> None:
         log.exception("sending to connection %s (%s) failed; closing it", peer.id, peer.service)
         self.senders.pop(peer, None)
+        self.gates.pop(peer, None)
         closer = self.closers.get(peer)
         if closer is not None:
             closing = asyncio.ensure_future(closer(1011, "internal error"))
             closing.add_done_callback(_retrieve)
+
+
+class _Gate:
+    """One hold of a connection's frames: what was sent it while it was the newest, and the
+    messages that go first once its answer is ready."""
+
+    __slots__ = ("first", "held", "ready")
+
+    def __init__(self) -> None:
+        self.held: list[bytes] = []
+        self.first: list[Message] = []
+        self.ready = False
+
+
+class _Gates:
+    """A connection's holds, oldest first, and its own sender, which :attr:`sink` replaces
+    meanwhile (frames sent go to the newest hold)."""
+
+    __slots__ = ("sender", "sink", "waiting")
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.waiting: deque[_Gate] = deque()
+        self.sink: Sender = self._put
+
+    def _put(self, frame: bytes) -> None:
+        self.waiting[-1].held.append(frame)
 
 
 def _nothing(msgs: list[Message]) -> None:

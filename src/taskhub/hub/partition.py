@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskhub.errors import PartitionUnavailable
+from taskhub.errors import PartitionUnavailable, StoreFenced
 from taskhub.hub.dispatch import Dispatcher, Msg
 from taskhub.hub.pipeline import Pipeline
 from taskhub.hub.retention import Retention
@@ -109,6 +109,11 @@ class Linked(Partition, Elsewhere, Protocol):
     async def apply_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Any:
         """Apply ``items`` (their index in the batched message ``msg``, the item) there;
         their answers (``pubs``) once they are stored."""
+
+    def ask_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Awaitable[Any]:
+        """Send ``items`` of the batched message ``msg``, which has a ``ref``, there now, to
+        be applied in order with ``peer``'s other messages to it; their answers (``pubs``)
+        once they are stored there."""
 
     def send_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> None:
         """Apply ``items`` of the batched message ``msg``, which has no ``ref``, there, in
@@ -401,6 +406,14 @@ class LocalPartition:
 
     async def flush(self) -> None:
         await self.pipeline.flush()
+
+    async def stored(self) -> None:
+        """Wait until what the partition was given so far is stored, as :meth:`flush`; but
+        :class:`StoreFenced` if its store refused this hub's writes (another hub leads it
+        now): what it was given may not be stored, so it must not be answered as stored."""
+        await self.pipeline.flush()
+        if self.pipeline.fenced:
+            raise StoreFenced(f"partition {self.index}'s store refused this hub's writes")
 
     async def stop(self, flush_timeout: float, *, write: bool = True) -> None:
         """Write what is pending (unless fenced, or ``write`` is False: the partition was

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskhub import protocol as p
-from taskhub.errors import TaskHubError
+from taskhub.errors import StoreUnavailable, TaskHubError
 from taskhub.hub.dispatch import Msg, batch_items
 from taskhub.hub.partition import Linked, LocalPartition, Partition, unavailable
 from taskhub.hub.unled import UnledPartition
@@ -65,6 +67,11 @@ def task_partition(task_id: str, partitions: int) -> int:
 
 
 Hold = Callable[[Peer], Callable[[list[Message]], None]]
+# Batches with ``ref`` spanning partitions whose answers may wait at once per connection
+# before its next message waits too (Router._batch_answered): what is sent to it meanwhile
+# is held, so this bounds that memory to as many batches' worth of output.
+MAX_ANSWERS = 16
+log = logging.getLogger("taskhub.hub")
 
 
 class Router:
@@ -88,6 +95,8 @@ class Router:
         self.lifecycles: tuple[Lifecycle, ...] = ()
         # Every connection's watch patterns: a partition placed later (gained) applies them.
         self.watching: dict[Peer, set[str]] = {}
+        # Answers of batches with ``ref`` that wait, by connection (_batch_answered).
+        self.answering: dict[Peer, set[asyncio.Future[list[Any]]]] = {}
         self._refresh()
         by: dict[type, Callable[[Any], Partition]] = {}
         by.update(dict.fromkeys(BY_TASK, self._by_task))
@@ -127,6 +136,8 @@ class Router:
     def forget(self, peer: Peer) -> None:
         """The connection is gone (its watches end with it in each partition)."""
         self.watching.pop(peer, None)
+        for answering in self.answering.pop(peer, ()):
+            answering.cancel()  # nobody to answer
 
     def _refresh(self) -> None:
         # Every lifecycle this process runs, in partition order (the metrics, the dashboard
@@ -210,28 +221,113 @@ class Router:
             return self.slots[min(where, default=0)].handle(peer, msg)
         slots = self.slots
         away = [_elsewhere(slots[i]) for i in where]
-        if any(a is not None for a in away):
-            if msg.ref is None and not any(isinstance(a, UnledPartition) for a in away):
-                self._batch_sent(peer, msg, index)
-                return None
+        if any(isinstance(a, UnledPartition) for a in away):
+            # It waits for the partition's leader: the connection's next messages wait
+            # behind it, in order (hub/unled.py).
             return self._batch_linked(peer, msg, index)
-        parts = [slots[i] for i in sorted(where)]
-        answers = []
+        if msg.ref is not None:
+            return self._batch_answered(peer, msg, index)
+        if any(a is not None for a in away):
+            self._batch_sent(peer, msg, index)
+            return None
+        pubs = isinstance(msg, p.Pubs)
         for i, item in enumerate(batch_items(msg)):
             part = slots[index(item)]
-            if isinstance(msg, p.Pubs):
-                answers.append(part.pub_item(peer, item, i, msg.ref))
+            if pubs:
+                part.pub_item(peer, item, i, None)
             else:
                 part.step_item(peer, item, i)
-        if msg.ref is None:
-            return None
-        ok: Message = {"op": "ok", "ref": msg.ref}
-        if isinstance(msg, p.Pubs):
-            ok["items"] = answers
+        return None
+
+    def _batch_answered(
+        self, peer: Peer, msg: Any, index: Callable[[Any], int]
+    ) -> Awaitable[None] | None:
+        """A batched message with ``ref`` whose items fall in several partitions (of this hub
+        or others): each partition applies its items now, in order with the connection's
+        other messages there (a linked one's are sent over the link at once), and the
+        batch's ``ok`` (each item's answer in place, for ``pubs``) goes once every partition
+        has stored them and answered. The connection's next messages do not wait for it;
+        what is sent to the connection meanwhile is held behind the ``ok`` (its tasks' events
+        must not come before it: :meth:`Connections.hold`). Past :data:`MAX_ANSWERS` such
+        answers waiting, the connection's next message waits for this one."""
+        by_part: dict[int, list[tuple[int, Any]]] = {}
+        for i, item in enumerate(batch_items(msg)):
+            by_part.setdefault(index(item), []).append((i, item))
+        pubs = isinstance(msg, p.Pubs)
+        answers: list[Any] = [None] * len(msg.items) if pubs else []
         # Held from now, not from when the answer's coroutine first runs: the partitions
         # may commit and send meanwhile, and a quick worker's start and success events of
         # these tasks must not reach the client before the answer that names them.
-        return self._answer_stored(parts, ok, self.hold(peer))
+        release = self.hold(peer)
+        waits: list[Awaitable[Any]] = []
+        parts: list[tuple[Partition, list[tuple[int, Any]]]] = []
+        for at, items in by_part.items():
+            part = self.slots[at]
+            parts.append((part, items))
+            linked = part.linked
+            if linked is not None:
+                waits.append(linked.ask_items(peer, msg, items))
+                continue
+            # Led here, or by no hub reachable (its items are answered with why).
+            for i, item in items:
+                if pubs:
+                    answers[i] = part.pub_item(peer, item, i, msg.ref)
+                else:
+                    part.step_item(peer, item, i)
+            part.kick()
+            local = part.local
+            waits.append(part.flush() if local is None else local.stored())
+        answering = asyncio.gather(*waits, return_exceptions=True)
+        waiting = self.answering.setdefault(peer, set())  # what forget() cancels
+        waiting.add(answering)
+        answering.add_done_callback(waiting.discard)
+        answering.add_done_callback(
+            functools.partial(self._answer_batch, msg, answers, parts, release)
+        )
+        return _settled(answering) if len(waiting) > MAX_ANSWERS else None
+
+    def _answer_batch(
+        self,
+        msg: Any,
+        answers: list[Any],
+        parts: list[tuple[Partition, list[tuple[int, Any]]]],
+        release: Callable[[list[Message]], None],
+        answering: asyncio.Future[list[Any]],
+    ) -> None:
+        """Send the ``ok`` of :meth:`_batch_answered` once every partition answered: each item
+        its own answer, or, where its partition could not answer (the link to its leader
+        broke, its store failed), an error naming the item's place and why: it may have been
+        stored there, so it is not ``partition_unavailable`` (which the clients send again)."""
+        if answering.cancelled():  # the connection is gone
+            release([])
+            return
+        results = answering.result()
+        pubs = isinstance(msg, p.Pubs)
+        first: list[Message] = []
+        for (part, items), got in zip(parts, results, strict=True):
+            if isinstance(got, BaseException):
+                if not isinstance(got, TaskHubError):
+                    log.error("partition %d did not answer a batch: %r", part.index, got)
+                why = got.message if isinstance(got, TaskHubError) else "internal error"
+                for i, item in items:
+                    err = StoreUnavailable(
+                        f"item {i}: partition {part.index} did not answer ({why}); "
+                        "it may have been applied",
+                        index=i,
+                        partition=part.index,
+                    )
+                    if pubs:
+                        answers[i] = {"error": err.to_wire()}
+                    else:
+                        first.append(p.error_msg(err, getattr(item, "ref", None), **_task(item)))
+            elif pubs and part.linked is not None:
+                for (i, _), answer in zip(items, got or (), strict=False):
+                    answers[i] = answer
+        ok: Message = {"op": "ok", "ref": msg.ref}
+        if pubs:
+            ok["items"] = answers
+        first.append(ok)
+        release(first)
 
     def _batch_sent(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
         """A batched message without ``ref`` whose items fall in partitions of several hubs:
@@ -301,20 +397,6 @@ class Router:
             ok["items"] = answers
         release([ok] if msg.ref is not None else [])
 
-    async def _answer_stored(
-        self, parts: list[Partition], ok: Message, release: Callable[[list[Message]], None]
-    ) -> None:
-        """Send ``ok`` once every partition in ``parts`` has written what it was given, then
-        what they sent the connection meanwhile (held by ``release``'s :meth:`hold`)."""
-        for part in parts:
-            part.kick()
-        try:
-            await asyncio.gather(*(part.flush() for part in parts))
-        except BaseException:
-            release([])
-            raise
-        release([ok])
-
     def _everywhere(self, peer: Peer, msg: p.Watch | p.Unwatch) -> None:
         """A watch sees every partition: the partitions here; the front answers it (the same
         permission check, so an error is answered once, from there)."""
@@ -340,3 +422,13 @@ def _elsewhere(slot: Partition) -> Linked | UnledPartition | None:
     if isinstance(slot, UnledPartition):
         return slot if slot.waits else None
     return slot.linked
+
+
+async def _settled(fut: asyncio.Future[Any]) -> None:
+    """Wait for ``fut`` to end, however it ends (the connection's next message waits so)."""
+    await asyncio.wait([fut])
+
+
+def _task(item: Any) -> dict[str, Any]:
+    task = getattr(item, "task", None)
+    return {"task": task} if isinstance(task, str) else {}

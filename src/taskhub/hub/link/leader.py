@@ -10,7 +10,7 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -74,46 +74,61 @@ async def _admitted(ws: WebSocket, hub: Hub) -> bool:
     return bool(links.secret) and hmac.compare_digest(given, links.secret)
 
 
+# Answers a request's items once applied (LinkServer._reply): the partition, the entry,
+# the items' answers (``pubs``; None for the others).
+Reply = Callable[[LocalPartition, wire.Items, "list[Any] | None"], None]
+
+
 class _Remote:
     """One of the origin's connections, as this hub serves it: its messages are applied in
-    order, the next one waiting while one reads the store."""
+    order, the next one waiting while one reads the store. The items of its batches that
+    span hubs (``wire.Items``) take their place in that order too, whether or not the
+    origin waits for their answer (``reply``, once applied)."""
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: Peer, reply: Reply) -> None:
         self.peer = peer
-        # A message, or the items of a batch without ``ref`` with their places in it.
-        self.backlog: deque[tuple[LocalPartition, Msg, list[int] | None]] = deque()
+        self.reply = reply
+        # A message, or the items of a batch with their entry (their places in it).
+        self.backlog: deque[tuple[LocalPartition, Msg, wire.Items | None]] = deque()
         self.resuming: asyncio.Task[None] | None = None
 
-    def apply(self, part: LocalPartition, msg: Msg, at: list[int] | None = None) -> None:
+    def apply(self, part: LocalPartition, msg: Msg, items: wire.Items | None = None) -> None:
         if self.resuming is not None:
-            self.backlog.append((part, msg, at))
+            self.backlog.append((part, msg, items))
             return
-        if at is not None:
-            self._items(part, msg, at)
+        if items is not None:
+            self._items(part, msg, items)
             return
         pending = part.handle(self.peer, msg)
         if pending is not None:
             self.resuming = asyncio.create_task(self._resume(pending))
 
-    def _items(self, part: LocalPartition, msg: Msg, at: list[int]) -> None:
-        """Items of a batch without ``ref`` (their places ``at`` in the client's batch),
-        applied as the origin's router applies a batch that spans its partitions."""
+    def _items(self, part: LocalPartition, msg: Msg, entry: wire.Items) -> None:
+        """Items of a client's batch (their places ``entry.at`` in it), applied as the
+        origin's router applies a batch that spans its partitions; answered (``reply``)
+        when the origin asked (a batch with ``ref``)."""
         own, dispatcher = part.peer(self.peer), part.dispatcher
         items: list[Any] = getattr(msg, "items", [])
+        answers: list[Any] | None = None
         if type(msg) is p.Pubs:
-            for i, item in zip(at, items, strict=True):
-                dispatcher.pub_item(own, item, i, None)
+            ref = entry.ref
+            answers = [
+                dispatcher.pub_item(own, item, i, ref)
+                for i, item in zip(entry.at, items, strict=True)
+            ]
         else:
-            for i, item in zip(at, items, strict=True):
+            for i, item in zip(entry.at, items, strict=True):
                 dispatcher.step_item(own, item, i)
+        if entry.id != wire.NO_ANSWER:
+            self.reply(part, entry, answers)
 
     async def _resume(self, pending: Awaitable[None]) -> None:
         try:
             await pending
             while self.backlog:
-                part, msg, at = self.backlog.popleft()
-                if at is not None:
-                    self._items(part, msg, at)
+                part, msg, items = self.backlog.popleft()
+                if items is not None:
+                    self._items(part, msg, items)
                     part.kick()
                     continue
                 more = part.handle(self.peer, msg)
@@ -246,12 +261,21 @@ class LinkServer:
         for part in touched:
             part.kick()
 
-    def _sent_items(self, entry: wire.Items, touched: set[LocalPartition]) -> None:
-        """Items of a client's batch without ``ref`` for partition ``entry.part``: applied in
-        order with the connection's messages, nothing answered (RemotePartition.send_items)."""
+    def _linked_items(self, entry: wire.Items, touched: set[LocalPartition]) -> None:
+        """Items of a client's batch for partition ``entry.part``: applied in order with the
+        connection's messages (``RemotePartition.send_items``, nothing answered; or
+        ``RemotePartition.ask_items``, answered once stored)."""
+        asked = entry.id != wire.NO_ANSWER
         remote = self.remotes.get(entry.conn)
         part = self._led(entry.conn, entry.part)
         if remote is None or part is None:
+            if asked:
+                why = (
+                    f"no connection {entry.conn} on this link"
+                    if remote is None
+                    else f"this hub does not lead partition {entry.part}"
+                )
+                self.out.add(wire.encode_entry(wire.Answer(entry.id, error=why)))
             return
         try:
             msg = wire.decode_msg(entry.msg)
@@ -260,9 +284,28 @@ class LinkServer:
                 raise ProtocolError("a linked batch whose items do not match their places")
         except ProtocolError as exc:
             log.error("the link from %s sent a %s", self.where, exc.message)
+            if asked:
+                self.out.add(wire.encode_entry(wire.Answer(entry.id, error=exc.message)))
             return
-        remote.apply(part, msg, entry.at)
+        remote.apply(part, msg, entry)
         touched.add(part)
+
+    def _reply(self, part: LocalPartition, entry: wire.Items, answers: list[Any] | None) -> None:
+        """Items the origin asked about were applied: answered once ``part`` stored them."""
+        self._spawn(self._answer_items(part, entry.id, answers))
+
+    async def _answer_items(
+        self, part: LocalPartition, rid: int, answers: list[Any] | None
+    ) -> None:
+        try:
+            part.kick()
+            await part.stored()
+            answer = wire.Answer(rid, msgspec.Raw(_encode(answers)))
+        except Exception as exc:
+            if not isinstance(exc, TaskHubError):
+                log.exception("answering linked items failed")
+            answer = wire.Answer(rid, error=str(exc))
+        self.out.add(wire.encode_entry(answer))
 
     def _hold(
         self, entries: list[wire.ToLeader], i: int, restoring: dict[int, asyncio.Event]
@@ -301,7 +344,7 @@ class LinkServer:
         peer = Peer(entry.conn, wire.credentials(entry))
         peer.hello, peer.batch, peer.remote = entry.hello, entry.batch, entry.remote
         peer.starts = entry.starts
-        self.remotes[entry.conn] = _Remote(peer)
+        self.remotes[entry.conn] = _Remote(peer, self._reply)
         conn, out = entry.conn, self.out
         prefix = wire.out_prefix(conn)
 
@@ -373,14 +416,14 @@ class LinkServer:
         entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items,
         touched: set[LocalPartition],
     ) -> None:
-        if isinstance(entry, wire.Items) and entry.id == wire.NO_ANSWER:  # no request
-            self._sent_items(entry, touched)
+        if isinstance(entry, wire.Items):  # in order with the connection's messages
+            self._linked_items(entry, touched)
             return
         task = asyncio.create_task(self._answer(entry))
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)
 
-    async def _answer(self, entry: wire.Find | wire.ListTasks | wire.Flush | wire.Items) -> None:
+    async def _answer(self, entry: wire.Find | wire.ListTasks | wire.Flush) -> None:
         try:
             part = self._led("", entry.part)
             if part is None:
@@ -388,8 +431,6 @@ class LinkServer:
             if isinstance(entry, wire.Find):
                 rec = await part.find(entry.task)
                 answer = wire.Answer(entry.id, msgspec.Raw(_encode(rec)))
-            elif isinstance(entry, wire.Items):
-                answer = await self._items(part, entry)
             elif isinstance(entry, wire.ListTasks):
                 page = await part.store.list_tasks(
                     action=entry.action, state=entry.state, after=entry.after, limit=entry.limit
@@ -438,32 +479,6 @@ class LinkServer:
             log.exception("answering a linked %r operation failed", entry.op)
             value = wire.op_result(error=StoreUnavailable("the leader could not complete it"))
         self.out.add(wire.encode_entry(wire.Answer(entry.id, msgspec.Raw(value))))
-
-    async def _items(self, part: LocalPartition, entry: wire.Items) -> wire.Answer:
-        """Some items of a client's batched message, applied as the hub's router applies a
-        batch that spans its partitions (:meth:`Router._batch`)."""
-        remote = self.remotes.get(entry.conn)
-        if remote is None:
-            raise TaskHubError(f"no connection {entry.conn} on this link")
-        if remote.resuming is not None:  # its earlier messages first
-            await asyncio.wait([remote.resuming])
-        msg = wire.decode_msg(entry.msg)
-        items = getattr(msg, "items", None)
-        if not isinstance(items, list) or len(items) != len(entry.at):
-            raise ProtocolError("a linked batch whose items do not match their places")
-        own, dispatcher = part.peer(remote.peer), part.dispatcher
-        answers = None
-        if isinstance(msg, p.Pubs):
-            answers = [
-                dispatcher.pub_item(own, it, i, entry.ref)
-                for i, it in zip(entry.at, items, strict=True)
-            ]
-        else:
-            for i, it in zip(entry.at, items, strict=True):
-                dispatcher.step_item(own, it, i)
-        part.kick()
-        await part.flush()
-        return wire.Answer(entry.id, msgspec.Raw(_encode(answers)))
 
     def _drop(self, conn: str, *, lost: bool = True) -> None:
         """The connection is gone: what it held here goes back to its groups. Not ``lost``:

@@ -290,13 +290,19 @@ class Link:
         return reply
 
     async def _ask(self, make: Any) -> Any:
-        if self.broken:
-            raise StoreUnavailable(f"the link to {self.url} is down; retry")
-        rid = next(self.ids)
+        return await self.ask(make)
+
+    def ask(self, make: Any) -> asyncio.Future[Any]:
+        """Send the request ``make(id)`` now (in order with what is added after it); its
+        answer's future (failed with :class:`StoreUnavailable` if the link is down)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.broken:
+            fut.set_exception(StoreUnavailable(f"the link to {self.url} is down; retry"))
+            return fut
+        rid = next(self.ids)
         self.requests[rid] = fut
         self.out.add(wire.encode_entry(make(rid)))
-        return await fut
+        return fut
 
     async def _send(self, frame: bytes) -> None:
         assert self.ws is not None
@@ -505,14 +511,14 @@ class RemotePartition:
         return None
 
     def pub_item(self, peer: Peer, item: Any, i: int, ref: int | None) -> dict[str, Any]:
-        """Never called: the router hands a batch that reaches another hub to
-        :meth:`apply_items`, whose answers come back from the leader once stored."""
-        raise AssertionError("a pubs item for another hub goes through apply_items")
+        """Never called: the router hands the items of a batch that reaches another hub to
+        :meth:`ask_items` or :meth:`send_items` (one entry per partition)."""
+        raise AssertionError("a pubs item for another hub goes through ask_items")
 
     def step_item(self, peer: Peer, item: Any, i: int) -> None:
         """Item ``i`` of an ``acks``, ``pickups`` or ``returns`` whose items span hubs, sent as
         its single message: the leader answers its own ``ref`` (a ``pubs`` item needs its
-        answer back, which :meth:`apply_items` waits for)."""
+        answer back, which :meth:`ask_items` gets)."""
         self.handle(peer, item)
 
     def watch(self, peer: Peer, pattern: str) -> None:
@@ -541,15 +547,23 @@ class RemotePartition:
     async def apply_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Any:
         """Apply ``items`` (index in ``msg``, item) of the batched message ``msg`` here; their
         answers (``pubs``) once the leader has stored them."""
+        return await self.ask_items(peer, msg, items)
+
+    def ask_items(self, peer: Peer, msg: Any, items: list[tuple[int, Any]]) -> Awaitable[Any]:
+        """Send ``items`` (index in ``msg``, item) of the batched message ``msg``, which has a
+        ``ref``, to the leader now, applied there in order with ``peer``'s other messages;
+        their answers (``pubs``; None for the others) once it has stored them."""
         link = self._link(peer)
         if link is None:
-            raise StoreUnavailable(f"the link to {self.url} broke; retry")
+            return _failed(StoreUnavailable(f"the link to {self.url} broke; retry"))
         part = type(msg)(items=[item for _, item in items], ref=None)
         raw = msgspec.Raw(wire.encode_msg(part))
         at = [i for i, _ in items]
-        answer = await link.request(
-            lambda rid: wire.Items(rid, peer.id, self.index, raw, at, msg.ref)
-        )
+        asked = link.ask(lambda rid: wire.Items(rid, peer.id, self.index, raw, at, msg.ref))
+        return self._answered(asked)
+
+    async def _answered(self, asked: asyncio.Future[wire.Answer]) -> Any:
+        answer = await asked
         if answer.error is not None:
             raise StoreUnavailable(f"partition {self.index} at {self.url}: {answer.error}")
         return msgspec.json.decode(answer.value)
@@ -710,6 +724,12 @@ Published = tuple[TaskRecord, bool, bool]
 Item = tuple[str, Any, dict[str, Any] | None]  # a task to publish: action, payload, options
 _events = msgspec.json.Decoder(tuple[list[EventRecord], bool])
 _published = msgspec.json.Decoder(list[Published])
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    return fut
 
 
 def _value(reply: wire.Reply) -> msgspec.Raw:
