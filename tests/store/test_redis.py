@@ -532,7 +532,7 @@ async def test_a_hung_redis_raises_store_unavailable_within_the_timeout(tmp_path
 async def test_a_batch_abandoned_by_its_timeout_leaves_no_reply_for_the_next(
     tmp_path: Path,
 ) -> None:
-    """Batches go on a connection the store keeps (``RedisStore._batch_call``): a call given
+    """Batches go on a connection the store keeps (``store/redis/kept.py``): a call given
     up on at its timeout must not leave its late reply (a success) on that connection to be
     read as the answer to the next batch, which here is fenced and must write nothing."""
     server = RedisProcess(tmp_path / "redis").start()

@@ -43,7 +43,6 @@ from typing import Any
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -61,6 +60,7 @@ from taskhub.store.redis.connection import (
     safe_url,
     store_error,
 )
+from taskhub.store.redis.kept import KeptConnection
 from taskhub.store.redis.keys import TERMINAL_ORDER, Keys, store_tag
 
 # load_active reads the active set in pages, so no single script holds Redis for long or
@@ -179,9 +179,7 @@ class RedisStore:
         # A batch of more items is written in pieces (docs/redis.md, "Big batches").
         self.piece_items = batches.PIECE_ITEMS
         self._unfinished: str | None = None  # a big batch committed and not all applied
-        # The connection the batch script's calls go on (single Redis; _batch_call).
-        self._batch_conn: Connection | None = None
-        self._batch_lock = asyncio.Lock()
+        self._kept = KeptConnection()  # the batch script's calls (apply)
 
     @classmethod
     def from_url(cls, url: str, *, partition: int | None = None) -> RedisStore:
@@ -216,12 +214,17 @@ class RedisStore:
             exc = TimeoutError(f"no answer within {self.call_timeout:g}s")
         return StoreUnavailable(f"redis store {self.url} is unavailable: {exc}", url=self.url)
 
-    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _script(
+        self, name: str, keys: list[str], args: list[Any], *, kept: bool = False
+    ) -> Any:
+        """``kept``: on the connection kept for the batch script (a single server only)."""
         client = self._redis()
         script = self._scripts[name]
         try:
             async with asyncio.timeout(self.call_timeout):
                 try:
+                    if kept and not isinstance(client, RedisCluster):
+                        return await self._kept.evalsha(client, script.sha, keys, args)
                     # EVALSHA by hand: AsyncScript's call copies the arguments twice more and
                     # costs ~14 us a call more (a batch is one call, ~20 tasks in a burst).
                     return await client.execute_command(
@@ -237,52 +240,6 @@ class RedisStore:
             mapped = self._response_error(exc)
             if mapped is exc:
                 raise  # a real error (a bug, a wrong key type): keep it as it is
-            raise mapped from exc
-
-    async def _batch_call(self, keys: list[str], args: list[Any]) -> Any:
-        """The batch script's call (``apply``), on a connection this store keeps for it.
-
-        redis-py's ``execute_command`` takes a connection from the pool and gives it back on
-        every call, checking it for unread data (a ``recv`` and a timeout context) and
-        counting it for its metrics: ~18 us of the hub's CPU per call more than sending and
-        reading on a connection kept (39 against 21 us, an ``EVALSHA`` of five arguments),
-        ~2 us per task in a burst's batches of ~10 tasks (docs/decisions.md, "Redis, layout 4
-        / redis-server's per-task cost"). The call is the same: redis-py's packer, the
-        connection's health check before a send after it was idle, and the connection's own
-        ``Retry`` as ``execute_command`` retries (the connection closed before each retry,
-        the script being idempotent). redis-py closes the connection on any error while
-        sending or reading but a Redis error reply, so a call abandoned by the timeout never
-        leaves its late reply for the next call. The cluster client routes each call itself:
-        it keeps ``execute_command``."""
-        client = self._redis()
-        if isinstance(client, RedisCluster):
-            return await self._script("apply", keys, args)
-        script = self._scripts["apply"]
-        try:
-            async with self._batch_lock, asyncio.timeout(self.call_timeout):
-                conn = self._batch_conn
-                if conn is None:
-                    conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-                    self._batch_conn = conn
-                packed = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-                async def call() -> Any:
-                    await conn.send_packed_command(packed)
-                    return await conn.read_response()
-
-                async def closed(_error: Exception) -> None:
-                    await conn.disconnect()
-
-                try:
-                    return await conn.retry.call_with_retry(call, closed)
-                except NoScriptError:
-                    return await script(keys=keys, args=args, client=client)
-        except (*CONNECTION_ERRORS, TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
-        except ResponseError as exc:
-            mapped = self._response_error(exc)
-            if mapped is exc:
-                raise
             raise mapped from exc
 
     def _response_error(self, exc: ResponseError) -> Exception:
@@ -326,7 +283,6 @@ class RedisStore:
         """Close the connection pool; later calls raise StoreUnavailable."""
         client, self._client = self._client, None
         self._closed = True
-        self._batch_conn = None  # the pool's, closed with it
         if client is not None:
             await client.aclose()
 
@@ -361,7 +317,7 @@ class RedisStore:
             await self._finish(self._unfinished)
         if batches.size(batch) <= self.piece_items:
             # Everything is encoded here, before the first await: this is the snapshot.
-            await self._batch_call([self.keys.route()], self._args(batch))
+            await self._script("apply", [self.keys.route()], self._args(batch), kept=True)
         else:
             await self._apply_pieces(batch)
 
