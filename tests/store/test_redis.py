@@ -529,6 +529,54 @@ async def test_a_hung_redis_raises_store_unavailable_within_the_timeout(tmp_path
         server.cleanup()
 
 
+async def test_a_batch_abandoned_by_its_timeout_leaves_no_reply_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """Batches go on a connection the store keeps (``store/redis/kept.py``): a call given
+    up on at its timeout must not leave its late reply (a success) on that connection to be
+    read as the answer to the next batch, which here is fenced and must write nothing."""
+    server = RedisProcess(tmp_path / "redis").start()
+    store = RedisStore(server.url, prefix="x", socket_timeout=0.3)
+    raw = aioredis.Redis.from_url(server.url)
+    assert server.proc is not None
+    try:
+        await store.open()
+        lock = store.lock_key("leader")
+        await raw.set(lock, "this-hub")
+        store.set_fence(lock, "this-hub")
+        await store.apply(WriteBatch(tasks=[task("a")]))
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable, match=r"no answer within 0.3s"):
+                await asyncio.wait_for(store.apply(WriteBatch(tasks=[task("b")])), 10)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await raw.set(lock, "next-hub")
+        with pytest.raises(StoreFenced):
+            await store.apply(WriteBatch(tasks=[task("c")]))
+        assert await store.get_task("c") is None
+        store.set_fence(lock, "next-hub")
+        await store.apply(WriteBatch(tasks=[task("d")]))
+        assert await store.get_task("d") is not None
+    finally:
+        await raw.aclose()
+        await store.close()
+        server.cleanup()
+
+
+async def test_a_batch_connection_closed_by_redis_is_made_again(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    """Redis (a restart of a proxy, ``CLIENT KILL``, an idle timeout) closes the connection the
+    store keeps for its batches: the next batch is sent again on a new one, as redis-py's
+    retry does for any command."""
+    await store.apply(WriteBatch(tasks=[task("a")]))
+    assert await raw.client_kill_filter(_type="normal", skipme=True) >= 1
+    await store.apply(WriteBatch(tasks=[task("b")], events=[event("b", 1)]))
+    assert {t.id for t in await store.list_tasks()} == {"a", "b"}
+    assert [e.seq for e in await store.get_events("b")] == [1]
+
+
 async def test_oom_and_readonly_replies_raise_store_unavailable(tmp_path: Path) -> None:
     """redis-py strips the code from the replies it has a class for: mapped by status_code."""
     server = RedisProcess(tmp_path / "redis").start()

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -59,6 +60,7 @@ from taskhub.store.redis.connection import (
     safe_url,
     store_error,
 )
+from taskhub.store.redis.kept import KeptConnection
 from taskhub.store.redis.keys import TERMINAL_ORDER, Keys, store_tag
 
 # load_active reads the active set in pages, so no single script holds Redis for long or
@@ -177,6 +179,7 @@ class RedisStore:
         # A batch of more items is written in pieces (docs/redis.md, "Big batches").
         self.piece_items = batches.PIECE_ITEMS
         self._unfinished: str | None = None  # a big batch committed and not all applied
+        self._kept = KeptConnection()  # the batch script's calls (apply)
 
     @classmethod
     def from_url(cls, url: str, *, partition: int | None = None) -> RedisStore:
@@ -211,12 +214,17 @@ class RedisStore:
             exc = TimeoutError(f"no answer within {self.call_timeout:g}s")
         return StoreUnavailable(f"redis store {self.url} is unavailable: {exc}", url=self.url)
 
-    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _script(
+        self, name: str, keys: list[str], args: list[Any], *, kept: bool = False
+    ) -> Any:
+        """``kept``: on the connection kept for the batch script (a single server only)."""
         client = self._redis()
         script = self._scripts[name]
         try:
             async with asyncio.timeout(self.call_timeout):
                 try:
+                    if kept and not isinstance(client, RedisCluster):
+                        return await self._kept.evalsha(client, script.sha, keys, args)
                     # EVALSHA by hand: AsyncScript's call copies the arguments twice more and
                     # costs ~14 us a call more (a batch is one call, ~20 tasks in a burst).
                     return await client.execute_command(
@@ -309,7 +317,7 @@ class RedisStore:
             await self._finish(self._unfinished)
         if batches.size(batch) <= self.piece_items:
             # Everything is encoded here, before the first await: this is the snapshot.
-            await self._script("apply", [self.keys.route()], self._args(batch))
+            await self._script("apply", [self.keys.route()], self._args(batch), kept=True)
         else:
             await self._apply_pieces(batch)
 
