@@ -150,6 +150,7 @@ class Client:
             late_tracing=self._publisher.late_tracing,
         )
         self._publisher.also_traces(self._handlers)
+        self._conn.on_offers = self._handlers.offered_all
         self._subs = self._handlers.subs  # the same dict: the façade adds and removes
         self._topics = Topics(self._link)  # broadcast subscriptions by pattern
         self._watches = Watches(self._link)

@@ -31,7 +31,7 @@ import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from taskhub.client import retry
+from taskhub.client import retry, typed
 from taskhub.client.outbox import BATCH_ITEMS, BatchAnswer, Entry, QueuedPub, take
 from taskhub.client.retry import RETRIED, Resend
 from taskhub.client.wire import Wire, dial
@@ -168,6 +168,7 @@ class Connection:
         self.name = name
         self.key = key
         self.on_message = on_message
+        self.on_offers: typed.OnOffers | None = None  # a worker's (typed.took_offers)
         self.on_connect = on_connect
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
@@ -361,6 +362,8 @@ class Connection:
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self.inbox.received:  # read elsewhere before: those first
             self.inbox.drain()
+        if self.on_offers is not None and typed.took_offers(frame, self.on_offers):
+            return  # a worker's burst: a frame of one `offers`, its items as structs
         on_message = self.on_message
         for msg in decode_frame(frame):
             if "ref" in msg:  # an answer, maybe
@@ -438,10 +441,6 @@ class Connection:
             return False
         return ws.send_text_now(part)
 
-    def _frame_limit(self) -> int:
-        """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
-        return self._limit
-
     def _queue(self, part: bytes, entry: Entry | None = None) -> None:
         self._outbox.append(part if entry is None else entry)
         # A pub queued alone gets its `,"ref":N` at the flush: counted so, a burst's frames
@@ -506,7 +505,7 @@ class Connection:
     @property
     def frame_limit(self) -> int:
         """The largest frame the hub takes (its welcome's ``max_frame``)."""
-        return self._frame_limit()
+        return self._limit
 
     def _batch(self) -> int:
         """Items per batched message the hub takes (its welcome's ``max_batch``); 0: none."""
@@ -522,7 +521,7 @@ class Connection:
             return
         queued, self._outbox = self._outbox, []
         self._outbox_size = 0
-        limit = self._frame_limit()
+        limit = self._limit
         out = take(queued, batch=self._batch(), limit=limit, refs=self._refs, pending=self._pending)
         frames = _frames(out, sum(map(len, out)), limit, self._too_large)
         if self._held or ws.paused or not ws.open:

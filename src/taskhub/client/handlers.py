@@ -21,6 +21,7 @@ from taskhub.client.connection import UNSENDABLE, Message
 from taskhub.client.control import Reject, Retry, handler_traceback
 from taskhub.client.link import Link
 from taskhub.client.task import TaskContext
+from taskhub.client.typed import Offer
 from taskhub.protocol import bounded_traceback
 
 if TYPE_CHECKING:
@@ -120,12 +121,17 @@ class Handlers:
         if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
             ctx.feed_revoke(str(msg.get("reason", "revoked")))
 
-    def offered(self, msg: Message) -> None:
-        sub = self.subs.get(msg["action"])
+    def offered_all(self, offers: list[Offer]) -> None:
+        """The items of an ``offers`` message decoded as structs (client/typed.py)."""
+        for offer in offers:
+            self.offered(offer)
+
+    def offered(self, msg: Message | Offer) -> None:
         # Picked up already if a worker's handler loop started it as it read the offer: it
         # runs on, draining or not.
         link = self._link
         ctx = link.context(msg) if link.started else TaskContext(link, msg)  # no call if none
+        sub = self.subs.get(ctx.action)
         if sub is None or (self.draining and not ctx.observe and not ctx.picked_up):
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
@@ -156,7 +162,7 @@ class Handlers:
         if tracer is None and self._late_tracing is not None and tracing_.imported_now():
             tracer = self._late_tracing()
         if tracer is not None:
-            span = tracer.process(ctx, msg.get("trace"))
+            span = tracer.process(ctx, msg.trace if isinstance(msg, Offer) else msg.get("trace"))
             if span is not None:  # else nothing to record or pass on
                 work = self._traced(work, ctx, tracer, span)
         # The task becomes ctx's runner at its first step (`_work`), not here: see there.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import Connection, Message, Receiver
 from taskhub.client.task import TaskContext
+from taskhub.client.typed import Offer
 from taskhub.errors import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -45,13 +46,18 @@ class Link:
         # one dict operation at a time.
         self.started: dict[str, TaskContext] = {}
 
-    def context(self, offer: Message) -> TaskContext:
+    def context(self, offer: Message | Offer) -> TaskContext:
         """The context of the delivery ``offer`` makes: the one its handler got if it was
         started as the offer was read (``started``), else a new one."""
         if self.started:
-            ctx = self.started.get(offer["task"])
-            if ctx is not None and ctx.attempt == offer["attempt"]:
-                self.started.pop(offer["task"], None)
+            task_id, attempt = (
+                (offer.task, offer.attempt)
+                if isinstance(offer, Offer)
+                else (offer["task"], offer["attempt"])
+            )
+            ctx = self.started.get(task_id)
+            if ctx is not None and ctx.attempt == attempt:
+                self.started.pop(task_id, None)
                 return ctx
         return TaskContext(self, offer)
 

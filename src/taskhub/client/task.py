@@ -16,7 +16,10 @@ import logging
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from msgspec import UNSET
+
 from taskhub.client.connection import UNSENDABLE
+from taskhub.client.typed import Offer
 from taskhub.errors import (
     ConnectionClosed,
     NoResult,
@@ -102,18 +105,32 @@ class TaskContext(_Emitter):
     handler returns; otherwise the handler's return value is the result.
     """
 
-    def __init__(self, link: Link, offer: dict[str, Any]) -> None:
+    def __init__(self, link: Link, offer: dict[str, Any] | Offer) -> None:
         self._listeners = None  # _Emitter's, set here to spare a call per delivery
         self._background = None
         self._link = link
-        self.id: str = offer["task"]
-        self.action: str = offer["action"]
-        self.attempt: int = offer["attempt"]
-        self.group: str = offer["group"]
-        self.publisher: str = offer["publisher"]
-        self.created_at: float = offer["created_at"]
-        self.observe: bool = bool(offer.get("observe"))
-        self.previous_result: Any = offer.get("previous_result")
+        if isinstance(offer, Offer):  # decoded as a struct (client/typed.py): a worker's burst
+            self.id: str = offer.task
+            self.action: str = offer.action
+            self.attempt: int = offer.attempt
+            self.group: str = offer.group
+            self.publisher: str = offer.publisher
+            self.created_at: float = offer.created_at
+            self.observe: bool = offer.observe
+            self.previous_result: Any = offer.previous_result
+            self._has_payload = offer.payload is not UNSET
+            self._payload: Any = None if offer.payload is UNSET else offer.payload
+        else:
+            self.id = offer["task"]
+            self.action = offer["action"]
+            self.attempt = offer["attempt"]
+            self.group = offer["group"]
+            self.publisher = offer["publisher"]
+            self.created_at = offer["created_at"]
+            self.observe = bool(offer.get("observe"))
+            self.previous_result = offer.get("previous_result")
+            self._has_payload = "payload" in offer
+            self._payload = offer.get("payload")
         self.last_update: Any = None
         self._updated = False  # an update arrived (its data may be None)
         self._final: str | None = None  # the final event that arrived: fail or end
@@ -123,8 +140,6 @@ class TaskContext(_Emitter):
         self.returned = False  # success() sent this delivery's result
         self.picked_up = False
         self.released = False  # handed back to the hub (the worker is stopping)
-        self._has_payload = "payload" in offer
-        self._payload: Any = offer.get("payload")
         # What runs the handler (set by the client, or by a worker's handler loop that
         # started it as it read the offer): revoking cancels it.
         self.runner: Runner | None = None

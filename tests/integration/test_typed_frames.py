@@ -1,0 +1,123 @@
+"""The hub's hottest frames decoded as structs by the Python client (client/typed.py): what a
+handler reads is what the same offers give when decoded as dicts, and a frame that does not
+fit the structs is still handled, as dicts (docs/decisions.md, "The clients' per-task Python,
+fourth pass")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from taskhub import Client
+from taskhub.client import TaskContext
+
+_OFFER: dict[str, Any] = {
+    "attempt": 2,
+    "action": "a:b",
+    "group": "w",
+    "publisher": "p",
+    "created_at": 100,  # an int stays an int, as in a dict
+}
+_ITEMS: list[dict[str, Any]] = [
+    {**_OFFER, "task": "T0", "payload": {"n": [1, 2.5, None, True]}},
+    {**_OFFER, "task": "T1", "payload": None},
+    {**_OFFER, "task": "T2", "payload_size": 5},  # large: fetched with a `payload` request
+    {**_OFFER, "task": "T3", "payload": 3, "previous_result": {"r": 1}, "extra": "ignored"},
+    {**_OFFER, "task": "T4", "payload": 4, "observe": True, "created_at": 1.5},
+]
+
+
+def _compact(msg: Any) -> str:
+    return json.dumps(msg, separators=(",", ":"))  # as the hub writes: `{"op":"offers",...`
+
+
+def _spaced(msg: Any) -> str:
+    return json.dumps(msg)  # `{"op": "offers", ...`: not the struct path's prefix
+
+
+async def _seen(frames: list[str]) -> dict[str, tuple[Any, ...]]:
+    """What a handler reads of each delivery in ``frames``, sent by a fake hub once the client
+    subscribed."""
+    seen: dict[str, tuple[Any, ...]] = {}
+    done = asyncio.Event()
+
+    async def hub(ws: ServerConnection) -> None:
+        await ws.send(_compact({"op": "welcome", "protocol": 1, "max_frame": 1 << 20}))
+        async for frame in ws:
+            msgs = json.loads(frame)
+            for m in msgs if isinstance(msgs, list) else [msgs]:
+                if m["op"] == "sub":
+                    await ws.send(_compact({"op": "ok", "ref": m["ref"]}))
+                    for f in frames:
+                        await ws.send(f)
+                elif m["op"] == "payload":
+                    await ws.send(_compact({"op": "ok", "ref": m["ref"], "payload": "big"}))
+
+    async def handler(task: TaskContext) -> None:
+        payload = await task.get_payload()
+        seen[task.id] = (
+            task.attempt,
+            task.action,
+            task.group,
+            task.publisher,
+            task.created_at,
+            type(task.created_at),
+            task.observe,
+            task.previous_result,
+            payload,
+        )
+        if len(seen) == len(_ITEMS):
+            done.set()
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}", name="w") as client:
+            await client.sub("a:b", handler, concurrency=10)
+            await asyncio.wait_for(done.wait(), 5)
+    return seen
+
+
+async def test_offers_read_as_structs_give_a_handler_what_dicts_give() -> None:
+    as_structs = await _seen([_compact({"op": "offers", "items": _ITEMS})])
+    as_dicts = await _seen([_spaced({"op": "offers", "items": _ITEMS})])
+    one_by_one = await _seen([_compact({"op": "offer", **item}) for item in _ITEMS])
+    assert as_structs == as_dicts == one_by_one
+    assert as_structs["T0"] == (
+        2,
+        "a:b",
+        "w",
+        "p",
+        100,
+        int,
+        False,
+        None,
+        {"n": [1, 2.5, None, True]},
+    )
+    assert as_structs["T1"][-1] is None
+    assert as_structs["T2"][-1] == "big"
+    assert as_structs["T3"][-2:] == ({"r": 1}, 3)
+    assert as_structs["T4"][4:7] == (1.5, float, True)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"created_at": "yesterday"},  # a field of another type
+        {"publisher": None},
+        {"observe": 1},
+    ],
+)
+async def test_an_offers_frame_that_does_not_fit_the_structs_is_read_as_dicts(
+    odd: dict[str, Any],
+) -> None:
+    items = [{**item, **odd} for item in _ITEMS]
+    seen = await _seen([_compact({"op": "offers", "items": items})])
+    assert sorted(seen) == [item["task"] for item in _ITEMS]
+    key = next(iter(odd))
+    index = {"created_at": 4, "publisher": 3, "observe": 6}[key]
+    value = bool(odd[key]) if key == "observe" else odd[key]
+    assert all(fields[index] == value for fields in seen.values())
