@@ -6,6 +6,7 @@ fourth pass")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -121,3 +122,71 @@ async def test_an_offers_frame_that_does_not_fit_the_structs_is_read_as_dicts(
     index = {"created_at": 4, "publisher": 3, "observe": 6}[key]
     value = bool(odd[key]) if key == "observe" else odd[key]
     assert all(fields[index] == value for fields in seen.values())
+
+
+# --- task events -------------------------------------------------------------------------
+def _event(task: str, kind: str, state: str, data: Any = None, **more: Any) -> dict[str, Any]:
+    msg = {"op": "event", "task": task, "type": kind, "state": state, "at": 1.0, **more}
+    if data is not None:
+        msg["data"] = data
+    return msg
+
+
+# Per task: what the hub says after its `pub` was answered (the fake hub's tasks T0..T3).
+_EVENTS: list[dict[str, Any]] = [
+    _event("T0", "update", "start", {"pct": 50}, service="w"),
+    _event("T0", "success", "success", {"r": [1, None]}, service="w"),
+    _event("T1", "fail", "fail", {"reason": "error", "message": "boom", "type": "ValueError"}),
+    _event("T2", "end", "end"),
+    _event("T3", "update", "start", [1, 2]),
+    _event("T0", "fail", "fail", {"message": "after the end: changes nothing"}),
+]
+
+
+async def _handles(frames: list[str]) -> list[tuple[Any, ...]]:
+    """What four handles read once a fake hub accepted their pubs and sent ``frames``."""
+
+    async def hub(ws: ServerConnection) -> None:
+        welcome = {"op": "welcome", "protocol": 1, "max_frame": 1 << 20, "max_batch": 100}
+        await ws.send(_compact(welcome))
+        async for frame in ws:
+            msgs = json.loads(frame)
+            for m in msgs if isinstance(msgs, list) else [msgs]:
+                if m["op"] == "pubs":
+                    items = [{"task": f"T{i}", "state": "init", "created": True} for i in range(4)]
+                    await ws.send(_compact({"op": "ok", "ref": m["ref"], "items": items}))
+                    for f in frames:
+                        await ws.send(f)
+                    await ws.send(_compact(_event("T3", "end", "end")))
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}"
+        async with Client(url, name="p", connect_timeout=5) as client:
+            handles = [client.pub("a:b", i) for i in range(4)]
+            updates: list[Any] = []
+            handles[3].on("update", lambda h: updates.append(h.last_update))
+            async with asyncio.timeout(5):
+                for h in handles:
+                    with contextlib.suppress(Exception):
+                        await h
+    out = []
+    for h in handles:
+        try:
+            outcome: Any = ("result", h.outcome())
+        except Exception as exc:
+            outcome = (type(exc).__name__, str(exc))
+        out.append((h.id, h.state, h.result, h.error, h.last_update, outcome))
+    out.append(tuple(updates))
+    return out
+
+
+async def test_events_read_as_structs_give_a_handle_what_dicts_give() -> None:
+    as_structs = await _handles([_compact(_EVENTS)])
+    one_by_one = await _handles([_compact(m) for m in _EVENTS])
+    as_dicts = await _handles([_spaced(_EVENTS)])
+    assert as_structs == one_by_one == as_dicts
+    assert as_structs[0][1:3] == ("success", {"r": [1, None]})
+    assert as_structs[1][5] == ("TaskFailed", "task T1 (a:b) failed: ValueError: boom")
+    assert as_structs[2][5][0] == "NoResult"
+    assert as_structs[4] == ([1, 2],)

@@ -168,7 +168,7 @@ class Connection:
         self.name = name
         self.key = key
         self.on_message = on_message
-        self.on_offers: typed.OnOffers | None = None  # a worker's (typed.took_offers)
+        self.typed: typed.Reader | None = None  # what reads frames as structs, if any
         self.on_connect = on_connect
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
@@ -362,8 +362,8 @@ class Connection:
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self.inbox.received:  # read elsewhere before: those first
             self.inbox.drain()
-        if self.on_offers is not None and typed.took_offers(frame, self.on_offers):
-            return  # a worker's burst: a frame of one `offers`, its items as structs
+        if self.typed is not None and self.typed.took(frame):
+            return  # offers or task events read as structs (client/typed.py)
         on_message = self.on_message
         for msg in decode_frame(frame):
             if "ref" in msg:  # an answer, maybe

@@ -107,13 +107,13 @@ class Handlers:
         for task in list(self.running.values()):
             task.cancel()
 
-    def event(self, task_id: str, msg: Message) -> None:
+    def event(self, task_id: str, kind: str, data: Any) -> None:
         """A task event: the handler holding the task hears it too (``task.on``)."""
         ctx = self.working.get(task_id)
         if ctx is None and self._link.started:  # not a worker's handler loop's: no call
             ctx = self._link.holding(task_id)
         if ctx is not None:
-            ctx.feed_event(msg)
+            ctx.feed_event(kind, data)
 
     def revoke(self, msg: Message) -> None:
         """The hub took a delivery away (cancelled, timed out): stop its handler."""

@@ -262,10 +262,10 @@ class TaskContext(_Emitter):
         await self._link.request({"op": op, "task": self.id, "attempt": attempt, **fields})
 
     # --- fed by the client (internal) -------------------------------------------------------
-    def feed_event(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
+    def feed_event(self, kind: str, data: Any) -> None:
+        """A task event (its ``type`` and ``data``) from another service."""
         if kind == "update":
-            self.last_update = msg.get("data")
+            self.last_update = data
             self._updated = True
             self._emit("update")
         elif kind == "success":
@@ -515,21 +515,20 @@ class Handle(_Emitter):
                 fut.set_exception(self._refusal())
         self._call_done()
 
-    def feed_event(self, msg: dict[str, Any]) -> None:
+    def feed_event(self, kind: str, state: str | None, data: Any) -> None:
+        """A task event: its ``type``, ``state`` (None: not said) and ``data``."""
         if self._ended:  # a task ends once: what comes after (a duplicate) changes nothing
             return
-        kind = msg.get("type", "")
-        state = msg.get("state", self.state)
-        if _older(state, self.state):  # sent before what the handle saw (a late follow)
-            state = self.state
+        if state is None or _older(state, self.state):  # sent before what the handle saw
+            state = self.state  # (a late follow)
         self.state = state
         if kind == "success":
-            self.result = msg.get("data")
+            self.result = data
         elif kind == "update":
-            self.last_update = msg.get("data")
+            self.last_update = data
             self._updated = True
         elif kind == "fail":
-            self.error = msg.get("data")
+            self.error = data
         if self._listeners is not None:
             self._emit(kind)
         if state in _FINAL:

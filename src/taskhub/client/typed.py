@@ -1,7 +1,7 @@
 """The hub's hottest messages decoded into structs for the client's own use (docs/decisions.md,
-"The clients' per-task Python, fourth pass"): a frame that is one ``offers`` message, read by
-a worker. A struct is made in about half the work of a dict of the same fields, and fields
-no consumer reads are skipped unparsed.
+"The clients' per-task Python, fourth pass"): a frame that is one ``offers`` message (a
+worker's), a frame of task events that no watch reads (a publisher's). A struct is made in
+less work than a dict of the same fields, and fields no consumer reads are skipped unparsed.
 
 Only what the client reads itself is decoded so; what it hands to an application (a handler's
 ``TaskContext``, a watch's events, a request's reply) is what the dict path gives. A frame
@@ -49,22 +49,61 @@ class Offers(msgspec.Struct):
 offers_decoder = msgspec.json.Decoder(Offers)
 
 
-# What takes the items of a frame that is one ``offers`` message (a worker's client).
+class Event(msgspec.Struct, tag_field="op", tag="event"):
+    """A task ``event`` (docs/protocol.md §4) as a handle and a handler's task read it:
+    ``at``, ``group``, ``service`` and ``seq`` are skipped unparsed."""
+
+    task: str
+    type: str
+    state: str
+    data: Any = None
+
+
 OnOffers = Callable[[list[Offer]], None]
-_OFFERS_LEN = len(OFFERS_PREFIX)
+OnEvents = Callable[[list[Event]], None]
+_events_decoder = msgspec.json.Decoder(list[Event])
+_event_decoder = msgspec.json.Decoder(Event)
+_HEAD = len(OFFERS_PREFIX)
+# How a frame of one event, or of events, starts (the hub writes `op` first).
+_EVENT = b'{"op":"event",'
+_EVENTS = b'[{"op":"event",'
+# A watched event goes to a watch, as a dict: a frame that has one is read as dicts.
+_WATCHED = b'"watched":'
 
 
-def took_offers(frame: bytes | bytearray | memoryview | str, on_offers: OnOffers) -> bool:
-    """If ``frame`` is one ``offers`` message that fits :class:`Offers`, hand its items to
-    ``on_offers`` and return True; else False: the frame is to be read as dicts."""
-    if frame[:_OFFERS_LEN] != OFFERS_PREFIX:
-        return False
-    try:
-        offers = offers_decoder.decode(frame)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return False  # another message with it, a field of another type: as dicts
-    try:
-        on_offers(offers.items)
-    except Exception:
-        log.exception("handling offers from the hub failed")
-    return True
+class Reader:
+    """Reads the frames that fit a struct, for :meth:`Connection._dispatch`: ``on_offers``
+    gets the items of a frame that is one ``offers`` message, ``on_events`` the events of a
+    frame of task events none of which is watched."""
+
+    __slots__ = ("on_events", "on_offers")
+
+    def __init__(self, on_offers: OnOffers, on_events: OnEvents) -> None:
+        self.on_offers = on_offers
+        self.on_events = on_events
+
+    def took(self, frame: bytes | bytearray | memoryview | str) -> bool:
+        """Whether ``frame`` was read here; False: it is to be read as dicts."""
+        if not isinstance(frame, bytes | bytearray):  # websockets gives bytes
+            return False
+        head = frame[:_HEAD]
+        items: list[Any]
+        try:
+            if head == OFFERS_PREFIX:
+                items = offers_decoder.decode(frame).items
+                take: Callable[[Any], None] = self.on_offers
+            elif head[:15] == _EVENTS and _WATCHED not in frame:
+                items = _events_decoder.decode(frame)
+                take = self.on_events
+            elif head[:14] == _EVENT and _WATCHED not in frame:
+                items = [_event_decoder.decode(frame)]
+                take = self.on_events
+            else:
+                return False
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False  # another message with them, a field of another type: as dicts
+        try:
+            take(items)
+        except Exception:
+            log.exception("handling messages from the hub failed")
+        return True
