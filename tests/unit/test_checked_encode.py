@@ -1,6 +1,6 @@
-"""The client's shortcut around ``encode``'s plain-JSON check (client/connection.py): a
-``pub`` (``encode_pub``) gives the very bytes ``encode`` gives for the whole message, and
-refuses exactly what it refuses, with the same words
+"""The client's shortcuts around ``encode``'s plain-JSON check (client/connection.py): a
+``pub`` (``encode_pub``) and a ``return`` (``encode_return``) give the very bytes ``encode``
+gives for the whole message, and refuse exactly what it refuses, with the same words
 (docs/decisions.md, "Payloads are plain JSON"; "The clients' per-task Python, fourth pass")."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskhub.client.connection import encode, encode_pub
+from taskhub.client.connection import encode, encode_pub, encode_return
 
 
 class Color(enum.StrEnum):
@@ -90,3 +90,18 @@ def test_the_odd_values_are_refused_or_sent_as_encode_does() -> None:
     assert _outcome(lambda: encode_pub("job:run", float("nan")))[0] == "ValueError"
     assert _outcome(lambda: encode_pub("job:run", {"at": dt.date(2026, 1, 2)}))[0] == "TypeError"
     assert encode_pub("job:run", (1, 2)) == b'{"op":"pub","action":"job:run","payload":[1,2]}'
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _values,
+    st.sampled_from(["01M99G17KS002ESVXRDT908QKT", 'a "quoted" \\ id', "é"]),
+    st.one_of(st.integers(min_value=0, max_value=2**40), st.sampled_from([True, 1.0, 2**64])),
+)
+def test_encode_return_is_encode_of_the_whole_return(
+    result: Any, task_id: str, attempt: Any
+) -> None:
+    whole = {"op": "return", "task": task_id, "attempt": attempt, "result": result}
+    assert _outcome(lambda: encode_return(task_id, attempt, result)) == _outcome(
+        lambda: encode(whole)
+    )

@@ -399,19 +399,20 @@ class Connection:
             _fail(waiter, exc)
 
     # --- sending -----------------------------------------------------------------------------
-    def send(self, msg: Message, *, own: bool = False) -> None:
+    def send(self, msg: Message | bytes, *, own: bool = False) -> None:
         """Queue a message; everything queued in one loop turn leaves as one frame. Raises at
         once, sending nothing, if ``msg`` cannot be encoded as JSON (``TypeError``) or is too
         large for the hub's frames (:class:`FrameTooLarge`): nobody waits for an answer to
         it, so later would be too late to say so. ``own``: the client made ``msg`` of short
         strings and integers only (an ack, a pickup, a release), so it skips those checks
-        (:func:`encode`'s costs as much as the encoding)."""
+        (:func:`encode`'s costs as much as the encoding). Bytes: a message already encoded
+        and checked (:func:`encode_return`)."""
         if own:
             part = _encoder.encode(msg)
         else:  # checked as JSON and against the frame limit (a worker's result, per task)
-            part = encode(msg)
+            part = msg if type(msg) is bytes else encode(msg)  # type: ignore[arg-type]
             if len(part) > self._limit:
-                raise _not_sent(msg.get("op"), len(part), self._limit)
+                raise _not_sent(_decoder.decode(part).get("op"), len(part), self._limit)
         # _queue's steps, without its call (a worker sends two messages per task)
         self._outbox.append(part)
         self._outbox_size += len(part)
@@ -584,6 +585,19 @@ def encode_pub(action: str, payload: Any) -> bytes:
     except Exception:
         pass  # encode says what is wrong, and how (TypeError, ValueError...)
     return encode({"op": "pub", "action": action, "payload": payload})
+
+
+def encode_return(task_id: str, attempt: int, result: Any) -> bytes:
+    """``encode({"op": "return", "task": task_id, "attempt": attempt, "result": result})``,
+    the same bytes and the same refusals, checking only the result (as :func:`encode_pub`)."""
+    try:
+        body = _encoder.encode(result)
+        if type(attempt) is int and _decoder.decode(body) == result:
+            task = _encoder.encode(task_id)
+            return b'{"op":"return","task":%b,"attempt":%d,"result":%b}' % (task, attempt, body)
+    except Exception:
+        pass  # encode says what is wrong, and how (TypeError, ValueError...)
+    return encode({"op": "return", "task": task_id, "attempt": attempt, "result": result})
 
 
 # A pub's JSON up to its payload, by action (at most _MAX_HEADS actions remembered).

@@ -17,7 +17,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client import tracing as tracing_
-from taskhub.client.connection import UNSENDABLE, Message
+from taskhub.client.connection import UNSENDABLE, Message, encode_return
 from taskhub.client.control import Reject, Retry, handler_traceback
 from taskhub.client.link import Link
 from taskhub.client.task import TaskContext
@@ -223,9 +223,8 @@ class Handlers:
                     return
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
-                ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
-                try:
-                    self._send(ret)
+                try:  # the result checked alone (encode_return): no message dict to check
+                    self._send(encode_return(ctx.id, ctx.attempt, result))
                 except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.
