@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -190,3 +191,66 @@ async def test_events_read_as_structs_give_a_handle_what_dicts_give() -> None:
     assert as_structs[1][5] == ("TaskFailed", "task T1 (a:b) failed: ValueError: boom")
     assert as_structs[2][5][0] == "NoResult"
     assert as_structs[4] == ([1, 2],)
+
+
+# --- the answer to a pubs ----------------------------------------------------------------
+_ANSWERS: list[dict[str, Any]] = [
+    {"task": "A0", "state": "init", "created": True},
+    {"task": "A1", "state": "start", "created": False},  # a key= seen before: followed
+    {"task": "A2", "state": "init", "created": True, "pooled": True},
+    {"error": {"code": "permission_denied", "message": "no pub for a:b"}},
+    # (a fifth pub gets no item: the hub left it out)
+]
+
+
+async def _answered(dump: Callable[[Any], str]) -> list[tuple[Any, ...]]:
+    """What five handles read once a fake hub answered their pubs with ``_ANSWERS``, written
+    with ``dump``; a followed task's view ends it."""
+    followed: list[str] = []
+
+    async def hub(ws: ServerConnection) -> None:
+        welcome = {"op": "welcome", "protocol": 1, "max_frame": 1 << 20, "max_batch": 100}
+        await ws.send(_compact(welcome))
+        async for frame in ws:
+            msgs = json.loads(frame)
+            for m in msgs if isinstance(msgs, list) else [msgs]:
+                if m["op"] == "pubs":
+                    await ws.send(dump({"op": "ok", "ref": m["ref"], "items": _ANSWERS}))
+                elif m["op"] == "follow":
+                    followed.append(m["task"])
+                    view = {"id": m["task"], "state": "success", "result": "r"}
+                    await ws.send(_compact({"op": "ok", "ref": m["ref"], "task": view}))
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}", name="p") as client:
+            handles = [client.pub("a:b", i) for i in range(5)]
+            async with asyncio.timeout(5):
+                for h in handles:
+                    with contextlib.suppress(Exception):
+                        await h.accepted()
+                with contextlib.suppress(Exception):
+                    await handles[1]
+            out: list[tuple[Any, ...]] = []
+            for h in handles:
+                refusal = None
+                if h.done and h.state != "success":
+                    try:
+                        h.outcome()
+                    except Exception as exc:
+                        refusal = (type(exc).__name__, str(exc))
+                out.append((h.id, h.state, h.pooled, h.result, h.done, refusal))
+    out.append(tuple(followed))
+    return out
+
+
+async def test_a_pubs_answer_read_as_structs_gives_the_handles_what_dicts_give() -> None:
+    as_structs = await _answered(_compact)
+    as_dicts = await _answered(_spaced)
+    assert as_structs == as_dicts
+    assert as_structs[0][:3] == ("A0", "init", False)
+    assert as_structs[1][:5] == ("A1", "success", False, "r", True)  # followed, caught up
+    assert as_structs[2][:3] == ("A2", "init", True)
+    assert as_structs[3][5] == ("TaskHubError", "no pub for a:b")
+    assert as_structs[4][5] is not None and "left this one out" in as_structs[4][5][1]
+    assert as_structs[5] == ("A1",)

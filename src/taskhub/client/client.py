@@ -153,7 +153,7 @@ class Client:
         self._publisher.also_traces(self._handlers)
         # The hottest frames as structs (client/typed.py): offers, task events.
         events = functools.partial(_feed_events, self._link, self._handlers)
-        self._conn.typed = typed.Reader(self._handlers.offered_all, events)
+        self._conn.typed = typed.Reader(self._handlers.offered_all, events, self._conn.answered)
         self._subs = self._handlers.subs  # the same dict: the façade adds and removes
         self._topics = Topics(self._link)  # broadcast subscriptions by pattern
         self._watches = Watches(self._link)

@@ -61,6 +61,15 @@ class Receiver(Protocol):
         """No answer will come: the connection dropped, the client closed, or it was not sent."""
 
 
+class PubReceiver(Receiver, Protocol):
+    """What :meth:`Connection.post_pub` tells of the answer: also an accepted item of an
+    answer read as structs (client/typed.py)."""
+
+    def feed_accepted(self, task_id: str, created: bool | None, pooled: bool) -> None:
+        """The hub stored the task as ``task_id`` (``created`` False: a ``key=`` seen before;
+        ``pooled``: no worker group subscribed)."""
+
+
 class Reader(Protocol):
     """Another thread that reads a connection's socket (see :meth:`Connection.share_reading`).
     Both methods are called on the connection's loop."""
@@ -178,7 +187,7 @@ class Connection:
         self.welcome: Message = {}
         # The largest frame the hub takes: its welcome's max_frame, else our own setting
         # (kept with the welcome, not looked up in it per message sent).
-        self._limit = max_frame
+        self.frame_limit = max_frame
         # The loop the connection runs on, known from open(): asyncio.get_running_loop() costs
         # a getpid() system call, too much to pay for every publish.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -280,7 +289,7 @@ class Connection:
             await ws.close()
             raise ConnectionClosed(f"{url} did not greet with a welcome message: {first!r}")
         self.welcome = first
-        self._limit = int(first.get("max_frame", self.max_frame))
+        self.frame_limit = int(first.get("max_frame", self.max_frame))
         return ws
 
     async def _run(self, ws: Wire | None) -> None:
@@ -411,8 +420,8 @@ class Connection:
             part = _encoder.encode(msg)
         else:  # checked as JSON and against the frame limit (a worker's result, per task)
             part = msg if type(msg) is bytes else encode(msg)  # type: ignore[arg-type]
-            if len(part) > self._limit:
-                raise _not_sent(_decoder.decode(part).get("op"), len(part), self._limit)
+            if len(part) > self.frame_limit:
+                raise _not_sent(_decoder.decode(part).get("op"), len(part), self.frame_limit)
         # _queue's steps, without its call (a worker sends two messages per task)
         self._outbox.append(part)
         self._outbox_size += len(part)
@@ -438,7 +447,7 @@ class Connection:
             part = _join([_encoder.encode(m) if own else encode(m) for m in msgs])
         except UNSENDABLE:
             return False
-        if len(part) > self._limit:
+        if len(part) > self.frame_limit:
             return False
         return ws.send_text_now(part)
 
@@ -481,7 +490,7 @@ class Connection:
         self._pending[ref] = waiter
         self._queue(part)
 
-    def post_pub(self, msg: Message, receiver: Receiver, part: bytes | None = None) -> None:
+    def post_pub(self, msg: Message, receiver: PubReceiver, part: bytes | None = None) -> None:
         """Send a ``pub`` (``part``: ``msg`` already encoded); its answer goes to
         ``receiver`` as for :meth:`post`. Several in one loop turn leave as one ``pubs``
         message when the hub takes batched messages."""
@@ -503,11 +512,6 @@ class Connection:
             raise ConnectionClosed("the client is closed")
         self._queue(entry[0], entry)
 
-    @property
-    def frame_limit(self) -> int:
-        """The largest frame the hub takes (its welcome's ``max_frame``)."""
-        return self._limit
-
     def _batch(self) -> int:
         """Items per batched message the hub takes (its welcome's ``max_batch``); 0: none."""
         return min(BATCH_ITEMS, int(self.welcome.get("max_batch", 0)))
@@ -522,9 +526,10 @@ class Connection:
             return
         queued, self._outbox = self._outbox, []
         self._outbox_size = 0
-        limit = self._limit
+        limit = self.frame_limit
         out = take(queued, batch=self._batch(), limit=limit, refs=self._refs, pending=self._pending)
-        frames = _frames(out, sum(map(len, out)), limit, self._too_large)
+        too_large = functools.partial(_too_large, self._pending)
+        frames = _frames(out, sum(map(len, out)), limit, too_large)
         if self._held or ws.paused or not ws.open:
             self._held.extend(frames)  # behind the frames already waiting
             return
@@ -540,14 +545,26 @@ class Connection:
         while self._held and ws is not None and ws.open and not ws.paused:
             ws.send_text(self._held.pop(0))
 
-    def _too_large(self, part: bytes, limit: int) -> None:
-        msg = _decoder.decode(part)
-        exc = _not_sent(msg.get("op"), len(part), limit)
-        waiter = self._pending.pop(msg.get("ref", -1), None)
-        if waiter is None or (isinstance(waiter, asyncio.Future) and waiter.done()):
-            log.error("%s", exc)
-        else:
-            _fail(waiter, exc)
+    def answered(self, answer: typed.PubsAnswer) -> bool:
+        """The answer to a ``pubs`` read as structs (client/typed.py), handed to its batch's
+        receivers; False if its request is not a ``pubs`` (then read it as a dict)."""
+        waiter = self._pending.get(answer.ref)
+        if type(waiter) is not BatchAnswer:
+            return False
+        del self._pending[answer.ref]
+        waiter.feed_items(answer.items, self)
+        return True
+
+
+def _too_large(pending: dict[int, Waiter], part: bytes, limit: int) -> None:
+    """A message too large for a frame: its request fails (else it is logged)."""
+    msg = _decoder.decode(part)
+    exc = _not_sent(msg.get("op"), len(part), limit)
+    waiter = pending.pop(msg.get("ref", -1), None)
+    if waiter is None or (isinstance(waiter, asyncio.Future) and waiter.done()):
+        log.error("%s", exc)
+    else:
+        _fail(waiter, exc)
 
 
 def encode(msg: Message) -> bytes:

@@ -100,14 +100,14 @@ class Link:
         (self.conn.loop or asyncio.get_running_loop()).call_soon(fn, arg)
 
     # --- the table of published tasks --------------------------------------------------------
-    def accepted(self, handle: Handle, task_id: str, reply: Message) -> None:
+    def accepted(self, handle: Handle, task_id: str, created: bool | None) -> None:
         """The hub stored ``handle``'s task: follow its events until it ends."""
         known = self.handles.setdefault(task_id, handle)
         if known is not handle:  # the same key= twice in flight: both handles hear the events
             self.same_task.setdefault(task_id, []).append(handle)
         if handle.pooled:
             self.nobody_subscribed(handle.action, task_id)
-        if reply.get("created") is False:
+        if created is False:
             self.follow(task_id, handle)  # the same key was published before: catch up
 
     def started_tasks(self, task_ids: list[str]) -> None:

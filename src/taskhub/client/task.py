@@ -469,22 +469,21 @@ class Handle(_Emitter):
         if reply["op"] != "ok":
             self.feed_lost(from_wire(reply))
             return
-        task_id: str = reply["task"]
+        self.feed_accepted(reply["task"], reply.get("created"), bool(reply.get("pooled")))
+
+    def feed_accepted(self, task_id: str, created: bool | None, pooled: bool) -> None:
+        """The hub stored the task (an ``ok``'s ``task``, ``created`` and ``pooled``)."""
         self.id = task_id
         if self._accept_waiters is not None:
             self._accept(task_id)
-        if reply.get("pooled"):
+        if pooled:
             self.pooled = True
         link = self._link
         # Link.accepted's common case without its call: a new task (created), not pooled,
         # the first handle of its id. Anything else is Link.accepted's (its setdefault then
         # finds this handle, or the other one, as here).
-        if (
-            self.pooled
-            or link.handles.setdefault(task_id, self) is not self
-            or reply.get("created") is False
-        ):
-            link.accepted(self, task_id, reply)
+        if self.pooled or link.handles.setdefault(task_id, self) is not self or created is False:
+            link.accepted(self, task_id, created)
 
     def feed_unanswered(self, exc: BaseException) -> None:
         """The ``pub`` will get no answer: the connection dropped, the client was closed, or

@@ -1,7 +1,8 @@
 """The hub's hottest messages decoded into structs for the client's own use (docs/decisions.md,
 "The clients' per-task Python, fourth pass"): a frame that is one ``offers`` message (a
-worker's), a frame of task events that no watch reads (a publisher's). A struct is made in
-less work than a dict of the same fields, and fields no consumer reads are skipped unparsed.
+worker's), a frame of task events that no watch reads and the answer to a ``pubs`` (a
+publisher's). A struct is made in less work than a dict of the same fields, and fields no
+consumer reads are skipped unparsed.
 
 Only what the client reads itself is decoded so; what it hands to an application (a handler's
 ``TaskContext``, a watch's events, a request's reply) is what the dict path gives. A frame
@@ -59,14 +60,36 @@ class Event(msgspec.Struct, tag_field="op", tag="event"):
     data: Any = None
 
 
+class PubAnswer(msgspec.Struct):
+    """One item of the ``ok`` answering a ``pubs`` (docs/protocol.md, "Batched messages"):
+    the task accepted (``created``, ``pooled``), or refused with ``error``."""
+
+    task: str | None = None
+    created: bool | None = None
+    pooled: bool = False
+    error: dict[str, Any] | None = None
+
+
+class PubsAnswer(msgspec.Struct):
+    """The ``ok`` answering a ``pubs`` (its ``op`` known from the frame's first bytes)."""
+
+    ref: int
+    items: list[PubAnswer]
+
+
 OnOffers = Callable[[list[Offer]], None]
 OnEvents = Callable[[list[Event]], None]
+# Takes a pubs' answer if its request is a pubs (False: it is to be read as a dict).
+OnAnswer = Callable[[PubsAnswer], bool]
+_answer_decoder = msgspec.json.Decoder(PubsAnswer)
 _events_decoder = msgspec.json.Decoder(list[Event])
 _event_decoder = msgspec.json.Decoder(Event)
 _HEAD = len(OFFERS_PREFIX)
 # How a frame of one event, or of events, starts (the hub writes `op` first).
 _EVENT = b'{"op":"event",'
 _EVENTS = b'[{"op":"event",'
+_OK = b'{"op":"ok","ref":'
+_ITEMS = b'"items":['
 # A watched event goes to a watch, as a dict: a frame that has one is read as dicts.
 _WATCHED = b'"watched":'
 
@@ -74,13 +97,15 @@ _WATCHED = b'"watched":'
 class Reader:
     """Reads the frames that fit a struct, for :meth:`Connection._dispatch`: ``on_offers``
     gets the items of a frame that is one ``offers`` message, ``on_events`` the events of a
-    frame of task events none of which is watched."""
+    frame of task events none of which is watched, ``on_answer`` a frame that is one ``ok``
+    with ``items`` (a publisher's pubs answered)."""
 
-    __slots__ = ("on_events", "on_offers")
+    __slots__ = ("on_answer", "on_events", "on_offers")
 
-    def __init__(self, on_offers: OnOffers, on_events: OnEvents) -> None:
+    def __init__(self, on_offers: OnOffers, on_events: OnEvents, on_answer: OnAnswer) -> None:
         self.on_offers = on_offers
         self.on_events = on_events
+        self.on_answer = on_answer
 
     def took(self, frame: bytes | bytearray | memoryview | str) -> bool:
         """Whether ``frame`` was read here; False: it is to be read as dicts."""
@@ -98,6 +123,8 @@ class Reader:
             elif head[:14] == _EVENT and _WATCHED not in frame:
                 items = [_event_decoder.decode(frame)]
                 take = self.on_events
+            elif head[:17] == _OK and _ITEMS in frame:
+                return self.on_answer(_answer_decoder.decode(frame))
             else:
                 return False
         except (msgspec.ValidationError, msgspec.DecodeError):
