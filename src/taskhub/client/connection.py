@@ -24,7 +24,7 @@ import random
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -428,7 +428,7 @@ class Connection:
         if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
             self._queued()
 
-    def send_now(self, msg: Message) -> bool:
+    def send_now(self, msg: Message | bytes) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
         in a frame of its own, without waking the loop (a worker's handler thread sends its
         result so). Only while nothing made earlier waits to be written (no frame held for a
@@ -437,14 +437,17 @@ class Connection:
         cannot be sent)."""
         return self.send_all_now([msg])
 
-    def send_all_now(self, msgs: list[Message], *, own: bool = False) -> bool:
-        """:meth:`send_now` for several messages, in one frame (all or none); ``own`` as for
-        :meth:`send`."""
+    def send_all_now(self, msgs: Sequence[Message | bytes], *, own: bool = False) -> bool:
+        """:meth:`send_now` for several messages, in one frame (all or none); ``own`` and
+        bytes as for :meth:`send`."""
         ws = self._ws
         if ws is None or self._held or not self.connected.is_set():
             return False
         try:
-            part = _join([_encoder.encode(m) if own else encode(m) for m in msgs])
+            if own:
+                part = _join([_encoder.encode(m) for m in msgs])
+            else:
+                part = _join([m if isinstance(m, bytes) else encode(m) for m in msgs])
         except UNSENDABLE:
             return False
         if len(part) > self.frame_limit:

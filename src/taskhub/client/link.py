@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import Connection, Message, Receiver
@@ -75,11 +75,11 @@ class Link:
     def send(self, msg: Message, *, own: bool = False) -> None:
         self.conn.send(msg, own=own)
 
-    def send_now(self, msg: Message) -> bool:
+    def send_now(self, msg: Message | bytes) -> bool:
         """From another thread, at once if nothing waits before it (``Connection.send_now``)."""
         return self.conn.send_now(msg)
 
-    def send_all_now(self, msgs: list[Message]) -> bool:
+    def send_all_now(self, msgs: Sequence[Message | bytes]) -> bool:
         """:meth:`send_now` for several messages, in one frame (all or none)."""
         return self.conn.send_all_now(msgs)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from msgspec import UNSET
 
-from taskhub.client.connection import UNSENDABLE
+from taskhub.client.connection import UNSENDABLE, encode_return
 from taskhub.client.typed import Offer
 from taskhub.errors import (
     ConnectionClosed,
@@ -234,8 +234,7 @@ class TaskContext(_Emitter):
         if self.returned or self.dropped or self.observe or self.revoked or self.released:
             return False
         self.returned = True  # before the write: the loop, woken later, sends nothing more
-        msg = {"op": "return", "task": self.id, "attempt": self.attempt, "result": result}
-        if self._link.send_now(msg):
+        if self._link.send_now(_return(self, result)):
             return True
         self.returned = False
         return False
@@ -245,13 +244,13 @@ class TaskContext(_Emitter):
         """:meth:`return_from_thread` for several deliveries of one connection in one frame
         (a worker's handler loop, for the handlers that ended in one turn). Those that
         cannot go so are left to the connection's loop, as there."""
-        msgs: list[dict[str, Any]] = []
+        msgs: list[dict[str, Any] | bytes] = []
         taken: list[TaskContext] = []
         for ctx, result in items:
             if ctx.returned or ctx.dropped or ctx.observe or ctx.revoked or ctx.released:
                 continue
             ctx.returned = True  # before the write: the loop, woken later, sends nothing more
-            msgs.append({"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result})
+            msgs.append(_return(ctx, result))
             taken.append(ctx)
         if taken and not taken[0]._link.send_all_now(msgs):
             for ctx in taken:
@@ -290,6 +289,15 @@ class TaskContext(_Emitter):
         runner = self.runner  # read once: a worker's handler loop may clear it meanwhile
         if runner is not None and not runner.done():
             runner.cancel()
+
+
+def _return(ctx: TaskContext, result: Any) -> dict[str, Any] | bytes:
+    """The ``return`` of ``ctx`` as checked bytes (``encode_return``), or as a message if it
+    cannot be sent (``send_now`` then sends nothing and says so)."""
+    try:
+        return encode_return(ctx.id, ctx.attempt, result)
+    except UNSENDABLE:
+        return {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
 
 
 _FINAL = frozenset(("success", "fail", "end"))
