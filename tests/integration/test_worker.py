@@ -530,3 +530,30 @@ async def test_after_a_reconnect_the_handler_loop_reads_the_new_connection(
                 assert not hold.let_go.is_set()
             finally:
                 hold.let_go.set()
+
+
+async def test_a_result_json_cannot_carry_fails_its_task_from_either_kind_of_handler(
+    url: str,
+) -> None:
+    """A result sent from the handler's own thread (encode_return) is checked as any other:
+    not sent from there, the connection's loop fails the delivery naming what is wrong."""
+    worker = Worker(url, name="w")
+
+    @worker.task("job:set", retries=0)
+    async def a_set(task: Task) -> Any:
+        return {"tags": {"a"}}
+
+    @worker.task("job:nan", retries=0)
+    def a_nan(task: SyncTask) -> Any:
+        return [1, float("nan")]
+
+    @worker.task("job:fine", retries=0)
+    def fine(task: SyncTask) -> Any:
+        return (1, "two")  # a tuple is a JSON array
+
+    async with worker, Client(url, name="pub") as client:
+        with pytest.raises(TaskFailed, match=r"result\['tags'\] is a set"):
+            await client.pub("job:set").get_result(timeout=10)
+        with pytest.raises(TaskFailed, match=r"result\[1\] is float\('nan'\)"):
+            await client.pub("job:nan").get_result(timeout=10)
+        assert await client.pub("job:fine").get_result(timeout=10) == [1, "two"]

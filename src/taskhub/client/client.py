@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
 
+from taskhub.client import typed
 from taskhub.client.connection import Connection, Message
 from taskhub.client.handlers import Handlers, Slots
 from taskhub.client.link import Link
@@ -150,6 +151,9 @@ class Client:
             late_tracing=self._publisher.late_tracing,
         )
         self._publisher.also_traces(self._handlers)
+        # The hottest frames as structs (client/typed.py): offers, task events.
+        events = functools.partial(_feed_events, self._link, self._handlers)
+        self._conn.typed = typed.Reader(self._handlers.offered_all, events, self._conn.answered)
         self._subs = self._handlers.subs  # the same dict: the façade adds and removes
         self._topics = Topics(self._link)  # broadcast subscriptions by pattern
         self._watches = Watches(self._link)
@@ -457,17 +461,14 @@ class Client:
             if msg.get("watched"):
                 self._watches.feed_event(msg)
                 return
-            task_id = msg["task"]
+            task_id, kind, data = msg["task"], msg.get("type", ""), msg.get("data")
             link = self._link
             handle = link.handles.get(task_id)
             if handle is not None:
-                handle.feed_event(msg)
-                if link.same_task:
-                    for other in tuple(link.same_task.get(task_id, ())):
-                        other.feed_event(msg)
+                handle.feed_event(kind, msg.get("state"), data)
             handlers = self._handlers
-            if handlers.working or link.started:  # a publisher holds none: no call per event
-                handlers.event(task_id, msg)
+            if link.same_task or handlers.working or link.started:  # a publisher: no call
+                _feed_others(link, handlers, task_id, kind, msg.get("state"), data)
         elif op == "starts":  # the start events of a frame, by task id (docs/protocol.md)
             self._link.started_tasks(msg["tasks"])
         elif op == "offers":  # several at once (docs/protocol.md, "Batched messages")
@@ -499,6 +500,33 @@ class Client:
         counted) and stop its handler; returns how many. Called when stopping past the
         grace: a thread running a plain function cannot be stopped, its result is ignored."""
         return await self._handlers.hand_back()
+
+
+def _feed_events(link: Link, handlers: Handlers, events: list[typed.Event]) -> None:
+    """A frame of task events read as structs (client/typed.py): to their handles, and to
+    the handlers holding their tasks, as ``Client._on_message`` hands each one."""
+    handles = link.handles
+    for ev in events:
+        try:
+            handle = handles.get(ev.task)
+            if handle is not None:
+                handle.feed_event(ev.type, ev.state, ev.data)
+            if link.same_task or handlers.working or link.started:
+                _feed_others(link, handlers, ev.task, ev.type, ev.state, ev.data)
+        except Exception:
+            log.exception("handling event from the hub failed")
+
+
+def _feed_others(
+    link: Link, handlers: Handlers, task_id: str, kind: str, state: str | None, data: Any
+) -> None:
+    """A task event to the other handles of its task (the same ``key=`` twice in flight)
+    and to a handler holding it (``task.on``)."""
+    if link.same_task:
+        for other in tuple(link.same_task.get(task_id, ())):
+            other.feed_event(kind, state, data)
+    if handlers.working or link.started:
+        handlers.event(task_id, kind, data)
 
 
 def _subscribed(

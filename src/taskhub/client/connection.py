@@ -24,14 +24,14 @@ import random
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from taskhub.client import retry
+from taskhub.client import retry, typed
 from taskhub.client.outbox import BATCH_ITEMS, BatchAnswer, Entry, QueuedPub, take
 from taskhub.client.retry import RETRIED, Resend
 from taskhub.client.wire import Wire, dial
@@ -59,6 +59,15 @@ class Receiver(Protocol):
 
     def feed_unanswered(self, exc: BaseException) -> None:
         """No answer will come: the connection dropped, the client closed, or it was not sent."""
+
+
+class PubReceiver(Receiver, Protocol):
+    """What :meth:`Connection.post_pub` tells of the answer: also an accepted item of an
+    answer read as structs (client/typed.py)."""
+
+    def feed_accepted(self, task_id: str, created: bool | None, pooled: bool) -> None:
+        """The hub stored the task as ``task_id`` (``created`` False: a ``key=`` seen before;
+        ``pooled``: no worker group subscribed)."""
 
 
 class Reader(Protocol):
@@ -168,6 +177,7 @@ class Connection:
         self.name = name
         self.key = key
         self.on_message = on_message
+        self.typed: typed.Reader | None = None  # what reads frames as structs, if any
         self.on_connect = on_connect
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
@@ -177,7 +187,7 @@ class Connection:
         self.welcome: Message = {}
         # The largest frame the hub takes: its welcome's max_frame, else our own setting
         # (kept with the welcome, not looked up in it per message sent).
-        self._limit = max_frame
+        self.frame_limit = max_frame
         # The loop the connection runs on, known from open(): asyncio.get_running_loop() costs
         # a getpid() system call, too much to pay for every publish.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -279,7 +289,7 @@ class Connection:
             await ws.close()
             raise ConnectionClosed(f"{url} did not greet with a welcome message: {first!r}")
         self.welcome = first
-        self._limit = int(first.get("max_frame", self.max_frame))
+        self.frame_limit = int(first.get("max_frame", self.max_frame))
         return ws
 
     async def _run(self, ws: Wire | None) -> None:
@@ -361,6 +371,8 @@ class Connection:
     def _dispatch(self, frame: str | bytes | bytearray | memoryview) -> None:
         if self.inbox.received:  # read elsewhere before: those first
             self.inbox.drain()
+        if self.typed is not None and self.typed.took(frame):
+            return  # offers or task events read as structs (client/typed.py)
         on_message = self.on_message
         for msg in decode_frame(frame):
             if "ref" in msg:  # an answer, maybe
@@ -396,26 +408,27 @@ class Connection:
             _fail(waiter, exc)
 
     # --- sending -----------------------------------------------------------------------------
-    def send(self, msg: Message, *, own: bool = False) -> None:
+    def send(self, msg: Message | bytes, *, own: bool = False) -> None:
         """Queue a message; everything queued in one loop turn leaves as one frame. Raises at
         once, sending nothing, if ``msg`` cannot be encoded as JSON (``TypeError``) or is too
         large for the hub's frames (:class:`FrameTooLarge`): nobody waits for an answer to
         it, so later would be too late to say so. ``own``: the client made ``msg`` of short
         strings and integers only (an ack, a pickup, a release), so it skips those checks
-        (:func:`encode`'s costs as much as the encoding)."""
+        (:func:`encode`'s costs as much as the encoding). Bytes: a message already encoded
+        and checked (:func:`encode_return`)."""
         if own:
             part = _encoder.encode(msg)
         else:  # checked as JSON and against the frame limit (a worker's result, per task)
-            part = encode(msg)
-            if len(part) > self._limit:
-                raise _not_sent(msg.get("op"), len(part), self._limit)
+            part = msg if type(msg) is bytes else encode(msg)  # type: ignore[arg-type]
+            if len(part) > self.frame_limit:
+                raise _not_sent(_decoder.decode(part).get("op"), len(part), self.frame_limit)
         # _queue's steps, without its call (a worker sends two messages per task)
         self._outbox.append(part)
         self._outbox_size += len(part)
         if self._outbox_size >= EARLY_SEND or not self._flush_scheduled:
             self._queued()
 
-    def send_now(self, msg: Message) -> bool:
+    def send_now(self, msg: Message | bytes) -> bool:
         """Thread-safe: from a thread other than the connection's loop, write ``msg`` at once,
         in a frame of its own, without waking the loop (a worker's handler thread sends its
         result so). Only while nothing made earlier waits to be written (no frame held for a
@@ -424,23 +437,22 @@ class Connection:
         cannot be sent)."""
         return self.send_all_now([msg])
 
-    def send_all_now(self, msgs: list[Message], *, own: bool = False) -> bool:
-        """:meth:`send_now` for several messages, in one frame (all or none); ``own`` as for
-        :meth:`send`."""
+    def send_all_now(self, msgs: Sequence[Message | bytes], *, own: bool = False) -> bool:
+        """:meth:`send_now` for several messages, in one frame (all or none); ``own`` and
+        bytes as for :meth:`send`."""
         ws = self._ws
         if ws is None or self._held or not self.connected.is_set():
             return False
         try:
-            part = _join([_encoder.encode(m) if own else encode(m) for m in msgs])
+            if own:
+                part = _join([_encoder.encode(m) for m in msgs])
+            else:
+                part = _join([m if isinstance(m, bytes) else encode(m) for m in msgs])
         except UNSENDABLE:
             return False
-        if len(part) > self._limit:
+        if len(part) > self.frame_limit:
             return False
         return ws.send_text_now(part)
-
-    def _frame_limit(self) -> int:
-        """The largest frame the hub takes: its ``welcome`` says, else our own setting."""
-        return self._limit
 
     def _queue(self, part: bytes, entry: Entry | None = None) -> None:
         self._outbox.append(part if entry is None else entry)
@@ -481,7 +493,7 @@ class Connection:
         self._pending[ref] = waiter
         self._queue(part)
 
-    def post_pub(self, msg: Message, receiver: Receiver, part: bytes | None = None) -> None:
+    def post_pub(self, msg: Message, receiver: PubReceiver, part: bytes | None = None) -> None:
         """Send a ``pub`` (``part``: ``msg`` already encoded); its answer goes to
         ``receiver`` as for :meth:`post`. Several in one loop turn leave as one ``pubs``
         message when the hub takes batched messages."""
@@ -503,11 +515,6 @@ class Connection:
             raise ConnectionClosed("the client is closed")
         self._queue(entry[0], entry)
 
-    @property
-    def frame_limit(self) -> int:
-        """The largest frame the hub takes (its welcome's ``max_frame``)."""
-        return self._frame_limit()
-
     def _batch(self) -> int:
         """Items per batched message the hub takes (its welcome's ``max_batch``); 0: none."""
         return min(BATCH_ITEMS, int(self.welcome.get("max_batch", 0)))
@@ -522,9 +529,10 @@ class Connection:
             return
         queued, self._outbox = self._outbox, []
         self._outbox_size = 0
-        limit = self._frame_limit()
+        limit = self.frame_limit
         out = take(queued, batch=self._batch(), limit=limit, refs=self._refs, pending=self._pending)
-        frames = _frames(out, sum(map(len, out)), limit, self._too_large)
+        too_large = functools.partial(_too_large, self._pending)
+        frames = _frames(out, sum(map(len, out)), limit, too_large)
         if self._held or ws.paused or not ws.open:
             self._held.extend(frames)  # behind the frames already waiting
             return
@@ -540,14 +548,26 @@ class Connection:
         while self._held and ws is not None and ws.open and not ws.paused:
             ws.send_text(self._held.pop(0))
 
-    def _too_large(self, part: bytes, limit: int) -> None:
-        msg = _decoder.decode(part)
-        exc = _not_sent(msg.get("op"), len(part), limit)
-        waiter = self._pending.pop(msg.get("ref", -1), None)
-        if waiter is None or (isinstance(waiter, asyncio.Future) and waiter.done()):
-            log.error("%s", exc)
-        else:
-            _fail(waiter, exc)
+    def answered(self, answer: typed.PubsAnswer) -> bool:
+        """The answer to a ``pubs`` read as structs (client/typed.py), handed to its batch's
+        receivers; False if its request is not a ``pubs`` (then read it as a dict)."""
+        waiter = self._pending.get(answer.ref)
+        if type(waiter) is not BatchAnswer:
+            return False
+        del self._pending[answer.ref]
+        waiter.feed_items(answer.items, self)
+        return True
+
+
+def _too_large(pending: dict[int, Waiter], part: bytes, limit: int) -> None:
+    """A message too large for a frame: its request fails (else it is logged)."""
+    msg = _decoder.decode(part)
+    exc = _not_sent(msg.get("op"), len(part), limit)
+    waiter = pending.pop(msg.get("ref", -1), None)
+    if waiter is None or (isinstance(waiter, asyncio.Future) and waiter.done()):
+        log.error("%s", exc)
+    else:
+        _fail(waiter, exc)
 
 
 def encode(msg: Message) -> bytes:
@@ -568,6 +588,48 @@ def encode(msg: Message) -> bytes:
     if _decoder.decode(part) != msg:
         _refuse_not_json(msg)
     return part
+
+
+def encode_pub(action: str, payload: Any) -> bytes:
+    """``encode({"op": "pub", "action": action, "payload": payload})``, the same bytes and
+    the same refusals, in less work: only the payload is decoded and compared (the rest is
+    the client's own strings, and a valid action needs no escaping); anything that does not
+    come back equal is left to :func:`encode`, which names what JSON cannot carry."""
+    try:
+        body = _encoder.encode(payload)
+        if _decoder.decode(body) == payload:
+            head = _PUB_HEADS.get(action)
+            if head is None:
+                head = _pub_head(action)
+            return head + body + b"}"
+    except Exception:
+        pass  # encode says what is wrong, and how (TypeError, ValueError...)
+    return encode({"op": "pub", "action": action, "payload": payload})
+
+
+def encode_return(task_id: str, attempt: int, result: Any) -> bytes:
+    """``encode({"op": "return", "task": task_id, "attempt": attempt, "result": result})``,
+    the same bytes and the same refusals, checking only the result (as :func:`encode_pub`)."""
+    try:
+        body = _encoder.encode(result)
+        if type(attempt) is int and _decoder.decode(body) == result:
+            task = _encoder.encode(task_id)
+            return b'{"op":"return","task":%b,"attempt":%d,"result":%b}' % (task, attempt, body)
+    except Exception:
+        pass  # encode says what is wrong, and how (TypeError, ValueError...)
+    return encode({"op": "return", "task": task_id, "attempt": attempt, "result": result})
+
+
+# A pub's JSON up to its payload, by action (at most _MAX_HEADS actions remembered).
+_PUB_HEADS: dict[str, bytes] = {}
+_MAX_HEADS = 1024
+
+
+def _pub_head(action: str) -> bytes:
+    if len(_PUB_HEADS) >= _MAX_HEADS:
+        _PUB_HEADS.clear()
+    head = _PUB_HEADS[action] = b'{"op":"pub","action":' + _encoder.encode(action) + b',"payload":'
+    return head
 
 
 def _refuse_not_json(msg: Message) -> None:

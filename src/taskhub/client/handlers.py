@@ -17,10 +17,11 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client import tracing as tracing_
-from taskhub.client.connection import UNSENDABLE, Message
+from taskhub.client.connection import UNSENDABLE, Message, encode_return
 from taskhub.client.control import Reject, Retry, handler_traceback
 from taskhub.client.link import Link
 from taskhub.client.task import TaskContext
+from taskhub.client.typed import Offer
 from taskhub.protocol import bounded_traceback
 
 if TYPE_CHECKING:
@@ -106,13 +107,13 @@ class Handlers:
         for task in list(self.running.values()):
             task.cancel()
 
-    def event(self, task_id: str, msg: Message) -> None:
+    def event(self, task_id: str, kind: str, data: Any) -> None:
         """A task event: the handler holding the task hears it too (``task.on``)."""
         ctx = self.working.get(task_id)
         if ctx is None and self._link.started:  # not a worker's handler loop's: no call
             ctx = self._link.holding(task_id)
         if ctx is not None:
-            ctx.feed_event(msg)
+            ctx.feed_event(kind, data)
 
     def revoke(self, msg: Message) -> None:
         """The hub took a delivery away (cancelled, timed out): stop its handler."""
@@ -120,12 +121,17 @@ class Handlers:
         if ctx is not None and ctx.attempt == msg.get("attempt", ctx.attempt):
             ctx.feed_revoke(str(msg.get("reason", "revoked")))
 
-    def offered(self, msg: Message) -> None:
-        sub = self.subs.get(msg["action"])
+    def offered_all(self, offers: list[Offer]) -> None:
+        """The items of an ``offers`` message decoded as structs (client/typed.py)."""
+        for offer in offers:
+            self.offered(offer)
+
+    def offered(self, msg: Message | Offer) -> None:
         # Picked up already if a worker's handler loop started it as it read the offer: it
         # runs on, draining or not.
         link = self._link
         ctx = link.context(msg) if link.started else TaskContext(link, msg)  # no call if none
+        sub = self.subs.get(ctx.action)
         if sub is None or (self.draining and not ctx.observe and not ctx.picked_up):
             # Unsubscribed meanwhile, or stopping: hand it back (offered again elsewhere,
             # no try counted). An observer's copy needs no answer.
@@ -156,7 +162,7 @@ class Handlers:
         if tracer is None and self._late_tracing is not None and tracing_.imported_now():
             tracer = self._late_tracing()
         if tracer is not None:
-            span = tracer.process(ctx, msg.get("trace"))
+            span = tracer.process(ctx, msg.trace if isinstance(msg, Offer) else msg.get("trace"))
             if span is not None:  # else nothing to record or pass on
                 work = self._traced(work, ctx, tracer, span)
         # The task becomes ctx's runner at its first step (`_work`), not here: see there.
@@ -217,9 +223,8 @@ class Handlers:
                     return
                 if ctx.dropped or ctx.returned or ctx.observe or ctx.revoked:
                     return  # nothing (more) to send: the return value is ignored
-                ret = {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
-                try:
-                    self._send(ret)
+                try:  # the result checked alone (encode_return): no message dict to check
+                    self._send(encode_return(ctx.id, ctx.attempt, result))
                 except UNSENDABLE as exc:
                     # Not JSON, or too large: the result cannot go, so the delivery fails
                     # with why (at once, not at its end timeout). Retrying would not help.

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskhub.client.connection import Connection, Message, Receiver
 from taskhub.client.task import TaskContext
+from taskhub.client.typed import Offer
 from taskhub.errors import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -45,13 +46,18 @@ class Link:
         # one dict operation at a time.
         self.started: dict[str, TaskContext] = {}
 
-    def context(self, offer: Message) -> TaskContext:
+    def context(self, offer: Message | Offer) -> TaskContext:
         """The context of the delivery ``offer`` makes: the one its handler got if it was
         started as the offer was read (``started``), else a new one."""
         if self.started:
-            ctx = self.started.get(offer["task"])
-            if ctx is not None and ctx.attempt == offer["attempt"]:
-                self.started.pop(offer["task"], None)
+            task_id, attempt = (
+                (offer.task, offer.attempt)
+                if isinstance(offer, Offer)
+                else (offer["task"], offer["attempt"])
+            )
+            ctx = self.started.get(task_id)
+            if ctx is not None and ctx.attempt == attempt:
+                self.started.pop(task_id, None)
                 return ctx
         return TaskContext(self, offer)
 
@@ -69,11 +75,11 @@ class Link:
     def send(self, msg: Message, *, own: bool = False) -> None:
         self.conn.send(msg, own=own)
 
-    def send_now(self, msg: Message) -> bool:
+    def send_now(self, msg: Message | bytes) -> bool:
         """From another thread, at once if nothing waits before it (``Connection.send_now``)."""
         return self.conn.send_now(msg)
 
-    def send_all_now(self, msgs: list[Message]) -> bool:
+    def send_all_now(self, msgs: Sequence[Message | bytes]) -> bool:
         """:meth:`send_now` for several messages, in one frame (all or none)."""
         return self.conn.send_all_now(msgs)
 
@@ -94,14 +100,14 @@ class Link:
         (self.conn.loop or asyncio.get_running_loop()).call_soon(fn, arg)
 
     # --- the table of published tasks --------------------------------------------------------
-    def accepted(self, handle: Handle, task_id: str, reply: Message) -> None:
+    def accepted(self, handle: Handle, task_id: str, created: bool | None) -> None:
         """The hub stored ``handle``'s task: follow its events until it ends."""
         known = self.handles.setdefault(task_id, handle)
         if known is not handle:  # the same key= twice in flight: both handles hear the events
             self.same_task.setdefault(task_id, []).append(handle)
         if handle.pooled:
             self.nobody_subscribed(handle.action, task_id)
-        if reply.get("created") is False:
+        if created is False:
             self.follow(task_id, handle)  # the same key was published before: catch up
 
     def started_tasks(self, task_ids: list[str]) -> None:

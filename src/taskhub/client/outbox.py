@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from taskhub.client.retry import later, retryable
 
 if TYPE_CHECKING:
-    from taskhub.client.connection import Connection, Message, Receiver, Waiter
+    from taskhub.client.connection import Connection, Message, PubReceiver, Receiver, Waiter
+    from taskhub.client.typed import PubAnswer
 
 log = logging.getLogger("taskhub.client")
 
@@ -42,7 +43,7 @@ _STEPS: dict[bytes, bytes] = {
 # A ``pub`` waiting for the flush, then for its answer: its JSON without a ``ref``, who gets
 # its answer, and how often it was sent again (client/retry.py). A tuple, not an object of a
 # class: made per task, it costs no Python call to make (and less for the collector to walk).
-QueuedPub = tuple[bytes, "Receiver", int]
+QueuedPub = tuple[bytes, "PubReceiver", int]
 Entry = bytes | QueuedPub
 
 
@@ -74,13 +75,36 @@ class BatchAnswer:
                 later(conn, queued, {"op": "error", **error})
             else:
                 _tell(queued[1], {"op": "error", **error})
-        if len(items) != len(self.receivers):  # a hub bug: say so rather than wait forever
-            log.error("the hub answered %d of %d pubs", len(items), len(self.receivers))
-            from taskhub.errors import ProtocolError
+        if len(items) != len(self.receivers):
+            self._missing(len(items))
 
-            missing = ProtocolError("the hub's answer to a batch of pubs left this one out")
-            for queued in self.receivers[len(items) :]:
-                queued[1].feed_unanswered(missing)
+    def feed_items(self, items: list[PubAnswer], conn: Connection) -> None:
+        """:meth:`feed_answer` for an ``ok`` read as structs (client/typed.py)."""
+        for queued, item in zip(self.receivers, items, strict=False):
+            error = item.error
+            try:
+                if error is None and item.task is not None:
+                    queued[1].feed_accepted(item.task, item.created, item.pooled)
+                elif error is None:  # a hub bug: the receiver says what is missing
+                    queued[1].feed_answer({"op": "ok"})
+                elif retryable(error, queued[2]):
+                    later(conn, queued, {"op": "error", **error})
+                else:
+                    queued[1].feed_answer({"op": "error", **error})
+            except Exception:
+                log.exception("handling the answer to a pub failed")
+        if len(items) != len(self.receivers):
+            self._missing(len(items))
+
+    def _missing(self, answered: int) -> None:
+        """The hub answered fewer items than were sent (a hub bug): say so, and fail the rest
+        rather than let them wait forever."""
+        log.error("the hub answered %d of %d pubs", answered, len(self.receivers))
+        from taskhub.errors import ProtocolError
+
+        missing = ProtocolError("the hub's answer to a batch of pubs left this one out")
+        for queued in self.receivers[answered:]:
+            queued[1].feed_unanswered(missing)
 
     def feed_unanswered(self, exc: BaseException) -> None:
         for queued in self.receivers:

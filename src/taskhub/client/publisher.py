@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from taskhub.client import tracing
-from taskhub.client.connection import UNSENDABLE, Message, encode
+from taskhub.client.connection import UNSENDABLE, Message, encode, encode_pub
 from taskhub.client.link import Link
 from taskhub.client.task import Handle
 from taskhub.errors import ConnectionClosed, FrameTooLarge, TaskHubError
@@ -18,6 +18,8 @@ from taskhub.options_table import PubArgs, pub_options
 Step = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 # An item of pub_many: (action, payload) or (action, payload, the pub keyword arguments).
 PubItem = tuple[str, Any] | tuple[str, Any, PubArgs]
+# The message of a pub sent as its bytes (post_pub reads only those).
+_NO_MSG: Message = {}
 
 
 class Traced(Protocol):
@@ -53,17 +55,19 @@ class Publisher:
         """Publish a task with the ``pub`` keyword arguments ``given``; its handle at once."""
         validate_action(action)
         options = pub_options(given) if given else {}  # the common case without a call
-        msg: Message = {"op": "pub", "action": action, "payload": payload}
         # late_tracing's check inline: two calls per task less while nothing traces.
         if self.tracing is not None or (tracing.imported_now() and self.late_tracing() is not None):
+            msg: Message = {"op": "pub", "action": action, "payload": payload}
             return self._traced(action, msg, options)
-        if options:
-            msg["options"] = options
         # _send's steps, without its call (per task)
         handle = Handle(self.link, action)
         conn = self.link.conn
         if conn.up:
-            conn.post_pub(msg, handle)
+            if options:
+                msg = {"op": "pub", "action": action, "payload": payload, "options": options}
+                conn.post_pub(msg, handle)
+            else:  # the common case: no dict, and only the payload checked (encode_pub)
+                conn.post_pub(_NO_MSG, handle, encode_pub(action, payload))
         else:
             handle.feed_lost(ConnectionClosed("not connected to a hub"))
         return handle
@@ -91,7 +95,9 @@ class Publisher:
         limit = self.link.conn.frame_limit
         for index, msg in enumerate(msgs):
             try:
-                part = encode(msg)
+                part = (
+                    encode(msg) if "options" in msg else encode_pub(msg["action"], msg["payload"])
+                )
                 if len(part) + 24 > limit:  # its ref, or a batch's, comes at the flush
                     raise FrameTooLarge(
                         f"pub message of {len(part)} bytes is over the hub's frame limit "

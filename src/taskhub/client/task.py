@@ -16,7 +16,10 @@ import logging
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskhub.client.connection import UNSENDABLE
+from msgspec import UNSET
+
+from taskhub.client.connection import UNSENDABLE, encode_return
+from taskhub.client.typed import Offer
 from taskhub.errors import (
     ConnectionClosed,
     NoResult,
@@ -102,18 +105,32 @@ class TaskContext(_Emitter):
     handler returns; otherwise the handler's return value is the result.
     """
 
-    def __init__(self, link: Link, offer: dict[str, Any]) -> None:
+    def __init__(self, link: Link, offer: dict[str, Any] | Offer) -> None:
         self._listeners = None  # _Emitter's, set here to spare a call per delivery
         self._background = None
         self._link = link
-        self.id: str = offer["task"]
-        self.action: str = offer["action"]
-        self.attempt: int = offer["attempt"]
-        self.group: str = offer["group"]
-        self.publisher: str = offer["publisher"]
-        self.created_at: float = offer["created_at"]
-        self.observe: bool = bool(offer.get("observe"))
-        self.previous_result: Any = offer.get("previous_result")
+        if isinstance(offer, Offer):  # decoded as a struct (client/typed.py): a worker's burst
+            self.id: str = offer.task
+            self.action: str = offer.action
+            self.attempt: int = offer.attempt
+            self.group: str = offer.group
+            self.publisher: str = offer.publisher
+            self.created_at: float = offer.created_at
+            self.observe: bool = offer.observe
+            self.previous_result: Any = offer.previous_result
+            self._has_payload = offer.payload is not UNSET
+            self._payload: Any = None if offer.payload is UNSET else offer.payload
+        else:
+            self.id = offer["task"]
+            self.action = offer["action"]
+            self.attempt = offer["attempt"]
+            self.group = offer["group"]
+            self.publisher = offer["publisher"]
+            self.created_at = offer["created_at"]
+            self.observe = bool(offer.get("observe"))
+            self.previous_result = offer.get("previous_result")
+            self._has_payload = "payload" in offer
+            self._payload = offer.get("payload")
         self.last_update: Any = None
         self._updated = False  # an update arrived (its data may be None)
         self._final: str | None = None  # the final event that arrived: fail or end
@@ -123,8 +140,6 @@ class TaskContext(_Emitter):
         self.returned = False  # success() sent this delivery's result
         self.picked_up = False
         self.released = False  # handed back to the hub (the worker is stopping)
-        self._has_payload = "payload" in offer
-        self._payload: Any = offer.get("payload")
         # What runs the handler (set by the client, or by a worker's handler loop that
         # started it as it read the offer): revoking cancels it.
         self.runner: Runner | None = None
@@ -219,8 +234,7 @@ class TaskContext(_Emitter):
         if self.returned or self.dropped or self.observe or self.revoked or self.released:
             return False
         self.returned = True  # before the write: the loop, woken later, sends nothing more
-        msg = {"op": "return", "task": self.id, "attempt": self.attempt, "result": result}
-        if self._link.send_now(msg):
+        if self._link.send_now(_return(self, result)):
             return True
         self.returned = False
         return False
@@ -230,13 +244,13 @@ class TaskContext(_Emitter):
         """:meth:`return_from_thread` for several deliveries of one connection in one frame
         (a worker's handler loop, for the handlers that ended in one turn). Those that
         cannot go so are left to the connection's loop, as there."""
-        msgs: list[dict[str, Any]] = []
+        msgs: list[dict[str, Any] | bytes] = []
         taken: list[TaskContext] = []
         for ctx, result in items:
             if ctx.returned or ctx.dropped or ctx.observe or ctx.revoked or ctx.released:
                 continue
             ctx.returned = True  # before the write: the loop, woken later, sends nothing more
-            msgs.append({"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result})
+            msgs.append(_return(ctx, result))
             taken.append(ctx)
         if taken and not taken[0]._link.send_all_now(msgs):
             for ctx in taken:
@@ -247,10 +261,10 @@ class TaskContext(_Emitter):
         await self._link.request({"op": op, "task": self.id, "attempt": attempt, **fields})
 
     # --- fed by the client (internal) -------------------------------------------------------
-    def feed_event(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
+    def feed_event(self, kind: str, data: Any) -> None:
+        """A task event (its ``type`` and ``data``) from another service."""
         if kind == "update":
-            self.last_update = msg.get("data")
+            self.last_update = data
             self._updated = True
             self._emit("update")
         elif kind == "success":
@@ -275,6 +289,15 @@ class TaskContext(_Emitter):
         runner = self.runner  # read once: a worker's handler loop may clear it meanwhile
         if runner is not None and not runner.done():
             runner.cancel()
+
+
+def _return(ctx: TaskContext, result: Any) -> dict[str, Any] | bytes:
+    """The ``return`` of ``ctx`` as checked bytes (``encode_return``), or as a message if it
+    cannot be sent (``send_now`` then sends nothing and says so)."""
+    try:
+        return encode_return(ctx.id, ctx.attempt, result)
+    except UNSENDABLE:
+        return {"op": "return", "task": ctx.id, "attempt": ctx.attempt, "result": result}
 
 
 _FINAL = frozenset(("success", "fail", "end"))
@@ -454,22 +477,21 @@ class Handle(_Emitter):
         if reply["op"] != "ok":
             self.feed_lost(from_wire(reply))
             return
-        task_id: str = reply["task"]
+        self.feed_accepted(reply["task"], reply.get("created"), bool(reply.get("pooled")))
+
+    def feed_accepted(self, task_id: str, created: bool | None, pooled: bool) -> None:
+        """The hub stored the task (an ``ok``'s ``task``, ``created`` and ``pooled``)."""
         self.id = task_id
         if self._accept_waiters is not None:
             self._accept(task_id)
-        if reply.get("pooled"):
+        if pooled:
             self.pooled = True
         link = self._link
         # Link.accepted's common case without its call: a new task (created), not pooled,
         # the first handle of its id. Anything else is Link.accepted's (its setdefault then
         # finds this handle, or the other one, as here).
-        if (
-            self.pooled
-            or link.handles.setdefault(task_id, self) is not self
-            or reply.get("created") is False
-        ):
-            link.accepted(self, task_id, reply)
+        if self.pooled or link.handles.setdefault(task_id, self) is not self or created is False:
+            link.accepted(self, task_id, created)
 
     def feed_unanswered(self, exc: BaseException) -> None:
         """The ``pub`` will get no answer: the connection dropped, the client was closed, or
@@ -500,21 +522,20 @@ class Handle(_Emitter):
                 fut.set_exception(self._refusal())
         self._call_done()
 
-    def feed_event(self, msg: dict[str, Any]) -> None:
+    def feed_event(self, kind: str, state: str | None, data: Any) -> None:
+        """A task event: its ``type``, ``state`` (None: not said) and ``data``."""
         if self._ended:  # a task ends once: what comes after (a duplicate) changes nothing
             return
-        kind = msg.get("type", "")
-        state = msg.get("state", self.state)
-        if _older(state, self.state):  # sent before what the handle saw (a late follow)
-            state = self.state
+        if state is None or _older(state, self.state):  # sent before what the handle saw
+            state = self.state  # (a late follow)
         self.state = state
         if kind == "success":
-            self.result = msg.get("data")
+            self.result = data
         elif kind == "update":
-            self.last_update = msg.get("data")
+            self.last_update = data
             self._updated = True
         elif kind == "fail":
-            self.error = msg.get("data")
+            self.error = data
         if self._listeners is not None:
             self._emit(kind)
         if state in _FINAL:
