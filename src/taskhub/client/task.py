@@ -366,7 +366,8 @@ class Handle(_Emitter):
                 await self.accepted()  # the time-out counts from acceptance
                 if self._ended:  # it may have ended in the answer's very frame
                     return self.outcome()
-            return await asyncio.wait_for(self._wait_end(), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, as wait_for's on 3.11
+                return await self._wait_end()
         except (TaskHubError, TimeoutError):
             if default is not _MISSING:
                 return default
