@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import websockets.frames
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.client import ClientProtocol
@@ -16,7 +17,8 @@ from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from taskhub.wsframes import Keys, TextFrames, text_frame, unmask
+from taskhub import wsframes
+from taskhub.wsframes import Keys, TextFrames, text_frame
 
 MAX = 70_000  # the protocols' max_size here: both length forms (126, 127) fit under it
 SIZES = [0, 1, 7, 125, 126, 127, 300, 65535, 65536, MAX, MAX + 1]
@@ -227,4 +229,10 @@ def test_masking_keys_come_from_the_system_pool_and_differ() -> None:
     seen = [keys.next() for _ in range(3000)]  # across three reads of the pool
     assert all(len(k) == 4 for k in seen)
     assert len(set(seen)) > 2900  # 32 random bits each: a few repeats at most
-    assert unmask(unmask(b"hello", seen[0]), seen[0]) == b"hello"
+
+
+def test_frames_are_masked_as_websockets_masks_its_own() -> None:
+    """The one place where a websockets internal is used (its C masking): if an upgrade
+    moves it, this fails rather than the frames quietly taking the slow way."""
+    assert wsframes.apply_mask is websockets.frames.apply_mask
+    assert wsframes.apply_mask(wsframes.apply_mask(b"hello", b"abcd"), b"abcd") == b"hello"
