@@ -366,8 +366,7 @@ class Handle(_Emitter):
                 await self.accepted()  # the time-out counts from acceptance
                 if self._ended:  # it may have ended in the answer's very frame
                     return self.outcome()
-            async with asyncio.timeout(timeout):  # no task of its own, as wait_for's on 3.11
-                return await self._wait_end()
+            return await asyncio.wait_for(self._wait_end(), timeout)
         except (TaskHubError, TimeoutError):
             if default is not _MISSING:
                 return default
