@@ -142,17 +142,23 @@ async def publish(urls: list[str], n: int, seq: int, warmup: int, timeout: float
         seq_lat: list[float] = []
         by_url: list[list[float]] = [[] for _ in urls]
         errors = 0
+        seq_cpu0 = time.process_time()
         for i in range(seq):
             seconds, ok = await _one(clients[i % len(clients)], 10_000_000 + i, timeout)
             seq_lat.append(seconds)
             by_url[i % len(clients)].append(seconds)
             errors += not ok
+        # This process's CPU per sequential task (benchmarks/seq_cpu.sh reports it).
+        seq_cpu_us = (time.process_time() - seq_cpu0) / max(seq, 1) * 1e6
         emit("event", event="sequential done")
         cpu0 = time.process_time()
         seconds, load_lat, burst_errors = await _burst(clients, n, 20_000_000, timeout)
         # This process's CPU in the burst alone (its start-up, imports and connecting, left
         # out): what burst_cpu.py reports as publisher_burst_us.
-        extra: dict[str, Any] = {"burst_cpu_us": (time.process_time() - cpu0) / max(n, 1) * 1e6}
+        extra: dict[str, Any] = {
+            "burst_cpu_us": (time.process_time() - cpu0) / max(n, 1) * 1e6,
+            "seq_cpu_us": seq_cpu_us,
+        }
         if len(urls) > 1:
             extra["seq_p50_ms_by_url"] = {
                 url: round(percentile(lat, 50) * 1000, 3)

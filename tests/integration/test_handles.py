@@ -309,15 +309,15 @@ async def test_a_burst_over_the_frame_limit_is_sent_in_several_frames(
     async with Client(server.url, name="pub") as pub:
         sent: list[bytes] = []
         conn = pub._conn
-        assert conn._ws is not None
-        protocol = conn._ws.protocol  # every text frame passes here, sent at once or queued
-        send_text = protocol.send_text
+        wire = conn._ws
+        assert wire is not None
+        send_text = wire.send_text  # every text frame passes here, sent at once or queued
 
-        def spy(data: bytes, fin: bool = True) -> None:
+        def spy(data: bytes) -> None:
             sent.append(data)
-            send_text(data, fin)
+            send_text(data)
 
-        protocol.send_text = spy  # type: ignore[method-assign]
+        wire.send_text = spy  # type: ignore[method-assign]
         handles = [pub.pub("a:b", {"n": i, "pad": "x" * 100}) for i in range(200)]
         too_big = pub.pub("a:b", "x" * 20_000)  # refused alone, the others go
         handles += [pub.pub("a:b", i) for i in range(5)]

@@ -215,3 +215,36 @@ def test_a_burst_in_one_batch_is_counted_as_task_by_task() -> None:
     durations = {k[1]: v for k, v in got.items() if k[0] == "taskhub_task_duration_seconds_count"}
     assert durations == {(("action", ACTION),): 800, (("action", "report:mail"),): 400}
     assert [snap[0] for snap in monitor.recent] == ids[-RECENT_TASKS:]
+
+
+def test_tasks_ended_one_batch_each_are_counted_as_task_by_task() -> None:
+    # Sequential tasks: each batch holds one task's start or end (a histogram's one-value
+    # path), with times on a bucket's bound, between bounds, and a clock stepped back.
+    clock = FakeClock(5000.0)
+    hub, worker, publisher = _hub(clock)
+    monitor = Monitor(hub)
+    one_by_one = CollectorRegistry()
+    wait, run = (
+        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=one_by_one)
+        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
+    )
+    steps = [*TASK_BUCKETS[:6], 0.0, 0.0003, 0.02, -0.25, 7.5]
+    for i, step in enumerate(steps):
+        task, _ = hub.lc.publish(publisher, ACTION, None)
+        assert not isinstance(task, str)
+        hub.lc.take_writes()
+        clock.now += abs(steps[-1 - i])
+        hub.lc.pickup(worker, task.id, 1)
+        hub.lc.take_writes()
+        clock.now += step
+        hub.lc.complete(worker, task.id, 1, None)
+        hub.lc.take_writes()
+        rec = task.rec
+        assert rec.started_at is not None and rec.ended_at is not None
+        wait.labels(ACTION).observe(rec.started_at - rec.created_at)
+        run.labels(ACTION).observe(max(0.0, rec.ended_at - rec.started_at))
+        clock.now += 1.0
+    got = _samples(monitor.metrics.exposition().decode())
+    want = _samples(generate_latest(one_by_one).decode())
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key

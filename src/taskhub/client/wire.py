@@ -4,7 +4,9 @@ asyncio transport of our own (docs/decisions.md, "The client's WebSocket is sans
 Bytes read go into the protocol and its events come out: each whole text frame is handed to
 :attr:`Wire.on_frame` as it is parsed, pings are answered (the protocol queues the pong) in
 the same call, and what the protocol wants written is written at once. Only websockets'
-public API is used: ``ClientProtocol``, ``Frame``/``Opcode``, ``State``, its exceptions.
+public API is used: ``ClientProtocol``, ``Frame``/``Opcode``, ``State``, its exceptions. The
+hub's whole text frames are cut out before the protocol parses them, and ours are made without
+it (:mod:`taskhub.wsframes`): websockets' Python per frame was a third of a publisher's time.
 
 Another thread may write a frame too (:meth:`Wire.send_text_now`: a worker's handler thread
 sends its result without waking the connection's loop). Every use of the protocol and every
@@ -38,6 +40,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from taskhub.version import __version__
+from taskhub.wsframes import Keys, TextFrames, text_frame
 
 log = logging.getLogger("taskhub.client")
 
@@ -59,8 +62,14 @@ class Wire(asyncio.Protocol):
     handshake is done, :attr:`lost` once the TCP connection ended. Frames are sent with
     :meth:`send_text` (at once, or held while the transport is full: :attr:`paused`)."""
 
-    def __init__(self, protocol: ClientProtocol, request: Request) -> None:
+    def __init__(
+        self, protocol: ClientProtocol, request: Request, max_size: int | None = None
+    ) -> None:
         self.protocol = protocol
+        # The hub's text frames are cut out before the protocol, and ours made without it
+        # (taskhub.wsframes): the rest of what websockets does per frame, for every frame.
+        self._frames = TextFrames(protocol, max_size=max_size)
+        self._keys = Keys()
         self._request = request
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
@@ -104,16 +113,21 @@ class Wire(asyncio.Protocol):
             self._write_out()
 
     def data_received(self, data: bytes) -> None:
+        frames = self._frames
         with self.lock:
-            self.protocol.receive_data(data)
-            events = self.protocol.events_received()
-            self._write_out()  # a pong, the echo of a close, an EOF
-        self._take_events(events)
+            events = frames.receive(data)
+            fed = frames.fed
+            if fed:
+                self._write_out()  # a pong, the echo of a close, an EOF
+        if fed:
+            self._take_events(events)
+        else:  # whole text frames only: nothing for the protocol's state to say
+            for payload in events:
+                self._deliver(payload)
 
     def eof_received(self) -> None:
         with self.lock:
-            self.protocol.receive_eof()
-            events = self.protocol.events_received()
+            events = self._frames.eof()
             self._write_out()
         self._take_events(events)
 
@@ -145,7 +159,9 @@ class Wire(asyncio.Protocol):
     def _take_events(self, events: list[Any]) -> None:
         protocol = self.protocol
         for event in events:
-            if isinstance(event, Frame):
+            if type(event) is bytes:  # a whole text frame's payload (taskhub.wsframes)
+                self._deliver(event)
+            elif isinstance(event, Frame):
                 self._frame(event)
             elif protocol.handshake_exc is None:  # the handshake's response: accepted
                 _settle(self.opened, None)
@@ -229,6 +245,7 @@ class Wire(asyncio.Protocol):
         buf = self._buffer
         if buf is None:
             buf = self._buffer = bytearray(READ_SIZE)
+        events: list[Any] = []
         while True:
             try:
                 n = os.readv(fd, (buf,))
@@ -238,18 +255,20 @@ class Wire(asyncio.Protocol):
                 n = 0
             if not n:
                 self.ended = True
-                protocol.receive_eof()
+                events.extend(self._frames.eof())
                 break
-            protocol.receive_data(buf[:n])  # a copy: the protocol keeps what it is given
+            # a copy: the protocol (or the frames held back) keeps what it is given
+            events.extend(self._frames.receive(buf[:n]))
             if n < READ_SIZE:
                 break
-        events = protocol.events_received()
         self._write_any()
         frames: list[Data] = []
         self._collected = frames
         try:
             for event in events:
-                if isinstance(event, Frame):
+                if type(event) is bytes:
+                    self._deliver(event)
+                elif isinstance(event, Frame):
                     self._frame(event)
         finally:
             self._collected = None
@@ -313,7 +332,14 @@ class Wire(asyncio.Protocol):
         """Write ``data`` as one text frame now (JSON is UTF-8: no str in between); on the
         connection's loop."""
         with self.lock:
-            self.protocol.send_text(data)
+            transport = self.transport
+            if self.protocol.state is State.OPEN and transport is not None:
+                if self._tail:
+                    tail, self._tail = self._tail, b""
+                    transport.write(tail)
+                transport.write(text_frame(data, self._keys.next()))
+                return
+            self.protocol.send_text(data)  # raises InvalidState, as before
             self._write_out()
 
     def send_text_now(self, data: bytes) -> bool:
@@ -331,8 +357,7 @@ class Wire(asyncio.Protocol):
                 or not self.open
             ):
                 return False
-            self.protocol.send_text(data)
-            self._tail = b"".join(self.protocol.data_to_send())
+            self._tail = text_frame(data, self._keys.next())
             self._write_direct()  # what the socket does not take goes first when the loop writes
         return True
 
@@ -429,7 +454,7 @@ async def dial(
     try:
         async with asyncio.timeout(timeout):
             _, wire = await loop.create_connection(
-                lambda: Wire(protocol, request),
+                lambda: Wire(protocol, request, max_size),
                 uri.host,
                 uri.port,
                 ssl=ssl,

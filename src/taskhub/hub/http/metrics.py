@@ -210,6 +210,10 @@ class _Histogram(Collector):
         """Count each ``values[i]`` in the series of ``keys[i]`` (a negative value as 0): a
         batch's tasks at once, sorted, then cut at each bucket's bound by bisection: C code
         per value (the sort) rather than a Python call per value."""
+        if len(values) == 1:  # one task (a sequential task's batch): one bisection
+            value = values[0]
+            self.observe(keys[0], value if value > 0.0 else 0.0)
+            return
         if keys.count(keys[0]) == len(keys):  # one action: the common case
             self._observe_sorted(keys[0], sorted(values))
             return

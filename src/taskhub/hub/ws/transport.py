@@ -1,6 +1,7 @@
 """uvicorn's WebSocket protocol (websockets, sans-I/O), tuned for a hub's traffic.
 
-Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"):
+Four changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"; docs/decisions.md,
+"Sequential p50, second pass"):
 
 - uvicorn stops reading the socket after every message until the app has taken it, then reads
   again: two ``epoll_ctl`` calls per frame. Here reading stops only when ``ws_max_queue``
@@ -15,6 +16,9 @@ Three changes, all measured (docs/performance.md, "Fourth pass" and "Fifth pass"
   coroutine resumption (uvicorn's ``receive``, then Starlette's) a loop turn later. The
   receiver keeps the frames in order itself and calls :meth:`hold` / :meth:`release` for flow
   control; ``websocket.disconnect`` still arrives through ``receive``.
+- Whole text frames are cut out of the bytes read before websockets' protocol parses them, and
+  text frames are made without it (:mod:`taskhub.wsframes`): the protocol still gets every
+  other frame, and keeps the state machine.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
+
+from taskhub.wsframes import TextFrames, text_frame
 
 EXTENSION = "taskhub.ws"
 
@@ -35,6 +43,49 @@ EXTENSION = "taskhub.ws"
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     receiver: Callable[[str | bytes], None] | None = None  # takes each data frame once set
     held = False  # the receiver stopped reading (see hold)
+    cutter: TextFrames | None = None  # made on the first bytes read
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the whole text frames cut out before websockets' protocol parses
+        them (taskhub.wsframes): each goes to the app as uvicorn's ``handle_text`` would
+        send it, and every other frame to uvicorn's handlers, in the order they came."""
+        cutter = self.cutter
+        if cutter is None:
+            cutter = self.cutter = TextFrames(self.conn, max_size=self.config.ws_max_size)
+        events = cutter.receive(data)
+        if cutter.fed:
+            conn = self.conn
+            if conn.parser_exc is not None:  # as uvicorn: nothing of this read is handed on
+                self.handle_parser_exception()
+                return
+            if conn.handshake_exc is not None and not self.handshake_initiated:
+                self.handle_handshake_exception()
+                return
+        for event in events:
+            if type(event) is bytes:  # handle_text's steps for a whole frame
+                self.curr_msg_data_type = "text"
+                self.frames = [event]
+                self.send_receive_event_to_app()
+            elif isinstance(event, Request):
+                self.handle_connect(event)
+            elif isinstance(event, Frame):
+                self.handle_frame(event)
+
+    def handle_frame(self, event: Frame) -> None:
+        """uvicorn's ``handle_events`` for one frame the protocol parsed."""
+        opcode = event.opcode
+        if opcode is Opcode.CONT:
+            self.handle_cont(event)
+        elif opcode is Opcode.TEXT:
+            self.handle_text(event)
+        elif opcode is Opcode.BINARY:
+            self.handle_bytes(event)
+        elif opcode is Opcode.PING:
+            self.handle_ping()
+        elif opcode is Opcode.PONG:
+            self.handle_pong(event)
+        elif opcode is Opcode.CLOSE:
+            self.handle_close(event)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -112,13 +163,12 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             or self.close_sent
             or self.disconnected
             or not self.writable.is_set()
+            or self.conn.state is not State.OPEN  # where websockets' send_text would refuse
         ):
             return False
-        try:
-            self.conn.send_text(data)
-        except InvalidState:
-            return False
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        # Made here rather than by websockets' send_text, which would also make a Frame of it
+        # (taskhub.wsframes); the protocol keeps no state of the data frames it sends.
+        self.transport.write(text_frame(data))
         return True
 
     def close_slow(self, code: int, reason: str, grace: float) -> None:
