@@ -4,6 +4,7 @@ same messages, events, answers and states, whether the text frames are cut out o
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +234,15 @@ def test_masking_keys_come_from_the_system_pool_and_differ() -> None:
 
 def test_frames_are_masked_as_websockets_masks_its_own() -> None:
     """The one place where a websockets internal is used (its C masking): if an upgrade
-    moves it, this fails rather than the frames quietly taking the slow way."""
+    moves it, this fails rather than the frames quietly taking our slower fallback."""
     assert wsframes.apply_mask is websockets.frames.apply_mask
     assert wsframes.apply_mask(wsframes.apply_mask(b"hello", b"abcd"), b"abcd") == b"hello"
+
+
+def test_the_fallback_masking_gives_websockets_bytes() -> None:
+    """Where a websockets release no longer has ``apply_mask``, ours masks the same bytes."""
+    for n in (0, 1, 3, 4, 5, 125, 126, 300, 70_000):
+        data = os.urandom(n)
+        assert wsframes.xor_mask(data, b"\x01\x82\xff\x10") == websockets.frames.apply_mask(
+            data, b"\x01\x82\xff\x10"
+        )
