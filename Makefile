@@ -21,12 +21,17 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# src/ compiled once first: with PYTHONDONTWRITEBYTECODE set, every hub and CLI process the
+# tests start would compile the package afresh. pytest on two workers, a file each at a time:
+# much of the suite waits (leases, timers, processes starting) with a core idle
+# (docs/decisions.md, "The suite's time").
 test: lint
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-netlab.sh
 	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-haproxy.sh
-	$(BIN)/pytest -q --cov --cov-report=term
+	$(BIN)/python -m compileall -q src
+	$(BIN)/pytest -q -n 2 --dist loadfile --cov --cov-report=term
 	bash scripts/ensure-node.sh
 	cd clients/js && npm ci --no-audit --no-fund && npm test
 	bash scripts/test-lowest.sh

@@ -3,7 +3,8 @@
 # pyproject.toml allows (uv's --resolution lowest-direct), in a scratch venv (.venv-lowest),
 # so that a floor that does not work fails here instead of on a user's machine (issue 15,
 # item 17: websockets 15, uvicorn 0.50-0.52, redis 5-7.1, typer 0.12 and croniter < 6.1 each
-# broke at run time). `make test` runs it; about two minutes with a warm uv cache.
+# broke at run time). `make test` runs it; about a minute with a warm uv cache (two workers,
+# as the main run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,9 @@ mapfile -t TOOLS < <(.venv/bin/python - <<'PY'
 import re, tomllib
 dev = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]
 for req in dev:
-    if re.split(r"[<>=!~; \[]", req)[0] in {"pytest", "pytest-asyncio", "pytest-timeout", "hypothesis"}:
+    if re.split(r"[<>=!~; \[]", req)[0] in {
+        "pytest", "pytest-asyncio", "pytest-timeout", "pytest-xdist", "hypothesis"
+    }:
         print(req)
 PY
 )
@@ -32,7 +35,7 @@ echo "test-lowest: $("$UV" pip freeze -q --python "$VENV/bin/python" | grep -iE 
 # run): the floors' own deprecations (redis 7.2's cluster passes its deprecated lib_name) are
 # fixed in the versions the main run installs. The lifecycle state machine (test_lifecycle_
 # machine.py) checks the lifecycle, not a floor, and hypothesis 6.100 runs it for minutes.
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o timeout=60 -W default \
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o timeout=60 -W default -n 2 --dist loadfile \
     tests/unit --ignore=tests/unit/test_typing.py --ignore=tests/unit/test_lifecycle_machine.py \
     tests/store/test_conformance.py tests/store/test_redis.py \
     tests/integration/test_roundtrip.py tests/integration/test_frames.py \
