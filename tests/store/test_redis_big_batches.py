@@ -47,12 +47,12 @@ class Crashing(RedisStore):
     crash_name = ""
     crash_after = 0
 
-    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _script(self, name: str, keys: list[str], args: list[Any], **kw: Any) -> Any:
         if name == self.crash_name:
             self.crash_after -= 1
             if self.crash_after < 0:
                 raise StoreUnavailable("the writer stopped here", url=self.url)
-        return await super()._script(name, keys, args)
+        return await super()._script(name, keys, args, **kw)
 
 
 def stopping_at(url: str, name: str, after: int) -> Crashing:
