@@ -321,7 +321,10 @@ async def _updated(c: Client, task_id: str) -> bool:
 async def test_the_workers_list_asks_the_hubs_that_lead_no_partition(make_hub: Any) -> None:
     """Three leased hubs over two partitions: one leads none, and its clients are still in
     the Workers list of a page another hub serves, with the work they hold where it is led."""
-    hubs = [await make_hub(partitions=P, name=f"hub-{i}") for i in range(3)]
+    # A lease long enough that none runs out while the test reads the pages (the spread is
+    # settled by hand-offs, never by a lapse): on a loaded machine a 1.5 s lease lapsed once
+    # and moved the idle hub's place to another hub mid-test.
+    hubs = [await make_hub(partitions=P, name=f"hub-{i}", lease=10) for i in range(3)]
 
     async def settled() -> list[list[int]] | None:
         led = [(await leased_health(s))["partitions"] for s in hubs]
