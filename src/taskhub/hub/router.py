@@ -250,9 +250,7 @@ class Router:
         what is sent to the connection meanwhile is held behind the ``ok`` (its tasks' events
         must not come before it: :meth:`Connections.hold`). Past :data:`MAX_ANSWERS` such
         answers waiting, the connection's next message waits for this one."""
-        by_part: dict[int, list[tuple[int, Any]]] = {}
-        for i, item in enumerate(batch_items(msg)):
-            by_part.setdefault(index(item), []).append((i, item))
+        by_part = _by_partition(msg, index)
         pubs = isinstance(msg, p.Pubs)
         answers: list[Any] = [None] * len(msg.items) if pubs else []
         # Held from now, not from when the answer's coroutine first runs: the partitions
@@ -268,13 +266,7 @@ class Router:
             if linked is not None:
                 waits.append(linked.ask_items(peer, msg, items))
                 continue
-            # Led here, or by no hub reachable (its items are answered with why).
-            for i, item in items:
-                if pubs:
-                    answers[i] = part.pub_item(peer, item, i, msg.ref)
-                else:
-                    part.step_item(peer, item, i)
-            part.kick()
+            _apply_here(part, peer, msg, items, answers)
             local = part.local
             waits.append(part.flush() if local is None else local.stored())
         answering = asyncio.gather(*waits, return_exceptions=True)
@@ -336,30 +328,20 @@ class Router:
         hold the connection's frames behind: as :meth:`_batch` without ``ref``). Each item's
         own answers and errors come from its partition, in order with the connection's other
         messages there."""
-        by_part: dict[int, list[tuple[int, Any]]] = {}
-        for i, item in enumerate(batch_items(msg)):
-            by_part.setdefault(index(item), []).append((i, item))
-        pubs = isinstance(msg, p.Pubs)
+        by_part = _by_partition(msg, index)
         for at, items in by_part.items():
             part = self.slots[at]
             linked = part.linked
             if linked is not None:
                 linked.send_items(peer, msg, items)
                 continue
-            for i, item in items:
-                if pubs:
-                    part.pub_item(peer, item, i, None)
-                else:
-                    part.step_item(peer, item, i)
-            part.kick()
+            _apply_here(part, peer, msg, items, None)
 
     async def _batch_linked(self, peer: Peer, msg: Any, index: Callable[[Any], int]) -> None:
         """A batched message whose items fall in partitions of several hubs: each partition
         applies its items (as :meth:`_batch` does), and the batch's ``ok`` (with the items'
         answers, in order, for ``pubs``) goes once every one of them has stored them."""
-        by_part: dict[int, list[tuple[int, Any]]] = {}
-        for i, item in enumerate(batch_items(msg)):
-            by_part.setdefault(index(item), []).append((i, item))
+        by_part = _by_partition(msg, index)
         pubs = isinstance(msg, p.Pubs)
         answers: list[Any] = [None] * len(msg.items)
         waits: list[Awaitable[Any]] = []
@@ -371,13 +353,7 @@ class Router:
                 remote.append((items, len(waits)))
                 waits.append(linked.apply_items(peer, msg, items))
                 continue
-            # Led here, or by no hub reachable (its items are answered with why).
-            for i, item in items:
-                if pubs:
-                    answers[i] = part.pub_item(peer, item, i, msg.ref)
-                else:
-                    part.step_item(peer, item, i)
-            part.kick()
+            _apply_here(part, peer, msg, items, answers)
             waits.append(part.flush())
         release = self.hold(peer)  # the answer first, then its tasks' events
         try:
@@ -427,6 +403,32 @@ def _elsewhere(slot: Partition) -> Linked | UnledPartition | None:
 async def _settled(fut: asyncio.Future[Any]) -> None:
     """Wait for ``fut`` to end, however it ends (the connection's next message waits so)."""
     await asyncio.wait([fut])
+
+
+def _by_partition(msg: Any, index: Callable[[Any], int]) -> dict[int, list[tuple[int, Any]]]:
+    """A batched message's items (with their places) by the partition each falls in."""
+    by_part: dict[int, list[tuple[int, Any]]] = {}
+    for i, item in enumerate(batch_items(msg)):
+        by_part.setdefault(index(item), []).append((i, item))
+    return by_part
+
+
+def _apply_here(
+    part: Partition, peer: Peer, msg: Any, items: list[tuple[int, Any]], answers: list[Any] | None
+) -> None:
+    """Apply a batch's ``items`` in ``part`` (led here, or by no hub reachable: its items are
+    answered with why) and kick it. With ``answers``, each ``pubs`` item's answer goes in its
+    place there (the batch has a ``ok`` to send); without, nothing is answered per item."""
+    pubs = isinstance(msg, p.Pubs)
+    ref = None if answers is None else msg.ref
+    for i, item in items:
+        if pubs:
+            answer = part.pub_item(peer, item, i, ref)
+            if answers is not None:
+                answers[i] = answer
+        else:
+            part.step_item(peer, item, i)
+    part.kick()
 
 
 def _task(item: Any) -> dict[str, Any]:
