@@ -41,7 +41,7 @@ async def two_hubs(tmp_path: Path) -> AsyncIterator[tuple[Server, Server]]:
             store=f"sqlite:///{tmp_path / 'hub.db'}",
             port=0,
             partitions=P,
-            lease=1.5,
+            lease=4.0,
             name=name,
             pickup_window=1.0,
         )

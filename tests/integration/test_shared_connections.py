@@ -47,8 +47,8 @@ async def test_connections_racing_to_two_hubs_get_the_limit_between_them(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
     store = f"sqlite:///{tmp_path / 'hub.db'}"
-    a = await make_server(creds(3), store=store, partitions=4, lease=1.0, name="hub-a")
-    b = await make_server(creds(3), store=store, partitions=4, lease=1.0, name="hub-b")
+    a = await make_server(creds(3), store=store, partitions=4, lease=10.0, name="hub-a")
+    b = await make_server(creds(3), store=store, partitions=4, lease=10.0, name="hub-b")
     assert a.membership is not None and b.membership is not None  # leased hubs, one file
     # One at a time first (so each hub knows the key: a race of fresh key checks would be
     # throttled, docs/protocol.md): three connect, a fourth is refused, on either hub.
