@@ -338,6 +338,7 @@ class Dispatcher:
         peer.hello = {k: v for k, v in said.items() if v is not None}
         peer.batch = msg.batch
         peer.starts = msg.starts
+        self.hub.hub.hello_again(peer)
         self.answer(peer, msg.ref)
 
     def _bad(self, peer: Peer, msg: p.Bad) -> None:

@@ -351,6 +351,14 @@ class Hub:
         self.connections.add(peer, sender, closer)
         self.lc.connect(peer)
 
+    def hello_again(self, peer: Peer) -> None:
+        """``peer`` said ``hello`` after its first message: the partitions that made their
+        own peer for it, and the leaders it reached over a link, learn what it says now."""
+        for part in self.parts:
+            part.hello_again(peer)
+        if self.links is not None:
+            self.links.hello(peer)
+
     async def close_connections(self, *, code: int = 1012, reason: str = "") -> None:
         """Close every WebSocket connection (their clients reconnect, maybe elsewhere)."""
         await self.connections.close_all(code=code, reason=reason)

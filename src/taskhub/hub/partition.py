@@ -187,6 +187,9 @@ class Links(Protocol):
         and has not opened again): its partitions wait for a leader instead
         (:class:`~taskhub.hub.unled.UnledPartition`)."""
 
+    def hello(self, peer: Peer) -> None:
+        """``peer`` said ``hello`` again: the leaders it reached learn it."""
+
     def detach(self, peer: Peer) -> None: ...
 
     async def ask(
@@ -295,6 +298,12 @@ class LocalPartition:
             self.fronts[front.id] = front
             self.lc.connect(own)
         return own
+
+    def hello_again(self, front: Peer) -> None:
+        """The hub's connection ``front`` said ``hello`` again: its peer here says it too."""
+        own = self.peers.get(front.id)
+        if own is not None and own is not front:
+            own.hello, own.batch, own.starts = front.hello, front.batch, front.starts
 
     def _deliver(self, output: Iterable[tuple[Peer, list[Message]]]) -> None:
         fronts = self.fronts

@@ -339,7 +339,11 @@ class LinkServer:
         return None
 
     def _open(self, entry: wire.Open) -> None:
-        if entry.conn in self.remotes:
+        known = self.remotes.get(entry.conn)
+        if known is not None:  # its hello changed (HubLinks.hello): what it says from now on
+            peer = known.peer
+            peer.hello, peer.batch, peer.starts = entry.hello, entry.batch, entry.starts
+            self.hub.hello_again(peer)
             return
         peer = Peer(entry.conn, wire.credentials(entry))
         peer.hello, peer.batch, peer.remote = entry.hello, entry.batch, entry.remote

@@ -204,6 +204,12 @@ class HubLinks:
             raise StoreUnavailable(f"the hub at {leader_url.rstrip('/')}: {answer.error}; retry")
         return wire.read_op_result(answer.value)
 
+    def hello(self, peer: Peer) -> None:
+        """``peer`` said ``hello`` again: the leaders it reached already learn what it says
+        (its ``batch`` and ``starts`` shape what they send it), after what it sent before."""
+        for link in self.links.values():
+            link.reopen(peer)
+
     def detach(self, peer: Peer) -> None:
         """The connection is gone: the leaders it reached let go of what it held."""
         for remote in self.hub.router.remotes():
@@ -250,6 +256,14 @@ class Link:
         if peer.id in self.fronts:
             return
         self.fronts[peer.id] = peer
+        self._open(peer)
+
+    def reopen(self, peer: Peer) -> None:
+        """Tell the leader again who ``peer`` is, if it reached it (its ``hello`` changed)."""
+        if peer.id in self.fronts:
+            self._open(peer)
+
+    def _open(self, peer: Peer) -> None:
         creds = peer.creds
         self.out.add(
             wire.encode_entry(
