@@ -4,7 +4,7 @@
 -- is one MessagePack array: 'E', then the small fields in counted groups: tasks (id, state,
 -- action, ended score or '', 1 when the task has events here else 0), tasks whose events
 -- come without their record (id), deleted ids, meta (kind, key), meta deletes (kind, key).
--- The values, in the header's order: each task's record then its events (one array),
+-- The values, in the header's order: each task's record then its events (one JSON array),
 -- the other tasks' events (one array each), each meta entry's value. (staged.lua may hand
 -- the header over as a table already, and a header without the 'E' is an older taskhub's:
 -- regroup below.) Order as in the other engines: upserts, events, deletes, meta, meta

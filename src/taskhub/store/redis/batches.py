@@ -46,24 +46,23 @@ def batch_args(
     batch: WriteBatch,
     head: list[Any],
     encode: Callable[[Any], bytes],
-    encode_meta: Callable[[Any], bytes],
     pack: Callable[[Any], bytes],
 ) -> list[Any]:
     """``apply.lua``'s arguments for ``batch`` after ``head`` (prefix, fence key, fence token,
-    terminal states): the batch's header, packed with ``pack`` (MessagePack), then its values:
-    records and events encoded with ``encode``, metadata values with ``encode_meta``.
+    terminal states): the batch's header, packed with ``pack`` (MessagePack), then its values,
+    encoded with ``encode``.
 
     The header is one flat array: ``"E"`` (this format: a piece staged by an older taskhub has
     none), then the batch's small fields in counted groups: tasks (id, state, action, ended
     score or ``''``, 1 if the task has events in the batch else 0), tasks whose events come
     without their record (id), deleted ids, meta (kind, key), meta deletes (kind, key). The
-    values follow in the header's order: each task's record and then its events (one
+    values follow in the header's order: each task's record and then its events (one JSON
     array), the other tasks' events (an array each), each meta entry's value. One argument
     for all the small fields, and one for a task's events, cost the hub ~2k instructions an
     argument less to pack (hiredis), and redis-server less too (docs/performance.md).
     """
     # A task's events go into its hash in the same HSET as its record, as one field
-    # (apply.lua): the list is encoded as it is, one array.
+    # (apply.lua): the list is encoded as it is, a JSON array.
     events: dict[str, list[EventRecord]] = {}
     for e in batch.events:
         task_id = e.task_id
@@ -94,7 +93,7 @@ def batch_args(
     fields.append(len(batch.meta))
     for m in batch.meta:
         fields += (m.kind, m.key)
-        add_value(encode_meta(m.value))
+        add_value(encode(m.value))
     fields.append(len(batch.meta_deleted))
     for kind, key in batch.meta_deleted:
         fields += (kind, key)

@@ -1,6 +1,6 @@
 """Redis store engine: several hubs share one Redis (or a Redis Cluster, or a managed Redis).
 
-Key layout: :mod:`.keys` (layout 4; a store written in layout 1, 2 or 3 is read as it is).
+Key layout: :mod:`.keys` (layout 3; a store written in layout 1 or 2 is read as it is).
 
 One partition ``n`` of several (docs/deployment.md, "Partitions") has the same keys under
 ``P{pn}:`` instead of ``{P}:`` (``taskhub{p3}:t:<id>``): the hash tag is then the partition,
@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from taskhub.errors import StoreUnavailable
 from taskhub.records import EventRecord, TaskRecord, WriteBatch
-from taskhub.store.redis import batches, scripts, values
+from taskhub.store.redis import batches, scripts
 from taskhub.store.redis.connection import (
     CONNECTION_ERRORS,
     DEFAULT_PREFIX,
@@ -98,9 +98,9 @@ def _events(
 ) -> list[EventRecord]:
     """A task's events, in seq order, from flat [field, value, ...] replies: its layout-1
     event hash's and its hash's (which also holds r, s, a, e). Its events there: g<n> fields,
-    each the array of one batch's (n: the batch's number; ``decode_many`` reads MessagePack or
-    JSON), and fields named by a seq, one JSON event each, which layout 2 wrote (before any
-    g<n>). Layout 1's come first; later writes replace earlier events of the same seq."""
+    each the JSON array of one batch's (n: the batch's number), and fields named by a seq, one
+    event each, which layout 2 wrote (before any g<n>). Layout 1's come first; later writes
+    replace earlier events of the same seq."""
     by_seq: dict[int, EventRecord] = {}
     groups: list[tuple[int, bytes]] = []
     for flat in (layout1, fields):
@@ -121,7 +121,7 @@ class RedisStore:
     """A :class:`~taskhub.store.base.Store` on Redis, plus the lock and heartbeat primitives
     that several hubs sharing the store coordinate with.
 
-    Records are encoded (msgspec MessagePack, :mod:`.values`) when :meth:`apply` is called,
+    Records are encoded (msgspec JSON, as in the other engines) when :meth:`apply` is called,
     before its first ``await``, so the batch is a snapshot even though the hub keeps changing
     its live records while the script runs.
     """
@@ -165,9 +165,12 @@ class RedisStore:
         self._closed = False
         self._fence_key = ""
         self._fence_token = ""
+        self._encoder = msgspec.json.Encoder()
         self._packer = msgspec.msgpack.Encoder()  # the batch's header (batches.batch_args)
-        self._event_decoder = msgspec.json.Decoder(EventRecord)  # layouts 1 and 2: one event
-        self._any_decoder = msgspec.json.Decoder()  # metadata values (JSON)
+        self._task_decoder = msgspec.json.Decoder(TaskRecord)
+        self._event_decoder = msgspec.json.Decoder(EventRecord)
+        self._events_decoder = msgspec.json.Decoder(list[EventRecord])
+        self._any_decoder = msgspec.json.Decoder()
         self._scripts: dict[str, AsyncScript] = {}
         # Whether the batch script declares script flags (Redis 7+): known after open().
         self.script_flags = False
@@ -320,14 +323,7 @@ class RedisStore:
 
     def _args(self, batch: WriteBatch) -> list[Any]:
         head = [self._tag, self._fence_key, self._fence_token, _TERMINAL]
-        try:
-            return batches.batch_args(
-                batch, head, values.encode, values.encode_json, self._packer.encode
-            )
-        except OverflowError:  # an integer MessagePack cannot hold: this batch as JSON
-            return batches.batch_args(
-                batch, head, values.encode_json, values.encode_json, self._packer.encode
-            )
+        return batches.batch_args(batch, head, self._encoder.encode, self._packer.encode)
 
     async def _apply_pieces(self, batch: WriteBatch) -> None:
         """Stage the batch's pieces in a list, commit it (from then on the batch is written
@@ -385,7 +381,7 @@ class RedisStore:
             return []
         args = [self._tag, "(" + _score(at), limit]
         blobs = await self._script("list_ended", [self.keys.ended()], args)
-        decode = values.task
+        decode = self._task_decoder.decode
         return [decode(blob) for blob in blobs]
 
     async def load_active(self) -> list[TaskRecord]:
@@ -404,12 +400,12 @@ class RedisStore:
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         blob = await self._call(self._redis().hget(self.keys.task(task_id), "r"))
-        return None if blob is None else values.task(blob)
+        return None if blob is None else self._task_decoder.decode(blob)
 
     async def get_events(self, task_id: str) -> list[EventRecord]:
         keys = [self.keys.task(task_id), self.keys.legacy_events(task_id)]
         fields, layout1 = await self._script("events", keys, [])
-        return _events(layout1, fields, self._event_decoder.decode, values.events)
+        return _events(layout1, fields, self._event_decoder.decode, self._events_decoder.decode)
 
     async def list_tasks(
         self,
@@ -443,7 +439,7 @@ class RedisStore:
         # list in.
         route = [self.keys.index(state or TERMINAL_ORDER[0], action)]
         out: list[TaskRecord] = []
-        decode = values.task
+        decode = self._task_decoder.decode
         while True:
             start = "-" if after is None else "(" + after
             args = [self._tag, start, limit - len(out), action or "", state or ""]

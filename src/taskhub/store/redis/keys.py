@@ -1,15 +1,14 @@
 """The Redis engine's key names, in one place (the Lua scripts derive the same names from the
 prefix they are given: ``common.lua``'s key functions and ``list.lua``'s callers).
 
-Layout 4 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL says
+Layout 3 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL says
 ``?prefix=NAME``, or ``prefix{p<n>}:`` for partition ``n`` of several)::
 
-    {P}:t:<id>                hash: r = the TaskRecord (MessagePack; JSON where layouts
-                              1-3 wrote it, :mod:`.values`), s = state, a = action,
+    {P}:t:<id>                hash: r = encoded TaskRecord, s = state, a = action,
                               e = ended_at score ('' when none; layout 1 had no e),
-                              g<n> = the task's events written by batch n, an array
+                              g<n> = the task's events written by batch n, a JSON array
                               (read in the order of n: a later event of a seq replaces an
-                              earlier one); <seq> = one JSON EventRecord (layout 2's)
+                              earlier one); <seq> = one encoded EventRecord (layout 2's)
     {P}:writes                counter: the number of the last batch written (its g<n>)
     {P}:active                zset, every score 0: ids of live tasks (any state not terminal)
     {P}:state:<state>         zset, every score 0: ids of terminal tasks by state, in byte
@@ -24,8 +23,7 @@ Layout 4 (``{P}:`` is the store's tag: ``{prefix}:``, ``taskhub`` unless the URL
     {P}:lock:<name>           string with a TTL: a lock's owner token
     {P}:hb:<name>             string with a TTL: a heartbeat
 
-Layout 3 (the same keys, records and events as JSON) is read as it is: a value says which it
-is by its first byte. Layout 2 (each event in a field ``<seq>`` of its own) is read as it is: its
+Layout 2 (the same, but each event in a field ``<seq>`` of its own) is read as it is: its
 events come before any ``g<n>``, which only a later version writes.
 
 A task is in one set while it lives (``active``) and in three once it ended; its state and
