@@ -421,6 +421,21 @@ async def test_store_keeps_copies(store: Store) -> None:
     assert await store.get_events("t1") == [event("t1", 0, data={"k": "v"})]
 
 
+async def test_payloads_and_results_kept_as_raw_json_read_back_as_values(store: Store) -> None:
+    # The hub keeps a task's payload and result as the client's JSON (msgspec.Raw): an engine
+    # must store them as JSON values (an encoding that copies Raw's bytes into another format,
+    # as msgspec's MessagePack does, would store broken records).
+    payload = msgspec.Raw(b'{"id":7,"tags":["a","b"],"n":1.5}')
+    rec = task("t1", state="success", ended_at=3.0, payload=payload, result=msgspec.Raw(b"[1,2]"))
+    ev = event("t1", 0, data=msgspec.Raw(b'{"ok":true}'))
+    await store.apply(WriteBatch(tasks=[rec], events=[ev], sealed=True))
+    got = await store.get_task("t1")
+    assert got is not None
+    assert (got.payload, got.result) == ({"id": 7, "tags": ["a", "b"], "n": 1.5}, [1, 2])
+    assert [e.data for e in await store.get_events("t1")] == [{"ok": True}]
+    assert [t.payload for t in await store.list_tasks(state="success")] == [got.payload]
+
+
 async def test_a_sealed_batch_reads_back_like_any_other(store: Store) -> None:
     # Sealed: the caller never changes these records again (the hub's batches), so the memory
     # engine keeps them as they are. What readers get is still a normalized copy each time.

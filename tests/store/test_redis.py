@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -230,6 +231,23 @@ async def test_event_seqs_are_stored_exactly_however_large(store: RedisStore) ->
     await store.apply(WriteBatch(tasks=[task("a")], events=[event("a", seq) for seq in seqs[:3]]))
     await store.apply(WriteBatch(events=[event("a", seq) for seq in seqs[3:]]))
     assert [e.seq for e in await store.get_events("a")] == seqs
+
+
+async def test_end_scores_are_the_exact_doubles_however_written(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    # The score goes as the shortest text that reads back as the same double (1e16 is
+    # written "1e16", not repr's "1e+16"): retention's strict bounds must see each exactly.
+    ends = [1e-7, 0.1 + 0.2, 1e16, 1700000000.0298705, 2.0**53 + 2]
+    tasks = [task(f"t{i}", state="success", ended_at=at) for i, at in enumerate(ends)]
+    await store.apply(WriteBatch(tasks=tasks))
+    scored = await raw.zrange(store.key("ended"), 0, -1, withscores=True)
+    assert sorted(score for _, score in scored) == sorted(ends)
+    for i, at in enumerate(ends):
+        before = {t.id for t in await store.list_ended_before(at)}
+        assert f"t{i}" not in before
+        assert f"t{i}" in {t.id for t in await store.list_ended_before(math.nextafter(at, 2e16))}
+    assert await store.remove_ended_before(1e16) == ["t0", "t1", "t3", "t4"]
 
 
 async def test_a_task_written_twice_in_one_batch_is_indexed_by_its_last_record(

