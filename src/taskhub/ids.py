@@ -32,7 +32,6 @@ class UlidFactory:
         "_ms",
         "_next_ns",
         "_rand",
-        "_time_ns",
         "_top",
         "partition",
     )
@@ -41,7 +40,6 @@ class UlidFactory:
         if not 0 <= partition < MAX_PARTITIONS:
             raise ValueError(f"partition must be from 0 to {MAX_PARTITIONS - 1}, got {partition}")
         self.partition = partition
-        self._time_ns = time.time_ns
         self._top = partition << _LOW_BITS
         self._ms = -1
         self._rand = self._top
@@ -76,7 +74,7 @@ class UlidFactory:
         # The common case, a burst: the same millisecond (or the clock stepped back) and no
         # carry out of the ten low bits: the id is the last one's head and the next pair.
         # One comparison and a small int instead of the division and 130-bit arithmetic.
-        ns = self._time_ns()
+        ns = time.time_ns()
         if ns < self._next_ns:
             low = self._low + 1
             if low < 1024:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from taskhub.ids import UlidFactory
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -43,7 +47,7 @@ def decode(ulid: str) -> tuple[int, int]:
     return value >> 80, value & ((1 << 80) - 1)
 
 
-def test_each_id_follows_the_clock_or_increments_the_last() -> None:
+def test_each_id_follows_the_clock_or_increments_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
     """The id after another: the clock's millisecond with fresh random bits when the clock
     moved past the last id's millisecond, else the last id's millisecond and its random
     part plus one (a step back of the clock included), carries out of the low ten bits
@@ -57,7 +61,7 @@ def test_each_id_follows_the_clock_or_increments_the_last() -> None:
         + [(ms0 + 1) * 10**6]  # the next millisecond: fresh random bits
         + [(ms0 + 1) * 10**6 + 1] * 3
     )
-    f._time_ns = lambda: next(clock)
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
     ids = [f() for _ in range(1 + 1500 + 1 + 1 + 3)]
     parts = [decode(i) for i in ids]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
