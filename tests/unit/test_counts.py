@@ -248,3 +248,39 @@ def test_tasks_ended_one_batch_each_are_counted_as_task_by_task() -> None:
     want = _samples(generate_latest(one_by_one).decode())
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_a_batch_of_times_all_in_the_lowest_or_all_past_the_highest_bucket() -> None:
+    # A histogram stops bisecting once every value of a batch is counted (a burst's run
+    # times fill the first bucket): the buckets above still export their cumulative counts,
+    # and a batch wholly past the last bound still lands in +Inf.
+    clock = FakeClock(5000.0)
+    hub, worker, publisher = _hub(clock)
+    monitor = Monitor(hub)
+    one_by_one = CollectorRegistry()
+    wait, run = (
+        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=one_by_one)
+        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
+    )
+    for gap in (0.0002, TASK_BUCKETS[-1] + 5.0):  # one batch of each
+        tasks = []
+        for _ in range(20):
+            task, _ = hub.lc.publish(publisher, ACTION, None)
+            assert not isinstance(task, str)
+            tasks.append(task)
+        clock.now += gap
+        for task in tasks:
+            hub.lc.pickup(worker, task.id, 1)
+        clock.now += gap
+        for task in tasks:
+            hub.lc.complete(worker, task.id, 1, None)
+            rec = task.rec
+            assert rec.started_at is not None and rec.ended_at is not None
+            wait.labels(ACTION).observe(rec.started_at - rec.created_at)
+            run.labels(ACTION).observe(rec.ended_at - rec.started_at)
+        assert len(hub.lc.take_writes().tasks) == 20  # one batch
+    got = _samples(monitor.metrics.exposition().decode())
+    want = _samples(generate_latest(one_by_one).decode())
+    assert len(want) == 2 * (len(TASK_BUCKETS) + 3)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key

@@ -107,6 +107,9 @@ class Lifecycle:
         self.pickup = self._steps.pickup
         # A ``return``: the first one wins; later ones (any attempt) are ignored.
         self.complete = self._steps.complete
+        # A batch of returns: the credit it gives back offered once, at its end.
+        self.hold_dispatch = queues.hold_dispatch
+        self.dispatch_held = queues.dispatch_held
 
     # --- the parts' state that changes identity ------------------------------------------------
     @property

@@ -194,6 +194,9 @@ class Queues:
         self.by_action: dict[str, list[Queue]] = {}
         self.observers: dict[str, list[Subscription]] = {}
         self.pooled: dict[str, list[Task]] = {}  # published while no group subscribed
+        # While a batch of returns is applied (:meth:`hold_dispatch`): the subscriptions whose
+        # credit it gave back, dispatched once at its end instead of once per item.
+        self.held: dict[Subscription, None] | None = None
 
     def queue(self, action: str, group: str) -> Queue:
         """The group's queue, made on first use."""
@@ -345,9 +348,32 @@ class Queues:
         sub.inflight -= 1
         if sub.peer.holding.get(d.task.id) is d:
             del sub.peer.holding[d.task.id]
+        held = self.held
+        if held is not None:
+            held[sub] = None
+            return
         q = self.queues.get((sub.action, sub.group))
         if q is not None and sub.peer.open:
             q.dispatch()
+
+    def hold_dispatch(self) -> None:
+        """Until :meth:`dispatch_held`, credit given back is not offered at once: a batch of
+        returns then dispatches once per subscription instead of once per item. Its queues
+        stay busy meanwhile (deliveries waiting beside free credit), which :meth:`enqueue`
+        reads as "whatever freed credit dispatches": :meth:`dispatch_held` does."""
+        self.held = {}
+
+    def dispatch_held(self) -> None:
+        """Offer what the credit given back since :meth:`hold_dispatch` allows, in the
+        order the subscriptions gave it back."""
+        held = self.held
+        self.held = None
+        if held:
+            queues = self.queues
+            for sub in held:
+                q = queues.get((sub.action, sub.group))
+                if q is not None and sub.peer.open:
+                    q.dispatch()
 
     def partition_done(self, d: Delivery) -> None:
         """``d`` ended (done, dropped or failed): the next parked delivery of its key may go."""

@@ -230,11 +230,16 @@ class _Histogram(Collector):
             series = self.series[key] = _Series(len(self._le), time.time())
         buckets = series.buckets
         below = 0  # values counted so far: those <= the previous bound
+        n = len(values)
         for b, bound in enumerate(self._bounds):
+            # Once every value is counted the higher buckets get nothing: a burst's times
+            # fill the first few of 18, and a bisection per bucket left cost ~0.4 µs a task.
+            if below == n:
+                break
             upto = bisect_right(values, bound, below)
             buckets[b] += upto - below
             below = upto
-        buckets[-1] += len(values) - below
+        buckets[-1] += n - below
         if values[0] < 0:  # a clock stepped back: counted as 0, as observe() would
             values = values[bisect_left(values, 0.0) :]
         series.sum += sum(values)
