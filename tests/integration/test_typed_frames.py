@@ -254,3 +254,55 @@ async def test_a_pubs_answer_read_as_structs_gives_the_handles_what_dicts_give()
     assert as_structs[3][5] == ("TaskHubError", "no pub for a:b")
     assert as_structs[4][5] is not None and "left this one out" in as_structs[4][5][1]
     assert as_structs[5] == ("A1",)
+
+
+async def test_an_event_whose_data_says_watched_is_read_as_structs_as_dicts() -> None:
+    # The struct path used to search a frame's bytes for `"watched":` and read any frame with
+    # it as dicts; now only an event's own `watched` field decides, so a task's data may hold
+    # that key and still be read as structs, giving the handle what dicts give.
+    events = [
+        _event("T0", "update", "start", {"watched": True, "pct": 5}),
+        _event("T0", "success", "success", {"watched": False}),
+        _event("T1", "end", "end", None, watched=None),  # a null `watched`: not watched
+        _event("T2", "end", "end"),
+    ]
+    as_structs = await _handles([_compact(events)])
+    as_dicts = await _handles([_spaced(events)])
+    assert as_structs == as_dicts
+    assert as_structs[0][1:5] == ("success", {"watched": False}, None, {"watched": True, "pct": 5})
+    assert [h[1] for h in as_structs[:4]] == ["success", "end", "end", "end"]
+
+
+async def test_a_frame_with_a_watched_event_gives_the_watch_and_the_handle_theirs() -> None:
+    # One frame: a followed task's events around a watched event of the same task. The
+    # watched one fails the structs (its `watched` is true), so the frame is read as dicts:
+    # the watch gets the watched event, the handle its own two, nothing crosses over.
+    async def hub(ws: ServerConnection) -> None:
+        welcome = {"op": "welcome", "protocol": 1, "max_frame": 1 << 20, "max_batch": 100}
+        await ws.send(_compact(welcome))
+        async for frame in ws:
+            msgs = json.loads(frame)
+            for m in msgs if isinstance(msgs, list) else [msgs]:
+                if "ref" not in m:  # hello
+                    continue
+                if m["op"] != "pub":  # watch, unwatch
+                    await ws.send(_compact({"op": "ok", "ref": m["ref"]}))
+                else:
+                    await ws.send(_compact({"op": "ok", "ref": m["ref"], "task": "T0"}))
+                    both = [
+                        _event("T0", "update", "start", {"pct": 1}),
+                        _event("T0", "pickup", "start", {"x": 1}, watched=True, action="a:b"),
+                        _event("T0", "success", "success", "r"),
+                    ]
+                    await ws.send(_compact(both))
+
+    async with serve(hub, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}"
+        async with Client(url, name="p", connect_timeout=5) as client, client.watch("a:*") as w:
+            handle = client.pub("a:b", 1)
+            async with asyncio.timeout(5):
+                assert await handle == "r"
+                seen = await w.__anext__()
+    assert (handle.state, handle.last_update) == ("success", {"pct": 1})
+    assert (seen["task"], seen["type"], seen["data"]) == ("T0", "pickup", {"x": 1})

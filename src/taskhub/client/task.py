@@ -526,8 +526,10 @@ class Handle(_Emitter):
         """A task event: its ``type``, ``state`` (None: not said) and ``data``."""
         if self._ended:  # a task ends once: what comes after (a duplicate) changes nothing
             return
-        if state is None or _older(state, self.state):  # sent before what the handle saw
-            state = self.state  # (a late follow)
+        # _older's test without its call (per task): sent before what the handle saw (a
+        # late follow), or not said, the handle keeps its state.
+        if state is None or _RANK.get(state, 3) < _RANK.get(self.state, -1):
+            state = self.state
         self.state = state
         if kind == "success":
             self.result = data
