@@ -23,6 +23,11 @@ and after, and prints redis-server's CPU µs per task, the commands it ran per t
 (``redis_cmds``) and the script calls per task (``redis_evalsha``, one per store batch).
 ``--commands`` prints the per-command counts per task of the last run.
 
+``--threads`` splits the hub's CPU per task (``/proc/PID/task/*/stat``): its event loop's and
+its other threads' (the sqlite store's writer), user and system apart. The system time is the
+kernel's, which ``hub_instructions.sh`` does not count: with sqlite:// the writer's file writes
+and reads (docs/performance.md, "sqlite: fifteenth pass").
+
 On a shared 2-core machine throughput moves with the neighbours; CPU per task moves much
 less, which is why hub changes are compared with it (interleave the A and B runs).
 """
@@ -57,6 +62,34 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def thread_times(pid: int) -> dict[int, tuple[float, float]]:
+    """User and system CPU seconds of each thread of a running process, by thread id."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        times[int(tid)] = (int(fields[11]) / TICK, int(fields[12]) / TICK)
+    return times
+
+
+def split_hub(
+    pid: int, before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+) -> dict[str, float]:
+    """The hub's CPU seconds between two thread_times: its event loop's (the main thread) and
+    its other threads' (the sqlite store's writer, the lease renewer), user and system apart:
+    the system time is the kernel's (the store's file writes, say), which instructions miss."""
+    split = dict.fromkeys(("loop_user", "loop_sys", "threads_user", "threads_sys"), 0.0)
+    for tid, (user, sys_) in after.items():
+        user0, sys0 = before.get(tid, (0.0, 0.0))
+        where = "loop" if tid == pid else "threads"
+        split[f"{where}_user"] += user - user0
+        split[f"{where}_sys"] += sys_ - sys0
+    return split
 
 
 def context_switches(pid: int) -> int:
@@ -114,7 +147,9 @@ OWN_COMMANDS = ("info", "ping", "hello", "client|setinfo")
 LAST_COMMANDS: dict[str, float] = {}
 
 
-def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, float]:
+def one_run(
+    store: str, n: int, seq: int, runtime: bool = False, threads: bool = False
+) -> dict[str, float]:
     with (
         tempfile.TemporaryDirectory(prefix="taskhub-cpu-") as tmp,
         redis_server_for(store) as store,
@@ -134,6 +169,7 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
             worker = bench_worker(url, runtime=runtime)
             redis0, calls0 = redis_counters(rclient)
             hub0, worker0 = cpu_seconds(hub.pid), cpu_seconds(worker.pid)
+            hub_threads0 = thread_times(hub.pid) if threads else {}
             switches0 = context_switches(worker.pid)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             out = subprocess.run(
@@ -144,6 +180,7 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
             ).stdout
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             hub1, worker1 = cpu_seconds(hub.pid), cpu_seconds(worker.pid)
+            hub_threads1 = thread_times(hub.pid) if threads else {}
             switches1 = context_switches(worker.pid)
             redis1, calls1 = redis_counters(rclient)
         finally:
@@ -166,6 +203,9 @@ def one_run(store: str, n: int, seq: int, runtime: bool = False) -> dict[str, fl
         "publisher_burst_us": result.get("burst_cpu_us", float("nan")),
         "worker_switches": (switches1 - switches0) / tasks,
     }
+    if threads:
+        for key, seconds in split_hub(hub.pid, hub_threads0, hub_threads1).items():
+            row[f"hub_{key}_us"] = seconds / tasks * 1e6
     if is_redis:
         commands = {
             name: (count - calls0.get(name, 0)) / tasks
@@ -197,10 +237,15 @@ def main() -> None:
     parser.add_argument(
         "--commands", action="store_true", help="per-command counts per task (last run)"
     )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="the hub's CPU split: event loop and other threads, user and system",
+    )
     args = parser.parse_args()
     runs = []
     for i in range(args.runs):
-        row = one_run(args.store, args.n, args.seq, args.runtime)
+        row = one_run(args.store, args.n, args.seq, args.runtime, args.threads)
         runs.append(row)
         print(f"run {i + 1}: " + "  ".join(f"{k} {v:,.2f}" for k, v in row.items()), flush=True)
         time.sleep(0.5)

@@ -274,6 +274,29 @@ def test_burst_cpu_json_is_what_the_table_reads() -> None:
     assert re.fullmatch(r"[\d.]+ µs \(runs: [\d.]+\)", row["figure"]), row["figure"]
 
 
+@pytest.mark.timeout(150)
+def test_burst_cpu_splits_the_hubs_cpu_by_thread_on_sqlite() -> None:
+    """``--threads``: the hub's event loop and its other threads (the sqlite store's writer),
+    user and system apart, out of the same /proc counters as ``hub_us``: never more than it."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "burst_cpu.py"),
+            *("--store", "sqlite:///{tmp}/b.db", "--n", "300", "--runs", "1"),
+            *("--seq", "20", "--threads", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(proc.stdout.splitlines()[-1])["runs"]
+    parts = ["hub_loop_user_us", "hub_loop_sys_us", "hub_threads_user_us", "hub_threads_sys_us"]
+    assert all(run[part] >= 0 for part in parts)
+    # Each thread's ticks are rounded down on their own; the process's are one sum.
+    assert 0 < sum(run[part] for part in parts) <= run["hub_us"] + 1e-6
+
+
 def test_which_runs_make_the_table() -> None:
     import run
 
