@@ -184,11 +184,7 @@ def test_a_burst_in_one_batch_is_counted_as_task_by_task() -> None:
     hub.lc.subscribe(worker, "report:mail", concurrency=100)
     monitor = Monitor(hub)
     # The oracle: prometheus_client's own histograms, fed one task at a time.
-    one_by_one = CollectorRegistry()
-    wait, run = (
-        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=one_by_one)
-        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
-    )
+    one_by_one, wait, run = _reference_histograms()
     ids = []
     for i in range(RECENT_TASKS + 200):
         action = ACTION if i % 3 else "report:mail"
@@ -217,17 +213,23 @@ def test_a_burst_in_one_batch_is_counted_as_task_by_task() -> None:
     assert [snap[0] for snap in monitor.recent] == ids[-RECENT_TASKS:]
 
 
+def _reference_histograms() -> tuple[CollectorRegistry, Histogram, Histogram]:
+    """prometheus_client's own wait and run histograms, fed one task at a time by a test."""
+    registry = CollectorRegistry()
+    wait, run = (
+        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=registry)
+        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
+    )
+    return registry, wait, run
+
+
 def test_tasks_ended_one_batch_each_are_counted_as_task_by_task() -> None:
     # Sequential tasks: each batch holds one task's start or end (a histogram's one-value
     # path), with times on a bucket's bound, between bounds, and a clock stepped back.
     clock = FakeClock(5000.0)
     hub, worker, publisher = _hub(clock)
     monitor = Monitor(hub)
-    one_by_one = CollectorRegistry()
-    wait, run = (
-        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=one_by_one)
-        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
-    )
+    one_by_one, wait, run = _reference_histograms()
     steps = [*TASK_BUCKETS[:6], 0.0, 0.0003, 0.02, -0.25, 7.5]
     for i, step in enumerate(steps):
         task, _ = hub.lc.publish(publisher, ACTION, None)
@@ -257,11 +259,7 @@ def test_a_batch_of_times_all_in_the_lowest_or_all_past_the_highest_bucket() -> 
     clock = FakeClock(5000.0)
     hub, worker, publisher = _hub(clock)
     monitor = Monitor(hub)
-    one_by_one = CollectorRegistry()
-    wait, run = (
-        Histogram(name, "", ["action"], buckets=TASK_BUCKETS, registry=one_by_one)
-        for name in ("taskhub_task_wait_seconds", "taskhub_task_run_seconds")
-    )
+    one_by_one, wait, run = _reference_histograms()
     for gap in (0.0002, TASK_BUCKETS[-1] + 5.0):  # one batch of each
         tasks = []
         for _ in range(20):
