@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from taskhub import Client, Server
+from taskhub.partitions import partition_of
 
 # Hypothesis's default 200 ms deadline per example, and its too_slow health check, time the
 # machine, not the code: `make test` runs two workers on two cores, beside the hubs they start,
@@ -64,6 +65,15 @@ async def make_client(server: Server) -> AsyncIterator[ClientFactory]:
     yield make
     for client in reversed(clients):
         await client.close()
+
+
+def action_in(partition: int, prefix: str = "job", *, partitions: int) -> str:
+    """The first action ``{prefix}{i}:run`` whose tasks fall in ``partition`` of
+    ``partitions`` (a test file binds its count: ``partial(action_in, partitions=P)``)."""
+    i = 0
+    while partition_of(f"{prefix}{i}:run", "", partitions) != partition:
+        i += 1
+    return f"{prefix}{i}:run"
 
 
 async def until(check: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from taskhub.errors import ConnectionClosed, PartitionUnavailable, TaskHubError
 from taskhub.partitions import partition_of, partition_of_id
 from taskhub.store import open_partition_leases
 from tests import redisproc
+from tests.conftest import action_in as conftest_action_in
 from tests.conftest import until
 from tests.e2e.hubproc import HubProcess, consume, wait_until
 
@@ -35,11 +37,7 @@ P = 4
 LEASE = "1"  # seconds: TASKHUB_LEASE of every hub here, unless a test says otherwise
 
 
-def action_in(partition: int, prefix: str = "job") -> str:
-    i = 0
-    while partition_of(f"{prefix}{i}:run", "", P) != partition:
-        i += 1
-    return f"{prefix}{i}:run"
+action_in = partial(conftest_action_in, partitions=P)
 
 
 class Hubs:

@@ -9,23 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from taskhub.partitions import partition_of
+from tests.conftest import action_in as conftest_action_in
 from tests.e2e.hubproc import HubProcess
 from tests.e2e.test_processes import shares
 
 P = 4
 
 
-def action_in(partition: int) -> str:
-    return next(
-        f"job{i}:run" for i in range(1000) if partition_of(f"job{i}:run", "", P) == partition
-    )
+action_in = partial(conftest_action_in, partitions=P)
 
 
 def settled(hub: HubProcess) -> bool:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,16 @@ import pytest
 from websockets.asyncio.client import connect
 
 from taskhub import Server
-from taskhub.partitions import partition_of
 from taskhub.store import open_partition_leases
 from tests import redisproc
+from tests.conftest import action_in as conftest_action_in
 from tests.conftest import until
 
 P = 2
 STOLEN = 1
 
 
-def action_in(partition: int) -> str:
-    i = 0
-    while partition_of(f"job{i}:run", "", P) != partition:
-        i += 1
-    return f"job{i}:run"
+action_in = partial(conftest_action_in, partitions=P)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -20,17 +21,14 @@ from taskhub import Client, Server, TaskFailed, TaskHubError
 from taskhub.hub.link import wire
 from taskhub.hub.link.origin import HubLinks
 from taskhub.hub.router import MAX_ANSWERS
-from taskhub.partitions import partition_of, partition_of_id
+from taskhub.partitions import partition_of_id
 from tests.conftest import ServerFactory, until
+from tests.conftest import action_in as conftest_action_in
 
 P = 2
 
 
-def action_in(partition: int, prefix: str = "job") -> str:
-    i = 0
-    while partition_of(f"{prefix}{i}:run", "", P) != partition:
-        i += 1
-    return f"{prefix}{i}:run"
+action_in = partial(conftest_action_in, partitions=P)
 
 
 def links(server: Server) -> HubLinks:

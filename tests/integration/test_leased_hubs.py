@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +17,16 @@ import pytest
 
 from taskhub import Client, Server
 from taskhub.errors import PartitionUnavailable, TaskNotFound
-from taskhub.partitions import partition_of, partition_of_id
+from taskhub.partitions import partition_of_id
 from tests import redisproc
 from tests.conftest import ServerFactory, until
+from tests.conftest import action_in as conftest_action_in
 
 P = 4
 LEASE = 1.5  # seconds; room for a loaded machine (0.6 lapsed under the whole suite)
 
 
-def action_in(partition: int) -> str:
-    i = 0
-    while partition_of(f"job{i}:run", "", P) != partition:
-        i += 1
-    return f"job{i}:run"
+action_in = partial(conftest_action_in, partitions=P)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

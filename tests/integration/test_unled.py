@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from websockets.asyncio.client import connect
 from taskhub import Client, Server
 from taskhub.client import retry
 from taskhub.hub.keeper import PartitionKeeper
-from taskhub.partitions import partition_of, partition_of_id
+from taskhub.partitions import partition_of_id
 from taskhub.store import open_partition_leases
 from tests import redisproc
+from tests.conftest import action_in as conftest_action_in
 from tests.conftest import until
 
 P = 4
@@ -33,11 +35,7 @@ LEASE = 1.5  # seconds: what a message waits at most for its partition's leader
 FOREIGN = "foreign "  # a holder naming no hub (its URL is empty): nobody to reach
 
 
-def action_in(partition: int, prefix: str = "job") -> str:
-    i = 0
-    while partition_of(f"{prefix}{i}:run", "", P) != partition:
-        i += 1
-    return f"{prefix}{i}:run"
+action_in = partial(conftest_action_in, partitions=P)
 
 
 class Deployment:
